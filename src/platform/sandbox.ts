@@ -1,0 +1,54 @@
+/**
+ * The Sandbox interface: run one builder process over a neutral request. The scheduler prepares the
+ * environment, the build directory and the output locations; a Sandbox decides how the process sees them.
+ */
+import type { StorePath } from '../store/store-path.js';
+
+export interface SandboxRequest {
+  /** Derivation being built (for messages and log names). */
+  readonly drvPath: StorePath;
+  /** Absolute path of the builder executable as the builder sees it (logical store path, or `builtin:...`). */
+  readonly builder: string;
+  readonly args: readonly string[];
+  /** The complete environment (the scheduler built it exactly as Nix's initEnv). */
+  readonly env: Readonly<Record<string, string>>;
+  /** Host directory to use as the build directory (its contents are prepared: passAsFile, .attrs.*, ...). */
+  readonly buildDir: string;
+  /** Path of the build directory as the builder sees it (`/build` in a sandbox, else `buildDir`). */
+  readonly sandboxBuildDir: string;
+  /** Logical store dir and its physical location. */
+  readonly storeDir: string;
+  readonly realStoreDir: string;
+  /** Store paths the builder may see (the input closure), logical paths. */
+  readonly inputPaths: readonly StorePath[];
+  /** Logical output paths the builder writes (they must be writable; they do not exist yet). */
+  readonly outputPaths: readonly StorePath[];
+  /** Extra host paths to expose, `target -> { source, optional }` (Nix's sandbox-paths). */
+  readonly extraPaths?: ReadonlyMap<string, { source: string; optional: boolean }>;
+  /** Fixed-output derivations get the host's network. */
+  readonly network: boolean;
+  /** uid/gid the builder sees. */
+  readonly uid?: number;
+  readonly gid?: number;
+}
+
+export interface SandboxRunOptions {
+  readonly signal?: AbortSignal;
+  /** Raw output of the builder (stdout and stderr merged), as it arrives. */
+  readonly onOutput?: (chunk: Buffer) => void;
+}
+
+export type SandboxExit =
+  | { readonly kind: 'exited'; readonly code: number }
+  | { readonly kind: 'signalled'; readonly signal: string }
+  /** The process could not be started (e.g. builder missing); `message` says why. */
+  | { readonly kind: 'spawn-failed'; readonly message: string }
+  | { readonly kind: 'aborted' };
+
+export interface Sandbox {
+  /** Short name for messages and events: 'none', 'linux-namespaces', 'fake', ... */
+  readonly name: string;
+  /** Whether output paths are written at their real logical path (true for a real sandbox). */
+  readonly isolated: boolean;
+  run(request: SandboxRequest, opts?: SandboxRunOptions): Promise<SandboxExit>;
+}

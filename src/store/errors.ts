@@ -1,0 +1,53 @@
+/**
+ * The one error base class of realise. Every error the SDK throws on purpose is a `RealiseError`
+ * with a stable `code`; layers subclass it. `shortMessage` is the message without hints.
+ */
+export class RealiseError extends Error {
+  /** Stable machine-readable code, e.g. `'invalid-store-path'`. */
+  readonly code: string;
+  /** The message without the appended hint. */
+  readonly shortMessage: string;
+  /** What the user can do next, when we know. */
+  readonly hint: string | undefined;
+
+  constructor(code: string, message: string, options: { cause?: unknown; hint?: string } = {}) {
+    super(options.hint ? `${message}\n  hint: ${options.hint}` : message, { cause: options.cause });
+    this.name = new.target.name;
+    this.code = code;
+    this.shortMessage = message;
+    this.hint = options.hint;
+  }
+}
+
+/** A malformed hash string, unknown algorithm, or bad nix-base32 text. */
+export class BadHashError extends RealiseError {
+  constructor(message: string, options: { cause?: unknown; hint?: string } = {}) {
+    super('bad-hash', message, options);
+  }
+}
+
+/** A string that is not a valid store path, or a bad store path name. */
+export class InvalidStorePathError extends RealiseError {
+  constructor(message: string, options: { cause?: unknown; hint?: string } = {}) {
+    super('invalid-store-path', message, options);
+  }
+}
+
+/** A malformed or hostile NAR stream. */
+export class BadNarError extends RealiseError {
+  constructor(message: string, options: { cause?: unknown; hint?: string } = {}) {
+    super('bad-nar', message, options);
+  }
+}
+
+/** A store-level failure: missing path, closure invariant violated, database problems, locks. */
+export class StoreError extends RealiseError {
+  constructor(code: string, message: string, options: { cause?: unknown; hint?: string } = {}) {
+    super(code, message, options);
+  }
+}
+
+/** Exhaustiveness helper for disjoint unions. */
+export function unreachable(x: never): never {
+  throw new Error(`unreachable: ${JSON.stringify(x)}`);
+}

@@ -1,0 +1,92 @@
+/**
+ * The Store interface every layer above programs against. `LocalStore` (Nix's on-disk layout, SQLite)
+ * and `MemoryStore` (tests) implement it and pass the same conformance suite (test/store/conformance.ts).
+ */
+import type { Hash } from './hash.js';
+import type { StorePath } from './store-path.js';
+
+/** Nix's ValidPathInfo. `references` are full store paths, sorted; may include the path itself. */
+export interface PathInfo {
+  readonly path: StorePath;
+  readonly narHash: Hash;
+  readonly narSize: number;
+  readonly references: readonly StorePath[];
+  readonly deriver?: StorePath | undefined;
+  /** Seconds since the epoch. */
+  readonly registrationTime?: number | undefined;
+  /** Built locally (trusted without signatures). */
+  readonly ultimate?: boolean | undefined;
+  readonly sigs?: readonly string[] | undefined;
+  /** Content address, e.g. `fixed:r:sha256:...` or `text:sha256:...`. */
+  readonly ca?: string | undefined;
+}
+
+/** A NAR as a byte stream. */
+export type NarSource = AsyncIterable<Uint8Array>;
+
+export interface AddToStoreOptions {
+  /** Replace the contents even if the path is already valid. */
+  readonly repair?: boolean;
+  readonly signal?: AbortSignal;
+}
+
+/** Held locks on store paths; `release()` is idempotent. */
+export interface PathLocks {
+  release(): Promise<void>;
+  /** Mark the lock files as stale so waiters re-check validity (Nix writes "d"). */
+  readonly paths: readonly StorePath[];
+}
+
+export interface Store {
+  /** Logical store directory, e.g. `/nix/store`. */
+  readonly storeDir: string;
+  /** Physical directory holding the store paths (differs from `storeDir` in a chroot store). */
+  readonly realStoreDir: string;
+
+  /** Physical location of a logical store path (or of a file inside one). */
+  toRealPath(path: string): string;
+
+  isValidPath(path: StorePath): Promise<boolean>;
+  /** The subset of `paths` that is valid, in one batched query. */
+  queryValidPaths(paths: Iterable<StorePath>): Promise<Set<StorePath>>;
+  queryPathInfo(path: StorePath): Promise<PathInfo | undefined>;
+  queryReferrers(path: StorePath): Promise<StorePath[]>;
+  /** Every valid path reachable from `paths` via references (including them). */
+  computeClosure(paths: Iterable<StorePath>): Promise<Set<StorePath>>;
+  /** Output name → path as registered for a derivation (Nix's DerivationOutputs table). */
+  queryDerivationOutputs(drvPath: StorePath): Promise<Map<string, StorePath>>;
+  /** Record derivation outputs (done by registration of a .drv, or explicitly). */
+  registerDerivationOutputs(drvPath: StorePath, outputs: ReadonlyMap<string, StorePath>): Promise<void>;
+
+  /**
+   * Add a path from a NAR stream. The NAR is restored to a temporary name, hashed while it streams,
+   * checked against `info.narHash`/`info.narSize`, canonicalised, moved into place and registered in one
+   * transaction; the references must already be valid (closure invariant). Nothing stays on failure.
+   */
+  addToStore(info: PathInfo, nar: NarSource, opts?: AddToStoreOptions): Promise<PathInfo>;
+  /** Add a text file (like `builtins.toFile` or a `.drv`), returning its store path. */
+  addTextToStore(name: string, text: string, references?: Iterable<StorePath>): Promise<StorePath>;
+  /**
+   * Register paths whose contents are already at their real location (e.g. build outputs), canonicalised.
+   * All in one transaction; each path's references must be valid or among `infos`.
+   */
+  registerValidPaths(infos: readonly PathInfo[]): Promise<void>;
+  /** Serialise a valid path as a NAR. */
+  narFromPath(path: StorePath): NarSource;
+  /** Read a valid path that is a single regular file (e.g. a `.drv`) as UTF-8. */
+  readTextFile(path: StorePath): Promise<string>;
+  /** Delete the contents of an invalid path (refuses valid ones). */
+  deletePath(path: StorePath): Promise<void>;
+  /** Take exclusive cross-process locks on paths (sorted order; waits; honours `signal`). */
+  lockPaths(paths: Iterable<StorePath>, opts?: { signal?: AbortSignal }): Promise<PathLocks>;
+  /** Try to take the locks without waiting; undefined when someone else holds one. */
+  tryLockPaths(paths: Iterable<StorePath>): Promise<PathLocks | undefined>;
+
+  /** Physical path of the build log of `drvPath` (may not exist). */
+  logPath(drvPath: StorePath): string;
+  /** Store a build log for `drvPath` (Nix's `<logdir>/drvs/xx/rest`). */
+  addBuildLog(drvPath: StorePath, log: string | Uint8Array): Promise<void>;
+  readBuildLog(drvPath: StorePath): Promise<string | undefined>;
+
+  close(): Promise<void>;
+}

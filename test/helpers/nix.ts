@@ -1,0 +1,78 @@
+/**
+ * Real Nix 2.8 as the oracle in tests: private chroot stores (`NIX_REMOTE=` + `--store DIR`), no daemon.
+ * In CI Nix is installed by .ci/run, so `requireNix()` fails loudly there instead of skipping.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+
+export const IN_CI = !!process.env.CI || !!process.env.REALISE_CI;
+
+function which(cmd: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+}
+
+export const HAVE_NIX = which('nix-store') && which('nix-instantiate');
+export const HAVE_BWRAP = which('bwrap');
+
+/** Use as `describe.skipIf(!nixOk())`: in CI a missing Nix is an error, not a skip. */
+export function nixOk(): boolean {
+  if (!HAVE_NIX && IN_CI) throw new Error('real Nix is required in CI (apt-get install nix-bin)');
+  return HAVE_NIX;
+}
+
+export function bwrapOk(): boolean {
+  if (!HAVE_BWRAP && IN_CI) throw new Error('bubblewrap is required in CI (apt-get install bubblewrap)');
+  return HAVE_BWRAP;
+}
+
+export function tempDir(prefix = 'realise-test-'): string {
+  return mkdtempSync(path.join(tmpdir(), prefix));
+}
+
+/** Environment for running Nix against a private store, no daemon, no user config. */
+export function nixEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    NIX_REMOTE: '',
+    NIX_CONFIG: 'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\n',
+    NIX_USER_CONF_FILES: '/dev/null',
+    HOME: process.env.HOME ?? '/root',
+    ...extra,
+  };
+}
+
+export interface NixRunResult { stdout: string; stderr: string; status: number }
+
+/** Run a Nix command; returns stdout/stderr/status without throwing. */
+export function runNix(cmd: string, args: string[], opts: { input?: string; env?: Record<string, string>; cwd?: string } = {}): NixRunResult {
+  const r = spawnSync(cmd, args, { env: nixEnv(opts.env), input: opts.input, cwd: opts.cwd, encoding: 'utf8', maxBuffer: 1 << 28 });
+  return { stdout: r.stdout ?? '', stderr: r.stderr ?? '', status: r.status ?? -1 };
+}
+
+/** Run a Nix command and return trimmed stdout; throws with stderr on failure. */
+export function nix(cmd: string, args: string[], opts: { input?: string; env?: Record<string, string>; cwd?: string } = {}): string {
+  const r = runNix(cmd, args, opts);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}):\n${r.stderr}`);
+  return r.stdout.trim();
+}
+
+/** `nix-instantiate --store ROOT` of an expression (text) or file; returns the .drv path(s). */
+export function nixInstantiate(root: string, expr: string, opts: { file?: boolean; attr?: string } = {}): string[] {
+  let file = expr;
+  if (!opts.file) {
+    file = path.join(tempDir('realise-expr-'), 'default.nix');
+    writeFileSync(file, expr);
+  }
+  const args = ['--store', root, file];
+  if (opts.attr) args.push('-A', opts.attr);
+  return nix('nix-instantiate', args).split('\n').filter(Boolean);
+}
+
+/** `nix-store --store ROOT --realise ...`; sandbox off unless asked. */
+export function nixRealise(root: string, paths: string[], opts: { sandbox?: boolean; extraArgs?: string[] } = {}): NixRunResult {
+  return runNix('nix-store', ['--store', root, '--realise', ...paths, '--option', 'sandbox', opts.sandbox ? 'true' : 'false', ...(opts.extraArgs ?? [])]);
+}
+
+export { execFileSync };
