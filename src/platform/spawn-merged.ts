@@ -1,0 +1,134 @@
+/**
+ * Spawn one process in its own process group with stdout and stderr joined into one stream, stdin on
+ * /dev/null, as Nix runs a builder (one `builderOut` for both). Shared by NoSandbox and LinuxSandbox.
+ *
+ * Node has no pipe(2); its stdio "pipes" are already Unix socket pairs (libuv). To give the child one
+ * descriptor on fds 1 and 2 we make our own connected Unix socket pair (an abstract-namespace listener,
+ * so nothing touches the file system) and hand the same end to the child for both.
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as net from 'node:net';
+import type { SandboxExit } from './sandbox.js';
+
+export interface SpawnMergedOptions {
+  readonly file: string;
+  readonly args: readonly string[];
+  /** argv[0] as the program sees it. */
+  readonly argv0?: string;
+  readonly env: Readonly<Record<string, string>>;
+  readonly cwd?: string;
+  readonly signal?: AbortSignal | undefined;
+  readonly onOutput?: ((chunk: Buffer) => void) | undefined;
+  /** Extra descriptors for the child (index 3 onward), e.g. a pipe for bwrap's `--info-fd`. */
+  readonly extraStdio?: readonly ('pipe' | 'ignore')[];
+  /** Called right after a successful spawn with the child's extra stdio streams. */
+  readonly onSpawn?: (child: import('node:child_process').ChildProcess) => void;
+}
+
+/** A connected pair of Unix stream sockets: `[ours, theirs]`. */
+export async function socketPair(): Promise<[net.Socket, net.Socket]> {
+  const name = `\0realise-${process.pid}-${randomBytes(8).toString('hex')}`;
+  const server = net.createServer({ pauseOnConnect: true });
+  try {
+    const accepted = new Promise<net.Socket>((resolve, reject) => {
+      server.once('connection', resolve);
+      server.once('error', reject);
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(name, () => resolve());
+    });
+    const client = net.connect(name);
+    const [ours] = await Promise.all([
+      accepted,
+      new Promise<void>((resolve, reject) => { client.once('connect', resolve); client.once('error', reject); }),
+    ]);
+    return [ours, client];
+  } finally {
+    server.close();
+  }
+}
+
+function killGroup(pid: number | undefined): void {
+  if (pid === undefined) return;
+  try { process.kill(-pid, 'SIGKILL'); } catch { /* already gone */ }
+}
+
+/** How long to keep reading after the process exited before giving up on descendants holding the log. */
+const DRAIN_GRACE_MS = 2000;
+
+/**
+ * Run the process to completion. Abort kills the whole process group with SIGKILL and resolves
+ * `{ kind: 'aborted' }`; a failure to start resolves `spawn-failed`. After the process exits its
+ * process group is killed too (stragglers), as Nix does.
+ */
+export async function spawnMerged(opts: SpawnMergedOptions): Promise<SandboxExit> {
+  if (opts.signal?.aborted) return { kind: 'aborted' };
+  const [ours, theirs] = await socketPair();
+  // We only read; the child only writes.
+  let child: import('node:child_process').ChildProcess;
+  try {
+    child = spawn(opts.file, [...opts.args], {
+      argv0: opts.argv0 ?? opts.file,
+      env: { ...opts.env },
+      cwd: opts.cwd,
+      detached: true, // setsid(): own session and process group
+      stdio: ['ignore', theirs, theirs, ...(opts.extraStdio ?? [])],
+    });
+  } catch (e) {
+    ours.destroy(); theirs.destroy();
+    return { kind: 'spawn-failed', message: `could not start '${opts.file}': ${(e as Error).message}` };
+  }
+  theirs.destroy(); // the child holds its own copy
+
+  return await new Promise<SandboxExit>((resolve) => {
+    let settled = false;
+    let aborted = false;
+    let exit: SandboxExit | undefined;
+    let eof = false;
+    let graceTimer: NodeJS.Timeout | undefined;
+
+    const finish = (r: SandboxExit): void => {
+      if (settled) return;
+      settled = true;
+      if (graceTimer) clearTimeout(graceTimer);
+      opts.signal?.removeEventListener('abort', onAbort);
+      ours.destroy();
+      resolve(r);
+    };
+    const maybeDone = (): void => {
+      if (exit && (eof || aborted)) finish(aborted ? { kind: 'aborted' } : exit);
+    };
+    const onAbort = (): void => {
+      aborted = true;
+      killGroup(child.pid);
+      maybeDone();
+    };
+
+    ours.on('data', (chunk: Buffer) => { if (!aborted) opts.onOutput?.(chunk); });
+    ours.on('end', () => { eof = true; maybeDone(); });
+    ours.on('close', () => { eof = true; maybeDone(); });
+    ours.on('error', () => { eof = true; maybeDone(); });
+    ours.resume();
+
+    child.once('error', (e: NodeJS.ErrnoException) => {
+      // Emitted when the exec fails (ENOENT, EACCES, ...); no 'exit' follows in that case.
+      if (child.pid === undefined) {
+        finish(aborted ? { kind: 'aborted' } : { kind: 'spawn-failed', message: `could not start '${opts.file}': ${e.message}` });
+      }
+    });
+    child.once('exit', (code, sig) => {
+      killGroup(child.pid);
+      exit = sig !== null ? { kind: 'signalled', signal: sig } : { kind: 'exited', code: code ?? -1 };
+      if (!eof && !aborted) graceTimer = setTimeout(() => { eof = true; maybeDone(); }, DRAIN_GRACE_MS);
+      maybeDone();
+    });
+    if (child.pid !== undefined) opts.onSpawn?.(child);
+
+    if (opts.signal) {
+      if (opts.signal.aborted) onAbort();
+      else opts.signal.addEventListener('abort', onAbort, { once: true });
+    }
+  });
+}
