@@ -83,9 +83,34 @@ export function toBase64(bytes: Uint8Array): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
 }
 
+const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+const B64_REV = new Int8Array(256).fill(-1);
+for (let i = 0; i < B64.length; i++) B64_REV[B64.charCodeAt(i)] = i;
+
+/**
+ * Decode base-64 exactly as Nix 2.8 does: decoding stops at the first `=`, newlines are skipped, any
+ * other character outside the alphabet is an error, and left-over bits are dropped. Callers check the
+ * decoded length.
+ */
 export function fromBase64(s: string): Uint8Array {
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(s) || s.length % 4 !== 0) throw new BadHashError(`invalid base-64 string '${s}'`);
-  return new Uint8Array(Buffer.from(s, 'base64'));
+  const out = new Uint8Array(Math.floor((s.length * 6) / 8));
+  let n = 0;
+  let d = 0;
+  let bits = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 0x3d /* = */) break;
+    if (c === 0x0a /* \n */) continue;
+    const digit = c < 256 ? B64_REV[c]! : -1;
+    if (digit < 0) throw new BadHashError(`invalid character '${s[i]}' in base-64 string '${s}'`);
+    d = ((d << 6) | digit) & 0xfff;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[n++] = (d >> bits) & 0xff;
+    }
+  }
+  return out.slice(0, n);
 }
 
 /** A hash value with its algorithm. Immutable. */
@@ -121,8 +146,8 @@ export class Hash {
       if (algo && a !== algo) throw new BadHashError(`hash '${s}' should have type '${algo}'`);
       algo = a;
       rest = s.slice(colon + 1);
-    } else if (dash >= 0 && isHashAlgorithm(s.slice(0, dash))) {
-      const a = s.slice(0, dash) as HashAlgorithm;
+    } else if (dash >= 0) {
+      const a = parseHashAlgorithm(s.slice(0, dash));
       if (algo && a !== algo) throw new BadHashError(`hash '${s}' should have type '${algo}'`);
       algo = a;
       rest = s.slice(dash + 1);
@@ -139,7 +164,8 @@ export class Hash {
     if (rest.length === nixBase32Length(size)) return new Hash(algo, fromNixBase32(rest, size));
     if (rest.length === Math.ceil(size / 3) * 4) {
       const bytes = fromBase64(rest);
-      if (bytes.length === size) return new Hash(algo, bytes);
+      if (bytes.length !== size) throw new BadHashError(`invalid base-64 hash '${s}'`);
+      return new Hash(algo, bytes);
     }
     throw new BadHashError(`hash '${s}' has wrong length for hash type '${algo}'`);
   }
@@ -214,11 +240,12 @@ export class HashModulo {
     if (m === 0) { this.inner.update(chunk); this.pos += chunk.length; return; }
     let buf = this.pending.length ? Buffer.concat([this.pending, chunk]) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     let from = 0;
+    let owned = this.pending.length > 0;
     for (;;) {
       const i = buf.indexOf(this.modulus, from);
       if (i < 0) break;
       this.offsets.push(this.pos + i);
-      buf = Buffer.from(buf); // copy before mutating caller memory
+      if (!owned) { buf = Buffer.from(buf); owned = true; } // never mutate the caller's memory
       buf.fill(0, i, i + m);
       from = i + m;
     }

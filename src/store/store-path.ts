@@ -18,11 +18,14 @@ export interface ParsedStorePath {
   readonly name: string;
 }
 
-/** Why `name` is not a valid store path name, or undefined when it is. */
+/**
+ * Why `name` is not a valid store path name, or undefined when it is. Nix 2.8's rules: 1 to 211
+ * characters from `[0-9a-zA-Z+-._?=]`. (Nix 2.8 accepts names starting with '.', even '.' and '..',
+ * since the file name `<hash>-<name>` never does.)
+ */
 export function storePathNameProblem(name: string): string | undefined {
   if (name.length === 0) return 'has an empty name';
   if (name.length > MAX_NAME_LENGTH) return `has a name longer than ${MAX_NAME_LENGTH} characters`;
-  if (name[0] === '.') return 'starts with a period';
   for (let i = 0; i < name.length; i++) {
     const c = name[i]!;
     if (!/[0-9a-zA-Z+\-._?=]/.test(c)) return `contains illegal character '${c}'`;
@@ -35,7 +38,7 @@ export function checkStorePathName(name: string): string {
   const problem = storePathNameProblem(name);
   if (problem) {
     throw new InvalidStorePathError(`store path name '${name}' ${problem}`, {
-      hint: "names may contain letters, digits and + - . _ ? =, must not start with '.', and have at most 211 characters",
+      hint: "names may contain letters, digits and + - . _ ? = and have at most 211 characters",
     });
   }
   return name;
