@@ -1,0 +1,178 @@
+/**
+ * Writing binary caches that real Nix can substitute from: `copyToBinaryCache(store, paths, url, opts)`
+ * writes the closure of `paths` into a `file://` cache as `nar/<filehash>.nar<ext>`, `<hashpart>.narinfo`
+ * and `nix-cache-info`. Each NAR file is complete (temp name + rename) before its narinfo appears, and
+ * a path's narinfo is written only after those of its references, so a reader never sees a dangling entry.
+ */
+import { createWriteStream, promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { HashSink } from '../store/hash.js';
+import type { PathInfo, Store } from '../store/store-api.js';
+import { storePathHashPart, type StorePath } from '../store/store-path.js';
+import { compressStream } from './compression.js';
+import { compressionExtension, parseCacheInfo, printCacheInfo, printNarInfo, signPathInfo, type Compression, type NarInfo } from './narinfo.js';
+import { parseSecretKey, type SecretKey } from './signatures.js';
+import { SubstituterError } from './substituter.js';
+
+export interface CopyToBinaryCacheOptions {
+  /** @default 'xz' (as Nix) */
+  readonly compression?: Compression;
+  /** Compression level (xz preset 0–9, zstd 1–19, brotli 0–11). @default the tool's default */
+  readonly compressionLevel?: number;
+  /** Secret key `name:base64` (or parsed) to sign narinfos with. */
+  readonly secretKey?: string | SecretKey;
+  /** Rewrite paths whose narinfo already exists. @default false */
+  readonly overwrite?: boolean;
+  /** Priority written into a new nix-cache-info. */
+  readonly priority?: number;
+  /** WantMassQuery written into a new nix-cache-info. */
+  readonly wantMassQuery?: boolean;
+  readonly signal?: AbortSignal;
+  /** Called after each path is written (or skipped). */
+  readonly onPath?: (path: StorePath, written: boolean) => void;
+}
+
+let tmpCounter = 0;
+
+/** A writable `file://` binary cache. */
+export class BinaryCacheWriter {
+  readonly dir: string;
+  readonly storeDir: string;
+  private constructor(dir: string, storeDir: string) {
+    this.dir = dir;
+    this.storeDir = storeDir;
+  }
+
+  /** Open (creating when needed) a cache directory; refuses a cache for another store dir. */
+  static async open(url: string, opts: { storeDir: string; priority?: number; wantMassQuery?: boolean }): Promise<BinaryCacheWriter> {
+    const dir = url.startsWith('file://') ? fileURLToPath(url.replace(/\?.*$/, '')) : url.includes('://') ? undefined : path.resolve(url);
+    if (!dir) throw new SubstituterError('network', `cannot write to '${url}': only file:// binary caches can be written`, { uri: url, hint: 'copy to a directory and serve it over HTTP' });
+    await fsp.mkdir(path.join(dir, 'nar'), { recursive: true });
+    const infoFile = path.join(dir, 'nix-cache-info');
+    const existing = await fsp.readFile(infoFile, 'utf8').catch(() => undefined);
+    if (existing !== undefined) {
+      const ci = parseCacheInfo(existing);
+      if (ci.storeDir !== undefined && ci.storeDir !== opts.storeDir) {
+        throw new SubstituterError('store', `binary cache '${url}' is for Nix stores with prefix '${ci.storeDir}', not '${opts.storeDir}'`, { uri: url });
+      }
+    } else {
+      await writeAtomic(infoFile, printCacheInfo({ storeDir: opts.storeDir, wantMassQuery: opts.wantMassQuery, priority: opts.priority }));
+    }
+    return new BinaryCacheWriter(dir, opts.storeDir);
+  }
+
+  narInfoFile(p: StorePath): string {
+    return path.join(this.dir, `${storePathHashPart(p)}.narinfo`);
+  }
+
+  async has(p: StorePath): Promise<boolean> {
+    return fsp.access(this.narInfoFile(p)).then(() => true, () => false);
+  }
+
+  /**
+   * Add one path from its NAR stream. The NAR is hashed (narHash/narSize checked against `info`),
+   * compressed and hashed again (FileHash/FileSize) on the way to disk.
+   */
+  async addPath(info: PathInfo, nar: AsyncIterable<Uint8Array>, opts: { compression?: Compression; compressionLevel?: number; secretKey?: SecretKey | undefined; signal?: AbortSignal | undefined } = {}): Promise<NarInfo> {
+    const compression = opts.compression ?? 'xz';
+    const narSink = new HashSink('sha256');
+    const fileSink = new HashSink('sha256');
+    async function* hashed(): AsyncGenerator<Uint8Array> {
+      for await (const c of nar) {
+        if (opts.signal?.aborted) throw new SubstituterError('aborted', `copying '${info.path}' was cancelled`, { path: info.path });
+        narSink.update(c);
+        yield c;
+      }
+    }
+    const tmp = path.join(this.dir, 'nar', `.tmp-${process.pid}-${++tmpCounter}`);
+    try {
+      const out = createWriteStream(tmp, { flags: 'wx' });
+      const closed = new Promise<void>((resolve, reject) => { out.on('close', resolve); out.on('error', reject); });
+      try {
+        for await (const c of compressStream(compression, hashed(), opts.compressionLevel !== undefined ? { level: opts.compressionLevel } : {})) {
+          fileSink.update(c);
+          if (!out.write(c)) await new Promise<void>((r) => out.once('drain', r));
+        }
+      } finally {
+        out.end();
+        await closed;
+      }
+      const narResult = narSink.finish();
+      if (!narResult.hash.equals(info.narHash) || narResult.size !== info.narSize) {
+        throw new SubstituterError('hash-mismatch', `NAR of '${info.path}' does not match its registered hash/size (${narResult.hash.toString('sri')}, ${narResult.size} bytes)`, { path: info.path, hint: 'the store path was modified; repair it first' });
+      }
+      const file = fileSink.finish();
+      const url = `nar/${file.hash.base32}.nar${compressionExtension(compression)}`;
+      await fsp.rename(tmp, path.join(this.dir, url));
+      const base: NarInfo = {
+        storePath: info.path, url, compression, fileHash: file.hash, fileSize: file.size, narHash: info.narHash, narSize: info.narSize,
+        references: [...info.references].sort(), deriver: info.deriver, sigs: [...(info.sigs ?? [])], ca: info.ca,
+      };
+      const sigs = opts.secretKey ? [...new Set([...base.sigs, signPathInfo(info, opts.secretKey)])] : base.sigs;
+      const ni: NarInfo = { ...base, sigs };
+      await writeAtomic(this.narInfoFile(info.path), printNarInfo(ni));
+      return ni;
+    } catch (e) {
+      await fsp.rm(tmp, { force: true });
+      throw e;
+    }
+  }
+}
+
+async function writeAtomic(file: string, text: string): Promise<void> {
+  const tmp = `${file}.tmp-${process.pid}-${++tmpCounter}`;
+  await fsp.writeFile(tmp, text, { flag: 'wx' });
+  await fsp.rename(tmp, file);
+}
+
+/** Order `paths` so every path comes after its references (all within `infos`). */
+function topoSort(infos: ReadonlyMap<StorePath, PathInfo>): StorePath[] {
+  const out: StorePath[] = [];
+  const state = new Map<StorePath, 1 | 2>();
+  const visit = (p: StorePath): void => {
+    if (state.get(p) === 2) return;
+    if (state.get(p) === 1) return; // cycles other than self-references cannot occur in a valid store
+    state.set(p, 1);
+    for (const r of infos.get(p)!.references) if (r !== p && infos.has(r)) visit(r);
+    state.set(p, 2);
+    out.push(p);
+  };
+  for (const p of [...infos.keys()].sort()) visit(p);
+  return out;
+}
+
+/**
+ * Copy the closure of `paths` from `store` into the binary cache at `url` (`file:///dir` or a directory).
+ * Paths whose narinfo exists are skipped unless `overwrite`. Returns the paths written.
+ */
+export async function copyToBinaryCache(store: Store, paths: Iterable<StorePath>, url: string, opts: CopyToBinaryCacheOptions = {}): Promise<StorePath[]> {
+  const key = typeof opts.secretKey === 'string' ? parseSecretKey(opts.secretKey) : opts.secretKey;
+  const closure = await store.computeClosure(paths);
+  const infos = new Map<StorePath, PathInfo>();
+  for (const p of closure) {
+    const info = await store.queryPathInfo(p);
+    if (!info) throw new SubstituterError('store', `cannot copy '${p}' to '${url}': it is not valid in the store`, { path: p });
+    infos.set(p, info);
+  }
+  const writer = await BinaryCacheWriter.open(url, {
+    storeDir: store.storeDir,
+    ...(opts.priority !== undefined ? { priority: opts.priority } : {}),
+    ...(opts.wantMassQuery !== undefined ? { wantMassQuery: opts.wantMassQuery } : {}),
+  });
+  const written: StorePath[] = [];
+  for (const p of topoSort(infos)) {
+    if (opts.signal?.aborted) throw new SubstituterError('aborted', `copying to '${url}' was cancelled`, { uri: url });
+    if (!opts.overwrite && (await writer.has(p))) {
+      opts.onPath?.(p, false);
+      continue;
+    }
+    await writer.addPath(infos.get(p)!, store.narFromPath(p), {
+      compression: opts.compression ?? 'xz', secretKey: key, signal: opts.signal,
+      ...(opts.compressionLevel !== undefined ? { compressionLevel: opts.compressionLevel } : {}),
+    });
+    written.push(p);
+    opts.onPath?.(p, true);
+  }
+  return written;
+}

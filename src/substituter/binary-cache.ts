@@ -1,0 +1,372 @@
+/**
+ * BinaryCacheSubstituter: a Nix binary cache over `file://` or `http(s)://` as a Substituter.
+ * Reads `nix-cache-info` once, `<hashpart>.narinfo` per path (bounded parallelism, remembered in a
+ * NarInfoCache), and streams `nar/...` files through the right decompressor.
+ */
+import { createReadStream, promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Agent, request, type Dispatcher } from 'undici';
+import { DEFAULT_STORE_DIR, storePathHashPart, type StorePath } from '../store/store-path.js';
+import { decompressStream, DecompressionError } from './compression.js';
+import { BadNarInfoError, parseCacheInfo, parseNarInfo, type NarInfo } from './narinfo.js';
+import { NarInfoCache } from './narinfo-cache.js';
+import { SubstituterError, type FetchNarOptions, type SubstitutablePathInfo, type Substituter } from './substituter.js';
+
+export interface BinaryCacheSubstituterOptions {
+  /** Public keys `name:base64` whose signatures are trusted. @default [] */
+  readonly trustedPublicKeys?: readonly string[];
+  /** Refuse paths without a valid signature by a trusted key. @default true */
+  readonly requireSigs?: boolean;
+  /** Skip signature checks for this cache (Nix's `?trusted=1`). @default false */
+  readonly trusted?: boolean;
+  /** Overrides the cache's own `Priority` (Nix's `?priority=N`). @default nix-cache-info's, else 50 */
+  readonly priority?: number;
+  /** The store dir paths must be for; a cache for another store dir is skipped with a warning. @default '/nix/store' */
+  readonly storeDir?: string;
+  /** Shared narinfo cache (one per engine). @default a private in-memory one */
+  readonly narInfoCache?: NarInfoCache;
+  /** Maximum parallel narinfo requests of one `queryPathInfos`. @default 16 */
+  readonly maxParallelQueries?: number;
+  /** HTTP connections per origin (keep-alive). @default 8 */
+  readonly maxConnections?: number;
+  /** Retries of a failed request (not of 404s), with exponential backoff from 100 ms. @default 2 */
+  readonly retries?: number;
+  /** Abort an HTTP request whose headers or body stall for this long. @default 30000 */
+  readonly timeoutMs?: number;
+  /** Warnings (e.g. a cache for another store dir). @default process.emitWarning */
+  readonly onWarning?: (message: string) => void;
+  /** An undici dispatcher to use instead of a private Agent. */
+  readonly dispatcher?: Dispatcher;
+}
+
+interface Transport {
+  /** Whole small file, or undefined when absent (404/410, ENOENT). */
+  getFile(rel: string, signal?: AbortSignal): Promise<Buffer | undefined>;
+  /** Stream a file; throws SubstituterError 'not-found' when absent. `expected` is the size when known. */
+  stream(rel: string, signal?: AbortSignal): AsyncIterable<Uint8Array>;
+  close(): Promise<void>;
+}
+
+function validate(name: string, value: number, min: number): number {
+  if (!Number.isInteger(value) || value < min) throw new TypeError(`Expected \`${name}\` to be an integer from ${min} and up, got \`${value}\` (${typeof value})`);
+  return value;
+}
+
+function isAbortError(e: unknown): boolean {
+  return e instanceof Error && (e.name === 'AbortError' || (e as { code?: string }).code === 'ABORT_ERR' || (e as { code?: string }).code === 'UND_ERR_ABORTED');
+}
+
+class FileTransport implements Transport {
+  constructor(private readonly dir: string, private readonly uri: string) {}
+
+  private resolve(rel: string): string {
+    const p = path.resolve(this.dir, rel);
+    if (p !== this.dir && !p.startsWith(this.dir + path.sep)) {
+      throw new SubstituterError('bad-narinfo', `'${rel}' points outside the binary cache '${this.uri}'`, { uri: this.uri });
+    }
+    return p;
+  }
+
+  async getFile(rel: string): Promise<Buffer | undefined> {
+    try {
+      return await fsp.readFile(this.resolve(rel));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
+      if (e instanceof SubstituterError) throw e;
+      throw new SubstituterError('network', `cannot read '${rel}' of '${this.uri}': ${(e as Error).message}`, { uri: this.uri, cause: e });
+    }
+  }
+
+  async *stream(rel: string, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+    const file = this.resolve(rel);
+    const s = createReadStream(file, { highWaterMark: 1 << 20, ...(signal ? { signal } : {}) });
+    try {
+      for await (const chunk of s as AsyncIterable<Buffer>) yield chunk;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new SubstituterError('not-found', `'${this.uri}' does not have '${rel}' any more`, { uri: this.uri, cause: e });
+      if (isAbortError(e)) throw e;
+      throw new SubstituterError('network', `cannot read '${rel}' of '${this.uri}': ${(e as Error).message}`, { uri: this.uri, cause: e });
+    } finally {
+      s.destroy();
+    }
+  }
+
+  async close(): Promise<void> {}
+}
+
+class HttpTransport implements Transport {
+  private readonly dispatcher: Dispatcher;
+  private readonly ownAgent: Agent | undefined;
+  constructor(private readonly base: string, private readonly uri: string, private readonly opts: { maxConnections: number; retries: number; timeoutMs: number; dispatcher?: Dispatcher | undefined }) {
+    if (opts.dispatcher) {
+      this.dispatcher = opts.dispatcher;
+    } else {
+      this.ownAgent = new Agent({ connections: opts.maxConnections, keepAliveTimeout: 30_000, headersTimeout: opts.timeoutMs, bodyTimeout: opts.timeoutMs });
+      this.dispatcher = this.ownAgent;
+    }
+  }
+
+  private url(rel: string): string {
+    return this.base + rel;
+  }
+
+  /** GET with retries of transient failures; undefined on 404/410. */
+  private async get(rel: string, signal: AbortSignal | undefined): Promise<Dispatcher.ResponseData | undefined> {
+    let attempt = 0;
+    for (;;) {
+      let failure: SubstituterError;
+      try {
+        const res = await request(this.url(rel), { method: 'GET', dispatcher: this.dispatcher, ...(signal ? { signal } : {}), headers: { 'user-agent': 'realise' } });
+        if (res.statusCode === 200) return res;
+        await res.body.dump().catch(() => undefined);
+        if (res.statusCode === 404 || res.statusCode === 410) return undefined;
+        failure = new SubstituterError('network', `unable to download '${this.url(rel)}': HTTP error ${res.statusCode}`, { uri: this.uri, hint: 'the cache server failed; retry later, or use --fallback to build instead' });
+        if (res.statusCode < 500 && res.statusCode !== 429) throw failure;
+      } catch (e) {
+        if (e instanceof SubstituterError) throw e;
+        if (isAbortError(e) || signal?.aborted) throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
+        failure = new SubstituterError('network', `unable to download '${this.url(rel)}': ${(e as Error).message}`, { uri: this.uri, cause: e, hint: 'check the network and the substituter URL' });
+      }
+      if (attempt >= this.opts.retries) throw failure;
+      await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
+      attempt++;
+    }
+  }
+
+  async getFile(rel: string, signal?: AbortSignal): Promise<Buffer | undefined> {
+    const res = await this.get(rel, signal);
+    if (!res) return undefined;
+    try {
+      return Buffer.from(await res.body.arrayBuffer());
+    } catch (e) {
+      if (isAbortError(e) || signal?.aborted) throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
+      throw new SubstituterError('network', `download of '${this.url(rel)}' failed: ${(e as Error).message}`, { uri: this.uri, cause: e });
+    }
+  }
+
+  async *stream(rel: string, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+    const res = await this.get(rel, signal);
+    if (!res) throw new SubstituterError('not-found', `'${this.url(rel)}' does not exist (HTTP 404)`, { uri: this.uri, hint: 'the cache lost the NAR file; try another substituter or build' });
+    const lenHeader = res.headers['content-length'];
+    const expected = typeof lenHeader === 'string' ? Number(lenHeader) : undefined;
+    let got = 0;
+    try {
+      for await (const chunk of res.body as AsyncIterable<Buffer>) {
+        got += chunk.length;
+        yield chunk;
+      }
+    } catch (e) {
+      if (isAbortError(e) || signal?.aborted) throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
+      const code = expected !== undefined && got < expected ? 'truncated' : 'network';
+      throw new SubstituterError(code, `download of '${this.url(rel)}' failed after ${got}${expected !== undefined ? ` of ${expected}` : ''} bytes: ${(e as Error).message}`, { uri: this.uri, cause: e });
+    } finally {
+      if (!res.body.destroyed) res.body.destroy();
+    }
+    if (expected !== undefined && got !== expected) {
+      throw new SubstituterError('truncated', `download of '${this.url(rel)}' ended after ${got} of ${expected} bytes`, { uri: this.uri });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.ownAgent?.close();
+  }
+}
+
+/** Bounded parallelism without p-queue (which belongs to the scheduler). */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  let failed = false;
+  async function worker(): Promise<void> {
+    while (!failed && next < items.length) {
+      const i = next++;
+      try {
+        out[i] = await fn(items[i]!);
+      } catch (e) {
+        failed = true;
+        throw e;
+      }
+    }
+  }
+  const results = await Promise.allSettled(Array.from({ length: Math.min(limit, items.length) }, worker));
+  const rejected = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (rejected) throw rejected.reason;
+  return out;
+}
+
+/** Parse Nix-style store URL parameters (`?priority=10&trusted=1&want-mass-query=1`). */
+function splitUri(uri: string): { base: string; params: URLSearchParams } {
+  const q = uri.indexOf('?');
+  return q < 0 ? { base: uri, params: new URLSearchParams() } : { base: uri.slice(0, q), params: new URLSearchParams(uri.slice(q + 1)) };
+}
+
+export class BinaryCacheSubstituter implements Substituter {
+  readonly uri: string;
+  readonly trusted: boolean;
+  readonly trustedPublicKeys: readonly string[];
+  readonly requireSigs: boolean;
+  readonly storeDir: string;
+  private _priority: number;
+  private _wantMassQuery = false;
+  private _enabled = true;
+  private readonly priorityFixed: boolean;
+  private readonly transport: Transport;
+  private readonly narInfoCache: NarInfoCache;
+  private readonly ownCache: boolean;
+  private readonly maxParallel: number;
+  private readonly warn: (m: string) => void;
+  private initPromise: Promise<void> | undefined;
+
+  constructor(uri: string, opts: BinaryCacheSubstituterOptions = {}) {
+    const { base, params } = splitUri(uri);
+    this.uri = base.replace(/\/+$/, '');
+    this.trusted = opts.trusted ?? (params.get('trusted') === '1' || params.get('trusted') === 'true');
+    this.trustedPublicKeys = [...(opts.trustedPublicKeys ?? [])];
+    this.requireSigs = opts.requireSigs ?? true;
+    this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
+    const pParam = params.get('priority');
+    const prio = opts.priority ?? (pParam !== null ? Number(pParam) : undefined);
+    this.priorityFixed = prio !== undefined;
+    this._priority = validate('priority', prio ?? 50, 0);
+    if (params.get('want-mass-query') === '1' || params.get('want-mass-query') === 'true') this._wantMassQuery = true;
+    this.maxParallel = validate('maxParallelQueries', opts.maxParallelQueries ?? 16, 1);
+    this.warn = opts.onWarning ?? ((m) => process.emitWarning(m));
+    this.narInfoCache = opts.narInfoCache ?? NarInfoCache.open();
+    this.ownCache = !opts.narInfoCache;
+    if (this.uri.startsWith('file://')) {
+      this.transport = new FileTransport(path.resolve(fileURLToPath(this.uri)), this.uri);
+    } else if (this.uri.startsWith('http://') || this.uri.startsWith('https://')) {
+      this.transport = new HttpTransport(this.uri + '/', this.uri, {
+        maxConnections: validate('maxConnections', opts.maxConnections ?? 8, 1),
+        retries: validate('retries', opts.retries ?? 2, 0),
+        timeoutMs: validate('timeoutMs', opts.timeoutMs ?? 30_000, 1),
+        dispatcher: opts.dispatcher,
+      });
+    } else {
+      throw new SubstituterError('network', `unsupported binary cache URL '${uri}'`, { uri, hint: 'use file:///dir, http://host/path or https://host/path' });
+    }
+  }
+
+  get priority(): number { return this._priority; }
+  /** Nix's WantMassQuery from nix-cache-info (or `?want-mass-query=1`). */
+  get wantMassQuery(): boolean { return this._wantMassQuery; }
+  /** False when the cache is for another store dir (it then serves nothing). */
+  get enabled(): boolean { return this._enabled; }
+
+  init(signal?: AbortSignal): Promise<void> {
+    this.initPromise ??= this.doInit(signal);
+    return this.initPromise;
+  }
+
+  private async doInit(signal?: AbortSignal): Promise<void> {
+    let info = this.narInfoCache.getCacheInfo(this.uri);
+    if (!info) {
+      let text: Buffer | undefined;
+      try {
+        text = await this.transport.getFile('nix-cache-info', signal);
+      } catch (e) {
+        this.initPromise = undefined; // let a later call retry
+        throw e;
+      }
+      let parsed;
+      try {
+        parsed = text ? parseCacheInfo(text.toString('utf8'), `${this.uri}/nix-cache-info`) : {};
+      } catch (e) {
+        throw new SubstituterError('bad-narinfo', (e as Error).message, { uri: this.uri, cause: e });
+      }
+      info = { storeDir: parsed.storeDir ?? this.storeDir, wantMassQuery: parsed.wantMassQuery ?? false, priority: parsed.priority ?? 50 };
+      this.narInfoCache.setCacheInfo(this.uri, info);
+    }
+    if (!this.priorityFixed) this._priority = info.priority;
+    this._wantMassQuery ||= info.wantMassQuery;
+    if (info.storeDir !== this.storeDir) {
+      this._enabled = false;
+      this.warn(`binary cache '${this.uri}' is for Nix stores with prefix '${info.storeDir}', not '${this.storeDir}'; skipping it`);
+    }
+  }
+
+  async queryPathInfos(paths: readonly StorePath[], opts: { signal?: AbortSignal | undefined } = {}): Promise<Map<StorePath, SubstitutablePathInfo>> {
+    await this.init(opts.signal);
+    const out = new Map<StorePath, SubstitutablePathInfo>();
+    if (!this._enabled) return out;
+    const unique = [...new Set(paths)];
+    await mapLimit(unique, this.maxParallel, async (p) => {
+      const info = await this.queryOne(p, opts.signal);
+      if (info) out.set(p, info);
+    });
+    return out;
+  }
+
+  private async queryOne(p: StorePath, signal: AbortSignal | undefined): Promise<SubstitutablePathInfo | undefined> {
+    const hashPart = storePathHashPart(p);
+    const cached = this.narInfoCache.lookup(this.uri, hashPart, this.storeDir);
+    let ni: NarInfo | undefined;
+    if (cached) {
+      if (!cached.present) return undefined;
+      ni = cached.info;
+    } else {
+      const rel = `${hashPart}.narinfo`;
+      const text = await this.transport.getFile(rel, signal);
+      if (text) {
+        try {
+          ni = parseNarInfo(text.toString('utf8'), { storeDir: this.storeDir, whence: `${this.uri}/${rel}` });
+        } catch (e) {
+          if (e instanceof BadNarInfoError) throw new SubstituterError('bad-narinfo', e.shortMessage, { uri: this.uri, path: p, cause: e, hint: e.hint });
+          throw e;
+        }
+      }
+      this.narInfoCache.insert(this.uri, hashPart, ni);
+    }
+    if (!ni || ni.storePath !== p) return undefined;
+    return {
+      path: ni.storePath, narHash: ni.narHash, narSize: ni.narSize, references: ni.references, deriver: ni.deriver,
+      sigs: ni.sigs, ca: ni.ca, url: ni.url, compression: ni.compression, fileHash: ni.fileHash, fileSize: ni.fileSize,
+      downloadSize: ni.fileSize ?? ni.narSize,
+    };
+  }
+
+  fetchNar(info: SubstitutablePathInfo, opts: FetchNarOptions = {}): AsyncIterable<Uint8Array> {
+    return this.fetchNarImpl(info, opts);
+  }
+
+  private async *fetchNarImpl(info: SubstitutablePathInfo, opts: FetchNarOptions): AsyncGenerator<Uint8Array> {
+    const { signal, onProgress } = opts;
+    await this.init(signal);
+    const transport = this.transport;
+    const uri = this.uri;
+    async function* raw(): AsyncGenerator<Uint8Array> {
+      let done = 0;
+      for await (const chunk of transport.stream(info.url, signal)) {
+        done += chunk.length;
+        if (info.fileSize !== undefined && done > info.fileSize) {
+          throw new SubstituterError('network', `NAR file '${info.url}' of '${info.path}' on '${uri}' is larger than its FileSize ${info.fileSize}`, { uri, path: info.path });
+        }
+        onProgress?.(done, info.downloadSize);
+        yield chunk;
+      }
+      if (info.fileSize !== undefined && done !== info.fileSize) {
+        throw new SubstituterError('truncated', `NAR file '${info.url}' of '${info.path}' on '${uri}' ended after ${done} of ${info.fileSize} bytes`, { uri, path: info.path, hint: 'the cache is incomplete or the download was cut short' });
+      }
+    }
+    let decompressed: AsyncIterable<Uint8Array>;
+    try {
+      decompressed = decompressStream(info.compression, raw(), signal ? { signal } : {});
+    } catch (e) {
+      throw new SubstituterError('decompression', `cannot read NAR of '${info.path}' from '${uri}': ${(e as Error).message}`, { uri, path: info.path, cause: e });
+    }
+    try {
+      yield* decompressed;
+    } catch (e) {
+      if (e instanceof SubstituterError) throw e;
+      if (signal?.aborted || isAbortError(e)) throw new SubstituterError('aborted', `download of '${info.path}' was cancelled`, { uri, path: info.path, cause: e });
+      if (e instanceof DecompressionError) throw new SubstituterError('decompression', `NAR file '${info.url}' of '${info.path}' on '${uri}' is corrupt: ${e.message}`, { uri, path: info.path, cause: e, hint: 'the binary cache is corrupt' });
+      throw new SubstituterError('network', `download of '${info.path}' from '${uri}' failed: ${(e as Error).message}`, { uri, path: info.path, cause: e });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.transport.close();
+    if (this.ownCache) this.narInfoCache.close();
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * Streaming (de)compression of NAR files: xz (node-liblzma), zstd (zstd-napi), br and gzip (node:zlib),
+ * bzip2 (Debian's `bzip2`, through src/platform, the layer allowed to start processes), none.
+ */
+import { createUnxz, createXz } from 'node-liblzma';
+import { Readable, Transform, pipeline } from 'node:stream';
+import * as zlib from 'node:zlib';
+import { CompressStream, DecompressStream } from 'zstd-napi';
+import { decompressWithProgram } from '../platform/external-decompressor.js';
+import type { Compression } from './narinfo.js';
+
+const CHUNK = 1 << 20;
+
+/** Thrown by the streams of this module when the compressed data are corrupt or truncated. */
+export class DecompressionError extends Error {
+  constructor(message: string, options: { cause?: unknown } = {}) {
+    super(message, options);
+    this.name = 'DecompressionError';
+  }
+}
+
+function decoder(c: Exclude<Compression, 'none' | 'bzip2'>): Transform {
+  switch (c) {
+    case 'xz': return createUnxz({ chunkSize: CHUNK }) as unknown as Transform;
+    case 'zstd': return new DecompressStream();
+    case 'br': return zlib.createBrotliDecompress({ chunkSize: CHUNK });
+    case 'gzip': return zlib.createGunzip({ chunkSize: CHUNK });
+  }
+}
+
+function encoder(c: Exclude<Compression, 'none' | 'bzip2'>, level?: number): Transform {
+  switch (c) {
+    case 'xz': return createXz({ preset: level ?? 6, chunkSize: CHUNK }) as unknown as Transform;
+    case 'zstd': return new CompressStream({ compressionLevel: level ?? 3 });
+    case 'br': return zlib.createBrotliCompress({ chunkSize: CHUNK, params: { [zlib.constants.BROTLI_PARAM_QUALITY]: level ?? 6 } });
+    case 'gzip': return zlib.createGzip({ chunkSize: CHUNK, level: level ?? 6 });
+  }
+}
+
+async function* throughTransform(source: AsyncIterable<Uint8Array>, t: Transform, what: string): AsyncGenerator<Uint8Array> {
+  const input = Readable.from(source, { objectMode: false, highWaterMark: CHUNK });
+  let sourceError: unknown;
+  input.on('error', (e) => { sourceError = e; });
+  const out = pipeline(input, t, () => { /* errors surface through iteration */ });
+  try {
+    for await (const chunk of out as AsyncIterable<Buffer>) yield chunk;
+  } catch (e) {
+    if (sourceError) throw sourceError;
+    throw new DecompressionError(`${what} failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  } finally {
+    input.destroy();
+    t.destroy();
+  }
+  if (sourceError) throw sourceError;
+}
+
+/** Decompress a stream. Unknown compressions throw DecompressionError before reading anything. */
+export function decompressStream(compression: string, source: AsyncIterable<Uint8Array>, opts: { signal?: AbortSignal } = {}): AsyncIterable<Uint8Array> {
+  switch (compression) {
+    case 'none': return source;
+    case 'bzip2':
+      return (async function* () {
+        try {
+          yield* decompressWithProgram('bzip2', ['-dc'], source, opts.signal ? { signal: opts.signal } : {});
+        } catch (e) {
+          if (e instanceof Error && e.name === 'ExternalDecompressorError') throw new DecompressionError(`bzip2 decompression failed: ${e.message}`, { cause: e });
+          throw e;
+        }
+      })();
+    case 'xz': case 'zstd': case 'br': case 'gzip':
+      return throughTransform(source, decoder(compression), `${compression} decompression`);
+    default:
+      throw new DecompressionError(`unsupported compression '${compression}'`);
+  }
+}
+
+/** Compress a stream (used to write binary caches). bzip2 is not supported for writing. */
+export function compressStream(compression: Compression, source: AsyncIterable<Uint8Array>, opts: { level?: number } = {}): AsyncIterable<Uint8Array> {
+  switch (compression) {
+    case 'none': return source;
+    case 'bzip2': throw new DecompressionError("writing bzip2-compressed caches is not supported; use 'xz' or 'zstd'");
+    default: return throughTransform(source, encoder(compression, opts.level), `${compression} compression`);
+  }
+}

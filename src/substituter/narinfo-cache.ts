@@ -1,0 +1,190 @@
+/**
+ * NarInfoCache: positive and negative narinfo lookups remembered with a TTL, in SQLite with the tables
+ * of Nix's `binary-cache-v6.sqlite` (BinaryCaches, NARs). One per engine; substituters share it.
+ * `NarInfoCache.open({ cacheDir })` uses `<cacheDir>/binary-cache-v6.sqlite`; without a cacheDir (or if
+ * the file cannot be opened) it lives in memory.
+ */
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import * as path from 'node:path';
+import { Hash } from '../store/hash.js';
+import { storePathBase, storePathHashPart } from '../store/store-path.js';
+import type { CacheInfo, NarInfo } from './narinfo.js';
+
+export interface NarInfoCacheOptions {
+  /** Directory for `binary-cache-v6.sqlite`; in memory when absent. */
+  readonly cacheDir?: string | undefined;
+  /** Seconds a positive lookup stays valid (Nix's `narinfo-cache-positive-ttl`). @default 2592000 */
+  readonly positiveTtl?: number;
+  /** Seconds a negative lookup stays valid (Nix's `narinfo-cache-negative-ttl`). @default 3600 */
+  readonly negativeTtl?: number;
+  /** Seconds cache metadata (nix-cache-info) stays valid. @default 604800 */
+  readonly cacheInfoTtl?: number;
+  /** Clock in seconds, for tests. @default Date.now()/1000 */
+  readonly now?: () => number;
+  /** Called when the file could not be opened and memory is used instead. */
+  readonly onWarning?: (message: string) => void;
+}
+
+const SCHEMA = `
+create table if not exists BinaryCaches (
+    id        integer primary key autoincrement not null,
+    url       text unique not null,
+    timestamp integer not null,
+    storeDir  text not null,
+    wantMassQuery integer not null,
+    priority  integer not null
+);
+create table if not exists NARs (
+    cache            integer not null,
+    hashPart         text not null,
+    namePart         text,
+    url              text,
+    compression      text,
+    fileHash         text,
+    fileSize         integer,
+    narHash          text,
+    narSize          integer,
+    refs             text,
+    deriver          text,
+    sigs             text,
+    ca               text,
+    timestamp        integer not null,
+    present          integer not null,
+    primary key (cache, hashPart),
+    foreign key (cache) references BinaryCaches(id) on delete cascade
+);
+create table if not exists LastPurge (
+    dummy            text primary key,
+    value            integer
+);
+`;
+
+export type CachedLookup = { readonly present: true; readonly info: NarInfo } | { readonly present: false };
+
+interface NarRow {
+  namePart: string | null; url: string | null; compression: string | null; fileHash: string | null; fileSize: number | null;
+  narHash: string | null; narSize: number | null; refs: string | null; deriver: string | null; sigs: string | null; ca: string | null;
+  timestamp: number; present: number;
+}
+
+export class NarInfoCache {
+  readonly file: string | undefined;
+  private readonly db: Database.Database;
+  private readonly positiveTtl: number;
+  private readonly negativeTtl: number;
+  private readonly cacheInfoTtl: number;
+  private readonly now: () => number;
+  private readonly ids = new Map<string, number>();
+  private readonly stmts: {
+    getCache: Database.Statement<[string], { id: number; timestamp: number; storeDir: string; wantMassQuery: number; priority: number }>;
+    upsertCache: Database.Statement<[string, number, string, number, number]>;
+    getNar: Database.Statement<[number, string], NarRow>;
+    putNar: Database.Statement<unknown[]>;
+  };
+
+  private constructor(db: Database.Database, file: string | undefined, opts: NarInfoCacheOptions) {
+    this.db = db;
+    this.file = file;
+    this.positiveTtl = opts.positiveTtl ?? 30 * 24 * 3600;
+    this.negativeTtl = opts.negativeTtl ?? 3600;
+    this.cacheInfoTtl = opts.cacheInfoTtl ?? 7 * 24 * 3600;
+    this.now = opts.now ?? (() => Math.floor(Date.now() / 1000));
+    db.exec(SCHEMA);
+    this.stmts = {
+      getCache: db.prepare('select id, timestamp, storeDir, wantMassQuery, priority from BinaryCaches where url = ?'),
+      upsertCache: db.prepare('insert into BinaryCaches(url, timestamp, storeDir, wantMassQuery, priority) values (?, ?, ?, ?, ?) on conflict(url) do update set timestamp = excluded.timestamp, storeDir = excluded.storeDir, wantMassQuery = excluded.wantMassQuery, priority = excluded.priority'),
+      getNar: db.prepare('select namePart, url, compression, fileHash, fileSize, narHash, narSize, refs, deriver, sigs, ca, timestamp, present from NARs where cache = ? and hashPart = ?'),
+      putNar: db.prepare('insert or replace into NARs(cache, hashPart, namePart, url, compression, fileHash, fileSize, narHash, narSize, refs, deriver, sigs, ca, timestamp, present) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'),
+    };
+  }
+
+  static open(opts: NarInfoCacheOptions = {}): NarInfoCache {
+    if (opts.cacheDir) {
+      const file = path.join(opts.cacheDir, 'binary-cache-v6.sqlite');
+      try {
+        mkdirSync(opts.cacheDir, { recursive: true });
+        const db = new Database(file, { timeout: 60_000 });
+        db.pragma('journal_mode = WAL');
+        db.pragma('synchronous = OFF');
+        return new NarInfoCache(db, file, opts);
+      } catch (e) {
+        (opts.onWarning ?? ((m: string) => process.emitWarning(m)))(`cannot open narinfo cache '${file}' (${e instanceof Error ? e.message : String(e)}); using memory instead`);
+      }
+    }
+    return new NarInfoCache(new Database(':memory:'), undefined, opts);
+  }
+
+  private cacheId(uri: string): number {
+    let id = this.ids.get(uri);
+    if (id === undefined) {
+      const row = this.stmts.getCache.get(uri);
+      if (row) id = row.id;
+      else {
+        this.stmts.upsertCache.run(uri, 0, '', 0, 0);
+        id = this.stmts.getCache.get(uri)!.id;
+      }
+      this.ids.set(uri, id);
+    }
+    return id;
+  }
+
+  /** Remembered nix-cache-info of a cache, if fresh. */
+  getCacheInfo(uri: string): Required<CacheInfo> | undefined {
+    const row = this.stmts.getCache.get(uri);
+    if (!row || row.timestamp === 0 || this.now() - row.timestamp > this.cacheInfoTtl) return undefined;
+    return { storeDir: row.storeDir, wantMassQuery: row.wantMassQuery !== 0, priority: row.priority };
+  }
+
+  setCacheInfo(uri: string, info: Required<CacheInfo>): void {
+    this.stmts.upsertCache.run(uri, this.now(), info.storeDir, info.wantMassQuery ? 1 : 0, info.priority);
+    this.ids.delete(uri);
+  }
+
+  /** A fresh remembered lookup of `hashPart` on `uri`, or undefined when unknown or expired. */
+  lookup(uri: string, hashPart: string, storeDir: string): CachedLookup | undefined {
+    const row = this.stmts.getNar.get(this.cacheId(uri), hashPart);
+    if (!row) return undefined;
+    const age = this.now() - row.timestamp;
+    if (row.present === 0) return age <= this.negativeTtl ? { present: false } : undefined;
+    if (age > this.positiveTtl) return undefined;
+    try {
+      const info: NarInfo = {
+        storePath: `${storeDir}/${hashPart}-${row.namePart}`,
+        url: row.url!,
+        compression: row.compression ?? 'bzip2',
+        fileHash: row.fileHash ? Hash.parse(row.fileHash) : undefined,
+        fileSize: row.fileSize ?? undefined,
+        narHash: Hash.parse(row.narHash!),
+        narSize: row.narSize!,
+        references: (row.refs ?? '').split(' ').filter(Boolean).map((b) => `${storeDir}/${b}`).sort(),
+        deriver: row.deriver ? `${storeDir}/${row.deriver}` : undefined,
+        sigs: (row.sigs ?? '').split(' ').filter(Boolean),
+        ca: row.ca || undefined,
+      };
+      return { present: true, info };
+    } catch {
+      return undefined; // a damaged row is just a miss
+    }
+  }
+
+  /** Remember a lookup: the narinfo, or `undefined` for "not in this cache". */
+  insert(uri: string, hashPart: string, info: NarInfo | undefined): void {
+    const id = this.cacheId(uri);
+    if (!info) {
+      this.stmts.putNar.run(id, hashPart, null, null, null, null, null, null, null, null, null, null, null, this.now(), 0);
+      return;
+    }
+    if (storePathHashPart(info.storePath) !== hashPart) return;
+    const base = storePathBase(info.storePath);
+    this.stmts.putNar.run(
+      id, hashPart, base.slice(33), info.url, info.compression, info.fileHash?.toString('base32', true) ?? null, info.fileSize ?? null,
+      info.narHash.toString('base32', true), info.narSize, info.references.map(storePathBase).join(' '),
+      info.deriver ? storePathBase(info.deriver) : null, info.sigs.join(' '), info.ca ?? null, this.now(), 1,
+    );
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

@@ -1,0 +1,306 @@
+/**
+ * The Substituter interface the scheduler calls, the error type of this layer, and `substitutePath`:
+ * check trust, stream the NAR into the store while verifying it, register atomically.
+ */
+import { RealiseError, BadNarError } from '../store/errors.js';
+import { Hash, HashSink, type HashAlgorithm } from '../store/hash.js';
+import type { PathInfo, Store } from '../store/store-api.js';
+import { makeFixedOutputPath, makeTextPath, storePathName, type StorePath } from '../store/store-path.js';
+import { countValidSignatures } from './narinfo.js';
+import { publicKeyMap, type PublicKey } from './signatures.js';
+
+/** What a substituter knows about a path: Nix's narinfo as a PathInfo plus where the NAR file is. */
+export interface SubstitutablePathInfo extends PathInfo {
+  /** Location of the (compressed) NAR file, relative to the substituter's URI. */
+  readonly url: string;
+  /** Nix's compression name (`xz`, `zstd`, `bzip2`, `br`, `none`, ...). */
+  readonly compression: string;
+  readonly fileHash?: Hash | undefined;
+  readonly fileSize?: number | undefined;
+  /** Bytes to download: `fileSize`, or `narSize` when the cache does not say. */
+  readonly downloadSize: number;
+}
+
+export interface FetchNarOptions {
+  readonly signal?: AbortSignal | undefined;
+  /** Download progress in bytes of the compressed file: `done` so far of `expected` (`downloadSize`). */
+  readonly onProgress?: ((done: number, expected: number) => void) | undefined;
+}
+
+/** A source of store paths (Nix's substituter). Implementations: BinaryCacheSubstituter, InMemorySubstituter. */
+export interface Substituter {
+  /** Identifies the substituter in messages and events, e.g. `https://cache.nixos.org`. */
+  readonly uri: string;
+  /** Lower is tried first (Nix's priority; cache.nixos.org has 40). Final after `init()`. */
+  readonly priority: number;
+  /** The logical store directory of the paths it serves. Final after `init()`. */
+  readonly storeDir: string;
+  /** Trusted substituters' paths need no signature. */
+  readonly trusted: boolean;
+  /** Public keys (`name:base64`) whose signatures this substituter's paths may carry. */
+  readonly trustedPublicKeys: readonly string[];
+  /** Refuse paths without a valid signature by a trusted key (Nix's `require-sigs`, default true). */
+  readonly requireSigs: boolean;
+  /**
+   * Read the cache's metadata (nix-cache-info) once; later calls return the same promise. A cache for
+   * another store dir is disabled with a warning (it then serves nothing). Throws SubstituterError.
+   */
+  init(signal?: AbortSignal): Promise<void>;
+  /** Batched lookup; paths the substituter does not have are absent from the map. Throws SubstituterError. */
+  queryPathInfos(paths: readonly StorePath[], opts?: { readonly signal?: AbortSignal | undefined }): Promise<Map<StorePath, SubstitutablePathInfo>>;
+  /** The decompressed NAR of a path, as a stream. Not verified: `substitutePath` verifies. */
+  fetchNar(info: SubstitutablePathInfo, opts: FetchNarOptions): AsyncIterable<Uint8Array>;
+  /** Release connections and caches. */
+  close?(): Promise<void>;
+}
+
+/** Stable codes of SubstituterError. */
+export type SubstituterErrorCode =
+  | 'bad-signature'          // a signature by a trusted key name does not verify
+  | 'untrusted'              // no signature by a trusted key (and the path is not proven by its content address)
+  | 'hash-mismatch'          // NAR hash differs from the narinfo
+  | 'size-mismatch'          // NAR size differs from the narinfo
+  | 'ca-mismatch'            // content does not match the claimed content address
+  | 'bad-nar'                // the NAR is malformed or hostile (e.g. escapes its path)
+  | 'bad-narinfo'            // a narinfo or nix-cache-info could not be parsed
+  | 'missing-references'     // a reference is not valid in the store yet
+  | 'not-found'              // the substituter does not have the path (or the NAR file is gone)
+  | 'network'                // an HTTP error other than 404, a connection failure, an I/O error
+  | 'truncated'              // the NAR file ended early
+  | 'decompression'          // corrupt compressed data, or an unsupported compression
+  | 'store'                  // the store refused the path
+  | 'aborted';               // the signal was aborted
+
+/** Every failure of this layer. `uri` names the substituter, `path` the store path when known. */
+export class SubstituterError extends RealiseError {
+  declare readonly code: SubstituterErrorCode;
+  readonly uri: string | undefined;
+  readonly path: StorePath | undefined;
+  constructor(code: SubstituterErrorCode, message: string, options: { cause?: unknown; hint?: string; uri?: string; path?: StorePath } = {}) {
+    super(code, message, options);
+    this.uri = options.uri;
+    this.path = options.path;
+  }
+}
+
+export interface SubstituteOptions extends FetchNarOptions {
+  /** Keys trusted in addition to the substituter's own (the engine's `trusted-public-keys`). */
+  readonly trustedPublicKeys?: Iterable<string | PublicKey> | undefined;
+  /** Overrides the substituter's `requireSigs`. */
+  readonly requireSigs?: boolean | undefined;
+  /** Replace the contents of a path that is already valid. */
+  readonly repair?: boolean | undefined;
+}
+
+/** Why a path info is acceptable without a signature: its content address proves its path. */
+export function caProvesPath(info: PathInfo, storeDir: string): boolean {
+  const ca = parseContentAddress(info.ca);
+  if (!ca) return false;
+  const name = storePathName(info.path);
+  const self = info.references.includes(info.path);
+  const others = info.references.filter((r) => r !== info.path);
+  try {
+    if (ca.method === 'text') {
+      if (self) return false;
+      return makeTextPath(name, ca.hash, others, storeDir) === info.path;
+    }
+    if (ca.method === 'flat' && info.references.length > 0) return false;
+    return makeFixedOutputPath(ca.method, ca.hash, name, { references: others, hasSelfReference: self, storeDir }) === info.path;
+  } catch {
+    return false;
+  }
+}
+
+interface ParsedCa { readonly method: 'text' | 'flat' | 'recursive'; readonly hash: Hash }
+
+function parseContentAddress(ca: string | undefined): ParsedCa | undefined {
+  if (!ca) return undefined;
+  try {
+    if (ca.startsWith('text:')) return { method: 'text', hash: Hash.parse(ca.slice(5)) };
+    if (ca.startsWith('fixed:r:')) return { method: 'recursive', hash: Hash.parse(ca.slice(8)) };
+    if (ca.startsWith('fixed:')) return { method: 'flat', hash: Hash.parse(ca.slice(6)) };
+  } catch {
+    return undefined;
+  }
+  return undefined;
+}
+
+/**
+ * Hash of the contents of the single regular file a NAR holds (for flat and text content addresses),
+ * computed while the NAR streams. `finish()` is undefined when the NAR is not a single regular file.
+ */
+class RegularFileContentHasher {
+  private static readonly heads = [
+    ['nix-archive-1', '(', 'type', 'regular', 'contents'],
+    ['nix-archive-1', '(', 'type', 'regular', 'executable', '', 'contents'],
+  ].map((ts) => Buffer.concat(ts.map(narStr)));
+  private head: Buffer[] = [];
+  private headLen = 0;
+  private state: 'head' | 'body' | 'done' | 'bad' = 'head';
+  private left = 0;
+  private readonly sink: HashSink;
+  constructor(algorithm: HashAlgorithm) { this.sink = new HashSink(algorithm); }
+
+  update(chunk: Uint8Array): void {
+    let c = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    if (this.state === 'head') {
+      this.head.push(c);
+      this.headLen += c.length;
+      const all = Buffer.concat(this.head);
+      const h = RegularFileContentHasher.heads.find((p) => all.length >= p.length + 8 && all.subarray(0, p.length).equals(p));
+      if (!h) {
+        const maybe = RegularFileContentHasher.heads.some((p) => all.length < p.length + 8 && p.subarray(0, Math.min(all.length, p.length)).equals(all.subarray(0, Math.min(all.length, p.length))));
+        if (!maybe) this.state = 'bad';
+        return;
+      }
+      const size = all.readBigUInt64LE(h.length);
+      if (size > BigInt(Number.MAX_SAFE_INTEGER)) { this.state = 'bad'; return; }
+      this.left = Number(size);
+      this.state = 'body';
+      this.head = [];
+      c = all.subarray(h.length + 8);
+    }
+    if (this.state === 'body') {
+      const n = Math.min(this.left, c.length);
+      this.sink.update(c.subarray(0, n));
+      this.left -= n;
+      if (this.left === 0) this.state = 'done';
+    }
+  }
+
+  finish(): Hash | undefined {
+    if (this.state !== 'done') return undefined;
+    return this.sink.finish().hash;
+  }
+}
+
+function narStr(s: string): Buffer {
+  const b = Buffer.from(s, 'utf8');
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(b.length));
+  return Buffer.concat([len, b, Buffer.alloc((8 - (b.length % 8)) % 8)]);
+}
+
+function isAbort(e: unknown, signal: AbortSignal | undefined): boolean {
+  return !!signal?.aborted || (e instanceof Error && (e.name === 'AbortError' || (e as { code?: string }).code === 'ABORT_ERR'));
+}
+
+/**
+ * Check that `info` may be trusted; throws SubstituterError 'untrusted' or 'bad-signature'.
+ * Trusted substituters and `requireSigs: false` skip the check; so do content-addressed paths whose CA
+ * proves the path (the content is then checked against the CA while it streams).
+ */
+export function checkTrust(sub: Substituter, info: PathInfo, opts: Pick<SubstituteOptions, 'trustedPublicKeys' | 'requireSigs'> = {}): 'trusted-substituter' | 'not-required' | 'content-addressed' | 'signed' {
+  if (sub.trusted) return 'trusted-substituter';
+  if (!(opts.requireSigs ?? sub.requireSigs)) return 'not-required';
+  if (caProvesPath(info, sub.storeDir)) return 'content-addressed';
+  const keys = publicKeyMap([...sub.trustedPublicKeys, ...(opts.trustedPublicKeys ?? [])]);
+  const { valid, invalid } = countValidSignatures(info, keys);
+  if (valid > 0) return 'signed';
+  if (invalid > 0) {
+    throw new SubstituterError('bad-signature', `cannot add path '${info.path}' from '${sub.uri}': its signature does not verify against the trusted key of the same name`, {
+      uri: sub.uri, path: info.path, hint: 'the binary cache is corrupt or was tampered with; do not trust it, or check that the trusted public key is the right one',
+    });
+  }
+  const names = (info.sigs ?? []).map((s) => s.slice(0, s.indexOf(':')));
+  throw new SubstituterError('untrusted', `cannot add path '${info.path}' from '${sub.uri}' because it lacks a signature by a trusted key${names.length ? ` (signed by: ${names.join(', ')})` : ' (it has no signature)'}`, {
+    uri: sub.uri, path: info.path, hint: "add the cache's public key to trustedPublicKeys, or mark the substituter trusted",
+  });
+}
+
+/**
+ * Substitute one path: check trust, verify that its references are valid, stream the decompressed NAR
+ * into `store.addToStore` while hashing it, and return the registered PathInfo. A wrong hash or size, a
+ * truncated or hostile NAR registers nothing (the store cleans up). Throws SubstituterError.
+ */
+export async function substitutePath(store: Store, sub: Substituter, info: SubstitutablePathInfo, opts: SubstituteOptions = {}): Promise<PathInfo> {
+  const { signal } = opts;
+  const fail = (code: SubstituterErrorCode, message: string, extra: { cause?: unknown; hint?: string } = {}) =>
+    new SubstituterError(code, message, { ...extra, uri: sub.uri, path: info.path });
+  if (signal?.aborted) throw fail('aborted', `substitution of '${info.path}' was cancelled`, { cause: signal.reason });
+  if (sub.storeDir !== store.storeDir) {
+    throw fail('store', `cannot substitute '${info.path}' from '${sub.uri}': the cache is for store '${sub.storeDir}', the store is '${store.storeDir}'`);
+  }
+  if (!opts.repair && (await store.isValidPath(info.path))) {
+    const existing = await store.queryPathInfo(info.path);
+    if (existing) return existing;
+  }
+  checkTrust(sub, info, opts);
+
+  const refs = info.references.filter((r) => r !== info.path);
+  if (refs.length > 0) {
+    const valid = await store.queryValidPaths(refs);
+    const missing = refs.filter((r) => !valid.has(r));
+    if (missing.length > 0) {
+      throw fail('missing-references', `cannot substitute '${info.path}': its references ${missing.map((m) => `'${m}'`).join(', ')} are not valid in the store`, {
+        hint: 'substitute (or build) the references first; the closure of a path must be valid before the path',
+      });
+    }
+  }
+
+  const ca = parseContentAddress(info.ca);
+  const caNeeded = ca !== undefined && caProvesPath(info, sub.storeDir) && !sub.trusted;
+  let ourError: SubstituterError | undefined;
+  const narHashSink = new HashSink(info.narHash.algorithm);
+  const caRecursive = caNeeded && ca.method === 'recursive' && ca.hash.algorithm !== info.narHash.algorithm ? new HashSink(ca.hash.algorithm) : undefined;
+  const caFile = caNeeded && ca.method !== 'recursive' ? new RegularFileContentHasher(ca.hash.algorithm) : undefined;
+  if (caNeeded && ca.method === 'recursive' && ca.hash.algorithm === info.narHash.algorithm && !ca.hash.equals(info.narHash)) {
+    throw fail('ca-mismatch', `cannot add path '${info.path}' from '${sub.uri}': its content address '${info.ca}' does not match its NAR hash ${info.narHash.toString()}`);
+  }
+
+  async function* verified(): AsyncGenerator<Uint8Array> {
+    try {
+      for await (const chunk of sub.fetchNar(info, { signal, onProgress: opts.onProgress })) {
+        if (narHashSink.size + chunk.length > info.narSize) {
+          throw fail('size-mismatch', `NAR of '${info.path}' from '${sub.uri}' is larger than its declared size ${info.narSize}`, { hint: 'the binary cache is corrupt' });
+        }
+        narHashSink.update(chunk);
+        caRecursive?.update(chunk);
+        caFile?.update(chunk);
+        yield chunk;
+      }
+      const { hash, size } = narHashSink.finish();
+      if (size !== info.narSize) throw fail('size-mismatch', `NAR of '${info.path}' from '${sub.uri}' has ${size} bytes, its narinfo says ${info.narSize}`, { hint: 'the binary cache is corrupt or the download was cut short' });
+      if (!hash.equals(info.narHash)) {
+        throw fail('hash-mismatch', `hash mismatch importing path '${info.path}' from '${sub.uri}';\n  specified: ${info.narHash.toString('sri')}\n  got:       ${hash.toString('sri')}`, { hint: 'the binary cache is corrupt; nothing was registered' });
+      }
+      if (caNeeded) {
+        const got = caRecursive ? caRecursive.finish().hash : caFile ? caFile.finish() : hash;
+        if (!got || !got.equals(ca.hash)) {
+          throw fail('ca-mismatch', `content of '${info.path}' from '${sub.uri}' does not match its content address '${info.ca}'`, { hint: 'the binary cache is corrupt or hostile; nothing was registered' });
+        }
+      }
+    } catch (e) {
+      ourError ??= toSubstituterError(e, sub, info, signal);
+      throw ourError;
+    }
+  }
+
+  const toRegister: PathInfo = {
+    path: info.path, narHash: info.narHash, narSize: info.narSize, references: info.references,
+    deriver: info.deriver, sigs: info.sigs, ca: info.ca, ultimate: false,
+    registrationTime: Math.floor(Date.now() / 1000),
+  };
+  try {
+    return await store.addToStore(toRegister, verified(), { repair: opts.repair ?? false, ...(signal ? { signal } : {}) });
+  } catch (e) {
+    if (ourError) throw ourError;
+    if (e instanceof SubstituterError) throw e;
+    if (isAbort(e, signal)) throw fail('aborted', `substitution of '${info.path}' was cancelled`, { cause: e });
+    if (e instanceof BadNarError) throw fail('bad-nar', `NAR of '${info.path}' from '${sub.uri}' is invalid: ${e.shortMessage}`, { cause: e, hint: 'the binary cache is corrupt or hostile; nothing was registered' });
+    const msg = e instanceof Error ? e.message : String(e);
+    throw fail('store', `the store refused '${info.path}' from '${sub.uri}': ${msg}`, { cause: e });
+  }
+}
+
+function toSubstituterError(e: unknown, sub: Substituter, info: PathInfo, signal: AbortSignal | undefined): SubstituterError {
+  if (e instanceof SubstituterError) return e;
+  if (isAbort(e, signal)) return new SubstituterError('aborted', `substitution of '${info.path}' was cancelled`, { cause: e, uri: sub.uri, path: info.path });
+  const msg = e instanceof Error ? e.message : String(e);
+  return new SubstituterError('network', `downloading '${info.path}' from '${sub.uri}' failed: ${msg}`, { cause: e, uri: sub.uri, path: info.path });
+}
+
+/** Sort substituters as Nix tries them: by priority, lower first; stable for equal priorities. */
+export function sortByPriority<T extends Pick<Substituter, 'priority'>>(subs: readonly T[]): T[] {
+  return subs.map((s, i) => [s, i] as const).sort((a, b) => a[0].priority - b[0].priority || a[1] - b[1]).map(([s]) => s);
+}
