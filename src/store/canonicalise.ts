@@ -1,0 +1,85 @@
+/**
+ * Canonical metadata of store contents, as Nix's canonicalisePathMetaData: every file's mtime is 1 (the
+ * epoch plus one second), regular files are 0444 or 0555 (0555 when the owner could execute), directories
+ * 0555, no setuid/setgid/sticky bits and no group/world write bits remain, and everything belongs to the
+ * current user. Symlinks keep their mode (Linux ignores it) but get mtime 1 too.
+ *
+ * Not done (Node has no API for it): removing extended attributes and ACLs.
+ */
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { StoreError } from './errors.js';
+
+/** The mtime Nix gives everything in the store (seconds since the epoch). */
+export const STORE_MTIME = 1;
+
+export interface CanonicaliseOptions {
+  /**
+   * If set, every file must be owned by this uid (or already by us): a file owned by someone else means
+   * the builder smuggled in a foreign file (Nix's "invalid ownership" check).
+   */
+  readonly fromUid?: number;
+}
+
+const myUid = typeof process.geteuid === 'function' ? process.geteuid() : -1;
+const myGid = typeof process.getegid === 'function' ? process.getegid() : -1;
+
+/** Canonicalise the tree at `fsPath` in place. Throws StoreError on unsupported file types or foreign owners. */
+export async function canonicalisePathMetaData(fsPath: string, opts: CanonicaliseOptions = {}): Promise<void> {
+  await canonicaliseNode(fsPath, opts);
+}
+
+async function canonicaliseNode(p: string, opts: CanonicaliseOptions): Promise<void> {
+  const st = await fsp.lstat(p);
+  const isDir = st.isDirectory();
+  const isLink = st.isSymbolicLink();
+  if (!isDir && !isLink && !st.isFile()) {
+    throw new StoreError('unsupported-file-type', `file '${p}' has an unsupported type (only regular files, directories and symlinks may be in the store)`, {
+      hint: 'remove sockets, FIFOs and device nodes from the output',
+    });
+  }
+  if (opts.fromUid !== undefined && st.uid !== opts.fromUid && st.uid !== myUid) {
+    throw new StoreError('invalid-ownership', `invalid ownership on file '${p}': owned by uid ${st.uid}, expected ${opts.fromUid}`, {
+      hint: 'a builder must not create files owned by other users',
+    });
+  }
+  if (!isLink) {
+    const perm = st.mode & 0o7777;
+    if (perm !== 0o444 && perm !== 0o555) {
+      const want = 0o444 | (st.mode & 0o100 ? 0o111 : 0);
+      await fsp.chmod(p, want);
+    }
+  }
+  if (Math.floor(st.mtimeMs / 1000) !== STORE_MTIME || st.mtimeMs % 1000 !== 0) {
+    await fsp.lutimes(p, st.atime, STORE_MTIME);
+  }
+  if (myUid >= 0 && (st.uid !== myUid || st.gid !== myGid) && myUid === 0) {
+    await fsp.lchown(p, myUid, myGid);
+  }
+  if (isDir) {
+    const names = await fsp.readdir(p);
+    for (const name of names) await canonicaliseNode(path.join(p, name), opts);
+  }
+}
+
+/** Make a tree deletable (directories get u+w) and delete it. Missing paths are fine. */
+export async function deleteTree(fsPath: string): Promise<void> {
+  let st;
+  try {
+    st = await fsp.lstat(fsPath);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw e;
+  }
+  if (st.isDirectory()) await makeWritable(fsPath);
+  await fsp.rm(fsPath, { recursive: true, force: true });
+}
+
+async function makeWritable(dir: string): Promise<void> {
+  const st = await fsp.lstat(dir);
+  if (!st.isDirectory()) return;
+  if ((st.mode & 0o700) !== 0o700) await fsp.chmod(dir, (st.mode & 0o7777) | 0o700);
+  for (const ent of await fsp.readdir(dir, { withFileTypes: true })) {
+    if (ent.isDirectory()) await makeWritable(path.join(dir, ent.name));
+  }
+}

@@ -1,0 +1,604 @@
+/**
+ * LocalStore: a Nix 2.8 store on disk, readable and writable by real Nix.
+ *
+ * Layout (chroot store, `LocalStore.open({ root })`): logical store dir `/nix/store`, contents in
+ * `<root>/nix/store`, database `<root>/nix/var/nix/db/db.sqlite` (schema version 10, see schema.ts),
+ * build logs in `<root>/nix/var/log/nix/drvs/<2 chars>/<rest>`. A plain store
+ * (`LocalStore.open({ storeDir, stateDir, logDir })`) keeps its contents where its logical paths say.
+ *
+ * Invariants: a path is valid only when its contents are complete, canonicalised and in place, and all
+ * of its references are valid; registration happens in one SQLite transaction. Contents are written
+ * under a temporary directory `<real store>/.tmp-*` that is flock-ed by its writer, renamed into place
+ * under the path's lock (`<real path>.lock`, as Nix), and only then registered. Leftover temporary
+ * directories of dead writers are removed when a store is opened.
+ */
+import Database from 'better-sqlite3';
+import { closeSync, constants as FS, existsSync, openSync, promises as fsp } from 'node:fs';
+import { homedir } from 'node:os';
+import * as path from 'node:path';
+import { canonicalisePathMetaData, deleteTree } from './canonicalise.js';
+import { InvalidStorePathError, StoreError } from './errors.js';
+import { Hash, HashSink } from './hash.js';
+import { HeldLocks, lockFiles, lockPlainFile, tryFlockFd, tryLockFiles } from './locks.js';
+import { dumpPath, narOfRegularFile, restorePath, streamOf } from './nar.js';
+import { BUSY_TIMEOUT_MS, NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA_STATEMENTS, WAL_AUTOCHECKPOINT } from './schema.js';
+import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from './store-api.js';
+import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
+import { decompressBzip2 } from './bzip2.js';
+
+/** Where the store lives. Defaults follow Nix's LocalFSStore settings. */
+export interface LocalStoreOptions {
+  /** Root of a chroot store: everything lives below it, the logical store dir stays `storeDir`. */
+  readonly root?: string | undefined;
+  /** Logical store directory (the prefix of every store path). @default '/nix/store' */
+  readonly storeDir?: string | undefined;
+  /** State directory holding `db/`. @default `<root>/nix/var/nix`, or `/nix/var/nix` without a root */
+  readonly stateDir?: string | undefined;
+  /** Log directory holding `drvs/`. @default `<root>/nix/var/log/nix`, or `/nix/var/log/nix` without a root */
+  readonly logDir?: string | undefined;
+  /** Physical store directory. @default `<root><storeDir>`, or `storeDir` without a root */
+  readonly realStoreDir?: string | undefined;
+  /** Cancels waiting for the database's big lock. */
+  readonly signal?: AbortSignal | undefined;
+}
+
+/** Resolved locations of a local store. */
+export interface LocalStoreLayout {
+  readonly root: string | undefined;
+  readonly storeDir: string;
+  readonly realStoreDir: string;
+  readonly stateDir: string;
+  readonly dbDir: string;
+  readonly logDir: string;
+}
+
+function checkAbsolute(what: string, p: string): string {
+  if (!path.isAbsolute(p)) {
+    throw new StoreError('bad-store-config', `${what} '${p}' is not an absolute path`, { hint: `give ${what} as an absolute path` });
+  }
+  const n = path.normalize(p);
+  return n.length > 1 && n.endsWith('/') ? n.slice(0, -1) : n;
+}
+
+/** Compute the directories of a store from its options, as Nix's LocalFSStore does. */
+export function resolveLayout(opts: LocalStoreOptions): LocalStoreLayout {
+  const root = opts.root !== undefined ? checkAbsolute('root', path.resolve(opts.root)) : undefined;
+  const storeDir = checkAbsolute('storeDir', opts.storeDir ?? DEFAULT_STORE_DIR);
+  const under = (p: string) => (root === undefined ? p : root === '/' ? p : root + p);
+  const realStoreDir = opts.realStoreDir !== undefined ? checkAbsolute('realStoreDir', opts.realStoreDir) : under(storeDir);
+  const stateDir = opts.stateDir !== undefined ? checkAbsolute('stateDir', opts.stateDir) : under('/nix/var/nix');
+  const logDir = opts.logDir !== undefined ? checkAbsolute('logDir', opts.logDir) : under('/nix/var/log/nix');
+  return { root, storeDir, realStoreDir, stateDir, dbDir: path.join(stateDir, 'db'), logDir };
+}
+
+/**
+ * Root of the embedded default store (a chroot store): `$REALISE_STORE`, else
+ * `$XDG_DATA_HOME/realise/root`, else `~/.local/share/realise/root`.
+ */
+export function defaultStoreRoot(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.REALISE_STORE) return path.resolve(env.REALISE_STORE);
+  const data = env.XDG_DATA_HOME && path.isAbsolute(env.XDG_DATA_HOME) ? env.XDG_DATA_HOME : path.join(env.HOME || homedir(), '.local', 'share');
+  return path.join(data, 'realise', 'root');
+}
+
+/** Nix's text form of a NAR hash in the database: `sha256:<base16>`. */
+export function formatDbHash(h: Hash): string {
+  return h.toString('base16', true);
+}
+
+/** Validate the store paths in a PathInfo against `storeDir`; throws InvalidStorePathError. */
+export function checkPathInfo(info: PathInfo, storeDir: string): void {
+  parseStorePath(info.path, storeDir);
+  for (const r of info.references) parseStorePath(r, storeDir);
+  if (info.deriver) parseStorePath(info.deriver, storeDir);
+  if (!Number.isSafeInteger(info.narSize) || info.narSize < 0) {
+    throw new StoreError('bad-path-info', `path '${info.path}' has an invalid narSize ${String(info.narSize)}`);
+  }
+  if (!(info.narHash instanceof Hash)) throw new StoreError('bad-path-info', `path '${info.path}' has no narHash`);
+}
+
+/**
+ * The closure invariant for a batch: every reference must be the path itself, in the batch, or valid
+ * (`isValid` answers for the rest in one call). Also refuses reference cycles between different paths,
+ * as Nix's topological sort does. Returns the batch in an order where references come first.
+ */
+export function checkBatchClosure(infos: readonly PathInfo[], validOf: (paths: StorePath[]) => Set<StorePath>): PathInfo[] {
+  const batch = new Map<StorePath, PathInfo>();
+  for (const i of infos) batch.set(i.path, i);
+  const outside = new Set<StorePath>();
+  for (const i of infos) for (const r of i.references) if (r !== i.path && !batch.has(r)) outside.add(r);
+  const valid = outside.size ? validOf([...outside]) : new Set<StorePath>();
+  for (const i of infos) {
+    const missing = i.references.filter((r) => r !== i.path && !batch.has(r) && !valid.has(r));
+    if (missing.length) {
+      throw new StoreError('missing-references', `cannot add path '${i.path}' because it references the invalid path${missing.length > 1 ? 's' : ''} ${missing.map((m) => `'${m}'`).join(', ')}`, {
+        hint: 'add (or build) the referenced paths first, or register them in the same batch',
+      });
+    }
+  }
+  // Topological order (references first); a cycle is an error.
+  const order: PathInfo[] = [];
+  const state = new Map<StorePath, 1 | 2>();
+  const visit = (p: StorePath, parent: StorePath | undefined) => {
+    const s = state.get(p);
+    if (s === 2) return;
+    if (s === 1) throw new StoreError('reference-cycle', `cycle detected in the references of '${parent}' from '${p}'`);
+    state.set(p, 1);
+    const info = batch.get(p)!;
+    for (const r of info.references) if (r !== p && batch.has(r)) visit(r, p);
+    state.set(p, 2);
+    order.push(info);
+  };
+  for (const i of batch.keys()) visit(i, undefined);
+  return order;
+}
+
+/** Hash a NAR stream with `algorithm` while passing it on; honours an AbortSignal between chunks. */
+export function hashingStream(source: NarSource, algorithm: Hash['algorithm'], signal?: AbortSignal): { stream: AsyncIterable<Uint8Array>; result(): { hash: Hash; size: number } } {
+  const sink = new HashSink(algorithm);
+  let done: { hash: Hash; size: number } | undefined;
+  async function* stream() {
+    for await (const chunk of source) {
+      signal?.throwIfAborted();
+      sink.update(chunk);
+      yield chunk;
+    }
+    done = sink.finish();
+  }
+  return {
+    stream: stream(),
+    result() {
+      if (!done) throw new StoreError('nar-incomplete', 'the NAR stream was not read to its end');
+      return done;
+    },
+  };
+}
+
+export function narHashMismatch(p: StorePath, expected: Hash, got: Hash): StoreError {
+  return new StoreError('nar-hash-mismatch', `hash mismatch importing path '${p}';\n  specified: ${expected.toString('base32')}\n  got:       ${got.toString('base32')}`, {
+    hint: 'the NAR is corrupt or does not belong to this path; nothing was registered',
+  });
+}
+
+export function narSizeMismatch(p: StorePath, expected: number, got: number): StoreError {
+  return new StoreError('nar-size-mismatch', `size mismatch importing path '${p}';\n  specified: ${expected}\n  got:       ${got}`, {
+    hint: 'the NAR is truncated or does not belong to this path; nothing was registered',
+  });
+}
+
+export function invalidPathError(p: StorePath, what = 'is not valid'): StoreError {
+  return new StoreError('invalid-path', `path '${p}' ${what}`, { hint: 'build, substitute or add it first' });
+}
+
+interface Row {
+  id: number;
+  hash: string;
+  registrationTime: number;
+  deriver: string | null;
+  narSize: number | null;
+  ultimate: number | null;
+  sigs: string | null;
+  ca: string | null;
+}
+
+/** Process-wide set of temp dirs being written, so `open()` of a second store object never removes them. */
+const TMP_PREFIX = '.tmp-';
+
+export class LocalStore implements Store {
+  readonly storeDir: string;
+  readonly realStoreDir: string;
+  readonly layout: LocalStoreLayout;
+  private readonly db: Database.Database;
+  private readonly releaseBigLock: () => void;
+  private closed = false;
+  private readonly st: ReturnType<LocalStore['prepare']>;
+
+  private constructor(layout: LocalStoreLayout, db: Database.Database, releaseBigLock: () => void) {
+    this.layout = layout;
+    this.storeDir = layout.storeDir;
+    this.realStoreDir = layout.realStoreDir;
+    this.db = db;
+    this.releaseBigLock = releaseBigLock;
+    this.st = this.prepare();
+  }
+
+  /** Open (creating if needed) a local store. See LocalStoreOptions for the layout. */
+  static async open(opts: LocalStoreOptions = {}): Promise<LocalStore> {
+    const layout = resolveLayout(opts);
+    try {
+      await fsp.mkdir(layout.realStoreDir, { recursive: true, mode: 0o755 });
+      await fsp.mkdir(layout.dbDir, { recursive: true, mode: 0o755 });
+      for (const d of ['temproots', 'gcroots', 'profiles']) await fsp.mkdir(path.join(layout.stateDir, d), { recursive: true, mode: 0o755 });
+      await fsp.mkdir(path.join(layout.logDir, 'drvs'), { recursive: true, mode: 0o755 });
+    } catch (e) {
+      throw new StoreError('store-open-failed', `cannot create the store directories under '${layout.root ?? layout.stateDir}': ${(e as Error).message}`, {
+        cause: e, hint: 'check the permissions of the store root, or choose another one',
+      });
+    }
+    // As Nix: hold big-lock shared while the store is open (a schema upgrade takes it exclusively).
+    const releaseBigLock = await lockPlainFile(path.join(layout.dbDir, 'big-lock'), 'shared', opts.signal);
+    let db: Database.Database | undefined;
+    try {
+      await ensureReserved(path.join(layout.dbDir, 'reserved'));
+      const schemaFile = path.join(layout.dbDir, 'schema');
+      let cur = 0;
+      if (existsSync(schemaFile)) {
+        const text = (await fsp.readFile(schemaFile, 'utf8')).trim();
+        cur = /^\d+$/.test(text) ? Number(text) : NaN;
+        if (!Number.isInteger(cur)) throw new StoreError('bad-schema', `'${schemaFile}' is corrupt: '${text.slice(0, 40)}'`);
+      }
+      if (cur > NIX_SCHEMA_VERSION) {
+        throw new StoreError('schema-too-new', `current Nix store schema is version ${cur}, but realise only supports ${NIX_SCHEMA_VERSION}`, {
+          hint: 'this store was upgraded by a newer Nix; use a separate store for realise',
+        });
+      }
+      if (cur !== 0 && cur < NIX_SCHEMA_VERSION) {
+        throw new StoreError('schema-too-old', `the store database at '${layout.dbDir}' has schema version ${cur}, realise needs ${NIX_SCHEMA_VERSION}`, {
+          hint: `upgrade it once with Nix 2.8, e.g. 'nix-store --store ${layout.root ?? layout.storeDir} --verify'`,
+        });
+      }
+      db = new Database(path.join(layout.dbDir, 'db.sqlite'), { timeout: BUSY_TIMEOUT_MS });
+      db.pragma('foreign_keys = 1');
+      db.pragma('synchronous = normal');
+      if (String(db.pragma('main.journal_mode', { simple: true })).toLowerCase() !== 'wal') db.pragma('main.journal_mode = wal');
+      db.pragma(`wal_autocheckpoint = ${WAL_AUTOCHECKPOINT}`);
+      const conn = db;
+      conn.transaction(() => {
+        const has = conn.prepare("select 1 from sqlite_master where type = 'table' and name = 'ValidPaths'").get();
+        if (!has) for (const s of SCHEMA_STATEMENTS) conn.exec(s);
+      }).immediate();
+      if (cur === 0) {
+        const tmp = `${schemaFile}.tmp-${process.pid}`;
+        await fsp.writeFile(tmp, String(NIX_SCHEMA_VERSION), { mode: 0o644 });
+        await fsp.rename(tmp, schemaFile);
+      }
+      const store = new LocalStore(layout, db, releaseBigLock);
+      await store.removeStaleTempDirs();
+      return store;
+    } catch (e) {
+      db?.close();
+      releaseBigLock();
+      if (e instanceof StoreError) throw e;
+      throw new StoreError('store-open-failed', `cannot open the store database in '${layout.dbDir}': ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  /** The embedded default store at `defaultStoreRoot()`. */
+  static openDefault(opts: { signal?: AbortSignal } = {}): Promise<LocalStore> {
+    return LocalStore.open({ root: defaultStoreRoot(), signal: opts.signal });
+  }
+
+  private prepare() {
+    const db = this.db;
+    return {
+      pathId: db.prepare<[string], { id: number }>('select id from ValidPaths where path = ?'),
+      info: db.prepare<[string], Row>('select id, hash, registrationTime, deriver, narSize, ultimate, sigs, ca from ValidPaths where path = ?'),
+      references: db.prepare<[number], { path: string }>('select path from Refs join ValidPaths on reference = id where referrer = ?'),
+      referrers: db.prepare<[string], { path: string }>('select path from Refs join ValidPaths on referrer = id where reference = (select id from ValidPaths where path = ?)'),
+      insert: db.prepare('insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) values (?, ?, ?, ?, ?, ?, ?, ?)'),
+      update: db.prepare('update ValidPaths set narSize = ?, hash = ?, ultimate = ?, sigs = ?, ca = ? where path = ?'),
+      addRef: db.prepare('insert or replace into Refs (referrer, reference) values (?, ?)'),
+      addDrvOutput: db.prepare('insert or replace into DerivationOutputs (drv, id, path) values (?, ?, ?)'),
+      drvOutputs: db.prepare<[string], { id: string; path: string }>('select d.id, d.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where v.path = ?'),
+      validIn: db.prepare<[string], { path: string }>('select path from ValidPaths where path in (select value from json_each(?))'),
+      closure: db.prepare<[string], { path: string }>(
+        `with recursive c(id) as (
+           select id from ValidPaths where path in (select value from json_each(?))
+           union
+           select reference from Refs join c on Refs.referrer = c.id)
+         select path from ValidPaths where id in (select id from c)`,
+      ),
+    };
+  }
+
+  private check(): void {
+    if (this.closed) throw new StoreError('store-closed', `the store at '${this.layout.root ?? this.storeDir}' has been closed`);
+  }
+
+  toRealPath(p: string): string {
+    if (this.realStoreDir === this.storeDir) return p;
+    if (p === this.storeDir || p.startsWith(this.storeDir + '/')) return this.realStoreDir + p.slice(this.storeDir.length);
+    throw new InvalidStorePathError(`path '${p}' is not in the Nix store '${this.storeDir}'`);
+  }
+
+  async isValidPath(p: StorePath): Promise<boolean> {
+    this.check();
+    return this.st.pathId.get(p) !== undefined;
+  }
+
+  /** Synchronous validity of many paths (one query through json_each). */
+  queryValidPathsSync(paths: Iterable<StorePath>): Set<StorePath> {
+    this.check();
+    const list = Array.isArray(paths) ? (paths as StorePath[]) : [...paths];
+    const out = new Set<StorePath>();
+    if (list.length === 0) return out;
+    for (const r of this.st.validIn.all(JSON.stringify(list))) out.add(r.path);
+    return out;
+  }
+
+  async queryValidPaths(paths: Iterable<StorePath>): Promise<Set<StorePath>> {
+    return this.queryValidPathsSync(paths);
+  }
+
+  async queryPathInfo(p: StorePath): Promise<PathInfo | undefined> {
+    this.check();
+    const row = this.st.info.get(p);
+    if (!row) return undefined;
+    let narHash: Hash;
+    try {
+      narHash = Hash.parse(row.hash);
+    } catch (e) {
+      throw new StoreError('corrupt-db', `the database has an invalid hash '${row.hash}' for path '${p}'`, { cause: e, hint: "run 'nix-store --verify --repair'" });
+    }
+    const references = this.st.references.all(row.id).map((r) => r.path).sort();
+    return {
+      path: p,
+      narHash,
+      narSize: row.narSize ?? 0,
+      references,
+      deriver: row.deriver || undefined,
+      registrationTime: row.registrationTime,
+      ultimate: row.ultimate === 1,
+      sigs: row.sigs ? row.sigs.split(' ').filter(Boolean) : [],
+      ca: row.ca || undefined,
+    };
+  }
+
+  async queryReferrers(p: StorePath): Promise<StorePath[]> {
+    this.check();
+    return this.st.referrers.all(p).map((r) => r.path).sort();
+  }
+
+  /** Every valid path reachable from `paths`; throws StoreError('invalid-path') if a start path is invalid (as Nix). */
+  async computeClosure(paths: Iterable<StorePath>): Promise<Set<StorePath>> {
+    this.check();
+    const start = [...new Set(paths)];
+    if (start.length === 0) return new Set();
+    const valid = this.queryValidPathsSync(start);
+    for (const p of start) if (!valid.has(p)) throw invalidPathError(p);
+    return new Set(this.st.closure.all(JSON.stringify(start)).map((r) => r.path));
+  }
+
+  async queryDerivationOutputs(drvPath: StorePath): Promise<Map<string, StorePath>> {
+    this.check();
+    const out = new Map<string, StorePath>();
+    for (const r of this.st.drvOutputs.all(drvPath)) out.set(r.id, r.path);
+    return out;
+  }
+
+  /**
+   * Record the outputs of a valid derivation in DerivationOutputs. Nix fills this table when it
+   * registers a `.drv`; the store layer cannot parse derivations, so the derivation layer calls this
+   * right after adding a `.drv`.
+   */
+  async registerDerivationOutputs(drvPath: StorePath, outputs: ReadonlyMap<string, StorePath>): Promise<void> {
+    this.check();
+    parseStorePath(drvPath, this.storeDir);
+    for (const p of outputs.values()) parseStorePath(p, this.storeDir);
+    this.db.transaction(() => {
+      const row = this.st.pathId.get(drvPath);
+      if (!row) throw invalidPathError(drvPath, 'is not valid, so its outputs cannot be registered');
+      for (const [name, p] of outputs) this.st.addDrvOutput.run(row.id, name, p);
+    }).immediate();
+  }
+
+  /** Write rows for `infos` in one transaction, enforcing the closure invariant. No file system work. */
+  private registerInDb(infos: readonly PathInfo[]): void {
+    const now = Math.floor(Date.now() / 1000);
+    this.db.transaction(() => {
+      const order = checkBatchClosure(infos, (ps) => this.queryValidPathsSync(ps));
+      const ids = new Map<StorePath, number>();
+      for (const i of order) {
+        const existing = this.st.pathId.get(i.path);
+        const ultimate = i.ultimate ? 1 : null;
+        const sigs = i.sigs && i.sigs.length ? i.sigs.join(' ') : null;
+        if (existing) {
+          this.st.update.run(i.narSize || null, formatDbHash(i.narHash), ultimate, sigs, i.ca ?? null, i.path);
+          ids.set(i.path, existing.id);
+        } else {
+          const r = this.st.insert.run(i.path, formatDbHash(i.narHash), i.registrationTime ?? now, i.deriver ?? null, i.narSize || null, ultimate, sigs, i.ca ?? null);
+          ids.set(i.path, Number(r.lastInsertRowid));
+        }
+      }
+      for (const i of order) {
+        const referrer = ids.get(i.path)!;
+        for (const ref of i.references) {
+          const reference = ids.get(ref) ?? this.st.pathId.get(ref)?.id;
+          if (reference === undefined) throw invalidPathError(ref); // unreachable after checkBatchClosure
+          this.st.addRef.run(referrer, reference);
+        }
+      }
+    }).immediate();
+  }
+
+  async registerValidPaths(infos: readonly PathInfo[], opts: { canonicalise?: boolean } = {}): Promise<void> {
+    this.check();
+    if (infos.length === 0) return;
+    for (const i of infos) checkPathInfo(i, this.storeDir);
+    // Fail before touching anything if the invariant cannot hold.
+    checkBatchClosure(infos, (ps) => this.queryValidPathsSync(ps));
+    for (const i of infos) {
+      const real = this.toRealPath(i.path);
+      try {
+        await fsp.lstat(real);
+      } catch {
+        throw new StoreError('missing-contents', `cannot register path '${i.path}': its contents are missing at '${real}'`, {
+          hint: 'write the contents first; nothing was registered',
+        });
+      }
+      if (opts.canonicalise ?? true) await canonicalisePathMetaData(real);
+    }
+    this.registerInDb(infos);
+  }
+
+  async addToStore(info: PathInfo, nar: NarSource, opts: AddToStoreOptions = {}): Promise<PathInfo> {
+    this.check();
+    checkPathInfo(info, this.storeDir);
+    const repair = opts.repair ?? false;
+    if (!repair) {
+      const have = await this.queryPathInfo(info.path);
+      if (have) return have;
+    }
+    checkBatchClosure([info], (ps) => this.queryValidPathsSync(ps));
+    const locks = await this.lockPaths([info.path], { signal: opts.signal });
+    let tmp: { dir: string; fd: number } | undefined;
+    try {
+      if (!repair) {
+        const have = await this.queryPathInfo(info.path);
+        if (have) return have;
+      }
+      tmp = await this.makeTempDir();
+      const target = path.join(tmp.dir, storePathBase(info.path));
+      const hashed = hashingStream(nar, info.narHash.algorithm, opts.signal);
+      await restorePath(target, hashed.stream);
+      const got = hashed.result();
+      if (!got.hash.equals(info.narHash)) throw narHashMismatch(info.path, info.narHash, got.hash);
+      if (info.narSize && got.size !== info.narSize) throw narSizeMismatch(info.path, info.narSize, got.size);
+      await canonicalisePathMetaData(target);
+      opts.signal?.throwIfAborted();
+      const final: PathInfo = { ...info, narSize: got.size };
+      checkBatchClosure([final], (ps) => this.queryValidPathsSync(ps));
+      const real = this.toRealPath(info.path);
+      if (await exists(real)) {
+        // A stale invalid copy, or the valid copy we are repairing: move it aside, delete with the temp dir.
+        await fsp.rename(real, path.join(tmp.dir, 'old'));
+      }
+      await fsp.rename(target, real);
+      try {
+        this.registerInDb([final]);
+      } catch (e) {
+        await deleteTree(real).catch(() => {});
+        throw e;
+      }
+      locks.setDeletion(true);
+      return (await this.queryPathInfo(info.path))!;
+    } finally {
+      if (tmp) {
+        await deleteTree(tmp.dir).catch(() => {});
+        closeSync(tmp.fd);
+      }
+      await locks.release();
+    }
+  }
+
+  /** A fresh `.tmp-*` directory in the real store dir, flock-ed for as long as we write into it. */
+  private async makeTempDir(): Promise<{ dir: string; fd: number }> {
+    const dir = await fsp.mkdtemp(path.join(this.realStoreDir, TMP_PREFIX));
+    const fd = openSync(dir, FS.O_RDONLY | FS.O_DIRECTORY);
+    if (!tryFlockFd(fd, dir)) { closeSync(fd); throw new StoreError('lock-failed', `cannot lock the new temporary directory '${dir}'`); }
+    return { dir, fd };
+  }
+
+  /** Remove `.tmp-*` directories whose writer is gone (its flock is free). */
+  async removeStaleTempDirs(): Promise<string[]> {
+    const removed: string[] = [];
+    let names: string[];
+    try { names = await fsp.readdir(this.realStoreDir); } catch { return removed; }
+    for (const name of names) {
+      if (!name.startsWith(TMP_PREFIX)) continue;
+      const dir = path.join(this.realStoreDir, name);
+      let fd: number;
+      try { fd = openSync(dir, FS.O_RDONLY | FS.O_DIRECTORY); } catch { continue; }
+      try {
+        if (!tryFlockFd(fd, dir)) continue;
+        await deleteTree(dir);
+        removed.push(dir);
+      } finally {
+        closeSync(fd);
+      }
+    }
+    return removed;
+  }
+
+  async addTextToStore(name: string, text: string, references: Iterable<StorePath> = []): Promise<StorePath> {
+    this.check();
+    const refs = [...new Set(references)].sort();
+    const p = computeTextPath(name, text, refs, this.storeDir);
+    if (await this.isValidPath(p)) return p;
+    const nar = narOfRegularFile(text);
+    const contentHash = Hash.of('sha256', text);
+    await this.addToStore(
+      { path: p, narHash: Hash.of('sha256', nar), narSize: nar.length, references: refs, ca: `text:${contentHash.toString('base32')}` },
+      streamOf(nar),
+    );
+    return p;
+  }
+
+  async *narFromPath(p: StorePath): AsyncGenerator<Uint8Array> {
+    if (!(await this.isValidPath(p))) throw invalidPathError(p);
+    yield* dumpPath(this.toRealPath(p));
+  }
+
+  async readTextFile(p: StorePath): Promise<string> {
+    if (!(await this.isValidPath(p))) throw invalidPathError(p);
+    const real = this.toRealPath(p);
+    const st = await fsp.lstat(real);
+    if (!st.isFile()) throw new StoreError('not-a-regular-file', `store path '${p}' is not a regular file`);
+    return fsp.readFile(real, 'utf8');
+  }
+
+  async deletePath(p: StorePath): Promise<void> {
+    this.check();
+    parseStorePath(p, this.storeDir);
+    if (await this.isValidPath(p)) {
+      throw new StoreError('path-is-valid', `cannot delete path '${p}' because it is valid`, { hint: 'only invalid (unregistered) paths can be deleted; use garbage collection for valid ones' });
+    }
+    await deleteTree(this.toRealPath(p));
+  }
+
+  async lockPaths(paths: Iterable<StorePath>, opts: { signal?: AbortSignal | undefined } = {}): Promise<HeldLocks> {
+    const sorted = [...new Set(paths)].sort();
+    return lockFiles(sorted.map((p) => this.toRealPath(p)), { signal: opts.signal, paths: sorted });
+  }
+
+  async tryLockPaths(paths: Iterable<StorePath>): Promise<PathLocks | undefined> {
+    const sorted = [...new Set(paths)].sort();
+    return tryLockFiles(sorted.map((p) => this.toRealPath(p)), { paths: sorted });
+  }
+
+  logPath(drvPath: StorePath): string {
+    const base = storePathBase(drvPath);
+    return path.join(this.layout.logDir, 'drvs', base.slice(0, 2), base.slice(2));
+  }
+
+  /** Writes the log uncompressed (Nix 2.8's `nix log` and `nix-store --read-log` read both forms). */
+  async addBuildLog(drvPath: StorePath, log: string | Uint8Array): Promise<void> {
+    const file = this.logPath(drvPath);
+    await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o755 });
+    const tmp = `${file}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
+    await fsp.writeFile(tmp, log, { mode: 0o644 });
+    await fsp.rename(tmp, file);
+  }
+
+  async readBuildLog(drvPath: StorePath): Promise<string | undefined> {
+    const base = storePathBase(drvPath);
+    for (const file of [this.logPath(drvPath), path.join(this.layout.logDir, base)]) {
+      try { return await fsp.readFile(file, 'utf8'); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
+      let bz: Buffer;
+      try { bz = await fsp.readFile(file + '.bz2'); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; continue; }
+      return Buffer.from(decompressBzip2(bz)).toString('utf8');
+    }
+    return undefined;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.db.close();
+    this.releaseBigLock();
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try { await fsp.lstat(p); return true; } catch { return false; }
+}
+
+/** Nix keeps `db/reserved` at gc-reserved-space bytes so GC can free it when the disk is full (sparse here). */
+async function ensureReserved(file: string): Promise<void> {
+  try {
+    const st = await fsp.stat(file);
+    if (st.size === RESERVED_SIZE) return;
+  } catch { /* create */ }
+  const fh = await fsp.open(file, 'w', 0o600);
+  try { await fh.truncate(RESERVED_SIZE); } finally { await fh.close(); }
+}

@@ -1,0 +1,240 @@
+/**
+ * Path locks as Nix takes them: an exclusive flock(2) on `<real path>.lock`, so that a real Nix process
+ * working on the same store and this process exclude each other. Cross-process waits poll with a
+ * non-blocking flock and back off (a blocking flock would pin a libuv thread); in-process waiters queue
+ * on a promise instead, so two goals of one process never spin against each other.
+ *
+ * Releasing deletes the lock file the way Nix does: unlink it, then write "d" into it and close. A
+ * waiter that was blocked on the old inode sees a non-empty lock file after it acquires it, knows it
+ * is stale, and starts over with a fresh file. A lock held by a process that died is released by the
+ * kernel when its file descriptors close, so it is recovered without any cleanup.
+ */
+import { closeSync, fstatSync, openSync, unlinkSync, writeSync, constants as FS } from 'node:fs';
+import { createRequire } from 'node:module';
+import { StoreError } from './errors.js';
+
+interface FsExt {
+  flockSync(fd: number, flags: 'sh' | 'ex' | 'shnb' | 'exnb' | 'un'): void;
+}
+const fsExt = createRequire(import.meta.url)('fs-ext') as FsExt;
+
+/** Thrown when a lock wait is cancelled through its AbortSignal. */
+export class LockAbortedError extends StoreError {
+  constructor(lockPath: string, cause?: unknown) {
+    super('lock-aborted', `waiting for the lock on '${lockPath}' was cancelled`, { cause });
+  }
+}
+
+/** In-process exclusion, keyed by lock file path: hand-over queue, no polling. */
+interface Slot { waiters: Array<() => void> }
+const inProcess = new Map<string, Slot>();
+
+function tryTakeSlot(key: string): boolean {
+  if (inProcess.has(key)) return false;
+  inProcess.set(key, { waiters: [] });
+  return true;
+}
+
+function takeSlot(key: string, signal?: AbortSignal): Promise<void> {
+  const slot = inProcess.get(key);
+  if (!slot) {
+    inProcess.set(key, { waiters: [] });
+    return Promise.resolve();
+  }
+  return new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) { reject(new LockAbortedError(key, signal.reason)); return; }
+    const wake = () => { signal?.removeEventListener('abort', onAbort); resolve(); };
+    const onAbort = () => {
+      const i = slot.waiters.indexOf(wake);
+      if (i >= 0) slot.waiters.splice(i, 1);
+      reject(new LockAbortedError(key, signal?.reason));
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    slot.waiters.push(wake);
+  });
+}
+
+function giveSlot(key: string): void {
+  const slot = inProcess.get(key);
+  if (!slot) return;
+  const next = slot.waiters.shift();
+  if (next) next(); // hand the slot over; it stays taken
+  else inProcess.delete(key);
+}
+
+function sleep(ms: number, signal: AbortSignal | undefined, key: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) { reject(new LockAbortedError(key, signal.reason)); return; }
+    const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
+    const onAbort = () => { clearTimeout(t); reject(new LockAbortedError(key, signal?.reason)); };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+function openLockFile(lockPath: string): number {
+  try {
+    return openSync(lockPath, FS.O_RDWR | FS.O_CREAT, 0o600);
+  } catch (e) {
+    throw new StoreError('lock-failed', `cannot open lock file '${lockPath}': ${(e as Error).message}`, {
+      cause: e, hint: 'check that the store directory exists and is writable by this user',
+    });
+  }
+}
+
+function tryFlock(fd: number, lockPath: string, mode: 'exnb' | 'shnb' = 'exnb'): boolean {
+  try {
+    fsExt.flockSync(fd, mode);
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EAGAIN' || code === 'EWOULDBLOCK') return false;
+    throw new StoreError('lock-failed', `cannot lock '${lockPath}': ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** Try once to take the flock on `lockPath`; returns the fd, or undefined if someone holds it. Retries stale files. */
+function tryLockFile(lockPath: string): number | undefined {
+  for (;;) {
+    const fd = openLockFile(lockPath);
+    if (!tryFlock(fd, lockPath)) { closeSync(fd); return undefined; }
+    if (fstatSync(fd).size !== 0) { closeSync(fd); continue; } // deleted by its previous holder: start over
+    return fd;
+  }
+}
+
+/** Backoff for cross-process waits: 2 ms doubling up to 100 ms. */
+async function lockFile(lockPath: string, signal?: AbortSignal): Promise<number> {
+  let delay = 2;
+  for (;;) {
+    if (signal?.aborted) throw new LockAbortedError(lockPath, signal.reason);
+    const fd = tryLockFile(lockPath);
+    if (fd !== undefined) return fd;
+    await sleep(delay, signal, lockPath);
+    delay = Math.min(delay * 2, 100);
+  }
+}
+
+function unlockFile(lockPath: string, fd: number, deleteFile: boolean): void {
+  try {
+    if (deleteFile) {
+      try { unlinkSync(lockPath); } catch { /* already gone */ }
+      try { writeSync(fd, 'd'); } catch { /* best effort: waiters also see the unlinked inode */ }
+    }
+  } finally {
+    closeSync(fd); // releases the flock
+  }
+}
+
+/** A set of held path locks. `release()` is idempotent. */
+export class HeldLocks {
+  private held: Array<{ lockPath: string; fd: number }>;
+  private deleteOnRelease = true;
+  /** The store paths (or file paths) these locks protect. */
+  readonly paths: readonly string[];
+
+  /** @internal */
+  constructor(paths: readonly string[], held: Array<{ lockPath: string; fd: number }>) {
+    this.paths = paths;
+    this.held = held;
+  }
+
+  /** Whether `release()` deletes the lock files (Nix's `setDeletion`). @default true */
+  setDeletion(deleteFiles: boolean): void {
+    this.deleteOnRelease = deleteFiles;
+  }
+
+  get released(): boolean {
+    return this.held.length === 0;
+  }
+
+  async release(): Promise<void> {
+    this.releaseSync();
+  }
+
+  releaseSync(): void {
+    const held = this.held;
+    this.held = [];
+    for (const h of held.reverse()) {
+      try { unlockFile(h.lockPath, h.fd, this.deleteOnRelease); } finally { giveSlot(h.lockPath); }
+    }
+  }
+}
+
+function lockPathsOf(files: Iterable<string>): { files: string[]; lockPaths: string[] } {
+  const sorted = [...new Set(files)].sort();
+  return { files: sorted, lockPaths: sorted.map((f) => f + '.lock') };
+}
+
+/**
+ * Lock `<file>.lock` for every file, in sorted order (so two callers never deadlock), waiting as long as
+ * needed. `paths` is what the returned handle reports (by default the files themselves).
+ */
+export async function lockFiles(files: Iterable<string>, opts: { signal?: AbortSignal; paths?: readonly string[] } = {}): Promise<HeldLocks> {
+  const { files: sorted, lockPaths } = lockPathsOf(files);
+  const held: Array<{ lockPath: string; fd: number }> = [];
+  const handle = new HeldLocks(opts.paths ?? sorted, held);
+  try {
+    for (const lockPath of lockPaths) {
+      await takeSlot(lockPath, opts.signal);
+      try {
+        const fd = await lockFile(lockPath, opts.signal);
+        held.push({ lockPath, fd });
+      } catch (e) {
+        giveSlot(lockPath);
+        throw e;
+      }
+    }
+  } catch (e) {
+    handle.setDeletion(false);
+    handle.releaseSync();
+    throw e;
+  }
+  return handle;
+}
+
+/** Take every lock without waiting, or none: undefined when any is held (in this process or another). */
+export function tryLockFiles(files: Iterable<string>, opts: { paths?: readonly string[] } = {}): HeldLocks | undefined {
+  const { files: sorted, lockPaths } = lockPathsOf(files);
+  const held: Array<{ lockPath: string; fd: number }> = [];
+  const handle = new HeldLocks(opts.paths ?? sorted, held);
+  for (const lockPath of lockPaths) {
+    if (!tryTakeSlot(lockPath)) { handle.setDeletion(false); handle.releaseSync(); return undefined; }
+    let fd: number | undefined;
+    try {
+      fd = tryLockFile(lockPath);
+    } catch (e) {
+      giveSlot(lockPath);
+      handle.setDeletion(false);
+      handle.releaseSync();
+      throw e;
+    }
+    if (fd === undefined) { giveSlot(lockPath); handle.setDeletion(false); handle.releaseSync(); return undefined; }
+    held.push({ lockPath, fd });
+  }
+  return handle;
+}
+
+/**
+ * A shared or exclusive flock on a file that is kept (not deleted), e.g. Nix's `db/big-lock`.
+ * Waits with backoff. Returns a function that releases it.
+ */
+export async function lockPlainFile(file: string, mode: 'shared' | 'exclusive', signal?: AbortSignal): Promise<() => void> {
+  const fd = openLockFile(file);
+  let delay = 2;
+  try {
+    while (!tryFlock(fd, file, mode === 'shared' ? 'shnb' : 'exnb')) {
+      await sleep(delay, signal, file);
+      delay = Math.min(delay * 2, 100);
+    }
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  let open = true;
+  return () => { if (open) { open = false; closeSync(fd); } };
+}
+
+/** Hold an exclusive flock on an open directory or file descriptor without waiting (temp dir ownership). */
+export function tryFlockFd(fd: number, what: string): boolean {
+  return tryFlock(fd, what, 'exnb');
+}

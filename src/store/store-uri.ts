@@ -1,0 +1,75 @@
+/**
+ * Store URIs for local stores, as Nix's `--store` takes them:
+ *   - a path (`/var/lib/ci/root`, `./root`): a chroot store with that root (logical `/nix/store`);
+ *   - `local` or `local?root=…&store=…&state=…&log=…&real=…` (values percent-decoded).
+ * Other schemes (`daemon`, `ssh://`, `file://` binary caches, …) are not local stores and are refused.
+ */
+import * as path from 'node:path';
+import { StoreError } from './errors.js';
+import { LocalStore, type LocalStoreOptions } from './local-store.js';
+
+/** Nix store settings that are accepted in a local store URI and ignored here. */
+const IGNORED_PARAMS = new Set(['require-sigs', 'trusted', 'priority', 'want-mass-query', 'path-info-cache-size', 'system-features', 'read-only']);
+
+export interface ParsedStoreUri {
+  readonly options: LocalStoreOptions;
+  /** Parameters Nix knows but a LocalStore here does not use. */
+  readonly ignored: readonly string[];
+}
+
+function badUri(uri: string, why: string, hint?: string): StoreError {
+  return new StoreError('bad-store-uri', `cannot open store '${uri}': ${why}`, {
+    hint: hint ?? "use a root directory (chroot store) or 'local?root=DIR' or 'local?store=DIR&state=DIR&log=DIR'",
+  });
+}
+
+/** Parse a local store URI into LocalStore options (relative paths resolve against `cwd`). */
+export function parseStoreUri(uri: string, cwd: string = process.cwd()): ParsedStoreUri {
+  if (uri === '') throw badUri(uri, 'the store URI is empty');
+  const q = uri.indexOf('?');
+  const head = q < 0 ? uri : uri.slice(0, q);
+  const query = q < 0 ? '' : uri.slice(q + 1);
+  const absolute = (what: string, v: string) => {
+    if (v === '') throw badUri(uri, `'${what}' is empty`);
+    return path.resolve(cwd, v);
+  };
+  let root: string | undefined;
+  if (!head.includes('://') && (head.startsWith('/') || head.startsWith('./') || head.startsWith('../') || head === '.' || head === '..')) {
+    root = absolute('root', head);
+  } else if (head !== 'local' && head !== 'local://') {
+    if (head === 'auto' || head === 'daemon' || head.startsWith('unix://')) throw badUri(uri, 'a Nix daemon store is not supported', 'realise works on a local store directory; pass its root directory');
+    throw badUri(uri, `'${head}' is not a local store`);
+  }
+  const opts: { root?: string; storeDir?: string; stateDir?: string; logDir?: string; realStoreDir?: string } = {};
+  if (root !== undefined) opts.root = root;
+  const ignored: string[] = [];
+  if (query) {
+    for (const part of query.split('&')) {
+      if (part === '') continue;
+      const eq = part.indexOf('=');
+      if (eq < 0) throw badUri(uri, `parameter '${part}' has no value`);
+      const key = part.slice(0, eq);
+      let value: string;
+      try { value = decodeURIComponent(part.slice(eq + 1).replace(/\+/g, ' ')); } catch { throw badUri(uri, `parameter '${key}' is not properly percent-encoded`); }
+      switch (key) {
+        case 'root': opts.root = absolute(key, value); break;
+        case 'store':
+          if (!path.isAbsolute(value)) throw badUri(uri, `'store' must be an absolute path, got '${value}'`);
+          opts.storeDir = path.normalize(value); break;
+        case 'state': opts.stateDir = absolute(key, value); break;
+        case 'log': opts.logDir = absolute(key, value); break;
+        case 'real': opts.realStoreDir = absolute(key, value); break;
+        default:
+          if (IGNORED_PARAMS.has(key)) ignored.push(key);
+          else throw badUri(uri, `unknown parameter '${key}'`, 'local stores take root, store, state, log and real');
+      }
+    }
+  }
+  return { options: opts, ignored };
+}
+
+/** Open the local store a URI names. */
+export function openStore(uri: string, opts: { signal?: AbortSignal } = {}): Promise<LocalStore> {
+  const { options } = parseStoreUri(uri);
+  return LocalStore.open({ ...options, signal: opts.signal });
+}
