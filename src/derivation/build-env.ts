@@ -1,0 +1,175 @@
+/**
+ * The builder's environment and the files of its build directory, exactly as Nix 2.8 prepares them
+ * (initEnv, initTmpDir, passAsFile, writeStructuredAttrs). Pure: returns values, writes nothing.
+ */
+import { Hash } from '../store/hash.js';
+import { hashPlaceholder } from '../store/store-path.js';
+
+/** Apply Nix's `rewriteStrings`: each key replaced by its value, in map order. */
+export function rewriteStrings(s: string, rewrites: ReadonlyMap<string, string>): string {
+  for (const [from, to] of rewrites) {
+    if (from === to || from.length === 0) continue;
+    if (s.includes(from)) s = s.split(from).join(to);
+  }
+  return s;
+}
+
+export interface BuildEnvInput {
+  /** The derivation's environment (`env` of the .drv). */
+  readonly drvEnv: ReadonlyMap<string, string>;
+  /** Output names of the derivation. */
+  readonly outputNames: readonly string[];
+  /** Structured attrs (`__json` parsed), if the derivation uses them. */
+  readonly structuredAttrs?: Record<string, unknown> | undefined;
+  /** Logical store dir. */
+  readonly storeDir: string;
+  /** Build directory as the builder sees it. */
+  readonly buildDirInSandbox: string;
+  /** NIX_BUILD_CORES. */
+  readonly cores: number;
+  /** Fixed-output (impure) derivation: sets NIX_OUTPUT_CHECKED and passes `impureEnvVars`. */
+  readonly fixedOutput: boolean;
+  /** Names listed in `impureEnvVars`, and where to read them. */
+  readonly impureEnvVars?: readonly string[];
+  readonly hostEnv?: Readonly<Record<string, string | undefined>>;
+  /** Placeholder and hash rewrites (Nix's inputRewrites), applied to env values, args, and files. */
+  readonly rewrites: ReadonlyMap<string, string>;
+  /** exportReferencesGraph, precomputed by the caller: file name → contents (legacy) or JSON value (structured). */
+  readonly exportReferencesGraph?: ReadonlyMap<string, string | unknown>;
+}
+
+export interface BuildEnv {
+  /** Final environment, rewrites applied. */
+  readonly env: Record<string, string>;
+  /** Files to create in the build directory: name → contents. */
+  readonly files: ReadonlyMap<string, string>;
+}
+
+const SH_VAR = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** Nix's shellEscape: single-quote, with `'` as `'\''`. */
+export function shellEscape(s: string): string {
+  return "'" + s.split("'").join("'\\''") + "'";
+}
+
+function shSimple(v: unknown): string | undefined {
+  if (typeof v === 'string') return shellEscape(v);
+  if (typeof v === 'number') {
+    // Nix: value.get<float>(), integral → std::to_string(value.get<int>()).
+    const f = Math.fround(v);
+    if (Math.ceil(f) === f) return String(Math.trunc(v) | 0);
+    return undefined;
+  }
+  if (v === null) return "''";
+  if (typeof v === 'boolean') return v ? '1' : '';
+  return undefined;
+}
+
+/** `.attrs.sh` contents for structured attrs (strings, integers, null, booleans, flat arrays/objects of those). */
+export function structuredAttrsToShell(json: Record<string, unknown>): string {
+  let out = '';
+  for (const key of Object.keys(json).sort()) {
+    if (!SH_VAR.test(key)) continue;
+    const value = json[key];
+    const simple = shSimple(value);
+    if (simple !== undefined) {
+      out += `declare ${key}=${simple}\n`;
+    } else if (Array.isArray(value)) {
+      let s = '';
+      let good = true;
+      for (const x of value) {
+        const e = shSimple(x);
+        if (e === undefined) { good = false; break; }
+        s += e + ' ';
+      }
+      if (good) out += `declare -a ${key}=(${s})\n`;
+    } else if (value !== null && typeof value === 'object') {
+      let s = '';
+      let good = true;
+      for (const k of Object.keys(value).sort()) {
+        const e = shSimple((value as Record<string, unknown>)[k]);
+        if (e === undefined) { good = false; break; }
+        s += `[${shellEscape(k)}]=${e} `;
+      }
+      if (good) out += `declare -A ${key}=(${s})\n`;
+    }
+  }
+  return out;
+}
+
+/** JSON text as nlohmann::json::dump() prints it: keys sorted, no spaces. */
+export function nixJsonDump(v: unknown): string {
+  if (v === null || typeof v !== 'object') return JSON.stringify(v) ?? 'null';
+  if (Array.isArray(v)) return '[' + v.map(nixJsonDump).join(',') + ']';
+  const o = v as Record<string, unknown>;
+  return '{' + Object.keys(o).sort().map((k) => JSON.stringify(k) + ':' + nixJsonDump(o[k])).join(',') + '}';
+}
+
+export function passAsFileName(attr: string): string {
+  return '.attr-' + Hash.of('sha256', attr).toString('base32', false);
+}
+
+/** Build the environment and build-directory files of a builder. */
+export function makeBuildEnv(input: BuildEnvInput): BuildEnv {
+  const env = new Map<string, string>();
+  const files = new Map<string, string>();
+  const top = input.buildDirInSandbox;
+
+  // initEnv
+  env.set('PATH', '/path-not-set');
+  env.set('HOME', '/homeless-shelter');
+  env.set('NIX_STORE', input.storeDir);
+  env.set('NIX_BUILD_CORES', String(input.cores));
+
+  // initTmpDir
+  if (!input.structuredAttrs) {
+    const passAsFile = new Set((input.drvEnv.get('passAsFile') ?? '').split(/[ \t\n\r]+/).filter(Boolean));
+    for (const [k, v] of input.drvEnv) {
+      if (!passAsFile.has(k)) {
+        env.set(k, v);
+      } else {
+        const fn = passAsFileName(k);
+        files.set(fn, rewriteStrings(v, input.rewrites));
+        env.set(k + 'Path', `${top}/${fn}`);
+      }
+    }
+  }
+  env.set('NIX_BUILD_TOP', top);
+  env.set('TMPDIR', top);
+  env.set('TEMPDIR', top);
+  env.set('TMP', top);
+  env.set('TEMP', top);
+  env.set('PWD', top);
+
+  if (input.fixedOutput) {
+    env.set('NIX_OUTPUT_CHECKED', '1');
+    for (const name of input.impureEnvVars ?? []) env.set(name, input.hostEnv?.[name] ?? '');
+  }
+  env.set('NIX_LOG_FD', '2');
+  env.set('TERM', 'xterm-256color');
+
+  // exportReferencesGraph (legacy form: files in the build dir)
+  if (!input.structuredAttrs && input.exportReferencesGraph) {
+    for (const [name, contents] of input.exportReferencesGraph) files.set(name, String(contents));
+  }
+
+  // writeStructuredAttrs
+  if (input.structuredAttrs) {
+    const json: Record<string, unknown> = { ...input.structuredAttrs };
+    const outputs: Record<string, string> = {};
+    for (const o of input.outputNames) outputs[o] = rewriteStrings(hashPlaceholder(o), input.rewrites);
+    json.outputs = outputs;
+    const erg = json.exportReferencesGraph;
+    if (erg && typeof erg === 'object' && !Array.isArray(erg) && input.exportReferencesGraph) {
+      for (const key of Object.keys(erg)) {
+        if (input.exportReferencesGraph.has(key)) json[key] = input.exportReferencesGraph.get(key);
+      }
+    }
+    files.set('.attrs.json', rewriteStrings(nixJsonDump(json), input.rewrites));
+    files.set('.attrs.sh', rewriteStrings(structuredAttrsToShell(json), input.rewrites));
+  }
+
+  const out: Record<string, string> = {};
+  for (const [k, v] of env) out[k] = rewriteStrings(v, input.rewrites);
+  return { env: out, files };
+}

@@ -1,0 +1,285 @@
+/**
+ * BuildEngine: the public entry point. Each call gets its own Worker (one goal per path per call); slots
+ * (p-queue) and progress counters are per engine.
+ */
+import { EventEmitter } from 'eventemitter3';
+import PQueue from 'p-queue';
+import type { Store } from '../store/store-api.js';
+import { LocalStore } from '../store/local-store.js';
+import type { StorePath } from '../store/store-path.js';
+import { NoSandbox } from '../platform/no-sandbox.js';
+import type { Sandbox } from '../platform/sandbox.js';
+import { useSandbox } from '../platform/sandbox-config.js';
+import { substitutePath, sortByPriority, type Substituter, type SubstitutablePathInfo } from '../substituter/substituter.js';
+import type { Derivation } from '../derivation/derivation.js';
+import type { EngineContext } from './context.js';
+import { getBoolAttr, loadDrv, viewOf, type DrvView } from './drv-view.js';
+import { BuildCancelledError, BuildFailedError, BuildSetupError } from './errors.js';
+import { ProgressTracker, type BuildEngineEvents, type Progress } from './events.js';
+import { resolveOptions, type BuildEngineOptions, type ResolvedOptions } from './options.js';
+import { failure, isSuccess, type BuildResult, type BuildTarget, type TargetResult } from './results.js';
+import { Worker, type BuildMode } from './worker.js';
+import { queryMissing, type MissingInfo } from './query-missing.js';
+import { linuxSandboxFactory } from './sandbox-factory.js';
+
+export interface BuildPathsOptions {
+  readonly mode?: BuildMode;
+  readonly signal?: AbortSignal;
+}
+
+export class BuildEngine extends EventEmitter<BuildEngineEvents> {
+  readonly options: ResolvedOptions;
+  private readonly storePromise: Promise<Store>;
+  private storeValue: Store | undefined;
+  private readonly buildQueue: PQueue;
+  private readonly substQueue: PQueue;
+  private readonly progressTracker: ProgressTracker;
+  private readonly drvCache = new Map<StorePath, Promise<DrvView>>();
+  private readonly infoCache = new Map<string, { at: number; info: SubstitutablePathInfo | undefined }>();
+  private linuxSandbox: Sandbox | undefined | null;
+  private readonly noSandbox = new NoSandbox();
+  private readonly ownsStore: boolean;
+
+  constructor(options: BuildEngineOptions = {}) {
+    super();
+    this.options = resolveOptions(options, true);
+    this.storeValue = options.store;
+    this.ownsStore = !options.store;
+    this.storePromise = options.store ? Promise.resolve(options.store) : LocalStore.openDefault();
+    this.storePromise.then((s) => { this.storeValue = s; }, () => {});
+    this.buildQueue = new PQueue({ concurrency: Math.max(1, this.options.maxJobs) });
+    this.substQueue = new PQueue({ concurrency: this.options.maxSubstitutionJobs });
+    this.progressTracker = new ProgressTracker((p) => this.emit('progress', p));
+  }
+
+  /** The store this engine builds into (opens the embedded default store on first use). */
+  store(): Promise<Store> {
+    return this.storePromise;
+  }
+
+  /** Current progress counters. */
+  progress(): Progress {
+    return this.progressTracker.snapshot();
+  }
+
+  private async context(): Promise<EngineContext> {
+    const store = await this.storePromise;
+    const subs = sortByPriority(await this.initSubstituters());
+    const emit = this.emit.bind(this) as EngineContext['emit'];
+    return {
+      store,
+      options: this.options,
+      substituters: subs,
+      progress: this.progressTracker,
+      buildQueue: this.buildQueue,
+      emit: (event, ...args) => { emit(event, ...args); },
+      substitutionSlot: (fn) => this.substQueue.add(fn) as Promise<Awaited<ReturnType<typeof fn>>>,
+      queryPathInfosCached: (sub, paths, signal) => this.queryInfos(sub, paths, signal),
+      fetchPath: async (sub, info, signal, repair) => {
+        const p = this.progressTracker;
+        let last = 0;
+        await substitutePath(store, sub, info, {
+          signal, repair,
+          onProgress: (done) => { p.download.done += done - last; last = done; p.changed(); },
+        });
+        p.nar.done += info.narSize;
+        p.changed();
+      },
+      loadDrv: (drvPath) => this.loadDrvCached(store, drvPath),
+      pickSandbox: (view) => this.pickSandbox(store, view),
+    };
+  }
+
+  private substInit: Promise<Substituter[]> | undefined;
+  private initSubstituters(): Promise<Substituter[]> {
+    this.substInit ??= (async () => {
+      const ok: Substituter[] = [];
+      for (const s of this.options.substituters) {
+        try {
+          await s.init();
+          ok.push(s);
+        } catch (e) {
+          this.emit('warning', { message: `disabling substituter '${s.uri}': ${(e as Error).message}` });
+        }
+      }
+      return ok;
+    })();
+    return this.substInit;
+  }
+
+  private async queryInfos(sub: Substituter, paths: StorePath[], signal: AbortSignal): Promise<Map<StorePath, SubstitutablePathInfo>> {
+    const out = new Map<StorePath, SubstitutablePathInfo>();
+    const ttl = 3600_000;
+    const now = Date.now();
+    const need: StorePath[] = [];
+    for (const p of paths) {
+      const c = this.infoCache.get(`${sub.uri}\0${p}`);
+      if (c && now - c.at < ttl) { if (c.info) out.set(p, c.info); } else need.push(p);
+    }
+    if (need.length) {
+      const got = await sub.queryPathInfos(need, { signal });
+      for (const p of need) {
+        const info = got.get(p);
+        this.infoCache.set(`${sub.uri}\0${p}`, { at: now, info });
+        if (info) out.set(p, info);
+      }
+    }
+    return out;
+  }
+
+  private loadDrvCached(store: Store, drvPath: StorePath): Promise<DrvView> {
+    let p = this.drvCache.get(drvPath);
+    if (!p) {
+      p = loadDrv(store, drvPath);
+      p.catch(() => this.drvCache.delete(drvPath));
+      this.drvCache.set(drvPath, p);
+    }
+    return p;
+  }
+
+  private pickSandbox(store: Store, view: DrvView): Sandbox {
+    const mode = this.options.sandbox;
+    if (typeof mode === 'object') return mode;
+    const use = useSandbox({
+      mode, noChroot: getBoolAttr(view, '__noChroot'), impure: view.isFixedOutput,
+      storeDir: store.storeDir, realStoreDir: store.realStoreDir, drvPath: view.drvPath,
+    });
+    if (!use) return this.noSandbox;
+    if (this.linuxSandbox === undefined) this.linuxSandbox = linuxSandboxFactory(this.options) ?? null;
+    if (this.linuxSandbox) return this.linuxSandbox;
+    const chroot = store.storeDir !== store.realStoreDir;
+    if (chroot || !this.options.sandboxFallback) {
+      throw new BuildSetupError(
+        chroot
+          ? `cannot build '${view.drvPath}': the store '${store.realStoreDir}' is a chroot store (logical '${store.storeDir}'), which needs the Linux sandbox, and the sandbox is not available`
+          : `cannot build '${view.drvPath}' in the sandbox: Linux namespaces (bubblewrap) are not available`,
+        { hint: chroot ? "install bubblewrap (apt-get install bubblewrap) or use a store whose logical directory is its physical one ('local?store=...')" : 'install bubblewrap, or set sandbox: false / sandboxFallback: true' },
+      );
+    }
+    this.emit('warning', { message: 'the sandbox is not available (is bubblewrap installed?); building without it' });
+    return this.noSandbox;
+  }
+
+  /**
+   * Realise targets: derivation outputs (`{ drvPath, outputs }`) or opaque paths (`{ path }`).
+   * Resolves with one result per target; throws BuildFailedError carrying every failure.
+   */
+  async buildPaths(targets: readonly (BuildTarget | string)[], opts: BuildPathsOptions = {}): Promise<TargetResult[]> {
+    const { results, worker } = await this.runTargetsWith(targets, opts);
+    if (opts.signal?.aborted) throw new BuildCancelledError(opts.signal.reason);
+    const topFailed = results.some((r) => !isSuccess(r.result.status));
+    if (topFailed) {
+      // Every failure of the call (root causes and the goals that depended on them), each once.
+      const seen = new Set<StorePath>();
+      const all: TargetResult[] = [];
+      for (const f of worker.failures) {
+        if (seen.has(f.path)) continue;
+        seen.add(f.path);
+        all.push({ target: { drvPath: f.path }, path: f.path, result: f.result });
+      }
+      for (const r of results) {
+        if (!isSuccess(r.result.status) && !seen.has(r.path) && !(r.result as { stopped?: boolean }).stopped) { seen.add(r.path); all.push(r); }
+      }
+      throw new BuildFailedError(all.length ? all : results.filter((r) => !isSuccess(r.result.status)));
+    }
+    return results;
+  }
+
+  /** Like buildPaths, but never throws on build failures: every target's result is returned. */
+  async buildPathsWithResults(targets: readonly (BuildTarget | string)[], opts: BuildPathsOptions = {}): Promise<TargetResult[]> {
+    return this.runTargets(targets, opts);
+  }
+
+  private async runTargets(targets: readonly (BuildTarget | string)[], opts: BuildPathsOptions): Promise<TargetResult[]> {
+    return (await this.runTargetsWith(targets, opts)).results;
+  }
+
+  private async runTargetsWith(targets: readonly (BuildTarget | string)[], opts: BuildPathsOptions): Promise<{ results: TargetResult[]; worker: Worker }> {
+    const ctx = await this.context();
+    const mode = opts.mode ?? 'normal';
+    const w = new Worker(ctx, mode, opts.signal);
+    const parsed = targets.map(parseTarget);
+    for (const t of parsed) if ('drvPath' in t) this.progressTracker.builds.expected++;
+    this.progressTracker.changed();
+    const results = await Promise.all(parsed.map(async (t): Promise<TargetResult> => {
+      if ('drvPath' in t) {
+        const outs = t.outputs === undefined || t.outputs === '*' ? undefined : t.outputs;
+        return { target: t, path: t.drvPath, result: await w.derivationGoal(t.drvPath, outs, mode) };
+      }
+      const o = await w.substitutionGoal(t.path, mode === 'repair');
+      const ok = o.kind === 'valid' || o.kind === 'substituted';
+      if (!ok) { w.failures.push({ path: t.path, result: failure('misc-failure', o.message) }); w.noteFailure(); }
+      return {
+        target: t, path: t.path,
+        result: ok
+          ? { status: o.kind === 'valid' ? 'already-valid' : 'substituted', timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {} }
+          : failure('misc-failure', o.message),
+      };
+    }));
+    if (w.fatal) throw w.fatal;
+    return { results, worker: w };
+  }
+
+  /** Build one derivation given its parsed form. Never throws on a build failure: returns the result. */
+  async buildDerivation(drvPath: StorePath, drv?: Derivation, opts: BuildPathsOptions = {}): Promise<BuildResult> {
+    if (drv) {
+      const store = await this.storePromise;
+      const name = drvPath.slice(drvPath.lastIndexOf('/') + 34).replace(/\.drv$/, '');
+      if (!(await store.isValidPath(drvPath))) {
+        this.drvCache.set(drvPath, Promise.resolve(viewOf(drvPath, drv, name)));
+      }
+    }
+    const [r] = await this.runTargets([{ drvPath, outputs: '*' }], opts);
+    return r!.result;
+  }
+
+  /** Make a store path valid (substituting it), as `nix-store --realise` of an opaque path. */
+  async ensurePath(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.buildPaths([{ path }], opts);
+  }
+
+  /** Repair a path: substitute it again; if that fails, rebuild its deriver in repair mode. */
+  async repairPath(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    const ctx = await this.context();
+    const w = new Worker(ctx, 'repair', opts.signal);
+    const o = await w.substitutionGoal(path, true);
+    if (o.kind === 'substituted' || o.kind === 'valid') return;
+    const info = await ctx.store.queryPathInfo(path);
+    if (info?.deriver && (await ctx.store.isValidPath(info.deriver))) {
+      const outs = await ctx.store.queryDerivationOutputs(info.deriver);
+      const names = [...outs].filter(([, p]) => p === path).map(([n]) => n);
+      await this.buildPaths([{ drvPath: info.deriver, outputs: names.length ? names : '*' }], { mode: 'repair', signal: opts.signal });
+      return;
+    }
+    throw new BuildFailedError([{ target: { path }, path, result: failure('misc-failure', `cannot repair path '${path}': ${'message' in o ? o.message : 'no substitute and no known deriver'}`) }]);
+  }
+
+  /** What would be built, substituted or is unknown, with download and NAR sizes, before anything runs. */
+  async queryMissing(targets: readonly (BuildTarget | string)[]): Promise<MissingInfo> {
+    const ctx = await this.context();
+    const info = await queryMissing(ctx, targets.map(parseTarget));
+    this.progressTracker.download.expected += info.downloadSize;
+    this.progressTracker.nar.expected += info.narSize;
+    this.progressTracker.substitutions.expected += info.willSubstitute.length;
+    this.progressTracker.changed();
+    return info;
+  }
+
+  /** Close the store if the engine opened it. */
+  async close(): Promise<void> {
+    for (const s of this.options.substituters) await s.close?.();
+    if (this.ownsStore) await (await this.storePromise).close();
+  }
+}
+
+/** Parse `DRV^out,dev`, `DRV^*`, `DRV!out` or a plain path into a BuildTarget. */
+export function parseTarget(t: BuildTarget | string): BuildTarget {
+  if (typeof t !== 'string') return t;
+  const m = /^(.*?\.drv)(?:[!^](.*))?$/.exec(t);
+  if (m) {
+    const outs = m[2];
+    if (outs === undefined || outs === '*' || outs === '') return { drvPath: m[1]!, outputs: '*' };
+    return { drvPath: m[1]!, outputs: outs.split(',') };
+  }
+  return { path: t };
+}

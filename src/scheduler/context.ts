@@ -1,0 +1,31 @@
+/**
+ * What goals share within one engine: the store, options, slots (p-queue: only leaf work takes one),
+ * substituters, progress counters and the event emitter.
+ */
+import type PQueue from 'p-queue';
+import type { Store } from '../store/store-api.js';
+import type { StorePath } from '../store/store-path.js';
+import type { Sandbox } from '../platform/sandbox.js';
+import type { Substituter, SubstitutablePathInfo } from '../substituter/substituter.js';
+import type { BuildEngineEvents, ProgressTracker } from './events.js';
+import type { ResolvedOptions } from './options.js';
+import type { DrvView } from './drv-view.js';
+
+export interface EngineContext {
+  readonly store: Store;
+  readonly options: ResolvedOptions;
+  /** Substituters sorted by priority (lower first). */
+  readonly substituters: readonly Substituter[];
+  readonly progress: ProgressTracker;
+  readonly buildQueue: PQueue;
+  emit<E extends keyof BuildEngineEvents>(event: E, ...args: Parameters<BuildEngineEvents[E]>): void;
+  /** Run `fn` in a substitution slot. */
+  substitutionSlot<T>(fn: () => Promise<T>): Promise<T>;
+  queryPathInfosCached(sub: Substituter, paths: StorePath[], signal: AbortSignal): Promise<Map<StorePath, SubstitutablePathInfo>>;
+  /** Fetch a path from a substituter into the store (verifies signature, hash, size; registers atomically). */
+  fetchPath(sub: Substituter, info: SubstitutablePathInfo, signal: AbortSignal, repair: boolean): Promise<void>;
+  /** Load (and cache) a derivation. */
+  loadDrv(drvPath: StorePath): Promise<DrvView>;
+  /** The sandbox to use for a derivation, or an error message saying why none can be used. */
+  pickSandbox(view: DrvView): Sandbox;
+}

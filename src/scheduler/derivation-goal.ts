@@ -1,0 +1,164 @@
+/**
+ * DerivationGoal as straight-line async code (Nix's DerivationGoal state machine, read top to bottom):
+ * get the .drv (substituting it if missing), check outputs, try substitutes, realise inputs, lock,
+ * re-check, then build in a slot and register the outputs.
+ */
+import type { StorePath } from '../store/store-path.js';
+import { isDerivationPath } from './paths.js';
+import { knownPath, preferLocalBuild, substitutesAllowed, type DrvView } from './drv-view.js';
+import { buildLocally } from './local-build.js';
+import { failure, success, isSuccess, type BuildResult } from './results.js';
+import { substitutionSucceeded } from './substitution-goal.js';
+import type { BuildMode, Worker } from './worker.js';
+import { pathContentsGood } from './verify.js';
+
+interface OutputStatus {
+  readonly name: string;
+  readonly path: StorePath | undefined;
+  readonly valid: boolean;
+  readonly wanted: boolean;
+}
+
+async function checkPathValidity(w: Worker, view: DrvView, wanted: Set<string> | undefined, mode: BuildMode): Promise<OutputStatus[]> {
+  const { store } = w.ctx;
+  const registered = await store.queryDerivationOutputs(view.drvPath).catch(() => new Map<string, StorePath>());
+  const out: OutputStatus[] = [];
+  const paths: StorePath[] = [];
+  for (const [name, spec] of view.outputs) {
+    const p = knownPath(spec) ?? registered.get(name);
+    if (p) paths.push(p);
+  }
+  const valid = await store.queryValidPaths(paths);
+  for (const [name, spec] of view.outputs) {
+    const p = knownPath(spec) ?? registered.get(name);
+    let ok = p !== undefined && valid.has(p);
+    if (ok && mode === 'repair') ok = await pathContentsGood(store, p!);
+    out.push({ name, path: p, valid: ok, wanted: wanted === undefined || wanted.has(name) });
+  }
+  return out;
+}
+
+function outputsOf(statuses: OutputStatus[], onlyWanted: boolean): Record<string, StorePath> {
+  const r: Record<string, StorePath> = {};
+  for (const s of statuses) if (s.path && (!onlyWanted || s.wanted)) r[s.name] = s.path;
+  return r;
+}
+
+export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<string> | undefined, mode: BuildMode): Promise<BuildResult> {
+  const { store, options } = w.ctx;
+  if (!isDerivationPath(drvPath)) return failure('misc-failure', `'${drvPath}' is not a derivation path`);
+
+  // 1. Make sure the derivation exists; it may come from a substitute.
+  if (mode !== 'normal' || !(await store.isValidPath(drvPath))) {
+    if (!(await store.isValidPath(drvPath))) {
+      const o = await w.substitutionGoal(drvPath);
+      w.throwIfStopped();
+      if (!substitutionSucceeded(o)) return failure('misc-failure', `cannot build missing derivation '${drvPath}'`);
+    }
+  }
+  const view = await w.ctx.loadDrv(drvPath);
+  if (wanted) {
+    for (const o of wanted) {
+      if (!view.outputs.has(o)) return failure('misc-failure', `derivation '${drvPath}' does not have wanted outputs '${o}'`);
+    }
+  }
+
+  // 2. Which wanted outputs are missing?
+  let statuses = await checkPathValidity(w, view, wanted, mode);
+  const allWantedValid = (st: OutputStatus[]) => st.every((s) => !s.wanted || s.valid);
+  if (allWantedValid(statuses) && mode === 'normal') {
+    return success('already-valid', outputsOf(statuses, true));
+  }
+
+  // 3. Try substitutes for the missing outputs.
+  let retrySubstitution = false;
+  const trySubstitutes = async (): Promise<BuildResult | undefined> => {
+    if (w.ctx.substituters.length === 0 || !substitutesAllowed(view) || mode === 'check') return undefined;
+    const missing = statuses.filter((s) => s.wanted && !s.valid);
+    if (missing.some((s) => !s.path)) {
+      w.warn('do not know how to query for unknown floating content-addressed derivation output yet');
+      return undefined;
+    }
+    const outcomes = await Promise.all(missing.map((s) => w.substitutionGoal(s.path!, mode === 'repair')));
+    w.throwIfStopped();
+    const failed = outcomes.filter((o) => !substitutionSucceeded(o));
+    const noSubs = failed.filter((o) => o.kind === 'no-substituters').length;
+    const incomplete = failed.filter((o) => o.kind === 'incomplete-closure').length;
+    if (failed.length > noSubs + incomplete && !options.fallback) {
+      return failure('transient-failure',
+        `some substitutes for the outputs of derivation '${drvPath}' failed (usually happens due to networking issues); try '--fallback' to build derivation from source `);
+    }
+    if (incomplete > 0) retrySubstitution = true;
+    statuses = await checkPathValidity(w, view, wanted, mode);
+    if (mode === 'normal' && allWantedValid(statuses)) return success('substituted', outputsOf(statuses, true));
+    if (mode === 'repair' && allWantedValid(statuses)) return success('already-valid', outputsOf(statuses, true));
+    return undefined;
+  };
+  const substituted = await trySubstitutes();
+  if (substituted) return substituted;
+  if (mode === 'check' && statuses.some((s) => s.wanted && !s.valid)) {
+    return failure('misc-failure', `some outputs of '${drvPath}' are not valid, so checking is not possible`);
+  }
+
+  // 4. Give up on substitution: realise the inputs (all outputs are built from here on).
+  const inputMode: BuildMode = mode === 'repair' ? 'repair' : 'normal';
+  const inputGoals: Promise<boolean>[] = [];
+  for (const [dep, outs] of view.inputDrvs) {
+    inputGoals.push(w.derivationGoal(dep, outs, inputMode).then((r) => isSuccess(r.status)));
+  }
+  const srcs = view.inputSrcs;
+  const validSrcs = await store.queryValidPaths(srcs);
+  for (const src of srcs) {
+    if (validSrcs.has(src)) continue;
+    if (w.ctx.substituters.length === 0) {
+      return failure('misc-failure', `dependency '${src}' of '${drvPath}' does not exist, and substitution is disabled`);
+    }
+    inputGoals.push(w.substitutionGoal(src).then(substitutionSucceeded));
+  }
+  const nrFailed = await countFailures(inputGoals, options.keepGoing);
+  if (nrFailed > 0) {
+    return failure('dependency-failed', `${nrFailed} dependencies of derivation '${drvPath}' failed to build`);
+  }
+  if (retrySubstitution) {
+    const again = await trySubstitutes();
+    if (again) return again;
+  }
+
+  // 5. The input closure: wanted outputs of input derivations, and input sources.
+  const roots: StorePath[] = [...srcs];
+  for (const [dep, outs] of view.inputDrvs) {
+    const depView = await w.ctx.loadDrv(dep);
+    const registered = await store.queryDerivationOutputs(dep);
+    for (const o of outs) {
+      const spec = depView.outputs.get(o);
+      if (!spec) return failure('misc-failure', `derivation '${drvPath}' requires non-existent output '${o}' from input derivation '${dep}'`);
+      const p = knownPath(spec) ?? registered.get(o);
+      if (!p) return failure('misc-failure', `derivation '${drvPath}' requires output '${o}' from input derivation '${dep}', which is supposedly realized already, yet we still don't know what path corresponds to that output`);
+      roots.push(p);
+    }
+  }
+  const inputPaths = await store.computeClosure(roots);
+
+  // 6. Build (rounds for buildRepeat; fixed outputs are built once).
+  const rounds = view.isFixedOutput ? 1 : options.buildRepeat + 1;
+  return buildLocally(w, view, { mode, rounds, inputPaths, preferLocal: preferLocalBuild(view) });
+}
+
+/**
+ * Wait for sub-goals and count failures. Without keepGoing, the first failure is enough (Nix wakes the
+ * waiter at once and drops its other waitees); the worker stops the rest.
+ */
+async function countFailures(goals: Promise<boolean>[], keepGoing: boolean): Promise<number> {
+  if (goals.length === 0) return 0;
+  if (keepGoing) return (await Promise.all(goals)).filter((ok) => !ok).length;
+  return new Promise<number>((resolve, reject) => {
+    let left = goals.length;
+    let failed = 0;
+    for (const g of goals) {
+      g.then((ok) => {
+        if (!ok) { failed++; resolve(failed); }
+        if (--left === 0) resolve(failed);
+      }, reject);
+    }
+  });
+}

@@ -1,0 +1,43 @@
+import { RealiseError } from '../store/errors.js';
+import type { BuildResult, TargetResult } from './results.js';
+import { exitStatusOf } from './results.js';
+
+/** Invalid BuildEngine options. */
+export class OptionsError extends RealiseError {
+  constructor(message: string) {
+    super('invalid-options', message);
+  }
+}
+
+/** One or more requested builds failed. Carries every failure and Nix's exit status. */
+export class BuildFailedError extends RealiseError {
+  readonly failures: readonly TargetResult[];
+  /** Nix's exit status: 100 + 4 build failure | 1 timeout | 2 hash mismatch | 8 not deterministic, else 1. */
+  readonly exitStatus: number;
+
+  constructor(failures: readonly TargetResult[]) {
+    const lines = failures.map((f) => f.result.errorMsg ?? `build of '${f.path}' failed (${f.result.status})`);
+    const head = failures.length === 1 ? lines[0]! : `${failures.length} builds failed:\n${lines.map((l) => '- ' + l).join('\n')}`;
+    super('build-failed', head);
+    this.failures = failures;
+    this.exitStatus = exitStatusOf(failures.map((f) => f.result));
+  }
+
+  get results(): BuildResult[] {
+    return this.failures.map((f) => f.result);
+  }
+}
+
+/** The engine could not start a build at all (e.g. wrong platform and no remote builders, maxJobs 0). */
+export class BuildSetupError extends RealiseError {
+  constructor(message: string, options: { hint?: string; cause?: unknown } = {}) {
+    super('build-setup', message, options);
+  }
+}
+
+/** The call was cancelled with its AbortSignal. */
+export class BuildCancelledError extends RealiseError {
+  constructor(reason?: unknown) {
+    super('cancelled', 'the build was cancelled', { cause: reason });
+  }
+}

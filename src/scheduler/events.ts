@@ -1,0 +1,68 @@
+/**
+ * Typed events of a BuildEngine (eventemitter3). Everything a UI may show is an event: goals, log lines,
+ * and progress counters shaped like Nix's activities.
+ */
+import type { StorePath } from '../store/store-path.js';
+import type { BuildResult } from './results.js';
+
+export type GoalKind = 'derivation' | 'substitution';
+
+export interface ProgressCounters {
+  readonly expected: number;
+  readonly done: number;
+  readonly running: number;
+  readonly failed: number;
+}
+
+export interface Progress {
+  readonly builds: ProgressCounters;
+  readonly substitutions: ProgressCounters;
+  /** Compressed bytes to download / downloaded. */
+  readonly download: { readonly expected: number; readonly done: number };
+  /** Uncompressed NAR bytes expected / done. */
+  readonly nar: { readonly expected: number; readonly done: number };
+}
+
+export interface BuildEngineEvents {
+  'goal-created': (e: { kind: GoalKind; path: StorePath; outputs?: readonly string[] }) => void;
+  'goal-started': (e: { kind: GoalKind; path: StorePath }) => void;
+  'goal-finished': (e: { kind: GoalKind; path: StorePath; result: BuildResult }) => void;
+  'build-started': (e: { drvPath: StorePath; round: number; rounds: number; machine?: string; mode: 'normal' | 'repair' | 'check' }) => void;
+  'build-log': (e: { drvPath: StorePath; line: string }) => void;
+  'build-finished': (e: { drvPath: StorePath; result: BuildResult }) => void;
+  'substitution-started': (e: { path: StorePath; substituter: string }) => void;
+  'substitution-finished': (e: { path: StorePath; substituter?: string; ok: boolean; error?: string }) => void;
+  'post-build-hook-log': (e: { drvPath: StorePath; line: string }) => void;
+  progress: (p: Progress) => void;
+  warning: (e: { message: string }) => void;
+}
+
+/** Mutable progress counters owned by one engine; emits snapshots. */
+export class ProgressTracker {
+  builds = { expected: 0, done: 0, running: 0, failed: 0 };
+  substitutions = { expected: 0, done: 0, running: 0, failed: 0 };
+  download = { expected: 0, done: 0 };
+  nar = { expected: 0, done: 0 };
+  private scheduled = false;
+
+  constructor(private readonly emit: (p: Progress) => void) {}
+
+  snapshot(): Progress {
+    return {
+      builds: { ...this.builds },
+      substitutions: { ...this.substitutions },
+      download: { ...this.download },
+      nar: { ...this.nar },
+    };
+  }
+
+  /** Coalesce bursts of updates into one event per tick. */
+  changed(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    queueMicrotask(() => {
+      this.scheduled = false;
+      this.emit(this.snapshot());
+    });
+  }
+}

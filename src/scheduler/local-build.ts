@@ -1,0 +1,342 @@
+/**
+ * The part of a derivation goal that builds: output locks, re-check, stale output deletion, a build slot
+ * (only this leaf work takes one), the build directory and environment, the sandboxed run with time and
+ * log limits, registration of the outputs, the post-build hook, and repeated rounds.
+ */
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { makeBuildEnv, rewriteStrings } from '../derivation/build-env.js';
+import { deleteTree } from '../store/canonicalise.js';
+import { Hash } from '../store/hash.js';
+import type { PathLocks } from '../store/store-api.js';
+import { makeStorePath, outputPathName, storePathBase, storePathHashPart, storePathName, hashPlaceholder, type StorePath } from '../store/store-path.js';
+import type { SandboxExit } from '../platform/sandbox.js';
+import { runPostBuildHook } from '../platform/post-build-hook.js';
+import { getStringsAttr, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
+import { BuildSetupError } from './errors.js';
+import { exportReferencesGraph } from './export-references.js';
+import { LogCollector } from './log-collector.js';
+import { registerOutputs, OutputRejected, type RoundOutputs } from './register-outputs.js';
+import { failure, success, type BuildResult, type BuildStatus } from './results.js';
+import type { BuildMode, Worker } from './worker.js';
+import { GoalStopped } from './worker.js';
+
+export interface LocalBuildPlan {
+  readonly mode: BuildMode;
+  readonly rounds: number;
+  readonly inputPaths: Set<StorePath>;
+  readonly preferLocal: boolean;
+}
+
+const ZERO_SHA256 = new Hash('sha256', new Uint8Array(32));
+
+/** Nix's makeFallbackPath for an output whose final path is unknown. */
+export function fallbackPathForOutput(view: DrvView, outputName: string, storeDir: string): StorePath {
+  return makeStorePath(`rewrite:${view.drvPath}:name:${outputName}`, ZERO_SHA256, outputPathName(view.name, outputName), storeDir);
+}
+
+/** Nix's makeFallbackPath for a known output path that can't be used (valid, or being repaired). */
+export function fallbackPathFor(view: DrvView, p: StorePath, storeDir: string): StorePath {
+  return makeStorePath(`rewrite:${view.drvPath}:${storePathBase(p)}`, ZERO_SHA256, storePathName(p), storeDir);
+}
+
+async function exists(p: string): Promise<boolean> {
+  try { await fsp.lstat(p); return true; } catch { return false; }
+}
+
+function statusText(exit: SandboxExit): string {
+  switch (exit.kind) {
+    case 'exited': return `failed with exit code ${exit.code}`;
+    case 'signalled': return `failed due to signal ${exit.signal}`;
+    case 'spawn-failed': return `failed to start: ${exit.message}`;
+    case 'aborted': return 'was interrupted';
+  }
+}
+
+function canBuildLocally(w: Worker, view: DrvView): boolean {
+  const o = w.ctx.options;
+  if (view.platform !== o.system && !o.extraPlatforms.includes(view.platform) && !view.builder.startsWith('builtin:')) return false;
+  // 'builtin' platform derivations are handled by Nix internally; we accept them on any system.
+  for (const f of requiredSystemFeatures(view)) if (!o.systemFeatures.includes(f)) return false;
+  return true;
+}
+
+export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPlan): Promise<BuildResult> {
+  const { store, options } = w.ctx;
+  const drvPath = view.drvPath;
+
+  // Remote builders first (the build hook), unless the derivation prefers local builds or we repair/check.
+  if (options.builders.length > 0 && plan.mode === 'normal' && !plan.preferLocal) {
+    const { tryRemoteBuild } = await import('./remote-build.js');
+    const r = await tryRemoteBuild(w, view, plan.inputPaths);
+    if (r) return r;
+  }
+
+  if (options.maxJobs === 0 && !plan.preferLocal) {
+    throw new BuildSetupError(
+      options.builders.length === 0
+        ? "unable to start any build; either increase '--max-jobs' or enable remote builds."
+        : 'unable to start any build; remote machines may not have all required system features.',
+      { hint: 'set maxJobs to 1 or more, or configure builders that support this system and its features' },
+    );
+  }
+  if (!canBuildLocally(w, view)) {
+    throw new BuildSetupError(
+      `a '${view.platform}' with features {${requiredSystemFeatures(view).join(', ')}} is required to build '${drvPath}', but I am a '${options.system}' with features {${[...options.systemFeatures].sort().join(', ')}}`,
+      { hint: 'configure a remote builder for that platform, or add the features to systemFeatures' },
+    );
+  }
+
+  const lockTargets = [...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p);
+  let previous: RoundOutputs | undefined;
+  let timesBuilt = 0;
+  let startTime = 0;
+  let isNonDeterministic = false;
+
+  for (let round = 1; round <= plan.rounds; round++) {
+    // Lock the outputs (waiting holds no build slot), then re-check: someone may have built them.
+    const locks: PathLocks = await store.lockPaths(lockTargets, { signal: w.signal });
+    let keepLocks = false;
+    try {
+      const valid = await store.queryValidPaths(lockTargets);
+      if (plan.mode === 'normal' && round === 1 && lockTargets.length === view.outputs.size && lockTargets.every((p) => valid.has(p))) {
+        const outs: Record<string, StorePath> = {};
+        for (const [n, s] of view.outputs) outs[n] = knownPath(s)!;
+        return success('already-valid', outs);
+      }
+      // Delete stale, invalid outputs.
+      for (const p of lockTargets) {
+        if (!valid.has(p) && (await exists(store.toRealPath(p)))) await deleteTree(store.toRealPath(p));
+      }
+
+      const r = await w.ctx.buildQueue.add(async () => {
+        w.throwIfStopped();
+        if (startTime === 0) startTime = Math.floor(Date.now() / 1000);
+        return runOneRound(w, view, plan, round, valid, previous);
+      }) as RoundResult;
+      timesBuilt++;
+      if (r.kind === 'failed') {
+        return { ...r.result, timesBuilt, startTime, stopTime: Math.floor(Date.now() / 1000), isNonDeterministic: r.result.isNonDeterministic || isNonDeterministic };
+      }
+      if (r.nonDeterministic) isNonDeterministic = true;
+      previous = r.outputs;
+      if (round === plan.rounds || r.stopRounds) {
+        return success('built', r.outputs.paths, { timesBuilt, startTime, stopTime: Math.floor(Date.now() / 1000), isNonDeterministic });
+      }
+      keepLocks = false;
+    } finally {
+      if (!keepLocks) await locks.release();
+    }
+  }
+  throw new Error('unreachable: rounds loop ended');
+}
+
+type RoundResult =
+  | { kind: 'failed'; result: BuildResult }
+  | { kind: 'ok'; outputs: RoundOutputs; nonDeterministic: boolean; stopRounds: boolean };
+
+async function runOneRound(w: Worker, view: DrvView, plan: LocalBuildPlan, round: number, validNow: Set<StorePath>, previous: RoundOutputs | undefined): Promise<RoundResult> {
+  const { store, options } = w.ctx;
+  const drvPath = view.drvPath;
+  const sandbox = w.ctx.pickSandbox(view);
+  const storeDir = store.storeDir;
+  // Outputs that can't be written at their real path are built at scratch paths, with hash rewriting.
+  const forceScratch = plan.mode !== 'normal' || round > 1;
+
+  const scratch = new Map<string, StorePath>();
+  const rewrites = new Map<string, string>();
+  for (const [name, spec] of view.outputs) {
+    const p = knownPath(spec);
+    let s: StorePath;
+    if (!p) s = fallbackPathForOutput(view, name, storeDir);
+    else if (!forceScratch && !validNow.has(p)) s = p;
+    else if (!forceScratch && !sandbox.isolated && !(await exists(store.toRealPath(p)))) s = p;
+    else s = fallbackPathFor(view, p, storeDir);
+    scratch.set(name, s);
+    rewrites.set(hashPlaceholder(name), s);
+  }
+  for (const [name, spec] of view.outputs) {
+    const p = knownPath(spec);
+    const s = scratch.get(name)!;
+    if (p && p !== s) {
+      rewrites.set(storePathHashPart(p), storePathHashPart(s));
+      if (await exists(store.toRealPath(s))) await deleteTree(store.toRealPath(s));
+    }
+  }
+
+  // Build directory.
+  const tmpBase = options.buildDir ?? os.tmpdir();
+  const buildDir = await fsp.mkdtemp(path.join(tmpBase, `nix-build-${view.name}.drv-`));
+  await fsp.chmod(buildDir, 0o700);
+  const buildDirInSandbox = sandbox.isolated ? '/build' : buildDir;
+  let keepBuildDir = false;
+
+  const log = new LogCollector({
+    logLines: options.logLines,
+    onLine: (line) => w.ctx.emit('build-log', { drvPath, line }),
+  });
+  const started = Math.floor(Date.now() / 1000);
+  w.ctx.progress.builds.running++;
+  w.ctx.progress.changed();
+  w.ctx.emit('build-started', { drvPath, round, rounds: plan.rounds, mode: plan.mode });
+  const finishProgress = (ok: boolean) => {
+    w.ctx.progress.builds.running--;
+    if (ok) w.ctx.progress.builds.done++;
+    else w.ctx.progress.builds.failed++;
+    w.ctx.progress.changed();
+  };
+
+  try {
+    const erg = await exportReferencesGraph(w, view, plan.inputPaths);
+    const { env, files } = makeBuildEnv({
+      drvEnv: view.env,
+      outputNames: [...view.outputs.keys()],
+      structuredAttrs: view.structuredAttrs,
+      storeDir,
+      buildDirInSandbox,
+      cores: options.cores,
+      fixedOutput: view.isFixedOutput,
+      impureEnvVars: getStringsAttr(view, 'impureEnvVars') ?? [],
+      hostEnv: options.environment,
+      rewrites,
+      exportReferencesGraph: erg,
+    });
+    for (const [name, contents] of files) await fsp.writeFile(path.join(buildDir, name), contents);
+
+    // Run the builder with the limits.
+    const ctl = new AbortController();
+    const onStop = () => ctl.abort();
+    w.signal.addEventListener('abort', onStop, { once: true });
+    let limit: { status: BuildStatus; message: string } | undefined;
+    const kill = (status: BuildStatus, message: string) => {
+      if (!limit) limit = { status, message };
+      ctl.abort();
+    };
+    const name = `building of '${drvPath}' from .drv file`;
+    let silenceTimer: NodeJS.Timeout | undefined;
+    const armSilence = () => {
+      if (!options.maxSilentTime) return;
+      if (silenceTimer) clearTimeout(silenceTimer);
+      silenceTimer = setTimeout(() => kill('timed-out', `${name} timed out after ${options.maxSilentTime} seconds of silence`), options.maxSilentTime * 1000);
+    };
+    armSilence();
+    const totalTimer = options.buildTimeout
+      ? setTimeout(() => kill('timed-out', `${name} timed out after ${options.buildTimeout} seconds`), options.buildTimeout * 1000)
+      : undefined;
+
+    let exit: SandboxExit;
+    try {
+      exit = await sandbox.run({
+        drvPath,
+        builder: view.builder,
+        args: view.args.map((a) => rewriteStrings(a, rewrites)),
+        env,
+        buildDir,
+        sandboxBuildDir: buildDirInSandbox,
+        storeDir,
+        realStoreDir: store.realStoreDir,
+        inputPaths: [...plan.inputPaths].sort(),
+        outputPaths: [...scratch.values()],
+        network: view.isFixedOutput,
+      }, {
+        signal: ctl.signal,
+        onOutput: (chunk) => {
+          armSilence();
+          log.push(chunk);
+          if (options.maxLogSize && log.size > options.maxLogSize) {
+            kill('log-limit-exceeded', `${name} killed after writing more than ${options.maxLogSize} bytes of log output`);
+          }
+        },
+      });
+    } finally {
+      if (silenceTimer) clearTimeout(silenceTimer);
+      if (totalTimer) clearTimeout(totalTimer);
+      w.signal.removeEventListener('abort', onStop);
+      log.end();
+      await store.addBuildLog(drvPath, log.text()).catch(() => {});
+    }
+    const stopTime = Math.floor(Date.now() / 1000);
+    const times = { startTime: started, stopTime };
+
+    if (w.signal.aborted) throw new GoalStopped();
+    if (limit) {
+      finishProgress(false);
+      await cleanupScratch(w, scratch);
+      return { kind: 'failed', result: failure(limit.status, limit.message, times) };
+    }
+    if (exit.kind !== 'exited' || exit.code !== 0) {
+      finishProgress(false);
+      await cleanupScratch(w, scratch);
+      keepBuildDir = options.keepFailed;
+      let msg = `builder for '${drvPath}' ${statusText(exit)}`;
+      const tail = log.tail();
+      if (tail.length > 0) {
+        msg += `;\nlast ${tail.length} log lines:\n${tail.map((l) => `> ${l}\n`).join('')}For full logs, run 'nix log ${drvPath}'.`;
+      }
+      if (keepBuildDir) msg += `\nnote: keeping build directory '${buildDir}'`;
+      return { kind: 'failed', result: failure('permanent-failure', msg, times) };
+    }
+
+    // Register the outputs.
+    let reg;
+    try {
+      reg = await registerOutputs(w, view, {
+        mode: plan.mode, scratch, inputPaths: plan.inputPaths, round, rounds: plan.rounds, previous,
+        isolated: sandbox.isolated,
+      });
+    } catch (e) {
+      finishProgress(false);
+      await cleanupScratch(w, scratch);
+      if (e instanceof OutputRejected) {
+        return { kind: 'failed', result: failure(e.status, e.message, { ...times, hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' }) };
+      }
+      throw e;
+    }
+
+    if (options.postBuildHook && plan.mode !== 'check') {
+      const outPaths = Object.values(reg.outputs.paths).sort();
+      try {
+        await runPostBuildHook(options.postBuildHook, {
+          env: { ...processEnv(options.environment), DRV_PATH: drvPath, OUT_PATHS: outPaths.join(' ') },
+          onLine: (line) => w.ctx.emit('post-build-hook-log', { drvPath, line }),
+          signal: w.signal,
+        });
+      } catch (e) {
+        finishProgress(false);
+        return { kind: 'failed', result: failure('misc-failure', `post-build hook '${options.postBuildHook}' failed: ${(e as Error).message}`, times) };
+      }
+    }
+    finishProgress(true);
+    const result = success('built', reg.outputs.paths, { ...times, timesBuilt: 1 });
+    w.ctx.emit('build-finished', { drvPath, result });
+    return { kind: 'ok', outputs: reg.outputs, nonDeterministic: reg.nonDeterministic, stopRounds: reg.stopRounds };
+  } catch (e) {
+    if (e instanceof GoalStopped || w.signal.aborted) {
+      finishProgress(false);
+      await cleanupScratch(w, scratch).catch(() => {});
+    }
+    throw e;
+  } finally {
+    if (!keepBuildDir) await deleteTree(buildDir).catch(() => {});
+  }
+}
+
+function processEnv(env: Readonly<Record<string, string | undefined>>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined) out[k] = v;
+  return out;
+}
+
+/** Remove outputs a failed build left behind that are not valid (nothing half-registered stays). */
+async function cleanupScratch(w: Worker, scratch: Map<string, StorePath>): Promise<void> {
+  const { store } = w.ctx;
+  const paths = [...scratch.values()];
+  const valid = await store.queryValidPaths(paths);
+  for (const p of paths) {
+    if (valid.has(p)) continue;
+    const real = store.toRealPath(p);
+    if (w.ctx.options.keepFailed) continue;
+    if (await exists(real)) await deleteTree(real).catch(() => {});
+  }
+}

@@ -1,0 +1,162 @@
+/**
+ * BuildEngine options: typed, documented with their defaults, validated with messages of one formula.
+ */
+import { cpus } from 'node:os';
+import type { Store } from '../store/store-api.js';
+import type { Sandbox } from '../platform/sandbox.js';
+import { OptionsError } from './errors.js';
+
+export type SandboxMode = boolean | 'relaxed';
+
+export interface BuildEngineOptions {
+  /** The store to build into. @default the embedded default store (LocalStore.openDefault()) */
+  store?: Store;
+  /** Substituters (binary caches), tried in priority order. @default [] */
+  substituters?: readonly import('../substituter/substituter.js').Substituter[];
+  /**
+   * Sandboxing: `true` (always), `false` (never), `'relaxed'` (fixed-output and `__noChroot` derivations may
+   * skip it), or a Sandbox implementation to use as is. A chroot store always builds sandboxed, as in Nix.
+   * @default true when Linux namespaces are available, else false
+   */
+  sandbox?: SandboxMode | Sandbox;
+  /** Fall back to an unsandboxed build when the sandbox can't be set up. @default true */
+  sandboxFallback?: boolean;
+  /** Extra paths exposed in the sandbox (Nix's `sandbox-paths`, `target=source`, `?` suffix = optional). @default [] */
+  sandboxPaths?: readonly string[];
+  /** Maximum concurrent local builds. 0 allows only remote builds. @default 1 */
+  maxJobs?: number;
+  /** Maximum concurrent substitutions. @default 16 */
+  maxSubstitutionJobs?: number;
+  /** NIX_BUILD_CORES given to builders (0 = all cores). @default number of CPUs */
+  cores?: number;
+  /** Keep building independent derivations after a failure. @default false */
+  keepGoing?: boolean;
+  /** Build from source when substitution fails. @default false */
+  fallback?: boolean;
+  /** Extra rounds of each build to check determinism. @default 0 */
+  buildRepeat?: number;
+  /** Fail when rounds differ (else warn). @default true */
+  enforceDeterminism?: boolean;
+  /** Kill a builder after this many seconds without output (0 = no limit). @default 0 */
+  maxSilentTime?: number;
+  /** Kill a builder after this many seconds (0 = no limit). @default 0 */
+  buildTimeout?: number;
+  /** Kill a builder after this many bytes of log (0 = no limit). @default 0 */
+  maxLogSize?: number;
+  /** Log lines kept in a failure's error message. @default 10 */
+  logLines?: number;
+  /** Keep build directories (and `.check` outputs) of failed builds. @default false */
+  keepFailed?: boolean;
+  /** Program run after each successful build with DRV_PATH and OUT_PATHS. @default undefined */
+  postBuildHook?: string;
+  /** Features this machine supports (Nix's system-features). @default ['benchmark', 'big-parallel', 'nixos-test'] */
+  systemFeatures?: readonly string[];
+  /** The platform builds run on. @default 'x86_64-linux' (from the host) */
+  system?: string;
+  /** Extra platforms this machine can build for. @default ['i686-linux'] on x86_64-linux */
+  extraPlatforms?: readonly string[];
+  /** Environment variables given to fixed-output builders listed in `impureEnvVars` come from here. @default process.env */
+  environment?: Readonly<Record<string, string | undefined>>;
+  /** Directory in which build directories are created. @default os.tmpdir() */
+  buildDir?: string;
+  /** Remote builders (see src/remote). @default [] */
+  builders?: readonly import('../remote/remote-builder.js').RemoteBuilder[];
+}
+
+export interface ResolvedOptions {
+  substituters: readonly import('../substituter/substituter.js').Substituter[];
+  sandbox: SandboxMode | Sandbox;
+  sandboxFallback: boolean;
+  sandboxPaths: readonly string[];
+  maxJobs: number;
+  maxSubstitutionJobs: number;
+  cores: number;
+  keepGoing: boolean;
+  fallback: boolean;
+  buildRepeat: number;
+  enforceDeterminism: boolean;
+  maxSilentTime: number;
+  buildTimeout: number;
+  maxLogSize: number;
+  logLines: number;
+  keepFailed: boolean;
+  postBuildHook: string | undefined;
+  systemFeatures: readonly string[];
+  system: string;
+  extraPlatforms: readonly string[];
+  environment: Readonly<Record<string, string | undefined>>;
+  buildDir: string | undefined;
+  builders: readonly import('../remote/remote-builder.js').RemoteBuilder[];
+}
+
+function describe(v: unknown): string {
+  return `\`${typeof v === 'string' ? v : JSON.stringify(v)}\` (${typeof v})`;
+}
+
+function int(name: string, v: unknown, def: number, min: number): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) {
+    throw new OptionsError(`Expected \`${name}\` to be an integer from ${min} and up, got ${describe(v)}`);
+  }
+  return v;
+}
+
+function bool(name: string, v: unknown, def: boolean): boolean {
+  if (v === undefined) return def;
+  if (typeof v !== 'boolean') throw new OptionsError(`Expected \`${name}\` to be a boolean, got ${describe(v)}`);
+  return v;
+}
+
+function strings(name: string, v: unknown, def: readonly string[]): readonly string[] {
+  if (v === undefined) return def;
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw new OptionsError(`Expected \`${name}\` to be an array of strings, got ${describe(v)}`);
+  return [...v];
+}
+
+export function hostSystem(): string {
+  const arch = process.arch === 'x64' ? 'x86_64' : process.arch === 'arm64' ? 'aarch64' : process.arch === 'ia32' ? 'i686' : process.arch;
+  return `${arch}-${process.platform}`;
+}
+
+const KNOWN = new Set([
+  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'maxJobs', 'maxSubstitutionJobs', 'cores', 'keepGoing', 'fallback',
+  'buildRepeat', 'enforceDeterminism', 'maxSilentTime', 'buildTimeout', 'maxLogSize', 'logLines', 'keepFailed', 'postBuildHook',
+  'systemFeatures', 'system', 'extraPlatforms', 'environment', 'buildDir', 'builders',
+]);
+
+export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMode): ResolvedOptions {
+  if (o === null || typeof o !== 'object') throw new OptionsError(`Expected options to be an object, got ${describe(o)}`);
+  for (const k of Object.keys(o)) if (!KNOWN.has(k)) throw new OptionsError(`Unknown option \`${k}\``);
+  const sandbox = o.sandbox ?? defaultSandbox;
+  if (!(typeof sandbox === 'boolean' || sandbox === 'relaxed' || (typeof sandbox === 'object' && sandbox !== null && typeof (sandbox as Sandbox).run === 'function'))) {
+    throw new OptionsError(`Expected \`sandbox\` to be true, false, 'relaxed' or a Sandbox, got ${describe(sandbox)}`);
+  }
+  const system = o.system ?? hostSystem();
+  if (typeof system !== 'string' || !system) throw new OptionsError(`Expected \`system\` to be a non-empty string, got ${describe(system)}`);
+  if (o.postBuildHook !== undefined && typeof o.postBuildHook !== 'string') throw new OptionsError(`Expected \`postBuildHook\` to be a string, got ${describe(o.postBuildHook)}`);
+  return {
+    substituters: o.substituters ?? [],
+    sandbox,
+    sandboxFallback: bool('sandboxFallback', o.sandboxFallback, true),
+    sandboxPaths: strings('sandboxPaths', o.sandboxPaths, []),
+    maxJobs: int('maxJobs', o.maxJobs, 1, 0),
+    maxSubstitutionJobs: int('maxSubstitutionJobs', o.maxSubstitutionJobs, 16, 1),
+    cores: int('cores', o.cores, cpus().length || 1, 0),
+    keepGoing: bool('keepGoing', o.keepGoing, false),
+    fallback: bool('fallback', o.fallback, false),
+    buildRepeat: int('buildRepeat', o.buildRepeat, 0, 0),
+    enforceDeterminism: bool('enforceDeterminism', o.enforceDeterminism, true),
+    maxSilentTime: int('maxSilentTime', o.maxSilentTime, 0, 0),
+    buildTimeout: int('buildTimeout', o.buildTimeout, 0, 0),
+    maxLogSize: int('maxLogSize', o.maxLogSize, 0, 0),
+    logLines: int('logLines', o.logLines, 10, 0),
+    keepFailed: bool('keepFailed', o.keepFailed, false),
+    postBuildHook: o.postBuildHook || undefined,
+    systemFeatures: strings('systemFeatures', o.systemFeatures, ['benchmark', 'big-parallel', 'nixos-test']),
+    system,
+    extraPlatforms: strings('extraPlatforms', o.extraPlatforms, system === 'x86_64-linux' ? ['i686-linux'] : []),
+    environment: o.environment ?? process.env,
+    buildDir: o.buildDir,
+    builders: o.builders ?? [],
+  };
+}

@@ -1,0 +1,82 @@
+/**
+ * Build results as values, mirroring Nix's BuildResult. Statuses are a disjoint string union.
+ */
+import type { StorePath } from '../store/store-path.js';
+
+export type BuildStatus =
+  | 'built'
+  | 'substituted'
+  | 'already-valid'
+  | 'permanent-failure'
+  | 'input-rejected'
+  | 'output-rejected'
+  | 'transient-failure'
+  | 'cached-failure'
+  | 'timed-out'
+  | 'misc-failure'
+  | 'dependency-failed'
+  | 'log-limit-exceeded'
+  | 'not-deterministic';
+
+const SUCCESS: ReadonlySet<BuildStatus> = new Set(['built', 'substituted', 'already-valid']);
+
+export function isSuccess(status: BuildStatus): boolean {
+  return SUCCESS.has(status);
+}
+
+export interface BuildResult {
+  readonly status: BuildStatus;
+  /** For failures: what went wrong, with the last `logLines` lines of the log where there is one. */
+  readonly errorMsg?: string;
+  /** How many times the derivation was built (rounds), 0 when not built. */
+  readonly timesBuilt: number;
+  readonly isNonDeterministic: boolean;
+  /** Unix seconds; 0 when nothing ran. */
+  readonly startTime: number;
+  readonly stopTime: number;
+  /** Output name → store path of the outputs this result is about. */
+  readonly builtOutputs: Readonly<Record<string, StorePath>>;
+  /** Set on specific failures, used for the exit status: hash mismatch of a fixed output, check mismatch. */
+  readonly hashMismatch?: boolean;
+  readonly checkMismatch?: boolean;
+}
+
+/** What a caller asks to realise: a derivation (with outputs, `['*']` for all) or an opaque store path. */
+export type BuildTarget =
+  | { readonly drvPath: StorePath; readonly outputs?: readonly string[] | '*' }
+  | { readonly path: StorePath };
+
+export interface TargetResult {
+  readonly target: BuildTarget;
+  /** The derivation or path the result is about. */
+  readonly path: StorePath;
+  readonly result: BuildResult;
+}
+
+export function failure(status: BuildStatus, errorMsg: string, extra: Partial<BuildResult> = {}): BuildResult {
+  return { status, errorMsg, timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {}, ...extra };
+}
+
+export function success(status: BuildStatus, builtOutputs: Record<string, StorePath> = {}, extra: Partial<BuildResult> = {}): BuildResult {
+  return { status, timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs, ...extra };
+}
+
+/**
+ * Nix's exit status for a set of failed results: 100 + bits (4 build failure, 1 timeout,
+ * 2 hash mismatch, 8 not deterministic); 1 when none of those apply.
+ */
+export function exitStatusOf(results: Iterable<BuildResult>): number {
+  let permanent = false, timedOut = false, hashMismatch = false, checkMismatch = false;
+  for (const r of results) {
+    if (r.status === 'permanent-failure' || r.status === 'input-rejected') permanent = true;
+    if (r.status === 'timed-out') timedOut = true;
+    if (r.hashMismatch) hashMismatch = true;
+    if (r.checkMismatch || r.status === 'not-deterministic') checkMismatch = true;
+  }
+  let mask = 0;
+  if (permanent || timedOut || hashMismatch) mask |= 0x04;
+  if (timedOut) mask |= 0x01;
+  if (hashMismatch) mask |= 0x02;
+  if (checkMismatch) mask |= 0x08;
+  return mask ? 0x60 | mask : 1;
+}

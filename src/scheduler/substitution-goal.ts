@@ -1,0 +1,91 @@
+/**
+ * SubstitutionGoal as straight-line async code: make one store path valid by fetching it from a
+ * substituter, references first (closure invariant), trying substituters in priority order.
+ */
+import type { StorePath } from '../store/store-path.js';
+import type { Worker } from './worker.js';
+
+export type SubstitutionOutcome =
+  | { readonly kind: 'valid' }
+  | { readonly kind: 'substituted'; readonly substituter: string }
+  /** No substituter has the path (Nix's ecNoSubstituters). */
+  | { readonly kind: 'no-substituters'; readonly message: string }
+  /** A reference could not be realised (Nix's ecIncompleteClosure). */
+  | { readonly kind: 'incomplete-closure'; readonly message: string }
+  /** A substituter had the path but fetching it failed (a real error). */
+  | { readonly kind: 'failed'; readonly message: string };
+
+export function substitutionSucceeded(o: SubstitutionOutcome): boolean {
+  return o.kind === 'valid' || o.kind === 'substituted';
+}
+
+export async function substitutionGoal(w: Worker, path: StorePath, repair: boolean): Promise<SubstitutionOutcome> {
+  const { store } = w.ctx;
+  if (!repair && (await store.isValidPath(path))) return { kind: 'valid' };
+
+  const subs = w.ctx.substituters;
+  if (subs.length === 0) {
+    return { kind: 'no-substituters', message: `path '${path}' is required, but there is no substituter that can build it` };
+  }
+
+  let realError: string | undefined;
+  for (const sub of subs) {
+    w.throwIfStopped();
+    let info;
+    try {
+      info = (await w.ctx.queryPathInfosCached(sub, [path], w.signal)).get(path);
+    } catch (e) {
+      realError = `substituter '${sub.uri}': ${(e as Error).message}`;
+      w.warn(`error querying '${path}' on substituter '${sub.uri}': ${(e as Error).message}`);
+      continue;
+    }
+    if (!info) continue;
+
+    // References first, so the closure stays complete.
+    const refs = info.references.filter((r) => r !== path);
+    const refOutcomes = await Promise.all(refs.map((r) => w.substitutionGoal(r, false)));
+    const badRef = refs.find((_, i) => !substitutionSucceeded(refOutcomes[i]!));
+    if (badRef) {
+      return { kind: 'incomplete-closure', message: `some references of path '${path}' could not be realised` };
+    }
+
+    const outcome = await w.ctx.substitutionSlot(async () => {
+      w.throwIfStopped();
+      const locks = await store.lockPaths([path], { signal: w.signal });
+      try {
+        if (!repair && (await store.isValidPath(path))) return 'valid' as const;
+        w.ctx.progress.substitutions.running++;
+        w.ctx.progress.changed();
+        w.ctx.emit('substitution-started', { path, substituter: sub.uri });
+        try {
+          await w.ctx.fetchPath(sub, info, w.signal, repair);
+        } finally {
+          w.ctx.progress.substitutions.running--;
+        }
+        return 'substituted' as const;
+      } finally {
+        await locks.release();
+      }
+    }).then(
+      (k) => ({ ok: true as const, k }),
+      (e: unknown) => ({ ok: false as const, e }),
+    );
+
+    if (outcome.ok) {
+      if (outcome.k === 'valid') return { kind: 'valid' };
+      w.ctx.progress.substitutions.done++;
+      w.ctx.progress.changed();
+      w.ctx.emit('substitution-finished', { path, substituter: sub.uri, ok: true });
+      return { kind: 'substituted', substituter: sub.uri };
+    }
+    w.throwIfStopped();
+    const msg = (outcome.e as Error).message ?? String(outcome.e);
+    w.ctx.progress.substitutions.failed++;
+    w.ctx.progress.changed();
+    w.ctx.emit('substitution-finished', { path, substituter: sub.uri, ok: false, error: msg });
+    w.warn(`substitution of path '${path}' from '${sub.uri}' failed: ${msg}`);
+    realError = `substitution of path '${path}' from '${sub.uri}' failed: ${msg}`;
+  }
+  if (realError) return { kind: 'failed', message: realError };
+  return { kind: 'no-substituters', message: `path '${path}' is required, but there is no substituter that can build it` };
+}

@@ -1,0 +1,164 @@
+/**
+ * One Worker per API call: a map path → goal promise, so every path gets exactly one goal per call
+ * (Nix's derivationGoals/substitutionGoals). Goals are async functions; a throw is turned into a failure
+ * once, at the memo boundary. Without keepGoing, the first failure stops the call (builders are killed).
+ */
+import type { StorePath } from '../store/store-path.js';
+import type { EngineContext } from './context.js';
+import { derivationGoal } from './derivation-goal.js';
+import { failure, isSuccess, type BuildResult } from './results.js';
+import { substitutionGoal, type SubstitutionOutcome } from './substitution-goal.js';
+import { RealiseError } from '../store/errors.js';
+
+export type BuildMode = 'normal' | 'repair' | 'check';
+
+/** Thrown inside goals when the call is stopped; never escapes the worker. */
+export class GoalStopped extends Error {
+  constructor() { super('stopped'); }
+}
+
+interface DrvGoalEntry {
+  /** Wanted outputs; undefined = all. */
+  wanted: Set<string> | undefined;
+  promise: Promise<BuildResult>;
+  done: boolean;
+}
+
+function covers(have: Set<string> | undefined, want: Set<string> | undefined): boolean {
+  if (have === undefined) return true;
+  if (want === undefined) return false;
+  for (const o of want) if (!have.has(o)) return false;
+  return true;
+}
+
+export class Worker {
+  readonly ctx: EngineContext;
+  readonly mode: BuildMode;
+  private readonly controller = new AbortController();
+  private readonly drvGoals = new Map<StorePath, DrvGoalEntry>();
+  private readonly substGoals = new Map<string, Promise<SubstitutionOutcome>>();
+  /** Set when the call was stopped by a failure (no keepGoing) or by the caller's signal. */
+  stoppedBy: 'failure' | 'signal' | undefined;
+  /** Every failed goal of this call (not counting goals that were merely stopped), in order of failure. */
+  readonly failures: { path: StorePath; result: BuildResult }[] = [];
+  /** A setup error that aborts the whole call (as Nix throws out of Worker::run). */
+  fatal: RealiseError | undefined;
+
+  constructor(ctx: EngineContext, mode: BuildMode, signal?: AbortSignal) {
+    this.ctx = ctx;
+    this.mode = mode;
+    if (signal) {
+      if (signal.aborted) this.stop('signal');
+      else signal.addEventListener('abort', () => this.stop('signal'), { once: true });
+    }
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  stop(why: 'failure' | 'signal'): void {
+    if (this.controller.signal.aborted) return;
+    this.stoppedBy = why;
+    this.controller.abort(new GoalStopped());
+  }
+
+  throwIfStopped(): void {
+    if (this.controller.signal.aborted) throw new GoalStopped();
+  }
+
+  warn(message: string): void {
+    this.ctx.emit('warning', { message });
+  }
+
+  /** Called by goals when a top-level or sub-goal fails: without keepGoing, stop everything. */
+  noteFailure(): void {
+    if (!this.ctx.options.keepGoing) this.stop('failure');
+  }
+
+  /** The one derivation goal of `drvPath` in this call, widened when more outputs are wanted. */
+  derivationGoal(drvPath: StorePath, outputs: Iterable<string> | undefined, mode: BuildMode = this.mode): Promise<BuildResult> {
+    const want = outputs === undefined ? undefined : new Set(outputs);
+    if (want && (want.has('*') || want.size === 0)) return this.derivationGoal(drvPath, undefined, mode);
+    const existing = this.drvGoals.get(drvPath);
+    if (existing && covers(existing.wanted, want)) return existing.promise;
+    if (existing && !existing.done) {
+      // Widen the running goal: it re-checks its wanted outputs before finishing (Nix's addWantedOutputs).
+      existing.wanted = want === undefined || existing.wanted === undefined ? undefined : new Set([...existing.wanted, ...want]);
+      return existing.promise;
+    }
+    const wanted = existing ? (want === undefined || existing.wanted === undefined ? undefined : new Set([...existing.wanted, ...want])) : want;
+    const entry: DrvGoalEntry = { wanted, promise: undefined as unknown as Promise<BuildResult>, done: false };
+    const previous = existing?.promise;
+    this.ctx.emit('goal-created', { kind: 'derivation', path: drvPath, ...(wanted ? { outputs: [...wanted] } : {}) });
+    entry.promise = (async () => {
+      if (previous) await previous;
+      return this.runDrvGoal(drvPath, entry, mode);
+    })();
+    this.drvGoals.set(drvPath, entry);
+    return entry.promise;
+  }
+
+  private async runDrvGoal(drvPath: StorePath, entry: DrvGoalEntry, mode: BuildMode): Promise<BuildResult> {
+    this.ctx.emit('goal-started', { kind: 'derivation', path: drvPath });
+    let result: BuildResult;
+    try {
+      for (;;) {
+        const snapshot = entry.wanted === undefined ? undefined : new Set(entry.wanted);
+        result = await derivationGoal(this, drvPath, snapshot, mode);
+        // Widened while running and not everything was built: go round again for the new outputs.
+        if (!isSuccess(result.status) || covers(snapshot, entry.wanted) || result.status === 'built') break;
+      }
+    } catch (e) {
+      result = this.failureOf(e, drvPath);
+    }
+    entry.done = true;
+    if (!isSuccess(result.status) && !(result as { stopped?: boolean }).stopped) {
+      this.failures.push({ path: drvPath, result });
+      this.noteFailure();
+    }
+    this.ctx.emit('goal-finished', { kind: 'derivation', path: drvPath, result });
+    return result;
+  }
+
+  /** Turn an unexpected throw into a failure value (once, here). */
+  failureOf(e: unknown, path: StorePath): BuildResult {
+    if (e instanceof GoalStopped || this.signal.aborted) {
+      return { ...failure('misc-failure', `build of '${path}' was stopped`), stopped: true } as BuildResult;
+    }
+    if (e instanceof RealiseError && e.code === 'build-setup') {
+      this.fatal ??= e;
+      this.stop('failure');
+    }
+    return failure('misc-failure', e instanceof Error ? e.message : String(e));
+  }
+
+  substitutionGoal(path: StorePath, repair = false): Promise<SubstitutionOutcome> {
+    const key = repair ? `repair:${path}` : path;
+    let p = this.substGoals.get(key);
+    if (!p) {
+      this.ctx.emit('goal-created', { kind: 'substitution', path });
+      p = (async (): Promise<SubstitutionOutcome> => {
+        this.ctx.emit('goal-started', { kind: 'substitution', path });
+        let outcome: SubstitutionOutcome;
+        try {
+          outcome = await substitutionGoal(this, path, repair);
+        } catch (e) {
+          outcome = e instanceof GoalStopped || this.signal.aborted
+            ? { kind: 'failed', message: `substitution of '${path}' was stopped` }
+            : { kind: 'failed', message: e instanceof Error ? e.message : String(e) };
+        }
+        const ok = outcome.kind === 'valid' || outcome.kind === 'substituted';
+        this.ctx.emit('goal-finished', {
+          kind: 'substitution', path,
+          result: ok
+            ? { status: outcome.kind === 'valid' ? 'already-valid' : 'substituted', timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {} }
+            : failure('misc-failure', 'message' in outcome ? outcome.message : 'failed'),
+        });
+        return outcome;
+      })();
+      this.substGoals.set(key, p);
+    }
+    return p;
+  }
+}
