@@ -1,0 +1,477 @@
+/**
+ * Remote builds: build a derivation on a machine that runs Nix (or Lix) and copy its outputs back.
+ *
+ * A `MachineBuilder` is one machine of the machines file. It keeps its connections open and reuses them
+ * across builds (up to `maxJobs` at once, one build per connection), so a remote build costs a few round
+ * trips instead of a new SSH session and handshake. For each build it asks the remote which inputs it
+ * lacks, copies those (topological order, NARs from the local store), runs BuildDerivation with the log
+ * streaming back, then copies the outputs the local store lacks (NAR hash verified) and registers them.
+ */
+import { printMethodAlgo, type Derivation, type DerivationOutput } from '../derivation/derivation.js';
+import { RealiseError, unreachable } from '../store/errors.js';
+import { HashSink } from '../store/hash.js';
+import type { NarSource, PathInfo, Store } from '../store/store-api.js';
+import type { StorePath } from '../store/store-path.js';
+import { NoMachineError, RemoteBuildError, RemoteConnectionError, RemoteDaemonError, type RemoteBuildErrorKind } from './errors.js';
+import { machine as makeMachine, parseMachines, parseStoreUri, selectMachine, type Machine, type MachineOptions, type MachineRequest } from './machines.js';
+import { isSuccessStatus, topoSortPaths, type WireBuildResult, type WireBuildStatus, type WireDerivation, type WireDerivationOutput } from './protocol-common.js';
+import { ServeConnection, type ServeBuildSettings } from './serve-protocol.js';
+import { StdioTransport, type Transport } from './transport.js';
+import { buildLogLine, WorkerConnection, type RemoteLogEvent, type WorkerOptions } from './worker-protocol.js';
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+
+export interface RemoteBuildOptions {
+  /** The local store: inputs are read from it, outputs are added to it. */
+  readonly store: Store;
+  /** Aborting stops the remote build (the connection is closed). */
+  readonly signal?: AbortSignal;
+  /** Each line of the build log as it arrives. */
+  readonly onLog?: (line: string) => void;
+  /** Every log event of the remote (activities, phases, messages). */
+  readonly onEvent?: (e: RemoteLogEvent) => void;
+  /**
+   * The input closure (input sources and input derivations' outputs, closed under references). When omitted
+   * it is computed from `drv.inputSrcs` and the registered outputs of `drv.inputDrvs`.
+   */
+  readonly inputPaths?: Iterable<StorePath>;
+  /** Outputs to copy back. @default all */
+  readonly wantedOutputs?: readonly string[];
+}
+
+/** Outcome of a build the remote ran. Failures to reach or use the remote are thrown as RemoteBuildError. */
+export interface RemoteBuildResult {
+  /** Nix's BuildResult status as reported by the remote. */
+  readonly status: WireBuildStatus;
+  /** The remote's error message ('' on success). */
+  readonly errorMsg: string;
+  /** Store URI of the machine that ran the build. */
+  readonly machine: string;
+  /** Output name → path, for the outputs now valid in the local store (success only). */
+  readonly builtOutputs: ReadonlyMap<string, StorePath>;
+  readonly timesBuilt: number;
+  readonly isNonDeterministic: boolean;
+  /** Seconds since the epoch, as the remote measured. */
+  readonly startTime: number;
+  readonly stopTime: number;
+  /** Paths copied to the remote for this build. */
+  readonly copiedInputs: readonly StorePath[];
+  /** Outputs copied back. */
+  readonly copiedOutputs: readonly StorePath[];
+}
+
+/** A machine that builds derivations. The engine's derivation goal calls `build` when it chose this machine. */
+export interface RemoteBuilder {
+  /** The machine's store URI (for messages and events). */
+  readonly name: string;
+  readonly machine: Machine;
+  /** Builds running now (counts against `machine.maxJobs`). */
+  readonly load: number;
+  /** Why the machine is out of use for now (e.g. it was unreachable a moment ago), or undefined. */
+  disabledReason(): string | undefined;
+  /** Resolves when a build slot frees up (or the builder is re-enabled). */
+  waitForSlot(signal?: AbortSignal): Promise<void>;
+  /**
+   * Build `drv` (the parsed `drvPath`) on the machine. Resolves with the remote's result — a failed build is a
+   * result, not an exception; throws RemoteBuildError (with `machine`) when the machine could not be used:
+   * connection lost, build refused, copying failed, or aborted.
+   */
+  build(drvPath: StorePath, drv: Derivation, opts: RemoteBuildOptions): Promise<RemoteBuildResult>;
+  /** Close all connections. */
+  close(): Promise<void>;
+}
+
+export interface MachineBuilderOptions {
+  /** Extra arguments to ssh before the host (also taken from NIX_SSHOPTS, as Nix does). @default [] */
+  readonly sshOptions?: readonly string[];
+  /** The ssh program. @default 'ssh' */
+  readonly sshProgram?: string;
+  /** Environment for the spawned commands (merged over process.env). */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  /** Settings sent to ssh-ng remotes (SetOptions), e.g. `{ overrides: { 'sandbox-paths': '/bin/sh=/bin/busybox' } }`. */
+  readonly workerOptions?: WorkerOptions;
+  /** Build settings sent to ssh:// remotes. */
+  readonly serveBuildSettings?: ServeBuildSettings;
+  /** Logical store dir of the remote. @default '/nix/store' */
+  readonly storeDir?: string;
+  /** How long a machine stays disabled after a failed connection, in ms. @default 60000 */
+  readonly disableAfterFailureMs?: number;
+  /** Open the transport yourself (tests, custom tunnels); default: from the store URI. */
+  readonly openTransport?: (m: Machine, onStderr: (line: string) => void) => Transport;
+}
+
+type Client = WorkerConnection | ServeConnection;
+
+interface PooledConnection {
+  client: Client;
+  /** Where to send stderr lines of the transport (ssh messages, serve build logs). */
+  stderrTo: { fn: ((line: string) => void) | undefined };
+}
+
+function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_\-./=:@%+,]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * The command Nix would run for a machine: `ssh [opts] host 'nix-daemon --stdio [--store X]'` for ssh-ng://,
+ * `... 'nix-store --serve --write ...'` for ssh://. As in Nix, the host `localhost` runs the command locally
+ * through `bash -c` instead of ssh.
+ */
+export function remoteCommand(m: Machine, opts: { sshOptions?: readonly string[]; sshProgram?: string; env?: Readonly<Record<string, string | undefined>> } = {}): { command: string; args: string[]; protocol: 'worker' | 'serve'; cleanup?: () => void } {
+  const uri = parseStoreUri(m.storeUri);
+  let protocol: 'worker' | 'serve';
+  if (uri.scheme === 'ssh-ng') protocol = 'worker';
+  else if (uri.scheme === 'ssh') protocol = 'serve';
+  else throw new RemoteBuildError(m.storeUri, 'connection', `cannot build on '${m.storeUri}': only ssh:// and ssh-ng:// machines are supported`, { hint: "use 'ssh-ng://host' (Nix daemon protocol) or 'ssh://host' (nix-store --serve)" });
+  const host = uri.authority;
+  if (!host || host.startsWith('-')) throw new RemoteBuildError(m.storeUri, 'connection', `invalid SSH host name '${host}' in '${m.storeUri}'`);
+  const program = uri.params.get('remote-program') ?? (protocol === 'worker' ? 'nix-daemon' : 'nix-store');
+  const remoteStore = uri.params.get('remote-store') ?? '';
+  let cmd = protocol === 'worker' ? `${program} --stdio` : `${program} --serve --write`;
+  if (remoteStore) cmd += ` --store ${shellQuote(remoteStore)}`;
+  if (host === 'localhost') return { command: 'bash', args: ['-c', cmd], protocol };
+  const args = [host, '-x', '-a'];
+  const envOpts = (opts.env?.NIX_SSHOPTS ?? process.env.NIX_SSHOPTS ?? '').split(/\s+/).filter(Boolean);
+  args.push(...envOpts, ...(opts.sshOptions ?? []));
+  const key = uri.params.get('ssh-key') || m.sshKey;
+  if (key) args.push('-i', key);
+  let cleanup: (() => void) | undefined;
+  const hostKey = uri.params.get('base64-ssh-public-host-key') || m.sshPublicHostKey;
+  if (hostKey) {
+    const dir = mkdtempSync(path.join(tmpdir(), 'realise-ssh-'));
+    const file = path.join(dir, 'known_hosts');
+    const at = host.lastIndexOf('@');
+    writeFileSync(file, `${at >= 0 ? host.slice(at + 1) : host} ${Buffer.from(hostKey, 'base64').toString('utf8').trim()}\n`);
+    args.push(`-oUserKnownHostsFile=${file}`);
+    cleanup = () => rmSync(dir, { recursive: true, force: true });
+  }
+  const compress = uri.params.get('compress');
+  if (compress === 'true' || compress === '1') args.push('-C');
+  args.push(cmd);
+  return { command: opts.sshProgram ?? 'ssh', args, protocol, ...(cleanup ? { cleanup } : {}) };
+}
+
+/** Nix's BasicDerivation of `drv` for the wire; `inputSrcs` replaced by `inputs` when it has input derivations. */
+export function toWireDerivation(drv: Derivation, inputs?: Iterable<StorePath>): WireDerivation {
+  const outputs = new Map<string, WireDerivationOutput>();
+  for (const [name, o] of drv.outputs) outputs.set(name, wireOutput(o));
+  return {
+    outputs,
+    inputSrcs: drv.inputDrvs.size > 0 && inputs ? [...inputs] : drv.inputSrcs,
+    platform: drv.platform,
+    builder: drv.builder,
+    args: drv.args,
+    env: drv.env,
+  };
+}
+
+function wireOutput(o: DerivationOutput): WireDerivationOutput {
+  switch (o.type) {
+    case 'input-addressed': return { path: o.path, hashAlgo: '', hash: '' };
+    case 'fixed': return { path: o.path, hashAlgo: printMethodAlgo(o.method, o.hash.algorithm), hash: o.hash.base16 };
+    case 'floating': return { path: '', hashAlgo: printMethodAlgo(o.method, o.algorithm), hash: '' };
+    case 'deferred': return { path: '', hashAlgo: '', hash: '' };
+    case 'impure': return { path: '', hashAlgo: printMethodAlgo(o.method, o.algorithm), hash: 'impure' };
+    default: return unreachable(o);
+  }
+}
+
+/** The input closure of a derivation in `store`: input sources plus the wanted outputs of input derivations. */
+export async function inputClosure(store: Store, drv: Derivation): Promise<Set<StorePath>> {
+  const roots = new Set<StorePath>(drv.inputSrcs);
+  for (const [inDrv, outs] of drv.inputDrvs) {
+    const known = await store.queryDerivationOutputs(inDrv);
+    for (const o of outs) {
+      const p = known.get(o);
+      if (!p) throw new RemoteBuildError('(local)', 'copy', `output '${o}' of input derivation '${inDrv}' is not known locally`, { hint: 'build the inputs first' });
+      roots.add(p);
+    }
+  }
+  return store.computeClosure(roots);
+}
+
+/** One machine: connections kept open and reused, up to maxJobs builds at once. */
+export class MachineBuilder implements RemoteBuilder {
+  readonly machine: Machine;
+  readonly name: string;
+  private readonly opts: MachineBuilderOptions;
+  private running = 0;
+  private readonly idle: PooledConnection[] = [];
+  private readonly all = new Set<PooledConnection>();
+  private disabledUntil = 0;
+  private disabledWhy = '';
+  private waiters: (() => void)[] = [];
+  private closed = false;
+
+  constructor(m: Machine, opts: MachineBuilderOptions = {}) {
+    this.machine = m;
+    this.name = m.storeUri;
+    this.opts = opts;
+  }
+
+  get load(): number {
+    return this.running;
+  }
+
+  disabledReason(): string | undefined {
+    if (this.closed) return 'the builder was closed';
+    if (Date.now() < this.disabledUntil) return this.disabledWhy;
+    return undefined;
+  }
+
+  waitForSlot(signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const wake = (): void => { signal?.removeEventListener('abort', onAbort); resolve(); };
+      const onAbort = (): void => { this.waiters = this.waiters.filter((w) => w !== wake); reject(signal!.reason); };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.waiters.push(wake);
+    });
+  }
+
+  private wakeWaiters(): void {
+    const ws = this.waiters;
+    this.waiters = [];
+    for (const w of ws) w();
+  }
+
+  /** Open a new connection (handshake included). */
+  private async connect(signal?: AbortSignal): Promise<PooledConnection> {
+    const stderrTo: PooledConnection['stderrTo'] = { fn: undefined };
+    const onStderr = (line: string): void => stderrTo.fn?.(line);
+    let transport: Transport;
+    let protocol: 'worker' | 'serve';
+    let cleanup: (() => void) | undefined;
+    if (this.opts.openTransport) {
+      transport = this.opts.openTransport(this.machine, onStderr);
+      protocol = parseStoreUri(this.machine.storeUri).scheme === 'ssh' ? 'serve' : 'worker';
+    } else {
+      const c = remoteCommand(this.machine, this.opts);
+      protocol = c.protocol;
+      cleanup = c.cleanup;
+      transport = StdioTransport.spawn(c.command, c.args, { env: this.opts.env, onStderr });
+    }
+    if (cleanup) void transport.closed.finally(cleanup);
+    const common = { name: this.name, storeDir: this.opts.storeDir, signal };
+    let client: Client;
+    if (protocol === 'worker') {
+      client = await WorkerConnection.connect(transport, { ...this.opts.workerOptions, ...common });
+    } else {
+      const serve = await ServeConnection.connect(transport, common);
+      stderrTo.fn = (line) => serve.stderrLine(line);
+      client = serve;
+    }
+    const pc = { client, stderrTo };
+    this.all.add(pc);
+    void transport.closed.then(() => { this.all.delete(pc); });
+    return pc;
+  }
+
+  private async acquire(signal?: AbortSignal): Promise<PooledConnection> {
+    while (this.idle.length) {
+      const pc = this.idle.pop()!;
+      if (pc.client.usable) return pc;
+    }
+    try {
+      const pc = await this.connect(signal);
+      this.disabledUntil = 0;
+      return pc;
+    } catch (e) {
+      if (signal?.aborted) throw e;
+      this.disabledUntil = Date.now() + (this.opts.disableAfterFailureMs ?? 60_000);
+      this.disabledWhy = `unreachable: ${(e as Error).message.split('\n')[0]}`;
+      throw e;
+    }
+  }
+
+  private release(pc: PooledConnection): void {
+    if (pc.client.usable && !this.closed) this.idle.push(pc);
+    else void pc.client.close();
+  }
+
+  async build(drvPath: StorePath, drv: Derivation, opts: RemoteBuildOptions): Promise<RemoteBuildResult> {
+    this.running++;
+    let pc: PooledConnection | undefined;
+    let stage: RemoteBuildErrorKind = 'connection';
+    const { store, signal } = opts;
+    const onEvent = (e: RemoteLogEvent): void => {
+      opts.onEvent?.(e);
+      if (opts.onLog) {
+        const line = buildLogLine(e);
+        if (line !== undefined) opts.onLog(line);
+      }
+    };
+    try {
+      if (this.closed) throw new RemoteConnectionError(`the builder for '${this.name}' was closed`);
+      signal?.throwIfAborted();
+      pc = await this.acquire(signal);
+      const client = pc.client;
+
+      // 1. Inputs the remote lacks, with their closure, in topological order.
+      stage = 'copy';
+      const inputs = opts.inputPaths ? new Set(opts.inputPaths) : await inputClosure(store, drv);
+      const present = await client.queryValidPaths(inputs, { signal });
+      const missing = [...inputs].filter((p) => !present.has(p));
+      const infos = new Map<StorePath, PathInfo>();
+      for (const p of missing) {
+        const info = await store.queryPathInfo(p);
+        if (!info) throw new RemoteBuildError(this.name, 'copy', `input '${p}' of '${drvPath}' is not valid in the local store`, { hint: 'build or substitute the inputs before building remotely' });
+        infos.set(p, info);
+      }
+      const order = topoSortPaths(infos);
+      if (order.length) {
+        await client.addMultipleToStore(order.map((p) => ({ info: infos.get(p)!, nar: store.narFromPath(p) })), { signal, onLog: onEvent });
+      }
+
+      // 2. Build.
+      stage = 'refused';
+      const wire = toWireDerivation(drv, inputs);
+      pc.stderrTo.fn = client instanceof ServeConnection ? (l) => client.stderrLine(l) : undefined;
+      const res: WireBuildResult = client instanceof WorkerConnection
+        ? await client.buildDerivation(drvPath, wire, { signal, onLog: onEvent })
+        : await client.buildDerivation(drvPath, wire, { ...this.opts.serveBuildSettings, signal, onLog: onEvent });
+      const base = {
+        status: res.status, errorMsg: res.errorMsg, machine: this.name, timesBuilt: res.timesBuilt,
+        isNonDeterministic: res.isNonDeterministic, startTime: res.startTime, stopTime: res.stopTime,
+        copiedInputs: order,
+      };
+      if (!isSuccessStatus(res.status)) return { ...base, builtOutputs: new Map(), copiedOutputs: [] };
+
+      // 3. Outputs back.
+      stage = 'copy';
+      const wanted = opts.wantedOutputs ?? [...drv.outputs.keys()];
+      const outPaths = new Map<string, StorePath>();
+      for (const name of wanted) {
+        const o = drv.outputs.get(name);
+        const p = o && (o.type === 'input-addressed' || o.type === 'fixed') ? o.path : res.builtOutputs.get(name)?.outPath;
+        if (!p) throw new RemoteBuildError(this.name, 'copy', `'${this.name}' built '${drvPath}' but did not report the path of output '${name}'`);
+        outPaths.set(name, p);
+      }
+      const localValid = await store.queryValidPaths(outPaths.values());
+      const toFetch = new Map<StorePath, PathInfo>();
+      for (const p of outPaths.values()) {
+        if (localValid.has(p) || toFetch.has(p)) continue;
+        const info = await client.queryPathInfo(p, { signal });
+        if (!info) throw new RemoteBuildError(this.name, 'copy', `'${this.name}' built '${drvPath}' but its output '${p}' is not valid there`);
+        toFetch.set(p, info);
+      }
+      const fetched: StorePath[] = [];
+      for (const p of topoSortPaths(toFetch)) {
+        const info = toFetch.get(p)!;
+        await store.addToStore({ ...info, registrationTime: undefined }, verifiedNar(client.narFromPath(p, { signal }), info, this.name), { signal });
+        fetched.push(p);
+      }
+      return { ...base, builtOutputs: outPaths, copiedOutputs: fetched };
+    } catch (e) {
+      if (signal?.aborted) {
+        throw new RemoteBuildError(this.name, 'aborted', `remote build of '${drvPath}' on '${this.name}' was cancelled`, { cause: signal.reason });
+      }
+      if (e instanceof RemoteBuildError) throw e;
+      const kind: RemoteBuildErrorKind = e instanceof RemoteConnectionError || (pc && !pc.client.usable) ? 'connection' : stage;
+      const what = kind === 'connection' ? 'lost the connection' : kind === 'refused' ? 'the remote refused the build' : 'copying failed';
+      const msg = e instanceof RealiseError ? e.shortMessage : (e as Error).message;
+      throw new RemoteBuildError(this.name, kind, `cannot build '${drvPath}' on '${this.name}': ${what}: ${msg}`, {
+        cause: e,
+        hint: kind === 'connection' ? 'the build can be retried on another machine or locally (fallback)' : e instanceof RemoteDaemonError ? 'the remote Nix refused the operation; the local user may need to be in its trusted-users' : undefined,
+      });
+    } finally {
+      if (pc) {
+        pc.stderrTo.fn = undefined;
+        this.release(pc);
+      }
+      this.running--;
+      this.wakeWaiters();
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.idle.length = 0;
+    await Promise.all([...this.all].map((pc) => pc.client.close()));
+    this.wakeWaiters();
+  }
+}
+
+/** Hash the NAR while it streams; throw before its end if the hash or size differs from `info`. */
+async function* verifiedNar(source: NarSource, info: PathInfo, machine: string): AsyncGenerator<Uint8Array> {
+  const h = new HashSink(info.narHash.algorithm);
+  const it = source[Symbol.asyncIterator]();
+  let prev: Uint8Array | undefined;
+  // Hold back the last chunk until the hash is checked, so a bad NAR never completes.
+  for (;;) {
+    const n = await it.next();
+    if (n.done) break;
+    h.update(n.value);
+    if (prev) yield prev;
+    prev = n.value;
+  }
+  const { hash, size } = h.finish();
+  if (!hash.equals(info.narHash) || size !== info.narSize) {
+    throw new RemoteBuildError(machine, 'copy', `NAR of '${info.path}' from '${machine}' does not match its hash: expected ${info.narHash.toString('base32')} (${info.narSize} bytes), got ${hash.toString('base32')} (${size} bytes)`);
+  }
+  if (prev) yield prev;
+}
+
+/** Machines as builders: from a `builders` string / machines file text, or typed machines. */
+export function createRemoteBuilders(spec: string | readonly (Machine | MachineOptions)[], opts: MachineBuilderOptions & { thisSystem?: string } = {}): MachineBuilder[] {
+  const machines = typeof spec === 'string'
+    ? parseMachines(spec, { thisSystem: opts.thisSystem })
+    : spec.map((m) => makeMachine(m, { thisSystem: opts.thisSystem }));
+  return machines.map((m) => new MachineBuilder(m, opts));
+}
+
+export type RemoteDispatch =
+  | { readonly kind: 'built'; readonly result: RemoteBuildResult; readonly failedMachines: readonly RemoteBuildError[] }
+  /** No machine can take it (or preferLocalBuild): build locally if possible; `error` explains each machine. */
+  | { readonly kind: 'declined'; readonly error: NoMachineError; readonly failedMachines: readonly RemoteBuildError[] };
+
+/**
+ * The build hook, improved: choose the least loaded fitting machine (waiting for a slot when all are busy),
+ * build there, and when a machine is unreachable or drops the connection, redo the build on another one.
+ * Build failures are results; a cancelled build throws RemoteBuildError('aborted').
+ */
+export async function buildOnRemote(
+  builders: readonly RemoteBuilder[],
+  drvPath: StorePath,
+  drv: Derivation,
+  req: Omit<MachineRequest, 'drvPath' | 'system'> & { system?: string },
+  opts: RemoteBuildOptions,
+): Promise<RemoteDispatch> {
+  const failed: RemoteBuildError[] = [];
+  const failedNames = new Set<string>();
+  const request: MachineRequest = { ...req, system: req.system ?? drv.platform, drvPath };
+  for (;;) {
+    opts.signal?.throwIfAborted();
+    const choice = selectMachine(
+      builders.map((b) => Object.assign(Object.create(b.machine) as Machine, { builder: b })) as (Machine & { builder: RemoteBuilder })[],
+      request,
+      (m) => m.builder.load,
+      (m) => (failedNames.has(m.builder.name) ? 'failed during this build' : m.builder.disabledReason()),
+    );
+    if (choice.kind === 'declined') return { kind: 'declined', error: choice.error, failedMachines: failed };
+    if (choice.kind === 'busy') {
+      const ac = new AbortController();
+      const onAbort = (): void => ac.abort(opts.signal!.reason);
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        await Promise.race(choice.candidates.map((m) => m.builder.waitForSlot(ac.signal)));
+      } finally {
+        ac.abort();
+        opts.signal?.removeEventListener('abort', onAbort);
+      }
+      continue;
+    }
+    const b = choice.machine.builder;
+    try {
+      const result = await b.build(drvPath, drv, opts);
+      return { kind: 'built', result, failedMachines: failed };
+    } catch (e) {
+      if (e instanceof RemoteBuildError && e.kind === 'connection') {
+        failed.push(e);
+        failedNames.add(b.name);
+        continue;
+      }
+      throw e;
+    }
+  }
+}

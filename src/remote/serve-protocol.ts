@@ -1,0 +1,295 @@
+/**
+ * Client of the legacy `nix-store --serve --write` protocol (what `ssh://` machines speak). We offer 2.7
+ * (Nix 2.8's); fields are gated on the lower of both versions. There is no log channel in this protocol:
+ * the remote writes build output to its stderr, which the transport hands us line by line and which we
+ * forward as build log lines of the running operation.
+ */
+import type { NarSource, PathInfo } from '../store/store-api.js';
+import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from '../store/store-path.js';
+import { RemoteConnectionError, RemoteDaemonError, RemoteProtocolError } from './errors.js';
+import {
+  buildStatusFromWire, parseWireNarHash, readDrvOutputs, writeBasicDerivation,
+  type WireBuildResult, type WireDerivation,
+} from './protocol-common.js';
+import { connectionLost, type Transport } from './transport.js';
+import { WireReader, WireWriter } from './wire.js';
+import { ResultType, type OnRemoteLog, type PathToAdd } from './worker-protocol.js';
+
+export const SERVE_MAGIC_1 = 0x390c9deb;
+export const SERVE_MAGIC_2 = 0x5452eecb;
+/** 2.7, Nix 2.8's. */
+export const SERVE_PROTOCOL_VERSION = (2 << 8) | 7;
+const EXPORT_MAGIC = 0x4558494e;
+
+export const ServeCommand = {
+  QueryValidPaths: 1,
+  QueryPathInfos: 2,
+  DumpStorePath: 3,
+  ImportPaths: 4,
+  ExportPaths: 5,
+  BuildPaths: 6,
+  QueryClosure: 7,
+  BuildDerivation: 8,
+  AddToStoreNar: 9,
+} as const;
+
+/** Build settings sent with each build (Nix's putBuildSettings). */
+export interface ServeBuildSettings {
+  /** Seconds; 0 = none. @default 0 */
+  readonly maxSilentTime?: number;
+  /** Seconds; 0 = none. @default 0 */
+  readonly buildTimeout?: number;
+  /** Bytes; 0 = none. @default 0 */
+  readonly maxLogSize?: number;
+  /** @default 0 */
+  readonly buildRepeat?: number;
+  /** @default true */
+  readonly enforceDeterminism?: boolean;
+  /** @default false */
+  readonly keepFailed?: boolean;
+}
+
+export interface ServeConnectOptions {
+  readonly storeDir?: string;
+  readonly name?: string;
+  readonly signal?: AbortSignal;
+}
+
+export class ServeConnection {
+  readonly transport: Transport;
+  readonly name: string;
+  readonly storeDir: string;
+  remoteVersion = 0;
+  version = 0;
+  private readonly reader: WireReader;
+  private readonly writer: WireWriter;
+  private queue: Promise<unknown> = Promise.resolve();
+  private brokenBy: Error | undefined;
+  private currentLog: OnRemoteLog | undefined;
+
+  private constructor(transport: Transport, opts: ServeConnectOptions) {
+    this.transport = transport;
+    this.name = opts.name ?? transport.description;
+    this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
+    this.reader = new WireReader(transport.input, `'${this.name}'`);
+    this.writer = new WireWriter(transport.output, `'${this.name}'`);
+    connectionLost(transport).catch((e: Error) => { this.brokenBy ??= e; this.reader.fail(e); });
+  }
+
+  /**
+   * Handshake over an open transport. Pass the transport's stderr lines to `conn.stderrLine` (the
+   * `onStderr` of StdioTransport) so they reach the log of the running operation.
+   */
+  static async connect(transport: Transport, opts: ServeConnectOptions = {}): Promise<ServeConnection> {
+    const conn = new ServeConnection(transport, opts);
+    const onAbort = (): void => { void conn.close(); };
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      conn.writer.u64(SERVE_MAGIC_1).u64(SERVE_PROTOCOL_VERSION);
+      await conn.writer.flush();
+      const magic = await conn.reader.u64();
+      if (magic !== SERVE_MAGIC_2) throw new RemoteProtocolError(`'nix-store --serve' protocol mismatch from '${conn.name}' (got 0x${magic.toString(16)})`);
+      conn.remoteVersion = await conn.reader.u64();
+      if ((conn.remoteVersion & 0xff00) !== 0x200) throw new RemoteProtocolError(`unsupported 'nix-store --serve' protocol version ${conn.remoteVersion >> 8}.${conn.remoteVersion & 0xff} on '${conn.name}'`);
+      conn.version = Math.min(SERVE_PROTOCOL_VERSION, conn.remoteVersion);
+      if ((conn.version & 0xff) < 4) throw new RemoteProtocolError(`the Nix on '${conn.name}' is too old ('nix-store --serve' protocol 2.${conn.version & 0xff}; at least 2.4 is needed)`);
+      return conn;
+    } catch (e) {
+      await conn.close();
+      if (opts.signal?.aborted) throw opts.signal.reason;
+      const tail = transport.stderrTail();
+      throw new RemoteConnectionError(`cannot open a connection to '${conn.name}': ${(e as Error).message}${tail && !(e as Error).message.includes(tail) ? `\n${tail}` : ''}`, {
+        cause: e,
+        hint: 'check that the remote runs Nix (nix-store in PATH, or set remote-program=) and that you can log in non-interactively',
+      });
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Feed one stderr line of the remote (build output during BuildDerivation). */
+  stderrLine(line: string): void {
+    this.currentLog?.({ type: 'result', id: 0n, resultType: ResultType.BuildLogLine, fields: [line] });
+  }
+
+  get usable(): boolean {
+    return !this.brokenBy;
+  }
+
+  async close(): Promise<void> {
+    this.brokenBy ??= new RemoteConnectionError(`connection to '${this.name}' was closed`);
+    this.reader.fail(this.brokenBy);
+    await this.transport.close();
+  }
+
+  private minor(): number {
+    return this.version & 0xff;
+  }
+
+  /** Any failure breaks the connection: this protocol has no error replies to resynchronise on. */
+  private op<T>(fn: () => Promise<T>, onLog?: OnRemoteLog, signal?: AbortSignal): Promise<T> {
+    const run = async (): Promise<T> => {
+      if (this.brokenBy) throw this.brokenBy;
+      signal?.throwIfAborted();
+      const onAbort = (): void => { void this.close(); };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.currentLog = onLog;
+      try {
+        return await fn();
+      } catch (e) {
+        if (signal?.aborted) throw signal.reason;
+        this.brokenBy ??= e instanceof Error ? e : new Error(String(e));
+        void this.transport.close();
+        // A dead remote usually said why on stderr.
+        if (e instanceof RemoteConnectionError) {
+          const tail = this.transport.stderrTail();
+          if (tail && !e.message.includes(tail)) throw new RemoteConnectionError(`${e.shortMessage}\n${tail}`, { cause: e });
+        }
+        throw e;
+      } finally {
+        this.currentLog = undefined;
+        signal?.removeEventListener('abort', onAbort);
+      }
+    };
+    const p = this.queue.then(run, run);
+    this.queue = p.catch(() => {});
+    return p;
+  }
+
+  private checkPath(p: string): void {
+    parseStorePath(p, this.storeDir);
+  }
+
+  queryValidPaths(paths: Iterable<StorePath>, opts: { lock?: boolean; substitute?: boolean; signal?: AbortSignal } = {}): Promise<Set<StorePath>> {
+    const list = [...new Set(paths)].sort();
+    list.forEach((p) => this.checkPath(p));
+    return this.op(async () => {
+      this.writer.u64(ServeCommand.QueryValidPaths).u64(opts.lock ?? false).u64(opts.substitute ?? false).strings(list);
+      await this.writer.flush();
+      return new Set(await this.reader.strings());
+    }, undefined, opts.signal);
+  }
+
+  /** Infos of the valid ones among `paths`. */
+  queryPathInfos(paths: Iterable<StorePath>, opts: { signal?: AbortSignal } = {}): Promise<Map<StorePath, PathInfo>> {
+    const list = [...new Set(paths)].sort();
+    list.forEach((p) => this.checkPath(p));
+    return this.op(async () => {
+      this.writer.u64(ServeCommand.QueryPathInfos).strings(list);
+      await this.writer.flush();
+      const r = this.reader;
+      const out = new Map<StorePath, PathInfo>();
+      for (;;) {
+        const path = await r.string();
+        if (path === '') break;
+        const deriver = await r.string();
+        const references = (await r.strings()).sort();
+        await r.u64(); // download size
+        const narSize = await r.u64();
+        const hashStr = await r.string();
+        if (!hashStr) throw new RemoteProtocolError(`'${this.name}' sent no NAR hash for '${path}'`);
+        const ca = await r.string();
+        const sigs = await r.strings();
+        out.set(path, { path, deriver: deriver || undefined, references, narSize, narHash: parseWireNarHash(hashStr), ca: ca || undefined, sigs });
+      }
+      return out;
+    }, undefined, opts.signal);
+  }
+
+  async queryPathInfo(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<PathInfo | undefined> {
+    return (await this.queryPathInfos([path], opts)).get(path);
+  }
+
+  /** Add paths (topological order). Uses cmdAddToStoreNar (2.5+, pipelined) or cmdImportPaths. */
+  addMultipleToStore(paths: readonly PathToAdd[], opts: { signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<void> {
+    paths.forEach((p) => this.checkPath(p.info.path));
+    return this.op(async () => {
+      const w = this.writer;
+      if (this.minor() >= 5) {
+        for (const { info, nar } of paths) {
+          w.u64(ServeCommand.AddToStoreNar).string(info.path).string(info.deriver ?? '').string(info.narHash.base16);
+          w.strings([...info.references].sort()).u64(info.registrationTime ?? 0).u64(info.narSize).u64(info.ultimate ?? false);
+          w.strings([...(info.sigs ?? [])].sort()).string(info.ca ?? '');
+          await w.stream(nar);
+        }
+        await w.flush();
+        for (const { info } of paths) {
+          if ((await this.reader.u64()) !== 1) throw new RemoteDaemonError(`failed to add path '${info.path}' to '${this.name}'`);
+        }
+      } else {
+        w.u64(ServeCommand.ImportPaths);
+        for (const { info, nar } of paths) {
+          w.u64(1);
+          await w.stream(nar);
+          w.u64(EXPORT_MAGIC).string(info.path).strings([...info.references].sort()).string(info.deriver ?? '').u64(0);
+        }
+        w.u64(0);
+        await w.flush();
+        if ((await this.reader.u64()) !== 1) throw new RemoteDaemonError(`failed to import paths into '${this.name}'`);
+      }
+    }, opts.onLog, opts.signal);
+  }
+
+  buildDerivation(drvPath: StorePath, drv: WireDerivation, opts: ServeBuildSettings & { signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<WireBuildResult> {
+    this.checkPath(drvPath);
+    return this.op(async () => {
+      const w = this.writer;
+      w.u64(ServeCommand.BuildDerivation).string(drvPath);
+      writeBasicDerivation(w, drv);
+      w.u64(opts.maxSilentTime ?? 0).u64(opts.buildTimeout ?? 0);
+      if (this.minor() >= 2) w.u64(opts.maxLogSize ?? 0);
+      if (this.minor() >= 3) w.u64(opts.buildRepeat ?? 0).u64(opts.enforceDeterminism ?? true);
+      if (this.minor() >= 7) w.u64(opts.keepFailed ?? false);
+      await w.flush();
+      const r = this.reader;
+      const status = buildStatusFromWire(await r.u64());
+      const errorMsg = (await r.string()).replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
+      let timesBuilt = 0, isNonDeterministic = false, startTime = 0, stopTime = 0;
+      if (this.minor() >= 3) {
+        timesBuilt = await r.u64();
+        isNonDeterministic = await r.bool();
+        startTime = await r.u64();
+        stopTime = await r.u64();
+      }
+      const builtOutputs = this.minor() >= 6 ? await readDrvOutputs(r, this.storeDir) : new Map();
+      return { status, errorMsg, timesBuilt, isNonDeterministic, startTime, stopTime, builtOutputs };
+    }, opts.onLog, opts.signal);
+  }
+
+  /** The NAR of a remote path (consume it fully; stopping early breaks the connection). */
+  narFromPath(path: StorePath, opts: { signal?: AbortSignal } = {}): NarSource {
+    this.checkPath(path);
+    const self = this;
+    return (async function* (): AsyncGenerator<Uint8Array> {
+      let release!: () => void;
+      const held = new Promise<void>((r) => { release = r; });
+      let gotStream!: (g: AsyncGenerator<Buffer>) => void;
+      let failed!: (e: unknown) => void;
+      const ready = new Promise<AsyncGenerator<Buffer>>((res, rej) => { gotStream = res; failed = rej; });
+      const running = self.op(async () => {
+        self.writer.u64(ServeCommand.DumpStorePath).string(path);
+        await self.writer.flush();
+        gotStream(self.reader.nar());
+        await held;
+      }, undefined, opts.signal);
+      running.catch(failed);
+      const g = await ready;
+      let complete = false;
+      try {
+        for (;;) {
+          const n = await g.next();
+          if (n.done) break;
+          yield n.value;
+        }
+        complete = true;
+      } finally {
+        if (!complete) {
+          self.brokenBy ??= new RemoteConnectionError(`NAR transfer of '${path}' from '${self.name}' was interrupted`);
+          void self.transport.close();
+        }
+        release();
+        await running.catch(() => {});
+      }
+    })();
+  }
+}

@@ -1,0 +1,386 @@
+/**
+ * Nix's wire format, over any duplex byte stream (a child's stdout/stdin, an ssh session):
+ * integers are 64-bit little-endian; a string is its length as an integer, its bytes, then zero padding
+ * to a multiple of 8; a list is its length followed by its items. A framed stream is a sequence of
+ * (length, bytes) frames without padding, ended by a frame of length 0.
+ *
+ * `WireReader` buffers whatever arrives (so the peer never blocks on us while we write) and hands out
+ * typed values; `WireWriter` batches writes and honours back-pressure on `flush()`.
+ */
+import type { Readable, Writable } from 'node:stream';
+import { RemoteConnectionError, RemoteProtocolError } from './errors.js';
+
+const ZEROS = Buffer.alloc(8);
+/** Refuse strings larger than this (a broken or hostile peer); NAR contents are not strings. */
+const MAX_STRING = 64 << 20;
+/** Pause the source stream when this much is buffered and unread. */
+const HIGH_WATER = 8 << 20;
+
+export function padLength(n: number): number {
+  return (8 - (n % 8)) % 8;
+}
+
+export function encodeU64(n: number | bigint): Buffer {
+  const b = Buffer.allocUnsafe(8);
+  b.writeBigUInt64LE(BigInt(n));
+  return b;
+}
+
+export function encodeString(s: string | Uint8Array): Buffer {
+  const body = typeof s === 'string' ? Buffer.from(s, 'utf8') : Buffer.from(s.buffer, s.byteOffset, s.byteLength);
+  const pad = padLength(body.length);
+  return Buffer.concat([encodeU64(body.length), body, ZEROS.subarray(0, pad)]);
+}
+
+/** Reads Nix wire values from a byte stream. Not re-entrant: callers serialise their reads. */
+export class WireReader {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private ended = false;
+  private failure: Error | undefined;
+  private wake: (() => void) | undefined;
+  private readonly source: Readable;
+  /** Bytes consumed so far. */
+  position = 0;
+
+  constructor(source: Readable, private readonly describe = 'remote') {
+    this.source = source;
+    source.on('data', (chunk: Buffer) => {
+      this.chunks.push(chunk);
+      this.buffered += chunk.length;
+      if (this.buffered > HIGH_WATER) source.pause();
+      this.notify();
+    });
+    source.on('end', () => { this.ended = true; this.notify(); });
+    source.on('close', () => { this.ended = true; this.notify(); });
+    source.on('error', (err: Error) => { this.failure = err; this.ended = true; this.notify(); });
+  }
+
+  /** Make pending and future reads fail with `err` (e.g. the process exited, the user aborted). */
+  fail(err: Error): void {
+    this.failure ??= err;
+    this.ended = true;
+    this.notify();
+  }
+
+  get available(): number {
+    return this.buffered;
+  }
+
+  private notify(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  private eof(): Error {
+    if (this.failure instanceof RemoteConnectionError || this.failure instanceof RemoteProtocolError) return this.failure;
+    return new RemoteConnectionError(`connection to ${this.describe} closed unexpectedly`, { cause: this.failure });
+  }
+
+  private async fill(n: number): Promise<void> {
+    while (this.buffered < n) {
+      if (this.ended) throw this.eof();
+      if (this.source.isPaused()) this.source.resume();
+      await new Promise<void>((resolve) => { this.wake = resolve; });
+    }
+  }
+
+  private take(n: number): Buffer {
+    let out: Buffer;
+    const first = this.chunks[0]!;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let off = 0;
+      while (off < n) {
+        const c = this.chunks[0]!;
+        const k = Math.min(c.length, n - off);
+        c.copy(out, off, 0, k);
+        off += k;
+        if (k === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(k);
+      }
+    }
+    this.buffered -= n;
+    this.position += n;
+    if (this.buffered < HIGH_WATER / 2 && this.source.isPaused() && !this.ended) this.source.resume();
+    return out;
+  }
+
+  async bytes(n: number): Promise<Buffer> {
+    if (n === 0) return Buffer.alloc(0);
+    if (this.buffered < n) await this.fill(n);
+    return this.take(n);
+  }
+
+  /** Up to `max` bytes (at least one), as soon as some are available. */
+  async some(max: number): Promise<Buffer> {
+    if (this.buffered === 0) await this.fill(1);
+    return this.take(Math.min(max, this.buffered));
+  }
+
+  async u64big(): Promise<bigint> {
+    return (await this.bytes(8)).readBigUInt64LE(0);
+  }
+
+  /** A u64 that must fit in a JS number (sizes, counts, statuses, timestamps). */
+  async u64(): Promise<number> {
+    const b = await this.bytes(8);
+    const hi = b.readUInt32LE(4);
+    if (hi > 0x1fffff) throw new RemoteProtocolError(`${this.describe} sent an integer too large for this client (0x${b.readBigUInt64LE(0).toString(16)})`);
+    return hi * 0x1_0000_0000 + b.readUInt32LE(0);
+  }
+
+  async bool(): Promise<boolean> {
+    return (await this.u64()) !== 0;
+  }
+
+  async stringBytes(): Promise<Buffer> {
+    const len = await this.u64();
+    if (len > MAX_STRING) throw new RemoteProtocolError(`${this.describe} sent a string of ${len} bytes, more than the limit of ${MAX_STRING}`);
+    const body = await this.bytes(len);
+    const pad = padLength(len);
+    if (pad) {
+      const p = await this.bytes(pad);
+      for (const byte of p) if (byte !== 0) throw new RemoteProtocolError(`${this.describe} sent non-zero string padding`);
+    }
+    return body;
+  }
+
+  async string(): Promise<string> {
+    return (await this.stringBytes()).toString('utf8');
+  }
+
+  async strings(): Promise<string[]> {
+    const n = await this.u64();
+    const out: string[] = [];
+    for (let i = 0; i < n; i++) out.push(await this.string());
+    return out;
+  }
+
+  /** A string→string map written as a count and key/value pairs. */
+  async stringMap(): Promise<Map<string, string>> {
+    const n = await this.u64();
+    const out = new Map<string, string>();
+    for (let i = 0; i < n; i++) {
+      const k = await this.string();
+      out.set(k, await this.string());
+    }
+    return out;
+  }
+
+  /**
+   * Read exactly one NAR from the stream, yielding its raw bytes as they arrive (Nix's copyNAR: the NAR is
+   * self-delimiting, so we walk its grammar to find where it ends). Consume the iterator fully, or the
+   * stream position is lost.
+   */
+  async *nar(chunkSize = 256 << 10): AsyncGenerator<Buffer> {
+    let batch: Buffer[] = [];
+    let batchLen = 0;
+    const emit = (b: Buffer): Buffer[] | undefined => {
+      batch.push(b);
+      batchLen += b.length;
+      if (batchLen < chunkSize) return undefined;
+      const out = batch;
+      batch = [];
+      batchLen = 0;
+      return out;
+    };
+    // A raw token: returns its text (for grammar checks) and queues its wire bytes.
+    const token = async (): Promise<string> => {
+      const lenBuf = await this.bytes(8);
+      const len = Number(lenBuf.readBigUInt64LE(0));
+      if (len > 4096) throw new RemoteProtocolError(`${this.describe} sent a NAR with an oversized token (${len} bytes)`);
+      const body = await this.bytes(len + padLength(len));
+      pending.push(lenBuf, body);
+      return body.subarray(0, len).toString('latin1');
+    };
+    let pending: Buffer[] = [];
+    const flushPending = function* (): Generator<Buffer> {
+      for (const p of pending) {
+        const out = emit(p);
+        if (out) yield Buffer.concat(out);
+      }
+      pending = [];
+    };
+    const expect = async (want: string): Promise<void> => {
+      const got = await token();
+      if (got !== want) throw new RemoteProtocolError(`${this.describe} sent a malformed NAR: expected '${want}', got '${got.slice(0, 40)}'`);
+    };
+
+    await expect('nix-archive-1');
+    // Iterative walk: a stack of open directories.
+    let depth = 0;
+    for (;;) {
+      // At the start of a node.
+      await expect('(');
+      await expect('type');
+      const type = await token();
+      if (type === 'regular') {
+        let t = await token();
+        if (t === 'executable') { await expect(''); t = await token(); }
+        if (t !== 'contents') throw new RemoteProtocolError(`${this.describe} sent a malformed NAR: expected 'contents', got '${t}'`);
+        const sizeBuf = await this.bytes(8);
+        pending.push(sizeBuf);
+        yield* flushPending();
+        let remaining = Number(sizeBuf.readBigUInt64LE(0)) ;
+        const pad = padLength(remaining);
+        while (remaining > 0) {
+          const piece = await this.some(Math.min(remaining, chunkSize));
+          remaining -= piece.length;
+          const out = emit(piece);
+          if (out) yield Buffer.concat(out);
+        }
+        if (pad) pending.push(await this.bytes(pad));
+        await expect(')');
+      } else if (type === 'symlink') {
+        await expect('target');
+        await token();
+        await expect(')');
+      } else if (type === 'directory') {
+        // Enter the directory: read entries until ')'.
+        const t = await token();
+        if (t === ')') {
+          // empty directory, node done
+        } else if (t === 'entry') {
+          await expect('(');
+          await expect('name');
+          await token();
+          await expect('node');
+          depth++;
+          yield* flushPending();
+          continue; // parse the child node
+        } else {
+          throw new RemoteProtocolError(`${this.describe} sent a malformed NAR: unexpected '${t}' in a directory`);
+        }
+      } else {
+        throw new RemoteProtocolError(`${this.describe} sent a malformed NAR: unknown node type '${type}'`);
+      }
+      yield* flushPending();
+      // A node is complete. Close enclosing entries/directories as far as they end here.
+      let descended = false;
+      while (depth > 0) {
+        await expect(')'); // end of entry
+        const t = await token();
+        if (t === 'entry') {
+          await expect('(');
+          await expect('name');
+          await token();
+          await expect('node');
+          descended = true;
+          break;
+        }
+        if (t !== ')') throw new RemoteProtocolError(`${this.describe} sent a malformed NAR: unexpected '${t}' after an entry`);
+        depth--; // directory closed; it was itself a node
+      }
+      yield* flushPending();
+      if (!descended) break;
+    }
+    if (batchLen > 0) yield Buffer.concat(batch);
+  }
+
+  /** Read a framed stream (frames until an empty one), yielding the frame contents. */
+  async *framed(): AsyncGenerator<Buffer> {
+    for (;;) {
+      const n = await this.u64();
+      if (n === 0) return;
+      yield await this.bytes(n);
+    }
+  }
+}
+
+/** Batches wire values and writes them to a stream. */
+export class WireWriter {
+  private parts: Buffer[] = [];
+  private size = 0;
+  private broken: Error | undefined;
+
+  constructor(private readonly sink: Writable, private readonly describe = 'remote') {
+    sink.on('error', (err: Error) => { this.broken ??= err; });
+  }
+
+  u64(n: number | bigint | boolean): this {
+    return this.raw(encodeU64(typeof n === 'boolean' ? (n ? 1 : 0) : n));
+  }
+
+  string(s: string | Uint8Array): this {
+    return this.raw(encodeString(s));
+  }
+
+  strings(list: Iterable<string>): this {
+    const arr = [...list];
+    this.u64(arr.length);
+    for (const s of arr) this.string(s);
+    return this;
+  }
+
+  stringMap(map: Iterable<readonly [string, string]>): this {
+    const arr = [...map];
+    this.u64(arr.length);
+    for (const [k, v] of arr) this.string(k).string(v);
+    return this;
+  }
+
+  raw(b: Uint8Array): this {
+    const buf = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+    this.parts.push(buf);
+    this.size += buf.length;
+    return this;
+  }
+
+  /** Write everything batched so far; resolves once the stream accepted it (back-pressure). */
+  async flush(): Promise<void> {
+    if (this.broken || this.sink.destroyed || this.sink.writableEnded) {
+      throw new RemoteConnectionError(`cannot write to ${this.describe}: the connection is closed`, { cause: this.broken });
+    }
+    if (this.size === 0) return;
+    const data = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.size);
+    this.parts = [];
+    this.size = 0;
+    const ok = this.sink.write(data);
+    if (!ok) await waitDrain(this.sink, this.describe);
+  }
+
+  /** Copy a byte stream as frames (Nix's FramedSink), ending with the empty frame. */
+  async framed(source: AsyncIterable<Uint8Array>, frameSize = 256 << 10): Promise<void> {
+    for await (const chunk of source) {
+      for (let off = 0; off < chunk.length; off += frameSize) {
+        const piece = chunk.subarray(off, Math.min(chunk.length, off + frameSize));
+        this.u64(piece.length).raw(piece);
+        await this.flush();
+      }
+    }
+    this.u64(0);
+    await this.flush();
+  }
+
+  /** Copy a byte stream as it is. */
+  async stream(source: AsyncIterable<Uint8Array>): Promise<void> {
+    for await (const chunk of source) {
+      this.raw(chunk);
+      await this.flush();
+    }
+  }
+}
+
+function waitDrain(sink: Writable, describe: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (err?: Error): void => {
+      sink.off('drain', onDrain);
+      sink.off('close', onClose);
+      sink.off('error', onError);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = (): void => done();
+    const onClose = (): void => done(new RemoteConnectionError(`connection to ${describe} closed while writing`));
+    const onError = (e: Error): void => done(new RemoteConnectionError(`cannot write to ${describe}: ${e.message}`, { cause: e }));
+    sink.on('drain', onDrain);
+    sink.on('close', onClose);
+    sink.on('error', onError);
+  });
+}

@@ -1,0 +1,581 @@
+/**
+ * Client of the Nix daemon worker protocol (what `nix-daemon --stdio` and `ssh-ng://` speak).
+ * We pin protocol 1.34 (Nix 2.8's own version); Nix ≥ 2.3 daemons and Lix accept it, and for older peers
+ * every field is gated on the lower of both versions, as Nix does.
+ *
+ * Each operation writes its request, then runs the "stderr loop": the daemon sends log messages,
+ * activities and results until STDERR_LAST (success) or STDERR_ERROR (the operation failed; the
+ * connection stays usable). Operations on one connection are serialised.
+ */
+import type { Hash } from '../store/hash.js';
+import type { NarSource, PathInfo } from '../store/store-api.js';
+import { DEFAULT_STORE_DIR, type StorePath } from '../store/store-path.js';
+import { RemoteConnectionError, RemoteDaemonError, RemoteProtocolError } from './errors.js';
+import {
+  buildStatusFromWire, parseWireNarHash, readDrvOutputs, writeBasicDerivation,
+  type WireBuildResult, type WireDerivation,
+} from './protocol-common.js';
+import { connectionLost, type Transport } from './transport.js';
+import { WireReader, WireWriter } from './wire.js';
+
+export const WORKER_MAGIC_1 = 0x6e697863;
+export const WORKER_MAGIC_2 = 0x6478696f;
+/** Protocol 1.34, Nix 2.8's. */
+export const WORKER_PROTOCOL_VERSION = (1 << 8) | 34;
+
+export const WorkerOp = {
+  IsValidPath: 1,
+  QueryReferrers: 6,
+  BuildPaths: 9,
+  AddTempRoot: 11,
+  SetOptions: 19,
+  QueryPathInfo: 26,
+  QueryValidPaths: 31,
+  BuildDerivation: 36,
+  NarFromPath: 38,
+  AddToStoreNar: 39,
+  QueryMissing: 40,
+  AddMultipleToStore: 44,
+} as const;
+
+export const STDERR_NEXT = 0x6f6c6d67;
+export const STDERR_READ = 0x64617461;
+export const STDERR_WRITE = 0x64617416;
+export const STDERR_LAST = 0x616c7473;
+export const STDERR_ERROR = 0x63787470;
+export const STDERR_START_ACTIVITY = 0x53545254;
+export const STDERR_STOP_ACTIVITY = 0x53544f50;
+export const STDERR_RESULT = 0x52534c54;
+
+/** Nix's ActivityType and ResultType numbers we look at. */
+export const ActivityType = { Build: 105, Builds: 104, CopyPath: 100, Substitute: 108 } as const;
+export const ResultType = { BuildLogLine: 101, SetPhase: 104, Progress: 105, PostBuildLogLine: 107 } as const;
+
+export type LogField = number | string;
+
+/** What the remote tells while an operation runs (Nix's tunnelled logger). */
+export type RemoteLogEvent =
+  | { readonly type: 'message'; readonly text: string }
+  | {
+    readonly type: 'start-activity';
+    readonly id: bigint;
+    readonly level: number;
+    readonly activityType: number;
+    readonly text: string;
+    readonly fields: readonly LogField[];
+    readonly parent: bigint;
+  }
+  | { readonly type: 'stop-activity'; readonly id: bigint }
+  | { readonly type: 'result'; readonly id: bigint; readonly resultType: number; readonly fields: readonly LogField[] };
+
+/** The build log line an event carries, if any (builder output, post-build hook output). */
+export function buildLogLine(e: RemoteLogEvent): string | undefined {
+  if (e.type === 'result' && (e.resultType === ResultType.BuildLogLine || e.resultType === ResultType.PostBuildLogLine)) {
+    const f = e.fields[0];
+    return typeof f === 'string' ? f : undefined;
+  }
+  return undefined;
+}
+
+export type OnRemoteLog = (e: RemoteLogEvent) => void;
+
+/** Client settings sent with SetOptions (Nix's ClientSettings). */
+export interface WorkerOptions {
+  /** @default false */
+  readonly keepFailed?: boolean;
+  /** @default false */
+  readonly keepGoing?: boolean;
+  /** Nix verbosity 0 (error) … 7 (vomit) for messages. @default 3 (info) */
+  readonly verbosity?: number;
+  /** @default 1 */
+  readonly maxBuildJobs?: number;
+  /** Seconds; 0 = no limit. @default 0 */
+  readonly maxSilentTime?: number;
+  /** @default 0 (all cores) */
+  readonly buildCores?: number;
+  /** Let the remote substitute missing paths. @default false */
+  readonly useSubstitutes?: boolean;
+  /** Further nix.conf settings (`timeout`, `max-build-log-size`, `sandbox`, ...); a trusted client may set any. */
+  readonly overrides?: Readonly<Record<string, string>>;
+}
+
+/** A path info as the daemon returns it, in our Store's `PathInfo` shape. */
+export type RemotePathInfo = PathInfo;
+
+export interface WorkerConnectOptions extends WorkerOptions {
+  /** Logical store dir of the remote (for realisation paths). @default '/nix/store' */
+  readonly storeDir?: string;
+  /** Log events outside of a specific operation (e.g. during the handshake). */
+  readonly onLog?: OnRemoteLog;
+  /** Name used in messages (the machine URI). */
+  readonly name?: string;
+  /** Protocol version to offer; for testing old-peer code paths. @default WORKER_PROTOCOL_VERSION */
+  readonly clientVersion?: number;
+  readonly signal?: AbortSignal;
+}
+
+/** A path to add with its info and NAR. */
+export interface PathToAdd {
+  readonly info: PathInfo;
+  readonly nar: NarSource;
+}
+
+export class WorkerConnection {
+  readonly transport: Transport;
+  readonly name: string;
+  readonly storeDir: string;
+  /** The daemon's protocol version (e.g. 0x122). */
+  daemonVersion = 0;
+  /** The version both sides use: the lower of ours and the daemon's. */
+  version = 0;
+  /** The daemon's Nix version string (protocol ≥ 1.33), e.g. `2.8.0`. */
+  daemonNixVersion: string | undefined;
+  private readonly reader: WireReader;
+  private readonly writer: WireWriter;
+  private queue: Promise<unknown> = Promise.resolve();
+  private brokenBy: Error | undefined;
+  private currentLog: OnRemoteLog | undefined;
+
+  private constructor(transport: Transport, opts: WorkerConnectOptions) {
+    this.transport = transport;
+    this.name = opts.name ?? transport.description;
+    this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
+    this.reader = new WireReader(transport.input, `'${this.name}'`);
+    this.writer = new WireWriter(transport.output, `'${this.name}'`);
+    connectionLost(transport).catch((e: Error) => {
+      this.brokenBy ??= e;
+      this.reader.fail(e);
+    });
+  }
+
+  /** Handshake and SetOptions over an open transport. Closes the transport on failure. */
+  static async connect(transport: Transport, opts: WorkerConnectOptions = {}): Promise<WorkerConnection> {
+    const conn = new WorkerConnection(transport, opts);
+    const onAbort = (): void => { void conn.close(); };
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      opts.signal?.throwIfAborted();
+      await conn.handshake(opts.clientVersion ?? WORKER_PROTOCOL_VERSION, opts.onLog);
+      await conn.setOptions(opts);
+      return conn;
+    } catch (e) {
+      await conn.close();
+      if (opts.signal?.aborted) throw opts.signal.reason;
+      if (e instanceof RemoteDaemonError) throw e;
+      const tail = transport.stderrTail();
+      throw new RemoteConnectionError(`cannot open a connection to '${conn.name}': ${(e as Error).message}${tail && !(e as Error).message.includes(tail) ? `\n${tail}` : ''}`, {
+        cause: e,
+        hint: 'check that the remote runs Nix (nix-daemon in PATH, or set remote-program=) and that you can log in non-interactively',
+      });
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  private async handshake(clientVersion: number, onLog?: OnRemoteLog): Promise<void> {
+    this.writer.u64(WORKER_MAGIC_1);
+    await this.writer.flush();
+    const magic = await this.reader.u64();
+    if (magic !== WORKER_MAGIC_2) {
+      throw new RemoteProtocolError(`'${this.name}' is not a Nix daemon (protocol mismatch: got 0x${magic.toString(16)})`);
+    }
+    this.daemonVersion = await this.reader.u64();
+    if ((this.daemonVersion & 0xff00) !== (WORKER_PROTOCOL_VERSION & 0xff00)) {
+      throw new RemoteProtocolError(`'${this.name}' speaks Nix daemon protocol ${versionString(this.daemonVersion)}, which this client does not support`);
+    }
+    this.version = Math.min(clientVersion, this.daemonVersion);
+    if (minor(this.version) < 21) {
+      throw new RemoteProtocolError(`the Nix on '${this.name}' is too old (daemon protocol ${versionString(this.daemonVersion)}; at least 1.21, Nix 2.3, is needed)`);
+    }
+    this.writer.u64(clientVersion);
+    if (minor(this.version) >= 14) this.writer.u64(0); // obsolete CPU affinity
+    if (minor(this.version) >= 11) this.writer.u64(0); // obsolete reserveSpace
+    await this.writer.flush();
+    if (minor(this.version) >= 33) this.daemonNixVersion = await this.reader.string();
+    this.currentLog = onLog;
+    await this.processStderr();
+  }
+
+  private async setOptions(o: WorkerOptions): Promise<void> {
+    const w = this.writer;
+    w.u64(WorkerOp.SetOptions)
+      .u64(o.keepFailed ?? false)
+      .u64(o.keepGoing ?? false)
+      .u64(false) // tryFallback
+      .u64(o.verbosity ?? 3)
+      .u64(o.maxBuildJobs ?? 1)
+      .u64(o.maxSilentTime ?? 0)
+      .u64(true) // obsolete useBuildHook
+      .u64(0) // verboseBuild: lvlError means "show build output"
+      .u64(0) // obsolete logType
+      .u64(0) // obsolete printBuildTrace
+      .u64(o.buildCores ?? 0)
+      .u64(o.useSubstitutes ?? false);
+    if (minor(this.version) >= 12) w.stringMap(Object.entries(o.overrides ?? {}));
+    await w.flush();
+    await this.processStderr();
+  }
+
+  /** Whether the connection can still be used. */
+  get usable(): boolean {
+    return !this.brokenBy;
+  }
+
+  /** Close the connection (ends the remote process; a running remote build is stopped). Idempotent. */
+  async close(): Promise<void> {
+    const err = new RemoteConnectionError(`connection to '${this.name}' was closed`);
+    this.brokenBy ??= err;
+    this.reader.fail(this.brokenBy);
+    await this.transport.close();
+  }
+
+  /** Run one operation exclusively; a failure other than a daemon-reported error breaks the connection. */
+  private op<T>(fn: () => Promise<T>, onLog?: OnRemoteLog, signal?: AbortSignal): Promise<T> {
+    const run = async (): Promise<T> => {
+      if (this.brokenBy) throw this.brokenBy;
+      signal?.throwIfAborted();
+      const onAbort = (): void => { void this.close(); };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.currentLog = onLog;
+      try {
+        return await fn();
+      } catch (e) {
+        if (signal?.aborted) throw signal.reason;
+        if (!(e instanceof RemoteDaemonError)) this.markBroken(e);
+        throw e;
+      } finally {
+        this.currentLog = undefined;
+        signal?.removeEventListener('abort', onAbort);
+      }
+    };
+    const p = this.queue.then(run, run);
+    this.queue = p.catch(() => {});
+    return p;
+  }
+
+  /**
+   * The stderr loop: forward log events until STDERR_LAST; throw RemoteDaemonError on STDERR_ERROR.
+   * `readSource` answers STDERR_READ (only old daemons ask for data that way).
+   */
+  private async processStderr(readSource?: (n: number) => Promise<Buffer>): Promise<void> {
+    const r = this.reader;
+    for (;;) {
+      const msg = await r.u64();
+      switch (msg) {
+        case STDERR_LAST:
+          return;
+        case STDERR_NEXT: {
+          const text = await r.string();
+          this.currentLog?.({ type: 'message', text: text.replace(/\n$/, '') });
+          break;
+        }
+        case STDERR_ERROR: {
+          if (minor(this.version) >= 26) {
+            const kind = await r.string();
+            if (kind !== 'Error') throw new RemoteProtocolError(`'${this.name}' sent a malformed error (type '${kind}')`);
+            const level = await r.u64();
+            await r.string(); // name, unused
+            const message = await r.string();
+            await r.u64(); // position (always 0)
+            const nTraces = await r.u64();
+            const traces: string[] = [];
+            for (let i = 0; i < nTraces; i++) {
+              await r.u64(); // position
+              traces.push(await r.string());
+            }
+            throw new RemoteDaemonError(`'${this.name}': ${stripAnsi(message)}`, { level, traces });
+          }
+          const message = await r.string();
+          await r.u64(); // exit status
+          throw new RemoteDaemonError(`'${this.name}': ${stripAnsi(message)}`);
+        }
+        case STDERR_START_ACTIVITY: {
+          const id = await r.u64big();
+          const level = await r.u64();
+          const activityType = await r.u64();
+          const text = await r.string();
+          const fields = await this.readFields();
+          const parent = await r.u64big();
+          this.currentLog?.({ type: 'start-activity', id, level, activityType, text, fields, parent });
+          break;
+        }
+        case STDERR_STOP_ACTIVITY: {
+          const id = await r.u64big();
+          this.currentLog?.({ type: 'stop-activity', id });
+          break;
+        }
+        case STDERR_RESULT: {
+          const id = await r.u64big();
+          const resultType = await r.u64();
+          const fields = await this.readFields();
+          this.currentLog?.({ type: 'result', id, resultType, fields });
+          break;
+        }
+        case STDERR_READ: {
+          const n = await r.u64();
+          if (!readSource) throw new RemoteProtocolError(`'${this.name}' asked for data (STDERR_READ) where none is to be sent`);
+          this.writer.string(await readSource(n));
+          await this.writer.flush();
+          break;
+        }
+        case STDERR_WRITE:
+          await r.stringBytes(); // data for a sink; no operation we use produces it
+          break;
+        default:
+          throw new RemoteProtocolError(`'${this.name}' sent an unknown message 0x${msg.toString(16)} in its log stream`);
+      }
+    }
+  }
+
+  private async readFields(): Promise<LogField[]> {
+    const n = await this.reader.u64();
+    const fields: LogField[] = [];
+    for (let i = 0; i < n; i++) {
+      const t = await this.reader.u64();
+      if (t === 0) fields.push(Number(await this.reader.u64big()));
+      else if (t === 1) fields.push(await this.reader.string());
+      else throw new RemoteProtocolError(`'${this.name}' sent a log field of unknown type ${t}`);
+    }
+    return fields;
+  }
+
+  isValidPath(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<boolean> {
+    return this.op(async () => {
+      this.writer.u64(WorkerOp.IsValidPath).string(path);
+      await this.writer.flush();
+      await this.processStderr();
+      return this.reader.bool();
+    }, undefined, opts.signal);
+  }
+
+  /** The subset of `paths` valid on the remote. */
+  queryValidPaths(paths: Iterable<StorePath>, opts: { substitute?: boolean; signal?: AbortSignal } = {}): Promise<Set<StorePath>> {
+    const list = [...new Set(paths)].sort();
+    return this.op(async () => {
+      this.writer.u64(WorkerOp.QueryValidPaths).strings(list);
+      if (minor(this.version) >= 27) this.writer.u64(opts.substitute ?? false);
+      await this.writer.flush();
+      await this.processStderr();
+      return new Set(await this.reader.strings());
+    }, undefined, opts.signal);
+  }
+
+  /** Path info on the remote, or undefined if the path is not valid there. */
+  queryPathInfo(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<PathInfo | undefined> {
+    return this.op(async () => {
+      this.writer.u64(WorkerOp.QueryPathInfo).string(path);
+      await this.writer.flush();
+      try {
+        await this.processStderr();
+      } catch (e) {
+        // Daemons before 1.17 report an invalid path as an error.
+        if (minor(this.version) < 17 && e instanceof RemoteDaemonError && /is not valid/.test(e.message)) return undefined;
+        throw e;
+      }
+      if (minor(this.version) >= 17 && !(await this.reader.bool())) return undefined;
+      const r = this.reader;
+      const deriver = await r.string();
+      const narHash: Hash = parseWireNarHash(await r.string());
+      const references = (await r.strings()).sort();
+      const registrationTime = await r.u64();
+      const narSize = await r.u64();
+      let ultimate = false;
+      let sigs: string[] = [];
+      let ca = '';
+      if (minor(this.version) >= 16) {
+        ultimate = await r.bool();
+        sigs = await r.strings();
+        ca = await r.string();
+      }
+      return {
+        path, narHash, narSize, references, registrationTime, ultimate,
+        deriver: deriver || undefined,
+        sigs,
+        ca: ca || undefined,
+      };
+    }, undefined, opts.signal);
+  }
+
+  /** Add one path from its NAR (trusted connections may skip signature checks with `dontCheckSigs`). */
+  addToStoreNar(info: PathInfo, nar: NarSource, opts: { repair?: boolean; dontCheckSigs?: boolean; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<void> {
+    return this.op(async () => {
+      const w = this.writer;
+      w.u64(WorkerOp.AddToStoreNar).string(info.path).string(info.deriver ?? '').string(info.narHash.base16);
+      w.strings([...info.references].sort()).u64(info.registrationTime ?? 0).u64(info.narSize).u64(info.ultimate ?? false);
+      w.strings([...(info.sigs ?? [])].sort()).string(info.ca ?? '').u64(opts.repair ?? false).u64(opts.dontCheckSigs ?? true);
+      if (minor(this.version) >= 23) {
+        await w.framed(nar);
+        await this.processStderr();
+      } else {
+        await w.flush();
+        const pull = pullReader(nar);
+        await this.processStderr((n) => pull(n));
+      }
+    }, opts.onLog, opts.signal);
+  }
+
+  /**
+   * Add many paths in one operation (protocol ≥ 1.32; falls back to AddToStoreNar per path). Paths must
+   * come in topological order (references first); NARs are read one after the other.
+   */
+  addMultipleToStore(paths: readonly PathToAdd[], opts: { repair?: boolean; dontCheckSigs?: boolean; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<void> {
+    if (minor(this.version) < 32) {
+      return (async () => { for (const p of paths) await this.addToStoreNar(p.info, p.nar, opts); })();
+    }
+    return this.op(async () => {
+      this.writer.u64(WorkerOp.AddMultipleToStore).u64(opts.repair ?? false).u64(opts.dontCheckSigs ?? true);
+      async function* payload(): AsyncGenerator<Uint8Array> {
+        yield encodeInfoHeader(paths.length);
+        for (const p of paths) {
+          yield encodePathInfo16(p.info);
+          yield* p.nar;
+        }
+      }
+      await this.writer.framed(payload());
+      await this.processStderr();
+    }, opts.onLog, opts.signal);
+  }
+
+  /** Build a BasicDerivation on the remote (its inputs must be valid there). Never throws for a failed build. */
+  buildDerivation(drvPath: StorePath, drv: WireDerivation, opts: { buildMode?: 'normal' | 'repair' | 'check'; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<WireBuildResult> {
+    return this.op(async () => {
+      this.writer.u64(WorkerOp.BuildDerivation).string(drvPath);
+      writeBasicDerivation(this.writer, drv);
+      this.writer.u64(opts.buildMode === 'repair' ? 1 : opts.buildMode === 'check' ? 2 : 0);
+      await this.writer.flush();
+      await this.processStderr();
+      const r = this.reader;
+      const status = buildStatusFromWire(await r.u64());
+      const errorMsg = stripAnsi(await r.string());
+      let timesBuilt = 0, isNonDeterministic = false, startTime = 0, stopTime = 0;
+      if (minor(this.version) >= 29) {
+        timesBuilt = await r.u64();
+        isNonDeterministic = await r.bool();
+        startTime = await r.u64();
+        stopTime = await r.u64();
+      }
+      const builtOutputs = minor(this.version) >= 28 ? await readDrvOutputs(r, this.storeDir) : new Map();
+      return { status, errorMsg, timesBuilt, isNonDeterministic, startTime, stopTime, builtOutputs };
+    }, opts.onLog, opts.signal);
+  }
+
+  /**
+   * The NAR of a valid remote path, streamed. The connection stays busy until the stream is fully read;
+   * stopping early (break, throw) drains the rest so the connection stays usable.
+   */
+  narFromPath(path: StorePath, opts: { signal?: AbortSignal } = {}): NarSource {
+    const self = this;
+    return (async function* (): AsyncGenerator<Uint8Array> {
+      let release!: () => void;
+      const held = new Promise<void>((r) => { release = r; });
+      let gotStream!: (g: AsyncGenerator<Buffer>) => void;
+      let failed!: (e: unknown) => void;
+      const streamReady = new Promise<AsyncGenerator<Buffer>>((res, rej) => { gotStream = res; failed = rej; });
+      const running = self.op(async () => {
+        self.writer.u64(WorkerOp.NarFromPath).string(path);
+        await self.writer.flush();
+        await self.processStderr();
+        gotStream(self.reader.nar());
+        await held; // hold the connection until the consumer is finished
+      }, undefined, opts.signal);
+      running.catch(failed);
+      const g = await streamReady;
+      let complete = false;
+      try {
+        for (;;) {
+          const n = await g.next();
+          if (n.done) break;
+          yield n.value;
+        }
+        complete = true;
+      } catch (e) {
+        self.markBroken(e);
+        throw e;
+      } finally {
+        if (!complete && self.usable) {
+          try { for (;;) { const n = await g.next(); if (n.done) break; } } catch (e) { self.markBroken(e); }
+        }
+        release();
+        await running.catch(() => {});
+      }
+    })();
+  }
+
+  private markBroken(e: unknown): void {
+    this.brokenBy ??= e instanceof Error ? e : new Error(String(e));
+    void this.transport.close();
+  }
+
+  /** Which of `paths` (store paths, or `drv!out1,out2`) would be built / substituted / are unknown. */
+  queryMissing(targets: readonly string[], opts: { signal?: AbortSignal } = {}): Promise<{ willBuild: string[]; willSubstitute: string[]; unknown: string[]; downloadSize: number; narSize: number }> {
+    return this.op(async () => {
+      this.writer.u64(WorkerOp.QueryMissing).strings(targets);
+      await this.writer.flush();
+      await this.processStderr();
+      const r = this.reader;
+      return { willBuild: await r.strings(), willSubstitute: await r.strings(), unknown: await r.strings(), downloadSize: await r.u64(), narSize: await r.u64() };
+    }, undefined, opts.signal);
+  }
+}
+
+function minor(v: number): number {
+  return v & 0xff;
+}
+
+function versionString(v: number): string {
+  return `${v >> 8}.${v & 0xff}`;
+}
+
+function stripAnsi(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  return s.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
+}
+
+function encodeInfoHeader(count: number): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(BigInt(count));
+  return b;
+}
+
+/** ValidPathInfo with its path, format 16 (as AddMultipleToStore expects). */
+function encodePathInfo16(info: PathInfo): Buffer {
+  const parts: Buffer[] = [];
+  const u64 = (n: number | boolean): void => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(BigInt(typeof n === 'boolean' ? (n ? 1 : 0) : n));
+    parts.push(b);
+  };
+  const str = (s: string): void => {
+    const body = Buffer.from(s, 'utf8');
+    u64(body.length);
+    parts.push(body, Buffer.alloc((8 - (body.length % 8)) % 8));
+  };
+  const strs = (l: readonly string[]): void => { u64(l.length); for (const s of l) str(s); };
+  str(info.path);
+  str(info.deriver ?? '');
+  str(info.narHash.base16);
+  strs([...info.references].sort());
+  u64(info.registrationTime ?? 0);
+  u64(info.narSize);
+  u64(info.ultimate ?? false);
+  strs([...(info.sigs ?? [])].sort());
+  str(info.ca ?? '');
+  return Buffer.concat(parts);
+}
+
+/** Turn a byte stream into "give me up to n bytes" reads (for STDERR_READ). */
+function pullReader(source: AsyncIterable<Uint8Array>): (n: number) => Promise<Buffer> {
+  const it = source[Symbol.asyncIterator]();
+  let rest: Buffer = Buffer.alloc(0);
+  let ended = false;
+  return async (n: number) => {
+    while (rest.length === 0 && !ended) {
+      const r = await it.next();
+      if (r.done) ended = true;
+      else rest = Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength);
+    }
+    const out = rest.subarray(0, n);
+    rest = rest.subarray(out.length);
+    return out;
+  };
+}
