@@ -13,6 +13,7 @@ import type { PathLocks } from '../store/store-api.js';
 import { makeStorePath, outputPathName, storePathBase, storePathHashPart, storePathName, hashPlaceholder, type StorePath } from '../store/store-path.js';
 import type { SandboxExit } from '../platform/sandbox.js';
 import { runPostBuildHook } from '../platform/post-build-hook.js';
+import { parseSandboxPaths } from '../platform/sandbox-config.js';
 import { getStringsAttr, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
 import { BuildSetupError } from './errors.js';
 import { exportReferencesGraph } from './export-references.js';
@@ -239,6 +240,7 @@ async function runOneRound(w: Worker, view: DrvView, plan: LocalBuildPlan, round
         inputPaths: [...plan.inputPaths].sort(),
         outputPaths: [...scratch.values()],
         network: view.isFixedOutput,
+        extraPaths: sandbox.isolated ? parseSandboxPaths(options.sandboxPaths) : undefined,
       }, {
         signal: ctl.signal,
         onOutput: (chunk) => {
