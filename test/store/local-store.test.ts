@@ -1,0 +1,97 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import Database from 'better-sqlite3';
+import { LocalStore, defaultStoreRoot, resolveLayout } from '../../src/store/local-store.js';
+import { storeConformance } from './conformance.js';
+
+const dirs: string[] = [];
+function tmp(prefix = 'realise-ls-'): string {
+  const d = mkdtempSync(path.join(tmpdir(), prefix));
+  dirs.push(d);
+  return d;
+}
+afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+
+storeConformance('LocalStore (chroot)', async () => LocalStore.open({ root: tmp() }));
+storeConformance('LocalStore (plain)', async () => {
+  const d = tmp();
+  return LocalStore.open({ storeDir: path.join(d, 'store'), stateDir: path.join(d, 'state'), logDir: path.join(d, 'log') });
+});
+
+describe('LocalStore layout', () => {
+  it('creates Nix 2.8 files: schema "10", big-lock, reserved, WAL database with Nix pragmas', async () => {
+    const root = tmp();
+    const s = await LocalStore.open({ root });
+    expect(s.storeDir).toBe('/nix/store');
+    expect(s.realStoreDir).toBe(path.join(root, 'nix/store'));
+    expect(s.toRealPath('/nix/store/abc')).toBe(path.join(root, 'nix/store/abc'));
+    const db = path.join(root, 'nix/var/nix/db');
+    expect(readFileSync(path.join(db, 'schema'), 'utf8')).toBe('10');
+    expect(existsSync(path.join(db, 'big-lock'))).toBe(true);
+    expect(statSync(path.join(db, 'reserved')).size).toBe(8 * 1024 * 1024);
+    expect(existsSync(path.join(root, 'nix/var/log/nix/drvs'))).toBe(true);
+    const conn = new Database(path.join(db, 'db.sqlite'));
+    expect(conn.pragma('journal_mode', { simple: true })).toBe('wal');
+    const tables = conn.prepare("select name from sqlite_master where type = 'table' order by name").all().map((r) => (r as { name: string }).name);
+    expect(tables).toEqual(['DerivationOutputs', 'Refs', 'ValidPaths', 'sqlite_sequence']);
+    conn.close();
+    await s.close();
+  });
+
+  it('a plain store keeps contents at the logical paths', async () => {
+    const d = tmp();
+    const s = await LocalStore.open({ storeDir: path.join(d, 'store'), stateDir: path.join(d, 'state'), logDir: path.join(d, 'log') });
+    expect(s.realStoreDir).toBe(s.storeDir);
+    const p = await s.addTextToStore('plain.txt', 'plain');
+    expect(p.startsWith(path.join(d, 'store') + '/')).toBe(true);
+    expect(s.toRealPath(p)).toBe(p);
+    expect(readFileSync(p, 'utf8')).toBe('plain');
+    expect(existsSync(path.join(d, 'state/db/db.sqlite'))).toBe(true);
+    await s.close();
+  });
+
+  it('data persists across reopen, and closed stores refuse work', async () => {
+    const root = tmp();
+    const s = await LocalStore.open({ root });
+    const p = await s.addTextToStore('persist.txt', 'persist');
+    await s.close();
+    await expect(s.isValidPath(p)).rejects.toMatchObject({ code: 'store-closed' });
+    const s2 = await LocalStore.open({ root });
+    expect(await s2.isValidPath(p)).toBe(true);
+    expect(await s2.readTextFile(p)).toBe('persist');
+    await s2.close();
+  });
+
+  it('refuses a newer schema and a relative root config', async () => {
+    const root = tmp();
+    (await LocalStore.open({ root })).close();
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(path.join(root, 'nix/var/nix/db/schema'), '11');
+    await expect(LocalStore.open({ root })).rejects.toMatchObject({ code: 'schema-too-new' });
+    expect(() => resolveLayout({ storeDir: 'relative/store' })).toThrow(/absolute/);
+  });
+
+  it('layout defaults follow Nix: root prefixes storeDir, state and log', () => {
+    expect(resolveLayout({ root: '/r' })).toMatchObject({ storeDir: '/nix/store', realStoreDir: '/r/nix/store', stateDir: '/r/nix/var/nix', dbDir: '/r/nix/var/nix/db', logDir: '/r/nix/var/log/nix' });
+    expect(resolveLayout({ root: '/r', storeDir: '/foo' })).toMatchObject({ storeDir: '/foo', realStoreDir: '/r/foo' });
+    expect(resolveLayout({ storeDir: '/x/store', stateDir: '/x/state', logDir: '/x/log' })).toMatchObject({ realStoreDir: '/x/store', dbDir: '/x/state/db' });
+  });
+
+  it('defaultStoreRoot honours REALISE_STORE, then XDG_DATA_HOME, then ~/.local/share', async () => {
+    expect(defaultStoreRoot({ REALISE_STORE: '/a/b' })).toBe('/a/b');
+    expect(defaultStoreRoot({ XDG_DATA_HOME: '/xdg' })).toBe('/xdg/realise/root');
+    expect(defaultStoreRoot({ HOME: '/home/u' })).toBe('/home/u/.local/share/realise/root');
+    const root = tmp();
+    const old = process.env.REALISE_STORE;
+    process.env.REALISE_STORE = root;
+    try {
+      const s = await LocalStore.openDefault();
+      expect(s.realStoreDir).toBe(path.join(root, 'nix/store'));
+      await s.close();
+    } finally {
+      if (old === undefined) delete process.env.REALISE_STORE; else process.env.REALISE_STORE = old;
+    }
+  });
+});
