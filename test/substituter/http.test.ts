@@ -1,0 +1,214 @@
+/** HTTP binary caches against a real server on 127.0.0.1: faults, keep-alive, narinfo caching. */
+import Database from 'better-sqlite3';
+import { existsSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { toNixBase32 } from '../../src/store/hash.js';
+import type { Store } from '../../src/store/store-api.js';
+import { BinaryCacheSubstituter } from '../../src/substituter/binary-cache.js';
+import { NarInfoCache } from '../../src/substituter/narinfo-cache.js';
+import { substitutePath, SubstituterError } from '../../src/substituter/substituter.js';
+import { tempDir } from '../helpers/nix.js';
+import { FakeStore } from './fake-store.js';
+import { ALL_PATHS, copyCache, PUBLIC_KEY, ROOTS, topoOrder } from './fixtures.js';
+import { serveCache, type CacheServer } from './http-server.js';
+
+const SRC = ROOTS.src;
+const missing = (i: number) => `/nix/store/${toNixBase32(Buffer.from(String(i).padStart(20, '0')))}-missing`;
+
+async function code(p: Promise<unknown>): Promise<string> {
+  const e = await p.then(() => undefined, (err: unknown) => err);
+  if (!(e instanceof SubstituterError)) throw new Error(`expected a SubstituterError, got ${String(e)}`);
+  return e.code;
+}
+
+describe('BinaryCacheSubstituter over HTTP', () => {
+  let server: CacheServer;
+  let dir: string;
+  let store: FakeStore & Store;
+  const subs: BinaryCacheSubstituter[] = [];
+  const make = (opts: ConstructorParameters<typeof BinaryCacheSubstituter>[1] = {}, url = server.url) => {
+    const s = new BinaryCacheSubstituter(url, { trustedPublicKeys: [PUBLIC_KEY], ...opts });
+    subs.push(s);
+    return s;
+  };
+  const narinfoRequests = (p: string) => server.requests.filter((r) => r === `${p.slice(11, 43)}.narinfo`).length;
+
+  beforeEach(async () => {
+    const root = tempDir('realise-http-');
+    dir = copyCache('xz', path.join(root, 'cache'));
+    server = await serveCache(dir);
+    store = await FakeStore.create(path.join(root, 'store'));
+  });
+  afterEach(async () => {
+    for (const s of subs.splice(0)) await s.close();
+    await server.close();
+  });
+
+  it('treats 404 as absent and reads nix-cache-info once', async () => {
+    const s = make();
+    const m = await s.queryPathInfos([SRC, missing(1), missing(2)]);
+    expect([...m.keys()]).toEqual([SRC]);
+    await s.queryPathInfos([missing(3)]);
+    expect(server.requests.filter((r) => r === 'nix-cache-info')).toHaveLength(1);
+  });
+
+  it('takes Priority and WantMassQuery from nix-cache-info; ?priority= overrides', async () => {
+    writeFileSync(path.join(dir, 'nix-cache-info'), 'StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n');
+    const s = make();
+    await s.init();
+    expect(s.priority).toBe(30);
+    expect(s.wantMassQuery).toBe(true);
+    const t = make({}, `${server.url}?priority=7&trusted=1`);
+    await t.init();
+    expect(t.priority).toBe(7);
+    expect(t.trusted).toBe(true);
+    expect(t.uri).toBe(server.url);
+  });
+
+  it('retries a 500 and then succeeds; a persistent 500 is a network error naming the URL', async () => {
+    server.fault(/narinfo$/, { kind: 'status', status: 500 }, 1);
+    expect((await make().queryPathInfos([SRC])).size).toBe(1);
+    server.fault(/narinfo$/, { kind: 'status', status: 503 });
+    const e = await make({ retries: 2 }).queryPathInfos([SRC]).catch((x: SubstituterError) => x);
+    expect((e as SubstituterError).code).toBe('network');
+    expect((e as Error).message).toMatch(/HTTP error 503/);
+    expect((e as Error).message).toContain(server.url);
+    expect(narinfoRequests(SRC)).toBe(2 + 3);
+  });
+
+  it('a 500 or 404 on the NAR file fails the substitution and registers nothing', async () => {
+    const s = make({ retries: 0 });
+    const info = (await s.queryPathInfos([SRC])).get(SRC)!;
+    server.fault(/^nar\//, { kind: 'status', status: 500 }, 1);
+    expect(await code(substitutePath(store, s, info))).toBe('network');
+    server.fault(/^nar\//, { kind: 'status', status: 404 }, 1);
+    expect(await code(substitutePath(store, s, info))).toBe('not-found');
+    expect(store.infos.size).toBe(0);
+    expect(await store.listing()).toEqual([]);
+    await substitutePath(store, s, info);
+    expect(await store.isValidPath(SRC)).toBe(true);
+  });
+
+  it('survives slow responses', async () => {
+    server.fault(/./, { kind: 'slow', delayMs: 150 });
+    const s = make();
+    const info = (await s.queryPathInfos([SRC])).get(SRC)!;
+    await substitutePath(store, s, info);
+    expect(await store.isValidPath(SRC)).toBe(true);
+  });
+
+  it('a truncated response is a truncated error, nothing registered, no stray files', async () => {
+    const s = make({ retries: 0 });
+    const info = (await s.queryPathInfos([SRC])).get(SRC)!;
+    server.fault(/^nar\//, { kind: 'truncate', bytes: Math.floor(info.downloadSize / 2) });
+    expect(await code(substitutePath(store, s, info))).toBe('truncated');
+    expect(store.infos.size).toBe(0);
+    expect(await store.listing()).toEqual([]);
+  });
+
+  it('a server that never answers times out as a network error', async () => {
+    server.fault(/narinfo$/, { kind: 'hang' });
+    const e = await make({ retries: 0, timeoutMs: 300 }).queryPathInfos([SRC]).catch((x: unknown) => x);
+    expect((e as SubstituterError).code).toBe('network');
+  });
+
+  it('cancels a query and a download through the signal', async () => {
+    server.fault(/./, { kind: 'slow', delayMs: 2000 });
+    const ac = new AbortController();
+    const s = make();
+    const p = s.queryPathInfos([SRC], { signal: ac.signal });
+    setTimeout(() => ac.abort(), 50);
+    const t0 = Date.now();
+    expect(await code(p)).toBe('aborted');
+    expect(Date.now() - t0).toBeLessThan(1500);
+  });
+
+  it('keeps connections alive and bounded while querying many paths in parallel', async () => {
+    const s = make({ maxConnections: 8, maxParallelQueries: 32 });
+    const paths = Array.from({ length: 300 }, (_, i) => missing(i));
+    const m = await s.queryPathInfos([...paths, ...ALL_PATHS]);
+    expect(m.size).toBe(ALL_PATHS.length);
+    expect(server.requests.length).toBe(1 + 300 + ALL_PATHS.length);
+    expect(server.connections()).toBeLessThanOrEqual(8);
+    expect(server.connections()).toBeGreaterThanOrEqual(1);
+  });
+
+  it('substitutes the closure with parallel downloads', async () => {
+    const s = make();
+    const m = await s.queryPathInfos(ALL_PATHS);
+    const order = topoOrder();
+    // a.txt and src have no references: substitute them together, then the rest in order.
+    await Promise.all(order.filter((p) => m.get(p)!.references.length === 0).map((p) => substitutePath(store, s, m.get(p)!)));
+    for (const p of order) await substitutePath(store, s, m.get(p)!);
+    expect([...store.infos.keys()].sort()).toEqual(ALL_PATHS);
+  });
+});
+
+describe('NarInfoCache', () => {
+  let server: CacheServer;
+  beforeEach(async () => { server = await serveCache(copyCache('xz', path.join(tempDir('realise-nic-'), 'cache'))); });
+  afterEach(async () => { await server.close(); });
+  const count = (p: string) => server.requests.filter((r) => r === `${p.slice(11, 43)}.narinfo`).length;
+
+  it('remembers positive and negative lookups in binary-cache-v6.sqlite, shared across substituters', async () => {
+    const cacheDir = tempDir('realise-nic-dir-');
+    const cache = NarInfoCache.open({ cacheDir });
+    expect(cache.file).toBe(path.join(cacheDir, 'binary-cache-v6.sqlite'));
+    const s1 = new BinaryCacheSubstituter(server.url, { narInfoCache: cache });
+    const first = await s1.queryPathInfos([SRC, missing(1)]);
+    await s1.close();
+    const s2 = new BinaryCacheSubstituter(server.url, { narInfoCache: cache });
+    const second = await s2.queryPathInfos([SRC, missing(1)]);
+    await s2.close();
+    expect(count(SRC)).toBe(1);
+    expect(count(missing(1))).toBe(1);
+    expect(server.requests.filter((r) => r === 'nix-cache-info')).toHaveLength(1);
+    const a = first.get(SRC)!;
+    const b = second.get(SRC)!;
+    expect({ ...b, narHash: b.narHash.base32, fileHash: b.fileHash?.base32 }).toEqual({ ...a, narHash: a.narHash.base32, fileHash: a.fileHash?.base32 });
+    cache.close();
+    // The file has Nix's tables, with one present and one absent row.
+    const db = new Database(path.join(cacheDir, 'binary-cache-v6.sqlite'), { readonly: true });
+    const rows = db.prepare('select hashPart, present, namePart from NARs order by present').all() as { hashPart: string; present: number; namePart: string | null }[];
+    expect(rows.map((r) => r.present)).toEqual([0, 1]);
+    expect(rows[1]!.namePart).toBe('src');
+    expect(db.prepare('select url from BinaryCaches').all()).toEqual([{ url: server.url }]);
+    db.close();
+    // Reopened from disk: still no request.
+    const again = NarInfoCache.open({ cacheDir });
+    const s3 = new BinaryCacheSubstituter(server.url, { narInfoCache: again });
+    expect((await s3.queryPathInfos([SRC])).has(SRC)).toBe(true);
+    expect(count(SRC)).toBe(1);
+    await s3.close();
+    again.close();
+  });
+
+  it('expires entries after their TTL', async () => {
+    let now = 1_000_000;
+    const cache = NarInfoCache.open({ now: () => now, negativeTtl: 60, positiveTtl: 600 });
+    expect(cache.file).toBeUndefined();
+    const s = new BinaryCacheSubstituter(server.url, { narInfoCache: cache });
+    await s.queryPathInfos([SRC, missing(1)]);
+    now += 61;
+    await s.queryPathInfos([SRC, missing(1)]);
+    expect(count(missing(1))).toBe(2);
+    expect(count(SRC)).toBe(1);
+    now += 600;
+    await s.queryPathInfos([SRC]);
+    expect(count(SRC)).toBe(2);
+    await s.close();
+    cache.close();
+  });
+
+  it('falls back to memory when the directory cannot be used', () => {
+    const warnings: string[] = [];
+    const blocker = path.join(tempDir('realise-nic-bad-'), 'file');
+    writeFileSync(blocker, 'x');
+    const cache = NarInfoCache.open({ cacheDir: path.join(blocker, 'sub'), onWarning: (m) => warnings.push(m) });
+    expect(cache.file).toBeUndefined();
+    expect(warnings[0]).toMatch(/using memory instead/);
+    expect(existsSync(path.join(blocker, 'sub'))).toBe(false);
+    cache.close();
+  });
+});
