@@ -7,6 +7,7 @@
  * so nothing touches the file system) and hand the same end to the child for both.
  */
 import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import type { SandboxExit } from './sandbox.js';
@@ -68,17 +69,21 @@ export async function spawnMerged(opts: SpawnMergedOptions): Promise<SandboxExit
   const [ours, theirs] = await socketPair();
   // We only read; the child only writes.
   let child: import('node:child_process').ChildProcess;
+  // Nix opens /dev/null read-write for the builder's stdin.
+  const devNull = openSync('/dev/null', 'r+');
   try {
     child = spawn(opts.file, [...opts.args], {
       argv0: opts.argv0 ?? opts.file,
       env: { ...opts.env },
       cwd: opts.cwd,
       detached: true, // setsid(): own session and process group
-      stdio: ['ignore', theirs, theirs, ...(opts.extraStdio ?? [])],
+      stdio: [devNull, theirs, theirs, ...(opts.extraStdio ?? [])],
     });
   } catch (e) {
     ours.destroy(); theirs.destroy();
     return { kind: 'spawn-failed', message: `could not start '${opts.file}': ${(e as Error).message}` };
+  } finally {
+    closeSync(devNull);
   }
   theirs.destroy(); // the child holds its own copy
 

@@ -1,0 +1,286 @@
+/**
+ * LinuxSandbox: the builder sees what Nix 2.8's Linux sandbox shows it.
+ *
+ * The on-disk chroot (`<realStoreDir>/<drv>.chroot`, see chroot.ts) is made as Nix makes it; then one
+ * of two backends enters private user, mount, pid, ipc, uts (and, unless `request.network`, net)
+ * namespaces, bind-mounts the inputs read-only, pivots into the chroot and execs the builder:
+ * - `'helper'`: a small C program (sandbox-helper-source.ts) compiled once with the system C compiler.
+ *   It reproduces Nix exactly (argv[0], /dev, devpts, pty output, capability bounding set, personality,
+ *   RLIMIT_CORE), and is the faster one. Preferred.
+ * - `'bwrap'`: Debian's bubblewrap, when no C compiler is available. Same isolation, with the visible
+ *   differences listed in docs/sandbox.md (argv[0] is the full builder path, bwrap's own /dev, output
+ *   on a socket instead of a pty).
+ *
+ * Contract with the scheduler (`isolated: true`): the builder writes its outputs at their logical paths;
+ * when `run()` returns (whatever the exit), every output the builder created is at its physical
+ * location `realStoreDir/<base>` (= the store's `toRealPath(output)`), and the chroot is gone. An
+ * existing physical path of an output is replaced (outputs being built are invalid paths).
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { execFile } from 'node:child_process';
+import type { Sandbox, SandboxExit, SandboxRequest, SandboxRunOptions } from './sandbox.js';
+import { SandboxError } from './sandbox-errors.js';
+import { parsePreBuildHookOutput, type SandboxPath } from './sandbox-config.js';
+import { SANDBOX_GID, SANDBOX_UID, chrootDirFor, linkOrCopy, moveOutputsOut, prepareChroot, removeTree, type ChrootLayout } from './chroot.js';
+import { nixSeccompFilter } from './seccomp.js';
+import { spawnMerged } from './spawn-merged.js';
+import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
+
+export type LinuxSandboxBackend = 'helper' | 'bwrap';
+
+export interface LinuxSandboxOptions {
+  /**
+   * Which namespace backend to use; `'auto'` takes the helper when it compiles, else bwrap.
+   * @default 'auto'
+   */
+  readonly backend?: LinuxSandboxBackend | 'auto';
+  /**
+   * Path of the bubblewrap executable.
+   * @default the first `bwrap` on PATH
+   */
+  readonly bwrapPath?: string;
+  /** Where and with what to compile the helper. */
+  readonly helper?: SandboxHelperOptions;
+  /**
+   * Install Nix's seccomp filter (no setuid/setgid bits, no extended attributes); Nix's `filter-syscalls`.
+   * @default true
+   */
+  readonly filterSyscalls?: boolean;
+  /**
+   * Size of the private tmpfs on /dev/shm (Nix's `sandbox-dev-shm-size`), as tmpfs understands it.
+   * @default '50%'
+   */
+  readonly shmSize?: string;
+  /**
+   * Nix's `pre-build-hook`: run with the derivation path and the chroot directory before each build;
+   * may print `extra-sandbox-paths` blocks (see parsePreBuildHookOutput).
+   */
+  readonly preBuildHook?: string;
+  /** The derivation's platform matters for i686-linux builds on x86_64 (32-bit personality). */
+  readonly platformOf?: (request: SandboxRequest) => string | undefined;
+}
+
+const DEV_NODES = ['full', 'null', 'random', 'tty', 'urandom', 'zero'] as const;
+
+export function findOnPath(cmd: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin').split(':')) {
+    if (!dir) continue;
+    const p = path.join(dir, cmd);
+    try { fs.accessSync(p, fs.constants.X_OK); return p; } catch { /* next */ }
+  }
+  return undefined;
+}
+
+/** Parse a tmpfs size like '50%' or '1g' into bytes (bwrap's `--size` takes bytes). */
+function shmBytes(size: string): number | undefined {
+  const m = /^(\d+)(%|[kmg])?$/i.exec(size.trim());
+  if (!m) return undefined;
+  const n = Number(m[1]);
+  const unit = m[2]?.toLowerCase();
+  if (unit === '%') return Math.floor((n / 100) * os.totalmem());
+  return n * (unit === 'k' ? 1024 : unit === 'm' ? 1024 ** 2 : unit === 'g' ? 1024 ** 3 : 1);
+}
+
+interface ResolvedBackend { readonly kind: LinuxSandboxBackend; readonly exe: string }
+
+function readAll(stream: NodeJS.ReadableStream | null | undefined): Promise<string> {
+  if (!stream) return Promise.resolve('');
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.on('end', () => resolve(Buffer.concat(chunks).toString()));
+    stream.on('error', () => resolve(Buffer.concat(chunks).toString()));
+    stream.on('close', () => resolve(Buffer.concat(chunks).toString()));
+  });
+}
+
+const SIGNAL_NAMES = new Map(Object.entries(os.constants.signals).map(([name, n]) => [n as number, name]));
+
+export class LinuxSandbox implements Sandbox {
+  readonly name = 'linux-namespaces';
+  readonly isolated = true;
+  readonly #options: LinuxSandboxOptions;
+  readonly #filter: Buffer | undefined;
+  #backend: Promise<ResolvedBackend> | undefined;
+
+  constructor(options: LinuxSandboxOptions = {}) {
+    this.#options = options;
+    this.#filter = options.filterSyscalls === false ? undefined : nixSeccompFilter();
+  }
+
+  /** The backend this sandbox uses (resolving it, and compiling the helper, on first call). */
+  backend(): Promise<LinuxSandboxBackend> {
+    return this.#resolve().then((b) => b.kind);
+  }
+
+  #resolve(): Promise<ResolvedBackend> {
+    this.#backend ??= (async () => {
+      const want = this.#options.backend ?? 'auto';
+      let helperError: unknown;
+      if (want === 'helper' || want === 'auto') {
+        try { return { kind: 'helper' as const, exe: await ensureSandboxHelper(this.#options.helper) }; } catch (e) {
+          helperError = e;
+          if (want === 'helper') {
+            throw new SandboxError('sandbox-unavailable', `cannot build the sandbox helper: ${(e as Error).message}`, { cause: e, hint: "install a C compiler (apt-get install gcc) or use backend 'bwrap'" });
+          }
+        }
+      }
+      const bwrap = this.#options.bwrapPath ?? findOnPath('bwrap');
+      if (!bwrap) {
+        throw new SandboxError('sandbox-unavailable', 'cannot sandbox builds: no C compiler for the sandbox helper and bubblewrap (bwrap) is not on PATH' +
+          (helperError ? ` (${(helperError as Error).message.split('\n')[0]})` : ''), {
+          hint: "install gcc or bubblewrap (apt-get install gcc bubblewrap), or set 'sandbox' to false",
+        });
+      }
+      return { kind: 'bwrap' as const, exe: bwrap };
+    })();
+    this.#backend.catch(() => { this.#backend = undefined; });
+    return this.#backend;
+  }
+
+  async run(request: SandboxRequest, opts: SandboxRunOptions = {}): Promise<SandboxExit> {
+    if (request.builder.startsWith('builtin:')) {
+      return { kind: 'spawn-failed', message: `builder '${request.builder}' of '${request.drvPath}' is a built-in; the scheduler runs built-ins itself` };
+    }
+    const backend = await this.#resolve();
+    if (opts.signal?.aborted) return { kind: 'aborted' };
+    const uid = request.uid ?? SANDBOX_UID;
+    const gid = request.gid ?? SANDBOX_GID;
+    const root = chrootDirFor(request.realStoreDir, request.drvPath);
+    const layout = prepareChroot({
+      root, storeDir: request.storeDir, sandboxBuildDir: request.sandboxBuildDir, uid, gid,
+      network: request.network, devSkeleton: backend.kind === 'helper',
+    });
+    try {
+      const binds = await this.#binds(request, layout);
+      return backend.kind === 'helper'
+        ? await this.#runHelper(backend.exe, request, opts, root, binds, uid, gid)
+        : await this.#runBwrap(backend.exe, request, opts, root, binds, uid, gid);
+    } catch (e) {
+      if (e instanceof SandboxError) return { kind: 'spawn-failed', message: e.message };
+      throw e;
+    } finally {
+      try { moveOutputsOut(layout, request.outputPaths, request.realStoreDir); } finally { removeTree(root); }
+    }
+  }
+
+  /** Everything bind-mounted into the chroot, target → source (Nix's dirsInChroot), inputs read-only. */
+  async #binds(request: SandboxRequest, layout: ChrootLayout): Promise<Map<string, SandboxPath & { ro: boolean }>> {
+    const binds = new Map<string, SandboxPath & { ro: boolean }>();
+    for (const [t, s] of request.extraPaths ?? []) binds.set(t, { ...s, ro: false });
+    binds.set(request.sandboxBuildDir, { source: request.buildDir, optional: false, ro: false });
+    const outputs = new Set(request.outputPaths);
+    for (const input of request.inputPaths) {
+      if (outputs.has(input)) continue;
+      const real = path.join(request.realStoreDir, path.basename(input));
+      let st: fs.Stats;
+      try { st = fs.lstatSync(real); } catch (e) {
+        throw new SandboxError('sandbox-setup-failed', `getting attributes of input path '${input}' (at '${real}') failed: ${(e as Error).message}`, { cause: e, hint: 'the input closure must be valid in the store before building' });
+      }
+      if (st.isDirectory()) binds.set(input, { source: real, optional: false, ro: true });
+      else {
+        // Nix hard-links non-directories into the chroot store; we also mount regular files read-only on top.
+        linkOrCopy(real, path.join(layout.storeDir, path.basename(input)));
+        if (!st.isSymbolicLink()) binds.set(input, { source: real, optional: false, ro: true });
+        else binds.delete(input);
+      }
+    }
+    if (request.network) {
+      for (const f of ['/etc/resolv.conf', '/etc/services', '/etc/hosts']) binds.set(f, { source: f, optional: true, ro: false });
+      if (fs.existsSync('/var/run/nscd/socket')) binds.set('/var/run/nscd/socket', { source: '/var/run/nscd/socket', optional: true, ro: false });
+    }
+    if (this.#options.preBuildHook) {
+      for (const [t, s] of await runPreBuildHook(this.#options.preBuildHook, request.drvPath, layout.root)) binds.set(t, { ...s, ro: false });
+    }
+    for (const o of outputs) binds.delete(o);
+    binds.delete('/proc'); // Nix skips it (backwards compatibility); /proc is always a fresh procfs
+    return binds;
+  }
+
+  async #runHelper(exe: string, request: SandboxRequest, opts: SandboxRunOptions, root: string, binds: Map<string, SandboxPath & { ro: boolean }>, uid: number, gid: number): Promise<SandboxExit> {
+    const a: string[] = ['--root', root, '--uid', String(uid), '--gid', String(gid), '--build-dir', request.sandboxBuildDir,
+      '--shm-size', this.#options.shmSize ?? '50%', '--status-fd', '4'];
+    if (request.network) a.push('--net');
+    const platform = this.#options.platformOf?.(request);
+    if (platform === 'i686-linux' && process.arch === 'x64') a.push('--linux32');
+    if (!binds.has('/dev')) for (const n of DEV_NODES) a.push('--bind', `/dev/${n}`, `/dev/${n}`);
+    for (const [target, { source, optional, ro }] of binds) a.push(`--bind${ro ? '-ro' : ''}${optional ? '-try' : ''}`, source, target);
+    const filter = this.#filter;
+    if (filter) a.push('--seccomp-fd', '3');
+    a.push('--', request.builder, path.basename(request.builder), ...request.args);
+    let status: Promise<string> = Promise.resolve('');
+    const exit = await spawnMerged({
+      file: exe, args: a, env: request.env, signal: opts.signal, onOutput: opts.onOutput,
+      extraStdio: ['pipe', 'pipe'],
+      onSpawn: (child) => {
+        const fd3 = child.stdio[3] as NodeJS.WritableStream | null;
+        if (fd3) { fd3.on('error', () => {}); fd3.end(filter ?? Buffer.alloc(0)); }
+        status = readAll(child.stdio[4] as NodeJS.ReadableStream | null);
+      },
+    });
+    if (exit.kind !== 'exited' && exit.kind !== 'signalled') return exit;
+    const line = (await status).trim();
+    let m: RegExpExecArray | null;
+    if ((m = /^exit (\d+)$/.exec(line))) return { kind: 'exited', code: Number(m[1]) };
+    if ((m = /^signal (\d+)$/.exec(line))) return { kind: 'signalled', signal: SIGNAL_NAMES.get(Number(m[1])) ?? `SIG${m[1]}` };
+    if (line.startsWith('error ')) return { kind: 'spawn-failed', message: `setting up the sandbox for '${request.drvPath}' failed: ${line.slice(6)}` };
+    return exit.kind === 'exited'
+      ? { kind: 'spawn-failed', message: `the sandbox helper for '${request.drvPath}' exited with code ${exit.code} without a status` }
+      : { kind: 'spawn-failed', message: `the sandbox helper for '${request.drvPath}' was killed by ${exit.signal}` };
+  }
+
+  async #runBwrap(exe: string, request: SandboxRequest, opts: SandboxRunOptions, root: string, binds: Map<string, SandboxPath & { ro: boolean }>, uid: number, gid: number): Promise<SandboxExit> {
+    const a: string[] = [
+      '--unshare-user', '--uid', String(uid), '--gid', String(gid),
+      '--unshare-pid', '--unshare-ipc', '--unshare-uts', '--hostname', 'localhost',
+      ...(request.network ? [] : ['--unshare-net']),
+      '--die-with-parent', '--as-pid-1', '--new-session',
+      '--bind', root, '/',
+    ];
+    if (!binds.has('/dev')) {
+      a.push('--dev', '/dev');
+      const size = shmBytes(this.#options.shmSize ?? '50%');
+      a.push('--perms', '1777', ...(size !== undefined ? ['--size', String(size)] : []), '--tmpfs', '/dev/shm');
+    }
+    a.push('--proc', '/proc');
+    for (const [target, { source, optional, ro }] of binds) {
+      a.push(ro ? (optional ? '--ro-bind-try' : '--ro-bind') : (optional ? '--bind-try' : '--bind'), source, target);
+    }
+    const filter = this.#filter;
+    if (filter) a.push('--seccomp', '3');
+    a.push('--chdir', request.sandboxBuildDir, '--', request.builder, ...request.args);
+    let head = '';
+    const exit = await spawnMerged({
+      file: exe, args: a, env: request.env, signal: opts.signal,
+      onOutput: (c) => { if (head.length < 512) head += c.toString(); opts.onOutput?.(c); },
+      extraStdio: filter ? ['pipe'] : [],
+      onSpawn: (child) => {
+        const fd3 = child.stdio[3] as NodeJS.WritableStream | null;
+        if (fd3 && filter) { fd3.on('error', () => {}); fd3.end(filter); }
+      },
+    });
+    // bwrap reports its own setup failures as "bwrap: ..." and exit code 1.
+    if (exit.kind === 'exited' && exit.code === 1 && head.startsWith('bwrap: ')) {
+      return { kind: 'spawn-failed', message: `setting up the sandbox for '${request.drvPath}' failed: ${head.split('\n')[0]!.slice(7)}` };
+    }
+    // bwrap turns a fatal signal into exit code 128 + signal.
+    if (exit.kind === 'exited' && exit.code > 128 && exit.code < 128 + 32) {
+      const sig = SIGNAL_NAMES.get(exit.code - 128);
+      if (sig) return { kind: 'signalled', signal: sig };
+    }
+    return exit;
+  }
+}
+
+/** Run Nix's `pre-build-hook` (`HOOK DRV CHROOTDIR`) and parse its `extra-sandbox-paths` output. */
+export async function runPreBuildHook(hook: string, drvPath: string, chrootDir: string): Promise<Map<string, SandboxPath>> {
+  const out = await new Promise<string>((resolve, reject) => {
+    execFile(hook, [drvPath, chrootDir], { maxBuffer: 1 << 24 }, (err, stdout, stderr) => {
+      if (err) reject(new SandboxError('sandbox-setup-failed', `pre-build hook '${hook}' failed for '${drvPath}': ${stderr.trim() || err.message}`, { cause: err, hint: "fix the hook or unset 'pre-build-hook'" }));
+      else resolve(stdout);
+    });
+  });
+  return parsePreBuildHookOutput(out);
+}

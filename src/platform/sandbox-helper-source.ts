@@ -1,0 +1,278 @@
+/**
+ * C source of the sandbox helper (compiled on first use by sandbox-helper.ts). It does what Nix 2.8's
+ * startBuilder/runChild do on Linux, in one exec: namespaces, uid/gid maps, loopback, hostname, bind
+ * mounts, /proc, /dev/shm, a private devpts, pivot_root, seccomp, personality, RLIMIT_CORE, and the
+ * builder's output on a raw pseudoterminal, with argv[0] chosen by the caller.
+ */
+export const HELPER_SOURCE = String.raw`/* realise sandbox helper: runs one builder the way Nix 2.8's Linux sandbox does.
+   Usage: helper [options] -- BUILDER ARGV0 ARGS...   (environment passed through as is)
+   Options: --root DIR  --uid N --gid N  --net (keep host network)  --build-dir DIR (inside)
+            --bind SRC DST | --bind-ro SRC DST | --bind-try SRC DST | --bind-ro-try SRC DST
+            --shm-size SIZE  --seccomp-fd FD  --status-fd FD  --linux32
+   Status (on --status-fd, one line): "exit N", "signal N" or "error MESSAGE". */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/personality.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+struct bind { const char *src, *dst; int ro, optional; };
+static struct bind binds[4096];
+static int nbinds;
+static const char *root, *buildDir = "/build", *shmSize = "50%";
+static int uidIn = 1000, gidIn = 100, keepNet, seccompFd = -1, statusFd = -1, linux32;
+static int errPipe[2];
+
+static void fail(const char *fmt, ...) {
+  char buf[4096];
+  va_list ap; va_start(ap, fmt);
+  int n = vsnprintf(buf, sizeof buf - 64, fmt, ap);
+  va_end(ap);
+  if (errno) n += snprintf(buf + n, 64, ": %s", strerror(errno));
+  if (errPipe[1] > 0) { if (write(errPipe[1], buf, n) < 0) {} }
+  else if (statusFd >= 0) { dprintf(statusFd, "error %s\n", buf); }
+  else fprintf(stderr, "realise-sandbox: %s\n", buf);
+  _exit(125);
+}
+
+static void writeFile(const char *path, const char *data) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) fail("opening %s", path);
+  if (write(fd, data, strlen(data)) != (ssize_t) strlen(data)) fail("writing %s", path);
+  close(fd);
+}
+
+static void mkdirs(const char *path, mode_t mode) {
+  char buf[4096];
+  snprintf(buf, sizeof buf, "%s", path);
+  for (char *p = buf + 1; *p; p++)
+    if (*p == '/') { *p = 0; if (mkdir(buf, 0755) && errno != EEXIST) fail("creating %s", buf); *p = '/'; }
+  if (mkdir(buf, mode) && errno != EEXIST) fail("creating %s", buf);
+  errno = 0;
+}
+
+static void doBind(const struct bind *b) {
+  struct stat st;
+  char target[4096];
+  snprintf(target, sizeof target, "%s%s", root, b->dst);
+  if (stat(b->src, &st) == -1) {
+    if (b->optional && errno == ENOENT) { errno = 0; return; }
+    fail("getting attributes of path '%s'", b->src);
+  }
+  if (S_ISDIR(st.st_mode)) mkdirs(target, 0755);
+  else {
+    char dir[4096]; snprintf(dir, sizeof dir, "%s", target);
+    char *slash = strrchr(dir, '/'); if (slash && slash != dir) { *slash = 0; mkdirs(dir, 0755); }
+    int fd = open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) fail("creating %s", target);
+    close(fd);
+  }
+  if (mount(b->src, target, "", MS_BIND | MS_REC, 0) == -1) fail("bind mount from '%s' to '%s' failed", b->src, target);
+  if (b->ro) {
+    struct statvfs sv;
+    unsigned long flags = MS_BIND | MS_REMOUNT | MS_RDONLY;
+    if (statvfs(target, &sv) == 0) {
+      if (sv.f_flag & ST_NOSUID) flags |= MS_NOSUID;
+      if (sv.f_flag & ST_NODEV) flags |= MS_NODEV;
+      if (sv.f_flag & ST_NOEXEC) flags |= MS_NOEXEC;
+      if (sv.f_flag & ST_NOATIME) flags |= MS_NOATIME;
+      if (sv.f_flag & ST_NODIRATIME) flags |= MS_NODIRATIME;
+      if (sv.f_flag & ST_RELATIME) flags |= MS_RELATIME;
+    }
+    if (mount(0, target, 0, flags, 0) == -1) fail("making '%s' read-only", target);
+  }
+}
+
+static void child(char **argv, int ptySlave, struct sock_fprog *prog) {
+  char path[4096];
+  close(errPipe[0]);
+  if (setsid() == -1) fail("creating a new session");
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1) fail("setting the parent-death signal");
+  if (dup2(ptySlave, 2) == -1 || dup2(2, 1) == -1) fail("redirecting output");
+  if (ptySlave > 2) close(ptySlave);
+  int null = open("/dev/null", O_RDWR);
+  if (null < 0 || dup2(null, 0) == -1) fail("opening /dev/null");
+  if (null > 2) close(null);
+
+  if (!keepNet) {
+    int fd = socket(PF_INET, SOCK_DGRAM, IPPROTO_IP);
+    if (fd < 0) fail("cannot open IP socket");
+    struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    ifr.ifr_flags = IFF_UP | IFF_LOOPBACK | IFF_RUNNING;
+    if (ioctl(fd, SIOCSIFFLAGS, &ifr) == -1) fail("cannot set loopback interface flags");
+    close(fd);
+  }
+  if (sethostname("localhost", 9) == -1) fail("cannot set host name");
+  if (setdomainname("(none)", 6) == -1) fail("cannot set domain name");
+  if (mount(0, "/", 0, MS_PRIVATE | MS_REC, 0) == -1) fail("unable to make '/' private");
+  if (mount(root, root, 0, MS_BIND, 0) == -1) fail("unable to bind mount '%s'", root);
+  for (int i = 0; i < nbinds; i++) doBind(&binds[i]);
+
+  snprintf(path, sizeof path, "%s/proc", root); mkdirs(path, 0755);
+  if (mount("none", path, "proc", 0, 0) == -1) fail("mounting /proc");
+  struct stat st;
+  if (stat("/dev/shm", &st) == 0) {
+    char opt[256]; snprintf(opt, sizeof opt, "size=%s", shmSize);
+    snprintf(path, sizeof path, "%s/dev/shm", root);
+    if (mount("none", path, "tmpfs", 0, opt) == -1) fail("mounting /dev/shm");
+  }
+  snprintf(path, sizeof path, "%s/dev/ptmx", root);
+  if (stat("/dev/pts/ptmx", &st) == 0 && lstat(path, &st) == -1) {
+    char pts[4096]; snprintf(pts, sizeof pts, "%s/dev/pts", root);
+    if (mount("none", pts, "devpts", 0, "newinstance,mode=0620") == 0) {
+      if (symlink("/dev/pts/ptmx", path) == -1) fail("creating /dev/ptmx");
+      snprintf(pts, sizeof pts, "%s/dev/pts/ptmx", root);
+      if (chmod(pts, 0666) == -1) fail("changing mode of /dev/pts/ptmx");
+    } else {
+      if (errno != EINVAL) fail("mounting /dev/pts");
+      struct bind b1 = { "/dev/pts", "/dev/pts", 0, 0 }, b2 = { "/dev/ptmx", "/dev/ptmx", 0, 0 };
+      errno = 0; doBind(&b1); doBind(&b2);
+    }
+  }
+  errno = 0;
+  if (chdir(root) == -1) fail("cannot change directory to '%s'", root);
+  if (mkdir("real-root", 0) == -1) fail("cannot create real-root directory");
+  if (syscall(SYS_pivot_root, ".", "real-root") == -1) fail("cannot pivot old root directory onto '%s/real-root'", root);
+  if (chroot(".") == -1) fail("cannot change root directory to '%s'", root);
+  if (umount2("real-root", MNT_DETACH) == -1) fail("cannot unmount real root filesystem");
+  if (rmdir("real-root") == -1) fail("cannot remove real-root directory");
+  if (setgid(gidIn) == -1) fail("setgid failed");
+  if (setuid(uidIn) == -1) fail("setuid failed");
+  if (chdir(buildDir) == -1) fail("changing into '%s'", buildDir);
+
+  if (linux32 && personality(PER_LINUX32) == -1) fail("cannot set i686-linux personality");
+  int cur = personality(0xffffffff);
+  if (cur != -1) personality(cur | ADDR_NO_RANDOMIZE);
+  struct rlimit limit = { 0, RLIM_INFINITY };
+  setrlimit(RLIMIT_CORE, &limit);
+  umask(022);
+  if (prog) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1) fail("setting no_new_privs");
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prog) == -1) fail("unable to load seccomp BPF program");
+  }
+  /* Close everything but stdio and the error pipe (close-on-exec). */
+  for (int fd = 3; fd < 1024; fd++) if (fd != errPipe[1]) close(fd);
+  sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, 0);
+  for (int s = 1; s < 32; s++) signal(s, SIG_DFL);
+  errno = 0;
+  execve(argv[0], argv + 1, environ);
+  fail("executing '%s'", argv[0]);
+}
+
+int main(int argc, char **argv) {
+  int i = 1;
+  for (; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--")) { i++; break; }
+    else if (!strcmp(a, "--root") && i + 1 < argc) root = argv[++i];
+    else if (!strcmp(a, "--uid") && i + 1 < argc) uidIn = atoi(argv[++i]);
+    else if (!strcmp(a, "--gid") && i + 1 < argc) gidIn = atoi(argv[++i]);
+    else if (!strcmp(a, "--net")) keepNet = 1;
+    else if (!strcmp(a, "--linux32")) linux32 = 1;
+    else if (!strcmp(a, "--build-dir") && i + 1 < argc) buildDir = argv[++i];
+    else if (!strcmp(a, "--shm-size") && i + 1 < argc) shmSize = argv[++i];
+    else if (!strcmp(a, "--seccomp-fd") && i + 1 < argc) seccompFd = atoi(argv[++i]);
+    else if (!strcmp(a, "--status-fd") && i + 1 < argc) statusFd = atoi(argv[++i]);
+    else if (!strncmp(a, "--bind", 6) && i + 2 < argc && nbinds < 4096) {
+      struct bind *b = &binds[nbinds++];
+      b->ro = strstr(a, "-ro") != 0; b->optional = strstr(a, "-try") != 0;
+      b->src = argv[++i]; b->dst = argv[++i];
+    } else { errno = 0; fail("bad argument '%s'", a); }
+  }
+  if (!root || i + 1 >= argc) { errno = 0; fail("usage: helper --root DIR [options] -- BUILDER ARGV0 [ARGS...]"); }
+  if (statusFd >= 0) fcntl(statusFd, F_SETFD, FD_CLOEXEC);
+
+  static struct sock_filter filter[4096];
+  struct sock_fprog prog = { 0, filter }, *progp = 0;
+  if (seccompFd >= 0) {
+    size_t got = 0; ssize_t n;
+    while ((n = read(seccompFd, (char *) filter + got, sizeof filter - got)) > 0) got += n;
+    if (n < 0 || got % sizeof(struct sock_filter)) fail("reading the seccomp program");
+    close(seccompFd);
+    prog.len = got / sizeof(struct sock_filter); progp = &prog;
+  }
+
+  /* The builder's output goes to a pseudoterminal in raw mode, as in Nix; we copy it to our stdout. */
+  int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (master < 0) fail("opening pseudoterminal master");
+  if (grantpt(master) || unlockpt(master)) fail("unlocking pseudoterminal");
+  int slave = open(ptsname(master), O_RDWR | O_NOCTTY);
+  if (slave < 0) fail("opening pseudoterminal slave");
+  struct termios term;
+  if (tcgetattr(slave, &term)) fail("getting pseudoterminal attributes");
+  cfmakeraw(&term);
+  if (tcsetattr(slave, TCSANOW, &term)) fail("putting pseudoterminal into raw mode");
+
+  uid_t hostUid = getuid(); gid_t hostGid = getgid();
+  if (hostUid == 0) setgroups(0, 0);
+  int flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | (keepNet ? 0 : CLONE_NEWNET);
+  if (unshare(flags) == -1) fail("creating namespaces (unshare)");
+  char map[64];
+  snprintf(map, sizeof map, "%d %d 1", uidIn, hostUid); writeFile("/proc/self/uid_map", map);
+  writeFile("/proc/self/setgroups", "deny");
+  snprintf(map, sizeof map, "%d %d 1", gidIn, hostGid); writeFile("/proc/self/gid_map", map);
+
+  if (pipe2(errPipe, O_CLOEXEC) == -1) fail("creating a pipe");
+  pid_t pid = fork();
+  if (pid == -1) fail("forking the builder");
+  if (pid == 0) { close(master); child(argv + i, slave, progp); }
+  close(slave); close(errPipe[1]); errPipe[1] = 0;
+
+  char errbuf[4096]; size_t errlen = 0; ssize_t n;
+  while ((n = read(errPipe[0], errbuf + errlen, sizeof errbuf - 1 - errlen)) > 0) errlen += n;
+  close(errPipe[0]);
+  if (errlen) {
+    errbuf[errlen] = 0;
+    waitpid(pid, 0, 0);
+    errno = 0;
+    if (statusFd >= 0) { dprintf(statusFd, "error %s\n", errbuf); _exit(125); }
+    fail("%s", errbuf);
+  }
+
+  char buf[65536];
+  for (;;) {
+    n = read(master, buf, sizeof buf);
+    if (n > 0) {
+      for (ssize_t off = 0; off < n;) {
+        ssize_t w = write(1, buf + off, n - off);
+        if (w < 0) { if (errno == EINTR) continue; break; }
+        off += w;
+      }
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    break; /* EIO: every holder of the slave closed it */
+  }
+  int status;
+  while (waitpid(pid, &status, 0) == -1 && errno == EINTR) {}
+  if (statusFd >= 0) {
+    if (WIFEXITED(status)) dprintf(statusFd, "exit %d\n", WEXITSTATUS(status));
+    else dprintf(statusFd, "signal %d\n", WTERMSIG(status));
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+`;

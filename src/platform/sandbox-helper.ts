@@ -1,0 +1,71 @@
+/**
+ * Build (once) and locate the sandbox helper: HELPER_SOURCE compiled with the system C compiler into
+ * a cache directory, named by the hash of its source so that upgrades rebuild it.
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { HELPER_SOURCE } from './sandbox-helper-source.js';
+
+export interface SandboxHelperOptions {
+  /**
+   * C compiler to use.
+   * @default `$CC`, else `cc`
+   */
+  readonly cc?: string;
+  /**
+   * Where the compiled helper is kept.
+   * @default `$XDG_CACHE_HOME/realise` or `~/.cache/realise`
+   */
+  readonly cacheDir?: string;
+}
+
+export function defaultHelperCacheDir(): string {
+  const base = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
+  return path.join(base, 'realise');
+}
+
+export function helperPath(cacheDir: string = defaultHelperCacheDir()): string {
+  const h = createHash('sha256').update(HELPER_SOURCE).update(process.arch).digest('hex').slice(0, 16);
+  return path.join(cacheDir, `sandbox-helper-${h}`);
+}
+
+const pending = new Map<string, Promise<string>>();
+
+/**
+ * Path of the compiled helper, compiling it if needed. Rejects with the compiler's message when
+ * there is no working C compiler.
+ */
+export function ensureSandboxHelper(opts: SandboxHelperOptions = {}): Promise<string> {
+  const dest = helperPath(opts.cacheDir);
+  let p = pending.get(dest);
+  if (!p) {
+    p = compile(dest, opts.cc ?? process.env.CC ?? 'cc');
+    pending.set(dest, p);
+    p.catch(() => pending.delete(dest));
+  }
+  return p;
+}
+
+async function compile(dest: string, cc: string): Promise<string> {
+  try { fs.accessSync(dest, fs.constants.X_OK); return dest; } catch { /* build it */ }
+  fs.mkdirSync(path.dirname(dest), { recursive: true });
+  const tmpDir = fs.mkdtempSync(path.join(path.dirname(dest), '.build-'));
+  try {
+    const src = path.join(tmpDir, 'helper.c');
+    const bin = path.join(tmpDir, 'helper');
+    fs.writeFileSync(src, HELPER_SOURCE);
+    await new Promise<void>((resolve, reject) => {
+      execFile(cc, ['-O2', '-o', bin, src], { timeout: 60_000 }, (err, _stdout, stderr) => {
+        if (err) reject(new Error(`compiling the sandbox helper with '${cc}' failed: ${stderr || err.message}`));
+        else resolve();
+      });
+    });
+    fs.renameSync(bin, dest); // atomic: concurrent compilers race harmlessly
+    return dest;
+  } finally {
+    fs.rmSync(tmpDir, { recursive: true, force: true });
+  }
+}
