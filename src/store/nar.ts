@@ -5,7 +5,7 @@
  */
 import { promises as fsp, constants as FS } from 'node:fs';
 import * as path from 'node:path';
-import { BadNarError } from './errors.js';
+import { BadNarError, StoreError } from './errors.js';
 import { Hash, HashSink } from './hash.js';
 
 const NAR_MAGIC = 'nix-archive-1';
@@ -36,55 +36,251 @@ function tokens(...ts: string[]): Buffer {
   return Buffer.concat(ts.map((t) => narString(t)));
 }
 
-/**
- * Serialise the tree at `fsPath` as a NAR. Yields buffers; file contents are read in 1 MiB chunks.
- * Directory entries are emitted in byte order of their names, as Nix does.
- */
-export async function* dumpPath(fsPath: string): AsyncGenerator<Uint8Array> {
-  yield narString(NAR_MAGIC);
-  yield* dumpNode(fsPath);
-}
+/** Receives NAR bytes from the dumper; may return a promise to apply back-pressure. */
+type Emit = (chunk: Uint8Array) => void | Promise<void>;
 
-async function* dumpNode(p: string): AsyncGenerator<Uint8Array> {
-  const st = await fsp.lstat(p);
-  if (st.isSymbolicLink()) {
-    const target = await fsp.readlink(p, { encoding: 'buffer' });
-    yield Buffer.concat([tokens('(', 'type', 'symlink', 'target'), narString(target), narString(')')]);
-  } else if (st.isFile()) {
-    const exec = (st.mode & 0o100) !== 0;
-    const head = exec
-      ? tokens('(', 'type', 'regular', 'executable', '', 'contents')
-      : tokens('(', 'type', 'regular', 'contents');
-    yield Buffer.concat([head, u64(st.size)]);
-    let remaining = st.size;
-    if (remaining > 0) {
-      const fh = await fsp.open(p, FS.O_RDONLY);
-      try {
-        while (remaining > 0) {
-          const buf = Buffer.allocUnsafe(Math.min(CHUNK, remaining));
-          const { bytesRead } = await fh.read(buf, 0, buf.length, null);
-          if (bytesRead === 0) throw new BadNarError(`file '${p}' shrank while it was being archived`);
-          remaining -= bytesRead;
-          yield bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
-        }
-      } finally {
-        await fh.close();
-      }
+/** Files up to this size are read ahead (several at once) while earlier entries are being emitted. */
+const SMALL_FILE = 256 * 1024;
+/** How many small files of one directory may be read ahead. */
+const READ_AHEAD = 16;
+const COALESCE = 64 * 1024;
+
+/**
+ * Writes NAR framing into a coalescing buffer so that a tree of many small files is emitted as a few
+ * large chunks. With `reuse`, the same scratch buffer is handed out again after `emit` returns (for
+ * consumers that do not keep chunks, such as a hash); otherwise every chunk is a fresh buffer.
+ */
+class NarOut {
+  private buf: Buffer;
+  private n = 0;
+  constructor(private readonly emit: Emit, private readonly reuse: boolean) {
+    this.buf = Buffer.allocUnsafe(COALESCE);
+  }
+  private room(k: number): Promise<void> | void {
+    if (this.n + k <= this.buf.length) return;
+    return this.flush();
+  }
+  flush(): Promise<void> | void {
+    if (this.n === 0) return;
+    const chunk = this.reuse ? this.buf.subarray(0, this.n) : Buffer.from(this.buf.subarray(0, this.n));
+    this.n = 0;
+    return this.emit(chunk);
+  }
+  /** Append a NAR string; long strings (up to MAX_STRING + framing) still fit after a flush. */
+  async str(s: string | Buffer): Promise<void> {
+    const body = typeof s === 'string' ? Buffer.from(s, 'latin1') : s;
+    const total = 8 + body.length + padLen(body.length);
+    if (total > this.buf.length) { const f = this.flush(); if (f) await f; this.buf = Buffer.allocUnsafe(total); }
+    const r = this.room(total); if (r) await r;
+    this.buf.writeUInt32LE(body.length >>> 0, this.n);
+    this.buf.writeUInt32LE(Math.floor(body.length / 2 ** 32), this.n + 4);
+    body.copy(this.buf, this.n + 8);
+    this.buf.fill(0, this.n + 8 + body.length, this.n + total);
+    this.n += total;
+  }
+  /** Pre-encoded framing (already padded). */
+  async raw(b: Buffer): Promise<void> {
+    if (b.length > this.buf.length - this.n) {
+      const f = this.flush(); if (f) await f;
+      if (b.length > this.buf.length) { const e = this.emit(this.reuse ? b : Buffer.from(b)); if (e) await e; return; }
     }
-    yield Buffer.concat([ZEROS.subarray(0, padLen(st.size)), narString(')')]);
-  } else if (st.isDirectory()) {
-    yield tokens('(', 'type', 'directory');
-    const names = (await fsp.readdir(p, { encoding: 'buffer' })).sort(Buffer.compare);
-    for (const name of names) {
-      yield Buffer.concat([tokens('entry', '(', 'name'), narString(name), narString('node')]);
-      yield* dumpNode(path.join(p, name.toString('utf8')));
-      yield narString(')');
-    }
-    yield narString(')');
-  } else {
-    throw new BadNarError(`file '${p}' has an unsupported type (not a regular file, directory or symlink)`);
+    b.copy(this.buf, this.n);
+    this.n += b.length;
+  }
+  async u64(v: number): Promise<void> {
+    const r = this.room(8); if (r) await r;
+    this.buf.writeUInt32LE(v >>> 0, this.n);
+    this.buf.writeUInt32LE(Math.floor(v / 2 ** 32), this.n + 4);
+    this.n += 8;
+  }
+  async zeros(k: number): Promise<void> {
+    if (k === 0) return;
+    const r = this.room(k); if (r) await r;
+    this.buf.fill(0, this.n, this.n + k);
+    this.n += k;
+  }
+  /** File contents: small pieces are copied in, large ones passed through after a flush. */
+  async data(b: Buffer): Promise<void> {
+    if (b.length <= this.buf.length - this.n && b.length < COALESCE / 4) { b.copy(this.buf, this.n); this.n += b.length; return; }
+    const f = this.flush(); if (f) await f;
+    const e = this.emit(b); if (e) await e;
   }
 }
+
+const T_OPEN = narString('(');
+const T_CLOSE = narString(')');
+const T_REGULAR = tokens('(', 'type', 'regular', 'contents');
+const T_EXECUTABLE = tokens('(', 'type', 'regular', 'executable', '', 'contents');
+const T_SYMLINK = tokens('(', 'type', 'symlink', 'target');
+const T_DIRECTORY = tokens('(', 'type', 'directory');
+const T_ENTRY = tokens('entry', '(', 'name');
+const T_NODE = narString('node');
+const T_MAGIC = narString(NAR_MAGIC);
+const SLASH = Buffer.from('/');
+
+/** A regular file opened for dumping: small files are read completely up front. */
+interface OpenedFile { size: number; executable: boolean; data?: Buffer; fh?: fsp.FileHandle }
+
+async function openRegular(p: Buffer): Promise<OpenedFile> {
+  const fh = await fsp.open(p, FS.O_RDONLY | FS.O_NOFOLLOW);
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new BadNarError(`file '${p.toString()}' changed type while it was being archived`);
+    const executable = (st.mode & 0o100) !== 0;
+    if (st.size > SMALL_FILE) return { size: st.size, executable, fh };
+    const data = Buffer.allocUnsafe(st.size);
+    let off = 0;
+    while (off < st.size) {
+      const { bytesRead } = await fh.read(data, off, st.size - off, off);
+      if (bytesRead === 0) throw new BadNarError(`file '${p.toString()}' shrank while it was being archived`);
+      off += bytesRead;
+    }
+    await fh.close();
+    return { size: st.size, executable, data };
+  } catch (e) {
+    await fh.close().catch(() => {});
+    throw e;
+  }
+}
+
+async function writeRegular(p: Buffer, f: OpenedFile, out: NarOut, reuse: boolean): Promise<void> {
+  await out.raw(f.executable ? T_EXECUTABLE : T_REGULAR);
+  await out.u64(f.size);
+  if (f.data) {
+    await out.data(f.data);
+  } else if (f.fh) {
+    const fh = f.fh;
+    try {
+      // Double-buffered: the next read runs in the thread pool while the current chunk is consumed.
+      let bufs = [Buffer.allocUnsafe(CHUNK), Buffer.allocUnsafe(CHUNK)];
+      let k = 0;
+      let pos = 0;
+      const readAt = (b: Buffer, at: number) => fh.read(b, 0, Math.min(CHUNK, f.size - at), at);
+      let pending: ReturnType<typeof readAt> | undefined = readAt(bufs[0]!, 0);
+      while (pending) {
+        const { bytesRead, buffer } = await pending;
+        if (bytesRead === 0) throw new BadNarError(`file '${p.toString()}' shrank while it was being archived`);
+        pos += bytesRead;
+        k ^= 1;
+        if (!reuse) bufs[k] = Buffer.allocUnsafe(CHUNK);
+        pending = pos < f.size ? readAt(bufs[k]!, pos) : undefined;
+        await out.data(buffer.subarray(0, bytesRead));
+      }
+      bufs = [];
+    } finally {
+      await fh.close();
+    }
+  }
+  await out.zeros(padLen(f.size));
+  await out.raw(T_CLOSE);
+}
+
+async function dumpNode(p: Buffer, out: NarOut, reuse: boolean, opened?: Promise<OpenedFile>): Promise<void> {
+  if (opened) return writeRegular(p, await opened, out, reuse);
+  const st = await fsp.lstat(p);
+  if (st.isSymbolicLink()) {
+    await out.raw(T_SYMLINK);
+    await out.str(await fsp.readlink(p, { encoding: 'buffer' }));
+    await out.raw(T_CLOSE);
+  } else if (st.isFile()) {
+    await writeRegular(p, await openRegular(p), out, reuse);
+  } else if (st.isDirectory()) {
+    await out.raw(T_DIRECTORY);
+    const entries = await fsp.readdir(p, { encoding: 'buffer', withFileTypes: true });
+    entries.sort((a, b) => Buffer.compare(a.name as unknown as Buffer, b.name as unknown as Buffer));
+    const childPath = (name: Buffer) => Buffer.concat([p, SLASH, name]);
+    // Read ahead: start opening (and, when small, reading) the next few regular files.
+    const ahead = new Map<number, Promise<OpenedFile>>();
+    let next = 0;
+    const schedule = (upTo: number) => {
+      for (; next < entries.length && ahead.size < READ_AHEAD && next <= upTo; next++) {
+        const d = entries[next]!;
+        if (d.isFile()) {
+          const pr = openRegular(childPath(d.name as unknown as Buffer));
+          pr.catch(() => {}); // surfaced when awaited
+          ahead.set(next, pr);
+        }
+      }
+    };
+    try {
+      for (let i = 0; i < entries.length; i++) {
+        schedule(i + READ_AHEAD);
+        const name = entries[i]!.name as unknown as Buffer;
+        const opened = ahead.get(i);
+        ahead.delete(i);
+        await out.raw(T_ENTRY);
+        await out.str(name);
+        await out.raw(T_NODE);
+        await dumpNode(childPath(name), out, reuse, opened);
+        await out.raw(T_CLOSE);
+      }
+    } finally {
+      for (const pr of ahead.values()) pr.then((f) => f.fh?.close(), () => {}).catch(() => {});
+    }
+    await out.raw(T_CLOSE);
+  } else {
+    throw new BadNarError(`file '${p.toString()}' has an unsupported type (not a regular file, directory or symlink)`);
+  }
+}
+
+async function dumpInto(fsPath: string, emit: Emit, reuse: boolean): Promise<void> {
+  const out = new NarOut(emit, reuse);
+  await out.raw(T_MAGIC);
+  await dumpNode(Buffer.from(path.resolve(fsPath)), out, reuse);
+  const f = out.flush(); if (f) await f;
+}
+
+/**
+ * Serialise the tree at `fsPath` as a NAR, byte for byte as `nix-store --dump`. Yields fresh buffers
+ * the consumer may keep; small pieces are coalesced into chunks of about 64 KiB, large files come in
+ * 1 MiB chunks and are read ahead while the consumer works. Directory entries are emitted in byte
+ * order of their names, as Nix does; names need not be valid UTF-8.
+ */
+export async function* dumpPath(fsPath: string): AsyncGenerator<Uint8Array> {
+  // A bounded hand-off between the walker (producer) and the generator (consumer).
+  const HIGH_WATER = 4 * CHUNK;
+  const queue: Uint8Array[] = [];
+  let queued = 0;
+  let done = false;
+  let failure: { e: unknown } | undefined;
+  let wakeConsumer: (() => void) | undefined;
+  let wakeProducer: (() => void) | undefined;
+  let cancelled = false;
+  const emit: Emit = (chunk) => {
+    if (cancelled) throw new DumpCancelled();
+    queue.push(chunk);
+    queued += chunk.length;
+    wakeConsumer?.();
+    if (queued >= HIGH_WATER) return new Promise<void>((resolve) => { wakeProducer = resolve; });
+  };
+  const producer = dumpInto(fsPath, emit, false).then(
+    () => { done = true; wakeConsumer?.(); },
+    (e) => { failure = { e }; done = true; wakeConsumer?.(); },
+  );
+  try {
+    for (;;) {
+      if (queue.length > 0) {
+        const chunk = queue.shift()!;
+        queued -= chunk.length;
+        if (queued < HIGH_WATER && wakeProducer) { const w = wakeProducer; wakeProducer = undefined; w(); }
+        yield chunk;
+        continue;
+      }
+      if (done) break;
+      await new Promise<void>((resolve) => { wakeConsumer = resolve; });
+      wakeConsumer = undefined;
+    }
+    if (failure && !(failure.e instanceof DumpCancelled)) throw failure.e;
+  } finally {
+    if (!done) {
+      cancelled = true;
+      if (wakeProducer) { const w = wakeProducer; wakeProducer = undefined; w(); }
+      await producer;
+    }
+  }
+}
+
+class DumpCancelled extends Error {}
 
 /** NAR of a single regular file with the given contents (e.g. a `.drv` or `builtins.toFile`). */
 export function narOfRegularFile(contents: string | Uint8Array, executable = false): Buffer {
@@ -102,9 +298,23 @@ export async function hashNar(nar: AsyncIterable<Uint8Array>, algorithm: 'sha256
   return sink.finish();
 }
 
-/** NAR hash and size of a file system tree. */
-export async function hashPath(fsPath: string): Promise<{ hash: Hash; size: number }> {
-  return hashNar(dumpPath(fsPath));
+/**
+ * NAR hash and size of a file system tree (as `nix-hash --type ALGO PATH` and the `narHash` Nix
+ * registers), without materialising the NAR: the bytes go straight into the hash.
+ */
+export async function hashPath(fsPath: string, algorithm: 'sha256' | 'sha512' | 'sha1' | 'md5' = 'sha256'): Promise<{ hash: Hash; size: number }> {
+  const sink = new HashSink(algorithm);
+  await dumpInto(fsPath, (chunk) => sink.update(chunk), true);
+  return sink.finish();
+}
+
+/**
+ * Like `dumpPath`, but pushes every chunk into `sink` (awaiting it when it returns a promise), e.g. to
+ * hash and scan for references in one pass. A chunk is only valid until the sink returns (or its
+ * promise settles): its memory is reused, so copy it to keep it.
+ */
+export async function dumpPathTo(fsPath: string, sink: (chunk: Uint8Array) => void | Promise<void>): Promise<void> {
+  await dumpInto(fsPath, sink, true);
 }
 
 /** Pass a stream through while hashing it; call `result()` once it is drained. */
@@ -321,34 +531,60 @@ export const validatingSink: NarSink = {
 };
 
 /**
- * Restore a NAR into `target`, which must not exist. Every file is created with O_EXCL under a directory
- * restored by us, so no entry can be written through a symlink or outside `target`.
+ * Restore a NAR into `target`, which must not exist (its parent must). Every file is created with
+ * O_EXCL|O_NOFOLLOW and every entry lies under a directory restored by us, so nothing can be written
+ * through a symlink or outside `target`. On any failure the partly restored `target` is removed again.
+ * Throws BadNarError for malformed or hostile input (including names or symlink targets the file system
+ * refuses as too long) and StoreError (`restore-target-exists`, `nar-restore-failed`) for I/O problems.
  */
 export async function restorePath(target: string, source: AsyncIterable<Uint8Array>): Promise<{ size: number }> {
   const abs = path.resolve(target);
   const at = (rel: string) => (rel === '' ? abs : path.join(abs, rel));
+  let created = false;
+  async function fsOp<T>(rel: string, op: () => Promise<T>): Promise<T> {
+    try {
+      const r = await op();
+      if (rel === '') created = true;
+      return r;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      const where = at(rel);
+      if (rel === '' && code === 'EEXIST') {
+        throw new StoreError('restore-target-exists', `cannot restore a NAR to '${abs}': it already exists`, { cause: e, hint: 'delete it first or restore to a fresh path' });
+      }
+      if (code === 'ENAMETOOLONG') throw new BadNarError(`NAR contains a name, path or symlink target that is too long for the file system at '${where}'`, { cause: e });
+      throw new StoreError('nar-restore-failed', `cannot restore a NAR entry to '${where}': ${(e as Error).message}`, { cause: e });
+    }
+  }
   const sink: NarSink = {
     async createDirectory(rel) {
-      await fsp.mkdir(at(rel), { mode: 0o755 });
+      await fsOp(rel, () => fsp.mkdir(at(rel), { mode: 0o755 }));
     },
     async createSymlink(rel, t) {
-      await fsp.symlink(t.toString('utf8'), at(rel));
+      await fsOp(rel, () => fsp.symlink(t, Buffer.from(at(rel))));
     },
     async createFile(rel, executable) {
-      const fh = await fsp.open(at(rel), FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, executable ? 0o755 : 0o644);
+      const fh = await fsOp(rel, () => fsp.open(at(rel), FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, executable ? 0o755 : 0o644));
       return {
         async write(chunk) {
-          let off = 0;
-          while (off < chunk.length) {
-            const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
-            off += bytesWritten;
-          }
+          await fsOp(rel, async () => {
+            let off = 0;
+            while (off < chunk.length) {
+              const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
+              off += bytesWritten;
+            }
+          });
         },
         async close() { await fh.close(); },
       };
     },
   };
-  return parseNar(source, sink);
+  try {
+    return await parseNar(source, sink);
+  } catch (e) {
+    if (created) await fsp.rm(abs, { recursive: true, force: true }).catch(() => {});
+    throw e;
+  }
 }
 
 /** Collect an async byte stream into one buffer. */
