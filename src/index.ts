@@ -1,0 +1,50 @@
+/**
+ * realise: Nix's build engine as a TypeScript SDK. Public surface only (re-exports).
+ */
+// Engine
+export { BuildEngine, parseTarget, type BuildPathsOptions } from './scheduler/build-engine.js';
+export type { BuildEngineOptions, SandboxMode } from './scheduler/options.js';
+export type { BuildEngineEvents, Progress, ProgressCounters, GoalKind } from './scheduler/events.js';
+export { exitStatusOf, isSuccess, type BuildResult, type BuildStatus, type BuildTarget, type TargetResult } from './scheduler/results.js';
+export { BuildFailedError, BuildSetupError, BuildCancelledError, OptionsError } from './scheduler/errors.js';
+export type { MissingInfo } from './scheduler/query-missing.js';
+export type { BuildMode } from './scheduler/worker.js';
+
+// Store
+export { RealiseError, BadHashError, InvalidStorePathError, BadNarError, StoreError } from './store/errors.js';
+export { Hash, HashSink, HashModulo, toNixBase32, fromNixBase32, toBase16, fromBase16, toBase64, fromBase64, compressHash, type HashAlgorithm, type HashFormat } from './store/hash.js';
+export {
+  DEFAULT_STORE_DIR, parseStorePath, isStorePath, checkStorePathName, storePathHashPart, storePathName, storePathBase, toStorePath,
+  makeStorePath, makeType, makeOutputPath, outputPathName, makeFixedOutputPath, makeTextPath, computeTextPath, hashPlaceholder, downstreamPlaceholder,
+  type StorePath, type ParsedStorePath, type FileIngestionMethod,
+} from './store/store-path.js';
+export { dumpPath, restorePath, parseNar, hashNar, hashPath, narOfRegularFile, type NarSink } from './store/nar.js';
+export { RefScanner, scanForReferences } from './store/references.js';
+export type { Store, PathInfo, NarSource, PathLocks, AddToStoreOptions } from './store/store-api.js';
+export { LocalStore, defaultStoreRoot, type LocalStoreOptions } from './store/local-store.js';
+export { MemoryStore, type MemoryStoreOptions } from './store/memory-store.js';
+export { openStore, parseStoreUri, type ParsedStoreUri } from './store/store-uri.js';
+
+// Derivations
+export {
+  parseDerivation, printDerivation, hashDerivationModulo, writeDerivation, computeDerivationPath, derivationKind, isDerivationPath,
+  readDerivationFromStore, staticOutputHashes,
+  type Derivation, type DerivationOutput, type DerivationKind,
+} from './derivation/derivation.js';
+export { BadDerivationError, InvalidDerivationAttrsError } from './derivation/errors.js';
+export { ParsedDerivation } from './derivation/parsed-attrs.js';
+
+// Substituters and binary caches
+export type { Substituter, SubstitutablePathInfo, FetchNarOptions, SubstituteOptions } from './substituter/substituter.js';
+export { SubstituterError, substitutePath } from './substituter/substituter.js';
+export { BinaryCacheSubstituter, type BinaryCacheSubstituterOptions } from './substituter/binary-cache.js';
+export { InMemorySubstituter, type InMemorySubstituterOptions } from './substituter/memory.js';
+export { copyToBinaryCache, type CopyToBinaryCacheOptions } from './substituter/binary-cache-writer.js';
+export { parseNarInfo, printNarInfo, fingerprintPath, type NarInfo } from './substituter/narinfo.js';
+export { generateKeyPair, parseSecretKey, parsePublicKey, signDetached, verifyDetached } from './substituter/signatures.js';
+
+// Sandboxes
+export type { Sandbox, SandboxRequest, SandboxRunOptions, SandboxExit } from './platform/sandbox.js';
+export { NoSandbox } from './platform/no-sandbox.js';
+export { LinuxSandbox, type LinuxSandboxOptions } from './platform/linux-sandbox.js';
+export { SandboxError } from './platform/sandbox-errors.js';
