@@ -214,6 +214,11 @@ export class MachineBuilder implements RemoteBuilder {
     return this.running;
   }
 
+  /** Open connections (idle or in use). */
+  get connectionCount(): number {
+    return this.all.size;
+  }
+
   disabledReason(): string | undefined {
     if (this.closed) return 'the builder was closed';
     if (Date.now() < this.disabledUntil) return this.disabledWhy;
@@ -294,12 +299,15 @@ export class MachineBuilder implements RemoteBuilder {
     let pc: PooledConnection | undefined;
     let stage: RemoteBuildErrorKind = 'connection';
     const { store, signal } = opts;
+    // A throwing log callback must not break the protocol stream: its errors are ignored.
     const onEvent = (e: RemoteLogEvent): void => {
-      opts.onEvent?.(e);
-      if (opts.onLog) {
-        const line = buildLogLine(e);
-        if (line !== undefined) opts.onLog(line);
-      }
+      try {
+        opts.onEvent?.(e);
+        if (opts.onLog) {
+          const line = buildLogLine(e);
+          if (line !== undefined) opts.onLog(line);
+        }
+      } catch { /* ignored */ }
     };
     try {
       if (this.closed) throw new RemoteConnectionError(`the builder for '${this.name}' was closed`);
@@ -368,6 +376,10 @@ export class MachineBuilder implements RemoteBuilder {
       }
       if (e instanceof RemoteBuildError) throw e;
       const kind: RemoteBuildErrorKind = e instanceof RemoteConnectionError || (pc && !pc.client.usable) ? 'connection' : stage;
+      if (kind === 'connection' && pc) {
+        this.disabledUntil = Date.now() + (this.opts.disableAfterFailureMs ?? 60_000);
+        this.disabledWhy = `lost the connection during a build: ${(e as Error).message.split('\n')[0]}`;
+      }
       const what = kind === 'connection' ? 'lost the connection' : kind === 'refused' ? 'the remote refused the build' : 'copying failed';
       const msg = e instanceof RealiseError ? e.shortMessage : (e as Error).message;
       throw new RemoteBuildError(this.name, kind, `cannot build '${drvPath}' on '${this.name}': ${what}: ${msg}`, {

@@ -1,0 +1,176 @@
+/**
+ * RemoteBuilder end to end against real Nix 2.8: `nix-daemon --stdio` (ssh-ng://) and
+ * `nix-store --serve --write` (ssh://) over private chroot stores, run locally the way Nix runs
+ * `localhost` machines (bash -c instead of ssh). Outputs must equal real Nix's own build.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LocalStore } from '../../src/store/local-store.js';
+import { RemoteBuildError } from '../../src/remote/errors.js';
+import { machine } from '../../src/remote/machines.js';
+import { buildOnRemote, MachineBuilder } from '../../src/remote/remote-builder.js';
+import { nix, nixOk } from '../helpers/nix.js';
+import { makeFixture, referenceBuild, remoteEnv, type Fixture } from './fixture.js';
+
+describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
+  let fx: Fixture;
+  let store: LocalStore;
+  let ref: Map<string, { path: string; narHash: string }>;
+  const builders: MachineBuilder[] = [];
+
+  beforeAll(async () => {
+    fx = makeFixture();
+    ref = referenceBuild(fx, 'top');
+    store = await LocalStore.open({ root: fx.localRoot });
+  });
+  afterAll(async () => {
+    await Promise.all(builders.map((b) => b.close()));
+    await store?.close();
+  });
+
+  function builder(uri: string, opts: { maxJobs?: number; speedFactor?: number } = {}): MachineBuilder {
+    const b = new MachineBuilder(machine({ storeUri: uri, maxJobs: opts.maxJobs ?? 1, speedFactor: opts.speedFactor }), { env: remoteEnv() });
+    builders.push(b);
+    return b;
+  }
+
+  it('builds over ssh-ng:// (nix-daemon --stdio): copies the missing inputs, streams the log, copies outputs back equal to a local Nix build', async () => {
+    const remoteRoot = path.join(fx.dir, 'remote-ng');
+    const b = builder(`ssh-ng://localhost?remote-store=${encodeURIComponent(remoteRoot)}`);
+    const drv = fx.readDrv(fx.drvs.top);
+    const lines: string[] = [];
+    const r = await b.build(fx.drvs.top, drv, { store, onLog: (l) => lines.push(l) });
+    expect(r.errorMsg).toBe('');
+    expect(r.status).toBe('built');
+    expect(r.machine).toBe(b.name);
+    expect(lines).toContain('building top');
+    // The dependency output and the helper source were missing on the remote and got copied.
+    const depOut = nix('nix-store', ['--store', fx.localRoot, '-q', '--outputs', fx.drvs.dep]);
+    expect(r.copiedInputs).toContain(depOut);
+    expect(r.copiedInputs.some((p) => p.endsWith('-helper.sh'))).toBe(true);
+    // Outputs: same paths and NAR hashes as real Nix's build, valid locally, references registered.
+    for (const name of ['out', 'dev']) {
+      const p = r.builtOutputs.get(name)!;
+      expect(p).toBe(ref.get(name)!.path);
+      const info = await store.queryPathInfo(p);
+      expect(info?.narHash.toString('base32')).toBe(ref.get(name)!.narHash);
+      expect(info?.deriver).toBe(fx.drvs.top);
+    }
+    const outInfo = await store.queryPathInfo(r.builtOutputs.get('out')!);
+    expect(outInfo?.references).toContain(depOut);
+    expect(readFileSync(path.join(fx.localRoot, r.builtOutputs.get('out')!, 'helper'), 'utf8')).toBe('from-helper\n');
+    // Real Nix agrees the copied output is intact.
+    expect(nix('nix-store', ['--store', fx.localRoot, '--verify-path', r.builtOutputs.get('out')!])).toBe('');
+    // The remote store has the output too (it built it).
+    expect(nix('nix-store', ['--store', remoteRoot, '-q', '--hash', r.builtOutputs.get('out')!])).toBe(ref.get('out')!.narHash);
+
+    // A failing build is a result with the remote's message, and the same connection serves it.
+    const f = await b.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store, onLog: (l) => lines.push(l) });
+    expect(f.status).toBe('permanent-failure');
+    expect(f.errorMsg).toMatch(/builder for '.*fail\.drv' failed with exit code 3/);
+    expect(lines).toContain('about to fail');
+    expect(f.builtOutputs.size).toBe(0);
+    expect(b.connectionCount).toBe(1);
+  });
+
+  it('builds over ssh:// (nix-store --serve --write) with the build log from its stderr', async () => {
+    const remoteRoot = path.join(fx.dir, 'remote-serve');
+    const b = builder(`ssh://localhost?remote-store=${encodeURIComponent(remoteRoot)}`);
+    // A fresh local copy would be needed to see the outputs copied again; use a second local store.
+    const localRoot2 = path.join(fx.dir, 'local2');
+    const store2 = await LocalStore.open({ root: localRoot2 });
+    try {
+      // Copy the derivation closure and the built dependency into store2 with our own client's NARs.
+      const needed = nix('nix-store', ['--store', fx.localRoot, '-qR', fx.drvs.top, nix('nix-store', ['--store', fx.localRoot, '-q', '--outputs', fx.drvs.dep])]).split('\n');
+      const infos = await Promise.all(needed.map((p) => store.queryPathInfo(p)));
+      const { topoSortPaths } = await import('../../src/remote/protocol-common.js');
+      const order = topoSortPaths(new Map(infos.map((i) => [i!.path, i!])));
+      for (const p of order) await store2.addToStore((await store.queryPathInfo(p))!, store.narFromPath(p));
+      await store2.registerDerivationOutputs(fx.drvs.dep, await store.queryDerivationOutputs(fx.drvs.dep));
+      const lines: string[] = [];
+      const r = await b.build(fx.drvs.top, fx.readDrv(fx.drvs.top), { store: store2, onLog: (l) => lines.push(l) });
+      expect(r.status).toBe('built');
+      expect(lines.join('\n')).toContain('building top');
+      for (const name of ['out', 'dev']) {
+        const info = await store2.queryPathInfo(r.builtOutputs.get(name)!);
+        expect(info?.narHash.toString('base32')).toBe(ref.get(name)!.narHash);
+      }
+      expect(r.copiedOutputs.length).toBe(2);
+      const f = await b.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store: store2 });
+      expect(f.status).toBe('permanent-failure');
+      expect(b.connectionCount).toBe(1);
+    } finally {
+      await store2.close();
+    }
+  });
+
+  it('cancellation stops the remote build promptly and the machine stays usable', async () => {
+    const remoteRoot = path.join(fx.dir, 'remote-cancel');
+    const b = builder(`ssh-ng://localhost?remote-store=${encodeURIComponent(remoteRoot)}`);
+    const ac = new AbortController();
+    const t0 = Date.now();
+    const p = b.build(fx.drvs.slow, fx.readDrv(fx.drvs.slow), {
+      store, signal: ac.signal, onLog: (l) => { if (l === 'sleeping') ac.abort(new Error('user cancelled')); },
+    });
+    const err = await p.then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(RemoteBuildError);
+    expect((err as RemoteBuildError).kind).toBe('aborted');
+    expect((err as RemoteBuildError).machine).toBe(b.name);
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    expect(b.load).toBe(0);
+    // The next build opens a new connection and works.
+    const r = await b.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store });
+    expect(r.status).toBe('permanent-failure');
+  });
+
+  it('spreads builds over two remotes by slots, and redoes a build elsewhere when its machine dies mid-build', async () => {
+    const rootA = path.join(fx.dir, 'remote-a');
+    const rootB = path.join(fx.dir, 'remote-b');
+    const wrapA = fx.wrapper('a', 'nix-daemon');
+    const a = builder(`ssh-ng://localhost?remote-store=${encodeURIComponent(rootA)}&remote-program=${encodeURIComponent(wrapA)}`, { speedFactor: 4 });
+    const b = builder(`ssh-ng://localhost?remote-store=${encodeURIComponent(rootB)}`);
+    // Two builds at once, one slot each: one runs on each machine.
+    const [r1, r2] = await Promise.all([
+      buildOnRemote([a, b], fx.drvs.slow2, fx.readDrv(fx.drvs.slow2), {}, { store }),
+      buildOnRemote([a, b], fx.drvs.fail, fx.readDrv(fx.drvs.fail), {}, { store }),
+    ]);
+    expect(r1.kind).toBe('built');
+    expect(r2.kind).toBe('built');
+    if (r1.kind !== 'built' || r2.kind !== 'built') return;
+    expect(new Set([r1.result.machine, r2.result.machine])).toEqual(new Set([a.name, b.name]));
+    expect(r1.result.machine).toBe(a.name); // the faster machine got the first build
+    expect(r1.result.status).toBe('built');
+    // Now machine A dies while building: the build is redone on B.
+    const pidFile = path.join(fx.dir, 'pids', 'a');
+    expect(existsSync(pidFile)).toBe(true);
+    let killed = false;
+    const d = await buildOnRemote([a, b], fx.drvs.slow3, fx.readDrv(fx.drvs.slow3), {}, {
+      store,
+      onEvent: (e) => {
+        if (e.type === 'result' && e.fields[0] === 'sleeping' && !killed) {
+          killed = true;
+          process.kill(Number(readFileSync(pidFile, 'utf8')), 'SIGKILL');
+        }
+      },
+    });
+    expect(d.kind).toBe('built');
+    if (d.kind !== 'built') return;
+    expect(d.failedMachines.map((e) => e.machine)).toEqual([a.name]);
+    expect(d.failedMachines[0]!.kind).toBe('connection');
+    expect(d.result.machine).toBe(b.name);
+    expect(d.result.status).toBe('built');
+    expect(await store.isValidPath(d.result.builtOutputs.get('out')!)).toBe(true);
+    expect(a.disabledReason()).toMatch(/failed|unreachable|lost/);
+  });
+
+  it('an unreachable machine is a typed connection error naming the machine', async () => {
+    const b = builder('ssh-ng://localhost?remote-program=/nonexistent/nix-daemon');
+    const err = await b.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store }).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(RemoteBuildError);
+    expect((err as RemoteBuildError).kind).toBe('connection');
+    expect((err as RemoteBuildError).message).toContain(b.name);
+    expect((err as RemoteBuildError).message).toMatch(/No such file|not found/);
+    expect(b.disabledReason()).toMatch(/unreachable/);
+  });
+});
