@@ -137,12 +137,12 @@ static void child(char **argv, int ptySlave, struct sock_fprog *prog) {
   struct stat st;
   if (stat("/dev/shm", &st) == 0) {
     char opt[256]; snprintf(opt, sizeof opt, "size=%s", shmSize);
-    snprintf(path, sizeof path, "%s/dev/shm", root);
+    snprintf(path, sizeof path, "%s/dev/shm", root); mkdirs(path, 0755);
     if (mount("none", path, "tmpfs", 0, opt) == -1) fail("mounting /dev/shm");
   }
   snprintf(path, sizeof path, "%s/dev/ptmx", root);
   if (stat("/dev/pts/ptmx", &st) == 0 && lstat(path, &st) == -1) {
-    char pts[4096]; snprintf(pts, sizeof pts, "%s/dev/pts", root);
+    char pts[4096]; snprintf(pts, sizeof pts, "%s/dev/pts", root); mkdirs(pts, 0755);
     if (mount("none", pts, "devpts", 0, "newinstance,mode=0620") == 0) {
       if (symlink("/dev/pts/ptmx", path) == -1) fail("creating /dev/ptmx");
       snprintf(pts, sizeof pts, "%s/dev/pts/ptmx", root);
