@@ -10,9 +10,7 @@
  */
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import { BuildEngine, LinuxSandbox, LocalStore, defaultStoreRoot, type Store } from '../src/index.js';
-import { derivation, addPath } from '../src/derivation/instantiate.js';
-import { nix } from '../src/derivation/context.js';
+import { BuildEngine, LinuxSandbox, LocalStore, defaultStoreRoot, derivation, addPath, nix, type Store } from '../src/index.js';
 
 async function openStoreForDemo(): Promise<{ store: Store; sandboxed: boolean }> {
   let sandboxOk = existsSync('/bin/busybox');

@@ -48,3 +48,10 @@ export type { Sandbox, SandboxRequest, SandboxRunOptions, SandboxExit } from './
 export { NoSandbox } from './platform/no-sandbox.js';
 export { LinuxSandbox, type LinuxSandboxOptions } from './platform/linux-sandbox.js';
 export { SandboxError } from './platform/sandbox-errors.js';
+
+// Derivations from TypeScript (Nix's `derivation` builtin, builtins.path, builtins.toFile)
+export {
+  derivation, instantiateDerivation, addPath, addText, derivationFromStore, DerivationValue, OutputValue,
+  type DerivationAttrs, type DerivationOptions, type AddPathOptions,
+} from './derivation/instantiate.js';
+export { NixString, nix, concat, type AttrValue } from './derivation/context.js';
