@@ -74,7 +74,8 @@ export class BinaryCacheWriter {
    * Add one path from its NAR stream. The NAR is hashed (narHash/narSize checked against `info`),
    * compressed and hashed again (FileHash/FileSize) on the way to disk.
    */
-  async addPath(info: PathInfo, nar: AsyncIterable<Uint8Array>, opts: { compression?: Compression; compressionLevel?: number; secretKey?: SecretKey | undefined; signal?: AbortSignal | undefined } = {}): Promise<NarInfo> {
+  async addPath(info: PathInfo, nar: AsyncIterable<Uint8Array>, opts: { compression?: Compression; compressionLevel?: number; secretKey?: SecretKey | string | undefined; signal?: AbortSignal | undefined } = {}): Promise<NarInfo> {
+    const key = typeof opts.secretKey === 'string' ? parseSecretKey(opts.secretKey) : opts.secretKey;
     const compression = opts.compression ?? 'xz';
     const narSink = new HashSink('sha256');
     const fileSink = new HashSink('sha256');
@@ -109,7 +110,7 @@ export class BinaryCacheWriter {
         storePath: info.path, url, compression, fileHash: file.hash, fileSize: file.size, narHash: info.narHash, narSize: info.narSize,
         references: [...info.references].sort(), deriver: info.deriver, sigs: [...(info.sigs ?? [])], ca: info.ca,
       };
-      const sigs = opts.secretKey ? [...new Set([...base.sigs, signPathInfo(info, opts.secretKey)])] : base.sigs;
+      const sigs = key ? [...new Set([...base.sigs, signPathInfo(info, key)])] : base.sigs;
       const ni: NarInfo = { ...base, sigs };
       await writeAtomic(this.narInfoFile(info.path), printNarInfo(ni));
       return ni;
