@@ -1,59 +1,95 @@
 /**
  * Reference scanning: which candidate store-path hash parts (32 nix-base32 characters) occur in a byte
- * stream. Matches may straddle chunk boundaries. Same skipping strategy as Nix's RefScanSink: test the last
- * character of a 32-byte window first and jump past any byte that is not in the nix-base32 alphabet.
+ * stream, as Nix's RefScanSink. Matches may straddle chunk boundaries.
+ *
+ * How it stays fast (see docs/formats.md and bench/refscan.ts):
+ * - Boyer–Moore-like skipping on the alphabet, as Nix: test the last byte of a 32-byte window first and
+ *   jump past any byte that is not nix-base32; bytes already known to be base-32 are not re-tested, so a
+ *   long base-32 run costs one test per byte instead of 32.
+ * - A 2^20-bit filter indexed by the first four characters of a window (4 × 5 bits) rejects almost all
+ *   windows that are base-32 but no candidate, before any string is built.
+ * - No concatenation per chunk: only the last 31 bytes are kept and the junction with the next chunk is
+ *   scanned on its own (at most 62 bytes).
  */
 import { HASH_PART_LENGTH, storePathHashPart, type StorePath } from './store-path.js';
 
-const IS_B32 = new Uint8Array(256);
-for (const c of '0123456789abcdfghijklmnpqrsvwxyz') IS_B32[c.charCodeAt(0)] = 1;
+const L = HASH_PART_LENGTH;
+/** nix-base32 digit value of a byte, or -1. */
+const DIGIT = new Int8Array(256).fill(-1);
+'0123456789abcdfghijklmnpqrsvwxyz'.split('').forEach((c, i) => { DIGIT[c.charCodeAt(0)] = i; });
+
+function key(s: Uint8Array, i: number): number {
+  return (DIGIT[s[i]!]! << 15) | (DIGIT[s[i + 1]!]! << 10) | (DIGIT[s[i + 2]!]! << 5) | DIGIT[s[i + 3]!]!;
+}
 
 export class RefScanner {
-  private readonly remaining: Map<string, string>;
-  /** Prefix filter: first 4 bytes of each candidate as a uint32. */
-  private readonly prefixes: Set<number>;
+  private readonly remaining = new Map<string, string>();
+  /** Bit set over the 20-bit prefix keys of the candidates not found yet. */
+  private readonly filter = new Int32Array(1 << 15);
+  private readonly perKey = new Map<number, number>();
   private readonly found = new Set<string>();
   private tail: Buffer = Buffer.alloc(0);
 
-  /** `hashParts` maps a 32-char hash part to whatever the caller wants back (usually the store path). */
+  /** `hashParts`: the 32-character hash parts to look for; other strings are ignored. */
   constructor(hashParts: Iterable<string>) {
-    this.remaining = new Map();
-    this.prefixes = new Set();
     for (const h of hashParts) {
-      if (h.length !== HASH_PART_LENGTH) continue;
+      if (h.length !== L || this.remaining.has(h)) continue;
+      const b = Buffer.from(h, 'latin1');
+      let ok = true;
+      for (const c of b) if (DIGIT[c]! < 0) ok = false;
+      if (!ok) continue; // cannot occur in a scan anyway
       this.remaining.set(h, h);
-      this.prefixes.add(Buffer.from(h, 'latin1').readUInt32LE(0));
+      const k = key(b, 0);
+      this.filter[k >>> 5]! |= 1 << (k & 31);
+      this.perKey.set(k, (this.perKey.get(k) ?? 0) + 1);
     }
   }
 
+  /** True once every candidate has been seen (further input is ignored). */
+  get complete(): boolean {
+    return this.remaining.size === 0;
+  }
+
   update(chunk: Uint8Array): void {
-    if (this.remaining.size === 0) return;
-    const L = HASH_PART_LENGTH;
-    const data = this.tail.length
-      ? Buffer.concat([this.tail, chunk])
-      : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    this.scan(data);
-    const keep = Math.min(L - 1, data.length);
-    this.tail = Buffer.from(data.subarray(data.length - keep));
+    if (this.remaining.size === 0 || chunk.length === 0) return;
+    const c = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    if (this.tail.length > 0) {
+      // Windows that start in the kept tail and end in this chunk.
+      this.scan(Buffer.concat([this.tail, c.subarray(0, L - 1)]));
+      if (this.remaining.size === 0) return;
+    }
+    this.scan(c);
+    if (c.length >= L - 1) this.tail = Buffer.from(c.subarray(c.length - (L - 1)));
+    else {
+      const t = Buffer.concat([this.tail, c]);
+      this.tail = Buffer.from(t.subarray(Math.max(0, t.length - (L - 1))));
+    }
   }
 
   private scan(s: Buffer): void {
-    const L = HASH_PART_LENGTH;
     const n = s.length;
+    const filter = this.filter;
     let i = 0;
-    outer: while (i + L <= n) {
-      for (let j = L - 1; j >= 0; j--) {
-        if (!IS_B32[s[i + j]!]) {
-          i += j + 1;
-          continue outer;
-        }
+    /** s[i, goodTo) is known to be nix-base32 whenever goodTo > i. */
+    let goodTo = 0;
+    while (i + L <= n) {
+      const end = i + L;
+      let k = end - 1;
+      const stop = goodTo > i ? goodTo : i;
+      while (k >= stop && DIGIT[s[k]!]! >= 0) k--;
+      goodTo = end;
+      if (k >= stop) {
+        i = k + 1; // s[k] is not base-32: no window containing it can match
+        continue;
       }
-      // A window of 32 base-32 characters: check prefix, then the whole candidate.
-      if (this.prefixes.has(s.readUInt32LE(i))) {
-        const h = s.toString('latin1', i, i + L);
-        if (this.remaining.has(h)) {
+      const f = (DIGIT[s[i]!]! << 15) | (DIGIT[s[i + 1]!]! << 10) | (DIGIT[s[i + 2]!]! << 5) | DIGIT[s[i + 3]!]!;
+      if ((filter[f >>> 5]! >>> (f & 31)) & 1) {
+        const h = s.toString('latin1', i, end);
+        if (this.remaining.delete(h)) {
           this.found.add(h);
-          this.remaining.delete(h);
+          const left = this.perKey.get(f)! - 1;
+          this.perKey.set(f, left);
+          if (left === 0) filter[f >>> 5]! &= ~(1 << (f & 31));
           if (this.remaining.size === 0) return;
         }
       }
@@ -72,7 +108,7 @@ export async function scanForReferences(source: AsyncIterable<Uint8Array>, candi
   const byHash = new Map<string, StorePath>();
   for (const p of candidates) byHash.set(storePathHashPart(p), p);
   const scanner = new RefScanner(byHash.keys());
-  for await (const chunk of source) scanner.update(chunk);
+  for await (const chunk of source) scanner.update(chunk); // drains the source even when complete
   const out = new Set<StorePath>();
   for (const h of scanner.result()) out.add(byHash.get(h)!);
   return out;
