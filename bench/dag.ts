@@ -1,0 +1,216 @@
+/**
+ * Benchmark: a layered DAG of trivial derivations (each `echo $name > $out`, builder /bin/sh, each
+ * depending on 3 derivations of the previous layer), built unsandboxed at maxJobs 2 into a plain store
+ * (logical store dir = physical dir), by this engine and by real Nix 2.8 (`nix-store --realise`).
+ *
+ * Both work on the SAME store directory and the same instantiated state: the graph is instantiated once
+ * with real `nix-instantiate`, the state dir is snapshotted, and before every run the built outputs,
+ * locks and logs are deleted and the state dir is restored from the snapshot. Runs alternate
+ * (ours, Nix, ours, Nix, ...), so a drift of the machine's speed hits both; the ratio is taken pair by pair.
+ *
+ *   npx tsx bench/dag.ts                  # 200 and 2,000 derivations
+ *   REALISE_BENCH_SMALL=1 npx tsx bench/dag.ts   # 200 only, 3 runs
+ *   REALISE_BENCH_SIZES=200 REALISE_BENCH_RUNS=5 npx tsx bench/dag.ts
+ *   REALISE_BENCH_ONLY=ours npx tsx bench/dag.ts   # skip Nix (e.g. for profiling)
+ */
+import { spawnSync } from 'node:child_process';
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { performance } from 'node:perf_hooks';
+import { BuildEngine } from '../src/scheduler/build-engine.js';
+import { LocalStore } from '../src/store/local-store.js';
+
+export const SMALL = process.env.REALISE_BENCH_SMALL === '1';
+
+/** Environment for real Nix on a private store: no daemon, no user config, no build users, no caches. */
+export function nixEnv(): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    NIX_REMOTE: '',
+    NIX_CONFIG: 'build-users-group =\nsubstituters =\n',
+    NIX_USER_CONF_FILES: '/dev/null',
+    HOME: process.env.HOME ?? '/root',
+  };
+}
+
+/** Deterministic PRNG (mulberry32), so every run and both engines see the same graph. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Layers × width for a graph of `n` derivations: 200 = 10 × 20, 2,000 = 20 × 100. */
+export function shapeOf(n: number): { layers: number; width: number } {
+  const layers = n >= 2000 ? 20 : n >= 200 ? 10 : Math.max(1, Math.round(Math.sqrt(n)));
+  return { layers, width: Math.ceil(n / layers) };
+}
+
+/** A Nix expression for a layered DAG; each node depends on `fanIn` nodes of the previous layer. */
+export function dagExpr(n: number, fanIn = 3, seed = 1): string {
+  const { layers, width } = shapeOf(n);
+  const rand = rng(seed);
+  const lines = [
+    'let mk = name: deps: derivation {',
+    '  inherit name deps; system = builtins.currentSystem; builder = "/bin/sh";',
+    '  args = [ "-c" "echo $name > $out" ];',
+    '}; in rec {',
+  ];
+  let made = 0;
+  const perLayer: number[] = [];
+  for (let l = 0; l < layers && made < n; l++) {
+    const w = Math.min(width, n - made);
+    perLayer.push(w);
+    for (let i = 0; i < w; i++) {
+      const deps = new Set<number>();
+      if (l > 0) {
+        const prev = perLayer[l - 1]!;
+        while (deps.size < Math.min(fanIn, prev)) deps.add(Math.floor(rand() * prev));
+      }
+      lines.push(`  n${l}_${i} = mk "dag-${l}-${i}" [ ${[...deps].sort((a, b) => a - b).map((d) => `n${l - 1}_${d}`).join(' ')} ];`);
+      made++;
+    }
+  }
+  lines.push('}');
+  return lines.join('\n') + '\n';
+}
+
+export interface PlainStoreDirs {
+  readonly dir: string;
+  readonly storeDir: string;
+  readonly stateDir: string;
+  readonly logDir: string;
+  /** Nix's `--store` argument for this plain store. */
+  readonly uri: string;
+}
+
+export function plainStoreDirs(dir: string): PlainStoreDirs {
+  const storeDir = path.join(dir, 'store');
+  const stateDir = path.join(dir, 'state');
+  const logDir = path.join(dir, 'log');
+  return { dir, storeDir, stateDir, logDir, uri: `local?store=${storeDir}&state=${stateDir}&log=${logDir}` };
+}
+
+export interface InstantiatedDag extends PlainStoreDirs {
+  readonly drvs: string[];
+  /** Pristine copy of the state dir, right after instantiation. */
+  readonly pristineState: string;
+  /** Names in the store dir right after instantiation (the .drv files). */
+  readonly pristineNames: ReadonlySet<string>;
+}
+
+/** Instantiate a DAG of `n` derivations with real nix-instantiate into a fresh plain store. */
+export function instantiateDag(n: number, prefix = 'realise-bench-dag-'): InstantiatedDag {
+  const dir = mkdtempSync(path.join(tmpdir(), `${prefix}${n}-`));
+  const dirs = plainStoreDirs(dir);
+  const expr = path.join(dir, 'dag.nix');
+  writeFileSync(expr, dagExpr(n));
+  const r = spawnSync('nix-instantiate', ['--store', dirs.uri, expr], { env: nixEnv(), encoding: 'utf8', maxBuffer: 1 << 28 });
+  if (r.status !== 0) throw new Error(`nix-instantiate failed (${r.status}):\n${r.stderr}`);
+  const drvs = r.stdout.split('\n').filter(Boolean);
+  if (drvs.length !== n) throw new Error(`expected ${n} derivations, nix-instantiate printed ${drvs.length}`);
+  const pristineState = path.join(dir, 'state.pristine');
+  cpSync(dirs.stateDir, pristineState, { recursive: true, preserveTimestamps: true });
+  return { ...dirs, drvs, pristineState, pristineNames: new Set(readdirSync(dirs.storeDir)) };
+}
+
+/** Back to the instantiated state: built outputs, locks and logs deleted; the state dir restored. */
+export function resetDag(d: InstantiatedDag): void {
+  for (const name of readdirSync(d.storeDir)) {
+    if (!d.pristineNames.has(name)) rmSync(path.join(d.storeDir, name), { recursive: true, force: true });
+  }
+  rmSync(d.stateDir, { recursive: true, force: true });
+  rmSync(d.logDir, { recursive: true, force: true });
+  const r = spawnSync('cp', ['-a', d.pristineState, d.stateDir]);
+  if (r.status !== 0) throw new Error(`cp -a failed: ${r.stderr}`);
+  mkdirSync(d.logDir, { recursive: true });
+}
+
+/** Our engine, in-process: open the store, build every derivation, close. Returns wall ms. */
+export async function runOurs(d: InstantiatedDag, maxJobs = 2): Promise<number> {
+  const t0 = performance.now();
+  const store = await LocalStore.open({ storeDir: d.storeDir, stateDir: d.stateDir, logDir: d.logDir });
+  const engine = new BuildEngine({ store, sandbox: false, maxJobs });
+  const results = await engine.buildPaths(d.drvs);
+  await store.close();
+  const ms = performance.now() - t0;
+  const built = results.filter((r) => r.result.status === 'built').length;
+  if (built !== d.drvs.length) throw new Error(`ours built ${built} of ${d.drvs.length}`);
+  return ms;
+}
+
+/** Real Nix: `nix-store --realise` of every derivation, max-jobs 2, no sandbox. Returns wall ms. */
+export function runNix(d: InstantiatedDag, maxJobs = 2): number {
+  const t0 = performance.now();
+  const r = spawnSync('nix-store', ['--store', d.uri, '--realise', ...d.drvs, '--max-jobs', String(maxJobs), '--option', 'sandbox', 'false'], {
+    env: nixEnv(), encoding: 'utf8', maxBuffer: 1 << 28,
+  });
+  const ms = performance.now() - t0;
+  if (r.status !== 0) throw new Error(`nix-store --realise failed (${r.status}):\n${r.stderr.slice(-2000)}`);
+  const outs = r.stdout.split('\n').filter(Boolean).length;
+  if (outs !== d.drvs.length) throw new Error(`nix-store printed ${outs} outputs for ${d.drvs.length} derivations`);
+  return ms;
+}
+
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+export function fmt(x: number, digits = 1): string {
+  return x.toFixed(digits);
+}
+
+async function main(): Promise<void> {
+  const sizes = process.env.REALISE_BENCH_SIZES
+    ? process.env.REALISE_BENCH_SIZES.split(',').map(Number)
+    : SMALL ? [200] : [200, 2000];
+  const only = process.env.REALISE_BENCH_ONLY; // 'ours' | 'nix' | undefined
+  const keep = process.env.REALISE_BENCH_KEEP === '1';
+  console.log(`# dag: layered DAG of trivial derivations, maxJobs 2, unsandboxed, plain store; ours vs nix-store --realise (Nix 2.8)`);
+  for (const n of sizes) {
+    const runs = Number(process.env.REALISE_BENCH_RUNS ?? (SMALL ? 3 : n >= 2000 ? 3 : 5));
+    const { layers, width } = shapeOf(n);
+    const t0 = performance.now();
+    const d = instantiateDag(n);
+    console.log(`\n## ${n} derivations (${layers} layers × ${width}, fan-in 3); instantiated in ${fmt((performance.now() - t0) / 1000, 2)} s; ${runs} runs each, alternating`);
+    const ours: number[] = [];
+    const nix: number[] = [];
+    const ratios: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      // Alternate which goes first, so neither always follows the other's page-cache and disk work.
+      const order = i % 2 === 0 ? ['ours', 'nix'] : ['nix', 'ours'];
+      let o = NaN;
+      let x = NaN;
+      for (const who of order) {
+        if (only && only !== who) continue;
+        resetDag(d);
+        if (who === 'ours') o = await runOurs(d);
+        else x = runNix(d);
+      }
+      if (!Number.isNaN(o)) ours.push(o);
+      if (!Number.isNaN(x)) nix.push(x);
+      if (!Number.isNaN(o) && !Number.isNaN(x)) ratios.push(o / x);
+      console.log(`run ${i + 1}: ours ${Number.isNaN(o) ? '-' : fmt(o, 0) + ' ms'}  nix ${Number.isNaN(x) ? '-' : fmt(x, 0) + ' ms'}${ratios.length === i + 1 ? `  ratio ${fmt(o / x, 3)}` : ''}`);
+    }
+    const line = (who: string, xs: number[]) =>
+      xs.length ? `${who}: median ${fmt(median(xs), 0)} ms (min ${fmt(Math.min(...xs), 0)}, max ${fmt(Math.max(...xs), 0)}) = ${fmt(median(xs) / n, 2)} ms per build` : `${who}: not run`;
+    console.log(line('ours', ours));
+    console.log(line('nix ', nix));
+    if (ratios.length) console.log(`ratio ours/nix: median of pairs ${fmt(median(ratios), 3)} (min ${fmt(Math.min(...ratios), 3)}, max ${fmt(Math.max(...ratios), 3)}); target <= 0.15`);
+    if (!keep) rmSync(d.dir, { recursive: true, force: true });
+    else console.log(`kept ${d.dir}`);
+  }
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  main().catch((e) => { console.error(e); process.exit(1); });
+}
