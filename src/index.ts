@@ -55,3 +55,8 @@ export {
   type DerivationAttrs, type DerivationOptions, type AddPathOptions,
 } from './derivation/instantiate.js';
 export { NixString, nix, concat, type AttrValue } from './derivation/context.js';
+
+// Remote builders (Nix's build hook over ssh-ng:// and ssh://)
+export { createRemoteBuilders, MachineBuilder, type RemoteBuilder, type RemoteBuildResult } from './remote/remote-builder.js';
+export { parseMachines, type Machine, type MachineOptions } from './remote/machines.js';
+export { RemoteBuildError, NoMachineError } from './remote/errors.js';

@@ -4,7 +4,7 @@
  */
 import { cpus } from 'node:os';
 import {
-  BinaryCacheSubstituter, BuildEngine, BuildFailedError, RealiseError, copyToBinaryCache, openStore, LocalStore,
+  BinaryCacheSubstituter, BuildEngine, createRemoteBuilders, BuildFailedError, RealiseError, copyToBinaryCache, openStore, LocalStore,
   type BuildEngineOptions, type Store, type TargetResult,
 } from '../index.js';
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
@@ -93,10 +93,10 @@ async function run(argv: string[]): Promise<number> {
   try {
     switch (args.command) {
       case 'build': case 'ensure': case 'repair': {
-        if (args.options.has('builders') && args.options.get('builders')) {
-          throw new UsageError("remote builders ('--builders') are not wired into the CLI yet; use the API (src/remote)");
-        }
-        const engine = new BuildEngine(engineOptions(args, store));
+        const opts = engineOptions(args, store);
+        const builders = args.options.get('builders');
+        if (builders) opts.builders = createRemoteBuilders(builders);
+        const engine = new BuildEngine(opts);
         const display = new ProgressDisplay(engine, process.stderr);
         const ac = new AbortController();
         const onSig = () => ac.abort();

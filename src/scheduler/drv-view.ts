@@ -131,3 +131,10 @@ export function substitutesAllowed(v: DrvView): boolean {
 export function preferLocalBuild(v: DrvView): boolean {
   return getBoolAttr(v, 'preferLocalBuild', false);
 }
+
+/** Whether this machine can build the derivation: its platform (or an extra platform) and its features. */
+export function canBuildHere(v: DrvView, o: { system: string; extraPlatforms: readonly string[]; systemFeatures: readonly string[] }): boolean {
+  if (v.platform !== 'builtin' && v.platform !== o.system && !o.extraPlatforms.includes(v.platform)) return false;
+  for (const f of requiredSystemFeatures(v)) if (!o.systemFeatures.includes(f)) return false;
+  return true;
+}

@@ -14,7 +14,7 @@ import { makeStorePath, outputPathName, storePathBase, storePathHashPart, storeP
 import type { SandboxExit } from '../platform/sandbox.js';
 import { runPostBuildHook } from '../platform/post-build-hook.js';
 import { parseSandboxPaths } from '../platform/sandbox-config.js';
-import { getStringsAttr, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
+import { canBuildHere, getStringsAttr, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
 import { BuildSetupError } from './errors.js';
 import { exportReferencesGraph } from './export-references.js';
 import { LogCollector } from './log-collector.js';
@@ -56,11 +56,7 @@ function statusText(exit: SandboxExit): string {
 }
 
 function canBuildLocally(w: Worker, view: DrvView): boolean {
-  const o = w.ctx.options;
-  if (view.platform !== o.system && !o.extraPlatforms.includes(view.platform) && !view.builder.startsWith('builtin:')) return false;
-  // 'builtin' platform derivations are handled by Nix internally; we accept them on any system.
-  for (const f of requiredSystemFeatures(view)) if (!o.systemFeatures.includes(f)) return false;
-  return true;
+  return canBuildHere(view, w.ctx.options);
 }
 
 export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPlan): Promise<BuildResult> {

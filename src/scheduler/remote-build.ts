@@ -1,11 +1,69 @@
 /**
- * The build hook: hand a derivation to a remote machine when one fits. Returns undefined to build locally.
+ * The build hook: hand a derivation to a remote machine when one fits (src/remote chooses the least loaded
+ * fitting machine and redoes the build elsewhere when one dies). Remote builds hold no local build slot.
+ * Returns undefined to build locally (no machine fits), or the remote's result.
  */
 import type { StorePath } from '../store/store-path.js';
-import type { DrvView } from './drv-view.js';
-import type { BuildResult } from './results.js';
+import { buildOnRemote } from '../remote/remote-builder.js';
+import { canBuildHere, preferLocalBuild, requiredSystemFeatures, type DrvView } from './drv-view.js';
+import { failure, success, type BuildResult, type BuildStatus } from './results.js';
 import type { Worker } from './worker.js';
 
-export async function tryRemoteBuild(_w: Worker, _view: DrvView, _inputPaths: Set<StorePath>): Promise<BuildResult | undefined> {
-  return undefined;
+export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<StorePath>): Promise<BuildResult | undefined> {
+  const { options, store } = w.ctx;
+  const local = canBuildHere(view, options) && options.maxJobs > 0;
+  // Nix's hook declines when this machine can build and has a free slot; we prefer remote slots only when
+  // the local queue is busy, so remote machines add capacity.
+  if (local && w.ctx.buildQueue.pending < Math.max(1, options.maxJobs) && w.ctx.buildQueue.size === 0 && !remoteOnly(view, options)) {
+    return undefined;
+  }
+  const started = Math.floor(Date.now() / 1000);
+  w.ctx.progress.builds.running++;
+  w.ctx.progress.changed();
+  let finished = false;
+  const done = (ok: boolean) => {
+    if (finished) return;
+    finished = true;
+    w.ctx.progress.builds.running--;
+    if (ok) w.ctx.progress.builds.done++; else w.ctx.progress.builds.failed++;
+    w.ctx.progress.changed();
+  };
+  try {
+    const dispatch = await buildOnRemote(options.builders, view.drvPath, view.drv, {
+      requiredFeatures: requiredSystemFeatures(view),
+      preferLocalBuild: preferLocalBuild(view),
+    }, {
+      store,
+      signal: w.signal,
+      inputPaths,
+      onLog: (line) => w.ctx.emit('build-log', { drvPath: view.drvPath, line }),
+    });
+    if (dispatch.kind === 'declined') {
+      done(false);
+      w.ctx.progress.builds.failed--;
+      if (local) return undefined;
+      return failure('misc-failure', dispatch.error.message);
+    }
+    const r = dispatch.result;
+    const ok = r.status === 'built' || r.status === 'substituted' || r.status === 'already-valid';
+    done(ok);
+    const outs: Record<string, StorePath> = {};
+    for (const [n, p] of r.builtOutputs) outs[n] = p;
+    const times = { startTime: r.startTime || started, stopTime: r.stopTime || Math.floor(Date.now() / 1000), timesBuilt: r.timesBuilt, isNonDeterministic: r.isNonDeterministic };
+    if (ok) return success('built', outs, times);
+    const status = (['resolves-to-already-valid', 'no-substituters'].includes(r.status) ? 'misc-failure' : r.status) as BuildStatus;
+    return failure(status, r.errorMsg || `build of '${view.drvPath}' on '${r.machine}' failed (${r.status})`, times);
+  } catch (e) {
+    done(false);
+    if (w.signal.aborted) throw e;
+    if (options.fallback && local) {
+      w.warn(`remote build of '${view.drvPath}' failed (${(e as Error).message}); building locally`);
+      return undefined;
+    }
+    return failure('misc-failure', (e as Error).message);
+  }
+}
+
+function remoteOnly(view: DrvView, options: { maxJobs: number }): boolean {
+  return options.maxJobs === 0 && !preferLocalBuild(view);
 }
