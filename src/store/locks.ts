@@ -9,7 +9,7 @@
  * is stale, and starts over with a fresh file. A lock held by a process that died is released by the
  * kernel when its file descriptors close, so it is recovered without any cleanup.
  */
-import { closeSync, fstatSync, openSync, unlinkSync, writeSync, constants as FS } from 'node:fs';
+import { closeSync, fstatSync, ftruncateSync, openSync, statSync, unlinkSync, writeSync, constants as FS } from 'node:fs';
 import { createRequire } from 'node:module';
 import { StoreError } from './errors.js';
 
@@ -97,7 +97,15 @@ function tryLockFile(lockPath: string): number | undefined {
   for (;;) {
     const fd = openLockFile(lockPath);
     if (!tryFlock(fd, lockPath)) { closeSync(fd); return undefined; }
-    if (fstatSync(fd).size !== 0) { closeSync(fd); continue; } // deleted by its previous holder: start over
+    const st = fstatSync(fd);
+    if (st.size !== 0) {
+      // Its previous holder deleted it (unlinked, then wrote "d"): start over with a fresh file. If the
+      // path still names this very inode it was never unlinked (a leftover copy): reuse it, emptied.
+      let samePath = false;
+      try { const now = statSync(lockPath); samePath = now.ino === st.ino && now.dev === st.dev; } catch { /* gone */ }
+      if (!samePath) { closeSync(fd); continue; }
+      ftruncateSync(fd, 0);
+    }
     return fd;
   }
 }
