@@ -160,7 +160,7 @@ export class ServeConnection {
     parseStorePath(p, this.storeDir);
   }
 
-  queryValidPaths(paths: Iterable<StorePath>, opts: { lock?: boolean; substitute?: boolean; signal?: AbortSignal } = {}): Promise<Set<StorePath>> {
+  async queryValidPaths(paths: Iterable<StorePath>, opts: { lock?: boolean; substitute?: boolean; signal?: AbortSignal } = {}): Promise<Set<StorePath>> {
     const list = [...new Set(paths)].sort();
     list.forEach((p) => this.checkPath(p));
     return this.op(async () => {
@@ -171,7 +171,7 @@ export class ServeConnection {
   }
 
   /** Infos of the valid ones among `paths`. */
-  queryPathInfos(paths: Iterable<StorePath>, opts: { signal?: AbortSignal } = {}): Promise<Map<StorePath, PathInfo>> {
+  async queryPathInfos(paths: Iterable<StorePath>, opts: { signal?: AbortSignal } = {}): Promise<Map<StorePath, PathInfo>> {
     const list = [...new Set(paths)].sort();
     list.forEach((p) => this.checkPath(p));
     return this.op(async () => {
@@ -201,7 +201,7 @@ export class ServeConnection {
   }
 
   /** Add paths (topological order). Uses cmdAddToStoreNar (2.5+, pipelined) or cmdImportPaths. */
-  addMultipleToStore(paths: readonly PathToAdd[], opts: { signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<void> {
+  async addMultipleToStore(paths: readonly PathToAdd[], opts: { signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<void> {
     paths.forEach((p) => this.checkPath(p.info.path));
     return this.op(async () => {
       const w = this.writer;
@@ -230,7 +230,7 @@ export class ServeConnection {
     }, opts.onLog, opts.signal);
   }
 
-  buildDerivation(drvPath: StorePath, drv: WireDerivation, opts: ServeBuildSettings & { signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<WireBuildResult> {
+  async buildDerivation(drvPath: StorePath, drv: WireDerivation, opts: ServeBuildSettings & { signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<WireBuildResult> {
     this.checkPath(drvPath);
     return this.op(async () => {
       const w = this.writer;
@@ -258,9 +258,9 @@ export class ServeConnection {
 
   /** The NAR of a remote path (consume it fully; stopping early breaks the connection). */
   narFromPath(path: StorePath, opts: { signal?: AbortSignal } = {}): NarSource {
-    this.checkPath(path);
     const self = this;
     return (async function* (): AsyncGenerator<Uint8Array> {
+      self.checkPath(path);
       let release!: () => void;
       const held = new Promise<void>((r) => { release = r; });
       let gotStream!: (g: AsyncGenerator<Buffer>) => void;

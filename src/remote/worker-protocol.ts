@@ -9,7 +9,7 @@
  */
 import type { Hash } from '../store/hash.js';
 import type { NarSource, PathInfo } from '../store/store-api.js';
-import { DEFAULT_STORE_DIR, type StorePath } from '../store/store-path.js';
+import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from '../store/store-path.js';
 import { RemoteConnectionError, RemoteDaemonError, RemoteProtocolError } from './errors.js';
 import {
   buildStatusFromWire, parseWireNarHash, readDrvOutputs, writeBasicDerivation,
@@ -339,7 +339,13 @@ export class WorkerConnection {
     return fields;
   }
 
-  isValidPath(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<boolean> {
+  /** Validate before sending: a daemon that cannot parse a request drops the connection. */
+  private checkPath(p: string): void {
+    parseStorePath(p, this.storeDir);
+  }
+
+  async isValidPath(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<boolean> {
+    this.checkPath(path);
     return this.op(async () => {
       this.writer.u64(WorkerOp.IsValidPath).string(path);
       await this.writer.flush();
@@ -349,8 +355,9 @@ export class WorkerConnection {
   }
 
   /** The subset of `paths` valid on the remote. */
-  queryValidPaths(paths: Iterable<StorePath>, opts: { substitute?: boolean; signal?: AbortSignal } = {}): Promise<Set<StorePath>> {
+  async queryValidPaths(paths: Iterable<StorePath>, opts: { substitute?: boolean; signal?: AbortSignal } = {}): Promise<Set<StorePath>> {
     const list = [...new Set(paths)].sort();
+    list.forEach((p) => this.checkPath(p));
     return this.op(async () => {
       this.writer.u64(WorkerOp.QueryValidPaths).strings(list);
       if (minor(this.version) >= 27) this.writer.u64(opts.substitute ?? false);
@@ -361,7 +368,8 @@ export class WorkerConnection {
   }
 
   /** Path info on the remote, or undefined if the path is not valid there. */
-  queryPathInfo(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<PathInfo | undefined> {
+  async queryPathInfo(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<PathInfo | undefined> {
+    this.checkPath(path);
     return this.op(async () => {
       this.writer.u64(WorkerOp.QueryPathInfo).string(path);
       await this.writer.flush();
@@ -397,7 +405,9 @@ export class WorkerConnection {
   }
 
   /** Add one path from its NAR (trusted connections may skip signature checks with `dontCheckSigs`). */
-  addToStoreNar(info: PathInfo, nar: NarSource, opts: { repair?: boolean; dontCheckSigs?: boolean; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<void> {
+  async addToStoreNar(info: PathInfo, nar: NarSource, opts: { repair?: boolean; dontCheckSigs?: boolean; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<void> {
+    this.checkPath(info.path);
+    info.references.forEach((p) => this.checkPath(p));
     return this.op(async () => {
       const w = this.writer;
       w.u64(WorkerOp.AddToStoreNar).string(info.path).string(info.deriver ?? '').string(info.narHash.base16);
@@ -418,9 +428,11 @@ export class WorkerConnection {
    * Add many paths in one operation (protocol ≥ 1.32; falls back to AddToStoreNar per path). Paths must
    * come in topological order (references first); NARs are read one after the other.
    */
-  addMultipleToStore(paths: readonly PathToAdd[], opts: { repair?: boolean; dontCheckSigs?: boolean; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<void> {
+  async addMultipleToStore(paths: readonly PathToAdd[], opts: { repair?: boolean; dontCheckSigs?: boolean; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<void> {
+    for (const p of paths) { this.checkPath(p.info.path); p.info.references.forEach((r) => this.checkPath(r)); }
     if (minor(this.version) < 32) {
-      return (async () => { for (const p of paths) await this.addToStoreNar(p.info, p.nar, opts); })();
+      for (const p of paths) await this.addToStoreNar(p.info, p.nar, opts);
+      return;
     }
     return this.op(async () => {
       this.writer.u64(WorkerOp.AddMultipleToStore).u64(opts.repair ?? false).u64(opts.dontCheckSigs ?? true);
@@ -437,7 +449,8 @@ export class WorkerConnection {
   }
 
   /** Build a BasicDerivation on the remote (its inputs must be valid there). Never throws for a failed build. */
-  buildDerivation(drvPath: StorePath, drv: WireDerivation, opts: { buildMode?: 'normal' | 'repair' | 'check'; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<WireBuildResult> {
+  async buildDerivation(drvPath: StorePath, drv: WireDerivation, opts: { buildMode?: 'normal' | 'repair' | 'check'; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<WireBuildResult> {
+    this.checkPath(drvPath);
     return this.op(async () => {
       this.writer.u64(WorkerOp.BuildDerivation).string(drvPath);
       writeBasicDerivation(this.writer, drv);
@@ -466,6 +479,7 @@ export class WorkerConnection {
   narFromPath(path: StorePath, opts: { signal?: AbortSignal } = {}): NarSource {
     const self = this;
     return (async function* (): AsyncGenerator<Uint8Array> {
+      self.checkPath(path);
       let release!: () => void;
       const held = new Promise<void>((r) => { release = r; });
       let gotStream!: (g: AsyncGenerator<Buffer>) => void;
@@ -507,7 +521,7 @@ export class WorkerConnection {
   }
 
   /** Which of `paths` (store paths, or `drv!out1,out2`) would be built / substituted / are unknown. */
-  queryMissing(targets: readonly string[], opts: { signal?: AbortSignal } = {}): Promise<{ willBuild: string[]; willSubstitute: string[]; unknown: string[]; downloadSize: number; narSize: number }> {
+  async queryMissing(targets: readonly string[], opts: { signal?: AbortSignal } = {}): Promise<{ willBuild: string[]; willSubstitute: string[]; unknown: string[]; downloadSize: number; narSize: number }> {
     return this.op(async () => {
       this.writer.u64(WorkerOp.QueryMissing).strings(targets);
       await this.writer.flush();
