@@ -1,0 +1,205 @@
+/**
+ * Substitution from a file:// binary cache: realise vs `nix copy --from file://...`, same closure, same run.
+ *
+ *   npx tsx bench/substitute.ts
+ *
+ * Environment:
+ *   REALISE_BENCH_SUBST_PATHS  number of paths in the closure            (default 500)
+ *   REALISE_BENCH_SUBST_MB     total NAR size in MB                        (default 500)
+ *   REALISE_BENCH_SUBST_RUNS   timed runs per contender                    (default 3)
+ *   REALISE_BENCH_SUBST_JOBS   parallel substitutions (maxSubstitutionJobs) (default 16, Nix's default)
+ *   REALISE_BENCH_SUBST_COMPRESSIONS  e.g. "xz,zstd"                      (default xz,zstd)
+ *
+ * The closure is `top` referencing N-1 source paths with NAR-like data (a quarter incompressible, the rest
+ * text and repetitive binary-ish bytes). Caches are written by real Nix (`nix copy --to
+ * file://DIR?compression=C&secret-key=...`) once and kept under $TMPDIR for later runs.
+ * Decompression alone is compared with `xz -dc` / `zstd -dc` over the same NAR files.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { LocalStore } from '../src/store/local-store.js';
+import type { StorePath } from '../src/store/store-path.js';
+import { BinaryCacheSubstituter } from '../src/substituter/binary-cache.js';
+import { decompressStream } from '../src/substituter/compression.js';
+import { substitutePath, type SubstitutablePathInfo } from '../src/substituter/substituter.js';
+
+const N = Number(process.env.REALISE_BENCH_SUBST_PATHS ?? 500);
+const MB = Number(process.env.REALISE_BENCH_SUBST_MB ?? 500);
+const RUNS = Number(process.env.REALISE_BENCH_SUBST_RUNS ?? 3);
+const JOBS = Number(process.env.REALISE_BENCH_SUBST_JOBS ?? 16);
+const COMPRESSIONS = (process.env.REALISE_BENCH_SUBST_COMPRESSIONS ?? 'xz,zstd').split(',').filter(Boolean);
+
+const env = {
+  ...process.env,
+  NIX_REMOTE: '',
+  NIX_CONFIG: 'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\n',
+  NIX_USER_CONF_FILES: '/dev/null',
+};
+const run = (cmd: string, args: string[], input?: string) => execFileSync(cmd, args, { env, encoding: 'utf8', maxBuffer: 1 << 28, ...(input !== undefined ? { input } : {}), stdio: ['pipe', 'pipe', 'pipe'] }).trim();
+
+const WORK = path.join(tmpdir(), `realise-bench-subst-${N}-${MB}`);
+const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2; };
+const fmt = (s: number) => `${s.toFixed(2)} s`;
+
+/** Deterministic pseudo-random bytes (xorshift32). */
+function prng(seed: number): (n: number) => Buffer {
+  let x = seed >>> 0 || 1;
+  return (n) => {
+    const b = Buffer.allocUnsafe(n);
+    for (let i = 0; i < n; i += 4) {
+      x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+      b.writeUInt32LE(x, i < n - 3 ? i : n - 4);
+    }
+    return b;
+  };
+}
+
+function makeSources(dir: string): void {
+  const perPath = Math.floor((MB * 1e6) / (N - 1));
+  const words = 'the quick brown fox jumps over lazy dog lib share include bin usr nix store glibc gcc hello world static const int return void struct'.split(' ');
+  for (let i = 0; i < N - 1; i++) {
+    const rnd = prng(i + 1);
+    const d = path.join(dir, `p${String(i).padStart(4, '0')}`);
+    mkdirSync(path.join(d, 'lib'), { recursive: true });
+    mkdirSync(path.join(d, 'share'), { recursive: true });
+    // a quarter incompressible ("compressed assets"), the rest text and structured binary
+    writeFileSync(path.join(d, 'lib', 'blob.bin'), rnd(Math.floor(perPath / 4)));
+    const r = rnd(Math.floor(perPath / 2));
+    for (let k = 0; k < r.length; k++) r[k] = r[k]! & 0x0f ? r[k]! & 0x3f : 0; // low entropy binary
+    writeFileSync(path.join(d, 'lib', 'libx.so'), r);
+    let text = '';
+    const tr = rnd(4096);
+    let j = 0;
+    while (text.length < perPath / 4) text += words[tr[j++ % tr.length]! % words.length] + ((j & 15) === 0 ? '\n' : ' ');
+    writeFileSync(path.join(d, 'share', 'doc.txt'), text);
+  }
+}
+
+interface Fixture { top: StorePath; pub: string; caches: Record<string, string> }
+
+function prepare(): Fixture {
+  const marker = path.join(WORK, 'fixture.json');
+  const fx: Fixture = existsSync(marker) ? JSON.parse(readFileSync(marker, 'utf8')) : { top: '', pub: '', caches: {} };
+  const root = path.join(WORK, 'src-root');
+  if (!fx.top) {
+    rmSync(WORK, { recursive: true, force: true });
+    mkdirSync(WORK, { recursive: true });
+    console.error(`generating ${N} paths, ${MB} MB ...`);
+    const srcDir = path.join(WORK, 'src');
+    makeSources(srcDir);
+    const dirs = readdirSync(srcDir).sort().map((d) => path.join(srcDir, d));
+    const added: string[] = [];
+    for (let i = 0; i < dirs.length; i += 100) added.push(...run('nix-store', ['--store', root, '--add', ...dirs.slice(i, i + 100)]).split('\n'));
+    const refs = path.join(WORK, 'refs.txt');
+    writeFileSync(refs, added.join('\n') + '\n');
+    // top: a text file referencing every source path (builtins.toFile with string context).
+    const expr = `let paths = builtins.filter (x: x != "") (builtins.split "\\n" (builtins.readFile ${refs})); in
+      builtins.toFile "top" (builtins.concatStringsSep "\\n" (map (p: builtins.storePath p) (builtins.filter builtins.isString paths)))`;
+    fx.top = run('nix-instantiate', ['--store', root, '--eval', '--read-write-mode', '--expr', expr]).replace(/^"|"$/g, '');
+    rmSync(srcDir, { recursive: true, force: true });
+    run('nix-store', ['--generate-binary-cache-key', 'bench-1', path.join(WORK, 'key.sec'), path.join(WORK, 'key.pub')]);
+    fx.pub = readFileSync(path.join(WORK, 'key.pub'), 'utf8').trim();
+    writeFileSync(marker, JSON.stringify(fx));
+  }
+  for (const c of COMPRESSIONS) {
+    if (fx.caches[c]) continue;
+    const dir = path.join(WORK, `cache-${c}`);
+    rmSync(dir, { recursive: true, force: true });
+    console.error(`nix copy --to file://${dir} (compression=${c}) ...`);
+    const t0 = performance.now();
+    run('nix', ['copy', '--store', root, '--to', `file://${dir}?compression=${c}&parallel-compression=true&secret-key=${path.join(WORK, 'key.sec')}`, fx.top]);
+    console.error(`  took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    fx.caches[c] = dir;
+    writeFileSync(marker, JSON.stringify(fx));
+  }
+  return fx;
+}
+
+async function ours(fx: Fixture, cache: string): Promise<number> {
+  const root = path.join(WORK, 'ours-root');
+  rmSync(root, { recursive: true, force: true });
+  const t0 = performance.now();
+  const store = await LocalStore.open({ root });
+  const sub = new BinaryCacheSubstituter(pathToFileURL(cache).href, { trustedPublicKeys: [fx.pub] });
+  const top = (await sub.queryPathInfos([fx.top])).get(fx.top)!;
+  const refs = top.references.filter((r) => r !== fx.top);
+  const infos = await sub.queryPathInfos(refs);
+  // What the engine does: a bounded pool of substitutions, references before referrers.
+  const queue: SubstitutablePathInfo[] = [...infos.values()];
+  await Promise.all(Array.from({ length: JOBS }, async () => {
+    for (let i = queue.pop(); i; i = queue.pop()) await substitutePath(store, sub, i);
+  }));
+  await substitutePath(store, sub, top);
+  await sub.close();
+  await store.close();
+  return (performance.now() - t0) / 1000;
+}
+
+function nixCopy(fx: Fixture, cache: string): number {
+  const root = path.join(WORK, 'nix-root');
+  rmSync(root, { recursive: true, force: true });
+  const t0 = performance.now();
+  run('nix', ['copy', '--store', root, '--from', `file://${cache}`, '--option', 'trusted-public-keys', fx.pub, fx.top]);
+  return (performance.now() - t0) / 1000;
+}
+
+function verify(fx: Fixture): void {
+  const root = path.join(WORK, 'ours-root');
+  const r = spawnSync('nix-store', ['--store', root, '--verify', '--check-contents'], { env, encoding: 'utf8' });
+  if (r.status !== 0 || /error|modified/.test(r.stderr)) throw new Error(`nix-store --verify rejected our store:\n${r.stderr}`);
+  const n = run('nix-store', ['--store', root, '-qR', fx.top]).split('\n').length;
+  if (n !== N) throw new Error(`expected ${N} valid paths, nix sees ${n}`);
+}
+
+async function decompressOurs(files: string[], c: string): Promise<number> {
+  const t0 = performance.now();
+  for (const f of files) {
+    // eslint-disable-next-line @typescript-eslint/no-unused-vars
+    for await (const _ of decompressStream(c, createReadStream(f, { highWaterMark: 1 << 20 }))) { /* drain */ }
+  }
+  return (performance.now() - t0) / 1000;
+}
+
+function decompressTool(files: string[], c: string): number {
+  const t0 = performance.now();
+  const tool = c === 'xz' ? 'xz' : 'zstd';
+  for (const f of files) {
+    const r = spawnSync('sh', ['-c', `${tool} -dc "$1" > /dev/null`, 'sh', f]);
+    if (r.status !== 0) throw new Error(`${tool} -dc failed`);
+  }
+  return (performance.now() - t0) / 1000;
+}
+
+async function main(): Promise<void> {
+  const fx = prepare();
+  const lines: string[] = [];
+  const say = (s: string) => { console.log(s); lines.push(s); };
+  say(`closure: ${N} paths, ${MB} MB of NARs; ${RUNS} runs each; ${JOBS} parallel substitutions; medians`);
+  for (const c of COMPRESSIONS) {
+    const cache = fx.caches[c]!;
+    const narDir = path.join(cache, 'nar');
+    const files = readdirSync(narDir).map((f) => path.join(narDir, f));
+    const compressed = files.reduce((s, f) => s + statSync(f).size, 0);
+    const o: number[] = [];
+    const n: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      o.push(await ours(fx, cache));
+      if (i === 0) verify(fx);
+      n.push(nixCopy(fx, cache));
+    }
+    const mo = median(o);
+    const mn = median(n);
+    say(`${c}: cache ${(compressed / 1e6).toFixed(0)} MB compressed | realise ${fmt(mo)} (${(MB / mo).toFixed(0)} MB/s of NAR) | nix copy --from ${fmt(mn)} (${(MB / mn).toFixed(0)} MB/s) | ratio ${(mo / mn).toFixed(2)} (target <= 0.8)`);
+    const d1 = await decompressOurs(files, c);
+    const d2 = decompressTool(files, c);
+    say(`${c}: decompression alone, sequential: realise ${fmt(d1)} (${(MB / d1).toFixed(0)} MB/s) | ${c === 'xz' ? 'xz' : 'zstd'} -dc ${fmt(d2)} (${(MB / d2).toFixed(0)} MB/s) | ratio ${(d1 / d2).toFixed(2)}`);
+  }
+  rmSync(path.join(WORK, 'ours-root'), { recursive: true, force: true });
+  rmSync(path.join(WORK, 'nix-root'), { recursive: true, force: true });
+  console.log('\n' + lines.map((l) => `    ${l}`).join('\n'));
+}
+
+await main();
