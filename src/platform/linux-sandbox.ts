@@ -265,11 +265,9 @@ export class LinuxSandbox implements Sandbox {
     if (exit.kind === 'exited' && exit.code === 1 && head.startsWith('bwrap: ')) {
       return { kind: 'spawn-failed', message: `setting up the sandbox for '${request.drvPath}' failed: ${head.split('\n')[0]!.slice(7)}` };
     }
-    // bwrap turns a fatal signal into exit code 128 + signal.
-    if (exit.kind === 'exited' && exit.code > 128 && exit.code < 128 + 32) {
-      const sig = SIGNAL_NAMES.get(exit.code - 128);
-      if (sig) return { kind: 'signalled', signal: sig };
-    }
+    // bwrap turns a builder killed by a signal into exit code 128 + signal; we cannot tell that from a
+    // builder exiting with such a code, so it stays an exit code (the builder is PID 1 and ignores
+    // signals sent from inside anyway).
     return exit;
   }
 }

@@ -1,0 +1,137 @@
+/**
+ * LinuxSandbox.run behaviour on both backends: exits, signals, abort, outputs landing at their physical
+ * paths (also after a failure), chroot cleanup, sandbox paths, the pre-build hook, setup failures.
+ */
+import { chmodSync, existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync, lstatSync } from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { LinuxSandbox, type LinuxSandboxBackend } from '../../src/platform/linux-sandbox.js';
+import type { SandboxExit, SandboxRequest } from '../../src/platform/sandbox.js';
+import { chrootDirFor } from '../../src/platform/chroot.js';
+import { bwrapOk } from '../helpers/nix.js';
+import { makeFixture, storePath, type Fixture } from './sandbox-fixture.js';
+
+async function build(sb: LinuxSandbox, req: SandboxRequest, signal?: AbortSignal, onChunk?: (s: string) => void) {
+  const chunks: Buffer[] = [];
+  const exit: SandboxExit = await sb.run(req, { signal, onOutput: (c) => { chunks.push(c); onChunk?.(Buffer.concat(chunks).toString()); } });
+  return { exit, log: Buffer.concat(chunks).toString() };
+}
+
+describe.skipIf(!bwrapOk()).each(['helper', 'bwrap'] as LinuxSandboxBackend[])('LinuxSandbox (%s): running builders', (backend) => {
+  let fx: Fixture;
+  let sb: LinuxSandbox;
+  beforeAll(async () => { fx = makeFixture(); sb = new LinuxSandbox({ backend }); expect(await sb.backend()).toBe(backend); });
+
+  it('streams merged output, returns the exit code, moves outputs to their physical path, removes the chroot', async () => {
+    const req = fx.request('ok', 'echo out1; echo err1 >&2; echo out2; mkdir $out; echo hi > $out/f; exit 7');
+    const { exit, log } = await build(sb, req);
+    expect(exit).toEqual({ kind: 'exited', code: 7 });
+    expect(log).toBe('out1\nerr1\nout2\n');
+    expect(readFileSync(path.join(fx.realPath(req.outputPaths[0]!), 'f'), 'utf8')).toBe('hi\n');
+    expect(existsSync(chrootDirFor(fx.realStoreDir, req.drvPath))).toBe(false);
+  });
+
+  it('multiple outputs, a file output and a symlink output all land at their physical paths', async () => {
+    const dev = storePath('dev');
+    const link = storePath('link');
+    const req = fx.request('multi', `echo file > $out; mkdir ${dev}; echo d > ${dev}/x; ln -s /nix/store/nowhere ${link}`, {});
+    const r = { ...req, outputPaths: [req.outputPaths[0]!, dev, link] };
+    expect((await build(sb, r)).exit).toEqual({ kind: 'exited', code: 0 });
+    expect(readFileSync(fx.realPath(r.outputPaths[0]!), 'utf8')).toBe('file\n');
+    expect(readFileSync(path.join(fx.realPath(dev), 'x'), 'utf8')).toBe('d\n');
+    expect(lstatSync(fx.realPath(link)).isSymbolicLink()).toBe(true);
+  });
+
+  it("a failed build's outputs are moved out of the chroot too (for debugging, as Nix does)", async () => {
+    const req = fx.request('fail', 'mkdir $out; echo partial > $out/p; exit 1');
+    expect((await build(sb, req)).exit).toEqual({ kind: 'exited', code: 1 });
+    expect(readFileSync(path.join(fx.realPath(req.outputPaths[0]!), 'p'), 'utf8')).toBe('partial\n');
+  });
+
+  it('the builder is PID 1: its own fatal signals are ignored, as in Nix; a child killed by a signal shows in the exit code', async () => {
+    const req = fx.request('sig', 'kill -KILL $$; echo still-here; sh -c \'kill -TERM $$\'; exit $?');
+    const { exit, log } = await build(sb, req);
+    expect(log).toBe('still-here\nTerminated\n');
+    expect(exit).toEqual({ kind: 'exited', code: 128 + 15 });
+  });
+
+  it('abort kills the whole sandbox promptly and cleans up', async () => {
+    const marker = path.join(fx.dir, `alive-${backend}`);
+    const req = fx.request('abort', `(sleep 2; touch /build/late) & echo started; sleep 30`);
+    const ac = new AbortController();
+    const t0 = Date.now();
+    const { exit } = await build(sb, req, ac.signal, (s) => { if (s.includes('started')) ac.abort(); });
+    expect(exit).toEqual({ kind: 'aborted' });
+    expect(Date.now() - t0).toBeLessThan(2000);
+    await new Promise((r) => setTimeout(r, 2300));
+    expect(existsSync(path.join(req.buildDir, 'late'))).toBe(false);
+    expect(existsSync(chrootDirFor(fx.realStoreDir, req.drvPath))).toBe(false);
+    void marker;
+  });
+
+  it('a missing builder is spawn-failed with a message naming it', async () => {
+    const req = { ...fx.request('nobuilder', ''), builder: '/nix/store/00000000000000000000000000000000-missing/bin/sh' };
+    const { exit, log } = await build(sb, req);
+    if (backend === 'helper') {
+      expect(exit.kind).toBe('spawn-failed');
+      expect((exit as { message: string }).message).toContain('00000000000000000000000000000000-missing/bin/sh');
+    } else {
+      // bwrap reports a failed exec as its own error
+      expect(exit.kind === 'spawn-failed' || (exit.kind === 'exited' && exit.code !== 0)).toBe(true);
+      expect(log + JSON.stringify(exit)).toContain('missing/bin/sh');
+    }
+  });
+
+  it('a missing input is a setup failure (spawn-failed), not a throw', async () => {
+    const req = { ...fx.request('noinput', 'true'), inputPaths: [fx.busyboxPath, storePath('absent')] };
+    const { exit } = await build(sb, req);
+    expect(exit.kind).toBe('spawn-failed');
+    expect((exit as { message: string }).message).toContain('-absent');
+  });
+
+  it('sandbox paths: target=source, optional missing sources skipped, mandatory missing fails', async () => {
+    const src = path.join(fx.dir, `shared-${backend}`);
+    mkdirSync(src);
+    writeFileSync(path.join(src, 'file'), 'shared\n');
+    const req = fx.request('paths', 'mkdir $out; cat /opt/shared/file > $out/f; ls /opt > $out/ls');
+    const extraPaths = new Map([
+      ['/opt/shared', { source: src, optional: false }],
+      ['/opt/maybe', { source: path.join(fx.dir, 'does-not-exist'), optional: true }],
+    ]);
+    expect((await build(sb, { ...req, extraPaths })).exit).toEqual({ kind: 'exited', code: 0 });
+    const out = fx.realPath(req.outputPaths[0]!);
+    expect(readFileSync(path.join(out, 'f'), 'utf8')).toBe('shared\n');
+    expect(readFileSync(path.join(out, 'ls'), 'utf8')).toBe('shared\n');
+    const bad = fx.request('paths-bad', 'true');
+    const r = await build(sb, { ...bad, extraPaths: new Map([['/opt/x', { source: path.join(fx.dir, 'nope'), optional: false }]]) });
+    expect(r.exit.kind === 'spawn-failed' || (r.exit.kind === 'exited' && r.exit.code !== 0)).toBe(true);
+  });
+
+  it('the pre-build hook gets the drv and chroot dir, and its extra-sandbox-paths are mounted', async () => {
+    const src = path.join(fx.dir, `hooked-${backend}`);
+    mkdirSync(src);
+    writeFileSync(path.join(src, 'h'), 'from hook\n');
+    const hook = path.join(fx.dir, `hook-${backend}.sh`);
+    const argsFile = path.join(fx.dir, `hook-args-${backend}`);
+    writeFileSync(hook, `#!/bin/sh\necho "$@" > ${argsFile}\necho extra-sandbox-paths\necho /hooked=${src}\necho\n`);
+    chmodSync(hook, 0o755);
+    const hsb = new LinuxSandbox({ backend, preBuildHook: hook });
+    const req = fx.request('hook', 'mkdir $out; cat /hooked/h > $out/h');
+    expect((await build(hsb, req)).exit).toEqual({ kind: 'exited', code: 0 });
+    expect(readFileSync(path.join(fx.realPath(req.outputPaths[0]!), 'h'), 'utf8')).toBe('from hook\n');
+    expect(readFileSync(argsFile, 'utf8')).toBe(`${req.drvPath} ${chrootDirFor(fx.realStoreDir, req.drvPath)}\n`);
+  });
+
+  it('builtin builders are left to the scheduler', async () => {
+    const req = { ...fx.request('builtin', ''), builder: 'builtin:fetchurl' };
+    expect((await build(sb, req)).exit.kind).toBe('spawn-failed');
+  });
+
+  it('only leaves the outputs behind in the physical store', async () => {
+    const before = new Set(readdirSync(fx.realStoreDir));
+    const req = fx.request('clean', 'mkdir $out; touch /nix/store/stray /tmp/x');
+    expect((await build(sb, req)).exit).toEqual({ kind: 'exited', code: 0 });
+    const added = readdirSync(fx.realStoreDir).filter((n) => !before.has(n));
+    expect(added).toEqual([path.basename(req.outputPaths[0]!)]);
+  });
+});
