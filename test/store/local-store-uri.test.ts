@@ -1,0 +1,86 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { parseStoreUri, openStore } from '../../src/store/store-uri.js';
+import { decompressBzip2 } from '../../src/store/bzip2.js';
+import { LocalStore } from '../../src/store/local-store.js';
+
+const dirs: string[] = [];
+function tmp(): string {
+  const d = mkdtempSync(path.join(tmpdir(), 'realise-uri-'));
+  dirs.push(d);
+  return d;
+}
+afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+
+describe('store URIs (what Nix --store takes for local stores)', () => {
+  it('a bare absolute or relative directory is a chroot root', () => {
+    expect(parseStoreUri('/var/lib/ci/root').options).toEqual({ root: '/var/lib/ci/root' });
+    expect(parseStoreUri('./root', '/home/u').options).toEqual({ root: '/home/u/root' });
+    expect(parseStoreUri('../r/', '/home/u').options).toEqual({ root: '/home/r' });
+  });
+
+  it('local?root=, and local?store=&state=&log=&real= with percent-decoding', () => {
+    expect(parseStoreUri('local').options).toEqual({});
+    expect(parseStoreUri('local?root=/x/y').options).toEqual({ root: '/x/y' });
+    expect(parseStoreUri('local?store=/x/store&state=/x/state&log=/x/log').options).toEqual({ storeDir: '/x/store', stateDir: '/x/state', logDir: '/x/log' });
+    expect(parseStoreUri('local?root=/a%20b&real=/phys').options).toEqual({ root: '/a b', realStoreDir: '/phys' });
+    expect(parseStoreUri('local?root=/r&trusted=1').ignored).toEqual(['trusted']);
+  });
+
+  it('refuses non-local stores and bad parameters with bad-store-uri', () => {
+    for (const bad of ['daemon', 'auto', 'ssh://host', 'file:///cache', 'https://cache.nixos.org', 'local?bogus=1', 'local?store=relative', 'local?root', '']) {
+      expect(() => parseStoreUri(bad), bad).toThrow(expect.objectContaining({ code: 'bad-store-uri' }));
+    }
+  });
+
+  it('openStore opens the layout the URI names', async () => {
+    const d = tmp();
+    const s = await openStore(`local?store=${d}/store&state=${d}/state&log=${d}/log`);
+    expect(s.storeDir).toBe(`${d}/store`);
+    expect(s.layout.dbDir).toBe(`${d}/state/db`);
+    const p = await s.addTextToStore('u.txt', 'u');
+    expect(s.logPath(p.replace(/u\.txt$/, 'u.drv'))).toMatch(new RegExp(`^${d}/log/drvs/../`));
+    await s.close();
+    const c = await openStore(path.join(d, 'chroot'));
+    expect(c.storeDir).toBe('/nix/store');
+    expect(c.realStoreDir).toBe(path.join(d, 'chroot/nix/store'));
+    await c.close();
+  });
+});
+
+describe('build logs in both forms Nix 2.8 reads', () => {
+  it('reads .bz2 logs (as Nix writes them) and plain ones, preferring plain', async () => {
+    const root = tmp();
+    const s = await LocalStore.open({ root });
+    const drv = '/nix/store/6p8g830rclys4xvhfdamj69ymz9avfin-hello.drv';
+    const text = Array.from({ length: 3000 }, (_, i) => `build line ${i}\n`).join('');
+    const file = s.logPath(drv);
+    expect(file).toBe(path.join(root, 'nix/var/log/nix/drvs/6p/8g830rclys4xvhfdamj69ymz9avfin-hello.drv'));
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(file + '.bz2', execFileSync('bzip2', ['-c'], { input: text }));
+    expect(await s.readBuildLog(drv)).toBe(text);
+    await s.addBuildLog(drv, 'plain wins\n');
+    expect(await s.readBuildLog(drv)).toBe('plain wins\n');
+    await s.close();
+  });
+
+  it('the bzip2 decoder matches bzip2(1) on varied data and rejects corruption', () => {
+    const inputs = [Buffer.alloc(0), Buffer.from('a'), Buffer.alloc(100_000, 0x61), Buffer.from('abcd'.repeat(20_000) + 'xyz'), Buffer.from(Array.from({ length: 60_000 }, (_, i) => (i * 7919) % 251))];
+    for (const input of inputs) {
+      for (const level of ['-1', '-9']) {
+        const z = execFileSync('bzip2', ['-c', level], { input });
+        expect(Buffer.from(decompressBzip2(z)).equals(input)).toBe(true);
+      }
+    }
+    const two = Buffer.concat([execFileSync('bzip2', ['-c'], { input: 'ab' }), execFileSync('bzip2', ['-c'], { input: 'cd' })]);
+    expect(Buffer.from(decompressBzip2(two)).toString()).toBe('abcd');
+    const z = Buffer.from(execFileSync('bzip2', ['-c'], { input: 'hello hello hello' }));
+    z[z.length - 8] ^= 0xff;
+    expect(() => decompressBzip2(z)).toThrow(expect.objectContaining({ code: 'bad-bzip2' }));
+    expect(() => decompressBzip2(Buffer.from('not bzip2'))).toThrow(expect.objectContaining({ code: 'bad-bzip2' }));
+    expect(() => decompressBzip2(z.subarray(0, 20))).toThrow(expect.objectContaining({ code: 'bad-bzip2' }));
+  });
+});
