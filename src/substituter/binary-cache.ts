@@ -108,7 +108,8 @@ class HttpTransport implements Transport {
   }
 
   private url(rel: string): string {
-    return this.base + rel;
+    // As Nix, a narinfo URL may be absolute (the NAR is still verified against the narinfo).
+    return /^https?:\/\//.test(rel) ? rel : this.base + rel;
   }
 
   /** GET with retries of transient failures; undefined on 404/410. */

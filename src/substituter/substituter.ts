@@ -304,3 +304,37 @@ function toSubstituterError(e: unknown, sub: Substituter, info: PathInfo, signal
 export function sortByPriority<T extends Pick<Substituter, 'priority'>>(subs: readonly T[]): T[] {
   return subs.map((s, i) => [s, i] as const).sort((a, b) => a[0].priority - b[0].priority || a[1] - b[1]).map(([s]) => s);
 }
+
+/** A path found on a substituter. */
+export interface FoundSubstitute {
+  readonly substituter: Substituter;
+  readonly info: SubstitutablePathInfo;
+}
+
+/**
+ * Ask substituters in priority order for `paths`; each path is taken from the first substituter that has
+ * it (later ones are asked only for what is still missing). A failing substituter is reported in `errors`
+ * and skipped, so the caller can apply Nix's `fallback` policy (throw the first error unless falling back).
+ */
+export async function querySubstitutablePaths(
+  substituters: readonly Substituter[],
+  paths: Iterable<StorePath>,
+  opts: { readonly signal?: AbortSignal | undefined } = {},
+): Promise<{ found: Map<StorePath, FoundSubstitute>; errors: SubstituterError[] }> {
+  const found = new Map<StorePath, FoundSubstitute>();
+  const errors: SubstituterError[] = [];
+  let remaining = [...new Set(paths)];
+  for (const sub of sortByPriority(substituters)) {
+    if (remaining.length === 0) break;
+    try {
+      await sub.init(opts.signal);
+      const m = await sub.queryPathInfos(remaining, { signal: opts.signal });
+      for (const [p, info] of m) found.set(p, { substituter: sub, info });
+      remaining = remaining.filter((p) => !m.has(p));
+    } catch (e) {
+      if (opts.signal?.aborted) throw new SubstituterError('aborted', 'query of substituters was cancelled', { cause: e });
+      errors.push(e instanceof SubstituterError ? e : new SubstituterError('network', `querying '${sub.uri}' failed: ${e instanceof Error ? e.message : String(e)}`, { uri: sub.uri, cause: e }));
+    }
+  }
+  return { found, errors };
+}
