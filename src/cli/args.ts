@@ -13,6 +13,7 @@ export interface CliArgs {
   repair: boolean;
   to?: string;
   help: boolean;
+  recursive: boolean;
 }
 
 export class UsageError extends Error {}
@@ -27,7 +28,7 @@ const BOOL_TO_OPTION: Record<string, [string, string]> = {
 };
 
 export function parseArgs(argv: readonly string[]): CliArgs {
-  const a: CliArgs = { command: '', positional: [], substituters: [], trustedPublicKeys: [], options: new Map(), json: false, check: false, repair: false, help: false };
+  const a: CliArgs = { command: '', positional: [], substituters: [], trustedPublicKeys: [], options: new Map(), json: false, check: false, repair: false, help: false, recursive: false };
   const next = (i: number, flag: string): string => {
     const v = argv[i + 1];
     if (v === undefined) throw new UsageError(`flag '${flag}' requires an argument`);
@@ -38,6 +39,7 @@ export function parseArgs(argv: readonly string[]): CliArgs {
     if (arg === '--help' || arg === '-h') { a.help = true; continue; }
     if (arg === '--json') { a.json = true; continue; }
     if (arg === '--check') { a.check = true; continue; }
+    if (arg === '--recursive' || arg === '-r') { a.recursive = true; continue; }
     if (arg === '--repair') { a.repair = true; continue; }
     if (arg === '--store') { a.store = next(i, arg); i++; continue; }
     if (arg === '--to') { a.to = next(i, arg); i++; continue; }

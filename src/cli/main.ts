@@ -16,7 +16,7 @@ commands:
   build DRV[^OUTPUTS]...   realise derivations (DRV^out,dev or DRV^*) and print their output paths
   ensure PATH...           make store paths valid, substituting them
   repair PATH...           substitute again, or rebuild the deriver in repair mode
-  path-info PATH...        show path info (narHash, narSize, references, deriver)
+  path-info [-r] PATH...   show path info (narHash, narSize, references, deriver), like nix path-info
   copy --to URL PATH...    write the closure of PATHs to a binary cache (file:// URL)
 
 flags:
@@ -77,9 +77,11 @@ function printResults(args: CliArgs, results: TargetResult[]): void {
     return;
   }
   for (const r of results) {
-    const outs = Object.values(r.result.builtOutputs);
-    if (outs.length) for (const p of outs) process.stdout.write(p + '\n');
-    else if ('path' in r.target) process.stdout.write(r.path + '\n');
+    if ('path' in r.target) { process.stdout.write(r.path + '\n'); continue; }
+    const wanted = r.target.outputs === undefined || r.target.outputs === '*' ? undefined : new Set(r.target.outputs);
+    for (const [name, p] of Object.entries(r.result.builtOutputs).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      if (!wanted || wanted.has(name)) process.stdout.write(p + '\n');
+    }
   }
 }
 
@@ -122,19 +124,22 @@ async function run(argv: string[]): Promise<number> {
       }
       case 'path-info': {
         const infos = [];
-        for (const p of args.positional) {
+        const paths = args.recursive ? [...(await store.computeClosure(args.positional))].sort() : args.positional;
+        for (const p of paths) {
           const info = await store.queryPathInfo(p);
           if (!info) throw new RealiseError('invalid-path', `path '${p}' is not valid`);
           infos.push(info);
         }
         if (args.json) {
+          // Same fields and order as `nix path-info --json` of Nix 2.8.
           process.stdout.write(JSON.stringify(infos.map((i) => ({
-            path: i.path, narHash: i.narHash.toString('base32'), narSize: i.narSize, references: [...i.references].sort(),
-            ...(i.deriver ? { deriver: i.deriver } : {}), ...(i.registrationTime ? { registrationTime: i.registrationTime } : {}),
-            ...(i.ultimate ? { ultimate: true } : {}), ...(i.sigs?.length ? { signatures: i.sigs } : {}), ...(i.ca ? { ca: i.ca } : {}),
+            path: i.path, narHash: i.narHash.toString('sri'), narSize: i.narSize, references: [...i.references].sort(),
+            ...(i.ca ? { ca: i.ca } : {}), ...(i.deriver ? { deriver: i.deriver } : {}),
+            ...(i.registrationTime ? { registrationTime: i.registrationTime } : {}),
+            ...(i.ultimate ? { ultimate: true } : {}), ...(i.sigs?.length ? { signatures: i.sigs } : {}),
           }))) + '\n');
         } else {
-          for (const i of infos) process.stdout.write(`${i.path}\t${i.narHash.toString('base32')}\t${i.narSize}\n`);
+          for (const i of infos) process.stdout.write(`${i.path}\n`);
         }
         return 0;
       }
