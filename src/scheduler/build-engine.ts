@@ -199,8 +199,6 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const mode = opts.mode ?? 'normal';
     const w = new Worker(ctx, mode, opts.signal);
     const parsed = targets.map(parseTarget);
-    for (const t of parsed) if ('drvPath' in t) this.progressTracker.builds.expected++;
-    this.progressTracker.changed();
     const results = await Promise.all(parsed.map(async (t): Promise<TargetResult> => {
       if ('drvPath' in t) {
         const outs = t.outputs === undefined || t.outputs === '*' ? undefined : t.outputs;
@@ -257,12 +255,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   /** What would be built, substituted or is unknown, with download and NAR sizes, before anything runs. */
   async queryMissing(targets: readonly (BuildTarget | string)[]): Promise<MissingInfo> {
     const ctx = await this.context();
-    const info = await queryMissing(ctx, targets.map(parseTarget));
-    this.progressTracker.download.expected += info.downloadSize;
-    this.progressTracker.nar.expected += info.narSize;
-    this.progressTracker.substitutions.expected += info.willSubstitute.length;
-    this.progressTracker.changed();
-    return info;
+    return queryMissing(ctx, targets.map(parseTarget));
   }
 
   /** Close the store if the engine opened it. */

@@ -1,7 +1,7 @@
 /**
  * exportReferencesGraph: for each (name, path) pair, the closure of `path` (which must be in the input
  * closure), plus the outputs of derivations in it. Legacy form: Nix's validity registration text; structured
- * form: a JSON array of path infos (path, narHash, narSize, references, closureSize).
+ * form: a JSON array of path infos (path, narHash, narSize, references, closureSize, ca when content-addressed).
  */
 import { toStorePath, type StorePath } from '../store/store-path.js';
 import type { DrvView } from './drv-view.js';
@@ -42,7 +42,11 @@ export async function exportReferencesGraph(w: Worker, view: DrvView, inputPaths
         const closure = await store.computeClosure([p]);
         let closureSize = 0;
         for (const c of closure) closureSize += (await store.queryPathInfo(c))!.narSize;
-        arr.push({ closureSize, narHash: info.narHash.toString('base32'), narSize: info.narSize, path: p, references: [...info.references].sort() });
+        // Nix's pathInfoToJSON without impure fields: `ca` is there for content-addressed paths.
+        arr.push({
+          ...(info.ca ? { ca: info.ca } : {}),
+          closureSize, narHash: info.narHash.toString('base32'), narSize: info.narSize, path: p, references: [...info.references].sort(),
+        });
       }
       out.set(key, arr);
     }

@@ -3,7 +3,7 @@
  * (only this leaf work takes one), the build directory and environment, the sandboxed run with time and
  * log limits, registration of the outputs, the post-build hook, and repeated rounds.
  */
-import { promises as fsp } from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync, promises as fsp, rmdirSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { makeBuildEnv, rewriteStrings } from '../derivation/build-env.js';
@@ -42,8 +42,36 @@ export function fallbackPathFor(view: DrvView, p: StorePath, storeDir: string): 
   return makeStorePath(`rewrite:${view.drvPath}:${storePathBase(p)}`, ZERO_SHA256, storePathName(p), storeDir);
 }
 
+/** One lstat: synchronous, since a single stat never holds the event loop for long (and a thread-pool round trip per check adds up). */
 async function exists(p: string): Promise<boolean> {
-  try { await fsp.lstat(p); return true; } catch { return false; }
+  return lstatSync(p, { throwIfNoEntry: false }) !== undefined;
+}
+
+/** Remove a build directory: an empty one (the usual case) with one rmdir, else the whole tree. */
+async function removeBuildDir(dir: string): Promise<void> {
+  try {
+    rmdirSync(dir);
+  } catch {
+    await deleteTree(dir);
+  }
+}
+
+/**
+ * Nix's createTempDir for build directories: `<base>/<prefix>-<n>` with the first free n from 0, mode 0700.
+ * Builders see this name (NIX_BUILD_TOP without a sandbox, NIX_ATTRS_*_FILE always), so it must be Nix's.
+ */
+function createBuildDir(base: string, prefix: string): string {
+  for (let n = 0; ; n++) {
+    const dir = path.join(base, `${prefix}-${n}`);
+    try {
+      mkdirSync(dir, 0o700);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') continue;
+      throw e;
+    }
+    chmodSync(dir, 0o700);
+    return dir;
+  }
 }
 
 function statusText(exit: SandboxExit): string {
@@ -164,8 +192,7 @@ async function runOneRound(w: Worker, view: DrvView, plan: LocalBuildPlan, round
 
   // Build directory.
   const tmpBase = options.buildDir ?? os.tmpdir();
-  const buildDir = await fsp.mkdtemp(path.join(tmpBase, `nix-build-${view.name}.drv-`));
-  await fsp.chmod(buildDir, 0o700);
+  const buildDir = createBuildDir(tmpBase, `nix-build-${view.name}.drv`);
   const buildDirInSandbox = sandbox.isolated ? '/build' : buildDir;
   let keepBuildDir = false;
 
@@ -199,6 +226,11 @@ async function runOneRound(w: Worker, view: DrvView, plan: LocalBuildPlan, round
       rewrites,
       exportReferencesGraph: erg,
     });
+    if (view.structuredAttrs) {
+      // Nix 2.8 points builders at the files by their path on the host (tmpDir, even in the sandbox).
+      env.NIX_ATTRS_SH_FILE = `${buildDir}/.attrs.sh`;
+      env.NIX_ATTRS_JSON_FILE = `${buildDir}/.attrs.json`;
+    }
     for (const [name, contents] of files) await fsp.writeFile(path.join(buildDir, name), contents);
 
     // Run the builder with the limits.
@@ -316,7 +348,7 @@ async function runOneRound(w: Worker, view: DrvView, plan: LocalBuildPlan, round
     }
     throw e;
   } finally {
-    if (!keepBuildDir) await deleteTree(buildDir).catch(() => {});
+    if (!keepBuildDir) await removeBuildDir(buildDir).catch(() => {});
   }
 }
 

@@ -5,10 +5,10 @@
  * a mismatch still registers the content under its true path), checked (outputChecks), compared in check
  * mode and between rounds, then registered in one transaction.
  */
-import { promises as fsp } from 'node:fs';
-import { canonicalisePathMetaData, deleteTree } from '../store/canonicalise.js';
+import { chmodSync, lchownSync, lstatSync, lutimesSync, promises as fsp, readFileSync, type Stats } from 'node:fs';
+import { canonicalisePathMetaData, deleteTree, STORE_MTIME } from '../store/canonicalise.js';
 import { Hash, HashModulo, HashSink } from '../store/hash.js';
-import { collect, dumpPath, restorePath, streamOf } from '../store/nar.js';
+import { collect, dumpPath, narOfRegularFile, restorePath, streamOf } from '../store/nar.js';
 import { RefScanner } from '../store/references.js';
 import type { PathInfo } from '../store/store-api.js';
 import {
@@ -54,6 +54,37 @@ interface Scanned {
   refs: Set<StorePath>;
   isReg: boolean;
   isExec: boolean;
+  /**
+   * The NAR of a small regular-file output, read once (fast path): scanning, hashing and rewriting use it
+   * instead of walking the file again. Dropped as soon as the file on disk changes.
+   */
+  nar?: Buffer | undefined;
+}
+
+/**
+ * Outputs that are a regular file up to this size take the synchronous fast path: one read, and the NAR
+ * kept in memory for the scan and the hash. Single syscalls on a small file never hold the event loop
+ * for long; anything bigger (or a directory, or a symlink) streams asynchronously as before.
+ */
+const SMALL_FILE = 64 * 1024;
+
+const myUid = typeof process.geteuid === 'function' ? process.geteuid() : -1;
+const myGid = typeof process.getegid === 'function' ? process.getegid() : -1;
+
+/** canonicalisePathMetaData for one regular file, synchronously (same rules: 0444/0555, mtime 1, owner). */
+function canonicaliseFileSync(p: string, st: Stats): void {
+  const perm = st.mode & 0o7777;
+  if (perm !== 0o444 && perm !== 0o555) chmodSync(p, 0o444 | (st.mode & 0o100 ? 0o111 : 0));
+  if (Math.floor(st.mtimeMs / 1000) !== STORE_MTIME || st.mtimeMs % 1000 !== 0) lutimesSync(p, st.atime, STORE_MTIME);
+  if (myUid === 0 && (st.uid !== myUid || st.gid !== myGid)) lchownSync(p, myUid, myGid);
+}
+
+function scanBuffer(nar: Buffer, candidates: Map<string, StorePath>): Set<StorePath> {
+  const scanner = new RefScanner(candidates.keys());
+  scanner.update(nar);
+  const out = new Set<StorePath>();
+  for (const h of scanner.result()) out.add(candidates.get(h)!);
+  return out;
 }
 
 async function narOf(real: string): Promise<Buffer> {
@@ -68,18 +99,22 @@ async function scan(real: string, candidates: Map<string, StorePath>): Promise<S
   return out;
 }
 
-/** Rewrite a tree in place: dump as NAR, replace strings, restore. Hash parts have equal length. */
-async function rewriteTree(real: string, rewrites: Map<string, string>): Promise<void> {
-  if (rewrites.size === 0) return;
-  const nar = await narOf(real);
+/**
+ * Rewrite a tree in place: dump as NAR (or use the one already read), replace strings, restore. Hash
+ * parts have equal length. Returns whether anything changed.
+ */
+async function rewriteTree(real: string, rewrites: Map<string, string>, narRead?: Buffer): Promise<boolean> {
+  if (rewrites.size === 0) return false;
+  const nar = narRead ?? (await narOf(real));
   let s = nar.toString('latin1');
   let changed = false;
   for (const [from, to] of rewrites) {
     if (from !== to && s.includes(from)) { s = s.split(from).join(to); changed = true; }
   }
-  if (!changed) return;
+  if (!changed) return false;
   await deleteTree(real);
   await restorePath(real, streamOf(Buffer.from(s, 'latin1')));
+  return true;
 }
 
 export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promise<{ outputs: RoundOutputs; nonDeterministic: boolean; stopRounds: boolean }> {
@@ -95,14 +130,24 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
   for (const name of view.outputs.keys()) {
     const scratch = plan.scratch.get(name)!;
     const real = store.toRealPath(scratch);
-    let st;
-    try {
-      st = await fsp.lstat(real);
-    } catch {
+    const st = lstatSync(real, { throwIfNoEntry: false });
+    if (!st) {
       throw new OutputRejected('misc-failure', `builder for '${drvPath}' failed to produce output path for output '${name}' at '${real}'`);
     }
     if (!st.isSymbolicLink() && (st.mode & 0o022) !== 0) {
       throw new OutputRejected('output-rejected', `suspicious ownership or permission on '${real}' for output '${name}'; rejecting this build output`);
+    }
+    if (st.isFile() && st.size <= SMALL_FILE) {
+      // Fast path: canonicalise, read once, keep the NAR for the scan and the hash.
+      let nar: Buffer;
+      try {
+        canonicaliseFileSync(real, st);
+        nar = narOfRegularFile(readFileSync(real), (st.mode & 0o100) !== 0);
+      } catch (e) {
+        throw new OutputRejected('output-rejected', (e as Error).message);
+      }
+      scanned.set(name, { name, scratch, real, refs: scanBuffer(nar, candidates), isReg: true, isExec: (st.mode & 0o100) !== 0, nar });
+      continue;
     }
     try {
       await canonicalisePathMetaData(real);
@@ -165,8 +210,8 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
     let info: PathInfo;
     if (spec.kind === 'input-addressed') {
       if (s.scratch !== spec.path) outputRewrites.set(scratchHash, storePathHashPart(spec.path));
-      await rewriteTree(s.real, outputRewrites);
-      const { hash, size } = await hashTree(s.real);
+      if (await rewriteTree(s.real, outputRewrites, s.nar)) s.nar = undefined;
+      const { hash, size } = s.nar ? { hash: Hash.of('sha256', s.nar), size: s.nar.length } : await hashTree(s.real);
       const { self, refs } = rewriteRefs();
       if (self) refs.push(spec.path);
       info = { path: spec.path, narHash: hash, narSize: size, references: refs.sort() };
@@ -176,7 +221,7 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
       if (method === 'flat' && (!s.isReg || s.isExec)) {
         throw new OutputRejected('output-rejected', `output path '${s.real}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)`);
       }
-      await rewriteTree(s.real, outputRewrites);
+      if (await rewriteTree(s.real, outputRewrites, s.nar)) s.nar = undefined;
       const ca = new HashModulo(algorithm, scratchHash);
       if (method === 'recursive') for await (const c of dumpPath(s.real)) ca.update(c);
       else ca.update(await fsp.readFile(s.real));
@@ -198,7 +243,7 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
       if (self && s.scratch !== path) {
         // Self-references were hashed as zeroes; now point them at the final path.
         outputRewrites.set(scratchHash, storePathHashPart(path));
-        await rewriteTree(s.real, new Map([[scratchHash, storePathHashPart(path)]]));
+        if (await rewriteTree(s.real, new Map([[scratchHash, storePathHashPart(path)]]), s.nar)) s.nar = undefined;
       }
     }
 
@@ -221,7 +266,9 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
       }
     }
     const actual = plan.mode === 'check' || plan.round > 1 ? s.real : finalReal;
-    if (actual === finalReal || plan.mode === 'check' || plan.round > 1) await canonicalisePathMetaData(actual).catch(() => {});
+    // A fast-path file that stayed where it was and was not rewritten is canonical already.
+    const untouched = s.nar !== undefined && finalReal === s.real;
+    if (!untouched && (actual === finalReal || plan.mode === 'check' || plan.round > 1)) await canonicalisePathMetaData(actual).catch(() => {});
     if (s.scratch !== info.path) outputRewrites.set(scratchHash, storePathHashPart(info.path));
     finalPaths[name] = info.path;
     infos.set(name, { ...info, deriver: drvPath, ultimate: true, registrationTime: Math.floor(Date.now() / 1000) });

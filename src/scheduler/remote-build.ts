@@ -18,6 +18,7 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
     return undefined;
   }
   const started = Math.floor(Date.now() / 1000);
+  w.ctx.progress.builds.expected++;
   w.ctx.progress.builds.running++;
   w.ctx.progress.changed();
   let finished = false;
@@ -41,6 +42,7 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
     if (dispatch.kind === 'declined') {
       done(false);
       w.ctx.progress.builds.failed--;
+      w.ctx.progress.builds.expected--;
       if (local) return undefined;
       return failure('misc-failure', dispatch.error.message);
     }

@@ -54,7 +54,10 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
       const locks = await store.lockPaths([path], { signal: w.signal });
       try {
         if (!repair && (await store.isValidPath(path))) return 'valid' as const;
+        w.ctx.progress.substitutions.expected++;
         w.ctx.progress.substitutions.running++;
+        w.ctx.progress.download.expected += info.downloadSize;
+        w.ctx.progress.nar.expected += info.narSize;
         w.ctx.progress.changed();
         w.ctx.emit('substitution-started', { path, substituter: sub.uri });
         try {
