@@ -37,6 +37,41 @@ function encoder(c: Exclude<Compression, 'none' | 'bzip2'>, level?: number): Tra
   }
 }
 
+const CRC_TABLE = (() => {
+  const t = new Int32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c;
+  }
+  return t;
+})();
+
+function crc32(b: Uint8Array): number {
+  let c = -1;
+  for (let i = 0; i < b.length; i++) c = CRC_TABLE[(c ^ b[i]!) & 0xff]! ^ (c >>> 8);
+  return (c ^ -1) >>> 0;
+}
+
+/**
+ * node-liblzma ends quietly on a truncated .xz; check that the input ends with a valid xz stream footer
+ * (CRC32 over backward size and flags, magic 'YZ'), after optional stream padding.
+ */
+async function* checkXzEnd(source: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  let tail = Buffer.alloc(0);
+  for await (const chunk of source) {
+    const c = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    tail = c.length >= 64 ? Buffer.from(c.subarray(c.length - 64)) : Buffer.concat([tail, c]).subarray(-64);
+    yield chunk;
+  }
+  let end = tail.length;
+  while (end >= 4 && tail.readUInt32LE(end - 4) === 0) end -= 4;
+  const footer = tail.subarray(end - 12, end);
+  if (end < 12 || footer[10] !== 0x59 || footer[11] !== 0x5a || footer.readUInt32LE(0) !== crc32(footer.subarray(4, 10))) {
+    throw new DecompressionError('xz decompression failed: the compressed data are truncated (no valid stream footer)');
+  }
+}
+
 async function* throughTransform(source: AsyncIterable<Uint8Array>, t: Transform, what: string): AsyncGenerator<Uint8Array> {
   const input = Readable.from(source, { objectMode: false, highWaterMark: CHUNK });
   let sourceError: unknown;
@@ -68,7 +103,7 @@ export function decompressStream(compression: string, source: AsyncIterable<Uint
         }
       })();
     case 'xz': case 'zstd': case 'br': case 'gzip':
-      return throughTransform(source, decoder(compression), `${compression} decompression`);
+      return throughTransform(compression === 'xz' ? checkXzEnd(source) : source, decoder(compression), `${compression} decompression`);
     default:
       throw new DecompressionError(`unsupported compression '${compression}'`);
   }
