@@ -318,7 +318,7 @@ export class MachineBuilder implements RemoteBuilder {
       // 1. Inputs the remote lacks, with their closure, in topological order.
       stage = 'copy';
       const inputs = opts.inputPaths ? new Set(opts.inputPaths) : await inputClosure(store, drv);
-      const present = await client.queryValidPaths(inputs, { signal });
+      const present = inputs.size ? await client.queryValidPaths(inputs, { signal }) : new Set<StorePath>();
       const missing = [...inputs].filter((p) => !present.has(p));
       const infos = new Map<StorePath, PathInfo>();
       for (const p of missing) {

@@ -1,0 +1,102 @@
+/**
+ * Remote builds: trivial derivations built on real Nix 2.8 remotes (`nix-daemon --stdio` over private
+ * chroot stores, run the way Nix runs `localhost` machines), by our RemoteBuilder over persistent
+ * connections vs Nix 2.8's own build hook (`nix-store --realise --max-jobs 0 --builders ...`) with the
+ * same machines, in the same run.
+ *
+ *   npx tsx bench/remote.ts            # N=20 builds per scenario
+ *   REMOTE_BENCH_N=50 npx tsx bench/remote.ts
+ *
+ * Scenarios: (1) one machine, one slot: builds one after another (per-build latency);
+ * (2) two machines with 2 slots each, all builds submitted at once (throughput).
+ */
+import { randomBytes } from 'node:crypto';
+import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { LocalStore } from '../src/store/local-store.js';
+import { machine, formatMachines, type Machine } from '../src/remote/machines.js';
+import { buildOnRemote, MachineBuilder } from '../src/remote/remote-builder.js';
+import { nixInstantiate, runNix, tempDir } from '../test/helpers/nix.js';
+import { NIX_CONF, remoteEnv } from '../test/remote/fixture.js';
+import { parseDerivation, derivationNameFromPath } from '../src/derivation/derivation.js';
+import { readFileSync, writeFileSync } from 'node:fs';
+
+const N = Number(process.env.REMOTE_BENCH_N ?? 20);
+const dir = tempDir('realise-bench-remote-');
+
+function expr(salt: string): string {
+  return `builtins.genList (i: derivation { name = "triv-\${toString i}"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo \${toString i} > $out" ]; salt = "${salt}"; }) ${N}`;
+}
+
+function instantiate(root: string, salt: string): string[] {
+  const file = path.join(dir, `expr-${salt}.nix`);
+  writeFileSync(file, expr(salt));
+  return nixInstantiate(root, file, { file: true });
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+
+function machinesFor(tag: string, count: number, maxJobs: number): Machine[] {
+  return Array.from({ length: count }, (_, i) => machine({ storeUri: `ssh-ng://localhost?remote-store=${encodeURIComponent(path.join(dir, `${tag}-remote-${i}`))}`, maxJobs }));
+}
+
+async function ours(tag: string, machines: Machine[], concurrent: boolean): Promise<{ wall: number; perBuild: number[] }> {
+  const root = path.join(dir, `${tag}-ours-local`);
+  const drvs = instantiate(root, tag);
+  const store = await LocalStore.open({ root });
+  const builders = machines.map((m) => new MachineBuilder(m, { env: remoteEnv() }));
+  const read = (p: string) => parseDerivation(readFileSync(path.join(root, p), 'utf8'), derivationNameFromPath(p));
+  const perBuild: number[] = [];
+  const one = async (p: string): Promise<void> => {
+    const t = performance.now();
+    const r = await buildOnRemote(builders, p, read(p), {}, { store });
+    if (r.kind !== 'built' || r.result.status !== 'built') throw new Error(`build of ${p} failed: ${JSON.stringify(r.kind === 'built' ? r.result.errorMsg : r.error.message)}`);
+    perBuild.push((performance.now() - t) / 1000);
+  };
+  const t0 = performance.now();
+  if (concurrent) await Promise.all(drvs.map(one));
+  else for (const p of drvs) await one(p);
+  const wall = (performance.now() - t0) / 1000;
+  await Promise.all(builders.map((b) => b.close()));
+  await store.close();
+  return { wall, perBuild };
+}
+
+function nixRef(tag: string, machines: Machine[]): { wall: number } {
+  const root = path.join(dir, `${tag}-nix-local`);
+  const drvs = instantiate(root, tag);
+  const t0 = performance.now();
+  const r = runNix('nix-store', ['--store', root, '--realise', ...drvs, '--max-jobs', '0', '--builders', formatMachines(machines).replace(/\n/g, ';')], { env: { NIX_CONFIG: NIX_CONF } });
+  const wall = (performance.now() - t0) / 1000;
+  if (r.status !== 0) throw new Error(`nix-store --realise failed:\n${r.stderr}`);
+  return { wall };
+}
+
+async function main(): Promise<void> {
+  const salt = randomBytes(4).toString('hex');
+  console.log(`remote builds, N=${N} trivial derivations per scenario (work dir ${dir})`);
+
+  const seqM = (t: string) => machinesFor(t, 1, 1);
+  const o1 = await ours(`seq-${salt}`, seqM(`seq-ours-${salt}`), false);
+  const n1 = nixRef(`seq-${salt}`, seqM(`seq-nix-${salt}`));
+  const ourPer = median(o1.perBuild);
+  const nixPer = n1.wall / N;
+  console.log(`\n1 machine x 1 slot, sequential`);
+  console.log(`  realise RemoteBuilder: median ${ourPer.toFixed(3)} s/build (first ${o1.perBuild[0]!.toFixed(3)} s incl. connect), wall ${o1.wall.toFixed(2)} s`);
+  console.log(`  Nix 2.8 build hook:    ${nixPer.toFixed(3)} s/build (wall ${n1.wall.toFixed(2)} s / ${N})`);
+  console.log(`  ratio Nix/ours: ${(nixPer / ourPer).toFixed(1)}x`);
+
+  const parM = (t: string) => machinesFor(t, 2, 2);
+  const o2 = await ours(`par-${salt}`, parM(`par-ours-${salt}`), true);
+  const n2 = nixRef(`par-${salt}`, parM(`par-nix-${salt}`));
+  console.log(`\n2 machines x 2 slots, all submitted at once`);
+  console.log(`  realise: wall ${o2.wall.toFixed(2)} s = ${(o2.wall / N).toFixed(3)} s/build`);
+  console.log(`  Nix 2.8: wall ${n2.wall.toFixed(2)} s = ${(n2.wall / N).toFixed(3)} s/build`);
+  console.log(`  ratio Nix/ours: ${(n2.wall / o2.wall).toFixed(1)}x`);
+  console.log(`\nRESULT ${JSON.stringify({ N, seq: { ours: ourPer, nix: nixPer }, par: { ours: o2.wall / N, nix: n2.wall / N } })}`);
+}
+
+await main();
