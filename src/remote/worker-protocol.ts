@@ -1,7 +1,8 @@
 /**
  * Client of the Nix daemon worker protocol (what `nix-daemon --stdio` and `ssh-ng://` speak).
- * We pin protocol 1.34 (Nix 2.8's own version); Nix ≥ 2.3 daemons and Lix accept it, and for older peers
- * every field is gated on the lower of both versions, as Nix does.
+ * We offer protocol 1.35 (Nix 2.15–2.18's). Every field is gated on the lower of both versions, as Nix does,
+ * so a Nix 2.8 daemon (1.34) is spoken to at 1.34 and daemons back to Nix 2.3 (1.21) work; recent Lix
+ * refuses clients older than 1.35 ("Lix speaks the protocol of CppNix 2.18"), so 1.34 would shut it out.
  *
  * Each operation writes its request, then runs the "stderr loop": the daemon sends log messages,
  * activities and results until STDERR_LAST (success) or STDERR_ERROR (the operation failed; the
@@ -20,8 +21,8 @@ import { WireReader, WireWriter } from './wire.js';
 
 export const WORKER_MAGIC_1 = 0x6e697863;
 export const WORKER_MAGIC_2 = 0x6478696f;
-/** Protocol 1.34, Nix 2.8's. */
-export const WORKER_PROTOCOL_VERSION = (1 << 8) | 34;
+/** Protocol 1.35: Nix 2.18's and Lix's; Nix 2.8 (1.34) accepts it and answers at 1.34. */
+export const WORKER_PROTOCOL_VERSION = (1 << 8) | 35;
 
 export const WorkerOp = {
   IsValidPath: 1,
@@ -105,7 +106,7 @@ export type RemotePathInfo = PathInfo;
 export interface WorkerConnectOptions extends WorkerOptions {
   /** Logical store dir of the remote (for realisation paths). @default '/nix/store' */
   readonly storeDir?: string;
-  /** Log events outside of a specific operation (e.g. during the handshake). */
+  /** Log events of the handshake and of every operation not given its own handler. */
   readonly onLog?: OnRemoteLog;
   /** Name used in messages (the machine URI). */
   readonly name?: string;
@@ -130,13 +131,17 @@ export class WorkerConnection {
   version = 0;
   /** The daemon's Nix version string (protocol ≥ 1.33), e.g. `2.8.0`. */
   daemonNixVersion: string | undefined;
+  /** Whether the daemon trusts us (protocol ≥ 1.35; undefined when it does not say). */
+  remoteTrustsUs: boolean | undefined;
   private readonly reader: WireReader;
   private readonly writer: WireWriter;
   private queue: Promise<unknown> = Promise.resolve();
   private brokenBy: Error | undefined;
   private currentLog: OnRemoteLog | undefined;
+  private readonly defaultLog: OnRemoteLog | undefined;
 
   private constructor(transport: Transport, opts: WorkerConnectOptions) {
+    this.defaultLog = opts.onLog;
     this.transport = transport;
     this.name = opts.name ?? transport.description;
     this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
@@ -192,6 +197,11 @@ export class WorkerConnection {
     if (minor(this.version) >= 11) this.writer.u64(0); // obsolete reserveSpace
     await this.writer.flush();
     if (minor(this.version) >= 33) this.daemonNixVersion = await this.reader.string();
+    if (minor(this.version) >= 35) {
+      const t = await this.reader.u64();
+      if (t > 2) throw new RemoteProtocolError(`'${this.name}' sent an invalid trust status ${t}`);
+      this.remoteTrustsUs = t === 0 ? undefined : t === 1;
+    }
     this.currentLog = onLog;
     await this.processStderr();
   }
@@ -236,7 +246,7 @@ export class WorkerConnection {
       signal?.throwIfAborted();
       const onAbort = (): void => { void this.close(); };
       signal?.addEventListener('abort', onAbort, { once: true });
-      this.currentLog = onLog;
+      this.currentLog = onLog ?? this.defaultLog;
       try {
         return await fn();
       } catch (e) {
