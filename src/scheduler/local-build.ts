@@ -113,6 +113,8 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
     );
   }
 
+  w.ctx.progress.builds.expected++;
+  w.ctx.progress.changed();
   const lockTargets = [...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p);
   let previous: RoundOutputs | undefined;
   let timesBuilt = 0;
