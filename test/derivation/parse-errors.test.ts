@@ -61,7 +61,7 @@ describe('parseDerivation rejects malformed input with BadDerivationError', () =
           if (!(e instanceof BadDerivationError)) throw e;
         }
       }),
-      { numRuns: 2000 },
+      { numRuns: 1000 },
     );
   });
 
@@ -88,7 +88,7 @@ describe('parseDerivation rejects malformed input with BadDerivationError', () =
           expect(again).toBe(printDerivation(d));
         },
       ),
-      { numRuns: 3000 },
+      { numRuns: 1000 },
     );
   });
 
