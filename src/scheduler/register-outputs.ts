@@ -79,6 +79,18 @@ function canonicaliseFileSync(p: string, st: Stats): void {
   if (myUid === 0 && (st.uid !== myUid || st.gid !== myGid)) lchownSync(p, myUid, myGid);
 }
 
+/**
+ * Nix's movePath: a read-only directory is made writable for the rename (its `..` changes) and restored
+ * after; nothing else changes mode (a flat output must stay non-executable: its NAR hash depends on it).
+ */
+async function movePath(src: string, dst: string): Promise<void> {
+  const st = await fsp.lstat(src);
+  const changePerm = myUid !== 0 && st.isDirectory() && (st.mode & 0o200) === 0;
+  if (changePerm) await fsp.chmod(src, (st.mode & 0o7777) | 0o200);
+  await fsp.rename(src, dst);
+  if (changePerm) await fsp.chmod(dst, st.mode & 0o7777);
+}
+
 function scanBuffer(nar: Buffer, candidates: Map<string, StorePath>): Set<StorePath> {
   const scanner = new RefScanner(candidates.keys());
   scanner.update(nar);
@@ -261,8 +273,7 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
         await deleteTree(s.real);
       } else {
         await deleteTree(finalReal).catch(() => {});
-        await fsp.chmod(s.real, 0o755).catch(() => {});
-        await fsp.rename(s.real, finalReal);
+        await movePath(s.real, finalReal);
       }
     }
     const actual = plan.mode === 'check' || plan.round > 1 ? s.real : finalReal;

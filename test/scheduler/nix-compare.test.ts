@@ -1,0 +1,375 @@
+/**
+ * The BuildEngine against real Nix 2.8: the same .drv files (nix-instantiate into two chroot stores, which
+ * gives the same logical paths), built sandboxed by `nix-store --realise` in one and by us in the other.
+ * Output paths, NAR hashes, references, CA fields, exit statuses and error shapes must match, and real Nix
+ * must verify our store afterwards. A last block does the same on plain stores without a sandbox.
+ */
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BuildEngine } from '../../src/scheduler/build-engine.js';
+import type { BuildEngineOptions } from '../../src/scheduler/options.js';
+import { BuildFailedError } from '../../src/scheduler/errors.js';
+import type { BuildTarget, TargetResult } from '../../src/scheduler/results.js';
+import { LocalStore } from '../../src/store/local-store.js';
+import { nixOk, tempDir, runNix } from '../helpers/nix.js';
+import {
+  FIXTURES, SANDBOX_PATHS, closureIn, drvOutputs, instantiateAttrs, logTail, nixClosure, nixOutputs, nixRealise, nixSandboxArgs,
+  nixVerify, pathFacts, removeTree, type PathFacts,
+} from './helpers.js';
+
+const CORES = 3;
+
+/** Nix's error text: everything after `error: `. */
+function nixError(stderr: string): string {
+  const i = stderr.indexOf('error: ');
+  return i < 0 ? '' : stderr.slice(i + 'error: '.length);
+}
+
+/** Whitespace collapsed (Nix indents continuation lines of its messages). */
+function squash(s: string): string {
+  return s.replace(/\s+/g, ' ').trim();
+}
+
+describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot stores', () => {
+  let root: string;
+  let R1: string; // built by Nix
+  let R2: string; // built by us
+  let tmp: string; // TMPDIR of both (Nix names build dirs `<TMPDIR>/nix-build-<drv name>-<n>`)
+  let drv: Record<string, string>;
+  let store: LocalStore;
+
+  const engine = (o: BuildEngineOptions = {}) => new BuildEngine({
+    store, sandbox: true, sandboxPaths: SANDBOX_PATHS, cores: CORES, maxJobs: 2, buildDir: tmp, ...o,
+  });
+  const nixBuild = (args: string[]) => nixRealise(R1, [...args, ...nixSandboxArgs(), '--cores', String(CORES), '-j', '2'], { TMPDIR: tmp });
+  const ourFailure = async (targets: (string | BuildTarget)[], o: BuildEngineOptions = {}, mode?: 'check'): Promise<BuildFailedError> => {
+    const e = await engine(o).buildPaths(targets, mode ? { mode } : {}).then(() => undefined, (err: unknown) => err);
+    expect(e).toBeInstanceOf(BuildFailedError);
+    return e as BuildFailedError;
+  };
+  /**
+   * Every path of the closure of the outputs of `attrs`, as Nix has them in R1, must be the same in R2.
+   * Facts come from one `nix path-info --all` per store (`snap`), taken after the builds of a block.
+   */
+  let snap: { nix: Map<string, PathFacts>; ours: Map<string, PathFacts>; outputs: Map<string, Record<string, string>> };
+  const takeSnapshot = () => {
+    snap = { nix: pathFacts(R1, 'all'), ours: pathFacts(R2, 'all'), outputs: drvOutputs(R1, Object.values(drv)) };
+  };
+  const outputsOf = (attr: string): string[] => Object.values(snap.outputs.get(drv[attr]!)!).sort();
+  const expectSameClosure = (attrs: string[]): string[] => {
+    const outs = attrs.flatMap(outputsOf);
+    const closure = closureIn(snap.nix, outs);
+    for (const p of closure) {
+      expect(snap.nix.get(p)?.valid, p).toBe(true);
+      expect(snap.ours.get(p), p).toEqual(snap.nix.get(p));
+    }
+    return outs;
+  };
+  const readBoth = async (p: string) => [
+    await fsp.readFile(path.join(R1, p), 'utf8'),
+    await fsp.readFile(path.join(R2, p), 'utf8'),
+  ] as const;
+
+  beforeAll(async () => {
+    root = tempDir('realise-sched-cmp-');
+    R1 = path.join(root, 'nix');
+    R2 = path.join(root, 'ours');
+    tmp = path.join(root, 'tmp');
+    await fsp.mkdir(tmp);
+    const file = path.join(FIXTURES, 'compare.nix');
+    drv = instantiateAttrs(R1, file);
+    expect(instantiateAttrs(R2, file)).toEqual(drv);
+    store = await LocalStore.open({ root: R2 });
+  });
+
+  afterAll(async () => {
+    await store?.close();
+    if (root) await removeTree(root);
+  });
+
+  describe('successful builds', () => {
+    let results: TargetResult[];
+    let okAttrs: string[];
+
+    beforeAll(async () => {
+      okAttrs = Object.keys(drv).filter((k) => k.startsWith('ok-')).sort();
+      const r = nixBuild(okAttrs.map((a) => drv[a]!));
+      expect(r.status, r.stderr).toBe(0);
+      // Every target form: a plain .drv path, `DRV^*`, `DRV^out,dev,lib` and `{ drvPath, outputs }`.
+      const targets = okAttrs.map((a, i): string | BuildTarget => {
+        if (a === 'ok-multi') return `${drv[a]}^dev,lib,out`;
+        if (a === 'ok-env') return { drvPath: drv[a]!, outputs: ['out', 'doc'] };
+        return i % 2 ? `${drv[a]}^*` : drv[a]!;
+      });
+      results = await engine().buildPaths(targets);
+      takeSnapshot();
+    }, 120_000);
+
+    it('builds every target and reports the output paths Nix has', () => {
+      expect(results.map((r) => r.result.status)).toEqual(okAttrs.map(() => 'built'));
+      for (const [i, a] of okAttrs.entries()) {
+        expect(Object.values(results[i]!.result.builtOutputs).sort(), a).toEqual(outputsOf(a));
+        expect(results[i]!.result.timesBuilt, a).toBe(1);
+      }
+    });
+
+    it('simple, chain and diamond: same NAR hashes and references', () => {
+      expectSameClosure(['ok-simple', 'ok-chain', 'ok-diamond']);
+    });
+
+    it('multiple outputs with cross references (out -> lib, dev -> out, lib), and a user of only `dev`', () => {
+      const outs = expectSameClosure(['ok-multi', 'ok-multi-user']);
+      const dev = outs.find((o) => o.endsWith('-multi-dev'))!;
+      expect(snap.ours.get(dev)!.references).toEqual(outs.filter((o) => o.endsWith('-multi') || o.endsWith('-multi-lib')).sort());
+    });
+
+    it('self references (a file, a symlink and an executable naming the output)', () => {
+      const [out] = expectSameClosure(['ok-self-ref']);
+      expect(snap.ours.get(out!)!.references).toEqual([out]);
+    });
+
+    it('fixed-output flat and recursive, and a user of them: same paths and CA fields', () => {
+      const outs = expectSameClosure(['ok-fo-flat', 'ok-fo-rec', 'ok-fo-user']);
+      const facts = snap.ours;
+      expect(facts.get(outs.find((o) => o.endsWith('-fo-flat'))!)!.ca).toBe('fixed:sha256:0d75vbn546fz9d9ip0f03daqhpm99h3fv14ci4afcmk3ir0p2c0c');
+      expect(facts.get(outs.find((o) => o.endsWith('-fo-rec'))!)!.ca).toBe('fixed:r:sha256:1y5krc39drzbjnab9b2anbxkpfk379ccsycfyksfxwbid8h4266a');
+    });
+
+    it('structured attrs: .attrs.json, .attrs.sh and the environment are byte-identical', async () => {
+      const [out] = expectSameClosure(['ok-structured']);
+      for (const f of ['.attrs.json', '.attrs.sh', 'env']) {
+        const [a, b] = await readBoth(path.join(out!, f));
+        expect(b, f).toBe(a);
+      }
+    });
+
+    it('passAsFile', async () => {
+      const [out] = expectSameClosure(['ok-pass-as-file']);
+      const [a, b] = await readBoth(out!);
+      expect(a).toContain('/build/.attr-');
+      expect(b).toBe(a);
+    });
+
+    it('exportReferencesGraph, legacy and structured', async () => {
+      const outs = expectSameClosure(['ok-erg-legacy', 'ok-erg-structured']);
+      const legacy = outs.find((o) => o.endsWith('-erg-legacy'))!;
+      const structured = outs.find((o) => o.endsWith('-erg-structured'))!;
+      for (const f of [`${legacy}/graph`, `${legacy}/graph2`, `${structured}/attrs.json`, `${structured}/attrs.sh`]) {
+        const [a, b] = await readBoth(f);
+        expect(b, f).toBe(a);
+      }
+    });
+
+    it('allowed/disallowed references and allowed requisites that hold', () => {
+      expectSameClosure(['ok-refs']);
+    });
+
+    it("the builder's environment is byte-identical to Nix's (env | sort)", async () => {
+      const { out, doc } = snap.outputs.get(drv['ok-env']!)!;
+      expectSameClosure(['ok-env']);
+      const [a, b] = await readBoth(out!);
+      expect(a).toContain(`NIX_BUILD_CORES=${CORES}\n`);
+      expect(a).toContain(`doc=${doc}\n`);
+      expect(b).toBe(a);
+      expectSameClosure(['ok-env-user']);
+    });
+
+    it('an already valid target is not rebuilt', async () => {
+      const r = await engine().buildPaths([drv['ok-diamond']!]);
+      expect(r[0]!.result.status).toBe('already-valid');
+    });
+  });
+
+  describe('failures', () => {
+    it.each(['fo-mismatch', 'fo-rec-mismatch'])('%s: exit 102 in both, content registered under its true path', async (attr) => {
+      const d = drv[attr]!;
+      const r = nixBuild([d]);
+      expect(r.status).toBe(102);
+      const e = await ourFailure([d]);
+      expect(e.exitStatus).toBe(102);
+      expect(e.failures).toHaveLength(1);
+      expect(e.failures[0]!.result.status).toBe('output-rejected');
+      expect(e.failures[0]!.result.hashMismatch).toBe(true);
+      const hashes = (s: string) => [...s.matchAll(/(specified|got):\s+(sha256-[A-Za-z0-9+/=]+)/g)].map((m) => `${m[1]} ${m[2]}`);
+      expect(hashes(e.message)).toHaveLength(2);
+      expect(hashes(e.message)).toEqual(hashes(r.stderr));
+      expect(squash(e.message)).toBe(squash(nixError(r.stderr)));
+      // The wanted path is invalid in both; the content is valid under its true path in both.
+      const [wanted] = nixOutputs(R1, [d]);
+      expect(pathFacts(R2, [wanted!]).get(wanted!)?.valid).toBe(false);
+      const suffix = `-${attr}`;
+      const nixHas = [...pathFacts(R1, 'all')].filter(([p]) => p.endsWith(suffix));
+      expect(nixHas).toHaveLength(1);
+      expect(nixHas[0]![0]).not.toBe(wanted);
+      expect(pathFacts(R2, [nixHas[0]![0]]).get(nixHas[0]![0])).toEqual(nixHas[0]![1]);
+      // ... and what is on disk there is what was registered.
+      const v = runNix('nix-store', ['--store', R2, '--verify-path', nixHas[0]![0]]);
+      expect(v.status, v.stderr).toBe(0);
+    });
+
+    it.each([
+      ['bad-allowed-refs', 'is not allowed to refer to the following paths'],
+      ['bad-disallowed-refs', 'is not allowed to refer to the following paths'],
+      ['bad-allowed-requisites', 'is not allowed to refer to the following paths'],
+      ['bad-structured-checks', 'is not allowed to refer to the following paths'],
+      ['bad-max-size', 'is too large at'],
+    ])('%s: output rejected in both (exit 1), same message', async (attr, phrase) => {
+      const d = drv[attr]!;
+      const r = nixBuild([d]);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain(phrase);
+      const e = await ourFailure([d]);
+      expect(e.exitStatus).toBe(1);
+      expect(e.failures[0]!.result.status).toBe('output-rejected');
+      expect(squash(e.message)).toBe(squash(nixError(r.stderr)));
+      const [out] = nixOutputs(R1, [d]);
+      expect(pathFacts(R1, [out!]).get(out!)?.valid).toBe(false);
+      expect(pathFacts(R2, [out!]).get(out!)?.valid).toBe(false);
+    });
+
+    it('a failing builder: exit 100 in both, the message ends with the same last log lines', async () => {
+      const d = drv.failing!;
+      const r = nixBuild(['-Q', d]);
+      expect(r.status).toBe(100);
+      const e = await ourFailure([d]);
+      expect(e.exitStatus).toBe(100);
+      const res = e.failures[0]!.result;
+      expect(res.status).toBe('permanent-failure');
+      expect(res.timesBuilt).toBe(1);
+      expect(squash(e.message)).toBe(squash(nixError(r.stderr)));
+      expect(logTail(r.stderr)).toEqual(['22', '23', '24', '25', '26', '27', '28', '29', '30', 'something went wrong']);
+      expect(logTail(e.message)).toEqual(logTail(r.stderr));
+      // The whole log is in the store's log dir.
+      expect(await store.readBuildLog(d)).toContain('1\n2\n3\n');
+    });
+
+    it('a builder that writes no output: exit 1 in both', async () => {
+      const d = drv['no-output']!;
+      const r = nixBuild([d]);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain("failed to produce output path for output 'out'");
+      const e = await ourFailure([d]);
+      expect(e.exitStatus).toBe(1);
+      expect(e.message).toContain(`builder for '${d}' failed to produce output path for output 'out'`);
+    });
+  });
+
+  describe('check mode', () => {
+    it('a nondeterministic builder: exit 104 in both; a deterministic one passes', async () => {
+      const nd = drv.nondeterministic!;
+      const det = drv['ok-deterministic']!;
+      expect(nixBuild([nd]).status).toBe(0);
+      await engine().buildPaths([nd]);
+      const [out] = nixOutputs(R1, [nd]);
+      const before = pathFacts(R2, [out!]).get(out!);
+      expect(before?.valid).toBe(true);
+
+      const r = nixBuild(['--check', nd]);
+      expect(r.status).toBe(104);
+      expect(r.stderr).toContain('may not be deterministic');
+      const e = await ourFailure([nd], {}, 'check');
+      expect(e.exitStatus).toBe(104);
+      expect(e.failures[0]!.result.status).toBe('not-deterministic');
+      expect(e.message).toContain(`derivation '${nd}' may not be deterministic: output '`);
+      // The registered output is untouched and no `.check` path was kept.
+      expect(pathFacts(R2, [out!]).get(out!)).toEqual(before);
+      await expect(fsp.stat(path.join(R2, out! + '.check'))).rejects.toThrow();
+
+      expect(nixBuild(['--check', det]).status).toBe(0);
+      const ok = await engine().buildPaths([det], { mode: 'check' });
+      expect(ok[0]!.result.status).toBe('built');
+    });
+  });
+
+  describe('keepGoing', () => {
+    it('without it, the first failure stops the call: the slow sibling is not built, in both', async () => {
+      const top = drv['kg-top']!;
+      const r = nixBuild([top]);
+      expect(r.status).toBe(100);
+      const e = await ourFailure([top]);
+      expect(e.exitStatus).toBe(100);
+      const [slow] = nixOutputs(R1, [drv['kg-slow']!]);
+      expect(pathFacts(R1, [slow!]).get(slow!)?.valid).toBe(false);
+      expect(pathFacts(R2, [slow!]).get(slow!)?.valid).toBe(false);
+      expect(e.failures.map((f) => f.path)).toContain(drv['kg-bad']);
+      expect(e.failures.find((f) => f.path === top)?.result.status).toBe('dependency-failed');
+    });
+
+    it('with it, the independent branch is built, in both', async () => {
+      const top = drv['kg-top']!;
+      const r = nixBuild(['--keep-going', top]);
+      expect(r.status).toBe(100);
+      const e = await ourFailure([top], { keepGoing: true });
+      expect(e.exitStatus).toBe(100);
+      expect(e.failures.find((f) => f.path === top)?.result.status).toBe('dependency-failed');
+      expect(e.failures.find((f) => f.path === drv['kg-bad'])?.result.status).toBe('permanent-failure');
+      const [slow] = nixOutputs(R1, [drv['kg-slow']!]);
+      const facts = pathFacts(R1, [slow!]).get(slow!);
+      expect(facts?.valid).toBe(true);
+      expect(pathFacts(R2, [slow!]).get(slow!)).toEqual(facts);
+    });
+  });
+
+  it('in the end, both stores hold the same valid paths, and Nix verifies ours', () => {
+    const nixAll = pathFacts(R1, 'all');
+    const ours = pathFacts(R2, 'all');
+    expect([...ours.keys()].sort()).toEqual([...nixAll.keys()].sort());
+    for (const [p, f] of nixAll) {
+      if (p.endsWith('-nondeterministic')) continue;
+      expect(ours.get(p), p).toEqual(f);
+    }
+    const v = nixVerify(R2);
+    expect(v.status, v.stderr).toBe(0);
+    expect(v.stderr).not.toMatch(/error|modified|corrupt/i);
+  });
+});
+
+describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, unsandboxed builds in plain stores', () => {
+  it('the same store dir, state copied before Nix builds: identical outputs', async () => {
+    const root = tempDir('realise-sched-plain-');
+    try {
+      const storeDir = path.join(root, 'store');
+      const stateA = path.join(root, 'state-a');
+      const stateB = path.join(root, 'state-b');
+      const logA = path.join(root, 'log-a');
+      const logB = path.join(root, 'log-b');
+      const tmp = path.join(root, 'tmp');
+      await fsp.mkdir(tmp);
+      const uriA = `local?store=${storeDir}&state=${stateA}&log=${logA}`;
+      const uriB = `local?store=${storeDir}&state=${stateB}&log=${logB}`;
+      const drvs = instantiateAttrs(uriA, path.join(FIXTURES, 'plain.nix'));
+      await fsp.cp(stateA, stateB, { recursive: true, verbatimSymlinks: true });
+
+      const all = Object.values(drvs);
+      const r = nixRealise(uriA, [...all, '--option', 'sandbox', 'false', '--option', 'build-users-group', '', '--option', 'substituters', '', '--cores', String(CORES)], { TMPDIR: tmp });
+      expect(r.status, r.stderr).toBe(0);
+      const outs = nixOutputs(uriA, all);
+      const closure = nixClosure(uriA, outs);
+      const nixFacts = pathFacts(uriA, closure);
+      const envOut = outs.find((o) => o.endsWith('-plain-env'))!;
+      const nixEnvText = await fsp.readFile(envOut, 'utf8');
+
+      // Remove Nix's outputs from the shared store dir; state B never knew them.
+      for (const o of outs) await removeTree(o);
+
+      const store = await LocalStore.open({ storeDir, stateDir: stateB, logDir: logB });
+      try {
+        const engine = new BuildEngine({ store, sandbox: false, cores: CORES, buildDir: tmp });
+        const res = await engine.buildPaths(all);
+        expect(res.map((x) => x.result.status)).toEqual(all.map(() => 'built'));
+      } finally {
+        await store.close();
+      }
+      const ours = pathFacts(uriB, closure);
+      for (const p of closure) expect(ours.get(p), p).toEqual(nixFacts.get(p));
+      const ourEnvText = await fsp.readFile(envOut, 'utf8');
+      expect(nixEnvText).toContain(`NIX_BUILD_TOP=${tmp}/nix-build-plain-env.drv-0\n`);
+      expect(ourEnvText).toBe(nixEnvText);
+      const v = runNix('nix-store', ['--store', uriB, '--verify', '--check-contents']);
+      expect(v.status, v.stderr).toBe(0);
+    } finally {
+      await removeTree(root);
+    }
+  });
+});
