@@ -51,24 +51,20 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
 
     const outcome = await w.ctx.substitutionSlot(async () => {
       w.throwIfStopped();
-      const locks = await store.lockPaths([path], { signal: w.signal });
+      // addToStore takes the path's lock and re-checks validity under it.
+      if (!repair && (await store.isValidPath(path))) return 'valid' as const;
+      w.ctx.progress.substitutions.expected++;
+      w.ctx.progress.substitutions.running++;
+      w.ctx.progress.download.expected += info.downloadSize;
+      w.ctx.progress.nar.expected += info.narSize;
+      w.ctx.progress.changed();
+      w.ctx.emit('substitution-started', { path, substituter: sub.uri });
       try {
-        if (!repair && (await store.isValidPath(path))) return 'valid' as const;
-        w.ctx.progress.substitutions.expected++;
-        w.ctx.progress.substitutions.running++;
-        w.ctx.progress.download.expected += info.downloadSize;
-        w.ctx.progress.nar.expected += info.narSize;
-        w.ctx.progress.changed();
-        w.ctx.emit('substitution-started', { path, substituter: sub.uri });
-        try {
-          await w.ctx.fetchPath(sub, info, w.signal, repair);
-        } finally {
-          w.ctx.progress.substitutions.running--;
-        }
-        return 'substituted' as const;
+        await w.ctx.fetchPath(sub, info, w.signal, repair);
       } finally {
-        await locks.release();
+        w.ctx.progress.substitutions.running--;
       }
+      return 'substituted' as const;
     }).then(
       (k) => ({ ok: true as const, k }),
       (e: unknown) => ({ ok: false as const, e }),
