@@ -183,6 +183,8 @@ interface Row {
 
 /** Process-wide set of temp dirs being written, so `open()` of a second store object never removes them. */
 const TMP_PREFIX = '.tmp-';
+/** Paths per `IN (...)` statement in queryValidPaths. */
+const VALID_CHUNK = 2000;
 
 export class LocalStore implements Store {
   readonly storeDir: string;
@@ -280,7 +282,7 @@ export class LocalStore implements Store {
       addRef: db.prepare('insert or replace into Refs (referrer, reference) values (?, ?)'),
       addDrvOutput: db.prepare('insert or replace into DerivationOutputs (drv, id, path) values (?, ?, ?)'),
       drvOutputs: db.prepare<[string], { id: string; path: string }>('select d.id, d.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where v.path = ?'),
-      validIn: db.prepare<[string], { path: string }>('select path from ValidPaths where path in (select value from json_each(?))'),
+      validChunk: db.prepare(`select path from ValidPaths where path in (${Array(VALID_CHUNK).fill('?').join(',')})`).pluck(),
       closure: db.prepare<[string], { path: string }>(
         `with recursive c(id) as (
            select id from ValidPaths where path in (select value from json_each(?))
@@ -311,8 +313,12 @@ export class LocalStore implements Store {
     this.check();
     const list = Array.isArray(paths) ? (paths as StorePath[]) : [...paths];
     const out = new Set<StorePath>();
-    if (list.length === 0) return out;
-    for (const r of this.st.validIn.all(JSON.stringify(list))) out.add(r.path);
+    // Chunked `IN (?, …)` statements: measured faster than json_each or one query per path (bench/query-valid-paths.ts).
+    for (let i = 0; i < list.length; i += VALID_CHUNK) {
+      const part = list.length - i >= VALID_CHUNK ? list.slice(i, i + VALID_CHUNK) : list.slice(i);
+      const stmt = part.length === VALID_CHUNK ? this.st.validChunk : this.db.prepare(`select path from ValidPaths where path in (${part.map(() => '?').join(',')})`).pluck();
+      for (const p of stmt.all(...part) as string[]) out.add(p);
+    }
     return out;
   }
 
