@@ -57,6 +57,30 @@ export function removeTree(p: string): void {
   fs.rmSync(p, { recursive: true, force: true, maxRetries: 3 });
 }
 
+let pendingRemovals: Promise<void> = Promise.resolve();
+
+/**
+ * Remove a directory tree off the critical path: it is renamed aside at once (so its name is free for
+ * the next build) and deleted in the background, one tree at a time. Directory removal is the slowest
+ * part of a sandboxed build on ext4 mounted with `discard` (several ms per directory).
+ */
+export function discardTree(p: string): void {
+  const aside = `${p}.trash-${process.pid}-${Math.random().toString(36).slice(2)}`;
+  try {
+    fs.renameSync(p, aside);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    removeTree(p);
+    return;
+  }
+  pendingRemovals = pendingRemovals.then(() => fs.promises.rm(aside, { recursive: true, force: true, maxRetries: 3 }).catch(() => {}));
+}
+
+/** Resolves when every tree handed to discardTree() is gone. */
+export function flushRemovals(): Promise<void> {
+  return pendingRemovals;
+}
+
 /** Create the chroot directory (removing a stale one first), as Nix does. */
 export function prepareChroot(opts: PrepareChrootOptions): ChrootLayout {
   const { root } = opts;

@@ -23,7 +23,7 @@ import { execFile } from 'node:child_process';
 import type { Sandbox, SandboxExit, SandboxRequest, SandboxRunOptions } from './sandbox.js';
 import { SandboxError } from './sandbox-errors.js';
 import { parsePreBuildHookOutput, type SandboxPath } from './sandbox-config.js';
-import { SANDBOX_GID, SANDBOX_UID, chrootDirFor, linkOrCopy, moveOutputsOut, prepareChroot, removeTree, type ChrootLayout } from './chroot.js';
+import { SANDBOX_GID, SANDBOX_UID, chrootDirFor, discardTree, linkOrCopy, moveOutputsOut, prepareChroot, type ChrootLayout } from './chroot.js';
 import { nixSeccompFilter } from './seccomp.js';
 import { spawnMerged } from './spawn-merged.js';
 import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
@@ -162,7 +162,7 @@ export class LinuxSandbox implements Sandbox {
       if (e instanceof SandboxError) return { kind: 'spawn-failed', message: e.message };
       throw e;
     } finally {
-      try { moveOutputsOut(layout, request.outputPaths, request.realStoreDir); } finally { removeTree(root); }
+      try { moveOutputsOut(layout, request.outputPaths, request.realStoreDir); } finally { discardTree(root); }
     }
   }
 

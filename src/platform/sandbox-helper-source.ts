@@ -155,11 +155,11 @@ static void child(char **argv, int ptySlave, struct sock_fprog *prog) {
   }
   errno = 0;
   if (chdir(root) == -1) fail("cannot change directory to '%s'", root);
-  if (mkdir("real-root", 0) == -1) fail("cannot create real-root directory");
-  if (syscall(SYS_pivot_root, ".", "real-root") == -1) fail("cannot pivot old root directory onto '%s/real-root'", root);
-  if (chroot(".") == -1) fail("cannot change root directory to '%s'", root);
-  if (umount2("real-root", MNT_DETACH) == -1) fail("cannot unmount real root filesystem");
-  if (rmdir("real-root") == -1) fail("cannot remove real-root directory");
+  /* pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves the chroot as
+     "/". Same result as Nix's real-root directory without creating and removing a directory on disk. */
+  if (syscall(SYS_pivot_root, ".", ".") == -1) fail("cannot pivot into '%s'", root);
+  if (umount2(".", MNT_DETACH) == -1) fail("cannot unmount real root filesystem");
+  if (chdir("/") == -1) fail("cannot change directory to the new root");
   if (setgid(gidIn) == -1) fail("setgid failed");
   if (setuid(uidIn) == -1) fail("setuid failed");
   if (chdir(buildDir) == -1) fail("changing into '%s'", buildDir);
@@ -175,7 +175,10 @@ static void child(char **argv, int ptySlave, struct sock_fprog *prog) {
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prog) == -1) fail("unable to load seccomp BPF program");
   }
   /* Close everything but stdio and the error pipe (close-on-exec). */
-  for (int fd = 3; fd < 1024; fd++) if (fd != errPipe[1]) close(fd);
+  int ep = errPipe[1];
+  if (ep > 3 && syscall(SYS_close_range, 3, ep - 1, 0) == 0 && syscall(SYS_close_range, ep + 1, ~0U, 0) == 0) {}
+  else if (ep == 3 && syscall(SYS_close_range, 4, ~0U, 0) == 0) {}
+  else for (int fd = 3; fd < 1024; fd++) if (fd != ep) close(fd);
   sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, 0);
   for (int s = 1; s < 32; s++) signal(s, SIG_DFL);
   errno = 0;

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { LinuxSandbox, type LinuxSandboxBackend } from '../../src/platform/linux-sandbox.js';
 import type { SandboxExit, SandboxRequest } from '../../src/platform/sandbox.js';
-import { chrootDirFor } from '../../src/platform/chroot.js';
+import { chrootDirFor, flushRemovals } from '../../src/platform/chroot.js';
 import { bwrapOk } from '../helpers/nix.js';
 import { makeFixture, storePath, type Fixture } from './sandbox-fixture.js';
 
@@ -131,6 +131,7 @@ describe.skipIf(!bwrapOk()).each(['helper', 'bwrap'] as LinuxSandboxBackend[])('
     const before = new Set(readdirSync(fx.realStoreDir));
     const req = fx.request('clean', 'mkdir $out; touch /nix/store/stray /tmp/x');
     expect((await build(sb, req)).exit).toEqual({ kind: 'exited', code: 0 });
+    await flushRemovals(); // the chroot is deleted in the background
     const added = readdirSync(fx.realStoreDir).filter((n) => !before.has(n));
     expect(added).toEqual([path.basename(req.outputPaths[0]!)]);
   });
