@@ -1,0 +1,112 @@
+import { describe, expect, it } from 'vitest';
+import { checkImpureHostDeps, parsePreBuildHookOutput, parseSandboxMode, parseSandboxPaths, splitSandboxPathsOption, useSandbox } from '../../src/platform/sandbox-config.js';
+import { SandboxError } from '../../src/platform/sandbox-errors.js';
+import { nixSeccompFilter } from '../../src/platform/seccomp.js';
+import { chooseSandbox, sandboxAvailable } from '../../src/platform/probe.js';
+import { NoSandbox } from '../../src/platform/no-sandbox.js';
+import { LinuxSandbox } from '../../src/platform/linux-sandbox.js';
+import { bwrapOk } from '../helpers/nix.js';
+
+const base = { noChroot: false, impure: false, storeDir: '/nix/store', realStoreDir: '/nix/store', drvPath: '/nix/store/x-a.drv' };
+
+describe('sandbox modes', () => {
+  it('parses the option values Nix accepts', () => {
+    expect(parseSandboxMode('true')).toBe(true);
+    expect(parseSandboxMode('false')).toBe(false);
+    expect(parseSandboxMode('relaxed')).toBe('relaxed');
+    expect(parseSandboxMode(true)).toBe(true);
+    expect(() => parseSandboxMode('maybe')).toThrow(/Expected `sandbox` to be true, false or "relaxed", got `maybe`/);
+  });
+
+  it('decides per derivation as Nix startBuilder does', () => {
+    expect(useSandbox({ ...base, mode: true })).toBe(true);
+    expect(useSandbox({ ...base, mode: true, impure: true })).toBe(true);
+    expect(useSandbox({ ...base, mode: false })).toBe(false);
+    expect(useSandbox({ ...base, mode: 'relaxed' })).toBe(true);
+    expect(useSandbox({ ...base, mode: 'relaxed', impure: true })).toBe(false);
+    expect(useSandbox({ ...base, mode: 'relaxed', noChroot: true })).toBe(false);
+    // a chroot store always builds in the sandbox
+    expect(useSandbox({ ...base, mode: false, realStoreDir: '/srv/root/nix/store' })).toBe(true);
+    expect(useSandbox({ ...base, mode: 'relaxed', noChroot: true, realStoreDir: '/srv/root/nix/store' })).toBe(true);
+    const e = (() => { try { useSandbox({ ...base, mode: true, noChroot: true }); } catch (err) { return err; } })();
+    expect(e).toBeInstanceOf(SandboxError);
+    expect((e as SandboxError).code).toBe('sandbox-no-chroot-forbidden');
+    expect((e as SandboxError).message).toContain("derivation '/nix/store/x-a.drv' has '__noChroot' set");
+  });
+});
+
+describe('sandbox-paths', () => {
+  it('parses path, target=source and optional entries; later entries win', () => {
+    const m = parseSandboxPaths(splitSandboxPathsOption('/bin/sh=/bin/busybox /etc/ssl? /usr/lib/x=/opt/x? /dev /bin/sh=/bin/dash'));
+    expect([...m]).toEqual([
+      ['/bin/sh', { source: '/bin/dash', optional: false }],
+      ['/etc/ssl', { source: '/etc/ssl', optional: true }],
+      ['/usr/lib/x', { source: '/opt/x', optional: true }],
+      ['/dev', { source: '/dev', optional: false }],
+    ]);
+  });
+  it('rejects relative paths with a clear error', () => {
+    expect(() => parseSandboxPaths(['bin=/x'])).toThrow(/sandbox path 'bin=\/x' is not absolute/);
+  });
+});
+
+describe('__impureHostDeps', () => {
+  it('allows paths equal to or under an allowed prefix (canonicalised, no symlink resolution)', () => {
+    const m = checkImpureHostDeps('/nix/store/x-a.drv', ['/usr/lib/libSystem.dylib', '/bin/sh', '/usr/lib/../lib/x'], ['/usr/lib/', '/bin/sh']);
+    expect([...m.keys()]).toEqual(['/usr/lib/libSystem.dylib', '/bin/sh', '/usr/lib/../lib/x']);
+  });
+  it('rejects others, naming the path, and does not match on string prefix alone', () => {
+    expect(() => checkImpureHostDeps('/nix/store/x-a.drv', ['/usr/libexec/x'], ['/usr/lib'])).toThrow(
+      "derivation '/nix/store/x-a.drv' requested impure path '/usr/libexec/x', but it was not in allowed-impure-host-deps");
+    expect(() => checkImpureHostDeps('/nix/store/x-a.drv', ['/etc/passwd'], [])).toThrow(SandboxError);
+  });
+});
+
+describe('pre-build hook protocol', () => {
+  it('parses extra-sandbox-paths blocks', () => {
+    const m = parsePreBuildHookOutput('extra-sandbox-paths\n/a\n/b=/c\n\nextra-chroot-dirs\n/d=/e\n');
+    expect([...m]).toEqual([['/a', { source: '/a', optional: false }], ['/b', { source: '/c', optional: false }], ['/d', { source: '/e', optional: false }]]);
+  });
+  it('rejects unknown commands', () => {
+    expect(() => parsePreBuildHookOutput('something-else\n')).toThrow("unknown pre-build hook command 'something-else'");
+  });
+});
+
+describe('seccomp filter', () => {
+  it('is a well-formed BPF program ending in return instructions', () => {
+    for (const arch of ['x64', 'arm64']) {
+      const f = nixSeccompFilter(arch);
+      expect(f.length % 8).toBe(0);
+      expect(f.length / 8).toBeLessThan(64);
+      // first instruction loads seccomp_data.arch
+      expect(f.readUInt16LE(0)).toBe(0x20);
+      expect(f.readUInt32LE(4)).toBe(4);
+      // the last instruction kills on an unknown architecture
+      expect(f.readUInt16LE(f.length - 8)).toBe(0x06);
+      expect(f.readUInt32LE(f.length - 4)).toBe(0x80000000);
+    }
+  });
+  it('refuses unknown architectures with a SandboxError', () => {
+    expect(() => nixSeccompFilter('mips')).toThrow(/no seccomp filter for architecture 'mips'/);
+  });
+});
+
+describe.skipIf(!bwrapOk())('availability and choice', () => {
+  it('probes both backends', async () => {
+    expect(await sandboxAvailable()).toEqual({ ok: true, backend: 'helper' });
+    expect(await sandboxAvailable({ backend: 'bwrap' })).toEqual({ ok: true, backend: 'bwrap' });
+    const missing = await sandboxAvailable({ backend: 'bwrap', bwrapPath: '/nonexistent/bwrap' });
+    expect(missing.ok).toBe(false);
+  }, 30_000);
+
+  it('chooses per mode and fallback', async () => {
+    expect(await chooseSandbox({ mode: false })).toBeInstanceOf(NoSandbox);
+    expect(await chooseSandbox({ mode: true })).toBeInstanceOf(LinuxSandbox);
+    const warnings: string[] = [];
+    const broken = { backend: 'helper' as const, helper: { cc: '/nonexistent/cc', cacheDir: '/tmp/realise-no-helper-here' } };
+    expect(await chooseSandbox({ ...broken, mode: true, warn: (m) => warnings.push(m) })).toBeInstanceOf(NoSandbox);
+    expect(warnings[0]).toMatch(/^warning: sandboxing is not available \(.*\/nonexistent\/cc.*\); building without a sandbox$/);
+    await expect(chooseSandbox({ ...broken, mode: true, fallback: false })).rejects.toMatchObject({ code: 'sandbox-unavailable' });
+    await expect(chooseSandbox({ ...broken, mode: false, chrootStore: true })).rejects.toThrow(/the store is a chroot store/);
+  }, 30_000);
+});
