@@ -35,6 +35,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   private readonly substQueue: PQueue;
   private readonly progressTracker: ProgressTracker;
   private readonly drvCache = new Map<StorePath, Promise<DrvView>>();
+  private readonly providedDrvs = new Set<StorePath>();
   private readonly infoCache = new Map<string, { at: number; info: SubstitutablePathInfo | undefined }>();
   private linuxSandbox: Sandbox | undefined | null;
   private readonly noSandbox = new NoSandbox();
@@ -86,6 +87,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
         p.changed();
       },
       loadDrv: (drvPath) => this.loadDrvCached(store, drvPath),
+      isProvidedDrv: (drvPath) => this.providedDrvs.has(drvPath),
       pickSandbox: (view) => this.pickSandbox(store, view),
     };
   }
@@ -225,6 +227,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       const name = drvPath.slice(drvPath.lastIndexOf('/') + 34).replace(/\.drv$/, '');
       if (!(await store.isValidPath(drvPath))) {
         this.drvCache.set(drvPath, Promise.resolve(viewOf(drvPath, drv, name)));
+        this.providedDrvs.add(drvPath);
       }
     }
     const [r] = await this.runTargets([{ drvPath, outputs: '*' }], opts);

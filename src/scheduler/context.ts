@@ -24,6 +24,8 @@ export interface EngineContext {
   queryPathInfosCached(sub: Substituter, paths: StorePath[], signal: AbortSignal): Promise<Map<StorePath, SubstitutablePathInfo>>;
   /** Fetch a path from a substituter into the store (verifies signature, hash, size; registers atomically). */
   fetchPath(sub: Substituter, info: SubstitutablePathInfo, signal: AbortSignal, repair: boolean): Promise<void>;
+  /** Whether the caller handed us this derivation (buildDerivation), so it need not be in the store. */
+  isProvidedDrv(drvPath: StorePath): boolean;
   /** Load (and cache) a derivation. */
   loadDrv(drvPath: StorePath): Promise<DrvView>;
   /** The sandbox to use for a derivation, or an error message saying why none can be used. */

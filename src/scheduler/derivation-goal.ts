@@ -49,12 +49,10 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
   if (!isDerivationPath(drvPath)) return failure('misc-failure', `'${drvPath}' is not a derivation path`);
 
   // 1. Make sure the derivation exists; it may come from a substitute.
-  if (mode !== 'normal' || !(await store.isValidPath(drvPath))) {
-    if (!(await store.isValidPath(drvPath))) {
-      const o = await w.substitutionGoal(drvPath);
-      w.throwIfStopped();
-      if (!substitutionSucceeded(o)) return failure('misc-failure', `cannot build missing derivation '${drvPath}'`);
-    }
+  if (!w.ctx.isProvidedDrv(drvPath) && !(await store.isValidPath(drvPath))) {
+    const o = await w.substitutionGoal(drvPath);
+    w.throwIfStopped();
+    if (!substitutionSucceeded(o)) return failure('misc-failure', `cannot build missing derivation '${drvPath}'`);
   }
   const view = await w.ctx.loadDrv(drvPath);
   if (wanted) {
