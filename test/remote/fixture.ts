@@ -49,7 +49,7 @@ export interface Fixture {
   readDrv(drvPath: string): Derivation;
 }
 
-export function makeFixture(opts: { count?: number; salt?: string } = {}): Fixture {
+export function makeFixture(opts: { count?: number; salt?: string; prebuildDep?: boolean } = {}): Fixture {
   const dir = tempDir('realise-remote-');
   const localRoot = path.join(dir, 'local');
   const exprFile = path.join(dir, 'default.nix');
@@ -60,7 +60,7 @@ export function makeFixture(opts: { count?: number; salt?: string } = {}): Fixtu
   };
   const many = opts.count ? inst('many') : [];
   // The dependency is built locally, so a remote build of `top` must copy it over.
-  nix('nix-store', ['--store', localRoot, '--realise', drvs.dep], { env: { NIX_CONFIG: NIX_CONF } });
+  if (opts.prebuildDep ?? true) nix('nix-store', ['--store', localRoot, '--realise', drvs.dep], { env: { NIX_CONFIG: NIX_CONF } });
   let n = 0;
   return {
     dir, localRoot, drvs, many,
