@@ -6,13 +6,15 @@
  *    gives the same answers, including the bzip2-compressed build log.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chmodSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { execFileSync, nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import { Hash } from '../../src/store/hash.js';
-import { collect, dumpPath, streamOf } from '../../src/store/nar.js';
+import { collect, dumpPath, hashPath, streamOf } from '../../src/store/nar.js';
+import { makeFixedOutputPath } from '../../src/store/store-path.js';
+import { spawn } from 'node:child_process';
 import type { PathInfo } from '../../src/store/store-api.js';
 import { parseStoreUri, openStore } from '../../src/store/store-uri.js';
 
@@ -201,6 +203,40 @@ describe.skipIf(!nixOk())('interop with real Nix 2.8', () => {
     expect(deadNoKeep).toContain(drv);
     expectVerifies(root);
   });
+
+  it('our path lock excludes a real Nix process adding the same path (flock on <real path>.lock)', async () => {
+    const root = path.join(work, 'locking');
+    const f = path.join(work, 'locked-file.txt');
+    writeFileSync(f, 'lock interop\n');
+    const store = await LocalStore.open({ root });
+    try {
+      const narHash = (await hashPath(f)).hash;
+      const p = makeFixedOutputPath('recursive', narHash, 'locked-file.txt');
+      const held = await store.lockPaths([p]);
+      const child = spawn('nix-store', ['--store', root, '--add', f], { env: nixEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.on('data', (b: Buffer) => { out += b.toString(); });
+      const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+      // Wait until Nix has the lock file open (it is blocked in flock), then check it made no progress.
+      const lockFile = store.toRealPath(p) + '.lock';
+      const hasLockOpen = () => {
+        try {
+          return readdirSync(`/proc/${child.pid}/fd`).some((fd) => { try { return readlinkSync(`/proc/${child.pid}/fd/${fd}`) === lockFile; } catch { return false; } });
+        } catch { return false; }
+      };
+      for (let i = 0; i < 300 && !hasLockOpen() && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(hasLockOpen()).toBe(true);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(child.exitCode).toBeNull(); // Nix is waiting for our lock
+      expect(await store.isValidPath(p)).toBe(false);
+      await held.release();
+      expect(await exited).toBe(0);
+      expect(out.trim()).toBe(p);
+      expect(await store.isValidPath(p)).toBe(true);
+    } finally {
+      await store.close();
+    }
+  }, 60_000);
 
   it('a plain store URI as nix-instantiate takes it works for both', async () => {
     const d = path.join(work, 'plain');
