@@ -1,0 +1,372 @@
+/**
+ * Deterministic scheduler tests: derivations written with the derivation layer into a plain LocalStore,
+ * built through a fake Sandbox whose runs the test releases by hand (and, for time limits, through the
+ * real NoSandbox with sleeping /bin/sh builders).
+ */
+import { existsSync, promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { BuildEngine } from '../../src/scheduler/build-engine.js';
+import { BuildCancelledError, BuildFailedError } from '../../src/scheduler/errors.js';
+import type { BuildEngineOptions } from '../../src/scheduler/options.js';
+import { exitStatusOf, type BuildResult } from '../../src/scheduler/results.js';
+import type { Progress } from '../../src/scheduler/events.js';
+import { computeOutputPaths, readDerivationFromStore, writeDerivation } from '../../src/derivation/derivation.js';
+import { LocalStore } from '../../src/store/local-store.js';
+import type { StorePath } from '../../src/store/store-path.js';
+import { tempDir } from '../helpers/nix.js';
+import { FakeSandbox, removeTree, settle } from './helpers.js';
+
+let root: string;
+let store: LocalStore;
+let counter = 0;
+
+beforeAll(async () => {
+  root = tempDir('realise-sched-fake-');
+  store = await LocalStore.open({ storeDir: path.join(root, 'store'), stateDir: path.join(root, 'state'), logDir: path.join(root, 'log') });
+});
+
+afterAll(async () => {
+  await store?.close();
+  if (root) await removeTree(root);
+});
+
+/**
+ * Write a derivation `<name>` (unique per test run via a salt) depending on the `out` outputs of `deps`.
+ * Returns the .drv path; its builder is /bin/sh -c `script`.
+ */
+async function mkDrv(name: string, deps: StorePath[] = [], o: { script?: string; outputs?: string[]; env?: Record<string, string> } = {}): Promise<StorePath> {
+  const outputs = o.outputs ?? ['out'];
+  const script = o.script ?? 'echo building';
+  const env = new Map<string, string>([
+    ['builder', '/bin/sh'], ['name', name], ['system', 'x86_64-linux'], ['salt', `${process.pid}-${counter++}`],
+    ...(outputs.length > 1 ? [['outputs', outputs.join(' ')] as [string, string]] : []),
+    ...Object.entries(o.env ?? {}),
+  ]);
+  const drv = await computeOutputPaths(readDerivationFromStore(store), {
+    name, inputDrvs: new Map(deps.map((d) => [d, ['out']])), inputSrcs: [], platform: 'x86_64-linux',
+    builder: '/bin/sh', args: ['-c', script], env,
+  }, new Map(outputs.map((n) => [n, { type: 'input-addressed' as const }])), { storeDir: store.storeDir });
+  return writeDerivation(store, drv);
+}
+
+async function outPath(drvPath: StorePath, output = 'out'): Promise<StorePath> {
+  return (await store.queryDerivationOutputs(drvPath)).get(output)!;
+}
+
+const engines: BuildEngine[] = [];
+function engineWith(sandbox: FakeSandbox | false, o: BuildEngineOptions = {}): BuildEngine {
+  const e = new BuildEngine({ store, sandbox: sandbox === false ? false : sandbox, maxJobs: 2, ...o });
+  engines.push(e);
+  return e;
+}
+afterEach(() => {
+  for (const e of engines.splice(0)) e.removeAllListeners();
+});
+
+const fake = () => new FakeSandbox((p) => store.toRealPath(p));
+const nameOf = (drvPath: string) => drvPath.slice(drvPath.lastIndexOf('/') + 34).replace(/\.drv$/, '');
+
+describe('slots', () => {
+  it('maxJobs is never exceeded, and every build gets its turn', async () => {
+    const sb = fake();
+    const leaves = await Promise.all([1, 2, 3, 4, 5].map((i) => mkDrv(`leaf${i}`)));
+    const top = await mkDrv('top', leaves);
+    const engine = engineWith(sb, { maxJobs: 2 });
+    const call = engine.buildPaths([top]);
+    const order: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const pending = await sb.waitPending(Math.min(2, 5 - i));
+      await settle(50);
+      expect(sb.pending.length).toBeLessThanOrEqual(2);
+      expect(sb.pending.map((r) => nameOf(r.request.drvPath))).not.toContain('top');
+      order.push(nameOf(pending[0]!.request.drvPath));
+      await pending[0]!.finish();
+    }
+    const [last] = await sb.waitPending(1);
+    expect(nameOf(last!.request.drvPath)).toBe('top');
+    await last!.finish();
+    const [r] = await call;
+    expect(r!.result.status).toBe('built');
+    expect(sb.maxRunning).toBe(2);
+    expect(new Set(order).size).toBe(5);
+  });
+
+  it('a goal waiting on its inputs holds no slot (maxJobs 1, a chain three deep)', async () => {
+    const sb = fake();
+    const a = await mkDrv('chain-a');
+    const b = await mkDrv('chain-b', [a]);
+    const c = await mkDrv('chain-c', [b]);
+    const other = await mkDrv('chain-other');
+    const engine = engineWith(sb, { maxJobs: 1 });
+    const call = engine.buildPaths([c, other]);
+    const seen: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const [run] = await sb.waitPending(1);
+      await settle(30);
+      expect(sb.pending).toHaveLength(1);
+      seen.push(nameOf(run!.request.drvPath));
+      await run!.finish();
+    }
+    const rs = await call;
+    expect(rs.map((r) => r.result.status)).toEqual(['built', 'built']);
+    expect(seen.indexOf('chain-a')).toBeLessThan(seen.indexOf('chain-b'));
+    expect(seen.indexOf('chain-b')).toBeLessThan(seen.indexOf('chain-c'));
+    expect(sb.maxRunning).toBe(1);
+  });
+
+  it('a shared dependency is built once (diamond, and two targets sharing it)', async () => {
+    const sb = fake();
+    sb.auto = () => 0;
+    const base = await mkDrv('shared-base');
+    const left = await mkDrv('shared-left', [base]);
+    const right = await mkDrv('shared-right', [base]);
+    const top = await mkDrv('shared-top', [left, right]);
+    const engine = engineWith(sb, { maxJobs: 4 });
+    const created: string[] = [];
+    engine.on('goal-created', (e) => { if (e.kind === 'derivation') created.push(nameOf(e.path)); });
+    const rs = await engine.buildPaths([left, top, right, `${top}^out`]);
+    expect(rs.map((r) => r.result.status)).toEqual(['built', 'built', 'built', 'built']);
+    const built = sb.started.map((r) => nameOf(r.drvPath)).sort();
+    expect(built).toEqual(['shared-base', 'shared-left', 'shared-right', 'shared-top']);
+    expect(created.filter((n) => n === 'shared-base')).toHaveLength(1);
+    expect(await store.isValidPath(await outPath(base))).toBe(true);
+    // Both calls see the same output; a second call builds nothing.
+    const again = await engine.buildPaths([top]);
+    expect(again[0]!.result.status).toBe('already-valid');
+    expect(sb.started).toHaveLength(4);
+  });
+});
+
+describe('keepGoing', () => {
+  it('off: the first failure stops the call and kills the running sibling', async () => {
+    const sb = fake();
+    const bad = await mkDrv('kg-bad');
+    const good = await mkDrv('kg-good');
+    const later = await mkDrv('kg-later', [good]);
+    const engine = engineWith(sb, { maxJobs: 2 });
+    const call = engine.buildPaths([bad, later]).then(() => undefined, (e: unknown) => e);
+    await sb.waitPending(2);
+    const badRun = sb.find('kg-bad')!;
+    const goodRun = sb.find('kg-good')!;
+    badRun.log('it broke\n');
+    await badRun.finish(1);
+    const e = await call;
+    expect(e).toBeInstanceOf(BuildFailedError);
+    const err = e as BuildFailedError;
+    expect(err.exitStatus).toBe(100);
+    // The real failure is reported first; the stopped build is no failure of its own. (The top-level
+    // `later` did not succeed either: Nix lists it in 'build of ... failed' too.)
+    expect(err.failures[0]!.path).toBe(bad);
+    expect(err.failures.map((f) => f.path)).not.toContain(good);
+    expect(err.failures.slice(1).map((f) => f.result.status)).toEqual(err.failures.slice(1).map(() => 'dependency-failed'));
+    expect(err.failures[0]!.result.errorMsg).toBe(`builder for '${bad}' failed with exit code 1;\nlast 1 log lines:\n> it broke\nFor full logs, run 'nix log ${bad}'.`);
+    expect(goodRun.aborted).toBe(true);
+    expect(sb.started.map((r) => nameOf(r.drvPath))).not.toContain('kg-later');
+    // Nothing of the stopped builds is valid or left on disk.
+    for (const d of [good, later]) {
+      const p = await outPath(d);
+      expect(await store.isValidPath(p)).toBe(false);
+      expect(existsSync(store.toRealPath(p))).toBe(false);
+    }
+  });
+
+  it('on: independent builds go on, dependents of the failure are dependency-failed', async () => {
+    const sb = fake();
+    const bad = await mkDrv('kgo-bad');
+    const good = await mkDrv('kgo-good');
+    const top = await mkDrv('kgo-top', [bad, good]);
+    const other = await mkDrv('kgo-other', [good]);
+    const engine = engineWith(sb, { maxJobs: 2, keepGoing: true });
+    const call = engine.buildPathsWithResults([top, other]);
+    await sb.waitPending(2);
+    await sb.find('kgo-bad')!.finish(1);
+    await settle(50);
+    const goodRun = sb.find('kgo-good')!;
+    expect(goodRun.aborted).toBe(false);
+    await goodRun.finish();
+    const [otherRun] = await sb.waitPending(1);
+    expect(nameOf(otherRun!.request.drvPath)).toBe('kgo-other');
+    await otherRun!.finish();
+    const rs = await call;
+    expect(rs[0]!.result.status).toBe('dependency-failed');
+    expect(rs[0]!.result.errorMsg).toBe(`1 dependencies of derivation '${top}' failed to build`);
+    expect(rs[1]!.result.status).toBe('built');
+    expect(sb.started.map((r) => nameOf(r.drvPath))).not.toContain('kgo-top');
+
+    // buildPaths throws with every failure: the root cause and the goal that depended on it.
+    const sb2 = fake();
+    sb2.auto = (req) => (req.drvPath === bad ? 1 : 0);
+    const e = await engineWith(sb2, { keepGoing: true }).buildPaths([top]).then(() => undefined, (x: unknown) => x);
+    expect(e).toBeInstanceOf(BuildFailedError);
+    const statuses = Object.fromEntries((e as BuildFailedError).failures.map((f) => [nameOf(f.path), f.result.status]));
+    expect(statuses).toEqual({ 'kgo-bad': 'permanent-failure', 'kgo-top': 'dependency-failed' });
+    expect((e as BuildFailedError).exitStatus).toBe(100);
+  });
+});
+
+describe('cancellation', () => {
+  it('an AbortSignal mid-build kills the builder, throws BuildCancelledError and registers nothing', async () => {
+    const sb = fake();
+    const dep = await mkDrv('cancel-dep');
+    const a = await mkDrv('cancel-a', [dep]);
+    const b = await mkDrv('cancel-b');
+    const engine = engineWith(sb, { maxJobs: 2 });
+    const ctl = new AbortController();
+    const finished: BuildResult[] = [];
+    engine.on('goal-finished', (e) => finished.push(e.result));
+    const call = engine.buildPaths([a, b], { signal: ctl.signal }).then(() => undefined, (e: unknown) => e);
+    const runs = await sb.waitPending(2);
+    // The builders have written part of their outputs already.
+    for (const r of runs) for (const p of r.request.outputPaths) await fsp.writeFile(store.toRealPath(p), 'half');
+    ctl.abort();
+    const e = await call;
+    expect(e).toBeInstanceOf(BuildCancelledError);
+    expect((e as BuildCancelledError).code).toBe('cancelled');
+    expect(runs.every((r) => r.aborted)).toBe(true);
+    for (const d of [dep, a, b]) {
+      const p = await outPath(d);
+      expect(await store.isValidPath(p)).toBe(false);
+      expect(existsSync(store.toRealPath(p))).toBe(false);
+    }
+    expect(sb.started.map((r) => nameOf(r.drvPath))).not.toContain('cancel-a');
+    // Locks were released: the same derivations build afterwards.
+    const sb2 = fake();
+    sb2.auto = () => 0;
+    const rs = await engineWith(sb2).buildPaths([a, b]);
+    expect(rs.map((r) => r.result.status)).toEqual(['built', 'built']);
+  });
+
+  it('an already aborted signal builds nothing', async () => {
+    const sb = fake();
+    const a = await mkDrv('cancel-early');
+    const ctl = new AbortController();
+    ctl.abort();
+    await expect(engineWith(sb).buildPaths([a], { signal: ctl.signal })).rejects.toBeInstanceOf(BuildCancelledError);
+    expect(sb.started).toHaveLength(0);
+  });
+});
+
+describe('limits', () => {
+  it('maxLogSize: the builder is killed, status log-limit-exceeded, exit status 1', async () => {
+    const sb = fake();
+    const a = await mkDrv('chatty');
+    const engine = engineWith(sb, { maxLogSize: 1000 });
+    const call = engine.buildPathsWithResults([a]);
+    const [run] = await sb.waitPending(1);
+    run!.log('x'.repeat(600) + '\n');
+    await settle(20);
+    expect(run!.aborted).toBe(false);
+    run!.log('y'.repeat(600) + '\n');
+    await run!.done;
+    expect(run!.aborted).toBe(true);
+    const [r] = await call;
+    expect(r!.result.status).toBe('log-limit-exceeded');
+    expect(r!.result.errorMsg).toContain(`building of '${a}' from .drv file killed after writing more than 1000 bytes of log output`);
+    expect(await store.isValidPath(await outPath(a))).toBe(false);
+    expect(exitStatusOf([r!.result])).toBe(1);
+  });
+
+  describe('with the real NoSandbox and a sleeping /bin/sh builder', () => {
+    it('maxSilentTime: timed-out, exit status 101, the builder is killed', async () => {
+      const a = await mkDrv('silent', [], { script: 'echo started; exec /bin/sleep 30' });
+      const engine = engineWith(false, { maxSilentTime: 1 });
+      const t0 = Date.now();
+      const e = await engine.buildPaths([a]).then(() => undefined, (x: unknown) => x);
+      expect(Date.now() - t0).toBeLessThan(10_000);
+      expect(e).toBeInstanceOf(BuildFailedError);
+      const err = e as BuildFailedError;
+      expect(err.exitStatus).toBe(101);
+      expect(err.failures[0]!.result.status).toBe('timed-out');
+      expect(err.message).toBe(`building of '${a}' from .drv file timed out after 1 seconds of silence`);
+      expect(await store.isValidPath(await outPath(a))).toBe(false);
+      expect(await store.readBuildLog(a)).toBe('started\n');
+    });
+
+    it('buildTimeout: timed-out even while the builder keeps talking', async () => {
+      const a = await mkDrv('talker', [], { script: 'while :; do echo tick; /bin/sleep 0.2; done' });
+      const engine = engineWith(false, { buildTimeout: 1, maxSilentTime: 5 });
+      const t0 = Date.now();
+      const [r] = await engine.buildPathsWithResults([a]);
+      expect(Date.now() - t0).toBeLessThan(10_000);
+      expect(r!.result.status).toBe('timed-out');
+      expect(r!.result.errorMsg).toBe(`building of '${a}' from .drv file timed out after 1 seconds`);
+      expect(await store.isValidPath(await outPath(a))).toBe(false);
+    });
+
+    it('a quick builder under the same limits succeeds', async () => {
+      const a = await mkDrv('quick', [], { script: 'echo hi > $out' });
+      const [r] = await engineWith(false, { buildTimeout: 5, maxSilentTime: 5, maxLogSize: 100 }).buildPaths([a]);
+      expect(r!.result.status).toBe('built');
+      expect(await fsp.readFile(await outPath(a), 'utf8')).toBe('hi\n');
+    });
+  });
+});
+
+describe('events', () => {
+  it('goals, log lines and progress counters', async () => {
+    const sb = fake();
+    const base = await mkDrv('ev-base');
+    const top = await mkDrv('ev-top', [base]);
+    const engine = engineWith(sb, { maxJobs: 1 });
+    const log: string[] = [];
+    const progress: Progress[] = [];
+    engine.on('goal-created', (e) => log.push(`created ${nameOf(e.path)}`));
+    engine.on('goal-started', (e) => log.push(`started ${nameOf(e.path)}`));
+    engine.on('goal-finished', (e) => log.push(`finished ${nameOf(e.path)} ${e.result.status}`));
+    engine.on('build-started', (e) => log.push(`build ${nameOf(e.drvPath)}`));
+    engine.on('build-log', (e) => log.push(`log ${nameOf(e.drvPath)}: ${e.line}`));
+    engine.on('build-finished', (e) => log.push(`built ${nameOf(e.drvPath)} ${e.result.status}`));
+    engine.on('progress', (p) => progress.push(p));
+    const call = engine.buildPaths([top]);
+
+    const [b] = await sb.waitPending(1);
+    expect(engine.progress().builds.running).toBe(1);
+    b!.log('first line\nprogress ');
+    b!.log('10%\r');
+    b!.log('progress 100%\n');
+    await b!.finish();
+    const [t] = await sb.waitPending(1);
+    t!.log('no newline at the end');
+    await t!.finish();
+    await call;
+    await settle(10);
+
+    expect(log.filter((l) => l.startsWith('log '))).toEqual([
+      'log ev-base: first line',
+      'log ev-base: progress 100%',
+      'log ev-top: no newline at the end',
+    ]);
+    const at = (s: string) => log.indexOf(s);
+    expect(at('created ev-top')).toBeGreaterThanOrEqual(0);
+    expect(at('created ev-top')).toBeLessThan(at('created ev-base'));
+    expect(at('build ev-base')).toBeLessThan(at('log ev-base: first line'));
+    expect(at('built ev-base built')).toBeLessThan(at('finished ev-base built'));
+    expect(at('finished ev-base built')).toBeLessThan(at('build ev-top'));
+    expect(log[log.length - 1]).toBe('finished ev-top built');
+    expect(log.filter((l) => l.startsWith('created'))).toHaveLength(2);
+    expect(log.filter((l) => l.startsWith('finished'))).toHaveLength(2);
+
+    const last = progress[progress.length - 1]!;
+    expect(last.builds.done).toBe(last.builds.expected);
+    expect(last.builds.done).toBeGreaterThanOrEqual(2);
+    expect(last.builds.running).toBe(0);
+    expect(last.builds.failed).toBe(0);
+    expect(engine.progress()).toEqual(last);
+    // The full log of each build is in the store's log dir.
+    expect(await store.readBuildLog(base)).toBe('first line\nprogress 10%\rprogress 100%\n');
+  });
+
+  it('failures are counted', async () => {
+    const sb = fake();
+    sb.auto = () => 2;
+    const a = await mkDrv('ev-fail');
+    const engine = engineWith(sb);
+    await engine.buildPathsWithResults([a]);
+    await settle(10);
+    const p = engine.progress();
+    expect(p.builds.failed).toBe(1);
+    expect(p.builds.running).toBe(0);
+    expect(p.builds.done).toBe(0);
+  });
+});
