@@ -94,6 +94,7 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
   };
   const substituted = await trySubstitutes();
   if (substituted) return substituted;
+  if (mode === 'repair' && allWantedValid(statuses)) return repairClosure(w, view, statuses);
   if (mode === 'check' && statuses.some((s) => s.wanted && !s.valid)) {
     return failure('misc-failure', `some outputs of '${drvPath}' are not valid, so checking is not possible`);
   }
@@ -159,4 +160,33 @@ async function countFailures(goals: Promise<boolean>[], keepGoing: boolean): Pro
       }, reject);
     }
   });
+}
+
+/**
+ * Repair mode with valid, intact outputs (Nix's repairClosure): check every other path in the outputs'
+ * closure and repair the corrupt ones, rebuilding their deriver when it is in the input closure, else
+ * substituting them again.
+ */
+async function repairClosure(w: Worker, view: DrvView, statuses: OutputStatus[]): Promise<BuildResult> {
+  const { store } = w.ctx;
+  const own = statuses.filter((s) => s.wanted && s.path).map((s) => s.path!);
+  const closure = await store.computeClosure(own);
+  for (const p of statuses.map((s) => s.path)) if (p) closure.delete(p);
+  const outputsToDrv = new Map<StorePath, StorePath>();
+  for (const p of await store.computeClosure([view.drvPath])) {
+    if (!p.endsWith('.drv')) continue;
+    for (const [, out] of await store.queryDerivationOutputs(p)) outputsToDrv.set(out, p);
+  }
+  const repairs: Promise<boolean>[] = [];
+  for (const p of closure) {
+    if (await pathContentsGood(store, p)) continue;
+    w.warn(`found corrupted or missing path '${p}' in the output closure of '${view.drvPath}'`);
+    const drv = outputsToDrv.get(p);
+    repairs.push(drv
+      ? w.derivationGoal(drv, undefined, 'repair').then((r) => isSuccess(r.status))
+      : w.substitutionGoal(p, true).then(substitutionSucceeded));
+  }
+  const failed = (await Promise.all(repairs)).filter((ok) => !ok).length;
+  if (failed > 0) return failure('misc-failure', `some paths in the output closure of derivation '${view.drvPath}' could not be repaired`);
+  return success('already-valid', outputsOf(statuses, true));
 }
