@@ -71,17 +71,26 @@ function engineOptions(args: CliArgs, store: Store): BuildEngineOptions {
   return opts;
 }
 
+/** Output paths of a result that the target asked for, sorted by output name. */
+function wantedOutputs(r: TargetResult): [string, string][] {
+  if ('path' in r.target) return [];
+  const wanted = r.target.outputs === undefined || r.target.outputs === '*' ? undefined : new Set(r.target.outputs);
+  return Object.entries(r.result.builtOutputs)
+    .filter(([name]) => !wanted || wanted.has(name))
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
 function printResults(args: CliArgs, results: TargetResult[]): void {
   if (args.json) {
-    process.stdout.write(JSON.stringify(results.map((r) => ({ path: r.path, ...r.result })), null, 2) + '\n');
+    // The shape of `nix build --json`: one object per target.
+    process.stdout.write(JSON.stringify(results.map((r) => ('path' in r.target
+      ? { path: r.path }
+      : { drvPath: r.path, outputs: Object.fromEntries(wantedOutputs(r)) }))) + '\n');
     return;
   }
   for (const r of results) {
-    if ('path' in r.target) { process.stdout.write(r.path + '\n'); continue; }
-    const wanted = r.target.outputs === undefined || r.target.outputs === '*' ? undefined : new Set(r.target.outputs);
-    for (const [name, p] of Object.entries(r.result.builtOutputs).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-      if (!wanted || wanted.has(name)) process.stdout.write(p + '\n');
-    }
+    if ('path' in r.target) process.stdout.write(r.path + '\n');
+    else for (const [, p] of wantedOutputs(r)) process.stdout.write(p + '\n');
   }
 }
 
