@@ -119,8 +119,11 @@ export class FakeSandbox implements Sandbox {
   running = 0;
   maxRunning = 0;
   private waiters: (() => void)[] = [];
-  /** Set to finish every run at once with this behaviour (code, output contents). */
-  auto: ((req: SandboxRequest) => number | undefined) | undefined;
+  /**
+   * Set to finish every run at once: return an exit code, or `{ code, contents }` (output contents by
+   * output path), or undefined to leave the run pending.
+   */
+  auto: ((req: SandboxRequest) => number | { code: number; contents?: (outputPath: string) => string } | undefined) | undefined;
 
   constructor(private readonly toRealPath: (p: string) => string) {}
 
@@ -156,8 +159,9 @@ export class FakeSandbox implements Sandbox {
     this.pending.push(run);
     for (const w of this.waiters.splice(0)) w();
     if (this.auto) {
-      const code = this.auto(request);
-      if (code !== undefined) void run.finish(code);
+      const a = this.auto(request);
+      if (typeof a === 'number') void run.finish(a);
+      else if (a) void run.finish(a.code, a.contents);
     }
     return done;
   }

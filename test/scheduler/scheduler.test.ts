@@ -370,3 +370,133 @@ describe('events', () => {
     expect(p.builds.done).toBe(0);
   });
 });
+
+describe('goals and locks', () => {
+  it('a later request for more outputs widens the goal: one build for `^out` and `^dev`', async () => {
+    const sb = fake();
+    sb.auto = () => 0;
+    const m = await mkDrv('widen', [], { outputs: ['out', 'dev'] });
+    const engine = engineWith(sb);
+    const rs = await engine.buildPaths([`${m}^out`, `${m}^dev`]);
+    expect(rs.map((r) => r.result.status)).toEqual(['built', 'built']);
+    expect(sb.started).toHaveLength(1);
+    expect(await store.isValidPath(await outPath(m, 'out'))).toBe(true);
+    expect(await store.isValidPath(await outPath(m, 'dev'))).toBe(true);
+    const again = await engine.buildPaths([{ drvPath: m, outputs: ['dev'] }]);
+    expect(again[0]!.result.status).toBe('already-valid');
+    expect(again[0]!.result.builtOutputs).toEqual({ dev: await outPath(m, 'dev') });
+  });
+
+  it('an unknown wanted output fails the goal without building', async () => {
+    const sb = fake();
+    sb.auto = () => 0;
+    const m = await mkDrv('no-such-output');
+    const [r] = await engineWith(sb).buildPathsWithResults([`${m}^nope`]);
+    expect(r!.result.status).toBe('misc-failure');
+    expect(r!.result.errorMsg).toContain("does not have wanted outputs 'nope'");
+    expect(sb.started).toHaveLength(0);
+  });
+
+  it('two engines on one store: the second waits for the output lock and finds the output valid', async () => {
+    const sbA = fake();
+    const sbB = fake();
+    sbB.auto = () => 0;
+    const d = await mkDrv('locked');
+    const callA = engineWith(sbA).buildPaths([d]);
+    const [run] = await sbA.waitPending(1);
+    const callB = engineWith(sbB).buildPaths([d]);
+    await settle(300);
+    expect(sbB.started).toHaveLength(0);
+    await run!.finish();
+    const [[a], [b]] = await Promise.all([callA, callB]);
+    expect(a!.result.status).toBe('built');
+    expect(b!.result.status).toBe('already-valid');
+    expect(sbB.started).toHaveLength(0);
+  });
+
+  it('stale, invalid outputs are deleted before the builder runs', async () => {
+    const sb = fake();
+    const d = await mkDrv('stale');
+    const out = store.toRealPath(await outPath(d));
+    await fsp.mkdir(path.join(out, 'sub'), { recursive: true });
+    await fsp.writeFile(path.join(out, 'sub', 'junk'), 'junk');
+    await fsp.chmod(path.join(out, 'sub'), 0o555);
+    let existed: boolean | undefined;
+    sb.auto = (req) => { existed = existsSync(store.toRealPath(req.outputPaths[0]!)); return 0; };
+    const [r] = await engineWith(sb).buildPaths([d]);
+    expect(r!.result.status).toBe('built');
+    expect(existed).toBe(false);
+    expect((await fsp.stat(out)).isFile()).toBe(true);
+  });
+});
+
+describe('check mode and repeated rounds (fake sandbox)', () => {
+  let n = 0;
+  const varying = () => ({ code: 0, contents: () => `round ${n++}\n` });
+
+  it('check: same output passes, a different one is not-deterministic (exit 104); keepFailed keeps `.check`', async () => {
+    const sb = fake();
+    sb.auto = () => 0;
+    const d = await mkDrv('checked');
+    await engineWith(sb).buildPaths([d]);
+    const out = await outPath(d);
+    const before = await store.queryPathInfo(out);
+    const ok = await engineWith(sb).buildPaths([d], { mode: 'check' });
+    expect(ok[0]!.result.status).toBe('built');
+    expect(sb.started).toHaveLength(2);
+    // The check build writes elsewhere, not over the registered output.
+    expect(sb.started[1]!.outputPaths[0]).not.toBe(out);
+
+    sb.auto = varying;
+    const e = await engineWith(sb).buildPaths([d], { mode: 'check' }).then(() => undefined, (x: unknown) => x);
+    expect(e).toBeInstanceOf(BuildFailedError);
+    expect((e as BuildFailedError).exitStatus).toBe(104);
+    expect((e as BuildFailedError).failures[0]!.result.status).toBe('not-deterministic');
+    expect(existsSync(store.toRealPath(out) + '.check')).toBe(false);
+    expect(await store.queryPathInfo(out)).toEqual(before);
+    expect(await fsp.readFile(store.toRealPath(out), 'utf8')).toBe(`built by ${d}\n`);
+
+    const [r] = await engineWith(sb, { keepFailed: true }).buildPathsWithResults([d], { mode: 'check' });
+    expect(r!.result.status).toBe('not-deterministic');
+    expect(await fsp.readFile(store.toRealPath(out) + '.check', 'utf8')).toMatch(/^round \d+\n$/);
+    await removeTree(store.toRealPath(out) + '.check');
+  });
+
+  it('check of a derivation whose outputs are not valid fails without building', async () => {
+    const sb = fake();
+    sb.auto = () => 0;
+    const d = await mkDrv('check-missing');
+    const [r] = await engineWith(sb).buildPathsWithResults([d], { mode: 'check' });
+    expect(r!.result.status).not.toBe('built');
+    expect(r!.result.errorMsg).toContain('checking is not possible');
+    expect(sb.started).toHaveLength(0);
+  });
+
+  it('buildRepeat: rounds that differ fail with not-deterministic, or warn when not enforced', async () => {
+    const sb = fake();
+    sb.auto = varying;
+    const d = await mkDrv('repeat-strict');
+    const [r] = await engineWith(sb, { buildRepeat: 1 }).buildPathsWithResults([d]);
+    expect(sb.started).toHaveLength(2);
+    expect(r!.result.status).toBe('not-deterministic');
+    expect(r!.result.timesBuilt).toBe(2);
+    expect(r!.result.isNonDeterministic).toBe(true);
+
+    const d2 = await mkDrv('repeat-lax');
+    const warnings: string[] = [];
+    const engine = engineWith(sb, { buildRepeat: 2, enforceDeterminism: false });
+    engine.on('warning', (w) => warnings.push(w.message));
+    const [r2] = await engine.buildPaths([d2]);
+    expect(r2!.result.status).toBe('built');
+    expect(r2!.result.isNonDeterministic).toBe(true);
+    expect(warnings.some((w) => w.includes('differs from previous round'))).toBe(true);
+    expect(await store.isValidPath(await outPath(d2))).toBe(true);
+
+    const d3 = await mkDrv('repeat-same');
+    sb.auto = () => 0;
+    const [r3] = await engineWith(sb, { buildRepeat: 2 }).buildPaths([d3]);
+    expect(r3!.result.status).toBe('built');
+    expect(r3!.result.timesBuilt).toBe(3);
+    expect(r3!.result.isNonDeterministic).toBe(false);
+  });
+});
