@@ -8,7 +8,7 @@
  * streaming back, then copies the outputs the local store lacks (NAR hash verified) and registers them.
  */
 import { printMethodAlgo, type Derivation, type DerivationOutput } from '../derivation/derivation.js';
-import { RealiseError, unreachable } from '../store/errors.js';
+import { RealiseError, StoreError, unreachable } from '../store/errors.js';
 import { HashSink } from '../store/hash.js';
 import type { NarSource, PathInfo, Store } from '../store/store-api.js';
 import type { StorePath } from '../store/store-path.js';
@@ -184,7 +184,7 @@ export async function inputClosure(store: Store, drv: Derivation): Promise<Set<S
     const known = await store.queryDerivationOutputs(inDrv);
     for (const o of outs) {
       const p = known.get(o);
-      if (!p) throw new RemoteBuildError('(local)', 'copy', `output '${o}' of input derivation '${inDrv}' is not known locally`, { hint: 'build the inputs first' });
+      if (!p) throw new StoreError('remote-input-missing', `output '${o}' of input derivation '${inDrv}' is not known in the local store`, { hint: 'build the inputs before building remotely' });
       roots.add(p);
     }
   }
@@ -203,6 +203,7 @@ export class MachineBuilder implements RemoteBuilder {
   private disabledWhy = '';
   private waiters: (() => void)[] = [];
   private closed = false;
+  private uploads: Promise<unknown> = Promise.resolve();
 
   constructor(m: Machine, opts: MachineBuilderOptions = {}) {
     this.machine = m;
@@ -238,6 +239,12 @@ export class MachineBuilder implements RemoteBuilder {
     const ws = this.waiters;
     this.waiters = [];
     for (const w of ws) w();
+  }
+
+  private uploadLock<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.uploads.then(fn, fn);
+    this.uploads = p.catch(() => {});
+    return p;
   }
 
   /** Open a new connection (handshake included). */
@@ -318,18 +325,22 @@ export class MachineBuilder implements RemoteBuilder {
       // 1. Inputs the remote lacks, with their closure, in topological order.
       stage = 'copy';
       const inputs = opts.inputPaths ? new Set(opts.inputPaths) : await inputClosure(store, drv);
-      const present = inputs.size ? await client.queryValidPaths(inputs, { signal }) : new Set<StorePath>();
-      const missing = [...inputs].filter((p) => !present.has(p));
-      const infos = new Map<StorePath, PathInfo>();
-      for (const p of missing) {
-        const info = await store.queryPathInfo(p);
-        if (!info) throw new RemoteBuildError(this.name, 'copy', `input '${p}' of '${drvPath}' is not valid in the local store`, { hint: 'build or substitute the inputs before building remotely' });
-        infos.set(p, info);
-      }
-      const order = topoSortPaths(infos);
-      if (order.length) {
-        await client.addMultipleToStore(order.map((p) => ({ info: infos.get(p)!, nar: store.narFromPath(p) })), { signal, onLog: onEvent });
-      }
+      // As Nix's upload lock: one copy to a machine at a time, so builds sharing inputs send them once.
+      const order = await this.uploadLock(async () => {
+        const present = inputs.size ? await client.queryValidPaths(inputs, { signal }) : new Set<StorePath>();
+        const infos = new Map<StorePath, PathInfo>();
+        for (const p of inputs) {
+          if (present.has(p)) continue;
+          const info = await store.queryPathInfo(p);
+          if (!info) throw new RemoteBuildError(this.name, 'copy', `input '${p}' of '${drvPath}' is not valid in the local store`, { hint: 'build or substitute the inputs before building remotely' });
+          infos.set(p, info);
+        }
+        const sorted = topoSortPaths(infos);
+        if (sorted.length) {
+          await client.addMultipleToStore(sorted.map((p) => ({ info: infos.get(p)!, nar: store.narFromPath(p) })), { signal, onLog: onEvent });
+        }
+        return sorted;
+      });
 
       // 2. Build.
       stage = 'refused';

@@ -3,7 +3,7 @@
  * `nix-store --serve --write` (ssh://) over private chroot stores, run locally the way Nix runs
  * `localhost` machines (bash -c instead of ssh). Outputs must equal real Nix's own build.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalStore } from '../../src/store/local-store.js';
@@ -105,13 +105,18 @@ describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
     }
   });
 
-  it('cancellation stops the remote build promptly and the machine stays usable', async () => {
-    const remoteRoot = path.join(fx.dir, 'remote-cancel');
-    const b = builder(`ssh-ng://localhost?remote-store=${encodeURIComponent(remoteRoot)}`);
+  for (const scheme of ['ssh-ng', 'ssh'] as const) it(`${scheme}://: cancellation stops the remote build promptly and the machine stays usable`, async () => {
+    const remoteRoot = path.join(fx.dir, `remote-cancel-${scheme}`);
+    const b = builder(`${scheme}://localhost?remote-store=${encodeURIComponent(remoteRoot)}`);
+    // The remote builder process (sh -c '…; sleep 30; …'), seen from here.
+    const running = (): boolean => readdirSync('/proc').filter((d) => /^\d+$/.test(d)).some((d) => {
+      try { return readFileSync(`/proc/${d}/cmdline`, 'utf8').includes('echo sleeping; sleep 30'); } catch { return false; }
+    });
+    let sawRunning = false;
     const ac = new AbortController();
     const t0 = Date.now();
     const p = b.build(fx.drvs.slow, fx.readDrv(fx.drvs.slow), {
-      store, signal: ac.signal, onLog: (l) => { if (l === 'sleeping') ac.abort(new Error('user cancelled')); },
+      store, signal: ac.signal, onLog: (l) => { if (l === 'sleeping') { sawRunning = running(); ac.abort(new Error('user cancelled')); } },
     });
     const err = await p.then(() => undefined, (e: unknown) => e);
     expect(err).toBeInstanceOf(RemoteBuildError);
@@ -119,6 +124,9 @@ describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
     expect((err as RemoteBuildError).machine).toBe(b.name);
     expect(Date.now() - t0).toBeLessThan(15_000);
     expect(b.load).toBe(0);
+    expect(sawRunning).toBe(true);
+    for (let i = 0; i < 50 && running(); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(running()).toBe(false);
     // The next build opens a new connection and works.
     const r = await b.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store });
     expect(r.status).toBe('permanent-failure');
