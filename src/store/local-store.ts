@@ -250,7 +250,7 @@ export class LocalStore implements Store {
         if (!has) for (const s of SCHEMA_STATEMENTS) conn.exec(s);
       }).immediate();
       if (cur === 0) {
-        const tmp = `${schemaFile}.tmp-${process.pid}`;
+        const tmp = `${schemaFile}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
         await fsp.writeFile(tmp, String(NIX_SCHEMA_VERSION), { mode: 0o644 });
         await fsp.rename(tmp, schemaFile);
       }
@@ -282,6 +282,8 @@ export class LocalStore implements Store {
       addRef: db.prepare('insert or replace into Refs (referrer, reference) values (?, ?)'),
       addDrvOutput: db.prepare('insert or replace into DerivationOutputs (drv, id, path) values (?, ?, ?)'),
       drvOutputs: db.prepare<[string], { id: string; path: string }>('select d.id, d.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where v.path = ?'),
+      validDerivers: db.prepare<[string], { path: string }>('select v.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where d.path = ?'),
+      allPaths: db.prepare('select path from ValidPaths').pluck(),
       validChunk: db.prepare(`select path from ValidPaths where path in (${Array(VALID_CHUNK).fill('?').join(',')})`).pluck(),
       closure: db.prepare<[string], { path: string }>(
         `with recursive c(id) as (
@@ -363,6 +365,18 @@ export class LocalStore implements Store {
     const valid = this.queryValidPathsSync(start);
     for (const p of start) if (!valid.has(p)) throw invalidPathError(p);
     return new Set(this.st.closure.all(JSON.stringify(start)).map((r) => r.path));
+  }
+
+  /** Valid derivations that list `outPath` as an output in DerivationOutputs (Nix's queryValidDerivers). */
+  async queryValidDerivers(outPath: StorePath): Promise<StorePath[]> {
+    this.check();
+    return this.st.validDerivers.all(outPath).map((r) => r.path).sort();
+  }
+
+  /** Every valid path of the store. */
+  async queryAllValidPaths(): Promise<Set<StorePath>> {
+    this.check();
+    return new Set(this.st.allPaths.all() as string[]);
   }
 
   async queryDerivationOutputs(drvPath: StorePath): Promise<Map<string, StorePath>> {

@@ -103,6 +103,20 @@ export class MemoryStore implements Store {
     return out;
   }
 
+  /** Valid derivations that list `outPath` as an output (Nix's queryValidDerivers). */
+  async queryValidDerivers(outPath: StorePath): Promise<StorePath[]> {
+    this.check();
+    const out: StorePath[] = [];
+    for (const [drv, m] of this.drvOutputs) if (this.paths.has(drv) && [...m.values()].includes(outPath)) out.push(drv);
+    return out.sort();
+  }
+
+  /** Every valid path of the store. */
+  async queryAllValidPaths(): Promise<Set<StorePath>> {
+    this.check();
+    return new Set(this.paths.keys());
+  }
+
   async queryDerivationOutputs(drvPath: StorePath): Promise<Map<string, StorePath>> {
     this.check();
     return new Map(this.drvOutputs.get(drvPath) ?? []);

@@ -318,6 +318,9 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
       await store.registerDerivationOutputs(drv, new Map([['out', out]]));
       expect((await store.queryDerivationOutputs(drv)).size).toBe(2);
       await expect(store.registerDerivationOutputs(freshPath('bar.drv', sd()), new Map([['out', out]]))).rejects.toMatchObject({ code: 'invalid-path' });
+      const extra = store as Store & { queryValidDerivers?(p: StorePath): Promise<StorePath[]>; queryAllValidPaths?(): Promise<Set<StorePath>> };
+      if (extra.queryValidDerivers) expect(await extra.queryValidDerivers(dev)).toEqual([drv]);
+      if (extra.queryAllValidPaths) expect(await extra.queryAllValidPaths()).toEqual(new Set([drv]));
     });
 
     it('deletePath refuses valid paths and removes invalid contents', async () => {

@@ -238,6 +238,36 @@ describe.skipIf(!nixOk())('interop with real Nix 2.8', () => {
     }
   }, 60_000);
 
+  it('a real Nix build holds the output lock; we wait for it and then see the output valid', async () => {
+    const root = path.join(work, 'nixlock');
+    const exprFile = path.join(work, 'sleeper.nix');
+    writeFileSync(exprFile, 'derivation { name = "sleeper"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "sleep 2; echo done > $out" ]; }');
+    const sleeper = nix('nix-instantiate', ['--store', root, exprFile]);
+    const out = nix('nix-store', ['--store', root, '-q', '--outputs', sleeper]);
+    const child = spawn('nix-store', ['--store', root, '--realise', sleeper, '--option', 'sandbox-paths', '/bin/sh=/bin/busybox'], { env: nixEnv(), stdio: 'ignore' });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    const store = await LocalStore.open({ root });
+    try {
+      let sawHeld = false;
+      for (let i = 0; i < 400 && child.exitCode === null; i++) {
+        const l = await store.tryLockPaths([out]);
+        if (!l) { sawHeld = true; break; }
+        await l.release();
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      expect(sawHeld).toBe(true);
+      expect(await store.isValidPath(out)).toBe(false);
+      const l = await store.lockPaths([out]);
+      expect(await store.isValidPath(out)).toBe(true); // Nix registered the output before unlocking
+      await l.release();
+      expect(await exited).toBe(0);
+      expect(await store.readTextFile(out)).toBe('done\n');
+    } finally {
+      child.kill();
+      await store.close();
+    }
+  }, 60_000);
+
   it('a plain store URI as nix-instantiate takes it works for both', async () => {
     const d = path.join(work, 'plain');
     const uri = `local?store=${d}/store&state=${d}/state&log=${d}/log`;
