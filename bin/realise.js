@@ -1,9 +1,23 @@
 #!/usr/bin/env node
-// The `realise` command. Runs the compiled CLI when built (npm run build), else the TypeScript source via tsx.
-import { existsSync } from 'node:fs';
+// The `realise` command. Runs the compiled CLI (dist/, made by `npm run build`) when it is newer than the
+// sources, else the TypeScript sources through tsx.
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 
 const dist = new URL('../dist/cli/main.js', import.meta.url);
-if (existsSync(dist)) {
+const src = fileURLToPath(new URL('../src', import.meta.url));
+
+function newestSource(dir) {
+  let newest = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = `${dir}/${e.name}`;
+    newest = Math.max(newest, e.isDirectory() ? newestSource(p) : statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+const useDist = existsSync(dist) && (!existsSync(src) || statSync(dist).mtimeMs >= newestSource(src));
+if (useDist) {
   await import(dist.href);
 } else {
   const { register } = await import('tsx/esm/api');
