@@ -331,6 +331,10 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
 
   await store.registerValidPaths([...infos.values()]);
   if (delayed) throw delayed;
+  // Floating content-addressed outputs are known only now: record them as the derivation's outputs.
+  const floating = new Map<string, StorePath>();
+  for (const [name, spec] of view.outputs) if (spec.kind === 'floating' && finalPaths[name]) floating.set(name, finalPaths[name]!);
+  if (floating.size) await store.registerDerivationOutputs(drvPath, floating);
   return { outputs: { paths: finalPaths, narHashes: hashesOf(infos) }, nonDeterministic, stopRounds };
 }
 
