@@ -334,7 +334,7 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
   // Floating content-addressed outputs are known only now: record them as the derivation's outputs.
   const floating = new Map<string, StorePath>();
   for (const [name, spec] of view.outputs) if (spec.kind === 'floating' && finalPaths[name]) floating.set(name, finalPaths[name]!);
-  if (floating.size) await store.registerDerivationOutputs(drvPath, floating);
+  if (floating.size && (await store.isValidPath(drvPath))) await store.registerDerivationOutputs(drvPath, floating);
   return { outputs: { paths: finalPaths, narHashes: hashesOf(infos) }, nonDeterministic, stopRounds };
 }
 
