@@ -8,7 +8,10 @@
  *   REMOTE_BENCH_N=50 npx tsx bench/remote.ts
  *
  * Scenarios: (1) one machine, one slot: builds one after another (per-build latency);
- * (2) two machines with 2 slots each, all builds submitted at once (throughput).
+ * (2) two machines with 2 slots each, all builds submitted at once (throughput);
+ * (3) a DAG of REMOTE_BENCH_DAG nodes (default 200: 10 layers, each node depending on two of the layer
+ *     below) through BuildEngine with 1 local slot plus the two machines, vs `nix-store --realise
+ *     --max-jobs 1 --builders` with the same machines.
  */
 import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
@@ -20,6 +23,7 @@ import { nixInstantiate, runNix, tempDir } from '../test/helpers/nix.js';
 import { NIX_CONF, remoteEnv } from '../test/remote/fixture.js';
 import { parseDerivation, derivationNameFromPath } from '../src/derivation/derivation.js';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { BuildEngine } from '../src/scheduler/build-engine.js';
 
 const N = Number(process.env.REMOTE_BENCH_N ?? 20);
 const dir = tempDir('realise-bench-remote-');
@@ -75,6 +79,48 @@ function nixRef(tag: string, machines: Machine[]): { wall: number } {
   return { wall };
 }
 
+const DAG = Number(process.env.REMOTE_BENCH_DAG ?? 200);
+
+function dagExpr(salt: string): string {
+  const layers = 10;
+  const width = Math.max(1, Math.round(DAG / layers));
+  return `let
+  mk = name: deps: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo \${name} \${builtins.concatStringsSep " " deps} > $out" ]; salt = "${salt}"; };
+  layer = l: builtins.genList (i: mk "n-\${toString l}-\${toString i}"
+    (if l == 0 then [] else [ (builtins.elemAt (layer (l - 1)) i) (builtins.elemAt (layer (l - 1)) (if i + 1 == ${width} then 0 else i + 1)) ])) ${width};
+  top = layer ${layers - 1};
+in mk "root" top`;
+}
+
+async function dagOurs(tag: string, machines: Machine[]): Promise<number> {
+  const root = path.join(dir, `${tag}-ours-local`);
+  const file = path.join(dir, `dag-${tag}.nix`);
+  writeFileSync(file, dagExpr(tag));
+  const [drv] = nixInstantiate(root, file, { file: true });
+  const store = await LocalStore.open({ root });
+  const builders = machines.map((m) => new MachineBuilder(m, { env: remoteEnv() }));
+  const engine = new BuildEngine({ store, maxJobs: 1, builders, sandbox: true, sandboxPaths: ['/bin/sh=/bin/busybox'] });
+  const t0 = performance.now();
+  const [r] = await engine.buildPaths([{ drvPath: drv!, outputs: ['out'] }]);
+  const wall = (performance.now() - t0) / 1000;
+  if (r!.result.status !== 'built') throw new Error(`DAG build failed: ${r!.result.errorMsg}`);
+  await Promise.all(builders.map((b) => b.close()));
+  await store.close();
+  return wall;
+}
+
+function dagNix(tag: string, machines: Machine[]): number {
+  const root = path.join(dir, `${tag}-nix-local`);
+  const file = path.join(dir, `dag-${tag}.nix`);
+  writeFileSync(file, dagExpr(tag));
+  const [drv] = nixInstantiate(root, file, { file: true });
+  const t0 = performance.now();
+  const r = runNix('nix-store', ['--store', root, '--realise', drv!, '--max-jobs', '1', '--builders', formatMachines(machines).replace(/\n/g, ';')], { env: { NIX_CONFIG: NIX_CONF } });
+  if (r.status !== 0) throw new Error(`nix-store --realise failed:\n${r.stderr}`);
+  return (performance.now() - t0) / 1000;
+}
+
 async function main(): Promise<void> {
   const salt = randomBytes(4).toString('hex');
   console.log(`remote builds, N=${N} trivial derivations per scenario (work dir ${dir})`);
@@ -96,7 +142,18 @@ async function main(): Promise<void> {
   console.log(`  realise: wall ${o2.wall.toFixed(2)} s = ${(o2.wall / N).toFixed(3)} s/build`);
   console.log(`  Nix 2.8: wall ${n2.wall.toFixed(2)} s = ${(n2.wall / N).toFixed(3)} s/build`);
   console.log(`  ratio Nix/ours: ${(n2.wall / o2.wall).toFixed(1)}x`);
-  console.log(`\nRESULT ${JSON.stringify({ N, seq: { ours: ourPer, nix: nixPer }, par: { ours: o2.wall / N, nix: n2.wall / N } })}`);
+  let dag: { nodes: number; ours: number; nix: number } | undefined;
+  if (DAG > 0) {
+    const nodes = 10 * Math.max(1, Math.round(DAG / 10)) + 1;
+    const o3 = await dagOurs(`dag-${salt}`, parM(`dag-ours-${salt}`));
+    const n3 = dagNix(`dag-${salt}`, parM(`dag-nix-${salt}`));
+    dag = { nodes, ours: o3, nix: n3 };
+    console.log(`\n${nodes}-node DAG, 1 local slot + 2 machines x 2 slots`);
+    console.log(`  realise BuildEngine: wall ${o3.toFixed(2)} s`);
+    console.log(`  Nix 2.8:             wall ${n3.toFixed(2)} s`);
+    console.log(`  ratio Nix/ours: ${(n3 / o3).toFixed(1)}x`);
+  }
+  console.log(`\nRESULT ${JSON.stringify({ N, seq: { ours: ourPer, nix: nixPer }, par: { ours: o2.wall / N, nix: n2.wall / N }, dag })}`);
 }
 
 await main();
