@@ -1,0 +1,65 @@
+/**
+ * `npm run bench`: run every benchmark in bench/, each in its own child process, one after the other
+ * (they measure wall time: never in parallel). A benchmark that fails is reported and the others still run.
+ *
+ *   npm run bench                      # full sizes
+ *   npm run bench -- --small           # small sizes (sets REALISE_BENCH_SMALL=1 for every benchmark)
+ *   npm run bench -- --only dag,noop   # a subset, by file name without .ts
+ *
+ * Known benchmarks run first in this order; any other bench/*.ts (not starting with '.' or '_', and not
+ * this file) runs after them. Exit status: 0 when every benchmark exited 0, else 1.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+
+const KNOWN = ['dag', 'noop', 'scheduler-overhead', 'nar-hash', 'refscan', 'query-valid-paths', 'substitute', 'sandbox', 'remote'];
+
+function usage(): never {
+  console.error('usage: tsx bench/run.ts [--small] [--only NAME[,NAME...]]');
+  process.exit(2);
+}
+
+function main(): number {
+  const args = process.argv.slice(2);
+  let small = process.env.REALISE_BENCH_SMALL === '1';
+  let only: Set<string> | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--small') small = true;
+    else if (a === '--only') only = new Set((args[++i] ?? usage()).split(',').filter(Boolean));
+    else if (a.startsWith('--only=')) only = new Set(a.slice(7).split(',').filter(Boolean));
+    else if (a === '--help' || a === '-h') usage();
+    else usage();
+  }
+  const dir = path.dirname(fileURLToPath(import.meta.url));
+  const self = path.basename(fileURLToPath(import.meta.url), '.ts');
+  const others = readdirSync(dir)
+    .filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts') && !f.startsWith('.') && !f.startsWith('_'))
+    .map((f) => f.slice(0, -3))
+    .filter((n) => n !== self && !KNOWN.includes(n))
+    .sort();
+  const names = [...KNOWN.filter((n) => existsSync(path.join(dir, `${n}.ts`))), ...others].filter((n) => !only || only.has(n));
+  if (only) for (const n of only) if (!names.includes(n)) console.error(`bench: no benchmark named '${n}' in ${dir}`);
+
+  const env = { ...process.env, ...(small ? { REALISE_BENCH_SMALL: '1' } : {}) };
+  const summary: { name: string; status: string; seconds: number }[] = [];
+  console.log(`# realise benchmarks (${small ? 'small sizes' : 'full sizes'}): ${names.join(', ')}`);
+  console.log(`# node ${process.version}, ${new Date().toISOString()}\n`);
+  for (const name of names) {
+    console.log(`\n======== ${name} ========`);
+    const t0 = performance.now();
+    const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(dir, `${name}.ts`)], { env, stdio: 'inherit' });
+    const seconds = (performance.now() - t0) / 1000;
+    const status = r.error ? `could not start: ${r.error.message}` : r.signal ? `killed by ${r.signal}` : r.status === 0 ? 'ok' : `failed (exit ${r.status})`;
+    if (status !== 'ok') console.log(`bench ${name}: ${status}; continuing with the next one`);
+    summary.push({ name, status, seconds });
+  }
+  console.log('\n======== summary ========');
+  for (const s of summary) console.log(`${s.name.padEnd(20)} ${s.status.padEnd(22)} ${s.seconds.toFixed(1)} s`);
+  return summary.every((s) => s.status === 'ok') ? 0 : 1;
+}
+
+process.exitCode = main();
