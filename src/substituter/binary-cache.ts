@@ -44,7 +44,7 @@ interface Transport {
   /** Whole small file, or undefined when absent (404/410, ENOENT). */
   getFile(rel: string, signal?: AbortSignal): Promise<Buffer | undefined>;
   /** Stream a file; throws SubstituterError 'not-found' when absent. `expected` is the size when known. */
-  stream(rel: string, signal?: AbortSignal): AsyncIterable<Uint8Array>;
+  stream(rel: string, signal?: AbortSignal, sizeHint?: number): AsyncIterable<Uint8Array>;
   close(): Promise<void>;
 }
 
@@ -78,9 +78,11 @@ class FileTransport implements Transport {
     }
   }
 
-  async *stream(rel: string, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+  async *stream(rel: string, signal?: AbortSignal, sizeHint?: number): AsyncGenerator<Uint8Array> {
     const file = this.resolve(rel);
-    const s = createReadStream(file, { highWaterMark: 1 << 20, ...(signal ? { signal } : {}) });
+    // Read buffers are allocated at highWaterMark: size them to the file (+1 to see EOF in one read).
+    const hwm = sizeHint !== undefined && sizeHint >= 0 ? Math.max(4096, Math.min(1 << 20, sizeHint + 1)) : 1 << 20;
+    const s = createReadStream(file, { highWaterMark: hwm, ...(signal ? { signal } : {}) });
     try {
       for await (const chunk of s as AsyncIterable<Buffer>) yield chunk;
     } catch (e) {
@@ -338,7 +340,7 @@ export class BinaryCacheSubstituter implements Substituter {
     const uri = this.uri;
     async function* raw(): AsyncGenerator<Uint8Array> {
       let done = 0;
-      for await (const chunk of transport.stream(info.url, signal)) {
+      for await (const chunk of transport.stream(info.url, signal, info.fileSize)) {
         done += chunk.length;
         if (info.fileSize !== undefined && done > info.fileSize) {
           throw new SubstituterError('network', `NAR file '${info.url}' of '${info.path}' on '${uri}' is larger than its FileSize ${info.fileSize}`, { uri, path: info.path });
@@ -352,7 +354,7 @@ export class BinaryCacheSubstituter implements Substituter {
     }
     let decompressed: AsyncIterable<Uint8Array>;
     try {
-      decompressed = decompressStream(info.compression, raw(), signal ? { signal } : {});
+      decompressed = decompressStream(info.compression, raw(), { ...(signal ? { signal } : {}), sizeHint: info.narSize });
     } catch (e) {
       throw new SubstituterError('decompression', `cannot read NAR of '${info.path}' from '${uri}': ${(e as Error).message}`, { uri, path: info.path, cause: e });
     }

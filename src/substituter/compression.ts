@@ -19,12 +19,19 @@ export class DecompressionError extends Error {
   }
 }
 
-function decoder(c: Exclude<Compression, 'none' | 'bzip2'>): Transform {
+/** Output buffer size: 1 MiB, or less for small NARs (the decoders allocate a buffer of this size per call). */
+function outputChunk(sizeHint: number | undefined): number {
+  if (sizeHint === undefined || !(sizeHint > 0)) return CHUNK;
+  return Math.max(16 * 1024, Math.min(CHUNK, 2 ** Math.ceil(Math.log2(sizeHint + 1))));
+}
+
+function decoder(c: Exclude<Compression, 'none' | 'bzip2'>, sizeHint: number | undefined): Transform {
+  const chunkSize = outputChunk(sizeHint);
   switch (c) {
-    case 'xz': return createUnxz({ chunkSize: CHUNK }) as unknown as Transform;
+    case 'xz': return createUnxz({ chunkSize }) as unknown as Transform;
     case 'zstd': return new DecompressStream();
-    case 'br': return zlib.createBrotliDecompress({ chunkSize: CHUNK });
-    case 'gzip': return zlib.createGunzip({ chunkSize: CHUNK });
+    case 'br': return zlib.createBrotliDecompress({ chunkSize });
+    case 'gzip': return zlib.createGunzip({ chunkSize });
   }
 }
 
@@ -90,7 +97,7 @@ async function* throughTransform(source: AsyncIterable<Uint8Array>, t: Transform
 }
 
 /** Decompress a stream. Unknown compressions throw DecompressionError before reading anything. */
-export function decompressStream(compression: string, source: AsyncIterable<Uint8Array>, opts: { signal?: AbortSignal } = {}): AsyncIterable<Uint8Array> {
+export function decompressStream(compression: string, source: AsyncIterable<Uint8Array>, opts: { signal?: AbortSignal; sizeHint?: number } = {}): AsyncIterable<Uint8Array> {
   switch (compression) {
     case 'none': return source;
     case 'bzip2':
@@ -103,7 +110,7 @@ export function decompressStream(compression: string, source: AsyncIterable<Uint
         }
       })();
     case 'xz': case 'zstd': case 'br': case 'gzip':
-      return throughTransform(compression === 'xz' ? checkXzEnd(source) : source, decoder(compression), `${compression} decompression`);
+      return throughTransform(compression === 'xz' ? checkXzEnd(source) : source, decoder(compression, opts.sizeHint), `${compression} decompression`);
     default:
       throw new DecompressionError(`unsupported compression '${compression}'`);
   }
