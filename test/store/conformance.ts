@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { StoreError, RealiseError } from '../../src/store/errors.js';
 import { Hash } from '../../src/store/hash.js';
-import { collect, dumpPath, narOfRegularFile, streamOf } from '../../src/store/nar.js';
+import { collect, dumpPath, narOfRegularFile, narString, streamOf } from '../../src/store/nar.js';
+import fc from 'fast-check';
 import type { PathInfo, Store } from '../../src/store/store-api.js';
 import { computeTextPath, makeFixedOutputPath, makeStorePath, type StorePath } from '../../src/store/store-path.js';
 
@@ -270,6 +271,62 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
       ]));
       expectCode(e, 'reference-cycle');
       expect(await store.queryValidPaths([p, q])).toEqual(new Set());
+    });
+
+    it('a hostile NAR (entry named "..") is refused and writes nothing outside the temp dir', async () => {
+      const s = (x: string) => narString(x);
+      const nar = Buffer.concat([s('nix-archive-1'), s('('), s('type'), s('directory'), s('entry'), s('('), s('name'), s('..'), s('node'),
+        s('('), s('type'), s('regular'), s('contents'), s('pwned'), s(')'), s(')'), s(')')]);
+      const p = freshPath('hostile', sd());
+      const before = readdirSync(path.dirname(store.realStoreDir)).sort();
+      const e = await catchErr(store.addToStore({ path: p, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [] }, streamOf(nar)));
+      expectCode(e, 'bad-nar');
+      expect(await store.isValidPath(p)).toBe(false);
+      expect(existsSync(store.toRealPath(p))).toBe(false);
+      expect(readdirSync(path.dirname(store.realStoreDir)).sort()).toEqual(before);
+      expect(await tmpLeftovers(store)).toEqual([]);
+    });
+
+    it('property: a random batch registers entirely iff every reference is valid or in the batch', async () => {
+      const existing = await store.addTextToStore('base.txt', 'base');
+      await fc.assert(fc.asyncProperty(
+        fc.integer({ min: 1, max: 5 }).chain((n) => fc.tuple(
+          fc.constant(n),
+          // Each path refers to earlier batch members (no cycles), the valid base, or a missing path.
+          fc.array(fc.array(fc.integer({ min: -2, max: n - 1 }), { maxLength: 3 }), { minLength: n, maxLength: n }),
+          fc.shuffledSubarray([...Array(n).keys()], { minLength: n, maxLength: n }),
+        )),
+        async ([n, refIdx, order]) => {
+          const paths = Array.from({ length: n }, (_, i) => freshPath(`b${i}`, sd()));
+          const missing = freshPath('absent', sd());
+          const infos: PathInfo[] = [];
+          let ok = true;
+          for (let i = 0; i < n; i++) {
+            const refs = new Set<StorePath>();
+            for (const r of refIdx[i]!) {
+              if (r === -1) refs.add(existing);
+              else if (r === -2) { refs.add(missing); ok = false; }
+              else if (r < i) refs.add(paths[r]!);
+              else if (r === i) refs.add(paths[i]!);
+            }
+            await fsp.writeFile(store.toRealPath(paths[i]!), `p${i}`);
+            const nar = narOfRegularFile(`p${i}`);
+            infos.push({ path: paths[i]!, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [...refs] });
+          }
+          const batch = order.map((i) => infos[i]!);
+          let threw: unknown;
+          try { await store.registerValidPaths(batch); } catch (e) { threw = e; }
+          const valid = await store.queryValidPaths(paths);
+          if (ok) {
+            expect(threw).toBeUndefined();
+            expect(valid.size).toBe(n);
+            for (const i of infos) expect((await store.queryPathInfo(i.path))!.references).toEqual([...i.references].sort());
+          } else {
+            expectCode(threw, 'missing-references');
+            expect(valid.size).toBe(0);
+          }
+        },
+      ), { numRuns: 12 });
     });
 
     it('rejects malformed store paths with a typed error', async () => {
