@@ -3,7 +3,8 @@
  * (they measure wall time: never in parallel). A benchmark that fails is reported and the others still run.
  *
  *   npm run bench                      # full sizes
- *   npm run bench -- --small           # small sizes (sets REALISE_BENCH_SMALL=1 for every benchmark)
+ *   npm run bench -- --small           # small sizes: REALISE_BENCH_SMALL=1 for every benchmark, and the
+ *                                      # size variables other benchmarks document (NARHASH_MB, ...) set small
  *   npm run bench -- --only dag,noop   # a subset, by file name without .ts
  *
  * Known benchmarks run first in this order; any other bench/*.ts (not starting with '.' or '_', and not
@@ -16,6 +17,15 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
 const KNOWN = ['dag', 'noop', 'scheduler-overhead', 'nar-hash', 'refscan', 'query-valid-paths', 'substitute', 'sandbox', 'remote'];
+
+/** `--small`: REALISE_BENCH_SMALL=1 for all, plus the documented size variables of individual benchmarks. */
+const SMALL_KNOBS: Record<string, string> = {
+  NARHASH_MB: '64', NARHASH_RUNS: '3',
+  REFSCAN_MB: '16', REFSCAN_RUNS: '3',
+  BENCH_SANDBOX_BUILDS: '20',
+  REMOTE_BENCH_N: '5', REMOTE_BENCH_DAG: '50',
+  REALISE_BENCH_SUBST_PATHS: '50', REALISE_BENCH_SUBST_MB: '50', REALISE_BENCH_SUBST_RUNS: '1',
+};
 
 function usage(): never {
   console.error('usage: tsx bench/run.ts [--small] [--only NAME[,NAME...]]');
@@ -44,7 +54,12 @@ function main(): number {
   const names = [...KNOWN.filter((n) => existsSync(path.join(dir, `${n}.ts`))), ...others].filter((n) => !only || only.has(n));
   if (only) for (const n of only) if (!names.includes(n)) console.error(`bench: no benchmark named '${n}' in ${dir}`);
 
-  const env = { ...process.env, ...(small ? { REALISE_BENCH_SMALL: '1' } : {}) };
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  if (small) {
+    env.REALISE_BENCH_SMALL = '1';
+    // The size knobs the other benchmarks document, set small unless the caller chose a value.
+    for (const [k, v] of Object.entries(SMALL_KNOBS)) env[k] ??= v;
+  }
   const summary: { name: string; status: string; seconds: number }[] = [];
   console.log(`# realise benchmarks (${small ? 'small sizes' : 'full sizes'}): ${names.join(', ')}`);
   console.log(`# node ${process.version}, ${new Date().toISOString()}\n`);
