@@ -242,7 +242,10 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
       const nar = new HashModulo('sha256', scratchHash);
       for await (const c of dumpPath(s.real)) nar.update(c);
       const narHS = nar.finish();
-      const path = makeFixedOutputPath(method, got, outputPathName(view.name, name), { references: refs, hasSelfReference: self, storeDir: store.storeDir });
+      // As Nix's makeFixedOutputPath: only a sha256 NAR hash puts a self-reference into the path; for other
+      // kinds it is left out of the path (the path info still lists it).
+      const selfInPath = self && method === 'recursive' && algorithm === 'sha256';
+      const path = makeFixedOutputPath(method, got, outputPathName(view.name, name), { references: refs, hasSelfReference: selfInPath, storeDir: store.storeDir });
       if (self) refs.push(path);
       info = {
         path, narHash: narHS.hash, narSize: narHS.size, references: refs.sort(),
@@ -253,9 +256,12 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
           `hash mismatch in fixed-output derivation '${drvPath}':\n  specified: ${spec.hash.sri}\n     got:    ${got.sri}`, true);
       }
       if (self && s.scratch !== path) {
-        // Self-references were hashed as zeroes; now point them at the final path.
+        // Self-references were hashed as zeroes; now point them at the final path. Nix 2.8 registers the
+        // plain NAR hash of the rewritten content (checked against real Nix in test/scheduler).
         outputRewrites.set(scratchHash, storePathHashPart(path));
         if (await rewriteTree(s.real, new Map([[scratchHash, storePathHashPart(path)]]), s.nar)) s.nar = undefined;
+        const rewritten = await hashTree(s.real);
+        info = { ...info, narHash: rewritten.hash, narSize: rewritten.size };
       }
     }
 
