@@ -97,11 +97,13 @@ async function measure(sb: Sandbox, sandboxed: boolean): Promise<{ median: numbe
 }
 
 const results: Record<string, { median: number; mean: number; cpu: number }> = {};
-for (const backend of ['helper', 'bwrap'] as LinuxSandboxBackend[]) {
-  const sb = new LinuxSandbox({ backend });
+const variants: [string, LinuxSandboxBackend, boolean][] = [['helper server', 'helper', true], ['helper per build', 'helper', false], ['bwrap', 'bwrap', false]];
+for (const [label, backend, server] of variants) {
+  const sb = new LinuxSandbox({ backend, server });
   await sb.backend();
-  await sb.run(request(true)); // warm-up (compiles the helper on first use)
-  results[`LinuxSandbox (${backend})`] = await measure(sb, true);
+  await sb.run(request(true)); // warm-up (compiles the helper on first use, starts the server)
+  results[`LinuxSandbox (${label})`] = await measure(sb, true);
+  sb.close();
 }
 results['NoSandbox'] = await measure(new NoSandbox(), false);
 
@@ -109,6 +111,6 @@ console.log(`sandbox start cost, ${N} trivial builds, sequential`);
 console.log(`  load average before: ${loadBefore}, after: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`);
 console.log(`  Nix 2.8 sandboxed (nix-store --realise, wall / builds): ${nixPerBuild.toFixed(2)} ms/build, CPU ${nixCpuPerBuild.toFixed(2)} ms/build`);
 for (const [name, r] of Object.entries(results)) {
-  console.log(`  ${name.padEnd(22)} wall median ${r.median.toFixed(2)} ms, mean ${r.mean.toFixed(2)} ms/build (ratio ${(r.mean / nixPerBuild).toFixed(3)}); CPU ${r.cpu.toFixed(2)} ms/build (ratio ${(r.cpu / nixCpuPerBuild).toFixed(3)})`);
+  console.log(`  ${name.padEnd(32)} wall median ${r.median.toFixed(2)} ms, mean ${r.mean.toFixed(2)} ms/build (ratio ${(r.mean / nixPerBuild).toFixed(3)}); CPU ${r.cpu.toFixed(2)} ms/build (ratio ${(r.cpu / nixCpuPerBuild).toFixed(3)})`);
 }
 rmSync(dir, { recursive: true, force: true });

@@ -27,6 +27,7 @@ import { SANDBOX_GID, SANDBOX_UID, chrootDirFor, discardTree, linkOrCopy, moveOu
 import { nixSeccompFilter } from './seccomp.js';
 import { spawnMerged } from './spawn-merged.js';
 import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
+import { SandboxServer } from './sandbox-server.js';
 
 export type LinuxSandboxBackend = 'helper' | 'bwrap';
 
@@ -58,6 +59,12 @@ export interface LinuxSandboxOptions {
    * may print `extra-sandbox-paths` blocks (see parsePreBuildHookOutput).
    */
   readonly preBuildHook?: string;
+  /**
+   * With the helper backend, keep one helper process running and fork builds from it (much cheaper
+   * than spawning from Node for every build). Set to false to spawn the helper per build.
+   * @default true
+   */
+  readonly server?: boolean;
   /** The derivation's platform matters for i686-linux builds on x86_64 (32-bit personality). */
   readonly platformOf?: (request: SandboxRequest) => string | undefined;
 }
@@ -104,6 +111,7 @@ export class LinuxSandbox implements Sandbox {
   readonly #options: LinuxSandboxOptions;
   readonly #filter: Buffer | undefined;
   #backend: Promise<ResolvedBackend> | undefined;
+  #server: SandboxServer | undefined;
 
   constructor(options: LinuxSandboxOptions = {}) {
     this.#options = options;
@@ -138,6 +146,12 @@ export class LinuxSandbox implements Sandbox {
     })();
     this.#backend.catch(() => { this.#backend = undefined; });
     return this.#backend;
+  }
+
+  /** Stop the helper server, if one runs (it also exits by itself with this process). */
+  close(): void {
+    this.#server?.close();
+    this.#server = undefined;
   }
 
   async run(request: SandboxRequest, opts: SandboxRunOptions = {}): Promise<SandboxExit> {
@@ -208,6 +222,13 @@ export class LinuxSandbox implements Sandbox {
     if (!binds.has('/dev')) for (const n of DEV_NODES) a.push('--bind', `/dev/${n}`, `/dev/${n}`);
     for (const [target, { source, optional, ro }] of binds) a.push(`--bind${ro ? '-ro' : ''}${optional ? '-try' : ''}`, source, target);
     const filter = this.#filter;
+    if (this.#options.server !== false) {
+      a.splice(a.indexOf('--status-fd'), 2);
+      a.push('--', request.builder, path.basename(request.builder), ...request.args);
+      this.#server ??= new SandboxServer(exe, filter);
+      const exit = await this.#server.run({ args: a, env: request.env, signal: opts.signal, onOutput: opts.onOutput, drvPath: request.drvPath });
+      return exit.kind === 'spawn-failed' ? { kind: 'spawn-failed', message: `setting up the sandbox for '${request.drvPath}' failed: ${exit.message}` } : exit;
+    }
     if (filter) a.push('--seccomp-fd', '3');
     a.push('--', request.builder, path.basename(request.builder), ...request.args);
     let status: Promise<string> = Promise.resolve('');

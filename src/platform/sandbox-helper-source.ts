@@ -31,6 +31,9 @@ export const HELPER_SOURCE = String.raw`/* realise sandbox helper: runs one buil
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
@@ -46,6 +49,8 @@ static const char *root, *buildDir = "/build", *shmSize = "50%";
 static int uidIn = 1000, gidIn = 100, keepNet, seccompFd = -1, statusFd = -1, linux32;
 static int errPipe[2];
 
+static void status(const char *fmt, ...);
+
 static void fail(const char *fmt, ...) {
   char buf[4096];
   va_list ap; va_start(ap, fmt);
@@ -53,7 +58,7 @@ static void fail(const char *fmt, ...) {
   va_end(ap);
   if (errno) n += snprintf(buf + n, 64, ": %s", strerror(errno));
   if (errPipe[1] > 0) { if (write(errPipe[1], buf, n) < 0) {} }
-  else if (statusFd >= 0) { dprintf(statusFd, "error %s\n", buf); }
+  else if (statusFd >= 0) { status("error %s\n", buf); }
   else fprintf(stderr, "realise-sandbox: %s\n", buf);
   _exit(125);
 }
@@ -186,8 +191,22 @@ static void child(char **argv, int ptySlave, struct sock_fprog *prog) {
   fail("executing '%s'", argv[0]);
 }
 
-int main(int argc, char **argv) {
-  int i = 1;
+static const char *buildId; /* server mode: prefix of status lines */
+static struct sock_filter filter[4096];
+static struct sock_fprog prog = { 0, filter };
+static int haveProg;
+
+static void status(const char *fmt, ...) {
+  char buf[4400]; int n = 0;
+  if (buildId) n = snprintf(buf, sizeof buf, "%s ", buildId);
+  va_list ap; va_start(ap, fmt);
+  n += vsnprintf(buf + n, sizeof buf - n, fmt, ap);
+  va_end(ap);
+  if (statusFd >= 0 && write(statusFd, buf, n) < 0) {}
+}
+
+/* Parse build options; returns the index of the builder path. */
+static int parseArgs(int argc, char **argv, int i) {
   for (; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--")) { i++; break; }
@@ -196,6 +215,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--gid") && i + 1 < argc) gidIn = atoi(argv[++i]);
     else if (!strcmp(a, "--net")) keepNet = 1;
     else if (!strcmp(a, "--linux32")) linux32 = 1;
+    else if (!strcmp(a, "--no-seccomp")) haveProg = 0;
     else if (!strcmp(a, "--build-dir") && i + 1 < argc) buildDir = argv[++i];
     else if (!strcmp(a, "--shm-size") && i + 1 < argc) shmSize = argv[++i];
     else if (!strcmp(a, "--seccomp-fd") && i + 1 < argc) seccompFd = atoi(argv[++i]);
@@ -206,19 +226,20 @@ int main(int argc, char **argv) {
       b->src = argv[++i]; b->dst = argv[++i];
     } else { errno = 0; fail("bad argument '%s'", a); }
   }
-  if (!root || i + 1 >= argc) { errno = 0; fail("usage: helper --root DIR [options] -- BUILDER ARGV0 [ARGS...]"); }
-  if (statusFd >= 0) fcntl(statusFd, F_SETFD, FD_CLOEXEC);
+  return i;
+}
 
-  static struct sock_filter filter[4096];
-  struct sock_fprog prog = { 0, filter }, *progp = 0;
-  if (seccompFd >= 0) {
-    size_t got = 0; ssize_t n;
-    while ((n = read(seccompFd, (char *) filter + got, sizeof filter - got)) > 0) got += n;
-    if (n < 0 || got % sizeof(struct sock_filter)) fail("reading the seccomp program");
-    close(seccompFd);
-    prog.len = got / sizeof(struct sock_filter); progp = &prog;
-  }
+static void readSeccomp(void) {
+  if (seccompFd < 0) return;
+  size_t got = 0; ssize_t n;
+  while ((n = read(seccompFd, (char *) filter + got, sizeof filter - got)) > 0) got += n;
+  if (n < 0 || got % sizeof(struct sock_filter)) fail("reading the seccomp program");
+  close(seccompFd); seccompFd = -1;
+  prog.len = got / sizeof(struct sock_filter); haveProg = prog.len > 0;
+}
 
+static int runBuild(char **cmd) {
+  if (!root || !cmd[0] || !cmd[1]) { errno = 0; fail("usage: helper --root DIR [options] -- BUILDER ARGV0 [ARGS...]"); }
   /* The builder's output goes to a pseudoterminal in raw mode, as in Nix; we copy it to our stdout. */
   int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
   if (master < 0) fail("opening pseudoterminal master");
@@ -242,7 +263,7 @@ int main(int argc, char **argv) {
   if (pipe2(errPipe, O_CLOEXEC) == -1) fail("creating a pipe");
   pid_t pid = fork();
   if (pid == -1) fail("forking the builder");
-  if (pid == 0) { close(master); child(argv + i, slave, progp); }
+  if (pid == 0) { close(master); child(cmd, slave, haveProg ? &prog : 0); }
   close(slave); close(errPipe[1]); errPipe[1] = 0;
 
   char errbuf[4096]; size_t errlen = 0; ssize_t n;
@@ -252,7 +273,7 @@ int main(int argc, char **argv) {
     errbuf[errlen] = 0;
     waitpid(pid, 0, 0);
     errno = 0;
-    if (statusFd >= 0) { dprintf(statusFd, "error %s\n", errbuf); _exit(125); }
+    if (statusFd >= 0) { status("error %s\n", errbuf); _exit(125); }
     fail("%s", errbuf);
   }
 
@@ -270,12 +291,85 @@ int main(int argc, char **argv) {
     if (n < 0 && errno == EINTR) continue;
     break; /* EIO: every holder of the slave closed it */
   }
-  int status;
-  while (waitpid(pid, &status, 0) == -1 && errno == EINTR) {}
-  if (statusFd >= 0) {
-    if (WIFEXITED(status)) dprintf(statusFd, "exit %d\n", WEXITSTATUS(status));
-    else dprintf(statusFd, "signal %d\n", WTERMSIG(status));
+  int st;
+  while (waitpid(pid, &st, 0) == -1 && errno == EINTR) {}
+  if (WIFEXITED(st)) status("exit %d\n", WEXITSTATUS(st));
+  else status("signal %d\n", WTERMSIG(st));
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* Server mode: "helper --server SOCKET [--seccomp-fd 3]". Requests arrive on stdin as a 4-byte
+   little-endian length and NUL-terminated strings: id, argument count, arguments, environment.
+   Each build runs in a forked process that connects to the abstract socket SOCKET, sends "id\n" and
+   then the build's output; status lines "id pid P", "id exit N", "id signal N", "id error MSG" go to
+   our stdout. We exit when stdin closes or our parent dies. */
+static int server(const char *sock) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  signal(SIGCHLD, SIG_IGN); /* auto-reap per-build processes */
+  signal(SIGPIPE, SIG_IGN);
+  readSeccomp();
+  for (;;) {
+    unsigned char lenb[4];
+    size_t got = 0; ssize_t n;
+    while (got < 4 && (n = read(0, lenb + got, 4 - got)) > 0) got += n;
+    if (got < 4) return 0;
+    uint32_t len = lenb[0] | lenb[1] << 8 | lenb[2] << 16 | (uint32_t) lenb[3] << 24;
+    char *msg = malloc(len + 1);
+    if (!msg) return 1;
+    got = 0;
+    while (got < len && (n = read(0, msg + got, len - got)) > 0) got += n;
+    if (got < len) return 0;
+    msg[len] = 0;
+    pid_t pid = fork();
+    if (pid == -1) { free(msg); continue; }
+    if (pid > 0) { free(msg); continue; }
+    /* per-build process */
+    signal(SIGCHLD, SIG_DFL); signal(SIGPIPE, SIG_DFL);
+    setpgid(0, 0);
+    close(0);
+    int nstr = 0;
+    for (uint32_t k = 0; k < len; k++) if (!msg[k]) nstr++;
+    char **strs = calloc(nstr + 2, sizeof(char *));
+    int si = 0; char *p = msg;
+    while (p < msg + len && si < nstr) { strs[si++] = p; p += strlen(p) + 1; }
+    buildId = strs[0];
+    statusFd = 1;
+    int argcB = atoi(strs[1]);
+    char **argvB = calloc(argcB + 2, sizeof(char *));
+    argvB[0] = "helper";
+    for (int k = 0; k < argcB; k++) argvB[k + 1] = strs[2 + k];
+    char **envB = calloc(nstr + 1, sizeof(char *));
+    int ne = 0;
+    for (int k = 2 + argcB; k < si; k++) envB[ne++] = strs[k];
+    environ = envB;
+    status("pid %d\n", (int) getpid());
+    statusFd = dup(1);
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un addr; memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    size_t sl = strlen(sock);
+    if (sl > sizeof addr.sun_path - 1) sl = sizeof addr.sun_path - 1;
+    memcpy(addr.sun_path + 1, sock, sl); /* abstract namespace; Node pads the name with NULs to the full size */
+    if (s < 0 || connect(s, (struct sockaddr *) &addr, sizeof addr) == -1) {
+      status("error connecting to the output socket: %s\n", strerror(errno)); _exit(125);
+    }
+    char hdr[128]; int hl = snprintf(hdr, sizeof hdr, "%s\n", buildId);
+    if (write(s, hdr, hl) != hl) _exit(125);
+    dup2(s, 1); close(s);
+    fcntl(statusFd, F_SETFD, FD_CLOEXEC);
+    int i = parseArgs(argcB + 1, argvB, 1);
+    _exit(runBuild(argvB + i));
   }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 3 && !strcmp(argv[1], "--server")) {
+    for (int i = 3; i + 1 < argc; i++) if (!strcmp(argv[i], "--seccomp-fd")) seccompFd = atoi(argv[i + 1]);
+    return server(argv[2]);
+  }
+  int i = parseArgs(argc, argv, 1);
+  if (statusFd >= 0) fcntl(statusFd, F_SETFD, FD_CLOEXEC);
+  readSeccomp();
+  return runBuild(argv + i);
 }
 `;

@@ -4,7 +4,7 @@
  */
 import { chmodSync, existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync, lstatSync } from 'node:fs';
 import * as path from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LinuxSandbox, type LinuxSandboxBackend } from '../../src/platform/linux-sandbox.js';
 import type { SandboxExit, SandboxRequest } from '../../src/platform/sandbox.js';
 import { chrootDirFor, flushRemovals } from '../../src/platform/chroot.js';
@@ -17,10 +17,13 @@ async function build(sb: LinuxSandbox, req: SandboxRequest, signal?: AbortSignal
   return { exit, log: Buffer.concat(chunks).toString() };
 }
 
-describe.skipIf(!bwrapOk()).each(['helper', 'bwrap'] as LinuxSandboxBackend[])('LinuxSandbox (%s): running builders', (backend) => {
+const variants: [string, LinuxSandboxBackend, boolean][] = [['helper server', 'helper', true], ['helper per build', 'helper', false], ['bwrap', 'bwrap', false]];
+
+describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders', (_label, backend, server) => {
   let fx: Fixture;
   let sb: LinuxSandbox;
-  beforeAll(async () => { fx = makeFixture(); sb = new LinuxSandbox({ backend }); expect(await sb.backend()).toBe(backend); });
+  beforeAll(async () => { fx = makeFixture(); sb = new LinuxSandbox({ backend, server }); expect(await sb.backend()).toBe(backend); });
+  afterAll(() => sb?.close());
 
   it('streams merged output, returns the exit code, moves outputs to their physical path, removes the chroot', async () => {
     const req = fx.request('ok', 'echo out1; echo err1 >&2; echo out2; mkdir $out; echo hi > $out/f; exit 7');
@@ -56,7 +59,7 @@ describe.skipIf(!bwrapOk()).each(['helper', 'bwrap'] as LinuxSandboxBackend[])('
   });
 
   it('abort kills the whole sandbox promptly and cleans up', async () => {
-    const marker = path.join(fx.dir, `alive-${backend}`);
+    const marker = path.join(fx.dir, `alive-${backend}-${server}`);
     const req = fx.request('abort', `(sleep 2; touch /build/late) & echo started; sleep 30`);
     const ac = new AbortController();
     const t0 = Date.now();
@@ -90,7 +93,7 @@ describe.skipIf(!bwrapOk()).each(['helper', 'bwrap'] as LinuxSandboxBackend[])('
   });
 
   it('sandbox paths: target=source, optional missing sources skipped, mandatory missing fails', async () => {
-    const src = path.join(fx.dir, `shared-${backend}`);
+    const src = path.join(fx.dir, `shared-${backend}-${server}`);
     mkdirSync(src);
     writeFileSync(path.join(src, 'file'), 'shared\n');
     const req = fx.request('paths', 'mkdir $out; cat /opt/shared/file > $out/f; ls /opt > $out/ls');
@@ -108,16 +111,17 @@ describe.skipIf(!bwrapOk()).each(['helper', 'bwrap'] as LinuxSandboxBackend[])('
   });
 
   it('the pre-build hook gets the drv and chroot dir, and its extra-sandbox-paths are mounted', async () => {
-    const src = path.join(fx.dir, `hooked-${backend}`);
+    const src = path.join(fx.dir, `hooked-${backend}-${server}`);
     mkdirSync(src);
     writeFileSync(path.join(src, 'h'), 'from hook\n');
-    const hook = path.join(fx.dir, `hook-${backend}.sh`);
-    const argsFile = path.join(fx.dir, `hook-args-${backend}`);
+    const hook = path.join(fx.dir, `hook-${backend}-${server}.sh`);
+    const argsFile = path.join(fx.dir, `hook-args-${backend}-${server}`);
     writeFileSync(hook, `#!/bin/sh\necho "$@" > ${argsFile}\necho extra-sandbox-paths\necho /hooked=${src}\necho\n`);
     chmodSync(hook, 0o755);
-    const hsb = new LinuxSandbox({ backend, preBuildHook: hook });
+    const hsb = new LinuxSandbox({ backend, server, preBuildHook: hook });
     const req = fx.request('hook', 'mkdir $out; cat /hooked/h > $out/h');
     expect((await build(hsb, req)).exit).toEqual({ kind: 'exited', code: 0 });
+    hsb.close();
     expect(readFileSync(path.join(fx.realPath(req.outputPaths[0]!), 'h'), 'utf8')).toBe('from hook\n');
     expect(readFileSync(argsFile, 'utf8')).toBe(`${req.drvPath} ${chrootDirFor(fx.realStoreDir, req.drvPath)}\n`);
   });
@@ -135,4 +139,23 @@ describe.skipIf(!bwrapOk()).each(['helper', 'bwrap'] as LinuxSandboxBackend[])('
     const added = readdirSync(fx.realStoreDir).filter((n) => !before.has(n));
     expect(added).toEqual([path.basename(req.outputPaths[0]!)]);
   });
+});
+
+describe.skipIf(!bwrapOk())('LinuxSandbox helper server and the event loop', () => {
+  it('a program awaiting a build stays alive until the build ends, and exits afterwards by itself', async () => {
+    const fx = makeFixture();
+    const script = path.join(fx.dir, 'await-build.mts');
+    const req = fx.request('alive', 'sleep 0.3; echo built; mkdir $out');
+    writeFileSync(script, `
+      import { LinuxSandbox } from ${JSON.stringify(path.resolve('src/platform/linux-sandbox.ts'))};
+      const sb = new LinuxSandbox({ backend: 'helper', server: true });
+      const r = await sb.run(${JSON.stringify({ ...req, extraPaths: undefined })}, { onOutput: (c) => process.stdout.write(c) });
+      console.log(JSON.stringify(r));
+    `);
+    const { execFile } = await import('node:child_process');
+    const out = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, ['--import', 'tsx', script], { timeout: 30_000 }, (err, stdout, stderr) => err ? reject(new Error(stderr || err.message)) : resolve(stdout));
+    });
+    expect(out).toBe('built\n{"kind":"exited","code":0}\n');
+  }, 40_000);
 });

@@ -1,0 +1,194 @@
+/**
+ * A long-running sandbox helper ("zygote"): one `helper --server` process per LinuxSandbox forks a
+ * small process per build, so a build costs a fork of a tiny C process instead of a fork of Node.
+ * Builds' output comes back on one Unix socket connection each (abstract namespace), their status
+ * on the server's stdout; abort kills the build's process group, whose sandbox dies with it
+ * (parent-death signal).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import type { SandboxExit } from './sandbox.js';
+
+const SIGNAL_NAMES = new Map(Object.entries(os.constants.signals).map(([name, n]) => [n as number, name]));
+const DRAIN_GRACE_MS = 2000;
+
+interface Pending {
+  readonly onOutput: ((chunk: Buffer) => void) | undefined;
+  pid?: number;
+  aborted: boolean;
+  status?: string;
+  eof: boolean;
+  connected: boolean;
+  timer?: NodeJS.Timeout;
+  resolve(exit: SandboxExit): void;
+}
+
+export interface ServerRunRequest {
+  readonly args: readonly string[];
+  readonly env: Readonly<Record<string, string>>;
+  readonly signal?: AbortSignal | undefined;
+  readonly onOutput?: ((chunk: Buffer) => void) | undefined;
+  readonly drvPath: string;
+}
+
+export class SandboxServer {
+  readonly #exe: string;
+  readonly #filter: Buffer | undefined;
+  #child: ChildProcess | undefined;
+  #listener: net.Server | undefined;
+  #ready: Promise<void> | undefined;
+  #pending = new Map<string, Pending>();
+  #nextId = 1;
+  #statusBuf = '';
+
+  constructor(exe: string, filter: Buffer | undefined) {
+    this.#exe = exe;
+    this.#filter = filter;
+  }
+
+  #start(): Promise<void> {
+    this.#ready ??= (async () => {
+      const name = `realise-sbx-${process.pid}-${randomBytes(6).toString('hex')}`;
+      const listener = net.createServer((sock) => this.#onConnection(sock));
+      await new Promise<void>((resolve, reject) => { listener.once('error', reject); listener.listen('\0' + name, () => resolve()); });
+      listener.unref();
+      this.#listener = listener;
+      const child = spawn(this.#exe, ['--server', name, ...(this.#filter ? ['--seccomp-fd', '3'] : [])], {
+        stdio: ['pipe', 'pipe', 'inherit', ...(this.#filter ? ['pipe' as const] : [])], env: {},
+      });
+      this.#child = child;
+      if (this.#filter) (child.stdio[3] as NodeJS.WritableStream).end(this.#filter);
+      child.stdout!.setEncoding('utf8');
+      child.stdout!.on('data', (d: string) => this.#onStatus(d));
+      child.stdin!.on('error', () => {});
+      child.once('exit', () => this.#onServerExit());
+      child.once('error', () => this.#onServerExit());
+      this.#setRef(false);
+    })();
+    return this.#ready;
+  }
+
+  /** Keep the event loop alive exactly while builds are pending (an idle server must not hold it). */
+  #setRef(on: boolean): void {
+    const child = this.#child;
+    if (!child) return;
+    const h = [child, child.stdout, this.#listener] as unknown as ({ ref?: () => void; unref?: () => void } | null)[];
+    for (const x of h) { if (on) x?.ref?.(); else x?.unref?.(); }
+    const stdin = child.stdin as unknown as { ref?: () => void; unref?: () => void } | null;
+    if (on) stdin?.ref?.(); else stdin?.unref?.();
+  }
+
+  #onServerExit(): void {
+    this.#child = undefined;
+    this.#ready = undefined;
+    this.#listener?.close();
+    this.#listener = undefined;
+    for (const [id, p] of this.#pending) {
+      this.#pending.delete(id);
+      p.resolve(p.aborted ? { kind: 'aborted' } : { kind: 'spawn-failed', message: 'the sandbox helper server exited unexpectedly' });
+    }
+  }
+
+  #onConnection(sock: net.Socket): void {
+    let head = '';
+    let p: Pending | undefined;
+    sock.on('data', (chunk: Buffer) => {
+      if (!p) {
+        const s = chunk.toString('latin1');
+        const nl = s.indexOf('\n');
+        if (nl === -1) { head += s; return; }
+        const id = head + s.slice(0, nl);
+        p = this.#pending.get(id);
+        if (!p) { sock.destroy(); return; }
+        p.connected = true;
+        const rest = chunk.subarray(Buffer.byteLength(s.slice(0, nl + 1), 'latin1'));
+        if (rest.length && !p.aborted) p.onOutput?.(rest);
+        return;
+      }
+      if (!p.aborted) p.onOutput?.(chunk);
+    });
+    const done = () => { if (p && !p.eof) { p.eof = true; this.#maybeDone(p); } };
+    sock.on('end', done);
+    sock.on('close', done);
+    sock.on('error', done);
+  }
+
+  #onStatus(d: string): void {
+    this.#statusBuf += d;
+    let nl: number;
+    while ((nl = this.#statusBuf.indexOf('\n')) !== -1) {
+      const line = this.#statusBuf.slice(0, nl);
+      this.#statusBuf = this.#statusBuf.slice(nl + 1);
+      const sp = line.indexOf(' ');
+      const p = this.#pending.get(line.slice(0, sp));
+      if (!p) continue;
+      const rest = line.slice(sp + 1);
+      if (rest.startsWith('pid ')) {
+        p.pid = Number(rest.slice(4));
+        if (p.aborted) this.#kill(p);
+        continue;
+      }
+      p.status = rest;
+      if (!p.connected || rest.startsWith('error ')) {
+        // Output may still be on its way (or never come): wait a little for it.
+        p.timer = setTimeout(() => { p.eof = true; this.#maybeDone(p); }, rest.startsWith('error ') ? 200 : DRAIN_GRACE_MS);
+      }
+      this.#maybeDone(p);
+    }
+  }
+
+  #kill(p: Pending): void {
+    if (p.pid !== undefined) { try { process.kill(-p.pid, 'SIGKILL'); } catch { /* gone */ } }
+  }
+
+  #maybeDone(p: Pending): void {
+    if (p.aborted && p.pid !== undefined) return p.resolve({ kind: 'aborted' });
+    if (p.status === undefined || !p.eof) return;
+    let m: RegExpExecArray | null;
+    const s = p.status;
+    if ((m = /^exit (\d+)$/.exec(s))) p.resolve({ kind: 'exited', code: Number(m[1]) });
+    else if ((m = /^signal (\d+)$/.exec(s))) p.resolve({ kind: 'signalled', signal: SIGNAL_NAMES.get(Number(m[1])) ?? `SIG${m[1]}` });
+    else p.resolve({ kind: 'spawn-failed', message: s.replace(/^error /, '') });
+  }
+
+  /** Run one build; `args` are the helper's build options and `-- BUILDER ARGV0 ARGS...`. */
+  async run(req: ServerRunRequest): Promise<SandboxExit> {
+    if (req.signal?.aborted) return { kind: 'aborted' };
+    await this.#start();
+    const child = this.#child;
+    if (!child?.stdin) return { kind: 'spawn-failed', message: 'the sandbox helper server is not running' };
+    const id = String(this.#nextId++);
+    const strings = [id, String(req.args.length), ...req.args, ...Object.entries(req.env).map(([k, v]) => `${k}=${v}`)];
+    for (const s of strings) {
+      if (s.includes('\0')) return { kind: 'spawn-failed', message: `an argument or environment variable of '${req.drvPath}' contains a NUL byte` };
+    }
+    const payload = Buffer.from(strings.join('\0') + '\0');
+    const frame = Buffer.alloc(4 + payload.length);
+    frame.writeUInt32LE(payload.length, 0);
+    payload.copy(frame, 4);
+    return await new Promise<SandboxExit>((resolve) => {
+      const onAbort = () => { p.aborted = true; this.#kill(p); this.#maybeDone(p); };
+      const p: Pending = {
+        onOutput: req.onOutput, aborted: false, eof: false, connected: false,
+        resolve: (exit) => {
+          if (!this.#pending.delete(id)) return;
+          if (this.#pending.size === 0) this.#setRef(false);
+          if (p.timer) clearTimeout(p.timer);
+          req.signal?.removeEventListener('abort', onAbort);
+          resolve(exit);
+        },
+      };
+      this.#pending.set(id, p);
+      if (this.#pending.size === 1) this.#setRef(true);
+      req.signal?.addEventListener('abort', onAbort, { once: true });
+      child.stdin!.write(frame);
+    });
+  }
+
+  /** Stop the server process (running builds are killed with it). */
+  close(): void {
+    this.#child?.kill('SIGKILL');
+  }
+}
