@@ -39,10 +39,12 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
   let drv: Record<string, string>;
   let store: LocalStore;
 
+  // Fixed-output builders get the `impureEnvVars` they name from the caller's environment.
+  const IMPURE = { REALISE_TEST_IMPURE: 'from the caller' };
   const engine = (o: BuildEngineOptions = {}) => new BuildEngine({
-    store, sandbox: true, sandboxPaths: SANDBOX_PATHS, cores: CORES, maxJobs: 2, buildDir: tmp, ...o,
+    store, sandbox: true, sandboxPaths: SANDBOX_PATHS, cores: CORES, maxJobs: 2, buildDir: tmp, environment: IMPURE, ...o,
   });
-  const nixBuild = (args: string[]) => nixRealise(R1, [...args, ...nixSandboxArgs(), '--cores', String(CORES), '-j', '2'], { TMPDIR: tmp });
+  const nixBuild = (args: string[]) => nixRealise(R1, [...args, ...nixSandboxArgs(), '--cores', String(CORES), '-j', '2'], { TMPDIR: tmp, ...IMPURE });
   const ourFailure = async (targets: (string | BuildTarget)[], o: BuildEngineOptions = {}, mode?: 'check'): Promise<BuildFailedError> => {
     const e = await engine(o).buildPaths(targets, mode ? { mode } : {}).then(() => undefined, (err: unknown) => err);
     expect(e).toBeInstanceOf(BuildFailedError);
@@ -175,6 +177,11 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
       expectSameClosure(['ok-env-user']);
     });
 
+    it('a symlink as output, and a directory with a mode-700 subdirectory and an empty file', () => {
+      const outs = expectSameClosure(['ok-symlink', 'ok-empty-dir']);
+      expect(outs).toHaveLength(2);
+    });
+
     it('an already valid target is not rebuilt', async () => {
       const r = await engine().buildPaths([drv['ok-diamond']!]);
       expect(r[0]!.result.status).toBe('already-valid');
@@ -182,7 +189,7 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
   });
 
   describe('failures', () => {
-    it.each(['fo-mismatch', 'fo-rec-mismatch'])('%s: exit 102 in both, content registered under its true path', async (attr) => {
+    it.each(['fo-mismatch', 'fo-rec-mismatch', 'fo-env'])('%s: exit 102 in both, content registered under its true path', async (attr) => {
       const d = drv[attr]!;
       const r = nixBuild([d]);
       expect(r.status).toBe(102);
@@ -226,6 +233,33 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
       const [out] = nixOutputs(R1, [d]);
       expect(pathFacts(R1, [out!]).get(out!)?.valid).toBe(false);
       expect(pathFacts(R2, [out!]).get(out!)?.valid).toBe(false);
+    });
+
+    it.each([
+      ['bad-perms', 'output-rejected', /^suspicious ownership or permission on '.*-bad-perms' for output 'out'; rejecting this build output$/],
+      ['bad-cycle', 'output-rejected', /^cycle detected in build of '.*-bad-cycle.drv' in the references of output 'dev' from output 'out'$/],
+      // The builder is PID 1 of its PID namespace in both: `kill -9 $$` does nothing, the output is missing.
+      ['killed', 'misc-failure', /^builder for '.*-killed.drv' failed to produce output path for output 'out' at '.*-killed'$/],
+    ])('%s: fails in both with the same exit status and message shape', async (attr, status, shape) => {
+      const d = drv[attr]!;
+      const r = nixBuild([d]);
+      expect(r.status).toBe(1);
+      expect(squash(nixError(r.stderr))).toMatch(shape);
+      const e = await ourFailure([d]);
+      expect(e.exitStatus).toBe(r.status);
+      expect(e.failures[0]!.result.status).toBe(status);
+      expect(squash(e.message)).toMatch(shape);
+    });
+
+    it('a builder that does not exist: exit 100 in both, naming it', async () => {
+      const d = drv['no-builder']!;
+      const r = nixBuild([d]);
+      expect(r.status).toBe(100);
+      expect(r.stderr).toContain("executing '/no/such/builder': No such file or directory");
+      const e = await ourFailure([d]);
+      expect(e.exitStatus).toBe(100);
+      expect(e.message).toContain(`builder for '${d}'`);
+      expect(e.message).toContain("executing '/no/such/builder': No such file or directory");
     });
 
     it('a failing builder: exit 100 in both, the message ends with the same last log lines', async () => {
