@@ -21,7 +21,12 @@ export interface SandboxRequest {
   readonly realStoreDir: string;
   /** Store paths the builder may see (the input closure), logical paths. */
   readonly inputPaths: readonly StorePath[];
-  /** Logical output paths the builder writes (they must be writable; they do not exist yet). */
+  /**
+   * Logical output paths the builder writes (they must be writable; they do not exist yet).
+   * For an `isolated` sandbox, when `run()` returns (whatever the exit) every output the builder created
+   * is at its physical location `realStoreDir/<base>` (= `store.toRealPath(output)`); anything that was
+   * there before is replaced (outputs being built are invalid paths).
+   */
   readonly outputPaths: readonly StorePath[];
   /** Extra host paths to expose, `target -> { source, optional }` (Nix's sandbox-paths). */
   readonly extraPaths?: ReadonlyMap<string, { source: string; optional: boolean }>;
@@ -48,7 +53,11 @@ export type SandboxExit =
 export interface Sandbox {
   /** Short name for messages and events: 'none', 'linux-namespaces', 'fake', ... */
   readonly name: string;
-  /** Whether output paths are written at their real logical path (true for a real sandbox). */
+  /**
+   * Whether output paths are written at their real logical path (true for a real sandbox). When true,
+   * outputs end up at `store.toRealPath(output)` after `run()`; when false the builder writes where
+   * `request.env` says (the scheduler rewrites hashes).
+   */
   readonly isolated: boolean;
   run(request: SandboxRequest, opts?: SandboxRunOptions): Promise<SandboxExit>;
 }
