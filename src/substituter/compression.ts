@@ -3,7 +3,7 @@
  * bzip2 (Debian's `bzip2`, through src/platform, the layer allowed to start processes), none.
  */
 import { createUnxz, createXz } from 'node-liblzma';
-import { Readable, Transform, pipeline } from 'node:stream';
+import type { Transform } from 'node:stream';
 import * as zlib from 'node:zlib';
 import { CompressStream, DecompressStream } from 'zstd-napi';
 import { decompressWithProgram } from '../platform/external-decompressor.js';
@@ -79,19 +79,65 @@ async function* checkXzEnd(source: AsyncIterable<Uint8Array>): AsyncGenerator<Ui
   }
 }
 
+/**
+ * Drive a Transform from an async source and yield its output chunks as they come (no re-concatenation,
+ * as a Readable's async iterator would do). At most a few output chunks are buffered: the transform is
+ * paused while the consumer is behind, which stops it reading input, which stops the feeder.
+ */
 async function* throughTransform(source: AsyncIterable<Uint8Array>, t: Transform, what: string): AsyncGenerator<Uint8Array> {
-  const input = Readable.from(source, { objectMode: false, highWaterMark: CHUNK });
+  const queue: Buffer[] = [];
+  let head = 0;
+  let ended = false;
+  let error: unknown;
   let sourceError: unknown;
-  input.on('error', (e) => { sourceError = e; });
-  const out = pipeline(input, t, () => { /* errors surface through iteration */ });
+  let failed = false;
+  let wake: (() => void) | undefined;
+  const notify = () => { const w = wake; wake = undefined; w?.(); };
+  t.on('data', (b: Buffer) => { queue.push(b); if (queue.length - head >= 4) t.pause(); notify(); });
+  t.on('end', () => { ended = true; notify(); });
+  t.on('error', (e: unknown) => { error ??= e; failed = true; notify(); });
+  t.on('close', () => { if (!ended) failed = true; notify(); });
+  const feeder = (async () => {
+    try {
+      for await (const chunk of source) {
+        if (failed) return;
+        if (!t.write(chunk)) {
+          await new Promise<void>((resolve) => {
+            const done = () => { t.off('drain', done); t.off('close', done); resolve(); };
+            t.on('drain', done);
+            t.on('close', done);
+          });
+        }
+      }
+      if (!failed) t.end();
+    } catch (e) {
+      sourceError = e;
+      failed = true;
+      t.destroy();
+      notify();
+    }
+  })();
   try {
-    for await (const chunk of out as AsyncIterable<Buffer>) yield chunk;
-  } catch (e) {
-    if (sourceError) throw sourceError;
-    throw new DecompressionError(`${what} failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    for (;;) {
+      if (head < queue.length) {
+        const b = queue[head]!;
+        queue[head++] = undefined as unknown as Buffer;
+        if (head > 64) { queue.splice(0, head); head = 0; }
+        if (t.isPaused() && queue.length - head < 2) t.resume();
+        yield b;
+        continue;
+      }
+      if (sourceError) throw sourceError;
+      if (error) throw new DecompressionError(`${what} failed: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+      if (ended) break;
+      if (failed) throw new DecompressionError(`${what} failed: the stream closed early`);
+      if (t.isPaused()) t.resume();
+      await new Promise<void>((r) => { wake = r; });
+    }
   } finally {
-    input.destroy();
+    failed = true;
     t.destroy();
+    void feeder; // it stops at its next chunk (and closes the source); never rejects
   }
   if (sourceError) throw sourceError;
 }
