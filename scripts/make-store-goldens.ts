@@ -15,6 +15,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { nixEnv } from '../test/helpers/nix.js';
 import { TREES, buildTree } from '../test/fixtures/store/trees.js';
+import { CA_NIX_CONFIG, caExpression } from '../test/fixtures/store/ca.js';
 
 const OUT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'test', 'fixtures', 'store');
 const ALGOS = ['md5', 'sha1', 'sha256', 'sha512'] as const;
@@ -185,6 +186,24 @@ for (const [tree, recursive, storeDir] of [['regular-file', false, '/nix/store']
   fixed.push({ tree, method: recursive ? 'recursive' : 'flat', algorithm: 'sha256', hash, name: `renamed-${tree}`, path: got, via: 'builtins.path', storeDir });
 }
 write('paths.json', { names: nameVerdicts, texts, placeholders, fixed });
+
+// ---------------------------------------------------------------- content-addressed outputs (HashModulo)
+// Floating CA derivations (experimental 'ca-derivations') whose outputs refer to themselves: Nix hashes
+// the output modulo its own (scratch) hash part, then rewrites it. A sandboxed build in a chroot store,
+// with a static busybox as the builder.
+const caRoot = path.join(work, 'ca-root');
+const caFile = path.join(work, 'ca.nix');
+writeFileSync(caFile, caExpression('golden payload'));
+const caEnv = { NIX_CONFIG: CA_NIX_CONFIG };
+const built = execFileSync('nix-build', ['--store', caRoot, caFile, '--no-out-link'], { env: nixEnv(caEnv) }).toString().trim().split('\n');
+const infos = JSON.parse(execFileSync('nix', ['path-info', '--store', caRoot, '--json', ...built], { env: nixEnv(caEnv) }).toString()) as { path: string; narHash: string; narSize: number; references: string[]; ca: string }[];
+const ca = infos.map((i) => {
+  const base = path.basename(i.path);
+  const nar = execFileSync('nix-store', ['--dump', path.join(caRoot, i.path)], { env: nixEnv(), maxBuffer: 1 << 28 });
+  writeFileSync(path.join(OUT, 'nar', `${base.slice(33)}.nar`), nar);
+  return { path: i.path, ca: i.ca, narHash: i.narHash, narSize: i.narSize, references: i.references, file: `nar/${base.slice(33)}.nar` };
+});
+write('ca.json', ca);
 write('nar.json', nars);
 
 rmSync(work, { recursive: true, force: true });

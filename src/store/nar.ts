@@ -349,24 +349,38 @@ class ByteReader {
     this.it = source[Symbol.asyncIterator]();
   }
 
-  private async fill(): Promise<boolean> {
+  /** Make the next non-empty source chunk current; false at the end of the stream. */
+  private async next(): Promise<boolean> {
     for (;;) {
       const r = await this.it.next();
       if (r.done) return false;
       if (r.value.length === 0) continue;
-      const chunk = Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength);
-      this.buf = this.off < this.buf.length ? Buffer.concat([this.buf.subarray(this.off), chunk]) : chunk;
+      this.buf = Buffer.isBuffer(r.value) ? r.value : Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength);
       this.off = 0;
       return true;
     }
   }
 
+  /** Exactly `n` bytes; a view into the source chunk when possible, else a copy assembled across chunks. */
   async exactly(n: number): Promise<Buffer> {
-    while (this.buf.length - this.off < n) {
-      if (!(await this.fill())) throw new BadNarError(`NAR ends unexpectedly at byte ${this.pos + (this.buf.length - this.off)} (wanted ${n} more bytes)`);
+    const avail = this.buf.length - this.off;
+    if (avail >= n) {
+      const out = this.buf.subarray(this.off, this.off + n);
+      this.off += n;
+      this.pos += n;
+      return out;
     }
-    const out = this.buf.subarray(this.off, this.off + n);
-    this.off += n;
+    const out = Buffer.allocUnsafe(n);
+    this.buf.copy(out, 0, this.off);
+    let got = avail;
+    this.off = this.buf.length;
+    while (got < n) {
+      if (!(await this.next())) throw new BadNarError(`NAR ends unexpectedly at byte ${this.pos + got} (wanted ${n - got} more bytes)`);
+      const take = Math.min(n - got, this.buf.length);
+      this.buf.copy(out, got, 0, take);
+      got += take;
+      this.off = take;
+    }
     this.pos += n;
     return out;
   }
@@ -374,7 +388,7 @@ class ByteReader {
   /** Up to `max` bytes that are available now (at least 1). */
   async some(max: number): Promise<Buffer> {
     if (this.buf.length - this.off === 0) {
-      if (!(await this.fill())) throw new BadNarError(`NAR ends unexpectedly at byte ${this.pos}`);
+      if (!(await this.next())) throw new BadNarError(`NAR ends unexpectedly at byte ${this.pos}`);
     }
     const n = Math.min(max, this.buf.length - this.off);
     const out = this.buf.subarray(this.off, this.off + n);
@@ -385,7 +399,7 @@ class ByteReader {
 
   async atEnd(): Promise<boolean> {
     if (this.buf.length - this.off > 0) return false;
-    return !(await this.fill());
+    return !(await this.next());
   }
 
   async u64(): Promise<number> {
