@@ -297,6 +297,17 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
       await engine().buildPaths([nd]);
       const [out] = nixOutputs(R1, [nd]);
       const before = pathFacts(R2, [out!]).get(out!);
+      // With keepFailed, both keep the differing output next to the registered one as `<out>.check`.
+      const rk = nixBuild(['--check', '--keep-failed', nd]);
+      expect(rk.status).toBe(104);
+      const ek = await ourFailure([nd], { keepFailed: true }, 'check');
+      expect(ek.exitStatus).toBe(104);
+      for (const R of [R1, R2]) {
+        const kept = await fsp.readFile(path.join(R, out! + '.check'), 'utf8');
+        expect(kept).toMatch(/^[0-9a-f-]{36}\n$/);
+        expect(kept).not.toBe(await fsp.readFile(path.join(R, out!), 'utf8'));
+        await removeTree(path.join(R, out! + '.check'));
+      }
       expect(before?.valid).toBe(true);
 
       const r = nixBuild(['--check', nd]);
@@ -313,6 +324,50 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
       expect(nixBuild(['--check', det]).status).toBe(0);
       const ok = await engine().buildPaths([det], { mode: 'check' });
       expect(ok[0]!.result.status).toBe('built');
+    });
+  });
+
+  describe('repair', () => {
+    /** Change a file inside a (read-only) store path of a chroot store. */
+    const corrupt = async (rootDir: string, p: string, file: string) => {
+      const real = path.join(rootDir, p);
+      await fsp.chmod(real, 0o755);
+      await fsp.chmod(path.join(real, file), 0o644);
+      await fsp.writeFile(path.join(real, file), 'corrupted\n');
+    };
+
+    it('a corrupted output with self-references is rebuilt (at a scratch path, rewritten) as Nix does', async () => {
+      const d = drv['ok-self-ref']!;
+      const [out] = nixOutputs(R1, [d]);
+      const before = pathFacts(R1, [out!]).get(out!);
+      expect(before?.valid).toBe(true);
+      await corrupt(R1, out!, 'me');
+      await corrupt(R2, out!, 'me');
+      expect(nixVerify(R2).stderr).toContain(`path '${out}' was modified!`);
+
+      const r = nixBuild(['--repair', d]);
+      expect(r.status, r.stderr).toBe(0);
+      const [res] = await engine().buildPaths([d], { mode: 'repair' });
+      expect(res!.result.status).toBe('built');
+      expect(pathFacts(R2, [out!]).get(out!)!.narHash).toBe(before!.narHash);
+      const [a, b] = await readBoth(path.join(out!, 'me'));
+      expect(a).toBe(`${out}\n`);
+      expect(b).toBe(a);
+      for (const R of [R1, R2]) {
+        const v = runNix('nix-store', ['--store', R, '--verify-path', out!]);
+        expect(v.status, v.stderr).toBe(0);
+      }
+    });
+
+    it('repairPath of an output without substitutes rebuilds its deriver', async () => {
+      const d = drv['ok-chain']!;
+      const [out] = nixOutputs(R1, [d]);
+      await corrupt(R2, out!, 'b');
+      await engine().repairPath(out!);
+      const v = runNix('nix-store', ['--store', R2, '--verify-path', out!]);
+      expect(v.status, v.stderr).toBe(0);
+      const [a, b] = await readBoth(path.join(out!, 'b'));
+      expect(b).toBe(a);
     });
   });
 
