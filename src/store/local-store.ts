@@ -25,6 +25,7 @@ import { BUSY_TIMEOUT_MS, NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA_STATEMENTS, 
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from './store-api.js';
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
 import { decompressBzip2 } from './bzip2.js';
+import { TempRoots } from './temp-roots.js';
 
 /** Where the store lives. Defaults follow Nix's LocalFSStore settings. */
 export interface LocalStoreOptions {
@@ -193,6 +194,7 @@ export class LocalStore implements Store {
   private readonly db: Database.Database;
   private readonly releaseBigLock: () => void;
   private closed = false;
+  private tempRoots: TempRoots | undefined;
   private readonly st: ReturnType<LocalStore['prepare']>;
 
   private constructor(layout: LocalStoreLayout, db: Database.Database, releaseBigLock: () => void) {
@@ -451,9 +453,20 @@ export class LocalStore implements Store {
     this.registerInDb(infos);
   }
 
+  /**
+   * Protect `path` from a concurrent `nix-store --gc` on this store for as long as this process keeps the
+   * store open (Nix's temporary roots: `<state>/temproots/<pid>`, or the collector's socket while it runs).
+   */
+  async addTempRoot(p: StorePath): Promise<void> {
+    this.check();
+    this.tempRoots ??= TempRoots.open(this.layout.stateDir);
+    await this.tempRoots.add(p);
+  }
+
   async addToStore(info: PathInfo, nar: NarSource, opts: AddToStoreOptions = {}): Promise<PathInfo> {
     this.check();
     checkPathInfo(info, this.storeDir);
+    await this.addTempRoot(info.path);
     const repair = opts.repair ?? false;
     if (!repair) {
       const have = await this.queryPathInfo(info.path);
@@ -604,6 +617,7 @@ export class LocalStore implements Store {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.tempRoots?.close();
     this.db.close();
     this.releaseBigLock();
   }

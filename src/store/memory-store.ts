@@ -103,6 +103,11 @@ export class MemoryStore implements Store {
     return out;
   }
 
+  /** Nothing collects garbage in a memory store: a no-op. */
+  async addTempRoot(_p: StorePath): Promise<void> {
+    this.check();
+  }
+
   /** Valid derivations that list `outPath` as an output (Nix's queryValidDerivers). */
   async queryValidDerivers(outPath: StorePath): Promise<StorePath[]> {
     this.check();

@@ -77,6 +77,11 @@ export interface Store {
   readTextFile(path: StorePath): Promise<string>;
   /** Delete the contents of an invalid path (refuses valid ones). */
   deletePath(path: StorePath): Promise<void>;
+  /**
+   * Keep `path` from being garbage-collected by a concurrent collector while this store stays open
+   * (Nix's temporary roots). Optional: stores without a collector may omit it.
+   */
+  addTempRoot?(path: StorePath): Promise<void>;
   /** Take exclusive cross-process locks on paths (sorted order; waits; honours `signal`). */
   lockPaths(paths: Iterable<StorePath>, opts?: { signal?: AbortSignal }): Promise<PathLocks>;
   /** Try to take the locks without waiting; undefined when someone else holds one. */

@@ -1,0 +1,141 @@
+/**
+ * Temporary GC roots, as Nix 2.8 keeps them, so that a real `nix-store --gc` on the same store never
+ * deletes a path this process is adding or using:
+ *   - `<state>/temproots/<pid>`: the process's roots file, exclusively flock-ed while the process lives
+ *     (the collector treats an unlocked file as stale), holding logical store paths each followed by NUL;
+ *   - before appending, take `<state>/gc.lock` shared without waiting; if that fails a collector is
+ *     running, so tell it directly over `<state>/gc-socket/socket` (send `path\n`, wait for `1`).
+ * One roots file per process and state dir, shared by every store object of the process.
+ */
+import { closeSync, fstatSync, openSync, unlinkSync, writeSync, existsSync, constants as FS } from 'node:fs';
+import { createRequire } from 'node:module';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { StoreError } from './errors.js';
+import type { StorePath } from './store-path.js';
+
+interface FsExt { flockSync(fd: number, flags: 'sh' | 'ex' | 'shnb' | 'exnb' | 'un'): void }
+const fsExt = createRequire(import.meta.url)('fs-ext') as FsExt;
+
+function tryFlock(fd: number, how: 'shnb' | 'exnb'): boolean {
+  try {
+    fsExt.flockSync(fd, how);
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EAGAIN' || code === 'EWOULDBLOCK') return false;
+    throw e;
+  }
+}
+
+interface RootsFile {
+  fd: number;
+  file: string;
+  users: number;
+  roots: Set<StorePath>;
+  socket: net.Socket | undefined;
+  gcLockFd: number | undefined;
+}
+
+const files = new Map<string, RootsFile>();
+
+/** A handle on the process's temp roots file of one state directory. */
+export class TempRoots {
+  private closed = false;
+  private constructor(private readonly stateDir: string, private readonly rf: RootsFile) {}
+
+  /** Open (create) the roots file of this process under `stateDir`. */
+  static open(stateDir: string): TempRoots {
+    let rf = files.get(stateDir);
+    if (!rf) {
+      const file = path.join(stateDir, 'temproots', String(process.pid));
+      let fd: number;
+      for (;;) {
+        // A file with our pid can only be left over from a dead process with the same pid.
+        if (existsSync(file)) { try { unlinkSync(file); } catch { /* raced */ } }
+        fd = openSync(file, FS.O_RDWR | FS.O_CREAT, 0o600);
+        if (!tryFlock(fd, 'exnb')) {
+          closeSync(fd);
+          throw new StoreError('temp-roots-failed', `the temporary roots file '${file}' is locked by another process`);
+        }
+        // The collector deletes stale files (writing nothing); if it removed ours before we locked it, retry.
+        if (fstatSync(fd).size === 0 && existsSync(file)) break;
+        closeSync(fd);
+      }
+      rf = { fd, file, users: 0, roots: new Set(), socket: undefined, gcLockFd: undefined };
+      files.set(stateDir, rf);
+    }
+    rf.users++;
+    return new TempRoots(stateDir, rf);
+  }
+
+  /** Make `storePath` (logical) a temporary root for the lifetime of this process's store objects. */
+  async add(storePath: StorePath): Promise<void> {
+    if (this.closed) throw new StoreError('store-closed', 'temporary roots used after close');
+    const rf = this.rf;
+    if (rf.roots.has(storePath)) return;
+    rf.gcLockFd ??= openSync(path.join(this.stateDir, 'gc.lock'), FS.O_RDWR | FS.O_CREAT, 0o600);
+    for (;;) {
+      if (tryFlock(rf.gcLockFd, 'shnb')) {
+        try {
+          writeSync(rf.fd, storePath + '\0');
+        } finally {
+          fsExt.flockSync(rf.gcLockFd, 'un');
+        }
+        rf.roots.add(storePath);
+        return;
+      }
+      // A collector is running: tell it, then also record the root in the file.
+      if (await this.tellCollector(storePath)) {
+        writeSync(rf.fd, storePath + '\0');
+        rf.roots.add(storePath);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 10)); // the collector went away: retry with the lock
+    }
+  }
+
+  /** Send `path\n` to the running collector and wait for its `1`. False if it is gone. */
+  private async tellCollector(storePath: StorePath): Promise<boolean> {
+    const rf = this.rf;
+    const socketPath = path.join(this.stateDir, 'gc-socket', 'socket');
+    if (!rf.socket || rf.socket.destroyed) {
+      rf.socket = await new Promise<net.Socket | undefined>((resolve) => {
+        const s = net.createConnection(socketPath);
+        s.once('connect', () => resolve(s));
+        s.once('error', () => resolve(undefined));
+      });
+      if (!rf.socket) return false;
+      rf.socket.unref();
+    }
+    const s = rf.socket;
+    return new Promise<boolean>((resolve) => {
+      const done = (ok: boolean) => {
+        s.off('data', onData);
+        s.off('close', onClose);
+        s.off('error', onClose);
+        if (!ok) { s.destroy(); rf.socket = undefined; }
+        resolve(ok);
+      };
+      const onData = (b: Buffer) => done(b.length > 0 && b[0] === 0x31);
+      const onClose = () => done(false);
+      s.on('data', onData);
+      s.once('close', onClose);
+      s.once('error', onClose);
+      s.write(storePath + '\n');
+    });
+  }
+
+  /** Release this handle; the last one of the process deletes the roots file, as Nix does on exit. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const rf = this.rf;
+    if (--rf.users > 0) return;
+    files.delete(this.stateDir);
+    rf.socket?.destroy();
+    try { unlinkSync(rf.file); } catch { /* gone */ }
+    closeSync(rf.fd);
+    if (rf.gcLockFd !== undefined) closeSync(rf.gcLockFd);
+  }
+}

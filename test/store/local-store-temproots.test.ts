@@ -1,0 +1,82 @@
+/**
+ * Temporary GC roots: a real `nix-store --gc` on the same store keeps what we are adding while our store is
+ * open, and collects it after we close; while a collector runs (gc.lock held), roots go over its socket.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { LocalStore } from '../../src/store/local-store.js';
+import { nix, nixOk } from '../helpers/nix.js';
+
+const dirs: string[] = [];
+function tmp(): string {
+  const d = mkdtempSync(path.join(tmpdir(), 'realise-troots-'));
+  dirs.push(d);
+  return d;
+}
+afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+
+describe('temporary GC roots', () => {
+  it('writes <state>/temproots/<pid> with NUL-terminated paths, shared by store objects, removed on the last close', async () => {
+    const root = tmp();
+    const a = await LocalStore.open({ root });
+    const b = await LocalStore.open({ root });
+    const p = await a.addTextToStore('one.txt', 'one');
+    await b.addTempRoot('/nix/store/00000000000000000000000000000000-other');
+    const file = path.join(root, 'nix/var/nix/temproots', String(process.pid));
+    expect(readFileSync(file, 'utf8')).toBe(`${p}\0/nix/store/00000000000000000000000000000000-other\0`);
+    await a.close();
+    expect(existsSync(file)).toBe(true);
+    await b.close();
+    expect(existsSync(file)).toBe(false);
+  });
+
+  it('while a collector holds gc.lock, a root is sent to <state>/gc-socket/socket as "path\\n" and acknowledged with "1"', async () => {
+    const root = tmp();
+    const store = await LocalStore.open({ root });
+    const state = path.join(root, 'nix/var/nix');
+    mkdirSync(path.join(state, 'gc-socket'), { recursive: true });
+    const got: string[] = [];
+    const server = createServer((c) => {
+      let buf = '';
+      c.on('data', (d) => {
+        buf += d.toString();
+        let i;
+        while ((i = buf.indexOf('\n')) >= 0) { got.push(buf.slice(0, i)); buf = buf.slice(i + 1); c.write('1'); }
+      });
+    });
+    await new Promise<void>((r) => server.listen(path.join(state, 'gc-socket/socket'), r));
+    // A "collector": another process holding gc.lock exclusively.
+    const holder = spawn('flock', ['-x', path.join(state, 'gc.lock'), 'sleep', '30'], { stdio: 'ignore' });
+    try {
+      for (let i = 0; i < 100; i++) {
+        const r = spawn('flock', ['-n', '-s', path.join(state, 'gc.lock'), 'true']);
+        const code = await new Promise((res) => r.on('exit', res));
+        if (code !== 0) break;
+        await new Promise((res) => setTimeout(res, 20));
+      }
+      const p = await store.addTextToStore('during-gc.txt', 'during gc');
+      expect(got).toEqual([p]);
+      expect(readFileSync(path.join(state, 'temproots', String(process.pid)), 'utf8')).toBe(`${p}\0`);
+    } finally {
+      holder.kill('SIGKILL');
+      server.close();
+      await store.close();
+    }
+  });
+
+  it.skipIf(!nixOk())('a real nix-store --gc keeps our unrooted paths while the store is open and collects them after', async () => {
+    const root = tmp();
+    const store = await LocalStore.open({ root });
+    const p = await store.addTextToStore('gc-me.txt', 'collect me later');
+    expect(nix('nix-store', ['--store', root, '--gc', '--print-dead']).split('\n')).not.toContain(p);
+    nix('nix-store', ['--store', root, '--gc']);
+    expect(await store.isValidPath(p)).toBe(true);
+    expect(existsSync(store.toRealPath(p))).toBe(true);
+    await store.close();
+    expect(nix('nix-store', ['--store', root, '--gc', '--print-dead']).split('\n')).toContain(p);
+  });
+});
