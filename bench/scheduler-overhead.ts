@@ -161,6 +161,7 @@ async function measure(n: number): Promise<RunFigures> {
   const g0 = performance.now();
   const g = await generateGraph(n);
   const genMs = performance.now() - g0;
+  process.stderr.write(`  [${n} goals] generated in ${(genMs / 1000).toFixed(1)} s\n`);
   try {
     const sandbox = new InstantSandbox((p) => g.store.toRealPath(p));
     const engine = new BuildEngine({ store: g.store, sandbox, maxJobs: 2 });
@@ -170,10 +171,16 @@ async function measure(n: number): Promise<RunFigures> {
     const timer = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss); }, 20);
     const c0 = process.cpuUsage();
     const t0 = performance.now();
+    // Progress on stderr every 30 s (a long run that is cut short still says how far it got, and how fast).
+    const progress = setInterval(() => {
+      const s = (performance.now() - t0) / 1000;
+      process.stderr.write(`  [${n} goals] ${s.toFixed(0)} s: ${sandbox.runs} built (${(s * 1000 / Math.max(1, sandbox.runs)).toFixed(2)} ms/goal so far), rss ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MB, peak ${(peak / 2 ** 20).toFixed(0)} MB\n`);
+    }, 30_000);
     const results = await engine.buildPaths(g.drvs);
     const wallMs = performance.now() - t0;
     const cpu = process.cpuUsage(c0);
     clearInterval(timer);
+    clearInterval(progress);
     peak = Math.max(peak, process.memoryUsage().rss);
     globalThis.gc?.();
     const heapAfter = process.memoryUsage().heapUsed;
