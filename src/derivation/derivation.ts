@@ -103,23 +103,13 @@ function sortedUnique(xs: Iterable<string>): string[] {
 // ---------------------------------------------------------------------------------------------------
 // Printing
 
+const NEEDS_ESCAPE = /["\\\n\r\t]/;
+const ESCAPES = /["\\\n\r\t]/g;
+const ESCAPE_OF: Record<string, string> = { '"': '\\"', '\\': '\\\\', '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+
 function escapeString(s: string): string {
-  let out = '"';
-  let from = 0;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    let rep: string | undefined;
-    if (c === 0x22) rep = '\\"';
-    else if (c === 0x5c) rep = '\\\\';
-    else if (c === 0x0a) rep = '\\n';
-    else if (c === 0x0d) rep = '\\r';
-    else if (c === 0x09) rep = '\\t';
-    if (rep !== undefined) {
-      out += s.slice(from, i) + rep;
-      from = i + 1;
-    }
-  }
-  return out + s.slice(from) + '"';
+  if (!NEEDS_ESCAPE.test(s)) return '"' + s + '"';
+  return '"' + s.replace(ESCAPES, (c) => ESCAPE_OF[c]!) + '"';
 }
 
 function printList(items: readonly string[]): string {
@@ -193,6 +183,13 @@ export function printDerivation(
 // ---------------------------------------------------------------------------------------------------
 // Parsing
 
+/** Fast acceptance of a well-formed store path base name (`parseStorePath` explains the rejects). */
+const STORE_PATH_BASE = /^[0-9a-df-np-sv-z]{32}-[0-9a-zA-Z+\-._?=]{1,211}$/;
+
+function validStorePath(p: string, storeDir: string): boolean {
+  return p.length > storeDir.length + 1 && p.startsWith(storeDir) && p[storeDir.length] === '/' && STORE_PATH_BASE.test(p.slice(storeDir.length + 1));
+}
+
 /** Longest string field we accept (1 GiB of text is not a derivation). */
 const MAX_DRV_LENGTH = 1 << 28;
 
@@ -224,28 +221,24 @@ class Parser {
     const t = this.text;
     let out = '';
     let from = this.pos;
-    for (;;) {
-      const q = t.indexOf('"', from);
-      const b = t.indexOf('\\', from);
-      if (q < 0) {
-        this.pos = t.length;
-        this.fail('unterminated string');
+    for (let i = from; i < t.length; i++) {
+      const c = t.charCodeAt(i);
+      if (c === 0x22) {
+        out += t.slice(from, i);
+        this.pos = i + 1;
+        return out;
       }
-      if (b >= 0 && b < q) {
-        out += t.slice(from, b);
-        if (b + 1 >= t.length) {
-          this.pos = t.length;
-          this.fail('unterminated string');
-        }
-        const c = t[b + 1]!;
-        out += c === 'n' ? '\n' : c === 'r' ? '\r' : c === 't' ? '\t' : c;
-        from = b + 2;
-        continue;
+      if (c === 0x5c) {
+        out += t.slice(from, i);
+        if (i + 1 >= t.length) break;
+        const e = t[i + 1]!;
+        out += e === 'n' ? '\n' : e === 'r' ? '\r' : e === 't' ? '\t' : e;
+        i++;
+        from = i + 1;
       }
-      out += t.slice(from, q);
-      this.pos = q + 1;
-      return out;
     }
+    this.pos = t.length;
+    this.fail('unterminated string');
   }
 
   /** `[` already consumed; parses `"a","b"]`. */
@@ -286,6 +279,7 @@ class Parser {
 
 function parseOutput(p: Parser, name: string, path: string, algo: string, hash: string, storeDir: string): DerivationOutput {
   const storePath = (): StorePath => {
+    if (validStorePath(path, storeDir)) return path;
     try {
       parseStorePath(path, storeDir);
     } catch (e) {
@@ -334,6 +328,7 @@ export function parseDerivation(text: string, name: string, opts: { storeDir?: s
   const p = new Parser(text, name);
   if (text.length > MAX_DRV_LENGTH) p.fail('derivation too large');
   const checkPath = (s: string, what: string): StorePath => {
+    if (validStorePath(s, storeDir)) return s;
     try {
       parseStorePath(s, storeDir);
     } catch (e) {
