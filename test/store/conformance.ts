@@ -125,6 +125,23 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
       expect(await tmpLeftovers(store)).toEqual([]);
     });
 
+    it('top-level executable files and symlinks are stored as such', async () => {
+      const exe = narOfRegularFile('#!/bin/sh\n', true);
+      const pe = freshPath('tool', sd());
+      await store.addToStore({ path: pe, narHash: Hash.of('sha256', exe), narSize: exe.length, references: [] }, streamOf(exe));
+      expect(lstatSync(store.toRealPath(pe)).mode & 0o7777).toBe(0o555);
+      expect((await collect(store.narFromPath(pe))).equals(exe)).toBe(true);
+      const d = mkdtempSync(path.join(tmpdir(), 'realise-conf-link-'));
+      symlinkSync('/nix/store/some-target', path.join(d, 'l'));
+      const link = await collect(dumpPath(path.join(d, 'l')));
+      rmSync(d, { recursive: true, force: true });
+      const pl = freshPath('link', sd());
+      await store.addToStore({ path: pl, narHash: Hash.of('sha256', link), narSize: link.length, references: [] }, streamOf(link));
+      expect(lstatSync(store.toRealPath(pl)).isSymbolicLink()).toBe(true);
+      expect(lstatSync(store.toRealPath(pl)).mtimeMs).toBe(1000);
+      expect((await collect(store.narFromPath(pl))).equals(link)).toBe(true);
+    });
+
     it('narFromPath round-trips the exact NAR bytes', async () => {
       const { nar, hash } = await makeTreeNar('rt');
       const p = freshPath('rt', sd());
