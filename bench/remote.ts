@@ -54,9 +54,11 @@ async function ours(tag: string, machines: Machine[], concurrent: boolean): Prom
   const builders = machines.map((m) => new MachineBuilder(m, { env: remoteEnv() }));
   const read = (p: string) => parseDerivation(readFileSync(path.join(root, p), 'utf8'), derivationNameFromPath(p));
   const perBuild: number[] = [];
+  let redone = 0;
   const one = async (p: string): Promise<void> => {
     const t = performance.now();
     const r = await buildOnRemote(builders, p, read(p), {}, { store });
+    redone += r.failedMachines.length;
     if (r.kind !== 'built' || r.result.status !== 'built') throw new Error(`build of ${p} failed: ${JSON.stringify(r.kind === 'built' ? r.result.errorMsg : r.error.message)}`);
     perBuild.push((performance.now() - t) / 1000);
   };
@@ -64,6 +66,7 @@ async function ours(tag: string, machines: Machine[], concurrent: boolean): Prom
   if (concurrent) await Promise.all(drvs.map(one));
   else for (const p of drvs) await one(p);
   const wall = (performance.now() - t0) / 1000;
+  if (redone) console.log(`  (${redone} builds were redone on another machine after a connection failure)`);
   await Promise.all(builders.map((b) => b.close()));
   await store.close();
   return { wall, perBuild };
@@ -139,7 +142,7 @@ async function main(): Promise<void> {
   const o2 = await ours(`par-${salt}`, parM(`par-ours-${salt}`), true);
   const n2 = nixRef(`par-${salt}`, parM(`par-nix-${salt}`));
   console.log(`\n2 machines x 2 slots, all submitted at once`);
-  console.log(`  realise: wall ${o2.wall.toFixed(2)} s = ${(o2.wall / N).toFixed(3)} s/build`);
+  console.log(`  realise: wall ${o2.wall.toFixed(2)} s = ${(o2.wall / N).toFixed(3)} s/build (latency median ${median(o2.perBuild).toFixed(3)} s, max ${Math.max(...o2.perBuild).toFixed(3)} s)`);
   console.log(`  Nix 2.8: wall ${n2.wall.toFixed(2)} s = ${(n2.wall / N).toFixed(3)} s/build`);
   console.log(`  ratio Nix/ours: ${(n2.wall / o2.wall).toFixed(1)}x`);
   let dag: { nodes: number; ours: number; nix: number } | undefined;

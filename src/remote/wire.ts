@@ -194,7 +194,7 @@ export class WireReader {
     const token = async (): Promise<string> => {
       const lenBuf = await this.bytes(8);
       const len = Number(lenBuf.readBigUInt64LE(0));
-      if (len > 4096) throw new RemoteProtocolError(`${this.describe} sent a NAR with an oversized token (${len} bytes)`);
+      if (len > 1 << 16) throw new RemoteProtocolError(`${this.describe} sent a NAR with an oversized token (${len} bytes)`);
       const body = await this.bytes(len + padLength(len));
       pending.push(lenBuf, body);
       return body.subarray(0, len).toString('latin1');
