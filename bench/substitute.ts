@@ -118,9 +118,12 @@ function prepare(): Fixture {
   return fx;
 }
 
-async function ours(fx: Fixture, cache: string): Promise<number> {
+interface Timing { wall: number; cpu: number }
+
+async function ours(fx: Fixture, cache: string): Promise<Timing> {
   const root = path.join(WORK, 'ours-root');
   rmSync(root, { recursive: true, force: true });
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const store = await LocalStore.open({ root });
   const sub = new BinaryCacheSubstituter(pathToFileURL(cache).href, { trustedPublicKeys: [fx.pub] });
@@ -135,15 +138,20 @@ async function ours(fx: Fixture, cache: string): Promise<number> {
   await substitutePath(store, sub, top);
   await sub.close();
   await store.close();
-  return (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  return { wall: (performance.now() - t0) / 1000, cpu: (cpu.user + cpu.system) / 1e6 };
 }
 
-function nixCopy(fx: Fixture, cache: string): number {
+function nixCopy(fx: Fixture, cache: string): Timing {
   const root = path.join(WORK, 'nix-root');
   rmSync(root, { recursive: true, force: true });
   const t0 = performance.now();
-  run('nix', ['copy', '--store', root, '--from', `file://${cache}`, '--option', 'trusted-public-keys', fx.pub, fx.top]);
-  return (performance.now() - t0) / 1000;
+  // /usr/bin/time reports the CPU time of nix (all its threads) on the last line of stderr.
+  const r = spawnSync('/usr/bin/time', ['-f', 'CPU %U %S', 'nix', 'copy', '--store', root, '--from', `file://${cache}`, '--option', 'trusted-public-keys', fx.pub, fx.top], { env, encoding: 'utf8', maxBuffer: 1 << 28 });
+  const wall = (performance.now() - t0) / 1000;
+  if (r.status !== 0) throw new Error(`nix copy failed:\n${r.stderr}`);
+  const m = /CPU ([0-9.]+) ([0-9.]+)\s*$/.exec(r.stderr);
+  return { wall, cpu: m ? Number(m[1]) + Number(m[2]) : NaN };
 }
 
 function verify(fx: Fixture): void {
@@ -154,48 +162,51 @@ function verify(fx: Fixture): void {
   if (n !== N) throw new Error(`expected ${N} valid paths, nix sees ${n}`);
 }
 
-async function decompressOurs(files: string[], c: string): Promise<number> {
+async function decompressOurs(files: string[], c: string): Promise<Timing> {
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   for (const f of files) {
-    // eslint-disable-next-line @typescript-eslint/no-unused-vars
-    for await (const _ of decompressStream(c, createReadStream(f, { highWaterMark: 1 << 20 }))) { /* drain */ }
+    for await (const chunk of decompressStream(c, createReadStream(f, { highWaterMark: 1 << 20 }))) void chunk;
   }
-  return (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  return { wall: (performance.now() - t0) / 1000, cpu: (cpu.user + cpu.system) / 1e6 };
 }
 
-function decompressTool(files: string[], c: string): number {
-  const t0 = performance.now();
+/** One `xz -dc f1 f2 ...` (or zstd) process over all files, so process start-up does not count. */
+function decompressTool(files: string[], c: string): Timing {
   const tool = c === 'xz' ? 'xz' : 'zstd';
-  for (const f of files) {
-    const r = spawnSync('sh', ['-c', `${tool} -dc "$1" > /dev/null`, 'sh', f]);
-    if (r.status !== 0) throw new Error(`${tool} -dc failed`);
-  }
-  return (performance.now() - t0) / 1000;
+  const t0 = performance.now();
+  const r = spawnSync('/usr/bin/time', ['-f', 'CPU %U %S', 'sh', '-c', `${tool} -dcq "$@" > /dev/null`, 'sh', ...files], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${tool} -dc failed: ${r.stderr}`);
+  const m = /CPU ([0-9.]+) ([0-9.]+)\s*$/.exec(r.stderr);
+  return { wall: (performance.now() - t0) / 1000, cpu: m ? Number(m[1]) + Number(m[2]) : NaN };
 }
 
 async function main(): Promise<void> {
   const fx = prepare();
   const lines: string[] = [];
   const say = (s: string) => { console.log(s); lines.push(s); };
-  say(`closure: ${N} paths, ${MB} MB of NARs; ${RUNS} runs each; ${JOBS} parallel substitutions; medians`);
+  say(`closure: ${N} paths, ${MB} MB of NARs; ${RUNS} runs each; ${JOBS} parallel substitutions; medians; load average ${(await import('node:os')).loadavg()[0]!.toFixed(1)} on ${(await import('node:os')).cpus().length} cores`);
   for (const c of COMPRESSIONS) {
     const cache = fx.caches[c]!;
     const narDir = path.join(cache, 'nar');
     const files = readdirSync(narDir).map((f) => path.join(narDir, f));
     const compressed = files.reduce((s, f) => s + statSync(f).size, 0);
-    const o: number[] = [];
-    const n: number[] = [];
+    const o: Timing[] = [];
+    const n: Timing[] = [];
     for (let i = 0; i < RUNS; i++) {
       o.push(await ours(fx, cache));
       if (i === 0) verify(fx);
       n.push(nixCopy(fx, cache));
     }
-    const mo = median(o);
-    const mn = median(n);
-    say(`${c}: cache ${(compressed / 1e6).toFixed(0)} MB compressed | realise ${fmt(mo)} (${(MB / mo).toFixed(0)} MB/s of NAR) | nix copy --from ${fmt(mn)} (${(MB / mn).toFixed(0)} MB/s) | ratio ${(mo / mn).toFixed(2)} (target <= 0.8)`);
+    const mo = median(o.map((t) => t.wall));
+    const mn = median(n.map((t) => t.wall));
+    const co = median(o.map((t) => t.cpu));
+    const cn = median(n.map((t) => t.cpu));
+    say(`${c}: cache ${(compressed / 1e6).toFixed(0)} MB compressed | wall: realise ${fmt(mo)} (${(MB / mo).toFixed(0)} MB/s of NAR) vs nix copy --from ${fmt(mn)} (${(MB / mn).toFixed(0)} MB/s), ratio ${(mo / mn).toFixed(2)} (target <= 0.8) | CPU: realise ${fmt(co)} vs nix ${fmt(cn)}, ratio ${(co / cn).toFixed(2)}`);
     const d1 = await decompressOurs(files, c);
     const d2 = decompressTool(files, c);
-    say(`${c}: decompression alone, sequential: realise ${fmt(d1)} (${(MB / d1).toFixed(0)} MB/s) | ${c === 'xz' ? 'xz' : 'zstd'} -dc ${fmt(d2)} (${(MB / d2).toFixed(0)} MB/s) | ratio ${(d1 / d2).toFixed(2)}`);
+    say(`${c}: decompression alone, sequential, same NAR files: realise ${fmt(d1.wall)} wall / ${fmt(d1.cpu)} CPU (${(MB / d1.cpu).toFixed(0)} MB/s per CPU second) | ${c === 'xz' ? 'xz' : 'zstd'} -dc ${fmt(d2.wall)} wall / ${fmt(d2.cpu)} CPU (${(MB / d2.cpu).toFixed(0)} MB/s per CPU second) | CPU ratio ${(d1.cpu / d2.cpu).toFixed(2)}`);
   }
   rmSync(path.join(WORK, 'ours-root'), { recursive: true, force: true });
   rmSync(path.join(WORK, 'nix-root'), { recursive: true, force: true });
