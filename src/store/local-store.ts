@@ -302,8 +302,10 @@ export class LocalStore implements Store {
   }
 
   toRealPath(p: string): string {
-    if (this.realStoreDir === this.storeDir) return p;
-    if (p === this.storeDir || p.startsWith(this.storeDir + '/')) return this.realStoreDir + p.slice(this.storeDir.length);
+    if (p === this.storeDir || p.startsWith(this.storeDir + '/')) {
+      checkNoDotDot(p, this.storeDir);
+      return this.realStoreDir === this.storeDir ? p : this.realStoreDir + p.slice(this.storeDir.length);
+    }
     throw new InvalidStorePathError(`path '${p}' is not in the Nix store '${this.storeDir}'`);
   }
 
@@ -581,11 +583,13 @@ export class LocalStore implements Store {
 
   async lockPaths(paths: Iterable<StorePath>, opts: { signal?: AbortSignal | undefined } = {}): Promise<HeldLocks> {
     const sorted = [...new Set(paths)].sort();
+    for (const p of sorted) parseStorePath(p, this.storeDir);
     return lockFiles(sorted.map((p) => this.toRealPath(p)), { signal: opts.signal, paths: sorted });
   }
 
   async tryLockPaths(paths: Iterable<StorePath>): Promise<PathLocks | undefined> {
     const sorted = [...new Set(paths)].sort();
+    for (const p of sorted) parseStorePath(p, this.storeDir);
     return tryLockFiles(sorted.map((p) => this.toRealPath(p)), { paths: sorted });
   }
 
@@ -620,6 +624,14 @@ export class LocalStore implements Store {
     this.tempRoots?.close();
     this.db.close();
     this.releaseBigLock();
+  }
+}
+
+/** Refuse `..` segments below the store dir, so a real path never escapes the real store dir. */
+export function checkNoDotDot(p: string, storeDir: string): void {
+  const rest = p.slice(storeDir.length);
+  if (rest.split('/').some((seg) => seg === '..' || seg === '.')) {
+    throw new InvalidStorePathError(`path '${p}' has '.' or '..' components`, { hint: 'pass a canonical path inside the store' });
   }
 }
 

@@ -14,7 +14,7 @@ import { canonicalisePathMetaData, deleteTree } from './canonicalise.js';
 import { InvalidStorePathError, StoreError } from './errors.js';
 import { Hash } from './hash.js';
 import { HeldLocks, lockFiles, tryLockFiles } from './locks.js';
-import { checkBatchClosure, checkPathInfo, hashingStream, invalidPathError, narHashMismatch, narSizeMismatch } from './local-store.js';
+import { checkBatchClosure, checkNoDotDot, checkPathInfo, hashingStream, invalidPathError, narHashMismatch, narSizeMismatch } from './local-store.js';
 import { collect, dumpPath, narOfRegularFile, restorePath, streamOf } from './nar.js';
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from './store-api.js';
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
@@ -56,7 +56,10 @@ export class MemoryStore implements Store {
   }
 
   toRealPath(p: string): string {
-    if (p === this.storeDir || p.startsWith(this.storeDir + '/')) return this.realStoreDir + p.slice(this.storeDir.length);
+    if (p === this.storeDir || p.startsWith(this.storeDir + '/')) {
+      checkNoDotDot(p, this.storeDir);
+      return this.realStoreDir + p.slice(this.storeDir.length);
+    }
     throw new InvalidStorePathError(`path '${p}' is not in the Nix store '${this.storeDir}'`);
   }
 
@@ -242,11 +245,13 @@ export class MemoryStore implements Store {
 
   async lockPaths(ps: Iterable<StorePath>, opts: { signal?: AbortSignal | undefined } = {}): Promise<HeldLocks> {
     const sorted = [...new Set(ps)].sort();
+    for (const p of sorted) parseStorePath(p, this.storeDir);
     return lockFiles(sorted.map((p) => this.toRealPath(p)), { signal: opts.signal, paths: sorted });
   }
 
   async tryLockPaths(ps: Iterable<StorePath>): Promise<PathLocks | undefined> {
     const sorted = [...new Set(ps)].sort();
+    for (const p of sorted) parseStorePath(p, this.storeDir);
     return tryLockFiles(sorted.map((p) => this.toRealPath(p)), { paths: sorted });
   }
 

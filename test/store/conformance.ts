@@ -346,6 +346,14 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
       ), { numRuns: 12 });
     });
 
+    it('toRealPath never escapes the real store dir; locks need store paths', async () => {
+      expect(() => store.toRealPath(`${sd()}/../etc/passwd`)).toThrow(expect.objectContaining({ code: 'invalid-store-path' }));
+      expect(() => store.toRealPath(`${sd()}/x/./y`)).toThrow(expect.objectContaining({ code: 'invalid-store-path' }));
+      expect(() => store.toRealPath('/etc/passwd')).toThrow(expect.objectContaining({ code: 'invalid-store-path' }));
+      await expect(store.lockPaths([`${sd()}/../../tmp/x`])).rejects.toMatchObject({ code: 'invalid-store-path' });
+      await expect(store.tryLockPaths(['/tmp/x'])).rejects.toMatchObject({ code: 'invalid-store-path' });
+    });
+
     it('rejects malformed store paths with a typed error', async () => {
       const nar = narOfRegularFile('x');
       const e = await catchErr(store.addToStore({ path: '/nix/store/bad', narHash: Hash.of('sha256', nar), narSize: nar.length, references: [] }, streamOf(nar)));
