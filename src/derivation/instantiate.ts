@@ -93,6 +93,9 @@ export class OutputValue implements Contextual {
   toString(): string {
     return this.path;
   }
+  toJSON(): string {
+    return this.path;
+  }
 }
 
 /** An instantiated derivation: the `.drv` is in the store. Interpolating it means its default output. */
@@ -143,6 +146,10 @@ export class DerivationValue implements Contextual {
   }
   toString(): string {
     return this.outPath;
+  }
+  /** `{ drvPath, outputs: { name: path } }`. */
+  toJSON(): { drvPath: StorePath; outputs: Record<string, string> } {
+    return { drvPath: this.drvPath, outputs: Object.fromEntries(this.outputNames.map((n) => [n, this.outputs[n]!.path])) };
   }
 }
 
@@ -538,19 +545,28 @@ export async function addPath(store: Store, localPath: string, opts: AddPathOpti
   return storePathString(p);
 }
 
-/** A derivation already in the store, as a value (e.g. one `nix-instantiate` wrote). */
+/**
+ * A derivation already in the store, as a value (e.g. one `nix-instantiate` wrote). The declared output
+ * order (for the default output) comes from the `outputs` attribute when the derivation has one (legacy
+ * environment or `__json`), else `out` first and the rest sorted.
+ */
 export async function derivationFromStore(store: Store, drvPath: StorePath): Promise<DerivationValue> {
   const drv = await readDerivationFromStore(store)(drvPath);
-  const names = [...drv.outputs.keys()].sort(compareBytes);
+  const sorted = [...drv.outputs.keys()].sort(compareBytes);
+  let declared: string[] | undefined;
+  const json = drv.env.get('__json');
+  try {
+    const fromAttr = json !== undefined ? (JSON.parse(json) as { outputs?: unknown }).outputs : drv.env.get('outputs')?.split(/[ \t\n\r]+/).filter(Boolean);
+    if (Array.isArray(fromAttr) && fromAttr.length === sorted.length && fromAttr.every((o) => typeof o === 'string' && drv.outputs.has(o))) declared = fromAttr as string[];
+  } catch {
+    declared = undefined;
+  }
+  const names = declared ?? (drv.outputs.has('out') ? ['out', ...sorted.filter((n) => n !== 'out')] : sorted);
   const outputs: Record<string, OutputValue> = {};
   for (const n of names) {
     const o = drv.outputs.get(n)!;
     const p = o.type === 'input-addressed' || o.type === 'fixed' ? o.path : undefined;
     outputs[n] = new OutputValue(drvPath, n, p ?? downstreamPlaceholder(drvPath, n), p !== undefined);
-  }
-  if (names.includes('out')) {
-    names.splice(names.indexOf('out'), 1);
-    names.unshift('out');
   }
   return new DerivationValue(drvPath, drv, names, outputs);
 }

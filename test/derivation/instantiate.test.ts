@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nix } from '../../src/derivation/context.js';
-import { derivation } from '../../src/derivation/instantiate.js';
+import { derivation, derivationFromStore } from '../../src/derivation/instantiate.js';
 import { MemoryStore } from '../../src/store/memory-store.js';
 import { expected, goldenDrvs } from './helpers.js';
 import { sourcePaths, twins } from './equivalents.js';
@@ -71,5 +71,17 @@ describe('derivation(): the same .drv as nix-instantiate', () => {
     const user = await derivation(store, { name: 'explicit', system: 'x86_64-linux', builder: '/bin/sh', path: dep.outPath }, { inputDrvs: { [dep.drvPath]: ['out'] } });
     const viaContext = await derivation(store, { name: 'explicit', system: 'x86_64-linux', builder: '/bin/sh', path: nix`${dep}` });
     expect(user.drvPath).toBe(viaContext.drvPath);
+  });
+
+  it('derivationFromStore keeps the declared output order (default output) and values serialise to JSON', async () => {
+    for (const structured of [false, true]) {
+      const d = await derivation(store, { name: 'order', system: 'x86_64-linux', builder: '/bin/sh', outputs: ['dev', 'out'], __structuredAttrs: structured });
+      const back = await derivationFromStore(store, d.drvPath);
+      expect(back.outputNames).toEqual(['dev', 'out']);
+      expect(back.outPath).toBe(d.output('dev').path);
+      expect(JSON.parse(JSON.stringify(back))).toEqual({ drvPath: d.drvPath, outputs: { dev: d.output('dev').path, out: d.out.path } });
+    }
+    const ca = await derivationFromStore(store, expected.fixtures.ca!.find((p) => p.endsWith('-ca.drv'))!).catch(() => undefined);
+    expect(ca === undefined || ca.out.known === false).toBe(true);
   });
 });
