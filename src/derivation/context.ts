@@ -121,7 +121,7 @@ export function formatFloatGeneral(x: number): string {
  * Nix's `coerceToString`. With `coerceMore` (derivation attributes): numbers, Booleans (`"1"`/`""`),
  * null (`""`) and lists (elements joined by spaces) are accepted too. `where` names the attribute for errors.
  */
-export function coerceToString(v: AttrValue, context: Set<string>, coerceMore: boolean, where: string): string {
+export function coerceToString(v: AttrValue, context: Set<string>, coerceMore: boolean, where: string, ancestors: Set<object> = new Set()): string {
   if (typeof v === 'string') return v;
   if (v instanceof NixString) {
     for (const c of v.context) context.add(c);
@@ -137,12 +137,15 @@ export function coerceToString(v: AttrValue, context: Set<string>, coerceMore: b
     if (v === true) return '1';
     if (v === false || v === null || v === undefined) return '';
     if (Array.isArray(v)) {
+      if (ancestors.has(v)) throw new InvalidDerivationAttrsError(`the list in '${where}' contains itself`, { attribute: where });
+      ancestors.add(v);
       let out = '';
       const list = v as readonly AttrValue[];
       list.forEach((item, i) => {
-        out += coerceToString(item, context, coerceMore, where);
+        out += coerceToString(item, context, coerceMore, where, ancestors);
         if (i < list.length - 1 && !(Array.isArray(item) && item.length === 0)) out += ' ';
       });
+      ancestors.delete(v);
       return out;
     }
   }
@@ -200,7 +203,7 @@ function jsonString(s: string): string {
  * byte order, Nix's string escaping (`\u00XX` for other control characters, UTF-8 as is), floats as
  * C++ streams print them. Derivations and outputs become their paths (with context).
  */
-export function toNixJson(v: AttrValue, context: Set<string>, where: string): string {
+export function toNixJson(v: AttrValue, context: Set<string>, where: string, ancestors: Set<object> = new Set()): string {
   if (v === null || v === undefined) return 'null';
   if (typeof v === 'string') return jsonString(v);
   if (v instanceof NixString) {
@@ -211,11 +214,19 @@ export function toNixJson(v: AttrValue, context: Set<string>, where: string): st
   if (typeof v === 'boolean') return v ? 'true' : 'false';
   if (typeof v === 'number') return Number.isInteger(v) ? String(v) : formatFloatGeneral(v);
   if (typeof v === 'bigint') return v.toString();
-  if (Array.isArray(v)) return '[' + (v as readonly AttrValue[]).map((x, i) => toNixJson(x, context, `${where}[${i}]`)).join(',') + ']';
   if (typeof v === 'object') {
-    const obj = v as { readonly [k: string]: AttrValue };
-    const keys = Object.keys(obj).filter((k) => obj[k] !== undefined).sort(compareBytes);
-    return '{' + keys.map((k) => jsonString(k) + ':' + toNixJson(obj[k], context, `${where}.${k}`)).join(',') + '}';
+    if (ancestors.has(v)) throw new InvalidDerivationAttrsError(`the value of '${where}' contains itself`, { attribute: where });
+    ancestors.add(v);
+    let out: string;
+    if (Array.isArray(v)) {
+      out = '[' + (v as readonly AttrValue[]).map((x, i) => toNixJson(x, context, `${where}[${i}]`, ancestors)).join(',') + ']';
+    } else {
+      const obj = v as { readonly [k: string]: AttrValue };
+      const keys = Object.keys(obj).filter((k) => obj[k] !== undefined).sort(compareBytes);
+      out = '{' + keys.map((k) => jsonString(k) + ':' + toNixJson(obj[k], context, `${where}.${k}`, ancestors)).join(',') + '}';
+    }
+    ancestors.delete(v);
+    return out;
   }
   throw new InvalidDerivationAttrsError(`cannot convert ${describe(v)} to JSON (${where})`, { attribute: where });
 }

@@ -86,3 +86,36 @@ describe.skipIf(!nixOk())('real nix-instantiate rejects the same attributes', ()
     expect(r.stderr).toMatch(/error/);
   });
 });
+
+describe('derivation() on hostile values', () => {
+  it('fuzz: any JS value as an attribute gives a derivation or a RealiseError, legacy and structured', async () => {
+    const { RealiseError } = await import('../../src/store/errors.js');
+    const fc = (await import('fast-check')).default;
+    const store = new MemoryStore();
+    try {
+      await fc.assert(
+        fc.asyncProperty(fc.anything({ withBigInt: true, withNullPrototype: true, withMap: true, withSet: true, withDate: true, withTypedArray: true, withSparseArray: true }), fc.boolean(), async (v, structured) => {
+          try {
+            await derivation(store, { ...base, attr: v as never, __structuredAttrs: structured });
+          } catch (e) {
+            if (!(e instanceof RealiseError)) throw e;
+          }
+        }),
+        { numRuns: 300 },
+      );
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('self-containing values are errors, not stack overflows', async () => {
+    const store = new MemoryStore();
+    const list: unknown[] = ['a'];
+    list.push(list);
+    const obj: Record<string, unknown> = {};
+    obj.self = obj;
+    await expect(derivation(store, { ...base, l: list as never })).rejects.toThrow(/contains itself/);
+    await expect(derivation(store, { ...base, __structuredAttrs: true, o: obj as never })).rejects.toThrow(/contains itself/);
+    await store.close();
+  });
+});
