@@ -7,6 +7,9 @@ import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { parseDerivation, derivationNameFromPath, type Derivation } from '../../src/derivation/derivation.js';
 import { nix, nixEnv, nixInstantiate, tempDir } from '../helpers/nix.js';
+import { LocalStore } from '../../src/store/local-store.js';
+import type { PathInfo, Store } from '../../src/store/store-api.js';
+import { topoSortPaths } from '../../src/remote/protocol-common.js';
 
 /** Nix settings every private store in these tests uses (sandboxed chroot builds need a /bin/sh). */
 export const NIX_CONF = 'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\n';
@@ -90,4 +93,19 @@ export function referenceBuild(fx: Fixture, attr: 'top'): Map<string, { path: st
     res.set(name, { path: p, narHash: nix('nix-store', ['--store', root, '-q', '--hash', p]) });
   }
   return res;
+}
+
+/**
+ * A second local store holding what `store` has for building `top` (its .drv closure and the built
+ * dependency), copied with the stores' own NAR streams: a fresh place for outputs to be copied back to.
+ */
+export async function cloneLocal(fx: Fixture, store: Store, name: string): Promise<LocalStore> {
+  const depOut = (await store.queryDerivationOutputs(fx.drvs.dep)).get('out')!;
+  const closure = await store.computeClosure([fx.drvs.top, depOut]);
+  const infos = new Map<string, PathInfo>();
+  for (const p of closure) infos.set(p, (await store.queryPathInfo(p))!);
+  const copy = await LocalStore.open({ root: path.join(fx.dir, name) });
+  for (const p of topoSortPaths(infos)) await copy.addToStore(infos.get(p)!, store.narFromPath(p));
+  await copy.registerDerivationOutputs(fx.drvs.dep, await store.queryDerivationOutputs(fx.drvs.dep));
+  return copy;
 }

@@ -11,7 +11,7 @@ import { RemoteBuildError } from '../../src/remote/errors.js';
 import { machine } from '../../src/remote/machines.js';
 import { buildOnRemote, MachineBuilder } from '../../src/remote/remote-builder.js';
 import { nix, nixOk } from '../helpers/nix.js';
-import { makeFixture, referenceBuild, remoteEnv, type Fixture } from './fixture.js';
+import { cloneLocal, makeFixture, referenceBuild, remoteEnv, type Fixture } from './fixture.js';
 
 describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
   let fx: Fixture;
@@ -77,17 +77,9 @@ describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
   it('builds over ssh:// (nix-store --serve --write) with the build log from its stderr', async () => {
     const remoteRoot = path.join(fx.dir, 'remote-serve');
     const b = builder(`ssh://localhost?remote-store=${encodeURIComponent(remoteRoot)}`);
-    // A fresh local copy would be needed to see the outputs copied again; use a second local store.
-    const localRoot2 = path.join(fx.dir, 'local2');
-    const store2 = await LocalStore.open({ root: localRoot2 });
+    // A second local store, so the outputs are copied back again.
+    const store2 = await cloneLocal(fx, store, 'local2');
     try {
-      // Copy the derivation closure and the built dependency into store2 with our own client's NARs.
-      const needed = nix('nix-store', ['--store', fx.localRoot, '-qR', fx.drvs.top, nix('nix-store', ['--store', fx.localRoot, '-q', '--outputs', fx.drvs.dep])]).split('\n');
-      const infos = await Promise.all(needed.map((p) => store.queryPathInfo(p)));
-      const { topoSortPaths } = await import('../../src/remote/protocol-common.js');
-      const order = topoSortPaths(new Map(infos.map((i) => [i!.path, i!])));
-      for (const p of order) await store2.addToStore((await store.queryPathInfo(p))!, store.narFromPath(p));
-      await store2.registerDerivationOutputs(fx.drvs.dep, await store.queryDerivationOutputs(fx.drvs.dep));
       const lines: string[] = [];
       const r = await b.build(fx.drvs.top, fx.readDrv(fx.drvs.top), { store: store2, onLog: (l) => lines.push(l) });
       expect(r.status).toBe('built');

@@ -8,8 +8,8 @@ import { LocalStore } from '../../src/store/local-store.js';
 import { RemoteBuildError } from '../../src/remote/errors.js';
 import { parseMachines } from '../../src/remote/machines.js';
 import { MachineBuilder, createRemoteBuilders } from '../../src/remote/remote-builder.js';
-import { nix, nixOk } from '../helpers/nix.js';
-import { makeFixture, referenceBuild, type Fixture } from './fixture.js';
+import { nixOk } from '../helpers/nix.js';
+import { cloneLocal, makeFixture, referenceBuild, type Fixture } from './fixture.js';
 import { sshdOk, startSshd, type Sshd } from './sshd.js';
 
 describe.skipIf(!nixOk() || !sshdOk())('remote builds over a real sshd', () => {
@@ -18,6 +18,7 @@ describe.skipIf(!nixOk() || !sshdOk())('remote builds over a real sshd', () => {
   let store: LocalStore;
   let ref: Map<string, { path: string; narHash: string }>;
   const builders: MachineBuilder[] = [];
+  const locals: LocalStore[] = [];
 
   beforeAll(async () => {
     fx = makeFixture();
@@ -27,6 +28,7 @@ describe.skipIf(!nixOk() || !sshdOk())('remote builds over a real sshd', () => {
   });
   afterAll(async () => {
     await Promise.all(builders.map((b) => b.close()));
+    await Promise.all(locals.map((l) => l.close()));
     await store?.close();
     await sshd?.stop();
   });
@@ -43,19 +45,19 @@ describe.skipIf(!nixOk() || !sshdOk())('remote builds over a real sshd', () => {
       const [b] = createRemoteBuilders(machinesLine(scheme, remoteRoot, sshd.hostKeyBase64), { sshOptions: sshd.sshOptions });
       builders.push(b!);
       const lines: string[] = [];
-      // Fresh outputs per scheme: delete what an earlier test copied back.
-      const valid = (await Promise.all([...ref.values()].map(async (o) => ((await store.isValidPath(o.path)) ? o.path : undefined)))).filter((p): p is string => !!p);
-      if (valid.length) nix('nix-store', ['--store', fx.localRoot, '--delete', ...valid]);
-      const r = await b!.build(fx.drvs.top, fx.readDrv(fx.drvs.top), { store, onLog: (l) => lines.push(l) });
+      // A fresh local store per scheme, so the outputs are copied back each time.
+      const local = await cloneLocal(fx, store, `local-${scheme}`);
+      locals.push(local);
+      const r = await b!.build(fx.drvs.top, fx.readDrv(fx.drvs.top), { store: local, onLog: (l) => lines.push(l) });
       expect(r.errorMsg).toBe('');
       expect(r.status).toBe('built');
       expect(lines.join('\n')).toContain('building top');
       for (const [name, want] of ref) {
         expect(r.builtOutputs.get(name)).toBe(want.path);
-        expect((await store.queryPathInfo(want.path))?.narHash.toString('base32')).toBe(want.narHash);
+        expect((await local.queryPathInfo(want.path))?.narHash.toString('base32')).toBe(want.narHash);
       }
       // The same ssh session serves the next build.
-      const f = await b!.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store });
+      const f = await b!.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store: local });
       expect(f.status).toBe('permanent-failure');
       expect(b!.connectionCount).toBe(1);
     });
