@@ -48,11 +48,6 @@ export interface PrepareChrootOptions {
   readonly devSkeleton: boolean;
 }
 
-function mkdirMode(p: string, mode: number): void {
-  fs.mkdirSync(p, { recursive: true });
-  fs.chmodSync(p, mode);
-}
-
 export function removeTree(p: string): void {
   fs.rmSync(p, { recursive: true, force: true, maxRetries: 3 });
 }
@@ -81,35 +76,143 @@ export function flushRemovals(): Promise<void> {
   return pendingRemovals;
 }
 
-/** Create the chroot directory (removing a stale one first), as Nix does. */
+type Op =
+  | { op: 'mkdir'; path: string; mode: number }
+  | { op: 'write'; path: string; data: string; mode: number }
+  | { op: 'symlink'; target: string; path: string };
+
+/** The file-system operations that lay out a chroot, in order (Nix's modes; chmod after mkdir beats the umask). */
+function chrootOps(opts: PrepareChrootOptions): Op[] {
+  const { root } = opts;
+  const j = (p: string) => path.join(root, p);
+  const ops: Op[] = [
+    { op: 'mkdir', path: root, mode: 0o750 },
+    { op: 'mkdir', path: j('tmp'), mode: 0o1777 },
+    { op: 'mkdir', path: j('etc'), mode: 0o755 },
+    { op: 'write', path: j('etc/passwd'), data: sandboxPasswd(opts.uid, opts.gid, opts.sandboxBuildDir), mode: 0o644 },
+    { op: 'write', path: j('etc/group'), data: sandboxGroup(opts.gid), mode: 0o644 },
+    opts.network
+      ? { op: 'write', path: j('etc/nsswitch.conf'), data: SANDBOX_NSSWITCH, mode: 0o644 }
+      : { op: 'write', path: j('etc/hosts'), data: SANDBOX_HOSTS, mode: 0o644 },
+  ];
+  // The store dir (1775) and its parents (0755).
+  const parts = opts.storeDir.split('/').filter(Boolean);
+  for (let i = 1; i <= parts.length; i++) ops.push({ op: 'mkdir', path: j(parts.slice(0, i).join('/')), mode: i === parts.length ? 0o1775 : 0o755 });
+  // Mount points Nix creates anyway: the build dir and /proc (hidden under their mounts).
+  const bparts = opts.sandboxBuildDir.split('/').filter(Boolean);
+  for (let i = 1; i <= bparts.length; i++) ops.push({ op: 'mkdir', path: j(bparts.slice(0, i).join('/')), mode: 0o755 });
+  ops.push({ op: 'mkdir', path: j('proc'), mode: 0o755 });
+  ops.push({ op: 'mkdir', path: j('dev'), mode: 0o755 });
+  if (opts.devSkeleton) {
+    ops.push({ op: 'mkdir', path: j('dev/shm'), mode: 0o755 }, { op: 'mkdir', path: j('dev/pts'), mode: 0o755 });
+    for (const n of ['full', 'null', 'random', 'tty', 'urandom', 'zero']) ops.push({ op: 'write', path: j(`dev/${n}`), data: '', mode: 0o644 });
+    ops.push(
+      { op: 'symlink', target: '/proc/self/fd', path: j('dev/fd') },
+      { op: 'symlink', target: '/proc/self/fd/0', path: j('dev/stdin') },
+      { op: 'symlink', target: '/proc/self/fd/1', path: j('dev/stdout') },
+      { op: 'symlink', target: '/proc/self/fd/2', path: j('dev/stderr') },
+    );
+  }
+  return ops;
+}
+
+function isExisting(e: unknown): boolean {
+  return (e as NodeJS.ErrnoException).code === 'EEXIST';
+}
+
+function runOpsSync(ops: Op[]): void {
+  for (const o of ops) {
+    if (o.op === 'mkdir') {
+      try { fs.mkdirSync(o.path, { mode: o.mode }); } catch (e) { if (!isExisting(e)) throw e; }
+      fs.chmodSync(o.path, o.mode);
+    } else if (o.op === 'write') fs.writeFileSync(o.path, o.data, { mode: o.mode });
+    else fs.symlinkSync(o.target, o.path);
+  }
+}
+
+async function runOps(ops: Op[]): Promise<void> {
+  for (const o of ops) {
+    if (o.op === 'mkdir') {
+      try { await fs.promises.mkdir(o.path, { mode: o.mode }); } catch (e) { if (!isExisting(e)) throw e; }
+      await fs.promises.chmod(o.path, o.mode);
+    } else if (o.op === 'write') await fs.promises.writeFile(o.path, o.data, { mode: o.mode });
+    else await fs.promises.symlink(o.target, o.path);
+  }
+}
+
+function setupError(root: string, e: unknown): SandboxError {
+  return new SandboxError('sandbox-setup-failed', `cannot set up the chroot directory '${root}': ${(e as Error).message}`, {
+    cause: e, hint: 'check that the store directory is writable and on a file system that supports hard links',
+  });
+}
+
+/** Create the chroot directory (discarding a stale one first), as Nix does. */
 export function prepareChroot(opts: PrepareChrootOptions): ChrootLayout {
   const { root } = opts;
   try {
-    removeTree(root);
-    fs.mkdirSync(root, { mode: 0o750 });
-    fs.chmodSync(root, 0o750);
-    mkdirMode(path.join(root, 'tmp'), 0o1777);
-    mkdirMode(path.join(root, 'etc'), 0o755);
-    fs.writeFileSync(path.join(root, 'etc/passwd'), sandboxPasswd(opts.uid, opts.gid, opts.sandboxBuildDir), { mode: 0o644 });
-    fs.writeFileSync(path.join(root, 'etc/group'), sandboxGroup(opts.gid), { mode: 0o644 });
-    if (!opts.network) fs.writeFileSync(path.join(root, 'etc/hosts'), SANDBOX_HOSTS, { mode: 0o644 });
-    else fs.writeFileSync(path.join(root, 'etc/nsswitch.conf'), SANDBOX_NSSWITCH, { mode: 0o644 });
-    const storeDir = path.join(root, opts.storeDir);
-    fs.mkdirSync(storeDir, { recursive: true, mode: 0o755 });
-    fs.chmodSync(storeDir, 0o1775);
-    if (opts.devSkeleton) {
-      mkdirMode(path.join(root, 'dev/shm'), 0o755);
-      mkdirMode(path.join(root, 'dev/pts'), 0o755);
-      fs.symlinkSync('/proc/self/fd', path.join(root, 'dev/fd'));
-      fs.symlinkSync('/proc/self/fd/0', path.join(root, 'dev/stdin'));
-      fs.symlinkSync('/proc/self/fd/1', path.join(root, 'dev/stdout'));
-      fs.symlinkSync('/proc/self/fd/2', path.join(root, 'dev/stderr'));
-    }
-    return { root, storeDir };
+    if (fs.existsSync(root)) discardTree(root);
+    runOpsSync(chrootOps(opts));
+    return { root, storeDir: path.join(root, opts.storeDir) };
   } catch (e) {
-    throw new SandboxError('sandbox-setup-failed', `cannot set up the chroot directory '${root}': ${(e as Error).message}`, {
-      cause: e, hint: 'check that the store directory is writable and on a file system that supports hard links',
-    });
+    throw setupError(root, e);
+  }
+}
+
+/**
+ * Chroot skeletons made ahead of time, off the critical path: `take()` renames a ready one into place
+ * (one rename instead of a dozen directory creations) and refills the pool in the background. Skeletons
+ * wait as `<realStoreDir>/.realise-chroot-*` and are removed when the process exits.
+ */
+export class ChrootPool {
+  readonly #size: number;
+  readonly #ready = new Map<string, string[]>();
+  readonly #filling = new Set<string>();
+  static readonly #all = new Set<string>();
+  static #exitHook = false;
+
+  constructor(size = 2) {
+    this.#size = size;
+    if (!ChrootPool.#exitHook) {
+      ChrootPool.#exitHook = true;
+      process.once('exit', () => { for (const d of ChrootPool.#all) { try { removeTree(d); } catch { /* best effort */ } } });
+    }
+  }
+
+  take(opts: PrepareChrootOptions): ChrootLayout {
+    const key = JSON.stringify([path.dirname(opts.root), opts.storeDir, opts.sandboxBuildDir, opts.uid, opts.gid, opts.network, opts.devSkeleton]);
+    let list = this.#ready.get(key);
+    if (!list) { list = []; this.#ready.set(key, list); }
+    let layout: ChrootLayout | undefined;
+    const dir = list.pop();
+    if (dir) {
+      ChrootPool.#all.delete(dir);
+      try {
+        if (fs.existsSync(opts.root)) discardTree(opts.root);
+        fs.renameSync(dir, opts.root);
+        layout = { root: opts.root, storeDir: path.join(opts.root, opts.storeDir) };
+      } catch { discardTree(dir); }
+    }
+    layout ??= prepareChroot(opts);
+    this.#refill(key, opts, list);
+    return layout;
+  }
+
+  #refill(key: string, opts: PrepareChrootOptions, list: string[]): void {
+    if (this.#filling.has(key)) return;
+    this.#filling.add(key);
+    void (async () => {
+      while (list.length < this.#size) {
+        const dir = path.join(path.dirname(opts.root), `.realise-chroot-${process.pid}-${Math.random().toString(36).slice(2)}`);
+        ChrootPool.#all.add(dir);
+        try { await runOps(chrootOps({ ...opts, root: dir })); } catch { ChrootPool.#all.delete(dir); discardTree(dir); return; }
+        list.push(dir);
+      }
+    })().finally(() => this.#filling.delete(key));
+  }
+
+  /** Remove the skeletons waiting in the pool. */
+  drain(): void {
+    for (const list of this.#ready.values()) for (const d of list.splice(0)) { ChrootPool.#all.delete(d); discardTree(d); }
   }
 }
 

@@ -23,7 +23,7 @@ import { execFile } from 'node:child_process';
 import type { Sandbox, SandboxExit, SandboxRequest, SandboxRunOptions } from './sandbox.js';
 import { SandboxError } from './sandbox-errors.js';
 import { parsePreBuildHookOutput, type SandboxPath } from './sandbox-config.js';
-import { SANDBOX_GID, SANDBOX_UID, chrootDirFor, discardTree, linkOrCopy, moveOutputsOut, prepareChroot, type ChrootLayout } from './chroot.js';
+import { ChrootPool, SANDBOX_GID, SANDBOX_UID, chrootDirFor, discardTree, linkOrCopy, moveOutputsOut, prepareChroot, type ChrootLayout } from './chroot.js';
 import { nixSeccompFilter } from './seccomp.js';
 import { spawnMerged } from './spawn-merged.js';
 import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
@@ -65,6 +65,12 @@ export interface LinuxSandboxOptions {
    * @default true
    */
   readonly server?: boolean;
+  /**
+   * How many chroot skeletons to prepare ahead of time, in the background (0: make each one when the
+   * build starts, as Nix does).
+   * @default 2
+   */
+  readonly chrootPool?: number;
   /** The derivation's platform matters for i686-linux builds on x86_64 (32-bit personality). */
   readonly platformOf?: (request: SandboxRequest) => string | undefined;
 }
@@ -112,10 +118,13 @@ export class LinuxSandbox implements Sandbox {
   readonly #filter: Buffer | undefined;
   #backend: Promise<ResolvedBackend> | undefined;
   #server: SandboxServer | undefined;
+  readonly #pool: ChrootPool | undefined;
 
   constructor(options: LinuxSandboxOptions = {}) {
     this.#options = options;
     this.#filter = options.filterSyscalls === false ? undefined : nixSeccompFilter();
+    const poolSize = options.chrootPool ?? 2;
+    this.#pool = poolSize > 0 ? new ChrootPool(poolSize) : undefined;
   }
 
   /** The backend this sandbox uses (resolving it, and compiling the helper, on first call). */
@@ -148,10 +157,11 @@ export class LinuxSandbox implements Sandbox {
     return this.#backend;
   }
 
-  /** Stop the helper server, if one runs (it also exits by itself with this process). */
+  /** Stop the helper server, if one runs, and drop prepared chroots (both also go when the process exits). */
   close(): void {
     this.#server?.close();
     this.#server = undefined;
+    this.#pool?.drain();
   }
 
   async run(request: SandboxRequest, opts: SandboxRunOptions = {}): Promise<SandboxExit> {
@@ -163,10 +173,11 @@ export class LinuxSandbox implements Sandbox {
     const uid = request.uid ?? SANDBOX_UID;
     const gid = request.gid ?? SANDBOX_GID;
     const root = chrootDirFor(request.realStoreDir, request.drvPath);
-    const layout = prepareChroot({
+    const chrootOpts = {
       root, storeDir: request.storeDir, sandboxBuildDir: request.sandboxBuildDir, uid, gid,
       network: request.network, devSkeleton: backend.kind === 'helper',
-    });
+    };
+    const layout = this.#pool ? this.#pool.take(chrootOpts) : prepareChroot(chrootOpts);
     try {
       const binds = await this.#binds(request, layout);
       return backend.kind === 'helper'

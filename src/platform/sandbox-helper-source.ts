@@ -303,9 +303,19 @@ static int runBuild(char **cmd) {
    Each build runs in a forked process that connects to the abstract socket SOCKET, sends "id\n" and
    then the build's output; status lines "id pid P", "id exit N", "id signal N", "id error MSG" go to
    our stdout. We exit when stdin closes or our parent dies. */
+static void reap(int sig) {
+  (void) sig;
+  int saved = errno;
+  while (waitpid(-1, 0, WNOHANG) > 0) {}
+  errno = saved;
+}
+
 static int server(const char *sock) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  signal(SIGCHLD, SIG_IGN); /* auto-reap per-build processes */
+  /* Reap per-build processes (waiting, rather than SIG_IGN, keeps their CPU time in our accounting). */
+  struct sigaction sa; memset(&sa, 0, sizeof sa);
+  sa.sa_handler = reap; sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+  sigaction(SIGCHLD, &sa, 0);
   signal(SIGPIPE, SIG_IGN);
   readSeccomp();
   for (;;) {
