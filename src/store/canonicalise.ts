@@ -6,7 +6,7 @@
  *
  * Not done (Node has no API for it): removing extended attributes and ACLs.
  */
-import { promises as fsp } from 'node:fs';
+import { chmodSync, lchownSync, lstatSync, lutimesSync, promises as fsp, readdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { StoreError } from './errors.js';
 
@@ -24,13 +24,24 @@ export interface CanonicaliseOptions {
 const myUid = typeof process.geteuid === 'function' ? process.geteuid() : -1;
 const myGid = typeof process.getegid === 'function' ? process.getegid() : -1;
 
-/** Canonicalise the tree at `fsPath` in place. Throws StoreError on unsupported file types or foreign owners. */
+/**
+ * Canonicalise the tree at `fsPath` in place. Throws StoreError on unsupported file types or foreign owners.
+ * Metadata calls are synchronous (microseconds each, no thread-pool round trip); the walk yields to the
+ * event loop every 512 entries so a huge tree does not stall other work.
+ */
 export async function canonicalisePathMetaData(fsPath: string, opts: CanonicaliseOptions = {}): Promise<void> {
-  await canonicaliseNode(fsPath, opts);
+  const stack = [fsPath];
+  let n = 0;
+  while (stack.length) {
+    const p = stack.pop()!;
+    if (canonicaliseNode(p, opts)) for (const name of readdirSync(p)) stack.push(path.join(p, name));
+    if (++n % 512 === 0) await new Promise((r) => setImmediate(r));
+  }
 }
 
-async function canonicaliseNode(p: string, opts: CanonicaliseOptions): Promise<void> {
-  const st = await fsp.lstat(p);
+/** Canonicalise one entry; true when it is a directory to descend into. */
+function canonicaliseNode(p: string, opts: CanonicaliseOptions): boolean {
+  const st = lstatSync(p);
   const isDir = st.isDirectory();
   const isLink = st.isSymbolicLink();
   if (!isDir && !isLink && !st.isFile()) {
@@ -45,21 +56,11 @@ async function canonicaliseNode(p: string, opts: CanonicaliseOptions): Promise<v
   }
   if (!isLink) {
     const perm = st.mode & 0o7777;
-    if (perm !== 0o444 && perm !== 0o555) {
-      const want = 0o444 | (st.mode & 0o100 ? 0o111 : 0);
-      await fsp.chmod(p, want);
-    }
+    if (perm !== 0o444 && perm !== 0o555) chmodSync(p, 0o444 | (st.mode & 0o100 ? 0o111 : 0));
   }
-  if (Math.floor(st.mtimeMs / 1000) !== STORE_MTIME || st.mtimeMs % 1000 !== 0) {
-    await fsp.lutimes(p, st.atime, STORE_MTIME);
-  }
-  if (myUid >= 0 && (st.uid !== myUid || st.gid !== myGid) && myUid === 0) {
-    await fsp.lchown(p, myUid, myGid);
-  }
-  if (isDir) {
-    const names = await fsp.readdir(p);
-    for (const name of names) await canonicaliseNode(path.join(p, name), opts);
-  }
+  if (st.mtimeMs !== STORE_MTIME * 1000) lutimesSync(p, st.atime, STORE_MTIME);
+  if (myUid === 0 && (st.uid !== myUid || st.gid !== myGid)) lchownSync(p, myUid, myGid);
+  return isDir;
 }
 
 /** Make a tree deletable (directories get u+w) and delete it. Missing paths are fine. */

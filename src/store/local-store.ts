@@ -322,10 +322,21 @@ export class LocalStore implements Store {
     // Chunked `IN (?, …)` statements: measured faster than json_each or one query per path (bench/query-valid-paths.ts).
     for (let i = 0; i < list.length; i += VALID_CHUNK) {
       const part = list.length - i >= VALID_CHUNK ? list.slice(i, i + VALID_CHUNK) : list.slice(i);
-      const stmt = part.length === VALID_CHUNK ? this.st.validChunk : this.db.prepare(`select path from ValidPaths where path in (${part.map(() => '?').join(',')})`).pluck();
+      const stmt = part.length === VALID_CHUNK ? this.st.validChunk : this.validStmt(part.length);
       for (const p of stmt.all(...part) as string[]) out.add(p);
     }
     return out;
+  }
+
+  private readonly validStmts = new Map<number, Database.Statement>();
+  /** `select … in (?,…)` with `n` parameters; small sizes are cached. */
+  private validStmt(n: number): Database.Statement {
+    let st = this.validStmts.get(n);
+    if (!st) {
+      st = this.db.prepare(`select path from ValidPaths where path in (${Array(n).fill('?').join(',')})`).pluck();
+      if (n <= 64) this.validStmts.set(n, st);
+    }
+    return st;
   }
 
   async queryValidPaths(paths: Iterable<StorePath>): Promise<Set<StorePath>> {
