@@ -63,7 +63,7 @@ describe('derivation(): the same .drv as nix-instantiate', () => {
     const t0 = performance.now();
     const again = await twins.deps!(store);
     expect(again.map((d) => d.drvPath).sort()).toEqual(expected.fixtures.deps);
-    expect(performance.now() - t0).toBeLessThan(1000);
+    expect(performance.now() - t0).toBeLessThan(5000);
   });
 
   it('the explicit form (options.inputDrvs) gives the same .drv as context', async () => {
