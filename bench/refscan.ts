@@ -81,21 +81,30 @@ const chunks: Buffer[] = [];
 for (let i = 0; i < data.length; i += CHUNK) chunks.push(data.subarray(i, i + CHUNK));
 console.log(`data: ${MB} MiB in ${chunks.length} chunks of ${CHUNK >> 10} KiB (generated in ${((performance.now() - t0) / 1000).toFixed(1)} s), 1000 candidates, ${RUNS} runs`);
 
-function measure(name: string, run: () => number): number {
-  const rates: number[] = [];
+/**
+ * Median throughput by wall clock and by CPU time of this process. On a shared, overloaded machine the
+ * wall-clock figure mostly measures the other tenants; the scan is single-threaded, so bytes per CPU
+ * second is what it would do on an idle core.
+ */
+function measure(name: string, run: () => number): { wall: number; cpu: number } {
+  const wall: number[] = [];
+  const cpu: number[] = [];
   let found = run(); // warm-up, not counted
   for (let r = 0; r < RUNS; r++) {
     const t = performance.now();
+    const c = process.cpuUsage();
     found = run();
-    const s = (performance.now() - t) / 1000;
-    rates.push(data.length / s / 2 ** 30);
+    const cs = process.cpuUsage(c);
+    wall.push(data.length / ((performance.now() - t) / 1000) / 2 ** 30);
+    cpu.push(data.length / ((cs.user + cs.system) / 1e6) / 2 ** 30);
   }
-  const m = median(rates);
-  console.log(`${name.padEnd(34)} median ${m.toFixed(2)} GiB/s   (min ${Math.min(...rates).toFixed(2)}, max ${Math.max(...rates).toFixed(2)}; found ${found})`);
+  const m = { wall: median(wall), cpu: median(cpu) };
+  console.log(`${name.padEnd(34)} median ${m.wall.toFixed(2)} GiB/s wall (min ${Math.min(...wall).toFixed(2)}, max ${Math.max(...wall).toFixed(2)}), ${m.cpu.toFixed(2)} GiB/s per CPU second; found ${found}`);
   return m;
 }
 
 const ours = measure('RefScanner (src/store/references)', () => { const s = new RefScanner(candidates); for (const c of chunks) s.update(c); return s.result().size; });
 const base = measure('baseline (previous implementation)', () => { const s = new BaselineScanner(candidates); for (const c of chunks) s.update(c); return s.result().size; });
 const sha = measure('node:crypto sha256 (yardstick)', () => { const h = createHash('sha256'); for (const c of chunks) h.update(c); h.digest(); return 0; });
-console.log(`ratio ours/baseline ${(ours / base).toFixed(2)}x, ours/sha256 ${(ours / sha).toFixed(2)}x; target >= 1 GiB/s: ${ours >= 1 ? 'met' : 'NOT met'}`);
+console.log(`ratio ours/baseline ${(ours.wall / base.wall).toFixed(2)}x wall, ${(ours.cpu / base.cpu).toFixed(2)}x CPU; ours/sha256 ${(ours.wall / sha.wall).toFixed(2)}x wall, ${(ours.cpu / sha.cpu).toFixed(2)}x CPU`);
+console.log(`target >= 1 GiB/s: ${ours.wall >= 1 ? 'met' : 'NOT met'} by wall clock (${ours.wall.toFixed(2)}), ${ours.cpu >= 1 ? 'met' : 'NOT met'} per CPU second (${ours.cpu.toFixed(2)}); load average ${(await import('node:os')).loadavg()[0]!.toFixed(1)}`);
