@@ -159,7 +159,9 @@ export class SandboxServer {
     await this.#start();
     const child = this.#child;
     if (!child?.stdin) return { kind: 'spawn-failed', message: 'the sandbox helper server is not running' };
-    const id = String(this.#nextId++);
+    // Unguessable: the output socket is reachable by anything in the host network namespace (including
+    // fixed-output builders), so an id must not be forgeable to inject into another build's log.
+    const id = `${this.#nextId++}-${randomBytes(16).toString('hex')}`;
     const strings = [id, String(req.args.length), ...req.args, ...Object.entries(req.env).map(([k, v]) => `${k}=${v}`)];
     for (const s of strings) {
       if (s.includes('\0')) return { kind: 'spawn-failed', message: `an argument or environment variable of '${req.drvPath}' contains a NUL byte` };

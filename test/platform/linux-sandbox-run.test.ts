@@ -160,3 +160,18 @@ describe.skipIf(!bwrapOk())('LinuxSandbox helper server and the event loop', () 
     expect(out).toBe('built\n{"kind":"exited","code":0}\n');
   }, 40_000);
 });
+
+describe.skipIf(!bwrapOk())('LinuxSandbox helper server: concurrent builds', () => {
+  it('keeps the output, status and outputs of concurrent builds apart', async () => {
+    const fx = makeFixture();
+    const sb = new LinuxSandbox({ backend: 'helper', server: true });
+    const reqs = Array.from({ length: 6 }, (_, i) => fx.request(`par${i}`, `for j in 1 2 3; do echo b${i}-$j; sleep 0.0${i}; done; mkdir $out; echo ${i} > $out/i; exit ${i}`));
+    const results = await Promise.all(reqs.map((r) => build(sb, r)));
+    results.forEach(({ exit, log }, i) => {
+      expect(exit).toEqual({ kind: 'exited', code: i });
+      expect(log).toBe(`b${i}-1\nb${i}-2\nb${i}-3\n`);
+      expect(readFileSync(path.join(fx.realPath(reqs[i]!.outputPaths[0]!), 'i'), 'utf8')).toBe(`${i}\n`);
+    });
+    sb.close();
+  }, 30_000);
+});
