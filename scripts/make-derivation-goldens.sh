@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate test/fixtures/derivation/ from real Nix 2.8:
 #   - every test/fixtures/derivation/nix/*.nix is instantiated with `nix-instantiate --store ROOT`
-#     (a private chroot store; ca-derivations enabled for ca.nix);
+#     (a private chroot store; ca-derivations and impure-derivations enabled);
 #   - the .drv files of the closure of every instantiated derivation are copied to drv/;
 #   - expected.json records, per fixture, the top-level .drv paths, and per .drv its outputs and their
 #     paths as `nix show-derivation` reports them; `sources` holds the store paths that
@@ -14,7 +14,7 @@ WORK="$(mktemp -d)"
 trap 'chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
 
 export NIX_REMOTE=
-export NIX_CONFIG=$'experimental-features = nix-command ca-derivations\nbuild-users-group =\nsubstituters =\n'
+export NIX_CONFIG=$'experimental-features = nix-command ca-derivations impure-derivations\nbuild-users-group =\nsubstituters =\n'
 export NIX_USER_CONF_FILES=/dev/null
 ROOT="$WORK/root"
 

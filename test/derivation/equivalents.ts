@@ -164,6 +164,13 @@ export const twins: Record<string, Twin> = {
     return [ca, caMulti, caFlat, consumer];
   },
 
+  impure: async (store) => {
+    const imp = await derivation(store, { name: 'imp', system, builder, args: ['-c', 'date > $out'], __impure: true }, { experimentalFeatures: ['impure-derivations'] });
+    const consumer = await derivation(store, { name: 'imp-consumer', system, builder, args: ['-c', nix`cat ${imp} > $out`] });
+    const notImpure = await derivation(store, { name: 'not-impure', system, builder, __impure: false, __contentAddressed: false });
+    return [imp, consumer, notImpure];
+  },
+
   sources: async (store) => {
     const s = await sourcePaths(store);
     return [
