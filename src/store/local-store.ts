@@ -13,14 +13,15 @@
  * directories of dead writers are removed when a store is opened.
  */
 import Database from 'better-sqlite3';
-import { closeSync, constants as FS, existsSync, openSync, promises as fsp } from 'node:fs';
+import { closeSync, constants as FS, createReadStream, existsSync, openSync, promises as fsp } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree } from './canonicalise.js';
 import { InvalidStorePathError, StoreError } from './errors.js';
 import { Hash, HashSink } from './hash.js';
 import { HeldLocks, lockFiles, lockPlainFile, tryFlockFd, tryLockFiles } from './locks.js';
-import { dumpPath, narOfRegularFile, restorePath, streamOf } from './nar.js';
+import { dumpPath, hashNar, narOfRegularFile, restorePath, streamOf } from './nar.js';
 import { BUSY_TIMEOUT_MS, NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA_STATEMENTS, WAL_AUTOCHECKPOINT } from './schema.js';
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from './store-api.js';
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
@@ -165,6 +166,41 @@ export function narSizeMismatch(p: StorePath, expected: number, got: number): St
   return new StoreError('nar-size-mismatch', `size mismatch importing path '${p}';\n  specified: ${expected}\n  got:       ${got}`, {
     hint: 'the NAR is truncated or does not belong to this path; nothing was registered',
   });
+}
+
+/**
+ * Nix's content-address check of addToStore: for `fixed:r:<algo>:<hash>` the NAR hash with that algorithm,
+ * for `fixed:<algo>:<hash>` the hash of the (single regular file) contents, for `text:sha256:<hash>` the
+ * SHA-256 of the file. `narHash` is the NAR hash already computed while restoring.
+ */
+export async function verifyContentAddress(info: PathInfo, target: string, narHash: Hash): Promise<void> {
+  const ca = info.ca;
+  if (!ca) return;
+  let expected: Hash;
+  let got: Hash;
+  const parse = (s: string) => {
+    try { return Hash.parse(s); } catch (e) {
+      throw new StoreError('bad-path-info', `path '${info.path}' has an invalid content address '${ca}'`, { cause: e });
+    }
+  };
+  if (ca.startsWith('fixed:r:')) {
+    expected = parse(ca.slice('fixed:r:'.length));
+    got = expected.algorithm === narHash.algorithm ? narHash : (await hashNar(dumpPath(target), expected.algorithm)).hash;
+  } else if (ca.startsWith('fixed:') || ca.startsWith('text:')) {
+    expected = parse(ca.slice(ca.indexOf(':') + 1));
+    const st = await fsp.lstat(target);
+    if (!st.isFile()) throw new StoreError('ca-hash-mismatch', `path '${info.path}' claims the flat content address '${ca}' but is not a regular file`);
+    const h = createHash(expected.algorithm);
+    for await (const chunk of createReadStream(target, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
+    got = new Hash(expected.algorithm, new Uint8Array(h.digest()));
+  } else {
+    throw new StoreError('bad-path-info', `path '${info.path}' has an unknown content address '${ca}'`, { hint: "expected 'fixed:…' or 'text:…'" });
+  }
+  if (!got.equals(expected)) {
+    throw new StoreError('ca-hash-mismatch', `ca hash mismatch importing path '${info.path}';\n  specified: ${expected.toString('base32')}\n  got:       ${got.toString('base32')}`, {
+      hint: 'the content address does not match the contents; nothing was registered',
+    });
+  }
 }
 
 export function invalidPathError(p: StorePath, what = 'is not valid'): StoreError {
@@ -500,6 +536,7 @@ export class LocalStore implements Store {
       const got = hashed.result();
       if (!got.hash.equals(info.narHash)) throw narHashMismatch(info.path, info.narHash, got.hash);
       if (info.narSize && got.size !== info.narSize) throw narSizeMismatch(info.path, info.narSize, got.size);
+      await verifyContentAddress(info, target, got.hash);
       await canonicalisePathMetaData(target);
       opts.signal?.throwIfAborted();
       const final: PathInfo = { ...info, narSize: got.size };

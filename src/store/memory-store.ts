@@ -14,7 +14,7 @@ import { canonicalisePathMetaData, deleteTree } from './canonicalise.js';
 import { InvalidStorePathError, StoreError } from './errors.js';
 import { Hash } from './hash.js';
 import { HeldLocks, lockFiles, tryLockFiles } from './locks.js';
-import { checkBatchClosure, checkNoDotDot, checkPathInfo, hashingStream, invalidPathError, narHashMismatch, narSizeMismatch } from './local-store.js';
+import { checkBatchClosure, checkNoDotDot, checkPathInfo, hashingStream, invalidPathError, narHashMismatch, narSizeMismatch, verifyContentAddress } from './local-store.js';
 import { collect, dumpPath, narOfRegularFile, restorePath, streamOf } from './nar.js';
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from './store-api.js';
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
@@ -193,6 +193,7 @@ export class MemoryStore implements Store {
       const got = hashed.result();
       if (!got.hash.equals(info.narHash)) throw narHashMismatch(info.path, info.narHash, got.hash);
       if (info.narSize && got.size !== info.narSize) throw narSizeMismatch(info.path, info.narSize, got.size);
+      await verifyContentAddress(info, target, got.hash);
       await canonicalisePathMetaData(target);
       const final: PathInfo = { ...info, narSize: got.size };
       checkBatchClosure([final], (ps) => this.validSet(ps));

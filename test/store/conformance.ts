@@ -390,6 +390,30 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
       expect((await store.queryPathInfo(p))!.ca).toBe(ca);
     });
 
+    it('a content address that does not match the contents is refused (fixed:r, flat fixed, text)', async () => {
+      const { nar, hash } = await makeTreeNar('ca');
+      const p = freshPath('ca', sd());
+      const wrong = Hash.of('sha256', 'something else');
+      const e = await catchErr(store.addToStore({ path: p, narHash: hash, narSize: nar.length, references: [], ca: `fixed:r:${wrong.toString('base32')}` }, streamOf(nar)));
+      expectCode(e, 'ca-hash-mismatch');
+      expect((e as Error).message).toContain(p);
+      expect(await store.isValidPath(p)).toBe(false);
+      expect(existsSync(store.toRealPath(p))).toBe(false);
+      // Recursive with another algorithm: the NAR is re-hashed with it.
+      const sha512 = Hash.of('sha512', nar);
+      await store.addToStore({ path: p, narHash: hash, narSize: nar.length, references: [], ca: `fixed:r:${sha512.toString('base32')}` }, streamOf(nar));
+      expect(await store.isValidPath(p)).toBe(true);
+      // Flat: the hash of the file contents.
+      const file = narOfRegularFile('flat contents');
+      const q = freshPath('flat', sd());
+      await expect(store.addToStore({ path: q, narHash: Hash.of('sha256', file), narSize: file.length, references: [], ca: `fixed:${Hash.of('sha1', 'other').toString('base32')}` }, streamOf(file))).rejects.toMatchObject({ code: 'ca-hash-mismatch' });
+      await store.addToStore({ path: q, narHash: Hash.of('sha256', file), narSize: file.length, references: [], ca: `fixed:${Hash.of('sha1', 'flat contents').toString('base32')}` }, streamOf(file));
+      const r = freshPath('text', sd());
+      await expect(store.addToStore({ path: r, narHash: Hash.of('sha256', file), narSize: file.length, references: [], ca: `text:${Hash.of('sha256', 'nope').toString('base32')}` }, streamOf(file))).rejects.toMatchObject({ code: 'ca-hash-mismatch' });
+      expect(await store.isValidPath(r)).toBe(false);
+      expect(await tmpLeftovers(store)).toEqual([]);
+    });
+
     it('derivation outputs round-trip and need a valid .drv', async () => {
       const drv = await store.addTextToStore('foo.drv', 'Derive([])');
       const out = freshPath('foo', sd());
