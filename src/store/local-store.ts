@@ -218,7 +218,7 @@ interface Row {
   ca: string | null;
 }
 
-/** Process-wide set of temp dirs being written, so `open()` of a second store object never removes them. */
+/** Prefix of the temporary directories writers restore into (flock-ed by their writer while in use). */
 const TMP_PREFIX = '.tmp-';
 /** Paths per `IN (...)` statement in queryValidPaths. */
 const VALID_CHUNK = 2000;
