@@ -14,9 +14,11 @@ import { nix as nixOut, nixOk, tempDir } from '../helpers/nix.js';
 
 const RESERVED = new Set(['name', 'system', 'builder', 'args', 'outputs', 'outputHash', 'outputHashAlgo', 'outputHashMode', 'passAsFile']);
 
-const attrName = fc
-  .stringMatching(/^[a-zA-Z_][a-zA-Z0-9_'-]{0,8}$/)
-  .filter((s) => !RESERVED.has(s) && !s.startsWith('__'));
+// Names in byte order differ from UTF-16 order around surrogates (U+FFFF vs U+1F389): include both.
+const attrName = fc.oneof(
+  { weight: 4, arbitrary: fc.stringMatching(/^[a-zA-Z_][a-zA-Z0-9_'-]{0,8}$/) },
+  { weight: 1, arbitrary: fc.constantFrom('é', 'Z', 'a b', '日本', '🎉', '\uffff', '\ufb01x', '$x', 'a"b', 'ÿ') },
+).filter((s) => !RESERVED.has(s) && !s.startsWith('__'));
 const nixText = fc.string({
   maxLength: 24,
   unit: fc.oneof(

@@ -79,7 +79,7 @@ export const twins: Record<string, Twin> = {
       numbers: [1, -2, 0, 1234567890123],
       flags: { yes: true, no: false, nothing: null },
       text: 'quote " backslash \\ newline \n tab \t bell \x07 backspace \x08 formfeed \x0c del \x7f unicode ünïcödé ✓',
-      nested: { b: [{ x: 1 }, ['a', 'b']], a: 'first', 'with space': 'ok' },
+      nested: { b: [{ x: 1 }, ['a', 'b']], a: 'first', 'with space': 'ok', '\u{1F389}': 1, '\uffff': 2, '\u00e9': 3 },
       empty: [],
       floats: [1.5, 0.1, 123456.789, 0.0000001, -2.5],
       emptySet: {},
@@ -149,6 +149,9 @@ export const twins: Record<string, Twin> = {
       unicode: 'ünïcödé ✓ 日本語 🎉',
       control: 'bell \x07 backspace \x08 formfeed \x0c del \x7f escape \x1b',
       'weird name': 'spaces in the name',
+      '\u{1F389}': 'an emoji name (sorts after U+FFFF in byte order)',
+      '\uffff': 'U+FFFF name',
+      '\ufb01': 'U+FB01 name',
     }),
   ],
 
