@@ -5,7 +5,12 @@
 import { createUnxz, createXz } from 'node-liblzma';
 import type { Transform } from 'node:stream';
 import * as zlib from 'node:zlib';
-import { CompressStream, DecompressStream } from 'zstd-napi';
+import { CompressStream } from 'zstd-napi';
+import { createRequire } from 'node:module';
+import type * as ZstdBinding from 'zstd-napi/binding.js';
+
+/** zstd-napi's native binding (CommonJS whose exports Node's ESM loader cannot name statically). */
+const zstdBinding = createRequire(import.meta.url)('zstd-napi/binding.js') as typeof ZstdBinding;
 import { decompressWithProgram } from '../platform/external-decompressor.js';
 import type { Compression } from './narinfo.js';
 
@@ -25,11 +30,10 @@ function outputChunk(sizeHint: number | undefined): number {
   return Math.max(16 * 1024, Math.min(CHUNK, 2 ** Math.ceil(Math.log2(sizeHint + 1))));
 }
 
-function decoder(c: Exclude<Compression, 'none' | 'bzip2'>, sizeHint: number | undefined): Transform {
+function decoder(c: Exclude<Compression, 'none' | 'bzip2' | 'zstd'>, sizeHint: number | undefined): Transform {
   const chunkSize = outputChunk(sizeHint);
   switch (c) {
     case 'xz': return createUnxz({ chunkSize }) as unknown as Transform;
-    case 'zstd': return new DecompressStream();
     case 'br': return zlib.createBrotliDecompress({ chunkSize });
     case 'gzip': return zlib.createGunzip({ chunkSize });
   }
@@ -142,6 +146,60 @@ async function* throughTransform(source: AsyncIterable<Uint8Array>, t: Transform
   if (sourceError) throw sourceError;
 }
 
+const zstdPool: ZstdBinding.DCtx[] = [];
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * zstd over zstd-napi's context API directly: contexts are pooled and reused (creating one per NAR costs
+ * more than decoding a small NAR), and output buffers are sized to the NAR instead of 128 KiB each.
+ */
+async function* zstdDecode(source: AsyncIterable<Uint8Array>, sizeHint: number | undefined): AsyncGenerator<Uint8Array> {
+  const dctx = zstdPool.pop() ?? new zstdBinding.DCtx();
+  const size = outputChunk(sizeHint);
+  let out = Buffer.allocUnsafe(size);
+  let pos = 0;
+  let inFrame = false;
+  const step = (src: Buffer): number => {
+    let r: [number, number, number];
+    try {
+      r = dctx.decompressStream(out.subarray(pos), src);
+    } catch (e) {
+      throw new DecompressionError(`zstd decompression failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    }
+    pos += r[1];
+    if (src.length > 0 || r[1] > 0) inFrame = r[0] !== 0; // an idle flush call reports the next header size
+    return r[2];
+  };
+  let clean = false;
+  try {
+    for await (const chunk of source) {
+      let src = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+      for (;;) {
+        src = src.subarray(step(src));
+        if (pos === out.length) {
+          yield out;
+          out = Buffer.allocUnsafe(size);
+          pos = 0;
+          continue; // the decoder may hold more output
+        }
+        if (src.length === 0) break;
+      }
+    }
+    for (;;) {
+      const before = pos;
+      step(EMPTY);
+      if (pos === out.length) { yield out; out = Buffer.allocUnsafe(size); pos = 0; continue; }
+      if (pos === before) break;
+    }
+    if (pos > 0) yield out.subarray(0, pos);
+    if (inFrame) throw new DecompressionError('zstd decompression failed: the compressed data are truncated (stream ended in the middle of a frame)');
+    clean = true;
+  } finally {
+    if (!clean) dctx.reset(zstdBinding.ResetDirective.sessionOnly);
+    if (zstdPool.length < 16) zstdPool.push(dctx);
+  }
+}
+
 /** Decompress a stream. Unknown compressions throw DecompressionError before reading anything. */
 export function decompressStream(compression: string, source: AsyncIterable<Uint8Array>, opts: { signal?: AbortSignal; sizeHint?: number } = {}): AsyncIterable<Uint8Array> {
   switch (compression) {
@@ -155,7 +213,9 @@ export function decompressStream(compression: string, source: AsyncIterable<Uint
           throw e;
         }
       })();
-    case 'xz': case 'zstd': case 'br': case 'gzip':
+    case 'zstd':
+      return zstdDecode(source, opts.sizeHint);
+    case 'xz': case 'br': case 'gzip':
       return throughTransform(compression === 'xz' ? checkXzEnd(source) : source, decoder(compression, opts.sizeHint), `${compression} decompression`);
     default:
       throw new DecompressionError(`unsupported compression '${compression}'`);
