@@ -55,6 +55,11 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
     if (!substitutionSucceeded(o)) return failure('misc-failure', `cannot build missing derivation '${drvPath}'`);
   }
   const view = await w.ctx.loadDrv(drvPath);
+  // Temporary GC roots, as Nix: a concurrent garbage collector keeps the derivation and its outputs.
+  if (store.addTempRoot) {
+    await store.addTempRoot(drvPath);
+    for (const spec of view.outputs.values()) { const p = knownPath(spec); if (p) await store.addTempRoot(p); }
+  }
   if (wanted) {
     for (const o of wanted) {
       if (!view.outputs.has(o)) return failure('misc-failure', `derivation '${drvPath}' does not have wanted outputs '${o}'`);
@@ -140,7 +145,7 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
 
   // 6. Build (rounds for buildRepeat; fixed outputs are built once).
   const rounds = view.isFixedOutput ? 1 : options.buildRepeat + 1;
-  return buildLocally(w, view, { mode, rounds, inputPaths, preferLocal: preferLocalBuild(view) });
+  return buildLocally(w, view, { mode, rounds, inputPaths, preferLocal: preferLocalBuild(view), wanted });
 }
 
 /**

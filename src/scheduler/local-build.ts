@@ -28,6 +28,8 @@ export interface LocalBuildPlan {
   readonly rounds: number;
   readonly inputPaths: Set<StorePath>;
   readonly preferLocal: boolean;
+  /** The goal's wanted outputs (undefined = all), for Nix's goal name `DRV!out,dev` / `DRV!*` in messages. */
+  readonly wanted?: ReadonlySet<string> | undefined;
 }
 
 const ZERO_SHA256 = new Hash('sha256', new Uint8Array(32));
@@ -244,7 +246,7 @@ async function runOneRound(w: Worker, view: DrvView, plan: LocalBuildPlan, round
       if (!limit) limit = { status, message };
       ctl.abort();
     };
-    const name = `building of '${drvPath}' from .drv file`;
+    const name = `building of '${drvPath}!${plan.wanted ? [...plan.wanted].sort().join(',') : '*'}' from .drv file`;
     let silenceTimer: NodeJS.Timeout | undefined;
     const armSilence = () => {
       if (!options.maxSilentTime) return;

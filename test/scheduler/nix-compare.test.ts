@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
 import type { BuildEngineOptions } from '../../src/scheduler/options.js';
-import { BuildFailedError } from '../../src/scheduler/errors.js';
+import { BuildFailedError, BuildSetupError } from '../../src/scheduler/errors.js';
 import type { BuildTarget, TargetResult } from '../../src/scheduler/results.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import { nixOk, tempDir, runNix } from '../helpers/nix.js';
@@ -196,6 +196,13 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
       expectSameClosure(['ok-env-user']);
     });
 
+    it('input sources (builtins.toFile, a sourced script) are in the sandbox', async () => {
+      const [out] = expectSameClosure(['ok-input-src']);
+      const [a, b] = await readBoth(out!);
+      expect(a).toMatch(/^some data \/nix\/store\/[a-z0-9]{32}-inner.txt\nhelper from \.\nargs: \n$/);
+      expect(b).toBe(a);
+    });
+
     it('a symlink as output, and a directory with a mode-700 subdirectory and an empty file', () => {
       const outs = expectSameClosure(['ok-symlink', 'ok-empty-dir']);
       expect(outs).toHaveLength(2);
@@ -335,6 +342,40 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
       const e = await ourFailure([d]);
       expect(e.exitStatus).toBe(1);
       expect(e.message).toContain(`builder for '${d}' failed to produce output path for output 'out'`);
+    });
+  });
+
+  describe('limits and setup errors', () => {
+    it.each([
+      ['silent', { maxSilentTime: 1 }, ['--max-silent-time', '1'], 101, 'timed-out'],
+      ['talker', { buildTimeout: 1 }, ['--timeout', '1'], 101, 'timed-out'],
+      ['chatty', { maxLogSize: 1000 }, ['--option', 'max-build-log-size', '1000'], 1, 'log-limit-exceeded'],
+    ] as const)('%s: killed in both, same exit status and message', async (attr, opts, nixArgs, exit, status) => {
+      const d = drv[attr]!;
+      const r = nixBuild([...nixArgs, d]);
+      expect(r.status).toBe(exit);
+      const e = await ourFailure([d], opts);
+      expect(e.exitStatus).toBe(exit);
+      expect(e.failures[0]!.result.status).toBe(status);
+      expect(squash(e.message)).toBe(squash(nixError(r.stderr)));
+    });
+
+    it('__noChroot under sandbox = true: refused by both, same message', async () => {
+      const d = drv['no-chroot']!;
+      const r = nixBuild([d]);
+      expect(r.status).toBe(1);
+      const e = await ourFailure([d]);
+      expect(e.exitStatus).toBe(1);
+      expect(e.message.split('\n')[0]).toBe(nixError(r.stderr).split('\n')[0]);
+    });
+
+    it.each(['needs-feature', 'other-platform'])('%s: no machine can build it, same message; nothing else runs', async (attr) => {
+      const d = drv[attr]!;
+      const r = nixBuild(['--option', 'system-features', 'benchmark big-parallel nixos-test', d]);
+      expect(r.status).toBe(1);
+      const e = await engine().buildPaths([d]).then(() => undefined, (x: unknown) => x);
+      expect(e).toBeInstanceOf(BuildSetupError);
+      expect((e as BuildSetupError).message.split('\n')[0]).toBe(nixError(r.stderr).split('\n')[0]);
     });
   });
 

@@ -262,7 +262,7 @@ describe('limits', () => {
     expect(run!.aborted).toBe(true);
     const [r] = await call;
     expect(r!.result.status).toBe('log-limit-exceeded');
-    expect(r!.result.errorMsg).toContain(`building of '${a}' from .drv file killed after writing more than 1000 bytes of log output`);
+    expect(r!.result.errorMsg).toContain(`building of '${a}!*' from .drv file killed after writing more than 1000 bytes of log output`);
     expect(await store.isValidPath(await outPath(a))).toBe(false);
     expect(exitStatusOf([r!.result])).toBe(1);
   });
@@ -278,7 +278,7 @@ describe('limits', () => {
       const err = e as BuildFailedError;
       expect(err.exitStatus).toBe(101);
       expect(err.failures[0]!.result.status).toBe('timed-out');
-      expect(err.message).toBe(`building of '${a}' from .drv file timed out after 1 seconds of silence`);
+      expect(err.message).toBe(`building of '${a}!*' from .drv file timed out after 1 seconds of silence`);
       expect(await store.isValidPath(await outPath(a))).toBe(false);
       expect(await store.readBuildLog(a)).toBe('started\n');
     });
@@ -290,7 +290,7 @@ describe('limits', () => {
       const [r] = await engine.buildPathsWithResults([a]);
       expect(Date.now() - t0).toBeLessThan(10_000);
       expect(r!.result.status).toBe('timed-out');
-      expect(r!.result.errorMsg).toBe(`building of '${a}' from .drv file timed out after 1 seconds`);
+      expect(r!.result.errorMsg).toBe(`building of '${a}!*' from .drv file timed out after 1 seconds`);
       expect(await store.isValidPath(await outPath(a))).toBe(false);
     });
 
