@@ -21,6 +21,7 @@ export function substitutionSucceeded(o: SubstitutionOutcome): boolean {
 
 export async function substitutionGoal(w: Worker, path: StorePath, repair: boolean): Promise<SubstitutionOutcome> {
   const { store } = w.ctx;
+  await store.addTempRoot?.(path);
   if (!repair && (await store.isValidPath(path))) return { kind: 'valid' };
 
   const subs = w.ctx.substituters;
