@@ -38,6 +38,47 @@ export interface RemoteBuildOptions {
   readonly inputPaths?: Iterable<StorePath>;
   /** Outputs to copy back. @default all */
   readonly wantedOutputs?: readonly string[];
+  /**
+   * Limits for this build, as Nix's hook passes them: seconds of silence / total seconds (0 = none), log
+   * bytes (0 = none). Sent with BuildDerivation (ssh://) or as SetOptions before it (ssh-ng://).
+   * @default the builder's `workerOptions` / `serveBuildSettings`
+   */
+  readonly buildSettings?: RemoteBuildSettings;
+}
+
+export interface RemoteBuildSettings {
+  readonly maxSilentTime?: number;
+  readonly buildTimeout?: number;
+  readonly maxLogSize?: number;
+  readonly keepFailed?: boolean;
+}
+
+/**
+ * SetOptions for a build: the builder's worker options with the build's limits on top. A limit an earlier
+ * build set on this connection and this one does not is reset to 0 (none): daemon settings persist.
+ */
+function workerOptionsFor(base: WorkerOptions, bs: RemoteBuildSettings | undefined, current: WorkerOptions): WorkerOptions {
+  const overrides: Record<string, string> = { ...base.overrides };
+  const limit = (key: string, v: number | undefined): void => {
+    if (v !== undefined) overrides[key] = String(v);
+    else if (overrides[key] === undefined && current.overrides?.[key] !== undefined) overrides[key] = '0';
+  };
+  limit('timeout', bs?.buildTimeout);
+  limit('max-build-log-size', bs?.maxLogSize);
+  const maxSilentTime = bs?.maxSilentTime ?? base.maxSilentTime ?? (current.maxSilentTime ? 0 : undefined);
+  const keepFailed = bs?.keepFailed ?? base.keepFailed;
+  const out: WorkerOptions = { ...base };
+  return {
+    ...out,
+    ...(maxSilentTime !== undefined ? { maxSilentTime } : {}),
+    ...(keepFailed !== undefined ? { keepFailed } : {}),
+    ...(Object.keys(overrides).length ? { overrides } : {}),
+  };
+}
+
+function sameOptions(a: WorkerOptions, b: WorkerOptions): boolean {
+  const norm = (o: WorkerOptions): string => JSON.stringify(Object.entries({ ...o, overrides: Object.entries(o.overrides ?? {}).sort() }).filter(([, v]) => v !== undefined).sort());
+  return norm(a) === norm(b);
 }
 
 /** Outcome of a build the remote ran. Failures to reach or use the remote are thrown as RemoteBuildError. */
@@ -346,9 +387,14 @@ export class MachineBuilder implements RemoteBuilder {
       stage = 'refused';
       const wire = toWireDerivation(drv, inputs);
       pc.stderrTo.fn = client instanceof ServeConnection ? (l) => client.stderrLine(l) : undefined;
-      const res: WireBuildResult = client instanceof WorkerConnection
-        ? await client.buildDerivation(drvPath, wire, { signal, onLog: onEvent })
-        : await client.buildDerivation(drvPath, wire, { ...this.opts.serveBuildSettings, signal, onLog: onEvent });
+      let res: WireBuildResult;
+      if (client instanceof WorkerConnection) {
+        const wanted = workerOptionsFor(this.opts.workerOptions ?? {}, opts.buildSettings, client.options);
+        if (!sameOptions(wanted, client.options)) await client.setOptions(wanted, { signal });
+        res = await client.buildDerivation(drvPath, wire, { signal, onLog: onEvent });
+      } else {
+        res = await client.buildDerivation(drvPath, wire, { ...this.opts.serveBuildSettings, ...opts.buildSettings, signal, onLog: onEvent });
+      }
       const base = {
         status: res.status, errorMsg: res.errorMsg, machine: this.name, timesBuilt: res.timesBuilt,
         isNonDeterministic: res.isNonDeterministic, startTime: res.startTime, stopTime: res.stopTime,

@@ -161,7 +161,8 @@ export class WorkerConnection {
     try {
       opts.signal?.throwIfAborted();
       await conn.handshake(opts.clientVersion ?? WORKER_PROTOCOL_VERSION, opts.onLog);
-      await conn.setOptions(opts);
+      const { keepFailed, keepGoing, verbosity, maxBuildJobs, maxSilentTime, buildCores, useSubstitutes, overrides } = opts;
+      await conn.sendOptions(Object.fromEntries(Object.entries({ keepFailed, keepGoing, verbosity, maxBuildJobs, maxSilentTime, buildCores, useSubstitutes, overrides }).filter(([, v]) => v !== undefined)));
       return conn;
     } catch (e) {
       await conn.close();
@@ -206,7 +207,18 @@ export class WorkerConnection {
     await this.processStderr();
   }
 
-  private async setOptions(o: WorkerOptions): Promise<void> {
+  /** The settings last sent with SetOptions. */
+  options: WorkerOptions = {};
+
+  /**
+   * Send client settings (Nix's SetOptions); they hold for the following operations on this connection.
+   * A daemon that does not trust us ignores restricted overrides (`timeout`, `max-silent-time` are allowed).
+   */
+  setOptions(o: WorkerOptions, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    return this.op(() => this.sendOptions(o), undefined, opts.signal);
+  }
+
+  private async sendOptions(o: WorkerOptions): Promise<void> {
     const w = this.writer;
     w.u64(WorkerOp.SetOptions)
       .u64(o.keepFailed ?? false)
@@ -224,6 +236,7 @@ export class WorkerConnection {
     if (minor(this.version) >= 12) w.stringMap(Object.entries(o.overrides ?? {}));
     await w.flush();
     await this.processStderr();
+    this.options = o;
   }
 
   /** Whether the connection can still be used. */

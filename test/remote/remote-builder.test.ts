@@ -124,6 +124,19 @@ describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
     expect(r.status).toBe('permanent-failure');
   });
 
+  for (const scheme of ['ssh-ng', 'ssh'] as const) it(`${scheme}://: the build's timeout reaches the remote (timed-out), and later builds are not limited by it`, async () => {
+    const b = builder(`${scheme}://localhost?remote-store=${encodeURIComponent(path.join(fx.dir, `remote-timeout-${scheme}`))}`);
+    const t0 = Date.now();
+    const r = await b.build(fx.drvs.slow, fx.readDrv(fx.drvs.slow), { store, buildSettings: { buildTimeout: 1 } });
+    expect(r.status).toBe('timed-out');
+    expect(r.errorMsg).toMatch(/timed out after 1 seconds/);
+    expect(Date.now() - t0).toBeLessThan(20_000);
+    // The same connection, default settings again: slow2 (3 s) is not cut off.
+    const ok = await b.build(fx.drvs.slow2, fx.readDrv(fx.drvs.slow2), { store: await cloneLocal(fx, store, `local-timeout-${scheme}`) });
+    expect(ok.status).toBe('built');
+    expect(b.connectionCount).toBe(1);
+  });
+
   it('spreads builds over two remotes by slots, and redoes a build elsewhere when its machine dies mid-build', async () => {
     const rootA = path.join(fx.dir, 'remote-a');
     const rootB = path.join(fx.dir, 'remote-b');
