@@ -520,8 +520,17 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, unsandboxed builds in plain s
       const drvs = instantiateAttrs(uriA, path.join(FIXTURES, 'plain.nix'));
       await fsp.cp(stateA, stateB, { recursive: true, verbatimSymlinks: true });
 
+      // A post-build hook recording what it is told (it inherits the caller's environment).
+      const hook = path.join(root, 'hook.sh');
+      await fsp.writeFile(hook, '#!/bin/sh\necho "$DRV_PATH|$OUT_PATHS" >> "$HOOK_LOG"\necho hook ran\n', { mode: 0o755 });
+      const hookLogA = path.join(root, 'hook-a.log');
+      const hookLogB = path.join(root, 'hook-b.log');
+
       const all = Object.values(drvs);
-      const r = nixRealise(uriA, [...all, '--option', 'sandbox', 'false', '--option', 'build-users-group', '', '--option', 'substituters', '', '--cores', String(CORES)], { TMPDIR: tmp });
+      const r = nixRealise(uriA, [
+        ...all, '--option', 'sandbox', 'false', '--option', 'build-users-group', '', '--option', 'substituters', '',
+        '--cores', String(CORES), '--option', 'post-build-hook', hook,
+      ], { TMPDIR: tmp, HOOK_LOG: hookLogA });
       expect(r.status, r.stderr).toBe(0);
       const outs = nixOutputs(uriA, all);
       const closure = nixClosure(uriA, outs);
@@ -534,9 +543,14 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, unsandboxed builds in plain s
 
       const store = await LocalStore.open({ storeDir, stateDir: stateB, logDir: logB });
       try {
-        const engine = new BuildEngine({ store, sandbox: false, cores: CORES, buildDir: tmp });
+        const engine = new BuildEngine({
+          store, sandbox: false, cores: CORES, buildDir: tmp, postBuildHook: hook, environment: { ...process.env, HOOK_LOG: hookLogB },
+        });
+        const hookLines: string[] = [];
+        engine.on('post-build-hook-log', (e) => hookLines.push(e.line));
         const res = await engine.buildPaths(all);
         expect(res.map((x) => x.result.status)).toEqual(all.map(() => 'built'));
+        expect(hookLines).toContain('hook ran');
       } finally {
         await store.close();
       }
@@ -545,6 +559,18 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, unsandboxed builds in plain s
       const ourEnvText = await fsp.readFile(envOut, 'utf8');
       expect(nixEnvText).toContain(`NIX_BUILD_TOP=${tmp}/nix-build-plain-env.drv-0\n`);
       expect(ourEnvText).toBe(nixEnvText);
+      const lines = async (f: string) => (await fsp.readFile(f, 'utf8')).split('\n').filter(Boolean).sort();
+      const hookA = await lines(hookLogA);
+      expect(hookA.length).toBeGreaterThanOrEqual(all.length);
+      // Nix 2.8.0 runs the hook with DRV_PATH but an empty OUT_PATHS (NixOS/nix#6446, a regression of
+      // 2.8.0); we give the documented value: the derivation's output paths, sorted, space-separated.
+      const hookB = await lines(hookLogB);
+      expect(hookB.map((l) => l.split('|')[0])).toEqual(hookA.map((l) => l.split('|')[0]));
+      expect(hookA.every((l) => l.endsWith('|'))).toBe(true);
+      for (const d of all) {
+        const line = hookB.find((l) => l.startsWith(`${d}|`));
+        expect(line, d).toBe(`${d}|${nixOutputs(uriA, [d]).sort().join(' ')}`);
+      }
       const v = runNix('nix-store', ['--store', uriB, '--verify', '--check-contents']);
       expect(v.status, v.stderr).toBe(0);
     } finally {
