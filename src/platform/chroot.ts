@@ -53,6 +53,15 @@ export function removeTree(p: string): void {
 }
 
 let pendingRemovals: Promise<void> = Promise.resolve();
+const pendingTrash = new Set<string>();
+let exitHook = false;
+
+/** What is still waiting for deletion when the process exits is deleted then, synchronously. */
+function ensureExitHook(): void {
+  if (exitHook) return;
+  exitHook = true;
+  process.once('exit', () => { for (const d of pendingTrash) { try { removeTree(d); } catch { /* best effort */ } } });
+}
 
 /**
  * Remove a directory tree off the critical path: it is renamed aside at once (so its name is free for
@@ -68,7 +77,10 @@ export function discardTree(p: string): void {
     removeTree(p);
     return;
   }
-  pendingRemovals = pendingRemovals.then(() => fs.promises.rm(aside, { recursive: true, force: true, maxRetries: 3 }).catch(() => {}));
+  ensureExitHook();
+  pendingTrash.add(aside);
+  pendingRemovals = pendingRemovals.then(() => fs.promises.rm(aside, { recursive: true, force: true, maxRetries: 3 })
+    .then(() => { pendingTrash.delete(aside); }, () => {}));
 }
 
 /** Resolves when every tree handed to discardTree() is gone. */

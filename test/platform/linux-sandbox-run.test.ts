@@ -143,7 +143,7 @@ describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders'
 });
 
 describe.skipIf(!bwrapOk())('LinuxSandbox helper server and the event loop', () => {
-  it('a program awaiting a build stays alive until the build ends, and exits afterwards by itself', async () => {
+  it('a program awaiting a build stays alive until the build ends, exits afterwards by itself, and leaves nothing behind', async () => {
     const fx = makeFixture();
     const script = path.join(fx.dir, 'await-build.mts');
     const req = fx.request('alive', 'sleep 0.3; echo built; mkdir $out');
@@ -158,6 +158,8 @@ describe.skipIf(!bwrapOk())('LinuxSandbox helper server and the event loop', () 
       execFile(process.execPath, ['--import', 'tsx', script], { timeout: 30_000 }, (err, stdout, stderr) => err ? reject(new Error(stderr || err.message)) : resolve(stdout));
     });
     expect(out).toBe('built\n{"kind":"exited","code":0}\n');
+    // nothing left behind by the process: no chroot, no trash, no prepared skeletons
+    expect(readdirSync(fx.realStoreDir).sort()).toEqual([path.basename(fx.busyboxPath), path.basename(req.outputPaths[0]!)].sort());
   }, 40_000);
 });
 
