@@ -304,6 +304,18 @@ describe.skipIf(!nixOk())('NAR against live nix-store', () => {
   });
 });
 
+it('FIFOs and sockets cannot be archived (BadNarError naming the file), as in Nix', async () => {
+  const d = tempDir();
+  const root = path.join(d, 'r');
+  mkdirSync(root);
+  writeFileSync(path.join(root, 'a'), 'x');
+  expect(spawnSync('mkfifo', [path.join(root, 'fifo')]).status).toBe(0);
+  const err = await collect(dumpPath(root)).catch((e) => e);
+  expect(err).toBeInstanceOf(BadNarError);
+  expect(err.message).toContain(path.join(root, 'fifo'));
+  await expect(hashPath(root)).rejects.toBeInstanceOf(BadNarError);
+});
+
 it('symlinks on disk are archived, not followed', async () => {
   const d = tempDir();
   const root = path.join(d, 'r');
