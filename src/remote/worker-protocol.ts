@@ -2,7 +2,7 @@
  * Client of the Nix daemon worker protocol (what `nix-daemon --stdio` and `ssh-ng://` speak).
  * We offer protocol 1.35 (Nix 2.15–2.18's). Every field is gated on the lower of both versions, as Nix does,
  * so a Nix 2.8 daemon (1.34) is spoken to at 1.34 and daemons back to Nix 2.3 (1.21) work; recent Lix
- * refuses clients older than 1.35 ("Lix speaks the protocol of CppNix 2.18"), so 1.34 would shut it out.
+ * pins 1.35 as both its version and its minimum, so offering 1.34 would shut Lix out.
  *
  * Each operation writes its request, then runs the "stderr loop": the daemon sends log messages,
  * activities and results until STDERR_LAST (success) or STDERR_ERROR (the operation failed; the
