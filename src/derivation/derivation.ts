@@ -190,7 +190,7 @@ function validStorePath(p: string, storeDir: string): boolean {
   return p.length > storeDir.length + 1 && p.startsWith(storeDir) && p[storeDir.length] === '/' && STORE_PATH_BASE.test(p.slice(storeDir.length + 1));
 }
 
-/** Longest string field we accept (1 GiB of text is not a derivation). */
+/** Largest .drv text we accept (256 Mi characters is not a derivation). */
 const MAX_DRV_LENGTH = 1 << 28;
 
 class Parser {

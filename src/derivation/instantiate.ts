@@ -208,11 +208,14 @@ function declaredOutputs(attrs: DerivationAttrs): string[] {
   return String(o).split(/[ \t\n\r]+/).filter(Boolean);
 }
 
-function noContext(drvName: string, attr: string, v: AttrValue, ctx: Set<string>): string {
+/** Nix's `forceStringNoCtx` (structured attributes): a string without context, nothing coerced. */
+function noContext(drvName: string, attr: string, v: AttrValue): string {
+  if (typeof v !== 'string' && !(v instanceof NixString)) {
+    throw attrError(drvName, `value is ${v === null ? 'null' : Array.isArray(v) ? 'a list' : typeof v} while a string was expected`, attr);
+  }
   const local = new Set<string>();
-  const s = coerceToString(v, local, true, attr);
+  const s = coerceToString(v, local, false, attr);
   if (local.size > 0) throw attrError(drvName, `the string '${s}' is not allowed to refer to a store path`, attr);
-  for (const c of local) ctx.add(c);
   return s;
 }
 
@@ -287,13 +290,13 @@ export async function instantiateDerivation(store: Store, attrs: DerivationAttrs
       if (key === '__structuredAttrs') continue;
       json.push(toNixJson(key, new Set(), key) + ':' + toNixJson(value, context, key));
       if (key === 'builder') drv.builder = coerceToString(value, context, false, key);
-      else if (key === 'system') drv.platform = noContext(drvName, key, value, context);
-      else if (key === 'outputHash') outputHash = noContext(drvName, key, value, context);
-      else if (key === 'outputHashAlgo') outputHashAlgo = noContext(drvName, key, value, context);
-      else if (key === 'outputHashMode') handleHashMode(noContext(drvName, key, value, context));
+      else if (key === 'system') drv.platform = noContext(drvName, key, value);
+      else if (key === 'outputHash') outputHash = noContext(drvName, key, value);
+      else if (key === 'outputHashAlgo') outputHashAlgo = noContext(drvName, key, value);
+      else if (key === 'outputHashMode') handleHashMode(noContext(drvName, key, value));
       else if (key === 'outputs') {
         if (!Array.isArray(value)) throw attrError(drvName, "'outputs' must be a list of strings", key);
-        handleOutputs((value as readonly AttrValue[]).map((v, i) => noContext(drvName, `outputs[${i}]`, v, context)));
+        handleOutputs((value as readonly AttrValue[]).map((v, i) => noContext(drvName, `outputs[${i}]`, v)));
       }
     } else {
       if (typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof NixString) && typeof (value as Contextual).toNixString !== 'function') {

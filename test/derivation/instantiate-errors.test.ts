@@ -38,6 +38,8 @@ const cases: Array<[string, Record<string, unknown>, string, RegExp]> = [
   ['bad outputHashMode', { ...base, outputHashMode: 'deep', outputHash: 'sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=' },
     `${nixBase} outputHashMode = "deep"; outputHash = "sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=";`, /invalid value 'deep' for 'outputHashMode'/],
   ['attribute set without structured attrs', { ...base, set: { a: 1 } }, `${nixBase} set = { a = 1; };`, /cannot coerce an attribute set to a string/],
+  ['structured system that is not a string', { name: 'x', builder: '/bin/sh', __structuredAttrs: true, system: 5 },
+    'name = "x"; builder = "/bin/sh"; __structuredAttrs = true; system = 5;', /value is number while a string was expected/],
   ['CA without the experimental feature', { ...base, __contentAddressed: true }, `${nixBase} __contentAddressed = true;`, /experimental Nix feature 'ca-derivations' is disabled/],
 ];
 
