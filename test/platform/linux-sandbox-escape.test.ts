@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LinuxSandbox, type LinuxSandboxBackend } from '../../src/platform/linux-sandbox.js';
 import type { SandboxExit, SandboxRequest } from '../../src/platform/sandbox.js';
 import { bwrapOk } from '../helpers/nix.js';
-import { makeFixture, storePath, type Fixture } from './sandbox-fixture.js';
+import { ccOk, makeFixture, storePath, type Fixture } from './sandbox-fixture.js';
 
 async function build(sb: LinuxSandbox, req: SandboxRequest): Promise<{ exit: SandboxExit; log: string }> {
   const chunks: Buffer[] = [];
@@ -17,7 +17,7 @@ async function build(sb: LinuxSandbox, req: SandboxRequest): Promise<{ exit: San
   return { exit, log: Buffer.concat(chunks).toString() };
 }
 
-const backends: LinuxSandboxBackend[] = ['helper', 'bwrap'];
+const backends: LinuxSandboxBackend[] = ccOk() ? ['helper', 'bwrap'] : ['bwrap'];
 
 describe.skipIf(!bwrapOk()).each(backends)('LinuxSandbox (%s): escape attempts', (backend) => {
   let fx: Fixture;

@@ -9,7 +9,7 @@ import { LinuxSandbox, type LinuxSandboxBackend } from '../../src/platform/linux
 import type { SandboxExit, SandboxRequest } from '../../src/platform/sandbox.js';
 import { chrootDirFor, flushRemovals } from '../../src/platform/chroot.js';
 import { bwrapOk } from '../helpers/nix.js';
-import { makeFixture, storePath, type Fixture } from './sandbox-fixture.js';
+import { ccOk, makeFixture, storePath, type Fixture } from './sandbox-fixture.js';
 
 async function build(sb: LinuxSandbox, req: SandboxRequest, signal?: AbortSignal, onChunk?: (s: string) => void) {
   const chunks: Buffer[] = [];
@@ -17,7 +17,10 @@ async function build(sb: LinuxSandbox, req: SandboxRequest, signal?: AbortSignal
   return { exit, log: Buffer.concat(chunks).toString() };
 }
 
-const variants: [string, LinuxSandboxBackend, boolean][] = [['helper server', 'helper', true], ['helper per build', 'helper', false], ['bwrap', 'bwrap', false]];
+const variants: [string, LinuxSandboxBackend, boolean][] = [
+  ...(ccOk() ? [['helper server', 'helper', true], ['helper per build', 'helper', false]] as [string, LinuxSandboxBackend, boolean][] : []),
+  ['bwrap', 'bwrap', false],
+];
 
 describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders', (_label, backend, server) => {
   let fx: Fixture;
@@ -142,7 +145,7 @@ describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders'
   });
 });
 
-describe.skipIf(!bwrapOk())('LinuxSandbox helper server and the event loop', () => {
+describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server and the event loop', () => {
   it('a program awaiting a build stays alive until the build ends, exits afterwards by itself, and leaves nothing behind', async () => {
     const fx = makeFixture();
     const script = path.join(fx.dir, 'await-build.mts');
@@ -163,7 +166,7 @@ describe.skipIf(!bwrapOk())('LinuxSandbox helper server and the event loop', () 
   }, 40_000);
 });
 
-describe.skipIf(!bwrapOk())('LinuxSandbox helper server: concurrent builds', () => {
+describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: concurrent builds', () => {
   it('keeps the output, status and outputs of concurrent builds apart', async () => {
     const fx = makeFixture();
     const sb = new LinuxSandbox({ backend: 'helper', server: true });

@@ -6,6 +6,7 @@ import { chooseSandbox, sandboxAvailable } from '../../src/platform/probe.js';
 import { NoSandbox } from '../../src/platform/no-sandbox.js';
 import { LinuxSandbox } from '../../src/platform/linux-sandbox.js';
 import { bwrapOk } from '../helpers/nix.js';
+import { ccOk } from './sandbox-fixture.js';
 
 const base = { noChroot: false, impure: false, storeDir: '/nix/store', realStoreDir: '/nix/store', drvPath: '/nix/store/x-a.drv' };
 
@@ -91,7 +92,7 @@ describe('seccomp filter', () => {
   });
 });
 
-describe.skipIf(!bwrapOk())('availability and choice', () => {
+describe.skipIf(!bwrapOk() || !ccOk())('availability and choice', () => {
   it('probes both backends', async () => {
     expect(await sandboxAvailable()).toEqual({ ok: true, backend: 'helper' });
     expect(await sandboxAvailable({ backend: 'bwrap' })).toEqual({ ok: true, backend: 'bwrap' });

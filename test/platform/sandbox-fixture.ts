@@ -6,7 +6,8 @@ import { copyFileSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import type { SandboxRequest } from '../../src/platform/sandbox.js';
-import { tempDir } from '../helpers/nix.js';
+import { spawnSync } from 'node:child_process';
+import { IN_CI, tempDir } from '../helpers/nix.js';
 
 export const BUSYBOX = '/bin/busybox';
 export const STORE_DIR = '/nix/store';
@@ -58,4 +59,11 @@ export function makeFixture(): Fixture {
       };
     },
   };
+}
+
+/** The helper backend needs a C compiler; like Nix and bwrap, a missing one is an error in CI, not a skip. */
+export function ccOk(): boolean {
+  const ok = spawnSync(process.env.CC ?? 'cc', ['--version'], { stdio: 'ignore' }).status === 0;
+  if (!ok && IN_CI) throw new Error('a C compiler is required in CI for the sandbox helper (apt-get install gcc)');
+  return ok;
 }
