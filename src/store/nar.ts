@@ -435,12 +435,16 @@ class ByteReader {
   }
 }
 
-/** Receiver of NAR parse events; `restorePath` writes them to disk, `parseNar` validates only. */
+/**
+ * Receiver of NAR parse events; `restorePath` writes them to disk, `parseNar` validates only. `rel` is
+ * the entry's path relative to the root ('' for the root itself) decoded as UTF-8 for display; names in
+ * a NAR are bytes and need not be UTF-8, so sinks that touch the file system should use `relBytes`.
+ */
 export interface NarSink {
-  createDirectory(rel: string): Promise<void> | void;
-  createSymlink(rel: string, target: Buffer): Promise<void> | void;
+  createDirectory(rel: string, relBytes: Buffer): Promise<void> | void;
+  createSymlink(rel: string, target: Buffer, relBytes: Buffer): Promise<void> | void;
   /** Begin a regular file; return a writer for its contents. */
-  createFile(rel: string, executable: boolean, size: number): Promise<FileWriter> | FileWriter;
+  createFile(rel: string, executable: boolean, size: number, relBytes: Buffer): Promise<FileWriter> | FileWriter;
 }
 
 export interface FileWriter {
@@ -454,7 +458,6 @@ function checkEntryName(name: Buffer): string {
   if (name.includes(0x2f)) throw new BadNarError(`NAR contains an entry name with a slash: '${name.toString('utf8')}'`);
   const s = name.toString('utf8');
   if (s === '.' || s === '..') throw new BadNarError(`NAR contains an invalid entry name '${s}'`);
-  if (!Buffer.from(s, 'utf8').equals(name)) throw new BadNarError('NAR contains an entry name that is not valid UTF-8');
   return s;
 }
 
@@ -466,7 +469,7 @@ export async function parseNar(source: AsyncIterable<Uint8Array>, sink: NarSink,
   const r = new ByteReader(source);
   const magic = await r.bytes(64).catch((e) => { throw e instanceof BadNarError ? new BadNarError(`input is not a NAR: ${e.shortMessage}`) : e; });
   if (magic.toString('latin1') !== NAR_MAGIC) throw new BadNarError('input is not a NAR archive (bad magic)', { hint: 'is it compressed? decompress it first' });
-  await parseNode(r, sink, '', 0);
+  await parseNode(r, sink, '', EMPTY, 0);
   if (opts.expectEnd ?? true) {
     if (!(await r.atEnd())) throw new BadNarError(`NAR has trailing data after byte ${r.pos}`);
   }
@@ -475,7 +478,9 @@ export async function parseNar(source: AsyncIterable<Uint8Array>, sink: NarSink,
 
 const MAX_DEPTH = 512;
 
-async function parseNode(r: ByteReader, sink: NarSink, rel: string, depth: number): Promise<void> {
+const EMPTY = Buffer.alloc(0);
+
+async function parseNode(r: ByteReader, sink: NarSink, rel: string, relBytes: Buffer, depth: number): Promise<void> {
   if (depth > MAX_DEPTH) throw new BadNarError('NAR is nested too deeply');
   await r.expect('(');
   await r.expect('type');
@@ -491,7 +496,7 @@ async function parseNode(r: ByteReader, sink: NarSink, rel: string, depth: numbe
     }
     if (tag !== 'contents') throw new BadNarError(`bad NAR: expected 'contents', got '${tag.slice(0, 64)}'`);
     const size = await r.u64();
-    const w = await sink.createFile(rel, executable, size);
+    const w = await sink.createFile(rel, executable, size, relBytes);
     let left = size;
     try {
       while (left > 0) {
@@ -509,10 +514,10 @@ async function parseNode(r: ByteReader, sink: NarSink, rel: string, depth: numbe
     const target = await r.bytes(4096);
     if (target.length === 0) throw new BadNarError('NAR contains a symlink with an empty target');
     if (target.includes(0)) throw new BadNarError('NAR contains a symlink target with a NUL byte');
-    await sink.createSymlink(rel, target);
+    await sink.createSymlink(rel, target, relBytes);
     await r.expect(')');
   } else if (type === 'directory') {
-    await sink.createDirectory(rel);
+    await sink.createDirectory(rel, relBytes);
     let prev: Buffer | undefined;
     for (;;) {
       const tag = await r.str();
@@ -529,7 +534,7 @@ async function parseNode(r: ByteReader, sink: NarSink, rel: string, depth: numbe
       }
       prev = nameBuf;
       await r.expect('node');
-      await parseNode(r, sink, rel === '' ? name : `${rel}/${name}`, depth + 1);
+      await parseNode(r, sink, rel === '' ? name : `${rel}/${name}`, relBytes.length === 0 ? nameBuf : Buffer.concat([relBytes, SLASH, nameBuf]), depth + 1);
       await r.expect(')');
     }
   } else {
@@ -553,7 +558,8 @@ export const validatingSink: NarSink = {
  */
 export async function restorePath(target: string, source: AsyncIterable<Uint8Array>): Promise<{ size: number }> {
   const abs = path.resolve(target);
-  const at = (rel: string) => (rel === '' ? abs : path.join(abs, rel));
+  const absBytes = Buffer.from(abs);
+  const at = (relBytes: Buffer) => (relBytes.length === 0 ? absBytes : Buffer.concat([absBytes, SLASH, relBytes]));
   let created = false;
   async function fsOp<T>(rel: string, op: () => Promise<T>): Promise<T> {
     try {
@@ -562,7 +568,7 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
       return r;
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      const where = at(rel);
+      const where = rel === '' ? abs : `${abs}/${rel}`;
       if (rel === '' && code === 'EEXIST') {
         throw new StoreError('restore-target-exists', `cannot restore a NAR to '${abs}': it already exists`, { cause: e, hint: 'delete it first or restore to a fresh path' });
       }
@@ -571,14 +577,14 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
     }
   }
   const sink: NarSink = {
-    async createDirectory(rel) {
-      await fsOp(rel, () => fsp.mkdir(at(rel), { mode: 0o755 }));
+    async createDirectory(rel, relBytes) {
+      await fsOp(rel, () => fsp.mkdir(at(relBytes), { mode: 0o755 }));
     },
-    async createSymlink(rel, t) {
-      await fsOp(rel, () => fsp.symlink(t, Buffer.from(at(rel))));
+    async createSymlink(rel, t, relBytes) {
+      await fsOp(rel, () => fsp.symlink(t, at(relBytes)));
     },
-    async createFile(rel, executable) {
-      const fh = await fsOp(rel, () => fsp.open(at(rel), FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, executable ? 0o755 : 0o644));
+    async createFile(rel, executable, _size, relBytes) {
+      const fh = await fsOp(rel, () => fsp.open(at(relBytes), FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, executable ? 0o755 : 0o644));
       return {
         async write(chunk) {
           await fsOp(rel, async () => {

@@ -76,14 +76,21 @@ describe('NAR goldens from nix-store --dump and nix-hash', () => {
     expect(narOfRegularFile('').equals(readFileSync(path.join(FIX, 'nar', 'empty-file.nar')))).toBe(true);
   });
 
-  it('dumps names that are not valid UTF-8', async () => {
+  it('dumps and restores names that are not valid UTF-8 (names are bytes, as in Nix)', async () => {
     const d = tempDir();
     const root = path.join(d, 't');
     mkdirSync(root);
-    const name = Buffer.from([0x6c, 0x61, 0x74, 0xe9]); // latin-1 "laté"
-    writeFileSync(Buffer.concat([Buffer.from(root + '/'), name]), 'x');
+    const latin1 = Buffer.from([0x6c, 0x61, 0x74, 0xe9]); // latin-1 "laté"
+    const broken = Buffer.from([0x78, 0xff, 0xfe]);
+    writeFileSync(Buffer.concat([Buffer.from(root + '/'), latin1]), 'x');
+    mkdirSync(Buffer.concat([Buffer.from(root + '/'), broken]));
+    writeFileSync(Buffer.concat([Buffer.from(root + '/'), broken, Buffer.from('/'), latin1]), 'y');
     const nar = await collect(dumpPath(root));
-    expect(nar.includes(Buffer.concat([narString(name), narString('node')]))).toBe(true);
+    expect(nar.includes(Buffer.concat([narString(latin1), narString('node')]))).toBe(true);
+    const back = path.join(d, 'back');
+    await restorePath(back, streamOf(nar));
+    expect((await collect(dumpPath(back))).equals(nar)).toBe(true);
+    if (nixOk()) expect(spawnSync('nix-store', ['--dump', root], { env: nixEnv() }).stdout.equals(nar)).toBe(true);
   });
 
   it('stopping a dump early releases the walker', async () => {
