@@ -21,18 +21,19 @@ export {
 export { dumpPath, restorePath, parseNar, hashNar, hashPath, narOfRegularFile, type NarSink } from './store/nar.js';
 export { RefScanner, scanForReferences } from './store/references.js';
 export type { Store, PathInfo, NarSource, PathLocks, AddToStoreOptions } from './store/store-api.js';
-export { LocalStore, defaultStoreRoot, type LocalStoreOptions } from './store/local-store.js';
+export { LocalStore, defaultStoreRoot, resolveLayout, type LocalStoreOptions, type LocalStoreLayout } from './store/local-store.js';
 export { MemoryStore, type MemoryStoreOptions } from './store/memory-store.js';
 export { openStore, parseStoreUri, type ParsedStoreUri } from './store/store-uri.js';
 
 // Derivations
 export {
   parseDerivation, printDerivation, hashDerivationModulo, writeDerivation, computeDerivationPath, derivationKind, isDerivationPath,
-  readDerivationFromStore, staticOutputHashes,
-  type Derivation, type DerivationOutput, type DerivationKind,
+  readDerivationFromStore, staticOutputHashes, DerivationHasher, computeOutputPaths, makeCaOutputPath, fixedOutputPath,
+  derivationOutputsAndPaths, derivationOutputNames, isFixedOutputDerivation, derivationReferences, derivationNameFromPath,
+  type Derivation, type DerivationOutput, type DerivationKind, type OutputSpec, type ReadDerivation,
 } from './derivation/derivation.js';
 export { BadDerivationError, InvalidDerivationAttrsError } from './derivation/errors.js';
-export { ParsedDerivation } from './derivation/parsed-attrs.js';
+export { ParsedDerivation, DEFAULT_SYSTEM_FEATURES } from './derivation/parsed-attrs.js';
 
 // Substituters and binary caches
 export type { Substituter, SubstitutablePathInfo, FetchNarOptions, SubstituteOptions } from './substituter/substituter.js';
@@ -54,7 +55,7 @@ export {
   derivation, instantiateDerivation, addPath, addText, derivationFromStore, DerivationValue, OutputValue,
   type DerivationAttrs, type DerivationOptions, type AddPathOptions,
 } from './derivation/instantiate.js';
-export { NixString, nix, concat, type AttrValue } from './derivation/context.js';
+export { NixString, nix, concat, withContext, storePathString, outputString, drvPathString, type AttrValue, type Contextual } from './derivation/context.js';
 
 // Remote builders (Nix's build hook over ssh-ng:// and ssh://)
 export { createRemoteBuilders, MachineBuilder, type RemoteBuilder, type RemoteBuildResult } from './remote/remote-builder.js';
