@@ -465,20 +465,26 @@ export class MachineBuilder implements RemoteBuilder {
 async function* verifiedNar(source: NarSource, info: PathInfo, machine: string): AsyncGenerator<Uint8Array> {
   const h = new HashSink(info.narHash.algorithm);
   const it = source[Symbol.asyncIterator]();
-  let prev: Uint8Array | undefined;
-  // Hold back the last chunk until the hash is checked, so a bad NAR never completes.
-  for (;;) {
-    const n = await it.next();
-    if (n.done) break;
-    h.update(n.value);
+  let done = false;
+  try {
+    let prev: Uint8Array | undefined;
+    // Hold back the last chunk until the hash is checked, so a bad NAR never completes.
+    for (;;) {
+      const n = await it.next();
+      if (n.done) { done = true; break; }
+      h.update(n.value);
+      if (prev) yield prev;
+      prev = n.value;
+    }
+    const { hash, size } = h.finish();
+    if (!hash.equals(info.narHash) || size !== info.narSize) {
+      throw new RemoteBuildError(machine, 'copy', `NAR of '${info.path}' from '${machine}' does not match its hash: expected ${info.narHash.toString('base32')} (${info.narSize} bytes), got ${hash.toString('base32')} (${size} bytes)`);
+    }
     if (prev) yield prev;
-    prev = n.value;
+  } finally {
+    // The consumer stopped early (e.g. the store failed): let the source finish its transfer.
+    if (!done) await it.return?.();
   }
-  const { hash, size } = h.finish();
-  if (!hash.equals(info.narHash) || size !== info.narSize) {
-    throw new RemoteBuildError(machine, 'copy', `NAR of '${info.path}' from '${machine}' does not match its hash: expected ${info.narHash.toString('base32')} (${info.narSize} bytes), got ${hash.toString('base32')} (${size} bytes)`);
-  }
-  if (prev) yield prev;
 }
 
 /** Machines as builders: from a `builders` string / machines file text, or typed machines. */

@@ -137,6 +137,38 @@ describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
     expect(b.connectionCount).toBe(1);
   });
 
+  it('a local store that fails while an output streams in is a copy error, and the connection stays usable', async () => {
+    const b = builder(`ssh-ng://localhost?remote-store=${encodeURIComponent(path.join(fx.dir, 'remote-storefail'))}`);
+    const local = await cloneLocal(fx, store, 'local-storefail');
+    try {
+      let failOnce = true;
+      const flaky = new Proxy(local, {
+        get(target, prop, receiver) {
+          if (prop === 'addToStore' && failOnce) {
+            return async (_info: unknown, nar: AsyncIterable<Uint8Array>) => {
+              failOnce = false;
+              for await (const chunk of nar) { void chunk; throw new Error('disk full'); }
+            };
+          }
+          const v = Reflect.get(target, prop, receiver);
+          return typeof v === 'function' ? v.bind(target) : v;
+        },
+      });
+      const err = await b.build(fx.drvs.top, fx.readDrv(fx.drvs.top), { store: flaky }).then(() => undefined, (e: unknown) => e);
+      expect(err).toBeInstanceOf(RemoteBuildError);
+      expect((err as RemoteBuildError).kind).toBe('copy');
+      expect((err as Error).message).toContain('disk full');
+      // Same connection, no hang: the rest of the NAR was drained.
+      const r = await b.build(fx.drvs.top, fx.readDrv(fx.drvs.top), { store: local });
+      expect(r.status).toBe('already-valid'); // the remote built it the first time; now only the copy back
+      expect(r.copiedOutputs.length).toBe(2);
+      expect(await local.isValidPath(r.builtOutputs.get('out')!)).toBe(true);
+      expect(b.connectionCount).toBe(1);
+    } finally {
+      await local.close();
+    }
+  });
+
   it('spreads builds over two remotes by slots, and redoes a build elsewhere when its machine dies mid-build', async () => {
     const rootA = path.join(fx.dir, 'remote-a');
     const rootB = path.join(fx.dir, 'remote-b');
