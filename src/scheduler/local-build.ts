@@ -134,8 +134,8 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
         for (const [n, s] of view.outputs) outs[n] = knownPath(s)!;
         return success('already-valid', outs);
       }
-      // Delete stale, invalid outputs.
-      for (const p of lockTargets) {
+      // Delete stale, invalid outputs (after round 1, what is there is that round's output, still unregistered).
+      for (const p of round === 1 ? lockTargets : []) {
         if (!valid.has(p) && (await exists(store.toRealPath(p)))) await deleteTree(store.toRealPath(p));
       }
 

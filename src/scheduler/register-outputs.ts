@@ -35,6 +35,12 @@ export interface RoundOutputs {
   readonly paths: Record<string, StorePath>;
   /** Output name → NAR hash (base32), to compare rounds. */
   readonly narHashes: Record<string, string>;
+  /**
+   * With buildRepeat: the first round's outputs, in place at their final paths but registered only when
+   * every round agreed (as Nix, which registers after the last round); content-addressed ones are not here
+   * (they are registered at once, as Nix does).
+   */
+  readonly pending?: readonly PathInfo[];
 }
 
 export interface RegisterPlan {
@@ -325,14 +331,27 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
         const msg = `output '${info.path}' of '${drvPath}' differs from previous round`;
         if (options.enforceDeterminism) {
           await deleteTree(real).catch(() => {});
-          throw new OutputRejected('not-deterministic', msg, false, true);
+          // Not a check mismatch: Nix 2.8 exits with 1 here (104 only for --check).
+          throw new OutputRejected('not-deterministic', msg, false, false);
         }
         w.warn(msg);
         stopRounds = true;
       }
       await deleteTree(real).catch(() => {});
     }
-    return { outputs: { paths: finalPaths, narHashes: hashesOf(infos) }, nonDeterministic, stopRounds };
+    const pending = plan.previous.pending ?? [];
+    if (plan.round === plan.rounds || stopRounds) {
+      if (pending.length) await store.registerValidPaths([...pending]);
+      return { outputs: { paths: finalPaths, narHashes: hashesOf(infos) }, nonDeterministic, stopRounds };
+    }
+    return { outputs: { paths: finalPaths, narHashes: hashesOf(infos), pending }, nonDeterministic, stopRounds };
+  }
+
+  if (plan.round === 1 && plan.rounds > 1) {
+    // More rounds follow: leave the outputs in place, unregistered, until the rounds agree.
+    const now = [...infos.values()].filter((i) => i.ca);
+    if (now.length) await store.registerValidPaths(now);
+    return { outputs: { paths: finalPaths, narHashes: hashesOf(infos), pending: [...infos.values()].filter((i) => !i.ca) }, nonDeterministic: false, stopRounds: false };
   }
 
   await store.registerValidPaths([...infos.values()]);

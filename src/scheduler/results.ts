@@ -63,7 +63,7 @@ export function success(status: BuildStatus, builtOutputs: Record<string, StoreP
 
 /**
  * Nix's exit status for a set of failed results: 100 + bits (4 build failure, 1 timeout,
- * 2 hash mismatch, 8 not deterministic); 1 when none of those apply.
+ * 2 hash mismatch, 8 check mismatch: a `check` build that differs); 1 when none of those apply.
  */
 export function exitStatusOf(results: Iterable<BuildResult>): number {
   let permanent = false, timedOut = false, hashMismatch = false, checkMismatch = false;
@@ -71,7 +71,9 @@ export function exitStatusOf(results: Iterable<BuildResult>): number {
     if (r.status === 'permanent-failure' || r.status === 'input-rejected') permanent = true;
     if (r.status === 'timed-out') timedOut = true;
     if (r.hashMismatch) hashMismatch = true;
-    if (r.checkMismatch || r.status === 'not-deterministic') checkMismatch = true;
+    // Only a check build that differs sets the bit (Nix's worker.checkMismatch); rounds that differ
+    // (buildRepeat) are a plain failure, exit 1, as in Nix 2.8.
+    if (r.checkMismatch) checkMismatch = true;
   }
   let mask = 0;
   if (permanent || timedOut || hashMismatch) mask |= 0x04;

@@ -417,6 +417,35 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
     });
   });
 
+  describe('buildRepeat', () => {
+    it('rounds that differ fail in both with exit 1, and the output stays invalid', async () => {
+      const d = drv['repeat-nondeterministic']!;
+      const r = nixBuild(['--option', 'repeat', '1', d]);
+      expect(r.status).toBe(1);
+      const e = await ourFailure([d], { buildRepeat: 1 });
+      expect(e.exitStatus).toBe(1);
+      expect(e.failures[0]!.result.status).toBe('not-deterministic');
+      expect(e.failures[0]!.result.timesBuilt).toBe(2);
+      expect(squash(e.message)).toBe(squash(nixError(r.stderr)));
+      const [out] = nixOutputs(R1, [d]);
+      expect(pathFacts(R1, [out!]).get(out!)?.valid).toBe(false);
+      expect(pathFacts(R2, [out!]).get(out!)?.valid).toBe(false);
+    });
+
+    it('rounds that agree: built twice, registered once, the same as Nix', async () => {
+      const d = drv['repeat-deterministic']!;
+      const r = nixBuild(['--option', 'repeat', '1', d]);
+      expect(r.status, r.stderr).toBe(0);
+      const [res] = await engine({ buildRepeat: 1 }).buildPaths([d]);
+      expect(res!.result.status).toBe('built');
+      expect(res!.result.timesBuilt).toBe(2);
+      const [out] = nixOutputs(R1, [d]);
+      const facts = pathFacts(R1, [out!]).get(out!);
+      expect(facts?.valid).toBe(true);
+      expect(pathFacts(R2, [out!]).get(out!)).toEqual(facts);
+    });
+  });
+
   describe('repair', () => {
     /** Change a file inside a (read-only) store path of a chroot store. */
     const corrupt = async (rootDir: string, p: string, file: string) => {

@@ -481,6 +481,9 @@ describe('check mode and repeated rounds (fake sandbox)', () => {
     expect(r!.result.status).toBe('not-deterministic');
     expect(r!.result.timesBuilt).toBe(2);
     expect(r!.result.isNonDeterministic).toBe(true);
+    // As Nix 2.8: exit 1 (104 is for check builds only), and nothing registered.
+    expect(exitStatusOf([r!.result])).toBe(1);
+    expect(await store.isValidPath(await outPath(d))).toBe(false);
 
     const d2 = await mkDrv('repeat-lax');
     const warnings: string[] = [];
@@ -498,5 +501,7 @@ describe('check mode and repeated rounds (fake sandbox)', () => {
     expect(r3!.result.status).toBe('built');
     expect(r3!.result.timesBuilt).toBe(3);
     expect(r3!.result.isNonDeterministic).toBe(false);
+    expect(await store.isValidPath(await outPath(d3))).toBe(true);
+    expect(await fsp.readFile(store.toRealPath(await outPath(d3)), 'utf8')).toBe(`built by ${d3}\n`);
   });
 });
