@@ -31,6 +31,34 @@ function covers(have: Set<string> | undefined, want: Set<string> | undefined): b
   return true;
 }
 
+/**
+ * At most this many `.drv` loads of one call are in flight at once. Every goal of a call starts at once
+ * and reads its `.drv` first; unbounded, a call of 100,000 goals opened more files than the process may
+ * (EMFILE, measured in bench/scheduler-overhead.ts). Cached loads pass through the same gate and return
+ * at once when their turn comes.
+ */
+const MAX_CONCURRENT_DRV_LOADS = 128;
+
+function limitConcurrency<A, R>(fn: (a: A) => Promise<R>, limit: number): (a: A) => Promise<R> {
+  let running = 0;
+  const waiting: Array<() => void> = [];
+  const next = () => {
+    running--;
+    const w = waiting.shift();
+    if (w) { running++; w(); }
+  };
+  return (a: A) => {
+    const run = () => {
+      let p: Promise<R>;
+      try { p = fn(a); } catch (e) { p = Promise.reject(e); }
+      p.then(next, next);
+      return p;
+    };
+    if (running < limit) { running++; return run(); }
+    return new Promise<R>((resolve, reject) => { waiting.push(() => { run().then(resolve, reject); }); });
+  };
+}
+
 export class Worker {
   readonly ctx: EngineContext;
   readonly mode: BuildMode;
@@ -45,7 +73,7 @@ export class Worker {
   fatal: RealiseError | undefined;
 
   constructor(ctx: EngineContext, mode: BuildMode, signal?: AbortSignal) {
-    this.ctx = ctx;
+    this.ctx = { ...ctx, loadDrv: limitConcurrency(ctx.loadDrv, MAX_CONCURRENT_DRV_LOADS) };
     this.mode = mode;
     if (signal) {
       if (signal.aborted) this.stop('signal');
