@@ -15,7 +15,7 @@
  *   REALISE_BENCH_OVERHEAD_SIZES=1000,20000 npx tsx bench/scheduler-overhead.ts
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -156,12 +156,22 @@ interface RunFigures {
   sandboxRuns: number;
 }
 
-/** One measured run in this process: generate, then build everything with the instant sandbox. */
-async function measure(n: number): Promise<RunFigures> {
+/** Generate a graph (in its own process, so that its garbage is not in the measured process's RSS). */
+async function generateOnly(n: number): Promise<void> {
   const g0 = performance.now();
   const g = await generateGraph(n);
   const genMs = performance.now() - g0;
+  writeFileSync(path.join(g.dir, 'drvs.txt'), g.drvs.join('\n'));
+  await g.store.close();
   process.stderr.write(`  [${n} goals] generated in ${(genMs / 1000).toFixed(1)} s\n`);
+  console.log(JSON.stringify({ dir: g.dir, layers: g.layers, width: g.width, genMs }));
+}
+
+/** One measured run in this process: open the generated store, build everything with the instant sandbox. */
+async function measure(n: number, gen: { dir: string; layers: number; width: number; genMs: number }): Promise<RunFigures> {
+  const genMs = gen.genMs;
+  const store = await LocalStore.open({ storeDir: path.join(gen.dir, 'store'), stateDir: path.join(gen.dir, 'state'), logDir: path.join(gen.dir, 'log') });
+  const g = { dir: gen.dir, store, layers: gen.layers, width: gen.width, drvs: readFileSync(path.join(gen.dir, 'drvs.txt'), 'utf8').split('\n') };
   try {
     const sandbox = new InstantSandbox((p) => g.store.toRealPath(p));
     const engine = new BuildEngine({ store: g.store, sandbox, maxJobs: 2 });
@@ -192,27 +202,39 @@ async function measure(n: number): Promise<RunFigures> {
     };
   } finally {
     await g.store.close();
-    rmSync(g.dir, { recursive: true, force: true });
   }
 }
 
-/** Run `measure(n)` in a child process (fresh heap), return its figures. */
-function measureInChild(n: number): RunFigures {
+function child<T>(env: Record<string, string>, what: string): T {
   const self = fileURLToPath(import.meta.url);
   const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', self], {
-    env: { ...process.env, REALISE_BENCH_OVERHEAD_CHILD: String(n) },
+    env: { ...process.env, ...env },
     encoding: 'utf8', maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'inherit'],
   });
-  if (r.status !== 0) throw new Error(`child for ${n} goals failed (status ${r.status})`);
+  if (r.status !== 0) throw new Error(`${what} failed (status ${r.status})`);
   const line = r.stdout.split('\n').find((l) => l.startsWith('{'));
-  if (!line) throw new Error(`child for ${n} goals printed no figures:\n${r.stdout}`);
-  return JSON.parse(line) as RunFigures;
+  if (!line) throw new Error(`${what} printed no figures:\n${r.stdout}`);
+  return JSON.parse(line) as T;
+}
+
+/** Generate in one child process, measure in another (fresh heap), return the figures. */
+function measureInChild(n: number): RunFigures {
+  const gen = child<{ dir: string }>({ REALISE_BENCH_OVERHEAD_GEN: String(n) }, `generating ${n} goals`);
+  try {
+    return child<RunFigures>({ REALISE_BENCH_OVERHEAD_CHILD: String(n), REALISE_BENCH_OVERHEAD_DIR: JSON.stringify(gen) }, `the run of ${n} goals`);
+  } finally {
+    rmSync(gen.dir, { recursive: true, force: true });
+  }
 }
 
 async function main(): Promise<void> {
-  const child = process.env.REALISE_BENCH_OVERHEAD_CHILD;
-  if (child) {
-    console.log(JSON.stringify(await measure(Number(child))));
+  if (process.env.REALISE_BENCH_OVERHEAD_GEN) {
+    await generateOnly(Number(process.env.REALISE_BENCH_OVERHEAD_GEN));
+    return;
+  }
+  const run = process.env.REALISE_BENCH_OVERHEAD_CHILD;
+  if (run) {
+    console.log(JSON.stringify(await measure(Number(run), JSON.parse(process.env.REALISE_BENCH_OVERHEAD_DIR!))));
     return;
   }
   const [small, big] = process.env.REALISE_BENCH_OVERHEAD_SIZES
