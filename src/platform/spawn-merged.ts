@@ -30,10 +30,25 @@ export interface SpawnMergedOptions {
 /** A connected pair of Unix stream sockets: `[ours, theirs]`. */
 export async function socketPair(): Promise<[net.Socket, net.Socket]> {
   const name = `\0realise-${process.pid}-${randomBytes(8).toString('hex')}`;
-  const server = net.createServer({ pauseOnConnect: true });
+  // Abstract sockets are visible to every process in the network namespace: only the connection that
+  // presents our random token is ours.
+  const token = randomBytes(16);
+  const server = net.createServer();
   try {
     const accepted = new Promise<net.Socket>((resolve, reject) => {
-      server.once('connection', resolve);
+      server.on('connection', (sock) => {
+        let buf = Buffer.alloc(0);
+        const onData = (d: Buffer): void => {
+          buf = Buffer.concat([buf, d]);
+          if (buf.length < token.length) return;
+          sock.off('data', onData);
+          sock.pause();
+          if (buf.length === token.length && buf.equals(token)) resolve(sock);
+          else sock.destroy();
+        };
+        sock.on('data', onData);
+        sock.on('error', () => {});
+      });
       server.once('error', reject);
     });
     await new Promise<void>((resolve, reject) => {
@@ -41,10 +56,9 @@ export async function socketPair(): Promise<[net.Socket, net.Socket]> {
       server.listen(name, () => resolve());
     });
     const client = net.connect(name);
-    const [ours] = await Promise.all([
-      accepted,
-      new Promise<void>((resolve, reject) => { client.once('connect', resolve); client.once('error', reject); }),
-    ]);
+    await new Promise<void>((resolve, reject) => { client.once('connect', resolve); client.once('error', reject); });
+    client.write(token);
+    const ours = await accepted;
     return [ours, client];
   } finally {
     server.close();
