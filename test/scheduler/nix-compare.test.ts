@@ -12,7 +12,7 @@ import type { BuildEngineOptions } from '../../src/scheduler/options.js';
 import { BuildFailedError, BuildSetupError } from '../../src/scheduler/errors.js';
 import type { BuildTarget, TargetResult } from '../../src/scheduler/results.js';
 import { LocalStore } from '../../src/store/local-store.js';
-import { nixOk, tempDir, runNix } from '../helpers/nix.js';
+import { nix, nixOk, tempDir, runNix } from '../helpers/nix.js';
 import {
   FIXTURES, SANDBOX_PATHS, closureIn, drvOutputs, instantiateAttrs, logTail, nixClosure, nixOutputs, nixRealise, nixSandboxArgs,
   nixVerify, pathFacts, removeTree, type PathFacts,
@@ -602,6 +602,31 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, unsandboxed builds in plain s
       }
       const v = runNix('nix-store', ['--store', uriB, '--verify', '--check-contents']);
       expect(v.status, v.stderr).toBe(0);
+
+      // Without a sandbox, check and repair build at scratch paths with hash rewriting (the real paths
+      // are taken): deterministic builders with self-references must come out identical.
+      const nixCheck = nixRealise(uriA, ['--check', ...all, '--option', 'sandbox', 'false', '--option', 'build-users-group', '', '--option', 'substituters', '', '--cores', String(CORES)], { TMPDIR: tmp });
+      expect(nixCheck.status, nixCheck.stderr).toBe(0);
+      const multiDev = closure.find((o) => o.endsWith('-plain-multi-dev'))!;
+      await fsp.chmod(multiDev, 0o755);
+      await fsp.chmod(path.join(multiDev, 'self'), 0o644);
+      await fsp.writeFile(path.join(multiDev, 'self'), 'corrupted\n');
+      const store2 = await LocalStore.open({ storeDir, stateDir: stateB, logDir: logB });
+      try {
+        const engine = new BuildEngine({ store: store2, sandbox: false, cores: CORES, buildDir: tmp });
+        const checked = await engine.buildPaths(all, { mode: 'check' });
+        expect(checked.map((x) => x.result.status)).toEqual(all.map(() => 'built'));
+        const multiDrv = nix('nix-store', ['--store', uriA, '-qd', multiDev]);
+        const [repaired] = await engine.buildPaths([multiDrv], { mode: 'repair' });
+        expect(repaired!.result.status).toBe('built');
+      } finally {
+        await store2.close();
+      }
+      expect(await fsp.readFile(path.join(multiDev, 'self'), 'utf8')).toBe(`${multiDev}\n`);
+      const v2 = runNix('nix-store', ['--store', uriB, '--verify', '--check-contents']);
+      expect(v2.status, v2.stderr).toBe(0);
+      const after = pathFacts(uriB, closure);
+      for (const p of closure) expect(after.get(p), p).toEqual(nixFacts.get(p));
     } finally {
       await removeTree(root);
     }
