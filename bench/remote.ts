@@ -59,6 +59,10 @@ async function ours(tag: string, machines: Machine[], concurrent: boolean): Prom
     const t = performance.now();
     const r = await buildOnRemote(builders, p, read(p), {}, { store });
     redone += r.failedMachines.length;
+    if (r.kind === 'built' && process.env.REMOTE_BENCH_VERBOSE) {
+      const tm = r.result.timings;
+      console.log(`  ${path.basename(p)} on ${r.result.machine.slice(-12)}: connect ${tm.connect.toFixed(0)} ms, upload ${tm.upload.toFixed(0)} ms, build ${tm.build.toFixed(0)} ms, download ${tm.download.toFixed(0)} ms; ${(performance.now() - t).toFixed(0)} ms from submission`);
+    }
     if (r.kind !== 'built' || r.result.status !== 'built') throw new Error(`build of ${p} failed: ${JSON.stringify(r.kind === 'built' ? r.result.errorMsg : r.error.message)}`);
     perBuild.push((performance.now() - t) / 1000);
   };

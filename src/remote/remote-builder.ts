@@ -20,6 +20,7 @@ import { StdioTransport, type Transport } from './transport.js';
 import { buildLogLine, WorkerConnection, type RemoteLogEvent, type WorkerOptions } from './worker-protocol.js';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { performance } from 'node:perf_hooks';
 import * as path from 'node:path';
 
 export interface RemoteBuildOptions {
@@ -100,6 +101,8 @@ export interface RemoteBuildResult {
   readonly copiedInputs: readonly StorePath[];
   /** Outputs copied back. */
   readonly copiedOutputs: readonly StorePath[];
+  /** Where the time went, in milliseconds: getting a connection, copying inputs, the remote build, copying outputs back. */
+  readonly timings: { readonly connect: number; readonly upload: number; readonly build: number; readonly download: number };
 }
 
 /** A machine that builds derivations. The engine's derivation goal calls `build` when it chose this machine. */
@@ -360,7 +363,9 @@ export class MachineBuilder implements RemoteBuilder {
     try {
       if (this.closed) throw new RemoteConnectionError(`the builder for '${this.name}' was closed`);
       signal?.throwIfAborted();
+      const tStart = performance.now();
       pc = await this.acquire(signal);
+      const tConnected = performance.now();
       const client = pc.client;
 
       // 1. Inputs the remote lacks, with their closure, in topological order.
@@ -387,6 +392,7 @@ export class MachineBuilder implements RemoteBuilder {
       stage = 'refused';
       const wire = toWireDerivation(drv, inputs);
       pc.stderrTo.fn = client instanceof ServeConnection ? (l) => client.stderrLine(l) : undefined;
+      const tUploaded = performance.now();
       let res: WireBuildResult;
       if (client instanceof WorkerConnection) {
         const wanted = workerOptionsFor(this.opts.workerOptions ?? {}, opts.buildSettings, client.options);
@@ -395,12 +401,14 @@ export class MachineBuilder implements RemoteBuilder {
       } else {
         res = await client.buildDerivation(drvPath, wire, { ...this.opts.serveBuildSettings, ...opts.buildSettings, signal, onLog: onEvent });
       }
+      const tBuilt = performance.now();
+      const timings = (tDone: number) => ({ connect: tConnected - tStart, upload: tUploaded - tConnected, build: tBuilt - tUploaded, download: tDone - tBuilt });
       const base = {
         status: res.status, errorMsg: res.errorMsg, machine: this.name, timesBuilt: res.timesBuilt,
         isNonDeterministic: res.isNonDeterministic, startTime: res.startTime, stopTime: res.stopTime,
         copiedInputs: order,
       };
-      if (!isSuccessStatus(res.status)) return { ...base, builtOutputs: new Map(), copiedOutputs: [] };
+      if (!isSuccessStatus(res.status)) return { ...base, builtOutputs: new Map(), copiedOutputs: [], timings: timings(performance.now()) };
 
       // 3. Outputs back.
       stage = 'copy';
@@ -426,7 +434,7 @@ export class MachineBuilder implements RemoteBuilder {
         await store.addToStore({ ...info, registrationTime: undefined }, verifiedNar(client.narFromPath(p, { signal }), info, this.name), { signal });
         fetched.push(p);
       }
-      return { ...base, builtOutputs: outPaths, copiedOutputs: fetched };
+      return { ...base, builtOutputs: outPaths, copiedOutputs: fetched, timings: timings(performance.now()) };
     } catch (e) {
       if (signal?.aborted) {
         throw new RemoteBuildError(this.name, 'aborted', `remote build of '${drvPath}' on '${this.name}' was cancelled`, { cause: signal.reason });
