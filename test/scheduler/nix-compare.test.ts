@@ -446,6 +446,32 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
     });
   });
 
+  describe('targets that cannot be built', () => {
+    it('a missing derivation, a missing opaque path and an unknown output: exit 1 in both, same messages', async () => {
+      const missingDrv = '/nix/store/00000000000000000000000000000000-missing.drv';
+      const r1 = nixBuild([missingDrv]);
+      expect(r1.status).toBe(1);
+      const e1 = await ourFailure([missingDrv]);
+      expect(e1.exitStatus).toBe(1);
+      expect(squash(e1.message)).toBe(squash(nixError(r1.stderr)));
+
+      const missing = '/nix/store/00000000000000000000000000000000-missing';
+      const r2 = nixBuild([missing]);
+      expect(r2.status).toBe(1);
+      expect(r2.stderr).toContain(`don't know how to build these paths:\n  ${missing}`);
+      const e2 = await ourFailure([missing]);
+      expect(e2.exitStatus).toBe(1);
+      expect(e2.message).toContain(missing);
+
+      const d = drv['ok-simple']!;
+      const r3 = nixBuild([`${d}!nope`]);
+      expect(r3.status).toBe(1);
+      const e3 = await ourFailure([`${d}!nope`]);
+      expect(e3.exitStatus).toBe(1);
+      expect(squash(e3.message)).toBe(squash(nixError(r3.stderr)));
+    });
+  });
+
   describe('repair', () => {
     /** Change a file inside a (read-only) store path of a chroot store. */
     const corrupt = async (rootDir: string, p: string, file: string) => {
@@ -506,10 +532,13 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
 
     it('with it, the independent branch is built, in both', async () => {
       const top = drv['kg-top']!;
-      const r = nixBuild(['--keep-going', top]);
+      const r = nixBuild(['--keep-going', '-Q', top]);
       expect(r.status).toBe(100);
       const e = await ourFailure([top], { keepGoing: true });
       expect(e.exitStatus).toBe(100);
+      // The same two messages: the builder's failure (with its log tail) and the dependency failure.
+      const blocks = nixErrors(r.stderr).map(squash).filter((b) => !b.startsWith('build of '));
+      expect(e.failures.map((f) => squash(f.result.errorMsg!)).sort()).toEqual(blocks.sort());
       expect(e.failures.find((f) => f.path === top)?.result.status).toBe('dependency-failed');
       expect(e.failures.find((f) => f.path === drv['kg-bad'])?.result.status).toBe('permanent-failure');
       const [slow] = nixOutputs(R1, [drv['kg-slow']!]);
