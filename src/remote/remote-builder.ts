@@ -19,6 +19,7 @@ import { ServeConnection, type ServeBuildSettings } from './serve-protocol.js';
 import { StdioTransport, type Transport } from './transport.js';
 import { buildLogLine, WorkerConnection, type RemoteLogEvent, type WorkerOptions } from './worker-protocol.js';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { getMaxListeners, setMaxListeners } from 'node:events';
 import { tmpdir } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import * as path from 'node:path';
@@ -522,6 +523,8 @@ export async function buildOnRemote(
 ): Promise<RemoteDispatch> {
   const failed: RemoteBuildError[] = [];
   const failedNames = new Set<string>();
+  // Every waiting or running remote build listens on the caller's signal: a DAG puts hundreds on one.
+  if (opts.signal && getMaxListeners(opts.signal) < 10_000) setMaxListeners(10_000, opts.signal);
   const request: MachineRequest = { ...req, system: req.system ?? drv.platform, drvPath };
   for (;;) {
     opts.signal?.throwIfAborted();
