@@ -7,7 +7,7 @@ import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
-import { BuildCancelledError, BuildFailedError } from '../../src/scheduler/errors.js';
+import { BuildCancelledError, BuildFailedError, BuildSetupError } from '../../src/scheduler/errors.js';
 import type { BuildEngineOptions } from '../../src/scheduler/options.js';
 import { exitStatusOf, type BuildResult } from '../../src/scheduler/results.js';
 import type { Progress } from '../../src/scheduler/events.js';
@@ -503,5 +503,72 @@ describe('check mode and repeated rounds (fake sandbox)', () => {
     expect(r3!.result.isNonDeterministic).toBe(false);
     expect(await store.isValidPath(await outPath(d3))).toBe(true);
     expect(await fsp.readFile(store.toRealPath(await outPath(d3)), 'utf8')).toBe(`built by ${d3}\n`);
+  });
+});
+
+describe('cancellation while waiting', () => {
+  it('for a build slot: the queued build never starts', async () => {
+    const sb = fake();
+    const a = await mkDrv('queue-a');
+    const b = await mkDrv('queue-b');
+    const engine = engineWith(sb, { maxJobs: 1 });
+    const ctl = new AbortController();
+    const call = engine.buildPaths([a, b], { signal: ctl.signal }).then(() => undefined, (e: unknown) => e);
+    const [run] = await sb.waitPending(1);
+    await settle(50);
+    expect(sb.started).toHaveLength(1);
+    ctl.abort();
+    expect(await call).toBeInstanceOf(BuildCancelledError);
+    expect(run!.aborted).toBe(true);
+    await settle(50);
+    expect(sb.started).toHaveLength(1);
+    expect(engine.progress().builds.running).toBe(0);
+  });
+
+  it('for an output lock held by another engine: the wait ends at once, nothing is built', async () => {
+    const sbA = fake();
+    const sbB = fake();
+    const d = await mkDrv('lock-cancel');
+    const callA = engineWith(sbA).buildPaths([d]);
+    const [runA] = await sbA.waitPending(1);
+    const ctl = new AbortController();
+    const callB = engineWith(sbB).buildPaths([d], { signal: ctl.signal }).then(() => undefined, (e: unknown) => e);
+    await settle(200);
+    const t0 = Date.now();
+    ctl.abort();
+    expect(await callB).toBeInstanceOf(BuildCancelledError);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    expect(sbB.started).toHaveLength(0);
+    await runA!.finish();
+    expect((await callA)[0]!.result.status).toBe('built');
+  });
+});
+
+describe('other entry points', () => {
+  it('buildDerivation never throws on a failure; queryMissing lists what will be built', async () => {
+    const sb = fake();
+    const dep = await mkDrv('qm-dep');
+    const top = await mkDrv('qm-top', [dep]);
+    const engine = engineWith(sb);
+    const missing = await engine.queryMissing([top]);
+    expect([...missing.willBuild].sort()).toEqual([dep, top].sort());
+    expect(missing.willSubstitute).toEqual([]);
+    expect(missing.unknown).toEqual([]);
+
+    sb.auto = (req) => (req.drvPath === dep ? 0 : 3);
+    const r = await engine.buildDerivation(top);
+    expect(r.status).toBe('permanent-failure');
+    expect(r.errorMsg).toContain('failed with exit code 3');
+    const after = await engine.queryMissing([top]);
+    expect(after.willBuild).toEqual([top]);
+  });
+
+  it('maxJobs 0 without remote builders: a setup error, as Nix', async () => {
+    const sb = fake();
+    const d = await mkDrv('no-jobs');
+    const e = await engineWith(sb, { maxJobs: 0 }).buildPaths([d]).then(() => undefined, (x: unknown) => x);
+    expect(e).toBeInstanceOf(BuildSetupError);
+    expect((e as BuildSetupError).message.split('\n')[0]).toBe("unable to start any build; either increase '--max-jobs' or enable remote builds.");
+    expect(sb.started).toHaveLength(0);
   });
 });
