@@ -43,6 +43,9 @@ describe.skipIf(!nixOk())('worker protocol against nix-daemon --stdio (Nix 2.8)'
       await c.addToStoreNar(info, (async function* () { yield nar.subarray(0, 10); yield nar.subarray(10); })());
       expect(await c.isValidPath(p)).toBe(true);
       expect(await c.queryValidPaths([p, computeTextPath('other', 'x')])).toEqual(new Set([p]));
+      const missing = await c.queryMissing([p, computeTextPath('other', 'x')]);
+      expect(missing.unknown).toEqual([computeTextPath('other', 'x')]);
+      expect(missing.willBuild).toEqual([]);
       const got = await c.queryPathInfo(p);
       expect(got?.narHash.equals(info.narHash)).toBe(true);
       expect(got?.narSize).toBe(nar.length);
