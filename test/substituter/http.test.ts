@@ -124,6 +124,19 @@ describe('BinaryCacheSubstituter over HTTP', () => {
     expect(Date.now() - t0).toBeLessThan(1500);
   });
 
+  it('cancels a NAR download in flight, registering nothing', async () => {
+    const s = make();
+    const info = (await s.queryPathInfos([SRC])).get(SRC)!;
+    server.fault(/^nar\//, { kind: 'slow', delayMs: 2000 });
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 100);
+    const t0 = Date.now();
+    expect(await code(substitutePath(store, s, info, { signal: ac.signal }))).toBe('aborted');
+    expect(Date.now() - t0).toBeLessThan(1500);
+    expect(store.infos.size).toBe(0);
+    expect(await store.listing()).toEqual([]);
+  });
+
   it('keeps connections alive and bounded while querying many paths in parallel', async () => {
     const s = make({ maxConnections: 8, maxParallelQueries: 32 });
     const paths = Array.from({ length: 300 }, (_, i) => missing(i));
