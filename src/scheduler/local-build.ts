@@ -132,6 +132,9 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
       if (plan.mode === 'normal' && round === 1 && lockTargets.length === view.outputs.size && lockTargets.every((p) => valid.has(p))) {
         const outs: Record<string, StorePath> = {};
         for (const [n, s] of view.outputs) outs[n] = knownPath(s)!;
+        // Someone beat us to it: this build is no longer expected (Nix drops it from expectedBuilds).
+        w.ctx.progress.builds.expected--;
+        w.ctx.progress.changed();
         return success('already-valid', outs);
       }
       // Delete stale, invalid outputs (after round 1, what is there is that round's output, still unregistered).

@@ -412,6 +412,11 @@ describe('goals and locks', () => {
     expect(a!.result.status).toBe('built');
     expect(b!.result.status).toBe('already-valid');
     expect(sbB.started).toHaveLength(0);
+    // Progress of both ends with done == expected: B's build turned out not to be needed.
+    await settle(10);
+    const [pa, pb] = [engines[engines.length - 2]!.progress(), engines[engines.length - 1]!.progress()];
+    expect([pa.builds.done, pa.builds.expected]).toEqual([1, 1]);
+    expect([pb.builds.done, pb.builds.expected, pb.builds.running, pb.builds.failed]).toEqual([0, 0, 0, 0]);
   });
 
   it('stale, invalid outputs are deleted before the builder runs', async () => {
