@@ -8,7 +8,7 @@
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { LinuxSandbox, LocalStore, addPath, defaultStoreRoot, nix, type NixString, type Store } from '../src/index.js';
+import { sandboxAvailable, LocalStore, addPath, defaultStoreRoot, nix, type NixString, type Store } from '../src/index.js';
 
 export interface DemoStore {
   readonly store: Store;
@@ -18,8 +18,7 @@ export interface DemoStore {
 }
 
 export async function openDemoStore(): Promise<DemoStore> {
-  let sandboxed = existsSync('/bin/busybox');
-  try { new LinuxSandbox(); } catch { sandboxed = false; }
+  const sandboxed = existsSync('/bin/busybox') && (await sandboxAvailable()).ok;
   if (sandboxed) {
     const store = await LocalStore.openDefault();
     return { store, sandboxed, sh: nix`${await busyboxTree(store)}/bin/sh` };

@@ -48,7 +48,9 @@ export { generateKeyPair, parseSecretKey, parsePublicKey, signDetached, verifyDe
 export type { Sandbox, SandboxRequest, SandboxRunOptions, SandboxExit } from './platform/sandbox.js';
 export { NoSandbox } from './platform/no-sandbox.js';
 export { LinuxSandbox, type LinuxSandboxOptions } from './platform/linux-sandbox.js';
-export { SandboxError } from './platform/sandbox-errors.js';
+export { SandboxError, type SandboxErrorCode } from './platform/sandbox-errors.js';
+export { sandboxAvailable, chooseSandbox, type SandboxProbe, type ChooseSandboxOptions } from './platform/probe.js';
+export { parseSandboxPaths, checkImpureHostDeps, type SandboxPath } from './platform/sandbox-config.js';
 
 // Derivations from TypeScript (Nix's `derivation` builtin, builtins.path, builtins.toFile)
 export {
@@ -58,6 +60,12 @@ export {
 export { NixString, nix, concat, withContext, storePathString, outputString, drvPathString, type AttrValue, type Contextual } from './derivation/context.js';
 
 // Remote builders (Nix's build hook over ssh-ng:// and ssh://)
-export { createRemoteBuilders, MachineBuilder, type RemoteBuilder, type RemoteBuildResult } from './remote/remote-builder.js';
-export { parseMachines, type Machine, type MachineOptions } from './remote/machines.js';
-export { RemoteBuildError, NoMachineError } from './remote/errors.js';
+export {
+  createRemoteBuilders, MachineBuilder, buildOnRemote,
+  type RemoteBuilder, type RemoteBuildResult, type RemoteBuildOptions, type RemoteBuildSettings, type MachineBuilderOptions, type RemoteDispatch,
+} from './remote/remote-builder.js';
+export { parseMachines, formatMachines, selectMachine, machine, type Machine, type MachineOptions, type MachineRequest, type MachineChoice } from './remote/machines.js';
+export { RemoteBuildError, NoMachineError, MachineSpecError, RemoteConnectionError, RemoteProtocolError, RemoteDaemonError } from './remote/errors.js';
+export { StdioTransport, type Transport } from './remote/transport.js';
+export { WorkerConnection, type RemoteLogEvent } from './remote/worker-protocol.js';
+export { ServeConnection } from './remote/serve-protocol.js';

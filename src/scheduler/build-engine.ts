@@ -20,7 +20,7 @@ import { resolveOptions, type BuildEngineOptions, type ResolvedOptions } from '.
 import { failure, isSuccess, type BuildResult, type BuildTarget, type TargetResult } from './results.js';
 import { Worker, type BuildMode } from './worker.js';
 import { queryMissing, type MissingInfo } from './query-missing.js';
-import { linuxSandboxFactory } from './sandbox-factory.js';
+import { probeLinuxSandbox, type LinuxSandboxChoice } from './sandbox-factory.js';
 
 export interface BuildPathsOptions {
   readonly mode?: BuildMode;
@@ -37,7 +37,9 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   private readonly drvCache = new Map<StorePath, Promise<DrvView>>();
   private readonly providedDrvs = new Set<StorePath>();
   private readonly infoCache = new Map<string, { at: number; info: SubstitutablePathInfo | undefined }>();
-  private linuxSandbox: Sandbox | undefined | null;
+  private linuxSandbox: Promise<LinuxSandboxChoice> | undefined;
+  private linuxChoice: LinuxSandboxChoice | undefined;
+  private warnedNoSandbox = false;
   private readonly noSandbox = new NoSandbox();
   private readonly ownsStore: boolean;
 
@@ -65,6 +67,14 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
 
   private async context(): Promise<EngineContext> {
     const store = await this.storePromise;
+    if (this.options.sandbox !== false && typeof this.options.sandbox !== 'object') {
+      this.linuxSandbox ??= probeLinuxSandbox(this.options);
+      this.linuxChoice = await this.linuxSandbox;
+    } else if (store.storeDir !== store.realStoreDir) {
+      // A chroot store always builds sandboxed, whatever the option says (as Nix).
+      this.linuxSandbox ??= probeLinuxSandbox(this.options);
+      this.linuxChoice = await this.linuxSandbox;
+    }
     const subs = sortByPriority(await this.initSubstituters());
     const emit = this.emit.bind(this) as EngineContext['emit'];
     return {
@@ -147,18 +157,22 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       storeDir: store.storeDir, realStoreDir: store.realStoreDir, drvPath: view.drvPath,
     });
     if (!use) return this.noSandbox;
-    if (this.linuxSandbox === undefined) this.linuxSandbox = linuxSandboxFactory(this.options) ?? null;
-    if (this.linuxSandbox) return this.linuxSandbox;
+    const choice = this.linuxChoice;
+    if (choice?.sandbox) return choice.sandbox;
+    const why = choice && !choice.sandbox ? choice.reason : 'the sandbox was not probed';
     const chroot = store.storeDir !== store.realStoreDir;
     if (chroot || !this.options.sandboxFallback) {
       throw new BuildSetupError(
         chroot
-          ? `cannot build '${view.drvPath}': the store '${store.realStoreDir}' is a chroot store (logical '${store.storeDir}'), which needs the Linux sandbox, and the sandbox is not available`
-          : `cannot build '${view.drvPath}' in the sandbox: Linux namespaces (bubblewrap) are not available`,
-        { hint: chroot ? "install bubblewrap (apt-get install bubblewrap) or use a store whose logical directory is its physical one ('local?store=...')" : 'install bubblewrap, or set sandbox: false / sandboxFallback: true' },
+          ? `cannot build '${view.drvPath}': the store '${store.realStoreDir}' is a chroot store (logical '${store.storeDir}'), which needs the Linux sandbox, and the sandbox is not available (${why})`
+          : `cannot build '${view.drvPath}' in the sandbox: ${why}`,
+        { hint: chroot ? "install bubblewrap or a C compiler, or use a store whose logical directory is its physical one ('local?store=...')" : 'install bubblewrap, or set sandbox: false / sandboxFallback: true' },
       );
     }
-    this.emit('warning', { message: 'the sandbox is not available (is bubblewrap installed?); building without it' });
+    if (!this.warnedNoSandbox) {
+      this.warnedNoSandbox = true;
+      this.emit('warning', { message: `the sandbox is not available (${why}); building without it` });
+    }
     return this.noSandbox;
   }
 

@@ -38,6 +38,9 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
       signal: w.signal,
       inputPaths,
       onLog: (line) => w.ctx.emit('build-log', { drvPath: view.drvPath, line }),
+      buildSettings: {
+        buildTimeout: options.buildTimeout, maxSilentTime: options.maxSilentTime, maxLogSize: options.maxLogSize, keepFailed: options.keepFailed,
+      },
     });
     if (dispatch.kind === 'declined') {
       done(false);

@@ -1,13 +1,13 @@
-/** The Linux namespace sandbox, when this machine can run it (bubblewrap present). */
+/** The Linux namespace sandbox, when this machine can run it (probed once: C helper or bubblewrap). */
 import { LinuxSandbox } from '../platform/linux-sandbox.js';
+import { sandboxAvailable } from '../platform/probe.js';
 import type { Sandbox } from '../platform/sandbox.js';
 import type { ResolvedOptions } from './options.js';
 
-export function linuxSandboxFactory(_options: ResolvedOptions): Sandbox | undefined {
-  if (process.platform !== 'linux') return undefined;
-  try {
-    return new LinuxSandbox();
-  } catch {
-    return undefined;
-  }
+export type LinuxSandboxChoice = { readonly sandbox: Sandbox } | { readonly sandbox: undefined; readonly reason: string };
+
+export async function probeLinuxSandbox(_options: ResolvedOptions): Promise<LinuxSandboxChoice> {
+  const probe = await sandboxAvailable();
+  if (!probe.ok) return { sandbox: undefined, reason: probe.reason };
+  return { sandbox: new LinuxSandbox({ backend: probe.backend }) };
 }
