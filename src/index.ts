@@ -35,14 +35,8 @@ export {
 export { BadDerivationError, InvalidDerivationAttrsError } from './derivation/errors.js';
 export { ParsedDerivation, DEFAULT_SYSTEM_FEATURES } from './derivation/parsed-attrs.js';
 
-// Substituters and binary caches
-export type { Substituter, SubstitutablePathInfo, FetchNarOptions, SubstituteOptions } from './substituter/substituter.js';
-export { SubstituterError, substitutePath } from './substituter/substituter.js';
-export { BinaryCacheSubstituter, type BinaryCacheSubstituterOptions } from './substituter/binary-cache.js';
-export { InMemorySubstituter, type InMemorySubstituterOptions } from './substituter/memory.js';
-export { copyToBinaryCache, type CopyToBinaryCacheOptions } from './substituter/binary-cache-writer.js';
-export { parseNarInfo, printNarInfo, fingerprintPath, type NarInfo } from './substituter/narinfo.js';
-export { generateKeyPair, parseSecretKey, parsePublicKey, signDetached, verifyDetached } from './substituter/signatures.js';
+// Substituters and binary caches (the whole public part of src/substituter)
+export * from './substituter/index.js';
 
 // Sandboxes
 export type { Sandbox, SandboxRequest, SandboxRunOptions, SandboxExit } from './platform/sandbox.js';
