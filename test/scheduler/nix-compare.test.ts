@@ -472,6 +472,34 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
     });
   });
 
+  describe('some outputs valid', () => {
+    it('building `!dev` while `out` is valid keeps the registered `out` and gives the same `dev` as Nix', async () => {
+      const d = drv['ok-partial']!;
+      const { out, dev } = snap.outputs.get(d)!;
+      const before = pathFacts(R1, [out!, dev!]);
+      expect(before.get(dev!)!.references).toEqual([out, dev].sort());
+      // This process holds temporary GC roots on what it built (as Nix would) while the store is open.
+      await store.close();
+      store = await LocalStore.open({ root: R2 });
+      for (const R of [R1, R2]) {
+        const del = runNix('nix-store', ['--store', R, '--delete', dev!]);
+        expect(del.status, del.stderr).toBe(0);
+      }
+      expect(pathFacts(R2, [dev!]).get(dev!)?.valid).toBe(false);
+      const r = nixBuild([`${d}!dev`]);
+      expect(r.status, r.stderr).toBe(0);
+      const [res] = await engine().buildPaths([`${d}^dev`]);
+      expect(res!.result.status).toBe('built');
+      const nixAfter = pathFacts(R1, [out!, dev!]);
+      const ours = pathFacts(R2, [out!, dev!]);
+      expect(nixAfter.get(dev!)).toEqual({ ...before.get(dev!) });
+      expect(ours.get(dev!)).toEqual(nixAfter.get(dev!));
+      expect(ours.get(out!)).toEqual(nixAfter.get(out!));
+      const [a, b] = await readBoth(path.join(dev!, 'refs'));
+      expect(b).toBe(a);
+    });
+  });
+
   describe('repair', () => {
     /** Change a file inside a (read-only) store path of a chroot store. */
     const corrupt = async (rootDir: string, p: string, file: string) => {
