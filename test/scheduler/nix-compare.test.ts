@@ -334,6 +334,21 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
       expect(await store.readBuildLog(d)).toContain('1\n2\n3\n');
     });
 
+    it('keepFailed: both keep the build directory under the same name', async () => {
+      const d = drv.failing!;
+      const [kA, kB] = [path.join(root, 'kept-nix'), path.join(root, 'kept-ours')];
+      await fsp.mkdir(kA);
+      await fsp.mkdir(kB);
+      const r = nixRealise(R1, ['--keep-failed', d, ...nixSandboxArgs()], { TMPDIR: kA });
+      expect(r.status).toBe(100);
+      expect(r.stderr).toContain(`note: keeping build directory '${kA}/nix-build-failing.drv-0'`);
+      const e = await ourFailure([d], { keepFailed: true, buildDir: kB });
+      expect(e.exitStatus).toBe(100);
+      expect(await fsp.readdir(kA)).toEqual(['nix-build-failing.drv-0']);
+      expect(await fsp.readdir(kB)).toEqual(['nix-build-failing.drv-0']);
+      expect(e.message).toContain(`${kB}/nix-build-failing.drv-0`);
+    });
+
     it('a builder that writes no output: exit 1 in both', async () => {
       const d = drv['no-output']!;
       const r = nixBuild([d]);
