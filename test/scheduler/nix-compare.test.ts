@@ -182,6 +182,14 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
       }
     });
 
+    it('exportReferencesGraph of a .drv (its closure, plus the outputs of its derivations that are valid)', async () => {
+      const [out] = expectSameClosure(['ok-erg-drv']);
+      const [a, b] = await readBoth(out!);
+      expect(a).toContain('-chain-b.drv\n');
+      expect(a).toMatch(/-chain-a\n\n0\n/);
+      expect(b).toBe(a);
+    });
+
     it('allowed/disallowed references and allowed requisites that hold', () => {
       expectSameClosure(['ok-refs']);
     });
