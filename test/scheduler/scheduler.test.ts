@@ -419,6 +419,25 @@ describe('goals and locks', () => {
     expect([pb.builds.done, pb.builds.expected, pb.builds.running, pb.builds.failed]).toEqual([0, 0, 0, 0]);
   });
 
+  it('a goal waiting for an output lock holds no build slot', async () => {
+    const sbA = fake();
+    const sbB = fake();
+    const d = await mkDrv('lock-slot');
+    const other = await mkDrv('lock-slot-other');
+    const callA = engineWith(sbA).buildPaths([d]);
+    const [runA] = await sbA.waitPending(1);
+    const callB = engineWith(sbB, { maxJobs: 1 }).buildPaths([d, other]);
+    // B's goal for `d` waits for A's lock; `other` still gets B's only slot.
+    const [runB] = await sbB.waitPending(1);
+    expect(nameOf(runB!.request.drvPath)).toBe('lock-slot-other');
+    await runB!.finish();
+    await runA!.finish();
+    const [[a], rb] = await Promise.all([callA, callB]);
+    expect(a!.result.status).toBe('built');
+    expect(rb.map((r) => r.result.status)).toEqual(['already-valid', 'built']);
+    expect(sbB.started).toHaveLength(1);
+  });
+
   it('stale, invalid outputs are deleted before the builder runs', async () => {
     const sb = fake();
     const d = await mkDrv('stale');
