@@ -3,13 +3,20 @@
  * and a hand-released fake Sandbox.
  */
 import { spawnSync } from 'node:child_process';
-import { promises as fsp } from 'node:fs';
+import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { runNix, nix, type NixRunResult } from '../helpers/nix.js';
+import { IN_CI, runNix, nix, type NixRunResult } from '../helpers/nix.js';
 import type { Sandbox, SandboxExit, SandboxRequest, SandboxRunOptions } from '../../src/platform/sandbox.js';
 
 export const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/scheduler');
+
+/** A static /bin/busybox, the builders' shell in both sandboxes. In CI its absence is an error, not a skip. */
+export function busyboxOk(): boolean {
+  const ok = existsSync('/bin/busybox');
+  if (!ok && IN_CI) throw new Error('/bin/busybox is required in CI (apt-get install busybox-static)');
+  return ok;
+}
 
 /** Sandbox paths giving builders a shell: /bin/sh is busybox, and /bin/busybox for the other tools. */
 export const SANDBOX_PATHS = ['/bin/sh=/bin/busybox', '/bin/busybox'];

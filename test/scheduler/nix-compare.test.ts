@@ -12,9 +12,9 @@ import type { BuildEngineOptions } from '../../src/scheduler/options.js';
 import { BuildFailedError, BuildSetupError } from '../../src/scheduler/errors.js';
 import type { BuildTarget, TargetResult } from '../../src/scheduler/results.js';
 import { LocalStore } from '../../src/store/local-store.js';
-import { nix, nixOk, tempDir, runNix } from '../helpers/nix.js';
+import { bwrapOk, nix, nixOk, tempDir, runNix } from '../helpers/nix.js';
 import {
-  FIXTURES, SANDBOX_PATHS, closureIn, drvOutputs, instantiateAttrs, logTail, nixClosure, nixOutputs, nixRealise, nixSandboxArgs,
+  FIXTURES, SANDBOX_PATHS, busyboxOk, closureIn, drvOutputs, instantiateAttrs, logTail, nixClosure, nixOutputs, nixRealise, nixSandboxArgs,
   nixVerify, pathFacts, removeTree, type PathFacts,
 } from './helpers.js';
 
@@ -50,7 +50,8 @@ function squash(s: string): string {
   return s.replace(/\s+/g, ' ').trim();
 }
 
-describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot stores', () => {
+// Needs bubblewrap (our sandbox) and a static /bin/busybox (the builders' shell in both sandboxes).
+describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot stores', () => {
   let root: string;
   let R1: string; // built by Nix
   let R2: string; // built by us
@@ -613,7 +614,7 @@ describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, sandboxed builds in chroot st
   });
 });
 
-describe.skipIf(!nixOk())('BuildEngine vs Nix 2.8, unsandboxed builds in plain stores', () => {
+describe.skipIf(!nixOk() || !busyboxOk())('BuildEngine vs Nix 2.8, unsandboxed builds in plain stores', () => {
   it('the same store dir, state copied before Nix builds: identical outputs', async () => {
     const root = tempDir('realise-sched-plain-');
     try {
