@@ -2,21 +2,13 @@
  * Build results as values, mirroring Nix's BuildResult. Statuses are a disjoint string union.
  */
 import type { StorePath } from '../store/store-path.js';
+import type { WireBuildStatus } from '../remote/protocol-common.js';
 
-export type BuildStatus =
-  | 'built'
-  | 'substituted'
-  | 'already-valid'
-  | 'permanent-failure'
-  | 'input-rejected'
-  | 'output-rejected'
-  | 'transient-failure'
-  | 'cached-failure'
-  | 'timed-out'
-  | 'misc-failure'
-  | 'dependency-failed'
-  | 'log-limit-exceeded'
-  | 'not-deterministic';
+/**
+ * A build's status: Nix's BuildResult::Status as strings (one definition, shared with the remote protocols),
+ * without the two wire-only values a local build never produces.
+ */
+export type BuildStatus = Exclude<WireBuildStatus, 'resolves-to-already-valid' | 'no-substituters'>;
 
 const SUCCESS: ReadonlySet<BuildStatus> = new Set(['built', 'substituted', 'already-valid']);
 
