@@ -22,6 +22,9 @@ import { Worker, type BuildMode } from './worker.js';
 import { queryMissing, type MissingInfo } from './query-missing.js';
 import { probeLinuxSandbox, type LinuxSandboxChoice } from './sandbox-factory.js';
 
+/** How many parsed derivations an engine keeps. */
+const DRV_CACHE_SIZE = 20_000;
+
 export interface BuildPathsOptions {
   readonly mode?: BuildMode;
   readonly signal?: AbortSignal;
@@ -34,8 +37,13 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   private readonly buildQueue: PQueue;
   private readonly substQueue: PQueue;
   private readonly progressTracker: ProgressTracker;
+  /**
+   * Parsed derivations, most recently used last, bounded (DRV_CACHE_SIZE) so a huge graph does not keep
+   * every parsed .drv alive; an evicted one is read again if needed. Derivations handed in by the caller
+   * (buildDerivation) are not in the store and live in `providedDrvs` instead.
+   */
   private readonly drvCache = new Map<StorePath, Promise<DrvView>>();
-  private readonly providedDrvs = new Set<StorePath>();
+  private readonly providedDrvs = new Map<StorePath, Promise<DrvView>>();
   private readonly infoCache = new Map<string, { at: number; info: SubstitutablePathInfo | undefined }>();
   private linuxSandbox: Promise<LinuxSandboxChoice> | undefined;
   private linuxChoice: LinuxSandboxChoice | undefined;
@@ -140,12 +148,17 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   }
 
   private loadDrvCached(store: Store, drvPath: StorePath): Promise<DrvView> {
+    const provided = this.providedDrvs.get(drvPath);
+    if (provided) return provided;
     let p = this.drvCache.get(drvPath);
-    if (!p) {
+    if (p) {
+      this.drvCache.delete(drvPath); // move to the most recently used end
+    } else {
       p = loadDrv(store, drvPath);
       p.catch(() => this.drvCache.delete(drvPath));
-      this.drvCache.set(drvPath, p);
+      if (this.drvCache.size >= DRV_CACHE_SIZE) this.drvCache.delete(this.drvCache.keys().next().value!);
     }
+    this.drvCache.set(drvPath, p);
     return p;
   }
 
@@ -240,8 +253,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       const store = await this.storePromise;
       const name = drvPath.slice(drvPath.lastIndexOf('/') + 34).replace(/\.drv$/, '');
       if (!(await store.isValidPath(drvPath))) {
-        this.drvCache.set(drvPath, Promise.resolve(viewOf(drvPath, drv, name)));
-        this.providedDrvs.add(drvPath);
+        this.providedDrvs.set(drvPath, Promise.resolve(viewOf(drvPath, drv, name)));
       }
     }
     const [r] = await this.runTargets([{ drvPath, outputs: '*' }], opts);
