@@ -21,7 +21,9 @@ interface OutputStatus {
 
 async function checkPathValidity(w: Worker, view: DrvView, wanted: Set<string> | undefined, mode: BuildMode): Promise<OutputStatus[]> {
   const { store } = w.ctx;
-  const registered = await store.queryDerivationOutputs(view.drvPath).catch(() => new Map<string, StorePath>());
+  // Only floating CA outputs need the registered mapping; input-addressed and fixed ones are in the .drv.
+  const allKnown = [...view.outputs.values()].every((o) => knownPath(o) !== undefined);
+  const registered = allKnown ? new Map<string, StorePath>() : await store.queryDerivationOutputs(view.drvPath).catch(() => new Map<string, StorePath>());
   const out: OutputStatus[] = [];
   const paths: StorePath[] = [];
   for (const [name, spec] of view.outputs) {
