@@ -6,7 +6,7 @@ import { EventEmitter } from 'eventemitter3';
 import PQueue from 'p-queue';
 import type { Store } from '../store/store-api.js';
 import { LocalStore } from '../store/local-store.js';
-import type { StorePath } from '../store/store-path.js';
+import { parseStorePath, type StorePath } from '../store/store-path.js';
 import { NoSandbox } from '../platform/no-sandbox.js';
 import type { Sandbox } from '../platform/sandbox.js';
 import { useSandbox } from '../platform/sandbox-config.js';
@@ -228,6 +228,8 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const mode = opts.mode ?? 'normal';
     const w = new Worker(ctx, mode, opts.signal);
     const parsed = targets.map(parseTarget);
+    // Bad input is a typed error before anything runs (InvalidStorePathError), as Nix refuses it.
+    for (const t of parsed) parseStorePath('drvPath' in t ? t.drvPath : t.path, ctx.store.storeDir);
     const results = await Promise.all(parsed.map(async (t): Promise<TargetResult> => {
       if ('drvPath' in t) {
         const outs = t.outputs === undefined || t.outputs === '*' ? undefined : t.outputs;
