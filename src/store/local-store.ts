@@ -20,7 +20,7 @@ import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree } from './canonicalise.js';
 import { InvalidStorePathError, StoreError } from './errors.js';
 import { Hash, HashSink } from './hash.js';
-import { HeldLocks, lockFiles, lockPlainFile, tryFlockFd, tryLockFiles } from './locks.js';
+import { HeldLocks, lockPlainFile, lockStorePaths, tryFlockFd, tryLockStorePaths } from './locks.js';
 import { dumpPath, hashNar, narOfRegularFile, restorePath, streamOf } from './nar.js';
 import { BUSY_TIMEOUT_MS, NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA_STATEMENTS, WAL_AUTOCHECKPOINT } from './schema.js';
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from './store-api.js';
@@ -630,15 +630,11 @@ export class LocalStore implements Store {
   }
 
   async lockPaths(paths: Iterable<StorePath>, opts: { signal?: AbortSignal | undefined } = {}): Promise<HeldLocks> {
-    const sorted = [...new Set(paths)].sort();
-    for (const p of sorted) parseStorePath(p, this.storeDir);
-    return lockFiles(sorted.map((p) => this.toRealPath(p)), { signal: opts.signal, paths: sorted });
+    return lockStorePaths(this, paths, opts);
   }
 
   async tryLockPaths(paths: Iterable<StorePath>): Promise<PathLocks | undefined> {
-    const sorted = [...new Set(paths)].sort();
-    for (const p of sorted) parseStorePath(p, this.storeDir);
-    return tryLockFiles(sorted.map((p) => this.toRealPath(p)), { paths: sorted });
+    return tryLockStorePaths(this, paths);
   }
 
   logPath(drvPath: StorePath): string {

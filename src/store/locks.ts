@@ -12,6 +12,7 @@
 import { closeSync, fstatSync, ftruncateSync, openSync, statSync, unlinkSync, writeSync, constants as FS } from 'node:fs';
 import { createRequire } from 'node:module';
 import { StoreError } from './errors.js';
+import { parseStorePath } from './store-path.js';
 
 interface FsExt {
   flockSync(fd: number, flags: 'sh' | 'ex' | 'shnb' | 'exnb' | 'un'): void;
@@ -245,4 +246,28 @@ export async function lockPlainFile(file: string, mode: 'shared' | 'exclusive', 
 /** Hold an exclusive flock on an open directory or file descriptor without waiting (temp dir ownership). */
 export function tryFlockFd(fd: number, what: string): boolean {
   return tryFlock(fd, what, 'exnb');
+}
+
+/** A store's way of naming paths: validation against its store dir and their physical location. */
+interface PathLockTarget {
+  readonly storeDir: string;
+  toRealPath(path: string): string;
+}
+
+function sortedLockFiles(store: PathLockTarget, paths: Iterable<string>): { sorted: string[]; files: string[] } {
+  const sorted = [...new Set(paths)].sort();
+  for (const p of sorted) parseStorePath(p, store.storeDir);
+  return { sorted, files: sorted.map((p) => store.toRealPath(p)) };
+}
+
+/** Store.lockPaths for stores whose paths have real locations: `<real path>.lock`, sorted, validated. */
+export function lockStorePaths(store: PathLockTarget, paths: Iterable<string>, opts: { signal?: AbortSignal | undefined } = {}): Promise<HeldLocks> {
+  const { sorted, files } = sortedLockFiles(store, paths);
+  return lockFiles(files, { signal: opts.signal, paths: sorted });
+}
+
+/** Store.tryLockPaths likewise; undefined when someone else holds one of the locks. */
+export function tryLockStorePaths(store: PathLockTarget, paths: Iterable<string>): HeldLocks | undefined {
+  const { sorted, files } = sortedLockFiles(store, paths);
+  return tryLockFiles(files, { paths: sorted });
 }

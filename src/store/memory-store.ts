@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree } from './canonicalise.js';
 import { InvalidStorePathError, StoreError } from './errors.js';
 import { Hash } from './hash.js';
-import { HeldLocks, lockFiles, tryLockFiles } from './locks.js';
+import { HeldLocks, lockStorePaths, tryLockStorePaths } from './locks.js';
 import { checkBatchClosure, checkNoDotDot, checkPathInfo, hashingStream, invalidPathError, narHashMismatch, narSizeMismatch, verifyContentAddress } from './local-store.js';
 import { collect, dumpPath, narOfRegularFile, restorePath, streamOf } from './nar.js';
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from './store-api.js';
@@ -245,15 +245,11 @@ export class MemoryStore implements Store {
   }
 
   async lockPaths(ps: Iterable<StorePath>, opts: { signal?: AbortSignal | undefined } = {}): Promise<HeldLocks> {
-    const sorted = [...new Set(ps)].sort();
-    for (const p of sorted) parseStorePath(p, this.storeDir);
-    return lockFiles(sorted.map((p) => this.toRealPath(p)), { signal: opts.signal, paths: sorted });
+    return lockStorePaths(this, ps, opts);
   }
 
   async tryLockPaths(ps: Iterable<StorePath>): Promise<PathLocks | undefined> {
-    const sorted = [...new Set(ps)].sort();
-    for (const p of sorted) parseStorePath(p, this.storeDir);
-    return tryLockFiles(sorted.map((p) => this.toRealPath(p)), { paths: sorted });
+    return tryLockStorePaths(this, ps);
   }
 
   logPath(drvPath: StorePath): string {
