@@ -33,7 +33,6 @@ export interface BuildPathsOptions {
 export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   readonly options: ResolvedOptions;
   private readonly storePromise: Promise<Store>;
-  private storeValue: Store | undefined;
   private readonly buildQueue: PQueue;
   private readonly substQueue: PQueue;
   private readonly progressTracker: ProgressTracker;
@@ -54,10 +53,8 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   constructor(options: BuildEngineOptions = {}) {
     super();
     this.options = resolveOptions(options, true);
-    this.storeValue = options.store;
     this.ownsStore = !options.store;
     this.storePromise = options.store ? Promise.resolve(options.store) : LocalStore.openDefault();
-    this.storePromise.then((s) => { this.storeValue = s; }, () => {});
     this.buildQueue = new PQueue({ concurrency: Math.max(1, this.options.maxJobs) });
     this.substQueue = new PQueue({ concurrency: this.options.maxSubstitutionJobs });
     this.progressTracker = new ProgressTracker((p) => this.emit('progress', p));

@@ -107,7 +107,6 @@ class NarOut {
   }
 }
 
-const T_OPEN = narString('(');
 const T_CLOSE = narString(')');
 const T_REGULAR = tokens('(', 'type', 'regular', 'contents');
 const T_EXECUTABLE = tokens('(', 'type', 'regular', 'executable', '', 'contents');
