@@ -36,7 +36,7 @@ export function nixEnv(): NodeJS.ProcessEnv {
 }
 
 /** Deterministic PRNG (mulberry32), so every run and both engines see the same graph. */
-function rng(seed: number): () => number {
+export function rng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

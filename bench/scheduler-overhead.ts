@@ -21,6 +21,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { BuildEngine } from '../src/scheduler/build-engine.js';
+import { rng } from './dag.js';
 import { hostSystem } from '../src/scheduler/options.js';
 import { LocalStore } from '../src/store/local-store.js';
 import { Hash } from '../src/store/hash.js';
@@ -47,16 +48,6 @@ export class InstantSandbox implements Sandbox {
   }
 }
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export interface GeneratedGraph {
   readonly dir: string;
