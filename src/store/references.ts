@@ -6,8 +6,10 @@
  * - Boyer–Moore-like skipping on the alphabet, as Nix: test the last byte of a 32-byte window first and
  *   jump past any byte that is not nix-base32; bytes already known to be base-32 are not re-tested, so a
  *   long base-32 run costs one test per byte instead of 32.
- * - A 2^20-bit filter indexed by the first four characters of a window (4 × 5 bits) rejects almost all
- *   windows that are base-32 but no candidate, before any string is built.
+ * - A bit filter indexed by the first four characters of a window (4 × 5 bits, folded to the filter's
+ *   size) rejects almost all windows that are base-32 but no candidate, before any string is built. It
+ *   is sized to the candidates (64 bits per candidate, 2^10 to 2^20 bits), so a scanner for a handful of
+ *   candidates (one per build output) costs a few hundred bytes, not a 128 KiB allocation.
  * - No concatenation per chunk: only the last 31 bytes are kept and the junction with the next chunk is
  *   scanned on its own (at most 62 bytes).
  */
@@ -24,14 +26,18 @@ function key(s: Uint8Array, i: number): number {
 
 export class RefScanner {
   private readonly remaining = new Map<string, string>();
-  /** Bit set over the 20-bit prefix keys of the candidates not found yet. */
-  private readonly filter = new Int32Array(1 << 15);
+  /** Bit set over the (folded) 20-bit prefix keys of the candidates not found yet. */
+  private readonly filter: Int32Array;
+  /** `filter` has `mask + 1` bits. */
+  private readonly mask: number;
+  /** Candidates not found yet per folded key. */
   private readonly perKey = new Map<number, number>();
   private readonly found = new Set<string>();
   private tail: Buffer = Buffer.alloc(0);
 
   /** `hashParts`: the 32-character hash parts to look for; other strings are ignored. */
   constructor(hashParts: Iterable<string>) {
+    const keys: number[] = [];
     for (const h of hashParts) {
       if (h.length !== L || this.remaining.has(h)) continue;
       const b = Buffer.from(h, 'latin1');
@@ -39,7 +45,14 @@ export class RefScanner {
       for (const c of b) if (DIGIT[c]! < 0) ok = false;
       if (!ok) continue; // cannot occur in a scan anyway
       this.remaining.set(h, h);
-      const k = key(b, 0);
+      keys.push(key(b, 0));
+    }
+    let bits = 1 << 10;
+    while (bits < keys.length * 64 && bits < 1 << 20) bits <<= 1;
+    this.mask = bits - 1;
+    this.filter = new Int32Array(bits >>> 5);
+    for (const k0 of keys) {
+      const k = k0 & this.mask;
       this.filter[k >>> 5]! |= 1 << (k & 31);
       this.perKey.set(k, (this.perKey.get(k) ?? 0) + 1);
     }
@@ -69,6 +82,7 @@ export class RefScanner {
   private scan(s: Buffer): void {
     const n = s.length;
     const filter = this.filter;
+    const mask = this.mask;
     let i = 0;
     /** s[i, goodTo) is known to be nix-base32 whenever goodTo > i. */
     let goodTo = 0;
@@ -82,7 +96,7 @@ export class RefScanner {
         i = k + 1; // s[k] is not base-32: no window containing it can match
         continue;
       }
-      const f = (DIGIT[s[i]!]! << 15) | (DIGIT[s[i + 1]!]! << 10) | (DIGIT[s[i + 2]!]! << 5) | DIGIT[s[i + 3]!]!;
+      const f = ((DIGIT[s[i]!]! << 15) | (DIGIT[s[i + 1]!]! << 10) | (DIGIT[s[i + 2]!]! << 5) | DIGIT[s[i + 3]!]!) & mask;
       if ((filter[f >>> 5]! >>> (f & 31)) & 1) {
         const h = s.toString('latin1', i, end);
         if (this.remaining.delete(h)) {
