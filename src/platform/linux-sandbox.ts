@@ -237,7 +237,12 @@ export class LinuxSandbox implements Sandbox {
       a.splice(a.indexOf('--status-fd'), 2);
       a.push('--', request.builder, path.basename(request.builder), ...request.args);
       this.#server ??= new SandboxServer(exe, filter);
-      const exit = await this.#server.run({ args: a, env: request.env, signal: opts.signal, onOutput: opts.onOutput, drvPath: request.drvPath });
+      let exit: SandboxExit;
+      try {
+        exit = await this.#server.run({ args: a, env: request.env, signal: opts.signal, onOutput: opts.onOutput, drvPath: request.drvPath });
+      } catch (e) {
+        exit = { kind: 'spawn-failed', message: `cannot start the sandbox helper '${exe}': ${(e as Error).message}` };
+      }
       return exit.kind === 'spawn-failed' ? { kind: 'spawn-failed', message: `setting up the sandbox for '${request.drvPath}' failed: ${exit.message}` } : exit;
     }
     if (filter) a.push('--seccomp-fd', '3');

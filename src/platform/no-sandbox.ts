@@ -1,36 +1,104 @@
 /**
  * NoSandbox: run the builder directly on the host, as Nix does with `sandbox = false`. The builder
- * gets exactly `request.env` (nothing inherited), runs in `request.buildDir`, in its own process group,
- * stdin on /dev/null, stdout and stderr merged. Outputs are not at their logical paths unless the store
- * dir is the physical one; the scheduler rewrites hashes (`isolated: false`).
+ * gets exactly `request.env` (nothing inherited), runs in `request.buildDir`, in its own session and
+ * process group, stdin on /dev/null, stdout and stderr merged. Outputs are not at their logical paths
+ * unless the store dir is the physical one; the scheduler rewrites hashes (`isolated: false`).
+ *
+ * Builders are forked from the resident sandbox helper (sandbox-server.ts, a small C process) when it
+ * is available: forking a big Node process costs ~10 ms of blocked event loop and kernel time per
+ * build. Without a C compiler, or once that server died, they are spawned from Node (spawn-merged.ts).
  */
 import * as path from 'node:path';
 import type { Sandbox, SandboxExit, SandboxRequest, SandboxRunOptions } from './sandbox.js';
 import { spawnMerged } from './spawn-merged.js';
+import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
+import { SandboxServer } from './sandbox-server.js';
+
+export interface NoSandboxOptions {
+  /**
+   * How builders are started: `'helper'` forks them from the resident sandbox helper process,
+   * `'node'` spawns them from Node, `'auto'` uses the helper when it compiles and runs, else Node.
+   * With `'helper'`, a helper that cannot be built or started makes builds `spawn-failed`.
+   * @default 'auto'
+   */
+  readonly launcher?: 'auto' | 'helper' | 'node';
+  /** Where and with what to compile the helper. */
+  readonly helper?: SandboxHelperOptions;
+}
+
+/** One resident server per helper executable, shared by every NoSandbox of the process. */
+const servers = new Map<string, SandboxServer>();
 
 export class NoSandbox implements Sandbox {
   readonly name = 'none';
   readonly isolated = false;
+  readonly #options: NoSandboxOptions;
+  /** Set once the helper is known to be unusable (so 'auto' stops trying it). */
+  #helperFailed: string | undefined;
+
+  constructor(options: NoSandboxOptions = {}) {
+    this.#options = options;
+  }
+
+  /** Which launcher builds use now: 'helper' or 'node' (compiling the helper on first call). */
+  async launcher(): Promise<'helper' | 'node'> {
+    return (await this.#server()) ? 'helper' : 'node';
+  }
+
+  async #server(): Promise<SandboxServer | undefined> {
+    const want = this.#options.launcher ?? 'auto';
+    if (want === 'node' || (want === 'auto' && this.#helperFailed !== undefined)) return undefined;
+    let exe: string;
+    try {
+      exe = await ensureSandboxHelper(this.#options.helper);
+    } catch (e) {
+      this.#helperFailed = (e as Error).message.split('\n')[0]!;
+      return undefined;
+    }
+    let server = servers.get(exe);
+    if (server?.died) {
+      // It exited without being closed: do not depend on it again.
+      this.#helperFailed = 'the sandbox helper server exited unexpectedly';
+      if (want === 'auto') return undefined;
+      servers.delete(exe);
+      server = undefined;
+    }
+    if (!server) { server = new SandboxServer(exe, undefined); servers.set(exe, server); }
+    return server;
+  }
 
   async run(request: SandboxRequest, opts: SandboxRunOptions = {}): Promise<SandboxExit> {
     if (request.builder.startsWith('builtin:')) {
       return { kind: 'spawn-failed', message: `builder '${request.builder}' of '${request.drvPath}' is a built-in; the scheduler runs built-ins itself` };
     }
-    if (!path.isAbsolute(request.builder)) {
-      // Nix execs the builder path as is (no PATH lookup); a relative name resolves against the build dir.
-      return await spawnMerged({
-        file: path.join(request.buildDir, request.builder), args: request.args, argv0: path.basename(request.builder),
-        env: request.env, cwd: request.buildDir, signal: opts.signal, onOutput: opts.onOutput,
-      });
+    if (opts.signal?.aborted) return { kind: 'aborted' };
+    // Nix execs the builder path as is (no PATH lookup); a relative name resolves against the build dir.
+    const file = path.isAbsolute(request.builder) ? request.builder : path.join(request.buildDir, request.builder);
+    const argv0 = path.basename(request.builder); // Nix passes baseNameOf(builder) as argv[0]
+    const server = await this.#server();
+    if (server) {
+      let exit: SandboxExit | undefined;
+      try {
+        exit = await server.run({
+          args: ['--plain', request.buildDir, file, argv0, ...request.args],
+          env: request.env, signal: opts.signal, onOutput: opts.onOutput, drvPath: request.drvPath,
+        });
+      } catch (e) {
+        // The server could not be started at all: nothing ran.
+        this.#helperFailed = (e as Error).message;
+        if ((this.#options.launcher ?? 'auto') === 'helper') {
+          return { kind: 'spawn-failed', message: `could not start the sandbox helper to run '${file}': ${(e as Error).message}` };
+        }
+      }
+      if (exit?.kind === 'spawn-failed' && server.died) {
+        return { kind: 'spawn-failed', message: `the sandbox helper server running '${file}' for '${request.drvPath}' exited unexpectedly; the builder was killed` };
+      }
+      if (exit) return exit.kind === 'spawn-failed' ? { kind: 'spawn-failed', message: `could not start '${file}': ${exit.message}` } : exit;
+    } else if (this.#options.launcher === 'helper') {
+      return { kind: 'spawn-failed', message: `could not start '${file}': the sandbox helper is unavailable (${this.#helperFailed ?? 'unknown reason'})` };
     }
     return await spawnMerged({
-      file: request.builder,
-      args: request.args,
-      argv0: path.basename(request.builder), // Nix passes baseNameOf(builder) as argv[0]
-      env: request.env,
-      cwd: request.buildDir,
-      signal: opts.signal,
-      onOutput: opts.onOutput,
+      file, args: request.args, argv0, env: request.env, cwd: request.buildDir, signal: opts.signal, onOutput: opts.onOutput,
     });
   }
 }

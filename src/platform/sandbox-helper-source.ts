@@ -35,6 +35,7 @@ export const HELPER_SOURCE = String.raw`/* realise sandbox helper: runs one buil
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <sys/signalfd.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -300,69 +301,166 @@ static int runBuild(char **cmd) {
 
 /* Server mode: "helper --server SOCKET [--seccomp-fd 3]". Requests arrive on stdin as a 4-byte
    little-endian length and NUL-terminated strings: id, argument count, arguments, environment.
-   Each build runs in a forked process that connects to the abstract socket SOCKET, sends "id\n" and
-   then the build's output; status lines "id pid P", "id exit N", "id signal N", "id error MSG" go to
-   our stdout. We exit when stdin closes or our parent dies. */
-static void reap(int sig) {
-  (void) sig;
-  int saved = errno;
-  while (waitpid(-1, 0, WNOHANG) > 0) {}
-  errno = saved;
+   Status lines "id pid P", "id exit N", "id signal N", "id error MSG" go to our stdout.
+   - A sandboxed build runs in a forked process that connects to the abstract socket SOCKET, sends
+     "id\n" and then the build's output, sets up the namespaces and reports its own status.
+   - A plain build ("--plain CWD FILE ARGV0 ARGS...", no sandbox) is forked by us straight into the
+     builder: new session, cwd, stdin /dev/null, stdout and stderr on its own connection to SOCKET,
+     exactly the environment given. We report "pid" once the exec succeeded (or "error" if it did
+     not), and "exit"/"signal" when we reap it, after killing what it left in its process group.
+   We exit when stdin closes or our parent dies. */
+struct plain { pid_t pid; char *id; };
+static struct plain *plains;
+static size_t nplains, capPlains;
+
+static int connectOutput(const char *sock) {
+  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return -1;
+  struct sockaddr_un addr; memset(&addr, 0, sizeof addr);
+  addr.sun_family = AF_UNIX;
+  size_t sl = strlen(sock);
+  if (sl > sizeof addr.sun_path - 1) sl = sizeof addr.sun_path - 1;
+  memcpy(addr.sun_path + 1, sock, sl); /* abstract namespace; Node pads the name with NULs to the full size */
+  if (connect(s, (struct sockaddr *) &addr, sizeof addr) == -1) { int e = errno; close(s); errno = e; return -1; }
+  return s;
+}
+
+static void reapAll(void) {
+  int st; pid_t pid;
+  while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+    for (size_t k = 0; k < nplains; k++) {
+      if (plains[k].pid != pid) continue;
+      kill(-pid, SIGKILL); /* stragglers of the builder's process group, as Nix kills the build user's processes */
+      buildId = plains[k].id;
+      if (WIFEXITED(st)) status("exit %d\n", WEXITSTATUS(st));
+      else status("signal %d\n", WTERMSIG(st));
+      buildId = 0;
+      free(plains[k].id);
+      plains[k] = plains[--nplains];
+      break;
+    }
+  }
+}
+
+/* argv: CWD FILE ARGV0 ARGS...; env: NULL-terminated. */
+static void plainBuild(const char *sock, const char *id, char **argv, char **env) {
+  const char *cwd = argv[0], *file = argv[1];
+  buildId = id;
+  int ep[2];
+  if (pipe2(ep, O_CLOEXEC) == -1) { status("error creating a pipe: %s\n", strerror(errno)); buildId = 0; return; }
+  pid_t pid = fork();
+  if (pid == -1) { status("error forking: %s\n", strerror(errno)); close(ep[0]); close(ep[1]); buildId = 0; return; }
+  if (pid == 0) {
+    char msg[4400]; int n;
+    sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, 0);
+    for (int s = 1; s < 32; s++) signal(s, SIG_DFL);
+    close(ep[0]);
+    if (setsid() == -1) { n = snprintf(msg, sizeof msg, "creating a new session: %s", strerror(errno)); goto err; }
+    int null = open("/dev/null", O_RDWR);
+    if (null < 0) { n = snprintf(msg, sizeof msg, "opening /dev/null: %s", strerror(errno)); goto err; }
+    if (chdir(cwd) == -1) { n = snprintf(msg, sizeof msg, "changing into '%s': %s", cwd, strerror(errno)); goto err; }
+    int s = connectOutput(sock);
+    if (s < 0) { n = snprintf(msg, sizeof msg, "connecting to the output socket: %s", strerror(errno)); goto err; }
+    char hdr[256]; int hl = snprintf(hdr, sizeof hdr, "%s\n", id);
+    if (write(s, hdr, hl) != hl) { n = snprintf(msg, sizeof msg, "writing to the output socket: %s", strerror(errno)); goto err; }
+    if (dup2(null, 0) == -1 || dup2(s, 1) == -1 || dup2(s, 2) == -1) { n = snprintf(msg, sizeof msg, "redirecting stdio: %s", strerror(errno)); goto err; }
+    /* Everything else is closed on exec (the error pipe too). */
+    if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) == -1)
+      for (int fd = 3; fd < 1024; fd++) if (fd != ep[1]) fcntl(fd, F_SETFD, FD_CLOEXEC);
+    execve(file, argv + 2, env);
+    n = snprintf(msg, sizeof msg, "executing '%s': %s", file, strerror(errno));
+  err:
+    if (write(ep[1], msg, n) < 0) {}
+    _exit(127);
+  }
+  close(ep[1]);
+  char errbuf[4400]; size_t errlen = 0; ssize_t n;
+  while ((n = read(ep[0], errbuf + errlen, sizeof errbuf - 1 - errlen)) > 0 || (n < 0 && errno == EINTR)) if (n > 0) errlen += n;
+  close(ep[0]);
+  if (errlen) {
+    errbuf[errlen] = 0;
+    status("error %s\n", errbuf); /* the child exits 127; reapAll finds no entry for it */
+  } else {
+    if (nplains == capPlains) {
+      capPlains = capPlains ? capPlains * 2 : 16;
+      plains = realloc(plains, capPlains * sizeof *plains);
+      if (!plains) _exit(1);
+    }
+    plains[nplains].pid = pid; plains[nplains].id = strdup(id); nplains++;
+    status("pid %d\n", (int) pid);
+  }
+  buildId = 0;
 }
 
 static int server(const char *sock) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  /* Reap per-build processes (waiting, rather than SIG_IGN, keeps their CPU time in our accounting). */
-  struct sigaction sa; memset(&sa, 0, sizeof sa);
-  sa.sa_handler = reap; sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
-  sigaction(SIGCHLD, &sa, 0);
+  /* Children are reaped from the main loop (signalfd); waiting, rather than SIG_IGN, keeps their CPU
+     time in our accounting and gives us plain builds' statuses. */
+  sigset_t chld; sigemptyset(&chld); sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &chld, 0);
+  int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sfd < 0) return 1;
   signal(SIGPIPE, SIG_IGN);
+  statusFd = 1;
   readSeccomp();
   for (;;) {
+    struct pollfd pfd[2] = { { 0, POLLIN, 0 }, { sfd, POLLIN, 0 } };
+    if (poll(pfd, 2, -1) == -1) { if (errno == EINTR) continue; return 1; }
+    if (pfd[1].revents) {
+      struct signalfd_siginfo si;
+      while (read(sfd, &si, sizeof si) > 0) {}
+      reapAll();
+    }
+    if (!pfd[0].revents) continue;
     unsigned char lenb[4];
     size_t got = 0; ssize_t n;
-    while (got < 4 && (n = read(0, lenb + got, 4 - got)) > 0) got += n;
+    while (got < 4 && ((n = read(0, lenb + got, 4 - got)) > 0 || (n < 0 && errno == EINTR))) if (n > 0) got += n;
     if (got < 4) return 0;
     uint32_t len = lenb[0] | lenb[1] << 8 | lenb[2] << 16 | (uint32_t) lenb[3] << 24;
     char *msg = malloc(len + 1);
     if (!msg) return 1;
     got = 0;
-    while (got < len && (n = read(0, msg + got, len - got)) > 0) got += n;
+    while (got < len && ((n = read(0, msg + got, len - got)) > 0 || (n < 0 && errno == EINTR))) if (n > 0) got += n;
     if (got < len) return 0;
     msg[len] = 0;
-    pid_t pid = fork();
-    if (pid == -1) { free(msg); continue; }
-    if (pid > 0) { free(msg); continue; }
-    /* per-build process */
-    signal(SIGCHLD, SIG_DFL); signal(SIGPIPE, SIG_DFL);
-    setpgid(0, 0);
-    close(0);
     int nstr = 0;
     for (uint32_t k = 0; k < len; k++) if (!msg[k]) nstr++;
     char **strs = calloc(nstr + 2, sizeof(char *));
+    if (!strs) return 1;
     int si = 0; char *p = msg;
     while (p < msg + len && si < nstr) { strs[si++] = p; p += strlen(p) + 1; }
+    int argcB = si >= 2 ? atoi(strs[1]) : -1;
+    if (argcB < 0 || 2 + argcB > si) { free(strs); free(msg); continue; }
+    /* strs: id, argc, args[argc], env... ; the environment is made NULL-terminated in place. */
+    char **args = strs + 2, **env = strs + 2 + argcB;
+    strs[si] = 0;
+    if (argcB >= 4 && !strcmp(args[0], "--plain")) {
+      char *id = strs[0];
+      char **pargv = calloc(argcB + 1, sizeof(char *));
+      if (!pargv) return 1;
+      for (int k = 1; k < argcB; k++) pargv[k - 1] = args[k];
+      plainBuild(sock, id, pargv, env);
+      free(pargv); free(strs); free(msg);
+      continue;
+    }
+    pid_t pid = fork();
+    if (pid == -1) { buildId = strs[0]; status("error forking: %s\n", strerror(errno)); buildId = 0; free(strs); free(msg); continue; }
+    if (pid > 0) { free(strs); free(msg); continue; }
+    /* per-build process */
+    sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, 0);
+    close(sfd);
+    signal(SIGPIPE, SIG_DFL);
+    setpgid(0, 0);
+    close(0);
     buildId = strs[0];
-    statusFd = 1;
-    int argcB = atoi(strs[1]);
     char **argvB = calloc(argcB + 2, sizeof(char *));
     argvB[0] = "helper";
-    for (int k = 0; k < argcB; k++) argvB[k + 1] = strs[2 + k];
-    char **envB = calloc(nstr + 1, sizeof(char *));
-    int ne = 0;
-    for (int k = 2 + argcB; k < si; k++) envB[ne++] = strs[k];
-    environ = envB;
+    for (int k = 0; k < argcB; k++) argvB[k + 1] = args[k];
+    environ = env;
     status("pid %d\n", (int) getpid());
     statusFd = dup(1);
-    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un addr; memset(&addr, 0, sizeof addr);
-    addr.sun_family = AF_UNIX;
-    size_t sl = strlen(sock);
-    if (sl > sizeof addr.sun_path - 1) sl = sizeof addr.sun_path - 1;
-    memcpy(addr.sun_path + 1, sock, sl); /* abstract namespace; Node pads the name with NULs to the full size */
-    if (s < 0 || connect(s, (struct sockaddr *) &addr, sizeof addr) == -1) {
-      status("error connecting to the output socket: %s\n", strerror(errno)); _exit(125);
-    }
+    int s = connectOutput(sock);
+    if (s < 0) { status("error connecting to the output socket: %s\n", strerror(errno)); _exit(125); }
     char hdr[128]; int hl = snprintf(hdr, sizeof hdr, "%s\n", buildId);
     if (write(s, hdr, hl) != hl) _exit(125);
     dup2(s, 1); close(s);

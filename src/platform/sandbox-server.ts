@@ -42,6 +42,8 @@ export class SandboxServer {
   #pending = new Map<string, Pending>();
   #nextId = 1;
   #statusBuf = '';
+  #closing = false;
+  #died = false;
 
   constructor(exe: string, filter: Buffer | undefined) {
     this.#exe = exe;
@@ -50,6 +52,7 @@ export class SandboxServer {
 
   #start(): Promise<void> {
     this.#ready ??= (async () => {
+      this.#closing = false;
       const name = `realise-sbx-${process.pid}-${randomBytes(6).toString('hex')}`;
       const listener = net.createServer((sock) => this.#onConnection(sock));
       await new Promise<void>((resolve, reject) => { listener.once('error', reject); listener.listen('\0' + name, () => resolve()); });
@@ -63,9 +66,13 @@ export class SandboxServer {
       child.stdout!.setEncoding('utf8');
       child.stdout!.on('data', (d: string) => this.#onStatus(d));
       child.stdin!.on('error', () => {});
-      child.once('exit', () => this.#onServerExit());
-      child.once('error', () => this.#onServerExit());
+      child.once('exit', () => this.#onServerExit(child));
       this.#setRef(false);
+      // The exec of the server itself can fail (e.g. a cache dir mounted noexec): that is a start failure.
+      await new Promise<void>((resolve, reject) => {
+        child.once('spawn', resolve);
+        child.once('error', (e) => { this.#onServerExit(child); reject(e); });
+      });
     })();
     return this.#ready;
   }
@@ -80,15 +87,23 @@ export class SandboxServer {
     if (on) stdin?.ref?.(); else stdin?.unref?.();
   }
 
-  #onServerExit(): void {
+  #onServerExit(child: ChildProcess): void {
+    if (this.#child !== child) return;
+    if (!this.#closing) this.#died = true;
     this.#child = undefined;
     this.#ready = undefined;
     this.#listener?.close();
     this.#listener = undefined;
-    for (const [id, p] of this.#pending) {
-      this.#pending.delete(id);
+    for (const p of [...this.#pending.values()]) {
+      // p.resolve() removes it from #pending. Plain builders run in their own session: they do not die with the server.
+      this.#kill(p);
       p.resolve(p.aborted ? { kind: 'aborted' } : { kind: 'spawn-failed', message: 'the sandbox helper server exited unexpectedly' });
     }
+  }
+
+  /** Whether the server process exited without close() (builds should then go another way). */
+  get died(): boolean {
+    return this.#died;
   }
 
   #onConnection(sock: net.Socket): void {
@@ -131,9 +146,11 @@ export class SandboxServer {
         continue;
       }
       p.status = rest;
-      if (!p.connected || rest.startsWith('error ')) {
+      // A setup failure has no builder output worth waiting for.
+      if (rest.startsWith('error ')) p.eof = true;
+      else if (!p.connected) {
         // Output may still be on its way (or never come): wait a little for it.
-        p.timer = setTimeout(() => { p.eof = true; this.#maybeDone(p); }, rest.startsWith('error ') ? 200 : DRAIN_GRACE_MS);
+        p.timer = setTimeout(() => { p.eof = true; this.#maybeDone(p); }, DRAIN_GRACE_MS);
       }
       this.#maybeDone(p);
     }
@@ -144,7 +161,7 @@ export class SandboxServer {
   }
 
   #maybeDone(p: Pending): void {
-    if (p.aborted && p.pid !== undefined) return p.resolve({ kind: 'aborted' });
+    if (p.aborted && (p.pid !== undefined || p.status !== undefined)) return p.resolve({ kind: 'aborted' });
     if (p.status === undefined || !p.eof) return;
     let m: RegExpExecArray | null;
     const s = p.status;
@@ -153,7 +170,11 @@ export class SandboxServer {
     else p.resolve({ kind: 'spawn-failed', message: s.replace(/^error /, '') });
   }
 
-  /** Run one build; `args` are the helper's build options and `-- BUILDER ARGV0 ARGS...`. */
+  /**
+   * Run one build; `args` are the helper's build options and `-- BUILDER ARGV0 ARGS...`, or
+   * `--plain CWD FILE ARGV0 ARGS...` for an unsandboxed builder forked straight from the server.
+   * Rejects when the server process cannot be started.
+   */
   async run(req: ServerRunRequest): Promise<SandboxExit> {
     if (req.signal?.aborted) return { kind: 'aborted' };
     await this.#start();
@@ -191,6 +212,7 @@ export class SandboxServer {
 
   /** Stop the server process (running builds are killed with it). */
   close(): void {
+    this.#closing = true;
     this.#child?.kill('SIGKILL');
   }
 }

@@ -1,7 +1,8 @@
 import { mkdirSync, writeFileSync, chmodSync, readFileSync, existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { NoSandbox } from '../../src/platform/no-sandbox.js';
+import { readdirSync } from 'node:fs';
+import { NoSandbox, type NoSandboxOptions } from '../../src/platform/no-sandbox.js';
 import type { SandboxRequest } from '../../src/platform/sandbox.js';
 import { tempDir } from '../helpers/nix.js';
 
@@ -16,13 +17,21 @@ function request(dir: string, builder: string, args: string[], env: Record<strin
   };
 }
 
-async function collect(req: SandboxRequest, signal?: AbortSignal) {
+async function collectWith(sb: NoSandbox, req: SandboxRequest, signal?: AbortSignal) {
   const chunks: Buffer[] = [];
-  const exit = await new NoSandbox().run(req, { signal, onOutput: (c) => chunks.push(c) });
+  const exit = await sb.run(req, { signal, onOutput: (c) => chunks.push(c) });
   return { exit, out: Buffer.concat(chunks).toString() };
 }
 
-describe('NoSandbox', () => {
+// Both launchers must behave identically: the resident C helper (default when cc works) and Node's spawn.
+describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher) => {
+  const sb = new NoSandbox({ launcher });
+  const collect = (req: SandboxRequest, signal?: AbortSignal) => collectWith(sb, req, signal);
+
+  it('uses the requested launcher', async () => {
+    expect(await sb.launcher()).toBe(launcher);
+  });
+
   it('passes exactly the given env, cwd = buildDir, argv0 = basename, merges stdout and stderr in order', async () => {
     const dir = tempDir();
     const r = request(dir, '/bin/sh', ['-c', 'echo "argv0=$0"; echo one; echo two >&2; echo three; env | sort; pwd; exit 3'], { FOO: 'bar baz', PATH: '/usr/bin:/bin' });
@@ -56,7 +65,7 @@ describe('NoSandbox', () => {
     const ac = new AbortController();
     const script = `(sleep 1; echo survived > ${marker}) & echo started; sleep 30`;
     const chunks: Buffer[] = [];
-    const p = new NoSandbox().run(request(dir, '/bin/sh', ['-c', script]), {
+    const p = sb.run(request(dir, '/bin/sh', ['-c', script]), {
       signal: ac.signal,
       onOutput: (c) => { chunks.push(c); if (Buffer.concat(chunks).toString().includes('started')) ac.abort(); },
     });
@@ -102,5 +111,91 @@ describe('NoSandbox', () => {
     expect(lines.length).toBe(20000);
     expect(lines.at(-1)).toBe('line19999');
     void readFileSync;
+  });
+
+  it('a relative builder resolves against the build dir; argv[0] is its base name', async () => {
+    const dir = tempDir();
+    const r = request(dir, 'sub/b.sh', []);
+    mkdirSync(path.join(r.buildDir, 'sub'));
+    writeFileSync(path.join(r.buildDir, 'sub/b.sh'), '#!/bin/sh\necho "$0 $# $1"\n'); chmodSync(path.join(r.buildDir, 'sub/b.sh'), 0o755);
+    const { exit, out } = await collect({ ...r, args: ['x y'] });
+    expect(exit).toEqual({ kind: 'exited', code: 0 });
+    expect(out).toBe(`${path.join(r.buildDir, 'sub/b.sh')} 1 x y\n`); // sh sets $0 to the script path it runs
+    const { out: out2 } = await collect({ ...r, builder: '/bin/sh', args: ['-c', 'echo $0'] });
+    expect(out2).toBe('sh\n');
+  });
+
+  it('a missing build dir is spawn-failed', async () => {
+    const r = request(tempDir(), '/bin/sh', ['-c', 'true']);
+    const { exit } = await collect({ ...r, buildDir: path.join(r.buildDir, 'missing') });
+    expect(exit.kind).toBe('spawn-failed');
+  });
+
+  it('runs builds concurrently and keeps their output apart', async () => {
+    const dir = tempDir();
+    const runs = Array.from({ length: 6 }, (_, i) => collect(request(path.join(dir, String(i)), '/bin/sh', ['-c', `for j in 1 2 3; do echo b${i}-$j; sleep 0.0$j; done; exit ${i}`])));
+    const res = await Promise.all(runs);
+    res.forEach((r, i) => {
+      expect(r.exit).toEqual({ kind: 'exited', code: i });
+      expect(r.out).toBe(`b${i}-1\nb${i}-2\nb${i}-3\n`);
+    });
+  });
+
+  it('output arrives while the builder runs', async () => {
+    const dir = tempDir();
+    let firstAt = 0;
+    const t0 = Date.now();
+    const exit = await sb.run(request(dir, '/bin/sh', ['-c', 'echo early; sleep 0.5; echo late']), { onOutput: () => { firstAt ||= Date.now() - t0; } });
+    expect(exit).toEqual({ kind: 'exited', code: 0 });
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
+    expect(firstAt).toBeLessThan(400);
+  });
+});
+
+/** Our live child processes whose command line contains `needle`. */
+function childrenMatching(needle: string): number[] {
+  const pids: number[] = [];
+  for (const tid of readdirSync('/proc/self/task')) {
+    let kids = '';
+    try { kids = readFileSync(`/proc/self/task/${tid}/children`, 'utf8'); } catch { continue; }
+    for (const pid of kids.split(' ').filter(Boolean)) {
+      try { if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(needle)) pids.push(Number(pid)); } catch { /* gone */ }
+    }
+  }
+  return pids;
+}
+
+describe('NoSandbox launcher fallback', () => {
+  it('without a C compiler, builds are spawned from Node', async () => {
+    const opts: NoSandboxOptions = { helper: { cc: '/nonexistent/cc', cacheDir: tempDir() } };
+    const sb = new NoSandbox(opts);
+    expect(await sb.launcher()).toBe('node');
+    const { exit, out } = await collectWith(sb, request(tempDir(), '/bin/sh', ['-c', 'echo ok; exit 4']));
+    expect(exit).toEqual({ kind: 'exited', code: 4 });
+    expect(out).toBe('ok\n');
+    const forced = await new NoSandbox({ ...opts, launcher: 'helper' }).run(request(tempDir(), '/bin/sh', ['-c', 'true']));
+    expect(forced.kind).toBe('spawn-failed');
+  });
+
+  it('when the helper server dies, running builds fail and later ones are spawned from Node', async () => {
+    const cacheDir = tempDir(); // its own helper binary, so its own server
+    const sb = new NoSandbox({ helper: { cacheDir } });
+    expect(await sb.launcher()).toBe('helper');
+    const dir = tempDir();
+    const marker = path.join(dir, 'marker');
+    let started!: () => void;
+    const isStarted = new Promise<void>((r) => { started = r; });
+    const running = sb.run(request(dir, '/bin/sh', ['-c', `echo started; sleep 1; touch ${marker}`]), { onOutput: () => started() });
+    await isStarted;
+    const servers = childrenMatching(cacheDir);
+    expect(servers.length).toBe(1);
+    process.kill(servers[0]!, 'SIGKILL');
+    const exit = await running;
+    expect(exit.kind).toBe('spawn-failed');
+    expect(await sb.launcher()).toBe('node');
+    const next = await collectWith(sb, request(tempDir(), '/bin/sh', ['-c', 'echo after']));
+    expect(next).toEqual({ exit: { kind: 'exited', code: 0 }, out: 'after\n' });
+    await new Promise((r) => setTimeout(r, 1200));
+    expect(existsSync(marker)).toBe(false); // the orphaned builder's group was killed
   });
 });
