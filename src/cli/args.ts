@@ -8,12 +8,29 @@ export interface CliArgs {
   substituters: string[];
   trustedPublicKeys: string[];
   options: Map<string, string>;
+  /** Names in `options` that came from `--option` (a bad value there is a warning, as in Nix, not an error). */
+  fromOption: Set<string>;
   json: boolean;
   check: boolean;
   repair: boolean;
   to?: string;
   help: boolean;
+  version: boolean;
   recursive: boolean;
+  /** `--dry-run`: print what would be built or fetched, build nothing (nix-store --realise --dry-run). */
+  dryRun: boolean;
+  /** `--quiet`: no informational lines (what will be built, "building ..."); errors and warnings stay. */
+  quiet: boolean;
+  /** `-Q` / `--no-build-output`: builders' output is not shown (failures then carry the log tail). */
+  noBuildOutput: boolean;
+  /** `-L` / `--print-build-logs`: show builders' output even on a terminal (instead of the status line). */
+  printBuildLogs: boolean;
+  /** `--add-root PATH` / `--out-link PATH` / `-o PATH`: make GC roots (symlinks) to the results and print them. */
+  addRoot?: string;
+  /** `--ignore-unknown`: skip targets that cannot be built or fetched (nix-store --realise). */
+  ignoreUnknown: boolean;
+  /** `path-info --derivation`: a .drv argument means the .drv itself, not its outputs. */
+  derivation: boolean;
 }
 
 export class UsageError extends Error {}
@@ -26,55 +43,95 @@ const BOOL_TO_OPTION: Record<string, [string, string]> = {
   '--keep-going': ['keep-going', 'true'], '-k': ['keep-going', 'true'], '--fallback': ['fallback', 'true'],
   '--keep-failed': ['keep-failed', 'true'], '-K': ['keep-failed', 'true'], '--no-sandbox': ['sandbox', 'false'], '--sandbox': ['sandbox', 'true'],
 };
+/** Flags Nix takes that change nothing here (verbosity, GC-root style, log format). */
+const IGNORED_FLAGS = new Set([
+  '-v', '--verbose', '-vv', '-vvv', '-vvvv', '-vvvvv', '--debug', '--indirect', '--no-out-link', '--no-link', '--show-trace',
+  '--readonly-mode', '--impure',
+]);
+const IGNORED_FLAGS_WITH_VALUE = new Set(['--log-format']);
+
+/**
+ * Old nix.conf names that Nix 2.8 still accepts as aliases of the current ones.
+ */
+export const OPTION_ALIASES: Readonly<Record<string, string>> = {
+  'build-max-jobs': 'max-jobs', 'build-cores': 'cores', 'build-timeout': 'timeout', 'build-max-silent-time': 'max-silent-time',
+  'build-use-sandbox': 'sandbox', 'build-use-chroot': 'sandbox', 'build-sandbox-paths': 'sandbox-paths', 'build-chroot-dirs': 'sandbox-paths',
+  'build-extra-sandbox-paths': 'extra-sandbox-paths', 'build-extra-chroot-dirs': 'extra-sandbox-paths',
+  'build-max-log-size': 'max-build-log-size', 'build-fallback': 'fallback', 'build-keep-log': 'keep-build-log',
+  'binary-caches': 'substituters', 'extra-binary-caches': 'extra-substituters', 'binary-cache-public-keys': 'trusted-public-keys',
+  'build-extra-platforms': 'extra-platforms', 'build-use-substitutes': 'substitute',
+};
 
 export function parseArgs(argv: readonly string[]): CliArgs {
-  const a: CliArgs = { command: '', positional: [], substituters: [], trustedPublicKeys: [], options: new Map(), json: false, check: false, repair: false, help: false, recursive: false };
+  const a: CliArgs = {
+    command: '', positional: [], substituters: [], trustedPublicKeys: [], options: new Map(), fromOption: new Set(), json: false, check: false, repair: false,
+    help: false, version: false, recursive: false, dryRun: false, quiet: false, noBuildOutput: false, printBuildLogs: false,
+    ignoreUnknown: false, derivation: false,
+  };
   const next = (i: number, flag: string): string => {
     const v = argv[i + 1];
-    if (v === undefined) throw new UsageError(`flag '${flag}' requires an argument`);
+    if (v === undefined) throw new UsageError(`flag '${flag}' requires 1 argument(s)`);
     return v;
   };
+  let onlyPositional = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
+    if (onlyPositional) { if (!a.command) a.command = arg; else a.positional.push(arg); continue; }
+    if (arg === '--') { onlyPositional = true; continue; }
     if (arg === '--help' || arg === '-h') { a.help = true; continue; }
+    if (arg === '--version') { a.version = true; continue; }
     if (arg === '--json') { a.json = true; continue; }
     if (arg === '--check') { a.check = true; continue; }
     if (arg === '--recursive' || arg === '-r') { a.recursive = true; continue; }
     if (arg === '--repair') { a.repair = true; continue; }
+    if (arg === '--dry-run') { a.dryRun = true; continue; }
+    if (arg === '--quiet') { a.quiet = true; continue; }
+    if (arg === '-Q' || arg === '--no-build-output') { a.noBuildOutput = true; continue; }
+    if (arg === '-L' || arg === '--print-build-logs') { a.printBuildLogs = true; continue; }
+    if (arg === '--ignore-unknown') { a.ignoreUnknown = true; continue; }
+    if (arg === '--derivation') { a.derivation = true; continue; }
+    if (arg === '--add-root' || arg === '--out-link' || arg === '-o') { a.addRoot = next(i, arg); i++; continue; }
     if (arg === '--store') { a.store = next(i, arg); i++; continue; }
     if (arg === '--to') { a.to = next(i, arg); i++; continue; }
     if (arg === '--substituter' || arg === '--substituters') { a.substituters.push(...next(i, arg).split(/\s+/).filter(Boolean)); i++; continue; }
     if (arg === '--trusted-public-key' || arg === '--trusted-public-keys') { a.trustedPublicKeys.push(...next(i, arg).split(/\s+/).filter(Boolean)); i++; continue; }
     if (arg === '--option') {
-      const name = next(i, arg);
+      const name = argv[i + 1];
       const value = argv[i + 2];
-      if (value === undefined) throw new UsageError(`flag '--option' requires two arguments (NAME VALUE)`);
-      a.options.set(name, value);
+      if (name === undefined || value === undefined) throw new UsageError(`flag '--option' requires 2 argument(s)`);
+      a.options.set(OPTION_ALIASES[name] ?? name, value);
+      a.fromOption.add(OPTION_ALIASES[name] ?? name);
       i += 2;
       continue;
     }
-    if (FLAG_TO_OPTION[arg]) { a.options.set(FLAG_TO_OPTION[arg]!, next(i, arg)); i++; continue; }
-    if (BOOL_TO_OPTION[arg]) { const [k, v] = BOOL_TO_OPTION[arg]!; a.options.set(k, v); continue; }
+    if (FLAG_TO_OPTION[arg]) { a.options.set(FLAG_TO_OPTION[arg]!, next(i, arg)); a.fromOption.delete(FLAG_TO_OPTION[arg]!); i++; continue; }
+    if (BOOL_TO_OPTION[arg]) { const [k, v] = BOOL_TO_OPTION[arg]!; a.options.set(k, v); a.fromOption.delete(k); continue; }
+    if (IGNORED_FLAGS.has(arg)) continue;
+    if (IGNORED_FLAGS_WITH_VALUE.has(arg)) { next(i, arg); i++; continue; }
     if (arg.startsWith('--') && arg.includes('=')) {
       const [k, v] = [arg.slice(2, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)];
       return parseArgs([...argv.slice(0, i), `--${k}`, v, ...argv.slice(i + 1)]);
     }
-    if (arg.startsWith('-') && arg !== '-') throw new UsageError(`unrecognised flag '${arg}'`);
+    if (arg.startsWith('-') && arg !== '-') throw new UsageError(`unknown flag '${arg}'`);
     if (!a.command) a.command = arg;
     else a.positional.push(arg);
   }
   return a;
 }
 
+/** A setting's value as Nix 2.8 parses a Boolean setting (and its message when it cannot). */
 export function parseBool(name: string, v: string): boolean {
   if (v === 'true' || v === '1' || v === 'yes') return true;
-  if (v === 'false' || v === '0' || v === 'no' || v === '') return false;
-  throw new UsageError(`option '${name}' has invalid value '${v}' (expected true or false)`);
+  if (v === 'false' || v === '0' || v === 'no') return false;
+  throw new UsageError(`Boolean setting '${name}' has invalid value '${v}'`);
 }
 
+/** A setting's value as Nix 2.8 parses an unsigned integer setting (`max-jobs` also takes `auto`). */
 export function parseIntOption(name: string, v: string): number {
   if (name === 'max-jobs' && v === 'auto') return 0;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new UsageError(`option '${name}' has invalid value '${v}' (expected a non-negative integer)`);
+  const n = /^[0-9]+$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n)) {
+    throw new UsageError(name === 'max-jobs' ? `configuration setting 'max-jobs' should be 'auto' or an integer` : `setting '${name}' has invalid value '${v}'`);
+  }
   return n;
 }

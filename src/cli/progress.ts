@@ -1,7 +1,28 @@
 /**
  * Live progress on a terminal (a status line: builds and substitutions done/running, current log line);
- * on a non-terminal, build log lines are passed through as Nix does.
+ * on a non-terminal (or with `-L`), build log lines are passed through as nix-store prints them.
+ * Activity lines use Nix 2.8's words: "building '…'...", "checking outputs of '…'...", "repairing outputs
+ * of '…'...", "building '…' (round 1/2)...", "… on 'MACHINE'...", "copying path '…' from '…'...".
  */
+
+export interface ProgressDisplayOptions {
+  /** `--quiet`: no activity lines. */
+  readonly quiet?: boolean;
+  /** `-Q`: no build output at all. */
+  readonly noBuildOutput?: boolean;
+  /** `-L`: build output as lines even on a terminal. */
+  readonly printBuildLogs?: boolean;
+}
+
+/** Nix's DerivationGoal::started message. */
+export function buildStartedMessage(e: { drvPath: string; round: number; rounds: number; machine?: string; mode: string }): string {
+  let msg = e.mode === 'repair' ? `repairing outputs of '${e.drvPath}'`
+    : e.mode === 'check' ? `checking outputs of '${e.drvPath}'`
+      : e.rounds > 1 ? `building '${e.drvPath}' (round ${e.round}/${e.rounds})`
+        : `building '${e.drvPath}'`;
+  if (e.machine) msg += ` on '${e.machine}'`;
+  return msg + '...';
+}
 import type { BuildEngine } from '../index.js';
 
 export class ProgressDisplay {
@@ -11,12 +32,20 @@ export class ProgressDisplay {
   private stopped = false;
   private readonly unsubscribe: (() => void)[] = [];
 
-  constructor(engine: BuildEngine, private readonly out: NodeJS.WriteStream) {
+  /** Whether builders' output is shown as it comes (then failures need not repeat the log's tail). */
+  readonly showsLogs: boolean;
+
+  constructor(engine: BuildEngine, private readonly out: NodeJS.WriteStream, opts: ProgressDisplayOptions = {}) {
     this.tty = !!out.isTTY;
-    const onStart = (e: { drvPath: string }) => this.line(`building '${e.drvPath}'...`);
-    const onLog = (e: { line: string }) => { if (this.tty) { this.lastLine = e.line; this.render(); } else this.out.write(e.line + '\n'); };
+    this.showsLogs = !opts.noBuildOutput && (!this.tty || !!opts.printBuildLogs);
+    const info = (s: string) => { if (!opts.quiet) this.line(s); };
+    const onStart = (e: Parameters<typeof buildStartedMessage>[0]) => info(buildStartedMessage(e));
+    const onLog = (e: { line: string }) => {
+      if (this.showsLogs) this.line(e.line);
+      else if (this.tty && !opts.noBuildOutput) { this.lastLine = e.line; this.render(); }
+    };
     const onWarn = (e: { message: string }) => this.line(`warning: ${e.message}`);
-    const onSubst = (e: { path: string; substituter: string }) => this.line(`copying path '${e.path}' from '${e.substituter}'...`);
+    const onSubst = (e: { path: string; substituter: string }) => info(`copying path '${e.path}' from '${e.substituter}'...`);
     const onProgress = () => this.render();
     engine.on('build-started', onStart);
     engine.on('build-log', onLog);
@@ -31,7 +60,8 @@ export class ProgressDisplay {
   }
   private readonly engine: BuildEngine;
 
-  private line(s: string): void {
+  /** Print a whole line to stderr (above the status line on a terminal). */
+  line(s: string): void {
     if (this.stopped) return;
     this.clear();
     this.out.write(s + '\n');

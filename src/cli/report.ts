@@ -1,0 +1,109 @@
+/**
+ * What `realise` writes to stderr around a build, in Nix 2.8's words and order: the "will be built /
+ * fetched" summary (printMissing), error messages (continuation lines indented under `error: `), and the
+ * closing summary of failed targets (Store::buildPaths: one error, or "build of '…', '…' failed").
+ */
+import { exitStatusOf, isSuccess, type BuildResult, type MissingInfo, type Store, type TargetResult } from '../index.js';
+
+const INDENT = ' '.repeat('error: '.length);
+
+/** `error: MESSAGE` with Nix's indentation of the following lines. */
+export function formatError(message: string): string {
+  return `error: ${message.replace(/\n/g, '\n' + INDENT)}\n`;
+}
+
+/** `warning: MESSAGE`, as Nix prints it. */
+export function formatWarning(message: string): string {
+  return `warning: ${message.replace(/\n/g, '\n' + INDENT)}\n`;
+}
+
+/** The part of a builder failure that repeats the log's last lines; dropped when the log was shown as it came. */
+export function withoutLogTail(message: string): string {
+  return message.replace(/;\nlast \d+ log lines:\n[\s\S]*$/, '');
+}
+
+const byString = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+/**
+ * Nix's order for the derivations it will build: a depth-first walk over the sorted set that emits a
+ * derivation after the ones it refers to (dependencies first).
+ */
+async function dependenciesFirst(store: Store, drvs: readonly string[]): Promise<string[]> {
+  const items = new Set(drvs);
+  const out: string[] = [];
+  const visited = new Set<string>();
+  const refs = async (p: string): Promise<string[]> => {
+    const info = await store.queryPathInfo(p).catch(() => undefined);
+    return [...(info?.references ?? [])].sort(byString);
+  };
+  const visit = async (p: string): Promise<void> => {
+    if (visited.has(p)) return;
+    visited.add(p);
+    for (const r of await refs(p)) if (r !== p && items.has(r)) await visit(r);
+    out.push(p);
+  };
+  for (const p of [...items].sort(byString)) await visit(p);
+  return out;
+}
+
+/** Nix's printMissing, line by line. */
+export async function missingLines(store: Store, m: MissingInfo): Promise<string[]> {
+  const lines: string[] = [];
+  if (m.willBuild.length) {
+    lines.push(m.willBuild.length === 1 ? 'this derivation will be built:' : `these ${m.willBuild.length} derivations will be built:`);
+    for (const p of await dependenciesFirst(store, m.willBuild)) lines.push(`  ${p}`);
+  }
+  if (m.willSubstitute.length) {
+    const mib = (n: number) => (n / (1024 * 1024)).toFixed(2);
+    lines.push(m.willSubstitute.length === 1
+      ? `this path will be fetched (${mib(m.downloadSize)} MiB download, ${mib(m.narSize)} MiB unpacked):`
+      : `these ${m.willSubstitute.length} paths will be fetched (${mib(m.downloadSize)} MiB download, ${mib(m.narSize)} MiB unpacked):`);
+    for (const p of [...m.willSubstitute].sort(byString)) lines.push(`  ${p}`);
+  }
+  if (m.unknown.length) {
+    lines.push("don't know how to build these paths:");
+    for (const p of [...m.unknown].sort(byString)) lines.push(`  ${p}`);
+  }
+  return lines;
+}
+
+/** Nix's goal order (Goals is a set ordered by key): substitutions, then derivations, each by name then path. */
+function goalKey(r: TargetResult): string {
+  const base = r.path.slice(r.path.lastIndexOf('/') + 1);
+  return `${'path' in r.target ? 'a' : 'b'}$${base.slice(33)}$${r.path}`;
+}
+
+export interface FailureSummary {
+  /** Error messages to print, in order (without the `error: ` prefix). */
+  readonly messages: string[];
+  readonly exitStatus: number;
+}
+
+/**
+ * The end of Nix's Store::buildPaths for failed top-level targets. Each derivation target with its own
+ * error contributes it (the first one last); targets that were only stopped or are opaque paths have
+ * none. One failed target with an error: that error. Otherwise: "build of '…', '…' failed".
+ * `allFailed` are every failed goal's results (dependencies too): the exit status comes from them.
+ */
+export function summariseFailures(results: readonly TargetResult[], allFailed: readonly BuildResult[], showTail: boolean): FailureSummary | undefined {
+  const tops = new Map<string, TargetResult>();
+  for (const r of results) if (!tops.has(r.path) || !isSuccess(r.result.status)) tops.set(r.path, r);
+  const failedTops = [...tops.values()].filter((r) => !isSuccess(r.result.status)).sort((a, b) => byString(goalKey(a), goalKey(b)));
+  if (failedTops.length === 0) return undefined;
+  const messages: string[] = [];
+  let first: string | undefined;
+  for (const r of failedTops) {
+    if ('path' in r.target || (r.result as { stopped?: boolean }).stopped || !r.result.errorMsg) continue;
+    const msg = showTail ? r.result.errorMsg : withoutLogTail(r.result.errorMsg);
+    if (first === undefined) first = msg;
+    else messages.push(msg);
+  }
+  if (failedTops.length === 1 && first !== undefined) {
+    messages.push(first);
+  } else {
+    if (first !== undefined) messages.push(first);
+    messages.push(`build of ${failedTops.map((r) => `'${r.path}'`).sort(byString).join(', ')} failed`);
+  }
+  const statuses = [...allFailed, ...failedTops.map((r) => r.result)];
+  return { messages, exitStatus: exitStatusOf(statuses) };
+}
