@@ -299,13 +299,26 @@ async function pathInfo(args: CliArgs, store: Store): Promise<number> {
       roots.add(p);
     }
   }
-  const missing = [...roots].filter((p) => !p.endsWith('.drv') || args.derivation);
-  const valid = await store.queryValidPaths(missing);
-  const unknown = missing.filter((p) => !valid.has(p)).sort(byString);
-  if (unknown.length) process.stderr.write(["don't know how to build these paths:", ...unknown.map((p) => `  ${p}`)].join('\n') + '\n');
+  // What Nix's printMissing says before the info (nothing is built: Realise::Nothing).
+  const targets: BuildTarget[] = args.positional.map((a) => {
+    const t = parseTargetArg(store.storeDir, a);
+    return 'drvPath' in t && args.derivation ? { path: t.drvPath } : t;
+  });
+  const engine = new BuildEngine({ store });
+  try {
+    const missing = await engine.queryMissing(targets).catch(() => undefined);
+    if (missing) for (const l of await missingLines(store, missing)) process.stderr.write(l + '\n');
+  } finally {
+    await engine.close();
+  }
   let paths = [...roots].sort(byString);
+  const valid = await store.queryValidPaths(paths);
   if (args.recursive) {
-    const closure = await store.computeClosure(paths.filter((p) => !unknown.includes(p)));
+    // Nix computes the closure first, which fails on the first path that is not valid.
+    const bad = paths.find((p) => !valid.has(p));
+    if (bad) throw new CliError(`path '${bad}' is not valid`);
+    const closure = await store.computeClosure(paths.filter((p) => valid.has(p)));
+
     paths = [...new Set([...closure, ...paths])].sort(byString);
   }
   if (args.json) {
