@@ -1,7 +1,7 @@
 /**
  * Substitution from a file:// binary cache: realise vs `nix copy --from file://...`, same closure, same run.
  *
- *   npx tsx bench/substitute.ts
+ *   npx tsx bench/substitute.ts [--prepare]   (--prepare: only generate the fixture and caches)
  *
  * Environment:
  *   REALISE_BENCH_SUBST_PATHS  number of paths in the closure            (default 500)
@@ -11,12 +11,13 @@
  *   REALISE_BENCH_SUBST_COMPRESSIONS  e.g. "xz,zstd"                      (default xz,zstd)
  *
  * The closure is `top` referencing N-1 source paths with NAR-like data (a quarter incompressible, the rest
- * text and repetitive binary-ish bytes). Caches are written by real Nix (`nix copy --to
- * file://DIR?compression=C&secret-key=...`) once and kept under $TMPDIR for later runs.
+ * text and repetitive binary-ish bytes). Real Nix writes an uncompressed signed cache (`nix copy --to
+ * file://DIR?compression=none&secret-key=...`); the xz/zstd caches are derived from it with the `xz -6` /
+ * `zstd -3` CLIs (see prepare()). Everything is kept under $TMPDIR for later runs.
  * Decompression alone is compared with `xz -dc` / `zstd -dc` over the same NAR files.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -104,13 +105,46 @@ function prepare(): Fixture {
     fx.pub = readFileSync(path.join(WORK, 'key.pub'), 'utf8').trim();
     writeFileSync(marker, JSON.stringify(fx));
   }
+  // Nix writes an uncompressed cache once (fast); each compressed cache is derived from it by compressing
+  // every NAR with the CLI tool (`xz -6`, `zstd -3`: Nix's default levels), two files at a time, and
+  // rewriting URL/Compression/FileHash/FileSize in the narinfos. Signatures cover only the store path,
+  // NAR hash, NAR size and references, so Nix's signatures stay valid. (Writing the 500 MB xz cache with
+  // `nix copy --to ...?compression=xz` took ~25 min on the shared machine.)
+  const noneDir = path.join(WORK, 'cache-none');
+  if (COMPRESSIONS.some((c) => !fx.caches[c]) && !existsSync(path.join(noneDir, '.complete'))) {
+    rmSync(noneDir, { recursive: true, force: true });
+    console.error(`nix copy --to file://${noneDir}?compression=none ...`);
+    const t0 = performance.now();
+    run('nix', ['copy', '--store', root, '--to', `file://${noneDir}?compression=none&secret-key=${path.join(WORK, 'key.sec')}`, fx.top]);
+    writeFileSync(path.join(noneDir, '.complete'), '');
+    console.error(`  took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  }
   for (const c of COMPRESSIONS) {
     if (fx.caches[c]) continue;
     const dir = path.join(WORK, `cache-${c}`);
     rmSync(dir, { recursive: true, force: true });
-    console.error(`nix copy --to file://${dir} (compression=${c}) ...`);
+    mkdirSync(path.join(dir, 'nar'), { recursive: true });
+    console.error(`compressing the NARs with ${c} CLI into ${dir} ...`);
     const t0 = performance.now();
-    run('nix', ['copy', '--store', root, '--to', `file://${dir}?compression=${c}&parallel-compression=true&secret-key=${path.join(WORK, 'key.sec')}`, fx.top]);
+    const tool = c === 'xz' ? 'xz -6 -T1 -c' : c === 'zstd' ? 'zstd -3 -q -c' : undefined;
+    if (!tool) throw new Error(`no CLI to write a ${c} cache`);
+    const ext = c === 'xz' ? '.xz' : '.zst';
+    execFileSync('sh', ['-c', `cd "$1/nar" && ls | xargs -P2 -I{} sh -c '${tool} "$0" > "$1/nar/$0${ext}"' {} "$2"`, 'sh', noneDir, dir], { stdio: 'inherit' });
+    writeFileSync(path.join(dir, 'nix-cache-info'), readFileSync(path.join(noneDir, 'nix-cache-info')));
+    const infos = readdirSync(noneDir).filter((f) => f.endsWith('.narinfo'));
+    const files = infos.map((f) => /^URL: nar\/(.*)$/m.exec(readFileSync(path.join(noneDir, f), 'utf8'))![1]! + ext);
+    const hashes = run('nix', ['hash', 'file', '--type', 'sha256', '--base32', ...files.map((f) => path.join(dir, 'nar', f))]).split('\n');
+    infos.forEach((f, i) => {
+      const text = readFileSync(path.join(noneDir, f), 'utf8');
+      const file = path.join(dir, 'nar', files[i]!);
+      const url = `nar/${hashes[i]}.nar${ext}`;
+      renameSync(file, path.join(dir, url));
+      writeFileSync(path.join(dir, f), text
+        .replace(/^URL: .*$/m, `URL: ${url}`)
+        .replace(/^Compression: .*$/m, `Compression: ${c}`)
+        .replace(/^FileHash: .*$/m, `FileHash: sha256:${hashes[i]}`)
+        .replace(/^FileSize: .*$/m, `FileSize: ${statSync(path.join(dir, url)).size}`));
+    });
     console.error(`  took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     fx.caches[c] = dir;
     writeFileSync(marker, JSON.stringify(fx));
@@ -186,6 +220,7 @@ function decompressTool(files: string[], c: string): Timing {
 
 async function main(): Promise<void> {
   const fx = prepare();
+  if (process.argv.includes('--prepare')) return; // only generate the caches
   const lines: string[] = [];
   const say = (s: string) => { console.log(s); lines.push(s); };
   say(`closure: ${N} paths, ${MB} MB of NARs; ${RUNS} runs each; ${JOBS} parallel substitutions; medians; load average ${(await import('node:os')).loadavg()[0]!.toFixed(1)} on ${(await import('node:os')).cpus().length} cores`);

@@ -13,7 +13,7 @@
  * directories of dead writers are removed when a store is opened.
  */
 import Database from 'better-sqlite3';
-import { closeSync, constants as FS, createReadStream, existsSync, openSync, promises as fsp } from 'node:fs';
+import { closeSync, constants as FS, createReadStream, existsSync, fstatSync, lstatSync, openSync, promises as fsp, renameSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
@@ -523,30 +523,37 @@ export class LocalStore implements Store {
     }
     checkBatchClosure([info], (ps) => this.queryValidPathsSync(ps));
     const locks = await this.lockPaths([info.path], { signal: opts.signal });
-    let tmp: { dir: string; fd: number } | undefined;
+    let target: string | undefined;
     try {
       if (!repair) {
         const have = await this.queryPathInfo(info.path);
         if (have) return have;
       }
-      tmp = await this.makeTempDir();
-      const target = path.join(tmp.dir, storePathBase(info.path));
+      const session = await this.sessionTempDir();
+      target = path.join(session.dir, `${++this.tmpCounter}-${storePathBase(info.path)}`);
       const hashed = hashingStream(nar, info.narHash.algorithm, opts.signal);
-      await restorePath(target, hashed.stream);
+      // Restored with canonical metadata straight away; a second canonicalising walk is needed only
+      // when new files do not get our group (a setgid store directory).
+      await restorePath(target, hashed.stream, { canonical: true });
       const got = hashed.result();
       if (!got.hash.equals(info.narHash)) throw narHashMismatch(info.path, info.narHash, got.hash);
       if (info.narSize && got.size !== info.narSize) throw narSizeMismatch(info.path, info.narSize, got.size);
       await verifyContentAddress(info, target, got.hash);
-      await canonicalisePathMetaData(target);
+      if (!session.canonicalOwner) await canonicalisePathMetaData(target);
       opts.signal?.throwIfAborted();
       const final: PathInfo = { ...info, narSize: got.size };
       checkBatchClosure([final], (ps) => this.queryValidPathsSync(ps));
       const real = this.toRealPath(info.path);
-      if (await exists(real)) {
-        // A stale invalid copy, or the valid copy we are repairing: move it aside, delete with the temp dir.
-        await fsp.rename(real, path.join(tmp.dir, 'old'));
+      if (existsNow(real)) {
+        // A stale invalid copy, or the valid copy we are repairing: move it aside, then delete it.
+        const old = path.join(session.dir, `${++this.tmpCounter}-old`);
+        renameSync(real, old);
+        renameSync(target, real);
+        target = old;
+      } else {
+        renameSync(target, real);
+        target = undefined;
       }
-      await fsp.rename(target, real);
       try {
         this.registerInDb([final]);
       } catch (e) {
@@ -556,12 +563,28 @@ export class LocalStore implements Store {
       locks.setDeletion(true);
       return (await this.queryPathInfo(info.path))!;
     } finally {
-      if (tmp) {
-        await deleteTree(tmp.dir).catch(() => {});
-        closeSync(tmp.fd);
-      }
+      if (target !== undefined) await deleteTree(target).catch(() => {});
       await locks.release();
     }
+  }
+
+  private tmpCounter = 0;
+  private session: Promise<{ dir: string; fd: number; canonicalOwner: boolean }> | undefined;
+  /**
+   * This store object's temporary directory (`.tmp-*` in the real store dir), created on first use,
+   * flock-ed until close() (which deletes it), so removeStaleTempDirs of another process leaves it alone
+   * and removes it once we are gone. Creating and deleting a directory per added path costs several
+   * system calls, and closing a deleted directory is slow on file systems mounted with `discard`.
+   */
+  private sessionTempDir(): Promise<{ dir: string; fd: number; canonicalOwner: boolean }> {
+    this.session ??= this.makeTempDir().then((t) => {
+      const st = fstatSync(t.fd);
+      // Files created inside get our uid, and our gid unless the directory is setgid to another group.
+      // (canonicalisePathMetaData changes owners only when running as root.)
+      const canonicalOwner = MY_UID !== 0 || (st.mode & 0o2000) === 0 || st.gid === MY_GID;
+      return { ...t, canonicalOwner };
+    });
+    return this.session;
   }
 
   /** A fresh `.tmp-*` directory in the real store dir, flock-ed for as long as we write into it. */
@@ -665,6 +688,11 @@ export class LocalStore implements Store {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    const session = await this.session?.catch(() => undefined);
+    if (session) {
+      await deleteTree(session.dir).catch(() => {});
+      closeSync(session.fd);
+    }
     this.tempRoots?.close();
     this.db.close();
     this.releaseBigLock();
@@ -679,9 +707,12 @@ export function checkNoDotDot(p: string, storeDir: string): void {
   }
 }
 
-async function exists(p: string): Promise<boolean> {
-  try { await fsp.lstat(p); return true; } catch { return false; }
+function existsNow(p: string): boolean {
+  try { lstatSync(p); return true; } catch { return false; }
 }
+
+const MY_UID = typeof process.geteuid === 'function' ? process.geteuid() : -1;
+const MY_GID = typeof process.getegid === 'function' ? process.getegid() : -1;
 
 /** Nix keeps `db/reserved` at gc-reserved-space bytes so GC can free it when the disk is full (sparse here). */
 async function ensureReserved(file: string): Promise<void> {

@@ -3,7 +3,7 @@
  * NAR hash and size computed in the same pass. Restore refuses hostile archives (entries out of order,
  * duplicates, names with `/`, `.`, `..`, NUL, or empty) and never writes outside its target directory.
  */
-import { promises as fsp, constants as FS } from 'node:fs';
+import { chmodSync, closeSync, fchmodSync, futimesSync, lutimesSync, mkdirSync, openSync, promises as fsp, symlinkSync, write as writeCb, writeSync, constants as FS } from 'node:fs';
 import * as path from 'node:path';
 import { BadNarError, StoreError } from './errors.js';
 import { Hash, HashSink } from './hash.js';
@@ -444,6 +444,8 @@ export interface NarSink {
   createSymlink(rel: string, target: Buffer, relBytes: Buffer): Promise<void> | void;
   /** Begin a regular file; return a writer for its contents. */
   createFile(rel: string, executable: boolean, size: number, relBytes: Buffer): Promise<FileWriter> | FileWriter;
+  /** Called after the last entry of a directory (optional). */
+  endDirectory?(rel: string, relBytes: Buffer): Promise<void> | void;
 }
 
 export interface FileWriter {
@@ -536,6 +538,7 @@ async function parseNode(r: ByteReader, sink: NarSink, rel: string, relBytes: Bu
       await parseNode(r, sink, rel === '' ? name : `${rel}/${name}`, relBytes.length === 0 ? nameBuf : Buffer.concat([relBytes, SLASH, nameBuf]), depth + 1);
       await r.expect(')');
     }
+    if (sink.endDirectory) await sink.endDirectory(rel, relBytes);
   } else {
     throw new BadNarError(`bad NAR: unknown file type '${type.slice(0, 64)}'`);
   }
@@ -548,6 +551,25 @@ export const validatingSink: NarSink = {
   createFile() { return { write() {}, close() {} }; },
 };
 
+/** Options of restorePath. */
+export interface RestoreOptions {
+  /**
+   * Create everything with the store's canonical metadata as it is restored (regular files 0444 or
+   * 0555, directories 0555 once their entries are written, mtime 1 everywhere, as
+   * canonicalisePathMetaData leaves them), so no second walk is needed. Metadata calls are synchronous
+   * (microseconds each, no thread-pool round trip); big writes go through the thread pool.
+   * @default false
+   */
+  readonly canonical?: boolean;
+}
+
+/** Writes at least this big go through libuv's thread pool in a canonical restore; smaller ones are synchronous. */
+const ASYNC_WRITE_MIN = 128 * 1024;
+
+function writeAsync(fd: number, b: Buffer, off: number): Promise<number> {
+  return new Promise((resolve, reject) => writeCb(fd, b, off, b.length - off, null, (e, n) => (e ? reject(e) : resolve(n))));
+}
+
 /**
  * Restore a NAR into `target`, which must not exist (its parent must). Every file is created with
  * O_EXCL|O_NOFOLLOW and every entry lies under a directory restored by us, so nothing can be written
@@ -555,27 +577,39 @@ export const validatingSink: NarSink = {
  * Throws BadNarError for malformed or hostile input (including names or symlink targets the file system
  * refuses as too long) and StoreError (`restore-target-exists`, `nar-restore-failed`) for I/O problems.
  */
-export async function restorePath(target: string, source: AsyncIterable<Uint8Array>): Promise<{ size: number }> {
+export async function restorePath(target: string, source: AsyncIterable<Uint8Array>, opts: RestoreOptions = {}): Promise<{ size: number }> {
   const abs = path.resolve(target);
   const absBytes = Buffer.from(abs);
   const at = (relBytes: Buffer) => (relBytes.length === 0 ? absBytes : Buffer.concat([absBytes, SLASH, relBytes]));
   let created = false;
+  const fail = (rel: string, e: unknown): never => {
+    const code = (e as NodeJS.ErrnoException).code;
+    const where = rel === '' ? abs : `${abs}/${rel}`;
+    if (rel === '' && code === 'EEXIST') {
+      throw new StoreError('restore-target-exists', `cannot restore a NAR to '${abs}': it already exists`, { cause: e, hint: 'delete it first or restore to a fresh path' });
+    }
+    if (code === 'ENAMETOOLONG') throw new BadNarError(`NAR contains a name, path or symlink target that is too long for the file system at '${where}'`, { cause: e });
+    throw new StoreError('nar-restore-failed', `cannot restore a NAR entry to '${where}': ${(e as Error).message}`, { cause: e });
+  };
   async function fsOp<T>(rel: string, op: () => Promise<T>): Promise<T> {
     try {
       const r = await op();
       if (rel === '') created = true;
       return r;
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      const where = rel === '' ? abs : `${abs}/${rel}`;
-      if (rel === '' && code === 'EEXIST') {
-        throw new StoreError('restore-target-exists', `cannot restore a NAR to '${abs}': it already exists`, { cause: e, hint: 'delete it first or restore to a fresh path' });
-      }
-      if (code === 'ENAMETOOLONG') throw new BadNarError(`NAR contains a name, path or symlink target that is too long for the file system at '${where}'`, { cause: e });
-      throw new StoreError('nar-restore-failed', `cannot restore a NAR entry to '${where}': ${(e as Error).message}`, { cause: e });
+      return fail(rel, e);
     }
   }
-  const sink: NarSink = {
+  function fsOpSync<T>(rel: string, op: () => T): T {
+    try {
+      const r = op();
+      if (rel === '') created = true;
+      return r;
+    } catch (e) {
+      return fail(rel, e);
+    }
+  }
+  const asyncSink: NarSink = {
     async createDirectory(rel, relBytes) {
       await fsOp(rel, () => fsp.mkdir(at(relBytes), { mode: 0o755 }));
     },
@@ -598,12 +632,65 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
       };
     },
   };
+  // Canonical: atime now (as Nix), mtime 1 (STORE_MTIME in canonicalise.ts).
+  const now = Date.now() / 1000;
+  const canonicalSink: NarSink = {
+    createDirectory(rel, relBytes) {
+      fsOpSync(rel, () => mkdirSync(at(relBytes), { mode: 0o755 }));
+    },
+    endDirectory(rel, relBytes) {
+      fsOpSync(rel, () => { const p = at(relBytes); chmodSync(p, 0o555); lutimesSync(p, now, 1); });
+    },
+    createSymlink(rel, t, relBytes) {
+      fsOpSync(rel, () => { const p = at(relBytes); symlinkSync(t, p); lutimesSync(p, now, 1); });
+    },
+    createFile(rel, executable, _size, relBytes) {
+      const mode = executable ? 0o555 : 0o444;
+      const fd = fsOpSync(rel, () => openSync(at(relBytes), FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, mode));
+      let open = true;
+      return {
+        async write(chunk) {
+          try {
+            let off = 0;
+            if (chunk.length >= ASYNC_WRITE_MIN) while (off < chunk.length) off += await writeAsync(fd, chunk, off);
+            else while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off);
+          } catch (e) {
+            fail(rel, e);
+          }
+        },
+        close() {
+          if (!open) return;
+          open = false;
+          try {
+            // The umask may have cleared bits of `mode`; the owner's write permission is not needed by the fd.
+            fchmodSync(fd, mode);
+            futimesSync(fd, now, 1);
+          } catch (e) {
+            closeSync(fd);
+            fail(rel, e);
+          }
+          closeSync(fd);
+        },
+      };
+    },
+  };
   try {
-    return await parseNar(source, sink);
+    return await parseNar(source, opts.canonical ? canonicalSink : asyncSink);
   } catch (e) {
-    if (created) await fsp.rm(abs, { recursive: true, force: true }).catch(() => {});
+    if (created) {
+      if (opts.canonical) await makeTreeWritable(abs).catch(() => {});
+      await fsp.rm(abs, { recursive: true, force: true }).catch(() => {});
+    }
     throw e;
   }
+}
+
+/** Give every directory of a tree u+rwx so it can be deleted. */
+async function makeTreeWritable(p: string): Promise<void> {
+  const st = await fsp.lstat(p);
+  if (!st.isDirectory()) return;
+  await fsp.chmod(p, 0o755);
+  for (const ent of await fsp.readdir(p, { withFileTypes: true })) if (ent.isDirectory()) await makeTreeWritable(path.join(p, ent.name));
 }
 
 /** Collect an async byte stream into one buffer. */

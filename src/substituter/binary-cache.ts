@@ -4,6 +4,7 @@
  * NarInfoCache), and streams `nar/...` files through the right decompressor.
  */
 import { createReadStream, promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Agent, request, type Dispatcher } from 'undici';
@@ -57,6 +58,9 @@ function isAbortError(e: unknown): boolean {
   return e instanceof Error && (e.name === 'AbortError' || (e as { code?: string }).code === 'ABORT_ERR' || (e as { code?: string }).code === 'UND_ERR_ABORTED');
 }
 
+/** Files of a file:// cache up to this size whose size is known are read with one read into one buffer. */
+const WHOLE_READ_MAX = 16 * 1024 * 1024;
+
 class FileTransport implements Transport {
   constructor(private readonly dir: string, private readonly uri: string) {}
 
@@ -80,15 +84,49 @@ class FileTransport implements Transport {
 
   async *stream(rel: string, signal?: AbortSignal, sizeHint?: number): AsyncGenerator<Uint8Array> {
     const file = this.resolve(rel);
+    const wrap = (e: unknown): unknown => {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return new SubstituterError('not-found', `'${this.uri}' does not have '${rel}' any more`, { uri: this.uri, cause: e });
+      if (signal?.aborted || isAbortError(e) || e instanceof SubstituterError) return e;
+      return new SubstituterError('network', `cannot read '${rel}' of '${this.uri}': ${(e as Error).message}`, { uri: this.uri, cause: e });
+    };
+    if (sizeHint !== undefined && sizeHint >= 0 && sizeHint <= WHOLE_READ_MAX) {
+      // Size known and moderate: read it into one buffer of exactly that size (a ReadStream would copy a
+      // short last read into a fresh buffer), then yield whatever follows in small reads.
+      let fh: FileHandle;
+      try { fh = await fsp.open(file, 'r'); } catch (e) { throw wrap(e); }
+      try {
+        const buf = Buffer.allocUnsafe(sizeHint);
+        let got = 0;
+        while (got < sizeHint) {
+          signal?.throwIfAborted();
+          const { bytesRead } = await fh.read(buf, got, sizeHint - got, got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        if (got > 0) yield got === sizeHint ? buf : buf.subarray(0, got);
+        if (got < sizeHint) return; // shorter than announced: the caller reports the truncation
+        // anything beyond the announced size is passed on, so the caller sees that it is too large
+        for (let pos = got; ;) {
+          const extra = Buffer.allocUnsafe(4000); // from the shared pool: normally this read only sees EOF
+          const { bytesRead } = await fh.read(extra, 0, extra.length, pos);
+          if (bytesRead === 0) break;
+          pos += bytesRead;
+          yield Buffer.from(extra.subarray(0, bytesRead));
+        }
+      } catch (e) {
+        throw wrap(e);
+      } finally {
+        await fh.close().catch(() => {});
+      }
+      return;
+    }
     // Read buffers are allocated at highWaterMark: size them to the file (+1 to see EOF in one read).
     const hwm = sizeHint !== undefined && sizeHint >= 0 ? Math.max(4096, Math.min(1 << 20, sizeHint + 1)) : 1 << 20;
     const s = createReadStream(file, { highWaterMark: hwm, ...(signal ? { signal } : {}) });
     try {
       for await (const chunk of s as AsyncIterable<Buffer>) yield chunk;
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new SubstituterError('not-found', `'${this.uri}' does not have '${rel}' any more`, { uri: this.uri, cause: e });
-      if (isAbortError(e)) throw e;
-      throw new SubstituterError('network', `cannot read '${rel}' of '${this.uri}': ${(e as Error).message}`, { uri: this.uri, cause: e });
+      throw wrap(e);
     } finally {
       s.destroy();
     }

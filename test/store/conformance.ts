@@ -38,9 +38,16 @@ export function freshPath(name: string, storeDir = '/nix/store'): StorePath {
   return makeStorePath('output:out', Hash.of('sha256', `${name}-${Math.random()}-${process.hrtime.bigint()}`), name, storeDir);
 }
 
+/**
+ * Temporary entries left in the store dir: anything `.tmp*` except an empty directory (a LocalStore keeps
+ * one empty, flock-ed temporary directory while it is open and deletes it on close).
+ */
 async function tmpLeftovers(store: Store): Promise<string[]> {
   try {
-    return readdirSync(store.realStoreDir).filter((n) => n.startsWith('.tmp'));
+    return readdirSync(store.realStoreDir).filter((n) => {
+      if (!n.startsWith('.tmp')) return false;
+      try { return readdirSync(path.join(store.realStoreDir, n)).length > 0; } catch { return true; }
+    });
   } catch {
     return [];
   }
