@@ -8,7 +8,7 @@ import { cpus } from 'node:os';
 import * as path from 'node:path';
 import {
   BinaryCacheSubstituter, BuildEngine, createRemoteBuilders, BuildFailedError, RealiseError, copyToBinaryCache, openStore, LocalStore,
-  DEFAULT_SYSTEM_FEATURES, isSuccess, toNixBase32,
+  DEFAULT_SYSTEM_FEATURES, derivationOutputsAndPaths, isSuccess, readDerivationFromStore, toNixBase32,
   type BuildEngineOptions, type BuildResult, type BuildTarget, type PathInfo, type Store, type TargetResult,
 } from '../index.js';
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
@@ -291,10 +291,21 @@ async function pathInfo(args: CliArgs, store: Store): Promise<number> {
   const roots = new Set<string>();
   for (const a of args.positional) {
     const p = followLinksToStorePath(store.storeDir, a);
-    if (p.endsWith('.drv') && !args.derivation) {
-      const outs = await store.queryDerivationOutputs(p).catch(() => new Map<string, string>());
-      if (outs.size === 0 && !(await store.isValidPath(p))) throw new CliError(`path '${p}' is not valid`);
-      for (const o of outs.values()) roots.add(o);
+    if (p.endsWith('.drv')) {
+      // Nix reads every .drv argument first (its outputs are what the argument means).
+      if (!(await store.isValidPath(p))) throw new CliError(`path '${p}' is not a valid store path`);
+      let drv;
+      try {
+        drv = await readDerivationFromStore(store)(p);
+      } catch (e) {
+        throw new CliError(`error parsing derivation '${p}': ${e instanceof RealiseError ? e.shortMessage : (e as Error).message}`);
+      }
+      if (args.derivation) { roots.add(p); continue; }
+      const registered = await store.queryDerivationOutputs(p).catch(() => new Map<string, string>());
+      for (const [name, o] of derivationOutputsAndPaths(drv)) {
+        const out = o.path ?? registered.get(name);
+        if (out) roots.add(out);
+      }
     } else {
       roots.add(p);
     }

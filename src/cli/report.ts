@@ -7,9 +7,14 @@ import { exitStatusOf, isSuccess, type BuildResult, type MissingInfo, type Store
 
 const INDENT = ' '.repeat('error: '.length);
 
+/** The message without the API's trailing `hint:` lines (the CLI prints Nix's words only). */
+export function withoutHint(message: string): string {
+  return message.replace(/(\n {2}hint: [^\n]*)+$/, '');
+}
+
 /** `error: MESSAGE` with Nix's indentation of the following lines. */
 export function formatError(message: string): string {
-  return `error: ${message.replace(/\n/g, '\n' + INDENT)}\n`;
+  return `error: ${withoutHint(message).replace(/\n/g, '\n' + INDENT)}\n`;
 }
 
 /** `warning: MESSAGE`, as Nix prints it. */
