@@ -34,6 +34,32 @@ export interface ChrootLayout {
   readonly root: string;
   /** Physical directory that is the store dir inside the sandbox. */
   readonly storeDir: string;
+  /**
+   * A skeleton from a ChrootPool that may go back to it after the build (see ChrootPool.recycle):
+   * its reference state, and the mount point directories a previous build left in its store dir.
+   */
+  readonly skeleton?: SkeletonState;
+}
+
+interface InodeRef {
+  readonly ino: bigint; readonly mode: bigint; readonly uid: bigint; readonly gid: bigint;
+  readonly nlink: bigint; readonly size: bigint; readonly mtimeNs: bigint; readonly ctimeNs: bigint;
+}
+
+/** What a pooled skeleton looked like when it was made, to check it is unchanged before reuse. */
+export interface SkeletonState {
+  readonly key: string;
+  readonly opts: PrepareChrootOptions;
+  /** Relative path (from the root) → reference attributes, for every inode of the skeleton. */
+  readonly inodes: ReadonlyMap<string, InodeRef>;
+  /** Relative directory path → its entries. */
+  readonly entries: ReadonlyMap<string, readonly string[]>;
+  /** Relative path → contents, for the files the builder may read (/etc/*). */
+  readonly files: ReadonlyMap<string, string>;
+  /** Relative path of the store dir. */
+  readonly store: string;
+  /** Empty directories in the store dir left as mount points by earlier builds (names). */
+  readonly mountpoints: Set<string>;
 }
 
 export interface PrepareChrootOptions {
@@ -123,6 +149,8 @@ function chrootOps(opts: PrepareChrootOptions): Op[] {
       { op: 'symlink', target: '/proc/self/fd/0', path: j('dev/stdin') },
       { op: 'symlink', target: '/proc/self/fd/1', path: j('dev/stdout') },
       { op: 'symlink', target: '/proc/self/fd/2', path: j('dev/stderr') },
+      // Nix's runChild makes this link when it mounts the private devpts; the helper does that each build.
+      { op: 'symlink', target: '/dev/pts/ptmx', path: j('dev/ptmx') },
     );
   }
   return ops;
@@ -170,15 +198,85 @@ export function prepareChroot(opts: PrepareChrootOptions): ChrootLayout {
   }
 }
 
+function refOf(st: fs.BigIntStats): InodeRef {
+  return { ino: st.ino, mode: st.mode, uid: st.uid, gid: st.gid, nlink: st.nlink, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
+}
+
+/** Record the state of a freshly made skeleton (every inode, directory listing and /etc file). */
+function snapshotSkeleton(root: string, key: string, opts: PrepareChrootOptions): SkeletonState {
+  const inodes = new Map<string, InodeRef>();
+  const entries = new Map<string, readonly string[]>();
+  const files = new Map<string, string>();
+  const walk = (rel: string): void => {
+    const abs = rel ? path.join(root, rel) : root;
+    const st = fs.lstatSync(abs, { bigint: true });
+    inodes.set(rel, refOf(st));
+    if (st.isDirectory()) {
+      const names = fs.readdirSync(abs).sort();
+      entries.set(rel, names);
+      for (const n of names) walk(rel ? `${rel}/${n}` : n);
+    } else if (st.isFile() && rel.startsWith('etc/')) files.set(rel, fs.readFileSync(abs, 'utf8'));
+  };
+  walk('');
+  return { key, opts, inodes, entries, files, store: opts.storeDir.replace(/^\/+/, ''), mountpoints: new Set() };
+}
+
+function sameNames(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/**
+ * Whether a skeleton is exactly as it was made, apart from what a build legitimately changes: the
+ * store dir's entries (only the given mount point directories may be left) and times, and the root's
+ * times (it is renamed). Everything a builder could write — the root, /tmp, /etc and its files, /dev and
+ * its links, the store dir's parents — must have the same inode, mode, owner, link count, size,
+ * times and (for /etc files) contents.
+ */
+function skeletonUnchanged(root: string, sk: SkeletonState, mountpoints: ReadonlySet<string>): boolean {
+  for (const [rel, ref] of sk.inodes) {
+    const abs = rel ? path.join(root, rel) : root;
+    let st: fs.BigIntStats;
+    try { st = fs.lstatSync(abs, { bigint: true }); } catch { return false; }
+    const timesMayChange = rel === '' || rel === sk.store;
+    const nlink = rel === sk.store ? ref.nlink + BigInt(mountpoints.size) : ref.nlink;
+    if (st.ino !== ref.ino || st.mode !== ref.mode || st.uid !== ref.uid || st.gid !== ref.gid || st.nlink !== nlink || st.size !== ref.size) return false;
+    if (!timesMayChange && (st.mtimeNs !== ref.mtimeNs || st.ctimeNs !== ref.ctimeNs)) return false;
+  }
+  for (const [rel, names] of sk.entries) {
+    const abs = rel ? path.join(root, rel) : root;
+    if (rel === sk.store) {
+      const got = fs.readdirSync(abs, { withFileTypes: true });
+      if (got.length !== mountpoints.size || !got.every((d) => d.isDirectory() && mountpoints.has(d.name))) return false;
+      continue;
+    }
+    if (!sameNames(fs.readdirSync(abs).sort(), names)) return false;
+  }
+  for (const [rel, data] of sk.files) if (fs.readFileSync(path.join(root, rel), 'utf8') !== data) return false;
+  return true;
+}
+
+/** What a build put into its chroot that must go before the skeleton is reused. */
+export interface ChrootLeftovers {
+  /** Non-directory entries in the store dir: hard-linked inputs, mount point files (names). */
+  readonly storeFiles: readonly string[];
+  /** Directories left in the store dir as mount points (names). */
+  readonly storeMountpoints: ReadonlySet<string>;
+}
+
 /**
  * Chroot skeletons made ahead of time, off the critical path: `take()` renames a ready one into place
- * (one rename instead of a dozen directory creations) and refills the pool in the background. Skeletons
- * wait as `<realStoreDir>/.realise-chroot-*` and are removed when the process exits.
+ * (one rename instead of a dozen directory creations) and refills the pool in the background. After a
+ * build, `recycle()` puts the skeleton back when it is provably unchanged, so steady-state builds
+ * create and delete no directories at all (directory removal is the costliest file-system operation
+ * of a build on ext4 with `discard`). Skeletons wait as `<realStoreDir>/.realise-chroot-*` and are
+ * removed when the process exits.
  */
 export class ChrootPool {
   readonly #size: number;
-  readonly #ready = new Map<string, string[]>();
+  readonly #ready = new Map<string, SkeletonState[]>();
   readonly #filling = new Set<string>();
+  /** Skeleton state of each directory waiting in the pool. */
+  readonly #states = new Map<string, SkeletonState>();
   static readonly #all = new Set<string>();
   static #exitHook = false;
 
@@ -190,41 +288,88 @@ export class ChrootPool {
     }
   }
 
+  static keyOf(opts: PrepareChrootOptions): string {
+    return JSON.stringify([path.dirname(opts.root), opts.storeDir, opts.sandboxBuildDir, opts.uid, opts.gid, opts.network, opts.devSkeleton]);
+  }
+
   take(opts: PrepareChrootOptions): ChrootLayout {
-    const key = JSON.stringify([path.dirname(opts.root), opts.storeDir, opts.sandboxBuildDir, opts.uid, opts.gid, opts.network, opts.devSkeleton]);
+    const key = ChrootPool.keyOf(opts);
     let list = this.#ready.get(key);
     if (!list) { list = []; this.#ready.set(key, list); }
     let layout: ChrootLayout | undefined;
-    const dir = list.pop();
-    if (dir) {
+    // Most recently recycled first: its mount points most likely match this build's inputs.
+    const sk = list.pop();
+    if (sk) {
+      const dir = this.#dirOf(sk);
+      this.#states.delete(dir);
       ChrootPool.#all.delete(dir);
       try {
         if (fs.existsSync(opts.root)) discardTree(opts.root);
         fs.renameSync(dir, opts.root);
-        layout = { root: opts.root, storeDir: path.join(opts.root, opts.storeDir) };
+        layout = { root: opts.root, storeDir: path.join(opts.root, opts.storeDir), skeleton: sk };
       } catch { discardTree(dir); }
     }
-    layout ??= prepareChroot(opts);
+    if (!layout) {
+      layout = prepareChroot(opts);
+      try { layout = { ...layout, skeleton: snapshotSkeleton(opts.root, key, opts) }; } catch { /* not recyclable */ }
+    }
     this.#refill(key, opts, list);
     return layout;
   }
 
-  #refill(key: string, opts: PrepareChrootOptions, list: string[]): void {
+  #dirOf(sk: SkeletonState): string {
+    for (const [d, s] of this.#states) if (s === sk) return d;
+    throw new Error('skeleton not in the pool');
+  }
+
+  /**
+   * After a build: put the skeleton back into the pool if it is unchanged (see skeletonUnchanged),
+   * else discard it. Only call this when no process of the build can still touch the chroot.
+   */
+  recycle(layout: ChrootLayout, leftovers: ChrootLeftovers): void {
+    const sk = layout.skeleton;
+    const list = sk && this.#ready.get(sk.key);
+    if (!sk || !list || list.length >= this.#size * 2 + 2) { discardTree(layout.root); return; }
+    try {
+      for (const f of leftovers.storeFiles) {
+        try { fs.unlinkSync(path.join(layout.storeDir, f)); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
+      }
+      if (!skeletonUnchanged(layout.root, sk, leftovers.storeMountpoints)) { discardTree(layout.root); return; }
+        const dir = path.join(path.dirname(layout.root), `.realise-chroot-${process.pid}-${Math.random().toString(36).slice(2)}`);
+      fs.renameSync(layout.root, dir);
+      sk.mountpoints.clear();
+      for (const m of leftovers.storeMountpoints) sk.mountpoints.add(m);
+      ChrootPool.#all.add(dir);
+      this.#states.set(dir, sk);
+      list.push(sk);
+    } catch (e) {
+        discardTree(layout.root);
+    }
+  }
+
+  #refill(key: string, opts: PrepareChrootOptions, list: SkeletonState[]): void {
     if (this.#filling.has(key)) return;
     this.#filling.add(key);
     void (async () => {
       while (list.length < this.#size) {
         const dir = path.join(path.dirname(opts.root), `.realise-chroot-${process.pid}-${Math.random().toString(36).slice(2)}`);
         ChrootPool.#all.add(dir);
-        try { await runOps(chrootOps({ ...opts, root: dir })); } catch { ChrootPool.#all.delete(dir); discardTree(dir); return; }
-        list.push(dir);
+        let sk: SkeletonState;
+        try {
+          await runOps(chrootOps({ ...opts, root: dir }));
+          sk = snapshotSkeleton(dir, key, opts);
+        } catch { ChrootPool.#all.delete(dir); discardTree(dir); return; }
+        this.#states.set(dir, sk);
+        list.push(sk);
       }
     })().finally(() => this.#filling.delete(key));
   }
 
   /** Remove the skeletons waiting in the pool. */
   drain(): void {
-    for (const list of this.#ready.values()) for (const d of list.splice(0)) { ChrootPool.#all.delete(d); discardTree(d); }
+    for (const list of this.#ready.values()) list.splice(0);
+    for (const d of this.#states.keys()) { ChrootPool.#all.delete(d); discardTree(d); }
+    this.#states.clear();
   }
 }
 

@@ -23,7 +23,7 @@ import { execFile } from 'node:child_process';
 import type { Sandbox, SandboxExit, SandboxRequest, SandboxRunOptions } from './sandbox.js';
 import { SandboxError } from './sandbox-errors.js';
 import { parsePreBuildHookOutput, type SandboxPath } from './sandbox-config.js';
-import { ChrootPool, SANDBOX_GID, SANDBOX_UID, chrootDirFor, discardTree, linkOrCopy, moveOutputsOut, prepareChroot, type ChrootLayout } from './chroot.js';
+import { ChrootPool, SANDBOX_GID, SANDBOX_UID, chrootDirFor, discardTree, linkOrCopy, moveOutputsOut, prepareChroot, type ChrootLayout, type ChrootLeftovers } from './chroot.js';
 import { nixSeccompFilter } from './seccomp.js';
 import { spawnMerged } from './spawn-merged.js';
 import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
@@ -178,17 +178,59 @@ export class LinuxSandbox implements Sandbox {
       network: request.network, devSkeleton: backend.kind === 'helper',
     };
     const layout = this.#pool ? this.#pool.take(chrootOpts) : prepareChroot(chrootOpts);
+    let exit: SandboxExit | undefined;
+    let leftovers: ChrootLeftovers | undefined;
     try {
       const binds = await this.#binds(request, layout);
-      return backend.kind === 'helper'
+      leftovers = backend.kind === 'helper' && this.#recyclable(request) ? this.#leftovers(request, layout, binds) : undefined;
+      exit = backend.kind === 'helper'
         ? await this.#runHelper(backend.exe, request, opts, root, binds, uid, gid)
         : await this.#runBwrap(backend.exe, request, opts, root, binds, uid, gid);
+      return exit;
     } catch (e) {
       if (e instanceof SandboxError) return { kind: 'spawn-failed', message: e.message };
       throw e;
     } finally {
-      try { moveOutputsOut(layout, request.outputPaths, request.realStoreDir); } finally { discardTree(root); }
+      try {
+        moveOutputsOut(layout, request.outputPaths, request.realStoreDir);
+      } finally {
+        // Reuse the skeleton only when the builder ran to its end (so nothing of it can still write
+        // into the chroot; after an abort it may take a moment to die).
+        if (this.#pool && leftovers && (exit?.kind === 'exited' || exit?.kind === 'signalled')) this.#pool.recycle(layout, leftovers);
+        else discardTree(root);
+      }
     }
+  }
+
+  /** Whether a build's chroot skeleton may be reused afterwards (see ChrootPool.recycle). */
+  #recyclable(request: SandboxRequest): boolean {
+    // A build with the host network could hand a descriptor of a chroot file to a host process; without
+    // the seccomp filter a builder could set extended attributes we do not check; a pre-build hook may
+    // change the chroot in ways we do not know.
+    return !request.network && this.#filter !== undefined && !this.#options.preBuildHook;
+  }
+
+  /**
+   * What this build adds to the skeleton on disk, when all of it is in the store dir: the mount point
+   * directories of directory inputs (kept for the next build), the hard links and mount point files of
+   * other inputs (removed). Undefined when something is mounted elsewhere (e.g. a sandbox path on
+   * /bin/sh): the chroot is then discarded after the build, as without recycling.
+   */
+  #leftovers(request: SandboxRequest, layout: ChrootLayout, binds: Map<string, SandboxPath & { ro: boolean }>): ChrootLeftovers | undefined {
+    if (!layout.skeleton) return undefined;
+    const storeFiles: string[] = [];
+    const storeMountpoints = new Set<string>();
+    for (const [target, { source }] of binds) {
+      if (target === request.sandboxBuildDir) continue;
+      if (path.posix.dirname(target) !== request.storeDir) return undefined;
+      let dir: boolean;
+      try { dir = fs.statSync(source).isDirectory(); } catch { return undefined; }
+      (dir ? storeMountpoints.add(path.posix.basename(target)) : storeFiles.push(path.posix.basename(target)));
+    }
+    // Non-directory inputs are hard-linked into the store dir even when not mounted (symlinks).
+    const outputs = new Set(request.outputPaths);
+    for (const input of request.inputPaths) if (!binds.has(input) && !outputs.has(input)) storeFiles.push(path.posix.basename(input));
+    return { storeFiles, storeMountpoints };
   }
 
   /** Everything bind-mounted into the chroot, target → source (Nix's dirsInChroot), inputs read-only. */
@@ -206,6 +248,8 @@ export class LinuxSandbox implements Sandbox {
       }
       if (st.isDirectory()) binds.set(input, { source: real, optional: false, ro: true });
       else {
+        const stale = layout.skeleton?.mountpoints;
+        if (stale?.delete(path.basename(input))) fs.rmdirSync(path.join(layout.storeDir, path.basename(input)));
         // Nix hard-links non-directories into the chroot store; we also mount regular files read-only on top.
         linkOrCopy(real, path.join(layout.storeDir, path.basename(input)));
         if (!st.isSymbolicLink()) binds.set(input, { source: real, optional: false, ro: true });
@@ -215,6 +259,22 @@ export class LinuxSandbox implements Sandbox {
     if (request.network) {
       for (const f of ['/etc/resolv.conf', '/etc/services', '/etc/hosts']) binds.set(f, { source: f, optional: true, ro: false });
       if (fs.existsSync('/var/run/nscd/socket')) binds.set('/var/run/nscd/socket', { source: '/var/run/nscd/socket', optional: true, ro: false });
+    }
+    for (const o of outputs) binds.delete(o);
+    const stale = layout.skeleton?.mountpoints;
+    if (stale?.size) {
+      // A recycled skeleton keeps the mount point directories of its last build's inputs; remove those
+      // this build does not mount (an empty directory of that name would be visible in the store).
+      const keep = new Set<string>();
+      for (const [t, { source }] of binds) {
+        if (path.posix.dirname(t) !== request.storeDir) continue;
+        try { if (fs.statSync(source).isDirectory()) keep.add(path.posix.basename(t)); } catch { /* not mounted */ }
+      }
+      for (const m of [...stale]) {
+        if (keep.has(m)) continue;
+        fs.rmdirSync(path.join(layout.storeDir, m));
+        stale.delete(m);
+      }
     }
     if (this.#options.preBuildHook) {
       for (const [t, s] of await runPreBuildHook(this.#options.preBuildHook, request.drvPath, layout.root)) binds.set(t, { ...s, ro: false });

@@ -147,15 +147,20 @@ static void child(char **argv, int ptySlave, struct sock_fprog *prog) {
     if (mount("none", path, "tmpfs", 0, opt) == -1) fail("mounting /dev/shm");
   }
   snprintf(path, sizeof path, "%s/dev/ptmx", root);
-  if (stat("/dev/pts/ptmx", &st) == 0 && lstat(path, &st) == -1) {
+  /* As Nix: a private devpts unless /dev/ptmx is already there (e.g. /dev bound from the host). The
+     chroot skeleton may already hold our own /dev/ptmx -> /dev/pts/ptmx link. */
+  char link[64]; ssize_t ll = readlink(path, link, sizeof link);
+  int ownLink = ll == 13 && !memcmp(link, "/dev/pts/ptmx", 13);
+  if (stat("/dev/pts/ptmx", &st) == 0 && (ownLink || lstat(path, &st) == -1)) {
     char pts[4096]; snprintf(pts, sizeof pts, "%s/dev/pts", root); mkdirs(pts, 0755);
     if (mount("none", pts, "devpts", 0, "newinstance,mode=0620") == 0) {
-      if (symlink("/dev/pts/ptmx", path) == -1) fail("creating /dev/ptmx");
+      if (!ownLink && symlink("/dev/pts/ptmx", path) == -1) fail("creating /dev/ptmx");
       snprintf(pts, sizeof pts, "%s/dev/pts/ptmx", root);
       if (chmod(pts, 0666) == -1) fail("changing mode of /dev/pts/ptmx");
     } else {
       if (errno != EINVAL) fail("mounting /dev/pts");
       struct bind b1 = { "/dev/pts", "/dev/pts", 0, 0 }, b2 = { "/dev/ptmx", "/dev/ptmx", 0, 0 };
+      if (ownLink) unlink(path);
       errno = 0; doBind(&b1); doBind(&b2);
     }
   }

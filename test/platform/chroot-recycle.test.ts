@@ -1,0 +1,84 @@
+/**
+ * Chroot skeletons are reused across builds only when provably unchanged: a builder must never see
+ * anything an earlier builder left or changed, nor a mount point of an input it does not have.
+ * The chroot root's inode number (`stat -c %i /` inside) tells whether a skeleton was reused.
+ */
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LinuxSandbox } from '../../src/platform/linux-sandbox.js';
+import type { SandboxRequest } from '../../src/platform/sandbox.js';
+import { bwrapOk } from '../helpers/nix.js';
+import { ccOk, makeFixture, storePath, type Fixture } from './sandbox-fixture.js';
+
+describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
+  let fx: Fixture;
+  let sb: LinuxSandbox;
+  beforeAll(() => { fx = makeFixture(); sb = new LinuxSandbox({ backend: 'helper', chrootPool: 1 }); });
+  afterAll(() => sb?.close());
+
+  /** Run a build; its output file holds what the script printed. */
+  async function run(name: string, script: string, extra: Partial<SandboxRequest> = {}): Promise<string> {
+    const req = fx.request(name, `{ ${script}\n} > $out 2>&1`, extra);
+    const exit = await sb.run(req);
+    expect(exit).toEqual({ kind: 'exited', code: 0 });
+    return readFileSync(fx.realPath(req.outputPaths[0]!), 'utf8');
+  }
+  const rootIno = 'stat -c %i /';
+
+  it('an untouched skeleton is reused; one whose /tmp was written is not, and the next builder sees a clean /tmp', async () => {
+    const a = await run('a', rootIno);
+    const b = await run('b', rootIno);
+    expect(b).toBe(a); // reused
+    const c = await run('c', `${rootIno}; echo x > /tmp/left; ls -a /tmp | tr '\\n' ' '`);
+    expect(c).toBe(`${a.trim()}\n. .. left `);
+    const d = await run('d', `${rootIno}; ls -a /tmp | tr '\\n' ' '`);
+    expect(d.split('\n')[0]).not.toBe(a.trim()); // a fresh skeleton
+    expect(d.split('\n')[1]).toBe('. .. ');
+  });
+
+  it('changes to /etc, modes, the root or /dev are never carried over', async () => {
+    const probes: [string, string][] = [
+      ['sed -i s/nixbld/nixbxd/ /etc/passwd', 'grep -c nixbld /etc/passwd'], // same size, new contents
+      ['chmod 700 /etc', 'stat -c %a /etc'],
+      ['mkdir /extra', 'ls -d /extra 2>&1 || true'],
+      ['rm /dev/stdin', 'readlink /dev/stdin'],
+      ['touch -d 2001-01-01 /etc/hosts', 'stat -c %Y /etc/hosts | cut -c1-3'],
+    ];
+    for (const [change, check] of probes) {
+      const before = await run('check', check);
+      await run('change', change);
+      expect({ change, after: await run('check', check) }).toEqual({ change, after: before });
+    }
+  });
+
+  it('a hard link to a chroot file in an output is not carried over', async () => {
+    const dev = storePath('dev');
+    const req = fx.request('link', `mkdir ${dev}; ln /etc/group ${dev}/g; echo > $out`);
+    expect(await sb.run({ ...req, outputPaths: [req.outputPaths[0]!, dev] })).toEqual({ kind: 'exited', code: 0 });
+    expect(await run('check', 'stat -c %h /etc/group')).toBe('1\n');
+    expect(readFileSync(path.join(fx.realPath(dev), 'g'), 'utf8')).toContain('nixbld');
+  });
+
+  it('mount points of inputs of an earlier build are not visible in the store dir', async () => {
+    const extra = storePath('extra-input');
+    mkdirSync(fx.realPath(extra));
+    const fileInput = storePath('file-input');
+    writeFileSync(fx.realPath(fileInput), 'data\n');
+    const list = 'ls $NIX_STORE | grep -v "$(basename $out)" | tr "\\n" " "';
+    const base = (p: string) => path.basename(p);
+    expect(await run('with', list, { inputPaths: [fx.busyboxPath, extra, fileInput] })).toBe([base(fx.busyboxPath), base(extra), base(fileInput)].sort().join(' ') + ' ');
+    expect(await run('without', list)).toBe(`${base(fx.busyboxPath)} `);
+    // A name that was a directory mount point can come back as a file input, and the reverse.
+    expect(await run('again', `${list}; cat ${fileInput}`, { inputPaths: [fx.busyboxPath, fileInput] })).toBe([base(fx.busyboxPath), base(fileInput)].sort().join(' ') + ' data\n');
+    expect(await run('last', list)).toBe(`${base(fx.busyboxPath)} `);
+  });
+
+  it.skipIf(!bwrapOk())('outputs and the Nix view are unaffected by reuse (ls -la / twice)', async () => {
+    const view = 'ls -la / /dev /etc /tmp $NIX_STORE | sed -E "s/ [A-Z][a-z][a-z] [ 0-9][0-9] +[0-9:]+ / DATE /" | grep -v "$(basename $out)" | grep -v " proc$"';
+    const first = await run('view1', view);
+    const second = await run('view2', view);
+    expect(second).toBe(first);
+    expect(first).toContain('ptmx -> /dev/pts/ptmx');
+  });
+});
