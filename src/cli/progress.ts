@@ -4,6 +4,8 @@
  * Activity lines use Nix 2.8's words: "building '…'...", "checking outputs of '…'...", "repairing outputs
  * of '…'...", "building '…' (round 1/2)...", "… on 'MACHINE'...", "copying path '…' from '…'...".
  */
+import type { BuildEngine } from '../index.js';
+import { formatWarning } from './report.js';
 
 export interface ProgressDisplayOptions {
   /** `--quiet`: no activity lines. */
@@ -23,7 +25,7 @@ export function buildStartedMessage(e: { drvPath: string; round: number; rounds:
   if (e.machine) msg += ` on '${e.machine}'`;
   return msg + '...';
 }
-import type { BuildEngine } from '../index.js';
+
 
 export class ProgressDisplay {
   private status = '';
@@ -44,7 +46,7 @@ export class ProgressDisplay {
       if (this.showsLogs) this.line(e.line);
       else if (this.tty && !opts.noBuildOutput) { this.lastLine = e.line; this.render(); }
     };
-    const onWarn = (e: { message: string }) => this.line(`warning: ${e.message}`);
+    const onWarn = (e: { message: string }) => this.line(formatWarning(e.message).trimEnd());
     const onSubst = (e: { path: string; substituter: string }) => info(`copying path '${e.path}' from '${e.substituter}'...`);
     const onProgress = () => this.render();
     engine.on('build-started', onStart);

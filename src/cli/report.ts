@@ -19,7 +19,7 @@ export function formatError(message: string): string {
 
 /** `warning: MESSAGE`, as Nix prints it. */
 export function formatWarning(message: string): string {
-  return `warning: ${message.replace(/\n/g, '\n' + INDENT)}\n`;
+  return `warning: ${withoutHint(message).replace(/\n/g, '\n' + INDENT)}\n`;
 }
 
 /** The part of a builder failure that repeats the log's last lines; dropped when the log was shown as it came. */
