@@ -14,7 +14,7 @@ import {
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
 import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
 import { ProgressDisplay } from './progress.js';
-import { formatError, formatWarning, missingLines, summariseFailures, withoutLogTail } from './report.js';
+import { formatError, formatWarning, missingLines, splitNote, summariseFailures, withoutLogTail } from './report.js';
 
 const USAGE = `usage: realise COMMAND [FLAGS] ARGS
 
@@ -201,7 +201,9 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     if (isSuccess(e.result.status) || (e.result as { stopped?: boolean }).stopped) return;
     failed.push(e.result);
     if (e.kind === 'derivation' && !topDrvs.has(e.path) && e.result.errorMsg) {
-      display.line(formatError(display.showsLogs ? withoutLogTail(e.result.errorMsg) : e.result.errorMsg).trimEnd());
+      const { message, note } = splitNote(e.result.errorMsg);
+      if (note) display.line(note);
+      display.line(formatError(display.showsLogs ? withoutLogTail(message) : message).trimEnd());
     }
   });
   const ac = new AbortController();
@@ -224,6 +226,7 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     if (ac.signal.aborted) throw new RealiseError('cancelled', 'interrupted by the user');
     const summary = summariseFailures(results, failed, !display.showsLogs);
     if (summary) {
+      for (const n of summary.notes) process.stderr.write(n + '\n');
       for (const m of summary.messages) process.stderr.write(formatError(m));
       return summary.exitStatus;
     }

@@ -26,7 +26,6 @@ export function buildStartedMessage(e: { drvPath: string; round: number; rounds:
   return msg + '...';
 }
 
-
 export class ProgressDisplay {
   private status = '';
   private lastLine = '';

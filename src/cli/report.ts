@@ -22,6 +22,12 @@ export function formatWarning(message: string): string {
   return `warning: ${withoutHint(message).replace(/\n/g, '\n' + INDENT)}\n`;
 }
 
+/** A builder failure with `--keep-failed` ends with Nix's separate "note: keeping build directory" line. */
+export function splitNote(message: string): { message: string; note?: string } {
+  const m = /\n(note: keeping build directory '[^\n]*')$/.exec(message);
+  return m ? { message: message.slice(0, m.index), note: m[1]! } : { message };
+}
+
 /** The part of a builder failure that repeats the log's last lines; dropped when the log was shown as it came. */
 export function withoutLogTail(message: string): string {
   return message.replace(/;\nlast \d+ log lines:\n[\s\S]*$/, '');
@@ -79,6 +85,8 @@ function goalKey(r: TargetResult): string {
 }
 
 export interface FailureSummary {
+  /** Lines Nix prints when the goals fail, before the errors ("note: keeping build directory …"). */
+  readonly notes: string[];
   /** Error messages to print, in order (without the `error: ` prefix). */
   readonly messages: string[];
   readonly exitStatus: number;
@@ -96,10 +104,13 @@ export function summariseFailures(results: readonly TargetResult[], allFailed: r
   const failedTops = [...tops.values()].filter((r) => !isSuccess(r.result.status)).sort((a, b) => byString(goalKey(a), goalKey(b)));
   if (failedTops.length === 0) return undefined;
   const messages: string[] = [];
+  const notes: string[] = [];
   let first: string | undefined;
   for (const r of failedTops) {
     if ('path' in r.target || (r.result as { stopped?: boolean }).stopped || !r.result.errorMsg) continue;
-    const msg = showTail ? r.result.errorMsg : withoutLogTail(r.result.errorMsg);
+    const { message, note } = splitNote(r.result.errorMsg);
+    if (note) notes.push(note);
+    const msg = showTail ? message : withoutLogTail(message);
     if (first === undefined) first = msg;
     else messages.push(msg);
   }
@@ -110,5 +121,5 @@ export function summariseFailures(results: readonly TargetResult[], allFailed: r
     messages.push(`build of ${failedTops.map((r) => `'${r.path}'`).sort(byString).join(', ')} failed`);
   }
   const statuses = [...allFailed, ...failedTops.map((r) => r.result)];
-  return { messages, exitStatus: exitStatusOf(statuses) };
+  return { notes, messages, exitStatus: exitStatusOf(statuses) };
 }
