@@ -1,0 +1,420 @@
+/**
+ * `realise`: a thin shell over the public API. Commands: build, ensure, repair, path-info, copy.
+ * Flags and `--option` names are nix-store's and nix.conf's; output, messages and exit status as Nix 2.8's.
+ * `main(argv)` runs one command in this process (bin/realise.js goes through src/cli/main.ts).
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, lstatSync, readFileSync, readlinkSync, renameSync, symlinkSync, mkdirSync } from 'node:fs';
+import { cpus } from 'node:os';
+import * as path from 'node:path';
+import {
+  BinaryCacheSubstituter, BuildEngine, createRemoteBuilders, BuildFailedError, RealiseError, copyToBinaryCache, openStore, LocalStore,
+  DEFAULT_SYSTEM_FEATURES, derivationOutputsAndPaths, isSuccess, readDerivationFromStore, toNixBase32,
+  type BuildEngineOptions, type BuildResult, type BuildTarget, type PathInfo, type Store, type TargetResult,
+} from '../index.js';
+import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
+import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
+import { ProgressDisplay } from './progress.js';
+import { formatError, formatWarning, missingLines, splitNote, summariseFailures, withoutLogTail } from './report.js';
+
+const USAGE = `usage: realise COMMAND [FLAGS] ARGS
+
+commands:
+  build DRV[!OUTPUTS]|PATH...  nix-store --realise: build derivations (DRV!out,dev, DRV^out,dev or DRV^*) or
+                              fetch paths, and print the output paths
+  ensure PATH...              make store paths valid, substituting them
+  repair PATH...              nix-store --repair-path: substitute again, or rebuild the deriver in repair mode
+  path-info [-r] PATH...      nix path-info: a .drv means its outputs (--derivation: the .drv itself)
+  copy --to URL PATH...       write the closure of PATHs to a binary cache (file:// URL)
+
+flags:
+  --store ROOT|local?root=..&store=..&state=..&log=..   the store (default: the embedded default store)
+  --substituter URL  --trusted-public-key KEY  --max-jobs N  --cores N  --keep-going  --fallback
+  --check  --repair  --timeout S  --max-silent-time S  --builders SPEC  --keep-failed  --json
+  --dry-run  --add-root PATH  --ignore-unknown  --quiet  -Q (no build output)  -L (build logs on a terminal)
+  --version  --help
+  --option NAME VALUE   any of: sandbox, sandbox-fallback, sandbox-paths, extra-sandbox-paths, build-repeat,
+                        enforce-determinism, max-build-log-size, log-lines, post-build-hook, system,
+                        system-features, extra-platforms, require-sigs, substituters, trusted-public-keys,
+                        max-substitution-jobs, secret-key, compression
+`;
+
+async function openStoreArg(spec: string | undefined): Promise<Store> {
+  if (!spec) return LocalStore.openDefault();
+  return openStore(spec);
+}
+
+function engineOptions(args: CliArgs, store: Store, warn: (message: string) => void): BuildEngineOptions {
+  const o = args.options;
+  const opts: BuildEngineOptions & Record<string, unknown> = { store };
+  const words = (name: string) => (o.get(name) ?? '').split(/\s+/).filter(Boolean);
+  /** A value parsed from `--option NAME VALUE` that Nix would refuse: Nix warns and keeps the default. */
+  const parsed = <T>(name: string, parse: () => T, apply: (v: T) => void) => {
+    let v: T;
+    try {
+      v = parse();
+    } catch (e) {
+      if (e instanceof UsageError && args.fromOption.has(name)) { warn(`error: ${e.message}`); return; }
+      throw e;
+    }
+    apply(v);
+  };
+  const bool = (name: string, apply: (v: boolean) => void) => parsed(name, () => parseBool(name, o.get(name)!), apply);
+  const int = (name: string, apply: (v: number) => void) => parsed(name, () => parseIntOption(name, o.get(name)!), apply);
+  let substitute = true;
+  if (o.has('substitute')) bool('substitute', (v) => { substitute = v; });
+  let requireSigs = true;
+  if (o.has('require-sigs')) bool('require-sigs', (v) => { requireSigs = v; });
+  const subs = [...args.substituters, ...words('substituters'), ...words('extra-substituters')];
+  const keys = [...args.trustedPublicKeys, ...words('trusted-public-keys'), ...words('extra-trusted-public-keys')];
+  if (subs.length && substitute) opts.substituters = subs.map((u) => new BinaryCacheSubstituter(u, { trustedPublicKeys: keys, requireSigs }));
+  const sandboxPaths: string[] = [];
+  for (const [name, value] of o) {
+    switch (name) {
+      case 'max-jobs': parsed(name, () => (value === 'auto' ? cpus().length : parseIntOption(name, value)), (v) => { opts.maxJobs = v; }); break;
+      case 'cores': int(name, (v) => { opts.cores = v; }); break;
+      case 'keep-going': bool(name, (v) => { opts.keepGoing = v; }); break;
+      case 'fallback': bool(name, (v) => { opts.fallback = v; }); break;
+      case 'keep-failed': bool(name, (v) => { opts.keepFailed = v; }); break;
+      case 'sandbox':
+        parsed(name, () => {
+          if (value === 'relaxed') return 'relaxed' as const;
+          try { return parseBool(name, value); } catch { throw new UsageError(`option '${name}' has invalid value '${value}'`); }
+        }, (v) => { opts.sandbox = v; });
+        break;
+      case 'sandbox-fallback': bool(name, (v) => { opts.sandboxFallback = v; }); break;
+      case 'sandbox-paths': case 'extra-sandbox-paths': sandboxPaths.push(...value.split(/\s+/).filter(Boolean)); break;
+      case 'build-repeat': int(name, (v) => { opts.buildRepeat = v; }); break;
+      case 'enforce-determinism': bool(name, (v) => { opts.enforceDeterminism = v; }); break;
+      case 'max-silent-time': int(name, (v) => { opts.maxSilentTime = v; }); break;
+      case 'timeout': int(name, (v) => { opts.buildTimeout = v; }); break;
+      case 'max-build-log-size': int(name, (v) => { opts.maxLogSize = v; }); break;
+      case 'log-lines': int(name, (v) => { opts.logLines = v; }); break;
+      case 'post-build-hook': opts.postBuildHook = value; break;
+      case 'system': opts.system = value; break;
+      case 'system-features': opts.systemFeatures = value.split(/\s+/).filter(Boolean); break;
+      case 'extra-system-features': opts.systemFeatures = [...(opts.systemFeatures ?? DEFAULT_SYSTEM_FEATURES), ...value.split(/\s+/).filter(Boolean)]; break;
+      case 'extra-platforms': opts.extraPlatforms = value.split(/\s+/).filter(Boolean); break;
+      case 'max-substitution-jobs': int(name, (v) => { opts.maxSubstitutionJobs = v; }); break;
+      default:
+        // Nix 2.8 silently accepts settings it does not know, and the ones read above or by other commands.
+        break;
+    }
+  }
+  if (sandboxPaths.length) opts.sandboxPaths = sandboxPaths;
+  return opts;
+}
+
+const byString = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+/** Output paths of a derivation target (all when none were named), in Nix's order: by path. */
+async function targetOutputs(store: Store, r: TargetResult): Promise<[string, string][]> {
+  if ('path' in r.target) return [];
+  const wanted = r.target.outputs === undefined || r.target.outputs === '*' ? undefined : new Set(r.target.outputs);
+  const all = new Map<string, string>(Object.entries(r.result.builtOutputs));
+  if (wanted ? [...wanted].some((n) => !all.has(n)) : all.size === 0) {
+    for (const [n, p] of await store.queryDerivationOutputs(r.path)) if (!all.has(n)) all.set(n, p);
+  }
+  return [...all].filter(([name]) => !wanted || wanted.has(name)).sort(([, a], [, b]) => byString(a, b));
+}
+
+/** The store's state directory, when it has one on disk (GC roots live under it). */
+function stateDirOf(store: Store): string | undefined {
+  return store instanceof LocalStore ? store.layout.stateDir : undefined;
+}
+
+/** Replace `link` with a symlink to `target` atomically (Nix's makeSymlink). */
+function makeSymlink(link: string, target: string): void {
+  const tmp = `${link}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
+  symlinkSync(target, tmp);
+  renameSync(tmp, link);
+}
+
+/** Nix's LocalFSStore::addPermRoot: a symlink to the store path, registered as an indirect GC root. */
+function addPermRoot(store: Store, storePath: string, root: string): string {
+  const gcRoot = path.resolve(root);
+  if (gcRoot.startsWith(store.storeDir + '/')) {
+    throw new CliError(`creating a garbage collector root (${gcRoot}) in the Nix store is forbidden (are you running nix-build inside the store?)`);
+  }
+  if (existsSync(gcRoot) || isSymlink(gcRoot)) {
+    if (!isSymlink(gcRoot) || !readlinkSync(gcRoot).startsWith(store.storeDir + '/')) throw new CliError(`cannot create symlink '${gcRoot}'; already exists`);
+  }
+  makeSymlink(gcRoot, storePath);
+  const stateDir = stateDirOf(store);
+  if (stateDir) {
+    const auto = path.join(stateDir, 'gcroots', 'auto');
+    mkdirSync(auto, { recursive: true });
+    makeSymlink(path.join(auto, toNixBase32(createHash('sha1').update(gcRoot).digest())), gcRoot);
+  }
+  return gcRoot;
+}
+
+function isSymlink(p: string): boolean {
+  try { return lstatSync(p).isSymbolicLink(); } catch { return false; }
+}
+
+const GC_WARNING = "you did not specify '--add-root'; the result might be removed by the garbage collector";
+
+/** What nix-store --realise prints per argument after the build: output paths, or the GC roots made for them. */
+async function realisedPaths(args: CliArgs, store: Store, results: readonly TargetResult[], warnGc: () => void): Promise<string[]> {
+  const lines: string[] = [];
+  let rootNr = 0;
+  for (const r of results) {
+    rootNr++;
+    const pairs: [string, string][] = 'path' in r.target ? [['', r.path]] : await targetOutputs(store, r);
+    const printed = new Set<string>();
+    for (const [name, p] of pairs) {
+      let ret = p;
+      if (!args.addRoot) warnGc();
+      else {
+        let rootName = args.addRoot;
+        if (rootNr > 1) rootName += `-${rootNr}`;
+        if (name && name !== 'out') rootName += `-${name}`;
+        ret = addPermRoot(store, p, rootName);
+      }
+      printed.add(ret);
+    }
+    lines.push(...[...printed].sort(byString));
+  }
+  return lines;
+}
+
+function printJson(value: unknown, newline = true): void {
+  process.stdout.write(JSON.stringify(value) + (newline ? '\n' : ''));
+}
+
+async function build(args: CliArgs, store: Store): Promise<number> {
+  const warn = (m: string) => process.stderr.write(formatWarning(m));
+  const opts = engineOptions(args, store, warn);
+  const builders = args.options.get('builders');
+  if (builders) opts.builders = createRemoteBuilders(builders);
+  let targets: BuildTarget[] = args.positional.map((a) => (args.command === 'ensure' ? { path: followLinksToStorePath(store.storeDir, a) } : parseTargetArg(store.storeDir, a)));
+  // nix-store --realise with nothing to do succeeds quietly.
+  if (targets.length === 0) return 0;
+  const engine = new BuildEngine(opts);
+  const mode = args.check ? 'check' : args.repair ? 'repair' : 'normal';
+  const display = new ProgressDisplay(engine, process.stderr, { quiet: args.quiet, noBuildOutput: args.noBuildOutput, printBuildLogs: args.printBuildLogs });
+  const topDrvs = new Set(targets.map((t) => ('drvPath' in t ? t.drvPath : t.path)));
+  const failed: BuildResult[] = [];
+  // Failures of goals that are not targets are printed when they happen (Nix logs a goal's error then
+  // when another goal waits for it); the targets' own errors come at the end.
+  engine.on('goal-finished', (e) => {
+    if (isSuccess(e.result.status) || (e.result as { stopped?: boolean }).stopped) return;
+    failed.push(e.result);
+    if (e.kind === 'derivation' && !topDrvs.has(e.path) && e.result.errorMsg) {
+      const { message, note } = splitNote(e.result.errorMsg);
+      if (note) display.line(note);
+      display.line(formatError(display.showsLogs ? withoutLogTail(message) : message).trimEnd());
+    }
+  });
+  const ac = new AbortController();
+  const onSig = () => ac.abort();
+  process.once('SIGINT', onSig);
+  process.once('SIGTERM', onSig);
+  try {
+    if (!args.quiet || args.dryRun || args.ignoreUnknown) {
+      const missing = await engine.queryMissing(targets).catch(() => undefined);
+      if (missing && args.ignoreUnknown) {
+        const unknown = new Set<string>(missing.unknown);
+        targets = targets.filter((t) => !unknown.has('drvPath' in t ? t.drvPath : t.path));
+        missing.unknown.length = 0;
+      }
+      if (missing && !args.quiet) for (const l of await missingLines(store, missing)) display.line(l);
+    }
+    if (args.dryRun) return 0;
+    const results = await engine.buildPathsWithResults(targets, { mode, signal: ac.signal });
+    display.stop();
+    if (ac.signal.aborted) throw new RealiseError('cancelled', 'interrupted by the user');
+    const summary = summariseFailures(results, failed, !display.showsLogs);
+    if (summary) {
+      for (const n of summary.notes) process.stderr.write(n + '\n');
+      for (const m of summary.messages) process.stderr.write(formatError(m));
+      return summary.exitStatus;
+    }
+    if (args.json) {
+      // The shape of `nix build --json`: one object per target.
+      const out = [];
+      for (const r of results) {
+        out.push('path' in r.target ? { path: r.path } : { drvPath: r.path, outputs: Object.fromEntries((await targetOutputs(store, r)).sort(([a], [b]) => byString(a, b))) });
+      }
+      printJson(out);
+      return 0;
+    }
+    let warned = false;
+    const lines = await realisedPaths(args, store, results, () => {
+      if (!warned && store instanceof LocalStore) { warned = true; warn(GC_WARNING); }
+    });
+    for (const l of lines) process.stdout.write(l + '\n');
+    return 0;
+  } finally {
+    display.stop();
+    process.off('SIGINT', onSig);
+    process.off('SIGTERM', onSig);
+    await engine.close();
+  }
+}
+
+async function repair(args: CliArgs, store: Store): Promise<number> {
+  const engine = new BuildEngine(engineOptions(args, store, (m) => process.stderr.write(formatWarning(m))));
+  const display = new ProgressDisplay(engine, process.stderr, { quiet: args.quiet, noBuildOutput: args.noBuildOutput, printBuildLogs: args.printBuildLogs });
+  try {
+    for (const a of args.positional) {
+      const p = followLinksToStorePath(store.storeDir, a);
+      try {
+        await engine.repairPath(p);
+      } catch (e) {
+        display.stop();
+        if (e instanceof BuildFailedError) {
+          for (const f of e.failures) process.stderr.write(formatError(display.showsLogs ? withoutLogTail(f.result.errorMsg ?? `build of '${f.path}' failed`) : f.result.errorMsg ?? `build of '${f.path}' failed`));
+          return e.exitStatus;
+        }
+        throw e;
+      }
+    }
+    return 0;
+  } finally {
+    display.stop();
+    await engine.close();
+  }
+}
+
+function pathInfoJson(i: PathInfo): Record<string, unknown> {
+  // Same fields and order as `nix path-info --json` of Nix 2.8.
+  return {
+    path: i.path, narHash: i.narHash.toString('sri'), narSize: i.narSize, references: [...i.references].sort(byString),
+    ...(i.ca ? { ca: i.ca } : {}), ...(i.deriver ? { deriver: i.deriver } : {}),
+    ...(i.registrationTime ? { registrationTime: i.registrationTime } : {}),
+    ...(i.ultimate ? { ultimate: true } : {}), ...(i.sigs?.length ? { signatures: [...i.sigs] } : {}),
+  };
+}
+
+async function pathInfo(args: CliArgs, store: Store): Promise<number> {
+  if (args.positional.length === 0) throw new CliError("'path-info' needs at least one store path");
+  // As Nix 2.8's `nix path-info`: a .drv stands for its outputs (unless --derivation), the result is a
+  // sorted set, and nothing is built.
+  const roots = new Set<string>();
+  for (const a of args.positional) {
+    const p = followLinksToStorePath(store.storeDir, a);
+    if (p.endsWith('.drv')) {
+      // Nix reads every .drv argument first (its outputs are what the argument means).
+      if (!(await store.isValidPath(p))) throw new CliError(`path '${p}' is not a valid store path`);
+      let drv;
+      try {
+        drv = await readDerivationFromStore(store)(p);
+      } catch (e) {
+        throw new CliError(`error parsing derivation '${p}': ${e instanceof RealiseError ? e.shortMessage : (e as Error).message}`);
+      }
+      if (args.derivation) { roots.add(p); continue; }
+      const registered = await store.queryDerivationOutputs(p).catch(() => new Map<string, string>());
+      for (const [name, o] of derivationOutputsAndPaths(drv)) {
+        const out = o.path ?? registered.get(name);
+        if (out) roots.add(out);
+      }
+    } else {
+      roots.add(p);
+    }
+  }
+  // What Nix's printMissing says before the info (nothing is built: Realise::Nothing).
+  const targets: BuildTarget[] = args.positional.map((a) => {
+    const t = parseTargetArg(store.storeDir, a);
+    return 'drvPath' in t && args.derivation ? { path: t.drvPath } : t;
+  });
+  const engine = new BuildEngine({ store });
+  try {
+    const missing = await engine.queryMissing(targets).catch(() => undefined);
+    if (missing) for (const l of await missingLines(store, missing)) process.stderr.write(l + '\n');
+  } finally {
+    await engine.close();
+  }
+  let paths = [...roots].sort(byString);
+  const valid = await store.queryValidPaths(paths);
+  if (args.recursive) {
+    // Nix computes the closure first, which fails on the first path that is not valid.
+    const bad = paths.find((p) => !valid.has(p));
+    if (bad) throw new CliError(`path '${bad}' is not valid`);
+    const closure = await store.computeClosure(paths.filter((p) => valid.has(p)));
+
+    paths = [...new Set([...closure, ...paths])].sort(byString);
+  }
+  if (args.json) {
+    const out: Record<string, unknown>[] = [];
+    for (const p of paths) {
+      const info = await store.queryPathInfo(p);
+      out.push(info ? pathInfoJson(info) : { path: p, valid: false });
+    }
+    // Nix 2.8 ends its JSON without a newline.
+    printJson(out, false);
+    return 0;
+  }
+  for (const p of paths) {
+    const info = await store.queryPathInfo(p);
+    if (!info) throw new CliError(`path '${p}' is not valid`);
+    process.stdout.write(`${p}\n`);
+  }
+  return 0;
+}
+
+async function copy(args: CliArgs, store: Store): Promise<number> {
+  if (!args.to) throw new UsageError("'copy' needs '--to URL'");
+  const secretKey = args.options.get('secret-key');
+  const compression = args.options.get('compression');
+  const paths = args.positional.map((a) => followLinksToStorePath(store.storeDir, a));
+  const written = await copyToBinaryCache(store, paths, args.to, {
+    ...(secretKey ? { secretKey: readFileSync(secretKey, 'utf8').trim() } : {}),
+    ...(compression ? { compression: compression as never } : {}),
+  });
+  if (args.json) printJson(written);
+  return 0;
+}
+
+function version(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+async function run(argv: string[]): Promise<number> {
+  const args = parseArgs(argv);
+  if (args.help) { process.stdout.write(USAGE); return 0; }
+  if (args.version) { process.stdout.write(`realise (realise) ${version()}, mirroring nix-store (Nix) 2.8.0\n`); return 0; }
+  if (!args.command) { process.stderr.write(USAGE); return 1; }
+  if (!['build', 'ensure', 'repair', 'path-info', 'copy'].includes(args.command)) throw new UsageError(`unknown command '${args.command}'`);
+  const store = await openStoreArg(args.store);
+  try {
+    switch (args.command) {
+      case 'build': case 'ensure': return await build(args, store);
+      case 'repair': return await repair(args, store);
+      case 'path-info': return await pathInfo(args, store);
+      default: return await copy(args, store);
+    }
+  } finally {
+    await store.close();
+  }
+}
+
+/**
+ * Run one `realise` command line (without the program name): writes to process.stdout/stderr as the
+ * command does and resolves with its exit status; never throws.
+ */
+export async function main(argv: string[]): Promise<number> {
+  try {
+    return await run(argv);
+  } catch (e) {
+    if (e instanceof BuildFailedError) {
+      for (const f of e.failures) process.stderr.write(formatError(f.result.errorMsg ?? `build of '${f.path}' failed`));
+      return e.exitStatus;
+    }
+    if (e instanceof UsageError) {
+      process.stderr.write(`${formatError(e.message)}Try 'realise --help' for more information.\n`);
+      return 1;
+    }
+    // Nix's words only: a RealiseError's hint stays in the API's message.
+    if (e instanceof RealiseError) process.stderr.write(formatError(e.shortMessage));
+    else if (e instanceof CliError) process.stderr.write(formatError(e.message));
+    else process.stderr.write(formatError((e as Error)?.stack ?? String(e)));
+    return 1;
+  }
+}
