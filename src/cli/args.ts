@@ -10,6 +10,11 @@ export interface CliArgs {
   options: Map<string, string>;
   /** Names in `options` that came from `--option` (a bad value there is a warning, as in Nix, not an error). */
   fromOption: Set<string>;
+  /**
+   * `--option` names Nix 2.8 does not know, given before the first target: nix-store warns about those
+   * ("unknown setting 'NAME'"), sorted; it accepts them (and later ones) silently otherwise.
+   */
+  unknownSettings: string[];
   json: boolean;
   check: boolean;
   repair: boolean;
@@ -59,12 +64,38 @@ export const OPTION_ALIASES: Readonly<Record<string, string>> = {
   'build-extra-sandbox-paths': 'extra-sandbox-paths', 'build-extra-chroot-dirs': 'extra-sandbox-paths',
   'build-max-log-size': 'max-build-log-size', 'build-fallback': 'fallback', 'build-keep-log': 'keep-build-log',
   'binary-caches': 'substituters', 'extra-binary-caches': 'extra-substituters', 'binary-cache-public-keys': 'trusted-public-keys',
-  'build-extra-platforms': 'extra-platforms', 'build-use-substitutes': 'substitute',
+  'build-extra-platforms': 'extra-platforms', 'build-use-substitutes': 'substitute', repeat: 'build-repeat',
 };
+
+/** The settings of Nix 2.8 (`nix show-config`), its aliases, and this CLI's own additions. */
+const KNOWN_SETTINGS = new Set([
+  'accept-flake-config', 'access-tokens', 'allow-dirty', 'allow-import-from-derivation', 'allow-new-privileges', 'allow-symlinked-store',
+  'allow-unsafe-native-code-during-evaluation', 'allowed-impure-host-deps', 'allowed-uris', 'allowed-users', 'auto-optimise-store',
+  'bash-prompt', 'bash-prompt-suffix', 'build-hook', 'build-poll-interval', 'build-users-group', 'builders', 'builders-use-substitutes',
+  'commit-lockfile-summary', 'compress-build-log', 'connect-timeout', 'cores', 'diff-hook', 'download-attempts', 'enforce-determinism',
+  'eval-cache', 'experimental-features', 'extra-platforms', 'fallback', 'filter-syscalls', 'flake-registry', 'fsync-metadata',
+  'gc-reserved-space', 'hashed-mirrors', 'http-connections', 'http2', 'ignored-acls', 'impersonate-linux-26', 'keep-build-log',
+  'keep-derivations', 'keep-env-derivations', 'keep-failed', 'keep-going', 'keep-outputs', 'log-lines', 'max-build-log-size', 'max-free',
+  'max-jobs', 'max-silent-time', 'min-free', 'min-free-check-interval', 'nar-buffer-size', 'narinfo-cache-negative-ttl',
+  'narinfo-cache-positive-ttl', 'netrc-file', 'nix-path', 'plugin-files', 'post-build-hook', 'pre-build-hook', 'preallocate-contents',
+  'print-missing', 'pure-eval', 'repeat', 'require-sigs', 'restrict-eval', 'run-diff-hook', 'sandbox', 'sandbox-build-dir',
+  'sandbox-dev-shm-size', 'sandbox-fallback', 'sandbox-paths', 'secret-key-files', 'show-trace', 'stalled-download-timeout', 'store',
+  'substitute', 'substituters', 'sync-before-registering', 'system', 'system-features', 'tarball-ttl', 'timeout', 'trace-function-calls',
+  'trusted-public-keys', 'trusted-substituters', 'trusted-users', 'use-case-hack', 'use-registries', 'use-sqlite-wal', 'user-agent-suffix',
+  'warn-dirty',
+  'trusted-binary-caches', 'env-keep-derivations', 'gc-keep-outputs', 'gc-keep-derivations', 'build-compress-log',
+  // realise's own settings
+  'build-repeat', 'max-substitution-jobs', 'secret-key', 'compression',
+]);
+
+function isKnownSetting(name: string): boolean {
+  const base = name.startsWith('extra-') ? name.slice('extra-'.length) : name;
+  return KNOWN_SETTINGS.has(name) || name in OPTION_ALIASES || KNOWN_SETTINGS.has(base) || base in OPTION_ALIASES;
+}
 
 export function parseArgs(argv: readonly string[]): CliArgs {
   const a: CliArgs = {
-    command: '', positional: [], substituters: [], trustedPublicKeys: [], options: new Map(), fromOption: new Set(), json: false, check: false, repair: false,
+    command: '', positional: [], substituters: [], trustedPublicKeys: [], options: new Map(), fromOption: new Set(), unknownSettings: [], json: false, check: false, repair: false,
     help: false, version: false, recursive: false, dryRun: false, quiet: false, noBuildOutput: false, printBuildLogs: false,
     ignoreUnknown: false, derivation: false,
   };
@@ -101,6 +132,7 @@ export function parseArgs(argv: readonly string[]): CliArgs {
       if (name === undefined || value === undefined) throw new UsageError(`flag '--option' requires 2 argument(s)`);
       a.options.set(OPTION_ALIASES[name] ?? name, value);
       a.fromOption.add(OPTION_ALIASES[name] ?? name);
+      if (a.positional.length === 0 && !isKnownSetting(name) && !a.unknownSettings.includes(name)) a.unknownSettings.push(name);
       i += 2;
       continue;
     }

@@ -186,6 +186,7 @@ function printJson(value: unknown, newline = true): void {
 async function build(args: CliArgs, store: Store): Promise<number> {
   const warn = (m: string) => process.stderr.write(formatWarning(m));
   const opts = engineOptions(args, store, warn);
+  for (const name of [...args.unknownSettings].sort(byString)) warn(`unknown setting '${name}'`);
   const builders = args.options.get('builders');
   if (builders) opts.builders = createRemoteBuilders(builders);
   let targets: BuildTarget[] = args.positional.map((a) => (args.command === 'ensure' ? { path: followLinksToStorePath(store.storeDir, a) } : parseTargetArg(store.storeDir, a)));

@@ -1,84 +1,181 @@
 /**
- * The `realise` command side by side with real Nix 2.8 on chroot stores: printed output paths, exit
- * statuses (0, 100 build failure, 101 timeout, 102 hash mismatch, 1 usage), and path-info JSON.
+ * The `realise` command side by side with real Nix 2.8 (nix-store --realise, nix path-info) on twin chroot
+ * stores: stdout byte for byte, exit statuses, and the lines of stderr a user reads (what will be built,
+ * errors, warnings). Commands run in-process through src/cli/run.ts's main (one spawn checks bin/realise.js).
  */
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { main } from '../../src/cli/run.js';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
 
 const BIN = path.resolve(__dirname, '../../bin/realise.js');
 const SANDBOX = '/bin/sh=/bin/busybox /bin/busybox';
 const EXPR = `
 let mk = name: script: derivation { inherit name; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" script]; };
-in {
-  ok = derivation { name = "cli-ok"; system = "x86_64-linux"; builder = "/bin/sh"; outputs = ["out" "dev"];
-    args = ["-c" "echo out > $out; echo $out > $dev"]; };
+in rec {
+  ok = derivation { name = "cli-ok"; system = "x86_64-linux"; builder = "/bin/sh"; outputs = ["out" "dev" "bin"];
+    args = ["-c" "echo out > $out; echo $out > $dev; echo b > $bin"]; };
   fail = mk "cli-fail" "echo about to fail; exit 3";
+  fail2 = mk "cli-fail2" "echo other failure; exit 1";
+  good = mk "cli-good" "echo good > $out";
+  dep = mk "cli-dep" "echo \${fail} > $out";
   slow = mk "cli-slow" "/bin/busybox sleep 30; echo > $out";
   fod = derivation { name = "cli-fod"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo -n x > $out"];
     outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = "0000000000000000000000000000000000000000000000000000"; };
 }`;
+const ATTRS = ['ok', 'fail', 'fail2', 'good', 'dep', 'slow', 'fod'] as const;
+const MISSING = '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nothere';
 
-function realise(args: string[]): { stdout: string; stderr: string; status: number } {
-  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env: { ...process.env, NIX_REMOTE: '' } });
-  return { stdout: r.stdout, stderr: r.stderr, status: r.status ?? -1 };
+interface Run { stdout: string; stderr: string; status: number }
+
+/** Run `realise ARGS` in this process, capturing what it writes. */
+async function realise(args: string[]): Promise<Run> {
+  let stdout = '';
+  let stderr = '';
+  const out = process.stdout.write.bind(process.stdout);
+  const err = process.stderr.write.bind(process.stderr);
+  process.stdout.write = ((c: string | Uint8Array) => { stdout += c.toString(); return true; }) as typeof process.stdout.write;
+  process.stderr.write = ((c: string | Uint8Array) => { stderr += c.toString(); return true; }) as typeof process.stderr.write;
+  try {
+    const status = await main(args);
+    return { stdout, stderr, status };
+  } finally {
+    process.stdout.write = out;
+    process.stderr.write = err;
+  }
 }
 
-describe.skipIf(!nixOk())('realise CLI vs nix-store', () => {
-  let file: string;
+/** The stderr lines a reader compares: errors (with their indented continuation lines), warnings, notes and the will-be-built summary. */
+function keyLines(stderr: string): string[] {
+  return stderr.split('\n').filter((l) => /^(error|warning|note): |^ {7}|^these |^this |^don't know|^ {2}\/nix\/store\//.test(l));
+}
+
+describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
   let R1: string;
   let R2: string;
-  const drvs: Record<string, string> = {};
+  let dir: string;
+  const drvs = {} as Record<(typeof ATTRS)[number], string>;
   beforeAll(() => {
-    const dir = tempDir();
-    file = path.join(dir, 'cli.nix');
+    dir = tempDir();
+    const file = path.join(dir, 'cli.nix');
     writeFileSync(file, EXPR);
     R1 = path.join(dir, 'R1');
     R2 = path.join(dir, 'R2');
-    for (const a of ['ok', 'fail', 'slow', 'fod']) {
+    for (const a of ATTRS) {
       drvs[a] = nix('nix-instantiate', ['--store', R1, file, '-A', a]);
       expect(nix('nix-instantiate', ['--store', R2, file, '-A', a])).toBe(drvs[a]);
     }
   });
-  const nixStore = (args: string[]) => runNix('nix-store', ['--store', R1, '--option', 'sandbox', 'true', '--option', 'sandbox-paths', SANDBOX, ...args]);
+  const nixStore = (args: string[]) => runNix('nix-store', ['--store', R1, '--option', 'sandbox-paths', SANDBOX, ...args]);
   const ours = (args: string[]) => realise([args[0]!, '--store', R2, '--option', 'sandbox-paths', SANDBOX, ...args.slice(1)]);
+  /** nix-store --realise and realise build with the same arguments: same stdout, status and key stderr lines. */
+  async function same(nixArgs: string[], ourArgs: string[] = nixArgs): Promise<Run> {
+    const n = nixStore(['--realise', ...nixArgs]);
+    const o = await ours(['build', ...ourArgs]);
+    expect(o.stdout, o.stderr).toBe(n.stdout);
+    expect(keyLines(o.stderr), o.stderr).toEqual(keyLines(n.stderr));
+    expect(o.status, o.stderr).toBe(n.status);
+    return o;
+  }
 
-  it('build prints the wanted output paths, as nix-store --realise', () => {
-    for (const target of [drvs.ok!, `${drvs.ok}^dev`]) {
-      const n = nixStore(['--realise', target.replace('^', '!')]);
-      const o = ours(['build', target]);
-      expect(o.status, o.stderr).toBe(0);
-      expect(n.status).toBe(0);
-      expect(o.stdout.trim().split('\n').sort()).toEqual(n.stdout.trim().split('\n').sort());
+  it('build prints every output in Nix order (by path), the wanted ones with DRV!out or DRV^out', async () => {
+    await same([drvs.ok!]);
+    await same([`${drvs.ok}!dev,bin`]);
+    await same([`${drvs.ok}!bin`], [`${drvs.ok}^bin`]);
+    await same([drvs.good!, drvs.ok!]);
+  });
+
+  it('failures: the first error, the others logged, then "build of … failed"; dependencies logged as they fail', async () => {
+    const o = await same([drvs.fail!, drvs.fail2!, drvs.good!]);
+    expect(o.status).toBe(100);
+    // Logs were shown as they came: the error does not repeat their tail (nix-store's simple logger).
+    expect(o.stderr).toContain('about to fail\n');
+    expect(o.stderr).not.toContain('last 1 log lines');
+    await same([drvs.fail!, drvs.fail2!, '-k']);
+    await same([drvs.dep!]);
+    // -Q: no build output, so the error carries the tail, indented under `error: `.
+    const q = await same(['-Q', drvs.fail!]);
+    expect(q.stderr).toContain('\n       > about to fail\n');
+  });
+
+  it('exit statuses and messages: timeout 101, hash mismatch 102 (continuation lines indented)', async () => {
+    expect((await same([drvs.slow!, '--timeout', '1'])).status).toBe(101);
+    const f = await same([drvs.fod!]);
+    expect(f.status).toBe(102);
+    expect(f.stderr).toMatch(/\n {9}specified: sha256-/);
+  });
+
+  it('arguments as nix-store reads them: missing files, paths outside the store, bad names, missing paths', async () => {
+    const outside = path.join(dir, 'not-in-store');
+    writeFileSync(outside, '');
+    for (const arg of [path.join(dir, 'nonexistent'), outside, '/nix/store/foo', '/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x',
+      MISSING, `${MISSING}.drv`]) {
+      const o = await same([arg]);
+      expect(o.status, arg).toBe(1);
+      expect(o.stderr, arg).toMatch(/^error: /m);
     }
+    // Nothing to do is success; --dry-run lists what would happen and builds nothing.
+    await same([]);
+    await same(['--dry-run', drvs.dep!, MISSING]);
+    expect(existsSync(path.join(R2, 'nix/store', path.basename(drvs.dep!).replace(/\.drv$/, '')))).toBe(false);
   });
 
-  it('path-info --json -r gives what nix path-info gives (but the registration time)', () => {
-    const out = ours(['build', drvs.ok!]).stdout.trim().split('\n')[0]!;
-    const o = JSON.parse(realise(['path-info', '--store', R2, '--json', '-r', out]).stdout);
-    const n = JSON.parse(nix('nix', ['path-info', '--store', R2, '--json', '-r', out]));
-    const strip = (xs: Record<string, unknown>[]) => xs.map(({ registrationTime: _, ...rest }) => rest);
-    expect(strip(o)).toEqual(strip(n));
+  it('--option: unknown names before the targets get a warning, after them none; bad values are a warning; the build goes on', async () => {
+    const o = await same(['--option', 'frobnicate', '1', '--option', 'keep-going', 'maybe', '--option', 'max-jobs', 'x', drvs.good!]);
+    expect(o.stderr).toContain("warning: unknown setting 'frobnicate'\n");
+    const after = await same([drvs.good!, '--option', 'frobnicate', '1']);
+    expect(after.stderr).not.toContain('unknown setting');
   });
 
-  it('exit statuses match: build failure 100, timeout 101, hash mismatch 102', () => {
-    const cases: [string, string[], number][] = [['fail', [], 100], ['slow', ['--timeout', '1'], 101], ['fod', [], 102]];
-    for (const [attr, flags, want] of cases) {
-      const n = nixStore(['--realise', drvs[attr]!, ...flags]);
-      const o = ours(['build', drvs[attr]!, ...flags]);
-      expect(n.status, `nix ${attr}`).toBe(want);
-      expect(o.status, `ours ${attr}: ${o.stderr}`).toBe(want);
-      expect(o.stderr).toMatch(/^error: /m);
-    }
-    expect(ours(['build', drvs.fail!]).stderr).toContain('about to fail');
+  it('--add-root makes the same GC roots as nix-store (links, names, indirect roots) and prints them', async () => {
+    const roots = path.join(dir, 'roots');
+    mkdirSync(roots);
+    const link = path.join(roots, 'result');
+    const n = nixStore(['--realise', drvs.ok!, drvs.good!, '--add-root', link]);
+    const nixLinks = readdirSync(roots).sort().map((f) => [f, readlinkSync(path.join(roots, f))]);
+    const auto = (root: string) => readdirSync(path.join(root, 'nix/var/nix/gcroots/auto')).sort();
+    const nixAuto = auto(R1);
+    rmSync(roots, { recursive: true });
+    mkdirSync(roots);
+    const o = await ours(['build', drvs.ok!, drvs.good!, '--add-root', link]);
+    expect(o.status, o.stderr).toBe(0);
+    expect(o.stdout).toBe(n.stdout);
+    expect(readdirSync(roots).sort().map((f) => [f, readlinkSync(path.join(roots, f))])).toEqual(nixLinks);
+    expect(auto(R2)).toEqual(nixAuto);
   });
 
-  it('usage errors exit 1 with a hint', () => {
-    const o = realise(['frobnicate']);
-    expect(o.status).toBe(1);
-    expect(o.stderr).toContain("unknown command 'frobnicate'");
-    expect(realise(['build', '--max-jobs']).status).toBe(1);
+  it('path-info: a .drv means its outputs, sorted; --json like nix path-info (valid:false, no newline)', async () => {
+    const nixPI = (args: string[]) => runNix('nix', ['path-info', '--store', R2, ...args]);
+    const strip = (s: string) => JSON.parse(s).map(({ registrationTime: _, ...rest }: Record<string, unknown>) => rest);
+    const n = nixPI([drvs.ok!, drvs.good!]);
+    const o = await realise(['path-info', '--store', R2, drvs.ok!, drvs.good!]);
+    expect(o.stdout).toBe(n.stdout);
+    expect(o.status).toBe(0);
+    const nj = nixPI(['--json', '-r', MISSING, drvs.good!]);
+    const oj = await realise(['path-info', '--store', R2, '--json', MISSING, drvs.good!]);
+    expect(nj.status).toBe(1);
+    const nj2 = nixPI(['--json', MISSING, drvs.good!]);
+    expect(oj.stdout.endsWith(']')).toBe(true);
+    expect(strip(oj.stdout)).toEqual(strip(nj2.stdout));
+    expect(keyLines(oj.stderr)).toEqual(keyLines(nj2.stderr));
+    const oi = await realise(['path-info', '--store', R2, MISSING, drvs.good!]);
+    const ni = nixPI([MISSING, drvs.good!]);
+    expect([oi.stdout, oi.status, keyLines(oi.stderr)]).toEqual([ni.stdout, ni.status, keyLines(ni.stderr)]);
+    const od = await realise(['path-info', '--store', R2, '--derivation', drvs.good!]);
+    expect(od.stdout).toBe(nixPI(['--derivation', drvs.good!]).stdout);
+  });
+
+  it('bin/realise.js: --version, and usage errors exit 1 with a hint', async () => {
+    const r = spawnSync(process.execPath, [BIN, '--version'], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^realise \(realise\) \d+\.\d+\.\d+/);
+    const u = await realise(['frobnicate']);
+    expect(u.status).toBe(1);
+    expect(u.stderr).toContain("unknown command 'frobnicate'");
+    const m = await realise(['build', '--max-jobs']);
+    expect(m.status).toBe(1);
+    expect(m.stderr).toContain("error: flag '--max-jobs' requires 1 argument(s)");
   });
 });
