@@ -241,6 +241,8 @@ async function build(args: CliArgs, store: Store): Promise<number> {
       printJson(out);
       return 0;
     }
+    // nix-store --realise --ignore-unknown builds what it can and prints nothing.
+    if (args.ignoreUnknown) return 0;
     let warned = false;
     const lines = await realisedPaths(args, store, results, () => {
       if (!warned && store instanceof LocalStore) { warned = true; warn(GC_WARNING); }
