@@ -296,7 +296,7 @@ export class LinuxSandbox implements Sandbox {
     if (this.#options.server !== false) {
       a.splice(a.indexOf('--status-fd'), 2);
       a.push('--', request.builder, path.basename(request.builder), ...request.args);
-      this.#server ??= new SandboxServer(exe, filter);
+      this.#server ??= new SandboxServer(exe, filter, { warm: true });
       let exit: SandboxExit;
       try {
         exit = await this.#server.run({ args: a, env: request.env, signal: opts.signal, onOutput: opts.onOutput, drvPath: request.drvPath });

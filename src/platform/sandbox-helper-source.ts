@@ -49,6 +49,7 @@ static int nbinds;
 static const char *root, *buildDir = "/build", *shmSize = "50%";
 static int uidIn = 1000, gidIn = 100, keepNet, seccompFd = -1, statusFd = -1, linux32;
 static int errPipe[2];
+static int failQuiet; /* a warm process that cannot get ready just exits */
 
 static void status(const char *fmt, ...);
 
@@ -58,6 +59,7 @@ static void fail(const char *fmt, ...) {
   int n = vsnprintf(buf, sizeof buf - 64, fmt, ap);
   va_end(ap);
   if (errno) n += snprintf(buf + n, 64, ": %s", strerror(errno));
+  if (failQuiet) _exit(125);
   if (errPipe[1] > 0) { if (write(errPipe[1], buf, n) < 0) {} }
   else if (statusFd >= 0) { status("error %s\n", buf); }
   else fprintf(stderr, "realise-sandbox: %s\n", buf);
@@ -112,8 +114,8 @@ static void doBind(const struct bind *b) {
   }
 }
 
-static void child(char **argv, int ptySlave, struct sock_fprog *prog) {
-  char path[4096];
+/* In the builder's process (PID 1 of its namespace), the part that does not depend on the request. */
+static void childEarly(int ptySlave) {
   close(errPipe[0]);
   if (setsid() == -1) fail("creating a new session");
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1) fail("setting the parent-death signal");
@@ -135,6 +137,11 @@ static void child(char **argv, int ptySlave, struct sock_fprog *prog) {
   if (sethostname("localhost", 9) == -1) fail("cannot set host name");
   if (setdomainname("(none)", 6) == -1) fail("cannot set domain name");
   if (mount(0, "/", 0, MS_PRIVATE | MS_REC, 0) == -1) fail("unable to make '/' private");
+}
+
+/* The rest: mounts, pivot, credentials, exec. */
+static void childLate(char **argv, struct sock_fprog *prog) {
+  char path[4096];
   if (mount(root, root, 0, MS_BIND, 0) == -1) fail("unable to bind mount '%s'", root);
   for (int i = 0; i < nbinds; i++) doBind(&binds[i]);
 
@@ -244,8 +251,13 @@ static void readSeccomp(void) {
   prog.len = got / sizeof(struct sock_filter); haveProg = prog.len > 0;
 }
 
-static int runBuild(char **cmd) {
-  if (!root || !cmd[0] || !cmd[1]) { errno = 0; fail("usage: helper --root DIR [options] -- BUILDER ARGV0 [ARGS...]"); }
+static int ptyMaster, reqPipe[2] = { -1, -1 };
+static pid_t builderPid;
+static void warmChild(void);
+
+/* Pseudoterminal, namespaces, uid/gid maps, and the builder's process (PID 1 of the new PID namespace).
+   With warm set, that process stops after childEarly() and waits for the request on reqPipe. */
+static void prepare(char **cmd, int warm) {
   /* The builder's output goes to a pseudoterminal in raw mode, as in Nix; we copy it to our stdout. */
   int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
   if (master < 0) fail("opening pseudoterminal master");
@@ -267,17 +279,29 @@ static int runBuild(char **cmd) {
   snprintf(map, sizeof map, "%d %d 1", gidIn, hostGid); writeFile("/proc/self/gid_map", map);
 
   if (pipe2(errPipe, O_CLOEXEC) == -1) fail("creating a pipe");
+  if (warm && pipe2(reqPipe, O_CLOEXEC) == -1) fail("creating a pipe");
   pid_t pid = fork();
   if (pid == -1) fail("forking the builder");
-  if (pid == 0) { close(master); child(cmd, slave, haveProg ? &prog : 0); }
+  if (pid == 0) {
+    close(master);
+    failQuiet = 0; /* our failures go to errPipe, reported with the build's id */
+    childEarly(slave);
+    if (warm) warmChild();
+    childLate(cmd, haveProg ? &prog : 0);
+  }
   close(slave); close(errPipe[1]); errPipe[1] = 0;
+  if (warm) close(reqPipe[0]);
+  ptyMaster = master; builderPid = pid;
+}
 
+/* Wait for the builder: setup errors, its output (copied to stdout), its status. */
+static int finish(void) {
   char errbuf[4096]; size_t errlen = 0; ssize_t n;
   while ((n = read(errPipe[0], errbuf + errlen, sizeof errbuf - 1 - errlen)) > 0) errlen += n;
   close(errPipe[0]);
   if (errlen) {
     errbuf[errlen] = 0;
-    waitpid(pid, 0, 0);
+    waitpid(builderPid, 0, 0);
     errno = 0;
     if (statusFd >= 0) { status("error %s\n", errbuf); _exit(125); }
     fail("%s", errbuf);
@@ -285,7 +309,7 @@ static int runBuild(char **cmd) {
 
   char buf[65536];
   for (;;) {
-    n = read(master, buf, sizeof buf);
+    n = read(ptyMaster, buf, sizeof buf);
     if (n > 0) {
       for (ssize_t off = 0; off < n;) {
         ssize_t w = write(1, buf + off, n - off);
@@ -298,10 +322,66 @@ static int runBuild(char **cmd) {
     break; /* EIO: every holder of the slave closed it */
   }
   int st;
-  while (waitpid(pid, &st, 0) == -1 && errno == EINTR) {}
+  while (waitpid(builderPid, &st, 0) == -1 && errno == EINTR) {}
   if (WIFEXITED(st)) status("exit %d\n", WEXITSTATUS(st));
   else status("signal %d\n", WTERMSIG(st));
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int runBuild(char **cmd) {
+  if (!root || !cmd[0] || !cmd[1]) { errno = 0; fail("usage: helper --root DIR [options] -- BUILDER ARGV0 [ARGS...]"); }
+  prepare(cmd, 0);
+  return finish();
+}
+
+/* Read one request frame (4-byte little-endian length, then the payload); NULL at end of input. */
+static char *readFrame(int fd, uint32_t *lenOut) {
+  unsigned char lenb[4];
+  size_t got = 0; ssize_t n;
+  while (got < 4 && ((n = read(fd, lenb + got, 4 - got)) > 0 || (n < 0 && errno == EINTR))) if (n > 0) got += n;
+  if (got < 4) return 0;
+  uint32_t len = lenb[0] | lenb[1] << 8 | lenb[2] << 16 | (uint32_t) lenb[3] << 24;
+  char *msg = malloc(len + 1);
+  if (!msg) return 0;
+  got = 0;
+  while (got < len && ((n = read(fd, msg + got, len - got)) > 0 || (n < 0 && errno == EINTR))) if (n > 0) got += n;
+  if (got < len) { free(msg); return 0; }
+  msg[len] = 0;
+  *lenOut = len;
+  return msg;
+}
+
+/* Split a request (id, argument count, arguments, environment; NUL-terminated strings) into a
+   NULL-terminated array; returns the number of strings, or -1 if malformed. */
+static int splitRequest(char *msg, uint32_t len, char ***out) {
+  int nstr = 0;
+  for (uint32_t k = 0; k < len; k++) if (!msg[k]) nstr++;
+  char **strs = calloc(nstr + 2, sizeof(char *));
+  if (!strs) return -1;
+  int si = 0; char *p = msg;
+  while (p < msg + len && si < nstr) { strs[si++] = p; p += strlen(p) + 1; }
+  int argc = si >= 2 ? atoi(strs[1]) : -1;
+  if (argc < 0 || 2 + argc > si) { free(strs); return -1; }
+  strs[si] = 0;
+  *out = strs;
+  return si;
+}
+
+/* The warm builder process, once the request arrives: parse it and carry on as a fresh one would. */
+static void warmChild(void) {
+  close(reqPipe[1]);
+  uint32_t len; char *msg = readFrame(reqPipe[0], &len);
+  close(reqPipe[0]);
+  char **strs;
+  if (!msg || splitRequest(msg, len, &strs) < 0) { errno = 0; fail("reading the build request"); }
+  int argcB = atoi(strs[1]);
+  char **argvB = calloc(argcB + 2, sizeof(char *));
+  argvB[0] = "helper";
+  for (int k = 0; k < argcB; k++) argvB[k + 1] = strs[2 + k];
+  environ = strs + 2 + argcB;
+  int i = parseArgs(argcB + 1, argvB, 1);
+  if (!root || !argvB[i] || !argvB[i + 1]) { errno = 0; fail("usage: helper --root DIR [options] -- BUILDER ARGV0 [ARGS...]"); }
+  childLate(argvB + i, haveProg ? &prog : 0);
 }
 
 /* Server mode: "helper --server SOCKET [--seccomp-fd 3]". Requests arrive on stdin as a 4-byte
@@ -397,79 +477,144 @@ static void plainBuild(const char *sock, const char *id, char **argv, char **env
   buildId = 0;
 }
 
-static int server(const char *sock) {
+/* A "warm" per-build process: its namespaces, pseudoterminal and builder process are made ahead of
+   the request (the part of a build's start that does not depend on it), then it waits for a request
+   on a pipe from the server and runs it like a cold one. Only for requests with the defaults it was
+   made with (private network, uid 1000, gid 100). */
+static int warmFd = -1, signalFd = -1;
+static const char *warmUid = "1000", *warmGid = "100";
+
+static int writeAll(int fd, const void *data, size_t len) {
+  for (size_t off = 0; off < len;) {
+    ssize_t w = write(fd, (const char *) data + off, len - off);
+    if (w < 0) { if (errno == EINTR) continue; return -1; }
+    off += w;
+  }
+  return 0;
+}
+
+static int writeFrame(int fd, const char *msg, uint32_t len) {
+  unsigned char lenb[4] = { len & 255, (len >> 8) & 255, (len >> 16) & 255, len >> 24 };
+  return writeAll(fd, lenb, 4) || writeAll(fd, msg, len) ? -1 : 0;
+}
+
+/* In a per-build process: report our pid, send our stdout to the build's output connection (made
+   already, s >= 0, or now). */
+static void attachOutput(const char *sock, int s) {
+  status("pid %d\n", (int) getpid());
+  statusFd = dup(1);
+  if (s < 0) s = connectOutput(sock);
+  if (s < 0) { status("error connecting to the output socket: %s\n", strerror(errno)); _exit(125); }
+  char hdr[128]; int hl = snprintf(hdr, sizeof hdr, "%s\n", buildId);
+  if (write(s, hdr, hl) != hl) _exit(125);
+  dup2(s, 1); close(s);
+  fcntl(statusFd, F_SETFD, FD_CLOEXEC);
+}
+
+static void perBuildInit(void) {
+  sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, 0);
+  if (signalFd >= 0) close(signalFd);
+  if (warmFd >= 0) close(warmFd);
+  signal(SIGPIPE, SIG_DFL);
+  setpgid(0, 0);
+  close(0);
+}
+
+static void spawnWarm(const char *sock) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) == -1) return;
+  pid_t pid = fork();
+  if (pid == -1) { close(p[0]); close(p[1]); return; }
+  if (pid > 0) { close(p[0]); warmFd = p[1]; return; }
+  close(p[1]);
+  perBuildInit();
+  prctl(PR_SET_PDEATHSIG, SIGKILL); /* an idle warm process goes with the server */
+  failQuiet = 1; statusFd = -1;
+  /* Abstract sockets belong to a network namespace: connect before leaving the host's. The server
+     side waits for the "id" line that we send once we have a request. */
+  int out = connectOutput(sock);
+  if (out < 0) _exit(125);
+  prepare(0, 1);
+  failQuiet = 0; statusFd = 1;
+  uint32_t len; char *msg = readFrame(p[0], &len);
+  if (!msg) _exit(0);
+  close(p[0]);
+  char **strs;
+  if (splitRequest(msg, len, &strs) < 0) _exit(125);
+  buildId = strs[0];
+  attachOutput(sock, out);
+  if (writeFrame(reqPipe[1], msg, len)) {} /* a builder process that already failed reports on errPipe */
+  close(reqPipe[1]);
+  _exit(finish());
+}
+
+/* Whether a sandboxed request can go to the warm process (same network and ids it was made with). */
+static int warmCompatible(char **args, int argc) {
+  for (int k = 0; k < argc; k++) {
+    if (!strcmp(args[k], "--")) break;
+    if (!strcmp(args[k], "--net")) return 0;
+    if (!strcmp(args[k], "--uid") && k + 1 < argc && strcmp(args[k + 1], warmUid)) return 0;
+    if (!strcmp(args[k], "--gid") && k + 1 < argc && strcmp(args[k + 1], warmGid)) return 0;
+  }
+  return 1;
+}
+
+static int server(const char *sock, int warm) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   /* Children are reaped from the main loop (signalfd); waiting, rather than SIG_IGN, keeps their CPU
      time in our accounting and gives us plain builds' statuses. */
   sigset_t chld; sigemptyset(&chld); sigaddset(&chld, SIGCHLD);
   sigprocmask(SIG_BLOCK, &chld, 0);
-  int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-  if (sfd < 0) return 1;
+  signalFd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (signalFd < 0) return 1;
   signal(SIGPIPE, SIG_IGN);
   statusFd = 1;
   readSeccomp();
+  if (warm) spawnWarm(sock);
   for (;;) {
-    struct pollfd pfd[2] = { { 0, POLLIN, 0 }, { sfd, POLLIN, 0 } };
+    struct pollfd pfd[2] = { { 0, POLLIN, 0 }, { signalFd, POLLIN, 0 } };
     if (poll(pfd, 2, -1) == -1) { if (errno == EINTR) continue; return 1; }
     if (pfd[1].revents) {
       struct signalfd_siginfo si;
-      while (read(sfd, &si, sizeof si) > 0) {}
+      while (read(signalFd, &si, sizeof si) > 0) {}
       reapAll();
     }
     if (!pfd[0].revents) continue;
-    unsigned char lenb[4];
-    size_t got = 0; ssize_t n;
-    while (got < 4 && ((n = read(0, lenb + got, 4 - got)) > 0 || (n < 0 && errno == EINTR))) if (n > 0) got += n;
-    if (got < 4) return 0;
-    uint32_t len = lenb[0] | lenb[1] << 8 | lenb[2] << 16 | (uint32_t) lenb[3] << 24;
-    char *msg = malloc(len + 1);
-    if (!msg) return 1;
-    got = 0;
-    while (got < len && ((n = read(0, msg + got, len - got)) > 0 || (n < 0 && errno == EINTR))) if (n > 0) got += n;
-    if (got < len) return 0;
-    msg[len] = 0;
-    int nstr = 0;
-    for (uint32_t k = 0; k < len; k++) if (!msg[k]) nstr++;
-    char **strs = calloc(nstr + 2, sizeof(char *));
-    if (!strs) return 1;
-    int si = 0; char *p = msg;
-    while (p < msg + len && si < nstr) { strs[si++] = p; p += strlen(p) + 1; }
-    int argcB = si >= 2 ? atoi(strs[1]) : -1;
-    if (argcB < 0 || 2 + argcB > si) { free(strs); free(msg); continue; }
-    /* strs: id, argc, args[argc], env... ; the environment is made NULL-terminated in place. */
+    uint32_t len;
+    char *msg = readFrame(0, &len);
+    if (!msg) return 0;
+    char **strs;
+    int si = splitRequest(msg, len, &strs);
+    if (si < 0) { free(msg); continue; }
+    /* strs: id, argc, args[argc], env..., NULL */
+    int argcB = atoi(strs[1]);
     char **args = strs + 2, **env = strs + 2 + argcB;
-    strs[si] = 0;
     if (argcB >= 4 && !strcmp(args[0], "--plain")) {
-      char *id = strs[0];
       char **pargv = calloc(argcB + 1, sizeof(char *));
       if (!pargv) return 1;
       for (int k = 1; k < argcB; k++) pargv[k - 1] = args[k];
-      plainBuild(sock, id, pargv, env);
+      plainBuild(sock, strs[0], pargv, env);
       free(pargv); free(strs); free(msg);
       continue;
+    }
+    if (warmFd >= 0 && warmCompatible(args, argcB)) {
+      int ok = writeFrame(warmFd, msg, len) == 0;
+      close(warmFd); warmFd = -1;
+      spawnWarm(sock); /* the next one gets ready while this build runs */
+      if (ok) { free(strs); free(msg); continue; }
+      /* that warm process had died (setup failed): run this build cold, which reports why */
     }
     pid_t pid = fork();
     if (pid == -1) { buildId = strs[0]; status("error forking: %s\n", strerror(errno)); buildId = 0; free(strs); free(msg); continue; }
     if (pid > 0) { free(strs); free(msg); continue; }
     /* per-build process */
-    sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, 0);
-    close(sfd);
-    signal(SIGPIPE, SIG_DFL);
-    setpgid(0, 0);
-    close(0);
+    perBuildInit();
     buildId = strs[0];
     char **argvB = calloc(argcB + 2, sizeof(char *));
     argvB[0] = "helper";
     for (int k = 0; k < argcB; k++) argvB[k + 1] = args[k];
     environ = env;
-    status("pid %d\n", (int) getpid());
-    statusFd = dup(1);
-    int s = connectOutput(sock);
-    if (s < 0) { status("error connecting to the output socket: %s\n", strerror(errno)); _exit(125); }
-    char hdr[128]; int hl = snprintf(hdr, sizeof hdr, "%s\n", buildId);
-    if (write(s, hdr, hl) != hl) _exit(125);
-    dup2(s, 1); close(s);
-    fcntl(statusFd, F_SETFD, FD_CLOEXEC);
+    attachOutput(sock, -1);
     int i = parseArgs(argcB + 1, argvB, 1);
     _exit(runBuild(argvB + i));
   }
@@ -477,8 +622,12 @@ static int server(const char *sock) {
 
 int main(int argc, char **argv) {
   if (argc >= 3 && !strcmp(argv[1], "--server")) {
-    for (int i = 3; i + 1 < argc; i++) if (!strcmp(argv[i], "--seccomp-fd")) seccompFd = atoi(argv[i + 1]);
-    return server(argv[2]);
+    int warm = 0;
+    for (int i = 3; i < argc; i++) {
+      if (!strcmp(argv[i], "--warm")) warm = 1;
+      else if (!strcmp(argv[i], "--seccomp-fd") && i + 1 < argc) seccompFd = atoi(argv[++i]);
+    }
+    return server(argv[2], warm);
   }
   int i = parseArgs(argc, argv, 1);
   if (statusFd >= 0) fcntl(statusFd, F_SETFD, FD_CLOEXEC);

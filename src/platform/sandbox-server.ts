@@ -45,9 +45,16 @@ export class SandboxServer {
   #closing = false;
   #died = false;
 
-  constructor(exe: string, filter: Buffer | undefined) {
+  readonly #warm: boolean;
+
+  /**
+   * `warm`: keep one sandboxed build's namespaces, pseudoterminal and process made ahead of time, so a
+   * request (with the default network and ids) only has to mount, pivot and exec. For sandbox servers.
+   */
+  constructor(exe: string, filter: Buffer | undefined, options: { readonly warm?: boolean } = {}) {
     this.#exe = exe;
     this.#filter = filter;
+    this.#warm = options.warm ?? false;
   }
 
   #start(): Promise<void> {
@@ -58,7 +65,7 @@ export class SandboxServer {
       await new Promise<void>((resolve, reject) => { listener.once('error', reject); listener.listen('\0' + name, () => resolve()); });
       listener.unref();
       this.#listener = listener;
-      const child = spawn(this.#exe, ['--server', name, ...(this.#filter ? ['--seccomp-fd', '3'] : [])], {
+      const child = spawn(this.#exe, ['--server', name, ...(this.#warm ? ['--warm'] : []), ...(this.#filter ? ['--seccomp-fd', '3'] : [])], {
         stdio: ['pipe', 'pipe', 'inherit', ...(this.#filter ? ['pipe' as const] : [])], env: {},
       });
       this.#child = child;
@@ -109,6 +116,8 @@ export class SandboxServer {
   #onConnection(sock: net.Socket): void {
     let head = '';
     let p: Pending | undefined;
+    // A warm build process connects before it has a build: it must not keep the event loop alive.
+    sock.unref();
     sock.on('data', (chunk: Buffer) => {
       if (!p) {
         const s = chunk.toString('latin1');
@@ -117,6 +126,7 @@ export class SandboxServer {
         const id = head + s.slice(0, nl);
         p = this.#pending.get(id);
         if (!p) { sock.destroy(); return; }
+        sock.ref();
         p.connected = true;
         const rest = chunk.subarray(Buffer.byteLength(s.slice(0, nl + 1), 'latin1'));
         if (rest.length && !p.aborted) p.onOutput?.(rest);

@@ -82,3 +82,34 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
     expect(first).toContain('ptmx -> /dev/pts/ptmx');
   });
 });
+
+describe.skipIf(!ccOk())('LinuxSandbox (helper server): warm and cold build processes', () => {
+  let fx: Fixture;
+  let sb: LinuxSandbox;
+  beforeAll(() => { fx = makeFixture(); sb = new LinuxSandbox({ backend: 'helper' }); });
+  afterAll(() => sb?.close());
+
+  it('requests the prepared (warm) process cannot serve — other ids, host network — run cold, interleaved', async () => {
+    const run = async (extra: Partial<SandboxRequest>) => {
+      const req = fx.request('ids', 'id > $out; cat /proc/net/dev | wc -l >> $out', extra);
+      expect(await sb.run(req)).toEqual({ kind: 'exited', code: 0 });
+      return readFileSync(fx.realPath(req.outputPaths[0]!), 'utf8');
+    };
+    const dflt = await run({});
+    expect(dflt.split('\n')[0]).toBe('uid=1000(nixbld) gid=100(nixbld)');
+    const other = await run({ uid: 1234, gid: 567 });
+    expect(other.split('\n')[0]).toBe('uid=1234(nixbld) gid=567(nixbld)');
+    const net = await run({ network: true });
+    expect(Number(net.split('\n')[1])).toBeGreaterThan(Number(dflt.split('\n')[1])); // the host's interfaces, not just lo
+    expect(await run({})).toBe(dflt);
+  });
+
+  it('a setup failure in the prepared process is reported with the build, and the next build works', async () => {
+    const bad = fx.request('bad', 'true', { extraPaths: new Map([['/bad', { source: '/nonexistent-source', optional: false }]]) });
+    const exit = await sb.run(bad);
+    expect(exit.kind).toBe('spawn-failed');
+    expect((exit as { message: string }).message).toContain('/nonexistent-source');
+    const ok = fx.request('ok', 'echo fine > $out');
+    expect(await sb.run(ok)).toEqual({ kind: 'exited', code: 0 });
+  });
+});
