@@ -3,7 +3,8 @@
  * NAR hash and size computed in the same pass. Restore refuses hostile archives (entries out of order,
  * duplicates, names with `/`, `.`, `..`, NUL, or empty) and never writes outside its target directory.
  */
-import { chmodSync, closeSync, fchmodSync, futimesSync, lutimesSync, mkdirSync, openSync, promises as fsp, symlinkSync, write as writeCb, writeSync, constants as FS } from 'node:fs';
+import * as fs from 'node:fs';
+import { promises as fsp, write as writeCb, constants as FS } from 'node:fs';
 import * as path from 'node:path';
 import { BadNarError, StoreError } from './errors.js';
 import { Hash, HashSink } from './hash.js';
@@ -556,15 +557,16 @@ export interface RestoreOptions {
   /**
    * Create everything with the store's canonical metadata as it is restored (regular files 0444 or
    * 0555, directories 0555 once their entries are written, mtime 1 everywhere, as
-   * canonicalisePathMetaData leaves them), so no second walk is needed. Metadata calls are synchronous
-   * (microseconds each, no thread-pool round trip); big writes go through the thread pool.
+   * canonicalisePathMetaData leaves them), so no second walk is needed.
    * @default false
    */
   readonly canonical?: boolean;
 }
 
-/** Writes at least this big go through libuv's thread pool in a canonical restore; smaller ones are synchronous. */
-const ASYNC_WRITE_MIN = 128 * 1024;
+/** Promise of a Node callback-style call (cheaper than the FileHandle API for one call). */
+function cb<T>(start: (k: (e: NodeJS.ErrnoException | null, v?: T) => void) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => start((e, v) => (e ? reject(e) : resolve(v as T))));
+}
 
 function writeAsync(fd: number, b: Buffer, off: number): Promise<number> {
   return new Promise((resolve, reject) => writeCb(fd, b, off, b.length - off, null, (e, n) => (e ? reject(e) : resolve(n))));
@@ -600,15 +602,6 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
       return fail(rel, e);
     }
   }
-  function fsOpSync<T>(rel: string, op: () => T): T {
-    try {
-      const r = op();
-      if (rel === '') created = true;
-      return r;
-    } catch (e) {
-      return fail(rel, e);
-    }
-  }
   const asyncSink: NarSink = {
     async createDirectory(rel, relBytes) {
       await fsOp(rel, () => fsp.mkdir(at(relBytes), { mode: 0o755 }));
@@ -632,50 +625,58 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
       };
     },
   };
-  // Canonical: atime now (as Nix), mtime 1 (STORE_MTIME in canonicalise.ts).
+  // Canonical: atime now (as Nix), mtime 1 (STORE_MTIME in canonicalise.ts). Everything goes through
+  // libuv's thread pool: a metadata call can wait for the file system's journal for a millisecond or more
+  // when the disk is busy, which must not block the event loop.
   const now = Date.now() / 1000;
-  const canonicalSink: NarSink = {
-    createDirectory(rel, relBytes) {
-      fsOpSync(rel, () => mkdirSync(at(relBytes), { mode: 0o755 }));
+  // Creation modes lose the umask's bits; then the mode is set explicitly.
+  let umask = 0o777;
+  try { umask = process.umask(); } catch { /* unknown: always chmod */ }
+  const needChmod = (mode: number) => (umask & mode) !== 0;
+  const canonicalPoolSink: NarSink = {
+    async createDirectory(rel, relBytes) {
+      await fsOp(rel, () => cb<void>((k) => fs.mkdir(at(relBytes), 0o755, (e) => k(e))));
     },
-    endDirectory(rel, relBytes) {
-      fsOpSync(rel, () => { const p = at(relBytes); chmodSync(p, 0o555); lutimesSync(p, now, 1); });
+    async endDirectory(rel, relBytes) {
+      const p = at(relBytes);
+      await fsOp(rel, () => cb<void>((k) => fs.chmod(p, 0o555, (e) => k(e))));
+      await fsOp(rel, () => cb<void>((k) => fs.lutimes(p, now, 1, (e) => k(e))));
     },
-    createSymlink(rel, t, relBytes) {
-      fsOpSync(rel, () => { const p = at(relBytes); symlinkSync(t, p); lutimesSync(p, now, 1); });
+    async createSymlink(rel, t, relBytes) {
+      const p = at(relBytes);
+      await fsOp(rel, () => cb<void>((k) => fs.symlink(t, p, (e) => k(e))));
+      await fsOp(rel, () => cb<void>((k) => fs.lutimes(p, now, 1, (e) => k(e))));
     },
-    createFile(rel, executable, _size, relBytes) {
+    async createFile(rel, executable, _size, relBytes) {
       const mode = executable ? 0o555 : 0o444;
-      const fd = fsOpSync(rel, () => openSync(at(relBytes), FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, mode));
+      const fd = await fsOp(rel, () => cb<number>((k) => fs.open(at(relBytes), FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, mode, k)));
       let open = true;
       return {
         async write(chunk) {
           try {
             let off = 0;
-            if (chunk.length >= ASYNC_WRITE_MIN) while (off < chunk.length) off += await writeAsync(fd, chunk, off);
-            else while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off);
+            while (off < chunk.length) off += await writeAsync(fd, chunk, off);
           } catch (e) {
             fail(rel, e);
           }
         },
-        close() {
+        async close() {
           if (!open) return;
           open = false;
           try {
-            // The umask may have cleared bits of `mode`; the owner's write permission is not needed by the fd.
-            fchmodSync(fd, mode);
-            futimesSync(fd, now, 1);
+            if (needChmod(mode)) await cb<void>((k) => fs.fchmod(fd, mode, (e) => k(e)));
+            await cb<void>((k) => fs.futimes(fd, now, 1, (e) => k(e)));
           } catch (e) {
-            closeSync(fd);
+            await cb<void>((k) => fs.close(fd, (e2) => k(e2))).catch(() => {});
             fail(rel, e);
           }
-          closeSync(fd);
+          await cb<void>((k) => fs.close(fd, (e) => k(e)));
         },
       };
     },
   };
   try {
-    return await parseNar(source, opts.canonical ? canonicalSink : asyncSink);
+    return await parseNar(source, opts.canonical ? (canonicalPoolSink) : asyncSink);
   } catch (e) {
     if (created) {
       if (opts.canonical) await makeTreeWritable(abs).catch(() => {});

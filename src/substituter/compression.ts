@@ -171,9 +171,29 @@ async function* zstdDecode(source: AsyncIterable<Uint8Array>, sizeHint: number |
     return r[2];
   };
   let clean = false;
+  let streaming = false;
   try {
     for await (const chunk of source) {
       let src = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+      // Until the streaming decoder has been used: whole frames in this chunk whose header gives the
+      // content size are decoded in one call straight into a buffer of that size (no output chunking,
+      // no copies out of the decoder's window).
+      while (!streaming && src.length > 0) {
+        const n = oneShotFrameSize(src, sizeHint);
+        if (n === undefined) break;
+        const dst = Buffer.allocUnsafe(n.content);
+        let got: number;
+        try {
+          got = dctx.decompress(dst, src.subarray(0, n.frame));
+        } catch (e) {
+          throw new DecompressionError(`zstd decompression failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+        }
+        if (got !== n.content) throw new DecompressionError(`zstd decompression failed: a frame declares ${n.content} bytes but holds ${got}`);
+        src = src.subarray(n.frame);
+        if (got > 0) yield dst;
+      }
+      if (src.length === 0) continue;
+      if (!streaming) { dctx.reset(zstdBinding.ResetDirective.sessionOnly); streaming = true; }
       for (;;) {
         src = src.subarray(step(src));
         if (pos === out.length) {
@@ -198,6 +218,27 @@ async function* zstdDecode(source: AsyncIterable<Uint8Array>, sizeHint: number |
     if (!clean) dctx.reset(zstdBinding.ResetDirective.sessionOnly);
     if (zstdPool.length < 16) zstdPool.push(dctx);
   }
+}
+
+/** One-shot decoding is used for frames up to this content size. */
+const ONE_SHOT_MAX = 64 * 1024 * 1024;
+
+/**
+ * Sizes of the zstd frame at the start of `src` if it lies wholly in `src` and its header gives a content
+ * size of at most ONE_SHOT_MAX (and at most `sizeHint`); undefined otherwise (the streaming decoder then
+ * takes over and reports any error).
+ */
+function oneShotFrameSize(src: Buffer, sizeHint: number | undefined): { frame: number; content: number } | undefined {
+  let frame: number;
+  let content: number | null;
+  try {
+    content = zstdBinding.getFrameContentSize(src);
+    if (content === null || content > ONE_SHOT_MAX || (sizeHint !== undefined && content > sizeHint)) return undefined;
+    frame = zstdBinding.findFrameCompressedSize(src);
+  } catch {
+    return undefined;
+  }
+  return frame > 0 && frame <= src.length ? { frame, content } : undefined;
 }
 
 /** Decompress a stream. Unknown compressions throw DecompressionError before reading anything. */

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
@@ -38,6 +38,23 @@ describe('LocalStore layout', () => {
     expect(tables).toEqual(['DerivationOutputs', 'Refs', 'ValidPaths', 'sqlite_sequence']);
     conn.close();
     await s.close();
+  });
+
+  it('one flock-ed temporary directory serves all additions; another store object leaves it alone, close removes it', async () => {
+    const root = tmp();
+    const s = await LocalStore.open({ root });
+    const tmps = () => readdirSync(path.join(root, 'nix/store')).filter((n) => n.startsWith('.tmp-'));
+    expect(tmps()).toEqual([]);
+    await Promise.all(['a', 'b', 'c'].map((n) => s.addTextToStore(`${n}.txt`, n)));
+    expect(tmps()).toHaveLength(1);
+    expect(readdirSync(path.join(root, 'nix/store', tmps()[0]!))).toEqual([]);
+    // a second store object on the same store does not remove a directory that is in use
+    const s2 = await LocalStore.open({ root });
+    expect(await s2.removeStaleTempDirs()).toEqual([]);
+    expect(tmps()).toHaveLength(1);
+    await s.close();
+    expect(tmps()).toEqual([]);
+    await s2.close();
   });
 
   it('a plain store keeps contents at the logical paths', async () => {

@@ -115,6 +115,37 @@ describe('NAR restore', () => {
       }
     });
   }
+  /** Every entry: files 0444/0555, directories 0555, mtime 1 (symlinks: mtime 1). */
+  function expectCanonical(root: string): void {
+    const walk = (p: string) => {
+      const st = lstatSync(p);
+      expect(st.mtimeMs, p).toBe(1000);
+      if (st.isSymbolicLink()) return;
+      if (st.isDirectory()) {
+        expect(st.mode & 0o7777, p).toBe(0o555);
+        for (const n of readdirSync(p)) walk(path.join(p, n));
+      } else {
+        expect([0o444, 0o555], p).toContain(st.mode & 0o7777);
+      }
+    };
+    walk(root);
+  }
+  it('canonical restore: same tree and NAR, canonical metadata, also under a restrictive umask', async () => {
+    for (const g of golden.filter((x) => x.file)) {
+      const nar = readFileSync(path.join(FIX, g.file!));
+      for (const [sizes, mask] of [[[nar.length], undefined], [[7, 13, 1], 0o077], [[nar.length], 0o277]] as const) {
+        const target = path.join(tempDir(), 'out');
+        const old = mask !== undefined ? process.umask(mask) : undefined;
+        try {
+          expect((await restorePath(target, chunked(nar, [...sizes]), { canonical: true })).size).toBe(nar.length);
+        } finally {
+          if (old !== undefined) process.umask(old);
+        }
+        expect((await collect(dumpPath(target))).equals(nar), g.tree).toBe(true);
+        expectCanonical(target);
+      }
+    }
+  });
   it('restores modes and symlinks faithfully', async () => {
     const target = path.join(tempDir(), 'mixed');
     await restorePath(target, streamOf(readFileSync(path.join(FIX, 'nar', 'mixed.nar'))));
@@ -207,11 +238,11 @@ const hostile: Record<string, Buffer> = {
 };
 
 /** Restore into parent/target and check nothing else ever appears in parent (nor remains in target). */
-async function restoreHostile(data: Buffer, sizes: number[] = [data.length || 1]) {
+async function restoreHostile(data: Buffer, sizes: number[] = [data.length || 1], canonical = false) {
   const parent = tempDir();
   const sentinel = path.join(parent, 'sentinel');
   writeFileSync(sentinel, 'untouched');
-  const err = await restorePath(path.join(parent, 'target'), chunked(data, sizes)).then(() => undefined, (e: unknown) => e);
+  const err = await restorePath(path.join(parent, 'target'), chunked(data, sizes), { canonical }).then(() => undefined, (e: unknown) => e);
   expect(readdirSync(parent)).toEqual(['sentinel']);
   expect(readFileSync(sentinel, 'utf8')).toBe('untouched');
   return err;
@@ -231,6 +262,8 @@ describe('hostile NARs', () => {
         const err = await restoreHostile(data, sizes);
         expect(err, name).toBeInstanceOf(BadNarError);
       }
+      // the canonical restore (read-only directories) also cleans up after itself
+      expect(await restoreHostile(data, [data.length || 1], true), name).toBeInstanceOf(BadNarError);
     });
   }
   it('every truncation of a valid NAR is a BadNarError', async () => {
