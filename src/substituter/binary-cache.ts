@@ -44,8 +44,12 @@ export interface BinaryCacheSubstituterOptions {
 interface Transport {
   /** Whole small file, or undefined when absent (404/410, ENOENT). */
   getFile(rel: string, signal?: AbortSignal): Promise<Buffer | undefined>;
-  /** Stream a file; throws SubstituterError 'not-found' when absent. `expected` is the size when known. */
-  stream(rel: string, signal?: AbortSignal, sizeHint?: number): AsyncIterable<Uint8Array>;
+  /**
+   * Stream a file; throws SubstituterError 'not-found' when absent. `sizeHint` is the size when known.
+   * With `reuse`, a yielded chunk may be overwritten once the consumer asks for the next one (for
+   * consumers that are done with a chunk by then, like the zstd decoder).
+   */
+  stream(rel: string, signal?: AbortSignal, sizeHint?: number, reuse?: boolean): AsyncIterable<Uint8Array>;
   close(): Promise<void>;
 }
 
@@ -82,7 +86,21 @@ class FileTransport implements Transport {
     }
   }
 
-  async *stream(rel: string, signal?: AbortSignal, sizeHint?: number): AsyncGenerator<Uint8Array> {
+  /** Read buffers of `reuse` streams, free for the next one (allocating ~1 MB per NAR drove most GCs). */
+  private readonly pool: Buffer[] = [];
+
+  private takeBuffer(size: number): Buffer {
+    let best = -1;
+    for (let i = 0; i < this.pool.length; i++) if (this.pool[i]!.length >= size && (best < 0 || this.pool[i]!.length < this.pool[best]!.length)) best = i;
+    if (best >= 0) return this.pool.splice(best, 1)[0]!;
+    return Buffer.allocUnsafe(Math.max(64 * 1024, 2 ** Math.ceil(Math.log2(size))));
+  }
+
+  private giveBuffer(b: Buffer): void {
+    if (this.pool.length < 32) this.pool.push(b);
+  }
+
+  async *stream(rel: string, signal?: AbortSignal, sizeHint?: number, reuse = false): AsyncGenerator<Uint8Array> {
     const file = this.resolve(rel);
     const wrap = (e: unknown): unknown => {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return new SubstituterError('not-found', `'${this.uri}' does not have '${rel}' any more`, { uri: this.uri, cause: e });
@@ -94,8 +112,9 @@ class FileTransport implements Transport {
       // short last read into a fresh buffer), then yield whatever follows in small reads.
       let fh: FileHandle;
       try { fh = await fsp.open(file, 'r'); } catch (e) { throw wrap(e); }
+      const pooled = reuse ? this.takeBuffer(sizeHint) : undefined;
       try {
-        const buf = Buffer.allocUnsafe(sizeHint);
+        const buf = pooled ? pooled.subarray(0, sizeHint) : Buffer.allocUnsafe(sizeHint);
         let got = 0;
         while (got < sizeHint) {
           signal?.throwIfAborted();
@@ -116,6 +135,7 @@ class FileTransport implements Transport {
       } catch (e) {
         throw wrap(e);
       } finally {
+        if (pooled) this.giveBuffer(pooled);
         await fh.close().catch(() => {});
       }
       return;
@@ -378,7 +398,7 @@ export class BinaryCacheSubstituter implements Substituter {
     const uri = this.uri;
     async function* raw(): AsyncGenerator<Uint8Array> {
       let done = 0;
-      for await (const chunk of transport.stream(info.url, signal, info.fileSize)) {
+      for await (const chunk of transport.stream(info.url, signal, info.fileSize, info.compression === 'zstd')) {
         done += chunk.length;
         if (info.fileSize !== undefined && done > info.fileSize) {
           throw new SubstituterError('network', `NAR file '${info.url}' of '${info.path}' on '${uri}' is larger than its FileSize ${info.fileSize}`, { uri, path: info.path });
