@@ -267,6 +267,12 @@ async function repair(args: CliArgs, store: Store): Promise<number> {
         await engine.repairPath(p);
       } catch (e) {
         display.stop();
+        // Nix's Store::repairPath: an invalid path that could not be fetched is "not valid"; a valid one
+        // with no substitute and no valid deriver "cannot be repaired".
+        if (!(await store.isValidPath(p))) throw new CliError(`path '${p}' is not valid`);
+        if (e instanceof BuildFailedError && e.failures.length === 1 && e.failures[0]!.result.errorMsg?.startsWith(`cannot repair path '${p}'`)) {
+          throw new CliError(`cannot repair path '${p}'`);
+        }
         if (e instanceof BuildFailedError) {
           for (const f of e.failures) process.stderr.write(formatError(display.showsLogs ? withoutLogTail(f.result.errorMsg ?? `build of '${f.path}' failed`) : f.result.errorMsg ?? `build of '${f.path}' failed`));
           return e.exitStatus;
