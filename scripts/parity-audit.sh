@@ -6,6 +6,7 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=${1:-$(mktemp -d /tmp/realise-audit-XXXXXX)}
+mkdir -p "$W"
 export NIX_REMOTE= NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\n' NIX_USER_CONF_FILES=/dev/null
 SP="/bin/sh=/bin/busybox /bin/busybox"
 cat > "$W/a.nix" <<'NIX'
