@@ -1,0 +1,92 @@
+/**
+ * Argument handling of `realise` that needs no Nix: store path arguments read as nix-store reads them
+ * (symlinks followed, sub-paths cut, Nix's messages), targets, flags and `--option` values.
+ */
+import { mkdirSync, symlinkSync } from 'node:fs';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parseArgs } from '../../src/cli/args.js';
+import { followLinksToStorePath, parseTargetArg } from '../../src/cli/paths.js';
+import { formatError, missingLines, summariseFailures, withoutLogTail } from '../../src/cli/report.js';
+import { MemoryStore, type BuildResult, type TargetResult } from '../../src/index.js';
+import { tempDir } from '../helpers/nix.js';
+
+const P = '/nix/store/0ppwmlv9pjlqpn8k0fncmyaxzxilv2qm-hello';
+const D = '/nix/store/1ppwmlv9pjlqpn8k0fncmyaxzxilv2qm-hello.drv';
+
+describe('store path arguments', () => {
+  it('follows symlinks into the store and cuts paths inside a store path', () => {
+    const dir = tempDir();
+    symlinkSync(`${P}/bin/hello`, path.join(dir, 'result'));
+    symlinkSync('result', path.join(dir, 'link-to-link'));
+    expect(followLinksToStorePath('/nix/store', path.join(dir, 'result'))).toBe(P);
+    expect(followLinksToStorePath('/nix/store', path.join(dir, 'link-to-link'))).toBe(P);
+    expect(followLinksToStorePath('/nix/store', `${P}/share/doc/`)).toBe(P);
+  });
+
+  it("refuses bad arguments with Nix 2.8's messages", () => {
+    const dir = tempDir();
+    mkdirSync(path.join(dir, 'plain'));
+    expect(() => followLinksToStorePath('/nix/store', path.join(dir, 'missing'))).toThrow(`getting status of '${dir}/missing': No such file or directory`);
+    expect(() => followLinksToStorePath('/nix/store', path.join(dir, 'plain'))).toThrow(`path '${dir}/plain' is not in the Nix store`);
+    expect(() => followLinksToStorePath('/nix/store', '/nix/store/abc')).toThrow("'abc' is too short to be a valid store path");
+    expect(() => followLinksToStorePath('/nix/store', '/nix/store/eppwmlv9pjlqpn8k0fncmyaxzxilv2qm-x')).toThrow("contains illegal base-32 character 'e'");
+    expect(() => followLinksToStorePath('/nix/store', '/nix/store/0ppwmlv9pjlqpn8k0fncmyaxzxilv2qm-a b')).toThrow("contains illegal character ' '");
+  });
+
+  it('targets: DRV, DRV!out,dev, DRV^out, DRV^*, plain paths', () => {
+    expect(parseTargetArg('/nix/store', D)).toEqual({ drvPath: D, outputs: '*' });
+    expect(parseTargetArg('/nix/store', `${D}!out,dev`)).toEqual({ drvPath: D, outputs: ['out', 'dev'] });
+    expect(parseTargetArg('/nix/store', `${D}^dev`)).toEqual({ drvPath: D, outputs: ['dev'] });
+    expect(parseTargetArg('/nix/store', `${D}^*`)).toEqual({ drvPath: D, outputs: '*' });
+    expect(parseTargetArg('/nix/store', P)).toEqual({ path: P });
+  });
+});
+
+describe('flags', () => {
+  it('records unknown --option names only before the first target, through aliases', () => {
+    const a = parseArgs(['build', '--option', 'frob', '1', '--option', 'build-max-jobs', '2', '--option', 'extra-sandbox-paths', '/x', D, '--option', 'late', '1']);
+    expect(a.unknownSettings).toEqual(['frob']);
+    expect(a.options.get('max-jobs')).toBe('2');
+    expect(a.options.get('late')).toBe('1');
+  });
+
+  it("usage errors in nix-store's words", () => {
+    expect(() => parseArgs(['build', '--max-jobs'])).toThrow("flag '--max-jobs' requires 1 argument(s)");
+    expect(() => parseArgs(['build', '--option', 'x'])).toThrow("flag '--option' requires 2 argument(s)");
+    expect(() => parseArgs(['build', '--frob'])).toThrow("unknown flag '--frob'");
+  });
+});
+
+describe('messages', () => {
+  it('indents continuation lines under "error: " and drops hints; the log tail goes when logs were shown', () => {
+    expect(formatError('a\nb\n  hint: do this')).toBe('error: a\n       b\n');
+    expect(withoutLogTail("builder for 'x' failed with exit code 1;\nlast 1 log lines:\n> y\nFor full logs, run 'nix log x'.")).toBe("builder for 'x' failed with exit code 1");
+  });
+
+  it("summarises failed targets as Nix's buildPaths: one error, or the first error and 'build of … failed'", () => {
+    const fail = (path: string, errorMsg: string, extra: Partial<BuildResult> = {}): TargetResult => ({
+      target: { drvPath: path }, path,
+      result: { status: 'permanent-failure', errorMsg, timesBuilt: 1, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {}, ...extra },
+    });
+    const a = fail('/nix/store/b0000000000000000000000000000000-a.drv', 'A failed');
+    const b = fail('/nix/store/a0000000000000000000000000000000-b.drv', 'B failed');
+    const stopped = fail('/nix/store/c0000000000000000000000000000000-c.drv', 'stopped', { status: 'misc-failure', stopped: true } as Partial<BuildResult>);
+    expect(summariseFailures([a], [a.result], true)).toEqual({ notes: [], messages: ['A failed'], exitStatus: 100 });
+    // Goals in key order (by name: a before b); the first error is kept for last; paths sorted in the summary.
+    expect(summariseFailures([b, a, stopped], [a.result, b.result], true)!.messages).toEqual([
+      'B failed', 'A failed',
+      "build of '/nix/store/a0000000000000000000000000000000-b.drv', '/nix/store/b0000000000000000000000000000000-a.drv', '/nix/store/c0000000000000000000000000000000-c.drv' failed",
+    ]);
+  });
+
+  it('lists derivations to build dependencies first, as printMissing', async () => {
+    const store = new MemoryStore();
+    const leaf = await store.addTextToStore('z-leaf.drv', 'Derive()');
+    // A top that sorts before its dependency, so that plain sorting would get the order wrong.
+    let top = '';
+    for (let i = 0; !top || top > leaf; i++) top = await store.addTextToStore(`top-${i}.drv`, 'Derive()', [leaf]);
+    const lines = await missingLines(store, { willBuild: [top, leaf], willSubstitute: [], unknown: [P], downloadSize: 0, narSize: 0 });
+    expect(lines).toEqual(['these 2 derivations will be built:', `  ${leaf}`, `  ${top}`, "don't know how to build these paths:", `  ${P}`]);
+  });
+});
