@@ -279,7 +279,7 @@ class Parser {
 
 function parseOutput(p: Parser, name: string, path: string, algo: string, hash: string, storeDir: string): DerivationOutput {
   const storePath = (): StorePath => {
-    if (validStorePath(path, storeDir)) return path;
+    if (validStorePath(path, storeDir)) return flatCopy(path);
     try {
       parseStorePath(path, storeDir);
     } catch (e) {
@@ -322,13 +322,22 @@ function parseOutput(p: Parser, name: string, path: string, algo: string, hash: 
  * Parse a `.drv` file's text. `name` is the derivation name (`derivationNameFromPath(drvPath)`).
  * Throws `BadDerivationError` for anything malformed; never hangs (linear in the input).
  */
+/**
+ * A copy of a store path that does not point into the `.drv` text. Parsed strings are slices of the text,
+ * and V8 keeps the whole text alive for as long as any slice lives: store paths outlive their derivation
+ * (the scheduler keys goals by them), so they are copied (store paths are ASCII).
+ */
+function flatCopy(s: string): string {
+  return Buffer.from(s, 'latin1').toString('latin1');
+}
+
 export function parseDerivation(text: string, name: string, opts: { storeDir?: string } = {}): Derivation {
   const storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
   if (typeof text !== 'string') throw new BadDerivationError(`derivation '${name}' is not text`, { drv: name });
   const p = new Parser(text, name);
   if (text.length > MAX_DRV_LENGTH) p.fail('derivation too large');
   const checkPath = (s: string, what: string): StorePath => {
-    if (validStorePath(s, storeDir)) return s;
+    if (validStorePath(s, storeDir)) return flatCopy(s);
     try {
       parseStorePath(s, storeDir);
     } catch (e) {

@@ -23,7 +23,7 @@ import { queryMissing, type MissingInfo } from './query-missing.js';
 import { probeLinuxSandbox, type LinuxSandboxChoice } from './sandbox-factory.js';
 
 /** How many parsed derivations an engine keeps. */
-const DRV_CACHE_SIZE = 20_000;
+const DRV_CACHE_SIZE = 4_096;
 
 export interface BuildPathsOptions {
   readonly mode?: BuildMode;

@@ -56,7 +56,7 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
     w.throwIfStopped();
     if (!substitutionSucceeded(o)) return failure('misc-failure', `cannot build missing derivation '${drvPath}'`);
   }
-  const view = await w.ctx.loadDrv(drvPath);
+  let view: DrvView | undefined = await w.ctx.loadDrv(drvPath);
   // Temporary GC roots, as Nix: a concurrent garbage collector keeps the derivation and its outputs.
   if (store.addTempRoot) {
     await store.addTempRoot(drvPath);
@@ -78,7 +78,7 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
   // 3. Try substitutes for the missing outputs.
   let retrySubstitution = false;
   const trySubstitutes = async (): Promise<BuildResult | undefined> => {
-    if (w.ctx.substituters.length === 0 || !substitutesAllowed(view) || mode === 'check') return undefined;
+    if (w.ctx.substituters.length === 0 || !substitutesAllowed(view!) || mode === 'check') return undefined;
     const missing = statuses.filter((s) => s.wanted && !s.valid);
     if (missing.some((s) => !s.path)) {
       w.warn('do not know how to query for unknown floating content-addressed derivation output yet');
@@ -94,7 +94,7 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
         `some substitutes for the outputs of derivation '${drvPath}' failed (usually happens due to networking issues); try '--fallback' to build derivation from source `);
     }
     if (incomplete > 0) retrySubstitution = true;
-    statuses = await checkPathValidity(w, view, wanted, mode);
+    statuses = await checkPathValidity(w, view!, wanted, mode);
     if (mode === 'normal' && allWantedValid(statuses)) return success('substituted', outputsOf(statuses, true));
     if (mode === 'repair' && allWantedValid(statuses)) return success('already-valid', outputsOf(statuses, true));
     return undefined;
@@ -108,9 +108,12 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
 
   // 4. Give up on substitution: realise the inputs (all outputs are built from here on).
   const inputMode: BuildMode = mode === 'repair' ? 'repair' : 'normal';
+  const depResults = new Map<StorePath, Promise<BuildResult>>();
   const inputGoals: Promise<boolean>[] = [];
   for (const [dep, outs] of view.inputDrvs) {
-    inputGoals.push(w.derivationGoal(dep, outs, inputMode).then((r) => isSuccess(r.status)));
+    const r = w.derivationGoal(dep, outs, inputMode);
+    depResults.set(dep, r);
+    inputGoals.push(r.then((x) => isSuccess(x.status)));
   }
   const srcs = view.inputSrcs;
   const validSrcs = await store.queryValidPaths(srcs);
@@ -121,24 +124,34 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
     }
     inputGoals.push(w.substitutionGoal(src).then(substitutionSucceeded));
   }
+  // A goal waiting for its inputs holds no parsed derivation (a graph of 100,000 goals has nearly all of
+  // them waiting at once): the view is dropped here and fetched again, usually from the engine's cache.
+  view = undefined;
   const nrFailed = await countFailures(inputGoals, options.keepGoing);
   if (nrFailed > 0) {
     return failure('dependency-failed', `${nrFailed} dependencies of derivation '${drvPath}' failed to build`);
   }
+  view = await w.ctx.loadDrv(drvPath);
   if (retrySubstitution) {
     const again = await trySubstitutes();
     if (again) return again;
   }
 
-  // 5. The input closure: wanted outputs of input derivations, and input sources.
+  // 5. The input closure: wanted outputs of input derivations (as their goals reported them), and input sources.
   const roots: StorePath[] = [...srcs];
   for (const [dep, outs] of view.inputDrvs) {
-    const depView = await w.ctx.loadDrv(dep);
-    const registered = await store.queryDerivationOutputs(dep);
+    const built = (await depResults.get(dep)!).builtOutputs;
+    let depView: DrvView | undefined;
+    let registered: Map<string, StorePath> | undefined;
     for (const o of outs) {
-      const spec = depView.outputs.get(o);
-      if (!spec) return failure('misc-failure', `derivation '${drvPath}' requires non-existent output '${o}' from input derivation '${dep}'`);
-      const p = knownPath(spec) ?? registered.get(o);
+      let p: StorePath | undefined = built[o];
+      if (!p) {
+        depView ??= await w.ctx.loadDrv(dep);
+        const spec = depView.outputs.get(o);
+        if (!spec) return failure('misc-failure', `derivation '${drvPath}' requires non-existent output '${o}' from input derivation '${dep}'`);
+        registered ??= await store.queryDerivationOutputs(dep);
+        p = knownPath(spec) ?? registered.get(o);
+      }
       if (!p) return failure('misc-failure', `derivation '${drvPath}' requires output '${o}' from input derivation '${dep}', which is supposedly realized already, yet we still don't know what path corresponds to that output`);
       roots.push(p);
     }
