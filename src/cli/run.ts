@@ -197,12 +197,14 @@ async function build(args: CliArgs, store: Store): Promise<number> {
   const display = new ProgressDisplay(engine, process.stderr, { quiet: args.quiet, noBuildOutput: args.noBuildOutput, printBuildLogs: args.printBuildLogs });
   const topDrvs = new Set(targets.map((t) => ('drvPath' in t ? t.drvPath : t.path)));
   const failed: BuildResult[] = [];
+  const printed = new Set<string>();
   // Failures of goals that are not targets are printed when they happen (Nix logs a goal's error then
   // when another goal waits for it); the targets' own errors come at the end.
   engine.on('goal-finished', (e) => {
     if (isSuccess(e.result.status) || (e.result as { stopped?: boolean }).stopped) return;
     failed.push(e.result);
     if (e.kind === 'derivation' && !topDrvs.has(e.path) && e.result.errorMsg) {
+      printed.add(e.result.errorMsg);
       const { message, note } = splitNote(e.result.errorMsg);
       if (note) display.line(note);
       display.line(formatError(display.showsLogs ? withoutLogTail(message) : message).trimEnd());
@@ -223,7 +225,15 @@ async function build(args: CliArgs, store: Store): Promise<number> {
       if (missing && !args.quiet) for (const l of await missingLines(store, missing)) display.line(l);
     }
     if (args.dryRun) return 0;
-    const results = await engine.buildPathsWithResults(targets, { mode, signal: ac.signal });
+    let results: TargetResult[];
+    try {
+      results = await engine.buildPathsWithResults(targets, { mode, signal: ac.signal });
+    } catch (e) {
+      // A setup error (platform, features, no build slots) ends the call, as Nix throws out of Worker::run;
+      // when a dependency's goal already printed it, it is not printed twice.
+      if (e instanceof RealiseError && (printed.has(e.message) || printed.has(e.shortMessage))) return 1;
+      throw e;
+    }
     display.stop();
     if (ac.signal.aborted) throw new RealiseError('cancelled', 'interrupted by the user');
     const summary = summariseFailures(results, failed, !display.showsLogs);

@@ -22,10 +22,12 @@ in rec {
   good = mk "cli-good" "echo good > $out";
   dep = mk "cli-dep" "echo \${fail} > $out";
   slow = mk "cli-slow" "/bin/busybox sleep 30; echo > $out";
+  wrongsys = derivation { name = "cli-wrongsys"; system = "aarch64-darwin"; builder = "/bin/sh"; args = ["-c" "echo > $out"]; };
+  onWrongsys = mk "cli-on-wrongsys" "echo \${wrongsys} > $out";
   fod = derivation { name = "cli-fod"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo -n x > $out"];
     outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = "0000000000000000000000000000000000000000000000000000"; };
 }`;
-const ATTRS = ['ok', 'fail', 'fail2', 'good', 'dep', 'slow', 'fod'] as const;
+const ATTRS = ['ok', 'fail', 'fail2', 'good', 'dep', 'slow', 'fod', 'wrongsys', 'onWrongsys'] as const;
 const MISSING = '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nothere';
 
 interface Run { stdout: string; stderr: string; status: number }
@@ -95,6 +97,9 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
     expect(o.stderr).not.toContain('last 1 log lines');
     await same([drvs.fail!, drvs.fail2!, '-k']);
     await same([drvs.dep!]);
+    // A platform nobody can build for ends the call (once, even when a dependency hit it), exit 1.
+    expect((await same([drvs.wrongsys!])).status).toBe(1);
+    expect((await same([drvs.onWrongsys!, '-k'])).status).toBe(1);
     // -Q: no build output, so the error carries the tail, indented under `error: `.
     const q = await same(['-Q', drvs.fail!]);
     expect(q.stderr).toContain('\n       > about to fail\n');
