@@ -142,11 +142,11 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
         if (!valid.has(p) && (await exists(store.toRealPath(p)))) await deleteTree(store.toRealPath(p));
       }
 
-      const r = await w.ctx.buildQueue.add(async () => {
+      const r = await inBuildSlot(w, (releaseSlot) => {
         w.throwIfStopped();
         if (startTime === 0) startTime = Math.floor(Date.now() / 1000);
-        return runOneRound(w, view, plan, round, valid, previous);
-      }) as RoundResult;
+        return runOneRound(w, view, plan, round, valid, previous, releaseSlot);
+      });
       timesBuilt++;
       if (r.kind === 'failed') {
         return { ...r.result, timesBuilt, startTime, stopTime: Math.floor(Date.now() / 1000), isNonDeterministic: r.result.isNonDeterministic || isNonDeterministic };
@@ -164,11 +164,29 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
   throw new Error('unreachable: rounds loop ended');
 }
 
+/**
+ * Run `fn` holding one of the maxJobs build slots until it calls `releaseSlot` or finishes. As Nix
+ * (Worker::childTerminated at the start of buildDone), the slot is freed as soon as the builder has exited:
+ * closing the log and registering the outputs do not keep another build from starting.
+ */
+function inBuildSlot<R>(w: Worker, fn: (releaseSlot: () => void) => Promise<R>): Promise<R> {
+  return new Promise<R>((resolve, reject) => {
+    w.ctx.buildQueue.add(() => new Promise<void>((slotFreed) => {
+      let p: Promise<R>;
+      try { p = fn(() => slotFreed()); } catch (e) { p = Promise.reject(e); }
+      p.then(resolve, reject).finally(() => slotFreed());
+    })).catch(reject);
+  });
+}
+
 type RoundResult =
   | { kind: 'failed'; result: BuildResult }
   | { kind: 'ok'; outputs: RoundOutputs; nonDeterministic: boolean; stopRounds: boolean };
 
-async function runOneRound(w: Worker, view: DrvView, plan: LocalBuildPlan, round: number, validNow: Set<StorePath>, previous: RoundOutputs | undefined): Promise<RoundResult> {
+async function runOneRound(
+  w: Worker, view: DrvView, plan: LocalBuildPlan, round: number, validNow: Set<StorePath>, previous: RoundOutputs | undefined,
+  releaseSlot: () => void,
+): Promise<RoundResult> {
   const { store, options } = w.ctx;
   const drvPath = view.drvPath;
   const sandbox = w.ctx.pickSandbox(view);
@@ -287,6 +305,7 @@ async function runOneRound(w: Worker, view: DrvView, plan: LocalBuildPlan, round
         },
       });
     } finally {
+      releaseSlot();
       if (silenceTimer) clearTimeout(silenceTimer);
       if (totalTimer) clearTimeout(totalTimer);
       w.signal.removeEventListener('abort', onStop);
