@@ -88,6 +88,16 @@ const KNOWN_SETTINGS = new Set([
   'build-repeat', 'max-substitution-jobs', 'secret-key', 'compression',
 ]);
 
+/** Nix 2.8's Boolean settings (their flags take no value; `--no-NAME` sets false). */
+const BOOL_SETTINGS = new Set([
+  'accept-flake-config', 'allow-dirty', 'allow-import-from-derivation', 'allow-new-privileges', 'allow-symlinked-store',
+  'allow-unsafe-native-code-during-evaluation', 'auto-optimise-store', 'builders-use-substitutes', 'compress-build-log',
+  'enforce-determinism', 'eval-cache', 'fallback', 'filter-syscalls', 'fsync-metadata', 'http2', 'impersonate-linux-26',
+  'keep-build-log', 'keep-derivations', 'keep-env-derivations', 'keep-failed', 'keep-going', 'keep-outputs', 'preallocate-contents',
+  'print-missing', 'pure-eval', 'require-sigs', 'restrict-eval', 'run-diff-hook', 'sandbox', 'sandbox-fallback', 'show-trace',
+  'substitute', 'sync-before-registering', 'trace-function-calls', 'use-case-hack', 'use-registries', 'use-sqlite-wal', 'warn-dirty',
+]);
+
 function isKnownSetting(name: string): boolean {
   const base = name.startsWith('extra-') ? name.slice('extra-'.length) : name;
   return KNOWN_SETTINGS.has(name) || name in OPTION_ALIASES || KNOWN_SETTINGS.has(base) || base in OPTION_ALIASES;
@@ -136,9 +146,28 @@ export function parseArgs(argv: readonly string[]): CliArgs {
       i += 2;
       continue;
     }
+    if (/^-j(\d+|auto)$/.test(arg)) { a.options.set('max-jobs', arg.slice(2)); a.fromOption.delete('max-jobs'); continue; }
     if (FLAG_TO_OPTION[arg]) { a.options.set(FLAG_TO_OPTION[arg]!, next(i, arg)); a.fromOption.delete(FLAG_TO_OPTION[arg]!); i++; continue; }
     if (BOOL_TO_OPTION[arg]) { const [k, v] = BOOL_TO_OPTION[arg]!; a.options.set(k, v); a.fromOption.delete(k); continue; }
     if (IGNORED_FLAGS.has(arg)) continue;
+    // Every Nix setting is also a flag: `--NAME VALUE`, `--extra-NAME VALUE`, and `--NAME` / `--no-NAME` for Booleans.
+    if (arg.startsWith('--') && !arg.includes('=')) {
+      const flag = arg.slice(2);
+      const negated = flag.startsWith('no-') && BOOL_SETTINGS.has(flag.slice(3));
+      if (negated || BOOL_SETTINGS.has(flag)) {
+        const name = negated ? flag.slice(3) : flag;
+        a.options.set(OPTION_ALIASES[name] ?? name, negated ? 'false' : 'true');
+        a.fromOption.delete(OPTION_ALIASES[name] ?? name);
+        continue;
+      }
+      if (isKnownSetting(flag)) {
+        const name = OPTION_ALIASES[flag] ?? flag;
+        a.options.set(name, next(i, arg));
+        a.fromOption.delete(name);
+        i++;
+        continue;
+      }
+    }
     if (IGNORED_FLAGS_WITH_VALUE.has(arg)) { next(i, arg); i++; continue; }
     if (arg.startsWith('--') && arg.includes('=')) {
       const [k, v] = [arg.slice(2, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)];

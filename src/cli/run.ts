@@ -222,7 +222,8 @@ async function build(args: CliArgs, store: Store): Promise<number> {
         targets = targets.filter((t) => !unknown.has('drvPath' in t ? t.drvPath : t.path));
         missing.unknown.length = 0;
       }
-      if (missing && !args.quiet) for (const l of await missingLines(store, missing)) display.line(l);
+      const printMissing = !args.options.has('print-missing') || args.options.get('print-missing') !== 'false';
+      if (missing && !args.quiet && printMissing) for (const l of await missingLines(store, missing)) display.line(l);
     }
     if (args.dryRun) return 0;
     let results: TargetResult[];

@@ -51,6 +51,12 @@ describe('flags', () => {
     expect(a.options.get('late')).toBe('1');
   });
 
+  it('every Nix setting is a flag too: --NAME VALUE, --extra-NAME VALUE, --BOOL, --no-BOOL, -jN', () => {
+    const a = parseArgs(['build', '--max-build-log-size', '1000', '--no-keep-going', '--fallback', '--extra-sandbox-paths', '/x', '--build-repeat', '1', '-j0', D]);
+    expect(Object.fromEntries(a.options)).toEqual({ 'max-build-log-size': '1000', 'keep-going': 'false', fallback: 'true', 'extra-sandbox-paths': '/x', 'build-repeat': '1', 'max-jobs': '0' });
+    expect(a.positional).toEqual([D]);
+  });
+
   it("usage errors in nix-store's words", () => {
     expect(() => parseArgs(['build', '--max-jobs'])).toThrow("flag '--max-jobs' requires 1 argument(s)");
     expect(() => parseArgs(['build', '--option', 'x'])).toThrow("flag '--option' requires 2 argument(s)");
