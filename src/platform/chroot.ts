@@ -10,6 +10,9 @@ import { SandboxError } from './sandbox-errors.js';
 export const SANDBOX_UID = 1000;
 export const SANDBOX_GID = 100;
 
+/** Device nodes bound from the host into the sandbox's /dev (Nix's list). */
+export const DEV_NODE_NAMES = ['full', 'null', 'random', 'tty', 'urandom', 'zero'] as const;
+
 /** Nix's /etc/passwd in the sandbox. */
 export function sandboxPasswd(uid: number, gid: number, buildDir: string): string {
   return `root:x:0:0:Nix build user:${buildDir}:/noshell\n` +
@@ -42,8 +45,8 @@ export interface ChrootLayout {
 }
 
 interface InodeRef {
-  readonly ino: bigint; readonly mode: bigint; readonly uid: bigint; readonly gid: bigint;
-  readonly nlink: bigint; readonly size: bigint; readonly mtimeNs: bigint; readonly ctimeNs: bigint;
+  readonly ino: number; readonly mode: number; readonly uid: number; readonly gid: number;
+  readonly nlink: number; readonly size: number; readonly mtimeMs: number; readonly ctimeMs: number;
 }
 
 /** What a pooled skeleton looked like when it was made, to check it is unchanged before reuse. */
@@ -143,7 +146,7 @@ function chrootOps(opts: PrepareChrootOptions): Op[] {
   ops.push({ op: 'mkdir', path: j('dev'), mode: 0o755 });
   if (opts.devSkeleton) {
     ops.push({ op: 'mkdir', path: j('dev/shm'), mode: 0o755 }, { op: 'mkdir', path: j('dev/pts'), mode: 0o755 });
-    for (const n of ['full', 'null', 'random', 'tty', 'urandom', 'zero']) ops.push({ op: 'write', path: j(`dev/${n}`), data: '', mode: 0o644 });
+    for (const n of DEV_NODE_NAMES) ops.push({ op: 'write', path: j(`dev/${n}`), data: '', mode: 0o644 });
     ops.push(
       { op: 'symlink', target: '/proc/self/fd', path: j('dev/fd') },
       { op: 'symlink', target: '/proc/self/fd/0', path: j('dev/stdin') },
@@ -198,8 +201,19 @@ export function prepareChroot(opts: PrepareChrootOptions): ChrootLayout {
   }
 }
 
-function refOf(st: fs.BigIntStats): InodeRef {
-  return { ino: st.ino, mode: st.mode, uid: st.uid, gid: st.gid, nlink: st.nlink, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
+function refOf(st: fs.Stats): InodeRef {
+  return { ino: st.ino, mode: st.mode, uid: st.uid, gid: st.gid, nlink: st.nlink, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
+}
+
+/**
+ * Inodes of the skeleton that are always covered by a mount while the builder runs (the build dir, /proc,
+ * the device nodes), so that no builder can change them: not compared after a build (their names are,
+ * in their parents' listings).
+ */
+function coveredDuringBuild(opts: PrepareChrootOptions): Set<string> {
+  const covered = new Set<string>(['proc', opts.sandboxBuildDir.replace(/^\/+/, '')]);
+  if (opts.devSkeleton) for (const n of DEV_NODE_NAMES) covered.add(`dev/${n}`);
+  return covered;
 }
 
 /** Record the state of a freshly made skeleton (every inode, directory listing and /etc file). */
@@ -207,12 +221,14 @@ function snapshotSkeleton(root: string, key: string, opts: PrepareChrootOptions)
   const inodes = new Map<string, InodeRef>();
   const entries = new Map<string, readonly string[]>();
   const files = new Map<string, string>();
+  const covered = coveredDuringBuild(opts);
   const walk = (rel: string): void => {
     const abs = rel ? path.join(root, rel) : root;
-    const st = fs.lstatSync(abs, { bigint: true });
-    inodes.set(rel, refOf(st));
+    const st = fs.lstatSync(abs);
+    if (!covered.has(rel)) inodes.set(rel, refOf(st));
     if (st.isDirectory()) {
       const names = fs.readdirSync(abs).sort();
+      if (covered.has(rel)) return;
       entries.set(rel, names);
       for (const n of names) walk(rel ? `${rel}/${n}` : n);
     } else if (st.isFile() && rel.startsWith('etc/')) files.set(rel, fs.readFileSync(abs, 'utf8'));
@@ -235,12 +251,12 @@ function sameNames(a: readonly string[], b: readonly string[]): boolean {
 function skeletonUnchanged(root: string, sk: SkeletonState, mountpoints: ReadonlySet<string>): boolean {
   for (const [rel, ref] of sk.inodes) {
     const abs = rel ? path.join(root, rel) : root;
-    let st: fs.BigIntStats;
-    try { st = fs.lstatSync(abs, { bigint: true }); } catch { return false; }
+    const st = fs.lstatSync(abs, { throwIfNoEntry: false });
+    if (!st) return false;
     const timesMayChange = rel === '' || rel === sk.store;
-    const nlink = rel === sk.store ? ref.nlink + BigInt(mountpoints.size) : ref.nlink;
+    const nlink = rel === sk.store ? ref.nlink + mountpoints.size : ref.nlink;
     if (st.ino !== ref.ino || st.mode !== ref.mode || st.uid !== ref.uid || st.gid !== ref.gid || st.nlink !== nlink || st.size !== ref.size) return false;
-    if (!timesMayChange && (st.mtimeNs !== ref.mtimeNs || st.ctimeNs !== ref.ctimeNs)) return false;
+    if (!timesMayChange && (st.mtimeMs !== ref.mtimeMs || st.ctimeMs !== ref.ctimeMs)) return false;
   }
   for (const [rel, names] of sk.entries) {
     const abs = rel ? path.join(root, rel) : root;
@@ -324,27 +340,34 @@ export class ChrootPool {
 
   /**
    * After a build: put the skeleton back into the pool if it is unchanged (see skeletonUnchanged),
-   * else discard it. Only call this when no process of the build can still touch the chroot.
+   * else discard it. Only call this when no process of the build can still touch the chroot. The
+   * chroot leaves its place (`<drv>.chroot`) at once; the check runs on the next turn of the event
+   * loop, typically while the next build's process starts.
    */
   recycle(layout: ChrootLayout, leftovers: ChrootLeftovers): void {
     const sk = layout.skeleton;
     const list = sk && this.#ready.get(sk.key);
     if (!sk || !list || list.length >= this.#size * 2 + 2) { discardTree(layout.root); return; }
-    try {
-      for (const f of leftovers.storeFiles) {
-        try { fs.unlinkSync(path.join(layout.storeDir, f)); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
+    const dir = path.join(path.dirname(layout.root), `.realise-chroot-${process.pid}-${Math.random().toString(36).slice(2)}`);
+    try { fs.renameSync(layout.root, dir); } catch { discardTree(layout.root); return; }
+    ChrootPool.#all.add(dir);
+    const storeDir = path.join(dir, sk.store);
+    setImmediate(() => {
+      try {
+        for (const f of leftovers.storeFiles) {
+          try { fs.unlinkSync(path.join(storeDir, f)); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
+        }
+        if (!skeletonUnchanged(dir, sk, leftovers.storeMountpoints)) throw new Error('changed');
+      } catch {
+        ChrootPool.#all.delete(dir);
+        discardTree(dir);
+        return;
       }
-      if (!skeletonUnchanged(layout.root, sk, leftovers.storeMountpoints)) { discardTree(layout.root); return; }
-        const dir = path.join(path.dirname(layout.root), `.realise-chroot-${process.pid}-${Math.random().toString(36).slice(2)}`);
-      fs.renameSync(layout.root, dir);
       sk.mountpoints.clear();
       for (const m of leftovers.storeMountpoints) sk.mountpoints.add(m);
-      ChrootPool.#all.add(dir);
       this.#states.set(dir, sk);
       list.push(sk);
-    } catch (e) {
-        discardTree(layout.root);
-    }
+    });
   }
 
   #refill(key: string, opts: PrepareChrootOptions, list: SkeletonState[]): void {

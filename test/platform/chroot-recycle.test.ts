@@ -19,6 +19,7 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
 
   /** Run a build; its output file holds what the script printed. */
   async function run(name: string, script: string, extra: Partial<SandboxRequest> = {}): Promise<string> {
+    await new Promise((r) => setImmediate(r)); // a skeleton goes back to the pool on the next loop turn
     const req = fx.request(name, `{ ${script}\n} > $out 2>&1`, extra);
     const exit = await sb.run(req);
     expect(exit).toEqual({ kind: 'exited', code: 0 });
