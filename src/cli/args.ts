@@ -140,7 +140,9 @@ export function parseArgs(argv: readonly string[]): CliArgs {
       const name = argv[i + 1];
       const value = argv[i + 2];
       if (name === undefined || value === undefined) throw new UsageError(`flag '--option' requires 2 argument(s)`);
-      a.options.set(OPTION_ALIASES[name] ?? name, value);
+      const key = OPTION_ALIASES[name] ?? name;
+      // `extra-NAME` adds to what is there, as in nix.conf.
+      a.options.set(key, key.startsWith('extra-') && a.options.has(key) ? `${a.options.get(key)} ${value}` : value);
       a.fromOption.add(OPTION_ALIASES[name] ?? name);
       if (a.positional.length === 0 && !isKnownSetting(name) && !a.unknownSettings.includes(name)) a.unknownSettings.push(name);
       i += 2;
@@ -162,7 +164,8 @@ export function parseArgs(argv: readonly string[]): CliArgs {
       }
       if (isKnownSetting(flag)) {
         const name = OPTION_ALIASES[flag] ?? flag;
-        a.options.set(name, next(i, arg));
+        const value = next(i, arg);
+        a.options.set(name, name.startsWith('extra-') && a.options.has(name) ? `${a.options.get(name)} ${value}` : value);
         a.fromOption.delete(name);
         i++;
         continue;
