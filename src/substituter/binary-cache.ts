@@ -93,7 +93,8 @@ class FileTransport implements Transport {
     let best = -1;
     for (let i = 0; i < this.pool.length; i++) if (this.pool[i]!.length >= size && (best < 0 || this.pool[i]!.length < this.pool[best]!.length)) best = i;
     if (best >= 0) return this.pool.splice(best, 1)[0]!;
-    return Buffer.allocUnsafe(Math.max(64 * 1024, 2 ** Math.ceil(Math.log2(size))));
+    // Shared memory, so the zstd decoder thread can read it in place.
+    return Buffer.from(new SharedArrayBuffer(Math.max(64 * 1024, 2 ** Math.ceil(Math.log2(size)))));
   }
 
   private giveBuffer(b: Buffer): void {

@@ -7,6 +7,7 @@ import type { Transform } from 'node:stream';
 import * as zlib from 'node:zlib';
 import { CompressStream } from 'zstd-napi';
 import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
 import type * as ZstdBinding from 'zstd-napi/binding.js';
 
 /** zstd-napi's native binding (CommonJS whose exports Node's ESM loader cannot name statically). */
@@ -181,11 +182,18 @@ async function* zstdDecode(source: AsyncIterable<Uint8Array>, sizeHint: number |
       while (!streaming && src.length > 0) {
         const n = oneShotFrameSize(src, sizeHint);
         if (n === undefined) break;
-        const dst = Buffer.allocUnsafe(n.content);
+        let dst: Buffer;
         let got: number;
         try {
-          got = dctx.decompress(dst, src.subarray(0, n.frame));
+          if (src.buffer instanceof SharedArrayBuffer && n.content >= OFF_THREAD_MIN && offThreadOk) {
+            // Input in shared memory: the frame is decoded on the decoder thread, next to ours.
+            ({ dst, got } = await decodeOffThread(src.subarray(0, n.frame), n.content));
+          } else {
+            dst = Buffer.allocUnsafe(n.content);
+            got = dctx.decompress(dst, src.subarray(0, n.frame));
+          }
         } catch (e) {
+          if (e instanceof DecompressionError) throw e;
           throw new DecompressionError(`zstd decompression failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
         }
         if (got !== n.content) throw new DecompressionError(`zstd decompression failed: a frame declares ${n.content} bytes but holds ${got}`);
@@ -217,6 +225,103 @@ async function* zstdDecode(source: AsyncIterable<Uint8Array>, sizeHint: number |
   } finally {
     if (!clean) dctx.reset(zstdBinding.ResetDirective.sessionOnly);
     if (zstdPool.length < 16) zstdPool.push(dctx);
+  }
+}
+
+/** Frames of at least this content size whose input is in shared memory are decoded on the decoder thread. */
+const OFF_THREAD_MIN = 64 * 1024;
+let offThreadOk = true;
+
+/**
+ * The decoder thread: a worker (plain JavaScript, no imports of ours) holding one zstd context. It reads
+ * a frame from shared memory and sends back the decoded bytes in a transferred ArrayBuffer, so neither
+ * side copies. The worker does not keep the process alive while idle.
+ */
+const decoderSource = `
+const { parentPort } = require('node:worker_threads');
+const z = require(${JSON.stringify(createRequire(import.meta.url).resolve('zstd-napi/binding.js'))});
+const d = new z.DCtx();
+parentPort.on('message', (m) => {
+  try {
+    const out = new Uint8Array(m.out, 0, m.size);
+    const got = d.decompress(out, new Uint8Array(m.sab, m.off, m.len));
+    parentPort.postMessage({ id: m.id, got });
+  } catch (e) {
+    try { d.reset(1); } catch {}
+    parentPort.postMessage({ id: m.id, error: String((e && e.message) || e) });
+  }
+});
+`;
+
+interface DecoderReply { id: number; got?: number; error?: string }
+let decoderWorker: Worker | undefined;
+let decodeSeq = 0;
+const decodePending = new Map<number, { dst: Buffer; resolve: (r: { dst: Buffer; got: number }) => void; reject: (e: unknown) => void }>();
+
+function decoderThread(): Worker {
+  if (decoderWorker) return decoderWorker;
+  const w = new Worker(decoderSource, { eval: true });
+  w.unref();
+  w.on('message', (m: DecoderReply) => {
+    const p = decodePending.get(m.id);
+    if (!p) return;
+    decodePending.delete(m.id);
+    if (decodePending.size === 0) w.unref();
+    if (m.error !== undefined) p.reject(new DecompressionError(`zstd decompression failed: ${m.error}`));
+    else p.resolve({ dst: p.dst, got: m.got! });
+  });
+  const fail = (e: unknown) => {
+    if (decoderWorker === w) decoderWorker = undefined;
+    for (const p of decodePending.values()) p.reject(new DecompressionError(`zstd decoder thread failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e }));
+    decodePending.clear();
+  };
+  w.on('error', (e) => { offThreadOk = false; fail(e); });
+  w.on('exit', (code) => fail(new Error(`exited with code ${code}`)));
+  decoderWorker = w;
+  return w;
+}
+
+function decodeOffThread(frame: Buffer, size: number): Promise<{ dst: Buffer; got: number }> {
+  const w = decoderThread();
+  const id = ++decodeSeq;
+  const dst = takeShared(size);
+  return new Promise((resolve, reject) => {
+    decodePending.set(id, { dst, resolve, reject });
+    if (decodePending.size === 1) w.ref();
+    w.postMessage({ id, sab: frame.buffer, off: frame.byteOffset, len: frame.length, out: dst.buffer, size });
+  });
+}
+
+/**
+ * Output buffers of the decoder thread (shared memory, so it writes in place). A consumer that is done
+ * with decoded chunks hands them back with recycleDecoded(); allocating fresh memory for every NAR cost
+ * page faults and garbage collections.
+ */
+const sharedPool: SharedArrayBuffer[] = [];
+const SHARED_POOL_MAX = 32;
+const SHARED_BUFFER_MAX = 4 * 1024 * 1024;
+const fromPool = new WeakSet<SharedArrayBuffer>();
+
+function takeShared(size: number): Buffer {
+  for (let i = sharedPool.length - 1; i >= 0; i--) {
+    if (sharedPool[i]!.byteLength >= size) {
+      const sab = sharedPool.splice(i, 1)[0]!;
+      return Buffer.from(sab, 0, size);
+    }
+  }
+  const sab = new SharedArrayBuffer(size <= SHARED_BUFFER_MAX ? Math.max(64 * 1024, 2 ** Math.ceil(Math.log2(size))) : size);
+  if (sab.byteLength <= SHARED_BUFFER_MAX) fromPool.add(sab);
+  return Buffer.from(sab, 0, size);
+}
+
+/**
+ * Give decoded chunks back to the pool of output buffers. Only for chunks from decompressStream that the
+ * caller and everyone it passed them to will never read again; other buffers are ignored.
+ */
+export function recycleDecoded(chunks: Iterable<Uint8Array>): void {
+  for (const c of chunks) {
+    const b = c.buffer;
+    if (b instanceof SharedArrayBuffer && fromPool.has(b) && sharedPool.length < SHARED_POOL_MAX && !sharedPool.includes(b)) sharedPool.push(b);
   }
 }
 

@@ -7,6 +7,8 @@ import { Hash, HashSink, type HashAlgorithm } from '../store/hash.js';
 import type { PathInfo, Store } from '../store/store-api.js';
 import { makeFixedOutputPath, makeTextPath, storePathName, type StorePath } from '../store/store-path.js';
 import { countValidSignatures } from './narinfo.js';
+import { recycleDecoded } from './compression.js';
+import { LocalStore } from '../store/local-store.js';
 import { publicKeyMap, type PublicKey } from './signatures.js';
 
 /** What a substituter knows about a path: Nix's narinfo as a PathInfo plus where the NAR file is. */
@@ -245,6 +247,9 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
   // mismatch before anything is registered); hashing it here as well cost a second SHA-256 pass over
   // every NAR. Only a content address with another algorithm, or over the file contents, is hashed here.
   let size = 0;
+  // A LocalStore is done with every chunk once addToStore settles (it writes each chunk before asking
+  // for the next and keeps none), so decoded buffers can be handed back to the decoder's pool.
+  const seen: Uint8Array[] | undefined = store instanceof LocalStore ? [] : undefined;
   const caRecursive = caNeeded && ca.method === 'recursive' && ca.hash.algorithm !== info.narHash.algorithm ? new HashSink(ca.hash.algorithm) : undefined;
   const caFile = caNeeded && ca.method !== 'recursive' ? new RegularFileContentHasher(ca.hash.algorithm) : undefined;
   if (caNeeded && ca.method === 'recursive' && ca.hash.algorithm === info.narHash.algorithm && !ca.hash.equals(info.narHash)) {
@@ -258,6 +263,7 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
           throw fail('size-mismatch', `NAR of '${info.path}' from '${sub.uri}' is larger than its declared size ${info.narSize}`, { hint: 'the binary cache is corrupt' });
         }
         size += chunk.length;
+        seen?.push(chunk);
         caRecursive?.update(chunk);
         caFile?.update(chunk);
         yield chunk;
@@ -282,8 +288,11 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
     registrationTime: Math.floor(Date.now() / 1000),
   };
   try {
-    return await store.addToStore(toRegister, verified(), { repair: opts.repair ?? false, ...(signal ? { signal } : {}) });
+    const added = await store.addToStore(toRegister, verified(), { repair: opts.repair ?? false, ...(signal ? { signal } : {}) });
+    if (seen) recycleDecoded(seen);
+    return added;
   } catch (e) {
+    if (seen) { recycleDecoded(seen); seen.length = 0; }
     if (ourError) throw ourError;
     if (e instanceof SubstituterError) throw e;
     if (isAbort(e, signal)) throw fail('aborted', `substitution of '${info.path}' was cancelled`, { cause: e });
