@@ -36,6 +36,11 @@ export interface CliArgs {
   ignoreUnknown: boolean;
   /** `path-info --derivation`: a .drv argument means the .drv itself, not its outputs. */
   derivation: boolean;
+  /** `path-info -s` / `--size`, `-S` / `--closure-size`, `--sigs`, `-h` / `--human-readable` (as nix path-info). */
+  size: boolean;
+  closureSize: boolean;
+  sigs: boolean;
+  humanReadable: boolean;
 }
 
 export class UsageError extends Error {}
@@ -107,7 +112,7 @@ export function parseArgs(argv: readonly string[]): CliArgs {
   const a: CliArgs = {
     command: '', positional: [], substituters: [], trustedPublicKeys: [], options: new Map(), fromOption: new Set(), unknownSettings: [], json: false, check: false, repair: false,
     help: false, version: false, recursive: false, dryRun: false, quiet: false, noBuildOutput: false, printBuildLogs: false,
-    ignoreUnknown: false, derivation: false,
+    ignoreUnknown: false, derivation: false, size: false, closureSize: false, sigs: false, humanReadable: false,
   };
   const next = (i: number, flag: string): string => {
     const v = argv[i + 1];
@@ -119,6 +124,12 @@ export function parseArgs(argv: readonly string[]): CliArgs {
     const arg = argv[i]!;
     if (onlyPositional) { if (!a.command) a.command = arg; else a.positional.push(arg); continue; }
     if (arg === '--') { onlyPositional = true; continue; }
+    if (a.command === 'path-info') {
+      if (arg === '-s' || arg === '--size') { a.size = true; continue; }
+      if (arg === '-S' || arg === '--closure-size') { a.closureSize = true; continue; }
+      if (arg === '--sigs') { a.sigs = true; continue; }
+      if (arg === '-h' || arg === '--human-readable') { a.humanReadable = true; continue; }
+    }
     if (arg === '--help' || arg === '-h') { a.help = true; continue; }
     if (arg === '--version') { a.version = true; continue; }
     if (arg === '--json') { a.json = true; continue; }

@@ -36,10 +36,11 @@ export function withoutLogTail(message: string): string {
 const byString = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
 /**
- * Nix's order for the derivations it will build: a depth-first walk over the sorted set that emits a
- * derivation after the ones it refers to (dependencies first).
+ * Nix's reversed topoSortPaths, its order for the derivations it will build and for `nix path-info`'s
+ * text listing: a depth-first walk over the sorted set that emits a path after the ones it refers to
+ * (dependencies first); invalid paths have no references.
  */
-async function dependenciesFirst(store: Store, drvs: readonly string[]): Promise<string[]> {
+export async function dependenciesFirst(store: Store, drvs: readonly string[]): Promise<string[]> {
   const items = new Set(drvs);
   const out: string[] = [];
   const visited = new Set<string>();

@@ -15,7 +15,7 @@ import {
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
 import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
 import { ProgressDisplay } from './progress.js';
-import { formatError, formatWarning, missingLines, splitNote, summariseFailures, withoutLogTail } from './report.js';
+import { dependenciesFirst, formatError, formatWarning, missingLines, splitNote, summariseFailures, withoutLogTail } from './report.js';
 
 const USAGE = `usage: realise COMMAND [FLAGS] ARGS
 
@@ -298,14 +298,31 @@ async function repair(args: CliArgs, store: Store): Promise<number> {
   }
 }
 
-function pathInfoJson(i: PathInfo): Record<string, unknown> {
+function pathInfoJson(i: PathInfo, closureSize?: number): Record<string, unknown> {
   // Same fields and order as `nix path-info --json` of Nix 2.8.
   return {
     path: i.path, narHash: i.narHash.toString('sri'), narSize: i.narSize, references: [...i.references].sort(byString),
-    ...(i.ca ? { ca: i.ca } : {}), ...(i.deriver ? { deriver: i.deriver } : {}),
+    ...(i.ca ? { ca: i.ca } : {}), ...(closureSize !== undefined ? { closureSize } : {}), ...(i.deriver ? { deriver: i.deriver } : {}),
     ...(i.registrationTime ? { registrationTime: i.registrationTime } : {}),
     ...(i.ultimate ? { ultimate: true } : {}), ...(i.sigs?.length ? { signatures: [...i.sigs] } : {}),
   };
+}
+
+/** Sum of the NAR sizes of a path's closure (Nix's getClosureSize). */
+async function closureSizeOf(store: Store, p: string): Promise<number> {
+  let total = 0;
+  for (const q of await store.computeClosure([p])) total += (await store.queryPathInfo(q))?.narSize ?? 0;
+  return total;
+}
+
+/** nix path-info's size column: a tab and the byte count right-aligned in 11, or with -h one decimal and a unit. */
+function formatSize(value: number, human: boolean): string {
+  if (!human) return `\t${String(value).padStart(11)}`;
+  const units = [' ', 'K', 'M', 'G', 'T', 'P', 'E', 'Z', 'Y'];
+  let power = 0;
+  let res = value;
+  while (res > 1024 && power < units.length - 1) { power++; res /= 1024; }
+  return `\t${res.toFixed(1).padStart(6)}${units[power]}`;
 }
 
 async function pathInfo(args: CliArgs, store: Store): Promise<number> {
@@ -360,16 +377,23 @@ async function pathInfo(args: CliArgs, store: Store): Promise<number> {
     const out: Record<string, unknown>[] = [];
     for (const p of paths) {
       const info = await store.queryPathInfo(p);
-      out.push(info ? pathInfoJson(info) : { path: p, valid: false });
+      out.push(info ? pathInfoJson(info, args.closureSize ? await closureSizeOf(store, p) : undefined) : { path: p, valid: false });
     }
     // Nix 2.8 ends its JSON without a newline.
     printJson(out, false);
     return 0;
   }
-  for (const p of paths) {
+  const width = Math.max(0, ...paths.map((p) => p.length));
+  // The text listing is in Nix's topological order (dependencies first); the JSON one is sorted.
+  for (const p of await dependenciesFirst(store, paths)) {
     const info = await store.queryPathInfo(p);
     if (!info) throw new CliError(`path '${p}' is not valid`);
-    process.stdout.write(`${p}\n`);
+    let line = p;
+    if (args.size || args.closureSize || args.sigs) line += ' '.repeat(width - p.length);
+    if (args.size) line += formatSize(info.narSize, args.humanReadable);
+    if (args.closureSize) line += formatSize(await closureSizeOf(store, p), args.humanReadable);
+    if (args.sigs) line += '\t' + [...(info.ultimate ? ['ultimate'] : []), ...(info.ca ? [`ca:${info.ca}`] : []), ...(info.sigs ?? [])].join(' ');
+    process.stdout.write(line + '\n');
   }
   return 0;
 }

@@ -16,7 +16,7 @@ const EXPR = `
 let mk = name: script: derivation { inherit name; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" script]; };
 in rec {
   ok = derivation { name = "cli-ok"; system = "x86_64-linux"; builder = "/bin/sh"; outputs = ["out" "dev" "bin"];
-    args = ["-c" "echo out > $out; echo $out > $dev; echo b > $bin"]; };
+    args = ["-c" "echo out > $out; echo $out > $dev; echo $dev > $bin"]; };
   fail = mk "cli-fail" "echo about to fail; exit 3";
   fail2 = mk "cli-fail2" "echo other failure; exit 1";
   good = mk "cli-good" "echo good > $out";
@@ -154,10 +154,15 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
   it('path-info: a .drv means its outputs, sorted; --json like nix path-info (valid:false, no newline)', async () => {
     const nixPI = (args: string[]) => runNix('nix', ['path-info', '--store', R2, ...args]);
     const strip = (s: string) => JSON.parse(s).map(({ registrationTime: _, ...rest }: Record<string, unknown>) => rest);
-    const n = nixPI([drvs.ok!, drvs.good!]);
-    const o = await realise(['path-info', '--store', R2, drvs.ok!, drvs.good!]);
-    expect(o.stdout).toBe(n.stdout);
-    expect(o.status).toBe(0);
+    // Text: Nix's topological order (dependencies first), with the size, closure size and signature columns.
+    for (const flags of [[], ['-s'], ['-S', '-h'], ['--sigs'], ['-r']]) {
+      const n = nixPI([...flags, drvs.ok!, drvs.good!]);
+      const o = await realise(['path-info', '--store', R2, ...flags, drvs.ok!, drvs.good!]);
+      expect(o.stdout, flags.join(' ')).toBe(n.stdout);
+      expect(o.status).toBe(0);
+    }
+    const nS = nixPI(['--json', '-S', drvs.ok!]);
+    expect(strip((await realise(['path-info', '--store', R2, '--json', '-S', drvs.ok!])).stdout)).toEqual(strip(nS.stdout));
     const nj = nixPI(['--json', '-r', MISSING, drvs.good!]);
     const oj = await realise(['path-info', '--store', R2, '--json', MISSING, drvs.good!]);
     expect(nj.status).toBe(1);
