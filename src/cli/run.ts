@@ -403,9 +403,21 @@ async function copy(args: CliArgs, store: Store): Promise<number> {
   const secretKey = args.options.get('secret-key');
   const compression = args.options.get('compression');
   const paths = args.positional.map((a) => followLinksToStorePath(store.storeDir, a));
+  // As nix copy: the paths are realised first (here: they must be valid, nothing is substituted).
+  for (const p of paths) {
+    if (!(await store.isValidPath(p))) throw new CliError(`path '${p}' is required, but there is no substituter that can build it`);
+  }
+  // nix copy's progress lines: how many paths of the closure the cache lacks, then each one copied.
+  const dir = args.to.startsWith('file://') ? args.to.slice('file://'.length) : args.to.startsWith('/') ? args.to : undefined;
+  if (dir !== undefined && !args.quiet) {
+    const closure = await store.computeClosure(paths);
+    const missing = [...closure].filter((p) => !existsSync(path.join(dir, `${path.basename(p).slice(0, 32)}.narinfo`)));
+    process.stderr.write(`copying ${missing.length} paths...\n`);
+  }
   const written = await copyToBinaryCache(store, paths, args.to, {
     ...(secretKey ? { secretKey: readFileSync(secretKey, 'utf8').trim() } : {}),
     ...(compression ? { compression: compression as never } : {}),
+    onPath: (p: string, wrote: boolean) => { if (wrote && !args.quiet) process.stderr.write(`copying path '${p}' to '${args.to}'...\n`); },
   });
   if (args.json) printJson(written);
   return 0;
