@@ -24,7 +24,8 @@ commands:
                               fetch paths, and print the output paths
   ensure PATH...              make store paths valid, substituting them
   repair PATH...              nix-store --repair-path: substitute again, or rebuild the deriver in repair mode
-  path-info [-r] PATH...      nix path-info: a .drv means its outputs (--derivation: the .drv itself)
+  path-info [-r] PATH...      nix path-info: a .drv means its outputs (--derivation: the .drv itself);
+                              -s size, -S closure size, --sigs, -h human-readable, --json
   copy --to URL PATH...       write the closure of PATHs to a binary cache (file:// URL)
 
 flags:
