@@ -19,7 +19,8 @@ export interface NoSandboxOptions {
    * How builders are started: `'helper'` forks them from the resident sandbox helper process,
    * `'node'` spawns them from Node, `'auto'` uses the helper when it compiles and runs, else Node.
    * With `'helper'`, a helper that cannot be built or started makes builds `spawn-failed`.
-   * @default 'auto'
+   * @default `$REALISE_NOSANDBOX_LAUNCHER` if set (for benchmarks and tests of code that makes its own
+   * NoSandbox), else 'auto'
    */
   readonly launcher?: 'auto' | 'helper' | 'node';
   /** Where and with what to compile the helper. */
@@ -37,7 +38,9 @@ export class NoSandbox implements Sandbox {
   #helperFailed: string | undefined;
 
   constructor(options: NoSandboxOptions = {}) {
-    this.#options = options;
+    const env = process.env.REALISE_NOSANDBOX_LAUNCHER;
+    const fromEnv = env === 'auto' || env === 'helper' || env === 'node' ? env : undefined;
+    this.#options = { ...options, launcher: options.launcher ?? fromEnv ?? 'auto' };
   }
 
   /** Which launcher builds use now: 'helper' or 'node' (compiling the helper on first call). */

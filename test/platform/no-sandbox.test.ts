@@ -166,6 +166,18 @@ function childrenMatching(needle: string): number[] {
 }
 
 describe('NoSandbox launcher fallback', () => {
+  it('REALISE_NOSANDBOX_LAUNCHER sets the default launcher (an explicit option wins)', async () => {
+    const saved = process.env.REALISE_NOSANDBOX_LAUNCHER;
+    process.env.REALISE_NOSANDBOX_LAUNCHER = 'node';
+    try {
+      expect(await new NoSandbox().launcher()).toBe('node');
+      expect(await new NoSandbox({ launcher: 'helper' }).launcher()).toBe('helper');
+    } finally {
+      if (saved === undefined) delete process.env.REALISE_NOSANDBOX_LAUNCHER; else process.env.REALISE_NOSANDBOX_LAUNCHER = saved;
+    }
+    expect(await new NoSandbox().launcher()).toBe('helper');
+  });
+
   it('without a C compiler, builds are spawned from Node', async () => {
     const opts: NoSandboxOptions = { helper: { cc: '/nonexistent/cc', cacheDir: tempDir() } };
     const sb = new NoSandbox(opts);
