@@ -543,7 +543,11 @@ static void spawnWarm(const char *sock) {
   if (splitRequest(msg, len, &strs) < 0) _exit(125);
   buildId = strs[0];
   attachOutput(sock, out);
-  if (writeFrame(reqPipe[1], msg, len)) {} /* a builder process that already failed reports on errPipe */
+  /* A builder process that already failed has reported on errPipe: a write error here is not ours to
+     report (and must not kill us before we send the status). */
+  signal(SIGPIPE, SIG_IGN);
+  if (writeFrame(reqPipe[1], msg, len)) {}
+  signal(SIGPIPE, SIG_DFL);
   close(reqPipe[1]);
   _exit(finish());
 }
