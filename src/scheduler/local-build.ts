@@ -3,7 +3,7 @@
  * (only this leaf work takes one), the build directory and environment, the sandboxed run with time and
  * log limits, registration of the outputs, the post-build hook, and repeated rounds.
  */
-import { chmodSync, lstatSync, mkdirSync, promises as fsp, rmdirSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync, promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { makeBuildEnv, rewriteStrings } from '../derivation/build-env.js';
@@ -49,10 +49,14 @@ async function exists(p: string): Promise<boolean> {
   return lstatSync(p, { throwIfNoEntry: false }) !== undefined;
 }
 
-/** Remove a build directory: an empty one (the usual case) with one rmdir, else the whole tree. */
+/**
+ * Remove a build directory: an empty one (the usual case) with one rmdir, else the whole tree. The rmdir
+ * goes through the thread pool: on a disk mounted with `discard` it takes milliseconds, which would block
+ * the event loop (the slot is already free, so other builds run meanwhile).
+ */
 async function removeBuildDir(dir: string): Promise<void> {
   try {
-    rmdirSync(dir);
+    await fsp.rmdir(dir);
   } catch {
     await deleteTree(dir);
   }
