@@ -67,3 +67,10 @@ export {
   type AddPathOptions,
   type PathType,
 } from './instantiate.js';
+export {
+  tryResolve,
+  needsResolution,
+  downstreamPlaceholder,
+  type InputOutputPaths,
+  type ResolveResult,
+} from './resolve.js';

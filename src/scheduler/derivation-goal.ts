@@ -4,6 +4,8 @@
  * re-check, then build in a slot and register the outputs.
  */
 import type { StorePath } from '../store/store-path.js';
+import { tryResolve, type InputOutputPaths } from '../derivation/resolve.js';
+import { writeDerivation } from '../derivation/derivation.js';
 import { isDerivationPath } from './paths.js';
 import { knownPath, preferLocalBuild, substitutesAllowed, type DrvView } from './drv-view.js';
 import { buildLocally } from './local-build.js';
@@ -139,6 +141,7 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
 
   // 5. The input closure: wanted outputs of input derivations (as their goals reported them), and input sources.
   const roots: StorePath[] = [...srcs];
+  const inputOutputs = new Map<StorePath, Map<string, StorePath>>();
   for (const [dep, outs] of view.inputDrvs) {
     const built = (await depResults.get(dep)!).builtOutputs;
     let depView: DrvView | undefined;
@@ -154,13 +157,46 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
       }
       if (!p) return failure('misc-failure', `derivation '${drvPath}' requires output '${o}' from input derivation '${dep}', which is supposedly realized already, yet we still don't know what path corresponds to that output`);
       roots.push(p);
+      let m = inputOutputs.get(dep);
+      if (!m) inputOutputs.set(dep, (m = new Map()));
+      m.set(o, p);
     }
   }
+  // Deferred, or floating CA with input derivations: build the resolved derivation instead (Nix's tryResolve).
+  if (view.needsResolution) return buildResolved(w, view, inputOutputs, wanted, mode);
   const inputPaths = await store.computeClosure(roots);
 
   // 6. Build (rounds for buildRepeat; fixed outputs are built once).
   const rounds = view.isFixedOutput ? 1 : options.buildRepeat + 1;
   return buildLocally(w, view, { mode, rounds, inputPaths, preferLocal: preferLocalBuild(view), wanted });
+}
+
+/**
+ * Nix 2.8's resolution (DerivationGoal::inputsRealised → resolvedFinished): write the resolved derivation
+ * (input-derivation outputs replaced by their realised paths), realise it as a goal of its own, and record
+ * its outputs as the outputs of the original derivation, so that the original is valid from then on.
+ */
+async function buildResolved(w: Worker, view: DrvView, inputOutputs: InputOutputPaths, wanted: Set<string> | undefined, mode: BuildMode): Promise<BuildResult> {
+  const { store } = w.ctx;
+  const { resolved, missing } = await tryResolve(view.drv, inputOutputs, { storeDir: store.storeDir });
+  if (!resolved) {
+    const m = missing[0]!;
+    return failure('misc-failure', `cannot resolve derivation '${view.drvPath}': output '${m.output}' of input '${m.drvPath}' has no known path; rebuild that input`);
+  }
+  const pathResolved = await writeDerivation(store, resolved);
+  if (store.addTempRoot) await store.addTempRoot(pathResolved);
+  const r = await w.derivationGoal(pathResolved, wanted, mode);
+  if (!isSuccess(r.status)) return r;
+  const outputs = new Map<string, StorePath>();
+  for (const name of wanted ?? view.outputs.keys()) {
+    const p = r.builtOutputs[name];
+    if (!p) return failure('misc-failure', `resolved derivation '${pathResolved}' of '${view.drvPath}' did not report output '${name}'`);
+    outputs.set(name, p);
+  }
+  // Nix keeps a realisation per (hash modulo, output); we map the original .drv to the paths directly.
+  // A derivation handed to us without being in the store (buildDerivation) has nothing to map.
+  if (await store.isValidPath(view.drvPath)) await store.registerDerivationOutputs(view.drvPath, outputs);
+  return { ...r, builtOutputs: Object.fromEntries(outputs) };
 }
 
 /**

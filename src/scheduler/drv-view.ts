@@ -11,7 +11,9 @@ import { parseDerivation, type Derivation } from '../derivation/derivation.js';
 export type OutputSpec =
   | { readonly kind: 'input-addressed'; readonly path: StorePath }
   | { readonly kind: 'fixed'; readonly method: FileIngestionMethod; readonly hash: Hash; readonly path: StorePath }
-  | { readonly kind: 'floating'; readonly method: FileIngestionMethod; readonly algorithm: Hash['algorithm'] };
+  | { readonly kind: 'floating'; readonly method: FileIngestionMethod; readonly algorithm: Hash['algorithm'] }
+  /** Input-addressed, but depending on a floating CA output: known only once the derivation is resolved. */
+  | { readonly kind: 'deferred' };
 
 export interface DrvView {
   readonly drvPath: StorePath;
@@ -27,10 +29,15 @@ export interface DrvView {
   readonly env: ReadonlyMap<string, string>;
   readonly structuredAttrs: Record<string, unknown> | undefined;
   readonly isFixedOutput: boolean;
+  /**
+   * Must be resolved (its input-derivation outputs replaced by their realised paths) before it is built:
+   * deferred outputs, or floating CA outputs with input derivations (Nix 2.8's `ca-derivations`).
+   */
+  readonly needsResolution: boolean;
 }
 
 export function knownPath(o: OutputSpec): StorePath | undefined {
-  return o.kind === 'floating' ? undefined : o.path;
+  return o.kind === 'floating' || o.kind === 'deferred' ? undefined : o.path;
 }
 
 export async function loadDrv(store: Store, drvPath: StorePath): Promise<DrvView> {
@@ -45,7 +52,7 @@ export function viewOf(drvPath: StorePath, drv: Derivation, name: string): DrvVi
   const outputs = new Map<string, OutputSpec>();
   for (const [outName, o] of drv.outputs) {
     const spec = toSpec(o as unknown as Record<string, unknown>);
-    if (!spec) throw new RealiseError('bad-derivation', `output '${outName}' of derivation '${drvPath}' has a kind this engine cannot build (deferred or impure)`);
+    if (!spec) throw new RealiseError('bad-derivation', `output '${outName}' of derivation '${drvPath}' has a kind this engine cannot build (impure)`);
     outputs.set(outName, spec);
   }
   let structuredAttrs: Record<string, unknown> | undefined;
@@ -70,6 +77,7 @@ export function viewOf(drvPath: StorePath, drv: Derivation, name: string): DrvVi
     env: drv.env,
     structuredAttrs,
     isFixedOutput: [...outputs.values()].some((o) => o.kind === 'fixed'),
+    needsResolution: inputDrvs.size > 0 && [...outputs.values()].some((o) => o.kind === 'deferred' || o.kind === 'floating'),
   };
 }
 
@@ -82,6 +90,7 @@ function toSpec(o: Record<string, unknown>): OutputSpec | undefined {
   if (kind === 'floating' || kind === 'caFloating' || kind === 'ca-floating') {
     return { kind: 'floating', method: (o.method as FileIngestionMethod) ?? 'recursive', algorithm: (o.algorithm ?? o.hashAlgorithm ?? 'sha256') as Hash['algorithm'] };
   }
+  if (kind === 'deferred') return { kind: 'deferred' };
   return undefined;
 }
 

@@ -10,6 +10,7 @@ import { canonicalisePathMetaData, deleteTree, STORE_MTIME } from '../store/cano
 import { Hash, HashModulo, HashSink } from '../store/hash.js';
 import { collect, dumpPath, narOfRegularFile, restorePath, streamOf } from '../store/nar.js';
 import { RefScanner } from '../store/references.js';
+import { RealiseError } from '../store/errors.js';
 import type { PathInfo } from '../store/store-api.js';
 import {
   makeFixedOutputPath, outputPathName, storePathHashPart, storePathName, isStorePath, type StorePath,
@@ -205,6 +206,8 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
   for (const name of order) {
     const s = scanned.get(name)!;
     const spec = view.outputs.get(name)!;
+    // A deferred derivation is resolved (and the resolved one built) before any build: never here.
+    if (spec.kind === 'deferred') throw new RealiseError('bad-derivation', `output '${name}' of '${view.drvPath}' is deferred; the derivation must be resolved before it is built`);
     const scratchHash = storePathHashPart(s.scratch);
     // Already valid and not checking: keep the registered output, drop the rebuilt one (Nix's AlreadyRegistered).
     if (plan.mode === 'normal' && plan.round === 1 && spec.kind !== 'floating' && s.scratch !== spec.path && (await store.isValidPath(spec.path))) {

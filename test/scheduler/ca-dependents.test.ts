@@ -1,0 +1,105 @@
+/**
+ * Dependents of floating content-addressed derivations (Nix 2.8's ca-derivations): a derivation using a
+ * floating CA output is "deferred" (no output path in its .drv) and is built by resolving it once its
+ * inputs are built. The same .drv files, instantiated by real Nix, are built by real Nix and by us in
+ * two chroot stores (sandboxed); the resolved output paths, NAR hashes, references and derivers agree.
+ */
+import { existsSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { BuildEngine } from '../../src/scheduler/build-engine.js';
+import { LocalStore } from '../../src/store/local-store.js';
+import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { busyboxOk, nixSandboxArgs, pathFacts, SANDBOX_PATHS } from './helpers.js';
+
+const CA = ['--extra-experimental-features', 'ca-derivations'];
+const EXPR = `
+let sh = "/bin/sh"; bb = "/bin/busybox"; sys = "x86_64-linux";
+  ca = { __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
+  a = derivation (ca // { name = "ca-a"; system = sys; builder = sh;
+    args = ["-c" "\${bb} mkdir $out; echo hello > $out/msg; echo $out > $out/self"]; });
+  b = derivation { name = "dep-b"; system = sys; builder = sh;
+    args = ["-c" "\${bb} mkdir $out; \${bb} cat \${a}/msg > $out/copy; echo \${a} > $out/ref; echo $out > $out/self"]; };
+  c = derivation { name = "dep-c"; system = sys; builder = sh; inB = b;
+    args = ["-c" "echo $inB > $out"]; };
+  d = derivation (ca // { name = "ca-d"; system = sys; builder = sh;
+    args = ["-c" "\${bb} mkdir $out; echo \${a} > $out/a; echo $out > $out/self"]; });
+in { inherit a b c d; }`;
+
+describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations vs Nix 2.8 (chroot stores, sandboxed)', () => {
+  let R1: string;
+  let R2: string;
+  const drvs: Record<string, string> = {};
+  const nixOut: Record<string, string> = {};
+
+  beforeAll(() => {
+    const dir = tempDir('realise-ca-dep-');
+    R1 = path.join(dir, 'nix');
+    R2 = path.join(dir, 'ours');
+    const file = path.join(dir, 'ca.nix');
+    writeFileSync(file, EXPR);
+    for (const attr of ['a', 'b', 'c', 'd']) {
+      drvs[attr] = nix('nix-instantiate', [...CA, '--store', R1, file, '-A', attr]);
+      expect(nix('nix-instantiate', [...CA, '--store', R2, file, '-A', attr])).toBe(drvs[attr]);
+    }
+    const r = runNix('nix-store', [...CA, '--store', R1, '--realise', drvs.c!, drvs.d!, ...nixSandboxArgs()]);
+    expect(r.status, r.stderr).toBe(0);
+    // Already built: each realise just reports the (resolved) output path.
+    for (const attr of ['a', 'b', 'c', 'd']) {
+      nixOut[attr] = nix('nix-store', [...CA, '--store', R1, '--realise', drvs[attr]!, ...nixSandboxArgs()]);
+    }
+  });
+
+  it('the instantiated .drv files are deferred (b, c) and floating with an input derivation (d)', () => {
+    const text = (attr: string) => nix('cat', [path.join(R2, drvs[attr]!)]);
+    expect(text('b')).toContain('[("out","","","")]');
+    expect(text('c')).toContain('[("out","","","")]');
+    expect(text('d')).toContain('[("out","","r:sha256","")]');
+    expect(text('d')).toContain(drvs.a!);
+  });
+
+  it('a chain floating CA → deferred → deferred, and CA → CA: same paths, NAR hashes, references, derivers; persisted', async () => {
+    const store = await LocalStore.open({ root: R2 });
+    try {
+      const engine = new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS });
+      const res = await engine.buildPaths([drvs.c!, drvs.d!]);
+      expect(res.map((x) => x.result.status)).toEqual(['built', 'built']);
+      expect(res[0]!.result.builtOutputs).toEqual({ out: nixOut.c });
+      expect(res[1]!.result.builtOutputs).toEqual({ out: nixOut.d });
+      for (const attr of ['a', 'b', 'c', 'd']) {
+        expect((await store.queryDerivationOutputs(drvs[attr]!)).get('out'), attr).toBe(nixOut[attr]);
+      }
+    } finally {
+      await store.close();
+    }
+    const outs = ['a', 'b', 'c', 'd'].map((x) => nixOut[x]!);
+    const theirs = pathFacts(R1, outs);
+    const ours = pathFacts(R2, outs);
+    for (const p of outs) expect(ours.get(p), p).toEqual(theirs.get(p));
+    // b's output names a's (resolved) path and c's names b's: references cross the resolution.
+    expect(ours.get(nixOut.b!)!.references).toEqual([nixOut.a!, nixOut.b!].sort());
+    expect(ours.get(nixOut.c!)!.references).toEqual([nixOut.b!]);
+    expect(ours.get(nixOut.d!)!.references).toEqual([nixOut.a!, nixOut.d!].sort());
+    // The deriver of a resolved build is the resolved .drv, which Nix wrote too (same path, same text).
+    const resolvedB = ours.get(nixOut.b!)!.deriver!;
+    expect(resolvedB).not.toBe(drvs.b);
+    expect(existsSync(path.join(R1, resolvedB))).toBe(true);
+    expect(nix('cat', [path.join(R2, resolvedB)])).toBe(nix('cat', [path.join(R1, resolvedB)]));
+    expect(nix('cat', [path.join(R2, resolvedB)])).toContain(`("out","${nixOut.b}","","")`);
+
+    const v = runNix('nix-store', ['--store', R2, '--verify', '--check-contents']);
+    expect(v.status, v.stderr).toBe(0);
+    expect(v.stderr).not.toMatch(/modified|error/);
+
+    // A new engine on the reopened store: the mapping of the original .drv files is persisted.
+    const store2 = await LocalStore.open({ root: R2 });
+    try {
+      const engine = new BuildEngine({ store: store2, sandbox: true, sandboxPaths: SANDBOX_PATHS });
+      const again = await engine.buildPaths([drvs.c!, drvs.d!, drvs.b!]);
+      expect(again.map((x) => x.result.status)).toEqual(['already-valid', 'already-valid', 'already-valid']);
+      expect(again.map((x) => x.result.builtOutputs.out)).toEqual([nixOut.c, nixOut.d, nixOut.b]);
+    } finally {
+      await store2.close();
+    }
+  });
+});
