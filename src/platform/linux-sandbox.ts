@@ -109,6 +109,9 @@ function readAll(stream: NodeJS.ReadableStream | null | undefined): Promise<stri
   });
 }
 
+/** A bind mount: source, whether optional and read-only, and (for inputs, known already) whether a directory. */
+type Bind = SandboxPath & { ro: boolean; dir?: boolean };
+
 const SIGNAL_NAMES = new Map(Object.entries(os.constants.signals).map(([name, n]) => [n as number, name]));
 
 export class LinuxSandbox implements Sandbox {
@@ -216,15 +219,15 @@ export class LinuxSandbox implements Sandbox {
    * other inputs (removed). Undefined when something is mounted elsewhere (e.g. a sandbox path on
    * /bin/sh): the chroot is then discarded after the build, as without recycling.
    */
-  #leftovers(request: SandboxRequest, layout: ChrootLayout, binds: Map<string, SandboxPath & { ro: boolean }>): ChrootLeftovers | undefined {
+  #leftovers(request: SandboxRequest, layout: ChrootLayout, binds: Map<string, Bind>): ChrootLeftovers | undefined {
     if (!layout.skeleton) return undefined;
     const storeFiles: string[] = [];
     const storeMountpoints = new Set<string>();
-    for (const [target, { source }] of binds) {
+    for (const [target, { source, dir: known }] of binds) {
       if (target === request.sandboxBuildDir) continue;
       if (path.posix.dirname(target) !== request.storeDir) return undefined;
       let dir: boolean;
-      try { dir = fs.statSync(source).isDirectory(); } catch { return undefined; }
+      try { dir = known ?? fs.statSync(source).isDirectory(); } catch { return undefined; }
       (dir ? storeMountpoints.add(path.posix.basename(target)) : storeFiles.push(path.posix.basename(target)));
     }
     // Non-directory inputs are hard-linked into the store dir even when not mounted (symlinks).
@@ -234,8 +237,8 @@ export class LinuxSandbox implements Sandbox {
   }
 
   /** Everything bind-mounted into the chroot, target → source (Nix's dirsInChroot), inputs read-only. */
-  async #binds(request: SandboxRequest, layout: ChrootLayout): Promise<Map<string, SandboxPath & { ro: boolean }>> {
-    const binds = new Map<string, SandboxPath & { ro: boolean }>();
+  async #binds(request: SandboxRequest, layout: ChrootLayout): Promise<Map<string, Bind>> {
+    const binds = new Map<string, Bind>();
     for (const [t, s] of request.extraPaths ?? []) binds.set(t, { ...s, ro: false });
     binds.set(request.sandboxBuildDir, { source: request.buildDir, optional: false, ro: false });
     const outputs = new Set(request.outputPaths);
@@ -246,13 +249,13 @@ export class LinuxSandbox implements Sandbox {
       try { st = fs.lstatSync(real); } catch (e) {
         throw new SandboxError('sandbox-setup-failed', `getting attributes of input path '${input}' (at '${real}') failed: ${(e as Error).message}`, { cause: e, hint: 'the input closure must be valid in the store before building' });
       }
-      if (st.isDirectory()) binds.set(input, { source: real, optional: false, ro: true });
+      if (st.isDirectory()) binds.set(input, { source: real, optional: false, ro: true, dir: true });
       else {
         const stale = layout.skeleton?.mountpoints;
         if (stale?.delete(path.basename(input))) fs.rmdirSync(path.join(layout.storeDir, path.basename(input)));
         // Nix hard-links non-directories into the chroot store; we also mount regular files read-only on top.
         linkOrCopy(real, path.join(layout.storeDir, path.basename(input)));
-        if (!st.isSymbolicLink()) binds.set(input, { source: real, optional: false, ro: true });
+        if (!st.isSymbolicLink()) binds.set(input, { source: real, optional: false, ro: true, dir: false });
         else binds.delete(input);
       }
     }
@@ -266,9 +269,9 @@ export class LinuxSandbox implements Sandbox {
       // A recycled skeleton keeps the mount point directories of its last build's inputs; remove those
       // this build does not mount (an empty directory of that name would be visible in the store).
       const keep = new Set<string>();
-      for (const [t, { source }] of binds) {
+      for (const [t, { source, dir }] of binds) {
         if (path.posix.dirname(t) !== request.storeDir) continue;
-        try { if (fs.statSync(source).isDirectory()) keep.add(path.posix.basename(t)); } catch { /* not mounted */ }
+        try { if (dir ?? fs.statSync(source).isDirectory()) keep.add(path.posix.basename(t)); } catch { /* not mounted */ }
       }
       for (const m of [...stale]) {
         if (keep.has(m)) continue;
@@ -284,7 +287,7 @@ export class LinuxSandbox implements Sandbox {
     return binds;
   }
 
-  async #runHelper(exe: string, request: SandboxRequest, opts: SandboxRunOptions, root: string, binds: Map<string, SandboxPath & { ro: boolean }>, uid: number, gid: number): Promise<SandboxExit> {
+  async #runHelper(exe: string, request: SandboxRequest, opts: SandboxRunOptions, root: string, binds: Map<string, Bind>, uid: number, gid: number): Promise<SandboxExit> {
     const a: string[] = ['--root', root, '--uid', String(uid), '--gid', String(gid), '--build-dir', request.sandboxBuildDir,
       '--shm-size', this.#options.shmSize ?? '50%', '--status-fd', '4'];
     if (request.network) a.push('--net');
@@ -328,7 +331,7 @@ export class LinuxSandbox implements Sandbox {
       : { kind: 'spawn-failed', message: `the sandbox helper for '${request.drvPath}' was killed by ${exit.signal}` };
   }
 
-  async #runBwrap(exe: string, request: SandboxRequest, opts: SandboxRunOptions, root: string, binds: Map<string, SandboxPath & { ro: boolean }>, uid: number, gid: number): Promise<SandboxExit> {
+  async #runBwrap(exe: string, request: SandboxRequest, opts: SandboxRunOptions, root: string, binds: Map<string, Bind>, uid: number, gid: number): Promise<SandboxExit> {
     const a: string[] = [
       '--unshare-user', '--uid', String(uid), '--gid', String(gid),
       '--unshare-pid', '--unshare-ipc', '--unshare-uts', '--hostname', 'localhost',
