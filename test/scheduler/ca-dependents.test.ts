@@ -4,13 +4,13 @@
  * inputs are built. The same .drv files, instantiated by real Nix, are built by real Nix and by us in
  * two chroot stores (sandboxed); the resolved output paths, NAR hashes, references and derivers agree.
  */
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, promises as fsp, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
-import { busyboxOk, nixSandboxArgs, pathFacts, SANDBOX_PATHS } from './helpers.js';
+import { busyboxOk, nixSandboxArgs, pathFacts, removeTree, SANDBOX_PATHS } from './helpers.js';
 
 const CA = ['--extra-experimental-features', 'ca-derivations'];
 const EXPR = `
@@ -100,6 +100,56 @@ describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations
       expect(again.map((x) => x.result.builtOutputs.out)).toEqual([nixOut.c, nixOut.d, nixOut.b]);
     } finally {
       await store2.close();
+    }
+  });
+});
+
+describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations vs Nix 2.8 (plain store, unsandboxed)', () => {
+  it('the same store dir, state copied before Nix builds: identical resolved outputs', async () => {
+    const root = tempDir('realise-ca-dep-plain-');
+    try {
+      const storeDir = path.join(root, 'store');
+      const [stateA, stateB, logA, logB, tmp] = ['state-a', 'state-b', 'log-a', 'log-b', 'tmp'].map((x) => path.join(root, x)) as [string, string, string, string, string];
+      await fsp.mkdir(tmp);
+      const uriA = `local?store=${storeDir}&state=${stateA}&log=${logA}`;
+      const uriB = `local?store=${storeDir}&state=${stateB}&log=${logB}`;
+      const file = path.join(root, 'ca.nix');
+      writeFileSync(file, EXPR);
+      const drvs: Record<string, string> = {};
+      for (const attr of ['a', 'b', 'c', 'd']) drvs[attr] = nix('nix-instantiate', [...CA, '--store', uriA, file, '-A', attr]);
+      await fsp.cp(stateA, stateB, { recursive: true, verbatimSymlinks: true });
+      const opts = ['--option', 'sandbox', 'false', '--option', 'build-users-group', '', '--option', 'substituters', ''];
+      const r = runNix('nix-store', [...CA, '--store', uriA, '--realise', drvs.c!, drvs.d!, ...opts], { env: { TMPDIR: tmp } });
+      expect(r.status, r.stderr).toBe(0);
+      const outs: Record<string, string> = {};
+      for (const attr of ['a', 'b', 'c', 'd']) outs[attr] = nix('nix-store', [...CA, '--store', uriA, '--realise', drvs[attr]!, ...opts]);
+      const closure = Object.values(outs);
+      const theirs = pathFacts(uriA, closure);
+      // Remove everything Nix added (outputs and resolved .drv files); state B never knew them.
+      const before = new Set(pathFacts(uriB, 'all').keys());
+      const added = [...pathFacts(uriA, 'all').keys()].filter((p) => !before.has(p));
+      expect(added.length).toBeGreaterThan(closure.length); // the resolved .drv files of b, c and d too
+      for (const p of added) await removeTree(p);
+
+      const store = await LocalStore.open({ storeDir, stateDir: stateB, logDir: logB });
+      try {
+        const engine = new BuildEngine({ store, sandbox: false, buildDir: tmp });
+        const res = await engine.buildPaths([drvs.c!, drvs.d!]);
+        expect(res.map((x) => x.result.status)).toEqual(['built', 'built']);
+        expect(res.map((x) => x.result.builtOutputs.out)).toEqual([outs.c, outs.d]);
+        const again = await engine.buildPaths([drvs.c!]);
+        expect(again[0]!.result.status).toBe('already-valid');
+      } finally {
+        await store.close();
+      }
+      const ours = pathFacts(uriB, closure);
+      for (const p of closure) expect(ours.get(p), p).toEqual(theirs.get(p));
+      expect(new Set(pathFacts(uriB, 'all').keys())).toEqual(new Set(pathFacts(uriA, 'all').keys()));
+      expect(await fsp.readFile(outs.c!, 'utf8')).toBe(`${outs.b}\n`);
+      const v = runNix('nix-store', ['--store', uriB, '--verify', '--check-contents']);
+      expect(v.status, v.stderr).toBe(0);
+    } finally {
+      await removeTree(root);
     }
   });
 });
