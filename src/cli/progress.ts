@@ -5,7 +5,7 @@
  * of '…'...", "building '…' (round 1/2)...", "… on 'MACHINE'...", "copying path '…' from '…'...".
  */
 import type { BuildEngine } from '../index.js';
-import { formatWarning } from './report.js';
+import { formatError, formatWarning } from './report.js';
 
 export interface ProgressDisplayOptions {
   /** `--quiet`: no activity lines. */
@@ -45,7 +45,8 @@ export class ProgressDisplay {
       if (this.showsLogs) this.line(e.line);
       else if (this.tty && !opts.noBuildOutput) { this.lastLine = e.line; this.render(); }
     };
-    const onWarn = (e: { message: string }) => this.line(formatWarning(e.message).trimEnd());
+    const onWarn = (e: { message: string; level?: 'warning' | 'error' }) =>
+      this.line((e.level === 'error' ? formatError(e.message) : formatWarning(e.message)).trimEnd());
     const onSubst = (e: { path: string; substituter: string }) => info(`copying path '${e.path}' from '${e.substituter}'...`);
     const onProgress = () => this.render();
     engine.on('build-started', onStart);

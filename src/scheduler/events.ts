@@ -34,7 +34,11 @@ export interface BuildEngineEvents {
   'substitution-finished': (e: { path: StorePath; substituter?: string; ok: boolean; error?: string }) => void;
   'post-build-hook-log': (e: { drvPath: StorePath; line: string }) => void;
   progress: (p: Progress) => void;
-  warning: (e: { message: string }) => void;
+  /**
+   * Something the user should know that does not fail the call by itself. `level: 'error'` for errors
+   * Nix prints and then carries on from (e.g. a substitute that is gone: the path is built instead).
+   */
+  warning: (e: { message: string; level?: 'warning' | 'error' }) => void;
 }
 
 /** Mutable progress counters owned by one engine; emits snapshots. */

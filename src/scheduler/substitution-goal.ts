@@ -3,6 +3,7 @@
  * substituter, references first (closure invariant), trying substituters in priority order.
  */
 import type { StorePath } from '../store/store-path.js';
+import { checkTrust, SubstituterError } from '../substituter/substituter.js';
 import type { Worker } from './worker.js';
 
 export type SubstitutionOutcome =
@@ -41,6 +42,16 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
       continue;
     }
     if (!info) continue;
+
+    // As Nix: a substitute without a trusted signature is skipped before anything is downloaded, with a
+    // warning, as if the substituter did not have it (not a real error, so no '--fallback' is needed).
+    try {
+      checkTrust(sub, info);
+    } catch (e) {
+      if (!(e instanceof SubstituterError)) throw e;
+      w.warn(`the substitute for '${path}' from '${sub.uri}' is not signed by any of the keys in 'trusted-public-keys'`);
+      continue;
+    }
 
     // References first, so the closure stays complete.
     const refs = info.references.filter((r) => r !== path);
@@ -83,6 +94,11 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
     w.ctx.progress.substitutions.failed++;
     w.ctx.progress.changed();
     w.ctx.emit('substitution-finished', { path, substituter: sub.uri, ok: false, error: msg });
+    if (outcome.e instanceof SubstituterError && outcome.e.code === 'not-found') {
+      // The substitute is gone (its NAR file vanished): as Nix, say so and go on as if it never existed.
+      w.ctx.emit('warning', { message: msg, level: 'error' });
+      continue;
+    }
     w.warn(`substitution of path '${path}' from '${sub.uri}' failed: ${msg}`);
     realError = `substitution of path '${path}' from '${sub.uri}' failed: ${msg}`;
   }

@@ -71,21 +71,37 @@ describe.skipIf(!nixOk())('substitution from a cache real Nix wrote', () => {
     expect(v.status, v.stderr).toBe(0);
   });
 
-  it('refuses paths signed by a key it does not trust, then builds only with fallback', async () => {
+  it('skips substitutes not signed by a trusted key, with Nix\'s warning, and builds instead (no fallback needed)', async () => {
     const store = await fresh('R3');
     const sub = new BinaryCacheSubstituter(`file://${cache}`, { trustedPublicKeys: [] });
-    const e = await new BuildEngine({ store, substituters: [sub], sandboxPaths: SANDBOX }).buildPaths([drv]).catch((x: unknown) => x);
-    expect(e).toBeInstanceOf(BuildFailedError);
-    // The dependency's substitution fails with a real error: it fails as Nix does, and the top depends on it.
-    const failures = (e as BuildFailedError).failures;
-    const transient = failures.find((x) => x.result.status === 'transient-failure')!;
-    expect(transient.result.errorMsg).toContain("try '--fallback'");
-    expect(failures.find((x) => x.path === drv)!.result.status).toBe('dependency-failed');
-    expect((e as BuildFailedError).exitStatus).toBe(1);
-    expect(await store.isValidPath(top)).toBe(false);
-    const [r] = await new BuildEngine({ store, substituters: [sub], sandboxPaths: SANDBOX, fallback: true }).buildPaths([drv]);
+    const engine = new BuildEngine({ store, substituters: [sub], sandboxPaths: SANDBOX });
+    const warnings: string[] = [];
+    const substituted: string[] = [];
+    engine.on('warning', (e) => warnings.push(e.message));
+    engine.on('substitution-started', (e) => substituted.push(e.path));
+    const [r] = await engine.buildPaths([drv]);
     expect(r!.result.status).toBe('built');
     expect(r!.result.builtOutputs.out).toBe(top);
+    expect(substituted).toEqual([]); // nothing was downloaded
+    expect(warnings).toContain(`the substitute for '${top}' from 'file://${cache}' is not signed by any of the keys in 'trusted-public-keys'`);
+    expect(await store.isValidPath(dep)).toBe(true);
+    await store.close();
+  });
+
+  it('a substitute whose NAR file is gone is reported and built instead, as if it never existed (Nix\'s SubstituteGone)', async () => {
+    const gone = path.join(dir, 'gone-cache');
+    await fsp.cp(cache, gone, { recursive: true });
+    for (const f of readdirSync(path.join(gone, 'nar'))) await fsp.rm(path.join(gone, 'nar', f));
+    const store = await fresh('R5');
+    const sub = new BinaryCacheSubstituter(`file://${gone}`, { trustedPublicKeys: [publicKey] });
+    const engine = new BuildEngine({ store, substituters: [sub], sandboxPaths: SANDBOX });
+    const errors: string[] = [];
+    engine.on('warning', (e) => { if (e.level === 'error') errors.push(e.message); });
+    const [r] = await engine.buildPaths([drv]);
+    expect(r!.result.status).toBe('built');
+    expect(r!.result.builtOutputs.out).toBe(top);
+    expect(errors.length).toBeGreaterThan(0);
+    expect(await store.isValidPath(dep)).toBe(true);
     await store.close();
   });
 
