@@ -24,7 +24,12 @@ let sh = "/bin/sh"; bb = "/bin/busybox"; sys = "x86_64-linux";
     args = ["-c" "echo $inB > $out"]; };
   d = derivation (ca // { name = "ca-d"; system = sys; builder = sh;
     args = ["-c" "\${bb} mkdir $out; echo \${a} > $out/a; echo $out > $out/self"]; });
-in { inherit a b c d; }`;
+  # Another floating CA drv with the same output contents, and b built on it: both resolve to the same .drv.
+  a2 = derivation (ca // { name = "ca-a"; system = sys; builder = sh;
+    args = ["-c" "\${bb} mkdir $out; echo hello > $out/msg; echo $out > $out/self; true"]; });
+  b2 = derivation { name = "dep-b"; system = sys; builder = sh;
+    args = ["-c" "\${bb} mkdir $out; \${bb} cat \${a2}/msg > $out/copy; echo \${a2} > $out/ref; echo $out > $out/self"]; };
+in { inherit a b c d a2 b2; }`;
 
 describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations vs Nix 2.8 (chroot stores, sandboxed)', () => {
   let R1: string;
@@ -38,14 +43,14 @@ describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations
     R2 = path.join(dir, 'ours');
     const file = path.join(dir, 'ca.nix');
     writeFileSync(file, EXPR);
-    for (const attr of ['a', 'b', 'c', 'd']) {
+    for (const attr of ['a', 'b', 'c', 'd', 'a2', 'b2']) {
       drvs[attr] = nix('nix-instantiate', [...CA, '--store', R1, file, '-A', attr]);
       expect(nix('nix-instantiate', [...CA, '--store', R2, file, '-A', attr])).toBe(drvs[attr]);
     }
     const r = runNix('nix-store', [...CA, '--store', R1, '--realise', drvs.c!, drvs.d!, ...nixSandboxArgs()]);
     expect(r.status, r.stderr).toBe(0);
     // Already built: each realise just reports the (resolved) output path.
-    for (const attr of ['a', 'b', 'c', 'd']) {
+    for (const attr of ['a', 'b', 'c', 'd', 'b2']) {
       nixOut[attr] = nix('nix-store', [...CA, '--store', R1, '--realise', drvs[attr]!, ...nixSandboxArgs()]);
     }
   });
@@ -58,7 +63,7 @@ describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations
     expect(text('d')).toContain(drvs.a!);
   });
 
-  it('a chain floating CA → deferred → deferred, and CA → CA: same paths, NAR hashes, references, derivers; persisted', async () => {
+  it('a chain floating CA → deferred → deferred, and CA → CA: same paths, NAR hashes, references, derivers; persisted; early cut-off', async () => {
     const store = await LocalStore.open({ root: R2 });
     try {
       const engine = new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS });
@@ -100,6 +105,23 @@ describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations
       expect(again.map((x) => x.result.builtOutputs.out)).toEqual([nixOut.c, nixOut.d, nixOut.b]);
     } finally {
       await store2.close();
+    }
+    // Early cut-off: b2 differs from b only by its input a2, whose output is a's; it resolves to b's
+    // resolved .drv, already valid, so nothing of b's is built again (Nix: ResolvesToAlreadyValid).
+    expect(drvs.b2).not.toBe(drvs.b);
+    expect(nixOut.b2).toBe(nixOut.b);
+    const store3 = await LocalStore.open({ root: R2 });
+    try {
+      const engine = new BuildEngine({ store: store3, sandbox: true, sandboxPaths: SANDBOX_PATHS });
+      let built = 0;
+      engine.on('progress', (p) => { built = Math.max(built, p.builds.done); });
+      const [r2] = await engine.buildPaths([drvs.b2!]);
+      expect(r2!.result.status).toBe('already-valid');
+      expect(r2!.result.builtOutputs).toEqual({ out: nixOut.b });
+      expect(built).toBe(1); // a2 only
+      expect((await store3.queryDerivationOutputs(drvs.b2!)).get('out')).toBe(nixOut.b);
+    } finally {
+      await store3.close();
     }
     // Real Nix reads the mapping too (its local store looks in DerivationOutputs before Realisations):
     // realising the original .drv files in our store builds nothing.
