@@ -242,6 +242,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
           : failure('misc-failure', o.message),
       };
     }));
+    if (w.stoppedBy) await w.settle();
     if (w.fatal) throw w.fatal;
     return { results, worker: w };
   }

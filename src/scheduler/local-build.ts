@@ -283,7 +283,9 @@ async function runOneRound(
       ? setTimeout(() => kill('timed-out', `${name} timed out after ${options.buildTimeout} seconds`), options.buildTimeout * 1000)
       : undefined;
 
-    let exit: SandboxExit;
+    let exit: SandboxExit | undefined;
+    /** This build failed and stopped the call itself: its failure is reported, not taken for a stop. */
+    let stoppedOthers = false;
     try {
       exit = await sandbox.run({
         drvPath,
@@ -309,17 +311,24 @@ async function runOneRound(
         },
       });
     } finally {
-      releaseSlot();
       if (silenceTimer) clearTimeout(silenceTimer);
       if (totalTimer) clearTimeout(totalTimer);
       w.signal.removeEventListener('abort', onStop);
+      // A failed builder stops the call (without keepGoing) before its slot is handed on, so no queued
+      // build starts in between (Nix handles the failure before its worker loop starts anything else).
+      if ((limit || !exit || exit.kind !== 'exited' || exit.code !== 0) && !w.signal.aborted) {
+        stoppedOthers = true;
+        w.noteFailure(drvPath);
+      }
+      releaseSlot();
       log.end();
       await store.addBuildLog(drvPath, log.text()).catch(() => {});
     }
+    if (!exit) throw new Error('unreachable: the sandbox returned no exit');
     const stopTime = Math.floor(Date.now() / 1000);
     const times = { startTime: started, stopTime };
 
-    if (w.signal.aborted) throw new GoalStopped();
+    if (w.signal.aborted && !stoppedOthers) throw new GoalStopped();
     if (limit) {
       finishProgress(false);
       await cleanupScratch(w, scratch);

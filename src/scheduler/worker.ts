@@ -99,9 +99,33 @@ export class Worker {
     this.ctx.emit('warning', { message });
   }
 
-  /** Called by goals when a top-level or sub-goal fails: without keepGoing, stop everything. */
-  noteFailure(): void {
-    if (!this.ctx.options.keepGoing) this.stop('failure');
+  /** The derivation whose failure stopped the call (its failure is reported first). */
+  private stopCause: StorePath | undefined;
+
+  /**
+   * Called when a top-level or sub-goal fails: without keepGoing, stop everything. A build calls it as
+   * soon as its builder fails (before its slot is handed on), naming itself.
+   */
+  noteFailure(cause?: StorePath): void {
+    if (this.ctx.options.keepGoing || this.controller.signal.aborted) return;
+    this.stopCause = cause;
+    this.stop('failure');
+  }
+
+  /**
+   * Wait until every goal of this call has finished. After a stop, goals that were not awaited by a
+   * target (the failed build that caused the stop, builds being killed) may still be closing logs and
+   * removing their outputs; the call returns only once they are done, so nothing runs on behind it and
+   * every failure is in `failures`.
+   */
+  async settle(): Promise<void> {
+    for (;;) {
+      const pending: Promise<unknown>[] = [...this.drvGoals.values()].filter((e) => !e.done).map((e) => e.promise);
+      pending.push(...this.substGoals.values());
+      const before = this.drvGoals.size + this.substGoals.size;
+      await Promise.allSettled(pending);
+      if (this.drvGoals.size + this.substGoals.size === before && [...this.drvGoals.values()].every((e) => e.done)) return;
+    }
   }
 
   /** The one derivation goal of `drvPath` in this call, widened when more outputs are wanted. */
@@ -142,7 +166,9 @@ export class Worker {
     }
     entry.done = true;
     if (!isSuccess(result.status) && !(result as { stopped?: boolean }).stopped) {
-      this.failures.push({ path: drvPath, result });
+      // The failure that stopped the call comes first, before the dependents it made fail meanwhile.
+      if (drvPath === this.stopCause) this.failures.unshift({ path: drvPath, result });
+      else this.failures.push({ path: drvPath, result });
       this.noteFailure();
     }
     this.ctx.emit('goal-finished', { kind: 'derivation', path: drvPath, result });

@@ -171,6 +171,22 @@ describe('keepGoing', () => {
     }
   });
 
+  it('off: a queued build does not start in the slot a failed build frees', async () => {
+    const sb = fake();
+    const a = await mkDrv('kgq-a');
+    const b = await mkDrv('kgq-b');
+    const engine = engineWith(sb, { maxJobs: 1 });
+    const call = engine.buildPaths([a, b]).then(() => undefined, (e: unknown) => e);
+    await sb.waitPending(1);
+    expect(sb.started).toHaveLength(1);
+    const first = nameOf(sb.started[0]!.drvPath);
+    await sb.find(first)!.finish(1);
+    const e = await call;
+    expect(e).toBeInstanceOf(BuildFailedError);
+    expect((e as BuildFailedError).failures[0]!.path).toBe(first === 'kgq-a' ? a : b);
+    expect(sb.started.map((r) => nameOf(r.drvPath))).toEqual([first]);
+  });
+
   it('on: independent builds go on, dependents of the failure are dependency-failed', async () => {
     const sb = fake();
     const bad = await mkDrv('kgo-bad');
