@@ -18,7 +18,7 @@ export {
   makeStorePath, makeType, makeOutputPath, outputPathName, makeFixedOutputPath, makeTextPath, computeTextPath, hashPlaceholder, downstreamPlaceholder,
   type StorePath, type ParsedStorePath, type FileIngestionMethod,
 } from './store/store-path.js';
-export { dumpPath, restorePath, parseNar, hashNar, hashPath, narOfRegularFile, type NarSink } from './store/nar.js';
+export { dumpPath, restorePath, parseNar, hashNar, hashPath, narOfRegularFile, type NarSink, type RestoreOptions } from './store/nar.js';
 export { RefScanner, scanForReferences } from './store/references.js';
 export type { Store, PathInfo, NarSource, PathLocks, AddToStoreOptions } from './store/store-api.js';
 export { LocalStore, defaultStoreRoot, resolveLayout, type LocalStoreOptions, type LocalStoreLayout } from './store/local-store.js';
@@ -33,6 +33,7 @@ export {
   type Derivation, type DerivationOutput, type DerivationKind, type OutputSpec, type ReadDerivation,
 } from './derivation/derivation.js';
 export { BadDerivationError, InvalidDerivationAttrsError } from './derivation/errors.js';
+export { tryResolve, needsResolution, downstreamPlaceholder, type InputOutputPaths, type ResolveResult } from './derivation/resolve.js';
 export { ParsedDerivation, DEFAULT_SYSTEM_FEATURES } from './derivation/parsed-attrs.js';
 
 // Substituters and binary caches (the whole public part of src/substituter)
@@ -40,7 +41,7 @@ export * from './substituter/index.js';
 
 // Sandboxes
 export type { Sandbox, SandboxRequest, SandboxRunOptions, SandboxExit } from './platform/sandbox.js';
-export { NoSandbox } from './platform/no-sandbox.js';
+export { NoSandbox, type NoSandboxOptions } from './platform/no-sandbox.js';
 export { LinuxSandbox, type LinuxSandboxOptions } from './platform/linux-sandbox.js';
 export { SandboxError, type SandboxErrorCode } from './platform/sandbox-errors.js';
 export { sandboxAvailable, chooseSandbox, type SandboxProbe, type ChooseSandboxOptions } from './platform/probe.js';

@@ -44,6 +44,27 @@ export interface LocalStoreOptions {
   readonly signal?: AbortSignal | undefined;
 }
 
+/**
+ * `mkdir -p`, one level at a time. Node's recursive mkdir never returns for a path under a directory
+ * where mkdir fails with ENOENT although the parent exists (e.g. `/proc/x/y`); this reports the error.
+ */
+async function mkdirs(dir: string, mode: number): Promise<void> {
+  const missing: string[] = [];
+  for (let cur = path.resolve(dir); ; cur = path.dirname(cur)) {
+    try {
+      if ((await fsp.stat(cur)).isDirectory()) break;
+      throw Object.assign(new Error(`'${cur}' is not a directory`), { code: 'ENOTDIR' });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      missing.push(cur);
+      if (path.dirname(cur) === cur) break;
+    }
+  }
+  for (const d of missing.reverse()) {
+    try { await fsp.mkdir(d, { mode }); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e; }
+  }
+}
+
 /** Resolved locations of a local store. */
 export interface LocalStoreLayout {
   readonly root: string | undefined;
@@ -246,10 +267,10 @@ export class LocalStore implements Store {
   static async open(opts: LocalStoreOptions = {}): Promise<LocalStore> {
     const layout = resolveLayout(opts);
     try {
-      await fsp.mkdir(layout.realStoreDir, { recursive: true, mode: 0o755 });
-      await fsp.mkdir(layout.dbDir, { recursive: true, mode: 0o755 });
-      for (const d of ['temproots', 'gcroots', 'profiles']) await fsp.mkdir(path.join(layout.stateDir, d), { recursive: true, mode: 0o755 });
-      await fsp.mkdir(path.join(layout.logDir, 'drvs'), { recursive: true, mode: 0o755 });
+      await mkdirs(layout.realStoreDir, 0o755);
+      await mkdirs(layout.dbDir, 0o755);
+      for (const d of ['temproots', 'gcroots', 'profiles']) await mkdirs(path.join(layout.stateDir, d), 0o755);
+      await mkdirs(path.join(layout.logDir, 'drvs'), 0o755);
     } catch (e) {
       throw new StoreError('store-open-failed', `cannot create the store directories under '${layout.root ?? layout.stateDir}': ${(e as Error).message}`, {
         cause: e, hint: 'check the permissions of the store root, or choose another one',
