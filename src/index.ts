@@ -33,7 +33,7 @@ export {
   type Derivation, type DerivationOutput, type DerivationKind, type OutputSpec, type ReadDerivation,
 } from './derivation/derivation.js';
 export { BadDerivationError, InvalidDerivationAttrsError } from './derivation/errors.js';
-export { tryResolve, needsResolution, downstreamPlaceholder, type InputOutputPaths, type ResolveResult } from './derivation/resolve.js';
+export { tryResolve, needsResolution, type InputOutputPaths, type ResolveResult } from './derivation/resolve.js';
 export { ParsedDerivation, DEFAULT_SYSTEM_FEATURES } from './derivation/parsed-attrs.js';
 
 // Substituters and binary caches (the whole public part of src/substituter)

@@ -3,7 +3,7 @@
  * (only this leaf work takes one), the build directory and environment, the sandboxed run with time and
  * log limits, registration of the outputs, the post-build hook, and repeated rounds.
  */
-import { chmodSync, lstatSync, mkdirSync, promises as fsp } from 'node:fs';
+import { lstatSync, promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { makeBuildEnv, rewriteStrings } from '../derivation/build-env.js';
@@ -66,16 +66,17 @@ async function removeBuildDir(dir: string): Promise<void> {
  * Nix's createTempDir for build directories: `<base>/<prefix>-<n>` with the first free n from 0, mode 0700.
  * Builders see this name (NIX_BUILD_TOP without a sandbox, NIX_ATTRS_*_FILE always), so it must be Nix's.
  */
-function createBuildDir(base: string, prefix: string): string {
+async function createBuildDir(base: string, prefix: string): Promise<string> {
   for (let n = 0; ; n++) {
     const dir = path.join(base, `${prefix}-${n}`);
     try {
-      mkdirSync(dir, 0o700);
+      // Through the thread pool: a directory creation can take milliseconds on a busy disk.
+      await fsp.mkdir(dir, 0o700);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'EEXIST') continue;
       throw e;
     }
-    chmodSync(dir, 0o700);
+    await fsp.chmod(dir, 0o700);
     return dir;
   }
 }
@@ -221,7 +222,7 @@ async function runOneRound(
 
   // Build directory.
   const tmpBase = options.buildDir ?? os.tmpdir();
-  const buildDir = createBuildDir(tmpBase, `nix-build-${view.name}.drv`);
+  const buildDir = await createBuildDir(tmpBase, `nix-build-${view.name}.drv`);
   const buildDirInSandbox = sandbox.isolated ? '/build' : buildDir;
   let keepBuildDir = false;
 
