@@ -304,17 +304,27 @@ async function runOneRound(
       }, {
         signal: ctl.signal,
         onOutput: (chunk) => {
+          if (limit) return; // being killed: Nix reads nothing more from it
           armSilence();
-          log.push(chunk);
-          if (options.maxLogSize && log.size > options.maxLogSize) {
+          // As Nix: the read that goes over the limit kills the builder and is itself not logged.
+          if (options.maxLogSize && log.size + chunk.length > options.maxLogSize) {
             kill('log-limit-exceeded', `${name} killed after writing more than ${options.maxLogSize} bytes of log output`);
+            return;
           }
+          log.push(chunk);
         },
       });
     } finally {
       if (silenceTimer) clearTimeout(silenceTimer);
       if (totalTimer) clearTimeout(totalTimer);
       w.signal.removeEventListener('abort', onStop);
+      const execFailure = exit?.kind === 'spawn-failed' ? /executing '.*$|^could not start '.*$/s.exec(exit.message) : null;
+      if (execFailure) {
+        // As Nix: the build environment was set up and only the exec failed, in the child; its error
+        // goes to the build log and the child exits 1.
+        log.push(Buffer.from(`error: ${execFailure[0]}\n`));
+        exit = { kind: 'exited', code: 1 };
+      }
       // A failed builder stops the call (without keepGoing) before its slot is handed on, so no queued
       // build starts in between (Nix handles the failure before its worker loop starts anything else).
       if ((limit || !exit || exit.kind !== 'exited' || exit.code !== 0) && !w.signal.aborted) {

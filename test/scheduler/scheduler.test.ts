@@ -35,17 +35,17 @@ afterAll(async () => {
  * Write a derivation `<name>` (unique per test run via a salt) depending on the `out` outputs of `deps`.
  * Returns the .drv path; its builder is /bin/sh -c `script`.
  */
-async function mkDrv(name: string, deps: StorePath[] = [], o: { script?: string; outputs?: string[]; env?: Record<string, string> } = {}): Promise<StorePath> {
+async function mkDrv(name: string, deps: StorePath[] = [], o: { script?: string; outputs?: string[]; env?: Record<string, string>; builder?: string } = {}): Promise<StorePath> {
   const outputs = o.outputs ?? ['out'];
   const script = o.script ?? 'echo building';
   const env = new Map<string, string>([
-    ['builder', '/bin/sh'], ['name', name], ['system', 'x86_64-linux'], ['salt', `${process.pid}-${counter++}`],
+    ['builder', o.builder ?? '/bin/sh'], ['name', name], ['system', 'x86_64-linux'], ['salt', `${process.pid}-${counter++}`],
     ...(outputs.length > 1 ? [['outputs', outputs.join(' ')] as [string, string]] : []),
     ...Object.entries(o.env ?? {}),
   ]);
   const drv = await computeOutputPaths(readDerivationFromStore(store), {
     name, inputDrvs: new Map(deps.map((d) => [d, ['out']])), inputSrcs: [], platform: 'x86_64-linux',
-    builder: '/bin/sh', args: ['-c', script], env,
+    builder: o.builder ?? '/bin/sh', args: ['-c', script], env,
   }, new Map(outputs.map((n) => [n, { type: 'input-addressed' as const }])), { storeDir: store.storeDir });
   return writeDerivation(store, drv);
 }
@@ -135,6 +135,16 @@ describe('slots', () => {
     const again = await engine.buildPaths([top]);
     expect(again[0]!.result.status).toBe('already-valid');
     expect(sb.started).toHaveLength(4);
+  });
+});
+
+describe('a builder that cannot be executed', () => {
+  it('fails as in Nix: exit code 1, and the exec error in the log', async () => {
+    const d = await mkDrv('noexec', [], { builder: '/nonexistent/realise-builder' });
+    const [r] = await engineWith(false).buildPathsWithResults([d]);
+    expect(r!.result.status).toBe('permanent-failure');
+    expect(r!.result.errorMsg).toContain(`builder for '${d}' failed with exit code 1;`);
+    expect(r!.result.errorMsg).toMatch(/> error: (executing|could not start) '\/nonexistent\/realise-builder'/);
   });
 });
 
@@ -268,6 +278,8 @@ describe('limits', () => {
     const sb = fake();
     const a = await mkDrv('chatty');
     const engine = engineWith(sb, { maxLogSize: 1000 });
+    const lines: string[] = [];
+    engine.on('build-log', (e) => lines.push(e.line));
     const call = engine.buildPathsWithResults([a]);
     const [run] = await sb.waitPending(1);
     run!.log('x'.repeat(600) + '\n');
@@ -281,6 +293,9 @@ describe('limits', () => {
     expect(r!.result.errorMsg).toContain(`building of '${a}!*' from .drv file killed after writing more than 1000 bytes of log output`);
     expect(await store.isValidPath(await outPath(a))).toBe(false);
     expect(exitStatusOf([r!.result])).toBe(1);
+    // As Nix: the output that went over the limit is not logged (neither as an event nor in the store's log).
+    expect(lines).toEqual(['x'.repeat(600)]);
+    expect(await store.readBuildLog(a)).toBe('x'.repeat(600) + '\n');
   });
 
   describe('with the real NoSandbox and a sleeping /bin/sh builder', () => {
