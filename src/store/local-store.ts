@@ -689,11 +689,25 @@ export class LocalStore implements Store {
   /** Writes the log uncompressed (Nix 2.8's `nix log` and `nix-store --read-log` read both forms). */
   async addBuildLog(drvPath: StorePath, log: string | Uint8Array): Promise<void> {
     const file = this.logPath(drvPath);
-    await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o755 });
+    const dir = path.dirname(file);
+    // Each file-system call is a thread-pool round trip (and a directory creation a journal write): the
+    // 256 two-character log directories are created once per store object, not once per build.
+    if (!this.logDirsMade.has(dir)) {
+      await fsp.mkdir(dir, { recursive: true, mode: 0o755 });
+      this.logDirsMade.add(dir);
+    }
     const tmp = `${file}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
-    await fsp.writeFile(tmp, log, { mode: 0o644 });
+    try {
+      await fsp.writeFile(tmp, log, { mode: 0o644 });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      await fsp.mkdir(dir, { recursive: true, mode: 0o755 }); // removed behind our back: make it again
+      await fsp.writeFile(tmp, log, { mode: 0o644 });
+    }
     await fsp.rename(tmp, file);
   }
+
+  private readonly logDirsMade = new Set<string>();
 
   async readBuildLog(drvPath: StorePath): Promise<string | undefined> {
     const base = storePathBase(drvPath);

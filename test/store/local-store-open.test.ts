@@ -17,3 +17,24 @@ describe('LocalStore.open on a root it cannot create', () => {
     expect((e as StoreError).code).toBe('store-open-failed');
   });
 });
+
+describe('LocalStore.addBuildLog', () => {
+  it('writes logs again after the log directory was removed behind its back', async () => {
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const path = await import('node:path');
+    const dir = mkdtempSync(path.join(tmpdir(), 'realise-log-'));
+    const store = await LocalStore.open({ storeDir: path.join(dir, 'store'), stateDir: path.join(dir, 'state'), logDir: path.join(dir, 'log') });
+    try {
+      const drv = `${store.storeDir}/${'a'.repeat(32)}-x.drv`;
+      await store.addBuildLog(drv, 'first\n');
+      expect(await store.readBuildLog(drv)).toBe('first\n');
+      rmSync(path.join(dir, 'log', 'drvs'), { recursive: true, force: true });
+      await store.addBuildLog(drv, 'second\n');
+      expect(await store.readBuildLog(drv)).toBe('second\n');
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
