@@ -369,6 +369,7 @@ async function runOneRound(
       finishProgress(false);
       await cleanupScratch(w, scratch);
       if (e instanceof OutputRejected) {
+        if (e.endsCall) w.stop('failure', drvPath);
         return { kind: 'failed', result: failure(e.status, e.message, { ...times, hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' }) };
       }
       throw e;

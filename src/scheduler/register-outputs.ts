@@ -26,6 +26,11 @@ export class OutputRejected extends Error {
     message: string,
     readonly hashMismatch = false,
     readonly checkMismatch = false,
+    /**
+     * Ends the whole call, even with keepGoing: Nix 2.8 throws the output-cycle error as a plain Error,
+     * which leaves its worker loop (the other builds stop; measured against nix-store --keep-going).
+     */
+    readonly endsCall = false,
   ) {
     super(message);
   }
@@ -186,7 +191,7 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
     const st = state.get(name);
     if (st === 'done') return;
     if (st === 'visiting') {
-      throw new OutputRejected('output-rejected', `cycle detected in build of '${drvPath}' in the references of output '${name}' from output '${parent}'`);
+      throw new OutputRejected('output-rejected', `cycle detected in build of '${drvPath}' in the references of output '${name}' from output '${parent}'`, false, false, true);
     }
     state.set(name, 'visiting');
     for (const r of scanned.get(name)!.refs) {

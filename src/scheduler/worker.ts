@@ -85,9 +85,11 @@ export class Worker {
     return this.controller.signal;
   }
 
-  stop(why: 'failure' | 'signal'): void {
+  /** Stop the call; `cause`: the derivation whose failure stops it (reported first). */
+  stop(why: 'failure' | 'signal', cause?: StorePath): void {
     if (this.controller.signal.aborted) return;
     this.stoppedBy = why;
+    this.stopCause = cause;
     this.controller.abort(new GoalStopped());
   }
 
@@ -108,8 +110,7 @@ export class Worker {
    */
   noteFailure(cause?: StorePath): void {
     if (this.ctx.options.keepGoing || this.controller.signal.aborted) return;
-    this.stopCause = cause;
-    this.stop('failure');
+    this.stop('failure', cause);
   }
 
   /**

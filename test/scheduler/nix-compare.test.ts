@@ -304,7 +304,7 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
     });
 
     // Alone, not in the keep-going batch: Nix 2.8 throws the cycle error as a plain Error (sliced from
-    // BuildError), which ends the whole call even with --keep-going; we fail just that derivation.
+    // BuildError), which ends the whole call even with --keep-going; so do we (next test).
     it('a cycle between outputs: exit 1 in both, same message', async () => {
       const d = drv['bad-cycle']!;
       const r = nixBuild([d]);
@@ -314,6 +314,20 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
       expect(e.failures[0]!.result.status).toBe('output-rejected');
       expect(squash(e.message)).toBe(squash(nixError(r.stderr)));
       expect(e.message).toMatch(/^cycle detected in build of '.*-bad-cycle.drv' in the references of output 'dev' from output 'out'$/);
+    });
+
+    it('a cycle between outputs ends the whole call even with keepGoing, in both: the other build is not finished', async () => {
+      const d = drv['bad-cycle']!;
+      const slowDrv = drv['kg-slow']!;
+      const r = nixBuild(['--keep-going', d, slowDrv]);
+      expect(r.status).toBe(1);
+      const e = await ourFailure([d, slowDrv], { keepGoing: true });
+      expect(e.exitStatus).toBe(1);
+      expect(e.failures[0]!.path).toBe(d);
+      expect(e.failures.map((f) => f.path)).not.toContain(slowDrv);
+      const [slow] = nixOutputs(R1, [slowDrv]);
+      expect(pathFacts(R1, [slow!]).get(slow!)?.valid).toBe(false);
+      expect(pathFacts(R2, [slow!]).get(slow!)?.valid).toBe(false);
     });
 
     it('a builder that does not exist: exit 100 in both, naming it', async () => {
