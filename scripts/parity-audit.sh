@@ -9,29 +9,11 @@ W=${1:-$(mktemp -d /tmp/realise-audit-XXXXXX)}
 mkdir -p "$W"
 export NIX_REMOTE= NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\n' NIX_USER_CONF_FILES=/dev/null
 SP="/bin/sh=/bin/busybox /bin/busybox"
-cat > "$W/a.nix" <<'NIX'
-let mk = name: script: derivation { inherit name; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" script]; };
-in rec {
-  ok = derivation { name = "au-ok"; system = "x86_64-linux"; builder = "/bin/sh"; outputs = ["out" "dev" "bin"];
-    args = ["-c" "echo out > $out; echo $out > $dev; echo b > $bin; echo building ok"]; };
-  fail = mk "au-fail" "echo about to fail; exit 3";
-  fail2 = mk "au-fail2" "echo other failure; exit 1";
-  good = mk "au-good" "echo good > $out";
-  dep = mk "au-dep" "echo ${fail} > $out";
-  slow = mk "au-slow" "/bin/busybox sleep 30; echo > $out";
-  silent = mk "au-silent" "echo hi; /bin/busybox sleep 30; echo > $out";
-  fod = derivation { name = "au-fod"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo -n x > $out"];
-    outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = "0000000000000000000000000000000000000000000000000000"; };
-  nondet = mk "au-nondet" "cat /proc/sys/kernel/random/uuid > $out";
-  noout = mk "au-noout" "echo no output";
-  refbad = derivation { name = "au-refbad"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo ${good} > $out"]; disallowedReferences = [good]; };
-  wrongsys = derivation { name = "au-wrongsys"; system = "aarch64-darwin"; builder = "/bin/sh"; args = ["-c" "echo > $out"]; };
-}
-NIX
+cp "$ROOT/test/fixtures/cli/scenarios.nix" "$W/a.nix"   # shared with test/cli/cli.test.ts
 declare -A D
 for a in ok fail fail2 good dep slow silent fod nondet noout refbad wrongsys; do
-  D[$a]=$(nix-instantiate --store "$W/N" "$W/a.nix" -A $a 2>/dev/null)
-  nix-instantiate --store "$W/O" "$W/a.nix" -A $a >/dev/null 2>&1
+  D[$a]=$(nix-instantiate --store "$W/N" "$W/a.nix" --argstr prefix au -A $a 2>/dev/null)
+  nix-instantiate --store "$W/O" "$W/a.nix" --argstr prefix au -A $a >/dev/null 2>&1
 done
 X=/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nothere
 pair() { # pair "NIX-STORE ARGS" "REALISE ARGS"

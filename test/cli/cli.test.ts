@@ -4,7 +4,8 @@
  * errors, warnings). Commands run in-process through src/cli/run.ts's main (one spawn checks bin/realise.js).
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/run.js';
@@ -12,21 +13,8 @@ import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
 
 const BIN = path.resolve(__dirname, '../../bin/realise.js');
 const SANDBOX = '/bin/sh=/bin/busybox /bin/busybox';
-const EXPR = `
-let mk = name: script: derivation { inherit name; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" script]; };
-in rec {
-  ok = derivation { name = "cli-ok"; system = "x86_64-linux"; builder = "/bin/sh"; outputs = ["out" "dev" "bin"];
-    args = ["-c" "echo out > $out; echo $out > $dev; echo $dev > $bin"]; };
-  fail = mk "cli-fail" "echo about to fail; exit 3";
-  fail2 = mk "cli-fail2" "echo other failure; exit 1";
-  good = mk "cli-good" "echo good > $out";
-  dep = mk "cli-dep" "echo \${fail} > $out";
-  slow = mk "cli-slow" "/bin/busybox sleep 30; echo > $out";
-  wrongsys = derivation { name = "cli-wrongsys"; system = "aarch64-darwin"; builder = "/bin/sh"; args = ["-c" "echo > $out"]; };
-  onWrongsys = mk "cli-on-wrongsys" "echo \${wrongsys} > $out";
-  fod = derivation { name = "cli-fod"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo -n x > $out"];
-    outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = "0000000000000000000000000000000000000000000000000000"; };
-}`;
+/** The scenario derivations, shared with scripts/parity-audit.sh (names `cli-*`). */
+const EXPR_FILE = fileURLToPath(new URL('../fixtures/cli/scenarios.nix', import.meta.url));
 const ATTRS = ['ok', 'fail', 'fail2', 'good', 'dep', 'slow', 'fod', 'wrongsys', 'onWrongsys'] as const;
 const MISSING = '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nothere';
 
@@ -62,7 +50,7 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
   beforeAll(() => {
     dir = tempDir();
     const file = path.join(dir, 'cli.nix');
-    writeFileSync(file, EXPR);
+    writeFileSync(file, readFileSync(EXPR_FILE));
     R1 = path.join(dir, 'R1');
     R2 = path.join(dir, 'R2');
     for (const a of ATTRS) {
