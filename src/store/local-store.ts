@@ -65,6 +65,9 @@ async function mkdirs(dir: string, mode: number): Promise<void> {
   }
 }
 
+/** NARs up to this size are restored in one batch on the restore thread (nar.ts, RestoreOptions.batch). */
+const BATCH_RESTORE_MAX = 16 * 1024 * 1024;
+
 /** Resolved locations of a local store. */
 export interface LocalStoreLayout {
   readonly root: string | undefined;
@@ -555,7 +558,10 @@ export class LocalStore implements Store {
       const hashed = hashingStream(nar, info.narHash.algorithm, opts.signal);
       // Restored with canonical metadata straight away; a second canonicalising walk is needed only
       // when new files do not get our group (a setgid store directory).
-      await restorePath(target, hashed.stream, { canonical: true });
+      // Small NARs (the size is announced) are restored in one task on the restore thread; large ones
+      // stream, so a NAR is never held in memory whole.
+      const batch = !!info.narSize && info.narSize <= BATCH_RESTORE_MAX;
+      await restorePath(target, hashed.stream, { canonical: true, batch });
       const got = hashed.result();
       if (!got.hash.equals(info.narHash)) throw narHashMismatch(info.path, info.narHash, got.hash);
       if (info.narSize && got.size !== info.narSize) throw narSizeMismatch(info.path, info.narSize, got.size);

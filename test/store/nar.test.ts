@@ -138,11 +138,15 @@ describe('NAR restore', () => {
         const old = mask !== undefined ? process.umask(mask) : undefined;
         try {
           expect((await restorePath(target, chunked(nar, [...sizes]), { canonical: true })).size).toBe(nar.length);
+          // The same, batched on the restore thread.
+          expect((await restorePath(target + '-batch', chunked(nar, [...sizes]), { canonical: true, batch: true })).size).toBe(nar.length);
         } finally {
           if (old !== undefined) process.umask(old);
         }
         expect((await collect(dumpPath(target))).equals(nar), g.tree).toBe(true);
         expectCanonical(target);
+        expect((await collect(dumpPath(target + '-batch'))).equals(nar), `${g.tree} (batch)`).toBe(true);
+        expectCanonical(target + '-batch');
       }
     }
   });
@@ -171,6 +175,10 @@ describe('NAR restore', () => {
     const err = await restorePath(target, streamOf(readFileSync(path.join(FIX, 'nar', 'mixed.nar')))).catch((e) => e);
     expect(err).toBeInstanceOf(StoreError);
     expect(err.code).toBe('restore-target-exists');
+    expect(readdirSync(target)).toEqual(['keep']);
+    const err2 = await restorePath(target, streamOf(readFileSync(path.join(FIX, 'nar', 'mixed.nar'))), { canonical: true, batch: true }).catch((e) => e);
+    expect(err2).toBeInstanceOf(StoreError);
+    expect(err2.code).toBe('restore-target-exists');
     expect(readdirSync(target)).toEqual(['keep']);
   });
   it('parseNar reports the size and validates without writing', async () => {
@@ -238,11 +246,11 @@ const hostile: Record<string, Buffer> = {
 };
 
 /** Restore into parent/target and check nothing else ever appears in parent (nor remains in target). */
-async function restoreHostile(data: Buffer, sizes: number[] = [data.length || 1], canonical = false) {
+async function restoreHostile(data: Buffer, sizes: number[] = [data.length || 1], canonical = false, batch = false) {
   const parent = tempDir();
   const sentinel = path.join(parent, 'sentinel');
   writeFileSync(sentinel, 'untouched');
-  const err = await restorePath(path.join(parent, 'target'), chunked(data, sizes), { canonical }).then(() => undefined, (e: unknown) => e);
+  const err = await restorePath(path.join(parent, 'target'), chunked(data, sizes), { canonical, batch }).then(() => undefined, (e: unknown) => e);
   expect(readdirSync(parent)).toEqual(['sentinel']);
   expect(readFileSync(sentinel, 'utf8')).toBe('untouched');
   return err;
@@ -262,8 +270,9 @@ describe('hostile NARs', () => {
         const err = await restoreHostile(data, sizes);
         expect(err, name).toBeInstanceOf(BadNarError);
       }
-      // the canonical restore (read-only directories) also cleans up after itself
+      // the canonical restore (read-only directories) also cleans up after itself, streamed or batched
       expect(await restoreHostile(data, [data.length || 1], true), name).toBeInstanceOf(BadNarError);
+      expect(await restoreHostile(data, [data.length || 1], true, true), `${name} (batch)`).toBeInstanceOf(BadNarError);
     });
   }
   it('every truncation of a valid NAR is a BadNarError', async () => {
