@@ -9,7 +9,7 @@
  * is stale, and starts over with a fresh file. A lock held by a process that died is released by the
  * kernel when its file descriptors close, so it is recovered without any cleanup.
  */
-import { closeSync, fstatSync, ftruncateSync, open, openSync, statSync, unlinkSync, writeSync, constants as FS } from 'node:fs';
+import { closeSync, fstatSync, ftruncateSync, openSync, statSync, unlinkSync, writeSync, constants as FS } from 'node:fs';
 import { createRequire } from 'node:module';
 import { StoreError } from './errors.js';
 import { parseStorePath } from './store-path.js';
@@ -82,17 +82,6 @@ function openLockFile(lockPath: string): number {
   }
 }
 
-function openLockFileAsync(lockPath: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    open(lockPath, FS.O_RDWR | FS.O_CREAT, 0o600, (e, fd) => {
-      if (!e) return resolve(fd);
-      reject(new StoreError('lock-failed', `cannot open lock file '${lockPath}': ${e.message}`, {
-        cause: e, hint: 'check that the store directory exists and is writable by this user',
-      }));
-    });
-  });
-}
-
 function tryFlock(fd: number, lockPath: string, mode: 'exnb' | 'shnb' = 'exnb'): boolean {
   try {
     fsExt.flockSync(fd, mode);
@@ -104,14 +93,10 @@ function tryFlock(fd: number, lockPath: string, mode: 'exnb' | 'shnb' = 'exnb'):
   }
 }
 
-/**
- * Try once to take the flock on `lockPath`; returns the fd, or undefined if someone holds it. Retries stale
- * files. `opened`: the lock file already opened (asynchronously) by the caller; it is consumed.
- */
-function tryLockFile(lockPath: string, opened?: number): number | undefined {
+/** Try once to take the flock on `lockPath`; returns the fd, or undefined if someone holds it. Retries stale files. */
+function tryLockFile(lockPath: string): number | undefined {
   for (;;) {
-    const fd = opened ?? openLockFile(lockPath);
-    opened = undefined;
+    const fd = openLockFile(lockPath);
     if (!tryFlock(fd, lockPath)) { closeSync(fd); return undefined; }
     const st = fstatSync(fd);
     if (st.size !== 0) {
@@ -131,11 +116,10 @@ async function lockFile(lockPath: string, signal?: AbortSignal): Promise<number>
   let delay = 2;
   for (;;) {
     if (signal?.aborted) throw new LockAbortedError(lockPath, signal.reason);
-    // Creating the lock file is a metadata write that takes a millisecond or more on a busy or
-    // `discard`-mounted disk: open it through the thread pool, not on the event loop.
-    const opened = await openLockFileAsync(lockPath);
-    if (signal?.aborted) { closeSync(opened); throw new LockAbortedError(lockPath, signal.reason); }
-    const fd = tryLockFile(lockPath, opened);
+    // Opened synchronously, although creating the lock file can take a millisecond on a busy disk: goals
+    // then reach their build slots in the order they asked for their locks (deterministic, as the
+    // order in which builds start shows in the output), not in the order the thread pool finishes.
+    const fd = tryLockFile(lockPath);
     if (fd !== undefined) return fd;
     await sleep(delay, signal, lockPath);
     delay = Math.min(delay * 2, 100);

@@ -6,9 +6,9 @@
 import * as fs from 'node:fs';
 import { promises as fsp, write as writeCb, constants as FS } from 'node:fs';
 import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
 import { BadNarError, StoreError } from './errors.js';
 import { Hash, HashSink } from './hash.js';
+import { ThreadTasks } from './thread-tasks.js';
 
 const NAR_MAGIC = 'nix-archive-1';
 const CHUNK = 1 << 20;
@@ -616,40 +616,11 @@ parentPort.on('message', (m) => {
 `;
 
 interface RestoreReply { id: number; op?: number; code?: string; message?: string }
-let restoreWorker: Worker | undefined;
-let restoreSeq = 0;
-const restorePending = new Map<number, (r: RestoreReply) => void>();
+const restoreThread = new ThreadTasks<RestoreReply>(restoreSource);
 
-function restoreThread(): Worker {
-  if (restoreWorker) return restoreWorker;
-  const w = new Worker(restoreSource, { eval: true });
-  w.unref();
-  w.on('message', (m: RestoreReply) => {
-    const k = restorePending.get(m.id);
-    if (!k) return;
-    restorePending.delete(m.id);
-    if (restorePending.size === 0) w.unref();
-    k(m);
-  });
-  const fail = (e: unknown) => {
-    if (restoreWorker === w) restoreWorker = undefined;
-    for (const [id, k] of restorePending) k({ id, op: -1, message: `the restore thread failed: ${e instanceof Error ? e.message : String(e)}` });
-    restorePending.clear();
-  };
-  w.on('error', fail);
-  w.on('exit', (code) => fail(new Error(`exited with code ${code}`)));
-  restoreWorker = w;
-  return w;
-}
-
+/** Run the steps on the restore thread; a thread that died is reported as step -1. */
 function runRestoreOps(ops: RestoreOp[], now: number): Promise<RestoreReply> {
-  const w = restoreThread();
-  const id = ++restoreSeq;
-  return new Promise((resolve) => {
-    restorePending.set(id, resolve);
-    if (restorePending.size === 1) w.ref();
-    w.postMessage({ id, ops, now });
-  });
+  return restoreThread.run({ ops, now }).catch((e: unknown) => ({ id: 0, op: -1, message: `the restore thread failed: ${e instanceof Error ? e.message : String(e)}` }));
 }
 
 /** File contents for the restore thread: shared memory as is (its producer keeps it until the restore is over), else copied. */

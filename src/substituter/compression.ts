@@ -7,7 +7,7 @@ import type { Transform } from 'node:stream';
 import * as zlib from 'node:zlib';
 import { CompressStream } from 'zstd-napi';
 import { createRequire } from 'node:module';
-import { Worker } from 'node:worker_threads';
+import { ThreadTasks } from '../store/thread-tasks.js';
 import type * as ZstdBinding from 'zstd-napi/binding.js';
 
 /** zstd-napi's native binding (CommonJS whose exports Node's ESM loader cannot name statically). */
@@ -254,42 +254,19 @@ parentPort.on('message', (m) => {
 `;
 
 interface DecoderReply { id: number; got?: number; error?: string }
-let decoderWorker: Worker | undefined;
-let decodeSeq = 0;
-const decodePending = new Map<number, { dst: Buffer; resolve: (r: { dst: Buffer; got: number }) => void; reject: (e: unknown) => void }>();
+/** A decoder thread that failed to run is not used again (decoding stays on the main thread). */
+const decoderThread = new ThreadTasks<DecoderReply>(decoderSource, () => { offThreadOk = false; });
 
-function decoderThread(): Worker {
-  if (decoderWorker) return decoderWorker;
-  const w = new Worker(decoderSource, { eval: true });
-  w.unref();
-  w.on('message', (m: DecoderReply) => {
-    const p = decodePending.get(m.id);
-    if (!p) return;
-    decodePending.delete(m.id);
-    if (decodePending.size === 0) w.unref();
-    if (m.error !== undefined) p.reject(new DecompressionError(`zstd decompression failed: ${m.error}`));
-    else p.resolve({ dst: p.dst, got: m.got! });
-  });
-  const fail = (e: unknown) => {
-    if (decoderWorker === w) decoderWorker = undefined;
-    for (const p of decodePending.values()) p.reject(new DecompressionError(`zstd decoder thread failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e }));
-    decodePending.clear();
-  };
-  w.on('error', (e) => { offThreadOk = false; fail(e); });
-  w.on('exit', (code) => fail(new Error(`exited with code ${code}`)));
-  decoderWorker = w;
-  return w;
-}
-
-function decodeOffThread(frame: Buffer, size: number): Promise<{ dst: Buffer; got: number }> {
-  const w = decoderThread();
-  const id = ++decodeSeq;
+async function decodeOffThread(frame: Buffer, size: number): Promise<{ dst: Buffer; got: number }> {
   const dst = takeShared(size);
-  return new Promise((resolve, reject) => {
-    decodePending.set(id, { dst, resolve, reject });
-    if (decodePending.size === 1) w.ref();
-    w.postMessage({ id, sab: frame.buffer, off: frame.byteOffset, len: frame.length, out: dst.buffer, size });
-  });
+  let m: DecoderReply;
+  try {
+    m = await decoderThread.run({ sab: frame.buffer, off: frame.byteOffset, len: frame.length, out: dst.buffer, size });
+  } catch (e) {
+    throw new DecompressionError(`zstd decoder thread failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  }
+  if (m.error !== undefined) throw new DecompressionError(`zstd decompression failed: ${m.error}`);
+  return { dst, got: m.got! };
 }
 
 /**

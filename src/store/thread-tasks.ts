@@ -1,0 +1,59 @@
+/**
+ * Tasks for one resident worker thread running a self-contained script (`eval`: plain JavaScript that
+ * imports nothing of ours, so it runs the same from src/ under tsx and from dist/). Each task is one
+ * message `{ id, ...request }` answered by one message `{ id, ...reply }`. The thread is started on first
+ * use and does not keep the process alive while no task is pending. If it dies, pending tasks reject and
+ * the next task starts a new thread.
+ */
+import { Worker, type TransferListItem } from 'node:worker_threads';
+
+export class ThreadTasks<Reply extends { id: number }> {
+  readonly #source: string;
+  readonly #onError: ((e: unknown) => void) | undefined;
+  #worker: Worker | undefined;
+  #seq = 0;
+  readonly #pending = new Map<number, { resolve: (r: Reply) => void; reject: (e: unknown) => void }>();
+
+  /** `onError`: called when the thread reports an uncaught error (before pending tasks reject). */
+  constructor(source: string, onError?: (e: unknown) => void) {
+    this.#source = source;
+    this.#onError = onError;
+  }
+
+  run(request: Record<string, unknown>, transfer?: readonly TransferListItem[]): Promise<Reply> {
+    const w = this.#thread();
+    const id = ++this.#seq;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      if (this.#pending.size === 1) w.ref();
+      w.postMessage({ ...request, id }, transfer);
+    });
+  }
+
+  #thread(): Worker {
+    if (this.#worker) return this.#worker;
+    const w = new Worker(this.#source, { eval: true });
+    w.unref();
+    w.on('message', (m: Reply) => {
+      const p = this.#pending.get(m.id);
+      if (!p) return;
+      this.#pending.delete(m.id);
+      if (this.#pending.size === 0) w.unref();
+      p.resolve(m);
+    });
+    // An uncaught error is followed by 'exit': only the first ends this thread's tasks (by then a new
+    // thread may be serving newer ones).
+    let dead = false;
+    const fail = (e: unknown) => {
+      if (dead) return;
+      dead = true;
+      if (this.#worker === w) this.#worker = undefined;
+      for (const p of this.#pending.values()) p.reject(e);
+      this.#pending.clear();
+    };
+    w.on('error', (e) => { this.#onError?.(e); fail(e); });
+    w.on('exit', (code) => fail(new Error(`the worker thread exited with code ${code}`)));
+    this.#worker = w;
+    return w;
+  }
+}

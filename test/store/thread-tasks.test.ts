@@ -1,0 +1,33 @@
+import { describe, expect, it } from 'vitest';
+import { ThreadTasks } from '../../src/store/thread-tasks.js';
+
+const SOURCE = `
+const { parentPort } = require('node:worker_threads');
+parentPort.on('message', (m) => {
+  if (m.die) process.exit(3);
+  if (m.throw) setImmediate(() => { throw new Error('boom'); });
+  else parentPort.postMessage({ id: m.id, twice: m.n * 2 });
+});
+`;
+
+describe('ThreadTasks', () => {
+  it('answers each task by id, concurrently', async () => {
+    const t = new ThreadTasks<{ id: number; twice: number }>(SOURCE);
+    const r = await Promise.all([1, 2, 3, 4].map((n) => t.run({ n })));
+    expect(r.map((x) => x.twice)).toEqual([2, 4, 6, 8]);
+  });
+
+  it('a thread that dies rejects its pending tasks; the next task gets a new thread', async () => {
+    const t = new ThreadTasks<{ id: number; twice: number }>(SOURCE);
+    await expect(t.run({ die: true })).rejects.toThrow(/exited with code 3/);
+    expect((await t.run({ n: 21 })).twice).toBe(42);
+  });
+
+  it('an uncaught error in the thread is reported to onError and rejects', async () => {
+    const seen: unknown[] = [];
+    const t = new ThreadTasks<{ id: number; twice: number }>(SOURCE, (e) => seen.push(e));
+    await expect(t.run({ throw: true })).rejects.toThrow(/boom/);
+    expect(seen).toHaveLength(1);
+    expect((await t.run({ n: 5 })).twice).toBe(10);
+  });
+});
