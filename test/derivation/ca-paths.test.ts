@@ -3,20 +3,16 @@
  * (ca-derivations): the final output path follows from the content address, the references and the
  * self-reference, as Nix computes it.
  */
-import { chmodSync, copyFileSync, existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { makeCaOutputPath } from '../../src/derivation/derivation.js';
 import { Hash } from '../../src/store/hash.js';
-import { nix as nixOut, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { busyboxTree, nix as nixOut, nixOk, runNix, tempDir } from '../helpers/nix.js';
 
 describe.skipIf(!nixOk() || !existsSync('/bin/busybox'))('makeCaOutputPath equals the paths of CA outputs Nix builds', () => {
   it('recursive and flat, with references and a self-reference', () => {
-    const tree = tempDir('realise-ca-busybox-');
-    mkdirSync(path.join(tree, 'bin'));
-    copyFileSync('/bin/busybox', path.join(tree, 'bin', 'busybox'));
-    chmodSync(path.join(tree, 'bin', 'busybox'), 0o755);
-    symlinkSync('busybox', path.join(tree, 'bin', 'sh'));
+    const tree = busyboxTree(tempDir('realise-ca-busybox-'));
     const root = tempDir('realise-ca-root-');
     const expr = `let
       sh = "\${builtins.path { path = ${tree}; name = "busybox"; }}/bin/sh";

@@ -3,7 +3,7 @@
  * NAR hashes) equal what real Nix 2.8 builds from the equivalent Nix expression — unsandboxed in a
  * plain store with the host's /bin/sh, and sandboxed in chroot stores with a static busybox.
  */
-import { chmodSync, copyFileSync, existsSync, mkdirSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { nix, type NixString } from '../../src/derivation/context.js';
@@ -11,7 +11,7 @@ import { addPath, derivation } from '../../src/derivation/instantiate.js';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import type { Store } from '../../src/store/store-api.js';
-import { bwrapOk, nix as nixOut, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { busyboxTree, bwrapOk, nix as nixOut, nixOk, runNix, tempDir } from '../helpers/nix.js';
 
 const system = 'x86_64-linux';
 
@@ -114,11 +114,7 @@ describe.skipIf(!nixOk())('a TypeScript graph built by the engine equals real Ni
   });
 
   it.skipIf(!bwrapOk() || !existsSync('/bin/busybox'))('sandboxed, chroot stores, static busybox as the builder', async () => {
-    const tree = tempDir('realise-e2e-busybox-');
-    mkdirSync(path.join(tree, 'bin'));
-    copyFileSync('/bin/busybox', path.join(tree, 'bin', 'busybox'));
-    chmodSync(path.join(tree, 'bin', 'busybox'), 0o755);
-    symlinkSync('busybox', path.join(tree, 'bin', 'sh'));
+    const tree = busyboxTree(tempDir('realise-e2e-busybox-'));
     const root = tempDir('realise-e2e-root-');
     const store = await LocalStore.open({ root });
     try {

@@ -3,7 +3,7 @@
  * In CI Nix is installed by .ci/run, so `requireNix()` fails loudly there instead of skipping.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 
@@ -29,6 +29,15 @@ export function bwrapOk(): boolean {
 
 export function tempDir(prefix = 'realise-test-'): string {
   return mkdtempSync(path.join(tmpdir(), prefix));
+}
+
+/** A builder tree for sandboxed builds: `dir/bin/busybox` (the static one, 0755) and `dir/bin/sh -> busybox`. */
+export function busyboxTree(dir = tempDir('realise-busybox-')): string {
+  mkdirSync(path.join(dir, 'bin'), { recursive: true });
+  copyFileSync('/bin/busybox', path.join(dir, 'bin', 'busybox'));
+  chmodSync(path.join(dir, 'bin', 'busybox'), 0o755);
+  symlinkSync('busybox', path.join(dir, 'bin', 'sh'));
+  return dir;
 }
 
 /** Environment for running Nix against a private store, no daemon, no user config. */

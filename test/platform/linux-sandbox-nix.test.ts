@@ -9,12 +9,12 @@
  * - the number of the pseudoterminal the builder writes to (allocated from the host's /dev/pts).
  * Not recorded: /proc/self/mountinfo (host paths of the chroot and the build dir, mount ids).
  */
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LinuxSandbox, type LinuxSandboxBackend } from '../../src/platform/linux-sandbox.js';
-import { bwrapOk, nix, nixInstantiate, nixOk, nixRealise, tempDir } from '../helpers/nix.js';
+import { busyboxTree, bwrapOk, nix, nixInstantiate, nixOk, nixRealise, tempDir } from '../helpers/nix.js';
 import { ccOk } from './sandbox-fixture.js';
 
 const RECORD = String.raw`
@@ -67,9 +67,7 @@ describe.skipIf(!nixOk())('LinuxSandbox vs Nix 2.8 sandbox: the recorded view is
     server = net.createServer((s) => s.end('hello\n'));
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as net.AddressInfo).port;
-    mkdirSync(path.join(dir, 'bb/bin'), { recursive: true });
-    copyFileSync('/bin/busybox', path.join(dir, 'bb/bin/busybox'));
-    symlinkSync('busybox', path.join(dir, 'bb/bin/sh'));
+    busyboxTree(path.join(dir, 'bb'));
     writeFileSync(path.join(dir, 'record.sh'), RECORD);
     writeFileSync(path.join(dir, 'default.nix'),
       `derivation { name = "record"; system = "x86_64-linux"; builder = "\${./bb}/bin/sh"; args = [ ./record.sh ]; port = "${port}"; }\n`);
