@@ -72,11 +72,10 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
 
   private async context(): Promise<EngineContext> {
     const store = await this.storePromise;
-    if (this.options.sandbox !== false && typeof this.options.sandbox !== 'object') {
-      this.linuxSandbox ??= probeLinuxSandbox(this.options);
-      this.linuxChoice = await this.linuxSandbox;
-    } else if (store.storeDir !== store.realStoreDir) {
-      // A chroot store always builds sandboxed, whatever the option says (as Nix).
+    // Probe the Linux sandbox when it may be used: the option asks for it, or the store is a chroot store,
+    // which always builds sandboxed whatever the option says (as Nix).
+    const sandboxWanted = this.options.sandbox !== false && typeof this.options.sandbox !== 'object';
+    if (sandboxWanted || store.storeDir !== store.realStoreDir) {
       this.linuxSandbox ??= probeLinuxSandbox(this.options);
       this.linuxChoice = await this.linuxSandbox;
     }

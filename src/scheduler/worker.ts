@@ -3,6 +3,7 @@
  * (Nix's derivationGoals/substitutionGoals). Goals are async functions; a throw is turned into a failure
  * once, at the memo boundary. Without keepGoing, the first failure stops the call (builders are killed).
  */
+import PQueue from 'p-queue';
 import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
 import { derivationGoal } from './derivation-goal.js';
@@ -39,26 +40,6 @@ function covers(have: Set<string> | undefined, want: Set<string> | undefined): b
  */
 const MAX_CONCURRENT_DRV_LOADS = 128;
 
-function limitConcurrency<A, R>(fn: (a: A) => Promise<R>, limit: number): (a: A) => Promise<R> {
-  let running = 0;
-  const waiting: Array<() => void> = [];
-  const next = () => {
-    running--;
-    const w = waiting.shift();
-    if (w) { running++; w(); }
-  };
-  return (a: A) => {
-    const run = () => {
-      let p: Promise<R>;
-      try { p = fn(a); } catch (e) { p = Promise.reject(e); }
-      p.then(next, next);
-      return p;
-    };
-    if (running < limit) { running++; return run(); }
-    return new Promise<R>((resolve, reject) => { waiting.push(() => { run().then(resolve, reject); }); });
-  };
-}
-
 export class Worker {
   readonly ctx: EngineContext;
   readonly mode: BuildMode;
@@ -73,7 +54,8 @@ export class Worker {
   fatal: RealiseError | undefined;
 
   constructor(ctx: EngineContext, mode: BuildMode, signal?: AbortSignal) {
-    this.ctx = { ...ctx, loadDrv: limitConcurrency(ctx.loadDrv, MAX_CONCURRENT_DRV_LOADS) };
+    const loads = new PQueue({ concurrency: MAX_CONCURRENT_DRV_LOADS });
+    this.ctx = { ...ctx, loadDrv: (drvPath) => loads.add(() => ctx.loadDrv(drvPath)) };
     this.mode = mode;
     if (signal) {
       if (signal.aborted) this.stop('signal');
