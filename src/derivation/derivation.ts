@@ -319,10 +319,6 @@ function parseOutput(p: Parser, name: string, path: string, algo: string, hash: 
 }
 
 /**
- * Parse a `.drv` file's text. `name` is the derivation name (`derivationNameFromPath(drvPath)`).
- * Throws `BadDerivationError` for anything malformed; never hangs (linear in the input).
- */
-/**
  * A copy of a store path that does not point into the `.drv` text. Parsed strings are slices of the text,
  * and V8 keeps the whole text alive for as long as any slice lives: store paths outlive their derivation
  * (the scheduler keys goals by them), so they are copied (store paths are ASCII).
@@ -331,6 +327,10 @@ function flatCopy(s: string): string {
   return Buffer.from(s, 'latin1').toString('latin1');
 }
 
+/**
+ * Parse a `.drv` file's text. `name` is the derivation name (`derivationNameFromPath(drvPath)`).
+ * Throws `BadDerivationError` for anything malformed; never hangs (linear in the input).
+ */
 export function parseDerivation(text: string, name: string, opts: { storeDir?: string } = {}): Derivation {
   const storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
   if (typeof text !== 'string') throw new BadDerivationError(`derivation '${name}' is not text`, { drv: name });

@@ -767,7 +767,6 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
         if (reply.op !== 0) created = true;
         fail(ops[reply.op]?.rel ?? '', Object.assign(new Error(reply.message ?? 'restore failed'), { code: reply.code }));
       }
-      created = true;
       return r;
     }
     return await parseNar(source, opts.canonical ? (canonicalPoolSink) : asyncSink);
