@@ -247,8 +247,8 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
   // mismatch before anything is registered); hashing it here as well cost a second SHA-256 pass over
   // every NAR. Only a content address with another algorithm, or over the file contents, is hashed here.
   let size = 0;
-  // A LocalStore is done with every chunk once addToStore settles (it writes each chunk before asking
-  // for the next and keeps none), so decoded buffers can be handed back to the decoder's pool.
+  // A LocalStore is done with every chunk once addToStore settles (streamed or batched, every chunk is
+  // written before it returns, and none is kept), so decoded buffers can be handed back to the decoder's pool.
   const seen: Uint8Array[] | undefined = store instanceof LocalStore ? [] : undefined;
   const caRecursive = caNeeded && ca.method === 'recursive' && ca.hash.algorithm !== info.narHash.algorithm ? new HashSink(ca.hash.algorithm) : undefined;
   const caFile = caNeeded && ca.method !== 'recursive' ? new RegularFileContentHasher(ca.hash.algorithm) : undefined;
