@@ -26,6 +26,7 @@ export const HELPER_SOURCE = String.raw`/* realise sandbox helper: runs one buil
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/personality.h>
 #include <sys/prctl.h>
@@ -427,37 +428,51 @@ static void reapAll(void) {
   }
 }
 
+/* The child of a plain build: runs on its own stack in our memory (CLONE_VM | CLONE_VFORK, as
+   posix_spawn does), so starting a builder copies no page tables; we are suspended until it has
+   exec'd or exited. It writes only its own stack and reports a failure on the error pipe. */
+struct plainStart { const char *sock, *id, *cwd, *file; char **argv, **env; int errFd; };
+
+static int plainChild(void *arg) {
+  const struct plainStart *a = arg;
+  char msg[4400]; int n;
+  /* The server's dispositions are the defaults but for SIGPIPE (see server()); the mask is all it blocks. */
+  signal(SIGPIPE, SIG_DFL);
+  sigset_t none; sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, 0);
+  if (setsid() == -1) { n = snprintf(msg, sizeof msg, "creating a new session: %s", strerror(errno)); goto err; }
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null < 0) { n = snprintf(msg, sizeof msg, "opening /dev/null: %s", strerror(errno)); goto err; }
+  if (chdir(a->cwd) == -1) { n = snprintf(msg, sizeof msg, "changing into '%s': %s", a->cwd, strerror(errno)); goto err; }
+  int s = connectOutput(a->sock);
+  if (s < 0) { n = snprintf(msg, sizeof msg, "connecting to the output socket: %s", strerror(errno)); goto err; }
+  char hdr[256]; int hl = snprintf(hdr, sizeof hdr, "%s\n", a->id);
+  if (write(s, hdr, hl) != hl) { n = snprintf(msg, sizeof msg, "writing to the output socket: %s", strerror(errno)); goto err; }
+  if (dup2(null, 0) == -1 || dup2(s, 1) == -1 || dup2(s, 2) == -1) { n = snprintf(msg, sizeof msg, "redirecting stdio: %s", strerror(errno)); goto err; }
+  /* Everything else is closed on exec (the error pipe too). */
+  if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) == -1)
+    for (int fd = 3; fd < 1024; fd++) if (fd != a->errFd) fcntl(fd, F_SETFD, FD_CLOEXEC);
+  execve(a->file, a->argv, a->env);
+  n = snprintf(msg, sizeof msg, "executing '%s': %s", a->file, strerror(errno));
+err:
+  if (write(a->errFd, msg, n) < 0) {}
+  _exit(127);
+}
+
 /* argv: CWD FILE ARGV0 ARGS...; env: NULL-terminated. */
 static void plainBuild(const char *sock, const char *id, char **argv, char **env) {
-  const char *cwd = argv[0], *file = argv[1];
+  enum { STACK = 256 * 1024 };
+  static char *stack;
   buildId = id;
+  if (!stack) {
+    stack = mmap(0, STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) { stack = 0; status("error allocating a stack: %s\n", strerror(errno)); buildId = 0; return; }
+  }
   int ep[2];
   if (pipe2(ep, O_CLOEXEC) == -1) { status("error creating a pipe: %s\n", strerror(errno)); buildId = 0; return; }
-  pid_t pid = fork();
+  struct plainStart start = { sock, id, argv[0], argv[1], argv + 2, env, ep[1] };
+  pid_t pid = clone(plainChild, stack + STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &start);
   if (pid == -1) { status("error forking: %s\n", strerror(errno)); close(ep[0]); close(ep[1]); buildId = 0; return; }
-  if (pid == 0) {
-    char msg[4400]; int n;
-    sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, 0);
-    for (int s = 1; s < 32; s++) signal(s, SIG_DFL);
-    close(ep[0]);
-    if (setsid() == -1) { n = snprintf(msg, sizeof msg, "creating a new session: %s", strerror(errno)); goto err; }
-    int null = open("/dev/null", O_RDWR);
-    if (null < 0) { n = snprintf(msg, sizeof msg, "opening /dev/null: %s", strerror(errno)); goto err; }
-    if (chdir(cwd) == -1) { n = snprintf(msg, sizeof msg, "changing into '%s': %s", cwd, strerror(errno)); goto err; }
-    int s = connectOutput(sock);
-    if (s < 0) { n = snprintf(msg, sizeof msg, "connecting to the output socket: %s", strerror(errno)); goto err; }
-    char hdr[256]; int hl = snprintf(hdr, sizeof hdr, "%s\n", id);
-    if (write(s, hdr, hl) != hl) { n = snprintf(msg, sizeof msg, "writing to the output socket: %s", strerror(errno)); goto err; }
-    if (dup2(null, 0) == -1 || dup2(s, 1) == -1 || dup2(s, 2) == -1) { n = snprintf(msg, sizeof msg, "redirecting stdio: %s", strerror(errno)); goto err; }
-    /* Everything else is closed on exec (the error pipe too). */
-    if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) == -1)
-      for (int fd = 3; fd < 1024; fd++) if (fd != ep[1]) fcntl(fd, F_SETFD, FD_CLOEXEC);
-    execve(file, argv + 2, env);
-    n = snprintf(msg, sizeof msg, "executing '%s': %s", file, strerror(errno));
-  err:
-    if (write(ep[1], msg, n) < 0) {}
-    _exit(127);
-  }
   close(ep[1]);
   char errbuf[4400]; size_t errlen = 0; ssize_t n;
   while ((n = read(ep[0], errbuf + errlen, sizeof errbuf - 1 - errlen)) > 0 || (n < 0 && errno == EINTR)) if (n > 0) errlen += n;
@@ -571,6 +586,8 @@ static int server(const char *sock, int warm) {
   sigprocmask(SIG_BLOCK, &chld, 0);
   signalFd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
   if (signalFd < 0) return 1;
+  /* Every disposition to its default but SIGPIPE's, so that a plain build's child resets only that one. */
+  for (int s = 1; s < 32; s++) if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
   signal(SIGPIPE, SIG_IGN);
   statusFd = 1;
   readSeccomp();

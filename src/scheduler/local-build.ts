@@ -4,7 +4,6 @@
  * log limits, registration of the outputs, the post-build hook, and repeated rounds.
  */
 import { lstatSync, promises as fsp } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { makeBuildEnv, rewriteStrings } from '../derivation/build-env.js';
 import { deleteTree } from '../store/canonicalise.js';
@@ -62,6 +61,9 @@ async function removeBuildDir(dir: string): Promise<void> {
   }
 }
 
+/** Read once: process.umask() with no argument is a read-and-restore, not something to do per build. */
+const UMASK_CLEARS_OWNER_BITS = (process.umask() & 0o700) !== 0;
+
 /**
  * Nix's createTempDir for build directories: `<base>/<prefix>-<n>` with the first free n from 0, mode 0700.
  * Builders see this name (NIX_BUILD_TOP without a sandbox, NIX_ATTRS_*_FILE always), so it must be Nix's.
@@ -76,7 +78,8 @@ async function createBuildDir(base: string, prefix: string): Promise<string> {
       if ((e as NodeJS.ErrnoException).code === 'EEXIST') continue;
       throw e;
     }
-    await fsp.chmod(dir, 0o700);
+    // mkdir applies the umask; only a umask that takes owner bits away needs a chmod to get 0700.
+    if (UMASK_CLEARS_OWNER_BITS) await fsp.chmod(dir, 0o700);
     return dir;
   }
 }
@@ -221,7 +224,7 @@ async function runOneRound(
   }
 
   // Build directory.
-  const tmpBase = options.buildDir ?? os.tmpdir();
+  const tmpBase = options.buildDir;
   const buildDir = await createBuildDir(tmpBase, `nix-build-${view.name}.drv`);
   const buildDirInSandbox = sandbox.isolated ? '/build' : buildDir;
   let keepBuildDir = false;

@@ -1,7 +1,7 @@
 /**
  * BuildEngine options: typed, documented with their defaults, validated with messages of one formula.
  */
-import { cpus } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import type { Store } from '../store/store-api.js';
 import type { Sandbox } from '../platform/sandbox.js';
 import { OptionsError } from './errors.js';
@@ -57,7 +57,7 @@ export interface BuildEngineOptions {
   extraPlatforms?: readonly string[];
   /** Environment variables given to fixed-output builders listed in `impureEnvVars` come from here. @default process.env */
   environment?: Readonly<Record<string, string | undefined>>;
-  /** Directory in which build directories are created. @default os.tmpdir() */
+  /** Directory in which build directories are created. @default os.tmpdir() when the engine is made (Nix reads TMPDIR once, at start) */
   buildDir?: string;
   /** Remote builders (see src/remote). @default [] */
   builders?: readonly import('../remote/remote-builder.js').RemoteBuilder[];
@@ -85,7 +85,7 @@ export interface ResolvedOptions {
   system: string;
   extraPlatforms: readonly string[];
   environment: Readonly<Record<string, string | undefined>>;
-  buildDir: string | undefined;
+  buildDir: string;
   builders: readonly import('../remote/remote-builder.js').RemoteBuilder[];
 }
 
@@ -156,7 +156,7 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     system,
     extraPlatforms: strings('extraPlatforms', o.extraPlatforms, system === 'x86_64-linux' ? ['i686-linux'] : []),
     environment: o.environment ?? process.env,
-    buildDir: o.buildDir,
+    buildDir: o.buildDir ?? tmpdir(),
     builders: o.builders ?? [],
   };
 }
