@@ -74,12 +74,15 @@ static void writeFile(const char *path, const char *data) {
   close(fd);
 }
 
+/* mkdir -p: one mkdir when the parent exists (in a reused chroot skeleton, every target already does). */
 static void mkdirs(const char *path, mode_t mode) {
+  if (mkdir(path, mode) == 0 || errno == EEXIST) { errno = 0; return; }
+  if (errno != ENOENT) fail("creating %s", path);
   char buf[4096];
   snprintf(buf, sizeof buf, "%s", path);
-  for (char *p = buf + 1; *p; p++)
-    if (*p == '/') { *p = 0; if (mkdir(buf, 0755) && errno != EEXIST) fail("creating %s", buf); *p = '/'; }
-  if (mkdir(buf, mode) && errno != EEXIST) fail("creating %s", buf);
+  char *slash = strrchr(buf, '/');
+  if (slash && slash != buf) { *slash = 0; mkdirs(buf, 0755); }
+  if (mkdir(path, mode) && errno != EEXIST) fail("creating %s", path);
   errno = 0;
 }
 
@@ -115,19 +118,11 @@ static void doBind(const struct bind *b) {
   }
 }
 
-/* In the builder's process (PID 1 of its namespace), the part that does not depend on the request. */
-static void childEarly(int ptySlave) {
-  close(errPipe[0]);
-  if (setsid() == -1) fail("creating a new session");
-  if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1) fail("setting the parent-death signal");
-  if (dup2(ptySlave, 2) == -1 || dup2(2, 1) == -1) fail("redirecting output");
-  if (ptySlave > 2) close(ptySlave);
-  int null = open("/dev/null", O_RDWR);
-  if (null < 0 || dup2(null, 0) == -1) fail("opening /dev/null");
-  if (null > 2) close(null);
-
+/* Inside the new namespaces, what belongs to them rather than to a process: loopback up (private
+   network), host and domain name, "/" made private. Done ahead of the request by the per-build process. */
+static void nsSetup(void) {
   if (!keepNet) {
-    int fd = socket(PF_INET, SOCK_DGRAM, IPPROTO_IP);
+    int fd = socket(PF_INET, SOCK_DGRAM | SOCK_CLOEXEC, IPPROTO_IP);
     if (fd < 0) fail("cannot open IP socket");
     struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
     strcpy(ifr.ifr_name, "lo");
@@ -198,8 +193,9 @@ static void childLate(char **argv, struct sock_fprog *prog) {
   if (ep > 3 && syscall(SYS_close_range, 3, ep - 1, 0) == 0 && syscall(SYS_close_range, ep + 1, ~0U, 0) == 0) {}
   else if (ep == 3 && syscall(SYS_close_range, 4, ~0U, 0) == 0) {}
   else for (int fd = 3; fd < 1024; fd++) if (fd != ep) close(fd);
+  /* Dispositions are the defaults but for SIGPIPE (main() and server() see to it); unblock everything. */
+  signal(SIGPIPE, SIG_DFL);
   sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, 0);
-  for (int s = 1; s < 32; s++) signal(s, SIG_DFL);
   errno = 0;
   execve(argv[0], argv + 1, environ);
   fail("executing '%s'", argv[0]);
@@ -252,18 +248,17 @@ static void readSeccomp(void) {
   prog.len = got / sizeof(struct sock_filter); haveProg = prog.len > 0;
 }
 
-static int ptyMaster, reqPipe[2] = { -1, -1 };
+static int ptyMaster = -1, ptySlave = -1;
 static pid_t builderPid;
-static void warmChild(void);
 
-/* Pseudoterminal, namespaces, uid/gid maps, and the builder's process (PID 1 of the new PID namespace).
-   With warm set, that process stops after childEarly() and waits for the request on reqPipe. */
-static void prepare(char **cmd, int warm) {
+/* Pseudoterminal, namespaces, uid/gid maps and nsSetup(), in this (per-build) process. The builder's
+   process is made by launch(): the first child after unshare(CLONE_NEWPID) is PID 1 of the new namespace. */
+static void prepare(void) {
   /* The builder's output goes to a pseudoterminal in raw mode, as in Nix; we copy it to our stdout. */
   int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
   if (master < 0) fail("opening pseudoterminal master");
   if (grantpt(master) || unlockpt(master)) fail("unlocking pseudoterminal");
-  int slave = open(ptsname(master), O_RDWR | O_NOCTTY);
+  int slave = open(ptsname(master), O_RDWR | O_NOCTTY | O_CLOEXEC);
   if (slave < 0) fail("opening pseudoterminal slave");
   struct termios term;
   if (tcgetattr(slave, &term)) fail("getting pseudoterminal attributes");
@@ -278,21 +273,37 @@ static void prepare(char **cmd, int warm) {
   snprintf(map, sizeof map, "%d %d 1", uidIn, hostUid); writeFile("/proc/self/uid_map", map);
   writeFile("/proc/self/setgroups", "deny");
   snprintf(map, sizeof map, "%d %d 1", gidIn, hostGid); writeFile("/proc/self/gid_map", map);
+  nsSetup();
+  ptyMaster = master; ptySlave = slave;
+}
 
-  if (pipe2(errPipe, O_CLOEXEC) == -1) fail("creating a pipe");
-  if (warm && pipe2(reqPipe, O_CLOEXEC) == -1) fail("creating a pipe");
-  pid_t pid = fork();
-  if (pid == -1) fail("forking the builder");
-  if (pid == 0) {
-    close(master);
-    failQuiet = 0; /* our failures go to errPipe, reported with the build's id */
-    childEarly(slave);
-    if (warm) warmChild();
-    childLate(cmd, haveProg ? &prog : 0);
+/* PID 1 of the build: runs on its own stack in our memory (CLONE_VM | CLONE_VFORK, as posix_spawn
+   does), so it costs no page-table copy and its exec no teardown of a copied address space; we are
+   suspended until it has exec'd or failed (its failure is on errPipe). It writes only its own stack. */
+static int builderMain(void *cmd) {
+  if (setsid() == -1) fail("creating a new session");
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1) fail("setting the parent-death signal");
+  if (dup2(ptySlave, 2) == -1 || dup2(2, 1) == -1) fail("redirecting output");
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null < 0 || dup2(null, 0) == -1) fail("opening /dev/null");
+  childLate(cmd, haveProg ? &prog : 0);
+  return 125;
+}
+
+static void launch(char **cmd) {
+  enum { STACK = 512 * 1024 };
+  static char *stack;
+  if (!stack) {
+    stack = mmap(0, STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) { stack = 0; fail("allocating a stack"); }
   }
-  close(slave); close(errPipe[1]); errPipe[1] = 0;
-  if (warm) close(reqPipe[0]);
-  ptyMaster = master; builderPid = pid;
+  if (pipe2(errPipe, O_CLOEXEC) == -1) fail("creating a pipe");
+  pid_t pid = clone(builderMain, stack + STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, cmd);
+  int e = errno;
+  close(ptySlave); close(errPipe[1]); errPipe[1] = 0;
+  errno = e;
+  if (pid == -1) fail("forking the builder");
+  builderPid = pid;
 }
 
 /* Wait for the builder: setup errors, its output (copied to stdout), its status. */
@@ -331,7 +342,8 @@ static int finish(void) {
 
 static int runBuild(char **cmd) {
   if (!root || !cmd[0] || !cmd[1]) { errno = 0; fail("usage: helper --root DIR [options] -- BUILDER ARGV0 [ARGS...]"); }
-  prepare(cmd, 0);
+  prepare();
+  launch(cmd);
   return finish();
 }
 
@@ -366,23 +378,6 @@ static int splitRequest(char *msg, uint32_t len, char ***out) {
   strs[si] = 0;
   *out = strs;
   return si;
-}
-
-/* The warm builder process, once the request arrives: parse it and carry on as a fresh one would. */
-static void warmChild(void) {
-  close(reqPipe[1]);
-  uint32_t len; char *msg = readFrame(reqPipe[0], &len);
-  close(reqPipe[0]);
-  char **strs;
-  if (!msg || splitRequest(msg, len, &strs) < 0) { errno = 0; fail("reading the build request"); }
-  int argcB = atoi(strs[1]);
-  char **argvB = calloc(argcB + 2, sizeof(char *));
-  argvB[0] = "helper";
-  for (int k = 0; k < argcB; k++) argvB[k + 1] = strs[2 + k];
-  environ = strs + 2 + argcB;
-  int i = parseArgs(argcB + 1, argvB, 1);
-  if (!root || !argvB[i] || !argvB[i + 1]) { errno = 0; fail("usage: helper --root DIR [options] -- BUILDER ARGV0 [ARGS...]"); }
-  childLate(argvB + i, haveProg ? &prog : 0);
 }
 
 /* Server mode: "helper --server SOCKET [--seccomp-fd 3]". Requests arrive on stdin as a 4-byte
@@ -549,7 +544,7 @@ static void spawnWarm(const char *sock) {
      side waits for the "id" line that we send once we have a request. */
   int out = connectOutput(sock);
   if (out < 0) _exit(125);
-  prepare(0, 1);
+  prepare();
   failQuiet = 0; statusFd = 1;
   uint32_t len; char *msg = readFrame(p[0], &len);
   if (!msg) _exit(0);
@@ -558,12 +553,15 @@ static void spawnWarm(const char *sock) {
   if (splitRequest(msg, len, &strs) < 0) _exit(125);
   buildId = strs[0];
   attachOutput(sock, out);
-  /* A builder process that already failed has reported on errPipe: a write error here is not ours to
-     report (and must not kill us before we send the status). */
-  signal(SIGPIPE, SIG_IGN);
-  if (writeFrame(reqPipe[1], msg, len)) {}
-  signal(SIGPIPE, SIG_DFL);
-  close(reqPipe[1]);
+  int argcB = atoi(strs[1]);
+  char **argvB = calloc(argcB + 2, sizeof(char *));
+  if (!argvB) fail("out of memory");
+  argvB[0] = "helper";
+  for (int k = 0; k < argcB; k++) argvB[k + 1] = strs[2 + k];
+  environ = strs + 2 + argcB;
+  int i = parseArgs(argcB + 1, argvB, 1);
+  if (!root || !argvB[i] || !argvB[i + 1]) { errno = 0; fail("usage: helper --root DIR [options] -- BUILDER ARGV0 [ARGS...]"); }
+  launch(argvB + i);
   _exit(finish());
 }
 
@@ -586,8 +584,7 @@ static int server(const char *sock, int warm) {
   sigprocmask(SIG_BLOCK, &chld, 0);
   signalFd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
   if (signalFd < 0) return 1;
-  /* Every disposition to its default but SIGPIPE's, so that a plain build's child resets only that one. */
-  for (int s = 1; s < 32; s++) if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
+  /* main() set every disposition to its default; children reset SIGPIPE, the one we change. */
   signal(SIGPIPE, SIG_IGN);
   statusFd = 1;
   readSeccomp();
@@ -599,6 +596,7 @@ static int server(const char *sock, int warm) {
       struct signalfd_siginfo si;
       while (read(signalFd, &si, sizeof si) > 0) {}
       reapAll();
+      if (warm && warmFd < 0) spawnWarm(sock);
     }
     if (!pfd[0].revents) continue;
     uint32_t len;
@@ -621,7 +619,7 @@ static int server(const char *sock, int warm) {
     if (warmFd >= 0 && warmCompatible(args, argcB)) {
       int ok = writeFrame(warmFd, msg, len) == 0;
       close(warmFd); warmFd = -1;
-      spawnWarm(sock); /* the next one gets ready while this build runs */
+      /* the next one is made once a build process ends (see above), not while this build starts */
       if (ok) { free(strs); free(msg); continue; }
       /* that warm process had died (setup failed): run this build cold, which reports why */
     }
@@ -642,6 +640,7 @@ static int server(const char *sock, int warm) {
 }
 
 int main(int argc, char **argv) {
+  for (int s = 1; s < 32; s++) if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
   if (argc >= 3 && !strcmp(argv[1], "--server")) {
     int warm = 0;
     for (int i = 3; i < argc; i++) {
