@@ -9,7 +9,7 @@
  * is stale, and starts over with a fresh file. A lock held by a process that died is released by the
  * kernel when its file descriptors close, so it is recovered without any cleanup.
  */
-import { closeSync, fstatSync, ftruncateSync, openSync, statSync, unlinkSync, writeSync, constants as FS } from 'node:fs';
+import { closeSync, fstatSync, ftruncateSync, open as openCb, openSync, statSync, unlinkSync, writeSync, constants as FS } from 'node:fs';
 import { createRequire } from 'node:module';
 import { StoreError } from './errors.js';
 import { parseStorePath } from './store-path.js';
@@ -96,19 +96,45 @@ function tryFlock(fd: number, lockPath: string, mode: 'exnb' | 'shnb' = 'exnb'):
 /** Try once to take the flock on `lockPath`; returns the fd, or undefined if someone holds it. Retries stale files. */
 function tryLockFile(lockPath: string): number | undefined {
   for (;;) {
-    const fd = openLockFile(lockPath);
-    if (!tryFlock(fd, lockPath)) { closeSync(fd); return undefined; }
-    const st = fstatSync(fd);
-    if (st.size !== 0) {
-      // Its previous holder deleted it (unlinked, then wrote "d"): start over with a fresh file. If the
-      // path still names this very inode it was never unlinked (a leftover copy): reuse it, emptied.
-      let samePath = false;
-      try { const now = statSync(lockPath); samePath = now.ino === st.ino && now.dev === st.dev; } catch { /* gone */ }
-      if (!samePath) { closeSync(fd); continue; }
-      ftruncateSync(fd, 0);
-    }
-    return fd;
+    const r = lockOpened(lockPath, openLockFile(lockPath));
+    if (r !== 'stale') return r;
   }
+}
+
+/** The flock and staleness check on a just-opened lock file: the fd, undefined (held), or 'stale' (closed; open again). */
+function lockOpened(lockPath: string, fd: number): number | undefined | 'stale' {
+  if (!tryFlock(fd, lockPath)) { closeSync(fd); return undefined; }
+  const st = fstatSync(fd);
+  if (st.size !== 0) {
+    // Its previous holder deleted it (unlinked, then wrote "d"): start over with a fresh file. If the
+    // path still names this very inode it was never unlinked (a leftover copy): reuse it, emptied.
+    let samePath = false;
+    try { const now = statSync(lockPath); samePath = now.ino === st.ino && now.dev === st.dev; } catch { /* gone */ }
+    if (!samePath) { closeSync(fd); return 'stale'; }
+    ftruncateSync(fd, 0);
+  }
+  return fd;
+}
+
+/**
+ * Lock files are opened (created) on the thread pool, since creating one can take a millisecond on a
+ * busy disk, but one at a time in the order asked: goals then reach their build slots in the order they
+ * asked for their locks (deterministic, as the order in which builds start shows in the output), not in
+ * the order the thread pool finishes.
+ */
+let openQueue: Promise<unknown> = Promise.resolve();
+
+function openLockFileQueued(lockPath: string): Promise<number> {
+  const p = openQueue.then(() => new Promise<number>((resolve, reject) => {
+    openCb(lockPath, FS.O_RDWR | FS.O_CREAT, 0o600, (e, fd) => {
+      if (e) reject(new StoreError('lock-failed', `cannot open lock file '${lockPath}': ${e.message}`, {
+        cause: e, hint: 'check that the store directory exists and is writable by this user',
+      }));
+      else resolve(fd);
+    });
+  }));
+  openQueue = p.catch(() => {});
+  return p;
 }
 
 /** Backoff for cross-process waits: 2 ms doubling up to 100 ms. */
@@ -116,11 +142,9 @@ async function lockFile(lockPath: string, signal?: AbortSignal): Promise<number>
   let delay = 2;
   for (;;) {
     if (signal?.aborted) throw new LockAbortedError(lockPath, signal.reason);
-    // Opened synchronously, although creating the lock file can take a millisecond on a busy disk: goals
-    // then reach their build slots in the order they asked for their locks (deterministic, as the
-    // order in which builds start shows in the output), not in the order the thread pool finishes.
-    const fd = tryLockFile(lockPath);
-    if (fd !== undefined) return fd;
+    const r = lockOpened(lockPath, await openLockFileQueued(lockPath));
+    if (r === 'stale') continue;
+    if (r !== undefined) return r;
     await sleep(delay, signal, lockPath);
     delay = Math.min(delay * 2, 100);
   }
