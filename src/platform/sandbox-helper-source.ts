@@ -51,6 +51,9 @@ static const char *root, *buildDir = "/build", *shmSize = "50%";
 static int uidIn = 1000, gidIn = 100, keepNet, seccompFd = -1, statusFd = -1, linux32;
 static int errPipe[2];
 static int failQuiet; /* a warm process that cannot get ready just exits */
+/* Server mode: the filter is installed once in the server and inherited by every build (loading it per
+   build compiles the BPF program each time); no_new_privs comes with it, as Nix sets it for builders. */
+static int seccompInherited;
 
 static void status(const char *fmt, ...);
 
@@ -184,7 +187,7 @@ static void childLate(char **argv, struct sock_fprog *prog) {
   struct rlimit limit = { 0, RLIM_INFINITY };
   setrlimit(RLIMIT_CORE, &limit);
   umask(022);
-  if (prog) {
+  if (prog && !seccompInherited) {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1) fail("setting no_new_privs");
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prog) == -1) fail("unable to load seccomp BPF program");
   }
@@ -588,6 +591,8 @@ static int server(const char *sock, int warm) {
   signal(SIGPIPE, SIG_IGN);
   statusFd = 1;
   readSeccomp();
+  /* If that fails, each build loads it and reports why it cannot. */
+  if (haveProg && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0) seccompInherited = 1;
   if (warm) spawnWarm(sock);
   for (;;) {
     struct pollfd pfd[2] = { { 0, POLLIN, 0 }, { signalFd, POLLIN, 0 } };
