@@ -27,6 +27,9 @@ import { pathToFileURL } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { BuildEngine } from '../src/scheduler/build-engine.js';
 import { LocalStore } from '../src/store/local-store.js';
+import { LinuxSandbox } from '../src/platform/linux-sandbox.js';
+import { NoSandbox } from '../src/platform/no-sandbox.js';
+import type { Sandbox, SandboxRequest } from '../src/platform/sandbox.js';
 
 export const SMALL = process.env.REALISE_BENCH_SMALL === '1';
 export const SANDBOXED = process.env.REALISE_BENCH_SANDBOX === '1';
@@ -189,6 +192,43 @@ export function runNix(d: InstantiatedDag, maxJobs = 2): number {
   return ms;
 }
 
+/**
+ * The floor: the same number of builders (`sh -c 'echo NAME > $out'`), two at a time, started by the
+ * sandbox layer alone (the helper server; no goals, locks, database, logs or registration). What no
+ * engine on this machine can go below with this launcher; the engine's own cost is ours minus this.
+ */
+export async function runFloor(d: InstantiatedDag, n: number, maxJobs = 2): Promise<number> {
+  const scratch = mkdtempSync(path.join(d.dir, 'floor-'));
+  const sandbox: Sandbox = d.root ? new LinuxSandbox() : new NoSandbox();
+  const bb = d.root ? [...d.pristineNames].find((x) => x.endsWith('-bb')) : undefined;
+  const request = (i: number): SandboxRequest => {
+    const buildDir = mkdtempSync(path.join(scratch, 'b-'));
+    const hash = (i + 1).toString(32).padStart(32, '0');
+    const out = d.root ? `/nix/store/${hash}-floor-${i}` : path.join(scratch, `o${i}`);
+    return {
+      drvPath: `/nix/store/${hash}-floor-${i}.drv`, builder: bb ? `/nix/store/${bb}/bin/sh` : '/bin/sh', args: ['-c', `echo floor-${i} > $out`],
+      env: { PATH: '/path-not-set', HOME: '/homeless-shelter', NIX_BUILD_TOP: d.root ? '/build' : buildDir, out },
+      buildDir, sandboxBuildDir: d.root ? '/build' : buildDir, storeDir: d.root ? '/nix/store' : d.storeDir, realStoreDir: d.storeDir,
+      inputPaths: bb ? [`/nix/store/${bb}`] : [], outputPaths: d.root ? [out] : [], network: false,
+    };
+  };
+  const one = async (i: number) => {
+    const r = request(i);
+    const e = await sandbox.run(r);
+    if (e.kind !== 'exited' || e.code !== 0) throw new Error(`floor build ${i}: ${JSON.stringify(e)}`);
+    rmSync(r.buildDir, { recursive: true, force: true });
+  };
+  await one(-1); // starts the helper server
+  const t0 = performance.now();
+  let next = 0;
+  await Promise.all(Array.from({ length: maxJobs }, async () => { while (next < n) await one(next++); }));
+  const ms = performance.now() - t0;
+  (sandbox as { close?: () => void }).close?.();
+  rmSync(scratch, { recursive: true, force: true });
+  for (const name of readdirSync(d.storeDir)) if (name.includes('-floor-')) rmSync(path.join(d.storeDir, name), { recursive: true, force: true });
+  return ms;
+}
+
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -216,6 +256,7 @@ async function main(): Promise<void> {
     console.log(`\n## ${n} derivations (${layers} layers × ${width}, fan-in 3); instantiated in ${fmt((performance.now() - t0) / 1000, 2)} s; ${runs} runs each, alternating`);
     const ours: number[] = [];
     const nix: number[] = [];
+    const floor: number[] = [];
     const ratios: number[] = [];
     for (let i = 0; i < runs; i++) {
       // Alternate which goes first, so neither always follows the other's page-cache and disk work.
@@ -228,6 +269,7 @@ async function main(): Promise<void> {
         if (who === 'ours') o = await runOurs(d);
         else x = runNix(d);
       }
+      if (!only) floor.push(await runFloor(d, n));
       if (!Number.isNaN(o)) ours.push(o);
       if (!Number.isNaN(x)) nix.push(x);
       if (!Number.isNaN(o) && !Number.isNaN(x)) ratios.push(o / x);
@@ -237,6 +279,7 @@ async function main(): Promise<void> {
       xs.length ? `${who}: median ${fmt(median(xs), 0)} ms (min ${fmt(Math.min(...xs), 0)}, max ${fmt(Math.max(...xs), 0)}) = ${fmt(median(xs) / n, 2)} ms per build` : `${who}: not run`;
     console.log(line('ours', ours));
     console.log(line('nix ', nix));
+    if (floor.length) console.log(`${line('floor', floor)} (builders alone through the ${SANDBOXED ? 'sandbox' : 'launcher'}, 2 at a time; ratio to nix ${fmt(median(floor) / median(nix), 3)})`);
     if (ratios.length) console.log(`ratio ours/nix: median of pairs ${fmt(median(ratios), 3)} (min ${fmt(Math.min(...ratios), 3)}, max ${fmt(Math.max(...ratios), 3)}); target <= ${SANDBOXED ? '0.2 (issue #4)' : '0.15 (issue #3)'}`);
     if (!keep) rmSync(d.dir, { recursive: true, force: true });
     else console.log(`kept ${d.dir}`);
