@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFile } from 'node:child_process';
-import type { Sandbox, SandboxExit, SandboxRequest, SandboxRunOptions } from './sandbox.js';
+import { execErrorOf, type Sandbox, type SandboxExit, type SandboxRequest, type SandboxRunOptions } from './sandbox.js';
 import { SandboxError } from './sandbox-errors.js';
 import { parsePreBuildHookOutput, type SandboxPath } from './sandbox-config.js';
 import { ChrootPool, SANDBOX_GID, SANDBOX_UID, chrootDirFor, discardTree, linkOrCopy, moveOutputsOut, prepareChroot, type ChrootLayout, type ChrootLeftovers } from './chroot.js';
@@ -306,7 +306,7 @@ export class LinuxSandbox implements Sandbox {
       } catch (e) {
         exit = { kind: 'spawn-failed', message: `cannot start the sandbox helper '${exe}': ${(e as Error).message}` };
       }
-      return exit.kind === 'spawn-failed' ? { kind: 'spawn-failed', message: `setting up the sandbox for '${request.drvPath}' failed: ${exit.message}` } : exit;
+      return exit.kind === 'spawn-failed' ? setupFailed(request, exit.message) : exit;
     }
     if (filter) a.push('--seccomp-fd', '3');
     a.push('--', request.builder, path.basename(request.builder), ...request.args);
@@ -325,7 +325,7 @@ export class LinuxSandbox implements Sandbox {
     let m: RegExpExecArray | null;
     if ((m = /^exit (\d+)$/.exec(line))) return { kind: 'exited', code: Number(m[1]) };
     if ((m = /^signal (\d+)$/.exec(line))) return { kind: 'signalled', signal: SIGNAL_NAMES.get(Number(m[1])) ?? `SIG${m[1]}` };
-    if (line.startsWith('error ')) return { kind: 'spawn-failed', message: `setting up the sandbox for '${request.drvPath}' failed: ${line.slice(6)}` };
+    if (line.startsWith('error ')) return setupFailed(request, line.slice(6));
     return exit.kind === 'exited'
       ? { kind: 'spawn-failed', message: `the sandbox helper for '${request.drvPath}' exited with code ${exit.code} without a status` }
       : { kind: 'spawn-failed', message: `the sandbox helper for '${request.drvPath}' was killed by ${exit.signal}` };
@@ -363,7 +363,9 @@ export class LinuxSandbox implements Sandbox {
     });
     // bwrap reports its own setup failures as "bwrap: ..." and exit code 1.
     if (exit.kind === 'exited' && exit.code === 1 && head.startsWith('bwrap: ')) {
-      return { kind: 'spawn-failed', message: `setting up the sandbox for '${request.drvPath}' failed: ${head.split('\n')[0]!.slice(7)}` };
+      const why = head.split('\n')[0]!.slice(7);
+      const m = /^execvp (.*?): (.*)$/.exec(why);
+      return setupFailed(request, why, m ? `executing '${m[1]}': ${m[2]}` : undefined);
     }
     // bwrap turns a builder killed by a signal into exit code 128 + signal; we cannot tell that from a
     // builder exiting with such a code, so it stays an exit code (the builder is PID 1 and ignores
@@ -381,4 +383,9 @@ export async function runPreBuildHook(hook: string, drvPath: string, chrootDir: 
     });
   });
   return parsePreBuildHookOutput(out);
+}
+
+/** A build whose sandbox could not be set up; an `execve` failure of the builder is marked as such (see SandboxExit). */
+function setupFailed(request: SandboxRequest, why: string, execError = execErrorOf(why)): SandboxExit {
+  return { kind: 'spawn-failed', message: `setting up the sandbox for '${request.drvPath}' failed: ${why}`, ...(execError ? { execError } : {}) };
 }

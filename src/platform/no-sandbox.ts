@@ -9,7 +9,7 @@
  * build. Without a C compiler, or once that server died, they are spawned from Node (spawn-merged.ts).
  */
 import * as path from 'node:path';
-import type { Sandbox, SandboxExit, SandboxRequest, SandboxRunOptions } from './sandbox.js';
+import { execErrorOf, type Sandbox, type SandboxExit, type SandboxRequest, type SandboxRunOptions } from './sandbox.js';
 import { spawnMerged } from './spawn-merged.js';
 import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
 import { SandboxServer } from './sandbox-server.js';
@@ -96,7 +96,11 @@ export class NoSandbox implements Sandbox {
       if (exit?.kind === 'spawn-failed' && server.died) {
         return { kind: 'spawn-failed', message: `the sandbox helper server running '${file}' for '${request.drvPath}' exited unexpectedly; the builder was killed` };
       }
-      if (exit) return exit.kind === 'spawn-failed' ? { kind: 'spawn-failed', message: `could not start '${file}': ${exit.message}` } : exit;
+      if (exit) {
+        if (exit.kind !== 'spawn-failed') return exit;
+        const execError = execErrorOf(exit.message);
+        return { kind: 'spawn-failed', message: `could not start '${file}': ${exit.message}`, ...(execError ? { execError } : {}) };
+      }
     } else if (this.#options.launcher === 'helper') {
       return { kind: 'spawn-failed', message: `could not start '${file}': the sandbox helper is unavailable (${this.#helperFailed ?? 'unknown reason'})` };
     }

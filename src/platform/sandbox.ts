@@ -46,9 +46,19 @@ export interface SandboxRunOptions {
 export type SandboxExit =
   | { readonly kind: 'exited'; readonly code: number }
   | { readonly kind: 'signalled'; readonly signal: string }
-  /** The process could not be started (e.g. builder missing); `message` says why. */
-  | { readonly kind: 'spawn-failed'; readonly message: string }
+  /**
+   * The process could not be started (e.g. builder missing); `message` says why. `execError` is set when
+   * only the builder's own `execve` failed, after its environment was set up (a missing or non-executable
+   * builder), worded as Nix words it (`executing '<builder>': <reason>`): Nix reports such a build as exit
+   * code 1 with `error: <execError>` in its log.
+   */
+  | { readonly kind: 'spawn-failed'; readonly message: string; readonly execError?: string }
   | { readonly kind: 'aborted' };
+
+/** A helper's report of a failed `execve` of the builder ("executing '<path>': <reason>"), else undefined. */
+export function execErrorOf(helperMessage: string): string | undefined {
+  return helperMessage.startsWith("executing '") ? helperMessage : undefined;
+}
 
 export interface Sandbox {
   /** Short name for messages and events: 'none', 'linux-namespaces', 'fake', ... */

@@ -7,9 +7,10 @@
  * so nothing touches the file system) and hand the same end to the child for both.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
+import { getSystemErrorMap } from 'node:util';
 import type { SandboxExit } from './sandbox.js';
 
 export interface SpawnMergedOptions {
@@ -134,7 +135,8 @@ export async function spawnMerged(opts: SpawnMergedOptions): Promise<SandboxExit
     child.once('error', (e: NodeJS.ErrnoException) => {
       // Emitted when the exec fails (ENOENT, EACCES, ...); no 'exit' follows in that case.
       if (child.pid === undefined) {
-        finish(aborted ? { kind: 'aborted' } : { kind: 'spawn-failed', message: `could not start '${opts.file}': ${e.message}` });
+        const execError = execErrorFrom(e, opts.file, opts.cwd);
+        finish(aborted ? { kind: 'aborted' } : { kind: 'spawn-failed', message: `could not start '${opts.file}': ${e.message}`, ...(execError ? { execError } : {}) });
       }
     });
     child.once('exit', (code, sig) => {
@@ -150,4 +152,19 @@ export async function spawnMerged(opts: SpawnMergedOptions): Promise<SandboxExit
       else opts.signal.addEventListener('abort', onAbort, { once: true });
     }
   });
+}
+
+/** errno codes with which the child's execve fails (rather than its fork or set-up). */
+const EXEC_ERRNOS = new Set(['ENOENT', 'EACCES', 'ENOEXEC', 'ENOTDIR', 'ELOOP', 'ETXTBSY', 'ENAMETOOLONG', 'E2BIG', 'EISDIR', 'EPERM']);
+
+/**
+ * Nix's wording of a failed exec of the builder (`executing '<file>': <strerror>`), when `e` is one; a
+ * missing working directory fails with ENOENT too, so that case (and a fork failure) is not one.
+ */
+function execErrorFrom(e: NodeJS.ErrnoException, file: string, cwd: string | undefined): string | undefined {
+  if (!e.code || !EXEC_ERRNOS.has(e.code) || e.errno === undefined) return undefined;
+  if (cwd !== undefined && !existsSync(cwd)) return undefined;
+  const text = getSystemErrorMap().get(e.errno)?.[1];
+  if (!text) return undefined;
+  return `executing '${file}': ${text[0]!.toUpperCase()}${text.slice(1)}`;
 }

@@ -321,11 +321,10 @@ async function runOneRound(
       if (silenceTimer) clearTimeout(silenceTimer);
       if (totalTimer) clearTimeout(totalTimer);
       w.signal.removeEventListener('abort', onStop);
-      const execFailure = exit?.kind === 'spawn-failed' ? /executing '.*$|^could not start '.*$/s.exec(exit.message) : null;
-      if (execFailure) {
+      if (exit?.kind === 'spawn-failed' && exit.execError) {
         // As Nix: the build environment was set up and only the exec failed, in the child; its error
         // goes to the build log and the child exits 1.
-        log.push(Buffer.from(`error: ${execFailure[0]}\n`));
+        log.push(Buffer.from(`error: ${exit.execError}\n`));
         exit = { kind: 'exited', code: 1 };
       }
       // A failed builder stops the call (without keepGoing) before its slot is handed on, so no queued

@@ -81,10 +81,12 @@ describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders'
     if (backend === 'helper') {
       expect(exit.kind).toBe('spawn-failed');
       expect((exit as { message: string }).message).toContain('00000000000000000000000000000000-missing/bin/sh');
+      expect((exit as { execError?: string }).execError).toBe(`executing '${req.builder}': No such file or directory`);
     } else {
       // bwrap reports a failed exec as its own error
       expect(exit.kind === 'spawn-failed' || (exit.kind === 'exited' && exit.code !== 0)).toBe(true);
       expect(log + JSON.stringify(exit)).toContain('missing/bin/sh');
+      if (exit.kind === 'spawn-failed') expect(exit.execError).toBe(`executing '${req.builder}': No such file or directory`);
     }
   });
 
@@ -93,6 +95,7 @@ describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders'
     const { exit } = await build(sb, req);
     expect(exit.kind).toBe('spawn-failed');
     expect((exit as { message: string }).message).toContain('-absent');
+    expect((exit as { execError?: string }).execError).toBeUndefined();
   });
 
   it('sandbox paths: target=source, optional missing sources skipped, mandatory missing fails', async () => {

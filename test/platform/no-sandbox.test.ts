@@ -98,10 +98,16 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
     const missing = await collect(request(dir, path.join(dir, 'no-such-builder'), []));
     expect(missing.exit.kind).toBe('spawn-failed');
     expect((missing.exit as { message: string }).message).toContain('no-such-builder');
+    // Only the exec failed: marked so, in Nix's words (the scheduler turns it into exit code 1 and a log line).
+    expect((missing.exit as { execError?: string }).execError).toBe(`executing '${path.join(dir, 'no-such-builder')}': No such file or directory`);
     const notExec = path.join(dir, 'not-exec');
     writeFileSync(notExec, '#!/bin/sh\n'); chmodSync(notExec, 0o644);
-    expect((await collect(request(dir, notExec, []))).exit.kind).toBe('spawn-failed');
-    expect((await collect(request(dir, 'builtin:fetchurl', []))).exit.kind).toBe('spawn-failed');
+    const denied = (await collect(request(dir, notExec, []))).exit;
+    expect(denied.kind).toBe('spawn-failed');
+    expect((denied as { execError?: string }).execError).toBe(`executing '${notExec}': Permission denied`);
+    const builtin = (await collect(request(dir, 'builtin:fetchurl', []))).exit;
+    expect(builtin.kind).toBe('spawn-failed');
+    expect((builtin as { execError?: string }).execError).toBeUndefined();
   });
 
   it('streams large output completely', async () => {
@@ -129,6 +135,8 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
     const r = request(tempDir(), '/bin/sh', ['-c', 'true']);
     const { exit } = await collect({ ...r, buildDir: path.join(r.buildDir, 'missing') });
     expect(exit.kind).toBe('spawn-failed');
+    // A set-up failure, not a failed exec of the builder (both are ENOENT for a Node spawn).
+    expect((exit as { execError?: string }).execError).toBeUndefined();
   });
 
   it('runs builds concurrently and keeps their output apart', async () => {
