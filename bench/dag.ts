@@ -12,7 +12,7 @@
  *   REALISE_BENCH_SMALL=1 npx tsx bench/dag.ts   # 200 only, 3 runs
  *   REALISE_BENCH_SIZES=200 REALISE_BENCH_RUNS=5 npx tsx bench/dag.ts
  *   REALISE_BENCH_ONLY=ours npx tsx bench/dag.ts   # skip Nix (e.g. for profiling)
- *   REALISE_BENCH_SANDBOX=1 npx tsx bench/dag.ts   # the same DAG sandboxed (issue #4's measure), see below
+ *   REALISE_BENCH_SANDBOX=1 npx tsx bench/dag.ts   # the same DAG sandboxed (issue #4's measure; also bench/dag-sandboxed.ts)
  *
  * Sandboxed (`REALISE_BENCH_SANDBOX=1`): the builder is a static busybox added to the store by the
  * expression (`./bb`, so both sandboxes see it as an input), the store is a chroot store (`--store ROOT`:
@@ -239,20 +239,20 @@ export function fmt(x: number, digits = 1): string {
   return x.toFixed(digits);
 }
 
-async function main(): Promise<void> {
+export async function main(sandboxed = SANDBOXED): Promise<void> {
   const sizes = process.env.REALISE_BENCH_SIZES
     ? process.env.REALISE_BENCH_SIZES.split(',').map(Number)
     : SMALL ? [200] : [200, 2000];
   const only = process.env.REALISE_BENCH_ONLY; // 'ours' | 'nix' | undefined
   const keep = process.env.REALISE_BENCH_KEEP === '1';
-  console.log(SANDBOXED
+  console.log(sandboxed
     ? `# dag: layered DAG of trivial derivations, maxJobs 2, SANDBOXED, chroot store, static busybox builder; ours vs nix-store --realise --option sandbox true (Nix 2.8)`
     : `# dag: layered DAG of trivial derivations, maxJobs 2, unsandboxed, plain store; ours vs nix-store --realise (Nix 2.8)`);
   for (const n of sizes) {
     const runs = Number(process.env.REALISE_BENCH_RUNS ?? (SMALL ? 3 : n >= 2000 ? 3 : 5));
     const { layers, width } = shapeOf(n);
     const t0 = performance.now();
-    const d = instantiateDag(n, undefined, SANDBOXED);
+    const d = instantiateDag(n, undefined, sandboxed);
     console.log(`\n## ${n} derivations (${layers} layers × ${width}, fan-in 3); instantiated in ${fmt((performance.now() - t0) / 1000, 2)} s; ${runs} runs each, alternating`);
     const ours: number[] = [];
     const nix: number[] = [];
@@ -279,8 +279,8 @@ async function main(): Promise<void> {
       xs.length ? `${who}: median ${fmt(median(xs), 0)} ms (min ${fmt(Math.min(...xs), 0)}, max ${fmt(Math.max(...xs), 0)}) = ${fmt(median(xs) / n, 2)} ms per build` : `${who}: not run`;
     console.log(line('ours', ours));
     console.log(line('nix ', nix));
-    if (floor.length) console.log(`${line('floor', floor)} (builders alone through the ${SANDBOXED ? 'sandbox' : 'launcher'}, 2 at a time; ratio to nix ${fmt(median(floor) / median(nix), 3)})`);
-    if (ratios.length) console.log(`ratio ours/nix: median of pairs ${fmt(median(ratios), 3)} (min ${fmt(Math.min(...ratios), 3)}, max ${fmt(Math.max(...ratios), 3)}); target <= ${SANDBOXED ? '0.2 (issue #4)' : '0.15 (issue #3)'}`);
+    if (floor.length) console.log(`${line('floor', floor)} (builders alone through the ${sandboxed ? 'sandbox' : 'launcher'}, 2 at a time; ratio to nix ${fmt(median(floor) / median(nix), 3)})`);
+    if (ratios.length) console.log(`ratio ours/nix: median of pairs ${fmt(median(ratios), 3)} (min ${fmt(Math.min(...ratios), 3)}, max ${fmt(Math.max(...ratios), 3)}); target <= ${sandboxed ? '0.2 (issue #4)' : '0.15 (issue #3)'}`);
     if (!keep) rmSync(d.dir, { recursive: true, force: true });
     else console.log(`kept ${d.dir}`);
   }
