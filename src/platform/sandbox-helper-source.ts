@@ -385,13 +385,15 @@ static int splitRequest(char *msg, uint32_t len, char ***out) {
 
 /* Server mode: "helper --server SOCKET [--seccomp-fd 3]". Requests arrive on stdin as a 4-byte
    little-endian length and NUL-terminated strings: id, argument count, arguments, environment.
-   Status lines "id pid P", "id exit N", "id signal N", "id error MSG" go to our stdout.
-   - A sandboxed build runs in a forked process that connects to the abstract socket SOCKET, sends
-     "id\n" and then the build's output, sets up the namespaces and reports its own status.
-   - A plain build ("--plain CWD FILE ARGV0 ARGS...", no sandbox) is forked by us straight into the
+   Status lines "id exit N", "id signal N", "id error MSG" (and "id pid P" when there is no output
+   connection to say it) go to our stdout. Each build's output comes on its own connection to the
+   abstract socket SOCKET, which starts with the line "id PID": the process whose group to kill on abort.
+   - A sandboxed build runs in a forked process that connects to SOCKET, sets up the namespaces and
+     reports its own status.
+   - A plain build ("--plain CWD FILE ARGV0 ARGS...", no sandbox) is started by us straight into the
      builder: new session, cwd, stdin /dev/null, stdout and stderr on its own connection to SOCKET,
-     exactly the environment given. We report "pid" once the exec succeeded (or "error" if it did
-     not), and "exit"/"signal" when we reap it, after killing what it left in its process group.
+     exactly the environment given. We report "error" if the exec failed, and "exit"/"signal" when we
+     reap it, after killing what it left in its process group.
    We exit when stdin closes or our parent dies. */
 struct plain { pid_t pid; char *id; };
 static struct plain *plains;
@@ -444,7 +446,8 @@ static int plainChild(void *arg) {
   if (chdir(a->cwd) == -1) { n = snprintf(msg, sizeof msg, "changing into '%s': %s", a->cwd, strerror(errno)); goto err; }
   int s = connectOutput(a->sock);
   if (s < 0) { n = snprintf(msg, sizeof msg, "connecting to the output socket: %s", strerror(errno)); goto err; }
-  char hdr[256]; int hl = snprintf(hdr, sizeof hdr, "%s\n", a->id);
+  /* The header names the build and the builder's pid (Node kills its process group on abort). */
+  char hdr[256]; int hl = snprintf(hdr, sizeof hdr, "%s %d\n", a->id, (int) getpid());
   if (write(s, hdr, hl) != hl) { n = snprintf(msg, sizeof msg, "writing to the output socket: %s", strerror(errno)); goto err; }
   if (dup2(null, 0) == -1 || dup2(s, 1) == -1 || dup2(s, 2) == -1) { n = snprintf(msg, sizeof msg, "redirecting stdio: %s", strerror(errno)); goto err; }
   /* Everything else is closed on exec (the error pipe too). */
@@ -485,7 +488,6 @@ static void plainBuild(const char *sock, const char *id, char **argv, char **env
       if (!plains) _exit(1);
     }
     plains[nplains].pid = pid; plains[nplains].id = strdup(id); nplains++;
-    status("pid %d\n", (int) pid);
   }
   buildId = 0;
 }
@@ -511,14 +513,13 @@ static int writeFrame(int fd, const char *msg, uint32_t len) {
   return writeAll(fd, lenb, 4) || writeAll(fd, msg, len) ? -1 : 0;
 }
 
-/* In a per-build process: report our pid, send our stdout to the build's output connection (made
-   already, s >= 0, or now). */
+/* In a per-build process: send our stdout to the build's output connection (made already, s >= 0, or
+   now), whose header names the build and our pid (Node kills our process group on abort). */
 static void attachOutput(const char *sock, int s) {
-  status("pid %d\n", (int) getpid());
   statusFd = dup(1);
   if (s < 0) s = connectOutput(sock);
-  if (s < 0) { status("error connecting to the output socket: %s\n", strerror(errno)); _exit(125); }
-  char hdr[128]; int hl = snprintf(hdr, sizeof hdr, "%s\n", buildId);
+  if (s < 0) { status("pid %d\n", (int) getpid()); status("error connecting to the output socket: %s\n", strerror(errno)); _exit(125); }
+  char hdr[128]; int hl = snprintf(hdr, sizeof hdr, "%s %d\n", buildId, (int) getpid());
   if (write(s, hdr, hl) != hl) _exit(125);
   dup2(s, 1); close(s);
   fcntl(statusFd, F_SETFD, FD_CLOEXEC);

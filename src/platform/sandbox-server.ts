@@ -123,11 +123,18 @@ export class SandboxServer {
         const s = chunk.toString('latin1');
         const nl = s.indexOf('\n');
         if (nl === -1) { head += s; return; }
-        const id = head + s.slice(0, nl);
+        // "id PID": the build and the process whose group an abort kills.
+        const line = head + s.slice(0, nl);
+        const sp = line.indexOf(' ');
+        const id = sp === -1 ? line : line.slice(0, sp);
         p = this.#pending.get(id);
         if (!p) { sock.destroy(); return; }
         sock.ref();
         p.connected = true;
+        if (sp !== -1 && p.pid === undefined) {
+          p.pid = Number(line.slice(sp + 1));
+          if (p.aborted) { this.#kill(p); this.#maybeDone(p); }
+        }
         const rest = chunk.subarray(Buffer.byteLength(s.slice(0, nl + 1), 'latin1'));
         if (rest.length && !p.aborted) p.onOutput?.(rest);
         return;
