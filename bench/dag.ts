@@ -20,7 +20,7 @@
  * `--option sandbox true` and we `sandbox: true`.
  */
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -152,13 +152,22 @@ export function instantiateDag(n: number, prefix = 'realise-bench-dag-', sandbox
   return { ...dirs, drvs, pristineState, pristineNames: new Set(readdirSync(dirs.storeDir)) };
 }
 
-/** Back to the instantiated state: built outputs, locks and logs deleted; the state dir restored. */
+/**
+ * Back to the instantiated state: built outputs, locks and logs moved away; the state dir restored.
+ * They are moved into `<dir>/trash` (renamed, not deleted) so that the next run does not follow a mass
+ * deletion: on ext4 without a journal every new inode skips, one by one, the inodes deleted in the last
+ * 30 seconds, which made each run slower than the one before (docs/performance.md). The trash goes with
+ * the benchmark's directory at the end.
+ */
+let trashSeq = 0;
 export function resetDag(d: InstantiatedDag): void {
+  const trash = path.join(d.dir, 'trash', String(trashSeq++));
+  mkdirSync(path.join(trash, 'store'), { recursive: true });
   for (const name of readdirSync(d.storeDir)) {
-    if (!d.pristineNames.has(name)) rmSync(path.join(d.storeDir, name), { recursive: true, force: true });
+    if (!d.pristineNames.has(name)) renameSync(path.join(d.storeDir, name), path.join(trash, 'store', name));
   }
-  rmSync(d.stateDir, { recursive: true, force: true });
-  rmSync(d.logDir, { recursive: true, force: true });
+  if (existsSync(d.stateDir)) renameSync(d.stateDir, path.join(trash, 'state'));
+  if (existsSync(d.logDir)) renameSync(d.logDir, path.join(trash, 'log'));
   const r = spawnSync('cp', ['-a', d.pristineState, d.stateDir]);
   if (r.status !== 0) throw new Error(`cp -a failed: ${r.stderr}`);
   mkdirSync(d.logDir, { recursive: true });
@@ -224,8 +233,11 @@ export async function runFloor(d: InstantiatedDag, n: number, maxJobs = 2): Prom
   await Promise.all(Array.from({ length: maxJobs }, async () => { while (next < n) await one(next++); }));
   const ms = performance.now() - t0;
   (sandbox as { close?: () => void }).close?.();
-  rmSync(scratch, { recursive: true, force: true });
-  for (const name of readdirSync(d.storeDir)) if (name.includes('-floor-')) rmSync(path.join(d.storeDir, name), { recursive: true, force: true });
+  // Moved away rather than deleted, like everything resetDag clears (see there).
+  const trash = path.join(d.dir, 'trash', String(trashSeq++));
+  mkdirSync(trash, { recursive: true });
+  renameSync(scratch, path.join(trash, 'scratch'));
+  for (const name of readdirSync(d.storeDir)) if (name.includes('-floor-')) renameSync(path.join(d.storeDir, name), path.join(trash, name));
   return ms;
 }
 
