@@ -254,6 +254,20 @@ static void readSeccomp(void) {
 static int ptyMaster = -1, ptySlave = -1;
 static pid_t builderPid;
 
+/* Start fn(arg) as a child on its own stack in our memory (CLONE_VM | CLONE_VFORK, as posix_spawn does):
+   no page-table copy, and we are suspended until it has exec'd or exited. fn must write only its own
+   stack. -1 with errno on failure. */
+static pid_t vforkOnStack(int (*fn)(void *), void *arg) {
+  enum { STACK = 512 * 1024 };
+  static char *stack;
+  if (!stack) {
+    void *s = mmap(0, STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (s == MAP_FAILED) return -1;
+    stack = s;
+  }
+  return clone(fn, stack + STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, arg);
+}
+
 /* Pseudoterminal, namespaces, uid/gid maps and nsSetup(), in this (per-build) process. The builder's
    process is made by launch(): the first child after unshare(CLONE_NEWPID) is PID 1 of the new namespace. */
 static void prepare(void) {
@@ -280,9 +294,8 @@ static void prepare(void) {
   ptyMaster = master; ptySlave = slave;
 }
 
-/* PID 1 of the build: runs on its own stack in our memory (CLONE_VM | CLONE_VFORK, as posix_spawn
-   does), so it costs no page-table copy and its exec no teardown of a copied address space; we are
-   suspended until it has exec'd or failed (its failure is on errPipe). It writes only its own stack. */
+/* PID 1 of the build, started by vforkOnStack(): no page-table copy, and its exec tears down no copied
+   address space; its failure is on errPipe. */
 static int builderMain(void *cmd) {
   if (setsid() == -1) fail("creating a new session");
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1) fail("setting the parent-death signal");
@@ -294,14 +307,8 @@ static int builderMain(void *cmd) {
 }
 
 static void launch(char **cmd) {
-  enum { STACK = 512 * 1024 };
-  static char *stack;
-  if (!stack) {
-    stack = mmap(0, STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stack == MAP_FAILED) { stack = 0; fail("allocating a stack"); }
-  }
   if (pipe2(errPipe, O_CLOEXEC) == -1) fail("creating a pipe");
-  pid_t pid = clone(builderMain, stack + STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, cmd);
+  pid_t pid = vforkOnStack(builderMain, cmd);
   int e = errno;
   close(ptySlave); close(errPipe[1]); errPipe[1] = 0;
   errno = e;
@@ -343,8 +350,12 @@ static int finish(void) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-static int runBuild(char **cmd) {
+static void checkCommand(char **cmd) {
   if (!root || !cmd[0] || !cmd[1]) { errno = 0; fail("usage: helper --root DIR [options] -- BUILDER ARGV0 [ARGS...]"); }
+}
+
+static int runBuild(char **cmd) {
+  checkCommand(cmd);
   prepare();
   launch(cmd);
   return finish();
@@ -383,10 +394,21 @@ static int splitRequest(char *msg, uint32_t len, char ***out) {
   return si;
 }
 
+/* A split request's build options parsed into our globals and its environment made the builder's;
+   returns the builder command (BUILDER ARGV0 ARGS...). */
+static char **requestCommand(char **strs) {
+  int argcB = atoi(strs[1]);
+  char **argvB = calloc(argcB + 2, sizeof(char *));
+  if (!argvB) fail("out of memory");
+  argvB[0] = "helper";
+  for (int k = 0; k < argcB; k++) argvB[k + 1] = strs[2 + k];
+  environ = strs + 2 + argcB;
+  return argvB + parseArgs(argcB + 1, argvB, 1);
+}
+
 /* Server mode: "helper --server SOCKET [--seccomp-fd 3]". Requests arrive on stdin as a 4-byte
    little-endian length and NUL-terminated strings: id, argument count, arguments, environment.
-   Status lines "id exit N", "id signal N", "id error MSG" (and "id pid P" when there is no output
-   connection to say it) go to our stdout. Each build's output comes on its own connection to the
+   Status lines "id exit N", "id signal N", "id error MSG" go to our stdout. Each build's output comes on its own connection to the
    abstract socket SOCKET, which starts with the line "id PID": the process whose group to kill on abort.
    - A sandboxed build runs in a forked process that connects to SOCKET, sets up the namespaces and
      reports its own status.
@@ -428,9 +450,7 @@ static void reapAll(void) {
   }
 }
 
-/* The child of a plain build: runs on its own stack in our memory (CLONE_VM | CLONE_VFORK, as
-   posix_spawn does), so starting a builder copies no page tables; we are suspended until it has
-   exec'd or exited. It writes only its own stack and reports a failure on the error pipe. */
+/* The child of a plain build, started by vforkOnStack(); it reports a failure on the error pipe. */
 struct plainStart { const char *sock, *id, *cwd, *file; char **argv, **env; int errFd; };
 
 static int plainChild(void *arg) {
@@ -462,17 +482,11 @@ err:
 
 /* argv: CWD FILE ARGV0 ARGS...; env: NULL-terminated. */
 static void plainBuild(const char *sock, const char *id, char **argv, char **env) {
-  enum { STACK = 256 * 1024 };
-  static char *stack;
   buildId = id;
-  if (!stack) {
-    stack = mmap(0, STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stack == MAP_FAILED) { stack = 0; status("error allocating a stack: %s\n", strerror(errno)); buildId = 0; return; }
-  }
   int ep[2];
   if (pipe2(ep, O_CLOEXEC) == -1) { status("error creating a pipe: %s\n", strerror(errno)); buildId = 0; return; }
   struct plainStart start = { sock, id, argv[0], argv[1], argv + 2, env, ep[1] };
-  pid_t pid = clone(plainChild, stack + STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &start);
+  pid_t pid = vforkOnStack(plainChild, &start);
   if (pid == -1) { status("error forking: %s\n", strerror(errno)); close(ep[0]); close(ep[1]); buildId = 0; return; }
   close(ep[1]);
   char errbuf[4400]; size_t errlen = 0; ssize_t n;
@@ -518,7 +532,7 @@ static int writeFrame(int fd, const char *msg, uint32_t len) {
 static void attachOutput(const char *sock, int s) {
   statusFd = dup(1);
   if (s < 0) s = connectOutput(sock);
-  if (s < 0) { status("pid %d\n", (int) getpid()); status("error connecting to the output socket: %s\n", strerror(errno)); _exit(125); }
+  if (s < 0) { status("error connecting to the output socket: %s\n", strerror(errno)); _exit(125); }
   char hdr[128]; int hl = snprintf(hdr, sizeof hdr, "%s %d\n", buildId, (int) getpid());
   if (write(s, hdr, hl) != hl) _exit(125);
   dup2(s, 1); close(s);
@@ -557,15 +571,9 @@ static void spawnWarm(const char *sock) {
   if (splitRequest(msg, len, &strs) < 0) _exit(125);
   buildId = strs[0];
   attachOutput(sock, out);
-  int argcB = atoi(strs[1]);
-  char **argvB = calloc(argcB + 2, sizeof(char *));
-  if (!argvB) fail("out of memory");
-  argvB[0] = "helper";
-  for (int k = 0; k < argcB; k++) argvB[k + 1] = strs[2 + k];
-  environ = strs + 2 + argcB;
-  int i = parseArgs(argcB + 1, argvB, 1);
-  if (!root || !argvB[i] || !argvB[i + 1]) { errno = 0; fail("usage: helper --root DIR [options] -- BUILDER ARGV0 [ARGS...]"); }
-  launch(argvB + i);
+  char **cmd = requestCommand(strs);
+  checkCommand(cmd);
+  launch(cmd);
   _exit(finish());
 }
 
@@ -635,13 +643,8 @@ static int server(const char *sock, int warm) {
     /* per-build process */
     perBuildInit();
     buildId = strs[0];
-    char **argvB = calloc(argcB + 2, sizeof(char *));
-    argvB[0] = "helper";
-    for (int k = 0; k < argcB; k++) argvB[k + 1] = args[k];
-    environ = env;
     attachOutput(sock, -1);
-    int i = parseArgs(argcB + 1, argvB, 1);
-    _exit(runBuild(argvB + i));
+    _exit(runBuild(requestCommand(strs)));
   }
 }
 

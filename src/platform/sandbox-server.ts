@@ -131,7 +131,7 @@ export class SandboxServer {
         if (!p) { sock.destroy(); return; }
         sock.ref();
         p.connected = true;
-        if (sp !== -1 && p.pid === undefined) {
+        if (sp !== -1) {
           p.pid = Number(line.slice(sp + 1));
           if (p.aborted) { this.#kill(p); this.#maybeDone(p); }
         }
@@ -157,11 +157,6 @@ export class SandboxServer {
       const p = this.#pending.get(line.slice(0, sp));
       if (!p) continue;
       const rest = line.slice(sp + 1);
-      if (rest.startsWith('pid ')) {
-        p.pid = Number(rest.slice(4));
-        if (p.aborted) this.#kill(p);
-        continue;
-      }
       p.status = rest;
       // A setup failure has no builder output worth waiting for.
       if (rest.startsWith('error ')) p.eof = true;
