@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFile } from 'node:child_process';
-import { execErrorOf, type Sandbox, type SandboxExit, type SandboxRequest, type SandboxRunOptions } from './sandbox.js';
+import { execErrorOf, spawnFailed, type Sandbox, type SandboxExit, type SandboxRequest, type SandboxRunOptions } from './sandbox.js';
 import { SandboxError } from './sandbox-errors.js';
 import { parsePreBuildHookOutput, type SandboxPath } from './sandbox-config.js';
 import { ChrootPool, SANDBOX_GID, SANDBOX_UID, chrootDirFor, discardTree, linkOrCopy, moveOutputsOut, prepareChroot, type ChrootLayout, type ChrootLeftovers } from './chroot.js';
@@ -387,5 +387,5 @@ export async function runPreBuildHook(hook: string, drvPath: string, chrootDir: 
 
 /** A build whose sandbox could not be set up; an `execve` failure of the builder is marked as such (see SandboxExit). */
 function setupFailed(request: SandboxRequest, why: string, execError = execErrorOf(why)): SandboxExit {
-  return { kind: 'spawn-failed', message: `setting up the sandbox for '${request.drvPath}' failed: ${why}`, ...(execError ? { execError } : {}) };
+  return spawnFailed(`setting up the sandbox for '${request.drvPath}' failed: ${why}`, execError);
 }

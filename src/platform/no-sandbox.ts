@@ -9,7 +9,7 @@
  * build. Without a C compiler, or once that server died, they are spawned from Node (spawn-merged.ts).
  */
 import * as path from 'node:path';
-import { execErrorOf, type Sandbox, type SandboxExit, type SandboxRequest, type SandboxRunOptions } from './sandbox.js';
+import { execErrorOf, spawnFailed, type Sandbox, type SandboxExit, type SandboxRequest, type SandboxRunOptions } from './sandbox.js';
 import { spawnMerged } from './spawn-merged.js';
 import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
 import { SandboxServer } from './sandbox-server.js';
@@ -98,8 +98,7 @@ export class NoSandbox implements Sandbox {
       }
       if (exit) {
         if (exit.kind !== 'spawn-failed') return exit;
-        const execError = execErrorOf(exit.message);
-        return { kind: 'spawn-failed', message: `could not start '${file}': ${exit.message}`, ...(execError ? { execError } : {}) };
+        return spawnFailed(`could not start '${file}': ${exit.message}`, execErrorOf(exit.message));
       }
     } else if (this.#options.launcher === 'helper') {
       return { kind: 'spawn-failed', message: `could not start '${file}': the sandbox helper is unavailable (${this.#helperFailed ?? 'unknown reason'})` };

@@ -55,6 +55,11 @@ export type SandboxExit =
   | { readonly kind: 'spawn-failed'; readonly message: string; readonly execError?: string }
   | { readonly kind: 'aborted' };
 
+/** A `spawn-failed` exit; `execError` when only the builder's `execve` failed (see SandboxExit). */
+export function spawnFailed(message: string, execError?: string): SandboxExit {
+  return execError ? { kind: 'spawn-failed', message, execError } : { kind: 'spawn-failed', message };
+}
+
 /** A helper's report of a failed `execve` of the builder ("executing '<path>': <reason>"), else undefined. */
 export function execErrorOf(helperMessage: string): string | undefined {
   return helperMessage.startsWith("executing '") ? helperMessage : undefined;

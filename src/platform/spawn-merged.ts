@@ -11,7 +11,7 @@ import { closeSync, existsSync, openSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import { getSystemErrorMap } from 'node:util';
-import type { SandboxExit } from './sandbox.js';
+import { spawnFailed, type SandboxExit } from './sandbox.js';
 
 export interface SpawnMergedOptions {
   readonly file: string;
@@ -135,8 +135,7 @@ export async function spawnMerged(opts: SpawnMergedOptions): Promise<SandboxExit
     child.once('error', (e: NodeJS.ErrnoException) => {
       // Emitted when the exec fails (ENOENT, EACCES, ...); no 'exit' follows in that case.
       if (child.pid === undefined) {
-        const execError = execErrorFrom(e, opts.file, opts.cwd);
-        finish(aborted ? { kind: 'aborted' } : { kind: 'spawn-failed', message: `could not start '${opts.file}': ${e.message}`, ...(execError ? { execError } : {}) });
+        finish(aborted ? { kind: 'aborted' } : spawnFailed(`could not start '${opts.file}': ${e.message}`, execErrorFrom(e, opts.file, opts.cwd)));
       }
     });
     child.once('exit', (code, sig) => {
