@@ -224,8 +224,7 @@ async function runOneRound(
   }
 
   // Build directory.
-  const tmpBase = options.buildDir;
-  const buildDir = await createBuildDir(tmpBase, `nix-build-${view.name}.drv`);
+  const buildDir = await createBuildDir(options.buildDir, `nix-build-${view.name}.drv`);
   const buildDirInSandbox = sandbox.isolated ? '/build' : buildDir;
   let keepBuildDir = false;
 

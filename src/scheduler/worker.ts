@@ -91,8 +91,7 @@ export class Worker {
    * soon as its builder fails (before its slot is handed on), naming itself.
    */
   noteFailure(cause?: StorePath): void {
-    if (this.ctx.options.keepGoing || this.controller.signal.aborted) return;
-    this.stop('failure', cause);
+    if (!this.ctx.options.keepGoing) this.stop('failure', cause); // stop() ignores a second stop
   }
 
   /**

@@ -72,13 +72,17 @@ function sleep(ms: number, signal: AbortSignal | undefined, key: string): Promis
   });
 }
 
+function lockOpenError(lockPath: string, e: unknown): StoreError {
+  return new StoreError('lock-failed', `cannot open lock file '${lockPath}': ${(e as Error).message}`, {
+    cause: e, hint: 'check that the store directory exists and is writable by this user',
+  });
+}
+
 function openLockFile(lockPath: string): number {
   try {
     return openSync(lockPath, FS.O_RDWR | FS.O_CREAT, 0o600);
   } catch (e) {
-    throw new StoreError('lock-failed', `cannot open lock file '${lockPath}': ${(e as Error).message}`, {
-      cause: e, hint: 'check that the store directory exists and is writable by this user',
-    });
+    throw lockOpenError(lockPath, e);
   }
 }
 
@@ -126,12 +130,7 @@ let openQueue: Promise<unknown> = Promise.resolve();
 
 function openLockFileQueued(lockPath: string): Promise<number> {
   const p = openQueue.then(() => new Promise<number>((resolve, reject) => {
-    openCb(lockPath, FS.O_RDWR | FS.O_CREAT, 0o600, (e, fd) => {
-      if (e) reject(new StoreError('lock-failed', `cannot open lock file '${lockPath}': ${e.message}`, {
-        cause: e, hint: 'check that the store directory exists and is writable by this user',
-      }));
-      else resolve(fd);
-    });
+    openCb(lockPath, FS.O_RDWR | FS.O_CREAT, 0o600, (e, fd) => (e ? reject(lockOpenError(lockPath, e)) : resolve(fd)));
   }));
   openQueue = p.catch(() => {});
   return p;
