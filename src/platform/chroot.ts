@@ -271,6 +271,11 @@ function skeletonUnchanged(root: string, sk: SkeletonState, mountpoints: Readonl
   return true;
 }
 
+/** A fresh name for a skeleton waiting in the pool, beside the chroot `root` it serves. */
+function pooledDir(root: string): string {
+  return path.join(path.dirname(root), `.realise-chroot-${process.pid}-${Math.random().toString(36).slice(2)}`);
+}
+
 /** What a build put into its chroot that must go before the skeleton is reused. */
 export interface ChrootLeftovers {
   /** Non-directory entries in the store dir: hard-linked inputs, mount point files (names). */
@@ -348,7 +353,7 @@ export class ChrootPool {
     const sk = layout.skeleton;
     const list = sk && this.#ready.get(sk.key);
     if (!sk || !list || list.length >= this.#size * 2 + 2) { discardTree(layout.root); return; }
-    const dir = path.join(path.dirname(layout.root), `.realise-chroot-${process.pid}-${Math.random().toString(36).slice(2)}`);
+    const dir = pooledDir(layout.root);
     try { fs.renameSync(layout.root, dir); } catch { discardTree(layout.root); return; }
     ChrootPool.#all.add(dir);
     const storeDir = path.join(dir, sk.store);
@@ -375,7 +380,7 @@ export class ChrootPool {
     this.#filling.add(key);
     void (async () => {
       while (list.length < this.#size) {
-        const dir = path.join(path.dirname(opts.root), `.realise-chroot-${process.pid}-${Math.random().toString(36).slice(2)}`);
+        const dir = pooledDir(opts.root);
         ChrootPool.#all.add(dir);
         let sk: SkeletonState;
         try {
