@@ -636,10 +636,6 @@ function cb<T>(start: (k: (e: NodeJS.ErrnoException | null, v?: T) => void) => v
   return new Promise<T>((resolve, reject) => start((e, v) => (e ? reject(e) : resolve(v as T))));
 }
 
-function writeAsync(fd: number, b: Buffer, off: number): Promise<number> {
-  return new Promise((resolve, reject) => writeCb(fd, b, off, b.length - off, null, (e, n) => (e ? reject(e) : resolve(n))));
-}
-
 /**
  * Restore a NAR into `target`, which must not exist (its parent must). Every file is created with
  * O_EXCL|O_NOFOLLOW and every entry lies under a directory restored by us, so nothing can be written
@@ -723,7 +719,7 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
         async write(chunk) {
           try {
             let off = 0;
-            while (off < chunk.length) off += await writeAsync(fd, chunk, off);
+            while (off < chunk.length) off += await cb<number>((k) => writeCb(fd, chunk, off, chunk.length - off, null, k));
           } catch (e) {
             fail(rel, e);
           }
@@ -769,7 +765,7 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
       }
       return r;
     }
-    return await parseNar(source, opts.canonical ? (canonicalPoolSink) : asyncSink);
+    return await parseNar(source, opts.canonical ? canonicalPoolSink : asyncSink);
   } catch (e) {
     if (created) {
       if (opts.canonical) await makeTreeWritable(abs).catch(() => {});
