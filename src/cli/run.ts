@@ -452,14 +452,6 @@ async function run(argv: string[]): Promise<number> {
   }
 }
 
-const NO_BUILD_SLOTS = "unable to start any build; either increase '--max-jobs' or enable remote builds.";
-
-/** An engine error as Nix words it (Nix adds the manual's address to the no-build-slots error). */
-function nixWording(e: RealiseError): string {
-  if (e.shortMessage === NO_BUILD_SLOTS) return `${NO_BUILD_SLOTS}\nhttps://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html`;
-  return e.shortMessage;
-}
-
 /**
  * Run one `realise` command line (without the program name): writes to process.stdout/stderr as the
  * command does and resolves with its exit status; never throws.
@@ -477,7 +469,7 @@ export async function main(argv: string[]): Promise<number> {
       return 1;
     }
     // Nix's words only: a RealiseError's hint stays in the API's message.
-    if (e instanceof RealiseError) process.stderr.write(formatError(nixWording(e)));
+    if (e instanceof RealiseError) process.stderr.write(formatError(e.shortMessage));
     else if (e instanceof CliError) process.stderr.write(formatError(e.message));
     else process.stderr.write(formatError((e as Error)?.stack ?? String(e)));
     return 1;

@@ -111,7 +111,7 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
   if (options.maxJobs === 0 && !plan.preferLocal) {
     throw new BuildSetupError(
       options.builders.length === 0
-        ? "unable to start any build; either increase '--max-jobs' or enable remote builds."
+        ? "unable to start any build; either increase '--max-jobs' or enable remote builds.\nhttps://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html"
         : 'unable to start any build; remote machines may not have all required system features.',
       { hint: 'set maxJobs to 1 or more, or configure builders that support this system and its features' },
     );
