@@ -114,6 +114,10 @@ export function parseArgs(argv: readonly string[]): CliArgs {
     help: false, version: false, recursive: false, dryRun: false, quiet: false, noBuildOutput: false, printBuildLogs: false,
     ignoreUnknown: false, derivation: false, size: false, closureSize: false, sigs: false, humanReadable: false,
   };
+  /** A setting's value; `extra-NAME` adds to what is there, as in nix.conf. */
+  const setSetting = (key: string, value: string): void => {
+    a.options.set(key, key.startsWith('extra-') && a.options.has(key) ? `${a.options.get(key)} ${value}` : value);
+  };
   const next = (i: number, flag: string): string => {
     const v = argv[i + 1];
     if (v === undefined) throw new UsageError(`flag '${flag}' requires 1 argument(s)`);
@@ -152,9 +156,8 @@ export function parseArgs(argv: readonly string[]): CliArgs {
       const value = argv[i + 2];
       if (name === undefined || value === undefined) throw new UsageError(`flag '--option' requires 2 argument(s)`);
       const key = OPTION_ALIASES[name] ?? name;
-      // `extra-NAME` adds to what is there, as in nix.conf.
-      a.options.set(key, key.startsWith('extra-') && a.options.has(key) ? `${a.options.get(key)} ${value}` : value);
-      a.fromOption.add(OPTION_ALIASES[name] ?? name);
+      setSetting(key, value);
+      a.fromOption.add(key);
       if (a.positional.length === 0 && !isKnownSetting(name) && !a.unknownSettings.includes(name)) a.unknownSettings.push(name);
       i += 2;
       continue;
@@ -168,15 +171,16 @@ export function parseArgs(argv: readonly string[]): CliArgs {
       const flag = arg.slice(2);
       const negated = flag.startsWith('no-') && BOOL_SETTINGS.has(flag.slice(3));
       if (negated || BOOL_SETTINGS.has(flag)) {
-        const name = negated ? flag.slice(3) : flag;
-        a.options.set(OPTION_ALIASES[name] ?? name, negated ? 'false' : 'true');
-        a.fromOption.delete(OPTION_ALIASES[name] ?? name);
+        const bare = negated ? flag.slice(3) : flag;
+        const name = OPTION_ALIASES[bare] ?? bare;
+        a.options.set(name, negated ? 'false' : 'true');
+        a.fromOption.delete(name);
         continue;
       }
       if (isKnownSetting(flag)) {
         const name = OPTION_ALIASES[flag] ?? flag;
         const value = next(i, arg);
-        a.options.set(name, name.startsWith('extra-') && a.options.has(name) ? `${a.options.get(name)} ${value}` : value);
+        setSetting(name, value);
         a.fromOption.delete(name);
         i++;
         continue;
