@@ -48,15 +48,18 @@ export class ProgressDisplay {
     const onWarn = (e: { message: string; level?: 'warning' | 'error' }) =>
       this.line((e.level === 'error' ? formatError(e.message) : formatWarning(e.message)).trimEnd());
     const onSubst = (e: { path: string; substituter: string }) => info(`copying path '${e.path}' from '${e.substituter}'...`);
+    // Shown even with --quiet, as Nix logs it at warning level.
+    const onWaiting = (e: { lockedPaths: readonly string[] }) => this.line(`waiting for lock on ${e.lockedPaths.map((p) => `'${p}'`).join(', ')}...`);
     const onProgress = () => this.render();
     engine.on('build-started', onStart);
     engine.on('build-log', onLog);
     engine.on('warning', onWarn);
     engine.on('substitution-started', onSubst);
+    engine.on('build-waiting', onWaiting);
     engine.on('progress', onProgress);
     this.unsubscribe.push(
       () => engine.off('build-started', onStart), () => engine.off('build-log', onLog), () => engine.off('warning', onWarn),
-      () => engine.off('substitution-started', onSubst), () => engine.off('progress', onProgress),
+      () => engine.off('substitution-started', onSubst), () => engine.off('build-waiting', onWaiting), () => engine.off('progress', onProgress),
     );
     this.engine = engine;
   }

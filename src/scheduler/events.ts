@@ -29,6 +29,12 @@ export interface BuildEngineEvents {
   'goal-finished': (e: { kind: GoalKind; path: StorePath; result: BuildResult }) => void;
   'build-started': (e: { drvPath: StorePath; round: number; rounds: number; machine?: string; mode: 'normal' | 'repair' | 'check' }) => void;
   'build-log': (e: { drvPath: StorePath; line: string }) => void;
+  /**
+   * A derivation's outputs are locked by someone else (another process, or another call of this one,
+   * building them): the build waits for that lock, then uses the outputs if they became valid. Nix's
+   * "waiting for lock on …". `lockedPaths` are the outputs' physical paths.
+   */
+  'build-waiting': (e: { drvPath: StorePath; lockedPaths: readonly string[] }) => void;
   'build-finished': (e: { drvPath: StorePath; result: BuildResult }) => void;
   'substitution-started': (e: { path: StorePath; substituter: string }) => void;
   'substitution-finished': (e: { path: StorePath; substituter?: string; ok: boolean; error?: string }) => void;

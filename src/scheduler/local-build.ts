@@ -133,7 +133,10 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
 
   for (let round = 1; round <= plan.rounds; round++) {
     // Lock the outputs (waiting holds no build slot), then re-check: someone may have built them.
-    const locks: PathLocks = await store.lockPaths(lockTargets, { signal: w.signal });
+    const locks: PathLocks = await store.lockPaths(lockTargets, {
+      signal: w.signal,
+      onWait: () => w.ctx.emit('build-waiting', { drvPath, lockedPaths: lockTargets.map((p) => store.toRealPath(p)) }),
+    });
     let keepLocks = false;
     try {
       const valid = await store.queryValidPaths(lockTargets);

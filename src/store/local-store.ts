@@ -20,7 +20,7 @@ import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree } from './canonicalise.js';
 import { InvalidStorePathError, StoreError } from './errors.js';
 import { Hash, HashSink } from './hash.js';
-import { HeldLocks, lockPlainFile, lockStorePaths, tryFlockFd, tryLockStorePaths } from './locks.js';
+import { HeldLocks, type LockWaitOptions, lockPlainFile, lockStorePaths, tryFlockFd, tryLockStorePaths } from './locks.js';
 import { dumpPath, hashNar, narOfRegularFile, restorePath, streamOf } from './nar.js';
 import { BUSY_TIMEOUT_MS, NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA_STATEMENTS, WAL_AUTOCHECKPOINT } from './schema.js';
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from './store-api.js';
@@ -679,7 +679,7 @@ export class LocalStore implements Store {
     await deleteTree(this.toRealPath(p));
   }
 
-  async lockPaths(paths: Iterable<StorePath>, opts: { signal?: AbortSignal | undefined } = {}): Promise<HeldLocks> {
+  async lockPaths(paths: Iterable<StorePath>, opts: LockWaitOptions = {}): Promise<HeldLocks> {
     return lockStorePaths(this, paths, opts);
   }
 

@@ -137,13 +137,14 @@ function openLockFileQueued(lockPath: string): Promise<number> {
 }
 
 /** Backoff for cross-process waits: 2 ms doubling up to 100 ms. */
-async function lockFile(lockPath: string, signal?: AbortSignal): Promise<number> {
+async function lockFile(lockPath: string, signal?: AbortSignal, onWait?: () => void): Promise<number> {
   let delay = 2;
   for (;;) {
     if (signal?.aborted) throw new LockAbortedError(lockPath, signal.reason);
     const r = lockOpened(lockPath, await openLockFileQueued(lockPath));
     if (r === 'stale') continue;
     if (r !== undefined) return r;
+    onWait?.();
     await sleep(delay, signal, lockPath);
     delay = Math.min(delay * 2, 100);
   }
@@ -195,6 +196,17 @@ export class HeldLocks {
   }
 }
 
+/** How a caller waits for locks. */
+export interface LockWaitOptions {
+  /** Stop waiting (the call rejects with `LockAbortedError`). */
+  readonly signal?: AbortSignal | undefined;
+  /**
+   * Called once, before the first wait, when some lock is held by someone else (another process, or
+   * another caller in this one): what Nix reports as "waiting for lock on …".
+   */
+  readonly onWait?: (() => void) | undefined;
+}
+
 function lockPathsOf(files: Iterable<string>): { files: string[]; lockPaths: string[] } {
   const sorted = [...new Set(files)].sort();
   return { files: sorted, lockPaths: sorted.map((f) => f + '.lock') };
@@ -204,15 +216,17 @@ function lockPathsOf(files: Iterable<string>): { files: string[]; lockPaths: str
  * Lock `<file>.lock` for every file, in sorted order (so two callers never deadlock), waiting as long as
  * needed. `paths` is what the returned handle reports (by default the files themselves).
  */
-export async function lockFiles(files: Iterable<string>, opts: { signal?: AbortSignal; paths?: readonly string[] } = {}): Promise<HeldLocks> {
+export async function lockFiles(files: Iterable<string>, opts: LockWaitOptions & { paths?: readonly string[] } = {}): Promise<HeldLocks> {
   const { files: sorted, lockPaths } = lockPathsOf(files);
   const held: Array<{ lockPath: string; fd: number }> = [];
   const handle = new HeldLocks(opts.paths ?? sorted, held);
+  let waited = false;
+  const onWait = opts.onWait && (() => { if (!waited) { waited = true; opts.onWait!(); } });
   try {
     for (const lockPath of lockPaths) {
-      await takeSlot(lockPath, opts.signal);
+      if (!tryTakeSlot(lockPath)) { onWait?.(); await takeSlot(lockPath, opts.signal); }
       try {
-        const fd = await lockFile(lockPath, opts.signal);
+        const fd = await lockFile(lockPath, opts.signal, onWait);
         held.push({ lockPath, fd });
       } catch (e) {
         giveSlot(lockPath);
@@ -287,9 +301,9 @@ function sortedLockFiles(store: PathLockTarget, paths: Iterable<string>): { sort
 }
 
 /** Store.lockPaths for stores whose paths have real locations: `<real path>.lock`, sorted, validated. */
-export function lockStorePaths(store: PathLockTarget, paths: Iterable<string>, opts: { signal?: AbortSignal | undefined } = {}): Promise<HeldLocks> {
+export function lockStorePaths(store: PathLockTarget, paths: Iterable<string>, opts: LockWaitOptions = {}): Promise<HeldLocks> {
   const { sorted, files } = sortedLockFiles(store, paths);
-  return lockFiles(files, { signal: opts.signal, paths: sorted });
+  return lockFiles(files, { ...opts, paths: sorted });
 }
 
 /** Store.tryLockPaths likewise; undefined when someone else holds one of the locks. */

@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree } from './canonicalise.js';
 import { InvalidStorePathError, StoreError } from './errors.js';
 import { Hash } from './hash.js';
-import { HeldLocks, lockStorePaths, tryLockStorePaths } from './locks.js';
+import { HeldLocks, type LockWaitOptions, lockStorePaths, tryLockStorePaths } from './locks.js';
 import { checkBatchClosure, checkNoDotDot, checkPathInfo, hashingStream, invalidPathError, narHashMismatch, narSizeMismatch, verifyContentAddress } from './local-store.js';
 import { collect, dumpPath, narOfRegularFile, restorePath, streamOf } from './nar.js';
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from './store-api.js';
@@ -244,7 +244,7 @@ export class MemoryStore implements Store {
     await deleteTree(this.toRealPath(p));
   }
 
-  async lockPaths(ps: Iterable<StorePath>, opts: { signal?: AbortSignal | undefined } = {}): Promise<HeldLocks> {
+  async lockPaths(ps: Iterable<StorePath>, opts: LockWaitOptions = {}): Promise<HeldLocks> {
     return lockStorePaths(this, ps, opts);
   }
 

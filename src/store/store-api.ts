@@ -82,8 +82,11 @@ export interface Store {
    * (Nix's temporary roots). Optional: stores without a collector may omit it.
    */
   addTempRoot?(path: StorePath): Promise<void>;
-  /** Take exclusive cross-process locks on paths (sorted order; waits; honours `signal`). */
-  lockPaths(paths: Iterable<StorePath>, opts?: { signal?: AbortSignal }): Promise<PathLocks>;
+  /**
+   * Take exclusive cross-process locks on paths (sorted order; waits; honours `signal`). `onWait` is
+   * called once if some lock is held by someone else, before waiting for it.
+   */
+  lockPaths(paths: Iterable<StorePath>, opts?: { signal?: AbortSignal; onWait?: () => void }): Promise<PathLocks>;
   /** Try to take the locks without waiting; undefined when someone else holds one. */
   tryLockPaths(paths: Iterable<StorePath>): Promise<PathLocks | undefined>;
 

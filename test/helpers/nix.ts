@@ -2,7 +2,7 @@
  * Real Nix 2.8 as the oracle in tests: private chroot stores (`NIX_REMOTE=` + `--store DIR`), no daemon.
  * In CI Nix is installed by .ci/run, so `requireNix()` fails loudly there instead of skipping.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -58,6 +58,18 @@ export interface NixRunResult { stdout: string; stderr: string; status: number }
 export function runNix(cmd: string, args: string[], opts: { input?: string; env?: Record<string, string>; cwd?: string } = {}): NixRunResult {
   const r = spawnSync(cmd, args, { env: nixEnv(opts.env), input: opts.input, cwd: opts.cwd, encoding: 'utf8', maxBuffer: 1 << 28 });
   return { stdout: r.stdout ?? '', stderr: r.stderr ?? '', status: r.status ?? -1 };
+}
+
+/** runNix without blocking the event loop (for runs that overlap with work in this process). */
+export function runNixAsync(cmd: string, args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}): Promise<NixRunResult> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env: nixEnv(opts.env), cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+    child.on('close', (code) => resolve({ stdout, stderr, status: code ?? -1 }));
+  });
 }
 
 /** Run a Nix command and return trimmed stdout; throws with stderr on failure. */

@@ -433,11 +433,20 @@ describe('goals and locks', () => {
     const sbB = fake();
     sbB.auto = () => 0;
     const d = await mkDrv('locked');
-    const callA = engineWith(sbA).buildPaths([d]);
+    const engineA = engineWith(sbA);
+    const waitsA: unknown[] = [];
+    engineA.on('build-waiting', (e) => waitsA.push(e));
+    const callA = engineA.buildPaths([d]);
     const [run] = await sbA.waitPending(1);
-    const callB = engineWith(sbB).buildPaths([d]);
+    const engineB = engineWith(sbB);
+    const waitsB: unknown[] = [];
+    engineB.on('build-waiting', (e) => waitsB.push(e));
+    const callB = engineB.buildPaths([d]);
     await settle(300);
     expect(sbB.started).toHaveLength(0);
+    // B says once what it waits for (Nix's "waiting for lock on '<physical output path>'"); A never waited.
+    expect(waitsB).toEqual([{ drvPath: d, lockedPaths: [store.toRealPath(await outPath(d))] }]);
+    expect(waitsA).toEqual([]);
     await run!.finish();
     const [[a], [b]] = await Promise.all([callA, callB]);
     expect(a!.result.status).toBe('built');
