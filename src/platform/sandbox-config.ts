@@ -2,6 +2,7 @@
  * Nix's sandbox settings as pure functions: `sandbox` modes, `sandbox-paths` syntax, `__impureHostDeps`
  * against `allowed-impure-host-deps`, and the pre-build hook's `extra-sandbox-paths` protocol.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { SandboxError } from './sandbox-errors.js';
 
@@ -58,11 +59,14 @@ export function useSandbox(input: UseSandboxInput): boolean {
 
 /**
  * Parse `sandbox-paths` / `extra-sandbox-paths` entries: `path`, `target=source`, and a trailing `?`
- * making it optional (skipped when the source does not exist). Later entries win, as in Nix's map.
+ * making it optional (skipped when the source does not exist). As in Nix, the entries are a set: taken
+ * once each, in sorted order, so of two entries for one target the greater string wins, whatever their
+ * order. A relative source that does not exist is Nix's error for it (or skipped when optional); other
+ * relative entries are refused.
  */
 export function parseSandboxPaths(entries: Iterable<string>): Map<string, SandboxPath> {
   const out = new Map<string, SandboxPath>();
-  for (let entry of entries) {
+  for (let entry of [...new Set(entries)].sort()) {
     if (entry === '') continue;
     let optional = false;
     if (entry.endsWith('?')) { optional = true; entry = entry.slice(0, -1); }
@@ -70,6 +74,12 @@ export function parseSandboxPaths(entries: Iterable<string>): Map<string, Sandbo
     const target = eq === -1 ? entry : entry.slice(0, eq);
     const source = eq === -1 ? entry : entry.slice(eq + 1);
     if (!path.isAbsolute(target) || !path.isAbsolute(source)) {
+      if (!path.isAbsolute(source) && !fs.existsSync(source)) {
+        if (optional) continue;
+        throw new SandboxError('sandbox-bad-config', `getting attributes of path '${source}': No such file or directory`, {
+          hint: "sandbox paths are absolute: '/path', '/target=/source', or with a trailing '?' for optional ones",
+        });
+      }
       throw new SandboxError('sandbox-bad-config', `sandbox path '${entry}' is not absolute`, {
         hint: "write entries as '/path', '/target=/source' or with a trailing '?' for optional ones",
       });

@@ -37,17 +37,22 @@ describe('sandbox modes', () => {
 });
 
 describe('sandbox-paths', () => {
-  it('parses path, target=source and optional entries; later entries win', () => {
+  it('parses path, target=source and optional entries; entries are a sorted set, so the greater entry for a target wins', () => {
     const m = parseSandboxPaths(splitSandboxPathsOption('/bin/sh=/bin/busybox /etc/ssl? /usr/lib/x=/opt/x? /dev /bin/sh=/bin/dash'));
     expect([...m]).toEqual([
       ['/bin/sh', { source: '/bin/dash', optional: false }],
+      ['/dev', { source: '/dev', optional: false }],
       ['/etc/ssl', { source: '/etc/ssl', optional: true }],
       ['/usr/lib/x', { source: '/opt/x', optional: true }],
-      ['/dev', { source: '/dev', optional: false }],
     ]);
+    // Nix keeps sandbox-paths and extra-sandbox-paths in one std::set: order does not matter.
+    const r = parseSandboxPaths(['/bin/sh=/bin/dash', '/bin/busybox', '/bin/sh=/bin/busybox']);
+    expect(r.get('/bin/sh')).toEqual({ source: '/bin/dash', optional: false });
   });
-  it('rejects relative paths with a clear error', () => {
+  it('rejects relative paths with a clear error; a missing relative source is Nix\'s error, or skipped when optional', () => {
     expect(() => parseSandboxPaths(['bin=/x'])).toThrow(/sandbox path 'bin=\/x' is not absolute/);
+    expect(() => parseSandboxPaths(['no-such-relative-path'])).toThrow("getting attributes of path 'no-such-relative-path': No such file or directory");
+    expect([...parseSandboxPaths(['no-such-relative-path?'])]).toEqual([]);
   });
 });
 
