@@ -4,6 +4,18 @@
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
+// Interrupts: while a build runs, the CLI turns SIGINT/SIGTERM into cancellation (builders killed, locks
+// released, nothing half-registered). Outside that window (loading, opening the store, before or after
+// the build) nothing is in flight, so an interrupt ends the command at once, as Nix ends: "error:
+// interrupted by the user", exit status 1 (not a death by signal).
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, () => {
+    if (process.listenerCount(sig) > 1) return; // the build's own handler cancels it
+    process.stderr.write('error: interrupted by the user\n');
+    process.exit(1);
+  });
+}
+
 const dist = new URL('../dist/cli/main.js', import.meta.url);
 const src = fileURLToPath(new URL('../src', import.meta.url));
 
