@@ -15,7 +15,12 @@ export interface ParsedStoreUri {
   readonly options: LocalStoreOptions;
   /** Parameters Nix knows but a LocalStore here does not use. */
   readonly ignored: readonly string[];
+  /** Parameters no local store knows: Nix warns "unknown setting 'NAME'" for each and opens the store. */
+  readonly unknown: readonly string[];
 }
+
+/** Store types Nix 2.8 has that are not local stores (refused with a message saying so). */
+const OTHER_STORE_SCHEMES = ['ssh', 'ssh-ng', 'file', 'http', 'https', 's3', 'dummy'];
 
 function badUri(uri: string, why: string, hint?: string): StoreError {
   return new StoreError('bad-store-uri', `cannot open store '${uri}': ${why}`, {
@@ -38,11 +43,16 @@ export function parseStoreUri(uri: string, cwd: string = process.cwd()): ParsedS
     root = absolute('root', head);
   } else if (head !== 'local' && head !== 'local://') {
     if (head === 'auto' || head === 'daemon' || head.startsWith('unix://')) throw badUri(uri, 'a Nix daemon store is not supported', 'realise works on a local store directory; pass its root directory');
-    throw badUri(uri, `'${head}' is not a local store`);
+    const scheme = head.includes('://') ? head.slice(0, head.indexOf('://')) : head;
+    if (OTHER_STORE_SCHEMES.includes(scheme)) throw badUri(uri, `'${head}' is not a local store`);
+    throw new StoreError('bad-store-uri', `don't know how to open Nix store '${uri}'`, {
+      hint: "use a root directory (chroot store) or 'local?root=DIR' or 'local?store=DIR&state=DIR&log=DIR'",
+    });
   }
   const opts: { root?: string; storeDir?: string; stateDir?: string; logDir?: string; realStoreDir?: string } = {};
   if (root !== undefined) opts.root = root;
   const ignored: string[] = [];
+  const unknown: string[] = [];
   if (query) {
     for (const part of query.split('&')) {
       if (part === '') continue;
@@ -61,15 +71,19 @@ export function parseStoreUri(uri: string, cwd: string = process.cwd()): ParsedS
         case 'real': opts.realStoreDir = absolute(key, value); break;
         default:
           if (IGNORED_PARAMS.has(key)) ignored.push(key);
-          else throw badUri(uri, `unknown parameter '${key}'`, 'local stores take root, store, state, log and real');
+          else unknown.push(key);
       }
     }
   }
-  return { options: opts, ignored };
+  return { options: opts, ignored, unknown };
 }
 
-/** Open the local store a URI names. */
-export function openStore(uri: string, opts: { signal?: AbortSignal } = {}): Promise<LocalStore> {
-  const { options } = parseStoreUri(uri);
+/**
+ * Open the local store a URI names. Parameters no local store knows are ignored, as Nix ignores them,
+ * each reported through `warn` in Nix's words ("unknown setting 'NAME'").
+ */
+export function openStore(uri: string, opts: { signal?: AbortSignal; warn?: (message: string) => void } = {}): Promise<LocalStore> {
+  const { options, unknown } = parseStoreUri(uri);
+  for (const key of unknown) opts.warn?.(`unknown setting '${key}'`);
   return LocalStore.open({ ...options, signal: opts.signal });
 }

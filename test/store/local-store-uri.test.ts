@@ -31,9 +31,21 @@ describe('store URIs (what Nix --store takes for local stores)', () => {
   });
 
   it('refuses non-local stores and bad parameters with bad-store-uri', () => {
-    for (const bad of ['daemon', 'auto', 'ssh://host', 'file:///cache', 'https://cache.nixos.org', 'local?bogus=1', 'local?store=relative', 'local?root', '']) {
+    for (const bad of ['daemon', 'auto', 'ssh://host', 'file:///cache', 'https://cache.nixos.org', 'bogus://x', 'local?store=relative', 'local?root', '']) {
       expect(() => parseStoreUri(bad), bad).toThrow(expect.objectContaining({ code: 'bad-store-uri' }));
     }
+    // Nix's words for a scheme it has no store type for.
+    expect(() => parseStoreUri('bogus://x')).toThrow("don't know how to open Nix store 'bogus://x'");
+  });
+
+  it('unknown parameters are ignored with a warning each, as Nix 2.8 does', async () => {
+    expect(parseStoreUri('local?root=/r&frob=1&trusted=1&zap=2')).toEqual({ options: { root: '/r' }, ignored: ['trusted'], unknown: ['frob', 'zap'] });
+    const d = tmp();
+    const warnings: string[] = [];
+    const s = await openStore(`${d}/chroot?frob=1`, { warn: (m) => warnings.push(m) });
+    expect(s.realStoreDir).toBe(path.join(d, 'chroot/nix/store'));
+    expect(warnings).toEqual(["unknown setting 'frob'"]);
+    await s.close();
   });
 
   it('openStore opens the layout the URI names', async () => {
