@@ -62,6 +62,9 @@ function isAbortError(e: unknown): boolean {
   return e instanceof Error && (e.name === 'AbortError' || (e as { code?: string }).code === 'ABORT_ERR' || (e as { code?: string }).code === 'UND_ERR_ABORTED');
 }
 
+/** How much longer than its FileSize a NAR file may run before the download is cut off. */
+const FILE_OVERRUN_MAX = 64 * 1024 * 1024;
+
 /** Files of a file:// cache up to this size whose size is known are read with one read into one buffer. */
 const WHOLE_READ_MAX = 16 * 1024 * 1024;
 
@@ -104,7 +107,8 @@ class FileTransport implements Transport {
   async *stream(rel: string, signal?: AbortSignal, sizeHint?: number, reuse = false): AsyncGenerator<Uint8Array> {
     const file = this.resolve(rel);
     const wrap = (e: unknown): unknown => {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return new SubstituterError('not-found', `'${this.uri}' does not have '${rel}' any more`, { uri: this.uri, cause: e });
+      // Nix's words (LocalBinaryCacheStore::getFile).
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return new SubstituterError('not-found', `file '${rel}' does not exist in binary cache`, { uri: this.uri, cause: e, hint: `the binary cache '${this.uri}' lost the NAR file; try another substituter or build` });
       if (signal?.aborted || isAbortError(e) || e instanceof SubstituterError) return e;
       return new SubstituterError('network', `cannot read '${rel}' of '${this.uri}': ${(e as Error).message}`, { uri: this.uri, cause: e });
     };
@@ -182,7 +186,8 @@ class HttpTransport implements Transport {
         const res = await request(this.url(rel), { method: 'GET', dispatcher: this.dispatcher, ...(signal ? { signal } : {}), headers: { 'user-agent': 'realise' } });
         if (res.statusCode === 200) return res;
         await res.body.dump().catch(() => undefined);
-        if (res.statusCode === 404 || res.statusCode === 410) return undefined;
+        // As Nix: 403 too means "not in this cache" (S3 answers it for a missing key).
+        if (res.statusCode === 404 || res.statusCode === 410 || res.statusCode === 403) return undefined;
         failure = new SubstituterError('network', `unable to download '${this.url(rel)}': HTTP error ${res.statusCode}`, { uri: this.uri, hint: 'the cache server failed; retry later, or use --fallback to build instead' });
         if (res.statusCode < 500 && res.statusCode !== 429) throw failure;
       } catch (e) {
@@ -209,7 +214,8 @@ class HttpTransport implements Transport {
 
   async *stream(rel: string, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
     const res = await this.get(rel, signal);
-    if (!res) throw new SubstituterError('not-found', `'${this.url(rel)}' does not exist (HTTP 404)`, { uri: this.uri, hint: 'the cache lost the NAR file; try another substituter or build' });
+    // Nix's words (HttpBinaryCacheStore::getFile).
+    if (!res) throw new SubstituterError('not-found', `file '${rel}' does not exist in binary cache '${this.uri}'`, { uri: this.uri, hint: 'the cache lost the NAR file; try another substituter or build' });
     const lenHeader = res.headers['content-length'];
     const expected = typeof lenHeader === 'string' ? Number(lenHeader) : undefined;
     let got = 0;
@@ -398,19 +404,21 @@ export class BinaryCacheSubstituter implements Substituter {
     const transport = this.transport;
     const uri = this.uri;
     async function* raw(): AsyncGenerator<Uint8Array> {
+      // As Nix, FileSize is not enforced: a file of another size is decoded, and the NAR it holds is
+      // judged by its hash and size (Nix's messages). Only a file far longer than announced is cut off.
       let done = 0;
+      const max = info.fileSize !== undefined ? info.fileSize + info.narSize + FILE_OVERRUN_MAX : Infinity;
       for await (const chunk of transport.stream(info.url, signal, info.fileSize, info.compression === 'zstd')) {
         done += chunk.length;
-        if (info.fileSize !== undefined && done > info.fileSize) {
+        if (done > max) {
           throw new SubstituterError('network', `NAR file '${info.url}' of '${info.path}' on '${uri}' is larger than its FileSize ${info.fileSize}`, { uri, path: info.path });
         }
         onProgress?.(done, info.downloadSize);
         yield chunk;
       }
-      if (info.fileSize !== undefined && done !== info.fileSize) {
-        throw new SubstituterError('truncated', `NAR file '${info.url}' of '${info.path}' on '${uri}' ended after ${done} of ${info.fileSize} bytes`, { uri, path: info.path, hint: 'the cache is incomplete or the download was cut short' });
-      }
+      if (info.fileSize !== undefined && done < info.fileSize) short = done;
     }
+    let short: number | undefined;
     let decompressed: AsyncIterable<Uint8Array>;
     try {
       decompressed = decompressStream(info.compression, raw(), { ...(signal ? { signal } : {}), sizeHint: info.narSize });
@@ -422,6 +430,9 @@ export class BinaryCacheSubstituter implements Substituter {
     } catch (e) {
       if (e instanceof SubstituterError) throw e;
       if (signal?.aborted || isAbortError(e)) throw new SubstituterError('aborted', `download of '${info.path}' was cancelled`, { uri, path: info.path, cause: e });
+      if (e instanceof DecompressionError && short !== undefined) {
+        throw new SubstituterError('truncated', `NAR file '${info.url}' of '${info.path}' on '${uri}' ended after ${short} of ${info.fileSize} bytes`, { uri, path: info.path, cause: e, hint: 'the cache is incomplete or the download was cut short' });
+      }
       if (e instanceof DecompressionError) throw new SubstituterError('decompression', `NAR file '${info.url}' of '${info.path}' on '${uri}' is corrupt: ${e.message}`, { uri, path: info.path, cause: e, hint: 'the binary cache is corrupt' });
       throw new SubstituterError('network', `download of '${info.path}' from '${uri}' failed: ${(e as Error).message}`, { uri, path: info.path, cause: e });
     }

@@ -259,7 +259,9 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
   async function* verified(): AsyncGenerator<Uint8Array> {
     try {
       for await (const chunk of sub.fetchNar(info, { signal, onProgress: opts.onProgress })) {
-        if (size + chunk.length > info.narSize) {
+        // A NAR somewhat longer than announced is read to its end, so that the store reports what Nix
+        // does (the hash mismatch, which it checks first); only an unreasonably long one is cut off here.
+        if (size + chunk.length > info.narSize + NAR_OVERRUN_MAX) {
           throw fail('size-mismatch', `NAR of '${info.path}' from '${sub.uri}' is larger than its declared size ${info.narSize}`, { hint: 'the binary cache is corrupt' });
         }
         size += chunk.length;
@@ -268,8 +270,9 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
         caFile?.update(chunk);
         yield chunk;
       }
-      if (size !== info.narSize) throw fail('size-mismatch', `NAR of '${info.path}' from '${sub.uri}' has ${size} bytes, its narinfo says ${info.narSize}`, { hint: 'the binary cache is corrupt or the download was cut short' });
-      if (caRecursive || caFile) {
+      // A NAR of another size than announced: the store refuses it (Store.addToStore checks the hash, then
+      // the size, as Nix), so the message is Nix's.
+      if ((caRecursive || caFile) && size === info.narSize) {
         // (a recursive CA with the NAR hash's algorithm equals info.narHash, checked above; the store checks the NAR against it)
         const got = caRecursive ? caRecursive.finish().hash : caFile!.finish();
         if (!got || !got.equals(ca!.hash)) {
@@ -296,14 +299,24 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
     if (ourError) throw ourError;
     if (e instanceof SubstituterError) throw e;
     if (isAbort(e, signal)) throw fail('aborted', `substitution of '${info.path}' was cancelled`, { cause: e });
+    const from = `from '${sub.uri}'; the binary cache is corrupt, nothing was registered`;
+    // Nix's words: the NAR stream ended before the archive did.
+    if (e instanceof BadNarError && /ends unexpectedly/.test(e.shortMessage)) throw fail('truncated', `NAR for '${info.path}' fetched from '${sub.uri}' is incomplete`, { cause: e, hint: 'the NAR file is truncated; nothing was registered' });
     if (e instanceof BadNarError) throw fail('bad-nar', `NAR of '${info.path}' from '${sub.uri}' is invalid: ${e.shortMessage}`, { cause: e, hint: 'the binary cache is corrupt or hostile; nothing was registered' });
-    if (e instanceof RealiseError && (e.code === 'nar-hash-mismatch' || e.code === 'hash-mismatch')) {
+    // The store's own messages are Nix's ("hash mismatch importing path '…';\n  specified: …\n  got: …").
+    if (e instanceof RealiseError && e.code === 'nar-hash-mismatch') throw fail('hash-mismatch', e.shortMessage, { cause: e, hint: from });
+    if (e instanceof RealiseError && e.code === 'nar-size-mismatch') throw fail('size-mismatch', e.shortMessage, { cause: e, hint: from });
+    if (e instanceof RealiseError && e.code === 'size-mismatch') throw fail('size-mismatch', `size mismatch importing path '${info.path}' from '${sub.uri}'`, { cause: e, hint: 'the binary cache is corrupt; nothing was registered' });
+    if (e instanceof RealiseError && e.code === 'hash-mismatch') {
       throw fail('hash-mismatch', `hash mismatch importing path '${info.path}' from '${sub.uri}': the NAR does not have the hash its narinfo gives (${info.narHash.toString('sri')})`, { cause: e, hint: 'the binary cache is corrupt; nothing was registered' });
     }
     const msg = e instanceof Error ? e.message : String(e);
     throw fail('store', `the store refused '${info.path}' from '${sub.uri}': ${msg}`, { cause: e });
   }
 }
+
+/** How much longer than its narinfo's NarSize a NAR may run before the download is cut off. */
+const NAR_OVERRUN_MAX = 64 * 1024 * 1024;
 
 function toSubstituterError(e: unknown, sub: Substituter, info: PathInfo, signal: AbortSignal | undefined): SubstituterError {
   if (e instanceof SubstituterError) return e;
