@@ -45,7 +45,8 @@ export async function queryMissing(ctx: EngineContext, targets: readonly BuildTa
     willSubstitute.add(p);
     downloadSize += info.downloadSize;
     narSize += info.narSize;
-    for (const r of info.references) if (r !== p) await substitutable(r);
+    // As Nix: a reference nobody has is unknown (the substitute will not do without it).
+    for (const r of info.references) if (r !== p && !(await substitutable(r))) unknown.add(r);
     return true;
   };
 

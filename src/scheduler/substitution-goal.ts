@@ -2,6 +2,7 @@
  * SubstitutionGoal as straight-line async code: make one store path valid by fetching it from a
  * substituter, references first (closure invariant), trying substituters in priority order.
  */
+import { RealiseError } from '../store/errors.js';
 import type { StorePath } from '../store/store-path.js';
 import { checkTrust, SubstituterError } from '../substituter/substituter.js';
 import type { Worker } from './worker.js';
@@ -56,9 +57,12 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
     // References first, so the closure stays complete.
     const refs = info.references.filter((r) => r !== path);
     const refOutcomes = await Promise.all(refs.map((r) => w.substitutionGoal(r, false)));
-    const badRef = refs.find((_, i) => !substitutionSucceeded(refOutcomes[i]!));
-    if (badRef) {
-      return { kind: 'incomplete-closure', message: `some references of path '${path}' could not be realised` };
+    const badRefs = refOutcomes.filter((o) => !substitutionSucceeded(o));
+    if (badRefs.length > 0) {
+      // As Nix: a hole in the closure (a reference nobody has) lets the derivation build it and try this
+      // substitute again; a reference whose substitution really failed fails this one too.
+      const hole = badRefs.some((o) => o.kind === 'no-substituters' || o.kind === 'incomplete-closure');
+      return { kind: hole ? 'incomplete-closure' : 'failed', message: `some references of path '${path}' could not be realised` };
     }
 
     const outcome = await w.ctx.substitutionSlot(async () => {
@@ -94,12 +98,11 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
     w.ctx.progress.substitutions.failed++;
     w.ctx.progress.changed();
     w.ctx.emit('substitution-finished', { path, substituter: sub.uri, ok: false, error: msg });
-    if (outcome.e instanceof SubstituterError && outcome.e.code === 'not-found') {
-      // The substitute is gone (its NAR file vanished): as Nix, say so and go on as if it never existed.
-      w.ctx.emit('warning', { message: msg, level: 'error' });
-      continue;
-    }
-    w.warn(`substitution of path '${path}' from '${sub.uri}' failed: ${msg}`);
+    // As Nix (printError of the failure, then the next substituter): the error is shown as it is.
+    const shown = outcome.e instanceof RealiseError ? outcome.e.shortMessage : msg;
+    w.ctx.emit('warning', { message: shown, level: 'error' });
+    // The substitute is gone (its NAR file vanished): as if it never existed, not a real error.
+    if (outcome.e instanceof SubstituterError && outcome.e.code === 'not-found') continue;
     realError = `substitution of path '${path}' from '${sub.uri}' failed: ${msg}`;
   }
   if (realError) return { kind: 'failed', message: realError };

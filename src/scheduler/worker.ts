@@ -185,6 +185,9 @@ export class Worker {
             : { kind: 'failed', message: e instanceof Error ? e.message : String(e) };
         }
         const ok = outcome.kind === 'valid' || outcome.kind === 'substituted';
+        // As Nix (a finished goal is freed): whoever asks after a failure gets a new goal, so a derivation
+        // that built the missing references of its outputs' substitutes can try them again.
+        if (!ok && this.substGoals.get(key) === p) this.substGoals.delete(key);
         this.ctx.emit('goal-finished', {
           kind: 'substitution', path,
           result: ok
