@@ -12,9 +12,9 @@ export function withoutHint(message: string): string {
   return message.replace(/(\n {2}hint: [^\n]*)+$/, '');
 }
 
-/** `error: MESSAGE` with Nix's indentation of the following lines. */
+/** `error: MESSAGE` with Nix's indentation of the following lines, trailing white space dropped (Nix's chomp). */
 export function formatError(message: string): string {
-  return `error: ${withoutHint(message).replace(/\n/g, '\n' + INDENT)}\n`;
+  return `error: ${withoutHint(message).replace(/\s+$/, '').replace(/\n/g, '\n' + INDENT)}\n`;
 }
 
 /** `warning: MESSAGE`, as Nix prints it. */
