@@ -1,0 +1,178 @@
+/**
+ * Substitution from binary caches, `realise build` side by side with `nix-store --realise` of Nix 2.8 on
+ * twin fresh chroot stores, with caches real Nix wrote (`nix copy --to file://…`, signed with
+ * `nix store sign`), some of them damaged: the stderr lines a user reads, the exit status, and the path
+ * infos that result.
+ */
+import { spawn } from 'node:child_process';
+import { copyFileSync, cpSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { main } from '../../src/cli/run.js';
+import { serveCache } from '../substituter/http-server.js';
+import { nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
+
+const SANDBOX = '/bin/sh=/bin/busybox /bin/busybox';
+const EXPR = `{ prefix ? "sp" }:
+let mk = name: script: derivation { name = "\${prefix}-\${name}"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" script]; };
+in rec {
+  a = mk "a" "echo a > $out";
+  b = mk "b" "echo \${a} > $out";
+}
+`;
+
+interface Run { stdout: string; stderr: string; status: number }
+
+async function realise(args: string[]): Promise<Run> {
+  let stdout = '';
+  let stderr = '';
+  const out = process.stdout.write.bind(process.stdout);
+  const err = process.stderr.write.bind(process.stderr);
+  process.stdout.write = ((c: string | Uint8Array) => { stdout += c.toString(); return true; }) as typeof process.stdout.write;
+  process.stderr.write = ((c: string | Uint8Array) => { stderr += c.toString(); return true; }) as typeof process.stderr.write;
+  try {
+    const status = await main(args);
+    return { stdout, stderr, status };
+  } finally {
+    process.stdout.write = out;
+    process.stderr.write = err;
+  }
+}
+
+/** Nix without blocking the event loop (an in-process HTTP server has to answer it). */
+function runNixAsync(args: string[], env: Record<string, string>): Promise<Run> {
+  return new Promise((resolve) => {
+    const c = spawn('nix-store', args, { env: nixEnv(env) });
+    let stdout = '';
+    let stderr = '';
+    c.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    c.on('close', (status) => resolve({ stdout, stderr, status: status ?? -1 }));
+  });
+}
+
+/** The stderr lines compared: errors with their continuation lines, warnings, the summary, copying/building. */
+function keyLines(stderr: string): string[] {
+  return stderr.split('\n').filter((l) => /^(error|warning): |^ {7}|^these |^this |^don't know|^ {2}\/nix\/store\/|^copying path|^building /.test(l));
+}
+
+describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
+  let dir: string;
+  let file: string;
+  let pub: string;
+  const drv: Record<'a' | 'b', string> = { a: '', b: '' };
+  const out: Record<'a' | 'b', string> = { a: '', b: '' };
+  /** The signed cache Nix wrote, per compression. */
+  const cache: Record<'xz' | 'none', string> = { xz: '', none: '' };
+  let n = 0;
+
+  beforeAll(() => {
+    dir = tempDir('realise-subparity-');
+    file = path.join(dir, 'd.nix');
+    writeFileSync(file, EXPR);
+    const src = path.join(dir, 'S');
+    for (const k of ['a', 'b'] as const) drv[k] = nix('nix-instantiate', ['--store', src, file, '-A', k]);
+    nix('nix-store', ['--store', src, '--option', 'sandbox-paths', SANDBOX, '--realise', drv.b]);
+    for (const k of ['a', 'b'] as const) out[k] = nix('nix-store', ['--store', src, '-q', '--outputs', drv[k]]);
+    const sk = path.join(dir, 'sk');
+    writeFileSync(sk, nix('nix', ['key', 'generate-secret', '--key-name', 'parity-1']));
+    pub = nix('nix', ['key', 'convert-secret-to-public'], { input: readFileSync(sk, 'utf8') });
+    nix('nix', ['store', 'sign', '--store', src, '-k', sk, '-r', out.b]);
+    for (const c of ['xz', 'none'] as const) {
+      cache[c] = path.join(dir, `cache-${c}`);
+      nix('nix', ['copy', '--store', src, '--to', `file://${cache[c]}?compression=${c}`, out.b]);
+    }
+  }, 60_000);
+
+  /** Twin fresh stores with the .drv files, and a copy of the cache to damage. */
+  function fresh(compression: 'xz' | 'none'): { N: string; O: string; cacheDir: string; narOf: (p: string) => string; niOf: (p: string) => string; env: Record<string, string> } {
+    const d = path.join(dir, `run${++n}`);
+    const N = path.join(d, 'N');
+    const O = path.join(d, 'O');
+    for (const root of [N, O]) for (const k of ['a', 'b'] as const) nix('nix-instantiate', ['--store', root, file, '-A', k]);
+    const cacheDir = path.join(d, 'cache');
+    cpSync(cache[compression], cacheDir, { recursive: true });
+    const niOf = (p: string) => path.join(cacheDir, `${path.basename(p).slice(0, 32)}.narinfo`);
+    const narOf = (p: string) => path.join(cacheDir, /^URL: (.*)$/m.exec(readFileSync(niOf(p), 'utf8'))![1]!);
+    // Nix's narinfo disk cache is per run, so no run sees another's lookups.
+    return { N, O, cacheDir, narOf, niOf, env: { XDG_CACHE_HOME: path.join(d, 'xdg') } };
+  }
+
+  async function both(N: string, O: string, url: string, env: Record<string, string>, args: string[]): Promise<{ nix: Run; ours: Run }> {
+    const opts = ['--option', 'substituters', url, '--option', 'trusted-public-keys', pub, '--option', 'sandbox-paths', SANDBOX];
+    const nixRun = await runNixAsync(['--store', N, '--realise', ...args, ...opts], env);
+    const ours = await realise(['build', '--store', O, ...args, ...opts]);
+    return { nix: nixRun, ours };
+  }
+
+  function pathInfos(root: string): unknown[] {
+    const infos = JSON.parse(nix('nix', ['path-info', '--store', root, '--json', '--all'])) as Record<string, unknown>[];
+    return infos.filter((i) => !String(i.path).endsWith('.drv')).map(({ registrationTime, ...rest }) => ({ ...rest, hasRegistrationTime: registrationTime !== undefined }))
+      .sort((x, y) => String(x.path).localeCompare(String(y.path)));
+  }
+
+  function expectSame(r: { nix: Run; ours: Run }): void {
+    expect(keyLines(r.ours.stderr)).toEqual(keyLines(r.nix.stderr));
+    expect(r.ours.stdout).toBe(r.nix.stdout);
+    expect(r.ours.status).toBe(r.nix.status);
+  }
+
+  it('a NAR file gone from a file:// cache: Nix\'s "does not exist in binary cache" error, then the build', async () => {
+    const f = fresh('xz');
+    rmSync(f.narOf(out.b));
+    const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [drv.b]);
+    expect(r.nix.stderr).toContain('does not exist in binary cache');
+    expectSame(r);
+    expect(pathInfos(f.O)).toEqual(pathInfos(f.N));
+  }, 60_000);
+
+  it('a NAR file gone from an HTTP cache: the message names the cache', async () => {
+    const f = fresh('xz');
+    rmSync(f.narOf(out.b));
+    const server = await serveCache(f.cacheDir);
+    try {
+      const r = await both(f.N, f.O, server.url, f.env, [drv.b]);
+      expect(r.nix.stderr).toContain(`does not exist in binary cache '${server.url}'`);
+      expectSame(r);
+    } finally {
+      await server.close();
+    }
+  }, 60_000);
+
+  it('a NAR with other contents (hash mismatch): Nix\'s message with both hashes; no build without --fallback', async () => {
+    const f = fresh('xz');
+    // b's NAR file replaced by a's: valid xz of another size, so FileSize is wrong too (Nix does not check it).
+    copyFileSync(f.narOf(out.a), f.narOf(out.b));
+    const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [drv.b]);
+    expect(r.nix.stderr).toMatch(/hash mismatch importing path/);
+    expect(r.nix.status).toBe(1);
+    expectSame(r);
+  }, 60_000);
+
+  it('a truncated uncompressed NAR of a reference: "is incomplete", and the failure is the top derivation\'s (Nix\'s ecFailed)', async () => {
+    const f = fresh('none');
+    truncateSync(f.narOf(out.a), 60);
+    const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [drv.b]);
+    expect(r.nix.stderr).toContain('is incomplete');
+    expectSame(r);
+    // With --fallback both build (after trying the substitute again, as Nix's new goal does).
+    const g = fresh('none');
+    truncateSync(g.narOf(out.a), 60);
+    const fb = await both(g.N, g.O, `file://${g.cacheDir}`, g.env, [drv.b, '--fallback']);
+    expect(fb.nix.status).toBe(0);
+    expectSame(fb);
+    expect(pathInfos(g.O)).toEqual(pathInfos(g.N));
+  }, 60_000);
+
+  it('a reference missing from the cache: "don\'t know how to build" it, it is built, then the output substituted', async () => {
+    const f = fresh('xz');
+    rmSync(f.niOf(out.a));
+    const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [drv.b]);
+    expect(r.nix.stderr).toContain(`copying path '${out.b}'`);
+    expectSame(r);
+    // b came from the cache in both: its signature, not ultimate.
+    const infos = pathInfos(f.O);
+    expect(infos).toEqual(pathInfos(f.N));
+    expect(infos.find((i) => (i as { path: string }).path === out.b)).toMatchObject({ signatures: [expect.stringMatching(/^parity-1:/)] });
+  }, 60_000);
+});
