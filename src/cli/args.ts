@@ -55,7 +55,7 @@ const BOOL_TO_OPTION: Record<string, [string, string]> = {
 };
 /** Flags Nix takes that change nothing here (verbosity, GC-root style, log format). */
 const IGNORED_FLAGS = new Set([
-  '-v', '--verbose', '-vv', '-vvv', '-vvvv', '-vvvvv', '--debug', '--indirect', '--no-out-link', '--no-link', '--show-trace',
+  '-v', '--verbose', '--debug', '--indirect', '--no-out-link', '--no-link', '--show-trace',
   '--readonly-mode', '--impure',
 ]);
 const IGNORED_FLAGS_WITH_VALUE = new Set(['--log-format']);
@@ -108,7 +108,29 @@ function isKnownSetting(name: string): boolean {
   return KNOWN_SETTINGS.has(name) || name in OPTION_ALIASES || KNOWN_SETTINGS.has(base) || base in OPTION_ALIASES;
 }
 
-export function parseArgs(argv: readonly string[]): CliArgs {
+const isAlpha = (c: string | undefined): boolean => !!c && /^[A-Za-z]$/.test(c);
+
+/**
+ * Nix's compound short flags: `-rsS` is `-r -s -S`, and at the first non-letter the rest is the last
+ * flag's argument (`-j4` is `-j 4`, `-kj2` is `-k -j 2`). Not after `--`.
+ */
+function expandCompoundFlags(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  let dashDash = false;
+  for (const arg of argv) {
+    if (arg === '--') dashDash = true;
+    if (dashDash || arg.length <= 2 || arg[0] !== '-' || !isAlpha(arg[1])) { out.push(arg); continue; }
+    out.push('-' + arg[1]);
+    for (let j = 2; j < arg.length; j++) {
+      if (isAlpha(arg[j])) out.push('-' + arg[j]);
+      else { out.push(arg.slice(j)); break; }
+    }
+  }
+  return out;
+}
+
+export function parseArgs(rawArgv: readonly string[]): CliArgs {
+  const argv = expandCompoundFlags(rawArgv);
   const a: CliArgs = {
     command: '', positional: [], substituters: [], trustedPublicKeys: [], options: new Map(), fromOption: new Set(), unknownSettings: [], json: false, check: false, repair: false,
     help: false, version: false, recursive: false, dryRun: false, quiet: false, noBuildOutput: false, printBuildLogs: false,
@@ -162,7 +184,6 @@ export function parseArgs(argv: readonly string[]): CliArgs {
       i += 2;
       continue;
     }
-    if (/^-j(\d+|auto)$/.test(arg)) { a.options.set('max-jobs', arg.slice(2)); a.fromOption.delete('max-jobs'); continue; }
     if (FLAG_TO_OPTION[arg]) { a.options.set(FLAG_TO_OPTION[arg]!, next(i, arg)); a.fromOption.delete(FLAG_TO_OPTION[arg]!); i++; continue; }
     if (BOOL_TO_OPTION[arg]) { const [k, v] = BOOL_TO_OPTION[arg]!; a.options.set(k, v); a.fromOption.delete(k); continue; }
     if (IGNORED_FLAGS.has(arg)) continue;

@@ -57,6 +57,16 @@ describe('flags', () => {
     expect(a.positional).toEqual([D]);
   });
 
+  it('compound short flags as Nix expands them: -rsS is -r -s -S, -kj2 is -k -j 2, nothing after --', () => {
+    const p = parseArgs(['path-info', '-rsSh', D]);
+    expect([p.recursive, p.size, p.closureSize, p.humanReadable, p.positional]).toEqual([true, true, true, true, [D]]);
+    const b = parseArgs(['build', '-kKQj2', D]);
+    expect(Object.fromEntries(b.options)).toEqual({ 'keep-going': 'true', 'keep-failed': 'true', 'max-jobs': '2' });
+    expect(b.noBuildOutput).toBe(true);
+    expect(parseArgs(['build', '-j', '3', '--', '-kK']).positional).toEqual(['-kK']);
+    expect(() => parseArgs(['build', '-kZ', D])).toThrow("unknown flag '-Z'");
+  });
+
   it("usage errors in nix-store's words", () => {
     expect(() => parseArgs(['build', '--max-jobs'])).toThrow("flag '--max-jobs' requires 1 argument(s)");
     expect(() => parseArgs(['build', '--option', 'x'])).toThrow("flag '--option' requires 2 argument(s)");
