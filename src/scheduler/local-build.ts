@@ -9,10 +9,10 @@ import { makeBuildEnv, rewriteStrings } from '../derivation/build-env.js';
 import { deleteTree } from '../store/canonicalise.js';
 import { Hash } from '../store/hash.js';
 import type { PathLocks } from '../store/store-api.js';
-import { makeStorePath, outputPathName, storePathBase, storePathHashPart, storePathName, hashPlaceholder, type StorePath } from '../store/store-path.js';
+import { makeStorePath, outputPathName, storePathBase, storePathHashPart, storePathName, hashPlaceholder, toStorePath, type StorePath } from '../store/store-path.js';
 import type { SandboxExit } from '../platform/sandbox.js';
 import { runPostBuildHook } from '../platform/post-build-hook.js';
-import { parseSandboxPaths } from '../platform/sandbox-config.js';
+import { checkImpureHostDeps, parseSandboxPaths, type SandboxPath } from '../platform/sandbox-config.js';
 import { canBuildHere, getStringsAttr, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
 import { BuildSetupError } from './errors.js';
 import { exportReferencesGraph } from './export-references.js';
@@ -202,6 +202,8 @@ async function runOneRound(
   const drvPath = view.drvPath;
   const sandbox = w.ctx.pickSandbox(view);
   const storeDir = store.storeDir;
+  // What Nix adds to the chroot before making it; its errors end the build before it starts, as in Nix.
+  const extraPaths = sandbox.isolated ? await sandboxExtraPaths(w, view) : undefined;
   // Outputs that can't be written at their real path are built at scratch paths, with hash rewriting.
   const forceScratch = plan.mode !== 'normal' || round > 1;
 
@@ -305,7 +307,7 @@ async function runOneRound(
         inputPaths: [...plan.inputPaths].sort(),
         outputPaths: [...scratch.values()],
         network: view.isFixedOutput,
-        extraPaths: sandbox.isolated ? parseSandboxPaths(options.sandboxPaths) : undefined,
+        extraPaths,
       }, {
         signal: ctl.signal,
         onOutput: (chunk) => {
@@ -405,6 +407,27 @@ async function runOneRound(
   } finally {
     if (!keepBuildDir) await removeBuildDir(buildDir).catch(() => {});
   }
+}
+
+/**
+ * Nix's dirsInChroot for a sandboxed build (startBuilder): `sandbox-paths`, then the closure of those whose
+ * source is in the store (valid ones; each bound at its logical path, as Nix binds it), then the
+ * derivation's `__impureHostDeps`, each of which must be under an `allowed-impure-host-deps` prefix.
+ */
+async function sandboxExtraPaths(w: Worker, view: DrvView): Promise<Map<string, SandboxPath>> {
+  const { store, options } = w.ctx;
+  const paths = parseSandboxPaths(options.sandboxPaths);
+  const roots = new Set<StorePath>();
+  for (const { source } of paths.values()) {
+    if (!source.startsWith(store.storeDir + '/')) continue;
+    try { roots.add(toStorePath(source, store.storeDir)); } catch { /* not a store path: nothing to add */ }
+  }
+  if (roots.size > 0) {
+    for (const p of await store.computeClosure(await store.queryValidPaths(roots))) paths.set(p, { source: p, optional: false });
+  }
+  const impure = getStringsAttr(view, '__impureHostDeps') ?? [];
+  for (const [t, s] of checkImpureHostDeps(view.drvPath, impure, options.allowedImpureHostDeps)) paths.set(t, s);
+  return paths;
 }
 
 function processEnv(env: Readonly<Record<string, string | undefined>>): Record<string, string> {

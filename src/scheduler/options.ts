@@ -23,6 +23,11 @@ export interface BuildEngineOptions {
   sandboxFallback?: boolean;
   /** Extra paths exposed in the sandbox (Nix's `sandbox-paths`, `target=source`, `?` suffix = optional). @default [] */
   sandboxPaths?: readonly string[];
+  /**
+   * Host paths (or prefixes) a derivation's `__impureHostDeps` may name (Nix's `allowed-impure-host-deps`);
+   * the allowed ones are bound into the sandbox, any other fails the build. @default []
+   */
+  allowedImpureHostDeps?: readonly string[];
   /** Maximum concurrent local builds. 0 allows only remote builds. @default 1 */
   maxJobs?: number;
   /** Maximum concurrent substitutions. @default 16 */
@@ -68,6 +73,7 @@ export interface ResolvedOptions {
   sandbox: SandboxMode | Sandbox;
   sandboxFallback: boolean;
   sandboxPaths: readonly string[];
+  allowedImpureHostDeps: readonly string[];
   maxJobs: number;
   maxSubstitutionJobs: number;
   cores: number;
@@ -119,7 +125,7 @@ export function hostSystem(): string {
 }
 
 const KNOWN = new Set([
-  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'maxJobs', 'maxSubstitutionJobs', 'cores', 'keepGoing', 'fallback',
+  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'allowedImpureHostDeps', 'maxJobs', 'maxSubstitutionJobs', 'cores', 'keepGoing', 'fallback',
   'buildRepeat', 'enforceDeterminism', 'maxSilentTime', 'buildTimeout', 'maxLogSize', 'logLines', 'keepFailed', 'postBuildHook',
   'systemFeatures', 'system', 'extraPlatforms', 'environment', 'buildDir', 'builders',
 ]);
@@ -139,6 +145,7 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     sandbox,
     sandboxFallback: bool('sandboxFallback', o.sandboxFallback, true),
     sandboxPaths: strings('sandboxPaths', o.sandboxPaths, []),
+    allowedImpureHostDeps: strings('allowedImpureHostDeps', o.allowedImpureHostDeps, []),
     maxJobs: int('maxJobs', o.maxJobs, 1, 0),
     maxSubstitutionJobs: int('maxSubstitutionJobs', o.maxSubstitutionJobs, 16, 1),
     cores: int('cores', o.cores, cpus().length || 1, 0),
