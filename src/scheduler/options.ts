@@ -28,6 +28,11 @@ export interface BuildEngineOptions {
    * the allowed ones are bound into the sandbox, any other fails the build. @default []
    */
   allowedImpureHostDeps?: readonly string[];
+  /**
+   * Nix's `pre-build-hook`: run as `HOOK DRV CHROOTDIR` before each sandboxed build; it may print
+   * `extra-sandbox-paths` blocks. @default undefined
+   */
+  preBuildHook?: string;
   /** Maximum concurrent local builds. 0 allows only remote builds. @default 1 */
   maxJobs?: number;
   /** Maximum concurrent substitutions. @default 16 */
@@ -74,6 +79,7 @@ export interface ResolvedOptions {
   sandboxFallback: boolean;
   sandboxPaths: readonly string[];
   allowedImpureHostDeps: readonly string[];
+  preBuildHook: string | undefined;
   maxJobs: number;
   maxSubstitutionJobs: number;
   cores: number;
@@ -125,7 +131,7 @@ export function hostSystem(): string {
 }
 
 const KNOWN = new Set([
-  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'allowedImpureHostDeps', 'maxJobs', 'maxSubstitutionJobs', 'cores', 'keepGoing', 'fallback',
+  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'allowedImpureHostDeps', 'preBuildHook', 'maxJobs', 'maxSubstitutionJobs', 'cores', 'keepGoing', 'fallback',
   'buildRepeat', 'enforceDeterminism', 'maxSilentTime', 'buildTimeout', 'maxLogSize', 'logLines', 'keepFailed', 'postBuildHook',
   'systemFeatures', 'system', 'extraPlatforms', 'environment', 'buildDir', 'builders',
 ]);
@@ -140,12 +146,14 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
   const system = o.system ?? hostSystem();
   if (typeof system !== 'string' || !system) throw new OptionsError(`Expected \`system\` to be a non-empty string, got ${describe(system)}`);
   if (o.postBuildHook !== undefined && typeof o.postBuildHook !== 'string') throw new OptionsError(`Expected \`postBuildHook\` to be a string, got ${describe(o.postBuildHook)}`);
+  if (o.preBuildHook !== undefined && typeof o.preBuildHook !== 'string') throw new OptionsError(`Expected \`preBuildHook\` to be a string, got ${describe(o.preBuildHook)}`);
   return {
     substituters: o.substituters ?? [],
     sandbox,
     sandboxFallback: bool('sandboxFallback', o.sandboxFallback, true),
     sandboxPaths: strings('sandboxPaths', o.sandboxPaths, []),
     allowedImpureHostDeps: strings('allowedImpureHostDeps', o.allowedImpureHostDeps, []),
+    preBuildHook: o.preBuildHook || undefined,
     maxJobs: int('maxJobs', o.maxJobs, 1, 0),
     maxSubstitutionJobs: int('maxSubstitutionJobs', o.maxSubstitutionJobs, 16, 1),
     cores: int('cores', o.cores, cpus().length || 1, 0),

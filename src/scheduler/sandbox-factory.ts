@@ -6,8 +6,9 @@ import type { ResolvedOptions } from './options.js';
 
 export type LinuxSandboxChoice = { readonly sandbox: Sandbox } | { readonly sandbox: undefined; readonly reason: string };
 
-export async function probeLinuxSandbox(_options: ResolvedOptions): Promise<LinuxSandboxChoice> {
+export async function probeLinuxSandbox(options: ResolvedOptions): Promise<LinuxSandboxChoice> {
   const probe = await sandboxAvailable();
   if (!probe.ok) return { sandbox: undefined, reason: probe.reason };
-  return { sandbox: new LinuxSandbox({ backend: probe.backend }) };
+  // Nix runs the pre-build hook for sandboxed builds only: the LinuxSandbox runs it in each build's chroot.
+  return { sandbox: new LinuxSandbox({ backend: probe.backend, ...(options.preBuildHook ? { preBuildHook: options.preBuildHook } : {}) }) };
 }
