@@ -294,6 +294,7 @@ async function runOneRound(
     let exit: SandboxExit | undefined;
     /** This build failed and stopped the call itself: its failure is reported, not taken for a stop. */
     let stoppedOthers = false;
+    let setupError: string | undefined;
     try {
       exit = await sandbox.run({
         drvPath,
@@ -331,6 +332,9 @@ async function runOneRound(
         log.push(Buffer.from(`error: ${exit.execError}\n`));
         exit = { kind: 'exited', code: 1 };
       }
+      // A sandbox that could not be set up for this build: Nix throws its reason out of the build (exit
+      // 1, no "builder failed" message).
+      if (exit?.kind === 'spawn-failed' && sandbox.isolated) setupError = sandboxSetupError(drvPath, exit.message);
       // A failed builder stops the call (without keepGoing) before its slot is handed on, so no queued
       // build starts in between (Nix handles the failure before its worker loop starts anything else).
       if ((limit || !exit || exit.kind !== 'exited' || exit.code !== 0) && !w.signal.aborted) {
@@ -346,6 +350,11 @@ async function runOneRound(
     const times = { startTime: started, stopTime };
 
     if (w.signal.aborted && !stoppedOthers) throw new GoalStopped();
+    if (setupError !== undefined) {
+      finishProgress(false);
+      await cleanupScratch(w, scratch);
+      return { kind: 'failed', result: failure('misc-failure', setupError, times) };
+    }
     if (limit) {
       finishProgress(false);
       await cleanupScratch(w, scratch);
@@ -428,6 +437,15 @@ async function sandboxExtraPaths(w: Worker, view: DrvView): Promise<Map<string, 
   const impure = getStringsAttr(view, '__impureHostDeps') ?? [];
   for (const [t, s] of checkImpureHostDeps(view.drvPath, impure, options.allowedImpureHostDeps)) paths.set(t, s);
   return paths;
+}
+
+/**
+ * Nix's words for a sandbox that could not be set up: the cause alone (`getting attributes of path '/x':
+ * No such file or directory`, `unknown pre-build hook command '...'`), without our prefix and hint.
+ */
+function sandboxSetupError(drvPath: string, message: string): string {
+  const prefix = `setting up the sandbox for '${drvPath}' failed: `;
+  return (message.startsWith(prefix) ? message.slice(prefix.length) : message).replace(/\n {2}hint: [\s\S]*$/, '');
 }
 
 function processEnv(env: Readonly<Record<string, string | undefined>>): Record<string, string> {
