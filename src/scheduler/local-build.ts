@@ -362,7 +362,12 @@ async function runOneRound(
     }
     if (exit.kind !== 'exited' || exit.code !== 0) {
       finishProgress(false);
-      await cleanupScratch(w, scratch);
+      // Nix moves a failed sandboxed build's outputs out of the chroot to their logical path, with or
+      // without keepFailed: in a plain store they stay there (invalid); a chroot store never gets them.
+      const keep = !sandbox.isolated ? undefined : storeDir === store.realStoreDir && plan.mode === 'normal'
+        ? new Set([...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p))
+        : new Set<StorePath>();
+      await cleanupScratch(w, scratch, keep);
       keepBuildDir = options.keepFailed;
       let msg = `builder for '${drvPath}' ${statusText(exit)}`;
       const tail = log.tail();
@@ -454,15 +459,18 @@ function processEnv(env: Readonly<Record<string, string | undefined>>): Record<s
   return out;
 }
 
-/** Remove outputs a failed build left behind that are not valid (nothing half-registered stays). */
-async function cleanupScratch(w: Worker, scratch: Map<string, StorePath>): Promise<void> {
+/**
+ * Remove outputs a failed build left behind that are not valid (nothing half-registered stays). `keep`,
+ * when given, names the ones to keep instead of keeping all of them with keepFailed.
+ */
+async function cleanupScratch(w: Worker, scratch: Map<string, StorePath>, keep?: ReadonlySet<StorePath>): Promise<void> {
   const { store } = w.ctx;
   const paths = [...scratch.values()];
   const valid = await store.queryValidPaths(paths);
   for (const p of paths) {
     if (valid.has(p)) continue;
     const real = store.toRealPath(p);
-    if (w.ctx.options.keepFailed) continue;
+    if (keep ? keep.has(p) : w.ctx.options.keepFailed) continue;
     if (await exists(real)) await deleteTree(real).catch(() => {});
   }
 }

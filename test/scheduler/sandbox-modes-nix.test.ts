@@ -1,0 +1,211 @@
+/**
+ * Sandbox settings and their error paths, BuildEngine against real Nix 2.8 on twin stores: the same .drv
+ * files built by `nix-store --realise --option sandbox true` in one store and by us in the other.
+ * `__impureHostDeps` against `allowed-impure-host-deps`, store paths in `sandbox-paths` (their closure is
+ * added), a missing mandatory sandbox path, the pre-build hook, and where a failed build's outputs end up.
+ */
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BuildEngine } from '../../src/scheduler/build-engine.js';
+import type { BuildEngineOptions } from '../../src/scheduler/options.js';
+import { BuildFailedError } from '../../src/scheduler/errors.js';
+import { LocalStore } from '../../src/store/local-store.js';
+import { flushRemovals } from '../../src/platform/chroot.js';
+import { nixOk, tempDir } from '../helpers/nix.js';
+import { SANDBOX_PATHS, busyboxOk, instantiateAttrs, nixOutputs, nixRealise, nixSandboxArgs, pathFacts, removeTree } from './helpers.js';
+
+const EXPR = `
+let
+  mk = name: attrs: derivation ({ inherit name; system = "x86_64-linux"; builder = "/bin/sh"; } // attrs);
+  sh = s: [ "-c" s ];
+  dep2 = mk "dep2" { args = sh "echo dep2 > $out"; };
+in {
+  inherit dep2;
+  dep = mk "dep" { args = sh "echo \${dep2} > $out"; };
+  # What the builder sees of the store and of a few host paths.
+  sees = mk "sees" { args = sh "/bin/busybox ls $NIX_STORE > $out; for p in /extrafile /extradir/f /usr/bin/env; do /bin/busybox ls -d $p >> $out 2>&1; done; true"; };
+  impure = mk "impure" { __impureHostDeps = [ "/usr/bin/env" ]; args = sh "/bin/busybox ls -d /usr/bin/env > $out 2>&1; true"; };
+  fail = mk "fail" { args = sh "mkdir $out; echo partial > $out/f; echo failing; exit 3"; };
+}
+`;
+
+/** Nix's error text: everything after the first `error: `, first line. */
+function nixError(stderr: string): string {
+  const i = stderr.indexOf('error: ');
+  return i < 0 ? '' : stderr.slice(i + 'error: '.length).split('\n')[0]!;
+}
+
+async function failureOf(p: Promise<unknown>): Promise<BuildFailedError> {
+  const e = await p.then(() => undefined, (x: unknown) => x);
+  expect(e).toBeInstanceOf(BuildFailedError);
+  return e as BuildFailedError;
+}
+
+describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
+  let root: string;
+  let extraFile: string;
+  let extraDir: string;
+
+  beforeAll(async () => {
+    root = tempDir('realise-sbx-modes-');
+    extraFile = path.join(root, 'extrafile');
+    extraDir = path.join(root, 'extradir');
+    await fsp.writeFile(extraFile, 'hello\n');
+    await fsp.mkdir(extraDir);
+    await fsp.writeFile(path.join(extraDir, 'f'), 'f\n');
+    await fsp.writeFile(path.join(root, 'exprs.nix'), EXPR);
+  });
+  afterAll(async () => {
+    await flushRemovals();
+    if (root) await removeTree(root);
+  });
+
+  describe('chroot stores', () => {
+    let R1: string; // Nix
+    let R2: string; // ours
+    let drv: Record<string, string>;
+    let store: LocalStore;
+    const engine = (o: BuildEngineOptions = {}) => new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS, buildDir: path.join(root, 'tmp'), ...o });
+    const nixBuild = (args: string[]) => nixRealise(R1, [...nixSandboxArgs(), ...args], { TMPDIR: path.join(root, 'tmp') });
+
+    beforeAll(async () => {
+      R1 = path.join(root, 'nix');
+      R2 = path.join(root, 'ours');
+      await fsp.mkdir(path.join(root, 'tmp'));
+      drv = instantiateAttrs(R1, path.join(root, 'exprs.nix'));
+      expect(instantiateAttrs(R2, path.join(root, 'exprs.nix'))).toEqual(drv);
+      store = await LocalStore.open({ root: R2 });
+    });
+    afterAll(async () => { await store?.close(); });
+
+    it('__impureHostDeps outside allowed-impure-host-deps: refused by both, exit 1, same message', async () => {
+      const r = nixBuild([drv.impure!]);
+      expect(r.status).toBe(1);
+      const e = await failureOf(engine().buildPaths([drv.impure!]));
+      expect(e.exitStatus).toBe(1);
+      expect(e.message.split('\n')[0]).toBe(nixError(r.stderr));
+      expect(e.message).toContain("requested impure path '/usr/bin/env', but it was not in allowed-impure-host-deps");
+    });
+
+    it('__impureHostDeps under an allowed prefix: bound into the sandbox by both, same output', async () => {
+      const r = nixBuild(['--option', 'allowed-impure-host-deps', '/usr/bin', drv.impure!]);
+      expect(r.status, r.stderr).toBe(0);
+      await engine({ allowedImpureHostDeps: ['/usr/bin'] }).buildPaths([drv.impure!]);
+      const [out] = nixOutputs(R1, [drv.impure!]);
+      expect(await fsp.readFile(path.join(R1, out!), 'utf8')).toBe('/usr/bin/env\n');
+      expect(pathFacts(R2, [out!]).get(out!)).toEqual(pathFacts(R1, [out!]).get(out!));
+    });
+
+    it('a missing mandatory sandbox path: exit 1 with Nix\'s error, no "builder failed" message; optional ones are skipped', async () => {
+      const args = ['--option', 'extra-sandbox-paths', '/no/such/path'];
+      const r = nixBuild([...args, drv.sees!]);
+      expect(r.status).toBe(1);
+      expect(nixError(r.stderr)).toBe("getting attributes of path '/no/such/path': No such file or directory");
+      const e = await failureOf(engine({ sandboxPaths: [...SANDBOX_PATHS, '/no/such/path'] }).buildPaths([drv.sees!]));
+      expect(e.exitStatus).toBe(1);
+      expect(e.message).toBe(nixError(r.stderr));
+      const rel = nixBuild(['--option', 'extra-sandbox-paths', 'no-such-relative-path', drv.sees!]);
+      const eRel = await failureOf(engine({ sandboxPaths: [...SANDBOX_PATHS, 'no-such-relative-path'] }).buildPaths([drv.sees!]));
+      expect([rel.status, eRel.exitStatus]).toEqual([1, 1]);
+      expect(eRel.message.split('\n')[0]).toBe(nixError(rel.stderr));
+    });
+
+    it('pre-build hook: its extra-sandbox-paths are bound by both (same output); unknown commands are the same error', async () => {
+      const hook = path.join(root, 'hook.sh');
+      await fsp.writeFile(hook, `#!/bin/sh\necho "$#:$1" >> "${root}/hook.log"\ntest -d "$2" || exit 9\n` +
+        `printf 'extra-sandbox-paths\\n/extrafile=${extraFile}\\n/extradir=${extraDir}\\n\\n'\n`, { mode: 0o755 });
+      const r = nixBuild(['--option', 'pre-build-hook', hook, drv.sees!]);
+      expect(r.status, r.stderr).toBe(0);
+      await engine({ preBuildHook: hook }).buildPaths([drv.sees!]);
+      const [out] = nixOutputs(R1, [drv.sees!]);
+      const seen = await fsp.readFile(path.join(R1, out!), 'utf8');
+      expect(seen).toContain('/extrafile\n/extradir/f\n');
+      expect(await fsp.readFile(path.join(R2, out!), 'utf8')).toBe(seen);
+      expect(pathFacts(R2, [out!]).get(out!)).toEqual(pathFacts(R1, [out!]).get(out!));
+      expect((await fsp.readFile(path.join(root, 'hook.log'), 'utf8')).split('\n').filter(Boolean)).toEqual([`2:${drv.sees}`, `2:${drv.sees}`]);
+
+      const bad = path.join(root, 'bad-hook.sh');
+      await fsp.writeFile(bad, '#!/bin/sh\necho hello world\n', { mode: 0o755 });
+      const rb = nixBuild(['--option', 'pre-build-hook', bad, drv.fail!]);
+      expect(rb.status).toBe(1);
+      const e = await failureOf(engine({ preBuildHook: bad }).buildPaths([drv.fail!]));
+      expect(e.exitStatus).toBe(1);
+      expect(e.message).toBe(nixError(rb.stderr));
+      expect(e.message).toBe("unknown pre-build hook command 'hello world'");
+    });
+
+    it('a failed build (also with keepFailed): its output is not left in the chroot store, nor is the chroot', async () => {
+      for (const keep of [false, true]) {
+        const r = nixBuild([...(keep ? ['--keep-failed'] : []), drv.fail!]);
+        expect(r.status).toBe(100);
+        const e = await failureOf(engine({ keepFailed: keep }).buildPaths([drv.fail!]));
+        expect(e.exitStatus).toBe(100);
+        await flushRemovals(); // the chroot is renamed aside at once and deleted in the background
+        const left = async (R: string) => (await fsp.readdir(path.join(R, 'nix/store'))).filter((n) => n.includes('-fail') && !n.endsWith('.drv') && !n.endsWith('.lock'));
+        // Nix moves the output to its logical path (/nix/store/..., outside this store); we delete it.
+        expect(await left(R2)).toEqual(await left(R1));
+        expect(await left(R2)).toEqual([]);
+      }
+      // Nix 2.8 renamed its failed output to the logical path on the host, when it could.
+      await removeTree(nixOutputs(R1, [drv.fail!])[0]!);
+    });
+  });
+
+  describe('a plain store (logical = physical store dir)', () => {
+    let storeDir: string;
+    let uriA: string;
+    let uriB: string;
+    let drv: Record<string, string>;
+    let store: LocalStore;
+    const tmp = () => path.join(root, 'ptmp');
+    const engine = (o: BuildEngineOptions = {}) => new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS, buildDir: tmp(), ...o });
+    const nixBuild = (args: string[]) => nixRealise(uriA, [...nixSandboxArgs(), ...args], { TMPDIR: tmp() });
+
+    beforeAll(async () => {
+      storeDir = path.join(root, 'p', 'store');
+      const [stateA, stateB] = [path.join(root, 'p', 'state-a'), path.join(root, 'p', 'state-b')];
+      uriA = `local?store=${storeDir}&state=${stateA}&log=${path.join(root, 'p', 'log-a')}`;
+      uriB = `local?store=${storeDir}&state=${stateB}&log=${path.join(root, 'p', 'log-b')}`;
+      await fsp.mkdir(tmp());
+      drv = instantiateAttrs(uriA, path.join(root, 'exprs.nix'));
+      // The dependencies, built by Nix, are valid in both stores.
+      const r = nixBuild([drv.dep!]);
+      expect(r.status, r.stderr).toBe(0);
+      await fsp.cp(stateA, stateB, { recursive: true, verbatimSymlinks: true });
+      store = await LocalStore.open({ storeDir, stateDir: stateB, logDir: path.join(root, 'p', 'log-b') });
+    });
+    afterAll(async () => { await store?.close(); });
+
+    it('a store path in sandbox-paths brings its closure into the sandbox in both: same output', async () => {
+      const [depOut] = nixOutputs(uriA, [drv.dep!]);
+      const [dep2Out] = nixOutputs(uriA, [drv.dep2!]);
+      const extra = [depOut!, `/extrafile=${extraFile}`, `/extradir=${extraDir}`];
+      const r = nixBuild(['--option', 'extra-sandbox-paths', extra.join(' '), drv.sees!]);
+      expect(r.status, r.stderr).toBe(0);
+      const [out] = nixOutputs(uriA, [drv.sees!]);
+      const nixSeen = await fsp.readFile(out!, 'utf8');
+      expect(nixSeen).toContain(path.basename(dep2Out!));
+      const nixFacts = pathFacts(uriA, [out!]).get(out!);
+      await removeTree(out!);
+      await engine({ sandboxPaths: [...SANDBOX_PATHS, ...extra] }).buildPaths([drv.sees!]);
+      expect(await fsp.readFile(out!, 'utf8')).toBe(nixSeen);
+      expect(pathFacts(uriB, [out!]).get(out!)).toEqual(nixFacts);
+    });
+
+    it('a failed sandboxed build leaves its output in the store (invalid) in both, with or without keepFailed', async () => {
+      const [out] = nixOutputs(uriA, [drv.fail!]);
+      for (const keep of [false, true]) {
+        const r = nixBuild([...(keep ? ['--keep-failed'] : []), drv.fail!]);
+        expect(r.status).toBe(100);
+        expect(await fsp.readFile(path.join(out!, 'f'), 'utf8')).toBe('partial\n');
+        await removeTree(out!);
+        const e = await failureOf(engine({ keepFailed: keep }).buildPaths([drv.fail!]));
+        expect(e.exitStatus).toBe(100);
+        expect(await fsp.readFile(path.join(out!, 'f'), 'utf8')).toBe('partial\n');
+        expect(await store.isValidPath(out!)).toBe(false);
+        await removeTree(out!);
+      }
+    });
+  });
+});
