@@ -70,7 +70,6 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
   const keys = [...args.trustedPublicKeys, ...words('trusted-public-keys'), ...words('extra-trusted-public-keys')];
   if (subs.length && substitute) opts.substituters = subs.map((u) => new BinaryCacheSubstituter(u, { trustedPublicKeys: keys, requireSigs }));
   const sandboxPaths: string[] = [];
-  const allowedImpure: string[] = [];
   for (const [name, value] of o) {
     switch (name) {
       case 'max-jobs': parsed(name, () => (value === 'auto' ? cpus().length : parseIntOption(name, value)), (v) => { opts.maxJobs = v; }); break;
@@ -86,8 +85,6 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
         break;
       case 'sandbox-fallback': bool(name, (v) => { opts.sandboxFallback = v; }); break;
       case 'sandbox-paths': case 'extra-sandbox-paths': sandboxPaths.push(...value.split(/\s+/).filter(Boolean)); break;
-      case 'allowed-impure-host-deps': case 'extra-allowed-impure-host-deps': allowedImpure.push(...value.split(/\s+/).filter(Boolean)); break;
-      case 'pre-build-hook': opts.preBuildHook = value; break;
       case 'build-repeat': int(name, (v) => { opts.buildRepeat = v; }); break;
       case 'enforce-determinism': bool(name, (v) => { opts.enforceDeterminism = v; }); break;
       case 'max-silent-time': int(name, (v) => { opts.maxSilentTime = v; }); break;
@@ -106,7 +103,6 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
     }
   }
   if (sandboxPaths.length) opts.sandboxPaths = sandboxPaths;
-  if (allowedImpure.length) opts.allowedImpureHostDeps = allowedImpure;
   return opts;
 }
 
@@ -116,10 +112,11 @@ const byString = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 async function targetOutputs(store: Store, r: TargetResult): Promise<[string, string][]> {
   if ('path' in r.target) return [];
   const wanted = r.target.outputs === undefined || r.target.outputs === '*' ? undefined : new Set(r.target.outputs);
-  const all = new Map<string, string>(Object.entries(r.result.builtOutputs));
-  if (wanted ? [...wanted].some((n) => !all.has(n)) : all.size === 0) {
-    for (const [n, p] of await store.queryDerivationOutputs(r.path)) if (!all.has(n)) all.set(n, p);
-  }
+  // nix-store prints the store's output map of the derivation (its DerivationOutputs rows): for a
+  // fixed-output derivation whose output has references, Nix 2.8 registers the output under another path
+  // than the .drv names, yet prints the .drv's. What the build reports fills outputs the store has no row for.
+  const all = new Map<string, string>(await store.queryDerivationOutputs(r.path));
+  for (const [n, p] of Object.entries(r.result.builtOutputs)) if (!all.has(n)) all.set(n, p);
   return [...all].filter(([name]) => !wanted || wanted.has(name)).sort(([, a], [, b]) => byString(a, b));
 }
 
