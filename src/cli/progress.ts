@@ -5,7 +5,9 @@
  * of '…'...", "building '…' (round 1/2)...", "… on 'MACHINE'...", "copying path '…' from '…'...".
  */
 import type { BuildEngine } from '../index.js';
-import { formatError, formatWarning } from './report.js';
+import { filterLogMessage, formatError, formatWarning } from './report.js';
+
+const NEWLINE = Buffer.from('\n');
 
 export interface ProgressDisplayOptions {
   /** `--quiet`: no activity lines. */
@@ -41,8 +43,8 @@ export class ProgressDisplay {
     this.showsLogs = !opts.noBuildOutput && (!this.tty || !!opts.printBuildLogs);
     const info = (s: string) => { if (!opts.quiet) this.line(s); };
     const onStart = (e: Parameters<typeof buildStartedMessage>[0]) => info(buildStartedMessage(e));
-    const onLog = (e: { line: string }) => {
-      if (this.showsLogs) this.line(e.line);
+    const onLog = (e: { line: string; bytes?: Buffer }) => {
+      if (this.showsLogs) this.line(e.bytes ?? e.line);
       else if (this.tty && !opts.noBuildOutput) { this.lastLine = e.line; this.render(); }
     };
     const onWarn = (e: { message: string; level?: 'warning' | 'error' }) =>
@@ -65,11 +67,11 @@ export class ProgressDisplay {
   }
   private readonly engine: BuildEngine;
 
-  /** Print a whole line to stderr (above the status line on a terminal). */
-  line(s: string): void {
+  /** Print a whole line to stderr (above the status line on a terminal), filtered as Nix's logger does. */
+  line(s: string | Buffer): void {
     if (this.stopped) return;
     this.clear();
-    this.out.write(s + '\n');
+    this.out.write(Buffer.concat([filterLogMessage(s, this.tty), NEWLINE]));
     this.render();
   }
 

@@ -7,6 +7,54 @@ import { exitStatusOf, isSuccess, type BuildResult, type MissingInfo, type Store
 
 const INDENT = ' '.repeat('error: '.length);
 
+/**
+ * What Nix's logger does to every message before writing it to stderr (filterANSIEscapes), on the
+ * message's bytes: escape sequences are dropped (on a terminal, SGR ones such as colours are kept), `\r`
+ * and BEL are dropped, and a tab becomes spaces up to the next multiple of 8 columns, a column being one
+ * UTF-8 character (or stray byte) counted from the start of the message, its earlier lines included.
+ */
+export function filterLogMessage(message: string | Buffer, terminal: boolean): Buffer {
+  const bytes = typeof message === 'string' ? Buffer.from(message, 'utf8') : message;
+  if (!bytes.includes(0x1b) && !bytes.includes(9) && !bytes.includes(13) && !bytes.includes(7)) return bytes;
+  const s = bytes.toString('latin1');
+  const n = s.length;
+  const at = (j: number) => (j < n ? s.charCodeAt(j) : -1);
+  const cont = (j: number) => (at(j) & 0xc0) === 0x80;
+  let t = '';
+  let w = 0;
+  let i = 0;
+  while (i < n) {
+    const c = s.charCodeAt(i);
+    if (c === 0x1b) {
+      const start = i++;
+      let last = 0;
+      if (at(i) === 0x5b) {
+        i++;
+        while (at(i) >= 0x30 && at(i) <= 0x3f) i++;
+        while (at(i) >= 0x20 && at(i) <= 0x2f) i++;
+        if (at(i) >= 0x40 && at(i) <= 0x7e) last = s.charCodeAt(i++);
+      } else if (at(i) >= 0x40 && at(i) <= 0x5f) {
+        i++;
+      }
+      if (terminal && last === 0x6d) t += s.slice(start, i);
+    } else if (c === 9) {
+      i++;
+      do { t += ' '; w++; } while (w % 8);
+    } else if (c === 13 || c === 7) {
+      i++;
+    } else {
+      // One UTF-8 character: a lead byte and as many of its continuation bytes as follow.
+      const more = (c & 0xe0) === 0xc0 ? 1 : (c & 0xf0) === 0xe0 ? 2 : (c & 0xf8) === 0xf0 ? 3 : 0;
+      let j = i + 1;
+      while (j - i - 1 < more && cont(j)) j++;
+      t += s.slice(i, j);
+      i = j;
+      w++;
+    }
+  }
+  return Buffer.from(t, 'latin1');
+}
+
 /** The message without the API's trailing `hint:` lines (the CLI prints Nix's words only). */
 export function withoutHint(message: string): string {
   return message.replace(/(\n {2}hint: [^\n]*)+$/, '');

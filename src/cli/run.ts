@@ -15,7 +15,7 @@ import {
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
 import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
 import { ProgressDisplay } from './progress.js';
-import { dependenciesFirst, formatError, formatWarning, missingLines, splitNote, summariseFailures, withoutLogTail } from './report.js';
+import { dependenciesFirst, filterLogMessage, formatError, formatWarning, missingLines, splitNote, summariseFailures, withoutLogTail } from './report.js';
 
 const USAGE = `usage: realise COMMAND [FLAGS] ARGS
 
@@ -108,6 +108,11 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
 
 const byString = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
+/** Write one message to stderr as Nix's logger does (escape sequences, `\r` and tabs filtered). */
+function writeStderr(message: string): void {
+  process.stderr.write(filterLogMessage(message, !!process.stderr.isTTY));
+}
+
 /** Output paths of a derivation target (all when none were named), in Nix's order: by path. */
 async function targetOutputs(store: Store, r: TargetResult): Promise<[string, string][]> {
   if ('path' in r.target) return [];
@@ -186,7 +191,7 @@ function printJson(value: unknown, newline = true): void {
 }
 
 async function build(args: CliArgs, store: Store): Promise<number> {
-  const warn = (m: string) => process.stderr.write(formatWarning(m));
+  const warn = (m: string) => writeStderr(formatWarning(m));
   const opts = engineOptions(args, store, warn);
   for (const name of [...args.unknownSettings].sort(byString)) warn(`unknown setting '${name}'`);
   const builders = args.options.get('builders');
@@ -242,7 +247,7 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     const summary = summariseFailures(results, failed, !display.showsLogs);
     if (summary) {
       for (const n of summary.notes) process.stderr.write(n + '\n');
-      for (const m of summary.messages) process.stderr.write(formatError(m));
+      for (const m of summary.messages) writeStderr(formatError(m));
       return summary.exitStatus;
     }
     if (args.json) {
@@ -271,7 +276,7 @@ async function build(args: CliArgs, store: Store): Promise<number> {
 }
 
 async function repair(args: CliArgs, store: Store): Promise<number> {
-  const engine = new BuildEngine(engineOptions(args, store, (m) => process.stderr.write(formatWarning(m))));
+  const engine = new BuildEngine(engineOptions(args, store, (m) => writeStderr(formatWarning(m))));
   const display = new ProgressDisplay(engine, process.stderr, { quiet: args.quiet, noBuildOutput: args.noBuildOutput, printBuildLogs: args.printBuildLogs });
   try {
     for (const a of args.positional) {
@@ -287,7 +292,7 @@ async function repair(args: CliArgs, store: Store): Promise<number> {
           throw new CliError(`cannot repair path '${p}'`);
         }
         if (e instanceof BuildFailedError) {
-          for (const f of e.failures) process.stderr.write(formatError(display.showsLogs ? withoutLogTail(f.result.errorMsg ?? `build of '${f.path}' failed`) : f.result.errorMsg ?? `build of '${f.path}' failed`));
+          for (const f of e.failures) writeStderr(formatError(display.showsLogs ? withoutLogTail(f.result.errorMsg ?? `build of '${f.path}' failed`) : f.result.errorMsg ?? `build of '${f.path}' failed`));
           return e.exitStatus;
         }
         throw e;
@@ -462,17 +467,17 @@ export async function main(argv: string[]): Promise<number> {
     return await run(argv);
   } catch (e) {
     if (e instanceof BuildFailedError) {
-      for (const f of e.failures) process.stderr.write(formatError(f.result.errorMsg ?? `build of '${f.path}' failed`));
+      for (const f of e.failures) writeStderr(formatError(f.result.errorMsg ?? `build of '${f.path}' failed`));
       return e.exitStatus;
     }
     if (e instanceof UsageError) {
-      process.stderr.write(`${formatError(e.message)}Try 'realise --help' for more information.\n`);
+      writeStderr(`${formatError(e.message)}Try 'realise --help' for more information.\n`);
       return 1;
     }
     // Nix's words only: a RealiseError's hint stays in the API's message.
-    if (e instanceof RealiseError) process.stderr.write(formatError(e.shortMessage));
-    else if (e instanceof CliError) process.stderr.write(formatError(e.message));
-    else process.stderr.write(formatError((e as Error)?.stack ?? String(e)));
+    if (e instanceof RealiseError) writeStderr(formatError(e.shortMessage));
+    else if (e instanceof CliError) writeStderr(formatError(e.message));
+    else writeStderr(formatError((e as Error)?.stack ?? String(e)));
     return 1;
   }
 }

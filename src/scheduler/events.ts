@@ -28,7 +28,11 @@ export interface BuildEngineEvents {
   'goal-started': (e: { kind: GoalKind; path: StorePath }) => void;
   'goal-finished': (e: { kind: GoalKind; path: StorePath; result: BuildResult }) => void;
   'build-started': (e: { drvPath: StorePath; round: number; rounds: number; machine?: string; mode: 'normal' | 'repair' | 'check' }) => void;
-  'build-log': (e: { drvPath: StorePath; line: string }) => void;
+  /**
+   * One line of a builder's output (`\r` handled as Nix does). `line` is decoded as UTF-8 (invalid
+   * sequences become U+FFFD); `bytes`, when given, are the line's bytes as the builder wrote them.
+   */
+  'build-log': (e: { drvPath: StorePath; line: string; bytes?: Buffer }) => void;
   /**
    * A derivation's outputs are locked by someone else (another process, or another call of this one,
    * building them): the build waits for that lock, then uses the outputs if they became valid. Nix's

@@ -1,22 +1,23 @@
 /**
  * Collects a builder's output: the whole log (for the store's log dir), complete lines as events, and the
- * last N lines for error messages. `\r` returns to the start of the current line, as in Nix.
+ * last N lines for error messages. As in Nix, lines are made of bytes: `\r` returns to the start of the
+ * current line and what follows overwrites it byte by byte (so it may cut a UTF-8 character in two, as Nix
+ * does); a line is decoded as UTF-8 only when it is complete.
  */
 export class LogCollector {
   private readonly chunks: Buffer[] = [];
   size = 0;
+  /** The current line, one char per byte (latin1). */
   private line = '';
   private pos = 0;
   private readonly tailLines: string[] = [];
-  private readonly decoder = new TextDecoder('utf-8', { fatal: false });
 
-  constructor(private readonly opts: { logLines: number; onLine: (line: string) => void }) {}
+  constructor(private readonly opts: { logLines: number; onLine: (line: string, bytes: Buffer) => void }) {}
 
   push(chunk: Buffer): void {
     this.chunks.push(chunk);
     this.size += chunk.length;
-    const s = this.decoder.decode(chunk, { stream: true });
-    this.consume(s);
+    this.consume(chunk.toString('latin1'));
   }
 
   private consume(s: string): void {
@@ -35,15 +36,16 @@ export class LogCollector {
 
   private write(part: string): void {
     if (!part) return;
-    this.line = this.line.slice(0, this.pos) + part + this.line.slice(this.pos + part.length);
+    this.line = this.pos === this.line.length ? this.line + part : this.line.slice(0, this.pos) + part + this.line.slice(this.pos + part.length);
     this.pos += part.length;
   }
 
   private flush(): void {
-    const l = this.line;
+    const bytes = Buffer.from(this.line, 'latin1');
+    const l = bytes.toString('utf8');
     this.line = '';
     this.pos = 0;
-    this.opts.onLine(l);
+    this.opts.onLine(l, bytes);
     if (this.opts.logLines > 0) {
       this.tailLines.push(l);
       if (this.tailLines.length > this.opts.logLines) this.tailLines.shift();
@@ -51,7 +53,6 @@ export class LogCollector {
   }
 
   end(): void {
-    this.consume(this.decoder.decode());
     if (this.line) this.flush();
   }
 

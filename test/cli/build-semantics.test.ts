@@ -3,12 +3,15 @@
  * chroot stores: stdout and stderr byte for byte, exit statuses, and what the stores registered.
  * Scenarios: test/fixtures/cli/semantics.nix.
  */
+import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/run.js';
-import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { filterLogMessage } from '../../src/cli/report.js';
+import { LogCollector } from '../../src/scheduler/log-collector.js';
+import { nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
 
 const SANDBOX = '/bin/sh=/bin/busybox /bin/busybox';
 const EXPR_FILE = fileURLToPath(new URL('../fixtures/cli/semantics.nix', import.meta.url));
@@ -32,6 +35,33 @@ async function realise(args: string[]): Promise<Run> {
   }
 }
 
+describe('Nix logger filtering and log lines (no Nix needed)', () => {
+  it('filterLogMessage: tabs to 8-column stops counted in UTF-8 characters, escapes, \\r and BEL dropped', () => {
+    const f = (s: string | Buffer, tty = false) => filterLogMessage(s, tty).toString('latin1');
+    expect(f('a\tb')).toBe('a       b');
+    expect(f('\u2713\tz')).toBe(Buffer.from('\u2713       z').toString('latin1'));
+    // Columns count from the start of the whole message, across its lines.
+    expect(f('abc\nd\te')).toBe('abc\nd   e');
+    expect(f('\x1b[31mred\x1b[0m \x1b]0;t\x07 x\x1b(B y\r')).toBe('red 0;t x(B y');
+    // On a terminal colour (SGR) sequences stay, others go.
+    expect(f('\x1b[1mb\x1b[0m\x1b[2K', true)).toBe('\x1b[1mb\x1b[0m');
+    // Stray bytes are one column each and pass through unchanged.
+    expect(f(Buffer.from([0x71, 0x9c, 0x93, 9, 0x7a]))).toBe('q\x9c\x93     z');
+  });
+
+  it('LogCollector: \\r overwrites the line byte by byte, lines keep their bytes', () => {
+    const lines: [string, Buffer][] = [];
+    const c = new LogCollector({ logLines: 2, onLine: (l, b) => lines.push([l, b]) });
+    c.push(Buffer.from('\u2713\tz\rq\nab'));
+    c.push(Buffer.from([0xe9, 0x0a]));
+    c.push(Buffer.from('tail\r'));
+    c.end();
+    expect(lines.map(([, b]) => [...b])).toEqual([[0x71, 0x9c, 0x93, 9, 0x7a], [0x61, 0x62, 0xe9], [...Buffer.from('tail')]]);
+    expect(lines[1]![0]).toBe('ab\ufffd');
+    expect(c.tail()).toEqual(['ab\ufffd', 'tail']);
+  });
+});
+
 describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
   let R1: string;
   let R2: string;
@@ -42,7 +72,7 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     writeFileSync(file, readFileSync(EXPR_FILE));
     R1 = path.join(dir, 'R1');
     R2 = path.join(dir, 'R2');
-    for (const a of ['fodRefs']) {
+    for (const a of ['fodRefs', 'logs', 'logsFail']) {
       drvs[a] = nix('nix-instantiate', ['--store', R1, file, '-A', a]);
       expect(nix('nix-instantiate', ['--store', R2, file, '-A', a])).toBe(drvs[a]);
     }
@@ -66,5 +96,16 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     const all = (root: string) => JSON.parse(runNix('nix', ['path-info', '--store', root, '--json', '--all']).stdout)
       .map(({ registrationTime: _, ...rest }: Record<string, unknown>) => rest);
     expect(all(R2)).toEqual(all(R1));
+  });
+
+  it('builder output is filtered as Nix\'s logger does (tabs, escapes, \\r, BEL, non-UTF-8 bytes), byte for byte', async () => {
+    const text = (b: Buffer) => b.toString('latin1');
+    // -Q first: a failed build is not cached, so the failing one builds again without it.
+    for (const args of [['-Q', drvs.logsFail!], [drvs.logsFail!], [drvs.logs!]]) {
+      const n = spawnSync('nix-store', ['--store', R1, '--option', 'sandbox-paths', SANDBOX, '--realise', ...args], { env: nixEnv() });
+      const o = await ours(args);
+      expect(o.status, text(o.stderr)).toBe(n.status);
+      expect(text(o.stderr)).toBe(text(n.stderr));
+    }
   });
 });
