@@ -70,6 +70,7 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
   const keys = [...args.trustedPublicKeys, ...words('trusted-public-keys'), ...words('extra-trusted-public-keys')];
   if (subs.length && substitute) opts.substituters = subs.map((u) => new BinaryCacheSubstituter(u, { trustedPublicKeys: keys, requireSigs }));
   const sandboxPaths: string[] = [];
+  const allowedImpure: string[] = [];
   for (const [name, value] of o) {
     switch (name) {
       case 'max-jobs': parsed(name, () => (value === 'auto' ? cpus().length : parseIntOption(name, value)), (v) => { opts.maxJobs = v; }); break;
@@ -85,6 +86,8 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
         break;
       case 'sandbox-fallback': bool(name, (v) => { opts.sandboxFallback = v; }); break;
       case 'sandbox-paths': case 'extra-sandbox-paths': sandboxPaths.push(...value.split(/\s+/).filter(Boolean)); break;
+      case 'allowed-impure-host-deps': case 'extra-allowed-impure-host-deps': allowedImpure.push(...value.split(/\s+/).filter(Boolean)); break;
+      case 'pre-build-hook': opts.preBuildHook = value; break;
       case 'build-repeat': int(name, (v) => { opts.buildRepeat = v; }); break;
       case 'enforce-determinism': bool(name, (v) => { opts.enforceDeterminism = v; }); break;
       case 'max-silent-time': int(name, (v) => { opts.maxSilentTime = v; }); break;
@@ -103,6 +106,7 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
     }
   }
   if (sandboxPaths.length) opts.sandboxPaths = sandboxPaths;
+  if (allowedImpure.length) opts.allowedImpureHostDeps = allowedImpure;
   return opts;
 }
 

@@ -9,10 +9,10 @@ import { makeBuildEnv, rewriteStrings } from '../derivation/build-env.js';
 import { deleteTree } from '../store/canonicalise.js';
 import { Hash } from '../store/hash.js';
 import type { PathLocks } from '../store/store-api.js';
-import { makeStorePath, outputPathName, storePathBase, storePathHashPart, storePathName, hashPlaceholder, type StorePath } from '../store/store-path.js';
+import { makeStorePath, outputPathName, storePathBase, storePathHashPart, storePathName, hashPlaceholder, toStorePath, type StorePath } from '../store/store-path.js';
 import type { SandboxExit } from '../platform/sandbox.js';
 import { runPostBuildHook } from '../platform/post-build-hook.js';
-import { parseSandboxPaths } from '../platform/sandbox-config.js';
+import { checkImpureHostDeps, parseSandboxPaths, type SandboxPath } from '../platform/sandbox-config.js';
 import { canBuildHere, getStringsAttr, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
 import { BuildSetupError } from './errors.js';
 import { exportReferencesGraph } from './export-references.js';
@@ -202,6 +202,8 @@ async function runOneRound(
   const drvPath = view.drvPath;
   const sandbox = w.ctx.pickSandbox(view);
   const storeDir = store.storeDir;
+  // What Nix adds to the chroot before making it; its errors end the build before it starts, as in Nix.
+  const extraPaths = sandbox.isolated ? await sandboxExtraPaths(w, view) : undefined;
   // Outputs that can't be written at their real path are built at scratch paths, with hash rewriting.
   const forceScratch = plan.mode !== 'normal' || round > 1;
 
@@ -292,6 +294,7 @@ async function runOneRound(
     let exit: SandboxExit | undefined;
     /** This build failed and stopped the call itself: its failure is reported, not taken for a stop. */
     let stoppedOthers = false;
+    let setupError: string | undefined;
     try {
       exit = await sandbox.run({
         drvPath,
@@ -305,7 +308,7 @@ async function runOneRound(
         inputPaths: [...plan.inputPaths].sort(),
         outputPaths: [...scratch.values()],
         network: view.isFixedOutput,
-        extraPaths: sandbox.isolated ? parseSandboxPaths(options.sandboxPaths) : undefined,
+        extraPaths,
       }, {
         signal: ctl.signal,
         onOutput: (chunk) => {
@@ -329,6 +332,9 @@ async function runOneRound(
         log.push(Buffer.from(`error: ${exit.execError}\n`));
         exit = { kind: 'exited', code: 1 };
       }
+      // A sandbox that could not be set up for this build: Nix throws its reason out of the build (exit
+      // 1, no "builder failed" message).
+      if (exit?.kind === 'spawn-failed' && sandbox.isolated) setupError = sandboxSetupError(drvPath, exit.message);
       // A failed builder stops the call (without keepGoing) before its slot is handed on, so no queued
       // build starts in between (Nix handles the failure before its worker loop starts anything else).
       if ((limit || !exit || exit.kind !== 'exited' || exit.code !== 0) && !w.signal.aborted) {
@@ -344,6 +350,11 @@ async function runOneRound(
     const times = { startTime: started, stopTime };
 
     if (w.signal.aborted && !stoppedOthers) throw new GoalStopped();
+    if (setupError !== undefined) {
+      finishProgress(false);
+      await cleanupScratch(w, scratch);
+      return { kind: 'failed', result: failure('misc-failure', setupError, times) };
+    }
     if (limit) {
       finishProgress(false);
       await cleanupScratch(w, scratch);
@@ -351,7 +362,12 @@ async function runOneRound(
     }
     if (exit.kind !== 'exited' || exit.code !== 0) {
       finishProgress(false);
-      await cleanupScratch(w, scratch);
+      // Nix moves a failed sandboxed build's outputs out of the chroot to their logical path, with or
+      // without keepFailed: in a plain store they stay there (invalid); a chroot store never gets them.
+      const keep = !sandbox.isolated ? undefined : storeDir === store.realStoreDir && plan.mode === 'normal'
+        ? new Set([...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p))
+        : new Set<StorePath>();
+      await cleanupScratch(w, scratch, keep);
       keepBuildDir = options.keepFailed;
       let msg = `builder for '${drvPath}' ${statusText(exit)}`;
       const tail = log.tail();
@@ -407,21 +423,54 @@ async function runOneRound(
   }
 }
 
+/**
+ * Nix's dirsInChroot for a sandboxed build (startBuilder): `sandbox-paths`, then the closure of those whose
+ * source is in the store (valid ones; each bound at its logical path, as Nix binds it), then the
+ * derivation's `__impureHostDeps`, each of which must be under an `allowed-impure-host-deps` prefix.
+ */
+async function sandboxExtraPaths(w: Worker, view: DrvView): Promise<Map<string, SandboxPath>> {
+  const { store, options } = w.ctx;
+  const paths = parseSandboxPaths(options.sandboxPaths);
+  const roots = new Set<StorePath>();
+  for (const { source } of paths.values()) {
+    if (!source.startsWith(store.storeDir + '/')) continue;
+    try { roots.add(toStorePath(source, store.storeDir)); } catch { /* not a store path: nothing to add */ }
+  }
+  if (roots.size > 0) {
+    for (const p of await store.computeClosure(await store.queryValidPaths(roots))) paths.set(p, { source: p, optional: false });
+  }
+  const impure = getStringsAttr(view, '__impureHostDeps') ?? [];
+  for (const [t, s] of checkImpureHostDeps(view.drvPath, impure, options.allowedImpureHostDeps)) paths.set(t, s);
+  return paths;
+}
+
+/**
+ * Nix's words for a sandbox that could not be set up: the cause alone (`getting attributes of path '/x':
+ * No such file or directory`, `unknown pre-build hook command '...'`), without our prefix and hint.
+ */
+function sandboxSetupError(drvPath: string, message: string): string {
+  const prefix = `setting up the sandbox for '${drvPath}' failed: `;
+  return (message.startsWith(prefix) ? message.slice(prefix.length) : message).replace(/\n {2}hint: [\s\S]*$/, '');
+}
+
 function processEnv(env: Readonly<Record<string, string | undefined>>): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(env)) if (v !== undefined) out[k] = v;
   return out;
 }
 
-/** Remove outputs a failed build left behind that are not valid (nothing half-registered stays). */
-async function cleanupScratch(w: Worker, scratch: Map<string, StorePath>): Promise<void> {
+/**
+ * Remove outputs a failed build left behind that are not valid (nothing half-registered stays). `keep`,
+ * when given, names the ones to keep instead of keeping all of them with keepFailed.
+ */
+async function cleanupScratch(w: Worker, scratch: Map<string, StorePath>, keep?: ReadonlySet<StorePath>): Promise<void> {
   const { store } = w.ctx;
   const paths = [...scratch.values()];
   const valid = await store.queryValidPaths(paths);
   for (const p of paths) {
     if (valid.has(p)) continue;
     const real = store.toRealPath(p);
-    if (w.ctx.options.keepFailed) continue;
+    if (keep ? keep.has(p) : w.ctx.options.keepFailed) continue;
     if (await exists(real)) await deleteTree(real).catch(() => {});
   }
 }
