@@ -71,6 +71,7 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
   if (subs.length && substitute) opts.substituters = subs.map((u) => new BinaryCacheSubstituter(u, { trustedPublicKeys: keys, requireSigs }));
   const sandboxPaths: string[] = [];
   const allowedImpure: string[] = [];
+  const experimental: string[] = [];
   for (const [name, value] of o) {
     switch (name) {
       case 'max-jobs': parsed(name, () => (value === 'auto' ? cpus().length : parseIntOption(name, value)), (v) => { opts.maxJobs = v; }); break;
@@ -88,6 +89,7 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
       case 'sandbox-paths': case 'extra-sandbox-paths': sandboxPaths.push(...value.split(/\s+/).filter(Boolean)); break;
       case 'allowed-impure-host-deps': case 'extra-allowed-impure-host-deps': allowedImpure.push(...value.split(/\s+/).filter(Boolean)); break;
       case 'pre-build-hook': opts.preBuildHook = value; break;
+      case 'experimental-features': case 'extra-experimental-features': experimental.push(...value.split(/\s+/).filter(Boolean)); break;
       case 'build-repeat': int(name, (v) => { opts.buildRepeat = v; }); break;
       case 'enforce-determinism': bool(name, (v) => { opts.enforceDeterminism = v; }); break;
       case 'max-silent-time': int(name, (v) => { opts.maxSilentTime = v; }); break;
@@ -107,6 +109,7 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
   }
   if (sandboxPaths.length) opts.sandboxPaths = sandboxPaths;
   if (allowedImpure.length) opts.allowedImpureHostDeps = allowedImpure;
+  if (experimental.length) opts.experimentalFeatures = experimental;
   return opts;
 }
 

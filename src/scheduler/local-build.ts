@@ -7,6 +7,7 @@ import { lstatSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { makeBuildEnv, rewriteStrings } from '../derivation/build-env.js';
 import { deleteTree } from '../store/canonicalise.js';
+import { RealiseError } from '../store/errors.js';
 import { Hash } from '../store/hash.js';
 import type { PathLocks } from '../store/store-api.js';
 import { makeStorePath, outputPathName, storePathBase, storePathHashPart, storePathName, hashPlaceholder, toStorePath, type StorePath } from '../store/store-path.js';
@@ -204,6 +205,12 @@ async function runOneRound(
   const storeDir = store.storeDir;
   // What Nix adds to the chroot before making it; its errors end the build before it starts, as in Nix.
   const extraPaths = sandbox.isolated ? await sandboxExtraPaths(w, view) : undefined;
+  // Nix 2.8 starts a daemon for recursive Nix here, which needs the experimental feature.
+  if (requiredSystemFeatures(view).includes('recursive-nix') && !options.experimentalFeatures.includes('recursive-nix')) {
+    throw new RealiseError('experimental-feature-disabled', "experimental Nix feature 'recursive-nix' is disabled; use '--extra-experimental-features recursive-nix' to override", {
+      hint: "add 'recursive-nix' to the experimentalFeatures option (recursive Nix itself is not implemented: the builder gets no daemon)",
+    });
+  }
   // Outputs that can't be written at their real path are built at scratch paths, with hash rewriting.
   const forceScratch = plan.mode !== 'normal' || round > 1;
 

@@ -33,6 +33,11 @@ export interface BuildEngineOptions {
    * `extra-sandbox-paths` blocks. @default undefined
    */
   preBuildHook?: string;
+  /**
+   * Nix's `experimental-features` the engine checks: a derivation requiring the `recursive-nix` system
+   * feature fails unless `'recursive-nix'` is listed (recursive Nix itself is not implemented). @default []
+   */
+  experimentalFeatures?: readonly string[];
   /** Maximum concurrent local builds. 0 allows only remote builds. @default 1 */
   maxJobs?: number;
   /** Maximum concurrent substitutions. @default 16 */
@@ -80,6 +85,7 @@ export interface ResolvedOptions {
   sandboxPaths: readonly string[];
   allowedImpureHostDeps: readonly string[];
   preBuildHook: string | undefined;
+  experimentalFeatures: readonly string[];
   maxJobs: number;
   maxSubstitutionJobs: number;
   cores: number;
@@ -131,7 +137,7 @@ export function hostSystem(): string {
 }
 
 const KNOWN = new Set([
-  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'allowedImpureHostDeps', 'preBuildHook', 'maxJobs', 'maxSubstitutionJobs', 'cores', 'keepGoing', 'fallback',
+  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'allowedImpureHostDeps', 'preBuildHook', 'experimentalFeatures', 'maxJobs', 'maxSubstitutionJobs', 'cores', 'keepGoing', 'fallback',
   'buildRepeat', 'enforceDeterminism', 'maxSilentTime', 'buildTimeout', 'maxLogSize', 'logLines', 'keepFailed', 'postBuildHook',
   'systemFeatures', 'system', 'extraPlatforms', 'environment', 'buildDir', 'builders',
 ]);
@@ -154,6 +160,7 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     sandboxPaths: strings('sandboxPaths', o.sandboxPaths, []),
     allowedImpureHostDeps: strings('allowedImpureHostDeps', o.allowedImpureHostDeps, []),
     preBuildHook: o.preBuildHook || undefined,
+    experimentalFeatures: strings('experimentalFeatures', o.experimentalFeatures, []),
     maxJobs: int('maxJobs', o.maxJobs, 1, 0),
     maxSubstitutionJobs: int('maxSubstitutionJobs', o.maxSubstitutionJobs, 16, 1),
     cores: int('cores', o.cores, cpus().length || 1, 0),

@@ -26,6 +26,8 @@ in {
   # What the builder sees of the store and of a few host paths.
   sees = mk "sees" { args = sh "/bin/busybox ls $NIX_STORE > $out; for p in /extrafile /extradir/f /usr/bin/env; do /bin/busybox ls -d $p >> $out 2>&1; done; true"; };
   impure = mk "impure" { __impureHostDeps = [ "/usr/bin/env" ]; args = sh "/bin/busybox ls -d /usr/bin/env > $out 2>&1; true"; };
+  rnix = mk "rnix" { requiredSystemFeatures = [ "recursive-nix" ]; args = sh "echo x > $out"; };
+  urange = mk "urange" { requiredSystemFeatures = [ "uid-range" ]; args = sh "echo x > $out"; };
   fail = mk "fail" { args = sh "mkdir $out; echo partial > $out/f; echo failing; exit 3"; };
 }
 `;
@@ -133,6 +135,28 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       expect(e.exitStatus).toBe(1);
       expect(e.message).toBe(nixError(rb.stderr));
       expect(e.message).toBe("unknown pre-build hook command 'hello world'");
+    });
+
+    it('requiredSystemFeatures recursive-nix: without the experimental feature, exit 1 with Nix 2.8\'s message', async () => {
+      const r = nixBuild(['--option', 'system-features', 'recursive-nix', drv.rnix!]);
+      expect(r.status).toBe(1);
+      const e = await failureOf(engine({ systemFeatures: ['recursive-nix'] }).buildPaths([drv.rnix!]));
+      expect(e.exitStatus).toBe(1);
+      expect(e.message.split('\n')[0]).toBe(nixError(r.stderr));
+      const ok = nixBuild(['--option', 'system-features', 'recursive-nix', '--option', 'extra-experimental-features', 'recursive-nix', drv.rnix!]);
+      expect(ok.status, ok.stderr).toBe(0);
+      await engine({ systemFeatures: ['recursive-nix'], experimentalFeatures: ['recursive-nix'] }).buildPaths([drv.rnix!]);
+    });
+
+    it('requiredSystemFeatures uid-range is an ordinary feature in Nix 2.8: refused without it, built with it', async () => {
+      const r = nixBuild([drv.urange!]);
+      expect(r.status).toBe(1);
+      const e = await engine().buildPaths([drv.urange!]).then(() => undefined, (x: unknown) => x as Error);
+      expect(e?.message.split('\n')[0]).toBe(nixError(r.stderr));
+      expect(nixBuild(['--option', 'system-features', 'uid-range', drv.urange!]).status).toBe(0);
+      await engine({ systemFeatures: ['uid-range'] }).buildPaths([drv.urange!]);
+      const [out] = nixOutputs(R1, [drv.urange!]);
+      expect(pathFacts(R2, [out!]).get(out!)).toEqual(pathFacts(R1, [out!]).get(out!));
     });
 
     it('a failed build (also with keepFailed): its output is not left in the chroot store, nor is the chroot', async () => {
