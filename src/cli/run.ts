@@ -68,7 +68,7 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
   if (o.has('require-sigs')) bool('require-sigs', (v) => { requireSigs = v; });
   const subs = [...args.substituters, ...words('substituters'), ...words('extra-substituters')];
   const keys = [...args.trustedPublicKeys, ...words('trusted-public-keys'), ...words('extra-trusted-public-keys')];
-  if (subs.length && substitute) opts.substituters = subs.map((u) => new BinaryCacheSubstituter(u, { trustedPublicKeys: keys, requireSigs }));
+  if (subs.length && substitute) opts.substituters = subs.map((u) => new BinaryCacheSubstituter(u, { trustedPublicKeys: keys, requireSigs, onWarning: warn }));
   const sandboxPaths: string[] = [];
   const allowedImpure: string[] = [];
   const experimental: string[] = [];

@@ -4,6 +4,7 @@
  */
 import { EventEmitter } from 'eventemitter3';
 import PQueue from 'p-queue';
+import { RealiseError } from '../store/errors.js';
 import type { Store } from '../store/store-api.js';
 import { LocalStore } from '../store/local-store.js';
 import { parseStorePath, type StorePath } from '../store/store-path.js';
@@ -115,7 +116,8 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
           await s.init();
           ok.push(s);
         } catch (e) {
-          this.emit('warning', { message: `disabling substituter '${s.uri}': ${(e as Error).message}` });
+          // As Nix, which leaves out a substituter it cannot open and logs why, in the error's own words.
+          this.emit('warning', { message: e instanceof RealiseError ? e.shortMessage : String((e as Error)?.message ?? e) });
         }
       }
       return ok;

@@ -58,6 +58,18 @@ function validate(name: string, value: number, min: number): number {
   return value;
 }
 
+/** A connection failure in the words of curl, which Nix prints (`Couldn't connect to server (7)`). */
+function curlWords(e: unknown): string {
+  const code = (e as { code?: string }).code ?? ((e as { cause?: { code?: string } }).cause?.code);
+  switch (code) {
+    case 'ECONNREFUSED': case 'EHOSTUNREACH': case 'ENETUNREACH': return "Couldn't connect to server (7)";
+    case 'ENOTFOUND': case 'EAI_AGAIN': return "Couldn't resolve host name (6)";
+    case 'ETIMEDOUT': case 'UND_ERR_CONNECT_TIMEOUT': case 'UND_ERR_HEADERS_TIMEOUT': case 'UND_ERR_BODY_TIMEOUT': return 'Timeout was reached (28)';
+    case 'ECONNRESET': case 'UND_ERR_SOCKET': return 'Failure when receiving data from the peer (56)';
+    default: return (e as Error).message;
+  }
+}
+
 function isAbortError(e: unknown): boolean {
   return e instanceof Error && (e.name === 'AbortError' || (e as { code?: string }).code === 'ABORT_ERR' || (e as { code?: string }).code === 'UND_ERR_ABORTED');
 }
@@ -193,7 +205,7 @@ class HttpTransport implements Transport {
       } catch (e) {
         if (e instanceof SubstituterError) throw e;
         if (isAbortError(e) || signal?.aborted) throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
-        failure = new SubstituterError('network', `unable to download '${this.url(rel)}': ${(e as Error).message}`, { uri: this.uri, cause: e, hint: 'check the network and the substituter URL' });
+        failure = new SubstituterError('network', `unable to download '${this.url(rel)}': ${curlWords(e)}`, { uri: this.uri, cause: e, hint: `check the network and the substituter URL (${(e as Error).message})` });
       }
       if (attempt >= this.opts.retries) throw failure;
       await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
@@ -350,7 +362,8 @@ export class BinaryCacheSubstituter implements Substituter {
     this._wantMassQuery ||= info.wantMassQuery;
     if (info.storeDir !== this.storeDir) {
       this._enabled = false;
-      this.warn(`binary cache '${this.uri}' is for Nix stores with prefix '${info.storeDir}', not '${this.storeDir}'; skipping it`);
+      // Nix's words (its BinaryCacheStore::init refuses the cache; the substituter is then left out).
+      this.warn(`binary cache '${this.uri}' is for Nix stores with prefix '${info.storeDir}', not '${this.storeDir}'`);
     }
   }
 

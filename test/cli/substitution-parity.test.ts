@@ -105,9 +105,9 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     return { nix: nixRun, ours };
   }
 
-  function pathInfos(root: string): unknown[] {
+  function pathInfos(root: string): Record<string, unknown>[] {
     const infos = JSON.parse(nix('nix', ['path-info', '--store', root, '--json', '--all'])) as Record<string, unknown>[];
-    return infos.filter((i) => !String(i.path).endsWith('.drv')).map(({ registrationTime, ...rest }) => ({ ...rest, hasRegistrationTime: registrationTime !== undefined }))
+    return infos.filter((i) => !String(i.path).endsWith('.drv')).map(({ registrationTime, ...rest }): Record<string, unknown> => ({ ...rest, hasRegistrationTime: registrationTime !== undefined }))
       .sort((x, y) => String(x.path).localeCompare(String(y.path)));
   }
 
@@ -173,6 +173,26 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     // b came from the cache in both: its signature, not ultimate.
     const infos = pathInfos(f.O);
     expect(infos).toEqual(pathInfos(f.N));
-    expect(infos.find((i) => (i as { path: string }).path === out.b)).toMatchObject({ signatures: [expect.stringMatching(/^parity-1:/)] });
+    expect(infos.find((i) => i.path === out.b)).toMatchObject({ signatures: [expect.stringMatching(/^parity-1:/)] });
+  }, 60_000);
+
+  it('a cache for another store dir: Nix\'s warning, and the derivation is built', async () => {
+    const f = fresh('xz');
+    writeFileSync(path.join(f.cacheDir, 'nix-cache-info'), 'StoreDir: /other/store\n');
+    const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [drv.a]);
+    expect(r.nix.stderr).toContain("is for Nix stores with prefix '/other/store', not '/nix/store'");
+    expectSame(r);
+  }, 60_000);
+
+  it('an HTTP cache that refuses connections: Nix\'s last warning (curl\'s words), and the derivation is built', async () => {
+    const f = fresh('xz');
+    const server = await serveCache(f.cacheDir);
+    const url = server.url;
+    await server.close(); // nothing listens on its port any more
+    const r = await both(f.N, f.O, url, f.env, [drv.a]);
+    // Nix's retries in between are logged with random delays; the rest is compared.
+    r.nix.stderr = r.nix.stderr.split('\n').filter((l) => !/retrying in \d+ ms/.test(l)).join('\n');
+    expect(r.nix.stderr).toContain(`warning: unable to download '${url}/nix-cache-info': Couldn't connect to server (7)`);
+    expectSame(r);
   }, 60_000);
 });
