@@ -54,15 +54,123 @@ export function shellEscape(s: string): string {
 
 function shSimple(v: unknown): string | undefined {
   if (typeof v === 'string') return shellEscape(v);
-  if (typeof v === 'number') {
-    // Nix: value.get<float>(), integral → std::to_string(value.get<int>()).
-    const f = Math.fround(v);
-    if (Math.ceil(f) === f) return String(Math.trunc(v) | 0);
-    return undefined;
+  const n = asJsonNumber(v);
+  if (n) {
+    // Nix: an integral value.get<float>() prints std::to_string(value.get<int>()): a 64-bit integer cut to
+    // 32 bits, a double truncated (out of int's range, x86's conversion gives INT_MIN).
+    if (n.int !== undefined) return String(BigInt.asIntN(32, n.int));
+    const f = Math.fround(n.float);
+    if (Math.ceil(f) !== f) return undefined;
+    return String(n.float > -2147483649 && n.float < 2147483648 ? Math.trunc(n.float) + 0 : -2147483648);
   }
   if (v === null) return "''";
   if (typeof v === 'boolean') return v ? '1' : '';
   return undefined;
+}
+
+/**
+ * A JSON number as nlohmann::json holds it after parsing Nix's `__json`: an exact 64-bit integer (a literal
+ * without fraction or exponent that fits), or else a double.
+ */
+export class JsonNumber {
+  constructor(readonly int: bigint | undefined, readonly float: number) {}
+}
+
+function asJsonNumber(v: unknown): JsonNumber | undefined {
+  if (v instanceof JsonNumber) return v;
+  if (typeof v === 'number') return Number.isInteger(v) ? new JsonNumber(BigInt(v), v) : new JsonNumber(undefined, v);
+  return undefined;
+}
+
+const INT64_MIN = -(1n << 63n);
+const UINT64_MAX = (1n << 64n) - 1n;
+
+/**
+ * Parse JSON text keeping numbers as nlohmann::json does (JsonNumber), so that they are written back as Nix
+ * writes them; objects and arrays become plain ones. Throws on malformed text.
+ */
+export function parseJsonExact(text: string): unknown {
+  let i = 0;
+  const ws = () => { while (i < text.length && ' \t\n\r'.includes(text[i]!)) i++; };
+  const fail = (): never => { throw new SyntaxError(`malformed JSON at offset ${i}`); };
+  const STRING = /"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/y;
+  const NUMBER = /-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
+  const value = (): unknown => {
+    ws();
+    const c = text[i];
+    if (c === '{') {
+      i++;
+      const o: Record<string, unknown> = {};
+      ws();
+      if (text[i] === '}') { i++; return o; }
+      for (;;) {
+        ws();
+        STRING.lastIndex = i;
+        const m = STRING.exec(text) ?? fail();
+        i += m[0].length;
+        ws();
+        if (text[i++] !== ':') fail();
+        o[JSON.parse(m[0]) as string] = value();
+        ws();
+        const d = text[i++];
+        if (d === '}') return o;
+        if (d !== ',') fail();
+      }
+    }
+    if (c === '[') {
+      i++;
+      const a: unknown[] = [];
+      ws();
+      if (text[i] === ']') { i++; return a; }
+      for (;;) {
+        a.push(value());
+        ws();
+        const d = text[i++];
+        if (d === ']') return a;
+        if (d !== ',') fail();
+      }
+    }
+    if (c === '"') {
+      STRING.lastIndex = i;
+      const m = STRING.exec(text) ?? fail();
+      i += m[0].length;
+      return JSON.parse(m[0]) as string;
+    }
+    for (const [word, v] of [['true', true], ['false', false], ['null', null]] as const) {
+      if (text.startsWith(word, i)) { i += word.length; return v; }
+    }
+    NUMBER.lastIndex = i;
+    const m = NUMBER.exec(text) ?? fail();
+    i += m[0].length;
+    if (m[1] === undefined && m[2] === undefined) {
+      const n = BigInt(m[0]);
+      if (n >= INT64_MIN && n <= UINT64_MAX) return new JsonNumber(n, Number(n));
+    }
+    return new JsonNumber(undefined, Number(m[0]));
+  };
+  const v = value();
+  ws();
+  if (i !== text.length) fail();
+  return v;
+}
+
+/** A double as nlohmann::json::dump() writes it (shortest round-trip digits; exponent form outside 1e-4..1e15). */
+export function nlohmannFloat(x: number): string {
+  if (!Number.isFinite(x)) return 'null';
+  if (x === 0) return Object.is(x, -0) ? '-0.0' : '0.0';
+  const [mant, exp] = Math.abs(x).toExponential().split('e') as [string, string];
+  const digits = mant.replace('.', '');
+  const k = digits.length;
+  const n = Number(exp) + 1;
+  let s: string;
+  if (k <= n && n <= 15) s = digits + '0'.repeat(n - k) + '.0';
+  else if (n > 0 && n <= 15) s = `${digits.slice(0, n)}.${digits.slice(n)}`;
+  else if (n > -4 && n <= 0) s = `0.${'0'.repeat(-n)}${digits}`;
+  else {
+    const e = n - 1;
+    s = `${k === 1 ? digits : `${digits[0]}.${digits.slice(1)}`}e${e < 0 ? '-' : '+'}${String(Math.abs(e)).padStart(2, '0')}`;
+  }
+  return (x < 0 ? '-' : '') + s;
 }
 
 /** `.attrs.sh` contents for structured attrs (strings, integers, null, booleans, flat arrays/objects of those). */
@@ -97,8 +205,10 @@ export function structuredAttrsToShell(json: Record<string, unknown>): string {
   return out;
 }
 
-/** JSON text as nlohmann::json::dump() prints it: keys sorted, no spaces. */
+/** JSON text as nlohmann::json::dump() prints it: keys sorted, no spaces, numbers as nlohmann holds them. */
 export function nixJsonDump(v: unknown): string {
+  const n = asJsonNumber(v);
+  if (n) return n.int !== undefined ? String(n.int) : nlohmannFloat(n.float);
   if (v === null || typeof v !== 'object') return JSON.stringify(v) ?? 'null';
   if (Array.isArray(v)) return '[' + v.map(nixJsonDump).join(',') + ']';
   const o = v as Record<string, unknown>;
@@ -155,7 +265,11 @@ export function makeBuildEnv(input: BuildEnvInput): BuildEnv {
 
   // writeStructuredAttrs
   if (input.structuredAttrs) {
-    const json: Record<string, unknown> = { ...input.structuredAttrs };
+    // Nix re-reads `__json` with nlohmann::json, whose numbers are 64-bit integers or doubles.
+    let exact: unknown;
+    try { exact = parseJsonExact(input.drvEnv.get('__json') ?? ''); } catch { exact = undefined; }
+    const json: Record<string, unknown> = exact !== null && typeof exact === 'object' && !Array.isArray(exact)
+      ? exact as Record<string, unknown> : { ...input.structuredAttrs };
     const outputs: Record<string, string> = {};
     for (const o of input.outputNames) outputs[o] = rewriteStrings(hashPlaceholder(o), input.rewrites);
     json.outputs = outputs;

@@ -72,7 +72,7 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     writeFileSync(file, readFileSync(EXPR_FILE));
     R1 = path.join(dir, 'R1');
     R2 = path.join(dir, 'R2');
-    for (const a of ['fodRefs', 'logs', 'logsFail']) {
+    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums']) {
       drvs[a] = nix('nix-instantiate', ['--store', R1, file, '-A', a]);
       expect(nix('nix-instantiate', ['--store', R2, file, '-A', a])).toBe(drvs[a]);
     }
@@ -107,5 +107,15 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
       expect(o.status, text(o.stderr)).toBe(n.status);
       expect(text(o.stderr)).toBe(text(n.stderr));
     }
+  });
+
+  it('structured attrs: numbers in .attrs.json and .attrs.sh as Nix writes them (exact 64-bit integers, nlohmann doubles)', async () => {
+    const n = spawnSync('nix-store', ['--store', R1, '--option', 'sandbox-paths', SANDBOX, '--realise', drvs.nums!], { env: nixEnv() });
+    const o = await ours([drvs.nums!]);
+    expect(o.status, o.stderr.toString()).toBe(0);
+    expect(n.status).toBe(0);
+    expect(o.stderr.toString()).toBe(n.stderr.toString());
+    expect(o.stderr.toString()).toContain('"big":9007199254740993,');
+    expect(o.stdout.toString()).toBe(n.stdout.toString());
   });
 });
