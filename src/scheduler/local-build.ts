@@ -321,8 +321,13 @@ async function runOneRound(
         onOutput: (chunk) => {
           if (limit) return; // being killed: Nix reads nothing more from it
           armSilence();
-          // As Nix: the read that goes over the limit kills the builder and is itself not logged.
+          // As Nix: the read that goes over the limit kills the builder and is itself not logged. Nix reads
+          // a builder that writes line by line one line at a time, so the lines that fit are logged; a
+          // chunk here may hold many writes, so its complete lines within the limit are kept.
           if (options.maxLogSize && log.size + chunk.length > options.maxLogSize) {
+            const room = options.maxLogSize - log.size;
+            const fits = room > 0 ? chunk.lastIndexOf(10, room - 1) : -1;
+            if (fits >= 0) log.push(chunk.subarray(0, fits + 1));
             kill('log-limit-exceeded', `${name} killed after writing more than ${options.maxLogSize} bytes of log output`);
             return;
           }

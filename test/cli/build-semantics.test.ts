@@ -72,7 +72,7 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     writeFileSync(file, readFileSync(EXPR_FILE));
     R1 = path.join(dir, 'R1');
     R2 = path.join(dir, 'R2');
-    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums']) {
+    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums', 'chatty']) {
       drvs[a] = nix('nix-instantiate', ['--store', R1, file, '-A', a]);
       expect(nix('nix-instantiate', ['--store', R2, file, '-A', a])).toBe(drvs[a]);
     }
@@ -117,5 +117,19 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     expect(o.stderr.toString()).toBe(n.stderr.toString());
     expect(o.stderr.toString()).toContain('"big":9007199254740993,');
     expect(o.stdout.toString()).toBe(n.stdout.toString());
+  });
+
+  it('max-build-log-size: the lines that fit are logged before the builder is killed (exit 1)', async () => {
+    const args = ['--option', 'max-build-log-size', '100', drvs.chatty!];
+    const n = nixRealise(args);
+    const o = await ours(args);
+    expect([o.status, n.status]).toEqual([1, 1]);
+    const lines = (s: string) => s.split('\n').filter((l) => l.startsWith('line '));
+    const want = Array.from({ length: 13 }, (_, i) => `line ${i}`);
+    expect(lines(o.stderr.toString())).toEqual(want);
+    // Nix reads a line at a time unless it falls behind the builder; then it logs fewer.
+    expect(want.slice(0, lines(n.stderr).length)).toEqual(lines(n.stderr));
+    const err = (s: string) => s.split('\n').filter((l) => l.startsWith('error: '));
+    expect(err(o.stderr.toString())).toEqual(err(n.stderr));
   });
 });
