@@ -8,7 +8,7 @@ import { existsSync, lstatSync, readFileSync, readlinkSync, renameSync, symlinkS
 import { cpus } from 'node:os';
 import * as path from 'node:path';
 import {
-  BinaryCacheSubstituter, BuildEngine, createRemoteBuilders, BuildFailedError, RealiseError, copyToBinaryCache, openStore, LocalStore,
+  BinaryCacheSubstituter, SubstituterError, BuildEngine, createRemoteBuilders, BuildFailedError, RealiseError, copyToBinaryCache, openStore, LocalStore,
   DEFAULT_SYSTEM_FEATURES, derivationOutputsAndPaths, isSuccess, readDerivationFromStore, toNixBase32,
   type BuildEngineOptions, type BuildResult, type BuildTarget, type PathInfo, type Store, type TargetResult,
 } from '../index.js';
@@ -230,7 +230,8 @@ async function build(args: CliArgs, store: Store): Promise<number> {
   process.once('SIGTERM', onSig);
   try {
     if (!args.quiet || args.dryRun || args.ignoreUnknown) {
-      const missing = await engine.queryMissing(targets).catch(() => undefined);
+      // A substituter that fails to answer ends the command, as Nix's queryMissing throws (without --fallback).
+      const missing = await engine.queryMissing(targets).catch((e: unknown) => { if (e instanceof SubstituterError) throw e; return undefined; });
       if (missing && args.ignoreUnknown) {
         const unknown = new Set<string>(missing.unknown);
         targets = targets.filter((t) => !unknown.has('drvPath' in t ? t.drvPath : t.path));

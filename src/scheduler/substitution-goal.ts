@@ -38,8 +38,9 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
     try {
       info = (await w.ctx.queryPathInfosCached(sub, [path], w.signal)).get(path);
     } catch (e) {
-      realError = `substituter '${sub.uri}': ${(e as Error).message}`;
-      w.warn(`error querying '${path}' on substituter '${sub.uri}': ${(e as Error).message}`);
+      // Nix logs the error (and, without --fallback, gives up: a real failure here).
+      w.ctx.emit('warning', { message: e instanceof RealiseError ? e.shortMessage : String((e as Error)?.message ?? e), level: 'error' });
+      if (!w.ctx.options.fallback) realError = `substituter '${sub.uri}': ${(e as Error).message}`;
       continue;
     }
     if (!info) continue;

@@ -393,7 +393,8 @@ export class BinaryCacheSubstituter implements Substituter {
         try {
           ni = parseNarInfo(text.toString('utf8'), { storeDir: this.storeDir, whence: `${this.uri}/${rel}` });
         } catch (e) {
-          if (e instanceof BadNarInfoError) throw new SubstituterError('bad-narinfo', e.shortMessage, { uri: this.uri, path: p, cause: e, hint: e.hint });
+          // Nix's words (its NarInfo parser); what is wrong goes into the hint.
+          if (e instanceof BadNarInfoError) throw new SubstituterError('bad-narinfo', `NAR info file '${rel}' is corrupt`, { uri: this.uri, path: p, cause: e, hint: `${e.shortMessage}${e.hint ? `; ${e.hint}` : ''}` });
           throw e;
         }
       }

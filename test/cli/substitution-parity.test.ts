@@ -195,4 +195,21 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expect(r.nix.stderr).toContain(`warning: unable to download '${url}/nix-cache-info': Couldn't connect to server (7)`);
     expectSame(r);
   }, 60_000);
+
+  it('a corrupt narinfo: Nix\'s "NAR info file … is corrupt"; the command stops, or with --fallback builds', async () => {
+    const f = fresh('xz');
+    writeFileSync(f.niOf(out.b), readFileSync(f.niOf(out.b), 'utf8').replace(/^NarSize: .*$/m, 'NarSize: bogus'));
+    const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [drv.b]);
+    expect(keyLines(r.nix.stderr)).toEqual([`error: NAR info file '${path.basename(f.niOf(out.b))}' is corrupt`]);
+    expectSame(r);
+    const g = fresh('xz');
+    writeFileSync(g.niOf(out.b), readFileSync(g.niOf(out.b), 'utf8').replace(/^NarSize: .*$/m, 'NarSize: bogus'));
+    const fb = await both(g.N, g.O, `file://${g.cacheDir}`, g.env, [drv.b, '--fallback']);
+    // Nix logs the error once more (its worker queries again before the goals run); the lines are the same.
+    expect([...new Set(keyLines(fb.ours.stderr))]).toEqual([...new Set(keyLines(fb.nix.stderr))]);
+    expect(fb.ours.stdout).toBe(fb.nix.stdout);
+    expect(fb.ours.status).toBe(0);
+    expect(fb.nix.status).toBe(0);
+    expect(pathInfos(g.O)).toEqual(pathInfos(g.N));
+  }, 60_000);
 });
