@@ -98,7 +98,8 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
     if (incomplete > 0) retrySubstitution = true;
     statuses = await checkPathValidity(w, view!, wanted, mode);
     if (mode === 'normal' && allWantedValid(statuses)) return success('substituted', outputsOf(statuses, true));
-    if (mode === 'repair' && allWantedValid(statuses)) return success('already-valid', outputsOf(statuses, true));
+    // Repair: the outputs are good now; their closure is checked (and repaired) next, as Nix.
+    if (mode === 'repair' && allWantedValid(statuses)) return repairClosure(w, view!, statuses);
     return undefined;
   };
   const substituted = await trySubstitutes();

@@ -5,7 +5,7 @@
  * infos that result.
  */
 import { spawn } from 'node:child_process';
-import { copyFileSync, cpSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/run.js';
@@ -211,5 +211,25 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expect(fb.ours.status).toBe(0);
     expect(fb.nix.status).toBe(0);
     expect(pathInfos(g.O)).toEqual(pathInfos(g.N));
+  }, 60_000);
+
+  it('--repair of a derivation whose outputs are good but a reference is corrupt: the reference is fetched again', async () => {
+    const f = fresh('xz');
+    const url = `file://${f.cacheDir}`;
+    await both(f.N, f.O, url, f.env, [drv.b]);
+    for (const root of [f.N, f.O]) {
+      chmodSync(root + out.a, 0o644);
+      writeFileSync(root + out.a, 'corrupted\n');
+    }
+    const r = await both(f.N, f.O, url, f.env, [drv.b, '--repair']);
+    expect(r.nix.status).toBe(0);
+    expect(r.ours.status).toBe(0);
+    expect(r.ours.stdout).toBe(r.nix.stdout);
+    expect(r.nix.stderr).toContain(`found corrupted or missing path '${out.a}' in the output closure of '${drv.b}'`);
+    expect(r.ours.stderr).toContain(`found corrupted or missing path '${out.a}' in the output closure of '${drv.b}'`);
+    expect(r.ours.stderr).toContain(`copying path '${out.a}' from '${url}'...`);
+    for (const root of [f.N, f.O]) expect(readFileSync(root + out.a, 'utf8')).toBe('a\n');
+    expect(runNix('nix-store', ['--store', f.O, '--verify', '--check-contents']).status).toBe(0);
+    expect(pathInfos(f.O)).toEqual(pathInfos(f.N));
   }, 60_000);
 });
