@@ -201,15 +201,23 @@ async function runOneRound(
 ): Promise<RoundResult> {
   const { store, options } = w.ctx;
   const drvPath = view.drvPath;
-  const sandbox = w.ctx.pickSandbox(view);
   const storeDir = store.storeDir;
-  // What Nix adds to the chroot before making it; its errors end the build before it starts, as in Nix.
-  const extraPaths = sandbox.isolated ? await sandboxExtraPaths(w, view) : undefined;
-  // Nix 2.8 starts a daemon for recursive Nix here, which needs the experimental feature.
-  if (requiredSystemFeatures(view).includes('recursive-nix') && !options.experimentalFeatures.includes('recursive-nix')) {
-    throw new RealiseError('experimental-feature-disabled', "experimental Nix feature 'recursive-nix' is disabled; use '--extra-experimental-features recursive-nix' to override", {
-      hint: "add 'recursive-nix' to the experimentalFeatures option (recursive Nix itself is not implemented: the builder gets no daemon)",
-    });
+  // Nix's startBuilder throws these out of the build (not as a build failure): the whole call ends with
+  // that one error, exit 1, even with keepGoing; no dependent reports a failed dependency.
+  let sandbox: ReturnType<typeof w.ctx.pickSandbox>;
+  let extraPaths: Map<string, SandboxPath> | undefined;
+  try {
+    sandbox = w.ctx.pickSandbox(view); // `__noChroot` with sandbox = true
+    // What Nix adds to the chroot before making it (sandbox paths, impure host deps).
+    extraPaths = sandbox.isolated ? await sandboxExtraPaths(w, view) : undefined;
+    // Nix 2.8 starts a daemon for recursive Nix here, which needs the experimental feature.
+    if (requiredSystemFeatures(view).includes('recursive-nix') && !options.experimentalFeatures.includes('recursive-nix')) {
+      throw new RealiseError('experimental-feature-disabled', "experimental Nix feature 'recursive-nix' is disabled; use '--extra-experimental-features recursive-nix' to override", {
+        hint: "add 'recursive-nix' to the experimentalFeatures option (recursive Nix itself is not implemented: the builder gets no daemon)",
+      });
+    }
+  } catch (e) {
+    throw e instanceof RealiseError && e.code !== 'build-setup' ? new BuildSetupError(e.shortMessage, { hint: e.hint, cause: e }) : e;
   }
   // Outputs that can't be written at their real path are built at scratch paths, with hash rewriting.
   const forceScratch = plan.mode !== 'normal' || round > 1;
@@ -346,10 +354,11 @@ async function runOneRound(
       }
       // A sandbox that could not be set up for this build: Nix throws its reason out of the build (exit
       // 1, no "builder failed" message).
+      // It ends the call as a fatal error, below, and does not count as a failed builder.
       if (exit?.kind === 'spawn-failed' && sandbox.isolated) setupError = sandboxSetupError(drvPath, exit.message);
       // A failed builder stops the call (without keepGoing) before its slot is handed on, so no queued
       // build starts in between (Nix handles the failure before its worker loop starts anything else).
-      if ((limit || !exit || exit.kind !== 'exited' || exit.code !== 0) && !w.signal.aborted) {
+      if ((limit || !exit || exit.kind !== 'exited' || exit.code !== 0) && setupError === undefined && !w.signal.aborted) {
         stoppedOthers = true;
         w.noteFailure(drvPath);
       }
@@ -364,8 +373,8 @@ async function runOneRound(
     if (w.signal.aborted && !stoppedOthers) throw new GoalStopped();
     if (setupError !== undefined) {
       finishProgress(false);
-      await cleanupScratch(w, scratch);
-      return { kind: 'failed', result: failure('misc-failure', setupError, times) };
+      await cleanupScratch(w, scratch, new Set());
+      throw new BuildSetupError(setupError, { hint: 'check the sandbox paths and the pre-build hook' });
     }
     if (limit) {
       finishProgress(false);

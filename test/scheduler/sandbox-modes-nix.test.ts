@@ -9,9 +9,10 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
 import type { BuildEngineOptions } from '../../src/scheduler/options.js';
-import { BuildFailedError } from '../../src/scheduler/errors.js';
+import { BuildFailedError, BuildSetupError } from '../../src/scheduler/errors.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import { flushRemovals } from '../../src/platform/chroot.js';
+import { main } from '../../src/cli/run.js';
 import { nixOk, tempDir } from '../helpers/nix.js';
 import { SANDBOX_PATHS, busyboxOk, instantiateAttrs, nixOutputs, nixRealise, nixSandboxArgs, pathFacts, removeTree } from './helpers.js';
 
@@ -20,12 +21,16 @@ let
   mk = name: attrs: derivation ({ inherit name; system = "x86_64-linux"; builder = "/bin/sh"; } // attrs);
   sh = s: [ "-c" s ];
   dep2 = mk "dep2" { args = sh "echo dep2 > $out"; };
+  imp2 = mk "imp2" { __impureHostDeps = [ "/usr/bin/env" ]; args = sh "echo x > $out"; };
+  slowok = mk "slowok" { args = sh "/bin/busybox sleep 1; echo x > $out"; };
 in {
   inherit dep2;
   dep = mk "dep" { args = sh "echo \${dep2} > $out"; };
   # What the builder sees of the store and of a few host paths.
   sees = mk "sees" { args = sh "/bin/busybox ls $NIX_STORE > $out; for p in /extrafile /extradir/f /usr/bin/env; do /bin/busybox ls -d $p >> $out 2>&1; done; true"; };
   impure = mk "impure" { __impureHostDeps = [ "/usr/bin/env" ]; args = sh "/bin/busybox ls -d /usr/bin/env > $out 2>&1; true"; };
+  # A dependency Nix refuses to start, next to one that builds.
+  top = mk "top" { a = slowok; b = imp2; args = sh "echo x > $out"; };
   rnix = mk "rnix" { requiredSystemFeatures = [ "recursive-nix" ]; args = sh "echo x > $out"; };
   urange = mk "urange" { requiredSystemFeatures = [ "uid-range" ]; args = sh "echo x > $out"; };
   fail = mk "fail" { args = sh "mkdir $out; echo partial > $out/f; echo failing; exit 3"; };
@@ -44,6 +49,33 @@ async function failureOf(p: Promise<unknown>): Promise<BuildFailedError> {
   return e as BuildFailedError;
 }
 
+/**
+ * What Nix throws out of a build's setup (not a build failure) ends the whole call with that error, exit 1:
+ * the engine rejects with it as a BuildSetupError (the CLI prints it alone and exits 1).
+ */
+async function setupErrorOf(p: Promise<unknown>): Promise<BuildSetupError> {
+  const e = await p.then(() => undefined, (x: unknown) => x);
+  expect(e).toBeInstanceOf(BuildSetupError);
+  return e as BuildSetupError;
+}
+
+/** Run the `realise` CLI in this process, capturing what it writes. */
+async function realiseCli(args: string[]): Promise<{ stdout: string; stderr: string; status: number }> {
+  let stdout = '';
+  let stderr = '';
+  const out = process.stdout.write.bind(process.stdout);
+  const err = process.stderr.write.bind(process.stderr);
+  process.stdout.write = ((c: string | Uint8Array) => { stdout += c.toString(); return true; }) as typeof process.stdout.write;
+  process.stderr.write = ((c: string | Uint8Array) => { stderr += c.toString(); return true; }) as typeof process.stderr.write;
+  try {
+    const status = await main(args);
+    return { stdout, stderr, status };
+  } finally {
+    process.stdout.write = out;
+    process.stderr.write = err;
+  }
+}
+
 describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
   let root: string;
   let extraFile: string;
@@ -60,7 +92,10 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
   });
   afterAll(async () => {
     await flushRemovals();
-    if (root) await removeTree(root);
+    // The engines' sandboxes refill their chroot skeleton pools in the background (in the store dirs).
+    for (let i = 0; root && i < 10; i++) {
+      try { await removeTree(root); break; } catch { await new Promise((r) => setTimeout(r, 200)); }
+    }
   });
 
   describe('chroot stores', () => {
@@ -84,10 +119,20 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
     it('__impureHostDeps outside allowed-impure-host-deps: refused by both, exit 1, same message', async () => {
       const r = nixBuild([drv.impure!]);
       expect(r.status).toBe(1);
-      const e = await failureOf(engine().buildPaths([drv.impure!]));
-      expect(e.exitStatus).toBe(1);
-      expect(e.message.split('\n')[0]).toBe(nixError(r.stderr));
+      const e = await setupErrorOf(engine().buildPaths([drv.impure!]));
+      expect(e.shortMessage).toBe(nixError(r.stderr));
       expect(e.message).toContain("requested impure path '/usr/bin/env', but it was not in allowed-impure-host-deps");
+    });
+
+    it('the CLI: a dependency refused at setup ends the call with that one error, exit 1, also with --keep-going', async () => {
+      for (const kg of [[], ['--keep-going']]) {
+        const r = nixBuild([...kg, drv.top!]);
+        const ours = await realiseCli(['build', '--store', R2, drv.top!, ...nixSandboxArgs(), ...kg]);
+        expect([ours.status, r.status]).toEqual([1, 1]);
+        const errors = (t: string) => t.split('\n').filter((l) => l.startsWith('error: '));
+        expect(errors(ours.stderr)).toEqual(errors(r.stderr));
+        expect(errors(ours.stderr)).toEqual([expect.stringMatching(/^error: derivation '.*-imp2\.drv' requested impure path '\/usr\/bin\/env', but it was not in allowed-impure-host-deps$/)]);
+      }
     });
 
     it('__impureHostDeps under an allowed prefix: bound into the sandbox by both, same output', async () => {
@@ -104,13 +149,12 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       const r = nixBuild([...args, drv.sees!]);
       expect(r.status).toBe(1);
       expect(nixError(r.stderr)).toBe("getting attributes of path '/no/such/path': No such file or directory");
-      const e = await failureOf(engine({ sandboxPaths: [...SANDBOX_PATHS, '/no/such/path'] }).buildPaths([drv.sees!]));
-      expect(e.exitStatus).toBe(1);
-      expect(e.message).toBe(nixError(r.stderr));
+      const e = await setupErrorOf(engine({ sandboxPaths: [...SANDBOX_PATHS, '/no/such/path'] }).buildPaths([drv.sees!]));
+      expect(e.shortMessage).toBe(nixError(r.stderr));
       const rel = nixBuild(['--option', 'extra-sandbox-paths', 'no-such-relative-path', drv.sees!]);
-      const eRel = await failureOf(engine({ sandboxPaths: [...SANDBOX_PATHS, 'no-such-relative-path'] }).buildPaths([drv.sees!]));
-      expect([rel.status, eRel.exitStatus]).toEqual([1, 1]);
-      expect(eRel.message.split('\n')[0]).toBe(nixError(rel.stderr));
+      const eRel = await setupErrorOf(engine({ sandboxPaths: [...SANDBOX_PATHS, 'no-such-relative-path'] }).buildPaths([drv.sees!]));
+      expect(rel.status).toBe(1);
+      expect(eRel.shortMessage).toBe(nixError(rel.stderr));
     });
 
     it('pre-build hook: its extra-sandbox-paths are bound by both (same output); unknown commands are the same error', async () => {
@@ -131,18 +175,16 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       await fsp.writeFile(bad, '#!/bin/sh\necho hello world\n', { mode: 0o755 });
       const rb = nixBuild(['--option', 'pre-build-hook', bad, drv.fail!]);
       expect(rb.status).toBe(1);
-      const e = await failureOf(engine({ preBuildHook: bad }).buildPaths([drv.fail!]));
-      expect(e.exitStatus).toBe(1);
-      expect(e.message).toBe(nixError(rb.stderr));
-      expect(e.message).toBe("unknown pre-build hook command 'hello world'");
+      const e = await setupErrorOf(engine({ preBuildHook: bad }).buildPaths([drv.fail!]));
+      expect(e.shortMessage).toBe(nixError(rb.stderr));
+      expect(e.shortMessage).toBe("unknown pre-build hook command 'hello world'");
     });
 
     it('requiredSystemFeatures recursive-nix: without the experimental feature, exit 1 with Nix 2.8\'s message', async () => {
       const r = nixBuild(['--option', 'system-features', 'recursive-nix', drv.rnix!]);
       expect(r.status).toBe(1);
-      const e = await failureOf(engine({ systemFeatures: ['recursive-nix'] }).buildPaths([drv.rnix!]));
-      expect(e.exitStatus).toBe(1);
-      expect(e.message.split('\n')[0]).toBe(nixError(r.stderr));
+      const e = await setupErrorOf(engine({ systemFeatures: ['recursive-nix'] }).buildPaths([drv.rnix!]));
+      expect(e.shortMessage).toBe(nixError(r.stderr));
       const ok = nixBuild(['--option', 'system-features', 'recursive-nix', '--option', 'extra-experimental-features', 'recursive-nix', drv.rnix!]);
       expect(ok.status, ok.stderr).toBe(0);
       await engine({ systemFeatures: ['recursive-nix'], experimentalFeatures: ['recursive-nix'] }).buildPaths([drv.rnix!]);
