@@ -376,10 +376,16 @@ async function runOneRound(
       await cleanupScratch(w, scratch, new Set());
       throw new BuildSetupError(setupError, { hint: 'check the sandbox paths and the pre-build hook' });
     }
+    // With keepFailed Nix keeps the build directory of every failed build (timeouts, the log limit,
+    // rejected outputs too) and says so.
+    const keepNote = () => {
+      keepBuildDir = options.keepFailed;
+      return keepBuildDir ? `\nnote: keeping build directory '${buildDir}'` : '';
+    };
     if (limit) {
       finishProgress(false);
       await cleanupScratch(w, scratch);
-      return { kind: 'failed', result: failure(limit.status, limit.message, times) };
+      return { kind: 'failed', result: failure(limit.status, limit.message + keepNote(), times) };
     }
     if (exit.kind !== 'exited' || exit.code !== 0) {
       finishProgress(false);
@@ -389,13 +395,12 @@ async function runOneRound(
         ? new Set([...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p))
         : new Set<StorePath>();
       await cleanupScratch(w, scratch, keep);
-      keepBuildDir = options.keepFailed;
       let msg = `builder for '${drvPath}' ${statusText(exit)}`;
       const tail = log.tail();
       if (tail.length > 0) {
         msg += `;\nlast ${tail.length} log lines:\n${tail.map((l) => `> ${l}\n`).join('')}For full logs, run 'nix log ${drvPath}'.`;
       }
-      if (keepBuildDir) msg += `\nnote: keeping build directory '${buildDir}'`;
+      msg += keepNote();
       return { kind: 'failed', result: failure('permanent-failure', msg, times) };
     }
 
@@ -411,7 +416,7 @@ async function runOneRound(
       await cleanupScratch(w, scratch);
       if (e instanceof OutputRejected) {
         if (e.endsCall) w.stop('failure', drvPath);
-        return { kind: 'failed', result: failure(e.status, e.message, { ...times, hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' }) };
+        return { kind: 'failed', result: failure(e.status, e.message + keepNote(), { ...times, hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' }) };
       }
       throw e;
     }

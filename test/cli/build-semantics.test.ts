@@ -4,7 +4,7 @@
  * Scenarios: test/fixtures/cli/semantics.nix.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -72,7 +72,7 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     writeFileSync(file, readFileSync(EXPR_FILE));
     R1 = path.join(dir, 'R1');
     R2 = path.join(dir, 'R2');
-    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums', 'chatty']) {
+    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums', 'chatty', 'fodBad', 'slow']) {
       drvs[a] = nix('nix-instantiate', ['--store', R1, file, '-A', a]);
       expect(nix('nix-instantiate', ['--store', R2, file, '-A', a])).toBe(drvs[a]);
     }
@@ -131,5 +131,22 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     expect(want.slice(0, lines(n.stderr).length)).toEqual(lines(n.stderr));
     const err = (s: string) => s.split('\n').filter((l) => l.startsWith('error: '));
     expect(err(o.stderr.toString())).toEqual(err(n.stderr));
+  });
+
+  it('-K: a hash mismatch or a timeout keeps the build directory and prints the note before the error, as Nix', async () => {
+    const dirOf = (s: string) => /^note: keeping build directory '([^']*)'$/m.exec(s)?.[1];
+    for (const args of [['-K', drvs.fodBad!], ['-K', '--timeout', '1', drvs.slow!]]) {
+      const n = nixRealise(args);
+      const o = await ours(args);
+      const err = o.stderr.toString();
+      expect(o.status, err).toBe(n.status);
+      const shape = (s: string) => s.split('\n').filter((l) => /^(note|error): /.test(l)).map((l) => l.replace(/'\/tmp\/nix-build-[^']*'/, 'DIR'));
+      expect(shape(err)).toEqual(shape(n.stderr));
+      const kept = dirOf(err);
+      expect(kept, err).toBeDefined();
+      expect(existsSync(kept!)).toBe(true);
+      rmSync(kept!, { recursive: true, force: true });
+      rmSync(dirOf(n.stderr)!, { recursive: true, force: true });
+    }
   });
 });
