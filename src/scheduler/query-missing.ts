@@ -65,8 +65,9 @@ export async function queryMissing(ctx: EngineContext, targets: readonly BuildTa
     if (done.has(key)) return;
     done.add(key);
     if (!(await store.isValidPath(drvPath))) {
-      if (!(await substitutable(drvPath))) { unknown.add(drvPath); return; }
-      // The .drv would be substituted; we cannot look inside it yet.
+      // As Nix 2.8: a missing .drv is unknown here, even when a substituter has it (the build still
+      // substitutes it).
+      unknown.add(drvPath);
       return;
     }
     const view = await ctx.loadDrv(drvPath);

@@ -78,18 +78,20 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     writeFileSync(sk, nix('nix', ['key', 'generate-secret', '--key-name', 'parity-1']));
     pub = nix('nix', ['key', 'convert-secret-to-public'], { input: readFileSync(sk, 'utf8') });
     nix('nix', ['store', 'sign', '--store', src, '-k', sk, '-r', out.b]);
+    nix('nix', ['store', 'sign', '--store', src, '-k', sk, '--derivation', '-r', drv.b]);
     for (const c of ['xz', 'none'] as const) {
       cache[c] = path.join(dir, `cache-${c}`);
       nix('nix', ['copy', '--store', src, '--to', `file://${cache[c]}?compression=${c}`, out.b]);
+      nix('nix', ['copy', '--store', src, '--derivation', '--to', `file://${cache[c]}?compression=${c}`, drv.b]);
     }
   }, 60_000);
 
   /** Twin fresh stores with the .drv files, and a copy of the cache to damage. */
-  function fresh(compression: 'xz' | 'none'): { N: string; O: string; cacheDir: string; narOf: (p: string) => string; niOf: (p: string) => string; env: Record<string, string> } {
+  function fresh(compression: 'xz' | 'none', withDrvs = true): { N: string; O: string; cacheDir: string; narOf: (p: string) => string; niOf: (p: string) => string; env: Record<string, string> } {
     const d = path.join(dir, `run${++n}`);
     const N = path.join(d, 'N');
     const O = path.join(d, 'O');
-    for (const root of [N, O]) for (const k of ['a', 'b'] as const) nix('nix-instantiate', ['--store', root, file, '-A', k]);
+    if (withDrvs) for (const root of [N, O]) for (const k of ['a', 'b'] as const) nix('nix-instantiate', ['--store', root, file, '-A', k]);
     const cacheDir = path.join(d, 'cache');
     cpSync(cache[compression], cacheDir, { recursive: true });
     const niOf = (p: string) => path.join(cacheDir, `${path.basename(p).slice(0, 32)}.narinfo`);
@@ -105,9 +107,9 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     return { nix: nixRun, ours };
   }
 
-  function pathInfos(root: string): Record<string, unknown>[] {
+  function pathInfos(root: string, drvsToo = false): Record<string, unknown>[] {
     const infos = JSON.parse(nix('nix', ['path-info', '--store', root, '--json', '--all'])) as Record<string, unknown>[];
-    return infos.filter((i) => !String(i.path).endsWith('.drv')).map(({ registrationTime, ...rest }): Record<string, unknown> => ({ ...rest, hasRegistrationTime: registrationTime !== undefined }))
+    return infos.filter((i) => drvsToo || !String(i.path).endsWith('.drv')).map(({ registrationTime, ...rest }): Record<string, unknown> => ({ ...rest, hasRegistrationTime: registrationTime !== undefined }))
       .sort((x, y) => String(x.path).localeCompare(String(y.path)));
   }
 
@@ -231,5 +233,14 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     for (const root of [f.N, f.O]) expect(readFileSync(root + out.a, 'utf8')).toBe('a\n');
     expect(runNix('nix-store', ['--store', f.O, '--verify', '--check-contents']).status).toBe(0);
     expect(pathInfos(f.O)).toEqual(pathInfos(f.N));
+  }, 60_000);
+
+  it('a .drv only the cache has: unknown to the "will be fetched" summary (as Nix 2.8), substituted with its outputs', async () => {
+    const f = fresh('xz', false);
+    const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [drv.b]);
+    expect(r.nix.status).toBe(0);
+    expect(r.nix.stderr).toContain(`copying path '${drv.b}'`);
+    expectSame(r);
+    expect(pathInfos(f.O, true)).toEqual(pathInfos(f.N, true));
   }, 60_000);
 });
