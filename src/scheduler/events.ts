@@ -46,9 +46,11 @@ export interface BuildEngineEvents {
   progress: (p: Progress) => void;
   /**
    * Something the user should know that does not fail the call by itself. `level: 'error'` for errors
-   * Nix prints and then carries on from (e.g. a substitute that is gone: the path is built instead).
+   * Nix prints and then carries on from (e.g. a substitute that is gone: the path is built instead);
+   * `level: 'plain'` for what Nix prints without a prefix (an output that differs between rounds when
+   * determinism is not enforced).
    */
-  warning: (e: { message: string; level?: 'warning' | 'error' }) => void;
+  warning: (e: { message: string; level?: 'warning' | 'error' | 'plain' }) => void;
 }
 
 /** Mutable progress counters owned by one engine; emits snapshots. */

@@ -342,7 +342,8 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
           // Not a check mismatch: Nix 2.8 exits with 1 here (104 only for --check).
           throw new OutputRejected('not-deterministic', msg, false, false);
         }
-        w.warn(msg);
+        // Nix logs it as an error without the `error:` prefix.
+        w.warn(msg, 'plain');
         stopRounds = true;
       }
       await deleteTree(real).catch(() => {});

@@ -79,8 +79,8 @@ export class Worker {
     if (this.controller.signal.aborted) throw new GoalStopped();
   }
 
-  warn(message: string): void {
-    this.ctx.emit('warning', { message });
+  warn(message: string, level?: 'warning' | 'plain'): void {
+    this.ctx.emit('warning', level ? { message, level } : { message });
   }
 
   /** The derivation whose failure stopped the call (its failure is reported first). */

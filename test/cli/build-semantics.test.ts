@@ -72,7 +72,7 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     writeFileSync(file, readFileSync(EXPR_FILE));
     R1 = path.join(dir, 'R1');
     R2 = path.join(dir, 'R2');
-    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums', 'chatty', 'fodBad', 'slow']) {
+    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums', 'chatty', 'fodBad', 'slow', 'nondet']) {
       drvs[a] = nix('nix-instantiate', ['--store', R1, file, '-A', a]);
       expect(nix('nix-instantiate', ['--store', R2, file, '-A', a])).toBe(drvs[a]);
     }
@@ -148,5 +148,15 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
       rmSync(kept!, { recursive: true, force: true });
       rmSync(dirOf(n.stderr)!, { recursive: true, force: true });
     }
+  });
+
+  it('build-repeat without enforce-determinism: the difference is printed without a prefix, as Nix logs it', async () => {
+    const args = ['--option', 'build-repeat', '1', '--option', 'enforce-determinism', 'false', drvs.nondet!];
+    const n = nixRealise(args);
+    const o = await ours(args);
+    expect([o.status, n.status]).toEqual([0, 0]);
+    expect(o.stdout.toString()).toBe(n.stdout.toString());
+    expect(o.stderr.toString()).toBe(n.stderr);
+    expect(n.stderr).toMatch(/^output '[^']*' of '[^']*' differs from previous round$/m);
   });
 });
