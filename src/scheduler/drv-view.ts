@@ -129,8 +129,9 @@ export function getStringsAttr(v: DrvView, name: string): string[] | undefined {
   return s === undefined ? undefined : s.split(/[ \t\n\r]+/).filter(Boolean);
 }
 
+/** The derivation's `requiredSystemFeatures` as Nix holds them: a set, sorted, without duplicates. */
 export function requiredSystemFeatures(v: DrvView): string[] {
-  return getStringsAttr(v, 'requiredSystemFeatures') ?? [];
+  return [...new Set(getStringsAttr(v, 'requiredSystemFeatures') ?? [])].sort();
 }
 
 export function substitutesAllowed(v: DrvView): boolean {

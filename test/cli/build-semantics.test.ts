@@ -72,7 +72,7 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     writeFileSync(file, readFileSync(EXPR_FILE));
     R1 = path.join(dir, 'R1');
     R2 = path.join(dir, 'R2');
-    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums', 'chatty', 'fodBad', 'slow', 'nondet']) {
+    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums', 'chatty', 'fodBad', 'slow', 'nondet', 'features']) {
       drvs[a] = nix('nix-instantiate', ['--store', R1, file, '-A', a]);
       expect(nix('nix-instantiate', ['--store', R2, file, '-A', a])).toBe(drvs[a]);
     }
@@ -158,5 +158,14 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     expect(o.stdout.toString()).toBe(n.stdout.toString());
     expect(o.stderr.toString()).toBe(n.stderr);
     expect(n.stderr).toMatch(/^output '[^']*' of '[^']*' differs from previous round$/m);
+  });
+
+  it('requiredSystemFeatures missing here: the features are named as a sorted set, exit 1', async () => {
+    const args = ['--option', 'system-features', 'foo', drvs.features!];
+    const n = nixRealise(args);
+    const o = await ours(args);
+    expect([o.status, n.status]).toEqual([1, 1]);
+    expect(o.stderr.toString()).toBe(n.stderr);
+    expect(n.stderr).toContain("with features {bar, foo} is required to build");
   });
 });
