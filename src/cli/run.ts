@@ -482,9 +482,13 @@ export async function main(argv: string[]): Promise<number> {
       writeStderr(`${formatError(e.message)}Try 'realise --help' for more information.\n`);
       return 1;
     }
-    // Nix's words only: a RealiseError's hint stays in the API's message.
-    if (e instanceof RealiseError) writeStderr(formatError(e.shortMessage));
-    else if (e instanceof CliError) writeStderr(formatError(e.message));
+    // Nix's words only: a RealiseError's hint stays in the API's message. A setup error with keepFailed
+    // ends with Nix's "note: keeping build directory" line, which Nix prints before the error.
+    if (e instanceof RealiseError) {
+      const { message, note } = splitNote(e.shortMessage);
+      if (note) writeStderr(note + '\n');
+      writeStderr(formatError(message));
+    } else if (e instanceof CliError) writeStderr(formatError(e.message));
     else writeStderr(formatError((e as Error)?.stack ?? String(e)));
     return 1;
   }

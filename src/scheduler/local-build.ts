@@ -202,22 +202,13 @@ async function runOneRound(
   const { store, options } = w.ctx;
   const drvPath = view.drvPath;
   const storeDir = store.storeDir;
-  // Nix's startBuilder throws these out of the build (not as a build failure): the whole call ends with
-  // that one error, exit 1, even with keepGoing; no dependent reports a failed dependency.
+  // Nix's startBuilder throws some errors out of the build (not as a build failure): the whole call ends
+  // with that one error, exit 1, even with keepGoing; no dependent reports a failed dependency.
   let sandbox: ReturnType<typeof w.ctx.pickSandbox>;
-  let extraPaths: Map<string, SandboxPath> | undefined;
   try {
-    sandbox = w.ctx.pickSandbox(view); // `__noChroot` with sandbox = true
-    // What Nix adds to the chroot before making it (sandbox paths, impure host deps).
-    extraPaths = sandbox.isolated ? await sandboxExtraPaths(w, view) : undefined;
-    // Nix 2.8 starts a daemon for recursive Nix here, which needs the experimental feature.
-    if (requiredSystemFeatures(view).includes('recursive-nix') && !options.experimentalFeatures.includes('recursive-nix')) {
-      throw new RealiseError('experimental-feature-disabled', "experimental Nix feature 'recursive-nix' is disabled; use '--extra-experimental-features recursive-nix' to override", {
-        hint: "add 'recursive-nix' to the experimentalFeatures option (recursive Nix itself is not implemented: the builder gets no daemon)",
-      });
-    }
+    sandbox = w.ctx.pickSandbox(view); // `__noChroot` with sandbox = true (before the build dir exists)
   } catch (e) {
-    throw e instanceof RealiseError && e.code !== 'build-setup' ? new BuildSetupError(e.shortMessage, { hint: e.hint, cause: e }) : e;
+    throw asSetupError(e);
   }
   // Outputs that can't be written at their real path are built at scratch paths, with hash rewriting.
   const forceScratch = plan.mode !== 'normal' || round > 1;
@@ -247,6 +238,21 @@ async function runOneRound(
   const buildDir = await createBuildDir(options.buildDir, `nix-build-${view.name}.drv`);
   const buildDirInSandbox = sandbox.isolated ? '/build' : buildDir;
   let keepBuildDir = false;
+  let extraPaths: Map<string, SandboxPath> | undefined;
+  try {
+    // What Nix adds to the chroot before making it (sandbox paths, impure host deps).
+    extraPaths = sandbox.isolated ? await sandboxExtraPaths(w, view) : undefined;
+    // Nix 2.8 starts a daemon for recursive Nix here, which needs the experimental feature.
+    if (requiredSystemFeatures(view).includes('recursive-nix') && !options.experimentalFeatures.includes('recursive-nix')) {
+      throw new RealiseError('experimental-feature-disabled', "experimental Nix feature 'recursive-nix' is disabled; use '--extra-experimental-features recursive-nix' to override", {
+        hint: "add 'recursive-nix' to the experimentalFeatures option (recursive Nix itself is not implemented: the builder gets no daemon)",
+      });
+    }
+  } catch (e) {
+    // The build dir exists by now: with keepFailed Nix keeps it and says so.
+    if (!options.keepFailed) await removeBuildDir(buildDir).catch(() => {});
+    throw asSetupError(e, options.keepFailed ? buildDir : undefined);
+  }
 
   const log = new LogCollector({
     logLines: options.logLines,
@@ -374,7 +380,8 @@ async function runOneRound(
     if (setupError !== undefined) {
       finishProgress(false);
       await cleanupScratch(w, scratch, new Set());
-      throw new BuildSetupError(setupError, { hint: 'check the sandbox paths and the pre-build hook' });
+      keepBuildDir = options.keepFailed;
+      throw new BuildSetupError(setupError + (keepBuildDir ? `\nnote: keeping build directory '${buildDir}'` : ''), { hint: 'check the sandbox paths and the pre-build hook' });
     }
     // With keepFailed Nix keeps the build directory of every failed build (timeouts, the log limit,
     // rejected outputs too) and says so.
@@ -468,6 +475,13 @@ async function sandboxExtraPaths(w: Worker, view: DrvView): Promise<Map<string, 
   const impure = getStringsAttr(view, '__impureHostDeps') ?? [];
   for (const [t, s] of checkImpureHostDeps(view.drvPath, impure, options.allowedImpureHostDeps)) paths.set(t, s);
   return paths;
+}
+
+/** An error Nix throws out of a build's setup, as the fatal BuildSetupError (with the kept build dir's note). */
+function asSetupError(e: unknown, keptBuildDir?: string): unknown {
+  if (!(e instanceof RealiseError) || e.code === 'build-setup') return e;
+  const note = keptBuildDir ? `\nnote: keeping build directory '${keptBuildDir}'` : '';
+  return new BuildSetupError(e.shortMessage + note, { hint: e.hint, cause: e });
 }
 
 /**

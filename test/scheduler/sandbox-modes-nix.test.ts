@@ -135,6 +135,28 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       }
     });
 
+    it('keepFailed and a setup error: both keep the build dir and print the note before the error', async () => {
+      const [kA, kB] = [path.join(root, 'kept-nix'), path.join(root, 'kept-ours')];
+      await fsp.mkdir(kA);
+      await fsp.mkdir(kB);
+      const r = nixRealise(R1, [...nixSandboxArgs(), '--keep-failed', drv.impure!], { TMPDIR: kA });
+      expect(r.status).toBe(1);
+      const saved = process.env.TMPDIR;
+      process.env.TMPDIR = kB;
+      let ours;
+      try {
+        ours = await realiseCli(['build', '--store', R2, drv.impure!, ...nixSandboxArgs(), '--keep-failed']);
+      } finally {
+        if (saved === undefined) delete process.env.TMPDIR; else process.env.TMPDIR = saved;
+      }
+      expect(ours.status).toBe(1);
+      expect(await fsp.readdir(kB)).toEqual(await fsp.readdir(kA));
+      expect(await fsp.readdir(kA)).toEqual(['nix-build-impure.drv-0']);
+      const lines = (t: string, dir: string) => t.split(dir).join('TMP').split('\n').filter((l) => /^(error|note): /.test(l));
+      expect(lines(ours.stderr, kB)).toEqual(lines(r.stderr, kA));
+      expect(lines(ours.stderr, kB)[0]).toBe("note: keeping build directory 'TMP/nix-build-impure.drv-0'");
+    });
+
     it('__impureHostDeps under an allowed prefix: bound into the sandbox by both, same output', async () => {
       const r = nixBuild(['--option', 'allowed-impure-host-deps', '/usr/bin', drv.impure!]);
       expect(r.status, r.stderr).toBe(0);
