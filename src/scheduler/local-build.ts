@@ -62,6 +62,11 @@ async function removeBuildDir(dir: string): Promise<void> {
   }
 }
 
+/** After a build: remove its build dir, or keep it (a failed build with keepFailed) opened up to 0755, as Nix does. */
+async function keepOrRemoveBuildDir(dir: string, keep: boolean): Promise<void> {
+  await (keep ? fsp.chmod(dir, 0o755) : removeBuildDir(dir)).catch(() => {});
+}
+
 /** Read once: process.umask() with no argument is a read-and-restore, not something to do per build. */
 const UMASK_CLEARS_OWNER_BITS = (process.umask() & 0o700) !== 0;
 
@@ -250,7 +255,7 @@ async function runOneRound(
     }
   } catch (e) {
     // The build dir exists by now: with keepFailed Nix keeps it and says so.
-    if (!options.keepFailed) await removeBuildDir(buildDir).catch(() => {});
+    await keepOrRemoveBuildDir(buildDir, options.keepFailed);
     throw asSetupError(e, options.keepFailed ? buildDir : undefined);
   }
 
@@ -452,7 +457,7 @@ async function runOneRound(
     }
     throw e;
   } finally {
-    if (!keepBuildDir) await removeBuildDir(buildDir).catch(() => {});
+    await keepOrRemoveBuildDir(buildDir, keepBuildDir);
   }
 }
 

@@ -152,6 +152,9 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       expect(ours.status).toBe(1);
       expect(await fsp.readdir(kB)).toEqual(await fsp.readdir(kA));
       expect(await fsp.readdir(kA)).toEqual(['nix-build-impure.drv-0']);
+      const mode = async (d: string) => (await fsp.stat(path.join(d, 'nix-build-impure.drv-0'))).mode & 0o7777;
+      expect(await mode(kB)).toBe(await mode(kA));
+      expect(await mode(kA)).toBe(0o755);
       const lines = (t: string, dir: string) => t.split(dir).join('TMP').split('\n').filter((l) => /^(error|note): /.test(l));
       expect(lines(ours.stderr, kB)).toEqual(lines(r.stderr, kA));
       expect(lines(ours.stderr, kB)[0]).toBe("note: keeping build directory 'TMP/nix-build-impure.drv-0'");
@@ -223,11 +226,14 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       expect(pathFacts(R2, [out!]).get(out!)).toEqual(pathFacts(R1, [out!]).get(out!));
     });
 
-    it('a failed build (also with keepFailed): its output is not left in the chroot store, nor is the chroot', async () => {
+    it('a failed build (also with keepFailed): its output is not left in the chroot store, nor is the chroot; a kept build dir is 0755 in both', async () => {
+      const [kA, kB] = [path.join(root, 'kept-fail-nix'), path.join(root, 'kept-fail-ours')];
+      await fsp.mkdir(kA);
+      await fsp.mkdir(kB);
       for (const keep of [false, true]) {
-        const r = nixBuild([...(keep ? ['--keep-failed'] : []), drv.fail!]);
+        const r = nixRealise(R1, [...nixSandboxArgs(), ...(keep ? ['--keep-failed'] : []), drv.fail!], { TMPDIR: kA });
         expect(r.status).toBe(100);
-        const e = await failureOf(engine({ keepFailed: keep }).buildPaths([drv.fail!]));
+        const e = await failureOf(engine({ keepFailed: keep, buildDir: kB }).buildPaths([drv.fail!]));
         expect(e.exitStatus).toBe(100);
         await flushRemovals(); // the chroot is renamed aside at once and deleted in the background
         const left = async (R: string) => (await fsp.readdir(path.join(R, 'nix/store'))).filter((n) => n.includes('-fail') && !n.endsWith('.drv') && !n.endsWith('.lock'));
@@ -235,6 +241,9 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
         expect(await left(R2)).toEqual(await left(R1));
         expect(await left(R2)).toEqual([]);
       }
+      const kept = async (d: string) => Promise.all((await fsp.readdir(d)).map(async (n) => [n, (await fsp.stat(path.join(d, n))).mode & 0o7777]));
+      expect(await kept(kB)).toEqual(await kept(kA));
+      expect(await kept(kA)).toEqual([['nix-build-fail.drv-0', 0o755]]);
       // Nix 2.8 renamed its failed output to the logical path on the host, when it could.
       await removeTree(nixOutputs(R1, [drv.fail!])[0]!);
     });
