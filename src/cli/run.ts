@@ -89,6 +89,7 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
       case 'sandbox-paths': case 'extra-sandbox-paths': sandboxPaths.push(...value.split(/\s+/).filter(Boolean)); break;
       case 'allowed-impure-host-deps': case 'extra-allowed-impure-host-deps': allowedImpure.push(...value.split(/\s+/).filter(Boolean)); break;
       case 'pre-build-hook': opts.preBuildHook = value; break;
+      case 'sandbox-build-dir': opts.sandboxBuildDir = value; break;
       case 'experimental-features': case 'extra-experimental-features': experimental.push(...value.split(/\s+/).filter(Boolean)); break;
       case 'build-repeat': int(name, (v) => { opts.buildRepeat = v; }); break;
       case 'enforce-determinism': bool(name, (v) => { opts.enforceDeterminism = v; }); break;

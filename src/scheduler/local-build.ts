@@ -241,7 +241,7 @@ async function runOneRound(
 
   // Build directory.
   const buildDir = await createBuildDir(options.buildDir, `nix-build-${view.name}.drv`);
-  const buildDirInSandbox = sandbox.isolated ? '/build' : buildDir;
+  const buildDirInSandbox = sandbox.isolated ? options.sandboxBuildDir : buildDir;
   let keepBuildDir = false;
   let extraPaths: Map<string, SandboxPath> | undefined;
   try {

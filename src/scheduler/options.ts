@@ -33,6 +33,8 @@ export interface BuildEngineOptions {
    * `extra-sandbox-paths` blocks. @default undefined
    */
   preBuildHook?: string;
+  /** Where the build directory is inside the sandbox (Nix's `sandbox-build-dir`). @default '/build' */
+  sandboxBuildDir?: string;
   /**
    * Nix's `experimental-features` the engine checks: a derivation requiring the `recursive-nix` system
    * feature fails unless `'recursive-nix'` is listed (recursive Nix itself is not implemented). @default []
@@ -86,6 +88,7 @@ export interface ResolvedOptions {
   allowedImpureHostDeps: readonly string[];
   preBuildHook: string | undefined;
   experimentalFeatures: readonly string[];
+  sandboxBuildDir: string;
   maxJobs: number;
   maxSubstitutionJobs: number;
   cores: number;
@@ -137,7 +140,7 @@ export function hostSystem(): string {
 }
 
 const KNOWN = new Set([
-  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'allowedImpureHostDeps', 'preBuildHook', 'experimentalFeatures', 'maxJobs', 'maxSubstitutionJobs', 'cores', 'keepGoing', 'fallback',
+  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'allowedImpureHostDeps', 'preBuildHook', 'experimentalFeatures', 'sandboxBuildDir', 'maxJobs', 'maxSubstitutionJobs', 'cores', 'keepGoing', 'fallback',
   'buildRepeat', 'enforceDeterminism', 'maxSilentTime', 'buildTimeout', 'maxLogSize', 'logLines', 'keepFailed', 'postBuildHook',
   'systemFeatures', 'system', 'extraPlatforms', 'environment', 'buildDir', 'builders',
 ]);
@@ -152,6 +155,7 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
   const system = o.system ?? hostSystem();
   if (typeof system !== 'string' || !system) throw new OptionsError(`Expected \`system\` to be a non-empty string, got ${describe(system)}`);
   if (o.postBuildHook !== undefined && typeof o.postBuildHook !== 'string') throw new OptionsError(`Expected \`postBuildHook\` to be a string, got ${describe(o.postBuildHook)}`);
+  if (o.sandboxBuildDir !== undefined && (typeof o.sandboxBuildDir !== 'string' || !o.sandboxBuildDir.startsWith('/'))) throw new OptionsError(`Expected \`sandboxBuildDir\` to be an absolute path, got ${describe(o.sandboxBuildDir)}`);
   if (o.preBuildHook !== undefined && typeof o.preBuildHook !== 'string') throw new OptionsError(`Expected \`preBuildHook\` to be a string, got ${describe(o.preBuildHook)}`);
   return {
     substituters: o.substituters ?? [],
@@ -161,6 +165,7 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     allowedImpureHostDeps: strings('allowedImpureHostDeps', o.allowedImpureHostDeps, []),
     preBuildHook: o.preBuildHook || undefined,
     experimentalFeatures: strings('experimentalFeatures', o.experimentalFeatures, []),
+    sandboxBuildDir: o.sandboxBuildDir ?? '/build',
     maxJobs: int('maxJobs', o.maxJobs, 1, 0),
     maxSubstitutionJobs: int('maxSubstitutionJobs', o.maxSubstitutionJobs, 16, 1),
     cores: int('cores', o.cores, cpus().length || 1, 0),

@@ -31,6 +31,7 @@ in {
   impure = mk "impure" { __impureHostDeps = [ "/usr/bin/env" ]; args = sh "/bin/busybox ls -d /usr/bin/env > $out 2>&1; true"; };
   # A dependency Nix refuses to start, next to one that builds.
   top = mk "top" { a = slowok; b = imp2; args = sh "echo x > $out"; };
+  sbd = mk "sbd" { args = sh "echo $NIX_BUILD_TOP $TMPDIR $PWD > $out; /bin/busybox cat /etc/passwd >> $out; /bin/busybox ls -d /build /mybuild >> $out 2>&1; true"; };
   rnix = mk "rnix" { requiredSystemFeatures = [ "recursive-nix" ]; args = sh "echo x > $out"; };
   urange = mk "urange" { requiredSystemFeatures = [ "uid-range" ]; args = sh "echo x > $out"; };
   fail = mk "fail" { args = sh "mkdir $out; echo partial > $out/f; echo failing; exit 3"; };
@@ -133,6 +134,15 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
         expect(errors(ours.stderr)).toEqual(errors(r.stderr));
         expect(errors(ours.stderr)).toEqual([expect.stringMatching(/^error: derivation '.*-imp2\.drv' requested impure path '\/usr\/bin\/env', but it was not in allowed-impure-host-deps$/)]);
       }
+    });
+
+    it('sandbox-build-dir: the builder works in that directory in both, same output', async () => {
+      const r = nixBuild(['--option', 'sandbox-build-dir', '/mybuild', drv.sbd!]);
+      expect(r.status, r.stderr).toBe(0);
+      await engine({ sandboxBuildDir: '/mybuild' }).buildPaths([drv.sbd!]);
+      const [out] = nixOutputs(R1, [drv.sbd!]);
+      expect(await fsp.readFile(path.join(R1, out!), 'utf8')).toMatch(/^\/mybuild \/mybuild \/mybuild\nroot:x:0:0:Nix build user:\/mybuild:/);
+      expect(pathFacts(R2, [out!]).get(out!)).toEqual(pathFacts(R1, [out!]).get(out!));
     });
 
     it('keepFailed and a setup error: both keep the build dir and print the note before the error', async () => {
