@@ -12,7 +12,6 @@ import { buildLocally } from './local-build.js';
 import { failure, success, isSuccess, type BuildResult } from './results.js';
 import { substitutionSucceeded } from './substitution-goal.js';
 import type { BuildMode, Worker } from './worker.js';
-import { pathContentsGood } from './verify.js';
 
 interface OutputStatus {
   readonly name: string;
@@ -36,7 +35,7 @@ async function checkPathValidity(w: Worker, view: DrvView, wanted: Set<string> |
   for (const [name, spec] of view.outputs) {
     const p = knownPath(spec) ?? registered.get(name);
     let ok = p !== undefined && valid.has(p);
-    if (ok && mode === 'repair') ok = await pathContentsGood(store, p!);
+    if (ok && mode === 'repair') ok = await w.pathContentsGood(p!);
     out.push({ name, path: p, valid: ok, wanted: wanted === undefined || wanted.has(name) });
   }
   return out;
@@ -236,8 +235,8 @@ async function repairClosure(w: Worker, view: DrvView, statuses: OutputStatus[])
   }
   const repairs: Promise<boolean>[] = [];
   for (const p of closure) {
-    if (await pathContentsGood(store, p)) continue;
-    w.warn(`found corrupted or missing path '${p}' in the output closure of '${view.drvPath}'`);
+    if (await w.pathContentsGood(p)) continue;
+    w.warn(`found corrupted or missing path '${p}' in the output closure of '${view.drvPath}'`, 'plain');
     const drv = outputsToDrv.get(p);
     repairs.push(drv
       ? w.derivationGoal(drv, undefined, 'repair').then((r) => isSuccess(r.status))

@@ -89,6 +89,7 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
 
     if (outcome.ok) {
       if (outcome.k === 'valid') return { kind: 'valid' };
+      w.markContentsGood(path);
       w.ctx.progress.substitutions.done++;
       w.ctx.progress.changed();
       w.ctx.emit('substitution-finished', { path, substituter: sub.uri, ok: true });

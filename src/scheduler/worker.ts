@@ -10,6 +10,7 @@ import { derivationGoal } from './derivation-goal.js';
 import { failure, isSuccess, type BuildResult } from './results.js';
 import { substitutionGoal, type SubstitutionOutcome } from './substitution-goal.js';
 import { RealiseError } from '../store/errors.js';
+import { pathContentsGood } from './verify.js';
 
 export type BuildMode = 'normal' | 'repair' | 'check';
 
@@ -77,6 +78,27 @@ export class Worker {
 
   throwIfStopped(): void {
     if (this.controller.signal.aborted) throw new GoalStopped();
+  }
+
+  private readonly contentsGood = new Map<StorePath, boolean>();
+
+  /**
+   * Nix's Worker::pathContentsGood (repair mode): hash a valid path once per call and compare with its
+   * registered NAR hash, saying so as Nix does ("checking path '…'...", "path '…' is corrupted or missing!").
+   */
+  async pathContentsGood(path: StorePath): Promise<boolean> {
+    const known = this.contentsGood.get(path);
+    if (known !== undefined) return known;
+    this.warn(`checking path '${path}'...`, 'plain');
+    const ok = await pathContentsGood(this.ctx.store, path);
+    this.contentsGood.set(path, ok);
+    if (!ok) this.warn(`path '${path}' is corrupted or missing!`, 'plain');
+    return ok;
+  }
+
+  /** A path just substituted or built is good (Nix's markContentsGood). */
+  markContentsGood(path: StorePath): void {
+    this.contentsGood.set(path, true);
   }
 
   warn(message: string, level?: 'warning' | 'plain'): void {
