@@ -36,6 +36,8 @@ export interface CliArgs {
   ignoreUnknown: boolean;
   /** `path-info --derivation`: a .drv argument means the .drv itself, not its outputs. */
   derivation: boolean;
+  /** path-info --all: every valid path. */
+  all: boolean;
   /** `path-info -s` / `--size`, `-S` / `--closure-size`, `--sigs`, `-h` / `--human-readable` (as nix path-info). */
   size: boolean;
   closureSize: boolean;
@@ -134,7 +136,7 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
   const a: CliArgs = {
     command: '', positional: [], substituters: [], trustedPublicKeys: [], options: new Map(), fromOption: new Set(), unknownSettings: [], json: false, check: false, repair: false,
     help: false, version: false, recursive: false, dryRun: false, quiet: false, noBuildOutput: false, printBuildLogs: false,
-    ignoreUnknown: false, derivation: false, size: false, closureSize: false, sigs: false, humanReadable: false,
+    ignoreUnknown: false, derivation: false, all: false, size: false, closureSize: false, sigs: false, humanReadable: false,
   };
   /** A setting's value; `extra-NAME` adds to what is there, as in nix.conf. */
   const setSetting = (key: string, value: string): void => {
@@ -154,6 +156,7 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
       if (arg === '-s' || arg === '--size') { a.size = true; continue; }
       if (arg === '-S' || arg === '--closure-size') { a.closureSize = true; continue; }
       if (arg === '--sigs') { a.sigs = true; continue; }
+      if (arg === '--all') { a.all = true; continue; }
       if (arg === '-h' || arg === '--human-readable') { a.humanReadable = true; continue; }
     }
     if (arg === '--help' || arg === '-h') { a.help = true; continue; }

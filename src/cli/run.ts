@@ -42,7 +42,7 @@ flags:
 
 async function openStoreArg(spec: string | undefined): Promise<Store> {
   if (!spec) return LocalStore.openDefault();
-  return openStore(spec);
+  return openStore(spec, { warn: (m) => writeStderr(formatWarning(m)) });
 }
 
 function engineOptions(args: CliArgs, store: Store, warn: (message: string) => void): BuildEngineOptions {
@@ -227,8 +227,8 @@ async function build(args: CliArgs, store: Store): Promise<number> {
   });
   const ac = new AbortController();
   const onSig = () => ac.abort();
-  process.once('SIGINT', onSig);
-  process.once('SIGTERM', onSig);
+  // SIGHUP too, as Nix's signal handler; `on`, so a second interrupt during the clean-up changes nothing.
+  for (const sig of INTERRUPTS) process.on(sig, onSig);
   try {
     if (!args.quiet || args.dryRun || args.ignoreUnknown) {
       // A substituter that fails to answer ends the command, as Nix's queryMissing throws (without --fallback).
@@ -278,8 +278,7 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     return 0;
   } finally {
     display.stop();
-    process.off('SIGINT', onSig);
-    process.off('SIGTERM', onSig);
+    for (const sig of INTERRUPTS) process.off(sig, onSig);
     await engine.close();
   }
 }
@@ -341,11 +340,21 @@ function formatSize(value: number, human: boolean): string {
   return `\t${res.toFixed(1).padStart(6)}${units[power]}`;
 }
 
+/** The signals that interrupt a build (Nix's signal handler thread waits for the same three). */
+const INTERRUPTS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
 async function pathInfo(args: CliArgs, store: Store): Promise<number> {
-  if (args.positional.length === 0) throw new CliError("'path-info' needs at least one store path");
+  // --all: every valid path as it is (a .drv among them stands for itself).
+  let all: Set<string> | undefined;
+  if (args.all) {
+    if (args.positional.length > 0) throw new UsageError("'--all' does not expect arguments");
+    if (!store.queryAllValidPaths) throw new CliError('this store cannot list its valid paths');
+    all = await store.queryAllValidPaths();
+  }
+  if (args.positional.length === 0 && !all) throw new CliError("'path-info' needs at least one store path");
   // As Nix 2.8's `nix path-info`: a .drv stands for its outputs (unless --derivation), the result is a
   // sorted set, and nothing is built.
-  const roots = new Set<string>();
+  const roots = new Set<string>(all);
   for (const a of args.positional) {
     const p = followLinksToStorePath(store.storeDir, a);
     if (p.endsWith('.drv')) {
@@ -363,6 +372,11 @@ async function pathInfo(args: CliArgs, store: Store): Promise<number> {
         const out = o.path ?? registered.get(name);
         if (out) roots.add(out);
       }
+    } else if (args.derivation) {
+      // As Nix's toDerivations: a store path stands for the (first) valid derivation that has it as an output.
+      const [deriver] = (await store.queryValidDerivers?.(p)) ?? [];
+      if (!deriver) throw new CliError(`'${p}' does not have a known deriver`);
+      roots.add(deriver);
     } else {
       roots.add(p);
     }
@@ -370,7 +384,7 @@ async function pathInfo(args: CliArgs, store: Store): Promise<number> {
   // What Nix's printMissing says before the info (nothing is built: Realise::Nothing).
   const targets: BuildTarget[] = args.positional.map((a) => {
     const t = parseTargetArg(store.storeDir, a);
-    return 'drvPath' in t && args.derivation ? { path: t.drvPath } : t;
+    return args.derivation ? { path: 'drvPath' in t ? t.drvPath : t.path } : t;
   });
   const engine = new BuildEngine({ store });
   try {

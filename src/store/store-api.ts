@@ -53,6 +53,10 @@ export interface Store {
   queryReferrers(path: StorePath): Promise<StorePath[]>;
   /** Every valid path reachable from `paths` via references (including them). */
   computeClosure(paths: Iterable<StorePath>): Promise<Set<StorePath>>;
+  /** Every valid path (Nix's queryAllValidPaths). Optional: a store that cannot enumerate may omit it. */
+  queryAllValidPaths?(): Promise<Set<StorePath>>;
+  /** Valid derivations that list `outPath` as an output, sorted (Nix's queryValidDerivers). Optional. */
+  queryValidDerivers?(outPath: StorePath): Promise<StorePath[]>;
   /** Output name → path as registered for a derivation (Nix's DerivationOutputs table). */
   queryDerivationOutputs(drvPath: StorePath): Promise<Map<string, StorePath>>;
   /** Record derivation outputs (done by registration of a .drv, or explicitly). */

@@ -1,0 +1,96 @@
+/**
+ * `realise path-info` against `nix path-info` (Nix 2.8) on twin chroot stores, for the forms not covered
+ * in cli.test.ts: --all, --derivation of an output path (its deriver), compound flags, a store URI with a
+ * parameter Nix does not know, and a reader that goes away (`| head -1`). Runs bin/realise.js as a user
+ * does, since the last two are about the process itself.
+ */
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
+
+const BIN = path.resolve(__dirname, '../../bin/realise.js');
+const EXPR = `rec {
+  a = derivation { name = "pi-a"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo a > $out"]; };
+  b = derivation { name = "pi-b"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo \${a} > $out"]; };
+}`;
+
+interface Run { stdout: string; stderr: string; status: number }
+const noTimes = (s: string) => s.replace(/"registrationTime":\d+/g, '"registrationTime":T');
+
+describe.skipIf(!nixOk())('realise path-info vs nix path-info', () => {
+  let dir: string;
+  let N: string;
+  let O: string;
+  let drv: string;
+  let out: string;
+  let src: string;
+  const ours = (args: string[], root = O): Run => {
+    const r = spawnSync(process.execPath, [BIN, 'path-info', '--store', root, ...args], { encoding: 'utf8', env: nixEnv() });
+    return { stdout: r.stdout, stderr: r.stderr, status: r.status ?? -1 };
+  };
+  const theirs = (args: string[]): Run => runNix('nix', ['path-info', '--store', N, ...args]);
+
+  beforeAll(() => {
+    dir = tempDir();
+    N = path.join(dir, 'N');
+    O = path.join(dir, 'O');
+    writeFileSync(path.join(dir, 'e.nix'), EXPR);
+    writeFileSync(path.join(dir, 'src.txt'), 'a source\n');
+    for (const root of [N, O]) {
+      drv = nix('nix-instantiate', ['--store', root, path.join(dir, 'e.nix'), '-A', 'b']);
+      src = nix('nix-store', ['--store', root, '--add', path.join(dir, 'src.txt')]);
+    }
+    nix('nix-store', ['--store', N, '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', '--realise', drv]);
+    const r = spawnSync(process.execPath, [BIN, 'build', '--store', O, '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', drv], { encoding: 'utf8', env: nixEnv() });
+    expect(r.status, r.stderr).toBe(0);
+    out = nix('nix-store', ['--store', N, '-q', '--outputs', drv]);
+  });
+
+  it('--all lists every valid path as it is (.drv files too), in text, sizes and JSON', () => {
+    for (const args of [['--all'], ['--all', '--json'], ['--all', '-sS'], ['--all', out]]) {
+      const [o, n] = [ours(args), theirs(args)];
+      expect([noTimes(o.stdout), o.status], args.join(' ')).toEqual([noTimes(n.stdout), n.status]);
+    }
+    expect(ours(['--all']).stdout.split('\n')).toContain(drv);
+    expect(ours(['--all', out]).stderr).toContain("'--all' does not expect arguments");
+  });
+
+  it('--derivation of an output path is its deriver; a path with none is an error in Nix words', () => {
+    for (const args of [['--derivation', out], ['-r', '--derivation', out], ['--derivation', src], ['--derivation', '--json', out]]) {
+      const [o, n] = [ours(args), theirs(args)];
+      expect([noTimes(o.stdout), o.status], args.join(' ')).toEqual([noTimes(n.stdout), n.status]);
+    }
+    expect(ours(['--derivation', out]).stdout.trim()).toBe(drv);
+    expect(ours(['--derivation', src]).stderr).toContain(`error: '${src}' does not have a known deriver`);
+  });
+
+  it('compound short flags: -rsS as -r -s -S', () => {
+    const [o, n] = [ours(['-rsS', out]), theirs(['-rsS', out])];
+    expect([o.stdout, o.status]).toEqual([n.stdout, n.status]);
+    expect(o.stdout.split('\n').filter(Boolean)).toHaveLength(2);
+  });
+
+  it('a store URI parameter nobody knows: a warning, and the store is used', () => {
+    const [o, n] = [ours([out], `${O}?frob=1`), runNix('nix', ['path-info', '--store', `${N}?frob=1`, out])];
+    expect([o.stdout, o.status]).toEqual([n.stdout, n.status]);
+    expect(o.stderr).toContain("warning: unknown setting 'frob'");
+    expect(n.stderr).toContain("warning: unknown setting 'frob'");
+  });
+
+  it('a reader that goes away early: status 0 and no stack trace, as Nix', () => {
+    // 300 more paths, so the listing outlasts the pipe's first read.
+    const many = Array.from({ length: 300 }, (_, i) => {
+      const f = path.join(dir, `m${i}`);
+      writeFileSync(f, `m${i}\n`);
+      return f;
+    });
+    for (const root of [N, O]) nix('nix-store', ['--store', root, '--add', ...many]);
+    const o = spawnSync('bash', ['-c', `'${process.execPath}' '${BIN}' path-info --store '${O}' --all | head -1 >/dev/null; echo \${PIPESTATUS[0]}`], { encoding: 'utf8', env: nixEnv() });
+    const n = spawnSync('bash', ['-c', `nix path-info --store '${N}' --all | head -1 >/dev/null; echo \${PIPESTATUS[0]}`], { encoding: 'utf8', env: nixEnv() });
+    expect(o.stdout.trim()).toBe(n.stdout.trim());
+    expect(o.stdout.trim()).toBe('0');
+    expect(o.stderr).not.toContain('EPIPE');
+  });
+});
