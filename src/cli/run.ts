@@ -15,6 +15,7 @@ import {
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
 import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
 import { ProgressDisplay } from './progress.js';
+import { applyNixConf, readNixConf } from './nix-conf.js';
 import { dependenciesFirst, filterLogMessage, formatError, formatWarning, missingLines, splitNote, summariseFailures, withoutLogTail } from './report.js';
 
 const USAGE = `usage: realise COMMAND [FLAGS] ARGS
@@ -90,6 +91,8 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
       case 'allowed-impure-host-deps': case 'extra-allowed-impure-host-deps': allowedImpure.push(...value.split(/\s+/).filter(Boolean)); break;
       case 'pre-build-hook': opts.preBuildHook = value; break;
       case 'sandbox-build-dir': opts.sandboxBuildDir = value; break;
+      case 'sandbox-dev-shm-size': opts.sandboxShmSize = value; break;
+      case 'filter-syscalls': bool(name, (v) => { opts.filterSyscalls = v; }); break;
       case 'experimental-features': case 'extra-experimental-features': experimental.push(...value.split(/\s+/).filter(Boolean)); break;
       case 'build-repeat': int(name, (v) => { opts.buildRepeat = v; }); break;
       case 'enforce-determinism': bool(name, (v) => { opts.enforceDeterminism = v; }); break;
@@ -464,6 +467,8 @@ function version(): string {
 
 async function run(argv: string[]): Promise<number> {
   const args = parseArgs(argv);
+  // nix-store reads nix.conf and $NIX_CONFIG first; a malformed one ends it as a usage error.
+  applyNixConf(args, readNixConf(process.env));
   if (args.help) { process.stdout.write(USAGE); return 0; }
   if (args.version) { process.stdout.write(`realise (realise) ${version()}, mirroring nix-store (Nix) 2.8.0\n`); return 0; }
   if (!args.command) { process.stderr.write(USAGE); return 1; }

@@ -35,6 +35,10 @@ export interface BuildEngineOptions {
   preBuildHook?: string;
   /** Where the build directory is inside the sandbox (Nix's `sandbox-build-dir`). @default '/build' */
   sandboxBuildDir?: string;
+  /** Size of the sandbox's private /dev/shm tmpfs (Nix's `sandbox-dev-shm-size`). @default '50%' */
+  sandboxShmSize?: string;
+  /** Nix's seccomp filter in the sandbox: no setuid/setgid bits, no extended attributes (`filter-syscalls`). @default true */
+  filterSyscalls?: boolean;
   /**
    * Nix's `experimental-features` the engine checks: a derivation requiring the `recursive-nix` system
    * feature fails unless `'recursive-nix'` is listed (recursive Nix itself is not implemented). @default []
@@ -89,6 +93,8 @@ export interface ResolvedOptions {
   preBuildHook: string | undefined;
   experimentalFeatures: readonly string[];
   sandboxBuildDir: string;
+  sandboxShmSize: string;
+  filterSyscalls: boolean;
   maxJobs: number;
   maxSubstitutionJobs: number;
   cores: number;
@@ -140,7 +146,7 @@ export function hostSystem(): string {
 }
 
 const KNOWN = new Set([
-  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'allowedImpureHostDeps', 'preBuildHook', 'experimentalFeatures', 'sandboxBuildDir', 'maxJobs', 'maxSubstitutionJobs', 'cores', 'keepGoing', 'fallback',
+  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'allowedImpureHostDeps', 'preBuildHook', 'experimentalFeatures', 'sandboxBuildDir', 'sandboxShmSize', 'filterSyscalls', 'maxJobs', 'maxSubstitutionJobs', 'cores', 'keepGoing', 'fallback',
   'buildRepeat', 'enforceDeterminism', 'maxSilentTime', 'buildTimeout', 'maxLogSize', 'logLines', 'keepFailed', 'postBuildHook',
   'systemFeatures', 'system', 'extraPlatforms', 'environment', 'buildDir', 'builders',
 ]);
@@ -156,6 +162,7 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
   if (typeof system !== 'string' || !system) throw new OptionsError(`Expected \`system\` to be a non-empty string, got ${describe(system)}`);
   if (o.postBuildHook !== undefined && typeof o.postBuildHook !== 'string') throw new OptionsError(`Expected \`postBuildHook\` to be a string, got ${describe(o.postBuildHook)}`);
   if (o.sandboxBuildDir !== undefined && (typeof o.sandboxBuildDir !== 'string' || !o.sandboxBuildDir.startsWith('/'))) throw new OptionsError(`Expected \`sandboxBuildDir\` to be an absolute path, got ${describe(o.sandboxBuildDir)}`);
+  if (o.sandboxShmSize !== undefined && (typeof o.sandboxShmSize !== 'string' || !o.sandboxShmSize)) throw new OptionsError(`Expected \`sandboxShmSize\` to be a tmpfs size such as '50%' or '64m', got ${describe(o.sandboxShmSize)}`);
   if (o.preBuildHook !== undefined && typeof o.preBuildHook !== 'string') throw new OptionsError(`Expected \`preBuildHook\` to be a string, got ${describe(o.preBuildHook)}`);
   return {
     substituters: o.substituters ?? [],
@@ -166,6 +173,8 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     preBuildHook: o.preBuildHook || undefined,
     experimentalFeatures: strings('experimentalFeatures', o.experimentalFeatures, []),
     sandboxBuildDir: o.sandboxBuildDir ?? '/build',
+    sandboxShmSize: o.sandboxShmSize ?? '50%',
+    filterSyscalls: bool('filterSyscalls', o.filterSyscalls, true),
     maxJobs: int('maxJobs', o.maxJobs, 1, 0),
     maxSubstitutionJobs: int('maxSubstitutionJobs', o.maxSubstitutionJobs, 16, 1),
     cores: int('cores', o.cores, cpus().length || 1, 0),

@@ -10,5 +10,10 @@ export async function probeLinuxSandbox(options: ResolvedOptions): Promise<Linux
   const probe = await sandboxAvailable();
   if (!probe.ok) return { sandbox: undefined, reason: probe.reason };
   // Nix runs the pre-build hook for sandboxed builds only: the LinuxSandbox runs it in each build's chroot.
-  return { sandbox: new LinuxSandbox({ backend: probe.backend, ...(options.preBuildHook ? { preBuildHook: options.preBuildHook } : {}) }) };
+  return {
+    sandbox: new LinuxSandbox({
+      backend: probe.backend, shmSize: options.sandboxShmSize, filterSyscalls: options.filterSyscalls,
+      ...(options.preBuildHook ? { preBuildHook: options.preBuildHook } : {}),
+    }),
+  };
 }

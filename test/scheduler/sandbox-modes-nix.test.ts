@@ -32,6 +32,7 @@ in {
   # A dependency Nix refuses to start, next to one that builds.
   top = mk "top" { a = slowok; b = imp2; args = sh "echo x > $out"; };
   sbd = mk "sbd" { args = sh "echo $NIX_BUILD_TOP $TMPDIR $PWD > $out; /bin/busybox cat /etc/passwd >> $out; /bin/busybox ls -d /build /mybuild >> $out 2>&1; true"; };
+  shm = mk "shm" { args = sh "/bin/busybox df -k /dev/shm | /bin/busybox tail -1 | /bin/busybox awk '{print $2}' > $out; /bin/busybox touch f; /bin/busybox chmod 4755 f && echo setuid-ok >> $out || echo setuid-denied >> $out; /bin/busybox grep NoNewPrivs /proc/self/status >> $out"; };
   rnix = mk "rnix" { requiredSystemFeatures = [ "recursive-nix" ]; args = sh "echo x > $out"; };
   urange = mk "urange" { requiredSystemFeatures = [ "uid-range" ]; args = sh "echo x > $out"; };
   fail = mk "fail" { args = sh "mkdir $out; echo partial > $out/f; echo failing; exit 3"; };
@@ -142,6 +143,15 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       await engine({ sandboxBuildDir: '/mybuild' }).buildPaths([drv.sbd!]);
       const [out] = nixOutputs(R1, [drv.sbd!]);
       expect(await fsp.readFile(path.join(R1, out!), 'utf8')).toMatch(/^\/mybuild \/mybuild \/mybuild\nroot:x:0:0:Nix build user:\/mybuild:/);
+      expect(pathFacts(R2, [out!]).get(out!)).toEqual(pathFacts(R1, [out!]).get(out!));
+    });
+
+    it('sandbox-dev-shm-size and filter-syscalls = false: the same /dev/shm size, setuid bits and no_new_privs in both', async () => {
+      const r = nixBuild(['--option', 'sandbox-dev-shm-size', '10m', '--option', 'filter-syscalls', 'false', drv.shm!]);
+      expect(r.status, r.stderr).toBe(0);
+      await engine({ sandboxShmSize: '10m', filterSyscalls: false }).buildPaths([drv.shm!]);
+      const [out] = nixOutputs(R1, [drv.shm!]);
+      expect(await fsp.readFile(path.join(R1, out!), 'utf8')).toBe('10240\nsetuid-ok\nNoNewPrivs:\t0\n');
       expect(pathFacts(R2, [out!]).get(out!)).toEqual(pathFacts(R1, [out!]).get(out!));
     });
 
