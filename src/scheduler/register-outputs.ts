@@ -154,12 +154,15 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
   for (const name of view.outputs.keys()) {
     const scratch = plan.scratch.get(name)!;
     const real = store.toRealPath(scratch);
+    // Where Nix names the output in these messages: inside the build's chroot (`<drv>.chroot/<store path>`)
+    // when it ran in the sandbox, as Nix looks for it there (ours are moved out already).
+    const shown = plan.isolated ? `${store.toRealPath(drvPath)}.chroot${scratch}` : real;
     const st = lstatSync(real, { throwIfNoEntry: false });
     if (!st) {
-      throw new OutputRejected('misc-failure', `builder for '${drvPath}' failed to produce output path for output '${name}' at '${real}'`);
+      throw new OutputRejected('misc-failure', `builder for '${drvPath}' failed to produce output path for output '${name}' at '${shown}'`);
     }
     if (!st.isSymbolicLink() && (st.mode & 0o022) !== 0) {
-      throw new OutputRejected('output-rejected', `suspicious ownership or permission on '${real}' for output '${name}'; rejecting this build output`);
+      throw new OutputRejected('output-rejected', `suspicious ownership or permission on '${shown}' for output '${name}'; rejecting this build output`);
     }
     if (st.isFile() && st.size <= SMALL_FILE) {
       // Fast path: canonicalise, read once, keep the NAR for the scan and the hash.

@@ -1,0 +1,52 @@
+/**
+ * Messages that name an output's location, `realise build` against `nix-store --realise` on twin chroot
+ * stores (where builds run sandboxed): Nix names the output inside the build's chroot,
+ * `<store>/<drv>.chroot/nix/store/<output>`. Compared with the roots replaced by ROOT.
+ */
+import { writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { main } from '../../src/cli/run.js';
+import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+
+const EXPR = `{
+  noout = derivation { name = "om-noout"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo none"]; };
+  writable = derivation { name = "om-writable"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo x > $out; chmod 666 $out"]; };
+}`;
+
+async function realise(args: string[]): Promise<{ stderr: string; status: number }> {
+  let stderr = '';
+  const err = process.stderr.write.bind(process.stderr);
+  const out = process.stdout.write.bind(process.stdout);
+  process.stderr.write = ((c: string | Uint8Array) => { stderr += c.toString(); return true; }) as typeof process.stderr.write;
+  process.stdout.write = (() => true) as typeof process.stdout.write;
+  try {
+    return { status: await main(args), stderr };
+  } finally {
+    process.stderr.write = err;
+    process.stdout.write = out;
+  }
+}
+
+describe.skipIf(!nixOk())('output locations in messages, realise vs Nix 2.8 (sandboxed)', () => {
+  let dir: string;
+  const drvs: Record<string, string> = {};
+  beforeAll(() => {
+    dir = tempDir();
+    writeFileSync(path.join(dir, 'e.nix'), EXPR);
+    for (const a of ['noout', 'writable']) {
+      for (const s of ['N', 'O']) drvs[a] = nix('nix-instantiate', ['--store', path.join(dir, s), path.join(dir, 'e.nix'), '-A', a]);
+    }
+  });
+  const errors = (stderr: string, root: string) => stderr.split('\n').filter((l) => l.startsWith('error:')).map((l) => l.split(root).join('ROOT'));
+
+  for (const a of ['noout', 'writable']) {
+    it(`${a}: the same error line and status`, async () => {
+      const n = runNix('nix-store', ['--store', path.join(dir, 'N'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox /bin/busybox', '--realise', drvs[a]!]);
+      const o = await realise(['build', '--store', path.join(dir, 'O'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox /bin/busybox', drvs[a]!]);
+      expect(errors(n.stderr, path.join(dir, 'N'))[0]).toContain(`.drv.chroot/nix/store/`);
+      expect(errors(o.stderr, path.join(dir, 'O')), o.stderr).toEqual(errors(n.stderr, path.join(dir, 'N')));
+      expect(o.status).toBe(n.status);
+    });
+  }
+});
