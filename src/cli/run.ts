@@ -440,7 +440,9 @@ async function copy(args: CliArgs, store: Store): Promise<number> {
     if (!(await store.isValidPath(p))) throw new CliError(`path '${p}' is required, but there is no substituter that can build it`);
   }
   // nix copy's progress lines: how many paths of the closure the cache lacks, then each one copied.
-  const dir = args.to.startsWith('file://') ? args.to.slice('file://'.length) : args.to.startsWith('/') ? args.to : undefined;
+  // Nix names the cache without its settings (`file:///c?compression=zstd` is 'file:///c').
+  const shownUrl = args.to.replace(/\?.*$/, '');
+  const dir = shownUrl.startsWith('file://') ? shownUrl.slice('file://'.length) : shownUrl.startsWith('/') ? shownUrl : undefined;
   if (dir !== undefined && !args.quiet) {
     const closure = await store.computeClosure(paths);
     const missing = [...closure].filter((p) => !existsSync(path.join(dir, `${path.basename(p).slice(0, 32)}.narinfo`)));
@@ -449,7 +451,7 @@ async function copy(args: CliArgs, store: Store): Promise<number> {
   const written = await copyToBinaryCache(store, paths, args.to, {
     ...(secretKey ? { secretKey: readFileSync(secretKey, 'utf8').trim() } : {}),
     ...(compression ? { compression: compression as never } : {}),
-    onPath: (p: string, wrote: boolean) => { if (wrote && !args.quiet) process.stderr.write(`copying path '${p}' to '${args.to}'...\n`); },
+    onPath: (p: string, wrote: boolean) => { if (wrote && !args.quiet) process.stderr.write(`copying path '${p}' to '${shownUrl}'...\n`); },
   });
   if (args.json) printJson(written);
   return 0;

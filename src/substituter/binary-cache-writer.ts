@@ -4,14 +4,14 @@
  * and `nix-cache-info`. Each NAR file is complete (temp name + rename) before its narinfo appears, and
  * a path's narinfo is written only after those of its references, so a reader never sees a dangling entry.
  */
-import { createWriteStream, promises as fsp } from 'node:fs';
+import { createWriteStream, promises as fsp, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HashSink } from '../store/hash.js';
 import type { PathInfo, Store } from '../store/store-api.js';
 import { storePathHashPart, type StorePath } from '../store/store-path.js';
 import { compressStream } from './compression.js';
-import { compressionExtension, parseCacheInfo, printCacheInfo, printNarInfo, signPathInfo, type Compression, type NarInfo } from './narinfo.js';
+import { compressionExtension, isCompression, parseCacheInfo, printCacheInfo, printNarInfo, signPathInfo, type Compression, type NarInfo } from './narinfo.js';
 import { parseSecretKey, type SecretKey } from './signatures.js';
 import { SubstituterError } from './substituter.js';
 
@@ -147,7 +147,32 @@ function topoSort(infos: ReadonlyMap<StorePath, PathInfo>): StorePath[] {
  * Copy the closure of `paths` from `store` into the binary cache at `url` (`file:///dir` or a directory).
  * Paths whose narinfo exists are skipped unless `overwrite`. Returns the paths written.
  */
-export async function copyToBinaryCache(store: Store, paths: Iterable<StorePath>, url: string, opts: CopyToBinaryCacheOptions = {}): Promise<StorePath[]> {
+/**
+ * The store settings Nix reads from a binary cache URL's query (`file:///c?compression=zstd&secret-key=F`):
+ * `compression`, `compression-level`, `secret-key` (a file holding the key). Others (`priority` and
+ * `want-mass-query` are for readers, as in Nix, which does not write them into nix-cache-info;
+ * `write-nar-listing`, `parallel-compression`, …) change nothing here.
+ */
+export function binaryCacheUrlSettings(url: string): Pick<CopyToBinaryCacheOptions, 'compression' | 'compressionLevel' | 'secretKey'> {
+  const q = url.indexOf('?');
+  if (q < 0) return {};
+  const bad = (key: string, value: string) => new SubstituterError('store', `binary cache '${url}': setting '${key}' has invalid value '${value}'`, { uri: url });
+  const out: { -readonly [K in keyof CopyToBinaryCacheOptions]: CopyToBinaryCacheOptions[K] } = {};
+  for (const [key, value] of new URLSearchParams(url.slice(q + 1))) {
+    if (key === 'compression') { if (!isCompression(value)) throw bad(key, value); out.compression = value; }
+    else if (key === 'compression-level') { if (!/^-?\d+$/.test(value)) throw bad(key, value); out.compressionLevel = Number(value); }
+    else if (key === 'secret-key') {
+      try { out.secretKey = readFileSync(value, 'utf8').trim(); } catch (e) {
+        throw new SubstituterError('store', `binary cache '${url}': cannot read secret key file '${value}': ${(e as Error).message}`, { uri: url, cause: e });
+      }
+    }
+  }
+  return out;
+}
+
+export async function copyToBinaryCache(store: Store, paths: Iterable<StorePath>, url: string, options: CopyToBinaryCacheOptions = {}): Promise<StorePath[]> {
+  // Settings in the URL are defaults; explicit options win.
+  const opts: CopyToBinaryCacheOptions = { ...binaryCacheUrlSettings(url), ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) };
   const key = typeof opts.secretKey === 'string' ? parseSecretKey(opts.secretKey) : opts.secretKey;
   const closure = await store.computeClosure(paths);
   const infos = new Map<StorePath, PathInfo>();

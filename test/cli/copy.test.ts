@@ -1,0 +1,75 @@
+/**
+ * `realise copy --to URL` against `nix copy --to URL` (Nix 2.8) with the cache's settings in the URL's
+ * query, as Nix takes them: compression, secret-key (a key file); priority is for readers and not written. The narinfos must agree on
+ * everything but the compressed bytes (FileHash, FileSize, URL: encoders differ), the signature must be
+ * there and valid for Nix, and the progress lines name the cache without its settings.
+ */
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { main } from '../../src/cli/run.js';
+import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+
+async function realise(args: string[]): Promise<{ stderr: string; status: number }> {
+  let stderr = '';
+  const err = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((c: string | Uint8Array) => { stderr += c.toString(); return true; }) as typeof process.stderr.write;
+  try {
+    return { status: await main(args), stderr };
+  } finally {
+    process.stderr.write = err;
+  }
+}
+
+/** narinfo fields without the ones that depend on the compressor's exact output. */
+function narinfos(cache: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const f of readdirSync(cache).filter((n) => n.endsWith('.narinfo')).sort()) {
+    out[f] = readFileSync(path.join(cache, f), 'utf8').split('\n').filter((l) => !/^(URL|FileHash|FileSize): /.test(l)).join('\n');
+  }
+  return out;
+}
+
+describe.skipIf(!nixOk())('realise copy vs nix copy, settings in the URL', () => {
+  let dir: string;
+  let out: string;
+  let keyFile: string;
+  let publicKey: string;
+  beforeAll(() => {
+    dir = tempDir();
+    writeFileSync(path.join(dir, 'e.nix'), `rec {
+      a = derivation { name = "cp-a"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo a > $out"]; };
+      b = derivation { name = "cp-b"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo \${a} > $out"]; }; }`);
+    const drv = nix('nix-instantiate', ['--store', path.join(dir, 'S'), path.join(dir, 'e.nix'), '-A', 'b']);
+    out = nix('nix-store', ['--store', path.join(dir, 'S'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', '--realise', drv]);
+    keyFile = path.join(dir, 'sk');
+    writeFileSync(keyFile, nix('nix', ['key', 'generate-secret', '--key-name', 'copy-test-1']));
+    publicKey = nix('nix', ['key', 'convert-secret-to-public'], { input: readFileSync(keyFile, 'utf8') });
+  });
+
+  for (const compression of ['zstd', 'none', 'xz']) {
+    it(`compression=${compression}&secret-key=FILE&priority=30`, async () => {
+      const settings = `?compression=${compression}&secret-key=${keyFile}&priority=30`;
+      const [N, O] = [path.join(dir, `N-${compression}`), path.join(dir, `O-${compression}`)];
+      const n = runNix('nix', ['copy', '--store', path.join(dir, 'S'), '--to', `file://${N}${settings}`, out]);
+      expect(n.status, n.stderr).toBe(0);
+      const o = await realise(['copy', '--store', path.join(dir, 'S'), '--to', `file://${O}${settings}`, out]);
+      expect(o.status, o.stderr).toBe(0);
+      const copying = (s: string, d: string) => s.split('\n').filter((l) => l.startsWith('copying path')).map((l) => l.replace(d, 'CACHE'));
+      expect(copying(o.stderr, O)).toEqual(copying(n.stderr, N));
+      expect(Object.values(narinfos(O)).join('\n')).toContain(`Compression: ${compression}`);
+      expect(Object.values(narinfos(O)).join('\n')).toContain('Sig: copy-test-1:');
+      expect(narinfos(O)).toEqual(narinfos(N));
+      expect(readFileSync(path.join(O, 'nix-cache-info'), 'utf8')).toBe(readFileSync(path.join(N, 'nix-cache-info'), 'utf8'));
+      // Nix substitutes from it, checking our signature.
+      const r = runNix('nix-store', ['--store', path.join(dir, `R-${compression}`), '--realise', out, '--option', 'substituters', `file://${O}`, '--option', 'trusted-public-keys', publicKey]);
+      expect(r.status, r.stderr).toBe(0);
+    });
+  }
+
+  it('a bad setting value is refused before anything is written', async () => {
+    const o = await realise(['copy', '--store', path.join(dir, 'S'), '--to', `file://${path.join(dir, 'bad')}?compression=lz4`, out]);
+    expect(o.status).toBe(1);
+    expect(o.stderr).toContain("setting 'compression' has invalid value 'lz4'");
+  });
+});
