@@ -74,6 +74,47 @@ function isAbortError(e: unknown): boolean {
   return e instanceof Error && (e.name === 'AbortError' || (e as { code?: string }).code === 'ABORT_ERR' || (e as { code?: string }).code === 'UND_ERR_ABORTED');
 }
 
+/** Magic numbers of the compressions libarchive recognises in Nix (whatever the narinfo says). */
+const MAGICS = [[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], [0x28, 0xb5, 0x2f, 0xfd], [0x42, 0x5a, 0x68], [0x1f, 0x8b]];
+
+/**
+ * What Nix 2.8 says when a NAR file does not decompress. Nix decodes xz, zstd, bzip2 and gzip with
+ * libarchive: a file of none of its formats is "input compression not recognized"; an error while the
+ * first block is decoded (libarchive reads ahead when it opens the input) is "Failed to open archive (…)",
+ * a later one "failed to read compressed data (…)", with libarchive's description. Brotli is Nix's own.
+ */
+function nixDecompressionMessage(compression: string, ours: string, head: Buffer, short: boolean, produced: number): string {
+  if (compression === 'br') return 'error while decompressing brotli file';
+  if (head.length > 0 && !MAGICS.some((m) => head.length >= m.length && m.every((b, i) => head[i] === b))) return 'input compression not recognized';
+  const truncated = short || /truncated|unexpected end|ended early|closed early|end of (input|file)/i.test(ours);
+  let detail: string;
+  switch (compression) {
+    case 'xz': detail = truncated ? 'Lzma library error:  No progress is possible' : 'Lzma library error: Corrupted input data'; break;
+    case 'zstd': detail = truncated ? 'Truncated zstd input' : `Zstd decompression failed: ${ours.replace(/^zstd decompression failed: /, '')}`; break;
+    case 'bzip2': detail = truncated ? 'truncated bzip2 input' : 'bzip decompression failed'; break;
+    case 'gzip': detail = truncated ? 'truncated gzip input' : 'gzip decompression failed'; break;
+    default: return ours;
+  }
+  return produced < LIBARCHIVE_READ_AHEAD ? `Failed to open archive (${detail})` : `failed to read compressed data (${detail})`;
+}
+
+/** How many decompressed bytes (up to LIBARCHIVE_READ_AHEAD) come out of a file before its decoder fails. */
+async function decodedBeforeError(compression: string, source: AsyncIterable<Uint8Array>, signal: AbortSignal | undefined): Promise<number> {
+  let n = 0;
+  try {
+    for await (const chunk of decompressStream(compression, source, { ...(signal ? { signal } : {}), sizeHint: 16 * 1024 })) {
+      n += chunk.byteLength;
+      if (n >= LIBARCHIVE_READ_AHEAD) break;
+    }
+  } catch {
+    // the error itself: n is what came before it
+  }
+  return n;
+}
+
+/** Decompressed bytes libarchive decodes when Nix opens a NAR file (errors in them are "Failed to open archive"). */
+const LIBARCHIVE_READ_AHEAD = 64 * 1024;
+
 /** How much longer than its FileSize a NAR file may run before the download is cut off. */
 const FILE_OVERRUN_MAX = 64 * 1024 * 1024;
 
@@ -423,6 +464,7 @@ export class BinaryCacheSubstituter implements Substituter {
       let done = 0;
       const max = info.fileSize !== undefined ? info.fileSize + info.narSize + FILE_OVERRUN_MAX : Infinity;
       for await (const chunk of transport.stream(info.url, signal, info.fileSize, info.compression === 'zstd')) {
+        if (head.length < 6) head = Buffer.concat([head, Buffer.from(chunk.buffer, chunk.byteOffset, Math.min(chunk.byteLength, 6 - head.length))]);
         done += chunk.length;
         if (done > max) {
           throw new SubstituterError('network', `NAR file '${info.url}' of '${info.path}' on '${uri}' is larger than its FileSize ${info.fileSize}`, { uri, path: info.path });
@@ -433,6 +475,9 @@ export class BinaryCacheSubstituter implements Substituter {
       if (info.fileSize !== undefined && done < info.fileSize) short = done;
     }
     let short: number | undefined;
+    /** The file's first bytes (its compression's magic), and how much of the NAR came out before an error. */
+    let head = Buffer.alloc(0);
+    let produced = 0;
     let decompressed: AsyncIterable<Uint8Array>;
     try {
       decompressed = decompressStream(info.compression, raw(), { ...(signal ? { signal } : {}), sizeHint: info.narSize });
@@ -440,14 +485,27 @@ export class BinaryCacheSubstituter implements Substituter {
       throw new SubstituterError('decompression', `cannot read NAR of '${info.path}' from '${uri}': ${(e as Error).message}`, { uri, path: info.path, cause: e });
     }
     try {
-      yield* decompressed;
+      for await (const chunk of decompressed) {
+        produced += chunk.byteLength;
+        yield chunk;
+      }
     } catch (e) {
       if (e instanceof SubstituterError) throw e;
       if (signal?.aborted || isAbortError(e)) throw new SubstituterError('aborted', `download of '${info.path}' was cancelled`, { uri, path: info.path, cause: e });
-      if (e instanceof DecompressionError && short !== undefined) {
-        throw new SubstituterError('truncated', `NAR file '${info.url}' of '${info.path}' on '${uri}' ended after ${short} of ${info.fileSize} bytes`, { uri, path: info.path, cause: e, hint: 'the cache is incomplete or the download was cut short' });
+      if (e instanceof DecompressionError && (info.compression === 'xz' || info.compression === 'gzip') && produced < LIBARCHIVE_READ_AHEAD && !signal?.aborted) {
+        // Our decoder hands out large blocks, so little may have come out before the error although much
+        // was decoded: decode the file again in small blocks to tell (only on this error path).
+        produced = await decodedBeforeError(info.compression, transport.stream(info.url, signal, info.fileSize), signal);
       }
-      if (e instanceof DecompressionError) throw new SubstituterError('decompression', `NAR file '${info.url}' of '${info.path}' on '${uri}' is corrupt: ${e.message}`, { uri, path: info.path, cause: e, hint: 'the binary cache is corrupt' });
+      if (e instanceof DecompressionError) {
+        // In the words Nix prints (libarchive's, which decodes its NAR files); ours go into the hint.
+        const ours = short !== undefined
+          ? `NAR file '${info.url}' of '${info.path}' on '${uri}' ended after ${short} of ${info.fileSize} bytes`
+          : `NAR file '${info.url}' of '${info.path}' on '${uri}' is corrupt: ${e.message}`;
+        throw new SubstituterError(short !== undefined ? 'truncated' : 'decompression', nixDecompressionMessage(info.compression, e.message, head, short !== undefined, produced), {
+          uri, path: info.path, cause: e, hint: `${ours}; the binary cache is corrupt or the download was cut short`,
+        });
+      }
       throw new SubstituterError('network', `download of '${info.path}' from '${uri}' failed: ${(e as Error).message}`, { uri, path: info.path, cause: e });
     }
   }

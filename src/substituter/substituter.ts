@@ -302,6 +302,8 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
     const from = `from '${sub.uri}'; the binary cache is corrupt, nothing was registered`;
     // Nix's words: the NAR stream ended before the archive did.
     if (e instanceof BadNarError && /ends unexpectedly/.test(e.shortMessage)) throw fail('truncated', `NAR for '${info.path}' fetched from '${sub.uri}' is incomplete`, { cause: e, hint: 'the NAR file is truncated; nothing was registered' });
+    // Nix's words when the data is not a NAR at all (its parseDump).
+    if (e instanceof BadNarError && /^input is not a NAR/.test(e.shortMessage)) throw fail('bad-nar', "bad archive: input doesn't look like a Nix archive", { cause: e, hint: `the NAR of '${info.path}' ${from} (${e.shortMessage})` });
     if (e instanceof BadNarError) throw fail('bad-nar', `NAR of '${info.path}' from '${sub.uri}' is invalid: ${e.shortMessage}`, { cause: e, hint: 'the binary cache is corrupt or hostile; nothing was registered' });
     // The store's own messages are Nix's ("hash mismatch importing path '…';\n  specified: …\n  got: …").
     if (e instanceof RealiseError && e.code === 'nar-hash-mismatch') throw fail('hash-mismatch', e.shortMessage, { cause: e, hint: from });

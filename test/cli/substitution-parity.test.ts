@@ -18,6 +18,7 @@ let mk = name: script: derivation { name = "\${prefix}-\${name}"; system = "x86_
 in rec {
   a = mk "a" "echo a > $out";
   b = mk "b" "echo \${a} > $out";
+  big = mk "big" "i=0; while [ $i -lt 3000 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx-$i; i=$((i+1)); done > $out";
 }
 `;
 
@@ -60,8 +61,8 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
   let dir: string;
   let file: string;
   let pub: string;
-  const drv: Record<'a' | 'b', string> = { a: '', b: '' };
-  const out: Record<'a' | 'b', string> = { a: '', b: '' };
+  const drv: Record<'a' | 'b' | 'big', string> = { a: '', b: '', big: '' };
+  const out: Record<'a' | 'b' | 'big', string> = { a: '', b: '', big: '' };
   /** The signed cache Nix wrote, per compression. */
   const cache: Record<'xz' | 'none', string> = { xz: '', none: '' };
   let n = 0;
@@ -71,17 +72,17 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     file = path.join(dir, 'd.nix');
     writeFileSync(file, EXPR);
     const src = path.join(dir, 'S');
-    for (const k of ['a', 'b'] as const) drv[k] = nix('nix-instantiate', ['--store', src, file, '-A', k]);
-    nix('nix-store', ['--store', src, '--option', 'sandbox-paths', SANDBOX, '--realise', drv.b]);
-    for (const k of ['a', 'b'] as const) out[k] = nix('nix-store', ['--store', src, '-q', '--outputs', drv[k]]);
+    for (const k of ['a', 'b', 'big'] as const) drv[k] = nix('nix-instantiate', ['--store', src, file, '-A', k]);
+    nix('nix-store', ['--store', src, '--option', 'sandbox-paths', SANDBOX, '--realise', drv.b, drv.big]);
+    for (const k of ['a', 'b', 'big'] as const) out[k] = nix('nix-store', ['--store', src, '-q', '--outputs', drv[k]]);
     const sk = path.join(dir, 'sk');
     writeFileSync(sk, nix('nix', ['key', 'generate-secret', '--key-name', 'parity-1']));
     pub = nix('nix', ['key', 'convert-secret-to-public'], { input: readFileSync(sk, 'utf8') });
-    nix('nix', ['store', 'sign', '--store', src, '-k', sk, '-r', out.b]);
+    nix('nix', ['store', 'sign', '--store', src, '-k', sk, '-r', out.b, out.big]);
     nix('nix', ['store', 'sign', '--store', src, '-k', sk, '--derivation', '-r', drv.b]);
     for (const c of ['xz', 'none'] as const) {
       cache[c] = path.join(dir, `cache-${c}`);
-      nix('nix', ['copy', '--store', src, '--to', `file://${cache[c]}?compression=${c}`, out.b]);
+      nix('nix', ['copy', '--store', src, '--to', `file://${cache[c]}?compression=${c}`, out.b, out.big]);
       nix('nix', ['copy', '--store', src, '--derivation', '--to', `file://${cache[c]}?compression=${c}`, drv.b]);
     }
   }, 60_000);
@@ -248,4 +249,22 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expectSame(r);
     expect(pathInfos(f.O, true)).toEqual(pathInfos(f.N, true));
   }, 60_000);
+
+  it('NAR files that do not decompress: libarchive\'s words as Nix prints them (open vs read, truncated vs corrupt, not compressed)', async () => {
+    const damage: [string, string, (file: string) => void][] = [
+      ['truncated early', 'a', (f) => truncateSync(f, 60)],
+      ['truncated late', 'big', (f) => truncateSync(f, 2000)],
+      ['corrupt early', 'big', (f) => { const b = readFileSync(f); b[40]! ^= 0x55; writeFileSync(f, b); }],
+      ['corrupt late', 'big', (f) => { const b = readFileSync(f); b[b.length >> 1]! ^= 0x55; writeFileSync(f, b); }],
+      ['not compressed', 'a', (f) => writeFileSync(f, Buffer.alloc(124, 0x41))],
+    ];
+    for (const [what, k, hurt] of damage) {
+      const f = fresh('xz');
+      hurt(f.narOf(out[k as 'a' | 'big']));
+      const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [out[k as 'a' | 'big']]);
+      expect(r.nix.status, what).toBe(1);
+      expect(keyLines(r.ours.stderr), what).toEqual(keyLines(r.nix.stderr));
+      expect(r.ours.status, what).toBe(r.nix.status);
+    }
+  }, 120_000);
 });
