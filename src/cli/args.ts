@@ -105,7 +105,7 @@ const BOOL_SETTINGS = new Set([
   'substitute', 'sync-before-registering', 'trace-function-calls', 'use-case-hack', 'use-registries', 'use-sqlite-wal', 'warn-dirty',
 ]);
 
-function isKnownSetting(name: string): boolean {
+export function isKnownSetting(name: string): boolean {
   const base = name.startsWith('extra-') ? name.slice('extra-'.length) : name;
   return KNOWN_SETTINGS.has(name) || name in OPTION_ALIASES || KNOWN_SETTINGS.has(base) || base in OPTION_ALIASES;
 }

@@ -15,6 +15,7 @@ import {
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
 import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
 import { ProgressDisplay } from './progress.js';
+import { applyNixConf, readNixConf } from './nix-conf.js';
 import { dependenciesFirst, filterLogMessage, formatError, formatWarning, missingLines, splitNote, summariseFailures, withoutLogTail } from './report.js';
 
 const USAGE = `usage: realise COMMAND [FLAGS] ARGS
@@ -468,6 +469,8 @@ function version(): string {
 
 async function run(argv: string[]): Promise<number> {
   const args = parseArgs(argv);
+  // nix-store reads nix.conf and $NIX_CONFIG first; a malformed one ends it as a usage error.
+  applyNixConf(args, readNixConf(process.env));
   if (args.help) { process.stdout.write(USAGE); return 0; }
   if (args.version) { process.stdout.write(`realise (realise) ${version()}, mirroring nix-store (Nix) 2.8.0\n`); return 0; }
   if (!args.command) { process.stderr.write(USAGE); return 1; }

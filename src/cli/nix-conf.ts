@@ -1,0 +1,86 @@
+/**
+ * The settings nix-store reads before its command line, as Nix 2.8's loadConfFile: `$NIX_CONF_DIR/nix.conf`
+ * (default /etc/nix/nix.conf), the user's files (`$NIX_USER_CONF_FILES`, colon-separated, the first one
+ * winning; else `nix/nix.conf` under `$XDG_CONFIG_HOME` and `$XDG_CONFIG_DIRS`), then `$NIX_CONFIG`; the
+ * store also from `$NIX_REMOTE`. Lines are `NAME = VALUE` (`#` starts a comment), `include FILE` and
+ * `!include FILE` (relative to the including file; `!` tolerates a missing one).
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import * as path from 'node:path';
+import { isKnownSetting, OPTION_ALIASES, UsageError, type CliArgs } from './args.js';
+import { CliError } from './paths.js';
+
+export interface ConfSetting {
+  readonly name: string;
+  readonly value: string;
+}
+
+function applyConfig(contents: string, origin: string, out: ConfSetting[]): void {
+  for (const raw of contents.split('\n')) {
+    const hash = raw.indexOf('#');
+    const line = hash >= 0 ? raw.slice(0, hash) : raw;
+    const tokens = line.split(/[ \t\n\r]+/).filter(Boolean);
+    if (tokens.length === 0) continue;
+    if (tokens.length < 2) throw new UsageError(`illegal configuration line '${line}' in '${origin}'`);
+    const [first, second] = tokens as [string, string];
+    if (first === 'include' || first === '!include') {
+      if (tokens.length !== 2) throw new UsageError(`illegal configuration line '${line}' in '${origin}'`);
+      const file = path.resolve(path.dirname(origin), second);
+      if (existsSync(file)) applyConfigFile(file, out);
+      else if (first === 'include') throw new CliError(`file '${file}' included from '${origin}' not found`);
+      continue;
+    }
+    if (second !== '=') throw new UsageError(`illegal configuration line '${line}' in '${origin}'`);
+    out.push({ name: first, value: tokens.slice(2).join(' ') });
+  }
+}
+
+function applyConfigFile(file: string, out: ConfSetting[]): void {
+  let contents: string;
+  try {
+    contents = readFileSync(file, 'utf8');
+  } catch {
+    return; // Nix skips a configuration file it cannot read
+  }
+  applyConfig(contents, file, out);
+}
+
+/** Nix's nixUserConfFiles. */
+function userConfFiles(env: NodeJS.ProcessEnv): string[] {
+  if (env.NIX_USER_CONF_FILES !== undefined) return env.NIX_USER_CONF_FILES.split(':').filter(Boolean);
+  const home = env.XDG_CONFIG_HOME || path.join(env.HOME || homedir(), '.config');
+  const dirs = [home, ...(env.XDG_CONFIG_DIRS ?? '/etc/xdg').split(':').filter(Boolean)];
+  return dirs.map((d) => path.join(d, 'nix', 'nix.conf'));
+}
+
+/** The settings of the configuration files and `$NIX_CONFIG`, in the order Nix applies them (later ones win). */
+export function readNixConf(env: NodeJS.ProcessEnv = process.env): ConfSetting[] {
+  const out: ConfSetting[] = [];
+  applyConfigFile(path.join(env.NIX_CONF_DIR || '/etc/nix', 'nix.conf'), out);
+  for (const file of userConfFiles(env).reverse()) applyConfigFile(file, out);
+  if (env.NIX_CONFIG !== undefined) applyConfig(env.NIX_CONFIG, 'NIX_CONFIG', out);
+  return out;
+}
+
+/**
+ * Fold the configuration into a parsed command line: the command line wins, `extra-NAME` values add up
+ * (the configuration's first). The store is `--store`, else the `store` setting, else `$NIX_REMOTE`
+ * (`daemon` and `auto` mean a store this command cannot open; they are left out).
+ */
+export function applyNixConf(args: CliArgs, settings: readonly ConfSetting[], env: NodeJS.ProcessEnv = process.env): void {
+  const conf = new Map<string, string>();
+  for (const { name, value } of settings) {
+    const key = OPTION_ALIASES[name] ?? name;
+    conf.set(key, key.startsWith('extra-') && conf.has(key) ? `${conf.get(key)} ${value}` : value);
+    if (!isKnownSetting(name) && !args.unknownSettings.includes(name)) args.unknownSettings.push(name);
+  }
+  for (const [key, value] of conf) {
+    if (!args.options.has(key)) args.options.set(key, value);
+    else if (key.startsWith('extra-')) args.options.set(key, `${value} ${args.options.get(key)}`);
+  }
+  if (args.store === undefined) {
+    const store = args.options.get('store') ?? env.NIX_REMOTE;
+    if (store && store !== 'daemon' && store !== 'auto') args.store = store;
+  }
+}

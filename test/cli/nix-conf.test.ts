@@ -1,0 +1,100 @@
+/**
+ * The configuration `realise` reads before its command line, as nix-store does: nix.conf files,
+ * $NIX_CONFIG, $NIX_REMOTE. Unit checks of the reader, then the same environment given to nix-store and to
+ * `realise build` (twin chroot stores).
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { main } from '../../src/cli/run.js';
+import { parseArgs } from '../../src/cli/args.js';
+import { applyNixConf, readNixConf } from '../../src/cli/nix-conf.js';
+import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+
+describe('readNixConf / applyNixConf', () => {
+  it('reads nix.conf, the user files (first wins) and $NIX_CONFIG in Nix\'s order, with includes and comments', () => {
+    const d = tempDir();
+    mkdirSync(path.join(d, 'etc'));
+    writeFileSync(path.join(d, 'etc', 'nix.conf'), 'cores = 1 # a comment\n\ninclude more.conf\n!include absent.conf\n');
+    writeFileSync(path.join(d, 'etc', 'more.conf'), 'timeout = 5\nextra-sandbox-paths = /a\n');
+    writeFileSync(path.join(d, 'u1.conf'), 'cores = 3\n');
+    writeFileSync(path.join(d, 'u2.conf'), 'cores = 2\nextra-sandbox-paths = /b\n');
+    const env = { NIX_CONF_DIR: path.join(d, 'etc'), NIX_USER_CONF_FILES: `${path.join(d, 'u1.conf')}:${path.join(d, 'u2.conf')}`, NIX_CONFIG: 'max-jobs = 4\nbuild-max-silent-time = 7' };
+    const settings = readNixConf(env);
+    expect(settings.map((s) => `${s.name}=${s.value}`)).toEqual([
+      'cores=1', 'timeout=5', 'extra-sandbox-paths=/a', 'cores=2', 'extra-sandbox-paths=/b', 'cores=3', 'max-jobs=4', 'build-max-silent-time=7',
+    ]);
+    const args = parseArgs(['build', '--option', 'timeout', '9', '--extra-sandbox-paths', '/c', '/nix/store/x']);
+    applyNixConf(args, settings, {});
+    expect(Object.fromEntries(args.options)).toMatchObject({ cores: '3', timeout: '9', 'max-jobs': '4', 'max-silent-time': '7', 'extra-sandbox-paths': '/a /b /c' });
+  });
+
+  it('malformed lines and missing includes are errors with Nix\'s words; the store comes from `store` or $NIX_REMOTE', () => {
+    expect(() => readNixConf({ NIX_CONF_DIR: '/nonexistent', NIX_USER_CONF_FILES: '', NIX_CONFIG: 'foo' })).toThrow("illegal configuration line 'foo' in 'NIX_CONFIG'");
+    expect(() => readNixConf({ NIX_CONF_DIR: '/nonexistent', NIX_USER_CONF_FILES: '', NIX_CONFIG: 'a b c' })).toThrow("illegal configuration line 'a b c' in 'NIX_CONFIG'");
+    expect(() => readNixConf({ NIX_CONF_DIR: '/nonexistent', NIX_USER_CONF_FILES: '', NIX_CONFIG: 'include /nonexistent/x' })).toThrow("file '/nonexistent/x' included from 'NIX_CONFIG' not found");
+    const a = parseArgs(['build', 'x']);
+    applyNixConf(a, [], { NIX_REMOTE: '/tmp/r' });
+    expect(a.store).toBe('/tmp/r');
+    const b = parseArgs(['build', 'x']);
+    applyNixConf(b, [{ name: 'store', value: '/tmp/s' }], { NIX_REMOTE: '/tmp/r' });
+    expect(b.store).toBe('/tmp/s');
+    const c = parseArgs(['build', '--store', '/tmp/t', 'x']);
+    applyNixConf(c, [{ name: 'store', value: '/tmp/s' }], { NIX_REMOTE: 'daemon' });
+    expect(c.store).toBe('/tmp/t');
+  });
+});
+
+interface Run { stdout: string; stderr: string; status: number }
+
+/** `realise ARGS` in this process with extra environment variables. */
+async function realiseWithEnv(args: string[], env: Record<string, string>): Promise<Run> {
+  let stdout = '';
+  let stderr = '';
+  const saved: Record<string, string | undefined> = {};
+  for (const k of Object.keys(env)) { saved[k] = process.env[k]; process.env[k] = env[k]; }
+  const out = process.stdout.write.bind(process.stdout);
+  const err = process.stderr.write.bind(process.stderr);
+  process.stdout.write = ((c: string | Uint8Array) => { stdout += c.toString(); return true; }) as typeof process.stdout.write;
+  process.stderr.write = ((c: string | Uint8Array) => { stderr += c.toString(); return true; }) as typeof process.stderr.write;
+  try {
+    return { status: await main(args), stdout, stderr };
+  } finally {
+    process.stdout.write = out;
+    process.stderr.write = err;
+    for (const [k, v] of Object.entries(saved)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; }
+  }
+}
+
+describe.skipIf(!nixOk())('configuration vs Nix 2.8', () => {
+  it('$NIX_CONFIG (sandbox-paths, sandbox) and $NIX_REMOTE act as on nix-store; a bad value is an error', async () => {
+    const dir = tempDir();
+    const file = path.join(dir, 'a.nix');
+    writeFileSync(file, `{
+      good = derivation { name = "conf-good"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo good > $out"]; };
+      noChroot = derivation { name = "conf-nochroot"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo > $out"]; __noChroot = true; };
+    }`);
+    const R1 = path.join(dir, 'R1');
+    const R2 = path.join(dir, 'R2');
+    const drvs: string[] = [];
+    for (const a of ['good', 'noChroot']) {
+      drvs.push(nix('nix-instantiate', ['--store', R1, file, '-A', a]));
+      nix('nix-instantiate', ['--store', R2, file, '-A', a]);
+    }
+    const base = 'build-users-group =\nsubstituters =\n';
+    const cases: [string, string[]][] = [
+      // The sandbox's shell only from the configuration; __noChroot is built (sandboxed: a chroot store) when sandbox = false.
+      [`${base}sandbox = false\nextra-sandbox-paths = /bin/sh=/bin/busybox\nextra-sandbox-paths = /bin/busybox`, drvs],
+      [`${base}keep-going = maybe`, [drvs[0]!]],
+      [`${base}foo`, [drvs[0]!]],
+    ];
+    for (const [config, targets] of cases) {
+      const n = runNix('nix-store', ['--realise', ...targets], { env: { NIX_REMOTE: R1, NIX_CONFIG: config } });
+      const o = await realiseWithEnv(['build', ...targets], { NIX_REMOTE: R2, NIX_CONFIG: config, NIX_USER_CONF_FILES: '/dev/null' });
+      expect(o.status, o.stderr + "\n---\n" + n.stderr).toBe(n.status);
+      expect(o.stdout).toBe(n.stdout);
+      const lines = (s: string) => s.split('\n').filter((l) => /^(error|warning): /.test(l));
+      expect(lines(o.stderr)).toEqual(lines(n.stderr));
+    }
+  });
+});
