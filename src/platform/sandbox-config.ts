@@ -61,8 +61,8 @@ export function useSandbox(input: UseSandboxInput): boolean {
  * Parse `sandbox-paths` / `extra-sandbox-paths` entries: `path`, `target=source`, and a trailing `?`
  * making it optional (skipped when the source does not exist). As in Nix, the entries are a set: taken
  * once each, in sorted order, so of two entries for one target the greater string wins, whatever their
- * order. A relative source that does not exist is Nix's error for it (or skipped when optional); other
- * relative entries are refused.
+ * order. A relative source is taken from the working directory (a missing one is Nix's error, or skipped
+ * when optional); an entry with a relative target is skipped (Nix mounts it beside the chroot, unseen).
  */
 export function parseSandboxPaths(entries: Iterable<string>): Map<string, SandboxPath> {
   const out = new Map<string, SandboxPath>();
@@ -74,17 +74,17 @@ export function parseSandboxPaths(entries: Iterable<string>): Map<string, Sandbo
     const target = eq === -1 ? entry : entry.slice(0, eq);
     const source = eq === -1 ? entry : entry.slice(eq + 1);
     if (!path.isAbsolute(target) || !path.isAbsolute(source)) {
-      if (!path.isAbsolute(source) && !fs.existsSync(source)) {
+      // Nix takes a relative source from its working directory, and appends a relative target to the
+      // chroot's name (a directory beside the chroot, which the builder never sees).
+      if (!fs.existsSync(source)) {
         if (optional) continue;
         throw new SandboxError('sandbox-bad-config', `getting attributes of path '${source}': No such file or directory`, {
           hint: "sandbox paths are absolute: '/path', '/target=/source', or with a trailing '?' for optional ones",
         });
       }
-      throw new SandboxError('sandbox-bad-config', `sandbox path '${entry}' is not absolute`, {
-        hint: "write entries as '/path', '/target=/source' or with a trailing '?' for optional ones",
-      });
+      if (!path.isAbsolute(target)) continue;
     }
-    out.set(target, { source, optional });
+    out.set(target, { source: path.resolve(source), optional });
   }
   return out;
 }

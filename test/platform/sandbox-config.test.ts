@@ -1,3 +1,4 @@
+import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkImpureHostDeps, parsePreBuildHookOutput, parseSandboxMode, parseSandboxPaths, splitSandboxPathsOption, useSandbox } from '../../src/platform/sandbox-config.js';
 import { SandboxError } from '../../src/platform/sandbox-errors.js';
@@ -49,10 +50,11 @@ describe('sandbox-paths', () => {
     const r = parseSandboxPaths(['/bin/sh=/bin/dash', '/bin/busybox', '/bin/sh=/bin/busybox']);
     expect(r.get('/bin/sh')).toEqual({ source: '/bin/dash', optional: false });
   });
-  it('rejects relative paths with a clear error; a missing relative source is Nix\'s error, or skipped when optional', () => {
-    expect(() => parseSandboxPaths(['bin=/x'])).toThrow(/sandbox path 'bin=\/x' is not absolute/);
+  it('relative entries as Nix: a missing source is its error (skipped when optional), a relative target is never seen, a relative source is from the cwd', () => {
     expect(() => parseSandboxPaths(['no-such-relative-path'])).toThrow("getting attributes of path 'no-such-relative-path': No such file or directory");
     expect([...parseSandboxPaths(['no-such-relative-path?'])]).toEqual([]);
+    expect([...parseSandboxPaths(['bin=/bin', 'node_modules'])]).toEqual([]);
+    expect([...parseSandboxPaths(['/pkg=package.json'])]).toEqual([['/pkg', { source: path.resolve('package.json'), optional: false }]]);
   });
 });
 
