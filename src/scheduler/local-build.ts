@@ -18,6 +18,7 @@ import { canBuildHere, getStringsAttr, knownPath, requiredSystemFeatures, type D
 import { BuildSetupError } from './errors.js';
 import { exportReferencesGraph } from './export-references.js';
 import { LogCollector } from './log-collector.js';
+import { describeSignal } from './signals.js';
 import { registerOutputs, OutputRejected, type RoundOutputs } from './register-outputs.js';
 import { failure, success, type BuildResult, type BuildStatus } from './results.js';
 import type { BuildMode, Worker } from './worker.js';
@@ -93,7 +94,7 @@ async function createBuildDir(base: string, prefix: string): Promise<string> {
 function statusText(exit: SandboxExit): string {
   switch (exit.kind) {
     case 'exited': return `failed with exit code ${exit.code}`;
-    case 'signalled': return `failed due to signal ${exit.signal}`;
+    case 'signalled': return `failed due to signal ${describeSignal(exit.signal)}`;
     case 'spawn-failed': return `failed to start: ${exit.message}`;
     case 'aborted': return 'was interrupted';
   }

@@ -148,6 +148,18 @@ describe('a builder that cannot be executed', () => {
   });
 });
 
+describe('a builder killed by a signal', () => {
+  it('fails as in Nix: "failed due to signal N (strsignal\'s words)"', async () => {
+    const segv = await mkDrv('segv', [], { script: 'kill -SEGV $$' });
+    const killed = await mkDrv('killed', [], { script: 'kill -KILL $$' });
+    const results = await engineWith(false, { keepGoing: true }).buildPathsWithResults([segv, killed]);
+    expect(results.map((r) => r.result.errorMsg)).toEqual([
+      `builder for '${segv}' failed due to signal 11 (Segmentation fault)`,
+      `builder for '${killed}' failed due to signal 9 (Killed)`,
+    ]);
+  });
+});
+
 describe('keepGoing', () => {
   it('off: the first failure stops the call and kills the running sibling', async () => {
     const sb = fake();
