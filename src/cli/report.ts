@@ -60,14 +60,14 @@ export function withoutHint(message: string): string {
   return message.replace(/(\n {2}hint: [^\n]*)+$/, '');
 }
 
-/** `error: MESSAGE` with Nix's indentation of the following lines, trailing white space dropped (Nix's chomp). */
+/** `error: MESSAGE` with Nix's indentation of the following lines (empty ones stay empty), trailing white space dropped (Nix's chomp). */
 export function formatError(message: string): string {
-  return `error: ${withoutHint(message).replace(/\s+$/, '').replace(/\n/g, '\n' + INDENT)}\n`;
+  return `error: ${withoutHint(message).replace(/\s+$/, '').replace(/\n(?!\n|$)/g, '\n' + INDENT)}\n`;
 }
 
 /** `warning: MESSAGE`, as Nix prints it. */
 export function formatWarning(message: string): string {
-  return `warning: ${withoutHint(message).replace(/\n/g, '\n' + INDENT)}\n`;
+  return `warning: ${withoutHint(message).replace(/\n(?!\n|$)/g, '\n' + INDENT)}\n`;
 }
 
 /** A builder failure with `--keep-failed` ends with Nix's separate "note: keeping build directory" line. */

@@ -5,6 +5,7 @@
  */
 import { createReadStream, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
+import { STATUS_CODES } from 'node:http';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Agent, request, type Dispatcher } from 'undici';
@@ -238,10 +239,15 @@ class HttpTransport implements Transport {
       try {
         const res = await request(this.url(rel), { method: 'GET', dispatcher: this.dispatcher, ...(signal ? { signal } : {}), headers: { 'user-agent': 'realise' } });
         if (res.statusCode === 200) return res;
-        await res.body.dump().catch(() => undefined);
         // As Nix: 403 too means "not in this cache" (S3 answers it for a missing key).
-        if (res.statusCode === 404 || res.statusCode === 410 || res.statusCode === 403) return undefined;
-        failure = new SubstituterError('network', `unable to download '${this.url(rel)}': HTTP error ${res.statusCode}`, { uri: this.uri, hint: 'the cache server failed; retry later, or use --fallback to build instead' });
+        if (res.statusCode === 404 || res.statusCode === 410 || res.statusCode === 403) {
+          await res.body.dump().catch(() => undefined);
+          return undefined;
+        }
+        const body = await res.body.text().catch(() => '');
+        // Nix's words (curl's reason phrase, and a short response body as Nix shows it).
+        const shown = body.length < 1024 || body.includes('<html>') ? `\n\nresponse body:\n\n${body.replace(/\s+$/, '')}` : '';
+        failure = new SubstituterError('network', `unable to download '${this.url(rel)}': HTTP error ${res.statusCode} ('${STATUS_CODES[res.statusCode] ?? ''}')${shown}`, { uri: this.uri, hint: 'the cache server failed; retry later, or use --fallback to build instead' });
         if (res.statusCode < 500 && res.statusCode !== 429) throw failure;
       } catch (e) {
         if (e instanceof SubstituterError) throw e;

@@ -267,4 +267,23 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
       expect(r.ours.status, what).toBe(r.nix.status);
     }
   }, 120_000);
+
+  it('an HTTP cache that answers 500 (narinfo, NAR): Nix\'s message with the reason and the response body; no build without --fallback', async () => {
+    for (const re of [/\.narinfo$/, /^nar\//]) {
+      const f = fresh('xz');
+      const server = await serveCache(f.cacheDir);
+      server.fault(re, { kind: 'status', status: 500 });
+      try {
+        const r = await both(f.N, f.O, server.url, f.env, [drv.a]);
+        // Nix's retries in between are logged with random delays; the rest is compared.
+        r.nix.stderr = r.nix.stderr.replace(/^warning: error: unable to download[\s\S]*?; retrying in \d+ ms\n/gm, '');
+        expect(r.nix.stderr).toContain("HTTP error 500 ('Internal Server Error')\n\n       response body:\n\n       injected 500\n");
+        expect(r.ours.stderr).toBe(r.nix.stderr);
+        expect(r.ours.status).toBe(r.nix.status);
+        expect(r.nix.status).toBe(1);
+      } finally {
+        await server.close();
+      }
+    }
+  }, 60_000);
 });
