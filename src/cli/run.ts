@@ -389,7 +389,8 @@ async function pathInfo(args: CliArgs, store: Store): Promise<number> {
     const t = parseTargetArg(store.storeDir, a);
     return args.derivation ? { path: 'drvPath' in t ? t.drvPath : t.path } : t;
   });
-  const engine = new BuildEngine({ store });
+  // With the command line's substituters, as Nix's printMissing asks them what would be fetched.
+  const engine = new BuildEngine({ ...engineOptions(args, store, (m) => process.stderr.write(formatWarning(m))), store });
   try {
     const missing = await engine.queryMissing(targets).catch(() => undefined);
     if (missing) for (const l of await missingLines(store, missing)) process.stderr.write(l + '\n');

@@ -286,4 +286,17 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
       }
     }
   }, 60_000);
+
+  it('path-info of paths the cache has but the store does not: the same "will be fetched" lines, then "is not valid"', async () => {
+    const f = fresh('xz');
+    const opts = ['--option', 'substituters', `file://${f.cacheDir}`, '--option', 'trusted-public-keys', pub];
+    for (const p of [out.b, drv.b]) {
+      const n = runNix('nix', ['path-info', '--store', f.N, ...opts, p], { env: f.env });
+      const o = await realise(['path-info', '--store', f.O, ...opts, p]);
+      expect(n.stderr).toContain('these 2 paths will be fetched');
+      expect(o.stderr).toBe(n.stderr);
+      expect(o.stdout).toBe(n.stdout);
+      expect(o.status).toBe(n.status);
+    }
+  }, 60_000);
 });
