@@ -19,7 +19,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { execFile } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { execErrorOf, spawnFailed, type Sandbox, type SandboxExit, type SandboxRequest, type SandboxRunOptions } from './sandbox.js';
 import { SandboxError } from './sandbox-errors.js';
 import { parsePreBuildHookOutput, type SandboxPath } from './sandbox-config.js';
@@ -28,6 +28,7 @@ import { nixSeccompFilter } from './seccomp.js';
 import { spawnMerged } from './spawn-merged.js';
 import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
 import { SandboxServer } from './sandbox-server.js';
+import { describeSignal, signalName } from './signals.js';
 
 export type LinuxSandboxBackend = 'helper' | 'bwrap';
 
@@ -112,7 +113,6 @@ function readAll(stream: NodeJS.ReadableStream | null | undefined): Promise<stri
 /** A bind mount: source, whether optional and read-only, and (for inputs, known already) whether a directory. */
 type Bind = SandboxPath & { ro: boolean; dir?: boolean };
 
-const SIGNAL_NAMES = new Map(Object.entries(os.constants.signals).map(([name, n]) => [n as number, name]));
 
 export class LinuxSandbox implements Sandbox {
   readonly name = 'linux-namespaces';
@@ -324,7 +324,7 @@ export class LinuxSandbox implements Sandbox {
     const line = (await status).trim();
     let m: RegExpExecArray | null;
     if ((m = /^exit (\d+)$/.exec(line))) return { kind: 'exited', code: Number(m[1]) };
-    if ((m = /^signal (\d+)$/.exec(line))) return { kind: 'signalled', signal: SIGNAL_NAMES.get(Number(m[1])) ?? `SIG${m[1]}` };
+    if ((m = /^signal (\d+)$/.exec(line))) return { kind: 'signalled', signal: signalName(Number(m[1])) };
     if (line.startsWith('error ')) return setupFailed(request, line.slice(6));
     return exit.kind === 'exited'
       ? { kind: 'spawn-failed', message: `the sandbox helper for '${request.drvPath}' exited with code ${exit.code} without a status` }
@@ -376,10 +376,22 @@ export class LinuxSandbox implements Sandbox {
 
 /** Run Nix's `pre-build-hook` (`HOOK DRV CHROOTDIR`) and parse its `extra-sandbox-paths` output. */
 export async function runPreBuildHook(hook: string, drvPath: string, chrootDir: string): Promise<Map<string, SandboxPath>> {
+  // As Nix's runProgram: the hook's stdout is read, its stderr goes to ours; a failure is "program '…'
+  // failed with exit code N" (or "due to signal N (…)"), and a hook that cannot be executed says so first
+  // and counts as exit code 1, as Nix's forked child does.
+  const failed = (how: string, cause?: unknown) => new SandboxError('sandbox-setup-failed', `program '${hook}' ${how}`, { cause, hint: "fix the hook or unset 'pre-build-hook'" });
   const out = await new Promise<string>((resolve, reject) => {
-    execFile(hook, [drvPath, chrootDir], { maxBuffer: 1 << 24 }, (err, stdout, stderr) => {
-      if (err) reject(new SandboxError('sandbox-setup-failed', `pre-build hook '${hook}' failed for '${drvPath}': ${stderr.trim() || err.message}`, { cause: err, hint: "fix the hook or unset 'pre-build-hook'" }));
-      else resolve(stdout);
+    const child = spawn(hook, [drvPath, chrootDir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const chunks: Buffer[] = [];
+    child.stdout.on('data', (c: Buffer) => chunks.push(c));
+    child.on('error', (e: NodeJS.ErrnoException) => {
+      process.stderr.write(`error: executing '${hook}': ${e.code === 'ENOENT' ? 'No such file or directory' : e.code === 'EACCES' ? 'Permission denied' : e.message}\n`);
+      reject(failed('failed with exit code 1', e));
+    });
+    child.on('close', (code, signal) => {
+      if (signal) reject(failed(`failed due to signal ${describeSignal(signal)}`));
+      else if (code !== 0) reject(failed(`failed with exit code ${code}`));
+      else resolve(Buffer.concat(chunks).toString('utf8'));
     });
   });
   return parsePreBuildHookOutput(out);

@@ -8,10 +8,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
-import * as os from 'node:os';
 import type { SandboxExit } from './sandbox.js';
+import { signalName } from './signals.js';
 
-const SIGNAL_NAMES = new Map(Object.entries(os.constants.signals).map(([name, n]) => [n as number, name]));
 const DRAIN_GRACE_MS = 2000;
 
 interface Pending {
@@ -178,7 +177,7 @@ export class SandboxServer {
     let m: RegExpExecArray | null;
     const s = p.status;
     if ((m = /^exit (\d+)$/.exec(s))) p.resolve({ kind: 'exited', code: Number(m[1]) });
-    else if ((m = /^signal (\d+)$/.exec(s))) p.resolve({ kind: 'signalled', signal: SIGNAL_NAMES.get(Number(m[1])) ?? `SIG${m[1]}` });
+    else if ((m = /^signal (\d+)$/.exec(s))) p.resolve({ kind: 'signalled', signal: signalName(Number(m[1])) });
     else p.resolve({ kind: 'spawn-failed', message: s.replace(/^error /, '') });
   }
 

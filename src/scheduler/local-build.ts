@@ -18,7 +18,7 @@ import { canBuildHere, getStringsAttr, knownPath, requiredSystemFeatures, type D
 import { BuildSetupError } from './errors.js';
 import { exportReferencesGraph } from './export-references.js';
 import { LogCollector } from './log-collector.js';
-import { describeSignal } from './signals.js';
+import { describeSignal } from '../platform/signals.js';
 import { registerOutputs, OutputRejected, type RoundOutputs } from './register-outputs.js';
 import { failure, success, type BuildResult, type BuildStatus } from './results.js';
 import type { BuildMode, Worker } from './worker.js';

@@ -223,6 +223,21 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       const e = await setupErrorOf(engine({ preBuildHook: bad }).buildPaths([drv.fail!]));
       expect(e.shortMessage).toBe(nixError(rb.stderr));
       expect(e.shortMessage).toBe("unknown pre-build hook command 'hello world'");
+
+      // A hook that fails, is killed, or cannot be executed: Nix's runProgram words, exit 1.
+      const exit3 = path.join(root, 'exit3-hook.sh');
+      await fsp.writeFile(exit3, '#!/bin/sh\nexit 3\n', { mode: 0o755 });
+      const killed = path.join(root, 'killed-hook.sh');
+      await fsp.writeFile(killed, '#!/bin/sh\nkill -9 $$\n', { mode: 0o755 });
+      for (const h of [exit3, killed, path.join(root, 'no-such-hook')]) {
+        const rh = nixBuild(['--option', 'pre-build-hook', h, drv.fail!]);
+        expect(rh.status).toBe(1);
+        const eh = await setupErrorOf(engine({ preBuildHook: h }).buildPaths([drv.fail!]));
+        // (a missing hook: Nix's child first prints "error: executing '…': No such file or directory")
+        const last = rh.stderr.split('\n').filter((l) => l.startsWith('error: ')).pop()!.slice('error: '.length);
+        expect(eh.shortMessage).toBe(last);
+        expect(last).toMatch(/^program '.*' failed (with exit code [13]|due to signal 9 \(Killed\))$/);
+      }
     });
 
     it('requiredSystemFeatures recursive-nix: without the experimental feature, exit 1 with Nix 2.8\'s message', async () => {

@@ -1,5 +1,5 @@
 /**
- * How Nix names a builder killed by a signal (statusToString with glibc's strsignal): `signal 9 (Killed)`.
+ * Signals by number and as Nix names them (statusToString with glibc's strsignal): `signal 9 (Killed)`.
  */
 import { constants } from 'node:os';
 
@@ -22,4 +22,11 @@ export function describeSignal(name: string): string {
   const rt = /^SIGRTMIN\+?(\d*)$/.exec(name);
   const text = DESCRIPTIONS[name] ?? (rt ? `Real-time signal ${rt[1] || 0}` : `Unknown signal ${nr}`);
   return `${nr} (${text})`;
+}
+
+const NAMES = new Map(Object.entries(constants.signals).map(([name, n]) => [n as number, name]));
+
+/** `SIGKILL` for 9; `SIG<n>` for a number Node has no name for. */
+export function signalName(nr: number): string {
+  return NAMES.get(nr) ?? `SIG${nr}`;
 }
