@@ -498,7 +498,10 @@ export class BinaryCacheSubstituter implements Substituter {
     } catch (e) {
       if (e instanceof SubstituterError) throw e;
       if (signal?.aborted || isAbortError(e)) throw new SubstituterError('aborted', `download of '${info.path}' was cancelled`, { uri, path: info.path, cause: e });
-      if (e instanceof DecompressionError && (info.compression === 'xz' || info.compression === 'gzip') && produced < LIBARCHIVE_READ_AHEAD && !signal?.aborted) {
+      if (e instanceof DecompressionError && short !== undefined && info.fileSize) {
+        // A file cut short: what it held decodes to about its share of the NAR.
+        produced = Math.max(produced, Math.floor(info.narSize * (short / info.fileSize)));
+      } else if (e instanceof DecompressionError && (info.compression === 'xz' || info.compression === 'gzip') && produced < LIBARCHIVE_READ_AHEAD && !signal?.aborted) {
         // Our decoder hands out large blocks, so little may have come out before the error although much
         // was decoded: decode the file again in small blocks to tell (only on this error path).
         produced = await decodedBeforeError(info.compression, transport.stream(info.url, signal, info.fileSize), signal);
