@@ -296,6 +296,10 @@ export class ChrootPool {
   readonly #size: number;
   readonly #ready = new Map<string, SkeletonState[]>();
   readonly #filling = new Set<string>();
+  /** Bumped by drain(): work started before it (a refill, a recycle check) discards what it made. */
+  #generation = 0;
+  /** Refills and recycle checks under way (drain() waits for them). */
+  readonly #inflight = new Set<Promise<void>>();
   /** Skeleton state of each directory waiting in the pool. */
   readonly #states = new Map<string, SkeletonState>();
   static readonly #all = new Set<string>();
@@ -357,7 +361,9 @@ export class ChrootPool {
     try { fs.renameSync(layout.root, dir); } catch { discardTree(layout.root); return; }
     ChrootPool.#all.add(dir);
     const storeDir = path.join(dir, sk.store);
-    setImmediate(() => {
+    const generation = this.#generation;
+    this.#track(new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+      if (generation !== this.#generation) { ChrootPool.#all.delete(dir); discardTree(dir); return; }
       try {
         for (const f of leftovers.storeFiles) {
           try { fs.unlinkSync(path.join(storeDir, f)); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
@@ -372,32 +378,44 @@ export class ChrootPool {
       for (const m of leftovers.storeMountpoints) sk.mountpoints.add(m);
       this.#states.set(dir, sk);
       list.push(sk);
-    });
+    }));
+  }
+
+  #track(p: Promise<void>): void {
+    this.#inflight.add(p);
+    void p.finally(() => this.#inflight.delete(p));
   }
 
   #refill(key: string, opts: PrepareChrootOptions, list: SkeletonState[]): void {
     if (this.#filling.has(key)) return;
     this.#filling.add(key);
-    void (async () => {
-      while (list.length < this.#size) {
+    const generation = this.#generation;
+    this.#track((async () => {
+      while (list.length < this.#size && generation === this.#generation) {
         const dir = pooledDir(opts.root);
         ChrootPool.#all.add(dir);
         let sk: SkeletonState;
         try {
           await runOps(chrootOps({ ...opts, root: dir }));
+          if (generation !== this.#generation) throw new Error('drained');
           sk = snapshotSkeleton(dir, key, opts);
         } catch { ChrootPool.#all.delete(dir); discardTree(dir); return; }
         this.#states.set(dir, sk);
         list.push(sk);
       }
-    })().finally(() => this.#filling.delete(key));
+    })().finally(() => this.#filling.delete(key)));
   }
 
-  /** Remove the skeletons waiting in the pool. */
-  drain(): void {
+  /**
+   * Remove the skeletons waiting in the pool, and those that refills and recycle checks under way would
+   * add; resolves when those are done (their trees are then queued for deletion: see flushRemovals).
+   */
+  async drain(): Promise<void> {
+    this.#generation++;
     for (const list of this.#ready.values()) list.splice(0);
     for (const d of this.#states.keys()) { ChrootPool.#all.delete(d); discardTree(d); }
     this.#states.clear();
+    await Promise.all([...this.#inflight]);
   }
 }
 

@@ -160,11 +160,14 @@ export class LinuxSandbox implements Sandbox {
     return this.#backend;
   }
 
-  /** Stop the helper server, if one runs, and drop prepared chroots (both also go when the process exits). */
-  close(): void {
+  /**
+   * Stop the helper server, if one runs, and drop prepared chroots (both also go when the process exits).
+   * Resolves when no chroot of this sandbox is left but those queued for deletion (see flushRemovals).
+   */
+  async close(): Promise<void> {
     this.#server?.close();
     this.#server = undefined;
-    this.#pool?.drain();
+    await this.#pool?.drain();
   }
 
   async run(request: SandboxRequest, opts: SandboxRunOptions = {}): Promise<SandboxExit> {

@@ -75,4 +75,6 @@ export interface Sandbox {
    */
   readonly isolated: boolean;
   run(request: SandboxRequest, opts?: SandboxRunOptions): Promise<SandboxExit>;
+  /** Release what the sandbox keeps between builds (helper processes, prepared chroots). Optional. */
+  close?(): void | Promise<void>;
 }

@@ -8,6 +8,7 @@ import { RealiseError } from '../store/errors.js';
 import type { Store } from '../store/store-api.js';
 import { LocalStore } from '../store/local-store.js';
 import { parseStorePath, type StorePath } from '../store/store-path.js';
+import { flushRemovals } from '../platform/chroot.js';
 import { NoSandbox } from '../platform/no-sandbox.js';
 import type { Sandbox } from '../platform/sandbox.js';
 import { useSandbox } from '../platform/sandbox-config.js';
@@ -244,6 +245,9 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       };
     }));
     if (w.stoppedBy) await w.settle();
+    // Sandboxed builds' chroots are deleted in the background; when the call returns they are gone, as
+    // Nix leaves no `<drv>.chroot` behind.
+    if (this.linuxChoice?.sandbox) await flushRemovals();
     if (w.fatal) throw w.fatal;
     return { results, worker: w };
   }
@@ -288,8 +292,12 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     return queryMissing(ctx, targets.map(parseTarget));
   }
 
-  /** Close the store if the engine opened it. */
+  /** Stop the sandbox's helper processes and drop its prepared chroots; close the store if the engine opened it. */
   async close(): Promise<void> {
+    if (this.linuxChoice?.sandbox) {
+      await this.linuxChoice.sandbox.close?.();
+      await flushRemovals();
+    }
     for (const s of this.options.substituters) await s.close?.();
     if (this.ownsStore) await (await this.storePromise).close();
   }
