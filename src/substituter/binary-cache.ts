@@ -451,7 +451,8 @@ export class BinaryCacheSubstituter implements Substituter {
     return {
       path: ni.storePath, narHash: ni.narHash, narSize: ni.narSize, references: ni.references, deriver: ni.deriver,
       sigs: ni.sigs, ca: ni.ca, url: ni.url, compression: ni.compression, fileHash: ni.fileHash, fileSize: ni.fileSize,
-      downloadSize: ni.fileSize ?? ni.narSize,
+      // As Nix: the download size is the narinfo's FileSize, 0 when it has none.
+      downloadSize: ni.fileSize ?? 0,
     };
   }
 

@@ -299,4 +299,12 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
       expect(o.status).toBe(n.status);
     }
   }, 60_000);
+
+  it('--dry-run with narinfos that have no FileSize: "0.00 MiB download", as Nix counts them', async () => {
+    const f = fresh('none');
+    for (const p of [out.big]) writeFileSync(f.niOf(p), readFileSync(f.niOf(p), 'utf8').replace(/^FileSize: .*\n/m, ''));
+    const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [out.big, '--dry-run']);
+    expect(r.nix.stderr).toContain('(0.00 MiB download, 0.26 MiB unpacked)');
+    expectSame(r);
+  }, 60_000);
 });
