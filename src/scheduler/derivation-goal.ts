@@ -50,10 +50,13 @@ function outputsOf(statuses: OutputStatus[], onlyWanted: boolean): Record<string
 export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<string> | undefined, mode: BuildMode): Promise<BuildResult> {
   const { store, options } = w.ctx;
   if (!isDerivationPath(drvPath)) return failure('misc-failure', `'${drvPath}' is not a derivation path`);
+  // Waiting for other goals, this goal is not preparing (the order of build slots depends on it).
+  const activity = w.activity(drvPath);
+  const waitFor = <T>(p: Promise<T>): Promise<T> => (activity ? activity.blocked(p) : p);
 
   // 1. Make sure the derivation exists; it may come from a substitute.
   if (!w.ctx.isProvidedDrv(drvPath) && !(await store.isValidPath(drvPath))) {
-    const o = await w.substitutionGoal(drvPath);
+    const o = await waitFor(w.substitutionGoal(drvPath));
     w.throwIfStopped();
     if (!substitutionSucceeded(o)) return failure('misc-failure', `cannot build missing derivation '${drvPath}'`);
   }
@@ -85,7 +88,7 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
       w.warn('do not know how to query for unknown floating content-addressed derivation output yet');
       return undefined;
     }
-    const outcomes = await Promise.all(missing.map((s) => w.substitutionGoal(s.path!, mode === 'repair')));
+    const outcomes = await waitFor(Promise.all(missing.map((s) => w.substitutionGoal(s.path!, mode === 'repair'))));
     w.throwIfStopped();
     const failed = outcomes.filter((o) => !substitutionSucceeded(o));
     const noSubs = failed.filter((o) => o.kind === 'no-substituters').length;
@@ -129,7 +132,7 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
   // A goal waiting for its inputs holds no parsed derivation (a graph of 100,000 goals has nearly all of
   // them waiting at once): the view is dropped here and fetched again, usually from the engine's cache.
   view = undefined;
-  const nrFailed = await countFailures(inputGoals, options.keepGoing);
+  const nrFailed = await waitFor(countFailures(inputGoals, options.keepGoing));
   if (nrFailed > 0) {
     return failure('dependency-failed', `${nrFailed} dependencies of derivation '${drvPath}' failed to build`);
   }

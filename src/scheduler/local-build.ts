@@ -19,6 +19,7 @@ import { BuildSetupError } from './errors.js';
 import { exportReferencesGraph } from './export-references.js';
 import { LogCollector } from './log-collector.js';
 import { describeSignal } from '../platform/signals.js';
+import { slotGate } from './slot-gate.js';
 import { registerOutputs, OutputRejected, type RoundOutputs } from './register-outputs.js';
 import { failure, success, type BuildResult, type BuildStatus } from './results.js';
 import type { BuildMode, Worker } from './worker.js';
@@ -111,7 +112,9 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
   // Remote builders first (the build hook), unless the derivation prefers local builds or we repair/check.
   if (options.builders.length > 0 && plan.mode === 'normal' && !plan.preferLocal) {
     const { tryRemoteBuild } = await import('./remote-build.js');
-    const r = await tryRemoteBuild(w, view, plan.inputPaths);
+    const activity = w.activity(drvPath);
+    const remote = tryRemoteBuild(w, view, plan.inputPaths);
+    const r = await (activity ? activity.blocked(remote) : remote);
     if (r) return r;
   }
 
@@ -160,7 +163,7 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
         if (!valid.has(p) && (await exists(store.toRealPath(p)))) await deleteTree(store.toRealPath(p));
       }
 
-      const r = await inBuildSlot(w, (releaseSlot) => {
+      const r = await inBuildSlot(w, drvPath, (releaseSlot) => {
         w.throwIfStopped();
         if (startTime === 0) startTime = Math.floor(Date.now() / 1000);
         return runOneRound(w, view, plan, round, valid, previous, releaseSlot);
@@ -187,13 +190,24 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
  * (Worker::childTerminated at the start of buildDone), the slot is freed as soon as the builder has exited:
  * closing the log and registering the outputs do not keep another build from starting.
  */
-function inBuildSlot<R>(w: Worker, fn: (releaseSlot: () => void) => Promise<R>): Promise<R> {
+function inBuildSlot<R>(w: Worker, drvPath: StorePath, fn: (releaseSlot: () => void) => Promise<R>): Promise<R> {
+  // Waiting for a slot, the goal no longer prepares; the gate grants free slots in Nix's goal order. When
+  // its builder is done, the goal is busy again (registering, finishing) until it waits or ends.
+  const activity = w.activity(drvPath);
+  activity?.pause();
   return new Promise<R>((resolve, reject) => {
-    w.ctx.buildQueue.add(() => new Promise<void>((slotFreed) => {
+    slotGate(w.ctx.buildQueue).request(drvPath, () => new Promise<void>((slotFreed) => {
+      let freed = false;
+      const free = () => {
+        if (freed) return;
+        freed = true;
+        activity?.resume();
+        slotFreed();
+      };
       let p: Promise<R>;
-      try { p = fn(() => slotFreed()); } catch (e) { p = Promise.reject(e); }
-      p.then(resolve, reject).finally(() => slotFreed());
-    })).catch(reject);
+      try { p = fn(free); } catch (e) { p = Promise.reject(e); }
+      p.then(resolve, reject).finally(free);
+    }));
   });
 }
 

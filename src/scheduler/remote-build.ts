@@ -8,13 +8,14 @@ import { buildOnRemote } from '../remote/remote-builder.js';
 import { canBuildHere, preferLocalBuild, requiredSystemFeatures, type DrvView } from './drv-view.js';
 import { failure, success, type BuildResult, type BuildStatus } from './results.js';
 import type { Worker } from './worker.js';
+import { slotGate } from './slot-gate.js';
 
 export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<StorePath>): Promise<BuildResult | undefined> {
   const { options, store } = w.ctx;
   const local = canBuildHere(view, options) && options.maxJobs > 0;
   // Nix's hook declines when this machine can build and has a free slot; we prefer remote slots only when
   // the local queue is busy, so remote machines add capacity.
-  if (local && w.ctx.buildQueue.pending < Math.max(1, options.maxJobs) && w.ctx.buildQueue.size === 0 && !remoteOnly(view, options)) {
+  if (local && w.ctx.buildQueue.pending < Math.max(1, options.maxJobs) && w.ctx.buildQueue.size === 0 && slotGate(w.ctx.buildQueue).waitingCount === 0 && !remoteOnly(view, options)) {
     return undefined;
   }
   const started = Math.floor(Date.now() / 1000);

@@ -11,6 +11,7 @@ import { failure, isSuccess, type BuildResult } from './results.js';
 import { substitutionGoal, type SubstitutionOutcome } from './substitution-goal.js';
 import { RealiseError } from '../store/errors.js';
 import { pathContentsGood } from './verify.js';
+import { slotGate, type GoalActivity } from './slot-gate.js';
 
 export type BuildMode = 'normal' | 'repair' | 'check';
 
@@ -155,9 +156,18 @@ export class Worker {
     return entry.promise;
   }
 
+  private readonly activities = new Map<StorePath, GoalActivity>();
+
+  /** Whether the derivation goal of `drvPath` is preparing or waiting, for the order of build slots. */
+  activity(drvPath: StorePath): GoalActivity | undefined {
+    return this.activities.get(drvPath);
+  }
+
   private async runDrvGoal(drvPath: StorePath, entry: DrvGoalEntry, mode: BuildMode): Promise<BuildResult> {
     this.ctx.emit('goal-started', { kind: 'derivation', path: drvPath });
     let result: BuildResult;
+    const activity = slotGate(this.ctx.buildQueue).goal();
+    this.activities.set(drvPath, activity);
     try {
       for (;;) {
         const snapshot = entry.wanted === undefined ? undefined : new Set(entry.wanted);
@@ -167,6 +177,9 @@ export class Worker {
       }
     } catch (e) {
       result = this.failureOf(e, drvPath);
+    } finally {
+      activity.done();
+      if (this.activities.get(drvPath) === activity) this.activities.delete(drvPath);
     }
     entry.done = true;
     if (!isSuccess(result.status) && !(result as { stopped?: boolean }).stopped) {

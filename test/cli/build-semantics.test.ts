@@ -72,7 +72,7 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     writeFileSync(file, readFileSync(EXPR_FILE));
     R1 = path.join(dir, 'R1');
     R2 = path.join(dir, 'R2');
-    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums', 'chatty', 'fodBad', 'slow', 'nondet', 'features']) {
+    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums', 'chatty', 'fodBad', 'slow', 'nondet', 'features', 'dagTop', 'leaves']) {
       drvs[a] = nix('nix-instantiate', ['--store', R1, file, '-A', a]);
       expect(nix('nix-instantiate', ['--store', R2, file, '-A', a])).toBe(drvs[a]);
     }
@@ -167,5 +167,15 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     expect([o.status, n.status]).toEqual([1, 1]);
     expect(o.stderr.toString()).toBe(n.stderr);
     expect(n.stderr).toContain("with features {bar, foo} is required to build");
+  });
+
+  it('one build slot: builds start in Nix\'s goal order (by name) and failures are reported before the next build', async () => {
+    for (const args of [[drvs.leaves!], ['-k', drvs.dagTop!], [drvs.dagTop!]]) {
+      const n = nixRealise(args);
+      const o = await ours(args);
+      expect(o.status, o.stderr.toString()).toBe(n.status);
+      const lines = (s: string) => s.split('\n').filter((l) => /^(building|error: builder|failing)/.test(l));
+      expect(lines(o.stderr.toString())).toEqual(lines(n.stderr));
+    }
   });
 });

@@ -1,0 +1,147 @@
+/**
+ * Which waiting build gets a free build slot, in Nix's order. Nix's worker runs its awake goals in rounds,
+ * ordered by goal key (`b$NAME.drv$PATH`: by derivation name, then path); goals that reach tryToBuild
+ * while every slot is taken wait, and when a slot frees they all wake up and the first by key takes it.
+ * A free slot goes to the waiting build with the lowest key. With one slot (Nix's default, where the order
+ * of builds and messages is fully determined), goals here reach their slot request at unpredictable
+ * moments, so the slot is granted only once the engine is quiescent: no derivation goal is still preparing
+ * (reading its .drv, checking outputs, about to ask for a slot) or finishing (registering outputs, failing
+ * its dependents) — as Nix starts the next build only after the last one's goal is done. A goal that stays
+ * busy without being counted out (a lock wait, a remote build) delays a grant by at most FALLBACK_MS. With
+ * more slots the order of builds depends on timing in Nix too, and slots are granted at once.
+ */
+import type PQueue from 'p-queue';
+
+const FALLBACK_MS = 20;
+
+interface Waiter {
+  readonly key: string;
+  readonly task: () => Promise<void>;
+}
+
+export class SlotGate {
+  /** Derivation goals currently preparing (not waiting for other goals or for a slot). */
+  private preparing = 0;
+  private readonly waiting: Waiter[] = [];
+  /** Slots granted and not given back yet. */
+  private running = 0;
+  private scheduled = false;
+  private fallback: NodeJS.Timeout | undefined;
+
+  constructor(private readonly queue: PQueue) {}
+
+  /** Builds waiting here for a slot. */
+  get waitingCount(): number {
+    return this.waiting.length;
+  }
+
+  /** Ask for a slot for the build of `drvPath`: `task` runs when it is granted and holds it until it settles. */
+  request(drvPath: string, task: () => Promise<void>): void {
+    const name = drvPath.slice(drvPath.lastIndexOf('/') + 34);
+    this.waiting.push({ key: `${name}$${drvPath}`, task });
+    if (this.queue.concurrency > 1) this.grant();
+    else this.schedule();
+  }
+
+  /** A goal that prepares until `pause` (or `done`). */
+  goal(): GoalActivity {
+    return new GoalActivity(this);
+  }
+
+  /** @internal */
+  change(delta: 1 | -1): void {
+    this.preparing += delta;
+    if (this.preparing === 0 && this.waiting.length > 0) this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.dispatch();
+    });
+  }
+
+  private dispatch(): void {
+    if (this.waiting.length === 0 || this.running >= this.queue.concurrency) return;
+    if (this.preparing > 0 && this.queue.concurrency === 1) {
+      this.fallback ??= setTimeout(() => {
+        this.fallback = undefined;
+        this.grant();
+      }, FALLBACK_MS);
+      return;
+    }
+    this.grant();
+  }
+
+  private grant(): void {
+    if (this.fallback) {
+      clearTimeout(this.fallback);
+      this.fallback = undefined;
+    }
+    while (this.waiting.length > 0 && this.running < this.queue.concurrency) {
+      let best = 0;
+      for (let i = 1; i < this.waiting.length; i++) if (this.waiting[i]!.key < this.waiting[best]!.key) best = i;
+      const [w] = this.waiting.splice(best, 1);
+      this.running++;
+      void this.queue.add(async () => {
+        try {
+          await w!.task();
+        } finally {
+          this.running--;
+          if (this.queue.concurrency > 1) this.grant();
+          else this.schedule();
+        }
+      });
+    }
+  }
+}
+
+/** One goal's share of the gate's count of preparing goals. */
+export class GoalActivity {
+  private active = true;
+  private finished = false;
+
+  constructor(private readonly gate: SlotGate) {
+    gate.change(1);
+  }
+
+  /** The goal waits (for other goals, substitutions, or a slot): it is no longer preparing or finishing. */
+  pause(): void {
+    if (!this.active) return;
+    this.active = false;
+    this.gate.change(-1);
+  }
+
+  resume(): void {
+    if (this.active || this.finished) return;
+    this.active = true;
+    this.gate.change(1);
+  }
+
+  /** Await `p` as a waiting goal. */
+  async blocked<T>(p: Promise<T>): Promise<T> {
+    this.pause();
+    try {
+      return await p;
+    } finally {
+      this.resume();
+    }
+  }
+
+  /** The goal ended: it counts no more, whatever resumes it later. */
+  done(): void {
+    this.pause();
+    this.finished = true;
+  }
+}
+
+const gates = new WeakMap<PQueue, SlotGate>();
+
+/** The gate of an engine's build slots. */
+export function slotGate(queue: PQueue): SlotGate {
+  let g = gates.get(queue);
+  if (!g) gates.set(queue, (g = new SlotGate(queue)));
+  return g;
+}
