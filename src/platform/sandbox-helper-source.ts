@@ -343,6 +343,9 @@ static int finish(void) {
     if (n < 0 && errno == EINTR) continue;
     break; /* EIO: every holder of the slave closed it */
   }
+  /* As Nix: the end of the output is the end of the build. A builder that closed its output and runs on
+     is killed (its status then says so); one that has exited is a zombie, which the signal leaves be. */
+  kill(builderPid, SIGKILL);
   int st;
   while (waitpid(builderPid, &st, 0) == -1 && errno == EINTR) {}
   if (WIFEXITED(st)) status("exit %d\n", WEXITSTATUS(st));

@@ -140,7 +140,15 @@ export class SandboxServer {
       }
       if (!p.aborted) p.onOutput?.(chunk);
     });
-    const done = () => { if (p && !p.eof) { p.eof = true; this.#maybeDone(p); } };
+    const done = () => {
+      if (!p || p.eof) return;
+      p.eof = true;
+      // As Nix: the end of a builder's output is the end of its build. A builder still running (it closed
+      // its stdout and stderr) is killed with its process group; one that has exited waits, a zombie, for
+      // the server to report its status, and the signal leaves it be.
+      if (p.status === undefined) this.#kill(p);
+      this.#maybeDone(p);
+    };
     sock.on('end', done);
     sock.on('close', done);
     sock.on('error', done);

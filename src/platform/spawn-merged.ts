@@ -126,10 +126,18 @@ export async function spawnMerged(opts: SpawnMergedOptions): Promise<SandboxExit
       maybeDone();
     };
 
+    // As Nix: the end of the output is the end of the build. A process still running then (it closed its
+    // stdout and stderr) is killed with its group, and its status says so.
+    const onEof = (): void => {
+      if (eof) return;
+      eof = true;
+      if (!exit && !settled) killGroup(child.pid);
+      maybeDone();
+    };
     ours.on('data', (chunk: Buffer) => { if (!aborted) opts.onOutput?.(chunk); });
-    ours.on('end', () => { eof = true; maybeDone(); });
-    ours.on('close', () => { eof = true; maybeDone(); });
-    ours.on('error', () => { eof = true; maybeDone(); });
+    ours.on('end', onEof);
+    ours.on('close', onEof);
+    ours.on('error', onEof);
     ours.resume();
 
     child.once('error', (e: NodeJS.ErrnoException) => {

@@ -1,7 +1,8 @@
 /**
  * Messages that name an output's location, `realise build` against `nix-store --realise` on twin chroot
  * stores (where builds run sandboxed): Nix names the output inside the build's chroot,
- * `<store>/<drv>.chroot/nix/store/<output>`. Compared with the roots replaced by ROOT.
+ * `<store>/<drv>.chroot/nix/store/<output>`. Compared with the roots replaced by ROOT. And a builder that
+ * closes its output early, which Nix kills.
  */
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
@@ -12,6 +13,7 @@ import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
 const EXPR = `{
   noout = derivation { name = "om-noout"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo none"]; };
   writable = derivation { name = "om-writable"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo x > $out; chmod 666 $out"]; };
+  closes = derivation { name = "om-closes"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo bye; exec >&- 2>&-; /bin/busybox sleep 20; echo > $out"]; };
 }`;
 
 async function realise(args: string[]): Promise<{ stderr: string; status: number }> {
@@ -34,17 +36,19 @@ describe.skipIf(!nixOk())('output locations in messages, realise vs Nix 2.8 (san
   beforeAll(() => {
     dir = tempDir();
     writeFileSync(path.join(dir, 'e.nix'), EXPR);
-    for (const a of ['noout', 'writable']) {
+    for (const a of ['noout', 'writable', 'closes']) {
       for (const s of ['N', 'O']) drvs[a] = nix('nix-instantiate', ['--store', path.join(dir, s), path.join(dir, 'e.nix'), '-A', a]);
     }
   });
   const errors = (stderr: string, root: string) => stderr.split('\n').filter((l) => l.startsWith('error:')).map((l) => l.split(root).join('ROOT'));
 
-  for (const a of ['noout', 'writable']) {
+  // closes: a builder that closes its stdout and stderr and runs on is killed, as the end of its output
+  // is the end of the build: "failed due to signal 9 (Killed)", exit 100 (not a 20 s wait and success).
+  for (const a of ['noout', 'writable', 'closes']) {
     it(`${a}: the same error line and status`, async () => {
       const n = runNix('nix-store', ['--store', path.join(dir, 'N'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox /bin/busybox', '--realise', drvs[a]!]);
       const o = await realise(['build', '--store', path.join(dir, 'O'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox /bin/busybox', drvs[a]!]);
-      expect(errors(n.stderr, path.join(dir, 'N'))[0]).toContain(`.drv.chroot/nix/store/`);
+      if (a !== 'closes') expect(errors(n.stderr, path.join(dir, 'N'))[0]).toContain(`.drv.chroot/nix/store/`);
       expect(errors(o.stderr, path.join(dir, 'O')), o.stderr).toEqual(errors(n.stderr, path.join(dir, 'N')));
       expect(o.status).toBe(n.status);
     });

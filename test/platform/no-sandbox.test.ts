@@ -54,6 +54,14 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
     expect(Number(pgid)).not.toBe(process.pid);
   });
 
+  it('a builder that closes its stdout and stderr and runs on is killed, as Nix ends a build at the end of its output', async () => {
+    const t = Date.now();
+    const { exit, out } = await collect(request(tempDir(), '/bin/sh', ['-c', 'echo bye; exec >&- 2>&-; sleep 20; exit 0']));
+    expect(out).toBe('bye\n');
+    expect(exit).toEqual({ kind: 'signalled', signal: 'SIGKILL' });
+    expect(Date.now() - t).toBeLessThan(10_000);
+  });
+
   it('reports signals', async () => {
     const { exit } = await collect(request(tempDir(), '/bin/sh', ['-c', 'kill -TERM $$']));
     expect(exit).toEqual({ kind: 'signalled', signal: 'SIGTERM' });
