@@ -116,7 +116,7 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
   const depResults = new Map<StorePath, Promise<BuildResult>>();
   const inputGoals: Promise<boolean>[] = [];
   for (const [dep, outs] of view.inputDrvs) {
-    const r = w.derivationGoal(dep, outs, inputMode);
+    const r = w.derivationGoal(dep, outs, inputMode, drvPath);
     depResults.set(dep, r);
     inputGoals.push(r.then((x) => isSuccess(x.status)));
   }

@@ -207,7 +207,7 @@ function inBuildSlot<R>(w: Worker, drvPath: StorePath, fn: (releaseSlot: () => v
       let p: Promise<R>;
       try { p = fn(free); } catch (e) { p = Promise.reject(e); }
       p.then(resolve, reject).finally(free);
-    }));
+    }), w.depthOf(drvPath));
   });
 }
 

@@ -2,7 +2,10 @@
  * Which waiting build gets a free build slot, in Nix's order. Nix's worker runs its awake goals in rounds,
  * ordered by goal key (`b$NAME.drv$PATH`: by derivation name, then path); goals that reach tryToBuild
  * while every slot is taken wait, and when a slot frees they all wake up and the first by key takes it.
- * A free slot goes to the waiting build with the lowest key. With one slot (Nix's default, where the order
+ * A free slot goes to the waiting build with the lowest key among those that were already waiting when a
+ * slot was last given back (Nix wakes them all then; a goal that became ready since comes a round later);
+ * before any slot was given back, the builds closest to the targets come first (Nix reaches them in
+ * earlier rounds), then by key. With one slot (Nix's default, where the order
  * of builds and messages is fully determined), goals here reach their slot request at unpredictable
  * moments, so the slot is granted only once the engine is quiescent: no derivation goal is still preparing
  * (reading its .drv, checking outputs, about to ask for a slot) or finishing (registering outputs, failing
@@ -16,6 +19,10 @@ const FALLBACK_MS = 20;
 
 interface Waiter {
   readonly key: string;
+  /** Distance from the call's targets (0 for a target). */
+  readonly depth: number;
+  /** How many slots had been given back when it started waiting. */
+  readonly epoch: number;
   readonly task: () => Promise<void>;
 }
 
@@ -25,6 +32,8 @@ export class SlotGate {
   private readonly waiting: Waiter[] = [];
   /** Slots granted and not given back yet. */
   private running = 0;
+  /** Slots given back so far. */
+  private epoch = 0;
   private scheduled = false;
   private fallback: NodeJS.Timeout | undefined;
 
@@ -36,9 +45,9 @@ export class SlotGate {
   }
 
   /** Ask for a slot for the build of `drvPath`: `task` runs when it is granted and holds it until it settles. */
-  request(drvPath: string, task: () => Promise<void>): void {
+  request(drvPath: string, task: () => Promise<void>, depth = 0): void {
     const name = drvPath.slice(drvPath.lastIndexOf('/') + 34);
-    this.waiting.push({ key: `${name}$${drvPath}`, task });
+    this.waiting.push({ key: `${name}$${drvPath}`, depth, epoch: this.epoch, task });
     if (this.queue.concurrency > 1) this.grant();
     else this.schedule();
   }
@@ -75,6 +84,15 @@ export class SlotGate {
     this.grant();
   }
 
+  /** Whether `a` gets a slot before `b`. */
+  private before(a: Waiter, b: Waiter): boolean {
+    const wokenA = a.epoch < this.epoch;
+    const wokenB = b.epoch < this.epoch;
+    if (wokenA !== wokenB) return wokenA;
+    if (this.epoch === 0 && a.depth !== b.depth) return a.depth < b.depth;
+    return a.key < b.key;
+  }
+
   private grant(): void {
     if (this.fallback) {
       clearTimeout(this.fallback);
@@ -82,7 +100,7 @@ export class SlotGate {
     }
     while (this.waiting.length > 0 && this.running < this.queue.concurrency) {
       let best = 0;
-      for (let i = 1; i < this.waiting.length; i++) if (this.waiting[i]!.key < this.waiting[best]!.key) best = i;
+      for (let i = 1; i < this.waiting.length; i++) if (this.before(this.waiting[i]!, this.waiting[best]!)) best = i;
       const [w] = this.waiting.splice(best, 1);
       this.running++;
       void this.queue.add(async () => {
@@ -90,6 +108,7 @@ export class SlotGate {
           await w!.task();
         } finally {
           this.running--;
+          this.epoch++;
           if (this.queue.concurrency > 1) this.grant();
           else this.schedule();
         }

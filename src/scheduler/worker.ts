@@ -134,7 +134,8 @@ export class Worker {
   }
 
   /** The one derivation goal of `drvPath` in this call, widened when more outputs are wanted. */
-  derivationGoal(drvPath: StorePath, outputs: Iterable<string> | undefined, mode: BuildMode = this.mode): Promise<BuildResult> {
+  derivationGoal(drvPath: StorePath, outputs: Iterable<string> | undefined, mode: BuildMode = this.mode, parent?: StorePath): Promise<BuildResult> {
+    if (!this.depths.has(drvPath)) this.depths.set(drvPath, parent === undefined ? 0 : (this.depths.get(parent) ?? 0) + 1);
     const want = outputs === undefined ? undefined : new Set(outputs);
     if (want && (want.has('*') || want.size === 0)) return this.derivationGoal(drvPath, undefined, mode);
     const existing = this.drvGoals.get(drvPath);
@@ -157,6 +158,12 @@ export class Worker {
   }
 
   private readonly activities = new Map<StorePath, GoalActivity>();
+  /** Each derivation goal's distance from the call's targets, when it was first asked for (`parent`). */
+  private readonly depths = new Map<StorePath, number>();
+
+  depthOf(drvPath: StorePath): number {
+    return this.depths.get(drvPath) ?? 0;
+  }
 
   /** Whether the derivation goal of `drvPath` is preparing or waiting, for the order of build slots. */
   activity(drvPath: StorePath): GoalActivity | undefined {
