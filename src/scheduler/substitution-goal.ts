@@ -21,7 +21,7 @@ export function substitutionSucceeded(o: SubstitutionOutcome): boolean {
   return o.kind === 'valid' || o.kind === 'substituted';
 }
 
-export async function substitutionGoal(w: Worker, path: StorePath, repair: boolean): Promise<SubstitutionOutcome> {
+export async function substitutionGoal(w: Worker, path: StorePath, repair: boolean, depth = 0): Promise<SubstitutionOutcome> {
   const { store } = w.ctx;
   await store.addTempRoot?.(path);
   if (!repair && (await store.isValidPath(path))) return { kind: 'valid' };
@@ -57,7 +57,7 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
 
     // References first, so the closure stays complete.
     const refs = info.references.filter((r) => r !== path);
-    const refOutcomes = await Promise.all(refs.map((r) => w.substitutionGoal(r, false)));
+    const refOutcomes = await Promise.all(refs.map((r) => w.substitutionGoal(r, false, depth + 1)));
     const badRefs = refOutcomes.filter((o) => !substitutionSucceeded(o));
     if (badRefs.length > 0) {
       // As Nix: a hole in the closure (a reference nobody has) lets the derivation build it and try this
@@ -66,6 +66,8 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
       return { kind: hole ? 'incomplete-closure' : 'failed', message: `some references of path '${path}' could not be realised` };
     }
 
+    // Substitutions that become ready together start in Nix's goal order (by name, then path).
+    await w.readyInNixOrder(path, refs.length === 0 ? depth : undefined);
     const outcome = await w.ctx.substitutionSlot(async () => {
       w.throwIfStopped();
       // addToStore takes the path's lock and re-checks validity under it.

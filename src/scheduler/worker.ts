@@ -81,6 +81,32 @@ export class Worker {
     if (this.controller.signal.aborted) throw new GoalStopped();
   }
 
+  private readyBatch: { key: string; round: number; release: () => void }[] = [];
+
+  /**
+   * Resolves on the next turn of the event loop, in Nix's goal order among the substitutions that got
+   * ready in this turn. Nix's worker runs its awake goals round by round, ordered by key (for a
+   * substitution: the path's name, then the path), so paths whose references became valid together start
+   * (and print "copying path …") in that order; without this they would start in the order their waits
+   * happened to resolve. A path with no references (`depth` given) is ready as soon as it is looked up,
+   * which in Nix happens a round later for each reference between it and the caller's path: those go
+   * first by depth. Paths woken by a finished reference (`depth` undefined) go in one round after them.
+   */
+  readyInNixOrder(path: StorePath, depth: number | undefined): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.readyBatch.length === 0) {
+        setImmediate(() => {
+          const batch = this.readyBatch;
+          this.readyBatch = [];
+          batch.sort((x, y) => x.round - y.round || (x.key < y.key ? -1 : x.key > y.key ? 1 : 0));
+          for (const b of batch) b.release();
+        });
+      }
+      const base = path.slice(path.lastIndexOf('/') + 1);
+      this.readyBatch.push({ key: `${base.slice(33)}$${path}`, round: depth ?? Infinity, release: resolve });
+    });
+  }
+
   private readonly contentsGood = new Map<StorePath, boolean>();
 
   /**
@@ -211,7 +237,8 @@ export class Worker {
     return failure('misc-failure', e instanceof Error ? e.message : String(e));
   }
 
-  substitutionGoal(path: StorePath, repair = false): Promise<SubstitutionOutcome> {
+  /** `depth`: how many references away from what the caller asked for (Nix's rounds; see readyInNixOrder). */
+  substitutionGoal(path: StorePath, repair = false, depth = 0): Promise<SubstitutionOutcome> {
     const key = repair ? `repair:${path}` : path;
     let p = this.substGoals.get(key);
     if (!p) {
@@ -220,7 +247,7 @@ export class Worker {
         this.ctx.emit('goal-started', { kind: 'substitution', path });
         let outcome: SubstitutionOutcome;
         try {
-          outcome = await substitutionGoal(this, path, repair);
+          outcome = await substitutionGoal(this, path, repair, depth);
         } catch (e) {
           outcome = e instanceof GoalStopped || this.signal.aborted
             ? { kind: 'failed', message: `substitution of '${path}' was stopped` }

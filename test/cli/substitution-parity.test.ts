@@ -18,6 +18,9 @@ let mk = name: script: derivation { name = "\${prefix}-\${name}"; system = "x86_
 in rec {
   a = mk "a" "echo a > $out";
   b = mk "b" "echo \${a} > $out";
+  c = mk "c" "echo \${b} > $out";
+  n = mk "n" "echo \${a} n > $out";
+  top = mk "top" "echo \${c} \${big} \${n} > $out";
   big = mk "big" "i=0; while [ $i -lt 3000 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx-$i; i=$((i+1)); done > $out";
 }
 `;
@@ -61,8 +64,8 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
   let dir: string;
   let file: string;
   let pub: string;
-  const drv: Record<'a' | 'b' | 'big', string> = { a: '', b: '', big: '' };
-  const out: Record<'a' | 'b' | 'big', string> = { a: '', b: '', big: '' };
+  const drv: Record<'a' | 'b' | 'big' | 'top', string> = { a: '', b: '', big: '', top: '' };
+  const out: Record<'a' | 'b' | 'big' | 'top', string> = { a: '', b: '', big: '', top: '' };
   /** The signed cache Nix wrote, per compression. */
   const cache: Record<'xz' | 'none', string> = { xz: '', none: '' };
   let n = 0;
@@ -72,17 +75,17 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     file = path.join(dir, 'd.nix');
     writeFileSync(file, EXPR);
     const src = path.join(dir, 'S');
-    for (const k of ['a', 'b', 'big'] as const) drv[k] = nix('nix-instantiate', ['--store', src, file, '-A', k]);
-    nix('nix-store', ['--store', src, '--option', 'sandbox-paths', SANDBOX, '--realise', drv.b, drv.big]);
-    for (const k of ['a', 'b', 'big'] as const) out[k] = nix('nix-store', ['--store', src, '-q', '--outputs', drv[k]]);
+    for (const k of ['a', 'b', 'big', 'top'] as const) drv[k] = nix('nix-instantiate', ['--store', src, file, '-A', k]);
+    nix('nix-store', ['--store', src, '--option', 'sandbox-paths', SANDBOX, '--realise', drv.b, drv.big, drv.top]);
+    for (const k of ['a', 'b', 'big', 'top'] as const) out[k] = nix('nix-store', ['--store', src, '-q', '--outputs', drv[k]]);
     const sk = path.join(dir, 'sk');
     writeFileSync(sk, nix('nix', ['key', 'generate-secret', '--key-name', 'parity-1']));
     pub = nix('nix', ['key', 'convert-secret-to-public'], { input: readFileSync(sk, 'utf8') });
-    nix('nix', ['store', 'sign', '--store', src, '-k', sk, '-r', out.b, out.big]);
+    nix('nix', ['store', 'sign', '--store', src, '-k', sk, '-r', out.top]);
     nix('nix', ['store', 'sign', '--store', src, '-k', sk, '--derivation', '-r', drv.b]);
     for (const c of ['xz', 'none'] as const) {
       cache[c] = path.join(dir, `cache-${c}`);
-      nix('nix', ['copy', '--store', src, '--to', `file://${cache[c]}?compression=${c}`, out.b, out.big]);
+      nix('nix', ['copy', '--store', src, '--to', `file://${cache[c]}?compression=${c}`, out.top]);
       nix('nix', ['copy', '--store', src, '--derivation', '--to', `file://${cache[c]}?compression=${c}`, drv.b]);
     }
   }, 60_000);
@@ -92,7 +95,7 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     const d = path.join(dir, `run${++n}`);
     const N = path.join(d, 'N');
     const O = path.join(d, 'O');
-    if (withDrvs) for (const root of [N, O]) for (const k of ['a', 'b'] as const) nix('nix-instantiate', ['--store', root, file, '-A', k]);
+    if (withDrvs) for (const root of [N, O]) for (const k of ['a', 'b', 'top'] as const) nix('nix-instantiate', ['--store', root, file, '-A', k]);
     const cacheDir = path.join(d, 'cache');
     cpSync(cache[compression], cacheDir, { recursive: true });
     const niOf = (p: string) => path.join(cacheDir, `${path.basename(p).slice(0, 32)}.narinfo`);
@@ -306,5 +309,14 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [out.big, '--dry-run']);
     expect(r.nix.stderr).toContain('(0.00 MiB download, 0.26 MiB unpacked)');
     expectSame(r);
+  }, 60_000);
+
+  it('a closure with branches: the paths are fetched in Nix\'s order (its worker\'s rounds, by name within one)', async () => {
+    for (const target of [out.top, drv.top]) {
+      const f = fresh('xz');
+      const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [target]);
+      expect(r.nix.stderr.match(/^copying path/gm), r.nix.stderr).toHaveLength(6);
+      expectSame(r);
+    }
   }, 60_000);
 });
