@@ -179,6 +179,9 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
     try {
       await canonicalisePathMetaData(real);
     } catch (e) {
+      // A FIFO, socket or device: Nix's words, naming the file where Nix finds it.
+      const m = e instanceof RealiseError && e.code === 'unsupported-file-type' ? /^file '(.*)' has an unsupported type/s.exec(e.shortMessage) : null;
+      if (m && m[1]!.startsWith(real)) throw new OutputRejected('output-rejected', `file '${shown}${m[1]!.slice(real.length)}' has an unsupported type`);
       throw new OutputRejected('output-rejected', (e as Error).message);
     }
     const refs = await scan(real, candidates);

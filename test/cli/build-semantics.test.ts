@@ -72,7 +72,7 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     writeFileSync(file, readFileSync(EXPR_FILE));
     R1 = path.join(dir, 'R1');
     R2 = path.join(dir, 'R2');
-    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums', 'chatty', 'fodBad', 'slow', 'nondet', 'features', 'dagTop', 'leaves', 'dagD1', 'dagD2', 'dagGood']) {
+    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums', 'chatty', 'fodBad', 'slow', 'nondet', 'features', 'dagTop', 'leaves', 'dagD1', 'dagD2', 'dagGood', 'fifo', 'fifoTop']) {
       drvs[a] = nix('nix-instantiate', ['--store', R1, file, '-A', a]);
       expect(nix('nix-instantiate', ['--store', R2, file, '-A', a])).toBe(drvs[a]);
     }
@@ -177,6 +177,17 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
       expect(o.status, o.stderr.toString()).toBe(n.status);
       const lines = (s: string) => s.split('\n').filter((l) => /^(building|error: builder|failing)/.test(l));
       expect(lines(o.stderr.toString())).toEqual(lines(n.stderr));
+    }
+  });
+
+  it('an output holding a FIFO: Nix\'s error naming the file inside the build\'s chroot, exit 1', async () => {
+    for (const d of [drvs.fifo!, drvs.fifoTop!]) {
+      const n = nixRealise([d]);
+      const o = await ours([d]);
+      expect([o.status, n.status]).toEqual([1, 1]);
+      const err = (s: string, root: string) => s.split('\n').filter((l) => l.startsWith('error: ')).map((l) => l.split(root).join('ROOT'));
+      expect(err(o.stderr.toString(), R2)).toEqual(err(n.stderr, R1));
+      expect(err(n.stderr, R1)[0]).toMatch(/^error: file 'ROOT\/nix\/store\/[^']*\.drv\.chroot\/nix\/store\/[^']*' has an unsupported type$/);
     }
   });
 });
