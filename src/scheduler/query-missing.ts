@@ -77,7 +77,10 @@ export async function queryMissing(ctx: EngineContext, targets: readonly BuildTa
     let unknownOutput = false;
     for (const o of wanted) {
       const spec = view.outputs.get(o);
-      const p = spec ? knownPath(spec) ?? registered.get(o) : undefined;
+      // As Nix's queryMissing: a wanted output the derivation does not have is not looked at (the build
+      // then fails on it).
+      if (!spec) continue;
+      const p = knownPath(spec) ?? registered.get(o);
       if (!p) { unknownOutput = true; continue; }
       if (!(await store.isValidPath(p))) invalid.push(p);
     }

@@ -190,4 +190,12 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
       expect(err(n.stderr, R1)[0]).toMatch(/^error: file 'ROOT\/nix\/store\/[^']*\.drv\.chroot\/nix\/store\/[^']*' has an unsupported type$/);
     }
   });
+
+  it('DRV!NAME with an output the derivation lacks: nothing "will be built", the error alone, exit 1', async () => {
+    const n = nixRealise([`${drvs.dagGood!}!nosuch`]);
+    const o = await ours([`${drvs.dagGood!}!nosuch`]);
+    expect([o.status, n.status]).toEqual([1, 1]);
+    expect(o.stderr.toString()).toBe(n.stderr);
+    expect(n.stderr).toBe(`error: derivation '${drvs.dagGood}' does not have wanted outputs 'nosuch'\n`);
+  });
 });
