@@ -148,6 +148,7 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
     return v;
   };
   let onlyPositional = false;
+  let verbosity = 0;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (onlyPositional) { if (!a.command) a.command = arg; else a.positional.push(arg); continue; }
@@ -166,7 +167,9 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
     if (arg === '--recursive' || arg === '-r') { a.recursive = true; continue; }
     if (arg === '--repair') { a.repair = true; continue; }
     if (arg === '--dry-run') { a.dryRun = true; continue; }
-    if (arg === '--quiet') { a.quiet = true; continue; }
+    // Nix's verbosity: each --quiet one level down, each -v one up; the informational lines need the default.
+    if (arg === '--quiet') { verbosity--; continue; }
+    if (arg === '-v' || arg === '--verbose') { verbosity++; continue; }
     if (arg === '-Q' || arg === '--no-build-output') { a.noBuildOutput = true; continue; }
     if (arg === '-L' || arg === '--print-build-logs') { a.printBuildLogs = true; continue; }
     if (arg === '--ignore-unknown') { a.ignoreUnknown = true; continue; }
@@ -219,6 +222,7 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
     if (!a.command) a.command = arg;
     else a.positional.push(arg);
   }
+  a.quiet = verbosity < 0;
   return a;
 }
 

@@ -67,6 +67,11 @@ describe('flags', () => {
     expect(() => parseArgs(['build', '-kZ', D])).toThrow("unknown flag '-Z'");
   });
 
+  it('--quiet and -v count as Nix\'s verbosity: quiet only below the default level', () => {
+    const q = (...flags: string[]) => parseArgs(['build', ...flags, '/nix/store/x']).quiet;
+    expect([q(), q('--quiet'), q('--quiet', '-v'), q('--quiet', '--quiet', '-v'), q('-v', '--quiet'), q('--quiet', '-vv')]).toEqual([false, true, false, true, false, false]);
+  });
+
   it("usage errors in nix-store's words", () => {
     expect(() => parseArgs(['build', '--max-jobs'])).toThrow("flag '--max-jobs' requires 1 argument(s)");
     expect(() => parseArgs(['build', '--option', 'x'])).toThrow("flag '--option' requires 2 argument(s)");
