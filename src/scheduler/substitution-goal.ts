@@ -44,6 +44,8 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
       continue;
     }
     if (!info) continue;
+    // Goals whose lookups end together go on (warn, ask for their references) in Nix's goal order.
+    await w.readyInNixOrder(path, depth);
 
     // As Nix: a substitute without a trusted signature is skipped before anything is downloaded, with a
     // warning, as if the substituter did not have it (not a real error, so no '--fallback' is needed).
