@@ -305,7 +305,7 @@ export class LinuxSandbox implements Sandbox {
       this.#server ??= new SandboxServer(exe, filter, { warm: true });
       let exit: SandboxExit;
       try {
-        exit = await this.#server.run({ args: a, env: request.env, signal: opts.signal, onOutput: opts.onOutput, drvPath: request.drvPath });
+        exit = await this.#server.run({ args: a, env: request.env, signal: opts.signal, onOutput: opts.onOutput, onSetUp: opts.onSetUp, drvPath: request.drvPath });
       } catch (e) {
         exit = { kind: 'spawn-failed', message: `cannot start the sandbox helper '${exe}': ${(e as Error).message}` };
       }

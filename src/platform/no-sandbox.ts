@@ -75,6 +75,8 @@ export class NoSandbox implements Sandbox {
       return { kind: 'spawn-failed', message: `builder '${request.builder}' of '${request.drvPath}' is a built-in; the scheduler runs built-ins itself` };
     }
     if (opts.signal?.aborted) return { kind: 'aborted' };
+    // No sandbox to set up: the build is under way (Nix announces it before its child's exec, which may fail).
+    opts.onSetUp?.();
     // Nix execs the builder path as is (no PATH lookup); a relative name resolves against the build dir.
     const file = path.isAbsolute(request.builder) ? request.builder : path.join(request.buildDir, request.builder);
     const argv0 = path.basename(request.builder); // Nix passes baseNameOf(builder) as argv[0]

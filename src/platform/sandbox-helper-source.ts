@@ -328,6 +328,9 @@ static int finish(void) {
     if (statusFd >= 0) { status("error %s\n", errbuf); _exit(125); }
     fail("%s", errbuf);
   }
+  /* The sandbox is set up and the builder runs: Node announces the build now (Nix prints "building"
+     only once its child has set up the sandbox). */
+  if (buildId) status("started\n");
 
   char buf[65536];
   for (;;) {

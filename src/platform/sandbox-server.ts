@@ -15,6 +15,7 @@ const DRAIN_GRACE_MS = 2000;
 
 interface Pending {
   readonly onOutput: ((chunk: Buffer) => void) | undefined;
+  readonly onSetUp: (() => void) | undefined;
   pid?: number;
   aborted: boolean;
   status?: string;
@@ -29,6 +30,8 @@ export interface ServerRunRequest {
   readonly env: Readonly<Record<string, string>>;
   readonly signal?: AbortSignal | undefined;
   readonly onOutput?: ((chunk: Buffer) => void) | undefined;
+  /** A sandboxed build's "started" status: its sandbox is set up and the builder runs. */
+  readonly onSetUp?: (() => void) | undefined;
   readonly drvPath: string;
 }
 
@@ -164,6 +167,7 @@ export class SandboxServer {
       const p = this.#pending.get(line.slice(0, sp));
       if (!p) continue;
       const rest = line.slice(sp + 1);
+      if (rest === 'started') { p.onSetUp?.(); continue; }
       p.status = rest;
       // A setup failure has no builder output worth waiting for.
       if (rest.startsWith('error ')) p.eof = true;
@@ -213,7 +217,7 @@ export class SandboxServer {
     return await new Promise<SandboxExit>((resolve) => {
       const onAbort = () => { p.aborted = true; this.#kill(p); this.#maybeDone(p); };
       const p: Pending = {
-        onOutput: req.onOutput, aborted: false, eof: false, connected: false,
+        onOutput: req.onOutput, onSetUp: req.onSetUp, aborted: false, eof: false, connected: false,
         resolve: (exit) => {
           if (!this.#pending.delete(id)) return;
           if (this.#pending.size === 0) this.#setRef(false);

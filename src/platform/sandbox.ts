@@ -41,6 +41,12 @@ export interface SandboxRunOptions {
   readonly signal?: AbortSignal;
   /** Raw output of the builder (stdout and stderr merged), as it arrives. */
   readonly onOutput?: (chunk: Buffer) => void;
+  /**
+   * Called once the build's environment is set up and its builder starts (before any output). A build
+   * whose sandbox cannot be set up never gets it, as Nix announces such a build ("building '…'") only
+   * once its sandbox is set up. Sandboxes that cannot tell may call it at the start of `run()`.
+   */
+  readonly onSetUp?: () => void;
 }
 
 export type SandboxExit =

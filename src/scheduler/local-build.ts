@@ -281,7 +281,14 @@ async function runOneRound(
   const started = Math.floor(Date.now() / 1000);
   w.ctx.progress.builds.running++;
   w.ctx.progress.changed();
-  w.ctx.emit('build-started', { drvPath, round, rounds: plan.rounds, mode: plan.mode });
+  // "building '…'" comes once the sandbox is set up (the sandbox's onSetUp, else the first output or the
+  // builder's end): as in Nix, a build whose sandbox cannot be set up is never announced.
+  let announced = false;
+  const announce = () => {
+    if (announced) return;
+    announced = true;
+    w.ctx.emit('build-started', { drvPath, round, rounds: plan.rounds, mode: plan.mode });
+  };
   const finishProgress = (ok: boolean) => {
     w.ctx.progress.builds.running--;
     if (ok) w.ctx.progress.builds.done++;
@@ -352,7 +359,9 @@ async function runOneRound(
         extraPaths,
       }, {
         signal: ctl.signal,
+        onSetUp: announce,
         onOutput: (chunk) => {
+          announce();
           if (limit) return; // being killed: Nix reads nothing more from it
           armSilence();
           // As Nix: the read that goes over the limit kills the builder and is itself not logged. Nix reads
@@ -382,6 +391,7 @@ async function runOneRound(
       // 1, no "builder failed" message).
       // It ends the call as a fatal error, below, and does not count as a failed builder.
       if (exit?.kind === 'spawn-failed' && sandbox.isolated) setupError = sandboxSetupError(drvPath, exit.message);
+      else if (exit?.kind !== 'aborted') announce();
       // A failed builder stops the call (without keepGoing) before its slot is handed on, so no queued
       // build starts in between (Nix handles the failure before its worker loop starts anything else).
       if ((limit || !exit || exit.kind !== 'exited' || exit.code !== 0) && setupError === undefined && !w.signal.aborted) {

@@ -53,4 +53,14 @@ describe.skipIf(!nixOk())('output locations in messages, realise vs Nix 2.8 (san
       expect(o.status).toBe(n.status);
     });
   }
+
+  it('a sandbox that cannot be set up (a missing sandbox path): the error alone, no "building" line, as Nix', async () => {
+    const args = ['--option', 'sandbox-paths', '/bin/sh=/bin/busybox /bin/busybox /nonexistent-sandbox-path', drvs.noout!];
+    const n = runNix('nix-store', ['--store', path.join(dir, 'N'), ...args.slice(0, 2), args[2]!, '--realise', args[3]!]);
+    const o = await realise(['build', '--store', path.join(dir, 'O'), ...args]);
+    const key = (s: string) => s.split('\n').filter((l) => l.startsWith('error:') || l.startsWith('building'));
+    expect(key(n.stderr)).toEqual(["error: getting attributes of path '/nonexistent-sandbox-path': No such file or directory"]);
+    expect(key(o.stderr), o.stderr).toEqual(key(n.stderr));
+    expect(o.status).toBe(n.status);
+  });
 });

@@ -136,6 +136,7 @@ export class FakeSandbox implements Sandbox {
 
   run(request: SandboxRequest, opts: SandboxRunOptions = {}): Promise<SandboxExit> {
     this.started.push(request);
+    opts.onSetUp?.();
     this.running++;
     this.maxRunning = Math.max(this.maxRunning, this.running);
     let resolve!: (e: SandboxExit) => void;
