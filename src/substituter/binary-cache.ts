@@ -396,6 +396,11 @@ export class BinaryCacheSubstituter implements Substituter {
         this.initPromise = undefined; // let a later call retry
         throw e;
       }
+      // As Nix: an HTTP cache without nix-cache-info is not a binary cache (Nix would try to create the
+      // file, which HTTP cannot); the substituter is left out. (A file:// one gets defaults.)
+      if (!text && this.transport instanceof HttpTransport) {
+        throw new SubstituterError('network', `'${this.uri}' does not appear to be a binary cache`, { uri: this.uri, hint: `'${this.uri}/nix-cache-info' does not exist; check the URL` });
+      }
       let parsed;
       try {
         parsed = text ? parseCacheInfo(text.toString('utf8'), `${this.uri}/nix-cache-info`) : {};

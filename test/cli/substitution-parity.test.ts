@@ -319,4 +319,18 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
       expectSame(r);
     }
   }, 60_000);
+
+  it('an HTTP cache without nix-cache-info: "does not appear to be a binary cache", left out, the derivation built', async () => {
+    const f = fresh('xz');
+    rmSync(path.join(f.cacheDir, 'nix-cache-info'));
+    const server = await serveCache(f.cacheDir);
+    try {
+      const r = await both(f.N, f.O, server.url, f.env, [drv.a]);
+      expect(r.nix.stderr).toContain(`warning: '${server.url}' does not appear to be a binary cache`);
+      expectSame(r);
+      expect(pathInfos(f.O)).toEqual(pathInfos(f.N));
+    } finally {
+      await server.close();
+    }
+  }, 60_000);
 });
