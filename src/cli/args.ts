@@ -138,8 +138,12 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
     help: false, version: false, recursive: false, dryRun: false, quiet: false, noBuildOutput: false, printBuildLogs: false,
     ignoreUnknown: false, derivation: false, all: false, size: false, closureSize: false, sigs: false, humanReadable: false,
   };
-  /** A setting's value; `extra-NAME` adds to what is there, as in nix.conf. */
+  /**
+   * A setting's value; `extra-NAME` adds to what is there, and a plain `NAME` replaces it all, what
+   * `extra-NAME` added before included (as Nix's Config::set).
+   */
   const setSetting = (key: string, value: string): void => {
+    if (!key.startsWith('extra-')) a.options.delete(`extra-${key}`);
     a.options.set(key, key.startsWith('extra-') && a.options.has(key) ? `${a.options.get(key)} ${value}` : value);
   };
   const next = (i: number, flag: string): string => {

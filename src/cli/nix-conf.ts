@@ -72,10 +72,15 @@ export function applyNixConf(args: CliArgs, settings: readonly ConfSetting[], en
   const conf = new Map<string, string>();
   for (const { name, value } of settings) {
     const key = OPTION_ALIASES[name] ?? name;
+    if (!key.startsWith('extra-')) conf.delete(`extra-${key}`); // a plain NAME replaces what extra-NAME added
     conf.set(key, key.startsWith('extra-') && conf.has(key) ? `${conf.get(key)} ${value}` : value);
     if (!isKnownSetting(name) && !args.unknownSettings.includes(name)) args.unknownSettings.push(name);
   }
+  const onCommandLine = new Set(args.options.keys());
   for (const [key, value] of conf) {
+    // The command line comes after the configuration: its plain NAME replaces the configuration's
+    // extra-NAME too.
+    if (key.startsWith('extra-') && onCommandLine.has(key.slice('extra-'.length))) continue;
     if (!args.options.has(key)) args.options.set(key, value);
     else if (key.startsWith('extra-')) args.options.set(key, `${value} ${args.options.get(key)}`);
   }

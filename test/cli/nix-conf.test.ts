@@ -29,6 +29,19 @@ describe('readNixConf / applyNixConf', () => {
     expect(Object.fromEntries(args.options)).toMatchObject({ cores: '3', timeout: '9', 'max-jobs': '4', 'max-silent-time': '7', 'extra-sandbox-paths': '/a /b /c' });
   });
 
+  it('a plain NAME replaces what extra-NAME added before it, in the configuration and on the command line, as Nix\'s Config::set', () => {
+    const ext = (argv: string[], conf: { name: string; value: string }[]) => {
+      const a = parseArgs(['build', ...argv]);
+      applyNixConf(a, conf, {});
+      return [a.options.get('sandbox-paths'), a.options.get('extra-sandbox-paths')];
+    };
+    expect(ext(['--option', 'extra-sandbox-paths', '/opt', '--option', 'sandbox-paths', '/x'], [])).toEqual(['/x', undefined]);
+    expect(ext(['--option', 'sandbox-paths', '/x', '--extra-sandbox-paths', '/opt'], [])).toEqual(['/x', '/opt']);
+    expect(ext(['--option', 'sandbox-paths', '/x'], [{ name: 'extra-sandbox-paths', value: '/srv' }])).toEqual(['/x', undefined]);
+    expect(ext([], [{ name: 'extra-sandbox-paths', value: '/srv' }, { name: 'sandbox-paths', value: '/c' }])).toEqual(['/c', undefined]);
+    expect(ext(['--extra-sandbox-paths', '/opt'], [{ name: 'sandbox-paths', value: '/c' }, { name: 'extra-sandbox-paths', value: '/srv' }])).toEqual(['/c', '/srv /opt']);
+  });
+
   it('malformed lines and missing includes are errors with Nix\'s words; the store comes from `store` or $NIX_REMOTE', () => {
     expect(() => readNixConf({ NIX_CONF_DIR: '/nonexistent', NIX_USER_CONF_FILES: '', NIX_CONFIG: 'foo' })).toThrow("illegal configuration line 'foo' in 'NIX_CONFIG'");
     expect(() => readNixConf({ NIX_CONF_DIR: '/nonexistent', NIX_USER_CONF_FILES: '', NIX_CONFIG: 'a b c' })).toThrow("illegal configuration line 'a b c' in 'NIX_CONFIG'");
