@@ -47,8 +47,10 @@ export class ProgressDisplay {
       if (this.showsLogs) this.line(e.bytes ?? e.line);
       else if (this.tty && !opts.noBuildOutput) { this.lastLine = e.line; this.render(); }
     };
-    const onWarn = (e: { message: string; level?: 'warning' | 'error' | 'plain' }) =>
-      this.line(e.level === 'plain' ? e.message : (e.level === 'error' ? formatError(e.message) : formatWarning(e.message)).trimEnd());
+    const onWarn = (e: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' }) => {
+      if (e.level === 'info') info(e.message);
+      else this.line(e.level === 'plain' ? e.message : (e.level === 'error' ? formatError(e.message) : formatWarning(e.message)).trimEnd());
+    };
     const onSubst = (e: { path: string; substituter: string }) => info(`copying path '${e.path}' from '${e.substituter}'...`);
     // Shown even with --quiet, as Nix logs it at warning level.
     const onWaiting = (e: { lockedPaths: readonly string[] }) => this.line(`waiting for lock on ${e.lockedPaths.map((p) => `'${p}'`).join(', ')}...`);

@@ -49,8 +49,10 @@ export interface BuildEngineEvents {
    * Nix prints and then carries on from (e.g. a substitute that is gone: the path is built instead);
    * `level: 'plain'` for what Nix prints without a prefix (an output that differs between rounds when
    * determinism is not enforced).
+   * `level: 'info'` for what Nix prints without a prefix at its info level (hidden by `--quiet`, e.g. repair's
+   * "checking path '…'...").
    */
-  warning: (e: { message: string; level?: 'warning' | 'error' | 'plain' }) => void;
+  warning: (e: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' }) => void;
 }
 
 /** Mutable progress counters owned by one engine; emits snapshots. */

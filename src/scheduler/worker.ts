@@ -116,7 +116,7 @@ export class Worker {
   async pathContentsGood(path: StorePath): Promise<boolean> {
     const known = this.contentsGood.get(path);
     if (known !== undefined) return known;
-    this.warn(`checking path '${path}'...`, 'plain');
+    this.warn(`checking path '${path}'...`, 'info');
     const ok = await pathContentsGood(this.ctx.store, path);
     this.contentsGood.set(path, ok);
     if (!ok) this.warn(`path '${path}' is corrupted or missing!`, 'plain');
@@ -128,7 +128,7 @@ export class Worker {
     this.contentsGood.set(path, true);
   }
 
-  warn(message: string, level?: 'warning' | 'plain'): void {
+  warn(message: string, level?: 'warning' | 'plain' | 'info'): void {
     this.ctx.emit('warning', level ? { message, level } : { message });
   }
 

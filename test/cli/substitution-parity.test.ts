@@ -242,6 +242,13 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     for (const root of [f.N, f.O]) expect(readFileSync(root + out.a, 'utf8')).toBe('a\n');
     expect(runNix('nix-store', ['--store', f.O, '--verify', '--check-contents']).status).toBe(0);
     expect(pathInfos(f.O)).toEqual(pathInfos(f.N));
+    // --quiet hides the "checking path" lines (Nix's info level), not the errors.
+    for (const root of [f.N, f.O]) writeFileSync(root + out.a, 'corrupted\n');
+    const q = await both(f.N, f.O, url, f.env, [drv.b, '--repair', '--quiet']);
+    for (const run of [q.nix, q.ours]) {
+      expect(run.stderr).not.toContain('checking path');
+      expect(run.stderr.split('\n')).toContain(`path '${out.a}' is corrupted or missing!`);
+    }
   }, 60_000);
 
   it('a .drv only the cache has: unknown to the "will be fetched" summary (as Nix 2.8), substituted with its outputs', async () => {
