@@ -69,7 +69,11 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
   if (o.has('require-sigs')) bool('require-sigs', (v) => { requireSigs = v; });
   const subs = [...args.substituters, ...words('substituters'), ...words('extra-substituters')];
   const keys = [...args.trustedPublicKeys, ...words('trusted-public-keys'), ...words('extra-trusted-public-keys')];
-  if (subs.length && substitute) opts.substituters = subs.map((u) => new BinaryCacheSubstituter(u, { trustedPublicKeys: keys, requireSigs, onWarning: warn }));
+  if (subs.length && substitute) opts.substituters = subs.map((u) => new BinaryCacheSubstituter(u, {
+    trustedPublicKeys: keys, requireSigs, onWarning: warn,
+    // Nix's download-attempts (5) and its warning before each retry.
+    retries: 4, retryBaseMs: 250, onRetry: (m, ms) => warn(`error: ${m}; retrying in ${ms} ms`),
+  }));
   const sandboxPaths: string[] = [];
   const allowedImpure: string[] = [];
   const experimental: string[] = [];

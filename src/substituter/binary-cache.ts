@@ -32,8 +32,12 @@ export interface BinaryCacheSubstituterOptions {
   readonly maxParallelQueries?: number;
   /** HTTP connections per origin (keep-alive). @default 8 */
   readonly maxConnections?: number;
-  /** Retries of a failed request (not of 404s), with exponential backoff from 100 ms. @default 2 */
+  /** Retries of a failed request (not of 404s), with exponential backoff from `retryBaseMs`. @default 2 (Nix: 4) */
   readonly retries?: number;
+  /** The first retry's delay; each next one doubles, with Nix's jitter (×2^U(0,0.5)). @default 100 (Nix: 250) */
+  readonly retryBaseMs?: number;
+  /** Told before each retry: the failure's message and the delay (Nix warns `error: …; retrying in N ms`). */
+  readonly onRetry?: (message: string, delayMs: number) => void;
   /** Abort an HTTP request whose headers or body stall for this long. @default 30000 */
   readonly timeoutMs?: number;
   /** Warnings (e.g. a cache for another store dir). @default process.emitWarning */
@@ -217,7 +221,7 @@ class FileTransport implements Transport {
 class HttpTransport implements Transport {
   private readonly dispatcher: Dispatcher;
   private readonly ownAgent: Agent | undefined;
-  constructor(private readonly base: string, private readonly uri: string, private readonly opts: { maxConnections: number; retries: number; timeoutMs: number; dispatcher?: Dispatcher | undefined }) {
+  constructor(private readonly base: string, private readonly uri: string, private readonly opts: { maxConnections: number; retries: number; retryBaseMs: number; onRetry?: ((message: string, delayMs: number) => void) | undefined; timeoutMs: number; dispatcher?: Dispatcher | undefined }) {
     if (opts.dispatcher) {
       this.dispatcher = opts.dispatcher;
     } else {
@@ -248,14 +252,18 @@ class HttpTransport implements Transport {
         // Nix's words (curl's reason phrase, and a short response body as Nix shows it).
         const shown = body.length < 1024 || body.includes('<html>') ? `\n\nresponse body:\n\n${body.replace(/\s+$/, '')}` : '';
         failure = new SubstituterError('network', `unable to download '${this.url(rel)}': HTTP error ${res.statusCode} ('${STATUS_CODES[res.statusCode] ?? ''}')${shown}`, { uri: this.uri, hint: 'the cache server failed; retry later, or use --fallback to build instead' });
-        if (res.statusCode < 500 && res.statusCode !== 429) throw failure;
+        // As Nix: server errors are retried, except 501, 505 and 511; of the client errors only 408 and 429.
+        const code = res.statusCode;
+        if (!((code >= 500 && code !== 501 && code !== 505 && code !== 511) || code === 408 || code === 429)) throw failure;
       } catch (e) {
         if (e instanceof SubstituterError) throw e;
         if (isAbortError(e) || signal?.aborted) throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
         failure = new SubstituterError('network', `unable to download '${this.url(rel)}': ${curlWords(e)}`, { uri: this.uri, cause: e, hint: `check the network and the substituter URL (${(e as Error).message})` });
       }
       if (attempt >= this.opts.retries) throw failure;
-      await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
+      const delay = Math.round(this.opts.retryBaseMs * 2 ** (attempt + Math.random() * 0.5));
+      this.opts.onRetry?.(failure.shortMessage, delay);
+      await new Promise((r) => setTimeout(r, delay));
       attempt++;
     }
   }
@@ -367,6 +375,8 @@ export class BinaryCacheSubstituter implements Substituter {
       this.transport = new HttpTransport(this.uri + '/', this.uri, {
         maxConnections: validate('maxConnections', opts.maxConnections ?? 8, 1),
         retries: validate('retries', opts.retries ?? 2, 0),
+        retryBaseMs: validate('retryBaseMs', opts.retryBaseMs ?? 100, 0),
+        onRetry: opts.onRetry,
         timeoutMs: validate('timeoutMs', opts.timeoutMs ?? 30_000, 1),
         dispatcher: opts.dispatcher,
       });
