@@ -249,6 +249,9 @@ async function build(args: CliArgs, store: Store): Promise<number> {
       if (missing && !args.quiet && printMissing) for (const l of await missingLines(store, missing)) display.line(l);
     }
     if (args.dryRun) return 0;
+    // Nix's worker asks the substituters once more before its goals run (primeCache); with --fallback a
+    // substituter that fails to answer is logged again then, as here.
+    if (opts.fallback && opts.substituters?.length) await engine.queryMissing(targets).catch(() => undefined);
     let results: TargetResult[];
     try {
       results = await engine.buildPathsWithResults(targets, { mode, signal: ac.signal });
