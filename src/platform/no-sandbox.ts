@@ -13,6 +13,7 @@ import { execErrorOf, spawnFailed, type Sandbox, type SandboxExit, type SandboxR
 import { spawnMerged } from './spawn-merged.js';
 import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
 import { SandboxServer } from './sandbox-server.js';
+import { nixSeccompFilter } from './seccomp.js';
 
 export interface NoSandboxOptions {
   /**
@@ -25,9 +26,16 @@ export interface NoSandboxOptions {
   readonly launcher?: 'auto' | 'helper' | 'node';
   /** Where and with what to compile the helper. */
   readonly helper?: SandboxHelperOptions;
+  /**
+   * Install Nix's seccomp filter in builders (no setuid/setgid bits, no extended attributes, no new
+   * privileges), as Nix does without a sandbox too (`filter-syscalls`). Only with the helper launcher:
+   * Node cannot install one in a child it spawns.
+   * @default true
+   */
+  readonly filterSyscalls?: boolean;
 }
 
-/** One resident server per helper executable, shared by every NoSandbox of the process. */
+/** One resident server per helper executable and filter choice, shared by every NoSandbox of the process. */
 const servers = new Map<string, SandboxServer>();
 
 export class NoSandbox implements Sandbox {
@@ -58,15 +66,18 @@ export class NoSandbox implements Sandbox {
       this.#helperFailed = (e as Error).message.split('\n')[0]!;
       return undefined;
     }
-    let server = servers.get(exe);
+    const filter = this.#options.filterSyscalls === false ? undefined : filterOrUndefined();
+    const key = `${exe}\0${filter ? 'filtered' : 'plain'}`;
+    let server = servers.get(key);
     if (server?.died) {
       // It exited without being closed: do not depend on it again.
       this.#helperFailed = 'the sandbox helper server exited unexpectedly';
       if (want === 'auto') return undefined;
-      servers.delete(exe);
+      servers.delete(key);
       server = undefined;
     }
-    if (!server) { server = new SandboxServer(exe, undefined); servers.set(exe, server); }
+    // The server installs the filter in itself once; the builders it forks inherit it.
+    if (!server) { server = new SandboxServer(exe, filter); servers.set(key, server); }
     return server;
   }
 
@@ -109,4 +120,9 @@ export class NoSandbox implements Sandbox {
       file, args: request.args, argv0, env: request.env, cwd: request.buildDir, signal: opts.signal, onOutput: opts.onOutput,
     });
   }
+}
+
+/** Nix's filter for this architecture, or none where there is none (builds then run unfiltered, as Nix on such a platform). */
+function filterOrUndefined(): Buffer | undefined {
+  try { return nixSeccompFilter(); } catch { return undefined; }
 }

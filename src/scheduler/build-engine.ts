@@ -49,12 +49,13 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   private linuxSandbox: Promise<LinuxSandboxChoice> | undefined;
   private linuxChoice: LinuxSandboxChoice | undefined;
   private warnedNoSandbox = false;
-  private readonly noSandbox = new NoSandbox();
+  private readonly noSandbox: NoSandbox;
   private readonly ownsStore: boolean;
 
   constructor(options: BuildEngineOptions = {}) {
     super();
     this.options = resolveOptions(options, true);
+    this.noSandbox = new NoSandbox({ filterSyscalls: this.options.filterSyscalls });
     this.ownsStore = !options.store;
     this.storePromise = options.store ? Promise.resolve(options.store) : LocalStore.openDefault();
     this.buildQueue = new PQueue({ concurrency: Math.max(1, this.options.maxJobs) });
