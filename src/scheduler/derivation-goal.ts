@@ -82,7 +82,8 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
   // 3. Try substitutes for the missing outputs.
   let retrySubstitution = false;
   const trySubstitutes = async (): Promise<BuildResult | undefined> => {
-    if (w.ctx.substituters.length === 0 || !substitutesAllowed(view!) || mode === 'check') return undefined;
+    // (In check mode too, as Nix: outputs that are not valid are substituted first, then checked.)
+    if (w.ctx.substituters.length === 0 || !substitutesAllowed(view!)) return undefined;
     const missing = statuses.filter((s) => s.wanted && !s.valid);
     if (missing.some((s) => !s.path)) {
       w.warn('do not know how to query for unknown floating content-addressed derivation output yet');

@@ -328,6 +328,8 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
         throw new OutputRejected('not-deterministic', `derivation '${drvPath}' may not be deterministic: output '${store.toRealPath(info.path)}' differs`, false, true);
       }
       await deleteTree(real).catch(() => {});
+      // As Nix: a path the check reproduced (e.g. one substituted) is now ultimately trusted.
+      if (!old.ultimate) await store.registerValidPaths([{ ...old, ultimate: true }]);
     }
     return { outputs: { paths: finalPaths, narHashes: hashesOf(infos) }, nonDeterministic: false, stopRounds: false };
   }

@@ -341,4 +341,15 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
       await server.close();
     }
   }, 60_000);
+
+  it('--check of a derivation whose outputs only the cache has: substituted, then checked, and ultimate as in Nix', async () => {
+    const f = fresh('xz');
+    const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [drv.b, '--check']);
+    expect(r.nix.status).toBe(0);
+    expect(r.nix.stderr).toContain(`checking outputs of '${drv.b}'...`);
+    expectSame(r);
+    const infos = pathInfos(f.O);
+    expect(infos).toEqual(pathInfos(f.N));
+    expect(infos.find((i) => i.path === out.b)).toMatchObject({ ultimate: true });
+  }, 60_000);
 });
