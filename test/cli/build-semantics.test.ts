@@ -8,31 +8,20 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../src/cli/run.js';
 import { filterLogMessage } from '../../src/cli/report.js';
 import { LogCollector } from '../../src/scheduler/log-collector.js';
 import { nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { realiseInProcess } from '../helpers/cli.js';
 
 const SANDBOX = '/bin/sh=/bin/busybox /bin/busybox';
 const EXPR_FILE = fileURLToPath(new URL('../fixtures/cli/semantics.nix', import.meta.url));
 
 interface Run { stdout: Buffer; stderr: Buffer; status: number }
 
-/** Run `realise ARGS` in this process, capturing the bytes it writes. */
+/** `realise ARGS` in this process; output as bytes (builder output that is not UTF-8 passes through). */
 async function realise(args: string[]): Promise<Run> {
-  const stdout: Buffer[] = [];
-  const stderr: Buffer[] = [];
-  const out = process.stdout.write.bind(process.stdout);
-  const err = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((c: string | Uint8Array) => { stdout.push(Buffer.from(c)); return true; }) as typeof process.stdout.write;
-  process.stderr.write = ((c: string | Uint8Array) => { stderr.push(Buffer.from(c)); return true; }) as typeof process.stderr.write;
-  try {
-    const status = await main(args);
-    return { stdout: Buffer.concat(stdout), stderr: Buffer.concat(stderr), status };
-  } finally {
-    process.stdout.write = out;
-    process.stderr.write = err;
-  }
+  const r = await realiseInProcess(args);
+  return { stdout: r.stdoutBytes, stderr: r.stderrBytes, status: r.status };
 }
 
 describe('Nix logger filtering and log lines (no Nix needed)', () => {

@@ -8,8 +8,8 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync,
 import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../src/cli/run.js';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { realiseInProcess as realise, type CliRun } from '../helpers/cli.js';
 
 const BIN = path.resolve(__dirname, '../../bin/realise.js');
 const SANDBOX = '/bin/sh=/bin/busybox /bin/busybox';
@@ -18,24 +18,7 @@ const EXPR_FILE = fileURLToPath(new URL('../fixtures/cli/scenarios.nix', import.
 const ATTRS = ['ok', 'fail', 'fail2', 'good', 'dep', 'slow', 'fod', 'wrongsys', 'onWrongsys'] as const;
 const MISSING = '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nothere';
 
-interface Run { stdout: string; stderr: string; status: number }
 
-/** Run `realise ARGS` in this process, capturing what it writes. */
-async function realise(args: string[]): Promise<Run> {
-  let stdout = '';
-  let stderr = '';
-  const out = process.stdout.write.bind(process.stdout);
-  const err = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((c: string | Uint8Array) => { stdout += c.toString(); return true; }) as typeof process.stdout.write;
-  process.stderr.write = ((c: string | Uint8Array) => { stderr += c.toString(); return true; }) as typeof process.stderr.write;
-  try {
-    const status = await main(args);
-    return { stdout, stderr, status };
-  } finally {
-    process.stdout.write = out;
-    process.stderr.write = err;
-  }
-}
 
 /** The stderr lines a reader compares: errors (with their indented continuation lines), warnings, notes and the will-be-built summary. */
 function keyLines(stderr: string): string[] {
@@ -61,7 +44,7 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
   const nixStore = (args: string[]) => runNix('nix-store', ['--store', R1, '--option', 'sandbox-paths', SANDBOX, ...args]);
   const ours = (args: string[]) => realise([args[0]!, '--store', R2, '--option', 'sandbox-paths', SANDBOX, ...args.slice(1)]);
   /** nix-store --realise and realise build with the same arguments: same stdout, status and key stderr lines. */
-  async function same(nixArgs: string[], ourArgs: string[] = nixArgs): Promise<Run> {
+  async function same(nixArgs: string[], ourArgs: string[] = nixArgs): Promise<CliRun> {
     const n = nixStore(['--realise', ...nixArgs]);
     const o = await ours(['build', ...ourArgs]);
     expect(o.stdout, o.stderr).toBe(n.stdout);

@@ -7,19 +7,9 @@
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../src/cli/run.js';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { realiseInProcess as realise } from '../helpers/cli.js';
 
-async function realise(args: string[]): Promise<{ stderr: string; status: number }> {
-  let stderr = '';
-  const err = process.stderr.write.bind(process.stderr);
-  process.stderr.write = ((c: string | Uint8Array) => { stderr += c.toString(); return true; }) as typeof process.stderr.write;
-  try {
-    return { status: await main(args), stderr };
-  } finally {
-    process.stderr.write = err;
-  }
-}
 
 /** narinfo fields without the ones that depend on the compressor's exact output. */
 function narinfos(cache: string): Record<string, string> {

@@ -8,25 +8,11 @@ import { existsSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../src/cli/run.js';
 import { nix, nixOk, runNixAsync, tempDir } from '../helpers/nix.js';
+import { realiseInProcess as realise } from '../helpers/cli.js';
 
 const EXPR = `{ }: derivation { name = "lock-held"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo locked > $out"]; }`;
 
-async function realise(args: string[]): Promise<{ stdout: string; stderr: string; status: number }> {
-  let stdout = '';
-  let stderr = '';
-  const out = process.stdout.write.bind(process.stdout);
-  const err = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((c: string | Uint8Array) => { stdout += c.toString(); return true; }) as typeof process.stdout.write;
-  process.stderr.write = ((c: string | Uint8Array) => { stderr += c.toString(); return true; }) as typeof process.stderr.write;
-  try {
-    return { status: await main(args), stdout, stderr };
-  } finally {
-    process.stdout.write = out;
-    process.stderr.write = err;
-  }
-}
 
 /** Hold `<file>.lock` (flock, exclusive) until the returned function is called. */
 async function holdLock(file: string): Promise<() => Promise<void>> {

@@ -6,10 +6,10 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { main } from '../../src/cli/run.js';
 import { parseArgs } from '../../src/cli/args.js';
 import { applyNixConf, readNixConf } from '../../src/cli/nix-conf.js';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { realiseInProcess as realiseWithEnv } from '../helpers/cli.js';
 
 describe('readNixConf / applyNixConf', () => {
   it('reads nix.conf, the user files (first wins) and $NIX_CONFIG in Nix\'s order, with includes and comments', () => {
@@ -58,26 +58,7 @@ describe('readNixConf / applyNixConf', () => {
   });
 });
 
-interface Run { stdout: string; stderr: string; status: number }
 
-/** `realise ARGS` in this process with extra environment variables. */
-async function realiseWithEnv(args: string[], env: Record<string, string>): Promise<Run> {
-  let stdout = '';
-  let stderr = '';
-  const saved: Record<string, string | undefined> = {};
-  for (const k of Object.keys(env)) { saved[k] = process.env[k]; process.env[k] = env[k]; }
-  const out = process.stdout.write.bind(process.stdout);
-  const err = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((c: string | Uint8Array) => { stdout += c.toString(); return true; }) as typeof process.stdout.write;
-  process.stderr.write = ((c: string | Uint8Array) => { stderr += c.toString(); return true; }) as typeof process.stderr.write;
-  try {
-    return { status: await main(args), stdout, stderr };
-  } finally {
-    process.stdout.write = out;
-    process.stderr.write = err;
-    for (const [k, v] of Object.entries(saved)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; }
-  }
-}
 
 describe.skipIf(!nixOk())('configuration vs Nix 2.8', () => {
   it('$NIX_CONFIG (sandbox-paths, sandbox) and $NIX_REMOTE act as on nix-store; a bad value is an error', async () => {

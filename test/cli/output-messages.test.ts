@@ -7,8 +7,8 @@
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../src/cli/run.js';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { realiseInProcess as realise } from '../helpers/cli.js';
 
 const EXPR = `{
   noout = derivation { name = "om-noout"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo none"]; };
@@ -16,19 +16,6 @@ const EXPR = `{
   closes = derivation { name = "om-closes"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo bye; exec >&- 2>&-; /bin/busybox sleep 20; echo > $out"]; };
 }`;
 
-async function realise(args: string[]): Promise<{ stderr: string; status: number }> {
-  let stderr = '';
-  const err = process.stderr.write.bind(process.stderr);
-  const out = process.stdout.write.bind(process.stdout);
-  process.stderr.write = ((c: string | Uint8Array) => { stderr += c.toString(); return true; }) as typeof process.stderr.write;
-  process.stdout.write = (() => true) as typeof process.stdout.write;
-  try {
-    return { status: await main(args), stderr };
-  } finally {
-    process.stderr.write = err;
-    process.stdout.write = out;
-  }
-}
 
 describe.skipIf(!nixOk())('output locations in messages, realise vs Nix 2.8 (sandboxed)', () => {
   let dir: string;

@@ -12,9 +12,9 @@ import type { BuildEngineOptions } from '../../src/scheduler/options.js';
 import { BuildFailedError, BuildSetupError } from '../../src/scheduler/errors.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import { flushRemovals } from '../../src/platform/chroot.js';
-import { main } from '../../src/cli/run.js';
 import { nixOk, tempDir } from '../helpers/nix.js';
 import { SANDBOX_PATHS, busyboxOk, instantiateAttrs, nixOutputs, nixRealise, nixSandboxArgs, pathFacts, removeTree } from './helpers.js';
+import { realiseInProcess as realiseCli } from '../helpers/cli.js';
 
 const EXPR = `
 let
@@ -61,22 +61,6 @@ async function setupErrorOf(p: Promise<unknown>): Promise<BuildSetupError> {
   return e as BuildSetupError;
 }
 
-/** Run the `realise` CLI in this process, capturing what it writes. */
-async function realiseCli(args: string[]): Promise<{ stdout: string; stderr: string; status: number }> {
-  let stdout = '';
-  let stderr = '';
-  const out = process.stdout.write.bind(process.stdout);
-  const err = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((c: string | Uint8Array) => { stdout += c.toString(); return true; }) as typeof process.stdout.write;
-  process.stderr.write = ((c: string | Uint8Array) => { stderr += c.toString(); return true; }) as typeof process.stderr.write;
-  try {
-    const status = await main(args);
-    return { stdout, stderr, status };
-  } finally {
-    process.stdout.write = out;
-    process.stderr.write = err;
-  }
-}
 
 describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
   let root: string;
