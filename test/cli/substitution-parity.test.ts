@@ -4,13 +4,12 @@
  * `nix store sign`), some of them damaged: the stderr lines a user reads, the exit status, and the path
  * infos that result.
  */
-import { spawn } from 'node:child_process';
 import { chmodSync, copyFileSync, cpSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../src/cli/run.js';
 import { serveCache } from '../substituter/http-server.js';
-import { nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { nix, nixOk, runNix, runNixAsync, tempDir, type NixRunResult } from '../helpers/nix.js';
+import { realiseInProcess as realise } from '../helpers/cli.js';
 
 const SANDBOX = '/bin/sh=/bin/busybox /bin/busybox';
 const EXPR = `{ prefix ? "sp" }:
@@ -25,35 +24,7 @@ in rec {
 }
 `;
 
-interface Run { stdout: string; stderr: string; status: number }
-
-async function realise(args: string[]): Promise<Run> {
-  let stdout = '';
-  let stderr = '';
-  const out = process.stdout.write.bind(process.stdout);
-  const err = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((c: string | Uint8Array) => { stdout += c.toString(); return true; }) as typeof process.stdout.write;
-  process.stderr.write = ((c: string | Uint8Array) => { stderr += c.toString(); return true; }) as typeof process.stderr.write;
-  try {
-    const status = await main(args);
-    return { stdout, stderr, status };
-  } finally {
-    process.stdout.write = out;
-    process.stderr.write = err;
-  }
-}
-
-/** Nix without blocking the event loop (an in-process HTTP server has to answer it). */
-function runNixAsync(args: string[], env: Record<string, string>): Promise<Run> {
-  return new Promise((resolve) => {
-    const c = spawn('nix-store', args, { env: nixEnv(env) });
-    let stdout = '';
-    let stderr = '';
-    c.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    c.on('close', (status) => resolve({ stdout, stderr, status: status ?? -1 }));
-  });
-}
+type Run = NixRunResult;
 
 /** The stderr lines compared: errors with their continuation lines, warnings, the summary, copying/building. */
 function keyLines(stderr: string): string[] {
@@ -106,7 +77,7 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
 
   async function both(N: string, O: string, url: string, env: Record<string, string>, args: string[]): Promise<{ nix: Run; ours: Run }> {
     const opts = ['--option', 'substituters', url, '--option', 'trusted-public-keys', pub, '--option', 'sandbox-paths', SANDBOX];
-    const nixRun = await runNixAsync(['--store', N, '--realise', ...args, ...opts], env);
+    const nixRun = await runNixAsync('nix-store', ['--store', N, '--realise', ...args, ...opts], { env });
     const ours = await realise(['build', '--store', O, ...args, ...opts]);
     return { nix: nixRun, ours };
   }
