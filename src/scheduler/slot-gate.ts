@@ -52,9 +52,12 @@ export class SlotGate {
     else this.schedule();
   }
 
-  /** A goal that prepares until `pause` (or `done`). */
-  goal(): GoalActivity {
-    return new GoalActivity(this);
+  /**
+   * A goal that prepares until `pause` (or `done`); undefined with more than one slot, where slots are
+   * granted at once and what goals are doing is not counted (no bookkeeping per goal and per wait).
+   */
+  goal(): GoalActivity | undefined {
+    return this.queue.concurrency === 1 ? new GoalActivity(this) : undefined;
   }
 
   /** @internal */

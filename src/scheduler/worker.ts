@@ -200,7 +200,7 @@ export class Worker {
     this.ctx.emit('goal-started', { kind: 'derivation', path: drvPath });
     let result: BuildResult;
     const activity = slotGate(this.ctx.buildQueue).goal();
-    this.activities.set(drvPath, activity);
+    if (activity) this.activities.set(drvPath, activity);
     try {
       for (;;) {
         const snapshot = entry.wanted === undefined ? undefined : new Set(entry.wanted);
@@ -211,8 +211,10 @@ export class Worker {
     } catch (e) {
       result = this.failureOf(e, drvPath);
     } finally {
-      activity.done();
-      if (this.activities.get(drvPath) === activity) this.activities.delete(drvPath);
+      if (activity) {
+        activity.done();
+        if (this.activities.get(drvPath) === activity) this.activities.delete(drvPath);
+      }
     }
     entry.done = true;
     if (!isSuccess(result.status) && !(result as { stopped?: boolean }).stopped) {
