@@ -30,10 +30,13 @@ const render = (p: Progress) => {
   process.stdout.write(process.stdout.isTTY ? `\r\x1b[K${line.slice(0, (process.stdout.columns || 80) - 1)}` : line + '\n');
 };
 engine.on('build-log', (e) => { lastLine = e.line; });
+// Another process (or engine) building the same outputs holds their locks: this build waits, then uses them.
+engine.on('build-waiting', (e) => { lastLine = `waiting for lock on ${e.lockedPaths.join(', ')}`; });
 engine.on('progress', render);
 engine.on('goal-finished', (e) => { if (e.kind === 'derivation' && e.result.status === 'built') lastLine = `built ${e.path}`; });
 
 await engine.buildPaths([top.drvPath]);
 render(engine.progress());
 process.stdout.write('\n');
+await engine.close(); // stops the sandbox's helper process and drops its prepared chroots
 await store.close();
