@@ -42,6 +42,8 @@ export class NoSandbox implements Sandbox {
   readonly name = 'none';
   readonly isolated = false;
   readonly #options: NoSandboxOptions;
+  /** Nix's seccomp filter, assembled once (undefined: off, or none for this architecture). */
+  readonly #filter: Buffer | undefined;
   /** Set once the helper is known to be unusable (so 'auto' stops trying it). */
   #helperFailed: string | undefined;
 
@@ -49,6 +51,7 @@ export class NoSandbox implements Sandbox {
     const env = process.env.REALISE_NOSANDBOX_LAUNCHER;
     const fromEnv = env === 'auto' || env === 'helper' || env === 'node' ? env : undefined;
     this.#options = { ...options, launcher: options.launcher ?? fromEnv ?? 'auto' };
+    this.#filter = options.filterSyscalls === false ? undefined : filterOrUndefined();
   }
 
   /** Which launcher builds use now: 'helper' or 'node' (compiling the helper on first call). */
@@ -66,7 +69,7 @@ export class NoSandbox implements Sandbox {
       this.#helperFailed = (e as Error).message.split('\n')[0]!;
       return undefined;
     }
-    const filter = this.#options.filterSyscalls === false ? undefined : filterOrUndefined();
+    const filter = this.#filter;
     const key = `${exe}\0${filter ? 'filtered' : 'plain'}`;
     let server = servers.get(key);
     if (server?.died) {
