@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from 'eventemitter3';
 import PQueue from 'p-queue';
-import { RealiseError } from '../store/errors.js';
+import { shortMessageOf } from '../store/errors.js';
 import type { Store } from '../store/store-api.js';
 import { LocalStore } from '../store/local-store.js';
 import { parseStorePath, type StorePath } from '../store/store-path.js';
@@ -119,7 +119,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
           ok.push(s);
         } catch (e) {
           // As Nix, which leaves out a substituter it cannot open and logs why, in the error's own words.
-          this.emit('warning', { message: e instanceof RealiseError ? e.shortMessage : String((e as Error)?.message ?? e) });
+          this.emit('warning', { message: shortMessageOf(e) });
         }
       }
       return ok;

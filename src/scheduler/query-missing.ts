@@ -2,7 +2,7 @@
  * Nix's queryMissing: before anything runs, which derivations will be built, which paths substituted,
  * which are unknown, and how much will be downloaded and unpacked.
  */
-import { RealiseError } from '../store/errors.js';
+import { shortMessageOf } from '../store/errors.js';
 import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
 import { knownPath, substitutesAllowed } from './drv-view.js';
@@ -37,7 +37,7 @@ export async function queryMissing(ctx: EngineContext, targets: readonly BuildTa
         // As Nix: a substituter that fails to answer (a corrupt narinfo, a server error) ends the query,
         // unless falling back to building, when the error is logged and the substituter passed over.
         if (!ctx.options.fallback) throw e;
-        ctx.emit('warning', { message: e instanceof RealiseError ? e.shortMessage : String((e as Error)?.message ?? e), level: 'error' });
+        ctx.emit('warning', { message: shortMessageOf(e), level: 'error' });
         continue;
       }
       if (info) return info;

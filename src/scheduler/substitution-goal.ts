@@ -2,7 +2,7 @@
  * SubstitutionGoal as straight-line async code: make one store path valid by fetching it from a
  * substituter, references first (closure invariant), trying substituters in priority order.
  */
-import { RealiseError } from '../store/errors.js';
+import { RealiseError, shortMessageOf } from '../store/errors.js';
 import type { StorePath } from '../store/store-path.js';
 import { checkTrust, SubstituterError } from '../substituter/substituter.js';
 import type { Worker } from './worker.js';
@@ -39,7 +39,7 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
       info = (await w.ctx.queryPathInfosCached(sub, [path], w.signal)).get(path);
     } catch (e) {
       // Nix logs the error (and, without --fallback, gives up: a real failure here).
-      w.ctx.emit('warning', { message: e instanceof RealiseError ? e.shortMessage : String((e as Error)?.message ?? e), level: 'error' });
+      w.ctx.emit('warning', { message: shortMessageOf(e), level: 'error' });
       if (!w.ctx.options.fallback) realError = `substituter '${sub.uri}': ${(e as Error).message}`;
       continue;
     }

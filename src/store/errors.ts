@@ -19,6 +19,11 @@ export class RealiseError extends Error {
   }
 }
 
+/** An error's text as Nix would print it: a RealiseError's message without our hint, else the message. */
+export function shortMessageOf(e: unknown): string {
+  return e instanceof RealiseError ? e.shortMessage : String((e as Error)?.message ?? e);
+}
+
 /** A malformed hash string, unknown algorithm, or bad nix-base32 text. */
 export class BadHashError extends RealiseError {
   constructor(message: string, options: { cause?: unknown; hint?: string } = {}) {
