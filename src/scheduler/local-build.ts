@@ -407,18 +407,17 @@ async function runOneRound(
     const times = { startTime: started, stopTime };
 
     if (w.signal.aborted && !stoppedOthers) throw new GoalStopped();
+    // With keepFailed Nix keeps the build directory of every failed build (a sandbox that could not be
+    // set up, timeouts, the log limit, rejected outputs too) and says so.
+    const keepNote = () => {
+      keepBuildDir = options.keepFailed;
+      return keptBuildDirNote(keepBuildDir ? buildDir : undefined);
+    };
     if (setupError !== undefined) {
       finishProgress(false);
       await cleanupScratch(w, scratch, new Set());
-      keepBuildDir = options.keepFailed;
-      throw new BuildSetupError(setupError + (keepBuildDir ? `\nnote: keeping build directory '${buildDir}'` : ''), { hint: 'check the sandbox paths and the pre-build hook' });
+      throw new BuildSetupError(setupError + keepNote(), { hint: 'check the sandbox paths and the pre-build hook' });
     }
-    // With keepFailed Nix keeps the build directory of every failed build (timeouts, the log limit,
-    // rejected outputs too) and says so.
-    const keepNote = () => {
-      keepBuildDir = options.keepFailed;
-      return keepBuildDir ? `\nnote: keeping build directory '${buildDir}'` : '';
-    };
     if (limit) {
       finishProgress(false);
       await cleanupScratch(w, scratch);
@@ -510,8 +509,12 @@ async function sandboxExtraPaths(w: Worker, view: DrvView): Promise<Map<string, 
 /** An error Nix throws out of a build's setup, as the fatal BuildSetupError (with the kept build dir's note). */
 function asSetupError(e: unknown, keptBuildDir?: string): unknown {
   if (!(e instanceof RealiseError) || e.code === 'build-setup') return e;
-  const note = keptBuildDir ? `\nnote: keeping build directory '${keptBuildDir}'` : '';
-  return new BuildSetupError(e.shortMessage + note, { hint: e.hint, cause: e });
+  return new BuildSetupError(e.shortMessage + keptBuildDirNote(keptBuildDir), { hint: e.hint, cause: e });
+}
+
+/** Nix's note on a failed build's kept build directory, as a line to append (empty when none is kept). */
+function keptBuildDirNote(dir: string | undefined): string {
+  return dir ? `\nnote: keeping build directory '${dir}'` : '';
 }
 
 /**
