@@ -25,7 +25,7 @@ import { SandboxError } from './sandbox-errors.js';
 import { parsePreBuildHookOutput, type SandboxPath } from './sandbox-config.js';
 import { ChrootPool, SANDBOX_GID, SANDBOX_UID, chrootDirFor, discardTree, linkOrCopy, moveOutputsOut, prepareChroot, type ChrootLayout, type ChrootLeftovers } from './chroot.js';
 import { nixSeccompFilter } from './seccomp.js';
-import { spawnMerged } from './spawn-merged.js';
+import { spawnMerged, strerror } from './spawn-merged.js';
 import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
 import { SandboxServer } from './sandbox-server.js';
 import { describeSignal, signalName } from './signals.js';
@@ -112,7 +112,6 @@ function readAll(stream: NodeJS.ReadableStream | null | undefined): Promise<stri
 
 /** A bind mount: source, whether optional and read-only, and (for inputs, known already) whether a directory. */
 type Bind = SandboxPath & { ro: boolean; dir?: boolean };
-
 
 export class LinuxSandbox implements Sandbox {
   readonly name = 'linux-namespaces';
@@ -388,7 +387,7 @@ export async function runPreBuildHook(hook: string, drvPath: string, chrootDir: 
     const chunks: Buffer[] = [];
     child.stdout.on('data', (c: Buffer) => chunks.push(c));
     child.on('error', (e: NodeJS.ErrnoException) => {
-      process.stderr.write(`error: executing '${hook}': ${e.code === 'ENOENT' ? 'No such file or directory' : e.code === 'EACCES' ? 'Permission denied' : e.message}\n`);
+      process.stderr.write(`error: executing '${hook}': ${strerror(e) ?? e.message}\n`);
       reject(failed('failed with exit code 1', e));
     });
     child.on('close', (code, signal) => {

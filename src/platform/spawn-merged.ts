@@ -169,9 +169,14 @@ const EXEC_ERRNOS = new Set(['ENOENT', 'EACCES', 'ENOEXEC', 'ENOTDIR', 'ELOOP', 
  * missing working directory fails with ENOENT too, so that case (and a fork failure) is not one.
  */
 function execErrorFrom(e: NodeJS.ErrnoException, file: string, cwd: string | undefined): string | undefined {
-  if (!e.code || !EXEC_ERRNOS.has(e.code) || e.errno === undefined) return undefined;
+  if (!e.code || !EXEC_ERRNOS.has(e.code)) return undefined;
   if (cwd !== undefined && !existsSync(cwd)) return undefined;
-  const text = getSystemErrorMap().get(e.errno)?.[1];
-  if (!text) return undefined;
-  return `executing '${file}': ${text[0]!.toUpperCase()}${text.slice(1)}`;
+  const text = strerror(e);
+  return text && `executing '${file}': ${text}`;
+}
+
+/** An errno as Nix words it (glibc's strerror: `No such file or directory`), or undefined when unknown. */
+export function strerror(e: NodeJS.ErrnoException): string | undefined {
+  const text = e.errno === undefined ? undefined : getSystemErrorMap().get(e.errno)?.[1];
+  return text ? `${text[0]!.toUpperCase()}${text.slice(1)}` : undefined;
 }
