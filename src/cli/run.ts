@@ -43,7 +43,7 @@ flags:
 
 async function openStoreArg(spec: string | undefined): Promise<Store> {
   if (!spec) return LocalStore.openDefault();
-  return openStore(spec, { warn: (m) => writeStderr(formatWarning(m)) });
+  return openStore(spec, { warn: warnStderr });
 }
 
 function engineOptions(args: CliArgs, store: Store, warn: (message: string) => void): BuildEngineOptions {
@@ -128,6 +128,11 @@ function writeStderr(message: string): void {
   process.stderr.write(filterLogMessage(message, !!process.stderr.isTTY));
 }
 
+/** A warning on stderr in Nix's form (`warning: …`), filtered as every message. */
+function warnStderr(message: string): void {
+  writeStderr(formatWarning(message));
+}
+
 /** Output paths of a derivation target (all when none were named), in Nix's order: by path. */
 async function targetOutputs(store: Store, r: TargetResult): Promise<[string, string][]> {
   if ('path' in r.target) return [];
@@ -206,7 +211,7 @@ function printJson(value: unknown, newline = true): void {
 }
 
 async function build(args: CliArgs, store: Store): Promise<number> {
-  const warn = (m: string) => writeStderr(formatWarning(m));
+  const warn = warnStderr;
   const opts = engineOptions(args, store, warn);
   for (const name of [...args.unknownSettings].sort(byString)) warn(`unknown setting '${name}'`);
   const builders = args.options.get('builders');
@@ -294,7 +299,7 @@ async function build(args: CliArgs, store: Store): Promise<number> {
 }
 
 async function repair(args: CliArgs, store: Store): Promise<number> {
-  const engine = new BuildEngine(engineOptions(args, store, (m) => writeStderr(formatWarning(m))));
+  const engine = new BuildEngine(engineOptions(args, store, warnStderr));
   const display = new ProgressDisplay(engine, process.stderr, { quiet: args.quiet, noBuildOutput: args.noBuildOutput, printBuildLogs: args.printBuildLogs });
   try {
     for (const a of args.positional) {
@@ -397,7 +402,7 @@ async function pathInfo(args: CliArgs, store: Store): Promise<number> {
     return args.derivation ? { path: 'drvPath' in t ? t.drvPath : t.path } : t;
   });
   // With the command line's substituters, as Nix's printMissing asks them what would be fetched.
-  const engine = new BuildEngine({ ...engineOptions(args, store, (m) => process.stderr.write(formatWarning(m))), store });
+  const engine = new BuildEngine({ ...engineOptions(args, store, warnStderr), store });
   try {
     const missing = await engine.queryMissing(targets).catch(() => undefined);
     if (missing) for (const l of await missingLines(store, missing)) process.stderr.write(l + '\n');
