@@ -3,6 +3,7 @@
  * and `MemoryStore` (tests) implement it and pass the same conformance suite (test/store/conformance.ts).
  */
 import type { Hash } from './hash.js';
+import type { LockWaitOptions } from './locks.js';
 import type { StorePath } from './store-path.js';
 
 /** Nix's ValidPathInfo. `references` are full store paths, sorted; may include the path itself. */
@@ -90,7 +91,7 @@ export interface Store {
    * Take exclusive cross-process locks on paths (sorted order; waits; honours `signal`). `onWait` is
    * called once if some lock is held by someone else, before waiting for it.
    */
-  lockPaths(paths: Iterable<StorePath>, opts?: { signal?: AbortSignal; onWait?: () => void }): Promise<PathLocks>;
+  lockPaths(paths: Iterable<StorePath>, opts?: LockWaitOptions): Promise<PathLocks>;
   /** Try to take the locks without waiting; undefined when someone else holds one. */
   tryLockPaths(paths: Iterable<StorePath>): Promise<PathLocks | undefined>;
 

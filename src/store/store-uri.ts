@@ -22,9 +22,11 @@ export interface ParsedStoreUri {
 /** Store types Nix 2.8 has that are not local stores (refused with a message saying so). */
 const OTHER_STORE_SCHEMES = ['ssh', 'ssh-ng', 'file', 'http', 'https', 's3', 'dummy'];
 
+const LOCAL_STORE_HINT = "use a root directory (chroot store) or 'local?root=DIR' or 'local?store=DIR&state=DIR&log=DIR'";
+
 function badUri(uri: string, why: string, hint?: string): StoreError {
   return new StoreError('bad-store-uri', `cannot open store '${uri}': ${why}`, {
-    hint: hint ?? "use a root directory (chroot store) or 'local?root=DIR' or 'local?store=DIR&state=DIR&log=DIR'",
+    hint: hint ?? LOCAL_STORE_HINT,
   });
 }
 
@@ -46,7 +48,7 @@ export function parseStoreUri(uri: string, cwd: string = process.cwd()): ParsedS
     const scheme = head.includes('://') ? head.slice(0, head.indexOf('://')) : head;
     if (OTHER_STORE_SCHEMES.includes(scheme)) throw badUri(uri, `'${head}' is not a local store`);
     throw new StoreError('bad-store-uri', `don't know how to open Nix store '${uri}'`, {
-      hint: "use a root directory (chroot store) or 'local?root=DIR' or 'local?store=DIR&state=DIR&log=DIR'",
+      hint: LOCAL_STORE_HINT,
     });
   }
   const opts: { root?: string; storeDir?: string; stateDir?: string; logDir?: string; realStoreDir?: string } = {};
