@@ -4,11 +4,10 @@
  * gone, and the output is not registered. Also an interrupt before any build started (while loading).
  */
 import { spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { instantiateTwins, nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
 
 const BIN = path.resolve(__dirname, '../../bin/realise.js');
 const SANDBOX = '/bin/sh=/bin/busybox /bin/busybox';
@@ -45,8 +44,7 @@ describe.skipIf(!nixOk())('interrupting a build, realise vs Nix 2.8', () => {
   let drv: string;
   beforeAll(() => {
     dir = tempDir();
-    writeFileSync(path.join(dir, 'e.nix'), EXPR);
-    for (const s of ['N', 'O']) drv = nix('nix-instantiate', ['--store', path.join(dir, s), path.join(dir, 'e.nix'), '--argstr', 'mark', MARK]);
+    drv = instantiateTwins(dir, EXPR, ['--argstr', 'mark', MARK]);
   });
   const nixArgs = () => ['--store', path.join(dir, 'N'), '--option', 'sandbox-paths', SANDBOX, '--realise', drv];
   const ourArgs = () => [BIN, 'build', '--store', path.join(dir, 'O'), '--option', 'sandbox-paths', SANDBOX, drv];

@@ -4,11 +4,11 @@
  * The holder is util-linux `flock` on the output's `.lock` file, the lock Nix and we both take.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { nix, nixOk, runNixAsync, tempDir } from '../helpers/nix.js';
+import { instantiateTwins, nix, nixOk, runNixAsync, tempDir } from '../helpers/nix.js';
 import { realiseInProcess as realise } from '../helpers/cli.js';
 
 const EXPR = `{ }: derivation { name = "lock-held"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo locked > $out"]; }`;
@@ -31,9 +31,7 @@ describe.skipIf(!nixOk())('a held output lock, realise vs Nix 2.8', () => {
   let drv: string;
   beforeAll(() => {
     dir = tempDir();
-    writeFileSync(path.join(dir, 'e.nix'), EXPR);
-    drv = nix('nix-instantiate', ['--store', path.join(dir, 'N'), path.join(dir, 'e.nix')]);
-    expect(nix('nix-instantiate', ['--store', path.join(dir, 'O'), path.join(dir, 'e.nix')])).toBe(drv);
+    drv = instantiateTwins(dir, EXPR);
   });
 
   /** Build with the output's lock held for `holdMs`; returns the run and the physical output path. */

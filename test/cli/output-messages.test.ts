@@ -4,10 +4,9 @@
  * `<store>/<drv>.chroot/nix/store/<output>`. Compared with the roots replaced by ROOT. And a builder that
  * closes its output early, which Nix kills.
  */
-import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { instantiateTwins, nixOk, runNix, tempDir } from '../helpers/nix.js';
 import { realiseInProcess as realise } from '../helpers/cli.js';
 
 const EXPR = `{
@@ -22,10 +21,7 @@ describe.skipIf(!nixOk())('output locations in messages, realise vs Nix 2.8 (san
   const drvs: Record<string, string> = {};
   beforeAll(() => {
     dir = tempDir();
-    writeFileSync(path.join(dir, 'e.nix'), EXPR);
-    for (const a of ['noout', 'writable', 'closes']) {
-      for (const s of ['N', 'O']) drvs[a] = nix('nix-instantiate', ['--store', path.join(dir, s), path.join(dir, 'e.nix'), '-A', a]);
-    }
+    for (const a of ['noout', 'writable', 'closes']) drvs[a] = instantiateTwins(dir, EXPR, ['-A', a]);
   });
   const errors = (stderr: string, root: string) => stderr.split('\n').filter((l) => l.startsWith('error:')).map((l) => l.split(root).join('ROOT'));
 

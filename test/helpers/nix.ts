@@ -79,6 +79,19 @@ export function nix(cmd: string, args: string[], opts: { input?: string; env?: R
   return r.stdout.trim();
 }
 
+/**
+ * Write `expr` to `DIR/e.nix` and instantiate it (with `args`, e.g. `-A name`) into the twin chroot stores
+ * `DIR/N` (for Nix) and `DIR/O` (for us); returns the .drv path, the same in both.
+ */
+export function instantiateTwins(dir: string, expr: string, args: string[] = []): string {
+  const file = path.join(dir, 'e.nix');
+  writeFileSync(file, expr);
+  const drv = nix('nix-instantiate', ['--store', path.join(dir, 'N'), file, ...args]);
+  const twin = nix('nix-instantiate', ['--store', path.join(dir, 'O'), file, ...args]);
+  if (twin !== drv) throw new Error(`the twin stores instantiated different derivations: ${drv} and ${twin}`);
+  return drv;
+}
+
 /** `nix-instantiate --store ROOT` of an expression (text) or file; returns the .drv path(s). */
 export function nixInstantiate(root: string, expr: string, opts: { file?: boolean; attr?: string } = {}): string[] {
   let file = expr;
