@@ -230,27 +230,34 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const parsed = targets.map(parseTarget);
     // Bad input is a typed error before anything runs (InvalidStorePathError), as Nix refuses it.
     for (const t of parsed) parseStorePath('drvPath' in t ? t.drvPath : t.path, ctx.store.storeDir);
-    const results = await Promise.all(parsed.map(async (t): Promise<TargetResult> => {
+    const results = await Promise.all(parsed.map((t): Promise<TargetResult> => {
       if ('drvPath' in t) {
+        // (No async frame per target: a call of 100,000 targets keeps them all waiting at once.)
         const outs = t.outputs === undefined || t.outputs === '*' ? undefined : t.outputs;
-        return { target: t, path: t.drvPath, result: await w.derivationGoal(t.drvPath, outs, mode) };
+        return w.derivationGoal(t.drvPath, outs, mode).then((result) => ({ target: t, path: t.drvPath, result }));
       }
-      const o = await w.substitutionGoal(t.path, mode === 'repair');
-      const ok = o.kind === 'valid' || o.kind === 'substituted';
-      if (!ok) { w.failures.push({ path: t.path, result: failure('misc-failure', o.message) }); w.noteFailure(); }
-      return {
-        target: t, path: t.path,
-        result: ok
-          ? { status: o.kind === 'valid' ? 'already-valid' : 'substituted', timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {} }
-          : failure('misc-failure', o.message),
-      };
+      return this.pathTarget(w, t, mode);
     }));
     if (w.stoppedBy) await w.settle();
+    if (w.escaped !== undefined) throw w.escaped;
     // Sandboxed builds' chroots are deleted in the background; when the call returns they are gone, as
     // Nix leaves no `<drv>.chroot` behind.
     if (this.linuxChoice?.sandbox) await flushRemovals();
     if (w.fatal) throw w.fatal;
     return { results, worker: w };
+  }
+
+  /** An opaque path as a target: substitute it unless it is valid. */
+  private async pathTarget(w: Worker, t: { readonly path: StorePath }, mode: BuildMode): Promise<TargetResult> {
+    const o = await w.substitutionGoal(t.path, mode === 'repair');
+    const ok = o.kind === 'valid' || o.kind === 'substituted';
+    if (!ok) { w.failures.push({ path: t.path, result: failure('misc-failure', o.message) }); w.noteFailure(); }
+    return {
+      target: t, path: t.path,
+      result: ok
+        ? { status: o.kind === 'valid' ? 'already-valid' : 'substituted', timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {} }
+        : failure('misc-failure', o.message),
+    };
   }
 
   /** Build one derivation given its parsed form. Never throws on a build failure: returns the result. */

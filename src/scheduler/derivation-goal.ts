@@ -1,7 +1,8 @@
 /**
- * DerivationGoal as straight-line async code (Nix's DerivationGoal state machine, read top to bottom):
- * get the .drv (substituting it if missing), check outputs, try substitutes, realise inputs, lock,
- * re-check, then build in a slot and register the outputs.
+ * DerivationGoal as two stretches of straight-line async code (Nix's DerivationGoal state machine, read
+ * top to bottom): get the .drv (substituting it if missing), check outputs, try substitutes, ask for the
+ * inputs (`untilInputs`); then, once the worker finds them done, lock, re-check, build in a slot and
+ * register the outputs (`afterInputs`).
  */
 import type { StorePath } from '../store/store-path.js';
 import { tryResolve, type InputOutputPaths } from '../derivation/resolve.js';
@@ -11,7 +12,7 @@ import { knownPath, preferLocalBuild, substitutesAllowed, type DrvView } from '.
 import { buildLocally } from './local-build.js';
 import { failure, success, isSuccess, type BuildResult } from './results.js';
 import { substitutionSucceeded } from './substitution-goal.js';
-import type { BuildMode, Worker } from './worker.js';
+import type { BuildMode, DrvGoalEntry, Worker } from './worker.js';
 
 interface OutputStatus {
   readonly name: string;
@@ -47,20 +48,33 @@ function outputsOf(statuses: OutputStatus[], onlyWanted: boolean): Record<string
   return r;
 }
 
-export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<string> | undefined, mode: BuildMode): Promise<BuildResult> {
-  const { store, options } = w.ctx;
-  if (!isDerivationPath(drvPath)) return failure('misc-failure', `'${drvPath}' is not a derivation path`);
-  // Waiting for other goals, this goal is not preparing (the order of build slots depends on it).
-  const activity = w.activity(drvPath);
-  const waitFor = <T>(p: Promise<T>): Promise<T> => (activity ? activity.blocked(p) : p);
+/** What a goal keeps while it waits for its inputs: little (a call of 100,000 goals has nearly all of them waiting at once). */
+export interface WaitingForInputs {
+  /** The goals of the input derivations, in the order of the derivation's inputDrvs. */
+  readonly deps: readonly DrvGoalEntry[];
+  /** Substitutions of missing input sources: whether each succeeded. */
+  readonly others: readonly Promise<boolean>[];
+  /** Set when substitution is tried again once the inputs are there: the outputs' statuses then. */
+  readonly retrySubstitution: OutputStatus[] | undefined;
+}
 
+const allWantedValid = (st: readonly OutputStatus[]): boolean => st.every((s) => !s.wanted || s.valid);
+
+/**
+ * Steps 1–4 of a derivation goal (Nix's DerivationGoal, read top to bottom): the .drv, the outputs'
+ * validity, substitutes, then the input goals to wait for (the worker parks the goal until they are done
+ * and goes on with `afterInputs`).
+ */
+export async function untilInputs(w: Worker, drvPath: StorePath, wanted: Set<string> | undefined, mode: BuildMode): Promise<BuildResult | WaitingForInputs> {
+  if (!isDerivationPath(drvPath)) return failure('misc-failure', `'${drvPath}' is not a derivation path`);
+  const { store } = w.ctx;
   // 1. Make sure the derivation exists; it may come from a substitute.
   if (!w.ctx.isProvidedDrv(drvPath) && !(await store.isValidPath(drvPath))) {
-    const o = await waitFor(w.substitutionGoal(drvPath));
+    const o = await w.blocked(drvPath, w.substitutionGoal(drvPath));
     w.throwIfStopped();
     if (!substitutionSucceeded(o)) return failure('misc-failure', `cannot build missing derivation '${drvPath}'`);
   }
-  let view: DrvView | undefined = await w.ctx.loadDrv(drvPath);
+  const view = await w.ctx.loadDrv(drvPath);
   // Temporary GC roots, as Nix: a concurrent garbage collector keeps the derivation and its outputs.
   if (store.addTempRoot) {
     await store.addTempRoot(drvPath);
@@ -74,39 +88,14 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
 
   // 2. Which wanted outputs are missing?
   let statuses = await checkPathValidity(w, view, wanted, mode);
-  const allWantedValid = (st: OutputStatus[]) => st.every((s) => !s.wanted || s.valid);
   if (allWantedValid(statuses) && mode === 'normal') {
     return success('already-valid', outputsOf(statuses, true));
   }
 
   // 3. Try substitutes for the missing outputs.
-  let retrySubstitution = false;
-  const trySubstitutes = async (): Promise<BuildResult | undefined> => {
-    // (In check mode too, as Nix: outputs that are not valid are substituted first, then checked.)
-    if (w.ctx.substituters.length === 0 || !substitutesAllowed(view!)) return undefined;
-    const missing = statuses.filter((s) => s.wanted && !s.valid);
-    if (missing.some((s) => !s.path)) {
-      w.warn('do not know how to query for unknown floating content-addressed derivation output yet');
-      return undefined;
-    }
-    const outcomes = await waitFor(Promise.all(missing.map((s) => w.substitutionGoal(s.path!, mode === 'repair'))));
-    w.throwIfStopped();
-    const failed = outcomes.filter((o) => !substitutionSucceeded(o));
-    const noSubs = failed.filter((o) => o.kind === 'no-substituters').length;
-    const incomplete = failed.filter((o) => o.kind === 'incomplete-closure').length;
-    if (failed.length > noSubs + incomplete && !options.fallback) {
-      return failure('transient-failure',
-        `some substitutes for the outputs of derivation '${drvPath}' failed (usually happens due to networking issues); try '--fallback' to build derivation from source `);
-    }
-    if (incomplete > 0) retrySubstitution = true;
-    statuses = await checkPathValidity(w, view!, wanted, mode);
-    if (mode === 'normal' && allWantedValid(statuses)) return success('substituted', outputsOf(statuses, true));
-    // Repair: the outputs are good now; their closure is checked (and repaired) next, as Nix.
-    if (mode === 'repair' && allWantedValid(statuses)) return repairClosure(w, view!, statuses);
-    return undefined;
-  };
-  const substituted = await trySubstitutes();
-  if (substituted) return substituted;
+  const tried = await trySubstitutes(w, view, wanted, mode, statuses);
+  if (tried.result) return tried.result;
+  statuses = tried.statuses;
   if (mode === 'repair' && allWantedValid(statuses)) return repairClosure(w, view, statuses);
   if (mode === 'check' && statuses.some((s) => s.wanted && !s.valid)) {
     return failure('misc-failure', `some outputs of '${drvPath}' are not valid, so checking is not possible`);
@@ -114,40 +103,72 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
 
   // 4. Give up on substitution: realise the inputs (all outputs are built from here on).
   const inputMode: BuildMode = mode === 'repair' ? 'repair' : 'normal';
-  const depResults = new Map<StorePath, Promise<BuildResult>>();
-  const inputGoals: Promise<boolean>[] = [];
-  for (const [dep, outs] of view.inputDrvs) {
-    const r = w.derivationGoal(dep, outs, inputMode, drvPath);
-    depResults.set(dep, r);
-    inputGoals.push(r.then((x) => isSuccess(x.status)));
-  }
+  const deps: DrvGoalEntry[] = [];
+  for (const [dep, outs] of view.inputDrvs) deps.push(w.goalEntry(dep, outs, inputMode, drvPath));
   const srcs = view.inputSrcs;
   const validSrcs = await store.queryValidPaths(srcs);
+  const others: Promise<boolean>[] = [];
   for (const src of srcs) {
     if (validSrcs.has(src)) continue;
     if (w.ctx.substituters.length === 0) {
       return failure('misc-failure', `dependency '${src}' of '${drvPath}' does not exist, and substitution is disabled`);
     }
-    inputGoals.push(w.substitutionGoal(src).then(substitutionSucceeded));
+    others.push(w.substitutionGoal(src).then(substitutionSucceeded));
   }
-  // A goal waiting for its inputs holds no parsed derivation (a graph of 100,000 goals has nearly all of
-  // them waiting at once): the view is dropped here and fetched again, usually from the engine's cache.
-  view = undefined;
-  const nrFailed = await waitFor(countFailures(inputGoals, options.keepGoing));
-  if (nrFailed > 0) {
-    return failure('dependency-failed', `${nrFailed} dependencies of derivation '${drvPath}' failed to build`);
+  // The parsed derivation is not kept while waiting; it is fetched again after, usually from the engine's cache.
+  return { deps, others, retrySubstitution: tried.retry ? statuses : undefined };
+}
+
+/**
+ * Step 3 (Nix's tryToSubstitute / outputsSubstitutionTried): substitute the missing wanted outputs. A
+ * result ends the goal; `retry` asks to try again once the inputs are built (a substitute's references
+ * that nobody had).
+ */
+async function trySubstitutes(
+  w: Worker, view: DrvView, wanted: Set<string> | undefined, mode: BuildMode, statuses: OutputStatus[],
+): Promise<{ result?: BuildResult; statuses: OutputStatus[]; retry: boolean }> {
+  // (In check mode too, as Nix: outputs that are not valid are substituted first, then checked.)
+  if (w.ctx.substituters.length === 0 || !substitutesAllowed(view)) return { statuses, retry: false };
+  const missing = statuses.filter((s) => s.wanted && !s.valid);
+  if (missing.some((s) => !s.path)) {
+    w.warn('do not know how to query for unknown floating content-addressed derivation output yet');
+    return { statuses, retry: false };
   }
-  view = await w.ctx.loadDrv(drvPath);
-  if (retrySubstitution) {
-    const again = await trySubstitutes();
-    if (again) return again;
+  const outcomes = await w.blocked(view.drvPath, Promise.all(missing.map((s) => w.substitutionGoal(s.path!, mode === 'repair'))));
+  w.throwIfStopped();
+  const failed = outcomes.filter((o) => !substitutionSucceeded(o));
+  const noSubs = failed.filter((o) => o.kind === 'no-substituters').length;
+  const incomplete = failed.filter((o) => o.kind === 'incomplete-closure').length;
+  if (failed.length > noSubs + incomplete && !w.ctx.options.fallback) {
+    return {
+      statuses, retry: false,
+      result: failure('transient-failure',
+        `some substitutes for the outputs of derivation '${view.drvPath}' failed (usually happens due to networking issues); try '--fallback' to build derivation from source `),
+    };
+  }
+  const retry = incomplete > 0;
+  statuses = await checkPathValidity(w, view, wanted, mode);
+  if (mode === 'normal' && allWantedValid(statuses)) return { statuses, retry, result: success('substituted', outputsOf(statuses, true)) };
+  // Repair: the outputs are good now; their closure is checked (and repaired) next, as Nix.
+  if (mode === 'repair' && allWantedValid(statuses)) return { statuses, retry, result: await repairClosure(w, view, statuses) };
+  return { statuses, retry };
+}
+
+/** Steps 5–6, once every input is there: the input closure, then the build. */
+export async function afterInputs(w: Worker, drvPath: StorePath, wanted: Set<string> | undefined, mode: BuildMode, waiting: WaitingForInputs): Promise<BuildResult> {
+  const { store } = w.ctx;
+  const view = await w.ctx.loadDrv(drvPath);
+  if (waiting.retrySubstitution) {
+    const again = await trySubstitutes(w, view, wanted, mode, waiting.retrySubstitution);
+    if (again.result) return again.result;
   }
 
   // 5. The input closure: wanted outputs of input derivations (as their goals reported them), and input sources.
-  const roots: StorePath[] = [...srcs];
+  const roots: StorePath[] = [...view.inputSrcs];
   const inputOutputs = new Map<StorePath, Map<string, StorePath>>();
+  let i = 0;
   for (const [dep, outs] of view.inputDrvs) {
-    const built = (await depResults.get(dep)!).builtOutputs;
+    const built = waiting.deps[i++]!.result!.builtOutputs;
     let depView: DrvView | undefined;
     let registered: Map<string, StorePath> | undefined;
     for (const o of outs) {
@@ -171,7 +192,7 @@ export async function derivationGoal(w: Worker, drvPath: StorePath, wanted: Set<
   const inputPaths = await store.computeClosure(roots);
 
   // 6. Build (rounds for buildRepeat; fixed outputs are built once).
-  const rounds = view.isFixedOutput ? 1 : options.buildRepeat + 1;
+  const rounds = view.isFixedOutput ? 1 : w.ctx.options.buildRepeat + 1;
   return buildLocally(w, view, { mode, rounds, inputPaths, preferLocal: preferLocalBuild(view), wanted });
 }
 
@@ -204,25 +225,6 @@ async function buildResolved(w: Worker, view: DrvView, inputOutputs: InputOutput
 }
 
 /**
- * Wait for sub-goals and count failures. Without keepGoing, the first failure is enough (Nix wakes the
- * waiter at once and drops its other waitees); the worker stops the rest.
- */
-async function countFailures(goals: Promise<boolean>[], keepGoing: boolean): Promise<number> {
-  if (goals.length === 0) return 0;
-  if (keepGoing) return (await Promise.all(goals)).filter((ok) => !ok).length;
-  return new Promise<number>((resolve, reject) => {
-    let left = goals.length;
-    let failed = 0;
-    for (const g of goals) {
-      g.then((ok) => {
-        if (!ok) { failed++; resolve(failed); }
-        if (--left === 0) resolve(failed);
-      }, reject);
-    }
-  });
-}
-
-/**
  * Repair mode with valid, intact outputs (Nix's repairClosure): check every other path in the outputs'
  * closure and repair the corrupt ones, rebuilding their deriver when it is in the input closure, else
  * substituting them again.
@@ -246,7 +248,7 @@ async function repairClosure(w: Worker, view: DrvView, statuses: OutputStatus[])
       ? w.derivationGoal(drv, undefined, 'repair').then((r) => isSuccess(r.status))
       : w.substitutionGoal(p, true).then(substitutionSucceeded));
   }
-  const failed = (await Promise.all(repairs)).filter((ok) => !ok).length;
+  const failed = (await w.blocked(view.drvPath, Promise.all(repairs))).filter((ok) => !ok).length;
   if (failed > 0) return failure('misc-failure', `some paths in the output closure of derivation '${view.drvPath}' could not be repaired`);
   return success('already-valid', outputsOf(statuses, true));
 }

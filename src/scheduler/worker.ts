@@ -1,12 +1,14 @@
 /**
- * One Worker per API call: a map path → goal promise, so every path gets exactly one goal per call
- * (Nix's derivationGoals/substitutionGoals). Goals are async functions; a throw is turned into a failure
- * once, at the memo boundary. Without keepGoing, the first failure stops the call (builders are killed).
+ * One Worker per API call: a map path → goal, so every path gets exactly one goal per call (Nix's
+ * derivationGoals/substitutionGoals). A derivation goal is a record moved along by its steps (async code
+ * in derivation-goal.ts); while it waits for its inputs it is only that record, as Nix's goals wait as
+ * objects. A throw is turned into a failure once, here. Without keepGoing, the first failure stops the
+ * call (builders are killed).
  */
 import PQueue from 'p-queue';
 import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
-import { derivationGoal } from './derivation-goal.js';
+import { afterInputs, untilInputs, type WaitingForInputs } from './derivation-goal.js';
 import { failure, isSuccess, type BuildResult } from './results.js';
 import { substitutionGoal, type SubstitutionOutcome } from './substitution-goal.js';
 import { RealiseError } from '../store/errors.js';
@@ -20,11 +22,51 @@ export class GoalStopped extends Error {
   constructor() { super('stopped'); }
 }
 
-interface DrvGoalEntry {
+/**
+ * The one derivation goal of a path in a call: a record the goal's steps move along, as Nix's goal objects,
+ * not a suspended async function (a call of 100,000 goals has nearly all of them waiting for inputs at once).
+ */
+export interface DrvGoalEntry {
+  readonly drvPath: StorePath;
+  readonly mode: BuildMode;
   /** Wanted outputs; undefined = all. */
   wanted: Set<string> | undefined;
-  promise: Promise<BuildResult>;
   done: boolean;
+  /** Set when done. */
+  result?: BuildResult;
+  /** Holds one of the call's turns to start (see MAX_STARTING_GOALS). */
+  starting?: boolean;
+  /** Goals waiting for this one (Nix's waiters), told when it is done. */
+  waiters?: InputWait[];
+  /** The result as a promise, made when someone awaits it (`Worker.promiseOf`). */
+  promise?: Promise<BuildResult>;
+  resolve?: (result: BuildResult) => void;
+}
+
+/**
+ * A goal waiting for its inputs (Nix's waitees): counts those that are done. Without keepGoing the first
+ * failure is enough (Nix wakes the waiter at once and drops its other waitees); with it, every input is
+ * waited for.
+ */
+class InputWait {
+  failed = 0;
+  constructor(
+    private readonly worker: Worker,
+    readonly goal: DrvGoalEntry,
+    readonly wanted: Set<string> | undefined,
+    readonly waiting: WaitingForInputs,
+    private left: number,
+  ) {}
+
+  inputDone(ok: boolean): void {
+    if (this.left === 0) return;
+    if (!ok) {
+      this.failed++;
+      if (!this.worker.ctx.options.keepGoing) this.left = 1;
+    }
+    // The waiter goes on in a microtask, not inside the finishing input's stack (chains can be long).
+    if (--this.left === 0) queueMicrotask(() => this.worker.inputsDone(this));
+  }
 }
 
 function covers(have: Set<string> | undefined, want: Set<string> | undefined): boolean {
@@ -35,11 +77,15 @@ function covers(have: Set<string> | undefined, want: Set<string> | undefined): b
 }
 
 /**
- * At most this many `.drv` loads of one call are in flight at once. Every goal of a call starts at once
- * and reads its `.drv` first; unbounded, a call of 100,000 goals opened more files than the process may
- * (EMFILE, measured in bench/scheduler-overhead.ts). Cached loads pass through the same gate and return
- * at once when their turn comes.
+ * At most this many derivation goals of a call are in their first stretch (reading the .drv, checking
+ * outputs, asking for inputs) at once; the others wait to start as bare records, in the order they were
+ * created. A goal gives its turn back when that stretch ends or when it first waits for other goals. A call
+ * of 100,000 goals would otherwise start them all at once, each suspended on its .drv read (measured in
+ * bench/scheduler-overhead.ts: peak memory, and EMFILE before .drv loads were bounded).
  */
+const MAX_STARTING_GOALS = 128;
+
+/** At most this many `.drv` loads of one call are in flight at once (cached loads pass the same gate). */
 const MAX_CONCURRENT_DRV_LOADS = 128;
 
 export class Worker {
@@ -151,7 +197,7 @@ export class Worker {
    */
   async settle(): Promise<void> {
     for (;;) {
-      const pending: Promise<unknown>[] = [...this.drvGoals.values()].filter((e) => !e.done).map((e) => e.promise);
+      const pending: Promise<unknown>[] = [...this.drvGoals.values()].filter((e) => !e.done).map((e) => this.promiseOf(e));
       pending.push(...this.substGoals.values());
       const before = this.drvGoals.size + this.substGoals.size;
       await Promise.allSettled(pending);
@@ -161,26 +207,114 @@ export class Worker {
 
   /** The one derivation goal of `drvPath` in this call, widened when more outputs are wanted. */
   derivationGoal(drvPath: StorePath, outputs: Iterable<string> | undefined, mode: BuildMode = this.mode, parent?: StorePath): Promise<BuildResult> {
+    return this.promiseOf(this.goalEntry(drvPath, outputs, mode, parent));
+  }
+
+  /** derivationGoal's record, for a goal that waits for it as an input (see `waitForInputs`). */
+  goalEntry(drvPath: StorePath, outputs: Iterable<string> | undefined, mode: BuildMode = this.mode, parent?: StorePath): DrvGoalEntry {
     if (!this.depths.has(drvPath)) this.depths.set(drvPath, parent === undefined ? 0 : (this.depths.get(parent) ?? 0) + 1);
     const want = outputs === undefined ? undefined : new Set(outputs);
-    if (want && (want.has('*') || want.size === 0)) return this.derivationGoal(drvPath, undefined, mode);
+    if (want && (want.has('*') || want.size === 0)) return this.goalEntry(drvPath, undefined, mode);
     const existing = this.drvGoals.get(drvPath);
-    if (existing && covers(existing.wanted, want)) return existing.promise;
+    if (existing && covers(existing.wanted, want)) return existing;
     if (existing && !existing.done) {
       // Widen the running goal: it re-checks its wanted outputs before finishing (Nix's addWantedOutputs).
       existing.wanted = want === undefined || existing.wanted === undefined ? undefined : new Set([...existing.wanted, ...want]);
-      return existing.promise;
+      return existing;
     }
+    // A finished goal asked for more outputs: a new goal for all of them.
     const wanted = existing ? (want === undefined || existing.wanted === undefined ? undefined : new Set([...existing.wanted, ...want])) : want;
-    const entry: DrvGoalEntry = { wanted, promise: undefined as unknown as Promise<BuildResult>, done: false };
-    const previous = existing?.promise;
+    const entry: DrvGoalEntry = { drvPath, mode, wanted, done: false };
     this.ctx.emit('goal-created', { kind: 'derivation', path: drvPath, ...(wanted ? { outputs: [...wanted] } : {}) });
-    entry.promise = (async () => {
-      if (previous) await previous;
-      return this.runDrvGoal(drvPath, entry, mode);
-    })();
     this.drvGoals.set(drvPath, entry);
-    return entry.promise;
+    this.ctx.emit('goal-started', { kind: 'derivation', path: drvPath });
+    const activity = slotGate(this.ctx.buildQueue).goal();
+    if (activity) this.activities.set(drvPath, activity);
+    if (this.starting < MAX_STARTING_GOALS) this.start(entry);
+    else this.toStart.push(entry);
+    return entry;
+  }
+
+  /** Goals holding a turn to start, and those waiting for one (FIFO from `toStartHead`). */
+  private starting = 0;
+  private toStart: DrvGoalEntry[] = [];
+  private toStartHead = 0;
+
+  private start(e: DrvGoalEntry): void {
+    this.starting++;
+    e.starting = true;
+    this.attempt(e);
+  }
+
+  private startedFully(e: DrvGoalEntry): void {
+    if (!e.starting) return;
+    e.starting = false;
+    this.starting--;
+    while (this.starting < MAX_STARTING_GOALS && this.toStartHead < this.toStart.length) {
+      const next = this.toStart[this.toStartHead++]!;
+      if (this.toStartHead === this.toStart.length) { this.toStart = []; this.toStartHead = 0; }
+      this.start(next);
+    }
+  }
+
+  /**
+   * Goal `drvPath` waits for `p` (other goals' work): it gives back its turn to start and, for the order
+   * of build slots, is not preparing meanwhile.
+   */
+  blocked<T>(drvPath: StorePath, p: Promise<T>): Promise<T> {
+    const e = this.drvGoals.get(drvPath);
+    if (e) this.startedFully(e);
+    const activity = this.activities.get(drvPath);
+    return activity ? activity.blocked(p) : p;
+  }
+
+  /** A goal's result as a promise (made on demand: goals that only other goals wait for need none). */
+  promiseOf(e: DrvGoalEntry): Promise<BuildResult> {
+    e.promise ??= e.done ? Promise.resolve(e.result!) : new Promise<BuildResult>((resolve) => { e.resolve = resolve; });
+    return e.promise;
+  }
+
+  /** One pass of a goal over its wanted outputs (again when they were widened meanwhile). */
+  private attempt(e: DrvGoalEntry): void {
+    const wanted = e.wanted === undefined ? undefined : new Set(e.wanted);
+    this.step(e, wanted, untilInputs(this, e.drvPath, wanted, e.mode));
+  }
+
+  private step(e: DrvGoalEntry, wanted: Set<string> | undefined, next: Promise<BuildResult | WaitingForInputs>): void {
+    next.then((r) => {
+      this.startedFully(e);
+      if ('deps' in r) this.waitForInputs(e, wanted, r);
+      // Widened while running and not everything was built: go round again for the new outputs.
+      else if (!isSuccess(r.status) || covers(wanted, e.wanted) || r.status === 'built') this.finish(e, r);
+      else this.attempt(e);
+    }, (x: unknown) => {
+      this.startedFully(e);
+      this.finish(e, this.failureOf(x, e.drvPath));
+    });
+  }
+
+  /** Park goal `e` until its input goals and input-source substitutions are done. */
+  private waitForInputs(e: DrvGoalEntry, wanted: Set<string> | undefined, waiting: WaitingForInputs): void {
+    const iw = new InputWait(this, e, wanted, waiting, waiting.deps.length + waiting.others.length);
+    if (waiting.deps.length + waiting.others.length === 0) {
+      this.inputsDone(iw);
+      return;
+    }
+    // Waiting for other goals, it is not preparing (the order of build slots depends on it).
+    this.activities.get(e.drvPath)?.pause();
+    for (const d of waiting.deps) {
+      if (d.done) iw.inputDone(isSuccess(d.result!.status));
+      else (d.waiters ??= []).push(iw);
+    }
+    for (const p of waiting.others) void p.then((ok) => iw.inputDone(ok));
+  }
+
+  /** @internal Every input of a waiting goal is done (or one failed, without keepGoing). */
+  inputsDone(iw: InputWait): void {
+    const e = iw.goal;
+    this.activities.get(e.drvPath)?.resume();
+    if (iw.failed > 0) this.finish(e, failure('dependency-failed', `${iw.failed} dependencies of derivation '${e.drvPath}' failed to build`));
+    else this.step(e, iw.wanted, afterInputs(this, e.drvPath, iw.wanted, e.mode, iw.waiting));
   }
 
   private readonly activities = new Map<StorePath, GoalActivity>();
@@ -196,35 +330,34 @@ export class Worker {
     return this.activities.get(drvPath);
   }
 
-  private async runDrvGoal(drvPath: StorePath, entry: DrvGoalEntry, mode: BuildMode): Promise<BuildResult> {
-    this.ctx.emit('goal-started', { kind: 'derivation', path: drvPath });
-    let result: BuildResult;
-    const activity = slotGate(this.ctx.buildQueue).goal();
-    if (activity) this.activities.set(drvPath, activity);
-    try {
-      for (;;) {
-        const snapshot = entry.wanted === undefined ? undefined : new Set(entry.wanted);
-        result = await derivationGoal(this, drvPath, snapshot, mode);
-        // Widened while running and not everything was built: go round again for the new outputs.
-        if (!isSuccess(result.status) || covers(snapshot, entry.wanted) || result.status === 'built') break;
-      }
-    } catch (e) {
-      result = this.failureOf(e, drvPath);
-    } finally {
-      if (activity) {
-        activity.done();
-        if (this.activities.get(drvPath) === activity) this.activities.delete(drvPath);
-      }
+  /** A throw out of an event listener, rethrown by the call once its goals are done. */
+  escaped: unknown;
+
+  private finish(e: DrvGoalEntry, result: BuildResult): void {
+    const { drvPath } = e;
+    const activity = this.activities.get(drvPath);
+    if (activity) {
+      activity.done();
+      this.activities.delete(drvPath);
     }
-    entry.done = true;
+    e.done = true;
+    e.result = result;
+    const waiters = e.waiters;
+    e.waiters = undefined;
     if (!isSuccess(result.status) && !(result as { stopped?: boolean }).stopped) {
       // The failure that stopped the call comes first, before the dependents it made fail meanwhile.
       if (drvPath === this.stopCause) this.failures.unshift({ path: drvPath, result });
       else this.failures.push({ path: drvPath, result });
       this.noteFailure();
     }
-    this.ctx.emit('goal-finished', { kind: 'derivation', path: drvPath, result });
-    return result;
+    try {
+      this.ctx.emit('goal-finished', { kind: 'derivation', path: drvPath, result });
+    } catch (x) {
+      this.escaped ??= x;
+    }
+    e.resolve?.(result);
+    e.resolve = undefined;
+    if (waiters) for (const iw of waiters) iw.inputDone(isSuccess(result.status));
   }
 
   /** Turn an unexpected throw into a failure value (once, here). */
