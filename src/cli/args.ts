@@ -54,10 +54,11 @@ const FLAG_TO_OPTION: Record<string, string> = {
 const BOOL_TO_OPTION: Record<string, [string, string]> = {
   '--keep-going': ['keep-going', 'true'], '-k': ['keep-going', 'true'], '--fallback': ['fallback', 'true'],
   '--keep-failed': ['keep-failed', 'true'], '-K': ['keep-failed', 'true'], '--no-sandbox': ['sandbox', 'false'], '--sandbox': ['sandbox', 'true'],
+  '--show-trace': ['show-trace', 'true'],
 };
 /** Flags Nix takes that change nothing here (verbosity, GC-root style, log format). */
 const IGNORED_FLAGS = new Set([
-  '-v', '--verbose', '--debug', '--indirect', '--no-out-link', '--no-link', '--show-trace',
+  '-v', '--verbose', '--debug', '--indirect', '--no-out-link', '--no-link',
   '--readonly-mode', '--impure',
 ]);
 const IGNORED_FLAGS_WITH_VALUE = new Set(['--log-format']);

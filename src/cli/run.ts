@@ -8,7 +8,7 @@ import { existsSync, lstatSync, readFileSync, readlinkSync, renameSync, symlinkS
 import { cpus } from 'node:os';
 import * as path from 'node:path';
 import {
-  BinaryCacheSubstituter, SubstituterError, BuildEngine, createRemoteBuilders, BuildFailedError, RealiseError, copyToBinaryCache, openStore, LocalStore,
+  BinaryCacheSubstituter, SubstituterError, BuildEngine, createRemoteBuilders, BuildFailedError, BuildSetupError, RealiseError, copyToBinaryCache, openStore, LocalStore,
   DEFAULT_SYSTEM_FEATURES, derivationOutputsAndPaths, isSuccess, readDerivationFromStore, toNixBase32,
   type BuildEngineOptions, type BuildResult, type BuildTarget, type PathInfo, type Store, type TargetResult,
 } from '../index.js';
@@ -480,10 +480,14 @@ function version(): string {
   }
 }
 
+/** Nix's show-trace setting of the command being run (how `main` prints an error's trace). */
+let showTrace = false;
+
 async function run(argv: string[]): Promise<number> {
   const args = parseArgs(argv);
   // nix-store reads nix.conf and $NIX_CONFIG first; a malformed one ends it as a usage error.
   applyNixConf(args, readNixConf(process.env));
+  showTrace = args.options.get('show-trace') === 'true';
   if (args.help) { process.stdout.write(USAGE); return 0; }
   if (args.version) { process.stdout.write(`realise (realise) ${version()}, mirroring nix-store (Nix) 2.8.0\n`); return 0; }
   if (!args.command) { process.stderr.write(USAGE); return 1; }
@@ -523,6 +527,10 @@ export async function main(argv: string[]): Promise<number> {
       const { message, note } = splitNote(e.shortMessage);
       if (note) writeStderr(note + '\n');
       writeStderr(formatError(message));
+      // Nix's error trace: shown with --show-trace (after an empty line, as "… WHERE"), else pointed at.
+      if (e instanceof BuildSetupError && e.trace) {
+        writeStderr(showTrace ? `\n       \u2026 ${e.trace}\n` : "(use '--show-trace' to show detailed location information)\n");
+      }
     } else if (e instanceof CliError) writeStderr(formatError(e.message));
     else writeStderr(formatError((e as Error)?.stack ?? String(e)));
     return 1;

@@ -30,8 +30,16 @@ export class BuildFailedError extends RealiseError {
 
 /** The engine could not start a build at all (e.g. wrong platform and no remote builders, maxJobs 0). */
 export class BuildSetupError extends RealiseError {
-  constructor(message: string, options: { hint?: string; cause?: unknown } = {}) {
+  /**
+   * Where it happened, as Nix's error trace: `'while setting up the build environment'` when the sandbox
+   * could not be set up (Nix adds that trace to errors raised in the sandboxed child before the builder
+   * runs, and its CLI then prints "(use '--show-trace' …)" or, with --show-trace, the trace).
+   */
+  readonly trace: string | undefined;
+
+  constructor(message: string, options: { hint?: string; cause?: unknown; trace?: string } = {}) {
     super('build-setup', message, options);
+    this.trace = options.trace;
   }
 }
 

@@ -416,7 +416,7 @@ async function runOneRound(
     if (setupError !== undefined) {
       finishProgress(false);
       await cleanupScratch(w, scratch, new Set());
-      throw new BuildSetupError(setupError + keepNote(), { hint: 'check the sandbox paths and the pre-build hook' });
+      throw new BuildSetupError(setupError + keepNote(), { hint: 'check the sandbox paths and the pre-build hook', trace: 'while setting up the build environment' });
     }
     if (limit) {
       finishProgress(false);

@@ -46,4 +46,15 @@ describe.skipIf(!nixOk())('output locations in messages, realise vs Nix 2.8 (san
     expect(key(o.stderr), o.stderr).toEqual(key(n.stderr));
     expect(o.status).toBe(n.status);
   });
+
+  it('the same setup error\'s trace: pointed at without --show-trace, shown with it, as Nix', async () => {
+    for (const flags of [[], ['--show-trace']]) {
+      const args = [...flags, '--option', 'sandbox-paths', '/bin/sh=/bin/busybox /nonexistent-sandbox-path', drvs.noout!];
+      const n = runNix('nix-store', ['--store', path.join(dir, 'N'), '--realise', ...args]);
+      const o = await realise(['build', '--store', path.join(dir, 'O'), ...args]);
+      const tail = (s: string) => s.slice(s.indexOf('error:'));
+      expect(tail(n.stderr)).toMatch(flags.length ? /\n\n {7}\u2026 while setting up the build environment\n$/ : /\n\(use '--show-trace' to show detailed location information\)\n$/);
+      expect(tail(o.stderr), o.stderr).toBe(tail(n.stderr));
+    }
+  });
 });
