@@ -32,6 +32,18 @@ export function encodeString(s: string | Uint8Array): Buffer {
   return Buffer.concat([encodeU64(body.length), body, ZEROS.subarray(0, pad)]);
 }
 
+/**
+ * An error as Nix serialises it (its `Sink << Error`: type "Error", level 0 = error, name "Error", the
+ * message, no position, then each trace as no position and its text): what the worker protocol sends
+ * after STDERR_ERROR, and what a build child that fails after its setup writes into the build log.
+ */
+export function encodeError(message: string, traces: readonly string[] = []): Buffer {
+  return Buffer.concat([
+    encodeString('Error'), encodeU64(0), encodeString('Error'), encodeString(message), encodeU64(0),
+    encodeU64(traces.length), ...traces.flatMap((t) => [encodeU64(0), encodeString(t)]),
+  ]);
+}
+
 /** Reads Nix wire values from a byte stream. Not re-entrant: callers serialise their reads. */
 export class WireReader {
   private chunks: Buffer[] = [];

@@ -16,6 +16,7 @@ import { runPostBuildHook } from '../platform/post-build-hook.js';
 import { checkImpureHostDeps, parseSandboxPaths, type SandboxPath } from '../platform/sandbox-config.js';
 import { canBuildHere, getStringsAttr, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
 import { BuildSetupError } from './errors.js';
+import { encodeError } from '../remote/wire.js';
 import { exportReferencesGraph } from './export-references.js';
 import { LogCollector } from './log-collector.js';
 import { describeSignal } from '../platform/signals.js';
@@ -382,9 +383,10 @@ async function runOneRound(
       if (totalTimer) clearTimeout(totalTimer);
       w.signal.removeEventListener('abort', onStop);
       if (exit?.kind === 'spawn-failed' && exit.execError) {
-        // As Nix: the build environment was set up and only the exec failed, in the child; its error
-        // goes to the build log and the child exits 1.
-        log.push(Buffer.from(`error: ${exit.execError}\n`));
+        // As Nix: the build environment was set up and only the exec failed, in the child; the build
+        // was announced, its error goes to the build log and the child exits 1.
+        announce();
+        log.push(execErrorLog(exit.execError));
         exit = { kind: 'exited', code: 1 };
       }
       // A sandbox that could not be set up for this build: Nix throws its reason out of the build (exit
@@ -504,6 +506,18 @@ async function sandboxExtraPaths(w: Worker, view: DrvView): Promise<Map<string, 
   const impure = getStringsAttr(view, '__impureHostDeps') ?? [];
   for (const [t, s] of checkImpureHostDeps(view.drvPath, impure, options.allowedImpureHostDeps)) paths.set(t, s);
   return paths;
+}
+
+/**
+ * What Nix 2.8's build child writes into the build log when the builder cannot be executed: `\1`, a
+ * newline, then the error serialised as on the wire (its message with Nix's colours around the builder
+ * and the errno text), with no newline after it.
+ */
+function execErrorLog(execError: string): Buffer {
+  const m = /^executing '(.*)': (.*)$/s.exec(execError);
+  const colour = (s: string) => `\x1b[35;1m${s}\x1b[0m`;
+  const message = m ? `executing '${colour(m[1]!)}': ${colour(m[2]!)}` : execError;
+  return Buffer.concat([Buffer.from('\x01\n'), encodeError(message)]);
 }
 
 /** An error Nix throws out of a build's setup, as the fatal BuildSetupError (with the kept build dir's note). */

@@ -330,7 +330,7 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
       expect(pathFacts(R2, [slow!]).get(slow!)?.valid).toBe(false);
     });
 
-    it('a builder that does not exist: exit 100 in both, naming it', async () => {
+    it('a builder that does not exist: exit 100 in both, naming it; the same build log, byte for byte', async () => {
       const d = drv['no-builder']!;
       const r = nixBuild([d]);
       expect(r.status).toBe(100);
@@ -338,7 +338,12 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
       const e = await ourFailure([d]);
       expect(e.exitStatus).toBe(100);
       expect(e.message).toContain(`builder for '${d}'`);
-      expect(e.message).toContain("executing '/no/such/builder': No such file or directory");
+      expect(e.message).toContain('executing \'\x1b[35;1m/no/such/builder\x1b[0m\': \x1b[35;1mNo such file or directory\x1b[0m');
+      // Nix's child writes "\1", a newline and the serialised error into the log (read back by Nix from both stores).
+      const readLog = (root: string) => runNix('nix-store', ['--store', root, '--read-log', d]);
+      const nixLog = readLog(R1);
+      expect(nixLog.stdout.startsWith('\x01\n\x05\0\0\0\0\0\0\0Error\0\0\0')).toBe(true);
+      expect(readLog(R2).stdout).toBe(nixLog.stdout);
     });
 
     it('a failing builder: exit 100 in both, the message ends with the same last log lines', async () => {
