@@ -11,7 +11,7 @@ export type { MissingInfo } from './scheduler/query-missing.js';
 export type { BuildMode } from './scheduler/worker.js';
 
 // Store
-export { RealiseError, BadHashError, InvalidStorePathError, BadNarError, StoreError } from './store/errors.js';
+export { RealiseError, BadHashError, InvalidStorePathError, BadNarError, StoreError, UnsupportedFileTypeError } from './store/errors.js';
 export { Hash, HashSink, HashModulo, toNixBase32, fromNixBase32, toBase16, fromBase16, toBase64, fromBase64, compressHash, type HashAlgorithm, type HashFormat } from './store/hash.js';
 export {
   DEFAULT_STORE_DIR, parseStorePath, isStorePath, checkStorePathName, storePathHashPart, storePathName, storePathBase, toStorePath,

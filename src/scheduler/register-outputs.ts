@@ -10,7 +10,7 @@ import { canonicalisePathMetaData, deleteTree, STORE_MTIME } from '../store/cano
 import { Hash, HashModulo, HashSink } from '../store/hash.js';
 import { collect, dumpPath, narOfRegularFile, restorePath, streamOf } from '../store/nar.js';
 import { RefScanner } from '../store/references.js';
-import { RealiseError } from '../store/errors.js';
+import { RealiseError, UnsupportedFileTypeError } from '../store/errors.js';
 import type { PathInfo } from '../store/store-api.js';
 import {
   makeFixedOutputPath, outputPathName, storePathHashPart, storePathName, isStorePath, type StorePath,
@@ -180,8 +180,9 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
       await canonicalisePathMetaData(real);
     } catch (e) {
       // A FIFO, socket or device: Nix's words, naming the file where Nix finds it.
-      const m = e instanceof RealiseError && e.code === 'unsupported-file-type' ? /^file '(.*)' has an unsupported type/s.exec(e.shortMessage) : null;
-      if (m && m[1]!.startsWith(real)) throw new OutputRejected('output-rejected', `file '${shown}${m[1]!.slice(real.length)}' has an unsupported type`);
+      if (e instanceof UnsupportedFileTypeError && e.file.startsWith(real)) {
+        throw new OutputRejected('output-rejected', `file '${shown}${e.file.slice(real.length)}' has an unsupported type`);
+      }
       throw new OutputRejected('output-rejected', (e as Error).message);
     }
     const refs = await scan(real, candidates);

@@ -8,7 +8,7 @@
  */
 import { chmodSync, lchownSync, lstatSync, lutimesSync, promises as fsp, readdirSync } from 'node:fs';
 import * as path from 'node:path';
-import { StoreError } from './errors.js';
+import { StoreError, UnsupportedFileTypeError } from './errors.js';
 
 /** The mtime Nix gives everything in the store (seconds since the epoch). */
 export const STORE_MTIME = 1;
@@ -45,9 +45,7 @@ function canonicaliseNode(p: string, opts: CanonicaliseOptions): boolean {
   const isDir = st.isDirectory();
   const isLink = st.isSymbolicLink();
   if (!isDir && !isLink && !st.isFile()) {
-    throw new StoreError('unsupported-file-type', `file '${p}' has an unsupported type (only regular files, directories and symlinks may be in the store)`, {
-      hint: 'remove sockets, FIFOs and device nodes from the output',
-    });
+    throw new UnsupportedFileTypeError(p);
   }
   if (opts.fromUid !== undefined && st.uid !== opts.fromUid && st.uid !== myUid) {
     throw new StoreError('invalid-ownership', `invalid ownership on file '${p}': owned by uid ${st.uid}, expected ${opts.fromUid}`, {

@@ -52,6 +52,15 @@ export class StoreError extends RealiseError {
   }
 }
 
+/** A file that may not be in the store (a FIFO, socket or device): `file` is its path on disk. */
+export class UnsupportedFileTypeError extends StoreError {
+  constructor(readonly file: string) {
+    super('unsupported-file-type', `file '${file}' has an unsupported type (only regular files, directories and symlinks may be in the store)`, {
+      hint: 'remove sockets, FIFOs and device nodes from the output',
+    });
+  }
+}
+
 /** Exhaustiveness helper for disjoint unions. */
 export function unreachable(x: never): never {
   throw new Error(`unreachable: ${JSON.stringify(x)}`);

@@ -61,9 +61,15 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
 
   // Fixed-output builders get the `impureEnvVars` they name from the caller's environment.
   const IMPURE = { REALISE_TEST_IMPURE: 'from the caller' };
-  const engine = (o: BuildEngineOptions = {}) => new BuildEngine({
-    store, sandbox: true, sandboxPaths: SANDBOX_PATHS, cores: CORES, maxJobs: 2, buildDir: tmp, environment: IMPURE, ...o,
-  });
+  // Closed in afterAll: a sandboxing engine may be preparing its next chroot when a test ends.
+  const engines: BuildEngine[] = [];
+  const engine = (o: BuildEngineOptions = {}) => {
+    const e = new BuildEngine({
+      store, sandbox: true, sandboxPaths: SANDBOX_PATHS, cores: CORES, maxJobs: 2, buildDir: tmp, environment: IMPURE, ...o,
+    });
+    engines.push(e);
+    return e;
+  };
   const nixBuild = (args: string[]) => nixRealise(R1, [...args, ...nixSandboxArgs(), '--cores', String(CORES), '-j', '2'], { TMPDIR: tmp, ...IMPURE });
   const ourFailure = async (targets: (string | BuildTarget)[], o: BuildEngineOptions = {}, mode?: 'check'): Promise<BuildFailedError> => {
     const e = await engine(o).buildPaths(targets, mode ? { mode } : {}).then(() => undefined, (err: unknown) => err);
@@ -106,6 +112,7 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
   });
 
   afterAll(async () => {
+    for (const e of engines) await e.close();
     await store?.close();
     if (root) await removeTree(root);
   });

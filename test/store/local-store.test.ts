@@ -112,3 +112,20 @@ describe('LocalStore layout', () => {
     }
   });
 });
+
+describe('canonicalisePathMetaData', () => {
+  it('refuses a FIFO with a typed error naming the file on disk, and leaves the rest alone', async () => {
+    const { canonicalisePathMetaData } = await import('../../src/store/canonicalise.js');
+    const { UnsupportedFileTypeError } = await import('../../src/store/errors.js');
+    const { execFileSync } = await import('node:child_process');
+    const d = tmp();
+    const fifo = path.join(d, 'sub', 'pipe');
+    execFileSync('mkdir', ['-p', path.dirname(fifo)]);
+    execFileSync('mkfifo', [fifo]);
+    const e = await canonicalisePathMetaData(d).then(() => undefined, (x: unknown) => x);
+    expect(e).toBeInstanceOf(UnsupportedFileTypeError);
+    expect((e as InstanceType<typeof UnsupportedFileTypeError>).file).toBe(fifo);
+    expect((e as Error).message).toContain(`file '${fifo}' has an unsupported type`);
+    expect(statSync(fifo).isFIFO()).toBe(true);
+  });
+});
