@@ -73,6 +73,7 @@ export const OPTION_ALIASES: Readonly<Record<string, string>> = {
   'build-max-log-size': 'max-build-log-size', 'build-fallback': 'fallback', 'build-keep-log': 'keep-build-log',
   'binary-caches': 'substituters', 'extra-binary-caches': 'extra-substituters', 'binary-cache-public-keys': 'trusted-public-keys',
   'build-extra-platforms': 'extra-platforms', 'build-use-substitutes': 'substitute', repeat: 'build-repeat',
+  'build-compress-log': 'compress-build-log',
 };
 
 /** The settings of Nix 2.8 (`nix show-config`), its aliases, and this CLI's own additions. */

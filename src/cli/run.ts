@@ -493,6 +493,9 @@ async function run(argv: string[]): Promise<number> {
   if (!args.command) { process.stderr.write(USAGE); return 1; }
   if (!['build', 'ensure', 'repair', 'path-info', 'copy'].includes(args.command)) throw new UsageError(`unknown command '${args.command}'`);
   const store = await openStoreArg(args.store);
+  // Nix's compress-build-log (default true): .bz2 build logs, or plain ones.
+  const compressLog = args.options.get('compress-build-log');
+  if (compressLog !== undefined && store instanceof LocalStore) store.compressBuildLog = parseBool('compress-build-log', compressLog);
   try {
     switch (args.command) {
       case 'build': case 'ensure': return await build(args, store);

@@ -25,7 +25,7 @@ import { dumpPath, hashNar, narOfRegularFile, restorePath, streamOf } from './na
 import { BUSY_TIMEOUT_MS, NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA_STATEMENTS, WAL_AUTOCHECKPOINT } from './schema.js';
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from './store-api.js';
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
-import { decompressBzip2 } from './bzip2.js';
+import { compressBzip2Async, decompressBzip2 } from './bzip2.js';
 import { TempRoots } from './temp-roots.js';
 
 /** Where the store lives. Defaults follow Nix's LocalFSStore settings. */
@@ -42,6 +42,8 @@ export interface LocalStoreOptions {
   readonly realStoreDir?: string | undefined;
   /** Cancels waiting for the database's big lock. */
   readonly signal?: AbortSignal | undefined;
+  /** Write build logs bzip2-compressed (`<log>.bz2`), as Nix's `compress-build-log`. @default true */
+  readonly compressBuildLog?: boolean | undefined;
 }
 
 /**
@@ -317,6 +319,7 @@ export class LocalStore implements Store {
         await fsp.rename(tmp, schemaFile);
       }
       const store = new LocalStore(layout, db, releaseBigLock);
+      if (opts.compressBuildLog === false) store.compressBuildLog = false;
       await store.removeStaleTempDirs();
       return store;
     } catch (e) {
@@ -692,9 +695,17 @@ export class LocalStore implements Store {
     return path.join(this.layout.logDir, 'drvs', base.slice(0, 2), base.slice(2));
   }
 
-  /** Writes the log uncompressed (Nix 2.8's `nix log` and `nix-store --read-log` read both forms). */
+  /**
+   * Whether addBuildLog writes `<logPath>.bz2` (Nix's `compress-build-log`, on by default) or the plain
+   * file. Nix reads both; where both exist, the plain one is read.
+   */
+  compressBuildLog = true;
+
+  /** Writes the log where Nix 2.8 writes it: `drvs/XX/REST.bz2`, or uncompressed without compressBuildLog. */
   async addBuildLog(drvPath: StorePath, log: string | Uint8Array): Promise<void> {
-    const file = this.logPath(drvPath);
+    const plain = this.logPath(drvPath);
+    const file = this.compressBuildLog ? plain + '.bz2' : plain;
+    if (this.compressBuildLog) log = await compressBzip2Async(typeof log === 'string' ? Buffer.from(log) : log);
     const dir = path.dirname(file);
     // Each file-system call is a thread-pool round trip (and a directory creation a journal write): the
     // 256 two-character log directories are created once per store object, not once per build.

@@ -8,6 +8,7 @@ import * as zlib from 'node:zlib';
 import { CompressStream } from 'zstd-napi';
 import { createRequire } from 'node:module';
 import { ThreadTasks } from '../store/thread-tasks.js';
+import { Bzip2Encoder } from '../store/bzip2.js';
 import type * as ZstdBinding from 'zstd-napi/binding.js';
 
 /** zstd-napi's native binding (CommonJS whose exports Node's ESM loader cannot name statically). */
@@ -345,11 +346,21 @@ export function decompressStream(compression: string, source: AsyncIterable<Uint
   }
 }
 
-/** Compress a stream (used to write binary caches). bzip2 is not supported for writing. */
+/** Compress a stream (used to write binary caches). */
 export function compressStream(compression: Compression, source: AsyncIterable<Uint8Array>, opts: { level?: number } = {}): AsyncIterable<Uint8Array> {
   switch (compression) {
     case 'none': return source;
-    case 'bzip2': throw new DecompressionError("writing bzip2-compressed caches is not supported; use 'xz' or 'zstd'");
+    case 'bzip2': return bzip2Stream(source, opts.level);
     default: return throughTransform(source, encoder(compression, opts.level), `${compression} compression`);
   }
+}
+
+/** bzip2 with our own encoder (store/bzip2.ts), block by block as the input comes. */
+async function* bzip2Stream(source: AsyncIterable<Uint8Array>, level = 9): AsyncIterable<Uint8Array> {
+  const e = new Bzip2Encoder(Math.min(Math.max(level, 1), 9));
+  for await (const chunk of source) {
+    const out = e.write(chunk);
+    if (out.length > 0) yield out;
+  }
+  yield e.end();
 }

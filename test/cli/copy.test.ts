@@ -57,6 +57,25 @@ describe.skipIf(!nixOk())('realise copy vs nix copy, settings in the URL', () =>
     });
   }
 
+  it('compression=bzip2: the same narinfos but for the compressed file (our encoder, not libbz2), and Nix substitutes from it', async () => {
+    const settings = `?compression=bzip2&secret-key=${keyFile}`;
+    const [N, O] = [path.join(dir, 'N-bzip2'), path.join(dir, 'O-bzip2')];
+    const n = runNix('nix', ['copy', '--store', path.join(dir, 'S'), '--to', `file://${N}${settings}`, out]);
+    expect(n.status, n.stderr).toBe(0);
+    const o = await realise(['copy', '--store', path.join(dir, 'S'), '--to', `file://${O}${settings}`, out]);
+    expect(o.status, o.stderr).toBe(0);
+    const withoutFile = (m: Record<string, string>) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, v.split('\n').filter((l) => !/^(URL|FileHash|FileSize): /.test(l)).join('\n')]));
+    expect(Object.values(narinfos(O)).join('\n')).toContain('Compression: bzip2');
+    const nars = readdirSync(path.join(O, 'nar'));
+    expect(nars.length).toBe(2);
+    for (const f of nars) expect(readFileSync(path.join(O, 'nar', f)).subarray(0, 3).toString()).toBe('BZh');
+    expect(nars.every((f) => f.endsWith('.nar.bz2'))).toBe(true);
+    expect(withoutFile(narinfos(O))).toEqual(withoutFile(narinfos(N)));
+    const r = runNix('nix-store', ['--store', path.join(dir, 'R-bzip2'), '--realise', out, '--option', 'substituters', `file://${O}`, '--option', 'trusted-public-keys', publicKey]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain('copying path');
+  });
+
   it('a bad setting value is refused before anything is written', async () => {
     const o = await realise(['copy', '--store', path.join(dir, 'S'), '--to', `file://${path.join(dir, 'bad')}?compression=lz4`, out]);
     expect(o.status).toBe(1);

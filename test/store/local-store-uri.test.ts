@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { parseStoreUri, openStore } from '../../src/store/store-uri.js';
@@ -74,9 +74,27 @@ describe('build logs in both forms Nix 2.8 reads', () => {
     mkdirSync(path.dirname(file), { recursive: true });
     writeFileSync(file + '.bz2', execFileSync('bzip2', ['-c'], { input: text }));
     expect(await s.readBuildLog(drv)).toBe(text);
+    s.compressBuildLog = false;
     await s.addBuildLog(drv, 'plain wins\n');
     expect(await s.readBuildLog(drv)).toBe('plain wins\n');
     await s.close();
+  });
+
+  it('writes .bz2 logs by default (compress-build-log), which bzip2 reads; plain ones with compressBuildLog false', async () => {
+    const root = tmp();
+    const s = await LocalStore.open({ root });
+    const drv = '/nix/store/6p8g830rclys4xvhfdamj69ymz9avfin-hello.drv';
+    const text = Array.from({ length: 30000 }, (_, i) => `build line ${i} \x1b[1mbold\x1b[0m ${'x'.repeat(i % 300)}\n`).join('');
+    await s.addBuildLog(drv, text);
+    const file = s.logPath(drv);
+    expect(existsSync(file)).toBe(false);
+    expect(execFileSync('bzip2', ['-dc', file + '.bz2'], { maxBuffer: 1 << 28 }).toString()).toBe(text);
+    expect(await s.readBuildLog(drv)).toBe(text);
+    await s.close();
+    const p = await LocalStore.open({ root, compressBuildLog: false });
+    await p.addBuildLog(drv, 'plain\n');
+    expect(readFileSync(file, 'utf8')).toBe('plain\n');
+    await p.close();
   });
 
   it('the bzip2 decoder matches bzip2(1) on varied data and rejects corruption', () => {
