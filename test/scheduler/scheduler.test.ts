@@ -144,7 +144,9 @@ describe('a builder that cannot be executed', () => {
     const [r] = await engineWith(false).buildPathsWithResults([d]);
     expect(r!.result.status).toBe('permanent-failure');
     expect(r!.result.errorMsg).toContain(`builder for '${d}' failed with exit code 1;`);
-    expect(r!.result.errorMsg).toMatch(/> error: (executing|could not start) '\/nonexistent\/realise-builder'/);
+    // Nix's child writes "\1", a newline and the serialised error (with Nix's colours) into the log.
+    expect(r!.result.errorMsg).toContain('\n> \x01\n> \x05\0\0\0\0\0\0\0Error');
+    expect(r!.result.errorMsg).toContain("executing '\x1b[35;1m/nonexistent/realise-builder\x1b[0m': \x1b[35;1mNo such file or directory\x1b[0m");
   });
 });
 
