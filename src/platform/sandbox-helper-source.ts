@@ -421,7 +421,7 @@ static char **requestCommand(char **strs) {
    - A plain build ("--plain CWD FILE ARGV0 ARGS...", no sandbox) is started by us straight into the
      builder: new session, cwd, stdin /dev/null, stdout and stderr on its own connection to SOCKET,
      exactly the environment given. We report "error" if the exec failed, and "exit"/"signal" when we
-     reap it, after killing what it left in its process group.
+     reap it; what it left in its process group is killed by Node once its output ends.
    We exit when stdin closes or our parent dies. */
 struct plain { pid_t pid; char *id; };
 static struct plain *plains;
@@ -444,7 +444,8 @@ static void reapAll(void) {
   while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
     for (size_t k = 0; k < nplains; k++) {
       if (plains[k].pid != pid) continue;
-      kill(-pid, SIGKILL); /* stragglers of the builder's process group, as Nix kills the build user's processes */
+      /* Its process group is killed by Node at the end of the build's output (as Nix does): a background
+         process still writing to it is logged until it closes it. */
       buildId = plains[k].id;
       if (WIFEXITED(st)) status("exit %d\n", WEXITSTATUS(st));
       else status("signal %d\n", WTERMSIG(st));

@@ -14,6 +14,8 @@ import { signalName } from './signals.js';
 const DRAIN_GRACE_MS = 2000;
 
 interface Pending {
+  /** An unsandboxed builder (`--plain`): its process group outlives it until its output ends. */
+  readonly plain: boolean;
   readonly onOutput: ((chunk: Buffer) => void) | undefined;
   readonly onSetUp: (() => void) | undefined;
   pid?: number;
@@ -148,8 +150,10 @@ export class SandboxServer {
       p.eof = true;
       // As Nix: the end of a builder's output is the end of its build. A builder still running (it closed
       // its stdout and stderr) is killed with its process group; one that has exited waits, a zombie, for
-      // the server to report its status, and the signal leaves it be.
-      if (p.status === undefined) this.#kill(p);
+      // the server to report its status, and the signal leaves it be. An unsandboxed builder's group is
+      // killed now whatever its state: what it left running has closed the output too (Nix waits for the
+      // output to end, then kills the group; a sandboxed build's processes end with its PID namespace).
+      if (p.status === undefined || p.plain) this.#kill(p);
       this.#maybeDone(p);
     };
     sock.on('end', done);
@@ -217,7 +221,7 @@ export class SandboxServer {
     return await new Promise<SandboxExit>((resolve) => {
       const onAbort = () => { p.aborted = true; this.#kill(p); this.#maybeDone(p); };
       const p: Pending = {
-        onOutput: req.onOutput, onSetUp: req.onSetUp, aborted: false, eof: false, connected: false,
+        plain: req.args[0] === '--plain', onOutput: req.onOutput, onSetUp: req.onSetUp, aborted: false, eof: false, connected: false,
         resolve: (exit) => {
           if (!this.#pending.delete(id)) return;
           if (this.#pending.size === 0) this.#setRef(false);

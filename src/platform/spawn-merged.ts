@@ -71,13 +71,11 @@ function killGroup(pid: number | undefined): void {
   try { process.kill(-pid, 'SIGKILL'); } catch { /* already gone */ }
 }
 
-/** How long to keep reading after the process exited before giving up on descendants holding the log. */
-const DRAIN_GRACE_MS = 2000;
-
 /**
- * Run the process to completion. Abort kills the whole process group with SIGKILL and resolves
- * `{ kind: 'aborted' }`; a failure to start resolves `spawn-failed`. After the process exits its
- * process group is killed too (stragglers), as Nix does.
+ * Run the process to completion: until it has exited and its output has ended, as Nix waits for a
+ * builder's log to end (a background process that keeps the output open is waited for, and logged).
+ * Then its process group is killed (stragglers), as Nix does. Abort kills the whole process group with
+ * SIGKILL and resolves `{ kind: 'aborted' }`; a failure to start resolves `spawn-failed`.
  */
 export async function spawnMerged(opts: SpawnMergedOptions): Promise<SandboxExit> {
   if (opts.signal?.aborted) return { kind: 'aborted' };
@@ -107,12 +105,10 @@ export async function spawnMerged(opts: SpawnMergedOptions): Promise<SandboxExit
     let aborted = false;
     let exit: SandboxExit | undefined;
     let eof = false;
-    let graceTimer: NodeJS.Timeout | undefined;
 
     const finish = (r: SandboxExit): void => {
       if (settled) return;
       settled = true;
-      if (graceTimer) clearTimeout(graceTimer);
       opts.signal?.removeEventListener('abort', onAbort);
       ours.destroy();
       resolve(r);
@@ -127,11 +123,12 @@ export async function spawnMerged(opts: SpawnMergedOptions): Promise<SandboxExit
     };
 
     // As Nix: the end of the output is the end of the build. A process still running then (it closed its
-    // stdout and stderr) is killed with its group, and its status says so.
+    // stdout and stderr) is killed with its group, and its status says so; what the process left running
+    // in its group is killed too.
     const onEof = (): void => {
       if (eof) return;
       eof = true;
-      if (!exit && !settled) killGroup(child.pid);
+      if (!settled) killGroup(child.pid);
       maybeDone();
     };
     ours.on('data', (chunk: Buffer) => { if (!aborted) opts.onOutput?.(chunk); });
@@ -147,9 +144,7 @@ export async function spawnMerged(opts: SpawnMergedOptions): Promise<SandboxExit
       }
     });
     child.once('exit', (code, sig) => {
-      killGroup(child.pid);
       exit = sig !== null ? { kind: 'signalled', signal: sig } : { kind: 'exited', code: code ?? -1 };
-      if (!eof && !aborted) graceTimer = setTimeout(() => { eof = true; maybeDone(); }, DRAIN_GRACE_MS);
       maybeDone();
     });
     if (child.pid !== undefined) opts.onSpawn?.(child);

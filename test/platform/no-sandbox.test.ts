@@ -93,6 +93,19 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
     expect(existsSync(marker)).toBe(false);
   });
 
+  it('a background process that keeps the output open is waited for and logged; its group is killed when the output ends (as Nix)', async () => {
+    const dir = tempDir();
+    const marker = path.join(dir, 'marker');
+    const script = `(sleep 0.6; echo late; exec >/dev/null 2>&1; sleep 0.5; echo survived > ${marker}) & echo early; exit 0`;
+    const t0 = Date.now();
+    const { exit, out } = await collect(request(dir, '/bin/sh', ['-c', script]));
+    expect(exit).toEqual({ kind: 'exited', code: 0 });
+    expect(out).toBe('early\nlate\n');
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
+    await new Promise((r) => setTimeout(r, 900));
+    expect(existsSync(marker)).toBe(false);
+  });
+
   it('already-aborted signal does not start the builder', async () => {
     const dir = tempDir();
     const marker = path.join(dir, 'm');
