@@ -227,7 +227,6 @@ export class Worker {
     const entry: DrvGoalEntry = { drvPath, mode, wanted, done: false };
     this.ctx.emit('goal-created', { kind: 'derivation', path: drvPath, ...(wanted ? { outputs: [...wanted] } : {}) });
     this.drvGoals.set(drvPath, entry);
-    this.ctx.emit('goal-started', { kind: 'derivation', path: drvPath });
     const activity = slotGate(this.ctx.buildQueue).goal();
     if (activity) this.activities.set(drvPath, activity);
     if (this.starting < MAX_STARTING_GOALS) this.start(entry);
@@ -243,6 +242,11 @@ export class Worker {
   private start(e: DrvGoalEntry): void {
     this.starting++;
     e.starting = true;
+    try {
+      this.ctx.emit('goal-started', { kind: 'derivation', path: e.drvPath });
+    } catch (x) {
+      this.escaped ??= x;
+    }
     this.attempt(e);
   }
 
@@ -290,6 +294,10 @@ export class Worker {
     }, (x: unknown) => {
       this.startedFully(e);
       this.finish(e, this.failureOf(x, e.drvPath));
+    }).catch((x: unknown) => {
+      // A bug in the worker's own bookkeeping: fail the goal rather than leave it (and its waiters) hanging.
+      this.escaped ??= x;
+      if (!e.done) this.finish(e, this.failureOf(x, e.drvPath));
     });
   }
 

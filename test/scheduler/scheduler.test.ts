@@ -150,6 +150,19 @@ describe('a builder that cannot be executed', () => {
   });
 });
 
+describe('event listeners', () => {
+  it('a listener that throws ends the call with its error once the goals are done (nothing is left hanging)', async () => {
+    const a = await mkDrv('listener-a', [], { script: 'echo > $out' });
+    const b = await mkDrv('listener-b', [a], { script: 'echo > $out' });
+    const e = engineWith(false);
+    let finished = 0;
+    e.on('goal-finished', () => { finished++; if (finished === 1) throw new Error('listener boom'); });
+    await expect(e.buildPaths([b])).rejects.toThrow('listener boom');
+    expect(finished).toBe(2);
+    expect(await store.isValidPath(await outPath(b))).toBe(true);
+  });
+});
+
 describe('a builder killed by a signal', () => {
   it('fails as in Nix: "failed due to signal N (strsignal\'s words)"', async () => {
     const segv = await mkDrv('segv', [], { script: 'kill -SEGV $$' });
