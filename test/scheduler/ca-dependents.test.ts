@@ -74,6 +74,7 @@ describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations
       for (const attr of ['a', 'b', 'c', 'd']) {
         expect((await store.queryDerivationOutputs(drvs[attr]!)).get('out'), attr).toBe(nixOut[attr]);
       }
+      await engine.close(); // no chroot is being prepared when the store goes
     } finally {
       await store.close();
     }
@@ -103,6 +104,7 @@ describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations
       const again = await engine.buildPaths([drvs.c!, drvs.d!, drvs.b!]);
       expect(again.map((x) => x.result.status)).toEqual(['already-valid', 'already-valid', 'already-valid']);
       expect(again.map((x) => x.result.builtOutputs.out)).toEqual([nixOut.c, nixOut.d, nixOut.b]);
+      await engine.close();
     } finally {
       await store2.close();
     }
@@ -120,6 +122,7 @@ describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations
       expect(r2!.result.builtOutputs).toEqual({ out: nixOut.b });
       expect(built).toBe(1); // a2 only
       expect((await store3.queryDerivationOutputs(drvs.b2!)).get('out')).toBe(nixOut.b);
+      await engine.close();
     } finally {
       await store3.close();
     }
