@@ -60,8 +60,29 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     this.storePromise = options.store ? Promise.resolve(options.store) : LocalStore.openDefault();
     this.buildQueue = new PQueue({ concurrency: Math.max(1, this.options.maxJobs) });
     this.substQueue = new PQueue({ concurrency: this.options.maxSubstitutionJobs });
-    this.progressTracker = new ProgressTracker((p) => this.emit('progress', p));
+    this.progressTracker = new ProgressTracker((p) => this.emitSafely('progress', p));
   }
+
+  /**
+   * A throw out of one of our listeners while a call runs. Events are emitted from deep inside the work
+   * (socket and timer callbacks too), where a throw would crash the process or strand a goal: it is kept
+   * here, the work goes on, and the call rejects with it once its goals are done.
+   */
+  private listenerError: { error: unknown } | undefined;
+
+  private takeListenerError(): { error: unknown } | undefined {
+    const l = this.listenerError;
+    this.listenerError = undefined;
+    return l;
+  }
+
+  private emitSafely: EngineContext['emit'] = (event, ...args) => {
+    try {
+      (this.emit as (e: string, ...a: unknown[]) => boolean)(event, ...args);
+    } catch (error) {
+      this.listenerError ??= { error };
+    }
+  };
 
   /** The store this engine builds into (opens the embedded default store on first use). */
   store(): Promise<Store> {
@@ -83,7 +104,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       this.linuxChoice = await this.linuxSandbox;
     }
     const subs = sortByPriority(await this.initSubstituters());
-    const emit = this.emit.bind(this) as EngineContext['emit'];
+    const emit = this.emitSafely;
     return {
       store,
       options: this.options,
@@ -119,7 +140,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
           ok.push(s);
         } catch (e) {
           // As Nix, which leaves out a substituter it cannot open and logs why, in the error's own words.
-          this.emit('warning', { message: shortMessageOf(e) });
+          this.emitSafely('warning', { message: shortMessageOf(e) });
         }
       }
       return ok;
@@ -184,7 +205,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     }
     if (!this.warnedNoSandbox) {
       this.warnedNoSandbox = true;
-      this.emit('warning', { message: `the sandbox is not available (${why}); building without it` });
+      this.emitSafely('warning', { message: `the sandbox is not available (${why}); building without it` });
     }
     return this.noSandbox;
   }
@@ -239,11 +260,13 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       return this.pathTarget(w, t, mode);
     }));
     if (w.stoppedBy) await w.settle();
-    if (w.escaped !== undefined) throw w.escaped;
     // Sandboxed builds' chroots are deleted in the background; when the call returns they are gone, as
     // Nix leaves no `<drv>.chroot` behind.
     if (this.linuxChoice?.sandbox) await flushRemovals();
+    const listener = this.takeListenerError();
     if (w.fatal) throw w.fatal;
+    if (w.escaped !== undefined) throw w.escaped;
+    if (listener) throw listener.error;
     return { results, worker: w };
   }
 
@@ -283,6 +306,8 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const ctx = await this.context();
     const w = new Worker(ctx, 'repair', opts.signal);
     const o = await w.substitutionGoal(path, true);
+    const listener = this.takeListenerError();
+    if (listener) throw listener.error;
     if (o.kind === 'substituted' || o.kind === 'valid') return;
     const info = await ctx.store.queryPathInfo(path);
     if (info?.deriver && (await ctx.store.isValidPath(info.deriver))) {

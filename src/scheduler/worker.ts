@@ -242,11 +242,7 @@ export class Worker {
   private start(e: DrvGoalEntry): void {
     this.starting++;
     e.starting = true;
-    try {
-      this.ctx.emit('goal-started', { kind: 'derivation', path: e.drvPath });
-    } catch (x) {
-      this.escaped ??= x;
-    }
+    this.ctx.emit('goal-started', { kind: 'derivation', path: e.drvPath });
     this.attempt(e);
   }
 
@@ -338,7 +334,7 @@ export class Worker {
     return this.activities.get(drvPath);
   }
 
-  /** A throw out of an event listener, rethrown by the call once its goals are done. */
+  /** A bug in the worker's own bookkeeping, rethrown by the call once its goals are done. */
   escaped: unknown;
 
   private finish(e: DrvGoalEntry, result: BuildResult): void {
@@ -358,11 +354,7 @@ export class Worker {
       else this.failures.push({ path: drvPath, result });
       this.noteFailure();
     }
-    try {
-      this.ctx.emit('goal-finished', { kind: 'derivation', path: drvPath, result });
-    } catch (x) {
-      this.escaped ??= x;
-    }
+    this.ctx.emit('goal-finished', { kind: 'derivation', path: drvPath, result });
     e.resolve?.(result);
     e.resolve = undefined;
     if (waiters) for (const iw of waiters) iw.inputDone(isSuccess(result.status));

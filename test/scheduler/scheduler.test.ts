@@ -161,6 +161,19 @@ describe('event listeners', () => {
     expect(finished).toBe(2);
     expect(await store.isValidPath(await outPath(b))).toBe(true);
   });
+
+  it('so do build-log and progress listeners (fired from the builder output\'s socket and from counters): the process goes on', async () => {
+    for (const event of ['build-log', 'progress'] as const) {
+      const d = await mkDrv(`listener-${event}`, [], { script: 'echo hello; echo > $out' });
+      const e = engineWith(false);
+      e.on(event, () => { throw new Error(`${event} boom`); });
+      await expect(e.buildPaths([d])).rejects.toThrow(`${event} boom`);
+      expect(await store.isValidPath(await outPath(d))).toBe(true);
+      // Nothing is left over for the next call.
+      e.removeAllListeners();
+      expect((await e.buildPaths([d]))[0]!.result.status).toBe('already-valid');
+    }
+  });
 });
 
 describe('a builder killed by a signal', () => {
