@@ -104,14 +104,13 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       this.linuxChoice = await this.linuxSandbox;
     }
     const subs = sortByPriority(await this.initSubstituters());
-    const emit = this.emitSafely;
     return {
       store,
       options: this.options,
       substituters: subs,
       progress: this.progressTracker,
       buildQueue: this.buildQueue,
-      emit: (event, ...args) => { emit(event, ...args); },
+      emit: this.emitSafely,
       substitutionSlot: (fn) => this.substQueue.add(fn) as Promise<Awaited<ReturnType<typeof fn>>>,
       queryPathInfosCached: (sub, paths, signal) => this.queryInfos(sub, paths, signal),
       fetchPath: async (sub, info, signal, repair) => {

@@ -113,9 +113,7 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
   // Remote builders first (the build hook), unless the derivation prefers local builds or we repair/check.
   if (options.builders.length > 0 && plan.mode === 'normal' && !plan.preferLocal) {
     const { tryRemoteBuild } = await import('./remote-build.js');
-    const activity = w.activity(drvPath);
-    const remote = tryRemoteBuild(w, view, plan.inputPaths);
-    const r = await (activity ? activity.blocked(remote) : remote);
+    const r = await w.blocked(drvPath, tryRemoteBuild(w, view, plan.inputPaths));
     if (r) return r;
   }
 

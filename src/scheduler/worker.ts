@@ -31,8 +31,7 @@ export interface DrvGoalEntry {
   readonly mode: BuildMode;
   /** Wanted outputs; undefined = all. */
   wanted: Set<string> | undefined;
-  done: boolean;
-  /** Set when done. */
+  /** Set when the goal is done. */
   result?: BuildResult;
   /** Holds one of the call's turns to start (see MAX_STARTING_GOALS). */
   starting?: boolean;
@@ -197,11 +196,11 @@ export class Worker {
    */
   async settle(): Promise<void> {
     for (;;) {
-      const pending: Promise<unknown>[] = [...this.drvGoals.values()].filter((e) => !e.done).map((e) => this.promiseOf(e));
+      const pending: Promise<unknown>[] = [...this.drvGoals.values()].filter((e) => !e.result).map((e) => this.promiseOf(e));
       pending.push(...this.substGoals.values());
       const before = this.drvGoals.size + this.substGoals.size;
       await Promise.allSettled(pending);
-      if (this.drvGoals.size + this.substGoals.size === before && [...this.drvGoals.values()].every((e) => e.done)) return;
+      if (this.drvGoals.size + this.substGoals.size === before && [...this.drvGoals.values()].every((e) => e.result)) return;
     }
   }
 
@@ -217,14 +216,14 @@ export class Worker {
     if (want && (want.has('*') || want.size === 0)) return this.goalEntry(drvPath, undefined, mode);
     const existing = this.drvGoals.get(drvPath);
     if (existing && covers(existing.wanted, want)) return existing;
-    if (existing && !existing.done) {
+    if (existing && !existing.result) {
       // Widen the running goal: it re-checks its wanted outputs before finishing (Nix's addWantedOutputs).
       existing.wanted = want === undefined || existing.wanted === undefined ? undefined : new Set([...existing.wanted, ...want]);
       return existing;
     }
     // A finished goal asked for more outputs: a new goal for all of them.
     const wanted = existing ? (want === undefined || existing.wanted === undefined ? undefined : new Set([...existing.wanted, ...want])) : want;
-    const entry: DrvGoalEntry = { drvPath, mode, wanted, done: false };
+    const entry: DrvGoalEntry = { drvPath, mode, wanted };
     this.ctx.emit('goal-created', { kind: 'derivation', path: drvPath, ...(wanted ? { outputs: [...wanted] } : {}) });
     this.drvGoals.set(drvPath, entry);
     const activity = slotGate(this.ctx.buildQueue).goal();
@@ -270,7 +269,7 @@ export class Worker {
 
   /** A goal's result as a promise (made on demand: goals that only other goals wait for need none). */
   promiseOf(e: DrvGoalEntry): Promise<BuildResult> {
-    e.promise ??= e.done ? Promise.resolve(e.result!) : new Promise<BuildResult>((resolve) => { e.resolve = resolve; });
+    e.promise ??= e.result ? Promise.resolve(e.result) : new Promise<BuildResult>((resolve) => { e.resolve = resolve; });
     return e.promise;
   }
 
@@ -293,21 +292,22 @@ export class Worker {
     }).catch((x: unknown) => {
       // A bug in the worker's own bookkeeping: fail the goal rather than leave it (and its waiters) hanging.
       this.escaped ??= x;
-      if (!e.done) this.finish(e, this.failureOf(x, e.drvPath));
+      if (!e.result) this.finish(e, this.failureOf(x, e.drvPath));
     });
   }
 
   /** Park goal `e` until its input goals and input-source substitutions are done. */
   private waitForInputs(e: DrvGoalEntry, wanted: Set<string> | undefined, waiting: WaitingForInputs): void {
-    const iw = new InputWait(this, e, wanted, waiting, waiting.deps.length + waiting.others.length);
-    if (waiting.deps.length + waiting.others.length === 0) {
+    const inputs = waiting.deps.length + waiting.others.length;
+    const iw = new InputWait(this, e, wanted, waiting, inputs);
+    if (inputs === 0) {
       this.inputsDone(iw);
       return;
     }
     // Waiting for other goals, it is not preparing (the order of build slots depends on it).
     this.activities.get(e.drvPath)?.pause();
     for (const d of waiting.deps) {
-      if (d.done) iw.inputDone(isSuccess(d.result!.status));
+      if (d.result) iw.inputDone(isSuccess(d.result.status));
       else (d.waiters ??= []).push(iw);
     }
     for (const p of waiting.others) void p.then((ok) => iw.inputDone(ok));
@@ -344,7 +344,6 @@ export class Worker {
       activity.done();
       this.activities.delete(drvPath);
     }
-    e.done = true;
     e.result = result;
     const waiters = e.waiters;
     e.waiters = undefined;
