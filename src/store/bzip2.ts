@@ -21,6 +21,11 @@ const CRC_TABLE = (() => {
   return t;
 })();
 
+/** One byte into bzip2's CRC (CRC-32, most significant bit first). */
+function crcByte(crc: number, b: number): number {
+  return ((crc << 8) ^ CRC_TABLE[((crc >>> 24) ^ b) & 0xff]!) >>> 0;
+}
+
 class BitReader {
   private pos = 0;
   private buf = 0;
@@ -69,7 +74,7 @@ export function decompressBzip2(input: Uint8Array): Uint8Array {
       const blockCrc = r.u32();
       const block = decodeBlock(r, blockMax);
       let crc = 0xffffffff;
-      for (let i = 0; i < block.length; i++) crc = ((crc << 8) ^ CRC_TABLE[((crc >>> 24) ^ block[i]!) & 0xff]!) >>> 0;
+      for (let i = 0; i < block.length; i++) crc = crcByte(crc, block[i]!);
       crc = ~crc >>> 0;
       if (crc !== blockCrc) throw new Bzip2Error('block CRC mismatch');
       streamCrc = (((streamCrc << 1) | (streamCrc >>> 31)) ^ crc) >>> 0;
@@ -500,7 +505,7 @@ export class Bzip2Encoder {
   private putRun(b: number, run: number): void {
     if (this.len + Math.min(run, 5) > this.blockMax) this.endBlock();
     let crc = this.crc;
-    for (let k = 0; k < run; k++) crc = ((crc << 8) ^ CRC_TABLE[((crc >>> 24) ^ b) & 0xff]!) >>> 0;
+    for (let k = 0; k < run; k++) crc = crcByte(crc, b);
     this.crc = crc;
     const block = this.block;
     if (run < 4) for (let k = 0; k < run; k++) block[this.len++] = b;
