@@ -55,15 +55,76 @@ export interface BuildEngineEvents {
   warning: (e: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' }) => void;
 }
 
+type Counters = { expected: number; done: number; running: number; failed: number };
+
+/** Which counters a unit of work is counted in. */
+export type CountedKind = 'builds' | 'substitutions';
+
+/**
+ * One unit of work counted as expected (as Nix's expectedBuilds), until it is withdrawn: the work turned
+ * out not to be needed here. Withdrawing twice changes nothing.
+ */
+export class ExpectedCount {
+  private withdrawn = false;
+  constructor(private readonly tracker: ProgressTracker, private readonly counters: Counters) {
+    counters.expected++;
+    tracker.changed();
+  }
+
+  withdraw(): void {
+    if (this.withdrawn) return;
+    this.withdrawn = true;
+    this.counters.expected--;
+    this.tracker.changed();
+  }
+}
+
+/**
+ * One unit of work counted as running (Nix's MaintainCount): it ends exactly once, as done or failed,
+ * or is dropped (counted as neither). The owner ends it in a `finally`, so no path can leave it running;
+ * ending an ended count changes nothing.
+ */
+export class RunningCount {
+  private ended = false;
+  constructor(private readonly tracker: ProgressTracker, private readonly counters: Counters) {
+    counters.running++;
+    tracker.changed();
+  }
+
+  get isRunning(): boolean {
+    return !this.ended;
+  }
+
+  /** No longer running; counted as done (`ok`) or failed, or, with `'dropped'`, as neither. */
+  end(outcome: boolean | 'dropped'): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.counters.running--;
+    if (outcome === true) this.counters.done++;
+    else if (outcome === false) this.counters.failed++;
+    this.tracker.changed();
+  }
+}
+
 /** Mutable progress counters owned by one engine; emits snapshots. */
 export class ProgressTracker {
-  builds = { expected: 0, done: 0, running: 0, failed: 0 };
-  substitutions = { expected: 0, done: 0, running: 0, failed: 0 };
-  download = { expected: 0, done: 0 };
-  nar = { expected: 0, done: 0 };
+  readonly builds: Counters = { expected: 0, done: 0, running: 0, failed: 0 };
+  readonly substitutions: Counters = { expected: 0, done: 0, running: 0, failed: 0 };
+  readonly download = { expected: 0, done: 0 };
+  readonly nar = { expected: 0, done: 0 };
   private scheduled = false;
 
   constructor(private readonly emit: (p: Progress) => void) {}
+
+  /** Count one unit of work as expected; the handle withdraws it. */
+  expect(kind: CountedKind): ExpectedCount {
+    return new ExpectedCount(this, this[kind]);
+  }
+
+  /** Count one unit of work as running; the handle ends it (once) as done or failed. */
+  running(kind: CountedKind): RunningCount {
+    return new RunningCount(this, this[kind]);
+  }
 
   snapshot(): Progress {
     return {

@@ -11,7 +11,7 @@ import { RealiseError } from '../store/errors.js';
 import { Hash } from '../store/hash.js';
 import type { PathLocks } from '../store/store-api.js';
 import { makeStorePath, outputPathName, storePathBase, storePathHashPart, storePathName, hashPlaceholder, toStorePath, type StorePath } from '../store/store-path.js';
-import type { SandboxExit } from '../platform/sandbox.js';
+import type { Sandbox, SandboxExit } from '../platform/sandbox.js';
 import { runPostBuildHook } from '../platform/post-build-hook.js';
 import { checkImpureHostDeps, parseSandboxPaths, type SandboxPath } from '../platform/sandbox-config.js';
 import { canBuildHere, getStringsAttr, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
@@ -24,6 +24,8 @@ import { slotGate } from './slot-gate.js';
 import { registerOutputs, OutputRejected, type RoundOutputs } from './register-outputs.js';
 import { failure, success, type BuildResult, type BuildStatus } from './results.js';
 import type { BuildMode, Worker } from './worker.js';
+import type { RunningCount } from './events.js';
+import type { ResolvedOptions } from './options.js';
 import { GoalStopped } from './worker.js';
 
 export interface LocalBuildPlan {
@@ -107,16 +109,20 @@ function canBuildLocally(w: Worker, view: DrvView): boolean {
 }
 
 export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPlan): Promise<BuildResult> {
-  const { store, options } = w.ctx;
-  const drvPath = view.drvPath;
-
   // Remote builders first (the build hook), unless the derivation prefers local builds or we repair/check.
-  if (options.builders.length > 0 && plan.mode === 'normal' && !plan.preferLocal) {
+  if (w.ctx.options.builders.length > 0 && plan.mode === 'normal' && !plan.preferLocal) {
+    // Imported on first use: a call without builders never loads the remote protocols.
     const { tryRemoteBuild } = await import('./remote-build.js');
-    const r = await w.blocked(drvPath, tryRemoteBuild(w, view, plan.inputPaths));
+    const r = await w.blocked(view.drvPath, tryRemoteBuild(w, view, plan.inputPaths));
     if (r) return r;
   }
+  refuseUnbuildable(w, view, plan);
+  return buildInRounds(w, view, plan);
+}
 
+/** Nix throws these out of the build (the whole call ends): no slot will ever build it here. */
+function refuseUnbuildable(w: Worker, view: DrvView, plan: LocalBuildPlan): void {
+  const { options } = w.ctx;
   if (options.maxJobs === 0 && !plan.preferLocal) {
     throw new BuildSetupError(
       options.builders.length === 0
@@ -127,34 +133,39 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
   }
   if (!canBuildLocally(w, view)) {
     throw new BuildSetupError(
-      `a '${view.platform}' with features {${requiredSystemFeatures(view).join(', ')}} is required to build '${drvPath}', but I am a '${options.system}' with features {${[...options.systemFeatures].sort().join(', ')}}`,
+      `a '${view.platform}' with features {${requiredSystemFeatures(view).join(', ')}} is required to build '${view.drvPath}', but I am a '${options.system}' with features {${[...options.systemFeatures].sort().join(', ')}}`,
       { hint: 'configure a remote builder for that platform, or add the features to systemFeatures' },
     );
   }
+}
 
-  w.ctx.progress.builds.expected++;
-  w.ctx.progress.changed();
+/**
+ * The rounds of a local build (buildRepeat + 1; one unless asked), each holding the output locks: lock,
+ * re-check (someone may have built the outputs meanwhile), delete stale outputs, run the round in a slot.
+ */
+async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Promise<BuildResult> {
+  const { store } = w.ctx;
+  const drvPath = view.drvPath;
+  const expected = w.ctx.progress.expect('builds');
   const lockTargets = [...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p);
   let previous: RoundOutputs | undefined;
   let timesBuilt = 0;
   let startTime = 0;
   let isNonDeterministic = false;
 
-  for (let round = 1; round <= plan.rounds; round++) {
+  for (let round = 1; ; round++) {
     // Lock the outputs (waiting holds no build slot), then re-check: someone may have built them.
     const locks: PathLocks = await store.lockPaths(lockTargets, {
       signal: w.signal,
       onWait: () => w.ctx.emit('build-waiting', { drvPath, lockedPaths: lockTargets.map((p) => store.toRealPath(p)) }),
     });
-    let keepLocks = false;
     try {
       const valid = await store.queryValidPaths(lockTargets);
       if (plan.mode === 'normal' && round === 1 && lockTargets.length === view.outputs.size && lockTargets.every((p) => valid.has(p))) {
         const outs: Record<string, StorePath> = {};
         for (const [n, s] of view.outputs) outs[n] = knownPath(s)!;
         // Someone beat us to it: this build is no longer expected (Nix drops it from expectedBuilds).
-        w.ctx.progress.builds.expected--;
-        w.ctx.progress.changed();
+        expected.withdraw();
         return success('already-valid', outs);
       }
       // Delete stale, invalid outputs (after round 1, what is there is that round's output, still unregistered).
@@ -173,15 +184,13 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
       }
       if (r.nonDeterministic) isNonDeterministic = true;
       previous = r.outputs;
-      if (round === plan.rounds || r.stopRounds) {
+      if (round >= plan.rounds || r.stopRounds) {
         return success('built', r.outputs.paths, { timesBuilt, startTime, stopTime: Math.floor(Date.now() / 1000), isNonDeterministic });
       }
-      keepLocks = false;
     } finally {
-      if (!keepLocks) await locks.release();
+      await locks.release();
     }
   }
-  throw new Error('unreachable: rounds loop ended');
 }
 
 /**
@@ -213,34 +222,87 @@ function inBuildSlot<R>(w: Worker, drvPath: StorePath, fn: (releaseSlot: () => v
 type RoundResult =
   | { kind: 'failed'; result: BuildResult }
   | { kind: 'ok'; outputs: RoundOutputs; nonDeterministic: boolean; stopRounds: boolean };
+type FailedRound = Extract<RoundResult, { kind: 'failed' }>;
 
+/** Where a round builds each output (its scratch path) and the string rewrites that put it there. */
+interface ScratchOutputs {
+  readonly scratch: Map<string, StorePath>;
+  readonly rewrites: Map<string, string>;
+}
+
+/** How the builder's run ended, once its log is closed and its slot is free. */
+interface BuilderRun {
+  readonly exit: SandboxExit;
+  /** The limit (time, silence, log size) that killed the builder. */
+  readonly limit: { status: BuildStatus; message: string } | undefined;
+  /** The sandbox could not be set up: Nix's reason, thrown out of the build. */
+  readonly setupError: string | undefined;
+  /** This build failed and stopped the call itself: its failure is reported, not taken for a stop. */
+  readonly stoppedOthers: boolean;
+}
+
+type Times = { readonly startTime: number; readonly stopTime: number };
+
+/**
+ * One round of a local build, in its steps (Nix's startBuilder → buildDone → registerOutputs): plan the
+ * scratch outputs, prepare the build directory, write the environment, run the builder, classify its exit,
+ * register the outputs and run the post-build hook. The round is counted as a running build from the
+ * environment on; the count ends in a `finally`, so no way out of the round leaves it running.
+ */
 async function runOneRound(
   w: Worker, view: DrvView, plan: LocalBuildPlan, round: number, validNow: Set<StorePath>, previous: RoundOutputs | undefined,
   releaseSlot: () => void,
 ): Promise<RoundResult> {
-  const { store, options } = w.ctx;
-  const drvPath = view.drvPath;
-  const storeDir = store.storeDir;
-  // Nix's startBuilder throws some errors out of the build (not as a build failure): the whole call ends
-  // with that one error, exit 1, even with keepGoing; no dependent reports a failed dependency.
-  let sandbox: ReturnType<typeof w.ctx.pickSandbox>;
+  const sandbox = pickSandbox(w, view);
+  const outs = await planScratchOutputs(w, view, plan.mode !== 'normal' || round > 1, validNow, sandbox.isolated);
+  const dir = await prepareBuildDir(w, view, sandbox.isolated);
+  const r = new LocalRound(w, view, plan, round, sandbox, outs, dir);
   try {
-    sandbox = w.ctx.pickSandbox(view); // `__noChroot` with sandbox = true (before the build dir exists)
+    const env = await r.writeEnvironment();
+    if (env.kind === 'failed') {
+      releaseSlot();
+      return env;
+    }
+    const run = await r.runBuilder(env.env, releaseSlot);
+    const failed = await r.classify(run);
+    if (failed) return failed;
+    return await r.registerAndFinish(previous);
+  } catch (e) {
+    if (e instanceof GoalStopped || w.signal.aborted) {
+      r.running.end(false);
+      await cleanupScratch(w, outs.scratch).catch(() => {});
+    }
+    throw e;
+  } finally {
+    r.running.end(false);
+    await keepOrRemoveBuildDir(dir.dir, r.keepBuildDir);
+  }
+}
+
+/** The sandbox for this build; Nix's startBuilder throws its refusal (`__noChroot` with sandbox = true) out of the build. */
+function pickSandbox(w: Worker, view: DrvView): Sandbox {
+  try {
+    return w.ctx.pickSandbox(view);
   } catch (e) {
     throw asSetupError(e);
   }
-  // Outputs that can't be written at their real path are built at scratch paths, with hash rewriting.
-  const forceScratch = plan.mode !== 'normal' || round > 1;
+}
 
+/**
+ * Outputs that can't be written at their real path (valid, present without a sandbox, repair, check, later
+ * rounds) are built at scratch paths, with hash rewriting; an old scratch path is removed first.
+ */
+async function planScratchOutputs(w: Worker, view: DrvView, forceScratch: boolean, validNow: Set<StorePath>, isolated: boolean): Promise<ScratchOutputs> {
+  const { store } = w.ctx;
   const scratch = new Map<string, StorePath>();
   const rewrites = new Map<string, string>();
   for (const [name, spec] of view.outputs) {
     const p = knownPath(spec);
     let s: StorePath;
-    if (!p) s = fallbackPathForOutput(view, name, storeDir);
+    if (!p) s = fallbackPathForOutput(view, name, store.storeDir);
     else if (!forceScratch && !validNow.has(p)) s = p;
-    else if (!forceScratch && !sandbox.isolated && !(await exists(store.toRealPath(p)))) s = p;
-    else s = fallbackPathFor(view, p, storeDir);
+    else if (!forceScratch && !isolated && !(await exists(store.toRealPath(p)))) s = p;
+    else s = fallbackPathFor(view, p, store.storeDir);
     scratch.set(name, s);
     rewrites.set(hashPlaceholder(name), s);
   }
@@ -252,211 +314,240 @@ async function runOneRound(
       if (await exists(store.toRealPath(s))) await deleteTree(store.toRealPath(s));
     }
   }
+  return { scratch, rewrites };
+}
 
-  // Build directory.
-  const buildDir = await createBuildDir(options.buildDir, `nix-build-${view.name}.drv`);
-  const buildDirInSandbox = sandbox.isolated ? options.sandboxBuildDir : buildDir;
-  let keepBuildDir = false;
-  let extraPaths: Map<string, SandboxPath> | undefined;
+interface BuildDir {
+  readonly dir: string;
+  /** The build directory as the builder sees it. */
+  readonly inSandbox: string;
+  /** What Nix adds to the chroot before making it (sandbox paths, impure host deps). */
+  readonly extraPaths: Map<string, SandboxPath> | undefined;
+}
+
+/** The build directory, and what the sandbox needs besides; an error here is thrown out of the build. */
+async function prepareBuildDir(w: Worker, view: DrvView, isolated: boolean): Promise<BuildDir> {
+  const { options } = w.ctx;
+  const dir = await createBuildDir(options.buildDir, `nix-build-${view.name}.drv`);
   try {
-    // What Nix adds to the chroot before making it (sandbox paths, impure host deps).
-    extraPaths = sandbox.isolated ? await sandboxExtraPaths(w, view) : undefined;
+    const extraPaths = isolated ? await sandboxExtraPaths(w, view) : undefined;
     // Nix 2.8 starts a daemon for recursive Nix here, which needs the experimental feature.
     if (requiredSystemFeatures(view).includes('recursive-nix') && !options.experimentalFeatures.includes('recursive-nix')) {
       throw new RealiseError('experimental-feature-disabled', "experimental Nix feature 'recursive-nix' is disabled; use '--extra-experimental-features recursive-nix' to override", {
         hint: "add 'recursive-nix' to the experimentalFeatures option (recursive Nix itself is not implemented: the builder gets no daemon)",
       });
     }
+    return { dir, inSandbox: isolated ? options.sandboxBuildDir : dir, extraPaths };
   } catch (e) {
     // The build dir exists by now: with keepFailed Nix keeps it and says so.
-    await keepOrRemoveBuildDir(buildDir, options.keepFailed);
-    throw asSetupError(e, options.keepFailed ? buildDir : undefined);
+    await keepOrRemoveBuildDir(dir, options.keepFailed);
+    throw asSetupError(e, options.keepFailed ? dir : undefined);
+  }
+}
+
+/** The state one round's steps share: its log, its running count, its start time, the build dir's fate. */
+class LocalRound {
+  readonly log: LogCollector;
+  readonly running: RunningCount;
+  readonly started = Math.floor(Date.now() / 1000);
+  /** Whether the build directory stays after the round (a failed build with keepFailed). */
+  keepBuildDir = false;
+  private announced = false;
+
+  constructor(
+    readonly w: Worker, readonly view: DrvView, readonly plan: LocalBuildPlan, readonly round: number,
+    readonly sandbox: Sandbox, readonly outs: ScratchOutputs, readonly dir: BuildDir,
+  ) {
+    this.log = new LogCollector({
+      logLines: w.ctx.options.logLines,
+      onLine: (line, bytes) => w.ctx.emit('build-log', { drvPath: view.drvPath, line, bytes }),
+    });
+    this.running = w.ctx.progress.running('builds');
   }
 
-  const log = new LogCollector({
-    logLines: options.logLines,
-    onLine: (line, bytes) => w.ctx.emit('build-log', { drvPath, line, bytes }),
-  });
-  const started = Math.floor(Date.now() / 1000);
-  w.ctx.progress.builds.running++;
-  w.ctx.progress.changed();
-  // "building '…'" comes once the sandbox is set up (the sandbox's onSetUp, else the first output or the
-  // builder's end): as in Nix, a build whose sandbox cannot be set up is never announced.
-  let announced = false;
-  const announce = () => {
-    if (announced) return;
-    announced = true;
-    w.ctx.emit('build-started', { drvPath, round, rounds: plan.rounds, mode: plan.mode });
-  };
-  const finishProgress = (ok: boolean) => {
-    w.ctx.progress.builds.running--;
-    if (ok) w.ctx.progress.builds.done++;
-    else w.ctx.progress.builds.failed++;
-    w.ctx.progress.changed();
-  };
+  /**
+   * "building '…'" comes once the sandbox is set up (the sandbox's onSetUp, else the first output or the
+   * builder's end): as in Nix, a build whose sandbox cannot be set up is never announced.
+   */
+  announce(): void {
+    if (this.announced) return;
+    this.announced = true;
+    this.w.ctx.emit('build-started', { drvPath: this.view.drvPath, round: this.round, rounds: this.plan.rounds, mode: this.plan.mode });
+  }
 
-  try {
-    const erg = await exportReferencesGraph(w, view, plan.inputPaths);
+  times(): Times {
+    return { startTime: this.started, stopTime: Math.floor(Date.now() / 1000) };
+  }
+
+  /**
+   * With keepFailed Nix keeps the build directory of every failed build (a sandbox that could not be set
+   * up, timeouts, the log limit, rejected inputs and outputs too) and says so.
+   */
+  keepNote(): string {
+    this.keepBuildDir = this.w.ctx.options.keepFailed;
+    return keptBuildDirNote(this.keepBuildDir ? this.dir.dir : undefined);
+  }
+
+  /** A failed round: counted as a failed build, the outputs it left removed (or those in `keep` kept). */
+  async fail(status: BuildStatus, message: string, extra: Partial<BuildResult> = {}, keep?: ReadonlySet<StorePath>): Promise<FailedRound> {
+    this.running.end(false);
+    await cleanupScratch(this.w, this.outs.scratch, keep);
+    return { kind: 'failed', result: failure(status, message, { ...this.times(), ...extra }) };
+  }
+
+  /**
+   * The builder's environment and the files in its build directory. A bad exportReferencesGraph rejects
+   * the build's inputs (Nix's InputRejected), as a failed round that stops the call before its slot is
+   * handed on.
+   */
+  async writeEnvironment(): Promise<{ kind: 'env'; env: Record<string, string> } | FailedRound> {
+    const { w, view, plan, dir } = this;
+    const { store, options } = w.ctx;
+    let erg: Awaited<ReturnType<typeof exportReferencesGraph>>;
+    try {
+      erg = await exportReferencesGraph(w, view, plan.inputPaths);
+    } catch (e) {
+      if (!(e instanceof OutputRejected)) throw e;
+      w.noteFailure(view.drvPath);
+      return this.fail(e.status, e.message + this.keepNote());
+    }
     const { env, files } = makeBuildEnv({
       drvEnv: view.env,
       outputNames: [...view.outputs.keys()],
       structuredAttrs: view.structuredAttrs,
-      storeDir,
-      buildDirInSandbox,
+      storeDir: store.storeDir,
+      buildDirInSandbox: dir.inSandbox,
       cores: options.cores,
       fixedOutput: view.isFixedOutput,
       impureEnvVars: getStringsAttr(view, 'impureEnvVars') ?? [],
       hostEnv: options.environment,
-      rewrites,
+      rewrites: this.outs.rewrites,
       exportReferencesGraph: erg,
     });
     if (view.structuredAttrs) {
       // Nix 2.8 points builders at the files by their path on the host (tmpDir, even in the sandbox).
-      env.NIX_ATTRS_SH_FILE = `${buildDir}/.attrs.sh`;
-      env.NIX_ATTRS_JSON_FILE = `${buildDir}/.attrs.json`;
+      env.NIX_ATTRS_SH_FILE = `${dir.dir}/.attrs.sh`;
+      env.NIX_ATTRS_JSON_FILE = `${dir.dir}/.attrs.json`;
     }
-    for (const [name, contents] of files) await fsp.writeFile(path.join(buildDir, name), contents);
+    for (const [name, contents] of files) await fsp.writeFile(path.join(dir.dir, name), contents);
+    return { kind: 'env', env };
+  }
 
-    // Run the builder with the limits.
-    const ctl = new AbortController();
-    const onStop = () => ctl.abort();
+  /** Run the builder under its limits; then free the slot and store the log. */
+  async runBuilder(env: Record<string, string>, releaseSlot: () => void): Promise<BuilderRun> {
+    const { w, view, plan, dir, outs } = this;
+    const { store, options } = w.ctx;
+    const limits = new RunLimits(options, `building of '${view.drvPath}!${plan.wanted ? [...plan.wanted].sort().join(',') : '*'}' from .drv file`);
+    const onStop = () => limits.controller.abort();
     w.signal.addEventListener('abort', onStop, { once: true });
-    let limit: { status: BuildStatus; message: string } | undefined;
-    const kill = (status: BuildStatus, message: string) => {
-      if (!limit) limit = { status, message };
-      ctl.abort();
-    };
-    const name = `building of '${drvPath}!${plan.wanted ? [...plan.wanted].sort().join(',') : '*'}' from .drv file`;
-    let silenceTimer: NodeJS.Timeout | undefined;
-    const armSilence = () => {
-      if (!options.maxSilentTime) return;
-      if (silenceTimer) clearTimeout(silenceTimer);
-      silenceTimer = setTimeout(() => kill('timed-out', `${name} timed out after ${options.maxSilentTime} seconds of silence`), options.maxSilentTime * 1000);
-    };
-    armSilence();
-    const totalTimer = options.buildTimeout
-      ? setTimeout(() => kill('timed-out', `${name} timed out after ${options.buildTimeout} seconds`), options.buildTimeout * 1000)
-      : undefined;
-
     let exit: SandboxExit | undefined;
-    /** This build failed and stopped the call itself: its failure is reported, not taken for a stop. */
-    let stoppedOthers = false;
-    let setupError: string | undefined;
     try {
-      exit = await sandbox.run({
-        drvPath,
+      exit = await this.sandbox.run({
+        drvPath: view.drvPath,
         builder: view.builder,
-        args: view.args.map((a) => rewriteStrings(a, rewrites)),
+        args: view.args.map((a) => rewriteStrings(a, outs.rewrites)),
         env,
-        buildDir,
-        sandboxBuildDir: buildDirInSandbox,
-        storeDir,
+        buildDir: dir.dir,
+        sandboxBuildDir: dir.inSandbox,
+        storeDir: store.storeDir,
         realStoreDir: store.realStoreDir,
         inputPaths: [...plan.inputPaths].sort(),
-        outputPaths: [...scratch.values()],
+        outputPaths: [...outs.scratch.values()],
         network: view.isFixedOutput,
-        extraPaths,
+        extraPaths: dir.extraPaths,
       }, {
-        signal: ctl.signal,
-        onSetUp: announce,
+        signal: limits.controller.signal,
+        onSetUp: () => this.announce(),
         onOutput: (chunk) => {
-          announce();
-          if (limit) return; // being killed: Nix reads nothing more from it
-          armSilence();
-          // As Nix: the read that goes over the limit kills the builder and is itself not logged. Nix reads
-          // a builder that writes line by line one line at a time, so the lines that fit are logged; a
-          // chunk here may hold many writes, so its complete lines within the limit are kept.
-          if (options.maxLogSize && log.size + chunk.length > options.maxLogSize) {
-            const room = options.maxLogSize - log.size;
-            const fits = room > 0 ? chunk.lastIndexOf(10, room - 1) : -1;
-            if (fits >= 0) log.push(chunk.subarray(0, fits + 1));
-            kill('log-limit-exceeded', `${name} killed after writing more than ${options.maxLogSize} bytes of log output`);
-            return;
-          }
-          log.push(chunk);
+          this.announce();
+          limits.onOutput(this.log, chunk);
         },
       });
     } finally {
-      if (silenceTimer) clearTimeout(silenceTimer);
-      if (totalTimer) clearTimeout(totalTimer);
+      limits.clear();
       w.signal.removeEventListener('abort', onStop);
-      if (exit?.kind === 'spawn-failed' && exit.execError) {
+    }
+    return this.afterExit(exit, limits.hit, releaseSlot);
+  }
+
+  /** The builder has exited: what Nix does before it handles the next goal, then the log is stored. */
+  private async afterExit(exit: SandboxExit, limit: BuilderRun['limit'], releaseSlot: () => void): Promise<BuilderRun> {
+    const { w, view } = this;
+    const drvPath = view.drvPath;
+    let setupError: string | undefined;
+    let stoppedOthers = false;
+    try {
+      if (exit.kind === 'spawn-failed' && exit.execError) {
         // As Nix: the build environment was set up and only the exec failed, in the child; the build
         // was announced, its error goes to the build log and the child exits 1.
-        announce();
-        log.push(execErrorLog(exit.execError));
+        this.announce();
+        this.log.push(execErrorLog(exit.execError));
         exit = { kind: 'exited', code: 1 };
       }
       // A sandbox that could not be set up for this build: Nix throws its reason out of the build (exit
-      // 1, no "builder failed" message).
-      // It ends the call as a fatal error, below, and does not count as a failed builder.
-      if (exit?.kind === 'spawn-failed' && sandbox.isolated) setupError = sandboxSetupError(drvPath, exit.message);
-      else if (exit?.kind !== 'aborted') announce();
+      // 1, no "builder failed" message). It ends the call as a fatal error and is not a failed builder.
+      if (exit.kind === 'spawn-failed' && this.sandbox.isolated) setupError = sandboxSetupError(drvPath, exit.message);
+      else if (exit.kind !== 'aborted') this.announce();
       // A failed builder stops the call (without keepGoing) before its slot is handed on, so no queued
       // build starts in between (Nix handles the failure before its worker loop starts anything else).
-      if ((limit || !exit || exit.kind !== 'exited' || exit.code !== 0) && setupError === undefined && !w.signal.aborted) {
+      if ((limit || exit.kind !== 'exited' || exit.code !== 0) && setupError === undefined && !w.signal.aborted) {
         stoppedOthers = true;
         w.noteFailure(drvPath);
       }
+    } finally {
       releaseSlot();
-      log.end();
-      await store.addBuildLog(drvPath, log.text()).catch(() => {});
+      this.log.end();
+      await w.ctx.store.addBuildLog(drvPath, this.log.text()).catch(() => {});
     }
-    if (!exit) throw new Error('unreachable: the sandbox returned no exit');
-    const stopTime = Math.floor(Date.now() / 1000);
-    const times = { startTime: started, stopTime };
+    return { exit, limit, setupError, stoppedOthers };
+  }
 
-    if (w.signal.aborted && !stoppedOthers) throw new GoalStopped();
-    // With keepFailed Nix keeps the build directory of every failed build (a sandbox that could not be
-    // set up, timeouts, the log limit, rejected outputs too) and says so.
-    const keepNote = () => {
-      keepBuildDir = options.keepFailed;
-      return keptBuildDirNote(keepBuildDir ? buildDir : undefined);
-    };
-    if (setupError !== undefined) {
-      finishProgress(false);
-      await cleanupScratch(w, scratch, new Set());
-      throw new BuildSetupError(setupError + keepNote(), { hint: 'check the sandbox paths and the pre-build hook', trace: 'while setting up the build environment' });
+  /** A round whose builder did not succeed: its failure (or a throw: stopped, or a sandbox that could not be set up). */
+  async classify(run: BuilderRun): Promise<FailedRound | undefined> {
+    const { w, view, plan } = this;
+    const { store } = w.ctx;
+    const { exit } = run;
+    if (w.signal.aborted && !run.stoppedOthers) throw new GoalStopped();
+    if (run.setupError !== undefined) {
+      this.running.end(false);
+      await cleanupScratch(w, this.outs.scratch, new Set());
+      throw new BuildSetupError(run.setupError + this.keepNote(), { hint: 'check the sandbox paths and the pre-build hook', trace: 'while setting up the build environment' });
     }
-    if (limit) {
-      finishProgress(false);
-      await cleanupScratch(w, scratch);
-      return { kind: 'failed', result: failure(limit.status, limit.message + keepNote(), times) };
+    if (run.limit) return this.fail(run.limit.status, run.limit.message + this.keepNote());
+    if (exit.kind === 'exited' && exit.code === 0) return undefined;
+    // Nix moves a failed sandboxed build's outputs out of the chroot to their logical path, with or
+    // without keepFailed: in a plain store they stay there (invalid); a chroot store never gets them.
+    const keep = !this.sandbox.isolated ? undefined : store.storeDir === store.realStoreDir && plan.mode === 'normal'
+      ? new Set([...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p))
+      : new Set<StorePath>();
+    let msg = `builder for '${view.drvPath}' ${statusText(exit)}`;
+    const tail = this.log.tail();
+    if (tail.length > 0) {
+      msg += `;\nlast ${tail.length} log lines:\n${tail.map((l) => `> ${l}\n`).join('')}For full logs, run 'nix log ${view.drvPath}'.`;
     }
-    if (exit.kind !== 'exited' || exit.code !== 0) {
-      finishProgress(false);
-      // Nix moves a failed sandboxed build's outputs out of the chroot to their logical path, with or
-      // without keepFailed: in a plain store they stay there (invalid); a chroot store never gets them.
-      const keep = !sandbox.isolated ? undefined : storeDir === store.realStoreDir && plan.mode === 'normal'
-        ? new Set([...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p))
-        : new Set<StorePath>();
-      await cleanupScratch(w, scratch, keep);
-      let msg = `builder for '${drvPath}' ${statusText(exit)}`;
-      const tail = log.tail();
-      if (tail.length > 0) {
-        msg += `;\nlast ${tail.length} log lines:\n${tail.map((l) => `> ${l}\n`).join('')}For full logs, run 'nix log ${drvPath}'.`;
-      }
-      msg += keepNote();
-      return { kind: 'failed', result: failure('permanent-failure', msg, times) };
-    }
+    return this.fail('permanent-failure', msg + this.keepNote(), {}, keep);
+  }
 
-    // Register the outputs.
+  /** The builder succeeded: register its outputs, run the post-build hook, count the build as done. */
+  async registerAndFinish(previous: RoundOutputs | undefined): Promise<RoundResult> {
+    const { w, view, plan } = this;
+    const { options } = w.ctx;
+    const drvPath = view.drvPath;
     let reg;
     try {
       reg = await registerOutputs(w, view, {
-        mode: plan.mode, scratch, inputPaths: plan.inputPaths, round, rounds: plan.rounds, previous,
-        isolated: sandbox.isolated,
+        mode: plan.mode, scratch: this.outs.scratch, inputPaths: plan.inputPaths, round: this.round, rounds: plan.rounds, previous,
+        isolated: this.sandbox.isolated,
       });
     } catch (e) {
-      finishProgress(false);
-      await cleanupScratch(w, scratch);
-      if (e instanceof OutputRejected) {
-        if (e.endsCall) w.stop('failure', drvPath);
-        return { kind: 'failed', result: failure(e.status, e.message + keepNote(), { ...times, hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' }) };
+      if (!(e instanceof OutputRejected)) {
+        this.running.end(false);
+        await cleanupScratch(w, this.outs.scratch);
+        throw e;
       }
-      throw e;
+      if (e.endsCall) w.stop('failure', drvPath);
+      return this.fail(e.status, e.message + this.keepNote(), { hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' });
     }
-
     if (options.postBuildHook && plan.mode !== 'check') {
       const outPaths = Object.values(reg.outputs.paths).sort();
       try {
@@ -466,22 +557,66 @@ async function runOneRound(
           signal: w.signal,
         });
       } catch (e) {
-        finishProgress(false);
-        return { kind: 'failed', result: failure('misc-failure', `post-build hook '${options.postBuildHook}' failed: ${(e as Error).message}`, times) };
+        this.running.end(false);
+        return { kind: 'failed', result: failure('misc-failure', `post-build hook '${options.postBuildHook}' failed: ${(e as Error).message}`, this.times()) };
       }
     }
-    finishProgress(true);
-    const result = success('built', reg.outputs.paths, { ...times, timesBuilt: 1 });
-    w.ctx.emit('build-finished', { drvPath, result });
+    this.running.end(true);
+    w.ctx.emit('build-finished', { drvPath, result: success('built', reg.outputs.paths, { ...this.times(), timesBuilt: 1 }) });
     return { kind: 'ok', outputs: reg.outputs, nonDeterministic: reg.nonDeterministic, stopRounds: reg.stopRounds };
-  } catch (e) {
-    if (e instanceof GoalStopped || w.signal.aborted) {
-      finishProgress(false);
-      await cleanupScratch(w, scratch).catch(() => {});
+  }
+}
+
+/**
+ * A run's limits: buildTimeout, maxSilentTime (re-armed by each output) and maxLogSize. The first limit
+ * hit kills the builder (through `controller`) and is the round's failure.
+ */
+class RunLimits {
+  readonly controller = new AbortController();
+  hit: { status: BuildStatus; message: string } | undefined;
+  private silenceTimer: NodeJS.Timeout | undefined;
+  private readonly totalTimer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly options: ResolvedOptions, private readonly name: string) {
+    this.armSilence();
+    this.totalTimer = options.buildTimeout
+      ? setTimeout(() => this.kill('timed-out', `${name} timed out after ${options.buildTimeout} seconds`), options.buildTimeout * 1000)
+      : undefined;
+  }
+
+  private kill(status: BuildStatus, message: string): void {
+    this.hit ??= { status, message };
+    this.controller.abort();
+  }
+
+  private armSilence(): void {
+    const { maxSilentTime } = this.options;
+    if (!maxSilentTime) return;
+    if (this.silenceTimer) clearTimeout(this.silenceTimer);
+    this.silenceTimer = setTimeout(() => this.kill('timed-out', `${this.name} timed out after ${maxSilentTime} seconds of silence`), maxSilentTime * 1000);
+  }
+
+  /** A chunk of the builder's output: logged within maxLogSize, else the builder is killed. */
+  onOutput(log: LogCollector, chunk: Buffer): void {
+    if (this.hit) return; // being killed: Nix reads nothing more from it
+    this.armSilence();
+    const { maxLogSize } = this.options;
+    // As Nix: the read that goes over the limit kills the builder and is itself not logged. Nix reads
+    // a builder that writes line by line one line at a time, so the lines that fit are logged; a
+    // chunk here may hold many writes, so its complete lines within the limit are kept.
+    if (maxLogSize && log.size + chunk.length > maxLogSize) {
+      const room = maxLogSize - log.size;
+      const fits = room > 0 ? chunk.lastIndexOf(10, room - 1) : -1;
+      if (fits >= 0) log.push(chunk.subarray(0, fits + 1));
+      this.kill('log-limit-exceeded', `${this.name} killed after writing more than ${maxLogSize} bytes of log output`);
+      return;
     }
-    throw e;
-  } finally {
-    await keepOrRemoveBuildDir(buildDir, keepBuildDir);
+    log.push(chunk);
+  }
+
+  clear(): void {
+    if (this.silenceTimer) clearTimeout(this.silenceTimer);
+    if (this.totalTimer) clearTimeout(this.totalTimer);
   }
 }
 

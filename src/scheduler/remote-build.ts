@@ -19,17 +19,8 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
     return undefined;
   }
   const started = Math.floor(Date.now() / 1000);
-  w.ctx.progress.builds.expected++;
-  w.ctx.progress.builds.running++;
-  w.ctx.progress.changed();
-  let finished = false;
-  const done = (ok: boolean) => {
-    if (finished) return;
-    finished = true;
-    w.ctx.progress.builds.running--;
-    if (ok) w.ctx.progress.builds.done++; else w.ctx.progress.builds.failed++;
-    w.ctx.progress.changed();
-  };
+  const expected = w.ctx.progress.expect('builds');
+  const running = w.ctx.progress.running('builds');
   try {
     const dispatch = await buildOnRemote(options.builders, view.drvPath, view.drv, {
       requiredFeatures: requiredSystemFeatures(view),
@@ -44,15 +35,15 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
       },
     });
     if (dispatch.kind === 'declined') {
-      done(false);
-      w.ctx.progress.builds.failed--;
-      w.ctx.progress.builds.expected--;
+      // Not built there after all: counted neither as a build nor as expected.
+      running.end('dropped');
+      expected.withdraw();
       if (local) return undefined;
       return failure('misc-failure', dispatch.error.message);
     }
     const r = dispatch.result;
     const ok = r.status === 'built' || r.status === 'substituted' || r.status === 'already-valid';
-    done(ok);
+    running.end(ok);
     const outs: Record<string, StorePath> = {};
     for (const [n, p] of r.builtOutputs) outs[n] = p;
     const times = { startTime: r.startTime || started, stopTime: r.stopTime || Math.floor(Date.now() / 1000), timesBuilt: r.timesBuilt, isNonDeterministic: r.isNonDeterministic };
@@ -60,7 +51,7 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
     const status = (['resolves-to-already-valid', 'no-substituters'].includes(r.status) ? 'misc-failure' : r.status) as BuildStatus;
     return failure(status, r.errorMsg || `build of '${view.drvPath}' on '${r.machine}' failed (${r.status})`, times);
   } catch (e) {
-    done(false);
+    running.end(false);
     if (w.signal.aborted) throw e;
     if (options.fallback && local) {
       w.warn(`remote build of '${view.drvPath}' failed (${(e as Error).message}); building locally`);

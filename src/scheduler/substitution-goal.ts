@@ -74,16 +74,19 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
       w.throwIfStopped();
       // addToStore takes the path's lock and re-checks validity under it.
       if (!repair && (await store.isValidPath(path))) return 'valid' as const;
-      w.ctx.progress.substitutions.expected++;
-      w.ctx.progress.substitutions.running++;
-      w.ctx.progress.download.expected += info.downloadSize;
-      w.ctx.progress.nar.expected += info.narSize;
-      w.ctx.progress.changed();
+      const { progress } = w.ctx;
+      progress.expect('substitutions');
+      progress.download.expected += info.downloadSize;
+      progress.nar.expected += info.narSize;
+      const running = progress.running('substitutions');
       w.ctx.emit('substitution-started', { path, substituter: sub.uri });
+      let fetched = false;
       try {
         await w.ctx.fetchPath(sub, info, w.signal, repair);
+        fetched = true;
       } finally {
-        w.ctx.progress.substitutions.running--;
+        // A fetch cut short by a stop is not a failed substitution.
+        running.end(fetched || (w.signal.aborted ? 'dropped' : false));
       }
       return 'substituted' as const;
     }).then(
@@ -94,15 +97,11 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
     if (outcome.ok) {
       if (outcome.k === 'valid') return { kind: 'valid' };
       w.markContentsGood(path);
-      w.ctx.progress.substitutions.done++;
-      w.ctx.progress.changed();
       w.ctx.emit('substitution-finished', { path, substituter: sub.uri, ok: true });
       return { kind: 'substituted', substituter: sub.uri };
     }
     w.throwIfStopped();
     const msg = (outcome.e as Error).message ?? String(outcome.e);
-    w.ctx.progress.substitutions.failed++;
-    w.ctx.progress.changed();
     w.ctx.emit('substitution-finished', { path, substituter: sub.uri, ok: false, error: msg });
     // As Nix (printError of the failure, then the next substituter): the error is shown as it is.
     const shown = outcome.e instanceof RealiseError ? outcome.e.shortMessage : msg;

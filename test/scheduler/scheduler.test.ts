@@ -188,6 +188,24 @@ describe('a builder killed by a signal', () => {
   });
 });
 
+describe('inputs rejected before the build', () => {
+  it('a bad exportReferencesGraph fails as input-rejected (exit 100+4), counted as a failed build, never run', async () => {
+    const sb = fake();
+    const outside = await mkDrv('erg-outside');
+    const odd = await mkDrv('erg-odd', [], { env: { exportReferencesGraph: 'graph' } });
+    const foreign = await mkDrv('erg-foreign', [], { env: { exportReferencesGraph: `graph ${outside}` } });
+    const engine = engineWith(sb, { keepGoing: true });
+    const results = await engine.buildPathsWithResults([odd, foreign]);
+    expect(results.map((r) => [r.result.status, r.result.errorMsg])).toEqual([
+      ['input-rejected', "odd number of tokens in 'exportReferencesGraph': 'graph'"],
+      ['input-rejected', `cannot export references of path '${outside}' because it is not in the input closure of the derivation`],
+    ]);
+    expect(exitStatusOf(results.map((r) => r.result))).toBe(0x64);
+    expect(sb.started).toHaveLength(0);
+    expect(engine.progress().builds).toEqual({ expected: 2, done: 0, running: 0, failed: 2 });
+  });
+});
+
 describe('keepGoing', () => {
   it('off: the first failure stops the call and kills the running sibling', async () => {
     const sb = fake();
