@@ -247,8 +247,9 @@ export class ParsedDerivation {
         if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) this.typeError(`outputChecks.${outputName}.${k}`, 'a non-negative integer');
         return v;
       };
+      // Named as Nix names them: `attribute 'allowedReferences' of derivation … must be a list of strings`.
       const list = (k: string): string[] | undefined =>
-        Object.prototype.hasOwnProperty.call(o, k) ? this.stringList(`outputChecks.${outputName}.${k}`, o[k]!) : undefined;
+        Object.prototype.hasOwnProperty.call(o, k) ? this.stringList(k, o[k]!) : undefined;
       return {
         ignoreSelfRefs: false,
         maxSize: num('maxSize'),

@@ -7,6 +7,7 @@ import type { Store } from '../store/store-api.js';
 import type { FileIngestionMethod, StorePath } from '../store/store-path.js';
 import { RealiseError } from '../store/errors.js';
 import { parseDerivation, type Derivation } from '../derivation/derivation.js';
+import { ParsedDerivation } from '../derivation/parsed-attrs.js';
 
 export type OutputSpec =
   | { readonly kind: 'input-addressed'; readonly path: StorePath }
@@ -18,6 +19,8 @@ export type OutputSpec =
 export interface DrvView {
   readonly drvPath: StorePath;
   readonly drv: Derivation;
+  /** The attributes that steer the build (Nix's ParsedDerivation). */
+  readonly attrs: ParsedDerivation;
   /** Derivation name (drv base name without hash and `.drv`). */
   readonly name: string;
   readonly outputs: ReadonlyMap<string, OutputSpec>;
@@ -55,21 +58,12 @@ export function viewOf(drvPath: StorePath, drv: Derivation, name: string): DrvVi
     if (!spec) throw new RealiseError('bad-derivation', `output '${outName}' of derivation '${drvPath}' has a kind this engine cannot build (impure)`);
     outputs.set(outName, spec);
   }
-  let structuredAttrs: Record<string, unknown> | undefined;
-  const json = drv.env.get('__json');
-  if (json !== undefined) {
-    try {
-      const v = JSON.parse(json);
-      if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
-      structuredAttrs = v;
-    } catch (e) {
-      throw new RealiseError('bad-derivation', `cannot process __json attribute of '${drvPath}': ${(e as Error).message}`);
-    }
-  }
+  const attrs = new ParsedDerivation(drvPath, drv);
+  const structuredAttrs = attrs.structuredAttrs as Record<string, unknown> | undefined;
   const inputDrvs = new Map<StorePath, readonly string[]>();
   for (const [p, outs] of drv.inputDrvs) inputDrvs.set(p, [...outs]);
   return {
-    drvPath, drv, name, outputs, inputDrvs,
+    drvPath, drv, attrs, name, outputs, inputDrvs,
     inputSrcs: [...drv.inputSrcs],
     platform: drv.platform,
     builder: drv.builder,

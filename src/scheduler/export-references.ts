@@ -7,7 +7,7 @@ import { toStorePath, type StorePath } from '../store/store-path.js';
 import type { DrvView } from './drv-view.js';
 import { knownPath } from './drv-view.js';
 import type { Worker } from './worker.js';
-import { OutputRejected } from './register-outputs.js';
+import { OutputRejected } from './rejected.js';
 
 async function exportClosure(w: Worker, view: DrvView, roots: StorePath[], inputPaths: Set<StorePath>): Promise<StorePath[]> {
   const { store } = w.ctx;

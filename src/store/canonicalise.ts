@@ -6,7 +6,7 @@
  *
  * Not done (Node has no API for it): removing extended attributes and ACLs.
  */
-import { chmodSync, lchownSync, lstatSync, lutimesSync, promises as fsp, readdirSync } from 'node:fs';
+import { chmodSync, lchownSync, lstatSync, lutimesSync, promises as fsp, readdirSync, type Stats } from 'node:fs';
 import * as path from 'node:path';
 import { StoreError, UnsupportedFileTypeError } from './errors.js';
 
@@ -40,8 +40,7 @@ export async function canonicalisePathMetaData(fsPath: string, opts: Canonicalis
 }
 
 /** Canonicalise one entry; true when it is a directory to descend into. */
-function canonicaliseNode(p: string, opts: CanonicaliseOptions): boolean {
-  const st = lstatSync(p);
+function canonicaliseNode(p: string, opts: CanonicaliseOptions, st: Stats = lstatSync(p)): boolean {
   const isDir = st.isDirectory();
   const isLink = st.isSymbolicLink();
   if (!isDir && !isLink && !st.isFile()) {
@@ -59,6 +58,14 @@ function canonicaliseNode(p: string, opts: CanonicaliseOptions): boolean {
   if (st.mtimeMs !== STORE_MTIME * 1000) lutimesSync(p, st.atime, STORE_MTIME);
   if (myUid === 0 && (st.uid !== myUid || st.gid !== myGid)) lchownSync(p, myUid, myGid);
   return isDir;
+}
+
+/**
+ * canonicalisePathMetaData of a single regular file whose lstat the caller has already (synchronous: a
+ * few syscalls at most, for outputs small enough to be handled in one go).
+ */
+export function canonicaliseFileSync(fsPath: string, st: Stats): void {
+  canonicaliseNode(fsPath, {}, st);
 }
 
 /** Make a tree deletable (directories get u+w) and delete it. Missing paths are fine. */

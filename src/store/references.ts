@@ -119,10 +119,27 @@ export class RefScanner {
 
 /** Scan a stream for references to any of `candidates` (full store paths); returns the ones found. */
 export async function scanForReferences(source: AsyncIterable<Uint8Array>, candidates: Iterable<StorePath>): Promise<Set<StorePath>> {
-  const byHash = new Map<string, StorePath>();
-  for (const p of candidates) byHash.set(storePathHashPart(p), p);
+  const byHash = byHashPart(candidates);
   const scanner = new RefScanner(byHash.keys());
   for await (const chunk of source) scanner.update(chunk); // drains the source even when complete
+  return pathsOf(scanner, byHash);
+}
+
+/** scanForReferences over bytes already in memory (e.g. the NAR of a small file), synchronously. */
+export function scanBufferForReferences(data: Uint8Array, candidates: Iterable<StorePath>): Set<StorePath> {
+  const byHash = byHashPart(candidates);
+  const scanner = new RefScanner(byHash.keys());
+  scanner.update(data);
+  return pathsOf(scanner, byHash);
+}
+
+function byHashPart(paths: Iterable<StorePath>): Map<string, StorePath> {
+  const byHash = new Map<string, StorePath>();
+  for (const p of paths) byHash.set(storePathHashPart(p), p);
+  return byHash;
+}
+
+function pathsOf(scanner: RefScanner, byHash: ReadonlyMap<string, StorePath>): Set<StorePath> {
   const out = new Set<StorePath>();
   for (const h of scanner.result()) out.add(byHash.get(h)!);
   return out;

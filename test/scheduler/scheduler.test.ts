@@ -206,6 +206,18 @@ describe('inputs rejected before the build', () => {
   });
 });
 
+describe('output checks', () => {
+  it('a malformed outputChecks (maxSize that is no number) rejects the outputs instead of being ignored', async () => {
+    const sb = fake();
+    sb.auto = () => 0;
+    const d = await mkDrv('bad-maxsize', [], { env: { __json: JSON.stringify({ outputChecks: { out: { maxSize: 'big' } } }) } });
+    const [r] = await engineWith(sb).buildPathsWithResults([d]);
+    expect(r!.result.status).toBe('output-rejected');
+    expect(r!.result.errorMsg).toBe(`attribute 'outputChecks.out.maxSize' of derivation '${d}' must be a non-negative integer`);
+    expect(await store.isValidPath(await outPath(d))).toBe(false);
+  });
+});
+
 describe('keepGoing', () => {
   it('off: the first failure stops the call and kills the running sibling', async () => {
     const sb = fake();

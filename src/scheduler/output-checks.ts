@@ -1,0 +1,91 @@
+/**
+ * Nix's checkOutputs: after a build, each output must pass its checks (legacy `allowedReferences`,
+ * `allowedRequisites`, `disallowedReferences`, `disallowedRequisites`, or structured `outputChecks.<out>`
+ * with `maxSize` and `maxClosureSize` too). References are store paths or output names.
+ */
+import type { OutputChecks } from '../derivation/parsed-attrs.js';
+import type { PathInfo, Store } from '../store/store-api.js';
+import { isStorePath, type StorePath } from '../store/store-path.js';
+import { OutputRejected } from './rejected.js';
+
+/** What the checks of one round look at: the outputs' new path infos (not registered yet) and the store. */
+class OutputsUnderCheck {
+  private readonly byPath = new Map<StorePath, PathInfo>();
+
+  constructor(readonly store: Store, infos: Iterable<PathInfo>, readonly finalPaths: Readonly<Record<string, StorePath>>) {
+    for (const i of infos) this.byPath.set(i.path, i);
+  }
+
+  /** The closure of `p` and its NAR size, through the new outputs first, then the store. */
+  async closureOf(p: StorePath): Promise<{ paths: Set<StorePath>; size: number }> {
+    const done = new Set<StorePath>();
+    let size = 0;
+    const todo = [p];
+    while (todo.length) {
+      const x = todo.pop()!;
+      if (done.has(x)) continue;
+      done.add(x);
+      const info = this.byPath.get(x) ?? (await this.store.queryPathInfo(x));
+      if (!info) continue;
+      size += info.narSize;
+      todo.push(...info.references);
+    }
+    return { paths: done, size };
+  }
+
+  /** A list of reference specifiers as store paths (an output name means that output's final path). */
+  specified(value: readonly string[]): Set<StorePath> {
+    const spec = new Set<StorePath>();
+    for (const i of value) {
+      if (isStorePath(i, this.store.storeDir)) spec.add(i);
+      else if (this.finalPaths[i]) spec.add(this.finalPaths[i]!);
+      else throw new OutputRejected('output-rejected', `derivation contains an illegal reference specifier '${i}'`);
+    }
+    return spec;
+  }
+}
+
+/**
+ * Check every output (name → new path info) against its checks (`checksOf(name)`, undefined: none); the
+ * first violation is thrown as OutputRejected.
+ */
+export async function checkOutputs(
+  store: Store, infos: ReadonlyMap<string, PathInfo>, finalPaths: Readonly<Record<string, StorePath>>,
+  checksOf: (output: string) => OutputChecks | undefined,
+): Promise<void> {
+  const outs = new OutputsUnderCheck(store, infos.values(), finalPaths);
+  for (const [name, info] of infos) {
+    const checks = checksOf(name);
+    if (checks) await checkOutput(outs, info, checks);
+  }
+}
+
+async function checkOutput(outs: OutputsUnderCheck, info: PathInfo, checks: OutputChecks): Promise<void> {
+  if (checks.maxSize !== undefined && info.narSize > checks.maxSize) {
+    throw new OutputRejected('output-rejected', `path '${info.path}' is too large at ${info.narSize} bytes; limit is ${checks.maxSize} bytes`);
+  }
+  if (checks.maxClosureSize !== undefined) {
+    const { size } = await outs.closureOf(info.path);
+    if (size > checks.maxClosureSize) {
+      throw new OutputRejected('output-rejected', `closure of path '${info.path}' is too large at ${size} bytes; limit is ${checks.maxClosureSize} bytes`);
+    }
+  }
+  await checkReferences(outs, info, checks, checks.allowedReferences, true, false);
+  await checkReferences(outs, info, checks, checks.allowedRequisites, true, true);
+  await checkReferences(outs, info, checks, checks.disallowedReferences, false, false);
+  await checkReferences(outs, info, checks, checks.disallowedRequisites, false, true);
+}
+
+/** One of the four reference lists: `allowed` or disallowed, of the references or (`recursive`) the requisites. */
+async function checkReferences(
+  outs: OutputsUnderCheck, info: PathInfo, checks: OutputChecks, value: readonly string[] | undefined, allowed: boolean, recursive: boolean,
+): Promise<void> {
+  if (!value) return;
+  const spec = outs.specified(value);
+  const used = recursive ? (await outs.closureOf(info.path)).paths : new Set(info.references);
+  if (recursive && checks.ignoreSelfRefs) used.delete(info.path);
+  const bad = [...used].filter((u) => (allowed ? !spec.has(u) : spec.has(u))).sort();
+  if (bad.length) {
+    throw new OutputRejected('output-rejected', `output '${info.path}' is not allowed to refer to the following paths:${bad.map((b) => `\n  ${b}`).join('')}`);
+  }
+}
