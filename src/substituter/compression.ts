@@ -9,6 +9,7 @@ import { CompressStream } from 'zstd-napi';
 import { createRequire } from 'node:module';
 import { ThreadTasks } from '../store/thread-tasks.js';
 import { Bzip2Encoder } from '../store/bzip2.js';
+import { RealiseError } from '../store/errors.js';
 import type * as ZstdBinding from 'zstd-napi/binding.js';
 
 /** zstd-napi's native binding (CommonJS whose exports Node's ESM loader cannot name statically). */
@@ -18,11 +19,10 @@ import type { Compression } from './narinfo.js';
 
 const CHUNK = 1 << 20;
 
-/** Thrown by the streams of this module when the compressed data are corrupt or truncated. */
-export class DecompressionError extends Error {
+/** Thrown by the streams of this module when the compressed data are corrupt or truncated (code `decompression`). */
+export class DecompressionError extends RealiseError {
   constructor(message: string, options: { cause?: unknown } = {}) {
-    super(message, options);
-    this.name = 'DecompressionError';
+    super('decompression', message, options);
   }
 }
 
