@@ -1,9 +1,10 @@
 /**
- * The seccomp filter Nix installs in builders (setupSeccomp), as a classic BPF program we assemble
- * ourselves: chmod/fchmod/fchmodat(/fchmodat2) with S_ISUID or S_ISGID fail with EPERM, and
- * setxattr/lsetxattr/fsetxattr fail with ENOTSUP. The native architecture and its 32-bit companion
- * (i386 and x32 on x86_64, arm on aarch64) are covered; any other architecture is killed, as
- * libseccomp's default bad-arch action does. Output: `struct sock_filter[]` bytes (little endian).
+ * The seccomp filter of builders, as a classic BPF program we assemble ourselves. It is Nix's
+ * setupSeccomp plus the calls Nix 2.8 does not know about (listed in REFUSED_SYSCALLS, each with why):
+ * chmod/fchmod/fchmodat(/fchmodat2) with S_ISUID or S_ISGID fail with EPERM; every call that sets an
+ * extended attribute fails with ENOTSUP; io_uring fails with ENOSYS. The native architecture and its
+ * 32-bit companion (i386 and x32 on x86_64, arm on aarch64) are covered; any other architecture is
+ * killed, as libseccomp's default bad-arch action does. Output: `struct sock_filter[]` bytes (little endian).
  */
 import { SandboxError } from './sandbox-errors.js';
 
@@ -17,17 +18,49 @@ const RET_ALLOW = 0x7fff0000;
 const RET_ERRNO = 0x00050000;
 const RET_KILL_PROCESS = 0x80000000;
 const EPERM = 1;
+const ENOSYS = 38;
 const ENOTSUP = 95;
 const S_ISUID = 0o4000;
 const S_ISGID = 0o2000;
 
-interface SyscallTable { readonly chmodArg1: number[]; readonly chmodArg2: number[]; readonly xattr: number[] }
+type Arch = 'x86_64' | 'i386' | 'aarch64' | 'arm';
 
-// Syscall numbers per architecture (fchmodat2 = 452 everywhere; newer than Nix 2.8, blocked too).
-const X86_64: SyscallTable = { chmodArg1: [90, 91], chmodArg2: [268, 452], xattr: [188, 189, 190] };
-const I386: SyscallTable = { chmodArg1: [15, 94], chmodArg2: [306, 452], xattr: [226, 227, 228] };
-const AARCH64: SyscallTable = { chmodArg1: [52], chmodArg2: [53, 452], xattr: [5, 6, 7] };
-const ARM: SyscallTable = { chmodArg1: [15, 94], chmodArg2: [333, 452], xattr: [226, 227, 228] };
+/** One system call refused outright: its number per architecture, the errno it fails with, and why. */
+export interface RefusedSyscall {
+  readonly name: string;
+  readonly nr: Readonly<Record<Arch, number>>;
+  readonly errno: 'ENOTSUP' | 'ENOSYS';
+  readonly why: string;
+}
+
+/**
+ * The one list of system calls a builder may not make at all (the chmod rules, which depend on the mode
+ * argument, are in CHMOD_SYSCALLS). Calls numbered from 424 on have the same number on every architecture.
+ */
+export const REFUSED_SYSCALLS: readonly RefusedSyscall[] = [
+  ...(['setxattr', 'lsetxattr', 'fsetxattr'] as const).map((name, i) => ({
+    name, nr: { x86_64: 188 + i, i386: 226 + i, aarch64: 5 + i, arm: 226 + i }, errno: 'ENOTSUP' as const,
+    why: 'extended attributes (file capabilities, ACLs) would give a store file privileges that no NAR records (as Nix)',
+  })),
+  {
+    name: 'setxattrat', nr: { x86_64: 463, i386: 463, aarch64: 463, arm: 463 }, errno: 'ENOTSUP',
+    why: 'Linux 6.13 added it: the same extended attributes as setxattr (e.g. security.capability from a nested user namespace), which Nix 2.8 does not refuse',
+  },
+  ...(['io_uring_setup', 'io_uring_enter', 'io_uring_register'] as const).map((name, i) => ({
+    name, nr: { x86_64: 425 + i, i386: 425 + i, aarch64: 425 + i, arm: 425 + i }, errno: 'ENOSYS' as const,
+    why: 'io_uring operations (IORING_OP_SETXATTR, ...) are not system calls and bypass this filter; ENOSYS makes programs fall back to plain calls (as Lix refuses them)',
+  })),
+];
+
+/** chmod-like calls and which argument holds the mode: S_ISUID/S_ISGID in it fail with EPERM (as Nix). */
+const CHMOD_SYSCALLS: readonly { name: string; nr: Readonly<Record<Arch, number>>; modeArg: 1 | 2 }[] = [
+  { name: 'chmod', nr: { x86_64: 90, i386: 15, aarch64: -1, arm: 15 }, modeArg: 1 },
+  { name: 'fchmod', nr: { x86_64: 91, i386: 94, aarch64: 52, arm: 94 }, modeArg: 1 },
+  { name: 'fchmodat', nr: { x86_64: 268, i386: 306, aarch64: 53, arm: 333 }, modeArg: 2 },
+  { name: 'fchmodat2', nr: { x86_64: 452, i386: 452, aarch64: 452, arm: 452 }, modeArg: 2 },
+];
+
+const ERRNO: Record<RefusedSyscall['errno'], number> = { ENOTSUP, ENOSYS };
 
 type Insn = { code: number; jt: number | string; jf: number | string; k: number; label?: string };
 
@@ -52,22 +85,21 @@ function assemble(prog: Insn[]): Buffer {
   return buf;
 }
 
-function section(label: string, table: SyscallTable, clearX32: boolean): Insn[] {
+function section(label: string, arch: Arch, clearX32: boolean): Insn[] {
   const out: Insn[] = [{ label, code: LD_ABS, jt: 0, jf: 0, k: 0 }];
   if (clearX32) out.push({ code: AND, jt: 0, jf: 0, k: ~X32_SYSCALL_BIT >>> 0 });
-  for (const nr of table.chmodArg1) out.push({ code: JEQ, jt: 'mode1', jf: 0, k: nr });
-  for (const nr of table.chmodArg2) out.push({ code: JEQ, jt: 'mode2', jf: 0, k: nr });
-  for (const nr of table.xattr) out.push({ code: JEQ, jt: 'enotsup', jf: 0, k: nr });
+  for (const c of CHMOD_SYSCALLS) if (c.nr[arch] >= 0) out.push({ code: JEQ, jt: `mode${c.modeArg}`, jf: 0, k: c.nr[arch] });
+  for (const c of REFUSED_SYSCALLS) out.push({ code: JEQ, jt: c.errno, jf: 0, k: c.nr[arch] });
   out.push({ code: RET, jt: 0, jf: 0, k: RET_ALLOW });
   return out;
 }
 
 /** The filter for `arch` (Node's `process.arch`), or throws `sandbox-unavailable` for other architectures. */
 export function nixSeccompFilter(arch: string = process.arch): Buffer {
-  let native: [number, SyscallTable, boolean];
-  let compat: [number, SyscallTable];
-  if (arch === 'x64') { native = [AUDIT_ARCH_X86_64, X86_64, true]; compat = [AUDIT_ARCH_I386, I386]; }
-  else if (arch === 'arm64') { native = [AUDIT_ARCH_AARCH64, AARCH64, false]; compat = [AUDIT_ARCH_ARM, ARM]; }
+  let native: [number, Arch, boolean];
+  let compat: [number, Arch];
+  if (arch === 'x64') { native = [AUDIT_ARCH_X86_64, 'x86_64', true]; compat = [AUDIT_ARCH_I386, 'i386']; }
+  else if (arch === 'arm64') { native = [AUDIT_ARCH_AARCH64, 'aarch64', false]; compat = [AUDIT_ARCH_ARM, 'arm']; }
   else {
     throw new SandboxError('sandbox-unavailable', `no seccomp filter for architecture '${arch}'`, {
       hint: "set 'filterSyscalls: false' to build without it (builders could then create setuid files)",
@@ -87,7 +119,7 @@ export function nixSeccompFilter(arch: string = process.arch): Buffer {
     { code: JSET, jt: 'eperm', jf: 'allow', k: MODE_MASK },
     { label: 'eperm', code: RET, jt: 0, jf: 0, k: RET_ERRNO | EPERM },
     { label: 'allow', code: RET, jt: 0, jf: 0, k: RET_ALLOW },
-    { label: 'enotsup', code: RET, jt: 0, jf: 0, k: RET_ERRNO | ENOTSUP },
+    ...(Object.keys(ERRNO) as RefusedSyscall['errno'][]).map((e): Insn => ({ label: e, code: RET, jt: 0, jf: 0, k: RET_ERRNO | ERRNO[e] })),
     { label: 'kill', code: RET, jt: 0, jf: 0, k: RET_KILL_PROCESS },
   ];
   return assemble(prog);

@@ -7,7 +7,8 @@
  * (check mode; between rounds) and register in one transaction.
  */
 import { lstatSync, promises as fsp, readFileSync } from 'node:fs';
-import { canonicaliseFileSync, canonicalisePathMetaData, deleteTree } from '../store/canonicalise.js';
+import { canonicaliseFileSync, canonicalisePathMetaData, canonicalXattrOps, deleteTree } from '../store/canonicalise.js';
+import '../platform/native-xattrs.js'; // the native operations that remove extended attributes
 import { Hash, HashModulo } from '../store/hash.js';
 import { collect, dumpPath, hashPath, narOfRegularFile, restorePath, streamOf } from '../store/nar.js';
 import { scanBufferForReferences, scanForReferences } from '../store/references.js';
@@ -95,6 +96,7 @@ async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promis
   // Referenceable: the input closure and the scratch outputs.
   const candidates = [...plan.inputPaths, ...plan.scratch.values()];
   const scanned = new Map<string, Scanned>();
+  const xattrs = await canonicalXattrOps();
   for (const name of view.outputs.keys()) {
     const scratch = plan.scratch.get(name)!;
     const real = store.toRealPath(scratch);
@@ -113,7 +115,7 @@ async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promis
       // Fast path: canonicalise, read once, keep the NAR for the scan and the hash.
       let nar: Buffer;
       try {
-        canonicaliseFileSync(real, st);
+        canonicaliseFileSync(real, st, xattrs, store.ignoredAcls);
         nar = narOfRegularFile(readFileSync(real), isExec);
       } catch (e) {
         throw new OutputRejected('output-rejected', (e as Error).message);
@@ -121,16 +123,16 @@ async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promis
       scanned.set(name, { name, scratch, real, refs: scanBufferForReferences(nar, candidates), isReg: true, isExec, nar });
       continue;
     }
-    await canonicaliseOutput(real, shown);
+    await canonicaliseOutput(real, shown, store.ignoredAcls);
     const refs = await scanForReferences(dumpPath(real), candidates);
     scanned.set(name, { name, scratch, real, refs, isReg: st.isFile(), isExec });
   }
   return scanned;
 }
 
-async function canonicaliseOutput(real: string, shown: string): Promise<void> {
+async function canonicaliseOutput(real: string, shown: string, ignoredAcls: readonly string[] | undefined): Promise<void> {
   try {
-    await canonicalisePathMetaData(real);
+    await canonicalisePathMetaData(real, { ignoredAcls });
   } catch (e) {
     // A FIFO, socket or device: Nix's words, naming the file where Nix finds it.
     if (e instanceof UnsupportedFileTypeError && e.file.startsWith(real)) {
@@ -285,7 +287,7 @@ class Finalised {
     const actual = compared ? s.real : finalReal;
     // A fast-path file that stayed where it was and was not rewritten is canonical already.
     const untouched = s.nar !== undefined && finalReal === s.real;
-    if (!untouched && (actual === finalReal || compared)) await canonicalisePathMetaData(actual).catch(() => {});
+    if (!untouched && (actual === finalReal || compared)) await canonicalisePathMetaData(actual, { ignoredAcls: store.ignoredAcls }).catch(() => {});
     if (s.scratch !== info.path) this.outputRewrites.set(storePathHashPart(s.scratch), storePathHashPart(info.path));
     this.finalPaths[s.name] = info.path;
     this.infos.set(s.name, { ...info, deriver: this.view.drvPath, ultimate: true, registrationTime: Math.floor(Date.now() / 1000) });

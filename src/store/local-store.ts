@@ -17,7 +17,7 @@ import { closeSync, constants as FS, createReadStream, existsSync, fstatSync, ls
 import { createHash } from 'node:crypto';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
-import { canonicalisePathMetaData, deleteTree } from './canonicalise.js';
+import { canonicalisePathMetaData, deleteTree, inheritsXattrs } from './canonicalise.js';
 import { InvalidStorePathError, StoreError } from './errors.js';
 import { Hash, HashSink } from './hash.js';
 import { HeldLocks, type LockWaitOptions, lockPlainFile, lockStorePaths, tryFlockFd, tryLockStorePaths } from './locks.js';
@@ -44,6 +44,11 @@ export interface LocalStoreOptions {
   readonly signal?: AbortSignal | undefined;
   /** Write build logs bzip2-compressed (`<log>.bz2`), as Nix's `compress-build-log`. @default true */
   readonly compressBuildLog?: boolean | undefined;
+  /**
+   * Extended attributes left on store files when canonicalising (Nix's `ignored-acls`); every other one is
+   * removed. @default `['security.selinux', 'system.nfs4_acl', 'security.csm']`
+   */
+  readonly ignoredAcls?: readonly string[] | undefined;
 }
 
 /**
@@ -320,6 +325,7 @@ export class LocalStore implements Store {
       }
       const store = new LocalStore(layout, db, releaseBigLock);
       if (opts.compressBuildLog === false) store.compressBuildLog = false;
+      if (opts.ignoredAcls) store.ignoredAcls = [...opts.ignoredAcls];
       await store.removeStaleTempDirs();
       return store;
     } catch (e) {
@@ -524,7 +530,7 @@ export class LocalStore implements Store {
           hint: 'write the contents first; nothing was registered',
         });
       }
-      if (opts.canonicalise ?? true) await canonicalisePathMetaData(real);
+      if (opts.canonicalise ?? true) await canonicalisePathMetaData(real, { ignoredAcls: this.ignoredAcls });
     }
     this.registerInDb(infos);
   }
@@ -569,7 +575,7 @@ export class LocalStore implements Store {
       if (!got.hash.equals(info.narHash)) throw narHashMismatch(info.path, info.narHash, got.hash);
       if (info.narSize && got.size !== info.narSize) throw narSizeMismatch(info.path, info.narSize, got.size);
       await verifyContentAddress(info, target, got.hash);
-      if (!session.canonicalOwner) await canonicalisePathMetaData(target);
+      if (session.walkAfterRestore) await canonicalisePathMetaData(target, { ignoredAcls: this.ignoredAcls });
       opts.signal?.throwIfAborted();
       const final: PathInfo = { ...info, narSize: got.size };
       checkBatchClosure([final], (ps) => this.queryValidPathsSync(ps));
@@ -599,20 +605,22 @@ export class LocalStore implements Store {
   }
 
   private tmpCounter = 0;
-  private session: Promise<{ dir: string; fd: number; canonicalOwner: boolean }> | undefined;
+  private session: Promise<{ dir: string; fd: number; walkAfterRestore: boolean }> | undefined;
   /**
    * This store object's temporary directory (`.tmp-*` in the real store dir), created on first use,
    * flock-ed until close() (which deletes it), so removeStaleTempDirs of another process leaves it alone
    * and removes it once we are gone. Creating and deleting a directory per added path costs several
    * system calls, and closing a deleted directory is slow on file systems mounted with `discard`.
    */
-  private sessionTempDir(): Promise<{ dir: string; fd: number; canonicalOwner: boolean }> {
-    this.session ??= this.makeTempDir().then((t) => {
+  private sessionTempDir(): Promise<{ dir: string; fd: number; walkAfterRestore: boolean }> {
+    this.session ??= this.makeTempDir().then(async (t) => {
       const st = fstatSync(t.fd);
       // Files created inside get our uid, and our gid unless the directory is setgid to another group.
       // (canonicalisePathMetaData changes owners only when running as root.)
       const canonicalOwner = MY_UID !== 0 || (st.mode & 0o2000) === 0 || st.gid === MY_GID;
-      return { ...t, canonicalOwner };
+      // Files restored inside get extended attributes only by inheritance (a default ACL on the store
+      // directory, which the temporary directory then has too): only then must they be walked and stripped.
+      return { ...t, walkAfterRestore: !canonicalOwner || (await inheritsXattrs(t.dir, this.ignoredAcls)) };
     });
     return this.session;
   }
@@ -700,6 +708,7 @@ export class LocalStore implements Store {
    * file. Nix reads both; where both exist, the plain one is read.
    */
   compressBuildLog = true;
+  ignoredAcls: readonly string[] | undefined;
 
   /** Writes the log where Nix 2.8 writes it: `drvs/XX/REST.bz2`, or uncompressed without compressBuildLog. */
   async addBuildLog(drvPath: StorePath, log: string | Uint8Array): Promise<void> {

@@ -43,6 +43,8 @@ export interface Store {
   readonly storeDir: string;
   /** Physical directory holding the store paths (differs from `storeDir` in a chroot store). */
   readonly realStoreDir: string;
+  /** Extended attributes canonicalisation leaves on store files (Nix's `ignored-acls`); undefined = Nix's default. */
+  readonly ignoredAcls?: readonly string[] | undefined;
 
   /** Physical location of a logical store path (or of a file inside one). */
   toRealPath(path: string): string;

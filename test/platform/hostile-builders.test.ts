@@ -1,0 +1,117 @@
+/**
+ * Hostile builders against the whole engine (sandboxed builds in a chroot store): each test has the
+ * builder try one way of leaving privileges, host access or debris behind, with a small static C probe
+ * (test/fixtures/platform/hostile-probe.c) compiled here, and fails if it gets through.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { nix, type NixString } from '../../src/derivation/context.js';
+import { addPath, derivation } from '../../src/derivation/instantiate.js';
+import { BuildEngine, type BuildEngineOptions } from '../../src/scheduler/build-engine.js';
+import { LocalStore } from '../../src/store/local-store.js';
+import { bwrapOk, tempDir } from '../helpers/nix.js';
+import { busyboxOk, SANDBOX_PATHS } from '../scheduler/helpers.js';
+import { ccOk } from './sandbox-fixture.js';
+
+const PROBE_SOURCE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/platform/hostile-probe.c');
+const system = 'x86_64-linux';
+
+describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine, sandboxed)', () => {
+  let dir: string;
+  let store: LocalStore;
+  let probe: NixString;
+  /** The probe on the host (outside any sandbox): the oracle for what is on disk. */
+  let hostProbe: string;
+  const engines: BuildEngine[] = [];
+
+  beforeAll(async () => {
+    dir = tempDir('realise-hostile-');
+    const probeDir = path.join(dir, 'probe');
+    mkdirSync(path.join(probeDir, 'bin'), { recursive: true });
+    hostProbe = path.join(probeDir, 'bin/probe');
+    execFileSync(process.env.CC ?? 'cc', ['-static', '-O2', '-o', hostProbe, PROBE_SOURCE]);
+    store = await LocalStore.open({ root: path.join(dir, 'root') });
+    probe = await addPath(store, probeDir, { name: 'hostile-probe' });
+  });
+  afterAll(async () => {
+    for (const e of engines) await e.close();
+    await store?.close();
+  });
+
+  const engine = (o: BuildEngineOptions = {}) => {
+    const e = new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS, buildDir: path.join(dir, 'tmp'), ...o });
+    engines.push(e);
+    return e;
+  };
+
+  /** Build a derivation running `script` (busybox sh, $P = the probe); returns the output's real path. */
+  async function build(name: string, script: string, o: BuildEngineOptions = {}, attrs: Record<string, unknown> = {}) {
+    mkdirSync(path.join(dir, 'tmp'), { recursive: true });
+    const d = await derivation(store, { name, system, builder: '/bin/sh', args: ['-c', nix`P=${probe}/bin/probe; ${script}`], ...attrs });
+    const [r] = await engine(o).buildPathsWithResults([{ drvPath: d.drvPath, outputs: ['out'] }]);
+    return { result: r!.result, out: store.toRealPath(String(d.out)), outPath: String(d.out) };
+  }
+
+  const xattrsOf = (p: string) => execFileSync(hostProbe, ['list', p], { encoding: 'utf8' }).split('\n').filter(Boolean);
+
+  it('the seccomp filter refuses setxattrat and io_uring', async () => {
+    const { result, out } = await build('refused-calls', 'mkdir $out; echo x > $out/f; $P setxattrat $out/f > $out/setxattrat; $P uring > $out/uring; $P setxattr $out/f user.x v > $out/setxattr');
+    expect(result.status).toBe('built');
+    expect(readFileSync(path.join(out, 'setxattrat'), 'utf8')).toBe('EOPNOTSUPP\n');
+    expect(readFileSync(path.join(out, 'uring'), 'utf8')).toBe('ENOSYS\n');
+    expect(readFileSync(path.join(out, 'setxattr'), 'utf8')).toBe('EOPNOTSUPP\n');
+    expect(xattrsOf(path.join(out, 'f'))).toEqual([]);
+  });
+
+  it('registered outputs carry no extended attributes, not even a file capability (filter off)', async () => {
+    // Without the filter the builder sets them all; canonicalisation must remove every one of them.
+    const script = 'mkdir $out $out/d; cp $P $out/su; echo x > $out/small; echo y > $out/d/f; '
+      + '$P setxattr $out/small user.a 1 > $out/r1; $P setxattr $out/d user.b 2 > $out/r2; $P setxattr $out/d/f user.c 3 > $out/r3; '
+      + '$P setxattrat $out/small > $out/r4; '
+      + (process.getuid?.() === 0 ? '$P setcap $out/su > $out/r5; ' : 'echo ok > $out/r5; ')
+      + '$P setxattr $out/d/f user.keep 4 > $out/r6; chmod 444 $out/d/f';
+    const { result, out } = await build('xattrs', script, { filterSyscalls: false });
+    expect(result.status).toBe('built');
+    for (const r of ['r1', 'r2', 'r3', 'r4', 'r5', 'r6']) expect(readFileSync(path.join(out, r), 'utf8')).toBe('ok\n');
+    for (const f of ['', 'su', 'small', 'd', 'd/f']) expect(xattrsOf(path.join(out, f))).toEqual([]);
+  });
+
+  it("extended attributes named in ignored-acls stay", async () => {
+    const keep = await LocalStore.open({ root: path.join(dir, 'root-keep'), ignoredAcls: ['user.keep'] });
+    try {
+      const p = await addPath(keep, path.dirname(path.dirname(hostProbe)), { name: 'hostile-probe' });
+      const d = await derivation(keep, { name: 'keep', system, builder: '/bin/sh', args: ['-c', nix`mkdir $out; echo x > $out/f; ${p}/bin/probe setxattr $out/f user.keep 1; ${p}/bin/probe setxattr $out/f user.drop 1`] });
+      const e = new BuildEngine({ store: keep, sandbox: true, sandboxPaths: SANDBOX_PATHS, buildDir: path.join(dir, 'tmp'), filterSyscalls: false });
+      engines.push(e);
+      const [r] = await e.buildPathsWithResults([{ drvPath: d.drvPath, outputs: ['out'] }]);
+      expect(r!.result.status).toBe('built');
+      expect(xattrsOf(path.join(keep.toRealPath(String(d.out)), 'f'))).toEqual(['user.keep']);
+    } finally {
+      await keep.close();
+    }
+  });
+
+  it('paths added to a store whose directory has a default ACL do not inherit it', async () => {
+    const root = path.join(dir, 'root-acl');
+    const acl = await LocalStore.open({ root });
+    try {
+      expect(execFileSync(hostProbe, ['acl', acl.realStoreDir], { encoding: 'utf8' })).toBe('ok\n');
+      const src = path.join(dir, 'acl-src');
+      mkdirSync(path.join(src, 'sub'), { recursive: true });
+      writeFileSync(path.join(src, 'sub/file'), 'data\n');
+      const p = acl.toRealPath(String(await addPath(acl, src, { name: 'acl-src' })));
+      for (const f of ['', 'sub', 'sub/file']) expect(xattrsOf(path.join(p, f))).toEqual([]);
+    } finally {
+      await acl.close();
+    }
+  });
+
+  it('a single-file output loses its extended attributes too', async () => {
+    const { result, out } = await build('xattr-flat', 'echo x > $out; $P setxattr $out user.a 1 > /build/r; $P setxattrat $out >> /build/r; cat /build/r; grep -c ok /build/r', { filterSyscalls: false });
+    expect(result.status).toBe('built');
+    expect(xattrsOf(out)).toEqual([]);
+  });
+});
