@@ -241,7 +241,9 @@ export class LinuxSandbox implements Sandbox {
   /** Everything bind-mounted into the chroot, target → source (Nix's dirsInChroot), inputs read-only. */
   async #binds(request: SandboxRequest, layout: ChrootLayout): Promise<Map<string, Bind>> {
     const binds = new Map<string, Bind>();
-    for (const [t, s] of request.extraPaths ?? []) binds.set(t, { ...s, ro: false });
+    // Host files and directories are read-only (Nix 2.8 binds them read-write: a builder running as the
+    // host's root underneath could write to them); only the build directory and outputs are writable.
+    for (const [t, s] of request.extraPaths ?? []) binds.set(t, { ...s, ro: true });
     binds.set(request.sandboxBuildDir, { source: request.buildDir, optional: false, ro: false });
     const outputs = new Set(request.outputPaths);
     for (const input of request.inputPaths) {
@@ -262,8 +264,8 @@ export class LinuxSandbox implements Sandbox {
       }
     }
     if (request.network) {
-      for (const f of ['/etc/resolv.conf', '/etc/services', '/etc/hosts']) binds.set(f, { source: f, optional: true, ro: false });
-      if (fs.existsSync('/var/run/nscd/socket')) binds.set('/var/run/nscd/socket', { source: '/var/run/nscd/socket', optional: true, ro: false });
+      for (const f of ['/etc/resolv.conf', '/etc/services', '/etc/hosts']) binds.set(f, { source: f, optional: true, ro: true });
+      if (fs.existsSync('/var/run/nscd/socket')) binds.set('/var/run/nscd/socket', { source: '/var/run/nscd/socket', optional: true, ro: true });
     }
     for (const o of outputs) binds.delete(o);
     const stale = layout.skeleton?.mountpoints;
@@ -282,7 +284,7 @@ export class LinuxSandbox implements Sandbox {
       }
     }
     if (this.#options.preBuildHook) {
-      for (const [t, s] of await runPreBuildHook(this.#options.preBuildHook, request.drvPath, layout.root)) binds.set(t, { ...s, ro: false });
+      for (const [t, s] of await runPreBuildHook(this.#options.preBuildHook, request.drvPath, layout.root)) binds.set(t, { ...s, ro: true });
     }
     for (const o of outputs) binds.delete(o);
     binds.delete('/proc'); // Nix skips it (backwards compatibility); /proc is always a fresh procfs

@@ -4,7 +4,7 @@
  * (test/fixtures/platform/hostile-probe.c) compiled here, and fails if it gets through.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,7 +14,8 @@ import { BuildEngine, type BuildEngineOptions } from '../../src/scheduler/build-
 import { LocalStore } from '../../src/store/local-store.js';
 import { bwrapOk, tempDir } from '../helpers/nix.js';
 import { busyboxOk, SANDBOX_PATHS } from '../scheduler/helpers.js';
-import { ccOk } from './sandbox-fixture.js';
+import { LinuxSandbox, type LinuxSandboxBackend } from '../../src/platform/linux-sandbox.js';
+import { ccOk, makeFixture } from './sandbox-fixture.js';
 
 const PROBE_SOURCE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/platform/hostile-probe.c');
 const system = 'x86_64-linux';
@@ -113,5 +114,53 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
     const { result, out } = await build('xattr-flat', 'echo x > $out; $P setxattr $out user.a 1 > /build/r; $P setxattrat $out >> /build/r; cat /build/r; grep -c ok /build/r', { filterSyscalls: false });
     expect(result.status).toBe('built');
     expect(xattrsOf(out)).toEqual([]);
+  });
+});
+
+const backends: LinuxSandboxBackend[] = ['helper', 'bwrap'];
+
+describe.skipIf(!bwrapOk() || !ccOk()).each(backends)('hostile builders (LinuxSandbox, %s)', (backend) => {
+  let fx: ReturnType<typeof makeFixture>;
+  let sb: LinuxSandbox;
+  let P: string;
+
+  beforeAll(async () => {
+    fx = makeFixture();
+    // The probe goes into the fixture's busybox input path.
+    const probe = path.join(fx.dir, 'probe');
+    execFileSync(process.env.CC ?? 'cc', ['-static', '-O2', '-o', probe, PROBE_SOURCE]);
+    copyFileSync(probe, path.join(fx.realPath(fx.busyboxPath), 'bin/probe'));
+    P = `${fx.busyboxPath}/bin/probe`;
+    sb = new LinuxSandbox({ backend });
+    await sb.backend();
+  });
+  afterAll(async () => { await sb?.close(); });
+
+  const run = async (name: string, script: string, extra: Parameters<typeof fx.request>[2] = {}) => {
+    const req = fx.request(name, `P=${P}; mkdir $out; ${script}`, extra);
+    const exit = await sb.run(req, { onOutput: () => {} });
+    expect(exit).toEqual({ kind: 'exited', code: 0 });
+    return (f: string) => readFileSync(path.join(fx.realPath(req.outputPaths[0]!), f), 'utf8');
+  };
+
+  it("a fixed-output builder cannot open the host's /etc/hosts or /etc/resolv.conf for writing", async () => {
+    const read = await run('fod-etc', '$P openw /etc/hosts > $out/hosts; $P openw /etc/resolv.conf > $out/resolv; $P openw /etc/services > $out/services', { network: true });
+    expect(read('hosts')).toBe('EROFS\n');
+    if (existsSync('/etc/resolv.conf')) expect(read('resolv')).toBe('EROFS\n');
+    if (existsSync('/etc/services')) expect(read('services')).toBe('EROFS\n');
+  });
+
+  it('sandbox paths are read-only, even from a nested user namespace', async () => {
+    const host = path.join(fx.dir, 'shared');
+    mkdirSync(host);
+    writeFileSync(path.join(host, 'file'), 'host\n');
+    const read = await run('extra-paths', '$P write /shared/file > $out/write; (echo new > /shared/new) 2> $out/create; $P remount /shared > $out/remount', {
+      extraPaths: new Map([['/shared', { source: host, optional: false }]]),
+    });
+    expect(read('write')).toBe('EROFS\n');
+    expect(read('create')).toMatch(/Read-only file system/);
+    expect(read('remount')).not.toBe('ok\n');
+    expect(readFileSync(path.join(host, 'file'), 'utf8')).toBe('host\n');
+    expect(readdirSync(host)).toEqual(['file']);
   });
 });
