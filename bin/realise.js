@@ -4,13 +4,16 @@
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-// Interrupts: while a build runs, the CLI turns SIGINT/SIGTERM into cancellation (builders killed, locks
-// released, nothing half-registered). Outside that window (loading, opening the store, before or after
-// the build) nothing is in flight, so an interrupt ends the command at once, as Nix ends: "error:
-// interrupted by the user", exit status 1 (not a death by signal).
+// Interrupts: while a build runs, the CLI turns SIGINT/SIGTERM/SIGHUP into cancellation (builders killed,
+// locks released, nothing half-registered): it sets `cancel` below for that window. Outside it (loading,
+// opening the store, before or after the build) nothing is in flight, so an interrupt ends the command at
+// once, as Nix ends: "error: interrupted by the user", exit status 1 (not a death by signal). Only this
+// handler decides: other listeners (execa's child clean-up registers some) never keep the process alive.
+const interrupts = { cancel: undefined };
+globalThis[Symbol.for('realise.cli.interrupts')] = interrupts;
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   process.on(sig, () => {
-    if (process.listenerCount(sig) > 1) return; // the build's own handler cancels it
+    if (interrupts.cancel) return interrupts.cancel(sig);
     process.stderr.write('error: interrupted by the user\n');
     process.exit(1);
   });

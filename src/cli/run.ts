@@ -8,7 +8,7 @@ import { existsSync, lstatSync, readFileSync, readlinkSync, renameSync, symlinkS
 import { cpus } from 'node:os';
 import * as path from 'node:path';
 import {
-  BinaryCacheSubstituter, SubstituterError, BuildEngine, createRemoteBuilders, BuildFailedError, BuildSetupError, RealiseError, copyToBinaryCache, openStore, LocalStore,
+  BinaryCacheSubstituter, SubstituterError, BuildEngine, BuildFailedError, BuildSetupError, RealiseError, copyToBinaryCache, openStore, LocalStore,
   DEFAULT_SYSTEM_FEATURES, derivationOutputsAndPaths, isSuccess, readDerivationFromStore, toNixBase32,
   type BuildEngineOptions, type BuildResult, type BuildTarget, type PathInfo, type Store, type TargetResult,
 } from '../index.js';
@@ -215,7 +215,8 @@ async function build(args: CliArgs, store: Store): Promise<number> {
   const opts = engineOptions(args, store, warn);
   for (const name of [...args.unknownSettings].sort(byString)) warn(`unknown setting '${name}'`);
   const builders = args.options.get('builders');
-  if (builders) opts.builders = createRemoteBuilders(builders);
+  // The engine makes the builders from the setting, and closes them (their ssh sessions) when it is closed.
+  if (builders) opts.builders = builders;
   let targets: BuildTarget[] = args.positional.map((a) => (args.command === 'ensure' ? { path: followLinksToStorePath(store.storeDir, a) } : parseTargetArg(store.storeDir, a)));
   // nix-store --realise with nothing to do succeeds quietly.
   if (targets.length === 0) return 0;
@@ -238,9 +239,7 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     }
   });
   const ac = new AbortController();
-  const onSig = () => ac.abort();
-  // SIGHUP too, as Nix's signal handler; `on`, so a second interrupt during the clean-up changes nothing.
-  for (const sig of INTERRUPTS) process.on(sig, onSig);
+  const stopCancelling = cancelOnInterrupt(() => ac.abort());
   try {
     if (!args.quiet || args.dryRun || args.ignoreUnknown) {
       // A substituter that fails to answer ends the command, as Nix's queryMissing throws (without --fallback).
@@ -293,7 +292,7 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     return 0;
   } finally {
     display.stop();
-    for (const sig of INTERRUPTS) process.off(sig, onSig);
+    stopCancelling();
     await engine.close();
   }
 }
@@ -357,6 +356,21 @@ function formatSize(value: number, human: boolean): string {
 
 /** The signals that interrupt a build (Nix's signal handler thread waits for the same three). */
 const INTERRUPTS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/**
+ * Until the returned function is called, an interrupt calls `cancel` instead of ending the process (a second
+ * one during the clean-up changes nothing). The `realise` process (bin/realise.js) owns the signal handlers
+ * and asks this hook; when main() runs inside another program, the handlers are installed for the window.
+ */
+function cancelOnInterrupt(cancel: () => void): () => void {
+  const owner = (globalThis as Record<symbol, { cancel?: () => void } | undefined>)[Symbol.for('realise.cli.interrupts')];
+  if (owner) {
+    owner.cancel = cancel;
+    return () => { owner.cancel = undefined; };
+  }
+  for (const sig of INTERRUPTS) process.on(sig, cancel);
+  return () => { for (const sig of INTERRUPTS) process.off(sig, cancel); };
+}
 
 async function pathInfo(args: CliArgs, store: Store): Promise<number> {
   // --all: every valid path as it is (a .drv among them stands for itself).

@@ -51,12 +51,15 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   private warnedNoSandbox = false;
   private readonly noSandbox: NoSandbox;
   private readonly ownsStore: boolean;
+  /** Builders made from a `builders` string option: the engine's to close. */
+  private readonly ownsBuilders: boolean;
 
   constructor(options: BuildEngineOptions = {}) {
     super();
     this.options = resolveOptions(options, true);
     this.noSandbox = new NoSandbox({ filterSyscalls: this.options.filterSyscalls });
     this.ownsStore = !options.store;
+    this.ownsBuilders = typeof options.builders === 'string';
     this.storePromise = options.store ? Promise.resolve(options.store) : LocalStore.openDefault();
     this.buildQueue = new PQueue({ concurrency: Math.max(1, this.options.maxJobs) });
     this.substQueue = new PQueue({ concurrency: this.options.maxSubstitutionJobs });
@@ -324,8 +327,12 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     return queryMissing(ctx, targets.map(parseTarget));
   }
 
-  /** Stop the sandbox's helper processes and drop its prepared chroots; close the store if the engine opened it. */
+  /**
+   * Stop the sandbox's helper processes and drop its prepared chroots; close the substituters, the remote
+   * builders the engine made (from a `builders` string) and the store if the engine opened it.
+   */
   async close(): Promise<void> {
+    if (this.ownsBuilders) await Promise.all(this.options.builders.map((b) => b.close()));
     if (this.linuxChoice?.sandbox) {
       await this.linuxChoice.sandbox.close?.();
       await flushRemovals();

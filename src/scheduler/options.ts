@@ -4,6 +4,7 @@
 import { cpus, tmpdir } from 'node:os';
 import type { Store } from '../store/store-api.js';
 import type { Sandbox } from '../platform/sandbox.js';
+import { createRemoteBuilders } from '../remote/remote-builder.js';
 import { OptionsError } from './errors.js';
 
 export type SandboxMode = boolean | 'relaxed';
@@ -80,8 +81,12 @@ export interface BuildEngineOptions {
   environment?: Readonly<Record<string, string | undefined>>;
   /** Directory in which build directories are created. @default os.tmpdir() when the engine is made (Nix reads TMPDIR once, at start) */
   buildDir?: string;
-  /** Remote builders (see src/remote). @default [] */
-  builders?: readonly import('../remote/remote-builder.js').RemoteBuilder[];
+  /**
+   * Remote builders (see src/remote): builders you made (you close them), or Nix's `builders` setting as a
+   * string (machine lines, `;`-separated, or `@/etc/nix/machines`), from which the engine makes its own
+   * builders and closes them in `close()`. @default []
+   */
+  builders?: string | readonly import('../remote/remote-builder.js').RemoteBuilder[];
 }
 
 export interface ResolvedOptions {
@@ -193,6 +198,6 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     extraPlatforms: strings('extraPlatforms', o.extraPlatforms, system === 'x86_64-linux' ? ['i686-linux'] : []),
     environment: o.environment ?? process.env,
     buildDir: o.buildDir ?? tmpdir(),
-    builders: o.builders ?? [],
+    builders: typeof o.builders === 'string' ? createRemoteBuilders(o.builders, { thisSystem: system }) : o.builders ?? [],
   };
 }

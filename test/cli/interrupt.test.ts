@@ -12,10 +12,13 @@ import { instantiateTwins, nix, nixEnv, nixOk, runNix, tempDir } from '../helper
 const BIN = path.resolve(__dirname, '../../bin/realise.js');
 const SANDBOX = '/bin/sh=/bin/busybox /bin/busybox';
 
-/** Each test run gets its own marker, so a leftover builder is found by its command line. */
+/**
+ * Each test run gets its own marker, so a leftover builder is found by its command line (the shell's: the
+ * marker is a no-op command of its script, as `sleep` takes numbers only).
+ */
 const MARK = `interrupt-${process.pid}`;
 const EXPR = `{ mark }: derivation { name = "interrupt"; system = "x86_64-linux"; builder = "/bin/sh";
-  args = ["-c" "echo started; /bin/busybox sleep 600 \${mark}; echo > $out"]; }`;
+  args = ["-c" "echo started; : \${mark}; /bin/busybox sleep 600; echo > $out"]; }`;
 
 interface Ended { status: number | null; signal: NodeJS.Signals | null; stderr: string }
 
