@@ -9,14 +9,14 @@ import { cpus } from 'node:os';
 import * as path from 'node:path';
 import {
   BinaryCacheSubstituter, SubstituterError, BuildEngine, BuildFailedError, BuildSetupError, RealiseError, copyToBinaryCache, openStore, LocalStore,
-  DEFAULT_SYSTEM_FEATURES, derivationOutputsAndPaths, isSuccess, readDerivationFromStore, toNixBase32,
+  DEFAULT_SYSTEM_FEATURES, derivationOutputsAndPaths, isCompression, isSuccess, readDerivationFromStore, toNixBase32,
   type BuildEngineOptions, type BuildResult, type BuildTarget, type PathInfo, type Store, type TargetResult,
 } from '../index.js';
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
 import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
 import { ProgressDisplay } from './progress.js';
 import { applyNixConf, readNixConf } from './nix-conf.js';
-import { dependenciesFirst, filterLogMessage, formatError, formatWarning, missingLines, splitNote, summariseFailures, withoutLogTail } from './report.js';
+import { dependenciesFirst, filterLogMessage, formatError, formatWarning, missingLines, splitNote, summariseFailures, systemErrorMessage, withoutLogTail } from './report.js';
 
 const USAGE = `usage: realise COMMAND [FLAGS] ARGS
 
@@ -150,8 +150,9 @@ function stateDirOf(store: Store): string | undefined {
   return store instanceof LocalStore ? store.layout.stateDir : undefined;
 }
 
-/** Replace `link` with a symlink to `target` atomically (Nix's makeSymlink). */
+/** Replace `link` with a symlink to `target` atomically, creating its directory (Nix's makeSymlink). */
 function makeSymlink(link: string, target: string): void {
+  mkdirSync(path.dirname(link), { recursive: true });
   const tmp = `${link}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
   symlinkSync(target, tmp);
   renameSync(tmp, link);
@@ -170,7 +171,6 @@ function addPermRoot(store: Store, storePath: string, root: string): string {
   const stateDir = stateDirOf(store);
   if (stateDir) {
     const auto = path.join(stateDir, 'gcroots', 'auto');
-    mkdirSync(auto, { recursive: true });
     makeSymlink(path.join(auto, toNixBase32(createHash('sha1').update(gcRoot).digest())), gcRoot);
   }
   return gcRoot;
@@ -460,8 +460,11 @@ async function pathInfo(args: CliArgs, store: Store): Promise<number> {
 
 async function copy(args: CliArgs, store: Store): Promise<number> {
   if (!args.to) throw new UsageError("'copy' needs '--to URL'");
-  const secretKey = args.options.get('secret-key');
+  const secretKeyFile = args.options.get('secret-key');
+  // Read before anything is copied, as Nix reads the key when it opens the cache.
+  const secretKey = secretKeyFile ? readFileSync(secretKeyFile, 'utf8').trim() : undefined;
   const compression = args.options.get('compression');
+  if (compression !== undefined && !isCompression(compression)) throw new CliError(`unknown compression method '${compression}'`);
   const paths = args.positional.map((a) => followLinksToStorePath(store.storeDir, a));
   // As nix copy: the paths are realised first (here: they must be valid, nothing is substituted).
   for (const p of paths) {
@@ -477,8 +480,8 @@ async function copy(args: CliArgs, store: Store): Promise<number> {
     process.stderr.write(`copying ${missing.length} paths...\n`);
   }
   const written = await copyToBinaryCache(store, paths, args.to, {
-    ...(secretKey ? { secretKey: readFileSync(secretKey, 'utf8').trim() } : {}),
-    ...(compression ? { compression: compression as never } : {}),
+    ...(secretKey ? { secretKey } : {}),
+    ...(compression ? { compression } : {}),
     onPath: (p: string, wrote: boolean) => { if (wrote && !args.quiet) process.stderr.write(`copying path '${p}' to '${shownUrl}'...\n`); },
   });
   if (args.json) printJson(written);
@@ -549,7 +552,14 @@ export async function main(argv: string[]): Promise<number> {
         writeStderr(showTrace ? `\n       \u2026 ${e.trace}\n` : "(use '--show-trace' to show detailed location information)\n");
       }
     } else if (e instanceof CliError) writeStderr(formatError(e.message));
-    else writeStderr(formatError((e as Error)?.stack ?? String(e)));
+    else {
+      // A failed system call is the user's to fix (a missing file, a permission): Nix's words, no trace.
+      // Anything else is unexpected: its message, and the stack with --show-trace.
+      const sys = systemErrorMessage(e);
+      if (sys) writeStderr(formatError(sys));
+      else if (showTrace) writeStderr(formatError((e as Error)?.stack ?? String(e)));
+      else writeStderr(`${formatError((e as Error)?.message ?? String(e))}(use '--show-trace' to show detailed location information)\n`);
+    }
     return 1;
   }
 }

@@ -1,0 +1,69 @@
+/**
+ * User mistakes end `realise` with Nix 2.8's message and exit status 1, never a stack trace: a missing key
+ * file, an unknown compression method, a cache directory that is a file. Side by side with `nix copy` /
+ * `nix-store` where Nix has the same mistake. Also the errno → Nix wording used for them.
+ */
+import { writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { systemErrorMessage } from '../../src/cli/report.js';
+import { realiseInProcess as realise } from '../helpers/cli.js';
+import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+
+const lastLine = (s: string) => s.trimEnd().split('\n').pop();
+const noTrace = (s: string) => expect(s).not.toMatch(/^\s+at /m);
+
+describe('system call failures in Nix words', () => {
+  const errnoError = (code: string, errno: number, message: string, syscall: string, p: string, dest?: string) =>
+    Object.assign(new Error(message), { code, errno, syscall, path: p, ...(dest ? { dest } : {}) });
+  it('maps the syscall and the description as Nix SysError prints them', () => {
+    expect(systemErrorMessage(errnoError('ENOENT', -2, "ENOENT: no such file or directory, open '/x'", 'open', '/x'))).toBe("opening file '/x': No such file or directory");
+    expect(systemErrorMessage(errnoError('EEXIST', -17, "EEXIST: file already exists, mkdir '/d'", 'mkdir', '/d'))).toBe("creating directory '/d': File exists");
+    expect(systemErrorMessage(errnoError('EACCES', -13, "EACCES: permission denied, symlink '/t' -> '/l'", 'symlink', '/t', '/l'))).toBe("creating symlink from '/l' to '/t': Permission denied");
+    expect(systemErrorMessage(new TypeError('x'))).toBeUndefined();
+  });
+});
+
+describe.skipIf(!nixOk())('user mistakes, realise vs Nix 2.8', () => {
+  let dir: string;
+  let store: string;
+  let p: string;
+  beforeAll(() => {
+    dir = tempDir();
+    store = path.join(dir, 'S');
+    writeFileSync(path.join(dir, 'f.txt'), 'hello\n');
+    p = nix('nix-store', ['--store', store, '--add', path.join(dir, 'f.txt')]);
+  });
+
+  it('copy with a secret key file that does not exist (URL setting and --option)', async () => {
+    const n = runNix('nix', ['copy', '--store', store, '--to', `file://${dir}/N?secret-key=/nonexistent`, p]);
+    expect(n.status).toBe(1);
+    const o = await realise(['copy', '--store', store, '--to', `file://${dir}/O2`, '--option', 'secret-key', '/nonexistent', p]);
+    expect([o.status, o.stderr]).toEqual([1, n.stderr]);
+    // In the URL, the cache's own typed error names the setting and the file.
+    const u = await realise(['copy', '--store', store, '--to', `file://${dir}/O?secret-key=/nonexistent`, p]);
+    expect(u.status).toBe(1);
+    expect(lastLine(u.stderr)).toMatch(/^error: binary cache '.*': cannot read secret key file '\/nonexistent': /);
+    noTrace(u.stderr);
+  });
+
+  it('copy with an unknown compression method', async () => {
+    const n = runNix('nix', ['copy', '--store', store, '--to', `file://${dir}/N3?compression=foo`, p]);
+    const o = await realise(['copy', '--store', store, '--to', `file://${dir}/O3`, '--option', 'compression', 'foo', p]);
+    expect([o.status, lastLine(o.stderr)]).toEqual([n.status, lastLine(n.stderr)]);
+    noTrace(o.stderr);
+  });
+
+  it('copy to a cache directory that is a file: an error naming it, no trace', async () => {
+    const o = await realise(['copy', '--store', store, '--to', `file://${dir}/f.txt`, p]);
+    expect(o.status).toBe(1);
+    expect(lastLine(o.stderr)).toBe(`error: creating directory '${dir}/f.txt/nar': Not a directory`);
+    noTrace(o.stderr);
+  });
+
+  it('--add-root in a directory that does not exist yet: made, as Nix makes it', async () => {
+    const n = runNix('nix-store', ['--store', store, '--realise', p, '--add-root', path.join(dir, 'n/sub/result')]);
+    const o = await realise(['build', '--store', store, '--add-root', path.join(dir, 'o/sub/result'), p]);
+    expect([o.status, o.stdout.replace('/o/', '/n/')]).toEqual([n.status, n.stdout]);
+  });
+});
