@@ -60,17 +60,18 @@ async function exists(p: string): Promise<boolean> {
  * goes through the thread pool: on a disk mounted with `discard` it takes milliseconds, which would block
  * the event loop (the slot is already free, so other builds run meanwhile).
  */
-async function removeBuildDir(dir: string): Promise<void> {
+async function removeBuildDir(dir: BuildDir): Promise<void> {
   try {
-    await fsp.rmdir(dir);
+    if (dir.dir !== dir.top) await fsp.rmdir(dir.dir);
+    await fsp.rmdir(dir.top);
   } catch {
-    await deleteTree(dir);
+    await deleteTree(dir.top);
   }
 }
 
 /** After a build: remove its build dir, or keep it (a failed build with keepFailed) opened up to 0755, as Nix does. */
-async function keepOrRemoveBuildDir(dir: string, keep: boolean): Promise<void> {
-  await (keep ? fsp.chmod(dir, 0o755) : removeBuildDir(dir)).catch(() => {});
+async function keepOrRemoveBuildDir(dir: BuildDir, keep: boolean): Promise<void> {
+  await (keep ? fsp.chmod(dir.top, 0o755) : removeBuildDir(dir)).catch(() => {});
 }
 
 /** Read once: process.umask() with no argument is a read-and-restore, not something to do per build. */
@@ -84,16 +85,20 @@ async function createBuildDir(base: string, prefix: string): Promise<string> {
   for (let n = 0; ; n++) {
     const dir = path.join(base, `${prefix}-${n}`);
     try {
-      // Through the thread pool: a directory creation can take milliseconds on a busy disk.
-      await fsp.mkdir(dir, 0o700);
+      await mkdirPrivate(dir);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'EEXIST') continue;
       throw e;
     }
-    // mkdir applies the umask; only a umask that takes owner bits away needs a chmod to get 0700.
-    if (UMASK_CLEARS_OWNER_BITS) await fsp.chmod(dir, 0o700);
     return dir;
   }
+}
+
+/** A directory of mode 0700. Through the thread pool: a directory creation can take milliseconds on a busy disk. */
+async function mkdirPrivate(dir: string): Promise<void> {
+  await fsp.mkdir(dir, 0o700);
+  // mkdir applies the umask; only a umask that takes owner bits away needs a chmod to get 0700.
+  if (UMASK_CLEARS_OWNER_BITS) await fsp.chmod(dir, 0o700);
 }
 
 function statusText(exit: SandboxExit): string {
@@ -276,7 +281,7 @@ async function runOneRound(
     throw e;
   } finally {
     r.running.end(false);
-    await keepOrRemoveBuildDir(dir.dir, r.keepBuildDir);
+    await keepOrRemoveBuildDir(dir, r.keepBuildDir);
   }
 }
 
@@ -318,7 +323,15 @@ async function planScratchOutputs(w: Worker, view: DrvView, forceScratch: boolea
   return { scratch, rewrites };
 }
 
+/**
+ * A build's directory. `top` has Nix 2.8's name and mode 0700. In a sandbox the builder works in
+ * `top/build` (its /build), as in Nix >= 2.24: whatever it does to its own directory (chmod 755 /build,
+ * then files for other users to run or change), `top` keeps every other user of the host out of it.
+ * Without a sandbox the builder runs as the engine's user anyway and works in `top` itself, as in Nix 2.8.
+ */
 interface BuildDir {
+  readonly top: string;
+  /** Where the builder works (bound as its /build in a sandbox): `top/build`, or `top` without a sandbox. */
   readonly dir: string;
   /** The build directory as the builder sees it. */
   readonly inSandbox: string;
@@ -329,8 +342,13 @@ interface BuildDir {
 /** The build directory, and what the sandbox needs besides; an error here is thrown out of the build. */
 async function prepareBuildDir(w: Worker, view: DrvView, isolated: boolean): Promise<BuildDir> {
   const { options } = w.ctx;
-  const dir = await createBuildDir(options.buildDir, `nix-build-${view.name}.drv`);
+  const top = await createBuildDir(options.buildDir, `nix-build-${view.name}.drv`);
+  let dir: BuildDir = { top, dir: top, inSandbox: top, extraPaths: undefined };
   try {
+    if (isolated) {
+      dir = { top, dir: path.join(top, 'build'), inSandbox: options.sandboxBuildDir, extraPaths: undefined };
+      await mkdirPrivate(dir.dir);
+    }
     const extraPaths = isolated ? await sandboxExtraPaths(w, view) : undefined;
     // Nix 2.8 starts a daemon for recursive Nix here, which needs the experimental feature.
     if (requiredSystemFeatures(view).includes('recursive-nix') && !options.experimentalFeatures.includes('recursive-nix')) {
@@ -338,11 +356,11 @@ async function prepareBuildDir(w: Worker, view: DrvView, isolated: boolean): Pro
         hint: "add 'recursive-nix' to the experimentalFeatures option (recursive Nix itself is not implemented: the builder gets no daemon)",
       });
     }
-    return { dir, inSandbox: isolated ? options.sandboxBuildDir : dir, extraPaths };
+    return { ...dir, extraPaths };
   } catch (e) {
     // The build dir exists by now: with keepFailed Nix keeps it and says so.
     await keepOrRemoveBuildDir(dir, options.keepFailed);
-    throw asSetupError(e, options.keepFailed ? dir : undefined);
+    throw asSetupError(e, options.keepFailed ? top : undefined);
   }
 }
 
@@ -386,7 +404,7 @@ class LocalRound {
    */
   keepNote(): string {
     this.keepBuildDir = this.w.ctx.options.keepFailed;
-    return keptBuildDirNote(this.keepBuildDir ? this.dir.dir : undefined);
+    return keptBuildDirNote(this.keepBuildDir ? this.dir.top : undefined);
   }
 
   /** A failed round: counted as a failed build, the outputs it left removed (or those in `keep` kept). */
@@ -427,8 +445,8 @@ class LocalRound {
     });
     if (view.structuredAttrs) {
       // Nix 2.8 points builders at the files by their path on the host (tmpDir, even in the sandbox).
-      env.NIX_ATTRS_SH_FILE = `${dir.dir}/.attrs.sh`;
-      env.NIX_ATTRS_JSON_FILE = `${dir.dir}/.attrs.json`;
+      env.NIX_ATTRS_SH_FILE = `${dir.top}/.attrs.sh`;
+      env.NIX_ATTRS_JSON_FILE = `${dir.top}/.attrs.json`;
     }
     for (const [name, contents] of files) await fsp.writeFile(path.join(dir.dir, name), contents);
     return { kind: 'env', env };

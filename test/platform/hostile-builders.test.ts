@@ -3,8 +3,8 @@
  * builder try one way of leaving privileges, host access or debris behind, with a small static C probe
  * (test/fixtures/platform/hostile-probe.c) compiled here, and fails if it gets through.
  */
-import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -109,6 +109,44 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
     } finally {
       await acl.close();
     }
+  });
+
+  it("another user cannot reach a running build's directory, even after the builder opens it up", async () => {
+    // The build dir's parent is reachable by everyone (as /tmp is); the builder makes /build world-readable
+    // and leaves a file there, then waits until the test has tried to read it as another user.
+    const base = path.join(dir, 'tmp-shared');
+    mkdirSync(base, { mode: 0o755 });
+    chmodSync(dir, 0o755);
+    const d = await derivation(store, { name: 'open-build-dir', system, builder: '/bin/sh', args: ['-c',
+      'chmod 755 /build; echo secret > /build/bait; chmod 644 /build/bait; i=0; while [ ! -e /build/go ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; '
+      + 'echo "$NIX_BUILD_TOP $TMPDIR $PWD" > $out'] });
+    const e = new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS, buildDir: base });
+    engines.push(e);
+    const building = e.buildPathsWithResults([{ drvPath: d.drvPath, outputs: ['out'] }]);
+    const find = (): string | undefined => {
+      for (const top of readdirSync(base)) {
+        for (const f of [path.join(base, top, 'bait'), path.join(base, top, 'build', 'bait')]) if (existsSync(f)) return f;
+      }
+      return undefined;
+    };
+    let bait: string | undefined;
+    for (let i = 0; i < 300 && !(bait = find()); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(bait).toBeDefined();
+    // Everything between the shared base and the bait: some directory must keep other users out.
+    const rel = path.relative(base, path.dirname(bait!)).split(path.sep);
+    const modes = rel.map((_, i) => statSync(path.join(base, ...rel.slice(0, i + 1))).mode & 0o777);
+    expect(modes.some((m) => (m & 0o005) === 0)).toBe(true);
+    if (process.getuid?.() === 0) {
+      const asNobody = spawnSync('/bin/busybox', ['cat', bait!], { uid: 65534, gid: 65534, encoding: 'utf8' });
+      expect(asNobody.stdout).toBe('');
+      expect(asNobody.stderr).toMatch(/Permission denied/);
+    }
+    writeFileSync(path.join(path.dirname(bait!), 'go'), '');
+    const [r] = await building;
+    expect(r!.result.status).toBe('built');
+    // The builder's own view is Nix 2.8's.
+    expect(readFileSync(store.toRealPath(String(d.out)), 'utf8')).toBe('/build /build /build\n');
+    expect(readdirSync(base)).toEqual([]);
   });
 
   it('a single-file output loses its extended attributes too', async () => {
