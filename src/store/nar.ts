@@ -472,78 +472,111 @@ export async function parseNar(source: AsyncIterable<Uint8Array>, sink: NarSink,
   const r = new ByteReader(source);
   const magic = await r.bytes(64).catch((e) => { throw e instanceof BadNarError ? new BadNarError(`input is not a NAR: ${e.shortMessage}`) : e; });
   if (magic.toString('latin1') !== NAR_MAGIC) throw new BadNarError('input is not a NAR archive (bad magic)', { hint: 'is it compressed? decompress it first' });
-  await parseNode(r, sink, '', EMPTY, 0);
+  await parseTree(r, sink);
   if (opts.expectEnd ?? true) {
     if (!(await r.atEnd())) throw new BadNarError(`NAR has trailing data after byte ${r.pos}`);
   }
   return { size: r.pos };
 }
 
-const MAX_DEPTH = 512;
+/**
+ * Longest relative path a NAR entry may have: Linux's PATH_MAX. No longer path can be created or dumped
+ * through a path name (as Nix 2.8 restores and dumps), and the bound keeps the parser's stack of open
+ * directories, and the path of the current entry, small.
+ */
+const MAX_REL_PATH = 4096;
 
-const EMPTY = Buffer.alloc(0);
+const EMPTY: Buffer = Buffer.alloc(0);
 
-async function parseNode(r: ByteReader, sink: NarSink, rel: string, relBytes: Buffer, depth: number): Promise<void> {
-  if (depth > MAX_DEPTH) throw new BadNarError('NAR is nested too deeply');
-  await r.expect('(');
-  await r.expect('type');
-  const type = await r.str();
-  if (type === 'regular') {
-    let tag = await r.str();
-    let executable = false;
-    if (tag === 'executable') {
-      const empty = await r.str();
-      if (empty !== '') throw new BadNarError("bad NAR: 'executable' must be followed by an empty string");
-      executable = true;
-      tag = await r.str();
+/** A directory being parsed: where it is, and its last entry's name (entries must be sorted). */
+interface OpenDir { rel: string; relBytes: Buffer; prev: Buffer | undefined; inEntry: boolean }
+
+/**
+ * Parse the root node and everything below it. Directories are kept on an explicit stack (no recursion),
+ * so a NAR may nest as deep as its paths fit in MAX_REL_PATH, with memory bounded by that.
+ */
+async function parseTree(r: ByteReader, sink: NarSink): Promise<void> {
+  const open: OpenDir[] = [];
+  let rel = '';
+  let relBytes: Buffer = EMPTY;
+  for (;;) {
+    // One node at rel.
+    await r.expect('(');
+    await r.expect('type');
+    const type = await r.str();
+    if (type === 'regular') {
+      await parseRegular(r, sink, rel, relBytes);
+    } else if (type === 'symlink') {
+      await r.expect('target');
+      const target = await r.bytes(4096);
+      if (target.length === 0) throw new BadNarError('NAR contains a symlink with an empty target');
+      if (target.includes(0)) throw new BadNarError('NAR contains a symlink target with a NUL byte');
+      await sink.createSymlink(rel, target, relBytes);
+      await r.expect(')');
+    } else if (type === 'directory') {
+      await sink.createDirectory(rel, relBytes);
+      open.push({ rel, relBytes, prev: undefined, inEntry: false });
+    } else {
+      throw new BadNarError(`bad NAR: unknown file type '${type.slice(0, 64)}'`);
     }
-    if (tag !== 'contents') throw new BadNarError(`bad NAR: expected 'contents', got '${tag.slice(0, 64)}'`);
-    const size = await r.u64();
-    const w = await sink.createFile(rel, executable, size, relBytes);
-    let left = size;
-    try {
-      while (left > 0) {
-        const chunk = await r.some(Math.min(left, CHUNK));
-        left -= chunk.length;
-        await w.write(chunk);
-      }
-    } finally {
-      await w.close();
-    }
-    await r.padding(size);
-    await r.expect(')');
-  } else if (type === 'symlink') {
-    await r.expect('target');
-    const target = await r.bytes(4096);
-    if (target.length === 0) throw new BadNarError('NAR contains a symlink with an empty target');
-    if (target.includes(0)) throw new BadNarError('NAR contains a symlink target with a NUL byte');
-    await sink.createSymlink(rel, target, relBytes);
-    await r.expect(')');
-  } else if (type === 'directory') {
-    await sink.createDirectory(rel, relBytes);
-    let prev: Buffer | undefined;
+    // The next node: the next entry of the innermost open directory, closing directories that end.
     for (;;) {
+      const dir = open[open.length - 1];
+      if (!dir) return;
+      if (dir.inEntry) { await r.expect(')'); dir.inEntry = false; }
       const tag = await r.str();
-      if (tag === ')') break;
+      if (tag === ')') {
+        open.pop();
+        if (sink.endDirectory) await sink.endDirectory(dir.rel, dir.relBytes);
+        continue;
+      }
       if (tag !== 'entry') throw new BadNarError(`bad NAR: expected 'entry' or ')', got '${tag.slice(0, 64)}'`);
       await r.expect('(');
       await r.expect('name');
       const nameBuf = await r.bytes(255);
       const name = checkEntryName(nameBuf);
-      if (prev) {
-        const c = Buffer.compare(prev, nameBuf);
+      if (dir.prev) {
+        const c = Buffer.compare(dir.prev, nameBuf);
         if (c === 0) throw new BadNarError(`NAR contains duplicate entry '${name}'`);
-        if (c > 0) throw new BadNarError(`NAR directory entries are not sorted ('${prev.toString('utf8')}' before '${name}')`);
+        if (c > 0) throw new BadNarError(`NAR directory entries are not sorted ('${dir.prev.toString('utf8')}' before '${name}')`);
       }
-      prev = nameBuf;
+      dir.prev = nameBuf;
       await r.expect('node');
-      await parseNode(r, sink, rel === '' ? name : `${rel}/${name}`, relBytes.length === 0 ? nameBuf : Buffer.concat([relBytes, SLASH, nameBuf]), depth + 1);
-      await r.expect(')');
+      dir.inEntry = true;
+      if (dir.relBytes.length + 1 + nameBuf.length > MAX_REL_PATH) {
+        throw new BadNarError(`NAR contains a path longer than ${MAX_REL_PATH} bytes (Linux's PATH_MAX), under '${dir.rel.slice(0, 64)}...'`);
+      }
+      rel = dir.rel === '' ? name : `${dir.rel}/${name}`;
+      relBytes = dir.relBytes.length === 0 ? nameBuf : Buffer.concat([dir.relBytes, SLASH, nameBuf]);
+      break;
     }
-    if (sink.endDirectory) await sink.endDirectory(rel, relBytes);
-  } else {
-    throw new BadNarError(`bad NAR: unknown file type '${type.slice(0, 64)}'`);
   }
+}
+
+async function parseRegular(r: ByteReader, sink: NarSink, rel: string, relBytes: Buffer): Promise<void> {
+  let tag = await r.str();
+  let executable = false;
+  if (tag === 'executable') {
+    const empty = await r.str();
+    if (empty !== '') throw new BadNarError("bad NAR: 'executable' must be followed by an empty string");
+    executable = true;
+    tag = await r.str();
+  }
+  if (tag !== 'contents') throw new BadNarError(`bad NAR: expected 'contents', got '${tag.slice(0, 64)}'`);
+  const size = await r.u64();
+  const w = await sink.createFile(rel, executable, size, relBytes);
+  let left = size;
+  try {
+    while (left > 0) {
+      const chunk = await r.some(Math.min(left, CHUNK));
+      left -= chunk.length;
+      await w.write(chunk);
+    }
+  } finally {
+    await w.close();
+  }
+  await r.padding(size);
+  await r.expect(')');
 }
 
 /** A sink that only validates. */
