@@ -61,6 +61,38 @@ export class UnsupportedFileTypeError extends StoreError {
   }
 }
 
+/** Why a store write failed, from its errno (or SQLite's code): the StoreError code and what to do. */
+const WRITE_FAILURES: Record<string, { code: string; hint: (file: string) => string }> = {
+  ENOSPC: { code: 'store-disk-full', hint: (f) => `the file system holding '${f}' is full: free space on it (see df) and retry; nothing was registered` },
+  EDQUOT: { code: 'store-disk-full', hint: (f) => `the disk quota for '${f}' is exhausted: free space or raise the quota and retry; nothing was registered` },
+  SQLITE_FULL: { code: 'store-disk-full', hint: (f) => `the file system holding the database '${f}' is full: free space on it (see df) and retry; nothing was registered` },
+  EROFS: { code: 'store-read-only', hint: (f) => `'${f}' is on a read-only file system: open a store you can write to; nothing was registered` },
+  EACCES: { code: 'store-permission-denied', hint: (f) => `you may not write to '${f}': check its owner and mode, or use a store of your own; nothing was registered` },
+  EPERM: { code: 'store-permission-denied', hint: (f) => `you may not write to '${f}': check its owner and mode, or use a store of your own; nothing was registered` },
+  EIO: { code: 'store-io-error', hint: (f) => `the device holding '${f}' reported an I/O error: check it (dmesg) before retrying; nothing was registered` },
+};
+
+/**
+ * A failed write to the store (contents, database, temporary roots, logs) as a StoreError that names the
+ * file and says what to do; RealiseErrors pass through unchanged.
+ */
+export function storeWriteError(e: unknown, what: string, file: string): RealiseError {
+  if (e instanceof RealiseError) return e;
+  const errno = (e as NodeJS.ErrnoException)?.code;
+  const known = errno ? WRITE_FAILURES[errno] : undefined;
+  const reason = (e as Error)?.message ?? String(e);
+  return new StoreError(known?.code ?? 'store-write-failed', `${what} '${file}' failed: ${reason}`, {
+    cause: e, hint: known ? known.hint(file) : 'nothing was registered; fix the cause and retry',
+  });
+}
+
+/** storeWriteError for a system call's or SQLite's error; anything else (an abort, a bug) is returned as it is. */
+export function asStoreWriteError(e: unknown, what: string, file: string): unknown {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  if (e instanceof RealiseError || typeof code !== 'string' || !/^(E[A-Z0-9]+|SQLITE_[A-Z_]+)$/.test(code)) return e;
+  return storeWriteError(e, what, file);
+}
+
 /** Exhaustiveness helper for disjoint unions. */
 export function unreachable(x: never): never {
   throw new Error(`unreachable: ${JSON.stringify(x)}`);

@@ -18,7 +18,7 @@ import { createHash } from 'node:crypto';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree, inheritsXattrs } from './canonicalise.js';
-import { InvalidStorePathError, StoreError } from './errors.js';
+import { asStoreWriteError, InvalidStorePathError, StoreError } from './errors.js';
 import { Hash, HashSink } from './hash.js';
 import { HeldLocks, type LockWaitOptions, lockPlainFile, lockStorePaths, tryFlockFd, tryLockStorePaths } from './locks.js';
 import { dumpPath, hashNar, narOfRegularFile, restorePath, streamOf } from './nar.js';
@@ -532,7 +532,11 @@ export class LocalStore implements Store {
       }
       if (opts.canonicalise ?? true) await canonicalisePathMetaData(real, { ignoredAcls: this.ignoredAcls });
     }
-    this.registerInDb(infos);
+    try {
+      this.registerInDb(infos);
+    } catch (e) {
+      throw asStoreWriteError(e, 'registering paths in the database', path.join(this.layout.dbDir, 'db.sqlite'));
+    }
   }
 
   /**
@@ -594,10 +598,14 @@ export class LocalStore implements Store {
         this.registerInDb([final]);
       } catch (e) {
         await deleteTree(real).catch(() => {});
+        // Repairing: the registered path's old copy goes back in place.
+        if (target !== undefined) { renameSync(target, real); target = undefined; }
         throw e;
       }
       locks.setDeletion(true);
       return (await this.queryPathInfo(info.path))!;
+    } catch (e) {
+      throw asStoreWriteError(e, `adding '${info.path}' to the store: writing`, target ?? this.toRealPath(info.path));
     } finally {
       if (target !== undefined) await deleteTree(target).catch(() => {});
       await locks.release();
@@ -724,11 +732,16 @@ export class LocalStore implements Store {
     }
     // Written in place, as Nix writes its log file (no temporary name and rename: one file-system call fewer per build).
     try {
-      await fsp.writeFile(file, log, { mode: 0o644 });
+      try {
+        await fsp.writeFile(file, log, { mode: 0o644 });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        await fsp.mkdir(dir, { recursive: true, mode: 0o755 }); // removed behind our back: make it again
+        await fsp.writeFile(file, log, { mode: 0o644 });
+      }
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-      await fsp.mkdir(dir, { recursive: true, mode: 0o755 }); // removed behind our back: make it again
-      await fsp.writeFile(file, log, { mode: 0o644 });
+      await fsp.rm(file, { force: true }).catch(() => {}); // no truncated log
+      throw asStoreWriteError(e, `writing the build log of '${drvPath}' to`, file);
     }
   }
 

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import { promises as fsp, write as writeCb, constants as FS } from 'node:fs';
 import * as path from 'node:path';
-import { BadNarError, StoreError } from './errors.js';
+import { BadNarError, StoreError, storeWriteError } from './errors.js';
 import { Hash, HashSink } from './hash.js';
 import { ThreadTasks } from './thread-tasks.js';
 
@@ -688,7 +688,8 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
       throw new StoreError('restore-target-exists', `cannot restore a NAR to '${abs}': it already exists`, { cause: e, hint: 'delete it first or restore to a fresh path' });
     }
     if (code === 'ENAMETOOLONG') throw new BadNarError(`NAR contains a name, path or symlink target that is too long for the file system at '${where}'`, { cause: e });
-    throw new StoreError('nar-restore-failed', `cannot restore a NAR entry to '${where}': ${(e as Error).message}`, { cause: e });
+    const err = storeWriteError(e, 'restoring a NAR entry to', where);
+    throw err.code === 'store-write-failed' ? new StoreError('nar-restore-failed', `cannot restore a NAR entry to '${where}': ${(e as Error).message}`, { cause: e }) : err;
   };
   async function fsOp<T>(rel: string, op: () => Promise<T>): Promise<T> {
     try {

@@ -7,11 +7,11 @@
  *     running, so tell it directly over `<state>/gc-socket/socket` (send `path\n`, wait for `1`).
  * One roots file per process and state dir, shared by every store object of the process.
  */
-import { closeSync, fstatSync, openSync, unlinkSync, writeSync, existsSync, constants as FS } from 'node:fs';
+import { closeSync, fstatSync, ftruncateSync, openSync, unlinkSync, writeSync, existsSync, constants as FS } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { StoreError } from './errors.js';
+import { StoreError, storeWriteError } from './errors.js';
 import type { StorePath } from './store-path.js';
 
 interface FsExt { flockSync(fd: number, flags: 'sh' | 'ex' | 'shnb' | 'exnb' | 'un'): void }
@@ -39,6 +39,23 @@ interface RootsFile {
 
 const files = new Map<string, RootsFile>();
 
+/**
+ * Append a root to the roots file. A failed write (a full disk) is a StoreError naming the file; a short
+ * one is cut off again, so that the next root does not run into a partial name.
+ */
+function appendRoot(rf: RootsFile, storePath: StorePath): void {
+  const rec = Buffer.from(storePath + '\0');
+  try {
+    const n = writeSync(rf.fd, rec);
+    if (n !== rec.length) {
+      ftruncateSync(rf.fd, fstatSync(rf.fd).size - n);
+      throw Object.assign(new Error('no space left on device (short write)'), { code: 'ENOSPC' });
+    }
+  } catch (e) {
+    throw storeWriteError(e, `recording the temporary root '${storePath}' in`, rf.file);
+  }
+}
+
 /** A handle on the process's temp roots file of one state directory. */
 export class TempRoots {
   private closed = false;
@@ -53,7 +70,11 @@ export class TempRoots {
       for (;;) {
         // A file with our pid can only be left over from a dead process with the same pid.
         if (existsSync(file)) { try { unlinkSync(file); } catch { /* raced */ } }
-        fd = openSync(file, FS.O_RDWR | FS.O_CREAT, 0o600);
+        try {
+          fd = openSync(file, FS.O_RDWR | FS.O_CREAT, 0o600);
+        } catch (e) {
+          throw storeWriteError(e, 'creating the temporary roots file', file);
+        }
         if (!tryFlock(fd, 'exnb')) {
           closeSync(fd);
           throw new StoreError('temp-roots-failed', `the temporary roots file '${file}' is locked by another process`);
@@ -74,11 +95,16 @@ export class TempRoots {
     if (this.closed) throw new StoreError('store-closed', 'temporary roots used after close');
     const rf = this.rf;
     if (rf.roots.has(storePath)) return;
-    rf.gcLockFd ??= openSync(path.join(this.stateDir, 'gc.lock'), FS.O_RDWR | FS.O_CREAT, 0o600);
+    const gcLock = path.join(this.stateDir, 'gc.lock');
+    try {
+      rf.gcLockFd ??= openSync(gcLock, FS.O_RDWR | FS.O_CREAT, 0o600);
+    } catch (e) {
+      throw storeWriteError(e, 'opening the garbage collector lock', gcLock);
+    }
     for (;;) {
       if (tryFlock(rf.gcLockFd, 'shnb')) {
         try {
-          writeSync(rf.fd, storePath + '\0');
+          appendRoot(rf, storePath);
         } finally {
           fsExt.flockSync(rf.gcLockFd, 'un');
         }
@@ -87,7 +113,7 @@ export class TempRoots {
       }
       // A collector is running: tell it, then also record the root in the file.
       if (await this.tellCollector(storePath)) {
-        writeSync(rf.fd, storePath + '\0');
+        appendRoot(rf, storePath);
         rf.roots.add(storePath);
         return;
       }
