@@ -186,7 +186,7 @@ export function summariseFailures(results: readonly TargetResult[], allFailed: r
   const notes: string[] = [];
   let first: string | undefined;
   for (const r of failedTops) {
-    if ('path' in r.target || (r.result as { stopped?: boolean }).stopped || !r.result.errorMsg) continue;
+    if ('path' in r.target || r.result.status === 'stopped' || !r.result.errorMsg) continue;
     const { message, note } = splitNote(r.result.errorMsg);
     if (note) notes.push(note);
     const msg = showTail ? message : withoutLogTail(message);

@@ -229,7 +229,7 @@ async function build(args: CliArgs, store: Store): Promise<number> {
   // Failures of goals that are not targets are printed when they happen (Nix logs a goal's error then
   // when another goal waits for it); the targets' own errors come at the end.
   engine.on('goal-finished', (e) => {
-    if (isSuccess(e.result.status) || (e.result as { stopped?: boolean }).stopped) return;
+    if (isSuccess(e.result.status) || e.result.status === 'stopped') return;
     failed.push(e.result);
     if (e.kind === 'derivation' && !topDrvs.has(e.path) && e.result.errorMsg) {
       printed.add(e.result.errorMsg);

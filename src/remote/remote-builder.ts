@@ -31,6 +31,8 @@ export interface RemoteBuildOptions {
   readonly signal?: AbortSignal;
   /** Each line of the build log as it arrives. */
   readonly onLog?: (line: string) => void;
+  /** buildOnRemote: a machine was chosen and the build is handed to it (again on another one after a lost connection). */
+  readonly onStart?: (machine: string) => void;
   /** Every log event of the remote (activities, phases, messages). */
   readonly onEvent?: (e: RemoteLogEvent) => void;
   /**
@@ -548,6 +550,7 @@ export async function buildOnRemote(
       continue;
     }
     const b = choice.machine.builder;
+    opts.onStart?.(b.name);
     try {
       const result = await b.build(drvPath, drv, opts);
       return { kind: 'built', result, failedMachines: failed };

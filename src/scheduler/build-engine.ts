@@ -79,9 +79,9 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     return l;
   }
 
-  private emitSafely: EngineContext['emit'] = (event, ...args) => {
+  private emitSafely: EngineContext['emit'] = (event, payload) => {
     try {
-      (this.emit as (e: string, ...a: unknown[]) => boolean)(event, ...args);
+      (this.emit as (e: string, a: unknown) => boolean)(event, { ...payload, time: performance.now() });
     } catch (error) {
       this.listenerError ??= { error };
     }
@@ -230,7 +230,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
         all.push({ target: { drvPath: f.path }, path: f.path, result: f.result });
       }
       for (const r of results) {
-        if (!isSuccess(r.result.status) && !seen.has(r.path) && !(r.result as { stopped?: boolean }).stopped) { seen.add(r.path); all.push(r); }
+        if (!isSuccess(r.result.status) && !seen.has(r.path) && r.result.status !== 'stopped') { seen.add(r.path); all.push(r); }
       }
       throw new BuildFailedError(all.length ? all : results.filter((r) => !isSuccess(r.result.status)));
     }

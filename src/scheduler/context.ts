@@ -7,7 +7,7 @@ import type { Store } from '../store/store-api.js';
 import type { StorePath } from '../store/store-path.js';
 import type { Sandbox } from '../platform/sandbox.js';
 import type { Substituter, SubstitutablePathInfo } from '../substituter/substituter.js';
-import type { BuildEngineEvents, ProgressTracker } from './events.js';
+import type { EventPayloads, ProgressTracker } from './events.js';
 import type { ResolvedOptions } from './options.js';
 import type { DrvView } from './drv-view.js';
 
@@ -18,7 +18,8 @@ export interface EngineContext {
   readonly substituters: readonly Substituter[];
   readonly progress: ProgressTracker;
   readonly buildQueue: PQueue;
-  emit<E extends keyof BuildEngineEvents>(event: E, ...args: Parameters<BuildEngineEvents[E]>): void;
+  /** Emit an event; the engine stamps it with its monotonic `time`. */
+  emit<E extends keyof EventPayloads>(event: E, payload: EventPayloads[E]): void;
   /** Run `fn` in a substitution slot. */
   substitutionSlot<T>(fn: () => Promise<T>): Promise<T>;
   queryPathInfosCached(sub: Substituter, paths: StorePath[], signal: AbortSignal): Promise<Map<StorePath, SubstitutablePathInfo>>;

@@ -23,27 +23,46 @@ export interface Progress {
   readonly nar: { readonly expected: number; readonly done: number };
 }
 
-export interface BuildEngineEvents {
-  'goal-created': (e: { kind: GoalKind; path: StorePath; outputs?: readonly string[] }) => void;
-  'goal-started': (e: { kind: GoalKind; path: StorePath }) => void;
-  'goal-finished': (e: { kind: GoalKind; path: StorePath; result: BuildResult }) => void;
-  'build-started': (e: { drvPath: StorePath; round: number; rounds: number; machine?: string; mode: 'normal' | 'repair' | 'check' }) => void;
+/**
+ * What each event says (the engine adds `time`, see BuildEngineEvents). Emitted through the engine's
+ * context with these payloads.
+ */
+export interface EventPayloads {
+  'goal-created': { kind: GoalKind; path: StorePath; outputs?: readonly string[] };
+  'goal-started': { kind: GoalKind; path: StorePath };
+  /** `result.status` is `'stopped'` for a goal the call stopped (a failure elsewhere without keepGoing, or the signal). */
+  'goal-finished': { kind: GoalKind; path: StorePath; result: BuildResult };
+  /**
+   * A builder starts, locally in a build slot or on a remote `machine`: Nix's "building '…'". Each is
+   * followed by exactly one `build-finished` of the same drvPath and round, and the two bracket the time
+   * the build holds its slot: started builds not yet finished never outnumber `maxJobs` (plus the remote
+   * machines' slots).
+   */
+  'build-started': { drvPath: StorePath; round: number; rounds: number; machine?: string; mode: 'normal' | 'repair' | 'check' };
   /**
    * One line of a builder's output (`\r` handled as Nix does). `line` is decoded as UTF-8 (invalid
    * sequences become U+FFFD); `bytes`, when given, are the line's bytes as the builder wrote them.
    */
-  'build-log': (e: { drvPath: StorePath; line: string; bytes?: Buffer }) => void;
+  'build-log': { drvPath: StorePath; line: string; bytes?: Buffer };
   /**
    * A derivation's outputs are locked by someone else (another process, or another call of this one,
    * building them): the build waits for that lock, then uses the outputs if they became valid. Nix's
-   * "waiting for lock on …". `lockedPaths` are the outputs' physical paths.
+   * "waiting for lock on …". `lockedPaths` are the outputs' physical paths. `build-lock-acquired` follows
+   * once the wait is over.
    */
-  'build-waiting': (e: { drvPath: StorePath; lockedPaths: readonly string[] }) => void;
-  'build-finished': (e: { drvPath: StorePath; result: BuildResult }) => void;
-  'substitution-started': (e: { path: StorePath; substituter: string }) => void;
-  'substitution-finished': (e: { path: StorePath; substituter?: string; ok: boolean; error?: string }) => void;
-  'post-build-hook-log': (e: { drvPath: StorePath; line: string }) => void;
-  progress: (p: Progress) => void;
+  'build-waiting': { drvPath: StorePath; lockedPaths: readonly string[] };
+  /** The outputs' locks a `build-waiting` waited for were taken (or the wait ended with the call). */
+  'build-lock-acquired': { drvPath: StorePath };
+  /**
+   * The builder of a `build-started` is done and its slot is free. `outcome`: the builder succeeded
+   * (its outputs are then registered: the derivation's result, with outputs or a rejection, is its
+   * `goal-finished`), failed (exit status, timeout, log limit, setup), or was stopped.
+   */
+  'build-finished': { drvPath: StorePath; round: number; rounds: number; machine?: string; outcome: 'success' | 'failure' | 'stopped'; result?: BuildResult };
+  'substitution-started': { path: StorePath; substituter: string };
+  'substitution-finished': { path: StorePath; substituter?: string; ok: boolean; error?: string };
+  'post-build-hook-log': { drvPath: StorePath; line: string };
+  progress: Progress;
   /**
    * Something the user should know that does not fail the call by itself. `level: 'error'` for errors
    * Nix prints and then carries on from (e.g. a substitute that is gone: the path is built instead);
@@ -52,7 +71,7 @@ export interface BuildEngineEvents {
    * `level: 'info'` for what Nix prints without a prefix at its info level (hidden by `--quiet`, e.g. repair's
    * "checking path '…'...").
    */
-  warning: (e: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' }) => void;
+  warning: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' };
 }
 
 type Counters = { expected: number; done: number; running: number; failed: number };
@@ -105,6 +124,18 @@ export class RunningCount {
     this.tracker.changed();
   }
 }
+
+/**
+ * An event as listeners get it: its payload and `time`, a monotonic timestamp in milliseconds
+ * (`performance.now()`: since `performance.timeOrigin`, never going backwards).
+ */
+export type Stamped<T> = T & { readonly time: number };
+
+/** Typed events of a BuildEngine: `engine.on(name, (e) => …)`, every payload stamped with its `time`. */
+export type BuildEngineEvents = { [K in keyof EventPayloads]: (e: Stamped<EventPayloads[K]>) => void };
+
+/** The names of the engine's events. */
+export type BuildEngineEventName = keyof EventPayloads;
 
 /** Mutable progress counters owned by one engine; emits snapshots. */
 export class ProgressTracker {

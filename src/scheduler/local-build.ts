@@ -161,10 +161,11 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
 
   for (let round = 1; ; round++) {
     // Lock the outputs (waiting holds no build slot), then re-check: someone may have built them.
+    let waited = false;
     const locks: PathLocks = await store.lockPaths(lockTargets, {
       signal: w.signal,
-      onWait: () => w.ctx.emit('build-waiting', { drvPath, lockedPaths: lockTargets.map((p) => store.toRealPath(p)) }),
-    });
+      onWait: () => { waited = true; w.ctx.emit('build-waiting', { drvPath, lockedPaths: lockTargets.map((p) => store.toRealPath(p)) }); },
+    }).finally(() => { if (waited) w.ctx.emit('build-lock-acquired', { drvPath }); });
     try {
       const valid = await store.queryValidPaths(lockTargets);
       if (plan.mode === 'normal' && round === 1 && lockTargets.length === view.outputs.size && lockTargets.every((p) => valid.has(p))) {
@@ -274,8 +275,11 @@ async function runOneRound(
     if (failed) return failed;
     return await r.registerAndFinish(previous);
   } catch (e) {
+    // A sandbox that threw after the build was announced.
+    r.finishBuild(w.signal.aborted ? 'stopped' : 'failure');
     if (e instanceof GoalStopped || w.signal.aborted) {
-      r.running.end(false);
+      // A stopped build is neither done nor failed.
+      r.running.end('dropped');
       await cleanupScratch(w, outs.scratch).catch(() => {});
     }
     throw e;
@@ -372,6 +376,14 @@ class LocalRound {
   /** Whether the build directory stays after the round (a failed build with keepFailed). */
   keepBuildDir = false;
   private announced = false;
+  private finished = false;
+
+  /** The end of an announced build (once): `build-finished`, before its slot is freed. */
+  finishBuild(outcome: 'success' | 'failure' | 'stopped'): void {
+    if (!this.announced || this.finished) return;
+    this.finished = true;
+    this.w.ctx.emit('build-finished', { drvPath: this.view.drvPath, round: this.round, rounds: this.plan.rounds, outcome });
+  }
 
   constructor(
     readonly w: Worker, readonly view: DrvView, readonly plan: LocalBuildPlan, readonly round: number,
@@ -514,8 +526,11 @@ class LocalRound {
         w.noteFailure(drvPath);
       }
     } finally {
-      releaseSlot();
+      // The last (unterminated) log line, then the end of the build, then its slot is free: the events
+      // of a build bracket exactly its time in the slot.
       this.log.end();
+      this.finishBuild(exit.kind === 'exited' && exit.code === 0 && !limit ? 'success' : w.signal.aborted && !stoppedOthers ? 'stopped' : 'failure');
+      releaseSlot();
       await w.ctx.store.addBuildLog(drvPath, this.log.text()).catch(() => {});
     }
     return { exit, limit, setupError, stoppedOthers };
@@ -581,7 +596,6 @@ class LocalRound {
       }
     }
     this.running.end(true);
-    w.ctx.emit('build-finished', { drvPath, result: success('built', reg.outputs.paths, { ...this.times(), timesBuilt: 1 }) });
     return { kind: 'ok', outputs: reg.outputs, nonDeterministic: reg.nonDeterministic, stopRounds: reg.stopRounds };
   }
 }

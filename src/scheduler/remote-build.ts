@@ -21,6 +21,13 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
   const started = Math.floor(Date.now() / 1000);
   const expected = w.ctx.progress.expect('builds');
   const running = w.ctx.progress.running('builds');
+  /** The machine of the build-started not yet finished (a lost connection starts it again elsewhere). */
+  let startedOn: string | undefined;
+  const endBuild = (outcome: 'success' | 'failure' | 'stopped') => {
+    if (startedOn === undefined) return;
+    w.ctx.emit('build-finished', { drvPath: view.drvPath, round: 1, rounds: 1, machine: startedOn, outcome });
+    startedOn = undefined;
+  };
   try {
     const dispatch = await buildOnRemote(options.builders, view.drvPath, view.drv, {
       requiredFeatures: requiredSystemFeatures(view),
@@ -30,6 +37,11 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
       signal: w.signal,
       inputPaths,
       onLog: (line) => w.ctx.emit('build-log', { drvPath: view.drvPath, line }),
+      onStart: (machine) => {
+        endBuild('failure');
+        startedOn = machine;
+        w.ctx.emit('build-started', { drvPath: view.drvPath, round: 1, rounds: 1, machine, mode: w.mode === 'repair' ? 'repair' : w.mode === 'check' ? 'check' : 'normal' });
+      },
       buildSettings: {
         buildTimeout: options.buildTimeout, maxSilentTime: options.maxSilentTime, maxLogSize: options.maxLogSize, keepFailed: options.keepFailed,
       },
@@ -43,6 +55,7 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
     }
     const r = dispatch.result;
     const ok = r.status === 'built' || r.status === 'substituted' || r.status === 'already-valid';
+    endBuild(ok ? 'success' : 'failure');
     running.end(ok);
     const outs: Record<string, StorePath> = {};
     for (const [n, p] of r.builtOutputs) outs[n] = p;
@@ -51,7 +64,9 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
     const status = (['resolves-to-already-valid', 'no-substituters'].includes(r.status) ? 'misc-failure' : r.status) as BuildStatus;
     return failure(status, r.errorMsg || `build of '${view.drvPath}' on '${r.machine}' failed (${r.status})`, times);
   } catch (e) {
-    running.end(false);
+    // A build the call stopped is neither done nor failed.
+    endBuild(w.signal.aborted ? 'stopped' : 'failure');
+    running.end(w.signal.aborted ? 'dropped' : false);
     if (w.signal.aborted) throw e;
     if (options.fallback && local) {
       w.warn(`remote build of '${view.drvPath}' failed (${(e as Error).message}); building locally`);

@@ -6,9 +6,11 @@ import type { WireBuildStatus } from '../remote/protocol-common.js';
 
 /**
  * A build's status: Nix's BuildResult::Status as strings (one definition, shared with the remote protocols),
- * without the two wire-only values a local build never produces.
+ * without the two wire-only values a local build never produces, plus `stopped`: a goal the call stopped
+ * before it could finish (another goal failed without keepGoing, or the caller's signal). A stopped goal
+ * is not a failure of its own: it is in no `failures` list and not counted as a failed build.
  */
-export type BuildStatus = Exclude<WireBuildStatus, 'resolves-to-already-valid' | 'no-substituters'>;
+export type BuildStatus = Exclude<WireBuildStatus, 'resolves-to-already-valid' | 'no-substituters'> | 'stopped';
 
 const SUCCESS: ReadonlySet<BuildStatus> = new Set(['built', 'substituted', 'already-valid']);
 
@@ -43,6 +45,11 @@ export interface TargetResult {
   /** The derivation or path the result is about. */
   readonly path: StorePath;
   readonly result: BuildResult;
+}
+
+/** The result of a goal the call stopped (see BuildStatus). */
+export function stoppedResult(what: string): BuildResult {
+  return failure('stopped', `${what} was stopped`);
 }
 
 export function failure(status: BuildStatus, errorMsg: string, extra: Partial<BuildResult> = {}): BuildResult {

@@ -9,7 +9,7 @@ import PQueue from 'p-queue';
 import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
 import { afterInputs, untilInputs, type WaitingForInputs } from './derivation-goal.js';
-import { failure, isSuccess, type BuildResult } from './results.js';
+import { failure, isSuccess, stoppedResult, type BuildResult } from './results.js';
 import { substitutionGoal, type SubstitutionOutcome } from './substitution-goal.js';
 import { RealiseError } from '../store/errors.js';
 import { pathContentsGood } from './verify.js';
@@ -49,6 +49,8 @@ export interface DrvGoalEntry {
  */
 class InputWait {
   failed = 0;
+  /** Inputs that were stopped (not failed): the waiter is then stopped too, not a dependency failure. */
+  stopped = 0;
   constructor(
     private readonly worker: Worker,
     readonly goal: DrvGoalEntry,
@@ -57,15 +59,20 @@ class InputWait {
     private left: number,
   ) {}
 
-  inputDone(ok: boolean): void {
+  inputDone(how: 'ok' | 'failed' | 'stopped'): void {
     if (this.left === 0) return;
-    if (!ok) {
-      this.failed++;
+    if (how !== 'ok') {
+      if (how === 'failed') this.failed++;
+      else this.stopped++;
       if (!this.worker.ctx.options.keepGoing) this.left = 1;
     }
     // The waiter goes on in a microtask, not inside the finishing input's stack (chains can be long).
     if (--this.left === 0) queueMicrotask(() => this.worker.inputsDone(this));
   }
+}
+
+function inputOutcome(r: BuildResult): 'ok' | 'failed' | 'stopped' {
+  return isSuccess(r.status) ? 'ok' : r.status === 'stopped' ? 'stopped' : 'failed';
 }
 
 function covers(have: Set<string> | undefined, want: Set<string> | undefined): boolean {
@@ -307,10 +314,11 @@ export class Worker {
     // Waiting for other goals, it is not preparing (the order of build slots depends on it).
     this.activities.get(e.drvPath)?.pause();
     for (const d of waiting.deps) {
-      if (d.result) iw.inputDone(isSuccess(d.result.status));
+      if (d.result) iw.inputDone(inputOutcome(d.result));
       else (d.waiters ??= []).push(iw);
     }
-    for (const p of waiting.others) void p.then((ok) => iw.inputDone(ok));
+    // A substitution that fails once the call is stopped was stopped with it.
+    for (const p of waiting.others) void p.then((ok) => iw.inputDone(ok ? 'ok' : this.signal.aborted ? 'stopped' : 'failed'));
   }
 
   /** @internal Every input of a waiting goal is done (or one failed, without keepGoing). */
@@ -318,6 +326,7 @@ export class Worker {
     const e = iw.goal;
     this.activities.get(e.drvPath)?.resume();
     if (iw.failed > 0) this.finish(e, failure('dependency-failed', `${iw.failed} dependencies of derivation '${e.drvPath}' failed to build`));
+    else if (iw.stopped > 0) this.finish(e, stoppedResult(`build of '${e.drvPath}'`));
     else this.step(e, iw.wanted, afterInputs(this, e.drvPath, iw.wanted, e.mode, iw.waiting));
   }
 
@@ -347,7 +356,7 @@ export class Worker {
     e.result = result;
     const waiters = e.waiters;
     e.waiters = undefined;
-    if (!isSuccess(result.status) && !(result as { stopped?: boolean }).stopped) {
+    if (!isSuccess(result.status) && result.status !== 'stopped') {
       // The failure that stopped the call comes first, before the dependents it made fail meanwhile.
       if (drvPath === this.stopCause) this.failures.unshift({ path: drvPath, result });
       else this.failures.push({ path: drvPath, result });
@@ -356,13 +365,13 @@ export class Worker {
     this.ctx.emit('goal-finished', { kind: 'derivation', path: drvPath, result });
     e.resolve?.(result);
     e.resolve = undefined;
-    if (waiters) for (const iw of waiters) iw.inputDone(isSuccess(result.status));
+    if (waiters) for (const iw of waiters) iw.inputDone(inputOutcome(result));
   }
 
   /** Turn an unexpected throw into a failure value (once, here). */
   failureOf(e: unknown, path: StorePath): BuildResult {
     if (e instanceof GoalStopped || this.signal.aborted) {
-      return { ...failure('misc-failure', `build of '${path}' was stopped`), stopped: true } as BuildResult;
+      return stoppedResult(`build of '${path}'`);
     }
     if (e instanceof RealiseError && e.code === 'build-setup') {
       this.fatal ??= e;
@@ -380,10 +389,12 @@ export class Worker {
       p = (async (): Promise<SubstitutionOutcome> => {
         this.ctx.emit('goal-started', { kind: 'substitution', path });
         let outcome: SubstitutionOutcome;
+        let stopped = false;
         try {
           outcome = await substitutionGoal(this, path, repair, depth);
         } catch (e) {
-          outcome = e instanceof GoalStopped || this.signal.aborted
+          stopped = e instanceof GoalStopped || this.signal.aborted;
+          outcome = stopped
             ? { kind: 'failed', message: `substitution of '${path}' was stopped` }
             : { kind: 'failed', message: e instanceof Error ? e.message : String(e) };
         }
@@ -395,7 +406,7 @@ export class Worker {
           kind: 'substitution', path,
           result: ok
             ? { status: outcome.kind === 'valid' ? 'already-valid' : 'substituted', timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {} }
-            : failure('misc-failure', 'message' in outcome ? outcome.message : 'failed'),
+            : stopped ? stoppedResult(`substitution of '${path}'`) : failure('misc-failure', 'message' in outcome ? outcome.message : 'failed'),
         });
         return outcome;
       })();
