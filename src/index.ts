@@ -4,11 +4,16 @@
 // Engine
 export { BuildEngine, parseTarget, type BuildPathsOptions } from './scheduler/build-engine.js';
 export type { BuildEngineOptions, SandboxMode } from './scheduler/options.js';
-export type { BuildEngineEvents, Progress, ProgressCounters, GoalKind } from './scheduler/events.js';
-export { exitStatusOf, isSuccess, type BuildResult, type BuildStatus, type BuildTarget, type TargetResult } from './scheduler/results.js';
+export type { BuildEngineEvents, BuildEngineEventName, EventPayloads, Stamped, Progress, ProgressCounters, GoalKind } from './scheduler/events.js';
+export { exitStatusOf, isSuccess, stoppedResult, type BuildResult, type BuildStatus, type BuildTarget, type TargetResult } from './scheduler/results.js';
 export { BuildFailedError, BuildSetupError, BuildCancelledError, OptionsError } from './scheduler/errors.js';
 export type { MissingInfo } from './scheduler/query-missing.js';
 export type { BuildMode } from './scheduler/worker.js';
+
+// Seeing a build: Nix's internal-json log stream, Chrome trace files, the HTML report
+export { NixJsonLog, attachNixJsonLog, buildActivityText, ActivityType, ResultType, LogLevel, type NixJsonLogOptions } from './observe/nix-json.js';
+export { TraceRecorder, recordTrace, type TraceEvent, type TraceFile, type TraceRecorderOptions } from './observe/trace.js';
+export { renderReport, analyseTrace, formatDuration, type RunAnalysis, type TimelineItem, type GoalSummary } from './observe/report.js';
 
 // Store
 export { RealiseError, BadHashError, InvalidStorePathError, BadNarError, StoreError, UnsupportedFileTypeError } from './store/errors.js';

@@ -43,6 +43,12 @@ export interface CliArgs {
   closureSize: boolean;
   sigs: boolean;
   humanReadable: boolean;
+  /** `--log-format FORMAT`: raw, raw-with-logs, internal-json, bar, bar-with-logs (checked by the command). */
+  logFormat?: string;
+  /** `--trace-file FILE`: write the run's timeline in the Chrome Trace Event format. */
+  traceFile?: string;
+  /** `--report FILE`: write the HTML report of the run. */
+  report?: string;
 }
 
 export class UsageError extends Error {}
@@ -56,12 +62,11 @@ const BOOL_TO_OPTION: Record<string, [string, string]> = {
   '--keep-failed': ['keep-failed', 'true'], '-K': ['keep-failed', 'true'], '--no-sandbox': ['sandbox', 'false'], '--sandbox': ['sandbox', 'true'],
   '--show-trace': ['show-trace', 'true'],
 };
-/** Flags Nix takes that change nothing here (verbosity, GC-root style, log format). */
+/** Flags Nix takes that change nothing here (verbosity, GC-root style). */
 const IGNORED_FLAGS = new Set([
   '-v', '--verbose', '--debug', '--indirect', '--no-out-link', '--no-link',
   '--readonly-mode', '--impure',
 ]);
-const IGNORED_FLAGS_WITH_VALUE = new Set(['--log-format']);
 
 /**
  * Old nix.conf names that Nix 2.8 still accepts as aliases of the current ones.
@@ -95,6 +100,8 @@ const KNOWN_SETTINGS = new Set([
   'trusted-binary-caches', 'env-keep-derivations', 'gc-keep-outputs', 'gc-keep-derivations', 'build-compress-log',
   // realise's own settings
   'build-repeat', 'max-substitution-jobs', 'secret-key', 'compression',
+  // newer Nix's: the internal-json log also written to a file or Unix socket
+  'json-log-path',
 ]);
 
 /** Nix 2.8's Boolean settings (their flags take no value; `--no-NAME` sets false). */
@@ -182,6 +189,9 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
     if (arg === '--derivation') { a.derivation = true; continue; }
     if (arg === '--add-root' || arg === '--out-link' || arg === '-o') { a.addRoot = next(i, arg); i++; continue; }
     if (arg === '--store') { a.store = next(i, arg); i++; continue; }
+    if (arg === '--log-format') { a.logFormat = next(i, arg); i++; continue; }
+    if (arg === '--trace-file') { a.traceFile = next(i, arg); i++; continue; }
+    if (arg === '--report') { a.report = next(i, arg); i++; continue; }
     if (arg === '--to') { a.to = next(i, arg); i++; continue; }
     if (arg === '--substituter' || arg === '--substituters') { a.substituters.push(...next(i, arg).split(/\s+/).filter(Boolean)); i++; continue; }
     if (arg === '--trusted-public-key' || arg === '--trusted-public-keys') { a.trustedPublicKeys.push(...next(i, arg).split(/\s+/).filter(Boolean)); i++; continue; }
@@ -219,7 +229,6 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
         continue;
       }
     }
-    if (IGNORED_FLAGS_WITH_VALUE.has(arg)) { next(i, arg); i++; continue; }
     if (arg.startsWith('--') && arg.includes('=')) {
       const [k, v] = [arg.slice(2, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)];
       return parseArgs([...argv.slice(0, i), `--${k}`, v, ...argv.slice(i + 1)]);

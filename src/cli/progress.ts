@@ -4,7 +4,7 @@
  * Activity lines use Nix 2.8's words: "building '…'...", "checking outputs of '…'...", "repairing outputs
  * of '…'...", "building '…' (round 1/2)...", "… on 'MACHINE'...", "copying path '…' from '…'...".
  */
-import type { BuildEngine } from '../index.js';
+import { buildActivityText, type BuildEngine, type NixJsonLog } from '../index.js';
 import { filterLogMessage, formatError, formatWarning } from './report.js';
 
 const NEWLINE = Buffer.from('\n');
@@ -16,16 +16,13 @@ export interface ProgressDisplayOptions {
   readonly noBuildOutput?: boolean;
   /** `-L`: build output as lines even on a terminal. */
   readonly printBuildLogs?: boolean;
+  /** `--log-format raw`: no status line, even on a terminal. */
+  readonly plain?: boolean;
 }
 
 /** Nix's DerivationGoal::started message. */
 export function buildStartedMessage(e: { drvPath: string; round: number; rounds: number; machine?: string; mode: string }): string {
-  let msg = e.mode === 'repair' ? `repairing outputs of '${e.drvPath}'`
-    : e.mode === 'check' ? `checking outputs of '${e.drvPath}'`
-      : e.rounds > 1 ? `building '${e.drvPath}' (round ${e.round}/${e.rounds})`
-        : `building '${e.drvPath}'`;
-  if (e.machine) msg += ` on '${e.machine}'`;
-  return msg + '...';
+  return buildActivityText(e) + '...';
 }
 
 export class ProgressDisplay {
@@ -37,9 +34,10 @@ export class ProgressDisplay {
 
   /** Whether builders' output is shown as it comes (then failures need not repeat the log's tail). */
   readonly showsLogs: boolean;
+  readonly jsonLogs: readonly NixJsonLog[] = [];
 
   constructor(engine: BuildEngine, private readonly out: NodeJS.WriteStream, opts: ProgressDisplayOptions = {}) {
-    this.tty = !!out.isTTY;
+    this.tty = !!out.isTTY && !opts.plain;
     this.showsLogs = !opts.noBuildOutput && (!this.tty || !!opts.printBuildLogs);
     const info = (s: string) => { if (!opts.quiet) this.line(s); };
     const onStart = (e: Parameters<typeof buildStartedMessage>[0]) => info(buildStartedMessage(e));

@@ -4,17 +4,18 @@
  * `main(argv)` runs one command in this process (bin/realise.js goes through src/cli/main.ts).
  */
 import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, readFileSync, readlinkSync, renameSync, symlinkSync, mkdirSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, readlinkSync, renameSync, symlinkSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import * as path from 'node:path';
 import {
   BinaryCacheSubstituter, SubstituterError, BuildEngine, BuildFailedError, BuildSetupError, RealiseError, copyToBinaryCache, openStore, LocalStore,
-  DEFAULT_SYSTEM_FEATURES, derivationOutputsAndPaths, isCompression, isSuccess, readDerivationFromStore, toNixBase32,
-  type BuildEngineOptions, type BuildResult, type BuildTarget, type PathInfo, type Store, type TargetResult,
+  DEFAULT_SYSTEM_FEATURES, derivationOutputsAndPaths, isCompression, isSuccess, readDerivationFromStore, toNixBase32, NixJsonLog, recordTrace, renderReport,
+  type BuildEngineOptions, type TraceFile, type BuildResult, type BuildTarget, type PathInfo, type Store, type TargetResult,
 } from '../index.js';
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
 import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
 import { ProgressDisplay } from './progress.js';
+import { asActivity, LOG_FORMATS, makeDisplay, openJsonSink, type Display, type LogFormat } from './log-format.js';
 import { applyNixConf, readNixConf } from './nix-conf.js';
 import { dependenciesFirst, filterLogMessage, formatError, formatWarning, missingLines, splitNote, summariseFailures, systemErrorMessage, withoutLogTail } from './report.js';
 
@@ -28,12 +29,15 @@ commands:
   path-info [-r] PATH...      nix path-info: a .drv means its outputs (--derivation: the .drv itself);
                               -s size, -S closure size, --sigs, -h human-readable, --json
   copy --to URL PATH...       write the closure of PATHs to a binary cache (file:// URL)
+  report TRACE [-o OUT]       the HTML report (timeline, critical path, slowest builds, failures) of a trace file
 
 flags:
   --store ROOT|local?root=..&store=..&state=..&log=..   the store (default: the embedded default store)
   --substituter URL  --trusted-public-key KEY  --max-jobs N  --cores N  --keep-going  --fallback
   --check  --repair  --timeout S  --max-silent-time S  --builders SPEC  --keep-failed  --json
   --dry-run  --add-root PATH  --ignore-unknown  --quiet  -Q (no build output)  -L (build logs on a terminal)
+  --log-format raw|raw-with-logs|internal-json|bar|bar-with-logs   --json-log-path FILE|SOCKET (internal-json there too)
+  --trace-file FILE (Chrome trace of the run)  --report FILE (its HTML report)
   --version  --help
   --option NAME VALUE   any of: sandbox, sandbox-fallback, sandbox-paths, extra-sandbox-paths, build-repeat,
                         enforce-determinism, max-build-log-size, log-lines, post-build-hook, system,
@@ -123,9 +127,17 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
 
 const byString = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
-/** Write one message to stderr as Nix's logger does (escape sequences, `\r` and tabs filtered). */
+/**
+ * Where messages go besides stderr: with `--log-format internal-json` they go to `stderrJson` instead; while a
+ * build's display runs, to its JSON logs (internal-json on stderr, `--json-log-path`) too.
+ */
+const messageLogs: { stderrJson?: NixJsonLog; display?: Display } = {};
+
+/** Write one message to stderr as Nix's logger does (escape sequences, `\r` and tabs filtered), or as JSON. */
 function writeStderr(message: string): void {
-  process.stderr.write(filterLogMessage(message, !!process.stderr.isTTY));
+  const logs = messageLogs.display?.jsonLogs ?? (messageLogs.stderrJson ? [messageLogs.stderrJson] : []);
+  for (const l of logs) l.text(message);
+  if (!messageLogs.stderrJson) process.stderr.write(filterLogMessage(message, !!process.stderr.isTTY));
 }
 
 /** A warning on stderr in Nix's form (`warning: …`), filtered as every message. */
@@ -222,7 +234,16 @@ async function build(args: CliArgs, store: Store): Promise<number> {
   if (targets.length === 0) return 0;
   const engine = new BuildEngine(opts);
   const mode = args.check ? 'check' : args.repair ? 'repair' : 'normal';
-  const display = new ProgressDisplay(engine, process.stderr, { quiet: args.quiet, noBuildOutput: args.noBuildOutput, printBuildLogs: args.printBuildLogs });
+  const jsonLogPath = args.options.get('json-log-path');
+  const sink = jsonLogPath ? openJsonSink(jsonLogPath) : undefined;
+  const display = makeDisplay(engine, process.stderr, {
+    format: args.logFormat as LogFormat | undefined, quiet: args.quiet, noBuildOutput: args.noBuildOutput, printBuildLogs: args.printBuildLogs, jsonSink: sink,
+  });
+  messageLogs.display = display;
+  const trace = args.traceFile || args.report ? recordTrace(engine, {
+    inputsOf: async (drv) => [...(await readDerivationFromStore(store)(drv)).inputDrvs.keys()],
+    meta: { command: ['realise', ...process.argv.slice(2)].join(' '), maxJobs: opts.maxJobs ?? 1 },
+  }) : undefined;
   const topDrvs = new Set(targets.map((t) => ('drvPath' in t ? t.drvPath : t.path)));
   const failed: BuildResult[] = [];
   const printed = new Set<string>();
@@ -243,7 +264,8 @@ async function build(args: CliArgs, store: Store): Promise<number> {
   try {
     if (!args.quiet || args.dryRun || args.ignoreUnknown) {
       // A substituter that fails to answer ends the command, as Nix's queryMissing throws (without --fallback).
-      const missing = await engine.queryMissing(targets).catch((e: unknown) => { if (e instanceof SubstituterError) throw e; return undefined; });
+      const missing = await asActivity(display, 'querying info about missing paths', () => engine.queryMissing(targets))
+        .catch((e: unknown) => { if (e instanceof SubstituterError) throw e; return undefined; });
       if (missing && args.ignoreUnknown) {
         const unknown = new Set<string>(missing.unknown);
         targets = targets.filter((t) => !unknown.has('drvPath' in t ? t.drvPath : t.path));
@@ -257,9 +279,12 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     // substituter that fails to answer is logged again then, as here.
     if (opts.fallback && opts.substituters?.length) await engine.queryMissing(targets).catch(() => undefined);
     let results: TargetResult[];
+    for (const l of display.jsonLogs) l.startRealise();
     try {
       results = await engine.buildPathsWithResults(targets, { mode, signal: ac.signal });
+      for (const l of display.jsonLogs) l.stopRealise();
     } catch (e) {
+      for (const l of display.jsonLogs) l.stopRealise();
       // A setup error (platform, features, no build slots) ends the call, as Nix throws out of Worker::run;
       // when a dependency's goal already printed it, it is not printed twice.
       if (e instanceof RealiseError && (printed.has(e.message) || printed.has(e.shortMessage))) return 1;
@@ -269,7 +294,7 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     if (ac.signal.aborted) throw new RealiseError('cancelled', 'interrupted by the user');
     const summary = summariseFailures(results, failed, !display.showsLogs);
     if (summary) {
-      for (const n of summary.notes) process.stderr.write(n + '\n');
+      for (const n of summary.notes) writeStderr(n + '\n');
       for (const m of summary.messages) writeStderr(formatError(m));
       return summary.exitStatus;
     }
@@ -294,7 +319,37 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     display.stop();
     stopCancelling();
     await engine.close();
+    messageLogs.display = undefined;
+    await sink?.close();
+    if (trace) await writeTrace(args, await trace.finish());
   }
+}
+
+/** `--trace-file` and `--report` of a run; a file that cannot be written is a warning (the build's status stands). */
+async function writeTrace(args: CliArgs, t: TraceFile): Promise<void> {
+  try {
+    if (args.traceFile) writeFileSync(args.traceFile, JSON.stringify(t));
+    if (args.report) writeFileSync(args.report, renderReport(t));
+  } catch (e) {
+    warnStderr(`cannot write the trace or report: ${(e as Error).message}`);
+  }
+}
+
+/** `realise report TRACE [-o OUT]`: the HTML report of a trace file written by `--trace-file`. */
+function report(args: CliArgs): number {
+  if (args.positional.length !== 1) throw new UsageError("'report' needs one trace file");
+  let t: TraceFile;
+  try {
+    t = JSON.parse(readFileSync(args.positional[0]!, 'utf8')) as TraceFile;
+  } catch (e) {
+    throw new CliError(`cannot read the trace file '${args.positional[0]}': ${(e as Error).message}`);
+  }
+  if (!Array.isArray(t?.traceEvents)) throw new CliError(`'${args.positional[0]}' is not a trace file written by realise (no traceEvents)`);
+  t.otherData ??= { tool: 'realise', version: 1, startedAt: '' };
+  const html = renderReport(t);
+  if (args.addRoot) writeFileSync(args.addRoot, html);
+  else process.stdout.write(html);
+  return 0;
 }
 
 async function repair(args: CliArgs, store: Store): Promise<number> {
@@ -508,7 +563,12 @@ async function run(argv: string[]): Promise<number> {
   if (args.help) { process.stdout.write(USAGE); return 0; }
   if (args.version) { process.stdout.write(`realise (realise) ${version()}, mirroring nix-store (Nix) 2.8.0\n`); return 0; }
   if (!args.command) { process.stderr.write(USAGE); return 1; }
-  if (!['build', 'ensure', 'repair', 'path-info', 'copy'].includes(args.command)) throw new UsageError(`unknown command '${args.command}'`);
+  if (!['build', 'ensure', 'repair', 'path-info', 'copy', 'report'].includes(args.command)) throw new UsageError(`unknown command '${args.command}'`);
+  if (args.logFormat !== undefined && !(LOG_FORMATS as readonly string[]).includes(args.logFormat)) {
+    throw new CliError(`option 'log-format' has an invalid value '${args.logFormat}'`);
+  }
+  if (args.logFormat === 'internal-json') messageLogs.stderrJson = new NixJsonLog(undefined, (l) => process.stderr.write(l));
+  if (args.command === 'report') return report(args);
   const store = await openStoreArg(args.store);
   // Nix's compress-build-log (default true): .bz2 build logs, or plain ones.
   const compressLog = args.options.get('compress-build-log');
@@ -530,6 +590,15 @@ async function run(argv: string[]): Promise<number> {
  * command does and resolves with its exit status; never throws.
  */
 export async function main(argv: string[]): Promise<number> {
+  try {
+    return await mainInner(argv);
+  } finally {
+    messageLogs.stderrJson = undefined;
+    messageLogs.display = undefined;
+  }
+}
+
+async function mainInner(argv: string[]): Promise<number> {
   try {
     return await run(argv);
   } catch (e) {

@@ -1,0 +1,246 @@
+/**
+ * Nix 2.8's structured log (`--log-format internal-json`) from engine events: `@nix {…}` lines with
+ * activities (start/stop, keyed by id), results attributed to them (build log lines, progress, expected
+ * counts) and messages, in the shapes Nix's JSONLogger writes (keys in its order, the same types, fields
+ * and texts). Tools that read Nix's stream (nix-output-monitor, CI dashboards) read this one.
+ */
+import type { BuildEngine } from '../scheduler/build-engine.js';
+import type { BuildEngineEvents, Progress } from '../scheduler/events.js';
+
+/** Nix's ActivityType values. */
+export const ActivityType = {
+  Unknown: 0, CopyPath: 100, FileTransfer: 101, Realise: 102, CopyPaths: 103, Builds: 104, Build: 105,
+  OptimiseStore: 106, VerifyPaths: 107, Substitute: 108, QueryPathInfo: 109, PostBuildHook: 110, BuildWaiting: 111,
+} as const;
+
+/** Nix's ResultType values. */
+export const ResultType = {
+  FileLinked: 100, BuildLogLine: 101, UntrustedPath: 102, CorruptedPath: 103, SetPhase: 104, Progress: 105,
+  SetExpected: 106, PostBuildLogLine: 107,
+} as const;
+
+/** Nix's verbosity levels, as the stream carries them. */
+export const LogLevel = { Error: 0, Warn: 1, Notice: 2, Info: 3, Talkative: 4, Chatty: 5, Debug: 6, Vomit: 7 } as const;
+
+/** Nix's words for a build activity ("building '…'", "checking outputs of '…'", "… on 'MACHINE'"). */
+export function buildActivityText(e: { drvPath: string; round: number; rounds: number; machine?: string; mode: string }): string {
+  let msg = e.mode === 'repair' ? `repairing outputs of '${e.drvPath}'`
+    : e.mode === 'check' ? `checking outputs of '${e.drvPath}'`
+      : e.rounds > 1 ? `building '${e.drvPath}' (round ${e.round}/${e.rounds})`
+        : `building '${e.drvPath}'`;
+  if (e.machine) msg += ` on '${e.machine}'`;
+  return msg;
+}
+
+const ERROR_PREFIX = '\x1b[31;1merror:\x1b[0m ';
+const WARNING_PREFIX = '\x1b[35;1mwarning:\x1b[0m ';
+const INDENT = ' '.repeat('error: '.length);
+
+export interface NixJsonLogOptions {
+  /** Emit a message for every warning event of the engine. @default true */
+  readonly warnings?: boolean;
+  /**
+   * Emit an error message for every failed derivation goal (as Nix logs each failing goal). A caller that
+   * prints its own errors through `text()` (the CLI) turns this off. @default true
+   */
+  readonly errors?: boolean;
+  /** The destination store's URI in copy activities' fields (Nix's LocalStore says `local`). @default 'local' */
+  readonly storeUri?: string;
+}
+
+/**
+ * Writes Nix's JSON log stream for an engine's events through `write` (one `@nix {…}` line per call,
+ * newline included). Call `startRealise()` before a build call and `stopRealise()` after it for Nix's
+ * Realise/Builds/CopyPaths activities (they start on the first event otherwise); `close()` stops what is
+ * still open and detaches from the engine.
+ */
+/** Nix's ids: the process id in the high bits, a counter below (kept within a double's exact range); one counter per process. */
+let nextId = (process.pid % 0x100000) * 2 ** 32;
+
+export class NixJsonLog {
+  private readonly builds = new Map<string, number>();
+  private readonly substitutions = new Map<string, [number, number]>();
+  private readonly waits = new Map<string, number>();
+  private readonly hooks = new Map<string, number>();
+  private top: { realise: number; builds: number; copyPaths: number } | undefined;
+  private readonly last = new Map<string, string>();
+  private readonly detach: (() => void)[] = [];
+  private readonly storeUri: string;
+
+  /** Without an engine, a log for messages and activities of the caller's own. */
+  constructor(engine: Pick<BuildEngine, 'on' | 'off'> | undefined, private readonly write: (line: string) => void, opts: NixJsonLogOptions = {}) {
+    this.storeUri = opts.storeUri ?? 'local';
+    if (!engine) return;
+    const on = <E extends keyof BuildEngineEvents>(event: E, fn: BuildEngineEvents[E]) => {
+      (engine.on as (e: E, f: BuildEngineEvents[E]) => void)(event, fn);
+      this.detach.push(() => (engine.off as (e: E, f: BuildEngineEvents[E]) => void)(event, fn));
+    };
+    on('build-started', (e) => {
+      this.ensureTop();
+      this.builds.set(e.drvPath, this.start(ActivityType.Build, LogLevel.Info, buildActivityText(e), [e.drvPath, e.machine ?? '', e.round, e.rounds]));
+    });
+    on('build-log', (e) => {
+      const id = this.builds.get(e.drvPath);
+      if (id !== undefined) this.result(id, ResultType.BuildLogLine, [e.line]);
+    });
+    on('build-finished', (e) => {
+      const id = this.builds.get(e.drvPath);
+      if (id === undefined) return;
+      this.builds.delete(e.drvPath);
+      this.stop(id);
+    });
+    on('post-build-hook-log', (e) => {
+      let id = this.hooks.get(e.drvPath);
+      if (id === undefined) {
+        id = this.start(ActivityType.PostBuildHook, LogLevel.Info, `running post-build-hook on '${e.drvPath}'`, [e.drvPath]);
+        this.hooks.set(e.drvPath, id);
+      }
+      this.result(id, ResultType.PostBuildLogLine, [e.line]);
+    });
+    on('build-waiting', (e) => {
+      this.ensureTop();
+      if (this.waits.has(e.drvPath)) return;
+      const paths = e.lockedPaths.map((p) => `'${p}'`).join(', ');
+      this.waits.set(e.drvPath, this.start(ActivityType.BuildWaiting, LogLevel.Warn, `waiting for lock on \x1b[35;1m${paths}\x1b[0m`, undefined));
+    });
+    on('build-lock-acquired', (e) => {
+      const id = this.waits.get(e.drvPath);
+      if (id === undefined) return;
+      this.waits.delete(e.drvPath);
+      this.stop(id);
+    });
+    on('substitution-started', (e) => {
+      this.ensureTop();
+      const sub = this.start(ActivityType.Substitute, LogLevel.Error, '', [e.path, e.substituter]);
+      const copy = this.start(ActivityType.CopyPath, LogLevel.Info, `copying path '${e.path}' from '${e.substituter}'`, [e.path, e.substituter, this.storeUri]);
+      this.substitutions.set(e.path, [sub, copy]);
+    });
+    on('substitution-finished', (e) => {
+      const ids = this.substitutions.get(e.path);
+      if (!ids) return;
+      this.substitutions.delete(e.path);
+      this.stop(ids[1]);
+      this.stop(ids[0]);
+    });
+    on('goal-finished', (e) => {
+      const hook = this.hooks.get(e.path);
+      if (hook !== undefined) { this.hooks.delete(e.path); this.stop(hook); }
+      if (opts.errors !== false && e.kind === 'derivation' && e.result.errorMsg && e.result.status !== 'stopped' && e.result.status !== 'built') {
+        this.error(e.result.errorMsg);
+      }
+    });
+    on('progress', (p) => this.progress(p));
+    if (opts.warnings !== false) {
+      on('warning', (e) => {
+        if (e.level === 'error') this.error(e.message);
+        else if (e.level === 'info') this.message(LogLevel.Info, e.message);
+        else if (e.level === 'plain') this.message(LogLevel.Error, e.message);
+        else this.warn(e.message);
+      });
+    }
+  }
+
+  /** Start Nix's activities of a build call (Realise, Builds, CopyPaths), as its Worker does. */
+  startRealise(): void {
+    if (this.top) return;
+    const realise = this.start(ActivityType.Realise, LogLevel.Error, '', undefined);
+    const builds = this.start(ActivityType.Builds, LogLevel.Error, '', undefined);
+    const copyPaths = this.start(ActivityType.CopyPaths, LogLevel.Error, '', undefined);
+    this.top = { realise, builds, copyPaths };
+  }
+
+  /** Stop what a build call left open, then the call's activities (in Nix's order). */
+  stopRealise(): void {
+    for (const id of this.builds.values()) this.stop(id);
+    for (const [sub, copy] of this.substitutions.values()) { this.stop(copy); this.stop(sub); }
+    for (const id of [...this.waits.values(), ...this.hooks.values()]) this.stop(id);
+    this.builds.clear(); this.substitutions.clear(); this.waits.clear(); this.hooks.clear();
+    if (!this.top) return;
+    this.stop(this.top.copyPaths);
+    this.stop(this.top.builds);
+    this.stop(this.top.realise);
+    this.top = undefined;
+    this.last.clear();
+  }
+
+  /** Stop everything open and stop listening to the engine. */
+  close(): void {
+    this.stopRealise();
+    for (const d of this.detach.splice(0)) d();
+  }
+
+  /** Start an activity of your own (e.g. Nix's "querying info about missing paths"); returns its id. */
+  start(type: number, level: number, text: string, fields: readonly (string | number)[] | undefined): number {
+    const id = nextId++;
+    this.emit(fields ? { action: 'start', fields, id, level, text, type } : { action: 'start', id, level, text, type });
+    return id;
+  }
+
+  stop(id: number): void {
+    this.emit({ action: 'stop', id });
+  }
+
+  result(id: number, type: number, fields: readonly (string | number)[]): void {
+    this.emit({ action: 'result', fields, id, type });
+  }
+
+  /** A plain message at `level` (Nix's printMsg). */
+  message(level: number, msg: string): void {
+    this.emit({ action: 'msg', level, msg });
+  }
+
+  /** An error as Nix's logError writes it: `msg` with the coloured prefix, `raw_msg` the message alone. */
+  error(message: string): void {
+    const raw = message.replace(/\s+$/, '');
+    this.emit({ action: 'msg', column: null, file: null, level: LogLevel.Error, line: null, msg: ERROR_PREFIX + raw.replace(/\n(?!\n|$)/g, '\n' + INDENT), raw_msg: raw });
+  }
+
+  warn(message: string): void {
+    this.message(LogLevel.Warn, WARNING_PREFIX + message.replace(/\s+$/, ''));
+  }
+
+  /**
+   * A line as the CLI prints it on stderr: `error: …` (continuation lines indented) becomes an error,
+   * `warning: …` a warning, anything else an informational message.
+   */
+  text(line: string): void {
+    const s = line.replace(/\n$/, '');
+    if (s.startsWith('error: ')) this.error(s.slice('error: '.length).replace(new RegExp(`\n${INDENT}`, 'g'), '\n'));
+    else if (s.startsWith('warning: ')) this.warn(s.slice('warning: '.length).replace(new RegExp(`\n${INDENT}`, 'g'), '\n'));
+    else this.message(LogLevel.Info, s);
+  }
+
+  private ensureTop(): void {
+    if (!this.top) this.startRealise();
+  }
+
+  private progress(p: Progress): void {
+    if (!this.top) return;
+    const { builds, substitutions: s, download, nar } = p;
+    this.changed(this.top.builds, ResultType.Progress, [builds.done, builds.expected, builds.running, builds.failed]);
+    this.changed(this.top.copyPaths, ResultType.Progress, [s.done, s.expected, s.running, s.failed]);
+    this.changed(this.top.realise, ResultType.SetExpected, [ActivityType.FileTransfer, download.expected]);
+    this.changed(this.top.realise, ResultType.SetExpected, [ActivityType.CopyPath, nar.expected]);
+  }
+
+  /** A result, unless it says what the last one of its kind on that activity said. */
+  private changed(id: number, type: number, fields: number[]): void {
+    const key = `${id}:${type}:${type === ResultType.SetExpected ? fields[0] : ''}`;
+    const value = fields.join(',');
+    if (this.last.get(key) === value) return;
+    this.last.set(key, value);
+    this.result(id, type, fields);
+  }
+
+  private emit(o: object): void {
+    this.write(`@nix ${JSON.stringify(o)}\n`);
+  }
+}
+
+/**
+ * Turn an engine's events into Nix's internal-json stream: each `@nix {…}` line (newline included) goes to
+ * `write`. Returns the log, to start/stop a call's activities, add messages, and `close()` it.
+ */
+export function attachNixJsonLog(engine: Pick<BuildEngine, 'on' | 'off'>, write: (line: string) => void, opts: NixJsonLogOptions = {}): NixJsonLog {
+  return new NixJsonLog(engine, write, opts);
+}
