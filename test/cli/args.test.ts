@@ -92,7 +92,7 @@ describe('messages', () => {
     });
     const a = fail('/nix/store/b0000000000000000000000000000000-a.drv', 'A failed');
     const b = fail('/nix/store/a0000000000000000000000000000000-b.drv', 'B failed');
-    const stopped = fail('/nix/store/c0000000000000000000000000000000-c.drv', 'stopped', { status: 'misc-failure', stopped: true } as Partial<BuildResult>);
+    const stopped = fail('/nix/store/c0000000000000000000000000000000-c.drv', 'stopped', { status: 'stopped' });
     expect(summariseFailures([a], [a.result], true)).toEqual({ notes: [], messages: ['A failed'], exitStatus: 100 });
     // Goals in key order (by name: a before b); the first error is kept for last; paths sorted in the summary.
     expect(summariseFailures([b, a, stopped], [a.result, b.result], true)!.messages).toEqual([

@@ -1,0 +1,158 @@
+/**
+ * `--log-format internal-json`: realise's stream against real Nix 2.8's for the same work on twin chroot
+ * stores — a DAG, a failing build, a substitution from a file:// cache, a remote build over a real sshd —
+ * compared as a reader of the stream sees it (activity types, levels, texts, fields, log lines per activity,
+ * every start stopped, final progress done/running/failed, messages; not ids, timing or the order between
+ * activities).
+ * Activities realise does not produce are left out of the comparison and named here: Nix's "querying info
+ * about …" (type 109, talkative) and its remote copy activities ("copying N paths", "copying path … to
+ * 'ssh://…'", types 103/100 nested in a remote build).
+ */
+import { existsSync, readFileSync, unlinkSync } from 'node:fs';
+import { createServer } from 'node:net';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bwrapOk, instantiateTwins, nix, nixInstantiate, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { realiseInProcess as realise } from '../helpers/cli.js';
+import { makeFixture, NIX_CONF, type Fixture } from '../remote/fixture.js';
+import { sshdOk, startSshd, type Sshd } from '../remote/sshd.js';
+import { parseStream, summarise } from './nix-stream.js';
+
+const SANDBOX = ['--option', 'sandbox-paths', '/bin/sh=/bin/busybox /bin/busybox'];
+
+const EXPR = `let
+  mk = name: deps: script: derivation { inherit name deps; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" script ]; };
+  a = mk "obs-a" [] "echo hello from a; echo second line >&2; echo a > $out";
+  b = mk "obs-b" [ a ] "echo building b; echo b > $out";
+  c = mk "obs-c" [ a ] "echo c; echo c > $out";
+  fail = mk "obs-fail" [ a ] "echo about to fail; exit 3";
+in {
+  dag = mk "obs-top" [ b c ] "echo top; echo top > $out";
+  failing = mk "obs-failtop" [ fail ] "echo > $out";
+  ref = mk "obs-ref" [ a ] "echo $deps > $out";
+}`;
+
+/** Build activities, substitutions, copies, lock waits, the call's own activities. */
+const LOCAL_TYPES = [100, 102, 103, 104, 105, 108, 110, 111];
+
+describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () => {
+  let dir: string;
+  const drv: Record<string, string> = {};
+  const N = () => path.join(dir, 'N');
+  const O = () => path.join(dir, 'O');
+
+  beforeAll(() => {
+    dir = tempDir('realise-obs-json-');
+    for (const a of ['dag', 'failing', 'ref']) drv[a] = instantiateTwins(dir, EXPR, ['-A', a]);
+  });
+
+  const both = async (nixArgs: string[], ourArgs: string[], env: Record<string, string> = {}) => {
+    const n = runNix('nix-store', [...nixArgs, '--log-format', 'internal-json'], { env });
+    const o = await realise(['build', ...ourArgs, '--log-format', 'internal-json'], env);
+    return { n, o, ns: parseStream(n.stderr), os: parseStream(o.stderr) };
+  };
+
+  it('a DAG: the same build activities (fields, texts, log lines), progress and messages', async () => {
+    const { n, o, ns, os } = await both(['--store', N(), ...SANDBOX, '-j2', '--realise', drv.dag!], ['--store', O(), ...SANDBOX, '-j2', drv.dag!]);
+    expect(n.status).toBe(0);
+    expect(o.status, o.stderr).toBe(0);
+    expect(o.stdout).toBe(n.stdout);
+    expect(ns.problems).toEqual([]);
+    expect(os.problems).toEqual([]);
+    const want = summarise(ns, LOCAL_TYPES);
+    expect(want.activities).toHaveLength(4);
+    expect(want.activities.join('\n')).toContain('"lines":["hello from a","second line"]');
+    expect(summarise(os, LOCAL_TYPES)).toEqual(want);
+    expect(want.buildsProgress).toEqual([4, 0, 0]);
+  });
+
+  it('a failing build: its activity and log, the errors as Nix\'s error messages, exit status', async () => {
+    const { n, o, ns, os } = await both(['--store', N(), ...SANDBOX, '-j2', '--realise', drv.failing!], ['--store', O(), ...SANDBOX, '-j2', drv.failing!]);
+    expect(n.status).toBe(100);
+    expect(o.status).toBe(n.status);
+    expect(ns.problems).toEqual([]);
+    expect(os.problems).toEqual([]);
+    const want = summarise(ns, LOCAL_TYPES);
+    expect(want.msgs.filter((m) => m.startsWith('0 error:'))).toHaveLength(2);
+    expect(summarise(os, LOCAL_TYPES)).toEqual(want);
+    expect(want.buildsProgress).toEqual([0, 0, 1]);
+  });
+
+  it('a substitution from a file:// cache: Substitute and CopyPath activities with their fields, copy progress', async () => {
+    const out = nix('nix-store', ['--store', N(), ...SANDBOX, '--realise', drv.ref!]).split('\n')[0]!;
+    const cache = path.join(dir, 'cache');
+    nix('nix', ['copy', '--store', N(), '--to', `file://${cache}`, out]);
+    const subst = ['--option', 'substituters', `file://${cache}`, '--option', 'require-sigs', 'false'];
+    const { n, o, ns, os } = await both(['--store', path.join(dir, 'S1'), ...subst, '--realise', out], ['--store', path.join(dir, 'S2'), ...subst, out]);
+    expect(n.status).toBe(0);
+    expect(o.status, o.stderr).toBe(0);
+    expect(ns.problems).toEqual([]);
+    expect(os.problems).toEqual([]);
+    const want = summarise(ns, LOCAL_TYPES);
+    // The output and the path it refers to, each a Substitute (108) and a CopyPath (100) activity.
+    expect(want.activities.filter((a) => a.includes('"type":108'))).toHaveLength(2);
+    expect(want.activities.filter((a) => a.includes('"type":100'))).toHaveLength(2);
+    expect(summarise(os, LOCAL_TYPES)).toEqual(want);
+    expect(want.copyProgress).toEqual([2, 0, 0]);
+  });
+
+  it('--json-log-path: the same stream goes to a file (or a listening Unix socket) while stderr shows the normal display', async () => {
+    const file = path.join(dir, 'log.json');
+    const o = await realise(['build', '--store', O(), ...SANDBOX, '--json-log-path', file, '--check', drv.dag!]);
+    expect(o.status, o.stderr).toBe(0);
+    expect(o.stderr).toContain(`checking outputs of '${drv.dag}'...`);
+    expect(o.stderr).not.toContain('@nix');
+    const s = parseStream(readFileSync(file, 'utf8'));
+    expect(s.problems).toEqual([]);
+    const builds = [...s.activities.values()].filter((a) => a.type === 105);
+    expect(builds.map((a) => [a.text, a.lines])).toEqual([[`checking outputs of '${drv.dag}'`, ['top']]]);
+
+    const sock = path.join(dir, 'log.sock');
+    if (existsSync(sock)) unlinkSync(sock);
+    let received = '';
+    const server = createServer((c) => c.setEncoding('utf8').on('data', (d: string) => { received += d; }));
+    await new Promise<void>((r) => server.listen(sock, r));
+    const closed = new Promise<void>((r) => server.on('connection', (c) => c.on('end', () => r())));
+    const o2 = await realise(['build', '--store', O(), ...SANDBOX, '--json-log-path', sock, '--check', drv.dag!]);
+    expect(o2.status, o2.stderr).toBe(0);
+    await closed;
+    server.close();
+    expect(parseStream(received).problems).toEqual([]);
+    expect(received).toContain(`"text":"checking outputs of '${drv.dag}'"`);
+  });
+});
+
+describe.skipIf(!nixOk() || !sshdOk())('internal-json of a remote build: realise vs Nix 2.8 over a real sshd', () => {
+  let fx: Fixture;
+  let sshd: Sshd;
+  let ours: string;
+  beforeAll(async () => {
+    fx = makeFixture({ prebuildDep: false });
+    ours = path.join(fx.dir, 'ours');
+    expect(nixInstantiate(ours, path.join(fx.dir, 'default.nix'), { file: true, attr: 'top' })[0]).toBe(fx.drvs.top);
+    sshd = await startSshd();
+  });
+  afterAll(async () => { await sshd?.stop(); });
+
+  it('builds on the machine: Build activities with the machine in fields and text, the remote log lines, messages', async () => {
+    const spec = (remote: string) => {
+      const uri = `ssh://root@127.0.0.1?remote-store=${encodeURIComponent(path.join(fx.dir, remote))}&remote-program=${encodeURIComponent(fx.wrapper(remote, 'nix-store'))}`;
+      return { uri, line: `${uri} x86_64-linux ${sshd.clientKey} 1 1 - - ${sshd.hostKeyBase64}` };
+    };
+    const env = { NIX_SSHOPTS: sshd.sshOptions.join(' '), NIX_CONFIG: NIX_CONF };
+    const rn = spec('remote-n');
+    const ro = spec('remote-o');
+    const n = runNix('nix-store', ['--store', fx.localRoot, '-j0', '--builders', rn.line, '--realise', fx.drvs.top, '--log-format', 'internal-json'], { env });
+    const o = await realise(['build', '--store', ours, '-j0', '--builders', ro.line, fx.drvs.top, '--log-format', 'internal-json'], env);
+    expect(n.status, n.stderr).toBe(0);
+    expect(o.status, o.stderr).toBe(0);
+    const [ns, os] = [parseStream(n.stderr), parseStream(o.stderr)];
+    expect(ns.problems).toEqual([]);
+    expect(os.problems).toEqual([]);
+    // The two runs use a machine each (their own remote stores): compared with the URI replaced.
+    const want = summarise(ns, [102, 104, 105], (s) => s.split(rn.uri).join('MACHINE'));
+    expect(want.activities).toHaveLength(2);
+    expect(want.activities.join('\n')).toContain(`on 'MACHINE'`);
+    expect(summarise(os, [102, 104, 105], (s) => s.split(ro.uri).join('MACHINE'))).toEqual(want);
+  });
+});

@@ -1,0 +1,86 @@
+/**
+ * A reader of Nix's internal-json stream as nix-output-monitor models it: activities keyed by id, results
+ * attributed to them, messages. `summarise` keeps what must agree between realise and Nix 2.8 (types,
+ * levels, texts and fields of activities, their log lines, start/stop pairing, final progress, messages)
+ * and drops what may not (ids, timing, order between activities, escape sequences).
+ */
+export interface StreamActivity {
+  type: number;
+  level: number;
+  text: string;
+  fields: unknown[];
+  lines: string[];
+  stopped: boolean;
+  parentless: boolean;
+  lastProgress?: unknown[];
+}
+
+export interface ParsedStream {
+  activities: Map<number, StreamActivity>;
+  msgs: { level: number; msg: string; raw?: string }[];
+  /** Whatever breaks the model: a stop or result without its start, a second stop, a non-@nix line. */
+  problems: string[];
+}
+
+const stripAnsi = (s: string): string => s.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
+
+export function parseStream(stderr: string): ParsedStream {
+  const activities = new Map<number, StreamActivity>();
+  const msgs: ParsedStream['msgs'] = [];
+  const problems: string[] = [];
+  for (const line of stderr.split('\n')) {
+    if (line === '') continue;
+    if (!line.startsWith('@nix ')) { problems.push(`not a JSON log line: ${line}`); continue; }
+    const o = JSON.parse(line.slice(5)) as Record<string, unknown>;
+    const id = o.id as number;
+    switch (o.action) {
+      case 'start':
+        if (activities.has(id)) problems.push(`activity ${id} started twice`);
+        activities.set(id, { type: o.type as number, level: o.level as number, text: stripAnsi(String(o.text)), fields: (o.fields as unknown[]) ?? [], lines: [], stopped: false, parentless: true });
+        break;
+      case 'stop': {
+        const a = activities.get(id);
+        if (!a) problems.push(`stop of unknown activity ${id}`);
+        else if (a.stopped) problems.push(`activity ${id} stopped twice`);
+        else a.stopped = true;
+        break;
+      }
+      case 'result': {
+        const a = activities.get(id);
+        if (!a || a.stopped) { problems.push(`result for ${a ? 'stopped' : 'unknown'} activity ${id}`); break; }
+        if (o.type === 101) a.lines.push((o.fields as string[])[0]!);
+        else if (o.type === 105) a.lastProgress = o.fields as unknown[];
+        break;
+      }
+      case 'msg':
+        msgs.push({ level: o.level as number, msg: stripAnsi(String(o.msg)), ...(o.raw_msg !== undefined ? { raw: stripAnsi(String(o.raw_msg)) } : {}) });
+        break;
+      default:
+        problems.push(`unknown action ${String(o.action)}`);
+    }
+  }
+  for (const [id, a] of activities) if (!a.stopped) problems.push(`activity ${id} (${a.type} ${a.text}) never stopped`);
+  return { activities, msgs, problems };
+}
+
+/** What must be the same between two streams of the same work; `types`: the activity types compared. */
+export function summarise(s: ParsedStream, types: readonly number[], normalise: (x: string) => string = (x) => x) {
+  const norm = (v: unknown): unknown => (typeof v === 'string' ? normalise(stripAnsi(v)) : v);
+  const acts = [...s.activities.values()].filter((a) => types.includes(a.type));
+  // Final progress as [done, running, failed]: Nix's `expected` at the end depends on when its goal objects
+  // were freed (a failed goal's expected build is uncounted when it is freed, a built one's is not).
+  const top = (type: number) => {
+    const p = acts.find((a) => a.type === type && a.text === '' && (type !== 103 || a.lastProgress))?.lastProgress;
+    return p && [p[0], p[2], p[3]];
+  };
+  return {
+    activities: acts
+      .filter((a) => !(a.text === '' && [102, 103, 104].includes(a.type)))
+      .map((a) => JSON.stringify({ type: a.type, level: a.level, text: norm(a.text), fields: a.fields.map(norm), lines: a.lines.map(norm) }))
+      .sort(),
+    realise: acts.filter((a) => a.text === '' && [102, 103, 104].includes(a.type)).map((a) => a.type).sort(),
+    buildsProgress: top(104),
+    copyProgress: top(103),
+    msgs: s.msgs.filter((m) => m.level <= 3).map((m) => `${m.level} ${norm(m.msg)}${m.raw !== undefined ? ` | ${norm(m.raw)}` : ''}`).sort(),
+  };
+}
