@@ -8,6 +8,9 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IN_CI, runNix, nix, type NixRunResult } from '../helpers/nix.js';
 import type { Sandbox, SandboxExit, SandboxRequest, SandboxRunOptions } from '../../src/platform/sandbox.js';
+import { computeOutputPaths, readDerivationFromStore, writeDerivation } from '../../src/derivation/derivation.js';
+import type { Store } from '../../src/store/store-api.js';
+import type { StorePath } from '../../src/store/store-path.js';
 
 export const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/scheduler');
 
@@ -221,4 +224,27 @@ export function closureIn(facts: ReadonlyMap<string, PathFacts>, roots: readonly
     todo.push(...(facts.get(p)?.references ?? []));
   }
   return [...seen].sort();
+}
+
+export interface DrvSpec { script?: string; outputs?: string[]; env?: Record<string, string>; builder?: string }
+
+let drvCounter = 0;
+
+/**
+ * Write a derivation `<name>` into `store` (unique per test run via a salt) depending on the `out` outputs of
+ * `deps`; its builder is /bin/sh -c `script` unless given. Returns the .drv path.
+ */
+export async function writeTestDrv(store: Store, name: string, deps: StorePath[] = [], o: DrvSpec = {}): Promise<StorePath> {
+  const outputs = o.outputs ?? ['out'];
+  const script = o.script ?? 'echo building';
+  const env = new Map<string, string>([
+    ['builder', o.builder ?? '/bin/sh'], ['name', name], ['system', 'x86_64-linux'], ['salt', `${process.pid}-${drvCounter++}`],
+    ...(outputs.length > 1 ? [['outputs', outputs.join(' ')] as [string, string]] : []),
+    ...Object.entries(o.env ?? {}),
+  ]);
+  const drv = await computeOutputPaths(readDerivationFromStore(store), {
+    name, inputDrvs: new Map(deps.map((d) => [d, ['out']])), inputSrcs: [], platform: 'x86_64-linux',
+    builder: o.builder ?? '/bin/sh', args: ['-c', script], env,
+  }, new Map(outputs.map((n) => [n, { type: 'input-addressed' as const }])), { storeDir: store.storeDir });
+  return writeDerivation(store, drv);
 }

@@ -11,15 +11,13 @@ import { BuildCancelledError, BuildFailedError, BuildSetupError } from '../../sr
 import type { BuildEngineOptions } from '../../src/scheduler/options.js';
 import { exitStatusOf, type BuildResult } from '../../src/scheduler/results.js';
 import type { Progress } from '../../src/scheduler/events.js';
-import { computeOutputPaths, readDerivationFromStore, writeDerivation } from '../../src/derivation/derivation.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import type { StorePath } from '../../src/store/store-path.js';
 import { tempDir } from '../helpers/nix.js';
-import { FakeSandbox, removeTree, settle } from './helpers.js';
+import { FakeSandbox, removeTree, settle, writeTestDrv, type DrvSpec } from './helpers.js';
 
 let root: string;
 let store: LocalStore;
-let counter = 0;
 
 beforeAll(async () => {
   root = tempDir('realise-sched-fake-');
@@ -35,19 +33,8 @@ afterAll(async () => {
  * Write a derivation `<name>` (unique per test run via a salt) depending on the `out` outputs of `deps`.
  * Returns the .drv path; its builder is /bin/sh -c `script`.
  */
-async function mkDrv(name: string, deps: StorePath[] = [], o: { script?: string; outputs?: string[]; env?: Record<string, string>; builder?: string } = {}): Promise<StorePath> {
-  const outputs = o.outputs ?? ['out'];
-  const script = o.script ?? 'echo building';
-  const env = new Map<string, string>([
-    ['builder', o.builder ?? '/bin/sh'], ['name', name], ['system', 'x86_64-linux'], ['salt', `${process.pid}-${counter++}`],
-    ...(outputs.length > 1 ? [['outputs', outputs.join(' ')] as [string, string]] : []),
-    ...Object.entries(o.env ?? {}),
-  ]);
-  const drv = await computeOutputPaths(readDerivationFromStore(store), {
-    name, inputDrvs: new Map(deps.map((d) => [d, ['out']])), inputSrcs: [], platform: 'x86_64-linux',
-    builder: o.builder ?? '/bin/sh', args: ['-c', script], env,
-  }, new Map(outputs.map((n) => [n, { type: 'input-addressed' as const }])), { storeDir: store.storeDir });
-  return writeDerivation(store, drv);
+function mkDrv(name: string, deps: StorePath[] = [], o: DrvSpec = {}): Promise<StorePath> {
+  return writeTestDrv(store, name, deps, o);
 }
 
 async function outPath(drvPath: StorePath, output = 'out'): Promise<StorePath> {
