@@ -173,7 +173,7 @@ export function renderReport(trace: TraceFile, opts: { title?: string } = {}): s
   const x = (t: number) => LABEL + ((t - a.start) / span) * (W - LABEL - 10);
   const rowOf = new Map(a.tracks.map((t, i) => [t, i]));
   const H = AXIS + a.tracks.length * ROW + 4;
-  const svg: string[] = [`<svg id="gantt" xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role="img" aria-label="Gantt chart of the run">`];
+  const svg: string[] = [`<svg id="gantt" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role="img" aria-label="Gantt chart of the run">`];
   for (const [t, i] of rowOf) {
     const y = AXIS + i * ROW;
     if (i % 2 === 0) svg.push(`<rect class="row" x="0" y="${y}" width="${W}" height="${ROW}"/>`);
