@@ -28,7 +28,7 @@ export { RefScanner, scanForReferences } from './store/references.js';
 export type { Store, PathInfo, NarSource, PathLocks, AddToStoreOptions } from './store/store-api.js';
 export { LocalStore, defaultStoreRoot, resolveLayout, type LocalStoreOptions, type LocalStoreLayout } from './store/local-store.js';
 export { MemoryStore, type MemoryStoreOptions } from './store/memory-store.js';
-export { openStore, parseStoreUri, type ParsedStoreUri } from './store/store-uri.js';
+export { parseStoreUri, type ParsedStoreUri } from './store/store-uri.js';
 
 // Derivations
 export {
@@ -69,3 +69,6 @@ export { RemoteBuildError, NoMachineError, MachineSpecError, RemoteConnectionErr
 export { StdioTransport, type Transport } from './remote/transport.js';
 export { WorkerConnection, type RemoteLogEvent } from './remote/worker-protocol.js';
 export { ServeConnection } from './remote/serve-protocol.js';
+
+// A store over the Nix daemon (a system Nix installation); openStore takes its URIs and local ones
+export { DaemonStore, DEFAULT_DAEMON_SOCKET, daemonSocketOfUri, openStore, type DaemonStoreOptions } from './remote/daemon-store.js';

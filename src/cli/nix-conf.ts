@@ -66,7 +66,7 @@ export function readNixConf(env: NodeJS.ProcessEnv = process.env): ConfSetting[]
 /**
  * Fold the configuration into a parsed command line: the command line wins, `extra-NAME` values add up
  * (the configuration's first). The store is `--store`, else the `store` setting, else `$NIX_REMOTE`
- * (`daemon` and `auto` mean a store this command cannot open; they are left out).
+ * (`daemon` and `unix://…` are the Nix daemon; `auto` is left out: the embedded default store).
  */
 export function applyNixConf(args: CliArgs, settings: readonly ConfSetting[], env: NodeJS.ProcessEnv = process.env): void {
   const conf = new Map<string, string>();
@@ -86,6 +86,6 @@ export function applyNixConf(args: CliArgs, settings: readonly ConfSetting[], en
   }
   if (args.store === undefined) {
     const store = args.options.get('store') ?? env.NIX_REMOTE;
-    if (store && store !== 'daemon' && store !== 'auto') args.store = store;
+    if (store && store !== 'auto') args.store = store;
   }
 }

@@ -3,6 +3,7 @@
  * stdin/stdout (`nix-daemon --stdio`, `ssh host nix-store --serve --write`, ...); its stderr is passed
  * on line by line (ssh messages, and the build log of `nix-store --serve`).
  */
+import { createConnection, type Socket } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import { execa, type ResultPromise } from 'execa';
 import { RemoteConnectionError } from './errors.js';
@@ -131,4 +132,47 @@ export function connectionLost(t: Transport): Promise<never> {
     const tail = t.stderrTail();
     throw new RemoteConnectionError(`connection to '${t.description}' lost: ${exit.message}${tail ? `\n${tail}` : ''}`);
   });
+}
+
+/** A connection to a Unix domain socket (the Nix daemon's `daemon-socket/socket`). */
+export class SocketTransport implements Transport {
+  readonly input: Readable;
+  readonly output: Writable;
+  readonly description: string;
+  readonly closed: Promise<TransportExit>;
+  private readonly socket: Socket;
+
+  private constructor(socket: Socket, description: string) {
+    this.socket = socket;
+    this.input = socket;
+    this.output = socket;
+    this.description = description;
+    this.closed = new Promise((resolve) => {
+      let error: Error | undefined;
+      socket.on('error', (e) => { error ??= e; });
+      socket.once('close', () => resolve({ message: error ? `the connection to ${description} failed: ${error.message}` : `${description} closed the connection` }));
+    });
+  }
+
+  /** Connect to the socket at `socketPath`; rejects with the system's error (ENOENT, EACCES, ECONNREFUSED). */
+  static connect(socketPath: string): Promise<SocketTransport> {
+    return new Promise((resolve, reject) => {
+      const socket = createConnection({ path: socketPath });
+      const onError = (e: Error): void => reject(e);
+      socket.once('error', onError);
+      socket.once('connect', () => {
+        socket.off('error', onError);
+        resolve(new SocketTransport(socket, `socket '${socketPath}'`));
+      });
+    });
+  }
+
+  stderrTail(): string {
+    return '';
+  }
+
+  async close(): Promise<void> {
+    if (!this.socket.destroyed) this.socket.destroy();
+    await this.closed;
+  }
 }

@@ -27,17 +27,27 @@ export const WORKER_PROTOCOL_VERSION = (1 << 8) | 35;
 export const WorkerOp = {
   IsValidPath: 1,
   QueryReferrers: 6,
+  AddTextToStore: 8,
   BuildPaths: 9,
   AddTempRoot: 11,
   SetOptions: 19,
+  QueryAllValidPaths: 23,
   QueryPathInfo: 26,
   QueryValidPaths: 31,
+  QueryValidDerivers: 33,
   BuildDerivation: 36,
   NarFromPath: 38,
   AddToStoreNar: 39,
   QueryMissing: 40,
+  QueryDerivationOutputMap: 41,
   AddMultipleToStore: 44,
+  BuildPathsWithResults: 46,
 } as const;
+
+/** Nix's BuildMode on the wire. */
+function buildModeNumber(mode: 'normal' | 'repair' | 'check' | undefined): number {
+  return mode === 'repair' ? 1 : mode === 'check' ? 2 : 0;
+}
 
 export const STDERR_NEXT = 0x6f6c6d67;
 export const STDERR_READ = 0x64617461;
@@ -477,22 +487,106 @@ export class WorkerConnection {
     return this.op(async () => {
       this.writer.u64(WorkerOp.BuildDerivation).string(drvPath);
       writeBasicDerivation(this.writer, drv);
-      this.writer.u64(opts.buildMode === 'repair' ? 1 : opts.buildMode === 'check' ? 2 : 0);
+      this.writer.u64(buildModeNumber(opts.buildMode));
       await this.writer.flush();
       await this.processStderr();
-      const r = this.reader;
-      const status = buildStatusFromWire(await r.u64());
-      const errorMsg = stripAnsi(await r.string());
-      let timesBuilt = 0, isNonDeterministic = false, startTime = 0, stopTime = 0;
-      if (minor(this.version) >= 29) {
-        timesBuilt = await r.u64();
-        isNonDeterministic = await r.bool();
-        startTime = await r.u64();
-        stopTime = await r.u64();
-      }
-      const builtOutputs = minor(this.version) >= 28 ? await readDrvOutputs(r, this.storeDir) : new Map();
-      return { status, errorMsg, timesBuilt, isNonDeterministic, startTime, stopTime, builtOutputs };
+      return this.readBuildResult();
     }, opts.onLog, opts.signal);
+  }
+
+  private async readBuildResult(): Promise<WireBuildResult> {
+    const r = this.reader;
+    const status = buildStatusFromWire(await r.u64());
+    const errorMsg = stripAnsi(await r.string());
+    let timesBuilt = 0, isNonDeterministic = false, startTime = 0, stopTime = 0;
+    if (minor(this.version) >= 29) {
+      timesBuilt = await r.u64();
+      isNonDeterministic = await r.bool();
+      startTime = await r.u64();
+      stopTime = await r.u64();
+    }
+    const builtOutputs = minor(this.version) >= 28 ? await readDrvOutputs(r, this.storeDir) : new Map();
+    return { status, errorMsg, timesBuilt, isNonDeterministic, startTime, stopTime, builtOutputs };
+  }
+
+  /**
+   * Build or substitute `targets` on the daemon (store paths, or `DRV!out1,out2`), as Nix's
+   * BuildPathsWithResults: one result per target, in order; a failed build is a result, not a throw.
+   * Daemons before protocol 1.34 get BuildPaths, which throws the daemon's error on a failure.
+   */
+  async buildPathsWithResults(targets: readonly string[], opts: { buildMode?: 'normal' | 'repair' | 'check'; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<{ path: string; result: WireBuildResult }[] | undefined> {
+    return this.op(async () => {
+      if (minor(this.version) < 34) {
+        this.writer.u64(WorkerOp.BuildPaths).strings(targets);
+        if (minor(this.version) >= 15) this.writer.u64(buildModeNumber(opts.buildMode));
+        await this.writer.flush();
+        await this.processStderr();
+        await this.reader.u64();
+        return undefined;
+      }
+      this.writer.u64(WorkerOp.BuildPathsWithResults).strings(targets).u64(buildModeNumber(opts.buildMode));
+      await this.writer.flush();
+      await this.processStderr();
+      const n = await this.reader.u64();
+      const out: { path: string; result: WireBuildResult }[] = [];
+      for (let i = 0; i < n; i++) out.push({ path: await this.reader.string(), result: await this.readBuildResult() });
+      return out;
+    }, opts.onLog, opts.signal);
+  }
+
+  /** One request with string arguments whose answer is read by `read`, after the log stream. */
+  private simple<T>(op: number, args: readonly (string | readonly string[])[], read: (r: WireReader) => Promise<T>, opts: { signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<T> {
+    return this.op(async () => {
+      this.writer.u64(op);
+      for (const a of args) { if (typeof a === 'string') this.writer.string(a); else this.writer.strings(a); }
+      await this.writer.flush();
+      await this.processStderr();
+      return read(this.reader);
+    }, opts.onLog, opts.signal);
+  }
+
+  /** Valid paths that refer to `path` (Nix's QueryReferrers). */
+  queryReferrers(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<string[]> {
+    this.checkPath(path);
+    return this.simple(WorkerOp.QueryReferrers, [path], (r) => r.strings(), opts);
+  }
+
+  /** Every valid path of the daemon's store. */
+  queryAllValidPaths(opts: { signal?: AbortSignal } = {}): Promise<string[]> {
+    return this.simple(WorkerOp.QueryAllValidPaths, [], (r) => r.strings(), opts);
+  }
+
+  /** Valid derivations that have `path` as an output. */
+  queryValidDerivers(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<string[]> {
+    this.checkPath(path);
+    return this.simple(WorkerOp.QueryValidDerivers, [path], (r) => r.strings(), opts);
+  }
+
+  /** Output name → path (undefined: not known yet, a floating content-addressed output) of a derivation. */
+  queryDerivationOutputMap(drvPath: StorePath, opts: { signal?: AbortSignal } = {}): Promise<Map<string, string | undefined>> {
+    this.checkPath(drvPath);
+    return this.simple(WorkerOp.QueryDerivationOutputMap, [drvPath], async (r) => {
+      const n = await r.u64();
+      const out = new Map<string, string | undefined>();
+      for (let i = 0; i < n; i++) {
+        const name = await r.string();
+        const p = await r.string();
+        out.set(name, p || undefined);
+      }
+      return out;
+    }, opts);
+  }
+
+  /** Add a text file (Nix's addTextToStore: a `.drv`, builtins.toFile); returns its store path. */
+  addTextToStore(name: string, text: string, references: readonly string[], opts: { signal?: AbortSignal } = {}): Promise<string> {
+    references.forEach((p) => this.checkPath(p));
+    return this.simple(WorkerOp.AddTextToStore, [name, text, [...references].sort()], (r) => r.string(), opts);
+  }
+
+  /** Keep `path` from the daemon's garbage collector while this connection is open. */
+  async addTempRoot(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    this.checkPath(path);
+    await this.simple(WorkerOp.AddTempRoot, [path], (r) => r.u64(), opts);
   }
 
   /**

@@ -23,6 +23,8 @@ import { failure, isSuccess, type BuildResult, type BuildTarget, type TargetResu
 import { Worker, type BuildMode } from './worker.js';
 import { queryMissing, type MissingInfo } from './query-missing.js';
 import { probeLinuxSandbox, type LinuxSandboxChoice } from './sandbox-factory.js';
+import { DaemonStore } from '../remote/daemon-store.js';
+import { buildThroughDaemon, queryMissingThroughDaemon } from './daemon-build.js';
 
 /** How many parsed derivations an engine keeps. */
 const DRV_CACHE_SIZE = 4_096;
@@ -224,7 +226,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       // Every failure of the call (root causes and the goals that depended on them), each once.
       const seen = new Set<StorePath>();
       const all: TargetResult[] = [];
-      for (const f of worker.failures) {
+      for (const f of worker?.failures ?? []) {
         if (seen.has(f.path)) continue;
         seen.add(f.path);
         all.push({ target: { drvPath: f.path }, path: f.path, result: f.result });
@@ -246,9 +248,12 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     return (await this.runTargetsWith(targets, opts)).results;
   }
 
-  private async runTargetsWith(targets: readonly (BuildTarget | string)[], opts: BuildPathsOptions): Promise<{ results: TargetResult[]; worker: Worker }> {
-    const ctx = await this.context();
+  private async runTargetsWith(targets: readonly (BuildTarget | string)[], opts: BuildPathsOptions): Promise<{ results: TargetResult[]; worker?: Worker }> {
     const mode = opts.mode ?? 'normal';
+    const store = await this.storePromise;
+    // A store over the Nix daemon builds itself: the daemon realises the targets, its log becomes our events.
+    if (store instanceof DaemonStore) return { results: await buildThroughDaemon(store, targets.map(parseTarget), { mode, signal: opts.signal, emit: this.emitSafely }) };
+    const ctx = await this.context();
     const w = new Worker(ctx, mode, opts.signal);
     const parsed = targets.map(parseTarget);
     // Bad input is a typed error before anything runs (InvalidStorePathError), as Nix refuses it.
@@ -305,6 +310,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
 
   /** Repair a path: substitute it again; if that fails, rebuild its deriver in repair mode. */
   async repairPath(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    if ((await this.storePromise) instanceof DaemonStore) { await this.buildPaths([{ path }], { mode: 'repair', signal: opts.signal }); return; }
     const ctx = await this.context();
     const w = new Worker(ctx, 'repair', opts.signal);
     const o = await w.substitutionGoal(path, true);
@@ -323,6 +329,8 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
 
   /** What would be built, substituted or is unknown, with download and NAR sizes, before anything runs. */
   async queryMissing(targets: readonly (BuildTarget | string)[]): Promise<MissingInfo> {
+    const store = await this.storePromise;
+    if (store instanceof DaemonStore) return queryMissingThroughDaemon(store, targets.map(parseTarget));
     const ctx = await this.context();
     return queryMissing(ctx, targets.map(parseTarget));
   }

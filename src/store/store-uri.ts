@@ -2,7 +2,8 @@
  * Store URIs for local stores, as Nix's `--store` takes them:
  *   - a path (`/var/lib/ci/root`, `./root`): a chroot store with that root (logical `/nix/store`);
  *   - `local` or `local?root=…&store=…&state=…&log=…&real=…` (values percent-decoded).
- * Other schemes (`daemon`, `ssh://`, `file://` binary caches, …) are not local stores and are refused.
+ * Other schemes (`daemon`, `ssh://`, `file://` binary caches, …) are not local stores and are refused here
+ * (the daemon's URIs are opened by src/remote/daemon-store.ts's openStore).
  */
 import * as path from 'node:path';
 import { StoreError } from './errors.js';
@@ -44,7 +45,7 @@ export function parseStoreUri(uri: string, cwd: string = process.cwd()): ParsedS
   if (!head.includes('://') && (head.startsWith('/') || head.startsWith('./') || head.startsWith('../') || head === '.' || head === '..')) {
     root = absolute('root', head);
   } else if (head !== 'local' && head !== 'local://') {
-    if (head === 'auto' || head === 'daemon' || head.startsWith('unix://')) throw badUri(uri, 'a Nix daemon store is not supported', 'realise works on a local store directory; pass its root directory');
+    if (head === 'auto' || head === 'daemon' || head.startsWith('unix://')) throw badUri(uri, 'the Nix daemon is not a local store', "open it with openStore() or DaemonStore.open() from 'realise'");
     const scheme = head.includes('://') ? head.slice(0, head.indexOf('://')) : head;
     if (OTHER_STORE_SCHEMES.includes(scheme)) throw badUri(uri, `'${head}' is not a local store`);
     throw new StoreError('bad-store-uri', `don't know how to open Nix store '${uri}'`, {

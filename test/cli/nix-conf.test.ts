@@ -55,6 +55,12 @@ describe('readNixConf / applyNixConf', () => {
     const c = parseArgs(['build', '--store', '/tmp/t', 'x']);
     applyNixConf(c, [{ name: 'store', value: '/tmp/s' }], { NIX_REMOTE: 'daemon' });
     expect(c.store).toBe('/tmp/t');
+    const d = parseArgs(['build', 'x']);
+    applyNixConf(d, [], { NIX_REMOTE: 'daemon' });
+    expect(d.store).toBe('daemon');
+    const e = parseArgs(['build', 'x']);
+    applyNixConf(e, [], { NIX_REMOTE: 'auto' });
+    expect(e.store).toBeUndefined();
   });
 });
 

@@ -1,0 +1,272 @@
+/**
+ * A Store over the Nix daemon (`--store daemon`, `unix:///nix/var/nix/daemon-socket/socket`,
+ * `NIX_REMOTE=daemon`): a multi-user Nix installation whose `nix-daemon` owns the store. Every operation is
+ * a worker-protocol request on the daemon's Unix socket, so the daemon's rules apply (an untrusted user's
+ * paths must be signed or content-addressed, repair needs trust, ...), and its errors come back as
+ * RemoteDaemonError. Builds and substitutions run in the daemon (`buildPathsWithResults`); a BuildEngine
+ * over this store hands its calls to the daemon and turns the daemon's log stream into its events.
+ */
+import { StoreError } from '../store/errors.js';
+import { parseNar } from '../store/nar.js';
+import { openStore as openLocalStore } from '../store/store-uri.js';
+import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from '../store/store-api.js';
+import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from '../store/store-path.js';
+import { RemoteConnectionError } from './errors.js';
+import type { WireBuildResult } from './protocol-common.js';
+import { SocketTransport } from './transport.js';
+import { WorkerConnection, type OnRemoteLog, type WorkerOptions } from './worker-protocol.js';
+
+/** Where a system Nix installation's daemon listens (Nix's default `nix-daemon` socket). */
+export const DEFAULT_DAEMON_SOCKET = '/nix/var/nix/daemon-socket/socket';
+
+export interface DaemonStoreOptions {
+  /** The daemon's socket. @default $NIX_DAEMON_SOCKET_PATH, else /nix/var/nix/daemon-socket/socket */
+  readonly socketPath?: string;
+  /** The daemon's logical store directory. @default $NIX_STORE_DIR, else /nix/store */
+  readonly storeDir?: string;
+  /** Client settings sent to the daemon on each connection (Nix's SetOptions); an untrusted user's restricted ones are ignored. */
+  readonly workerOptions?: WorkerOptions;
+}
+
+/** `daemon`, `unix://PATH` (with optional `?…` settings), or undefined when the URI is not the daemon's. */
+export function daemonSocketOfUri(uri: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const head = uri.replace(/\?.*$/, '');
+  if (head === 'daemon') return env.NIX_DAEMON_SOCKET_PATH || DEFAULT_DAEMON_SOCKET;
+  if (head.startsWith('unix://')) return decodeURIComponent(head.slice('unix://'.length)) || env.NIX_DAEMON_SOCKET_PATH || DEFAULT_DAEMON_SOCKET;
+  return undefined;
+}
+
+/**
+ * Open the store a URI names, as Nix's `--store`: the Nix daemon (`daemon`, `unix://…`) or a local store
+ * (a root directory, `local?…`). Unknown parameters of a local store URI are reported through `warn`.
+ */
+export async function openStore(uri: string, opts: { signal?: AbortSignal; warn?: (message: string) => void } = {}): Promise<Store> {
+  const socketPath = daemonSocketOfUri(uri);
+  if (socketPath !== undefined) return DaemonStore.open({ socketPath });
+  return openLocalStore(uri, opts);
+}
+
+function unsupported(what: string): StoreError {
+  return new StoreError('daemon-store-unsupported', `${what} is not possible through the Nix daemon`, {
+    hint: 'the daemon owns its store: build with a BuildEngine over the DaemonStore, which asks the daemon to build',
+  });
+}
+
+export class DaemonStore implements Store {
+  readonly storeDir: string;
+  /** The daemon's paths are not ours to read from disk: the real directory is the logical one. */
+  readonly realStoreDir: string;
+  readonly socketPath: string;
+  private readonly workerOptions: WorkerOptions;
+  private readonly idle: WorkerConnection[] = [];
+  private readonly all = new Set<WorkerConnection>();
+  private closed = false;
+  /** The first connection (made by `open`): the daemon's version and whether it trusts us. */
+  private first!: WorkerConnection;
+
+  private constructor(opts: DaemonStoreOptions) {
+    this.socketPath = opts.socketPath ?? (process.env.NIX_DAEMON_SOCKET_PATH || DEFAULT_DAEMON_SOCKET);
+    this.storeDir = opts.storeDir ?? (process.env.NIX_STORE_DIR || DEFAULT_STORE_DIR);
+    this.realStoreDir = this.storeDir;
+    this.workerOptions = opts.workerOptions ?? {};
+  }
+
+  /** Connect to the daemon (one handshake, so a missing or refusing daemon is an error here). */
+  static async open(opts: DaemonStoreOptions = {}): Promise<DaemonStore> {
+    const s = new DaemonStore(opts);
+    s.first = await s.connect();
+    s.idle.push(s.first);
+    return s;
+  }
+
+  /** The daemon's Nix version (e.g. `2.8.0`), when its protocol says it. */
+  get daemonNixVersion(): string | undefined {
+    return this.first.daemonNixVersion;
+  }
+
+  /** Whether the daemon trusts this user (undefined when its protocol does not say: Nix before 2.15). */
+  get trusted(): boolean | undefined {
+    return this.first.remoteTrustsUs;
+  }
+
+  private async connect(): Promise<WorkerConnection> {
+    let transport: SocketTransport;
+    try {
+      transport = await SocketTransport.connect(this.socketPath);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      const why = code === 'ENOENT' ? 'No such file or directory' : code === 'EACCES' ? 'Permission denied' : code === 'ECONNREFUSED' ? 'Connection refused' : (e as Error).message;
+      throw new RemoteConnectionError(`cannot connect to socket at '${this.socketPath}': ${why}`, {
+        cause: e,
+        hint: 'is the Nix daemon running (systemctl status nix-daemon)? Set NIX_DAEMON_SOCKET_PATH if it listens elsewhere',
+      });
+    }
+    const c = await WorkerConnection.connect(transport, { ...this.workerOptions, storeDir: this.storeDir, name: `daemon at '${this.socketPath}'` });
+    this.all.add(c);
+    void transport.closed.then(() => { this.all.delete(c); });
+    return c;
+  }
+
+  /** Run `fn` on an idle connection (or a new one); concurrent calls get their own connections. */
+  private async with<T>(fn: (c: WorkerConnection) => Promise<T>): Promise<T> {
+    if (this.closed) throw new StoreError('store-closed', `the store over the daemon at '${this.socketPath}' is closed`);
+    let c: WorkerConnection | undefined;
+    while ((c = this.idle.pop()) && !c.usable);
+    c ??= await this.connect();
+    try {
+      return await fn(c);
+    } finally {
+      if (c.usable && !this.closed) this.idle.push(c);
+      else void c.close();
+    }
+  }
+
+  toRealPath(p: string): string {
+    return p;
+  }
+
+  isValidPath(p: StorePath): Promise<boolean> {
+    return this.with((c) => c.isValidPath(p));
+  }
+
+  queryValidPaths(paths: Iterable<StorePath>): Promise<Set<StorePath>> {
+    return this.with((c) => c.queryValidPaths(paths));
+  }
+
+  queryPathInfo(p: StorePath): Promise<PathInfo | undefined> {
+    return this.with((c) => c.queryPathInfo(p));
+  }
+
+  queryReferrers(p: StorePath): Promise<StorePath[]> {
+    return this.with(async (c) => (await c.queryReferrers(p)).sort());
+  }
+
+  async computeClosure(paths: Iterable<StorePath>): Promise<Set<StorePath>> {
+    const out = new Set<StorePath>();
+    let frontier = [...new Set(paths)];
+    while (frontier.length) {
+      const next: StorePath[] = [];
+      for (const info of await Promise.all(frontier.map((p) => this.queryPathInfo(p)))) {
+        if (!info || out.has(info.path)) continue;
+        out.add(info.path);
+        for (const r of info.references) if (!out.has(r)) next.push(r);
+      }
+      frontier = [...new Set(next)];
+    }
+    return out;
+  }
+
+  async queryAllValidPaths(): Promise<Set<StorePath>> {
+    return new Set(await this.with((c) => c.queryAllValidPaths()));
+  }
+
+  async queryValidDerivers(outPath: StorePath): Promise<StorePath[]> {
+    return (await this.with((c) => c.queryValidDerivers(outPath))).sort();
+  }
+
+  async queryDerivationOutputs(drvPath: StorePath): Promise<Map<string, StorePath>> {
+    const m = await this.with((c) => c.queryDerivationOutputMap(drvPath));
+    const out = new Map<string, StorePath>();
+    for (const [name, p] of m) if (p) out.set(name, p);
+    return out;
+  }
+
+  async registerDerivationOutputs(): Promise<void> {
+    throw unsupported('registering derivation outputs');
+  }
+
+  async addToStore(info: PathInfo, nar: NarSource, opts: AddToStoreOptions = {}): Promise<PathInfo> {
+    // An untrusted user's path must be signed by a key the daemon trusts or be content-addressed: the
+    // daemon checks (dontCheckSigs is honoured only for trusted users).
+    await this.with((c) => c.addToStoreNar(info, nar, { repair: opts.repair, dontCheckSigs: false, signal: opts.signal }));
+    return (await this.queryPathInfo(info.path)) ?? info;
+  }
+
+  async addTextToStore(name: string, text: string, references: Iterable<StorePath> = []): Promise<StorePath> {
+    return this.with((c) => c.addTextToStore(name, text, [...references]));
+  }
+
+  async registerValidPaths(): Promise<void> {
+    throw unsupported('registering paths built elsewhere');
+  }
+
+  narFromPath(p: StorePath): NarSource {
+    const self = this;
+    return (async function* () {
+      let c: WorkerConnection | undefined;
+      while ((c = self.idle.pop()) && !c.usable);
+      c ??= await self.connect();
+      try {
+        yield* c.narFromPath(p);
+      } finally {
+        if (c.usable && !self.closed) self.idle.push(c);
+        else void c.close();
+      }
+    })();
+  }
+
+  async readTextFile(p: StorePath): Promise<string> {
+    parseStorePath(p, this.storeDir);
+    const chunks: Buffer[] = [];
+    let regular = false;
+    await parseNar(this.narFromPath(p), {
+      createDirectory: () => {},
+      createSymlink: () => {},
+      createFile: (rel) => {
+        regular = rel === '';
+        return { write: (b) => { if (regular) chunks.push(b); }, close: () => {} };
+      },
+    });
+    if (!regular) throw new StoreError('not-a-regular-file', `store path '${p}' is not a regular file`);
+    return Buffer.concat(chunks).toString('utf8');
+  }
+
+  async deletePath(): Promise<void> {
+    throw unsupported('deleting a store path');
+  }
+
+  async addTempRoot(p: StorePath): Promise<void> {
+    // A temporary root lives as long as the connection that made it: the first one, kept open.
+    await this.first.addTempRoot(p);
+  }
+
+  async lockPaths(): Promise<PathLocks> {
+    throw unsupported('locking store paths');
+  }
+
+  async tryLockPaths(): Promise<PathLocks | undefined> {
+    throw unsupported('locking store paths');
+  }
+
+  logPath(): string {
+    throw unsupported('reading build logs from disk');
+  }
+
+  async addBuildLog(): Promise<void> {
+    throw unsupported('adding a build log');
+  }
+
+  async readBuildLog(): Promise<string | undefined> {
+    return undefined;
+  }
+
+  /** What the daemon would build, substitute, or cannot make (targets as `DRV!out1,out2` or paths). */
+  queryMissing(targets: readonly string[], opts: { signal?: AbortSignal } = {}): ReturnType<WorkerConnection['queryMissing']> {
+    return this.with((c) => c.queryMissing(targets, opts));
+  }
+
+  /**
+   * Have the daemon realise `targets` (`DRV!out1,out2`, or store paths), with its log stream to `onLog`.
+   * One result per target, in order. Aborting closes the connection, which stops the daemon's work.
+   */
+  buildPathsWithResults(targets: readonly string[], opts: { mode?: 'normal' | 'repair' | 'check'; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<{ path: string; result: WireBuildResult }[] | undefined> {
+    // A connection of its own, so queries made meanwhile (by event listeners) are not queued behind it.
+    return this.with((c) => c.buildPathsWithResults(targets, { buildMode: opts.mode, signal: opts.signal, onLog: opts.onLog }));
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.idle.length = 0;
+    await Promise.all([...this.all].map((c) => c.close()));
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * A BuildEngine over a DaemonStore: the Nix daemon builds and substitutes, with its own settings and trust
+ * rules; the engine hands it the targets (BuildPathsWithResults, QueryMissing) and turns the daemon's log
+ * stream into the engine's events (build-started / build-log / build-finished, substitution-started /
+ * -finished, the daemon's messages as `warning` events at level 'plain', as Nix's client prints them).
+ */
+import type { DaemonStore } from '../remote/daemon-store.js';
+import { ActivityType, buildLogLine, type RemoteLogEvent } from '../remote/worker-protocol.js';
+import type { WireBuildResult } from '../remote/protocol-common.js';
+import type { StorePath } from '../store/store-path.js';
+import type { EngineContext } from './context.js';
+import type { MissingInfo } from './query-missing.js';
+import { failure, type BuildResult, type BuildStatus, type BuildTarget, type TargetResult } from './results.js';
+import type { BuildMode } from './worker.js';
+
+/** `DRV!out1,out2` (all outputs: every name the daemon knows for the derivation), or the path itself. */
+async function wireTarget(store: DaemonStore, t: BuildTarget): Promise<string> {
+  if ('path' in t) return t.path;
+  let outs = t.outputs === undefined || t.outputs === '*' ? undefined : [...t.outputs];
+  // Nix 2.8 reads `DRV!` as "all outputs"; later daemons want the names or `*`: names suit both.
+  if (!outs) outs = [...(await store.queryDerivationOutputs(t.drvPath).catch(() => new Map())).keys()];
+  return `${t.drvPath}!${outs.sort().join(',')}`;
+}
+
+function toBuildResult(r: WireBuildResult): BuildResult {
+  const status = (['resolves-to-already-valid', 'no-substituters'].includes(r.status) ? 'misc-failure' : r.status) as BuildStatus;
+  return {
+    status, errorMsg: r.errorMsg || undefined, timesBuilt: r.timesBuilt, isNonDeterministic: r.isNonDeterministic,
+    startTime: r.startTime, stopTime: r.stopTime,
+    builtOutputs: Object.fromEntries([...r.builtOutputs].map(([name, real]) => [name, real.outPath])),
+  };
+}
+
+/** Turns the daemon's activities into engine events while one call runs. */
+function logToEvents(emit: EngineContext['emit'], mode: BuildMode): (e: RemoteLogEvent) => void {
+  const activities = new Map<bigint, { kind: 'build'; drvPath: StorePath } | { kind: 'subst'; path: StorePath; substituter: string }>();
+  return (e) => {
+    switch (e.type) {
+      case 'message':
+        emit('warning', { message: e.text, level: 'plain' });
+        return;
+      case 'start-activity': {
+        const [a, b, round, rounds] = e.fields;
+        if (e.activityType === ActivityType.Build && typeof a === 'string') {
+          activities.set(e.id, { kind: 'build', drvPath: a });
+          emit('build-started', {
+            drvPath: a, round: typeof round === 'number' ? round : 1, rounds: typeof rounds === 'number' ? rounds : 1, mode,
+            ...(typeof b === 'string' && b ? { machine: b } : {}),
+          });
+        } else if (e.activityType === ActivityType.Substitute && typeof a === 'string') {
+          activities.set(e.id, { kind: 'subst', path: a, substituter: typeof b === 'string' ? b : '' });
+          emit('substitution-started', { path: a, substituter: typeof b === 'string' ? b : '' });
+        }
+        return;
+      }
+      case 'stop-activity': {
+        const act = activities.get(e.id);
+        activities.delete(e.id);
+        if (act?.kind === 'subst') emit('substitution-finished', { path: act.path, substituter: act.substituter, ok: true });
+        return;
+      }
+      case 'result': {
+        const act = activities.get(e.id);
+        const line = buildLogLine(e);
+        if (act?.kind === 'build' && line !== undefined) emit('build-log', { drvPath: act.drvPath, line });
+        return;
+      }
+    }
+  };
+}
+
+/** Realise `targets` in the daemon: one result per target, in order. */
+export async function buildThroughDaemon(store: DaemonStore, targets: readonly BuildTarget[], opts: { mode: BuildMode; signal?: AbortSignal | undefined; emit: EngineContext['emit'] }): Promise<TargetResult[]> {
+  const wire = await Promise.all(targets.map((t) => wireTarget(store, t)));
+  const onLog = logToEvents(opts.emit, opts.mode);
+  let results: (TargetResult | undefined)[];
+  try {
+    const got = await store.buildPathsWithResults(wire, { mode: opts.mode, signal: opts.signal, onLog });
+    results = targets.map((t, i) => {
+      const r = got?.[i]?.result;
+      const result: BuildResult = r ? toBuildResult(r) : { status: 'path' in t ? 'already-valid' : 'built', timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {} };
+      return { target: t, path: 'drvPath' in t ? t.drvPath : t.path, result };
+    });
+  } catch (e) {
+    // Interrupted: closing the connection stopped the daemon's work; the targets are stopped, as the
+    // engine's own goals are when their call is cancelled (nothing was registered on our side).
+    if (opts.signal?.aborted) return targets.map((t) => ({ target: t, path: 'drvPath' in t ? t.drvPath : t.path, result: { ...failure('misc-failure', 'the build was cancelled'), stopped: true } as BuildResult }));
+    // A daemon before protocol 1.34 (BuildPaths) reports a failure as one error for the call.
+    if ((e as { code?: string }).code !== 'remote-daemon-error') throw e;
+    const message = (e as Error).message.replace(/^'[^']*': /, '');
+    results = targets.map((t) => ({ target: t, path: 'drvPath' in t ? t.drvPath : t.path, result: failure('misc-failure', message) }));
+  }
+  for (const r of results) {
+    if (!r) continue;
+    if ('drvPath' in r.target) opts.emit('build-finished', { drvPath: r.path, result: r.result });
+    opts.emit('goal-finished', { kind: 'drvPath' in r.target ? 'derivation' : 'substitution', path: r.path, result: r.result });
+  }
+  return results as TargetResult[];
+}
+
+/** What the daemon would build or substitute for `targets`, and what it cannot make. */
+export async function queryMissingThroughDaemon(store: DaemonStore, targets: readonly BuildTarget[]): Promise<MissingInfo> {
+  const m = await store.queryMissing(await Promise.all(targets.map((t) => wireTarget(store, t))));
+  return { willBuild: m.willBuild.sort(), willSubstitute: m.willSubstitute.sort(), unknown: m.unknown.sort(), downloadSize: m.downloadSize, narSize: m.narSize };
+}

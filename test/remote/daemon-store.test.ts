@@ -1,0 +1,168 @@
+/**
+ * A Store over a real Nix 2.8 `nix-daemon` (a system installation's shape): the test starts the daemon as
+ * root on a socket in a temp dir (NIX_DAEMON_SOCKET_PATH) with a private chroot store, trusting nobody, so
+ * its trust rules for ordinary users apply. Path queries, text files, builds with their log stream as
+ * engine events, queryMissing, failures and the daemon's refusals go through the worker protocol; the
+ * `realise` command reaches it with `--store daemon`, `unix://…` and NIX_REMOTE=daemon, run by an
+ * unprivileged user when the checkout is readable by one.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { accessSync, chmodSync, constants, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DaemonStore, openStore } from '../../src/remote/daemon-store.js';
+import { RemoteConnectionError, RemoteDaemonError } from '../../src/remote/errors.js';
+import { BuildEngine } from '../../src/scheduler/build-engine.js';
+import { computeTextPath } from '../../src/store/store-path.js';
+import { Hash } from '../../src/store/hash.js';
+import { nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
+
+const BIN = path.resolve(__dirname, '../../bin/realise.js');
+const CONF = 'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\ntrusted-users =\n';
+/** Found on the slow builder's command line (its shell's script) while it runs. */
+const MARK = `realise-daemon-slow-${process.pid}`;
+const EXPR = `let mk = name: script: derivation { inherit name; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" script ]; }; in {
+  ok = mk "daemon-ok" "echo hello-from-the-daemon; echo ok > $out";
+  fail = mk "daemon-fail" "echo about-to-fail; exit 3";
+  cli = mk "daemon-cli" "echo cli-line; echo cli > $out";
+  env = mk "daemon-env" "echo env > $out";
+  unix = mk "daemon-unix" "echo unix > $out";
+  slow = mk "daemon-slow" "echo slow-started; sleep 60; echo > $out; : MARK";
+}`;
+
+const isRoot = process.getuid?.() === 0;
+/** Every directory above the checkout lets others in and its files are readable: an unprivileged user can run it. */
+function checkoutUsableByOthers(): boolean {
+  for (let d = path.dirname(BIN); d !== '/'; d = path.dirname(d)) if (!(statSync(d).mode & 0o001)) return false;
+  return !!(statSync(BIN).mode & 0o004);
+}
+const NOBODY = 65534;
+
+describe.skipIf(!nixOk() || !isRoot)('DaemonStore against a real nix-daemon (started as root, trusting nobody)', () => {
+  let dir: string;
+  let root: string;
+  let socket: string;
+  let daemon: ChildProcess;
+  let store: DaemonStore;
+  const drvs: Record<string, string> = {};
+
+  beforeAll(async () => {
+    dir = tempDir('realise-daemon-');
+    chmodSync(dir, 0o755);
+    root = path.join(dir, 'root');
+    socket = path.join(dir, 'socket');
+    for (const attr of ['ok', 'fail', 'cli', 'env', 'unix', 'slow']) {
+      const file = path.join(dir, 'e.nix');
+      if (!existsSync(file)) writeFileSync(file, EXPR.replace('MARK', MARK));
+      drvs[attr] = nix('nix-instantiate', ['--store', root, file, '-A', attr]);
+    }
+    daemon = spawn('nix-daemon', ['--store', root], { env: nixEnv({ NIX_CONFIG: CONF, NIX_DAEMON_SOCKET_PATH: socket }), stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    daemon.stderr!.setEncoding('utf8').on('data', (s: string) => { log += s; });
+    for (let i = 0; i < 100 && !existsSync(socket); i++) await sleep(100);
+    if (!existsSync(socket)) throw new Error(`nix-daemon did not start:\n${log}`);
+    store = await DaemonStore.open({ socketPath: socket });
+  }, 60_000);
+  afterAll(async () => {
+    await store?.close();
+    daemon?.kill('SIGTERM');
+  });
+
+  it('path queries answer as the daemon\'s store (Nix\'s own view of it)', async () => {
+    const drv = drvs.ok!;
+    expect(await store.isValidPath(drv)).toBe(true);
+    expect(await store.isValidPath(drv.replace(/-daemon-ok/, '-daemon-no'))).toBe(false);
+    const info = (await store.queryPathInfo(drv))!;
+    expect(info.narHash.toString('base32')).toBe(nix('nix-store', ['--store', root, '-q', '--hash', drv]));
+    expect(await store.readTextFile(drv)).toBe(readFileSync(path.join(root, drv), 'utf8'));
+    const outs = await store.queryDerivationOutputs(drv);
+    expect([...outs.values()]).toEqual([nix('nix-store', ['--store', root, '-q', '--outputs', drv])]);
+    expect((await store.queryAllValidPaths()).has(drv)).toBe(true);
+    expect(await store.computeClosure([drv])).toEqual(new Set(nix('nix-store', ['--store', root, '-qR', drv]).split('\n')));
+  });
+
+  it('adds a text file (content-addressed, so an untrusted user may), valid for Nix', async () => {
+    const p = await store.addTextToStore('daemon-text', 'text through the daemon\n', []);
+    expect(p).toBe(computeTextPath('daemon-text', 'text through the daemon\n', [], store.storeDir));
+    expect(runNix('nix-store', ['--store', root, '--check-validity', p]).status).toBe(0);
+  });
+
+  it('refuses, with the daemon\'s words, an unsigned input-addressed path from an untrusted user', async () => {
+    const info = (await store.queryPathInfo(drvs.ok!))!;
+    const fake = { ...info, path: info.path.replace(/^(\/nix\/store\/)./, '$10').replace(/\.drv$/, ''), ca: undefined, sigs: [], narHash: Hash.parse(info.narHash.toString('sri')) };
+    const err = await store.addToStore(fake, store.narFromPath(drvs.ok!)).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(RemoteDaemonError);
+    expect((err as Error).message).toMatch(/lacks a valid signature/);
+    expect(await store.isValidPath(fake.path)).toBe(false);
+  });
+
+  it('a BuildEngine over it: the daemon builds, its log stream becomes events, queryMissing asks the daemon', async () => {
+    const engine = new BuildEngine({ store });
+    const events: string[] = [];
+    engine.on('build-started', (e) => events.push(`started ${e.drvPath}`));
+    engine.on('build-log', (e) => events.push(`log ${e.line}`));
+    engine.on('build-finished', (e) => events.push(`finished ${e.drvPath} ${e.result.status}`));
+    const missing = await engine.queryMissing([drvs.ok!]);
+    expect(missing.willBuild).toEqual([drvs.ok]);
+    const [r] = await engine.buildPaths([drvs.ok!]);
+    const out = nix('nix-store', ['--store', root, '-q', '--outputs', drvs.ok!]);
+    expect(r!.result.status).toBe('built');
+    expect(r!.result.builtOutputs).toEqual({ out });
+    expect(events).toEqual([`started ${drvs.ok}`, 'log hello-from-the-daemon', `finished ${drvs.ok} built`]);
+    expect(runNix('nix-store', ['--store', root, '--check-validity', out]).status).toBe(0);
+    expect((await engine.buildPaths([drvs.ok!]))[0]!.result.status).toBe('already-valid');
+    const [f] = await engine.buildPathsWithResults([drvs.fail!]);
+    expect(f!.result.status).toBe('permanent-failure');
+    expect(f!.result.errorMsg).toContain(`builder for '${drvs.fail}' failed with exit code 3`);
+    await engine.close();
+  });
+
+  it('a missing daemon socket is a typed error naming it', async () => {
+    const err = await DaemonStore.open({ socketPath: path.join(dir, 'nothing') }).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(RemoteConnectionError);
+    expect((err as RemoteConnectionError).shortMessage).toBe(`cannot connect to socket at '${path.join(dir, 'nothing')}': No such file or directory`);
+    expect(await openStore(`unix://${socket}`).then(async (s) => { const ok = s instanceof DaemonStore; await s.close(); return ok; })).toBe(true);
+  });
+
+  const asUser = checkoutUsableByOthers();
+  it(`realise build --store daemon / unix://… / NIX_REMOTE=daemon ${asUser ? 'run by an unprivileged user (uid 65534)' : 'run as root (the checkout is not readable by other users)'}`, async () => {
+    const home = tempDir('realise-daemon-home-');
+    chmodSync(home, 0o777);
+    const run = (args: string[], env: Record<string, string>) => spawnSync(process.execPath, [BIN, ...args], {
+      env: nixEnv({ NIX_DAEMON_SOCKET_PATH: socket, HOME: home, XDG_DATA_HOME: home, XDG_CACHE_HOME: home, ...env }),
+      encoding: 'utf8', cwd: home, ...(asUser ? { uid: NOBODY, gid: NOBODY } : {}),
+    });
+    if (asUser) accessSync(socket, constants.W_OK);
+    const outOf = (drv: string) => nix('nix-store', ['--store', root, '-q', '--outputs', drv]);
+    const b = run(['build', '--store', 'daemon', drvs.cli!], {});
+    expect([b.status, b.stdout], b.stderr).toEqual([0, `${outOf(drvs.cli!)}\n`]);
+    expect(b.stderr).toContain('cli-line');
+    const e = run(['build', drvs.env!], { NIX_REMOTE: 'daemon' });
+    expect([e.status, e.stdout], e.stderr).toEqual([0, `${outOf(drvs.env!)}\n`]);
+    const u = run(['build', '--store', `unix://${socket}`, drvs.unix!], {});
+    expect([u.status, u.stdout], u.stderr).toEqual([0, `${outOf(drvs.unix!)}\n`]);
+    const f = run(['build', '--store', 'daemon', drvs.fail!], {});
+    expect(f.status, f.stderr).toBe(100);
+    expect(f.stderr).toContain(`builder for '${drvs.fail}' failed with exit code 3`);
+    expect(f.stderr).not.toMatch(/^\s+at /m);
+  }, 60_000);
+
+  it('SIGINT while the daemon builds: "interrupted by the user", exit 1, the daemon stops the build, nothing valid', async () => {
+    const child = spawn(process.execPath, [BIN, 'build', '--store', 'daemon', drvs.slow!], { env: nixEnv({ NIX_DAEMON_SOCKET_PATH: socket }), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr!.setEncoding('utf8').on('data', (c: string) => { stderr += c; if (stderr.includes('slow-started')) child.kill('SIGINT'); });
+    const status = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect([status, stderr.trimEnd().split('\n').pop()], stderr).toEqual([1, 'error: interrupted by the user']);
+    const out = nix('nix-store', ['--store', root, '-q', '--outputs', drvs.slow!]);
+    expect(runNix('nix-store', ['--store', root, '--check-validity', out]).status).not.toBe(0);
+    // The daemon's worker for that connection ends, and its builder with it.
+    let left = '';
+    for (let i = 0; i < 50; i++) {
+      left = runNix('pgrep', ['-af', MARK]).stdout.split('\n').filter((l) => l && !l.includes('pgrep')).join('\n');
+      if (!left) break;
+      await sleep(100);
+    }
+    expect(left).toBe('');
+  }, 60_000);
+});
