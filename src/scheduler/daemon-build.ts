@@ -10,7 +10,7 @@ import type { WireBuildResult } from '../remote/protocol-common.js';
 import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
 import type { MissingInfo } from './query-missing.js';
-import { failure, type BuildResult, type BuildStatus, type BuildTarget, type TargetResult } from './results.js';
+import { failure, isSuccess, type BuildResult, type BuildStatus, type BuildTarget, type TargetResult } from './results.js';
 import type { BuildMode } from './worker.js';
 
 /** `DRV!out1,out2` (all outputs: every name the daemon knows for the derivation), or the path itself. */
@@ -32,8 +32,10 @@ function toBuildResult(r: WireBuildResult): BuildResult {
 }
 
 /** Turns the daemon's activities into engine events while one call runs. */
-function logToEvents(emit: EngineContext['emit'], mode: BuildMode): (e: RemoteLogEvent) => void {
-  const activities = new Map<bigint, { kind: 'build'; drvPath: StorePath } | { kind: 'subst'; path: StorePath; substituter: string }>();
+interface BuildActivity { kind: 'build'; drvPath: StorePath; round: number; rounds: number; machine?: string }
+
+function logToEvents(emit: EngineContext['emit'], mode: BuildMode, builds: Map<StorePath, BuildActivity>): (e: RemoteLogEvent) => void {
+  const activities = new Map<bigint, BuildActivity | { kind: 'subst'; path: StorePath; substituter: string }>();
   return (e) => {
     switch (e.type) {
       case 'message':
@@ -42,11 +44,13 @@ function logToEvents(emit: EngineContext['emit'], mode: BuildMode): (e: RemoteLo
       case 'start-activity': {
         const [a, b, round, rounds] = e.fields;
         if (e.activityType === ActivityType.Build && typeof a === 'string') {
-          activities.set(e.id, { kind: 'build', drvPath: a });
-          emit('build-started', {
-            drvPath: a, round: typeof round === 'number' ? round : 1, rounds: typeof rounds === 'number' ? rounds : 1, mode,
+          const act: BuildActivity = {
+            kind: 'build', drvPath: a, round: typeof round === 'number' ? round : 1, rounds: typeof rounds === 'number' ? rounds : 1,
             ...(typeof b === 'string' && b ? { machine: b } : {}),
-          });
+          };
+          activities.set(e.id, act);
+          builds.set(a, act);
+          emit('build-started', { drvPath: a, round: act.round, rounds: act.rounds, mode, ...(act.machine ? { machine: act.machine } : {}) });
         } else if (e.activityType === ActivityType.Substitute && typeof a === 'string') {
           activities.set(e.id, { kind: 'subst', path: a, substituter: typeof b === 'string' ? b : '' });
           emit('substitution-started', { path: a, substituter: typeof b === 'string' ? b : '' });
@@ -72,7 +76,9 @@ function logToEvents(emit: EngineContext['emit'], mode: BuildMode): (e: RemoteLo
 /** Realise `targets` in the daemon: one result per target, in order. */
 export async function buildThroughDaemon(store: DaemonStore, targets: readonly BuildTarget[], opts: { mode: BuildMode; signal?: AbortSignal | undefined; emit: EngineContext['emit'] }): Promise<TargetResult[]> {
   const wire = await Promise.all(targets.map((t) => wireTarget(store, t)));
-  const onLog = logToEvents(opts.emit, opts.mode);
+  // The builds the daemon started, by derivation: a target's build-finished carries its result.
+  const builds = new Map<StorePath, BuildActivity>();
+  const onLog = logToEvents(opts.emit, opts.mode, builds);
   let results: (TargetResult | undefined)[];
   try {
     const got = await store.buildPathsWithResults(wire, { mode: opts.mode, signal: opts.signal, onLog });
@@ -92,7 +98,11 @@ export async function buildThroughDaemon(store: DaemonStore, targets: readonly B
   }
   for (const r of results) {
     if (!r) continue;
-    if ('drvPath' in r.target) opts.emit('build-finished', { drvPath: r.path, result: r.result });
+    const b = builds.get(r.path);
+    if (b) {
+      const outcome = (r.result as { stopped?: boolean }).stopped ? 'stopped' : isSuccess(r.result.status) ? 'success' : 'failure';
+      opts.emit('build-finished', { drvPath: r.path, round: b.round, rounds: b.rounds, ...(b.machine ? { machine: b.machine } : {}), outcome, result: r.result });
+    }
     opts.emit('goal-finished', { kind: 'drvPath' in r.target ? 'derivation' : 'substitution', path: r.path, result: r.result });
   }
   return results as TargetResult[];

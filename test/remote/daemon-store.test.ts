@@ -102,14 +102,14 @@ describe.skipIf(!nixOk() || !isRoot)('DaemonStore against a real nix-daemon (sta
     const events: string[] = [];
     engine.on('build-started', (e) => events.push(`started ${e.drvPath}`));
     engine.on('build-log', (e) => events.push(`log ${e.line}`));
-    engine.on('build-finished', (e) => events.push(`finished ${e.drvPath} ${e.result.status}`));
+    engine.on('build-finished', (e) => events.push(`finished ${e.drvPath} ${e.outcome} ${e.result?.status}`));
     const missing = await engine.queryMissing([drvs.ok!]);
     expect(missing.willBuild).toEqual([drvs.ok]);
     const [r] = await engine.buildPaths([drvs.ok!]);
     const out = nix('nix-store', ['--store', root, '-q', '--outputs', drvs.ok!]);
     expect(r!.result.status).toBe('built');
     expect(r!.result.builtOutputs).toEqual({ out });
-    expect(events).toEqual([`started ${drvs.ok}`, 'log hello-from-the-daemon', `finished ${drvs.ok} built`]);
+    expect(events).toEqual([`started ${drvs.ok}`, 'log hello-from-the-daemon', `finished ${drvs.ok} success built`]);
     expect(runNix('nix-store', ['--store', root, '--check-validity', out]).status).toBe(0);
     expect((await engine.buildPaths([drvs.ok!]))[0]!.result.status).toBe('already-valid');
     const [f] = await engine.buildPathsWithResults([drvs.fail!]);
