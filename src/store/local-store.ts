@@ -27,6 +27,7 @@ import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from '.
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
 import { compressBzip2Async, decompressBzip2 } from './bzip2.js';
 import { TempRoots } from './temp-roots.js';
+import { collectGarbage, type GcOptions, type GcResult } from './gc.js';
 
 /** Where the store lives. Defaults follow Nix's LocalFSStore settings. */
 export interface LocalStoreOptions {
@@ -547,6 +548,12 @@ export class LocalStore implements Store {
     this.check();
     this.tempRoots ??= TempRoots.open(this.layout.stateDir);
     await this.tempRoots.add(p);
+  }
+
+  /** Collect garbage with Nix 2.8's semantics, interlocking with real Nix on the same store (src/store/gc.ts). */
+  async collectGarbage(options: GcOptions = {}): Promise<GcResult> {
+    this.check();
+    return collectGarbage({ ...this.layout, db: this.db }, options);
   }
 
   async addToStore(info: PathInfo, nar: NarSource, opts: AddToStoreOptions = {}): Promise<PathInfo> {
