@@ -271,9 +271,14 @@ function skeletonUnchanged(root: string, sk: SkeletonState, mountpoints: Readonl
   return true;
 }
 
-/** A fresh name for a skeleton waiting in the pool, beside the chroot `root` it serves. */
+/**
+ * A fresh name for a skeleton waiting in the pool, beside the chroot `root` (`<drv>.chroot`) it serves:
+ * `<hash part of the drv>-realise-chroot-…`. A garbage collector (Nix's or ours) deletes every entry of
+ * the store directory that is not a store path, but leaves alone a name whose hash part is a temporary
+ * root, which the derivation of a build is for as long as the building process lives.
+ */
 function pooledDir(root: string): string {
-  return path.join(path.dirname(root), `.realise-chroot-${process.pid}-${Math.random().toString(36).slice(2)}`);
+  return path.join(path.dirname(root), `${path.basename(root).slice(0, 32)}-realise-chroot-${process.pid}-${Math.random().toString(36).slice(2)}`);
 }
 
 /** What a build put into its chroot that must go before the skeleton is reused. */
@@ -289,7 +294,7 @@ export interface ChrootLeftovers {
  * (one rename instead of a dozen directory creations) and refills the pool in the background. After a
  * build, `recycle()` puts the skeleton back when it is provably unchanged, so steady-state builds
  * create and delete no directories at all (directory removal is the costliest file-system operation
- * of a build on ext4 with `discard`). Skeletons wait as `<realStoreDir>/.realise-chroot-*` and are
+ * of a build on ext4 with `discard`). Skeletons wait as `<realStoreDir>/<drv hash>-realise-chroot-*` and are
  * removed when the process exits.
  */
 export class ChrootPool {

@@ -57,6 +57,8 @@ export interface GcOptions {
 export type GcEvent =
   | { readonly type: 'info'; readonly message: string }
   | { readonly type: 'roots-found'; readonly roots: number; readonly tempRoots: number }
+  /** A process made `path` a temporary root through the collector's socket while it ran. */
+  | { readonly type: 'temp-root'; readonly path: string }
   | { readonly type: 'deleted'; readonly path: string; readonly bytesFreed: number }
   | { readonly type: 'progress'; readonly done: number; readonly expected: number; readonly bytesFreed: number };
 
@@ -108,7 +110,7 @@ export async function collectGarbage(store: GcStoreAccess, options: GcOptions = 
   if (shouldDelete) { try { unlinkSync(path.join(store.dbDir, 'reserved')); } catch { /* absent */ } }
 
   const releaseGcLock = await lockPlainFile(path.join(store.stateDir, 'gc.lock'), 'exclusive', options.signal);
-  const server = await RootsServer.start(store);
+  const server = await RootsServer.start(store, emit);
   try {
     const c = new Collection(store, options, { action, shouldDelete, keepOutputs, keepDerivations, maxFreed }, server, emit);
     return await c.run();
@@ -128,15 +130,15 @@ class RootsServer {
   private readonly pending = new Map<string, Promise<void>>();
   private readonly sockets = new Set<net.Socket>();
 
-  private constructor(private readonly server: net.Server, private readonly socketPath: string) {}
+  private constructor(private readonly server: net.Server, private readonly socketPath: string, private readonly emit: (e: GcEvent) => void) {}
 
-  static async start(store: GcStoreAccess): Promise<RootsServer> {
+  static async start(store: GcStoreAccess, emit: (e: GcEvent) => void): Promise<RootsServer> {
     const dir = path.join(store.stateDir, 'gc-socket');
     mkdirSync(dir, { recursive: true });
     const socketPath = path.join(dir, 'socket');
     try { unlinkSync(socketPath); } catch { /* absent */ }
     const server = net.createServer();
-    const rs = new RootsServer(server, socketPath);
+    const rs = new RootsServer(server, socketPath, emit);
     server.on('connection', (s) => rs.serve(s, store.storeDir));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -157,7 +159,7 @@ class RootsServer {
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
         const hash = hashPartOf(line, storeDir);
-        if (hash) this.tempRootHashes.add(hash);
+        if (hash) { this.tempRootHashes.add(hash); this.emit({ type: 'temp-root', path: line }); }
         const wait = hash ? this.pending.get(hash) : undefined;
         chain = chain.then(() => wait).then(() => { if (!s.destroyed) s.write('1'); });
       }

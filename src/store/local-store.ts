@@ -8,18 +8,18 @@
  *
  * Invariants: a path is valid only when its contents are complete, canonicalised and in place, and all
  * of its references are valid; registration happens in one SQLite transaction. Contents are written
- * under a temporary directory `<real store>/.tmp-*` that is flock-ed by its writer, renamed into place
+ * under a temporary directory `<real store>/<hash>-realise-tmp` (a temporary root) flock-ed by its writer, renamed into place
  * under the path's lock (`<real path>.lock`, as Nix), and only then registered. Leftover temporary
  * directories of dead writers are removed when a store is opened.
  */
 import Database from 'better-sqlite3';
 import { closeSync, constants as FS, createReadStream, existsSync, fstatSync, lstatSync, openSync, promises as fsp, renameSync } from 'node:fs';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree, inheritsXattrs } from './canonicalise.js';
 import { asStoreWriteError, InvalidStorePathError, StoreError } from './errors.js';
-import { Hash, HashSink } from './hash.js';
+import { Hash, HashSink, isNixBase32, toNixBase32 } from './hash.js';
 import { HeldLocks, type LockWaitOptions, lockPlainFile, lockStorePaths, tryFlockFd, tryLockStorePaths } from './locks.js';
 import { dumpPath, hashNar, narOfRegularFile, restorePath, streamOf } from './nar.js';
 import { BUSY_TIMEOUT_MS, NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA_STATEMENTS, WAL_AUTOCHECKPOINT } from './schema.js';
@@ -250,8 +250,20 @@ interface Row {
   ca: string | null;
 }
 
-/** Prefix of the temporary directories writers restore into (flock-ed by their writer while in use). */
+/** Prefix of the temporary directories older versions restored into (still removed when stale). */
 const TMP_PREFIX = '.tmp-';
+/** Suffix of the temporary directories writers restore into: `<random hash part>-realise-tmp`. */
+const TMP_SUFFIX = '-realise-tmp';
+
+/**
+ * Whether `name` (an entry of the real store dir) is a writer's temporary directory: `<hash>-realise-tmp`
+ * (named like a store path whose hash part its writer holds as a temporary root, so that no garbage
+ * collector, Nix's or ours, deletes it while the writer lives; Nix's createTempDirInStore does the
+ * same), or `.tmp-*` of older versions.
+ */
+export function isStoreTempDirName(name: string): boolean {
+  return name.startsWith(TMP_PREFIX) || (name.length === 32 + TMP_SUFFIX.length && name.endsWith(TMP_SUFFIX) && isNixBase32(name.slice(0, 32)));
+}
 /** Paths per `IN (...)` statement in queryValidPaths. */
 const VALID_CHUNK = 2000;
 
@@ -622,7 +634,7 @@ export class LocalStore implements Store {
   private tmpCounter = 0;
   private session: Promise<{ dir: string; fd: number; walkAfterRestore: boolean }> | undefined;
   /**
-   * This store object's temporary directory (`.tmp-*` in the real store dir), created on first use,
+   * This store object's temporary directory (`<hash>-realise-tmp` in the real store dir), created on first use,
    * flock-ed until close() (which deletes it), so removeStaleTempDirs of another process leaves it alone
    * and removes it once we are gone. Creating and deleting a directory per added path costs several
    * system calls, and closing a deleted directory is slow on file systems mounted with `discard`.
@@ -640,21 +652,30 @@ export class LocalStore implements Store {
     return this.session;
   }
 
-  /** A fresh `.tmp-*` directory in the real store dir, flock-ed for as long as we write into it. */
+  /**
+   * A fresh `<random hash>-realise-tmp` directory in the real store dir, a temporary root (so collectors
+   * leave it alone), flock-ed for as long as we write into it.
+   */
   private async makeTempDir(): Promise<{ dir: string; fd: number }> {
-    const dir = await fsp.mkdtemp(path.join(this.realStoreDir, TMP_PREFIX));
+    let dir: string;
+    for (;;) {
+      const name = toNixBase32(randomBytes(20)) + TMP_SUFFIX;
+      await this.addTempRoot(`${this.storeDir}/${name}`);
+      dir = path.join(this.realStoreDir, name);
+      try { await fsp.mkdir(dir, { mode: 0o700 }); break; } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e; }
+    }
     const fd = openSync(dir, FS.O_RDONLY | FS.O_DIRECTORY);
     if (!tryFlockFd(fd, dir)) { closeSync(fd); throw new StoreError('lock-failed', `cannot lock the new temporary directory '${dir}'`); }
     return { dir, fd };
   }
 
-  /** Remove `.tmp-*` directories whose writer is gone (its flock is free). */
+  /** Remove writers' temporary directories (isStoreTempDirName) whose writer is gone (its flock is free). */
   async removeStaleTempDirs(): Promise<string[]> {
     const removed: string[] = [];
     let names: string[];
     try { names = await fsp.readdir(this.realStoreDir); } catch { return removed; }
     for (const name of names) {
-      if (!name.startsWith(TMP_PREFIX)) continue;
+      if (!isStoreTempDirName(name)) continue;
       const dir = path.join(this.realStoreDir, name);
       let fd: number;
       try { fd = openSync(dir, FS.O_RDONLY | FS.O_DIRECTORY); } catch { continue; }

@@ -9,7 +9,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
 import { BuildFailedError } from '../../src/scheduler/errors.js';
 import { BinaryCacheSubstituter } from '../../src/substituter/binary-cache.js';
-import { LocalStore } from '../../src/store/local-store.js';
+import { isStoreTempDirName, LocalStore } from '../../src/store/local-store.js';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
 
 const EXPR = `
@@ -121,7 +121,7 @@ describe.skipIf(!nixOk())('substitution from a cache real Nix wrote', () => {
     expect(e).toBeInstanceOf(BuildFailedError);
     expect(await store.isValidPath(dep)).toBe(false);
     expect(await store.isValidPath(top)).toBe(false);
-    const left = readdirSync(store.realStoreDir).filter((n) => !n.startsWith('.') && !n.endsWith('.drv') && !n.endsWith('.lock'));
+    const left = readdirSync(store.realStoreDir).filter((n) => !n.startsWith('.') && !isStoreTempDirName(n) && !n.endsWith('.drv') && !n.endsWith('.lock'));
     expect(left).toEqual([]);
     await store.close();
   });

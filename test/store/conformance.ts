@@ -39,13 +39,13 @@ export function freshPath(name: string, storeDir = '/nix/store'): StorePath {
 }
 
 /**
- * Temporary entries left in the store dir: anything `.tmp*` except an empty directory (a LocalStore keeps
+ * Temporary entries left in the store dir: anything `.tmp*` or `*-realise-tmp` except an empty directory (a LocalStore keeps
  * one empty, flock-ed temporary directory while it is open and deletes it on close).
  */
 async function tmpLeftovers(store: Store): Promise<string[]> {
   try {
     return readdirSync(store.realStoreDir).filter((n) => {
-      if (!n.startsWith('.tmp')) return false;
+      if (!n.startsWith('.tmp') && !n.endsWith('-realise-tmp')) return false;
       try { return readdirSync(path.join(store.realStoreDir, n)).length > 0; } catch { return true; }
     });
   } catch {

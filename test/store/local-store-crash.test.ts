@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { LocalStore } from '../../src/store/local-store.js';
+import { isStoreTempDirName, LocalStore } from '../../src/store/local-store.js';
 import { hashPath } from '../../src/store/nar.js';
 import { nixOk, runNix } from '../helpers/nix.js';
 import { makeTreeNar } from './conformance.js';
@@ -63,7 +63,7 @@ function killed(child: ChildProcess): Promise<void> {
   });
 }
 
-const tmpDirs = (root: string) => readdirSync(path.join(root, 'nix/store')).filter((n) => n.startsWith('.tmp-'));
+const tmpDirs = (root: string) => readdirSync(path.join(root, 'nix/store')).filter(isStoreTempDirName);
 
 describe('LocalStore crash safety', () => {
   it('a writer killed mid-NAR leaves nothing valid; open() removes its temp dir, but not while it lives', async () => {
@@ -103,7 +103,7 @@ describe('LocalStore crash safety', () => {
     try {
       expect(tmpDirs(root)).toEqual([]);
       for (const p of reported) expect(await store.isValidPath(p)).toBe(true);
-      const entries = readdirSync(store.realStoreDir).filter((n) => !n.startsWith('.') && !n.endsWith('.lock'));
+      const entries = readdirSync(store.realStoreDir).filter((n) => !n.startsWith('.') && !isStoreTempDirName(n) && !n.endsWith('.lock'));
       const valid = await store.queryValidPaths(entries.map((n) => `/nix/store/${n}`));
       expect(valid.size).toBeGreaterThanOrEqual(reported.length);
       for (const p of valid) {

@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } 
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import { LocalStore, defaultStoreRoot, resolveLayout } from '../../src/store/local-store.js';
+import { isStoreTempDirName, LocalStore, defaultStoreRoot, resolveLayout } from '../../src/store/local-store.js';
 import { storeConformance } from './conformance.js';
 
 const dirs: string[] = [];
@@ -43,7 +43,7 @@ describe('LocalStore layout', () => {
   it('one flock-ed temporary directory serves all additions; another store object leaves it alone, close removes it', async () => {
     const root = tmp();
     const s = await LocalStore.open({ root });
-    const tmps = () => readdirSync(path.join(root, 'nix/store')).filter((n) => n.startsWith('.tmp-'));
+    const tmps = () => readdirSync(path.join(root, 'nix/store')).filter(isStoreTempDirName);
     expect(tmps()).toEqual([]);
     await Promise.all(['a', 'b', 'c'].map((n) => s.addTextToStore(`${n}.txt`, n)));
     expect(tmps()).toHaveLength(1);

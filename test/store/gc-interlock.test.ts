@@ -1,0 +1,212 @@
+/**
+ * The GC lock and temporary roots between our collector and real Nix 2.8, both ways, on one store:
+ * while a collector holds gc.lock, new temporary roots go over its gc-socket (ours serves Nix's
+ * clients; Nix's serves ours), a running build's temporary roots are never collected, and a collection
+ * racing builds loses nothing. `_NIX_TEST_GC_SYNC` (a FIFO) holds either collector after it found its
+ * roots, as Nix's own tests/gc-concurrent.sh does.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import * as path from 'node:path';
+import { LocalStore } from '../../src/store/local-store.js';
+import { BuildEngine } from '../../src/scheduler/build-engine.js';
+import { nix, nixOk, runNix, runNixAsync, tempDir } from '../helpers/nix.js';
+import { busyboxOk, nixSandboxArgs, SANDBOX_PATHS } from '../scheduler/helpers.js';
+
+const dirs: string[] = [];
+afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+const nonce = `${process.pid}-${Date.now()}`;
+
+function fresh(prefix: string): { dir: string; root: string; state: string; fifo: string } {
+  const dir = tempDir(prefix);
+  dirs.push(dir);
+  const fifo = path.join(dir, 'sync');
+  spawnSync('mkfifo', [fifo]);
+  return { dir, root: path.join(dir, 'root'), state: path.join(dir, 'root/nix/var/nix'), fifo };
+}
+
+async function until(cond: () => boolean, what: string, ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Whether someone holds `<state>/gc.lock` exclusively. */
+function gcLockHeld(state: string): boolean {
+  return spawnSync('flock', ['-n', '-s', path.join(state, 'gc.lock'), 'true']).status !== 0;
+}
+
+const busyboxExpr = (body: string, name: string) => `derivation { name = "${name}"; system = "x86_64-linux"; builder = "/bin/sh"; nonce = "${nonce}";
+  args = ["-c" ''${body}''] ; }`;
+
+describe.skipIf(!nixOk())('the GC lock and gc-socket between our collector and Nix', () => {
+  it('our collector serves its socket: a nix-store --add during our collection is acknowledged and survives it', async () => {
+    const { dir, root, state, fifo } = fresh('realise-gcsock-');
+    const store = await LocalStore.open({ root });
+    const dead = await store.addTextToStore('dead', `dead ${nonce}`);
+    await store.close();
+    const file = path.join(dir, 'added.txt');
+    writeFileSync(file, `added by nix ${nonce}`);
+    const s = await LocalStore.open({ root });
+    const sent: string[] = [];
+    process.env._NIX_TEST_GC_SYNC = fifo;
+    try {
+      const gc = s.collectGarbage({ onEvent: (e) => { if (e.type === 'temp-root') sent.push(e.path); } });
+      await until(() => existsSync(path.join(state, 'gc-socket/socket')) && gcLockHeld(state), 'our collector to hold gc.lock');
+      const add = await runNixAsync('nix-store', ['--store', root, '--add', file]);
+      expect(add.status, add.stderr).toBe(0);
+      const added = add.stdout.trim();
+      expect(sent).toContain(added);
+      await writeFile(fifo, 'go');
+      const r = await gc;
+      expect(r.paths).toContain(dead);
+      expect(r.paths).not.toContain(added);
+      expect(await s.isValidPath(added)).toBe(true);
+      expect(existsSync(s.toRealPath(added))).toBe(true);
+    } finally {
+      delete process.env._NIX_TEST_GC_SYNC;
+      await s.close();
+    }
+    expect(runNix('nix-store', ['--store', root, '--verify', '--check-contents']).status).toBe(0);
+  });
+
+  it('Nix\'s collector gets our temporary roots over its socket: a path we add during its collection survives it', async () => {
+    const { root, state, fifo } = fresh('realise-nixsock-');
+    const store = await LocalStore.open({ root });
+    try {
+      const old = await store.addTextToStore('old', `old ${nonce}`);
+      const gc = runNixAsync('nix-store', ['--store', root, '--gc'], { env: { _NIX_TEST_GC_SYNC: fifo } });
+      await until(() => existsSync(path.join(state, 'gc-socket/socket')) && gcLockHeld(state), 'nix-store --gc to hold gc.lock');
+      const added = await store.addTextToStore('during', `added during Nix's collection ${nonce}`);
+      await writeFile(fifo, 'go');
+      const r = await gc;
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stderr).not.toContain(`deleting '${added}'`);
+      expect(r.stderr).not.toContain(`deleting '${old}'`);
+      expect(await store.isValidPath(added)).toBe(true);
+      expect(existsSync(store.toRealPath(added))).toBe(true);
+      expect(readFileSync(store.toRealPath(added), 'utf8')).toContain('added during');
+    } finally {
+      await store.close();
+    }
+    // Once we are gone, they are garbage for Nix.
+    expect(nix('nix-store', ['--store', root, '--gc', '--print-dead'])).toContain('-during');
+  });
+
+  it.skipIf(!busyboxOk())('our collector keeps what a running real-Nix build holds; the build succeeds', async () => {
+    const { dir, root, state } = fresh('realise-gc-nixbuild-');
+    const flag = path.join(dir, 'go');
+    const file = path.join(dir, 'e.nix');
+    writeFileSync(file, busyboxExpr(`while [ ! -e ${flag} ]; do /bin/busybox sleep 0.05; done; echo built > $out`, 'slow'));
+    const drv = nix('nix-instantiate', ['--store', root, file]);
+    const build = runNixAsync('nix-store', ['--store', root, '--realise', drv, ...nixSandboxArgs(), '--option', 'sandbox-paths', `${SANDBOX_PATHS.join(' ')} ${dir}`]);
+    // Nix has made the .drv a temporary root once its roots file names it.
+    await until(() => readdirSync(path.join(state, 'temproots')).some((f) => { try { return readFileSync(path.join(state, 'temproots', f), 'latin1').includes(drv); } catch { return false; } }), 'the Nix build to hold its temporary roots');
+    const s = await LocalStore.open({ root });
+    try {
+      const r = await s.collectGarbage();
+      expect(r.paths).not.toContain(drv);
+      expect(await s.isValidPath(drv)).toBe(true);
+    } finally {
+      await s.close();
+    }
+    writeFileSync(flag, '');
+    const done = await build;
+    expect(done.status, done.stderr).toBe(0);
+    expect(readFileSync(path.join(root, done.stdout.trim()), 'utf8')).toBe('built\n');
+  });
+
+  it.skipIf(!busyboxOk())('a realise build during Nix\'s collection registers its roots over the socket and loses nothing', async () => {
+    const { dir, root, state, fifo } = fresh('realise-build-nixgc-');
+    const file = path.join(dir, 'e.nix');
+    writeFileSync(file, `let a = ${busyboxExpr('echo a > $out', 'a')}; in ${busyboxExpr('/bin/busybox cat ${a} > $out', 'b')}`);
+    const drv = nix('nix-instantiate', ['--store', root, file]);
+    const gc = runNixAsync('nix-store', ['--store', root, '--gc'], { env: { _NIX_TEST_GC_SYNC: fifo } });
+    await until(() => existsSync(path.join(state, 'gc-socket/socket')) && gcLockHeld(state), 'nix-store --gc to hold gc.lock');
+    const store = await LocalStore.open({ root });
+    const engine = new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS });
+    try {
+      const build = engine.buildPaths([drv]);
+      // Let the build register its roots with the waiting collector, then let the collector go on.
+      await new Promise((r) => setTimeout(r, 300));
+      await writeFile(fifo, 'go');
+      const [res] = await build;
+      expect(res!.result.status, res!.result.errorMsg).toBe('built');
+      const r = await gc;
+      expect(r.status, r.stderr).toBe(0);
+      const out = res!.result.builtOutputs.out!;
+      expect(await store.isValidPath(out)).toBe(true);
+      expect(readFileSync(store.toRealPath(out), 'utf8')).toBe('a\n');
+      expect(await store.isValidPath(drv)).toBe(true);
+      await engine.close();
+    } finally {
+      await store.close();
+    }
+    expect(runNix('nix-store', ['--store', root, '--verify', '--check-contents']).status).toBe(0);
+  });
+});
+
+describe.skipIf(!nixOk() || !busyboxOk())('a collection racing builds', () => {
+  it('our collector and Nix\'s, running over and over while our engine builds a DAG, lose nothing', async () => {
+    const { dir, root } = fresh('realise-gc-race-');
+    const file = path.join(dir, 'e.nix');
+    // 4 layers of 4 derivations, each layer reading every output of the one below.
+    const layers: string[][] = [];
+    let expr = 'let\n';
+    for (let l = 0; l < 4; l++) {
+      layers.push([]);
+      for (let i = 0; i < 4; i++) {
+        const name = `l${l}n${i}`;
+        const deps = l === 0 ? '' : layers[l - 1]!.map((d) => `/bin/busybox cat \${${d}} >> $out;`).join(' ');
+        expr += `  ${name} = ${busyboxExpr(`echo ${name} > $out; ${deps}`, name)};\n`;
+        layers[l]!.push(name);
+      }
+    }
+    expr += `in { inherit ${layers.flat().join(' ')}; }`;
+    writeFileSync(file, expr);
+    // The .drv files are rooted (as nix-instantiate --add-root does); the outputs only by the build's temporary roots.
+    const tops = layers[3]!.map((a) => nix('nix-instantiate', ['--store', root, file, '-A', a, '--add-root', path.join(dir, `drv-${a}`)]));
+    for (const t of tops) expect(t.startsWith(dir)).toBe(true);
+    const store = await LocalStore.open({ root });
+    const collector = await LocalStore.open({ root });
+    const engine = new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS, maxJobs: 2 });
+    let building = true;
+    let ours = 0;
+    let theirs = 0;
+    // A short pause between our collections: back to back, the GC lock would almost never be free, and a
+    // client whose root reaches a collector just as it ends retries with the lock (as with Nix's collector).
+    const ourLoop = (async () => { while (building) { await collector.collectGarbage({ runtimeRoots: false }); ours++; await new Promise((r) => setTimeout(r, 20)); } })();
+    const nixLoop = (async () => {
+      while (building) {
+        const r = await runNixAsync('nix-store', ['--store', root, '--gc']);
+        expect(r.status, r.stderr).toBe(0);
+        theirs++;
+      }
+    })();
+    try {
+      const res = await engine.buildPaths(tops.map((t) => readlinkSync(t)));
+      building = false;
+      await Promise.all([ourLoop, nixLoop]);
+      expect(res.map((r) => r.result.status)).toEqual(['built', 'built', 'built', 'built']);
+      expect(ours).toBeGreaterThan(0);
+      expect(theirs).toBeGreaterThan(0);
+      for (const r of res) {
+        const out = r.result.builtOutputs.out!;
+        expect(await store.isValidPath(out)).toBe(true);
+        // Every layer-0 output was read by each layer above: the content shows the whole DAG was there.
+        expect(readFileSync(store.toRealPath(out), 'utf8').split('\n').filter((l) => l === 'l0n0')).toHaveLength(4 * 4);
+      }
+      await engine.close();
+    } finally {
+      building = false;
+      await Promise.allSettled([ourLoop, nixLoop]);
+      await collector.close();
+      await store.close();
+    }
+    expect(runNix('nix-store', ['--store', root, '--verify', '--check-contents']).status).toBe(0);
+  }, 120_000);
+});
