@@ -28,6 +28,7 @@ export { RefScanner, scanForReferences } from './store/references.js';
 export type { Store, PathInfo, NarSource, PathLocks, AddToStoreOptions } from './store/store-api.js';
 export { LocalStore, defaultStoreRoot, resolveLayout, type LocalStoreOptions, type LocalStoreLayout } from './store/local-store.js';
 export { MemoryStore, type MemoryStoreOptions } from './store/memory-store.js';
+export { PathAliveError, type GcAction, type GcOptions, type GcEvent, type GcResult } from './store/gc.js';
 export { parseStoreUri, type ParsedStoreUri } from './store/store-uri.js';
 
 // Derivations
