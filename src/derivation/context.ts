@@ -91,6 +91,7 @@ function describe(v: unknown): string {
   if (typeof v === 'object') return 'an attribute set';
   if (typeof v === 'boolean') return 'a Boolean';
   if (typeof v === 'number') return Number.isInteger(v) ? 'an integer' : 'a float';
+  if (typeof v === 'bigint') return 'an integer';
   return `a ${typeof v}`;
 }
 
@@ -117,6 +118,30 @@ export function formatFloatGeneral(x: number): string {
   return strip(x.toFixed(5 - X));
 }
 
+const INT64_MIN = -(2n ** 63n);
+const INT64_MAX = 2n ** 63n - 1n;
+
+/**
+ * Reject numbers no Nix value can be: integers outside 64 bits (Nix's integers are int64), NaN and the
+ * infinities (no Nix expression yields them: `1.0 / 0` is an error, `fromJSON` has no such literal).
+ */
+export function checkNixNumber(v: number | bigint, where: string): void {
+  if (typeof v === 'number' && !Number.isFinite(v)) {
+    throw new InvalidDerivationAttrsError(`${Number.isNaN(v) ? 'NaN' : v > 0 ? 'Infinity' : '-Infinity'} is not a Nix value (${where})`, {
+      attribute: where,
+      hint: 'Nix floats are finite: pass a finite number or a string',
+    });
+  }
+  if (typeof v === 'number' && !Number.isInteger(v)) return;
+  const i = BigInt(v);
+  if (i < INT64_MIN || i > INT64_MAX) {
+    throw new InvalidDerivationAttrsError(`integer ${i} is outside Nix's 64-bit integers (${where})`, {
+      attribute: where,
+      hint: `Nix integers are between ${INT64_MIN} and ${INT64_MAX}: pass a string for bigger numbers`,
+    });
+  }
+}
+
 /**
  * Nix's `coerceToString`. With `coerceMore` (derivation attributes): numbers, Booleans (`"1"`/`""`),
  * null (`""`) and lists (elements joined by spaces) are accepted too. `where` names the attribute for errors.
@@ -128,11 +153,11 @@ export function coerceToString(v: AttrValue, context: Set<string>, coerceMore: b
     return v.value;
   }
   if (isContextual(v)) return coerceToString(v.toNixString(), context, coerceMore, where);
-  if (typeof v === 'number') {
-    if (Number.isInteger(v)) return String(v);
-    if (coerceMore) return formatFloatFixed(v);
+  // Interpolation (`"${42}"`) takes no numbers in Nix; derivation attributes do.
+  if ((typeof v === 'number' || typeof v === 'bigint') && coerceMore) {
+    checkNixNumber(v, where);
+    return typeof v === 'number' && !Number.isInteger(v) ? formatFloatFixed(v) : v.toString();
   }
-  if (typeof v === 'bigint') return v.toString();
   if (coerceMore) {
     if (v === true) return '1';
     if (v === false || v === null || v === undefined) return '';
@@ -157,8 +182,8 @@ export function coerceToString(v: AttrValue, context: Set<string>, coerceMore: b
 
 /**
  * The tagged template that keeps context: `nix\`${dep.out}/bin/tool --config ${configFile}\``.
- * Interpolated values: strings, numbers, `NixString`s, derivation outputs, derivations (their default
- * output), store paths from `addPath`/`addText`.
+ * Interpolated values: strings, `NixString`s, derivation outputs, derivations (their default output),
+ * store paths from `addPath`/`addText`. Numbers are rejected, as Nix rejects `"${42}"`: use `String(n)`.
  */
 export function nix(strings: TemplateStringsArray, ...values: AttrValue[]): NixString {
   const context = new Set<string>();
@@ -212,8 +237,10 @@ export function toNixJson(v: AttrValue, context: Set<string>, where: string, anc
   }
   if (isContextual(v)) return toNixJson(v.toNixString(), context, where);
   if (typeof v === 'boolean') return v ? 'true' : 'false';
-  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : formatFloatGeneral(v);
-  if (typeof v === 'bigint') return v.toString();
+  if (typeof v === 'number' || typeof v === 'bigint') {
+    checkNixNumber(v, where);
+    return typeof v === 'number' && !Number.isInteger(v) ? formatFloatGeneral(v) : v.toString();
+  }
   if (typeof v === 'object') {
     if (ancestors.has(v)) throw new InvalidDerivationAttrsError(`the value of '${where}' contains itself`, { attribute: where });
     ancestors.add(v);

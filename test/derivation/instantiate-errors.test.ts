@@ -41,6 +41,12 @@ const cases: Array<[string, Record<string, unknown>, string, RegExp]> = [
   ['structured system that is not a string', { name: 'x', builder: '/bin/sh', __structuredAttrs: true, system: 5 },
     'name = "x"; builder = "/bin/sh"; __structuredAttrs = true; system = 5;', /value is number while a string was expected/],
   ['CA without the experimental feature', { ...base, __contentAddressed: true }, `${nixBase} __contentAddressed = true;`, /experimental Nix feature 'ca-derivations' is disabled/],
+  ['an integer above 64 bits', { ...base, big: 2n ** 63n }, `${nixBase} big = 9223372036854775808;`, /integer 9223372036854775808 is outside Nix's 64-bit integers/],
+  ['a number below 64 bits', { ...base, big: -1e19 }, `${nixBase} big = -10000000000000000000;`, /outside Nix's 64-bit integers/],
+  ['an integer above 64 bits, structured', { ...base, __structuredAttrs: true, big: 2n ** 64n }, `${nixBase} __structuredAttrs = true; big = 18446744073709551616;`, /outside Nix's 64-bit integers/],
+  ['NaN', { ...base, n: NaN }, `${nixBase} n = 0.0 / 0.0;`, /NaN is not a Nix value/],
+  ['Infinity, structured', { ...base, __structuredAttrs: true, n: [Infinity] }, `${nixBase} __structuredAttrs = true; n = [ (1.0 / 0) ];`, /Infinity is not a Nix value/],
+  ['a bare number in an interpolation', { ...base, get s() { return nix`v${42 as never}`; } }, `${nixBase} s = "v\${42}";`, /cannot coerce an integer to a string/],
 ];
 
 describe('derivation() rejects what Nix rejects', () => {
@@ -57,8 +63,14 @@ describe('derivation() rejects what Nix rejects', () => {
     expect((err as Error).message).toMatch(msg);
   });
 
-  it('interpolating a Boolean or a list in a template is an error, as in Nix', () => {
+  it('interpolating a Boolean, a number or a list in a template is an error, as in Nix', async () => {
     expect(() => nix`${true}`).toThrow(/cannot coerce a Boolean to a string/);
+    expect(() => nix`${42}`).toThrow(/cannot coerce an integer to a string/);
+    expect(() => nix`${1.5}`).toThrow(/cannot coerce a float to a string/);
+    expect(() => nix`${42n}`).toThrow(InvalidDerivationAttrsError);
+    // The 64-bit limits themselves are Nix integers.
+    const d = await derivation(store, { ...base, lo: -(2n ** 63n), hi: 2n ** 63n - 1n, f: 0.5, __structuredAttrs: true });
+    expect(d.drv.env.get('__json')).toContain('"hi":9223372036854775807,"lo":-9223372036854775808');
     expect(() => nix`${['a']}`).toThrow(InvalidDerivationAttrsError);
   });
 
