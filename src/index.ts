@@ -59,6 +59,13 @@ export {
   type DerivationAttrs, type DerivationOptions, type AddPathOptions,
 } from './derivation/instantiate.js';
 export { NixString, nix, concat, withContext, storePathString, outputString, drvPathString, type AttrValue, type Contextual } from './derivation/context.js';
+// Nix's corepkgs: `import <nix/fetchurl.nix>` and nix-env's user environments
+export {
+  fetchurl, buildEnv, type FetchurlArgs, type UserEnvPackage, type BuildEnvOptions, type UserEnvironment, type MetaValue,
+} from './derivation/corepkgs.js';
+
+// Nix's built-in builders (run by the engine; usable as a Sandbox of their own)
+export { BuiltinBuilders, isBuiltinBuilder, type BuiltinBuildersOptions } from './builtins/builtin-builders.js';
 
 // Remote builders (Nix's build hook over ssh-ng:// and ssh://)
 export {

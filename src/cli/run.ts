@@ -42,7 +42,8 @@ flags:
   --option NAME VALUE   any of: sandbox, sandbox-fallback, sandbox-paths, extra-sandbox-paths, build-repeat,
                         enforce-determinism, max-build-log-size, log-lines, post-build-hook, system,
                         system-features, extra-platforms, require-sigs, substituters, trusted-public-keys,
-                        max-substitution-jobs, secret-key, compression
+                        max-substitution-jobs, secret-key, compression, hashed-mirrors, netrc-file,
+                        download-attempts
 `;
 
 async function openStoreArg(spec: string | undefined): Promise<Store> {
@@ -114,6 +115,9 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
       case 'extra-system-features': opts.systemFeatures = [...(opts.systemFeatures ?? DEFAULT_SYSTEM_FEATURES), ...value.split(/\s+/).filter(Boolean)]; break;
       case 'extra-platforms': opts.extraPlatforms = value.split(/\s+/).filter(Boolean); break;
       case 'max-substitution-jobs': int(name, (v) => { opts.maxSubstitutionJobs = v; }); break;
+      case 'hashed-mirrors': opts.hashedMirrors = value.split(/\s+/).filter(Boolean); break;
+      case 'netrc-file': opts.netrcFile = value; break;
+      case 'download-attempts': int(name, (v) => { opts.downloadAttempts = Math.max(1, v); }); break;
       default:
         // Nix 2.8 silently accepts settings it does not know, and the ones read above or by other commands.
         break;

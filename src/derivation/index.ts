@@ -68,6 +68,15 @@ export {
   type PathType,
 } from './instantiate.js';
 export {
+  fetchurl,
+  buildEnv,
+  type FetchurlArgs,
+  type UserEnvPackage,
+  type BuildEnvOptions,
+  type UserEnvironment,
+  type MetaValue,
+} from './corepkgs.js';
+export {
   tryResolve,
   needsResolution,
   downstreamPlaceholder,

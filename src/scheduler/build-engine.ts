@@ -25,6 +25,7 @@ import { queryMissing, type MissingInfo } from './query-missing.js';
 import { probeLinuxSandbox, type LinuxSandboxChoice } from './sandbox-factory.js';
 import { DaemonStore } from '../remote/daemon-store.js';
 import { buildThroughDaemon, queryMissingThroughDaemon } from './daemon-build.js';
+import { BuiltinBuilders, isBuiltinBuilder } from '../builtins/builtin-builders.js';
 
 /** How many parsed derivations an engine keeps. */
 const DRV_CACHE_SIZE = 4_096;
@@ -52,6 +53,8 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   private linuxChoice: LinuxSandboxChoice | undefined;
   private warnedNoSandbox = false;
   private readonly noSandbox: NoSandbox;
+  /** Nix's built-in builders, run in the engine behind the Sandbox call. */
+  private readonly builtins: BuiltinBuilders;
   private readonly ownsStore: boolean;
   /** Builders made from a `builders` string option: the engine's to close. */
   private readonly ownsBuilders: boolean;
@@ -66,6 +69,17 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     this.buildQueue = new PQueue({ concurrency: Math.max(1, this.options.maxJobs) });
     this.substQueue = new PQueue({ concurrency: this.options.maxSubstitutionJobs });
     this.progressTracker = new ProgressTracker((p) => this.emitSafely('progress', p));
+    const o = this.options;
+    this.builtins = new BuiltinBuilders({
+      hashedMirrors: o.hashedMirrors, netrcFile: o.netrcFile, downloadAttempts: o.downloadAttempts,
+      onDownloadProgress: (done, expected) => {
+        const d = this.progressTracker.download;
+        d.done += done;
+        d.expected += expected;
+        this.progressTracker.changed();
+      },
+      onWarning: (message) => this.emitSafely('warning', { message }),
+    });
   }
 
   /**
@@ -188,7 +202,15 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   }
 
   private pickSandbox(store: Store, view: DrvView): Sandbox {
+    // Built-ins run in the engine whatever the sandbox setting (Nix's need no builder process either).
     const mode = this.options.sandbox;
+    if (isBuiltinBuilder(view.builder)) {
+      // What the built-in may see is what a builder in this build's sandbox would.
+      const sandboxed = typeof mode === 'object'
+        ? mode.isolated || store.storeDir !== store.realStoreDir
+        : useSandbox({ mode, noChroot: getBoolAttr(view, '__noChroot'), impure: view.isFixedOutput, storeDir: store.storeDir, realStoreDir: store.realStoreDir, drvPath: view.drvPath });
+      return this.builtins.withSandbox(sandboxed);
+    }
     if (typeof mode === 'object') return mode;
     const use = useSandbox({
       mode, noChroot: getBoolAttr(view, '__noChroot'), impure: view.isFixedOutput,
@@ -345,6 +367,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       await this.linuxChoice.sandbox.close?.();
       await flushRemovals();
     }
+    await this.builtins.close();
     for (const s of this.options.substituters) await s.close?.();
     if (this.ownsStore) await (await this.storePromise).close();
   }

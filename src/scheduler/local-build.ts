@@ -116,7 +116,8 @@ function canBuildLocally(w: Worker, view: DrvView): boolean {
 
 export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPlan): Promise<BuildResult> {
   // Remote builders first (the build hook), unless the derivation prefers local builds or we repair/check.
-  if (w.ctx.options.builders.length > 0 && plan.mode === 'normal' && !plan.preferLocal) {
+  // Built-ins (system `builtin`) run in this engine and are never sent away.
+  if (w.ctx.options.builders.length > 0 && plan.mode === 'normal' && !plan.preferLocal && view.platform !== 'builtin') {
     // Imported on first use: a call without builders never loads the remote protocols.
     const { tryRemoteBuild } = await import('./remote-build.js');
     const r = await w.blocked(view.drvPath, tryRemoteBuild(w, view, plan.inputPaths));
@@ -559,7 +560,8 @@ class LocalRound {
     if (tail.length > 0) {
       msg += `;\nlast ${tail.length} log lines:\n${tail.map((l) => `> ${l}\n`).join('')}For full logs, run 'nix log ${view.drvPath}'.`;
     }
-    return this.fail('permanent-failure', msg + this.keepNote(), {}, keep);
+    // As Nix: a failed fixed-output build (not a sandboxed kind of derivation) is a transient failure.
+    return this.fail(view.isFixedOutput ? 'transient-failure' : 'permanent-failure', msg + this.keepNote(), {}, keep);
   }
 
   /** The builder succeeded: register its outputs, run the post-build hook, count the build as done. */

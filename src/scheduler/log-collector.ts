@@ -2,7 +2,8 @@
  * Collects a builder's output: the whole log (for the store's log dir), complete lines as events, and the
  * last N lines for error messages. As in Nix, lines are made of bytes: `\r` returns to the start of the
  * current line and what follows overwrites it byte by byte (so it may cut a UTF-8 character in two, as Nix
- * does); a line is decoded as UTF-8 only when it is complete.
+ * does); a line is decoded as UTF-8 only when it is complete. Lines starting with `@nix ` are Nix's
+ * structured log messages: kept in the log, not reported as lines.
  */
 export class LogCollector {
   private readonly chunks: Buffer[] = [];
@@ -43,8 +44,12 @@ export class LogCollector {
   private flush(): void {
     const bytes = Buffer.from(this.line, 'latin1');
     const l = bytes.toString('utf8');
+    const structured = this.line.startsWith('@nix ');
     this.line = '';
     this.pos = 0;
+    // As Nix's handleJSONLogMessage: `@nix {…}` lines (activities, progress, messages of built-ins) stay in
+    // the log file but are not log lines (no event, not in the tail).
+    if (structured) return;
     this.opts.onLine(l, bytes);
     if (this.opts.logLines > 0) {
       this.tailLines.push(l);

@@ -87,6 +87,12 @@ export interface BuildEngineOptions {
    * builders and closes them in `close()`. @default []
    */
   builders?: string | readonly import('../remote/remote-builder.js').RemoteBuilder[];
+  /** builtin:fetchurl tries these first for flat fixed outputs, as `<mirror>/<algo>/<base16 hash>` (Nix's `hashed-mirrors`). @default [] */
+  hashedMirrors?: readonly string[];
+  /** Credentials for builtin:fetchurl (Nix's `netrc-file`); a missing file means none. @default '/etc/nix/netrc' */
+  netrcFile?: string;
+  /** How often builtin:fetchurl tries a download that fails transiently (Nix's `download-attempts`). @default 5 */
+  downloadAttempts?: number;
 }
 
 export interface ResolvedOptions {
@@ -119,6 +125,9 @@ export interface ResolvedOptions {
   environment: Readonly<Record<string, string | undefined>>;
   buildDir: string;
   builders: readonly import('../remote/remote-builder.js').RemoteBuilder[];
+  hashedMirrors: readonly string[];
+  netrcFile: string;
+  downloadAttempts: number;
 }
 
 function describe(v: unknown): string {
@@ -153,7 +162,7 @@ export function hostSystem(): string {
 const KNOWN = new Set([
   'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'allowedImpureHostDeps', 'preBuildHook', 'experimentalFeatures', 'sandboxBuildDir', 'sandboxShmSize', 'filterSyscalls', 'maxJobs', 'maxSubstitutionJobs', 'cores', 'keepGoing', 'fallback',
   'buildRepeat', 'enforceDeterminism', 'maxSilentTime', 'buildTimeout', 'maxLogSize', 'logLines', 'keepFailed', 'postBuildHook',
-  'systemFeatures', 'system', 'extraPlatforms', 'environment', 'buildDir', 'builders',
+  'systemFeatures', 'system', 'extraPlatforms', 'environment', 'buildDir', 'builders', 'hashedMirrors', 'netrcFile', 'downloadAttempts',
 ]);
 
 export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMode): ResolvedOptions {
@@ -168,6 +177,7 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
   if (o.postBuildHook !== undefined && typeof o.postBuildHook !== 'string') throw new OptionsError(`Expected \`postBuildHook\` to be a string, got ${describe(o.postBuildHook)}`);
   if (o.sandboxBuildDir !== undefined && (typeof o.sandboxBuildDir !== 'string' || !o.sandboxBuildDir.startsWith('/'))) throw new OptionsError(`Expected \`sandboxBuildDir\` to be an absolute path, got ${describe(o.sandboxBuildDir)}`);
   if (o.sandboxShmSize !== undefined && (typeof o.sandboxShmSize !== 'string' || !o.sandboxShmSize)) throw new OptionsError(`Expected \`sandboxShmSize\` to be a tmpfs size such as '50%' or '64m', got ${describe(o.sandboxShmSize)}`);
+  if (o.netrcFile !== undefined && (typeof o.netrcFile !== 'string' || !o.netrcFile)) throw new OptionsError(`Expected \`netrcFile\` to be a file path, got ${describe(o.netrcFile)}`);
   if (o.preBuildHook !== undefined && typeof o.preBuildHook !== 'string') throw new OptionsError(`Expected \`preBuildHook\` to be a string, got ${describe(o.preBuildHook)}`);
   return {
     substituters: o.substituters ?? [],
@@ -199,5 +209,8 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     environment: o.environment ?? process.env,
     buildDir: o.buildDir ?? tmpdir(),
     builders: typeof o.builders === 'string' ? createRemoteBuilders(o.builders, { thisSystem: system }) : o.builders ?? [],
+    hashedMirrors: strings('hashedMirrors', o.hashedMirrors, []),
+    netrcFile: o.netrcFile ?? '/etc/nix/netrc',
+    downloadAttempts: int('downloadAttempts', o.downloadAttempts, 5, 1),
   };
 }

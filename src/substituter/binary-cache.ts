@@ -9,6 +9,7 @@ import { STATUS_CODES } from 'node:http';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Agent, request, type Dispatcher } from 'undici';
+import { curlWords, isAbortError } from './curl-words.js';
 import { DEFAULT_STORE_DIR, storePathHashPart, type StorePath } from '../store/store-path.js';
 import { decompressStream, DecompressionError } from './compression.js';
 import { BadNarInfoError, parseCacheInfo, parseNarInfo, type NarInfo } from './narinfo.js';
@@ -64,21 +65,6 @@ function validate(name: string, value: number, min: number): number {
 }
 
 /** A connection failure in the words of curl, which Nix prints (`Couldn't connect to server (7)`). */
-function curlWords(e: unknown): string {
-  const code = (e as { code?: string }).code ?? ((e as { cause?: { code?: string } }).cause?.code);
-  switch (code) {
-    case 'ECONNREFUSED': case 'EHOSTUNREACH': case 'ENETUNREACH': return "Couldn't connect to server (7)";
-    case 'ENOTFOUND': case 'EAI_AGAIN': return "Couldn't resolve host name (6)";
-    case 'ETIMEDOUT': case 'UND_ERR_CONNECT_TIMEOUT': case 'UND_ERR_HEADERS_TIMEOUT': case 'UND_ERR_BODY_TIMEOUT': return 'Timeout was reached (28)';
-    case 'ECONNRESET': case 'UND_ERR_SOCKET': return 'Failure when receiving data from the peer (56)';
-    default: return (e as Error).message;
-  }
-}
-
-function isAbortError(e: unknown): boolean {
-  return e instanceof Error && (e.name === 'AbortError' || (e as { code?: string }).code === 'ABORT_ERR' || (e as { code?: string }).code === 'UND_ERR_ABORTED');
-}
-
 /** Magic numbers of the compressions libarchive recognises in Nix (whatever the narinfo says). */
 const MAGICS = [[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], [0x28, 0xb5, 0x2f, 0xfd], [0x42, 0x5a, 0x68], [0x1f, 0x8b]];
 

@@ -32,6 +32,7 @@ const EXAMPLES: [string, RegExp][] = [
   ['custom-substituter', /substituted -> \/nix\/store\/[0-9a-z]{32}-substituted-hello/],
   ['content-addressed', /app using: a library \(from \/nix\/store\/[0-9a-z]{32}-ca-lib\)/],
   ['progress', /./],
+  ['fetchurl', /bin -> \/nix\/store\/[0-9a-z]{32}-hello\/bin\n/],
 ];
 
 describe('examples', () => {

@@ -1,0 +1,235 @@
+/**
+ * One download as Nix 2.8's FileTransfer does it for builtin:fetchurl: http(s) through undici (redirects
+ * followed, up to 10; no TLS verification, as Nix, since the fixed-output hash is checked anyway;
+ * netrc credentials; the proxy variables of the build's environment), `file://` from the disk.
+ * Transient failures (connection errors, most 5xx, 408, 429) are retried with Nix's backoff while
+ * nothing has been consumed; errors are worded as Nix's, with a short response body appended.
+ */
+import { createReadStream } from 'node:fs';
+import { STATUS_CODES } from 'node:http';
+import { fileURLToPath } from 'node:url';
+import { Agent, ProxyAgent, request, type Dispatcher } from 'undici';
+import { curlWords, isAbortError } from '../substituter/curl-words.js';
+import { BuiltinFailure, hintfmt, plainMessage, type NixMessage } from './log.js';
+import { netrcCredentials, type NetrcEntry } from './netrc.js';
+
+export interface DownloadOptions {
+  readonly signal: AbortSignal;
+  /** Connection pool for direct (unproxied) requests. */
+  readonly agent: Dispatcher;
+  /** The build's environment: `http_proxy`, `https_proxy`, `all_proxy`, `no_proxy` are honoured as curl does. */
+  readonly env: Readonly<Record<string, string>>;
+  readonly netrc: readonly NetrcEntry[];
+  /** Nix's `download-attempts`. */
+  readonly attempts: number;
+  /** First retry delay in ms (Nix's 250). */
+  readonly retryBaseMs?: number;
+  /** Map a `file://` path to the file to read (the store's logical paths to physical ones). */
+  readonly localPath: (p: string) => string;
+  readonly onWarning: (message: NixMessage) => void;
+  /** Bytes received so far and the total when known (else 0). */
+  readonly onProgress: (done: number, expected: number) => void;
+}
+
+/** Thrown for an HTTP failure (so hashed mirrors can be skipped quietly). */
+export class DownloadError extends BuiltinFailure {
+  constructor(message: NixMessage, readonly transient: boolean, options: { cause?: unknown } = {}) {
+    super(message, options);
+    this.name = 'DownloadError';
+  }
+}
+
+const USER_AGENT = 'curl/7.88.1 Nix/2.8.0 realise';
+/** Bytes of an error response kept for the message (Nix keeps all of it; it shows it when short or HTML). */
+const ERROR_BODY_LIMIT = 1 << 16;
+
+/** Nix's FileTransferError text: the response body shown when it is short or looks like HTML. */
+function withBody(message: string, body: string | undefined): NixMessage {
+  if (body === undefined || !(body.length < 1024 || body.includes('<html>'))) return plainMessage(message);
+  const shown = body.replace(/[ \n\r\t]+$/, '');
+  return { plain: `${message}\n\nresponse body:\n\n${shown}`, coloured: `${message}\n\nresponse body:\n\n\x1b[35;1m${shown}\x1b[0m` };
+}
+
+function proxyFor(url: URL, env: Readonly<Record<string, string>>): string | undefined {
+  const noProxy = (env.no_proxy ?? env.NO_PROXY ?? '').split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
+  const host = url.hostname.toLowerCase().replace(/^\[|\]$/g, '');
+  if (noProxy.some((n) => n === '*' || host === n.replace(/^\./, '') || host.endsWith(n.startsWith('.') ? n : `.${n}`))) return undefined;
+  const p = url.protocol === 'https:' ? env.https_proxy || env.HTTPS_PROXY : env.http_proxy;
+  return p || env.all_proxy || env.ALL_PROXY || undefined;
+}
+
+type Attempt = { ok: true } | { ok: false; error: DownloadError };
+
+/**
+ * Download `url` and hand its body to `consume` (once per successful response; a retry after a failure
+ * that happened before `consume` was called starts again). Throws DownloadError, or the consumer's error.
+ */
+export async function download(url: string, consume: (body: AsyncIterable<Uint8Array>) => Promise<void>, opts: DownloadOptions): Promise<void> {
+  const base = opts.retryBaseMs ?? 250;
+  for (let attempt = 1; ; attempt++) {
+    const r = url.startsWith('file://') ? await fromFile(url, consume, opts) : await fromHttp(url, consume, opts);
+    if (r.ok) return;
+    if (!r.error.transient || attempt >= opts.attempts || opts.signal.aborted) throw r.error;
+    const ms = Math.floor(base * 2 ** (attempt - 1 + Math.random() * 0.5));
+    opts.onWarning(plainMessage(`${r.error.message}; retrying in ${ms} ms`));
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(done, ms);
+      function done() {
+        clearTimeout(t);
+        opts.signal.removeEventListener('abort', done);
+        resolve();
+      }
+      opts.signal.addEventListener('abort', done, { once: true });
+    });
+    if (opts.signal.aborted) throw interrupted(url);
+  }
+}
+
+function interrupted(url: string): DownloadError {
+  return new DownloadError(hintfmt("download of '%s' was interrupted", url), false);
+}
+
+async function fromFile(url: string, consume: (body: AsyncIterable<Uint8Array>) => Promise<void>, opts: DownloadOptions): Promise<Attempt> {
+  const unreadable = (cause: unknown) => new DownloadError(plainMessage(`unable to download '${url}': Couldn't read a file:// file (37)`), false, { cause });
+  let file: string;
+  try {
+    file = fileURLToPath(url);
+  } catch (e) {
+    return { ok: false, error: new DownloadError(plainMessage(`unable to download '${url}': URL using bad/illegal format or missing URL (3)`), false, { cause: e }) };
+  }
+  try {
+    file = opts.localPath(file);
+  } catch (e) {
+    return { ok: false, error: unreadable(e) };
+  }
+  const stream = createReadStream(file, { highWaterMark: 1 << 20, signal: opts.signal });
+  // Opening fails before anything is consumed: curl's "Couldn't read a file:// file".
+  const opened = await new Promise<Error | undefined>((resolve) => {
+    stream.once('ready', () => resolve(undefined));
+    stream.once('error', (e) => resolve(e));
+  });
+  if (opened) {
+    stream.destroy();
+    if (opts.signal.aborted) throw interrupted(url);
+    return { ok: false, error: unreadable(opened) };
+  }
+  let done = 0;
+  await consume((async function* () {
+    try {
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        done += chunk.length;
+        opts.onProgress(done, 0);
+        yield chunk;
+      }
+    } catch (e) {
+      if (opts.signal.aborted || isAbortError(e)) throw interrupted(url);
+      throw unreadable(e);
+    } finally {
+      stream.destroy();
+    }
+  })());
+  opts.onProgress(done, done);
+  return { ok: true };
+}
+
+/** Nix's classification of an HTTP status: whether a retry may help. */
+function transientStatus(code: number): boolean {
+  if (code === 404 || code === 410 || code === 401 || code === 403 || code === 407) return false;
+  if (code >= 400 && code < 500) return code === 408 || code === 429;
+  return !(code === 501 || code === 505 || code === 511);
+}
+
+async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) => Promise<void>, opts: DownloadOptions): Promise<Attempt> {
+  let current = url;
+  let res: Dispatcher.ResponseData | undefined;
+  const proxies: Dispatcher[] = [];
+  try {
+    for (let hop = 0; ; hop++) {
+      let u: URL;
+      try {
+        u = new URL(current);
+        if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error(`unsupported protocol ${u.protocol}`);
+      } catch (e) {
+        const unsupported = /^[a-z][a-z0-9+.-]*:/i.test(current) && !/^https?:/i.test(current);
+        return { ok: false, error: new DownloadError(plainMessage(`unable to download '${url}': ${unsupported ? 'Unsupported protocol (1)' : 'URL using bad/illegal format or missing URL (3)'}`), false, { cause: e }) };
+      }
+      const headers: Record<string, string> = { 'user-agent': USER_AGENT };
+      const creds = u.username || u.password
+        ? { login: decodeURIComponent(u.username), password: decodeURIComponent(u.password) }
+        : netrcCredentials(opts.netrc, u.hostname);
+      if (creds) headers.authorization = 'Basic ' + Buffer.from(`${creds.login}:${creds.password}`).toString('base64');
+      u.username = '';
+      u.password = '';
+      const proxy = proxyFor(u, opts.env);
+      let dispatcher = opts.agent;
+      if (proxy) {
+        dispatcher = new ProxyAgent({ uri: proxy, requestTls: { rejectUnauthorized: false }, proxyTls: { rejectUnauthorized: false } });
+        proxies.push(dispatcher);
+      }
+      try {
+        res = await request(u.toString(), { method: 'GET', dispatcher, headers, signal: opts.signal });
+      } catch (e) {
+        if (opts.signal.aborted || isAbortError(e)) throw interrupted(url);
+        return { ok: false, error: new DownloadError(plainMessage(`unable to download '${url}': ${curlWords(e)}`), true, { cause: e }) };
+      }
+      const location = res.headers.location;
+      if ([301, 302, 303, 307, 308].includes(res.statusCode) && typeof location === 'string' && hop < 10) {
+        await res.body.dump().catch(() => undefined);
+        current = new URL(location, u).toString();
+        continue;
+      }
+      break;
+    }
+    const status = res.statusCode;
+    if (!(status === 200 || status === 201 || status === 204 || status === 206 || status === 304)) {
+      const body = await readSome(res.body);
+      const reason = res.statusText || STATUS_CODES[status] || '';
+      return { ok: false, error: new DownloadError(withBody(`unable to download '${url}': HTTP error ${status} ('${reason}')`, body), transientStatus(status)) };
+    }
+    const lengthHeader = res.headers['content-length'];
+    const expected = typeof lengthHeader === 'string' && /^\d+$/.test(lengthHeader) ? Number(lengthHeader) : 0;
+    const body = res.body;
+    let done = 0;
+    await consume((async function* () {
+      try {
+        for await (const chunk of body as AsyncIterable<Buffer>) {
+          done += chunk.length;
+          opts.onProgress(done, expected);
+          yield chunk;
+        }
+      } catch (e) {
+        if (opts.signal.aborted || isAbortError(e)) throw interrupted(url);
+        throw new DownloadError(plainMessage(`unable to download '${url}': ${curlWords(e)}`), false, { cause: e });
+      } finally {
+        if (!body.destroyed) body.destroy();
+      }
+    })());
+    opts.onProgress(done, expected || done);
+    return { ok: true };
+  } finally {
+    for (const p of proxies) void p.close().catch(() => undefined);
+  }
+}
+
+/** The start of an error response's body (as text), or undefined when it cannot be read. */
+async function readSome(body: Dispatcher.ResponseData['body']): Promise<string | undefined> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      chunks.push(chunk);
+      size += chunk.length;
+      if (size >= ERROR_BODY_LIMIT) break;
+    }
+  } catch {
+    return undefined;
+  } finally {
+    if (!body.destroyed) body.destroy();
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** The connection pool builtin:fetchurl uses for direct requests: Nix does not verify TLS for it. */
+export function fetchurlAgent(): Agent {
+  return new Agent({ connections: 8, keepAliveTimeout: 10_000, connect: { rejectUnauthorized: false } });
+}

@@ -1,0 +1,100 @@
+/**
+ * What a built-in builder writes into its build log, byte for byte as Nix 2.8's do: Nix runs built-ins
+ * with its JSON logger, so activities (a download) and warnings are `@nix {…}` lines, and an error ends
+ * the log as Nix prints errors (`error:` in red, the message's further lines indented, values quoted
+ * in Nix's colours).
+ */
+
+const ANSI_NORMAL = '\x1b[0m';
+const ANSI_RED = '\x1b[31;1m';
+/** Nix's ANSI_WARNING, the colour of values formatted into messages (`yellowtxt`). */
+const ANSI_WARNING = '\x1b[35;1m';
+
+/** A message as Nix's `hintfmt` makes it: the plain text, and the text with its values coloured. */
+export interface NixMessage {
+  readonly plain: string;
+  readonly coloured: string;
+}
+
+/**
+ * Nix's `hintfmt(format, args…)`: `%1%`, `%2%`, … (or `%s` in order) replaced by the arguments, which are
+ * coloured in the coloured text. A message without arguments is used as is.
+ */
+export function hintfmt(format: string, ...args: readonly (string | number)[]): NixMessage {
+  const fill = (colour: boolean) => {
+    let next = 0;
+    return format.replace(/%(\d+)%|%s|%d/g, (_m, n: string | undefined) => {
+    const v = String(args[n !== undefined ? Number(n) - 1 : next++]);
+    return colour ? `${ANSI_WARNING}${v}${ANSI_NORMAL}` : v;
+    });
+  };
+  return { plain: fill(false), coloured: fill(true) };
+}
+
+/** A message that is already formatted (nothing in it is coloured, as Nix's `hintfmt(string)`). */
+export function plainMessage(s: string): NixMessage {
+  return { plain: s, coloured: s };
+}
+
+/** An error raised inside a built-in builder: it fails the build, its message ends the build log. */
+export class BuiltinFailure extends Error {
+  constructor(readonly nixMessage: NixMessage, options: { cause?: unknown } = {}) {
+    super(nixMessage.plain, options);
+    this.name = 'BuiltinFailure';
+  }
+}
+
+/** Nix's `chomp`: without trailing whitespace. */
+function chomp(s: string): string {
+  return s.replace(/[ \n\r\t]+$/, '');
+}
+
+/** Nix's showErrorInfo for an error without position: the `error:` prefix, further lines indented under it. */
+export function errorLogText(message: NixMessage): string {
+  const prefix = `${ANSI_RED}error:${ANSI_NORMAL} `;
+  const rest = ' '.repeat('error: '.length);
+  return chomp(message.coloured).split('\n').map((line, i) => chomp((i === 0 ? prefix : rest) + line)).join('\n') + '\n';
+}
+
+/** Nix's warn() through the JSON logger. */
+export function warningLogLine(message: NixMessage): string {
+  return '@nix ' + JSON.stringify({ action: 'msg', level: 1, msg: `${ANSI_WARNING}warning:${ANSI_NORMAL} ${message.coloured}` }) + '\n';
+}
+
+let activityCounter = 0;
+
+/** Nix's activity ids: the process id in the high bits, a counter below. */
+function nextActivityId(): number {
+  return process.pid * 2 ** 32 + ++activityCounter;
+}
+
+/**
+ * The `@nix` lines of one download (Nix's actFileTransfer activity): its start, progress results
+ * (`[done, expected, 0, 0]`, at most one per `interval` ms besides the first and the last) and its stop.
+ */
+export class DownloadActivity {
+  readonly id = nextActivityId();
+  #last = 0;
+  #lastDone = -1;
+
+  constructor(private readonly write: (line: string) => void, url: string, private readonly interval = 100) {
+    write('@nix ' + JSON.stringify({ action: 'start', fields: [url], id: this.id, level: 4, text: `downloading '${url}'`, type: 101 }) + '\n');
+    this.#result(0, 0);
+  }
+
+  progress(done: number, expected: number, force = false): void {
+    const now = Date.now();
+    if (!force && (now - this.#last < this.interval || done === this.#lastDone)) return;
+    this.#last = now;
+    this.#result(done, expected);
+  }
+
+  #result(done: number, expected: number): void {
+    this.#lastDone = done;
+    this.write('@nix ' + JSON.stringify({ action: 'result', fields: [done, expected, 0, 0], id: this.id, type: 105 }) + '\n');
+  }
+
+  stop(): void {
+    this.write('@nix ' + JSON.stringify({ action: 'stop', id: this.id }) + '\n');
+  }
+}
