@@ -7,7 +7,7 @@
  * (check mode; between rounds) and register in one transaction.
  */
 import { lstatSync, promises as fsp, readFileSync } from 'node:fs';
-import { canonicaliseFileSync, canonicalisePathMetaData, canonicalXattrOps, deleteTree } from '../store/canonicalise.js';
+import { canonicaliseFileSync, canonicalisePathMetaData, canonicalXattrOps, deleteTree, movePathSync } from '../store/canonicalise.js';
 import '../platform/native-xattrs.js'; // the native operations that remove extended attributes
 import { Hash, HashModulo } from '../store/hash.js';
 import { collect, dumpPath, hashPath, narOfRegularFile, restorePath, streamOf } from '../store/nar.js';
@@ -76,8 +76,6 @@ interface Scanned {
  * for long; anything bigger (or a directory, or a symlink) streams asynchronously as before.
  */
 const SMALL_FILE = 64 * 1024;
-
-const myUid = typeof process.geteuid === 'function' ? process.geteuid() : -1;
 
 export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promise<Registered> {
   const scanned = await scanOutputs(w, view, plan);
@@ -272,8 +270,8 @@ class Finalised {
     if (finalReal !== s.real) {
       if (plan.mode === 'repair') {
         const old = `${finalReal}.old-${process.pid}-${Math.floor(Math.random() * 1e9)}`;
-        await fsp.rename(finalReal, old).catch(() => {});
-        await fsp.rename(s.real, finalReal);
+        try { movePathSync(finalReal, old); } catch { /* not there */ }
+        movePathSync(s.real, finalReal);
         await deleteTree(old).catch(() => {});
       } else if (compared) {
         // Leave the new output where it is, for comparison.
@@ -281,7 +279,7 @@ class Finalised {
         await deleteTree(s.real);
       } else {
         await deleteTree(finalReal).catch(() => {});
-        await movePath(s.real, finalReal);
+        movePathSync(s.real, finalReal);
       }
     }
     const actual = compared ? s.real : finalReal;
@@ -383,18 +381,6 @@ function outputChecksOf(view: DrvView, name: string): OutputChecks | undefined {
     if (e instanceof BadDerivationError) throw new OutputRejected('output-rejected', e.shortMessage);
     throw e;
   }
-}
-
-/**
- * Nix's movePath: a read-only directory is made writable for the rename (its `..` changes) and restored
- * after; nothing else changes mode (a flat output must stay non-executable: its NAR hash depends on it).
- */
-async function movePath(src: string, dst: string): Promise<void> {
-  const st = await fsp.lstat(src);
-  const changePerm = myUid !== 0 && st.isDirectory() && (st.mode & 0o200) === 0;
-  if (changePerm) await fsp.chmod(src, (st.mode & 0o7777) | 0o200);
-  await fsp.rename(src, dst);
-  if (changePerm) await fsp.chmod(dst, st.mode & 0o7777);
 }
 
 /**

@@ -5,7 +5,7 @@
  * current user. Symlinks keep their mode (Linux ignores it) but get mtime 1 too. Every extended attribute
  * (file capabilities, ACLs, user attributes) is removed but those named in `ignoredAcls` (xattrs.ts).
  */
-import { chmodSync, lchownSync, lstatSync, lutimesSync, promises as fsp, readdirSync, type Stats } from 'node:fs';
+import { chmodSync, lchownSync, lstatSync, lutimesSync, promises as fsp, readdirSync, renameSync, type Stats } from 'node:fs';
 import * as path from 'node:path';
 import { StoreError, UnsupportedFileTypeError } from './errors.js';
 import { DEFAULT_IGNORED_ACLS, stripXattrs, xattrOps, type XattrOps } from './xattrs.js';
@@ -111,6 +111,25 @@ function stripNodeXattrs(xattrs: XattrOps, p: string, mode: number, isLink: bool
   } finally {
     chmodSync(p, mode & 0o7777);
   }
+}
+
+/**
+ * Nix's movePath: rename `src` to `dst`. Renaming a directory to another parent rewrites its `..`, which
+ * needs write permission on the directory itself unless we are root; so a read-only directory (every
+ * canonical store directory) is made writable for the rename and gets its mode back after it. Nothing
+ * else changes mode (a flat output must stay non-executable: its NAR hash depends on it).
+ */
+export function movePathSync(src: string, dst: string): void {
+  const st = myUid === 0 ? undefined : lstatSync(src);
+  const changePerm = st !== undefined && st.isDirectory() && (st.mode & 0o200) === 0;
+  if (changePerm) chmodSync(src, (st.mode & 0o7777) | 0o200);
+  try {
+    renameSync(src, dst);
+  } catch (e) {
+    if (changePerm) chmodSync(src, st.mode & 0o7777);
+    throw e;
+  }
+  if (changePerm) chmodSync(dst, st.mode & 0o7777);
 }
 
 /** Make a tree deletable (directories get u+w) and delete it. Missing paths are fine. */

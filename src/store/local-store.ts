@@ -13,11 +13,11 @@
  * directories of dead writers are removed when a store is opened.
  */
 import Database from 'better-sqlite3';
-import { closeSync, constants as FS, createReadStream, existsSync, fstatSync, lstatSync, openSync, promises as fsp, renameSync } from 'node:fs';
+import { closeSync, constants as FS, createReadStream, existsSync, fstatSync, lstatSync, openSync, promises as fsp } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
-import { canonicalisePathMetaData, deleteTree, inheritsXattrs } from './canonicalise.js';
+import { canonicalisePathMetaData, deleteTree, inheritsXattrs, movePathSync } from './canonicalise.js';
 import { asStoreWriteError, InvalidStorePathError, StoreError } from './errors.js';
 import { Hash, HashSink, isNixBase32, toNixBase32 } from './hash.js';
 import { HeldLocks, type LockWaitOptions, lockPlainFile, lockStorePaths, tryFlockFd, tryLockStorePaths } from './locks.js';
@@ -606,11 +606,11 @@ export class LocalStore implements Store {
       if (existsNow(real)) {
         // A stale invalid copy, or the valid copy we are repairing: move it aside, then delete it.
         const old = path.join(session.dir, `${++this.tmpCounter}-old`);
-        renameSync(real, old);
-        renameSync(target, real);
+        movePathSync(real, old);
+        movePathSync(target, real);
         target = old;
       } else {
-        renameSync(target, real);
+        movePathSync(target, real);
         target = undefined;
       }
       try {
@@ -618,7 +618,7 @@ export class LocalStore implements Store {
       } catch (e) {
         await deleteTree(real).catch(() => {});
         // Repairing: the registered path's old copy goes back in place.
-        if (target !== undefined) { renameSync(target, real); target = undefined; }
+        if (target !== undefined) { movePathSync(target, real); target = undefined; }
         throw e;
       }
       locks.setDeletion(true);

@@ -10,7 +10,7 @@
 import { mkdirSync, mkdtempSync, promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { canonicalisePathMetaData, deleteTree } from './canonicalise.js';
+import { canonicalisePathMetaData, deleteTree, movePathSync } from './canonicalise.js';
 import { InvalidStorePathError, StoreError } from './errors.js';
 import { Hash } from './hash.js';
 import { HeldLocks, type LockWaitOptions, lockStorePaths, tryLockStorePaths } from './locks.js';
@@ -199,7 +199,7 @@ export class MemoryStore implements Store {
       checkBatchClosure([final], (ps) => this.validSet(ps));
       const real = this.toRealPath(info.path);
       await deleteTree(real);
-      await fsp.rename(target, real);
+      movePathSync(target, real);
       this.register([final], new Map([[info.path, Buffer.concat(chunks)]]));
       return (await this.queryPathInfo(info.path))!;
     } finally {
