@@ -40,7 +40,7 @@ export {
 } from './derivation/derivation.js';
 export { BadDerivationError, InvalidDerivationAttrsError } from './derivation/errors.js';
 export { tryResolve, needsResolution, type InputOutputPaths, type ResolveResult } from './derivation/resolve.js';
-export { ParsedDerivation, DEFAULT_SYSTEM_FEATURES } from './derivation/parsed-attrs.js';
+export { ParsedDerivation, DEFAULT_SYSTEM_FEATURES, defaultSystemFeatures } from './derivation/parsed-attrs.js';
 
 // Substituters and binary caches (the whole public part of src/substituter)
 export * from './substituter/index.js';

@@ -9,7 +9,7 @@ import { cpus } from 'node:os';
 import * as path from 'node:path';
 import {
   BinaryCacheSubstituter, SubstituterError, BuildEngine, BuildFailedError, BuildSetupError, RealiseError, copyToBinaryCache, openStore, LocalStore,
-  DEFAULT_SYSTEM_FEATURES, derivationOutputsAndPaths, isCompression, isSuccess, readDerivationFromStore, toNixBase32, NixJsonLog, recordTrace, renderReport,
+  defaultSystemFeatures, derivationOutputsAndPaths, isCompression, isSuccess, readDerivationFromStore, toNixBase32, NixJsonLog, recordTrace, renderReport,
   type BuildEngineOptions, type TraceFile, type BuildResult, type BuildTarget, type PathInfo, type Store, type TargetResult,
 } from '../index.js';
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
@@ -112,7 +112,7 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
       case 'post-build-hook': opts.postBuildHook = value; break;
       case 'system': opts.system = value; break;
       case 'system-features': opts.systemFeatures = value.split(/\s+/).filter(Boolean); break;
-      case 'extra-system-features': opts.systemFeatures = [...(opts.systemFeatures ?? DEFAULT_SYSTEM_FEATURES), ...value.split(/\s+/).filter(Boolean)]; break;
+      case 'extra-system-features': opts.systemFeatures = [...(opts.systemFeatures ?? defaultSystemFeatures()), ...value.split(/\s+/).filter(Boolean)]; break;
       case 'extra-platforms': opts.extraPlatforms = value.split(/\s+/).filter(Boolean); break;
       case 'max-substitution-jobs': int(name, (v) => { opts.maxSubstitutionJobs = v; }); break;
       case 'hashed-mirrors': opts.hashedMirrors = value.split(/\s+/).filter(Boolean); break;

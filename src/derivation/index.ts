@@ -38,6 +38,7 @@ export { BadDerivationError, InvalidDerivationAttrsError } from './errors.js';
 export {
   ParsedDerivation,
   DEFAULT_SYSTEM_FEATURES,
+  defaultSystemFeatures,
   type OutputChecks,
   type LocalPlatform,
   type JsonValue,

@@ -3,6 +3,7 @@
  * legacy environment (strings, space-separated lists, "1" for true) or structured attributes (`__json`).
  * Pure: no I/O.
  */
+import { accessSync, constants as fsConstants } from 'node:fs';
 import type { StorePath } from '../store/store-path.js';
 import { DEFAULT_STORE_DIR, isStorePath, toStorePath } from '../store/store-path.js';
 import { derivationKind, type Derivation } from './derivation.js';
@@ -36,8 +37,21 @@ export interface LocalPlatform {
   readonly maxBuildJobs?: number;
 }
 
-/** The features Nix 2.8 offers by default on Linux without /dev/kvm (`kvm` is added when it is usable). */
+/** The features Nix 2.8 offers on every machine; `defaultSystemFeatures()` adds `kvm` where it is usable. */
 export const DEFAULT_SYSTEM_FEATURES: readonly string[] = ['nixos-test', 'benchmark', 'big-parallel'];
+
+/**
+ * Nix 2.8's default `system-features` for this machine and user: DEFAULT_SYSTEM_FEATURES, plus `kvm` on
+ * Linux when `/dev/kvm` is readable and writable by this process (so root may get it and an ordinary
+ * user not, as with Nix). Sorted, as Nix's set.
+ */
+export function defaultSystemFeatures(): string[] {
+  const features = [...DEFAULT_SYSTEM_FEATURES];
+  if (process.platform === 'linux') {
+    try { accessSync('/dev/kvm', fsConstants.R_OK | fsConstants.W_OK); features.push('kvm'); } catch { /* not usable */ }
+  }
+  return features.sort();
+}
 
 /** Nix's whitespace tokenizer (space, tab, newline, CR). */
 export function tokenize(s: string): string[] {

@@ -13,6 +13,11 @@ export const SANDBOX_GID = 100;
 /** Device nodes bound from the host into the sandbox's /dev (Nix's list). */
 export const DEV_NODE_NAMES = ['full', 'null', 'random', 'tty', 'urandom', 'zero'] as const;
 
+/** The device nodes of a sandbox's /dev: Nix's list, plus `kvm` when asked for (see PrepareChrootOptions.kvm). */
+export function devNodeNames(kvm: boolean): string[] {
+  return kvm ? [...DEV_NODE_NAMES, 'kvm'].sort() : [...DEV_NODE_NAMES];
+}
+
 /** Nix's /etc/passwd in the sandbox. */
 export function sandboxPasswd(uid: number, gid: number, buildDir: string): string {
   return `root:x:0:0:Nix build user:${buildDir}:/noshell\n` +
@@ -75,6 +80,8 @@ export interface PrepareChrootOptions {
   readonly network: boolean;
   /** Also lay out Nix's /dev skeleton (directories and symlinks); the device nodes are bind-mounted later. */
   readonly devSkeleton: boolean;
+  /** /dev/kvm is bound too (Nix: `kvm` among the system features and /dev/kvm present). @default false */
+  readonly kvm?: boolean;
 }
 
 export function removeTree(p: string): void {
@@ -146,7 +153,7 @@ function chrootOps(opts: PrepareChrootOptions): Op[] {
   ops.push({ op: 'mkdir', path: j('dev'), mode: 0o755 });
   if (opts.devSkeleton) {
     ops.push({ op: 'mkdir', path: j('dev/shm'), mode: 0o755 }, { op: 'mkdir', path: j('dev/pts'), mode: 0o755 });
-    for (const n of DEV_NODE_NAMES) ops.push({ op: 'write', path: j(`dev/${n}`), data: '', mode: 0o644 });
+    for (const n of devNodeNames(!!opts.kvm)) ops.push({ op: 'write', path: j(`dev/${n}`), data: '', mode: 0o644 });
     ops.push(
       { op: 'symlink', target: '/proc/self/fd', path: j('dev/fd') },
       { op: 'symlink', target: '/proc/self/fd/0', path: j('dev/stdin') },
@@ -212,7 +219,7 @@ function refOf(st: fs.Stats): InodeRef {
  */
 function coveredDuringBuild(opts: PrepareChrootOptions): Set<string> {
   const covered = new Set<string>(['proc', opts.sandboxBuildDir.replace(/^\/+/, '')]);
-  if (opts.devSkeleton) for (const n of DEV_NODE_NAMES) covered.add(`dev/${n}`);
+  if (opts.devSkeleton) for (const n of devNodeNames(!!opts.kvm)) covered.add(`dev/${n}`);
   return covered;
 }
 
@@ -319,7 +326,7 @@ export class ChrootPool {
   }
 
   static keyOf(opts: PrepareChrootOptions): string {
-    return JSON.stringify([path.dirname(opts.root), opts.storeDir, opts.sandboxBuildDir, opts.uid, opts.gid, opts.network, opts.devSkeleton]);
+    return JSON.stringify([path.dirname(opts.root), opts.storeDir, opts.sandboxBuildDir, opts.uid, opts.gid, opts.network, opts.devSkeleton, !!opts.kvm]);
   }
 
   take(opts: PrepareChrootOptions): ChrootLayout {

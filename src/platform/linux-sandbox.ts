@@ -23,7 +23,7 @@ import { spawn } from 'node:child_process';
 import { execErrorOf, spawnFailed, type Sandbox, type SandboxExit, type SandboxRequest, type SandboxRunOptions } from './sandbox.js';
 import { SandboxError } from './sandbox-errors.js';
 import { parsePreBuildHookOutput, type SandboxPath } from './sandbox-config.js';
-import { ChrootPool, SANDBOX_GID, SANDBOX_UID, chrootDirFor, discardTree, linkOrCopy, moveOutputsOut, prepareChroot, type ChrootLayout, type ChrootLeftovers } from './chroot.js';
+import { ChrootPool, SANDBOX_GID, SANDBOX_UID, chrootDirFor, devNodeNames, discardTree, linkOrCopy, moveOutputsOut, prepareChroot, type ChrootLayout, type ChrootLeftovers } from './chroot.js';
 import { nixSeccompFilter } from './seccomp.js';
 import { spawnMerged, strerror } from './spawn-merged.js';
 import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
@@ -76,8 +76,6 @@ export interface LinuxSandboxOptions {
   readonly platformOf?: (request: SandboxRequest) => string | undefined;
 }
 
-const DEV_NODES = ['full', 'null', 'random', 'tty', 'urandom', 'zero'] as const;
-
 export function findOnPath(cmd: string): string | undefined {
   for (const dir of (process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin').split(':')) {
     if (!dir) continue;
@@ -85,6 +83,11 @@ export function findOnPath(cmd: string): string | undefined {
     try { fs.accessSync(p, fs.constants.X_OK); return p; } catch { /* next */ }
   }
   return undefined;
+}
+
+/** Whether a build gets /dev/kvm: asked for (`kvm` among the system features) and present on the host, as Nix. */
+function wantsKvm(request: SandboxRequest): boolean {
+  return !!request.kvm && fs.existsSync('/dev/kvm');
 }
 
 /** Parse a tmpfs size like '50%' or '1g' into bytes (bwrap's `--size` takes bytes). */
@@ -180,7 +183,7 @@ export class LinuxSandbox implements Sandbox {
     const root = chrootDirFor(request.realStoreDir, request.drvPath);
     const chrootOpts = {
       root, storeDir: request.storeDir, sandboxBuildDir: request.sandboxBuildDir, uid, gid,
-      network: request.network, devSkeleton: backend.kind === 'helper',
+      network: request.network, devSkeleton: backend.kind === 'helper', kvm: wantsKvm(request),
     };
     const layout = this.#pool ? this.#pool.take(chrootOpts) : prepareChroot(chrootOpts);
     let exit: SandboxExit | undefined;
@@ -297,7 +300,7 @@ export class LinuxSandbox implements Sandbox {
     if (request.network) a.push('--net');
     const platform = this.#options.platformOf?.(request);
     if (platform === 'i686-linux' && process.arch === 'x64') a.push('--linux32');
-    if (!binds.has('/dev')) for (const n of DEV_NODES) a.push('--bind', `/dev/${n}`, `/dev/${n}`);
+    if (!binds.has('/dev')) for (const n of devNodeNames(wantsKvm(request))) a.push('--bind', `/dev/${n}`, `/dev/${n}`);
     for (const [target, { source, optional, ro }] of binds) a.push(`--bind${ro ? '-ro' : ''}${optional ? '-try' : ''}`, source, target);
     const filter = this.#filter;
     if (this.#options.server !== false) {
@@ -345,6 +348,7 @@ export class LinuxSandbox implements Sandbox {
     ];
     if (!binds.has('/dev')) {
       a.push('--dev', '/dev');
+      if (wantsKvm(request)) a.push('--dev-bind', '/dev/kvm', '/dev/kvm');
       const size = shmBytes(this.#options.shmSize ?? '50%');
       a.push('--perms', '1777', ...(size !== undefined ? ['--size', String(size)] : []), '--tmpfs', '/dev/shm');
     }

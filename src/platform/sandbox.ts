@@ -32,6 +32,11 @@ export interface SandboxRequest {
   readonly extraPaths?: ReadonlyMap<string, { source: string; optional: boolean }>;
   /** Fixed-output derivations get the host's network. */
   readonly network: boolean;
+  /**
+   * Bind the host's /dev/kvm into the sandbox's /dev when it exists (Nix does when `kvm` is among the
+   * machine's system features). @default false
+   */
+  readonly kvm?: boolean;
   /** uid/gid the builder sees. */
   readonly uid?: number;
   readonly gid?: number;

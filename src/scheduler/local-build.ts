@@ -486,6 +486,7 @@ class LocalRound {
         inputPaths: [...plan.inputPaths].sort(),
         outputPaths: [...outs.scratch.values()],
         network: view.isFixedOutput,
+        kvm: options.systemFeatures.includes('kvm'),
         extraPaths: dir.extraPaths,
       }, {
         signal: limits.controller.signal,

@@ -1,7 +1,9 @@
 /**
  * BuildEngine options: typed, documented with their defaults, validated with messages of one formula.
  */
-import { cpus, tmpdir } from 'node:os';
+import { realpathSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { defaultSystemFeatures } from '../derivation/parsed-attrs.js';
 import type { Store } from '../store/store-api.js';
 import type { Sandbox } from '../platform/sandbox.js';
 import { createRemoteBuilders } from '../remote/remote-builder.js';
@@ -71,7 +73,10 @@ export interface BuildEngineOptions {
   keepFailed?: boolean;
   /** Program run after each successful build with DRV_PATH and OUT_PATHS. @default undefined */
   postBuildHook?: string;
-  /** Features this machine supports (Nix's system-features). @default ['benchmark', 'big-parallel', 'nixos-test'] */
+  /**
+   * Features this machine supports (Nix's system-features); with `kvm`, the sandbox binds /dev/kvm when it exists.
+   * @default ['benchmark', 'big-parallel', 'nixos-test'], plus 'kvm' when /dev/kvm is readable and writable (defaultSystemFeatures())
+   */
   systemFeatures?: readonly string[];
   /** The platform builds run on. @default 'x86_64-linux' (from the host) */
   system?: string;
@@ -79,7 +84,7 @@ export interface BuildEngineOptions {
   extraPlatforms?: readonly string[];
   /** Environment variables given to fixed-output builders listed in `impureEnvVars` come from here. @default process.env */
   environment?: Readonly<Record<string, string | undefined>>;
-  /** Directory in which build directories are created. @default os.tmpdir() when the engine is made (Nix reads TMPDIR once, at start) */
+  /** Directory in which build directories are created. @default `$TMPDIR` or /tmp with symlinks resolved, read when the engine is made (as Nix reads it once, at start) */
   buildDir?: string;
   /**
    * Remote builders (see src/remote): builders you made (you close them), or Nix's `builders` setting as a
@@ -154,6 +159,12 @@ function strings(name: string, v: unknown, def: readonly string[]): readonly str
   return [...v];
 }
 
+/** Nix 2.8's root for build directories: `$TMPDIR`, else /tmp, canonical (symlinks resolved). */
+export function defaultBuildDir(): string {
+  const dir = process.env.TMPDIR || '/tmp';
+  try { return realpathSync(dir); } catch { return dir.replace(/(.)\/+$/, '$1'); }
+}
+
 export function hostSystem(): string {
   const arch = process.arch === 'x64' ? 'x86_64' : process.arch === 'arm64' ? 'aarch64' : process.arch === 'ia32' ? 'i686' : process.arch;
   return `${arch}-${process.platform}`;
@@ -203,11 +214,11 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     logLines: int('logLines', o.logLines, 10, 0),
     keepFailed: bool('keepFailed', o.keepFailed, false),
     postBuildHook: o.postBuildHook || undefined,
-    systemFeatures: strings('systemFeatures', o.systemFeatures, ['benchmark', 'big-parallel', 'nixos-test']),
+    systemFeatures: strings('systemFeatures', o.systemFeatures, defaultSystemFeatures()),
     system,
     extraPlatforms: strings('extraPlatforms', o.extraPlatforms, system === 'x86_64-linux' ? ['i686-linux'] : []),
     environment: o.environment ?? process.env,
-    buildDir: o.buildDir ?? tmpdir(),
+    buildDir: o.buildDir ?? defaultBuildDir(),
     builders: typeof o.builders === 'string' ? createRemoteBuilders(o.builders, { thisSystem: system }) : o.builders ?? [],
     hashedMirrors: strings('hashedMirrors', o.hashedMirrors, []),
     netrcFile: o.netrcFile ?? '/etc/nix/netrc',

@@ -623,7 +623,7 @@ parentPort.on('message', (m) => {
   try {
     for (; i < m.ops.length; i++) {
       const o = m.ops[i];
-      if (o.k === 'd') fs.mkdirSync(o.p, 0o755);
+      if (o.k === 'd') { fs.mkdirSync(o.p, 0o755); if (m.dirChmod) fs.chmodSync(o.p, 0o755); }
       else if (o.k === 'e') { fs.chmodSync(o.p, 0o555); fs.lutimesSync(o.p, m.now, 1); }
       else if (o.k === 'l') { fs.symlinkSync(Buffer.from(o.t.buffer, o.t.byteOffset, o.t.length), o.p); fs.lutimesSync(o.p, m.now, 1); }
       else {
@@ -652,8 +652,8 @@ interface RestoreReply { id: number; op?: number; code?: string; message?: strin
 const restoreThread = new ThreadTasks<RestoreReply>(restoreSource);
 
 /** Run the steps on the restore thread; a thread that died is reported as step -1. */
-function runRestoreOps(ops: RestoreOp[], now: number): Promise<RestoreReply> {
-  return restoreThread.run({ ops, now }).catch((e: unknown) => ({ id: 0, op: -1, message: `the restore thread failed: ${e instanceof Error ? e.message : String(e)}` }));
+function runRestoreOps(ops: RestoreOp[], now: number, dirChmod: boolean): Promise<RestoreReply> {
+  return restoreThread.run({ ops, now, dirChmod }).catch((e: unknown) => ({ id: 0, op: -1, message: `the restore thread failed: ${e instanceof Error ? e.message : String(e)}` }));
 }
 
 /** File contents for the restore thread: shared memory as is (its producer keeps it until the restore is over), else copied. */
@@ -731,9 +731,14 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
   let umask = 0o777;
   try { umask = process.umask(); } catch { /* unknown: always chmod */ }
   const needChmod = (mode: number) => (umask & mode) !== 0;
+  // A umask that takes the owner's bits away would leave a new directory unwritable by a non-root owner
+  // until its end (root writes anyway): then it gets 0755 explicitly when made.
+  const dirChmod = (umask & 0o700) !== 0;
   const canonicalPoolSink: NarSink = {
     async createDirectory(rel, relBytes) {
-      await fsOp(rel, () => cb<void>((k) => fs.mkdir(at(relBytes), 0o755, (e) => k(e))));
+      const p = at(relBytes);
+      await fsOp(rel, () => cb<void>((k) => fs.mkdir(p, 0o755, (e) => k(e))));
+      if (dirChmod) await fsOp(rel, () => cb<void>((k) => fs.chmod(p, 0o755, (e) => k(e))));
     },
     async endDirectory(rel, relBytes) {
       const p = at(relBytes);
@@ -790,7 +795,7 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
   try {
     if (opts.canonical && opts.batch) {
       const r = await parseNar(source, recordingSink);
-      const reply = await runRestoreOps(ops, now);
+      const reply = await runRestoreOps(ops, now, dirChmod);
       if (reply.op !== undefined) {
         // Step 0 makes the root: when it failed nothing is ours to remove. A dead thread (-1) may have
         // left a partial tree.

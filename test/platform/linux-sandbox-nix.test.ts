@@ -13,6 +13,7 @@ import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { defaultSystemFeatures } from '../../src/derivation/parsed-attrs.js';
 import { LinuxSandbox, type LinuxSandboxBackend } from '../../src/platform/linux-sandbox.js';
 import { busyboxTree, bwrapOk, nix, nixInstantiate, nixOk, nixRealise, tempDir } from '../helpers/nix.js';
 import { ccOk } from './sandbox-fixture.js';
@@ -52,6 +53,20 @@ if nc -w 2 127.0.0.1 $port < /dev/null > /dev/null 2>&1; then echo reachable; el
 touch suid; chmod 4755 suid 2> chmod-suid || true
 echo done
 `;
+
+/** Whether Nix (and we) count 'kvm' among this machine's features: root here may, an ordinary user not. */
+const KVM = defaultSystemFeatures().includes('kvm');
+
+/**
+ * What `id` prints in the sandbox. Root drops its supplementary groups before entering the user namespace;
+ * an ordinary user cannot, so Nix's builder sees them, mapped: the user's own group as nixbld, others unmapped.
+ */
+function expectedId(): string {
+  const head = 'uid=1000(nixbld) gid=100(nixbld)';
+  if (process.getuid!() === 0) return `${head}\n`;
+  const groups = process.getgroups!().map((g) => (g === process.getgid!() ? '100(nixbld)' : '65534(nogroup)'));
+  return `${head} groups=${groups.join(',')}\n`;
+}
 
 describe.skipIf(!nixOk())('LinuxSandbox vs Nix 2.8 sandbox: the recorded view is identical', () => {
   let dir: string;
@@ -97,13 +112,15 @@ describe.skipIf(!nixOk())('LinuxSandbox vs Nix 2.8 sandbox: the recorded view is
     const exit = await new LinuxSandbox({ backend }).run({
       drvPath: drv, builder: show.builder, args: show.args, env, buildDir, sandboxBuildDir: '/build',
       storeDir: '/nix/store', realStoreDir: path.join(root, 'nix/store'),
-      inputPaths: show.inputSrcs, outputPaths: [show.outputs.out.path], network: false,
+      inputPaths: show.inputSrcs, outputPaths: [show.outputs.out.path], network: false, kvm: KVM,
     }, { onOutput: (c) => chunks.push(c) });
     return { exit, log: Buffer.concat(chunks).toString(), ourOut: path.join(root, out) };
   }
 
   it('the Nix build recorded what we expect (sanity)', () => {
-    expect(readFileSync(path.join(nixOut, 'id'), 'utf8')).toBe('uid=1000(nixbld) gid=100(nixbld)\n');
+    expect(readFileSync(path.join(nixOut, 'id'), 'utf8')).toBe(expectedId());
+    // Nix binds /dev/kvm when 'kvm' is among its default features (/dev/kvm usable by this user).
+    expect(/ kvm$/m.test(readFileSync(path.join(nixOut, 'ls-dev'), 'utf8'))).toBe(KVM);
     expect(readFileSync(path.join(nixOut, 'hostname'), 'utf8')).toBe('localhost\n');
     expect(readFileSync(path.join(nixOut, 'host-port'), 'utf8')).toBe('unreachable\n');
   });
