@@ -4,15 +4,14 @@
  * /bin/busybox are there (always in CI), else on the unsandboxed fallback store.
  */
 import { spawnSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { tempDir } from '../helpers/nix.js';
+import { removeTreeSync, tempDir } from '../helpers/nix.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const dir = tempDir('realise-examples-');
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+afterAll(() => removeTreeSync(dir));
 
 function runExample(name: string): { status: number | null; out: string } {
   const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(ROOT, 'examples', `${name}.ts`)], {

@@ -214,7 +214,7 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expect(runNix('nix-store', ['--store', f.O, '--verify', '--check-contents']).status).toBe(0);
     expect(pathInfos(f.O)).toEqual(pathInfos(f.N));
     // --quiet hides the "checking path" lines (Nix's info level), not the errors.
-    for (const root of [f.N, f.O]) writeFileSync(root + out.a, 'corrupted\n');
+    for (const root of [f.N, f.O]) { chmodSync(root + out.a, 0o644); writeFileSync(root + out.a, 'corrupted\n'); }
     const q = await both(f.N, f.O, url, f.env, [drv.b, '--repair', '--quiet']);
     for (const run of [q.nix, q.ours]) {
       expect(run.stderr).not.toContain('checking path');

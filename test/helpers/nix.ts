@@ -3,7 +3,7 @@
  * In CI Nix is installed by .ci/run, so `requireNix()` fails loudly there instead of skipping.
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 
@@ -29,6 +29,30 @@ export function bwrapOk(): boolean {
 
 export function tempDir(prefix = 'realise-test-'): string {
   return mkdtempSync(path.join(tmpdir(), prefix));
+}
+
+/**
+ * Remove a directory that may hold store paths: their directories are read-only, which stops an ordinary
+ * user (not root) from deleting what is inside, so everything is made writable first.
+ */
+export function removeTreeSync(dir: string): void {
+  spawnSync('chmod', ['-R', 'u+w', dir], { stdio: 'ignore' });
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** Whether the tests run as root (some behaviour differs: Nix drops supplementary groups only as root). */
+export const AS_ROOT = process.getuid?.() === 0;
+
+/**
+ * What busybox `id` prints in a Nix sandbox with these ids. Root drops its supplementary groups before
+ * entering the user namespace; an ordinary user cannot (Nix 2.8 neither), so the builder sees them,
+ * mapped: the user's own group as the sandbox group, any other as nogroup.
+ */
+export function sandboxIdLine(uid = 1000, gid = 100): string {
+  const head = `uid=${uid}(nixbld) gid=${gid}(nixbld)`;
+  if (AS_ROOT) return head;
+  const groups = process.getgroups!().map((g) => (g === process.getgid!() ? `${gid}(nixbld)` : '65534(nogroup)'));
+  return `${head} groups=${groups.join(',')}`;
 }
 
 /** A builder tree for sandboxed builds: `dir/bin/busybox` (the static one, 0755) and `dir/bin/sh -> busybox`. */

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LinuxSandbox } from '../../src/platform/linux-sandbox.js';
 import type { SandboxRequest } from '../../src/platform/sandbox.js';
-import { bwrapOk } from '../helpers/nix.js';
+import { bwrapOk, sandboxIdLine } from '../helpers/nix.js';
 import { ccOk, makeFixture, storePath, type Fixture } from './sandbox-fixture.js';
 
 describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
@@ -97,9 +97,9 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper server): warm and cold build proc
       return readFileSync(fx.realPath(req.outputPaths[0]!), 'utf8');
     };
     const dflt = await run({});
-    expect(dflt.split('\n')[0]).toBe('uid=1000(nixbld) gid=100(nixbld)');
+    expect(dflt.split('\n')[0]).toBe(sandboxIdLine());
     const other = await run({ uid: 1234, gid: 567 });
-    expect(other.split('\n')[0]).toBe('uid=1234(nixbld) gid=567(nixbld)');
+    expect(other.split('\n')[0]).toBe(sandboxIdLine(1234, 567));
     const net = await run({ network: true });
     expect(Number(net.split('\n')[1])).toBeGreaterThan(Number(dflt.split('\n')[1])); // the host's interfaces, not just lo
     expect(await run({})).toBe(dflt);

@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultSystemFeatures } from '../../src/derivation/parsed-attrs.js';
 import { LinuxSandbox, type LinuxSandboxBackend } from '../../src/platform/linux-sandbox.js';
-import { busyboxTree, bwrapOk, nix, nixInstantiate, nixOk, nixRealise, tempDir } from '../helpers/nix.js';
+import { busyboxTree, bwrapOk, nix, nixInstantiate, nixOk, nixRealise, sandboxIdLine, tempDir } from '../helpers/nix.js';
 import { ccOk } from './sandbox-fixture.js';
 
 const RECORD = String.raw`
@@ -56,17 +56,6 @@ echo done
 
 /** Whether Nix (and we) count 'kvm' among this machine's features: root here may, an ordinary user not. */
 const KVM = defaultSystemFeatures().includes('kvm');
-
-/**
- * What `id` prints in the sandbox. Root drops its supplementary groups before entering the user namespace;
- * an ordinary user cannot, so Nix's builder sees them, mapped: the user's own group as nixbld, others unmapped.
- */
-function expectedId(): string {
-  const head = 'uid=1000(nixbld) gid=100(nixbld)';
-  if (process.getuid!() === 0) return `${head}\n`;
-  const groups = process.getgroups!().map((g) => (g === process.getgid!() ? '100(nixbld)' : '65534(nogroup)'));
-  return `${head} groups=${groups.join(',')}\n`;
-}
 
 describe.skipIf(!nixOk())('LinuxSandbox vs Nix 2.8 sandbox: the recorded view is identical', () => {
   let dir: string;
@@ -118,7 +107,7 @@ describe.skipIf(!nixOk())('LinuxSandbox vs Nix 2.8 sandbox: the recorded view is
   }
 
   it('the Nix build recorded what we expect (sanity)', () => {
-    expect(readFileSync(path.join(nixOut, 'id'), 'utf8')).toBe(expectedId());
+    expect(readFileSync(path.join(nixOut, 'id'), 'utf8')).toBe(`${sandboxIdLine()}\n`);
     // Nix binds /dev/kvm when 'kvm' is among its default features (/dev/kvm usable by this user).
     expect(/ kvm$/m.test(readFileSync(path.join(nixOut, 'ls-dev'), 'utf8'))).toBe(KVM);
     expect(readFileSync(path.join(nixOut, 'hostname'), 'utf8')).toBe('localhost\n');

@@ -6,7 +6,7 @@ import { nixSeccompFilter } from '../../src/platform/seccomp.js';
 import { chooseSandbox, sandboxAvailable } from '../../src/platform/probe.js';
 import { NoSandbox } from '../../src/platform/no-sandbox.js';
 import { LinuxSandbox } from '../../src/platform/linux-sandbox.js';
-import { bwrapOk } from '../helpers/nix.js';
+import { bwrapOk, tempDir } from '../helpers/nix.js';
 import { ccOk } from './sandbox-fixture.js';
 
 const base = { noChroot: false, impure: false, storeDir: '/nix/store', realStoreDir: '/nix/store', drvPath: '/nix/store/x-a.drv' };
@@ -111,7 +111,7 @@ describe.skipIf(!bwrapOk() || !ccOk())('availability and choice', () => {
     expect(await chooseSandbox({ mode: false })).toBeInstanceOf(NoSandbox);
     expect(await chooseSandbox({ mode: true })).toBeInstanceOf(LinuxSandbox);
     const warnings: string[] = [];
-    const broken = { backend: 'helper' as const, helper: { cc: '/nonexistent/cc', cacheDir: '/tmp/realise-no-helper-here' } };
+    const broken = { backend: 'helper' as const, helper: { cc: '/nonexistent/cc', cacheDir: path.join(tempDir(), 'no-helper-here') } };
     expect(await chooseSandbox({ ...broken, mode: true, warn: (m) => warnings.push(m) })).toBeInstanceOf(NoSandbox);
     expect(warnings[0]).toMatch(/^warning: sandboxing is not available \(.*\/nonexistent\/cc.*\); building without a sandbox$/);
     await expect(chooseSandbox({ ...broken, mode: true, fallback: false })).rejects.toMatchObject({ code: 'sandbox-unavailable' });

@@ -36,7 +36,7 @@ describe.skipIf(!nixOk())('substitution from a cache real Nix wrote', () => {
     expect(r.status, r.stderr).toBe(0);
     top = r.stdout.trim();
     dep = nix('nix-store', ['--store', R1, '-q', '--references', top]);
-    nix('nix-store', ['--generate-binary-cache-key', 'test-cache-1', path.join(dir, 'sk'), path.join(dir, 'pk')]);
+    nix('nix-store', ['--store', R1, '--generate-binary-cache-key', 'test-cache-1', path.join(dir, 'sk'), path.join(dir, 'pk')]);
     publicKey = nix('cat', [path.join(dir, 'pk')]);
     cache = path.join(dir, 'cache');
     nix('nix', ['copy', '--store', R1, '--to', `file://${cache}?secret-key=${path.join(dir, 'sk')}`, top]);

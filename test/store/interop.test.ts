@@ -6,10 +6,10 @@
  *    gives the same answers, including the bzip2-compressed build log.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chmodSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, readdirSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import { execFileSync, nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { execFileSync, nix, nixEnv, nixOk, removeTreeSync, runNix, tempDir } from '../helpers/nix.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import { Hash } from '../../src/store/hash.js';
 import { collect, dumpPath, hashPath, streamOf } from '../../src/store/nar.js';
@@ -97,7 +97,7 @@ describe.skipIf(!nixOk())('interop with real Nix 2.8', () => {
   }, 120_000);
 
   afterAll(() => {
-    if (work) rmSync(work, { recursive: true, force: true });
+    if (work) removeTreeSync(work);
   });
 
   it('our database schema is statement for statement the one Nix 2.8 creates', async () => {

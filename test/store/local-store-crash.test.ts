@@ -5,13 +5,13 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isStoreTempDirName, LocalStore } from '../../src/store/local-store.js';
 import { hashPath } from '../../src/store/nar.js';
-import { nixOk, runNix } from '../helpers/nix.js';
+import { nixOk, removeTreeSync, runNix } from '../helpers/nix.js';
 import { makeTreeNar } from './conformance.js';
 import { streamOf } from '../../src/store/nar.js';
 
@@ -22,7 +22,7 @@ function tmp(): string {
   dirs.push(d);
   return d;
 }
-afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+afterAll(() => { for (const d of dirs) removeTreeSync(d); });
 
 function startChild(root: string, mode: string): { child: ChildProcess; lines: string[]; waitFor(pred: (l: string) => boolean): Promise<string> } {
   const child = spawn(process.execPath, ['--import', 'tsx', CHILD, root, mode], { stdio: ['ignore', 'pipe', 'pipe'] });

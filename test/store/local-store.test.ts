@@ -1,10 +1,11 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { isStoreTempDirName, LocalStore, defaultStoreRoot, resolveLayout } from '../../src/store/local-store.js';
 import { storeConformance } from './conformance.js';
+import { removeTreeSync } from '../helpers/nix.js';
 
 const dirs: string[] = [];
 function tmp(prefix = 'realise-ls-'): string {
@@ -12,7 +13,7 @@ function tmp(prefix = 'realise-ls-'): string {
   dirs.push(d);
   return d;
 }
-afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+afterAll(() => { for (const d of dirs) removeTreeSync(d); });
 
 storeConformance('LocalStore (chroot)', async () => LocalStore.open({ root: tmp() }));
 storeConformance('LocalStore (plain)', async () => {
