@@ -12,6 +12,7 @@ import { Hash } from '../store/hash.js';
 import type { PathLocks } from '../store/store-api.js';
 import { makeStorePath, outputPathName, storePathBase, storePathHashPart, storePathName, hashPlaceholder, toStorePath, type StorePath } from '../store/store-path.js';
 import type { Sandbox, SandboxExit } from '../platform/sandbox.js';
+import { buildDirRegistry } from '../platform/build-dirs.js';
 import { runPostBuildHook } from '../platform/post-build-hook.js';
 import { checkImpureHostDeps, parseSandboxPaths, type SandboxPath } from '../platform/sandbox-config.js';
 import { canBuildHere, getStringsAttr, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
@@ -72,6 +73,7 @@ async function removeBuildDir(dir: BuildDir): Promise<void> {
 /** After a build: remove its build dir, or keep it (a failed build with keepFailed) opened up to 0755, as Nix does. */
 async function keepOrRemoveBuildDir(dir: BuildDir, keep: boolean): Promise<void> {
   await (keep ? fsp.chmod(dir.top, 0o755) : removeBuildDir(dir)).catch(() => {});
+  buildDirRegistry().delete(dir.top);
 }
 
 /** Read once: process.umask() with no argument is a read-and-restore, not something to do per build. */
@@ -347,7 +349,10 @@ interface BuildDir {
 /** The build directory, and what the sandbox needs besides; an error here is thrown out of the build. */
 async function prepareBuildDir(w: Worker, view: DrvView, isolated: boolean): Promise<BuildDir> {
   const { options } = w.ctx;
+  // Build directories a killed process left behind go first; this one is recorded until it is gone.
+  await buildDirRegistry().sweep(w.ctx.store);
   const top = await createBuildDir(options.buildDir, `nix-build-${view.name}.drv`);
+  buildDirRegistry().add(top);
   let dir: BuildDir = { top, dir: top, inSandbox: top, extraPaths: undefined };
   try {
     if (isolated) {

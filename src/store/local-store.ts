@@ -20,7 +20,7 @@ import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree, inheritsXattrs, movePathSync } from './canonicalise.js';
 import { asStoreWriteError, InvalidStorePathError, StoreError } from './errors.js';
 import { Hash, HashSink, isNixBase32, toNixBase32 } from './hash.js';
-import { HeldLocks, type LockWaitOptions, lockPlainFile, lockStorePaths, tryFlockFd, tryLockStorePaths } from './locks.js';
+import { HeldLocks, type LockWaitOptions, lockPlainFile, lockStorePaths, removeStaleLockFile, tryFlockFd, tryLockStorePaths } from './locks.js';
 import { dumpPath, hashNar, narOfRegularFile, restorePath, streamOf } from './nar.js';
 import { BUSY_TIMEOUT_MS, NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA_STATEMENTS, WAL_AUTOCHECKPOINT } from './schema.js';
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from './store-api.js';
@@ -70,6 +70,22 @@ async function mkdirs(dir: string, mode: number): Promise<void> {
   }
   for (const d of missing.reverse()) {
     try { await fsp.mkdir(d, { mode }); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e; }
+  }
+}
+
+/** `<hash>-<name>.lock`: a store path's lock file. */
+const STORE_LOCK_FILE = /^[0-9a-df-np-sv-z]{32}-[^/]+\.lock$/;
+/** realise's sandbox debris in the store directory, with the pid of the process that made it. */
+const DEBRIS_OF_PID = /^(?:\.realise-chroot-(\d+)-[a-z0-9]+|.+\.chroot\.trash-(\d+)-[a-z0-9]+)$/;
+
+/** Whether a process with this pid exists (in our pid namespace); EPERM means it does, as another user's. */
+function processAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== 'ESRCH';
   }
 }
 
@@ -339,7 +355,7 @@ export class LocalStore implements Store {
       const store = new LocalStore(layout, db, releaseBigLock);
       if (opts.compressBuildLog === false) store.compressBuildLog = false;
       if (opts.ignoredAcls) store.ignoredAcls = [...opts.ignoredAcls];
-      await store.removeStaleTempDirs();
+      await store.removeCrashDebris();
       return store;
     } catch (e) {
       db?.close();
@@ -669,11 +685,41 @@ export class LocalStore implements Store {
     return { dir, fd };
   }
 
-  /** Remove writers' temporary directories (isStoreTempDirName) whose writer is gone (its flock is free). */
-  async removeStaleTempDirs(): Promise<string[]> {
-    const removed: string[] = [];
+  /**
+   * What crashed processes (kill -9) leave in the store directory, removed when a store is opened: writers'
+   * temporary directories whose writer is gone (their flock is free), lock files nobody holds (`<path>.lock`), and
+   * realise's sandbox debris of processes that no longer exist: chroot skeletons
+   * (`.realise-chroot-<pid>-*`) and chroots set aside for deletion (`<drv>.chroot.trash-<pid>-*`).
+   * Returns what was removed.
+   */
+  async removeCrashDebris(): Promise<string[]> {
     let names: string[];
-    try { names = await fsp.readdir(this.realStoreDir); } catch { return removed; }
+    try { names = await fsp.readdir(this.realStoreDir); } catch { return []; }
+    const removed = await this.removeStaleTempDirs(names);
+    for (const name of names) {
+      const p = path.join(this.realStoreDir, name);
+      const isLock = STORE_LOCK_FILE.test(name);
+      const m = isLock ? null : DEBRIS_OF_PID.exec(name);
+      const pid = m?.[1] ?? m?.[2];
+      if (!isLock && (pid === undefined || processAlive(Number(pid)))) continue;
+      // A store path may have such a name too (`<hash>-yarn.lock`, `<hash>-x.drv.chroot.trash-1-a`): never one that is valid.
+      if (this.queryValidPathsSync([path.posix.join(this.storeDir, name)]).size > 0) continue;
+      if (isLock) {
+        // (Not an output being built under that name: that one has a lock file of its own.)
+        if (!existsNow(`${p}.lock`) && removeStaleLockFile(p)) removed.push(p);
+        continue;
+      }
+      await deleteTree(p).catch(() => {});
+      removed.push(p);
+    }
+    return removed;
+  }
+
+  /** Remove writers' temporary directories (isStoreTempDirName) whose writer is gone (its flock is free). */
+  async removeStaleTempDirs(listing?: readonly string[]): Promise<string[]> {
+    const removed: string[] = [];
+    let names: readonly string[];
+    try { names = listing ?? await fsp.readdir(this.realStoreDir); } catch { return removed; }
     for (const name of names) {
       if (!isStoreTempDirName(name)) continue;
       const dir = path.join(this.realStoreDir, name);

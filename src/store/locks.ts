@@ -161,6 +161,32 @@ function unlockFile(lockPath: string, fd: number, deleteFile: boolean): void {
   }
 }
 
+/**
+ * Delete `lockPath` if nobody holds it (a holder that died leaves its lock file behind), with the same
+ * protocol as a release: unlink, then "d" into the file, so that a process that opened it meanwhile
+ * starts over with a fresh one. True when it was deleted.
+ */
+export function removeStaleLockFile(lockPath: string): boolean {
+  if (inProcess.has(lockPath)) return false;
+  let fd: number;
+  try { fd = openSync(lockPath, FS.O_RDWR | FS.O_NOFOLLOW); } catch { return false; }
+  let ours = false;
+  try {
+    ours = tryFlock(fd, lockPath);
+    if (ours) {
+      // Only the inode the name still points at (and not one already deleted by its holder).
+      const st = fstatSync(fd);
+      const now = statSync(lockPath, { throwIfNoEntry: false });
+      ours = st.size === 0 && st.isFile() && now !== undefined && now.ino === st.ino && now.dev === st.dev;
+    }
+  } catch {
+    ours = false;
+  }
+  if (!ours) { closeSync(fd); return false; }
+  unlockFile(lockPath, fd, true);
+  return true;
+}
+
 /** A set of held path locks. `release()` is idempotent. */
 export class HeldLocks {
   private held: Array<{ lockPath: string; fd: number }>;

@@ -3,7 +3,7 @@
  * builder try one way of leaving privileges, host access or debris behind, with a small static C probe
  * (test/fixtures/platform/hostile-probe.c) compiled here, and fails if it gets through.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,6 +18,7 @@ import { busyboxOk, SANDBOX_PATHS } from '../scheduler/helpers.js';
 import { LinuxSandbox, type LinuxSandboxBackend } from '../../src/platform/linux-sandbox.js';
 import { ccOk, makeFixture } from './sandbox-fixture.js';
 
+const CRASH_CHILD = path.resolve(path.dirname(fileURLToPath(import.meta.url)), 'crash-debris-child.ts');
 const PROBE_SOURCE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/platform/hostile-probe.c');
 const system = 'x86_64-linux';
 
@@ -147,6 +148,38 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
     // The builder's own view is Nix 2.8's.
     expect(readFileSync(store.toRealPath(String(d.out)), 'utf8')).toBe('/build /build /build\n');
     expect(readdirSync(base)).toEqual([]);
+  });
+
+  it('a build killed with -9 leaves no debris: swept when the store is opened and when a build starts', async () => {
+    const base = path.join(dir, 'tmp-crash');
+    mkdirSync(base, { recursive: true });
+    const d = await derivation(store, { name: 'killed', system, builder: '/bin/sh', args: ['-c', 'echo started; sleep 60; echo late > $out'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', CRASH_CHILD, path.join(dir, 'root'), base, d.drvPath], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve, reject) => {
+      child.stdout!.on('data', (c: Buffer) => { if (c.toString().includes('BUILDING')) resolve(); });
+      child.once('exit', (code) => reject(new Error(`the child exited (${code}) before building`)));
+    });
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    // (Skeletons of this process's own engines are alive, and stay.)
+    const storeDebris = () => readdirSync(store.realStoreDir).filter((n) => n.startsWith(`.realise-chroot-${child.pid}-`) || n.includes('.chroot') || n.endsWith('.lock'));
+    // What the killed process left: its chroot and pooled skeletons, the output's lock file, its build dir.
+    expect(storeDebris().some((n) => n.startsWith('.realise-chroot-'))).toBe(true);
+    expect(storeDebris().some((n) => n.endsWith('-killed.lock'))).toBe(true);
+    expect(readdirSync(base).filter((n) => n.startsWith('nix-build-killed.drv-'))).toHaveLength(1);
+
+    const reopened = await LocalStore.open({ root: path.join(dir, 'root') });
+    try {
+      // The stale <drv>.chroot itself goes when the derivation is built next (as Nix deletes it then).
+      expect(storeDebris().filter((n) => !n.endsWith('.chroot'))).toEqual([]);
+      const quick = await derivation(reopened, { name: 'after-crash', system, builder: '/bin/sh', args: ['-c', 'echo ok > $out'] });
+      const e = new BuildEngine({ store: reopened, sandbox: true, sandboxPaths: SANDBOX_PATHS, buildDir: base });
+      engines.push(e);
+      await e.buildPaths([quick.drvPath]);
+      expect(readdirSync(base)).toEqual([]);
+    } finally {
+      await reopened.close();
+    }
   });
 
   it('a single-file output loses its extended attributes too', async () => {
