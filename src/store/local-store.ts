@@ -76,7 +76,7 @@ async function mkdirs(dir: string, mode: number): Promise<void> {
 /** `<hash>-<name>.lock`: a store path's lock file. */
 const STORE_LOCK_FILE = /^[0-9a-df-np-sv-z]{32}-[^/]+\.lock$/;
 /** realise's sandbox debris in the store directory, with the pid of the process that made it. */
-const DEBRIS_OF_PID = /^(?:\.realise-chroot-(\d+)-[a-z0-9]+|.+\.chroot\.trash-(\d+)-[a-z0-9]+)$/;
+const DEBRIS_OF_PID = /^(?:[0-9a-df-np-sv-z]{32}-realise-chroot-(\d+)-[a-z0-9]+|.+\.chroot\.trash-(\d+)-[a-z0-9]+)$/;
 
 /** Whether a process with this pid exists (in our pid namespace); EPERM means it does, as another user's. */
 function processAlive(pid: number): boolean {
@@ -689,7 +689,7 @@ export class LocalStore implements Store {
    * What crashed processes (kill -9) leave in the store directory, removed when a store is opened: writers'
    * temporary directories whose writer is gone (their flock is free), lock files nobody holds (`<path>.lock`), and
    * realise's sandbox debris of processes that no longer exist: chroot skeletons
-   * (`.realise-chroot-<pid>-*`) and chroots set aside for deletion (`<drv>.chroot.trash-<pid>-*`).
+   * (`<hash>-realise-chroot-<pid>-*`) and chroots set aside for deletion (`<drv>.chroot.trash-<pid>-*`).
    * Returns what was removed.
    */
   async removeCrashDebris(): Promise<string[]> {
