@@ -5,7 +5,8 @@
 export { BuildEngine, parseTarget, type BuildPathsOptions } from './scheduler/build-engine.js';
 export type { BuildEngineOptions, SandboxMode } from './scheduler/options.js';
 export type { BuildEngineEvents, BuildEngineEventName, EventPayloads, Stamped, Progress, ProgressCounters, GoalKind } from './scheduler/events.js';
-export { exitStatusOf, isSuccess, stoppedResult, type BuildResult, type BuildStatus, type BuildTarget, type TargetResult } from './scheduler/results.js';
+export { exitStatusOf, isSuccess, keptBuildDirNote, stoppedResult, withLogTail, type BuildResult, type BuildStatus, type BuildTarget, type FailureDetails, type TargetResult } from './scheduler/results.js';
+export { goalKey } from './scheduler/paths.js';
 export { BuildFailedError, BuildSetupError, BuildCancelledError, OptionsError } from './scheduler/errors.js';
 export type { MissingInfo } from './scheduler/query-missing.js';
 export type { BuildMode } from './scheduler/worker.js';

@@ -3,7 +3,7 @@
  * fetched" summary (printMissing), error messages (continuation lines indented under `error: `), and the
  * closing summary of failed targets (Store::buildPaths: one error, or "build of '…', '…' failed").
  */
-import { exitStatusOf, isSuccess, type BuildResult, type MissingInfo, type Store, type TargetResult } from '../index.js';
+import { exitStatusOf, goalKey, isSuccess, keptBuildDirNote, withLogTail, type BuildResult, type MissingInfo, type Store, type TargetResult } from '../index.js';
 
 const INDENT = ' '.repeat('error: '.length);
 
@@ -55,14 +55,12 @@ export function filterLogMessage(message: string | Buffer, terminal: boolean): B
   return Buffer.from(t, 'latin1');
 }
 
-/** The message without the API's trailing `hint:` lines (the CLI prints Nix's words only). */
-export function withoutHint(message: string): string {
-  return message.replace(/(\n {2}hint: [^\n]*)+$/, '');
-}
-
-/** `error: MESSAGE` with Nix's indentation of the following lines (empty ones stay empty), trailing white space dropped (Nix's chomp). */
+/**
+ * `error: MESSAGE` with Nix's indentation of the following lines (empty ones stay empty), trailing white
+ * space dropped (Nix's chomp). MESSAGE is in Nix's words: an error's `shortMessage`, without our hint.
+ */
 export function formatError(message: string): string {
-  return `error: ${withoutHint(message).replace(/\s+$/, '').replace(/\n(?!\n|$)/g, '\n' + INDENT)}\n`;
+  return `error: ${message.replace(/\s+$/, '').replace(/\n(?!\n|$)/g, '\n' + INDENT)}\n`;
 }
 
 /** glibc's strerror() where libuv's description differs from it by more than the first letter's case. */
@@ -97,18 +95,18 @@ export function systemErrorMessage(e: unknown): string | undefined {
 
 /** `warning: MESSAGE`, as Nix prints it. */
 export function formatWarning(message: string): string {
-  return `warning: ${withoutHint(message).replace(/\n(?!\n|$)/g, '\n' + INDENT)}\n`;
+  return `warning: ${message.replace(/\n(?!\n|$)/g, '\n' + INDENT)}\n`;
 }
 
-/** A builder failure with `--keep-failed` ends with Nix's separate "note: keeping build directory" line. */
-export function splitNote(message: string): { message: string; note?: string } {
-  const m = /\n(note: keeping build directory '[^\n]*')$/.exec(message);
-  return m ? { message: message.slice(0, m.index), note: m[1]! } : { message };
-}
-
-/** The part of a builder failure that repeats the log's last lines; dropped when the log was shown as it came. */
-export function withoutLogTail(message: string): string {
-  return message.replace(/;\nlast \d+ log lines:\n[\s\S]*$/, '');
+/**
+ * A failed result as Nix prints it: the kept build directory's note (a line of its own, before the
+ * error) and the error, with the log tail under it only when the log was not shown as it came (`showTail`).
+ */
+export function failureLines(r: TargetResult | { path: string; result: BuildResult }, showTail: boolean): { message: string; note?: string } {
+  const d = r.result.failure;
+  if (!d) return { message: r.result.errorMsg ?? `build of '${r.path}' failed` };
+  const message = showTail ? withLogTail(d.message, d.logTail) : d.message;
+  return d.keptBuildDir === undefined ? { message } : { message, note: keptBuildDirNote(d.keptBuildDir) };
 }
 
 const byString = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
@@ -158,9 +156,8 @@ export async function missingLines(store: Store, m: MissingInfo): Promise<string
 }
 
 /** Nix's goal order (Goals is a set ordered by key): substitutions, then derivations, each by name then path. */
-function goalKey(r: TargetResult): string {
-  const base = r.path.slice(r.path.lastIndexOf('/') + 1);
-  return `${'path' in r.target ? 'a' : 'b'}$${base.slice(33)}$${r.path}`;
+function targetKey(r: TargetResult): string {
+  return goalKey('path' in r.target ? 'substitution' : 'derivation', r.path);
 }
 
 export interface FailureSummary {
@@ -180,18 +177,17 @@ export interface FailureSummary {
 export function summariseFailures(results: readonly TargetResult[], allFailed: readonly BuildResult[], showTail: boolean): FailureSummary | undefined {
   const tops = new Map<string, TargetResult>();
   for (const r of results) if (!tops.has(r.path) || !isSuccess(r.result.status)) tops.set(r.path, r);
-  const failedTops = [...tops.values()].filter((r) => !isSuccess(r.result.status)).sort((a, b) => byString(goalKey(a), goalKey(b)));
+  const failedTops = [...tops.values()].filter((r) => !isSuccess(r.result.status)).sort((a, b) => byString(targetKey(a), targetKey(b)));
   if (failedTops.length === 0) return undefined;
   const messages: string[] = [];
   const notes: string[] = [];
   let first: string | undefined;
   for (const r of failedTops) {
     if ('path' in r.target || r.result.status === 'stopped' || !r.result.errorMsg) continue;
-    const { message, note } = splitNote(r.result.errorMsg);
+    const { message, note } = failureLines(r, showTail);
     if (note) notes.push(note);
-    const msg = showTail ? message : withoutLogTail(message);
-    if (first === undefined) first = msg;
-    else messages.push(msg);
+    if (first === undefined) first = message;
+    else messages.push(message);
   }
   if (failedTops.length === 1 && first !== undefined) {
     messages.push(first);

@@ -9,7 +9,7 @@ import { cpus } from 'node:os';
 import * as path from 'node:path';
 import {
   BinaryCacheSubstituter, SubstituterError, BuildEngine, BuildFailedError, BuildSetupError, RealiseError, copyToBinaryCache, openStore, LocalStore,
-  defaultSystemFeatures, derivationOutputsAndPaths, isCompression, isSuccess, readDerivationFromStore, toNixBase32, NixJsonLog, recordTrace, renderReport,
+  defaultSystemFeatures, derivationOutputsAndPaths, isCompression, isSuccess, keptBuildDirNote, readDerivationFromStore, toNixBase32, NixJsonLog, recordTrace, renderReport,
   type BuildEngineOptions, type TraceFile, type BuildResult, type BuildTarget, type PathInfo, type Store, type TargetResult,
 } from '../index.js';
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
@@ -17,7 +17,7 @@ import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
 import { ProgressDisplay } from './progress.js';
 import { asActivity, LOG_FORMATS, makeDisplay, openJsonSink, type Display, type LogFormat } from './log-format.js';
 import { applyNixConf, readNixConf } from './nix-conf.js';
-import { dependenciesFirst, filterLogMessage, formatError, formatWarning, missingLines, splitNote, summariseFailures, systemErrorMessage, withoutLogTail } from './report.js';
+import { dependenciesFirst, failureLines, filterLogMessage, formatError, formatWarning, missingLines, summariseFailures, systemErrorMessage } from './report.js';
 
 const USAGE = `usage: realise COMMAND [FLAGS] ARGS
 
@@ -144,6 +144,13 @@ function writeStderr(message: string): void {
   if (!messageLogs.stderrJson) process.stderr.write(filterLogMessage(message, !!process.stderr.isTTY));
 }
 
+/** A failed build on stderr as Nix prints it: the kept build directory's note, then the error. */
+function writeFailure(f: TargetResult, showTail: boolean): void {
+  const { message, note } = failureLines(f, showTail);
+  if (note) writeStderr(note + '\n');
+  writeStderr(formatError(message));
+}
+
 /** A warning on stderr in Nix's form (`warning: …`), filtered as every message. */
 function warnStderr(message: string): void {
   writeStderr(formatWarning(message));
@@ -258,9 +265,9 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     failed.push(e.result);
     if (e.kind === 'derivation' && !topDrvs.has(e.path) && e.result.errorMsg) {
       printed.add(e.result.errorMsg);
-      const { message, note } = splitNote(e.result.errorMsg);
+      const { message, note } = failureLines(e, !display.showsLogs);
       if (note) display.line(note);
-      display.line(formatError(display.showsLogs ? withoutLogTail(message) : message).trimEnd());
+      display.line(formatError(message).trimEnd());
     }
   });
   const ac = new AbortController();
@@ -373,7 +380,7 @@ async function repair(args: CliArgs, store: Store): Promise<number> {
           throw new CliError(`cannot repair path '${p}'`);
         }
         if (e instanceof BuildFailedError) {
-          for (const f of e.failures) writeStderr(formatError(display.showsLogs ? withoutLogTail(f.result.errorMsg ?? `build of '${f.path}' failed`) : f.result.errorMsg ?? `build of '${f.path}' failed`));
+          for (const f of e.failures) writeFailure(f, !display.showsLogs);
           return e.exitStatus;
         }
         throw e;
@@ -607,7 +614,7 @@ async function mainInner(argv: string[]): Promise<number> {
     return await run(argv);
   } catch (e) {
     if (e instanceof BuildFailedError) {
-      for (const f of e.failures) writeStderr(formatError(f.result.errorMsg ?? `build of '${f.path}' failed`));
+      for (const f of e.failures) writeFailure(f, true);
       return e.exitStatus;
     }
     if (e instanceof UsageError) {
@@ -616,15 +623,13 @@ async function mainInner(argv: string[]): Promise<number> {
     }
     // Nix's words only: a RealiseError's hint stays in the API's message. A setup error with keepFailed
     // ends with Nix's "note: keeping build directory" line, which Nix prints before the error.
-    if (e instanceof RealiseError) {
-      const { message, note } = splitNote(e.shortMessage);
-      if (note) writeStderr(note + '\n');
-      writeStderr(formatError(message));
+    if (e instanceof BuildSetupError) {
+      if (e.keptBuildDir !== undefined) writeStderr(keptBuildDirNote(e.keptBuildDir) + '\n');
+      writeStderr(formatError(e.reason));
       // Nix's error trace: shown with --show-trace (after an empty line, as "… WHERE"), else pointed at.
-      if (e instanceof BuildSetupError && e.trace) {
-        writeStderr(showTrace ? `\n       \u2026 ${e.trace}\n` : "(use '--show-trace' to show detailed location information)\n");
-      }
-    } else if (e instanceof CliError) writeStderr(formatError(e.message));
+      if (e.trace) writeStderr(showTrace ? `\n       \u2026 ${e.trace}\n` : "(use '--show-trace' to show detailed location information)\n");
+    } else if (e instanceof RealiseError) writeStderr(formatError(e.shortMessage));
+    else if (e instanceof CliError) writeStderr(formatError(e.message));
     else {
       // A failed system call is the user's to fix (a missing file, a permission): Nix's words, no trace.
       // Anything else is unexpected: its message, and the stack with --show-trace.

@@ -1,6 +1,6 @@
 import { RealiseError } from '../store/errors.js';
 import type { BuildResult, TargetResult } from './results.js';
-import { exitStatusOf } from './results.js';
+import { exitStatusOf, keptBuildDirNote } from './results.js';
 
 /** Invalid BuildEngine options. */
 export class OptionsError extends RealiseError {
@@ -36,11 +36,25 @@ export class BuildSetupError extends RealiseError {
    * runs, and its CLI then prints "(use '--show-trace' …)" or, with --show-trace, the trace).
    */
   readonly trace: string | undefined;
+  /** The error alone: `shortMessage` without the kept build directory's note. */
+  readonly reason: string;
+  /** The build directory kept for inspection (keepFailed); Nix prints its note before the error. */
+  readonly keptBuildDir: string | undefined;
 
-  constructor(message: string, options: { hint?: string; cause?: unknown; trace?: string } = {}) {
-    super('build-setup', message, options);
+  constructor(message: string, options: { hint?: string | undefined; cause?: unknown; trace?: string; keptBuildDir?: string | undefined } = {}) {
+    super('build-setup', options.keptBuildDir === undefined ? message : `${message}\n${keptBuildDirNote(options.keptBuildDir)}`, options);
     this.trace = options.trace;
+    this.reason = message;
+    this.keptBuildDir = options.keptBuildDir;
   }
+}
+
+/**
+ * Thrown inside a goal's steps when the call is stopped (internal: never escapes the worker, which turns
+ * it into a `stopped` result).
+ */
+export class GoalStopped extends Error {
+  constructor() { super('stopped'); }
 }
 
 /** The call was cancelled with its AbortSignal. */

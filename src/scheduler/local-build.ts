@@ -16,7 +16,7 @@ import { buildDirRegistry } from '../platform/build-dirs.js';
 import { runPostBuildHook } from '../platform/post-build-hook.js';
 import { checkImpureHostDeps, parseSandboxPaths, type SandboxPath } from '../platform/sandbox-config.js';
 import { canBuildHere, getStringsAttr, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
-import { BuildSetupError } from './errors.js';
+import { BuildSetupError, GoalStopped } from './errors.js';
 import { encodeError } from '../remote/wire.js';
 import { exportReferencesGraph } from './export-references.js';
 import { LogCollector } from './log-collector.js';
@@ -24,11 +24,10 @@ import { describeSignal } from '../platform/signals.js';
 import { slotGate } from './slot-gate.js';
 import { registerOutputs, type RoundOutputs } from './register-outputs.js';
 import { OutputRejected } from './rejected.js';
-import { failure, success, type BuildResult, type BuildStatus } from './results.js';
+import { failure, success, type BuildResult, type BuildStatus, type FailureDetails } from './results.js';
 import type { BuildMode, Worker } from './worker.js';
 import type { RunningCount } from './events.js';
 import type { ResolvedOptions } from './options.js';
-import { GoalStopped } from './worker.js';
 
 export interface LocalBuildPlan {
   readonly mode: BuildMode;
@@ -418,18 +417,22 @@ class LocalRound {
 
   /**
    * With keepFailed Nix keeps the build directory of every failed build (a sandbox that could not be set
-   * up, timeouts, the log limit, rejected inputs and outputs too) and says so.
+   * up, timeouts, the log limit, rejected inputs and outputs too) and says so: the directory kept, if any.
    */
-  keepNote(): string {
+  keptBuildDir(): string | undefined {
     this.keepBuildDir = this.w.ctx.options.keepFailed;
-    return keptBuildDirNote(this.keepBuildDir ? this.dir.top : undefined);
+    return this.keepBuildDir ? this.dir.top : undefined;
   }
 
-  /** A failed round: counted as a failed build, the outputs it left removed (or those in `keep` kept). */
-  async fail(status: BuildStatus, message: string, extra: Partial<BuildResult> = {}, keep?: ReadonlySet<StorePath>): Promise<FailedRound> {
+  /**
+   * A failed round: counted as a failed build, its build directory kept with keepFailed, the outputs it
+   * left removed (or those in `keep` kept).
+   */
+  async fail(status: BuildStatus, why: Omit<FailureDetails, 'keptBuildDir'>, extra: Partial<BuildResult> = {}, keep?: ReadonlySet<StorePath>): Promise<FailedRound> {
     this.running.end(false);
+    const details: FailureDetails = { ...why, keptBuildDir: this.keptBuildDir() };
     await cleanupScratch(this.w, this.outs.scratch, keep);
-    return { kind: 'failed', result: failure(status, message, { ...this.times(), ...extra }) };
+    return { kind: 'failed', result: failure(status, details, { ...this.times(), ...extra }) };
   }
 
   /**
@@ -446,7 +449,7 @@ class LocalRound {
     } catch (e) {
       if (!(e instanceof OutputRejected)) throw e;
       w.noteFailure(view.drvPath);
-      return this.fail(e.status, e.message + this.keepNote());
+      return this.fail(e.status, { message: e.message });
     }
     const { env, files } = makeBuildEnv({
       drvEnv: view.env,
@@ -552,22 +555,18 @@ class LocalRound {
     if (run.setupError !== undefined) {
       this.running.end(false);
       await cleanupScratch(w, this.outs.scratch, new Set());
-      throw new BuildSetupError(run.setupError + this.keepNote(), { hint: 'check the sandbox paths and the pre-build hook', trace: 'while setting up the build environment' });
+      throw new BuildSetupError(run.setupError, { hint: 'check the sandbox paths and the pre-build hook', trace: 'while setting up the build environment', keptBuildDir: this.keptBuildDir() });
     }
-    if (run.limit) return this.fail(run.limit.status, run.limit.message + this.keepNote());
+    if (run.limit) return this.fail(run.limit.status, { message: run.limit.message });
     if (exit.kind === 'exited' && exit.code === 0) return undefined;
     // Nix moves a failed sandboxed build's outputs out of the chroot to their logical path, with or
     // without keepFailed: in a plain store they stay there (invalid); a chroot store never gets them.
     const keep = !this.sandbox.isolated ? undefined : store.storeDir === store.realStoreDir && plan.mode === 'normal'
       ? new Set([...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p))
       : new Set<StorePath>();
-    let msg = `builder for '${view.drvPath}' ${statusText(exit)}`;
-    const tail = this.log.tail();
-    if (tail.length > 0) {
-      msg += `;\nlast ${tail.length} log lines:\n${tail.map((l) => `> ${l}\n`).join('')}For full logs, run 'nix log ${view.drvPath}'.`;
-    }
+    const message = `builder for '${view.drvPath}' ${statusText(exit)}`;
     // As Nix: a failed fixed-output build (not a sandboxed kind of derivation) is a transient failure.
-    return this.fail(view.isFixedOutput ? 'transient-failure' : 'permanent-failure', msg + this.keepNote(), {}, keep);
+    return this.fail(view.isFixedOutput ? 'transient-failure' : 'permanent-failure', { message, logTail: { drvPath: view.drvPath, lines: this.log.tail() } }, {}, keep);
   }
 
   /** The builder succeeded: register its outputs, run the post-build hook, count the build as done. */
@@ -588,7 +587,7 @@ class LocalRound {
         throw e;
       }
       if (e.endsCall) w.stop('failure', drvPath);
-      return this.fail(e.status, e.message + this.keepNote(), { hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' });
+      return this.fail(e.status, { message: e.message }, { hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' });
     }
     if (options.postBuildHook && plan.mode !== 'check') {
       const outPaths = Object.values(reg.outputs.paths).sort();
@@ -694,15 +693,10 @@ function execErrorLog(execError: string): Buffer {
   return Buffer.concat([Buffer.from('\x01\n'), encodeError(message)]);
 }
 
-/** An error Nix throws out of a build's setup, as the fatal BuildSetupError (with the kept build dir's note). */
+/** An error Nix throws out of a build's setup, as the fatal BuildSetupError (with the kept build dir). */
 function asSetupError(e: unknown, keptBuildDir?: string): unknown {
   if (!(e instanceof RealiseError) || e.code === 'build-setup') return e;
-  return new BuildSetupError(e.shortMessage + keptBuildDirNote(keptBuildDir), { hint: e.hint, cause: e });
-}
-
-/** Nix's note on a failed build's kept build directory, as a line to append (empty when none is kept). */
-function keptBuildDirNote(dir: string | undefined): string {
-  return dir ? `\nnote: keeping build directory '${dir}'` : '';
+  return new BuildSetupError(e.shortMessage, { hint: e.hint, cause: e, keptBuildDir });
 }
 
 /**

@@ -6,7 +6,8 @@
 import type { StorePath } from '../store/store-path.js';
 import { buildOnRemote } from '../remote/remote-builder.js';
 import { canBuildHere, preferLocalBuild, requiredSystemFeatures, type DrvView } from './drv-view.js';
-import { failure, success, type BuildResult, type BuildStatus } from './results.js';
+import { failure, success, type BuildResult, type BuildStatus, type FailureDetails } from './results.js';
+import { shortMessageOf } from '../store/errors.js';
 import type { Worker } from './worker.js';
 import { slotGate } from './slot-gate.js';
 
@@ -62,18 +63,29 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
     const times = { startTime: r.startTime || started, stopTime: r.stopTime || Math.floor(Date.now() / 1000), timesBuilt: r.timesBuilt, isNonDeterministic: r.isNonDeterministic };
     if (ok) return success('built', outs, times);
     const status = (['resolves-to-already-valid', 'no-substituters'].includes(r.status) ? 'misc-failure' : r.status) as BuildStatus;
-    return failure(status, r.errorMsg || `build of '${view.drvPath}' on '${r.machine}' failed (${r.status})`, times);
+    return failure(status, remoteFailure(r.errorMsg || `build of '${view.drvPath}' on '${r.machine}' failed (${r.status})`), times);
   } catch (e) {
     // A build the call stopped is neither done nor failed.
     endBuild(w.signal.aborted ? 'stopped' : 'failure');
     running.end(w.signal.aborted ? 'dropped' : false);
     if (w.signal.aborted) throw e;
     if (options.fallback && local) {
-      w.warn(`remote build of '${view.drvPath}' failed (${(e as Error).message}); building locally`);
+      w.warn(`remote build of '${view.drvPath}' failed (${shortMessageOf(e)}); building locally`);
       return undefined;
     }
     return failure('misc-failure', (e as Error).message);
   }
+}
+
+/**
+ * A remote machine's failure arrives as Nix's errorMsg text: read its log tail (`;\nlast N log lines:\n> …
+ * For full logs, run 'nix log DRV'.`) into FailureDetails once, here, where that text comes in.
+ */
+export function remoteFailure(errorMsg: string): FailureDetails {
+  const m = /^([\s\S]*?);\nlast \d+ log lines:\n((?:> [^\n]*\n)*)For full logs, run 'nix log ([^'\n]*)'\.$/.exec(errorMsg);
+  if (!m) return { message: errorMsg };
+  const lines = m[2]!.split('\n').filter((l, i, all) => i < all.length - 1).map((l) => l.slice(2));
+  return { message: m[1]!, logTail: { drvPath: m[3]! as StorePath, lines } };
 }
 
 function remoteOnly(view: DrvView, options: { maxJobs: number }): boolean {

@@ -18,10 +18,30 @@ export function isSuccess(status: BuildStatus): boolean {
   return SUCCESS.has(status);
 }
 
+/**
+ * A failure's parts as data. Nix prints them apart (the kept build directory's note before the error, the
+ * log tail under it, only when the log was not shown as it came); `errorMsg` is them put together.
+ */
+export interface FailureDetails {
+  /** What went wrong, in Nix's words, alone (no log tail, note or hint). */
+  readonly message: string;
+  /** The last `logLines` lines of the builder's log, and the derivation whose log they are. */
+  readonly logTail?: { readonly drvPath: StorePath; readonly lines: readonly string[] } | undefined;
+  /** The build directory kept for inspection (keepFailed). */
+  readonly keptBuildDir?: string | undefined;
+  /** What the user can do next (the API's hint; Nix has none, so the CLI leaves it out). */
+  readonly hint?: string | undefined;
+}
+
 export interface BuildResult {
   readonly status: BuildStatus;
-  /** For failures: what went wrong, with the last `logLines` lines of the log where there is one. */
+  /**
+   * For failures: what went wrong as one text (Nix's errorMsg): the message, the last `logLines` lines of
+   * the log where there is one, the kept build directory's note, the hint. Its parts are in `failure`.
+   */
   readonly errorMsg?: string;
+  /** For failures this engine produced: the parts of `errorMsg` (results from remote machines have only `errorMsg`). */
+  readonly failure?: FailureDetails;
   /** How many times the derivation was built (rounds), 0 when not built. */
   readonly timesBuilt: number;
   readonly isNonDeterministic: boolean;
@@ -52,8 +72,32 @@ export function stoppedResult(what: string): BuildResult {
   return failure('stopped', `${what} was stopped`);
 }
 
-export function failure(status: BuildStatus, errorMsg: string, extra: Partial<BuildResult> = {}): BuildResult {
-  return { status, errorMsg, timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {}, ...extra };
+/** A failed result; `why` is the message alone or its parts (FailureDetails), from which `errorMsg` is made. */
+export function failure(status: BuildStatus, why: string | FailureDetails, extra: Partial<BuildResult> = {}): BuildResult {
+  const details = typeof why === 'string' ? { message: why } : why;
+  return {
+    status, errorMsg: errorMessageOf(details), failure: details,
+    timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {}, ...extra,
+  };
+}
+
+/** Nix's log tail under a builder failure: `;`, the last lines, and where to find the rest. */
+export function withLogTail(message: string, tail: FailureDetails['logTail']): string {
+  if (!tail || tail.lines.length === 0) return message;
+  return `${message};\nlast ${tail.lines.length} log lines:\n${tail.lines.map((l) => `> ${l}\n`).join('')}For full logs, run 'nix log ${tail.drvPath}'.`;
+}
+
+/** Nix's note on a failed build's kept build directory. */
+export function keptBuildDirNote(dir: string): string {
+  return `note: keeping build directory '${dir}'`;
+}
+
+/** A failure's parts as one text (Nix's errorMsg, with the API's hint after it). */
+export function errorMessageOf(d: FailureDetails): string {
+  let s = withLogTail(d.message, d.logTail);
+  if (d.keptBuildDir !== undefined) s += `\n${keptBuildDirNote(d.keptBuildDir)}`;
+  if (d.hint) s += `\n  hint: ${d.hint}`;
+  return s;
 }
 
 export function success(status: BuildStatus, builtOutputs: Record<string, StorePath> = {}, extra: Partial<BuildResult> = {}): BuildResult {

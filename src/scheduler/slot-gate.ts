@@ -14,6 +14,7 @@
  * more slots the order of builds depends on timing in Nix too, and slots are granted at once.
  */
 import type PQueue from 'p-queue';
+import { goalKey } from './paths.js';
 
 const FALLBACK_MS = 20;
 
@@ -46,8 +47,7 @@ export class SlotGate {
 
   /** Ask for a slot for the build of `drvPath`: `task` runs when it is granted and holds it until it settles. */
   request(drvPath: string, task: () => Promise<void>, depth = 0): void {
-    const name = drvPath.slice(drvPath.lastIndexOf('/') + 34);
-    this.waiting.push({ key: `${name}$${drvPath}`, depth, epoch: this.epoch, task });
+    this.waiting.push({ key: goalKey('derivation', drvPath), depth, epoch: this.epoch, task });
     if (this.queue.concurrency > 1) this.grant();
     else this.schedule();
   }

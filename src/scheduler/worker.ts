@@ -12,15 +12,12 @@ import { afterInputs, untilInputs, type WaitingForInputs } from './derivation-go
 import { failure, isSuccess, stoppedResult, type BuildResult } from './results.js';
 import { substitutionGoal, type SubstitutionOutcome } from './substitution-goal.js';
 import { RealiseError } from '../store/errors.js';
+import { BuildSetupError, GoalStopped } from './errors.js';
 import { pathContentsGood } from './verify.js';
 import { slotGate, type GoalActivity } from './slot-gate.js';
+import { goalKey } from './paths.js';
 
 export type BuildMode = 'normal' | 'repair' | 'check';
-
-/** Thrown inside goals when the call is stopped; never escapes the worker. */
-export class GoalStopped extends Error {
-  constructor() { super('stopped'); }
-}
 
 /**
  * The one derivation goal of a path in a call: a record the goal's steps move along, as Nix's goal objects,
@@ -154,8 +151,7 @@ export class Worker {
           for (const b of batch) b.release();
         });
       }
-      const base = path.slice(path.lastIndexOf('/') + 1);
-      this.readyBatch.push({ key: `${base.slice(33)}$${path}`, round: depth ?? Infinity, release: resolve });
+      this.readyBatch.push({ key: goalKey('substitution', path), round: depth ?? Infinity, release: resolve });
     });
   }
 
@@ -377,6 +373,8 @@ export class Worker {
       this.fatal ??= e;
       this.stop('failure');
     }
+    if (e instanceof BuildSetupError) return failure('misc-failure', { message: e.reason, keptBuildDir: e.keptBuildDir, hint: e.hint });
+    if (e instanceof RealiseError) return failure('misc-failure', { message: e.shortMessage, hint: e.hint });
     return failure('misc-failure', e instanceof Error ? e.message : String(e));
   }
 

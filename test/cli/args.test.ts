@@ -7,7 +7,9 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseArgs } from '../../src/cli/args.js';
 import { followLinksToStorePath, parseTargetArg } from '../../src/cli/paths.js';
-import { formatError, missingLines, summariseFailures, withoutLogTail } from '../../src/cli/report.js';
+import { failureLines, formatError, missingLines, summariseFailures } from '../../src/cli/report.js';
+import { failure } from '../../src/scheduler/results.js';
+import { remoteFailure } from '../../src/scheduler/remote-build.js';
 import { MemoryStore, type BuildResult, type TargetResult } from '../../src/index.js';
 import { tempDir } from '../helpers/nix.js';
 
@@ -80,9 +82,16 @@ describe('flags', () => {
 });
 
 describe('messages', () => {
-  it('indents continuation lines under "error: " and drops hints; the log tail goes when logs were shown', () => {
-    expect(formatError('a\nb\n  hint: do this')).toBe('error: a\n       b\n');
-    expect(withoutLogTail("builder for 'x' failed with exit code 1;\nlast 1 log lines:\n> y\nFor full logs, run 'nix log x'.")).toBe("builder for 'x' failed with exit code 1");
+  it('indents continuation lines under "error: "; a failure prints without its hint, its log tail goes when logs were shown, its note is a line before it', () => {
+    expect(formatError('a\nb')).toBe('error: a\n       b\n');
+    const tail = "builder for 'x' failed with exit code 1;\nlast 1 log lines:\n> y\nFor full logs, run 'nix log x'.";
+    const r = { path: 'x', result: failure('permanent-failure', { message: "builder for 'x' failed with exit code 1", logTail: { drvPath: 'x', lines: ['y'] }, keptBuildDir: '/tmp/d', hint: 'h' }) };
+    expect(r.result.errorMsg).toBe(`${tail}\nnote: keeping build directory '/tmp/d'\n  hint: h`);
+    expect(failureLines(r, false)).toEqual({ message: "builder for 'x' failed with exit code 1", note: "note: keeping build directory '/tmp/d'" });
+    expect(failureLines(r, true).message).toBe(tail);
+    // A remote machine's failure comes as text: its log tail is read once, where it comes in.
+    expect(remoteFailure(tail)).toEqual({ message: "builder for 'x' failed with exit code 1", logTail: { drvPath: 'x', lines: ['y'] } });
+    expect(remoteFailure('it broke')).toEqual({ message: 'it broke' });
   });
 
   it("summarises failed targets as Nix's buildPaths: one error, or the first error and 'build of … failed'", () => {
