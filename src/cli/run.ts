@@ -584,6 +584,9 @@ async function run(argv: string[]): Promise<number> {
   // Nix's compress-build-log (default true): .bz2 build logs, or plain ones.
   const compressLog = args.options.get('compress-build-log');
   if (compressLog !== undefined && store instanceof LocalStore) store.compressBuildLog = parseBool('compress-build-log', compressLog);
+  // Nix's ignored-acls: extended attributes canonicalisation leaves on store files.
+  const ignoredAcls = args.options.get('ignored-acls');
+  if (ignoredAcls !== undefined && store instanceof LocalStore) store.ignoredAcls = ignoredAcls.split(/\s+/).filter(Boolean);
   try {
     switch (args.command) {
       case 'build': case 'ensure': return await build(args, store);
