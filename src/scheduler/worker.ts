@@ -5,6 +5,7 @@
  * objects. A throw is turned into a failure once, here. Without keepGoing, the first failure stops the
  * call (builders are killed).
  */
+import { setMaxListeners } from 'node:events';
 import PQueue from 'p-queue';
 import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
@@ -94,7 +95,8 @@ const MAX_CONCURRENT_DRV_LOADS = 128;
 export class Worker {
   readonly ctx: EngineContext;
   readonly mode: BuildMode;
-  private readonly controller = new AbortController();
+  /** Every running build listens on its signal (maxJobs of them): no listener limit, so no leak warning. */
+  private readonly controller = (() => { const c = new AbortController(); setMaxListeners(0, c.signal); return c; })();
   private readonly drvGoals = new Map<StorePath, DrvGoalEntry>();
   private readonly substGoals = new Map<string, Promise<SubstitutionOutcome>>();
   /** Set when the call was stopped by a failure (no keepGoing) or by the caller's signal. */
