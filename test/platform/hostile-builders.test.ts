@@ -82,6 +82,19 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
     for (const f of ['', 'su', 'small', 'd', 'd/f']) expect(xattrsOf(path.join(out, f))).toEqual([]);
   });
 
+  it('a file capability set from a nested user namespace never registers (removed as root; the output rejected otherwise)', async () => {
+    const { result, out, outPath } = await build('setcap', 'cp $P $out; $P setcap $out > /build/r; grep -q ok /build/r', { filterSyscalls: false });
+    if (process.getuid?.() === 0) {
+      expect(result.status).toBe('built');
+      expect(xattrsOf(out)).toEqual([]);
+    } else {
+      // Removing security.capability needs CAP_SETFCAP, which an ordinary user does not have.
+      expect(result.status).toBe('output-rejected');
+      expect(result.errorMsg).toMatch(/cannot remove the extended attributes of .*security\.capability/);
+      expect(await store.isValidPath(outPath)).toBe(false);
+    }
+  });
+
   it("extended attributes named in ignored-acls stay", async () => {
     const keep = await LocalStore.open({ root: path.join(dir, 'root-keep'), ignoredAcls: ['user.keep'] });
     try {
