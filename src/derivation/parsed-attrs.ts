@@ -197,13 +197,14 @@ export class ParsedDerivation {
   /**
    * `exportReferencesGraph`: file name → store paths whose closure to export. Legacy: pairs
    * `name1 path1 name2 path2 ...` (paths inside store paths are reduced to the store path);
-   * structured: an object of name → path or list of paths. Throws BadDerivationError like Nix.
+   * structured: an object of name → path or list of paths. Throws BadDerivationError in Nix's words
+   * (which name the attribute, not the derivation).
    */
   exportReferencesGraph(storeDir: string = DEFAULT_STORE_DIR): Array<{ name: string; paths: StorePath[] }> {
     const out: Array<{ name: string; paths: StorePath[] }> = [];
     const checkName = (name: string) => {
       if (!EXPORT_NAME.test(name)) {
-        throw new BadDerivationError(`invalid file name '${name}' in 'exportReferencesGraph' of '${this.drvPath}'`, {
+        throw new BadDerivationError(`invalid file name '${name}' in 'exportReferencesGraph'`, {
           drv: this.drvPath,
           hint: 'names must match [A-Za-z_][A-Za-z0-9_.-]*',
         });
@@ -213,7 +214,7 @@ export class ParsedDerivation {
       try {
         return toStorePath(p, storeDir);
       } catch (e) {
-        throw new BadDerivationError(`'exportReferencesGraph' of '${this.drvPath}' contains a non-store path '${p}'`, { drv: this.drvPath, cause: e });
+        throw new BadDerivationError(`'exportReferencesGraph' contains a non-store path '${p}'`, { drv: this.drvPath, cause: e });
       }
     };
     if (this.structuredAttrs) {
@@ -221,11 +222,12 @@ export class ParsedDerivation {
       if (e === undefined || typeof e !== 'object' || e === null || Array.isArray(e)) return out;
       for (const [name, v] of Object.entries(e)) {
         const list = Array.isArray(v) ? v : [v];
+        // As Nix: a path inside a store path stands for that store path.
         const paths = list.map((p) => {
-          if (typeof p !== 'string' || !isStorePath(p, storeDir)) {
+          if (typeof p !== 'string') {
             throw new BadDerivationError(`'exportReferencesGraph.${name}' of '${this.drvPath}' contains a non-store path ${JSON.stringify(p)}`, { drv: this.drvPath });
           }
-          return p;
+          return toPath(p);
         });
         out.push({ name, paths });
       }
@@ -234,7 +236,7 @@ export class ParsedDerivation {
     const s = this.drv.env.get('exportReferencesGraph') ?? '';
     const ts = tokenize(s);
     if (ts.length % 2 !== 0) {
-      throw new BadDerivationError(`odd number of tokens in 'exportReferencesGraph' of '${this.drvPath}': '${s}'`, { drv: this.drvPath });
+      throw new BadDerivationError(`odd number of tokens in 'exportReferencesGraph': '${s}'`, { drv: this.drvPath });
     }
     for (let i = 0; i < ts.length; i += 2) {
       checkName(ts[i]!);

@@ -15,7 +15,7 @@ import { useSandbox } from '../platform/sandbox-config.js';
 import { substitutePath, sortByPriority, type Substituter, type SubstitutablePathInfo } from '../substituter/substituter.js';
 import type { Derivation } from '../derivation/derivation.js';
 import type { EngineContext } from './context.js';
-import { getBoolAttr, loadDrv, viewOf, type DrvView } from './drv-view.js';
+import { loadDrv, viewOf, type DrvView } from './drv-view.js';
 import { BuildCancelledError, BuildFailedError, BuildSetupError } from './errors.js';
 import { ProgressTracker, type BuildEngineEvents, type Progress } from './events.js';
 import { resolveOptions, type BuildEngineOptions, type ResolvedOptions } from './options.js';
@@ -208,12 +208,12 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       // What the built-in may see is what a builder in this build's sandbox would.
       const sandboxed = typeof mode === 'object'
         ? mode.isolated || store.storeDir !== store.realStoreDir
-        : useSandbox({ mode, noChroot: getBoolAttr(view, '__noChroot'), impure: view.isFixedOutput, storeDir: store.storeDir, realStoreDir: store.realStoreDir, drvPath: view.drvPath });
+        : useSandbox({ mode, noChroot: view.attrs.noChroot, impure: view.isFixedOutput, storeDir: store.storeDir, realStoreDir: store.realStoreDir, drvPath: view.drvPath });
       return this.builtins.withSandbox(sandboxed);
     }
     if (typeof mode === 'object') return mode;
     const use = useSandbox({
-      mode, noChroot: getBoolAttr(view, '__noChroot'), impure: view.isFixedOutput,
+      mode, noChroot: view.attrs.noChroot, impure: view.isFixedOutput,
       storeDir: store.storeDir, realStoreDir: store.realStoreDir, drvPath: view.drvPath,
     });
     if (!use) return this.noSandbox;

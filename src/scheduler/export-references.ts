@@ -3,7 +3,8 @@
  * closure), plus the outputs of derivations in it. Legacy form: Nix's validity registration text; structured
  * form: a JSON array of path infos (path, narHash, narSize, references, closureSize, ca when content-addressed).
  */
-import { toStorePath, type StorePath } from '../store/store-path.js';
+import type { StorePath } from '../store/store-path.js';
+import { BadDerivationError } from '../derivation/errors.js';
 import type { DrvView } from './drv-view.js';
 import { knownPath } from './drv-view.js';
 import type { Worker } from './worker.js';
@@ -27,56 +28,51 @@ async function exportClosure(w: Worker, view: DrvView, roots: StorePath[], input
   return [...paths].sort();
 }
 
+/**
+ * The files exportReferencesGraph asks for (file name → contents; structured: name → JSON value), from the
+ * derivation's attributes as ParsedDerivation reads them. A malformed attribute, or a path outside the
+ * input closure, rejects the build's inputs (OutputRejected `input-rejected`, Nix's BuildError).
+ */
 export async function exportReferencesGraph(w: Worker, view: DrvView, inputPaths: Set<StorePath>): Promise<Map<string, string | unknown> | undefined> {
-  const { store } = w.ctx;
-  if (view.structuredAttrs) {
-    const erg = view.structuredAttrs.exportReferencesGraph;
-    if (!erg || typeof erg !== 'object' || Array.isArray(erg)) return undefined;
-    const out = new Map<string, unknown>();
-    for (const [key, value] of Object.entries(erg as Record<string, unknown>)) {
-      const roots = (Array.isArray(value) ? value : [value]).map(String);
-      const paths = await exportClosure(w, view, roots, inputPaths);
-      const arr = [];
-      for (const p of paths) {
-        const info = (await store.queryPathInfo(p))!;
-        const closure = await store.computeClosure([p]);
-        let closureSize = 0;
-        for (const c of closure) closureSize += (await store.queryPathInfo(c))!.narSize;
-        // Nix's pathInfoToJSON without impure fields: `ca` is there for content-addressed paths.
-        arr.push({
-          ...(info.ca ? { ca: info.ca } : {}),
-          closureSize, narHash: info.narHash.toString('base32'), narSize: info.narSize, path: p, references: [...info.references].sort(),
-        });
-      }
-      out.set(key, arr);
-    }
-    return out;
+  let wanted: { name: string; paths: StorePath[] }[];
+  try {
+    wanted = view.attrs.exportReferencesGraph(w.ctx.store.storeDir);
+  } catch (e) {
+    if (e instanceof BadDerivationError) throw new OutputRejected('input-rejected', e.shortMessage);
+    throw e;
   }
-  const raw = view.env.get('exportReferencesGraph');
-  if (!raw) return undefined;
-  const words = raw.split(/[ \t\n\r]+/).filter(Boolean);
-  if (words.length % 2 !== 0) {
-    throw new OutputRejected('input-rejected', `odd number of tokens in 'exportReferencesGraph': '${raw}'`);
-  }
-  const out = new Map<string, string>();
-  for (let i = 0; i < words.length; i += 2) {
-    const fileName = words[i]!;
-    const storePath = words[i + 1]!;
-    if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]*$/.test(fileName)) {
-      throw new OutputRejected('input-rejected', `invalid file name '${fileName}' in 'exportReferencesGraph'`);
-    }
-    if (!storePath.startsWith(store.storeDir + '/')) {
-      throw new OutputRejected('input-rejected', `'exportReferencesGraph' contains a non-store path '${storePath}'`);
-    }
-    const top = toStorePath(storePath, store.storeDir);
-    const paths = await exportClosure(w, view, [top], inputPaths);
-    let s = '';
-    for (const p of paths) {
-      const info = (await store.queryPathInfo(p))!;
-      s += `${p}\n\n${info.references.length}\n`;
-      for (const r of [...info.references].sort()) s += `${r}\n`;
-    }
-    out.set(fileName, s);
+  if (wanted.length === 0) return undefined;
+  const out = new Map<string, unknown>();
+  for (const { name, paths: roots } of wanted) {
+    const paths = await exportClosure(w, view, roots, inputPaths);
+    out.set(name, view.structuredAttrs ? await closureAsJson(w, paths) : await closureAsRegistration(w, paths));
   }
   return out;
+}
+
+/** Structured form: Nix's pathInfoToJSON of each path, without impure fields (`ca` for content-addressed paths). */
+async function closureAsJson(w: Worker, paths: readonly StorePath[]): Promise<unknown[]> {
+  const { store } = w.ctx;
+  const arr = [];
+  for (const p of paths) {
+    const info = (await store.queryPathInfo(p))!;
+    let closureSize = 0;
+    for (const c of await store.computeClosure([p])) closureSize += (await store.queryPathInfo(c))!.narSize;
+    arr.push({
+      ...(info.ca ? { ca: info.ca } : {}),
+      closureSize, narHash: info.narHash.toString('base32'), narSize: info.narSize, path: p, references: [...info.references].sort(),
+    });
+  }
+  return arr;
+}
+
+/** Legacy form: Nix's validity registration text (path, empty deriver, reference count, references). */
+async function closureAsRegistration(w: Worker, paths: readonly StorePath[]): Promise<string> {
+  let s = '';
+  for (const p of paths) {
+    const info = (await w.ctx.store.queryPathInfo(p))!;
+    s += `${p}\n\n${info.references.length}\n`;
+    for (const r of [...info.references].sort()) s += `${r}\n`;
+  }
+  return s;
 }

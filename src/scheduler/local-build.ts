@@ -15,7 +15,7 @@ import type { Sandbox, SandboxExit } from '../platform/sandbox.js';
 import { buildDirRegistry } from '../platform/build-dirs.js';
 import { runPostBuildHook } from '../platform/post-build-hook.js';
 import { checkImpureHostDeps, parseSandboxPaths, type SandboxPath } from '../platform/sandbox-config.js';
-import { canBuildHere, getStringsAttr, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
+import { canBuildHere, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
 import { BuildSetupError, GoalStopped } from './errors.js';
 import { encodeError } from '../remote/wire.js';
 import { exportReferencesGraph } from './export-references.js';
@@ -459,7 +459,7 @@ class LocalRound {
       buildDirInSandbox: dir.inSandbox,
       cores: options.cores,
       fixedOutput: view.isFixedOutput,
-      impureEnvVars: getStringsAttr(view, 'impureEnvVars') ?? [],
+      impureEnvVars: view.attrs.impureEnvVars,
       hostEnv: options.environment,
       rewrites: this.outs.rewrites,
       exportReferencesGraph: erg,
@@ -676,7 +676,7 @@ async function sandboxExtraPaths(w: Worker, view: DrvView): Promise<Map<string, 
   if (roots.size > 0) {
     for (const p of await store.computeClosure(await store.queryValidPaths(roots))) paths.set(p, { source: p, optional: false });
   }
-  const impure = getStringsAttr(view, '__impureHostDeps') ?? [];
+  const impure = view.attrs.impureHostDeps;
   for (const [t, s] of checkImpureHostDeps(view.drvPath, impure, options.allowedImpureHostDeps)) paths.set(t, s);
   return paths;
 }

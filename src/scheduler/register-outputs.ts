@@ -17,7 +17,7 @@ import type { PathInfo } from '../store/store-api.js';
 import {
   makeFixedOutputPath, outputPathName, storePathHashPart, storePathName, type StorePath,
 } from '../store/store-path.js';
-import { type DrvView, type OutputSpec } from './drv-view.js';
+import { type BuildableOutput, type DrvView } from './drv-view.js';
 import { checkOutputs } from './output-checks.js';
 import { BadDerivationError } from '../derivation/errors.js';
 import type { OutputChecks } from '../derivation/parsed-attrs.js';
@@ -180,15 +180,15 @@ class Finalised {
     const { view, plan } = this;
     const spec = view.outputs.get(s.name)!;
     // A deferred derivation is resolved (and the resolved one built) before any build: never here.
-    if (spec.kind === 'deferred') throw new RealiseError('bad-derivation', `output '${s.name}' of '${view.drvPath}' is deferred; the derivation must be resolved before it is built`);
+    if (spec.type === 'deferred') throw new RealiseError('bad-derivation', `output '${s.name}' of '${view.drvPath}' is deferred; the derivation must be resolved before it is built`);
     // Already valid and not checking: keep the registered output, drop the rebuilt one (Nix's AlreadyRegistered).
-    if (plan.mode === 'normal' && plan.round === 1 && spec.kind !== 'floating' && s.scratch !== spec.path && (await this.w.ctx.store.isValidPath(spec.path))) {
+    if (plan.mode === 'normal' && plan.round === 1 && spec.type !== 'floating' && s.scratch !== spec.path && (await this.w.ctx.store.isValidPath(spec.path))) {
       this.outputRewrites.set(storePathHashPart(s.scratch), storePathHashPart(spec.path));
       this.finalPaths[s.name] = spec.path;
       await deleteTree(s.real).catch(() => {});
       return;
     }
-    const info = spec.kind === 'input-addressed' ? await this.inputAddressed(s, spec.path) : await this.contentAddressed(s, spec);
+    const info = spec.type === 'input-addressed' ? await this.inputAddressed(s, spec.path) : await this.contentAddressed(s, spec);
     await this.moveIntoPlace(s, info);
   }
 
@@ -219,11 +219,11 @@ class Finalised {
   }
 
   /** A fixed or floating content-addressed output: its path from its content, hashed modulo its own scratch hash. */
-  private async contentAddressed(s: Scanned, spec: Extract<OutputSpec, { kind: 'fixed' | 'floating' }>): Promise<PathInfo> {
+  private async contentAddressed(s: Scanned, spec: Extract<BuildableOutput, { type: 'fixed' | 'floating' }>): Promise<PathInfo> {
     const { view } = this;
     const { store } = this.w.ctx;
     const method = spec.method;
-    const algorithm = spec.kind === 'fixed' ? spec.hash.algorithm : spec.algorithm;
+    const algorithm = spec.type === 'fixed' ? spec.hash.algorithm : spec.algorithm;
     if (method === 'flat' && (!s.isReg || s.isExec)) {
       throw new OutputRejected('output-rejected', `output path '${s.real}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)`);
     }
@@ -246,7 +246,7 @@ class Finalised {
       path, narHash: narHS.hash, narSize: narHS.size, references: refs.sort(),
       ca: `fixed:${method === 'recursive' ? 'r:' : ''}${got.toString('base32')}`,
     };
-    if (spec.kind === 'fixed' && !spec.hash.equals(got)) {
+    if (spec.type === 'fixed' && !spec.hash.equals(got)) {
       this.delayed = new OutputRejected('output-rejected',
         `hash mismatch in fixed-output derivation '${view.drvPath}':\n  specified: ${spec.hash.sri}\n     got:    ${got.sri}`, true);
     }
@@ -368,7 +368,7 @@ async function registerRound(w: Worker, view: DrvView, plan: RegisterPlan, fin: 
   if (fin.delayed) throw fin.delayed;
   // Floating content-addressed outputs are known only now: record them as the derivation's outputs.
   const floating = new Map<string, StorePath>();
-  for (const [name, spec] of view.outputs) if (spec.kind === 'floating' && fin.finalPaths[name]) floating.set(name, fin.finalPaths[name]!);
+  for (const [name, spec] of view.outputs) if (spec.type === 'floating' && fin.finalPaths[name]) floating.set(name, fin.finalPaths[name]!);
   if (floating.size && (await store.isValidPath(view.drvPath))) await store.registerDerivationOutputs(view.drvPath, floating);
   return { outputs: fin.outputs(), nonDeterministic: false, stopRounds: false };
 }
