@@ -28,6 +28,7 @@ import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type
 import { compressBzip2Async, decompressBzip2 } from './bzip2.js';
 import { TempRoots } from './temp-roots.js';
 import { collectGarbage, type GcOptions, type GcResult } from './gc.js';
+import { StoreOptimiser, type OptimiseOptions, type OptimiseStats } from './optimise.js';
 
 /** Where the store lives. Defaults follow Nix's LocalFSStore settings. */
 export interface LocalStoreOptions {
@@ -560,6 +561,7 @@ export class LocalStore implements Store {
         });
       }
       if (opts.canonicalise ?? true) await canonicalisePathMetaData(real, { ignoredAcls: this.ignoredAcls });
+      this.autoOptimise(real);
     }
     try {
       this.registerInDb(infos);
@@ -576,6 +578,50 @@ export class LocalStore implements Store {
     this.check();
     this.tempRoots ??= TempRoots.open(this.layout.stateDir);
     await this.tempRoots.add(p);
+  }
+
+  /**
+   * Hard-link identical files of every valid path through `<realStoreDir>/.links`, as `nix-store --optimise`
+   * (src/store/optimise.ts). The GC lock is held shared meanwhile, so no collector deletes a path under it.
+   */
+  async optimiseStore(opts: OptimiseOptions = {}): Promise<OptimiseStats> {
+    this.check();
+    const release = await lockPlainFile(path.join(this.layout.stateDir, 'gc.lock'), 'shared', opts.signal);
+    try {
+      const opt = new StoreOptimiser(this.realStoreDir, opts.onWarning);
+      const inodes = opt.loadInodes();
+      const paths = this.st.allPaths.all() as string[];
+      let slice = Date.now();
+      for (let i = 0; i < paths.length; i++) {
+        opts.signal?.throwIfAborted();
+        try { opt.optimisePath(this.toRealPath(paths[i]!), inodes); } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; // contents missing: nothing to optimise
+        }
+        if (Date.now() - slice > 50) {
+          opts.onProgress?.(i + 1, paths.length, opt.stats);
+          await new Promise((r) => setImmediate(r));
+          slice = Date.now();
+        }
+      }
+      opts.onProgress?.(paths.length, paths.length, opt.stats);
+      return { ...opt.stats };
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * Nix's `auto-optimise-store`: when true, the contents of every path added or registered are
+   * hard-linked through `.links` before it is registered. @default false
+   */
+  autoOptimiseStore = false;
+  private optimiser: StoreOptimiser | undefined;
+
+  /** optimisePath after a path's contents are in place, when autoOptimiseStore is set. */
+  private autoOptimise(realPath: string): void {
+    if (!this.autoOptimiseStore) return;
+    this.optimiser ??= new StoreOptimiser(this.realStoreDir);
+    this.optimiser.optimisePath(realPath);
   }
 
   /** Collect garbage with Nix 2.8's semantics, interlocking with real Nix on the same store (src/store/gc.ts). */
@@ -630,6 +676,7 @@ export class LocalStore implements Store {
         target = undefined;
       }
       try {
+        this.autoOptimise(real);
         this.registerInDb([final]);
       } catch (e) {
         await deleteTree(real).catch(() => {});

@@ -1,0 +1,124 @@
+/**
+ * Store optimisation against real Nix 2.8: on twin copies of one store, `store.optimiseStore()` and
+ * `nix-store --optimise` make the same `.links` entries and link the same files (same counts, bytes and
+ * inode sharing); afterwards each finds nothing more to do in the other's result; auto-optimise-store links
+ * new paths so that `nix-store --optimise` finds nothing; the store verifies.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, lstatSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { LocalStore } from '../../src/store/local-store.js';
+import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+
+const dirs: string[] = [];
+afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+const nonce = `${process.pid}-${Date.now()}`;
+
+/** A source tree with duplicates inside and across trees: same bytes, executable or not, symlinks, empty files. */
+function sourceTree(dir: string, variant: number): string {
+  const t = path.join(dir, `src${variant}`);
+  mkdirSync(path.join(t, 'sub'), { recursive: true });
+  writeFileSync(path.join(t, 'common'), `common ${nonce}\n`.repeat(100));
+  writeFileSync(path.join(t, 'sub', 'common-again'), `common ${nonce}\n`.repeat(100));
+  writeFileSync(path.join(t, 'exec'), `common ${nonce}\n`.repeat(100));
+  chmodSync(path.join(t, 'exec'), 0o755);
+  writeFileSync(path.join(t, 'own'), `only in ${variant} ${nonce}`);
+  writeFileSync(path.join(t, 'empty'), '');
+  symlinkSync('common', path.join(t, 'link'));
+  symlinkSync('common', path.join(t, 'sub', 'link'));
+  return t;
+}
+
+/** Map each file of the store (below the store dir, not .links) to a canonical id of its inode group. */
+function inodeGroups(realStoreDir: string): Record<string, string> {
+  const byIno = new Map<number, string[]>();
+  const walk = (p: string, rel: string) => {
+    const st = lstatSync(p);
+    if (st.isDirectory()) { for (const n of readdirSync(p).sort()) walk(path.join(p, n), `${rel}/${n}`); return; }
+    let l = byIno.get(st.ino);
+    if (!l) byIno.set(st.ino, (l = []));
+    l.push(rel);
+  };
+  for (const n of readdirSync(realStoreDir).sort()) if (n !== '.links' && !n.endsWith('.lock')) walk(path.join(realStoreDir, n), n);
+  const out: Record<string, string> = {};
+  for (const files of byIno.values()) for (const f of files) out[f] = files[0]!;
+  return out;
+}
+
+function nixOptimise(root: string): string {
+  const r = runNix('nix-store', ['--store', root, '--optimise']);
+  expect(r.status, r.stderr).toBe(0);
+  return r.stderr;
+}
+
+describe.skipIf(!nixOk())('store optimisation against nix-store --optimise', () => {
+  let dir: string;
+  let N: string;
+  let O: string;
+  beforeAll(() => {
+    dir = tempDir('realise-opt-');
+    dirs.push(dir);
+    N = path.join(dir, 'N');
+    O = path.join(dir, 'O');
+    for (let v = 0; v < 3; v++) nix('nix-store', ['--store', N, '--add', sourceTree(dir, v)]);
+    writeFileSync(path.join(dir, 'flat'), `common ${nonce}\n`.repeat(100));
+    nix('nix-store', ['--store', N, '--add', path.join(dir, 'flat')]);
+    expect(spawnSync('cp', ['-a', N, O]).status).toBe(0);
+  }, 60_000);
+
+  it('links the same files as Nix, with the same .links entries and the same count and bytes', async () => {
+    const out = nixOptimise(N);
+    const m = /([\d.]+) MiB freed by hard-linking (\d+) files/.exec(out);
+    expect(m, out).not.toBeNull();
+    const store = await LocalStore.open({ root: O });
+    let stats;
+    try {
+      stats = await store.optimiseStore();
+    } finally {
+      await store.close();
+    }
+    expect(stats.filesLinked).toBe(Number(m![2]));
+    expect((stats.bytesFreed / (1024 * 1024)).toFixed(2)).toBe(m![1]);
+    expect(stats.filesLinked).toBeGreaterThanOrEqual(10);
+    expect(readdirSync(path.join(O, 'nix/store/.links')).sort()).toEqual(readdirSync(path.join(N, 'nix/store/.links')).sort());
+    expect(inodeGroups(path.join(O, 'nix/store'))).toEqual(inodeGroups(path.join(N, 'nix/store')));
+    expect(runNix('nix-store', ['--store', O, '--verify', '--check-contents']).status).toBe(0);
+  });
+
+  it('after either, the other finds nothing more to do', async () => {
+    expect(nixOptimise(O)).toMatch(/0\.00 MiB freed by hard-linking 0 files/);
+    const store = await LocalStore.open({ root: N });
+    try {
+      expect((await store.optimiseStore()).filesLinked).toBe(0);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('auto-optimise-store links each new path as it is added, so that nix-store --optimise finds nothing', async () => {
+    const root = path.join(dir, 'A');
+    const store = await LocalStore.open({ root });
+    store.autoOptimiseStore = true;
+    try {
+      const a = await store.addTextToStore('a.txt', `same text ${nonce}`);
+      const b = await store.addTextToStore('b.txt', `same text ${nonce}`);
+      expect(lstatSync(store.toRealPath(a)).ino).toBe(lstatSync(store.toRealPath(b)).ino);
+      expect(lstatSync(store.toRealPath(a)).nlink).toBe(3); // a, b and the .links entry
+      // registerValidPaths (build outputs) too: a tree written in place.
+      const out = `/nix/store/${'1'.repeat(32)}-out`;
+      const real = store.toRealPath(out);
+      mkdirSync(real);
+      writeFileSync(path.join(real, 'copy'), `same text ${nonce}`);
+      const { hashPath } = await import('../../src/store/nar.js');
+      const h = await hashPath(real);
+      await store.registerValidPaths([{ path: out, narHash: h.hash, narSize: h.size, references: [] }]);
+      expect(lstatSync(path.join(real, 'copy')).ino).toBe(lstatSync(store.toRealPath(a)).ino);
+      expect(lstatSync(real).mode & 0o777).toBe(0o555);
+    } finally {
+      await store.close();
+    }
+    expect(nixOptimise(root)).toMatch(/0\.00 MiB freed by hard-linking 0 files/);
+    expect(runNix('nix-store', ['--store', root, '--verify', '--check-contents']).status).toBe(0);
+  });
+});
