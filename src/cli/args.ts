@@ -43,6 +43,11 @@ export interface CliArgs {
   closureSize: boolean;
   sigs: boolean;
   humanReadable: boolean;
+  /**
+   * `gc`: what nix-store --gc / --delete does: `--print-dead`, `--print-live`, `--print-roots`, `--delete`
+   * (the positional paths), `--ignore-liveness`, `--max-freed N[KMGT]`.
+   */
+  gc: { action?: 'print-dead' | 'print-live' | 'print-roots' | 'delete-specific'; ignoreLiveness: boolean; maxFreed?: string };
   /** `--log-format FORMAT`: raw, raw-with-logs, internal-json, bar, bar-with-logs (checked by the command). */
   logFormat?: string;
   /** `--trace-file FILE`: write the run's timeline in the Chrome Trace Event format. */
@@ -145,7 +150,7 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
   const a: CliArgs = {
     command: '', positional: [], substituters: [], trustedPublicKeys: [], options: new Map(), fromOption: new Set(), unknownSettings: [], json: false, check: false, repair: false,
     help: false, version: false, recursive: false, dryRun: false, quiet: false, noBuildOutput: false, printBuildLogs: false,
-    ignoreUnknown: false, derivation: false, all: false, size: false, closureSize: false, sigs: false, humanReadable: false,
+    ignoreUnknown: false, derivation: false, all: false, size: false, closureSize: false, sigs: false, humanReadable: false, gc: { ignoreLiveness: false },
   };
   /**
    * A setting's value; `extra-NAME` adds to what is there, and a plain `NAME` replaces it all, what
@@ -172,6 +177,12 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
       if (arg === '--sigs') { a.sigs = true; continue; }
       if (arg === '--all') { a.all = true; continue; }
       if (arg === '-h' || arg === '--human-readable') { a.humanReadable = true; continue; }
+    }
+    if (a.command === 'gc') {
+      const action = ({ '--print-dead': 'print-dead', '--print-live': 'print-live', '--print-roots': 'print-roots', '--delete': 'delete-specific' } as const)[arg];
+      if (action) { a.gc.action = action; continue; }
+      if (arg === '--ignore-liveness') { a.gc.ignoreLiveness = true; continue; }
+      if (arg === '--max-freed') { a.gc.maxFreed = next(i, arg); i++; continue; }
     }
     if (arg === '--help' || arg === '-h') { a.help = true; continue; }
     if (arg === '--version') { a.version = true; continue; }

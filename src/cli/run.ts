@@ -17,6 +17,7 @@ import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
 import { ProgressDisplay } from './progress.js';
 import { asActivity, LOG_FORMATS, makeDisplay, openJsonSink, type Display, type LogFormat } from './log-format.js';
 import { applyNixConf, readNixConf } from './nix-conf.js';
+import { gcCommand, storeCommand } from './gc.js';
 import { dependenciesFirst, failureLines, filterLogMessage, formatError, formatWarning, missingLines, summariseFailures, systemErrorMessage } from './report.js';
 
 const USAGE = `usage: realise COMMAND [FLAGS] ARGS
@@ -29,6 +30,10 @@ commands:
   path-info [-r] PATH...      nix path-info: a .drv means its outputs (--derivation: the .drv itself);
                               -s size, -S closure size, --sigs, -h human-readable, --json
   copy --to URL PATH...       write the closure of PATHs to a binary cache (file:// URL)
+  gc [--print-dead|--print-live|--print-roots] [--max-freed N[KMGT]]
+                              nix-store --gc: delete unreachable paths (keep-outputs, keep-derivations apply)
+  gc --delete [--ignore-liveness] PATH...   nix-store --delete: delete paths nothing live needs
+  store optimise              nix-store --optimise: hard-link identical files through <store>/.links
   report TRACE [-o OUT]       the HTML report (timeline, critical path, slowest builds, failures) of a trace file
 
 flags:
@@ -574,7 +579,7 @@ async function run(argv: string[]): Promise<number> {
   if (args.help) { process.stdout.write(USAGE); return 0; }
   if (args.version) { process.stdout.write(`realise (realise) ${version()}, mirroring nix-store (Nix) 2.8.0\n`); return 0; }
   if (!args.command) { process.stderr.write(USAGE); return 1; }
-  if (!['build', 'ensure', 'repair', 'path-info', 'copy', 'report'].includes(args.command)) throw new UsageError(`unknown command '${args.command}'`);
+  if (!['build', 'ensure', 'repair', 'path-info', 'copy', 'report', 'gc', 'store'].includes(args.command)) throw new UsageError(`unknown command '${args.command}'`);
   if (args.logFormat !== undefined && !(LOG_FORMATS as readonly string[]).includes(args.logFormat)) {
     throw new CliError(`option 'log-format' has an invalid value '${args.logFormat}'`);
   }
@@ -587,11 +592,16 @@ async function run(argv: string[]): Promise<number> {
   // Nix's ignored-acls: extended attributes canonicalisation leaves on store files.
   const ignoredAcls = args.options.get('ignored-acls');
   if (ignoredAcls !== undefined && store instanceof LocalStore) store.ignoredAcls = ignoredAcls.split(/\s+/).filter(Boolean);
+  // Nix's auto-optimise-store (default false): new paths are hard-linked through <store>/.links.
+  const autoOptimise = args.options.get('auto-optimise-store');
+  if (autoOptimise !== undefined && store instanceof LocalStore) store.autoOptimiseStore = parseBool('auto-optimise-store', autoOptimise);
   try {
     switch (args.command) {
       case 'build': case 'ensure': return await build(args, store);
       case 'repair': return await repair(args, store);
       case 'path-info': return await pathInfo(args, store);
+      case 'gc': return await gcCommand(args, store);
+      case 'store': return await storeCommand(args, store);
       default: return await copy(args, store);
     }
   } finally {

@@ -94,6 +94,23 @@ export interface GcStoreAccess {
 
 const LINKS = '.links';
 
+function rootsContext(store: GcStoreAccess, info?: (m: string) => void): RootsContext {
+  const validStmt = store.db.prepare('select 1 from ValidPaths where path = ?').pluck();
+  return {
+    storeDir: store.storeDir, realStoreDir: store.realStoreDir, stateDir: store.stateDir,
+    isValid: (p) => validStmt.get(p) !== undefined, info,
+  };
+}
+
+/**
+ * Every root and where it was found (Nix's findRoots(false), what `nix-store --gc --print-roots` prints):
+ * gcroots and profiles links, `/proc/…` files of running processes, `{temp:PID}` for temporary roots.
+ */
+export function findRoots(store: GcStoreAccess): Map<StorePath, Set<string>> {
+  const ctx = rootsContext(store);
+  return findTempRoots(ctx, findPermanentRoots(ctx));
+}
+
 /** Collect garbage in a LocalStore (see the file comment). */
 export async function collectGarbage(store: GcStoreAccess, options: GcOptions = {}): Promise<GcResult> {
   const action = options.action ?? 'delete-dead';
@@ -292,11 +309,7 @@ class Collection {
   async run(): Promise<GcResult> {
     const { store, s } = this;
     const db = store.db;
-    const validStmt = db.prepare('select 1 from ValidPaths where path = ?').pluck();
-    const ctx: RootsContext = {
-      storeDir: store.storeDir, realStoreDir: store.realStoreDir, stateDir: store.stateDir,
-      isValid: (p) => validStmt.get(p) !== undefined, info: (m) => this.info(m),
-    };
+    const ctx = rootsContext(store, (m) => this.info(m));
     this.info('finding garbage collector roots...');
     const roots: Roots = this.options.ignoreLiveness ? new Map() : findPermanentRoots(ctx, { runtime: this.options.runtimeRoots ?? true });
     // Temporary roots written before we took the lock; later ones come through the socket.
@@ -329,6 +342,7 @@ class Collection {
       }
     }
 
+    if (!s.shouldDelete) this.info('determining live/dead paths...');
     if (s.action === 'print-live') {
       const live = [...alive].map((id) => g.paths[id]!);
       return this.result([...live, ...invalidLive]);

@@ -27,7 +27,7 @@ import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from '.
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
 import { compressBzip2Async, decompressBzip2 } from './bzip2.js';
 import { TempRoots } from './temp-roots.js';
-import { collectGarbage, type GcOptions, type GcResult } from './gc.js';
+import { collectGarbage, findRoots, type GcOptions, type GcResult } from './gc.js';
 import { StoreOptimiser, type OptimiseOptions, type OptimiseStats } from './optimise.js';
 
 /** Where the store lives. Defaults follow Nix's LocalFSStore settings. */
@@ -622,6 +622,15 @@ export class LocalStore implements Store {
     if (!this.autoOptimiseStore) return;
     this.optimiser ??= new StoreOptimiser(this.realStoreDir);
     this.optimiser.optimisePath(realPath);
+  }
+
+  /**
+   * The garbage collector's roots, each with where it was found (gcroots/profiles links, `/proc/…` files,
+   * `{temp:PID}`): what `nix-store --gc --print-roots` lists.
+   */
+  findRoots(): Map<StorePath, Set<string>> {
+    this.check();
+    return findRoots({ ...this.layout, db: this.db });
   }
 
   /** Collect garbage with Nix 2.8's semantics, interlocking with real Nix on the same store (src/store/gc.ts). */

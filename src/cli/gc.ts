@@ -1,0 +1,122 @@
+/**
+ * `realise gc` (nix-store --gc and --delete) and `realise store optimise` (nix-store --optimise): the
+ * same flags, output and messages as Nix 2.8. stdout has what nix-store prints there (the dead or live
+ * paths, the roots, "N store paths deleted, X MiB freed"); stderr Nix's informational lines, and on a
+ * terminal a status line with the paths and bytes freed so far.
+ */
+import { LocalStore, type GcAction, type GcEvent, type Store } from '../index.js';
+import { parseBool, UsageError, type CliArgs } from './args.js';
+import { CliError, followLinksToStorePath } from './paths.js';
+
+/** Nix's showBytes. */
+function mib(bytes: number): string {
+  return `${(bytes / (1024 * 1024)).toFixed(2)} MiB`;
+}
+
+/** `--max-freed N` with an optional K/M/G/T suffix (Nix's getIntArg with units); negative means 0. */
+export function parseMaxFreed(v: string): number {
+  const m = /^(-?\d+)([KMGT]?)$/.exec(v);
+  if (!m) throw new UsageError(`flag '--max-freed' requires an integer argument`);
+  const n = Number(m[1]) * 1024 ** ' KMGT'.indexOf(m[2] || ' ');
+  return Math.max(n, 0);
+}
+
+function localStoreOf(store: Store, what: string): LocalStore {
+  if (!(store instanceof LocalStore)) throw new CliError(`'${what}' needs a local store`);
+  return store;
+}
+
+function boolSetting(args: CliArgs, names: string[], dflt: boolean): boolean {
+  for (const n of names) { const v = args.options.get(n); if (v !== undefined) return parseBool(n, v); }
+  return dflt;
+}
+
+/** Informational lines on stderr, with a status line below them on a terminal. */
+class GcDisplay {
+  private status = '';
+  private last = 0;
+  constructor(private readonly quiet: boolean, private readonly tty = !!process.stderr.isTTY) {}
+
+  line(message: string): void {
+    if (this.quiet) return;
+    this.clear();
+    process.stderr.write(message + '\n');
+    this.draw();
+  }
+
+  /** The status line (redrawn at most every 100 ms). */
+  progress(status: string): void {
+    if (!this.tty || this.quiet) return;
+    this.status = status;
+    const now = Date.now();
+    if (now - this.last < 100) return;
+    this.last = now;
+    this.clear();
+    this.draw();
+  }
+
+  private clear(): void { if (this.tty && this.status) process.stderr.write('\r\x1b[K'); }
+  private draw(): void { if (this.tty && this.status) process.stderr.write(this.status); }
+  done(): void { this.clear(); this.status = ''; }
+}
+
+export async function gcCommand(args: CliArgs, store: Store): Promise<number> {
+  const local = localStoreOf(store, 'gc');
+  const { action: flag, ignoreLiveness, maxFreed } = args.gc;
+  if (flag !== 'delete-specific' && args.positional.length) throw new UsageError('no arguments expected');
+  if (flag === 'print-roots') {
+    const lines: Array<[string, string]> = [];
+    for (const [target, links] of local.findRoots()) for (const link of links) lines.push([link, target]);
+    lines.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
+    for (const [link, target] of lines) process.stdout.write(`${link} -> ${target}\n`);
+    return 0;
+  }
+  const action: GcAction = flag ?? 'delete-dead';
+  const display = new GcDisplay(args.quiet);
+  let deleted = 0;
+  const onEvent = (e: GcEvent) => {
+    if (e.type === 'info') display.line(e.message);
+    else if (e.type === 'deleted') display.progress(`[${++deleted} paths deleted, ${mib(e.bytesFreed)} freed]`);
+  };
+  const ac = new AbortController();
+  const onSig = () => ac.abort();
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onSig);
+  try {
+    const r = await local.collectGarbage({
+      action,
+      paths: action === 'delete-specific' ? args.positional.map((p) => followLinksToStorePath(store.storeDir, p)) : undefined,
+      ignoreLiveness,
+      maxFreed: maxFreed === undefined ? undefined : parseMaxFreed(maxFreed),
+      keepOutputs: boolSetting(args, ['keep-outputs', 'gc-keep-outputs'], false),
+      keepDerivations: boolSetting(args, ['keep-derivations', 'gc-keep-derivations'], true),
+      signal: ac.signal,
+      onEvent,
+    });
+    display.done();
+    if (action === 'print-dead' || action === 'print-live') {
+      for (const p of r.paths) process.stdout.write(p + '\n');
+    } else {
+      process.stdout.write(`${r.paths.length} store paths deleted, ${mib(r.bytesFreed)} freed\n`);
+    }
+    return 0;
+  } finally {
+    display.done();
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, onSig);
+  }
+}
+
+/** `realise store optimise`: nix-store --optimise. */
+export async function storeCommand(args: CliArgs, store: Store): Promise<number> {
+  const [sub, ...rest] = args.positional;
+  if (sub !== 'optimise') throw new UsageError(sub ? `unknown 'store' subcommand '${sub}'` : "'store' needs a subcommand: optimise");
+  if (rest.length) throw new UsageError('no arguments expected');
+  const local = localStoreOf(store, 'store optimise');
+  const display = new GcDisplay(args.quiet);
+  const stats = await local.optimiseStore({
+    onWarning: (m) => process.stderr.write(`warning: ${m}\n`),
+    onProgress: (done, expected, s) => display.progress(`[${done}/${expected} paths optimised, ${mib(s.bytesFreed)} freed]`),
+  });
+  display.done();
+  if (!args.quiet) process.stderr.write(`${mib(stats.bytesFreed)} freed by hard-linking ${stats.filesLinked} files\n`);
+  return 0;
+}

@@ -1,0 +1,94 @@
+/**
+ * `realise gc` and `realise store optimise` side by side with nix-store --gc / --delete / --optimise on
+ * twin chroot stores (one made, then copied): the same stdout, the same deleted paths, the same errors.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { realiseInProcess as realise } from '../helpers/cli.js';
+import { parseMaxFreed } from '../../src/cli/gc.js';
+
+const nonce = `${process.pid}-${Date.now()}`;
+const deleting = (stderr: string) => stderr.split('\n').filter((l) => l.startsWith('deleting \'')).sort();
+
+describe.skipIf(!nixOk())('realise gc / store optimise vs nix-store', () => {
+  let dir: string;
+  let N: string;
+  let O: string;
+  const p: string[] = [];
+  beforeAll(() => {
+    dir = tempDir('realise-cli-gc-');
+    N = path.join(dir, 'N');
+    for (let i = 0; i < 6; i++) {
+      const f = path.join(dir, `f${i}`);
+      mkdirSync(f);
+      writeFileSync(path.join(f, 'a'), `shared ${nonce}\n`.repeat(50));
+      writeFileSync(path.join(f, 'b'), `${i} ${nonce}`);
+      p.push(nix('nix-store', ['--store', N, '--add', f]));
+    }
+    symlinkSync(p[0]!, path.join(N, 'nix/var/nix/gcroots/zero'));
+    symlinkSync(p[1]!, path.join(N, 'nix/var/nix/profiles/one'));
+    O = path.join(dir, 'O');
+    expect(spawnSync('cp', ['-a', N, O]).status).toBe(0);
+    // The copied links point into the store (logical paths), so they are roots of O as well.
+  });
+
+  it('--print-dead and --print-live print what nix-store prints', async () => {
+    for (const flag of ['--print-dead', '--print-live']) {
+      const n = runNix('nix-store', ['--store', N, '--gc', flag]);
+      const o = await realise(['gc', '--store', O, flag]);
+      expect(o.status, o.stderr).toBe(0);
+      expect(o.stdout).toBe(n.stdout);
+    }
+  });
+
+  it('--print-roots lists the same links and targets', async () => {
+    const n = runNix('nix-store', ['--store', N, '--gc', '--print-roots']);
+    const o = await realise(['gc', '--store', O, '--print-roots']);
+    expect(o.stdout.split(O).join('ROOT')).toBe(n.stdout.split(N).join('ROOT'));
+    expect(o.stdout).toContain(`${O}/nix/var/nix/gcroots/zero -> ${p[0]}`);
+  });
+
+  it('--delete refuses a live path with Nix\'s error and deletes a dead one with Nix\'s summary', async () => {
+    const nLive = runNix('nix-store', ['--store', N, '--delete', p[0]!]);
+    const oLive = await realise(['gc', '--store', O, '--delete', p[0]!]);
+    expect(oLive.status).toBe(nLive.status);
+    expect(oLive.status).toBe(1);
+    expect(oLive.stderr).toContain(`error: Cannot delete path '${p[0]}' since it is still alive. To find out why, use: nix-store --query --roots`);
+    expect(nLive.stderr).toContain(`Cannot delete path '${p[0]}' since it is still alive.`);
+    const n = runNix('nix-store', ['--store', N, '--delete', p[5]!]);
+    const o = await realise(['gc', '--store', O, '--delete', p[5]!]);
+    expect(o.status, o.stderr).toBe(0);
+    expect(o.stdout).toBe(n.stdout);
+    expect(o.stdout).toMatch(/^1 store paths deleted, 0\.00 MiB freed\n$/);
+  });
+
+  it('store optimise reports what nix-store --optimise reports', async () => {
+    const n = runNix('nix-store', ['--store', N, '--optimise']);
+    const o = await realise(['store', 'optimise', '--store', O]);
+    expect(o.status, o.stderr).toBe(0);
+    const line = (s: string) => s.split('\n').find((l) => l.includes('freed by hard-linking'));
+    expect(line(o.stderr)).toBe(line(n.stderr));
+    expect(line(o.stderr)).toMatch(/hard-linking 4 files/);
+  });
+
+  it('gc deletes what nix-store --gc deletes, with the same summary', async () => {
+    const n = runNix('nix-store', ['--store', N, '--gc']);
+    const o = await realise(['gc', '--store', O]);
+    expect(o.status, o.stderr).toBe(0);
+    expect(o.stdout).toBe(n.stdout);
+    expect(deleting(o.stderr)).toEqual(deleting(n.stderr));
+    expect(deleting(o.stderr)).toHaveLength(3);
+    expect(runNix('nix-store', ['--store', O, '--verify', '--check-contents']).status).toBe(0);
+  });
+
+  it('parses --max-freed as Nix does (K, M, G, T; negative is 0)', () => {
+    expect(parseMaxFreed('100')).toBe(100);
+    expect(parseMaxFreed('2K')).toBe(2048);
+    expect(parseMaxFreed('1G')).toBe(1024 ** 3);
+    expect(parseMaxFreed('-5')).toBe(0);
+    expect(() => parseMaxFreed('lots')).toThrow(/integer/);
+  });
+});
