@@ -163,7 +163,10 @@ async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) 
       const proxy = proxyFor(u, opts.env);
       let dispatcher = opts.agent;
       if (proxy) {
-        dispatcher = new ProxyAgent({ uri: proxy, requestTls: { rejectUnauthorized: false }, proxyTls: { rejectUnauthorized: false } });
+        // As curl: http:// goes to the proxy as a plain request with the absolute URL, https:// through CONNECT.
+        dispatcher = new ProxyAgent({
+          uri: proxy, proxyTunnel: u.protocol === 'https:', requestTls: { rejectUnauthorized: false }, proxyTls: { rejectUnauthorized: false },
+        });
         proxies.push(dispatcher);
       }
       try {

@@ -1,0 +1,199 @@
+/**
+ * builtin:fetchurl's HTTP behaviour against real Nix 2.8, over a real server on 127.0.0.1 that is also a
+ * forward proxy: netrc credentials (`netrc-file`), the proxy variables of impureEnvVars, a transient 503
+ * retried, a 401 without credentials. Plus the pieces on their own: netrc parsing, Nix's error layout,
+ * and the tar reader of unpack-channel (GNU long names, pax, `..`, entries below a symlink).
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { chmodSync, mkdirSync, promises as fsp, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { errorLogText, hintfmt } from '../../src/builtins/log.js';
+import { netrcCredentials, parseNetrc } from '../../src/builtins/netrc.js';
+import { unpackTarfile } from '../../src/builtins/tar.js';
+import { BuildEngine } from '../../src/scheduler/build-engine.js';
+import { BuildFailedError } from '../../src/scheduler/errors.js';
+import type { BuildEngineOptions } from '../../src/scheduler/options.js';
+import { LocalStore } from '../../src/store/local-store.js';
+import { nixOk, runNixAsync, tempDir } from '../helpers/nix.js';
+import { instantiateAttrs, logTail, nixSandboxArgs, pathFacts, removeTree } from '../scheduler/helpers.js';
+
+const BODY = 'secret contents\n';
+const AUTH = 'Basic ' + Buffer.from('alice:s3cret').toString('base64');
+
+describe.skipIf(!nixOk())('builtin:fetchurl over HTTP vs Nix 2.8: netrc, proxy, retries', () => {
+  let root: string;
+  let server: Server;
+  let port: number;
+  let N: string;
+  let O: string;
+  let drv: Record<string, string>;
+  let store: LocalStore;
+  const proxied: string[] = [];
+  const flaky = new Map<string, number>();
+  const engines: BuildEngine[] = [];
+  const engine = (o: BuildEngineOptions = {}) => {
+    const e = new BuildEngine({ store, sandbox: true, buildDir: root, ...o });
+    engines.push(e);
+    return e;
+  };
+  const nixBuild = (attr: string, options: string[] = [], env: Record<string, string> = {}) =>
+    runNixAsync('nix-store', ['--store', N, '--realise', drv[attr]!, ...nixSandboxArgs(), ...options], { env });
+
+  beforeAll(async () => {
+    root = tempDir('realise-fetchurl-http-');
+    chmodSync(root, 0o755);
+    server = createServer((req, res) => {
+      // A forward proxy gets the absolute URL; an origin server the path.
+      const url = new URL(req.url ?? '/', 'http://origin');
+      if (req.url?.startsWith('http://')) proxied.push(req.url);
+      const name = url.pathname.slice(1);
+      if (name === 'secret.txt' && req.headers.authorization !== AUTH) {
+        res.writeHead(401, { 'www-authenticate': 'Basic realm="x"', 'content-type': 'text/plain' }).end('who are you?\n');
+        return;
+      }
+      if (name.startsWith('flaky')) {
+        const n = (flaky.get(`${req.headers['user-agent']}${name}`) ?? 0) + 1;
+        flaky.set(`${req.headers['user-agent']}${name}`, n);
+        if (n === 1) { res.writeHead(503, { 'content-type': 'text/plain' }).end('busy\n'); return; }
+      }
+      res.writeHead(200, { 'content-length': Buffer.byteLength(BODY) }).end(BODY);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    port = (server.address() as AddressInfo).port;
+    const hash = createHash('sha256').update(BODY).digest('hex');
+    const u = `http://127.0.0.1:${port}`;
+    writeFileSync(path.join(root, 'netrc'), `machine 127.0.0.1\n  login alice\n  password s3cret\n`);
+    writeFileSync(path.join(root, 'e.nix'), `
+      let fetchurl = import <nix/fetchurl.nix>; in {
+        secret = fetchurl { url = "${u}/secret.txt"; sha256 = "${hash}"; name = "secret"; };
+        denied = fetchurl { url = "${u}/secret.txt"; sha256 = "${hash}"; name = "denied"; };
+        viaProxy = fetchurl { url = "http://origin.invalid/proxied.txt"; sha256 = "${hash}"; };
+        flaky = fetchurl { url = "${u}/flaky.txt"; sha256 = "${hash}"; };
+      }`);
+    N = path.join(root, 'N');
+    O = path.join(root, 'O');
+    drv = instantiateAttrs(N, path.join(root, 'e.nix'));
+    expect(instantiateAttrs(O, path.join(root, 'e.nix'))).toEqual(drv);
+    store = await LocalStore.open({ root: O });
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const e of engines) await e.close();
+    await store?.close();
+    await new Promise<void>((r) => server?.close(() => r()));
+    if (root) await removeTree(root);
+  });
+
+  it('netrc-file credentials: fetched by both; without them, HTTP 401 in both with Nix\'s words', async () => {
+    const netrc = path.join(root, 'netrc');
+    const r = await nixBuild('secret', ['--option', 'netrc-file', netrc]);
+    expect(r.status, r.stderr).toBe(0);
+    const [ours] = await engine({ netrcFile: netrc }).buildPaths([drv.secret!]);
+    const out = ours!.result.builtOutputs!.out!;
+    expect(pathFacts(O, [out])).toEqual(pathFacts(N, [out]));
+
+    const bad = await nixBuild('denied', ['--option', 'netrc-file', path.join(root, 'none')]);
+    expect(bad.status).toBe(1);
+    const nixLine = /error: (unable to download [^\n]*)/.exec(bad.stderr)![1]!;
+    expect(nixLine).toContain("HTTP error 401 ('Unauthorized')");
+    const err = await engine({ netrcFile: path.join(root, 'none') }).buildPaths([drv.denied!]).then(() => undefined, (x: unknown) => x);
+    expect(err).toBeInstanceOf(BuildFailedError);
+    const tail = logTail((err as Error).message).join('\n').replace(/\x1b\[[0-9;]*m/g, '');
+    expect(tail).toContain(nixLine);
+    expect(tail).toContain('who are you?');
+  }, 60_000);
+
+  it('http_proxy from the environment (impureEnvVars) carries the request, in both', async () => {
+    const proxy = { http_proxy: `http://127.0.0.1:${port}` };
+    proxied.length = 0;
+    const r = await nixBuild('viaProxy', [], proxy);
+    expect(r.status, r.stderr).toBe(0);
+    expect(proxied).toEqual(['http://origin.invalid/proxied.txt']);
+    proxied.length = 0;
+    const [ours] = await engine({ environment: proxy }).buildPaths([drv.viaProxy!]);
+    expect(proxied).toEqual(['http://origin.invalid/proxied.txt']);
+    const out = ours!.result.builtOutputs!.out!;
+    expect(pathFacts(O, [out])).toEqual(pathFacts(N, [out]));
+  }, 60_000);
+
+  it('a 503 is retried after a warning, in both', async () => {
+    const r = await nixBuild('flaky');
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/HTTP error 503 \('Service Unavailable'\)[\s\S]*retrying in \d+ ms/);
+    const warnings: string[] = [];
+    const e = engine();
+    e.on('warning', (w) => warnings.push(w.message));
+    const [ours] = await e.buildPaths([drv.flaky!]);
+    expect(ours!.result.status).toBe('built');
+    expect(warnings.join('\n')).toMatch(/unable to download '[^']*flaky\.txt': HTTP error 503 \('Service Unavailable'\)[\s\S]*; retrying in \d+ ms/);
+    const log = (await store.readBuildLog(drv.flaky!))!;
+    expect(log).toMatch(/^@nix \{"action":"msg","level":1,"msg":"\\u001b\[35;1mwarning:\\u001b\[0m unable to download/m);
+  }, 60_000);
+});
+
+describe('builtins: netrc, Nix\'s error layout, the tar reader', () => {
+  it('netrc: machine entries, default, quoted tokens, macdef skipped', () => {
+    const e = parseNetrc('machine a.org login u1 password p1\nmacdef init\nmachine evil login x password y\n\nmachine "b.org" login "u 2" password p2\ndefault login anon password guest\n');
+    expect(netrcCredentials(e, 'A.ORG')).toEqual({ login: 'u1', password: 'p1' });
+    expect(netrcCredentials(e, 'b.org')).toEqual({ login: 'u 2', password: 'p2' });
+    expect(netrcCredentials(e, 'evil')).toEqual({ login: 'anon', password: 'guest' });
+    expect(netrcCredentials(parseNetrc('machine x login a password b'), 'y')).toBeUndefined();
+  });
+
+  it('errors are laid out as Nix prints them: red prefix, values coloured, later lines indented, blank lines bare', () => {
+    expect(errorLogText(hintfmt("a '%1%' and %2%\n\nmore\n", '/x', 5))).toBe("\x1b[31;1merror:\x1b[0m a '\x1b[35;1m/x\x1b[0m' and \x1b[35;1m5\x1b[0m\n\n       more\n");
+    expect(hintfmt("attribute '%s' missing", 'out').plain).toBe("attribute 'out' missing");
+  });
+
+  describe('tar', () => {
+    let dir: string;
+    beforeAll(() => { dir = tempDir('realise-tar-'); });
+    afterAll(() => removeTree(dir));
+    const tar = (name: string, args: string[]) => {
+      execFileSync('tar', [...args, '-f', path.join(dir, name)], { cwd: path.join(dir, 'src') });
+      return path.join(dir, name);
+    };
+
+    it('GNU long names, pax headers, symlinks, hard links, modes; gzip, bzip2, zstd and plain', async () => {
+      const long = 'd'.repeat(120);
+      mkdirSync(path.join(dir, 'src', 'top', long), { recursive: true });
+      writeFileSync(path.join(dir, 'src', 'top', long, 'f'.repeat(110)), 'deep\n');
+      writeFileSync(path.join(dir, 'src', 'top', 'run'), '#!/bin/sh\n');
+      chmodSync(path.join(dir, 'src', 'top', 'run'), 0o755);
+      symlinkSync('run', path.join(dir, 'src', 'top', 'link'));
+      execFileSync('ln', [path.join(dir, 'src', 'top', 'run'), path.join(dir, 'src', 'top', 'hard')]);
+      const files = [
+        tar('gnu.tar.gz', ['--format=gnu', '-cz', 'top']),
+        tar('pax.tar.bz2', ['--format=pax', '-cj', 'top']),
+        tar('plain.tar', ['--format=gnu', '-c', 'top']),
+        tar('z.tar.zst', ['--format=pax', '--zstd', '-c', 'top']),
+      ];
+      for (const f of files) {
+        const out = path.join(dir, `out-${path.basename(f)}`);
+        await unpackTarfile(f, out);
+        expect(await fsp.readFile(path.join(out, 'top', long, 'f'.repeat(110)), 'utf8')).toBe('deep\n');
+        expect((await fsp.stat(path.join(out, 'top', 'run'))).mode & 0o777).toBe(0o755);
+        expect(await fsp.readlink(path.join(out, 'top', 'link'))).toBe('run');
+        expect((await fsp.stat(path.join(out, 'top', 'hard'))).ino).toBe((await fsp.stat(path.join(out, 'top', 'run'))).ino);
+      }
+    });
+
+    it("refuses '..' and entries below a symlink; reports a damaged archive", async () => {
+      const py = (script: string) => execFileSync('python3', ['-c', script], { cwd: dir });
+      py(`import tarfile, io
+t = tarfile.open('dotdot.tar', 'w')
+i = tarfile.TarInfo('a/../../escape'); i.size = 1; t.addfile(i, io.BytesIO(b'x')); t.close()
+t = tarfile.open('through.tar', 'w')
+i = tarfile.TarInfo('l'); i.type = tarfile.SYMTYPE; i.linkname = '/tmp'; t.addfile(i)
+i = tarfile.TarInfo('l/x'); i.size = 1; t.addfile(i, io.BytesIO(b'x')); t.close()`);
+      await expect(unpackTarfile(path.join(dir, 'dotdot.tar'), path.join(dir, 'o1'))).rejects.toThrow(/Path contains '\.\.'/);
+      await expect(unpackTarfile(path.join(dir, 'through.tar'), path.join(dir, 'o2'))).rejects.toThrow(/Cannot extract through symlink l/);
+      writeFileSync(path.join(dir, 'junk.tar'), Buffer.alloc(1024, 7));
+      await expect(unpackTarfile(path.join(dir, 'junk.tar'), path.join(dir, 'o3'))).rejects.toThrow(/Damaged tar archive/);
+    });
+  });
+});
