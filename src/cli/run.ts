@@ -12,6 +12,7 @@ import {
   defaultSystemFeatures, derivationOutputsAndPaths, isCompression, isSuccess, keptBuildDirNote, readDerivationFromStore, toNixBase32, NixJsonLog, recordTrace, renderReport,
   type BuildEngineOptions, type TraceFile, type BuildResult, type BuildTarget, type PathInfo, type Store, type TargetResult,
 } from '../index.js';
+import { DaemonStore } from '../index.js';
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
 import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
 import { ProgressDisplay } from './progress.js';
@@ -187,7 +188,7 @@ function makeSymlink(link: string, target: string): void {
 }
 
 /** Nix's LocalFSStore::addPermRoot: a symlink to the store path, registered as an indirect GC root. */
-function addPermRoot(store: Store, storePath: string, root: string): string {
+async function addPermRoot(store: Store, storePath: string, root: string): Promise<string> {
   const gcRoot = path.resolve(root);
   if (gcRoot.startsWith(store.storeDir + '/')) {
     throw new CliError(`creating a garbage collector root (${gcRoot}) in the Nix store is forbidden (are you running nix-build inside the store?)`);
@@ -201,6 +202,8 @@ function addPermRoot(store: Store, storePath: string, root: string): string {
     const auto = path.join(stateDir, 'gcroots', 'auto');
     makeSymlink(path.join(auto, toNixBase32(createHash('sha1').update(gcRoot).digest())), gcRoot);
   }
+  // The daemon keeps the indirect root in its own state directory.
+  if (store instanceof DaemonStore) await store.addIndirectRoot(gcRoot);
   return gcRoot;
 }
 
@@ -225,7 +228,7 @@ async function realisedPaths(args: CliArgs, store: Store, results: readonly Targ
         let rootName = args.addRoot;
         if (rootNr > 1) rootName += `-${rootNr}`;
         if (name && name !== 'out') rootName += `-${name}`;
-        ret = addPermRoot(store, p, rootName);
+        ret = await addPermRoot(store, p, rootName);
       }
       printed.add(ret);
     }
@@ -327,7 +330,7 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     if (args.ignoreUnknown) return 0;
     let warned = false;
     const lines = await realisedPaths(args, store, results, () => {
-      if (!warned && store instanceof LocalStore) { warned = true; warn(GC_WARNING); }
+      if (!warned && (store instanceof LocalStore || store instanceof DaemonStore)) { warned = true; warn(GC_WARNING); }
     });
     for (const l of lines) process.stdout.write(l + '\n');
     return 0;

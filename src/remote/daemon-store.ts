@@ -230,6 +230,11 @@ export class DaemonStore implements Store {
     await this.first.addTempRoot(p);
   }
 
+  /** Register `link`, a symlink to a store path, as an indirect GC root (Nix's addIndirectRoot; `--add-root`). */
+  addIndirectRoot(link: string): Promise<void> {
+    return this.with((c) => c.addIndirectRoot(link));
+  }
+
   async lockPaths(): Promise<PathLocks> {
     throw unsupported('locking store paths');
   }

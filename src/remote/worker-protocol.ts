@@ -30,6 +30,7 @@ export const WorkerOp = {
   AddTextToStore: 8,
   BuildPaths: 9,
   AddTempRoot: 11,
+  AddIndirectRoot: 12,
   SetOptions: 19,
   QueryAllValidPaths: 23,
   QueryPathInfo: 26,
@@ -581,6 +582,11 @@ export class WorkerConnection {
   addTextToStore(name: string, text: string, references: readonly string[], opts: { signal?: AbortSignal } = {}): Promise<string> {
     references.forEach((p) => this.checkPath(p));
     return this.simple(WorkerOp.AddTextToStore, [name, text, [...references].sort()], (r) => r.string(), opts);
+  }
+
+  /** Register `link` (a symlink to a store path, outside the store) as an indirect GC root of the daemon. */
+  async addIndirectRoot(link: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.simple(WorkerOp.AddIndirectRoot, [link], (r) => r.u64(), opts);
   }
 
   /** Keep `path` from the daemon's garbage collector while this connection is open. */

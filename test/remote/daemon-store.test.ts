@@ -7,7 +7,7 @@
  * unprivileged user when the checkout is readable by one.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, chmodSync, constants, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, existsSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -142,6 +142,13 @@ describe.skipIf(!nixOk() || !isRoot)('DaemonStore against a real nix-daemon (sta
     expect([e.status, e.stdout], e.stderr).toEqual([0, `${outOf(drvs.env!)}\n`]);
     const u = run(['build', '--store', `unix://${socket}`, drvs.unix!], {});
     expect([u.status, u.stdout], u.stderr).toEqual([0, `${outOf(drvs.unix!)}\n`]);
+    // --add-root: the link, and the daemon's indirect root for it (in its state directory).
+    const link = path.join(home, 'result');
+    const a = run(['build', '--store', 'daemon', '--add-root', link, drvs.cli!], {});
+    expect([a.status, a.stdout], a.stderr).toEqual([0, `${link}\n`]);
+    expect(readdirSync(path.join(root, 'nix/var/nix/gcroots/auto')).map((f) => readlinkSync(path.join(root, 'nix/var/nix/gcroots/auto', f)))).toContain(link);
+    const info = run(['path-info', '--store', 'daemon', '--json', outOf(drvs.cli!)], {});
+    expect(JSON.parse(info.stdout)[0].deriver, info.stderr).toBe(drvs.cli);
     const f = run(['build', '--store', 'daemon', drvs.fail!], {});
     expect(f.status, f.stderr).toBe(100);
     expect(f.stderr).toContain(`builder for '${drvs.fail}' failed with exit code 3`);
