@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { interruptHandlersInstalled } from '../helpers/cli.js';
 import { instantiateTwins, nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
 
 const BIN = path.resolve(__dirname, '../../bin/realise.js');
@@ -33,7 +34,8 @@ function interrupt(cmd: string, args: string[], sig: NodeJS.Signals, when?: stri
       stderr += c;
       if (when && stderr.includes(when)) send();
     });
-    if (!when) child.once('spawn', () => void sleep(delayMs).then(send));
+    // Once the process handles the signal (before that, any process dies of it), and `delayMs` later.
+    if (!when) child.once('spawn', () => void interruptHandlersInstalled(child.pid!).then(() => sleep(delayMs)).then(send));
     child.on('close', (status, signal) => resolve({ status, signal, stderr }));
   });
 }

@@ -13,6 +13,7 @@ import { LocalStore } from '../../src/store/local-store.js';
 import type { PathInfo } from '../../src/store/store-api.js';
 import { topoSortPaths } from '../../src/remote/protocol-common.js';
 import { nixEnv, nixOk, runNix } from '../helpers/nix.js';
+import { interruptHandlersInstalled } from '../helpers/cli.js';
 import { cloneLocal, makeFixture, type Fixture } from '../remote/fixture.js';
 import { sshdOk, startSshd, type Sshd } from '../remote/sshd.js';
 
@@ -21,10 +22,10 @@ const BIN = path.resolve(__dirname, '../../bin/realise.js');
 interface Ended { status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; ms: number }
 
 /**
- * Run `realise ARGS`; when `sig` is given, send it once stderr contains `when` (or `delayMs` after the
- * start when `when` is undefined). Fails the test if the process has not ended after `limitMs`.
+ * Run `realise ARGS`; when `sig` is given, send it once stderr contains `when` (stdout `whenStdout`), or as
+ * soon as the process handles interrupts when neither is given. Fails the test if the process has not ended after `limitMs`.
  */
-function realise(args: string[], env: Record<string, string>, opts: { sig?: NodeJS.Signals; when?: string; whenStdout?: string; delayMs?: number; limitMs?: number } = {}): Promise<Ended> {
+function realise(args: string[], env: Record<string, string>, opts: { sig?: NodeJS.Signals; when?: string; whenStdout?: string; limitMs?: number } = {}): Promise<Ended> {
   return new Promise((resolve, reject) => {
     const start = Date.now();
     const child = spawn(process.execPath, [BIN, ...args], { env: nixEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
@@ -44,7 +45,8 @@ function realise(args: string[], env: Record<string, string>, opts: { sig?: Node
       stderr += c;
       if (opts.when && stderr.includes(opts.when)) send();
     });
-    if (opts.sig && opts.when === undefined && opts.whenStdout === undefined) child.once('spawn', () => void sleep(opts.delayMs ?? 0).then(send));
+    // "At once": as soon as the process handles the signal (before that, any process dies of it).
+    if (opts.sig && opts.when === undefined && opts.whenStdout === undefined) child.once('spawn', () => void interruptHandlersInstalled(child.pid!).then(send));
     child.on('close', (status, signal) => { clearTimeout(limit); resolve({ status, signal, stdout, stderr, ms: Date.now() - start }); });
   });
 }
@@ -150,7 +152,7 @@ describe.skipIf(!nixOk() || !sshdOk())('the realise process with remote builders
 
   it('SIGTERM before any build started (while loading), with builders configured: the same end', async () => {
     const s = await setup('ssh-ng');
-    const r = await realise(['build', '--store', s.local, '--max-jobs', '0', '--builders', s.builders, fx.drvs.slow], s.env, { sig: 'SIGTERM', delayMs: 300 });
+    const r = await realise(['build', '--store', s.local, '--max-jobs', '0', '--builders', s.builders, fx.drvs.slow], s.env, { sig: 'SIGTERM' });
     expect([r.status, r.signal, lastLine(r.stderr)], r.stderr).toEqual([1, null, 'error: interrupted by the user']);
     expect(await gone(s.remote)).toEqual([]);
   }, 90_000);

@@ -36,3 +36,22 @@ export async function realiseInProcess(args: string[], env: Record<string, strin
     }
   }
 }
+
+/**
+ * Resolves once the `realise` process `pid` has its interrupt handlers (bin/realise.js installs SIGINT,
+ * SIGTERM, then SIGHUP): its SigCgt mask in /proc has SIGHUP's bit. (SIGINT and SIGTERM cannot tell: Node
+ * catches them from its start, to restore the terminal before dying of them.) A signal sent after that
+ * reaches the command's handler however slowly the process started.
+ */
+export async function interruptHandlersInstalled(pid: number, timeoutMs = 30_000): Promise<void> {
+  const { readFileSync } = await import('node:fs');
+  const bit = 1n << BigInt(1 /* SIGHUP */ - 1);
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    let mask = 0n;
+    try { mask = BigInt(`0x${/^SigCgt:\s*([0-9a-f]+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '0'}`); } catch { /* not there yet, or gone */ }
+    if (mask & bit) return;
+    if (Date.now() > until) throw new Error(`process ${pid} did not install its interrupt handlers within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
