@@ -498,6 +498,16 @@ async function* verifiedNar(source: NarSource, info: PathInfo, machine: string):
   }
 }
 
+/**
+ * Whether `signal` already takes 10,000 listeners or has no limit (0). Node 20's getMaxListeners throws for
+ * a signal whose limit was set to 0 (the engine's worker signal): that is no limit.
+ */
+function unlimitedListeners(signal: AbortSignal): boolean {
+  let limit: number;
+  try { limit = getMaxListeners(signal); } catch { return true; }
+  return limit === 0 || limit >= 10_000;
+}
+
 /** Machines as builders: from a `builders` string / machines file text, or typed machines. */
 export function createRemoteBuilders(spec: string | readonly (Machine | MachineOptions)[], opts: MachineBuilderOptions & { thisSystem?: string } = {}): MachineBuilder[] {
   const machines = typeof spec === 'string'
@@ -526,7 +536,7 @@ export async function buildOnRemote(
   const failed: RemoteBuildError[] = [];
   const failedNames = new Set<string>();
   // Every waiting or running remote build listens on the caller's signal: a DAG puts hundreds on one.
-  if (opts.signal && getMaxListeners(opts.signal) < 10_000) setMaxListeners(10_000, opts.signal);
+  if (opts.signal && !unlimitedListeners(opts.signal)) setMaxListeners(10_000, opts.signal);
   const request: MachineRequest = { ...req, system: req.system ?? drv.platform, drvPath };
   for (;;) {
     opts.signal?.throwIfAborted();
