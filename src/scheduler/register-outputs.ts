@@ -101,12 +101,16 @@ async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promis
     // Where Nix names the output in these messages: inside the build's chroot (`<drv>.chroot/<store path>`)
     // when it ran in the sandbox, as Nix looks for it there (ours are moved out already).
     const shown = plan.isolated ? `${store.toRealPath(view.drvPath)}.chroot${scratch}` : real;
-    const st = lstatSync(real, { throwIfNoEntry: false });
+    let st = lstatSync(real, { throwIfNoEntry: false });
     if (!st) {
       throw new OutputRejected('misc-failure', `builder for '${view.drvPath}' failed to produce output path for output '${name}' at '${shown}'`);
     }
     if (!st.isSymbolicLink() && (st.mode & 0o022) !== 0) {
       throw new OutputRejected('output-rejected', `suspicious ownership or permission on '${shown}' for output '${name}'; rejecting this build output`);
+    }
+    if (view.isFixedOutput) {
+      await replaceByCopy(real, shown);
+      st = lstatSync(real);
     }
     const isExec = (st.mode & 0o100) !== 0;
     if (st.isFile() && st.size <= SMALL_FILE) {
@@ -126,6 +130,24 @@ async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promis
     scanned.set(name, { name, scratch, real, refs, isReg: st.isFile(), isExec });
   }
   return scanned;
+}
+
+/**
+ * Replace a fixed-output build's output by a copy of itself, in new inodes. Its builder shares the host's
+ * network namespace and so reaches abstract Unix sockets of host processes: a descriptor of the output it
+ * handed out (CVE-2024-27297) must not reach what gets registered. The old files are deleted.
+ */
+async function replaceByCopy(real: string, shown: string): Promise<void> {
+  const copy = `${real}.copy-${process.pid}`;
+  try {
+    await deleteTree(copy);
+    await restorePath(copy, dumpPath(real));
+    await deleteTree(real);
+    await fsp.rename(copy, real);
+  } catch (e) {
+    await deleteTree(copy).catch(() => {});
+    throw new OutputRejected('output-rejected', `cannot copy the output '${shown}' of a fixed-output derivation: ${(e as Error).message}`);
+  }
 }
 
 async function canonicaliseOutput(real: string, shown: string, ignoredAcls: readonly string[] | undefined): Promise<void> {

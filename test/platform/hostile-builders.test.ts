@@ -5,6 +5,7 @@
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -93,6 +94,28 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
       expect(result.errorMsg).toMatch(/cannot remove the extended attributes of .*security\.capability/);
       expect(await store.isValidPath(outPath)).toBe(false);
     }
+  });
+
+  it("a fixed-output builder that hands its output's descriptor to a host process cannot change the registered path", async () => {
+    // The builder has the host's network namespace, so it reaches abstract Unix sockets of host processes
+    // (CVE-2024-27297's route): a local user's process receives a writable descriptor of $out.
+    mkdirSync(path.join(dir, 'tmp'), { recursive: true });
+    const name = `realise-leak-${process.pid}`;
+    const receiver = spawn(hostProbe, ['fdrecv', name], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const said: string[] = [];
+    receiver.stdout!.on('data', (c: Buffer) => said.push(c.toString()));
+    while (!said.join('').includes('listening')) await new Promise((r) => setTimeout(r, 20));
+    const hash = `sha256-${createHash('sha256').update('original\n').digest('base64')}`;
+    const d = await derivation(store, { name: 'leaky-fod', system, builder: '/bin/sh', outputHashMode: 'flat', outputHash: hash,
+      args: ['-c', nix`echo original > $out; ${probe}/bin/probe fdsend $out ${name}`] });
+    const [r] = await engine().buildPathsWithResults([{ drvPath: d.drvPath, outputs: ['out'] }]).finally(() => setTimeout(() => receiver.kill(), 30_000).unref());
+    expect(r!.result.status, r!.result.errorMsg).toBe('built');
+    expect(said.join('')).toContain('received');
+    // Registered: now the host process writes through the descriptor it kept.
+    receiver.stdin!.end('go\n');
+    await new Promise((res) => receiver.once('exit', res));
+    expect(said.join('')).toContain('ok');
+    expect(readFileSync(store.toRealPath(String(d.out)), 'utf8')).toBe('original\n');
   });
 
   it("extended attributes named in ignored-acls stay", async () => {
