@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, mkdirSync, promises as fsp, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -27,6 +28,7 @@ const AUTH = 'Basic ' + Buffer.from('alice:s3cret').toString('base64');
 describe.skipIf(!nixOk())('builtin:fetchurl over HTTP vs Nix 2.8: netrc, proxy, retries', () => {
   let root: string;
   let server: Server;
+  let tlsServer: Server;
   let port: number;
   let N: string;
   let O: string;
@@ -64,6 +66,13 @@ describe.skipIf(!nixOk())('builtin:fetchurl over HTTP vs Nix 2.8: netrc, proxy, 
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     port = (server.address() as AddressInfo).port;
+    // https with a self-signed certificate nobody trusts: Nix 2.8 does not verify TLS for builtin:fetchurl.
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-days', '2',
+      '-keyout', path.join(root, 'key.pem'), '-out', path.join(root, 'cert.pem')], { stdio: 'ignore' });
+    tlsServer = createHttpsServer({ key: await fsp.readFile(path.join(root, 'key.pem')), cert: await fsp.readFile(path.join(root, 'cert.pem')) },
+      (_req, res) => { res.writeHead(200, { 'content-length': Buffer.byteLength(BODY) }).end(BODY); }) as unknown as Server;
+    await new Promise<void>((r) => tlsServer.listen(0, '127.0.0.1', r));
+    const tlsPort = (tlsServer.address() as AddressInfo).port;
     const hash = createHash('sha256').update(BODY).digest('hex');
     const u = `http://127.0.0.1:${port}`;
     writeFileSync(path.join(root, 'netrc'), `machine 127.0.0.1\n  login alice\n  password s3cret\n`);
@@ -73,6 +82,7 @@ describe.skipIf(!nixOk())('builtin:fetchurl over HTTP vs Nix 2.8: netrc, proxy, 
         denied = fetchurl { url = "${u}/secret.txt"; sha256 = "${hash}"; name = "denied"; };
         viaProxy = fetchurl { url = "http://origin.invalid/proxied.txt"; sha256 = "${hash}"; };
         flaky = fetchurl { url = "${u}/flaky.txt"; sha256 = "${hash}"; };
+        tls = fetchurl { url = "https://127.0.0.1:${tlsPort}/tls.txt"; sha256 = "${hash}"; };
       }`);
     N = path.join(root, 'N');
     O = path.join(root, 'O');
@@ -85,6 +95,7 @@ describe.skipIf(!nixOk())('builtin:fetchurl over HTTP vs Nix 2.8: netrc, proxy, 
     for (const e of engines) await e.close();
     await store?.close();
     await new Promise<void>((r) => server?.close(() => r()));
+    await new Promise<void>((r) => tlsServer?.close(() => r()));
     if (root) await removeTree(root);
   });
 
@@ -120,6 +131,14 @@ describe.skipIf(!nixOk())('builtin:fetchurl over HTTP vs Nix 2.8: netrc, proxy, 
     expect(pathFacts(O, [out])).toEqual(pathFacts(N, [out]));
   }, 60_000);
 
+  it('https from a server with a self-signed certificate: fetched by both (no TLS verification, as Nix 2.8)', async () => {
+    const r = await nixBuild('tls');
+    expect(r.status, r.stderr).toBe(0);
+    const [ours] = await engine().buildPaths([drv.tls!]);
+    const out = ours!.result.builtOutputs!.out!;
+    expect(pathFacts(O, [out])).toEqual(pathFacts(N, [out]));
+  }, 60_000);
+
   it('a 503 is retried after a warning, in both', async () => {
     const r = await nixBuild('flaky');
     expect(r.status, r.stderr).toBe(0);
@@ -134,6 +153,27 @@ describe.skipIf(!nixOk())('builtin:fetchurl over HTTP vs Nix 2.8: netrc, proxy, 
     expect(log).toMatch(/^@nix \{"action":"msg","level":1,"msg":"\\u001b\[35;1mwarning:\\u001b\[0m unable to download/m);
   }, 60_000);
 });
+
+/** One ustar member: header (checksum filled in) and its data padded to 512 bytes. */
+function tarEntry(name: string, type: string, data: string, link = ''): Buffer {
+  const h = Buffer.alloc(512);
+  h.write(name, 0);
+  h.write('0000644\0', 100);
+  h.write('0000000\0', 108);
+  h.write('0000000\0', 116);
+  h.write(data.length.toString(8).padStart(11, '0') + '\0', 124);
+  h.write('00000000000\0', 136);
+  h.write('        ', 148);
+  h.write(type, 156);
+  h.write(link, 157);
+  h.write('ustar\x0000', 257);
+  let sum = 0;
+  for (const b of h) sum += b;
+  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148);
+  const body = Buffer.alloc(Math.ceil(data.length / 512) * 512);
+  body.write(data);
+  return Buffer.concat([h, body]);
+}
 
 describe('builtins: netrc, Nix\'s error layout, the tar reader', () => {
   it('netrc: machine entries, default, quoted tokens, macdef skipped', () => {
@@ -183,13 +223,8 @@ describe('builtins: netrc, Nix\'s error layout, the tar reader', () => {
     });
 
     it("refuses '..' and entries below a symlink; reports a damaged archive", async () => {
-      const py = (script: string) => execFileSync('python3', ['-c', script], { cwd: dir });
-      py(`import tarfile, io
-t = tarfile.open('dotdot.tar', 'w')
-i = tarfile.TarInfo('a/../../escape'); i.size = 1; t.addfile(i, io.BytesIO(b'x')); t.close()
-t = tarfile.open('through.tar', 'w')
-i = tarfile.TarInfo('l'); i.type = tarfile.SYMTYPE; i.linkname = '/tmp'; t.addfile(i)
-i = tarfile.TarInfo('l/x'); i.size = 1; t.addfile(i, io.BytesIO(b'x')); t.close()`);
+      writeFileSync(path.join(dir, 'dotdot.tar'), Buffer.concat([tarEntry('a/../../escape', '0', 'x'), Buffer.alloc(1024)]));
+      writeFileSync(path.join(dir, 'through.tar'), Buffer.concat([tarEntry('l', '2', '', '/tmp'), tarEntry('l/x', '0', 'x'), Buffer.alloc(1024)]));
       await expect(unpackTarfile(path.join(dir, 'dotdot.tar'), path.join(dir, 'o1'))).rejects.toThrow(/Path contains '\.\.'/);
       await expect(unpackTarfile(path.join(dir, 'through.tar'), path.join(dir, 'o2'))).rejects.toThrow(/Cannot extract through symlink l/);
       writeFileSync(path.join(dir, 'junk.tar'), Buffer.alloc(1024, 7));
