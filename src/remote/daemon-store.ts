@@ -101,7 +101,17 @@ export class DaemonStore implements Store {
         hint: 'is the Nix daemon running (systemctl status nix-daemon)? Set NIX_DAEMON_SOCKET_PATH if it listens elsewhere',
       });
     }
-    const c = await WorkerConnection.connect(transport, { ...this.workerOptions, storeDir: this.storeDir, name: `daemon at '${this.socketPath}'` });
+    let c: WorkerConnection;
+    try {
+      c = await WorkerConnection.connect(transport, { ...this.workerOptions, storeDir: this.storeDir, name: `the Nix daemon at '${this.socketPath}'` });
+    } catch (e) {
+      if (!(e instanceof RemoteConnectionError)) throw e;
+      // The daemon hangs up before its handshake on a user it does not allow.
+      throw new RemoteConnectionError(`cannot open connection to the Nix daemon at '${this.socketPath}': it closed the connection`, {
+        cause: e,
+        hint: "the daemon refuses users that 'allowed-users' in its nix.conf does not name; its log says why",
+      });
+    }
     this.all.add(c);
     void transport.closed.then(() => { this.all.delete(c); });
     return c;

@@ -39,6 +39,16 @@ function checkoutUsableByOthers(): boolean {
 }
 const NOBODY = 65534;
 
+/** `nix-daemon --store ROOT` listening on `socket`, with `conf` as its settings. */
+async function startDaemon(root: string, socket: string, conf: string): Promise<ChildProcess> {
+  const d = spawn('nix-daemon', ['--store', root], { env: nixEnv({ NIX_CONFIG: conf, NIX_DAEMON_SOCKET_PATH: socket }), stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  d.stderr!.setEncoding('utf8').on('data', (s: string) => { log += s; });
+  for (let i = 0; i < 100 && !existsSync(socket); i++) await sleep(100);
+  if (!existsSync(socket)) throw new Error(`nix-daemon did not start:\n${log}`);
+  return d;
+}
+
 describe.skipIf(!nixOk() || !isRoot)('DaemonStore against a real nix-daemon (started as root, trusting nobody)', () => {
   let dir: string;
   let root: string;
@@ -57,11 +67,7 @@ describe.skipIf(!nixOk() || !isRoot)('DaemonStore against a real nix-daemon (sta
       if (!existsSync(file)) writeFileSync(file, EXPR.replace('MARK', MARK));
       drvs[attr] = nix('nix-instantiate', ['--store', root, file, '-A', attr]);
     }
-    daemon = spawn('nix-daemon', ['--store', root], { env: nixEnv({ NIX_CONFIG: CONF, NIX_DAEMON_SOCKET_PATH: socket }), stdio: ['ignore', 'ignore', 'pipe'] });
-    let log = '';
-    daemon.stderr!.setEncoding('utf8').on('data', (s: string) => { log += s; });
-    for (let i = 0; i < 100 && !existsSync(socket); i++) await sleep(100);
-    if (!existsSync(socket)) throw new Error(`nix-daemon did not start:\n${log}`);
+    daemon = await startDaemon(root, socket, CONF);
     store = await DaemonStore.open({ socketPath: socket });
   }, 60_000);
   afterAll(async () => {
@@ -123,6 +129,18 @@ describe.skipIf(!nixOk() || !isRoot)('DaemonStore against a real nix-daemon (sta
     expect(err).toBeInstanceOf(RemoteConnectionError);
     expect((err as RemoteConnectionError).shortMessage).toBe(`cannot connect to socket at '${path.join(dir, 'nothing')}': No such file or directory`);
     expect(await openStore(`unix://${socket}`).then(async (s) => { const ok = s instanceof DaemonStore; await s.close(); return ok; })).toBe(true);
+  });
+
+  it('a daemon that does not allow the user: a typed error saying so', async () => {
+    const other = path.join(dir, 'other-socket');
+    const d = await startDaemon(path.join(dir, 'other-root'), other, 'build-users-group =\ntrusted-users =\nallowed-users = @nonexistent-group\n');
+    try {
+      const err = await DaemonStore.open({ socketPath: other }).then(() => undefined, (e: unknown) => e);
+      expect(err).toBeInstanceOf(RemoteConnectionError);
+      expect((err as RemoteConnectionError).shortMessage).toBe(`cannot open connection to the Nix daemon at '${other}': it closed the connection`);
+    } finally {
+      d.kill('SIGTERM');
+    }
   });
 
   const asUser = checkoutUsableByOthers();
