@@ -13,7 +13,7 @@
  * directories of dead writers are removed when a store is opened.
  */
 import Database from 'better-sqlite3';
-import { closeSync, constants as FS, createReadStream, existsSync, fstatSync, lstatSync, openSync, promises as fsp } from 'node:fs';
+import { closeSync, constants as FS, createReadStream, existsSync, fstatSync, lstatSync, openSync, promises as fsp, readFileSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
@@ -27,6 +27,7 @@ import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from '.
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
 import { compressBzip2Async, decompressBzip2 } from './bzip2.js';
 import { TempRoots } from './temp-roots.js';
+import { derivationOutputPaths } from './drv-outputs.js';
 import { collectGarbage, findRoots, type GcOptions, type GcResult } from './gc.js';
 import { StoreOptimiser, type OptimiseOptions, type OptimiseStats } from './optimise.js';
 
@@ -516,7 +517,23 @@ export class LocalStore implements Store {
     }).immediate();
   }
 
-  /** Write rows for `infos` in one transaction, enforcing the closure invariant. No file system work. */
+  /**
+   * DerivationOutputs rows of a newly registered `.drv`, from its text, as Nix's registerValidPaths
+   * writes them (so a `.drv` added by substitution or addToStore has them too). An unreadable or
+   * unparsable file gets none.
+   */
+  private registerDrvOutputRows(id: number, drvPath: StorePath): void {
+    let text: string;
+    try { text = readFileSync(this.toRealPath(drvPath), 'utf8'); } catch { return; }
+    const outputs = derivationOutputPaths(text);
+    if (!outputs) return;
+    for (const [name, p] of outputs) {
+      try { parseStorePath(p, this.storeDir); } catch { continue; }
+      this.st.addDrvOutput.run(id, name, p);
+    }
+  }
+
+  /** Write rows for `infos` in one transaction, enforcing the closure invariant. Reads only new `.drv` files. */
   private registerInDb(infos: readonly PathInfo[]): void {
     const now = Math.floor(Date.now() / 1000);
     this.db.transaction(() => {
@@ -532,6 +549,7 @@ export class LocalStore implements Store {
         } else {
           const r = this.st.insert.run(i.path, formatDbHash(i.narHash), i.registrationTime ?? now, i.deriver ?? null, i.narSize || null, ultimate, sigs, i.ca ?? null);
           ids.set(i.path, Number(r.lastInsertRowid));
+          if (i.path.endsWith('.drv')) this.registerDrvOutputRows(Number(r.lastInsertRowid), i.path);
         }
       }
       for (const i of order) {

@@ -242,3 +242,33 @@ describe.skipIf(!nixOk())('nix-store --delete, --max-freed, .links', () => {
     expect(readlinkSync(path.join(root, 'nix/var/nix/gcroots/keep'))).toBe(keep);
   });
 });
+
+describe.skipIf(!nixOk())('DerivationOutputs rows of a .drv we add, as Nix\'s registerValidPaths writes them', () => {
+  it('a .drv added from a NAR (as substitution adds it) gets its rows: Nix\'s keep-outputs then keeps the output of a rooted .drv', async () => {
+    const dir = tempDir('realise-gc-drvrows-');
+    dirs.push(dir);
+    const N = path.join(dir, 'N');
+    const O = path.join(dir, 'O');
+    const expr = path.join(dir, 'e.nix');
+    writeFileSync(expr, `derivation { name = "rows"; system = "x86_64-linux"; builder = "/bin/sh"; outputs = ["out" "dev"]; nonce = "${nonce}"; }`);
+    const drv = nix('nix-instantiate', ['--store', N, expr]);
+    const [dev, out] = nix('nix-store', ['--store', N, '-q', '--outputs', drv]).split('\n').sort((a, b) => (a.endsWith('-dev') ? -1 : b.endsWith('-dev') ? 1 : 0));
+    const { Hash } = await import('../../src/store/hash.js');
+    const nar = (await import('node:child_process')).execFileSync('nix-store', ['--dump', path.join(N, drv)]);
+    const references = nix('nix-store', ['--store', N, '-q', '--references', drv]).split('\n').filter(Boolean);
+    const store = await LocalStore.open({ root: O });
+    try {
+      await store.addToStore({ path: drv, narHash: Hash.of('sha256', nar), narSize: nar.length, references }, (async function* () { yield nar; })());
+      expect(Object.fromEntries(await store.queryDerivationOutputs(drv))).toEqual({ out, dev });
+      for (const o of [out!, dev!]) writeFileSync(store.toRealPath(o), o);
+      for (const o of [out!, dev!]) await registerOutput(store, o, drv, []);
+    } finally {
+      await store.close();
+    }
+    symlinkSync(drv, path.join(O, 'nix/var/nix/gcroots/drv'));
+    const dead = nixGc(O, '--print-dead', { 'keep-outputs': 'true' });
+    expect(dead).not.toContain(out);
+    expect(dead).not.toContain(dev);
+    expect(nixGc(O, '--print-dead')).toEqual([dev, out].sort());
+  });
+});
