@@ -121,6 +121,9 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
       case 'extra-system-features': opts.systemFeatures = [...(opts.systemFeatures ?? defaultSystemFeatures()), ...value.split(/\s+/).filter(Boolean)]; break;
       case 'extra-platforms': opts.extraPlatforms = value.split(/\s+/).filter(Boolean); break;
       case 'max-substitution-jobs': int(name, (v) => { opts.maxSubstitutionJobs = v; }); break;
+      case 'min-free': int(name, (v) => { opts.minFree = v; }); break;
+      case 'max-free': int(name, (v) => { opts.maxFree = v; }); break;
+      case 'min-free-check-interval': int(name, (v) => { opts.minFreeCheckInterval = v; }); break;
       case 'hashed-mirrors': opts.hashedMirrors = value.split(/\s+/).filter(Boolean); break;
       case 'netrc-file': opts.netrcFile = value; break;
       case 'download-attempts': int(name, (v) => { opts.downloadAttempts = Math.max(1, v); }); break;

@@ -6,6 +6,7 @@ import { EventEmitter } from 'eventemitter3';
 import PQueue from 'p-queue';
 import { shortMessageOf } from '../store/errors.js';
 import type { Store } from '../store/store-api.js';
+import type { GcEvent } from '../store/gc.js';
 import { LocalStore } from '../store/local-store.js';
 import { parseStorePath, type StorePath } from '../store/store-path.js';
 import { flushRemovals } from '../platform/chroot.js';
@@ -270,6 +271,24 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     return (await this.runTargetsWith(targets, opts)).results;
   }
 
+  /**
+   * Nix's worker checks `store.autoGC()` on every turn of its loop; here the store checks the free space
+   * when a call starts and every `minFreeCheckInterval` seconds while it runs (collections run in the
+   * background; the call does not wait for one). Returns the function that stops the checks.
+   */
+  private startAutoGc(store: Store): () => void {
+    const { minFree, maxFree, minFreeCheckInterval } = this.options;
+    if (!(minFree > 0) || !store.autoGC) return () => {};
+    const settings = {
+      minFree, maxFree, checkInterval: minFreeCheckInterval,
+      onEvent: (e: GcEvent) => { if (e.type === 'info') this.emitSafely('warning', { message: e.message, level: 'info' }); },
+    };
+    store.autoGC(settings);
+    const timer = setInterval(() => store.autoGC!(settings), Math.max(minFreeCheckInterval, 1) * 1000);
+    timer.unref();
+    return () => clearInterval(timer);
+  }
+
   private async runTargetsWith(targets: readonly (BuildTarget | string)[], opts: BuildPathsOptions): Promise<{ results: TargetResult[]; worker?: Worker }> {
     const mode = opts.mode ?? 'normal';
     const store = await this.storePromise;
@@ -280,6 +299,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const parsed = targets.map(parseTarget);
     // Bad input is a typed error before anything runs (InvalidStorePathError), as Nix refuses it.
     for (const t of parsed) parseStorePath('drvPath' in t ? t.drvPath : t.path, ctx.store.storeDir);
+    const stopAutoGc = this.startAutoGc(ctx.store);
     const results = await Promise.all(parsed.map((t): Promise<TargetResult> => {
       if ('drvPath' in t) {
         // (No async frame per target: a call of 100,000 targets keeps them all waiting at once.)
@@ -287,7 +307,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
         return w.derivationGoal(t.drvPath, outs, mode).then((result) => ({ target: t, path: t.drvPath, result }));
       }
       return this.pathTarget(w, t, mode);
-    }));
+    })).finally(stopAutoGc);
     if (w.stoppedBy) await w.settle();
     // Sandboxed builds' chroots are deleted in the background; when the call returns they are gone, as
     // Nix leaves no `<drv>.chroot` behind.

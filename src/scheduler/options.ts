@@ -51,6 +51,16 @@ export interface BuildEngineOptions {
   maxJobs?: number;
   /** Maximum concurrent substitutions. @default 16 */
   maxSubstitutionJobs?: number;
+  /**
+   * Nix's `min-free`: while a call runs, when fewer bytes than this are free on the store's file system,
+   * the store collects garbage in the background (`store.autoGC`) up to `maxFree`; what in-flight builds
+   * and substitutions use is kept (temporary roots). 0 disables it. @default 0
+   */
+  minFree?: number;
+  /** Nix's `max-free`: how much free space an automatic collection aims for, in bytes. @default Infinity */
+  maxFree?: number;
+  /** Nix's `min-free-check-interval`: seconds between checks of the free space. @default 5 */
+  minFreeCheckInterval?: number;
   /** NIX_BUILD_CORES given to builders (0 = all cores). @default number of CPUs */
   cores?: number;
   /** Keep building independent derivations after a failure. @default false */
@@ -113,6 +123,9 @@ export interface ResolvedOptions {
   filterSyscalls: boolean;
   maxJobs: number;
   maxSubstitutionJobs: number;
+  minFree: number;
+  maxFree: number;
+  minFreeCheckInterval: number;
   cores: number;
   keepGoing: boolean;
   fallback: boolean;
@@ -171,7 +184,7 @@ export function hostSystem(): string {
 }
 
 const KNOWN = new Set([
-  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'allowedImpureHostDeps', 'preBuildHook', 'experimentalFeatures', 'sandboxBuildDir', 'sandboxShmSize', 'filterSyscalls', 'maxJobs', 'maxSubstitutionJobs', 'cores', 'keepGoing', 'fallback',
+  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'allowedImpureHostDeps', 'preBuildHook', 'experimentalFeatures', 'sandboxBuildDir', 'sandboxShmSize', 'filterSyscalls', 'maxJobs', 'maxSubstitutionJobs', 'minFree', 'maxFree', 'minFreeCheckInterval', 'cores', 'keepGoing', 'fallback',
   'buildRepeat', 'enforceDeterminism', 'maxSilentTime', 'buildTimeout', 'maxLogSize', 'logLines', 'keepFailed', 'postBuildHook',
   'systemFeatures', 'system', 'extraPlatforms', 'environment', 'buildDir', 'builders', 'hashedMirrors', 'netrcFile', 'downloadAttempts',
 ]);
@@ -203,6 +216,9 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     filterSyscalls: bool('filterSyscalls', o.filterSyscalls, true),
     maxJobs: int('maxJobs', o.maxJobs, 1, 0),
     maxSubstitutionJobs: int('maxSubstitutionJobs', o.maxSubstitutionJobs, 16, 1),
+    minFree: int('minFree', o.minFree, 0, 0),
+    maxFree: o.maxFree === Infinity ? Infinity : int('maxFree', o.maxFree, Infinity, 0),
+    minFreeCheckInterval: int('minFreeCheckInterval', o.minFreeCheckInterval, 5, 0),
     cores: int('cores', o.cores, cpus().length || 1, 0),
     keepGoing: bool('keepGoing', o.keepGoing, false),
     fallback: bool('fallback', o.fallback, false),

@@ -28,6 +28,7 @@ import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type
 import { compressBzip2Async, decompressBzip2 } from './bzip2.js';
 import { TempRoots } from './temp-roots.js';
 import { derivationOutputPaths } from './drv-outputs.js';
+import { AutoGc, type AutoGcSettings } from './auto-gc.js';
 import { collectGarbage, findRoots, type GcOptions, type GcResult } from './gc.js';
 import { StoreOptimiser, type OptimiseOptions, type OptimiseStats } from './optimise.js';
 
@@ -649,6 +650,18 @@ export class LocalStore implements Store {
   findRoots(): Map<StorePath, Set<string>> {
     this.check();
     return findRoots({ ...this.layout, db: this.db });
+  }
+
+  private autoGc: AutoGc | undefined;
+  /**
+   * Nix's autoGC: when less than `minFree` bytes are free on the store's file system, start a background
+   * collection freeing up to `maxFree` (src/store/auto-gc.ts). Returns the running collection, if any.
+   * Paths that in-flight builds and substitutions hold as temporary roots are never collected.
+   */
+  autoGC(settings: AutoGcSettings): Promise<void> | undefined {
+    this.check();
+    this.autoGc ??= new AutoGc(this.realStoreDir, (o) => this.collectGarbage(o));
+    return this.autoGc.check(settings);
   }
 
   /** Collect garbage with Nix 2.8's semantics, interlocking with real Nix on the same store (src/store/gc.ts). */

@@ -5,6 +5,7 @@
 import type { Hash } from './hash.js';
 import type { LockWaitOptions } from './locks.js';
 import type { StorePath } from './store-path.js';
+import type { AutoGcSettings } from './auto-gc.js';
 
 /** Nix's ValidPathInfo. `references` are full store paths, sorted; may include the path itself. */
 export interface PathInfo {
@@ -89,6 +90,11 @@ export interface Store {
    * (Nix's temporary roots). Optional: stores without a collector may omit it.
    */
   addTempRoot?(path: StorePath): Promise<void>;
+  /**
+   * Nix's autoGC: start a background garbage collection when free space is below `minFree`. Optional:
+   * stores without a collector omit it. Returns the running collection, if any (it never rejects).
+   */
+  autoGC?(settings: AutoGcSettings): Promise<void> | undefined;
   /**
    * Take exclusive cross-process locks on paths (sorted order; waits; honours `signal`). `onWait` is
    * called once if some lock is held by someone else, before waiting for it.
