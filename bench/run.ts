@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
-const KNOWN = ['dag', 'dag-sandboxed', 'noop', 'scheduler-overhead', 'nar-hash', 'refscan', 'query-valid-paths', 'substitute', 'sandbox', 'process-floor', 'remote', 'fetchurl'];
+const KNOWN = ['dag', 'dag-sandboxed', 'noop', 'scheduler-overhead', 'nar-hash', 'refscan', 'query-valid-paths', 'substitute', 'sandbox', 'process-floor', 'remote', 'fetchurl', 'observe'];
 
 /** `--small`: REALISE_BENCH_SMALL=1 for all, plus the documented size variables of individual benchmarks. */
 const SMALL_KNOBS: Record<string, string> = {

@@ -77,10 +77,26 @@ export function openJsonSink(path: string): JsonSink {
       close: () => new Promise((resolve) => { if (failed || sock.destroyed) resolve(); else sock.end(() => resolve()); }),
     };
   }
+  // Lines are gathered and written together (at most 64 KiB or one turn of the event loop late).
   const fd = openSync(path, 'w');
+  let pending: string[] = [];
+  let size = 0;
+  let scheduled = false;
+  const flush = () => {
+    scheduled = false;
+    if (!pending.length) return;
+    writeSync(fd, pending.join(''));
+    pending = [];
+    size = 0;
+  };
   return {
-    write: (l) => { writeSync(fd, l); },
-    close: async () => { closeSync(fd); },
+    write: (l) => {
+      pending.push(l);
+      size += l.length;
+      if (size >= 65536) flush();
+      else if (!scheduled) { scheduled = true; setImmediate(flush); }
+    },
+    close: async () => { flush(); closeSync(fd); },
   };
 }
 

@@ -83,12 +83,7 @@ export class NixJsonLog {
       const id = this.builds.get(e.drvPath);
       if (id !== undefined) this.result(id, ResultType.BuildLogLine, [e.line]);
     });
-    on('build-finished', (e) => {
-      const id = this.builds.get(e.drvPath);
-      if (id === undefined) return;
-      this.builds.delete(e.drvPath);
-      this.stop(id);
-    });
+    on('build-finished', (e) => this.stopKeyed(this.builds, e.drvPath));
     on('post-build-hook-log', (e) => {
       let id = this.hooks.get(e.drvPath);
       if (id === undefined) {
@@ -103,12 +98,7 @@ export class NixJsonLog {
       const paths = e.lockedPaths.map((p) => `'${p}'`).join(', ');
       this.waits.set(e.drvPath, this.start(ActivityType.BuildWaiting, LogLevel.Warn, `waiting for lock on \x1b[35;1m${paths}\x1b[0m`, undefined));
     });
-    on('build-lock-acquired', (e) => {
-      const id = this.waits.get(e.drvPath);
-      if (id === undefined) return;
-      this.waits.delete(e.drvPath);
-      this.stop(id);
-    });
+    on('build-lock-acquired', (e) => this.stopKeyed(this.waits, e.drvPath));
     on('substitution-started', (e) => {
       this.ensureTop();
       const sub = this.start(ActivityType.Substitute, LogLevel.Error, '', [e.path, e.substituter]);
@@ -123,8 +113,7 @@ export class NixJsonLog {
       this.stop(ids[0]);
     });
     on('goal-finished', (e) => {
-      const hook = this.hooks.get(e.path);
-      if (hook !== undefined) { this.hooks.delete(e.path); this.stop(hook); }
+      this.stopKeyed(this.hooks, e.path);
       if (opts.errors !== false && e.kind === 'derivation' && e.result.errorMsg && e.result.status !== 'stopped' && e.result.status !== 'built') {
         this.error(e.result.errorMsg);
       }
@@ -208,6 +197,14 @@ export class NixJsonLog {
     if (s.startsWith('error: ')) this.error(s.slice('error: '.length).replace(new RegExp(`\n${INDENT}`, 'g'), '\n'));
     else if (s.startsWith('warning: ')) this.warn(s.slice('warning: '.length).replace(new RegExp(`\n${INDENT}`, 'g'), '\n'));
     else this.message(LogLevel.Info, s);
+  }
+
+  /** Stop the activity kept under `key` in `map`, if there is one. */
+  private stopKeyed(map: Map<string, number>, key: string): void {
+    const id = map.get(key);
+    if (id === undefined) return;
+    map.delete(key);
+    this.stop(id);
   }
 
   private ensureTop(): void {

@@ -32,6 +32,7 @@ const EXAMPLES: [string, RegExp][] = [
   ['content-addressed', /app using: a library \(from \/nix\/store\/[0-9a-z]{32}-ca-lib\)/],
   ['progress', /./],
   ['fetchurl', /bin -> \/nix\/store\/[0-9a-z]{32}-hello\/bin\n/],
+  ['observe', /critical path \([0-9.]+ (ms|s)\):\n {2}\/nix\/store\/[0-9a-z]{32}-observe-base\.drv\n {2}\/nix\/store\/[0-9a-z]{32}-observe-left\.drv\n {2}\/nix\/store\/[0-9a-z]{32}-observe-top\.drv/],
 ];
 
 describe('examples', () => {
