@@ -17,6 +17,8 @@ import { realiseInProcess as realise } from '../helpers/cli.js';
 import { makeFixture, NIX_CONF, type Fixture } from '../remote/fixture.js';
 import { sshdOk, startSshd, type Sshd } from '../remote/sshd.js';
 import { parseStream, summarise } from './nix-stream.js';
+import { analyseTrace } from '../../src/observe/report.js';
+import type { TraceFile } from '../../src/observe/trace.js';
 
 const SANDBOX = ['--option', 'sandbox-paths', '/bin/sh=/bin/busybox /bin/busybox'];
 
@@ -52,8 +54,9 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     return { n, o, ns: parseStream(n.stderr), os: parseStream(o.stderr) };
   };
 
-  it('a DAG: the same build activities (fields, texts, log lines), progress and messages', async () => {
-    const { n, o, ns, os } = await both(['--store', N(), ...SANDBOX, '-j2', '--realise', drv.dag!], ['--store', O(), ...SANDBOX, '-j2', drv.dag!]);
+  it('a DAG: the same build activities (fields, texts, log lines), progress and messages; --trace-file and --report', async () => {
+    const [traceFile, reportFile] = [path.join(dir, 'dag-trace.json'), path.join(dir, 'dag-report.html')];
+    const { n, o, ns, os } = await both(['--store', N(), ...SANDBOX, '-j2', '--realise', drv.dag!], ['--store', O(), ...SANDBOX, '-j2', '--trace-file', traceFile, '--report', reportFile, drv.dag!]);
     expect(n.status).toBe(0);
     expect(o.status, o.stderr).toBe(0);
     expect(o.stdout).toBe(n.stdout);
@@ -64,6 +67,14 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(want.activities.join('\n')).toContain('"lines":["hello from a","second line"]');
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
     expect(want.buildsProgress).toEqual([4, 0, 0]);
+    // The trace: four builds on the two slots' tracks, the critical path a → (b or c) → top.
+    const a = analyseTrace(JSON.parse(readFileSync(traceFile, 'utf8')) as TraceFile);
+    expect(a.items.filter((i) => i.kind === 'build' && i.ok)).toHaveLength(4);
+    expect(a.tracks.every((t) => /^build slot [12]$/.test(t))).toBe(true);
+    expect(a.criticalPath).toHaveLength(3);
+    expect(a.criticalPath[2]).toBe(drv.dag);
+    const html = readFileSync(reportFile, 'utf8');
+    for (const i of a.items) expect(html).toContain(`data-drv="${i.path}"`);
   });
 
   it('a failing build: its activity and log, the errors as Nix\'s error messages, exit status', async () => {
@@ -143,7 +154,8 @@ describe.skipIf(!nixOk() || !sshdOk())('internal-json of a remote build: realise
     const rn = spec('remote-n');
     const ro = spec('remote-o');
     const n = runNix('nix-store', ['--store', fx.localRoot, '-j0', '--builders', rn.line, '--realise', fx.drvs.top, '--log-format', 'internal-json'], { env });
-    const o = await realise(['build', '--store', ours, '-j0', '--builders', ro.line, fx.drvs.top, '--log-format', 'internal-json'], env);
+    const traceFile = path.join(fx.dir, 'remote-trace.json');
+    const o = await realise(['build', '--store', ours, '-j0', '--builders', ro.line, fx.drvs.top, '--log-format', 'internal-json', '--trace-file', traceFile], env);
     expect(n.status, n.stderr).toBe(0);
     expect(o.status, o.stderr).toBe(0);
     const [ns, os] = [parseStream(n.stderr), parseStream(o.stderr)];
@@ -154,5 +166,8 @@ describe.skipIf(!nixOk() || !sshdOk())('internal-json of a remote build: realise
     expect(want.activities).toHaveLength(2);
     expect(want.activities.join('\n')).toContain(`on 'MACHINE'`);
     expect(summarise(os, [102, 104, 105], (s) => s.split(ro.uri).join('MACHINE'))).toEqual(want);
+    // In the trace, both builds are on the machine's track.
+    const a = analyseTrace(JSON.parse(readFileSync(traceFile, 'utf8')) as TraceFile);
+    expect(a.items.map((i) => [i.track, i.args.machine])).toEqual([[`machine ${ro.uri} 1`, ro.uri], [`machine ${ro.uri} 1`, ro.uri]]);
   });
 });
