@@ -18,14 +18,13 @@ import { performance } from 'node:perf_hooks';
 import { EventEmitter } from 'eventemitter3';
 import { BuildEngine } from '../src/scheduler/build-engine.js';
 import { LocalStore } from '../src/store/local-store.js';
-import { readDerivationFromStore } from '../src/derivation/derivation.js';
 import { NixJsonLog } from '../src/observe/nix-json.js';
 import { recordTrace } from '../src/observe/trace.js';
 import { openJsonSink, type JsonSink } from '../src/cli/log-format.js';
 import { fmt, instantiateDag, median, resetDag, SMALL, type InstantiatedDag } from './dag.js';
 
 const EVENTS = [
-  'goal-created', 'goal-started', 'goal-finished', 'build-started', 'build-log', 'build-waiting', 'build-lock-acquired', 'build-finished',
+  'goal-created', 'goal-started', 'goal-waiting', 'goal-finished', 'build-started', 'build-log', 'build-waiting', 'build-lock-acquired', 'build-finished',
   'substitution-started', 'substitution-finished', 'post-build-hook-log', 'progress', 'warning',
 ] as const;
 
@@ -42,21 +41,18 @@ async function recordEvents(d: InstantiatedDag): Promise<[string, unknown][]> {
 
 /** Milliseconds to push `events` through a JSON log (to a file) and a trace recorder (written at the end). */
 async function replay(d: InstantiatedDag, events: [string, unknown][]): Promise<number> {
-  const store = await LocalStore.open({ storeDir: d.storeDir, stateDir: d.stateDir, logDir: d.logDir });
   const fake = new EventEmitter();
   const engine = fake as unknown as BuildEngine;
   const t0 = performance.now();
   const sink = openJsonSink(path.join(d.dir, 'replay.json'));
   const json = new NixJsonLog(engine, (l) => sink.write(l));
-  const trace = recordTrace(engine, { inputsOf: async (drv) => [...(await readDerivationFromStore(store)(drv)).inputDrvs.keys()] });
+  const trace = recordTrace(engine);
   json.startRealise();
   for (const [name, e] of events) fake.emit(name, e);
   json.close();
   await sink.close();
   await trace.writeFile(path.join(d.dir, 'replay-trace.json'));
-  const ms = performance.now() - t0;
-  await store.close();
-  return ms;
+  return performance.now() - t0;
 }
 
 async function run(d: InstantiatedDag, observed: boolean): Promise<{ wall: number; cpu: number }> {
@@ -70,7 +66,7 @@ async function run(d: InstantiatedDag, observed: boolean): Promise<{ wall: numbe
   if (observed) {
     sink = openJsonSink(path.join(d.dir, 'log.json'));
     json = new NixJsonLog(engine, (l) => sink!.write(l));
-    trace = recordTrace(engine, { inputsOf: async (drv) => [...(await readDerivationFromStore(store)(drv)).inputDrvs.keys()] });
+    trace = recordTrace(engine);
     json.startRealise();
   }
   const results = await engine.buildPaths(d.drvs);

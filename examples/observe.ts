@@ -9,7 +9,7 @@ import { openSync, writeSync, closeSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import {
-  BuildEngine, attachNixJsonLog, derivation, readDerivationFromStore, recordTrace, renderReport, analyseTrace, formatDuration, type OutputValue,
+  BuildEngine, attachNixJsonLog, derivation, recordTrace, renderReport, analyseTrace, formatDuration, type OutputValue,
 } from '../src/index.js';
 import { openDemoStore } from './common.js';
 
@@ -29,8 +29,8 @@ const out = (f: string) => path.join(tmpdir(), f);
 const fd = openSync(out('observe-log.json'), 'w');
 // Nix's `@nix {...}` lines, one per activity start/stop, log line, progress update and message.
 const log = attachNixJsonLog(engine, (line) => writeSync(fd, line));
-// A timeline: one track per build slot; each derivation's inputs for the critical path.
-const trace = recordTrace(engine, { inputsOf: async (d) => [...(await readDerivationFromStore(store)(d)).inputDrvs.keys()] });
+// A timeline: one track per build slot, and the derivation graph for the critical path.
+const trace = recordTrace(engine);
 
 log.startRealise();
 await engine.buildPaths([top.drvPath]);

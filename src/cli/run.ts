@@ -263,7 +263,6 @@ async function build(args: CliArgs, store: Store): Promise<number> {
   });
   messageLogs.display = display;
   const trace = args.traceFile || args.report ? recordTrace(engine, {
-    inputsOf: async (drv) => [...(await readDerivationFromStore(store)(drv)).inputDrvs.keys()],
     meta: { command: ['realise', ...process.argv.slice(2)].join(' '), maxJobs: opts.maxJobs ?? 1 },
   }) : undefined;
   const topDrvs = new Set(targets.map((t) => ('drvPath' in t ? t.drvPath : t.path)));

@@ -3,7 +3,8 @@
  * from engine events: every build as a complete event on the track of the build slot it held (or of the
  * remote machine it ran on), every substitution on a substitution track, goals and lock waits as async
  * spans, download and build counters as counter tracks. The derivation graph (each goal's input
- * derivations) rides along in the goals' arguments, so the report can find the critical path offline.
+ * derivations, from `goal-waiting`) rides along in the goals' arguments, so the report can find the
+ * critical path offline.
  */
 import { writeFileSync } from 'node:fs';
 import type { BuildEngine } from '../scheduler/build-engine.js';
@@ -31,8 +32,6 @@ export interface TraceFile {
 }
 
 export interface TraceRecorderOptions {
-  /** A derivation's input derivations (the graph for the critical path); e.g. read from the store's .drv. */
-  readonly inputsOf?: (drvPath: string) => Promise<readonly string[]>;
   /** How many of a failed build's last log lines to keep. @default 25 */
   readonly logTailLines?: number;
   /** Extra values for `otherData` (e.g. maxJobs, the command line). */
@@ -63,7 +62,6 @@ export class TraceRecorder {
   private readonly builds = new Map<string, OpenSpan>();
   private readonly substs = new Map<string, OpenSpan>();
   private readonly goals = new Map<string, { id: string; begin: TraceEvent }>();
-  private readonly derivationGoals = new Set<string>();
   private readonly detach: (() => void)[] = [];
   private nextAsync = 1;
   private readonly tailLines: number;
@@ -80,11 +78,14 @@ export class TraceRecorder {
     on('goal-started', (e) => {
       const key = `${e.kind}:${e.path}`;
       if (this.goals.has(key)) return;
-      if (e.kind === 'derivation') this.derivationGoals.add(e.path);
       const id = String(this.nextAsync++);
       const begin: TraceEvent = { name: nameOf(e.path), cat: `goal,${e.kind}`, ph: 'b', id, ts: this.ts(e.time), pid: PID, tid: this.track('goals'), args: { kind: e.kind, path: e.path } };
       this.events.push(begin);
       this.goals.set(key, { id, begin });
+    });
+    on('goal-waiting', (e) => {
+      const g = this.goals.get(`derivation:${e.path}`);
+      if (g) g.begin.args!.inputs = e.inputs;
     });
     on('goal-finished', (e) => {
       const key = `${e.kind}:${e.path}`;
@@ -154,7 +155,7 @@ export class TraceRecorder {
     this.slotsInUse.get(span.track)![span.slot] = false;
   }
 
-  /** The trace so far: open spans end now, and each derivation goal gets its `inputs` (when `inputsOf` was given). */
+  /** The trace so far (spans still open end now). */
   async finish(): Promise<TraceFile> {
     const now = performance.now();
     for (const [drv, span] of this.builds) { span.args.outcome = 'unfinished'; this.closeSpan(span, nameOf(drv), 'build', now); }
@@ -165,18 +166,6 @@ export class TraceRecorder {
       this.events.push({ name: g.begin.name, cat: g.begin.cat, ph: 'e', id: g.id, ts: this.ts(now), pid: PID, tid: g.begin.tid, args: { status: 'unfinished' } });
     }
     this.goals.clear();
-    if (this.opts.inputsOf) {
-      const inputs = new Map<string, readonly string[]>();
-      await Promise.all([...this.derivationGoals].map(async (d) => {
-        inputs.set(d, await this.opts.inputsOf!(d).catch(() => []));
-      }));
-      for (const ev of this.events) {
-        if (ev.ph === 'b' && ev.cat === 'goal,derivation') {
-          const mine = inputs.get(ev.args!.path as string);
-          if (mine) ev.args!.inputs = mine.filter((i) => this.derivationGoals.has(i));
-        }
-      }
-    }
     return {
       traceEvents: [...this.events].sort((a, b) => a.ts - b.ts),
       displayTimeUnit: 'ms',

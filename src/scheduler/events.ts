@@ -30,6 +30,8 @@ export interface Progress {
 export interface EventPayloads {
   'goal-created': { kind: GoalKind; path: StorePath; outputs?: readonly string[] };
   'goal-started': { kind: GoalKind; path: StorePath };
+  /** A derivation goal waits for the goals of its input derivations (Nix's waitees): the graph of the call. */
+  'goal-waiting': { path: StorePath; inputs: readonly StorePath[] };
   /** `result.status` is `'stopped'` for a goal the call stopped (a failure elsewhere without keepGoing, or the signal). */
   'goal-finished': { kind: GoalKind; path: StorePath; result: BuildResult };
   /**

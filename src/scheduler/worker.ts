@@ -304,6 +304,7 @@ export class Worker {
   /** Park goal `e` until its input goals and input-source substitutions are done. */
   private waitForInputs(e: DrvGoalEntry, wanted: Set<string> | undefined, waiting: WaitingForInputs): void {
     const inputs = waiting.deps.length + waiting.others.length;
+    if (waiting.deps.length) this.ctx.emit('goal-waiting', { path: e.drvPath, inputs: waiting.deps.map((d) => d.drvPath) });
     const iw = new InputWait(this, e, wanted, waiting, inputs);
     if (inputs === 0) {
       this.inputsDone(iw);

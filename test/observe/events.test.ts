@@ -18,7 +18,7 @@ import { FakeSandbox, removeTree, settle, writeTestDrv } from '../scheduler/help
 import { parseStream } from './nix-stream.js';
 
 const EVENTS: BuildEngineEventName[] = [
-  'goal-created', 'goal-started', 'goal-finished', 'build-started', 'build-log', 'build-waiting', 'build-lock-acquired', 'build-finished',
+  'goal-created', 'goal-started', 'goal-waiting', 'goal-finished', 'build-started', 'build-log', 'build-waiting', 'build-lock-acquired', 'build-finished',
   'substitution-started', 'substitution-finished', 'post-build-hook-log', 'progress', 'warning',
 ];
 
@@ -49,7 +49,7 @@ describe('engine events', () => {
     const all = recordAll(engine);
     const jsonLines: string[] = [];
     const json = new NixJsonLog(engine, (l) => jsonLines.push(l));
-    const trace = recordTrace(engine, { inputsOf: async (d) => (d === top ? leaves : []) });
+    const trace = recordTrace(engine);
     let running = 0;
     let most = 0;
     engine.on('build-started', () => { running++; most = Math.max(most, running); });

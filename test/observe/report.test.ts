@@ -9,7 +9,6 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
-import { readDerivationFromStore } from '../../src/derivation/derivation.js';
 import { recordTrace, type TraceFile } from '../../src/observe/trace.js';
 import { analyseTrace, renderReport } from '../../src/observe/report.js';
 import { LocalStore } from '../../src/store/local-store.js';
@@ -51,7 +50,7 @@ describe.skipIf(!chromiumOk())('the HTML report in headless Chromium', () => {
     drvs.top = await mk('rep-top', [drvs.b, drvs.c], 'echo top; /bin/busybox sleep 0.1; echo top > $out');
     drvs.bad = await mk('rep-bad', [], 'echo the last words of rep-bad; exit 7');
     const engine = new BuildEngine({ store, sandbox: false, maxJobs: 2, keepGoing: true });
-    const rec = recordTrace(engine, { inputsOf: async (d) => [...(await readDerivationFromStore(store)(d)).inputDrvs.keys()] });
+    const rec = recordTrace(engine);
     await engine.buildPathsWithResults([drvs.top, drvs.bad]);
     await engine.close();
     trace = await rec.finish();
