@@ -90,7 +90,7 @@ export async function buildThroughDaemon(store: DaemonStore, targets: readonly B
   } catch (e) {
     // Interrupted: closing the connection stopped the daemon's work; the targets are stopped, as the
     // engine's own goals are when their call is cancelled (nothing was registered on our side).
-    if (opts.signal?.aborted) return targets.map((t) => ({ target: t, path: 'drvPath' in t ? t.drvPath : t.path, result: { ...failure('misc-failure', 'the build was cancelled'), stopped: true } as BuildResult }));
+    if (opts.signal?.aborted) return targets.map((t) => ({ target: t, path: 'drvPath' in t ? t.drvPath : t.path, result: failure('stopped', 'the build was cancelled') }));
     // A daemon before protocol 1.34 (BuildPaths) reports a failure as one error for the call.
     if ((e as { code?: string }).code !== 'remote-daemon-error') throw e;
     const message = (e as Error).message.replace(/^'[^']*': /, '');
@@ -100,7 +100,7 @@ export async function buildThroughDaemon(store: DaemonStore, targets: readonly B
     if (!r) continue;
     const b = builds.get(r.path);
     if (b) {
-      const outcome = (r.result as { stopped?: boolean }).stopped ? 'stopped' : isSuccess(r.result.status) ? 'success' : 'failure';
+      const outcome = r.result.status === 'stopped' ? 'stopped' : isSuccess(r.result.status) ? 'success' : 'failure';
       opts.emit('build-finished', { drvPath: r.path, round: b.round, rounds: b.rounds, ...(b.machine ? { machine: b.machine } : {}), outcome, result: r.result });
     }
     opts.emit('goal-finished', { kind: 'drvPath' in r.target ? 'derivation' : 'substitution', path: r.path, result: r.result });
