@@ -6,7 +6,7 @@
  * time and as this process's CPU time (user + system): the observers' cost is CPU in this process, and CPU
  * time is far less disturbed than wall time by other work on a loaded machine. Last, the observers' own
  * cost measured directly: the events of one run, recorded, replayed through them (best of 5), as a share
- * of the plain run.
+ * of the plain run (best of 15).
  *
  *   npx tsx bench/observe.ts
  *   REALISE_BENCH_SMALL=1 npx tsx bench/observe.ts        # 3 pairs
@@ -114,9 +114,9 @@ async function main(): Promise<void> {
     resetDag(d);
     const events = await recordEvents(d);
     const replays: number[] = [];
-    for (let i = 0; i < 5; i++) replays.push(await replay(d, events));
+    for (let i = 0; i < 15; i++) replays.push(await replay(d, events));
     const best = Math.min(...replays);
-    console.log(`observers alone: ${events.length} events through the JSON log and the trace (written) in ${fmt(best, 1)} ms (best of 5) = ${fmt((100 * best) / Math.min(...wall.plain), 2)}% of the fastest plain run (${fmt(Math.min(...wall.plain), 0)} ms), ${fmt((100 * best) / median(cpu.plain), 2)}% of its median CPU time`);
+    console.log(`observers alone: ${events.length} events through the JSON log and the trace (written) in ${fmt(best, 1)} ms (best of 15; median ${fmt(median(replays), 1)} ms) = ${fmt((100 * best) / Math.min(...wall.plain), 2)}% of the fastest plain run (${fmt(Math.min(...wall.plain), 0)} ms), ${fmt((100 * best) / Math.min(...cpu.plain), 2)}% of its least CPU time (${fmt(Math.min(...cpu.plain), 0)} ms)`);
   } finally {
     rmSync(d.dir, { recursive: true, force: true });
   }
