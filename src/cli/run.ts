@@ -8,7 +8,7 @@ import { existsSync, lstatSync, readFileSync, readlinkSync, renameSync, symlinkS
 import { cpus } from 'node:os';
 import * as path from 'node:path';
 import {
-  BinaryCacheSubstituter, SubstituterError, BuildEngine, BuildFailedError, BuildSetupError, RealiseError, copyToBinaryCache, openStore, LocalStore,
+  BinaryCacheSubstituter, SubstituterError, SandboxError, BuildEngine, BuildFailedError, BuildSetupError, RealiseError, copyToBinaryCache, openStore, LocalStore,
   defaultSystemFeatures, derivationOutputsAndPaths, isCompression, isSuccess, keptBuildDirNote, readDerivationFromStore, toNixBase32, NixJsonLog, recordTrace, renderReport,
   type BuildEngineOptions, type TraceFile, type BuildResult, type BuildTarget, type PathInfo, type Store, type TargetResult,
 } from '../index.js';
@@ -643,7 +643,10 @@ async function mainInner(argv: string[]): Promise<number> {
     // ends with Nix's "note: keeping build directory" line, which Nix prints before the error.
     if (e instanceof BuildSetupError) {
       if (e.keptBuildDir !== undefined) writeStderr(keptBuildDirNote(e.keptBuildDir) + '\n');
-      writeStderr(formatError(e.reason));
+      // Nix has no words for a machine that cannot sandbox at all (it falls back, or fails to start the
+      // builder): ours name the cause, and the fix is printed too.
+      const noSandbox = e.cause instanceof SandboxError && e.cause.code === 'sandbox-unavailable' && e.hint;
+      writeStderr(formatError(noSandbox ? `${e.reason}\nhint: ${e.hint}` : e.reason));
       // Nix's error trace: shown with --show-trace (after an empty line, as "… WHERE"), else pointed at.
       if (e.trace) writeStderr(showTrace ? `\n       \u2026 ${e.trace}\n` : "(use '--show-trace' to show detailed location information)\n");
     } else if (e instanceof RealiseError) writeStderr(formatError(e.shortMessage));

@@ -15,8 +15,56 @@ import { ensureSandboxHelper } from './sandbox-helper.js';
 
 export type SandboxProbe =
   | { readonly ok: true; readonly backend: LinuxSandboxBackend }
-  /** `reason` says what is missing, for messages. */
-  | { readonly ok: false; readonly reason: string };
+  /** `reason` says what is missing, for messages; `hint` what to do about it. */
+  | { readonly ok: false; readonly reason: string; readonly hint: string };
+
+const GENERIC_HINT = 'install a C compiler (gcc) or bubblewrap, and allow user namespaces';
+
+function readSysctl(file: string): string | undefined {
+  try { return fs.readFileSync(file, 'utf8').trim(); } catch { return undefined; }
+}
+
+/**
+ * Why this process cannot create user namespaces, and the fix, from the kernel's settings (read in the
+ * caller's own user namespace) and the backends' errors: a zero `user.max_user_namespaces`, Debian's
+ * `kernel.unprivileged_userns_clone = 0`, Ubuntu's AppArmor restriction, a limit reached (ENOSPC), or a
+ * policy that forbids it (EPERM, e.g. a container's seccomp profile). Undefined when namespaces are
+ * not the problem.
+ */
+export function diagnoseUserNamespaces(details: string): { reason: string; hint: string } | undefined {
+  const root = process.geteuid?.() === 0;
+  const noSpace = /ENOSPC|No space left on device/.test(details);
+  const denied = /EPERM|Operation not permitted|No permissions to create new namespace/.test(details);
+  if (!noSpace && !denied) return undefined;
+  if (readSysctl('/proc/sys/user/max_user_namespaces') === '0') {
+    return {
+      reason: 'user namespaces are disabled on this machine (/proc/sys/user/max_user_namespaces is 0)',
+      hint: `as root, allow them: sysctl -w user.max_user_namespaces=15000 (and keep it in /etc/sysctl.d/)`,
+    };
+  }
+  if (!root && readSysctl('/proc/sys/kernel/unprivileged_userns_clone') === '0') {
+    return {
+      reason: 'unprivileged user namespaces are disabled on this machine (/proc/sys/kernel/unprivileged_userns_clone is 0)',
+      hint: `as root, allow them: sysctl -w kernel.unprivileged_userns_clone=1 (and keep it in /etc/sysctl.d/)`,
+    };
+  }
+  if (!root && readSysctl('/proc/sys/kernel/apparmor_restrict_unprivileged_userns') === '1') {
+    return {
+      reason: 'AppArmor forbids unprivileged user namespaces on this machine (kernel.apparmor_restrict_unprivileged_userns is 1)',
+      hint: `as root, lift it (sysctl -w kernel.apparmor_restrict_unprivileged_userns=0) or give node an AppArmor profile with 'userns,'`,
+    };
+  }
+  if (noSpace) {
+    return {
+      reason: 'no more user namespaces may be created here (the user.max_user_namespaces limit of this or an enclosing namespace is reached, or namespaces are nested 32 deep)',
+      hint: `raise user.max_user_namespaces where it is limited (as root: sysctl -w user.max_user_namespaces=15000)`,
+    };
+  }
+  return {
+    reason: 'creating user namespaces is not permitted here (a security policy forbids it, e.g. the seccomp profile of a container)',
+    hint: `allow user namespaces (e.g. run the container with a seccomp profile that permits unshare/clone with CLONE_NEWUSER)`,
+  };
+}
 
 function run(file: string, args: string[]): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
@@ -41,7 +89,7 @@ export function sandboxAvailable(options: Pick<LinuxSandboxOptions, 'backend' | 
 }
 
 async function probe(options: Pick<LinuxSandboxOptions, 'backend' | 'bwrapPath' | 'helper'>): Promise<SandboxProbe> {
-  if (process.platform !== 'linux') return { ok: false, reason: `sandboxing builds is not supported on ${process.platform}` };
+  if (process.platform !== 'linux') return { ok: false, reason: `sandboxing builds is not supported on ${process.platform}`, hint: "set 'sandbox' to false" };
   const want = options.backend ?? 'auto';
   const problems: string[] = [];
   if (want !== 'bwrap') {
@@ -70,7 +118,9 @@ async function probe(options: Pick<LinuxSandboxOptions, 'backend' | 'bwrapPath' 
       problems.push(`bwrap cannot create namespaces: ${r.out.trim()}`);
     }
   }
-  return { ok: false, reason: problems.join('; ') || 'no sandbox backend' };
+  const details = problems.join('; ') || 'no sandbox backend';
+  const userns = diagnoseUserNamespaces(details);
+  return userns ? { ok: false, reason: `${userns.reason}: ${details}`, hint: userns.hint } : { ok: false, reason: details, hint: GENERIC_HINT };
 }
 
 export interface ChooseSandboxOptions extends LinuxSandboxOptions {
@@ -100,8 +150,6 @@ export async function chooseSandbox(options: ChooseSandboxOptions = {}): Promise
     return new NoSandbox();
   }
   throw new SandboxError('sandbox-unavailable', `builds must be sandboxed${options.chrootStore ? ' (the store is a chroot store)' : ''}, but sandboxing is not available: ${probe.reason}`, {
-    hint: options.chrootStore
-      ? 'enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) and install gcc or bubblewrap'
-      : "enable unprivileged user namespaces and install gcc or bubblewrap, or set 'sandbox' to false or 'sandbox-fallback' to true",
+    hint: options.chrootStore ? probe.hint : `${probe.hint}; or set 'sandbox' to false or 'sandbox-fallback' to true`,
   });
 }

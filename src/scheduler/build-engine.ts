@@ -27,6 +27,7 @@ import { probeLinuxSandbox, type LinuxSandboxChoice } from './sandbox-factory.js
 import { DaemonStore } from '../remote/daemon-store.js';
 import { buildThroughDaemon, queryMissingThroughDaemon } from './daemon-build.js';
 import { BuiltinBuilders, isBuiltinBuilder } from '../builtins/builtin-builders.js';
+import { SandboxError } from '../platform/sandbox-errors.js';
 
 /** How many parsed derivations an engine keeps. */
 const DRV_CACHE_SIZE = 4_096;
@@ -221,13 +222,17 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const choice = this.linuxChoice;
     if (choice?.sandbox) return choice.sandbox;
     const why = choice && !choice.sandbox ? choice.reason : 'the sandbox was not probed';
+    const fix = choice && !choice.sandbox ? choice.hint : 'install bubblewrap or a C compiler';
     const chroot = store.storeDir !== store.realStoreDir;
     if (chroot || !this.options.sandboxFallback) {
+      // Nix 2.8 would fall back even for a chroot store and then fail to start the builder (its inputs
+      // are not at their logical paths on the host); refusing up front says why.
+      const hint = chroot ? `${fix}; or use a store whose logical directory is its physical one ('local?store=...')` : `${fix}; or set sandbox: false or sandboxFallback: true`;
       throw new BuildSetupError(
         chroot
-          ? `cannot build '${view.drvPath}': the store '${store.realStoreDir}' is a chroot store (logical '${store.storeDir}'), which needs the Linux sandbox, and the sandbox is not available (${why})`
+          ? `cannot build '${view.drvPath}': the store '${store.realStoreDir}' is a chroot store (logical '${store.storeDir}'), which needs the Linux sandbox, and the sandbox is not available: ${why}`
           : `cannot build '${view.drvPath}' in the sandbox: ${why}`,
-        { hint: chroot ? "install bubblewrap or a C compiler, or use a store whose logical directory is its physical one ('local?store=...')" : 'install bubblewrap, or set sandbox: false / sandboxFallback: true' },
+        { hint, cause: new SandboxError('sandbox-unavailable', why, { hint }) },
       );
     }
     if (!this.warnedNoSandbox) {

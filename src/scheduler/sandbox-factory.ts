@@ -4,11 +4,11 @@ import { sandboxAvailable } from '../platform/probe.js';
 import type { Sandbox } from '../platform/sandbox.js';
 import type { ResolvedOptions } from './options.js';
 
-export type LinuxSandboxChoice = { readonly sandbox: Sandbox } | { readonly sandbox: undefined; readonly reason: string };
+export type LinuxSandboxChoice = { readonly sandbox: Sandbox } | { readonly sandbox: undefined; readonly reason: string; readonly hint: string };
 
 export async function probeLinuxSandbox(options: ResolvedOptions): Promise<LinuxSandboxChoice> {
   const probe = await sandboxAvailable();
-  if (!probe.ok) return { sandbox: undefined, reason: probe.reason };
+  if (!probe.ok) return { sandbox: undefined, reason: probe.reason, hint: probe.hint };
   // Nix runs the pre-build hook for sandboxed builds only: the LinuxSandbox runs it in each build's chroot.
   return {
     sandbox: new LinuxSandbox({
