@@ -80,7 +80,7 @@ function alive(pid: number): boolean {
 
 const lastLine = (s: string) => s.trimEnd().split('\n').pop();
 
-describe.skipIf(!nixOk() || !sshdOk())('the realise process with remote builders over a real sshd', () => {
+describe.skipIf(!nixOk() || !sshdOk())('(root only) the realise process with remote builders over a real sshd', () => {
   let fx: Fixture;
   let sshd: Sshd;
   let store: LocalStore;

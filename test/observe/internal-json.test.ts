@@ -133,7 +133,7 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
   });
 });
 
-describe.skipIf(!nixOk() || !sshdOk())('internal-json of a remote build: realise vs Nix 2.8 over a real sshd', () => {
+describe.skipIf(!nixOk() || !sshdOk())('(root only) internal-json of a remote build: realise vs Nix 2.8 over a real sshd', () => {
   let fx: Fixture;
   let sshd: Sshd;
   let ours: string;

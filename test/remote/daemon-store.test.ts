@@ -49,7 +49,7 @@ async function startDaemon(root: string, socket: string, conf: string): Promise<
   return d;
 }
 
-describe.skipIf(!nixOk() || !isRoot)('DaemonStore against a real nix-daemon (started as root, trusting nobody)', () => {
+describe.skipIf(!nixOk() || !isRoot)('(root only) DaemonStore against a real nix-daemon (started as root, trusting nobody)', () => {
   let dir: string;
   let root: string;
   let socket: string;

@@ -12,7 +12,7 @@ import { nixOk } from '../helpers/nix.js';
 import { cloneLocal, makeFixture, referenceBuild, type Fixture } from './fixture.js';
 import { sshdOk, startSshd, type Sshd } from './sshd.js';
 
-describe.skipIf(!nixOk() || !sshdOk())('remote builds over a real sshd', () => {
+describe.skipIf(!nixOk() || !sshdOk())('(root only) remote builds over a real sshd', () => {
   let fx: Fixture;
   let sshd: Sshd;
   let store: LocalStore;

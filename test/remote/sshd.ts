@@ -10,10 +10,14 @@ import { IN_CI, tempDir } from '../helpers/nix.js';
 
 export const SSHD = '/usr/sbin/sshd';
 
-/** Use as `describe.skipIf(!sshdOk())`: needs Debian's openssh-server and root; in CI a missing one is an error. */
+/**
+ * Use as `describe.skipIf(!sshdOk())` in a suite named "(root only) …": needs Debian's openssh-server
+ * and root (the server logs in as root), so an ordinary user skips it; in CI a missing package is an error.
+ */
 export function sshdOk(): boolean {
-  const ok = existsSync(SSHD) && process.getuid?.() === 0 && spawnSync('sh', ['-c', 'command -v ssh'], { stdio: 'ignore' }).status === 0;
-  if (!ok && IN_CI) throw new Error('the ssh tests need openssh-server and root (apt-get install openssh-server)');
+  if (process.getuid?.() !== 0) return false;
+  const ok = existsSync(SSHD) && spawnSync('sh', ['-c', 'command -v ssh'], { stdio: 'ignore' }).status === 0;
+  if (!ok && IN_CI) throw new Error('the ssh tests need openssh-server (apt-get install openssh-server)');
   return ok;
 }
 

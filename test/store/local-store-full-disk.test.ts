@@ -33,7 +33,7 @@ async function storeErrorOf(p: Promise<unknown>): Promise<StoreError> {
   return e as StoreError;
 }
 
-describe.skipIf(!isRoot || !nixOk())('a full disk', () => {
+describe.skipIf(!isRoot || !nixOk())('(root only) a full disk', () => {
   let mnt: string;
   beforeAll(() => {
     mnt = tempDir('realise-full-');
