@@ -4,7 +4,7 @@
  * duplicates, names with `/`, `.`, `..`, NUL, or empty) and never writes outside its target directory.
  */
 import * as fs from 'node:fs';
-import { promises as fsp, write as writeCb, constants as FS } from 'node:fs';
+import { promises as fsp, write as writeCb, constants as FS, type Dirent } from 'node:fs';
 import * as path from 'node:path';
 import { BadNarError, StoreError, storeWriteError } from './errors.js';
 import { Hash, HashSink } from './hash.js';
@@ -176,58 +176,85 @@ async function writeRegular(p: Buffer, f: OpenedFile, out: NarOut, reuse: boolea
   await out.raw(T_CLOSE);
 }
 
-async function dumpNode(p: Buffer, out: NarOut, reuse: boolean, opened?: Promise<OpenedFile>): Promise<void> {
-  if (opened) return writeRegular(p, await opened, out, reuse);
-  const st = await fsp.lstat(p);
-  if (st.isSymbolicLink()) {
-    await out.raw(T_SYMLINK);
-    await out.str(await fsp.readlink(p, { encoding: 'buffer' }));
-    await out.raw(T_CLOSE);
-  } else if (st.isFile()) {
-    await writeRegular(p, await openRegular(p), out, reuse);
-  } else if (st.isDirectory()) {
-    await out.raw(T_DIRECTORY);
-    const entries = await fsp.readdir(p, { encoding: 'buffer', withFileTypes: true });
-    entries.sort((a, b) => Buffer.compare(a.name as unknown as Buffer, b.name as unknown as Buffer));
-    const childPath = (name: Buffer) => Buffer.concat([p, SLASH, name]);
-    // Read ahead: start opening (and, when small, reading) the next few regular files.
-    const ahead = new Map<number, Promise<OpenedFile>>();
-    let next = 0;
-    const schedule = (upTo: number) => {
-      for (; next < entries.length && ahead.size < READ_AHEAD && next <= upTo; next++) {
-        const d = entries[next]!;
-        if (d.isFile()) {
-          const pr = openRegular(childPath(d.name as unknown as Buffer));
-          pr.catch(() => {}); // surfaced when awaited
-          ahead.set(next, pr);
+/** A directory being dumped: its sorted entries, the next one, and the regular files opened ahead. */
+interface DumpDir {
+  readonly p: Buffer;
+  readonly entries: Dirent<Buffer>[];
+  i: number;
+  /** Entries up to here have been considered for reading ahead. */
+  next: number;
+  readonly ahead: Map<number, Promise<OpenedFile>>;
+}
+
+/** Start opening (and, when small, reading) the regular files among the next entries of `d`. */
+function readAhead(d: DumpDir, upTo: number): void {
+  for (; d.next < d.entries.length && d.ahead.size < READ_AHEAD && d.next <= upTo; d.next++) {
+    const e = d.entries[d.next]!;
+    if (e.isFile()) {
+      const pr = openRegular(Buffer.concat([d.p, SLASH, e.name]));
+      pr.catch(() => {}); // surfaced when awaited
+      d.ahead.set(d.next, pr);
+    }
+  }
+}
+
+/**
+ * Dump the tree at `root`. Open directories are kept on an explicit stack (no recursion), so a tree may be
+ * as deep as its paths fit in PATH_MAX.
+ */
+async function dumpTree(root: Buffer, out: NarOut, reuse: boolean): Promise<void> {
+  const open: DumpDir[] = [];
+  let node: { p: Buffer; opened?: Promise<OpenedFile> | undefined } | undefined = { p: root };
+  try {
+    for (;;) {
+      if (node) {
+        const { p, opened } = node;
+        node = undefined;
+        const st = opened ? undefined : await fsp.lstat(p);
+        if (opened || st!.isFile()) {
+          await writeRegular(p, await (opened ?? openRegular(p)), out, reuse);
+        } else if (st!.isSymbolicLink()) {
+          await out.raw(T_SYMLINK);
+          await out.str(await fsp.readlink(p, { encoding: 'buffer' }));
+          await out.raw(T_CLOSE);
+        } else if (st!.isDirectory()) {
+          await out.raw(T_DIRECTORY);
+          const entries = await fsp.readdir(p, { encoding: 'buffer', withFileTypes: true });
+          entries.sort((a, b) => Buffer.compare(a.name, b.name));
+          open.push({ p, entries, i: 0, next: 0, ahead: new Map() });
+          continue;
+        } else {
+          throw new BadNarError(`file '${p.toString()}' has an unsupported type (not a regular file, directory or symlink)`);
         }
+        if (open.length) await out.raw(T_CLOSE); // the entry in its directory
       }
-    };
-    try {
-      for (let i = 0; i < entries.length; i++) {
-        schedule(i + READ_AHEAD);
-        const name = entries[i]!.name as unknown as Buffer;
-        const opened = ahead.get(i);
-        ahead.delete(i);
+      const d = open[open.length - 1];
+      if (!d) return;
+      if (d.i < d.entries.length) {
+        readAhead(d, d.i + READ_AHEAD);
+        const name = d.entries[d.i]!.name;
+        const opened = d.ahead.get(d.i);
+        d.ahead.delete(d.i);
+        d.i++;
         await out.raw(T_ENTRY);
         await out.str(name);
         await out.raw(T_NODE);
-        await dumpNode(childPath(name), out, reuse, opened);
-        await out.raw(T_CLOSE);
+        node = { p: Buffer.concat([d.p, SLASH, name]), opened };
+        continue;
       }
-    } finally {
-      for (const pr of ahead.values()) pr.then((f) => f.fh?.close(), () => {}).catch(() => {});
+      open.pop();
+      await out.raw(T_CLOSE); // the directory
+      if (open.length) await out.raw(T_CLOSE); // its entry in the parent
     }
-    await out.raw(T_CLOSE);
-  } else {
-    throw new BadNarError(`file '${p.toString()}' has an unsupported type (not a regular file, directory or symlink)`);
+  } finally {
+    for (const d of open) for (const pr of d.ahead.values()) pr.then((f) => f.fh?.close(), () => {}).catch(() => {});
   }
 }
 
 async function dumpInto(fsPath: string, emit: Emit, reuse: boolean): Promise<void> {
   const out = new NarOut(emit, reuse);
   await out.raw(T_MAGIC);
-  await dumpNode(Buffer.from(path.resolve(fsPath)), out, reuse);
+  await dumpTree(Buffer.from(path.resolve(fsPath)), out, reuse);
   const f = out.flush(); if (f) await f;
 }
 
