@@ -70,20 +70,29 @@ function nextActivityId(): number {
 
 /**
  * The `@nix` lines of one download (Nix's actFileTransfer activity): its start, progress results
- * (`[done, expected, 0, 0]`, at most one per `interval` ms besides the first and the last) and its stop.
+ * (`[done, expected, 0, 0]`, at most one per `interval` ms besides the first and the last, and two a
+ * second while nothing arrives, as curl calls Nix's progress callback at least once a second: so a
+ * download that stalls is not "silent" for maxSilentTime, as in Nix) and its stop.
  */
 export class DownloadActivity {
   readonly id = nextActivityId();
   #last = 0;
   #lastDone = -1;
+  #expected = 0;
+  readonly #heartbeat: NodeJS.Timeout;
 
   constructor(private readonly write: (line: string) => void, url: string, private readonly interval = 100) {
     write('@nix ' + JSON.stringify({ action: 'start', fields: [url], id: this.id, level: 4, text: `downloading '${url}'`, type: 101 }) + '\n');
     this.#result(0, 0);
+    this.#heartbeat = setInterval(() => {
+      if (Date.now() - this.#last >= 400) this.progress(Math.max(0, this.#lastDone), this.#expected, true);
+    }, 500);
+    this.#heartbeat.unref();
   }
 
   progress(done: number, expected: number, force = false): void {
     const now = Date.now();
+    this.#expected = expected;
     if (!force && (now - this.#last < this.interval || done === this.#lastDone)) return;
     this.#last = now;
     this.#result(done, expected);
@@ -95,6 +104,7 @@ export class DownloadActivity {
   }
 
   stop(): void {
+    clearInterval(this.#heartbeat);
     this.write('@nix ' + JSON.stringify({ action: 'stop', id: this.id }) + '\n');
   }
 }

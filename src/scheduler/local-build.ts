@@ -418,9 +418,10 @@ class LocalRound {
   /**
    * With keepFailed Nix keeps the build directory of every failed build (a sandbox that could not be set
    * up, timeouts, the log limit, rejected inputs and outputs too) and says so: the directory kept, if any.
+   * Not for built-ins (Nix: their build directory may hold privileged data, such as the netrc).
    */
   keptBuildDir(): string | undefined {
-    this.keepBuildDir = this.w.ctx.options.keepFailed;
+    this.keepBuildDir = this.w.ctx.options.keepFailed && !this.view.builder.startsWith('builtin:');
     return this.keepBuildDir ? this.dir.top : undefined;
   }
 

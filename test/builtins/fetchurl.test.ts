@@ -81,6 +81,7 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:fetchurl vs Nix
         outside = fetchurl { url = "file://${srv}/a.txt"; sha256 = "${flat}"; name = "outside"; };
         hang1 = fetchurl { url = "${u}/a.txt?1"; sha256 = "${flat}"; name = "hang1"; };
         hang2 = fetchurl { url = "${u}/a.txt?2"; sha256 = "${flat}"; name = "hang2"; };
+        hang3 = fetchurl { url = "${u}/a.txt?3"; sha256 = "${flat}"; name = "hang3"; };
         consumer = derivation {
           name = "consumer"; system = builtins.currentSystem; builder = "/bin/sh";
           args = [ "-c" "read l < \${flat}; echo \\"$l\\" > $out; cat \${unpacked}/x >> $out; \${exe} >> $out || echo not-run >> $out; echo \${unpacked} >> $out" ];
@@ -175,12 +176,24 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:fetchurl vs Nix
     await expect(fsp.lstat(path.join(O, out))).rejects.toThrow();
   }, 60_000);
 
-  it('a download that hangs is killed by the build timeout', async () => {
-    server.fault(/^a\.txt$/, { kind: 'hang' }, 1);
-    const err = await engine({ buildTimeout: 1 }).buildPaths([drv.hang2!]).then(() => undefined, (x: unknown) => x);
+  it('a download that hangs is killed by the build timeout, not by max-silent-time (its progress lines keep it alive), in both', async () => {
+    server.fault(/^a\.txt$/, { kind: 'hang' }, 2);
+    const r = await runNixAsync('nix-store', ['--store', N, '--realise', drv.hang3!, ...nixSandboxArgs(), '--max-silent-time', '1', '--timeout', '3']);
+    expect(r.status).toBe(101);
+    expect(r.stderr).toContain('timed out after 3 seconds');
+    const err = await engine({ maxSilentTime: 1, buildTimeout: 3 }).buildPaths([drv.hang2!]).then(() => undefined, (x: unknown) => x);
     server.clearFaults();
     expect(err).toBeInstanceOf(BuildFailedError);
     expect((err as BuildFailedError).results[0]!.status).toBe('timed-out');
+    expect((err as Error).message).toContain('timed out after 3 seconds');
     expect((err as BuildFailedError).exitStatus).toBe(101);
+  }, 60_000);
+
+  it('check mode fetches again and compares (deterministic: passes); keepFailed keeps no build directory of a built-in', async () => {
+    const [r] = await engine().buildPaths([drv.flat!], { mode: 'check' });
+    expect(r!.result.status).toBe('built');
+    const err = await engine({ keepFailed: true }).buildPaths([drv.missing!]).then(() => undefined, (x: unknown) => x);
+    expect((err as Error).message).not.toContain('keeping build directory');
+    expect((await fsp.readdir(root)).filter((n) => n.startsWith('nix-build-missing'))).toEqual([]);
   }, 60_000);
 });
