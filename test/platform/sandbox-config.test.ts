@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkImpureHostDeps, parsePreBuildHookOutput, parseSandboxMode, parseSandboxPaths, splitSandboxPathsOption, useSandbox } from '../../src/platform/sandbox-config.js';
 import { SandboxError } from '../../src/platform/sandbox-errors.js';
-import { nixSeccompFilter } from '../../src/platform/seccomp.js';
+import { nixSeccompFilter, REFUSED_SYSCALLS } from '../../src/platform/seccomp.js';
 import { chooseSandbox, sandboxAvailable } from '../../src/platform/probe.js';
 import { NoSandbox } from '../../src/platform/no-sandbox.js';
 import { LinuxSandbox } from '../../src/platform/linux-sandbox.js';
@@ -93,6 +93,49 @@ describe('seccomp filter', () => {
       expect(f.readUInt16LE(f.length - 8)).toBe(0x06);
       expect(f.readUInt32LE(f.length - 4)).toBe(0x80000000);
     }
+  });
+  /** Run the classic BPF program over a seccomp_data (only the instructions the filter uses). */
+  function evaluate(f: Buffer, arch: number, nr: number, args: number[] = []): number {
+    const data = Buffer.alloc(64);
+    data.writeUInt32LE(nr, 0);
+    data.writeUInt32LE(arch, 4);
+    args.forEach((a, i) => data.writeUInt32LE(a, 16 + 8 * i));
+    let acc = 0;
+    for (let pc = 0; pc < f.length / 8;) {
+      const code = f.readUInt16LE(pc * 8), jt = f.readUInt8(pc * 8 + 2), jf = f.readUInt8(pc * 8 + 3), k = f.readUInt32LE(pc * 8 + 4);
+      if (code === 0x20) acc = data.readUInt32LE(k);
+      else if (code === 0x54) acc = (acc & k) >>> 0;
+      else if (code === 0x15) { pc += 1 + (acc === k ? jt : jf); continue; }
+      else if (code === 0x45) { pc += 1 + ((acc & k) !== 0 ? jt : jf); continue; }
+      else if (code === 0x06) return k;
+      else throw new Error(`unexpected BPF instruction ${code.toString(16)}`);
+      pc++;
+    }
+    throw new Error('fell off the end');
+  }
+  const ALLOW = 0x7fff0000, ERRNO = 0x00050000;
+  const ARCHES = { x64: [['x86_64', 0xc000003e], ['i386', 0x40000003]], arm64: [['aarch64', 0xc00000b7], ['arm', 0x40000028]] } as const;
+
+  it('refuses every call of REFUSED_SYSCALLS on every architecture it covers, with its errno', () => {
+    expect(REFUSED_SYSCALLS.map((c) => c.name)).toEqual(['setxattr', 'lsetxattr', 'fsetxattr', 'setxattrat', 'io_uring_setup', 'io_uring_enter', 'io_uring_register']);
+    for (const [nodeArch, pairs] of Object.entries(ARCHES)) {
+      const f = nixSeccompFilter(nodeArch);
+      for (const [arch, audit] of pairs) {
+        for (const c of REFUSED_SYSCALLS) {
+          expect(evaluate(f, audit, c.nr[arch]), `${c.name} on ${arch}`).toBe(ERRNO | (c.errno === 'ENOTSUP' ? 95 : 38));
+          expect(c.why.length).toBeGreaterThan(20);
+        }
+        expect(evaluate(f, audit, 0), `syscall 0 on ${arch}`).toBe(ALLOW);
+      }
+    }
+    // x32 (the x32 bit set) is the x86_64 table.
+    expect(evaluate(nixSeccompFilter('x64'), 0xc000003e, (463 | 0x40000000) >>> 0)).toBe(ERRNO | 95);
+    // chmod-like calls: EPERM only with setuid/setgid bits (fchmodat's mode is its third argument).
+    const x = nixSeccompFilter('x64');
+    expect(evaluate(x, 0xc000003e, 90, [0, 0o4755])).toBe(ERRNO | 1);
+    expect(evaluate(x, 0xc000003e, 90, [0, 0o755])).toBe(ALLOW);
+    expect(evaluate(x, 0xc000003e, 268, [0, 0, 0o2755])).toBe(ERRNO | 1);
+    expect(evaluate(x, 0xc000003e, 268, [0, 0o4000, 0o755])).toBe(ALLOW);
   });
   it('refuses unknown architectures with a SandboxError', () => {
     expect(() => nixSeccompFilter('mips')).toThrow(/no seccomp filter for architecture 'mips'/);
