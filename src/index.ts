@@ -75,7 +75,7 @@ export {
 } from './remote/remote-builder.js';
 export { parseMachines, formatMachines, selectMachine, machine, type Machine, type MachineOptions, type MachineRequest, type MachineChoice } from './remote/machines.js';
 export { RemoteBuildError, NoMachineError, MachineSpecError, RemoteConnectionError, RemoteProtocolError, RemoteDaemonError } from './remote/errors.js';
-export { StdioTransport, type Transport } from './remote/transport.js';
+export { StdioTransport, SocketTransport, type Transport } from './remote/transport.js';
 export { WorkerConnection, type RemoteLogEvent } from './remote/worker-protocol.js';
 export { ServeConnection } from './remote/serve-protocol.js';
 
