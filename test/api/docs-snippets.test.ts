@@ -33,6 +33,7 @@ const snippets = files.flatMap(runnableBlocks);
 const SHOWS: Record<string, RegExp> = {
   'README.md#1': /^built \/nix\/store\/[0-9a-z]{32}-hello$/m,
   'docs/derivations.md#1': /^\/nix\/store\/[0-9a-z]{32}-libfoo-dev$/m,
+  'docs/formats.md#1': /^sha256:094qif9n4cq4fdg459qzbhg1c6wywawwaaivx0k0x8xhbyx4vwic$/m,
   'docs/substituters.md#1': /\[ '\/nix\/store\/[0-9a-z]{32}-hello\.txt' \] my-cache-1:[A-Za-z0-9+/]{43}=/,
 };
 
