@@ -15,7 +15,6 @@ import {
 import { DaemonStore } from '../index.js';
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
 import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
-import { ProgressDisplay } from './progress.js';
 import { asActivity, LOG_FORMATS, makeDisplay, openJsonSink, type Display, type LogFormat } from './log-format.js';
 import { applyNixConf, readNixConf } from './nix-conf.js';
 import { gcCommand, storeCommand } from './gc.js';
@@ -256,12 +255,7 @@ async function build(args: CliArgs, store: Store): Promise<number> {
   if (targets.length === 0) return 0;
   const engine = new BuildEngine(opts);
   const mode = args.check ? 'check' : args.repair ? 'repair' : 'normal';
-  const jsonLogPath = args.options.get('json-log-path');
-  const sink = jsonLogPath ? openJsonSink(jsonLogPath) : undefined;
-  const display = makeDisplay(engine, process.stderr, {
-    format: args.logFormat as LogFormat | undefined, quiet: args.quiet, noBuildOutput: args.noBuildOutput, printBuildLogs: args.printBuildLogs, jsonSink: sink,
-  });
-  messageLogs.display = display;
+  const { display, closeSink } = openDisplay(args, engine);
   const trace = args.traceFile || args.report ? recordTrace(engine, {
     meta: { command: ['realise', ...process.argv.slice(2)].join(' '), maxJobs: opts.maxJobs ?? 1 },
   }) : undefined;
@@ -340,10 +334,29 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     display.stop();
     stopCancelling();
     await engine.close();
-    messageLogs.display = undefined;
-    await sink?.close();
+    await closeSink();
     if (trace) await writeTrace(args, await trace.finish());
   }
+}
+
+/**
+ * The display of a command's engine for its log format (and `json-log-path`), through which the command's
+ * messages go until `closeSink()`.
+ */
+function openDisplay(args: CliArgs, engine: BuildEngine): { display: Display; closeSink: () => Promise<void> } {
+  const jsonLogPath = args.options.get('json-log-path');
+  const sink = jsonLogPath ? openJsonSink(jsonLogPath) : undefined;
+  const display = makeDisplay(engine, process.stderr, {
+    format: args.logFormat as LogFormat | undefined, quiet: args.quiet, noBuildOutput: args.noBuildOutput, printBuildLogs: args.printBuildLogs, jsonSink: sink,
+  });
+  messageLogs.display = display;
+  return {
+    display,
+    closeSink: async () => {
+      messageLogs.display = undefined;
+      await sink?.close();
+    },
+  };
 }
 
 /** `--trace-file` and `--report` of a run; a file that cannot be written is a warning (the build's status stands). */
@@ -375,7 +388,7 @@ function report(args: CliArgs): number {
 
 async function repair(args: CliArgs, store: Store): Promise<number> {
   const engine = new BuildEngine(engineOptions(args, store, warnStderr));
-  const display = new ProgressDisplay(engine, process.stderr, { quiet: args.quiet, noBuildOutput: args.noBuildOutput, printBuildLogs: args.printBuildLogs });
+  const { display, closeSink } = openDisplay(args, engine);
   try {
     for (const a of args.positional) {
       const p = followLinksToStorePath(store.storeDir, a);
@@ -400,6 +413,7 @@ async function repair(args: CliArgs, store: Store): Promise<number> {
   } finally {
     display.stop();
     await engine.close();
+    await closeSink();
   }
 }
 

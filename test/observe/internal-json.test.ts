@@ -107,6 +107,14 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(want.copyProgress).toEqual([2, 0, 0]);
   });
 
+  it('a --log-format nix-store does not know: Nix\'s error and exit status', async () => {
+    const n = runNix('nix-store', ['--store', N(), '--log-format', 'fancy', '--realise', drv.dag!]);
+    const o = await realise(['build', '--store', O(), '--log-format', 'fancy', drv.dag!]);
+    expect(n.stderr).toBe("error: option 'log-format' has an invalid value 'fancy'\n");
+    expect(o.stderr).toBe(n.stderr);
+    expect(o.status).toBe(n.status);
+  });
+
   it('--json-log-path: the same stream goes to a file (or a listening Unix socket) while stderr shows the normal display', async () => {
     const file = path.join(dir, 'log.json');
     const o = await realise(['build', '--store', O(), ...SANDBOX, '--json-log-path', file, '--check', drv.dag!]);
