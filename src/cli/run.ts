@@ -38,6 +38,7 @@ commands:
 
 flags:
   --store ROOT|local?root=..&store=..&state=..&log=..   the store (default: the embedded default store)
+  --store daemon|unix://SOCKET   a system Nix installation's store, through its nix-daemon
   --substituter URL  --trusted-public-key KEY  --max-jobs N  --cores N  --keep-going  --fallback
   --check  --repair  --timeout S  --max-silent-time S  --builders SPEC  --keep-failed  --json
   --dry-run  --add-root PATH  --ignore-unknown  --quiet  -Q (no build output)  -L (build logs on a terminal)
