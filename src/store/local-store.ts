@@ -59,7 +59,7 @@ export interface LocalStoreOptions {
  * `mkdir -p`, one level at a time. Node's recursive mkdir never returns for a path under a directory
  * where mkdir fails with ENOENT although the parent exists (e.g. `/proc/x/y`); this reports the error.
  */
-async function mkdirs(dir: string, mode: number): Promise<void> {
+export async function mkdirs(dir: string, mode: number): Promise<void> {
   const missing: string[] = [];
   for (let cur = path.resolve(dir); ; cur = path.dirname(cur)) {
     try {

@@ -8,6 +8,7 @@ import { createWriteStream, promises as fsp, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HashSink } from '../store/hash.js';
+import { mkdirs } from '../store/local-store.js';
 import type { PathInfo, Store } from '../store/store-api.js';
 import { storePathHashPart, type StorePath } from '../store/store-path.js';
 import { compressStream } from './compression.js';
@@ -48,7 +49,12 @@ export class BinaryCacheWriter {
   static async open(url: string, opts: { storeDir: string; priority?: number; wantMassQuery?: boolean }): Promise<BinaryCacheWriter> {
     const dir = url.startsWith('file://') ? fileURLToPath(url.replace(/\?.*$/, '')) : url.includes('://') ? undefined : path.resolve(url);
     if (!dir) throw new SubstituterError('network', `cannot write to '${url}': only file:// binary caches can be written`, { uri: url, hint: 'copy to a directory and serve it over HTTP' });
-    await fsp.mkdir(path.join(dir, 'nar'), { recursive: true });
+    // One level at a time: Node's recursive mkdir never returns under e.g. /proc (see mkdirs).
+    try {
+      await mkdirs(path.join(dir, 'nar'), 0o755);
+    } catch (e) {
+      throw new SubstituterError('store', `cannot create binary cache '${url}': ${(e as Error).message}`, { uri: url, cause: e });
+    }
     const infoFile = path.join(dir, 'nix-cache-info');
     const existing = await fsp.readFile(infoFile, 'utf8').catch(() => undefined);
     if (existing !== undefined) {

@@ -54,11 +54,15 @@ describe.skipIf(!nixOk())('user mistakes, realise vs Nix 2.8', () => {
     noTrace(o.stderr);
   });
 
-  it('copy to a cache directory that is a file: an error naming it, no trace', async () => {
+  it('copy to a cache directory that is a file, or one that cannot be made (under /proc): an error naming it, no trace', async () => {
     const o = await realise(['copy', '--store', store, '--to', `file://${dir}/f.txt`, p]);
     expect(o.status).toBe(1);
-    expect(lastLine(o.stderr)).toBe(`error: creating directory '${dir}/f.txt/nar': Not a directory`);
+    expect(lastLine(o.stderr)).toBe(`error: cannot create binary cache 'file://${dir}/f.txt': ENOTDIR: not a directory, stat '${dir}/f.txt/nar'`);
     noTrace(o.stderr);
+    // Node's recursive mkdir never returns there; the command must end with an error.
+    const proc = await realise(['copy', '--store', store, '--to', 'file:///proc/realise-cache', p]);
+    expect(proc.status).toBe(1);
+    expect(lastLine(proc.stderr)).toMatch(/^error: cannot create binary cache 'file:\/\/\/proc\/realise-cache': .*ENOENT/);
   });
 
   it('--add-root in a directory that does not exist yet: made, as Nix makes it', async () => {
