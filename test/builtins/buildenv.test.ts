@@ -123,6 +123,21 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:buildenv and bu
     expect(nixVerify(O).status).toBe(0);
   }, 120_000);
 
+  it('keep-env-derivations and an inactive package: the same manifest and .drv as nix-env', async () => {
+    const r = runNix('nix-env', ['--store', N, '-p', path.join(root, 'prof3'), '-f', path.join(root, 'pk.nix'), '-i', '-A', 'c', '--option', 'keep-env-derivations', 'true', ...nixArgs()]);
+    expect(r.status, r.stderr).toBe(0);
+    const out = readlinkSync(path.join(root, readlinkSync(path.join(root, 'prof3'))));
+    const theirs = nix('nix-store', ['--store', N, '-q', '--deriver', out]);
+    const env = await buildEnv(store, [{ ...pkg('c'), drvPath: drv.c! }], { keepDerivations: true });
+    expect(env.derivation.drvPath).toBe(theirs);
+    // An inactive package stays in the manifest but not in the tree.
+    const off = await buildEnv(store, [pkg('a'), pkg('q', { active: 'false' })]);
+    const [built] = await engine().buildPaths([off.derivation.drvPath]);
+    const tree = built!.result.builtOutputs!.out!;
+    expect(await fsp.readlink(path.join(O, tree, 'bin'))).toBe(`${outs.a}/bin`);
+    expect(await fsp.readFile(path.join(O, off.manifest), 'utf8')).toContain('meta = { active = "false"; }');
+  }, 120_000);
+
   it('two packages bringing the same file with the same priority: Nix\'s collision error', async () => {
     const theirs = nixEnvInstall('prof2', ['a', 'c']);
     expect(theirs.error).toMatch(/have the same priority 5/);
