@@ -178,14 +178,14 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:fetchurl vs Nix
 
   it('a download that hangs is killed by the build timeout, not by max-silent-time (its progress lines keep it alive), in both', async () => {
     server.fault(/^a\.txt$/, { kind: 'hang' }, 2);
-    const r = await runNixAsync('nix-store', ['--store', N, '--realise', drv.hang3!, ...nixSandboxArgs(), '--max-silent-time', '1', '--timeout', '3']);
+    const r = await runNixAsync('nix-store', ['--store', N, '--realise', drv.hang3!, ...nixSandboxArgs(), '--max-silent-time', '2', '--timeout', '4']);
     expect(r.status).toBe(101);
-    expect(r.stderr).toContain('timed out after 3 seconds');
-    const err = await engine({ maxSilentTime: 1, buildTimeout: 3 }).buildPaths([drv.hang2!]).then(() => undefined, (x: unknown) => x);
+    expect(r.stderr).toContain('timed out after 4 seconds');
+    const err = await engine({ maxSilentTime: 2, buildTimeout: 4 }).buildPaths([drv.hang2!]).then(() => undefined, (x: unknown) => x);
     server.clearFaults();
     expect(err).toBeInstanceOf(BuildFailedError);
     expect((err as BuildFailedError).results[0]!.status).toBe('timed-out');
-    expect((err as Error).message).toContain('timed out after 3 seconds');
+    expect((err as Error).message).toContain('timed out after 4 seconds');
     expect((err as BuildFailedError).exitStatus).toBe(101);
   }, 60_000);
 
