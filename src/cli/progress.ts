@@ -2,7 +2,8 @@
  * Live progress on a terminal (a status line: builds and substitutions done/running, current log line);
  * on a non-terminal (or with `-L`), build log lines are passed through as nix-store prints them.
  * Activity lines use Nix 2.8's words: "building '…'...", "checking outputs of '…'...", "repairing outputs
- * of '…'...", "building '…' (round 1/2)...", "… on 'MACHINE'...", "copying path '…' from '…'...".
+ * of '…'...", "building '…' (round 1/2)...", "… on 'MACHINE'...", "copying path '…' from '…'...",
+ * "resolved derivation: '…' -> '…'...", "running post-build-hook '…'...".
  */
 import { buildActivityText, type BuildEngine, type NixJsonLog } from '../index.js';
 import { filterLogMessage, formatError, formatWarning } from './report.js';
@@ -52,6 +53,10 @@ export class ProgressDisplay {
     const onSubst = (e: { path: string; substituter: string }) => info(`copying path '${e.path}' from '${e.substituter}'...`);
     // Shown even with --quiet, as Nix logs it at warning level.
     const onWaiting = (e: { lockedPaths: readonly string[] }) => this.line(`waiting for lock on ${e.lockedPaths.map((p) => `'${p}'`).join(', ')}...`);
+    const onResolved = (e: { drvPath: string; resolvedPath: string }) => info(`resolved derivation: '${e.drvPath}' -> '${e.resolvedPath}'...`);
+    const onHook = (e: { hook: string }) => info(`running post-build-hook '${e.hook}'...`);
+    // As Nix's logger: the hook's output goes where builders' output goes, each line prefixed.
+    const onHookLog = (e: { line: string }) => { if (this.showsLogs) this.line(`post-build-hook: ${e.line}`); };
     const onProgress = () => this.render();
     engine.on('build-started', onStart);
     engine.on('build-log', onLog);
@@ -59,7 +64,12 @@ export class ProgressDisplay {
     engine.on('substitution-started', onSubst);
     engine.on('build-waiting', onWaiting);
     engine.on('progress', onProgress);
+    engine.on('derivation-resolved', onResolved);
+    engine.on('post-build-hook-started', onHook);
+    engine.on('post-build-hook-log', onHookLog);
     this.unsubscribe.push(
+      () => engine.off('derivation-resolved', onResolved), () => engine.off('post-build-hook-started', onHook),
+      () => engine.off('post-build-hook-log', onHookLog),
       () => engine.off('build-started', onStart), () => engine.off('build-log', onLog), () => engine.off('warning', onWarn),
       () => engine.off('substitution-started', onSubst), () => engine.off('build-waiting', onWaiting), () => engine.off('progress', onProgress),
     );

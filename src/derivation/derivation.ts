@@ -564,9 +564,12 @@ export function hashDerivationModulo(reader: DerivationHasher | ReadDerivation, 
   return hasher.hashModulo(drv, maskOutputs);
 }
 
-/** Nix's `staticOutputHashes`: output name → hash modulo (unmasked). */
+/**
+ * Nix's `staticOutputHashes`: output name → hash modulo with the derivation's own outputs masked (its input
+ * derivations count with their unmasked hashes), what realisations are named by (`sha256:<base16>!out`).
+ */
 export async function staticOutputHashes(reader: DerivationHasher | ReadDerivation, drv: Derivation, opts: { storeDir?: string } = {}): Promise<Map<string, Hash>> {
-  return new Map((await hashDerivationModulo(reader, drv, false, opts)).hashes);
+  return new Map((await hashDerivationModulo(reader, drv, true, opts)).hashes);
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -5,11 +5,12 @@
  * register the outputs (`afterInputs`).
  */
 import type { StorePath } from '../store/store-path.js';
-import { tryResolve, type InputOutputPaths } from '../derivation/resolve.js';
-import { writeDerivation } from '../derivation/derivation.js';
+import { downstreamPlaceholder, tryResolve, type InputOutputPaths } from '../derivation/resolve.js';
+import { knownOutputs, realiseValidOutputs, registerResolvedRealisations } from './realisations.js';
+import { computeDerivationPath, writeDerivation } from '../derivation/derivation.js';
 import { isDerivationPath } from './paths.js';
 import { knownPath, preferLocalBuild, substitutesAllowed, type DrvView } from './drv-view.js';
-import { buildLocally } from './local-build.js';
+import { buildLocally, postBuildHook } from './local-build.js';
 import { failure, success, isSuccess, type BuildResult } from './results.js';
 import { substitutionSucceeded } from './substitution-goal.js';
 import type { BuildMode, DrvGoalEntry, Worker } from './worker.js';
@@ -23,21 +24,23 @@ interface OutputStatus {
 
 async function checkPathValidity(w: Worker, view: DrvView, wanted: Set<string> | undefined, mode: BuildMode): Promise<OutputStatus[]> {
   const { store } = w.ctx;
-  // Only floating CA outputs need the registered mapping; input-addressed and fixed ones are in the .drv.
-  const allKnown = [...view.outputs.values()].every((o) => knownPath(o) !== undefined);
-  const registered = allKnown ? new Map<string, StorePath>() : await store.queryDerivationOutputs(view.drvPath).catch(() => new Map<string, StorePath>());
+  // Floating CA outputs are known by their realisations; input-addressed and fixed ones are in the .drv.
+  const known = await knownOutputs(store, view);
   const out: OutputStatus[] = [];
-  const paths: StorePath[] = [];
-  for (const [name, spec] of view.outputs) {
-    const p = knownPath(spec) ?? registered.get(name);
-    if (p) paths.push(p);
-  }
-  const valid = await store.queryValidPaths(paths);
-  for (const [name, spec] of view.outputs) {
-    const p = knownPath(spec) ?? registered.get(name);
+  const valid = await store.queryValidPaths(known.values());
+  for (const name of view.outputs.keys()) {
+    const p = known.get(name);
     let ok = p !== undefined && valid.has(p);
     if (ok && mode === 'repair') ok = await w.pathContentsGood(p!);
     out.push({ name, path: p, valid: ok, wanted: wanted === undefined || wanted.has(name) });
+  }
+  if (w.ctx.options.experimentalFeatures.includes('ca-derivations')) {
+    const staticValid = new Map<string, StorePath>();
+    for (const [name, spec] of view.outputs) {
+      const p = knownPath(spec);
+      if (p && valid.has(p)) staticValid.set(name, p);
+    }
+    await realiseValidOutputs(store, view, staticValid);
   }
   return out;
 }
@@ -170,15 +173,14 @@ export async function afterInputs(w: Worker, drvPath: StorePath, wanted: Set<str
   for (const [dep, outs] of view.inputDrvs) {
     const built = waiting.deps[i++]!.result!.builtOutputs;
     let depView: DrvView | undefined;
-    let registered: Map<string, StorePath> | undefined;
+    let known: Map<string, StorePath> | undefined;
     for (const o of outs) {
       let p: StorePath | undefined = built[o];
       if (!p) {
         depView ??= await w.ctx.loadDrv(dep);
-        const spec = depView.outputs.get(o);
-        if (!spec) return failure('misc-failure', `derivation '${drvPath}' requires non-existent output '${o}' from input derivation '${dep}'`);
-        registered ??= await store.queryDerivationOutputs(dep);
-        p = knownPath(spec) ?? registered.get(o);
+        if (!depView.outputs.has(o)) return failure('misc-failure', `derivation '${drvPath}' requires non-existent output '${o}' from input derivation '${dep}'`);
+        known ??= await knownOutputs(store, depView);
+        p = known.get(o);
       }
       if (!p) return failure('misc-failure', `derivation '${drvPath}' requires output '${o}' from input derivation '${dep}', which is supposedly realized already, yet we still don't know what path corresponds to that output`);
       roots.push(p);
@@ -188,12 +190,26 @@ export async function afterInputs(w: Worker, drvPath: StorePath, wanted: Set<str
     }
   }
   // Deferred, or floating CA with input derivations: build the resolved derivation instead (Nix's tryResolve).
-  if (view.needsResolution) return buildResolved(w, view, inputOutputs, wanted, mode);
+  if (view.needsResolution || (view.isFixedOutput && resolvesFixedOutput(w, view))) return buildResolved(w, view, inputOutputs, wanted, mode);
   const inputPaths = await store.computeClosure(roots);
 
   // 6. Build (rounds for buildRepeat; fixed outputs are built once).
   const rounds = view.isFixedOutput ? 1 : w.ctx.options.buildRepeat + 1;
   return buildLocally(w, view, { mode, rounds, inputPaths, preferLocal: preferLocalBuild(view), wanted });
+}
+
+/**
+ * Whether a fixed-output derivation with input derivations is resolved before it is built: Nix 2.8 resolves
+ * every content-addressed one with `ca-derivations`; without the feature, one that names an input's output
+ * by its placeholder (an input that is floating content-addressed) must be resolved all the same.
+ */
+function resolvesFixedOutput(w: Worker, view: DrvView): boolean {
+  if (view.inputDrvs.size === 0) return false;
+  if (w.ctx.options.experimentalFeatures.includes('ca-derivations')) return true;
+  const placeholders: string[] = [];
+  for (const [dep, outs] of view.inputDrvs) for (const o of outs) placeholders.push(downstreamPlaceholder(dep, o));
+  const uses = (s: string) => placeholders.some((p) => s.includes(p));
+  return uses(view.builder) || view.args.some(uses) || [...view.env.values()].some(uses);
 }
 
 /**
@@ -208,9 +224,13 @@ async function buildResolved(w: Worker, view: DrvView, inputOutputs: InputOutput
     const m = missing[0]!;
     return failure('misc-failure', `cannot resolve derivation '${view.drvPath}': output '${m.output}' of input '${m.drvPath}' has no known path; rebuild that input`);
   }
-  const pathResolved = await writeDerivation(store, resolved);
+  // Announced before the .drv is written (that can take a while): Nix prints it in the same step as it
+  // resolves, before any other build can take a free slot.
+  const pathResolved = computeDerivationPath(resolved, store.storeDir);
+  w.ctx.emit('derivation-resolved', { drvPath: view.drvPath, resolvedPath: pathResolved });
+  await writeDerivation(store, resolved);
   if (store.addTempRoot) await store.addTempRoot(pathResolved);
-  const r = await w.derivationGoal(pathResolved, wanted, mode);
+  const r = await w.blocked(view.drvPath, w.derivationGoal(pathResolved, wanted, mode));
   if (!isSuccess(r.status)) return r;
   const outputs = new Map<string, StorePath>();
   for (const name of wanted ?? view.outputs.keys()) {
@@ -218,9 +238,12 @@ async function buildResolved(w: Worker, view: DrvView, inputOutputs: InputOutput
     if (!p) return failure('misc-failure', `resolved derivation '${pathResolved}' of '${view.drvPath}' did not report output '${name}'`);
     outputs.set(name, p);
   }
-  // Nix keeps a realisation per (hash modulo, output); we map the original .drv to the paths directly.
-  // A derivation handed to us without being in the store (buildDerivation) has nothing to map.
-  if (await store.isValidPath(view.drvPath)) await store.registerDerivationOutputs(view.drvPath, outputs);
+  // As Nix: the original derivation's outputs are realised as the resolved one's (a fixed output's path
+  // is in the .drv already). A derivation handed to us without being in the store has nothing to record.
+  if (await store.isValidPath(view.drvPath)) await registerResolvedRealisations(store, view, await w.ctx.loadDrv(pathResolved), outputs);
+  // Nix 2.8 runs the post-build hook again for the original derivation, built or not.
+  const hookError = await postBuildHook(w, view.drvPath, [...outputs.values()]);
+  if (hookError !== undefined) return failure('misc-failure', hookError);
   return { ...r, builtOutputs: Object.fromEntries(outputs) };
 }
 

@@ -63,6 +63,14 @@ export interface EventPayloads {
   'build-finished': { drvPath: StorePath; round: number; rounds: number; machine?: string; outcome: 'success' | 'failure' | 'stopped'; result?: BuildResult };
   'substitution-started': { path: StorePath; substituter: string };
   'substitution-finished': { path: StorePath; substituter?: string; ok: boolean; error?: string };
+  /**
+   * A derivation whose inputs include floating content-addressed outputs (or, with `ca-derivations`, any
+   * content-addressed derivation with input derivations) is built as its resolved form, the inputs'
+   * outputs written in: Nix's "resolved derivation: 'A' -> 'B'".
+   */
+  'derivation-resolved': { drvPath: StorePath; resolvedPath: StorePath };
+  /** The post-build hook is about to run for a derivation: Nix's "running post-build-hook '…'". */
+  'post-build-hook-started': { drvPath: StorePath; hook: string };
   'post-build-hook-log': { drvPath: StorePath; line: string };
   progress: Progress;
   /**

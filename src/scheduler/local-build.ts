@@ -23,6 +23,7 @@ import { LogCollector } from './log-collector.js';
 import { describeSignal } from '../platform/signals.js';
 import { slotGate } from './slot-gate.js';
 import { registerOutputs, type RoundOutputs } from './register-outputs.js';
+import { knownOutputs } from './realisations.js';
 import { OutputRejected } from './rejected.js';
 import { failure, success, type BuildResult, type BuildStatus, type FailureDetails } from './results.js';
 import type { BuildMode, Worker } from './worker.js';
@@ -148,45 +149,58 @@ function refuseUnbuildable(w: Worker, view: DrvView, plan: LocalBuildPlan): void
 }
 
 /**
- * The rounds of a local build (buildRepeat + 1; one unless asked), each holding the output locks: lock,
- * re-check (someone may have built the outputs meanwhile), delete stale outputs, run the round in a slot.
+ * The rounds of a local build (buildRepeat + 1; one unless asked), each in a slot holding the output locks:
+ * lock, re-check (someone may have built the outputs meanwhile), delete stale outputs, run the round. As
+ * Nix's tryToBuild, the locks are taken only once the build has a slot, and without waiting; when another
+ * process (or call) holds one, the slot goes to other builds while this one waits for the lock, then asks
+ * for a slot again. So processes building the same derivations share the work instead of queueing behind
+ * each other's locks. A known output is locked by its path, a floating one by `<drv>.<output>`, as Nix.
  */
 async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Promise<BuildResult> {
   const { store } = w.ctx;
   const drvPath = view.drvPath;
   const expected = w.ctx.progress.expect('builds');
-  const lockTargets = [...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p);
+  const lockTargets = [...view.outputs].map(([name, spec]) => knownPath(spec) ?? `${drvPath}.${name}`);
+  const known = [...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p);
   let previous: RoundOutputs | undefined;
   let timesBuilt = 0;
   let startTime = 0;
   let isNonDeterministic = false;
+  let waited = false;
 
-  for (let round = 1; ; round++) {
-    // Lock the outputs (waiting holds no build slot), then re-check: someone may have built them.
-    let waited = false;
-    const locks: PathLocks = await store.lockPaths(lockTargets, {
-      signal: w.signal,
-      onWait: () => { waited = true; w.ctx.emit('build-waiting', { drvPath, lockedPaths: lockTargets.map((p) => store.toRealPath(p)) }); },
-    }).finally(() => { if (waited) w.ctx.emit('build-lock-acquired', { drvPath }); });
+  for (let round = 1; ;) {
+    let locks: PathLocks | undefined;
     try {
-      const valid = await store.queryValidPaths(lockTargets);
-      if (plan.mode === 'normal' && round === 1 && lockTargets.length === view.outputs.size && lockTargets.every((p) => valid.has(p))) {
-        const outs: Record<string, StorePath> = {};
-        for (const [n, s] of view.outputs) outs[n] = knownPath(s)!;
-        // Someone beat us to it: this build is no longer expected (Nix drops it from expectedBuilds).
-        expected.withdraw();
-        return success('already-valid', outs);
-      }
-      // Delete stale, invalid outputs (after round 1, what is there is that round's output, still unregistered).
-      for (const p of round === 1 ? lockTargets : []) {
-        if (!valid.has(p) && (await exists(store.toRealPath(p)))) await deleteTree(store.toRealPath(p));
-      }
-
-      const r = await inBuildSlot(w, drvPath, (releaseSlot) => {
+      const r = await inBuildSlot(w, drvPath, async (releaseSlot): Promise<RoundResult | BuildResult | 'locked'> => {
         w.throwIfStopped();
+        locks = await store.tryLockPaths(lockTargets);
+        if (!locks) return 'locked';
+        if (waited) w.ctx.emit('build-lock-acquired', { drvPath });
+        waited = false;
+        if (plan.mode === 'normal' && round === 1) {
+          const outs = await knownOutputs(store, view);
+          const valid = await store.queryValidPaths(outs.values());
+          if (outs.size === view.outputs.size && [...outs.values()].every((p) => valid.has(p))) {
+            // Someone beat us to it: this build is no longer expected (Nix drops it from expectedBuilds).
+            expected.withdraw();
+            return success('already-valid', Object.fromEntries(outs));
+          }
+        }
+        const valid = await store.queryValidPaths(known);
+        // Delete stale, invalid outputs (after round 1, what is there is that round's output, still unregistered).
+        for (const p of round === 1 ? known : []) {
+          if (!valid.has(p) && (await exists(store.toRealPath(p)))) await deleteTree(store.toRealPath(p));
+        }
         if (startTime === 0) startTime = Math.floor(Date.now() / 1000);
         return runOneRound(w, view, plan, round, valid, previous, releaseSlot);
-      });
+      }, round > 1);
+      if (r === 'locked') {
+        if (!waited) w.ctx.emit('build-waiting', { drvPath, lockedPaths: lockTargets.map((p) => store.toRealPath(p)) });
+        waited = true;
+        await w.blocked(drvPath, waitForLocks(store, lockTargets, w.signal));
+        continue;
+      }
+      if ('status' in r) return r;
       timesBuilt++;
       if (r.kind === 'failed') {
         return { ...r.result, timesBuilt, startTime, stopTime: Math.floor(Date.now() / 1000), isNonDeterministic: r.result.isNonDeterministic || isNonDeterministic };
@@ -196,10 +210,26 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
       if (round >= plan.rounds || r.stopRounds) {
         return success('built', r.outputs.paths, { timesBuilt, startTime, stopTime: Math.floor(Date.now() / 1000), isNonDeterministic });
       }
+      round++;
+    } catch (e) {
+      // A wait for the lock that ended with the call still ends the wait (as the event promises).
+      if (waited) w.ctx.emit('build-lock-acquired', { drvPath });
+      waited = false;
+      throw e;
     } finally {
-      await locks.release();
+      await (locks as PathLocks | undefined)?.release(); // (assigned inside the slot's callback)
     }
   }
+}
+
+/**
+ * Wait until nobody holds the locks on `targets`: take them, then let go at once without deleting the
+ * lock files (Nix's waitForAWhile, woken by the release instead of by polling).
+ */
+async function waitForLocks(store: Worker['ctx']['store'], targets: readonly string[], signal: AbortSignal): Promise<void> {
+  const locks = await store.lockPaths(targets, { signal });
+  locks.setDeletion?.(false);
+  await locks.release();
 }
 
 /**
@@ -207,7 +237,7 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
  * (Worker::childTerminated at the start of buildDone), the slot is freed as soon as the builder has exited:
  * closing the log and registering the outputs do not keep another build from starting.
  */
-function inBuildSlot<R>(w: Worker, drvPath: StorePath, fn: (releaseSlot: () => void) => Promise<R>): Promise<R> {
+function inBuildSlot<R>(w: Worker, drvPath: StorePath, fn: (releaseSlot: () => void) => Promise<R>, nextRound = false): Promise<R> {
   // Waiting for a slot, the goal no longer prepares; the gate grants free slots in Nix's goal order. When
   // its builder is done, the goal is busy again (registering, finishing) until it waits or ends.
   const activity = w.activity(drvPath);
@@ -224,7 +254,7 @@ function inBuildSlot<R>(w: Worker, drvPath: StorePath, fn: (releaseSlot: () => v
       let p: Promise<R>;
       try { p = fn(free); } catch (e) { p = Promise.reject(e); }
       p.then(resolve, reject).finally(free);
-    }), w.depthOf(drvPath));
+    }), w.depthOf(drvPath), nextRound);
   });
 }
 
@@ -590,18 +620,11 @@ class LocalRound {
       if (e.endsCall) w.stop('failure', drvPath);
       return this.fail(e.status, { message: e.message }, { hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' });
     }
-    if (options.postBuildHook && plan.mode !== 'check') {
-      const outPaths = Object.values(reg.outputs.paths).sort();
-      try {
-        await runPostBuildHook(options.postBuildHook, {
-          env: { ...processEnv(options.environment), DRV_PATH: drvPath, OUT_PATHS: outPaths.join(' ') },
-          onLine: (line) => w.ctx.emit('post-build-hook-log', { drvPath, line }),
-          signal: w.signal,
-        });
-      } catch (e) {
-        this.running.end(false);
-        return { kind: 'failed', result: failure('misc-failure', `post-build hook '${options.postBuildHook}' failed: ${(e as Error).message}`, this.times()) };
-      }
+    // As Nix 2.8, in check mode too.
+    const hookError = await postBuildHook(w, drvPath, Object.values(reg.outputs.paths));
+    if (hookError !== undefined) {
+      this.running.end(false);
+      return { kind: 'failed', result: failure('misc-failure', hookError, this.times()) };
     }
     this.running.end(true);
     return { kind: 'ok', outputs: reg.outputs, nonDeterministic: reg.nonDeterministic, stopRounds: reg.stopRounds };
@@ -707,6 +730,26 @@ function asSetupError(e: unknown, keptBuildDir?: string): unknown {
 function sandboxSetupError(drvPath: string, message: string): string {
   const prefix = `setting up the sandbox for '${drvPath}' failed: `;
   return (message.startsWith(prefix) ? message.slice(prefix.length) : message).replace(/\n {2}hint: [\s\S]*$/, '');
+}
+
+/**
+ * Nix's runPostBuildHook, when one is set: `DRV_PATH` and `OUT_PATHS` (sorted, space-separated) in its
+ * environment, its output as `post-build-hook-log` events. Resolves with the error message if it failed.
+ */
+export async function postBuildHook(w: Worker, drvPath: StorePath, outPaths: readonly StorePath[]): Promise<string | undefined> {
+  const hook = w.ctx.options.postBuildHook;
+  if (!hook) return undefined;
+  w.ctx.emit('post-build-hook-started', { drvPath, hook });
+  try {
+    await runPostBuildHook(hook, {
+      env: { ...processEnv(w.ctx.options.environment), DRV_PATH: drvPath, OUT_PATHS: [...outPaths].sort().join(' ') },
+      onLine: (line) => w.ctx.emit('post-build-hook-log', { drvPath, line }),
+      signal: w.signal,
+    });
+    return undefined;
+  } catch (e) {
+    return `post-build hook '${hook}' failed: ${(e as Error).message}`;
+  }
 }
 
 function processEnv(env: Readonly<Record<string, string | undefined>>): Record<string, string> {

@@ -5,7 +5,8 @@
 import { shortMessageOf } from '../store/errors.js';
 import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
-import { knownPath, substitutesAllowed } from './drv-view.js';
+import { substitutesAllowed } from './drv-view.js';
+import { knownOutputs } from './realisations.js';
 import type { BuildTarget } from './results.js';
 
 export interface MissingInfo {
@@ -72,7 +73,7 @@ export async function queryMissing(ctx: EngineContext, targets: readonly BuildTa
     }
     const view = await ctx.loadDrv(drvPath);
     const wanted = outputs ? outputs : [...view.outputs.keys()];
-    const registered = await store.queryDerivationOutputs(drvPath);
+    const registered = await knownOutputs(store, view);
     const invalid: StorePath[] = [];
     let unknownOutput = false;
     for (const o of wanted) {
@@ -80,7 +81,7 @@ export async function queryMissing(ctx: EngineContext, targets: readonly BuildTa
       // As Nix's queryMissing: a wanted output the derivation does not have is not looked at (the build
       // then fails on it).
       if (!spec) continue;
-      const p = knownPath(spec) ?? registered.get(o);
+      const p = registered.get(o);
       if (!p) { unknownOutput = true; continue; }
       if (!(await store.isValidPath(p))) invalid.push(p);
     }

@@ -22,6 +22,7 @@ import { checkOutputs } from './output-checks.js';
 import { BadDerivationError } from '../derivation/errors.js';
 import type { OutputChecks } from '../derivation/parsed-attrs.js';
 import { OutputRejected } from './rejected.js';
+import { registerBuiltRealisations, registersRealisations } from './realisations.js';
 import type { BuildMode, Worker } from './worker.js';
 
 export interface RoundOutputs {
@@ -342,6 +343,9 @@ async function compareWithRegistered(w: Worker, view: DrvView, plan: RegisterPla
     // As Nix: a path the check reproduced (e.g. one substituted) is now ultimately trusted.
     if (!old.ultimate) await store.registerValidPaths([{ ...old, ultimate: true }]);
   }
+  // As Nix: a fixed output whose content does not have its hash fails the check too (exit 102), even
+  // when nothing valid was there to compare it with (its true path is another one).
+  if (fin.delayed) throw fin.delayed;
   return { outputs: fin.outputs(), nonDeterministic: false, stopRounds: false };
 }
 
@@ -369,6 +373,7 @@ async function compareRounds(w: Worker, view: DrvView, plan: RegisterPlan, previ
   const pending = previous.pending ?? [];
   if (plan.round === plan.rounds || stopRounds) {
     if (pending.length) await store.registerValidPaths([...pending]);
+    await registerRealisations(w, view, fin.finalPaths);
     return { outputs: fin.outputs(), nonDeterministic, stopRounds };
   }
   return { outputs: fin.outputs(pending), nonDeterministic, stopRounds };
@@ -376,7 +381,7 @@ async function compareRounds(w: Worker, view: DrvView, plan: RegisterPlan, previ
 
 /**
  * Register the round's outputs in one transaction (content-addressed ones only, when more rounds follow),
- * then report a fixed output's hash mismatch; floating outputs become the derivation's known outputs.
+ * then report a fixed output's hash mismatch; then the realisations of the outputs.
  */
 async function registerRound(w: Worker, view: DrvView, plan: RegisterPlan, fin: Finalised): Promise<Registered> {
   const { store } = w.ctx;
@@ -388,11 +393,17 @@ async function registerRound(w: Worker, view: DrvView, plan: RegisterPlan, fin: 
   }
   await store.registerValidPaths([...fin.infos.values()]);
   if (fin.delayed) throw fin.delayed;
-  // Floating content-addressed outputs are known only now: record them as the derivation's outputs.
-  const floating = new Map<string, StorePath>();
-  for (const [name, spec] of view.outputs) if (spec.type === 'floating' && fin.finalPaths[name]) floating.set(name, fin.finalPaths[name]!);
-  if (floating.size && (await store.isValidPath(view.drvPath))) await store.registerDerivationOutputs(view.drvPath, floating);
+  await registerRealisations(w, view, fin.finalPaths);
   return { outputs: fin.outputs(), nonDeterministic: false, stopRounds: false };
+}
+
+/**
+ * Nix's realisations of the built outputs, once they are registered and their hashes matched: floating
+ * content-addressed outputs are known only by them (Nix 2.8 writes no DerivationOutputs row for them);
+ * with `ca-derivations` every output gets one.
+ */
+async function registerRealisations(w: Worker, view: DrvView, paths: Record<string, StorePath>): Promise<void> {
+  if (registersRealisations(view, w.ctx.options.experimentalFeatures)) await registerBuiltRealisations(w.ctx.store, view, paths);
 }
 
 /** The checks of one output; a derivation whose checks are malformed has its outputs rejected. */

@@ -8,15 +8,17 @@
  * earlier rounds), then by key. With one slot (Nix's default, where the order
  * of builds and messages is fully determined), goals here reach their slot request at unpredictable
  * moments, so the slot is granted only once the engine is quiescent: no derivation goal is still preparing
- * (reading its .drv, checking outputs, about to ask for a slot) or finishing (registering outputs, failing
- * its dependents) — as Nix starts the next build only after the last one's goal is done. A goal that stays
- * busy without being counted out (a lock wait, a remote build) delays a grant by at most FALLBACK_MS. With
+ * (reading its .drv, checking outputs, resolving, about to ask for a slot) or finishing (registering outputs,
+ * running the post-build hook, failing its dependents) — as Nix starts the next build only after the last
+ * one's goal is done. Goals waiting for other goals, substitutions, output locks or remote builders are
+ * counted out; FALLBACK_MS only bounds how long a grant can wait for goals that are still busy (long enough
+ * for a registration or a post-build hook on a loaded machine, or builds start out of Nix's order). With
  * more slots the order of builds depends on timing in Nix too, and slots are granted at once.
  */
 import type PQueue from 'p-queue';
 import { goalKey } from './paths.js';
 
-const FALLBACK_MS = 20;
+const FALLBACK_MS = 250;
 
 interface Waiter {
   readonly key: string;
@@ -45,9 +47,13 @@ export class SlotGate {
     return this.waiting.length;
   }
 
-  /** Ask for a slot for the build of `drvPath`: `task` runs when it is granted and holds it until it settles. */
-  request(drvPath: string, task: () => Promise<void>, depth = 0): void {
-    this.waiting.push({ key: goalKey('derivation', drvPath), depth, epoch: this.epoch, task });
+  /**
+   * Ask for a slot for the build of `drvPath`: `task` runs when it is granted and holds it until it settles.
+   * `nextRound`: the next round of a build that just gave its slot back (`buildRepeat`): Nix wakes that
+   * goal together with the builds the freed slot woke, so it competes with them by key at once.
+   */
+  request(drvPath: string, task: () => Promise<void>, depth = 0, nextRound = false): void {
+    this.waiting.push({ key: goalKey('derivation', drvPath), depth, epoch: nextRound ? -1 : this.epoch, task });
     if (this.queue.concurrency > 1) this.grant();
     else this.schedule();
   }

@@ -13,7 +13,7 @@
  * directories of dead writers are removed when a store is opened.
  */
 import Database from 'better-sqlite3';
-import { closeSync, constants as FS, createReadStream, existsSync, fstatSync, lstatSync, openSync, promises as fsp, readFileSync } from 'node:fs';
+import { closeSync, constants as FS, createReadStream, existsSync, fstatSync, lstatSync, openSync, promises as fsp, readFileSync, writeFileSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
@@ -22,8 +22,8 @@ import { asStoreWriteError, InvalidStorePathError, StoreError } from './errors.j
 import { Hash, HashSink, isNixBase32, toNixBase32 } from './hash.js';
 import { HeldLocks, type LockWaitOptions, lockPlainFile, lockStorePaths, removeStaleLockFile, tryFlockFd, tryLockStorePaths } from './locks.js';
 import { dumpPath, hashNar, narOfRegularFile, restorePath, streamOf } from './nar.js';
-import { BUSY_TIMEOUT_MS, NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA_STATEMENTS, WAL_AUTOCHECKPOINT } from './schema.js';
-import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from './store-api.js';
+import { BUSY_TIMEOUT_MS, CA_SCHEMA_STATEMENTS, NIX_CA_SCHEMA_VERSION, NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA_STATEMENTS, WAL_AUTOCHECKPOINT } from './schema.js';
+import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Realisation, Store } from './store-api.js';
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
 import { compressBzip2Async, decompressBzip2 } from './bzip2.js';
 import { TempRoots } from './temp-roots.js';
@@ -132,6 +132,13 @@ export function defaultStoreRoot(env: NodeJS.ProcessEnv = process.env): string {
   if (env.REALISE_STORE) return path.resolve(env.REALISE_STORE);
   const data = env.XDG_DATA_HOME && path.isAbsolute(env.XDG_DATA_HOME) ? env.XDG_DATA_HOME : path.join(env.HOME || homedir(), '.local', 'share');
   return path.join(data, 'realise', 'root');
+}
+
+/** A DrvOutput id `sha256:<base16>!<output>` split into the Realisations columns. */
+function splitDrvOutputId(id: string): { hash: string; output: string } {
+  const i = id.lastIndexOf('!');
+  if (i <= 0 || i === id.length - 1) throw new StoreError('bad-realisation', `'${id}' is not a derivation output id ('sha256:<hash>!<output>')`);
+  return { hash: id.slice(0, i), output: id.slice(i + 1) };
 }
 
 /** Nix's text form of a NAR hash in the database: `sha256:<base16>`. */
@@ -532,6 +539,77 @@ export class LocalStore implements Store {
       try { parseStorePath(p, this.storeDir); } catch { continue; }
       this.st.addDrvOutput.run(id, name, p);
     }
+  }
+
+  /** Statements on the tables of content-addressed derivations, once they exist (made on first use). */
+  private ca: ReturnType<LocalStore['prepareCa']> | undefined;
+
+  private prepareCa() {
+    const db = this.db;
+    return {
+      query: db.prepare<[string, string], { id: number; path: string; signatures: string | null }>(
+        'select Realisations.id, Output.path, Realisations.signatures from Realisations inner join ValidPaths as Output on Output.id = Realisations.outputPath where drvPath = ? and outputName = ?'),
+      insert: db.prepare('insert into Realisations (drvPath, outputName, outputPath, signatures) values (?, ?, (select id from ValidPaths where path = ?), ?)'),
+      update: db.prepare('update Realisations set signatures = ? where drvPath = ? and outputName = ?'),
+      refs: db.prepare<[number], { drvPath: string; outputName: string; path: string }>(
+        'select r.drvPath, r.outputName, v.path from RealisationsRefs x join Realisations r on r.id = x.realisationReference join ValidPaths v on v.id = r.outputPath where x.referrer = ?'),
+      addRef: db.prepare('insert or replace into RealisationsRefs (referrer, realisationReference) values ((select id from Realisations where drvPath = ? and outputName = ?), (select id from Realisations where drvPath = ? and outputName = ?))'),
+    };
+  }
+
+  /**
+   * The Realisations tables, as Nix 2.8 makes them (`create … if not exists`, then `<db>/ca-schema`); undefined
+   * when they do not exist and `create` is false.
+   */
+  private caStatements(create: boolean): ReturnType<LocalStore['prepareCa']> | undefined {
+    if (this.ca) return this.ca;
+    const exists = !!this.db.prepare("select 1 from sqlite_master where type = 'table' and name = 'Realisations'").get();
+    if (!exists && !create) return undefined;
+    if (!exists) {
+      this.db.transaction(() => { for (const sql of CA_SCHEMA_STATEMENTS) this.db.exec(sql); }).immediate();
+      writeFileSync(path.join(this.layout.dbDir, 'ca-schema'), String(NIX_CA_SCHEMA_VERSION));
+    }
+    return (this.ca = this.prepareCa());
+  }
+
+  async queryRealisation(id: string): Promise<Realisation | undefined> {
+    this.check();
+    const { hash, output } = splitDrvOutputId(id);
+    const ca = this.caStatements(false);
+    const row = ca?.query.get(hash, output);
+    if (!ca || !row) return undefined;
+    const deps = new Map<string, StorePath>();
+    for (const r of ca.refs.all(row.id)) deps.set(`${r.drvPath}!${r.outputName}`, r.path);
+    return { id, outPath: row.path, signatures: row.signatures ? row.signatures.split(' ') : [], dependentRealisations: deps };
+  }
+
+  async registerRealisation(r: Realisation): Promise<void> {
+    this.check();
+    const { hash, output } = splitDrvOutputId(r.id);
+    parseStorePath(r.outPath, this.storeDir);
+    const ca = this.caStatements(true)!;
+    this.db.transaction(() => {
+      const old = ca.query.get(hash, output);
+      if (old) {
+        if (old.path !== r.outPath) {
+          throw new StoreError('realisation-conflict', `Trying to register a realisation of '${r.id}', but we already have another one locally.\nLocal:  ${old.path}\nRemote: ${r.outPath}`);
+        }
+        const sigs = new Set([...(old.signatures ? old.signatures.split(' ') : []), ...(r.signatures ?? [])]);
+        ca.update.run([...sigs].sort().join(' '), hash, output);
+      } else {
+        if (!this.st.pathId.get(r.outPath)) throw invalidPathError(r.outPath, 'is not valid, so no realisation can name it');
+        ca.insert.run(hash, output, r.outPath, (r.signatures ?? []).join(' '));
+      }
+      for (const [depId, depPath] of r.dependentRealisations ?? []) {
+        const dep = splitDrvOutputId(depId);
+        const have = ca.query.get(dep.hash, dep.output);
+        if (!have) throw new StoreError('realisation-missing', `unable to register the derivation '${r.id}' as it depends on the non existent '${depId}'`);
+        if (have.path !== depPath) {
+          throw new StoreError('realisation-conflict', `unable to register the derivation '${r.id}' as it depends on a realisation of '${depId}' that doesn’tmatch what we have locally`);
+        }
+        ca.addRef.run(hash, output, dep.hash, dep.output);
+      }
+    }).immediate();
   }
 
   /** Write rows for `infos` in one transaction, enforcing the closure invariant. Reads only new `.drv` files. */

@@ -16,7 +16,7 @@ import { Hash } from './hash.js';
 import { HeldLocks, type LockWaitOptions, lockStorePaths, tryLockStorePaths } from './locks.js';
 import { checkBatchClosure, checkNoDotDot, checkPathInfo, hashingStream, invalidPathError, narHashMismatch, narSizeMismatch, verifyContentAddress } from './local-store.js';
 import { collect, dumpPath, narOfRegularFile, restorePath, streamOf } from './nar.js';
-import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from './store-api.js';
+import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Realisation, Store } from './store-api.js';
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
 
 export interface MemoryStoreOptions {
@@ -35,6 +35,7 @@ export class MemoryStore implements Store {
   private readonly ownedDir: string | undefined;
   private readonly paths = new Map<StorePath, Entry>();
   private readonly drvOutputs = new Map<StorePath, Map<string, StorePath>>();
+  private readonly realisations = new Map<string, Realisation>();
   private closed = false;
 
   constructor(opts: MemoryStoreOptions = {}) {
@@ -128,6 +129,31 @@ export class MemoryStore implements Store {
   async queryDerivationOutputs(drvPath: StorePath): Promise<Map<string, StorePath>> {
     this.check();
     return new Map(this.drvOutputs.get(drvPath) ?? []);
+  }
+
+  async queryRealisation(id: string): Promise<Realisation | undefined> {
+    this.check();
+    return this.realisations.get(id);
+  }
+
+  async registerRealisation(r: Realisation): Promise<void> {
+    this.check();
+    parseStorePath(r.outPath, this.storeDir);
+    const old = this.realisations.get(r.id);
+    if (old && old.outPath !== r.outPath) {
+      throw new StoreError('realisation-conflict', `Trying to register a realisation of '${r.id}', but we already have another one locally.\nLocal:  ${old.outPath}\nRemote: ${r.outPath}`);
+    }
+    if (!old && !this.paths.has(r.outPath)) throw invalidPathError(r.outPath, 'is not valid, so no realisation can name it');
+    for (const [depId, depPath] of r.dependentRealisations ?? []) {
+      const have = this.realisations.get(depId);
+      if (!have) throw new StoreError('realisation-missing', `unable to register the derivation '${r.id}' as it depends on the non existent '${depId}'`);
+      if (have.outPath !== depPath) {
+        throw new StoreError('realisation-conflict', `unable to register the derivation '${r.id}' as it depends on a realisation of '${depId}' that doesn\u2019tmatch what we have locally`);
+      }
+    }
+    const signatures = [...new Set([...(old?.signatures ?? []), ...(r.signatures ?? [])])].sort();
+    const deps = new Map([...(old?.dependentRealisations ?? []), ...(r.dependentRealisations ?? [])]);
+    this.realisations.set(r.id, { id: r.id, outPath: r.outPath, signatures, dependentRealisations: deps });
   }
 
   async registerDerivationOutputs(drvPath: StorePath, outputs: ReadonlyMap<string, StorePath>): Promise<void> {

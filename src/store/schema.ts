@@ -53,3 +53,32 @@ export const WAL_AUTOCHECKPOINT = 40000;
 
 /** Size of `<state>/db/reserved` (Nix's gc-reserved-space default: 8 MiB). */
 export const RESERVED_SIZE = 8 * 1024 * 1024;
+
+/** Content of `<state>/db/ca-schema` once the tables of content-addressed derivations exist (Nix 2.8's version). */
+export const NIX_CA_SCHEMA_VERSION = 3;
+
+/**
+ * The tables Nix 2.8 adds for content-addressed derivations (`ca-specific-schema.sql`, created when a store
+ * is opened with the `ca-derivations` experimental feature): Realisations map a derivation output, named
+ * by the derivation's hash modulo, to its path; RealisationsRefs record which realisations one depends on.
+ * Statement for statement as Nix creates them (SQLite keeps the comments inside them).
+ */
+export const CA_SCHEMA_STATEMENTS: readonly string[] = [
+  `create table if not exists Realisations (
+    id integer primary key autoincrement not null,
+    drvPath text not null,
+    outputName text not null, -- symbolic output id, usually "out"
+    outputPath integer not null,
+    signatures text, -- space-separated list
+    foreign key (outputPath) references ValidPaths(id) on delete cascade
+)`,
+  `create index if not exists IndexRealisations on Realisations(drvPath, outputName)`,
+  `create table if not exists RealisationsRefs (
+    referrer integer not null,
+    realisationReference integer,
+    foreign key (referrer) references Realisations(id) on delete cascade,
+    foreign key (realisationReference) references Realisations(id) on delete restrict
+)`,
+  `create index if not exists IndexRealisationsRefs on RealisationsRefs(referrer)`,
+  `create index if not exists IndexRealisationsRefsOnOutputPath on Realisations(outputPath)`,
+];

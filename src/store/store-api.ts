@@ -23,6 +23,19 @@ export interface PathInfo {
   readonly ca?: string | undefined;
 }
 
+/**
+ * Nix's Realisation: the path an output of a derivation was built as, the derivation named by its hash
+ * modulo (what content-addressed derivations are looked up by). Nix keeps them in its Realisations table.
+ */
+export interface Realisation {
+  /** Nix's DrvOutput id: `sha256:<base16 hash modulo>!<output name>`. */
+  readonly id: string;
+  readonly outPath: StorePath;
+  readonly signatures?: readonly string[];
+  /** The realisations of inputs this output refers to (Nix's dependentRealisations): id → path. */
+  readonly dependentRealisations?: ReadonlyMap<string, StorePath>;
+}
+
 /** A NAR as a byte stream. */
 export type NarSource = AsyncIterable<Uint8Array>;
 
@@ -35,6 +48,8 @@ export interface AddToStoreOptions {
 /** Held locks on store paths; `release()` is idempotent. */
 export interface PathLocks {
   release(): Promise<void>;
+  /** Whether `release()` deletes the lock files (Nix's `setDeletion`; on by default). */
+  setDeletion?(deleteFiles: boolean): void;
   /** Mark the lock files as stale so waiters re-check validity (Nix writes "d"). */
   readonly paths: readonly StorePath[];
 }
@@ -65,6 +80,14 @@ export interface Store {
   queryDerivationOutputs(drvPath: StorePath): Promise<Map<string, StorePath>>;
   /** Record derivation outputs (done by registration of a .drv, or explicitly). */
   registerDerivationOutputs(drvPath: StorePath, outputs: ReadonlyMap<string, StorePath>): Promise<void>;
+  /**
+   * Record a realisation (Nix's registerDrvOutput): the same id again with the same path adds its
+   * signatures; with another path it is an error. Its output path and dependent realisations must be
+   * registered already. Optional: a store without it keeps no realisations.
+   */
+  registerRealisation?(r: Realisation): Promise<void>;
+  /** The realisation of `id` (`sha256:<hash modulo>!<output>`), if any. */
+  queryRealisation?(id: string): Promise<Realisation | undefined>;
 
   /**
    * Add a path from a NAR stream. The NAR is restored to a temporary name, hashed while it streams,

@@ -10,7 +10,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
-import { busyboxOk, nixSandboxArgs, pathFacts, removeTree, SANDBOX_PATHS } from './helpers.js';
+import { busyboxOk, nixSandboxArgs, outputsOf, pathFacts, removeTree, SANDBOX_PATHS } from './helpers.js';
 
 const CA = ['--extra-experimental-features', 'ca-derivations'];
 const EXPR = `
@@ -72,7 +72,7 @@ describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations
       expect(res[0]!.result.builtOutputs).toEqual({ out: nixOut.c });
       expect(res[1]!.result.builtOutputs).toEqual({ out: nixOut.d });
       for (const attr of ['a', 'b', 'c', 'd']) {
-        expect((await store.queryDerivationOutputs(drvs[attr]!)).get('out'), attr).toBe(nixOut[attr]);
+        expect((await outputsOf(store, drvs[attr]!)).get('out'), attr).toBe(nixOut[attr]);
       }
       await engine.close(); // no chroot is being prepared when the store goes
     } finally {
@@ -121,7 +121,7 @@ describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations
       expect(r2!.result.status).toBe('already-valid');
       expect(r2!.result.builtOutputs).toEqual({ out: nixOut.b });
       expect(built).toBe(1); // a2 only
-      expect((await store3.queryDerivationOutputs(drvs.b2!)).get('out')).toBe(nixOut.b);
+      expect((await outputsOf(store3, drvs.b2!)).get('out')).toBe(nixOut.b);
       await engine.close();
     } finally {
       await store3.close();

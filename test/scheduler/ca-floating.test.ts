@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
 import { LocalStore } from '../../src/store/local-store.js';
+import { outputsOf } from './helpers.js';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
 
 const CA = '--extra-experimental-features';
@@ -49,7 +50,7 @@ describe.skipIf(!nixOk())('floating content-addressed outputs vs Nix 2.8', () =>
         const [res] = await engine.buildPaths([drv1]);
         expect(res!.result.status).toBe('built');
         expect(res!.result.builtOutputs.out).toBe(nixOut);
-        expect((await store.queryDerivationOutputs(drv1)).get('out')).toBe(nixOut);
+        expect((await outputsOf(store, drv1)).get('out')).toBe(nixOut);
         await engine.close(); // no chroot is being prepared when the store goes
       } finally {
         await store.close();

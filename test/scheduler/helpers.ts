@@ -11,6 +11,8 @@ import type { Sandbox, SandboxExit, SandboxRequest, SandboxRunOptions } from '..
 import { computeOutputPaths, readDerivationFromStore, writeDerivation } from '../../src/derivation/derivation.js';
 import type { Store } from '../../src/store/store-api.js';
 import type { StorePath } from '../../src/store/store-path.js';
+import { loadDrv } from '../../src/scheduler/drv-view.js';
+import { knownOutputs } from '../../src/scheduler/realisations.js';
 
 export const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/scheduler');
 
@@ -247,4 +249,12 @@ export async function writeTestDrv(store: Store, name: string, deps: StorePath[]
     builder: o.builder ?? '/bin/sh', args: ['-c', script], env,
   }, new Map(outputs.map((n) => [n, { type: 'input-addressed' as const }])), { storeDir: store.storeDir });
   return writeDerivation(store, drv);
+}
+
+/**
+ * The outputs of a derivation whose paths the store knows (Nix's queryPartialDerivationOutputMap): from the
+ * .drv, its DerivationOutputs rows, and its realisations (floating CA outputs are known only by those).
+ */
+export async function outputsOf(store: Store, drvPath: string): Promise<Map<string, string>> {
+  return knownOutputs(store, await loadDrv(store, drvPath));
 }

@@ -1,0 +1,167 @@
+/**
+ * Nix 2.8's own functional tests (test/fixtures/nix-tests, vendored from tag 2.8.0): the steps of their
+ * scripts that build (`nix-store --realise`, `nix-build`) run with real Nix and with `realise build` on twin
+ * stores of one store directory, unsandboxed as Nix's suite runs them (test/helpers/twin-store.ts). Each
+ * step compares exit status, stdout, the key lines of stderr and every database row; what the script
+ * itself asserts (an output's contents, three builds at once, …) is asserted for both.
+ */
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { nixOk, runNix } from '../helpers/nix.js';
+import { TwinStores, type Side } from '../helpers/twin-store.js';
+import type { NixRunResult } from '../helpers/nix.js';
+
+/**
+ * The lines of stderr both must print alike: Nix's activity and error lines (not builder output, whose
+ * interleaving with them is not ours to fix, nor `these N derivations will be built`, whose order is
+ * compared elsewhere).
+ */
+function keyLines(stderr: string): string[] {
+  return stderr.split('\n').filter((l) =>
+    /^(error: |building '|checking outputs of '|resolved derivation: |running post-build-hook |post-build-hook: |waiting for lock on |\s+(specified|got): )/.test(l));
+}
+
+interface Pair { nix: NixRunResult; ours: NixRunResult }
+
+/** One step on both stores, Nix first; exit status, stdout, key stderr lines and database rows compared. */
+async function step(t: TwinStores, args: string[], expectStatus: number): Promise<Pair> {
+  const nix = await t.build('nix', args);
+  const ours = await t.build('ours', args);
+  expect(nix.status, `nix-store --realise ${args.join(' ')}:\n${nix.stderr}`).toBe(expectStatus);
+  expect(ours.status, `realise build ${args.join(' ')}:\n${ours.stderr}`).toBe(expectStatus);
+  expect(ours.stdout).toBe(nix.stdout);
+  expect(keyLines(ours.stderr)).toEqual(keyLines(nix.stderr));
+  expect(t.rows('ours')).toEqual(t.rows('nix'));
+  return { nix, ours };
+}
+
+const sides: Side[] = ['nix', 'ours'];
+
+describe.skipIf(!nixOk())('Nix 2.8 functional tests: realise vs nix-store on twin stores', () => {
+  it('fixed.sh: bad hash (102, the good path as a side effect), good, --check with another content (102), good2, parallelSame, sameAsAdd', async () => {
+    const t = new TwinStores();
+    const [good0] = t.instantiate('fixed.nix', ['-A', 'good.0']);
+    const [bad] = t.instantiate('fixed.nix', ['-A', 'bad']);
+    await step(t, [bad!], 102);
+    // The good path was produced by the bad build.
+    t.use('nix');
+    const goodOut = runNix('nix-store', ['--store', t.uri('nix'), '-q', good0!], { env: t.env }).stdout.trim();
+    for (const side of sides) expect(t.rows(side).validPaths.some((r) => (r as { path: string }).path === goodOut)).toBe(true);
+
+    await step(t, t.instantiate('fixed.nix', ['-A', 'good']), 0);
+    const check = await step(t, [...t.instantiate('fixed.nix', ['-A', 'check']), '--check'], 102);
+    expect(check.ours.stderr).toContain('hash mismatch in fixed-output derivation');
+    await step(t, t.instantiate('fixed.nix', ['-A', 'good2']), 0);
+    expect(t.instantiate('fixed.nix', ['-A', 'good.1'])).toHaveLength(1);
+
+    t.clear();
+    await step(t, [...t.instantiate('fixed.nix', ['-A', 'parallelSame']), '-j2'], 0);
+    const { nix } = await step(t, t.instantiate('fixed.nix', ['-A', 'sameAsAdd']), 0);
+    t.use('nix');
+    const printed = runNix('nix-store', ['--store', t.uri('nix'), '--print-fixed-path', '--recursive', 'sha256', '1ixr6yd3297ciyp9im522dfxpqbkhcw0pylkb2aab915278fqaik', 'fixed'], { env: t.env });
+    expect(nix.stdout.trim()).toBe(printed.stdout.trim());
+  }, 120_000);
+
+  it('simple.sh, dependencies.sh and check.sh: build, --check, --repeat 3', async () => {
+    const t = new TwinStores();
+    const { nix } = await step(t, t.instantiate('simple.nix'), 0);
+    for (const side of sides) expect(t.read(side, `${nix.stdout.trim()}/hello`)).toBe('Hello World!\n');
+    const deps = t.instantiate('dependencies.nix');
+    const built = await step(t, deps, 0);
+    for (const side of sides) expect(t.read(side, `${built.nix.stdout.trim()}/foobar`)).toBe('FOOBAR\n');
+    await step(t, [...deps, '--check'], 0);
+    t.clear();
+    await step(t, [...t.instantiate('dependencies.nix'), '--repeat', '3'], 0);
+  }, 120_000);
+
+  it('post-hook.sh and ca/post-hook.sh: the hook runs after each build, and for a resolved derivation again with the original', async () => {
+    const t = new TwinStores();
+    const hook = `${t.root}/hook.sh`;
+    writeFileSync(hook, `#!/bin/sh\necho "$DRV_PATH" >> ${t.root}/hook-$HOOK_SIDE\necho "ran for $DRV_PATH"\n`, { mode: 0o755 });
+    const logOf = (side: Side) => readFileSync(`${t.root}/hook-${side}`, 'utf8');
+    for (const ca of ['0', '1']) {
+      t.clear();
+      const deps = t.instantiate('dependencies.nix', [], { NIX_TESTS_CA_BY_DEFAULT: ca });
+      const run = (side: Side) => {
+        t.env.HOOK_SIDE = side;
+        rmSync(`${t.root}/hook-${side}`, { force: true });
+        return t.build(side, [...deps, '--option', 'post-build-hook', hook]);
+      };
+      const n = await run('nix');
+      const o = await run('ours');
+      expect([n.status, o.status]).toEqual([0, 0]);
+      expect(keyLines(o.stderr)).toEqual(keyLines(n.stderr));
+      expect(logOf('ours')).toBe(logOf('nix'));
+      expect(t.rows('ours')).toEqual(t.rows('nix'));
+      if (ca === '1') expect(o.stderr).toContain('resolved derivation: ');
+    }
+  }, 120_000);
+
+  it('ca/build.sh: normalisation, deterministic CA, cut-off for CA, non-CA and fixed-output dependents (resolved; -j0 after)', async () => {
+    const t = new TwinStores();
+    const attr = (name: string, seed: number) => t.instantiate('ca/content-addressed.nix', ['-A', name, '--arg', 'seed', String(seed)]);
+    // testNormalization
+    const { nix: root1 } = await step(t, attr('rootCA', 1), 0);
+    const rootOut = root1.stdout.trim().split('\n')[2]!;
+    for (const side of sides) expect(t.mtime(side, rootOut)).toBe(1);
+    // testDeterministicCA
+    const { nix: root2 } = await step(t, attr('rootCA', 2), 0);
+    expect(root2.stdout).toBe(root1.stdout);
+    t.clear();
+    // testCutoff
+    for (const name of ['transitivelyDependentCA', 'dependentNonCA', 'dependentFixedOutput']) {
+      const first = await step(t, attr(name, 1), 0);
+      expect(first.ours.stderr).toContain("resolved derivation: '");
+      await step(t, attr('rootCA', 2), 0);
+      const again = await step(t, [...attr(name, 2), '-j0'], 0);
+      expect(again.ours.stdout).toBe(first.ours.stdout);
+    }
+    // The fixed-output dependent read its input through the resolved derivation.
+    expect(t.rows('ours').realisations.length).toBeGreaterThan(0);
+  }, 180_000);
+
+  it('ca/concurrent-builds.sh: six builds of racy.nix (content-addressed) at once all succeed, the others wait for the lock', async () => {
+    const t = new TwinStores();
+    const [drv] = t.instantiate('ca/racy.nix', [], { NIX_TESTS_CA_BY_DEFAULT: '1' });
+    const outs: Record<Side, string[]> = { nix: [], ours: [] };
+    for (const side of sides) {
+      const runs = await t.buildConcurrently(side, 6, [drv!]);
+      for (const r of runs) expect(r.status, `${side}:\n${r.stderr}`).toBe(0);
+      outs[side] = runs.map((r) => r.stdout);
+      expect(runs.filter((r) => r.stderr.includes(`waiting for lock on '${drv}.out'`)).length).toBeGreaterThan(0);
+    }
+    expect(outs.ours).toEqual(outs.nix);
+    expect(t.rows('ours')).toEqual(t.rows('nix'));
+  }, 120_000);
+
+  it('parallel.sh: -j10000 runs the three middle builds at once; four nix-store -j1 processes share the five builds (three at once)', async () => {
+    // Nix polls a lock it waits for every build-poll-interval seconds (5 by default); realise is woken by its release.
+    const t = new TwinStores('build-poll-interval = 1\n');
+    const counts = (side: Side) => {
+      t.use(side);
+      return { cur: t.read(side, `${t.shared}.cur`).trim(), max: t.read(side, `${t.shared}.max`).trim() };
+    };
+    const reset = () => { for (const f of ['cur', 'max', 'lock']) rmSync(`${t.shared}.${f}`, { force: true }); };
+    const [drv] = t.instantiate('parallel.nix');
+    for (const side of sides) {
+      reset();
+      const r = await t.build(side, [drv!, '-j10000']);
+      expect(r.status, r.stderr).toBe(0);
+      expect(t.read(side, r.stdout.trim())).toBe('abacade');
+      expect(counts(side)).toEqual({ cur: '0', max: '3' });
+    }
+    expect(t.rows('ours')).toEqual(t.rows('nix'));
+
+    t.clear();
+    const [drv2] = t.instantiate('parallel.nix', ['--argstr', 'sleepTime', '3']);
+    for (const side of sides) {
+      reset();
+      const started = Date.now();
+      const runs = await t.buildConcurrently(side, 4, ['-j1', drv2!]);
+      console.log(`parallel.sh part 2, ${side}: ${Date.now() - started} ms`);
+      for (const r of runs) expect(r.status, `${side}:\n${r.stderr}`).toBe(0);
+      expect(counts(side)).toEqual({ cur: '0', max: '3' });
+    }
+    expect(t.rows('ours')).toEqual(t.rows('nix'));
+  }, 180_000);
+});

@@ -1,0 +1,151 @@
+/**
+ * Twin stores with ONE store directory, for running Nix 2.8's functional tests unsandboxed as Nix's suite
+ * runs them (a store directory of its own, no chroot, no sandbox): Nix's store and ours take turns at the
+ * same directory (the other one is parked beside it under another name), each with its own state and log
+ * directories. So both build the same .drv files to the same paths, and what each registered can be
+ * compared row by row.
+ */
+import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import * as path from 'node:path';
+import Database from 'better-sqlite3';
+import { runNix, runNixAsync, tempDir, type NixRunResult } from './nix.js';
+import { realiseInProcess } from './cli.js';
+
+export type Side = 'nix' | 'ours';
+
+const NIX_TESTS = fileURLToPath(new URL('../fixtures/nix-tests', import.meta.url));
+const BIN = fileURLToPath(new URL('../../bin/realise.js', import.meta.url));
+
+/** Nix's configure step for config.nix.in. */
+function configNix(): string {
+  return readFileSync(path.join(NIX_TESTS, 'config.nix.in'), 'utf8')
+    .replace('@bash@', '/bin/bash').replace('@coreutils@', '/usr/bin:/bin').replace('@system@', 'x86_64-linux');
+}
+
+export interface DbRows {
+  validPaths: unknown[];
+  refs: unknown[];
+  derivationOutputs: unknown[];
+  realisations: unknown[];
+  realisationsRefs: unknown[];
+}
+
+export class TwinStores {
+  readonly root = tempDir('realise-nixtests-');
+  /** The store directory both use (a path of the same length as Nix's suite would have). */
+  readonly storeDir = path.join(this.root, 'store');
+  /** A copy of test/fixtures/nix-tests with config.nix written (Nix's tests run in their directory). */
+  readonly tests = path.join(this.root, 'tests');
+  /** `_NIX_TEST_SHARED` (parallel.nix's counter files). */
+  readonly shared = path.join(this.root, 'shared');
+  private active: Side | undefined;
+  /** Environment for every command of both sides (as Nix's common.sh sets it). */
+  readonly env: Record<string, string>;
+
+  constructor(extraConfig = '') {
+    cpSync(NIX_TESTS, this.tests, { recursive: true });
+    writeFileSync(path.join(this.tests, 'config.nix'), configNix());
+    writeFileSync(path.join(this.tests, 'ca', 'config.nix'), configNix());
+    this.env = {
+      NIX_REMOTE: '',
+      NIX_USER_CONF_FILES: '/dev/null',
+      NIX_CONFIG: `experimental-features = nix-command ca-derivations\nbuild-users-group =\nsubstituters =\nsandbox = false\n${extraConfig}`,
+      IMPURE_VAR1: 'foo',
+      IMPURE_VAR2: 'bar',
+      _NIX_TEST_SHARED: this.shared,
+    };
+  }
+
+  private parked(side: Side): string {
+    return path.join(this.root, `${side}-store`);
+  }
+
+  /** Put `side`'s store at the store directory. */
+  use(side: Side): void {
+    if (this.active === side) return;
+    if (this.active) renameSync(this.storeDir, this.parked(this.active));
+    if (existsSync(this.parked(side))) renameSync(this.parked(side), this.storeDir);
+    else mkdirSync(this.storeDir);
+    this.active = side;
+  }
+
+  uri(side: Side): string {
+    return `local?store=${this.storeDir}&state=${this.root}/${side}/state&log=${this.root}/${side}/log`;
+  }
+
+  /** Nix's clearStore: both stores go. */
+  clear(): void {
+    this.active = undefined;
+    for (const p of [this.storeDir, this.parked('nix'), this.parked('ours'), `${this.root}/nix`, `${this.root}/ours`]) {
+      rmSync(p, { recursive: true, force: true });
+    }
+  }
+
+  /** `nix-instantiate FILE ARGS` into both stores; the .drv paths (the same in both). */
+  instantiate(file: string, args: string[] = [], env: Record<string, string> = {}): string[] {
+    let first: string[] | undefined;
+    for (const side of ['nix', 'ours'] as const) {
+      this.use(side);
+      const r = runNix('nix-instantiate', ['--store', this.uri(side), path.join(this.tests, file), ...args], { env: { ...this.env, ...env }, cwd: this.tests });
+      if (r.status !== 0) throw new Error(`nix-instantiate ${file} ${args.join(' ')} failed:\n${r.stderr}`);
+      const drvs = r.stdout.trim().split('\n');
+      if (first && drvs.join() !== first.join()) throw new Error(`the twins instantiated different derivations: ${first} / ${drvs}`);
+      first = drvs;
+    }
+    return first!;
+  }
+
+  /** `nix-store --realise ARGS` (Nix) or `realise build ARGS` (us), in this process for us. */
+  async build(side: Side, args: string[]): Promise<NixRunResult> {
+    this.use(side);
+    if (side === 'nix') return runNix('nix-store', ['--store', this.uri('nix'), '--realise', ...args], { env: this.env, cwd: this.tests });
+    const r = await realiseInProcess(['build', '--store', this.uri('ours'), ...args], this.env);
+    return { stdout: r.stdout, stderr: r.stderr, status: r.status };
+  }
+
+  /** `count` builds of ARGS at once, each its own process (Nix's concurrent tests). */
+  async buildConcurrently(side: Side, count: number, args: string[]): Promise<NixRunResult[]> {
+    this.use(side);
+    const runs: Promise<NixRunResult>[] = [];
+    for (let i = 0; i < count; i++) {
+      runs.push(side === 'nix'
+        ? runNixAsync('nix-store', ['--store', this.uri('nix'), '--realise', ...args], { env: this.env, cwd: this.tests })
+        : runNixAsync(process.execPath, [BIN, 'build', '--store', this.uri('ours'), ...args], { env: this.env, cwd: this.tests }));
+    }
+    return Promise.all(runs);
+  }
+
+  /** The database rows Nix compares by (ids and registration times left out). */
+  rows(side: Side): DbRows {
+    const db = new Database(path.join(this.root, side, 'state', 'db', 'db.sqlite'), { readonly: true, fileMustExist: true });
+    try {
+      const has = (t: string) => !!db.prepare("select 1 from sqlite_master where type = 'table' and name = ?").get(t);
+      const all = (sql: string) => db.prepare(sql).all();
+      return {
+        validPaths: all('select path, hash, narSize, ultimate, ca, (select path from ValidPaths w where w.path = v.deriver) is not null as hasDeriver, deriver from ValidPaths v order by path'),
+        refs: all('select a.path as referrer, b.path as reference from Refs r join ValidPaths a on a.id = r.referrer join ValidPaths b on b.id = r.reference order by 1, 2'),
+        derivationOutputs: all('select v.path as drv, d.id, d.path from DerivationOutputs d join ValidPaths v on v.id = d.drv order by 1, 2'),
+        realisations: has('Realisations')
+          ? all('select r.drvPath, r.outputName, v.path as outputPath, r.signatures from Realisations r join ValidPaths v on v.id = r.outputPath order by 1, 2')
+          : [],
+        realisationsRefs: has('RealisationsRefs')
+          ? all("select a.drvPath || '!' || a.outputName as referrer, b.drvPath || '!' || b.outputName as reference from RealisationsRefs x join Realisations a on a.id = x.referrer join Realisations b on b.id = x.realisationReference order by 1, 2")
+          : [],
+      };
+    } finally {
+      db.close();
+    }
+  }
+
+  /** mtime (seconds) of a path in `side`'s store. */
+  mtime(side: Side, p: string): number {
+    this.use(side);
+    return Math.floor(statSync(p).mtimeMs / 1000);
+  }
+
+  read(side: Side, p: string): string {
+    this.use(side);
+    return readFileSync(p, 'utf8');
+  }
+}
