@@ -50,7 +50,9 @@ export class TwinStores {
     this.env = {
       NIX_REMOTE: '',
       NIX_USER_CONF_FILES: '/dev/null',
-      NIX_CONFIG: `experimental-features = nix-command ca-derivations\nbuild-users-group =\nsubstituters =\nsandbox = false\n${extraConfig}`,
+      // Nix polls a lock it waits for every build-poll-interval seconds (5 by default; realise is woken by its
+      // release): 1 keeps the concurrent tests short.
+      NIX_CONFIG: `experimental-features = nix-command ca-derivations\nbuild-users-group =\nsubstituters =\nsandbox = false\nbuild-poll-interval = 1\n${extraConfig}`,
       IMPURE_VAR1: 'foo',
       IMPURE_VAR2: 'bar',
       _NIX_TEST_SHARED: this.shared,
