@@ -40,4 +40,4 @@ echo "== as $user: the Nix-comparison scenarios on chroot stores" >&2
 as_user npx vitest run --configLoader runner \
   test/platform/linux-sandbox-nix.test.ts test/scheduler/nix-compare.test.ts test/scheduler/sandbox-modes-nix.test.ts \
   test/scheduler/substitution.test.ts test/cli/build-semantics.test.ts test/cli/substitution-parity.test.ts \
-  test/cli/machine-defaults.test.ts test/store/interop.test.ts "$@"
+  test/cli/machine-defaults.test.ts test/cli/nix-made-store.test.ts test/store/interop.test.ts "$@"
