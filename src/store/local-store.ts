@@ -290,6 +290,8 @@ const TMP_SUFFIX = '-realise-tmp';
 export function isStoreTempDirName(name: string): boolean {
   return name.startsWith(TMP_PREFIX) || (name.length === 32 + TMP_SUFFIX.length && name.endsWith(TMP_SUFFIX) && isNixBase32(name.slice(0, 32)));
 }
+/** Paths optimiseStore works on at once. */
+const OPTIMISE_CONCURRENCY = 8;
 /** Paths per `IN (...)` statement in queryValidPaths. */
 const VALID_CHUNK = 2000;
 
@@ -658,7 +660,7 @@ export class LocalStore implements Store {
         });
       }
       if (opts.canonicalise ?? true) await canonicalisePathMetaData(real, { ignoredAcls: this.ignoredAcls });
-      this.autoOptimise(real);
+      await this.autoOptimise(real);
     }
     try {
       this.registerInDb(infos);
@@ -688,18 +690,22 @@ export class LocalStore implements Store {
       const opt = new StoreOptimiser(this.realStoreDir, opts.onWarning);
       const inodes = opt.loadInodes();
       const paths = this.st.allPaths.all() as string[];
-      let slice = Date.now();
-      for (let i = 0; i < paths.length; i++) {
-        opts.signal?.throwIfAborted();
-        try { opt.optimisePath(this.toRealPath(paths[i]!), inodes); } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; // contents missing: nothing to optimise
+      // Several paths at once (their file-system waits overlap); each path's directories are its own.
+      let next = 0;
+      let done = 0;
+      let last = Date.now();
+      const worker = async () => {
+        while (next < paths.length) {
+          opts.signal?.throwIfAborted();
+          const p = paths[next++]!;
+          try { await opt.optimisePath(this.toRealPath(p), inodes); } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; // contents missing: nothing to optimise
+          }
+          done++;
+          if (Date.now() - last > 100) { last = Date.now(); opts.onProgress?.(done, paths.length, opt.stats); }
         }
-        if (Date.now() - slice > 50) {
-          opts.onProgress?.(i + 1, paths.length, opt.stats);
-          await new Promise((r) => setImmediate(r));
-          slice = Date.now();
-        }
-      }
+      };
+      await Promise.all(Array.from({ length: OPTIMISE_CONCURRENCY }, worker));
       opts.onProgress?.(paths.length, paths.length, opt.stats);
       return { ...opt.stats };
     } finally {
@@ -715,10 +721,10 @@ export class LocalStore implements Store {
   private optimiser: StoreOptimiser | undefined;
 
   /** optimisePath after a path's contents are in place, when autoOptimiseStore is set. */
-  private autoOptimise(realPath: string): void {
+  private async autoOptimise(realPath: string): Promise<void> {
     if (!this.autoOptimiseStore) return;
     this.optimiser ??= new StoreOptimiser(this.realStoreDir);
-    this.optimiser.optimisePath(realPath);
+    await this.optimiser.optimisePath(realPath);
   }
 
   /**
@@ -794,7 +800,7 @@ export class LocalStore implements Store {
         target = undefined;
       }
       try {
-        this.autoOptimise(real);
+        await this.autoOptimise(real);
         this.registerInDb([final]);
       } catch (e) {
         await deleteTree(real).catch(() => {});
