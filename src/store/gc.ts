@@ -20,8 +20,8 @@
  *     files and symlinks with one or two links); unused `.links` entries are deleted after a deleting run.
  */
 import type Database from 'better-sqlite3';
-import { chmodSync, closeSync, constants as FS, lstatSync, mkdirSync, openSync, readdirSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { chmodSync, closeSync, constants as FS, lstatSync, mkdirSync, openSync, readdirSync, statSync, unlinkSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { StoreError } from './errors.js';
@@ -268,19 +268,22 @@ function loadGraph(db: Database.Database, withOutputs: boolean): Graph {
 }
 
 /** Delete a file tree, counting freed bytes as Nix's deletePath does. Missing is fine. */
-function deleteCounting(p: string): number {
+async function deleteCounting(p: string): Promise<number> {
   let st;
-  try { st = lstatSync(p); } catch (e) { if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 0; throw e; }
+  try { st = await fsp.lstat(p); } catch (e) { if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 0; throw e; }
   if (!st.isDirectory()) {
-    try { unlinkSync(p); } catch (e) { if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 0; throw e; }
+    try { await fsp.unlink(p); } catch (e) { if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 0; throw e; }
     return st.nlink <= 2 ? st.size : 0;
   }
-  if ((st.mode & 0o700) !== 0o700) chmodSync(p, (st.mode & 0o7777) | 0o700);
+  if ((st.mode & 0o700) !== 0o700) await fsp.chmod(p, (st.mode & 0o7777) | 0o700);
   let freed = 0;
-  for (const name of readdirSync(p)) freed += deleteCounting(p + '/' + name);
-  try { rmdirSync(p); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
+  for (const name of await fsp.readdir(p)) freed += await deleteCounting(p + '/' + name);
+  try { await fsp.rmdir(p); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
   return freed;
 }
+
+/** Paths whose contents are deleted at once (their file-system waits overlap). */
+const DELETE_CONCURRENCY = 8;
 
 /** A `.tmp-*` directory of a live writer (it holds the directory's flock): never garbage. */
 function isLockedTempDir(realPath: string): boolean {
@@ -318,7 +321,7 @@ class Collection {
     this.emit({ type: 'roots-found', roots: roots.size, tempRoots: temp.size });
     // Nix's synchronisation point for tests (tests/gc-concurrent.sh): read this file (a FIFO) before the walk.
     const sync = process.env._NIX_TEST_GC_SYNC;
-    if (sync) await readFile(sync);
+    if (sync) await fsp.readFile(sync);
 
     const g = loadGraph(db, s.keepOutputs);
     const alive = this.liveSet(g, [...roots.keys(), ...temp.keys()]);
@@ -471,12 +474,17 @@ class Collection {
       }).immediate();
       await this.server.deleting(gone.map((p) => p.slice(sd, sd + HASH_PART_LENGTH)), async () => {
         let stop = false;
-        for (const p of gone) {
-          // Once the limit is reached, the rest of the batch (already invalidated) still goes.
-          if (!stop) this.info(`deleting '${p}'`);
-          const freed = deleteCounting(this.realPath(p));
-          if (stop) { this.results.add(p); this.bytesFreed += freed; } else stop = !this.counted(p, freed);
-        }
+        let next = 0;
+        const worker = async () => {
+          while (next < gone.length) {
+            const p = gone[next++]!;
+            // Once the limit is reached, the rest of the batch (already invalidated) still goes.
+            if (!stop) this.info(`deleting '${p}'`);
+            const freed = await deleteCounting(this.realPath(p));
+            if (stop) { this.results.add(p); this.bytesFreed += freed; } else stop = !this.counted(p, freed);
+          }
+        };
+        await Promise.all(Array.from({ length: Math.min(DELETE_CONCURRENCY, gone.length) }, worker));
         if (stop) throw new GcLimitReached();
       });
       done = i;
