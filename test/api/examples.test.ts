@@ -33,6 +33,7 @@ const EXAMPLES: [string, RegExp][] = [
   ['progress', /./],
   ['fetchurl', /bin -> \/nix\/store\/[0-9a-z]{32}-hello\/bin\n/],
   ['observe', /critical path \([0-9.]+ (ms|s)\):\n {2}\/nix\/store\/[0-9a-z]{32}-observe-base\.drv\n {2}\/nix\/store\/[0-9a-z]{32}-observe-left\.drv\n {2}\/nix\/store\/[0-9a-z]{32}-observe-top\.drv/],
+  ['gc', /kept output still valid: true; dropped output valid: false\noptimised: 1 files hard-linked/],
 ];
 
 describe('examples', () => {

@@ -1,0 +1,194 @@
+/**
+ * Garbage collection and optimisation against real Nix 2.8 on twin stores (run: npx tsx bench/gc.ts):
+ *  - collect: a chroot store of GC_BENCH_PATHS paths (default 20,000; every tenth a directory of four
+ *    files, the rest single files), in chains of 100 linked by references; half of the chains rooted
+ *    in gcroots, half dead. The store is made once and copied (`cp -a`); `nix-store --gc` runs on one
+ *    copy, `store.collectGarbage()` (opening the store included) on the other. Both must delete the
+ *    same paths.
+ *  - optimise: OPT_BENCH_FILES files (default 10,000) in 1,000 paths, half of them identical to a file
+ *    of another path; `nix-store --optimise` vs `store.optimiseStore()` on twin copies; the same number
+ *    of files must be linked.
+ * Each measurement is the median of GC_BENCH_RUNS runs (default 3) on fresh copies. Prints the times
+ * and the ratios ours/Nix (target ≤ 0.5). REALISE_BENCH_SMALL=1: 2,000 paths and 1,000 files.
+ */
+import { spawnSync } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { LocalStore } from '../src/store/local-store.js';
+import { Hash } from '../src/store/hash.js';
+import { hashPath, narOfRegularFile } from '../src/store/nar.js';
+import { makeStorePath, type StorePath } from '../src/store/store-path.js';
+import type { PathInfo } from '../src/store/store-api.js';
+
+const SMALL = process.env.REALISE_BENCH_SMALL === '1';
+const PATHS = Number(process.env.GC_BENCH_PATHS ?? (SMALL ? 2_000 : 20_000));
+const FILES = Number(process.env.OPT_BENCH_FILES ?? (SMALL ? 1_000 : 10_000));
+const RUNS = Number(process.env.GC_BENCH_RUNS ?? 3);
+const CHAIN = 100;
+
+const nixEnv = { ...process.env, NIX_REMOTE: '', NIX_CONFIG: 'build-users-group =\nsubstituters =\n', NIX_USER_CONF_FILES: '/dev/null' };
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+function nixStore(root: string, args: string[]): { ms: number; stdout: string; stderr: string } {
+  const t0 = performance.now();
+  const r = spawnSync('nix-store', ['--store', root, ...args], { env: nixEnv, encoding: 'utf8', maxBuffer: 1 << 28 });
+  const ms = performance.now() - t0;
+  if (r.status !== 0) throw new Error(`nix-store ${args.join(' ')} failed: ${r.stderr}`);
+  return { ms, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** A twin copy, written back to disk before anything is timed (pending write-back would weigh on whichever runs next). */
+function copy(from: string, to: string): void {
+  const r = spawnSync('cp', ['-a', from, to]);
+  if (r.status !== 0) throw new Error(`cp -a ${from} ${to} failed`);
+  spawnSync('sync');
+}
+
+/** Write `count` paths in chains of CHAIN (each references the previous one); returns the chain tops. */
+async function makeGcStore(root: string, count: number): Promise<StorePath[]> {
+  const store = await LocalStore.open({ root });
+  const tops: StorePath[] = [];
+  try {
+    let batch: PathInfo[] = [];
+    let prev: StorePath | undefined;
+    for (let i = 0; i < count; i++) {
+      if (i % CHAIN === 0) prev = undefined;
+      const p = makeStorePath('output:out', Hash.of('sha256', `gc-bench-${i}`), `pkg-${i}`);
+      const real = store.toRealPath(p);
+      let narHash: Hash;
+      let narSize: number;
+      const text = `package ${i}${prev ? ` needs ${prev}` : ''}\n`;
+      if (i % 10 === 0) {
+        mkdirSync(real);
+        for (let f = 0; f < 4; f++) writeFileSync(path.join(real, `f${f}`), text.repeat(f + 1));
+        ({ hash: narHash, size: narSize } = await hashPath(real));
+      } else {
+        writeFileSync(real, text);
+        const nar = narOfRegularFile(text);
+        narHash = Hash.of('sha256', nar);
+        narSize = nar.length;
+      }
+      batch.push({ path: p, narHash, narSize, references: prev ? [prev] : [] });
+      prev = p;
+      if (i % CHAIN === CHAIN - 1) tops.push(p);
+      if (batch.length >= 1000) { await store.registerValidPaths(batch); batch = []; }
+    }
+    if (batch.length) await store.registerValidPaths(batch);
+  } finally {
+    await store.close();
+  }
+  return tops;
+}
+
+/** FILES files in paths of ten; every other path's files are copies of an earlier path's. */
+async function makeOptStore(root: string, files: number): Promise<void> {
+  const src = mkdtempSync(path.join(tmpdir(), 'realise-bench-opt-src-'));
+  try {
+    const paths = Math.ceil(files / 10);
+    const store = await LocalStore.open({ root });
+    try {
+      let batch: PathInfo[] = [];
+      for (let i = 0; i < paths; i++) {
+        const p = makeStorePath('output:out', Hash.of('sha256', `opt-bench-${i}`), `opt-${i}`);
+        const real = store.toRealPath(p);
+        mkdirSync(real);
+        const content = i % 2 === 1 ? i - 1 : i;
+        for (let f = 0; f < 10; f++) {
+          writeFileSync(path.join(real, `file${f}`), `content ${content}/${f}\n`.repeat(20 + f));
+          chmodSync(path.join(real, `file${f}`), f === 0 ? 0o555 : 0o444);
+        }
+        chmodSync(real, 0o555);
+        const { hash, size } = await hashPath(real);
+        batch.push({ path: p, narHash: hash, narSize: size, references: [] });
+        if (batch.length >= 500) { await store.registerValidPaths(batch); batch = []; }
+      }
+      if (batch.length) await store.registerValidPaths(batch);
+    } finally {
+      await store.close();
+    }
+  } finally {
+    rmSync(src, { recursive: true, force: true });
+  }
+}
+
+function rm(dir: string): void {
+  spawnSync('chmod', ['-R', 'u+w', dir]);
+  rmSync(dir, { recursive: true, force: true });
+}
+
+async function main(): Promise<void> {
+  const base = mkdtempSync(path.join(tmpdir(), 'realise-bench-gc-'));
+  try {
+    // Collection.
+    const gcStore = path.join(base, 'gc');
+    const tops = await makeGcStore(gcStore, PATHS);
+    for (const [i, t] of tops.entries()) if (i % 2 === 0) symlinkSync(t, path.join(gcStore, 'nix/var/nix/gcroots', `root-${i}`));
+    const nixMs: number[] = [];
+    const ourMs: number[] = [];
+    let nixDeleted = '';
+    let ourDeleted = 0;
+    for (let r = 0; r < RUNS; r++) {
+      const n = path.join(base, `gc-n${r}`);
+      const o = path.join(base, `gc-o${r}`);
+      copy(gcStore, n);
+      copy(gcStore, o);
+      // Alternate which goes first, so that neither always meets a warmer or colder cache.
+      const runNix = () => { const res = nixStore(n, ['--gc']); nixMs.push(res.ms); nixDeleted = res.stdout.trim(); };
+      const runOurs = async () => {
+        const t0 = performance.now();
+        const store = await LocalStore.open({ root: o });
+        const gc = await store.collectGarbage();
+        await store.close();
+        ourMs.push(performance.now() - t0);
+        ourDeleted = gc.paths.length;
+      };
+      if (r % 2 === 0) { runNix(); spawnSync('sync'); await runOurs(); } else { await runOurs(); spawnSync('sync'); runNix(); }
+      rm(n);
+      rm(o);
+    }
+    if (!nixDeleted.startsWith(`${ourDeleted} store paths deleted`)) throw new Error(`Nix: '${nixDeleted}', we deleted ${ourDeleted}`);
+    const gcN = median(nixMs);
+    const gcO = median(ourMs);
+    console.log(`collect ${PATHS} paths (${ourDeleted} dead): nix-store --gc ${gcN.toFixed(0)} ms, collectGarbage ${gcO.toFixed(0)} ms, ratio ${(gcO / gcN).toFixed(2)}`);
+
+    // Optimisation.
+    const optStore = path.join(base, 'opt');
+    await makeOptStore(optStore, FILES);
+    const nixOpt: number[] = [];
+    const ourOpt: number[] = [];
+    let nixLinked = '';
+    let ourLinked = 0;
+    for (let r = 0; r < RUNS; r++) {
+      const n = path.join(base, `opt-n${r}`);
+      const o = path.join(base, `opt-o${r}`);
+      copy(optStore, n);
+      copy(optStore, o);
+      const runNix = () => { const res = nixStore(n, ['--optimise']); nixOpt.push(res.ms); nixLinked = /hard-linking (\d+) files/.exec(res.stderr)?.[1] ?? '?'; };
+      const runOurs = async () => {
+        const t0 = performance.now();
+        const store = await LocalStore.open({ root: o });
+        const stats = await store.optimiseStore();
+        await store.close();
+        ourOpt.push(performance.now() - t0);
+        ourLinked = stats.filesLinked;
+      };
+      if (r % 2 === 0) { runNix(); spawnSync('sync'); await runOurs(); } else { await runOurs(); spawnSync('sync'); runNix(); }
+      rm(n);
+      rm(o);
+    }
+    if (String(ourLinked) !== nixLinked) throw new Error(`Nix linked ${nixLinked} files, we linked ${ourLinked}`);
+    const optN = median(nixOpt);
+    const optO = median(ourOpt);
+    console.log(`optimise ${FILES} files (${ourLinked} linked): nix-store --optimise ${optN.toFixed(0)} ms, optimiseStore ${optO.toFixed(0)} ms, ratio ${(optO / optN).toFixed(2)}`);
+  } finally {
+    rm(base);
+  }
+}
+
+await main();
