@@ -4,4 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh nix-bin bubblewrap busybox-static openssh-server xz-utils zstd bzip2 chromium openssl
 npx tsc --noEmit -p tsconfig.json
+# The whole suite (no arguments, as CI runs it) also runs the gates: lint with type information, formatting.
+if [ $# -eq 0 ]; then
+  npx eslint src test
+  npx prettier --check $(grep -v '^#' scripts/formatted-files.txt)
+fi
 exec npx vitest run "$@"

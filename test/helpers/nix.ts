@@ -6,6 +6,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { afterAll } from 'vitest';
 
 export const IN_CI = !!process.env.CI || !!process.env.REALISE_CI;
 
@@ -128,9 +129,29 @@ export function nixInstantiate(root: string, expr: string, opts: { file?: boolea
   return nix('nix-instantiate', args).split('\n').filter(Boolean);
 }
 
-/** `nix-store --store ROOT --realise ...`; sandbox off unless asked. */
-export function nixRealise(root: string, paths: string[], opts: { sandbox?: boolean; extraArgs?: string[] } = {}): NixRunResult {
-  return runNix('nix-store', ['--store', root, '--realise', ...paths, '--option', 'sandbox', opts.sandbox ? 'true' : 'false', ...(opts.extraArgs ?? [])]);
+/**
+ * `nix-store --store ROOT --realise ARGS...` (paths and flags): `sandbox` adds `--option sandbox true|false`,
+ * `extraArgs` go last, `env` is added to Nix's environment.
+ */
+export function nixRealise(root: string, args: string[], opts: { sandbox?: boolean; extraArgs?: string[]; env?: Record<string, string> } = {}): NixRunResult {
+  const sandbox = opts.sandbox === undefined ? [] : ['--option', 'sandbox', opts.sandbox ? 'true' : 'false'];
+  return runNix('nix-store', ['--store', root, '--realise', ...args, ...sandbox, ...(opts.extraArgs ?? [])], { env: opts.env ?? {} });
+}
+
+/**
+ * A `tmp()` for one test file: each call makes a new directory (`prefix` + random) under the system's
+ * temporary directory; all of them are removed after the file's tests (store paths made writable first).
+ */
+export function tempDirs(prefix = 'realise-test-'): (prefixOverride?: string) => string {
+  const dirs: string[] = [];
+  afterAll(() => {
+    for (const d of dirs.splice(0)) removeTreeSync(d);
+  });
+  return (prefixOverride) => {
+    const d = tempDir(prefixOverride ?? prefix);
+    dirs.push(d);
+    return d;
+  };
 }
 
 export { execFileSync };

@@ -127,7 +127,7 @@ describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders'
     const hsb = new LinuxSandbox({ backend, server, preBuildHook: hook });
     const req = fx.request('hook', 'mkdir $out; cat /hooked/h > $out/h');
     expect((await build(hsb, req)).exit).toEqual({ kind: 'exited', code: 0 });
-    hsb.close();
+    await hsb.close();
     expect(readFileSync(path.join(fx.realPath(req.outputPaths[0]!), 'h'), 'utf8')).toBe('from hook\n');
     expect(readFileSync(argsFile, 'utf8')).toBe(`${req.drvPath} ${chrootDirFor(fx.realStoreDir, req.drvPath)}\n`);
   });
@@ -180,6 +180,6 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: concurrent b
       expect(log).toBe(`b${i}-1\nb${i}-2\nb${i}-3\n`);
       expect(readFileSync(path.join(fx.realPath(reqs[i]!.outputPaths[0]!), 'i'), 'utf8')).toBe(`${i}\n`);
     });
-    sb.close();
+    await sb.close();
   }, 30_000);
 });

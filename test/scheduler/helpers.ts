@@ -45,10 +45,7 @@ export function instantiateAttrs(store: string, file: string): Record<string, st
   return JSON.parse(out) as Record<string, string>;
 }
 
-/** `nix-store --store S --realise ...` with extra args and environment. */
-export function nixRealise(store: string, args: string[], env: Record<string, string> = {}): NixRunResult {
-  return runNix('nix-store', ['--store', store, '--realise', ...args], { env });
-}
+export { nixRealise } from '../helpers/nix.js';
 
 export interface PathFacts {
   valid: boolean;

@@ -70,7 +70,7 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
     engines.push(e);
     return e;
   };
-  const nixBuild = (args: string[]) => nixRealise(R1, [...args, ...nixSandboxArgs(), '--cores', String(CORES), '-j', '2'], { TMPDIR: tmp, ...IMPURE });
+  const nixBuild = (args: string[]) => nixRealise(R1, [...args, ...nixSandboxArgs(), '--cores', String(CORES), '-j', '2'], { env: { TMPDIR: tmp, ...IMPURE } });
   const ourFailure = async (targets: (string | BuildTarget)[], o: BuildEngineOptions = {}, mode?: 'check'): Promise<BuildFailedError> => {
     const e = await engine(o).buildPaths(targets, mode ? { mode } : {}).then(() => undefined, (err: unknown) => err);
     expect(e).toBeInstanceOf(BuildFailedError);
@@ -374,7 +374,7 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
       const [kA, kB] = [path.join(root, 'kept-nix'), path.join(root, 'kept-ours')];
       await fsp.mkdir(kA);
       await fsp.mkdir(kB);
-      const r = nixRealise(R1, ['--keep-failed', d, ...nixSandboxArgs()], { TMPDIR: kA });
+      const r = nixRealise(R1, ['--keep-failed', d, ...nixSandboxArgs()], { env: { TMPDIR: kA } });
       expect(r.status).toBe(100);
       expect(r.stderr).toContain(`note: keeping build directory '${kA}/nix-build-failing.drv-0'`);
       const e = await ourFailure([d], { keepFailed: true, buildDir: kB });
@@ -666,7 +666,7 @@ describe.skipIf(!nixOk() || !busyboxOk())('BuildEngine vs Nix 2.8, unsandboxed b
       const r = nixRealise(uriA, [
         ...all, '--option', 'sandbox', 'false', '--option', 'build-users-group', '', '--option', 'substituters', '',
         '--cores', String(CORES), '--option', 'post-build-hook', hook,
-      ], { TMPDIR: tmp, HOOK_LOG: hookLogA });
+      ], { env: { TMPDIR: tmp, HOOK_LOG: hookLogA } });
       expect(r.status, r.stderr).toBe(0);
       const outs = nixOutputs(uriA, all);
       const closure = nixClosure(uriA, outs);
@@ -712,7 +712,7 @@ describe.skipIf(!nixOk() || !busyboxOk())('BuildEngine vs Nix 2.8, unsandboxed b
 
       // Without a sandbox, check and repair build at scratch paths with hash rewriting (the real paths
       // are taken): deterministic builders with self-references must come out identical.
-      const nixCheck = nixRealise(uriA, ['--check', ...all, '--option', 'sandbox', 'false', '--option', 'build-users-group', '', '--option', 'substituters', '', '--cores', String(CORES)], { TMPDIR: tmp });
+      const nixCheck = nixRealise(uriA, ['--check', ...all, '--option', 'sandbox', 'false', '--option', 'build-users-group', '', '--option', 'substituters', '', '--cores', String(CORES)], { env: { TMPDIR: tmp } });
       expect(nixCheck.status, nixCheck.stderr).toBe(0);
       const multiDev = closure.find((o) => o.endsWith('-plain-multi-dev'))!;
       await fsp.chmod(multiDev, 0o755);

@@ -90,7 +90,7 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
     let drv: Record<string, string>;
     let store: LocalStore;
     const engine = (o: BuildEngineOptions = {}) => new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS, buildDir: path.join(root, 'tmp'), ...o });
-    const nixBuild = (args: string[]) => nixRealise(R1, [...nixSandboxArgs(), ...args], { TMPDIR: path.join(root, 'tmp') });
+    const nixBuild = (args: string[]) => nixRealise(R1, [...nixSandboxArgs(), ...args], { env: { TMPDIR: path.join(root, 'tmp') } });
 
     beforeAll(async () => {
       R1 = path.join(root, 'nix');
@@ -143,7 +143,7 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       const [kA, kB] = [path.join(root, 'kept-nix'), path.join(root, 'kept-ours')];
       await fsp.mkdir(kA);
       await fsp.mkdir(kB);
-      const r = nixRealise(R1, [...nixSandboxArgs(), '--keep-failed', drv.impure!], { TMPDIR: kA });
+      const r = nixRealise(R1, [...nixSandboxArgs(), '--keep-failed', drv.impure!], { env: { TMPDIR: kA } });
       expect(r.status).toBe(1);
       const saved = process.env.TMPDIR;
       process.env.TMPDIR = kB;
@@ -250,7 +250,7 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       await fsp.mkdir(kA);
       await fsp.mkdir(kB);
       for (const keep of [false, true]) {
-        const r = nixRealise(R1, [...nixSandboxArgs(), ...(keep ? ['--keep-failed'] : []), drv.fail!], { TMPDIR: kA });
+        const r = nixRealise(R1, [...nixSandboxArgs(), ...(keep ? ['--keep-failed'] : []), drv.fail!], { env: { TMPDIR: kA } });
         expect(r.status).toBe(100);
         const e = await failureOf(engine({ keepFailed: keep, buildDir: kB }).buildPaths([drv.fail!]));
         expect(e.exitStatus).toBe(100);
@@ -276,7 +276,7 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
     let store: LocalStore;
     const tmp = () => path.join(root, 'ptmp');
     const engine = (o: BuildEngineOptions = {}) => new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS, buildDir: tmp(), ...o });
-    const nixBuild = (args: string[]) => nixRealise(uriA, [...nixSandboxArgs(), ...args], { TMPDIR: tmp() });
+    const nixBuild = (args: string[]) => nixRealise(uriA, [...nixSandboxArgs(), ...args], { env: { TMPDIR: tmp() } });
 
     beforeAll(async () => {
       storeDir = path.join(root, 'p', 'store');

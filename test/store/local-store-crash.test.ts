@@ -3,26 +3,19 @@
  * partial contents; the next LocalStore.open removes its `.tmp-*` directory, but never the temporary
  * directory of a writer that is still alive.
  */
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isStoreTempDirName, LocalStore } from '../../src/store/local-store.js';
 import { hashPath } from '../../src/store/nar.js';
-import { nixOk, removeTreeSync, runNix } from '../helpers/nix.js';
+import { nixOk, runNix, tempDirs } from '../helpers/nix.js';
 import { makeTreeNar } from './conformance.js';
 import { streamOf } from '../../src/store/nar.js';
 
 const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'local-store-crash-child.ts');
-const dirs: string[] = [];
-function tmp(): string {
-  const d = mkdtempSync(path.join(tmpdir(), 'realise-crash-'));
-  dirs.push(d);
-  return d;
-}
-afterAll(() => { for (const d of dirs) removeTreeSync(d); });
+const tmp = tempDirs('realise-crash-');
 
 function startChild(root: string, mode: string): { child: ChildProcess; lines: string[]; waitFor(pred: (l: string) => boolean): Promise<string> } {
   const child = spawn(process.execPath, ['--import', 'tsx', CHILD, root, mode], { stdio: ['ignore', 'pipe', 'pipe'] });

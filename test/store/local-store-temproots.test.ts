@@ -2,22 +2,15 @@
  * Temporary GC roots: a real `nix-store --gc` on the same store keeps what we are adding while our store is
  * open, and collects it after we close; while a collector runs (gc.lock held), roots go over its socket.
  */
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { LocalStore } from '../../src/store/local-store.js';
-import { nix, nixOk } from '../helpers/nix.js';
+import { nix, nixOk, tempDirs } from '../helpers/nix.js';
 
-const dirs: string[] = [];
-function tmp(): string {
-  const d = mkdtempSync(path.join(tmpdir(), 'realise-troots-'));
-  dirs.push(d);
-  return d;
-}
-afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+const tmp = tempDirs('realise-troots-');
 
 describe('temporary GC roots', () => {
   it('writes <state>/temproots/<pid> with NUL-terminated paths, shared by store objects, removed on the last close', async () => {

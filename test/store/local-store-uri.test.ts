@@ -1,19 +1,13 @@
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { parseStoreUri, openStore } from '../../src/store/store-uri.js';
 import { decompressBzip2 } from '../../src/store/bzip2.js';
 import { LocalStore } from '../../src/store/local-store.js';
+import { tempDirs } from '../helpers/nix.js';
 
-const dirs: string[] = [];
-function tmp(): string {
-  const d = mkdtempSync(path.join(tmpdir(), 'realise-uri-'));
-  dirs.push(d);
-  return d;
-}
-afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+const tmp = tempDirs('realise-uri-');
 
 describe('store URIs (what Nix --store takes for local stores)', () => {
   it('a bare absolute or relative directory is a chroot root', () => {

@@ -1,19 +1,12 @@
-import { afterAll, describe, expect, it } from 'vitest';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { describe, expect, it } from 'vitest';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { isStoreTempDirName, LocalStore, defaultStoreRoot, resolveLayout } from '../../src/store/local-store.js';
 import { storeConformance } from './conformance.js';
-import { removeTreeSync } from '../helpers/nix.js';
+import { tempDirs } from '../helpers/nix.js';
 
-const dirs: string[] = [];
-function tmp(prefix = 'realise-ls-'): string {
-  const d = mkdtempSync(path.join(tmpdir(), prefix));
-  dirs.push(d);
-  return d;
-}
-afterAll(() => { for (const d of dirs) removeTreeSync(d); });
+const tmp = tempDirs('realise-ls-');
 
 storeConformance('LocalStore (chroot)', async () => LocalStore.open({ root: tmp() }));
 storeConformance('LocalStore (plain)', async () => {
@@ -84,7 +77,7 @@ describe('LocalStore layout', () => {
 
   it('refuses a newer schema and a relative root config', async () => {
     const root = tmp();
-    (await LocalStore.open({ root })).close();
+    await (await LocalStore.open({ root })).close();
     const { writeFileSync } = await import('node:fs');
     writeFileSync(path.join(root, 'nix/var/nix/db/schema'), '11');
     await expect(LocalStore.open({ root })).rejects.toMatchObject({ code: 'schema-too-new' });

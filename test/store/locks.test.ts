@@ -2,22 +2,16 @@
  * Path locks against real flock(2) users: util-linux flock(1) (the same system call Nix uses), a child
  * process that dies while holding a lock, and Nix's deletion protocol (unlink, then write "d").
  */
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { lockFiles, tryLockFiles, lockPlainFile } from '../../src/store/locks.js';
+import { tempDirs } from '../helpers/nix.js';
 
 const fsExt = createRequire(import.meta.url)('fs-ext') as { flockSync(fd: number, how: string): void };
-const dirs: string[] = [];
-function tmp(): string {
-  const d = mkdtempSync(path.join(tmpdir(), 'realise-locks-'));
-  dirs.push(d);
-  return d;
-}
-afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+const tmp = tempDirs('realise-locks-');
 
 /** Is `file` free for an exclusive flock by another process (util-linux flock -n)? */
 function freeForFlock1(file: string): boolean {
