@@ -288,8 +288,10 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       minFree, maxFree, checkInterval: minFreeCheckInterval,
       onEvent: (e: GcEvent) => { if (e.type === 'info') this.emitSafely('warning', { message: e.message, level: 'info' }); },
     };
-    store.autoGC(settings);
-    const timer = setInterval(() => store.autoGC!(settings), Math.max(minFreeCheckInterval, 1) * 1000);
+    // Not awaited: the collection runs in the background (its promise never rejects, see Store.autoGC).
+    const check = (): void => void store.autoGC?.(settings);
+    check();
+    const timer = setInterval(check, Math.max(minFreeCheckInterval, 1) * 1000);
     timer.unref();
     return () => clearInterval(timer);
   }
