@@ -23,7 +23,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: missing Debian packages (${missing[*]}); run as root with apt-get to install them. Continuing without them." >&2
   fi
 fi
-if [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ]; then
+if [ -L node_modules ]; then
+  # A linked node_modules (a git worktree sharing another checkout's) belongs to that checkout: `npm ci` here
+  # would empty the shared directory through the link before replacing the link, breaking every user of it.
+  [ -d node_modules/.bin ] || echo "setup: node_modules links to $(readlink node_modules), which has no packages; run npm ci there" >&2
+elif [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm packages" >&2
   if [ -f package-lock.json ]; then npm ci --no-audit --no-fund >&2; else npm install --no-audit --no-fund >&2; fi
 fi
