@@ -637,46 +637,10 @@ type RestoreOp =
   | { k: 'l'; rel: string; p: Uint8Array; t: Uint8Array }
   | { k: 'f'; rel: string; p: Uint8Array; mode: number; chmod: boolean; data: { sab: SharedArrayBuffer; off: number; len: number }[] };
 
-/**
- * The restore thread: plain JavaScript (no imports of ours), synchronous calls in the order given, the
- * same flags and modes as the canonical thread-pool restore; replies with the index of a failed step.
- */
-const restoreSource = `
-const { parentPort } = require('node:worker_threads');
-const fs = require('node:fs');
-const C = fs.constants;
-parentPort.on('message', (m) => {
-  let i = 0;
-  try {
-    for (; i < m.ops.length; i++) {
-      const o = m.ops[i];
-      if (o.k === 'd') { fs.mkdirSync(o.p, 0o755); if (m.dirChmod) fs.chmodSync(o.p, 0o755); }
-      else if (o.k === 'e') { fs.chmodSync(o.p, 0o555); fs.lutimesSync(o.p, m.now, 1); }
-      else if (o.k === 'l') { fs.symlinkSync(Buffer.from(o.t.buffer, o.t.byteOffset, o.t.length), o.p); fs.lutimesSync(o.p, m.now, 1); }
-      else {
-        const fd = fs.openSync(o.p, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, o.mode);
-        try {
-          for (const c of o.data) {
-            const b = new Uint8Array(c.sab, c.off, c.len);
-            let off = 0;
-            while (off < b.length) off += fs.writeSync(fd, b, off, b.length - off);
-          }
-          if (o.chmod) fs.fchmodSync(fd, o.mode);
-          fs.futimesSync(fd, m.now, 1);
-        } finally {
-          fs.closeSync(fd);
-        }
-      }
-    }
-    parentPort.postMessage({ id: m.id });
-  } catch (e) {
-    parentPort.postMessage({ id: m.id, op: i, code: e && e.code, message: String((e && e.message) || e) });
-  }
-});
-`;
+/** The thread of a batched restore: restore-thread.cjs (plain JavaScript, shipped beside this module). */
 
 interface RestoreReply { id: number; op?: number; code?: string; message?: string }
-const restoreThread = new ThreadTasks<RestoreReply>(restoreSource);
+const restoreThread = new ThreadTasks<RestoreReply>(new URL('./restore-thread.cjs', import.meta.url));
 
 /** Run the steps on the restore thread; a thread that died is reported as step -1. */
 function runRestoreOps(ops: RestoreOp[], now: number, dirChmod: boolean): Promise<RestoreReply> {

@@ -1,6 +1,7 @@
 /**
- * Tasks for one resident worker thread running a self-contained script (`eval`: plain JavaScript that
- * imports nothing of ours, so it runs the same from src/ under tsx and from dist/). Each task is one
+ * Tasks for one resident worker thread running a self-contained script: a plain JavaScript file beside
+ * the module (a `URL`; `.cjs`, copied to dist/ by the build) or, when it must be made at run time, its
+ * source (`eval`). Either imports nothing of ours, so it runs the same from src/ under tsx and from dist/. Each task is one
  * message `{ id, ...request }` answered by one message `{ id, ...reply }`. The thread is started on first
  * use and does not keep the process alive while no task is pending. If it dies, pending tasks reject and
  * the next task starts a new thread.
@@ -8,14 +9,14 @@
 import { Worker, type TransferListItem } from 'node:worker_threads';
 
 export class ThreadTasks<Reply extends { id: number }> {
-  readonly #source: string;
+  readonly #source: string | URL;
   readonly #onError: ((e: unknown) => void) | undefined;
   #worker: Worker | undefined;
   #seq = 0;
   readonly #pending = new Map<number, { resolve: (r: Reply) => void; reject: (e: unknown) => void }>();
 
   /** `onError`: called when the thread reports an uncaught error (before pending tasks reject). */
-  constructor(source: string, onError?: (e: unknown) => void) {
+  constructor(source: string | URL, onError?: (e: unknown) => void) {
     this.#source = source;
     this.#onError = onError;
   }
@@ -32,7 +33,7 @@ export class ThreadTasks<Reply extends { id: number }> {
 
   #thread(): Worker {
     if (this.#worker) return this.#worker;
-    const w = new Worker(this.#source, { eval: true });
+    const w = typeof this.#source === 'string' ? new Worker(this.#source, { eval: true }) : new Worker(this.#source);
     w.unref();
     w.on('message', (m: Reply) => {
       const p = this.#pending.get(m.id);
