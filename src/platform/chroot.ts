@@ -5,6 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { deleteTreeSync, movePathSync } from '../store/canonicalise.js';
 import { SandboxError } from './sandbox-errors.js';
 
 export const SANDBOX_UID = 1000;
@@ -85,7 +86,9 @@ export interface PrepareChrootOptions {
 }
 
 export function removeTree(p: string): void {
-  fs.rmSync(p, { recursive: true, force: true, maxRetries: 3 });
+  // A builder may leave read-only directories (in /tmp, its outputs): not deletable by an owner who is
+  // not root until they are made writable.
+  deleteTreeSync(p);
 }
 
 let pendingRemovals: Promise<void> = Promise.resolve();
@@ -116,6 +119,7 @@ export function discardTree(p: string): void {
   ensureExitHook();
   pendingTrash.add(aside);
   pendingRemovals = pendingRemovals.then(() => fs.promises.rm(aside, { recursive: true, force: true, maxRetries: 3 })
+    .catch(() => removeTree(aside)) // read-only directories left by the builder
     .then(() => { pendingTrash.delete(aside); }, () => {}));
 }
 
@@ -460,7 +464,8 @@ export function moveOutputsOut(layout: ChrootLayout, outputs: readonly string[],
     if (!exists) continue;
     const dest = path.join(realStoreDir, base);
     removeTree(dest);
-    fs.renameSync(inside, dest);
+    // Nix's movePath: an output directory the builder left read-only moves too when we are not root.
+    movePathSync(inside, dest);
     moved.push(out);
   }
   return moved;

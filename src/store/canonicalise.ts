@@ -5,7 +5,7 @@
  * current user. Symlinks keep their mode (Linux ignores it) but get mtime 1 too. Every extended attribute
  * (file capabilities, ACLs, user attributes) is removed but those named in `ignoredAcls` (xattrs.ts).
  */
-import { chmodSync, lchownSync, lstatSync, lutimesSync, promises as fsp, readdirSync, renameSync, type Stats } from 'node:fs';
+import { chmodSync, lchownSync, lstatSync, lutimesSync, promises as fsp, readdirSync, renameSync, rmSync, type Stats } from 'node:fs';
 import * as path from 'node:path';
 import { StoreError, UnsupportedFileTypeError } from './errors.js';
 import { DEFAULT_IGNORED_ACLS, stripXattrs, xattrOps, type XattrOps } from './xattrs.js';
@@ -130,6 +130,25 @@ export function movePathSync(src: string, dst: string): void {
     throw e;
   }
   if (changePerm) chmodSync(dst, st.mode & 0o7777);
+}
+
+/** deleteTree, synchronously: a tree with read-only directories is made writable first. Missing paths are fine. */
+export function deleteTreeSync(fsPath: string): void {
+  try {
+    rmSync(fsPath, { recursive: true, force: true, maxRetries: 3 });
+    return;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EACCES' && code !== 'EPERM') throw e;
+  }
+  const open = (dir: string): void => {
+    const st = lstatSync(dir);
+    if (!st.isDirectory()) return;
+    if ((st.mode & 0o700) !== 0o700) chmodSync(dir, (st.mode & 0o7777) | 0o700);
+    for (const name of readdirSync(dir)) open(path.join(dir, name));
+  };
+  open(fsPath);
+  rmSync(fsPath, { recursive: true, force: true, maxRetries: 3 });
 }
 
 /** Make a tree deletable (directories get u+w) and delete it. Missing paths are fine. */

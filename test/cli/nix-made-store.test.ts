@@ -16,6 +16,9 @@ let
   base = derivation { name = "by-nix"; system = "x86_64-linux"; builder = sh; args = [ "-c" "\${bb} mkdir -p $out/d; echo nix > $out/d/f" ]; };
 in {
   inherit base;
+  # Leaves its output and a directory in /tmp read-only: to be moved out of the chroot and deleted by
+  # whoever runs the build, root or not.
+  locked = derivation { name = "locked"; system = "x86_64-linux"; builder = sh; args = [ "-c" "\${bb} mkdir -p $out/d /tmp/t/u; echo x > $out/d/f; \${bb} chmod -R a-w $out /tmp/t" ]; };
   top = derivation { name = "by-realise"; system = "x86_64-linux"; builder = sh; args = [ "-c" "\${bb} cat \${base}/d/f > $out; echo \${base} >> $out" ]; };
 }
 `;
@@ -31,7 +34,7 @@ describe.skipIf(!nixOk())('the CLI on a store real Nix made (as whoever runs the
     root = path.join(dir, 'root');
     busyboxTree(path.join(dir, 'bb'));
     writeFileSync(path.join(dir, 'e.nix'), EXPR);
-    for (const a of ['base', 'top']) {
+    for (const a of ['base', 'top', 'locked']) {
       drv[a] = nix('nix-instantiate', ['--store', root, path.join(dir, 'e.nix'), '-A', a]);
       out[a] = nix('nix-store', ['--store', root, '-q', '--outputs', drv[a]!]);
     }
@@ -58,6 +61,18 @@ describe.skipIf(!nixOk())('the CLI on a store real Nix made (as whoever runs the
     const v = runNix('nix-store', ['--store', root, '--verify', '--check-contents']);
     expect(v.status, v.stderr).toBe(0);
     expect(v.stderr).not.toMatch(/corrupt|invalid|error/);
+  });
+
+  it('an output the builder leaves read-only: built by both (Nix in its store, ours in a twin), the same NAR hash', async () => {
+    const twin = path.join(dir, 'twin');
+    expect(nix('nix-instantiate', ['--store', twin, path.join(dir, 'e.nix'), '-A', 'locked'])).toBe(drv.locked);
+    const n = runNix('nix-store', ['--store', root, '--realise', drv.locked!, '--option', 'sandbox', 'true']);
+    expect(n.status, n.stderr).toBe(0);
+    const o = await realise(['build', '--store', twin, drv.locked!, '--option', 'sandbox', 'true']);
+    expect(o.status, o.stderr).toBe(0);
+    const hash = (r: string) => nix('nix-store', ['--store', r, '-q', '--hash', out.locked!]);
+    expect(hash(twin)).toBe(hash(root));
+    expect(readFileSync(path.join(twin, out.locked!, 'd', 'f'), 'utf8')).toBe('x\n');
   });
 
   it("repairs a corrupted path in Nix's store by rebuilding it (files and directories read-only to their owner)", async () => {
