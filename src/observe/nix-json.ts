@@ -59,7 +59,8 @@ let nextId = (process.pid % 0x100000) * 2 ** 32;
 
 export class NixJsonLog {
   private readonly builds = new Map<string, number>();
-  private readonly substitutions = new Map<string, [number, number]>();
+  /** Per path being substituted: its Substitute, CopyPath and (over HTTP) FileTransfer activities. */
+  private readonly substitutions = new Map<string, number[]>();
   private readonly waits = new Map<string, number>();
   private readonly hooks = new Map<string, number>();
   private top: { realise: number; builds: number; copyPaths: number } | undefined;
@@ -103,14 +104,16 @@ export class NixJsonLog {
       this.ensureTop();
       const sub = this.start(ActivityType.Substitute, LogLevel.Error, '', [e.path, e.substituter]);
       const copy = this.start(ActivityType.CopyPath, LogLevel.Info, `copying path '${e.path}' from '${e.substituter}'`, [e.path, e.substituter, this.storeUri]);
-      this.substitutions.set(e.path, [sub, copy]);
+      // Nix downloads the NAR of an http(s) cache as a FileTransfer activity inside the copy.
+      const download = e.narUrl && /^https?:\/\//.test(e.narUrl)
+        ? [this.start(ActivityType.FileTransfer, LogLevel.Talkative, `downloading '${e.narUrl}'`, [e.narUrl])] : [];
+      this.substitutions.set(e.path, [sub, copy, ...download]);
     });
     on('substitution-finished', (e) => {
       const ids = this.substitutions.get(e.path);
       if (!ids) return;
       this.substitutions.delete(e.path);
-      this.stop(ids[1]);
-      this.stop(ids[0]);
+      for (const id of [...ids].reverse()) this.stop(id);
     });
     on('goal-finished', (e) => {
       this.stopKeyed(this.hooks, e.path);
@@ -141,7 +144,7 @@ export class NixJsonLog {
   /** Stop what a build call left open, then the call's activities (in Nix's order). */
   stopRealise(): void {
     for (const id of this.builds.values()) this.stop(id);
-    for (const [sub, copy] of this.substitutions.values()) { this.stop(copy); this.stop(sub); }
+    for (const ids of this.substitutions.values()) for (const id of [...ids].reverse()) this.stop(id);
     for (const id of [...this.waits.values(), ...this.hooks.values()]) this.stop(id);
     this.builds.clear(); this.substitutions.clear(); this.waits.clear(); this.hooks.clear();
     if (!this.top) return;

@@ -116,7 +116,7 @@ export class TraceRecorder {
       this.closeSpan(span, nameOf(e.drvPath), 'build', e.time);
     });
     on('substitution-started', (e) => {
-      this.substs.set(e.path, this.open('substitution slot', e.time, { path: e.path, substituter: e.substituter }));
+      this.substs.set(e.path, this.open('substitution slot', e.time, { path: e.path, substituter: e.substituter, ...(e.narUrl ? { narUrl: e.narUrl } : {}) }));
     });
     on('substitution-finished', (e) => {
       const span = this.substs.get(e.path);

@@ -61,7 +61,8 @@ export interface EventPayloads {
    * `goal-finished`), failed (exit status, timeout, log limit, setup), or was stopped.
    */
   'build-finished': { drvPath: StorePath; round: number; rounds: number; machine?: string; outcome: 'success' | 'failure' | 'stopped'; result?: BuildResult };
-  'substitution-started': { path: StorePath; substituter: string };
+  /** `narUrl`: where the NAR is fetched from (the substituter's URI and the narinfo's URL). */
+  'substitution-started': { path: StorePath; substituter: string; narUrl?: string };
   'substitution-finished': { path: StorePath; substituter?: string; ok: boolean; error?: string };
   /**
    * A derivation whose inputs include floating content-addressed outputs (or, with `ca-derivations`, any

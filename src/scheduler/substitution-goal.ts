@@ -79,7 +79,7 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
       progress.download.expected += info.downloadSize;
       progress.nar.expected += info.narSize;
       const running = progress.running('substitutions');
-      w.ctx.emit('substitution-started', { path, substituter: sub.uri });
+      w.ctx.emit('substitution-started', { path, substituter: sub.uri, narUrl: `${sub.uri.replace(/\/+$/, '')}/${info.url}` });
       let fetched = false;
       try {
         await w.ctx.fetchPath(sub, info, w.signal, repair);

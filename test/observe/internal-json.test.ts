@@ -12,7 +12,8 @@ import { existsSync, readFileSync, unlinkSync } from 'node:fs';
 import { createServer } from 'node:net';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bwrapOk, instantiateTwins, nix, nixInstantiate, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { bwrapOk, instantiateTwins, nix, nixInstantiate, nixOk, runNix, runNixAsync, tempDir } from '../helpers/nix.js';
+import { serveCache } from '../substituter/http-server.js';
 import { realiseInProcess as realise } from '../helpers/cli.js';
 import { makeFixture, NIX_CONF, type Fixture } from '../remote/fixture.js';
 import { sshdOk, startSshd, type Sshd } from '../remote/sshd.js';
@@ -113,6 +114,31 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(n.stderr).toBe("error: option 'log-format' has an invalid value 'fancy'\n");
     expect(o.stderr).toBe(n.stderr);
     expect(o.status).toBe(n.status);
+  });
+
+  it('a substitution from an http:// cache: the NAR download as a FileTransfer activity inside the copy', async () => {
+    const out = nix('nix-store', ['--store', N(), ...SANDBOX, '--realise', drv.ref!]).split('\n')[0]!;
+    const cache = path.join(dir, 'http-cache');
+    nix('nix', ['copy', '--store', N(), '--to', `file://${cache}`, out]);
+    const server = await serveCache(cache);
+    try {
+      const subst = ['--option', 'substituters', server.url, '--option', 'require-sigs', 'false'];
+      // Nix runs while this process serves the cache: not spawnSync.
+      const n = await runNixAsync('nix-store', ['--store', path.join(dir, 'H1'), ...subst, '--realise', out, '--log-format', 'internal-json']);
+      const o = await realise(['build', '--store', path.join(dir, 'H2'), ...subst, out, '--log-format', 'internal-json']);
+      expect(n.status, n.stderr).toBe(0);
+      expect(o.status, o.stderr).toBe(0);
+      const [ns, os] = [parseStream(n.stderr), parseStream(o.stderr)];
+      expect(ns.problems).toEqual([]);
+      expect(os.problems).toEqual([]);
+      // Nix's downloads of nix-cache-info and narinfo files (while querying) are not produced: NARs only.
+      const nars = (a: { type: number; text: string }) => a.type !== 101 || a.text.includes('/nar/');
+      const want = summarise(ns, [...LOCAL_TYPES, 101], undefined, nars);
+      expect(want.activities.filter((a) => a.includes('"type":101'))).toHaveLength(2);
+      expect(summarise(os, [...LOCAL_TYPES, 101], undefined, nars)).toEqual(want);
+    } finally {
+      await server.close();
+    }
   });
 
   it('--json-log-path: the same stream goes to a file (or a listening Unix socket) while stderr shows the normal display', async () => {

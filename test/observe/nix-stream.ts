@@ -64,9 +64,9 @@ export function parseStream(stderr: string): ParsedStream {
 }
 
 /** What must be the same between two streams of the same work; `types`: the activity types compared. */
-export function summarise(s: ParsedStream, types: readonly number[], normalise: (x: string) => string = (x) => x) {
+export function summarise(s: ParsedStream, types: readonly number[], normalise: (x: string) => string = (x) => x, keep: (a: StreamActivity) => boolean = () => true) {
   const norm = (v: unknown): unknown => (typeof v === 'string' ? normalise(stripAnsi(v)) : v);
-  const acts = [...s.activities.values()].filter((a) => types.includes(a.type));
+  const acts = [...s.activities.values()].filter((a) => types.includes(a.type) && keep(a));
   // Final progress as [done, running, failed]: Nix's `expected` at the end depends on when its goal objects
   // were freed (a failed goal's expected build is uncounted when it is freed, a built one's is not).
   const top = (type: number) => {
