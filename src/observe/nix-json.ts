@@ -85,13 +85,13 @@ export class NixJsonLog {
       if (id !== undefined) this.result(id, ResultType.BuildLogLine, [e.line]);
     });
     on('build-finished', (e) => this.stopKeyed(this.builds, e.drvPath));
+    on('post-build-hook-started', (e) => {
+      this.stopKeyed(this.hooks, e.drvPath);
+      this.hooks.set(e.drvPath, this.start(ActivityType.PostBuildHook, LogLevel.Info, `running post-build-hook '${e.hook}'`, [e.drvPath]));
+    });
     on('post-build-hook-log', (e) => {
-      let id = this.hooks.get(e.drvPath);
-      if (id === undefined) {
-        id = this.start(ActivityType.PostBuildHook, LogLevel.Info, `running post-build-hook on '${e.drvPath}'`, [e.drvPath]);
-        this.hooks.set(e.drvPath, id);
-      }
-      this.result(id, ResultType.PostBuildLogLine, [e.line]);
+      const id = this.hooks.get(e.drvPath);
+      if (id !== undefined) this.result(id, ResultType.PostBuildLogLine, [e.line]);
     });
     on('build-waiting', (e) => {
       this.ensureTop();
