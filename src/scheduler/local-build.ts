@@ -240,7 +240,8 @@ async function waitForLocks(store: Worker['ctx']['store'], targets: readonly str
 function inBuildSlot<R>(w: Worker, drvPath: StorePath, fn: (releaseSlot: () => void) => Promise<R>, nextRound = false): Promise<R> {
   // Waiting for a slot, the goal no longer prepares; the gate grants free slots in Nix's goal order. When
   // its builder is done, the goal is busy again (registering, finishing) until it waits or ends.
-  const activity = w.activity(drvPath);
+  const goal = w.goalOf(drvPath);
+  const activity = goal?.activity;
   activity?.pause();
   return new Promise<R>((resolve, reject) => {
     slotGate(w.ctx.buildQueue).request(drvPath, () => new Promise<void>((slotFreed) => {
@@ -254,7 +255,7 @@ function inBuildSlot<R>(w: Worker, drvPath: StorePath, fn: (releaseSlot: () => v
       let p: Promise<R>;
       try { p = fn(free); } catch (e) { p = Promise.reject(e); }
       p.then(resolve, reject).finally(free);
-    }), w.depthOf(drvPath), nextRound);
+    }), goal?.depth ?? 0, nextRound);
   });
 }
 

@@ -33,6 +33,10 @@ export interface DrvGoalEntry {
   result?: BuildResult;
   /** Holds one of the call's turns to start (see MAX_STARTING_GOALS). */
   starting?: boolean;
+  /** Distance from the call's targets when the path was first asked for (the order of build slots). */
+  readonly depth: number;
+  /** Whether the goal is preparing or waiting, for the order of build slots (one build slot only). */
+  activity?: GoalActivity | undefined;
   /** Goals waiting for this one (Nix's waiters), told when it is done. */
   waiters?: InputWait[];
   /** The result as a promise, made when someone awaits it (`Worker.promiseOf`). */
@@ -216,9 +220,8 @@ export class Worker {
 
   /** derivationGoal's record, for a goal that waits for it as an input (see `waitForInputs`). */
   goalEntry(drvPath: StorePath, outputs: Iterable<string> | undefined, mode: BuildMode = this.mode, parent?: StorePath): DrvGoalEntry {
-    if (!this.depths.has(drvPath)) this.depths.set(drvPath, parent === undefined ? 0 : (this.depths.get(parent) ?? 0) + 1);
     const want = outputs === undefined ? undefined : new Set(outputs);
-    if (want && (want.has('*') || want.size === 0)) return this.goalEntry(drvPath, undefined, mode);
+    if (want && (want.has('*') || want.size === 0)) return this.goalEntry(drvPath, undefined, mode, parent);
     const existing = this.drvGoals.get(drvPath);
     if (existing && covers(existing.wanted, want)) return existing;
     if (existing && !existing.result) {
@@ -228,11 +231,10 @@ export class Worker {
     }
     // A finished goal asked for more outputs: a new goal for all of them.
     const wanted = existing ? (want === undefined || existing.wanted === undefined ? undefined : new Set([...existing.wanted, ...want])) : want;
-    const entry: DrvGoalEntry = { drvPath, mode, wanted };
+    const depth = existing?.depth ?? (parent === undefined ? 0 : (this.drvGoals.get(parent)?.depth ?? 0) + 1);
+    const entry: DrvGoalEntry = { drvPath, mode, wanted, depth, activity: slotGate(this.ctx.buildQueue).goal() };
     this.ctx.emit('goal-created', { kind: 'derivation', path: drvPath, ...(wanted ? { outputs: [...wanted] } : {}) });
     this.drvGoals.set(drvPath, entry);
-    const activity = slotGate(this.ctx.buildQueue).goal();
-    if (activity) this.activities.set(drvPath, activity);
     if (this.starting < MAX_STARTING_GOALS) this.start(entry);
     else this.toStart.push(entry);
     return entry;
@@ -268,8 +270,7 @@ export class Worker {
   blocked<T>(drvPath: StorePath, p: Promise<T>): Promise<T> {
     const e = this.drvGoals.get(drvPath);
     if (e) this.startedFully(e);
-    const activity = this.activities.get(drvPath);
-    return activity ? activity.blocked(p) : p;
+    return e?.activity ? e.activity.blocked(p) : p;
   }
 
   /** A goal's result as a promise (made on demand: goals that only other goals wait for need none). */
@@ -311,7 +312,7 @@ export class Worker {
       return;
     }
     // Waiting for other goals, it is not preparing (the order of build slots depends on it).
-    this.activities.get(e.drvPath)?.pause();
+    e.activity?.pause();
     for (const d of waiting.deps) {
       if (d.result) iw.inputDone(inputOutcome(d.result));
       else (d.waiters ??= []).push(iw);
@@ -323,23 +324,15 @@ export class Worker {
   /** @internal Every input of a waiting goal is done (or one failed, without keepGoing). */
   inputsDone(iw: InputWait): void {
     const e = iw.goal;
-    this.activities.get(e.drvPath)?.resume();
+    e.activity?.resume();
     if (iw.failed > 0) this.finish(e, failure('dependency-failed', `${iw.failed} dependencies of derivation '${e.drvPath}' failed to build`));
     else if (iw.stopped > 0) this.finish(e, stoppedResult(`build of '${e.drvPath}'`));
     else this.step(e, iw.wanted, afterInputs(this, e.drvPath, iw.wanted, e.mode, iw.waiting));
   }
 
-  private readonly activities = new Map<StorePath, GoalActivity>();
-  /** Each derivation goal's distance from the call's targets, when it was first asked for (`parent`). */
-  private readonly depths = new Map<StorePath, number>();
-
-  depthOf(drvPath: StorePath): number {
-    return this.depths.get(drvPath) ?? 0;
-  }
-
-  /** Whether the derivation goal of `drvPath` is preparing or waiting, for the order of build slots. */
-  activity(drvPath: StorePath): GoalActivity | undefined {
-    return this.activities.get(drvPath);
+  /** The derivation goal of `drvPath` in this call (its depth and activity steer the order of build slots). */
+  goalOf(drvPath: StorePath): DrvGoalEntry | undefined {
+    return this.drvGoals.get(drvPath);
   }
 
   /** A bug in the worker's own bookkeeping, rethrown by the call once its goals are done. */
@@ -347,11 +340,8 @@ export class Worker {
 
   private finish(e: DrvGoalEntry, result: BuildResult): void {
     const { drvPath } = e;
-    const activity = this.activities.get(drvPath);
-    if (activity) {
-      activity.done();
-      this.activities.delete(drvPath);
-    }
+    e.activity?.done();
+    e.activity = undefined;
     e.result = result;
     const waiters = e.waiters;
     e.waiters = undefined;
