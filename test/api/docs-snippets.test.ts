@@ -5,11 +5,11 @@
  * default chroot store, so they need bubblewrap and /bin/busybox (always there in CI).
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { bwrapOk, tempDir } from '../helpers/nix.js';
+import { bwrapOk, removeTreeSync, tempDir } from '../helpers/nix.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const TSX = path.join(ROOT, 'node_modules/tsx/dist/loader.mjs');
@@ -38,7 +38,7 @@ const SHOWS: Record<string, RegExp> = {
 };
 
 const dir = tempDir('realise-docs-');
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+afterAll(() => removeTreeSync(dir));
 
 describe.skipIf(!bwrapOk())('runnable code blocks of the docs', () => {
   it('the docs have the runnable blocks the test expects, and no others', () => {

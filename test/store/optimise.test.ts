@@ -6,13 +6,13 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, lstatSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { LocalStore } from '../../src/store/local-store.js';
-import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { nix, nixOk, removeTreeSync, runNix, tempDir } from '../helpers/nix.js';
 
 const dirs: string[] = [];
-afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+afterAll(() => { for (const d of dirs) removeTreeSync(d); });
 const nonce = `${process.pid}-${Date.now()}`;
 
 /** A source tree with duplicates inside and across trees: same bytes, executable or not, symlinks, empty files. */
