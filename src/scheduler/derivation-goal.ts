@@ -13,6 +13,7 @@ import { knownPath, preferLocalBuild, substitutesAllowed, type DrvView } from '.
 import { buildLocally, postBuildHook } from './local-build.js';
 import { failure, success, isSuccess, type BuildResult } from './results.js';
 import { substitutionSucceeded } from './substitution-goal.js';
+import { BuildSetupError } from './errors.js';
 import type { BuildMode, DrvGoalEntry, Worker } from './worker.js';
 
 interface OutputStatus {
@@ -101,7 +102,9 @@ export async function untilInputs(w: Worker, drvPath: StorePath, wanted: Set<str
   statuses = tried.statuses;
   if (mode === 'repair' && allWantedValid(statuses)) return repairClosure(w, view, statuses);
   if (mode === 'check' && statuses.some((s) => s.wanted && !s.valid)) {
-    return failure('misc-failure', `some outputs of '${drvPath}' are not valid, so checking is not possible`);
+    // Nix throws this out of the worker: the whole call ends with it (exit 1), --keep-going or not.
+    throw new BuildSetupError(`some outputs of '${drvPath}' are not valid, so checking is not possible`,
+      { hint: 'build the derivation normally first, then check it' });
   }
 
   // 4. Give up on substitution: realise the inputs (all outputs are built from here on).

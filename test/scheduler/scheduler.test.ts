@@ -587,13 +587,13 @@ describe('check mode and repeated rounds (fake sandbox)', () => {
     await removeTree(store.toRealPath(out) + '.check');
   });
 
-  it('check of a derivation whose outputs are not valid fails without building', async () => {
+  it('check of a derivation whose outputs are not valid ends the whole call, keepGoing or not, as Nix throws', async () => {
     const sb = fake();
     sb.auto = () => 0;
     const d = await mkDrv('check-missing');
-    const [r] = await engineWith(sb).buildPathsWithResults([d], { mode: 'check' });
-    expect(r!.result.status).not.toBe('built');
-    expect(r!.result.errorMsg).toContain('checking is not possible');
+    const e = await engineWith(sb, { keepGoing: true }).buildPathsWithResults([d], { mode: 'check' }).then(() => undefined, (x: unknown) => x);
+    expect(e).toBeInstanceOf(BuildSetupError);
+    expect((e as BuildSetupError).reason).toBe(`some outputs of '${d}' are not valid, so checking is not possible`);
     expect(sb.started).toHaveLength(0);
   });
 
