@@ -117,13 +117,6 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
 
   private async context(): Promise<EngineContext> {
     const store = await this.storePromise;
-    // Probe the Linux sandbox when it may be used: the option asks for it, or the store is a chroot store,
-    // which always builds sandboxed whatever the option says (as Nix).
-    const sandboxWanted = this.options.sandbox !== false && typeof this.options.sandbox !== 'object';
-    if (sandboxWanted || store.storeDir !== store.realStoreDir) {
-      this.linuxSandbox ??= probeLinuxSandbox(this.options);
-      this.linuxChoice = await this.linuxSandbox;
-    }
     const subs = sortByPriority(await this.initSubstituters());
     return {
       store,
@@ -203,7 +196,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     return p;
   }
 
-  private pickSandbox(store: Store, view: DrvView): Sandbox {
+  private async pickSandbox(store: Store, view: DrvView): Promise<Sandbox> {
     // Built-ins run in the engine whatever the sandbox setting (Nix's need no builder process either).
     const mode = this.options.sandbox;
     if (isBuiltinBuilder(view.builder)) {
@@ -219,7 +212,10 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       storeDir: store.storeDir, realStoreDir: store.realStoreDir, drvPath: view.drvPath,
     });
     if (!use) return this.noSandbox;
-    const choice = this.linuxChoice;
+    // The Linux sandbox is probed when the first build needs it: a call that builds nothing (every output
+    // valid) or nothing sandboxed starts no probe.
+    this.linuxSandbox ??= probeLinuxSandbox(this.options);
+    const choice = (this.linuxChoice = await this.linuxSandbox);
     if (choice?.sandbox) return choice.sandbox;
     const why = choice && !choice.sandbox ? choice.reason : 'the sandbox was not probed';
     const fix = choice && !choice.sandbox ? choice.hint : 'install bubblewrap or a C compiler';

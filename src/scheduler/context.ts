@@ -30,5 +30,5 @@ export interface EngineContext {
   /** Load (and cache) a derivation. */
   loadDrv(drvPath: StorePath): Promise<DrvView>;
   /** The sandbox to use for a derivation, or an error message saying why none can be used. */
-  pickSandbox(view: DrvView): Sandbox;
+  pickSandbox(view: DrvView): Promise<Sandbox>;
 }

@@ -293,7 +293,7 @@ async function runOneRound(
   w: Worker, view: DrvView, plan: LocalBuildPlan, round: number, validNow: Set<StorePath>, previous: RoundOutputs | undefined,
   releaseSlot: () => void,
 ): Promise<RoundResult> {
-  const sandbox = pickSandbox(w, view);
+  const sandbox = await pickSandbox(w, view);
   const outs = await planScratchOutputs(w, view, plan.mode !== 'normal' || round > 1, validNow, sandbox.isolated);
   const dir = await prepareBuildDir(w, view, sandbox.isolated);
   const r = new LocalRound(w, view, plan, round, sandbox, outs, dir);
@@ -323,9 +323,9 @@ async function runOneRound(
 }
 
 /** The sandbox for this build; Nix's startBuilder throws its refusal (`__noChroot` with sandbox = true) out of the build. */
-function pickSandbox(w: Worker, view: DrvView): Sandbox {
+async function pickSandbox(w: Worker, view: DrvView): Promise<Sandbox> {
   try {
-    return w.ctx.pickSandbox(view);
+    return await w.ctx.pickSandbox(view);
   } catch (e) {
     throw asSetupError(e);
   }
