@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// The `realise` command. Runs the compiled CLI (dist/, made by `npm run build`) when it is newer than the
-// sources, else the TypeScript sources through tsx.
+// The `realise` command. Runs the bundled CLI (dist/bundle/main.js, made by `npm run build`: one file for
+// Node to load) or else the compiled one (dist/cli/main.js) when it is newer than the sources, else the
+// TypeScript sources through tsx.
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
@@ -19,7 +20,8 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   });
 }
 
-const dist = new URL('../dist/cli/main.js', import.meta.url);
+const bundle = new URL('../dist/bundle/main.js', import.meta.url);
+const compiled = new URL('../dist/cli/main.js', import.meta.url);
 const src = fileURLToPath(new URL('../src', import.meta.url));
 
 function newestSource(dir) {
@@ -31,9 +33,16 @@ function newestSource(dir) {
   return newest;
 }
 
-const useDist = existsSync(dist) && (!existsSync(src) || statSync(dist).mtimeMs >= newestSource(src));
-if (useDist) {
-  await import(dist.href);
+let sourcesTime;
+const fresh = (built) => {
+  if (!existsSync(built)) return false;
+  sourcesTime ??= existsSync(src) ? newestSource(src) : 0;
+  return statSync(built).mtimeMs >= sourcesTime;
+};
+if (fresh(bundle)) {
+  await import(bundle.href);
+} else if (fresh(compiled)) {
+  await import(compiled.href);
 } else {
   const { register } = await import('tsx/esm/api');
   register();

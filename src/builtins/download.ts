@@ -8,10 +8,17 @@
 import { createReadStream } from 'node:fs';
 import { STATUS_CODES } from 'node:http';
 import { fileURLToPath } from 'node:url';
-import { Agent, ProxyAgent, request, type Dispatcher } from 'undici';
+import { createRequire } from 'node:module';
+import type { Agent, Dispatcher } from 'undici';
 import { curlWords, isAbortError } from '../substituter/curl-words.js';
 import { BuiltinFailure, hintfmt, plainMessage, type NixMessage } from './log.js';
 import { netrcCredentials, type NetrcEntry } from './netrc.js';
+
+let undiciModule: typeof import('undici') | undefined;
+/** undici, loaded on the first download (its import is tens of ms of start-up that most commands never need). */
+function undici(): typeof import('undici') {
+  return (undiciModule ??= createRequire(import.meta.url)('undici') as typeof import('undici'));
+}
 
 export interface DownloadOptions {
   readonly signal: AbortSignal;
@@ -164,13 +171,13 @@ async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) 
       let dispatcher = opts.agent;
       if (proxy) {
         // As curl: http:// goes to the proxy as a plain request with the absolute URL, https:// through CONNECT.
-        dispatcher = new ProxyAgent({
+        dispatcher = new (undici().ProxyAgent)({
           uri: proxy, proxyTunnel: u.protocol === 'https:', requestTls: { rejectUnauthorized: false }, proxyTls: { rejectUnauthorized: false },
         });
         proxies.push(dispatcher);
       }
       try {
-        res = await request(u.toString(), { method: 'GET', dispatcher, headers, signal: opts.signal });
+        res = await undici().request(u.toString(), { method: 'GET', dispatcher, headers, signal: opts.signal });
       } catch (e) {
         if (opts.signal.aborted || isAbortError(e)) throw interrupted(url);
         return { ok: false, error: new DownloadError(plainMessage(`unable to download '${url}': ${curlWords(e)}`), true, { cause: e }) };
@@ -234,5 +241,5 @@ async function readSome(body: Dispatcher.ResponseData['body']): Promise<string |
 
 /** The connection pool builtin:fetchurl uses for direct requests: Nix does not verify TLS for it. */
 export function fetchurlAgent(): Agent {
-  return new Agent({ connections: 8, keepAliveTimeout: 10_000, connect: { rejectUnauthorized: false } });
+  return new (undici().Agent)({ connections: 8, keepAliveTimeout: 10_000, connect: { rejectUnauthorized: false } });
 }

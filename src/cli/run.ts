@@ -17,40 +17,10 @@ import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from '
 import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
 import { asActivity, LOG_FORMATS, makeDisplay, openJsonSink, type Display, type LogFormat } from './log-format.js';
 import { applyNixConf, readNixConf } from './nix-conf.js';
+import { answerHelpOrVersion, USAGE } from './usage.js';
 import { gcCommand, storeCommand } from './gc.js';
 import { dependenciesFirst, failureLines, filterLogMessage, formatError, formatWarning, missingLines, summariseFailures, systemErrorMessage } from './report.js';
 
-const USAGE = `usage: realise COMMAND [FLAGS] ARGS
-
-commands:
-  build DRV[!OUTPUTS]|PATH...  nix-store --realise: build derivations (DRV!out,dev, DRV^out,dev or DRV^*) or
-                              fetch paths, and print the output paths
-  ensure PATH...              make store paths valid, substituting them
-  repair PATH...              nix-store --repair-path: substitute again, or rebuild the deriver in repair mode
-  path-info [-r] PATH...      nix path-info: a .drv means its outputs (--derivation: the .drv itself);
-                              -s size, -S closure size, --sigs, -h human-readable, --json
-  copy --to URL PATH...       write the closure of PATHs to a binary cache (file:// URL)
-  gc [--print-dead|--print-live|--print-roots] [--max-freed N[KMGT]]
-                              nix-store --gc: delete unreachable paths (keep-outputs, keep-derivations apply)
-  gc --delete [--ignore-liveness] PATH...   nix-store --delete: delete paths nothing live needs
-  store optimise              nix-store --optimise: hard-link identical files through <store>/.links
-  report TRACE [-o OUT]       the HTML report (timeline, critical path, slowest builds, failures) of a trace file
-
-flags:
-  --store ROOT|local?root=..&store=..&state=..&log=..   the store (default: the embedded default store)
-  --store daemon|unix://SOCKET   a system Nix installation's store, through its nix-daemon
-  --substituter URL  --trusted-public-key KEY  --max-jobs N  --cores N  --keep-going  --fallback
-  --check  --repair  --timeout S  --max-silent-time S  --builders SPEC  --keep-failed  --json
-  --dry-run  --add-root PATH  --ignore-unknown  --quiet  -Q (no build output)  -L (build logs on a terminal)
-  --log-format raw|raw-with-logs|internal-json|bar|bar-with-logs   --json-log-path FILE|SOCKET (internal-json there too)
-  --trace-file FILE (Chrome trace of the run)  --report FILE (its HTML report)
-  --version  --help
-  --option NAME VALUE   any of: sandbox, sandbox-fallback, sandbox-paths, extra-sandbox-paths, build-repeat,
-                        enforce-determinism, max-build-log-size, log-lines, post-build-hook, system,
-                        system-features, extra-platforms, require-sigs, substituters, trusted-public-keys,
-                        max-substitution-jobs, secret-key, compression, hashed-mirrors, netrc-file,
-                        download-attempts
-`;
 
 async function openStoreArg(spec: string | undefined): Promise<Store> {
   if (!spec) return LocalStore.openDefault();
@@ -579,14 +549,6 @@ async function copy(args: CliArgs, store: Store): Promise<number> {
   return 0;
 }
 
-function version(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
-    return pkg.version ?? 'unknown';
-  } catch {
-    return 'unknown';
-  }
-}
 
 /** Nix's show-trace setting of the command being run (how `main` prints an error's trace). */
 let showTrace = false;
@@ -596,8 +558,8 @@ async function run(argv: string[]): Promise<number> {
   // nix-store reads nix.conf and $NIX_CONFIG first; a malformed one ends it as a usage error.
   applyNixConf(args, readNixConf(process.env));
   showTrace = args.options.get('show-trace') === 'true';
-  if (args.help) { process.stdout.write(USAGE); return 0; }
-  if (args.version) { process.stdout.write(`realise (realise) ${version()}, mirroring nix-store (Nix) 2.8.0\n`); return 0; }
+  const answered = answerHelpOrVersion(args);
+  if (answered !== undefined) return answered;
   if (!args.command) { process.stderr.write(USAGE); return 1; }
   if (!['build', 'ensure', 'repair', 'path-info', 'copy', 'report', 'gc', 'store'].includes(args.command)) throw new UsageError(`unknown command '${args.command}'`);
   if (args.logFormat !== undefined && !(LOG_FORMATS as readonly string[]).includes(args.logFormat)) {

@@ -3,7 +3,6 @@
  * because only this layer (and src/remote) may start child processes; src/substituter uses it for
  * bzip2-compressed NARs of old binary caches, where JS decoders are 2–5× slower and buffer everything.
  */
-import { execa } from 'execa';
 import { Readable } from 'node:stream';
 
 export class ExternalDecompressorError extends Error {
@@ -23,6 +22,8 @@ export async function* decompressWithProgram(
   source: AsyncIterable<Uint8Array>,
   opts: { signal?: AbortSignal } = {},
 ): AsyncGenerator<Uint8Array> {
+  // execa is loaded here, on first use: importing it costs tens of ms of start-up.
+  const { execa } = await import('execa');
   const child = execa(command, [...args], {
     stdin: 'pipe', stdout: 'pipe', stderr: 'pipe', buffer: { stdout: false, stderr: true },
     encoding: 'buffer', reject: false, stripFinalNewline: false,

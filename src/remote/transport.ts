@@ -5,7 +5,8 @@
  */
 import { createConnection, type Socket } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
-import { execa, type ResultPromise } from 'execa';
+import { createRequire } from 'node:module';
+import type { ResultPromise } from 'execa';
 import { RemoteConnectionError } from './errors.js';
 
 export interface Transport {
@@ -40,6 +41,12 @@ export interface StdioTransportOptions {
 
 const TAIL_LINES = 20;
 
+let execaModule: typeof import('execa') | undefined;
+/** execa, loaded when the first transport is spawned (its import is tens of ms of start-up). */
+function execa(): typeof import('execa').execa {
+  return (execaModule ??= createRequire(import.meta.url)('execa') as typeof import('execa')).execa;
+}
+
 /** Spawn `command args...` and speak over its stdin/stdout. */
 export class StdioTransport implements Transport {
   readonly input: Readable;
@@ -52,7 +59,7 @@ export class StdioTransport implements Transport {
 
   private constructor(command: string, args: readonly string[], opts: StdioTransportOptions) {
     this.description = [command, ...args].join(' ');
-    this.child = execa(command, args, {
+    this.child = execa()(command, args, {
       stdin: 'pipe',
       stdout: 'pipe',
       stderr: 'pipe',

@@ -3,18 +3,25 @@
  * Reads `nix-cache-info` once, `<hashpart>.narinfo` per path (bounded parallelism, remembered in a
  * NarInfoCache), and streams `nar/...` files through the right decompressor.
  */
+import { createRequire } from 'node:module';
 import { createReadStream, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { STATUS_CODES } from 'node:http';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Agent, request, type Dispatcher } from 'undici';
+import type { Agent, Dispatcher } from 'undici';
 import { curlWords, isAbortError } from './curl-words.js';
 import { DEFAULT_STORE_DIR, storePathHashPart, type StorePath } from '../store/store-path.js';
 import { decompressStream, DecompressionError } from './compression.js';
 import { BadNarInfoError, parseCacheInfo, parseNarInfo, type NarInfo } from './narinfo.js';
 import { NarInfoCache } from './narinfo-cache.js';
 import { SubstituterError, type FetchNarOptions, type SubstitutablePathInfo, type Substituter } from './substituter.js';
+
+let undiciModule: typeof import('undici') | undefined;
+/** undici, loaded when the first HTTP cache is opened: importing it costs tens of ms of start-up that file:// caches and commands without a cache never need. */
+function undici(): typeof import('undici') {
+  return (undiciModule ??= createRequire(import.meta.url)('undici') as typeof import('undici'));
+}
 
 export interface BinaryCacheSubstituterOptions {
   /** Public keys `name:base64` whose signatures are trusted. @default [] */
@@ -211,7 +218,7 @@ class HttpTransport implements Transport {
     if (opts.dispatcher) {
       this.dispatcher = opts.dispatcher;
     } else {
-      this.ownAgent = new Agent({ connections: opts.maxConnections, keepAliveTimeout: 30_000, headersTimeout: opts.timeoutMs, bodyTimeout: opts.timeoutMs });
+      this.ownAgent = new (undici().Agent)({ connections: opts.maxConnections, keepAliveTimeout: 30_000, headersTimeout: opts.timeoutMs, bodyTimeout: opts.timeoutMs });
       this.dispatcher = this.ownAgent;
     }
   }
@@ -227,7 +234,7 @@ class HttpTransport implements Transport {
     for (;;) {
       let failure: SubstituterError;
       try {
-        const res = await request(this.url(rel), { method: 'GET', dispatcher: this.dispatcher, ...(signal ? { signal } : {}), headers: { 'user-agent': 'realise' } });
+        const res = await undici().request(this.url(rel), { method: 'GET', dispatcher: this.dispatcher, ...(signal ? { signal } : {}), headers: { 'user-agent': 'realise' } });
         if (res.statusCode === 200) return res;
         // As Nix: 403 too means "not in this cache" (S3 answers it for a missing key).
         if (res.statusCode === 404 || res.statusCode === 410 || res.statusCode === 403) {

@@ -2,10 +2,8 @@
  * Streaming (de)compression of NAR files: xz (node-liblzma), zstd (zstd-napi), br and gzip (node:zlib),
  * bzip2 (Debian's `bzip2`, through src/platform, the layer allowed to start processes), none.
  */
-import { createUnxz, createXz } from 'node-liblzma';
 import type { Transform } from 'node:stream';
 import * as zlib from 'node:zlib';
-import { CompressStream } from 'zstd-napi';
 import { createRequire } from 'node:module';
 import { ThreadTasks } from '../store/thread-tasks.js';
 import { Bzip2Encoder } from '../store/bzip2.js';
@@ -13,9 +11,18 @@ import { RealiseError } from '../store/errors.js';
 import type * as ZstdBinding from 'zstd-napi/binding.js';
 
 /** zstd-napi's native binding (CommonJS whose exports Node's ESM loader cannot name statically). */
-const zstdBinding = createRequire(import.meta.url)('zstd-napi/binding.js') as typeof ZstdBinding;
 import { decompressWithProgram } from '../platform/external-decompressor.js';
 import type { Compression } from './narinfo.js';
+
+// The native codecs are loaded on first use: their imports cost tens of ms of start-up that commands
+// which never (de)compress a NAR do not pay.
+const requireHere = createRequire(import.meta.url);
+let lzmaModule: typeof import('node-liblzma') | undefined;
+const lzma = (): typeof import('node-liblzma') => (lzmaModule ??= requireHere('node-liblzma') as typeof import('node-liblzma'));
+let zstdModule: typeof import('zstd-napi') | undefined;
+const zstd = (): typeof import('zstd-napi') => (zstdModule ??= requireHere('zstd-napi') as typeof import('zstd-napi'));
+let zstdBindingModule: typeof ZstdBinding | undefined;
+const zstdBinding = (): typeof ZstdBinding => (zstdBindingModule ??= requireHere('zstd-napi/binding.js') as typeof ZstdBinding);
 
 const CHUNK = 1 << 20;
 
@@ -35,7 +42,7 @@ function outputChunk(sizeHint: number | undefined): number {
 function decoder(c: Exclude<Compression, 'none' | 'bzip2' | 'zstd'>, sizeHint: number | undefined): Transform {
   const chunkSize = outputChunk(sizeHint);
   switch (c) {
-    case 'xz': return createUnxz({ chunkSize }) as unknown as Transform;
+    case 'xz': return lzma().createUnxz({ chunkSize }) as unknown as Transform;
     case 'br': return zlib.createBrotliDecompress({ chunkSize });
     case 'gzip': return zlib.createGunzip({ chunkSize });
   }
@@ -43,8 +50,8 @@ function decoder(c: Exclude<Compression, 'none' | 'bzip2' | 'zstd'>, sizeHint: n
 
 function encoder(c: Exclude<Compression, 'none' | 'bzip2'>, level?: number): Transform {
   switch (c) {
-    case 'xz': return createXz({ preset: level ?? 6, chunkSize: CHUNK }) as unknown as Transform;
-    case 'zstd': return new CompressStream({ compressionLevel: level ?? 3 });
+    case 'xz': return lzma().createXz({ preset: level ?? 6, chunkSize: CHUNK }) as unknown as Transform;
+    case 'zstd': return new (zstd().CompressStream)({ compressionLevel: level ?? 3 });
     case 'br': return zlib.createBrotliCompress({ chunkSize: CHUNK, params: { [zlib.constants.BROTLI_PARAM_QUALITY]: level ?? 6 } });
     case 'gzip': return zlib.createGzip({ chunkSize: CHUNK, level: level ?? 6 });
   }
@@ -156,7 +163,7 @@ const EMPTY = Buffer.alloc(0);
  * more than decoding a small NAR), and output buffers are sized to the NAR instead of 128 KiB each.
  */
 async function* zstdDecode(source: AsyncIterable<Uint8Array>, sizeHint: number | undefined): AsyncGenerator<Uint8Array> {
-  const dctx = zstdPool.pop() ?? new zstdBinding.DCtx();
+  const dctx = zstdPool.pop() ?? new (zstdBinding().DCtx)();
   const size = outputChunk(sizeHint);
   let out = Buffer.allocUnsafe(size);
   let pos = 0;
@@ -202,7 +209,7 @@ async function* zstdDecode(source: AsyncIterable<Uint8Array>, sizeHint: number |
         if (got > 0) yield dst;
       }
       if (src.length === 0) continue;
-      if (!streaming) { dctx.reset(zstdBinding.ResetDirective.sessionOnly); streaming = true; }
+      if (!streaming) { dctx.reset(zstdBinding().ResetDirective.sessionOnly); streaming = true; }
       for (;;) {
         src = src.subarray(step(src));
         if (pos === out.length) {
@@ -224,7 +231,7 @@ async function* zstdDecode(source: AsyncIterable<Uint8Array>, sizeHint: number |
     if (inFrame) throw new DecompressionError('zstd decompression failed: the compressed data are truncated (stream ended in the middle of a frame)');
     clean = true;
   } finally {
-    if (!clean) dctx.reset(zstdBinding.ResetDirective.sessionOnly);
+    if (!clean) dctx.reset(zstdBinding().ResetDirective.sessionOnly);
     if (zstdPool.length < 16) zstdPool.push(dctx);
   }
 }
@@ -240,7 +247,7 @@ let offThreadOk = true;
  */
 const decoderSource = `
 const { parentPort } = require('node:worker_threads');
-const z = require(${JSON.stringify(createRequire(import.meta.url).resolve('zstd-napi/binding.js'))});
+const z = require(${JSON.stringify(requireHere.resolve('zstd-napi/binding.js'))});
 const d = new z.DCtx();
 parentPort.on('message', (m) => {
   try {
@@ -315,9 +322,9 @@ function oneShotFrameSize(src: Buffer, sizeHint: number | undefined): { frame: n
   let frame: number;
   let content: number | null;
   try {
-    content = zstdBinding.getFrameContentSize(src);
+    content = zstdBinding().getFrameContentSize(src);
     if (content === null || content > ONE_SHOT_MAX || (sizeHint !== undefined && content > sizeHint)) return undefined;
-    frame = zstdBinding.findFrameCompressedSize(src);
+    frame = zstdBinding().findFrameCompressedSize(src);
   } catch {
     return undefined;
   }
