@@ -2,10 +2,13 @@
 // with esbuild, so that starting the command costs Node one file to resolve and compile instead of a
 // hundred modules. npm packages stay external (native addons must; the rest are loaded from
 // node_modules, most of them only when a command needs them). Code reached only through a dynamic
-// import() lands in its own chunk. bin/realise.js runs dist/bundle/main.js when it is newer than src/.
+// import() lands in its own chunk. Plain .cjs files of src/ (worker-thread scripts, found through
+// `new URL('./x.cjs', import.meta.url)`) are copied next to the bundle. bin/realise.js runs
+// dist/bundle/main.js when it is newer than src/.
 //   node scripts/bundle-cli.mjs          (part of `npm run build` and `prepare`)
 import { build } from 'esbuild';
-import { rmSync } from 'node:fs';
+import { copyFileSync, readdirSync, rmSync } from 'node:fs';
+import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -26,3 +29,18 @@ await build({
   keepNames: true,
   logLevel: 'warning',
 });
+
+// The worker scripts, next to the chunks that name them relative to import.meta.url.
+const copied = new Map();
+const copyScripts = (dir) => {
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) copyScripts(p);
+    else if (e.name.endsWith('.cjs')) {
+      if (copied.has(e.name)) throw new Error(`bundle-cli: two scripts named ${e.name} (${copied.get(e.name)}, ${p}): the bundle is one directory`);
+      copied.set(e.name, p);
+      copyFileSync(p, path.join(outdir, e.name));
+    }
+  }
+};
+copyScripts(`${root}src`);
