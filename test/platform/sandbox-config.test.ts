@@ -1,9 +1,10 @@
+import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkImpureHostDeps, parsePreBuildHookOutput, parseSandboxMode, parseSandboxPaths, splitSandboxPathsOption, useSandbox } from '../../src/platform/sandbox-config.js';
 import { SandboxError } from '../../src/platform/sandbox-errors.js';
 import { nixSeccompFilter, REFUSED_SYSCALLS } from '../../src/platform/seccomp.js';
-import { chooseSandbox, sandboxAvailable } from '../../src/platform/probe.js';
+import { chooseSandbox, diagnoseUserNamespaces, sandboxAvailable } from '../../src/platform/probe.js';
 import { NoSandbox } from '../../src/platform/no-sandbox.js';
 import { LinuxSandbox } from '../../src/platform/linux-sandbox.js';
 import { bwrapOk, tempDir } from '../helpers/nix.js';
@@ -160,4 +161,21 @@ describe.skipIf(!bwrapOk() || !ccOk())('availability and choice', () => {
     await expect(chooseSandbox({ ...broken, mode: true, fallback: false })).rejects.toMatchObject({ code: 'sandbox-unavailable' });
     await expect(chooseSandbox({ ...broken, mode: false, chrootStore: true })).rejects.toThrow(/the store is a chroot store/);
   }, 30_000);
+});
+
+describe('why user namespaces cannot be made (diagnoseUserNamespaces)', () => {
+  const max = readFileSync('/proc/sys/user/max_user_namespaces', 'utf8').trim();
+  it.runIf(max !== '0')('ENOSPC and EPERM from the backends: a limit reached, or a policy; each with a fix', () => {
+    const limit = diagnoseUserNamespaces('creating namespaces (unshare): No space left on device');
+    expect(limit?.reason).toMatch(/^no more user namespaces may be created here/);
+    expect(limit?.hint).toContain('sysctl -w user.max_user_namespaces=');
+    const bwrap = diagnoseUserNamespaces('bwrap: Creating new namespace failed: nesting depth or /proc/sys/user/max_*_namespaces exceeded (ENOSPC)');
+    expect(bwrap?.reason).toBe(limit?.reason);
+    if (process.getuid?.() === 0) {
+      expect(diagnoseUserNamespaces('creating namespaces (unshare): Operation not permitted')?.reason).toMatch(/^creating user namespaces is not permitted here/);
+    }
+  });
+  it('other problems are not about namespaces', () => {
+    expect(diagnoseUserNamespaces("cannot build the sandbox helper: spawn /nonexistent/cc ENOENT")).toBeUndefined();
+  });
 });
