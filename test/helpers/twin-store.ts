@@ -9,7 +9,9 @@ import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSy
 import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import { runNix, runNixAsync, tempDir, type NixRunResult } from './nix.js';
+import { spawn } from 'node:child_process';
+import { lockFiles } from '../../src/store/locks.js';
+import { nixEnv, runNix, tempDir, type NixRunResult } from './nix.js';
 import { realiseInProcess } from './cli.js';
 
 export type Side = 'nix' | 'ours';
@@ -106,16 +108,26 @@ export class TwinStores {
     return { stdout: r.stdout, stderr: r.stderr, status: r.status };
   }
 
-  /** `count` builds of ARGS at once, each its own process (Nix's concurrent tests). */
-  async buildConcurrently(side: Side, count: number, args: string[]): Promise<NixRunResult[]> {
+  /**
+   * `count` builds of ARGS at once, each its own process (Nix's concurrent tests). `gate`: a path whose
+   * lock (`<gate>.lock`, as the builds take it) is held until every process says it is waiting for it, so
+   * that all of them are running before the first build starts however slowly each one starts up.
+   */
+  async buildConcurrently(side: Side, count: number, args: string[], gate?: string): Promise<NixRunResult[]> {
     this.use(side);
+    const held = gate ? await lockFiles([gate]) : undefined;
+    let waiting = 0;
+    const onStderr = (text: string) => {
+      if (held && text.includes(`waiting for lock on '${gate}'`) && ++waiting === count) held.releaseSync();
+    };
     const runs: Promise<NixRunResult>[] = [];
     for (let i = 0; i < count; i++) {
       runs.push(side === 'nix'
-        ? runNixAsync('nix-store', ['--store', this.uri('nix'), '--realise', ...args], { env: this.env, cwd: this.tests })
-        : runNixAsync(process.execPath, [BIN, 'build', '--store', this.uri('ours'), ...args], { env: this.env, cwd: this.tests }));
+        ? spawnRun('nix-store', ['--store', this.uri('nix'), '--realise', ...args], this.env, this.tests, onStderr)
+        : spawnRun(process.execPath, [BIN, 'build', '--store', this.uri('ours'), ...args], this.env, this.tests, onStderr));
     }
-    return Promise.all(runs);
+    // A process that ends before it waits (a failure) opens the gate for the others.
+    return Promise.all(runs.map((r) => r.finally(() => held?.releaseSync())));
   }
 
   /** The database rows Nix compares by (ids and registration times left out). */
@@ -150,4 +162,20 @@ export class TwinStores {
     this.use(side);
     return readFileSync(p, 'utf8');
   }
+}
+
+/** A process run to its end, its stderr also passed on line by line as it comes. */
+function spawnRun(cmd: string, args: string[], env: Record<string, string>, cwd: string, onStderr: (line: string) => void): Promise<NixRunResult> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env: nixEnv(env), cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+    child.stderr.setEncoding('utf8').on('data', (c: string) => {
+      const start = stderr.lastIndexOf('\n') + 1;
+      stderr += c;
+      for (const line of stderr.slice(start).split('\n').slice(0, -1)) onStderr(line);
+    });
+    child.on('close', (code) => resolve({ stdout, stderr, status: code ?? -1 }));
+  });
 }
