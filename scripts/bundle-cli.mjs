@@ -6,15 +6,16 @@
 // `new URL('./x.cjs', import.meta.url)`) are copied next to the bundle. bin/realise.js runs
 // dist/bundle/main.js when it is newer than src/.
 //   node scripts/bundle-cli.mjs          (part of `npm run build` and `prepare`)
+//   node scripts/bundle-cli.mjs OUTDIR   (elsewhere; OUTDIR/meta.json is esbuild's metafile)
 import { build } from 'esbuild';
-import { copyFileSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const outdir = `${root}dist/bundle`;
+const outdir = process.argv[2] ? path.resolve(process.argv[2]) : `${root}dist/bundle`;
 rmSync(outdir, { recursive: true, force: true });
-await build({
+const result = await build({
   absWorkingDir: root,
   entryPoints: ['src/cli/main.ts'],
   outdir,
@@ -28,7 +29,9 @@ await build({
   minify: true,
   keepNames: true,
   logLevel: 'warning',
+  metafile: Boolean(process.argv[2]),
 });
+if (process.argv[2]) writeFileSync(path.join(outdir, 'meta.json'), JSON.stringify(result.metafile));
 
 // The worker scripts, next to the chunks that name them relative to import.meta.url.
 const copied = new Map();

@@ -1,0 +1,78 @@
+/**
+ * The bundled CLI (scripts/bundle-cli.mjs, what `npm run build` and `npm ci` make for bin/realise.js):
+ * it runs, and its start-up loads no npm package a command may not need. Bundled here into a fresh
+ * directory inside the checkout (so its external packages resolve from node_modules), not into dist/.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { tempDir } from '../helpers/nix.js';
+
+const ROOT = path.resolve(__dirname, '../..');
+
+interface Meta {
+  outputs: Record<string, { imports: { path: string; kind: string; external?: boolean }[] }>;
+}
+
+describe('the bundled CLI', () => {
+  let dir: string;
+  let meta: Meta;
+  beforeAll(() => {
+    mkdirSync(path.join(ROOT, 'tmp'), { recursive: true });
+    dir = mkdtempSync(path.join(ROOT, 'tmp', 'bundle-'));
+    const r = spawnSync(process.execPath, [path.join(ROOT, 'scripts/bundle-cli.mjs'), dir], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    meta = JSON.parse(readFileSync(path.join(dir, 'meta.json'), 'utf8')) as Meta;
+  }, 120_000);
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** The npm packages a chunk and the chunks it imports statically load as the chunk is imported. */
+  const staticPackages = (chunk: string): Set<string> => {
+    const seen = new Set<string>();
+    const pkgs = new Set<string>();
+    const visit = (out: string): void => {
+      if (seen.has(out)) return;
+      seen.add(out);
+      for (const i of meta.outputs[out]!.imports) {
+        if (i.kind !== 'import-statement') continue;
+        if (i.path in meta.outputs) visit(i.path);
+        else if (!i.path.startsWith('node:')) pkgs.add(i.path);
+      }
+    };
+    visit(chunk);
+    return pkgs;
+  };
+  const chunk = (re: RegExp): string => Object.keys(meta.outputs).find((k) => re.test(path.basename(k)) && k.endsWith('.js'))!;
+
+  it('answers --version and --help from its entry alone, which loads no npm package', () => {
+    expect([...staticPackages(chunk(/^main\.js$/))]).toEqual([]);
+    const version = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version as string;
+    const r = spawnSync(process.execPath, [path.join(dir, 'main.js'), '--version'], { encoding: 'utf8' });
+    expect(r.stdout).toBe(`realise (realise) ${version}, mirroring nix-store (Nix) 2.8.0\n`);
+    expect(r.status).toBe(0);
+    const h = spawnSync(process.execPath, [path.join(dir, 'main.js'), '--help'], { encoding: 'utf8' });
+    expect(h.stdout).toMatch(/^usage: realise COMMAND/);
+  });
+
+  it('loads the HTTP client, execa and the xz/zstd codecs only when a command uses them', () => {
+    const run = chunk(/^run-.*\.js$/);
+    expect(run).toBeDefined();
+    const loaded = staticPackages(run);
+    for (const lazy of ['undici', 'execa', 'node-liblzma', 'zstd-napi']) expect(loaded.has(lazy), lazy).toBe(false);
+    // What a store command does need is there.
+    expect(loaded.has('better-sqlite3')).toBe(true);
+  });
+
+  it('runs a store command', () => {
+    const store = tempDir('realise-bundle-store-');
+    try {
+      const r = spawnSync(process.execPath, [path.join(dir, 'main.js'), 'gc', '--print-dead', '--store', store], { encoding: 'utf8' });
+      expect(r.stderr).toBe('finding garbage collector roots...\ndetermining live/dead paths...\n');
+      expect(r.status).toBe(0);
+    } finally {
+      rmSync(store, { recursive: true, force: true });
+    }
+  });
+});
