@@ -16,6 +16,9 @@ if (mode === 'half') {
   async function* stall() {
     yield nar.subarray(0, Math.floor(nar.length / 2));
     process.stdout.write('HALF\n');
+    // Hang until killed. A bare never-settling promise would not keep the event loop alive: once the store's
+    // own handles are idle, Node would exit ("unsettled top-level await") and the writer would die on its own.
+    setInterval(() => {}, 1 << 30);
     await new Promise(() => {});
   }
   await store.addToStore({ path: p, narHash: hash, narSize: nar.length, references: [] }, stall());
