@@ -122,70 +122,53 @@ function rm(dir: string): void {
   rmSync(dir, { recursive: true, force: true });
 }
 
+/**
+ * RUNS times on fresh twin copies of `src`: nix-store with `nixArgs` on one, `ours` (store opened and
+ * closed inside the timing) on the other, alternating which goes first so that neither always meets a
+ * warmer or colder cache. Returns the medians and the last outputs of both.
+ */
+async function twinRuns<T>(base: string, src: string, nixArgs: string[], ours: (store: LocalStore) => Promise<T>): Promise<{ nixMs: number; ourMs: number; nix: { stdout: string; stderr: string }; our: T }> {
+  const nixMs: number[] = [];
+  const ourMs: number[] = [];
+  let nix = { stdout: '', stderr: '' };
+  let our: T | undefined;
+  for (let r = 0; r < RUNS; r++) {
+    const n = path.join(base, `${path.basename(src)}-n${r}`);
+    const o = path.join(base, `${path.basename(src)}-o${r}`);
+    copy(src, n);
+    copy(src, o);
+    const runNix = () => { const res = nixStore(n, nixArgs); nixMs.push(res.ms); nix = res; };
+    const runOurs = async () => {
+      const t0 = performance.now();
+      const store = await LocalStore.open({ root: o });
+      our = await ours(store);
+      await store.close();
+      ourMs.push(performance.now() - t0);
+    };
+    if (r % 2 === 0) { runNix(); spawnSync('sync'); await runOurs(); } else { await runOurs(); spawnSync('sync'); runNix(); }
+    rm(n);
+    rm(o);
+  }
+  return { nixMs: median(nixMs), ourMs: median(ourMs), nix, our: our! };
+}
+
 async function main(): Promise<void> {
   const base = mkdtempSync(path.join(tmpdir(), 'realise-bench-gc-'));
   try {
-    // Collection.
     const gcStore = path.join(base, 'gc');
     const tops = await makeGcStore(gcStore, PATHS);
     for (const [i, t] of tops.entries()) if (i % 2 === 0) symlinkSync(t, path.join(gcStore, 'nix/var/nix/gcroots', `root-${i}`));
-    const nixMs: number[] = [];
-    const ourMs: number[] = [];
-    let nixDeleted = '';
-    let ourDeleted = 0;
-    for (let r = 0; r < RUNS; r++) {
-      const n = path.join(base, `gc-n${r}`);
-      const o = path.join(base, `gc-o${r}`);
-      copy(gcStore, n);
-      copy(gcStore, o);
-      // Alternate which goes first, so that neither always meets a warmer or colder cache.
-      const runNix = () => { const res = nixStore(n, ['--gc']); nixMs.push(res.ms); nixDeleted = res.stdout.trim(); };
-      const runOurs = async () => {
-        const t0 = performance.now();
-        const store = await LocalStore.open({ root: o });
-        const gc = await store.collectGarbage();
-        await store.close();
-        ourMs.push(performance.now() - t0);
-        ourDeleted = gc.paths.length;
-      };
-      if (r % 2 === 0) { runNix(); spawnSync('sync'); await runOurs(); } else { await runOurs(); spawnSync('sync'); runNix(); }
-      rm(n);
-      rm(o);
-    }
-    if (!nixDeleted.startsWith(`${ourDeleted} store paths deleted`)) throw new Error(`Nix: '${nixDeleted}', we deleted ${ourDeleted}`);
-    const gcN = median(nixMs);
-    const gcO = median(ourMs);
-    console.log(`collect ${PATHS} paths (${ourDeleted} dead): nix-store --gc ${gcN.toFixed(0)} ms, collectGarbage ${gcO.toFixed(0)} ms, ratio ${(gcO / gcN).toFixed(2)}`);
+    const gc = await twinRuns(base, gcStore, ['--gc'], (s) => s.collectGarbage());
+    const nixDeleted = gc.nix.stdout.trim();
+    if (!nixDeleted.startsWith(`${gc.our.paths.length} store paths deleted`)) throw new Error(`Nix: '${nixDeleted}', we deleted ${gc.our.paths.length}`);
+    console.log(`collect ${PATHS} paths (${gc.our.paths.length} dead): nix-store --gc ${gc.nixMs.toFixed(0)} ms, collectGarbage ${gc.ourMs.toFixed(0)} ms, ratio ${(gc.ourMs / gc.nixMs).toFixed(2)}`);
 
-    // Optimisation.
     const optStore = path.join(base, 'opt');
     await makeOptStore(optStore, FILES);
-    const nixOpt: number[] = [];
-    const ourOpt: number[] = [];
-    let nixLinked = '';
-    let ourLinked = 0;
-    for (let r = 0; r < RUNS; r++) {
-      const n = path.join(base, `opt-n${r}`);
-      const o = path.join(base, `opt-o${r}`);
-      copy(optStore, n);
-      copy(optStore, o);
-      const runNix = () => { const res = nixStore(n, ['--optimise']); nixOpt.push(res.ms); nixLinked = /hard-linking (\d+) files/.exec(res.stderr)?.[1] ?? '?'; };
-      const runOurs = async () => {
-        const t0 = performance.now();
-        const store = await LocalStore.open({ root: o });
-        const stats = await store.optimiseStore();
-        await store.close();
-        ourOpt.push(performance.now() - t0);
-        ourLinked = stats.filesLinked;
-      };
-      if (r % 2 === 0) { runNix(); spawnSync('sync'); await runOurs(); } else { await runOurs(); spawnSync('sync'); runNix(); }
-      rm(n);
-      rm(o);
-    }
-    if (String(ourLinked) !== nixLinked) throw new Error(`Nix linked ${nixLinked} files, we linked ${ourLinked}`);
-    const optN = median(nixOpt);
-    const optO = median(ourOpt);
-    console.log(`optimise ${FILES} files (${ourLinked} linked): nix-store --optimise ${optN.toFixed(0)} ms, optimiseStore ${optO.toFixed(0)} ms, ratio ${(optO / optN).toFixed(2)}`);
+    const opt = await twinRuns(base, optStore, ['--optimise'], (s) => s.optimiseStore());
+    const nixLinked = /hard-linking (\d+) files/.exec(opt.nix.stderr)?.[1] ?? '?';
+    if (String(opt.our.filesLinked) !== nixLinked) throw new Error(`Nix linked ${nixLinked} files, we linked ${opt.our.filesLinked}`);
+    console.log(`optimise ${FILES} files (${opt.our.filesLinked} linked): nix-store --optimise ${opt.nixMs.toFixed(0)} ms, optimiseStore ${opt.ourMs.toFixed(0)} ms, ratio ${(opt.ourMs / opt.nixMs).toFixed(2)}`);
   } finally {
     rm(base);
   }
