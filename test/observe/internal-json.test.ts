@@ -8,7 +8,7 @@
  * about …" (type 109, talkative) and its remote copy activities ("copying N paths", "copying path … to
  * 'ssh://…'", types 103/100 nested in a remote build).
  */
-import { existsSync, readFileSync, unlinkSync } from 'node:fs';
+import { existsSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -33,6 +33,7 @@ in {
   dag = mk "obs-top" [ b c ] "echo top; echo top > $out";
   failing = mk "obs-failtop" [ fail ] "echo > $out";
   ref = mk "obs-ref" [ a ] "echo $deps > $out";
+  hooked = mk "obs-hooked" [] "echo hooked build; echo x > $out";
 }`;
 
 /** Build activities, substitutions, copies, lock waits, the call's own activities. */
@@ -46,7 +47,7 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
 
   beforeAll(() => {
     dir = tempDir('realise-obs-json-');
-    for (const a of ['dag', 'failing', 'ref']) drv[a] = instantiateTwins(dir, EXPR, ['-A', a]);
+    for (const a of ['dag', 'failing', 'ref', 'hooked']) drv[a] = instantiateTwins(dir, EXPR, ['-A', a]);
   });
 
   const both = async (nixArgs: string[], ourArgs: string[], env: Record<string, string> = {}) => {
@@ -106,6 +107,23 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(want.activities.filter((a) => a.includes('"type":100'))).toHaveLength(2);
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
     expect(want.copyProgress).toEqual([2, 0, 0]);
+  });
+
+  it('a post-build hook: its PostBuildHook activity (text, fields) and the hook\'s lines in it', async () => {
+    const hook = path.join(dir, 'hook.sh');
+    writeFileSync(hook, '#!/bin/sh\necho the hook ran\n', { mode: 0o755 });
+    const opt = ['--option', 'post-build-hook', hook];
+    const { n, o, ns, os } = await both(['--store', N(), ...SANDBOX, ...opt, '--realise', drv.hooked!], ['--store', O(), ...SANDBOX, ...opt, drv.hooked!]);
+    expect(n.status, n.stderr).toBe(0);
+    expect(o.status, o.stderr).toBe(0);
+    expect(ns.problems).toEqual([]);
+    expect(os.problems).toEqual([]);
+    const hooks = (s: typeof ns) => [...s.activities.values()].filter((a) => a.type === 110).map((a) => [a.level, a.text, a.fields]);
+    expect(hooks(ns)).toEqual([[3, `running post-build-hook '${hook}'`, [drv.hooked]]]);
+    expect(hooks(os)).toEqual(hooks(ns));
+    const want = summarise(ns, LOCAL_TYPES);
+    expect(want.activities.join('\n')).toContain('"lines":["the hook ran"]');
+    expect(summarise(os, LOCAL_TYPES)).toEqual(want);
   });
 
   it('a --log-format nix-store does not know: Nix\'s error and exit status', async () => {

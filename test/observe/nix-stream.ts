@@ -48,7 +48,7 @@ export function parseStream(stderr: string): ParsedStream {
       case 'result': {
         const a = activities.get(id);
         if (!a || a.stopped) { problems.push(`result for ${a ? 'stopped' : 'unknown'} activity ${id}`); break; }
-        if (o.type === 101) a.lines.push((o.fields as string[])[0]!);
+        if (o.type === 101 || o.type === 107) a.lines.push((o.fields as string[])[0]!);
         else if (o.type === 105) a.lastProgress = o.fields as unknown[];
         break;
       }
