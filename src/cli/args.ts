@@ -187,9 +187,10 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
     if (arg === '--help' || arg === '-h') { a.help = true; continue; }
     if (arg === '--version') { a.version = true; continue; }
     if (arg === '--json') { a.json = true; continue; }
-    if (arg === '--check') { a.check = true; continue; }
+    // nix-store --realise: of --check and --repair, the last one given is the build mode.
+    if (arg === '--check') { a.check = true; a.repair = false; continue; }
     if (arg === '--recursive' || arg === '-r') { a.recursive = true; continue; }
-    if (arg === '--repair') { a.repair = true; continue; }
+    if (arg === '--repair') { a.repair = true; a.check = false; continue; }
     if (arg === '--dry-run') { a.dryRun = true; continue; }
     // Nix's verbosity: each --quiet one level down, each -v one up; the informational lines need the default.
     if (arg === '--quiet') { verbosity--; continue; }

@@ -69,6 +69,13 @@ describe('flags', () => {
     expect(() => parseArgs(['build', '-kZ', D])).toThrow("unknown flag '-Z'");
   });
 
+  it('of --check and --repair the last one wins, as nix-store --realise sets its build mode', () => {
+    const mode = (...flags: string[]) => { const a = parseArgs(['build', ...flags, D]); return [a.check, a.repair]; };
+    expect(mode('--check', '--repair')).toEqual([false, true]);
+    expect(mode('--repair', '--check')).toEqual([true, false]);
+    expect(mode('--check')).toEqual([true, false]);
+  });
+
   it('--quiet and -v count as Nix\'s verbosity: quiet only below the default level', () => {
     const q = (...flags: string[]) => parseArgs(['build', ...flags, '/nix/store/x']).quiet;
     expect([q(), q('--quiet'), q('--quiet', '-v'), q('--quiet', '--quiet', '-v'), q('-v', '--quiet'), q('--quiet', '-vv')]).toEqual([false, true, false, true, false, false]);
