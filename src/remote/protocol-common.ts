@@ -105,6 +105,29 @@ export interface WireBuildResult {
 }
 
 /** Read a `DrvOutputs` map (DrvOutput id → Realisation JSON). */
+/** A message without the terminal colours Nix puts in it. */
+export function stripAnsi(s: string): string {
+  return s.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
+}
+
+/**
+ * A BuildResult as both protocols send it: the status, the error message (Nix's colours stripped), then,
+ * when the peer's protocol version has them, the times and the realisations of the built outputs.
+ */
+export async function readBuildResult(r: WireReader, storeDir: string, has: { times: boolean; builtOutputs: boolean }): Promise<WireBuildResult> {
+  const status = buildStatusFromWire(await r.u64());
+  const errorMsg = stripAnsi(await r.string());
+  let timesBuilt = 0, isNonDeterministic = false, startTime = 0, stopTime = 0;
+  if (has.times) {
+    timesBuilt = await r.u64();
+    isNonDeterministic = await r.bool();
+    startTime = await r.u64();
+    stopTime = await r.u64();
+  }
+  const builtOutputs = has.builtOutputs ? await readDrvOutputs(r, storeDir) : new Map<string, WireRealisation>();
+  return { status, errorMsg, timesBuilt, isNonDeterministic, startTime, stopTime, builtOutputs };
+}
+
 export async function readDrvOutputs(r: WireReader, storeDir: string): Promise<Map<string, WireRealisation>> {
   const n = await r.u64();
   const out = new Map<string, WireRealisation>();

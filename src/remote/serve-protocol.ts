@@ -8,7 +8,7 @@ import type { NarSource, PathInfo } from '../store/store-api.js';
 import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from '../store/store-path.js';
 import { RemoteConnectionError, RemoteDaemonError, RemoteProtocolError } from './errors.js';
 import {
-  buildStatusFromWire, parseWireNarHash, readDrvOutputs, writeBasicDerivation,
+  parseWireNarHash, readBuildResult, writeBasicDerivation,
   type WireBuildResult, type WireDerivation,
 } from './protocol-common.js';
 import { connectionLost, type Transport } from './transport.js';
@@ -241,18 +241,7 @@ export class ServeConnection {
       if (this.minor() >= 3) w.u64(opts.buildRepeat ?? 0).u64(opts.enforceDeterminism ?? true);
       if (this.minor() >= 7) w.u64(opts.keepFailed ?? false);
       await w.flush();
-      const r = this.reader;
-      const status = buildStatusFromWire(await r.u64());
-      const errorMsg = (await r.string()).replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
-      let timesBuilt = 0, isNonDeterministic = false, startTime = 0, stopTime = 0;
-      if (this.minor() >= 3) {
-        timesBuilt = await r.u64();
-        isNonDeterministic = await r.bool();
-        startTime = await r.u64();
-        stopTime = await r.u64();
-      }
-      const builtOutputs = this.minor() >= 6 ? await readDrvOutputs(r, this.storeDir) : new Map();
-      return { status, errorMsg, timesBuilt, isNonDeterministic, startTime, stopTime, builtOutputs };
+      return readBuildResult(this.reader, this.storeDir, { times: this.minor() >= 3, builtOutputs: this.minor() >= 6 });
     }, opts.onLog, opts.signal);
   }
 

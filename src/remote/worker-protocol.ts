@@ -13,7 +13,7 @@ import type { NarSource, PathInfo } from '../store/store-api.js';
 import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from '../store/store-path.js';
 import { RemoteConnectionError, RemoteDaemonError, RemoteProtocolError } from './errors.js';
 import {
-  buildStatusFromWire, parseWireNarHash, readDrvOutputs, writeBasicDerivation,
+  parseWireNarHash, readBuildResult, stripAnsi, writeBasicDerivation,
   type WireBuildResult, type WireDerivation,
 } from './protocol-common.js';
 import { connectionLost, type Transport } from './transport.js';
@@ -495,19 +495,8 @@ export class WorkerConnection {
     }, opts.onLog, opts.signal);
   }
 
-  private async readBuildResult(): Promise<WireBuildResult> {
-    const r = this.reader;
-    const status = buildStatusFromWire(await r.u64());
-    const errorMsg = stripAnsi(await r.string());
-    let timesBuilt = 0, isNonDeterministic = false, startTime = 0, stopTime = 0;
-    if (minor(this.version) >= 29) {
-      timesBuilt = await r.u64();
-      isNonDeterministic = await r.bool();
-      startTime = await r.u64();
-      stopTime = await r.u64();
-    }
-    const builtOutputs = minor(this.version) >= 28 ? await readDrvOutputs(r, this.storeDir) : new Map();
-    return { status, errorMsg, timesBuilt, isNonDeterministic, startTime, stopTime, builtOutputs };
+  private readBuildResult(): Promise<WireBuildResult> {
+    return readBuildResult(this.reader, this.storeDir, { times: minor(this.version) >= 29, builtOutputs: minor(this.version) >= 28 });
   }
 
   /**
@@ -663,10 +652,6 @@ function versionString(v: number): string {
   return `${v >> 8}.${v & 0xff}`;
 }
 
-function stripAnsi(s: string): string {
-  // eslint-disable-next-line no-control-regex
-  return s.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
-}
 
 function encodeInfoHeader(count: number): Buffer {
   const b = Buffer.alloc(8);
