@@ -14,11 +14,17 @@
 import { closeSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, unlinkSync, writeSync, constants as FS } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
-import fg from 'fast-glob';
+import type * as FastGlob from 'fast-glob';
 import { isStorePath, type StorePath } from './store-path.js';
 
 interface FsExt { flockSync(fd: number, flags: 'exnb'): void }
 const fsExt = createRequire(import.meta.url)('fs-ext') as FsExt;
+
+let fastGlobModule: typeof FastGlob | undefined;
+/** fast-glob, loaded by the first walk of the roots: its import costs tens of ms of every command's start-up otherwise. */
+function fastGlob(): typeof FastGlob {
+  return (fastGlobModule ??= createRequire(import.meta.url)('fast-glob') as typeof FastGlob);
+}
 
 /** Store path → where it was found. */
 export type Roots = Map<StorePath, Set<string>>;
@@ -94,9 +100,9 @@ function isInDir(p: string, dir: string): boolean {
 
 /** Roots under one directory (gcroots or profiles), walked with fast-glob (symlinked directories are roots, not walked). */
 export function findRootsIn(ctx: RootsContext, dir: string, roots: Roots): void {
-  let entries: fg.Entry[];
+  let entries: FastGlob.Entry[];
   try {
-    entries = fg.sync('**', { cwd: dir, dot: true, onlyFiles: false, followSymbolicLinks: false, objectMode: true, absolute: true, suppressErrors: true });
+    entries = fastGlob().sync('**', { cwd: dir, dot: true, onlyFiles: false, followSymbolicLinks: false, objectMode: true, absolute: true, suppressErrors: true });
   } catch (e) {
     if (errnoOf(e) === 'ENOENT' || errnoOf(e) === 'EACCES') return;
     throw e;

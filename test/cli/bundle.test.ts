@@ -56,11 +56,11 @@ describe('the bundled CLI', () => {
     expect(h.stdout).toMatch(/^usage: realise COMMAND/);
   });
 
-  it('loads the HTTP client, execa and the xz/zstd codecs only when a command uses them', () => {
+  it('loads the HTTP client, execa, the xz/zstd codecs and fast-glob only when a command uses them', () => {
     const run = chunk(/^run-.*\.js$/);
     expect(run).toBeDefined();
     const loaded = staticPackages(run);
-    for (const lazy of ['undici', 'execa', 'node-liblzma', 'zstd-napi']) expect(loaded.has(lazy), lazy).toBe(false);
+    for (const lazy of ['undici', 'execa', 'node-liblzma', 'zstd-napi', 'fast-glob']) expect(loaded.has(lazy), lazy).toBe(false);
     // What a store command does need is there.
     expect(loaded.has('better-sqlite3')).toBe(true);
   });
