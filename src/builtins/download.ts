@@ -8,17 +8,12 @@
 import { createReadStream } from 'node:fs';
 import { STATUS_CODES } from 'node:http';
 import { fileURLToPath } from 'node:url';
-import { createRequire } from 'node:module';
 import type { Agent, Dispatcher } from 'undici';
+import { undici } from '../substituter/undici.js';
 import { curlWords, isAbortError } from '../substituter/curl-words.js';
 import { BuiltinFailure, hintfmt, plainMessage, type NixMessage } from './log.js';
 import { netrcCredentials, type NetrcEntry } from './netrc.js';
 
-let undiciModule: typeof import('undici') | undefined;
-/** undici, loaded on the first download (its import is tens of ms of start-up that most commands never need). */
-function undici(): typeof import('undici') {
-  return (undiciModule ??= createRequire(import.meta.url)('undici') as typeof import('undici'));
-}
 
 export interface DownloadOptions {
   readonly signal: AbortSignal;

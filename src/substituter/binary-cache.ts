@@ -3,13 +3,13 @@
  * Reads `nix-cache-info` once, `<hashpart>.narinfo` per path (bounded parallelism, remembered in a
  * NarInfoCache), and streams `nar/...` files through the right decompressor.
  */
-import { createRequire } from 'node:module';
 import { createReadStream, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { STATUS_CODES } from 'node:http';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Agent, Dispatcher } from 'undici';
+import { undici } from './undici.js';
 import { curlWords, isAbortError } from './curl-words.js';
 import { DEFAULT_STORE_DIR, storePathHashPart, type StorePath } from '../store/store-path.js';
 import { decompressStream, DecompressionError } from './compression.js';
@@ -17,11 +17,6 @@ import { BadNarInfoError, parseCacheInfo, parseNarInfo, type NarInfo } from './n
 import { NarInfoCache } from './narinfo-cache.js';
 import { SubstituterError, type FetchNarOptions, type SubstitutablePathInfo, type Substituter } from './substituter.js';
 
-let undiciModule: typeof import('undici') | undefined;
-/** undici, loaded when the first HTTP cache is opened: importing it costs tens of ms of start-up that file:// caches and commands without a cache never need. */
-function undici(): typeof import('undici') {
-  return (undiciModule ??= createRequire(import.meta.url)('undici') as typeof import('undici'));
-}
 
 export interface BinaryCacheSubstituterOptions {
   /** Public keys `name:base64` whose signatures are trusted. @default [] */
