@@ -15,7 +15,7 @@ const BIN = path.resolve(__dirname, '../../bin/realise.js');
 const SANDBOX = '/bin/sh=/bin/busybox /bin/busybox';
 /** The scenario derivations, shared with scripts/parity-audit.sh (names `cli-*`). */
 const EXPR_FILE = fileURLToPath(new URL('../fixtures/cli/scenarios.nix', import.meta.url));
-const ATTRS = ['ok', 'fail', 'fail2', 'good', 'dep', 'slow', 'fod', 'wrongsys', 'onWrongsys'] as const;
+const ATTRS = ['ok', 'fail', 'fail2', 'good', 'dep', 'slow', 'fod', 'nondet', 'wrongsys', 'onWrongsys'] as const;
 const MISSING = '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nothere';
 
 
@@ -81,6 +81,19 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
     const f = await same([drvs.fod!]);
     expect(f.status).toBe(102);
     expect(f.stderr).toMatch(/\n {9}specified: sha256-/);
+  });
+
+  it('--check rebuilds and compares a valid output; outputs not valid end the call, -k or not; DRV!* is no wildcard', async () => {
+    await same([drvs.good!]);
+    expect((await same([drvs.good!, '--check'])).status).toBe(0);
+    // A check that would find a difference (exit 104) does not get to run: the call ends first.
+    await same([drvs.nondet!]);
+    const o = await same([drvs.nondet!, drvs.fod!, '--check', '-k']);
+    expect(o.status).toBe(1);
+    expect(o.stderr).toContain(`error: some outputs of '${drvs.fod}' are not valid, so checking is not possible`);
+    expect(o.stderr).not.toContain('build of');
+    // nix-store 2.8 takes the names after `!` literally: `*` is an output the derivation does not have.
+    expect((await same([`${drvs.ok}!out,*`])).stderr).toContain("does not have wanted outputs '*'");
   });
 
   it('arguments as nix-store reads them: missing files, paths outside the store, bad names, missing paths', async () => {
