@@ -56,8 +56,7 @@ export function followLinksToStorePath(storeDir: string, arg: string): string {
 }
 
 /**
- * A build target argument: `PATH`, `DRV!out,dev` (nix-store's form, where `*` is no wildcard), or `DRV^out,dev` /
- * `DRV^*` (newer Nix).
+ * A build target argument: `PATH`, `DRV!out,dev` (nix-store's form), or `DRV^out,dev` / `DRV^*` (newer Nix).
  * Outputs are only taken on .drv paths, as in Nix.
  */
 export function parseTargetArg(storeDir: string, arg: string): BuildTarget {
@@ -65,8 +64,6 @@ export function parseTargetArg(storeDir: string, arg: string): BuildTarget {
   const [p, outs] = m && m[1]!.endsWith('.drv') ? [m[1]!, m[3]!] : [arg, undefined];
   const storePath = followLinksToStorePath(storeDir, p);
   if (!storePath.endsWith('.drv')) return { path: storePath };
-  // nix-store 2.8's `DRV!…` takes each name literally: `*` there is an output no derivation has.
-  if (m?.[2] === '!' && outs?.split(',').includes('*')) throw new CliError(`derivation '${storePath}' does not have wanted outputs '*'`);
   if (outs === undefined || outs === '' || outs === '*') return { drvPath: storePath, outputs: '*' };
   return { drvPath: storePath, outputs: outs.split(',').filter(Boolean) };
 }
