@@ -83,7 +83,7 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
     expect(f.stderr).toMatch(/\n {9}specified: sha256-/);
   });
 
-  it('--check rebuilds and compares a valid output; outputs not valid end the call, -k or not; DRV!* is no wildcard', async () => {
+  it('--check rebuilds and compares a valid output; outputs not valid end the call, -k or not', async () => {
     await same([drvs.good!]);
     expect((await same([drvs.good!, '--check'])).status).toBe(0);
     // A check that would find a difference (exit 104) does not get to run: the call ends first.
@@ -92,8 +92,6 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
     expect(o.status).toBe(1);
     expect(o.stderr).toContain(`error: some outputs of '${drvs.fod}' are not valid, so checking is not possible`);
     expect(o.stderr).not.toContain('build of');
-    // nix-store 2.8 takes the names after `!` literally: `*` is an output the derivation does not have.
-    expect((await same([`${drvs.ok}!out,*`])).stderr).toContain("does not have wanted outputs '*'");
   });
 
   it('arguments as nix-store reads them: missing files, paths outside the store, bad names, missing paths', async () => {
