@@ -5,13 +5,12 @@
  * or per tree). The addon declares the few Node-API functions it calls itself, so no Node headers are
  * needed. Registered with the store (src/store/xattrs.ts) when this module is loaded.
  */
-import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { provideXattrOps, type XattrOps } from '../store/xattrs.js';
-import { defaultHelperCacheDir } from './sandbox-helper.js';
+import { compileCOnce, defaultHelperCacheDir } from './sandbox-helper.js';
 
 const ADDON_SOURCE = String.raw`/* realise xattr addon: strip(path, ignored) and list(path), with Node-API declared by hand. */
 #define _GNU_SOURCE
@@ -144,23 +143,7 @@ function addonPath(cacheDir: string): string {
 }
 
 async function compileAddon(dest: string, cc: string): Promise<void> {
-  try { fs.accessSync(dest, fs.constants.R_OK); return; } catch { /* build it */ }
-  fs.mkdirSync(path.dirname(dest), { recursive: true });
-  const tmpDir = fs.mkdtempSync(path.join(path.dirname(dest), '.build-'));
-  try {
-    const src = path.join(tmpDir, 'xattr.c');
-    const bin = path.join(tmpDir, 'xattr.node');
-    fs.writeFileSync(src, ADDON_SOURCE);
-    await new Promise<void>((resolve, reject) => {
-      execFile(cc, [...CFLAGS, '-o', bin, src], { timeout: 60_000 }, (err, _o, stderr) => {
-        if (err) reject(new Error(`compiling the xattr addon with '${cc}' failed: ${stderr || err.message}`));
-        else resolve();
-      });
-    });
-    fs.renameSync(bin, dest); // atomic: concurrent compilers race harmlessly
-  } finally {
-    fs.rmSync(tmpDir, { recursive: true, force: true });
-  }
+  await compileCOnce(dest, cc, ADDON_SOURCE, CFLAGS, 'the xattr addon', fs.constants.R_OK);
 }
 
 const require = createRequire(import.meta.url);

@@ -55,23 +55,31 @@ export function ensureSandboxHelper(opts: SandboxHelperOptions = {}): Promise<st
   return p;
 }
 
-async function compile(dest: string, cc: string): Promise<string> {
-  try { fs.accessSync(dest, fs.constants.X_OK); return dest; } catch { /* build it */ }
+/**
+ * Compile `source` with `cc` into `dest` once (a cached build is reused): in a private directory next to
+ * `dest`, then renamed into place, so concurrent compilers race harmlessly. `what` names it in the error.
+ */
+export async function compileCOnce(dest: string, cc: string, source: string, cflags: readonly string[], what: string, mode = fs.constants.X_OK): Promise<string> {
+  try { fs.accessSync(dest, mode); return dest; } catch { /* build it */ }
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   const tmpDir = fs.mkdtempSync(path.join(path.dirname(dest), '.build-'));
   try {
-    const src = path.join(tmpDir, 'helper.c');
-    const bin = path.join(tmpDir, 'helper');
-    fs.writeFileSync(src, HELPER_SOURCE);
+    const src = path.join(tmpDir, 'source.c');
+    const bin = path.join(tmpDir, 'out');
+    fs.writeFileSync(src, source);
     await new Promise<void>((resolve, reject) => {
-      execFile(cc, [...CFLAGS, '-o', bin, src], { timeout: 60_000 }, (err, _stdout, stderr) => {
-        if (err) reject(new Error(`compiling the sandbox helper with '${cc}' failed: ${stderr || err.message}`));
+      execFile(cc, [...cflags, '-o', bin, src], { timeout: 60_000 }, (err, _stdout, stderr) => {
+        if (err) reject(new Error(`compiling ${what} with '${cc}' failed: ${stderr || err.message}`));
         else resolve();
       });
     });
-    fs.renameSync(bin, dest); // atomic: concurrent compilers race harmlessly
+    fs.renameSync(bin, dest);
     return dest;
   } finally {
     fs.rmSync(tmpDir, { recursive: true, force: true });
   }
+}
+
+function compile(dest: string, cc: string): Promise<string> {
+  return compileCOnce(dest, cc, HELPER_SOURCE, CFLAGS, 'the sandbox helper');
 }
