@@ -7,4 +7,7 @@
  */
 import { main } from './dag.js';
 
-main(true).catch((e) => { console.error(e); process.exit(1); });
+main(true).catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

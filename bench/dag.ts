@@ -85,7 +85,12 @@ export function dagExpr(n: number, fanIn = 3, seed = 1, sandboxed = false): stri
         const prev = perLayer[l - 1]!;
         while (deps.size < Math.min(fanIn, prev)) deps.add(Math.floor(rand() * prev));
       }
-      lines.push(`  n${l}_${i} = mk "dag-${l}-${i}" [ ${[...deps].sort((a, b) => a - b).map((d) => `n${l - 1}_${d}`).join(' ')} ];`);
+      lines.push(
+        `  n${l}_${i} = mk "dag-${l}-${i}" [ ${[...deps]
+          .sort((a, b) => a - b)
+          .map((d) => `n${l - 1}_${d}`)
+          .join(' ')} ];`,
+      );
       made++;
     }
   }
@@ -123,8 +128,12 @@ export interface InstantiatedDag extends PlainStoreDirs {
 export function chrootStoreDirs(dir: string): PlainStoreDirs {
   const root = path.join(dir, 'root');
   return {
-    dir, root, storeDir: path.join(root, 'nix/store'), stateDir: path.join(root, 'nix/var/nix'),
-    logDir: path.join(root, 'nix/var/log/nix'), uri: root,
+    dir,
+    root,
+    storeDir: path.join(root, 'nix/store'),
+    stateDir: path.join(root, 'nix/var/nix'),
+    logDir: path.join(root, 'nix/var/log/nix'),
+    uri: root,
   };
 }
 
@@ -176,9 +185,7 @@ export function resetDag(d: InstantiatedDag): void {
 /** Our engine, in-process: open the store, build every derivation, close. Returns wall ms. */
 export async function runOurs(d: InstantiatedDag, maxJobs = 2): Promise<number> {
   const t0 = performance.now();
-  const store = d.root
-    ? await LocalStore.open({ root: d.root })
-    : await LocalStore.open({ storeDir: d.storeDir, stateDir: d.stateDir, logDir: d.logDir });
+  const store = d.root ? await LocalStore.open({ root: d.root }) : await LocalStore.open({ storeDir: d.storeDir, stateDir: d.stateDir, logDir: d.logDir });
   const engine = new BuildEngine({ store, sandbox: d.root !== undefined, maxJobs });
   const results = await engine.buildPaths(d.drvs);
   await store.close();
@@ -191,9 +198,15 @@ export async function runOurs(d: InstantiatedDag, maxJobs = 2): Promise<number> 
 /** Real Nix: `nix-store --realise` of every derivation, max-jobs 2, no sandbox (sandboxed mode: sandbox). Returns wall ms. */
 export function runNix(d: InstantiatedDag, maxJobs = 2): number {
   const t0 = performance.now();
-  const r = spawnSync('nix-store', ['--store', d.uri, '--realise', ...d.drvs, '--max-jobs', String(maxJobs), '--option', 'sandbox', d.root ? 'true' : 'false'], {
-    env: nixEnv(), encoding: 'utf8', maxBuffer: 1 << 28,
-  });
+  const r = spawnSync(
+    'nix-store',
+    ['--store', d.uri, '--realise', ...d.drvs, '--max-jobs', String(maxJobs), '--option', 'sandbox', d.root ? 'true' : 'false'],
+    {
+      env: nixEnv(),
+      encoding: 'utf8',
+      maxBuffer: 1 << 28,
+    },
+  );
   const ms = performance.now() - t0;
   if (r.status !== 0) throw new Error(`nix-store --realise failed (${r.status}):\n${r.stderr.slice(-2000)}`);
   const outs = r.stdout.split('\n').filter(Boolean).length;
@@ -215,10 +228,17 @@ export async function runFloor(d: InstantiatedDag, n: number, maxJobs = 2): Prom
     const hash = (i + 1).toString(32).padStart(32, '0');
     const out = d.root ? `/nix/store/${hash}-floor-${i}` : path.join(scratch, `o${i}`);
     return {
-      drvPath: `/nix/store/${hash}-floor-${i}.drv`, builder: bb ? `/nix/store/${bb}/bin/sh` : '/bin/sh', args: ['-c', `echo floor-${i} > $out`],
+      drvPath: `/nix/store/${hash}-floor-${i}.drv`,
+      builder: bb ? `/nix/store/${bb}/bin/sh` : '/bin/sh',
+      args: ['-c', `echo floor-${i} > $out`],
       env: { PATH: '/path-not-set', HOME: '/homeless-shelter', NIX_BUILD_TOP: d.root ? '/build' : buildDir, out },
-      buildDir, sandboxBuildDir: d.root ? '/build' : buildDir, storeDir: d.root ? '/nix/store' : d.storeDir, realStoreDir: d.storeDir,
-      inputPaths: bb ? [`/nix/store/${bb}`] : [], outputPaths: d.root ? [out] : [], network: false,
+      buildDir,
+      sandboxBuildDir: d.root ? '/build' : buildDir,
+      storeDir: d.root ? '/nix/store' : d.storeDir,
+      realStoreDir: d.storeDir,
+      inputPaths: bb ? [`/nix/store/${bb}`] : [],
+      outputPaths: d.root ? [out] : [],
+      network: false,
     };
   };
   const one = async (i: number) => {
@@ -230,7 +250,11 @@ export async function runFloor(d: InstantiatedDag, n: number, maxJobs = 2): Prom
   await one(-1); // starts the helper server
   const t0 = performance.now();
   let next = 0;
-  await Promise.all(Array.from({ length: maxJobs }, async () => { while (next < n) await one(next++); }));
+  await Promise.all(
+    Array.from({ length: maxJobs }, async () => {
+      while (next < n) await one(next++);
+    }),
+  );
   const ms = performance.now() - t0;
   (sandbox as { close?: () => void }).close?.();
   // Moved away rather than deleted, like everything resetDag clears (see there).
@@ -252,20 +276,22 @@ export function fmt(x: number, digits = 1): string {
 }
 
 export async function main(sandboxed = SANDBOXED): Promise<void> {
-  const sizes = process.env.REALISE_BENCH_SIZES
-    ? process.env.REALISE_BENCH_SIZES.split(',').map(Number)
-    : SMALL ? [200] : [200, 2000];
+  const sizes = process.env.REALISE_BENCH_SIZES ? process.env.REALISE_BENCH_SIZES.split(',').map(Number) : SMALL ? [200] : [200, 2000];
   const only = process.env.REALISE_BENCH_ONLY; // 'ours' | 'nix' | undefined
   const keep = process.env.REALISE_BENCH_KEEP === '1';
-  console.log(sandboxed
-    ? `# dag: layered DAG of trivial derivations, maxJobs 2, SANDBOXED, chroot store, static busybox builder; ours vs nix-store --realise --option sandbox true (Nix 2.8)`
-    : `# dag: layered DAG of trivial derivations, maxJobs 2, unsandboxed, plain store; ours vs nix-store --realise (Nix 2.8)`);
+  console.log(
+    sandboxed
+      ? `# dag: layered DAG of trivial derivations, maxJobs 2, SANDBOXED, chroot store, static busybox builder; ours vs nix-store --realise --option sandbox true (Nix 2.8)`
+      : `# dag: layered DAG of trivial derivations, maxJobs 2, unsandboxed, plain store; ours vs nix-store --realise (Nix 2.8)`,
+  );
   for (const n of sizes) {
     const runs = Number(process.env.REALISE_BENCH_RUNS ?? (SMALL ? 3 : n >= 2000 ? 3 : 5));
     const { layers, width } = shapeOf(n);
     const t0 = performance.now();
     const d = instantiateDag(n, undefined, sandboxed);
-    console.log(`\n## ${n} derivations (${layers} layers × ${width}, fan-in 3); instantiated in ${fmt((performance.now() - t0) / 1000, 2)} s; ${runs} runs each, alternating`);
+    console.log(
+      `\n## ${n} derivations (${layers} layers × ${width}, fan-in 3); instantiated in ${fmt((performance.now() - t0) / 1000, 2)} s; ${runs} runs each, alternating`,
+    );
     const ours: number[] = [];
     const nix: number[] = [];
     const floor: number[] = [];
@@ -285,19 +311,32 @@ export async function main(sandboxed = SANDBOXED): Promise<void> {
       if (!Number.isNaN(o)) ours.push(o);
       if (!Number.isNaN(x)) nix.push(x);
       if (!Number.isNaN(o) && !Number.isNaN(x)) ratios.push(o / x);
-      console.log(`run ${i + 1}: ours ${Number.isNaN(o) ? '-' : fmt(o, 0) + ' ms'}  nix ${Number.isNaN(x) ? '-' : fmt(x, 0) + ' ms'}${ratios.length === i + 1 ? `  ratio ${fmt(o / x, 3)}` : ''}`);
+      console.log(
+        `run ${i + 1}: ours ${Number.isNaN(o) ? '-' : fmt(o, 0) + ' ms'}  nix ${Number.isNaN(x) ? '-' : fmt(x, 0) + ' ms'}${ratios.length === i + 1 ? `  ratio ${fmt(o / x, 3)}` : ''}`,
+      );
     }
     const line = (who: string, xs: number[]) =>
-      xs.length ? `${who}: median ${fmt(median(xs), 0)} ms (min ${fmt(Math.min(...xs), 0)}, max ${fmt(Math.max(...xs), 0)}) = ${fmt(median(xs) / n, 2)} ms per build` : `${who}: not run`;
+      xs.length
+        ? `${who}: median ${fmt(median(xs), 0)} ms (min ${fmt(Math.min(...xs), 0)}, max ${fmt(Math.max(...xs), 0)}) = ${fmt(median(xs) / n, 2)} ms per build`
+        : `${who}: not run`;
     console.log(line('ours', ours));
     console.log(line('nix ', nix));
-    if (floor.length) console.log(`${line('floor', floor)} (builders alone through the ${sandboxed ? 'sandbox' : 'launcher'}, 2 at a time; ratio to nix ${fmt(median(floor) / median(nix), 3)})`);
-    if (ratios.length) console.log(`ratio ours/nix: median of pairs ${fmt(median(ratios), 3)} (min ${fmt(Math.min(...ratios), 3)}, max ${fmt(Math.max(...ratios), 3)}); target <= ${sandboxed ? '0.2 (issue #4)' : '0.15 (issue #3)'}`);
+    if (floor.length)
+      console.log(
+        `${line('floor', floor)} (builders alone through the ${sandboxed ? 'sandbox' : 'launcher'}, 2 at a time; ratio to nix ${fmt(median(floor) / median(nix), 3)})`,
+      );
+    if (ratios.length)
+      console.log(
+        `ratio ours/nix: median of pairs ${fmt(median(ratios), 3)} (min ${fmt(Math.min(...ratios), 3)}, max ${fmt(Math.max(...ratios), 3)}); target <= ${sandboxed ? '0.2 (issue #4)' : '0.15 (issue #3)'}`,
+      );
     if (!keep) rmSync(d.dir, { recursive: true, force: true });
     else console.log(`kept ${d.dir}`);
   }
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  main().catch((e) => { console.error(e); process.exit(1); });
+  main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
 }

@@ -26,9 +26,13 @@ async function tsGraph(store: Store): Promise<DerivationValue> {
   for (let i = 0; i < N; i++) {
     const dep: (string | DerivationValue | NixString)[] = prev ? [prev] : [];
     prev = await derivation(store, {
-      name: `node-${i}`, system: 'x86_64-linux', builder: '/bin/sh',
+      name: `node-${i}`,
+      system: 'x86_64-linux',
+      builder: '/bin/sh',
       args: ['-c', prev ? nix`echo ${prev} > $out` : 'echo leaf > $out'],
-      deps: dep, index: i, flag: i % 2 === 0,
+      deps: dep,
+      index: i,
+      flag: i % 2 === 0,
     });
     all.push(prev);
   }
@@ -47,7 +51,12 @@ function nixExpr(): string {
   in derivation { name = "top"; system = "x86_64-linux"; builder = "/bin/sh"; all = every10; }`;
 }
 
-const env = { ...process.env, NIX_REMOTE: '', NIX_USER_CONF_FILES: '/dev/null', NIX_CONFIG: 'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\n' };
+const env = {
+  ...process.env,
+  NIX_REMOTE: '',
+  NIX_USER_CONF_FILES: '/dev/null',
+  NIX_CONFIG: 'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\n',
+};
 
 /** Just enough of a Store for instantiation, all in memory (measures our own work, not the store's I/O). */
 function pureStore(): Store {
@@ -60,11 +69,18 @@ function pureStore(): Store {
       return p;
     },
     async registerDerivationOutputs() {},
-    async readTextFile(p: string) { return texts.get(p)!.text; },
+    async readTextFile(p: string) {
+      return texts.get(p)!.text;
+    },
     async computeClosure(ps: Iterable<string>) {
       const seen = new Set<string>();
       const todo = [...ps];
-      while (todo.length) { const p = todo.pop()!; if (seen.has(p)) continue; seen.add(p); todo.push(...(texts.get(p)?.refs ?? [])); }
+      while (todo.length) {
+        const p = todo.pop()!;
+        if (seen.has(p)) continue;
+        seen.add(p);
+        todo.push(...(texts.get(p)?.refs ?? []));
+      }
       return seen;
     },
   };
@@ -110,7 +126,9 @@ console.log(`  derivation() computing only (in-memory text store): median ${medi
 console.log(`  derivation() into MemoryStore: median ${median(ours).toFixed(0)} ms`);
 console.log(`  derivation() into LocalStore:  median ${median(oursLocal).toFixed(0)} ms`);
 console.log(`  nix-instantiate (reference):   median ${median(theirs).toFixed(0)} ms`);
-console.log(`  ratios to nix-instantiate: computing only ${(median(pure) / median(theirs)).toFixed(2)}, MemoryStore ${(median(ours) / median(theirs)).toFixed(2)}, LocalStore ${(median(oursLocal) / median(theirs)).toFixed(2)}`);
+console.log(
+  `  ratios to nix-instantiate: computing only ${(median(pure) / median(theirs)).toFixed(2)}, MemoryStore ${(median(ours) / median(theirs)).toFixed(2)}, LocalStore ${(median(oursLocal) / median(theirs)).toFixed(2)}`,
+);
 
 // Parse / print / hash-modulo throughput over the .drv files of the graph.
 const mem = new MemoryStore();
@@ -135,8 +153,12 @@ for (let r = 0; r < 5; r++) {
 }
 const mbps = (ms: number) => (bytes / 1e6 / (ms / 1000)).toFixed(0);
 console.log(`\n${texts.length} .drv files, ${(bytes / 1e6).toFixed(2)} MB:`);
-console.log(`  parse median ${median(parseT).toFixed(1)} ms (${mbps(median(parseT))} MB/s); print ${median(printT).toFixed(1)} ms (${mbps(median(printT))} MB/s)`);
-console.log(`  reference JSON.parse of the same text as one JSON string: ${median(jsonT).toFixed(1)} ms (${mbps(median(jsonT))} MB/s); parse/JSON ratio ${(median(parseT) / median(jsonT)).toFixed(2)}`);
+console.log(
+  `  parse median ${median(parseT).toFixed(1)} ms (${mbps(median(parseT))} MB/s); print ${median(printT).toFixed(1)} ms (${mbps(median(printT))} MB/s)`,
+);
+console.log(
+  `  reference JSON.parse of the same text as one JSON string: ${median(jsonT).toFixed(1)} ms (${mbps(median(jsonT))} MB/s); parse/JSON ratio ${(median(parseT) / median(jsonT)).toFixed(2)}`,
+);
 const hashT: number[] = [];
 for (let r = 0; r < 3; r++) {
   const hasher = new DerivationHasher(readDerivationFromStore(mem));

@@ -41,7 +41,11 @@ function bytes(seed: number, n: number): Buffer {
   let x = seed >>> 0 || 1;
   const b = Buffer.allocUnsafe(n);
   for (let i = 0; i + 4 <= n; i += 4) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
     b.writeUInt32LE(x, i);
   }
   return b;
@@ -75,7 +79,9 @@ function runNix(args: string[]): Promise<{ status: number; stderr: string }> {
   return new Promise((resolve) => {
     const c = spawn('nix-store', args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
-    c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    c.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
     c.on('close', (code) => resolve({ status: code ?? -1, stderr }));
   });
 }
@@ -94,7 +100,10 @@ async function main(): Promise<void> {
   try {
     const expr = path.join(work, 'e.nix');
     writeFileSync(expr, `let fetchurl = import <nix/fetchurl.nix>; in { ${attrs.join('\n').replaceAll('URL', url)} }`);
-    const instantiate = (store: string) => execFileSync('nix-instantiate', ['--store', store, expr], { env, encoding: 'utf8', maxBuffer: 1 << 26 }).trim().split('\n');
+    const instantiate = (store: string) =>
+      execFileSync('nix-instantiate', ['--store', store, expr], { env, encoding: 'utf8', maxBuffer: 1 << 26 })
+        .trim()
+        .split('\n');
     const N = path.join(work, 'N');
     const O = path.join(work, 'O');
     const drvs = instantiate(N);

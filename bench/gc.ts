@@ -77,7 +77,10 @@ async function makeGcStore(root: string, count: number): Promise<StorePath[]> {
       batch.push({ path: p, narHash, narSize, references: prev ? [prev] : [] });
       prev = p;
       if (i % CHAIN === CHAIN - 1) tops.push(p);
-      if (batch.length >= 1000) { await store.registerValidPaths(batch); batch = []; }
+      if (batch.length >= 1000) {
+        await store.registerValidPaths(batch);
+        batch = [];
+      }
     }
     if (batch.length) await store.registerValidPaths(batch);
   } finally {
@@ -106,7 +109,10 @@ async function makeOptStore(root: string, files: number): Promise<void> {
         chmodSync(real, 0o555);
         const { hash, size } = await hashPath(real);
         batch.push({ path: p, narHash: hash, narSize: size, references: [] });
-        if (batch.length >= 500) { await store.registerValidPaths(batch); batch = []; }
+        if (batch.length >= 500) {
+          await store.registerValidPaths(batch);
+          batch = [];
+        }
       }
       if (batch.length) await store.registerValidPaths(batch);
     } finally {
@@ -127,7 +133,12 @@ function rm(dir: string): void {
  * closed inside the timing) on the other, alternating which goes first so that neither always meets a
  * warmer or colder cache. Returns the medians and the last outputs of both.
  */
-async function twinRuns<T>(base: string, src: string, nixArgs: string[], ours: (store: LocalStore) => Promise<T>): Promise<{ nixMs: number; ourMs: number; nix: { stdout: string; stderr: string }; our: T }> {
+async function twinRuns<T>(
+  base: string,
+  src: string,
+  nixArgs: string[],
+  ours: (store: LocalStore) => Promise<T>,
+): Promise<{ nixMs: number; ourMs: number; nix: { stdout: string; stderr: string }; our: T }> {
   const nixMs: number[] = [];
   const ourMs: number[] = [];
   let nix = { stdout: '', stderr: '' };
@@ -137,7 +148,11 @@ async function twinRuns<T>(base: string, src: string, nixArgs: string[], ours: (
     const o = path.join(base, `${path.basename(src)}-o${r}`);
     copy(src, n);
     copy(src, o);
-    const runNix = () => { const res = nixStore(n, nixArgs); nixMs.push(res.ms); nix = res; };
+    const runNix = () => {
+      const res = nixStore(n, nixArgs);
+      nixMs.push(res.ms);
+      nix = res;
+    };
     const runOurs = async () => {
       const t0 = performance.now();
       const store = await LocalStore.open({ root: o });
@@ -145,7 +160,15 @@ async function twinRuns<T>(base: string, src: string, nixArgs: string[], ours: (
       await store.close();
       ourMs.push(performance.now() - t0);
     };
-    if (r % 2 === 0) { runNix(); spawnSync('sync'); await runOurs(); } else { await runOurs(); spawnSync('sync'); runNix(); }
+    if (r % 2 === 0) {
+      runNix();
+      spawnSync('sync');
+      await runOurs();
+    } else {
+      await runOurs();
+      spawnSync('sync');
+      runNix();
+    }
     rm(n);
     rm(o);
   }
@@ -161,14 +184,18 @@ async function main(): Promise<void> {
     const gc = await twinRuns(base, gcStore, ['--gc'], (s) => s.collectGarbage());
     const nixDeleted = gc.nix.stdout.trim();
     if (!nixDeleted.startsWith(`${gc.our.paths.length} store paths deleted`)) throw new Error(`Nix: '${nixDeleted}', we deleted ${gc.our.paths.length}`);
-    console.log(`collect ${PATHS} paths (${gc.our.paths.length} dead): nix-store --gc ${gc.nixMs.toFixed(0)} ms, collectGarbage ${gc.ourMs.toFixed(0)} ms, ratio ${(gc.ourMs / gc.nixMs).toFixed(2)}`);
+    console.log(
+      `collect ${PATHS} paths (${gc.our.paths.length} dead): nix-store --gc ${gc.nixMs.toFixed(0)} ms, collectGarbage ${gc.ourMs.toFixed(0)} ms, ratio ${(gc.ourMs / gc.nixMs).toFixed(2)}`,
+    );
 
     const optStore = path.join(base, 'opt');
     await makeOptStore(optStore, FILES);
     const opt = await twinRuns(base, optStore, ['--optimise'], (s) => s.optimiseStore());
     const nixLinked = /hard-linking (\d+) files/.exec(opt.nix.stderr)?.[1] ?? '?';
     if (String(opt.our.filesLinked) !== nixLinked) throw new Error(`Nix linked ${nixLinked} files, we linked ${opt.our.filesLinked}`);
-    console.log(`optimise ${FILES} files (${opt.our.filesLinked} linked): nix-store --optimise ${opt.nixMs.toFixed(0)} ms, optimiseStore ${opt.ourMs.toFixed(0)} ms, ratio ${(opt.ourMs / opt.nixMs).toFixed(2)}`);
+    console.log(
+      `optimise ${FILES} files (${opt.our.filesLinked} linked): nix-store --optimise ${opt.nixMs.toFixed(0)} ms, optimiseStore ${opt.ourMs.toFixed(0)} ms, ratio ${(opt.ourMs / opt.nixMs).toFixed(2)}`,
+    );
   } finally {
     rm(base);
   }

@@ -85,16 +85,26 @@ async function reference(files: string[]): Promise<number> {
   return bytes;
 }
 
-function median(xs: number[]): number { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]!; }
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
 
 const reuse = process.env.NARHASH_DIR;
 const base = reuse ?? mkdtempSync(path.join(tmpdir(), 'realise-bench-nar-'));
 const root = path.join(base, 'tree');
 try {
   let t = performance.now();
-  if (!existsSync(root)) { generate(root); console.log(`generated ${MB} MiB tree in ${((performance.now() - t) / 1000).toFixed(1)} s at ${root}`); }
+  if (!existsSync(root)) {
+    generate(root);
+    console.log(`generated ${MB} MiB tree in ${((performance.now() - t) / 1000).toFixed(1)} s at ${root}`);
+  }
   let overall = 0;
-  for (const [label, dir, runs] of [['whole tree', root, RUNS], ['large files only', path.join(root, 'large'), RUNS], ['small files only', path.join(root, 'small'), RUNS]] as const) {
+  for (const [label, dir, runs] of [
+    ['whole tree', root, RUNS],
+    ['large files only', path.join(root, 'large'), RUNS],
+    ['small files only', path.join(root, 'small'), RUNS],
+  ] as const) {
     const files = await listFiles(dir, []);
     const fileBytes = await reference(files); // warm the page cache
     const { size: narSize } = await hashPath(dir);
@@ -116,15 +126,25 @@ try {
     }
     const mo = median(ours);
     const mr = median(ref);
-    console.log(`\n${label}: ${files.length} files, ${(fileBytes / 2 ** 20).toFixed(0)} MiB of contents, NAR ${(narSize / 2 ** 20).toFixed(0)} MiB; ${runs} runs each`);
-    console.log(`  reference: read files + node:crypto sha256   median ${mr.toFixed(0)} MiB/s of file contents (min ${Math.min(...ref).toFixed(0)}, max ${Math.max(...ref).toFixed(0)})`);
-    console.log(`  hashPath (NAR dump + sha256, one pass)      median ${mo.toFixed(0)} MiB/s of file contents (min ${Math.min(...ours).toFixed(0)}, max ${Math.max(...ours).toFixed(0)})`);
+    console.log(
+      `\n${label}: ${files.length} files, ${(fileBytes / 2 ** 20).toFixed(0)} MiB of contents, NAR ${(narSize / 2 ** 20).toFixed(0)} MiB; ${runs} runs each`,
+    );
+    console.log(
+      `  reference: read files + node:crypto sha256   median ${mr.toFixed(0)} MiB/s of file contents (min ${Math.min(...ref).toFixed(0)}, max ${Math.max(...ref).toFixed(0)})`,
+    );
+    console.log(
+      `  hashPath (NAR dump + sha256, one pass)      median ${mo.toFixed(0)} MiB/s of file contents (min ${Math.min(...ours).toFixed(0)}, max ${Math.max(...ours).toFixed(0)})`,
+    );
     console.log(`  per CPU second (user+sys of all threads): reference ${median(refCpu).toFixed(0)} MiB, hashPath ${median(oursCpu).toFixed(0)} MiB`);
-    console.log(`  ratio ${(100 * mo / mr).toFixed(0)}% of the reference by wall clock, ${(100 * median(oursCpu) / median(refCpu)).toFixed(0)}% per CPU second`);
+    console.log(
+      `  ratio ${((100 * mo) / mr).toFixed(0)}% of the reference by wall clock, ${((100 * median(oursCpu)) / median(refCpu)).toFixed(0)}% per CPU second`,
+    );
     if (dir === root) overall = mo / mr;
   }
-  console.log(`\nwhole tree: ${(100 * overall).toFixed(0)}% of the reference by wall clock (target >= 85%): ${overall >= 0.85 ? 'met' : 'NOT met'}; load average ${loadavg()[0]!.toFixed(1)}`);
-  const fileBytes = (await listFiles(root, []).then(reference));
+  console.log(
+    `\nwhole tree: ${(100 * overall).toFixed(0)}% of the reference by wall clock (target >= 85%): ${overall >= 0.85 ? 'met' : 'NOT met'}; load average ${loadavg()[0]!.toFixed(1)}`,
+  );
+  const fileBytes = await listFiles(root, []).then(reference);
 
   t = performance.now();
   for (let k = 0; k < 8; k++) createHash('sha256').update(POOL).digest();

@@ -77,10 +77,17 @@ async function main(): Promise<void> {
       topOnly.push(performance.now() - t0);
       if (nixOk) {
         t0 = performance.now();
-        const r = spawnSync('nix-store', ['--store', uri, '--realise', ...g.drvs, '--max-jobs', '2', '--option', 'sandbox', 'false'], { env: nixEnv(), encoding: 'utf8', maxBuffer: 1 << 26 });
+        const r = spawnSync('nix-store', ['--store', uri, '--realise', ...g.drvs, '--max-jobs', '2', '--option', 'sandbox', 'false'], {
+          env: nixEnv(),
+          encoding: 'utf8',
+          maxBuffer: 1 << 26,
+        });
         const ms = performance.now() - t0;
         if (r.status === 0 && r.stdout.split('\n').filter(Boolean).length === n) nix.push(ms);
-        else { nixOk = false; console.log(`(nix-store --realise failed, no reference: ${r.stderr.slice(-300)})`); }
+        else {
+          nixOk = false;
+          console.log(`(nix-store --realise failed, no reference: ${r.stderr.slice(-300)})`);
+        }
       }
     }
     console.log(`ours, cold engine, ${n} targets: ${stats(cold)}; target < 30 ms`);
@@ -97,5 +104,8 @@ async function main(): Promise<void> {
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  main().catch((e) => { console.error(e); process.exit(1); });
+  main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
 }

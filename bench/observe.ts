@@ -24,8 +24,20 @@ import { openJsonSink, type JsonSink } from '../src/cli/log-format.js';
 import { fmt, instantiateDag, median, resetDag, SMALL, type InstantiatedDag } from './dag.js';
 
 const EVENTS = [
-  'goal-created', 'goal-started', 'goal-waiting', 'goal-finished', 'build-started', 'build-log', 'build-waiting', 'build-lock-acquired', 'build-finished',
-  'substitution-started', 'substitution-finished', 'post-build-hook-log', 'progress', 'warning',
+  'goal-created',
+  'goal-started',
+  'goal-waiting',
+  'goal-finished',
+  'build-started',
+  'build-log',
+  'build-waiting',
+  'build-lock-acquired',
+  'build-finished',
+  'substitution-started',
+  'substitution-finished',
+  'post-build-hook-log',
+  'progress',
+  'warning',
 ] as const;
 
 /** Every event of a plain run, to replay through the observers. */
@@ -86,13 +98,18 @@ async function run(d: InstantiatedDag, observed: boolean): Promise<{ wall: numbe
 async function main(): Promise<void> {
   const n = Number(process.env.REALISE_BENCH_OBSERVE_N ?? 200);
   const runs = Number(process.env.REALISE_BENCH_OBSERVE_RUNS ?? (SMALL ? 3 : 7));
-  console.log(`# observe: ${n}-node DAG, maxJobs 2, unsandboxed; plain vs internal-json to a file (the CLI's --json-log-path sink) + a trace file; ${runs} pairs, alternating`);
+  console.log(
+    `# observe: ${n}-node DAG, maxJobs 2, unsandboxed; plain vs internal-json to a file (the CLI's --json-log-path sink) + a trace file; ${runs} pairs, alternating`,
+  );
   const d = instantiateDag(n, 'realise-bench-observe-');
   const wall = { plain: [] as number[], observed: [] as number[], ratios: [] as number[] };
   const cpu = { plain: [] as number[], observed: [] as number[], ratios: [] as number[] };
   try {
     // One warm-up pair, not counted (first builds pay for module loading and the page cache).
-    for (const o of [false, true]) { resetDag(d); await run(d, o); }
+    for (const o of [false, true]) {
+      resetDag(d);
+      await run(d, o);
+    }
     for (let i = 0; i < runs; i++) {
       const order = i % 2 === 0 ? [false, true] : [true, false];
       const got: Record<string, { wall: number; cpu: number }> = {};
@@ -101,22 +118,34 @@ async function main(): Promise<void> {
         got[obs ? 'observed' : 'plain'] = await run(d, obs);
       }
       const { plain: p, observed: o } = got as { plain: { wall: number; cpu: number }; observed: { wall: number; cpu: number } };
-      for (const [acc, k] of [[wall, 'wall'], [cpu, 'cpu']] as const) {
+      for (const [acc, k] of [
+        [wall, 'wall'],
+        [cpu, 'cpu'],
+      ] as const) {
         acc.plain.push(p[k]);
         acc.observed.push(o[k]);
         acc.ratios.push(o[k] / p[k]);
       }
-      console.log(`run ${i + 1}: wall plain ${fmt(p.wall, 0)} ms, observed ${fmt(o.wall, 0)} ms (${fmt(o.wall / p.wall, 3)}); cpu plain ${fmt(p.cpu, 0)} ms, observed ${fmt(o.cpu, 0)} ms (${fmt(o.cpu / p.cpu, 3)})`);
+      console.log(
+        `run ${i + 1}: wall plain ${fmt(p.wall, 0)} ms, observed ${fmt(o.wall, 0)} ms (${fmt(o.wall / p.wall, 3)}); cpu plain ${fmt(p.cpu, 0)} ms, observed ${fmt(o.cpu, 0)} ms (${fmt(o.cpu / p.cpu, 3)})`,
+      );
     }
-    for (const [name, acc] of [['wall', wall], ['cpu', cpu]] as const) {
-      console.log(`${name}: plain median ${fmt(median(acc.plain), 0)} ms, observed median ${fmt(median(acc.observed), 0)} ms; ratio of medians ${fmt(median(acc.observed) / median(acc.plain), 3)}, median of pair ratios ${fmt(median(acc.ratios), 3)} (min ${fmt(Math.min(...acc.ratios), 3)}, max ${fmt(Math.max(...acc.ratios), 3)}); target <= 1.05`);
+    for (const [name, acc] of [
+      ['wall', wall],
+      ['cpu', cpu],
+    ] as const) {
+      console.log(
+        `${name}: plain median ${fmt(median(acc.plain), 0)} ms, observed median ${fmt(median(acc.observed), 0)} ms; ratio of medians ${fmt(median(acc.observed) / median(acc.plain), 3)}, median of pair ratios ${fmt(median(acc.ratios), 3)} (min ${fmt(Math.min(...acc.ratios), 3)}, max ${fmt(Math.max(...acc.ratios), 3)}); target <= 1.05`,
+      );
     }
     resetDag(d);
     const events = await recordEvents(d);
     const replays: number[] = [];
     for (let i = 0; i < 15; i++) replays.push(await replay(d, events));
     const best = Math.min(...replays);
-    console.log(`observers alone: ${events.length} events through the JSON log and the trace (written) in ${fmt(best, 1)} ms (best of 15; median ${fmt(median(replays), 1)} ms) = ${fmt((100 * best) / Math.min(...wall.plain), 2)}% of the fastest plain run (${fmt(Math.min(...wall.plain), 0)} ms), ${fmt((100 * best) / Math.min(...cpu.plain), 2)}% of its least CPU time (${fmt(Math.min(...cpu.plain), 0)} ms)`);
+    console.log(
+      `observers alone: ${events.length} events through the JSON log and the trace (written) in ${fmt(best, 1)} ms (best of 15; median ${fmt(median(replays), 1)} ms) = ${fmt((100 * best) / Math.min(...wall.plain), 2)}% of the fastest plain run (${fmt(Math.min(...wall.plain), 0)} ms), ${fmt((100 * best) / Math.min(...cpu.plain), 2)}% of its least CPU time (${fmt(Math.min(...cpu.plain), 0)} ms)`,
+    );
   } finally {
     rmSync(d.dir, { recursive: true, force: true });
   }

@@ -47,15 +47,26 @@ try {
   writeFileSync(path.join(dir, 'floor.c'), SOURCE);
   const exe = path.join(dir, 'floor');
   execFileSync(process.env.CC ?? 'cc', ['-O2', '-o', exe, path.join(dir, 'floor.c')]);
-  const run = (par: number, mode: string, ...prog: string[]) =>
-    Number(execFileSync(exe, [String(n), String(par), mode, ...prog], { encoding: 'utf8' }).trim());
-  console.log(`process start cost on this machine, ms per process (${n} processes per line; load ${execFileSync('cat', ['/proc/loadavg'], { encoding: 'utf8' }).split(' ').slice(0, 3).join(' ')})`);
+  const run = (par: number, mode: string, ...prog: string[]) => Number(execFileSync(exe, [String(n), String(par), mode, ...prog], { encoding: 'utf8' }).trim());
+  console.log(
+    `process start cost on this machine, ms per process (${n} processes per line; load ${execFileSync('cat', ['/proc/loadavg'], { encoding: 'utf8' }).split(' ').slice(0, 3).join(' ')})`,
+  );
   console.log(`${'what'.padEnd(44)} 1 at a time   2 at a time`);
   const line = (what: string, mode: string, ...prog: string[]) =>
-    console.log(`${what.padEnd(44)} ${run(1, mode, ...prog).toFixed(3).padStart(10)}   ${run(2, mode, ...prog).toFixed(3).padStart(10)}`);
+    console.log(
+      `${what.padEnd(44)} ${run(1, mode, ...prog)
+        .toFixed(3)
+        .padStart(10)}   ${run(2, mode, ...prog)
+        .toFixed(3)
+        .padStart(10)}`,
+    );
   line('fork + exit', 'fork-exit');
   line('vfork + exit', 'vfork-exit');
-  for (const [label, prog] of [['/bin/true', ['/bin/true']], ['static busybox true', ['/bin/busybox', 'true']], ["/bin/sh -c true", ['/bin/sh', '-c', 'true']]] as const) {
+  for (const [label, prog] of [
+    ['/bin/true', ['/bin/true']],
+    ['static busybox true', ['/bin/busybox', 'true']],
+    ['/bin/sh -c true', ['/bin/sh', '-c', 'true']],
+  ] as const) {
     if (!existsSync(prog[0])) continue;
     line(`fork + exec + wait, ${label}`, 'fork-exec', ...prog);
     line(`vfork + exec + wait, ${label}`, 'vfork-exec', ...prog);

@@ -103,7 +103,11 @@ try {
     const todo = [top];
     while (todo.length) {
       const p = todo.pop()!;
-      for (const r of (await store.queryPathInfo(p))!.references) if (!seen.has(r)) { seen.add(r); todo.push(r); }
+      for (const r of (await store.queryPathInfo(p))!.references)
+        if (!seen.has(r)) {
+          seen.add(r);
+          todo.push(r);
+        }
     }
     if (seen.size !== closureSize) throw new Error('closure reference: wrong answer');
   });

@@ -17,13 +17,27 @@ const RUNS = Number(process.env.REFSCAN_RUNS ?? 7);
 const CHUNK = Number(process.env.REFSCAN_CHUNK_KB ?? 1024) * 1024;
 
 let seed = 0x12345678;
-function rnd(): number { seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0; return seed; }
-function randomBytes(n: number): Buffer { const b = Buffer.allocUnsafe(n); for (let i = 0; i < n; i++) b[i] = rnd() & 0xff; return b; }
+function rnd(): number {
+  seed ^= seed << 13;
+  seed >>>= 0;
+  seed ^= seed >>> 17;
+  seed ^= seed << 5;
+  seed >>>= 0;
+  return seed;
+}
+function randomBytes(n: number): Buffer {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i++) b[i] = rnd() & 0xff;
+  return b;
+}
 const hashPart = () => toNixBase32(randomBytes(20));
 
 const candidates = Array.from({ length: 1000 }, hashPart);
 const others = Array.from({ length: 2000 }, hashPart);
-const words = 'the of and to in is it you that he was for on are with as his they be at one have this from or had by hot word but what some we can out other were all there when up use your how said an each she which do their time if will way about many then them write would like so these her long make thing see him two has look more day could go come did number sound no most people my over know water than call first who may down side been now find'.split(' ');
+const words =
+  'the of and to in is it you that he was for on are with as his they be at one have this from or had by hot word but what some we can out other were all there when up use your how said an each she which do their time if will way about many then them write would like so these her long make thing see him two has look more day could go come did number sound no most people my over know water than call first who may down side been now find'.split(
+    ' ',
+  );
 const pick = <T>(a: T[]): T => a[rnd() % a.length]!;
 
 function makeData(size: number): Buffer {
@@ -32,11 +46,28 @@ function makeData(size: number): Buffer {
   while (n < size) {
     const r = rnd() % 100;
     let p: Buffer;
-    if (r < 35) p = randomBytes(512 + (rnd() % 4096)); // machine code / compressed data
-    else if (r < 45) p = Buffer.alloc(64 + (rnd() % 512)); // zero padding, tables
-    else if (r < 70) p = Buffer.from(Array.from({ length: 50 + (rnd() % 200) }, () => pick(words)).join(' ') + '.\n'); // prose, comments
-    else if (r < 90) p = Buffer.from(Array.from({ length: 4 + (rnd() % 20) }, () => `/nix/store/${pick(others)}-${pick(words)}-${rnd() % 10}.${rnd() % 20}/lib/lib${pick(words)}.so\0`).join('')); // RPATHs, store paths
-    else if (r < 97) p = Buffer.from(Array.from({ length: 8 }, () => createHash('sha256').update(String(rnd())).digest(rnd() & 1 ? 'hex' : 'base64') + '\n').join('')); // digests
+    if (r < 35)
+      p = randomBytes(512 + (rnd() % 4096)); // machine code / compressed data
+    else if (r < 45)
+      p = Buffer.alloc(64 + (rnd() % 512)); // zero padding, tables
+    else if (r < 70)
+      p = Buffer.from(Array.from({ length: 50 + (rnd() % 200) }, () => pick(words)).join(' ') + '.\n'); // prose, comments
+    else if (r < 90)
+      p = Buffer.from(
+        Array.from({ length: 4 + (rnd() % 20) }, () => `/nix/store/${pick(others)}-${pick(words)}-${rnd() % 10}.${rnd() % 20}/lib/lib${pick(words)}.so\0`).join(
+          '',
+        ),
+      ); // RPATHs, store paths
+    else if (r < 97)
+      p = Buffer.from(
+        Array.from(
+          { length: 8 },
+          () =>
+            createHash('sha256')
+              .update(String(rnd()))
+              .digest(rnd() & 1 ? 'hex' : 'base64') + '\n',
+        ).join(''),
+      ); // digests
     else p = Buffer.from(`${'abcdfghijklmnpqrsvwxyz0123456789'.repeat(3 + (rnd() % 8))}\n`); // long base-32 runs
     parts.push(p);
     n += p.length;
@@ -56,30 +87,53 @@ class BaselineScanner {
   private prefixes = new Set<number>();
   private found = new Set<string>();
   private tail = Buffer.alloc(0);
-  private static IS = (() => { const t = new Uint8Array(256); for (const c of '0123456789abcdfghijklmnpqrsvwxyz') t[c.charCodeAt(0)] = 1; return t; })();
-  constructor(hs: string[]) { for (const h of hs) { this.remaining.set(h, h); this.prefixes.add(Buffer.from(h, 'latin1').readUInt32LE(0)); } }
+  private static IS = (() => {
+    const t = new Uint8Array(256);
+    for (const c of '0123456789abcdfghijklmnpqrsvwxyz') t[c.charCodeAt(0)] = 1;
+    return t;
+  })();
+  constructor(hs: string[]) {
+    for (const h of hs) {
+      this.remaining.set(h, h);
+      this.prefixes.add(Buffer.from(h, 'latin1').readUInt32LE(0));
+    }
+  }
   update(chunk: Buffer) {
     const data = this.tail.length ? Buffer.concat([this.tail, chunk]) : chunk;
     const IS = BaselineScanner.IS;
     const n = data.length;
     let i = 0;
     outer: while (i + 32 <= n) {
-      for (let j = 31; j >= 0; j--) if (!IS[data[i + j]!]) { i += j + 1; continue outer; }
-      if (this.prefixes.has(data.readUInt32LE(i))) { const h = data.toString('latin1', i, i + 32); if (this.remaining.delete(h)) this.found.add(h); }
+      for (let j = 31; j >= 0; j--)
+        if (!IS[data[i + j]!]) {
+          i += j + 1;
+          continue outer;
+        }
+      if (this.prefixes.has(data.readUInt32LE(i))) {
+        const h = data.toString('latin1', i, i + 32);
+        if (this.remaining.delete(h)) this.found.add(h);
+      }
       i++;
     }
     this.tail = Buffer.from(data.subarray(data.length - Math.min(31, data.length)));
   }
-  result() { return this.found; }
+  result() {
+    return this.found;
+  }
 }
 
-function median(xs: number[]): number { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]!; }
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
 
 const t0 = performance.now();
 const data = makeData(MB << 20);
 const chunks: Buffer[] = [];
 for (let i = 0; i < data.length; i += CHUNK) chunks.push(data.subarray(i, i + CHUNK));
-console.log(`data: ${MB} MiB in ${chunks.length} chunks of ${CHUNK >> 10} KiB (generated in ${((performance.now() - t0) / 1000).toFixed(1)} s), 1000 candidates, ${RUNS} runs`);
+console.log(
+  `data: ${MB} MiB in ${chunks.length} chunks of ${CHUNK >> 10} KiB (generated in ${((performance.now() - t0) / 1000).toFixed(1)} s), 1000 candidates, ${RUNS} runs`,
+);
 
 /**
  * Median throughput by wall clock and by CPU time of this process. On a shared, overloaded machine the
@@ -99,12 +153,31 @@ function measure(name: string, run: () => number): { wall: number; cpu: number }
     cpu.push(data.length / ((cs.user + cs.system) / 1e6) / 2 ** 30);
   }
   const m = { wall: median(wall), cpu: median(cpu) };
-  console.log(`${name.padEnd(34)} median ${m.wall.toFixed(2)} GiB/s wall (min ${Math.min(...wall).toFixed(2)}, max ${Math.max(...wall).toFixed(2)}), ${m.cpu.toFixed(2)} GiB/s per CPU second; found ${found}`);
+  console.log(
+    `${name.padEnd(34)} median ${m.wall.toFixed(2)} GiB/s wall (min ${Math.min(...wall).toFixed(2)}, max ${Math.max(...wall).toFixed(2)}), ${m.cpu.toFixed(2)} GiB/s per CPU second; found ${found}`,
+  );
   return m;
 }
 
-const ours = measure('RefScanner (src/store/references)', () => { const s = new RefScanner(candidates); for (const c of chunks) s.update(c); return s.result().size; });
-const base = measure('baseline (previous implementation)', () => { const s = new BaselineScanner(candidates); for (const c of chunks) s.update(c); return s.result().size; });
-const sha = measure('node:crypto sha256 (yardstick)', () => { const h = createHash('sha256'); for (const c of chunks) h.update(c); h.digest(); return 0; });
-console.log(`ratio ours/baseline ${(ours.wall / base.wall).toFixed(2)}x wall, ${(ours.cpu / base.cpu).toFixed(2)}x CPU; ours/sha256 ${(ours.wall / sha.wall).toFixed(2)}x wall, ${(ours.cpu / sha.cpu).toFixed(2)}x CPU`);
-console.log(`target >= 1 GiB/s: ${ours.wall >= 1 ? 'met' : 'NOT met'} by wall clock (${ours.wall.toFixed(2)}), ${ours.cpu >= 1 ? 'met' : 'NOT met'} per CPU second (${ours.cpu.toFixed(2)}); load average ${(await import('node:os')).loadavg()[0]!.toFixed(1)}`);
+const ours = measure('RefScanner (src/store/references)', () => {
+  const s = new RefScanner(candidates);
+  for (const c of chunks) s.update(c);
+  return s.result().size;
+});
+const base = measure('baseline (previous implementation)', () => {
+  const s = new BaselineScanner(candidates);
+  for (const c of chunks) s.update(c);
+  return s.result().size;
+});
+const sha = measure('node:crypto sha256 (yardstick)', () => {
+  const h = createHash('sha256');
+  for (const c of chunks) h.update(c);
+  h.digest();
+  return 0;
+});
+console.log(
+  `ratio ours/baseline ${(ours.wall / base.wall).toFixed(2)}x wall, ${(ours.cpu / base.cpu).toFixed(2)}x CPU; ours/sha256 ${(ours.wall / sha.wall).toFixed(2)}x wall, ${(ours.cpu / sha.cpu).toFixed(2)}x CPU`,
+);
+console.log(
+  `target >= 1 GiB/s: ${ours.wall >= 1 ? 'met' : 'NOT met'} by wall clock (${ours.wall.toFixed(2)}), ${ours.cpu >= 1 ? 'met' : 'NOT met'} per CPU second (${ours.cpu.toFixed(2)}); load average ${(await import('node:os')).loadavg()[0]!.toFixed(1)}`,
+);

@@ -44,7 +44,9 @@ function median(xs: number[]): number {
 }
 
 function machinesFor(tag: string, count: number, maxJobs: number): Machine[] {
-  return Array.from({ length: count }, (_, i) => machine({ storeUri: `ssh-ng://localhost?remote-store=${encodeURIComponent(path.join(dir, `${tag}-remote-${i}`))}`, maxJobs }));
+  return Array.from({ length: count }, (_, i) =>
+    machine({ storeUri: `ssh-ng://localhost?remote-store=${encodeURIComponent(path.join(dir, `${tag}-remote-${i}`))}`, maxJobs }),
+  );
 }
 
 async function ours(tag: string, machines: Machine[], concurrent: boolean): Promise<{ wall: number; perBuild: number[] }> {
@@ -61,9 +63,12 @@ async function ours(tag: string, machines: Machine[], concurrent: boolean): Prom
     redone += r.failedMachines.length;
     if (r.kind === 'built' && process.env.REMOTE_BENCH_VERBOSE) {
       const tm = r.result.timings;
-      console.log(`  ${path.basename(p)} on ${r.result.machine.slice(-12)}: connect ${tm.connect.toFixed(0)} ms, upload ${tm.upload.toFixed(0)} ms, build ${tm.build.toFixed(0)} ms, download ${tm.download.toFixed(0)} ms; ${(performance.now() - t).toFixed(0)} ms from submission`);
+      console.log(
+        `  ${path.basename(p)} on ${r.result.machine.slice(-12)}: connect ${tm.connect.toFixed(0)} ms, upload ${tm.upload.toFixed(0)} ms, build ${tm.build.toFixed(0)} ms, download ${tm.download.toFixed(0)} ms; ${(performance.now() - t).toFixed(0)} ms from submission`,
+      );
     }
-    if (r.kind !== 'built' || r.result.status !== 'built') throw new Error(`build of ${p} failed: ${JSON.stringify(r.kind === 'built' ? r.result.errorMsg : r.error.message)}`);
+    if (r.kind !== 'built' || r.result.status !== 'built')
+      throw new Error(`build of ${p} failed: ${JSON.stringify(r.kind === 'built' ? r.result.errorMsg : r.error.message)}`);
     perBuild.push((performance.now() - t) / 1000);
   };
   const t0 = performance.now();
@@ -80,7 +85,9 @@ function nixRef(tag: string, machines: Machine[]): { wall: number } {
   const root = path.join(dir, `${tag}-nix-local`);
   const drvs = instantiate(root, tag);
   const t0 = performance.now();
-  const r = runNix('nix-store', ['--store', root, '--realise', ...drvs, '--max-jobs', '0', '--builders', formatMachines(machines).replace(/\n/g, ';')], { env: { NIX_CONFIG: NIX_CONF } });
+  const r = runNix('nix-store', ['--store', root, '--realise', ...drvs, '--max-jobs', '0', '--builders', formatMachines(machines).replace(/\n/g, ';')], {
+    env: { NIX_CONFIG: NIX_CONF },
+  });
   const wall = (performance.now() - t0) / 1000;
   if (r.status !== 0) throw new Error(`nix-store --realise failed:\n${r.stderr}`);
   return { wall };
@@ -123,7 +130,9 @@ function dagNix(tag: string, machines: Machine[]): number {
   writeFileSync(file, dagExpr(tag));
   const [drv] = nixInstantiate(root, file, { file: true });
   const t0 = performance.now();
-  const r = runNix('nix-store', ['--store', root, '--realise', drv!, '--max-jobs', '1', '--builders', formatMachines(machines).replace(/\n/g, ';')], { env: { NIX_CONFIG: NIX_CONF } });
+  const r = runNix('nix-store', ['--store', root, '--realise', drv!, '--max-jobs', '1', '--builders', formatMachines(machines).replace(/\n/g, ';')], {
+    env: { NIX_CONFIG: NIX_CONF },
+  });
   if (r.status !== 0) throw new Error(`nix-store --realise failed:\n${r.stderr}`);
   return (performance.now() - t0) / 1000;
 }
@@ -138,7 +147,9 @@ async function main(): Promise<void> {
   const ourPer = median(o1.perBuild);
   const nixPer = n1.wall / N;
   console.log(`\n1 machine x 1 slot, sequential`);
-  console.log(`  realise RemoteBuilder: median ${ourPer.toFixed(3)} s/build (first ${o1.perBuild[0]!.toFixed(3)} s incl. connect), wall ${o1.wall.toFixed(2)} s`);
+  console.log(
+    `  realise RemoteBuilder: median ${ourPer.toFixed(3)} s/build (first ${o1.perBuild[0]!.toFixed(3)} s incl. connect), wall ${o1.wall.toFixed(2)} s`,
+  );
   console.log(`  Nix 2.8 build hook:    ${nixPer.toFixed(3)} s/build (wall ${n1.wall.toFixed(2)} s / ${N})`);
   console.log(`  ratio Nix/ours: ${(nixPer / ourPer).toFixed(1)}x`);
 
@@ -146,7 +157,9 @@ async function main(): Promise<void> {
   const o2 = await ours(`par-${salt}`, parM(`par-ours-${salt}`), true);
   const n2 = nixRef(`par-${salt}`, parM(`par-nix-${salt}`));
   console.log(`\n2 machines x 2 slots, all submitted at once`);
-  console.log(`  realise: wall ${o2.wall.toFixed(2)} s = ${(o2.wall / N).toFixed(3)} s/build (latency median ${median(o2.perBuild).toFixed(3)} s, max ${Math.max(...o2.perBuild).toFixed(3)} s)`);
+  console.log(
+    `  realise: wall ${o2.wall.toFixed(2)} s = ${(o2.wall / N).toFixed(3)} s/build (latency median ${median(o2.perBuild).toFixed(3)} s, max ${Math.max(...o2.perBuild).toFixed(3)} s)`,
+  );
   console.log(`  Nix 2.8: wall ${n2.wall.toFixed(2)} s = ${(n2.wall / N).toFixed(3)} s/build`);
   console.log(`  ratio Nix/ours: ${(n2.wall / o2.wall).toFixed(1)}x`);
   let dag: { nodes: number; ours: number; nix: number } | undefined;

@@ -16,17 +16,39 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
-const KNOWN = ['dag', 'dag-sandboxed', 'noop', 'scheduler-overhead', 'nar-hash', 'refscan', 'query-valid-paths', 'gc', 'substitute', 'sandbox', 'process-floor', 'remote', 'fetchurl', 'observe'];
+const KNOWN = [
+  'dag',
+  'dag-sandboxed',
+  'noop',
+  'scheduler-overhead',
+  'nar-hash',
+  'refscan',
+  'query-valid-paths',
+  'gc',
+  'substitute',
+  'sandbox',
+  'process-floor',
+  'remote',
+  'fetchurl',
+  'observe',
+];
 
 /** `--small`: REALISE_BENCH_SMALL=1 for all, plus the documented size variables of individual benchmarks. */
 const SMALL_KNOBS: Record<string, string> = {
-  NARHASH_MB: '64', NARHASH_RUNS: '3',
-  REFSCAN_MB: '16', REFSCAN_RUNS: '3',
+  NARHASH_MB: '64',
+  NARHASH_RUNS: '3',
+  REFSCAN_MB: '16',
+  REFSCAN_RUNS: '3',
   BENCH_SANDBOX_BUILDS: '20',
   BENCH_FLOOR_N: '100',
-  REMOTE_BENCH_N: '5', REMOTE_BENCH_DAG: '50',
-  GC_BENCH_PATHS: '2000', OPT_BENCH_FILES: '1000', GC_BENCH_RUNS: '1',
-  REALISE_BENCH_SUBST_PATHS: '50', REALISE_BENCH_SUBST_MB: '50', REALISE_BENCH_SUBST_RUNS: '1',
+  REMOTE_BENCH_N: '5',
+  REMOTE_BENCH_DAG: '50',
+  GC_BENCH_PATHS: '2000',
+  OPT_BENCH_FILES: '1000',
+  GC_BENCH_RUNS: '1',
+  REALISE_BENCH_SUBST_PATHS: '50',
+  REALISE_BENCH_SUBST_MB: '50',
+  REALISE_BENCH_SUBST_RUNS: '1',
 };
 
 function usage(): never {

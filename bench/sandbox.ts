@@ -18,11 +18,18 @@ import type { Sandbox, SandboxRequest } from '../src/platform/sandbox.js';
 const loadBefore = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 const N = Number(process.env.BENCH_SANDBOX_BUILDS ?? 200);
 const dir = mkdtempSync(path.join(tmpdir(), 'realise-bench-sandbox-'));
-const nixEnv = { ...process.env, NIX_REMOTE: '', NIX_CONFIG: 'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\n', NIX_USER_CONF_FILES: '/dev/null' };
+const nixEnv = {
+  ...process.env,
+  NIX_REMOTE: '',
+  NIX_CONFIG: 'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\n',
+  NIX_USER_CONF_FILES: '/dev/null',
+};
 
 /** CPU time (ms) of this process plus all children it has reaped (and their reaped descendants). */
 function cpuMs(): number {
-  const f = readFileSync('/proc/self/stat', 'utf8').slice(readFileSync('/proc/self/stat', 'utf8').lastIndexOf(')') + 2).split(' ');
+  const f = readFileSync('/proc/self/stat', 'utf8')
+    .slice(readFileSync('/proc/self/stat', 'utf8').lastIndexOf(')') + 2)
+    .split(' ');
   const tick = 100; // USER_HZ
   const [utime, stime, cutime, cstime] = [f[11], f[12], f[13], f[14]].map(Number) as [number, number, number, number];
   return ((utime + stime + cutime + cstime) * 1000) / tick;
@@ -33,13 +40,19 @@ function childrenCpuMs(): number {
   let total = 0;
   for (const tid of readdirSync('/proc/self/task')) {
     let kids = '';
-    try { kids = readFileSync(`/proc/self/task/${tid}/children`, 'utf8'); } catch { continue; }
+    try {
+      kids = readFileSync(`/proc/self/task/${tid}/children`, 'utf8');
+    } catch {
+      continue;
+    }
     for (const pid of kids.split(' ').filter(Boolean)) {
       try {
         const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
         const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
         total += ((Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * 1000) / 100;
-      } catch { /* exited */ }
+      } catch {
+        /* exited */
+      }
     }
   }
   return total;
@@ -60,15 +73,20 @@ function nix(cmd: string, args: string[]): string {
 mkdirSync(path.join(dir, 'bb/bin'), { recursive: true });
 copyFileSync('/bin/busybox', path.join(dir, 'bb/bin/busybox'));
 symlinkSync('busybox', path.join(dir, 'bb/bin/sh'));
-writeFileSync(path.join(dir, 'default.nix'), `
+writeFileSync(
+  path.join(dir, 'default.nix'),
+  `
 let bb = ./bb; in
 builtins.genList (i: derivation {
   name = "trivial-\${toString i}"; system = "x86_64-linux";
   builder = "\${bb}/bin/sh"; args = [ "-c" "echo \${toString i} > $out" ];
 }) ${N}
-`);
+`,
+);
 const nixRoot = path.join(dir, 'nix-root');
-const drvs = nix('nix-instantiate', ['--store', nixRoot, path.join(dir, 'default.nix')]).split('\n').filter(Boolean);
+const drvs = nix('nix-instantiate', ['--store', nixRoot, path.join(dir, 'default.nix')])
+  .split('\n')
+  .filter(Boolean);
 const t0 = performance.now();
 const c0 = cpuMs();
 nix('nix-store', ['--store', nixRoot, '--realise', ...drvs, '--option', 'sandbox', 'true', '--max-jobs', '1']);
@@ -90,11 +108,17 @@ function request(sandboxed: boolean): SandboxRequest {
   const out = `/nix/store/${hash}-trivial-${i}`;
   const buildDir = mkdtempSync(path.join(dir, 'build-'));
   return {
-    drvPath: `/nix/store/${hash}-trivial-${i}.drv`, builder: sandboxed ? `${bbPath}/bin/sh` : '/bin/busybox',
+    drvPath: `/nix/store/${hash}-trivial-${i}.drv`,
+    builder: sandboxed ? `${bbPath}/bin/sh` : '/bin/busybox',
     args: sandboxed ? ['-c', `echo ${i} > $out`] : ['sh', '-c', `echo ${i} > $out`],
     env: { PATH: '/path-not-set', HOME: '/homeless-shelter', NIX_BUILD_TOP: '/build', out: sandboxed ? out : path.join(realStoreDir, path.basename(out)) },
-    buildDir, sandboxBuildDir: sandboxed ? '/build' : buildDir, storeDir: '/nix/store', realStoreDir: sandboxed ? realStoreDir : realStoreDir,
-    inputPaths: [bbPath], outputPaths: [out], network: false,
+    buildDir,
+    sandboxBuildDir: sandboxed ? '/build' : buildDir,
+    storeDir: '/nix/store',
+    realStoreDir: sandboxed ? realStoreDir : realStoreDir,
+    inputPaths: [bbPath],
+    outputPaths: [out],
+    network: false,
   };
 }
 
@@ -114,7 +138,11 @@ async function measure(sb: Sandbox, sandboxed: boolean): Promise<{ median: numbe
 }
 
 const results: Record<string, { median: number; mean: number; cpu: number }> = {};
-const variants: [string, LinuxSandboxBackend, boolean][] = [['helper server', 'helper', true], ['helper per build', 'helper', false], ['bwrap', 'bwrap', false]];
+const variants: [string, LinuxSandboxBackend, boolean][] = [
+  ['helper server', 'helper', true],
+  ['helper per build', 'helper', false],
+  ['bwrap', 'bwrap', false],
+];
 for (const [label, backend, server] of variants) {
   const sb = new LinuxSandbox({ backend, server });
   await sb.backend();
@@ -138,6 +166,8 @@ console.log(`sandbox start cost, ${N} trivial builds, sequential`);
 console.log(`  load average before: ${loadBefore}, after: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`);
 console.log(`  Nix 2.8 sandboxed (nix-store --realise, wall / builds): ${nixPerBuild.toFixed(2)} ms/build, CPU ${nixCpuPerBuild.toFixed(2)} ms/build`);
 for (const [name, r] of Object.entries(results)) {
-  console.log(`  ${name.padEnd(40)} wall median ${r.median.toFixed(2)} ms, mean ${r.mean.toFixed(2)} ms/build (ratio ${(r.mean / nixPerBuild).toFixed(3)}); CPU ${r.cpu.toFixed(2)} ms/build (ratio ${(r.cpu / nixCpuPerBuild).toFixed(3)})`);
+  console.log(
+    `  ${name.padEnd(40)} wall median ${r.median.toFixed(2)} ms, mean ${r.mean.toFixed(2)} ms/build (ratio ${(r.mean / nixPerBuild).toFixed(3)}); CPU ${r.cpu.toFixed(2)} ms/build (ratio ${(r.cpu / nixCpuPerBuild).toFixed(3)})`,
+  );
 }
 rmSync(dir, { recursive: true, force: true });

@@ -30,7 +30,12 @@ import type { PathInfo } from '../src/store/store-api.js';
 import type { StorePath } from '../src/store/store-path.js';
 import type { Sandbox, SandboxExit, SandboxRequest } from '../src/platform/sandbox.js';
 import {
-  computeDerivationPath, computeOutputPaths, derivationReferences, DerivationHasher, printDerivation, type Derivation,
+  computeDerivationPath,
+  computeOutputPaths,
+  derivationReferences,
+  DerivationHasher,
+  printDerivation,
+  type Derivation,
 } from '../src/derivation/derivation.js';
 
 const SMALL = process.env.REALISE_BENCH_SMALL === '1';
@@ -47,7 +52,6 @@ export class InstantSandbox implements Sandbox {
     return { kind: 'exited', code: 0 };
   }
 }
-
 
 export interface GeneratedGraph {
   readonly dir: string;
@@ -72,7 +76,12 @@ export async function generateGraph(n: number, opts: { fanIn?: number; layers?: 
   const dir = mkdtempSync(path.join(tmpdir(), opts.prefix ?? `realise-bench-graph-${n}-`));
   const storeDir = path.join(dir, 'store');
   const store = await LocalStore.open({ storeDir, stateDir: path.join(dir, 'state'), logDir: path.join(dir, 'log') });
-  const hasher = new DerivationHasher(async (p) => { throw new Error(`unexpected read of ${p}`); }, { storeDir });
+  const hasher = new DerivationHasher(
+    async (p) => {
+      throw new Error(`unexpected read of ${p}`);
+    },
+    { storeDir },
+  );
   const system = hostSystem();
   const rand = rng(42);
   const drvs: StorePath[] = [];
@@ -99,8 +108,17 @@ export async function generateGraph(n: number, opts: { fanIn?: number; layers?: 
         for (const k of picks) inputDrvs.set(drvs[k]!, ['out']);
       }
       const base: Omit<Derivation, 'outputs'> = {
-        name, inputDrvs, inputSrcs: [], platform: system, builder: '/bin/sh', args: ['-c', 'echo > $out'],
-        env: new Map([['builder', '/bin/sh'], ['name', name], ['system', system]]),
+        name,
+        inputDrvs,
+        inputSrcs: [],
+        platform: system,
+        builder: '/bin/sh',
+        args: ['-c', 'echo > $out'],
+        env: new Map([
+          ['builder', '/bin/sh'],
+          ['name', name],
+          ['system', system],
+        ]),
       };
       const drv = await computeOutputPaths(hasher, base, new Map([['out', { type: 'input-addressed' }]]));
       const drvPath = computeDerivationPath(drv, storeDir);
@@ -111,7 +129,10 @@ export async function generateGraph(n: number, opts: { fanIn?: number; layers?: 
       utimesSync(real, 1, 1);
       const nar = narOfRegularFile(text);
       batch.push({
-        path: drvPath, narHash: Hash.of('sha256', nar), narSize: nar.length, references: derivationReferences(drv),
+        path: drvPath,
+        narHash: Hash.of('sha256', nar),
+        narSize: nar.length,
+        references: derivationReferences(drv),
         ca: `text:${Hash.of('sha256', text).toString('base32')}`,
       });
       const out = drv.env.get('out')!;
@@ -169,13 +190,17 @@ async function measure(n: number, gen: { dir: string; layers: number; width: num
     globalThis.gc?.();
     const rssBefore = process.memoryUsage().rss;
     let peak = rssBefore;
-    const timer = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss); }, 20);
+    const timer = setInterval(() => {
+      peak = Math.max(peak, process.memoryUsage().rss);
+    }, 20);
     const c0 = process.cpuUsage();
     const t0 = performance.now();
     // Progress on stderr every 30 s (a long run that is cut short still says how far it got, and how fast).
     const progress = setInterval(() => {
       const s = (performance.now() - t0) / 1000;
-      process.stderr.write(`  [${n} goals] ${s.toFixed(0)} s: ${sandbox.runs} built (${(s * 1000 / Math.max(1, sandbox.runs)).toFixed(2)} ms/goal so far), rss ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MB, peak ${(peak / 2 ** 20).toFixed(0)} MB\n`);
+      process.stderr.write(
+        `  [${n} goals] ${s.toFixed(0)} s: ${sandbox.runs} built (${((s * 1000) / Math.max(1, sandbox.runs)).toFixed(2)} ms/goal so far), rss ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MB, peak ${(peak / 2 ** 20).toFixed(0)} MB\n`,
+      );
     }, 30_000);
     const results = await engine.buildPaths(g.drvs);
     const wallMs = performance.now() - t0;
@@ -188,8 +213,16 @@ async function measure(n: number, gen: { dir: string; layers: number; width: num
     const built = results.filter((r) => r.result.status === 'built').length;
     if (built !== n || sandbox.runs !== n) throw new Error(`expected ${n} builds, got ${built} results 'built' and ${sandbox.runs} sandbox runs`);
     return {
-      n, layers: g.layers, width: g.width, genMs, wallMs, cpuMs: (cpu.user + cpu.system) / 1000,
-      peakRssMb: peak / 2 ** 20, rssBeforeMb: rssBefore / 2 ** 20, heapAfterMb: heapAfter / 2 ** 20, sandboxRuns: sandbox.runs,
+      n,
+      layers: g.layers,
+      width: g.width,
+      genMs,
+      wallMs,
+      cpuMs: (cpu.user + cpu.system) / 1000,
+      peakRssMb: peak / 2 ** 20,
+      rssBeforeMb: rssBefore / 2 ** 20,
+      heapAfterMb: heapAfter / 2 ** 20,
+      sandboxRuns: sandbox.runs,
     };
   } finally {
     await g.store.close();
@@ -200,7 +233,9 @@ function child<T>(env: Record<string, string>, what: string): T {
   const self = fileURLToPath(import.meta.url);
   const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', self], {
     env: { ...process.env, ...env },
-    encoding: 'utf8', maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'inherit'],
+    encoding: 'utf8',
+    maxBuffer: 1 << 26,
+    stdio: ['ignore', 'pipe', 'inherit'],
   });
   if (r.status !== 0) throw new Error(`${what} failed (status ${r.status})`);
   const line = r.stdout.split('\n').find((l) => l.startsWith('{'));
@@ -229,11 +264,14 @@ async function main(): Promise<void> {
     return;
   }
   const [small, big] = process.env.REALISE_BENCH_OVERHEAD_SIZES
-    ? process.env.REALISE_BENCH_OVERHEAD_SIZES.split(',').map(Number) as [number, number]
-    : SMALL ? [1000, 10_000] : [1000, 100_000];
+    ? (process.env.REALISE_BENCH_OVERHEAD_SIZES.split(',').map(Number) as [number, number])
+    : SMALL
+      ? [1000, 10_000]
+      : [1000, 100_000];
   const smallRuns = Number(process.env.REALISE_BENCH_RUNS ?? 3);
   console.log(`# scheduler-overhead: ${small} vs ${big} goals, fake instant sandbox, plain LocalStore, maxJobs 2`);
-  const per = (f: RunFigures) => `${f.n} goals (${f.layers} layers x ${f.width}, fan-in 3): generated in ${(f.genMs / 1000).toFixed(1)} s; built in ${(f.wallMs / 1000).toFixed(2)} s = ${(f.wallMs / f.n).toFixed(3)} ms/goal wall, ${(f.cpuMs / f.n).toFixed(3)} ms/goal cpu; peak RSS ${f.peakRssMb.toFixed(0)} MB (${f.rssBeforeMb.toFixed(0)} MB before; live heap after ${f.heapAfterMb.toFixed(0)} MB)`;
+  const per = (f: RunFigures) =>
+    `${f.n} goals (${f.layers} layers x ${f.width}, fan-in 3): generated in ${(f.genMs / 1000).toFixed(1)} s; built in ${(f.wallMs / 1000).toFixed(2)} s = ${(f.wallMs / f.n).toFixed(3)} ms/goal wall, ${(f.cpuMs / f.n).toFixed(3)} ms/goal cpu; peak RSS ${f.peakRssMb.toFixed(0)} MB (${f.rssBeforeMb.toFixed(0)} MB before; live heap after ${f.heapAfterMb.toFixed(0)} MB)`;
   const smalls: RunFigures[] = [];
   for (let i = 0; i < smallRuns; i++) {
     const f = measureInChild(small);
@@ -244,10 +282,15 @@ async function main(): Promise<void> {
   console.log(`big run:     ${per(b)}`);
   const sWall = median(smalls.map((f) => f.wallMs / f.n));
   const sCpu = median(smalls.map((f) => f.cpuMs / f.n));
-  console.log(`per-goal ratio ${big}/${small}: wall ${(b.wallMs / b.n / sWall).toFixed(2)}x, cpu ${(b.cpuMs / b.n / sCpu).toFixed(2)}x (small: median of ${smallRuns}); target <= 1.5x`);
+  console.log(
+    `per-goal ratio ${big}/${small}: wall ${(b.wallMs / b.n / sWall).toFixed(2)}x, cpu ${(b.cpuMs / b.n / sCpu).toFixed(2)}x (small: median of ${smallRuns}); target <= 1.5x`,
+  );
   console.log(`peak RSS at ${big} goals: ${b.peakRssMb.toFixed(0)} MB; target < 1024 MB`);
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  main().catch((e) => { console.error(e); process.exit(1); });
+  main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
 }

@@ -39,10 +39,14 @@ const env = {
   NIX_CONFIG: 'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\n',
   NIX_USER_CONF_FILES: '/dev/null',
 };
-const run = (cmd: string, args: string[], input?: string) => execFileSync(cmd, args, { env, encoding: 'utf8', maxBuffer: 1 << 28, ...(input !== undefined ? { input } : {}), stdio: ['pipe', 'pipe', 'pipe'] }).trim();
+const run = (cmd: string, args: string[], input?: string) =>
+  execFileSync(cmd, args, { env, encoding: 'utf8', maxBuffer: 1 << 28, ...(input !== undefined ? { input } : {}), stdio: ['pipe', 'pipe', 'pipe'] }).trim();
 
 const WORK = path.join(tmpdir(), `realise-bench-subst-${N}-${MB}`);
-const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2; };
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
 const fmt = (s: number) => `${s.toFixed(2)} s`;
 
 /** Deterministic pseudo-random bytes (xorshift32). */
@@ -51,7 +55,11 @@ function prng(seed: number): (n: number) => Buffer {
   return (n) => {
     const b = Buffer.allocUnsafe(n);
     for (let i = 0; i < n; i += 4) {
-      x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+      x ^= x << 13;
+      x >>>= 0;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      x >>>= 0;
       b.writeUInt32LE(x, i < n - 3 ? i : n - 4);
     }
     return b;
@@ -60,7 +68,9 @@ function prng(seed: number): (n: number) => Buffer {
 
 function makeSources(dir: string): void {
   const perPath = Math.floor((MB * 1e6) / (N - 1));
-  const words = 'the quick brown fox jumps over lazy dog lib share include bin usr nix store glibc gcc hello world static const int return void struct'.split(' ');
+  const words = 'the quick brown fox jumps over lazy dog lib share include bin usr nix store glibc gcc hello world static const int return void struct'.split(
+    ' ',
+  );
   for (let i = 0; i < N - 1; i++) {
     const rnd = prng(i + 1);
     const d = path.join(dir, `p${String(i).padStart(4, '0')}`);
@@ -79,7 +89,11 @@ function makeSources(dir: string): void {
   }
 }
 
-interface Fixture { top: StorePath; pub: string; caches: Record<string, string> }
+interface Fixture {
+  top: StorePath;
+  pub: string;
+  caches: Record<string, string>;
+}
 
 function prepare(): Fixture {
   const marker = path.join(WORK, 'fixture.json');
@@ -91,7 +105,9 @@ function prepare(): Fixture {
     console.error(`generating ${N} paths, ${MB} MB ...`);
     const srcDir = path.join(WORK, 'src');
     makeSources(srcDir);
-    const dirs = readdirSync(srcDir).sort().map((d) => path.join(srcDir, d));
+    const dirs = readdirSync(srcDir)
+      .sort()
+      .map((d) => path.join(srcDir, d));
     const added: string[] = [];
     for (let i = 0; i < dirs.length; i += 100) added.push(...run('nix-store', ['--store', root, '--add', ...dirs.slice(i, i + 100)]).split('\n'));
     const refs = path.join(WORK, 'refs.txt');
@@ -139,11 +155,14 @@ function prepare(): Fixture {
       const file = path.join(dir, 'nar', files[i]!);
       const url = `nar/${hashes[i]}.nar${ext}`;
       renameSync(file, path.join(dir, url));
-      writeFileSync(path.join(dir, f), text
-        .replace(/^URL: .*$/m, `URL: ${url}`)
-        .replace(/^Compression: .*$/m, `Compression: ${c}`)
-        .replace(/^FileHash: .*$/m, `FileHash: sha256:${hashes[i]}`)
-        .replace(/^FileSize: .*$/m, `FileSize: ${statSync(path.join(dir, url)).size}`));
+      writeFileSync(
+        path.join(dir, f),
+        text
+          .replace(/^URL: .*$/m, `URL: ${url}`)
+          .replace(/^Compression: .*$/m, `Compression: ${c}`)
+          .replace(/^FileHash: .*$/m, `FileHash: sha256:${hashes[i]}`)
+          .replace(/^FileSize: .*$/m, `FileSize: ${statSync(path.join(dir, url)).size}`),
+      );
     });
     console.error(`  took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     fx.caches[c] = dir;
@@ -152,7 +171,10 @@ function prepare(): Fixture {
   return fx;
 }
 
-interface Timing { wall: number; cpu: number }
+interface Timing {
+  wall: number;
+  cpu: number;
+}
 
 async function ours(fx: Fixture, cache: string): Promise<Timing> {
   const root = path.join(WORK, 'ours-root');
@@ -166,9 +188,11 @@ async function ours(fx: Fixture, cache: string): Promise<Timing> {
   const infos = await sub.queryPathInfos(refs);
   // What the engine does: a bounded pool of substitutions, references before referrers.
   const queue: SubstitutablePathInfo[] = [...infos.values()];
-  await Promise.all(Array.from({ length: JOBS }, async () => {
-    for (let i = queue.pop(); i; i = queue.pop()) await substitutePath(store, sub, i);
-  }));
+  await Promise.all(
+    Array.from({ length: JOBS }, async () => {
+      for (let i = queue.pop(); i; i = queue.pop()) await substitutePath(store, sub, i);
+    }),
+  );
   await substitutePath(store, sub, top);
   await sub.close();
   await store.close();
@@ -181,7 +205,11 @@ function nixCopy(fx: Fixture, cache: string): Timing {
   rmSync(root, { recursive: true, force: true });
   const t0 = performance.now();
   // /usr/bin/time reports the CPU time of nix (all its threads) on the last line of stderr.
-  const r = spawnSync('/usr/bin/time', ['-f', 'CPU %U %S', 'nix', 'copy', '--store', root, '--from', `file://${cache}`, '--option', 'trusted-public-keys', fx.pub, fx.top], { env, encoding: 'utf8', maxBuffer: 1 << 28 });
+  const r = spawnSync(
+    '/usr/bin/time',
+    ['-f', 'CPU %U %S', 'nix', 'copy', '--store', root, '--from', `file://${cache}`, '--option', 'trusted-public-keys', fx.pub, fx.top],
+    { env, encoding: 'utf8', maxBuffer: 1 << 28 },
+  );
   const wall = (performance.now() - t0) / 1000;
   if (r.status !== 0) throw new Error(`nix copy failed:\n${r.stderr}`);
   const m = /CPU ([0-9.]+) ([0-9.]+)\s*$/.exec(r.stderr);
@@ -230,8 +258,13 @@ async function main(): Promise<void> {
   const fx = prepare();
   if (process.argv.includes('--prepare')) return; // only generate the caches
   const lines: string[] = [];
-  const say = (s: string) => { console.log(s); lines.push(s); };
-  say(`closure: ${N} paths, ${MB} MB of NARs; ${RUNS} runs each; ${JOBS} parallel substitutions; medians; load average ${(await import('node:os')).loadavg()[0]!.toFixed(1)} on ${(await import('node:os')).cpus().length} cores`);
+  const say = (s: string) => {
+    console.log(s);
+    lines.push(s);
+  };
+  say(
+    `closure: ${N} paths, ${MB} MB of NARs; ${RUNS} runs each; ${JOBS} parallel substitutions; medians; load average ${(await import('node:os')).loadavg()[0]!.toFixed(1)} on ${(await import('node:os')).cpus().length} cores`,
+  );
   for (const c of COMPRESSIONS) {
     const cache = fx.caches[c]!;
     const narDir = path.join(cache, 'nar');
@@ -251,10 +284,14 @@ async function main(): Promise<void> {
     const co = median(o.map((t) => t.cpu));
     const cn = median(n.map((t) => t.cpu));
     const pairs = o.map((t, i) => t.wall / n[i]!.wall);
-    say(`${c}: cache ${(compressed / 1e6).toFixed(0)} MB compressed | wall: realise ${fmt(mo)} (${(MB / mo).toFixed(0)} MB/s of NAR) vs nix copy --from ${fmt(mn)} (${(MB / mn).toFixed(0)} MB/s), ratio ${(mo / mn).toFixed(2)} (target <= 0.8); per pair ${pairs.map((r) => r.toFixed(2)).join(', ')} | CPU: realise ${fmt(co)} vs nix ${fmt(cn)}, ratio ${(co / cn).toFixed(2)}`);
+    say(
+      `${c}: cache ${(compressed / 1e6).toFixed(0)} MB compressed | wall: realise ${fmt(mo)} (${(MB / mo).toFixed(0)} MB/s of NAR) vs nix copy --from ${fmt(mn)} (${(MB / mn).toFixed(0)} MB/s), ratio ${(mo / mn).toFixed(2)} (target <= 0.8); per pair ${pairs.map((r) => r.toFixed(2)).join(', ')} | CPU: realise ${fmt(co)} vs nix ${fmt(cn)}, ratio ${(co / cn).toFixed(2)}`,
+    );
     const d1 = await decompressOurs(fx, cache);
     const d2 = decompressTool(files, c);
-    say(`${c}: decompression alone, sequential, same NAR files: realise (fetchNar: read + decode) ${fmt(d1.wall)} wall / ${fmt(d1.cpu)} CPU (${(MB / d1.cpu).toFixed(0)} MB/s per CPU second) | ${c === 'xz' ? 'xz' : 'zstd'} -dc ${fmt(d2.wall)} wall / ${fmt(d2.cpu)} CPU (${(MB / d2.cpu).toFixed(0)} MB/s per CPU second) | CPU ratio ${(d1.cpu / d2.cpu).toFixed(2)}`);
+    say(
+      `${c}: decompression alone, sequential, same NAR files: realise (fetchNar: read + decode) ${fmt(d1.wall)} wall / ${fmt(d1.cpu)} CPU (${(MB / d1.cpu).toFixed(0)} MB/s per CPU second) | ${c === 'xz' ? 'xz' : 'zstd'} -dc ${fmt(d2.wall)} wall / ${fmt(d2.cpu)} CPU (${(MB / d2.cpu).toFixed(0)} MB/s per CPU second) | CPU ratio ${(d1.cpu / d2.cpu).toFixed(2)}`,
+    );
   }
   rmSync(path.join(WORK, 'ours-root'), { recursive: true, force: true });
   rmSync(path.join(WORK, 'nix-root'), { recursive: true, force: true });

@@ -9,14 +9,20 @@ import { openDemoStore } from './common.js';
 
 const { store, sandboxed, sh } = await openDemoStore();
 const slow = await derivation(store, {
-  name: 'cancel-me', system: 'x86_64-linux', builder: sh, stamp: String(Date.now()),
+  name: 'cancel-me',
+  system: 'x86_64-linux',
+  builder: sh,
+  stamp: String(Date.now()),
   args: ['-c', 'echo started; sleep 30; echo never > $out'],
 });
 
 const engine = new BuildEngine({ store, sandbox: sandboxed });
 engine.on('build-log', (e) => console.log(`  | ${e.line}`));
 const controller = new AbortController();
-setTimeout(() => { console.log('cancelling...'); controller.abort(); }, 500);
+setTimeout(() => {
+  console.log('cancelling...');
+  controller.abort();
+}, 500);
 const t0 = performance.now();
 try {
   await engine.buildPaths([slow.drvPath], { signal: controller.signal });

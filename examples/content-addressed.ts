@@ -16,21 +16,29 @@ import { openDemoStore } from './common.js';
 
 const { store, sandboxed, sh } = await openDemoStore();
 
-const lib = await derivation(store, {
-  name: 'ca-lib',
-  system: 'x86_64-linux',
-  builder: sh,
-  args: ['-c', 'echo "a library" > $out'],
-  __contentAddressed: true,
-  outputHashMode: 'recursive',
-  outputHashAlgo: 'sha256',
-}, { experimentalFeatures: ['ca-derivations'] }); // as Nix, CA derivations need the experimental feature
-const app = await derivation(store, {
-  name: 'ca-app',
-  system: 'x86_64-linux',
-  builder: sh,
-  args: ['-c', nix`read l < ${lib.out}; echo "app using: $l (from ${lib.out})" > $out`],
-}, { experimentalFeatures: ['ca-derivations'] });
+const lib = await derivation(
+  store,
+  {
+    name: 'ca-lib',
+    system: 'x86_64-linux',
+    builder: sh,
+    args: ['-c', 'echo "a library" > $out'],
+    __contentAddressed: true,
+    outputHashMode: 'recursive',
+    outputHashAlgo: 'sha256',
+  },
+  { experimentalFeatures: ['ca-derivations'] },
+); // as Nix, CA derivations need the experimental feature
+const app = await derivation(
+  store,
+  {
+    name: 'ca-app',
+    system: 'x86_64-linux',
+    builder: sh,
+    args: ['-c', nix`read l < ${lib.out}; echo "app using: $l (from ${lib.out})" > $out`],
+  },
+  { experimentalFeatures: ['ca-derivations'] },
+);
 console.log(`instantiated ${lib.drvPath} (floating: its output path is not known yet)`);
 console.log(`instantiated ${app.drvPath} (deferred: it depends on a floating output)`);
 

@@ -5,15 +5,16 @@
  *
  *   npx tsx examples/custom-substituter.ts
  */
-import {
-  BuildEngine, InMemorySubstituter, derivation, generateKeyPair, narOfRegularFile,
-} from '../src/index.js';
+import { BuildEngine, InMemorySubstituter, derivation, generateKeyPair, narOfRegularFile } from '../src/index.js';
 import { openDemoStore } from './common.js';
 
 const { store, sandboxed, sh } = await openDemoStore();
 const drv = await derivation(store, {
-  name: 'substituted-hello', system: 'x86_64-linux', builder: sh,
-  args: ['-c', 'echo "this builder never runs" > $out'], stamp: String(Date.now()),
+  name: 'substituted-hello',
+  system: 'x86_64-linux',
+  builder: sh,
+  args: ['-c', 'echo "this builder never runs" > $out'],
+  stamp: String(Date.now()),
 });
 
 // What a cache would hold: the output as a NAR (a single file here), signed.

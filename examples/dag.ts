@@ -18,13 +18,20 @@ const stamp = String(Date.now());
 const base = await derivation(store, { name: 'demo-base', system, builder: sh, args: args('echo "base built at $stamp" > $out'), stamp });
 const left = await derivation(store, { name: 'demo-left', system, builder: sh, args: args('cat $base > $out; echo left >> $out'), base: base.out });
 const right = await derivation(store, {
-  name: 'demo-right', system, builder: sh, outputs: ['out', 'doc'],
+  name: 'demo-right',
+  system,
+  builder: sh,
+  outputs: ['out', 'doc'],
   args: args('mkdir -p $out $doc; echo right > $out/value; echo "docs for $out" > $doc/README'),
 });
 const top = await derivation(store, {
-  name: 'demo-top', system, builder: sh,
+  name: 'demo-top',
+  system,
+  builder: sh,
   args: args('cat $left $right/value > $out; echo "doc at $doc" >> $out'),
-  left: left.out, right: right.out, doc: right.output('doc'),
+  left: left.out,
+  right: right.out,
+  doc: right.output('doc'),
 });
 
 const engine = new BuildEngine({ store, sandbox: sandboxed, maxJobs: 2 });

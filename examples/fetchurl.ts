@@ -24,7 +24,10 @@ for await (const c of compressStream('xz', dumpPath(path.join(dir, 'hello')))) c
 const narXz = Buffer.concat(chunks);
 const { hash } = await hashPath(path.join(dir, 'hello'));
 const server = createServer((req, res) => {
-  if (req.url !== '/hello.nar.xz') { res.writeHead(404).end('not here\n'); return; }
+  if (req.url !== '/hello.nar.xz') {
+    res.writeHead(404).end('not here\n');
+    return;
+  }
   res.writeHead(200, { 'content-length': narXz.length }).end(narXz);
 });
 await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));

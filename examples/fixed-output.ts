@@ -18,11 +18,17 @@ const sri = 'sha256-' + createHash('sha256').update(content).digest('base64');
 
 // Flat: the output is a single file whose sha256 is `sri`.
 const viaPrintf = await derivation(store, {
-  name: 'greeting.txt', system, builder: sh, outputHash: sri,
+  name: 'greeting.txt',
+  system,
+  builder: sh,
+  outputHash: sri,
   args: ['-c', `printf '${content.replace('\n', '\\n')}' > $out`],
 });
 const viaEcho = await derivation(store, {
-  name: 'greeting.txt', system, builder: sh, outputHash: sri,
+  name: 'greeting.txt',
+  system,
+  builder: sh,
+  outputHash: sri,
   args: ['-c', `echo '${content.trimEnd()}' > $out`],
 });
 console.log(`two builders, two .drv files:\n  ${viaPrintf.drvPath}\n  ${viaEcho.drvPath}`);
@@ -30,12 +36,19 @@ console.log(`one output path: ${viaPrintf.out.path} (same: ${viaPrintf.out.path 
 
 // Build both: the second finds the output already valid (same path).
 const engine = new BuildEngine({ store, sandbox: sandboxed, maxJobs: 2, keepGoing: true });
-const [a, b] = await engine.buildPaths([{ drvPath: viaPrintf.drvPath, outputs: ['out'] }, { drvPath: viaEcho.drvPath, outputs: ['out'] }]);
+const [a, b] = await engine.buildPaths([
+  { drvPath: viaPrintf.drvPath, outputs: ['out'] },
+  { drvPath: viaEcho.drvPath, outputs: ['out'] },
+]);
 console.log(`\n${a!.result.status} / ${b!.result.status}: ${readFileSync(store.toRealPath(viaPrintf.out.path), 'utf8').trimEnd()}`);
 
 // Recursive (NAR hash of a tree) with a wrong nix-base32 hash: the build runs and its output is rejected (Nix's "hash mismatch in fixed-output derivation").
 const wrong = await derivation(store, {
-  name: 'wrong', system, builder: sh, outputHashAlgo: 'sha256', outputHashMode: 'recursive',
+  name: 'wrong',
+  system,
+  builder: sh,
+  outputHashAlgo: 'sha256',
+  outputHashMode: 'recursive',
   outputHash: '0000000000000000000000000000000000000000000000000000',
   args: ['-c', 'mkdir $out; echo surprise > $out/file'],
 });

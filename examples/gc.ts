@@ -15,10 +15,14 @@ import { openDemoStore } from './common.js';
 const demo = await openDemoStore();
 const store = demo.store as LocalStore;
 const stamp = String(Date.now());
-const make = (name: string) => derivation(store, {
-  name, system: 'x86_64-linux', builder: demo.sh, stamp,
-  args: ['-c', nix`echo "the same text in every output" > $out`],
-});
+const make = (name: string) =>
+  derivation(store, {
+    name,
+    system: 'x86_64-linux',
+    builder: demo.sh,
+    stamp,
+    args: ['-c', nix`echo "the same text in every output" > $out`],
+  });
 const kept = await make('gc-demo-kept');
 const twin = await make('gc-demo-twin');
 const dropped = await make('gc-demo-dropped');
@@ -41,7 +45,11 @@ const s = await LocalStore.open({ storeDir, realStoreDir, stateDir, logDir });
 try {
   const dead = await s.collectGarbage({ action: 'print-dead' });
   console.log(`dead: ${dead.paths.length} paths, among them ${dead.paths.includes(dropped.out.path) ? 'the dropped output' : '?'}`);
-  const r = await s.collectGarbage({ onEvent: (e) => { if (e.type === 'deleted' && e.path === dropped.out.path) console.log(`deleting ${e.path}`); } });
+  const r = await s.collectGarbage({
+    onEvent: (e) => {
+      if (e.type === 'deleted' && e.path === dropped.out.path) console.log(`deleting ${e.path}`);
+    },
+  });
   console.log(`deleted ${r.paths.length} paths, ${r.bytesFreed} bytes freed`);
   console.log(`kept output still valid: ${await s.isValidPath(kept.out.path)}; dropped output valid: ${await s.isValidPath(dropped.out.path)}`);
   const stats = await s.optimiseStore();

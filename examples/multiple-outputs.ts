@@ -18,7 +18,10 @@ const lib = await derivation(store, {
   system,
   builder: sh,
   outputs: ['out', 'dev', 'doc'],
-  args: ['-c', 'mkdir -p $out/lib $dev/include $doc; echo "int greet(void);" > $dev/include/greet.h; echo code > $out/lib/libgreet; echo "read me" > $doc/README'],
+  args: [
+    '-c',
+    'mkdir -p $out/lib $dev/include $doc; echo "int greet(void);" > $dev/include/greet.h; echo code > $out/lib/libgreet; echo "read me" > $doc/README',
+  ],
 });
 for (const name of lib.outputNames) console.log(`${lib.name}.${name} -> ${lib.output(name).path}`);
 

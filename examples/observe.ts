@@ -8,17 +8,20 @@
 import { openSync, writeSync, closeSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import {
-  BuildEngine, attachNixJsonLog, derivation, recordTrace, renderReport, analyseTrace, formatDuration, type OutputValue,
-} from '../src/index.js';
+import { BuildEngine, attachNixJsonLog, derivation, recordTrace, renderReport, analyseTrace, formatDuration, type OutputValue } from '../src/index.js';
 import { openDemoStore } from './common.js';
 
 const { store, sandboxed, sh } = await openDemoStore();
 const stamp = String(Date.now());
-const mk = (name: string, seconds: number, deps: OutputValue[] = []) => derivation(store, {
-  name, system: 'x86_64-linux', builder: sh, stamp, deps,
-  args: ['-c', `echo "building ${name}"; sleep ${seconds}; echo ${name} > $out`],
-});
+const mk = (name: string, seconds: number, deps: OutputValue[] = []) =>
+  derivation(store, {
+    name,
+    system: 'x86_64-linux',
+    builder: sh,
+    stamp,
+    deps,
+    args: ['-c', `echo "building ${name}"; sleep ${seconds}; echo ${name} > $out`],
+  });
 const base = await mk('observe-base', 0.3);
 const left = await mk('observe-left', 0.6, [base.out]);
 const right = await mk('observe-right', 0.1, [base.out]);

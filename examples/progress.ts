@@ -12,14 +12,22 @@ const stamp = String(Date.now());
 // Eight independent slow-ish builds and one that depends on all of them.
 const leaves = [];
 for (let i = 0; i < 8; i++) {
-  leaves.push(await derivation(store, {
-    name: `progress-leaf-${i}`, system: 'x86_64-linux', builder: sh, stamp,
-    args: ['-c', `for s in 1 2 3; do echo "leaf ${i} step $s"; sleep 0.2; done; echo ${i} > $out`],
-  }));
+  leaves.push(
+    await derivation(store, {
+      name: `progress-leaf-${i}`,
+      system: 'x86_64-linux',
+      builder: sh,
+      stamp,
+      args: ['-c', `for s in 1 2 3; do echo "leaf ${i} step $s"; sleep 0.2; done; echo ${i} > $out`],
+    }),
+  );
 }
 const top = await derivation(store, {
-  name: 'progress-top', system: 'x86_64-linux', builder: sh,
-  args: ['-c', 'cat $leaves > $out'], leaves: leaves.map((l) => l.out),
+  name: 'progress-top',
+  system: 'x86_64-linux',
+  builder: sh,
+  args: ['-c', 'cat $leaves > $out'],
+  leaves: leaves.map((l) => l.out),
 });
 
 const engine = new BuildEngine({ store, sandbox: sandboxed, maxJobs: 3 });
@@ -29,11 +37,17 @@ const render = (p: Progress) => {
   const line = `[${b.done}/${b.expected} built, ${b.running} running, ${b.failed} failed] ${lastLine}`;
   process.stdout.write(process.stdout.isTTY ? `\r\x1b[K${line.slice(0, (process.stdout.columns || 80) - 1)}` : line + '\n');
 };
-engine.on('build-log', (e) => { lastLine = e.line; });
+engine.on('build-log', (e) => {
+  lastLine = e.line;
+});
 // Another process (or engine) building the same outputs holds their locks: this build waits, then uses them.
-engine.on('build-waiting', (e) => { lastLine = `waiting for lock on ${e.lockedPaths.join(', ')}`; });
+engine.on('build-waiting', (e) => {
+  lastLine = `waiting for lock on ${e.lockedPaths.join(', ')}`;
+});
 engine.on('progress', render);
-engine.on('goal-finished', (e) => { if (e.kind === 'derivation' && e.result.status === 'built') lastLine = `built ${e.path}`; });
+engine.on('goal-finished', (e) => {
+  if (e.kind === 'derivation' && e.result.status === 'built') lastLine = `built ${e.path}`;
+});
 
 await engine.buildPaths([top.drvPath]);
 render(engine.progress());

@@ -6,6 +6,8 @@
 import { writeFileSync } from 'node:fs';
 
 const api = await import('../src/index.js');
-const lines = Object.keys(api).sort().map((k) => `${k}: ${typeof (api as Record<string, unknown>)[k]}`);
+const lines = Object.keys(api)
+  .sort()
+  .map((k) => `${k}: ${typeof (api as Record<string, unknown>)[k]}`);
 writeFileSync(new URL('../docs/api-exports.txt', import.meta.url), lines.join('\n') + '\n');
 console.log(`${lines.length} exports written to docs/api-exports.txt`);

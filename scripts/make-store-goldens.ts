@@ -86,21 +86,44 @@ const parseCases: { input: string; type?: string }[] = [];
 for (const h of hashes.filter((x) => x.input === Buffer.from('hello').toString('base64'))) {
   const a = h.algorithm;
   const b64bare = h.base64.replace(/=+$/, '');
-  const badPad = (ALGOS.indexOf(a as never) >= 0 && h.base32.length * 5 > h.base16.length * 4) ? 'z' + h.base32.slice(1) : undefined;
+  const badPad = ALGOS.indexOf(a as never) >= 0 && h.base32.length * 5 > h.base16.length * 4 ? 'z' + h.base32.slice(1) : undefined;
   parseCases.push(
-    { input: `${a}:${h.base16}` }, { input: `${a}:${h.base16.toUpperCase()}` }, { input: `${a}:${h.base32}` },
-    { input: `${a}:${h.base64}` }, { input: `${a}:${b64bare}` }, { input: h.sri }, { input: `${a}-${b64bare}` },
-    { input: `${h.sri}trailing` }, { input: `${a}-${h.base64.slice(0, 8)}\n${h.base64.slice(8)}` },
-    { input: h.base16, type: a }, { input: h.base32, type: a }, { input: h.base64, type: a }, { input: h.sri, type: a },
-    { input: h.base16 }, { input: h.base32 },
-    { input: `${a}:${h.base32.slice(1)}` }, { input: `${a}:${h.base32}0` }, { input: `${a}:e${h.base32.slice(1)}` },
-    { input: `${a}:${h.base32.toUpperCase()}` }, { input: `${a}:g${h.base16.slice(1)}` }, { input: `${a}:${h.base16.slice(2)}` },
-    { input: `${a}-${h.base64.slice(4)}` }, { input: `${a}-!${h.base64.slice(1)}` }, { input: `${a}:` }, { input: `${a}-` },
+    { input: `${a}:${h.base16}` },
+    { input: `${a}:${h.base16.toUpperCase()}` },
+    { input: `${a}:${h.base32}` },
+    { input: `${a}:${h.base64}` },
+    { input: `${a}:${b64bare}` },
+    { input: h.sri },
+    { input: `${a}-${b64bare}` },
+    { input: `${h.sri}trailing` },
+    { input: `${a}-${h.base64.slice(0, 8)}\n${h.base64.slice(8)}` },
+    { input: h.base16, type: a },
+    { input: h.base32, type: a },
+    { input: h.base64, type: a },
+    { input: h.sri, type: a },
+    { input: h.base16 },
+    { input: h.base32 },
+    { input: `${a}:${h.base32.slice(1)}` },
+    { input: `${a}:${h.base32}0` },
+    { input: `${a}:e${h.base32.slice(1)}` },
+    { input: `${a}:${h.base32.toUpperCase()}` },
+    { input: `${a}:g${h.base16.slice(1)}` },
+    { input: `${a}:${h.base16.slice(2)}` },
+    { input: `${a}-${h.base64.slice(4)}` },
+    { input: `${a}-!${h.base64.slice(1)}` },
+    { input: `${a}:` },
+    { input: `${a}-` },
   );
   if (badPad) parseCases.push({ input: `${a}:${badPad}` });
   parseCases.push({ input: `${a.toUpperCase()}:${h.base16}` });
 }
-parseCases.push({ input: '' }, { input: 'sha3:abc' }, { input: 'blake3-abc' }, { input: 'sha256:abc', type: 'md5' }, { input: 'md5-XUFAKrxLKna5cZ2REBfFkg==', type: 'sha256' });
+parseCases.push(
+  { input: '' },
+  { input: 'sha3:abc' },
+  { input: 'blake3-abc' },
+  { input: 'sha256:abc', type: 'md5' },
+  { input: 'md5-XUFAKrxLKna5cZ2REBfFkg==', type: 'sha256' },
+);
 const parse = parseCases.map(({ input, type }) => {
   const r = run('nix', ['hash', 'to-base16', ...(type ? ['--type', type] : []), '--', input]);
   return { input, ...(type ? { type } : {}), ok: r.ok, ...(r.ok ? { base16: r.out } : { error: r.err.split('\n')[0] }) };
@@ -108,7 +131,28 @@ const parse = parseCases.map(({ input, type }) => {
 write('hashes.json', { hashes, parse });
 
 // ---------------------------------------------------------------- store path names
-const names = ['a', '.', '..', '.a', '..a', '.-a', '-a', '?=', '+', '_', 'a b', 'a/b', 'ä', 'a:b', 'a@b', 'a*', 'n'.repeat(211), 'n'.repeat(212), 'hello-2.12.1', 'A-Z_a.z+0?9='];
+const names = [
+  'a',
+  '.',
+  '..',
+  '.a',
+  '..a',
+  '.-a',
+  '-a',
+  '?=',
+  '+',
+  '_',
+  'a b',
+  'a/b',
+  'ä',
+  'a:b',
+  'a@b',
+  'a*',
+  'n'.repeat(211),
+  'n'.repeat(212),
+  'hello-2.12.1',
+  'A-Z_a.z+0?9=',
+];
 const nameVerdicts = names.map((name) => {
   const r = run('nix-instantiate', ['--store', root, '--eval', '-E', `builtins.toFile ${nixStr(name)} "x"`]);
   return { name, ok: r.ok, ...(r.ok ? { path: JSON.parse(r.out) } : { error: r.err.split('\n').pop() }) };
@@ -127,7 +171,9 @@ const textExprs = [
 ];
 buildTree(path.join(trees, 'mixed'), TREES['mixed']!.root);
 for (const e of textExprs) {
-  const v = nixEval(`let x = ${e}; in { name = x.name; contents = builtins.unsafeDiscardStringContext x.c; references = builtins.attrNames (builtins.getContext x.c); path = builtins.toFile x.name x.c; }`) as Omit<(typeof texts)[number], 'storeDir'>;
+  const v = nixEval(
+    `let x = ${e}; in { name = x.name; contents = builtins.unsafeDiscardStringContext x.c; references = builtins.attrNames (builtins.getContext x.c); path = builtins.toFile x.name x.c; }`,
+  ) as Omit<(typeof texts)[number], 'storeDir'>;
   texts.push({ ...v, storeDir: '/nix/store' });
 }
 // A store whose logical store dir is not /nix/store.
@@ -135,7 +181,10 @@ const otherStoreDir = '/tmp/realise-goldens-store/store';
 rmSync(path.dirname(otherStoreDir), { recursive: true, force: true });
 const otherStore = `local?store=${otherStoreDir}&state=${path.dirname(otherStoreDir)}/state&log=${path.dirname(otherStoreDir)}/log`;
 for (const e of textExprs.slice(0, 5)) {
-  const v = nixEval(`let x = ${e}; in { name = x.name; contents = builtins.unsafeDiscardStringContext x.c; references = builtins.attrNames (builtins.getContext x.c); path = builtins.toFile x.name x.c; }`, otherStore) as Omit<(typeof texts)[number], 'storeDir'>;
+  const v = nixEval(
+    `let x = ${e}; in { name = x.name; contents = builtins.unsafeDiscardStringContext x.c; references = builtins.attrNames (builtins.getContext x.c); path = builtins.toFile x.name x.c; }`,
+    otherStore,
+  ) as Omit<(typeof texts)[number], 'storeDir'>;
   texts.push({ ...v, storeDir: otherStoreDir });
 }
 
@@ -164,21 +213,54 @@ for (const [tree, { small, root: node }] of Object.entries(TREES)) {
   nars.push(entry);
 
   const added = must('nix-store', ['--store', root, '--add', p]);
-  fixed.push({ tree, method: 'recursive', algorithm: 'sha256', hash: must('nix-hash', ['--type', 'sha256', p]), name: tree, path: added, via: 'nix-store --add', storeDir: '/nix/store' });
+  fixed.push({
+    tree,
+    method: 'recursive',
+    algorithm: 'sha256',
+    hash: must('nix-hash', ['--type', 'sha256', p]),
+    name: tree,
+    path: added,
+    via: 'nix-store --add',
+    storeDir: '/nix/store',
+  });
   const isFile = node.type === 'file';
   if (small || isFile) {
     for (const algo of ALGOS) {
       const rec = must('nix-store', ['--store', root, '--add-fixed', '--recursive', algo, p]);
-      fixed.push({ tree, method: 'recursive', algorithm: algo, hash: must('nix-hash', ['--type', algo, p]), name: tree, path: rec, via: 'nix-store --add-fixed --recursive', storeDir: '/nix/store' });
+      fixed.push({
+        tree,
+        method: 'recursive',
+        algorithm: algo,
+        hash: must('nix-hash', ['--type', algo, p]),
+        name: tree,
+        path: rec,
+        via: 'nix-store --add-fixed --recursive',
+        storeDir: '/nix/store',
+      });
       if (isFile) {
         const flat = must('nix-store', ['--store', root, '--add-fixed', algo, p]);
-        fixed.push({ tree, method: 'flat', algorithm: algo, hash: must('nix-hash', ['--flat', '--type', algo, p]), name: tree, path: flat, via: 'nix-store --add-fixed', storeDir: '/nix/store' });
+        fixed.push({
+          tree,
+          method: 'flat',
+          algorithm: algo,
+          hash: must('nix-hash', ['--flat', '--type', algo, p]),
+          name: tree,
+          path: flat,
+          via: 'nix-store --add-fixed',
+          storeDir: '/nix/store',
+        });
       }
     }
   }
 }
 // builtins.path: flat and recursive, with a custom name, also in another store dir.
-for (const [tree, recursive, storeDir] of [['regular-file', false, '/nix/store'], ['executable-file', false, '/nix/store'], ['mixed', true, '/nix/store'], ['regular-file', false, otherStoreDir], ['mixed', true, otherStoreDir]] as const) {
+for (const [tree, recursive, storeDir] of [
+  ['regular-file', false, '/nix/store'],
+  ['executable-file', false, '/nix/store'],
+  ['mixed', true, '/nix/store'],
+  ['regular-file', false, otherStoreDir],
+  ['mixed', true, otherStoreDir],
+] as const) {
   const p = path.join(trees, tree);
   const expr = `builtins.path { path = ${nixStr(p)}; name = "renamed-${tree}"; recursive = ${recursive}; }`;
   const got = nixEval(expr, storeDir === '/nix/store' ? root : otherStore) as string;
@@ -195,8 +277,17 @@ const caRoot = path.join(work, 'ca-root');
 const caFile = path.join(work, 'ca.nix');
 writeFileSync(caFile, caExpression('golden payload'));
 const caEnv = { NIX_CONFIG: CA_NIX_CONFIG };
-const built = execFileSync('nix-build', ['--store', caRoot, caFile, '--no-out-link'], { env: nixEnv(caEnv) }).toString().trim().split('\n');
-const infos = JSON.parse(execFileSync('nix', ['path-info', '--store', caRoot, '--json', ...built], { env: nixEnv(caEnv) }).toString()) as { path: string; narHash: string; narSize: number; references: string[]; ca: string }[];
+const built = execFileSync('nix-build', ['--store', caRoot, caFile, '--no-out-link'], { env: nixEnv(caEnv) })
+  .toString()
+  .trim()
+  .split('\n');
+const infos = JSON.parse(execFileSync('nix', ['path-info', '--store', caRoot, '--json', ...built], { env: nixEnv(caEnv) }).toString()) as {
+  path: string;
+  narHash: string;
+  narSize: number;
+  references: string[];
+  ca: string;
+}[];
 const ca = infos.map((i) => {
   const base = path.basename(i.path);
   const nar = execFileSync('nix-store', ['--dump', path.join(caRoot, i.path)], { env: nixEnv(), maxBuffer: 1 << 28 });

@@ -7,6 +7,6 @@ npx tsc --noEmit -p tsconfig.json
 # The whole suite (no arguments, as CI runs it) also runs the gates: lint with type information, formatting.
 if [ $# -eq 0 ]; then
   npx eslint src test
-  npx prettier --check $(grep -v '^#' scripts/formatted-files.txt)
+  grep -v '^#' scripts/formatted-files.txt | xargs -d '\n' npx prettier --check
 fi
 exec npx vitest run "$@"

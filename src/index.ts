@@ -5,7 +5,18 @@
 export { BuildEngine, parseTarget, type BuildPathsOptions } from './scheduler/build-engine.js';
 export type { BuildEngineOptions, SandboxMode } from './scheduler/options.js';
 export type { BuildEngineEvents, BuildEngineEventName, EventPayloads, Stamped, Progress, ProgressCounters, GoalKind } from './scheduler/events.js';
-export { exitStatusOf, isSuccess, keptBuildDirNote, stoppedResult, withLogTail, type BuildResult, type BuildStatus, type BuildTarget, type FailureDetails, type TargetResult } from './scheduler/results.js';
+export {
+  exitStatusOf,
+  isSuccess,
+  keptBuildDirNote,
+  stoppedResult,
+  withLogTail,
+  type BuildResult,
+  type BuildStatus,
+  type BuildTarget,
+  type FailureDetails,
+  type TargetResult,
+} from './scheduler/results.js';
 export { goalKey } from './scheduler/paths.js';
 export { BuildFailedError, BuildSetupError, BuildCancelledError, OptionsError } from './scheduler/errors.js';
 export type { MissingInfo } from './scheduler/query-missing.js';
@@ -18,11 +29,41 @@ export { renderReport, analyseTrace, formatDuration, type RunAnalysis, type Time
 
 // Store
 export { RealiseError, BadHashError, InvalidStorePathError, BadNarError, StoreError, UnsupportedFileTypeError } from './store/errors.js';
-export { Hash, HashSink, HashModulo, toNixBase32, fromNixBase32, toBase16, fromBase16, toBase64, fromBase64, compressHash, type HashAlgorithm, type HashFormat } from './store/hash.js';
 export {
-  DEFAULT_STORE_DIR, parseStorePath, isStorePath, checkStorePathName, storePathHashPart, storePathName, storePathBase, toStorePath,
-  makeStorePath, makeType, makeOutputPath, outputPathName, makeFixedOutputPath, makeTextPath, computeTextPath, hashPlaceholder, downstreamPlaceholder,
-  type StorePath, type ParsedStorePath, type FileIngestionMethod,
+  Hash,
+  HashSink,
+  HashModulo,
+  toNixBase32,
+  fromNixBase32,
+  toBase16,
+  fromBase16,
+  toBase64,
+  fromBase64,
+  compressHash,
+  type HashAlgorithm,
+  type HashFormat,
+} from './store/hash.js';
+export {
+  DEFAULT_STORE_DIR,
+  parseStorePath,
+  isStorePath,
+  checkStorePathName,
+  storePathHashPart,
+  storePathName,
+  storePathBase,
+  toStorePath,
+  makeStorePath,
+  makeType,
+  makeOutputPath,
+  outputPathName,
+  makeFixedOutputPath,
+  makeTextPath,
+  computeTextPath,
+  hashPlaceholder,
+  downstreamPlaceholder,
+  type StorePath,
+  type ParsedStorePath,
+  type FileIngestionMethod,
 } from './store/store-path.js';
 export { dumpPath, restorePath, parseNar, hashNar, hashPath, narOfRegularFile, type NarSink, type RestoreOptions } from './store/nar.js';
 export { RefScanner, scanForReferences } from './store/references.js';
@@ -34,10 +75,29 @@ export { parseStoreUri, type ParsedStoreUri } from './store/store-uri.js';
 
 // Derivations
 export {
-  parseDerivation, printDerivation, hashDerivationModulo, writeDerivation, computeDerivationPath, derivationKind, isDerivationPath,
-  readDerivationFromStore, staticOutputHashes, DerivationHasher, computeOutputPaths, makeCaOutputPath, fixedOutputPath,
-  derivationOutputsAndPaths, derivationOutputNames, isFixedOutputDerivation, derivationReferences, derivationNameFromPath,
-  type Derivation, type DerivationOutput, type DerivationKind, type OutputSpec, type ReadDerivation,
+  parseDerivation,
+  printDerivation,
+  hashDerivationModulo,
+  writeDerivation,
+  computeDerivationPath,
+  derivationKind,
+  isDerivationPath,
+  readDerivationFromStore,
+  staticOutputHashes,
+  DerivationHasher,
+  computeOutputPaths,
+  makeCaOutputPath,
+  fixedOutputPath,
+  derivationOutputsAndPaths,
+  derivationOutputNames,
+  isFixedOutputDerivation,
+  derivationReferences,
+  derivationNameFromPath,
+  type Derivation,
+  type DerivationOutput,
+  type DerivationKind,
+  type OutputSpec,
+  type ReadDerivation,
 } from './derivation/derivation.js';
 export { BadDerivationError, InvalidDerivationAttrsError } from './derivation/errors.js';
 export { tryResolve, needsResolution, type InputOutputPaths, type ResolveResult } from './derivation/resolve.js';
@@ -56,13 +116,27 @@ export { parseSandboxPaths, checkImpureHostDeps, type SandboxPath } from './plat
 
 // Derivations from TypeScript (Nix's `derivation` builtin, builtins.path, builtins.toFile)
 export {
-  derivation, instantiateDerivation, addPath, addText, derivationFromStore, DerivationValue, OutputValue,
-  type DerivationAttrs, type DerivationOptions, type AddPathOptions,
+  derivation,
+  instantiateDerivation,
+  addPath,
+  addText,
+  derivationFromStore,
+  DerivationValue,
+  OutputValue,
+  type DerivationAttrs,
+  type DerivationOptions,
+  type AddPathOptions,
 } from './derivation/instantiate.js';
 export { NixString, nix, concat, withContext, storePathString, outputString, drvPathString, type AttrValue, type Contextual } from './derivation/context.js';
 // Nix's corepkgs: `import <nix/fetchurl.nix>` and nix-env's user environments
 export {
-  fetchurl, buildEnv, type FetchurlArgs, type UserEnvPackage, type BuildEnvOptions, type UserEnvironment, type MetaValue,
+  fetchurl,
+  buildEnv,
+  type FetchurlArgs,
+  type UserEnvPackage,
+  type BuildEnvOptions,
+  type UserEnvironment,
+  type MetaValue,
 } from './derivation/corepkgs.js';
 
 // Nix's built-in builders (run by the engine; usable as a Sandbox of their own)
@@ -70,10 +144,26 @@ export { BuiltinBuilders, isBuiltinBuilder, type BuiltinBuildersOptions } from '
 
 // Remote builders (Nix's build hook over ssh-ng:// and ssh://)
 export {
-  createRemoteBuilders, MachineBuilder, buildOnRemote,
-  type RemoteBuilder, type RemoteBuildResult, type RemoteBuildOptions, type RemoteBuildSettings, type MachineBuilderOptions, type RemoteDispatch,
+  createRemoteBuilders,
+  MachineBuilder,
+  buildOnRemote,
+  type RemoteBuilder,
+  type RemoteBuildResult,
+  type RemoteBuildOptions,
+  type RemoteBuildSettings,
+  type MachineBuilderOptions,
+  type RemoteDispatch,
 } from './remote/remote-builder.js';
-export { parseMachines, formatMachines, selectMachine, machine, type Machine, type MachineOptions, type MachineRequest, type MachineChoice } from './remote/machines.js';
+export {
+  parseMachines,
+  formatMachines,
+  selectMachine,
+  machine,
+  type Machine,
+  type MachineOptions,
+  type MachineRequest,
+  type MachineChoice,
+} from './remote/machines.js';
 export { RemoteBuildError, NoMachineError, MachineSpecError, RemoteConnectionError, RemoteProtocolError, RemoteDaemonError } from './remote/errors.js';
 export { StdioTransport, SocketTransport, type Transport } from './remote/transport.js';
 export { WorkerConnection, type RemoteLogEvent } from './remote/worker-protocol.js';

@@ -41,7 +41,10 @@ async function canonLogical(p: string, fs: TreeAccess): Promise<string> {
   while (todo.length > 0) {
     const c = todo.shift()!;
     if (c === '.') continue;
-    if (c === '..') { done.pop(); continue; }
+    if (c === '..') {
+      done.pop();
+      continue;
+    }
     const cur = '/' + [...done, c].join('/');
     let target: string | undefined;
     try {
@@ -49,7 +52,10 @@ async function canonLogical(p: string, fs: TreeAccess): Promise<string> {
     } catch (e) {
       if (errnoOf(e) !== 'EINVAL' && errnoOf(e) !== 'ENOENT' && errnoOf(e) !== 'ENOTDIR') throw e;
     }
-    if (target === undefined) { done.push(c); continue; }
+    if (target === undefined) {
+      done.push(c);
+      continue;
+    }
     if (++follows > 40) throw Object.assign(new Error(`too many symbolic links at '${cur}'`), { code: 'ELOOP' });
     if (target.startsWith('/')) done.length = 0;
     todo.unshift(...target.split('/').filter(Boolean));
@@ -117,10 +123,14 @@ class Profile {
       } else if (dstSt?.isSymbolicLink()) {
         const prev = this.priorities.get(dstFile) ?? 0;
         if (prev === priority) {
-          throw new BuiltinFailure(hintfmt(
-            "packages '%1%' and '%2%' have the same priority %3%; use 'nix-env --set-flag priority NUMBER INSTALLED_PKGNAME' to change the priority of one of the conflicting packages (0 being the highest priority)",
-            srcFile, await fsp.readlink(fs.real(dstFile)), priority,
-          ));
+          throw new BuiltinFailure(
+            hintfmt(
+              "packages '%1%' and '%2%' have the same priority %3%; use 'nix-env --set-flag priority NUMBER INSTALLED_PKGNAME' to change the priority of one of the conflicting packages (0 being the highest priority)",
+              srcFile,
+              await fsp.readlink(fs.real(dstFile)),
+              priority,
+            ),
+          );
         }
         if (prev < priority) continue;
         await fsp.unlink(fs.real(dstFile));
@@ -174,9 +184,11 @@ async function buildProfile(out: string, pkgs: Package[], fs: TreeAccess): Promi
 export async function builtinBuildenv(getAttr: (name: string) => string, fs: TreeAccess): Promise<void> {
   const out = getAttr('out');
   await fsp.mkdir(fs.real(out), { recursive: true });
-  const words = getAttr('derivations').split(/[ \t\n\r]+/).filter(Boolean);
+  const words = getAttr('derivations')
+    .split(/[ \t\n\r]+/)
+    .filter(Boolean);
   const pkgs: Package[] = [];
-  for (let i = 0; i < words.length; ) {
+  for (let i = 0; i < words.length;) {
     const active = words[i++]!;
     const priority = stoi(words[i++]);
     const outputs = stoi(words[i++]);

@@ -92,7 +92,11 @@ export class BuiltinBuilders implements Sandbox {
           let lastDone = 0;
           let lastExpected = 0;
           await builtinFetchurl(getAttr, env, {
-            signal, env, real, log: write, onWarning: warn,
+            signal,
+            env,
+            real,
+            log: write,
+            onWarning: warn,
             localPath: this.#sandboxed ? (p) => visibleInSandbox(request, p) : real,
             agent: (this.#shared.agent ??= fetchurlAgent()),
             netrc: readNetrc(this.#options.netrcFile ?? '/etc/nix/netrc'),

@@ -14,7 +14,6 @@ import { curlWords, isAbortError } from '../substituter/curl-words.js';
 import { BuiltinFailure, hintfmt, plainMessage, type NixMessage } from './log.js';
 import { netrcCredentials, type NetrcEntry } from './netrc.js';
 
-
 export interface DownloadOptions {
   readonly signal: AbortSignal;
   /** Connection pool for direct (unproxied) requests. */
@@ -35,7 +34,11 @@ export interface DownloadOptions {
 
 /** Thrown for an HTTP failure (so hashed mirrors can be skipped quietly). */
 export class DownloadError extends BuiltinFailure {
-  constructor(message: NixMessage, readonly transient: boolean, options: { cause?: unknown } = {}) {
+  constructor(
+    message: NixMessage,
+    readonly transient: boolean,
+    options: { cause?: unknown } = {},
+  ) {
     super(message, options);
     this.name = 'DownloadError';
   }
@@ -53,7 +56,10 @@ function withBody(message: string, body: string | undefined): NixMessage {
 }
 
 function proxyFor(url: URL, env: Readonly<Record<string, string>>): string | undefined {
-  const noProxy = (env.no_proxy ?? env.NO_PROXY ?? '').split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
+  const noProxy = (env.no_proxy ?? env.NO_PROXY ?? '')
+    .split(',')
+    .map((s) => s.trim().toLowerCase())
+    .filter(Boolean);
   const host = url.hostname.toLowerCase().replace(/^\[|\]$/g, '');
   if (noProxy.some((n) => n === '*' || host === n.replace(/^\./, '') || host.endsWith(n.startsWith('.') ? n : `.${n}`))) return undefined;
   const p = url.protocol === 'https:' ? env.https_proxy || env.HTTPS_PROXY : env.http_proxy;
@@ -97,7 +103,10 @@ async function fromFile(url: string, consume: (body: AsyncIterable<Uint8Array>) 
   try {
     file = fileURLToPath(url);
   } catch (e) {
-    return { ok: false, error: new DownloadError(plainMessage(`unable to download '${url}': URL using bad/illegal format or missing URL (3)`), false, { cause: e }) };
+    return {
+      ok: false,
+      error: new DownloadError(plainMessage(`unable to download '${url}': URL using bad/illegal format or missing URL (3)`), false, { cause: e }),
+    };
   }
   try {
     file = opts.localPath(file);
@@ -116,20 +125,22 @@ async function fromFile(url: string, consume: (body: AsyncIterable<Uint8Array>) 
     return { ok: false, error: unreadable(opened) };
   }
   let done = 0;
-  await consume((async function* () {
-    try {
-      for await (const chunk of stream as AsyncIterable<Buffer>) {
-        done += chunk.length;
-        opts.onProgress(done, 0);
-        yield chunk;
+  await consume(
+    (async function* () {
+      try {
+        for await (const chunk of stream as AsyncIterable<Buffer>) {
+          done += chunk.length;
+          opts.onProgress(done, 0);
+          yield chunk;
+        }
+      } catch (e) {
+        if (opts.signal.aborted || isAbortError(e)) throw interrupted(url);
+        throw unreadable(e);
+      } finally {
+        stream.destroy();
       }
-    } catch (e) {
-      if (opts.signal.aborted || isAbortError(e)) throw interrupted(url);
-      throw unreadable(e);
-    } finally {
-      stream.destroy();
-    }
-  })());
+    })(),
+  );
   opts.onProgress(done, done);
   return { ok: true };
 }
@@ -153,12 +164,20 @@ async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) 
         if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error(`unsupported protocol ${u.protocol}`);
       } catch (e) {
         const unsupported = /^[a-z][a-z0-9+.-]*:/i.test(current) && !/^https?:/i.test(current);
-        return { ok: false, error: new DownloadError(plainMessage(`unable to download '${url}': ${unsupported ? 'Unsupported protocol (1)' : 'URL using bad/illegal format or missing URL (3)'}`), false, { cause: e }) };
+        return {
+          ok: false,
+          error: new DownloadError(
+            plainMessage(`unable to download '${url}': ${unsupported ? 'Unsupported protocol (1)' : 'URL using bad/illegal format or missing URL (3)'}`),
+            false,
+            { cause: e },
+          ),
+        };
       }
       const headers: Record<string, string> = { 'user-agent': USER_AGENT };
-      const creds = u.username || u.password
-        ? { login: decodeURIComponent(u.username), password: decodeURIComponent(u.password) }
-        : netrcCredentials(opts.netrc, u.hostname);
+      const creds =
+        u.username || u.password
+          ? { login: decodeURIComponent(u.username), password: decodeURIComponent(u.password) }
+          : netrcCredentials(opts.netrc, u.hostname);
       if (creds) headers.authorization = 'Basic ' + Buffer.from(`${creds.login}:${creds.password}`).toString('base64');
       u.username = '';
       u.password = '';
@@ -167,7 +186,10 @@ async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) 
       if (proxy) {
         // As curl: http:// goes to the proxy as a plain request with the absolute URL, https:// through CONNECT.
         dispatcher = new (undici().ProxyAgent)({
-          uri: proxy, proxyTunnel: u.protocol === 'https:', requestTls: { rejectUnauthorized: false }, proxyTls: { rejectUnauthorized: false },
+          uri: proxy,
+          proxyTunnel: u.protocol === 'https:',
+          requestTls: { rejectUnauthorized: false },
+          proxyTls: { rejectUnauthorized: false },
         });
         proxies.push(dispatcher);
       }
@@ -189,26 +211,31 @@ async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) 
     if (!(status === 200 || status === 201 || status === 204 || status === 206 || status === 304)) {
       const body = await readSome(res.body);
       const reason = res.statusText || STATUS_CODES[status] || '';
-      return { ok: false, error: new DownloadError(withBody(`unable to download '${url}': HTTP error ${status} ('${reason}')`, body), transientStatus(status)) };
+      return {
+        ok: false,
+        error: new DownloadError(withBody(`unable to download '${url}': HTTP error ${status} ('${reason}')`, body), transientStatus(status)),
+      };
     }
     const lengthHeader = res.headers['content-length'];
     const expected = typeof lengthHeader === 'string' && /^\d+$/.test(lengthHeader) ? Number(lengthHeader) : 0;
     const body = res.body;
     let done = 0;
-    await consume((async function* () {
-      try {
-        for await (const chunk of body as AsyncIterable<Buffer>) {
-          done += chunk.length;
-          opts.onProgress(done, expected);
-          yield chunk;
+    await consume(
+      (async function* () {
+        try {
+          for await (const chunk of body as AsyncIterable<Buffer>) {
+            done += chunk.length;
+            opts.onProgress(done, expected);
+            yield chunk;
+          }
+        } catch (e) {
+          if (opts.signal.aborted || isAbortError(e)) throw interrupted(url);
+          throw new DownloadError(plainMessage(`unable to download '${url}': ${curlWords(e)}`), false, { cause: e });
+        } finally {
+          if (!body.destroyed) body.destroy();
         }
-      } catch (e) {
-        if (opts.signal.aborted || isAbortError(e)) throw interrupted(url);
-        throw new DownloadError(plainMessage(`unable to download '${url}': ${curlWords(e)}`), false, { cause: e });
-      } finally {
-        if (!body.destroyed) body.destroy();
-      }
-    })());
+      })(),
+    );
     opts.onProgress(done, expected || done);
     return { ok: true };
   } finally {

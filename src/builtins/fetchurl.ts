@@ -31,20 +31,24 @@ export async function builtinFetchurl(getAttr: (name: string) => string, env: Re
     const act = new DownloadActivity(ctx.log, url);
     let last = { done: 0, expected: 0 };
     try {
-      await download(url, async (body) => {
-        if (unpack) {
-          await restorePath(storePath, mainUrl.endsWith('.xz') ? decompressStream('xz', body) : body);
-        } else {
-          await pipeline(body, createWriteStream(storePath, { flags: 'w', mode: 0o666 }), { signal: ctx.signal });
-        }
-      }, {
-        ...ctx,
-        onProgress: (done, expected) => {
-          last = { done, expected };
-          act.progress(done, expected);
-          ctx.onProgress(done, expected);
+      await download(
+        url,
+        async (body) => {
+          if (unpack) {
+            await restorePath(storePath, mainUrl.endsWith('.xz') ? decompressStream('xz', body) : body);
+          } else {
+            await pipeline(body, createWriteStream(storePath, { flags: 'w', mode: 0o666 }), { signal: ctx.signal });
+          }
         },
-      });
+        {
+          ...ctx,
+          onProgress: (done, expected) => {
+            last = { done, expected };
+            act.progress(done, expected);
+            ctx.onProgress(done, expected);
+          },
+        },
+      );
     } finally {
       act.progress(last.done, last.expected, true);
       act.stop();
@@ -65,7 +69,10 @@ export async function builtinFetchurl(getAttr: (name: string) => string, env: Re
         if (!mirror.endsWith('/')) mirror += '/';
         const algo = getAttr('outputHashAlgo');
         const outputHash = getAttr('outputHash');
-        const h = outputHash === '' && algo !== '' ? new Hash(algo as Hash['algorithm'], new Uint8Array(Hash.of(algo as Hash['algorithm'], '').bytes.length)) : Hash.parse(outputHash, algo === '' ? undefined : (algo as Hash['algorithm']));
+        const h =
+          outputHash === '' && algo !== ''
+            ? new Hash(algo as Hash['algorithm'], new Uint8Array(Hash.of(algo as Hash['algorithm'], '').bytes.length))
+            : Hash.parse(outputHash, algo === '' ? undefined : (algo as Hash['algorithm']));
         await fetch(`${mirror}${h.algorithm}/${h.base16}`);
         return;
       } catch (e) {

@@ -24,8 +24,8 @@ export function hintfmt(format: string, ...args: readonly (string | number)[]): 
   const fill = (colour: boolean) => {
     let next = 0;
     return format.replace(/%(\d+)%|%s|%d/g, (_m, n: string | undefined) => {
-    const v = String(args[n !== undefined ? Number(n) - 1 : next++]);
-    return colour ? `${ANSI_WARNING}${v}${ANSI_NORMAL}` : v;
+      const v = String(args[n !== undefined ? Number(n) - 1 : next++]);
+      return colour ? `${ANSI_WARNING}${v}${ANSI_NORMAL}` : v;
     });
   };
   return { plain: fill(false), coloured: fill(true) };
@@ -38,7 +38,10 @@ export function plainMessage(s: string): NixMessage {
 
 /** An error raised inside a built-in builder: it fails the build, its message ends the build log. */
 export class BuiltinFailure extends Error {
-  constructor(readonly nixMessage: NixMessage, options: { cause?: unknown } = {}) {
+  constructor(
+    readonly nixMessage: NixMessage,
+    options: { cause?: unknown } = {},
+  ) {
     super(nixMessage.plain, options);
     this.name = 'BuiltinFailure';
   }
@@ -53,7 +56,12 @@ function chomp(s: string): string {
 export function errorLogText(message: NixMessage): string {
   const prefix = `${ANSI_RED}error:${ANSI_NORMAL} `;
   const rest = ' '.repeat('error: '.length);
-  return chomp(message.coloured).split('\n').map((line, i) => chomp((i === 0 ? prefix : rest) + line)).join('\n') + '\n';
+  return (
+    chomp(message.coloured)
+      .split('\n')
+      .map((line, i) => chomp((i === 0 ? prefix : rest) + line))
+      .join('\n') + '\n'
+  );
 }
 
 /** Nix's warn() through the JSON logger. */
@@ -81,7 +89,11 @@ export class DownloadActivity {
   #expected = 0;
   readonly #heartbeat: NodeJS.Timeout;
 
-  constructor(private readonly write: (line: string) => void, url: string, private readonly interval = 100) {
+  constructor(
+    private readonly write: (line: string) => void,
+    url: string,
+    private readonly interval = 100,
+  ) {
     write('@nix ' + JSON.stringify({ action: 'start', fields: [url], id: this.id, level: 4, text: `downloading '${url}'`, type: 101 }) + '\n');
     this.#result(0, 0);
     this.#heartbeat = setInterval(() => {

@@ -14,7 +14,7 @@ export interface NetrcEntry {
 function tokens(text: string): string[] {
   const out: string[] = [];
   const re = /"((?:[^"\\]|\\.)*)"|(\S+)|(\n[ \t\r]*\n)/g;
-  for (let m; (m = re.exec(text)); ) {
+  for (let m; (m = re.exec(text));) {
     if (m[3] !== undefined) out.push('\n\n');
     else out.push(m[1] !== undefined ? m[1].replace(/\\(.)/g, '$1') : m[2]!);
   }

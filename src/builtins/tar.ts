@@ -51,7 +51,9 @@ class ChunkReader {
     }
   }
   async skip(n: number): Promise<void> {
-    for await (const _ of this.pieces(n)) { /* discard */ }
+    for await (const _ of this.pieces(n)) {
+      /* discard */
+    }
   }
   async close(): Promise<void> {
     await this.#it.return?.();
@@ -175,7 +177,9 @@ async function extract(reader: ChunkReader, dest: string, symlinks: Set<string>,
     const target = rel === '' ? dest : path.join(dest, rel);
     if (rel !== '') await ensureParents(dest, rel, symlinks);
     switch (type) {
-      case '0': case '\0': case '7': {
+      case '0':
+      case '\0':
+      case '7': {
         await replace(target);
         const fh = await fsp.open(target, 'wx', 0o600);
         try {

@@ -27,7 +27,10 @@ function localStoreOf(store: Store, what: string): LocalStore {
 }
 
 function boolSetting(args: CliArgs, names: string[], dflt: boolean): boolean {
-  for (const n of names) { const v = args.options.get(n); if (v !== undefined) return parseBool(n, v); }
+  for (const n of names) {
+    const v = args.options.get(n);
+    if (v !== undefined) return parseBool(n, v);
+  }
   return dflt;
 }
 
@@ -35,7 +38,10 @@ function boolSetting(args: CliArgs, names: string[], dflt: boolean): boolean {
 class GcDisplay {
   private status = '';
   private last = 0;
-  constructor(private readonly quiet: boolean, private readonly tty = !!process.stderr.isTTY) {}
+  constructor(
+    private readonly quiet: boolean,
+    private readonly tty = !!process.stderr.isTTY,
+  ) {}
 
   line(message: string): void {
     if (this.quiet) return;
@@ -55,9 +61,16 @@ class GcDisplay {
     this.draw();
   }
 
-  private clear(): void { if (this.tty && this.status) process.stderr.write('\r\x1b[K'); }
-  private draw(): void { if (this.tty && this.status) process.stderr.write(this.status); }
-  done(): void { this.clear(); this.status = ''; }
+  private clear(): void {
+    if (this.tty && this.status) process.stderr.write('\r\x1b[K');
+  }
+  private draw(): void {
+    if (this.tty && this.status) process.stderr.write(this.status);
+  }
+  done(): void {
+    this.clear();
+    this.status = '';
+  }
 }
 
 export async function gcCommand(args: CliArgs, store: Store): Promise<number> {

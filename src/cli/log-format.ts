@@ -44,11 +44,17 @@ export class JsonDisplay implements Display {
 export class TeeDisplay implements Display {
   readonly jsonLogs: readonly NixJsonLog[];
   private readonly log: NixJsonLog;
-  constructor(private readonly inner: Display, engine: BuildEngine, private readonly sink: JsonSink) {
+  constructor(
+    private readonly inner: Display,
+    engine: BuildEngine,
+    private readonly sink: JsonSink,
+  ) {
     this.log = attachNixJsonLog(engine, (l) => sink.write(l), { errors: false });
     this.jsonLogs = [...inner.jsonLogs, this.log];
   }
-  get showsLogs(): boolean { return this.inner.showsLogs; }
+  get showsLogs(): boolean {
+    return this.inner.showsLogs;
+  }
   line(s: string | Buffer): void {
     this.inner.line(s);
     this.log.text(s.toString());
@@ -67,14 +73,26 @@ export interface JsonSink {
 
 export function openJsonSink(path: string): JsonSink {
   let isSocket = false;
-  try { isSocket = statSync(path).isSocket(); } catch { /* a new file */ }
+  try {
+    isSocket = statSync(path).isSocket();
+  } catch {
+    /* a new file */
+  }
   if (isSocket) {
     const sock: Socket = createConnection(path);
     let failed: Error | undefined;
-    sock.on('error', (e) => { failed = e; });
+    sock.on('error', (e) => {
+      failed = e;
+    });
     return {
-      write: (l) => { if (!failed) sock.write(l); },
-      close: () => new Promise((resolve) => { if (failed || sock.destroyed) resolve(); else sock.end(() => resolve()); }),
+      write: (l) => {
+        if (!failed) sock.write(l);
+      },
+      close: () =>
+        new Promise((resolve) => {
+          if (failed || sock.destroyed) resolve();
+          else sock.end(() => resolve());
+        }),
     };
   }
   // Lines are gathered and written together (at most 64 KiB or one turn of the event loop late).
@@ -94,9 +112,15 @@ export function openJsonSink(path: string): JsonSink {
       pending.push(l);
       size += l.length;
       if (size >= 65536) flush();
-      else if (!scheduled) { scheduled = true; setImmediate(flush); }
+      else if (!scheduled) {
+        scheduled = true;
+        setImmediate(flush);
+      }
     },
-    close: async () => { flush(); closeSync(fd); },
+    close: async () => {
+      flush();
+      closeSync(fd);
+    },
   };
 }
 
@@ -110,13 +134,15 @@ export interface DisplayOptions {
 
 /** The display for a command's log format, teeing into `jsonSink` when one is given. */
 export function makeDisplay(engine: BuildEngine, out: NodeJS.WriteStream, o: DisplayOptions): Display {
-  const inner: Display = o.format === 'internal-json'
-    ? new JsonDisplay(engine, (s) => out.write(s))
-    : new ProgressDisplay(engine, out, {
-      quiet: o.quiet, noBuildOutput: o.noBuildOutput,
-      printBuildLogs: o.printBuildLogs || o.format === 'bar-with-logs' || o.format === 'raw-with-logs',
-      plain: o.format === 'raw' || o.format === 'raw-with-logs',
-    });
+  const inner: Display =
+    o.format === 'internal-json'
+      ? new JsonDisplay(engine, (s) => out.write(s))
+      : new ProgressDisplay(engine, out, {
+          quiet: o.quiet,
+          noBuildOutput: o.noBuildOutput,
+          printBuildLogs: o.printBuildLogs || o.format === 'bar-with-logs' || o.format === 'raw-with-logs',
+          plain: o.format === 'raw' || o.format === 'raw-with-logs',
+        });
   return o.jsonSink ? new TeeDisplay(inner, engine, o.jsonSink) : inner;
 }
 

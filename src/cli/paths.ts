@@ -44,7 +44,9 @@ export function followLinksToStorePath(storeDir: string, arg: string): string {
       isLink = lstatSync(p).isSymbolicLink();
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      throw new CliError(`getting status of '${p}': ${code === 'ENOENT' ? 'No such file or directory' : code === 'ENOTDIR' ? 'Not a directory' : code === 'EACCES' ? 'Permission denied' : String((e as Error).message)}`);
+      throw new CliError(
+        `getting status of '${p}': ${code === 'ENOENT' ? 'No such file or directory' : code === 'ENOTDIR' ? 'Not a directory' : code === 'EACCES' ? 'Permission denied' : String((e as Error).message)}`,
+      );
     }
     if (!isLink) break;
     p = path.resolve(path.dirname(p), readlinkSync(p));

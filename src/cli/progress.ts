@@ -37,14 +37,23 @@ export class ProgressDisplay {
   readonly showsLogs: boolean;
   readonly jsonLogs: readonly NixJsonLog[] = [];
 
-  constructor(engine: BuildEngine, private readonly out: NodeJS.WriteStream, opts: ProgressDisplayOptions = {}) {
+  constructor(
+    engine: BuildEngine,
+    private readonly out: NodeJS.WriteStream,
+    opts: ProgressDisplayOptions = {},
+  ) {
     this.tty = !!out.isTTY && !opts.plain;
     this.showsLogs = !opts.noBuildOutput && (!this.tty || !!opts.printBuildLogs);
-    const info = (s: string) => { if (!opts.quiet) this.line(s); };
+    const info = (s: string) => {
+      if (!opts.quiet) this.line(s);
+    };
     const onStart = (e: Parameters<typeof buildStartedMessage>[0]) => info(buildStartedMessage(e));
     const onLog = (e: { line: string; bytes?: Buffer }) => {
       if (this.showsLogs) this.line(e.bytes ?? e.line);
-      else if (this.tty && !opts.noBuildOutput) { this.lastLine = e.line; this.render(); }
+      else if (this.tty && !opts.noBuildOutput) {
+        this.lastLine = e.line;
+        this.render();
+      }
     };
     const onWarn = (e: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' }) => {
       if (e.level === 'info') info(e.message);
@@ -56,7 +65,9 @@ export class ProgressDisplay {
     const onResolved = (e: { drvPath: string; resolvedPath: string }) => info(`resolved derivation: '${e.drvPath}' -> '${e.resolvedPath}'...`);
     const onHook = (e: { hook: string }) => info(`running post-build-hook '${e.hook}'...`);
     // As Nix's logger: the hook's output goes where builders' output goes, each line prefixed.
-    const onHookLog = (e: { line: string }) => { if (this.showsLogs) this.line(`post-build-hook: ${e.line}`); };
+    const onHookLog = (e: { line: string }) => {
+      if (this.showsLogs) this.line(`post-build-hook: ${e.line}`);
+    };
     const onProgress = () => this.render();
     engine.on('build-started', onStart);
     engine.on('build-log', onLog);
@@ -68,10 +79,15 @@ export class ProgressDisplay {
     engine.on('post-build-hook-started', onHook);
     engine.on('post-build-hook-log', onHookLog);
     this.unsubscribe.push(
-      () => engine.off('derivation-resolved', onResolved), () => engine.off('post-build-hook-started', onHook),
+      () => engine.off('derivation-resolved', onResolved),
+      () => engine.off('post-build-hook-started', onHook),
       () => engine.off('post-build-hook-log', onHookLog),
-      () => engine.off('build-started', onStart), () => engine.off('build-log', onLog), () => engine.off('warning', onWarn),
-      () => engine.off('substitution-started', onSubst), () => engine.off('build-waiting', onWaiting), () => engine.off('progress', onProgress),
+      () => engine.off('build-started', onStart),
+      () => engine.off('build-log', onLog),
+      () => engine.off('warning', onWarn),
+      () => engine.off('substitution-started', onSubst),
+      () => engine.off('build-waiting', onWaiting),
+      () => engine.off('progress', onProgress),
     );
     this.engine = engine;
   }

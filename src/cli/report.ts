@@ -3,7 +3,17 @@
  * fetched" summary (printMissing), error messages (continuation lines indented under `error: `), and the
  * closing summary of failed targets (Store::buildPaths: one error, or "build of '…', '…' failed").
  */
-import { exitStatusOf, goalKey, isSuccess, keptBuildDirNote, withLogTail, type BuildResult, type MissingInfo, type Store, type TargetResult } from '../index.js';
+import {
+  exitStatusOf,
+  goalKey,
+  isSuccess,
+  keptBuildDirNote,
+  withLogTail,
+  type BuildResult,
+  type MissingInfo,
+  type Store,
+  type TargetResult,
+} from '../index.js';
 
 const INDENT = ' '.repeat('error: '.length);
 
@@ -39,7 +49,10 @@ export function filterLogMessage(message: string | Buffer, terminal: boolean): B
       if (terminal && last === 0x6d) t += s.slice(start, i);
     } else if (c === 9) {
       i++;
-      do { t += ' '; w++; } while (w % 8);
+      do {
+        t += ' ';
+        w++;
+      } while (w % 8);
     } else if (c === 13 || c === 7) {
       i++;
     } else {
@@ -65,17 +78,33 @@ export function formatError(message: string): string {
 
 /** glibc's strerror() where libuv's description differs from it by more than the first letter's case. */
 const STRERROR: Record<string, string> = {
-  EEXIST: 'File exists', EISDIR: 'Is a directory', ELOOP: 'Too many levels of symbolic links', EXDEV: 'Invalid cross-device link',
-  EMFILE: 'Too many open files', ENAMETOOLONG: 'File name too long', ETXTBSY: 'Text file busy', EBUSY: 'Device or resource busy',
+  EEXIST: 'File exists',
+  EISDIR: 'Is a directory',
+  ELOOP: 'Too many levels of symbolic links',
+  EXDEV: 'Invalid cross-device link',
+  EMFILE: 'Too many open files',
+  ENAMETOOLONG: 'File name too long',
+  ETXTBSY: 'Text file busy',
+  EBUSY: 'Device or resource busy',
 };
 
 /** What Nix says about the system call it was making (SysError's context) for Node's syscall names. */
 const SYSCALL: Record<string, (p: string, dest: string | undefined) => string> = {
-  open: (p) => `opening file '${p}'`, read: (p) => `reading file '${p}'`, write: (p) => `writing to file '${p}'`,
-  mkdir: (p) => `creating directory '${p}'`, stat: (p) => `getting status of '${p}'`, lstat: (p) => `getting status of '${p}'`,
-  scandir: (p) => `opening directory '${p}'`, opendir: (p) => `opening directory '${p}'`, unlink: (p) => `removing '${p}'`,
-  rmdir: (p) => `removing directory '${p}'`, rename: (p, d) => `renaming '${p}' to '${d}'`, readlink: (p) => `reading symbolic link '${p}'`,
-  symlink: (p, d) => `creating symlink from '${d}' to '${p}'`, chmod: (p) => `changing mode of '${p}'`, access: (p) => `checking access to '${p}'`,
+  open: (p) => `opening file '${p}'`,
+  read: (p) => `reading file '${p}'`,
+  write: (p) => `writing to file '${p}'`,
+  mkdir: (p) => `creating directory '${p}'`,
+  stat: (p) => `getting status of '${p}'`,
+  lstat: (p) => `getting status of '${p}'`,
+  scandir: (p) => `opening directory '${p}'`,
+  opendir: (p) => `opening directory '${p}'`,
+  unlink: (p) => `removing '${p}'`,
+  rmdir: (p) => `removing directory '${p}'`,
+  rename: (p, d) => `renaming '${p}' to '${d}'`,
+  readlink: (p) => `reading symbolic link '${p}'`,
+  symlink: (p, d) => `creating symlink from '${d}' to '${p}'`,
+  chmod: (p) => `changing mode of '${p}'`,
+  access: (p) => `checking access to '${p}'`,
   connect: (p) => `cannot connect to socket at '${p}'`,
 };
 
@@ -89,7 +118,7 @@ export function systemErrorMessage(e: unknown): string | undefined {
   // libuv's description: the part of "CODE: description, syscall 'path'" between the code and the comma.
   const described = /^[A-Z0-9_]+: (.*?), /.exec(err.message)?.[1] ?? err.code;
   const reason = STRERROR[err.code] ?? described.charAt(0).toUpperCase() + described.slice(1);
-  const what = err.path !== undefined ? SYSCALL[err.syscall]?.(err.path, err.dest) ?? `${err.syscall} '${err.path}'` : err.syscall;
+  const what = err.path !== undefined ? (SYSCALL[err.syscall]?.(err.path, err.dest) ?? `${err.syscall} '${err.path}'`) : err.syscall;
   return `${what}: ${reason}`;
 }
 
@@ -143,9 +172,11 @@ export async function missingLines(store: Store, m: MissingInfo): Promise<string
   }
   if (m.willSubstitute.length) {
     const mib = (n: number) => (n / (1024 * 1024)).toFixed(2);
-    lines.push(m.willSubstitute.length === 1
-      ? `this path will be fetched (${mib(m.downloadSize)} MiB download, ${mib(m.narSize)} MiB unpacked):`
-      : `these ${m.willSubstitute.length} paths will be fetched (${mib(m.downloadSize)} MiB download, ${mib(m.narSize)} MiB unpacked):`);
+    lines.push(
+      m.willSubstitute.length === 1
+        ? `this path will be fetched (${mib(m.downloadSize)} MiB download, ${mib(m.narSize)} MiB unpacked):`
+        : `these ${m.willSubstitute.length} paths will be fetched (${mib(m.downloadSize)} MiB download, ${mib(m.narSize)} MiB unpacked):`,
+    );
     for (const p of [...m.willSubstitute].sort(byString)) lines.push(`  ${p}`);
   }
   if (m.unknown.length) {
@@ -193,7 +224,12 @@ export function summariseFailures(results: readonly TargetResult[], allFailed: r
     messages.push(first);
   } else {
     if (first !== undefined) messages.push(first);
-    messages.push(`build of ${failedTops.map((r) => `'${r.path}'`).sort(byString).join(', ')} failed`);
+    messages.push(
+      `build of ${failedTops
+        .map((r) => `'${r.path}'`)
+        .sort(byString)
+        .join(', ')} failed`,
+    );
   }
   const statuses = [...allFailed, ...failedTops.map((r) => r.result)];
   return { notes, messages, exitStatus: exitStatusOf(statuses) };

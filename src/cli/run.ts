@@ -8,9 +8,33 @@ import { existsSync, lstatSync, readFileSync, readlinkSync, renameSync, symlinkS
 import { cpus } from 'node:os';
 import * as path from 'node:path';
 import {
-  BinaryCacheSubstituter, SubstituterError, SandboxError, BuildEngine, BuildFailedError, BuildSetupError, RealiseError, copyToBinaryCache, openStore, LocalStore,
-  defaultSystemFeatures, derivationOutputsAndPaths, isCompression, isSuccess, keptBuildDirNote, readDerivationFromStore, toNixBase32, NixJsonLog, recordTrace, renderReport,
-  type BuildEngineOptions, type TraceFile, type BuildResult, type BuildTarget, type PathInfo, type Store, type TargetResult,
+  BinaryCacheSubstituter,
+  SubstituterError,
+  SandboxError,
+  BuildEngine,
+  BuildFailedError,
+  BuildSetupError,
+  RealiseError,
+  copyToBinaryCache,
+  openStore,
+  LocalStore,
+  defaultSystemFeatures,
+  derivationOutputsAndPaths,
+  isCompression,
+  isSuccess,
+  keptBuildDirNote,
+  readDerivationFromStore,
+  toNixBase32,
+  NixJsonLog,
+  recordTrace,
+  renderReport,
+  type BuildEngineOptions,
+  type TraceFile,
+  type BuildResult,
+  type BuildTarget,
+  type PathInfo,
+  type Store,
+  type TargetResult,
 } from '../index.js';
 import { DaemonStore } from '../index.js';
 import { parseArgs, parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
@@ -19,8 +43,16 @@ import { asActivity, LOG_FORMATS, makeDisplay, openJsonSink, type Display, type 
 import { applyNixConf, readNixConf } from './nix-conf.js';
 import { answerHelpOrVersion, USAGE } from './usage.js';
 import { gcCommand, storeCommand } from './gc.js';
-import { dependenciesFirst, failureLines, filterLogMessage, formatError, formatWarning, missingLines, summariseFailures, systemErrorMessage } from './report.js';
-
+import {
+  dependenciesFirst,
+  failureLines,
+  filterLogMessage,
+  formatError,
+  formatWarning,
+  missingLines,
+  summariseFailures,
+  systemErrorMessage,
+} from './report.js';
 
 async function openStoreArg(spec: string | undefined): Promise<Store> {
   if (!spec) return LocalStore.openDefault();
@@ -37,7 +69,10 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
     try {
       v = parse();
     } catch (e) {
-      if (e instanceof UsageError && args.fromOption.has(name)) { warn(`error: ${e.message}`); return; }
+      if (e instanceof UsageError && args.fromOption.has(name)) {
+        warn(`error: ${e.message}`);
+        return;
+      }
       throw e;
     }
     apply(v);
@@ -45,58 +80,187 @@ function engineOptions(args: CliArgs, store: Store, warn: (message: string) => v
   const bool = (name: string, apply: (v: boolean) => void) => parsed(name, () => parseBool(name, o.get(name)!), apply);
   const int = (name: string, apply: (v: number) => void) => parsed(name, () => parseIntOption(name, o.get(name)!), apply);
   let substitute = true;
-  if (o.has('substitute')) bool('substitute', (v) => { substitute = v; });
+  if (o.has('substitute'))
+    bool('substitute', (v) => {
+      substitute = v;
+    });
   let requireSigs = true;
-  if (o.has('require-sigs')) bool('require-sigs', (v) => { requireSigs = v; });
+  if (o.has('require-sigs'))
+    bool('require-sigs', (v) => {
+      requireSigs = v;
+    });
   const subs = [...args.substituters, ...words('substituters'), ...words('extra-substituters')];
   const keys = [...args.trustedPublicKeys, ...words('trusted-public-keys'), ...words('extra-trusted-public-keys')];
-  if (subs.length && substitute) opts.substituters = subs.map((u) => new BinaryCacheSubstituter(u, {
-    trustedPublicKeys: keys, requireSigs, onWarning: warn,
-    // Nix's download-attempts (5) and its warning before each retry.
-    retries: 4, retryBaseMs: 250, onRetry: (m, ms) => warn(`error: ${m}; retrying in ${ms} ms`),
-  }));
+  if (subs.length && substitute)
+    opts.substituters = subs.map(
+      (u) =>
+        new BinaryCacheSubstituter(u, {
+          trustedPublicKeys: keys,
+          requireSigs,
+          onWarning: warn,
+          // Nix's download-attempts (5) and its warning before each retry.
+          retries: 4,
+          retryBaseMs: 250,
+          onRetry: (m, ms) => warn(`error: ${m}; retrying in ${ms} ms`),
+        }),
+    );
   const sandboxPaths: string[] = [];
   const allowedImpure: string[] = [];
   const experimental: string[] = [];
   for (const [name, value] of o) {
     switch (name) {
-      case 'max-jobs': parsed(name, () => (value === 'auto' ? cpus().length : parseIntOption(name, value)), (v) => { opts.maxJobs = v; }); break;
-      case 'cores': int(name, (v) => { opts.cores = v; }); break;
-      case 'keep-going': bool(name, (v) => { opts.keepGoing = v; }); break;
-      case 'fallback': bool(name, (v) => { opts.fallback = v; }); break;
-      case 'keep-failed': bool(name, (v) => { opts.keepFailed = v; }); break;
-      case 'sandbox':
-        parsed(name, () => {
-          if (value === 'relaxed') return 'relaxed' as const;
-          try { return parseBool(name, value); } catch { throw new UsageError(`option '${name}' has invalid value '${value}'`); }
-        }, (v) => { opts.sandbox = v; });
+      case 'max-jobs':
+        parsed(
+          name,
+          () => (value === 'auto' ? cpus().length : parseIntOption(name, value)),
+          (v) => {
+            opts.maxJobs = v;
+          },
+        );
         break;
-      case 'sandbox-fallback': bool(name, (v) => { opts.sandboxFallback = v; }); break;
-      case 'sandbox-paths': case 'extra-sandbox-paths': sandboxPaths.push(...value.split(/\s+/).filter(Boolean)); break;
-      case 'allowed-impure-host-deps': case 'extra-allowed-impure-host-deps': allowedImpure.push(...value.split(/\s+/).filter(Boolean)); break;
-      case 'pre-build-hook': opts.preBuildHook = value; break;
-      case 'sandbox-build-dir': opts.sandboxBuildDir = value; break;
-      case 'sandbox-dev-shm-size': opts.sandboxShmSize = value; break;
-      case 'filter-syscalls': bool(name, (v) => { opts.filterSyscalls = v; }); break;
-      case 'experimental-features': case 'extra-experimental-features': experimental.push(...value.split(/\s+/).filter(Boolean)); break;
-      case 'build-repeat': int(name, (v) => { opts.buildRepeat = v; }); break;
-      case 'enforce-determinism': bool(name, (v) => { opts.enforceDeterminism = v; }); break;
-      case 'max-silent-time': int(name, (v) => { opts.maxSilentTime = v; }); break;
-      case 'timeout': int(name, (v) => { opts.buildTimeout = v; }); break;
-      case 'max-build-log-size': int(name, (v) => { opts.maxLogSize = v; }); break;
-      case 'log-lines': int(name, (v) => { opts.logLines = v; }); break;
-      case 'post-build-hook': opts.postBuildHook = value; break;
-      case 'system': opts.system = value; break;
-      case 'system-features': opts.systemFeatures = value.split(/\s+/).filter(Boolean); break;
-      case 'extra-system-features': opts.systemFeatures = [...(opts.systemFeatures ?? defaultSystemFeatures()), ...value.split(/\s+/).filter(Boolean)]; break;
-      case 'extra-platforms': opts.extraPlatforms = value.split(/\s+/).filter(Boolean); break;
-      case 'max-substitution-jobs': int(name, (v) => { opts.maxSubstitutionJobs = v; }); break;
-      case 'min-free': int(name, (v) => { opts.minFree = v; }); break;
-      case 'max-free': int(name, (v) => { opts.maxFree = v; }); break;
-      case 'min-free-check-interval': int(name, (v) => { opts.minFreeCheckInterval = v; }); break;
-      case 'hashed-mirrors': opts.hashedMirrors = value.split(/\s+/).filter(Boolean); break;
-      case 'netrc-file': opts.netrcFile = value; break;
-      case 'download-attempts': int(name, (v) => { opts.downloadAttempts = Math.max(1, v); }); break;
+      case 'cores':
+        int(name, (v) => {
+          opts.cores = v;
+        });
+        break;
+      case 'keep-going':
+        bool(name, (v) => {
+          opts.keepGoing = v;
+        });
+        break;
+      case 'fallback':
+        bool(name, (v) => {
+          opts.fallback = v;
+        });
+        break;
+      case 'keep-failed':
+        bool(name, (v) => {
+          opts.keepFailed = v;
+        });
+        break;
+      case 'sandbox':
+        parsed(
+          name,
+          () => {
+            if (value === 'relaxed') return 'relaxed' as const;
+            try {
+              return parseBool(name, value);
+            } catch {
+              throw new UsageError(`option '${name}' has invalid value '${value}'`);
+            }
+          },
+          (v) => {
+            opts.sandbox = v;
+          },
+        );
+        break;
+      case 'sandbox-fallback':
+        bool(name, (v) => {
+          opts.sandboxFallback = v;
+        });
+        break;
+      case 'sandbox-paths':
+      case 'extra-sandbox-paths':
+        sandboxPaths.push(...value.split(/\s+/).filter(Boolean));
+        break;
+      case 'allowed-impure-host-deps':
+      case 'extra-allowed-impure-host-deps':
+        allowedImpure.push(...value.split(/\s+/).filter(Boolean));
+        break;
+      case 'pre-build-hook':
+        opts.preBuildHook = value;
+        break;
+      case 'sandbox-build-dir':
+        opts.sandboxBuildDir = value;
+        break;
+      case 'sandbox-dev-shm-size':
+        opts.sandboxShmSize = value;
+        break;
+      case 'filter-syscalls':
+        bool(name, (v) => {
+          opts.filterSyscalls = v;
+        });
+        break;
+      case 'experimental-features':
+      case 'extra-experimental-features':
+        experimental.push(...value.split(/\s+/).filter(Boolean));
+        break;
+      case 'build-repeat':
+        int(name, (v) => {
+          opts.buildRepeat = v;
+        });
+        break;
+      case 'enforce-determinism':
+        bool(name, (v) => {
+          opts.enforceDeterminism = v;
+        });
+        break;
+      case 'max-silent-time':
+        int(name, (v) => {
+          opts.maxSilentTime = v;
+        });
+        break;
+      case 'timeout':
+        int(name, (v) => {
+          opts.buildTimeout = v;
+        });
+        break;
+      case 'max-build-log-size':
+        int(name, (v) => {
+          opts.maxLogSize = v;
+        });
+        break;
+      case 'log-lines':
+        int(name, (v) => {
+          opts.logLines = v;
+        });
+        break;
+      case 'post-build-hook':
+        opts.postBuildHook = value;
+        break;
+      case 'system':
+        opts.system = value;
+        break;
+      case 'system-features':
+        opts.systemFeatures = value.split(/\s+/).filter(Boolean);
+        break;
+      case 'extra-system-features':
+        opts.systemFeatures = [...(opts.systemFeatures ?? defaultSystemFeatures()), ...value.split(/\s+/).filter(Boolean)];
+        break;
+      case 'extra-platforms':
+        opts.extraPlatforms = value.split(/\s+/).filter(Boolean);
+        break;
+      case 'max-substitution-jobs':
+        int(name, (v) => {
+          opts.maxSubstitutionJobs = v;
+        });
+        break;
+      case 'min-free':
+        int(name, (v) => {
+          opts.minFree = v;
+        });
+        break;
+      case 'max-free':
+        int(name, (v) => {
+          opts.maxFree = v;
+        });
+        break;
+      case 'min-free-check-interval':
+        int(name, (v) => {
+          opts.minFreeCheckInterval = v;
+        });
+        break;
+      case 'hashed-mirrors':
+        opts.hashedMirrors = value.split(/\s+/).filter(Boolean);
+        break;
+      case 'netrc-file':
+        opts.netrcFile = value;
+        break;
+      case 'download-attempts':
+        int(name, (v) => {
+          opts.downloadAttempts = Math.max(1, v);
+        });
+        break;
       default:
         // Nix 2.8 silently accepts settings it does not know, and the ones read above or by other commands.
         break;
@@ -181,7 +345,11 @@ async function addPermRoot(store: Store, storePath: string, root: string): Promi
 }
 
 function isSymlink(p: string): boolean {
-  try { return lstatSync(p).isSymbolicLink(); } catch { return false; }
+  try {
+    return lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
 }
 
 const GC_WARNING = "you did not specify '--add-root'; the result might be removed by the garbage collector";
@@ -221,15 +389,20 @@ async function build(args: CliArgs, store: Store): Promise<number> {
   const builders = args.options.get('builders');
   // The engine makes the builders from the setting, and closes them (their ssh sessions) when it is closed.
   if (builders) opts.builders = builders;
-  let targets: BuildTarget[] = args.positional.map((a) => (args.command === 'ensure' ? { path: followLinksToStorePath(store.storeDir, a) } : parseTargetArg(store.storeDir, a)));
+  let targets: BuildTarget[] = args.positional.map((a) =>
+    args.command === 'ensure' ? { path: followLinksToStorePath(store.storeDir, a) } : parseTargetArg(store.storeDir, a),
+  );
   // nix-store --realise with nothing to do succeeds quietly.
   if (targets.length === 0) return 0;
   const engine = new BuildEngine(opts);
   const mode = args.check ? 'check' : args.repair ? 'repair' : 'normal';
   const { display, closeSink } = openDisplay(args, engine);
-  const trace = args.traceFile || args.report ? recordTrace(engine, {
-    meta: { command: ['realise', ...process.argv.slice(2)].join(' '), maxJobs: opts.maxJobs ?? 1 },
-  }) : undefined;
+  const trace =
+    args.traceFile || args.report
+      ? recordTrace(engine, {
+          meta: { command: ['realise', ...process.argv.slice(2)].join(' '), maxJobs: opts.maxJobs ?? 1 },
+        })
+      : undefined;
   const topDrvs = new Set(targets.map((t) => ('drvPath' in t ? t.drvPath : t.path)));
   const failed: BuildResult[] = [];
   const printed = new Set<string>();
@@ -250,8 +423,10 @@ async function build(args: CliArgs, store: Store): Promise<number> {
   try {
     if (!args.quiet || args.dryRun || args.ignoreUnknown) {
       // A substituter that fails to answer ends the command, as Nix's queryMissing throws (without --fallback).
-      const missing = await asActivity(display, 'querying info about missing paths', () => engine.queryMissing(targets))
-        .catch((e: unknown) => { if (e instanceof SubstituterError) throw e; return undefined; });
+      const missing = await asActivity(display, 'querying info about missing paths', () => engine.queryMissing(targets)).catch((e: unknown) => {
+        if (e instanceof SubstituterError) throw e;
+        return undefined;
+      });
       if (missing && args.ignoreUnknown) {
         const unknown = new Set<string>(missing.unknown);
         targets = targets.filter((t) => !unknown.has('drvPath' in t ? t.drvPath : t.path));
@@ -288,7 +463,11 @@ async function build(args: CliArgs, store: Store): Promise<number> {
       // The shape of `nix build --json`: one object per target.
       const out = [];
       for (const r of results) {
-        out.push('path' in r.target ? { path: r.path } : { drvPath: r.path, outputs: Object.fromEntries((await targetOutputs(store, r)).sort(([a], [b]) => byString(a, b))) });
+        out.push(
+          'path' in r.target
+            ? { path: r.path }
+            : { drvPath: r.path, outputs: Object.fromEntries((await targetOutputs(store, r)).sort(([a], [b]) => byString(a, b))) },
+        );
       }
       printJson(out);
       return 0;
@@ -297,7 +476,10 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     if (args.ignoreUnknown) return 0;
     let warned = false;
     const lines = await realisedPaths(args, store, results, () => {
-      if (!warned && (store instanceof LocalStore || store instanceof DaemonStore)) { warned = true; warn(GC_WARNING); }
+      if (!warned && (store instanceof LocalStore || store instanceof DaemonStore)) {
+        warned = true;
+        warn(GC_WARNING);
+      }
     });
     for (const l of lines) process.stdout.write(l + '\n');
     return 0;
@@ -318,7 +500,11 @@ function openDisplay(args: CliArgs, engine: BuildEngine): { display: Display; cl
   const jsonLogPath = args.options.get('json-log-path');
   const sink = jsonLogPath ? openJsonSink(jsonLogPath) : undefined;
   const display = makeDisplay(engine, process.stderr, {
-    format: args.logFormat as LogFormat | undefined, quiet: args.quiet, noBuildOutput: args.noBuildOutput, printBuildLogs: args.printBuildLogs, jsonSink: sink,
+    format: args.logFormat as LogFormat | undefined,
+    quiet: args.quiet,
+    noBuildOutput: args.noBuildOutput,
+    printBuildLogs: args.printBuildLogs,
+    jsonSink: sink,
   });
   messageLogs.display = display;
   return {
@@ -391,10 +577,16 @@ async function repair(args: CliArgs, store: Store): Promise<number> {
 function pathInfoJson(i: PathInfo, closureSize?: number): Record<string, unknown> {
   // Same fields and order as `nix path-info --json` of Nix 2.8.
   return {
-    path: i.path, narHash: i.narHash.toString('sri'), narSize: i.narSize, references: [...i.references].sort(byString),
-    ...(i.ca ? { ca: i.ca } : {}), ...(closureSize !== undefined ? { closureSize } : {}), ...(i.deriver ? { deriver: i.deriver } : {}),
+    path: i.path,
+    narHash: i.narHash.toString('sri'),
+    narSize: i.narSize,
+    references: [...i.references].sort(byString),
+    ...(i.ca ? { ca: i.ca } : {}),
+    ...(closureSize !== undefined ? { closureSize } : {}),
+    ...(i.deriver ? { deriver: i.deriver } : {}),
     ...(i.registrationTime ? { registrationTime: i.registrationTime } : {}),
-    ...(i.ultimate ? { ultimate: true } : {}), ...(i.sigs?.length ? { signatures: [...i.sigs] } : {}),
+    ...(i.ultimate ? { ultimate: true } : {}),
+    ...(i.sigs?.length ? { signatures: [...i.sigs] } : {}),
   };
 }
 
@@ -411,7 +603,10 @@ function formatSize(value: number, human: boolean): string {
   const units = [' ', 'K', 'M', 'G', 'T', 'P', 'E', 'Z', 'Y'];
   let power = 0;
   let res = value;
-  while (res > 1024 && power < units.length - 1) { power++; res /= 1024; }
+  while (res > 1024 && power < units.length - 1) {
+    power++;
+    res /= 1024;
+  }
   return `\t${res.toFixed(1).padStart(6)}${units[power]}`;
 }
 
@@ -427,10 +622,14 @@ function cancelOnInterrupt(cancel: () => void): () => void {
   const owner = (globalThis as Record<symbol, { cancel?: () => void } | undefined>)[Symbol.for('realise.cli.interrupts')];
   if (owner) {
     owner.cancel = cancel;
-    return () => { owner.cancel = undefined; };
+    return () => {
+      owner.cancel = undefined;
+    };
   }
   for (const sig of INTERRUPTS) process.on(sig, cancel);
-  return () => { for (const sig of INTERRUPTS) process.off(sig, cancel); };
+  return () => {
+    for (const sig of INTERRUPTS) process.off(sig, cancel);
+  };
 }
 
 async function pathInfo(args: CliArgs, store: Store): Promise<number> {
@@ -456,7 +655,10 @@ async function pathInfo(args: CliArgs, store: Store): Promise<number> {
       } catch (e) {
         throw new CliError(`error parsing derivation '${p}': ${e instanceof RealiseError ? e.shortMessage : (e as Error).message}`);
       }
-      if (args.derivation) { roots.add(p); continue; }
+      if (args.derivation) {
+        roots.add(p);
+        continue;
+      }
       const registered = await store.queryDerivationOutputs(p).catch(() => new Map<string, string>());
       for (const [name, o] of derivationOutputsAndPaths(drv)) {
         const out = o.path ?? registered.get(name);
@@ -543,12 +745,13 @@ async function copy(args: CliArgs, store: Store): Promise<number> {
   const written = await copyToBinaryCache(store, paths, args.to, {
     ...(secretKey ? { secretKey } : {}),
     ...(compression ? { compression } : {}),
-    onPath: (p: string, wrote: boolean) => { if (wrote && !args.quiet) process.stderr.write(`copying path '${p}' to '${shownUrl}'...\n`); },
+    onPath: (p: string, wrote: boolean) => {
+      if (wrote && !args.quiet) process.stderr.write(`copying path '${p}' to '${shownUrl}'...\n`);
+    },
   });
   if (args.json) printJson(written);
   return 0;
 }
-
 
 /** Nix's show-trace setting of the command being run (how `main` prints an error's trace). */
 let showTrace = false;
@@ -560,8 +763,12 @@ async function run(argv: string[]): Promise<number> {
   showTrace = args.options.get('show-trace') === 'true';
   const answered = answerHelpOrVersion(args);
   if (answered !== undefined) return answered;
-  if (!args.command) { process.stderr.write(USAGE); return 1; }
-  if (!['build', 'ensure', 'repair', 'path-info', 'copy', 'report', 'gc', 'store'].includes(args.command)) throw new UsageError(`unknown command '${args.command}'`);
+  if (!args.command) {
+    process.stderr.write(USAGE);
+    return 1;
+  }
+  if (!['build', 'ensure', 'repair', 'path-info', 'copy', 'report', 'gc', 'store'].includes(args.command))
+    throw new UsageError(`unknown command '${args.command}'`);
   if (args.logFormat !== undefined && !(LOG_FORMATS as readonly string[]).includes(args.logFormat)) {
     throw new CliError(`option 'log-format' has an invalid value '${args.logFormat}'`);
   }
@@ -579,12 +786,19 @@ async function run(argv: string[]): Promise<number> {
   if (autoOptimise !== undefined && store instanceof LocalStore) store.autoOptimiseStore = parseBool('auto-optimise-store', autoOptimise);
   try {
     switch (args.command) {
-      case 'build': case 'ensure': return await build(args, store);
-      case 'repair': return await repair(args, store);
-      case 'path-info': return await pathInfo(args, store);
-      case 'gc': return await gcCommand(args, store);
-      case 'store': return await storeCommand(args, store);
-      default: return await copy(args, store);
+      case 'build':
+      case 'ensure':
+        return await build(args, store);
+      case 'repair':
+        return await repair(args, store);
+      case 'path-info':
+        return await pathInfo(args, store);
+      case 'gc':
+        return await gcCommand(args, store);
+      case 'store':
+        return await storeCommand(args, store);
+      default:
+        return await copy(args, store);
     }
   } finally {
     await store.close();

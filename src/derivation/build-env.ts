@@ -73,7 +73,10 @@ function shSimple(v: unknown): string | undefined {
  * without fraction or exponent that fits), or else a double.
  */
 export class JsonNumber {
-  constructor(readonly int: bigint | undefined, readonly float: number) {}
+  constructor(
+    readonly int: bigint | undefined,
+    readonly float: number,
+  ) {}
 }
 
 function asJsonNumber(v: unknown): JsonNumber | undefined {
@@ -91,8 +94,12 @@ const UINT64_MAX = (1n << 64n) - 1n;
  */
 export function parseJsonExact(text: string): unknown {
   let i = 0;
-  const ws = () => { while (i < text.length && ' \t\n\r'.includes(text[i]!)) i++; };
-  const fail = (): never => { throw new SyntaxError(`malformed JSON at offset ${i}`); };
+  const ws = () => {
+    while (i < text.length && ' \t\n\r'.includes(text[i]!)) i++;
+  };
+  const fail = (): never => {
+    throw new SyntaxError(`malformed JSON at offset ${i}`);
+  };
   const STRING = /"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/y;
   const NUMBER = /-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
   const value = (): unknown => {
@@ -102,7 +109,10 @@ export function parseJsonExact(text: string): unknown {
       i++;
       const o: Record<string, unknown> = {};
       ws();
-      if (text[i] === '}') { i++; return o; }
+      if (text[i] === '}') {
+        i++;
+        return o;
+      }
       for (;;) {
         ws();
         STRING.lastIndex = i;
@@ -121,7 +131,10 @@ export function parseJsonExact(text: string): unknown {
       i++;
       const a: unknown[] = [];
       ws();
-      if (text[i] === ']') { i++; return a; }
+      if (text[i] === ']') {
+        i++;
+        return a;
+      }
       for (;;) {
         a.push(value());
         ws();
@@ -136,8 +149,15 @@ export function parseJsonExact(text: string): unknown {
       i += m[0].length;
       return JSON.parse(m[0]) as string;
     }
-    for (const [word, v] of [['true', true], ['false', false], ['null', null]] as const) {
-      if (text.startsWith(word, i)) { i += word.length; return v; }
+    for (const [word, v] of [
+      ['true', true],
+      ['false', false],
+      ['null', null],
+    ] as const) {
+      if (text.startsWith(word, i)) {
+        i += word.length;
+        return v;
+      }
     }
     NUMBER.lastIndex = i;
     const m = NUMBER.exec(text) ?? fail();
@@ -187,7 +207,10 @@ export function structuredAttrsToShell(json: Record<string, unknown>): string {
       let good = true;
       for (const x of value) {
         const e = shSimple(x);
-        if (e === undefined) { good = false; break; }
+        if (e === undefined) {
+          good = false;
+          break;
+        }
         s += e + ' ';
       }
       if (good) out += `declare -a ${key}=(${s})\n`;
@@ -196,7 +219,10 @@ export function structuredAttrsToShell(json: Record<string, unknown>): string {
       let good = true;
       for (const k of Object.keys(value).sort()) {
         const e = shSimple((value as Record<string, unknown>)[k]);
-        if (e === undefined) { good = false; break; }
+        if (e === undefined) {
+          good = false;
+          break;
+        }
         s += `[${shellEscape(k)}]=${e} `;
       }
       if (good) out += `declare -A ${key}=(${s})\n`;
@@ -212,7 +238,14 @@ export function nixJsonDump(v: unknown): string {
   if (v === null || typeof v !== 'object') return JSON.stringify(v) ?? 'null';
   if (Array.isArray(v)) return '[' + v.map(nixJsonDump).join(',') + ']';
   const o = v as Record<string, unknown>;
-  return '{' + Object.keys(o).sort().map((k) => JSON.stringify(k) + ':' + nixJsonDump(o[k])).join(',') + '}';
+  return (
+    '{' +
+    Object.keys(o)
+      .sort()
+      .map((k) => JSON.stringify(k) + ':' + nixJsonDump(o[k]))
+      .join(',') +
+    '}'
+  );
 }
 
 export function passAsFileName(attr: string): string {
@@ -267,9 +300,13 @@ export function makeBuildEnv(input: BuildEnvInput): BuildEnv {
   if (input.structuredAttrs) {
     // Nix re-reads `__json` with nlohmann::json, whose numbers are 64-bit integers or doubles.
     let exact: unknown;
-    try { exact = parseJsonExact(input.drvEnv.get('__json') ?? ''); } catch { exact = undefined; }
-    const json: Record<string, unknown> = exact !== null && typeof exact === 'object' && !Array.isArray(exact)
-      ? exact as Record<string, unknown> : { ...input.structuredAttrs };
+    try {
+      exact = parseJsonExact(input.drvEnv.get('__json') ?? '');
+    } catch {
+      exact = undefined;
+    }
+    const json: Record<string, unknown> =
+      exact !== null && typeof exact === 'object' && !Array.isArray(exact) ? (exact as Record<string, unknown>) : { ...input.structuredAttrs };
     const outputs: Record<string, string> = {};
     for (const o of input.outputNames) outputs[o] = rewriteStrings(hashPlaceholder(o), input.rewrites);
     json.outputs = outputs;

@@ -74,16 +74,7 @@ export function isContextual(v: unknown): v is Contextual {
 
 /** A value accepted by `derivation` attributes. Plain objects only with structured attributes. */
 export type AttrValue =
-  | string
-  | number
-  | bigint
-  | boolean
-  | null
-  | undefined
-  | NixString
-  | Contextual
-  | readonly AttrValue[]
-  | { readonly [k: string]: AttrValue };
+  string | number | bigint | boolean | null | undefined | NixString | Contextual | readonly AttrValue[] | { readonly [k: string]: AttrValue };
 
 function describe(v: unknown): string {
   if (v === null) return 'null';
@@ -176,7 +167,9 @@ export function coerceToString(v: AttrValue, context: Set<string>, coerceMore: b
   }
   throw new InvalidDerivationAttrsError(`cannot coerce ${describe(v)} to a string (${where})`, {
     attribute: where,
-    hint: coerceMore ? 'use a string, number, Boolean, null, list, store path or derivation output' : 'interpolate strings, numbers, store paths or derivation outputs',
+    hint: coerceMore
+      ? 'use a string, number, Boolean, null, list, store path or derivation output'
+      : 'interpolate strings, numbers, store paths or derivation outputs',
   });
 }
 
@@ -249,7 +242,9 @@ export function toNixJson(v: AttrValue, context: Set<string>, where: string, anc
       out = '[' + (v as readonly AttrValue[]).map((x, i) => toNixJson(x, context, `${where}[${i}]`, ancestors)).join(',') + ']';
     } else {
       const obj = v as { readonly [k: string]: AttrValue };
-      const keys = Object.keys(obj).filter((k) => obj[k] !== undefined).sort(compareBytes);
+      const keys = Object.keys(obj)
+        .filter((k) => obj[k] !== undefined)
+        .sort(compareBytes);
       out = '{' + keys.map((k) => jsonString(k) + ':' + toNixJson(obj[k], context, `${where}.${k}`, ancestors)).join(',') + '}';
     }
     ancestors.delete(v);

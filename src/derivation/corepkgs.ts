@@ -123,7 +123,9 @@ function printValue(v: MetaValue, where: string): string {
   if (Array.isArray(v)) return '[ ' + (v as readonly MetaValue[]).map((x, i) => printValue(x, `${where}[${i}]`) + ' ').join('') + ']';
   if (typeof v === 'object') {
     const o = v as { readonly [k: string]: MetaValue };
-    const keys = Object.keys(o).filter((k) => o[k] !== undefined).sort(compareBytes);
+    const keys = Object.keys(o)
+      .filter((k) => o[k] !== undefined)
+      .sort(compareBytes);
     return '{ ' + keys.map((k) => `${k} = ${printValue(o[k]!, `${where}.${k}`)}; `).join('') + '}';
   }
   throw new InvalidDerivationAttrsError(`buildEnv: ${where} is not a value a manifest can hold`, { attribute: where });
@@ -165,12 +167,7 @@ export async function buildEnv(store: Store, packages: readonly (UserEnvPackage 
     elements.push(el);
     // buildenv.nix: [ (meta.active or "true") (meta.priority or 5) (length outputs) ] ++ the output paths.
     const meta = p.meta ?? {};
-    groups.push([
-      (meta.active ?? 'true') as AttrValue,
-      (meta.priority ?? 5) as AttrValue,
-      names.length,
-      ...names.map((n) => p.outputs[n]!),
-    ]);
+    groups.push([(meta.active ?? 'true') as AttrValue, (meta.priority ?? 5) as AttrValue, names.length, ...names.map((n) => p.outputs[n]!)]);
   });
   const manifestText = printValue(elements, 'manifest');
   const manifest = await addText(store, 'env-manifest.nix', manifestText, references);

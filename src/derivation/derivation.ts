@@ -148,10 +148,7 @@ function outputFields(o: DerivationOutput, maskOutputs: boolean): [string, strin
  * output paths and the environment variables named after outputs are empty. `inputDrvsOverride`
  * replaces the input derivations (as hashDerivationModulo does with its hashes).
  */
-export function printDerivation(
-  drv: Derivation,
-  opts: { maskOutputs?: boolean; inputDrvsOverride?: ReadonlyMap<string, Iterable<string>> } = {},
-): string {
+export function printDerivation(drv: Derivation, opts: { maskOutputs?: boolean; inputDrvsOverride?: ReadonlyMap<string, Iterable<string>> } = {}): string {
   const mask = opts.maskOutputs ?? false;
   const parts: string[] = ['Derive(['];
   const outNames = [...drv.outputs.keys()].sort(compareBytes);
@@ -171,11 +168,7 @@ export function printDerivation(
   parts.push(printList(sortedUnique(drv.inputSrcs)));
   parts.push(',', escapeString(drv.platform), ',', escapeString(drv.builder), ',', printList(drv.args), ',[');
   const envKeys = [...drv.env.keys()].sort(compareBytes);
-  parts.push(
-    envKeys
-      .map((k) => '(' + escapeString(k) + ',' + escapeString(mask && drv.outputs.has(k) ? '' : drv.env.get(k)!) + ')')
-      .join(','),
-  );
+  parts.push(envKeys.map((k) => '(' + escapeString(k) + ',' + escapeString(mask && drv.outputs.has(k) ? '' : drv.env.get(k)!) + ')').join(','));
   parts.push('])');
   return parts.join('');
 }
@@ -195,7 +188,10 @@ const MAX_DRV_LENGTH = 1 << 28;
 
 class Parser {
   pos = 0;
-  constructor(readonly text: string, readonly drvName: string) {}
+  constructor(
+    readonly text: string,
+    readonly drvName: string,
+  ) {}
 
   fail(what: string): never {
     const at = this.pos;
@@ -436,7 +432,11 @@ export type DerivationKind = 'input-addressed' | 'deferred' | 'fixed' | 'floatin
  * rejects (e.g. a fixed output next to another output).
  */
 export function derivationKind(drv: Derivation): DerivationKind {
-  let ia = 0, deferred = 0, fixed = 0, floating = 0, impure = 0;
+  let ia = 0,
+    deferred = 0,
+    fixed = 0,
+    floating = 0,
+    impure = 0;
   for (const o of drv.outputs.values()) {
     if (o.type === 'input-addressed') ia++;
     else if (o.type === 'deferred') deferred++;
@@ -559,7 +559,12 @@ export class DerivationHasher {
  * `hashDerivationModulo(readDrv, drv, maskOutputs)`. Pass a `DerivationHasher` to share its memo
  * between calls; a bare `ReadDerivation` gets a fresh memo.
  */
-export function hashDerivationModulo(reader: DerivationHasher | ReadDerivation, drv: Derivation, maskOutputs: boolean, opts: { storeDir?: string } = {}): Promise<DrvHash> {
+export function hashDerivationModulo(
+  reader: DerivationHasher | ReadDerivation,
+  drv: Derivation,
+  maskOutputs: boolean,
+  opts: { storeDir?: string } = {},
+): Promise<DrvHash> {
   const hasher = reader instanceof DerivationHasher ? reader : new DerivationHasher(reader, opts);
   return hasher.hashModulo(drv, maskOutputs);
 }
@@ -568,7 +573,11 @@ export function hashDerivationModulo(reader: DerivationHasher | ReadDerivation, 
  * Nix's `staticOutputHashes`: output name → hash modulo with the derivation's own outputs masked (its input
  * derivations count with their unmasked hashes), what realisations are named by (`sha256:<base16>!out`).
  */
-export async function staticOutputHashes(reader: DerivationHasher | ReadDerivation, drv: Derivation, opts: { storeDir?: string } = {}): Promise<Map<string, Hash>> {
+export async function staticOutputHashes(
+  reader: DerivationHasher | ReadDerivation,
+  drv: Derivation,
+  opts: { storeDir?: string } = {},
+): Promise<Map<string, Hash>> {
   return new Map((await hashDerivationModulo(reader, drv, true, opts)).hashes);
 }
 

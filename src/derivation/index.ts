@@ -35,25 +35,8 @@ export {
   type OutputSpec,
 } from './derivation.js';
 export { BadDerivationError, InvalidDerivationAttrsError } from './errors.js';
-export {
-  ParsedDerivation,
-  DEFAULT_SYSTEM_FEATURES,
-  defaultSystemFeatures,
-  type OutputChecks,
-  type LocalPlatform,
-  type JsonValue,
-} from './parsed-attrs.js';
-export {
-  NixString,
-  nix,
-  concat,
-  withContext,
-  storePathString,
-  outputString,
-  drvPathString,
-  type AttrValue,
-  type Contextual,
-} from './context.js';
+export { ParsedDerivation, DEFAULT_SYSTEM_FEATURES, defaultSystemFeatures, type OutputChecks, type LocalPlatform, type JsonValue } from './parsed-attrs.js';
+export { NixString, nix, concat, withContext, storePathString, outputString, drvPathString, type AttrValue, type Contextual } from './context.js';
 export {
   derivation,
   instantiateDerivation,
@@ -68,19 +51,5 @@ export {
   type AddPathOptions,
   type PathType,
 } from './instantiate.js';
-export {
-  fetchurl,
-  buildEnv,
-  type FetchurlArgs,
-  type UserEnvPackage,
-  type BuildEnvOptions,
-  type UserEnvironment,
-  type MetaValue,
-} from './corepkgs.js';
-export {
-  tryResolve,
-  needsResolution,
-  downstreamPlaceholder,
-  type InputOutputPaths,
-  type ResolveResult,
-} from './resolve.js';
+export { fetchurl, buildEnv, type FetchurlArgs, type UserEnvPackage, type BuildEnvOptions, type UserEnvironment, type MetaValue } from './corepkgs.js';
+export { tryResolve, needsResolution, downstreamPlaceholder, type InputOutputPaths, type ResolveResult } from './resolve.js';

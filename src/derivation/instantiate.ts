@@ -29,16 +29,7 @@ import {
   type OutputSpec,
 } from './derivation.js';
 import { InvalidDerivationAttrsError } from './errors.js';
-import {
-  NixString,
-  coerceToString,
-  drvPathString,
-  outputString,
-  storePathString,
-  toNixJson,
-  type AttrValue,
-  type Contextual,
-} from './context.js';
+import { NixString, coerceToString, drvPathString, outputString, storePathString, toNixJson, type AttrValue, type Contextual } from './context.js';
 
 /** Experimental features that `derivation` may need (as Nix's `experimental-features`). */
 export type ExperimentalFeature = 'ca-derivations' | 'impure-derivations';
@@ -205,7 +196,9 @@ function declaredOutputs(attrs: DerivationAttrs): string[] {
   const o = attrs.outputs;
   if (o === undefined || o === null) return ['out'];
   if (attrs.__structuredAttrs || Array.isArray(o)) return [...(o as readonly string[])];
-  return String(o).split(/[ \t\n\r]+/).filter(Boolean);
+  return String(o)
+    .split(/[ \t\n\r]+/)
+    .filter(Boolean);
 }
 
 /** Nix's `forceStringNoCtx` (structured attributes): a string without context, nothing coerced. */
@@ -258,7 +251,8 @@ export async function instantiateDerivation(store: Store, attrs: DerivationAttrs
     for (const j of ss) {
       if (seen.has(j)) throw attrError(drvName, `duplicate derivation output '${j}'`, 'outputs');
       if (j === 'drv') throw attrError(drvName, "invalid derivation output name 'drv'", 'outputs');
-      if (j.length === 0 || j.includes('/')) throw attrError(drvName, `invalid derivation output name '${j}'`, 'outputs', undefined, 'output names are store path name parts: no /, no spaces');
+      if (j.length === 0 || j.includes('/'))
+        throw attrError(drvName, `invalid derivation output name '${j}'`, 'outputs', undefined, 'output names are store path name parts: no /, no spaces');
       try {
         checkStorePathName(outputPathName(drvName, j));
       } catch (e) {
@@ -299,7 +293,13 @@ export async function instantiateDerivation(store: Store, attrs: DerivationAttrs
         handleOutputs((value as readonly AttrValue[]).map((v, i) => noContext(drvName, `outputs[${i}]`, v)));
       }
     } else {
-      if (typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof NixString) && typeof (value as Contextual).toNixString !== 'function') {
+      if (
+        typeof value === 'object' &&
+        value !== null &&
+        !Array.isArray(value) &&
+        !(value instanceof NixString) &&
+        typeof (value as Contextual).toNixString !== 'function'
+      ) {
         throw attrError(drvName, 'cannot coerce an attribute set to a string', key, undefined, 'use __structuredAttrs = true to pass attribute sets');
       }
       const s = coerceToString(value, context, true, key);
@@ -417,10 +417,10 @@ export async function addText(store: Store, name: string, text: string | NixStri
   const s = coerceToString(text, ctx, false, 'text');
   for (const c of ctx) {
     if (!c.startsWith('/')) {
-      throw new InvalidDerivationAttrsError(
-        `in 'toFile': the file named '${name}' must not contain a reference to a derivation but contains (${c})`,
-        { attribute: 'text', hint: 'build the derivation and refer to its output path, or write the file in a derivation' },
-      );
+      throw new InvalidDerivationAttrsError(`in 'toFile': the file named '${name}' must not contain a reference to a derivation but contains (${c})`, {
+        attribute: 'text',
+        hint: 'build the derivation and refer to its output path, or write the file in a derivation',
+      });
     }
     refs.add(c);
   }
@@ -481,7 +481,9 @@ async function* dumpNode(p: string, filter: (p: string, t: PathType) => boolean)
       yield narString(')');
     }
   } else {
-    throw new InvalidDerivationAttrsError(`file '${p}' has an unsupported type`, { hint: 'only regular files, directories and symlinks can be added to the store' });
+    throw new InvalidDerivationAttrsError(`file '${p}' has an unsupported type`, {
+      hint: 'only regular files, directories and symlinks can be added to the store',
+    });
   }
   yield narString(')');
 }
@@ -518,7 +520,10 @@ export async function addPath(store: Store, localPath: string, opts: AddPathOpti
     nar = filter ? () => dumpFiltered(abs, filter) : () => dumpPath(abs);
     hash = (await hashNar(nar())).hash;
   } else {
-    if (!st.isFile()) throw new InvalidDerivationAttrsError(`cannot add '${abs}' with recursive = false: it is not a regular file`, { hint: 'use recursive: true for directories and symlinks' });
+    if (!st.isFile())
+      throw new InvalidDerivationAttrsError(`cannot add '${abs}' with recursive = false: it is not a regular file`, {
+        hint: 'use recursive: true for directories and symlinks',
+      });
     method = 'flat';
     const data = await fsp.readFile(abs);
     hash = Hash.of('sha256', data);
@@ -559,8 +564,15 @@ export async function derivationFromStore(store: Store, drvPath: StorePath): Pro
   let declared: string[] | undefined;
   const json = drv.env.get('__json');
   try {
-    const fromAttr = json !== undefined ? (JSON.parse(json) as { outputs?: unknown }).outputs : drv.env.get('outputs')?.split(/[ \t\n\r]+/).filter(Boolean);
-    if (Array.isArray(fromAttr) && fromAttr.length === sorted.length && fromAttr.every((o) => typeof o === 'string' && drv.outputs.has(o))) declared = fromAttr as string[];
+    const fromAttr =
+      json !== undefined
+        ? (JSON.parse(json) as { outputs?: unknown }).outputs
+        : drv.env
+            .get('outputs')
+            ?.split(/[ \t\n\r]+/)
+            .filter(Boolean);
+    if (Array.isArray(fromAttr) && fromAttr.length === sorted.length && fromAttr.every((o) => typeof o === 'string' && drv.outputs.has(o)))
+      declared = fromAttr as string[];
   } catch {
     declared = undefined;
   }

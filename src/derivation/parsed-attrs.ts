@@ -48,7 +48,12 @@ export const DEFAULT_SYSTEM_FEATURES: readonly string[] = ['nixos-test', 'benchm
 export function defaultSystemFeatures(): string[] {
   const features = [...DEFAULT_SYSTEM_FEATURES];
   if (process.platform === 'linux') {
-    try { accessSync('/dev/kvm', fsConstants.R_OK | fsConstants.W_OK); features.push('kvm'); } catch { /* not usable */ }
+    try {
+      accessSync('/dev/kvm', fsConstants.R_OK | fsConstants.W_OK);
+      features.push('kvm');
+    } catch {
+      /* not usable */
+    }
   }
   return features.sort();
 }
@@ -225,7 +230,9 @@ export class ParsedDerivation {
         // As Nix: a path inside a store path stands for that store path.
         const paths = list.map((p) => {
           if (typeof p !== 'string') {
-            throw new BadDerivationError(`'exportReferencesGraph.${name}' of '${this.drvPath}' contains a non-store path ${JSON.stringify(p)}`, { drv: this.drvPath });
+            throw new BadDerivationError(`'exportReferencesGraph.${name}' of '${this.drvPath}' contains a non-store path ${JSON.stringify(p)}`, {
+              drv: this.drvPath,
+            });
           }
           return toPath(p);
         });
@@ -264,8 +271,7 @@ export class ParsedDerivation {
         return v;
       };
       // Named as Nix names them: `attribute 'allowedReferences' of derivation … must be a list of strings`.
-      const list = (k: string): string[] | undefined =>
-        Object.prototype.hasOwnProperty.call(o, k) ? this.stringList(k, o[k]!) : undefined;
+      const list = (k: string): string[] | undefined => (Object.prototype.hasOwnProperty.call(o, k) ? this.stringList(k, o[k]!) : undefined);
       return {
         ignoreSelfRefs: false,
         maxSize: num('maxSize'),

@@ -53,7 +53,10 @@ export async function tryResolve(drv: Derivation, inputOutputs: InputOutputPaths
   for (const [inputDrv, outs] of drv.inputDrvs) {
     for (const o of outs) {
       const p = inputOutputs.get(inputDrv)?.get(o);
-      if (!p) { missing.push({ drvPath: inputDrv, output: o }); continue; }
+      if (!p) {
+        missing.push({ drvPath: inputDrv, output: o });
+        continue;
+      }
       pairs.push([downstreamPlaceholder(inputDrv, o), p]);
       srcs.add(p);
     }

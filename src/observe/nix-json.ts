@@ -9,14 +9,31 @@ import type { BuildEngineEvents, Progress } from '../scheduler/events.js';
 
 /** Nix's ActivityType values. */
 export const ActivityType = {
-  Unknown: 0, CopyPath: 100, FileTransfer: 101, Realise: 102, CopyPaths: 103, Builds: 104, Build: 105,
-  OptimiseStore: 106, VerifyPaths: 107, Substitute: 108, QueryPathInfo: 109, PostBuildHook: 110, BuildWaiting: 111,
+  Unknown: 0,
+  CopyPath: 100,
+  FileTransfer: 101,
+  Realise: 102,
+  CopyPaths: 103,
+  Builds: 104,
+  Build: 105,
+  OptimiseStore: 106,
+  VerifyPaths: 107,
+  Substitute: 108,
+  QueryPathInfo: 109,
+  PostBuildHook: 110,
+  BuildWaiting: 111,
 } as const;
 
 /** Nix's ResultType values. */
 export const ResultType = {
-  FileLinked: 100, BuildLogLine: 101, UntrustedPath: 102, CorruptedPath: 103, SetPhase: 104, Progress: 105,
-  SetExpected: 106, PostBuildLogLine: 107,
+  FileLinked: 100,
+  BuildLogLine: 101,
+  UntrustedPath: 102,
+  CorruptedPath: 103,
+  SetPhase: 104,
+  Progress: 105,
+  SetExpected: 106,
+  PostBuildLogLine: 107,
 } as const;
 
 /** Nix's verbosity levels, as the stream carries them. */
@@ -24,10 +41,14 @@ export const LogLevel = { Error: 0, Warn: 1, Notice: 2, Info: 3, Talkative: 4, C
 
 /** Nix's words for a build activity ("building '…'", "checking outputs of '…'", "… on 'MACHINE'"). */
 export function buildActivityText(e: { drvPath: string; round: number; rounds: number; machine?: string; mode: string }): string {
-  let msg = e.mode === 'repair' ? `repairing outputs of '${e.drvPath}'`
-    : e.mode === 'check' ? `checking outputs of '${e.drvPath}'`
-      : e.rounds > 1 ? `building '${e.drvPath}' (round ${e.round}/${e.rounds})`
-        : `building '${e.drvPath}'`;
+  let msg =
+    e.mode === 'repair'
+      ? `repairing outputs of '${e.drvPath}'`
+      : e.mode === 'check'
+        ? `checking outputs of '${e.drvPath}'`
+        : e.rounds > 1
+          ? `building '${e.drvPath}' (round ${e.round}/${e.rounds})`
+          : `building '${e.drvPath}'`;
   if (e.machine) msg += ` on '${e.machine}'`;
   return msg;
 }
@@ -69,7 +90,11 @@ export class NixJsonLog {
   private readonly storeUri: string;
 
   /** Without an engine, a log for messages and activities of the caller's own. */
-  constructor(engine: Pick<BuildEngine, 'on' | 'off'> | undefined, private readonly write: (line: string) => void, opts: NixJsonLogOptions = {}) {
+  constructor(
+    engine: Pick<BuildEngine, 'on' | 'off'> | undefined,
+    private readonly write: (line: string) => void,
+    opts: NixJsonLogOptions = {},
+  ) {
     this.storeUri = opts.storeUri ?? 'local';
     if (!engine) return;
     const on = <E extends keyof BuildEngineEvents>(event: E, fn: BuildEngineEvents[E]) => {
@@ -105,8 +130,8 @@ export class NixJsonLog {
       const sub = this.start(ActivityType.Substitute, LogLevel.Error, '', [e.path, e.substituter]);
       const copy = this.start(ActivityType.CopyPath, LogLevel.Info, `copying path '${e.path}' from '${e.substituter}'`, [e.path, e.substituter, this.storeUri]);
       // Nix downloads the NAR of an http(s) cache as a FileTransfer activity inside the copy.
-      const download = e.narUrl && /^https?:\/\//.test(e.narUrl)
-        ? [this.start(ActivityType.FileTransfer, LogLevel.Talkative, `downloading '${e.narUrl}'`, [e.narUrl])] : [];
+      const download =
+        e.narUrl && /^https?:\/\//.test(e.narUrl) ? [this.start(ActivityType.FileTransfer, LogLevel.Talkative, `downloading '${e.narUrl}'`, [e.narUrl])] : [];
       this.substitutions.set(e.path, [sub, copy, ...download]);
     });
     on('substitution-finished', (e) => {
@@ -146,7 +171,10 @@ export class NixJsonLog {
     for (const id of this.builds.values()) this.stop(id);
     for (const ids of this.substitutions.values()) for (const id of [...ids].reverse()) this.stop(id);
     for (const id of [...this.waits.values(), ...this.hooks.values()]) this.stop(id);
-    this.builds.clear(); this.substitutions.clear(); this.waits.clear(); this.hooks.clear();
+    this.builds.clear();
+    this.substitutions.clear();
+    this.waits.clear();
+    this.hooks.clear();
     if (!this.top) return;
     this.stop(this.top.copyPaths);
     this.stop(this.top.builds);
@@ -184,7 +212,15 @@ export class NixJsonLog {
   /** An error as Nix's logError writes it: `msg` with the coloured prefix, `raw_msg` the message alone. */
   error(message: string): void {
     const raw = message.replace(/\s+$/, '');
-    this.emit({ action: 'msg', column: null, file: null, level: LogLevel.Error, line: null, msg: ERROR_PREFIX + raw.replace(/\n(?!\n|$)/g, '\n' + INDENT), raw_msg: raw });
+    this.emit({
+      action: 'msg',
+      column: null,
+      file: null,
+      level: LogLevel.Error,
+      line: null,
+      msg: ERROR_PREFIX + raw.replace(/\n(?!\n|$)/g, '\n' + INDENT),
+      raw_msg: raw,
+    });
   }
 
   warn(message: string): void {

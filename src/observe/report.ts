@@ -62,8 +62,14 @@ export function analyseTrace(trace: TraceFile): RunAnalysis {
     if (e.ph === 'X' && (e.cat === 'build' || e.cat === 'substitution')) {
       const a = e.args ?? {};
       items.push({
-        kind: e.cat, path: String(e.cat === 'build' ? a.drvPath : a.path), name: e.name, track: trackNames.get(e.tid) ?? String(e.tid),
-        start: e.ts, dur: e.dur ?? 0, ok: e.cat === 'build' ? a.outcome === 'success' : a.ok === true, args: a,
+        kind: e.cat,
+        path: String(e.cat === 'build' ? a.drvPath : a.path),
+        name: e.name,
+        track: trackNames.get(e.tid) ?? String(e.tid),
+        start: e.ts,
+        dur: e.dur ?? 0,
+        ok: e.cat === 'build' ? a.outcome === 'success' : a.ok === true,
+        args: a,
       });
     } else if (e.ph === 'b' && e.cat?.startsWith('goal')) {
       begins.set(e.id!, e);
@@ -72,8 +78,15 @@ export function analyseTrace(trace: TraceFile): RunAnalysis {
       if (!b) continue;
       const a = b.args ?? {};
       goals.push({
-        kind: String(a.kind), path: String(a.path), name: b.name, start: b.ts, end: e.ts, status: String(e.args?.status ?? 'unknown'),
-        ...(e.args?.error ? { error: String(e.args.error) } : {}), inputs: (a.inputs as string[] | undefined) ?? [], working: 0,
+        kind: String(a.kind),
+        path: String(a.path),
+        name: b.name,
+        start: b.ts,
+        end: e.ts,
+        status: String(e.args?.status ?? 'unknown'),
+        ...(e.args?.error ? { error: String(e.args.error) } : {}),
+        inputs: (a.inputs as string[] | undefined) ?? [],
+        working: 0,
       });
     }
   }
@@ -99,7 +112,10 @@ export function analyseTrace(trace: TraceFile): RunAnalysis {
       let total = 0;
       for (const i of g.inputs) {
         const b = best.get(i);
-        if (b && b.total > total) { total = b.total; prev = i; }
+        if (b && b.total > total) {
+          total = b.total;
+          prev = i;
+        }
       }
       best.set(p, { total: total + g.working, ...(prev ? { prev } : {}) });
     }
@@ -119,11 +135,15 @@ export function analyseTrace(trace: TraceFile): RunAnalysis {
   for (const i of items) if (i.kind === 'build' && Array.isArray(i.args.logTail)) tails.set(i.path, i.args.logTail as string[]);
   const failed = withWork.filter((g) => !['built', 'substituted', 'already-valid', 'stopped', 'unfinished'].includes(g.status));
   return {
-    items, goals: withWork,
+    items,
+    goals: withWork,
     tracks: [...new Set(items.map((i) => i.track))].sort(trackOrder),
     start: all.length ? Math.min(...all) : 0,
     end: ends.length ? Math.max(...ends) : 0,
-    criticalPath, criticalTotal, working, waiting,
+    criticalPath,
+    criticalTotal,
+    working,
+    waiting,
     failures: failed.map((goal) => ({ goal, logTail: tails.get(goal.path) ?? [] })),
     stopped: withWork.filter((g) => g.status === 'stopped'),
   };
@@ -136,7 +156,7 @@ function trackOrder(a: string, b: string): number {
   return rank(a) - rank(b) || (a.replace(/\d+$/, '') < b.replace(/\d+$/, '') ? -1 : a.replace(/\d+$/, '') > b.replace(/\d+$/, '') ? 1 : num(a) - num(b));
 }
 
-const esc = (s: unknown): string => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]!));
+const esc = (s: unknown): string => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 
 /** Microseconds as a human duration. */
 export function formatDuration(us: number): string {
@@ -169,7 +189,10 @@ export function renderReport(trace: TraceFile, opts: { title?: string } = {}): s
   const a = analyseTrace(trace);
   const span = Math.max(1, a.end - a.start);
   const critical = new Set(a.criticalPath);
-  const W = 1100, LABEL = 150, ROW = 20, AXIS = 24;
+  const W = 1100,
+    LABEL = 150,
+    ROW = 20,
+    AXIS = 24;
   const x = (t: number) => LABEL + ((t - a.start) / span) * (W - LABEL - 10);
   const rowOf = new Map(a.tracks.map((t, i) => [t, i]));
   const H = AXIS + a.tracks.length * ROW + 4;
@@ -188,9 +211,13 @@ export function renderReport(trace: TraceFile, opts: { title?: string } = {}): s
     const y = AXIS + rowOf.get(i.track)! * ROW + 3;
     const w = Math.max(1, x(i.start + i.dur) - x(i.start));
     const stopped = i.args.outcome === 'stopped';
-    const cls = ['bar', i.kind, critical.has(i.path) && i.kind === 'build' ? 'critical' : '', !i.ok ? (stopped ? 'stopped' : 'failed') : ''].filter(Boolean).join(' ');
+    const cls = ['bar', i.kind, critical.has(i.path) && i.kind === 'build' ? 'critical' : '', !i.ok ? (stopped ? 'stopped' : 'failed') : '']
+      .filter(Boolean)
+      .join(' ');
     const attr = i.kind === 'build' ? 'data-drv' : 'data-path';
-    svg.push(`<rect class="${cls}" ${attr}="${esc(i.path)}" x="${x(i.start).toFixed(1)}" y="${y}" width="${w.toFixed(1)}" height="${ROW - 6}"><title>${esc(`${i.name} (${i.kind}${i.args.machine ? ` on ${String(i.args.machine)}` : ''}): ${formatDuration(i.dur)}`)}</title></rect>`);
+    svg.push(
+      `<rect class="${cls}" ${attr}="${esc(i.path)}" x="${x(i.start).toFixed(1)}" y="${y}" width="${w.toFixed(1)}" height="${ROW - 6}"><title>${esc(`${i.name} (${i.kind}${i.args.machine ? ` on ${String(i.args.machine)}` : ''}): ${formatDuration(i.dur)}`)}</title></rect>`,
+    );
     if (w > 60) svg.push(`<text x="${(x(i.start) + 3).toFixed(1)}" y="${y + 11}" pointer-events="none">${esc(i.name.slice(0, Math.floor(w / 6.5)))}</text>`);
   }
   svg.push('</svg>');
@@ -201,15 +228,23 @@ export function renderReport(trace: TraceFile, opts: { title?: string } = {}): s
   const goalByPath = new Map(a.goals.filter((g) => g.kind === 'derivation').map((g) => [g.path, g]));
   const row = (cells: string[]) => `<tr>${cells.join('')}</tr>`;
   const html: string[] = [];
-  html.push(`<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>${esc(opts.title ?? 'realise build report')}</title><style>${CSS}</style></head><body>`);
+  html.push(
+    `<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>${esc(opts.title ?? 'realise build report')}</title><style>${CSS}</style></head><body>`,
+  );
   html.push(`<h1>${esc(opts.title ?? 'realise build report')}</h1>`);
-  html.push(`<p class="meta">Started ${esc(trace.otherData.startedAt)} · wall time <b id="wall-time">${esc(formatDuration(span))}</b> · ${builds.length} builds · ${substs.length} substitutions · ${a.failures.length} failed · ${a.stopped.length} stopped</p>`);
+  html.push(
+    `<p class="meta">Started ${esc(trace.otherData.startedAt)} · wall time <b id="wall-time">${esc(formatDuration(span))}</b> · ${builds.length} builds · ${substs.length} substitutions · ${a.failures.length} failed · ${a.stopped.length} stopped</p>`,
+  );
   html.push('<h2>Timeline</h2>');
-  html.push('<p class="legend"><span style="background:#7aa6da"></span>build<span style="background:#ffb74d;outline:2px solid #c62828"></span>on the critical path<span style="background:#9ccc9c"></span>substitution<span style="background:#e57373"></span>failed<span style="background:#bdbdbd"></span>stopped</p>');
+  html.push(
+    '<p class="legend"><span style="background:#7aa6da"></span>build<span style="background:#ffb74d;outline:2px solid #c62828"></span>on the critical path<span style="background:#9ccc9c"></span>substitution<span style="background:#e57373"></span>failed<span style="background:#bdbdbd"></span>stopped</p>',
+  );
   html.push(a.items.length ? svg.join('') : '<p>Nothing was built or substituted.</p>');
 
   html.push('<h2>Critical path</h2>');
-  html.push(`<p>Total building time along the path: <span class="total" id="critical-total">${esc(formatDuration(a.criticalTotal))}</span> of ${esc(formatDuration(span))} wall time (the run cannot be shorter than this with more slots).</p>`);
+  html.push(
+    `<p>Total building time along the path: <span class="total" id="critical-total">${esc(formatDuration(a.criticalTotal))}</span> of ${esc(formatDuration(span))} wall time (the run cannot be shorter than this with more slots).</p>`,
+  );
   html.push('<ol class="critical-path" id="critical-path">');
   for (const p of a.criticalPath) {
     const g = goalByPath.get(p);
@@ -219,16 +254,35 @@ export function renderReport(trace: TraceFile, opts: { title?: string } = {}): s
 
   html.push('<h2>Slowest builds</h2><table id="slowest"><tr><th>derivation</th><th>where</th><th class="num">time</th><th>outcome</th></tr>');
   for (const i of slowest) {
-    html.push(row([`<td><code>${esc(i.path)}</code></td>`, `<td>${esc(i.track)}</td>`, `<td class="num">${esc(formatDuration(i.dur))}</td>`, `<td>${esc(String(i.args.outcome ?? ''))}</td>`]));
+    html.push(
+      row([
+        `<td><code>${esc(i.path)}</code></td>`,
+        `<td>${esc(i.track)}</td>`,
+        `<td class="num">${esc(formatDuration(i.dur))}</td>`,
+        `<td>${esc(String(i.args.outcome ?? ''))}</td>`,
+      ]),
+    );
   }
   html.push('</table>');
 
   html.push('<h2>Waiting versus working</h2>');
-  html.push(`<p>Goals that built or fetched something spent <b id="working-time">${esc(formatDuration(a.working))}</b> working and <b id="waiting-time">${esc(formatDuration(a.waiting))}</b> waiting (for their inputs, a slot or a lock).</p>`);
+  html.push(
+    `<p>Goals that built or fetched something spent <b id="working-time">${esc(formatDuration(a.working))}</b> working and <b id="waiting-time">${esc(formatDuration(a.waiting))}</b> waiting (for their inputs, a slot or a lock).</p>`,
+  );
   html.push('<table id="waiting"><tr><th>goal</th><th class="num">working</th><th class="num">waiting</th><th>status</th></tr>');
-  const busiest = a.goals.filter((g) => g.working > 0).sort((p, q) => (q.end - q.start) - (p.end - p.start)).slice(0, 15);
+  const busiest = a.goals
+    .filter((g) => g.working > 0)
+    .sort((p, q) => q.end - q.start - (p.end - p.start))
+    .slice(0, 15);
   for (const g of busiest) {
-    html.push(row([`<td><code>${esc(g.path)}</code></td>`, `<td class="num">${esc(formatDuration(g.working))}</td>`, `<td class="num">${esc(formatDuration(Math.max(0, g.end - g.start - g.working)))}</td>`, `<td>${esc(g.status)}</td>`]));
+    html.push(
+      row([
+        `<td><code>${esc(g.path)}</code></td>`,
+        `<td class="num">${esc(formatDuration(g.working))}</td>`,
+        `<td class="num">${esc(formatDuration(Math.max(0, g.end - g.start - g.working)))}</td>`,
+        `<td>${esc(g.status)}</td>`,
+      ]),
+    );
   }
   html.push('</table>');
 
@@ -239,7 +293,8 @@ export function renderReport(trace: TraceFile, opts: { title?: string } = {}): s
     for (const f of a.failures) {
       html.push(`<section class="failure" data-path="${esc(f.goal.path)}"><h3><code>${esc(f.goal.path)}</code> — ${esc(f.goal.status)}</h3>`);
       if (f.goal.error) html.push(`<pre class="tail">${esc(f.goal.error)}</pre>`);
-      if (f.logTail.length && !(f.goal.error ?? '').includes('log lines:')) html.push(`<p>Last log lines:</p><pre class="tail">${esc(f.logTail.join('\n'))}</pre>`);
+      if (f.logTail.length && !(f.goal.error ?? '').includes('log lines:'))
+        html.push(`<p>Last log lines:</p><pre class="tail">${esc(f.logTail.join('\n'))}</pre>`);
       html.push('</section>');
     }
     html.push('</div>');
@@ -247,9 +302,19 @@ export function renderReport(trace: TraceFile, opts: { title?: string } = {}): s
   if (a.stopped.length) {
     html.push(`<p>Stopped (not failed) because another goal failed: ${a.stopped.map((g) => `<code>${esc(g.name)}</code>`).join(', ')}</p>`);
   }
-  html.push('<h2>All builds</h2><table id="builds"><tr><th>derivation</th><th>where</th><th class="num">start</th><th class="num">time</th><th>outcome</th></tr>');
+  html.push(
+    '<h2>All builds</h2><table id="builds"><tr><th>derivation</th><th>where</th><th class="num">start</th><th class="num">time</th><th>outcome</th></tr>',
+  );
   for (const i of [...builds].sort((p, q) => p.start - q.start)) {
-    html.push(row([`<td data-drv="${esc(i.path)}"><code>${esc(i.path)}</code></td>`, `<td>${esc(i.track)}</td>`, `<td class="num">${esc(formatDuration(i.start - a.start))}</td>`, `<td class="num">${esc(formatDuration(i.dur))}</td>`, `<td>${esc(String(i.args.outcome ?? ''))}</td>`]));
+    html.push(
+      row([
+        `<td data-drv="${esc(i.path)}"><code>${esc(i.path)}</code></td>`,
+        `<td>${esc(i.track)}</td>`,
+        `<td class="num">${esc(formatDuration(i.start - a.start))}</td>`,
+        `<td class="num">${esc(formatDuration(i.dur))}</td>`,
+        `<td>${esc(String(i.args.outcome ?? ''))}</td>`,
+      ]),
+    );
   }
   html.push('</table></body></html>\n');
   return html.join('\n');

@@ -44,10 +44,17 @@ const MAX_ERROR_CHARS = 8192;
 /** Build logs get (at most) this name's characters: the store path's name part. */
 function nameOf(path: string): string {
   const base = path.slice(path.lastIndexOf('/') + 1);
-  return (/^[0-9a-z]{32}-/.test(base) ? base.slice(33) : base).replace(/\.drv$/, "");
+  return (/^[0-9a-z]{32}-/.test(base) ? base.slice(33) : base).replace(/\.drv$/, '');
 }
 
-interface OpenSpan { start: number; tid: number; slot: number; track: string; tail: string[]; args: Record<string, unknown> }
+interface OpenSpan {
+  start: number;
+  tid: number;
+  slot: number;
+  track: string;
+  tail: string[];
+  args: Record<string, unknown>;
+}
 
 /**
  * Records engine events into a trace. `finish()` returns the trace file (and fills in the graph);
@@ -67,7 +74,10 @@ export class TraceRecorder {
   private readonly tailLines: number;
   private lastCounters = '';
 
-  constructor(engine: Pick<BuildEngine, 'on' | 'off'>, private readonly opts: TraceRecorderOptions = {}) {
+  constructor(
+    engine: Pick<BuildEngine, 'on' | 'off'>,
+    private readonly opts: TraceRecorderOptions = {},
+  ) {
     this.t0 = performance.now();
     this.tailLines = opts.logTailLines ?? 25;
     this.events.push({ name: 'process_name', ph: 'M', ts: 0, pid: PID, tid: 0, args: { name: 'realise' } });
@@ -79,7 +89,16 @@ export class TraceRecorder {
       const key = `${e.kind}:${e.path}`;
       if (this.goals.has(key)) return;
       const id = String(this.nextAsync++);
-      const begin: TraceEvent = { name: nameOf(e.path), cat: `goal,${e.kind}`, ph: 'b', id, ts: this.ts(e.time), pid: PID, tid: this.track('goals'), args: { kind: e.kind, path: e.path } };
+      const begin: TraceEvent = {
+        name: nameOf(e.path),
+        cat: `goal,${e.kind}`,
+        ph: 'b',
+        id,
+        ts: this.ts(e.time),
+        pid: PID,
+        tid: this.track('goals'),
+        args: { kind: e.kind, path: e.path },
+      };
       this.events.push(begin);
       this.goals.set(key, { id, begin });
     });
@@ -98,7 +117,13 @@ export class TraceRecorder {
     });
     on('build-started', (e) => {
       const family = e.machine ? `machine ${e.machine}` : 'build slot';
-      const span = this.open(family, e.time, { drvPath: e.drvPath, round: e.round, rounds: e.rounds, mode: e.mode, ...(e.machine ? { machine: e.machine } : {}) });
+      const span = this.open(family, e.time, {
+        drvPath: e.drvPath,
+        round: e.round,
+        rounds: e.rounds,
+        mode: e.mode,
+        ...(e.machine ? { machine: e.machine } : {}),
+      });
       this.builds.set(e.drvPath, span);
     });
     on('build-log', (e) => {
@@ -128,10 +153,27 @@ export class TraceRecorder {
     });
     on('build-waiting', (e) => {
       const id = `lock:${e.drvPath}`;
-      this.events.push({ name: `lock ${nameOf(e.drvPath)}`, cat: 'lock', ph: 'b', id, ts: this.ts(e.time), pid: PID, tid: this.track('lock waits'), args: { drvPath: e.drvPath, lockedPaths: e.lockedPaths } });
+      this.events.push({
+        name: `lock ${nameOf(e.drvPath)}`,
+        cat: 'lock',
+        ph: 'b',
+        id,
+        ts: this.ts(e.time),
+        pid: PID,
+        tid: this.track('lock waits'),
+        args: { drvPath: e.drvPath, lockedPaths: e.lockedPaths },
+      });
     });
     on('build-lock-acquired', (e) => {
-      this.events.push({ name: `lock ${nameOf(e.drvPath)}`, cat: 'lock', ph: 'e', id: `lock:${e.drvPath}`, ts: this.ts(e.time), pid: PID, tid: this.track('lock waits') });
+      this.events.push({
+        name: `lock ${nameOf(e.drvPath)}`,
+        cat: 'lock',
+        ph: 'e',
+        id: `lock:${e.drvPath}`,
+        ts: this.ts(e.time),
+        pid: PID,
+        tid: this.track('lock waits'),
+      });
     });
     on('progress', (p) => {
       const key = `${p.download.done}/${p.download.expected}/${p.builds.running}/${p.substitutions.running}`;
@@ -158,12 +200,27 @@ export class TraceRecorder {
   /** The trace so far (spans still open end now). */
   async finish(): Promise<TraceFile> {
     const now = performance.now();
-    for (const [drv, span] of this.builds) { span.args.outcome = 'unfinished'; this.closeSpan(span, nameOf(drv), 'build', now); }
-    for (const [p, span] of this.substs) { span.args.ok = false; this.closeSpan(span, nameOf(p), 'substitution', now); }
+    for (const [drv, span] of this.builds) {
+      span.args.outcome = 'unfinished';
+      this.closeSpan(span, nameOf(drv), 'build', now);
+    }
+    for (const [p, span] of this.substs) {
+      span.args.ok = false;
+      this.closeSpan(span, nameOf(p), 'substitution', now);
+    }
     this.builds.clear();
     this.substs.clear();
     for (const [, g] of this.goals) {
-      this.events.push({ name: g.begin.name, cat: g.begin.cat, ph: 'e', id: g.id, ts: this.ts(now), pid: PID, tid: g.begin.tid, args: { status: 'unfinished' } });
+      this.events.push({
+        name: g.begin.name,
+        cat: g.begin.cat,
+        ph: 'e',
+        id: g.id,
+        ts: this.ts(now),
+        pid: PID,
+        tid: g.begin.tid,
+        args: { status: 'unfinished' },
+      });
     }
     this.goals.clear();
     return {

@@ -42,7 +42,11 @@ class BuildDirRegistry {
       if (!/^\d+$/.test(name) || (this.#file && name === path.basename(this.#file))) continue;
       const file = path.join(this.#dir, name);
       let fd: number;
-      try { fd = openSync(file, FS.O_RDWR | FS.O_NOFOLLOW); } catch { continue; }
+      try {
+        fd = openSync(file, FS.O_RDWR | FS.O_NOFOLLOW);
+      } catch {
+        continue;
+      }
       try {
         if (!tryFlockFd(fd, file)) continue; // its process lives
         for (const line of readFileSync(fd, 'utf8').split('\n')) {
@@ -86,10 +90,19 @@ class BuildDirRegistry {
     const file = path.join(this.#dir, String(process.pid));
     try {
       const fd = openSync(file, FS.O_RDWR | FS.O_CREAT | FS.O_NOFOLLOW, 0o600);
-      if (!tryFlockFd(fd, file)) { closeSync(fd); return false; }
+      if (!tryFlockFd(fd, file)) {
+        closeSync(fd);
+        return false;
+      }
       this.#fd = fd;
       this.#file = file;
-      process.once('exit', () => { try { unlinkSync(file); } catch { /* gone */ } });
+      process.once('exit', () => {
+        try {
+          unlinkSync(file);
+        } catch {
+          /* gone */
+        }
+      });
       return true;
     } catch {
       return false;
@@ -103,13 +116,19 @@ class BuildDirRegistry {
       const data = Buffer.from([...this.#active.values()].join(''));
       ftruncateSync(this.#fd, 0);
       if (data.length) writeSync(this.#fd, data, 0, data.length, 0);
-    } catch { /* a full disk: the record is best effort */ }
+    } catch {
+      /* a full disk: the record is best effort */
+    }
   }
 }
 
 /** `dir`, created 0700 if missing, when it is a directory of ours that no one else can write; else undefined. */
 function privateDir(dir: string): string | undefined {
-  try { mkdirSync(dir, { mode: 0o700, recursive: true }); } catch { /* exists, or cannot be made */ }
+  try {
+    mkdirSync(dir, { mode: 0o700, recursive: true });
+  } catch {
+    /* exists, or cannot be made */
+  }
   const st = lstatSync(dir, { throwIfNoEntry: false });
   return st?.isDirectory() && st.uid === myUid && (st.mode & 0o077) === 0 ? dir : undefined;
 }

@@ -21,9 +21,11 @@ export function devNodeNames(kvm: boolean): string[] {
 
 /** Nix's /etc/passwd in the sandbox. */
 export function sandboxPasswd(uid: number, gid: number, buildDir: string): string {
-  return `root:x:0:0:Nix build user:${buildDir}:/noshell\n` +
+  return (
+    `root:x:0:0:Nix build user:${buildDir}:/noshell\n` +
     `nixbld:x:${uid}:${gid}:Nix build user:${buildDir}:/noshell\n` +
-    'nobody:x:65534:65534:Nobody:/:/noshell\n';
+    'nobody:x:65534:65534:Nobody:/:/noshell\n'
+  );
 }
 
 /** Nix's /etc/group in the sandbox. */
@@ -51,8 +53,14 @@ export interface ChrootLayout {
 }
 
 interface InodeRef {
-  readonly ino: number; readonly mode: number; readonly uid: number; readonly gid: number;
-  readonly nlink: number; readonly size: number; readonly mtimeMs: number; readonly ctimeMs: number;
+  readonly ino: number;
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly nlink: number;
+  readonly size: number;
+  readonly mtimeMs: number;
+  readonly ctimeMs: number;
 }
 
 /** What a pooled skeleton looked like when it was made, to check it is unchanged before reuse. */
@@ -99,7 +107,15 @@ let exitHook = false;
 function ensureExitHook(): void {
   if (exitHook) return;
   exitHook = true;
-  process.once('exit', () => { for (const d of pendingTrash) { try { removeTree(d); } catch { /* best effort */ } } });
+  process.once('exit', () => {
+    for (const d of pendingTrash) {
+      try {
+        removeTree(d);
+      } catch {
+        /* best effort */
+      }
+    }
+  });
 }
 
 /**
@@ -118,9 +134,17 @@ export function discardTree(p: string): void {
   }
   ensureExitHook();
   pendingTrash.add(aside);
-  pendingRemovals = pendingRemovals.then(() => fs.promises.rm(aside, { recursive: true, force: true, maxRetries: 3 })
-    .catch(() => removeTree(aside)) // read-only directories left by the builder
-    .then(() => { pendingTrash.delete(aside); }, () => {}));
+  pendingRemovals = pendingRemovals.then(() =>
+    fs.promises
+      .rm(aside, { recursive: true, force: true, maxRetries: 3 })
+      .catch(() => removeTree(aside)) // read-only directories left by the builder
+      .then(
+        () => {
+          pendingTrash.delete(aside);
+        },
+        () => {},
+      ),
+  );
 }
 
 /** Resolves when every tree handed to discardTree() is gone. */
@@ -129,9 +153,7 @@ export function flushRemovals(): Promise<void> {
 }
 
 type Op =
-  | { op: 'mkdir'; path: string; mode: number }
-  | { op: 'write'; path: string; data: string; mode: number }
-  | { op: 'symlink'; target: string; path: string };
+  { op: 'mkdir'; path: string; mode: number } | { op: 'write'; path: string; data: string; mode: number } | { op: 'symlink'; target: string; path: string };
 
 /** The file-system operations that lay out a chroot, in order (Nix's modes; chmod after mkdir beats the umask). */
 function chrootOps(opts: PrepareChrootOptions): Op[] {
@@ -177,7 +199,11 @@ function isExisting(e: unknown): boolean {
 function runOpsSync(ops: Op[]): void {
   for (const o of ops) {
     if (o.op === 'mkdir') {
-      try { fs.mkdirSync(o.path, { mode: o.mode }); } catch (e) { if (!isExisting(e)) throw e; }
+      try {
+        fs.mkdirSync(o.path, { mode: o.mode });
+      } catch (e) {
+        if (!isExisting(e)) throw e;
+      }
       fs.chmodSync(o.path, o.mode);
     } else if (o.op === 'write') fs.writeFileSync(o.path, o.data, { mode: o.mode });
     else fs.symlinkSync(o.target, o.path);
@@ -187,7 +213,11 @@ function runOpsSync(ops: Op[]): void {
 async function runOps(ops: Op[]): Promise<void> {
   for (const o of ops) {
     if (o.op === 'mkdir') {
-      try { await fs.promises.mkdir(o.path, { mode: o.mode }); } catch (e) { if (!isExisting(e)) throw e; }
+      try {
+        await fs.promises.mkdir(o.path, { mode: o.mode });
+      } catch (e) {
+        if (!isExisting(e)) throw e;
+      }
       await fs.promises.chmod(o.path, o.mode);
     } else if (o.op === 'write') await fs.promises.writeFile(o.path, o.data, { mode: o.mode });
     else await fs.promises.symlink(o.target, o.path);
@@ -196,7 +226,8 @@ async function runOps(ops: Op[]): Promise<void> {
 
 function setupError(root: string, e: unknown): SandboxError {
   return new SandboxError('sandbox-setup-failed', `cannot set up the chroot directory '${root}': ${(e as Error).message}`, {
-    cause: e, hint: 'check that the store directory is writable and on a file system that supports hard links',
+    cause: e,
+    hint: 'check that the store directory is writable and on a file system that supports hard links',
   });
 }
 
@@ -325,7 +356,15 @@ export class ChrootPool {
     this.#size = size;
     if (!ChrootPool.#exitHook) {
       ChrootPool.#exitHook = true;
-      process.once('exit', () => { for (const d of ChrootPool.#all) { try { removeTree(d); } catch { /* best effort */ } } });
+      process.once('exit', () => {
+        for (const d of ChrootPool.#all) {
+          try {
+            removeTree(d);
+          } catch {
+            /* best effort */
+          }
+        }
+      });
     }
   }
 
@@ -336,7 +375,10 @@ export class ChrootPool {
   take(opts: PrepareChrootOptions): ChrootLayout {
     const key = ChrootPool.keyOf(opts);
     let list = this.#ready.get(key);
-    if (!list) { list = []; this.#ready.set(key, list); }
+    if (!list) {
+      list = [];
+      this.#ready.set(key, list);
+    }
     let layout: ChrootLayout | undefined;
     // Most recently recycled first: its mount points most likely match this build's inputs.
     const sk = list.pop();
@@ -348,11 +390,17 @@ export class ChrootPool {
         if (fs.existsSync(opts.root)) discardTree(opts.root);
         fs.renameSync(dir, opts.root);
         layout = { root: opts.root, storeDir: path.join(opts.root, opts.storeDir), skeleton: sk };
-      } catch { discardTree(dir); }
+      } catch {
+        discardTree(dir);
+      }
     }
     if (!layout) {
       layout = prepareChroot(opts);
-      try { layout = { ...layout, skeleton: snapshotSkeleton(opts.root, key, opts) }; } catch { /* not recyclable */ }
+      try {
+        layout = { ...layout, skeleton: snapshotSkeleton(opts.root, key, opts) };
+      } catch {
+        /* not recyclable */
+      }
     }
     this.#refill(key, opts, list);
     return layout;
@@ -372,29 +420,47 @@ export class ChrootPool {
   recycle(layout: ChrootLayout, leftovers: ChrootLeftovers): void {
     const sk = layout.skeleton;
     const list = sk && this.#ready.get(sk.key);
-    if (!sk || !list || list.length >= this.#size * 2 + 2) { discardTree(layout.root); return; }
+    if (!sk || !list || list.length >= this.#size * 2 + 2) {
+      discardTree(layout.root);
+      return;
+    }
     const dir = pooledDir(layout.root);
-    try { fs.renameSync(layout.root, dir); } catch { discardTree(layout.root); return; }
+    try {
+      fs.renameSync(layout.root, dir);
+    } catch {
+      discardTree(layout.root);
+      return;
+    }
     ChrootPool.#all.add(dir);
     const storeDir = path.join(dir, sk.store);
     const generation = this.#generation;
-    this.#track(new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
-      if (generation !== this.#generation) { ChrootPool.#all.delete(dir); discardTree(dir); return; }
-      try {
-        for (const f of leftovers.storeFiles) {
-          try { fs.unlinkSync(path.join(storeDir, f)); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
+    this.#track(
+      new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+        if (generation !== this.#generation) {
+          ChrootPool.#all.delete(dir);
+          discardTree(dir);
+          return;
         }
-        if (!skeletonUnchanged(dir, sk, leftovers.storeMountpoints)) throw new Error('changed');
-      } catch {
-        ChrootPool.#all.delete(dir);
-        discardTree(dir);
-        return;
-      }
-      sk.mountpoints.clear();
-      for (const m of leftovers.storeMountpoints) sk.mountpoints.add(m);
-      this.#states.set(dir, sk);
-      list.push(sk);
-    }));
+        try {
+          for (const f of leftovers.storeFiles) {
+            try {
+              fs.unlinkSync(path.join(storeDir, f));
+            } catch (e) {
+              if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+            }
+          }
+          if (!skeletonUnchanged(dir, sk, leftovers.storeMountpoints)) throw new Error('changed');
+        } catch {
+          ChrootPool.#all.delete(dir);
+          discardTree(dir);
+          return;
+        }
+        sk.mountpoints.clear();
+        for (const m of leftovers.storeMountpoints) sk.mountpoints.add(m);
+        this.#states.set(dir, sk);
+        list.push(sk);
+      }),
+    );
   }
 
   #track(p: Promise<void>): void {
@@ -406,20 +472,26 @@ export class ChrootPool {
     if (this.#filling.has(key)) return;
     this.#filling.add(key);
     const generation = this.#generation;
-    this.#track((async () => {
-      while (list.length < this.#size && generation === this.#generation) {
-        const dir = pooledDir(opts.root);
-        ChrootPool.#all.add(dir);
-        let sk: SkeletonState;
-        try {
-          await runOps(chrootOps({ ...opts, root: dir }));
-          if (generation !== this.#generation) throw new Error('drained');
-          sk = snapshotSkeleton(dir, key, opts);
-        } catch { ChrootPool.#all.delete(dir); discardTree(dir); return; }
-        this.#states.set(dir, sk);
-        list.push(sk);
-      }
-    })().finally(() => this.#filling.delete(key)));
+    this.#track(
+      (async () => {
+        while (list.length < this.#size && generation === this.#generation) {
+          const dir = pooledDir(opts.root);
+          ChrootPool.#all.add(dir);
+          let sk: SkeletonState;
+          try {
+            await runOps(chrootOps({ ...opts, root: dir }));
+            if (generation !== this.#generation) throw new Error('drained');
+            sk = snapshotSkeleton(dir, key, opts);
+          } catch {
+            ChrootPool.#all.delete(dir);
+            discardTree(dir);
+            return;
+          }
+          this.#states.set(dir, sk);
+          list.push(sk);
+        }
+      })().finally(() => this.#filling.delete(key)),
+    );
   }
 
   /**
@@ -429,7 +501,10 @@ export class ChrootPool {
   async drain(): Promise<void> {
     this.#generation++;
     for (const list of this.#ready.values()) list.splice(0);
-    for (const d of this.#states.keys()) { ChrootPool.#all.delete(d); discardTree(d); }
+    for (const d of this.#states.keys()) {
+      ChrootPool.#all.delete(d);
+      discardTree(d);
+    }
     this.#states.clear();
     await Promise.all([...this.#inflight]);
   }
@@ -460,7 +535,11 @@ export function moveOutputsOut(layout: ChrootLayout, outputs: readonly string[],
     const base = path.basename(out);
     const inside = path.join(layout.storeDir, base);
     let exists = true;
-    try { fs.lstatSync(inside); } catch { exists = false; }
+    try {
+      fs.lstatSync(inside);
+    } catch {
+      exists = false;
+    }
     if (!exists) continue;
     const dest = path.join(realStoreDir, base);
     removeTree(dest);

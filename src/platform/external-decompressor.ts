@@ -6,7 +6,11 @@
 import { Readable } from 'node:stream';
 
 export class ExternalDecompressorError extends Error {
-  constructor(message: string, readonly exitCode: number | undefined, options: { cause?: unknown } = {}) {
+  constructor(
+    message: string,
+    readonly exitCode: number | undefined,
+    options: { cause?: unknown } = {},
+  ) {
     super(message, options);
     this.name = 'ExternalDecompressorError';
   }
@@ -25,14 +29,24 @@ export async function* decompressWithProgram(
   // execa is loaded here, on first use: importing it costs tens of ms of start-up.
   const { execa } = await import('execa');
   const child = execa(command, [...args], {
-    stdin: 'pipe', stdout: 'pipe', stderr: 'pipe', buffer: { stdout: false, stderr: true },
-    encoding: 'buffer', reject: false, stripFinalNewline: false,
+    stdin: 'pipe',
+    stdout: 'pipe',
+    stderr: 'pipe',
+    buffer: { stdout: false, stderr: true },
+    encoding: 'buffer',
+    reject: false,
+    stripFinalNewline: false,
     ...(opts.signal ? { cancelSignal: opts.signal } : {}),
   });
   const input = Readable.from(source, { objectMode: false });
   let inputError: unknown;
-  input.on('error', (e) => { inputError = e; child.kill(); });
-  child.stdin!.on('error', () => { /* EPIPE when the program exits early; reported through its exit code */ });
+  input.on('error', (e) => {
+    inputError = e;
+    child.kill();
+  });
+  child.stdin!.on('error', () => {
+    /* EPIPE when the program exits early; reported through its exit code */
+  });
   input.pipe(child.stdin!);
   let completed = false;
   try {
@@ -42,7 +56,11 @@ export async function* decompressWithProgram(
     if (inputError) throw inputError;
     if (r.failed) {
       const stderr = Buffer.isBuffer(r.stderr) ? r.stderr.toString('utf8') : String(r.stderr ?? '');
-      throw new ExternalDecompressorError(`'${command} ${args.join(' ')}' failed (${r.isCanceled ? 'cancelled' : `exit ${r.exitCode ?? r.signal}`}): ${stderr.trim() || r.shortMessage}`, r.exitCode, { cause: r.cause });
+      throw new ExternalDecompressorError(
+        `'${command} ${args.join(' ')}' failed (${r.isCanceled ? 'cancelled' : `exit ${r.exitCode ?? r.signal}`}): ${stderr.trim() || r.shortMessage}`,
+        r.exitCode,
+        { cause: r.cause },
+      );
     }
   } finally {
     if (!completed) {

@@ -23,7 +23,19 @@ import { spawn } from 'node:child_process';
 import { execErrorOf, spawnFailed, type Sandbox, type SandboxExit, type SandboxRequest, type SandboxRunOptions } from './sandbox.js';
 import { SandboxError } from './sandbox-errors.js';
 import { parsePreBuildHookOutput, type SandboxPath } from './sandbox-config.js';
-import { ChrootPool, SANDBOX_GID, SANDBOX_UID, chrootDirFor, devNodeNames, discardTree, linkOrCopy, moveOutputsOut, prepareChroot, type ChrootLayout, type ChrootLeftovers } from './chroot.js';
+import {
+  ChrootPool,
+  SANDBOX_GID,
+  SANDBOX_UID,
+  chrootDirFor,
+  devNodeNames,
+  discardTree,
+  linkOrCopy,
+  moveOutputsOut,
+  prepareChroot,
+  type ChrootLayout,
+  type ChrootLeftovers,
+} from './chroot.js';
 import { nixSeccompFilter } from './seccomp.js';
 import { spawnMerged, strerror } from './spawn-merged.js';
 import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
@@ -80,7 +92,12 @@ export function findOnPath(cmd: string): string | undefined {
   for (const dir of (process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin').split(':')) {
     if (!dir) continue;
     const p = path.join(dir, cmd);
-    try { fs.accessSync(p, fs.constants.X_OK); return p; } catch { /* next */ }
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      return p;
+    } catch {
+      /* next */
+    }
   }
   return undefined;
 }
@@ -100,7 +117,10 @@ function shmBytes(size: string): number | undefined {
   return n * (unit === 'k' ? 1024 : unit === 'm' ? 1024 ** 2 : unit === 'g' ? 1024 ** 3 : 1);
 }
 
-interface ResolvedBackend { readonly kind: LinuxSandboxBackend; readonly exe: string }
+interface ResolvedBackend {
+  readonly kind: LinuxSandboxBackend;
+  readonly exe: string;
+}
 
 function readAll(stream: NodeJS.ReadableStream | null | undefined): Promise<string> {
   if (!stream) return Promise.resolve('');
@@ -142,23 +162,34 @@ export class LinuxSandbox implements Sandbox {
       const want = this.#options.backend ?? 'auto';
       let helperError: unknown;
       if (want === 'helper' || want === 'auto') {
-        try { return { kind: 'helper' as const, exe: await ensureSandboxHelper(this.#options.helper) }; } catch (e) {
+        try {
+          return { kind: 'helper' as const, exe: await ensureSandboxHelper(this.#options.helper) };
+        } catch (e) {
           helperError = e;
           if (want === 'helper') {
-            throw new SandboxError('sandbox-unavailable', `cannot build the sandbox helper: ${(e as Error).message}`, { cause: e, hint: "install a C compiler (apt-get install gcc) or use backend 'bwrap'" });
+            throw new SandboxError('sandbox-unavailable', `cannot build the sandbox helper: ${(e as Error).message}`, {
+              cause: e,
+              hint: "install a C compiler (apt-get install gcc) or use backend 'bwrap'",
+            });
           }
         }
       }
       const bwrap = this.#options.bwrapPath ?? findOnPath('bwrap');
       if (!bwrap) {
-        throw new SandboxError('sandbox-unavailable', 'cannot sandbox builds: no C compiler for the sandbox helper and bubblewrap (bwrap) is not on PATH' +
-          (helperError ? ` (${(helperError as Error).message.split('\n')[0]})` : ''), {
-          hint: "install gcc or bubblewrap (apt-get install gcc bubblewrap), or set 'sandbox' to false",
-        });
+        throw new SandboxError(
+          'sandbox-unavailable',
+          'cannot sandbox builds: no C compiler for the sandbox helper and bubblewrap (bwrap) is not on PATH' +
+            (helperError ? ` (${(helperError as Error).message.split('\n')[0]})` : ''),
+          {
+            hint: "install gcc or bubblewrap (apt-get install gcc bubblewrap), or set 'sandbox' to false",
+          },
+        );
       }
       return { kind: 'bwrap' as const, exe: bwrap };
     })();
-    this.#backend.catch(() => { this.#backend = undefined; });
+    this.#backend.catch(() => {
+      this.#backend = undefined;
+    });
     return this.#backend;
   }
 
@@ -182,8 +213,14 @@ export class LinuxSandbox implements Sandbox {
     const gid = request.gid ?? SANDBOX_GID;
     const root = chrootDirFor(request.realStoreDir, request.drvPath);
     const chrootOpts = {
-      root, storeDir: request.storeDir, sandboxBuildDir: request.sandboxBuildDir, uid, gid,
-      network: request.network, devSkeleton: backend.kind === 'helper', kvm: wantsKvm(request),
+      root,
+      storeDir: request.storeDir,
+      sandboxBuildDir: request.sandboxBuildDir,
+      uid,
+      gid,
+      network: request.network,
+      devSkeleton: backend.kind === 'helper',
+      kvm: wantsKvm(request),
     };
     const layout = this.#pool ? this.#pool.take(chrootOpts) : prepareChroot(chrootOpts);
     let exit: SandboxExit | undefined;
@@ -191,9 +228,10 @@ export class LinuxSandbox implements Sandbox {
     try {
       const binds = await this.#binds(request, layout);
       leftovers = backend.kind === 'helper' && this.#recyclable(request) ? this.#leftovers(request, layout, binds) : undefined;
-      exit = backend.kind === 'helper'
-        ? await this.#runHelper(backend.exe, request, opts, root, binds, uid, gid)
-        : await this.#runBwrap(backend.exe, request, opts, root, binds, uid, gid);
+      exit =
+        backend.kind === 'helper'
+          ? await this.#runHelper(backend.exe, request, opts, root, binds, uid, gid)
+          : await this.#runBwrap(backend.exe, request, opts, root, binds, uid, gid);
       return exit;
     } catch (e) {
       if (e instanceof SandboxError) return { kind: 'spawn-failed', message: e.message };
@@ -232,8 +270,12 @@ export class LinuxSandbox implements Sandbox {
       if (target === request.sandboxBuildDir) continue;
       if (path.posix.dirname(target) !== request.storeDir) return undefined;
       let dir: boolean;
-      try { dir = known ?? fs.statSync(source).isDirectory(); } catch { return undefined; }
-      (dir ? storeMountpoints.add(path.posix.basename(target)) : storeFiles.push(path.posix.basename(target)));
+      try {
+        dir = known ?? fs.statSync(source).isDirectory();
+      } catch {
+        return undefined;
+      }
+      dir ? storeMountpoints.add(path.posix.basename(target)) : storeFiles.push(path.posix.basename(target));
     }
     // Non-directory inputs are hard-linked into the store dir even when not mounted (symlinks).
     const outputs = new Set(request.outputPaths);
@@ -253,8 +295,13 @@ export class LinuxSandbox implements Sandbox {
       if (outputs.has(input)) continue;
       const real = path.join(request.realStoreDir, path.basename(input));
       let st: fs.Stats;
-      try { st = fs.lstatSync(real); } catch (e) {
-        throw new SandboxError('sandbox-setup-failed', `getting attributes of input path '${input}' (at '${real}') failed: ${(e as Error).message}`, { cause: e, hint: 'the input closure must be valid in the store before building' });
+      try {
+        st = fs.lstatSync(real);
+      } catch (e) {
+        throw new SandboxError('sandbox-setup-failed', `getting attributes of input path '${input}' (at '${real}') failed: ${(e as Error).message}`, {
+          cause: e,
+          hint: 'the input closure must be valid in the store before building',
+        });
       }
       if (st.isDirectory()) binds.set(input, { source: real, optional: false, ro: true, dir: true });
       else {
@@ -278,7 +325,11 @@ export class LinuxSandbox implements Sandbox {
       const keep = new Set<string>();
       for (const [t, { source, dir }] of binds) {
         if (path.posix.dirname(t) !== request.storeDir) continue;
-        try { if (dir ?? fs.statSync(source).isDirectory()) keep.add(path.posix.basename(t)); } catch { /* not mounted */ }
+        try {
+          if (dir ?? fs.statSync(source).isDirectory()) keep.add(path.posix.basename(t));
+        } catch {
+          /* not mounted */
+        }
       }
       for (const m of [...stale]) {
         if (keep.has(m)) continue;
@@ -294,9 +345,29 @@ export class LinuxSandbox implements Sandbox {
     return binds;
   }
 
-  async #runHelper(exe: string, request: SandboxRequest, opts: SandboxRunOptions, root: string, binds: Map<string, Bind>, uid: number, gid: number): Promise<SandboxExit> {
-    const a: string[] = ['--root', root, '--uid', String(uid), '--gid', String(gid), '--build-dir', request.sandboxBuildDir,
-      '--shm-size', this.#options.shmSize ?? '50%', '--status-fd', '4'];
+  async #runHelper(
+    exe: string,
+    request: SandboxRequest,
+    opts: SandboxRunOptions,
+    root: string,
+    binds: Map<string, Bind>,
+    uid: number,
+    gid: number,
+  ): Promise<SandboxExit> {
+    const a: string[] = [
+      '--root',
+      root,
+      '--uid',
+      String(uid),
+      '--gid',
+      String(gid),
+      '--build-dir',
+      request.sandboxBuildDir,
+      '--shm-size',
+      this.#options.shmSize ?? '50%',
+      '--status-fd',
+      '4',
+    ];
     if (request.network) a.push('--net');
     const platform = this.#options.platformOf?.(request);
     if (platform === 'i686-linux' && process.arch === 'x64') a.push('--linux32');
@@ -309,7 +380,14 @@ export class LinuxSandbox implements Sandbox {
       this.#server ??= new SandboxServer(exe, filter, { warm: true });
       let exit: SandboxExit;
       try {
-        exit = await this.#server.run({ args: a, env: request.env, signal: opts.signal, onOutput: opts.onOutput, onSetUp: opts.onSetUp, drvPath: request.drvPath });
+        exit = await this.#server.run({
+          args: a,
+          env: request.env,
+          signal: opts.signal,
+          onOutput: opts.onOutput,
+          onSetUp: opts.onSetUp,
+          drvPath: request.drvPath,
+        });
       } catch (e) {
         exit = { kind: 'spawn-failed', message: `cannot start the sandbox helper '${exe}': ${(e as Error).message}` };
       }
@@ -319,11 +397,18 @@ export class LinuxSandbox implements Sandbox {
     a.push('--', request.builder, path.basename(request.builder), ...request.args);
     let status: Promise<string> = Promise.resolve('');
     const exit = await spawnMerged({
-      file: exe, args: a, env: request.env, signal: opts.signal, onOutput: opts.onOutput,
+      file: exe,
+      args: a,
+      env: request.env,
+      signal: opts.signal,
+      onOutput: opts.onOutput,
       extraStdio: ['pipe', 'pipe'],
       onSpawn: (child) => {
         const fd3 = child.stdio[3] as NodeJS.WritableStream | null;
-        if (fd3) { fd3.on('error', () => {}); fd3.end(filter ?? Buffer.alloc(0)); }
+        if (fd3) {
+          fd3.on('error', () => {});
+          fd3.end(filter ?? Buffer.alloc(0));
+        }
         status = readAll(child.stdio[4] as NodeJS.ReadableStream | null);
       },
     });
@@ -338,13 +423,33 @@ export class LinuxSandbox implements Sandbox {
       : { kind: 'spawn-failed', message: `the sandbox helper for '${request.drvPath}' was killed by ${exit.signal}` };
   }
 
-  async #runBwrap(exe: string, request: SandboxRequest, opts: SandboxRunOptions, root: string, binds: Map<string, Bind>, uid: number, gid: number): Promise<SandboxExit> {
+  async #runBwrap(
+    exe: string,
+    request: SandboxRequest,
+    opts: SandboxRunOptions,
+    root: string,
+    binds: Map<string, Bind>,
+    uid: number,
+    gid: number,
+  ): Promise<SandboxExit> {
     const a: string[] = [
-      '--unshare-user', '--uid', String(uid), '--gid', String(gid),
-      '--unshare-pid', '--unshare-ipc', '--unshare-uts', '--hostname', 'localhost',
+      '--unshare-user',
+      '--uid',
+      String(uid),
+      '--gid',
+      String(gid),
+      '--unshare-pid',
+      '--unshare-ipc',
+      '--unshare-uts',
+      '--hostname',
+      'localhost',
       ...(request.network ? [] : ['--unshare-net']),
-      '--die-with-parent', '--as-pid-1', '--new-session',
-      '--bind', root, '/',
+      '--die-with-parent',
+      '--as-pid-1',
+      '--new-session',
+      '--bind',
+      root,
+      '/',
     ];
     if (!binds.has('/dev')) {
       a.push('--dev', '/dev');
@@ -354,19 +459,28 @@ export class LinuxSandbox implements Sandbox {
     }
     a.push('--proc', '/proc');
     for (const [target, { source, optional, ro }] of binds) {
-      a.push(ro ? (optional ? '--ro-bind-try' : '--ro-bind') : (optional ? '--bind-try' : '--bind'), source, target);
+      a.push(ro ? (optional ? '--ro-bind-try' : '--ro-bind') : optional ? '--bind-try' : '--bind', source, target);
     }
     const filter = this.#filter;
     if (filter) a.push('--seccomp', '3');
     a.push('--chdir', request.sandboxBuildDir, '--', request.builder, ...request.args);
     let head = '';
     const exit = await spawnMerged({
-      file: exe, args: a, env: request.env, signal: opts.signal,
-      onOutput: (c) => { if (head.length < 512) head += c.toString(); opts.onOutput?.(c); },
+      file: exe,
+      args: a,
+      env: request.env,
+      signal: opts.signal,
+      onOutput: (c) => {
+        if (head.length < 512) head += c.toString();
+        opts.onOutput?.(c);
+      },
       extraStdio: filter ? ['pipe'] : [],
       onSpawn: (child) => {
         const fd3 = child.stdio[3] as NodeJS.WritableStream | null;
-        if (fd3 && filter) { fd3.on('error', () => {}); fd3.end(filter); }
+        if (fd3 && filter) {
+          fd3.on('error', () => {});
+          fd3.end(filter);
+        }
       },
     });
     // bwrap reports its own setup failures as "bwrap: ..." and exit code 1.
@@ -387,7 +501,8 @@ export async function runPreBuildHook(hook: string, drvPath: string, chrootDir: 
   // As Nix's runProgram: the hook's stdout is read, its stderr goes to ours; a failure is "program '…'
   // failed with exit code N" (or "due to signal N (…)"), and a hook that cannot be executed says so first
   // and counts as exit code 1, as Nix's forked child does.
-  const failed = (how: string, cause?: unknown) => new SandboxError('sandbox-setup-failed', `program '${hook}' ${how}`, { cause, hint: "fix the hook or unset 'pre-build-hook'" });
+  const failed = (how: string, cause?: unknown) =>
+    new SandboxError('sandbox-setup-failed', `program '${hook}' ${how}`, { cause, hint: "fix the hook or unset 'pre-build-hook'" });
   const out = await new Promise<string>((resolve, reject) => {
     const child = spawn(hook, [drvPath, chrootDir], { stdio: ['ignore', 'pipe', 'inherit'] });
     const chunks: Buffer[] = [];

@@ -133,7 +133,10 @@ napi_value napi_register_module_v1(napi_env env, napi_value exports) {
 }
 `;
 
-interface Addon { strip(p: string | Buffer, ignored: Buffer): number; list(p: string | Buffer): string[] }
+interface Addon {
+  strip(p: string | Buffer, ignored: Buffer): number;
+  list(p: string | Buffer): string[];
+}
 
 const CFLAGS = ['-O2', '-shared', '-fPIC', '-Wl,-z,now'];
 

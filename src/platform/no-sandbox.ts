@@ -80,7 +80,10 @@ export class NoSandbox implements Sandbox {
       server = undefined;
     }
     // The server installs the filter in itself once; the builders it forks inherit it.
-    if (!server) { server = new SandboxServer(exe, filter); servers.set(key, server); }
+    if (!server) {
+      server = new SandboxServer(exe, filter);
+      servers.set(key, server);
+    }
     return server;
   }
 
@@ -100,7 +103,10 @@ export class NoSandbox implements Sandbox {
       try {
         exit = await server.run({
           args: ['--plain', request.buildDir, file, argv0, ...request.args],
-          env: request.env, signal: opts.signal, onOutput: opts.onOutput, drvPath: request.drvPath,
+          env: request.env,
+          signal: opts.signal,
+          onOutput: opts.onOutput,
+          drvPath: request.drvPath,
         });
       } catch (e) {
         // The server could not be started at all: nothing ran.
@@ -110,7 +116,10 @@ export class NoSandbox implements Sandbox {
         }
       }
       if (exit?.kind === 'spawn-failed' && server.died) {
-        return { kind: 'spawn-failed', message: `the sandbox helper server running '${file}' for '${request.drvPath}' exited unexpectedly; the builder was killed` };
+        return {
+          kind: 'spawn-failed',
+          message: `the sandbox helper server running '${file}' for '${request.drvPath}' exited unexpectedly; the builder was killed`,
+        };
       }
       if (exit) {
         if (exit.kind !== 'spawn-failed') return exit;
@@ -120,12 +129,22 @@ export class NoSandbox implements Sandbox {
       return { kind: 'spawn-failed', message: `could not start '${file}': the sandbox helper is unavailable (${this.#helperFailed ?? 'unknown reason'})` };
     }
     return await spawnMerged({
-      file, args: request.args, argv0, env: request.env, cwd: request.buildDir, signal: opts.signal, onOutput: opts.onOutput,
+      file,
+      args: request.args,
+      argv0,
+      env: request.env,
+      cwd: request.buildDir,
+      signal: opts.signal,
+      onOutput: opts.onOutput,
     });
   }
 }
 
 /** Nix's filter for this architecture, or none where there is none (builds then run unfiltered, as Nix on such a platform). */
 function filterOrUndefined(): Buffer | undefined {
-  try { return nixSeccompFilter(); } catch { return undefined; }
+  try {
+    return nixSeccompFilter();
+  } catch {
+    return undefined;
+  }
 }

@@ -26,6 +26,13 @@ export async function runPostBuildHook(
   });
   if (pending) opts.onLine?.(pending);
   if (exit.kind === 'exited' && exit.code === 0) return;
-  const why = exit.kind === 'exited' ? `exit code ${exit.code}` : exit.kind === 'signalled' ? `signal ${exit.signal}` : exit.kind === 'spawn-failed' ? exit.message : 'aborted';
+  const why =
+    exit.kind === 'exited'
+      ? `exit code ${exit.code}`
+      : exit.kind === 'signalled'
+        ? `signal ${exit.signal}`
+        : exit.kind === 'spawn-failed'
+          ? exit.message
+          : 'aborted';
   throw new RealiseError('post-build-hook-failed', `program '${program}' failed with ${why}`);
 }

@@ -21,7 +21,11 @@ export type SandboxProbe =
 const GENERIC_HINT = 'install a C compiler (gcc) or bubblewrap, and allow user namespaces';
 
 function readSysctl(file: string): string | undefined {
-  try { return fs.readFileSync(file, 'utf8').trim(); } catch { return undefined; }
+  try {
+    return fs.readFileSync(file, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -56,7 +60,8 @@ export function diagnoseUserNamespaces(details: string): { reason: string; hint:
   }
   if (noSpace) {
     return {
-      reason: 'no more user namespaces may be created here (the user.max_user_namespaces limit of this or an enclosing namespace is reached, or namespaces are nested 32 deep)',
+      reason:
+        'no more user namespaces may be created here (the user.max_user_namespaces limit of this or an enclosing namespace is reached, or namespaces are nested 32 deep)',
       hint: `raise user.max_user_namespaces where it is limited (as root: sysctl -w user.max_user_namespaces=15000)`,
     };
   }
@@ -84,7 +89,10 @@ const cache = new Map<string, Promise<SandboxProbe>>();
 export function sandboxAvailable(options: Pick<LinuxSandboxOptions, 'backend' | 'bwrapPath' | 'helper'> = {}): Promise<SandboxProbe> {
   const key = JSON.stringify(options);
   let p = cache.get(key);
-  if (!p) { p = probe(options); cache.set(key, p); }
+  if (!p) {
+    p = probe(options);
+    cache.set(key, p);
+  }
   return p;
 }
 
@@ -149,7 +157,11 @@ export async function chooseSandbox(options: ChooseSandboxOptions = {}): Promise
     (options.warn ?? console.warn)(`warning: sandboxing is not available (${probe.reason}); building without a sandbox`);
     return new NoSandbox();
   }
-  throw new SandboxError('sandbox-unavailable', `builds must be sandboxed${options.chrootStore ? ' (the store is a chroot store)' : ''}, but sandboxing is not available: ${probe.reason}`, {
-    hint: options.chrootStore ? probe.hint : `${probe.hint}; or set 'sandbox' to false or 'sandbox-fallback' to true`,
-  });
+  throw new SandboxError(
+    'sandbox-unavailable',
+    `builds must be sandboxed${options.chrootStore ? ' (the store is a chroot store)' : ''}, but sandboxing is not available: ${probe.reason}`,
+    {
+      hint: options.chrootStore ? probe.hint : `${probe.hint}; or set 'sandbox' to false or 'sandbox-fallback' to true`,
+    },
+  );
 }

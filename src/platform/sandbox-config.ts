@@ -46,9 +46,13 @@ export function useSandbox(input: UseSandboxInput): boolean {
   let use: boolean;
   if (input.mode === true) {
     if (input.noChroot) {
-      throw new SandboxError('sandbox-no-chroot-forbidden', `derivation '${input.drvPath}' has '__noChroot' set, but that's not allowed when 'sandbox' is 'true'`, {
-        hint: "set the option 'sandbox' to 'relaxed' to let such derivations build outside the sandbox",
-      });
+      throw new SandboxError(
+        'sandbox-no-chroot-forbidden',
+        `derivation '${input.drvPath}' has '__noChroot' set, but that's not allowed when 'sandbox' is 'true'`,
+        {
+          hint: "set the option 'sandbox' to 'relaxed' to let such derivations build outside the sandbox",
+        },
+      );
     }
     use = true;
   } else if (input.mode === false) use = false;
@@ -69,7 +73,10 @@ export function parseSandboxPaths(entries: Iterable<string>): Map<string, Sandbo
   for (let entry of [...new Set(entries)].sort()) {
     if (entry === '') continue;
     let optional = false;
-    if (entry.endsWith('?')) { optional = true; entry = entry.slice(0, -1); }
+    if (entry.endsWith('?')) {
+      optional = true;
+      entry = entry.slice(0, -1);
+    }
     const eq = entry.indexOf('=');
     const target = eq === -1 ? entry : entry.slice(0, eq);
     const source = eq === -1 ? entry : entry.slice(eq + 1);
@@ -136,7 +143,10 @@ export function parsePreBuildHookOutput(output: string): Map<string, SandboxPath
   for (const line of lines) {
     if (!inPaths) {
       if (line === 'extra-sandbox-paths' || line === 'extra-chroot-dirs') inPaths = true;
-      else throw new SandboxError('sandbox-bad-config', `unknown pre-build hook command '${line}'`, { hint: "the hook may only print 'extra-sandbox-paths' blocks" });
+      else
+        throw new SandboxError('sandbox-bad-config', `unknown pre-build hook command '${line}'`, {
+          hint: "the hook may only print 'extra-sandbox-paths' blocks",
+        });
     } else if (line === '') inPaths = false;
     else {
       const eq = line.indexOf('=');

@@ -9,11 +9,7 @@ import { RealiseError } from '../store/errors.js';
  * - `sandbox-no-chroot-forbidden`: `__noChroot` with `sandbox = true`.
  */
 export type SandboxErrorCode =
-  | 'sandbox-unavailable'
-  | 'sandbox-setup-failed'
-  | 'sandbox-path-not-allowed'
-  | 'sandbox-bad-config'
-  | 'sandbox-no-chroot-forbidden';
+  'sandbox-unavailable' | 'sandbox-setup-failed' | 'sandbox-path-not-allowed' | 'sandbox-bad-config' | 'sandbox-no-chroot-forbidden';
 
 export class SandboxError extends RealiseError {
   declare readonly code: SandboxErrorCode;

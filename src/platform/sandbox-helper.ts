@@ -59,8 +59,20 @@ export function ensureSandboxHelper(opts: SandboxHelperOptions = {}): Promise<st
  * Compile `source` with `cc` into `dest` once (a cached build is reused): in a private directory next to
  * `dest`, then renamed into place, so concurrent compilers race harmlessly. `what` names it in the error.
  */
-export async function compileCOnce(dest: string, cc: string, source: string, cflags: readonly string[], what: string, mode = fs.constants.X_OK): Promise<string> {
-  try { fs.accessSync(dest, mode); return dest; } catch { /* build it */ }
+export async function compileCOnce(
+  dest: string,
+  cc: string,
+  source: string,
+  cflags: readonly string[],
+  what: string,
+  mode = fs.constants.X_OK,
+): Promise<string> {
+  try {
+    fs.accessSync(dest, mode);
+    return dest;
+  } catch {
+    /* build it */
+  }
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   const tmpDir = fs.mkdtempSync(path.join(path.dirname(dest), '.build-'));
   try {

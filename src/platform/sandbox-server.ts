@@ -66,11 +66,15 @@ export class SandboxServer {
       this.#closing = false;
       const name = `realise-sbx-${process.pid}-${randomBytes(6).toString('hex')}`;
       const listener = net.createServer((sock) => this.#onConnection(sock));
-      await new Promise<void>((resolve, reject) => { listener.once('error', reject); listener.listen('\0' + name, () => resolve()); });
+      await new Promise<void>((resolve, reject) => {
+        listener.once('error', reject);
+        listener.listen('\0' + name, () => resolve());
+      });
       listener.unref();
       this.#listener = listener;
       const child = spawn(this.#exe, ['--server', name, ...(this.#warm ? ['--warm'] : []), ...(this.#filter ? ['--seccomp-fd', '3'] : [])], {
-        stdio: ['pipe', 'pipe', 'inherit', ...(this.#filter ? ['pipe' as const] : [])], env: {},
+        stdio: ['pipe', 'pipe', 'inherit', ...(this.#filter ? ['pipe' as const] : [])],
+        env: {},
       });
       this.#child = child;
       if (this.#filter) (child.stdio[3] as NodeJS.WritableStream).end(this.#filter);
@@ -82,7 +86,10 @@ export class SandboxServer {
       // The exec of the server itself can fail (e.g. a cache dir mounted noexec): that is a start failure.
       await new Promise<void>((resolve, reject) => {
         child.once('spawn', resolve);
-        child.once('error', (e) => { this.#onServerExit(child); reject(e); });
+        child.once('error', (e) => {
+          this.#onServerExit(child);
+          reject(e);
+        });
       });
     })();
     return this.#ready;
@@ -93,9 +100,13 @@ export class SandboxServer {
     const child = this.#child;
     if (!child) return;
     const h = [child, child.stdout, this.#listener] as unknown as ({ ref?: () => void; unref?: () => void } | null)[];
-    for (const x of h) { if (on) x?.ref?.(); else x?.unref?.(); }
+    for (const x of h) {
+      if (on) x?.ref?.();
+      else x?.unref?.();
+    }
     const stdin = child.stdin as unknown as { ref?: () => void; unref?: () => void } | null;
-    if (on) stdin?.ref?.(); else stdin?.unref?.();
+    if (on) stdin?.ref?.();
+    else stdin?.unref?.();
   }
 
   #onServerExit(child: ChildProcess): void {
@@ -126,18 +137,27 @@ export class SandboxServer {
       if (!p) {
         const s = chunk.toString('latin1');
         const nl = s.indexOf('\n');
-        if (nl === -1) { head += s; return; }
+        if (nl === -1) {
+          head += s;
+          return;
+        }
         // "id PID": the build and the process whose group an abort kills.
         const line = head + s.slice(0, nl);
         const sp = line.indexOf(' ');
         const id = sp === -1 ? line : line.slice(0, sp);
         p = this.#pending.get(id);
-        if (!p) { sock.destroy(); return; }
+        if (!p) {
+          sock.destroy();
+          return;
+        }
         sock.ref();
         p.connected = true;
         if (sp !== -1) {
           p.pid = Number(line.slice(sp + 1));
-          if (p.aborted) { this.#kill(p); this.#maybeDone(p); }
+          if (p.aborted) {
+            this.#kill(p);
+            this.#maybeDone(p);
+          }
         }
         const rest = chunk.subarray(Buffer.byteLength(s.slice(0, nl + 1), 'latin1'));
         if (rest.length && !p.aborted) p.onOutput?.(rest);
@@ -171,20 +191,32 @@ export class SandboxServer {
       const p = this.#pending.get(line.slice(0, sp));
       if (!p) continue;
       const rest = line.slice(sp + 1);
-      if (rest === 'started') { p.onSetUp?.(); continue; }
+      if (rest === 'started') {
+        p.onSetUp?.();
+        continue;
+      }
       p.status = rest;
       // A setup failure has no builder output worth waiting for.
       if (rest.startsWith('error ')) p.eof = true;
       else if (!p.connected) {
         // Output may still be on its way (or never come): wait a little for it.
-        p.timer = setTimeout(() => { p.eof = true; this.#maybeDone(p); }, DRAIN_GRACE_MS);
+        p.timer = setTimeout(() => {
+          p.eof = true;
+          this.#maybeDone(p);
+        }, DRAIN_GRACE_MS);
       }
       this.#maybeDone(p);
     }
   }
 
   #kill(p: Pending): void {
-    if (p.pid !== undefined) { try { process.kill(-p.pid, 'SIGKILL'); } catch { /* gone */ } }
+    if (p.pid !== undefined) {
+      try {
+        process.kill(-p.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
   }
 
   #maybeDone(p: Pending): void {
@@ -219,9 +251,18 @@ export class SandboxServer {
     frame.writeUInt32LE(payload.length, 0);
     payload.copy(frame, 4);
     return await new Promise<SandboxExit>((resolve) => {
-      const onAbort = () => { p.aborted = true; this.#kill(p); this.#maybeDone(p); };
+      const onAbort = () => {
+        p.aborted = true;
+        this.#kill(p);
+        this.#maybeDone(p);
+      };
       const p: Pending = {
-        plain: req.args[0] === '--plain', onOutput: req.onOutput, onSetUp: req.onSetUp, aborted: false, eof: false, connected: false,
+        plain: req.args[0] === '--plain',
+        onOutput: req.onOutput,
+        onSetUp: req.onSetUp,
+        aborted: false,
+        eof: false,
+        connected: false,
         resolve: (exit) => {
           if (!this.#pending.delete(id)) return;
           if (this.#pending.size === 0) this.#setRef(false);

@@ -39,15 +39,21 @@ export interface RefusedSyscall {
  */
 export const REFUSED_SYSCALLS: readonly RefusedSyscall[] = [
   ...(['setxattr', 'lsetxattr', 'fsetxattr'] as const).map((name, i) => ({
-    name, nr: { x86_64: 188 + i, i386: 226 + i, aarch64: 5 + i, arm: 226 + i }, errno: 'ENOTSUP' as const,
+    name,
+    nr: { x86_64: 188 + i, i386: 226 + i, aarch64: 5 + i, arm: 226 + i },
+    errno: 'ENOTSUP' as const,
     why: 'extended attributes (file capabilities, ACLs) would give a store file privileges that no NAR records (as Nix)',
   })),
   {
-    name: 'setxattrat', nr: { x86_64: 463, i386: 463, aarch64: 463, arm: 463 }, errno: 'ENOTSUP',
+    name: 'setxattrat',
+    nr: { x86_64: 463, i386: 463, aarch64: 463, arm: 463 },
+    errno: 'ENOTSUP',
     why: 'Linux 6.13 added it: the same extended attributes as setxattr (e.g. security.capability from a nested user namespace), which Nix 2.8 does not refuse',
   },
   ...(['io_uring_setup', 'io_uring_enter', 'io_uring_register'] as const).map((name, i) => ({
-    name, nr: { x86_64: 425 + i, i386: 425 + i, aarch64: 425 + i, arm: 425 + i }, errno: 'ENOSYS' as const,
+    name,
+    nr: { x86_64: 425 + i, i386: 425 + i, aarch64: 425 + i, arm: 425 + i },
+    errno: 'ENOSYS' as const,
     why: 'io_uring operations (IORING_OP_SETXATTR, ...) are not system calls and bypass this filter; ENOSYS makes programs fall back to plain calls (as Lix refuses them)',
   })),
 ];
@@ -64,11 +70,17 @@ const ERRNO: Record<RefusedSyscall['errno'], number> = { ENOTSUP, ENOSYS };
 
 type Insn = { code: number; jt: number | string; jf: number | string; k: number; label?: string };
 
-const LD_ABS = 0x20, JEQ = 0x15, JSET = 0x45, RET = 0x06, AND = 0x54;
+const LD_ABS = 0x20,
+  JEQ = 0x15,
+  JSET = 0x45,
+  RET = 0x06,
+  AND = 0x54;
 
 function assemble(prog: Insn[]): Buffer {
   const labels = new Map<string, number>();
-  prog.forEach((ins, i) => { if (ins.label) labels.set(ins.label, i); });
+  prog.forEach((ins, i) => {
+    if (ins.label) labels.set(ins.label, i);
+  });
   const buf = Buffer.alloc(prog.length * 8);
   prog.forEach((ins, i) => {
     const off = (t: number | string): number => {
@@ -98,9 +110,13 @@ function section(label: string, arch: Arch, clearX32: boolean): Insn[] {
 export function nixSeccompFilter(arch: string = process.arch): Buffer {
   let native: [number, Arch, boolean];
   let compat: [number, Arch];
-  if (arch === 'x64') { native = [AUDIT_ARCH_X86_64, 'x86_64', true]; compat = [AUDIT_ARCH_I386, 'i386']; }
-  else if (arch === 'arm64') { native = [AUDIT_ARCH_AARCH64, 'aarch64', false]; compat = [AUDIT_ARCH_ARM, 'arm']; }
-  else {
+  if (arch === 'x64') {
+    native = [AUDIT_ARCH_X86_64, 'x86_64', true];
+    compat = [AUDIT_ARCH_I386, 'i386'];
+  } else if (arch === 'arm64') {
+    native = [AUDIT_ARCH_AARCH64, 'aarch64', false];
+    compat = [AUDIT_ARCH_ARM, 'arm'];
+  } else {
     throw new SandboxError('sandbox-unavailable', `no seccomp filter for architecture '${arch}'`, {
       hint: "set 'filterSyscalls: false' to build without it (builders could then create setuid files)",
     });

@@ -57,7 +57,10 @@ export async function socketPair(): Promise<[net.Socket, net.Socket]> {
       server.listen(name, () => resolve());
     });
     const client = net.connect(name);
-    await new Promise<void>((resolve, reject) => { client.once('connect', resolve); client.once('error', reject); });
+    await new Promise<void>((resolve, reject) => {
+      client.once('connect', resolve);
+      client.once('error', reject);
+    });
     client.write(token);
     const ours = await accepted;
     return [ours, client];
@@ -68,7 +71,11 @@ export async function socketPair(): Promise<[net.Socket, net.Socket]> {
 
 function killGroup(pid: number | undefined): void {
   if (pid === undefined) return;
-  try { process.kill(-pid, 'SIGKILL'); } catch { /* already gone */ }
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    /* already gone */
+  }
 }
 
 /**
@@ -93,7 +100,8 @@ export async function spawnMerged(opts: SpawnMergedOptions): Promise<SandboxExit
       stdio: [devNull, theirs, theirs, ...(opts.extraStdio ?? [])],
     });
   } catch (e) {
-    ours.destroy(); theirs.destroy();
+    ours.destroy();
+    theirs.destroy();
     return { kind: 'spawn-failed', message: `could not start '${opts.file}': ${(e as Error).message}` };
   } finally {
     closeSync(devNull);
@@ -131,7 +139,9 @@ export async function spawnMerged(opts: SpawnMergedOptions): Promise<SandboxExit
       if (!settled) killGroup(child.pid);
       maybeDone();
     };
-    ours.on('data', (chunk: Buffer) => { if (!aborted) opts.onOutput?.(chunk); });
+    ours.on('data', (chunk: Buffer) => {
+      if (!aborted) opts.onOutput?.(chunk);
+    });
     ours.on('end', onEof);
     ours.on('close', onEof);
     ours.on('error', onEof);

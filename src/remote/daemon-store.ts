@@ -95,7 +95,14 @@ export class DaemonStore implements Store {
       transport = await SocketTransport.connect(this.socketPath);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      const why = code === 'ENOENT' ? 'No such file or directory' : code === 'EACCES' ? 'Permission denied' : code === 'ECONNREFUSED' ? 'Connection refused' : (e as Error).message;
+      const why =
+        code === 'ENOENT'
+          ? 'No such file or directory'
+          : code === 'EACCES'
+            ? 'Permission denied'
+            : code === 'ECONNREFUSED'
+              ? 'Connection refused'
+              : (e as Error).message;
       throw new RemoteConnectionError(`cannot connect to socket at '${this.socketPath}': ${why}`, {
         cause: e,
         hint: 'is the Nix daemon running (systemctl status nix-daemon)? Set NIX_DAEMON_SOCKET_PATH if it listens elsewhere',
@@ -113,7 +120,9 @@ export class DaemonStore implements Store {
       });
     }
     this.all.add(c);
-    void transport.closed.then(() => { this.all.delete(c); });
+    void transport.closed.then(() => {
+      this.all.delete(c);
+    });
     return c;
   }
 
@@ -224,7 +233,12 @@ export class DaemonStore implements Store {
       createSymlink: () => {},
       createFile: (rel) => {
         regular = rel === '';
-        return { write: (b) => { if (regular) chunks.push(b); }, close: () => {} };
+        return {
+          write: (b) => {
+            if (regular) chunks.push(b);
+          },
+          close: () => {},
+        };
       },
     });
     if (!regular) throw new StoreError('not-a-regular-file', `store path '${p}' is not a regular file`);
@@ -274,7 +288,10 @@ export class DaemonStore implements Store {
    * Have the daemon realise `targets` (`DRV!out1,out2`, or store paths), with its log stream to `onLog`.
    * One result per target, in order. Aborting closes the connection, which stops the daemon's work.
    */
-  buildPathsWithResults(targets: readonly string[], opts: { mode?: 'normal' | 'repair' | 'check'; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<{ path: string; result: WireBuildResult }[] | undefined> {
+  buildPathsWithResults(
+    targets: readonly string[],
+    opts: { mode?: 'normal' | 'repair' | 'check'; signal?: AbortSignal; onLog?: OnRemoteLog } = {},
+  ): Promise<{ path: string; result: WireBuildResult }[] | undefined> {
     // A connection of its own, so queries made meanwhile (by event listeners) are not queued behind it.
     return this.with((c) => c.buildPathsWithResults(targets, { buildMode: opts.mode, signal: opts.signal, onLog: opts.onLog }));
   }

@@ -71,14 +71,18 @@ function describeValue(v: unknown): string {
 
 /** A machine from typed options (validated; defaults as in Nix's machines file). */
 export function machine(o: MachineOptions, opts: { thisSystem?: string } = {}): Machine {
-  if (typeof o.storeUri !== 'string' || o.storeUri === '') throw new MachineSpecError(`Expected \`storeUri\` to be a non-empty string, got ${describeValue(o.storeUri)}`);
+  if (typeof o.storeUri !== 'string' || o.storeUri === '')
+    throw new MachineSpecError(`Expected \`storeUri\` to be a non-empty string, got ${describeValue(o.storeUri)}`);
   const int = (name: string, v: unknown, def: number, min: number): number => {
     if (v === undefined) return def;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < min) throw new MachineSpecError(`Expected \`${name}\` to be an integer from ${min} and up, got ${describeValue(v)}`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min)
+      throw new MachineSpecError(`Expected \`${name}\` to be an integer from ${min} and up, got ${describeValue(v)}`);
     return v;
   };
   if (o.sshPublicHostKey && !/^[A-Za-z0-9+/]*={0,2}$/.test(o.sshPublicHostKey)) {
-    throw new MachineSpecError(`Expected \`sshPublicHostKey\` of '${o.storeUri}' to be base64, got ${describeValue(o.sshPublicHostKey)}`, { hint: 'use the output of `base64 -w0 /etc/ssh/ssh_host_ed25519_key.pub` on the builder' });
+    throw new MachineSpecError(`Expected \`sshPublicHostKey\` of '${o.storeUri}' to be base64, got ${describeValue(o.sshPublicHostKey)}`, {
+      hint: 'use the output of `base64 -w0 /etc/ssh/ssh_host_ed25519_key.pub` on the builder',
+    });
   }
   return {
     storeUri: normaliseUri(o.storeUri),
@@ -93,7 +97,8 @@ export function machine(o: MachineOptions, opts: { thisSystem?: string } = {}): 
 }
 
 function expandLines(text: string, opts: ParseMachinesOptions, depth: number, origin: string): { line: string; origin: string }[] {
-  if (depth > 16) throw new MachineSpecError(`machines file includes are nested too deeply (at '${origin}')`, { hint: 'check for an @file that includes itself' });
+  if (depth > 16)
+    throw new MachineSpecError(`machines file includes are nested too deeply (at '${origin}')`, { hint: 'check for an @file that includes itself' });
   const out: { line: string; origin: string }[] = [];
   for (let line of text.split(/[\n;]/)) {
     const hash = line.indexOf('#');
@@ -139,28 +144,43 @@ function parseMachineLine(line: string, origin: string, opts: ParseMachinesOptio
   if (isSet(7)) {
     const k = t[7]!;
     if (!/^[A-Za-z0-9+/]*={0,2}$/.test(k) || k.length % 4 !== 0) {
-      throw new MachineSpecError(`bad machine specification in ${origin}: column 8 (public host key) of '${line}' is not valid base64`, { hint: 'use the output of `base64 -w0 /etc/ssh/ssh_host_ed25519_key.pub` on the builder' });
+      throw new MachineSpecError(`bad machine specification in ${origin}: column 8 (public host key) of '${line}' is not valid base64`, {
+        hint: 'use the output of `base64 -w0 /etc/ssh/ssh_host_ed25519_key.pub` on the builder',
+      });
     }
   }
-  return machine({
-    storeUri: t[0]!,
-    systemTypes: isSet(1) ? list(1) : undefined,
-    sshKey: isSet(2) ? t[2] : '',
-    maxJobs: isSet(3) ? num(3, 'max jobs') : 1,
-    speedFactor: isSet(4) ? num(4, 'speed factor') : 1,
-    supportedFeatures: isSet(5) ? list(5) : [],
-    mandatoryFeatures: isSet(6) ? list(6) : [],
-    sshPublicHostKey: isSet(7) ? t[7] : '',
-  }, { thisSystem: opts.thisSystem });
+  return machine(
+    {
+      storeUri: t[0]!,
+      systemTypes: isSet(1) ? list(1) : undefined,
+      sshKey: isSet(2) ? t[2] : '',
+      maxJobs: isSet(3) ? num(3, 'max jobs') : 1,
+      speedFactor: isSet(4) ? num(4, 'speed factor') : 1,
+      supportedFeatures: isSet(5) ? list(5) : [],
+      mandatoryFeatures: isSet(6) ? list(6) : [],
+      sshPublicHostKey: isSet(7) ? t[7] : '',
+    },
+    { thisSystem: opts.thisSystem },
+  );
 }
 
 /** Render machines back to Nix's one-line-per-machine format (for `--builders` of real Nix). */
 export function formatMachines(machines: readonly Machine[]): string {
   const col = (xs: readonly string[]): string => (xs.length ? xs.join(',') : '-');
-  return machines.map((m) => [
-    m.storeUri, col(m.systemTypes), m.sshKey || '-', String(m.maxJobs), String(m.speedFactor),
-    col(m.supportedFeatures), col(m.mandatoryFeatures), m.sshPublicHostKey || '-',
-  ].join(' ')).join('\n');
+  return machines
+    .map((m) =>
+      [
+        m.storeUri,
+        col(m.systemTypes),
+        m.sshKey || '-',
+        String(m.maxJobs),
+        String(m.speedFactor),
+        col(m.supportedFeatures),
+        col(m.mandatoryFeatures),
+        m.sshPublicHostKey || '-',
+      ].join(' '),
+    )
+    .join('\n');
 }
 
 /** A parsed store URI: scheme, `user@host` authority, and query parameters. */
@@ -206,7 +226,8 @@ export function machineRejections(m: Machine, req: MachineRequest): string[] {
   const missing = [...required].filter((f) => !m.supportedFeatures.includes(f) && !m.mandatoryFeatures.includes(f)).sort();
   if (missing.length) reasons.push(`lacks required feature${missing.length > 1 ? 's' : ''} ${missing.map((f) => `'${f}'`).join(', ')}`);
   const unmet = m.mandatoryFeatures.filter((f) => !required.has(f));
-  if (unmet.length) reasons.push(`only takes derivations that require ${unmet.map((f) => `'${f}'`).join(', ')} (mandatory feature${unmet.length > 1 ? 's' : ''})`);
+  if (unmet.length)
+    reasons.push(`only takes derivations that require ${unmet.map((f) => `'${f}'`).join(', ')} (mandatory feature${unmet.length > 1 ? 's' : ''})`);
   return reasons;
 }
 
@@ -247,7 +268,11 @@ export function selectMachine<M extends Machine>(
   for (const m of fitting) {
     const l = load(m);
     if (l >= m.maxJobs) continue;
-    if (!best) { best = m; bestLoad = l; continue; }
+    if (!best) {
+      best = m;
+      bestLoad = l;
+      continue;
+    }
     const a = l / m.speedFactor;
     const b = bestLoad / best.speedFactor;
     if (a < b || (a === b && (m.speedFactor > best.speedFactor || (m.speedFactor === best.speedFactor && l < bestLoad)))) {

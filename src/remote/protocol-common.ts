@@ -67,9 +67,21 @@ export type WireBuildStatus =
   | 'no-substituters';
 
 const STATUSES: readonly WireBuildStatus[] = [
-  'built', 'substituted', 'already-valid', 'permanent-failure', 'input-rejected', 'output-rejected',
-  'transient-failure', 'cached-failure', 'timed-out', 'misc-failure', 'dependency-failed',
-  'log-limit-exceeded', 'not-deterministic', 'resolves-to-already-valid', 'no-substituters',
+  'built',
+  'substituted',
+  'already-valid',
+  'permanent-failure',
+  'input-rejected',
+  'output-rejected',
+  'transient-failure',
+  'cached-failure',
+  'timed-out',
+  'misc-failure',
+  'dependency-failed',
+  'log-limit-exceeded',
+  'not-deterministic',
+  'resolves-to-already-valid',
+  'no-substituters',
 ];
 
 export function buildStatusFromWire(n: number): WireBuildStatus {
@@ -117,7 +129,10 @@ export function stripAnsi(s: string): string {
 export async function readBuildResult(r: WireReader, storeDir: string, has: { times: boolean; builtOutputs: boolean }): Promise<WireBuildResult> {
   const status = buildStatusFromWire(await r.u64());
   const errorMsg = stripAnsi(await r.string());
-  let timesBuilt = 0, isNonDeterministic = false, startTime = 0, stopTime = 0;
+  let timesBuilt = 0,
+    isNonDeterministic = false,
+    startTime = 0,
+    stopTime = 0;
   if (has.times) {
     timesBuilt = await r.u64();
     isNonDeterministic = await r.bool();

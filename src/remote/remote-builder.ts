@@ -14,7 +14,14 @@ import type { NarSource, PathInfo, Store } from '../store/store-api.js';
 import type { StorePath } from '../store/store-path.js';
 import { NoMachineError, RemoteBuildError, RemoteConnectionError, RemoteDaemonError, type RemoteBuildErrorKind } from './errors.js';
 import { machine as makeMachine, parseMachines, parseStoreUri, selectMachine, type Machine, type MachineOptions, type MachineRequest } from './machines.js';
-import { isSuccessStatus, topoSortPaths, type WireBuildResult, type WireBuildStatus, type WireDerivation, type WireDerivationOutput } from './protocol-common.js';
+import {
+  isSuccessStatus,
+  topoSortPaths,
+  type WireBuildResult,
+  type WireBuildStatus,
+  type WireDerivation,
+  type WireDerivationOutput,
+} from './protocol-common.js';
 import { ServeConnection, type ServeBuildSettings } from './serve-protocol.js';
 import { StdioTransport, type Transport } from './transport.js';
 import { buildLogLine, WorkerConnection, type RemoteLogEvent, type WorkerOptions } from './worker-protocol.js';
@@ -81,7 +88,12 @@ function workerOptionsFor(base: WorkerOptions, bs: RemoteBuildSettings | undefin
 }
 
 function sameOptions(a: WorkerOptions, b: WorkerOptions): boolean {
-  const norm = (o: WorkerOptions): string => JSON.stringify(Object.entries({ ...o, overrides: Object.entries(o.overrides ?? {}).sort() }).filter(([, v]) => v !== undefined).sort());
+  const norm = (o: WorkerOptions): string =>
+    JSON.stringify(
+      Object.entries({ ...o, overrides: Object.entries(o.overrides ?? {}).sort() })
+        .filter(([, v]) => v !== undefined)
+        .sort(),
+    );
   return norm(a) === norm(b);
 }
 
@@ -165,12 +177,18 @@ function shellQuote(s: string): string {
  * `... 'nix-store --serve --write ...'` for ssh://. As in Nix, the host `localhost` runs the command locally
  * through `bash -c` instead of ssh.
  */
-export function remoteCommand(m: Machine, opts: { sshOptions?: readonly string[]; sshProgram?: string; env?: Readonly<Record<string, string | undefined>> } = {}): { command: string; args: string[]; protocol: 'worker' | 'serve'; cleanup?: () => void } {
+export function remoteCommand(
+  m: Machine,
+  opts: { sshOptions?: readonly string[]; sshProgram?: string; env?: Readonly<Record<string, string | undefined>> } = {},
+): { command: string; args: string[]; protocol: 'worker' | 'serve'; cleanup?: () => void } {
   const uri = parseStoreUri(m.storeUri);
   let protocol: 'worker' | 'serve';
   if (uri.scheme === 'ssh-ng') protocol = 'worker';
   else if (uri.scheme === 'ssh') protocol = 'serve';
-  else throw new RemoteBuildError(m.storeUri, 'connection', `cannot build on '${m.storeUri}': only ssh:// and ssh-ng:// machines are supported`, { hint: "use 'ssh-ng://host' (Nix daemon protocol) or 'ssh://host' (nix-store --serve)" });
+  else
+    throw new RemoteBuildError(m.storeUri, 'connection', `cannot build on '${m.storeUri}': only ssh:// and ssh-ng:// machines are supported`, {
+      hint: "use 'ssh-ng://host' (Nix daemon protocol) or 'ssh://host' (nix-store --serve)",
+    });
   const host = uri.authority;
   if (!host || host.startsWith('-')) throw new RemoteBuildError(m.storeUri, 'connection', `invalid SSH host name '${host}' in '${m.storeUri}'`);
   const program = uri.params.get('remote-program') ?? (protocol === 'worker' ? 'nix-daemon' : 'nix-store');
@@ -215,12 +233,18 @@ export function toWireDerivation(drv: Derivation, inputs?: Iterable<StorePath>):
 
 function wireOutput(o: DerivationOutput): WireDerivationOutput {
   switch (o.type) {
-    case 'input-addressed': return { path: o.path, hashAlgo: '', hash: '' };
-    case 'fixed': return { path: o.path, hashAlgo: printMethodAlgo(o.method, o.hash.algorithm), hash: o.hash.base16 };
-    case 'floating': return { path: '', hashAlgo: printMethodAlgo(o.method, o.algorithm), hash: '' };
-    case 'deferred': return { path: '', hashAlgo: '', hash: '' };
-    case 'impure': return { path: '', hashAlgo: printMethodAlgo(o.method, o.algorithm), hash: 'impure' };
-    default: return unreachable(o);
+    case 'input-addressed':
+      return { path: o.path, hashAlgo: '', hash: '' };
+    case 'fixed':
+      return { path: o.path, hashAlgo: printMethodAlgo(o.method, o.hash.algorithm), hash: o.hash.base16 };
+    case 'floating':
+      return { path: '', hashAlgo: printMethodAlgo(o.method, o.algorithm), hash: '' };
+    case 'deferred':
+      return { path: '', hashAlgo: '', hash: '' };
+    case 'impure':
+      return { path: '', hashAlgo: printMethodAlgo(o.method, o.algorithm), hash: 'impure' };
+    default:
+      return unreachable(o);
   }
 }
 
@@ -231,7 +255,10 @@ export async function inputClosure(store: Store, drv: Derivation): Promise<Set<S
     const known = await store.queryDerivationOutputs(inDrv);
     for (const o of outs) {
       const p = known.get(o);
-      if (!p) throw new StoreError('remote-input-missing', `output '${o}' of input derivation '${inDrv}' is not known in the local store`, { hint: 'build the inputs before building remotely' });
+      if (!p)
+        throw new StoreError('remote-input-missing', `output '${o}' of input derivation '${inDrv}' is not known in the local store`, {
+          hint: 'build the inputs before building remotely',
+        });
       roots.add(p);
     }
   }
@@ -275,8 +302,14 @@ export class MachineBuilder implements RemoteBuilder {
 
   waitForSlot(signal?: AbortSignal): Promise<void> {
     return new Promise((resolve, reject) => {
-      const wake = (): void => { signal?.removeEventListener('abort', onAbort); resolve(); };
-      const onAbort = (): void => { this.waiters = this.waiters.filter((w) => w !== wake); reject(signal!.reason); };
+      const wake = (): void => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      const onAbort = (): void => {
+        this.waiters = this.waiters.filter((w) => w !== wake);
+        reject(signal!.reason);
+      };
       signal?.addEventListener('abort', onAbort, { once: true });
       this.waiters.push(wake);
     });
@@ -322,7 +355,9 @@ export class MachineBuilder implements RemoteBuilder {
     }
     const pc = { client, stderrTo };
     this.all.add(pc);
-    void transport.closed.then(() => { this.all.delete(pc); });
+    void transport.closed.then(() => {
+      this.all.delete(pc);
+    });
     return pc;
   }
 
@@ -361,7 +396,9 @@ export class MachineBuilder implements RemoteBuilder {
           const line = buildLogLine(e);
           if (line !== undefined) opts.onLog(line);
         }
-      } catch { /* ignored */ }
+      } catch {
+        /* ignored */
+      }
     };
     try {
       if (this.closed) throw new RemoteConnectionError(`the builder for '${this.name}' was closed`);
@@ -381,12 +418,18 @@ export class MachineBuilder implements RemoteBuilder {
         for (const p of inputs) {
           if (present.has(p)) continue;
           const info = await store.queryPathInfo(p);
-          if (!info) throw new RemoteBuildError(this.name, 'copy', `input '${p}' of '${drvPath}' is not valid in the local store`, { hint: 'build or substitute the inputs before building remotely' });
+          if (!info)
+            throw new RemoteBuildError(this.name, 'copy', `input '${p}' of '${drvPath}' is not valid in the local store`, {
+              hint: 'build or substitute the inputs before building remotely',
+            });
           infos.set(p, info);
         }
         const sorted = topoSortPaths(infos);
         if (sorted.length) {
-          await client.addMultipleToStore(sorted.map((p) => ({ info: infos.get(p)!, nar: store.narFromPath(p) })), { signal, onLog: onEvent });
+          await client.addMultipleToStore(
+            sorted.map((p) => ({ info: infos.get(p)!, nar: store.narFromPath(p) })),
+            { signal, onLog: onEvent },
+          );
         }
         return sorted;
       });
@@ -405,10 +448,20 @@ export class MachineBuilder implements RemoteBuilder {
         res = await client.buildDerivation(drvPath, wire, { ...this.opts.serveBuildSettings, ...opts.buildSettings, signal, onLog: onEvent });
       }
       const tBuilt = performance.now();
-      const timings = (tDone: number) => ({ connect: tConnected - tStart, upload: tUploaded - tConnected, build: tBuilt - tUploaded, download: tDone - tBuilt });
+      const timings = (tDone: number) => ({
+        connect: tConnected - tStart,
+        upload: tUploaded - tConnected,
+        build: tBuilt - tUploaded,
+        download: tDone - tBuilt,
+      });
       const base = {
-        status: res.status, errorMsg: res.errorMsg, machine: this.name, timesBuilt: res.timesBuilt,
-        isNonDeterministic: res.isNonDeterministic, startTime: res.startTime, stopTime: res.stopTime,
+        status: res.status,
+        errorMsg: res.errorMsg,
+        machine: this.name,
+        timesBuilt: res.timesBuilt,
+        isNonDeterministic: res.isNonDeterministic,
+        startTime: res.startTime,
+        stopTime: res.stopTime,
         copiedInputs: order,
       };
       if (!isSuccessStatus(res.status)) return { ...base, builtOutputs: new Map(), copiedOutputs: [], timings: timings(performance.now()) };
@@ -452,7 +505,12 @@ export class MachineBuilder implements RemoteBuilder {
       const msg = e instanceof RealiseError ? e.shortMessage : (e as Error).message;
       throw new RemoteBuildError(this.name, kind, `cannot build '${drvPath}' on '${this.name}': ${what}: ${msg}`, {
         cause: e,
-        hint: kind === 'connection' ? 'the build can be retried on another machine or locally (fallback)' : e instanceof RemoteDaemonError ? 'the remote Nix refused the operation; the local user may need to be in its trusted-users' : undefined,
+        hint:
+          kind === 'connection'
+            ? 'the build can be retried on another machine or locally (fallback)'
+            : e instanceof RemoteDaemonError
+              ? 'the remote Nix refused the operation; the local user may need to be in its trusted-users'
+              : undefined,
       });
     } finally {
       if (pc) {
@@ -482,14 +540,21 @@ async function* verifiedNar(source: NarSource, info: PathInfo, machine: string):
     // Hold back the last chunk until the hash is checked, so a bad NAR never completes.
     for (;;) {
       const n = await it.next();
-      if (n.done) { done = true; break; }
+      if (n.done) {
+        done = true;
+        break;
+      }
       h.update(n.value);
       if (prev) yield prev;
       prev = n.value;
     }
     const { hash, size } = h.finish();
     if (!hash.equals(info.narHash) || size !== info.narSize) {
-      throw new RemoteBuildError(machine, 'copy', `NAR of '${info.path}' from '${machine}' does not match its hash: expected ${info.narHash.toString('base32')} (${info.narSize} bytes), got ${hash.toString('base32')} (${size} bytes)`);
+      throw new RemoteBuildError(
+        machine,
+        'copy',
+        `NAR of '${info.path}' from '${machine}' does not match its hash: expected ${info.narHash.toString('base32')} (${info.narSize} bytes), got ${hash.toString('base32')} (${size} bytes)`,
+      );
     }
     if (prev) yield prev;
   } finally {
@@ -504,15 +569,21 @@ async function* verifiedNar(source: NarSource, info: PathInfo, machine: string):
  */
 function unlimitedListeners(signal: AbortSignal): boolean {
   let limit: number;
-  try { limit = getMaxListeners(signal); } catch { return true; }
+  try {
+    limit = getMaxListeners(signal);
+  } catch {
+    return true;
+  }
   return limit === 0 || limit >= 10_000;
 }
 
 /** Machines as builders: from a `builders` string / machines file text, or typed machines. */
-export function createRemoteBuilders(spec: string | readonly (Machine | MachineOptions)[], opts: MachineBuilderOptions & { thisSystem?: string } = {}): MachineBuilder[] {
-  const machines = typeof spec === 'string'
-    ? parseMachines(spec, { thisSystem: opts.thisSystem })
-    : spec.map((m) => makeMachine(m, { thisSystem: opts.thisSystem }));
+export function createRemoteBuilders(
+  spec: string | readonly (Machine | MachineOptions)[],
+  opts: MachineBuilderOptions & { thisSystem?: string } = {},
+): MachineBuilder[] {
+  const machines =
+    typeof spec === 'string' ? parseMachines(spec, { thisSystem: opts.thisSystem }) : spec.map((m) => makeMachine(m, { thisSystem: opts.thisSystem }));
   return machines.map((m) => new MachineBuilder(m, opts));
 }
 

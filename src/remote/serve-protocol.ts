@@ -7,10 +7,7 @@
 import type { NarSource, PathInfo } from '../store/store-api.js';
 import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from '../store/store-path.js';
 import { RemoteConnectionError, RemoteDaemonError, RemoteProtocolError } from './errors.js';
-import {
-  parseWireNarHash, readBuildResult, writeBasicDerivation,
-  type WireBuildResult, type WireDerivation,
-} from './protocol-common.js';
+import { parseWireNarHash, readBuildResult, writeBasicDerivation, type WireBuildResult, type WireDerivation } from './protocol-common.js';
 import { connectionLost, type Transport } from './transport.js';
 import { WireReader, WireWriter } from './wire.js';
 import { ResultType, type OnRemoteLog, type PathToAdd } from './worker-protocol.js';
@@ -73,7 +70,10 @@ export class ServeConnection {
     this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
     this.reader = new WireReader(transport.input, `'${this.name}'`);
     this.writer = new WireWriter(transport.output, `'${this.name}'`);
-    connectionLost(transport).catch((e: Error) => { this.brokenBy ??= e; this.reader.fail(e); });
+    connectionLost(transport).catch((e: Error) => {
+      this.brokenBy ??= e;
+      this.reader.fail(e);
+    });
   }
 
   /**
@@ -82,7 +82,9 @@ export class ServeConnection {
    */
   static async connect(transport: Transport, opts: ServeConnectOptions = {}): Promise<ServeConnection> {
     const conn = new ServeConnection(transport, opts);
-    const onAbort = (): void => { void conn.close(); };
+    const onAbort = (): void => {
+      void conn.close();
+    };
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {
       conn.writer.u64(SERVE_MAGIC_1).u64(SERVE_PROTOCOL_VERSION);
@@ -90,18 +92,25 @@ export class ServeConnection {
       const magic = await conn.reader.u64();
       if (magic !== SERVE_MAGIC_2) throw new RemoteProtocolError(`'nix-store --serve' protocol mismatch from '${conn.name}' (got 0x${magic.toString(16)})`);
       conn.remoteVersion = await conn.reader.u64();
-      if ((conn.remoteVersion & 0xff00) !== 0x200) throw new RemoteProtocolError(`unsupported 'nix-store --serve' protocol version ${conn.remoteVersion >> 8}.${conn.remoteVersion & 0xff} on '${conn.name}'`);
+      if ((conn.remoteVersion & 0xff00) !== 0x200)
+        throw new RemoteProtocolError(
+          `unsupported 'nix-store --serve' protocol version ${conn.remoteVersion >> 8}.${conn.remoteVersion & 0xff} on '${conn.name}'`,
+        );
       conn.version = Math.min(SERVE_PROTOCOL_VERSION, conn.remoteVersion);
-      if ((conn.version & 0xff) < 4) throw new RemoteProtocolError(`the Nix on '${conn.name}' is too old ('nix-store --serve' protocol 2.${conn.version & 0xff}; at least 2.4 is needed)`);
+      if ((conn.version & 0xff) < 4)
+        throw new RemoteProtocolError(`the Nix on '${conn.name}' is too old ('nix-store --serve' protocol 2.${conn.version & 0xff}; at least 2.4 is needed)`);
       return conn;
     } catch (e) {
       await conn.close();
       if (opts.signal?.aborted) throw opts.signal.reason;
       const tail = transport.stderrTail();
-      throw new RemoteConnectionError(`cannot open a connection to '${conn.name}': ${(e as Error).message}${tail && !(e as Error).message.includes(tail) ? `\n${tail}` : ''}`, {
-        cause: e,
-        hint: 'check that the remote runs Nix (nix-store in PATH, or set remote-program=) and that you can log in non-interactively',
-      });
+      throw new RemoteConnectionError(
+        `cannot open a connection to '${conn.name}': ${(e as Error).message}${tail && !(e as Error).message.includes(tail) ? `\n${tail}` : ''}`,
+        {
+          cause: e,
+          hint: 'check that the remote runs Nix (nix-store in PATH, or set remote-program=) and that you can log in non-interactively',
+        },
+      );
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
     }
@@ -131,7 +140,9 @@ export class ServeConnection {
     const run = async (): Promise<T> => {
       if (this.brokenBy) throw this.brokenBy;
       signal?.throwIfAborted();
-      const onAbort = (): void => { void this.close(); };
+      const onAbort = (): void => {
+        void this.close();
+      };
       signal?.addEventListener('abort', onAbort, { once: true });
       this.currentLog = onLog;
       try {
@@ -163,37 +174,49 @@ export class ServeConnection {
   async queryValidPaths(paths: Iterable<StorePath>, opts: { lock?: boolean; substitute?: boolean; signal?: AbortSignal } = {}): Promise<Set<StorePath>> {
     const list = [...new Set(paths)].sort();
     list.forEach((p) => this.checkPath(p));
-    return this.op(async () => {
-      this.writer.u64(ServeCommand.QueryValidPaths).u64(opts.lock ?? false).u64(opts.substitute ?? false).strings(list);
-      await this.writer.flush();
-      return new Set(await this.reader.strings());
-    }, undefined, opts.signal);
+    return this.op(
+      async () => {
+        this.writer
+          .u64(ServeCommand.QueryValidPaths)
+          .u64(opts.lock ?? false)
+          .u64(opts.substitute ?? false)
+          .strings(list);
+        await this.writer.flush();
+        return new Set(await this.reader.strings());
+      },
+      undefined,
+      opts.signal,
+    );
   }
 
   /** Infos of the valid ones among `paths`. */
   async queryPathInfos(paths: Iterable<StorePath>, opts: { signal?: AbortSignal } = {}): Promise<Map<StorePath, PathInfo>> {
     const list = [...new Set(paths)].sort();
     list.forEach((p) => this.checkPath(p));
-    return this.op(async () => {
-      this.writer.u64(ServeCommand.QueryPathInfos).strings(list);
-      await this.writer.flush();
-      const r = this.reader;
-      const out = new Map<StorePath, PathInfo>();
-      for (;;) {
-        const path = await r.string();
-        if (path === '') break;
-        const deriver = await r.string();
-        const references = (await r.strings()).sort();
-        await r.u64(); // download size
-        const narSize = await r.u64();
-        const hashStr = await r.string();
-        if (!hashStr) throw new RemoteProtocolError(`'${this.name}' sent no NAR hash for '${path}'`);
-        const ca = await r.string();
-        const sigs = await r.strings();
-        out.set(path, { path, deriver: deriver || undefined, references, narSize, narHash: parseWireNarHash(hashStr), ca: ca || undefined, sigs });
-      }
-      return out;
-    }, undefined, opts.signal);
+    return this.op(
+      async () => {
+        this.writer.u64(ServeCommand.QueryPathInfos).strings(list);
+        await this.writer.flush();
+        const r = this.reader;
+        const out = new Map<StorePath, PathInfo>();
+        for (;;) {
+          const path = await r.string();
+          if (path === '') break;
+          const deriver = await r.string();
+          const references = (await r.strings()).sort();
+          await r.u64(); // download size
+          const narSize = await r.u64();
+          const hashStr = await r.string();
+          if (!hashStr) throw new RemoteProtocolError(`'${this.name}' sent no NAR hash for '${path}'`);
+          const ca = await r.string();
+          const sigs = await r.strings();
+          out.set(path, { path, deriver: deriver || undefined, references, narSize, narHash: parseWireNarHash(hashStr), ca: ca || undefined, sigs });
+        }
+        return out;
+      },
+      undefined,
+      opts.signal,
+    );
   }
 
   async queryPathInfo(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<PathInfo | undefined> {
@@ -203,46 +226,68 @@ export class ServeConnection {
   /** Add paths (topological order). Uses cmdAddToStoreNar (2.5+, pipelined) or cmdImportPaths. */
   async addMultipleToStore(paths: readonly PathToAdd[], opts: { signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<void> {
     paths.forEach((p) => this.checkPath(p.info.path));
-    return this.op(async () => {
-      const w = this.writer;
-      if (this.minor() >= 5) {
-        for (const { info, nar } of paths) {
-          w.u64(ServeCommand.AddToStoreNar).string(info.path).string(info.deriver ?? '').string(info.narHash.base16);
-          w.strings([...info.references].sort()).u64(info.registrationTime ?? 0).u64(info.narSize).u64(info.ultimate ?? false);
-          w.strings([...(info.sigs ?? [])].sort()).string(info.ca ?? '');
-          await w.stream(nar);
+    return this.op(
+      async () => {
+        const w = this.writer;
+        if (this.minor() >= 5) {
+          for (const { info, nar } of paths) {
+            w.u64(ServeCommand.AddToStoreNar)
+              .string(info.path)
+              .string(info.deriver ?? '')
+              .string(info.narHash.base16);
+            w.strings([...info.references].sort())
+              .u64(info.registrationTime ?? 0)
+              .u64(info.narSize)
+              .u64(info.ultimate ?? false);
+            w.strings([...(info.sigs ?? [])].sort()).string(info.ca ?? '');
+            await w.stream(nar);
+          }
+          await w.flush();
+          for (const { info } of paths) {
+            if ((await this.reader.u64()) !== 1) throw new RemoteDaemonError(`failed to add path '${info.path}' to '${this.name}'`);
+          }
+        } else {
+          w.u64(ServeCommand.ImportPaths);
+          for (const { info, nar } of paths) {
+            w.u64(1);
+            await w.stream(nar);
+            w.u64(EXPORT_MAGIC)
+              .string(info.path)
+              .strings([...info.references].sort())
+              .string(info.deriver ?? '')
+              .u64(0);
+          }
+          w.u64(0);
+          await w.flush();
+          if ((await this.reader.u64()) !== 1) throw new RemoteDaemonError(`failed to import paths into '${this.name}'`);
         }
-        await w.flush();
-        for (const { info } of paths) {
-          if ((await this.reader.u64()) !== 1) throw new RemoteDaemonError(`failed to add path '${info.path}' to '${this.name}'`);
-        }
-      } else {
-        w.u64(ServeCommand.ImportPaths);
-        for (const { info, nar } of paths) {
-          w.u64(1);
-          await w.stream(nar);
-          w.u64(EXPORT_MAGIC).string(info.path).strings([...info.references].sort()).string(info.deriver ?? '').u64(0);
-        }
-        w.u64(0);
-        await w.flush();
-        if ((await this.reader.u64()) !== 1) throw new RemoteDaemonError(`failed to import paths into '${this.name}'`);
-      }
-    }, opts.onLog, opts.signal);
+      },
+      opts.onLog,
+      opts.signal,
+    );
   }
 
-  async buildDerivation(drvPath: StorePath, drv: WireDerivation, opts: ServeBuildSettings & { signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<WireBuildResult> {
+  async buildDerivation(
+    drvPath: StorePath,
+    drv: WireDerivation,
+    opts: ServeBuildSettings & { signal?: AbortSignal; onLog?: OnRemoteLog } = {},
+  ): Promise<WireBuildResult> {
     this.checkPath(drvPath);
-    return this.op(async () => {
-      const w = this.writer;
-      w.u64(ServeCommand.BuildDerivation).string(drvPath);
-      writeBasicDerivation(w, drv);
-      w.u64(opts.maxSilentTime ?? 0).u64(opts.buildTimeout ?? 0);
-      if (this.minor() >= 2) w.u64(opts.maxLogSize ?? 0);
-      if (this.minor() >= 3) w.u64(opts.buildRepeat ?? 0).u64(opts.enforceDeterminism ?? true);
-      if (this.minor() >= 7) w.u64(opts.keepFailed ?? false);
-      await w.flush();
-      return readBuildResult(this.reader, this.storeDir, { times: this.minor() >= 3, builtOutputs: this.minor() >= 6 });
-    }, opts.onLog, opts.signal);
+    return this.op(
+      async () => {
+        const w = this.writer;
+        w.u64(ServeCommand.BuildDerivation).string(drvPath);
+        writeBasicDerivation(w, drv);
+        w.u64(opts.maxSilentTime ?? 0).u64(opts.buildTimeout ?? 0);
+        if (this.minor() >= 2) w.u64(opts.maxLogSize ?? 0);
+        if (this.minor() >= 3) w.u64(opts.buildRepeat ?? 0).u64(opts.enforceDeterminism ?? true);
+        if (this.minor() >= 7) w.u64(opts.keepFailed ?? false);
+        await w.flush();
+        return readBuildResult(this.reader, this.storeDir, { times: this.minor() >= 3, builtOutputs: this.minor() >= 6 });
+      },
+      opts.onLog,
+      opts.signal,
+    );
   }
 
   /** The NAR of a remote path (consume it fully; stopping early breaks the connection). */
@@ -251,16 +296,25 @@ export class ServeConnection {
     return (async function* (): AsyncGenerator<Uint8Array> {
       self.checkPath(path);
       let release!: () => void;
-      const held = new Promise<void>((r) => { release = r; });
+      const held = new Promise<void>((r) => {
+        release = r;
+      });
       let gotStream!: (g: AsyncGenerator<Buffer>) => void;
       let failed!: (e: unknown) => void;
-      const ready = new Promise<AsyncGenerator<Buffer>>((res, rej) => { gotStream = res; failed = rej; });
-      const running = self.op(async () => {
-        self.writer.u64(ServeCommand.DumpStorePath).string(path);
-        await self.writer.flush();
-        gotStream(self.reader.nar());
-        await held;
-      }, undefined, opts.signal);
+      const ready = new Promise<AsyncGenerator<Buffer>>((res, rej) => {
+        gotStream = res;
+        failed = rej;
+      });
+      const running = self.op(
+        async () => {
+          self.writer.u64(ServeCommand.DumpStorePath).string(path);
+          await self.writer.flush();
+          gotStream(self.reader.nar());
+          await held;
+        },
+        undefined,
+        opts.signal,
+      );
       running.catch(failed);
       const g = await ready;
       let complete = false;

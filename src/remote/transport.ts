@@ -90,15 +90,22 @@ export class StdioTransport implements Transport {
       }
     });
     this.child.stderr!.on('end', () => {
-      if (partial) { this.tail.push(partial); opts.onStderr?.(partial); partial = ''; }
+      if (partial) {
+        this.tail.push(partial);
+        opts.onStderr?.(partial);
+        partial = '';
+      }
     });
     this.closed = this.child.then(
       (r) => ({
         code: r.exitCode,
         signal: r.signal,
-        message: r.failed && r.exitCode === undefined && !r.signal
-          ? `could not start '${command}': ${r.shortMessage}`
-          : r.signal ? `'${command}' was killed by ${r.signal}` : `'${command}' exited with status ${r.exitCode}`,
+        message:
+          r.failed && r.exitCode === undefined && !r.signal
+            ? `could not start '${command}': ${r.shortMessage}`
+            : r.signal
+              ? `'${command}' was killed by ${r.signal}`
+              : `'${command}' exited with status ${r.exitCode}`,
       }),
       (e: unknown) => ({ message: `'${command}' failed: ${(e as Error).message}` }),
     );
@@ -156,8 +163,12 @@ export class SocketTransport implements Transport {
     this.description = description;
     this.closed = new Promise((resolve) => {
       let error: Error | undefined;
-      socket.on('error', (e) => { error ??= e; });
-      socket.once('close', () => resolve({ message: error ? `the connection to ${description} failed: ${error.message}` : `${description} closed the connection` }));
+      socket.on('error', (e) => {
+        error ??= e;
+      });
+      socket.once('close', () =>
+        resolve({ message: error ? `the connection to ${description} failed: ${error.message}` : `${description} closed the connection` }),
+      );
     });
   }
 

@@ -39,8 +39,13 @@ export function encodeString(s: string | Uint8Array): Buffer {
  */
 export function encodeError(message: string, traces: readonly string[] = []): Buffer {
   return Buffer.concat([
-    encodeString('Error'), encodeU64(0), encodeString('Error'), encodeString(message), encodeU64(0),
-    encodeU64(traces.length), ...traces.flatMap((t) => [encodeU64(0), encodeString(t)]),
+    encodeString('Error'),
+    encodeU64(0),
+    encodeString('Error'),
+    encodeString(message),
+    encodeU64(0),
+    encodeU64(traces.length),
+    ...traces.flatMap((t) => [encodeU64(0), encodeString(t)]),
   ]);
 }
 
@@ -55,7 +60,10 @@ export class WireReader {
   /** Bytes consumed so far. */
   position = 0;
 
-  constructor(source: Readable, private readonly describe = 'remote') {
+  constructor(
+    source: Readable,
+    private readonly describe = 'remote',
+  ) {
     this.source = source;
     source.on('data', (chunk: Buffer) => {
       this.chunks.push(chunk);
@@ -63,9 +71,19 @@ export class WireReader {
       if (this.buffered > HIGH_WATER) source.pause();
       this.notify();
     });
-    source.on('end', () => { this.ended = true; this.notify(); });
-    source.on('close', () => { this.ended = true; this.notify(); });
-    source.on('error', (err: Error) => { this.failure = err; this.ended = true; this.notify(); });
+    source.on('end', () => {
+      this.ended = true;
+      this.notify();
+    });
+    source.on('close', () => {
+      this.ended = true;
+      this.notify();
+    });
+    source.on('error', (err: Error) => {
+      this.failure = err;
+      this.ended = true;
+      this.notify();
+    });
   }
 
   /** Make pending and future reads fail with `err` (e.g. the process exited, the user aborted). */
@@ -94,7 +112,9 @@ export class WireReader {
     while (this.buffered < n) {
       if (this.ended) throw this.eof();
       if (this.source.isPaused()) this.source.resume();
-      await new Promise<void>((resolve) => { this.wake = resolve; });
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+      });
     }
   }
 
@@ -234,12 +254,15 @@ export class WireReader {
       const type = await token();
       if (type === 'regular') {
         let t = await token();
-        if (t === 'executable') { await expect(''); t = await token(); }
+        if (t === 'executable') {
+          await expect('');
+          t = await token();
+        }
         if (t !== 'contents') throw new RemoteProtocolError(`${this.describe} sent a malformed NAR: expected 'contents', got '${t}'`);
         const sizeBuf = await this.bytes(8);
         pending.push(sizeBuf);
         yield* flushPending();
-        let remaining = Number(sizeBuf.readBigUInt64LE(0)) ;
+        let remaining = Number(sizeBuf.readBigUInt64LE(0));
         const pad = padLength(remaining);
         while (remaining > 0) {
           const piece = await this.some(Math.min(remaining, chunkSize));
@@ -311,8 +334,13 @@ export class WireWriter {
   private size = 0;
   private broken: Error | undefined;
 
-  constructor(private readonly sink: Writable, private readonly describe = 'remote') {
-    sink.on('error', (err: Error) => { this.broken ??= err; });
+  constructor(
+    private readonly sink: Writable,
+    private readonly describe = 'remote',
+  ) {
+    sink.on('error', (err: Error) => {
+      this.broken ??= err;
+    });
   }
 
   u64(n: number | bigint | boolean): this {

@@ -12,10 +12,7 @@ import type { Hash } from '../store/hash.js';
 import type { NarSource, PathInfo } from '../store/store-api.js';
 import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from '../store/store-path.js';
 import { RemoteConnectionError, RemoteDaemonError, RemoteProtocolError } from './errors.js';
-import {
-  parseWireNarHash, readBuildResult, stripAnsi, writeBasicDerivation,
-  type WireBuildResult, type WireDerivation,
-} from './protocol-common.js';
+import { parseWireNarHash, readBuildResult, stripAnsi, writeBasicDerivation, type WireBuildResult, type WireDerivation } from './protocol-common.js';
 import { connectionLost, type Transport } from './transport.js';
 import { WireReader, WireWriter } from './wire.js';
 
@@ -69,14 +66,14 @@ export type LogField = number | string;
 export type RemoteLogEvent =
   | { readonly type: 'message'; readonly text: string }
   | {
-    readonly type: 'start-activity';
-    readonly id: bigint;
-    readonly level: number;
-    readonly activityType: number;
-    readonly text: string;
-    readonly fields: readonly LogField[];
-    readonly parent: bigint;
-  }
+      readonly type: 'start-activity';
+      readonly id: bigint;
+      readonly level: number;
+      readonly activityType: number;
+      readonly text: string;
+      readonly fields: readonly LogField[];
+      readonly parent: bigint;
+    }
   | { readonly type: 'stop-activity'; readonly id: bigint }
   | { readonly type: 'result'; readonly id: bigint; readonly resultType: number; readonly fields: readonly LogField[] };
 
@@ -167,23 +164,34 @@ export class WorkerConnection {
   /** Handshake and SetOptions over an open transport. Closes the transport on failure. */
   static async connect(transport: Transport, opts: WorkerConnectOptions = {}): Promise<WorkerConnection> {
     const conn = new WorkerConnection(transport, opts);
-    const onAbort = (): void => { void conn.close(); };
+    const onAbort = (): void => {
+      void conn.close();
+    };
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {
       opts.signal?.throwIfAborted();
       await conn.handshake(opts.clientVersion ?? WORKER_PROTOCOL_VERSION, opts.onLog);
       const { keepFailed, keepGoing, verbosity, maxBuildJobs, maxSilentTime, buildCores, useSubstitutes, overrides } = opts;
-      await conn.sendOptions(Object.fromEntries(Object.entries({ keepFailed, keepGoing, verbosity, maxBuildJobs, maxSilentTime, buildCores, useSubstitutes, overrides }).filter(([, v]) => v !== undefined)));
+      await conn.sendOptions(
+        Object.fromEntries(
+          Object.entries({ keepFailed, keepGoing, verbosity, maxBuildJobs, maxSilentTime, buildCores, useSubstitutes, overrides }).filter(
+            ([, v]) => v !== undefined,
+          ),
+        ),
+      );
       return conn;
     } catch (e) {
       await conn.close();
       if (opts.signal?.aborted) throw opts.signal.reason;
       if (e instanceof RemoteDaemonError) throw e;
       const tail = transport.stderrTail();
-      throw new RemoteConnectionError(`cannot open a connection to '${conn.name}': ${(e as Error).message}${tail && !(e as Error).message.includes(tail) ? `\n${tail}` : ''}`, {
-        cause: e,
-        hint: 'check that the remote runs Nix (nix-daemon in PATH, or set remote-program=) and that you can log in non-interactively',
-      });
+      throw new RemoteConnectionError(
+        `cannot open a connection to '${conn.name}': ${(e as Error).message}${tail && !(e as Error).message.includes(tail) ? `\n${tail}` : ''}`,
+        {
+          cause: e,
+          hint: 'check that the remote runs Nix (nix-daemon in PATH, or set remote-program=) and that you can log in non-interactively',
+        },
+      );
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
     }
@@ -202,7 +210,9 @@ export class WorkerConnection {
     }
     this.version = Math.min(clientVersion, this.daemonVersion);
     if (minor(this.version) < 21) {
-      throw new RemoteProtocolError(`the Nix on '${this.name}' is too old (daemon protocol ${versionString(this.daemonVersion)}; at least 1.21, Nix 2.3, is needed)`);
+      throw new RemoteProtocolError(
+        `the Nix on '${this.name}' is too old (daemon protocol ${versionString(this.daemonVersion)}; at least 1.21, Nix 2.3, is needed)`,
+      );
     }
     this.writer.u64(clientVersion);
     if (minor(this.version) >= 14) this.writer.u64(0); // obsolete CPU affinity
@@ -268,7 +278,9 @@ export class WorkerConnection {
     const run = async (): Promise<T> => {
       if (this.brokenBy) throw this.brokenBy;
       signal?.throwIfAborted();
-      const onAbort = (): void => { void this.close(); };
+      const onAbort = (): void => {
+        void this.close();
+      };
       signal?.addEventListener('abort', onAbort, { once: true });
       this.currentLog = onLog ?? this.defaultLog;
       try {
@@ -380,119 +392,174 @@ export class WorkerConnection {
 
   async isValidPath(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<boolean> {
     this.checkPath(path);
-    return this.op(async () => {
-      this.writer.u64(WorkerOp.IsValidPath).string(path);
-      await this.writer.flush();
-      await this.processStderr();
-      return this.reader.bool();
-    }, undefined, opts.signal);
+    return this.op(
+      async () => {
+        this.writer.u64(WorkerOp.IsValidPath).string(path);
+        await this.writer.flush();
+        await this.processStderr();
+        return this.reader.bool();
+      },
+      undefined,
+      opts.signal,
+    );
   }
 
   /** The subset of `paths` valid on the remote. */
   async queryValidPaths(paths: Iterable<StorePath>, opts: { substitute?: boolean; signal?: AbortSignal } = {}): Promise<Set<StorePath>> {
     const list = [...new Set(paths)].sort();
     list.forEach((p) => this.checkPath(p));
-    return this.op(async () => {
-      this.writer.u64(WorkerOp.QueryValidPaths).strings(list);
-      if (minor(this.version) >= 27) this.writer.u64(opts.substitute ?? false);
-      await this.writer.flush();
-      await this.processStderr();
-      return new Set(await this.reader.strings());
-    }, undefined, opts.signal);
+    return this.op(
+      async () => {
+        this.writer.u64(WorkerOp.QueryValidPaths).strings(list);
+        if (minor(this.version) >= 27) this.writer.u64(opts.substitute ?? false);
+        await this.writer.flush();
+        await this.processStderr();
+        return new Set(await this.reader.strings());
+      },
+      undefined,
+      opts.signal,
+    );
   }
 
   /** Path info on the remote, or undefined if the path is not valid there. */
   async queryPathInfo(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<PathInfo | undefined> {
     this.checkPath(path);
-    return this.op(async () => {
-      this.writer.u64(WorkerOp.QueryPathInfo).string(path);
-      await this.writer.flush();
-      try {
-        await this.processStderr();
-      } catch (e) {
-        // Daemons before 1.17 report an invalid path as an error.
-        if (minor(this.version) < 17 && e instanceof RemoteDaemonError && /is not valid/.test(e.message)) return undefined;
-        throw e;
-      }
-      if (minor(this.version) >= 17 && !(await this.reader.bool())) return undefined;
-      const r = this.reader;
-      const deriver = await r.string();
-      const narHash: Hash = parseWireNarHash(await r.string());
-      const references = (await r.strings()).sort();
-      const registrationTime = await r.u64();
-      const narSize = await r.u64();
-      let ultimate = false;
-      let sigs: string[] = [];
-      let ca = '';
-      if (minor(this.version) >= 16) {
-        ultimate = await r.bool();
-        sigs = await r.strings();
-        ca = await r.string();
-      }
-      return {
-        path, narHash, narSize, references, registrationTime, ultimate,
-        deriver: deriver || undefined,
-        sigs,
-        ca: ca || undefined,
-      };
-    }, undefined, opts.signal);
+    return this.op(
+      async () => {
+        this.writer.u64(WorkerOp.QueryPathInfo).string(path);
+        await this.writer.flush();
+        try {
+          await this.processStderr();
+        } catch (e) {
+          // Daemons before 1.17 report an invalid path as an error.
+          if (minor(this.version) < 17 && e instanceof RemoteDaemonError && /is not valid/.test(e.message)) return undefined;
+          throw e;
+        }
+        if (minor(this.version) >= 17 && !(await this.reader.bool())) return undefined;
+        const r = this.reader;
+        const deriver = await r.string();
+        const narHash: Hash = parseWireNarHash(await r.string());
+        const references = (await r.strings()).sort();
+        const registrationTime = await r.u64();
+        const narSize = await r.u64();
+        let ultimate = false;
+        let sigs: string[] = [];
+        let ca = '';
+        if (minor(this.version) >= 16) {
+          ultimate = await r.bool();
+          sigs = await r.strings();
+          ca = await r.string();
+        }
+        return {
+          path,
+          narHash,
+          narSize,
+          references,
+          registrationTime,
+          ultimate,
+          deriver: deriver || undefined,
+          sigs,
+          ca: ca || undefined,
+        };
+      },
+      undefined,
+      opts.signal,
+    );
   }
 
   /** Add one path from its NAR (trusted connections may skip signature checks with `dontCheckSigs`). */
-  async addToStoreNar(info: PathInfo, nar: NarSource, opts: { repair?: boolean; dontCheckSigs?: boolean; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<void> {
+  async addToStoreNar(
+    info: PathInfo,
+    nar: NarSource,
+    opts: { repair?: boolean; dontCheckSigs?: boolean; signal?: AbortSignal; onLog?: OnRemoteLog } = {},
+  ): Promise<void> {
     this.checkPath(info.path);
     info.references.forEach((p) => this.checkPath(p));
-    return this.op(async () => {
-      const w = this.writer;
-      w.u64(WorkerOp.AddToStoreNar).string(info.path).string(info.deriver ?? '').string(info.narHash.base16);
-      w.strings([...info.references].sort()).u64(info.registrationTime ?? 0).u64(info.narSize).u64(info.ultimate ?? false);
-      w.strings([...(info.sigs ?? [])].sort()).string(info.ca ?? '').u64(opts.repair ?? false).u64(opts.dontCheckSigs ?? true);
-      if (minor(this.version) >= 23) {
-        await w.framed(nar);
-        await this.processStderr();
-      } else {
-        await w.flush();
-        const pull = pullReader(nar);
-        await this.processStderr((n) => pull(n));
-      }
-    }, opts.onLog, opts.signal);
+    return this.op(
+      async () => {
+        const w = this.writer;
+        w.u64(WorkerOp.AddToStoreNar)
+          .string(info.path)
+          .string(info.deriver ?? '')
+          .string(info.narHash.base16);
+        w.strings([...info.references].sort())
+          .u64(info.registrationTime ?? 0)
+          .u64(info.narSize)
+          .u64(info.ultimate ?? false);
+        w.strings([...(info.sigs ?? [])].sort())
+          .string(info.ca ?? '')
+          .u64(opts.repair ?? false)
+          .u64(opts.dontCheckSigs ?? true);
+        if (minor(this.version) >= 23) {
+          await w.framed(nar);
+          await this.processStderr();
+        } else {
+          await w.flush();
+          const pull = pullReader(nar);
+          await this.processStderr((n) => pull(n));
+        }
+      },
+      opts.onLog,
+      opts.signal,
+    );
   }
 
   /**
    * Add many paths in one operation (protocol ≥ 1.32; falls back to AddToStoreNar per path). Paths must
    * come in topological order (references first); NARs are read one after the other.
    */
-  async addMultipleToStore(paths: readonly PathToAdd[], opts: { repair?: boolean; dontCheckSigs?: boolean; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<void> {
-    for (const p of paths) { this.checkPath(p.info.path); p.info.references.forEach((r) => this.checkPath(r)); }
+  async addMultipleToStore(
+    paths: readonly PathToAdd[],
+    opts: { repair?: boolean; dontCheckSigs?: boolean; signal?: AbortSignal; onLog?: OnRemoteLog } = {},
+  ): Promise<void> {
+    for (const p of paths) {
+      this.checkPath(p.info.path);
+      p.info.references.forEach((r) => this.checkPath(r));
+    }
     if (minor(this.version) < 32) {
       for (const p of paths) await this.addToStoreNar(p.info, p.nar, opts);
       return;
     }
-    return this.op(async () => {
-      this.writer.u64(WorkerOp.AddMultipleToStore).u64(opts.repair ?? false).u64(opts.dontCheckSigs ?? true);
-      async function* payload(): AsyncGenerator<Uint8Array> {
-        yield encodeInfoHeader(paths.length);
-        for (const p of paths) {
-          yield encodePathInfo16(p.info);
-          yield* p.nar;
+    return this.op(
+      async () => {
+        this.writer
+          .u64(WorkerOp.AddMultipleToStore)
+          .u64(opts.repair ?? false)
+          .u64(opts.dontCheckSigs ?? true);
+        async function* payload(): AsyncGenerator<Uint8Array> {
+          yield encodeInfoHeader(paths.length);
+          for (const p of paths) {
+            yield encodePathInfo16(p.info);
+            yield* p.nar;
+          }
         }
-      }
-      await this.writer.framed(payload());
-      await this.processStderr();
-    }, opts.onLog, opts.signal);
+        await this.writer.framed(payload());
+        await this.processStderr();
+      },
+      opts.onLog,
+      opts.signal,
+    );
   }
 
   /** Build a BasicDerivation on the remote (its inputs must be valid there). Never throws for a failed build. */
-  async buildDerivation(drvPath: StorePath, drv: WireDerivation, opts: { buildMode?: 'normal' | 'repair' | 'check'; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<WireBuildResult> {
+  async buildDerivation(
+    drvPath: StorePath,
+    drv: WireDerivation,
+    opts: { buildMode?: 'normal' | 'repair' | 'check'; signal?: AbortSignal; onLog?: OnRemoteLog } = {},
+  ): Promise<WireBuildResult> {
     this.checkPath(drvPath);
-    return this.op(async () => {
-      this.writer.u64(WorkerOp.BuildDerivation).string(drvPath);
-      writeBasicDerivation(this.writer, drv);
-      this.writer.u64(buildModeNumber(opts.buildMode));
-      await this.writer.flush();
-      await this.processStderr();
-      return this.readBuildResult();
-    }, opts.onLog, opts.signal);
+    return this.op(
+      async () => {
+        this.writer.u64(WorkerOp.BuildDerivation).string(drvPath);
+        writeBasicDerivation(this.writer, drv);
+        this.writer.u64(buildModeNumber(opts.buildMode));
+        await this.writer.flush();
+        await this.processStderr();
+        return this.readBuildResult();
+      },
+      opts.onLog,
+      opts.signal,
+    );
   }
 
   private readBuildResult(): Promise<WireBuildResult> {
@@ -504,35 +571,54 @@ export class WorkerConnection {
    * BuildPathsWithResults: one result per target, in order; a failed build is a result, not a throw.
    * Daemons before protocol 1.34 get BuildPaths, which throws the daemon's error on a failure.
    */
-  async buildPathsWithResults(targets: readonly string[], opts: { buildMode?: 'normal' | 'repair' | 'check'; signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<{ path: string; result: WireBuildResult }[] | undefined> {
-    return this.op(async () => {
-      if (minor(this.version) < 34) {
-        this.writer.u64(WorkerOp.BuildPaths).strings(targets);
-        if (minor(this.version) >= 15) this.writer.u64(buildModeNumber(opts.buildMode));
+  async buildPathsWithResults(
+    targets: readonly string[],
+    opts: { buildMode?: 'normal' | 'repair' | 'check'; signal?: AbortSignal; onLog?: OnRemoteLog } = {},
+  ): Promise<{ path: string; result: WireBuildResult }[] | undefined> {
+    return this.op(
+      async () => {
+        if (minor(this.version) < 34) {
+          this.writer.u64(WorkerOp.BuildPaths).strings(targets);
+          if (minor(this.version) >= 15) this.writer.u64(buildModeNumber(opts.buildMode));
+          await this.writer.flush();
+          await this.processStderr();
+          await this.reader.u64();
+          return undefined;
+        }
+        this.writer.u64(WorkerOp.BuildPathsWithResults).strings(targets).u64(buildModeNumber(opts.buildMode));
         await this.writer.flush();
         await this.processStderr();
-        await this.reader.u64();
-        return undefined;
-      }
-      this.writer.u64(WorkerOp.BuildPathsWithResults).strings(targets).u64(buildModeNumber(opts.buildMode));
-      await this.writer.flush();
-      await this.processStderr();
-      const n = await this.reader.u64();
-      const out: { path: string; result: WireBuildResult }[] = [];
-      for (let i = 0; i < n; i++) out.push({ path: await this.reader.string(), result: await this.readBuildResult() });
-      return out;
-    }, opts.onLog, opts.signal);
+        const n = await this.reader.u64();
+        const out: { path: string; result: WireBuildResult }[] = [];
+        for (let i = 0; i < n; i++) out.push({ path: await this.reader.string(), result: await this.readBuildResult() });
+        return out;
+      },
+      opts.onLog,
+      opts.signal,
+    );
   }
 
   /** One request with string arguments whose answer is read by `read`, after the log stream. */
-  private simple<T>(op: number, args: readonly (string | readonly string[])[], read: (r: WireReader) => Promise<T>, opts: { signal?: AbortSignal; onLog?: OnRemoteLog } = {}): Promise<T> {
-    return this.op(async () => {
-      this.writer.u64(op);
-      for (const a of args) { if (typeof a === 'string') this.writer.string(a); else this.writer.strings(a); }
-      await this.writer.flush();
-      await this.processStderr();
-      return read(this.reader);
-    }, opts.onLog, opts.signal);
+  private simple<T>(
+    op: number,
+    args: readonly (string | readonly string[])[],
+    read: (r: WireReader) => Promise<T>,
+    opts: { signal?: AbortSignal; onLog?: OnRemoteLog } = {},
+  ): Promise<T> {
+    return this.op(
+      async () => {
+        this.writer.u64(op);
+        for (const a of args) {
+          if (typeof a === 'string') this.writer.string(a);
+          else this.writer.strings(a);
+        }
+        await this.writer.flush();
+        await this.processStderr();
+        return read(this.reader);
+      },
+      opts.onLog,
+      opts.signal,
+    );
   }
 
   /** Valid paths that refer to `path` (Nix's QueryReferrers). */
@@ -555,16 +641,21 @@ export class WorkerConnection {
   /** Output name → path (undefined: not known yet, a floating content-addressed output) of a derivation. */
   queryDerivationOutputMap(drvPath: StorePath, opts: { signal?: AbortSignal } = {}): Promise<Map<string, string | undefined>> {
     this.checkPath(drvPath);
-    return this.simple(WorkerOp.QueryDerivationOutputMap, [drvPath], async (r) => {
-      const n = await r.u64();
-      const out = new Map<string, string | undefined>();
-      for (let i = 0; i < n; i++) {
-        const name = await r.string();
-        const p = await r.string();
-        out.set(name, p || undefined);
-      }
-      return out;
-    }, opts);
+    return this.simple(
+      WorkerOp.QueryDerivationOutputMap,
+      [drvPath],
+      async (r) => {
+        const n = await r.u64();
+        const out = new Map<string, string | undefined>();
+        for (let i = 0; i < n; i++) {
+          const name = await r.string();
+          const p = await r.string();
+          out.set(name, p || undefined);
+        }
+        return out;
+      },
+      opts,
+    );
   }
 
   /** Add a text file (Nix's addTextToStore: a `.drv`, builtins.toFile); returns its store path. */
@@ -593,17 +684,26 @@ export class WorkerConnection {
     return (async function* (): AsyncGenerator<Uint8Array> {
       self.checkPath(path);
       let release!: () => void;
-      const held = new Promise<void>((r) => { release = r; });
+      const held = new Promise<void>((r) => {
+        release = r;
+      });
       let gotStream!: (g: AsyncGenerator<Buffer>) => void;
       let failed!: (e: unknown) => void;
-      const streamReady = new Promise<AsyncGenerator<Buffer>>((res, rej) => { gotStream = res; failed = rej; });
-      const running = self.op(async () => {
-        self.writer.u64(WorkerOp.NarFromPath).string(path);
-        await self.writer.flush();
-        await self.processStderr();
-        gotStream(self.reader.nar());
-        await held; // hold the connection until the consumer is finished
-      }, undefined, opts.signal);
+      const streamReady = new Promise<AsyncGenerator<Buffer>>((res, rej) => {
+        gotStream = res;
+        failed = rej;
+      });
+      const running = self.op(
+        async () => {
+          self.writer.u64(WorkerOp.NarFromPath).string(path);
+          await self.writer.flush();
+          await self.processStderr();
+          gotStream(self.reader.nar());
+          await held; // hold the connection until the consumer is finished
+        },
+        undefined,
+        opts.signal,
+      );
       running.catch(failed);
       const g = await streamReady;
       let complete = false;
@@ -619,7 +719,14 @@ export class WorkerConnection {
         throw e;
       } finally {
         if (!complete && self.usable) {
-          try { for (;;) { const n = await g.next(); if (n.done) break; } } catch (e) { self.markBroken(e); }
+          try {
+            for (;;) {
+              const n = await g.next();
+              if (n.done) break;
+            }
+          } catch (e) {
+            self.markBroken(e);
+          }
         }
         release();
         await running.catch(() => {});
@@ -633,14 +740,27 @@ export class WorkerConnection {
   }
 
   /** Which of `paths` (store paths, or `drv!out1,out2`) would be built / substituted / are unknown. */
-  async queryMissing(targets: readonly string[], opts: { signal?: AbortSignal } = {}): Promise<{ willBuild: string[]; willSubstitute: string[]; unknown: string[]; downloadSize: number; narSize: number }> {
-    return this.op(async () => {
-      this.writer.u64(WorkerOp.QueryMissing).strings(targets);
-      await this.writer.flush();
-      await this.processStderr();
-      const r = this.reader;
-      return { willBuild: await r.strings(), willSubstitute: await r.strings(), unknown: await r.strings(), downloadSize: await r.u64(), narSize: await r.u64() };
-    }, undefined, opts.signal);
+  async queryMissing(
+    targets: readonly string[],
+    opts: { signal?: AbortSignal } = {},
+  ): Promise<{ willBuild: string[]; willSubstitute: string[]; unknown: string[]; downloadSize: number; narSize: number }> {
+    return this.op(
+      async () => {
+        this.writer.u64(WorkerOp.QueryMissing).strings(targets);
+        await this.writer.flush();
+        await this.processStderr();
+        const r = this.reader;
+        return {
+          willBuild: await r.strings(),
+          willSubstitute: await r.strings(),
+          unknown: await r.strings(),
+          downloadSize: await r.u64(),
+          narSize: await r.u64(),
+        };
+      },
+      undefined,
+      opts.signal,
+    );
   }
 }
 
@@ -651,7 +771,6 @@ function minor(v: number): number {
 function versionString(v: number): string {
   return `${v >> 8}.${v & 0xff}`;
 }
-
 
 function encodeInfoHeader(count: number): Buffer {
   const b = Buffer.alloc(8);
@@ -672,7 +791,10 @@ function encodePathInfo16(info: PathInfo): Buffer {
     u64(body.length);
     parts.push(body, Buffer.alloc((8 - (body.length % 8)) % 8));
   };
-  const strs = (l: readonly string[]): void => { u64(l.length); for (const s of l) str(s); };
+  const strs = (l: readonly string[]): void => {
+    u64(l.length);
+    for (const s of l) str(s);
+  };
   str(info.path);
   str(info.deriver ?? '');
   str(info.narHash.base16);

@@ -73,7 +73,9 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     this.progressTracker = new ProgressTracker((p) => this.emitSafely('progress', p));
     const o = this.options;
     this.builtins = new BuiltinBuilders({
-      hashedMirrors: o.hashedMirrors, netrcFile: o.netrcFile, downloadAttempts: o.downloadAttempts,
+      hashedMirrors: o.hashedMirrors,
+      netrcFile: o.netrcFile,
+      downloadAttempts: o.downloadAttempts,
       onDownloadProgress: (done, expected) => {
         const d = this.progressTracker.download;
         d.done += done;
@@ -131,8 +133,13 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
         const p = this.progressTracker;
         let last = 0;
         await substitutePath(store, sub, info, {
-          signal, repair,
-          onProgress: (done) => { p.download.done += done - last; last = done; p.changed(); },
+          signal,
+          repair,
+          onProgress: (done) => {
+            p.download.done += done - last;
+            last = done;
+            p.changed();
+          },
         });
         p.nar.done += info.narSize;
         p.changed();
@@ -168,7 +175,9 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const need: StorePath[] = [];
     for (const p of paths) {
       const c = this.infoCache.get(`${sub.uri}\0${p}`);
-      if (c && now - c.at < ttl) { if (c.info) out.set(p, c.info); } else need.push(p);
+      if (c && now - c.at < ttl) {
+        if (c.info) out.set(p, c.info);
+      } else need.push(p);
     }
     if (need.length) {
       const got = await sub.queryPathInfos(need, { signal });
@@ -201,15 +210,27 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const mode = this.options.sandbox;
     if (isBuiltinBuilder(view.builder)) {
       // What the built-in may see is what a builder in this build's sandbox would.
-      const sandboxed = typeof mode === 'object'
-        ? mode.isolated || store.storeDir !== store.realStoreDir
-        : useSandbox({ mode, noChroot: view.attrs.noChroot, impure: view.isFixedOutput, storeDir: store.storeDir, realStoreDir: store.realStoreDir, drvPath: view.drvPath });
+      const sandboxed =
+        typeof mode === 'object'
+          ? mode.isolated || store.storeDir !== store.realStoreDir
+          : useSandbox({
+              mode,
+              noChroot: view.attrs.noChroot,
+              impure: view.isFixedOutput,
+              storeDir: store.storeDir,
+              realStoreDir: store.realStoreDir,
+              drvPath: view.drvPath,
+            });
       return this.builtins.withSandbox(sandboxed);
     }
     if (typeof mode === 'object') return mode;
     const use = useSandbox({
-      mode, noChroot: view.attrs.noChroot, impure: view.isFixedOutput,
-      storeDir: store.storeDir, realStoreDir: store.realStoreDir, drvPath: view.drvPath,
+      mode,
+      noChroot: view.attrs.noChroot,
+      impure: view.isFixedOutput,
+      storeDir: store.storeDir,
+      realStoreDir: store.realStoreDir,
+      drvPath: view.drvPath,
     });
     if (!use) return this.noSandbox;
     // The Linux sandbox is probed when the first build needs it: a call that builds nothing (every output
@@ -223,7 +244,9 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     if (chroot || !this.options.sandboxFallback) {
       // Nix 2.8 would fall back even for a chroot store and then fail to start the builder (its inputs
       // are not at their logical paths on the host); refusing up front says why.
-      const hint = chroot ? `${fix}; or use a store whose logical directory is its physical one ('local?store=...')` : `${fix}; or set sandbox: false or sandboxFallback: true`;
+      const hint = chroot
+        ? `${fix}; or use a store whose logical directory is its physical one ('local?store=...')`
+        : `${fix}; or set sandbox: false or sandboxFallback: true`;
       throw new BuildSetupError(
         chroot
           ? `cannot build '${view.drvPath}': the store '${store.realStoreDir}' is a chroot store (logical '${store.storeDir}'), which needs the Linux sandbox, and the sandbox is not available: ${why}`
@@ -256,7 +279,10 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
         all.push({ target: { drvPath: f.path }, path: f.path, result: f.result });
       }
       for (const r of results) {
-        if (!isSuccess(r.result.status) && !seen.has(r.path) && r.result.status !== 'stopped') { seen.add(r.path); all.push(r); }
+        if (!isSuccess(r.result.status) && !seen.has(r.path) && r.result.status !== 'stopped') {
+          seen.add(r.path);
+          all.push(r);
+        }
       }
       throw new BuildFailedError(all.length ? all : results.filter((r) => !isSuccess(r.result.status)));
     }
@@ -281,8 +307,12 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const { minFree, maxFree, minFreeCheckInterval } = this.options;
     if (!(minFree > 0) || !store.autoGC) return () => {};
     const settings = {
-      minFree, maxFree, checkInterval: minFreeCheckInterval,
-      onEvent: (e: GcEvent) => { if (e.type === 'info') this.emitSafely('warning', { message: e.message, level: 'info' }); },
+      minFree,
+      maxFree,
+      checkInterval: minFreeCheckInterval,
+      onEvent: (e: GcEvent) => {
+        if (e.type === 'info') this.emitSafely('warning', { message: e.message, level: 'info' });
+      },
     };
     // Not awaited: the collection runs in the background (its promise never rejects, see Store.autoGC).
     const check = (): void => void store.autoGC?.(settings);
@@ -296,21 +326,24 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const mode = opts.mode ?? 'normal';
     const store = await this.storePromise;
     // A store over the Nix daemon builds itself: the daemon realises the targets, its log becomes our events.
-    if (store instanceof DaemonStore) return { results: await buildThroughDaemon(store, targets.map(parseTarget), { mode, signal: opts.signal, emit: this.emitSafely }) };
+    if (store instanceof DaemonStore)
+      return { results: await buildThroughDaemon(store, targets.map(parseTarget), { mode, signal: opts.signal, emit: this.emitSafely }) };
     const ctx = await this.context();
     const w = new Worker(ctx, mode, opts.signal);
     const parsed = targets.map(parseTarget);
     // Bad input is a typed error before anything runs (InvalidStorePathError), as Nix refuses it.
     for (const t of parsed) parseStorePath('drvPath' in t ? t.drvPath : t.path, ctx.store.storeDir);
     const stopAutoGc = this.startAutoGc(ctx.store);
-    const results = await Promise.all(parsed.map((t): Promise<TargetResult> => {
-      if ('drvPath' in t) {
-        // (No async frame per target: a call of 100,000 targets keeps them all waiting at once.)
-        const outs = t.outputs === undefined || t.outputs === '*' ? undefined : t.outputs;
-        return w.derivationGoal(t.drvPath, outs, mode).then((result) => ({ target: t, path: t.drvPath, result }));
-      }
-      return this.pathTarget(w, t, mode);
-    })).finally(stopAutoGc);
+    const results = await Promise.all(
+      parsed.map((t): Promise<TargetResult> => {
+        if ('drvPath' in t) {
+          // (No async frame per target: a call of 100,000 targets keeps them all waiting at once.)
+          const outs = t.outputs === undefined || t.outputs === '*' ? undefined : t.outputs;
+          return w.derivationGoal(t.drvPath, outs, mode).then((result) => ({ target: t, path: t.drvPath, result }));
+        }
+        return this.pathTarget(w, t, mode);
+      }),
+    ).finally(stopAutoGc);
     if (w.stoppedBy) await w.settle();
     // Sandboxed builds' chroots are deleted in the background; when the call returns they are gone, as
     // Nix leaves no `<drv>.chroot` behind.
@@ -326,11 +359,22 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   private async pathTarget(w: Worker, t: { readonly path: StorePath }, mode: BuildMode): Promise<TargetResult> {
     const o = await w.substitutionGoal(t.path, mode === 'repair');
     const ok = o.kind === 'valid' || o.kind === 'substituted';
-    if (!ok) { w.failures.push({ path: t.path, result: failure('misc-failure', o.message) }); w.noteFailure(); }
+    if (!ok) {
+      w.failures.push({ path: t.path, result: failure('misc-failure', o.message) });
+      w.noteFailure();
+    }
     return {
-      target: t, path: t.path,
+      target: t,
+      path: t.path,
       result: ok
-        ? { status: o.kind === 'valid' ? 'already-valid' : 'substituted', timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {} }
+        ? {
+            status: o.kind === 'valid' ? 'already-valid' : 'substituted',
+            timesBuilt: 0,
+            isNonDeterministic: false,
+            startTime: 0,
+            stopTime: 0,
+            builtOutputs: {},
+          }
         : failure('misc-failure', o.message),
     };
   }
@@ -355,7 +399,10 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
 
   /** Repair a path: substitute it again; if that fails, rebuild its deriver in repair mode. */
   async repairPath(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<void> {
-    if ((await this.storePromise) instanceof DaemonStore) { await this.buildPaths([{ path }], { mode: 'repair', signal: opts.signal }); return; }
+    if ((await this.storePromise) instanceof DaemonStore) {
+      await this.buildPaths([{ path }], { mode: 'repair', signal: opts.signal });
+      return;
+    }
     const ctx = await this.context();
     const w = new Worker(ctx, 'repair', opts.signal);
     const o = await w.substitutionGoal(path, true);
@@ -369,7 +416,13 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       await this.buildPaths([{ drvPath: info.deriver, outputs: names.length ? names : '*' }], { mode: 'repair', signal: opts.signal });
       return;
     }
-    throw new BuildFailedError([{ target: { path }, path, result: failure('misc-failure', `cannot repair path '${path}': ${'message' in o ? o.message : 'no substitute and no known deriver'}`) }]);
+    throw new BuildFailedError([
+      {
+        target: { path },
+        path,
+        result: failure('misc-failure', `cannot repair path '${path}': ${'message' in o ? o.message : 'no substitute and no known deriver'}`),
+      },
+    ]);
   }
 
   /** What would be built, substituted or is unknown, with download and NAR sizes, before anything runs. */

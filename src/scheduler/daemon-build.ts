@@ -25,14 +25,24 @@ async function wireTarget(store: DaemonStore, t: BuildTarget): Promise<string> {
 function toBuildResult(r: WireBuildResult): BuildResult {
   const status = (['resolves-to-already-valid', 'no-substituters'].includes(r.status) ? 'misc-failure' : r.status) as BuildStatus;
   return {
-    status, errorMsg: r.errorMsg || undefined, timesBuilt: r.timesBuilt, isNonDeterministic: r.isNonDeterministic,
-    startTime: r.startTime, stopTime: r.stopTime,
+    status,
+    errorMsg: r.errorMsg || undefined,
+    timesBuilt: r.timesBuilt,
+    isNonDeterministic: r.isNonDeterministic,
+    startTime: r.startTime,
+    stopTime: r.stopTime,
     builtOutputs: Object.fromEntries([...r.builtOutputs].map(([name, real]) => [name, real.outPath])),
   };
 }
 
 /** Turns the daemon's activities into engine events while one call runs. */
-interface BuildActivity { kind: 'build'; drvPath: StorePath; round: number; rounds: number; machine?: string }
+interface BuildActivity {
+  kind: 'build';
+  drvPath: StorePath;
+  round: number;
+  rounds: number;
+  machine?: string;
+}
 
 function logToEvents(emit: EngineContext['emit'], mode: BuildMode, builds: Map<StorePath, BuildActivity>): (e: RemoteLogEvent) => void {
   const activities = new Map<bigint, BuildActivity | { kind: 'subst'; path: StorePath; substituter: string }>();
@@ -45,7 +55,10 @@ function logToEvents(emit: EngineContext['emit'], mode: BuildMode, builds: Map<S
         const [a, b, round, rounds] = e.fields;
         if (e.activityType === ActivityType.Build && typeof a === 'string') {
           const act: BuildActivity = {
-            kind: 'build', drvPath: a, round: typeof round === 'number' ? round : 1, rounds: typeof rounds === 'number' ? rounds : 1,
+            kind: 'build',
+            drvPath: a,
+            round: typeof round === 'number' ? round : 1,
+            rounds: typeof rounds === 'number' ? rounds : 1,
             ...(typeof b === 'string' && b ? { machine: b } : {}),
           };
           activities.set(e.id, act);
@@ -74,7 +87,11 @@ function logToEvents(emit: EngineContext['emit'], mode: BuildMode, builds: Map<S
 }
 
 /** Realise `targets` in the daemon: one result per target, in order. */
-export async function buildThroughDaemon(store: DaemonStore, targets: readonly BuildTarget[], opts: { mode: BuildMode; signal?: AbortSignal | undefined; emit: EngineContext['emit'] }): Promise<TargetResult[]> {
+export async function buildThroughDaemon(
+  store: DaemonStore,
+  targets: readonly BuildTarget[],
+  opts: { mode: BuildMode; signal?: AbortSignal | undefined; emit: EngineContext['emit'] },
+): Promise<TargetResult[]> {
   const wire = await Promise.all(targets.map((t) => wireTarget(store, t)));
   // The builds the daemon started, by derivation: a target's build-finished carries its result.
   const builds = new Map<StorePath, BuildActivity>();
@@ -84,13 +101,16 @@ export async function buildThroughDaemon(store: DaemonStore, targets: readonly B
     const got = await store.buildPathsWithResults(wire, { mode: opts.mode, signal: opts.signal, onLog });
     results = targets.map((t, i) => {
       const r = got?.[i]?.result;
-      const result: BuildResult = r ? toBuildResult(r) : { status: 'path' in t ? 'already-valid' : 'built', timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {} };
+      const result: BuildResult = r
+        ? toBuildResult(r)
+        : { status: 'path' in t ? 'already-valid' : 'built', timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {} };
       return { target: t, path: 'drvPath' in t ? t.drvPath : t.path, result };
     });
   } catch (e) {
     // Interrupted: closing the connection stopped the daemon's work; the targets are stopped, as the
     // engine's own goals are when their call is cancelled (nothing was registered on our side).
-    if (opts.signal?.aborted) return targets.map((t) => ({ target: t, path: 'drvPath' in t ? t.drvPath : t.path, result: failure('stopped', 'the build was cancelled') }));
+    if (opts.signal?.aborted)
+      return targets.map((t) => ({ target: t, path: 'drvPath' in t ? t.drvPath : t.path, result: failure('stopped', 'the build was cancelled') }));
     // A daemon before protocol 1.34 (BuildPaths) reports a failure as one error for the call.
     if ((e as { code?: string }).code !== 'remote-daemon-error') throw e;
     const message = (e as Error).message.replace(/^'[^']*': /, '');
@@ -101,7 +121,14 @@ export async function buildThroughDaemon(store: DaemonStore, targets: readonly B
     const b = builds.get(r.path);
     if (b) {
       const outcome = r.result.status === 'stopped' ? 'stopped' : isSuccess(r.result.status) ? 'success' : 'failure';
-      opts.emit('build-finished', { drvPath: r.path, round: b.round, rounds: b.rounds, ...(b.machine ? { machine: b.machine } : {}), outcome, result: r.result });
+      opts.emit('build-finished', {
+        drvPath: r.path,
+        round: b.round,
+        rounds: b.rounds,
+        ...(b.machine ? { machine: b.machine } : {}),
+        outcome,
+        result: r.result,
+      });
     }
     opts.emit('goal-finished', { kind: 'drvPath' in r.target ? 'derivation' : 'substitution', path: r.path, result: r.result });
   }
@@ -111,5 +138,11 @@ export async function buildThroughDaemon(store: DaemonStore, targets: readonly B
 /** What the daemon would build or substitute for `targets`, and what it cannot make. */
 export async function queryMissingThroughDaemon(store: DaemonStore, targets: readonly BuildTarget[]): Promise<MissingInfo> {
   const m = await store.queryMissing(await Promise.all(targets.map((t) => wireTarget(store, t))));
-  return { willBuild: m.willBuild.sort(), willSubstitute: m.willSubstitute.sort(), unknown: m.unknown.sort(), downloadSize: m.downloadSize, narSize: m.narSize };
+  return {
+    willBuild: m.willBuild.sort(),
+    willSubstitute: m.willSubstitute.sort(),
+    unknown: m.unknown.sort(),
+    downloadSize: m.downloadSize,
+    narSize: m.narSize,
+  };
 }

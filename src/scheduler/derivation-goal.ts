@@ -82,7 +82,10 @@ export async function untilInputs(w: Worker, drvPath: StorePath, wanted: Set<str
   // Temporary GC roots, as Nix: a concurrent garbage collector keeps the derivation and its outputs.
   if (store.addTempRoot) {
     await store.addTempRoot(drvPath);
-    for (const spec of view.outputs.values()) { const p = knownPath(spec); if (p) await store.addTempRoot(p); }
+    for (const spec of view.outputs.values()) {
+      const p = knownPath(spec);
+      if (p) await store.addTempRoot(p);
+    }
   }
   if (wanted) {
     for (const o of wanted) {
@@ -103,8 +106,9 @@ export async function untilInputs(w: Worker, drvPath: StorePath, wanted: Set<str
   if (mode === 'repair' && allWantedValid(statuses)) return repairClosure(w, view, statuses);
   if (mode === 'check' && statuses.some((s) => s.wanted && !s.valid)) {
     // Nix throws this out of the worker: the whole call ends with it (exit 1), --keep-going or not.
-    throw new BuildSetupError(`some outputs of '${drvPath}' are not valid, so checking is not possible`,
-      { hint: 'build the derivation normally first, then check it' });
+    throw new BuildSetupError(`some outputs of '${drvPath}' are not valid, so checking is not possible`, {
+      hint: 'build the derivation normally first, then check it',
+    });
   }
 
   // 4. Give up on substitution: realise the inputs (all outputs are built from here on).
@@ -131,7 +135,11 @@ export async function untilInputs(w: Worker, drvPath: StorePath, wanted: Set<str
  * that nobody had).
  */
 async function trySubstitutes(
-  w: Worker, view: DrvView, wanted: Set<string> | undefined, mode: BuildMode, statuses: OutputStatus[],
+  w: Worker,
+  view: DrvView,
+  wanted: Set<string> | undefined,
+  mode: BuildMode,
+  statuses: OutputStatus[],
 ): Promise<{ result?: BuildResult; statuses: OutputStatus[]; retry: boolean }> {
   // (In check mode too, as Nix: outputs that are not valid are substituted first, then checked.)
   if (w.ctx.substituters.length === 0 || !substitutesAllowed(view)) return { statuses, retry: false };
@@ -147,9 +155,12 @@ async function trySubstitutes(
   const incomplete = failed.filter((o) => o.kind === 'incomplete-closure').length;
   if (failed.length > noSubs + incomplete && !w.ctx.options.fallback) {
     return {
-      statuses, retry: false,
-      result: failure('transient-failure',
-        `some substitutes for the outputs of derivation '${view.drvPath}' failed (usually happens due to networking issues); try '--fallback' to build derivation from source `),
+      statuses,
+      retry: false,
+      result: failure(
+        'transient-failure',
+        `some substitutes for the outputs of derivation '${view.drvPath}' failed (usually happens due to networking issues); try '--fallback' to build derivation from source `,
+      ),
     };
   }
   const retry = incomplete > 0;
@@ -161,7 +172,13 @@ async function trySubstitutes(
 }
 
 /** Steps 5–6, once every input is there: the input closure, then the build. */
-export async function afterInputs(w: Worker, drvPath: StorePath, wanted: Set<string> | undefined, mode: BuildMode, waiting: WaitingForInputs): Promise<BuildResult> {
+export async function afterInputs(
+  w: Worker,
+  drvPath: StorePath,
+  wanted: Set<string> | undefined,
+  mode: BuildMode,
+  waiting: WaitingForInputs,
+): Promise<BuildResult> {
   const { store } = w.ctx;
   const view = await w.ctx.loadDrv(drvPath);
   if (waiting.retrySubstitution) {
@@ -181,11 +198,16 @@ export async function afterInputs(w: Worker, drvPath: StorePath, wanted: Set<str
       let p: StorePath | undefined = built[o];
       if (!p) {
         depView ??= await w.ctx.loadDrv(dep);
-        if (!depView.outputs.has(o)) return failure('misc-failure', `derivation '${drvPath}' requires non-existent output '${o}' from input derivation '${dep}'`);
+        if (!depView.outputs.has(o))
+          return failure('misc-failure', `derivation '${drvPath}' requires non-existent output '${o}' from input derivation '${dep}'`);
         known ??= await knownOutputs(store, depView);
         p = known.get(o);
       }
-      if (!p) return failure('misc-failure', `derivation '${drvPath}' requires output '${o}' from input derivation '${dep}', which is supposedly realized already, yet we still don't know what path corresponds to that output`);
+      if (!p)
+        return failure(
+          'misc-failure',
+          `derivation '${drvPath}' requires output '${o}' from input derivation '${dep}', which is supposedly realized already, yet we still don't know what path corresponds to that output`,
+        );
       roots.push(p);
       let m = inputOutputs.get(dep);
       if (!m) inputOutputs.set(dep, (m = new Map()));
@@ -225,7 +247,10 @@ async function buildResolved(w: Worker, view: DrvView, inputOutputs: InputOutput
   const { resolved, missing } = await tryResolve(view.drv, inputOutputs, { storeDir: store.storeDir });
   if (!resolved) {
     const m = missing[0]!;
-    return failure('misc-failure', `cannot resolve derivation '${view.drvPath}': output '${m.output}' of input '${m.drvPath}' has no known path; rebuild that input`);
+    return failure(
+      'misc-failure',
+      `cannot resolve derivation '${view.drvPath}': output '${m.output}' of input '${m.drvPath}' has no known path; rebuild that input`,
+    );
   }
   // Announced before the .drv is written (that can take a while): Nix prints it in the same step as it
   // resolves, before any other build can take a free slot.
@@ -270,9 +295,7 @@ async function repairClosure(w: Worker, view: DrvView, statuses: OutputStatus[])
     if (await w.pathContentsGood(p)) continue;
     w.warn(`found corrupted or missing path '${p}' in the output closure of '${view.drvPath}'`, 'plain');
     const drv = outputsToDrv.get(p);
-    repairs.push(drv
-      ? w.derivationGoal(drv, undefined, 'repair').then((r) => isSuccess(r.status))
-      : w.substitutionGoal(p, true).then(substitutionSucceeded));
+    repairs.push(drv ? w.derivationGoal(drv, undefined, 'repair').then((r) => isSuccess(r.status)) : w.substitutionGoal(p, true).then(substitutionSucceeded));
   }
   const failed = (await w.blocked(view.drvPath, Promise.all(repairs))).filter((ok) => !ok).length;
   if (failed > 0) return failure('misc-failure', `some paths in the output closure of derivation '${view.drvPath}' could not be repaired`);

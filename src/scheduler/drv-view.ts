@@ -50,14 +50,20 @@ export async function loadDrv(store: Store, drvPath: StorePath): Promise<DrvView
 export function viewOf(drvPath: StorePath, drv: Derivation, name: string): DrvView {
   const outputs = new Map<string, BuildableOutput>();
   for (const [outName, o] of drv.outputs) {
-    if (o.type === 'impure') throw new BadDerivationError(`output '${outName}' of derivation '${drvPath}' has a kind this engine cannot build (impure)`, { drv: drvPath });
+    if (o.type === 'impure')
+      throw new BadDerivationError(`output '${outName}' of derivation '${drvPath}' has a kind this engine cannot build (impure)`, { drv: drvPath });
     outputs.set(outName, o);
   }
   const attrs = new ParsedDerivation(drvPath, drv);
   const inputDrvs = new Map<StorePath, readonly string[]>();
   for (const [p, outs] of drv.inputDrvs) inputDrvs.set(p, [...outs]);
   return {
-    drvPath, drv, attrs, name, outputs, inputDrvs,
+    drvPath,
+    drv,
+    attrs,
+    name,
+    outputs,
+    inputDrvs,
     inputSrcs: [...drv.inputSrcs],
     platform: drv.platform,
     builder: drv.builder,

@@ -54,7 +54,9 @@ export class BuildSetupError extends RealiseError {
  * it into a `stopped` result).
  */
 export class GoalStopped extends Error {
-  constructor() { super('stopped'); }
+  constructor() {
+    super('stopped');
+  }
 }
 
 /** The call was cancelled with its AbortSignal. */

@@ -96,7 +96,10 @@ export type CountedKind = 'builds' | 'substitutions';
  */
 export class ExpectedCount {
   private withdrawn = false;
-  constructor(private readonly tracker: ProgressTracker, private readonly counters: Counters) {
+  constructor(
+    private readonly tracker: ProgressTracker,
+    private readonly counters: Counters,
+  ) {
     counters.expected++;
     tracker.changed();
   }
@@ -116,7 +119,10 @@ export class ExpectedCount {
  */
 export class RunningCount {
   private ended = false;
-  constructor(private readonly tracker: ProgressTracker, private readonly counters: Counters) {
+  constructor(
+    private readonly tracker: ProgressTracker,
+    private readonly counters: Counters,
+  ) {
     counters.running++;
     tracker.changed();
   }

@@ -60,7 +60,11 @@ async function closureAsJson(w: Worker, paths: readonly StorePath[]): Promise<un
     for (const c of await store.computeClosure([p])) closureSize += (await store.queryPathInfo(c))!.narSize;
     arr.push({
       ...(info.ca ? { ca: info.ca } : {}),
-      closureSize, narHash: info.narHash.toString('base32'), narSize: info.narSize, path: p, references: [...info.references].sort(),
+      closureSize,
+      narHash: info.narHash.toString('base32'),
+      narSize: info.narSize,
+      path: p,
+      references: [...info.references].sort(),
     });
   }
   return arr;

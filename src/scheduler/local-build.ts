@@ -10,7 +10,16 @@ import { deleteTree } from '../store/canonicalise.js';
 import { RealiseError } from '../store/errors.js';
 import { Hash } from '../store/hash.js';
 import type { PathLocks } from '../store/store-api.js';
-import { makeStorePath, outputPathName, storePathBase, storePathHashPart, storePathName, hashPlaceholder, toStorePath, type StorePath } from '../store/store-path.js';
+import {
+  makeStorePath,
+  outputPathName,
+  storePathBase,
+  storePathHashPart,
+  storePathName,
+  hashPlaceholder,
+  toStorePath,
+  type StorePath,
+} from '../store/store-path.js';
 import type { Sandbox, SandboxExit } from '../platform/sandbox.js';
 import { buildDirRegistry } from '../platform/build-dirs.js';
 import { runPostBuildHook } from '../platform/post-build-hook.js';
@@ -105,10 +114,14 @@ async function mkdirPrivate(dir: string): Promise<void> {
 
 function statusText(exit: SandboxExit): string {
   switch (exit.kind) {
-    case 'exited': return `failed with exit code ${exit.code}`;
-    case 'signalled': return `failed due to signal ${describeSignal(exit.signal)}`;
-    case 'spawn-failed': return `failed to start: ${exit.message}`;
-    case 'aborted': return 'was interrupted';
+    case 'exited':
+      return `failed with exit code ${exit.code}`;
+    case 'signalled':
+      return `failed due to signal ${describeSignal(exit.signal)}`;
+    case 'spawn-failed':
+      return `failed to start: ${exit.message}`;
+    case 'aborted':
+      return 'was interrupted';
   }
 }
 
@@ -171,29 +184,34 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
   for (let round = 1; ;) {
     let locks: PathLocks | undefined;
     try {
-      const r = await inBuildSlot(w, drvPath, async (releaseSlot): Promise<RoundResult | BuildResult | 'locked'> => {
-        w.throwIfStopped();
-        locks = await store.tryLockPaths(lockTargets);
-        if (!locks) return 'locked';
-        if (waited) w.ctx.emit('build-lock-acquired', { drvPath });
-        waited = false;
-        if (plan.mode === 'normal' && round === 1) {
-          const outs = await knownOutputs(store, view);
-          const valid = await store.queryValidPaths(outs.values());
-          if (outs.size === view.outputs.size && [...outs.values()].every((p) => valid.has(p))) {
-            // Someone beat us to it: this build is no longer expected (Nix drops it from expectedBuilds).
-            expected.withdraw();
-            return success('already-valid', Object.fromEntries(outs));
+      const r = await inBuildSlot(
+        w,
+        drvPath,
+        async (releaseSlot): Promise<RoundResult | BuildResult | 'locked'> => {
+          w.throwIfStopped();
+          locks = await store.tryLockPaths(lockTargets);
+          if (!locks) return 'locked';
+          if (waited) w.ctx.emit('build-lock-acquired', { drvPath });
+          waited = false;
+          if (plan.mode === 'normal' && round === 1) {
+            const outs = await knownOutputs(store, view);
+            const valid = await store.queryValidPaths(outs.values());
+            if (outs.size === view.outputs.size && [...outs.values()].every((p) => valid.has(p))) {
+              // Someone beat us to it: this build is no longer expected (Nix drops it from expectedBuilds).
+              expected.withdraw();
+              return success('already-valid', Object.fromEntries(outs));
+            }
           }
-        }
-        const valid = await store.queryValidPaths(known);
-        // Delete stale, invalid outputs (after round 1, what is there is that round's output, still unregistered).
-        for (const p of round === 1 ? known : []) {
-          if (!valid.has(p) && (await exists(store.toRealPath(p)))) await deleteTree(store.toRealPath(p));
-        }
-        if (startTime === 0) startTime = Math.floor(Date.now() / 1000);
-        return runOneRound(w, view, plan, round, valid, previous, releaseSlot);
-      }, round > 1);
+          const valid = await store.queryValidPaths(known);
+          // Delete stale, invalid outputs (after round 1, what is there is that round's output, still unregistered).
+          for (const p of round === 1 ? known : []) {
+            if (!valid.has(p) && (await exists(store.toRealPath(p)))) await deleteTree(store.toRealPath(p));
+          }
+          if (startTime === 0) startTime = Math.floor(Date.now() / 1000);
+          return runOneRound(w, view, plan, round, valid, previous, releaseSlot);
+        },
+        round > 1,
+      );
       if (r === 'locked') {
         if (!waited) w.ctx.emit('build-waiting', { drvPath, lockedPaths: lockTargets.map((p) => store.toRealPath(p)) });
         waited = true;
@@ -203,7 +221,13 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
       if ('status' in r) return r;
       timesBuilt++;
       if (r.kind === 'failed') {
-        return { ...r.result, timesBuilt, startTime, stopTime: Math.floor(Date.now() / 1000), isNonDeterministic: r.result.isNonDeterministic || isNonDeterministic };
+        return {
+          ...r.result,
+          timesBuilt,
+          startTime,
+          stopTime: Math.floor(Date.now() / 1000),
+          isNonDeterministic: r.result.isNonDeterministic || isNonDeterministic,
+        };
       }
       if (r.nonDeterministic) isNonDeterministic = true;
       previous = r.outputs;
@@ -244,24 +268,32 @@ function inBuildSlot<R>(w: Worker, drvPath: StorePath, fn: (releaseSlot: () => v
   const activity = goal?.activity;
   activity?.pause();
   return new Promise<R>((resolve, reject) => {
-    slotGate(w.ctx.buildQueue).request(drvPath, () => new Promise<void>((slotFreed) => {
-      let freed = false;
-      const free = () => {
-        if (freed) return;
-        freed = true;
-        activity?.resume();
-        slotFreed();
-      };
-      let p: Promise<R>;
-      try { p = fn(free); } catch (e) { p = Promise.reject(e); }
-      p.then(resolve, reject).finally(free);
-    }), goal?.depth ?? 0, nextRound);
+    slotGate(w.ctx.buildQueue).request(
+      drvPath,
+      () =>
+        new Promise<void>((slotFreed) => {
+          let freed = false;
+          const free = () => {
+            if (freed) return;
+            freed = true;
+            activity?.resume();
+            slotFreed();
+          };
+          let p: Promise<R>;
+          try {
+            p = fn(free);
+          } catch (e) {
+            p = Promise.reject(e);
+          }
+          p.then(resolve, reject).finally(free);
+        }),
+      goal?.depth ?? 0,
+      nextRound,
+    );
   });
 }
 
-type RoundResult =
-  | { kind: 'failed'; result: BuildResult }
-  | { kind: 'ok'; outputs: RoundOutputs; nonDeterministic: boolean; stopRounds: boolean };
+type RoundResult = { kind: 'failed'; result: BuildResult } | { kind: 'ok'; outputs: RoundOutputs; nonDeterministic: boolean; stopRounds: boolean };
 type FailedRound = Extract<RoundResult, { kind: 'failed' }>;
 
 /** Where a round builds each output (its scratch path) and the string rewrites that put it there. */
@@ -290,7 +322,12 @@ type Times = { readonly startTime: number; readonly stopTime: number };
  * environment on; the count ends in a `finally`, so no way out of the round leaves it running.
  */
 async function runOneRound(
-  w: Worker, view: DrvView, plan: LocalBuildPlan, round: number, validNow: Set<StorePath>, previous: RoundOutputs | undefined,
+  w: Worker,
+  view: DrvView,
+  plan: LocalBuildPlan,
+  round: number,
+  validNow: Set<StorePath>,
+  previous: RoundOutputs | undefined,
   releaseSlot: () => void,
 ): Promise<RoundResult> {
   const sandbox = await pickSandbox(w, view);
@@ -392,9 +429,13 @@ async function prepareBuildDir(w: Worker, view: DrvView, isolated: boolean): Pro
     const extraPaths = isolated ? await sandboxExtraPaths(w, view) : undefined;
     // Nix 2.8 starts a daemon for recursive Nix here, which needs the experimental feature.
     if (requiredSystemFeatures(view).includes('recursive-nix') && !options.experimentalFeatures.includes('recursive-nix')) {
-      throw new RealiseError('experimental-feature-disabled', "experimental Nix feature 'recursive-nix' is disabled; use '--extra-experimental-features recursive-nix' to override", {
-        hint: "add 'recursive-nix' to the experimentalFeatures option (recursive Nix itself is not implemented: the builder gets no daemon)",
-      });
+      throw new RealiseError(
+        'experimental-feature-disabled',
+        "experimental Nix feature 'recursive-nix' is disabled; use '--extra-experimental-features recursive-nix' to override",
+        {
+          hint: "add 'recursive-nix' to the experimentalFeatures option (recursive Nix itself is not implemented: the builder gets no daemon)",
+        },
+      );
     }
     return { ...dir, extraPaths };
   } catch (e) {
@@ -422,8 +463,13 @@ class LocalRound {
   }
 
   constructor(
-    readonly w: Worker, readonly view: DrvView, readonly plan: LocalBuildPlan, readonly round: number,
-    readonly sandbox: Sandbox, readonly outs: ScratchOutputs, readonly dir: BuildDir,
+    readonly w: Worker,
+    readonly view: DrvView,
+    readonly plan: LocalBuildPlan,
+    readonly round: number,
+    readonly sandbox: Sandbox,
+    readonly outs: ScratchOutputs,
+    readonly dir: BuildDir,
   ) {
     this.log = new LogCollector({
       logLines: w.ctx.options.logLines,
@@ -460,7 +506,12 @@ class LocalRound {
    * A failed round: counted as a failed build, its build directory kept with keepFailed, the outputs it
    * left removed (or those in `keep` kept).
    */
-  async fail(status: BuildStatus, why: Omit<FailureDetails, 'keptBuildDir'>, extra: Partial<BuildResult> = {}, keep?: ReadonlySet<StorePath>): Promise<FailedRound> {
+  async fail(
+    status: BuildStatus,
+    why: Omit<FailureDetails, 'keptBuildDir'>,
+    extra: Partial<BuildResult> = {},
+    keep?: ReadonlySet<StorePath>,
+  ): Promise<FailedRound> {
     this.running.end(false);
     const details: FailureDetails = { ...why, keptBuildDir: this.keptBuildDir() };
     await cleanupScratch(this.w, this.outs.scratch, keep);
@@ -514,28 +565,31 @@ class LocalRound {
     w.signal.addEventListener('abort', onStop, { once: true });
     let exit: SandboxExit | undefined;
     try {
-      exit = await this.sandbox.run({
-        drvPath: view.drvPath,
-        builder: view.builder,
-        args: view.args.map((a) => rewriteStrings(a, outs.rewrites)),
-        env,
-        buildDir: dir.dir,
-        sandboxBuildDir: dir.inSandbox,
-        storeDir: store.storeDir,
-        realStoreDir: store.realStoreDir,
-        inputPaths: [...plan.inputPaths].sort(),
-        outputPaths: [...outs.scratch.values()],
-        network: view.isFixedOutput,
-        kvm: options.systemFeatures.includes('kvm'),
-        extraPaths: dir.extraPaths,
-      }, {
-        signal: limits.controller.signal,
-        onSetUp: () => this.announce(),
-        onOutput: (chunk) => {
-          this.announce();
-          limits.onOutput(this.log, chunk);
+      exit = await this.sandbox.run(
+        {
+          drvPath: view.drvPath,
+          builder: view.builder,
+          args: view.args.map((a) => rewriteStrings(a, outs.rewrites)),
+          env,
+          buildDir: dir.dir,
+          sandboxBuildDir: dir.inSandbox,
+          storeDir: store.storeDir,
+          realStoreDir: store.realStoreDir,
+          inputPaths: [...plan.inputPaths].sort(),
+          outputPaths: [...outs.scratch.values()],
+          network: view.isFixedOutput,
+          kvm: options.systemFeatures.includes('kvm'),
+          extraPaths: dir.extraPaths,
         },
-      });
+        {
+          signal: limits.controller.signal,
+          onSetUp: () => this.announce(),
+          onOutput: (chunk) => {
+            this.announce();
+            limits.onOutput(this.log, chunk);
+          },
+        },
+      );
     } finally {
       limits.clear();
       w.signal.removeEventListener('abort', onStop);
@@ -587,18 +641,29 @@ class LocalRound {
     if (run.setupError !== undefined) {
       this.running.end(false);
       await cleanupScratch(w, this.outs.scratch, new Set());
-      throw new BuildSetupError(run.setupError, { hint: 'check the sandbox paths and the pre-build hook', trace: 'while setting up the build environment', keptBuildDir: this.keptBuildDir() });
+      throw new BuildSetupError(run.setupError, {
+        hint: 'check the sandbox paths and the pre-build hook',
+        trace: 'while setting up the build environment',
+        keptBuildDir: this.keptBuildDir(),
+      });
     }
     if (run.limit) return this.fail(run.limit.status, { message: run.limit.message });
     if (exit.kind === 'exited' && exit.code === 0) return undefined;
     // Nix moves a failed sandboxed build's outputs out of the chroot to their logical path, with or
     // without keepFailed: in a plain store they stay there (invalid); a chroot store never gets them.
-    const keep = !this.sandbox.isolated ? undefined : store.storeDir === store.realStoreDir && plan.mode === 'normal'
-      ? new Set([...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p))
-      : new Set<StorePath>();
+    const keep = !this.sandbox.isolated
+      ? undefined
+      : store.storeDir === store.realStoreDir && plan.mode === 'normal'
+        ? new Set([...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p))
+        : new Set<StorePath>();
     const message = `builder for '${view.drvPath}' ${statusText(exit)}`;
     // As Nix: a failed fixed-output build (not a sandboxed kind of derivation) is a transient failure.
-    return this.fail(view.isFixedOutput ? 'transient-failure' : 'permanent-failure', { message, logTail: { drvPath: view.drvPath, lines: this.log.tail() } }, {}, keep);
+    return this.fail(
+      view.isFixedOutput ? 'transient-failure' : 'permanent-failure',
+      { message, logTail: { drvPath: view.drvPath, lines: this.log.tail() } },
+      {},
+      keep,
+    );
   }
 
   /** The builder succeeded: register its outputs, run the post-build hook, count the build as done. */
@@ -609,7 +674,12 @@ class LocalRound {
     let reg;
     try {
       reg = await registerOutputs(w, view, {
-        mode: plan.mode, scratch: this.outs.scratch, inputPaths: plan.inputPaths, round: this.round, rounds: plan.rounds, previous,
+        mode: plan.mode,
+        scratch: this.outs.scratch,
+        inputPaths: plan.inputPaths,
+        round: this.round,
+        rounds: plan.rounds,
+        previous,
         isolated: this.sandbox.isolated,
       });
     } catch (e) {
@@ -619,7 +689,11 @@ class LocalRound {
         throw e;
       }
       if (e.endsCall) w.stop('failure', drvPath);
-      return this.fail(e.status, { message: e.message }, { hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' });
+      return this.fail(
+        e.status,
+        { message: e.message },
+        { hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' },
+      );
     }
     // As Nix 2.8, in check mode too.
     const hookError = await postBuildHook(w, drvPath, Object.values(reg.outputs.paths));
@@ -642,7 +716,10 @@ class RunLimits {
   private silenceTimer: NodeJS.Timeout | undefined;
   private readonly totalTimer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly options: ResolvedOptions, private readonly name: string) {
+  constructor(
+    private readonly options: ResolvedOptions,
+    private readonly name: string,
+  ) {
     this.armSilence();
     this.totalTimer = options.buildTimeout
       ? setTimeout(() => this.kill('timed-out', `${name} timed out after ${options.buildTimeout} seconds`), options.buildTimeout * 1000)
@@ -696,7 +773,11 @@ async function sandboxExtraPaths(w: Worker, view: DrvView): Promise<Map<string, 
   const roots = new Set<StorePath>();
   for (const { source } of paths.values()) {
     if (!source.startsWith(store.storeDir + '/')) continue;
-    try { roots.add(toStorePath(source, store.storeDir)); } catch { /* not a store path: nothing to add */ }
+    try {
+      roots.add(toStorePath(source, store.storeDir));
+    } catch {
+      /* not a store path: nothing to add */
+    }
   }
   if (roots.size > 0) {
     for (const p of await store.computeClosure(await store.queryValidPaths(roots))) paths.set(p, { source: p, optional: false });

@@ -175,7 +175,11 @@ function strings(name: string, v: unknown, def: readonly string[]): readonly str
 /** Nix 2.8's root for build directories: `$TMPDIR`, else /tmp, canonical (symlinks resolved). */
 export function defaultBuildDir(): string {
   const dir = process.env.TMPDIR || '/tmp';
-  try { return realpathSync(dir); } catch { return dir.replace(/(.)\/+$/, '$1'); }
+  try {
+    return realpathSync(dir);
+  } catch {
+    return dir.replace(/(.)\/+$/, '$1');
+  }
 }
 
 export function hostSystem(): string {
@@ -184,25 +188,67 @@ export function hostSystem(): string {
 }
 
 const KNOWN = new Set([
-  'store', 'substituters', 'sandbox', 'sandboxFallback', 'sandboxPaths', 'allowedImpureHostDeps', 'preBuildHook', 'experimentalFeatures', 'sandboxBuildDir', 'sandboxShmSize', 'filterSyscalls', 'maxJobs', 'maxSubstitutionJobs', 'minFree', 'maxFree', 'minFreeCheckInterval', 'cores', 'keepGoing', 'fallback',
-  'buildRepeat', 'enforceDeterminism', 'maxSilentTime', 'buildTimeout', 'maxLogSize', 'logLines', 'keepFailed', 'postBuildHook',
-  'systemFeatures', 'system', 'extraPlatforms', 'environment', 'buildDir', 'builders', 'hashedMirrors', 'netrcFile', 'downloadAttempts',
+  'store',
+  'substituters',
+  'sandbox',
+  'sandboxFallback',
+  'sandboxPaths',
+  'allowedImpureHostDeps',
+  'preBuildHook',
+  'experimentalFeatures',
+  'sandboxBuildDir',
+  'sandboxShmSize',
+  'filterSyscalls',
+  'maxJobs',
+  'maxSubstitutionJobs',
+  'minFree',
+  'maxFree',
+  'minFreeCheckInterval',
+  'cores',
+  'keepGoing',
+  'fallback',
+  'buildRepeat',
+  'enforceDeterminism',
+  'maxSilentTime',
+  'buildTimeout',
+  'maxLogSize',
+  'logLines',
+  'keepFailed',
+  'postBuildHook',
+  'systemFeatures',
+  'system',
+  'extraPlatforms',
+  'environment',
+  'buildDir',
+  'builders',
+  'hashedMirrors',
+  'netrcFile',
+  'downloadAttempts',
 ]);
 
 export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMode): ResolvedOptions {
   if (o === null || typeof o !== 'object') throw new OptionsError(`Expected options to be an object, got ${describe(o)}`);
   for (const k of Object.keys(o)) if (!KNOWN.has(k)) throw new OptionsError(`Unknown option \`${k}\``);
   const sandbox = o.sandbox ?? defaultSandbox;
-  if (!(typeof sandbox === 'boolean' || sandbox === 'relaxed' || (typeof sandbox === 'object' && sandbox !== null && typeof (sandbox as Sandbox).run === 'function'))) {
+  if (!(
+    typeof sandbox === 'boolean' ||
+    sandbox === 'relaxed' ||
+    (typeof sandbox === 'object' && sandbox !== null && typeof (sandbox as Sandbox).run === 'function')
+  )) {
     throw new OptionsError(`Expected \`sandbox\` to be true, false, 'relaxed' or a Sandbox, got ${describe(sandbox)}`);
   }
   const system = o.system ?? hostSystem();
   if (typeof system !== 'string' || !system) throw new OptionsError(`Expected \`system\` to be a non-empty string, got ${describe(system)}`);
-  if (o.postBuildHook !== undefined && typeof o.postBuildHook !== 'string') throw new OptionsError(`Expected \`postBuildHook\` to be a string, got ${describe(o.postBuildHook)}`);
-  if (o.sandboxBuildDir !== undefined && (typeof o.sandboxBuildDir !== 'string' || !o.sandboxBuildDir.startsWith('/'))) throw new OptionsError(`Expected \`sandboxBuildDir\` to be an absolute path, got ${describe(o.sandboxBuildDir)}`);
-  if (o.sandboxShmSize !== undefined && (typeof o.sandboxShmSize !== 'string' || !o.sandboxShmSize)) throw new OptionsError(`Expected \`sandboxShmSize\` to be a tmpfs size such as '50%' or '64m', got ${describe(o.sandboxShmSize)}`);
-  if (o.netrcFile !== undefined && (typeof o.netrcFile !== 'string' || !o.netrcFile)) throw new OptionsError(`Expected \`netrcFile\` to be a file path, got ${describe(o.netrcFile)}`);
-  if (o.preBuildHook !== undefined && typeof o.preBuildHook !== 'string') throw new OptionsError(`Expected \`preBuildHook\` to be a string, got ${describe(o.preBuildHook)}`);
+  if (o.postBuildHook !== undefined && typeof o.postBuildHook !== 'string')
+    throw new OptionsError(`Expected \`postBuildHook\` to be a string, got ${describe(o.postBuildHook)}`);
+  if (o.sandboxBuildDir !== undefined && (typeof o.sandboxBuildDir !== 'string' || !o.sandboxBuildDir.startsWith('/')))
+    throw new OptionsError(`Expected \`sandboxBuildDir\` to be an absolute path, got ${describe(o.sandboxBuildDir)}`);
+  if (o.sandboxShmSize !== undefined && (typeof o.sandboxShmSize !== 'string' || !o.sandboxShmSize))
+    throw new OptionsError(`Expected \`sandboxShmSize\` to be a tmpfs size such as '50%' or '64m', got ${describe(o.sandboxShmSize)}`);
+  if (o.netrcFile !== undefined && (typeof o.netrcFile !== 'string' || !o.netrcFile))
+    throw new OptionsError(`Expected \`netrcFile\` to be a file path, got ${describe(o.netrcFile)}`);
+  if (o.preBuildHook !== undefined && typeof o.preBuildHook !== 'string')
+    throw new OptionsError(`Expected \`preBuildHook\` to be a string, got ${describe(o.preBuildHook)}`);
   return {
     substituters: o.substituters ?? [],
     sandbox,
@@ -235,7 +281,7 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     extraPlatforms: strings('extraPlatforms', o.extraPlatforms, system === 'x86_64-linux' ? ['i686-linux'] : []),
     environment: o.environment ?? process.env,
     buildDir: o.buildDir ?? defaultBuildDir(),
-    builders: typeof o.builders === 'string' ? createRemoteBuilders(o.builders, { thisSystem: system }) : o.builders ?? [],
+    builders: typeof o.builders === 'string' ? createRemoteBuilders(o.builders, { thisSystem: system }) : (o.builders ?? []),
     hashedMirrors: strings('hashedMirrors', o.hashedMirrors, []),
     netrcFile: o.netrcFile ?? '/etc/nix/netrc',
     downloadAttempts: int('downloadAttempts', o.downloadAttempts, 5, 1),

@@ -12,7 +12,11 @@ import { OutputRejected } from './rejected.js';
 class OutputsUnderCheck {
   private readonly byPath = new Map<StorePath, PathInfo>();
 
-  constructor(readonly store: Store, infos: Iterable<PathInfo>, readonly finalPaths: Readonly<Record<string, StorePath>>) {
+  constructor(
+    readonly store: Store,
+    infos: Iterable<PathInfo>,
+    readonly finalPaths: Readonly<Record<string, StorePath>>,
+  ) {
     for (const i of infos) this.byPath.set(i.path, i);
   }
 
@@ -50,7 +54,9 @@ class OutputsUnderCheck {
  * first violation is thrown as OutputRejected.
  */
 export async function checkOutputs(
-  store: Store, infos: ReadonlyMap<string, PathInfo>, finalPaths: Readonly<Record<string, StorePath>>,
+  store: Store,
+  infos: ReadonlyMap<string, PathInfo>,
+  finalPaths: Readonly<Record<string, StorePath>>,
   checksOf: (output: string) => OutputChecks | undefined,
 ): Promise<void> {
   const outs = new OutputsUnderCheck(store, infos.values(), finalPaths);
@@ -78,7 +84,12 @@ async function checkOutput(outs: OutputsUnderCheck, info: PathInfo, checks: Outp
 
 /** One of the four reference lists: `allowed` or disallowed, of the references or (`recursive`) the requisites. */
 async function checkReferences(
-  outs: OutputsUnderCheck, info: PathInfo, checks: OutputChecks, value: readonly string[] | undefined, allowed: boolean, recursive: boolean,
+  outs: OutputsUnderCheck,
+  info: PathInfo,
+  checks: OutputChecks,
+  value: readonly string[] | undefined,
+  allowed: boolean,
+  recursive: boolean,
 ): Promise<void> {
   if (!value) return;
   const spec = outs.specified(value);

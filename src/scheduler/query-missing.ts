@@ -82,7 +82,10 @@ export async function queryMissing(ctx: EngineContext, targets: readonly BuildTa
       // then fails on it).
       if (!spec) continue;
       const p = registered.get(o);
-      if (!p) { unknownOutput = true; continue; }
+      if (!p) {
+        unknownOutput = true;
+        continue;
+      }
       if (!(await store.isValidPath(p))) invalid.push(p);
     }
     if (invalid.length === 0 && !unknownOutput) return;

@@ -14,9 +14,7 @@ import { collect, dumpPath, hashPath, narOfRegularFile, restorePath, streamOf } 
 import { scanBufferForReferences, scanForReferences } from '../store/references.js';
 import { RealiseError, UnsupportedFileTypeError } from '../store/errors.js';
 import type { PathInfo } from '../store/store-api.js';
-import {
-  makeFixedOutputPath, outputPathName, storePathHashPart, storePathName, type StorePath,
-} from '../store/store-path.js';
+import { makeFixedOutputPath, outputPathName, storePathHashPart, storePathName, type StorePath } from '../store/store-path.js';
 import { type BuildableOutput, type DrvView } from './drv-view.js';
 import { checkOutputs } from './output-checks.js';
 import { BadDerivationError } from '../derivation/errors.js';
@@ -173,7 +171,13 @@ function orderOutputs(drvPath: StorePath, scanned: ReadonlyMap<string, Scanned>)
     const st = state.get(name);
     if (st === 'done') return;
     if (st === 'visiting') {
-      throw new OutputRejected('output-rejected', `cycle detected in build of '${drvPath}' in the references of output '${name}' from output '${parent}'`, false, false, true);
+      throw new OutputRejected(
+        'output-rejected',
+        `cycle detected in build of '${drvPath}' in the references of output '${name}' from output '${parent}'`,
+        false,
+        false,
+        true,
+      );
     }
     state.set(name, 'visiting');
     for (const r of scanned.get(name)!.refs) {
@@ -196,14 +200,19 @@ class Finalised {
   /** A fixed output's hash mismatch: reported after its content is registered under its true path. */
   delayed: OutputRejected | undefined;
 
-  constructor(private readonly w: Worker, private readonly view: DrvView, private readonly plan: RegisterPlan) {}
+  constructor(
+    private readonly w: Worker,
+    private readonly view: DrvView,
+    private readonly plan: RegisterPlan,
+  ) {}
 
   /** Finalise one output by its kind and move it into place. */
   async finalise(s: Scanned): Promise<void> {
     const { view, plan } = this;
     const spec = view.outputs.get(s.name)!;
     // A deferred derivation is resolved (and the resolved one built) before any build: never here.
-    if (spec.type === 'deferred') throw new RealiseError('bad-derivation', `output '${s.name}' of '${view.drvPath}' is deferred; the derivation must be resolved before it is built`);
+    if (spec.type === 'deferred')
+      throw new RealiseError('bad-derivation', `output '${s.name}' of '${view.drvPath}' is deferred; the derivation must be resolved before it is built`);
     // Already valid and not checking: keep the registered output, drop the rebuilt one (Nix's AlreadyRegistered).
     if (plan.mode === 'normal' && plan.round === 1 && spec.type !== 'floating' && s.scratch !== spec.path && (await this.w.ctx.store.isValidPath(spec.path))) {
       this.outputRewrites.set(storePathHashPart(s.scratch), storePathHashPart(spec.path));
@@ -220,7 +229,10 @@ class Finalised {
     let self = false;
     const refs: StorePath[] = [];
     for (const r of s.refs) {
-      if (r === s.scratch) { self = true; continue; }
+      if (r === s.scratch) {
+        self = true;
+        continue;
+      }
       const to = this.outputRewrites.get(storePathHashPart(r));
       refs.push(to ? `${this.w.ctx.store.storeDir}/${to}-${storePathName(r)}` : r);
     }
@@ -248,7 +260,10 @@ class Finalised {
     const method = spec.method;
     const algorithm = spec.type === 'fixed' ? spec.hash.algorithm : spec.algorithm;
     if (method === 'flat' && (!s.isReg || s.isExec)) {
-      throw new OutputRejected('output-rejected', `output path '${s.real}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)`);
+      throw new OutputRejected(
+        'output-rejected',
+        `output path '${s.real}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)`,
+      );
     }
     await this.rewrite(s, this.outputRewrites);
     const scratchHash = storePathHashPart(s.scratch);
@@ -263,15 +278,25 @@ class Finalised {
     // As Nix's makeFixedOutputPath: only a sha256 NAR hash puts a self-reference into the path; for other
     // kinds it is left out of the path (the path info still lists it).
     const selfInPath = self && method === 'recursive' && algorithm === 'sha256';
-    const path = makeFixedOutputPath(method, got, outputPathName(view.name, s.name), { references: refs, hasSelfReference: selfInPath, storeDir: store.storeDir });
+    const path = makeFixedOutputPath(method, got, outputPathName(view.name, s.name), {
+      references: refs,
+      hasSelfReference: selfInPath,
+      storeDir: store.storeDir,
+    });
     if (self) refs.push(path);
     let info: PathInfo = {
-      path, narHash: narHS.hash, narSize: narHS.size, references: refs.sort(),
+      path,
+      narHash: narHS.hash,
+      narSize: narHS.size,
+      references: refs.sort(),
       ca: `fixed:${method === 'recursive' ? 'r:' : ''}${got.toString('base32')}`,
     };
     if (spec.type === 'fixed' && !spec.hash.equals(got)) {
-      this.delayed = new OutputRejected('output-rejected',
-        `hash mismatch in fixed-output derivation '${view.drvPath}':\n  specified: ${spec.hash.sri}\n     got:    ${got.sri}`, true);
+      this.delayed = new OutputRejected(
+        'output-rejected',
+        `hash mismatch in fixed-output derivation '${view.drvPath}':\n  specified: ${spec.hash.sri}\n     got:    ${got.sri}`,
+        true,
+      );
     }
     if (self && s.scratch !== path) {
       // Self-references were hashed as zeroes; now point them at the final path. Nix 2.8 registers the
@@ -293,7 +318,11 @@ class Finalised {
     if (finalReal !== s.real) {
       if (plan.mode === 'repair') {
         const old = `${finalReal}.old-${process.pid}-${Math.floor(Math.random() * 1e9)}`;
-        try { movePathSync(finalReal, old); } catch { /* not there */ }
+        try {
+          movePathSync(finalReal, old);
+        } catch {
+          /* not there */
+        }
         movePathSync(s.real, finalReal);
         await deleteTree(old).catch(() => {});
       } else if (compared) {
@@ -327,7 +356,10 @@ async function compareWithRegistered(w: Worker, view: DrvView, plan: RegisterPla
   for (const [name, info] of fin.infos) {
     const old = await store.queryPathInfo(info.path);
     const real = store.toRealPath(plan.scratch.get(name)!);
-    if (!old) { await deleteTree(real).catch(() => {}); continue; }
+    if (!old) {
+      await deleteTree(real).catch(() => {});
+      continue;
+    }
     if (!old.narHash.equals(info.narHash)) {
       const differs = `derivation '${view.drvPath}' may not be deterministic: output '${store.toRealPath(info.path)}' differs`;
       if (options.keepFailed) {
@@ -426,7 +458,10 @@ async function rewriteTree(real: string, rewrites: ReadonlyMap<string, string>, 
   let s = nar.toString('latin1');
   let changed = false;
   for (const [from, to] of rewrites) {
-    if (from !== to && s.includes(from)) { s = s.split(from).join(to); changed = true; }
+    if (from !== to && s.includes(from)) {
+      s = s.split(from).join(to);
+      changed = true;
+    }
   }
   if (!changed) return false;
   await deleteTree(real);

@@ -16,7 +16,13 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
   const local = canBuildHere(view, options) && options.maxJobs > 0;
   // Nix's hook declines when this machine can build and has a free slot; we prefer remote slots only when
   // the local queue is busy, so remote machines add capacity.
-  if (local && w.ctx.buildQueue.pending < Math.max(1, options.maxJobs) && w.ctx.buildQueue.size === 0 && slotGate(w.ctx.buildQueue).waitingCount === 0 && !remoteOnly(view, options)) {
+  if (
+    local &&
+    w.ctx.buildQueue.pending < Math.max(1, options.maxJobs) &&
+    w.ctx.buildQueue.size === 0 &&
+    slotGate(w.ctx.buildQueue).waitingCount === 0 &&
+    !remoteOnly(view, options)
+  ) {
     return undefined;
   }
   const started = Math.floor(Date.now() / 1000);
@@ -30,23 +36,38 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
     startedOn = undefined;
   };
   try {
-    const dispatch = await buildOnRemote(options.builders, view.drvPath, view.drv, {
-      requiredFeatures: requiredSystemFeatures(view),
-      preferLocalBuild: preferLocalBuild(view),
-    }, {
-      store,
-      signal: w.signal,
-      inputPaths,
-      onLog: (line) => w.ctx.emit('build-log', { drvPath: view.drvPath, line }),
-      onStart: (machine) => {
-        endBuild('failure');
-        startedOn = machine;
-        w.ctx.emit('build-started', { drvPath: view.drvPath, round: 1, rounds: 1, machine, mode: w.mode === 'repair' ? 'repair' : w.mode === 'check' ? 'check' : 'normal' });
+    const dispatch = await buildOnRemote(
+      options.builders,
+      view.drvPath,
+      view.drv,
+      {
+        requiredFeatures: requiredSystemFeatures(view),
+        preferLocalBuild: preferLocalBuild(view),
       },
-      buildSettings: {
-        buildTimeout: options.buildTimeout, maxSilentTime: options.maxSilentTime, maxLogSize: options.maxLogSize, keepFailed: options.keepFailed,
+      {
+        store,
+        signal: w.signal,
+        inputPaths,
+        onLog: (line) => w.ctx.emit('build-log', { drvPath: view.drvPath, line }),
+        onStart: (machine) => {
+          endBuild('failure');
+          startedOn = machine;
+          w.ctx.emit('build-started', {
+            drvPath: view.drvPath,
+            round: 1,
+            rounds: 1,
+            machine,
+            mode: w.mode === 'repair' ? 'repair' : w.mode === 'check' ? 'check' : 'normal',
+          });
+        },
+        buildSettings: {
+          buildTimeout: options.buildTimeout,
+          maxSilentTime: options.maxSilentTime,
+          maxLogSize: options.maxLogSize,
+          keepFailed: options.keepFailed,
+        },
       },
-    });
+    );
     if (dispatch.kind === 'declined') {
       // Not built there after all: counted neither as a build nor as expected.
       running.end('dropped');
@@ -60,7 +81,12 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
     running.end(ok);
     const outs: Record<string, StorePath> = {};
     for (const [n, p] of r.builtOutputs) outs[n] = p;
-    const times = { startTime: r.startTime || started, stopTime: r.stopTime || Math.floor(Date.now() / 1000), timesBuilt: r.timesBuilt, isNonDeterministic: r.isNonDeterministic };
+    const times = {
+      startTime: r.startTime || started,
+      stopTime: r.stopTime || Math.floor(Date.now() / 1000),
+      timesBuilt: r.timesBuilt,
+      isNonDeterministic: r.isNonDeterministic,
+    };
     if (ok) return success('built', outs, times);
     const status = (['resolves-to-already-valid', 'no-substituters'].includes(r.status) ? 'misc-failure' : r.status) as BuildStatus;
     return failure(status, remoteFailure(r.errorMsg || `build of '${view.drvPath}' on '${r.machine}' failed (${r.status})`), times);
@@ -84,7 +110,10 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
 export function remoteFailure(errorMsg: string): FailureDetails {
   const m = /^([\s\S]*?);\nlast \d+ log lines:\n((?:> [^\n]*\n)*)For full logs, run 'nix log ([^'\n]*)'\.$/.exec(errorMsg);
   if (!m) return { message: errorMsg };
-  const lines = m[2]!.split('\n').filter((l, i, all) => i < all.length - 1).map((l) => l.slice(2));
+  const lines = m[2]!
+    .split('\n')
+    .filter((l, i, all) => i < all.length - 1)
+    .map((l) => l.slice(2));
   return { message: m[1]!, logTail: { drvPath: m[3]! as StorePath, lines } };
 }
 

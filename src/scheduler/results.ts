@@ -56,9 +56,7 @@ export interface BuildResult {
 }
 
 /** What a caller asks to realise: a derivation (with outputs, `['*']` for all) or an opaque store path. */
-export type BuildTarget =
-  | { readonly drvPath: StorePath; readonly outputs?: readonly string[] | '*' }
-  | { readonly path: StorePath };
+export type BuildTarget = { readonly drvPath: StorePath; readonly outputs?: readonly string[] | '*' } | { readonly path: StorePath };
 
 export interface TargetResult {
   readonly target: BuildTarget;
@@ -76,8 +74,15 @@ export function stoppedResult(what: string): BuildResult {
 export function failure(status: BuildStatus, why: string | FailureDetails, extra: Partial<BuildResult> = {}): BuildResult {
   const details = typeof why === 'string' ? { message: why } : why;
   return {
-    status, errorMsg: errorMessageOf(details), failure: details,
-    timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {}, ...extra,
+    status,
+    errorMsg: errorMessageOf(details),
+    failure: details,
+    timesBuilt: 0,
+    isNonDeterministic: false,
+    startTime: 0,
+    stopTime: 0,
+    builtOutputs: {},
+    ...extra,
   };
 }
 
@@ -109,7 +114,10 @@ export function success(status: BuildStatus, builtOutputs: Record<string, StoreP
  * 2 hash mismatch, 8 check mismatch: a `check` build that differs); 1 when none of those apply.
  */
 export function exitStatusOf(results: Iterable<BuildResult>): number {
-  let permanent = false, timedOut = false, hashMismatch = false, checkMismatch = false;
+  let permanent = false,
+    timedOut = false,
+    hashMismatch = false,
+    checkMismatch = false;
   for (const r of results) {
     if (r.status === 'permanent-failure' || r.status === 'input-rejected') permanent = true;
     if (r.status === 'timed-out') timedOut = true;

@@ -12,7 +12,9 @@ export async function probeLinuxSandbox(options: ResolvedOptions): Promise<Linux
   // Nix runs the pre-build hook for sandboxed builds only: the LinuxSandbox runs it in each build's chroot.
   return {
     sandbox: new LinuxSandbox({
-      backend: probe.backend, shmSize: options.sandboxShmSize, filterSyscalls: options.filterSyscalls,
+      backend: probe.backend,
+      shmSize: options.sandboxShmSize,
+      filterSyscalls: options.filterSyscalls,
       ...(options.preBuildHook ? { preBuildHook: options.preBuildHook } : {}),
     }),
   };

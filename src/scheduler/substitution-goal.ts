@@ -70,29 +70,31 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
 
     // Substitutions that become ready together start in Nix's goal order (by name, then path).
     await w.readyInNixOrder(path, refs.length === 0 ? depth : undefined);
-    const outcome = await w.ctx.substitutionSlot(async () => {
-      w.throwIfStopped();
-      // addToStore takes the path's lock and re-checks validity under it.
-      if (!repair && (await store.isValidPath(path))) return 'valid' as const;
-      const { progress } = w.ctx;
-      progress.expect('substitutions');
-      progress.download.expected += info.downloadSize;
-      progress.nar.expected += info.narSize;
-      const running = progress.running('substitutions');
-      w.ctx.emit('substitution-started', { path, substituter: sub.uri, narUrl: `${sub.uri.replace(/\/+$/, '')}/${info.url}` });
-      let fetched = false;
-      try {
-        await w.ctx.fetchPath(sub, info, w.signal, repair);
-        fetched = true;
-      } finally {
-        // A fetch cut short by a stop is not a failed substitution.
-        running.end(fetched || (w.signal.aborted ? 'dropped' : false));
-      }
-      return 'substituted' as const;
-    }).then(
-      (k) => ({ ok: true as const, k }),
-      (e: unknown) => ({ ok: false as const, e }),
-    );
+    const outcome = await w.ctx
+      .substitutionSlot(async () => {
+        w.throwIfStopped();
+        // addToStore takes the path's lock and re-checks validity under it.
+        if (!repair && (await store.isValidPath(path))) return 'valid' as const;
+        const { progress } = w.ctx;
+        progress.expect('substitutions');
+        progress.download.expected += info.downloadSize;
+        progress.nar.expected += info.narSize;
+        const running = progress.running('substitutions');
+        w.ctx.emit('substitution-started', { path, substituter: sub.uri, narUrl: `${sub.uri.replace(/\/+$/, '')}/${info.url}` });
+        let fetched = false;
+        try {
+          await w.ctx.fetchPath(sub, info, w.signal, repair);
+          fetched = true;
+        } finally {
+          // A fetch cut short by a stop is not a failed substitution.
+          running.end(fetched || (w.signal.aborted ? 'dropped' : false));
+        }
+        return 'substituted' as const;
+      })
+      .then(
+        (k) => ({ ok: true as const, k }),
+        (e: unknown) => ({ ok: false as const, e }),
+      );
 
     if (outcome.ok) {
       if (outcome.k === 'valid') return { kind: 'valid' };

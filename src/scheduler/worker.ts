@@ -100,7 +100,11 @@ export class Worker {
   readonly ctx: EngineContext;
   readonly mode: BuildMode;
   /** Every running build listens on its signal (maxJobs of them): no listener limit, so no leak warning. */
-  private readonly controller = (() => { const c = new AbortController(); setMaxListeners(0, c.signal); return c; })();
+  private readonly controller = (() => {
+    const c = new AbortController();
+    setMaxListeners(0, c.signal);
+    return c;
+  })();
   private readonly drvGoals = new Map<StorePath, DrvGoalEntry>();
   private readonly substGoals = new Map<string, Promise<SubstitutionOutcome>>();
   /** Set when the call was stopped by a failure (no keepGoing) or by the caller's signal. */
@@ -258,7 +262,10 @@ export class Worker {
     this.starting--;
     while (this.starting < MAX_STARTING_GOALS && this.toStartHead < this.toStart.length) {
       const next = this.toStart[this.toStartHead++]!;
-      if (this.toStartHead === this.toStart.length) { this.toStart = []; this.toStartHead = 0; }
+      if (this.toStartHead === this.toStart.length) {
+        this.toStart = [];
+        this.toStartHead = 0;
+      }
       this.start(next);
     }
   }
@@ -275,7 +282,11 @@ export class Worker {
 
   /** A goal's result as a promise (made on demand: goals that only other goals wait for need none). */
   promiseOf(e: DrvGoalEntry): Promise<BuildResult> {
-    e.promise ??= e.result ? Promise.resolve(e.result) : new Promise<BuildResult>((resolve) => { e.resolve = resolve; });
+    e.promise ??= e.result
+      ? Promise.resolve(e.result)
+      : new Promise<BuildResult>((resolve) => {
+          e.resolve = resolve;
+        });
     return e.promise;
   }
 
@@ -286,20 +297,25 @@ export class Worker {
   }
 
   private step(e: DrvGoalEntry, wanted: Set<string> | undefined, next: Promise<BuildResult | WaitingForInputs>): void {
-    next.then((r) => {
-      this.startedFully(e);
-      if ('deps' in r) this.waitForInputs(e, wanted, r);
-      // Widened while running and not everything was built: go round again for the new outputs.
-      else if (!isSuccess(r.status) || covers(wanted, e.wanted) || r.status === 'built') this.finish(e, r);
-      else this.attempt(e);
-    }, (x: unknown) => {
-      this.startedFully(e);
-      this.finish(e, this.failureOf(x, e.drvPath));
-    }).catch((x: unknown) => {
-      // A bug in the worker's own bookkeeping: fail the goal rather than leave it (and its waiters) hanging.
-      this.escaped ??= x;
-      if (!e.result) this.finish(e, this.failureOf(x, e.drvPath));
-    });
+    next
+      .then(
+        (r) => {
+          this.startedFully(e);
+          if ('deps' in r) this.waitForInputs(e, wanted, r);
+          // Widened while running and not everything was built: go round again for the new outputs.
+          else if (!isSuccess(r.status) || covers(wanted, e.wanted) || r.status === 'built') this.finish(e, r);
+          else this.attempt(e);
+        },
+        (x: unknown) => {
+          this.startedFully(e);
+          this.finish(e, this.failureOf(x, e.drvPath));
+        },
+      )
+      .catch((x: unknown) => {
+        // A bug in the worker's own bookkeeping: fail the goal rather than leave it (and its waiters) hanging.
+        this.escaped ??= x;
+        if (!e.result) this.finish(e, this.failureOf(x, e.drvPath));
+      });
   }
 
   /** Park goal `e` until its input goals and input-source substitutions are done. */
@@ -394,10 +410,20 @@ export class Worker {
         // that built the missing references of its outputs' substitutes can try them again.
         if (!ok && this.substGoals.get(key) === p) this.substGoals.delete(key);
         this.ctx.emit('goal-finished', {
-          kind: 'substitution', path,
+          kind: 'substitution',
+          path,
           result: ok
-            ? { status: outcome.kind === 'valid' ? 'already-valid' : 'substituted', timesBuilt: 0, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {} }
-            : stopped ? stoppedResult(`substitution of '${path}'`) : failure('misc-failure', 'message' in outcome ? outcome.message : 'failed'),
+            ? {
+                status: outcome.kind === 'valid' ? 'already-valid' : 'substituted',
+                timesBuilt: 0,
+                isNonDeterministic: false,
+                startTime: 0,
+                stopTime: 0,
+                builtOutputs: {},
+              }
+            : stopped
+              ? stoppedResult(`substitution of '${path}'`)
+              : failure('misc-failure', 'message' in outcome ? outcome.message : 'failed'),
         });
         return outcome;
       })();

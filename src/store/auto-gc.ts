@@ -34,7 +34,10 @@ export class AutoGc {
   private availAfterGc = Infinity;
   private running: Promise<void> | undefined;
 
-  constructor(private readonly realStoreDir: string, private readonly collect: (opts: GcOptions) => Promise<GcResult>) {}
+  constructor(
+    private readonly realStoreDir: string,
+    private readonly collect: (opts: GcOptions) => Promise<GcResult>,
+  ) {}
 
   /**
    * Start a background collection if the settings call for one. Returns the running collection (also
@@ -52,9 +55,16 @@ export class AutoGc {
     const maxFreed = s.maxFree - avail;
     s.onEvent?.({ type: 'info', message: `running auto-GC to free ${maxFreed} bytes` });
     this.running = this.collect({ maxFreed, onEvent: s.onEvent })
-      .then(() => { this.availAfterGc = freeSpace(this.realStoreDir); })
-      .catch((e: unknown) => { s.onEvent?.({ type: 'info', message: `warning: auto-GC failed: ${(e as Error).message}` }); })
-      .finally(() => { this.running = undefined; this.lastCheck = Date.now(); });
+      .then(() => {
+        this.availAfterGc = freeSpace(this.realStoreDir);
+      })
+      .catch((e: unknown) => {
+        s.onEvent?.({ type: 'info', message: `warning: auto-GC failed: ${(e as Error).message}` });
+      })
+      .finally(() => {
+        this.running = undefined;
+        this.lastCheck = Date.now();
+      });
     return this.running;
   }
 }

@@ -42,10 +42,19 @@ class BitReader {
     this.buf &= (1 << this.count) - 1;
     return v >>> 0;
   }
-  bit(): number { return this.bits(1); }
-  u32(): number { return ((this.bits(16) << 16) | this.bits(16)) >>> 0; }
-  alignToByte(): void { this.count -= this.count % 8; this.buf &= (1 << this.count) - 1; }
-  atEnd(): boolean { return this.pos >= this.data.length && this.count < 8; }
+  bit(): number {
+    return this.bits(1);
+  }
+  u32(): number {
+    return ((this.bits(16) << 16) | this.bits(16)) >>> 0;
+  }
+  alignToByte(): void {
+    this.count -= this.count % 8;
+    this.buf &= (1 << this.count) - 1;
+  }
+  atEnd(): boolean {
+    return this.pos >= this.data.length && this.count < 8;
+  }
 }
 
 const MAX_GROUPS = 6;
@@ -63,7 +72,8 @@ export function decompressBzip2(input: Uint8Array): Uint8Array {
     const blockMax = level * 100000;
     let streamCrc = 0;
     for (;;) {
-      const m1 = r.bits(24), m2 = r.bits(24);
+      const m1 = r.bits(24),
+        m2 = r.bits(24);
       if (m1 === 0x177245 && m2 === 0x385090) {
         const want = r.u32();
         if (want !== streamCrc >>> 0) throw new Bzip2Error('stream CRC mismatch');
@@ -108,7 +118,10 @@ function decodeBlock(r: BitReader, blockMax: number): Uint8Array {
   const selectors = new Uint8Array(nSelectors);
   for (let i = 0; i < nSelectors; i++) {
     let j = 0;
-    while (r.bit()) { j++; if (j >= nGroups) throw new Bzip2Error('bad selector'); }
+    while (r.bit()) {
+      j++;
+      if (j >= nGroups) throw new Bzip2Error('bad selector');
+    }
     const v = mtfGroups[j]!;
     mtfGroups.splice(j, 1);
     mtfGroups.unshift(v);
@@ -127,8 +140,12 @@ function decodeBlock(r: BitReader, blockMax: number): Uint8Array {
       }
       len[s] = cur;
     }
-    let minLen = 32, maxLen = 0;
-    for (const l of len) { if (l < minLen) minLen = l; if (l > maxLen) maxLen = l; }
+    let minLen = 32,
+      maxLen = 0;
+    for (const l of len) {
+      if (l < minLen) minLen = l;
+      if (l > maxLen) maxLen = l;
+    }
     const perm = new Int32Array(alphaSize);
     let pp = 0;
     for (let i = minLen; i <= maxLen; i++) for (let s = 0; s < alphaSize; s++) if (len[s] === i) perm[pp++] = s;
@@ -151,9 +168,11 @@ function decodeBlock(r: BitReader, blockMax: number): Uint8Array {
   const tt = new Uint8Array(blockMax);
   const counts = new Int32Array(256);
   let n = 0;
-  let groupPos = 0, selIdx = 0;
+  let groupPos = 0,
+    selIdx = 0;
   let table = tables[0]!;
-  let runLen = 0, runWeight = 1;
+  let runLen = 0,
+    runWeight = 1;
   const flushRun = () => {
     if (runLen === 0) return;
     const b = seqToUnseq[mtf[0]!]!;
@@ -201,12 +220,18 @@ function decodeBlock(r: BitReader, blockMax: number): Uint8Array {
   if (origPtr >= n) throw new Bzip2Error('bad BWT origin pointer');
   // Inverse BWT.
   const cftab = new Int32Array(256);
-  for (let i = 0, sum = 0; i < 256; i++) { cftab[i] = sum; sum += counts[i]!; }
+  for (let i = 0, sum = 0; i < 256; i++) {
+    cftab[i] = sum;
+    sum += counts[i]!;
+  }
   const next = new Int32Array(n);
   for (let i = 0; i < n; i++) next[cftab[tt[i]!]!++] = i;
   const bwt = new Uint8Array(n);
   let pos = next[origPtr]!;
-  for (let k = 0; k < n; k++) { bwt[k] = tt[pos]!; pos = next[pos]!; }
+  for (let k = 0; k < n; k++) {
+    bwt[k] = tt[pos]!;
+    pos = next[pos]!;
+  }
   // Undo the initial run-length encoding (4 equal bytes + a count).
   let outBuf = new Uint8Array(n * 2 + 16);
   let o = 0;
@@ -219,7 +244,8 @@ function decodeBlock(r: BitReader, blockMax: number): Uint8Array {
     outBuf.fill(b, o, o + times);
     o += times;
   };
-  let last = -1, same = 0;
+  let last = -1,
+    same = 0;
   for (let i = 0; i < n; i++) {
     const b = bwt[i]!;
     if (same === 4) {
@@ -229,7 +255,10 @@ function decodeBlock(r: BitReader, blockMax: number): Uint8Array {
       continue;
     }
     if (b === last) same++;
-    else { last = b; same = 1; }
+    else {
+      last = b;
+      same = 1;
+    }
     push(b, 1);
   }
   return outBuf.subarray(0, o);
@@ -302,9 +331,13 @@ function codeLengths(freqs: readonly number[], maxLen: number): number[] {
     const parent = new Array<number>(2 * n).fill(-1);
     const alive = new Set<number>(w.keys());
     while (alive.size > 1) {
-      let a = -1, b = -1;
+      let a = -1,
+        b = -1;
       for (const i of alive) {
-        if (a === -1 || w[i]! < w[a]!) { b = a; a = i; } else if (b === -1 || w[i]! < w[b]!) b = i;
+        if (a === -1 || w[i]! < w[a]!) {
+          b = a;
+          a = i;
+        } else if (b === -1 || w[i]! < w[b]!) b = i;
       }
       const node = w.length;
       w.push(w[a]! + w[b]!);
@@ -353,7 +386,8 @@ function sortRotations(block: Uint8Array): Int32Array {
     tmp[sa[0]!] = 0;
     classes = 1;
     for (let j = 1; j < n; j++) {
-      const a = sa[j]!, b = sa[j - 1]!;
+      const a = sa[j]!,
+        b = sa[j - 1]!;
       if (rank[a] !== rank[b] || rank[(a + k) % n] !== rank[(b + k) % n]) classes++;
       tmp[a] = classes - 1;
     }
@@ -395,12 +429,20 @@ function encodeBlock(w: BitWriter, block: Uint8Array, crc: number): void {
   };
   for (let i = 0; i < n; i++) {
     const b = bwt[i]!;
-    if (mtf[0] === b) { zeros++; continue; }
+    if (mtf[0] === b) {
+      zeros++;
+      continue;
+    }
     flushZeros();
     // Move to front, shifting by hand (a typed array's copyWithin costs more for these short moves).
     let j = 1;
     let prev = mtf[0]!;
-    while (mtf[j] !== b) { const t = mtf[j]!; mtf[j] = prev; prev = t; j++; }
+    while (mtf[j] !== b) {
+      const t = mtf[j]!;
+      mtf[j] = prev;
+      prev = t;
+      j++;
+    }
     mtf[j] = prev;
     mtf[0] = b;
     syms.push(j + 1);
@@ -418,12 +460,18 @@ function encodeBlock(w: BitWriter, block: Uint8Array, crc: number): void {
     next <<= 1;
   }
 
-  w.bits(24, 0x314159); w.bits(24, 0x265359);
+  w.bits(24, 0x314159);
+  w.bits(24, 0x265359);
   w.u32(crc);
   w.bits(1, 0); // not randomised
   w.bits(24, origPtr);
   let ranges = 0;
-  for (let r = 0; r < 16; r++) for (let b = 0; b < 16; b++) if (inUse[r * 16 + b]) { ranges |= 0x8000 >> r; break; }
+  for (let r = 0; r < 16; r++)
+    for (let b = 0; b < 16; b++)
+      if (inUse[r * 16 + b]) {
+        ranges |= 0x8000 >> r;
+        break;
+      }
   w.bits(16, ranges);
   for (let r = 0; r < 16; r++) {
     if (!(ranges & (0x8000 >> r))) continue;
@@ -440,8 +488,14 @@ function encodeBlock(w: BitWriter, block: Uint8Array, crc: number): void {
     let cur = lens[0]!;
     w.bits(5, cur);
     for (let s = 0; s < alphaSize; s++) {
-      while (cur < lens[s]!) { w.bits(2, 2); cur++; }
-      while (cur > lens[s]!) { w.bits(2, 3); cur--; }
+      while (cur < lens[s]!) {
+        w.bits(2, 2);
+        cur++;
+      }
+      while (cur > lens[s]!) {
+        w.bits(2, 3);
+        cur--;
+      }
       w.bits(1, 0);
     }
   }
@@ -478,10 +532,14 @@ export class Bzip2Encoder {
 
   write(data: Uint8Array): Buffer {
     if (this.ended) throw new Error('write after end');
-    let b = this.runByte, run = this.runLength;
+    let b = this.runByte,
+      run = this.runLength;
     for (let i = 0; i < data.length; i++) {
       const c = data[i]!;
-      if (c === b && run < 255) { run++; continue; }
+      if (c === b && run < 255) {
+        run++;
+        continue;
+      }
       if (run > 0) this.putRun(b, run);
       b = c;
       run = 1;
@@ -496,7 +554,8 @@ export class Bzip2Encoder {
     this.ended = true;
     if (this.runLength > 0) this.putRun(this.runByte, this.runLength);
     if (this.len > 0) this.endBlock();
-    this.w.bits(24, 0x177245); this.w.bits(24, 0x385090);
+    this.w.bits(24, 0x177245);
+    this.w.bits(24, 0x385090);
     this.w.u32(this.streamCrc);
     return this.w.finish();
   }
@@ -509,7 +568,13 @@ export class Bzip2Encoder {
     this.crc = crc;
     const block = this.block;
     if (run < 4) for (let k = 0; k < run; k++) block[this.len++] = b;
-    else { block[this.len++] = b; block[this.len++] = b; block[this.len++] = b; block[this.len++] = b; block[this.len++] = run - 4; }
+    else {
+      block[this.len++] = b;
+      block[this.len++] = b;
+      block[this.len++] = b;
+      block[this.len++] = b;
+      block[this.len++] = run - 4;
+    }
   }
 
   private endBlock(): void {

@@ -19,7 +19,10 @@ export function derivationOutputPaths(text: string): Map<string, string> | undef
     let out = '';
     for (i++; i < text.length; i++) {
       const c = text[i]!;
-      if (c === '"') { i++; return out; }
+      if (c === '"') {
+        i++;
+        return out;
+      }
       if (c === '\\') {
         const n = text[++i];
         out += n === 'n' ? '\n' : n === 'r' ? '\r' : n === 't' ? '\t' : (n ?? '');

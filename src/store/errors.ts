@@ -65,10 +65,19 @@ export class UnsupportedFileTypeError extends StoreError {
 const WRITE_FAILURES: Record<string, { code: string; hint: (file: string) => string }> = {
   ENOSPC: { code: 'store-disk-full', hint: (f) => `the file system holding '${f}' is full: free space on it (see df) and retry; nothing was registered` },
   EDQUOT: { code: 'store-disk-full', hint: (f) => `the disk quota for '${f}' is exhausted: free space or raise the quota and retry; nothing was registered` },
-  SQLITE_FULL: { code: 'store-disk-full', hint: (f) => `the file system holding the database '${f}' is full: free space on it (see df) and retry; nothing was registered` },
+  SQLITE_FULL: {
+    code: 'store-disk-full',
+    hint: (f) => `the file system holding the database '${f}' is full: free space on it (see df) and retry; nothing was registered`,
+  },
   EROFS: { code: 'store-read-only', hint: (f) => `'${f}' is on a read-only file system: open a store you can write to; nothing was registered` },
-  EACCES: { code: 'store-permission-denied', hint: (f) => `you may not write to '${f}': check its owner and mode, or use a store of your own; nothing was registered` },
-  EPERM: { code: 'store-permission-denied', hint: (f) => `you may not write to '${f}': check its owner and mode, or use a store of your own; nothing was registered` },
+  EACCES: {
+    code: 'store-permission-denied',
+    hint: (f) => `you may not write to '${f}': check its owner and mode, or use a store of your own; nothing was registered`,
+  },
+  EPERM: {
+    code: 'store-permission-denied',
+    hint: (f) => `you may not write to '${f}': check its owner and mode, or use a store of your own; nothing was registered`,
+  },
   EIO: { code: 'store-io-error', hint: (f) => `the device holding '${f}' reported an I/O error: check it (dmesg) before retrying; nothing was registered` },
 };
 
@@ -82,7 +91,8 @@ export function storeWriteError(e: unknown, what: string, file: string): Realise
   const known = errno ? WRITE_FAILURES[errno] : undefined;
   const reason = (e as Error)?.message ?? String(e);
   return new StoreError(known?.code ?? 'store-write-failed', `${what} '${file}' failed: ${reason}`, {
-    cause: e, hint: known ? known.hint(file) : 'nothing was registered; fix the cause and retry',
+    cause: e,
+    hint: known ? known.hint(file) : 'nothing was registered; fix the cause and retry',
   });
 }
 

@@ -17,7 +17,9 @@ import * as path from 'node:path';
 import type * as FastGlob from 'fast-glob';
 import { isStorePath, type StorePath } from './store-path.js';
 
-interface FsExt { flockSync(fd: number, flags: 'exnb'): void }
+interface FsExt {
+  flockSync(fd: number, flags: 'exnb'): void;
+}
 const fsExt = createRequire(import.meta.url)('fs-ext') as FsExt;
 
 let fastGlobModule: typeof FastGlob | undefined;
@@ -72,15 +74,24 @@ function rootOfEntry(ctx: RootsContext, file: string, kind: 'link' | 'file', roo
       return;
     }
     const target = readlinkSync(file);
-    if (target.startsWith(ctx.storeDir + '/')) { found(file, target); return; }
+    if (target.startsWith(ctx.storeDir + '/')) {
+      found(file, target);
+      return;
+    }
     // An indirect root: the link points at a symlink elsewhere (e.g. a result link) that points into the store.
     const abs = path.resolve(path.dirname(file), target);
     let st;
-    try { st = lstatSync(abs); } catch (e) {
+    try {
+      st = lstatSync(abs);
+    } catch (e) {
       if (errnoOf(e) !== 'ENOENT' && errnoOf(e) !== 'ENOTDIR') throw e;
       if (isInDir(file, path.join(ctx.stateDir, 'gcroots', 'auto'))) {
         ctx.info?.(`removing stale link from '${file}' to '${abs}'`);
-        try { unlinkSync(file); } catch { /* gone */ }
+        try {
+          unlinkSync(file);
+        } catch {
+          /* gone */
+        }
       }
       return;
     }
@@ -102,7 +113,15 @@ function isInDir(p: string, dir: string): boolean {
 export function findRootsIn(ctx: RootsContext, dir: string, roots: Roots): void {
   let entries: FastGlob.Entry[];
   try {
-    entries = fastGlob().sync('**', { cwd: dir, dot: true, onlyFiles: false, followSymbolicLinks: false, objectMode: true, absolute: true, suppressErrors: true });
+    entries = fastGlob().sync('**', {
+      cwd: dir,
+      dot: true,
+      onlyFiles: false,
+      followSymbolicLinks: false,
+      objectMode: true,
+      absolute: true,
+      suppressErrors: true,
+    });
   } catch (e) {
     if (errnoOf(e) === 'ENOENT' || errnoOf(e) === 'EACCES') return;
     throw e;
@@ -123,7 +142,10 @@ export function findPermanentRoots(ctx: RootsContext, opts: { runtime?: boolean;
 }
 
 function tryExclusive(fd: number): boolean {
-  try { fsExt.flockSync(fd, 'exnb'); return true; } catch (e) {
+  try {
+    fsExt.flockSync(fd, 'exnb');
+    return true;
+  } catch (e) {
     const code = errnoOf(e);
     if (code === 'EAGAIN' || code === 'EWOULDBLOCK') return false;
     throw e;
@@ -138,16 +160,30 @@ function tryExclusive(fd: number): boolean {
 export function findTempRoots(ctx: RootsContext, roots: Roots = new Map()): Roots {
   const dir = path.join(ctx.stateDir, 'temproots');
   let names: string[];
-  try { names = readdirSync(dir); } catch (e) { if (errnoOf(e) === 'ENOENT') return roots; throw e; }
+  try {
+    names = readdirSync(dir);
+  } catch (e) {
+    if (errnoOf(e) === 'ENOENT') return roots;
+    throw e;
+  }
   for (const name of names) {
     if (name.startsWith('.')) continue;
     const file = path.join(dir, name);
     let fd: number;
-    try { fd = openSync(file, FS.O_RDWR); } catch (e) { if (errnoOf(e) === 'ENOENT') continue; throw e; }
+    try {
+      fd = openSync(file, FS.O_RDWR);
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT') continue;
+      throw e;
+    }
     try {
       if (tryExclusive(fd)) {
         ctx.info?.(`removing stale temporary roots file '${file}'`);
-        try { unlinkSync(file); } catch { /* gone */ }
+        try {
+          unlinkSync(file);
+        } catch {
+          /* gone */
+        }
         writeSync(fd, 'd');
         continue;
       }
@@ -175,7 +211,11 @@ function readProcLink(file: string): string | undefined {
 }
 
 function readProcFile(file: string): string | undefined {
-  try { return readFileSync(file, 'latin1'); } catch { return undefined; }
+  try {
+    return readFileSync(file, 'latin1');
+  } catch {
+    return undefined;
+  }
 }
 
 const MAP_LINE = /^\s*\S+\s+\S+\s+\S+\s+\S+\s+\S+\s+(\/\S+)\s*$/;
@@ -198,15 +238,32 @@ export function findRuntimeRoots(ctx: RootsContext, roots: Roots, censor = false
   };
   const envRegexes = [...new Set([ctx.storeDir, ctx.realStoreDir])].map((d) => new RegExp(escapeRegExp(d) + '/[0-9a-z]+[0-9a-zA-Z+\\-._?=]*', 'g'));
   let pids: string[];
-  try { pids = readdirSync('/proc').filter((n) => /^\d+$/.test(n)); } catch { pids = []; }
+  try {
+    pids = readdirSync('/proc').filter((n) => /^\d+$/.test(n));
+  } catch {
+    pids = [];
+  }
   for (const pid of pids) {
-    for (const l of ['exe', 'cwd']) { const t = readProcLink(`/proc/${pid}/${l}`); if (t) note(t, `/proc/${pid}/${l}`); }
+    for (const l of ['exe', 'cwd']) {
+      const t = readProcLink(`/proc/${pid}/${l}`);
+      if (t) note(t, `/proc/${pid}/${l}`);
+    }
     let fds: string[];
-    try { fds = readdirSync(`/proc/${pid}/fd`); } catch { continue; }
-    for (const fd of fds) { const t = readProcLink(`/proc/${pid}/fd/${fd}`); if (t) note(t, `/proc/${pid}/fd/${fd}`); }
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      const t = readProcLink(`/proc/${pid}/fd/${fd}`);
+      if (t) note(t, `/proc/${pid}/fd/${fd}`);
+    }
     const maps = readProcFile(`/proc/${pid}/maps`);
     if (maps === undefined) continue;
-    for (const line of maps.split('\n')) { const m = MAP_LINE.exec(line); if (m) note(m[1]!, `/proc/${pid}/maps`); }
+    for (const line of maps.split('\n')) {
+      const m = MAP_LINE.exec(line);
+      if (m) note(m[1]!, `/proc/${pid}/maps`);
+    }
     const env = readProcFile(`/proc/${pid}/environ`);
     if (env === undefined) continue;
     for (const re of envRegexes) for (const m of env.matchAll(re)) note(m[0], `/proc/${pid}/environ`);

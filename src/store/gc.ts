@@ -97,8 +97,11 @@ const LINKS = '.links';
 function rootsContext(store: GcStoreAccess, info?: (m: string) => void): RootsContext {
   const validStmt = store.db.prepare('select 1 from ValidPaths where path = ?').pluck();
   return {
-    storeDir: store.storeDir, realStoreDir: store.realStoreDir, stateDir: store.stateDir,
-    isValid: (p) => validStmt.get(p) !== undefined, info,
+    storeDir: store.storeDir,
+    realStoreDir: store.realStoreDir,
+    stateDir: store.stateDir,
+    isValid: (p) => validStmt.get(p) !== undefined,
+    info,
   };
 }
 
@@ -118,13 +121,22 @@ export async function collectGarbage(store: GcStoreAccess, options: GcOptions = 
   let keepOutputs = options.keepOutputs ?? false;
   let keepDerivations = options.keepDerivations ?? true;
   // As Nix: --delete with --ignore-liveness would follow keep edges into outputs or derivers.
-  if (action === 'delete-specific' && options.ignoreLiveness) { keepOutputs = false; keepDerivations = false; }
+  if (action === 'delete-specific' && options.ignoreLiveness) {
+    keepOutputs = false;
+    keepDerivations = false;
+  }
   const maxFreed = options.maxFreed ?? Infinity;
   if (!(maxFreed >= 0)) throw new StoreError('bad-gc-options', `Expected \`maxFreed\` to be a number from 0 and up, got \`${String(maxFreed)}\``);
   const emit = options.onEvent ?? (() => {});
   const info = (message: string) => emit({ type: 'info', message });
 
-  if (shouldDelete) { try { unlinkSync(path.join(store.dbDir, 'reserved')); } catch { /* absent */ } }
+  if (shouldDelete) {
+    try {
+      unlinkSync(path.join(store.dbDir, 'reserved'));
+    } catch {
+      /* absent */
+    }
+  }
 
   const releaseGcLock = await lockPlainFile(path.join(store.stateDir, 'gc.lock'), 'exclusive', options.signal);
   const server = await RootsServer.start(store, emit);
@@ -147,19 +159,30 @@ class RootsServer {
   private readonly pending = new Map<string, Promise<void>>();
   private readonly sockets = new Set<net.Socket>();
 
-  private constructor(private readonly server: net.Server, private readonly socketPath: string, private readonly emit: (e: GcEvent) => void) {}
+  private constructor(
+    private readonly server: net.Server,
+    private readonly socketPath: string,
+    private readonly emit: (e: GcEvent) => void,
+  ) {}
 
   static async start(store: GcStoreAccess, emit: (e: GcEvent) => void): Promise<RootsServer> {
     const dir = path.join(store.stateDir, 'gc-socket');
     mkdirSync(dir, { recursive: true });
     const socketPath = path.join(dir, 'socket');
-    try { unlinkSync(socketPath); } catch { /* absent */ }
+    try {
+      unlinkSync(socketPath);
+    } catch {
+      /* absent */
+    }
     const server = net.createServer();
     const rs = new RootsServer(server, socketPath, emit);
     server.on('connection', (s) => rs.serve(s, store.storeDir));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(socketPath, () => { server.off('error', reject); resolve(); });
+      server.listen(socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
     chmodSync(socketPath, 0o666);
     return rs;
@@ -176,9 +199,16 @@ class RootsServer {
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
         const hash = hashPartOf(line, storeDir);
-        if (hash) { this.tempRootHashes.add(hash); this.emit({ type: 'temp-root', path: line }); }
+        if (hash) {
+          this.tempRootHashes.add(hash);
+          this.emit({ type: 'temp-root', path: line });
+        }
         const wait = hash ? this.pending.get(hash) : undefined;
-        chain = chain.then(() => wait).then(() => { if (!s.destroyed) s.write('1'); });
+        chain = chain
+          .then(() => wait)
+          .then(() => {
+            if (!s.destroyed) s.write('1');
+          });
       }
     });
     s.on('error', () => {});
@@ -188,7 +218,9 @@ class RootsServer {
   /** Run `work` (deleting the paths with these hash parts); roots sent for them meanwhile are answered after it. */
   async deleting<T>(hashes: readonly string[], work: () => Promise<T> | T): Promise<T> {
     let done!: () => void;
-    const p = new Promise<void>((r) => { done = r; });
+    const p = new Promise<void>((r) => {
+      done = r;
+    });
     for (const h of hashes) this.pending.set(h, p);
     try {
       return await work();
@@ -201,7 +233,11 @@ class RootsServer {
   async stop(): Promise<void> {
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((r) => this.server.close(() => r()));
-    try { unlinkSync(this.socketPath); } catch { /* gone */ }
+    try {
+      unlinkSync(this.socketPath);
+    } catch {
+      /* gone */
+    }
   }
 }
 
@@ -214,7 +250,12 @@ function hashPartOf(p: string, storeDir: string): string | undefined {
 
 function isStorePathBase(base: string, storeDir: string): boolean {
   if (base.length < HASH_PART_LENGTH + 2 || base[HASH_PART_LENGTH] !== '-' || base.includes('/')) return false;
-  try { parseStorePathBase(base, storeDir); return true; } catch { return false; }
+  try {
+    parseStorePathBase(base, storeDir);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 interface Settings {
@@ -247,7 +288,10 @@ function loadGraph(db: Database.Database, withOutputs: boolean): Graph {
     if (r[2]) deriverOf.push([r[0], r[2]]);
   }
   const derivers = new Map<number, number>();
-  for (const [id, d] of deriverOf) { const did = ids.get(d); if (did !== undefined) derivers.set(id, did); }
+  for (const [id, d] of deriverOf) {
+    const did = ids.get(d);
+    if (did !== undefined) derivers.set(id, did);
+  }
   const refs = new Map<number, number[]>();
   for (const [a, b] of db.prepare('select referrer, reference from Refs').raw().iterate() as Iterable<[number, number]>) {
     let l = refs.get(a);
@@ -270,15 +314,29 @@ function loadGraph(db: Database.Database, withOutputs: boolean): Graph {
 /** Delete a file tree, counting freed bytes as Nix's deletePath does. Missing is fine. */
 async function deleteCounting(p: string): Promise<number> {
   let st;
-  try { st = await fsp.lstat(p); } catch (e) { if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 0; throw e; }
+  try {
+    st = await fsp.lstat(p);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    throw e;
+  }
   if (!st.isDirectory()) {
-    try { await fsp.unlink(p); } catch (e) { if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 0; throw e; }
+    try {
+      await fsp.unlink(p);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+      throw e;
+    }
     return st.nlink <= 2 ? st.size : 0;
   }
   if ((st.mode & 0o700) !== 0o700) await fsp.chmod(p, (st.mode & 0o7777) | 0o700);
   let freed = 0;
   for (const name of await fsp.readdir(p)) freed += await deleteCounting(p + '/' + name);
-  try { await fsp.rmdir(p); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
+  try {
+    await fsp.rmdir(p);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
   return freed;
 }
 
@@ -288,8 +346,16 @@ const DELETE_CONCURRENCY = 8;
 /** A `.tmp-*` directory of a live writer (it holds the directory's flock): never garbage. */
 function isLockedTempDir(realPath: string): boolean {
   let fd: number;
-  try { fd = openSync(realPath, FS.O_RDONLY | FS.O_DIRECTORY); } catch { return false; }
-  try { return !tryFlockFd(fd, realPath); } finally { closeSync(fd); }
+  try {
+    fd = openSync(realPath, FS.O_RDONLY | FS.O_DIRECTORY);
+  } catch {
+    return false;
+  }
+  try {
+    return !tryFlockFd(fd, realPath);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 class GcLimitReached extends Error {}
@@ -307,7 +373,9 @@ class Collection {
     private readonly emit: (e: GcEvent) => void,
   ) {}
 
-  private info(message: string): void { this.emit({ type: 'info', message }); }
+  private info(message: string): void {
+    this.emit({ type: 'info', message });
+  }
 
   async run(): Promise<GcResult> {
     const { store, s } = this;
@@ -373,10 +441,16 @@ class Collection {
   private liveSet(g: Graph, roots: Iterable<StorePath>): Set<number> {
     const alive = new Set<number>();
     const todo: number[] = [];
-    const add = (id: number | undefined) => { if (id !== undefined && !alive.has(id)) { alive.add(id); todo.push(id); } };
+    const add = (id: number | undefined) => {
+      if (id !== undefined && !alive.has(id)) {
+        alive.add(id);
+        todo.push(id);
+      }
+    };
     for (const r of roots) add(g.ids.get(r));
     // Temporary roots are matched by hash part (they may be sent for a path before it is valid).
-    for (const [p, id] of g.ids) if (this.server.tempRootHashes.has(p.slice(this.store.storeDir.length + 1, this.store.storeDir.length + 1 + HASH_PART_LENGTH))) add(id);
+    for (const [p, id] of g.ids)
+      if (this.server.tempRootHashes.has(p.slice(this.store.storeDir.length + 1, this.store.storeDir.length + 1 + HASH_PART_LENGTH))) add(id);
     while (todo.length) {
       const id = todo.pop()!;
       for (const r of g.refs.get(id) ?? []) add(r);
@@ -400,7 +474,10 @@ class Collection {
         const refs = g.refs.get(top[0]) ?? [];
         if (top[1] < refs.length) {
           const r = refs[top[1]++]!;
-          if (r !== top[0] && !alive.has(r) && !state.has(r) && (!only || only.has(r))) { state.set(r, 1); stack.push([r, 0]); }
+          if (r !== top[0] && !alive.has(r) && !state.has(r) && (!only || only.has(r))) {
+            state.set(r, 1);
+            stack.push([r, 0]);
+          }
         } else {
           stack.pop();
           state.set(top[0], 2);
@@ -472,21 +549,27 @@ class Collection {
           gone.push(p);
         }
       }).immediate();
-      await this.server.deleting(gone.map((p) => p.slice(sd, sd + HASH_PART_LENGTH)), async () => {
-        let stop = false;
-        let next = 0;
-        const worker = async () => {
-          while (next < gone.length) {
-            const p = gone[next++]!;
-            // Once the limit is reached, the rest of the batch (already invalidated) still goes.
-            if (!stop) this.info(`deleting '${p}'`);
-            const freed = await deleteCounting(this.realPath(p));
-            if (stop) { this.results.add(p); this.bytesFreed += freed; } else stop = !this.counted(p, freed);
-          }
-        };
-        await Promise.all(Array.from({ length: Math.min(DELETE_CONCURRENCY, gone.length) }, worker));
-        if (stop) throw new GcLimitReached();
-      });
+      await this.server.deleting(
+        gone.map((p) => p.slice(sd, sd + HASH_PART_LENGTH)),
+        async () => {
+          let stop = false;
+          let next = 0;
+          const worker = async () => {
+            while (next < gone.length) {
+              const p = gone[next++]!;
+              // Once the limit is reached, the rest of the batch (already invalidated) still goes.
+              if (!stop) this.info(`deleting '${p}'`);
+              const freed = await deleteCounting(this.realPath(p));
+              if (stop) {
+                this.results.add(p);
+                this.bytesFreed += freed;
+              } else stop = !this.counted(p, freed);
+            }
+          };
+          await Promise.all(Array.from({ length: Math.min(DELETE_CONCURRENCY, gone.length) }, worker));
+          if (stop) throw new GcLimitReached();
+        },
+      );
       done = i;
       this.emit({ type: 'progress', done, expected: dead.length, bytesFreed: this.bytesFreed });
       await new Promise((r) => setImmediate(r)); // let the roots server answer
@@ -537,7 +620,12 @@ class Collection {
   /** For each path, the paths that keep it alive when they are alive (the reverse of liveSet's edges). */
   private keepers(g: Graph): Map<number, number[]> {
     const k = new Map<number, number[]>();
-    const add = (kept: number, by: number) => { if (kept === by) return; let l = k.get(kept); if (!l) k.set(kept, (l = [])); l.push(by); };
+    const add = (kept: number, by: number) => {
+      if (kept === by) return;
+      let l = k.get(kept);
+      if (!l) k.set(kept, (l = []));
+      l.push(by);
+    };
     for (const [a, refs] of g.refs) for (const b of refs) add(b, a);
     if (this.s.keepDerivations) for (const [out, drv] of g.derivers) add(drv, out);
     if (this.s.keepOutputs) for (const [drv, outs] of g.outputs) for (const o of outs) add(o, drv);
@@ -548,7 +636,11 @@ class Collection {
   private deleteUnusedLinks(): number {
     const dir = path.join(this.store.realStoreDir, LINKS);
     let names: string[];
-    try { names = readdirSync(dir); } catch { return 0; }
+    try {
+      names = readdirSync(dir);
+    } catch {
+      return 0;
+    }
     this.info('deleting unused links...');
     let deleted = 0;
     let actual = 0;
@@ -556,9 +648,22 @@ class Collection {
     for (const name of names) {
       const f = path.join(dir, name);
       let st;
-      try { st = lstatSync(f); } catch { continue; }
-      if (st.nlink !== 1) { actual += st.size; unshared += (st.nlink - 1) * st.size; continue; }
-      try { unlinkSync(f); deleted++; } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
+      try {
+        st = lstatSync(f);
+      } catch {
+        continue;
+      }
+      if (st.nlink !== 1) {
+        actual += st.size;
+        unshared += (st.nlink - 1) * st.size;
+        continue;
+      }
+      try {
+        unlinkSync(f);
+        deleted++;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
     }
     const overhead = statSync(dir).blocks * 512;
     this.info(`note: currently hard linking saves ${((unshared - actual - overhead) / (1024 * 1024)).toFixed(2)} MiB`);

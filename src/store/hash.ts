@@ -184,9 +184,15 @@ export class Hash {
     return withAlgorithm ? `${this.algorithm}:${body}` : body;
   }
 
-  get base16(): string { return toBase16(this.bytes); }
-  get base32(): string { return toNixBase32(this.bytes); }
-  get sri(): string { return this.toString('sri'); }
+  get base16(): string {
+    return toBase16(this.bytes);
+  }
+  get base32(): string {
+    return toNixBase32(this.bytes);
+  }
+  get sri(): string {
+    return this.toString('sri');
+  }
 
   equals(other: Hash): boolean {
     return this.algorithm === other.algorithm && Buffer.compare(this.bytes, other.bytes) === 0;
@@ -237,7 +243,11 @@ export class HashModulo {
 
   update(chunk: Uint8Array): void {
     const m = this.modulus.length;
-    if (m === 0) { this.inner.update(chunk); this.pos += chunk.length; return; }
+    if (m === 0) {
+      this.inner.update(chunk);
+      this.pos += chunk.length;
+      return;
+    }
     let buf = this.pending.length ? Buffer.concat([this.pending, chunk]) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     let from = 0;
     let owned = this.pending.length > 0;
@@ -245,7 +255,10 @@ export class HashModulo {
       const i = buf.indexOf(this.modulus, from);
       if (i < 0) break;
       this.offsets.push(this.pos + i);
-      if (!owned) { buf = Buffer.from(buf); owned = true; } // never mutate the caller's memory
+      if (!owned) {
+        buf = Buffer.from(buf);
+        owned = true;
+      } // never mutate the caller's memory
       buf.fill(0, i, i + m);
       from = i + m;
     }
@@ -257,7 +270,11 @@ export class HashModulo {
   }
 
   finish(): { hash: Hash; size: number; offsets: number[] } {
-    if (this.pending.length) { this.inner.update(this.pending); this.pos += this.pending.length; this.pending = Buffer.alloc(0); }
+    if (this.pending.length) {
+      this.inner.update(this.pending);
+      this.pos += this.pending.length;
+      this.pending = Buffer.alloc(0);
+    }
     for (const off of this.offsets) this.inner.update(Buffer.from(`|${off}`));
     const { hash } = this.inner.finish();
     return { hash, size: this.pos, offsets: [...this.offsets] };

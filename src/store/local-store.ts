@@ -13,7 +13,18 @@
  * directories of dead writers are removed when a store is opened.
  */
 import Database from 'better-sqlite3';
-import { closeSync, constants as FS, createReadStream, existsSync, fstatSync, lstatSync, openSync, promises as fsp, readFileSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants as FS,
+  createReadStream,
+  existsSync,
+  fstatSync,
+  lstatSync,
+  openSync,
+  promises as fsp,
+  readFileSync,
+  writeFileSync,
+} from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
@@ -22,7 +33,15 @@ import { asStoreWriteError, InvalidStorePathError, StoreError } from './errors.j
 import { Hash, HashSink, isNixBase32, toNixBase32 } from './hash.js';
 import { HeldLocks, type LockWaitOptions, lockPlainFile, lockStorePaths, removeStaleLockFile, tryFlockFd, tryLockStorePaths } from './locks.js';
 import { dumpPath, hashNar, narOfRegularFile, restorePath, streamOf } from './nar.js';
-import { BUSY_TIMEOUT_MS, CA_SCHEMA_STATEMENTS, NIX_CA_SCHEMA_VERSION, NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA_STATEMENTS, WAL_AUTOCHECKPOINT } from './schema.js';
+import {
+  BUSY_TIMEOUT_MS,
+  CA_SCHEMA_STATEMENTS,
+  NIX_CA_SCHEMA_VERSION,
+  NIX_SCHEMA_VERSION,
+  RESERVED_SIZE,
+  SCHEMA_STATEMENTS,
+  WAL_AUTOCHECKPOINT,
+} from './schema.js';
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Realisation, Store } from './store-api.js';
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
 import { compressBzip2Async, decompressBzip2 } from './bzip2.js';
@@ -72,7 +91,11 @@ export async function mkdirs(dir: string, mode: number): Promise<void> {
     }
   }
   for (const d of missing.reverse()) {
-    try { await fsp.mkdir(d, { mode }); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e; }
+    try {
+      await fsp.mkdir(d, { mode });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
   }
 }
 
@@ -171,9 +194,13 @@ export function checkBatchClosure(infos: readonly PathInfo[], validOf: (paths: S
   for (const i of infos) {
     const missing = i.references.filter((r) => r !== i.path && !batch.has(r) && !valid.has(r));
     if (missing.length) {
-      throw new StoreError('missing-references', `cannot add path '${i.path}' because it references the invalid path${missing.length > 1 ? 's' : ''} ${missing.map((m) => `'${m}'`).join(', ')}`, {
-        hint: 'add (or build) the referenced paths first, or register them in the same batch',
-      });
+      throw new StoreError(
+        'missing-references',
+        `cannot add path '${i.path}' because it references the invalid path${missing.length > 1 ? 's' : ''} ${missing.map((m) => `'${m}'`).join(', ')}`,
+        {
+          hint: 'add (or build) the referenced paths first, or register them in the same batch',
+        },
+      );
     }
   }
   // Topological order (references first); a cycle is an error.
@@ -194,7 +221,11 @@ export function checkBatchClosure(infos: readonly PathInfo[], validOf: (paths: S
 }
 
 /** Hash a NAR stream with `algorithm` while passing it on; honours an AbortSignal between chunks. */
-export function hashingStream(source: NarSource, algorithm: Hash['algorithm'], signal?: AbortSignal): { stream: AsyncIterable<Uint8Array>; result(): { hash: Hash; size: number } } {
+export function hashingStream(
+  source: NarSource,
+  algorithm: Hash['algorithm'],
+  signal?: AbortSignal,
+): { stream: AsyncIterable<Uint8Array>; result(): { hash: Hash; size: number } } {
   const sink = new HashSink(algorithm);
   let done: { hash: Hash; size: number } | undefined;
   async function* stream() {
@@ -215,9 +246,13 @@ export function hashingStream(source: NarSource, algorithm: Hash['algorithm'], s
 }
 
 export function narHashMismatch(p: StorePath, expected: Hash, got: Hash): StoreError {
-  return new StoreError('nar-hash-mismatch', `hash mismatch importing path '${p}';\n  specified: ${expected.toString('base32')}\n  got:       ${got.toString('base32')}`, {
-    hint: 'the NAR is corrupt or does not belong to this path; nothing was registered',
-  });
+  return new StoreError(
+    'nar-hash-mismatch',
+    `hash mismatch importing path '${p}';\n  specified: ${expected.toString('base32')}\n  got:       ${got.toString('base32')}`,
+    {
+      hint: 'the NAR is corrupt or does not belong to this path; nothing was registered',
+    },
+  );
 }
 
 export function narSizeMismatch(p: StorePath, expected: number, got: number): StoreError {
@@ -237,7 +272,9 @@ export async function verifyContentAddress(info: PathInfo, target: string, narHa
   let expected: Hash;
   let got: Hash;
   const parse = (s: string) => {
-    try { return Hash.parse(s); } catch (e) {
+    try {
+      return Hash.parse(s);
+    } catch (e) {
       throw new StoreError('bad-path-info', `path '${info.path}' has an invalid content address '${ca}'`, { cause: e });
     }
   };
@@ -255,9 +292,13 @@ export async function verifyContentAddress(info: PathInfo, target: string, narHa
     throw new StoreError('bad-path-info', `path '${info.path}' has an unknown content address '${ca}'`, { hint: "expected 'fixed:…' or 'text:…'" });
   }
   if (!got.equals(expected)) {
-    throw new StoreError('ca-hash-mismatch', `ca hash mismatch importing path '${info.path}';\n  specified: ${expected.toString('base32')}\n  got:       ${got.toString('base32')}`, {
-      hint: 'the content address does not match the contents; nothing was registered',
-    });
+    throw new StoreError(
+      'ca-hash-mismatch',
+      `ca hash mismatch importing path '${info.path}';\n  specified: ${expected.toString('base32')}\n  got:       ${got.toString('base32')}`,
+      {
+        hint: 'the content address does not match the contents; nothing was registered',
+      },
+    );
   }
 }
 
@@ -324,7 +365,8 @@ export class LocalStore implements Store {
       await mkdirs(path.join(layout.logDir, 'drvs'), 0o755);
     } catch (e) {
       throw new StoreError('store-open-failed', `cannot create the store directories under '${layout.root ?? layout.stateDir}': ${(e as Error).message}`, {
-        cause: e, hint: 'check the permissions of the store root, or choose another one',
+        cause: e,
+        hint: 'check the permissions of the store root, or choose another one',
       });
     }
     // As Nix: hold big-lock shared while the store is open (a schema upgrade takes it exclusively).
@@ -355,10 +397,12 @@ export class LocalStore implements Store {
       if (String(db.pragma('main.journal_mode', { simple: true })).toLowerCase() !== 'wal') db.pragma('main.journal_mode = wal');
       db.pragma(`wal_autocheckpoint = ${WAL_AUTOCHECKPOINT}`);
       const conn = db;
-      conn.transaction(() => {
-        const has = conn.prepare("select 1 from sqlite_master where type = 'table' and name = 'ValidPaths'").get();
-        if (!has) for (const s of SCHEMA_STATEMENTS) conn.exec(s);
-      }).immediate();
+      conn
+        .transaction(() => {
+          const has = conn.prepare("select 1 from sqlite_master where type = 'table' and name = 'ValidPaths'").get();
+          if (!has) for (const s of SCHEMA_STATEMENTS) conn.exec(s);
+        })
+        .immediate();
       if (cur === 0) {
         const tmp = `${schemaFile}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
         await fsp.writeFile(tmp, String(NIX_SCHEMA_VERSION), { mode: 0o644 });
@@ -388,12 +432,16 @@ export class LocalStore implements Store {
       pathId: db.prepare<[string], { id: number }>('select id from ValidPaths where path = ?'),
       info: db.prepare<[string], Row>('select id, hash, registrationTime, deriver, narSize, ultimate, sigs, ca from ValidPaths where path = ?'),
       references: db.prepare<[number], { path: string }>('select path from Refs join ValidPaths on reference = id where referrer = ?'),
-      referrers: db.prepare<[string], { path: string }>('select path from Refs join ValidPaths on referrer = id where reference = (select id from ValidPaths where path = ?)'),
+      referrers: db.prepare<[string], { path: string }>(
+        'select path from Refs join ValidPaths on referrer = id where reference = (select id from ValidPaths where path = ?)',
+      ),
       insert: db.prepare('insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) values (?, ?, ?, ?, ?, ?, ?, ?)'),
       update: db.prepare('update ValidPaths set narSize = ?, hash = ?, ultimate = ?, sigs = ?, ca = ? where path = ?'),
       addRef: db.prepare('insert or replace into Refs (referrer, reference) values (?, ?)'),
       addDrvOutput: db.prepare('insert or replace into DerivationOutputs (drv, id, path) values (?, ?, ?)'),
-      drvOutputs: db.prepare<[string], { id: string; path: string }>('select d.id, d.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where v.path = ?'),
+      drvOutputs: db.prepare<[string], { id: string; path: string }>(
+        'select d.id, d.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where v.path = ?',
+      ),
       validDerivers: db.prepare<[string], { path: string }>('select v.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where d.path = ?'),
       allPaths: db.prepare('select path from ValidPaths').pluck(),
       validChunk: db.prepare(`select path from ValidPaths where path in (${Array(VALID_CHUNK).fill('?').join(',')})`).pluck(),
@@ -461,9 +509,15 @@ export class LocalStore implements Store {
     try {
       narHash = Hash.parse(row.hash);
     } catch (e) {
-      throw new StoreError('corrupt-db', `the database has an invalid hash '${row.hash}' for path '${p}'`, { cause: e, hint: "run 'nix-store --verify --repair'" });
+      throw new StoreError('corrupt-db', `the database has an invalid hash '${row.hash}' for path '${p}'`, {
+        cause: e,
+        hint: "run 'nix-store --verify --repair'",
+      });
     }
-    const references = this.st.references.all(row.id).map((r) => r.path).sort();
+    const references = this.st.references
+      .all(row.id)
+      .map((r) => r.path)
+      .sort();
     return {
       path: p,
       narHash,
@@ -479,7 +533,10 @@ export class LocalStore implements Store {
 
   async queryReferrers(p: StorePath): Promise<StorePath[]> {
     this.check();
-    return this.st.referrers.all(p).map((r) => r.path).sort();
+    return this.st.referrers
+      .all(p)
+      .map((r) => r.path)
+      .sort();
   }
 
   /** Every valid path reachable from `paths`; throws StoreError('invalid-path') if a start path is invalid (as Nix). */
@@ -495,7 +552,10 @@ export class LocalStore implements Store {
   /** Valid derivations that list `outPath` as an output in DerivationOutputs (Nix's queryValidDerivers). */
   async queryValidDerivers(outPath: StorePath): Promise<StorePath[]> {
     this.check();
-    return this.st.validDerivers.all(outPath).map((r) => r.path).sort();
+    return this.st.validDerivers
+      .all(outPath)
+      .map((r) => r.path)
+      .sort();
   }
 
   /** Every valid path of the store. */
@@ -520,11 +580,13 @@ export class LocalStore implements Store {
     this.check();
     parseStorePath(drvPath, this.storeDir);
     for (const p of outputs.values()) parseStorePath(p, this.storeDir);
-    this.db.transaction(() => {
-      const row = this.st.pathId.get(drvPath);
-      if (!row) throw invalidPathError(drvPath, 'is not valid, so its outputs cannot be registered');
-      for (const [name, p] of outputs) this.st.addDrvOutput.run(row.id, name, p);
-    }).immediate();
+    this.db
+      .transaction(() => {
+        const row = this.st.pathId.get(drvPath);
+        if (!row) throw invalidPathError(drvPath, 'is not valid, so its outputs cannot be registered');
+        for (const [name, p] of outputs) this.st.addDrvOutput.run(row.id, name, p);
+      })
+      .immediate();
   }
 
   /**
@@ -534,11 +596,19 @@ export class LocalStore implements Store {
    */
   private registerDrvOutputRows(id: number, drvPath: StorePath): void {
     let text: string;
-    try { text = readFileSync(this.toRealPath(drvPath), 'utf8'); } catch { return; }
+    try {
+      text = readFileSync(this.toRealPath(drvPath), 'utf8');
+    } catch {
+      return;
+    }
     const outputs = derivationOutputPaths(text);
     if (!outputs) return;
     for (const [name, p] of outputs) {
-      try { parseStorePath(p, this.storeDir); } catch { continue; }
+      try {
+        parseStorePath(p, this.storeDir);
+      } catch {
+        continue;
+      }
       this.st.addDrvOutput.run(id, name, p);
     }
   }
@@ -550,12 +620,16 @@ export class LocalStore implements Store {
     const db = this.db;
     return {
       query: db.prepare<[string, string], { id: number; path: string; signatures: string | null }>(
-        'select Realisations.id, Output.path, Realisations.signatures from Realisations inner join ValidPaths as Output on Output.id = Realisations.outputPath where drvPath = ? and outputName = ?'),
+        'select Realisations.id, Output.path, Realisations.signatures from Realisations inner join ValidPaths as Output on Output.id = Realisations.outputPath where drvPath = ? and outputName = ?',
+      ),
       insert: db.prepare('insert into Realisations (drvPath, outputName, outputPath, signatures) values (?, ?, (select id from ValidPaths where path = ?), ?)'),
       update: db.prepare('update Realisations set signatures = ? where drvPath = ? and outputName = ?'),
       refs: db.prepare<[number], { drvPath: string; outputName: string; path: string }>(
-        'select r.drvPath, r.outputName, v.path from RealisationsRefs x join Realisations r on r.id = x.realisationReference join ValidPaths v on v.id = r.outputPath where x.referrer = ?'),
-      addRef: db.prepare('insert or replace into RealisationsRefs (referrer, realisationReference) values ((select id from Realisations where drvPath = ? and outputName = ?), (select id from Realisations where drvPath = ? and outputName = ?))'),
+        'select r.drvPath, r.outputName, v.path from RealisationsRefs x join Realisations r on r.id = x.realisationReference join ValidPaths v on v.id = r.outputPath where x.referrer = ?',
+      ),
+      addRef: db.prepare(
+        'insert or replace into RealisationsRefs (referrer, realisationReference) values ((select id from Realisations where drvPath = ? and outputName = ?), (select id from Realisations where drvPath = ? and outputName = ?))',
+      ),
     };
   }
 
@@ -568,7 +642,11 @@ export class LocalStore implements Store {
     const exists = !!this.db.prepare("select 1 from sqlite_master where type = 'table' and name = 'Realisations'").get();
     if (!exists && !create) return undefined;
     if (!exists) {
-      this.db.transaction(() => { for (const sql of CA_SCHEMA_STATEMENTS) this.db.exec(sql); }).immediate();
+      this.db
+        .transaction(() => {
+          for (const sql of CA_SCHEMA_STATEMENTS) this.db.exec(sql);
+        })
+        .immediate();
       writeFileSync(path.join(this.layout.dbDir, 'ca-schema'), String(NIX_CA_SCHEMA_VERSION));
     }
     return (this.ca = this.prepareCa());
@@ -590,58 +668,77 @@ export class LocalStore implements Store {
     const { hash, output } = splitDrvOutputId(r.id);
     parseStorePath(r.outPath, this.storeDir);
     const ca = this.caStatements(true)!;
-    this.db.transaction(() => {
-      const old = ca.query.get(hash, output);
-      if (old) {
-        if (old.path !== r.outPath) {
-          throw new StoreError('realisation-conflict', `Trying to register a realisation of '${r.id}', but we already have another one locally.\nLocal:  ${old.path}\nRemote: ${r.outPath}`);
+    this.db
+      .transaction(() => {
+        const old = ca.query.get(hash, output);
+        if (old) {
+          if (old.path !== r.outPath) {
+            throw new StoreError(
+              'realisation-conflict',
+              `Trying to register a realisation of '${r.id}', but we already have another one locally.\nLocal:  ${old.path}\nRemote: ${r.outPath}`,
+            );
+          }
+          const sigs = new Set([...(old.signatures ? old.signatures.split(' ') : []), ...(r.signatures ?? [])]);
+          ca.update.run([...sigs].sort().join(' '), hash, output);
+        } else {
+          if (!this.st.pathId.get(r.outPath)) throw invalidPathError(r.outPath, 'is not valid, so no realisation can name it');
+          ca.insert.run(hash, output, r.outPath, (r.signatures ?? []).join(' '));
         }
-        const sigs = new Set([...(old.signatures ? old.signatures.split(' ') : []), ...(r.signatures ?? [])]);
-        ca.update.run([...sigs].sort().join(' '), hash, output);
-      } else {
-        if (!this.st.pathId.get(r.outPath)) throw invalidPathError(r.outPath, 'is not valid, so no realisation can name it');
-        ca.insert.run(hash, output, r.outPath, (r.signatures ?? []).join(' '));
-      }
-      for (const [depId, depPath] of r.dependentRealisations ?? []) {
-        const dep = splitDrvOutputId(depId);
-        const have = ca.query.get(dep.hash, dep.output);
-        if (!have) throw new StoreError('realisation-missing', `unable to register the derivation '${r.id}' as it depends on the non existent '${depId}'`);
-        if (have.path !== depPath) {
-          throw new StoreError('realisation-conflict', `unable to register the derivation '${r.id}' as it depends on a realisation of '${depId}' that doesn’tmatch what we have locally`);
+        for (const [depId, depPath] of r.dependentRealisations ?? []) {
+          const dep = splitDrvOutputId(depId);
+          const have = ca.query.get(dep.hash, dep.output);
+          if (!have) throw new StoreError('realisation-missing', `unable to register the derivation '${r.id}' as it depends on the non existent '${depId}'`);
+          if (have.path !== depPath) {
+            throw new StoreError(
+              'realisation-conflict',
+              `unable to register the derivation '${r.id}' as it depends on a realisation of '${depId}' that doesn’tmatch what we have locally`,
+            );
+          }
+          ca.addRef.run(hash, output, dep.hash, dep.output);
         }
-        ca.addRef.run(hash, output, dep.hash, dep.output);
-      }
-    }).immediate();
+      })
+      .immediate();
   }
 
   /** Write rows for `infos` in one transaction, enforcing the closure invariant. Reads only new `.drv` files. */
   private registerInDb(infos: readonly PathInfo[]): void {
     const now = Math.floor(Date.now() / 1000);
-    this.db.transaction(() => {
-      const order = checkBatchClosure(infos, (ps) => this.queryValidPathsSync(ps));
-      const ids = new Map<StorePath, number>();
-      for (const i of order) {
-        const existing = this.st.pathId.get(i.path);
-        const ultimate = i.ultimate ? 1 : null;
-        const sigs = i.sigs && i.sigs.length ? i.sigs.join(' ') : null;
-        if (existing) {
-          this.st.update.run(i.narSize || null, formatDbHash(i.narHash), ultimate, sigs, i.ca ?? null, i.path);
-          ids.set(i.path, existing.id);
-        } else {
-          const r = this.st.insert.run(i.path, formatDbHash(i.narHash), i.registrationTime ?? now, i.deriver ?? null, i.narSize || null, ultimate, sigs, i.ca ?? null);
-          ids.set(i.path, Number(r.lastInsertRowid));
-          if (i.path.endsWith('.drv')) this.registerDrvOutputRows(Number(r.lastInsertRowid), i.path);
+    this.db
+      .transaction(() => {
+        const order = checkBatchClosure(infos, (ps) => this.queryValidPathsSync(ps));
+        const ids = new Map<StorePath, number>();
+        for (const i of order) {
+          const existing = this.st.pathId.get(i.path);
+          const ultimate = i.ultimate ? 1 : null;
+          const sigs = i.sigs && i.sigs.length ? i.sigs.join(' ') : null;
+          if (existing) {
+            this.st.update.run(i.narSize || null, formatDbHash(i.narHash), ultimate, sigs, i.ca ?? null, i.path);
+            ids.set(i.path, existing.id);
+          } else {
+            const r = this.st.insert.run(
+              i.path,
+              formatDbHash(i.narHash),
+              i.registrationTime ?? now,
+              i.deriver ?? null,
+              i.narSize || null,
+              ultimate,
+              sigs,
+              i.ca ?? null,
+            );
+            ids.set(i.path, Number(r.lastInsertRowid));
+            if (i.path.endsWith('.drv')) this.registerDrvOutputRows(Number(r.lastInsertRowid), i.path);
+          }
         }
-      }
-      for (const i of order) {
-        const referrer = ids.get(i.path)!;
-        for (const ref of i.references) {
-          const reference = ids.get(ref) ?? this.st.pathId.get(ref)?.id;
-          if (reference === undefined) throw invalidPathError(ref); // unreachable after checkBatchClosure
-          this.st.addRef.run(referrer, reference);
+        for (const i of order) {
+          const referrer = ids.get(i.path)!;
+          for (const ref of i.references) {
+            const reference = ids.get(ref) ?? this.st.pathId.get(ref)?.id;
+            if (reference === undefined) throw invalidPathError(ref); // unreachable after checkBatchClosure
+            this.st.addRef.run(referrer, reference);
+          }
         }
-      }
-    }).immediate();
+      })
+      .immediate();
   }
 
   async registerValidPaths(infos: readonly PathInfo[], opts: { canonicalise?: boolean } = {}): Promise<void> {
@@ -698,11 +795,16 @@ export class LocalStore implements Store {
         while (next < paths.length) {
           opts.signal?.throwIfAborted();
           const p = paths[next++]!;
-          try { await opt.optimisePath(this.toRealPath(p), inodes); } catch (e) {
+          try {
+            await opt.optimisePath(this.toRealPath(p), inodes);
+          } catch (e) {
             if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; // contents missing: nothing to optimise
           }
           done++;
-          if (Date.now() - last > 100) { last = Date.now(); opts.onProgress?.(done, paths.length, opt.stats); }
+          if (Date.now() - last > 100) {
+            last = Date.now();
+            opts.onProgress?.(done, paths.length, opt.stats);
+          }
         }
       };
       await Promise.all(Array.from({ length: OPTIMISE_CONCURRENCY }, worker));
@@ -805,7 +907,10 @@ export class LocalStore implements Store {
       } catch (e) {
         await deleteTree(real).catch(() => {});
         // Repairing: the registered path's old copy goes back in place.
-        if (target !== undefined) { movePathSync(target, real); target = undefined; }
+        if (target !== undefined) {
+          movePathSync(target, real);
+          target = undefined;
+        }
         throw e;
       }
       locks.setDeletion(true);
@@ -849,10 +954,18 @@ export class LocalStore implements Store {
       const name = toNixBase32(randomBytes(20)) + TMP_SUFFIX;
       await this.addTempRoot(`${this.storeDir}/${name}`);
       dir = path.join(this.realStoreDir, name);
-      try { await fsp.mkdir(dir, { mode: 0o700 }); break; } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e; }
+      try {
+        await fsp.mkdir(dir, { mode: 0o700 });
+        break;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      }
     }
     const fd = openSync(dir, FS.O_RDONLY | FS.O_DIRECTORY);
-    if (!tryFlockFd(fd, dir)) { closeSync(fd); throw new StoreError('lock-failed', `cannot lock the new temporary directory '${dir}'`); }
+    if (!tryFlockFd(fd, dir)) {
+      closeSync(fd);
+      throw new StoreError('lock-failed', `cannot lock the new temporary directory '${dir}'`);
+    }
     return { dir, fd };
   }
 
@@ -865,7 +978,11 @@ export class LocalStore implements Store {
    */
   async removeCrashDebris(): Promise<string[]> {
     let names: string[];
-    try { names = await fsp.readdir(this.realStoreDir); } catch { return []; }
+    try {
+      names = await fsp.readdir(this.realStoreDir);
+    } catch {
+      return [];
+    }
     const removed = await this.removeStaleTempDirs(names);
     for (const name of names) {
       const p = path.join(this.realStoreDir, name);
@@ -890,12 +1007,20 @@ export class LocalStore implements Store {
   async removeStaleTempDirs(listing?: readonly string[]): Promise<string[]> {
     const removed: string[] = [];
     let names: readonly string[];
-    try { names = listing ?? await fsp.readdir(this.realStoreDir); } catch { return removed; }
+    try {
+      names = listing ?? (await fsp.readdir(this.realStoreDir));
+    } catch {
+      return removed;
+    }
     for (const name of names) {
       if (!isStoreTempDirName(name)) continue;
       const dir = path.join(this.realStoreDir, name);
       let fd: number;
-      try { fd = openSync(dir, FS.O_RDONLY | FS.O_DIRECTORY); } catch { continue; }
+      try {
+        fd = openSync(dir, FS.O_RDONLY | FS.O_DIRECTORY);
+      } catch {
+        continue;
+      }
       try {
         if (!tryFlockFd(fd, dir)) continue;
         await deleteTree(dir);
@@ -938,7 +1063,9 @@ export class LocalStore implements Store {
     this.check();
     parseStorePath(p, this.storeDir);
     if (await this.isValidPath(p)) {
-      throw new StoreError('path-is-valid', `cannot delete path '${p}' because it is valid`, { hint: 'only invalid (unregistered) paths can be deleted; use garbage collection for valid ones' });
+      throw new StoreError('path-is-valid', `cannot delete path '${p}' because it is valid`, {
+        hint: 'only invalid (unregistered) paths can be deleted; use garbage collection for valid ones',
+      });
     }
     await deleteTree(this.toRealPath(p));
   }
@@ -995,9 +1122,18 @@ export class LocalStore implements Store {
   async readBuildLog(drvPath: StorePath): Promise<string | undefined> {
     const base = storePathBase(drvPath);
     for (const file of [this.logPath(drvPath), path.join(this.layout.logDir, base)]) {
-      try { return await fsp.readFile(file, 'utf8'); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
+      try {
+        return await fsp.readFile(file, 'utf8');
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
       let bz: Buffer;
-      try { bz = await fsp.readFile(file + '.bz2'); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; continue; }
+      try {
+        bz = await fsp.readFile(file + '.bz2');
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        continue;
+      }
       return Buffer.from(decompressBzip2(bz)).toString('utf8');
     }
     return undefined;
@@ -1026,7 +1162,12 @@ export function checkNoDotDot(p: string, storeDir: string): void {
 }
 
 function existsNow(p: string): boolean {
-  try { lstatSync(p); return true; } catch { return false; }
+  try {
+    lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 const MY_UID = typeof process.geteuid === 'function' ? process.geteuid() : -1;
@@ -1037,7 +1178,13 @@ async function ensureReserved(file: string): Promise<void> {
   try {
     const st = await fsp.stat(file);
     if (st.size === RESERVED_SIZE) return;
-  } catch { /* create */ }
+  } catch {
+    /* create */
+  }
   const fh = await fsp.open(file, 'w', 0o600);
-  try { await fh.truncate(RESERVED_SIZE); } finally { await fh.close(); }
+  try {
+    await fh.truncate(RESERVED_SIZE);
+  } finally {
+    await fh.close();
+  }
 }

@@ -27,7 +27,9 @@ export class LockAbortedError extends StoreError {
 }
 
 /** In-process exclusion, keyed by lock file path: hand-over queue, no polling. */
-interface Slot { waiters: Array<() => void> }
+interface Slot {
+  waiters: Array<() => void>;
+}
 const inProcess = new Map<string, Slot>();
 
 function tryTakeSlot(key: string): boolean {
@@ -43,8 +45,14 @@ function takeSlot(key: string, signal?: AbortSignal): Promise<void> {
     return Promise.resolve();
   }
   return new Promise<void>((resolve, reject) => {
-    if (signal?.aborted) { reject(new LockAbortedError(key, signal.reason)); return; }
-    const wake = () => { signal?.removeEventListener('abort', onAbort); resolve(); };
+    if (signal?.aborted) {
+      reject(new LockAbortedError(key, signal.reason));
+      return;
+    }
+    const wake = () => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    };
     const onAbort = () => {
       const i = slot.waiters.indexOf(wake);
       if (i >= 0) slot.waiters.splice(i, 1);
@@ -59,22 +67,33 @@ function giveSlot(key: string): void {
   const slot = inProcess.get(key);
   if (!slot) return;
   const next = slot.waiters.shift();
-  if (next) next(); // hand the slot over; it stays taken
+  if (next)
+    next(); // hand the slot over; it stays taken
   else inProcess.delete(key);
 }
 
 function sleep(ms: number, signal: AbortSignal | undefined, key: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal?.aborted) { reject(new LockAbortedError(key, signal.reason)); return; }
-    const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
-    const onAbort = () => { clearTimeout(t); reject(new LockAbortedError(key, signal?.reason)); };
+    if (signal?.aborted) {
+      reject(new LockAbortedError(key, signal.reason));
+      return;
+    }
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(new LockAbortedError(key, signal?.reason));
+    };
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
 
 function lockOpenError(lockPath: string, e: unknown): StoreError {
   return new StoreError('lock-failed', `cannot open lock file '${lockPath}': ${(e as Error).message}`, {
-    cause: e, hint: 'check that the store directory exists and is writable by this user',
+    cause: e,
+    hint: 'check that the store directory exists and is writable by this user',
   });
 }
 
@@ -107,14 +126,25 @@ function tryLockFile(lockPath: string): number | undefined {
 
 /** The flock and staleness check on a just-opened lock file: the fd, undefined (held), or 'stale' (closed; open again). */
 function lockOpened(lockPath: string, fd: number): number | undefined | 'stale' {
-  if (!tryFlock(fd, lockPath)) { closeSync(fd); return undefined; }
+  if (!tryFlock(fd, lockPath)) {
+    closeSync(fd);
+    return undefined;
+  }
   const st = fstatSync(fd);
   if (st.size !== 0) {
     // Its previous holder deleted it (unlinked, then wrote "d"): start over with a fresh file. If the
     // path still names this very inode it was never unlinked (a leftover copy): reuse it, emptied.
     let samePath = false;
-    try { const now = statSync(lockPath); samePath = now.ino === st.ino && now.dev === st.dev; } catch { /* gone */ }
-    if (!samePath) { closeSync(fd); return 'stale'; }
+    try {
+      const now = statSync(lockPath);
+      samePath = now.ino === st.ino && now.dev === st.dev;
+    } catch {
+      /* gone */
+    }
+    if (!samePath) {
+      closeSync(fd);
+      return 'stale';
+    }
     ftruncateSync(fd, 0);
   }
   return fd;
@@ -129,9 +159,12 @@ function lockOpened(lockPath: string, fd: number): number | undefined | 'stale' 
 let openQueue: Promise<unknown> = Promise.resolve();
 
 function openLockFileQueued(lockPath: string): Promise<number> {
-  const p = openQueue.then(() => new Promise<number>((resolve, reject) => {
-    openCb(lockPath, FS.O_RDWR | FS.O_CREAT, 0o600, (e, fd) => (e ? reject(lockOpenError(lockPath, e)) : resolve(fd)));
-  }));
+  const p = openQueue.then(
+    () =>
+      new Promise<number>((resolve, reject) => {
+        openCb(lockPath, FS.O_RDWR | FS.O_CREAT, 0o600, (e, fd) => (e ? reject(lockOpenError(lockPath, e)) : resolve(fd)));
+      }),
+  );
   openQueue = p.catch(() => {});
   return p;
 }
@@ -153,8 +186,16 @@ async function lockFile(lockPath: string, signal?: AbortSignal, onWait?: () => v
 function unlockFile(lockPath: string, fd: number, deleteFile: boolean): void {
   try {
     if (deleteFile) {
-      try { unlinkSync(lockPath); } catch { /* already gone */ }
-      try { writeSync(fd, 'd'); } catch { /* best effort: waiters also see the unlinked inode */ }
+      try {
+        unlinkSync(lockPath);
+      } catch {
+        /* already gone */
+      }
+      try {
+        writeSync(fd, 'd');
+      } catch {
+        /* best effort: waiters also see the unlinked inode */
+      }
     }
   } finally {
     closeSync(fd); // releases the flock
@@ -169,7 +210,11 @@ function unlockFile(lockPath: string, fd: number, deleteFile: boolean): void {
 export function removeStaleLockFile(lockPath: string): boolean {
   if (inProcess.has(lockPath)) return false;
   let fd: number;
-  try { fd = openSync(lockPath, FS.O_RDWR | FS.O_NOFOLLOW); } catch { return false; }
+  try {
+    fd = openSync(lockPath, FS.O_RDWR | FS.O_NOFOLLOW);
+  } catch {
+    return false;
+  }
   let ours = false;
   try {
     ours = tryFlock(fd, lockPath);
@@ -182,7 +227,10 @@ export function removeStaleLockFile(lockPath: string): boolean {
   } catch {
     ours = false;
   }
-  if (!ours) { closeSync(fd); return false; }
+  if (!ours) {
+    closeSync(fd);
+    return false;
+  }
   unlockFile(lockPath, fd, true);
   return true;
 }
@@ -217,7 +265,11 @@ export class HeldLocks {
     const held = this.held;
     this.held = [];
     for (const h of held.reverse()) {
-      try { unlockFile(h.lockPath, h.fd, this.deleteOnRelease); } finally { giveSlot(h.lockPath); }
+      try {
+        unlockFile(h.lockPath, h.fd, this.deleteOnRelease);
+      } finally {
+        giveSlot(h.lockPath);
+      }
     }
   }
 }
@@ -247,10 +299,20 @@ export async function lockFiles(files: Iterable<string>, opts: LockWaitOptions &
   const held: Array<{ lockPath: string; fd: number }> = [];
   const handle = new HeldLocks(opts.paths ?? sorted, held);
   let waited = false;
-  const onWait = opts.onWait && (() => { if (!waited) { waited = true; opts.onWait!(); } });
+  const onWait =
+    opts.onWait &&
+    (() => {
+      if (!waited) {
+        waited = true;
+        opts.onWait!();
+      }
+    });
   try {
     for (const lockPath of lockPaths) {
-      if (!tryTakeSlot(lockPath)) { onWait?.(); await takeSlot(lockPath, opts.signal); }
+      if (!tryTakeSlot(lockPath)) {
+        onWait?.();
+        await takeSlot(lockPath, opts.signal);
+      }
       try {
         const fd = await lockFile(lockPath, opts.signal, onWait);
         held.push({ lockPath, fd });
@@ -273,7 +335,11 @@ export function tryLockFiles(files: Iterable<string>, opts: { paths?: readonly s
   const held: Array<{ lockPath: string; fd: number }> = [];
   const handle = new HeldLocks(opts.paths ?? sorted, held);
   for (const lockPath of lockPaths) {
-    if (!tryTakeSlot(lockPath)) { handle.setDeletion(false); handle.releaseSync(); return undefined; }
+    if (!tryTakeSlot(lockPath)) {
+      handle.setDeletion(false);
+      handle.releaseSync();
+      return undefined;
+    }
     let fd: number | undefined;
     try {
       fd = tryLockFile(lockPath);
@@ -283,7 +349,12 @@ export function tryLockFiles(files: Iterable<string>, opts: { paths?: readonly s
       handle.releaseSync();
       throw e;
     }
-    if (fd === undefined) { giveSlot(lockPath); handle.setDeletion(false); handle.releaseSync(); return undefined; }
+    if (fd === undefined) {
+      giveSlot(lockPath);
+      handle.setDeletion(false);
+      handle.releaseSync();
+      return undefined;
+    }
     held.push({ lockPath, fd });
   }
   return handle;
@@ -306,7 +377,12 @@ export async function lockPlainFile(file: string, mode: 'shared' | 'exclusive', 
     throw e;
   }
   let open = true;
-  return () => { if (open) { open = false; closeSync(fd); } };
+  return () => {
+    if (open) {
+      open = false;
+      closeSync(fd);
+    }
+  };
 }
 
 /** Hold an exclusive flock on an open directory or file descriptor without waiting (temp dir ownership). */

@@ -14,7 +14,16 @@ import { canonicalisePathMetaData, deleteTree, movePathSync } from './canonicali
 import { InvalidStorePathError, StoreError } from './errors.js';
 import { Hash } from './hash.js';
 import { HeldLocks, type LockWaitOptions, lockStorePaths, tryLockStorePaths } from './locks.js';
-import { checkBatchClosure, checkNoDotDot, checkPathInfo, hashingStream, invalidPathError, narHashMismatch, narSizeMismatch, verifyContentAddress } from './local-store.js';
+import {
+  checkBatchClosure,
+  checkNoDotDot,
+  checkPathInfo,
+  hashingStream,
+  invalidPathError,
+  narHashMismatch,
+  narSizeMismatch,
+  verifyContentAddress,
+} from './local-store.js';
 import { collect, dumpPath, narOfRegularFile, restorePath, streamOf } from './nar.js';
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Realisation, Store } from './store-api.js';
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
@@ -26,7 +35,10 @@ export interface MemoryStoreOptions {
   readonly realStoreDir?: string;
 }
 
-interface Entry { info: PathInfo; nar: Buffer }
+interface Entry {
+  info: PathInfo;
+  nar: Buffer;
+}
 
 export class MemoryStore implements Store {
   readonly storeDir: string;
@@ -141,14 +153,20 @@ export class MemoryStore implements Store {
     parseStorePath(r.outPath, this.storeDir);
     const old = this.realisations.get(r.id);
     if (old && old.outPath !== r.outPath) {
-      throw new StoreError('realisation-conflict', `Trying to register a realisation of '${r.id}', but we already have another one locally.\nLocal:  ${old.outPath}\nRemote: ${r.outPath}`);
+      throw new StoreError(
+        'realisation-conflict',
+        `Trying to register a realisation of '${r.id}', but we already have another one locally.\nLocal:  ${old.outPath}\nRemote: ${r.outPath}`,
+      );
     }
     if (!old && !this.paths.has(r.outPath)) throw invalidPathError(r.outPath, 'is not valid, so no realisation can name it');
     for (const [depId, depPath] of r.dependentRealisations ?? []) {
       const have = this.realisations.get(depId);
       if (!have) throw new StoreError('realisation-missing', `unable to register the derivation '${r.id}' as it depends on the non existent '${depId}'`);
       if (have.outPath !== depPath) {
-        throw new StoreError('realisation-conflict', `unable to register the derivation '${r.id}' as it depends on a realisation of '${depId}' that doesn\u2019tmatch what we have locally`);
+        throw new StoreError(
+          'realisation-conflict',
+          `unable to register the derivation '${r.id}' as it depends on a realisation of '${depId}' that doesn\u2019tmatch what we have locally`,
+        );
       }
     }
     const signatures = [...new Set([...(old?.signatures ?? []), ...(r.signatures ?? [])])].sort();
@@ -194,7 +212,9 @@ export class MemoryStore implements Store {
       try {
         await fsp.lstat(real);
       } catch {
-        throw new StoreError('missing-contents', `cannot register path '${i.path}': its contents are missing at '${real}'`, { hint: 'write the contents first; nothing was registered' });
+        throw new StoreError('missing-contents', `cannot register path '${i.path}': its contents are missing at '${real}'`, {
+          hint: 'write the contents first; nothing was registered',
+        });
       }
       await canonicalisePathMetaData(real);
       nars.set(i.path, await collect(dumpPath(real)));
@@ -213,7 +233,12 @@ export class MemoryStore implements Store {
       if (!opts.repair && this.paths.has(info.path)) return (await this.queryPathInfo(info.path))!;
       const hashed = hashingStream(nar, info.narHash.algorithm, opts.signal);
       const chunks: Uint8Array[] = [];
-      async function* keep() { for await (const c of hashed.stream) { chunks.push(c); yield c; } }
+      async function* keep() {
+        for await (const c of hashed.stream) {
+          chunks.push(c);
+          yield c;
+        }
+      }
       const target = path.join(tmp, storePathBase(info.path));
       await restorePath(target, keep());
       const got = hashed.result();
@@ -265,7 +290,9 @@ export class MemoryStore implements Store {
     this.check();
     parseStorePath(p, this.storeDir);
     if (this.paths.has(p)) {
-      throw new StoreError('path-is-valid', `cannot delete path '${p}' because it is valid`, { hint: 'only invalid (unregistered) paths can be deleted; use garbage collection for valid ones' });
+      throw new StoreError('path-is-valid', `cannot delete path '${p}' because it is valid`, {
+        hint: 'only invalid (unregistered) paths can be deleted; use garbage collection for valid ones',
+      });
     }
     await deleteTree(this.toRealPath(p));
   }
@@ -290,7 +317,11 @@ export class MemoryStore implements Store {
   }
 
   async readBuildLog(drvPath: StorePath): Promise<string | undefined> {
-    try { return await fsp.readFile(this.logPath(drvPath), 'utf8'); } catch { return undefined; }
+    try {
+      return await fsp.readFile(this.logPath(drvPath), 'utf8');
+    } catch {
+      return undefined;
+    }
   }
 
   async close(): Promise<void> {

@@ -55,7 +55,10 @@ const COALESCE = 64 * 1024;
 class NarOut {
   private buf: Buffer;
   private n = 0;
-  constructor(private readonly emit: Emit, private readonly reuse: boolean) {
+  constructor(
+    private readonly emit: Emit,
+    private readonly reuse: boolean,
+  ) {
     this.buf = Buffer.allocUnsafe(COALESCE);
   }
   private room(k: number): Promise<void> | void {
@@ -72,8 +75,13 @@ class NarOut {
   async str(s: string | Buffer): Promise<void> {
     const body = typeof s === 'string' ? Buffer.from(s, 'latin1') : s;
     const total = 8 + body.length + padLen(body.length);
-    if (total > this.buf.length) { const f = this.flush(); if (f) await f; this.buf = Buffer.allocUnsafe(total); }
-    const r = this.room(total); if (r) await r;
+    if (total > this.buf.length) {
+      const f = this.flush();
+      if (f) await f;
+      this.buf = Buffer.allocUnsafe(total);
+    }
+    const r = this.room(total);
+    if (r) await r;
     this.buf.writeUInt32LE(body.length >>> 0, this.n);
     this.buf.writeUInt32LE(Math.floor(body.length / 2 ** 32), this.n + 4);
     body.copy(this.buf, this.n + 8);
@@ -83,29 +91,42 @@ class NarOut {
   /** Pre-encoded framing (already padded). */
   async raw(b: Buffer): Promise<void> {
     if (b.length > this.buf.length - this.n) {
-      const f = this.flush(); if (f) await f;
-      if (b.length > this.buf.length) { const e = this.emit(this.reuse ? b : Buffer.from(b)); if (e) await e; return; }
+      const f = this.flush();
+      if (f) await f;
+      if (b.length > this.buf.length) {
+        const e = this.emit(this.reuse ? b : Buffer.from(b));
+        if (e) await e;
+        return;
+      }
     }
     b.copy(this.buf, this.n);
     this.n += b.length;
   }
   async u64(v: number): Promise<void> {
-    const r = this.room(8); if (r) await r;
+    const r = this.room(8);
+    if (r) await r;
     this.buf.writeUInt32LE(v >>> 0, this.n);
     this.buf.writeUInt32LE(Math.floor(v / 2 ** 32), this.n + 4);
     this.n += 8;
   }
   async zeros(k: number): Promise<void> {
     if (k === 0) return;
-    const r = this.room(k); if (r) await r;
+    const r = this.room(k);
+    if (r) await r;
     this.buf.fill(0, this.n, this.n + k);
     this.n += k;
   }
   /** File contents: small pieces are copied in, large ones passed through after a flush. */
   async data(b: Buffer): Promise<void> {
-    if (b.length <= this.buf.length - this.n && b.length < COALESCE / 4) { b.copy(this.buf, this.n); this.n += b.length; return; }
-    const f = this.flush(); if (f) await f;
-    const e = this.emit(b); if (e) await e;
+    if (b.length <= this.buf.length - this.n && b.length < COALESCE / 4) {
+      b.copy(this.buf, this.n);
+      this.n += b.length;
+      return;
+    }
+    const f = this.flush();
+    if (f) await f;
+    const e = this.emit(b);
+    if (e) await e;
   }
 }
 
@@ -120,7 +141,12 @@ const T_MAGIC = narString(NAR_MAGIC);
 const SLASH = Buffer.from('/');
 
 /** A regular file opened for dumping: small files are read completely up front. */
-interface OpenedFile { size: number; executable: boolean; data?: Buffer; fh?: fsp.FileHandle }
+interface OpenedFile {
+  size: number;
+  executable: boolean;
+  data?: Buffer;
+  fh?: fsp.FileHandle;
+}
 
 async function openRegular(p: Buffer): Promise<OpenedFile> {
   const fh = await fsp.open(p, FS.O_RDONLY | FS.O_NOFOLLOW);
@@ -247,7 +273,12 @@ async function dumpTree(root: Buffer, out: NarOut, reuse: boolean): Promise<void
       if (open.length) await out.raw(T_CLOSE); // its entry in the parent
     }
   } finally {
-    for (const d of open) for (const pr of d.ahead.values()) pr.then((f) => f.fh?.close(), () => {}).catch(() => {});
+    for (const d of open)
+      for (const pr of d.ahead.values())
+        pr.then(
+          (f) => f.fh?.close(),
+          () => {},
+        ).catch(() => {});
   }
 }
 
@@ -255,7 +286,8 @@ async function dumpInto(fsPath: string, emit: Emit, reuse: boolean): Promise<voi
   const out = new NarOut(emit, reuse);
   await out.raw(T_MAGIC);
   await dumpTree(Buffer.from(path.resolve(fsPath)), out, reuse);
-  const f = out.flush(); if (f) await f;
+  const f = out.flush();
+  if (f) await f;
 }
 
 /**
@@ -279,30 +311,50 @@ export async function* dumpPath(fsPath: string): AsyncGenerator<Uint8Array> {
     queue.push(chunk);
     queued += chunk.length;
     wakeConsumer?.();
-    if (queued >= HIGH_WATER) return new Promise<void>((resolve) => { wakeProducer = resolve; });
+    if (queued >= HIGH_WATER)
+      return new Promise<void>((resolve) => {
+        wakeProducer = resolve;
+      });
   };
   const producer = dumpInto(fsPath, emit, false).then(
-    () => { done = true; wakeConsumer?.(); },
-    (e) => { failure = { e }; done = true; wakeConsumer?.(); },
+    () => {
+      done = true;
+      wakeConsumer?.();
+    },
+    (e) => {
+      failure = { e };
+      done = true;
+      wakeConsumer?.();
+    },
   );
   try {
     for (;;) {
       if (queue.length > 0) {
         const chunk = queue.shift()!;
         queued -= chunk.length;
-        if (queued < HIGH_WATER && wakeProducer) { const w = wakeProducer; wakeProducer = undefined; w(); }
+        if (queued < HIGH_WATER && wakeProducer) {
+          const w = wakeProducer;
+          wakeProducer = undefined;
+          w();
+        }
         yield chunk;
         continue;
       }
       if (done) break;
-      await new Promise<void>((resolve) => { wakeConsumer = resolve; });
+      await new Promise<void>((resolve) => {
+        wakeConsumer = resolve;
+      });
       wakeConsumer = undefined;
     }
     if (failure && !(failure.e instanceof DumpCancelled)) throw failure.e;
   } finally {
     if (!done) {
       cancelled = true;
-      if (wakeProducer) { const w = wakeProducer; wakeProducer = undefined; w(); }
+      if (wakeProducer) {
+        const w = wakeProducer;
+        wakeProducer = undefined;
+        w();
+      }
       await producer;
     }
   }
@@ -313,14 +365,15 @@ class DumpCancelled extends Error {}
 /** NAR of a single regular file with the given contents (e.g. a `.drv` or `builtins.toFile`). */
 export function narOfRegularFile(contents: string | Uint8Array, executable = false): Buffer {
   const body = typeof contents === 'string' ? Buffer.from(contents, 'utf8') : Buffer.from(contents);
-  const head = executable
-    ? tokens(NAR_MAGIC, '(', 'type', 'regular', 'executable', '', 'contents')
-    : tokens(NAR_MAGIC, '(', 'type', 'regular', 'contents');
+  const head = executable ? tokens(NAR_MAGIC, '(', 'type', 'regular', 'executable', '', 'contents') : tokens(NAR_MAGIC, '(', 'type', 'regular', 'contents');
   return Buffer.concat([head, narString(body), narString(')')]);
 }
 
 /** Hash and size of a NAR stream in one pass. */
-export async function hashNar(nar: AsyncIterable<Uint8Array>, algorithm: 'sha256' | 'sha512' | 'sha1' | 'md5' = 'sha256'): Promise<{ hash: Hash; size: number }> {
+export async function hashNar(
+  nar: AsyncIterable<Uint8Array>,
+  algorithm: 'sha256' | 'sha512' | 'sha1' | 'md5' = 'sha256',
+): Promise<{ hash: Hash; size: number }> {
   const sink = new HashSink(algorithm);
   for await (const chunk of nar) sink.update(chunk);
   return sink.finish();
@@ -346,7 +399,10 @@ export async function dumpPathTo(fsPath: string, sink: (chunk: Uint8Array) => vo
 }
 
 /** Pass a stream through while hashing it; call `result()` once it is drained. */
-export function teeHash(source: AsyncIterable<Uint8Array>, algorithm: 'sha256' | 'sha512' = 'sha256'): { stream: AsyncIterable<Uint8Array>; result(): { hash: Hash; size: number } } {
+export function teeHash(
+  source: AsyncIterable<Uint8Array>,
+  algorithm: 'sha256' | 'sha512' = 'sha256',
+): { stream: AsyncIterable<Uint8Array>; result(): { hash: Hash; size: number } } {
   const sink = new HashSink(algorithm);
   let done: { hash: Hash; size: number } | undefined;
   async function* stream() {
@@ -497,8 +553,11 @@ function checkEntryName(name: Buffer): string {
  */
 export async function parseNar(source: AsyncIterable<Uint8Array>, sink: NarSink, opts: { expectEnd?: boolean } = {}): Promise<{ size: number }> {
   const r = new ByteReader(source);
-  const magic = await r.bytes(64).catch((e) => { throw e instanceof BadNarError ? new BadNarError(`input is not a NAR: ${e.shortMessage}`) : e; });
-  if (magic.toString('latin1') !== NAR_MAGIC) throw new BadNarError('input is not a NAR archive (bad magic)', { hint: 'is it compressed? decompress it first' });
+  const magic = await r.bytes(64).catch((e) => {
+    throw e instanceof BadNarError ? new BadNarError(`input is not a NAR: ${e.shortMessage}`) : e;
+  });
+  if (magic.toString('latin1') !== NAR_MAGIC)
+    throw new BadNarError('input is not a NAR archive (bad magic)', { hint: 'is it compressed? decompress it first' });
   await parseTree(r, sink);
   if (opts.expectEnd ?? true) {
     if (!(await r.atEnd())) throw new BadNarError(`NAR has trailing data after byte ${r.pos}`);
@@ -516,7 +575,12 @@ const MAX_REL_PATH = 4096;
 const EMPTY: Buffer = Buffer.alloc(0);
 
 /** A directory being parsed: where it is, and its last entry's name (entries must be sorted). */
-interface OpenDir { rel: string; relBytes: Buffer; prev: Buffer | undefined; inEntry: boolean }
+interface OpenDir {
+  rel: string;
+  relBytes: Buffer;
+  prev: Buffer | undefined;
+  inEntry: boolean;
+}
 
 /**
  * Parse the root node and everything below it. Directories are kept on an explicit stack (no recursion),
@@ -550,7 +614,10 @@ async function parseTree(r: ByteReader, sink: NarSink): Promise<void> {
     for (;;) {
       const dir = open[open.length - 1];
       if (!dir) return;
-      if (dir.inEntry) { await r.expect(')'); dir.inEntry = false; }
+      if (dir.inEntry) {
+        await r.expect(')');
+        dir.inEntry = false;
+      }
       const tag = await r.str();
       if (tag === ')') {
         open.pop();
@@ -610,7 +677,9 @@ async function parseRegular(r: ByteReader, sink: NarSink, rel: string, relBytes:
 export const validatingSink: NarSink = {
   createDirectory() {},
   createSymlink() {},
-  createFile() { return { write() {}, close() {} }; },
+  createFile() {
+    return { write() {}, close() {} };
+  },
 };
 
 /** Options of restorePath. */
@@ -639,12 +708,19 @@ type RestoreOp =
 
 /** The thread of a batched restore: restore-thread.cjs (plain JavaScript, shipped beside this module). */
 
-interface RestoreReply { id: number; op?: number; code?: string; message?: string }
+interface RestoreReply {
+  id: number;
+  op?: number;
+  code?: string;
+  message?: string;
+}
 const restoreThread = new ThreadTasks<RestoreReply>(new URL('./restore-thread.cjs', import.meta.url));
 
 /** Run the steps on the restore thread; a thread that died is reported as step -1. */
 function runRestoreOps(ops: RestoreOp[], now: number, dirChmod: boolean): Promise<RestoreReply> {
-  return restoreThread.run({ ops, now, dirChmod }).catch((e: unknown) => ({ id: 0, op: -1, message: `the restore thread failed: ${e instanceof Error ? e.message : String(e)}` }));
+  return restoreThread
+    .run({ ops, now, dirChmod })
+    .catch((e: unknown) => ({ id: 0, op: -1, message: `the restore thread failed: ${e instanceof Error ? e.message : String(e)}` }));
 }
 
 /** File contents for the restore thread: shared memory as is (its producer keeps it until the restore is over), else copied. */
@@ -676,11 +752,17 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
     const code = (e as NodeJS.ErrnoException).code;
     const where = rel === '' ? abs : `${abs}/${rel}`;
     if (rel === '' && code === 'EEXIST') {
-      throw new StoreError('restore-target-exists', `cannot restore a NAR to '${abs}': it already exists`, { cause: e, hint: 'delete it first or restore to a fresh path' });
+      throw new StoreError('restore-target-exists', `cannot restore a NAR to '${abs}': it already exists`, {
+        cause: e,
+        hint: 'delete it first or restore to a fresh path',
+      });
     }
-    if (code === 'ENAMETOOLONG') throw new BadNarError(`NAR contains a name, path or symlink target that is too long for the file system at '${where}'`, { cause: e });
+    if (code === 'ENAMETOOLONG')
+      throw new BadNarError(`NAR contains a name, path or symlink target that is too long for the file system at '${where}'`, { cause: e });
     const err = storeWriteError(e, 'restoring a NAR entry to', where);
-    throw err.code === 'store-write-failed' ? new StoreError('nar-restore-failed', `cannot restore a NAR entry to '${where}': ${(e as Error).message}`, { cause: e }) : err;
+    throw err.code === 'store-write-failed'
+      ? new StoreError('nar-restore-failed', `cannot restore a NAR entry to '${where}': ${(e as Error).message}`, { cause: e })
+      : err;
   };
   async function fsOp<T>(rel: string, op: () => Promise<T>): Promise<T> {
     try {
@@ -710,7 +792,9 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
             }
           });
         },
-        async close() { await fh.close(); },
+        async close() {
+          await fh.close();
+        },
       };
     },
   };
@@ -720,7 +804,11 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
   const now = Date.now() / 1000;
   // Creation modes lose the umask's bits; then the mode is set explicitly.
   let umask = 0o777;
-  try { umask = process.umask(); } catch { /* unknown: always chmod */ }
+  try {
+    umask = process.umask();
+  } catch {
+    /* unknown: always chmod */
+  }
   const needChmod = (mode: number) => (umask & mode) !== 0;
   // A umask that takes the owner's bits away would leave a new directory unwritable by a non-root owner
   // until its end (root writes anyway): then it gets 0755 explicitly when made.
@@ -773,14 +861,25 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
   // restore thread in one go.
   const ops: RestoreOp[] = [];
   const recordingSink: NarSink = {
-    createDirectory(rel, relBytes) { ops.push({ k: 'd', rel, p: at(relBytes) }); },
-    endDirectory(rel, relBytes) { ops.push({ k: 'e', rel, p: at(relBytes) }); },
-    createSymlink(rel, t, relBytes) { ops.push({ k: 'l', rel, p: at(relBytes), t: Buffer.from(t) }); },
+    createDirectory(rel, relBytes) {
+      ops.push({ k: 'd', rel, p: at(relBytes) });
+    },
+    endDirectory(rel, relBytes) {
+      ops.push({ k: 'e', rel, p: at(relBytes) });
+    },
+    createSymlink(rel, t, relBytes) {
+      ops.push({ k: 'l', rel, p: at(relBytes), t: Buffer.from(t) });
+    },
     createFile(rel, executable, _size, relBytes) {
       const mode = executable ? 0o555 : 0o444;
       const data: { sab: SharedArrayBuffer; off: number; len: number }[] = [];
       ops.push({ k: 'f', rel, p: at(relBytes), mode, chmod: needChmod(mode), data });
-      return { write(chunk) { if (chunk.length) data.push(shareable(chunk)); }, close() {} };
+      return {
+        write(chunk) {
+          if (chunk.length) data.push(shareable(chunk));
+        },
+        close() {},
+      };
     },
   };
   try {

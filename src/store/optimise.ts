@@ -55,7 +55,9 @@ export async function hashFileNar(file: string, st: Stats): Promise<Buffer> {
   const h = createHash('sha256');
   h.update(NAR_MAGIC).update(OPEN).update(TYPE);
   if (st.isSymbolicLink()) {
-    h.update(SYMLINK).update(TARGET).update(narString(await fsp.readlink(file, { encoding: 'buffer' })));
+    h.update(SYMLINK)
+      .update(TARGET)
+      .update(narString(await fsp.readlink(file, { encoding: 'buffer' })));
   } else {
     h.update(REGULAR);
     if (st.mode & 0o100) h.update(EXECUTABLE);
@@ -70,7 +72,10 @@ export async function hashFileNar(file: string, st: Stats): Promise<Buffer> {
       h.update(len);
       const buf = Buffer.allocUnsafe(Math.min(Math.max(size, 1), CHUNK));
       let got = 0;
-      for (let n; (n = (await fh.read(buf, 0, buf.length, null)).bytesRead) > 0;) { h.update(buf.subarray(0, n)); got += n; }
+      for (let n; (n = (await fh.read(buf, 0, buf.length, null)).bytesRead) > 0;) {
+        h.update(buf.subarray(0, n));
+        got += n;
+      }
       if (got !== size) throw Object.assign(new Error(`file '${file}' changed while it was hashed`), { code: 'ECHANGED' });
     } finally {
       await fh.close();
@@ -91,7 +96,10 @@ export class StoreOptimiser {
   readonly stats: OptimiseStats = { filesLinked: 0, bytesFreed: 0, blocksFreed: 0 };
   private linksMade = false;
 
-  constructor(private readonly realStoreDir: string, private readonly onWarning: (m: string) => void = () => {}) {
+  constructor(
+    private readonly realStoreDir: string,
+    private readonly onWarning: (m: string) => void = () => {},
+  ) {
     this.linksDir = path.join(realStoreDir, '.links');
   }
 
@@ -101,7 +109,11 @@ export class StoreOptimiser {
     mkdirSync(this.linksDir, { recursive: true, mode: 0o755 });
     this.linksMade = true;
     for (const name of readdirSync(this.linksDir)) {
-      try { s.add(lstatSync(path.join(this.linksDir, name)).ino); } catch { /* raced */ }
+      try {
+        s.add(lstatSync(path.join(this.linksDir, name)).ino);
+      } catch {
+        /* raced */
+      }
     }
     return s;
   }
@@ -112,7 +124,10 @@ export class StoreOptimiser {
    * Synchronous (one output of a build: no thread-pool round trips).
    */
   async optimisePath(realPath: string, inodes: Set<number> = new Set()): Promise<void> {
-    if (!this.linksMade) { mkdirSync(this.linksDir, { recursive: true, mode: 0o755 }); this.linksMade = true; }
+    if (!this.linksMade) {
+      mkdirSync(this.linksDir, { recursive: true, mode: 0o755 });
+      this.linksMade = true;
+    }
     const dir = new DirToggle(this.realStoreDir);
     try {
       await this.visit(realPath, await fsp.lstat(realPath), inodes, dir);
@@ -126,7 +141,12 @@ export class StoreOptimiser {
       for (const name of await fsp.readdir(p)) {
         const child = p + '/' + name;
         let cst: Stats;
-        try { cst = await fsp.lstat(child); } catch (e) { if (errno(e) === 'ENOENT') continue; throw e; }
+        try {
+          cst = await fsp.lstat(child);
+        } catch (e) {
+          if (errno(e) === 'ENOENT') continue;
+          throw e;
+        }
         if (inodes.has(cst.ino)) continue; // already linked
         await this.visit(child, cst, inodes, dirs);
       }
@@ -140,11 +160,19 @@ export class StoreOptimiser {
     if (st.nlink > 1 && inodes.has(st.ino)) return;
     const linkPath = path.join(this.linksDir, toNixBase32(await hashFileNar(p, st)));
     let lst: Stats | undefined;
-    try { lst = await fsp.lstat(linkPath); } catch (e) { if (errno(e) !== 'ENOENT') throw e; }
+    try {
+      lst = await fsp.lstat(linkPath);
+    } catch (e) {
+      if (errno(e) !== 'ENOENT') throw e;
+    }
     if (lst && lst.size !== st.size) {
       this.onWarning(`removing corrupted link '${linkPath}'`);
-      this.onWarning("There may be more corrupted paths.\nYou should run `nix-store --verify --check-contents --repair` to fix them all");
-      try { await fsp.unlink(linkPath); } catch { /* gone */ }
+      this.onWarning('There may be more corrupted paths.\nYou should run `nix-store --verify --check-contents --repair` to fix them all');
+      try {
+        await fsp.unlink(linkPath);
+      } catch {
+        /* gone */
+      }
       lst = undefined;
     }
     if (!lst) {
@@ -180,7 +208,11 @@ export class StoreOptimiser {
     try {
       await fsp.rename(tmp, p);
     } catch (e) {
-      try { await fsp.unlink(tmp); } catch { /* gone */ }
+      try {
+        await fsp.unlink(tmp);
+      } catch {
+        /* gone */
+      }
       if (errno(e) === 'EMLINK') return false;
       throw e;
     }

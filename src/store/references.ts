@@ -18,7 +18,9 @@ import { HASH_PART_LENGTH, storePathHashPart, type StorePath } from './store-pat
 const L = HASH_PART_LENGTH;
 /** nix-base32 digit value of a byte, or -1. */
 const DIGIT = new Int8Array(256).fill(-1);
-'0123456789abcdfghijklmnpqrsvwxyz'.split('').forEach((c, i) => { DIGIT[c.charCodeAt(0)] = i; });
+'0123456789abcdfghijklmnpqrsvwxyz'.split('').forEach((c, i) => {
+  DIGIT[c.charCodeAt(0)] = i;
+});
 
 function key(s: Uint8Array, i: number): number {
   return (DIGIT[s[i]!]! << 15) | (DIGIT[s[i + 1]!]! << 10) | (DIGIT[s[i + 2]!]! << 5) | DIGIT[s[i + 3]!]!;

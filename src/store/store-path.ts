@@ -38,7 +38,7 @@ export function checkStorePathName(name: string): string {
   const problem = storePathNameProblem(name);
   if (problem) {
     throw new InvalidStorePathError(`store path name '${name}' ${problem}`, {
-      hint: "names may contain letters, digits and + - . _ ? = and have at most 211 characters",
+      hint: 'names may contain letters, digits and + - . _ ? = and have at most 211 characters',
     });
   }
   return name;
@@ -67,7 +67,12 @@ export function parseStorePathBase(base: string, storeDir: string = DEFAULT_STOR
 }
 
 export function isStorePath(path: string, storeDir: string = DEFAULT_STORE_DIR): boolean {
-  try { parseStorePath(path, storeDir); return true; } catch { return false; }
+  try {
+    parseStorePath(path, storeDir);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export function storePathHashPart(path: StorePath): string {
@@ -147,7 +152,12 @@ export function makeTextPath(name: string, hash: Hash, references: Iterable<Stor
 }
 
 /** Store path of a text file with the given contents. */
-export function computeTextPath(name: string, contents: string | Uint8Array, references: Iterable<StorePath> = [], storeDir: string = DEFAULT_STORE_DIR): StorePath {
+export function computeTextPath(
+  name: string,
+  contents: string | Uint8Array,
+  references: Iterable<StorePath> = [],
+  storeDir: string = DEFAULT_STORE_DIR,
+): StorePath {
   return makeTextPath(name, Hash.of('sha256', contents), references, storeDir);
 }
 

@@ -45,7 +45,8 @@ export function parseStoreUri(uri: string, cwd: string = process.cwd()): ParsedS
   if (!head.includes('://') && (head.startsWith('/') || head.startsWith('./') || head.startsWith('../') || head === '.' || head === '..')) {
     root = absolute('root', head);
   } else if (head !== 'local' && head !== 'local://') {
-    if (head === 'auto' || head === 'daemon' || head.startsWith('unix://')) throw badUri(uri, 'the Nix daemon is not a local store', "open it with openStore() or DaemonStore.open() from 'realise'");
+    if (head === 'auto' || head === 'daemon' || head.startsWith('unix://'))
+      throw badUri(uri, 'the Nix daemon is not a local store', "open it with openStore() or DaemonStore.open() from 'realise'");
     const scheme = head.includes('://') ? head.slice(0, head.indexOf('://')) : head;
     if (OTHER_STORE_SCHEMES.includes(scheme)) throw badUri(uri, `'${head}' is not a local store`);
     throw new StoreError('bad-store-uri', `don't know how to open Nix store '${uri}'`, {
@@ -63,15 +64,28 @@ export function parseStoreUri(uri: string, cwd: string = process.cwd()): ParsedS
       if (eq < 0) throw badUri(uri, `parameter '${part}' has no value`);
       const key = part.slice(0, eq);
       let value: string;
-      try { value = decodeURIComponent(part.slice(eq + 1).replace(/\+/g, ' ')); } catch { throw badUri(uri, `parameter '${key}' is not properly percent-encoded`); }
+      try {
+        value = decodeURIComponent(part.slice(eq + 1).replace(/\+/g, ' '));
+      } catch {
+        throw badUri(uri, `parameter '${key}' is not properly percent-encoded`);
+      }
       switch (key) {
-        case 'root': opts.root = absolute(key, value); break;
+        case 'root':
+          opts.root = absolute(key, value);
+          break;
         case 'store':
           if (!path.isAbsolute(value)) throw badUri(uri, `'store' must be an absolute path, got '${value}'`);
-          opts.storeDir = path.normalize(value); break;
-        case 'state': opts.stateDir = absolute(key, value); break;
-        case 'log': opts.logDir = absolute(key, value); break;
-        case 'real': opts.realStoreDir = absolute(key, value); break;
+          opts.storeDir = path.normalize(value);
+          break;
+        case 'state':
+          opts.stateDir = absolute(key, value);
+          break;
+        case 'log':
+          opts.logDir = absolute(key, value);
+          break;
+        case 'real':
+          opts.realStoreDir = absolute(key, value);
+          break;
         default:
           if (IGNORED_PARAMS.has(key)) ignored.push(key);
           else unknown.push(key);

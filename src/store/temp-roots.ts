@@ -14,7 +14,9 @@ import * as path from 'node:path';
 import { StoreError, storeWriteError } from './errors.js';
 import type { StorePath } from './store-path.js';
 
-interface FsExt { flockSync(fd: number, flags: 'sh' | 'ex' | 'shnb' | 'exnb' | 'un'): void }
+interface FsExt {
+  flockSync(fd: number, flags: 'sh' | 'ex' | 'shnb' | 'exnb' | 'un'): void;
+}
 const fsExt = createRequire(import.meta.url)('fs-ext') as FsExt;
 
 function tryFlock(fd: number, how: 'shnb' | 'exnb'): boolean {
@@ -59,7 +61,10 @@ function appendRoot(rf: RootsFile, storePath: StorePath): void {
 /** A handle on the process's temp roots file of one state directory. */
 export class TempRoots {
   private closed = false;
-  private constructor(private readonly stateDir: string, private readonly rf: RootsFile) {}
+  private constructor(
+    private readonly stateDir: string,
+    private readonly rf: RootsFile,
+  ) {}
 
   /** Open (create) the roots file of this process under `stateDir`. */
   static open(stateDir: string): TempRoots {
@@ -69,7 +74,13 @@ export class TempRoots {
       let fd: number;
       for (;;) {
         // A file with our pid can only be left over from a dead process with the same pid.
-        if (existsSync(file)) { try { unlinkSync(file); } catch { /* raced */ } }
+        if (existsSync(file)) {
+          try {
+            unlinkSync(file);
+          } catch {
+            /* raced */
+          }
+        }
         try {
           fd = openSync(file, FS.O_RDWR | FS.O_CREAT, 0o600);
         } catch (e) {
@@ -140,7 +151,10 @@ export class TempRoots {
         s.off('data', onData);
         s.off('close', onClose);
         s.off('error', onClose);
-        if (!ok) { s.destroy(); rf.socket = undefined; }
+        if (!ok) {
+          s.destroy();
+          rf.socket = undefined;
+        }
         resolve(ok);
       };
       const onData = (b: Buffer) => done(b.length > 0 && b[0] === 0x31);
@@ -160,7 +174,11 @@ export class TempRoots {
     if (--rf.users > 0) return;
     files.delete(this.stateDir);
     rf.socket?.destroy();
-    try { unlinkSync(rf.file); } catch { /* gone */ }
+    try {
+      unlinkSync(rf.file);
+    } catch {
+      /* gone */
+    }
     closeSync(rf.fd);
     if (rf.gcLockFd !== undefined) closeSync(rf.gcLockFd);
   }

@@ -52,7 +52,10 @@ export class ThreadTasks<Reply extends { id: number }> {
       for (const p of this.#pending.values()) p.reject(e);
       this.#pending.clear();
     };
-    w.on('error', (e) => { this.#onError?.(e); fail(e); });
+    w.on('error', (e) => {
+      this.#onError?.(e);
+      fail(e);
+    });
     w.on('exit', (code) => fail(new Error(`the worker thread exited with code ${code}`)));
     this.#worker = w;
     return w;

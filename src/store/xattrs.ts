@@ -35,7 +35,8 @@ export function xattrOps(): Promise<XattrOps> {
     loaded = (load ? load() : Promise.reject(new Error('no native extended-attribute support was registered'))).catch((e: unknown) => {
       loaded = undefined;
       throw new StoreError('xattrs-unavailable', `cannot remove extended attributes from store files: ${(e as Error).message}`, {
-        cause: e, hint: "install a C compiler (cc), which realise uses to build its small native helpers, or import 'realise' rather than its store module alone",
+        cause: e,
+        hint: "install a C compiler (cc), which realise uses to build its small native helpers, or import 'realise' rather than its store module alone",
       });
     });
   }
@@ -48,7 +49,8 @@ export function stripXattrs(ops: XattrOps, p: string, ignored: readonly string[]
     ops.strip(p, ignored);
   } catch (e) {
     throw new StoreError('xattr-removal-failed', `cannot remove the extended attributes of '${p}': ${(e as Error).message}`, {
-      cause: e, hint: 'an untrusted builder may have set a file capability or ACL; the path is not registered (removing security.capability needs CAP_SETFCAP, i.e. running as root)',
+      cause: e,
+      hint: 'an untrusted builder may have set a file capability or ACL; the path is not registered (removing security.capability needs CAP_SETFCAP, i.e. running as root)',
     });
   }
 }

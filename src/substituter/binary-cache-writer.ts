@@ -48,7 +48,11 @@ export class BinaryCacheWriter {
   /** Open (creating when needed) a cache directory; refuses a cache for another store dir. */
   static async open(url: string, opts: { storeDir: string; priority?: number; wantMassQuery?: boolean }): Promise<BinaryCacheWriter> {
     const dir = url.startsWith('file://') ? fileURLToPath(url.replace(/\?.*$/, '')) : url.includes('://') ? undefined : path.resolve(url);
-    if (!dir) throw new SubstituterError('network', `cannot write to '${url}': only file:// binary caches can be written`, { uri: url, hint: 'copy to a directory and serve it over HTTP' });
+    if (!dir)
+      throw new SubstituterError('network', `cannot write to '${url}': only file:// binary caches can be written`, {
+        uri: url,
+        hint: 'copy to a directory and serve it over HTTP',
+      });
     // One level at a time: Node's recursive mkdir never returns under e.g. /proc (see mkdirs).
     try {
       await mkdirs(path.join(dir, 'nar'), 0o755);
@@ -73,14 +77,21 @@ export class BinaryCacheWriter {
   }
 
   async has(p: StorePath): Promise<boolean> {
-    return fsp.access(this.narInfoFile(p)).then(() => true, () => false);
+    return fsp.access(this.narInfoFile(p)).then(
+      () => true,
+      () => false,
+    );
   }
 
   /**
    * Add one path from its NAR stream. The NAR is hashed (narHash/narSize checked against `info`),
    * compressed and hashed again (FileHash/FileSize) on the way to disk.
    */
-  async addPath(info: PathInfo, nar: AsyncIterable<Uint8Array>, opts: { compression?: Compression; compressionLevel?: number; secretKey?: SecretKey | string | undefined; signal?: AbortSignal | undefined } = {}): Promise<NarInfo> {
+  async addPath(
+    info: PathInfo,
+    nar: AsyncIterable<Uint8Array>,
+    opts: { compression?: Compression; compressionLevel?: number; secretKey?: SecretKey | string | undefined; signal?: AbortSignal | undefined } = {},
+  ): Promise<NarInfo> {
     const key = typeof opts.secretKey === 'string' ? parseSecretKey(opts.secretKey) : opts.secretKey;
     const compression = opts.compression ?? 'xz';
     const narSink = new HashSink('sha256');
@@ -95,7 +106,10 @@ export class BinaryCacheWriter {
     const tmp = path.join(this.dir, 'nar', `.tmp-${process.pid}-${++tmpCounter}`);
     try {
       const out = createWriteStream(tmp, { flags: 'wx' });
-      const closed = new Promise<void>((resolve, reject) => { out.on('close', resolve); out.on('error', reject); });
+      const closed = new Promise<void>((resolve, reject) => {
+        out.on('close', resolve);
+        out.on('error', reject);
+      });
       try {
         for await (const c of compressStream(compression, hashed(), opts.compressionLevel !== undefined ? { level: opts.compressionLevel } : {})) {
           fileSink.update(c);
@@ -107,14 +121,27 @@ export class BinaryCacheWriter {
       }
       const narResult = narSink.finish();
       if (!narResult.hash.equals(info.narHash) || narResult.size !== info.narSize) {
-        throw new SubstituterError('hash-mismatch', `NAR of '${info.path}' does not match its registered hash/size (${narResult.hash.toString('sri')}, ${narResult.size} bytes)`, { path: info.path, hint: 'the store path was modified; repair it first' });
+        throw new SubstituterError(
+          'hash-mismatch',
+          `NAR of '${info.path}' does not match its registered hash/size (${narResult.hash.toString('sri')}, ${narResult.size} bytes)`,
+          { path: info.path, hint: 'the store path was modified; repair it first' },
+        );
       }
       const file = fileSink.finish();
       const url = `nar/${file.hash.base32}.nar${compressionExtension(compression)}`;
       await fsp.rename(tmp, path.join(this.dir, url));
       const base: NarInfo = {
-        storePath: info.path, url, compression, fileHash: file.hash, fileSize: file.size, narHash: info.narHash, narSize: info.narSize,
-        references: [...info.references].sort(), deriver: info.deriver, sigs: [...(info.sigs ?? [])], ca: info.ca,
+        storePath: info.path,
+        url,
+        compression,
+        fileHash: file.hash,
+        fileSize: file.size,
+        narHash: info.narHash,
+        narSize: info.narSize,
+        references: [...info.references].sort(),
+        deriver: info.deriver,
+        sigs: [...(info.sigs ?? [])],
+        ca: info.ca,
       };
       const sigs = key ? [...new Set([...base.sigs, signPathInfo(info, key)])] : base.sigs;
       const ni: NarInfo = { ...base, sigs };
@@ -162,13 +189,20 @@ function topoSort(infos: ReadonlyMap<StorePath, PathInfo>): StorePath[] {
 export function binaryCacheUrlSettings(url: string): Pick<CopyToBinaryCacheOptions, 'compression' | 'compressionLevel' | 'secretKey'> {
   const q = url.indexOf('?');
   if (q < 0) return {};
-  const bad = (key: string, value: string) => new SubstituterError('store', `binary cache '${url}': setting '${key}' has invalid value '${value}'`, { uri: url });
+  const bad = (key: string, value: string) =>
+    new SubstituterError('store', `binary cache '${url}': setting '${key}' has invalid value '${value}'`, { uri: url });
   const out: { -readonly [K in keyof CopyToBinaryCacheOptions]: CopyToBinaryCacheOptions[K] } = {};
   for (const [key, value] of new URLSearchParams(url.slice(q + 1))) {
-    if (key === 'compression') { if (!isCompression(value)) throw bad(key, value); out.compression = value; }
-    else if (key === 'compression-level') { if (!/^-?\d+$/.test(value)) throw bad(key, value); out.compressionLevel = Number(value); }
-    else if (key === 'secret-key') {
-      try { out.secretKey = readFileSync(value, 'utf8').trim(); } catch (e) {
+    if (key === 'compression') {
+      if (!isCompression(value)) throw bad(key, value);
+      out.compression = value;
+    } else if (key === 'compression-level') {
+      if (!/^-?\d+$/.test(value)) throw bad(key, value);
+      out.compressionLevel = Number(value);
+    } else if (key === 'secret-key') {
+      try {
+        out.secretKey = readFileSync(value, 'utf8').trim();
+      } catch (e) {
         throw new SubstituterError('store', `binary cache '${url}': cannot read secret key file '${value}': ${(e as Error).message}`, { uri: url, cause: e });
       }
     }
@@ -200,7 +234,9 @@ export async function copyToBinaryCache(store: Store, paths: Iterable<StorePath>
       continue;
     }
     await writer.addPath(infos.get(p)!, store.narFromPath(p), {
-      compression: opts.compression ?? 'xz', secretKey: key, signal: opts.signal,
+      compression: opts.compression ?? 'xz',
+      secretKey: key,
+      signal: opts.signal,
       ...(opts.compressionLevel !== undefined ? { compressionLevel: opts.compressionLevel } : {}),
     });
     written.push(p);

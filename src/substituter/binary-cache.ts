@@ -17,7 +17,6 @@ import { BadNarInfoError, parseCacheInfo, parseNarInfo, type NarInfo } from './n
 import { NarInfoCache } from './narinfo-cache.js';
 import { SubstituterError, type FetchNarOptions, type SubstitutablePathInfo, type Substituter } from './substituter.js';
 
-
 export interface BinaryCacheSubstituterOptions {
   /** Public keys `name:base64` whose signatures are trusted. @default [] */
   readonly trustedPublicKeys?: readonly string[];
@@ -62,13 +61,19 @@ interface Transport {
 }
 
 function validate(name: string, value: number, min: number): number {
-  if (!Number.isInteger(value) || value < min) throw new TypeError(`Expected \`${name}\` to be an integer from ${min} and up, got \`${value}\` (${typeof value})`);
+  if (!Number.isInteger(value) || value < min)
+    throw new TypeError(`Expected \`${name}\` to be an integer from ${min} and up, got \`${value}\` (${typeof value})`);
   return value;
 }
 
 /** A connection failure in the words of curl, which Nix prints (`Couldn't connect to server (7)`). */
 /** Magic numbers of the compressions libarchive recognises in Nix (whatever the narinfo says). */
-const MAGICS = [[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], [0x28, 0xb5, 0x2f, 0xfd], [0x42, 0x5a, 0x68], [0x1f, 0x8b]];
+const MAGICS = [
+  [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00],
+  [0x28, 0xb5, 0x2f, 0xfd],
+  [0x42, 0x5a, 0x68],
+  [0x1f, 0x8b],
+];
 
 /**
  * What Nix 2.8 says when a NAR file does not decompress. Nix decodes xz, zstd, bzip2 and gzip with
@@ -82,11 +87,20 @@ function nixDecompressionMessage(compression: string, ours: string, head: Buffer
   const truncated = short || /truncated|unexpected end|ended early|closed early|end of (input|file)/i.test(ours);
   let detail: string;
   switch (compression) {
-    case 'xz': detail = truncated ? 'Lzma library error:  No progress is possible' : 'Lzma library error: Corrupted input data'; break;
-    case 'zstd': detail = truncated ? 'Truncated zstd input' : `Zstd decompression failed: ${ours.replace(/^zstd decompression failed: /, '')}`; break;
-    case 'bzip2': detail = truncated ? 'truncated bzip2 input' : 'bzip decompression failed'; break;
-    case 'gzip': detail = truncated ? 'truncated gzip input' : 'gzip decompression failed'; break;
-    default: return ours;
+    case 'xz':
+      detail = truncated ? 'Lzma library error:  No progress is possible' : 'Lzma library error: Corrupted input data';
+      break;
+    case 'zstd':
+      detail = truncated ? 'Truncated zstd input' : `Zstd decompression failed: ${ours.replace(/^zstd decompression failed: /, '')}`;
+      break;
+    case 'bzip2':
+      detail = truncated ? 'truncated bzip2 input' : 'bzip decompression failed';
+      break;
+    case 'gzip':
+      detail = truncated ? 'truncated gzip input' : 'gzip decompression failed';
+      break;
+    default:
+      return ours;
   }
   return produced < LIBARCHIVE_READ_AHEAD ? `Failed to open archive (${detail})` : `failed to read compressed data (${detail})`;
 }
@@ -115,7 +129,10 @@ const FILE_OVERRUN_MAX = 64 * 1024 * 1024;
 const WHOLE_READ_MAX = 16 * 1024 * 1024;
 
 class FileTransport implements Transport {
-  constructor(private readonly dir: string, private readonly uri: string) {}
+  constructor(
+    private readonly dir: string,
+    private readonly uri: string,
+  ) {}
 
   private resolve(rel: string): string {
     const p = path.resolve(this.dir, rel);
@@ -154,7 +171,12 @@ class FileTransport implements Transport {
     const file = this.resolve(rel);
     const wrap = (e: unknown): unknown => {
       // Nix's words (LocalBinaryCacheStore::getFile).
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return new SubstituterError('not-found', `file '${rel}' does not exist in binary cache`, { uri: this.uri, cause: e, hint: `the binary cache '${this.uri}' lost the NAR file; try another substituter or build` });
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT')
+        return new SubstituterError('not-found', `file '${rel}' does not exist in binary cache`, {
+          uri: this.uri,
+          cause: e,
+          hint: `the binary cache '${this.uri}' lost the NAR file; try another substituter or build`,
+        });
       if (signal?.aborted || isAbortError(e) || e instanceof SubstituterError) return e;
       return new SubstituterError('network', `cannot read '${rel}' of '${this.uri}': ${(e as Error).message}`, { uri: this.uri, cause: e });
     };
@@ -162,7 +184,11 @@ class FileTransport implements Transport {
       // Size known and moderate: read it into one buffer of exactly that size (a ReadStream would copy a
       // short last read into a fresh buffer), then yield whatever follows in small reads.
       let fh: FileHandle;
-      try { fh = await fsp.open(file, 'r'); } catch (e) { throw wrap(e); }
+      try {
+        fh = await fsp.open(file, 'r');
+      } catch (e) {
+        throw wrap(e);
+      }
       const pooled = reuse ? this.takeBuffer(sizeHint) : undefined;
       try {
         const buf = pooled ? pooled.subarray(0, sizeHint) : Buffer.allocUnsafe(sizeHint);
@@ -209,11 +235,27 @@ class FileTransport implements Transport {
 class HttpTransport implements Transport {
   private readonly dispatcher: Dispatcher;
   private readonly ownAgent: Agent | undefined;
-  constructor(private readonly base: string, private readonly uri: string, private readonly opts: { maxConnections: number; retries: number; retryBaseMs: number; onRetry?: ((message: string, delayMs: number) => void) | undefined; timeoutMs: number; dispatcher?: Dispatcher | undefined }) {
+  constructor(
+    private readonly base: string,
+    private readonly uri: string,
+    private readonly opts: {
+      maxConnections: number;
+      retries: number;
+      retryBaseMs: number;
+      onRetry?: ((message: string, delayMs: number) => void) | undefined;
+      timeoutMs: number;
+      dispatcher?: Dispatcher | undefined;
+    },
+  ) {
     if (opts.dispatcher) {
       this.dispatcher = opts.dispatcher;
     } else {
-      this.ownAgent = new (undici().Agent)({ connections: opts.maxConnections, keepAliveTimeout: 30_000, headersTimeout: opts.timeoutMs, bodyTimeout: opts.timeoutMs });
+      this.ownAgent = new (undici().Agent)({
+        connections: opts.maxConnections,
+        keepAliveTimeout: 30_000,
+        headersTimeout: opts.timeoutMs,
+        bodyTimeout: opts.timeoutMs,
+      });
       this.dispatcher = this.ownAgent;
     }
   }
@@ -229,7 +271,12 @@ class HttpTransport implements Transport {
     for (;;) {
       let failure: SubstituterError;
       try {
-        const res = await undici().request(this.url(rel), { method: 'GET', dispatcher: this.dispatcher, ...(signal ? { signal } : {}), headers: { 'user-agent': 'realise' } });
+        const res = await undici().request(this.url(rel), {
+          method: 'GET',
+          dispatcher: this.dispatcher,
+          ...(signal ? { signal } : {}),
+          headers: { 'user-agent': 'realise' },
+        });
         if (res.statusCode === 200) return res;
         // As Nix: 403 too means "not in this cache" (S3 answers it for a missing key).
         if (res.statusCode === 404 || res.statusCode === 410 || res.statusCode === 403) {
@@ -239,14 +286,23 @@ class HttpTransport implements Transport {
         const body = await res.body.text().catch(() => '');
         // Nix's words (curl's reason phrase, and a short response body as Nix shows it).
         const shown = body.length < 1024 || body.includes('<html>') ? `\n\nresponse body:\n\n${body.replace(/\s+$/, '')}` : '';
-        failure = new SubstituterError('network', `unable to download '${this.url(rel)}': HTTP error ${res.statusCode} ('${STATUS_CODES[res.statusCode] ?? ''}')${shown}`, { uri: this.uri, hint: 'the cache server failed; retry later, or use --fallback to build instead' });
+        failure = new SubstituterError(
+          'network',
+          `unable to download '${this.url(rel)}': HTTP error ${res.statusCode} ('${STATUS_CODES[res.statusCode] ?? ''}')${shown}`,
+          { uri: this.uri, hint: 'the cache server failed; retry later, or use --fallback to build instead' },
+        );
         // As Nix: server errors are retried, except 501, 505 and 511; of the client errors only 408 and 429.
         const code = res.statusCode;
         if (!((code >= 500 && code !== 501 && code !== 505 && code !== 511) || code === 408 || code === 429)) throw failure;
       } catch (e) {
         if (e instanceof SubstituterError) throw e;
-        if (isAbortError(e) || signal?.aborted) throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
-        failure = new SubstituterError('network', `unable to download '${this.url(rel)}': ${curlWords(e)}`, { uri: this.uri, cause: e, hint: `check the network and the substituter URL (${(e as Error).message})` });
+        if (isAbortError(e) || signal?.aborted)
+          throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
+        failure = new SubstituterError('network', `unable to download '${this.url(rel)}': ${curlWords(e)}`, {
+          uri: this.uri,
+          cause: e,
+          hint: `check the network and the substituter URL (${(e as Error).message})`,
+        });
       }
       if (attempt >= this.opts.retries) throw failure;
       const delay = Math.round(this.opts.retryBaseMs * 2 ** (attempt + Math.random() * 0.5));
@@ -262,7 +318,8 @@ class HttpTransport implements Transport {
     try {
       return Buffer.from(await res.body.arrayBuffer());
     } catch (e) {
-      if (isAbortError(e) || signal?.aborted) throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
+      if (isAbortError(e) || signal?.aborted)
+        throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
       throw new SubstituterError('network', `download of '${this.url(rel)}' failed: ${(e as Error).message}`, { uri: this.uri, cause: e });
     }
   }
@@ -270,7 +327,11 @@ class HttpTransport implements Transport {
   async *stream(rel: string, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
     const res = await this.get(rel, signal);
     // Nix's words (HttpBinaryCacheStore::getFile).
-    if (!res) throw new SubstituterError('not-found', `file '${rel}' does not exist in binary cache '${this.uri}'`, { uri: this.uri, hint: 'the cache lost the NAR file; try another substituter or build' });
+    if (!res)
+      throw new SubstituterError('not-found', `file '${rel}' does not exist in binary cache '${this.uri}'`, {
+        uri: this.uri,
+        hint: 'the cache lost the NAR file; try another substituter or build',
+      });
     const lenHeader = res.headers['content-length'];
     const expected = typeof lenHeader === 'string' ? Number(lenHeader) : undefined;
     let got = 0;
@@ -280,9 +341,14 @@ class HttpTransport implements Transport {
         yield chunk;
       }
     } catch (e) {
-      if (isAbortError(e) || signal?.aborted) throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
+      if (isAbortError(e) || signal?.aborted)
+        throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
       const code = expected !== undefined && got < expected ? 'truncated' : 'network';
-      throw new SubstituterError(code, `download of '${this.url(rel)}' failed after ${got}${expected !== undefined ? ` of ${expected}` : ''} bytes: ${(e as Error).message}`, { uri: this.uri, cause: e });
+      throw new SubstituterError(
+        code,
+        `download of '${this.url(rel)}' failed after ${got}${expected !== undefined ? ` of ${expected}` : ''} bytes: ${(e as Error).message}`,
+        { uri: this.uri, cause: e },
+      );
     } finally {
       if (!res.body.destroyed) res.body.destroy();
     }
@@ -373,11 +439,17 @@ export class BinaryCacheSubstituter implements Substituter {
     }
   }
 
-  get priority(): number { return this._priority; }
+  get priority(): number {
+    return this._priority;
+  }
   /** Nix's WantMassQuery from nix-cache-info (or `?want-mass-query=1`). */
-  get wantMassQuery(): boolean { return this._wantMassQuery; }
+  get wantMassQuery(): boolean {
+    return this._wantMassQuery;
+  }
   /** False when the cache is for another store dir (it then serves nothing). */
-  get enabled(): boolean { return this._enabled; }
+  get enabled(): boolean {
+    return this._enabled;
+  }
 
   init(signal?: AbortSignal): Promise<void> {
     this.initPromise ??= this.doInit(signal);
@@ -397,7 +469,10 @@ export class BinaryCacheSubstituter implements Substituter {
       // As Nix: an HTTP cache without nix-cache-info is not a binary cache (Nix would try to create the
       // file, which HTTP cannot); the substituter is left out. (A file:// one gets defaults.)
       if (!text && this.transport instanceof HttpTransport) {
-        throw new SubstituterError('network', `'${this.uri}' does not appear to be a binary cache`, { uri: this.uri, hint: `'${this.uri}/nix-cache-info' does not exist; check the URL` });
+        throw new SubstituterError('network', `'${this.uri}' does not appear to be a binary cache`, {
+          uri: this.uri,
+          hint: `'${this.uri}/nix-cache-info' does not exist; check the URL`,
+        });
       }
       let parsed;
       try {
@@ -444,7 +519,13 @@ export class BinaryCacheSubstituter implements Substituter {
           ni = parseNarInfo(text.toString('utf8'), { storeDir: this.storeDir, whence: `${this.uri}/${rel}` });
         } catch (e) {
           // Nix's words (its NarInfo parser); what is wrong goes into the hint.
-          if (e instanceof BadNarInfoError) throw new SubstituterError('bad-narinfo', `NAR info file '${rel}' is corrupt`, { uri: this.uri, path: p, cause: e, hint: `${e.shortMessage}${e.hint ? `; ${e.hint}` : ''}` });
+          if (e instanceof BadNarInfoError)
+            throw new SubstituterError('bad-narinfo', `NAR info file '${rel}' is corrupt`, {
+              uri: this.uri,
+              path: p,
+              cause: e,
+              hint: `${e.shortMessage}${e.hint ? `; ${e.hint}` : ''}`,
+            });
           throw e;
         }
       }
@@ -452,8 +533,17 @@ export class BinaryCacheSubstituter implements Substituter {
     }
     if (!ni || ni.storePath !== p) return undefined;
     return {
-      path: ni.storePath, narHash: ni.narHash, narSize: ni.narSize, references: ni.references, deriver: ni.deriver,
-      sigs: ni.sigs, ca: ni.ca, url: ni.url, compression: ni.compression, fileHash: ni.fileHash, fileSize: ni.fileSize,
+      path: ni.storePath,
+      narHash: ni.narHash,
+      narSize: ni.narSize,
+      references: ni.references,
+      deriver: ni.deriver,
+      sigs: ni.sigs,
+      ca: ni.ca,
+      url: ni.url,
+      compression: ni.compression,
+      fileHash: ni.fileHash,
+      fileSize: ni.fileSize,
       // As Nix: the download size is the narinfo's FileSize, 0 when it has none.
       downloadSize: ni.fileSize ?? 0,
     };
@@ -477,7 +567,10 @@ export class BinaryCacheSubstituter implements Substituter {
         if (head.length < 6) head = Buffer.concat([head, Buffer.from(chunk.buffer, chunk.byteOffset, Math.min(chunk.byteLength, 6 - head.length))]);
         done += chunk.length;
         if (done > max) {
-          throw new SubstituterError('network', `NAR file '${info.url}' of '${info.path}' on '${uri}' is larger than its FileSize ${info.fileSize}`, { uri, path: info.path });
+          throw new SubstituterError('network', `NAR file '${info.url}' of '${info.path}' on '${uri}' is larger than its FileSize ${info.fileSize}`, {
+            uri,
+            path: info.path,
+          });
         }
         onProgress?.(done, info.downloadSize);
         yield chunk;
@@ -492,7 +585,11 @@ export class BinaryCacheSubstituter implements Substituter {
     try {
       decompressed = decompressStream(info.compression, raw(), { ...(signal ? { signal } : {}), sizeHint: info.narSize });
     } catch (e) {
-      throw new SubstituterError('decompression', `cannot read NAR of '${info.path}' from '${uri}': ${(e as Error).message}`, { uri, path: info.path, cause: e });
+      throw new SubstituterError('decompression', `cannot read NAR of '${info.path}' from '${uri}': ${(e as Error).message}`, {
+        uri,
+        path: info.path,
+        cause: e,
+      });
     }
     try {
       for await (const chunk of decompressed) {
@@ -501,23 +598,37 @@ export class BinaryCacheSubstituter implements Substituter {
       }
     } catch (e) {
       if (e instanceof SubstituterError) throw e;
-      if (signal?.aborted || isAbortError(e)) throw new SubstituterError('aborted', `download of '${info.path}' was cancelled`, { uri, path: info.path, cause: e });
+      if (signal?.aborted || isAbortError(e))
+        throw new SubstituterError('aborted', `download of '${info.path}' was cancelled`, { uri, path: info.path, cause: e });
       if (e instanceof DecompressionError && short !== undefined && info.fileSize) {
         // A file cut short: what it held decodes to about its share of the NAR.
         produced = Math.max(produced, Math.floor(info.narSize * (short / info.fileSize)));
-      } else if (e instanceof DecompressionError && (info.compression === 'xz' || info.compression === 'gzip') && produced < LIBARCHIVE_READ_AHEAD && !signal?.aborted) {
+      } else if (
+        e instanceof DecompressionError &&
+        (info.compression === 'xz' || info.compression === 'gzip') &&
+        produced < LIBARCHIVE_READ_AHEAD &&
+        !signal?.aborted
+      ) {
         // Our decoder hands out large blocks, so little may have come out before the error although much
         // was decoded: decode the file again in small blocks to tell (only on this error path).
         produced = await decodedBeforeError(info.compression, transport.stream(info.url, signal, info.fileSize), signal);
       }
       if (e instanceof DecompressionError) {
         // In the words Nix prints (libarchive's, which decodes its NAR files); ours go into the hint.
-        const ours = short !== undefined
-          ? `NAR file '${info.url}' of '${info.path}' on '${uri}' ended after ${short} of ${info.fileSize} bytes`
-          : `NAR file '${info.url}' of '${info.path}' on '${uri}' is corrupt: ${e.message}`;
-        throw new SubstituterError(short !== undefined ? 'truncated' : 'decompression', nixDecompressionMessage(info.compression, e.message, head, short !== undefined, produced), {
-          uri, path: info.path, cause: e, hint: `${ours}; the binary cache is corrupt or the download was cut short`,
-        });
+        const ours =
+          short !== undefined
+            ? `NAR file '${info.url}' of '${info.path}' on '${uri}' ended after ${short} of ${info.fileSize} bytes`
+            : `NAR file '${info.url}' of '${info.path}' on '${uri}' is corrupt: ${e.message}`;
+        throw new SubstituterError(
+          short !== undefined ? 'truncated' : 'decompression',
+          nixDecompressionMessage(info.compression, e.message, head, short !== undefined, produced),
+          {
+            uri,
+            path: info.path,
+            cause: e,
+            hint: `${ours}; the binary cache is corrupt or the download was cut short`,
+          },
+        );
       }
       throw new SubstituterError('network', `download of '${info.path}' from '${uri}' failed: ${(e as Error).message}`, { uri, path: info.path, cause: e });
     }

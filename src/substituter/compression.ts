@@ -42,18 +42,25 @@ function outputChunk(sizeHint: number | undefined): number {
 function decoder(c: Exclude<Compression, 'none' | 'bzip2' | 'zstd'>, sizeHint: number | undefined): Transform {
   const chunkSize = outputChunk(sizeHint);
   switch (c) {
-    case 'xz': return lzma().createUnxz({ chunkSize }) as unknown as Transform;
-    case 'br': return zlib.createBrotliDecompress({ chunkSize });
-    case 'gzip': return zlib.createGunzip({ chunkSize });
+    case 'xz':
+      return lzma().createUnxz({ chunkSize }) as unknown as Transform;
+    case 'br':
+      return zlib.createBrotliDecompress({ chunkSize });
+    case 'gzip':
+      return zlib.createGunzip({ chunkSize });
   }
 }
 
 function encoder(c: Exclude<Compression, 'none' | 'bzip2'>, level?: number): Transform {
   switch (c) {
-    case 'xz': return lzma().createXz({ preset: level ?? 6, chunkSize: CHUNK }) as unknown as Transform;
-    case 'zstd': return new (zstd().CompressStream)({ compressionLevel: level ?? 3 });
-    case 'br': return zlib.createBrotliCompress({ chunkSize: CHUNK, params: { [zlib.constants.BROTLI_PARAM_QUALITY]: level ?? 6 } });
-    case 'gzip': return zlib.createGzip({ chunkSize: CHUNK, level: level ?? 6 });
+    case 'xz':
+      return lzma().createXz({ preset: level ?? 6, chunkSize: CHUNK }) as unknown as Transform;
+    case 'zstd':
+      return new (zstd().CompressStream)({ compressionLevel: level ?? 3 });
+    case 'br':
+      return zlib.createBrotliCompress({ chunkSize: CHUNK, params: { [zlib.constants.BROTLI_PARAM_QUALITY]: level ?? 6 } });
+    case 'gzip':
+      return zlib.createGzip({ chunkSize: CHUNK, level: level ?? 6 });
   }
 }
 
@@ -105,18 +112,40 @@ async function* throughTransform(source: AsyncIterable<Uint8Array>, t: Transform
   let sourceError: unknown;
   let failed = false;
   let wake: (() => void) | undefined;
-  const notify = () => { const w = wake; wake = undefined; w?.(); };
-  t.on('data', (b: Buffer) => { queue.push(b); if (queue.length - head >= 4) t.pause(); notify(); });
-  t.on('end', () => { ended = true; notify(); });
-  t.on('error', (e: unknown) => { error ??= e; failed = true; notify(); });
-  t.on('close', () => { if (!ended) failed = true; notify(); });
+  const notify = () => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  t.on('data', (b: Buffer) => {
+    queue.push(b);
+    if (queue.length - head >= 4) t.pause();
+    notify();
+  });
+  t.on('end', () => {
+    ended = true;
+    notify();
+  });
+  t.on('error', (e: unknown) => {
+    error ??= e;
+    failed = true;
+    notify();
+  });
+  t.on('close', () => {
+    if (!ended) failed = true;
+    notify();
+  });
   const feeder = (async () => {
     try {
       for await (const chunk of source) {
         if (failed) return;
         if (!t.write(chunk)) {
           await new Promise<void>((resolve) => {
-            const done = () => { t.off('drain', done); t.off('close', done); resolve(); };
+            const done = () => {
+              t.off('drain', done);
+              t.off('close', done);
+              resolve();
+            };
             t.on('drain', done);
             t.on('close', done);
           });
@@ -135,7 +164,10 @@ async function* throughTransform(source: AsyncIterable<Uint8Array>, t: Transform
       if (head < queue.length) {
         const b = queue[head]!;
         queue[head++] = undefined as unknown as Buffer;
-        if (head > 64) { queue.splice(0, head); head = 0; }
+        if (head > 64) {
+          queue.splice(0, head);
+          head = 0;
+        }
         if (t.isPaused() && queue.length - head < 2) t.resume();
         yield b;
         continue;
@@ -145,7 +177,9 @@ async function* throughTransform(source: AsyncIterable<Uint8Array>, t: Transform
       if (ended) break;
       if (failed) throw new DecompressionError(`${what} failed: the stream closed early`);
       if (t.isPaused()) t.resume();
-      await new Promise<void>((r) => { wake = r; });
+      await new Promise<void>((r) => {
+        wake = r;
+      });
     }
   } finally {
     failed = true;
@@ -209,7 +243,10 @@ async function* zstdDecode(source: AsyncIterable<Uint8Array>, sizeHint: number |
         if (got > 0) yield dst;
       }
       if (src.length === 0) continue;
-      if (!streaming) { dctx.reset(zstdBinding().ResetDirective.sessionOnly); streaming = true; }
+      if (!streaming) {
+        dctx.reset(zstdBinding().ResetDirective.sessionOnly);
+        streaming = true;
+      }
       for (;;) {
         src = src.subarray(step(src));
         if (pos === out.length) {
@@ -224,7 +261,12 @@ async function* zstdDecode(source: AsyncIterable<Uint8Array>, sizeHint: number |
     for (;;) {
       const before = pos;
       step(EMPTY);
-      if (pos === out.length) { yield out; out = Buffer.allocUnsafe(size); pos = 0; continue; }
+      if (pos === out.length) {
+        yield out;
+        out = Buffer.allocUnsafe(size);
+        pos = 0;
+        continue;
+      }
       if (pos === before) break;
     }
     if (pos > 0) yield out.subarray(0, pos);
@@ -261,9 +303,15 @@ parentPort.on('message', (m) => {
 });
 `;
 
-interface DecoderReply { id: number; got?: number; error?: string }
+interface DecoderReply {
+  id: number;
+  got?: number;
+  error?: string;
+}
 /** A decoder thread that failed to run is not used again (decoding stays on the main thread). */
-const decoderThread = new ThreadTasks<DecoderReply>(decoderSource, () => { offThreadOk = false; });
+const decoderThread = new ThreadTasks<DecoderReply>(decoderSource, () => {
+  offThreadOk = false;
+});
 
 async function decodeOffThread(frame: Buffer, size: number): Promise<{ dst: Buffer; got: number }> {
   const dst = takeShared(size);
@@ -332,21 +380,29 @@ function oneShotFrameSize(src: Buffer, sizeHint: number | undefined): { frame: n
 }
 
 /** Decompress a stream. Unknown compressions throw DecompressionError before reading anything. */
-export function decompressStream(compression: string, source: AsyncIterable<Uint8Array>, opts: { signal?: AbortSignal; sizeHint?: number } = {}): AsyncIterable<Uint8Array> {
+export function decompressStream(
+  compression: string,
+  source: AsyncIterable<Uint8Array>,
+  opts: { signal?: AbortSignal; sizeHint?: number } = {},
+): AsyncIterable<Uint8Array> {
   switch (compression) {
-    case 'none': return source;
+    case 'none':
+      return source;
     case 'bzip2':
       return (async function* () {
         try {
           yield* decompressWithProgram('bzip2', ['-dc'], source, opts.signal ? { signal: opts.signal } : {});
         } catch (e) {
-          if (e instanceof Error && e.name === 'ExternalDecompressorError') throw new DecompressionError(`bzip2 decompression failed: ${e.message}`, { cause: e });
+          if (e instanceof Error && e.name === 'ExternalDecompressorError')
+            throw new DecompressionError(`bzip2 decompression failed: ${e.message}`, { cause: e });
           throw e;
         }
       })();
     case 'zstd':
       return zstdDecode(source, opts.sizeHint);
-    case 'xz': case 'br': case 'gzip':
+    case 'xz':
+    case 'br':
+    case 'gzip':
       return throughTransform(compression === 'xz' ? checkXzEnd(source) : source, decoder(compression, opts.sizeHint), `${compression} decompression`);
     default:
       throw new DecompressionError(`unsupported compression '${compression}'`);
@@ -356,9 +412,12 @@ export function decompressStream(compression: string, source: AsyncIterable<Uint
 /** Compress a stream (used to write binary caches). */
 export function compressStream(compression: Compression, source: AsyncIterable<Uint8Array>, opts: { level?: number } = {}): AsyncIterable<Uint8Array> {
   switch (compression) {
-    case 'none': return source;
-    case 'bzip2': return bzip2Stream(source, opts.level);
-    default: return throughTransform(source, encoder(compression, opts.level), `${compression} compression`);
+    case 'none':
+      return source;
+    case 'bzip2':
+      return bzip2Stream(source, opts.level);
+    default:
+      return throughTransform(source, encoder(compression, opts.level), `${compression} compression`);
   }
 }
 

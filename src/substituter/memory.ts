@@ -56,7 +56,11 @@ export class InMemorySubstituter implements Substituter {
    * Serve `nar` for `info.path`. `narHash`/`narSize` default to the NAR's own; pass wrong ones to test
    * verification. `secretKey` adds a signature.
    */
-  async add(info: Omit<PathInfo, 'narHash' | 'narSize'> & Partial<Pick<PathInfo, 'narHash' | 'narSize'>>, nar: Uint8Array, opts: { secretKey?: SecretKey | string } = {}): Promise<SubstitutablePathInfo> {
+  async add(
+    info: Omit<PathInfo, 'narHash' | 'narSize'> & Partial<Pick<PathInfo, 'narHash' | 'narSize'>>,
+    nar: Uint8Array,
+    opts: { secretKey?: SecretKey | string } = {},
+  ): Promise<SubstitutablePathInfo> {
     const actual = info.narHash && info.narSize !== undefined ? undefined : await hashNar(streamOf(nar));
     const narHash = info.narHash ?? actual!.hash;
     const narSize = info.narSize ?? actual!.size;
@@ -64,7 +68,13 @@ export class InMemorySubstituter implements Substituter {
     const sigs = [...(info.sigs ?? [])];
     if (opts.secretKey) sigs.push(signPathInfo(base, opts.secretKey));
     const full: SubstitutablePathInfo = {
-      ...base, sigs, url: `nar/${narHash.base32}.nar`, compression: 'none', fileHash: narHash, fileSize: nar.length, downloadSize: nar.length,
+      ...base,
+      sigs,
+      url: `nar/${narHash.base32}.nar`,
+      compression: 'none',
+      fileHash: narHash,
+      fileSize: nar.length,
+      downloadSize: nar.length,
     };
     this.entries.set(info.path, { info: full, nar });
     return full;
@@ -77,7 +87,8 @@ export class InMemorySubstituter implements Substituter {
   async init(): Promise<void> {}
 
   async queryPathInfos(paths: readonly StorePath[], opts: { signal?: AbortSignal | undefined } = {}): Promise<Map<StorePath, SubstitutablePathInfo>> {
-    if (opts.signal?.aborted) throw new SubstituterError('aborted', `query of ${paths.length} paths on '${this.uri}' was cancelled`, { uri: this.uri, cause: opts.signal.reason });
+    if (opts.signal?.aborted)
+      throw new SubstituterError('aborted', `query of ${paths.length} paths on '${this.uri}' was cancelled`, { uri: this.uri, cause: opts.signal.reason });
     this.queried += paths.length;
     const out = new Map<StorePath, SubstitutablePathInfo>();
     for (const p of paths) {
@@ -90,11 +101,13 @@ export class InMemorySubstituter implements Substituter {
   async *fetchNar(info: SubstitutablePathInfo, opts: FetchNarOptions): AsyncGenerator<Uint8Array> {
     this.fetches++;
     const e = this.entries.get(info.path);
-    if (!e || e.info.url !== info.url) throw new SubstituterError('not-found', `'${this.uri}' no longer has the NAR of '${info.path}'`, { uri: this.uri, path: info.path });
+    if (!e || e.info.url !== info.url)
+      throw new SubstituterError('not-found', `'${this.uri}' no longer has the NAR of '${info.path}'`, { uri: this.uri, path: info.path });
     const { nar } = e;
     let done = 0;
     for (let off = 0; off < nar.length; off += this.chunkSize) {
-      if (opts.signal?.aborted) throw new SubstituterError('aborted', `download of '${info.path}' was cancelled`, { uri: this.uri, path: info.path, cause: opts.signal.reason });
+      if (opts.signal?.aborted)
+        throw new SubstituterError('aborted', `download of '${info.path}' was cancelled`, { uri: this.uri, path: info.path, cause: opts.signal.reason });
       const chunk = nar.subarray(off, Math.min(nar.length, off + this.chunkSize));
       done += chunk.length;
       yield chunk;

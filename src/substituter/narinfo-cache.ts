@@ -63,9 +63,19 @@ create table if not exists LastPurge (
 export type CachedLookup = { readonly present: true; readonly info: NarInfo } | { readonly present: false };
 
 interface NarRow {
-  namePart: string | null; url: string | null; compression: string | null; fileHash: string | null; fileSize: number | null;
-  narHash: string | null; narSize: number | null; refs: string | null; deriver: string | null; sigs: string | null; ca: string | null;
-  timestamp: number; present: number;
+  namePart: string | null;
+  url: string | null;
+  compression: string | null;
+  fileHash: string | null;
+  fileSize: number | null;
+  narHash: string | null;
+  narSize: number | null;
+  refs: string | null;
+  deriver: string | null;
+  sigs: string | null;
+  ca: string | null;
+  timestamp: number;
+  present: number;
 }
 
 export class NarInfoCache {
@@ -93,9 +103,15 @@ export class NarInfoCache {
     db.exec(SCHEMA);
     this.stmts = {
       getCache: db.prepare('select id, timestamp, storeDir, wantMassQuery, priority from BinaryCaches where url = ?'),
-      upsertCache: db.prepare('insert into BinaryCaches(url, timestamp, storeDir, wantMassQuery, priority) values (?, ?, ?, ?, ?) on conflict(url) do update set timestamp = excluded.timestamp, storeDir = excluded.storeDir, wantMassQuery = excluded.wantMassQuery, priority = excluded.priority'),
-      getNar: db.prepare('select namePart, url, compression, fileHash, fileSize, narHash, narSize, refs, deriver, sigs, ca, timestamp, present from NARs where cache = ? and hashPart = ?'),
-      putNar: db.prepare('insert or replace into NARs(cache, hashPart, namePart, url, compression, fileHash, fileSize, narHash, narSize, refs, deriver, sigs, ca, timestamp, present) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'),
+      upsertCache: db.prepare(
+        'insert into BinaryCaches(url, timestamp, storeDir, wantMassQuery, priority) values (?, ?, ?, ?, ?) on conflict(url) do update set timestamp = excluded.timestamp, storeDir = excluded.storeDir, wantMassQuery = excluded.wantMassQuery, priority = excluded.priority',
+      ),
+      getNar: db.prepare(
+        'select namePart, url, compression, fileHash, fileSize, narHash, narSize, refs, deriver, sigs, ca, timestamp, present from NARs where cache = ? and hashPart = ?',
+      ),
+      putNar: db.prepare(
+        'insert or replace into NARs(cache, hashPart, namePart, url, compression, fileHash, fileSize, narHash, narSize, refs, deriver, sigs, ca, timestamp, present) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      ),
     };
   }
 
@@ -109,7 +125,9 @@ export class NarInfoCache {
         db.pragma('synchronous = OFF');
         return new NarInfoCache(db, file, opts);
       } catch (e) {
-        (opts.onWarning ?? ((m: string) => process.emitWarning(m)))(`cannot open narinfo cache '${file}' (${e instanceof Error ? e.message : String(e)}); using memory instead`);
+        (opts.onWarning ?? ((m: string) => process.emitWarning(m)))(
+          `cannot open narinfo cache '${file}' (${e instanceof Error ? e.message : String(e)}); using memory instead`,
+        );
       }
     }
     return new NarInfoCache(new Database(':memory:'), undefined, opts);
@@ -157,7 +175,11 @@ export class NarInfoCache {
         fileSize: row.fileSize ?? undefined,
         narHash: Hash.parse(row.narHash!),
         narSize: row.narSize!,
-        references: (row.refs ?? '').split(' ').filter(Boolean).map((b) => `${storeDir}/${b}`).sort(),
+        references: (row.refs ?? '')
+          .split(' ')
+          .filter(Boolean)
+          .map((b) => `${storeDir}/${b}`)
+          .sort(),
         deriver: row.deriver ? `${storeDir}/${row.deriver}` : undefined,
         sigs: (row.sigs ?? '').split(' ').filter(Boolean),
         ca: row.ca || undefined,
@@ -178,9 +200,21 @@ export class NarInfoCache {
     if (storePathHashPart(info.storePath) !== hashPart) return;
     const base = storePathBase(info.storePath);
     this.stmts.putNar.run(
-      id, hashPart, base.slice(33), info.url, info.compression, info.fileHash?.toString('base32', true) ?? null, info.fileSize ?? null,
-      info.narHash.toString('base32', true), info.narSize, info.references.map(storePathBase).join(' '),
-      info.deriver ? storePathBase(info.deriver) : null, info.sigs.join(' '), info.ca ?? null, this.now(), 1,
+      id,
+      hashPart,
+      base.slice(33),
+      info.url,
+      info.compression,
+      info.fileHash?.toString('base32', true) ?? null,
+      info.fileSize ?? null,
+      info.narHash.toString('base32', true),
+      info.narSize,
+      info.references.map(storePathBase).join(' '),
+      info.deriver ? storePathBase(info.deriver) : null,
+      info.sigs.join(' '),
+      info.ca ?? null,
+      this.now(),
+      1,
     );
   }
 

@@ -23,12 +23,18 @@ export const COMPRESSIONS: readonly Compression[] = ['xz', 'zstd', 'bzip2', 'br'
 /** File name extension Nix uses for a compression (`nar/<filehash>.nar<ext>`). */
 export function compressionExtension(c: Compression): string {
   switch (c) {
-    case 'xz': return '.xz';
-    case 'zstd': return '.zst';
-    case 'bzip2': return '.bz2';
-    case 'br': return '.br';
-    case 'gzip': return '.gz';
-    case 'none': return '';
+    case 'xz':
+      return '.xz';
+    case 'zstd':
+      return '.zst';
+    case 'bzip2':
+      return '.bz2';
+    case 'br':
+      return '.br';
+    case 'gzip':
+      return '.gz';
+    case 'none':
+      return '';
   }
 }
 
@@ -56,7 +62,10 @@ export interface NarInfo {
 
 function bad(field: string, value: string, what: string, whence: string, cause?: unknown): BadNarInfoError {
   const v = value.length > 80 ? value.slice(0, 80) + '…' : value;
-  return new BadNarInfoError(`narinfo ${whence}has a bad ${field} '${v}': ${what}`, { cause, hint: 'the binary cache is corrupt or not a Nix binary cache; remove it from the substituters or repair the file' });
+  return new BadNarInfoError(`narinfo ${whence}has a bad ${field} '${v}': ${what}`, {
+    cause,
+    hint: 'the binary cache is corrupt or not a Nix binary cache; remove it from the substituters or repair the file',
+  });
 }
 
 function parseSize(field: string, value: string, whence: string): number {
@@ -101,7 +110,10 @@ export function parseNarInfo(text: string, opts: { storeDir?: string; whence?: s
     if (line === '' && i === lines.length - 1) break;
     if (line === '') continue;
     const colon = line.indexOf(':');
-    if (colon <= 0) throw new BadNarInfoError(`narinfo ${whence}line ${i + 1} is not 'Name: value': '${line.slice(0, 80)}'`, { hint: 'the binary cache is corrupt or not a Nix binary cache' });
+    if (colon <= 0)
+      throw new BadNarInfoError(`narinfo ${whence}line ${i + 1} is not 'Name: value': '${line.slice(0, 80)}'`, {
+        hint: 'the binary cache is corrupt or not a Nix binary cache',
+      });
     const name = line.slice(0, colon);
     let value = line.slice(colon + 1);
     if (value.startsWith(' ')) value = value.slice(1);
@@ -109,34 +121,60 @@ export function parseNarInfo(text: string, opts: { storeDir?: string; whence?: s
     seen.add(name);
     switch (name) {
       case 'StorePath':
-        try { parseStorePath(value, storeDir); } catch (cause) { throw bad(name, value, `not a store path in '${storeDir}'`, whence, cause); }
+        try {
+          parseStorePath(value, storeDir);
+        } catch (cause) {
+          throw bad(name, value, `not a store path in '${storeDir}'`, whence, cause);
+        }
         storePath = value;
         break;
       case 'URL':
-        if (value === '' || /[\0\r]/.test(value) || value.split('/').some((s) => s === '..')) throw bad(name, value, 'expected a relative location of the NAR', whence);
+        if (value === '' || /[\0\r]/.test(value) || value.split('/').some((s) => s === '..'))
+          throw bad(name, value, 'expected a relative location of the NAR', whence);
         url = value;
         break;
       case 'Compression':
         if (!/^[a-z0-9-]*$/.test(value)) throw bad(name, value, 'expected a compression name such as xz', whence);
         compression = value;
         break;
-      case 'FileHash': fileHash = parseHashField(name, value, whence); break;
-      case 'FileSize': fileSize = parseSize(name, value, whence); break;
-      case 'NarHash': narHash = parseHashField(name, value, whence); break;
-      case 'NarSize': narSize = parseSize(name, value, whence); break;
+      case 'FileHash':
+        fileHash = parseHashField(name, value, whence);
+        break;
+      case 'FileSize':
+        fileSize = parseSize(name, value, whence);
+        break;
+      case 'NarHash':
+        narHash = parseHashField(name, value, whence);
+        break;
+      case 'NarSize':
+        narSize = parseSize(name, value, whence);
+        break;
       case 'References':
-        references = value.split(' ').filter((s) => s !== '').map((base) => {
-          try { parseStorePathBase(base, storeDir); } catch (cause) { throw bad(name, base, 'expected store path base names', whence, cause); }
-          return `${storeDir}/${base}`;
-        });
+        references = value
+          .split(' ')
+          .filter((s) => s !== '')
+          .map((base) => {
+            try {
+              parseStorePathBase(base, storeDir);
+            } catch (cause) {
+              throw bad(name, base, 'expected store path base names', whence, cause);
+            }
+            return `${storeDir}/${base}`;
+          });
         break;
       case 'Deriver':
         if (value !== 'unknown-deriver') {
-          try { parseStorePathBase(value, storeDir); } catch (cause) { throw bad(name, value, 'expected a .drv base name', whence, cause); }
+          try {
+            parseStorePathBase(value, storeDir);
+          } catch (cause) {
+            throw bad(name, value, 'expected a .drv base name', whence, cause);
+          }
           deriver = `${storeDir}/${value}`;
         }
         break;
-      case 'System': system = value; break;
+      case 'System':
+        system = value;
+        break;
       case 'Sig':
         if (!/^[^:\s]+:[A-Za-z0-9+/]+={0,2}$/.test(value)) throw bad(name, value, "expected 'keyname:base64'", whence);
         if (!sigs.includes(value)) sigs.push(value);
@@ -157,8 +195,18 @@ export function parseNarInfo(text: string, opts: { storeDir?: string; whence?: s
   if (narSize === undefined || narSize === 0) throw new BadNarInfoError(`narinfo ${whence}has no NarSize field (or it is 0)`);
   if (narHash.algorithm !== 'sha256') throw bad('NarHash', narHash.toString(), 'NAR hashes must be sha256', whence);
   return {
-    storePath, url, compression: compression || 'bzip2', fileHash, fileSize, narHash, narSize,
-    references: [...new Set(references)].sort(), deriver, system, sigs, ca,
+    storePath,
+    url,
+    compression: compression || 'bzip2',
+    fileHash,
+    fileSize,
+    narHash,
+    narSize,
+    references: [...new Set(references)].sort(),
+    deriver,
+    system,
+    sigs,
+    ca,
   };
 }
 
@@ -203,7 +251,10 @@ export function signPathInfo(info: Fingerprintable, key: SecretKey | string): st
 }
 
 /** How many of `sigs` are valid signatures by `keys` (each key counted once), and whether any was bad. */
-export function countValidSignatures(info: Fingerprintable & { readonly sigs?: readonly string[] | undefined }, keys: ReadonlyMap<string, PublicKey>): { valid: number; invalid: number; unknown: number } {
+export function countValidSignatures(
+  info: Fingerprintable & { readonly sigs?: readonly string[] | undefined },
+  keys: ReadonlyMap<string, PublicKey>,
+): { valid: number; invalid: number; unknown: number } {
   const fp = fingerprintOf(info);
   const validKeys = new Set<string>();
   let invalid = 0;

@@ -36,7 +36,10 @@ const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'he
 function splitKey(s: string, what: string): { name: string; bytes: Buffer } {
   const text = s.trim();
   const colon = text.indexOf(':');
-  if (colon <= 0) throw new BadKeyError(`${what} '${abbrev(text)}' is not of the form 'name:base64'`, { hint: 'use a key made by `nix-store --generate-binary-cache-key` or generateKeyPair()' });
+  if (colon <= 0)
+    throw new BadKeyError(`${what} '${abbrev(text)}' is not of the form 'name:base64'`, {
+      hint: 'use a key made by `nix-store --generate-binary-cache-key` or generateKeyPair()',
+    });
   const name = text.slice(0, colon);
   const b64 = text.slice(colon + 1);
   if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64) || b64.length % 4 !== 0) throw new BadKeyError(`${what} '${name}' is not valid base-64`);

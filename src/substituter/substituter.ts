@@ -58,20 +58,20 @@ export interface Substituter {
 
 /** Stable codes of SubstituterError. */
 export type SubstituterErrorCode =
-  | 'bad-signature'          // a signature by a trusted key name does not verify
-  | 'untrusted'              // no signature by a trusted key (and the path is not proven by its content address)
-  | 'hash-mismatch'          // NAR hash differs from the narinfo
-  | 'size-mismatch'          // NAR size differs from the narinfo
-  | 'ca-mismatch'            // content does not match the claimed content address
-  | 'bad-nar'                // the NAR is malformed or hostile (e.g. escapes its path)
-  | 'bad-narinfo'            // a narinfo or nix-cache-info could not be parsed
-  | 'missing-references'     // a reference is not valid in the store yet
-  | 'not-found'              // the substituter does not have the path (or the NAR file is gone)
-  | 'network'                // an HTTP error other than 404, a connection failure, an I/O error
-  | 'truncated'              // the NAR file ended early
-  | 'decompression'          // corrupt compressed data, or an unsupported compression
-  | 'store'                  // the store refused the path
-  | 'aborted';               // the signal was aborted
+  | 'bad-signature' // a signature by a trusted key name does not verify
+  | 'untrusted' // no signature by a trusted key (and the path is not proven by its content address)
+  | 'hash-mismatch' // NAR hash differs from the narinfo
+  | 'size-mismatch' // NAR size differs from the narinfo
+  | 'ca-mismatch' // content does not match the claimed content address
+  | 'bad-nar' // the NAR is malformed or hostile (e.g. escapes its path)
+  | 'bad-narinfo' // a narinfo or nix-cache-info could not be parsed
+  | 'missing-references' // a reference is not valid in the store yet
+  | 'not-found' // the substituter does not have the path (or the NAR file is gone)
+  | 'network' // an HTTP error other than 404, a connection failure, an I/O error
+  | 'truncated' // the NAR file ended early
+  | 'decompression' // corrupt compressed data, or an unsupported compression
+  | 'store' // the store refused the path
+  | 'aborted'; // the signal was aborted
 
 /** Every failure of this layer. `uri` names the substituter, `path` the store path when known. */
 export class SubstituterError extends RealiseError {
@@ -113,7 +113,10 @@ export function caProvesPath(info: PathInfo, storeDir: string): boolean {
   }
 }
 
-interface ParsedCa { readonly method: 'text' | 'flat' | 'recursive'; readonly hash: Hash }
+interface ParsedCa {
+  readonly method: 'text' | 'flat' | 'recursive';
+  readonly hash: Hash;
+}
 
 function parseContentAddress(ca: string | undefined): ParsedCa | undefined {
   if (!ca) return undefined;
@@ -141,7 +144,9 @@ class RegularFileContentHasher {
   private state: 'head' | 'body' | 'done' | 'bad' = 'head';
   private left = 0;
   private readonly sink: HashSink;
-  constructor(algorithm: HashAlgorithm) { this.sink = new HashSink(algorithm); }
+  constructor(algorithm: HashAlgorithm) {
+    this.sink = new HashSink(algorithm);
+  }
 
   update(chunk: Uint8Array): void {
     let c = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
@@ -151,12 +156,17 @@ class RegularFileContentHasher {
       const all = Buffer.concat(this.head);
       const h = RegularFileContentHasher.heads.find((p) => all.length >= p.length + 8 && all.subarray(0, p.length).equals(p));
       if (!h) {
-        const maybe = RegularFileContentHasher.heads.some((p) => all.length < p.length + 8 && p.subarray(0, Math.min(all.length, p.length)).equals(all.subarray(0, Math.min(all.length, p.length))));
+        const maybe = RegularFileContentHasher.heads.some(
+          (p) => all.length < p.length + 8 && p.subarray(0, Math.min(all.length, p.length)).equals(all.subarray(0, Math.min(all.length, p.length))),
+        );
         if (!maybe) this.state = 'bad';
         return;
       }
       const size = all.readBigUInt64LE(h.length);
-      if (size > BigInt(Number.MAX_SAFE_INTEGER)) { this.state = 'bad'; return; }
+      if (size > BigInt(Number.MAX_SAFE_INTEGER)) {
+        this.state = 'bad';
+        return;
+      }
       this.left = Number(size);
       this.state = 'body';
       this.head = [];
@@ -192,7 +202,11 @@ function isAbort(e: unknown, signal: AbortSignal | undefined): boolean {
  * Trusted substituters and `requireSigs: false` skip the check; so do content-addressed paths whose CA
  * proves the path (the content is then checked against the CA while it streams).
  */
-export function checkTrust(sub: Substituter, info: PathInfo, opts: Pick<SubstituteOptions, 'trustedPublicKeys' | 'requireSigs'> = {}): 'trusted-substituter' | 'not-required' | 'content-addressed' | 'signed' {
+export function checkTrust(
+  sub: Substituter,
+  info: PathInfo,
+  opts: Pick<SubstituteOptions, 'trustedPublicKeys' | 'requireSigs'> = {},
+): 'trusted-substituter' | 'not-required' | 'content-addressed' | 'signed' {
   if (sub.trusted) return 'trusted-substituter';
   if (!(opts.requireSigs ?? sub.requireSigs)) return 'not-required';
   if (caProvesPath(info, sub.storeDir)) return 'content-addressed';
@@ -200,14 +214,26 @@ export function checkTrust(sub: Substituter, info: PathInfo, opts: Pick<Substitu
   const { valid, invalid } = countValidSignatures(info, keys);
   if (valid > 0) return 'signed';
   if (invalid > 0) {
-    throw new SubstituterError('bad-signature', `cannot add path '${info.path}' from '${sub.uri}': its signature does not verify against the trusted key of the same name`, {
-      uri: sub.uri, path: info.path, hint: 'the binary cache is corrupt or was tampered with; do not trust it, or check that the trusted public key is the right one',
-    });
+    throw new SubstituterError(
+      'bad-signature',
+      `cannot add path '${info.path}' from '${sub.uri}': its signature does not verify against the trusted key of the same name`,
+      {
+        uri: sub.uri,
+        path: info.path,
+        hint: 'the binary cache is corrupt or was tampered with; do not trust it, or check that the trusted public key is the right one',
+      },
+    );
   }
   const names = (info.sigs ?? []).map((s) => s.slice(0, s.indexOf(':')));
-  throw new SubstituterError('untrusted', `cannot add path '${info.path}' from '${sub.uri}' because it lacks a signature by a trusted key${names.length ? ` (signed by: ${names.join(', ')})` : ' (it has no signature)'}`, {
-    uri: sub.uri, path: info.path, hint: "add the cache's public key to trustedPublicKeys, or mark the substituter trusted",
-  });
+  throw new SubstituterError(
+    'untrusted',
+    `cannot add path '${info.path}' from '${sub.uri}' because it lacks a signature by a trusted key${names.length ? ` (signed by: ${names.join(', ')})` : ' (it has no signature)'}`,
+    {
+      uri: sub.uri,
+      path: info.path,
+      hint: "add the cache's public key to trustedPublicKeys, or mark the substituter trusted",
+    },
+  );
 }
 
 /**
@@ -234,9 +260,13 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
     const valid = await store.queryValidPaths(refs);
     const missing = refs.filter((r) => !valid.has(r));
     if (missing.length > 0) {
-      throw fail('missing-references', `cannot substitute '${info.path}': its references ${missing.map((m) => `'${m}'`).join(', ')} are not valid in the store`, {
-        hint: 'substitute (or build) the references first; the closure of a path must be valid before the path',
-      });
+      throw fail(
+        'missing-references',
+        `cannot substitute '${info.path}': its references ${missing.map((m) => `'${m}'`).join(', ')} are not valid in the store`,
+        {
+          hint: 'substitute (or build) the references first; the closure of a path must be valid before the path',
+        },
+      );
     }
   }
 
@@ -253,7 +283,10 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
   const caRecursive = caNeeded && ca.method === 'recursive' && ca.hash.algorithm !== info.narHash.algorithm ? new HashSink(ca.hash.algorithm) : undefined;
   const caFile = caNeeded && ca.method !== 'recursive' ? new RegularFileContentHasher(ca.hash.algorithm) : undefined;
   if (caNeeded && ca.method === 'recursive' && ca.hash.algorithm === info.narHash.algorithm && !ca.hash.equals(info.narHash)) {
-    throw fail('ca-mismatch', `cannot add path '${info.path}' from '${sub.uri}': its content address '${info.ca}' does not match its NAR hash ${info.narHash.toString()}`);
+    throw fail(
+      'ca-mismatch',
+      `cannot add path '${info.path}' from '${sub.uri}': its content address '${info.ca}' does not match its NAR hash ${info.narHash.toString()}`,
+    );
   }
 
   async function* verified(): AsyncGenerator<Uint8Array> {
@@ -262,7 +295,9 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
         // A NAR somewhat longer than announced is read to its end, so that the store reports what Nix
         // does (the hash mismatch, which it checks first); only an unreasonably long one is cut off here.
         if (size + chunk.length > info.narSize + NAR_OVERRUN_MAX) {
-          throw fail('size-mismatch', `NAR of '${info.path}' from '${sub.uri}' is larger than its declared size ${info.narSize}`, { hint: 'the binary cache is corrupt' });
+          throw fail('size-mismatch', `NAR of '${info.path}' from '${sub.uri}' is larger than its declared size ${info.narSize}`, {
+            hint: 'the binary cache is corrupt',
+          });
         }
         size += chunk.length;
         seen?.push(chunk);
@@ -276,7 +311,9 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
         // (a recursive CA with the NAR hash's algorithm equals info.narHash, checked above; the store checks the NAR against it)
         const got = caRecursive ? caRecursive.finish().hash : caFile!.finish();
         if (!got || !got.equals(ca!.hash)) {
-          throw fail('ca-mismatch', `content of '${info.path}' from '${sub.uri}' does not match its content address '${info.ca}'`, { hint: 'the binary cache is corrupt or hostile; nothing was registered' });
+          throw fail('ca-mismatch', `content of '${info.path}' from '${sub.uri}' does not match its content address '${info.ca}'`, {
+            hint: 'the binary cache is corrupt or hostile; nothing was registered',
+          });
         }
       }
     } catch (e) {
@@ -286,8 +323,14 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
   }
 
   const toRegister: PathInfo = {
-    path: info.path, narHash: info.narHash, narSize: info.narSize, references: info.references,
-    deriver: info.deriver, sigs: info.sigs, ca: info.ca, ultimate: false,
+    path: info.path,
+    narHash: info.narHash,
+    narSize: info.narSize,
+    references: info.references,
+    deriver: info.deriver,
+    sigs: info.sigs,
+    ca: info.ca,
+    ultimate: false,
     registrationTime: Math.floor(Date.now() / 1000),
   };
   try {
@@ -295,22 +338,42 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
     if (seen) recycleDecoded(seen);
     return added;
   } catch (e) {
-    if (seen) { recycleDecoded(seen); seen.length = 0; }
+    if (seen) {
+      recycleDecoded(seen);
+      seen.length = 0;
+    }
     if (ourError) throw ourError;
     if (e instanceof SubstituterError) throw e;
     if (isAbort(e, signal)) throw fail('aborted', `substitution of '${info.path}' was cancelled`, { cause: e });
     const from = `from '${sub.uri}'; the binary cache is corrupt, nothing was registered`;
     // Nix's words: the NAR stream ended before the archive did.
-    if (e instanceof BadNarError && /ends unexpectedly/.test(e.shortMessage)) throw fail('truncated', `NAR for '${info.path}' fetched from '${sub.uri}' is incomplete`, { cause: e, hint: 'the NAR file is truncated; nothing was registered' });
+    if (e instanceof BadNarError && /ends unexpectedly/.test(e.shortMessage))
+      throw fail('truncated', `NAR for '${info.path}' fetched from '${sub.uri}' is incomplete`, {
+        cause: e,
+        hint: 'the NAR file is truncated; nothing was registered',
+      });
     // Nix's words when the data is not a NAR at all (its parseDump).
-    if (e instanceof BadNarError && /^input is not a NAR/.test(e.shortMessage)) throw fail('bad-nar', "bad archive: input doesn't look like a Nix archive", { cause: e, hint: `the NAR of '${info.path}' ${from} (${e.shortMessage})` });
-    if (e instanceof BadNarError) throw fail('bad-nar', `NAR of '${info.path}' from '${sub.uri}' is invalid: ${e.shortMessage}`, { cause: e, hint: 'the binary cache is corrupt or hostile; nothing was registered' });
+    if (e instanceof BadNarError && /^input is not a NAR/.test(e.shortMessage))
+      throw fail('bad-nar', "bad archive: input doesn't look like a Nix archive", { cause: e, hint: `the NAR of '${info.path}' ${from} (${e.shortMessage})` });
+    if (e instanceof BadNarError)
+      throw fail('bad-nar', `NAR of '${info.path}' from '${sub.uri}' is invalid: ${e.shortMessage}`, {
+        cause: e,
+        hint: 'the binary cache is corrupt or hostile; nothing was registered',
+      });
     // The store's own messages are Nix's ("hash mismatch importing path '…';\n  specified: …\n  got: …").
     if (e instanceof RealiseError && e.code === 'nar-hash-mismatch') throw fail('hash-mismatch', e.shortMessage, { cause: e, hint: from });
     if (e instanceof RealiseError && e.code === 'nar-size-mismatch') throw fail('size-mismatch', e.shortMessage, { cause: e, hint: from });
-    if (e instanceof RealiseError && e.code === 'size-mismatch') throw fail('size-mismatch', `size mismatch importing path '${info.path}' from '${sub.uri}'`, { cause: e, hint: 'the binary cache is corrupt; nothing was registered' });
+    if (e instanceof RealiseError && e.code === 'size-mismatch')
+      throw fail('size-mismatch', `size mismatch importing path '${info.path}' from '${sub.uri}'`, {
+        cause: e,
+        hint: 'the binary cache is corrupt; nothing was registered',
+      });
     if (e instanceof RealiseError && e.code === 'hash-mismatch') {
-      throw fail('hash-mismatch', `hash mismatch importing path '${info.path}' from '${sub.uri}': the NAR does not have the hash its narinfo gives (${info.narHash.toString('sri')})`, { cause: e, hint: 'the binary cache is corrupt; nothing was registered' });
+      throw fail(
+        'hash-mismatch',
+        `hash mismatch importing path '${info.path}' from '${sub.uri}': the NAR does not have the hash its narinfo gives (${info.narHash.toString('sri')})`,
+        { cause: e, hint: 'the binary cache is corrupt; nothing was registered' },
+      );
     }
     const msg = e instanceof Error ? e.message : String(e);
     throw fail('store', `the store refused '${info.path}' from '${sub.uri}': ${msg}`, { cause: e });
@@ -329,7 +392,10 @@ function toSubstituterError(e: unknown, sub: Substituter, info: PathInfo, signal
 
 /** Sort substituters as Nix tries them: by priority, lower first; stable for equal priorities. */
 export function sortByPriority<T extends Pick<Substituter, 'priority'>>(subs: readonly T[]): T[] {
-  return subs.map((s, i) => [s, i] as const).sort((a, b) => a[0].priority - b[0].priority || a[1] - b[1]).map(([s]) => s);
+  return subs
+    .map((s, i) => [s, i] as const)
+    .sort((a, b) => a[0].priority - b[0].priority || a[1] - b[1])
+    .map(([s]) => s);
 }
 
 /** A path found on a substituter. */
@@ -360,7 +426,11 @@ export async function querySubstitutablePaths(
       remaining = remaining.filter((p) => !m.has(p));
     } catch (e) {
       if (opts.signal?.aborted) throw new SubstituterError('aborted', 'query of substituters was cancelled', { cause: e });
-      errors.push(e instanceof SubstituterError ? e : new SubstituterError('network', `querying '${sub.uri}' failed: ${e instanceof Error ? e.message : String(e)}`, { uri: sub.uri, cause: e }));
+      errors.push(
+        e instanceof SubstituterError
+          ? e
+          : new SubstituterError('network', `querying '${sub.uri}' failed: ${e instanceof Error ? e.message : String(e)}`, { uri: sub.uri, cause: e }),
+      );
     }
   }
   return { found, errors };

@@ -15,7 +15,10 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const TSX = path.join(ROOT, 'node_modules/tsx/dist/loader.mjs');
 const INDEX = pathToFileURL(path.join(ROOT, 'src/index.ts')).href;
 
-interface Snippet { id: string; code: string }
+interface Snippet {
+  id: string;
+  code: string;
+}
 
 /** The runnable blocks of a markdown file, named `FILE#N` (N counts runnable blocks from 1). */
 function runnableBlocks(rel: string): Snippet[] {
@@ -26,7 +29,13 @@ function runnableBlocks(rel: string): Snippet[] {
   return out;
 }
 
-const files = ['README.md', ...readdirSync(path.join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).sort().map((f) => `docs/${f}`)];
+const files = [
+  'README.md',
+  ...readdirSync(path.join(ROOT, 'docs'))
+    .filter((f) => f.endsWith('.md'))
+    .sort()
+    .map((f) => `docs/${f}`),
+];
 const snippets = files.flatMap(runnableBlocks);
 
 /** What each block must print (a block without an entry here fails: say what it shows). */
@@ -52,7 +61,9 @@ describe.skipIf(!bwrapOk())('runnable code blocks of the docs', () => {
       const file = path.join(work, 'snippet.mts');
       writeFileSync(file, s.code.replace(/from 'realise'/g, `from '${INDEX}'`));
       const r = spawnSync(process.execPath, ['--import', pathToFileURL(TSX).href, file], {
-        cwd: work, encoding: 'utf8', timeout: 120_000,
+        cwd: work,
+        encoding: 'utf8',
+        timeout: 120_000,
         env: { ...process.env, REALISE_STORE: path.join(work, 'root'), XDG_DATA_HOME: path.join(work, 'xdg') },
       });
       expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0);

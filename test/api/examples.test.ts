@@ -15,7 +15,9 @@ afterAll(() => removeTreeSync(dir));
 
 function runExample(name: string): { status: number | null; out: string } {
   const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(ROOT, 'examples', `${name}.ts`)], {
-    cwd: ROOT, encoding: 'utf8', timeout: 120_000,
+    cwd: ROOT,
+    encoding: 'utf8',
+    timeout: 120_000,
     env: { ...process.env, REALISE_STORE: path.join(dir, 'root'), XDG_DATA_HOME: path.join(dir, 'xdg') },
   });
   return { status: r.status, out: `${r.stdout}\n${r.stderr}` };
@@ -32,7 +34,10 @@ const EXAMPLES: [string, RegExp][] = [
   ['content-addressed', /app using: a library \(from \/nix\/store\/[0-9a-z]{32}-ca-lib\)/],
   ['progress', /./],
   ['fetchurl', /bin -> \/nix\/store\/[0-9a-z]{32}-hello\/bin\n/],
-  ['observe', /critical path \([0-9.]+ (ms|s)\):\n {2}\/nix\/store\/[0-9a-z]{32}-observe-base\.drv\n {2}\/nix\/store\/[0-9a-z]{32}-observe-left\.drv\n {2}\/nix\/store\/[0-9a-z]{32}-observe-top\.drv/],
+  [
+    'observe',
+    /critical path \([0-9.]+ (ms|s)\):\n {2}\/nix\/store\/[0-9a-z]{32}-observe-base\.drv\n {2}\/nix\/store\/[0-9a-z]{32}-observe-left\.drv\n {2}\/nix\/store\/[0-9a-z]{32}-observe-top\.drv/,
+  ],
   ['gc', /kept output still valid: true; dropped output valid: false\noptimised: 1 files hard-linked/],
 ];
 

@@ -18,12 +18,35 @@ import { SANDBOX_PATHS, busyboxOk, instantiateAttrs, logTail, nixSandboxArgs, ni
 
 describe.skipIf(!nixOk())('fetchurl() writes the .drv of import <nix/fetchurl.nix>', () => {
   const cases: Array<[string, Parameters<typeof fetchurl>[1], string]> = [
-    ['flat sha256', { url: 'http://example.org/dir/a.tar.gz', sha256: '0ix4jahrkll5zg01wandq78jw3ab30q4nscph67rniqg5x7r0j59' }, 'url = "http://example.org/dir/a.tar.gz"; sha256 = "0ix4jahrkll5zg01wandq78jw3ab30q4nscph67rniqg5x7r0j59";'],
-    ['SRI, named', { url: 'https://example.org/x', hash: 'sha256-qUiQTy8PR5uPgZdpSzAYSw0u0cHNKh7A+4XSmaGSpEc=', name: 'x-1' }, 'url = "https://example.org/x"; hash = "sha256-qUiQTy8PR5uPgZdpSzAYSw0u0cHNKh7A+4XSmaGSpEc="; name = "x-1";'],
-    ['executable', { url: 'http://example.org/tool', executable: true, sha256: '0ix4jahrkll5zg01wandq78jw3ab30q4nscph67rniqg5x7r0j59' }, 'url = "http://example.org/tool"; executable = true; sha256 = "0ix4jahrkll5zg01wandq78jw3ab30q4nscph67rniqg5x7r0j59";'],
-    ['unpack, sha512, trailing slash', { url: 'file:///srv/tree.nar.xz/', unpack: true, sha512: 'cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e' },
-      'url = "file:///srv/tree.nar.xz/"; unpack = true; sha512 = "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e";'],
-    ['sha1 and md5 (sha1 wins)', { url: 'http://e.org/f', sha1: 'da39a3ee5e6b4b0d3255bfef95601890afd80709', md5: 'd41d8cd98f00b204e9800998ecf8427e' }, 'url = "http://e.org/f"; sha1 = "da39a3ee5e6b4b0d3255bfef95601890afd80709"; md5 = "d41d8cd98f00b204e9800998ecf8427e";'],
+    [
+      'flat sha256',
+      { url: 'http://example.org/dir/a.tar.gz', sha256: '0ix4jahrkll5zg01wandq78jw3ab30q4nscph67rniqg5x7r0j59' },
+      'url = "http://example.org/dir/a.tar.gz"; sha256 = "0ix4jahrkll5zg01wandq78jw3ab30q4nscph67rniqg5x7r0j59";',
+    ],
+    [
+      'SRI, named',
+      { url: 'https://example.org/x', hash: 'sha256-qUiQTy8PR5uPgZdpSzAYSw0u0cHNKh7A+4XSmaGSpEc=', name: 'x-1' },
+      'url = "https://example.org/x"; hash = "sha256-qUiQTy8PR5uPgZdpSzAYSw0u0cHNKh7A+4XSmaGSpEc="; name = "x-1";',
+    ],
+    [
+      'executable',
+      { url: 'http://example.org/tool', executable: true, sha256: '0ix4jahrkll5zg01wandq78jw3ab30q4nscph67rniqg5x7r0j59' },
+      'url = "http://example.org/tool"; executable = true; sha256 = "0ix4jahrkll5zg01wandq78jw3ab30q4nscph67rniqg5x7r0j59";',
+    ],
+    [
+      'unpack, sha512, trailing slash',
+      {
+        url: 'file:///srv/tree.nar.xz/',
+        unpack: true,
+        sha512: 'cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e',
+      },
+      'url = "file:///srv/tree.nar.xz/"; unpack = true; sha512 = "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e";',
+    ],
+    [
+      'sha1 and md5 (sha1 wins)',
+      { url: 'http://e.org/f', sha1: 'da39a3ee5e6b4b0d3255bfef95601890afd80709', md5: 'd41d8cd98f00b204e9800998ecf8427e' },
+      'url = "http://e.org/f"; sha1 = "da39a3ee5e6b4b0d3255bfef95601890afd80709"; md5 = "d41d8cd98f00b204e9800998ecf8427e";',
+    ],
   ];
   it.each(cases)('%s', async (_what, args, nixArgs) => {
     const root = tempDir('realise-fetchurl-drv-');
@@ -55,13 +78,26 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:buildenv and bu
   const nixArgs = () => [...nixSandboxArgs()];
   /** nix-env in N: install attributes into a fresh profile; the user environment's .drv (or the error). */
   const nixEnvInstall = (profile: string, attrs: string[]) => {
-    const r = runNix('nix-env', ['--store', N, '-p', path.join(root, profile), '-f', path.join(root, 'pk.nix'), '-i', ...attrs.flatMap((a) => ['-A', a]), ...nixArgs()]);
+    const r = runNix('nix-env', [
+      '--store',
+      N,
+      '-p',
+      path.join(root, profile),
+      '-f',
+      path.join(root, 'pk.nix'),
+      '-i',
+      ...attrs.flatMap((a) => ['-A', a]),
+      ...nixArgs(),
+    ]);
     if (r.status !== 0) return { error: r.stderr };
     const out = readlinkSync(path.join(root, readlinkSync(path.join(root, profile))));
     return { out, drv: nix('nix-store', ['--store', N, '-q', '--deriver', out]) };
   };
   const pkg = (attr: string, meta?: UserEnvPackage['meta']): UserEnvPackage => ({
-    name: drv[attr]!.slice(drv[attr]!.indexOf('-') + 1).replace(/\.drv$/, ''), outputs: { out: outs[attr]! }, system: process.arch === 'x64' ? 'x86_64-linux' : `${process.arch}-linux`, ...(meta ? { meta } : {}),
+    name: drv[attr]!.slice(drv[attr]!.indexOf('-') + 1).replace(/\.drv$/, ''),
+    outputs: { out: outs[attr]! },
+    system: process.arch === 'x64' ? 'x86_64-linux' : `${process.arch}-linux`,
+    ...(meta ? { meta } : {}),
   });
 
   beforeAll(async () => {
@@ -79,7 +115,9 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:buildenv and bu
     execFileSync('tar', ['-C', chan, '-cJf', path.join(root, 'chan.tar.xz'), 'nixexprs-1.0']);
     writeFileSync(path.join(chan, 'extra'), 'x');
     execFileSync('tar', ['-C', chan, '-czf', path.join(root, 'two.tar.gz'), 'nixexprs-1.0', 'extra']);
-    writeFileSync(path.join(root, 'pk.nix'), `
+    writeFileSync(
+      path.join(root, 'pk.nix'),
+      `
       let mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; };
           unpackChannel = { name, channelName, src }: derivation {
             builder = "builtin:unpack-channel"; system = "builtin"; inherit name channelName src; preferLocalBuild = true; };
@@ -91,7 +129,8 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:buildenv and bu
         p = mk "p-1.0" "mkdir -p $out/bin $out/nix-support; echo p > $out/bin/p; echo \${q} > $out/nix-support/propagated-user-env-packages";
         chan = unpackChannel { name = "chan"; channelName = "mychan"; src = ${path.join(root, 'chan.tar.xz')}; };
         two = unpackChannel { name = "two"; channelName = "mychan"; src = ${path.join(root, 'two.tar.gz')}; };
-      }`);
+      }`,
+    );
     drv = instantiateAttrs(N, path.join(root, 'pk.nix'));
     expect(instantiateAttrs(O, path.join(root, 'pk.nix'))).toEqual(drv);
     store = await LocalStore.open({ root: O });
@@ -124,7 +163,21 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:buildenv and bu
   }, 120_000);
 
   it('keep-env-derivations and an inactive package: the same manifest and .drv as nix-env', async () => {
-    const r = runNix('nix-env', ['--store', N, '-p', path.join(root, 'prof3'), '-f', path.join(root, 'pk.nix'), '-i', '-A', 'c', '--option', 'keep-env-derivations', 'true', ...nixArgs()]);
+    const r = runNix('nix-env', [
+      '--store',
+      N,
+      '-p',
+      path.join(root, 'prof3'),
+      '-f',
+      path.join(root, 'pk.nix'),
+      '-i',
+      '-A',
+      'c',
+      '--option',
+      'keep-env-derivations',
+      'true',
+      ...nixArgs(),
+    ]);
     expect(r.status, r.stderr).toBe(0);
     const out = readlinkSync(path.join(root, readlinkSync(path.join(root, 'prof3'))));
     const theirs = nix('nix-store', ['--store', N, '-q', '--deriver', out]);
@@ -138,14 +191,21 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:buildenv and bu
     expect(await fsp.readFile(path.join(O, off.manifest), 'utf8')).toContain('meta = { active = "false"; }');
   }, 120_000);
 
-  it('two packages bringing the same file with the same priority: Nix\'s collision error', async () => {
+  it("two packages bringing the same file with the same priority: Nix's collision error", async () => {
     const theirs = nixEnvInstall('prof2', ['a', 'c']);
     expect(theirs.error).toMatch(/have the same priority 5/);
     const env = await buildEnv(store, [pkg('a'), pkg('c')]);
-    const err = await engine().buildPaths([env.derivation.drvPath]).then(() => undefined, (x: unknown) => x);
+    const err = await engine()
+      .buildPaths([env.derivation.drvPath])
+      .then(
+        () => undefined,
+        (x: unknown) => x,
+      );
     expect(err).toBeInstanceOf(BuildFailedError);
     const nixMsg = /error: (packages '[^\n]*)/.exec(theirs.error!)![1]!;
-    const tail = logTail((err as Error).message).join('\n').replace(/\x1b\[[0-9;]*m/g, '');
+    const tail = logTail((err as Error).message)
+      .join('\n')
+      .replace(/\x1b\[[0-9;]*m/g, '');
     expect(tail).toContain(`error: ${nixMsg}`);
   }, 120_000);
 
@@ -160,11 +220,20 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:buildenv and bu
 
     const bad = runNix('nix-store', ['--store', N, '--realise', drv.two!, ...nixArgs()]);
     expect(bad.status).toBe(100);
-    const err = await engine().buildPaths([drv.two!]).then(() => undefined, (x: unknown) => x);
+    const err = await engine()
+      .buildPaths([drv.two!])
+      .then(
+        () => undefined,
+        (x: unknown) => x,
+      );
     expect(err).toBeInstanceOf(BuildFailedError);
     expect((err as BuildFailedError).exitStatus).toBe(100);
     const nixMsg = /error: (channel tarball [^\n]*)/.exec(bad.stderr)![1]!;
-    expect(logTail((err as Error).message).join('\n').replace(/\x1b\[[0-9;]*m/g, '')).toContain(nixMsg);
+    expect(
+      logTail((err as Error).message)
+        .join('\n')
+        .replace(/\x1b\[[0-9;]*m/g, ''),
+    ).toContain(nixMsg);
     expect(nixVerify(O).status).toBe(0);
   }, 120_000);
 });

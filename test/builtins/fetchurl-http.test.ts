@@ -60,30 +60,57 @@ describe.skipIf(!nixOk())('builtin:fetchurl over HTTP vs Nix 2.8: netrc, proxy, 
       if (name.startsWith('flaky')) {
         const n = (flaky.get(`${req.headers['user-agent']}${name}`) ?? 0) + 1;
         flaky.set(`${req.headers['user-agent']}${name}`, n);
-        if (n === 1) { res.writeHead(503, { 'content-type': 'text/plain' }).end('busy\n'); return; }
+        if (n === 1) {
+          res.writeHead(503, { 'content-type': 'text/plain' }).end('busy\n');
+          return;
+        }
       }
       res.writeHead(200, { 'content-length': Buffer.byteLength(BODY) }).end(BODY);
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     port = (server.address() as AddressInfo).port;
     // https with a self-signed certificate nobody trusts: Nix 2.8 does not verify TLS for builtin:fetchurl.
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-days', '2',
-      '-keyout', path.join(root, 'key.pem'), '-out', path.join(root, 'cert.pem')], { stdio: 'ignore' });
-    tlsServer = createHttpsServer({ key: await fsp.readFile(path.join(root, 'key.pem')), cert: await fsp.readFile(path.join(root, 'cert.pem')) },
-      (_req, res) => { res.writeHead(200, { 'content-length': Buffer.byteLength(BODY) }).end(BODY); }) as unknown as Server;
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-subj',
+        '/CN=127.0.0.1',
+        '-days',
+        '2',
+        '-keyout',
+        path.join(root, 'key.pem'),
+        '-out',
+        path.join(root, 'cert.pem'),
+      ],
+      { stdio: 'ignore' },
+    );
+    tlsServer = createHttpsServer(
+      { key: await fsp.readFile(path.join(root, 'key.pem')), cert: await fsp.readFile(path.join(root, 'cert.pem')) },
+      (_req, res) => {
+        res.writeHead(200, { 'content-length': Buffer.byteLength(BODY) }).end(BODY);
+      },
+    ) as unknown as Server;
     await new Promise<void>((r) => tlsServer.listen(0, '127.0.0.1', r));
     const tlsPort = (tlsServer.address() as AddressInfo).port;
     const hash = createHash('sha256').update(BODY).digest('hex');
     const u = `http://127.0.0.1:${port}`;
     writeFileSync(path.join(root, 'netrc'), `machine 127.0.0.1\n  login alice\n  password s3cret\n`);
-    writeFileSync(path.join(root, 'e.nix'), `
+    writeFileSync(
+      path.join(root, 'e.nix'),
+      `
       let fetchurl = import <nix/fetchurl.nix>; in {
         secret = fetchurl { url = "${u}/secret.txt"; sha256 = "${hash}"; name = "secret"; };
         denied = fetchurl { url = "${u}/secret.txt"; sha256 = "${hash}"; name = "denied"; };
         viaProxy = fetchurl { url = "http://origin.invalid/proxied.txt"; sha256 = "${hash}"; };
         flaky = fetchurl { url = "${u}/flaky.txt"; sha256 = "${hash}"; };
         tls = fetchurl { url = "https://127.0.0.1:${tlsPort}/tls.txt"; sha256 = "${hash}"; };
-      }`);
+      }`,
+    );
     N = path.join(root, 'N');
     O = path.join(root, 'O');
     drv = instantiateAttrs(N, path.join(root, 'e.nix'));
@@ -99,7 +126,7 @@ describe.skipIf(!nixOk())('builtin:fetchurl over HTTP vs Nix 2.8: netrc, proxy, 
     if (root) await removeTree(root);
   });
 
-  it('netrc-file credentials: fetched by both; without them, HTTP 401 in both with Nix\'s words', async () => {
+  it("netrc-file credentials: fetched by both; without them, HTTP 401 in both with Nix's words", async () => {
     const netrc = path.join(root, 'netrc');
     const r = await nixBuild('secret', ['--option', 'netrc-file', netrc]);
     expect(r.status, r.stderr).toBe(0);
@@ -111,9 +138,16 @@ describe.skipIf(!nixOk())('builtin:fetchurl over HTTP vs Nix 2.8: netrc, proxy, 
     expect(bad.status).toBe(1);
     const nixLine = /error: (unable to download [^\n]*)/.exec(bad.stderr)![1]!;
     expect(nixLine).toContain("HTTP error 401 ('Unauthorized')");
-    const err = await engine({ netrcFile: path.join(root, 'none') }).buildPaths([drv.denied!]).then(() => undefined, (x: unknown) => x);
+    const err = await engine({ netrcFile: path.join(root, 'none') })
+      .buildPaths([drv.denied!])
+      .then(
+        () => undefined,
+        (x: unknown) => x,
+      );
     expect(err).toBeInstanceOf(BuildFailedError);
-    const tail = logTail((err as Error).message).join('\n').replace(/\x1b\[[0-9;]*m/g, '');
+    const tail = logTail((err as Error).message)
+      .join('\n')
+      .replace(/\x1b\[[0-9;]*m/g, '');
     expect(tail).toContain(nixLine);
     expect(tail).toContain('who are you?');
   }, 60_000);
@@ -175,9 +209,11 @@ function tarEntry(name: string, type: string, data: string, link = ''): Buffer {
   return Buffer.concat([h, body]);
 }
 
-describe('builtins: netrc, Nix\'s error layout, the tar reader', () => {
+describe("builtins: netrc, Nix's error layout, the tar reader", () => {
   it('netrc: machine entries, default, quoted tokens, macdef skipped', () => {
-    const e = parseNetrc('machine a.org login u1 password p1\nmacdef init\nmachine evil login x password y\n\nmachine "b.org" login "u 2" password p2\ndefault login anon password guest\n');
+    const e = parseNetrc(
+      'machine a.org login u1 password p1\nmacdef init\nmachine evil login x password y\n\nmachine "b.org" login "u 2" password p2\ndefault login anon password guest\n',
+    );
     expect(netrcCredentials(e, 'A.ORG')).toEqual({ login: 'u1', password: 'p1' });
     expect(netrcCredentials(e, 'b.org')).toEqual({ login: 'u 2', password: 'p2' });
     expect(netrcCredentials(e, 'evil')).toEqual({ login: 'anon', password: 'guest' });
@@ -185,13 +221,17 @@ describe('builtins: netrc, Nix\'s error layout, the tar reader', () => {
   });
 
   it('errors are laid out as Nix prints them: red prefix, values coloured, later lines indented, blank lines bare', () => {
-    expect(errorLogText(hintfmt("a '%1%' and %2%\n\nmore\n", '/x', 5))).toBe("\x1b[31;1merror:\x1b[0m a '\x1b[35;1m/x\x1b[0m' and \x1b[35;1m5\x1b[0m\n\n       more\n");
+    expect(errorLogText(hintfmt("a '%1%' and %2%\n\nmore\n", '/x', 5))).toBe(
+      "\x1b[31;1merror:\x1b[0m a '\x1b[35;1m/x\x1b[0m' and \x1b[35;1m5\x1b[0m\n\n       more\n",
+    );
     expect(hintfmt("attribute '%s' missing", 'out').plain).toBe("attribute 'out' missing");
   });
 
   describe('tar', () => {
     let dir: string;
-    beforeAll(() => { dir = tempDir('realise-tar-'); });
+    beforeAll(() => {
+      dir = tempDir('realise-tar-');
+    });
     afterAll(() => removeTree(dir));
     const tar = (name: string, args: string[]) => {
       execFileSync('tar', [...args, '-f', path.join(dir, name)], { cwd: path.join(dir, 'src') });

@@ -34,10 +34,22 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:fetchurl vs Nix
     return e;
   };
   // Asynchronously: the HTTP server Nix downloads from runs in this process.
-  const nixBuild = (attrs: string[]) => runNixAsync('nix-store', [
-    '--store', N, '--realise', ...attrs.map((a) => drv[a]!), ...nixSandboxArgs(),
-    '--option', 'sandbox-paths', sandboxPaths.join(' '), '--option', 'hashed-mirrors', `${server.url}/mirror`, '-j', '4',
-  ]);
+  const nixBuild = (attrs: string[]) =>
+    runNixAsync('nix-store', [
+      '--store',
+      N,
+      '--realise',
+      ...attrs.map((a) => drv[a]!),
+      ...nixSandboxArgs(),
+      '--option',
+      'sandbox-paths',
+      sandboxPaths.join(' '),
+      '--option',
+      'hashed-mirrors',
+      `${server.url}/mirror`,
+      '-j',
+      '4',
+    ]);
 
   beforeAll(async () => {
     root = tempDir('realise-fetchurl-');
@@ -68,7 +80,9 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:fetchurl vs Nix
     const local = hashOf(['--type', 'sha256', '--flat', '--base32', path.join(root, 'local', 'f.txt')]);
     const expr = path.join(root, 'e.nix');
     const u = server.url;
-    writeFileSync(expr, `
+    writeFileSync(
+      expr,
+      `
       let fetchurl = import <nix/fetchurl.nix>; in rec {
         flat = fetchurl { url = "${u}/a.txt"; sha256 = "${flat}"; };
         sri = fetchurl { url = "${u}/a.txt"; hash = "${sri}"; name = "a-sri"; };
@@ -86,7 +100,8 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:fetchurl vs Nix
           name = "consumer"; system = builtins.currentSystem; builder = "/bin/sh";
           args = [ "-c" "read l < \${flat}; echo \\"$l\\" > $out; cat \${unpacked}/x >> $out; \${exe} >> $out || echo not-run >> $out; echo \${unpacked} >> $out" ];
         };
-      }`);
+      }`,
+    );
     N = path.join(root, 'N');
     O = path.join(root, 'O');
     drv = instantiateAttrs(N, expr);
@@ -126,8 +141,12 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:fetchurl vs Nix
     expect(Math.max(...progress)).toBeGreaterThan(0);
     // The build log has Nix's activity lines: the mirror first, then the URL.
     const log = (await store.readBuildLog(drv.flat!))!;
-    expect(log).toMatch(/^@nix \{"action":"start","fields":\["http:\/\/127\.0\.0\.1:\d+\/mirror\/sha256\/[0-9a-f]{64}"\],"id":\d+,"level":4,"text":"downloading '[^']*'","type":101\}\n/);
-    expect(log).toMatch(/\n@nix \{"action":"start","fields":\["http:\/\/127\.0\.0\.1:\d+\/a\.txt"\],"id":\d+,"level":4,"text":"downloading 'http:\/\/127\.0\.0\.1:\d+\/a\.txt'","type":101\}\n/);
+    expect(log).toMatch(
+      /^@nix \{"action":"start","fields":\["http:\/\/127\.0\.0\.1:\d+\/mirror\/sha256\/[0-9a-f]{64}"\],"id":\d+,"level":4,"text":"downloading '[^']*'","type":101\}\n/,
+    );
+    expect(log).toMatch(
+      /\n@nix \{"action":"start","fields":\["http:\/\/127\.0\.0\.1:\d+\/a\.txt"\],"id":\d+,"level":4,"text":"downloading 'http:\/\/127\.0\.0\.1:\d+\/a\.txt'","type":101\}\n/,
+    );
     expect(log).toMatch(/\n@nix \{"action":"result","fields":\[31,31,0,0\],"id":\d+,"type":105\}\n@nix \{"action":"stop","id":\d+\}\n$/);
     expect(nixVerify(O).status).toBe(0);
   }, 180_000);
@@ -135,7 +154,12 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:fetchurl vs Nix
   it('a wrong hash is a hash mismatch (exit 102) in both, and the content is registered under its true path', async () => {
     const r = await nixBuild(['wrong']);
     expect(r.status).toBe(102);
-    const err = await engine().buildPaths([drv.wrong!]).then(() => undefined, (x: unknown) => x);
+    const err = await engine()
+      .buildPaths([drv.wrong!])
+      .then(
+        () => undefined,
+        (x: unknown) => x,
+      );
     expect(err).toBeInstanceOf(BuildFailedError);
     expect((err as BuildFailedError).exitStatus).toBe(102);
     const nixMsg = /hash mismatch in fixed-output derivation[^\n]*\n\s*specified: *(\S+)\n\s*got: *(\S+)/.exec(r.stderr)!;
@@ -143,12 +167,17 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:fetchurl vs Nix
     expect((err as Error).message).toContain(`got:    ${nixMsg[2]}`);
   }, 120_000);
 
-  it('HTTP 404 and a file outside the sandbox fail in both, with Nix\'s message in the log', async () => {
+  it("HTTP 404 and a file outside the sandbox fail in both, with Nix's message in the log", async () => {
     for (const attr of ['missing', 'outside']) {
       const r = await nixBuild([attr]);
       expect(r.status).toBe(1);
       const nixLine = /error: (unable to download [^\n]*)/.exec(r.stderr)![1]!;
-      const err = await engine().buildPaths([drv[attr]!]).then(() => undefined, (x: unknown) => x);
+      const err = await engine()
+        .buildPaths([drv[attr]!])
+        .then(
+          () => undefined,
+          (x: unknown) => x,
+        );
       expect(err).toBeInstanceOf(BuildFailedError);
       expect((err as BuildFailedError).exitStatus).toBe(1);
       expect(logTail((err as Error).message).join('\n')).toContain(nixLine);
@@ -167,7 +196,10 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:fetchurl vs Nix
     const e = engine();
     e.on('build-started', () => setTimeout(() => ac.abort(), 200));
     const t0 = Date.now();
-    const err = await e.buildPaths([drv.hang1!], { signal: ac.signal }).then(() => undefined, (x: unknown) => x);
+    const err = await e.buildPaths([drv.hang1!], { signal: ac.signal }).then(
+      () => undefined,
+      (x: unknown) => x,
+    );
     expect(err).toBeInstanceOf(BuildCancelledError);
     expect(Date.now() - t0).toBeLessThan(10_000);
     server.clearFaults();
@@ -181,7 +213,12 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:fetchurl vs Nix
     const r = await runNixAsync('nix-store', ['--store', N, '--realise', drv.hang3!, ...nixSandboxArgs(), '--max-silent-time', '2', '--timeout', '4']);
     expect(r.status).toBe(101);
     expect(r.stderr).toContain('timed out after 4 seconds');
-    const err = await engine({ maxSilentTime: 2, buildTimeout: 4 }).buildPaths([drv.hang2!]).then(() => undefined, (x: unknown) => x);
+    const err = await engine({ maxSilentTime: 2, buildTimeout: 4 })
+      .buildPaths([drv.hang2!])
+      .then(
+        () => undefined,
+        (x: unknown) => x,
+      );
     server.clearFaults();
     expect(err).toBeInstanceOf(BuildFailedError);
     expect((err as BuildFailedError).results[0]!.status).toBe('timed-out');
@@ -192,7 +229,12 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('builtin:fetchurl vs Nix
   it('check mode fetches again and compares (deterministic: passes); keepFailed keeps no build directory of a built-in', async () => {
     const [r] = await engine().buildPaths([drv.flat!], { mode: 'check' });
     expect(r!.result.status).toBe('built');
-    const err = await engine({ keepFailed: true }).buildPaths([drv.missing!]).then(() => undefined, (x: unknown) => x);
+    const err = await engine({ keepFailed: true })
+      .buildPaths([drv.missing!])
+      .then(
+        () => undefined,
+        (x: unknown) => x,
+      );
     expect((err as Error).message).not.toContain('keeping build directory');
     expect((await fsp.readdir(root)).filter((n) => n.startsWith('nix-build-missing'))).toEqual([]);
   }, 60_000);

@@ -47,15 +47,49 @@ describe('store path arguments', () => {
 
 describe('flags', () => {
   it('records unknown --option names only before the first target, through aliases', () => {
-    const a = parseArgs(['build', '--option', 'frob', '1', '--option', 'build-max-jobs', '2', '--option', 'extra-sandbox-paths', '/x', D, '--option', 'late', '1']);
+    const a = parseArgs([
+      'build',
+      '--option',
+      'frob',
+      '1',
+      '--option',
+      'build-max-jobs',
+      '2',
+      '--option',
+      'extra-sandbox-paths',
+      '/x',
+      D,
+      '--option',
+      'late',
+      '1',
+    ]);
     expect(a.unknownSettings).toEqual(['frob']);
     expect(a.options.get('max-jobs')).toBe('2');
     expect(a.options.get('late')).toBe('1');
   });
 
   it('every Nix setting is a flag too: --NAME VALUE, --extra-NAME VALUE, --BOOL, --no-BOOL, -jN', () => {
-    const a = parseArgs(['build', '--max-build-log-size', '1000', '--no-keep-going', '--fallback', '--extra-sandbox-paths', '/x', '--build-repeat', '1', '-j0', D]);
-    expect(Object.fromEntries(a.options)).toEqual({ 'max-build-log-size': '1000', 'keep-going': 'false', fallback: 'true', 'extra-sandbox-paths': '/x', 'build-repeat': '1', 'max-jobs': '0' });
+    const a = parseArgs([
+      'build',
+      '--max-build-log-size',
+      '1000',
+      '--no-keep-going',
+      '--fallback',
+      '--extra-sandbox-paths',
+      '/x',
+      '--build-repeat',
+      '1',
+      '-j0',
+      D,
+    ]);
+    expect(Object.fromEntries(a.options)).toEqual({
+      'max-build-log-size': '1000',
+      'keep-going': 'false',
+      fallback: 'true',
+      'extra-sandbox-paths': '/x',
+      'build-repeat': '1',
+      'max-jobs': '0',
+    });
     expect(a.positional).toEqual([D]);
   });
 
@@ -70,15 +104,25 @@ describe('flags', () => {
   });
 
   it('of --check and --repair the last one wins, as nix-store --realise sets its build mode', () => {
-    const mode = (...flags: string[]) => { const a = parseArgs(['build', ...flags, D]); return [a.check, a.repair]; };
+    const mode = (...flags: string[]) => {
+      const a = parseArgs(['build', ...flags, D]);
+      return [a.check, a.repair];
+    };
     expect(mode('--check', '--repair')).toEqual([false, true]);
     expect(mode('--repair', '--check')).toEqual([true, false]);
     expect(mode('--check')).toEqual([true, false]);
   });
 
-  it('--quiet and -v count as Nix\'s verbosity: quiet only below the default level', () => {
+  it("--quiet and -v count as Nix's verbosity: quiet only below the default level", () => {
     const q = (...flags: string[]) => parseArgs(['build', ...flags, '/nix/store/x']).quiet;
-    expect([q(), q('--quiet'), q('--quiet', '-v'), q('--quiet', '--quiet', '-v'), q('-v', '--quiet'), q('--quiet', '-vv')]).toEqual([false, true, false, true, false, false]);
+    expect([q(), q('--quiet'), q('--quiet', '-v'), q('--quiet', '--quiet', '-v'), q('-v', '--quiet'), q('--quiet', '-vv')]).toEqual([
+      false,
+      true,
+      false,
+      true,
+      false,
+      false,
+    ]);
   });
 
   it("usage errors in nix-store's words", () => {
@@ -92,7 +136,15 @@ describe('messages', () => {
   it('indents continuation lines under "error: "; a failure prints without its hint, its log tail goes when logs were shown, its note is a line before it', () => {
     expect(formatError('a\nb')).toBe('error: a\n       b\n');
     const tail = "builder for 'x' failed with exit code 1;\nlast 1 log lines:\n> y\nFor full logs, run 'nix log x'.";
-    const r = { path: 'x', result: failure('permanent-failure', { message: "builder for 'x' failed with exit code 1", logTail: { drvPath: 'x', lines: ['y'] }, keptBuildDir: '/tmp/d', hint: 'h' }) };
+    const r = {
+      path: 'x',
+      result: failure('permanent-failure', {
+        message: "builder for 'x' failed with exit code 1",
+        logTail: { drvPath: 'x', lines: ['y'] },
+        keptBuildDir: '/tmp/d',
+        hint: 'h',
+      }),
+    };
     expect(r.result.errorMsg).toBe(`${tail}\nnote: keeping build directory '/tmp/d'\n  hint: h`);
     expect(failureLines(r, false)).toEqual({ message: "builder for 'x' failed with exit code 1", note: "note: keeping build directory '/tmp/d'" });
     expect(failureLines(r, true).message).toBe(tail);
@@ -103,7 +155,8 @@ describe('messages', () => {
 
   it("summarises failed targets as Nix's buildPaths: one error, or the first error and 'build of … failed'", () => {
     const fail = (path: string, errorMsg: string, extra: Partial<BuildResult> = {}): TargetResult => ({
-      target: { drvPath: path }, path,
+      target: { drvPath: path },
+      path,
       result: { status: 'permanent-failure', errorMsg, timesBuilt: 1, isNonDeterministic: false, startTime: 0, stopTime: 0, builtOutputs: {}, ...extra },
     });
     const a = fail('/nix/store/b0000000000000000000000000000000-a.drv', 'A failed');
@@ -112,7 +165,8 @@ describe('messages', () => {
     expect(summariseFailures([a], [a.result], true)).toEqual({ notes: [], messages: ['A failed'], exitStatus: 100 });
     // Goals in key order (by name: a before b); the first error is kept for last; paths sorted in the summary.
     expect(summariseFailures([b, a, stopped], [a.result, b.result], true)!.messages).toEqual([
-      'B failed', 'A failed',
+      'B failed',
+      'A failed',
       "build of '/nix/store/a0000000000000000000000000000000-b.drv', '/nix/store/b0000000000000000000000000000000-a.drv', '/nix/store/c0000000000000000000000000000000-c.drv' failed",
     ]);
   });

@@ -16,7 +16,11 @@ import { realiseInProcess } from '../helpers/cli.js';
 const SANDBOX = '/bin/sh=/bin/busybox /bin/busybox';
 const EXPR_FILE = fileURLToPath(new URL('../fixtures/cli/semantics.nix', import.meta.url));
 
-interface Run { stdout: Buffer; stderr: Buffer; status: number }
+interface Run {
+  stdout: Buffer;
+  stderr: Buffer;
+  status: number;
+}
 
 /** `realise ARGS` in this process; output as bytes (builder output that is not UTF-8 passes through). */
 async function realise(args: string[]): Promise<Run> {
@@ -61,7 +65,24 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     writeFileSync(file, readFileSync(EXPR_FILE));
     R1 = path.join(dir, 'R1');
     R2 = path.join(dir, 'R2');
-    for (const a of ['fodRefs', 'logs', 'logsFail', 'nums', 'chatty', 'fodBad', 'slow', 'nondet', 'features', 'dagTop', 'leaves', 'dagD1', 'dagD2', 'dagGood', 'fifo', 'fifoTop']) {
+    for (const a of [
+      'fodRefs',
+      'logs',
+      'logsFail',
+      'nums',
+      'chatty',
+      'fodBad',
+      'slow',
+      'nondet',
+      'features',
+      'dagTop',
+      'leaves',
+      'dagD1',
+      'dagD2',
+      'dagGood',
+      'fifo',
+      'fifoTop',
+    ]) {
       drvs[a] = nix('nix-instantiate', ['--store', R1, file, '-A', a]);
       expect(nix('nix-instantiate', ['--store', R2, file, '-A', a])).toBe(drvs[a]);
     }
@@ -74,7 +95,7 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
   const pathInfo = (root: string, p: string) =>
     JSON.parse(runNix('nix', ['path-info', '--store', root, '--json', p]).stdout).map(({ registrationTime: _, ...rest }: Record<string, unknown>) => rest);
 
-  it('a fixed-output derivation with references: the .drv\'s output path is printed, the same path registered', async () => {
+  it("a fixed-output derivation with references: the .drv's output path is printed, the same path registered", async () => {
     const n = nixRealise([drvs.fodRefs!]);
     const o = await ours([drvs.fodRefs!]);
     expect(o.status, o.stderr.toString()).toBe(n.status);
@@ -82,12 +103,14 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     const printed = n.stdout.toString().trim();
     // What nix-store prints is the .drv's path; what it registered is another one (its references are in it).
     expect(pathInfo(R1, printed)).toEqual([{ path: printed, valid: false }]);
-    const all = (root: string) => JSON.parse(runNix('nix', ['path-info', '--store', root, '--json', '--all']).stdout)
-      .map(({ registrationTime: _, ...rest }: Record<string, unknown>) => rest);
+    const all = (root: string) =>
+      JSON.parse(runNix('nix', ['path-info', '--store', root, '--json', '--all']).stdout).map(
+        ({ registrationTime: _, ...rest }: Record<string, unknown>) => rest,
+      );
     expect(all(R2)).toEqual(all(R1));
   });
 
-  it('builder output is filtered as Nix\'s logger does (tabs, escapes, \\r, BEL, non-UTF-8 bytes), byte for byte', async () => {
+  it("builder output is filtered as Nix's logger does (tabs, escapes, \\r, BEL, non-UTF-8 bytes), byte for byte", async () => {
     const text = (b: Buffer) => b.toString('latin1');
     // -Q first: a failed build is not cached, so the failing one builds again without it.
     for (const args of [['-Q', drvs.logsFail!], [drvs.logsFail!], [drvs.logs!]]) {
@@ -124,12 +147,19 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
 
   it('-K: a hash mismatch or a timeout keeps the build directory and prints the note before the error, as Nix', async () => {
     const dirOf = (s: string) => /^note: keeping build directory '([^']*)'$/m.exec(s)?.[1];
-    for (const args of [['-K', drvs.fodBad!], ['-K', '--timeout', '1', drvs.slow!]]) {
+    for (const args of [
+      ['-K', drvs.fodBad!],
+      ['-K', '--timeout', '1', drvs.slow!],
+    ]) {
       const n = nixRealise(args);
       const o = await ours(args);
       const err = o.stderr.toString();
       expect(o.status, err).toBe(n.status);
-      const shape = (s: string) => s.split('\n').filter((l) => /^(note|error): /.test(l)).map((l) => l.replace(/'[^']*\/nix-build-[^']*'/, 'DIR'));
+      const shape = (s: string) =>
+        s
+          .split('\n')
+          .filter((l) => /^(note|error): /.test(l))
+          .map((l) => l.replace(/'[^']*\/nix-build-[^']*'/, 'DIR'));
       expect(shape(err)).toEqual(shape(n.stderr));
       const kept = dirOf(err);
       expect(kept, err).toBeDefined();
@@ -155,10 +185,10 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     const o = await ours(args);
     expect([o.status, n.status]).toEqual([1, 1]);
     expect(o.stderr.toString()).toBe(n.stderr);
-    expect(n.stderr).toContain("with features {bar, foo} is required to build");
+    expect(n.stderr).toContain('with features {bar, foo} is required to build');
   });
 
-  it('one build slot: builds start in Nix\'s goal order (by name) and failures are reported before the next build', async () => {
+  it("one build slot: builds start in Nix's goal order (by name) and failures are reported before the next build", async () => {
     // Targets at different depths: Nix reaches the shallower builds first (dag-good before the failing ones).
     for (const args of [[drvs.leaves!], ['-k', drvs.dagTop!], [drvs.dagTop!], ['-k', drvs.dagD1!, drvs.dagD2!, drvs.dagGood!]]) {
       const n = nixRealise(args);
@@ -169,12 +199,16 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     }
   });
 
-  it('an output holding a FIFO: Nix\'s error naming the file inside the build\'s chroot, exit 1', async () => {
+  it("an output holding a FIFO: Nix's error naming the file inside the build's chroot, exit 1", async () => {
     for (const d of [drvs.fifo!, drvs.fifoTop!]) {
       const n = nixRealise([d]);
       const o = await ours([d]);
       expect([o.status, n.status]).toEqual([1, 1]);
-      const err = (s: string, root: string) => s.split('\n').filter((l) => l.startsWith('error: ')).map((l) => l.split(root).join('ROOT'));
+      const err = (s: string, root: string) =>
+        s
+          .split('\n')
+          .filter((l) => l.startsWith('error: '))
+          .map((l) => l.split(root).join('ROOT'));
       expect(err(o.stderr.toString(), R2)).toEqual(err(n.stderr, R1));
       expect(err(n.stderr, R1)[0]).toMatch(/^error: file 'ROOT\/nix\/store\/[^']*\.drv\.chroot\/nix\/store\/[^']*' has an unsupported type$/);
     }

@@ -18,8 +18,6 @@ const EXPR_FILE = fileURLToPath(new URL('../fixtures/cli/scenarios.nix', import.
 const ATTRS = ['ok', 'fail', 'fail2', 'good', 'dep', 'slow', 'fod', 'nondet', 'wrongsys', 'onWrongsys'] as const;
 const MISSING = '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nothere';
 
-
-
 /** The stderr lines a reader compares: errors (with their indented continuation lines), warnings, notes and the will-be-built summary. */
 function keyLines(stderr: string): string[] {
   return stderr.split('\n').filter((l) => /^(error|warning|note): |^ {7}|^these |^this |^don't know|^ {2}\/nix\/store\//.test(l));
@@ -97,8 +95,7 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
   it('arguments as nix-store reads them: missing files, paths outside the store, bad names, missing paths', async () => {
     const outside = path.join(dir, 'not-in-store');
     writeFileSync(outside, '');
-    for (const arg of [path.join(dir, 'nonexistent'), outside, '/nix/store/foo', '/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x',
-      MISSING, `${MISSING}.drv`]) {
+    for (const arg of [path.join(dir, 'nonexistent'), outside, '/nix/store/foo', '/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x', MISSING, `${MISSING}.drv`]) {
       const o = await same([arg]);
       expect(o.status, arg).toBe(1);
       expect(o.stderr, arg).toMatch(/^error: /m);
@@ -121,7 +118,9 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
     mkdirSync(roots);
     const link = path.join(roots, 'result');
     const n = nixStore(['--realise', drvs.ok!, drvs.good!, '--add-root', link]);
-    const nixLinks = readdirSync(roots).sort().map((f) => [f, readlinkSync(path.join(roots, f))]);
+    const nixLinks = readdirSync(roots)
+      .sort()
+      .map((f) => [f, readlinkSync(path.join(roots, f))]);
     const auto = (root: string) => readdirSync(path.join(root, 'nix/var/nix/gcroots/auto')).sort();
     const nixAuto = auto(R1);
     rmSync(roots, { recursive: true });
@@ -129,7 +128,11 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
     const o = await ours(['build', drvs.ok!, drvs.good!, '--add-root', link]);
     expect(o.status, o.stderr).toBe(0);
     expect(o.stdout).toBe(n.stdout);
-    expect(readdirSync(roots).sort().map((f) => [f, readlinkSync(path.join(roots, f))])).toEqual(nixLinks);
+    expect(
+      readdirSync(roots)
+        .sort()
+        .map((f) => [f, readlinkSync(path.join(roots, f))]),
+    ).toEqual(nixLinks);
     expect(auto(R2)).toEqual(nixAuto);
   });
 

@@ -10,12 +10,16 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
 import { realiseInProcess as realise } from '../helpers/cli.js';
 
-
 /** narinfo fields without the ones that depend on the compressor's exact output. */
 function narinfos(cache: string): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const f of readdirSync(cache).filter((n) => n.endsWith('.narinfo')).sort()) {
-    out[f] = readFileSync(path.join(cache, f), 'utf8').split('\n').filter((l) => !/^(URL|FileHash|FileSize): /.test(l)).join('\n');
+  for (const f of readdirSync(cache)
+    .filter((n) => n.endsWith('.narinfo'))
+    .sort()) {
+    out[f] = readFileSync(path.join(cache, f), 'utf8')
+      .split('\n')
+      .filter((l) => !/^(URL|FileHash|FileSize): /.test(l))
+      .join('\n');
   }
   return out;
 }
@@ -27,9 +31,12 @@ describe.skipIf(!nixOk())('realise copy vs nix copy, settings in the URL', () =>
   let publicKey: string;
   beforeAll(() => {
     dir = tempDir();
-    writeFileSync(path.join(dir, 'e.nix'), `rec {
+    writeFileSync(
+      path.join(dir, 'e.nix'),
+      `rec {
       a = derivation { name = "cp-a"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo a > $out"]; };
-      b = derivation { name = "cp-b"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo \${a} > $out"]; }; }`);
+      b = derivation { name = "cp-b"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo \${a} > $out"]; }; }`,
+    );
     const drv = nix('nix-instantiate', ['--store', path.join(dir, 'S'), path.join(dir, 'e.nix'), '-A', 'b']);
     out = nix('nix-store', ['--store', path.join(dir, 'S'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', '--realise', drv]);
     keyFile = path.join(dir, 'sk');
@@ -45,14 +52,29 @@ describe.skipIf(!nixOk())('realise copy vs nix copy, settings in the URL', () =>
       expect(n.status, n.stderr).toBe(0);
       const o = await realise(['copy', '--store', path.join(dir, 'S'), '--to', `file://${O}${settings}`, out]);
       expect(o.status, o.stderr).toBe(0);
-      const copying = (s: string, d: string) => s.split('\n').filter((l) => l.startsWith('copying path')).map((l) => l.replace(d, 'CACHE'));
+      const copying = (s: string, d: string) =>
+        s
+          .split('\n')
+          .filter((l) => l.startsWith('copying path'))
+          .map((l) => l.replace(d, 'CACHE'));
       expect(copying(o.stderr, O)).toEqual(copying(n.stderr, N));
       expect(Object.values(narinfos(O)).join('\n')).toContain(`Compression: ${compression}`);
       expect(Object.values(narinfos(O)).join('\n')).toContain('Sig: copy-test-1:');
       expect(narinfos(O)).toEqual(narinfos(N));
       expect(readFileSync(path.join(O, 'nix-cache-info'), 'utf8')).toBe(readFileSync(path.join(N, 'nix-cache-info'), 'utf8'));
       // Nix substitutes from it, checking our signature.
-      const r = runNix('nix-store', ['--store', path.join(dir, `R-${compression}`), '--realise', out, '--option', 'substituters', `file://${O}`, '--option', 'trusted-public-keys', publicKey]);
+      const r = runNix('nix-store', [
+        '--store',
+        path.join(dir, `R-${compression}`),
+        '--realise',
+        out,
+        '--option',
+        'substituters',
+        `file://${O}`,
+        '--option',
+        'trusted-public-keys',
+        publicKey,
+      ]);
       expect(r.status, r.stderr).toBe(0);
     });
   }
@@ -64,14 +86,39 @@ describe.skipIf(!nixOk())('realise copy vs nix copy, settings in the URL', () =>
     expect(n.status, n.stderr).toBe(0);
     const o = await realise(['copy', '--store', path.join(dir, 'S'), '--to', `file://${O}${settings}`, out]);
     expect(o.status, o.stderr).toBe(0);
-    const withoutFile = (m: Record<string, string>) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, v.split('\n').filter((l) => !/^(URL|FileHash|FileSize): /.test(l)).join('\n')]));
+    const withoutFile = (m: Record<string, string>) =>
+      Object.fromEntries(
+        Object.entries(m).map(([k, v]) => [
+          k,
+          v
+            .split('\n')
+            .filter((l) => !/^(URL|FileHash|FileSize): /.test(l))
+            .join('\n'),
+        ]),
+      );
     expect(Object.values(narinfos(O)).join('\n')).toContain('Compression: bzip2');
     const nars = readdirSync(path.join(O, 'nar'));
     expect(nars.length).toBe(2);
-    for (const f of nars) expect(readFileSync(path.join(O, 'nar', f)).subarray(0, 3).toString()).toBe('BZh');
+    for (const f of nars)
+      expect(
+        readFileSync(path.join(O, 'nar', f))
+          .subarray(0, 3)
+          .toString(),
+      ).toBe('BZh');
     expect(nars.every((f) => f.endsWith('.nar.bz2'))).toBe(true);
     expect(withoutFile(narinfos(O))).toEqual(withoutFile(narinfos(N)));
-    const r = runNix('nix-store', ['--store', path.join(dir, 'R-bzip2'), '--realise', out, '--option', 'substituters', `file://${O}`, '--option', 'trusted-public-keys', publicKey]);
+    const r = runNix('nix-store', [
+      '--store',
+      path.join(dir, 'R-bzip2'),
+      '--realise',
+      out,
+      '--option',
+      'substituters',
+      `file://${O}`,
+      '--option',
+      'trusted-public-keys',
+      publicKey,
+    ]);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toContain('copying path');
   });

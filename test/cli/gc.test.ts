@@ -11,7 +11,11 @@ import { realiseInProcess as realise } from '../helpers/cli.js';
 import { parseMaxFreed } from '../../src/cli/gc.js';
 
 const nonce = `${process.pid}-${Date.now()}`;
-const deleting = (stderr: string) => stderr.split('\n').filter((l) => l.startsWith('deleting \'')).sort();
+const deleting = (stderr: string) =>
+  stderr
+    .split('\n')
+    .filter((l) => l.startsWith("deleting '"))
+    .sort();
 
 describe.skipIf(!nixOk())('realise gc / store optimise vs nix-store', () => {
   let dir: string;
@@ -51,7 +55,7 @@ describe.skipIf(!nixOk())('realise gc / store optimise vs nix-store', () => {
     expect(o.stdout).toContain(`${O}/nix/var/nix/gcroots/zero -> ${p[0]}`);
   });
 
-  it('--delete refuses a live path with Nix\'s error and deletes a dead one with Nix\'s summary', async () => {
+  it("--delete refuses a live path with Nix's error and deletes a dead one with Nix's summary", async () => {
     const nLive = runNix('nix-store', ['--store', N, '--delete', p[0]!]);
     const oLive = await realise(['gc', '--store', O, '--delete', p[0]!]);
     expect(oLive.status).toBe(nLive.status);

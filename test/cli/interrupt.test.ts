@@ -21,7 +21,11 @@ const MARK = `interrupt-${process.pid}`;
 const EXPR = `{ mark }: derivation { name = "interrupt"; system = "x86_64-linux"; builder = "/bin/sh";
   args = ["-c" "echo started; : \${mark}; /bin/busybox sleep 600; echo > $out"]; }`;
 
-interface Ended { status: number | null; signal: NodeJS.Signals | null; stderr: string }
+interface Ended {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  stderr: string;
+}
 
 /** Start COMMAND; once its stderr contains `when` (or at once if undefined), send `sig`; wait for it to end. */
 function interrupt(cmd: string, args: string[], sig: NodeJS.Signals, when?: string, delayMs = 0): Promise<Ended> {
@@ -29,13 +33,25 @@ function interrupt(cmd: string, args: string[], sig: NodeJS.Signals, when?: stri
     const child = spawn(cmd, args, { env: nixEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     let sent = false;
-    const send = () => { if (!sent) { sent = true; child.kill(sig); } };
+    const send = () => {
+      if (!sent) {
+        sent = true;
+        child.kill(sig);
+      }
+    };
     child.stderr.setEncoding('utf8').on('data', (c: string) => {
       stderr += c;
       if (when && stderr.includes(when)) send();
     });
     // Once the process handles the signal (before that, any process dies of it), and `delayMs` later.
-    if (!when) child.once('spawn', () => void interruptHandlersInstalled(child.pid!).then(() => sleep(delayMs)).then(send));
+    if (!when)
+      child.once(
+        'spawn',
+        () =>
+          void interruptHandlersInstalled(child.pid!)
+            .then(() => sleep(delayMs))
+            .then(send),
+      );
     child.on('close', (status, signal) => resolve({ status, signal, stderr }));
   });
 }
@@ -54,7 +70,8 @@ describe.skipIf(!nixOk())('interrupting a build, realise vs Nix 2.8', () => {
   const nixArgs = () => ['--store', path.join(dir, 'N'), '--option', 'sandbox-paths', SANDBOX, '--realise', drv];
   const ourArgs = () => [BIN, 'build', '--store', path.join(dir, 'O'), '--option', 'sandbox-paths', SANDBOX, drv];
   const lastLine = (s: string) => s.trimEnd().split('\n').pop();
-  const valid = (root: string) => runNix('nix-store', ['--store', root, '--check-validity', nix('nix-store', ['--store', root, '-q', '--outputs', drv])]).status === 0;
+  const valid = (root: string) =>
+    runNix('nix-store', ['--store', root, '--check-validity', nix('nix-store', ['--store', root, '-q', '--outputs', drv])]).status === 0;
 
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     it(`${sig} while the builder runs: exit 1, "interrupted by the user", builder gone, nothing registered`, async () => {

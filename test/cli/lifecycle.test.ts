@@ -19,20 +19,35 @@ import { sshdOk, startSshd, type Sshd } from '../remote/sshd.js';
 
 const BIN = path.resolve(__dirname, '../../bin/realise.js');
 
-interface Ended { status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; ms: number }
+interface Ended {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
 
 /**
  * Run `realise ARGS`; when `sig` is given, send it once stderr contains `when` (stdout `whenStdout`), or as
  * soon as the process handles interrupts when neither is given. Fails the test if the process has not ended after `limitMs`.
  */
-function realise(args: string[], env: Record<string, string>, opts: { sig?: NodeJS.Signals; when?: string; whenStdout?: string; limitMs?: number } = {}): Promise<Ended> {
+function realise(
+  args: string[],
+  env: Record<string, string>,
+  opts: { sig?: NodeJS.Signals; when?: string; whenStdout?: string; limitMs?: number } = {},
+): Promise<Ended> {
   return new Promise((resolve, reject) => {
     const start = Date.now();
     const child = spawn(process.execPath, [BIN, ...args], { env: nixEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     let sent = false;
-    const send = () => { if (!sent && opts.sig) { sent = true; child.kill(opts.sig); } };
+    const send = () => {
+      if (!sent && opts.sig) {
+        sent = true;
+        child.kill(opts.sig);
+      }
+    };
     const limit = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`realise ${args[0]} did not exit within ${opts.limitMs ?? 60_000} ms; stderr:\n${stderr}`));
@@ -47,7 +62,10 @@ function realise(args: string[], env: Record<string, string>, opts: { sig?: Node
     });
     // "At once": as soon as the process handles the signal (before that, any process dies of it).
     if (opts.sig && opts.when === undefined && opts.whenStdout === undefined) child.once('spawn', () => void interruptHandlersInstalled(child.pid!).then(send));
-    child.on('close', (status, signal) => { clearTimeout(limit); resolve({ status, signal, stdout, stderr, ms: Date.now() - start }); });
+    child.on('close', (status, signal) => {
+      clearTimeout(limit);
+      resolve({ status, signal, stdout, stderr, ms: Date.now() - start });
+    });
   });
 }
 
@@ -61,7 +79,10 @@ function processesWith(mark: string): string[] {
 async function gone(mark: string, ms = 5_000): Promise<string[]> {
   const until = Date.now() + ms;
   let left = processesWith(mark);
-  while (left.length && Date.now() < until) { await sleep(100); left = processesWith(mark); }
+  while (left.length && Date.now() < until) {
+    await sleep(100);
+    left = processesWith(mark);
+  }
   return left;
 }
 
@@ -75,7 +96,12 @@ function remotePids(fx: Fixture): number[] {
 }
 
 function alive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch { return false; }
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 const lastLine = (s: string) => s.trimEnd().split('\n').pop();
@@ -109,7 +135,8 @@ describe.skipIf(!nixOk() || !sshdOk())('(root only) the realise process with rem
     const program = fx.wrapper(name, scheme === 'ssh' ? 'nix-store' : 'nix-daemon');
     const uri = `${scheme}://root@127.0.0.1?remote-store=${encodeURIComponent(remote)}&remote-program=${encodeURIComponent(program)}`;
     return {
-      local: path.join(fx.dir, `local-${name}`), remote,
+      local: path.join(fx.dir, `local-${name}`),
+      remote,
       builders: `${uri} - ${sshd.clientKey} 2 1 - - ${sshd.hostKeyBase64}`,
       env: { NIX_SSHOPTS: sshd.sshOptions.join(' ') },
     };
@@ -159,7 +186,10 @@ describe.skipIf(!nixOk() || !sshdOk())('(root only) the realise process with rem
 
   it('SIGINT after the build (its outputs printed): the process ends at once, the outputs stay valid, no ssh child left', async () => {
     const s = await setup('ssh-ng');
-    const r = await realise(['build', '--store', s.local, '--max-jobs', '0', '--builders', s.builders, fx.drvs.top], s.env, { sig: 'SIGINT', whenStdout: '\n' });
+    const r = await realise(['build', '--store', s.local, '--max-jobs', '0', '--builders', s.builders, fx.drvs.top], s.env, {
+      sig: 'SIGINT',
+      whenStdout: '\n',
+    });
     // The signal lands while the command closes its connections, or just after it ended.
     if (r.status !== 0) expect([r.status, r.signal, lastLine(r.stderr)], r.stderr).toEqual([1, null, 'error: interrupted by the user']);
     const outs = r.stdout.trim().split('\n');

@@ -13,7 +13,6 @@ import { realiseInProcess as realise } from '../helpers/cli.js';
 
 const EXPR = `{ }: derivation { name = "lock-held"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo locked > $out"]; }`;
 
-
 /** Hold `<file>.lock` (flock, exclusive) until the returned function is called. */
 async function holdLock(file: string): Promise<() => Promise<void>> {
   const ready = `${file}.held`;
@@ -47,10 +46,16 @@ describe.skipIf(!nixOk())('a held output lock, realise vs Nix 2.8', () => {
 
   it('both print the waiting line with the physical path, then build', async () => {
     const n = await withLockHeld(path.join(dir, 'N'), 500, () =>
-      runNixAsync('nix-store', ['--store', path.join(dir, 'N'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', '--realise', drv]));
+      runNixAsync('nix-store', ['--store', path.join(dir, 'N'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', '--realise', drv]),
+    );
     const o = await withLockHeld(path.join(dir, 'O'), 500, () =>
-      realise(['build', '--store', path.join(dir, 'O'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', drv]));
-    const waitLine = (stderr: string, real: string) => stderr.split('\n').filter((l) => l.startsWith('waiting for lock')).map((l) => l.replace(real, 'OUT'));
+      realise(['build', '--store', path.join(dir, 'O'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', drv]),
+    );
+    const waitLine = (stderr: string, real: string) =>
+      stderr
+        .split('\n')
+        .filter((l) => l.startsWith('waiting for lock'))
+        .map((l) => l.replace(real, 'OUT'));
     expect(n.r.status, n.r.stderr).toBe(0);
     expect(o.r.status, o.r.stderr).toBe(0);
     expect(waitLine(n.r.stderr, n.real)).toEqual(["waiting for lock on 'OUT'..."]);

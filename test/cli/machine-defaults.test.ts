@@ -13,12 +13,19 @@ import { busyboxTree, instantiateTwins, nix, nixOk, nixRealise, removeTreeSync, 
 import { realiseInProcess } from '../helpers/cli.js';
 
 function kvmUsable(): boolean {
-  try { accessSync('/dev/kvm', constants.R_OK | constants.W_OK); return true; } catch { return false; }
+  try {
+    accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** A setting from `nix show-config`, as Nix computes it for this user. */
 function nixSetting(name: string): string {
-  const line = nix('nix', ['show-config']).split('\n').find((l) => l.startsWith(`${name} = `));
+  const line = nix('nix', ['show-config'])
+    .split('\n')
+    .find((l) => l.startsWith(`${name} = `));
   return line!.slice(name.length + 3);
 }
 
@@ -41,7 +48,8 @@ describe('machine defaults', () => {
       delete process.env.TMPDIR;
       expect(defaultBuildDir()).toBe(realpathSync('/tmp'));
     } finally {
-      if (saved === undefined) delete process.env.TMPDIR; else process.env.TMPDIR = saved;
+      if (saved === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = saved;
       removeTreeSync(dir);
     }
   });
@@ -58,11 +66,15 @@ describe('machine defaults', () => {
       beforeAll(() => {
         dir = tempDir('realise-kvm-');
         busyboxTree(path.join(dir, 'bb'));
-        drv = instantiateTwins(dir,
+        drv = instantiateTwins(
+          dir,
           'derivation { name = "kvm-user"; system = "x86_64-linux"; builder = "${./bb}/bin/sh"; requiredSystemFeatures = [ "kvm" ];\n' +
-          '  args = [ "-c" "${./bb}/bin/busybox ls /dev > $out; ${./bb}/bin/busybox test -c /dev/kvm && echo kvm-is-a-device >> $out; true" ]; }\n');
+            '  args = [ "-c" "${./bb}/bin/busybox ls /dev > $out; ${./bb}/bin/busybox test -c /dev/kvm && echo kvm-is-a-device >> $out; true" ]; }\n',
+        );
       });
-      afterAll(() => { if (dir) removeTreeSync(dir); });
+      afterAll(() => {
+        if (dir) removeTreeSync(dir);
+      });
 
       it.runIf(kvmUsable())('with /dev/kvm usable: both build it, /dev/kvm in the sandbox, the same output', async () => {
         const n = nixRealise(path.join(dir, 'N'), [drv], { sandbox: true });

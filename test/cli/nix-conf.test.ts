@@ -12,24 +12,41 @@ import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
 import { realiseInProcess as realiseWithEnv } from '../helpers/cli.js';
 
 describe('readNixConf / applyNixConf', () => {
-  it('reads nix.conf, the user files (first wins) and $NIX_CONFIG in Nix\'s order, with includes and comments', () => {
+  it("reads nix.conf, the user files (first wins) and $NIX_CONFIG in Nix's order, with includes and comments", () => {
     const d = tempDir();
     mkdirSync(path.join(d, 'etc'));
     writeFileSync(path.join(d, 'etc', 'nix.conf'), 'cores = 1 # a comment\n\ninclude more.conf\n!include absent.conf\n');
     writeFileSync(path.join(d, 'etc', 'more.conf'), 'timeout = 5\nextra-sandbox-paths = /a\n');
     writeFileSync(path.join(d, 'u1.conf'), 'cores = 3\n');
     writeFileSync(path.join(d, 'u2.conf'), 'cores = 2\nextra-sandbox-paths = /b\n');
-    const env = { NIX_CONF_DIR: path.join(d, 'etc'), NIX_USER_CONF_FILES: `${path.join(d, 'u1.conf')}:${path.join(d, 'u2.conf')}`, NIX_CONFIG: 'max-jobs = 4\nbuild-max-silent-time = 7' };
+    const env = {
+      NIX_CONF_DIR: path.join(d, 'etc'),
+      NIX_USER_CONF_FILES: `${path.join(d, 'u1.conf')}:${path.join(d, 'u2.conf')}`,
+      NIX_CONFIG: 'max-jobs = 4\nbuild-max-silent-time = 7',
+    };
     const settings = readNixConf(env);
     expect(settings.map((s) => `${s.name}=${s.value}`)).toEqual([
-      'cores=1', 'timeout=5', 'extra-sandbox-paths=/a', 'cores=2', 'extra-sandbox-paths=/b', 'cores=3', 'max-jobs=4', 'build-max-silent-time=7',
+      'cores=1',
+      'timeout=5',
+      'extra-sandbox-paths=/a',
+      'cores=2',
+      'extra-sandbox-paths=/b',
+      'cores=3',
+      'max-jobs=4',
+      'build-max-silent-time=7',
     ]);
     const args = parseArgs(['build', '--option', 'timeout', '9', '--extra-sandbox-paths', '/c', '/nix/store/x']);
     applyNixConf(args, settings, {});
-    expect(Object.fromEntries(args.options)).toMatchObject({ cores: '3', timeout: '9', 'max-jobs': '4', 'max-silent-time': '7', 'extra-sandbox-paths': '/a /b /c' });
+    expect(Object.fromEntries(args.options)).toMatchObject({
+      cores: '3',
+      timeout: '9',
+      'max-jobs': '4',
+      'max-silent-time': '7',
+      'extra-sandbox-paths': '/a /b /c',
+    });
   });
 
-  it('a plain NAME replaces what extra-NAME added before it, in the configuration and on the command line, as Nix\'s Config::set', () => {
+  it("a plain NAME replaces what extra-NAME added before it, in the configuration and on the command line, as Nix's Config::set", () => {
     const ext = (argv: string[], conf: { name: string; value: string }[]) => {
       const a = parseArgs(['build', ...argv]);
       applyNixConf(a, conf, {});
@@ -38,14 +55,36 @@ describe('readNixConf / applyNixConf', () => {
     expect(ext(['--option', 'extra-sandbox-paths', '/opt', '--option', 'sandbox-paths', '/x'], [])).toEqual(['/x', undefined]);
     expect(ext(['--option', 'sandbox-paths', '/x', '--extra-sandbox-paths', '/opt'], [])).toEqual(['/x', '/opt']);
     expect(ext(['--option', 'sandbox-paths', '/x'], [{ name: 'extra-sandbox-paths', value: '/srv' }])).toEqual(['/x', undefined]);
-    expect(ext([], [{ name: 'extra-sandbox-paths', value: '/srv' }, { name: 'sandbox-paths', value: '/c' }])).toEqual(['/c', undefined]);
-    expect(ext(['--extra-sandbox-paths', '/opt'], [{ name: 'sandbox-paths', value: '/c' }, { name: 'extra-sandbox-paths', value: '/srv' }])).toEqual(['/c', '/srv /opt']);
+    expect(
+      ext(
+        [],
+        [
+          { name: 'extra-sandbox-paths', value: '/srv' },
+          { name: 'sandbox-paths', value: '/c' },
+        ],
+      ),
+    ).toEqual(['/c', undefined]);
+    expect(
+      ext(
+        ['--extra-sandbox-paths', '/opt'],
+        [
+          { name: 'sandbox-paths', value: '/c' },
+          { name: 'extra-sandbox-paths', value: '/srv' },
+        ],
+      ),
+    ).toEqual(['/c', '/srv /opt']);
   });
 
-  it('malformed lines and missing includes are errors with Nix\'s words; the store comes from `store` or $NIX_REMOTE', () => {
-    expect(() => readNixConf({ NIX_CONF_DIR: '/nonexistent', NIX_USER_CONF_FILES: '', NIX_CONFIG: 'foo' })).toThrow("illegal configuration line 'foo' in 'NIX_CONFIG'");
-    expect(() => readNixConf({ NIX_CONF_DIR: '/nonexistent', NIX_USER_CONF_FILES: '', NIX_CONFIG: 'a b c' })).toThrow("illegal configuration line 'a b c' in 'NIX_CONFIG'");
-    expect(() => readNixConf({ NIX_CONF_DIR: '/nonexistent', NIX_USER_CONF_FILES: '', NIX_CONFIG: 'include /nonexistent/x' })).toThrow("file '/nonexistent/x' included from 'NIX_CONFIG' not found");
+  it("malformed lines and missing includes are errors with Nix's words; the store comes from `store` or $NIX_REMOTE", () => {
+    expect(() => readNixConf({ NIX_CONF_DIR: '/nonexistent', NIX_USER_CONF_FILES: '', NIX_CONFIG: 'foo' })).toThrow(
+      "illegal configuration line 'foo' in 'NIX_CONFIG'",
+    );
+    expect(() => readNixConf({ NIX_CONF_DIR: '/nonexistent', NIX_USER_CONF_FILES: '', NIX_CONFIG: 'a b c' })).toThrow(
+      "illegal configuration line 'a b c' in 'NIX_CONFIG'",
+    );
+    expect(() => readNixConf({ NIX_CONF_DIR: '/nonexistent', NIX_USER_CONF_FILES: '', NIX_CONFIG: 'include /nonexistent/x' })).toThrow(
+      "file '/nonexistent/x' included from 'NIX_CONFIG' not found",
+    );
     const a = parseArgs(['build', 'x']);
     applyNixConf(a, [], { NIX_REMOTE: '/tmp/r' });
     expect(a.store).toBe('/tmp/r');
@@ -64,16 +103,17 @@ describe('readNixConf / applyNixConf', () => {
   });
 });
 
-
-
 describe.skipIf(!nixOk())('configuration vs Nix 2.8', () => {
   it('$NIX_CONFIG (sandbox-paths, sandbox) and $NIX_REMOTE act as on nix-store; a bad value is an error', async () => {
     const dir = tempDir();
     const file = path.join(dir, 'a.nix');
-    writeFileSync(file, `{
+    writeFileSync(
+      file,
+      `{
       good = derivation { name = "conf-good"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo good > $out"]; };
       noChroot = derivation { name = "conf-nochroot"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo > $out"]; __noChroot = true; };
-    }`);
+    }`,
+    );
     const R1 = path.join(dir, 'R1');
     const R2 = path.join(dir, 'R2');
     const drvs: string[] = [];
@@ -91,7 +131,7 @@ describe.skipIf(!nixOk())('configuration vs Nix 2.8', () => {
     for (const [config, targets] of cases) {
       const n = runNix('nix-store', ['--realise', ...targets], { env: { NIX_REMOTE: R1, NIX_CONFIG: config } });
       const o = await realiseWithEnv(['build', ...targets], { NIX_REMOTE: R2, NIX_CONFIG: config, NIX_USER_CONF_FILES: '/dev/null' });
-      expect(o.status, o.stderr + "\n---\n" + n.stderr).toBe(n.status);
+      expect(o.status, o.stderr + '\n---\n' + n.stderr).toBe(n.status);
       expect(o.stdout).toBe(n.stdout);
       const lines = (s: string) => s.split('\n').filter((l) => /^(error|warning): /.test(l));
       expect(lines(o.stderr)).toEqual(lines(n.stderr));

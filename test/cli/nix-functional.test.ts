@@ -17,11 +17,19 @@ import type { NixRunResult } from '../helpers/nix.js';
  * compared elsewhere).
  */
 function keyLines(stderr: string): string[] {
-  return stderr.split('\n').filter((l) =>
-    /^(error: |building '|checking outputs of '|resolved derivation: |running post-build-hook |post-build-hook: |waiting for lock on |\s+(specified|got): )/.test(l));
+  return stderr
+    .split('\n')
+    .filter((l) =>
+      /^(error: |building '|checking outputs of '|resolved derivation: |running post-build-hook |post-build-hook: |waiting for lock on |\s+(specified|got): )/.test(
+        l,
+      ),
+    );
 }
 
-interface Pair { nix: NixRunResult; ours: NixRunResult }
+interface Pair {
+  nix: NixRunResult;
+  ours: NixRunResult;
+}
 
 /**
  * One step on both stores, Nix first; exit status, stdout, key stderr lines and database rows compared.
@@ -35,7 +43,12 @@ async function step(t: TwinStores, args: string[], expectStatus: number, racing 
   expect(nix.status, `nix-store --realise ${args.join(' ')}:\n${nix.stderr}`).toBe(expectStatus);
   expect(ours.status, `realise build ${args.join(' ')}:\n${ours.stderr}`).toBe(expectStatus);
   expect(ours.stdout).toBe(nix.stdout);
-  const lines = (stderr: string) => racing ? keyLines(stderr).map((l) => l.replace(/[^/' ]+\.drv/g, 'DRV')).sort() : keyLines(stderr);
+  const lines = (stderr: string) =>
+    racing
+      ? keyLines(stderr)
+          .map((l) => l.replace(/[^/' ]+\.drv/g, 'DRV'))
+          .sort()
+      : keyLines(stderr);
   expect(lines(ours.stderr)).toEqual(lines(nix.stderr));
   const rows = (side: Side) => {
     const r = t.rows(side);
@@ -72,7 +85,11 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests: realise vs nix-store on twi
     // (Still racing as far as the rows go: parallelSame's output and its deriver are in them.)
     const { nix } = await step(t, t.instantiate('fixed.nix', ['-A', 'sameAsAdd']), 0, true);
     t.use('nix');
-    const printed = runNix('nix-store', ['--store', t.uri('nix'), '--print-fixed-path', '--recursive', 'sha256', '1ixr6yd3297ciyp9im522dfxpqbkhcw0pylkb2aab915278fqaik', 'fixed'], { env: t.env });
+    const printed = runNix(
+      'nix-store',
+      ['--store', t.uri('nix'), '--print-fixed-path', '--recursive', 'sha256', '1ixr6yd3297ciyp9im522dfxpqbkhcw0pylkb2aab915278fqaik', 'fixed'],
+      { env: t.env },
+    );
     expect(nix.stdout.trim()).toBe(printed.stdout.trim());
   }, 120_000);
 
@@ -155,7 +172,9 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests: realise vs nix-store on twi
       t.use(side);
       return { cur: t.read(side, `${t.shared}.cur`).trim(), max: t.read(side, `${t.shared}.max`).trim() };
     };
-    const reset = () => { for (const f of ['cur', 'max', 'lock']) rmSync(`${t.shared}.${f}`, { force: true }); };
+    const reset = () => {
+      for (const f of ['cur', 'max', 'lock']) rmSync(`${t.shared}.${f}`, { force: true });
+    };
     const [drv] = t.instantiate('parallel.nix');
     for (const side of sides) {
       reset();
@@ -170,7 +189,10 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests: realise vs nix-store on twi
     const [drv2] = t.instantiate('parallel.nix', ['--argstr', 'sleepTime', '3']);
     // `a`, the first build: its lock is the gate that lets the four processes start building together.
     t.use('nix');
-    const graph = JSON.parse(runNix('nix', ['--store', t.uri('nix'), 'show-derivation', '-r', drv2!], { env: t.env }).stdout) as Record<string, { env: Record<string, string>; outputs: { out: { path: string } } }>;
+    const graph = JSON.parse(runNix('nix', ['--store', t.uri('nix'), 'show-derivation', '-r', drv2!], { env: t.env }).stdout) as Record<
+      string,
+      { env: Record<string, string>; outputs: { out: { path: string } } }
+    >;
     const a = Object.values(graph).find((d) => d.env.text === 'a')!.outputs.out.path;
     for (const side of sides) {
       reset();

@@ -41,7 +41,9 @@ describe.skipIf(!nixOk())('the CLI on a store real Nix made (as whoever runs the
     const r = runNix('nix-store', ['--store', root, '--realise', drv.base!, '--option', 'sandbox', 'true']);
     expect(r.status, r.stderr).toBe(0);
   });
-  afterAll(() => { if (dir) removeTreeSync(dir); });
+  afterAll(() => {
+    if (dir) removeTreeSync(dir);
+  });
 
   it("reads Nix's registrations: path-info and an already valid build", async () => {
     const info = await realise(['path-info', '--store', root, '--json', out.base!]);

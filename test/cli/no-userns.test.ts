@@ -34,7 +34,11 @@ function setupOk(): boolean {
   return reachable && nixOk();
 }
 
-interface Run { status: number; stdout: string; stderr: string }
+interface Run {
+  status: number;
+  stdout: string;
+  stderr: string;
+}
 
 describe.skipIf(!setupOk())('(root only) without user namespaces, as an ordinary user: realise vs Nix 2.8', () => {
   let dir: string;
@@ -59,14 +63,18 @@ describe.skipIf(!setupOk())('(root only) without user namespaces, as an ordinary
     chmodSync(dir, 0o755);
     busyboxTree(path.join(dir, 'bb'));
     // What runs it: the sandbox's uid 1000, or the user's own uid when unsandboxed.
-    writeFileSync(path.join(dir, 'e.nix'),
-      'derivation { name = "who"; system = "x86_64-linux"; builder = "${./bb}/bin/sh"; args = [ "-c" "${./bb}/bin/busybox id -u > $out" ]; }\n');
+    writeFileSync(
+      path.join(dir, 'e.nix'),
+      'derivation { name = "who"; system = "x86_64-linux"; builder = "${./bb}/bin/sh"; args = [ "-c" "${./bb}/bin/busybox id -u > $out" ]; }\n',
+    );
     spawnSync('useradd', ['-m', '-s', '/bin/bash', USER], { stdio: 'ignore' });
     home = spawnSync('getent', ['passwd', USER], { encoding: 'utf8' }).stdout.split(':')[5]!;
     spawnSync('install', ['-d', '-o', USER, path.join(home, 'tmp')]);
     expect(spawnSync('chown', ['-R', USER, dir]).status).toBe(0);
   });
-  afterAll(() => { if (dir) removeTreeSync(dir); });
+  afterAll(() => {
+    if (dir) removeTreeSync(dir);
+  });
 
   it('a plain store with sandbox-fallback (the default): both build without the sandbox, as the user, the same output', () => {
     const ours = plain('O');
@@ -89,7 +97,9 @@ describe.skipIf(!setupOk())('(root only) without user namespaces, as an ordinary
     expect(n.stderr).toContain('error: unable to start build process');
     const o = realise(ours, [drv, '--option', 'sandbox', 'true', '--option', 'sandbox-fallback', 'false']);
     expect(o.status).toBe(1);
-    expect(o.stderr).toContain(`error: cannot build '${drv}' in the sandbox: user namespaces are disabled on this machine (/proc/sys/user/max_user_namespaces is 0)`);
+    expect(o.stderr).toContain(
+      `error: cannot build '${drv}' in the sandbox: user namespaces are disabled on this machine (/proc/sys/user/max_user_namespaces is 0)`,
+    );
     expect(o.stderr).toMatch(/^ +hint: as root, allow them: sysctl -w user\.max_user_namespaces=15000 .*or set sandbox: false or sandboxFallback: true$/m);
     expect(o.stderr).not.toMatch(/\n\s+at /); // no stack trace
   });
@@ -103,8 +113,12 @@ describe.skipIf(!setupOk())('(root only) without user namespaces, as an ordinary
     expect(n.status).not.toBe(0);
     const o = realise(ours, [drv]);
     expect(o.status).toBe(1);
-    expect(o.stderr).toContain(`error: cannot build '${drv}': the store '${ours}/nix/store' is a chroot store (logical '/nix/store'), which needs the Linux sandbox, and the sandbox is not available: user namespaces are disabled on this machine`);
-    expect(o.stderr).toMatch(/^ +hint: as root, allow them: sysctl -w user\.max_user_namespaces=15000 .*or use a store whose logical directory is its physical one/m);
+    expect(o.stderr).toContain(
+      `error: cannot build '${drv}': the store '${ours}/nix/store' is a chroot store (logical '/nix/store'), which needs the Linux sandbox, and the sandbox is not available: user namespaces are disabled on this machine`,
+    );
+    expect(o.stderr).toMatch(
+      /^ +hint: as root, allow them: sysctl -w user\.max_user_namespaces=15000 .*or use a store whose logical directory is its physical one/m,
+    );
     const out = asUser(['nix-store', '--store', ours, '-q', '--outputs', drv]).stdout.trim();
     for (const root of [ours, theirs]) {
       expect(asUser(['nix-store', '--store', root, '--check-validity', out]).status).not.toBe(0);

@@ -15,7 +15,6 @@ const EXPR = `{
   closes = derivation { name = "om-closes"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo bye; exec >&- 2>&-; /bin/busybox sleep 20; echo > $out"]; };
 }`;
 
-
 describe.skipIf(!nixOk())('output locations in messages, realise vs Nix 2.8 (sandboxed)', () => {
   let dir: string;
   const drvs: Record<string, string> = {};
@@ -23,7 +22,11 @@ describe.skipIf(!nixOk())('output locations in messages, realise vs Nix 2.8 (san
     dir = tempDir();
     for (const a of ['noout', 'writable', 'closes']) drvs[a] = instantiateTwins(dir, EXPR, ['-A', a]);
   });
-  const errors = (stderr: string, root: string) => stderr.split('\n').filter((l) => l.startsWith('error:')).map((l) => l.split(root).join('ROOT'));
+  const errors = (stderr: string, root: string) =>
+    stderr
+      .split('\n')
+      .filter((l) => l.startsWith('error:'))
+      .map((l) => l.split(root).join('ROOT'));
 
   // closes: a builder that closes its stdout and stderr and runs on is killed, as the end of its output
   // is the end of the build: "failed due to signal 9 (Killed)", exit 100 (not a 20 s wait and success).
@@ -47,13 +50,15 @@ describe.skipIf(!nixOk())('output locations in messages, realise vs Nix 2.8 (san
     expect(o.status).toBe(n.status);
   });
 
-  it('the same setup error\'s trace: pointed at without --show-trace, shown with it, as Nix', async () => {
+  it("the same setup error's trace: pointed at without --show-trace, shown with it, as Nix", async () => {
     for (const flags of [[], ['--show-trace']]) {
       const args = [...flags, '--option', 'sandbox-paths', '/bin/sh=/bin/busybox /nonexistent-sandbox-path', drvs.noout!];
       const n = runNix('nix-store', ['--store', path.join(dir, 'N'), '--realise', ...args]);
       const o = await realise(['build', '--store', path.join(dir, 'O'), ...args]);
       const tail = (s: string) => s.slice(s.indexOf('error:'));
-      expect(tail(n.stderr)).toMatch(flags.length ? /\n\n {7}\u2026 while setting up the build environment\n$/ : /\n\(use '--show-trace' to show detailed location information\)\n$/);
+      expect(tail(n.stderr)).toMatch(
+        flags.length ? /\n\n {7}\u2026 while setting up the build environment\n$/ : /\n\(use '--show-trace' to show detailed location information\)\n$/,
+      );
       expect(tail(o.stderr), o.stderr).toBe(tail(n.stderr));
     }
   });

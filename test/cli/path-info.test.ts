@@ -16,7 +16,11 @@ const EXPR = `rec {
   b = derivation { name = "pi-b"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo \${a} > $out"]; };
 }`;
 
-interface Run { stdout: string; stderr: string; status: number }
+interface Run {
+  stdout: string;
+  stderr: string;
+  status: number;
+}
 const noTimes = (s: string) => s.replace(/"registrationTime":\d+/g, '"registrationTime":T');
 
 describe.skipIf(!nixOk())('realise path-info vs nix path-info', () => {
@@ -43,7 +47,10 @@ describe.skipIf(!nixOk())('realise path-info vs nix path-info', () => {
       src = nix('nix-store', ['--store', root, '--add', path.join(dir, 'src.txt')]);
     }
     nix('nix-store', ['--store', N, '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', '--realise', drv]);
-    const r = spawnSync(process.execPath, [BIN, 'build', '--store', O, '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', drv], { encoding: 'utf8', env: nixEnv() });
+    const r = spawnSync(process.execPath, [BIN, 'build', '--store', O, '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', drv], {
+      encoding: 'utf8',
+      env: nixEnv(),
+    });
     expect(r.status, r.stderr).toBe(0);
     out = nix('nix-store', ['--store', N, '-q', '--outputs', drv]);
   });
@@ -58,7 +65,12 @@ describe.skipIf(!nixOk())('realise path-info vs nix path-info', () => {
   });
 
   it('--derivation of an output path is its deriver; a path with none is an error in Nix words', () => {
-    for (const args of [['--derivation', out], ['-r', '--derivation', out], ['--derivation', src], ['--derivation', '--json', out]]) {
+    for (const args of [
+      ['--derivation', out],
+      ['-r', '--derivation', out],
+      ['--derivation', src],
+      ['--derivation', '--json', out],
+    ]) {
       const [o, n] = [ours(args), theirs(args)];
       expect([noTimes(o.stdout), o.status], args.join(' ')).toEqual([noTimes(n.stdout), n.status]);
     }
@@ -87,7 +99,10 @@ describe.skipIf(!nixOk())('realise path-info vs nix path-info', () => {
       return f;
     });
     for (const root of [N, O]) nix('nix-store', ['--store', root, '--add', ...many]);
-    const o = spawnSync('bash', ['-c', `'${process.execPath}' '${BIN}' path-info --store '${O}' --all | head -1 >/dev/null; echo \${PIPESTATUS[0]}`], { encoding: 'utf8', env: nixEnv() });
+    const o = spawnSync('bash', ['-c', `'${process.execPath}' '${BIN}' path-info --store '${O}' --all | head -1 >/dev/null; echo \${PIPESTATUS[0]}`], {
+      encoding: 'utf8',
+      env: nixEnv(),
+    });
     const n = spawnSync('bash', ['-c', `nix path-info --store '${N}' --all | head -1 >/dev/null; echo \${PIPESTATUS[0]}`], { encoding: 'utf8', env: nixEnv() });
     expect(o.stdout.trim()).toBe(n.stdout.trim());
     expect(o.stdout.trim()).toBe('0');

@@ -62,7 +62,10 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
   }, 60_000);
 
   /** Twin fresh stores with the .drv files, and a copy of the cache to damage. */
-  function fresh(compression: 'xz' | 'none', withDrvs = true): { N: string; O: string; cacheDir: string; narOf: (p: string) => string; niOf: (p: string) => string; env: Record<string, string> } {
+  function fresh(
+    compression: 'xz' | 'none',
+    withDrvs = true,
+  ): { N: string; O: string; cacheDir: string; narOf: (p: string) => string; niOf: (p: string) => string; env: Record<string, string> } {
     const d = path.join(dir, `run${++n}`);
     const N = path.join(d, 'N');
     const O = path.join(d, 'O');
@@ -84,7 +87,9 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
 
   function pathInfos(root: string, drvsToo = false): Record<string, unknown>[] {
     const infos = JSON.parse(nix('nix', ['path-info', '--store', root, '--json', '--all'])) as Record<string, unknown>[];
-    return infos.filter((i) => drvsToo || !String(i.path).endsWith('.drv')).map(({ registrationTime, ...rest }): Record<string, unknown> => ({ ...rest, hasRegistrationTime: registrationTime !== undefined }))
+    return infos
+      .filter((i) => drvsToo || !String(i.path).endsWith('.drv'))
+      .map(({ registrationTime, ...rest }): Record<string, unknown> => ({ ...rest, hasRegistrationTime: registrationTime !== undefined }))
       .sort((x, y) => String(x.path).localeCompare(String(y.path)));
   }
 
@@ -116,7 +121,7 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     }
   }, 60_000);
 
-  it('a NAR with other contents (hash mismatch): Nix\'s message with both hashes; no build without --fallback', async () => {
+  it("a NAR with other contents (hash mismatch): Nix's message with both hashes; no build without --fallback", async () => {
     const f = fresh('xz');
     // b's NAR file replaced by a's: valid xz of another size, so FileSize is wrong too (Nix does not check it).
     copyFileSync(f.narOf(out.a), f.narOf(out.b));
@@ -153,7 +158,7 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expect(infos.find((i) => i.path === out.b)).toMatchObject({ signatures: [expect.stringMatching(/^parity-1:/)] });
   }, 60_000);
 
-  it('a cache for another store dir: Nix\'s warning, and the derivation is built', async () => {
+  it("a cache for another store dir: Nix's warning, and the derivation is built", async () => {
     const f = fresh('xz');
     writeFileSync(path.join(f.cacheDir, 'nix-cache-info'), 'StoreDir: /other/store\n');
     const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [drv.a]);
@@ -161,7 +166,7 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expectSame(r);
   }, 60_000);
 
-  it('an HTTP cache that refuses connections: Nix\'s last warning (curl\'s words), and the derivation is built', async () => {
+  it("an HTTP cache that refuses connections: Nix's last warning (curl's words), and the derivation is built", async () => {
     const f = fresh('xz');
     const server = await serveCache(f.cacheDir);
     const url = server.url;
@@ -205,7 +210,11 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expect(r.ours.stdout).toBe(r.nix.stdout);
     expect(r.nix.stderr).toContain(`found corrupted or missing path '${out.a}' in the output closure of '${drv.b}'`);
     // Nix's lines, without a prefix (in a chroot store Nix also finds b "missing": it looks on the host).
-    for (const line of [`checking path '${out.a}'...`, `path '${out.a}' is corrupted or missing!`, `found corrupted or missing path '${out.a}' in the output closure of '${drv.b}'`]) {
+    for (const line of [
+      `checking path '${out.a}'...`,
+      `path '${out.a}' is corrupted or missing!`,
+      `found corrupted or missing path '${out.a}' in the output closure of '${drv.b}'`,
+    ]) {
       expect(r.nix.stderr.split('\n')).toContain(line);
       expect(r.ours.stderr.split('\n')).toContain(line);
     }
@@ -214,7 +223,10 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expect(runNix('nix-store', ['--store', f.O, '--verify', '--check-contents']).status).toBe(0);
     expect(pathInfos(f.O)).toEqual(pathInfos(f.N));
     // --quiet hides the "checking path" lines (Nix's info level), not the errors.
-    for (const root of [f.N, f.O]) { chmodSync(root + out.a, 0o644); writeFileSync(root + out.a, 'corrupted\n'); }
+    for (const root of [f.N, f.O]) {
+      chmodSync(root + out.a, 0o644);
+      writeFileSync(root + out.a, 'corrupted\n');
+    }
     const q = await both(f.N, f.O, url, f.env, [drv.b, '--repair', '--quiet']);
     for (const run of [q.nix, q.ours]) {
       expect(run.stderr).not.toContain('checking path');
@@ -231,12 +243,28 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expect(pathInfos(f.O, true)).toEqual(pathInfos(f.N, true));
   }, 60_000);
 
-  it('NAR files that do not decompress: libarchive\'s words as Nix prints them (open vs read, truncated vs corrupt, not compressed)', async () => {
+  it("NAR files that do not decompress: libarchive's words as Nix prints them (open vs read, truncated vs corrupt, not compressed)", async () => {
     const damage: [string, string, (file: string) => void][] = [
       ['truncated early', 'a', (f) => truncateSync(f, 60)],
       ['truncated late', 'big', (f) => truncateSync(f, 2000)],
-      ['corrupt early', 'big', (f) => { const b = readFileSync(f); b[40]! ^= 0x55; writeFileSync(f, b); }],
-      ['corrupt late', 'big', (f) => { const b = readFileSync(f); b[b.length >> 1]! ^= 0x55; writeFileSync(f, b); }],
+      [
+        'corrupt early',
+        'big',
+        (f) => {
+          const b = readFileSync(f);
+          b[40]! ^= 0x55;
+          writeFileSync(f, b);
+        },
+      ],
+      [
+        'corrupt late',
+        'big',
+        (f) => {
+          const b = readFileSync(f);
+          b[b.length >> 1]! ^= 0x55;
+          writeFileSync(f, b);
+        },
+      ],
       ['not compressed', 'a', (f) => writeFileSync(f, Buffer.alloc(124, 0x41))],
     ];
     for (const [what, k, hurt] of damage) {
@@ -249,7 +277,7 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     }
   }, 120_000);
 
-  it('an HTTP cache that answers 500 (narinfo, NAR): Nix\'s message with the reason and the response body; no build without --fallback', async () => {
+  it("an HTTP cache that answers 500 (narinfo, NAR): Nix's message with the reason and the response body; no build without --fallback", async () => {
     for (const re of [/\.narinfo$/, /^nar\//]) {
       const f = fresh('xz');
       const server = await serveCache(f.cacheDir);
@@ -290,7 +318,7 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expectSame(r);
   }, 60_000);
 
-  it('a closure with branches: the paths are fetched in Nix\'s order (its worker\'s rounds, by name within one)', async () => {
+  it("a closure with branches: the paths are fetched in Nix's order (its worker's rounds, by name within one)", async () => {
     for (const target of [out.top, drv.top]) {
       const f = fresh('xz');
       const r = await both(f.N, f.O, `file://${f.cacheDir}`, f.env, [target]);

@@ -17,9 +17,15 @@ describe('system call failures in Nix words', () => {
   const errnoError = (code: string, errno: number, message: string, syscall: string, p: string, dest?: string) =>
     Object.assign(new Error(message), { code, errno, syscall, path: p, ...(dest ? { dest } : {}) });
   it('maps the syscall and the description as Nix SysError prints them', () => {
-    expect(systemErrorMessage(errnoError('ENOENT', -2, "ENOENT: no such file or directory, open '/x'", 'open', '/x'))).toBe("opening file '/x': No such file or directory");
-    expect(systemErrorMessage(errnoError('EEXIST', -17, "EEXIST: file already exists, mkdir '/d'", 'mkdir', '/d'))).toBe("creating directory '/d': File exists");
-    expect(systemErrorMessage(errnoError('EACCES', -13, "EACCES: permission denied, symlink '/t' -> '/l'", 'symlink', '/t', '/l'))).toBe("creating symlink from '/l' to '/t': Permission denied");
+    expect(systemErrorMessage(errnoError('ENOENT', -2, "ENOENT: no such file or directory, open '/x'", 'open', '/x'))).toBe(
+      "opening file '/x': No such file or directory",
+    );
+    expect(systemErrorMessage(errnoError('EEXIST', -17, "EEXIST: file already exists, mkdir '/d'", 'mkdir', '/d'))).toBe(
+      "creating directory '/d': File exists",
+    );
+    expect(systemErrorMessage(errnoError('EACCES', -13, "EACCES: permission denied, symlink '/t' -> '/l'", 'symlink', '/t', '/l'))).toBe(
+      "creating symlink from '/l' to '/t': Permission denied",
+    );
     expect(systemErrorMessage(new TypeError('x'))).toBeUndefined();
   });
 });

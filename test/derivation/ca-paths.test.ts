@@ -31,7 +31,11 @@ describe.skipIf(!nixOk() || !existsSync('/bin/busybox'))('makeCaOutputPath equal
     expect(r.status, r.stderr).toBe(0);
     const outs = r.stdout.trim().split('\n');
     expect(outs.length).toBe(4);
-    const infos = JSON.parse(nixOut('nix', ['path-info', '--json', '--store', root, ...outs], { env })) as Array<{ path: string; ca: string; references: string[] }>;
+    const infos = JSON.parse(nixOut('nix', ['path-info', '--json', '--store', root, ...outs], { env })) as Array<{
+      path: string;
+      ca: string;
+      references: string[];
+    }>;
     for (const info of infos) {
       const m = /^fixed:(r:)?(\w+):(.+)$/.exec(info.ca)!;
       expect(m, info.ca).not.toBeNull();

@@ -15,10 +15,12 @@ import { nix as nixOut, nixOk, tempDir } from '../helpers/nix.js';
 const RESERVED = new Set(['name', 'system', 'builder', 'args', 'outputs', 'outputHash', 'outputHashAlgo', 'outputHashMode', 'passAsFile']);
 
 // Names in byte order differ from UTF-16 order around surrogates (U+FFFF vs U+1F389): include both.
-const attrName = fc.oneof(
-  { weight: 4, arbitrary: fc.stringMatching(/^[a-zA-Z_][a-zA-Z0-9_'-]{0,8}$/) },
-  { weight: 1, arbitrary: fc.constantFrom('é', 'Z', 'a b', '日本', '🎉', '\uffff', '\ufb01x', '$x', 'a"b', 'ÿ') },
-).filter((s) => !RESERVED.has(s) && !s.startsWith('__'));
+const attrName = fc
+  .oneof(
+    { weight: 4, arbitrary: fc.stringMatching(/^[a-zA-Z_][a-zA-Z0-9_'-]{0,8}$/) },
+    { weight: 1, arbitrary: fc.constantFrom('é', 'Z', 'a b', '日本', '🎉', '\uffff', '\ufb01x', '$x', 'a"b', 'ÿ') },
+  )
+  .filter((s) => !RESERVED.has(s) && !s.startsWith('__'));
 const nixText = fc.string({
   maxLength: 24,
   unit: fc.oneof(
@@ -62,7 +64,13 @@ function nixValue(v: unknown): string {
   if (typeof v === 'boolean') return v ? 'true' : 'false';
   if (typeof v === 'number') return v < 0 ? `(${v})` : String(v);
   if (Array.isArray(v)) return '[ ' + v.map(nixValue).join(' ') + ' ]';
-  return '{ ' + Object.entries(v as object).map(([k, x]) => `${nixString(k)} = ${nixValue(x)};`).join(' ') + ' }';
+  return (
+    '{ ' +
+    Object.entries(v as object)
+      .map(([k, x]) => `${nixString(k)} = ${nixValue(x)};`)
+      .join(' ') +
+    ' }'
+  );
 }
 
 function attrsOf(c: Case): Record<string, unknown> {
@@ -80,7 +88,19 @@ function attrsOf(c: Case): Record<string, unknown> {
 describe.skipIf(!nixOk())('derivation() agrees with nix-instantiate on random attribute sets', () => {
   it('same .drv paths for random derivations (legacy and structured)', async () => {
     const cases = fc.sample(caseArb, { numRuns: Number(process.env.REALISE_DIFF_RUNS ?? 60), seed: Number(process.env.REALISE_DIFF_SEED ?? 20261125) });
-    const expr = '[\n' + cases.map((c) => '  (derivation { ' + Object.entries(attrsOf(c)).map(([k, v]) => `${nixString(k)} = ${nixValue(v)};`).join(' ') + ' }).drvPath').join('\n') + '\n]';
+    const expr =
+      '[\n' +
+      cases
+        .map(
+          (c) =>
+            '  (derivation { ' +
+            Object.entries(attrsOf(c))
+              .map(([k, v]) => `${nixString(k)} = ${nixValue(v)};`)
+              .join(' ') +
+            ' }).drvPath',
+        )
+        .join('\n') +
+      '\n]';
     const dir = tempDir('realise-drv-diff-');
     const file = path.join(dir, 'cases.nix');
     writeFileSync(file, expr);

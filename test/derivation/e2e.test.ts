@@ -22,16 +22,25 @@ const system = 'x86_64-linux';
 async function tsGraph(store: Store, sh: string | NixString, fixedHash: string) {
   const base = await derivation(store, { name: 'e2e-base', system, builder: sh, args: ['-c', 'echo base > $out'] });
   const lib = await derivation(store, {
-    name: 'e2e-lib', system, builder: sh, outputs: ['out', 'dev'],
+    name: 'e2e-lib',
+    system,
+    builder: sh,
+    outputs: ['out', 'dev'],
     args: ['-c', nix`read b < ${base}; echo "${base} $b" > $out; echo header > $dev`],
   });
   const fod = await derivation(store, { name: 'e2e-fixed', system, builder: sh, outputHash: fixedHash, args: ['-c', 'echo fixed > $out'] });
   const paf = await derivation(store, {
-    name: 'e2e-paf', system, builder: sh, passAsFile: ['blob'], blob: 'multi\nline',
+    name: 'e2e-paf',
+    system,
+    builder: sh,
+    passAsFile: ['blob'],
+    blob: 'multi\nline',
     args: ['-c', 'while IFS= read -r l || [ -n "$l" ]; do echo "$l"; done < $blobPath > $out'],
   });
   const top = await derivation(store, {
-    name: 'e2e-top', system, builder: sh,
+    name: 'e2e-top',
+    system,
+    builder: sh,
     args: ['-c', nix`{ read h < ${lib.output('dev')}; read f < ${fod}; read p < ${paf}; echo "$h $f $p ${lib} $out"; } > $out`],
   });
   return { top, all: [base.out, lib.out, lib.output('dev'), fod.out, paf.out, top.out] };
@@ -66,7 +75,11 @@ async function compare(store: LocalStore, nixStoreArg: string, sh: string | NixS
   expect(r.status, r.stderr).toBe(0);
   expect(r.stdout.trim()).toBe(top.out.path);
   const paths = all.map((o) => o.path);
-  const nixInfo = JSON.parse(nixOut('nix', ['path-info', '--json', '--store', nixStoreArg, ...paths])) as Array<{ path: string; narHash: string; references: string[] }>;
+  const nixInfo = JSON.parse(nixOut('nix', ['path-info', '--json', '--store', nixStoreArg, ...paths])) as Array<{
+    path: string;
+    narHash: string;
+    references: string[];
+  }>;
   const theirs = Object.fromEntries(nixInfo.map((i) => [i.path, { narHash: i.narHash, references: [...i.references].sort() }]));
   const ours: Record<string, { narHash: string; references: string[] }> = {};
   for (const p of paths) {
@@ -106,8 +119,14 @@ describe.skipIf(!nixOk())('a TypeScript graph built by the engine equals real Ni
       const r = runNix('nix-store', ['--store', nixStore, '--realise', drvPath, '--option', 'sandbox', 'false']);
       expect(r.status, r.stderr).toBe(0);
       expect(r.stdout.trim()).toBe(top.out.path);
-      const nixInfo = JSON.parse(nixOut('nix', ['path-info', '--json', '--store', nixStore, ...all.map((o) => o.path)])) as Array<{ path: string; narHash: string; references: string[] }>;
-      expect(Object.fromEntries(nixInfo.map((i) => [i.path, { narHash: i.narHash, references: [...i.references].sort() }]))).toEqual(Object.fromEntries(ourInfos));
+      const nixInfo = JSON.parse(nixOut('nix', ['path-info', '--json', '--store', nixStore, ...all.map((o) => o.path)])) as Array<{
+        path: string;
+        narHash: string;
+        references: string[];
+      }>;
+      expect(Object.fromEntries(nixInfo.map((i) => [i.path, { narHash: i.narHash, references: [...i.references].sort() }]))).toEqual(
+        Object.fromEntries(ourInfos),
+      );
     } finally {
       await store.close().catch(() => {});
     }
@@ -119,7 +138,14 @@ describe.skipIf(!nixOk())('a TypeScript graph built by the engine equals real Ni
     const store = await LocalStore.open({ root });
     try {
       const busybox = await addPath(store, tree, { name: 'busybox' });
-      await compare(store, tempDir('realise-e2e-nixroot-'), nix`${busybox}/bin/sh`, `"\${builtins.path { path = ${tree}; name = "busybox"; }}/bin/sh"`, true, []);
+      await compare(
+        store,
+        tempDir('realise-e2e-nixroot-'),
+        nix`${busybox}/bin/sh`,
+        `"\${builtins.path { path = ${tree}; name = "busybox"; }}/bin/sh"`,
+        true,
+        [],
+      );
     } finally {
       await store.close();
     }

@@ -15,9 +15,7 @@ const TREE = path.join(FIXTURES, 'tree');
 type Twin = (store: Store) => Promise<DerivationValue[]>;
 
 export const twins: Record<string, Twin> = {
-  simple: async (store) => [
-    await derivation(store, { name: 'simple', system, builder, args: ['-c', 'echo hello > $out'], greeting: 'hello world' }),
-  ],
+  simple: async (store) => [await derivation(store, { name: 'simple', system, builder, args: ['-c', 'echo hello > $out'], greeting: 'hello world' })],
 
   'multiple-outputs': async (store) => {
     const multi = await derivation(store, { name: 'multi', system, builder, outputs: ['out', 'dev', 'lib'], args: ['-c', 'mkdir $out $dev $lib'] });
@@ -32,8 +30,7 @@ export const twins: Record<string, Twin> = {
   },
 
   deps: async (store) => {
-    const mk = (name: string, attrs: Partial<DerivationAttrs>) =>
-      derivation(store, { name, system, builder, args: ['-c', 'echo $name > $out'], ...attrs });
+    const mk = (name: string, attrs: Partial<DerivationAttrs>) => derivation(store, { name, system, builder, args: ['-c', 'echo $name > $out'], ...attrs });
     const a = await mk('a', {});
     const b = await mk('b', { dep: a });
     const c = await mk('c', { deps: [a, b], script: nix`cat ${a}/x ${b}/y` });
@@ -42,12 +39,15 @@ export const twins: Record<string, Twin> = {
   },
 
   fixed: async (store) => {
-    const fod = (name: string, attrs: Partial<DerivationAttrs>) =>
-      derivation(store, { name, system, builder, args: ['-c', 'echo -n hello > $out'], ...attrs });
+    const fod = (name: string, attrs: Partial<DerivationAttrs>) => derivation(store, { name, system, builder, args: ['-c', 'echo -n hello > $out'], ...attrs });
     const hello256 = '2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824';
     const flat = await fod('flat-sha256', { outputHashAlgo: 'sha256', outputHash: hello256 });
     const other = await fod('flat-sha256', { outputHashAlgo: 'sha256', outputHash: hello256, args: ['-c', 'printf hello > $out'] });
-    const rec = await fod('rec-sha256', { outputHashMode: 'recursive', outputHashAlgo: 'sha256', outputHash: '0vd7x51fiksa4b15z0ahvwakpbcc05y6zl1fy4fx7x1jd9lvmaa1' });
+    const rec = await fod('rec-sha256', {
+      outputHashMode: 'recursive',
+      outputHashAlgo: 'sha256',
+      outputHash: '0vd7x51fiksa4b15z0ahvwakpbcc05y6zl1fy4fx7x1jd9lvmaa1',
+    });
     const rest = [
       await fod('flat-sha256-base32', { outputHashAlgo: 'sha256', outputHashMode: 'flat', outputHash: '094qif9n4cq4fdg459qzbhg1c6wywawwaaivx0k0x8xhbyx4vwic' }),
       await fod('flat-sri', { outputHash: 'sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=' }),
@@ -157,18 +157,35 @@ export const twins: Record<string, Twin> = {
 
   ca: async (store) => {
     const opts = { experimentalFeatures: ['ca-derivations'] as const };
-    const ca = await derivation(store, {
-      name: 'ca', system, builder, args: ['-c', 'echo ca > $out'],
-      __contentAddressed: true, outputHashMode: 'recursive', outputHashAlgo: 'sha256',
-    }, opts);
+    const ca = await derivation(
+      store,
+      {
+        name: 'ca',
+        system,
+        builder,
+        args: ['-c', 'echo ca > $out'],
+        __contentAddressed: true,
+        outputHashMode: 'recursive',
+        outputHashAlgo: 'sha256',
+      },
+      opts,
+    );
     const caMulti = await derivation(store, { name: 'ca-multi', system, builder, outputs: ['out', 'dev'], __contentAddressed: true }, opts);
-    const caFlat = await derivation(store, { name: 'ca-flat', system, builder, __contentAddressed: true, outputHashMode: 'flat', outputHashAlgo: 'sha512' }, opts);
+    const caFlat = await derivation(
+      store,
+      { name: 'ca-flat', system, builder, __contentAddressed: true, outputHashMode: 'flat', outputHashAlgo: 'sha512' },
+      opts,
+    );
     const consumer = await derivation(store, { name: 'ca-consumer', system, builder, args: ['-c', nix`cat ${ca} ${caMulti.output('dev')} > $out`] });
     return [ca, caMulti, caFlat, consumer];
   },
 
   impure: async (store) => {
-    const imp = await derivation(store, { name: 'imp', system, builder, args: ['-c', 'date > $out'], __impure: true }, { experimentalFeatures: ['impure-derivations'] });
+    const imp = await derivation(
+      store,
+      { name: 'imp', system, builder, args: ['-c', 'date > $out'], __impure: true },
+      { experimentalFeatures: ['impure-derivations'] },
+    );
     const consumer = await derivation(store, { name: 'imp-consumer', system, builder, args: ['-c', nix`cat ${imp} > $out`] });
     const notImpure = await derivation(store, { name: 'not-impure', system, builder, __impure: false, __contentAddressed: false });
     return [imp, consumer, notImpure];
@@ -181,7 +198,10 @@ export const twins: Record<string, Twin> = {
         name: 'source-user',
         system,
         builder,
-        args: ['-c', nix`cat ${s.text} ${s.textWithRef} ${s.tree}/hello.txt ${s.file} ${s.fileRec} ${s.filtered}/hello.txt ${s.treeDefaultName}/hello.txt > $out`],
+        args: [
+          '-c',
+          nix`cat ${s.text} ${s.textWithRef} ${s.tree}/hello.txt ${s.file} ${s.fileRec} ${s.filtered}/hello.txt ${s.treeDefaultName}/hello.txt > $out`,
+        ],
       }),
     ];
   },

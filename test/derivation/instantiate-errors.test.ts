@@ -18,35 +18,104 @@ const cases: Array<[string, Record<string, unknown>, string, RegExp]> = [
   ['missing name', { system: 'x86_64-linux', builder: '/bin/sh' }, 'system = "x86_64-linux"; builder = "/bin/sh";', /required attribute 'name' missing/],
   ['missing builder', { name: 'x', system: 'x86_64-linux' }, 'name = "x"; system = "x86_64-linux";', /required attribute 'builder' missing/],
   ['missing system', { name: 'x', builder: '/bin/sh' }, 'name = "x"; builder = "/bin/sh";', /required attribute 'system' missing/],
-  ['invalid name', { ...base, name: 'has space' }, 'name = "has space"; system = "x86_64-linux"; builder = "/bin/sh";', /invalid derivation name|illegal character/],
+  [
+    'invalid name',
+    { ...base, name: 'has space' },
+    'name = "has space"; system = "x86_64-linux"; builder = "/bin/sh";',
+    /invalid derivation name|illegal character/,
+  ],
   ['name ending in .drv', { ...base, name: 'x.drv' }, 'name = "x.drv"; system = "x86_64-linux"; builder = "/bin/sh";', /not allowed to end in '.drv'/],
   ['duplicate outputs', { ...base, outputs: ['out', 'out'] }, `${nixBase} outputs = [ "out" "out" ];`, /duplicate derivation output 'out'/],
   ['output named drv', { ...base, outputs: ['out', 'drv'] }, `${nixBase} outputs = [ "out" "drv" ];`, /invalid derivation output name 'drv'/],
   ['slash in an output name', { ...base, outputs: ['out', 'a/b'] }, `${nixBase} outputs = [ "out" "a/b" ];`, /invalid derivation output name 'a\/b'/],
   ['no outputs', { ...base, outputs: [] }, `${nixBase} outputs = [ ];`, /empty set of outputs/],
-  ['fixed output with several outputs', { ...base, outputs: ['out', 'dev'], outputHash: 'sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=' },
-    `${nixBase} outputs = [ "out" "dev" ]; outputHash = "sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=";`, /multiple outputs are not supported in fixed-output derivations/],
-  ['bad hash', { ...base, outputHashAlgo: 'sha256', outputHash: 'nothex' }, `${nixBase} outputHashAlgo = "sha256"; outputHash = "nothex";`, /invalid outputHash/],
-  ['hash of the wrong length', { ...base, outputHashAlgo: 'sha256', outputHash: '2cf24dba' }, `${nixBase} outputHashAlgo = "sha256"; outputHash = "2cf24dba";`, /wrong length/],
-  ['hash without a type', { ...base, outputHash: '2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824' },
-    `${nixBase} outputHash = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";`, /does not include a type/],
-  ['unknown hash algorithm', { ...base, outputHashAlgo: 'sha3', outputHash: '2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824' },
-    `${nixBase} outputHashAlgo = "sha3"; outputHash = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";`, /unknown hash algorithm 'sha3'/],
-  ['hash type mismatch', { ...base, outputHashAlgo: 'sha1', outputHash: 'sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=' },
-    `${nixBase} outputHashAlgo = "sha1"; outputHash = "sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=";`, /should have type 'sha1'/],
+  [
+    'fixed output with several outputs',
+    { ...base, outputs: ['out', 'dev'], outputHash: 'sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=' },
+    `${nixBase} outputs = [ "out" "dev" ]; outputHash = "sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=";`,
+    /multiple outputs are not supported in fixed-output derivations/,
+  ],
+  [
+    'bad hash',
+    { ...base, outputHashAlgo: 'sha256', outputHash: 'nothex' },
+    `${nixBase} outputHashAlgo = "sha256"; outputHash = "nothex";`,
+    /invalid outputHash/,
+  ],
+  [
+    'hash of the wrong length',
+    { ...base, outputHashAlgo: 'sha256', outputHash: '2cf24dba' },
+    `${nixBase} outputHashAlgo = "sha256"; outputHash = "2cf24dba";`,
+    /wrong length/,
+  ],
+  [
+    'hash without a type',
+    { ...base, outputHash: '2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824' },
+    `${nixBase} outputHash = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";`,
+    /does not include a type/,
+  ],
+  [
+    'unknown hash algorithm',
+    { ...base, outputHashAlgo: 'sha3', outputHash: '2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824' },
+    `${nixBase} outputHashAlgo = "sha3"; outputHash = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";`,
+    /unknown hash algorithm 'sha3'/,
+  ],
+  [
+    'hash type mismatch',
+    { ...base, outputHashAlgo: 'sha1', outputHash: 'sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=' },
+    `${nixBase} outputHashAlgo = "sha1"; outputHash = "sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=";`,
+    /should have type 'sha1'/,
+  ],
   ['empty hash without type', { ...base, outputHash: '' }, `${nixBase} outputHash = "";`, /empty hash requires explicit hash type/],
-  ['bad outputHashMode', { ...base, outputHashMode: 'deep', outputHash: 'sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=' },
-    `${nixBase} outputHashMode = "deep"; outputHash = "sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=";`, /invalid value 'deep' for 'outputHashMode'/],
+  [
+    'bad outputHashMode',
+    { ...base, outputHashMode: 'deep', outputHash: 'sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=' },
+    `${nixBase} outputHashMode = "deep"; outputHash = "sha256-LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=";`,
+    /invalid value 'deep' for 'outputHashMode'/,
+  ],
   ['attribute set without structured attrs', { ...base, set: { a: 1 } }, `${nixBase} set = { a = 1; };`, /cannot coerce an attribute set to a string/],
-  ['structured system that is not a string', { name: 'x', builder: '/bin/sh', __structuredAttrs: true, system: 5 },
-    'name = "x"; builder = "/bin/sh"; __structuredAttrs = true; system = 5;', /value is number while a string was expected/],
-  ['CA without the experimental feature', { ...base, __contentAddressed: true }, `${nixBase} __contentAddressed = true;`, /experimental Nix feature 'ca-derivations' is disabled/],
-  ['an integer above 64 bits', { ...base, big: 2n ** 63n }, `${nixBase} big = 9223372036854775808;`, /integer 9223372036854775808 is outside Nix's 64-bit integers/],
+  [
+    'structured system that is not a string',
+    { name: 'x', builder: '/bin/sh', __structuredAttrs: true, system: 5 },
+    'name = "x"; builder = "/bin/sh"; __structuredAttrs = true; system = 5;',
+    /value is number while a string was expected/,
+  ],
+  [
+    'CA without the experimental feature',
+    { ...base, __contentAddressed: true },
+    `${nixBase} __contentAddressed = true;`,
+    /experimental Nix feature 'ca-derivations' is disabled/,
+  ],
+  [
+    'an integer above 64 bits',
+    { ...base, big: 2n ** 63n },
+    `${nixBase} big = 9223372036854775808;`,
+    /integer 9223372036854775808 is outside Nix's 64-bit integers/,
+  ],
   ['a number below 64 bits', { ...base, big: -1e19 }, `${nixBase} big = -10000000000000000000;`, /outside Nix's 64-bit integers/],
-  ['an integer above 64 bits, structured', { ...base, __structuredAttrs: true, big: 2n ** 64n }, `${nixBase} __structuredAttrs = true; big = 18446744073709551616;`, /outside Nix's 64-bit integers/],
+  [
+    'an integer above 64 bits, structured',
+    { ...base, __structuredAttrs: true, big: 2n ** 64n },
+    `${nixBase} __structuredAttrs = true; big = 18446744073709551616;`,
+    /outside Nix's 64-bit integers/,
+  ],
   ['NaN', { ...base, n: NaN }, `${nixBase} n = 0.0 / 0.0;`, /NaN is not a Nix value/],
-  ['Infinity, structured', { ...base, __structuredAttrs: true, n: [Infinity] }, `${nixBase} __structuredAttrs = true; n = [ (1.0 / 0) ];`, /Infinity is not a Nix value/],
-  ['a bare number in an interpolation', { ...base, get s() { return nix`v${42 as never}`; } }, `${nixBase} s = "v\${42}";`, /cannot coerce an integer to a string/],
+  [
+    'Infinity, structured',
+    { ...base, __structuredAttrs: true, n: [Infinity] },
+    `${nixBase} __structuredAttrs = true; n = [ (1.0 / 0) ];`,
+    /Infinity is not a Nix value/,
+  ],
+  [
+    'a bare number in an interpolation',
+    {
+      ...base,
+      get s() {
+        return nix`v${42 as never}`;
+      },
+    },
+    `${nixBase} s = "v\${42}";`,
+    /cannot coerce an integer to a string/,
+  ],
 ];
 
 describe('derivation() rejects what Nix rejects', () => {
@@ -121,13 +190,17 @@ describe('derivation() on hostile values', () => {
     const store = new MemoryStore();
     try {
       await fc.assert(
-        fc.asyncProperty(fc.anything({ withBigInt: true, withNullPrototype: true, withMap: true, withSet: true, withDate: true, withTypedArray: true, withSparseArray: true }), fc.boolean(), async (v, structured) => {
-          try {
-            await derivation(store, { ...base, attr: v as never, __structuredAttrs: structured });
-          } catch (e) {
-            if (!(e instanceof RealiseError)) throw e;
-          }
-        }),
+        fc.asyncProperty(
+          fc.anything({ withBigInt: true, withNullPrototype: true, withMap: true, withSet: true, withDate: true, withTypedArray: true, withSparseArray: true }),
+          fc.boolean(),
+          async (v, structured) => {
+            try {
+              await derivation(store, { ...base, attr: v as never, __structuredAttrs: structured });
+            } catch (e) {
+              if (!(e instanceof RealiseError)) throw e;
+            }
+          },
+        ),
         { numRuns: 300 },
       );
     } finally {

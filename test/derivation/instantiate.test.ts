@@ -68,7 +68,11 @@ describe('derivation(): the same .drv as nix-instantiate', () => {
 
   it('the explicit form (options.inputDrvs) gives the same .drv as context', async () => {
     const dep = await derivation(store, { name: 'explicit-dep', system: 'x86_64-linux', builder: '/bin/sh' });
-    const user = await derivation(store, { name: 'explicit', system: 'x86_64-linux', builder: '/bin/sh', path: dep.outPath }, { inputDrvs: { [dep.drvPath]: ['out'] } });
+    const user = await derivation(
+      store,
+      { name: 'explicit', system: 'x86_64-linux', builder: '/bin/sh', path: dep.outPath },
+      { inputDrvs: { [dep.drvPath]: ['out'] } },
+    );
     const viaContext = await derivation(store, { name: 'explicit', system: 'x86_64-linux', builder: '/bin/sh', path: nix`${dep}` });
     expect(user.drvPath).toBe(viaContext.drvPath);
   });
@@ -81,7 +85,10 @@ describe('derivation(): the same .drv as nix-instantiate', () => {
       expect(back.outPath).toBe(d.output('dev').path);
       expect(JSON.parse(JSON.stringify(back))).toEqual({ drvPath: d.drvPath, outputs: { dev: d.output('dev').path, out: d.out.path } });
     }
-    const ca = await derivationFromStore(store, expected.fixtures.ca!.find((p) => p.endsWith('-ca.drv'))!).catch(() => undefined);
+    const ca = await derivationFromStore(
+      store,
+      expected.fixtures.ca!.find((p) => p.endsWith('-ca.drv'))!,
+    ).catch(() => undefined);
     expect(ca === undefined || ca.out.known === false).toBe(true);
   });
 });

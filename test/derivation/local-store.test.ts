@@ -35,7 +35,11 @@ describe.skipIf(!nixOk())('derivations in a LocalStore, read by real Nix', () =>
     const sources = JSON.parse(runNixOk('nix', ['path-info', '--json', '--store', root, expected.sources.tree!]));
     expect(sources[0].ca).toMatch(/^fixed:r:sha256:/);
     store = await LocalStore.open({ root });
-    expect(Object.values(await sourcePaths(store)).map((s) => s.value).sort()).toEqual(Object.values(expected.sources).sort());
+    expect(
+      Object.values(await sourcePaths(store))
+        .map((s) => s.value)
+        .sort(),
+    ).toEqual(Object.values(expected.sources).sort());
   });
 
   it('real Nix builds a TypeScript-described graph to the outputs it builds for the Nix twin', async () => {

@@ -93,7 +93,10 @@ describe('parseDerivation rejects malformed input with BadDerivationError', () =
   });
 
   it('fuzz: print → parse round-trips arbitrary strings in every field', () => {
-    const str = fc.string({ maxLength: 20, unit: fc.oneof(fc.constantFrom('"', '\\', '\n', '\r', '\t', '\x07', 'é', '🎉'), fc.string({ minLength: 1, maxLength: 1, unit: 'binary' })) });
+    const str = fc.string({
+      maxLength: 20,
+      unit: fc.oneof(fc.constantFrom('"', '\\', '\n', '\r', '\t', '\x07', 'é', '🎉'), fc.string({ minLength: 1, maxLength: 1, unit: 'binary' })),
+    });
     fc.assert(
       fc.property(fc.array(str, { maxLength: 5 }), fc.dictionary(str, str, { maxKeys: 5 }), str, str, (args, env, platform, builder) => {
         const drv: Derivation = {

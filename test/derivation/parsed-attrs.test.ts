@@ -59,7 +59,15 @@ describe('ParsedDerivation: structured attributes (structured.nix)', () => {
     expect(pd.exportReferencesGraph()).toEqual([{ name: 'graph', paths: [dep] }]);
   });
   it('reads outputChecks per output, without ignoring self references', () => {
-    expect(pd.outputChecks('out')).toEqual({ ignoreSelfRefs: false, maxSize: 1000000, allowedReferences: [], maxClosureSize: undefined, allowedRequisites: undefined, disallowedReferences: undefined, disallowedRequisites: undefined });
+    expect(pd.outputChecks('out')).toEqual({
+      ignoreSelfRefs: false,
+      maxSize: 1000000,
+      allowedReferences: [],
+      maxClosureSize: undefined,
+      allowedRequisites: undefined,
+      disallowedReferences: undefined,
+      disallowedRequisites: undefined,
+    });
     expect(pd.outputChecks('doc')).toMatchObject({ maxClosureSize: 5000000, disallowedRequisites: [dep] });
     expect(pd.outputChecks('nope')).toBeUndefined();
   });
@@ -72,7 +80,12 @@ describe('ParsedDerivation: structured attributes (structured.nix)', () => {
 
 describe('ParsedDerivation: edge cases', () => {
   const base = (env: Record<string, string>, out = '("out","/nix/store/00000000000000000000000000000000-x","","")') =>
-    parseDerivation(`Derive([${out}],[],[],"x86_64-linux","/bin/sh",[],[${Object.entries(env).map(([k, v]) => `(${JSON.stringify(k)},${JSON.stringify(v)})`).join(',')}])`, 'x');
+    parseDerivation(
+      `Derive([${out}],[],[],"x86_64-linux","/bin/sh",[],[${Object.entries(env)
+        .map(([k, v]) => `(${JSON.stringify(k)},${JSON.stringify(v)})`)
+        .join(',')}])`,
+      'x',
+    );
   it('tokenizes on all whitespace', () => expect(tokenize(' a\tb\n\nc\r d ')).toEqual(['a', 'b', 'c', 'd']));
   it('floating CA derivations require the ca-derivations feature', () => {
     const pd = new ParsedDerivation('/x.drv', base({}, '("out","","r:sha256","")'));
@@ -88,9 +101,12 @@ describe('ParsedDerivation: edge cases', () => {
     expect(() => new ParsedDerivation('/x.drv', base({ __json: '{' }))).toThrow(/cannot process __json/);
     expect(() => new ParsedDerivation('/x.drv', base({ __json: '[]' }))).toThrow(/not a JSON object/);
     expect(() => new ParsedDerivation('/x.drv', base({ exportReferencesGraph: 'a' })).exportReferencesGraph()).toThrow(/odd number of tokens/);
-    expect(() => new ParsedDerivation('/x.drv', base({ exportReferencesGraph: '1a /nix/store/00000000000000000000000000000000-x' })).exportReferencesGraph()).toThrow(/invalid file name '1a'/);
+    expect(() =>
+      new ParsedDerivation('/x.drv', base({ exportReferencesGraph: '1a /nix/store/00000000000000000000000000000000-x' })).exportReferencesGraph(),
+    ).toThrow(/invalid file name '1a'/);
     expect(() => new ParsedDerivation('/x.drv', base({ exportReferencesGraph: 'a /tmp/x' })).exportReferencesGraph()).toThrow(/non-store path '\/tmp\/x'/);
-    expect(new ParsedDerivation('/x.drv', base({ exportReferencesGraph: 'a /nix/store/00000000000000000000000000000000-x/bin' })).exportReferencesGraph())
-      .toEqual([{ name: 'a', paths: ['/nix/store/00000000000000000000000000000000-x'] }]);
+    expect(
+      new ParsedDerivation('/x.drv', base({ exportReferencesGraph: 'a /nix/store/00000000000000000000000000000000-x/bin' })).exportReferencesGraph(),
+    ).toEqual([{ name: 'a', paths: ['/nix/store/00000000000000000000000000000000-x'] }]);
   });
 });

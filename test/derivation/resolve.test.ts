@@ -40,7 +40,12 @@ function deferredDrv(): Derivation {
     platform: 'x86_64-linux',
     builder: `${pOut}/bin/sh`,
     args: ['-c', `cat ${pOut}/msg ${pDev}/include`],
-    env: new Map([['out', ''], ['in', pOut], [`x${pDev}`, 'name rewritten'], ['builder', `${pOut}/bin/sh`]]),
+    env: new Map([
+      ['out', ''],
+      ['in', pOut],
+      [`x${pDev}`, 'name rewritten'],
+      ['builder', `${pOut}/bin/sh`],
+    ]),
   };
 }
 
@@ -67,7 +72,18 @@ describe('needsResolution', () => {
 describe('tryResolve', () => {
   it('replaces input outputs by their paths in builder, args, env names and values; deferred outputs get input-addressed paths', async () => {
     const b = deferredDrv();
-    const { resolved, missing, rewrites } = await tryResolve(b, new Map([[A_DRV, new Map([['out', A_OUT], ['dev', A_DEV]])]]));
+    const { resolved, missing, rewrites } = await tryResolve(
+      b,
+      new Map([
+        [
+          A_DRV,
+          new Map([
+            ['out', A_OUT],
+            ['dev', A_DEV],
+          ]),
+        ],
+      ]),
+    );
     expect(missing).toEqual([]);
     expect(rewrites.size).toBe(2);
     const r = resolved!;
@@ -79,7 +95,13 @@ describe('tryResolve', () => {
     expect(r.env.get(`x${A_DEV}`)).toBe('name rewritten');
     // The output path: makeOutputPath of the resolved derivation's hash modulo, outputs masked.
     const masked: Derivation = { ...r, outputs: new Map([['out', { type: 'deferred' }]]), env: new Map([...r.env, ['out', '']]) };
-    const h = await hashDerivationModulo(async () => { throw new Error('no inputs'); }, masked, true);
+    const h = await hashDerivationModulo(
+      async () => {
+        throw new Error('no inputs');
+      },
+      masked,
+      true,
+    );
     const out = makeOutputPath('out', h.hashes.get('out')!, 'dep-b');
     expect(r.outputs.get('out')).toEqual({ type: 'input-addressed', path: out });
     expect(r.env.get('out')).toBe(out);
@@ -92,7 +114,18 @@ describe('tryResolve', () => {
   it('floating outputs stay floating (their own placeholder is left for the build)', async () => {
     const b: Derivation = { ...deferredDrv(), outputs: new Map([['out', { type: 'floating', method: 'recursive', algorithm: 'sha256' }]]) };
     b.env.set('out', '/1rz4g4znpzjwh1xymhjpm42vipw92pr73vdgl6xs1hycac8kf2n9');
-    const { resolved } = await tryResolve(b, new Map([[A_DRV, new Map([['out', A_OUT], ['dev', A_DEV]])]]));
+    const { resolved } = await tryResolve(
+      b,
+      new Map([
+        [
+          A_DRV,
+          new Map([
+            ['out', A_OUT],
+            ['dev', A_DEV],
+          ]),
+        ],
+      ]),
+    );
     expect(resolved!.outputs.get('out')).toEqual({ type: 'floating', method: 'recursive', algorithm: 'sha256' });
     expect(resolved!.env.get('out')).toBe('/1rz4g4znpzjwh1xymhjpm42vipw92pr73vdgl6xs1hycac8kf2n9');
   });
@@ -109,10 +142,13 @@ describe.skipIf(!nixOk())('placeholders as real nix-instantiate (Nix 2.8, ca-der
     const dir = tempDir('realise-resolve-');
     const root = path.join(dir, 'store');
     const file = path.join(dir, 'e.nix');
-    writeFileSync(file, `
+    writeFileSync(
+      file,
+      `
       let a = derivation { name = "ca-a"; system = "x86_64-linux"; builder = "/bin/sh"; __contentAddressed = true;
         outputHashMode = "recursive"; outputHashAlgo = "sha256"; outputs = ["out" "dev"]; args = ["-c" "true"]; };
-      in derivation { name = "dep-b"; system = "x86_64-linux"; builder = "/bin/sh"; o = a.out; d = a.dev; args = ["-c" "true"]; }`);
+      in derivation { name = "dep-b"; system = "x86_64-linux"; builder = "/bin/sh"; o = a.out; d = a.dev; args = ["-c" "true"]; }`,
+    );
     const drvPath = nix('nix-instantiate', ['--extra-experimental-features', 'ca-derivations', '--store', root, file]) as StorePath;
     const drv = parseDerivation(readFileSync(path.join(root, drvPath), 'utf8'), derivationNameFromPath(drvPath));
     expect(drv.outputs.get('out')).toEqual({ type: 'deferred' });

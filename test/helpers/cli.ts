@@ -18,11 +18,20 @@ export async function realiseInProcess(args: string[], env: Record<string, strin
   const stdout: Buffer[] = [];
   const stderr: Buffer[] = [];
   const saved: Record<string, string | undefined> = {};
-  for (const k of Object.keys(env)) { saved[k] = process.env[k]; process.env[k] = env[k]; }
+  for (const k of Object.keys(env)) {
+    saved[k] = process.env[k];
+    process.env[k] = env[k];
+  }
   const out = process.stdout.write.bind(process.stdout);
   const err = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((c: string | Uint8Array) => { stdout.push(Buffer.from(c)); return true; }) as typeof process.stdout.write;
-  process.stderr.write = ((c: string | Uint8Array) => { stderr.push(Buffer.from(c)); return true; }) as typeof process.stderr.write;
+  process.stdout.write = ((c: string | Uint8Array) => {
+    stdout.push(Buffer.from(c));
+    return true;
+  }) as typeof process.stdout.write;
+  process.stderr.write = ((c: string | Uint8Array) => {
+    stderr.push(Buffer.from(c));
+    return true;
+  }) as typeof process.stderr.write;
   try {
     const status = await main(args);
     const [stdoutBytes, stderrBytes] = [Buffer.concat(stdout), Buffer.concat(stderr)];
@@ -49,7 +58,11 @@ export async function interruptHandlersInstalled(pid: number, timeoutMs = 30_000
   const until = Date.now() + timeoutMs;
   for (;;) {
     let mask = 0n;
-    try { mask = BigInt(`0x${/^SigCgt:\s*([0-9a-f]+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '0'}`); } catch { /* not there yet, or gone */ }
+    try {
+      mask = BigInt(`0x${/^SigCgt:\s*([0-9a-f]+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '0'}`);
+    } catch {
+      /* not there yet, or gone */
+    }
     if (mask & bit) return;
     if (Date.now() > until) throw new Error(`process ${pid} did not install its interrupt handlers within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 10));

@@ -77,7 +77,11 @@ export function nixEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   };
 }
 
-export interface NixRunResult { stdout: string; stderr: string; status: number }
+export interface NixRunResult {
+  stdout: string;
+  stderr: string;
+  status: number;
+}
 
 /** Run a Nix command; returns stdout/stderr/status without throwing. */
 export function runNix(cmd: string, args: string[], opts: { input?: string; env?: Record<string, string>; cwd?: string } = {}): NixRunResult {
@@ -91,8 +95,12 @@ export function runNixAsync(cmd: string, args: string[], opts: { env?: Record<st
     const child = spawn(cmd, args, { env: nixEnv(opts.env), cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
-    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+    child.stdout.setEncoding('utf8').on('data', (c: string) => {
+      stdout += c;
+    });
+    child.stderr.setEncoding('utf8').on('data', (c: string) => {
+      stderr += c;
+    });
     child.on('close', (code) => resolve({ stdout, stderr, status: code ?? -1 }));
   });
 }

@@ -22,7 +22,9 @@ const BIN = fileURLToPath(new URL('../../bin/realise.js', import.meta.url));
 /** Nix's configure step for config.nix.in. */
 function configNix(): string {
   return readFileSync(path.join(NIX_TESTS, 'config.nix.in'), 'utf8')
-    .replace('@bash@', '/bin/bash').replace('@coreutils@', '/usr/bin:/bin').replace('@system@', 'x86_64-linux');
+    .replace('@bash@', '/bin/bash')
+    .replace('@coreutils@', '/usr/bin:/bin')
+    .replace('@system@', 'x86_64-linux');
 }
 
 export interface DbRows {
@@ -122,9 +124,11 @@ export class TwinStores {
     };
     const runs: Promise<NixRunResult>[] = [];
     for (let i = 0; i < count; i++) {
-      runs.push(side === 'nix'
-        ? spawnRun('nix-store', ['--store', this.uri('nix'), '--realise', ...args], this.env, this.tests, onStderr)
-        : spawnRun(process.execPath, [BIN, 'build', '--store', this.uri('ours'), ...args], this.env, this.tests, onStderr));
+      runs.push(
+        side === 'nix'
+          ? spawnRun('nix-store', ['--store', this.uri('nix'), '--realise', ...args], this.env, this.tests, onStderr)
+          : spawnRun(process.execPath, [BIN, 'build', '--store', this.uri('ours'), ...args], this.env, this.tests, onStderr),
+      );
     }
     // A process that ends before it waits (a failure) opens the gate for the others.
     return Promise.all(runs.map((r) => r.finally(() => held?.releaseSync())));
@@ -137,14 +141,20 @@ export class TwinStores {
       const has = (t: string) => !!db.prepare("select 1 from sqlite_master where type = 'table' and name = ?").get(t);
       const all = (sql: string) => db.prepare(sql).all();
       return {
-        validPaths: all('select path, hash, narSize, ultimate, ca, (select path from ValidPaths w where w.path = v.deriver) is not null as hasDeriver, deriver from ValidPaths v order by path'),
-        refs: all('select a.path as referrer, b.path as reference from Refs r join ValidPaths a on a.id = r.referrer join ValidPaths b on b.id = r.reference order by 1, 2'),
+        validPaths: all(
+          'select path, hash, narSize, ultimate, ca, (select path from ValidPaths w where w.path = v.deriver) is not null as hasDeriver, deriver from ValidPaths v order by path',
+        ),
+        refs: all(
+          'select a.path as referrer, b.path as reference from Refs r join ValidPaths a on a.id = r.referrer join ValidPaths b on b.id = r.reference order by 1, 2',
+        ),
         derivationOutputs: all('select v.path as drv, d.id, d.path from DerivationOutputs d join ValidPaths v on v.id = d.drv order by 1, 2'),
         realisations: has('Realisations')
           ? all('select r.drvPath, r.outputName, v.path as outputPath, r.signatures from Realisations r join ValidPaths v on v.id = r.outputPath order by 1, 2')
           : [],
         realisationsRefs: has('RealisationsRefs')
-          ? all("select a.drvPath || '!' || a.outputName as referrer, b.drvPath || '!' || b.outputName as reference from RealisationsRefs x join Realisations a on a.id = x.referrer join Realisations b on b.id = x.realisationReference order by 1, 2")
+          ? all(
+              "select a.drvPath || '!' || a.outputName as referrer, b.drvPath || '!' || b.outputName as reference from RealisationsRefs x join Realisations a on a.id = x.referrer join Realisations b on b.id = x.realisationReference order by 1, 2",
+            )
           : [],
       };
     } finally {
@@ -170,7 +180,9 @@ function spawnRun(cmd: string, args: string[], env: Record<string, string>, cwd:
     const child = spawn(cmd, args, { env: nixEnv(env), cwd, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+    child.stdout.setEncoding('utf8').on('data', (c: string) => {
+      stdout += c;
+    });
     child.stderr.setEncoding('utf8').on('data', (c: string) => {
       const start = stderr.lastIndexOf('\n') + 1;
       stderr += c;

@@ -18,8 +18,20 @@ import { FakeSandbox, removeTree, settle, writeTestDrv } from '../scheduler/help
 import { parseStream } from './nix-stream.js';
 
 const EVENTS: BuildEngineEventName[] = [
-  'goal-created', 'goal-started', 'goal-waiting', 'goal-finished', 'build-started', 'build-log', 'build-waiting', 'build-lock-acquired', 'build-finished',
-  'substitution-started', 'substitution-finished', 'post-build-hook-log', 'progress', 'warning',
+  'goal-created',
+  'goal-started',
+  'goal-waiting',
+  'goal-finished',
+  'build-started',
+  'build-log',
+  'build-waiting',
+  'build-lock-acquired',
+  'build-finished',
+  'substitution-started',
+  'substitution-finished',
+  'post-build-hook-log',
+  'progress',
+  'warning',
 ];
 
 let root: string;
@@ -52,15 +64,25 @@ describe('engine events', () => {
     const trace = recordTrace(engine);
     let running = 0;
     let most = 0;
-    engine.on('build-started', () => { running++; most = Math.max(most, running); });
-    engine.on('build-finished', () => { running--; });
+    engine.on('build-started', () => {
+      running++;
+      most = Math.max(most, running);
+    });
+    engine.on('build-finished', () => {
+      running--;
+    });
     json.startRealise();
     const call = engine.buildPaths([top]);
     let built = 0;
     while (built < 7) {
       const pending = await sb.waitPending(built === 0 ? 2 : 1);
       // Finish both at once: the next builds' starts race the finished ones' registration.
-      await Promise.all(pending.map((r) => { r.log(`log of ${r.request.drvPath}\n`); return r.finish(); }));
+      await Promise.all(
+        pending.map((r) => {
+          r.log(`log of ${r.request.drvPath}\n`);
+          return r.finish();
+        }),
+      );
       built += pending.length;
     }
     await call;
@@ -95,7 +117,10 @@ describe('engine events', () => {
     const above = await writeTestDrv(store, 'stop-above', [slow]);
     const engine = new BuildEngine({ store, sandbox: sb, maxJobs: 2 });
     const all = recordAll(engine);
-    const call = engine.buildPaths([bad, above]).then(() => undefined, (e: unknown) => e);
+    const call = engine.buildPaths([bad, above]).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     await sb.waitPending(2);
     await sb.find('stop-bad')!.finish(1);
     const err = await call;
@@ -107,7 +132,12 @@ describe('engine events', () => {
     expect(finished.get(slow)).toBe('stopped');
     expect(finished.get(above)).toBe('stopped');
     const outcomes = all.filter((x) => x.name === 'build-finished').map((x) => [x.e.drvPath, x.e.outcome]);
-    expect(outcomes).toEqual(expect.arrayContaining([[bad, 'failure'], [slow, 'stopped']]));
+    expect(outcomes).toEqual(
+      expect.arrayContaining([
+        [bad, 'failure'],
+        [slow, 'stopped'],
+      ]),
+    );
     expect(outcomes).toHaveLength(2);
     const p = engine.progress();
     expect(p.builds.failed).toBe(1);

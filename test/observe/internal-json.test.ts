@@ -58,7 +58,10 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
 
   it('a DAG: the same build activities (fields, texts, log lines), progress and messages; --trace-file and --report', async () => {
     const [traceFile, reportFile] = [path.join(dir, 'dag-trace.json'), path.join(dir, 'dag-report.html')];
-    const { n, o, ns, os } = await both(['--store', N(), ...SANDBOX, '-j2', '--realise', drv.dag!], ['--store', O(), ...SANDBOX, '-j2', '--trace-file', traceFile, '--report', reportFile, drv.dag!]);
+    const { n, o, ns, os } = await both(
+      ['--store', N(), ...SANDBOX, '-j2', '--realise', drv.dag!],
+      ['--store', O(), ...SANDBOX, '-j2', '--trace-file', traceFile, '--report', reportFile, drv.dag!],
+    );
     expect(n.status).toBe(0);
     expect(o.status, o.stderr).toBe(0);
     expect(o.stdout).toBe(n.stdout);
@@ -79,7 +82,7 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     for (const i of a.items) expect(html).toContain(`data-drv="${i.path}"`);
   });
 
-  it('a failing build: its activity and log, the errors as Nix\'s error messages, exit status', async () => {
+  it("a failing build: its activity and log, the errors as Nix's error messages, exit status", async () => {
     const { n, o, ns, os } = await both(['--store', N(), ...SANDBOX, '-j2', '--realise', drv.failing!], ['--store', O(), ...SANDBOX, '-j2', drv.failing!]);
     expect(n.status).toBe(100);
     expect(o.status).toBe(n.status);
@@ -109,7 +112,7 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(want.copyProgress).toEqual([2, 0, 0]);
   });
 
-  it('a post-build hook: its PostBuildHook activity (text, fields) and the hook\'s lines in it', async () => {
+  it("a post-build hook: its PostBuildHook activity (text, fields) and the hook's lines in it", async () => {
     const hook = path.join(dir, 'hook.sh');
     writeFileSync(hook, '#!/bin/sh\necho the hook ran\n', { mode: 0o755 });
     const opt = ['--option', 'post-build-hook', hook];
@@ -126,7 +129,7 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
   });
 
-  it('a --log-format nix-store does not know: Nix\'s error and exit status', async () => {
+  it("a --log-format nix-store does not know: Nix's error and exit status", async () => {
     const n = runNix('nix-store', ['--store', N(), '--log-format', 'fancy', '--realise', drv.dag!]);
     const o = await realise(['build', '--store', O(), '--log-format', 'fancy', drv.dag!]);
     expect(n.stderr).toBe("error: option 'log-format' has an invalid value 'fancy'\n");
@@ -173,7 +176,11 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     const sock = path.join(dir, 'log.sock');
     if (existsSync(sock)) unlinkSync(sock);
     let received = '';
-    const server = createServer((c) => c.setEncoding('utf8').on('data', (d: string) => { received += d; }));
+    const server = createServer((c) =>
+      c.setEncoding('utf8').on('data', (d: string) => {
+        received += d;
+      }),
+    );
     await new Promise<void>((r) => server.listen(sock, r));
     const closed = new Promise<void>((r) => server.on('connection', (c) => c.on('end', () => r())));
     const o2 = await realise(['build', '--store', O(), ...SANDBOX, '--json-log-path', sock, '--check', drv.dag!]);
@@ -195,7 +202,9 @@ describe.skipIf(!nixOk() || !sshdOk())('(root only) internal-json of a remote bu
     expect(nixInstantiate(ours, path.join(fx.dir, 'default.nix'), { file: true, attr: 'top' })[0]).toBe(fx.drvs.top);
     sshd = await startSshd();
   });
-  afterAll(async () => { await sshd?.stop(); });
+  afterAll(async () => {
+    await sshd?.stop();
+  });
 
   it('builds on the machine: Build activities with the machine in fields and text, the remote log lines, messages', async () => {
     const spec = (remote: string) => {
@@ -207,7 +216,10 @@ describe.skipIf(!nixOk() || !sshdOk())('(root only) internal-json of a remote bu
     const ro = spec('remote-o');
     const n = runNix('nix-store', ['--store', fx.localRoot, '-j0', '--builders', rn.line, '--realise', fx.drvs.top, '--log-format', 'internal-json'], { env });
     const traceFile = path.join(fx.dir, 'remote-trace.json');
-    const o = await realise(['build', '--store', ours, '-j0', '--builders', ro.line, fx.drvs.top, '--log-format', 'internal-json', '--trace-file', traceFile], env);
+    const o = await realise(
+      ['build', '--store', ours, '-j0', '--builders', ro.line, fx.drvs.top, '--log-format', 'internal-json', '--trace-file', traceFile],
+      env,
+    );
     expect(n.status, n.stderr).toBe(0);
     expect(o.status, o.stderr).toBe(0);
     const [ns, os] = [parseStream(n.stderr), parseStream(o.stderr)];
@@ -220,6 +232,9 @@ describe.skipIf(!nixOk() || !sshdOk())('(root only) internal-json of a remote bu
     expect(summarise(os, [102, 104, 105], (s) => s.split(ro.uri).join('MACHINE'))).toEqual(want);
     // In the trace, both builds are on the machine's track.
     const a = analyseTrace(JSON.parse(readFileSync(traceFile, 'utf8')) as TraceFile);
-    expect(a.items.map((i) => [i.track, i.args.machine])).toEqual([[`machine ${ro.uri} 1`, ro.uri], [`machine ${ro.uri} 1`, ro.uri]]);
+    expect(a.items.map((i) => [i.track, i.args.machine])).toEqual([
+      [`machine ${ro.uri} 1`, ro.uri],
+      [`machine ${ro.uri} 1`, ro.uri],
+    ]);
   });
 });

@@ -30,13 +30,24 @@ export function parseStream(stderr: string): ParsedStream {
   const problems: string[] = [];
   for (const line of stderr.split('\n')) {
     if (line === '') continue;
-    if (!line.startsWith('@nix ')) { problems.push(`not a JSON log line: ${line}`); continue; }
+    if (!line.startsWith('@nix ')) {
+      problems.push(`not a JSON log line: ${line}`);
+      continue;
+    }
     const o = JSON.parse(line.slice(5)) as Record<string, unknown>;
     const id = o.id as number;
     switch (o.action) {
       case 'start':
         if (activities.has(id)) problems.push(`activity ${id} started twice`);
-        activities.set(id, { type: o.type as number, level: o.level as number, text: stripAnsi(String(o.text)), fields: (o.fields as unknown[]) ?? [], lines: [], stopped: false, parentless: true });
+        activities.set(id, {
+          type: o.type as number,
+          level: o.level as number,
+          text: stripAnsi(String(o.text)),
+          fields: (o.fields as unknown[]) ?? [],
+          lines: [],
+          stopped: false,
+          parentless: true,
+        });
         break;
       case 'stop': {
         const a = activities.get(id);
@@ -47,7 +58,10 @@ export function parseStream(stderr: string): ParsedStream {
       }
       case 'result': {
         const a = activities.get(id);
-        if (!a || a.stopped) { problems.push(`result for ${a ? 'stopped' : 'unknown'} activity ${id}`); break; }
+        if (!a || a.stopped) {
+          problems.push(`result for ${a ? 'stopped' : 'unknown'} activity ${id}`);
+          break;
+        }
         if (o.type === 101 || o.type === 107) a.lines.push((o.fields as string[])[0]!);
         else if (o.type === 105) a.lastProgress = o.fields as unknown[];
         break;
@@ -64,7 +78,12 @@ export function parseStream(stderr: string): ParsedStream {
 }
 
 /** What must be the same between two streams of the same work; `types`: the activity types compared. */
-export function summarise(s: ParsedStream, types: readonly number[], normalise: (x: string) => string = (x) => x, keep: (a: StreamActivity) => boolean = () => true) {
+export function summarise(
+  s: ParsedStream,
+  types: readonly number[],
+  normalise: (x: string) => string = (x) => x,
+  keep: (a: StreamActivity) => boolean = () => true,
+) {
   const norm = (v: unknown): unknown => (typeof v === 'string' ? normalise(stripAnsi(v)) : v);
   const acts = [...s.activities.values()].filter((a) => types.includes(a.type) && keep(a));
   // Final progress as [done, running, failed]: Nix's `expected` at the end depends on when its goal objects
@@ -78,9 +97,15 @@ export function summarise(s: ParsedStream, types: readonly number[], normalise: 
       .filter((a) => !(a.text === '' && [102, 103, 104].includes(a.type)))
       .map((a) => JSON.stringify({ type: a.type, level: a.level, text: norm(a.text), fields: a.fields.map(norm), lines: a.lines.map(norm) }))
       .sort(),
-    realise: acts.filter((a) => a.text === '' && [102, 103, 104].includes(a.type)).map((a) => a.type).sort(),
+    realise: acts
+      .filter((a) => a.text === '' && [102, 103, 104].includes(a.type))
+      .map((a) => a.type)
+      .sort(),
     buildsProgress: top(104),
     copyProgress: top(103),
-    msgs: s.msgs.filter((m) => m.level <= 3).map((m) => `${m.level} ${norm(m.msg)}${m.raw !== undefined ? ` | ${norm(m.raw)}` : ''}`).sort(),
+    msgs: s.msgs
+      .filter((m) => m.level <= 3)
+      .map((m) => `${m.level} ${norm(m.msg)}${m.raw !== undefined ? ` | ${norm(m.raw)}` : ''}`)
+      .sort(),
   };
 }

@@ -26,10 +26,23 @@ function chromiumOk(): boolean {
 }
 
 function chromium(args: string[], profile: string): { stdout: string; stderr: string; status: number | null } {
-  const r = spawnSync(CHROMIUM!, [
-    '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', `--user-data-dir=${profile}`, '--enable-logging=stderr', '--v=0', ...args,
-  ], { encoding: 'utf8', timeout: 90_000, maxBuffer: 1 << 26 });
+  const r = spawnSync(
+    CHROMIUM!,
+    [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      `--user-data-dir=${profile}`,
+      '--enable-logging=stderr',
+      '--v=0',
+      ...args,
+    ],
+    { encoding: 'utf8', timeout: 90_000, maxBuffer: 1 << 26 },
+  );
   return { stdout: r.stdout ?? '', stderr: r.stderr ?? '', status: r.status };
 }
 

@@ -14,7 +14,10 @@ import { ccOk, makeFixture, storePath, type Fixture } from './sandbox-fixture.js
 describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
   let fx: Fixture;
   let sb: LinuxSandbox;
-  beforeAll(() => { fx = makeFixture(); sb = new LinuxSandbox({ backend: 'helper', chrootPool: 1 }); });
+  beforeAll(() => {
+    fx = makeFixture();
+    sb = new LinuxSandbox({ backend: 'helper', chrootPool: 1 });
+  });
   afterAll(() => sb?.close());
 
   /** Run a build; its output file holds what the script printed. */
@@ -68,15 +71,20 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
     writeFileSync(fx.realPath(fileInput), 'data\n');
     const list = 'ls $NIX_STORE | grep -v "$(basename $out)" | tr "\\n" " "';
     const base = (p: string) => path.basename(p);
-    expect(await run('with', list, { inputPaths: [fx.busyboxPath, extra, fileInput] })).toBe([base(fx.busyboxPath), base(extra), base(fileInput)].sort().join(' ') + ' ');
+    expect(await run('with', list, { inputPaths: [fx.busyboxPath, extra, fileInput] })).toBe(
+      [base(fx.busyboxPath), base(extra), base(fileInput)].sort().join(' ') + ' ',
+    );
     expect(await run('without', list)).toBe(`${base(fx.busyboxPath)} `);
     // A name that was a directory mount point can come back as a file input, and the reverse.
-    expect(await run('again', `${list}; cat ${fileInput}`, { inputPaths: [fx.busyboxPath, fileInput] })).toBe([base(fx.busyboxPath), base(fileInput)].sort().join(' ') + ' data\n');
+    expect(await run('again', `${list}; cat ${fileInput}`, { inputPaths: [fx.busyboxPath, fileInput] })).toBe(
+      [base(fx.busyboxPath), base(fileInput)].sort().join(' ') + ' data\n',
+    );
     expect(await run('last', list)).toBe(`${base(fx.busyboxPath)} `);
   });
 
   it.skipIf(!bwrapOk())('outputs and the Nix view are unaffected by reuse (ls -la / twice)', async () => {
-    const view = 'ls -la / /dev /etc /tmp $NIX_STORE | sed -E "s/ [A-Z][a-z][a-z] [ 0-9][0-9] +[0-9:]+ / DATE /" | grep -v "$(basename $out)" | grep -v " proc$"';
+    const view =
+      'ls -la / /dev /etc /tmp $NIX_STORE | sed -E "s/ [A-Z][a-z][a-z] [ 0-9][0-9] +[0-9:]+ / DATE /" | grep -v "$(basename $out)" | grep -v " proc$"';
     const first = await run('view1', view);
     const second = await run('view2', view);
     expect(second).toBe(first);
@@ -87,7 +95,10 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
 describe.skipIf(!ccOk())('LinuxSandbox (helper server): warm and cold build processes', () => {
   let fx: Fixture;
   let sb: LinuxSandbox;
-  beforeAll(() => { fx = makeFixture(); sb = new LinuxSandbox({ backend: 'helper' }); });
+  beforeAll(() => {
+    fx = makeFixture();
+    sb = new LinuxSandbox({ backend: 'helper' });
+  });
   afterAll(() => sb?.close());
 
   it('requests the prepared (warm) process cannot serve — other ids, host network — run cold, interleaved', async () => {

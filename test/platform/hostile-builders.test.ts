@@ -62,7 +62,10 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
   const xattrsOf = (p: string) => execFileSync(hostProbe, ['list', p], { encoding: 'utf8' }).split('\n').filter(Boolean);
 
   it('the seccomp filter refuses setxattrat and io_uring', async () => {
-    const { result, out } = await build('refused-calls', 'mkdir $out; echo x > $out/f; $P setxattrat $out/f > $out/setxattrat; $P uring > $out/uring; $P setxattr $out/f user.x v > $out/setxattr');
+    const { result, out } = await build(
+      'refused-calls',
+      'mkdir $out; echo x > $out/f; $P setxattrat $out/f > $out/setxattrat; $P uring > $out/uring; $P setxattr $out/f user.x v > $out/setxattr',
+    );
     expect(result.status).toBe('built');
     expect(readFileSync(path.join(out, 'setxattrat'), 'utf8')).toBe('EOPNOTSUPP\n');
     expect(readFileSync(path.join(out, 'uring'), 'utf8')).toBe('ENOSYS\n');
@@ -72,11 +75,12 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
 
   it('registered outputs carry no extended attributes, not even a file capability (filter off)', async () => {
     // Without the filter the builder sets them all; canonicalisation must remove every one of them.
-    const script = 'mkdir $out $out/d; cp $P $out/su; echo x > $out/small; echo y > $out/d/f; '
-      + '$P setxattr $out/small user.a 1 > $out/r1; $P setxattr $out/d user.b 2 > $out/r2; $P setxattr $out/d/f user.c 3 > $out/r3; '
-      + '$P setxattrat $out/small > $out/r4; '
-      + (process.getuid?.() === 0 ? '$P setcap $out/su > $out/r5; ' : 'echo ok > $out/r5; ')
-      + '$P setxattr $out/d/f user.keep 4 > $out/r6; chmod 444 $out/d/f';
+    const script =
+      'mkdir $out $out/d; cp $P $out/su; echo x > $out/small; echo y > $out/d/f; ' +
+      '$P setxattr $out/small user.a 1 > $out/r1; $P setxattr $out/d user.b 2 > $out/r2; $P setxattr $out/d/f user.c 3 > $out/r3; ' +
+      '$P setxattrat $out/small > $out/r4; ' +
+      (process.getuid?.() === 0 ? '$P setcap $out/su > $out/r5; ' : 'echo ok > $out/r5; ') +
+      '$P setxattr $out/d/f user.keep 4 > $out/r6; chmod 444 $out/d/f';
     const { result, out } = await build('xattrs', script, { filterSyscalls: false });
     expect(result.status).toBe('built');
     for (const r of ['r1', 'r2', 'r3', 'r4', 'r5', 'r6']) expect(readFileSync(path.join(out, r), 'utf8')).toBe('ok\n');
@@ -106,9 +110,17 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
     receiver.stdout!.on('data', (c: Buffer) => said.push(c.toString()));
     while (!said.join('').includes('listening')) await new Promise((r) => setTimeout(r, 20));
     const hash = `sha256-${createHash('sha256').update('original\n').digest('base64')}`;
-    const d = await derivation(store, { name: 'leaky-fod', system, builder: '/bin/sh', outputHashMode: 'flat', outputHash: hash,
-      args: ['-c', nix`echo original > $out; ${probe}/bin/probe fdsend $out ${name}`] });
-    const [r] = await engine().buildPathsWithResults([{ drvPath: d.drvPath, outputs: ['out'] }]).finally(() => setTimeout(() => receiver.kill(), 30_000).unref());
+    const d = await derivation(store, {
+      name: 'leaky-fod',
+      system,
+      builder: '/bin/sh',
+      outputHashMode: 'flat',
+      outputHash: hash,
+      args: ['-c', nix`echo original > $out; ${probe}/bin/probe fdsend $out ${name}`],
+    });
+    const [r] = await engine()
+      .buildPathsWithResults([{ drvPath: d.drvPath, outputs: ['out'] }])
+      .finally(() => setTimeout(() => receiver.kill(), 30_000).unref());
     expect(r!.result.status, r!.result.errorMsg).toBe('built');
     expect(said.join('')).toContain('received');
     // Registered: now the host process writes through the descriptor it kept.
@@ -118,11 +130,16 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
     expect(readFileSync(store.toRealPath(String(d.out)), 'utf8')).toBe('original\n');
   });
 
-  it("extended attributes named in ignored-acls stay", async () => {
+  it('extended attributes named in ignored-acls stay', async () => {
     const keep = await LocalStore.open({ root: path.join(dir, 'root-keep'), ignoredAcls: ['user.keep'] });
     try {
       const p = await addPath(keep, path.dirname(path.dirname(hostProbe)), { name: 'hostile-probe' });
-      const d = await derivation(keep, { name: 'keep', system, builder: '/bin/sh', args: ['-c', nix`mkdir $out; echo x > $out/f; ${p}/bin/probe setxattr $out/f user.keep 1; ${p}/bin/probe setxattr $out/f user.drop 1`] });
+      const d = await derivation(keep, {
+        name: 'keep',
+        system,
+        builder: '/bin/sh',
+        args: ['-c', nix`mkdir $out; echo x > $out/f; ${p}/bin/probe setxattr $out/f user.keep 1; ${p}/bin/probe setxattr $out/f user.drop 1`],
+      });
       const e = new BuildEngine({ store: keep, sandbox: true, sandboxPaths: SANDBOX_PATHS, buildDir: path.join(dir, 'tmp'), filterSyscalls: false });
       engines.push(e);
       const [r] = await e.buildPathsWithResults([{ drvPath: d.drvPath, outputs: ['out'] }]);
@@ -154,9 +171,16 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
     const base = path.join(dir, 'tmp-shared');
     mkdirSync(base, { mode: 0o755 });
     chmodSync(dir, 0o755);
-    const d = await derivation(store, { name: 'open-build-dir', system, builder: '/bin/sh', args: ['-c',
-      'chmod 755 /build; echo secret > /build/bait; chmod 644 /build/bait; i=0; while [ ! -e /build/go ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; '
-      + 'echo "$NIX_BUILD_TOP $TMPDIR $PWD" > $out'] });
+    const d = await derivation(store, {
+      name: 'open-build-dir',
+      system,
+      builder: '/bin/sh',
+      args: [
+        '-c',
+        'chmod 755 /build; echo secret > /build/bait; chmod 644 /build/bait; i=0; while [ ! -e /build/go ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; ' +
+          'echo "$NIX_BUILD_TOP $TMPDIR $PWD" > $out',
+      ],
+    });
     const e = new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS, buildDir: base });
     engines.push(e);
     const building = e.buildPathsWithResults([{ drvPath: d.drvPath, outputs: ['out'] }]);
@@ -192,13 +216,16 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
     const d = await derivation(store, { name: 'killed', system, builder: '/bin/sh', args: ['-c', 'echo started; sleep 60; echo late > $out'] });
     const child = spawn(process.execPath, ['--import', 'tsx', CRASH_CHILD, path.join(dir, 'root'), base, d.drvPath], { stdio: ['ignore', 'pipe', 'inherit'] });
     await new Promise<void>((resolve, reject) => {
-      child.stdout!.on('data', (c: Buffer) => { if (c.toString().includes('BUILDING')) resolve(); });
+      child.stdout!.on('data', (c: Buffer) => {
+        if (c.toString().includes('BUILDING')) resolve();
+      });
       child.once('exit', (code) => reject(new Error(`the child exited (${code}) before building`)));
     });
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
     // (Skeletons of this process's own engines are alive, and stay.)
-    const storeDebris = () => readdirSync(store.realStoreDir).filter((n) => n.includes(`-realise-chroot-${child.pid}-`) || n.includes('.chroot') || n.endsWith('.lock'));
+    const storeDebris = () =>
+      readdirSync(store.realStoreDir).filter((n) => n.includes(`-realise-chroot-${child.pid}-`) || n.includes('.chroot') || n.endsWith('.lock'));
     // What the killed process left: its chroot and pooled skeletons, the output's lock file, its build dir.
     expect(storeDebris().some((n) => n.includes('-realise-chroot-'))).toBe(true);
     expect(storeDebris().some((n) => n.endsWith('-killed.lock'))).toBe(true);
@@ -219,7 +246,11 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
   });
 
   it('a single-file output loses its extended attributes too', async () => {
-    const { result, out } = await build('xattr-flat', 'echo x > $out; $P setxattr $out user.a 1 > /build/r; $P setxattrat $out >> /build/r; cat /build/r; grep -c ok /build/r', { filterSyscalls: false });
+    const { result, out } = await build(
+      'xattr-flat',
+      'echo x > $out; $P setxattr $out user.a 1 > /build/r; $P setxattrat $out >> /build/r; cat /build/r; grep -c ok /build/r',
+      { filterSyscalls: false },
+    );
     expect(result.status).toBe('built');
     expect(xattrsOf(out)).toEqual([]);
   });
@@ -242,7 +273,9 @@ describe.skipIf(!bwrapOk() || !ccOk()).each(backends)('hostile builders (LinuxSa
     sb = new LinuxSandbox({ backend });
     await sb.backend();
   });
-  afterAll(async () => { await sb?.close(); });
+  afterAll(async () => {
+    await sb?.close();
+  });
 
   const run = async (name: string, script: string, extra: Parameters<typeof fx.request>[2] = {}) => {
     const req = fx.request(name, `P=${P}; mkdir $out; ${script}`, extra);
@@ -252,7 +285,9 @@ describe.skipIf(!bwrapOk() || !ccOk()).each(backends)('hostile builders (LinuxSa
   };
 
   it("a fixed-output builder cannot open the host's /etc/hosts or /etc/resolv.conf for writing", async () => {
-    const read = await run('fod-etc', '$P openw /etc/hosts > $out/hosts; $P openw /etc/resolv.conf > $out/resolv; $P openw /etc/services > $out/services', { network: true });
+    const read = await run('fod-etc', '$P openw /etc/hosts > $out/hosts; $P openw /etc/resolv.conf > $out/resolv; $P openw /etc/services > $out/services', {
+      network: true,
+    });
     // Run by an ordinary user, the host's root-owned files are refused by their permissions first.
     const denied = AS_ROOT ? 'EROFS\n' : 'EACCES\n';
     expect(read('hosts')).toBe(denied);

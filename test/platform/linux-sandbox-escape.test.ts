@@ -32,19 +32,28 @@ describe.skipIf(!bwrapOk()).each(backends)('LinuxSandbox (%s): escape attempts',
     fx = makeFixture();
     sb = new LinuxSandbox({ backend });
     await sb.backend();
-    tcp = net.createServer((s) => { tcpConnections++; s.end('hello from the host\n'); });
+    tcp = net.createServer((s) => {
+      tcpConnections++;
+      s.end('hello from the host\n');
+    });
     await new Promise<void>((r) => tcp.listen(0, '127.0.0.1', r));
     tcpPort = (tcp.address() as net.AddressInfo).port;
     web = http.createServer((_q, s) => s.end('fetched-ok\n'));
     await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
     webPort = (web.address() as net.AddressInfo).port;
   });
-  afterAll(() => { tcp?.close(); web?.close(); });
+  afterAll(() => {
+    tcp?.close();
+    web?.close();
+  });
 
   it('cannot read a host file or see host directories', async () => {
     const secret = path.join(fx.dir, 'secret.txt');
     writeFileSync(secret, 'TOP-SECRET\n');
-    const req = fx.request('read-host', `mkdir $out; cat ${secret} > $out/secret 2>&1; ls / > $out/root; ls ${fx.dir} > $out/dir 2>&1; cat /etc/shadow > $out/shadow 2>&1; echo done > $out/done`);
+    const req = fx.request(
+      'read-host',
+      `mkdir $out; cat ${secret} > $out/secret 2>&1; ls / > $out/root; ls ${fx.dir} > $out/dir 2>&1; cat /etc/shadow > $out/shadow 2>&1; echo done > $out/done`,
+    );
     const { exit } = await build(sb, req);
     expect(exit).toEqual({ kind: 'exited', code: 0 });
     const out = fx.realPath(req.outputPaths[0]!);
@@ -59,18 +68,25 @@ describe.skipIf(!bwrapOk()).each(backends)('LinuxSandbox (%s): escape attempts',
     const other = storePath('not-an-input');
     mkdirSync(fx.realPath(other));
     writeFileSync(path.join(fx.realPath(other), 'data'), 'hidden');
-    const req = fx.request('store-listing', `mkdir $out; ls /nix/store > $out/listing; ls ${other} > $out/other 2>&1; cat ${other}/data >> $out/other 2>&1; true`);
+    const req = fx.request(
+      'store-listing',
+      `mkdir $out; ls /nix/store > $out/listing; ls ${other} > $out/other 2>&1; cat ${other}/data >> $out/other 2>&1; true`,
+    );
     const { exit } = await build(sb, req);
     expect(exit).toEqual({ kind: 'exited', code: 0 });
     const out = fx.realPath(req.outputPaths[0]!);
-    expect(readFileSync(path.join(out, 'listing'), 'utf8').split('\n').filter(Boolean).sort())
-      .toEqual([path.basename(fx.busyboxPath), path.basename(req.outputPaths[0]!)].sort());
+    expect(readFileSync(path.join(out, 'listing'), 'utf8').split('\n').filter(Boolean).sort()).toEqual(
+      [path.basename(fx.busyboxPath), path.basename(req.outputPaths[0]!)].sort(),
+    );
     expect(readFileSync(path.join(out, 'other'), 'utf8')).not.toContain('hidden');
   });
 
   it('cannot reach a TCP port on the host loopback', async () => {
     const before = tcpConnections;
-    const req = fx.request('tcp', `mkdir $out; if nc -w 2 127.0.0.1 ${tcpPort} < /dev/null > $out/got 2>&1; then echo connected > $out/result; else echo refused > $out/result; fi; ip link > $out/links 2>&1`);
+    const req = fx.request(
+      'tcp',
+      `mkdir $out; if nc -w 2 127.0.0.1 ${tcpPort} < /dev/null > $out/got 2>&1; then echo connected > $out/result; else echo refused > $out/result; fi; ip link > $out/links 2>&1`,
+    );
     const { exit } = await build(sb, req);
     expect(exit).toEqual({ kind: 'exited', code: 0 });
     const out = fx.realPath(req.outputPaths[0]!);
@@ -99,7 +115,10 @@ describe.skipIf(!bwrapOk()).each(backends)('LinuxSandbox (%s): escape attempts',
   });
 
   it('cannot see or signal host processes', async () => {
-    const req = fx.request('procs', `mkdir $out; ps > $out/ps; ls /proc | grep -c '^[0-9]' > $out/n; if kill -0 ${process.pid} 2>/dev/null; then echo visible; else echo invisible; fi > $out/kill; ls /proc/${process.pid} > /dev/null 2>&1 && echo yes > $out/host-proc; true`);
+    const req = fx.request(
+      'procs',
+      `mkdir $out; ps > $out/ps; ls /proc | grep -c '^[0-9]' > $out/n; if kill -0 ${process.pid} 2>/dev/null; then echo visible; else echo invisible; fi > $out/kill; ls /proc/${process.pid} > /dev/null 2>&1 && echo yes > $out/host-proc; true`,
+    );
     expect((await build(sb, req)).exit).toEqual({ kind: 'exited', code: 0 });
     const out = fx.realPath(req.outputPaths[0]!);
     const ps = readFileSync(path.join(out, 'ps'), 'utf8').trim().split('\n').slice(1);
@@ -111,7 +130,10 @@ describe.skipIf(!bwrapOk()).each(backends)('LinuxSandbox (%s): escape attempts',
 
   it('cannot write to the store outside its outputs, nor to its inputs', async () => {
     const evil = storePath('evil');
-    const req = fx.request('store-write', `mkdir $out; echo x > ${evil} 2>/dev/null; echo pwned > ${fx.busyboxPath}/bin/pwned 2>/dev/null || echo ro > $out/input; chmod u+w ${fx.busyboxPath}/bin/busybox 2>/dev/null || echo ro > $out/chmod; echo ok > $out/done`);
+    const req = fx.request(
+      'store-write',
+      `mkdir $out; echo x > ${evil} 2>/dev/null; echo pwned > ${fx.busyboxPath}/bin/pwned 2>/dev/null || echo ro > $out/input; chmod u+w ${fx.busyboxPath}/bin/busybox 2>/dev/null || echo ro > $out/chmod; echo ok > $out/done`,
+    );
     const inputMode = statSync(path.join(fx.realPath(fx.busyboxPath), 'bin/busybox')).mode;
     expect((await build(sb, req)).exit).toEqual({ kind: 'exited', code: 0 });
     const out = fx.realPath(req.outputPaths[0]!);
@@ -125,7 +147,10 @@ describe.skipIf(!bwrapOk()).each(backends)('LinuxSandbox (%s): escape attempts',
   });
 
   it('cannot create setuid or setgid files', async () => {
-    const req = fx.request('suid', `mkdir $out; cp ${fx.busyboxPath}/bin/busybox $out/su; chmod 4755 $out/su 2> $out/err1; chmod g+s $out/su 2> $out/err2; mkdir $out/d; chmod 2755 $out/d 2> $out/err3; true`);
+    const req = fx.request(
+      'suid',
+      `mkdir $out; cp ${fx.busyboxPath}/bin/busybox $out/su; chmod 4755 $out/su 2> $out/err1; chmod g+s $out/su 2> $out/err2; mkdir $out/d; chmod 2755 $out/d 2> $out/err3; true`,
+    );
     expect((await build(sb, req)).exit).toEqual({ kind: 'exited', code: 0 });
     const out = fx.realPath(req.outputPaths[0]!);
     expect(statSync(path.join(out, 'su')).mode & 0o6000).toBe(0);

@@ -73,8 +73,10 @@ describe.skipIf(!nixOk())('LinuxSandbox vs Nix 2.8 sandbox: the recorded view is
     const port = (server.address() as net.AddressInfo).port;
     busyboxTree(path.join(dir, 'bb'));
     writeFileSync(path.join(dir, 'record.sh'), RECORD);
-    writeFileSync(path.join(dir, 'default.nix'),
-      `derivation { name = "record"; system = "x86_64-linux"; builder = "\${./bb}/bin/sh"; args = [ ./record.sh ]; port = "${port}"; }\n`);
+    writeFileSync(
+      path.join(dir, 'default.nix'),
+      `derivation { name = "record"; system = "x86_64-linux"; builder = "\${./bb}/bin/sh"; args = [ ./record.sh ]; port = "${port}"; }\n`,
+    );
     const rootA = path.join(dir, 'nix-root');
     [drv] = nixInstantiate(rootA, path.join(dir, 'default.nix'), { file: true }) as [string];
     const r = nixRealise(rootA, [drv], { sandbox: true });
@@ -84,25 +86,54 @@ describe.skipIf(!nixOk())('LinuxSandbox vs Nix 2.8 sandbox: the recorded view is
     nixLog = nix('nix-store', ['--store', rootA, '--read-log', drv]);
     show = JSON.parse(nix('nix', ['show-derivation', '--store', rootA, drv]))[drv];
   }, 60_000);
-  afterAll(() => { server?.close(); });
+  afterAll(() => {
+    server?.close();
+  });
 
   async function buildOurs(backend: LinuxSandboxBackend) {
     const root = path.join(dir, `ours-${backend}`);
     expect(nixInstantiate(root, path.join(dir, 'default.nix'), { file: true })).toEqual([drv]);
-    const nixEnv = Object.fromEntries(readFileSync(path.join(nixOut, 'env'), 'utf8').trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+    const nixEnv = Object.fromEntries(
+      readFileSync(path.join(nixOut, 'env'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+    );
     // Nix's initEnv around the derivation's env (until the engine's env construction is wired in).
     const env: Record<string, string> = {
-      PATH: '/path-not-set', HOME: '/homeless-shelter', NIX_STORE: '/nix/store', NIX_BUILD_CORES: nixEnv.NIX_BUILD_CORES!,
-      NIX_BUILD_TOP: '/build', TMPDIR: '/build', TEMPDIR: '/build', TMP: '/build', TEMP: '/build', PWD: '/build',
-      NIX_LOG_FD: '2', TERM: 'xterm-256color', ...show.env,
+      PATH: '/path-not-set',
+      HOME: '/homeless-shelter',
+      NIX_STORE: '/nix/store',
+      NIX_BUILD_CORES: nixEnv.NIX_BUILD_CORES!,
+      NIX_BUILD_TOP: '/build',
+      TMPDIR: '/build',
+      TEMPDIR: '/build',
+      TMP: '/build',
+      TEMP: '/build',
+      PWD: '/build',
+      NIX_LOG_FD: '2',
+      TERM: 'xterm-256color',
+      ...show.env,
     };
     const buildDir = mkdtempSync(path.join(dir, 'nix-build-record.drv-'));
     const chunks: Buffer[] = [];
-    const exit = await new LinuxSandbox({ backend }).run({
-      drvPath: drv, builder: show.builder, args: show.args, env, buildDir, sandboxBuildDir: '/build',
-      storeDir: '/nix/store', realStoreDir: path.join(root, 'nix/store'),
-      inputPaths: show.inputSrcs, outputPaths: [show.outputs.out.path], network: false, kvm: KVM,
-    }, { onOutput: (c) => chunks.push(c) });
+    const exit = await new LinuxSandbox({ backend }).run(
+      {
+        drvPath: drv,
+        builder: show.builder,
+        args: show.args,
+        env,
+        buildDir,
+        sandboxBuildDir: '/build',
+        storeDir: '/nix/store',
+        realStoreDir: path.join(root, 'nix/store'),
+        inputPaths: show.inputSrcs,
+        outputPaths: [show.outputs.out.path],
+        network: false,
+        kvm: KVM,
+      },
+      { onOutput: (c) => chunks.push(c) },
+    );
     return { exit, log: Buffer.concat(chunks).toString(), ourOut: path.join(root, out) };
   }
 
@@ -114,28 +145,36 @@ describe.skipIf(!nixOk())('LinuxSandbox vs Nix 2.8 sandbox: the recorded view is
     expect(readFileSync(path.join(nixOut, 'host-port'), 'utf8')).toBe('unreachable\n');
   });
 
-  it.skipIf(!ccOk())('helper backend: same files, byte for byte, and the same NAR hash', async () => {
-    const { exit, log, ourOut } = await buildOurs('helper');
-    expect(exit).toEqual({ kind: 'exited', code: 0 });
-    const files = readdirSync(nixOut).sort();
-    expect(readdirSync(ourOut).sort()).toEqual(files);
-    for (const f of files) {
-      expect({ file: f, content: readFileSync(path.join(ourOut, f), 'utf8') }).toEqual({ file: f, content: readFileSync(path.join(nixOut, f), 'utf8') });
-    }
-    const narHash = (p: string) => nix('nix-hash', ['--type', 'sha256', '--base32', p]);
-    expect(narHash(ourOut)).toBe(narHash(nixOut));
-    expect(log.trimEnd()).toBe(nixLog.trimEnd());
-  }, 30_000);
+  it.skipIf(!ccOk())(
+    'helper backend: same files, byte for byte, and the same NAR hash',
+    async () => {
+      const { exit, log, ourOut } = await buildOurs('helper');
+      expect(exit).toEqual({ kind: 'exited', code: 0 });
+      const files = readdirSync(nixOut).sort();
+      expect(readdirSync(ourOut).sort()).toEqual(files);
+      for (const f of files) {
+        expect({ file: f, content: readFileSync(path.join(ourOut, f), 'utf8') }).toEqual({ file: f, content: readFileSync(path.join(nixOut, f), 'utf8') });
+      }
+      const narHash = (p: string) => nix('nix-hash', ['--type', 'sha256', '--base32', p]);
+      expect(narHash(ourOut)).toBe(narHash(nixOut));
+      expect(log.trimEnd()).toBe(nixLog.trimEnd());
+    },
+    30_000,
+  );
 
-  it.skipIf(!bwrapOk())('bwrap backend: same files except the documented differences', async () => {
-    const { exit, ourOut } = await buildOurs('bwrap');
-    expect(exit).toEqual({ kind: 'exited', code: 0 });
-    // Documented in docs/sandbox.md: bwrap cannot set argv[0], brings its own /dev (core link, relative
-    // ptmx link, tmpfs), gives a socket instead of a pty, and trims the capability bounding set.
-    const differs = new Set(['argv0', 'cmdline', 'ps', 'ls-dev', 'ls-dev-sub', 'ls-root', 'fds', 'stderr-is-tty', 'status', 'personality']);
-    for (const f of readdirSync(nixOut).sort()) {
-      if (differs.has(f)) continue;
-      expect({ file: f, content: readFileSync(path.join(ourOut, f), 'utf8') }).toEqual({ file: f, content: readFileSync(path.join(nixOut, f), 'utf8') });
-    }
-  }, 30_000);
+  it.skipIf(!bwrapOk())(
+    'bwrap backend: same files except the documented differences',
+    async () => {
+      const { exit, ourOut } = await buildOurs('bwrap');
+      expect(exit).toEqual({ kind: 'exited', code: 0 });
+      // Documented in docs/sandbox.md: bwrap cannot set argv[0], brings its own /dev (core link, relative
+      // ptmx link, tmpfs), gives a socket instead of a pty, and trims the capability bounding set.
+      const differs = new Set(['argv0', 'cmdline', 'ps', 'ls-dev', 'ls-dev-sub', 'ls-root', 'fds', 'stderr-is-tty', 'status', 'personality']);
+      for (const f of readdirSync(nixOut).sort()) {
+        if (differs.has(f)) continue;
+        expect({ file: f, content: readFileSync(path.join(ourOut, f), 'utf8') }).toEqual({ file: f, content: readFileSync(path.join(nixOut, f), 'utf8') });
+      }
+    },
+    30_000,
+  );
 });

@@ -13,19 +13,34 @@ import { ccOk, makeFixture, storePath, type Fixture } from './sandbox-fixture.js
 
 async function build(sb: LinuxSandbox, req: SandboxRequest, signal?: AbortSignal, onChunk?: (s: string) => void) {
   const chunks: Buffer[] = [];
-  const exit: SandboxExit = await sb.run(req, { signal, onOutput: (c) => { chunks.push(c); onChunk?.(Buffer.concat(chunks).toString()); } });
+  const exit: SandboxExit = await sb.run(req, {
+    signal,
+    onOutput: (c) => {
+      chunks.push(c);
+      onChunk?.(Buffer.concat(chunks).toString());
+    },
+  });
   return { exit, log: Buffer.concat(chunks).toString() };
 }
 
 const variants: [string, LinuxSandboxBackend, boolean][] = [
-  ...(ccOk() ? [['helper server', 'helper', true], ['helper per build', 'helper', false]] as [string, LinuxSandboxBackend, boolean][] : []),
+  ...(ccOk()
+    ? ([
+        ['helper server', 'helper', true],
+        ['helper per build', 'helper', false],
+      ] as [string, LinuxSandboxBackend, boolean][])
+    : []),
   ['bwrap', 'bwrap', false],
 ];
 
 describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders', (_label, backend, server) => {
   let fx: Fixture;
   let sb: LinuxSandbox;
-  beforeAll(async () => { fx = makeFixture(); sb = new LinuxSandbox({ backend, server }); expect(await sb.backend()).toBe(backend); });
+  beforeAll(async () => {
+    fx = makeFixture();
+    sb = new LinuxSandbox({ backend, server });
+    expect(await sb.backend()).toBe(backend);
+  });
   afterAll(() => sb?.close());
 
   it('streams merged output, returns the exit code, moves outputs to their physical path, removes the chroot', async () => {
@@ -55,7 +70,7 @@ describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders'
   });
 
   it('the builder is PID 1: its own fatal signals are ignored, as in Nix; a child killed by a signal shows in the exit code', async () => {
-    const req = fx.request('sig', 'kill -KILL $$; echo still-here; sh -c \'kill -TERM $$\'; exit $?');
+    const req = fx.request('sig', "kill -KILL $$; echo still-here; sh -c 'kill -TERM $$'; exit $?");
     const { exit, log } = await build(sb, req);
     expect(log).toBe('still-here\nTerminated\n');
     expect(exit).toEqual({ kind: 'exited', code: 128 + 15 });
@@ -66,7 +81,9 @@ describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders'
     const req = fx.request('abort', `(sleep 2; touch /build/late) & echo started; sleep 30`);
     const ac = new AbortController();
     const t0 = Date.now();
-    const { exit } = await build(sb, req, ac.signal, (s) => { if (s.includes('started')) ac.abort(); });
+    const { exit } = await build(sb, req, ac.signal, (s) => {
+      if (s.includes('started')) ac.abort();
+    });
     expect(exit).toEqual({ kind: 'aborted' });
     expect(Date.now() - t0).toBeLessThan(2000);
     await new Promise((r) => setTimeout(r, 2300));
@@ -153,15 +170,20 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server and the event
     const fx = makeFixture();
     const script = path.join(fx.dir, 'await-build.mts');
     const req = fx.request('alive', 'sleep 0.3; echo built; mkdir $out');
-    writeFileSync(script, `
+    writeFileSync(
+      script,
+      `
       import { LinuxSandbox } from ${JSON.stringify(path.resolve('src/platform/linux-sandbox.ts'))};
       const sb = new LinuxSandbox({ backend: 'helper', server: true });
       const r = await sb.run(${JSON.stringify({ ...req, extraPaths: undefined })}, { onOutput: (c) => process.stdout.write(c) });
       console.log(JSON.stringify(r));
-    `);
+    `,
+    );
     const { execFile } = await import('node:child_process');
     const out = await new Promise<string>((resolve, reject) => {
-      execFile(process.execPath, ['--import', 'tsx', script], { timeout: 30_000 }, (err, stdout, stderr) => err ? reject(new Error(stderr || err.message)) : resolve(stdout));
+      execFile(process.execPath, ['--import', 'tsx', script], { timeout: 30_000 }, (err, stdout, stderr) =>
+        err ? reject(new Error(stderr || err.message)) : resolve(stdout),
+      );
     });
     expect(out).toBe('built\n{"kind":"exited","code":0}\n');
     // nothing left behind by the process: no chroot, no trash, no prepared skeletons
@@ -173,7 +195,9 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: concurrent b
   it('keeps the output, status and outputs of concurrent builds apart', async () => {
     const fx = makeFixture();
     const sb = new LinuxSandbox({ backend: 'helper', server: true });
-    const reqs = Array.from({ length: 6 }, (_, i) => fx.request(`par${i}`, `for j in 1 2 3; do echo b${i}-$j; sleep 0.0${i}; done; mkdir $out; echo ${i} > $out/i; exit ${i}`));
+    const reqs = Array.from({ length: 6 }, (_, i) =>
+      fx.request(`par${i}`, `for j in 1 2 3; do echo b${i}-$j; sleep 0.0${i}; done; mkdir $out; echo ${i} > $out/i; exit ${i}`),
+    );
     const results = await Promise.all(reqs.map((r) => build(sb, r)));
     results.forEach(({ exit, log }, i) => {
       expect(exit).toEqual({ kind: 'exited', code: i });

@@ -11,9 +11,16 @@ function request(dir: string, builder: string, args: string[], env: Record<strin
   mkdirSync(buildDir, { recursive: true });
   return {
     drvPath: '/nix/store/00000000000000000000000000000000-test.drv',
-    builder, args, env, buildDir, sandboxBuildDir: buildDir,
-    storeDir: '/nix/store', realStoreDir: '/nix/store',
-    inputPaths: [], outputPaths: [], network: false,
+    builder,
+    args,
+    env,
+    buildDir,
+    sandboxBuildDir: buildDir,
+    storeDir: '/nix/store',
+    realStoreDir: '/nix/store',
+    inputPaths: [],
+    outputPaths: [],
+    network: false,
   };
 }
 
@@ -34,7 +41,10 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
 
   it('passes exactly the given env, cwd = buildDir, argv0 = basename, merges stdout and stderr in order', async () => {
     const dir = tempDir();
-    const r = request(dir, '/bin/sh', ['-c', 'echo "argv0=$0"; echo one; echo two >&2; echo three; env | sort; pwd; exit 3'], { FOO: 'bar baz', PATH: '/usr/bin:/bin' });
+    const r = request(dir, '/bin/sh', ['-c', 'echo "argv0=$0"; echo one; echo two >&2; echo three; env | sort; pwd; exit 3'], {
+      FOO: 'bar baz',
+      PATH: '/usr/bin:/bin',
+    });
     const { exit, out } = await collect(r);
     expect(exit).toEqual({ kind: 'exited', code: 3 });
     const lines = out.trim().split('\n');
@@ -48,7 +58,10 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
     const dir = tempDir();
     const { exit, out } = await collect(request(dir, '/bin/sh', ['-c', 'ps -o pgid= -p $$; echo pid=$$; readlink /proc/self/fd/0; cat']));
     expect(exit).toEqual({ kind: 'exited', code: 0 });
-    const [pgid, pidLine, stdin] = out.trim().split('\n').map((s) => s.trim());
+    const [pgid, pidLine, stdin] = out
+      .trim()
+      .split('\n')
+      .map((s) => s.trim());
     expect(pidLine).toBe(`pid=${pgid}`);
     expect(stdin).toBe('/dev/null');
     expect(Number(pgid)).not.toBe(process.pid);
@@ -75,7 +88,10 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
     const chunks: Buffer[] = [];
     const p = sb.run(request(dir, '/bin/sh', ['-c', script]), {
       signal: ac.signal,
-      onOutput: (c) => { chunks.push(c); if (Buffer.concat(chunks).toString().includes('started')) ac.abort(); },
+      onOutput: (c) => {
+        chunks.push(c);
+        if (Buffer.concat(chunks).toString().includes('started')) ac.abort();
+      },
     });
     const t0 = Date.now();
     expect(await p).toEqual({ kind: 'aborted' });
@@ -109,7 +125,8 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
   it('already-aborted signal does not start the builder', async () => {
     const dir = tempDir();
     const marker = path.join(dir, 'm');
-    const ac = new AbortController(); ac.abort();
+    const ac = new AbortController();
+    ac.abort();
     expect((await collect(request(dir, '/bin/sh', ['-c', `touch ${marker}`]), ac.signal)).exit).toEqual({ kind: 'aborted' });
     expect(existsSync(marker)).toBe(false);
   });
@@ -122,7 +139,8 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
     // Only the exec failed: marked so, in Nix's words (the scheduler turns it into exit code 1 and a log line).
     expect((missing.exit as { execError?: string }).execError).toBe(`executing '${path.join(dir, 'no-such-builder')}': No such file or directory`);
     const notExec = path.join(dir, 'not-exec');
-    writeFileSync(notExec, '#!/bin/sh\n'); chmodSync(notExec, 0o644);
+    writeFileSync(notExec, '#!/bin/sh\n');
+    chmodSync(notExec, 0o644);
     const denied = (await collect(request(dir, notExec, []))).exit;
     expect(denied.kind).toBe('spawn-failed');
     expect((denied as { execError?: string }).execError).toBe(`executing '${notExec}': Permission denied`);
@@ -144,7 +162,8 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
     const dir = tempDir();
     const r = request(dir, 'sub/b.sh', []);
     mkdirSync(path.join(r.buildDir, 'sub'));
-    writeFileSync(path.join(r.buildDir, 'sub/b.sh'), '#!/bin/sh\necho "$0 $# $1"\n'); chmodSync(path.join(r.buildDir, 'sub/b.sh'), 0o755);
+    writeFileSync(path.join(r.buildDir, 'sub/b.sh'), '#!/bin/sh\necho "$0 $# $1"\n');
+    chmodSync(path.join(r.buildDir, 'sub/b.sh'), 0o755);
     const { exit, out } = await collect({ ...r, args: ['x y'] });
     expect(exit).toEqual({ kind: 'exited', code: 0 });
     expect(out).toBe(`${path.join(r.buildDir, 'sub/b.sh')} 1 x y\n`); // sh sets $0 to the script path it runs
@@ -162,7 +181,9 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
 
   it('runs builds concurrently and keeps their output apart', async () => {
     const dir = tempDir();
-    const runs = Array.from({ length: 6 }, (_, i) => collect(request(path.join(dir, String(i)), '/bin/sh', ['-c', `for j in 1 2 3; do echo b${i}-$j; sleep 0.0$j; done; exit ${i}`])));
+    const runs = Array.from({ length: 6 }, (_, i) =>
+      collect(request(path.join(dir, String(i)), '/bin/sh', ['-c', `for j in 1 2 3; do echo b${i}-$j; sleep 0.0$j; done; exit ${i}`])),
+    );
     const res = await Promise.all(runs);
     res.forEach((r, i) => {
       expect(r.exit).toEqual({ kind: 'exited', code: i });
@@ -173,7 +194,11 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
   it('output arrives while the builder runs', async () => {
     const dir = tempDir();
     let firstAt = 0;
-    const exit = await sb.run(request(dir, '/bin/sh', ['-c', 'echo early; sleep 1; echo late']), { onOutput: () => { firstAt ||= Date.now(); } });
+    const exit = await sb.run(request(dir, '/bin/sh', ['-c', 'echo early; sleep 1; echo late']), {
+      onOutput: () => {
+        firstAt ||= Date.now();
+      },
+    });
     expect(exit).toEqual({ kind: 'exited', code: 0 });
     // The first line came while the builder slept (a margin for a loaded machine).
     expect(Date.now() - firstAt).toBeGreaterThanOrEqual(700);
@@ -185,9 +210,17 @@ function childrenMatching(needle: string): number[] {
   const pids: number[] = [];
   for (const tid of readdirSync('/proc/self/task')) {
     let kids = '';
-    try { kids = readFileSync(`/proc/self/task/${tid}/children`, 'utf8'); } catch { continue; }
+    try {
+      kids = readFileSync(`/proc/self/task/${tid}/children`, 'utf8');
+    } catch {
+      continue;
+    }
     for (const pid of kids.split(' ').filter(Boolean)) {
-      try { if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(needle)) pids.push(Number(pid)); } catch { /* gone */ }
+      try {
+        if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(needle)) pids.push(Number(pid));
+      } catch {
+        /* gone */
+      }
     }
   }
   return pids;
@@ -201,7 +234,8 @@ describe('NoSandbox launcher fallback', () => {
       expect(await new NoSandbox().launcher()).toBe('node');
       expect(await new NoSandbox({ launcher: 'helper' }).launcher()).toBe('helper');
     } finally {
-      if (saved === undefined) delete process.env.REALISE_NOSANDBOX_LAUNCHER; else process.env.REALISE_NOSANDBOX_LAUNCHER = saved;
+      if (saved === undefined) delete process.env.REALISE_NOSANDBOX_LAUNCHER;
+      else process.env.REALISE_NOSANDBOX_LAUNCHER = saved;
     }
     expect(await new NoSandbox().launcher()).toBe('helper');
   });
@@ -224,7 +258,9 @@ describe('NoSandbox launcher fallback', () => {
     const dir = tempDir();
     const marker = path.join(dir, 'marker');
     let started!: () => void;
-    const isStarted = new Promise<void>((r) => { started = r; });
+    const isStarted = new Promise<void>((r) => {
+      started = r;
+    });
     const running = sb.run(request(dir, '/bin/sh', ['-c', `echo started; sleep 1; touch ${marker}`]), { onOutput: () => started() });
     await isStarted;
     const servers = childrenMatching(cacheDir);

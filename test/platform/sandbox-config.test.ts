@@ -1,7 +1,14 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { checkImpureHostDeps, parsePreBuildHookOutput, parseSandboxMode, parseSandboxPaths, splitSandboxPathsOption, useSandbox } from '../../src/platform/sandbox-config.js';
+import {
+  checkImpureHostDeps,
+  parsePreBuildHookOutput,
+  parseSandboxMode,
+  parseSandboxPaths,
+  splitSandboxPathsOption,
+  useSandbox,
+} from '../../src/platform/sandbox-config.js';
 import { SandboxError } from '../../src/platform/sandbox-errors.js';
 import { nixSeccompFilter, REFUSED_SYSCALLS } from '../../src/platform/seccomp.js';
 import { chooseSandbox, diagnoseUserNamespaces, sandboxAvailable } from '../../src/platform/probe.js';
@@ -31,7 +38,13 @@ describe('sandbox modes', () => {
     // a chroot store always builds in the sandbox
     expect(useSandbox({ ...base, mode: false, realStoreDir: '/srv/root/nix/store' })).toBe(true);
     expect(useSandbox({ ...base, mode: 'relaxed', noChroot: true, realStoreDir: '/srv/root/nix/store' })).toBe(true);
-    const e = (() => { try { useSandbox({ ...base, mode: true, noChroot: true }); } catch (err) { return err; } })();
+    const e = (() => {
+      try {
+        useSandbox({ ...base, mode: true, noChroot: true });
+      } catch (err) {
+        return err;
+      }
+    })();
     expect(e).toBeInstanceOf(SandboxError);
     expect((e as SandboxError).code).toBe('sandbox-no-chroot-forbidden');
     expect((e as SandboxError).message).toContain("derivation '/nix/store/x-a.drv' has '__noChroot' set");
@@ -66,7 +79,8 @@ describe('__impureHostDeps', () => {
   });
   it('rejects others, naming the path, and does not match on string prefix alone', () => {
     expect(() => checkImpureHostDeps('/nix/store/x-a.drv', ['/usr/libexec/x'], ['/usr/lib'])).toThrow(
-      "derivation '/nix/store/x-a.drv' requested impure path '/usr/libexec/x', but it was not in allowed-impure-host-deps");
+      "derivation '/nix/store/x-a.drv' requested impure path '/usr/libexec/x', but it was not in allowed-impure-host-deps",
+    );
     expect(() => checkImpureHostDeps('/nix/store/x-a.drv', ['/etc/passwd'], [])).toThrow(SandboxError);
   });
 });
@@ -74,7 +88,11 @@ describe('__impureHostDeps', () => {
 describe('pre-build hook protocol', () => {
   it('parses extra-sandbox-paths blocks', () => {
     const m = parsePreBuildHookOutput('extra-sandbox-paths\n/a\n/b=/c\n\nextra-chroot-dirs\n/d=/e\n');
-    expect([...m]).toEqual([['/a', { source: '/a', optional: false }], ['/b', { source: '/c', optional: false }], ['/d', { source: '/e', optional: false }]]);
+    expect([...m]).toEqual([
+      ['/a', { source: '/a', optional: false }],
+      ['/b', { source: '/c', optional: false }],
+      ['/d', { source: '/e', optional: false }],
+    ]);
   });
   it('rejects unknown commands', () => {
     expect(() => parsePreBuildHookOutput('something-else\n')).toThrow("unknown pre-build hook command 'something-else'");
@@ -103,22 +121,47 @@ describe('seccomp filter', () => {
     args.forEach((a, i) => data.writeUInt32LE(a, 16 + 8 * i));
     let acc = 0;
     for (let pc = 0; pc < f.length / 8;) {
-      const code = f.readUInt16LE(pc * 8), jt = f.readUInt8(pc * 8 + 2), jf = f.readUInt8(pc * 8 + 3), k = f.readUInt32LE(pc * 8 + 4);
+      const code = f.readUInt16LE(pc * 8),
+        jt = f.readUInt8(pc * 8 + 2),
+        jf = f.readUInt8(pc * 8 + 3),
+        k = f.readUInt32LE(pc * 8 + 4);
       if (code === 0x20) acc = data.readUInt32LE(k);
       else if (code === 0x54) acc = (acc & k) >>> 0;
-      else if (code === 0x15) { pc += 1 + (acc === k ? jt : jf); continue; }
-      else if (code === 0x45) { pc += 1 + ((acc & k) !== 0 ? jt : jf); continue; }
-      else if (code === 0x06) return k;
+      else if (code === 0x15) {
+        pc += 1 + (acc === k ? jt : jf);
+        continue;
+      } else if (code === 0x45) {
+        pc += 1 + ((acc & k) !== 0 ? jt : jf);
+        continue;
+      } else if (code === 0x06) return k;
       else throw new Error(`unexpected BPF instruction ${code.toString(16)}`);
       pc++;
     }
     throw new Error('fell off the end');
   }
-  const ALLOW = 0x7fff0000, ERRNO = 0x00050000;
-  const ARCHES = { x64: [['x86_64', 0xc000003e], ['i386', 0x40000003]], arm64: [['aarch64', 0xc00000b7], ['arm', 0x40000028]] } as const;
+  const ALLOW = 0x7fff0000,
+    ERRNO = 0x00050000;
+  const ARCHES = {
+    x64: [
+      ['x86_64', 0xc000003e],
+      ['i386', 0x40000003],
+    ],
+    arm64: [
+      ['aarch64', 0xc00000b7],
+      ['arm', 0x40000028],
+    ],
+  } as const;
 
   it('refuses every call of REFUSED_SYSCALLS on every architecture it covers, with its errno', () => {
-    expect(REFUSED_SYSCALLS.map((c) => c.name)).toEqual(['setxattr', 'lsetxattr', 'fsetxattr', 'setxattrat', 'io_uring_setup', 'io_uring_enter', 'io_uring_register']);
+    expect(REFUSED_SYSCALLS.map((c) => c.name)).toEqual([
+      'setxattr',
+      'lsetxattr',
+      'fsetxattr',
+      'setxattrat',
+      'io_uring_setup',
+      'io_uring_enter',
+      'io_uring_register',
+    ]);
     for (const [nodeArch, pairs] of Object.entries(ARCHES)) {
       const f = nixSeccompFilter(nodeArch);
       for (const [arch, audit] of pairs) {
@@ -172,10 +215,12 @@ describe('why user namespaces cannot be made (diagnoseUserNamespaces)', () => {
     const bwrap = diagnoseUserNamespaces('bwrap: Creating new namespace failed: nesting depth or /proc/sys/user/max_*_namespaces exceeded (ENOSPC)');
     expect(bwrap?.reason).toBe(limit?.reason);
     if (process.getuid?.() === 0) {
-      expect(diagnoseUserNamespaces('creating namespaces (unshare): Operation not permitted')?.reason).toMatch(/^creating user namespaces is not permitted here/);
+      expect(diagnoseUserNamespaces('creating namespaces (unshare): Operation not permitted')?.reason).toMatch(
+        /^creating user namespaces is not permitted here/,
+      );
     }
   });
   it('other problems are not about namespaces', () => {
-    expect(diagnoseUserNamespaces("cannot build the sandbox helper: spawn /nonexistent/cc ENOENT")).toBeUndefined();
+    expect(diagnoseUserNamespaces('cannot build the sandbox helper: spawn /nonexistent/cc ENOENT')).toBeUndefined();
   });
 });

@@ -43,7 +43,11 @@ export function makeFixture(): Fixture {
   symlinkSync('busybox', path.join(bb, 'bin/sh'));
   const realPath = (p: string) => path.join(realStoreDir, path.basename(p));
   return {
-    dir, root, realStoreDir, busyboxPath, realPath,
+    dir,
+    root,
+    realStoreDir,
+    busyboxPath,
+    realPath,
     request(name, script, extra = {}) {
       const buildDir = path.join(dir, `build-${name}-${counter++}`);
       mkdirSync(buildDir, { mode: 0o700 });
@@ -51,10 +55,17 @@ export function makeFixture(): Fixture {
       const drvPath = storePath(`${name}.drv`);
       writeFileSync(path.join(buildDir, 'script.sh'), script);
       return {
-        drvPath, builder: `${busyboxPath}/bin/sh`, args: ['/build/script.sh'],
+        drvPath,
+        builder: `${busyboxPath}/bin/sh`,
+        args: ['/build/script.sh'],
         env: { PATH: '/path-not-set', HOME: '/homeless-shelter', NIX_STORE: STORE_DIR, NIX_BUILD_TOP: '/build', TMPDIR: '/build', PWD: '/build', out },
-        buildDir, sandboxBuildDir: '/build', storeDir: STORE_DIR, realStoreDir,
-        inputPaths: [busyboxPath], outputPaths: [out], network: false,
+        buildDir,
+        sandboxBuildDir: '/build',
+        storeDir: STORE_DIR,
+        realStoreDir,
+        inputPaths: [busyboxPath],
+        outputPaths: [out],
+        network: false,
         ...extra,
       };
     },

@@ -19,7 +19,8 @@ import { Hash } from '../../src/store/hash.js';
 import { nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
 
 const BIN = path.resolve(__dirname, '../../bin/realise.js');
-const CONF = 'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\ntrusted-users =\n';
+const CONF =
+  'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\ntrusted-users =\n';
 /** Found on the slow builder's command line (its shell's script) while it runs. */
 const MARK = `realise-daemon-slow-${process.pid}`;
 const EXPR = `let mk = name: script: derivation { inherit name; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" script ]; }; in {
@@ -43,7 +44,9 @@ const NOBODY = 65534;
 async function startDaemon(root: string, socket: string, conf: string): Promise<ChildProcess> {
   const d = spawn('nix-daemon', ['--store', root], { env: nixEnv({ NIX_CONFIG: conf, NIX_DAEMON_SOCKET_PATH: socket }), stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
-  d.stderr!.setEncoding('utf8').on('data', (s: string) => { log += s; });
+  d.stderr!.setEncoding('utf8').on('data', (s: string) => {
+    log += s;
+  });
   for (let i = 0; i < 100 && !existsSync(socket); i++) await sleep(100);
   if (!existsSync(socket)) throw new Error(`nix-daemon did not start:\n${log}`);
   return d;
@@ -75,7 +78,7 @@ describe.skipIf(!nixOk() || !isRoot)('(root only) DaemonStore against a real nix
     daemon?.kill('SIGTERM');
   });
 
-  it('path queries answer as the daemon\'s store (Nix\'s own view of it)', async () => {
+  it("path queries answer as the daemon's store (Nix's own view of it)", async () => {
     const drv = drvs.ok!;
     expect(await store.isValidPath(drv)).toBe(true);
     expect(await store.isValidPath(drv.replace(/-daemon-ok/, '-daemon-no'))).toBe(false);
@@ -94,10 +97,19 @@ describe.skipIf(!nixOk() || !isRoot)('(root only) DaemonStore against a real nix
     expect(runNix('nix-store', ['--store', root, '--check-validity', p]).status).toBe(0);
   });
 
-  it('refuses, with the daemon\'s words, an unsigned input-addressed path from an untrusted user', async () => {
+  it("refuses, with the daemon's words, an unsigned input-addressed path from an untrusted user", async () => {
     const info = (await store.queryPathInfo(drvs.ok!))!;
-    const fake = { ...info, path: info.path.replace(/^(\/nix\/store\/)./, '$10').replace(/\.drv$/, ''), ca: undefined, sigs: [], narHash: Hash.parse(info.narHash.toString('sri')) };
-    const err = await store.addToStore(fake, store.narFromPath(drvs.ok!)).then(() => undefined, (e: unknown) => e);
+    const fake = {
+      ...info,
+      path: info.path.replace(/^(\/nix\/store\/)./, '$10').replace(/\.drv$/, ''),
+      ca: undefined,
+      sigs: [],
+      narHash: Hash.parse(info.narHash.toString('sri')),
+    };
+    const err = await store.addToStore(fake, store.narFromPath(drvs.ok!)).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(RemoteDaemonError);
     expect((err as Error).message).toMatch(/lacks a valid signature/);
     expect(await store.isValidPath(fake.path)).toBe(false);
@@ -125,17 +137,29 @@ describe.skipIf(!nixOk() || !isRoot)('(root only) DaemonStore against a real nix
   });
 
   it('a missing daemon socket is a typed error naming it', async () => {
-    const err = await DaemonStore.open({ socketPath: path.join(dir, 'nothing') }).then(() => undefined, (e: unknown) => e);
+    const err = await DaemonStore.open({ socketPath: path.join(dir, 'nothing') }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(RemoteConnectionError);
     expect((err as RemoteConnectionError).shortMessage).toBe(`cannot connect to socket at '${path.join(dir, 'nothing')}': No such file or directory`);
-    expect(await openStore(`unix://${socket}`).then(async (s) => { const ok = s instanceof DaemonStore; await s.close(); return ok; })).toBe(true);
+    expect(
+      await openStore(`unix://${socket}`).then(async (s) => {
+        const ok = s instanceof DaemonStore;
+        await s.close();
+        return ok;
+      }),
+    ).toBe(true);
   });
 
   it('a daemon that does not allow the user: a typed error saying so', async () => {
     const other = path.join(dir, 'other-socket');
     const d = await startDaemon(path.join(dir, 'other-root'), other, 'build-users-group =\ntrusted-users =\nallowed-users = @nonexistent-group\n');
     try {
-      const err = await DaemonStore.open({ socketPath: other }).then(() => undefined, (e: unknown) => e);
+      const err = await DaemonStore.open({ socketPath: other }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(RemoteConnectionError);
       expect((err as RemoteConnectionError).shortMessage).toBe(`cannot open connection to the Nix daemon at '${other}': it closed the connection`);
     } finally {
@@ -147,10 +171,13 @@ describe.skipIf(!nixOk() || !isRoot)('(root only) DaemonStore against a real nix
   it(`realise build --store daemon / unix://… / NIX_REMOTE=daemon ${asUser ? 'run by an unprivileged user (uid 65534)' : 'run as root (the checkout is not readable by other users)'}`, async () => {
     const home = tempDir('realise-daemon-home-');
     chmodSync(home, 0o777);
-    const run = (args: string[], env: Record<string, string>) => spawnSync(process.execPath, [BIN, ...args], {
-      env: nixEnv({ NIX_DAEMON_SOCKET_PATH: socket, HOME: home, XDG_DATA_HOME: home, XDG_CACHE_HOME: home, ...env }),
-      encoding: 'utf8', cwd: home, ...(asUser ? { uid: NOBODY, gid: NOBODY } : {}),
-    });
+    const run = (args: string[], env: Record<string, string>) =>
+      spawnSync(process.execPath, [BIN, ...args], {
+        env: nixEnv({ NIX_DAEMON_SOCKET_PATH: socket, HOME: home, XDG_DATA_HOME: home, XDG_CACHE_HOME: home, ...env }),
+        encoding: 'utf8',
+        cwd: home,
+        ...(asUser ? { uid: NOBODY, gid: NOBODY } : {}),
+      });
     if (asUser) accessSync(socket, constants.W_OK);
     const outOf = (drv: string) => nix('nix-store', ['--store', root, '-q', '--outputs', drv]);
     const b = run(['build', '--store', 'daemon', drvs.cli!], {});
@@ -174,14 +201,20 @@ describe.skipIf(!nixOk() || !isRoot)('(root only) DaemonStore against a real nix
   }, 60_000);
 
   it('SIGINT while the daemon builds: "interrupted by the user", exit 1, the daemon stops the build, nothing valid', async () => {
-    const child = spawn(process.execPath, [BIN, 'build', '--store', 'daemon', drvs.slow!], { env: nixEnv({ NIX_DAEMON_SOCKET_PATH: socket }), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BIN, 'build', '--store', 'daemon', drvs.slow!], {
+      env: nixEnv({ NIX_DAEMON_SOCKET_PATH: socket }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stderr = '';
     // One interrupt, as a user presses Ctrl-C once: a second one sent with a later chunk (the error line
     // itself) could land while the process is already exiting, when Node has given the signal back its default.
     let sent = false;
     child.stderr!.setEncoding('utf8').on('data', (c: string) => {
       stderr += c;
-      if (!sent && stderr.includes('slow-started')) { sent = true; child.kill('SIGINT'); }
+      if (!sent && stderr.includes('slow-started')) {
+        sent = true;
+        child.kill('SIGINT');
+      }
     });
     const status = await new Promise<number | null>((resolve) => child.on('close', resolve));
     expect([status, stderr.trimEnd().split('\n').pop()], stderr).toEqual([1, 'error: interrupted by the user']);
@@ -190,7 +223,10 @@ describe.skipIf(!nixOk() || !isRoot)('(root only) DaemonStore against a real nix
     // The daemon's worker for that connection ends, and its builder with it.
     let left = '';
     for (let i = 0; i < 50; i++) {
-      left = runNix('pgrep', ['-af', MARK]).stdout.split('\n').filter((l) => l && !l.includes('pgrep')).join('\n');
+      left = runNix('pgrep', ['-af', MARK])
+        .stdout.split('\n')
+        .filter((l) => l && !l.includes('pgrep'))
+        .join('\n');
       if (!left) break;
       await sleep(100);
     }

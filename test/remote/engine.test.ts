@@ -28,7 +28,7 @@ describe.skipIf(!nixOk())('BuildEngine with remote builders', () => {
     const ref = referenceBuild(fx, 'top');
     builders = createRemoteBuilders(
       `ssh-ng://localhost?remote-store=${encodeURIComponent(path.join(fx.dir, 'e-ng'))} - - 1 1;` +
-      `ssh://localhost?remote-store=${encodeURIComponent(path.join(fx.dir, 'e-serve'))} - - 1 1`,
+        `ssh://localhost?remote-store=${encodeURIComponent(path.join(fx.dir, 'e-serve'))} - - 1 1`,
       { env: remoteEnv() },
     );
     const engine = new BuildEngine({ store, maxJobs: 0, builders, sandbox: false });
@@ -43,7 +43,8 @@ describe.skipIf(!nixOk())('BuildEngine with remote builders', () => {
       expect((await store.queryPathInfo(want.path))?.narHash.toString('base32')).toBe(want.narHash);
     }
     // Both builds ran on the machines: their outputs are valid in a remote store.
-    const validOn = (p: string) => ['e-ng', 'e-serve'].filter((d) => runNix('nix-store', ['--store', path.join(fx.dir, d), '--check-validity', p]).status === 0);
+    const validOn = (p: string) =>
+      ['e-ng', 'e-serve'].filter((d) => runNix('nix-store', ['--store', path.join(fx.dir, d), '--check-validity', p]).status === 0);
     expect(validOn(ref.get('out')!.path).length).toBeGreaterThan(0);
     const depOut = (await store.queryDerivationOutputs(fx.drvs.dep)).get('out')!;
     expect(validOn(depOut).length).toBeGreaterThan(0);

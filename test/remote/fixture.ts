@@ -59,18 +59,29 @@ export function makeFixture(opts: { count?: number; salt?: string; prebuildDep?:
   writeFileSync(exprFile, EXPR.replace('SALT', JSON.stringify(opts.salt ?? 'x')).replace('COUNT', String(opts.count ?? 0)));
   const inst = (attr: string): string[] => nixInstantiate(localRoot, exprFile, { file: true, attr });
   const drvs = {
-    dep: inst('dep')[0]!, top: inst('top')[0]!, fail: inst('fail')[0]!, slow: inst('slow')[0]!, slow2: inst('slow2')[0]!, slow3: inst('slow3')[0]!,
+    dep: inst('dep')[0]!,
+    top: inst('top')[0]!,
+    fail: inst('fail')[0]!,
+    slow: inst('slow')[0]!,
+    slow2: inst('slow2')[0]!,
+    slow3: inst('slow3')[0]!,
   };
   const many = opts.count ? inst('many') : [];
   // The dependency is built locally, so a remote build of `top` must copy it over.
   if (opts.prebuildDep ?? true) nix('nix-store', ['--store', localRoot, '--realise', drvs.dep], { env: { NIX_CONFIG: NIX_CONF } });
   let n = 0;
   return {
-    dir, localRoot, drvs, many,
+    dir,
+    localRoot,
+    drvs,
+    many,
     wrapper(name, program) {
       const file = path.join(dir, `wrap-${name}-${n++}.sh`);
       const conf = NIX_CONF.replace(/\n/g, '\\n');
-      writeFileSync(file, `#!/bin/sh\nmkdir -p ${dir}/pids\necho $$ > ${dir}/pids/${name}\nexport NIX_REMOTE= NIX_USER_CONF_FILES=/dev/null\nexport NIX_CONFIG="$(printf '${conf}')"\nexec ${program} "$@"\n`);
+      writeFileSync(
+        file,
+        `#!/bin/sh\nmkdir -p ${dir}/pids\necho $$ > ${dir}/pids/${name}\nexport NIX_REMOTE= NIX_USER_CONF_FILES=/dev/null\nexport NIX_CONFIG="$(printf '${conf}')"\nexec ${program} "$@"\n`,
+      );
       chmodSync(file, 0o755);
       return file;
     },

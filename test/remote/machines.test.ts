@@ -15,19 +15,31 @@ describe('machines file', () => {
     writeFileSync(inc, '# included\nssh-ng://inc@host3 aarch64-linux\n');
     const ms = parseMachines(
       `ssh://a@host1 x86_64-linux,i686-linux /k/id 4 2 kvm,big-parallel benchmark ${hostKey} # comment\n` +
-      `host2 - - - - - - -;  \n\n@${inc}\n@${path.join(dir, 'missing')}\n` +
-      `ssh-ng://h4?remote-store=local%3Froot%3D/srv/root&compress=true x86_64-linux`,
+        `host2 - - - - - - -;  \n\n@${inc}\n@${path.join(dir, 'missing')}\n` +
+        `ssh-ng://h4?remote-store=local%3Froot%3D/srv/root&compress=true x86_64-linux`,
       { thisSystem: 'riscv64-linux' },
     );
     expect(ms).toHaveLength(4);
     expect(ms[0]).toEqual({
-      storeUri: 'ssh://a@host1', systemTypes: ['x86_64-linux', 'i686-linux'], sshKey: '/k/id', maxJobs: 4, speedFactor: 2,
-      supportedFeatures: ['big-parallel', 'kvm'], mandatoryFeatures: ['benchmark'], sshPublicHostKey: hostKey,
+      storeUri: 'ssh://a@host1',
+      systemTypes: ['x86_64-linux', 'i686-linux'],
+      sshKey: '/k/id',
+      maxJobs: 4,
+      speedFactor: 2,
+      supportedFeatures: ['big-parallel', 'kvm'],
+      mandatoryFeatures: ['benchmark'],
+      sshPublicHostKey: hostKey,
     });
     // A bare host becomes ssh://; '-' means the default everywhere.
     expect(ms[1]).toEqual({
-      storeUri: 'ssh://host2', systemTypes: ['riscv64-linux'], sshKey: '', maxJobs: 1, speedFactor: 1,
-      supportedFeatures: [], mandatoryFeatures: [], sshPublicHostKey: '',
+      storeUri: 'ssh://host2',
+      systemTypes: ['riscv64-linux'],
+      sshKey: '',
+      maxJobs: 1,
+      speedFactor: 1,
+      supportedFeatures: [],
+      mandatoryFeatures: [],
+      sshPublicHostKey: '',
     });
     expect(ms[2]!.storeUri).toBe('ssh-ng://inc@host3');
     expect(ms[3]!.storeUri).toBe('ssh-ng://h4?remote-store=local%3Froot%3D/srv/root&compress=true');
@@ -56,7 +68,18 @@ describe('machines file', () => {
     const c = remoteCommand(m, { sshOptions: ['-p', '2222'], env: { NIX_SSHOPTS: '-oBatchMode=yes' } });
     expect(c.command).toBe('ssh');
     expect(c.protocol).toBe('worker');
-    expect(c.args).toEqual(['root@host', '-x', '-a', '-oBatchMode=yes', '-p', '2222', '-i', '/k/id', '-C', "nix-daemon --stdio --store 'local?root=/srv/root'"]);
+    expect(c.args).toEqual([
+      'root@host',
+      '-x',
+      '-a',
+      '-oBatchMode=yes',
+      '-p',
+      '2222',
+      '-i',
+      '/k/id',
+      '-C',
+      "nix-daemon --stdio --store 'local?root=/srv/root'",
+    ]);
     const legacy = remoteCommand(machine({ storeUri: 'ssh://h?remote-program=/bin/nix-store', sshPublicHostKey: hostKey }), { env: {} });
     expect(legacy.protocol).toBe('serve');
     expect(legacy.args.at(-1)).toBe('/bin/nix-store --serve --write');
@@ -73,7 +96,10 @@ describe('selectMachine', () => {
   it('prefers the least loaded by speedFactor, then the faster, then the less loaded', () => {
     const slow = m('ssh://slow', { maxJobs: 4, speedFactor: 1 });
     const fast = m('ssh://fast', { maxJobs: 4, speedFactor: 4 });
-    const loads = new Map<Machine, number>([[slow, 0], [fast, 0]]);
+    const loads = new Map<Machine, number>([
+      [slow, 0],
+      [fast, 0],
+    ]);
     const pick = (): string => {
       const c = selectMachine([slow, fast], { system: 'x86_64-linux' }, (x) => loads.get(x)!);
       return c.kind === 'selected' ? c.machine.storeUri : c.kind;
@@ -102,7 +128,9 @@ describe('selectMachine', () => {
     // A plain derivation never goes to the benchmark-only machine.
     expect(sel({ system: 'x86_64-linux' })).toMatchObject({ kind: 'selected', machine: kvm });
     expect(sel({ system: 'x86_64-linux', preferLocalBuild: true }).kind).toBe('declined');
-    const none = sel({ system: 'x86_64-linux', requiredFeatures: ['kvm', 'cuda'], drvPath: '/nix/store/abc-x.drv' }, (x) => (x === kvm ? undefined : undefined));
+    const none = sel({ system: 'x86_64-linux', requiredFeatures: ['kvm', 'cuda'], drvPath: '/nix/store/abc-x.drv' }, (x) =>
+      x === kvm ? undefined : undefined,
+    );
     expect(none.kind).toBe('declined');
     if (none.kind !== 'declined') return;
     expect(none.error).toBeInstanceOf(NoMachineError);

@@ -97,45 +97,64 @@ describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
     }
   });
 
-  for (const scheme of ['ssh-ng', 'ssh'] as const) it(`${scheme}://: cancellation stops the remote build promptly and the machine stays usable`, async () => {
-    const remoteRoot = path.join(fx.dir, `remote-cancel-${scheme}`);
-    const b = builder(`${scheme}://localhost?remote-store=${encodeURIComponent(remoteRoot)}`);
-    // The remote builder process (sh -c '…; sleep 30; …'), seen from here.
-    const running = (): boolean => readdirSync('/proc').filter((d) => /^\d+$/.test(d)).some((d) => {
-      try { return readFileSync(`/proc/${d}/cmdline`, 'utf8').includes('echo sleeping; sleep 30'); } catch { return false; }
+  for (const scheme of ['ssh-ng', 'ssh'] as const)
+    it(`${scheme}://: cancellation stops the remote build promptly and the machine stays usable`, async () => {
+      const remoteRoot = path.join(fx.dir, `remote-cancel-${scheme}`);
+      const b = builder(`${scheme}://localhost?remote-store=${encodeURIComponent(remoteRoot)}`);
+      // The remote builder process (sh -c '…; sleep 30; …'), seen from here.
+      const running = (): boolean =>
+        readdirSync('/proc')
+          .filter((d) => /^\d+$/.test(d))
+          .some((d) => {
+            try {
+              return readFileSync(`/proc/${d}/cmdline`, 'utf8').includes('echo sleeping; sleep 30');
+            } catch {
+              return false;
+            }
+          });
+      let sawRunning = false;
+      const ac = new AbortController();
+      const t0 = Date.now();
+      const p = b.build(fx.drvs.slow, fx.readDrv(fx.drvs.slow), {
+        store,
+        signal: ac.signal,
+        onLog: (l) => {
+          if (l === 'sleeping') {
+            sawRunning = running();
+            ac.abort(new Error('user cancelled'));
+          }
+        },
+      });
+      const err = await p.then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(RemoteBuildError);
+      expect((err as RemoteBuildError).kind).toBe('aborted');
+      expect((err as RemoteBuildError).machine).toBe(b.name);
+      expect(Date.now() - t0).toBeLessThan(15_000);
+      expect(b.load).toBe(0);
+      expect(sawRunning).toBe(true);
+      for (let i = 0; i < 50 && running(); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(running()).toBe(false);
+      // The next build opens a new connection and works.
+      const r = await b.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store });
+      expect(r.status).toBe('permanent-failure');
     });
-    let sawRunning = false;
-    const ac = new AbortController();
-    const t0 = Date.now();
-    const p = b.build(fx.drvs.slow, fx.readDrv(fx.drvs.slow), {
-      store, signal: ac.signal, onLog: (l) => { if (l === 'sleeping') { sawRunning = running(); ac.abort(new Error('user cancelled')); } },
-    });
-    const err = await p.then(() => undefined, (e: unknown) => e);
-    expect(err).toBeInstanceOf(RemoteBuildError);
-    expect((err as RemoteBuildError).kind).toBe('aborted');
-    expect((err as RemoteBuildError).machine).toBe(b.name);
-    expect(Date.now() - t0).toBeLessThan(15_000);
-    expect(b.load).toBe(0);
-    expect(sawRunning).toBe(true);
-    for (let i = 0; i < 50 && running(); i++) await new Promise((r) => setTimeout(r, 100));
-    expect(running()).toBe(false);
-    // The next build opens a new connection and works.
-    const r = await b.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store });
-    expect(r.status).toBe('permanent-failure');
-  });
 
-  for (const scheme of ['ssh-ng', 'ssh'] as const) it(`${scheme}://: the build's timeout reaches the remote (timed-out), and later builds are not limited by it`, async () => {
-    const b = builder(`${scheme}://localhost?remote-store=${encodeURIComponent(path.join(fx.dir, `remote-timeout-${scheme}`))}`);
-    const t0 = Date.now();
-    const r = await b.build(fx.drvs.slow, fx.readDrv(fx.drvs.slow), { store, buildSettings: { buildTimeout: 1 } });
-    expect(r.status).toBe('timed-out');
-    expect(r.errorMsg).toMatch(/timed out after 1 seconds/);
-    expect(Date.now() - t0).toBeLessThan(20_000);
-    // The same connection, default settings again: slow2 (3 s) is not cut off.
-    const ok = await b.build(fx.drvs.slow2, fx.readDrv(fx.drvs.slow2), { store: await cloneLocal(fx, store, `local-timeout-${scheme}`) });
-    expect(ok.status).toBe('built');
-    expect(b.connectionCount).toBe(1);
-  });
+  for (const scheme of ['ssh-ng', 'ssh'] as const)
+    it(`${scheme}://: the build's timeout reaches the remote (timed-out), and later builds are not limited by it`, async () => {
+      const b = builder(`${scheme}://localhost?remote-store=${encodeURIComponent(path.join(fx.dir, `remote-timeout-${scheme}`))}`);
+      const t0 = Date.now();
+      const r = await b.build(fx.drvs.slow, fx.readDrv(fx.drvs.slow), { store, buildSettings: { buildTimeout: 1 } });
+      expect(r.status).toBe('timed-out');
+      expect(r.errorMsg).toMatch(/timed out after 1 seconds/);
+      expect(Date.now() - t0).toBeLessThan(20_000);
+      // The same connection, default settings again: slow2 (3 s) is not cut off.
+      const ok = await b.build(fx.drvs.slow2, fx.readDrv(fx.drvs.slow2), { store: await cloneLocal(fx, store, `local-timeout-${scheme}`) });
+      expect(ok.status).toBe('built');
+      expect(b.connectionCount).toBe(1);
+    });
 
   it('a local store that fails while an output streams in is a copy error, and the connection stays usable', async () => {
     const b = builder(`ssh-ng://localhost?remote-store=${encodeURIComponent(path.join(fx.dir, 'remote-storefail'))}`);
@@ -147,14 +166,20 @@ describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
           if (prop === 'addToStore' && failOnce) {
             return async (_info: unknown, nar: AsyncIterable<Uint8Array>) => {
               failOnce = false;
-              for await (const chunk of nar) { void chunk; throw new Error('disk full'); }
+              for await (const chunk of nar) {
+                void chunk;
+                throw new Error('disk full');
+              }
             };
           }
           const v = Reflect.get(target, prop, receiver);
           return typeof v === 'function' ? v.bind(target) : v;
         },
       });
-      const err = await b.build(fx.drvs.top, fx.readDrv(fx.drvs.top), { store: flaky }).then(() => undefined, (e: unknown) => e);
+      const err = await b.build(fx.drvs.top, fx.readDrv(fx.drvs.top), { store: flaky }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(RemoteBuildError);
       expect((err as RemoteBuildError).kind).toBe('copy');
       expect((err as Error).message).toContain('disk full');
@@ -190,15 +215,21 @@ describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
     const pidFile = path.join(fx.dir, 'pids', 'a');
     expect(existsSync(pidFile)).toBe(true);
     let killed = false;
-    const d = await buildOnRemote([a, b], fx.drvs.slow3, fx.readDrv(fx.drvs.slow3), {}, {
-      store,
-      onEvent: (e) => {
-        if (e.type === 'result' && e.fields[0] === 'sleeping' && !killed) {
-          killed = true;
-          process.kill(Number(readFileSync(pidFile, 'utf8')), 'SIGKILL');
-        }
+    const d = await buildOnRemote(
+      [a, b],
+      fx.drvs.slow3,
+      fx.readDrv(fx.drvs.slow3),
+      {},
+      {
+        store,
+        onEvent: (e) => {
+          if (e.type === 'result' && e.fields[0] === 'sleeping' && !killed) {
+            killed = true;
+            process.kill(Number(readFileSync(pidFile, 'utf8')), 'SIGKILL');
+          }
+        },
       },
-    });
+    );
     expect(d.kind).toBe('built');
     if (d.kind !== 'built') return;
     expect(d.failedMachines.map((e) => e.machine)).toEqual([a.name]);
@@ -211,7 +242,10 @@ describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
 
   it('an unreachable machine is a typed connection error naming the machine', async () => {
     const b = builder('ssh-ng://localhost?remote-program=/nonexistent/nix-daemon');
-    const err = await b.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store }).then(() => undefined, (e: unknown) => e);
+    const err = await b.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(RemoteBuildError);
     expect((err as RemoteBuildError).kind).toBe('connection');
     expect((err as RemoteBuildError).message).toContain(b.name);

@@ -68,7 +68,10 @@ describe.skipIf(!nixOk() || !sshdOk())('(root only) remote builds over a real ss
     const m = parseMachines(machinesLine('ssh-ng', path.join(fx.dir, 'remote-x'), other))[0]!;
     const b = new MachineBuilder(m, { sshOptions: sshd.sshOptions });
     builders.push(b);
-    const err = await b.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store }).then(() => undefined, (e: unknown) => e);
+    const err = await b.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(RemoteBuildError);
     expect((err as RemoteBuildError).kind).toBe('connection');
     expect((err as Error).message).toMatch(/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED/);

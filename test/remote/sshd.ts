@@ -54,19 +54,22 @@ export async function startSshd(): Promise<Sshd> {
   writeFileSync(path.join(dir, 'authorized_keys'), readFileSync(path.join(dir, 'client_key.pub')));
   const port = await freePort();
   const config = path.join(dir, 'sshd_config');
-  writeFileSync(config, [
-    `ListenAddress 127.0.0.1`,
-    `HostKey ${dir}/host_key`,
-    `AuthorizedKeysFile ${dir}/authorized_keys`,
-    'PermitRootLogin yes',
-    'PasswordAuthentication no',
-    'KbdInteractiveAuthentication no',
-    'UsePAM no',
-    'StrictModes no',
-    `PidFile ${dir}/sshd.pid`,
-    'LogLevel INFO',
-    '',
-  ].join('\n'));
+  writeFileSync(
+    config,
+    [
+      `ListenAddress 127.0.0.1`,
+      `HostKey ${dir}/host_key`,
+      `AuthorizedKeysFile ${dir}/authorized_keys`,
+      'PermitRootLogin yes',
+      'PasswordAuthentication no',
+      'KbdInteractiveAuthentication no',
+      'UsePAM no',
+      'StrictModes no',
+      `PidFile ${dir}/sshd.pid`,
+      'LogLevel INFO',
+      '',
+    ].join('\n'),
+  );
   mkdirSync('/run/sshd', { recursive: true, mode: 0o755 }); // sshd's privilege separation directory
   const child: ChildProcess = spawn(SSHD, ['-D', '-e', '-f', config, '-p', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
@@ -75,9 +78,15 @@ export async function startSshd(): Promise<Sshd> {
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (s: string) => {
       log += s;
-      if (log.includes('Server listening')) { clearTimeout(timer); resolve(); }
+      if (log.includes('Server listening')) {
+        clearTimeout(timer);
+        resolve();
+      }
     });
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`sshd exited with ${code}:\n${log}`)); });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`sshd exited with ${code}:\n${log}`));
+    });
   });
   child.removeAllListeners('exit');
   const hostPub = readFileSync(path.join(dir, 'host_key.pub'), 'utf8').trim().split(' ').slice(0, 2).join(' ');
@@ -85,7 +94,20 @@ export async function startSshd(): Promise<Sshd> {
     port,
     clientKey: path.join(dir, 'client_key'),
     hostKeyBase64: Buffer.from(hostPub).toString('base64'),
-    sshOptions: ['-F', '/dev/null', '-p', String(port), '-o', 'BatchMode=yes', '-o', 'HostKeyAlias=127.0.0.1', '-o', 'CheckHostIP=no', '-o', 'StrictHostKeyChecking=yes'],
+    sshOptions: [
+      '-F',
+      '/dev/null',
+      '-p',
+      String(port),
+      '-o',
+      'BatchMode=yes',
+      '-o',
+      'HostKeyAlias=127.0.0.1',
+      '-o',
+      'CheckHostIP=no',
+      '-o',
+      'StrictHostKeyChecking=yes',
+    ],
     async stop() {
       if (child.exitCode !== null) return;
       const exited = new Promise((r) => child.once('exit', r));

@@ -24,9 +24,16 @@ describe('wire format', () => {
     // Re-chunk byte by byte to exercise buffering across chunks.
     const { r: r2, s: s2 } = pipe();
     const s = new PassThrough();
-    s.on('data', (b: Buffer) => { for (const byte of b) s2.write(Buffer.from([byte])); });
+    s.on('data', (b: Buffer) => {
+      for (const byte of b) s2.write(Buffer.from([byte]));
+    });
     const w = new WireWriter(s);
-    w.u64(42).u64(true).string('héllo').strings(['a', 'bb', '']).stringMap([['k', 'v']]).u64(2n ** 40n);
+    w.u64(42)
+      .u64(true)
+      .string('héllo')
+      .strings(['a', 'bb', ''])
+      .stringMap([['k', 'v']])
+      .u64(2n ** 40n);
     await w.flush();
     expect(await r2.u64()).toBe(42);
     expect(await r2.bool()).toBe(true);
@@ -77,7 +84,10 @@ describe('wire format', () => {
   it('writes and reads framed streams', async () => {
     const { r, w } = pipe();
     const data = Buffer.alloc(600_000, 3);
-    async function* src(): AsyncGenerator<Uint8Array> { yield data.subarray(0, 100); yield data.subarray(100); }
+    async function* src(): AsyncGenerator<Uint8Array> {
+      yield data.subarray(0, 100);
+      yield data.subarray(100);
+    }
     const writing = w.framed(src(), 1 << 18);
     const frames: Buffer[] = [];
     for await (const f of r.framed()) frames.push(f);

@@ -16,7 +16,9 @@ import { remoteEnv } from './fixture.js';
 
 describe.skipIf(!nixOk())('worker protocol against nix-daemon --stdio (Nix 2.8)', () => {
   const conns: WorkerConnection[] = [];
-  afterAll(async () => { await Promise.all(conns.map((c) => c.close())); });
+  afterAll(async () => {
+    await Promise.all(conns.map((c) => c.close()));
+  });
 
   async function open(root: string, clientVersion?: number): Promise<WorkerConnection> {
     const t = StdioTransport.spawn('nix-daemon', ['--stdio', '--store', root], { env: remoteEnv() });
@@ -25,7 +27,10 @@ describe.skipIf(!nixOk())('worker protocol against nix-daemon --stdio (Nix 2.8)'
     return c;
   }
 
-  for (const [label, version] of [['1.35', WORKER_PROTOCOL_VERSION], ['1.21', (1 << 8) | 21]] as const) {
+  for (const [label, version] of [
+    ['1.35', WORKER_PROTOCOL_VERSION],
+    ['1.21', (1 << 8) | 21],
+  ] as const) {
     it(`handshake, AddToStoreNar, queries and NarFromPath at protocol ${label}`, async () => {
       const root = path.join(tempDir('realise-worker-'), 'store');
       const c = await open(root, version);
@@ -37,10 +42,22 @@ describe.skipIf(!nixOk())('worker protocol against nix-daemon --stdio (Nix 2.8)'
       const contents = `hello from ${label}\n`;
       const p = computeTextPath('hello.txt', contents);
       const nar = narOfRegularFile(contents);
-      const info = { path: p, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [], ca: `text:${Hash.of('sha256', contents).toString('base32')}` };
+      const info = {
+        path: p,
+        narHash: Hash.of('sha256', nar),
+        narSize: nar.length,
+        references: [],
+        ca: `text:${Hash.of('sha256', contents).toString('base32')}`,
+      };
       expect(await c.isValidPath(p)).toBe(false);
       expect(await c.queryPathInfo(p)).toBeUndefined();
-      await c.addToStoreNar(info, (async function* () { yield nar.subarray(0, 10); yield nar.subarray(10); })());
+      await c.addToStoreNar(
+        info,
+        (async function* () {
+          yield nar.subarray(0, 10);
+          yield nar.subarray(10);
+        })(),
+      );
       expect(await c.isValidPath(p)).toBe(true);
       expect(await c.queryValidPaths([p, computeTextPath('other', 'x')])).toEqual(new Set([p]));
       const missing = await c.queryMissing([p, computeTextPath('other', 'x')]);
@@ -57,7 +74,17 @@ describe.skipIf(!nixOk())('worker protocol against nix-daemon --stdio (Nix 2.8)'
       // A wrong NAR hash is refused by the daemon; the connection stays usable.
       const bad = narOfRegularFile('tampered');
       const q = computeTextPath('bad.txt', 'tampered');
-      const err = await c.addToStoreNar({ path: q, narHash: Hash.of('sha256', 'nope'), narSize: bad.length, references: [] }, (async function* () { yield bad; })()).then(() => undefined, (e: unknown) => e);
+      const err = await c
+        .addToStoreNar(
+          { path: q, narHash: Hash.of('sha256', 'nope'), narSize: bad.length, references: [] },
+          (async function* () {
+            yield bad;
+          })(),
+        )
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
       expect(err).toBeInstanceOf(RemoteDaemonError);
       expect((err as Error).message).toMatch(/hash mismatch/);
       expect(await c.isValidPath(q)).toBe(false);
@@ -75,7 +102,10 @@ describe.skipIf(!nixOk())('worker protocol against nix-daemon --stdio (Nix 2.8)'
 
   it('a program that is not a Nix daemon fails the handshake with a clear error', async () => {
     const t = StdioTransport.spawn('sh', ['-c', 'echo "bash: nix-daemon: command not found" >&2; exit 127']);
-    const err = await WorkerConnection.connect(t, { name: 'ssh-ng://nowhere' }).then(() => undefined, (e: unknown) => e);
+    const err = await WorkerConnection.connect(t, { name: 'ssh-ng://nowhere' }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(RemoteConnectionError);
     expect((err as Error).message).toContain("cannot open a connection to 'ssh-ng://nowhere'");
     expect((err as Error).message).toContain('command not found');
@@ -91,9 +121,17 @@ describe('worker protocol against a scripted 1.35 daemon', () => {
     const toServer = new PassThrough();
     let closed!: (x: { message: string }) => void;
     const transport = {
-      input: toClient, output: toServer, description: 'fake', stderrTail: () => '',
-      closed: new Promise<{ message: string }>((r) => { closed = r; }),
-      close: async () => { toClient.end(); closed({ message: 'closed' }); },
+      input: toClient,
+      output: toServer,
+      description: 'fake',
+      stderrTail: () => '',
+      closed: new Promise<{ message: string }>((r) => {
+        closed = r;
+      }),
+      close: async () => {
+        toClient.end();
+        closed({ message: 'closed' });
+      },
     };
     const sr = new WireReader(toServer);
     const sw = new WireWriter(toClient);
@@ -111,15 +149,40 @@ describe('worker protocol against a scripted 1.35 daemon', () => {
       // IsValidPath with a log stream.
       expect(await sr.u64()).toBe(1);
       await sr.string();
-      sw.u64(0x53545254).u64(2n ** 60n).u64(3).u64(105).string('building x').u64(2).u64(1).string('/nix/store/x.drv').u64(0).u64(7).u64(0);
-      sw.u64(0x52534c54).u64(2n ** 60n).u64(101).u64(1).u64(1).string('a log line');
+      sw.u64(0x53545254)
+        .u64(2n ** 60n)
+        .u64(3)
+        .u64(105)
+        .string('building x')
+        .u64(2)
+        .u64(1)
+        .string('/nix/store/x.drv')
+        .u64(0)
+        .u64(7)
+        .u64(0);
+      sw.u64(0x52534c54)
+        .u64(2n ** 60n)
+        .u64(101)
+        .u64(1)
+        .u64(1)
+        .string('a log line');
       sw.u64(0x6f6c6d67).string('a message\n');
       sw.u64(0x53544f50).u64(2n ** 60n);
       await sw.u64(0x616c7473).u64(1).flush();
       // An error with a trace.
       expect(await sr.u64()).toBe(1);
       await sr.string();
-      await sw.u64(0x63787470).string('Error').u64(0).string('Error').string('\x1b[31;1merror:\x1b[0m boom').u64(0).u64(1).u64(0).string('while doing x').flush();
+      await sw
+        .u64(0x63787470)
+        .string('Error')
+        .u64(0)
+        .string('Error')
+        .string('\x1b[31;1merror:\x1b[0m boom')
+        .u64(0)
+        .u64(1)
+        .u64(0)
+        .string('while doing x')
+        .flush();
     })();
     const events: unknown[] = [];
     const c = await WorkerConnection.connect(transport, { name: 'fake', overrides: { sandbox: 'relaxed' }, onLog: (e) => events.push(e) });
@@ -137,7 +200,10 @@ describe('worker protocol against a scripted 1.35 daemon', () => {
       { type: 'stop-activity', id: 2n ** 60n },
     ]);
     expect(events.map((e) => buildLogLine(e as never)).filter(Boolean)).toEqual(['a log line']);
-    const err = await c.isValidPath(p).then(() => undefined, (e: unknown) => e);
+    const err = await c.isValidPath(p).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(RemoteDaemonError);
     expect((err as RemoteDaemonError).message).toBe("'fake': error: boom");
     expect((err as RemoteDaemonError).traces).toEqual(['while doing x']);

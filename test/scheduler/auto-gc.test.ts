@@ -12,7 +12,9 @@ import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
 import { busyboxOk, SANDBOX_PATHS } from './helpers.js';
 
 const dirs: string[] = [];
-afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
 const nonce = `${process.pid}-${Date.now()}`;
 
 describe.skipIf(!nixOk() || !busyboxOk())('auto-GC while builds run', () => {
@@ -21,8 +23,12 @@ describe.skipIf(!nixOk() || !busyboxOk())('auto-GC while builds run', () => {
     dirs.push(dir);
     const root = path.join(dir, 'root');
     const file = path.join(dir, 'e.nix');
-    const mk = (name: string, body: string) => `derivation { name = "${name}"; system = "x86_64-linux"; builder = "/bin/sh"; nonce = "${nonce}"; args = ["-c" ''${body}'']; }`;
-    writeFileSync(file, `let a = ${mk('a', '/bin/busybox sleep 0.3; echo a > $out')}; b = ${mk('b', '/bin/busybox sleep 0.3; /bin/busybox cat ${a} > $out; echo b >> $out')}; in ${mk('c', '/bin/busybox cat ${b} > $out; echo c >> $out')}`);
+    const mk = (name: string, body: string) =>
+      `derivation { name = "${name}"; system = "x86_64-linux"; builder = "/bin/sh"; nonce = "${nonce}"; args = ["-c" ''${body}'']; }`;
+    writeFileSync(
+      file,
+      `let a = ${mk('a', '/bin/busybox sleep 0.3; echo a > $out')}; b = ${mk('b', '/bin/busybox sleep 0.3; /bin/busybox cat ${a} > $out; echo b >> $out')}; in ${mk('c', '/bin/busybox cat ${b} > $out; echo c >> $out')}`,
+    );
     // The .drv is rooted (nix-instantiate --add-root prints the link); the garbage below is not.
     const drv = readlinkSync(nix('nix-instantiate', ['--store', root, file, '--add-root', path.join(dir, 'drv')]));
     const store = await LocalStore.open({ root });

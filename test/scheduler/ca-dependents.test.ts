@@ -116,7 +116,9 @@ describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations
     try {
       const engine = new BuildEngine({ store: store3, sandbox: true, sandboxPaths: SANDBOX_PATHS });
       let built = 0;
-      engine.on('progress', (p) => { built = Math.max(built, p.builds.done); });
+      engine.on('progress', (p) => {
+        built = Math.max(built, p.builds.done);
+      });
       const [r2] = await engine.buildPaths([drvs.b2!]);
       expect(r2!.result.status).toBe('already-valid');
       expect(r2!.result.builtOutputs).toEqual({ out: nixOut.b });
@@ -140,7 +142,13 @@ describe.skipIf(!nixOk() || !busyboxOk())('dependents of floating CA derivations
     const root = tempDir('realise-ca-dep-plain-');
     try {
       const storeDir = path.join(root, 'store');
-      const [stateA, stateB, logA, logB, tmp] = ['state-a', 'state-b', 'log-a', 'log-b', 'tmp'].map((x) => path.join(root, x)) as [string, string, string, string, string];
+      const [stateA, stateB, logA, logB, tmp] = ['state-a', 'state-b', 'log-a', 'log-b', 'tmp'].map((x) => path.join(root, x)) as [
+        string,
+        string,
+        string,
+        string,
+        string,
+      ];
       await fsp.mkdir(tmp);
       const uriA = `local?store=${storeDir}&state=${stateA}&log=${logA}`;
       const uriB = `local?store=${storeDir}&state=${stateB}&log=${logB}`;

@@ -39,8 +39,20 @@ describe.skipIf(!nixOk())('floating content-addressed outputs vs Nix 2.8', () =>
       const drv1 = nix('nix-instantiate', [CA, 'ca-derivations', '--store', R1, file, '-A', attr]);
       const drv2 = nix('nix-instantiate', [CA, 'ca-derivations', '--store', R2, file, '-A', attr]);
       expect(drv2).toBe(drv1);
-      const r = runNix('nix-store', [CA, 'ca-derivations', '--store', R1, '--realise', drv1, '--option', 'sandbox', 'true',
-        '--option', 'sandbox-paths', '/bin/sh=/bin/busybox /bin/busybox']);
+      const r = runNix('nix-store', [
+        CA,
+        'ca-derivations',
+        '--store',
+        R1,
+        '--realise',
+        drv1,
+        '--option',
+        'sandbox',
+        'true',
+        '--option',
+        'sandbox-paths',
+        '/bin/sh=/bin/busybox /bin/busybox',
+      ]);
       expect(r.status, r.stderr).toBe(0);
       const nixOut = r.stdout.trim();
 

@@ -18,7 +18,9 @@ const EXPR = `{
 
 describe.skipIf(!nixOk() || !busyboxOk())('a sandboxed engine cleans up after itself', () => {
   const root = tempDir('realise-engine-close-');
-  afterAll(async () => { await removeTree(root); });
+  afterAll(async () => {
+    await removeTree(root);
+  });
 
   it('no chroot left when buildPaths returns (success or failure); no skeleton after close()', async () => {
     const R = path.join(root, 'R');

@@ -29,18 +29,32 @@ export const SANDBOX_PATHS = ['/bin/sh=/bin/busybox', '/bin/busybox'];
 /** Nix options for a sandboxed build in a chroot store, as our tests configure our engine. */
 export function nixSandboxArgs(): string[] {
   return [
-    '--option', 'sandbox', 'true',
-    '--option', 'build-users-group', '',
-    '--option', 'substituters', '',
-    '--option', 'sandbox-paths', SANDBOX_PATHS.join(' '),
+    '--option',
+    'sandbox',
+    'true',
+    '--option',
+    'build-users-group',
+    '',
+    '--option',
+    'substituters',
+    '',
+    '--option',
+    'sandbox-paths',
+    SANDBOX_PATHS.join(' '),
   ];
 }
 
 /** Instantiate every attribute of a Nix file (an attribute set of derivations); returns attr → .drv path. */
 export function instantiateAttrs(store: string, file: string): Record<string, string> {
   const out = nix('nix-instantiate', [
-    '--store', store, '--eval', '--strict', '--json', '--read-write-mode',
-    '-E', `builtins.mapAttrs (n: v: v.drvPath) (import ${file})`,
+    '--store',
+    store,
+    '--eval',
+    '--strict',
+    '--json',
+    '--read-write-mode',
+    '-E',
+    `builtins.mapAttrs (n: v: v.drvPath) (import ${file})`,
   ]);
   return JSON.parse(out) as Record<string, string>;
 }
@@ -64,24 +78,40 @@ export function pathFacts(store: string, paths: readonly string[] | 'all'): Map<
   if (paths !== 'all' && paths.length === 0) return new Map();
   const r = runNix('nix', args);
   if (r.status !== 0 && !r.stdout.startsWith('[')) throw new Error(`nix path-info failed (${r.status}): ${r.stderr}`);
-  const list = JSON.parse(r.stdout) as { path: string; valid?: boolean; narHash?: string; narSize?: number; references?: string[]; ca?: string; deriver?: string }[];
+  const list = JSON.parse(r.stdout) as {
+    path: string;
+    valid?: boolean;
+    narHash?: string;
+    narSize?: number;
+    references?: string[];
+    ca?: string;
+    deriver?: string;
+  }[];
   const out = new Map<string, PathFacts>();
   for (const x of list) {
-    out.set(x.path, x.valid === false
-      ? { valid: false }
-      : { valid: true, narHash: x.narHash, narSize: x.narSize, references: [...(x.references ?? [])].sort(), ca: x.ca, deriver: x.deriver });
+    out.set(
+      x.path,
+      x.valid === false
+        ? { valid: false }
+        : { valid: true, narHash: x.narHash, narSize: x.narSize, references: [...(x.references ?? [])].sort(), ca: x.ca, deriver: x.deriver },
+    );
   }
   return out;
 }
 
 /** Output paths of derivations as Nix has them (`nix-store -q --outputs`). */
 export function nixOutputs(store: string, drvs: readonly string[]): string[] {
-  return nix('nix-store', ['--store', store, '-q', '--outputs', ...drvs]).split('\n').filter(Boolean);
+  return nix('nix-store', ['--store', store, '-q', '--outputs', ...drvs])
+    .split('\n')
+    .filter(Boolean);
 }
 
 /** Closure (`nix-store -qR`) of paths. */
 export function nixClosure(store: string, paths: readonly string[]): string[] {
-  return nix('nix-store', ['--store', store, '-qR', ...paths]).split('\n').filter(Boolean).sort();
+  return nix('nix-store', ['--store', store, '-qR', ...paths])
+    .split('\n')
+    .filter(Boolean)
+    .sort();
 }
 
 /** `nix-store --verify --check-contents` of a store. */
@@ -97,7 +127,11 @@ export async function removeTree(dir: string): Promise<void> {
 
 /** The `> line` lines of a Nix error message (the log tail). */
 export function logTail(message: string): string[] {
-  return message.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('> ')).map((l) => l.slice(2));
+  return message
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l.startsWith('> '))
+    .map((l) => l.slice(2));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -142,7 +176,9 @@ export class FakeSandbox implements Sandbox {
     this.running++;
     this.maxRunning = Math.max(this.maxRunning, this.running);
     let resolve!: (e: SandboxExit) => void;
-    const done = new Promise<SandboxExit>((r) => { resolve = r; });
+    const done = new Promise<SandboxExit>((r) => {
+      resolve = r;
+    });
     let settled = false;
     const settle = (e: SandboxExit) => {
       if (settled) return;
@@ -153,8 +189,12 @@ export class FakeSandbox implements Sandbox {
       resolve(e);
     };
     const run: PendingRun = {
-      request, opts, done,
-      get aborted() { return !!opts.signal?.aborted; },
+      request,
+      opts,
+      done,
+      get aborted() {
+        return !!opts.signal?.aborted;
+      },
       log: (text) => opts.onOutput?.(Buffer.from(text)),
       finish: async (code = 0, contents) => {
         if (code === 0) {
@@ -183,7 +223,10 @@ export class FakeSandbox implements Sandbox {
       if (Date.now() > deadline) throw new Error(`timed out waiting for ${n} pending runs (have ${this.pending.length})`);
       await new Promise<void>((r) => {
         const t = setTimeout(r, 50);
-        this.waiters.push(() => { clearTimeout(t); r(); });
+        this.waiters.push(() => {
+          clearTimeout(t);
+          r();
+        });
       });
     }
     return [...this.pending];
@@ -225,7 +268,12 @@ export function closureIn(facts: ReadonlyMap<string, PathFacts>, roots: readonly
   return [...seen].sort();
 }
 
-export interface DrvSpec { script?: string; outputs?: string[]; env?: Record<string, string>; builder?: string }
+export interface DrvSpec {
+  script?: string;
+  outputs?: string[];
+  env?: Record<string, string>;
+  builder?: string;
+}
 
 let drvCounter = 0;
 
@@ -237,14 +285,27 @@ export async function writeTestDrv(store: Store, name: string, deps: StorePath[]
   const outputs = o.outputs ?? ['out'];
   const script = o.script ?? 'echo building';
   const env = new Map<string, string>([
-    ['builder', o.builder ?? '/bin/sh'], ['name', name], ['system', 'x86_64-linux'], ['salt', `${process.pid}-${drvCounter++}`],
+    ['builder', o.builder ?? '/bin/sh'],
+    ['name', name],
+    ['system', 'x86_64-linux'],
+    ['salt', `${process.pid}-${drvCounter++}`],
     ...(outputs.length > 1 ? [['outputs', outputs.join(' ')] as [string, string]] : []),
     ...Object.entries(o.env ?? {}),
   ]);
-  const drv = await computeOutputPaths(readDerivationFromStore(store), {
-    name, inputDrvs: new Map(deps.map((d) => [d, ['out']])), inputSrcs: [], platform: 'x86_64-linux',
-    builder: o.builder ?? '/bin/sh', args: ['-c', script], env,
-  }, new Map(outputs.map((n) => [n, { type: 'input-addressed' as const }])), { storeDir: store.storeDir });
+  const drv = await computeOutputPaths(
+    readDerivationFromStore(store),
+    {
+      name,
+      inputDrvs: new Map(deps.map((d) => [d, ['out']])),
+      inputSrcs: [],
+      platform: 'x86_64-linux',
+      builder: o.builder ?? '/bin/sh',
+      args: ['-c', script],
+      env,
+    },
+    new Map(outputs.map((n) => [n, { type: 'input-addressed' as const }])),
+    { storeDir: store.storeDir },
+  );
   return writeDerivation(store, drv);
 }
 

@@ -14,8 +14,21 @@ import type { BuildTarget, TargetResult } from '../../src/scheduler/results.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import { bwrapOk, nix, nixOk, tempDir, runNix } from '../helpers/nix.js';
 import {
-  FIXTURES, SANDBOX_PATHS, busyboxOk, closureIn, drvOutputs, instantiateAttrs, logTail, nixClosure, nixOutputs, nixRealise, nixSandboxArgs,
-  nixVerify, pathFacts, removeTree, type PathFacts,
+  FIXTURES,
+  SANDBOX_PATHS,
+  busyboxOk,
+  closureIn,
+  drvOutputs,
+  instantiateAttrs,
+  logTail,
+  nixClosure,
+  nixOutputs,
+  nixRealise,
+  nixSandboxArgs,
+  nixVerify,
+  pathFacts,
+  removeTree,
+  type PathFacts,
 } from './helpers.js';
 
 const CORES = 3;
@@ -65,14 +78,26 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
   const engines: BuildEngine[] = [];
   const engine = (o: BuildEngineOptions = {}) => {
     const e = new BuildEngine({
-      store, sandbox: true, sandboxPaths: SANDBOX_PATHS, cores: CORES, maxJobs: 2, buildDir: tmp, environment: IMPURE, ...o,
+      store,
+      sandbox: true,
+      sandboxPaths: SANDBOX_PATHS,
+      cores: CORES,
+      maxJobs: 2,
+      buildDir: tmp,
+      environment: IMPURE,
+      ...o,
     });
     engines.push(e);
     return e;
   };
   const nixBuild = (args: string[]) => nixRealise(R1, [...args, ...nixSandboxArgs(), '--cores', String(CORES), '-j', '2'], { env: { TMPDIR: tmp, ...IMPURE } });
   const ourFailure = async (targets: (string | BuildTarget)[], o: BuildEngineOptions = {}, mode?: 'check'): Promise<BuildFailedError> => {
-    const e = await engine(o).buildPaths(targets, mode ? { mode } : {}).then(() => undefined, (err: unknown) => err);
+    const e = await engine(o)
+      .buildPaths(targets, mode ? { mode } : {})
+      .then(
+        () => undefined,
+        (err: unknown) => err,
+      );
     expect(e).toBeInstanceOf(BuildFailedError);
     return e as BuildFailedError;
   };
@@ -94,10 +119,7 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
     }
     return outs;
   };
-  const readBoth = async (p: string) => [
-    await fsp.readFile(path.join(R1, p), 'utf8'),
-    await fsp.readFile(path.join(R2, p), 'utf8'),
-  ] as const;
+  const readBoth = async (p: string) => [await fsp.readFile(path.join(R1, p), 'utf8'), await fsp.readFile(path.join(R2, p), 'utf8')] as const;
 
   beforeAll(async () => {
     root = tempDir('realise-sched-cmp-');
@@ -122,7 +144,9 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
     let okAttrs: string[];
 
     beforeAll(async () => {
-      okAttrs = Object.keys(drv).filter((k) => k.startsWith('ok-')).sort();
+      okAttrs = Object.keys(drv)
+        .filter((k) => k.startsWith('ok-'))
+        .sort();
       const r = nixBuild(okAttrs.map((a) => drv[a]!));
       expect(r.status, r.stderr).toBe(0);
       // Every target form: a plain .drv path, `DRV^*`, `DRV^out,dev,lib` and `{ drvPath, outputs }`.
@@ -345,7 +369,7 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
       const e = await ourFailure([d]);
       expect(e.exitStatus).toBe(100);
       expect(e.message).toContain(`builder for '${d}'`);
-      expect(e.message).toContain('executing \'\x1b[35;1m/no/such/builder\x1b[0m\': \x1b[35;1mNo such file or directory\x1b[0m');
+      expect(e.message).toContain("executing '\x1b[35;1m/no/such/builder\x1b[0m': \x1b[35;1mNo such file or directory\x1b[0m");
       // Nix's child writes "\1", a newline and the serialised error into the log (read back by Nix from both stores).
       const readLog = (root: string) => runNix('nix-store', ['--store', root, '--read-log', d]);
       const nixLog = readLog(R1);
@@ -414,7 +438,12 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
       const d = drv['no-chroot']!;
       const r = nixBuild([d]);
       expect(r.status).toBe(1);
-      const e = await engine().buildPaths([d]).then(() => undefined, (x: unknown) => x);
+      const e = await engine()
+        .buildPaths([d])
+        .then(
+          () => undefined,
+          (x: unknown) => x,
+        );
       expect(e).toBeInstanceOf(BuildSetupError);
       expect((e as BuildSetupError).shortMessage).toBe(nixError(r.stderr).split('\n')[0]);
     });
@@ -423,7 +452,12 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
       const d = drv[attr]!;
       const r = nixBuild([d]); // both with the machine's default features ('kvm' where /dev/kvm is usable)
       expect(r.status).toBe(1);
-      const e = await engine().buildPaths([d]).then(() => undefined, (x: unknown) => x);
+      const e = await engine()
+        .buildPaths([d])
+        .then(
+          () => undefined,
+          (x: unknown) => x,
+        );
       expect(e).toBeInstanceOf(BuildSetupError);
       expect((e as BuildSetupError).message.split('\n')[0]).toBe(nixError(r.stderr).split('\n')[0]);
     });
@@ -615,7 +649,9 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
       const e = await ourFailure([top], { keepGoing: true });
       expect(e.exitStatus).toBe(100);
       // The same two messages: the builder's failure (with its log tail) and the dependency failure.
-      const blocks = nixErrors(r.stderr).map(squash).filter((b) => !b.startsWith('build of '));
+      const blocks = nixErrors(r.stderr)
+        .map(squash)
+        .filter((b) => !b.startsWith('build of '));
       expect(e.failures.map((f) => squash(f.result.errorMsg!)).sort()).toEqual(blocks.sort());
       expect(e.failures.find((f) => f.path === top)?.result.status).toBe('dependency-failed');
       expect(e.failures.find((f) => f.path === drv['kg-bad'])?.result.status).toBe('permanent-failure');
@@ -663,10 +699,27 @@ describe.skipIf(!nixOk() || !busyboxOk())('BuildEngine vs Nix 2.8, unsandboxed b
       const hookLogB = path.join(root, 'hook-b.log');
 
       const all = Object.values(drvs);
-      const r = nixRealise(uriA, [
-        ...all, '--option', 'sandbox', 'false', '--option', 'build-users-group', '', '--option', 'substituters', '',
-        '--cores', String(CORES), '--option', 'post-build-hook', hook,
-      ], { env: { TMPDIR: tmp, HOOK_LOG: hookLogA } });
+      const r = nixRealise(
+        uriA,
+        [
+          ...all,
+          '--option',
+          'sandbox',
+          'false',
+          '--option',
+          'build-users-group',
+          '',
+          '--option',
+          'substituters',
+          '',
+          '--cores',
+          String(CORES),
+          '--option',
+          'post-build-hook',
+          hook,
+        ],
+        { env: { TMPDIR: tmp, HOOK_LOG: hookLogA } },
+      );
       expect(r.status, r.stderr).toBe(0);
       const outs = nixOutputs(uriA, all);
       const closure = nixClosure(uriA, outs);
@@ -680,7 +733,12 @@ describe.skipIf(!nixOk() || !busyboxOk())('BuildEngine vs Nix 2.8, unsandboxed b
       const store = await LocalStore.open({ storeDir, stateDir: stateB, logDir: logB });
       try {
         const engine = new BuildEngine({
-          store, sandbox: false, cores: CORES, buildDir: tmp, postBuildHook: hook, environment: { ...process.env, HOOK_LOG: hookLogB },
+          store,
+          sandbox: false,
+          cores: CORES,
+          buildDir: tmp,
+          postBuildHook: hook,
+          environment: { ...process.env, HOOK_LOG: hookLogB },
         });
         const hookLines: string[] = [];
         engine.on('post-build-hook-log', (e) => hookLines.push(e.line));
@@ -712,7 +770,11 @@ describe.skipIf(!nixOk() || !busyboxOk())('BuildEngine vs Nix 2.8, unsandboxed b
 
       // Without a sandbox, check and repair build at scratch paths with hash rewriting (the real paths
       // are taken): deterministic builders with self-references must come out identical.
-      const nixCheck = nixRealise(uriA, ['--check', ...all, '--option', 'sandbox', 'false', '--option', 'build-users-group', '', '--option', 'substituters', '', '--cores', String(CORES)], { env: { TMPDIR: tmp } });
+      const nixCheck = nixRealise(
+        uriA,
+        ['--check', ...all, '--option', 'sandbox', 'false', '--option', 'build-users-group', '', '--option', 'substituters', '', '--cores', String(CORES)],
+        { env: { TMPDIR: tmp } },
+      );
       expect(nixCheck.status, nixCheck.stderr).toBe(0);
       const multiDev = closure.find((o) => o.endsWith('-plain-multi-dev'))!;
       await fsp.chmod(multiDev, 0o755);

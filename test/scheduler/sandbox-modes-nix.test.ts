@@ -46,7 +46,10 @@ function nixError(stderr: string): string {
 }
 
 async function failureOf(p: Promise<unknown>): Promise<BuildFailedError> {
-  const e = await p.then(() => undefined, (x: unknown) => x);
+  const e = await p.then(
+    () => undefined,
+    (x: unknown) => x,
+  );
   expect(e).toBeInstanceOf(BuildFailedError);
   return e as BuildFailedError;
 }
@@ -56,11 +59,13 @@ async function failureOf(p: Promise<unknown>): Promise<BuildFailedError> {
  * the engine rejects with it as a BuildSetupError (the CLI prints it alone and exits 1).
  */
 async function setupErrorOf(p: Promise<unknown>): Promise<BuildSetupError> {
-  const e = await p.then(() => undefined, (x: unknown) => x);
+  const e = await p.then(
+    () => undefined,
+    (x: unknown) => x,
+  );
   expect(e).toBeInstanceOf(BuildSetupError);
   return e as BuildSetupError;
 }
-
 
 describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
   let root: string;
@@ -80,7 +85,12 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
     await flushRemovals();
     // The engines' sandboxes refill their chroot skeleton pools in the background (in the store dirs).
     for (let i = 0; root && i < 10; i++) {
-      try { await removeTree(root); break; } catch { await new Promise((r) => setTimeout(r, 200)); }
+      try {
+        await removeTree(root);
+        break;
+      } catch {
+        await new Promise((r) => setTimeout(r, 200));
+      }
     }
   });
 
@@ -89,7 +99,8 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
     let R2: string; // ours
     let drv: Record<string, string>;
     let store: LocalStore;
-    const engine = (o: BuildEngineOptions = {}) => new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS, buildDir: path.join(root, 'tmp'), ...o });
+    const engine = (o: BuildEngineOptions = {}) =>
+      new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS, buildDir: path.join(root, 'tmp'), ...o });
     const nixBuild = (args: string[]) => nixRealise(R1, [...nixSandboxArgs(), ...args], { env: { TMPDIR: path.join(root, 'tmp') } });
 
     beforeAll(async () => {
@@ -100,7 +111,9 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       expect(instantiateAttrs(R2, path.join(root, 'exprs.nix'))).toEqual(drv);
       store = await LocalStore.open({ root: R2 });
     });
-    afterAll(async () => { await store?.close(); });
+    afterAll(async () => {
+      await store?.close();
+    });
 
     it('__impureHostDeps outside allowed-impure-host-deps: refused by both, exit 1, same message', async () => {
       const r = nixBuild([drv.impure!]);
@@ -117,7 +130,9 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
         expect([ours.status, r.status]).toEqual([1, 1]);
         const errors = (t: string) => t.split('\n').filter((l) => l.startsWith('error: '));
         expect(errors(ours.stderr)).toEqual(errors(r.stderr));
-        expect(errors(ours.stderr)).toEqual([expect.stringMatching(/^error: derivation '.*-imp2\.drv' requested impure path '\/usr\/bin\/env', but it was not in allowed-impure-host-deps$/)]);
+        expect(errors(ours.stderr)).toEqual([
+          expect.stringMatching(/^error: derivation '.*-imp2\.drv' requested impure path '\/usr\/bin\/env', but it was not in allowed-impure-host-deps$/),
+        ]);
       }
     });
 
@@ -151,7 +166,8 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       try {
         ours = await realiseCli(['build', '--store', R2, drv.impure!, ...nixSandboxArgs(), '--keep-failed']);
       } finally {
-        if (saved === undefined) delete process.env.TMPDIR; else process.env.TMPDIR = saved;
+        if (saved === undefined) delete process.env.TMPDIR;
+        else process.env.TMPDIR = saved;
       }
       expect(ours.status).toBe(1);
       expect(await fsp.readdir(kB)).toEqual(await fsp.readdir(kA));
@@ -159,7 +175,12 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       const mode = async (d: string) => (await fsp.stat(path.join(d, 'nix-build-impure.drv-0'))).mode & 0o7777;
       expect(await mode(kB)).toBe(await mode(kA));
       expect(await mode(kA)).toBe(0o755);
-      const lines = (t: string, dir: string) => t.split(dir).join('TMP').split('\n').filter((l) => /^(error|note): /.test(l));
+      const lines = (t: string, dir: string) =>
+        t
+          .split(dir)
+          .join('TMP')
+          .split('\n')
+          .filter((l) => /^(error|note): /.test(l));
       expect(lines(ours.stderr, kB)).toEqual(lines(r.stderr, kA));
       expect(lines(ours.stderr, kB)[0]).toBe("note: keeping build directory 'TMP/nix-build-impure.drv-0'");
     });
@@ -188,8 +209,12 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
 
     it('pre-build hook: its extra-sandbox-paths are bound by both (same output); unknown commands are the same error', async () => {
       const hook = path.join(root, 'hook.sh');
-      await fsp.writeFile(hook, `#!/bin/sh\necho "$#:$1" >> "${root}/hook.log"\ntest -d "$2" || exit 9\n` +
-        `printf 'extra-sandbox-paths\\n/extrafile=${extraFile}\\n/extradir=${extraDir}\\n\\n'\n`, { mode: 0o755 });
+      await fsp.writeFile(
+        hook,
+        `#!/bin/sh\necho "$#:$1" >> "${root}/hook.log"\ntest -d "$2" || exit 9\n` +
+          `printf 'extra-sandbox-paths\\n/extrafile=${extraFile}\\n/extradir=${extraDir}\\n\\n'\n`,
+        { mode: 0o755 },
+      );
       const r = nixBuild(['--option', 'pre-build-hook', hook, drv.sees!]);
       expect(r.status, r.stderr).toBe(0);
       await engine({ preBuildHook: hook }).buildPaths([drv.sees!]);
@@ -218,13 +243,17 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
         expect(rh.status).toBe(1);
         const eh = await setupErrorOf(engine({ preBuildHook: h }).buildPaths([drv.fail!]));
         // (a missing hook: Nix's child first prints "error: executing '…': No such file or directory")
-        const last = rh.stderr.split('\n').filter((l) => l.startsWith('error: ')).pop()!.slice('error: '.length);
+        const last = rh.stderr
+          .split('\n')
+          .filter((l) => l.startsWith('error: '))
+          .pop()!
+          .slice('error: '.length);
         expect(eh.shortMessage).toBe(last);
         expect(last).toMatch(/^program '.*' failed (with exit code [13]|due to signal 9 \(Killed\))$/);
       }
     });
 
-    it('requiredSystemFeatures recursive-nix: without the experimental feature, exit 1 with Nix 2.8\'s message', async () => {
+    it("requiredSystemFeatures recursive-nix: without the experimental feature, exit 1 with Nix 2.8's message", async () => {
       const r = nixBuild(['--option', 'system-features', 'recursive-nix', drv.rnix!]);
       expect(r.status).toBe(1);
       const e = await setupErrorOf(engine({ systemFeatures: ['recursive-nix'] }).buildPaths([drv.rnix!]));
@@ -237,7 +266,12 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
     it('requiredSystemFeatures uid-range is an ordinary feature in Nix 2.8: refused without it, built with it', async () => {
       const r = nixBuild([drv.urange!]);
       expect(r.status).toBe(1);
-      const e = await engine().buildPaths([drv.urange!]).then(() => undefined, (x: unknown) => x as Error);
+      const e = await engine()
+        .buildPaths([drv.urange!])
+        .then(
+          () => undefined,
+          (x: unknown) => x as Error,
+        );
       expect(e?.message.split('\n')[0]).toBe(nixError(r.stderr));
       expect(nixBuild(['--option', 'system-features', 'uid-range', drv.urange!]).status).toBe(0);
       await engine({ systemFeatures: ['uid-range'] }).buildPaths([drv.urange!]);
@@ -255,7 +289,8 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
         const e = await failureOf(engine({ keepFailed: keep, buildDir: kB }).buildPaths([drv.fail!]));
         expect(e.exitStatus).toBe(100);
         await flushRemovals(); // the chroot is renamed aside at once and deleted in the background
-        const left = async (R: string) => (await fsp.readdir(path.join(R, 'nix/store'))).filter((n) => n.includes('-fail') && !n.endsWith('.drv') && !n.endsWith('.lock'));
+        const left = async (R: string) =>
+          (await fsp.readdir(path.join(R, 'nix/store'))).filter((n) => n.includes('-fail') && !n.endsWith('.drv') && !n.endsWith('.lock'));
         // Nix moves the output to its logical path (/nix/store/..., outside this store); we delete it.
         expect(await left(R2)).toEqual(await left(R1));
         expect(await left(R2)).toEqual([]);
@@ -291,7 +326,9 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       await fsp.cp(stateA, stateB, { recursive: true, verbatimSymlinks: true });
       store = await LocalStore.open({ storeDir, stateDir: stateB, logDir: path.join(root, 'p', 'log-b') });
     });
-    afterAll(async () => { await store?.close(); });
+    afterAll(async () => {
+      await store?.close();
+    });
 
     it('a store path in sandbox-paths brings its closure into the sandbox in both: same output', async () => {
       const [depOut] = nixOutputs(uriA, [drv.dep!]);

@@ -111,7 +111,9 @@ describe('slots', () => {
     const top = await mkDrv('shared-top', [left, right]);
     const engine = engineWith(sb, { maxJobs: 4 });
     const created: string[] = [];
-    engine.on('goal-created', (e) => { if (e.kind === 'derivation') created.push(nameOf(e.path)); });
+    engine.on('goal-created', (e) => {
+      if (e.kind === 'derivation') created.push(nameOf(e.path));
+    });
     const rs = await engine.buildPaths([left, top, right, `${top}^out`]);
     expect(rs.map((r) => r.result.status)).toEqual(['built', 'built', 'built', 'built']);
     const built = sb.started.map((r) => nameOf(r.drvPath)).sort();
@@ -143,17 +145,22 @@ describe('event listeners', () => {
     const b = await mkDrv('listener-b', [a], { script: 'echo > $out' });
     const e = engineWith(false);
     let finished = 0;
-    e.on('goal-finished', () => { finished++; if (finished === 1) throw new Error('listener boom'); });
+    e.on('goal-finished', () => {
+      finished++;
+      if (finished === 1) throw new Error('listener boom');
+    });
     await expect(e.buildPaths([b])).rejects.toThrow('listener boom');
     expect(finished).toBe(2);
     expect(await store.isValidPath(await outPath(b))).toBe(true);
   });
 
-  it('so do build-log and progress listeners (fired from the builder output\'s socket and from counters): the process goes on', async () => {
+  it("so do build-log and progress listeners (fired from the builder output's socket and from counters): the process goes on", async () => {
     for (const event of ['build-log', 'progress'] as const) {
       const d = await mkDrv(`listener-${event}`, [], { script: 'echo hello; echo > $out' });
       const e = engineWith(false);
-      e.on(event, () => { throw new Error(`${event} boom`); });
+      e.on(event, () => {
+        throw new Error(`${event} boom`);
+      });
       await expect(e.buildPaths([d])).rejects.toThrow(`${event} boom`);
       expect(await store.isValidPath(await outPath(d))).toBe(true);
       // Nothing is left over for the next call.
@@ -212,7 +219,10 @@ describe('keepGoing', () => {
     const good = await mkDrv('kg-good');
     const later = await mkDrv('kg-later', [good]);
     const engine = engineWith(sb, { maxJobs: 2 });
-    const call = engine.buildPaths([bad, later]).then(() => undefined, (e: unknown) => e);
+    const call = engine.buildPaths([bad, later]).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     await sb.waitPending(2);
     const badRun = sb.find('kg-bad')!;
     const goodRun = sb.find('kg-good')!;
@@ -227,7 +237,9 @@ describe('keepGoing', () => {
     expect(err.failures[0]!.path).toBe(bad);
     expect(err.failures.map((f) => f.path)).not.toContain(good);
     expect(err.failures.slice(1).map((f) => f.result.status)).toEqual(err.failures.slice(1).map(() => 'dependency-failed'));
-    expect(err.failures[0]!.result.errorMsg).toBe(`builder for '${bad}' failed with exit code 1;\nlast 1 log lines:\n> it broke\nFor full logs, run 'nix log ${bad}'.`);
+    expect(err.failures[0]!.result.errorMsg).toBe(
+      `builder for '${bad}' failed with exit code 1;\nlast 1 log lines:\n> it broke\nFor full logs, run 'nix log ${bad}'.`,
+    );
     expect(goodRun.aborted).toBe(true);
     expect(sb.started.map((r) => nameOf(r.drvPath))).not.toContain('kg-later');
     // Nothing of the stopped builds is valid or left on disk.
@@ -243,7 +255,10 @@ describe('keepGoing', () => {
     const a = await mkDrv('kgq-a');
     const b = await mkDrv('kgq-b');
     const engine = engineWith(sb, { maxJobs: 1 });
-    const call = engine.buildPaths([a, b]).then(() => undefined, (e: unknown) => e);
+    const call = engine.buildPaths([a, b]).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     await sb.waitPending(1);
     expect(sb.started).toHaveLength(1);
     const first = nameOf(sb.started[0]!.drvPath);
@@ -280,7 +295,12 @@ describe('keepGoing', () => {
     // buildPaths throws with every failure: the root cause and the goal that depended on it.
     const sb2 = fake();
     sb2.auto = (req) => (req.drvPath === bad ? 1 : 0);
-    const e = await engineWith(sb2, { keepGoing: true }).buildPaths([top]).then(() => undefined, (x: unknown) => x);
+    const e = await engineWith(sb2, { keepGoing: true })
+      .buildPaths([top])
+      .then(
+        () => undefined,
+        (x: unknown) => x,
+      );
     expect(e).toBeInstanceOf(BuildFailedError);
     const statuses = Object.fromEntries((e as BuildFailedError).failures.map((f) => [nameOf(f.path), f.result.status]));
     expect(statuses).toEqual({ 'kgo-bad': 'permanent-failure', 'kgo-top': 'dependency-failed' });
@@ -298,7 +318,10 @@ describe('cancellation', () => {
     const ctl = new AbortController();
     const finished: BuildResult[] = [];
     engine.on('goal-finished', (e) => finished.push(e.result));
-    const call = engine.buildPaths([a, b], { signal: ctl.signal }).then(() => undefined, (e: unknown) => e);
+    const call = engine.buildPaths([a, b], { signal: ctl.signal }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     const runs = await sb.waitPending(2);
     // The builders have written part of their outputs already.
     for (const r of runs) for (const p of r.request.outputPaths) await fsp.writeFile(store.toRealPath(p), 'half');
@@ -360,7 +383,10 @@ describe('limits', () => {
       const a = await mkDrv('silent', [], { script: 'echo started; exec /bin/sleep 30' });
       const engine = engineWith(false, { maxSilentTime: 1 });
       const t0 = Date.now();
-      const e = await engine.buildPaths([a]).then(() => undefined, (x: unknown) => x);
+      const e = await engine.buildPaths([a]).then(
+        () => undefined,
+        (x: unknown) => x,
+      );
       expect(Date.now() - t0).toBeLessThan(10_000);
       expect(e).toBeInstanceOf(BuildFailedError);
       const err = e as BuildFailedError;
@@ -420,11 +446,7 @@ describe('events', () => {
     await call;
     await settle(10);
 
-    expect(log.filter((l) => l.startsWith('log '))).toEqual([
-      'log ev-base: first line',
-      'log ev-base: progress 100%',
-      'log ev-top: no newline at the end',
-    ]);
+    expect(log.filter((l) => l.startsWith('log '))).toEqual(['log ev-base: first line', 'log ev-base: progress 100%', 'log ev-top: no newline at the end']);
     const at = (s: string) => log.indexOf(s);
     expect(at('created ev-top')).toBeGreaterThanOrEqual(0);
     expect(at('created ev-top')).toBeLessThan(at('created ev-base'));
@@ -547,7 +569,10 @@ describe('goals and locks', () => {
     await fsp.writeFile(path.join(out, 'sub', 'junk'), 'junk');
     await fsp.chmod(path.join(out, 'sub'), 0o555);
     let existed: boolean | undefined;
-    sb.auto = (req) => { existed = existsSync(store.toRealPath(req.outputPaths[0]!)); return 0; };
+    sb.auto = (req) => {
+      existed = existsSync(store.toRealPath(req.outputPaths[0]!));
+      return 0;
+    };
     const [r] = await engineWith(sb).buildPaths([d]);
     expect(r!.result.status).toBe('built');
     expect(existed).toBe(false);
@@ -573,7 +598,12 @@ describe('check mode and repeated rounds (fake sandbox)', () => {
     expect(sb.started[1]!.outputPaths[0]).not.toBe(out);
 
     sb.auto = varying;
-    const e = await engineWith(sb).buildPaths([d], { mode: 'check' }).then(() => undefined, (x: unknown) => x);
+    const e = await engineWith(sb)
+      .buildPaths([d], { mode: 'check' })
+      .then(
+        () => undefined,
+        (x: unknown) => x,
+      );
     expect(e).toBeInstanceOf(BuildFailedError);
     expect((e as BuildFailedError).exitStatus).toBe(104);
     expect((e as BuildFailedError).failures[0]!.result.status).toBe('not-deterministic');
@@ -591,7 +621,12 @@ describe('check mode and repeated rounds (fake sandbox)', () => {
     const sb = fake();
     sb.auto = () => 0;
     const d = await mkDrv('check-missing');
-    const e = await engineWith(sb, { keepGoing: true }).buildPathsWithResults([d], { mode: 'check' }).then(() => undefined, (x: unknown) => x);
+    const e = await engineWith(sb, { keepGoing: true })
+      .buildPathsWithResults([d], { mode: 'check' })
+      .then(
+        () => undefined,
+        (x: unknown) => x,
+      );
     expect(e).toBeInstanceOf(BuildSetupError);
     expect((e as BuildSetupError).reason).toBe(`some outputs of '${d}' are not valid, so checking is not possible`);
     expect(sb.started).toHaveLength(0);
@@ -638,7 +673,10 @@ describe('cancellation while waiting', () => {
     const b = await mkDrv('queue-b');
     const engine = engineWith(sb, { maxJobs: 1 });
     const ctl = new AbortController();
-    const call = engine.buildPaths([a, b], { signal: ctl.signal }).then(() => undefined, (e: unknown) => e);
+    const call = engine.buildPaths([a, b], { signal: ctl.signal }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     const [run] = await sb.waitPending(1);
     await settle(50);
     expect(sb.started).toHaveLength(1);
@@ -657,7 +695,12 @@ describe('cancellation while waiting', () => {
     const callA = engineWith(sbA).buildPaths([d]);
     const [runA] = await sbA.waitPending(1);
     const ctl = new AbortController();
-    const callB = engineWith(sbB).buildPaths([d], { signal: ctl.signal }).then(() => undefined, (e: unknown) => e);
+    const callB = engineWith(sbB)
+      .buildPaths([d], { signal: ctl.signal })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     await settle(200);
     const t0 = Date.now();
     ctl.abort();
@@ -691,7 +734,12 @@ describe('other entry points', () => {
   it('maxJobs 0 without remote builders: a setup error, as Nix', async () => {
     const sb = fake();
     const d = await mkDrv('no-jobs');
-    const e = await engineWith(sb, { maxJobs: 0 }).buildPaths([d]).then(() => undefined, (x: unknown) => x);
+    const e = await engineWith(sb, { maxJobs: 0 })
+      .buildPaths([d])
+      .then(
+        () => undefined,
+        (x: unknown) => x,
+      );
     expect(e).toBeInstanceOf(BuildSetupError);
     expect((e as BuildSetupError).message.split('\n')[0]).toBe("unable to start any build; either increase '--max-jobs' or enable remote builds.");
     expect(sb.started).toHaveLength(0);

@@ -71,7 +71,7 @@ describe.skipIf(!nixOk())('substitution from a cache real Nix wrote', () => {
     expect(v.status, v.stderr).toBe(0);
   });
 
-  it('skips substitutes not signed by a trusted key, with Nix\'s warning, and builds instead (no fallback needed)', async () => {
+  it("skips substitutes not signed by a trusted key, with Nix's warning, and builds instead (no fallback needed)", async () => {
     const store = await fresh('R3');
     const sub = new BinaryCacheSubstituter(`file://${cache}`, { trustedPublicKeys: [] });
     const engine = new BuildEngine({ store, substituters: [sub], sandboxPaths: SANDBOX });
@@ -88,7 +88,7 @@ describe.skipIf(!nixOk())('substitution from a cache real Nix wrote', () => {
     await store.close();
   });
 
-  it('a substitute whose NAR file is gone is reported and built instead, as if it never existed (Nix\'s SubstituteGone)', async () => {
+  it("a substitute whose NAR file is gone is reported and built instead, as if it never existed (Nix's SubstituteGone)", async () => {
     const gone = path.join(dir, 'gone-cache');
     await fsp.cp(cache, gone, { recursive: true });
     for (const f of readdirSync(path.join(gone, 'nar'))) await fsp.rm(path.join(gone, 'nar', f));
@@ -96,7 +96,9 @@ describe.skipIf(!nixOk())('substitution from a cache real Nix wrote', () => {
     const sub = new BinaryCacheSubstituter(`file://${gone}`, { trustedPublicKeys: [publicKey] });
     const engine = new BuildEngine({ store, substituters: [sub], sandboxPaths: SANDBOX });
     const errors: string[] = [];
-    engine.on('warning', (e) => { if (e.level === 'error') errors.push(e.message); });
+    engine.on('warning', (e) => {
+      if (e.level === 'error') errors.push(e.message);
+    });
     const [r] = await engine.buildPaths([drv]);
     expect(r!.result.status).toBe('built');
     expect(r!.result.builtOutputs.out).toBe(top);

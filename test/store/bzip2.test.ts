@@ -51,10 +51,20 @@ describe('compressBzip2', () => {
   });
 
   it('random inputs (and runs-heavy ones over three byte values) round-trip through our decoder', () => {
-    fc.assert(fc.property(fc.oneof(fc.uint8Array({ maxLength: 3000 }), fc.array(fc.integer({ min: 0, max: 2 }), { maxLength: 3000 }).map((a) => Uint8Array.from(a))), fc.integer({ min: 1, max: 9 }), (bytes, level) => {
-      const data = Buffer.from(bytes);
-      expect(Buffer.from(decompressBzip2(compressBzip2(data, level))).equals(data)).toBe(true);
-    }), { numRuns: 150 });
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          fc.uint8Array({ maxLength: 3000 }),
+          fc.array(fc.integer({ min: 0, max: 2 }), { maxLength: 3000 }).map((a) => Uint8Array.from(a)),
+        ),
+        fc.integer({ min: 1, max: 9 }),
+        (bytes, level) => {
+          const data = Buffer.from(bytes);
+          expect(Buffer.from(decompressBzip2(compressBzip2(data, level))).equals(data)).toBe(true);
+        },
+      ),
+      { numRuns: 150 },
+    );
   });
 
   it('refuses a level outside 1..9', () => {

@@ -46,7 +46,11 @@ async function tmpLeftovers(store: Store): Promise<string[]> {
   try {
     return readdirSync(store.realStoreDir).filter((n) => {
       if (!n.startsWith('.tmp') && !n.endsWith('-realise-tmp')) return false;
-      try { return readdirSync(path.join(store.realStoreDir, n)).length > 0; } catch { return true; }
+      try {
+        return readdirSync(path.join(store.realStoreDir, n)).length > 0;
+      } catch {
+        return true;
+      }
     });
   } catch {
     return [];
@@ -121,7 +125,13 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
       expect(real.startsWith(store.realStoreDir + '/')).toBe(true);
       expect(store.toRealPath(p + '/sub/deep')).toBe(real + '/sub/deep');
       // Canonical metadata: mtime 1, read-only modes, executables 0555, directories 0555.
-      for (const [rel, mode] of [['', 0o555], ['file', 0o444], ['exe', 0o555], ['sub', 0o555], ['sub/deep', 0o444]] as const) {
+      for (const [rel, mode] of [
+        ['', 0o555],
+        ['file', 0o444],
+        ['exe', 0o555],
+        ['sub', 0o555],
+        ['sub/deep', 0o444],
+      ] as const) {
         const st = lstatSync(path.join(real, rel));
         expect(st.mode & 0o7777, rel).toBe(mode);
         expect(st.mtimeMs, rel).toBe(1000);
@@ -161,7 +171,10 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
     it('adding an already valid path is a no-op that returns its info', async () => {
       const a = await addTree('idem');
       let consumed = false;
-      async function* never() { consumed = true; yield new Uint8Array([1]); }
+      async function* never() {
+        consumed = true;
+        yield new Uint8Array([1]);
+      }
       const again = await store.addToStore({ ...a, narHash: Hash.of('sha256', 'other') }, never());
       expect(consumed).toBe(false);
       expect(again.narHash.equals(a.narHash)).toBe(true);
@@ -253,7 +266,10 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
     it('registerValidPaths registers a batch atomically, in any order, with the closure invariant', async () => {
       const x = freshPath('x', sd());
       const y = freshPath('y', sd());
-      for (const [p, t] of [[x, 'x'], [y, 'y']] as const) {
+      for (const [p, t] of [
+        [x, 'x'],
+        [y, 'y'],
+      ] as const) {
         await fsp.mkdir(store.toRealPath(p));
         await fsp.writeFile(path.join(store.toRealPath(p), 'f'), t);
         await fsp.chmod(path.join(store.toRealPath(p), 'f'), 0o666);
@@ -289,18 +305,37 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
       for (const x of [p, q]) await fsp.writeFile(store.toRealPath(x), 'x');
       const nar = narOfRegularFile('x');
       const h = Hash.of('sha256', nar);
-      const e = await catchErr(store.registerValidPaths([
-        { path: p, narHash: h, narSize: nar.length, references: [q] },
-        { path: q, narHash: h, narSize: nar.length, references: [p] },
-      ]));
+      const e = await catchErr(
+        store.registerValidPaths([
+          { path: p, narHash: h, narSize: nar.length, references: [q] },
+          { path: q, narHash: h, narSize: nar.length, references: [p] },
+        ]),
+      );
       expectCode(e, 'reference-cycle');
       expect(await store.queryValidPaths([p, q])).toEqual(new Set());
     });
 
     it('a hostile NAR (entry named "..") is refused and writes nothing outside the temp dir', async () => {
       const s = (x: string) => narString(x);
-      const nar = Buffer.concat([s('nix-archive-1'), s('('), s('type'), s('directory'), s('entry'), s('('), s('name'), s('..'), s('node'),
-        s('('), s('type'), s('regular'), s('contents'), s('pwned'), s(')'), s(')'), s(')')]);
+      const nar = Buffer.concat([
+        s('nix-archive-1'),
+        s('('),
+        s('type'),
+        s('directory'),
+        s('entry'),
+        s('('),
+        s('name'),
+        s('..'),
+        s('node'),
+        s('('),
+        s('type'),
+        s('regular'),
+        s('contents'),
+        s('pwned'),
+        s(')'),
+        s(')'),
+        s(')'),
+      ]);
       const p = freshPath('hostile', sd());
       const before = readdirSync(path.dirname(store.realStoreDir)).sort();
       const e = await catchErr(store.addToStore({ path: p, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [] }, streamOf(nar)));
@@ -313,44 +348,55 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
 
     it('property: a random batch registers entirely iff every reference is valid or in the batch', async () => {
       const existing = await store.addTextToStore('base.txt', 'base');
-      await fc.assert(fc.asyncProperty(
-        fc.integer({ min: 1, max: 5 }).chain((n) => fc.tuple(
-          fc.constant(n),
-          // Each path refers to earlier batch members (no cycles), the valid base, or a missing path.
-          fc.array(fc.array(fc.integer({ min: -2, max: n - 1 }), { maxLength: 3 }), { minLength: n, maxLength: n }),
-          fc.shuffledSubarray([...Array(n).keys()], { minLength: n, maxLength: n }),
-        )),
-        async ([n, refIdx, order]) => {
-          const paths = Array.from({ length: n }, (_, i) => freshPath(`b${i}`, sd()));
-          const missing = freshPath('absent', sd());
-          const infos: PathInfo[] = [];
-          let ok = true;
-          for (let i = 0; i < n; i++) {
-            const refs = new Set<StorePath>();
-            for (const r of refIdx[i]!) {
-              if (r === -1) refs.add(existing);
-              else if (r === -2) { refs.add(missing); ok = false; }
-              else if (r < i) refs.add(paths[r]!);
-              else if (r === i) refs.add(paths[i]!);
+      await fc.assert(
+        fc.asyncProperty(
+          fc.integer({ min: 1, max: 5 }).chain((n) =>
+            fc.tuple(
+              fc.constant(n),
+              // Each path refers to earlier batch members (no cycles), the valid base, or a missing path.
+              fc.array(fc.array(fc.integer({ min: -2, max: n - 1 }), { maxLength: 3 }), { minLength: n, maxLength: n }),
+              fc.shuffledSubarray([...Array(n).keys()], { minLength: n, maxLength: n }),
+            ),
+          ),
+          async ([n, refIdx, order]) => {
+            const paths = Array.from({ length: n }, (_, i) => freshPath(`b${i}`, sd()));
+            const missing = freshPath('absent', sd());
+            const infos: PathInfo[] = [];
+            let ok = true;
+            for (let i = 0; i < n; i++) {
+              const refs = new Set<StorePath>();
+              for (const r of refIdx[i]!) {
+                if (r === -1) refs.add(existing);
+                else if (r === -2) {
+                  refs.add(missing);
+                  ok = false;
+                } else if (r < i) refs.add(paths[r]!);
+                else if (r === i) refs.add(paths[i]!);
+              }
+              await fsp.writeFile(store.toRealPath(paths[i]!), `p${i}`);
+              const nar = narOfRegularFile(`p${i}`);
+              infos.push({ path: paths[i]!, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [...refs] });
             }
-            await fsp.writeFile(store.toRealPath(paths[i]!), `p${i}`);
-            const nar = narOfRegularFile(`p${i}`);
-            infos.push({ path: paths[i]!, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [...refs] });
-          }
-          const batch = order.map((i) => infos[i]!);
-          let threw: unknown;
-          try { await store.registerValidPaths(batch); } catch (e) { threw = e; }
-          const valid = await store.queryValidPaths(paths);
-          if (ok) {
-            expect(threw).toBeUndefined();
-            expect(valid.size).toBe(n);
-            for (const i of infos) expect((await store.queryPathInfo(i.path))!.references).toEqual([...i.references].sort());
-          } else {
-            expectCode(threw, 'missing-references');
-            expect(valid.size).toBe(0);
-          }
-        },
-      ), { numRuns: 12 });
+            const batch = order.map((i) => infos[i]!);
+            let threw: unknown;
+            try {
+              await store.registerValidPaths(batch);
+            } catch (e) {
+              threw = e;
+            }
+            const valid = await store.queryValidPaths(paths);
+            if (ok) {
+              expect(threw).toBeUndefined();
+              expect(valid.size).toBe(n);
+              for (const i of infos) expect((await store.queryPathInfo(i.path))!.references).toEqual([...i.references].sort());
+            } else {
+              expectCode(threw, 'missing-references');
+              expect(valid.size).toBe(0);
+            }
+          },
+        ),
+        { numRuns: 12 },
+      );
     });
 
     it('toRealPath never escapes the real store dir; locks need store paths', async () => {
@@ -363,9 +409,13 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
 
     it('rejects malformed store paths with a typed error', async () => {
       const nar = narOfRegularFile('x');
-      const e = await catchErr(store.addToStore({ path: '/nix/store/bad', narHash: Hash.of('sha256', nar), narSize: nar.length, references: [] }, streamOf(nar)));
+      const e = await catchErr(
+        store.addToStore({ path: '/nix/store/bad', narHash: Hash.of('sha256', nar), narSize: nar.length, references: [] }, streamOf(nar)),
+      );
       expectCode(e, 'invalid-store-path');
-      const e2 = await catchErr(store.addToStore({ path: freshPath('ok', sd()), narHash: Hash.of('sha256', nar), narSize: nar.length, references: ['/elsewhere/xxx'] }, streamOf(nar)));
+      const e2 = await catchErr(
+        store.addToStore({ path: freshPath('ok', sd()), narHash: Hash.of('sha256', nar), narSize: nar.length, references: ['/elsewhere/xxx'] }, streamOf(nar)),
+      );
       expectCode(e2, 'invalid-store-path');
     });
 
@@ -401,7 +451,9 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
       const { nar, hash } = await makeTreeNar('ca');
       const p = freshPath('ca', sd());
       const wrong = Hash.of('sha256', 'something else');
-      const e = await catchErr(store.addToStore({ path: p, narHash: hash, narSize: nar.length, references: [], ca: `fixed:r:${wrong.toString('base32')}` }, streamOf(nar)));
+      const e = await catchErr(
+        store.addToStore({ path: p, narHash: hash, narSize: nar.length, references: [], ca: `fixed:r:${wrong.toString('base32')}` }, streamOf(nar)),
+      );
       expectCode(e, 'ca-hash-mismatch');
       expect((e as Error).message).toContain(p);
       expect(await store.isValidPath(p)).toBe(false);
@@ -413,10 +465,23 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
       // Flat: the hash of the file contents.
       const file = narOfRegularFile('flat contents');
       const q = freshPath('flat', sd());
-      await expect(store.addToStore({ path: q, narHash: Hash.of('sha256', file), narSize: file.length, references: [], ca: `fixed:${Hash.of('sha1', 'other').toString('base32')}` }, streamOf(file))).rejects.toMatchObject({ code: 'ca-hash-mismatch' });
-      await store.addToStore({ path: q, narHash: Hash.of('sha256', file), narSize: file.length, references: [], ca: `fixed:${Hash.of('sha1', 'flat contents').toString('base32')}` }, streamOf(file));
+      await expect(
+        store.addToStore(
+          { path: q, narHash: Hash.of('sha256', file), narSize: file.length, references: [], ca: `fixed:${Hash.of('sha1', 'other').toString('base32')}` },
+          streamOf(file),
+        ),
+      ).rejects.toMatchObject({ code: 'ca-hash-mismatch' });
+      await store.addToStore(
+        { path: q, narHash: Hash.of('sha256', file), narSize: file.length, references: [], ca: `fixed:${Hash.of('sha1', 'flat contents').toString('base32')}` },
+        streamOf(file),
+      );
       const r = freshPath('text', sd());
-      await expect(store.addToStore({ path: r, narHash: Hash.of('sha256', file), narSize: file.length, references: [], ca: `text:${Hash.of('sha256', 'nope').toString('base32')}` }, streamOf(file))).rejects.toMatchObject({ code: 'ca-hash-mismatch' });
+      await expect(
+        store.addToStore(
+          { path: r, narHash: Hash.of('sha256', file), narSize: file.length, references: [], ca: `text:${Hash.of('sha256', 'nope').toString('base32')}` },
+          streamOf(file),
+        ),
+      ).rejects.toMatchObject({ code: 'ca-hash-mismatch' });
       expect(await store.isValidPath(r)).toBe(false);
       expect(await tmpLeftovers(store)).toEqual([]);
     });
@@ -426,8 +491,19 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
       const out = freshPath('foo', sd());
       const dev = freshPath('foo-dev', sd());
       expect(await store.queryDerivationOutputs(drv)).toEqual(new Map());
-      await store.registerDerivationOutputs(drv, new Map([['out', out], ['dev', dev]]));
-      expect(await store.queryDerivationOutputs(drv)).toEqual(new Map([['out', out], ['dev', dev]]));
+      await store.registerDerivationOutputs(
+        drv,
+        new Map([
+          ['out', out],
+          ['dev', dev],
+        ]),
+      );
+      expect(await store.queryDerivationOutputs(drv)).toEqual(
+        new Map([
+          ['out', out],
+          ['dev', dev],
+        ]),
+      );
       await store.registerDerivationOutputs(drv, new Map([['out', out]]));
       expect((await store.queryDerivationOutputs(drv)).size).toBe(2);
       await expect(store.registerDerivationOutputs(freshPath('bar.drv', sd()), new Map([['out', out]]))).rejects.toMatchObject({ code: 'invalid-path' });
@@ -495,7 +571,10 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
       expect(await store.tryLockPaths([freshPath('other', sd()), q])).toBeUndefined();
       // A waiter gets the lock only after release.
       let got = false;
-      const waiter = store.lockPaths([p]).then((l) => { got = true; return l; });
+      const waiter = store.lockPaths([p]).then((l) => {
+        got = true;
+        return l;
+      });
       await new Promise((r) => setTimeout(r, 50));
       expect(got).toBe(false);
       // An aborted waiter rejects and does not take the lock later.

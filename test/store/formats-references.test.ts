@@ -22,21 +22,39 @@ function scanChunks(chunks: Uint8Array[], candidates: string[]): Set<string> {
 function split(data: Buffer, cuts: number[]): Buffer[] {
   const out: Buffer[] = [];
   let at = 0;
-  for (const c of [...cuts].sort((a, b) => a - b)) { const e = Math.min(c, data.length); if (e >= at) { out.push(data.subarray(at, e)); at = e; } }
+  for (const c of [...cuts].sort((a, b) => a - b)) {
+    const e = Math.min(c, data.length);
+    if (e >= at) {
+      out.push(data.subarray(at, e));
+      at = e;
+    }
+  }
   out.push(data.subarray(at));
   return out;
 }
 function randomHash(seed: number): string {
   const b = new Uint8Array(20);
-  let x = seed * 2654435761 >>> 0 || 1;
-  for (let i = 0; i < 20; i++) { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; b[i] = x & 0xff; }
+  let x = (seed * 2654435761) >>> 0 || 1;
+  for (let i = 0; i < 20; i++) {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    b[i] = x & 0xff;
+  }
   return toNixBase32(b);
 }
 
 describe('RefScanner', () => {
   const h = 'ars58snfqasl4q7h0z2lj22fnipbf2q1';
   it('finds a hash straddling a chunk boundary at every split offset', () => {
-    for (const ctx of [['/nix/store/', '-foo\n'], ['', ''], ['\0\xff', 'x'], ['abcd', 'abcd']]) {
+    for (const ctx of [
+      ['/nix/store/', '-foo\n'],
+      ['', ''],
+      ['\0\xff', 'x'],
+      ['abcd', 'abcd'],
+    ]) {
       const data = Buffer.from(ctx[0] + h + ctx[1], 'latin1');
       for (let a = 0; a <= data.length; a++) {
         expect(scanChunks(split(data, [a]), [h]), `split at ${a}`).toEqual(new Set([h]));
@@ -45,27 +63,38 @@ describe('RefScanner', () => {
         }
       }
       // one byte at a time
-      expect(scanChunks([...data].map((b) => Uint8Array.of(b)), [h])).toEqual(new Set([h]));
+      expect(
+        scanChunks(
+          [...data].map((b) => Uint8Array.of(b)),
+          [h],
+        ),
+      ).toEqual(new Set([h]));
     }
   });
 
   it('agrees with the naive model on random data, candidates and chunking', () => {
-    const piece = (cands: string[]) => fc.oneof(
-      fc.constantFrom(...cands),
-      fc.constantFrom(...cands).map((c) => c.slice(0, 31)),
-      fc.constantFrom(...cands).map((c) => c.slice(1)),
-      fc.constantFrom(...cands).map((c) => c.slice(0, 10) + 'e' + c.slice(11)),
-      fc.constantFrom(...cands).map((c) => c.toUpperCase()),
-      fc.string({ unit: fc.constantFrom(...B32.split('')), maxLength: 40 }),
-      fc.string({ unit: fc.constantFrom('e', 'o', 't', 'u', '/', '-', '\0', '\xff', ' '), maxLength: 3 }),
+    const piece = (cands: string[]) =>
+      fc.oneof(
+        fc.constantFrom(...cands),
+        fc.constantFrom(...cands).map((c) => c.slice(0, 31)),
+        fc.constantFrom(...cands).map((c) => c.slice(1)),
+        fc.constantFrom(...cands).map((c) => c.slice(0, 10) + 'e' + c.slice(11)),
+        fc.constantFrom(...cands).map((c) => c.toUpperCase()),
+        fc.string({ unit: fc.constantFrom(...B32.split('')), maxLength: 40 }),
+        fc.string({ unit: fc.constantFrom('e', 'o', 't', 'u', '/', '-', '\0', '\xff', ' '), maxLength: 3 }),
+      );
+    fc.assert(
+      fc.property(
+        fc
+          .uniqueArray(hashPartArb, { minLength: 1, maxLength: 6 })
+          .chain((cands) => fc.tuple(fc.constant(cands), fc.array(piece(cands), { maxLength: 20 }), fc.array(fc.nat(700), { maxLength: 6 }))),
+        ([cands, pieces, cuts]) => {
+          const data = Buffer.from(pieces.join(''), 'latin1');
+          expect(scanChunks(split(data, cuts), cands)).toEqual(model(data, cands));
+        },
+      ),
+      { numRuns: 500 },
     );
-    fc.assert(fc.property(
-      fc.uniqueArray(hashPartArb, { minLength: 1, maxLength: 6 }).chain((cands) => fc.tuple(fc.constant(cands), fc.array(piece(cands), { maxLength: 20 }), fc.array(fc.nat(700), { maxLength: 6 }))),
-      ([cands, pieces, cuts]) => {
-        const data = Buffer.from(pieces.join(''), 'latin1');
-        expect(scanChunks(split(data, cuts), cands)).toEqual(model(data, cands));
-      },
-    ), { numRuns: 500 });
   });
 
   it('1000 candidates: finds exactly the ones present, no false positives', () => {
@@ -115,7 +144,11 @@ describe('RefScanner', () => {
     const p1 = `/nix/store/${h}-dep`;
     const p2 = `/nix/store/${randomHash(9)}-other`;
     let drained = false;
-    async function* src() { yield Buffer.from(`ref ${p1}/bin`); yield Buffer.from('more'); drained = true; }
+    async function* src() {
+      yield Buffer.from(`ref ${p1}/bin`);
+      yield Buffer.from('more');
+      drained = true;
+    }
     expect(await scanForReferences(src(), [p1, p2])).toEqual(new Set([p1]));
     expect(drained).toBe(true);
     expect(await scanForReferences(streamOf(), [p1])).toEqual(new Set());

@@ -8,12 +8,35 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { BadHashError, InvalidStorePathError, RealiseError } from '../../src/store/errors.js';
 import {
-  Hash, HashModulo, HashSink, compressHash, fromBase16, fromBase64, fromNixBase32, isNixBase32, nixBase32Length,
-  toBase16, toBase64, toNixBase32, type HashAlgorithm,
+  Hash,
+  HashModulo,
+  HashSink,
+  compressHash,
+  fromBase16,
+  fromBase64,
+  fromNixBase32,
+  isNixBase32,
+  nixBase32Length,
+  toBase16,
+  toBase64,
+  toNixBase32,
+  type HashAlgorithm,
 } from '../../src/store/hash.js';
 import {
-  checkStorePathName, computeTextPath, hashPlaceholder, isStorePath, makeFixedOutputPath, makeStorePath, makeTextPath,
-  makeType, outputPathName, parseStorePath, storePathBase, storePathHashPart, storePathName, toStorePath,
+  checkStorePathName,
+  computeTextPath,
+  hashPlaceholder,
+  isStorePath,
+  makeFixedOutputPath,
+  makeStorePath,
+  makeTextPath,
+  makeType,
+  outputPathName,
+  parseStorePath,
+  storePathBase,
+  storePathHashPart,
+  storePathName,
+  toStorePath,
 } from '../../src/store/store-path.js';
 import { hashPath } from '../../src/store/nar.js';
 import { TREES, buildTree } from '../fixtures/store/trees.js';
@@ -91,14 +114,17 @@ describe('hash encodings (goldens from nix-hash / nix hash to-*)', () => {
   });
 
   it('nix-base32 round trips any bytes and rejects non-alphabet characters', () => {
-    fc.assert(fc.property(fc.uint8Array({ maxLength: 80 }), (b) => {
-      const s = toNixBase32(b);
-      expect(s.length).toBe(nixBase32Length(b.length));
-      expect(isNixBase32(s)).toBe(true);
-      expect(Buffer.from(fromNixBase32(s, b.length))).toEqual(Buffer.from(b));
-      expect(Buffer.from(fromBase64(toBase64(b)))).toEqual(Buffer.from(b));
-      expect(Buffer.from(fromBase16(toBase16(b)))).toEqual(Buffer.from(b));
-    }), { numRuns: 300 });
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 80 }), (b) => {
+        const s = toNixBase32(b);
+        expect(s.length).toBe(nixBase32Length(b.length));
+        expect(isNixBase32(s)).toBe(true);
+        expect(Buffer.from(fromNixBase32(s, b.length))).toEqual(Buffer.from(b));
+        expect(Buffer.from(fromBase64(toBase64(b)))).toEqual(Buffer.from(b));
+        expect(Buffer.from(fromBase16(toBase16(b)))).toEqual(Buffer.from(b));
+      }),
+      { numRuns: 300 },
+    );
     for (const bad of 'eotuEOTU!-_ ') expect(isNixBase32('abc' + bad)).toBe(false);
   });
 
@@ -145,11 +171,17 @@ describe('store path names and parsing (goldens from builtins.toFile)', () => {
     expect(toStorePath(p + '/bin/sh')).toBe(p);
     expect(parseStorePath('/x/store/ars58snfqasl4q7h0z2lj22fnipbf2q1-a', '/x/store').storeDir).toBe('/x/store');
     const bad = [
-      '/nix/store/ars58snfqasl4q7h0z2lj22fnipbf2q1', '/nix/store/ars58snfqasl4q7h0z2lj22fnipbf2q1-',
-      '/nix/store/ars58snfqasl4q7h0z2lj22fnipbf2q-x', '/nix/store/ers58snfqasl4q7h0z2lj22fnipbf2q1-x',
-      '/nix/store/ars58snfqasl4q7h0z2lj22fnipbf2q1_x', '/nix/stor/ars58snfqasl4q7h0z2lj22fnipbf2q1-x',
-      '/nix/store/ars58snfqasl4q7h0z2lj22fnipbf2q1-x/y', 'ars58snfqasl4q7h0z2lj22fnipbf2q1-x', '/nix/store/',
-      '/nix/store/ARS58SNFQASL4Q7H0Z2LJ22FNIPBF2Q1-x', '/nix/store/ars58snfqasl4q7h0z2lj22fnipbf2q1-a b',
+      '/nix/store/ars58snfqasl4q7h0z2lj22fnipbf2q1',
+      '/nix/store/ars58snfqasl4q7h0z2lj22fnipbf2q1-',
+      '/nix/store/ars58snfqasl4q7h0z2lj22fnipbf2q-x',
+      '/nix/store/ers58snfqasl4q7h0z2lj22fnipbf2q1-x',
+      '/nix/store/ars58snfqasl4q7h0z2lj22fnipbf2q1_x',
+      '/nix/stor/ars58snfqasl4q7h0z2lj22fnipbf2q1-x',
+      '/nix/store/ars58snfqasl4q7h0z2lj22fnipbf2q1-x/y',
+      'ars58snfqasl4q7h0z2lj22fnipbf2q1-x',
+      '/nix/store/',
+      '/nix/store/ARS58SNFQASL4Q7H0Z2LJ22FNIPBF2Q1-x',
+      '/nix/store/ars58snfqasl4q7h0z2lj22fnipbf2q1-a b',
     ];
     for (const b of bad) {
       expect(() => parseStorePath(b), b).toThrow(InvalidStorePathError);
@@ -194,7 +226,10 @@ describe('fixed-output and source paths (goldens from nix-store --add/--add-fixe
     const checked = new Set<string>();
     for (const f of pathsGolden.fixed.filter((x) => x.method === 'recursive' && TREES[x.tree]!.small)) {
       const p = path.join(dir, f.tree);
-      if (!checked.has(f.tree)) { buildTree(p, TREES[f.tree]!.root); checked.add(f.tree); }
+      if (!checked.has(f.tree)) {
+        buildTree(p, TREES[f.tree]!.root);
+        checked.add(f.tree);
+      }
       if (f.algorithm !== 'sha256') continue;
       const { hash } = await hashPath(p);
       expect(makeFixedOutputPath('recursive', hash, f.name, { storeDir: f.storeDir })).toBe(f.path);
@@ -226,26 +261,42 @@ describe('HashModulo', () => {
     const z = Buffer.from(data);
     const offsets: number[] = [];
     let i = 0;
-    while ((i = z.indexOf(mod, i, 'latin1')) >= 0) { offsets.push(i); z.fill(0, i, i + mod.length); i += mod.length; }
+    while ((i = z.indexOf(mod, i, 'latin1')) >= 0) {
+      offsets.push(i);
+      z.fill(0, i, i + mod.length);
+      i += mod.length;
+    }
     const h = new HashSink(algo);
     h.update(z);
     for (const o of offsets) h.update(Buffer.from(`|${o}`));
     return { hash: h.finish().hash.base16, offsets, size: data.length };
   }
   it('zeroes occurrences split across any chunking and records their offsets', () => {
-    const piece = fc.oneof(fc.constant(mod), fc.constant(mod.slice(0, 7)), fc.constant(mod.slice(7)), fc.string({ unit: fc.constantFrom('a', 'r', 's', '5', '\0', 'x'), maxLength: 40 }));
-    fc.assert(fc.property(fc.array(piece, { maxLength: 12 }), fc.array(fc.nat(80), { maxLength: 8 }), (pieces, cuts) => {
-      const data = Buffer.from(pieces.join(''), 'latin1');
-      const original = Buffer.from(data);
-      const hm = new HashModulo('sha256', mod);
-      let at = 0;
-      for (const c of cuts) { const end = Math.min(data.length, at + c); hm.update(data.subarray(at, end)); at = end; }
-      hm.update(data.subarray(at));
-      const r = hm.finish();
-      const m = model(data);
-      expect({ hash: r.hash.base16, offsets: r.offsets, size: r.size }).toEqual(m);
-      expect(data).toEqual(original); // the caller's buffers are not modified
-    }), { numRuns: 400 });
+    const piece = fc.oneof(
+      fc.constant(mod),
+      fc.constant(mod.slice(0, 7)),
+      fc.constant(mod.slice(7)),
+      fc.string({ unit: fc.constantFrom('a', 'r', 's', '5', '\0', 'x'), maxLength: 40 }),
+    );
+    fc.assert(
+      fc.property(fc.array(piece, { maxLength: 12 }), fc.array(fc.nat(80), { maxLength: 8 }), (pieces, cuts) => {
+        const data = Buffer.from(pieces.join(''), 'latin1');
+        const original = Buffer.from(data);
+        const hm = new HashModulo('sha256', mod);
+        let at = 0;
+        for (const c of cuts) {
+          const end = Math.min(data.length, at + c);
+          hm.update(data.subarray(at, end));
+          at = end;
+        }
+        hm.update(data.subarray(at));
+        const r = hm.finish();
+        const m = model(data);
+        expect({ hash: r.hash.base16, offsets: r.offsets, size: r.size }).toEqual(m);
+        expect(data).toEqual(original); // the caller's buffers are not modified
+      }),
+      { numRuns: 400 },
+    );
   });
   it('differs from the plain hash exactly when the modulus occurs', () => {
     const plain = Buffer.from('no self reference here');
@@ -259,29 +310,46 @@ describe('HashModulo', () => {
     expect(r2.offsets).toEqual([12]);
     expect(r2.hash.equals(Hash.of('sha256', withRef))).toBe(false);
     // Same bytes with the reference already zeroed hash differently (the |offset suffix), as in Nix.
-    const zeroed = Buffer.from(withRef); zeroed.fill(0, 12, 44);
+    const zeroed = Buffer.from(withRef);
+    zeroed.fill(0, 12, 44);
     const hm3 = new HashModulo('sha256', mod);
     hm3.update(zeroed);
     expect(hm3.finish().hash.equals(r2.hash)).toBe(false);
   });
   it('is independent of the modulus value (rewriting one hash part into another keeps the hash)', () => {
     const other = 'zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz';
-    fc.assert(fc.property(fc.array(fc.string({ unit: fc.constantFrom('@', '-', '/', '\0', 'e', 'E', '\n'), maxLength: 20 }), { maxLength: 10 }), (parts) => {
-      const a = new HashModulo('sha256', mod); a.update(Buffer.from(parts.join(mod)));
-      const b = new HashModulo('sha256', other); b.update(Buffer.from(parts.join(other)));
-      expect(a.finish().hash.base16).toBe(b.finish().hash.base16);
-    }), { numRuns: 100 });
+    fc.assert(
+      fc.property(fc.array(fc.string({ unit: fc.constantFrom('@', '-', '/', '\0', 'e', 'E', '\n'), maxLength: 20 }), { maxLength: 10 }), (parts) => {
+        const a = new HashModulo('sha256', mod);
+        a.update(Buffer.from(parts.join(mod)));
+        const b = new HashModulo('sha256', other);
+        b.update(Buffer.from(parts.join(other)));
+        expect(a.finish().hash.base16).toBe(b.finish().hash.base16);
+      }),
+      { numRuns: 100 },
+    );
   });
 });
 
 describe.skipIf(!nixOk())('against live Nix 2.8', () => {
   it('random text files: builtins.toFile paths and hashString agree', () => {
-    const samples = fc.sample(fc.tuple(fc.stringMatching(/^[a-zA-Z0-9+_?=][a-zA-Z0-9+\-._?=]{0,20}$/), fc.string({ maxLength: 60 })), { numRuns: 12, seed: 42 });
+    const samples = fc.sample(fc.tuple(fc.stringMatching(/^[a-zA-Z0-9+_?=][a-zA-Z0-9+\-._?=]{0,20}$/), fc.string({ maxLength: 60 })), {
+      numRuns: 12,
+      seed: 42,
+    });
     const file = path.join(tempDir(), 'cases.json');
     writeFileSync(file, JSON.stringify(samples.map(([name, contents]) => ({ name, contents }))));
-    const out = JSON.parse(nix('nix-instantiate', ['--eval', '--json', '--strict', '-E',
-      `map (c: { path = builtins.toFile c.name c.contents; md5 = builtins.hashString "md5" c.contents; sha512 = builtins.hashString "sha512" c.contents; }) (builtins.fromJSON (builtins.readFile ${file}))`,
-      '--store', tempDir()])) as { path: string; md5: string; sha512: string }[];
+    const out = JSON.parse(
+      nix('nix-instantiate', [
+        '--eval',
+        '--json',
+        '--strict',
+        '-E',
+        `map (c: { path = builtins.toFile c.name c.contents; md5 = builtins.hashString "md5" c.contents; sha512 = builtins.hashString "sha512" c.contents; }) (builtins.fromJSON (builtins.readFile ${file}))`,
+        '--store',
+        tempDir(),
+      ]),
+    ) as { path: string; md5: string; sha512: string }[];
     samples.forEach(([name, contents], i) => {
       expect(computeTextPath(name, contents)).toBe(out[i]!.path);
       expect(Hash.of('md5', contents).base16).toBe(out[i]!.md5);
@@ -292,14 +360,29 @@ describe.skipIf(!nixOk())('against live Nix 2.8', () => {
     const hs = fc.sample(fc.uint8Array({ minLength: 32, maxLength: 32 }), { numRuns: 8, seed: 7 }).map((b) => new Hash('sha256', b));
     const b32 = nix('nix', ['hash', 'to-base32', ...hs.map((h) => h.sri)]).split('\n');
     const sri = nix('nix', ['hash', 'to-sri', ...hs.map((h) => h.toString('base32'))]).split('\n');
-    hs.forEach((h, i) => { expect(b32[i]).toBe(h.base32); expect(sri[i]).toBe(h.sri); });
+    hs.forEach((h, i) => {
+      expect(b32[i]).toBe(h.base32);
+      expect(sri[i]).toBe(h.sri);
+    });
     expect(runNix('nix', ['hash', 'to-base16', 'sha256:' + 'e'.repeat(52)]).status).not.toBe(0);
   });
 });
 
 it('all store-format errors are RealiseErrors with stable codes', () => {
-  const e1 = (() => { try { Hash.parse('x'); } catch (e) { return e; } })();
-  const e2 = (() => { try { parseStorePath('/x'); } catch (e) { return e; } })();
+  const e1 = (() => {
+    try {
+      Hash.parse('x');
+    } catch (e) {
+      return e;
+    }
+  })();
+  const e2 = (() => {
+    try {
+      parseStorePath('/x');
+    } catch (e) {
+      return e;
+    }
+  })();
   expect(e1).toBeInstanceOf(RealiseError);
   expect((e1 as RealiseError).code).toBe('bad-hash');
   expect((e2 as RealiseError).code).toBe('invalid-store-path');

@@ -16,7 +16,9 @@ import { nix, nixOk, runNix, runNixAsync, tempDir } from '../helpers/nix.js';
 import { busyboxOk, nixSandboxArgs, SANDBOX_PATHS } from '../scheduler/helpers.js';
 
 const dirs: string[] = [];
-afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
 const nonce = `${process.pid}-${Date.now()}`;
 
 function fresh(prefix: string): { dir: string; root: string; state: string; fifo: string } {
@@ -55,7 +57,11 @@ describe.skipIf(!nixOk())('the GC lock and gc-socket between our collector and N
     const sent: string[] = [];
     process.env._NIX_TEST_GC_SYNC = fifo;
     try {
-      const gc = s.collectGarbage({ onEvent: (e) => { if (e.type === 'temp-root') sent.push(e.path); } });
+      const gc = s.collectGarbage({
+        onEvent: (e) => {
+          if (e.type === 'temp-root') sent.push(e.path);
+        },
+      });
       await until(() => existsSync(path.join(state, 'gc-socket/socket')) && gcLockHeld(state), 'our collector to hold gc.lock');
       const add = await runNixAsync('nix-store', ['--store', root, '--add', file]);
       expect(add.status, add.stderr).toBe(0);
@@ -74,7 +80,7 @@ describe.skipIf(!nixOk())('the GC lock and gc-socket between our collector and N
     expect(runNix('nix-store', ['--store', root, '--verify', '--check-contents']).status).toBe(0);
   });
 
-  it('Nix\'s collector gets our temporary roots over its socket: a path we add during its collection survives it', async () => {
+  it("Nix's collector gets our temporary roots over its socket: a path we add during its collection survives it", async () => {
     const { root, state, fifo } = fresh('realise-nixsock-');
     const store = await LocalStore.open({ root });
     try {
@@ -103,9 +109,28 @@ describe.skipIf(!nixOk())('the GC lock and gc-socket between our collector and N
     const file = path.join(dir, 'e.nix');
     writeFileSync(file, busyboxExpr(`while [ ! -e ${flag} ]; do /bin/busybox sleep 0.05; done; echo built > $out`, 'slow'));
     const drv = nix('nix-instantiate', ['--store', root, file]);
-    const build = runNixAsync('nix-store', ['--store', root, '--realise', drv, ...nixSandboxArgs(), '--option', 'sandbox-paths', `${SANDBOX_PATHS.join(' ')} ${dir}`]);
+    const build = runNixAsync('nix-store', [
+      '--store',
+      root,
+      '--realise',
+      drv,
+      ...nixSandboxArgs(),
+      '--option',
+      'sandbox-paths',
+      `${SANDBOX_PATHS.join(' ')} ${dir}`,
+    ]);
     // Nix has made the .drv a temporary root once its roots file names it.
-    await until(() => readdirSync(path.join(state, 'temproots')).some((f) => { try { return readFileSync(path.join(state, 'temproots', f), 'latin1').includes(drv); } catch { return false; } }), 'the Nix build to hold its temporary roots');
+    await until(
+      () =>
+        readdirSync(path.join(state, 'temproots')).some((f) => {
+          try {
+            return readFileSync(path.join(state, 'temproots', f), 'latin1').includes(drv);
+          } catch {
+            return false;
+          }
+        }),
+      'the Nix build to hold its temporary roots',
+    );
     const s = await LocalStore.open({ root });
     try {
       const r = await s.collectGarbage();
@@ -120,7 +145,7 @@ describe.skipIf(!nixOk())('the GC lock and gc-socket between our collector and N
     expect(readFileSync(path.join(root, done.stdout.trim()), 'utf8')).toBe('built\n');
   });
 
-  it.skipIf(!busyboxOk())('a realise build during Nix\'s collection registers its roots over the socket and loses nothing', async () => {
+  it.skipIf(!busyboxOk())("a realise build during Nix's collection registers its roots over the socket and loses nothing", async () => {
     const { dir, root, state, fifo } = fresh('realise-build-nixgc-');
     const file = path.join(dir, 'e.nix');
     writeFileSync(file, `let a = ${busyboxExpr('echo a > $out', 'a')}; in ${busyboxExpr('/bin/busybox cat ${a} > $out', 'b')}`);
@@ -151,7 +176,7 @@ describe.skipIf(!nixOk())('the GC lock and gc-socket between our collector and N
 });
 
 describe.skipIf(!nixOk() || !busyboxOk())('a collection racing builds', () => {
-  it('our collector and Nix\'s, running over and over while our engine builds a DAG, lose nothing', async () => {
+  it("our collector and Nix's, running over and over while our engine builds a DAG, lose nothing", async () => {
     const { dir, root } = fresh('realise-gc-race-');
     const file = path.join(dir, 'e.nix');
     // 4 layers of 4 derivations, each layer reading every output of the one below.
@@ -179,7 +204,13 @@ describe.skipIf(!nixOk() || !busyboxOk())('a collection racing builds', () => {
     let theirs = 0;
     // A short pause between our collections: back to back, the GC lock would almost never be free, and a
     // client whose root reaches a collector just as it ends retries with the lock (as with Nix's collector).
-    const ourLoop = (async () => { while (building) { await collector.collectGarbage({ runtimeRoots: false }); ours++; await new Promise((r) => setTimeout(r, 20)); } })();
+    const ourLoop = (async () => {
+      while (building) {
+        await collector.collectGarbage({ runtimeRoots: false });
+        ours++;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
     const nixLoop = (async () => {
       while (building) {
         const r = await runNixAsync('nix-store', ['--store', root, '--gc']);
@@ -198,7 +229,11 @@ describe.skipIf(!nixOk() || !busyboxOk())('a collection racing builds', () => {
         const out = r.result.builtOutputs.out!;
         expect(await store.isValidPath(out)).toBe(true);
         // Every layer-0 output was read by each layer above: the content shows the whole DAG was there.
-        expect(readFileSync(store.toRealPath(out), 'utf8').split('\n').filter((l) => l === 'l0n0')).toHaveLength(4 * 4);
+        expect(
+          readFileSync(store.toRealPath(out), 'utf8')
+            .split('\n')
+            .filter((l) => l === 'l0n0'),
+        ).toHaveLength(4 * 4);
       }
       await engine.close();
     } finally {

@@ -47,8 +47,11 @@ async function fixture(): Promise<Fixture> {
   dirs.push(dir);
   const root = path.join(dir, 'root');
   const expr = path.join(dir, 'e.nix');
-  writeFileSync(expr, `let mk = name: deps: derivation { inherit name deps; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "true"]; nonce = "${nonce}"; };
-    d1 = mk "d1" []; d2 = mk "d2" [d1]; d3 = mk "d3" []; in { inherit d1 d2 d3; }`);
+  writeFileSync(
+    expr,
+    `let mk = name: deps: derivation { inherit name deps; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "true"]; nonce = "${nonce}"; };
+    d1 = mk "d1" []; d2 = mk "d2" [d1]; d3 = mk "d3" []; in { inherit d1 d2 d3; }`,
+  );
   const drv = {} as Fixture['drv'];
   const out = {} as Fixture['out'];
   for (const n of ['d1', 'd2', 'd3'] as const) {
@@ -90,12 +93,17 @@ async function fixture(): Promise<Fixture> {
 
 function nixGc(root: string, flag: '--print-dead' | '--print-live', settings: Record<string, string> = {}): string[] {
   const opts = Object.entries(settings).flatMap(([k, v]) => ['--option', k, v]);
-  return nix('nix-store', ['--store', root, '--gc', flag, ...opts]).split('\n').filter(Boolean).sort();
+  return nix('nix-store', ['--store', root, '--gc', flag, ...opts])
+    .split('\n')
+    .filter(Boolean)
+    .sort();
 }
 
 describe.skipIf(!nixOk())('garbage collection against nix-store --gc', () => {
   let f: Fixture;
-  beforeAll(async () => { f = await fixture(); }, 60_000);
+  beforeAll(async () => {
+    f = await fixture();
+  }, 60_000);
 
   const cases: Array<[string, GcOptions, Record<string, string>]> = [
     ['defaults (keep-derivations)', {}, {}],
@@ -103,7 +111,7 @@ describe.skipIf(!nixOk())('garbage collection against nix-store --gc', () => {
     ['neither', { keepDerivations: false }, { 'keep-derivations': 'false' }],
     ['keep-outputs without keep-derivations', { keepOutputs: true, keepDerivations: false }, { 'keep-outputs': 'true', 'keep-derivations': 'false' }],
   ];
-  it.each(cases)('the dead and live sets equal Nix\'s: %s', async (_name, opts, settings) => {
+  it.each(cases)("the dead and live sets equal Nix's: %s", async (_name, opts, settings) => {
     const store = await LocalStore.open({ root: f.root });
     try {
       const dead = await store.collectGarbage({ ...opts, action: 'print-dead' });
@@ -142,7 +150,11 @@ describe.skipIf(!nixOk())('garbage collection against nix-store --gc', () => {
     try {
       expected = (await store.collectGarbage({ action: 'print-dead' })).paths;
       const events: string[] = [];
-      const r = await store.collectGarbage({ onEvent: (e) => { if (e.type === 'info') events.push(e.message); } });
+      const r = await store.collectGarbage({
+        onEvent: (e) => {
+          if (e.type === 'info') events.push(e.message);
+        },
+      });
       deleted = r.paths;
       expect(r.bytesFreed).toBeGreaterThan(0);
       expect(events).toContain('finding garbage collector roots...');
@@ -163,7 +175,11 @@ describe.skipIf(!nixOk())('garbage collection against nix-store --gc', () => {
 });
 
 function isLink(p: string): boolean {
-  try { return lstatSync(p).isSymbolicLink(); } catch { return false; }
+  try {
+    return lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
 }
 
 describe.skipIf(!nixOk())('nix-store --delete, --max-freed, .links', () => {
@@ -243,8 +259,8 @@ describe.skipIf(!nixOk())('nix-store --delete, --max-freed, .links', () => {
   });
 });
 
-describe.skipIf(!nixOk())('DerivationOutputs rows of a .drv we add, as Nix\'s registerValidPaths writes them', () => {
-  it('a .drv added from a NAR (as substitution adds it) gets its rows: Nix\'s keep-outputs then keeps the output of a rooted .drv', async () => {
+describe.skipIf(!nixOk())("DerivationOutputs rows of a .drv we add, as Nix's registerValidPaths writes them", () => {
+  it("a .drv added from a NAR (as substitution adds it) gets its rows: Nix's keep-outputs then keeps the output of a rooted .drv", async () => {
     const dir = tempDir('realise-gc-drvrows-');
     dirs.push(dir);
     const N = path.join(dir, 'N');
@@ -252,13 +268,20 @@ describe.skipIf(!nixOk())('DerivationOutputs rows of a .drv we add, as Nix\'s re
     const expr = path.join(dir, 'e.nix');
     writeFileSync(expr, `derivation { name = "rows"; system = "x86_64-linux"; builder = "/bin/sh"; outputs = ["out" "dev"]; nonce = "${nonce}"; }`);
     const drv = nix('nix-instantiate', ['--store', N, expr]);
-    const [dev, out] = nix('nix-store', ['--store', N, '-q', '--outputs', drv]).split('\n').sort((a, b) => (a.endsWith('-dev') ? -1 : b.endsWith('-dev') ? 1 : 0));
+    const [dev, out] = nix('nix-store', ['--store', N, '-q', '--outputs', drv])
+      .split('\n')
+      .sort((a, b) => (a.endsWith('-dev') ? -1 : b.endsWith('-dev') ? 1 : 0));
     const { Hash } = await import('../../src/store/hash.js');
     const nar = (await import('node:child_process')).execFileSync('nix-store', ['--dump', path.join(N, drv)]);
     const references = nix('nix-store', ['--store', N, '-q', '--references', drv]).split('\n').filter(Boolean);
     const store = await LocalStore.open({ root: O });
     try {
-      await store.addToStore({ path: drv, narHash: Hash.of('sha256', nar), narSize: nar.length, references }, (async function* () { yield nar; })());
+      await store.addToStore(
+        { path: drv, narHash: Hash.of('sha256', nar), narSize: nar.length, references },
+        (async function* () {
+          yield nar;
+        })(),
+      );
       expect(Object.fromEntries(await store.queryDerivationOutputs(drv))).toEqual({ out, dev });
       for (const o of [out!, dev!]) writeFileSync(store.toRealPath(o), o);
       for (const o of [out!, dev!]) await registerOutput(store, o, drv, []);

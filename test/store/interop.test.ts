@@ -26,7 +26,16 @@ derivation {
   outputs = [ "out" "dev" ];
 }`;
 
-interface NixInfo { path: string; narHash: string; narSize: number; references: string[]; deriver?: string; ca?: string; registrationTime?: number; ultimate?: boolean }
+interface NixInfo {
+  path: string;
+  narHash: string;
+  narSize: number;
+  references: string[];
+  deriver?: string;
+  ca?: string;
+  registrationTime?: number;
+  ultimate?: boolean;
+}
 
 function pathInfoJson(root: string, paths: string[], recursive = true): Map<string, NixInfo> {
   const out = nix('nix', ['path-info', '--store', root, '--json', ...(recursive ? ['--recursive'] : []), ...paths]);
@@ -45,7 +54,10 @@ function sqliteMaster(dbFile: string): unknown[] {
 function drvOutputRows(dbFile: string, drv: string): Array<{ id: string; path: string }> {
   const db = new Database(dbFile, { readonly: true });
   try {
-    return db.prepare('select d.id, d.path from DerivationOutputs d join ValidPaths v on v.id = d.drv where v.path = ? order by d.id').all(drv) as Array<{ id: string; path: string }>;
+    return db.prepare('select d.id, d.path from DerivationOutputs d join ValidPaths v on v.id = d.drv where v.path = ? order by d.id').all(drv) as Array<{
+      id: string;
+      path: string;
+    }>;
   } finally {
     db.close();
   }
@@ -63,7 +75,9 @@ function expectSameInfo(ours: PathInfo, theirs: NixInfo): void {
 /** `nix-store --verify --check-contents` must exit 0 and print nothing but its progress lines. */
 function expectVerifies(root: string): void {
   const r = runNix('nix-store', ['--store', root, '--verify', '--check-contents']);
-  const noise = r.stderr.split('\n').filter((l) => l.trim() && !/^(reading the Nix store|checking path existence|checking link hashes|checking store hashes)\.\.\.$/.test(l.trim()));
+  const noise = r.stderr
+    .split('\n')
+    .filter((l) => l.trim() && !/^(reading the Nix store|checking path existence|checking link hashes|checking store hashes)\.\.\.$/.test(l.trim()));
   expect(noise).toEqual([]);
   expect(r.status).toBe(0);
 }
@@ -93,7 +107,9 @@ describe.skipIf(!nixOk())('interop with real Nix 2.8', () => {
     const built = runNix('nix-store', ['--store', nixRoot, '--realise', drv, '--option', 'sandbox-paths', '/bin/sh=/bin/busybox']);
     if (built.status !== 0) throw new Error(`nix build failed: ${built.stderr}`);
     outs = new Map(drvOutputRows(path.join(nixRoot, 'nix/var/nix/db/db.sqlite'), drv).map((r) => [r.id, r.path]));
-    src = nix('nix-store', ['--store', nixRoot, '-q', '--references', drv]).split('\n').find((p) => p.endsWith('-input.txt'))!;
+    src = nix('nix-store', ['--store', nixRoot, '-q', '--references', drv])
+      .split('\n')
+      .find((p) => p.endsWith('-input.txt'))!;
   }, 120_000);
 
   afterAll(() => {
@@ -116,10 +132,17 @@ describe.skipIf(!nixOk())('interop with real Nix 2.8', () => {
       expect([...theirs.keys()].sort()).toEqual([out, dev, src, drv, tree].sort());
       for (const [p, info] of theirs) expectSameInfo((await store.queryPathInfo(p))!, info);
       expect((await store.queryPathInfo(out))!.ultimate).toBe(true);
-      expect(await store.queryDerivationOutputs(drv)).toEqual(new Map([['dev', dev], ['out', out]]));
+      expect(await store.queryDerivationOutputs(drv)).toEqual(
+        new Map([
+          ['dev', dev],
+          ['out', out],
+        ]),
+      );
       expect([...(await store.computeClosure([out]))].sort()).toEqual(nix('nix-store', ['--store', nixRoot, '-qR', out]).split('\n').sort());
       expect(await store.queryReferrers(src)).toEqual(nix('nix-store', ['--store', nixRoot, '-q', '--referrers', src]).split('\n').sort());
-      expect(await store.queryValidPaths([out, dev, drv, src, tree, '/nix/store/00000000000000000000000000000000-x'])).toEqual(new Set([out, dev, drv, src, tree]));
+      expect(await store.queryValidPaths([out, dev, drv, src, tree, '/nix/store/00000000000000000000000000000000-x'])).toEqual(
+        new Set([out, dev, drv, src, tree]),
+      );
       // NAR bytes identical to `nix-store --dump`.
       const dumped = execFileSync('nix-store', ['--dump', store.toRealPath(tree)], { env: nixEnv(), maxBuffer: 1 << 26 });
       const ourNar = await collect(store.narFromPath(tree));
@@ -127,7 +150,11 @@ describe.skipIf(!nixOk())('interop with real Nix 2.8', () => {
       expect(Hash.of('sha256', ourNar).equals(Hash.parse(theirs.get(tree)!.narHash))).toBe(true);
       // The build log Nix wrote is bzip2-compressed; we read it.
       expect(store.logPath(drv) + '.bz2').toMatch(/\/nix\/var\/log\/nix\/drvs\/..\/.+\.drv\.bz2$/);
-      expect(readFileSync(store.logPath(drv) + '.bz2').subarray(0, 3).toString()).toBe('BZh');
+      expect(
+        readFileSync(store.logPath(drv) + '.bz2')
+          .subarray(0, 3)
+          .toString(),
+      ).toBe('BZh');
       expect(await store.readBuildLog(drv)).toBe(nix('nix-store', ['--store', nixRoot, '--read-log', drv]) + '\n');
       expect(await store.readTextFile(drv)).toBe(readFileSync(store.toRealPath(drv), 'utf8'));
       // We add to Nix's store; Nix still verifies it and sees our path.
@@ -186,7 +213,9 @@ describe.skipIf(!nixOk())('interop with real Nix 2.8', () => {
     }
     expect(ours.get('/nix/store/' + 'a'.repeat(32) + '-tree2')!.references).toEqual([src]);
     expect(nix('nix-store', ['--store', root, '-q', '--references', out])).toBe(dev);
-    expect(nix('nix-store', ['--store', root, '-q', '--referrers', src]).split('\n').sort()).toEqual([drv, dev, '/nix/store/' + 'a'.repeat(32) + '-tree2'].sort());
+    expect(nix('nix-store', ['--store', root, '-q', '--referrers', src]).split('\n').sort()).toEqual(
+      [drv, dev, '/nix/store/' + 'a'.repeat(32) + '-tree2'].sort(),
+    );
     expect(nix('nix-store', ['--store', root, '-q', '--deriver', out])).toBe(drv);
     // `nix path-info DRV` resolves the outputs through DerivationOutputs.
     expect([...pathInfoJson(root, [drv], false).keys()].sort()).toEqual([dev, out].sort());
@@ -215,14 +244,24 @@ describe.skipIf(!nixOk())('interop with real Nix 2.8', () => {
       const held = await store.lockPaths([p]);
       const child = spawn('nix-store', ['--store', root, '--add', f], { env: nixEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
-      child.stdout.on('data', (b: Buffer) => { out += b.toString(); });
+      child.stdout.on('data', (b: Buffer) => {
+        out += b.toString();
+      });
       const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
       // Wait until Nix has the lock file open (it is blocked in flock), then check it made no progress.
       const lockFile = store.toRealPath(p) + '.lock';
       const hasLockOpen = () => {
         try {
-          return readdirSync(`/proc/${child.pid}/fd`).some((fd) => { try { return readlinkSync(`/proc/${child.pid}/fd/${fd}`) === lockFile; } catch { return false; } });
-        } catch { return false; }
+          return readdirSync(`/proc/${child.pid}/fd`).some((fd) => {
+            try {
+              return readlinkSync(`/proc/${child.pid}/fd/${fd}`) === lockFile;
+            } catch {
+              return false;
+            }
+          });
+        } catch {
+          return false;
+        }
       };
       for (let i = 0; i < 300 && !hasLockOpen() && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
       expect(hasLockOpen()).toBe(true);
@@ -241,17 +280,26 @@ describe.skipIf(!nixOk())('interop with real Nix 2.8', () => {
   it('a real Nix build holds the output lock; we wait for it and then see the output valid', async () => {
     const root = path.join(work, 'nixlock');
     const exprFile = path.join(work, 'sleeper.nix');
-    writeFileSync(exprFile, 'derivation { name = "sleeper"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "sleep 2; echo done > $out" ]; }');
+    writeFileSync(
+      exprFile,
+      'derivation { name = "sleeper"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "sleep 2; echo done > $out" ]; }',
+    );
     const sleeper = nix('nix-instantiate', ['--store', root, exprFile]);
     const out = nix('nix-store', ['--store', root, '-q', '--outputs', sleeper]);
-    const child = spawn('nix-store', ['--store', root, '--realise', sleeper, '--option', 'sandbox-paths', '/bin/sh=/bin/busybox'], { env: nixEnv(), stdio: 'ignore' });
+    const child = spawn('nix-store', ['--store', root, '--realise', sleeper, '--option', 'sandbox-paths', '/bin/sh=/bin/busybox'], {
+      env: nixEnv(),
+      stdio: 'ignore',
+    });
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     const store = await LocalStore.open({ root });
     try {
       let sawHeld = false;
       for (let i = 0; i < 400 && child.exitCode === null; i++) {
         const l = await store.tryLockPaths([out]);
-        if (!l) { sawHeld = true; break; }
+        if (!l) {
+          sawHeld = true;
+          break;
+        }
         await l.release();
         await new Promise((r) => setTimeout(r, 25));
       }
@@ -286,7 +334,15 @@ describe.skipIf(!nixOk())('interop with real Nix 2.8', () => {
     } finally {
       await store.close();
     }
-    expect(nix('nix-store', ['--store', uri, '-q', '--references', `${d}/store/${(await import('node:fs')).readdirSync(`${d}/store`).find((n) => n.endsWith('-mine.txt'))}`])).toBe(p);
+    expect(
+      nix('nix-store', [
+        '--store',
+        uri,
+        '-q',
+        '--references',
+        `${d}/store/${(await import('node:fs')).readdirSync(`${d}/store`).find((n) => n.endsWith('-mine.txt'))}`,
+      ]),
+    ).toBe(p);
     expectVerifies(uri);
   });
 });

@@ -29,9 +29,12 @@ if (mode === 'half') {
       for (let k = 0; k < 20; k++) writeFileSync(`${dir}/f${k}`, `file ${k} of ${i}\n`.repeat(500));
     });
     const p = freshPath(`loop${i}`);
-    await store.addToStore({ path: p, narHash: hash, narSize: nar.length, references: prev ? [prev] : [] }, (async function* () {
-      for (let o = 0; o < nar.length; o += 4096) yield nar.subarray(o, o + 4096);
-    })());
+    await store.addToStore(
+      { path: p, narHash: hash, narSize: nar.length, references: prev ? [prev] : [] },
+      (async function* () {
+        for (let o = 0; o < nar.length; o += 4096) yield nar.subarray(o, o + 4096);
+      })(),
+    );
     process.stdout.write(`DONE ${p}\n`);
     prev = p;
   }

@@ -23,7 +23,9 @@ function startChild(root: string, mode: string): { child: ChildProcess; lines: s
   const waiters: Array<{ pred: (l: string) => boolean; resolve: (l: string) => void }> = [];
   let buf = '';
   let err = '';
-  child.stderr!.on('data', (b: Buffer) => { err += b.toString(); });
+  child.stderr!.on('data', (b: Buffer) => {
+    err += b.toString();
+  });
   child.stdout!.on('data', (b: Buffer) => {
     buf += b.toString();
     let i;
@@ -31,7 +33,11 @@ function startChild(root: string, mode: string): { child: ChildProcess; lines: s
       const line = buf.slice(0, i);
       buf = buf.slice(i + 1);
       lines.push(line);
-      for (const w of [...waiters]) if (w.pred(line)) { waiters.splice(waiters.indexOf(w), 1); w.resolve(line); }
+      for (const w of [...waiters])
+        if (w.pred(line)) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(line);
+        }
     }
   });
   return {
@@ -50,7 +56,10 @@ function startChild(root: string, mode: string): { child: ChildProcess; lines: s
 
 function killed(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) { resolve(); return; }
+    if (child.exitCode !== null || child.signalCode !== null) {
+      resolve();
+      return;
+    }
     child.on('exit', () => resolve());
     child.kill('SIGKILL');
   });

@@ -21,14 +21,21 @@ function fill(dir: string): string {
   writeFileSync(filler, '');
   for (let size = chunk.length; size >= 1; size = Math.floor(size / 2)) {
     for (;;) {
-      try { writeFileSync(filler, chunk.subarray(0, size), { flag: 'a' }); } catch { break; }
+      try {
+        writeFileSync(filler, chunk.subarray(0, size), { flag: 'a' });
+      } catch {
+        break;
+      }
     }
   }
   return filler;
 }
 
 async function storeErrorOf(p: Promise<unknown>): Promise<StoreError> {
-  const e = await p.then(() => undefined, (x: unknown) => x);
+  const e = await p.then(
+    () => undefined,
+    (x: unknown) => x,
+  );
   expect(e, 'expected a StoreError').toBeInstanceOf(StoreError);
   return e as StoreError;
 }
@@ -71,7 +78,11 @@ describe.skipIf(!isRoot || !nixOk())('(root only) a full disk', () => {
 
       // Nothing registered, nothing left in the store directory but our (flocked) temporary directory.
       expect(await store.isValidPath(small)).toBe(true);
-      expect(readdirSync(store.realStoreDir).filter((n) => !n.startsWith('.tmp-')).sort()).toEqual(before.filter((n) => !n.startsWith('.tmp-')));
+      expect(
+        readdirSync(store.realStoreDir)
+          .filter((n) => !n.startsWith('.tmp-'))
+          .sort(),
+      ).toEqual(before.filter((n) => !n.startsWith('.tmp-')));
       for (const t of readdirSync(store.realStoreDir).filter((n) => n.startsWith('.tmp-'))) expect(readdirSync(path.join(store.realStoreDir, t))).toEqual([]);
 
       rmSync(filler);

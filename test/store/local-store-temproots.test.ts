@@ -39,7 +39,11 @@ describe('temporary GC roots', () => {
       c.on('data', (d) => {
         buf += d.toString();
         let i;
-        while ((i = buf.indexOf('\n')) >= 0) { got.push(buf.slice(0, i)); buf = buf.slice(i + 1); c.write('1'); }
+        while ((i = buf.indexOf('\n')) >= 0) {
+          got.push(buf.slice(0, i));
+          buf = buf.slice(i + 1);
+          c.write('1');
+        }
       });
     });
     await new Promise<void>((r) => server.listen(path.join(state, 'gc-socket/socket'), r));

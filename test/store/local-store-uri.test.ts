@@ -92,7 +92,13 @@ describe('build logs in both forms Nix 2.8 reads', () => {
   });
 
   it('the bzip2 decoder matches bzip2(1) on varied data and rejects corruption', () => {
-    const inputs = [Buffer.alloc(0), Buffer.from('a'), Buffer.alloc(100_000, 0x61), Buffer.from('abcd'.repeat(20_000) + 'xyz'), Buffer.from(Array.from({ length: 60_000 }, (_, i) => (i * 7919) % 251))];
+    const inputs = [
+      Buffer.alloc(0),
+      Buffer.from('a'),
+      Buffer.alloc(100_000, 0x61),
+      Buffer.from('abcd'.repeat(20_000) + 'xyz'),
+      Buffer.from(Array.from({ length: 60_000 }, (_, i) => (i * 7919) % 251)),
+    ];
     for (const input of inputs) {
       for (const level of ['-1', '-9']) {
         const z = execFileSync('bzip2', ['-c', level], { input });

@@ -28,7 +28,10 @@ describe('LocalStore layout', () => {
     expect(existsSync(path.join(root, 'nix/var/log/nix/drvs'))).toBe(true);
     const conn = new Database(path.join(db, 'db.sqlite'));
     expect(conn.pragma('journal_mode', { simple: true })).toBe('wal');
-    const tables = conn.prepare("select name from sqlite_master where type = 'table' order by name").all().map((r) => (r as { name: string }).name);
+    const tables = conn
+      .prepare("select name from sqlite_master where type = 'table' order by name")
+      .all()
+      .map((r) => (r as { name: string }).name);
     expect(tables).toEqual(['DerivationOutputs', 'Refs', 'ValidPaths', 'sqlite_sequence']);
     conn.close();
     await s.close();
@@ -85,7 +88,13 @@ describe('LocalStore layout', () => {
   });
 
   it('layout defaults follow Nix: root prefixes storeDir, state and log', () => {
-    expect(resolveLayout({ root: '/r' })).toMatchObject({ storeDir: '/nix/store', realStoreDir: '/r/nix/store', stateDir: '/r/nix/var/nix', dbDir: '/r/nix/var/nix/db', logDir: '/r/nix/var/log/nix' });
+    expect(resolveLayout({ root: '/r' })).toMatchObject({
+      storeDir: '/nix/store',
+      realStoreDir: '/r/nix/store',
+      stateDir: '/r/nix/var/nix',
+      dbDir: '/r/nix/var/nix/db',
+      logDir: '/r/nix/var/log/nix',
+    });
     expect(resolveLayout({ root: '/r', storeDir: '/foo' })).toMatchObject({ storeDir: '/foo', realStoreDir: '/r/foo' });
     expect(resolveLayout({ storeDir: '/x/store', stateDir: '/x/state', logDir: '/x/log' })).toMatchObject({ realStoreDir: '/x/store', dbDir: '/x/state/db' });
   });
@@ -102,7 +111,8 @@ describe('LocalStore layout', () => {
       expect(s.realStoreDir).toBe(path.join(root, 'nix/store'));
       await s.close();
     } finally {
-      if (old === undefined) delete process.env.REALISE_STORE; else process.env.REALISE_STORE = old;
+      if (old === undefined) delete process.env.REALISE_STORE;
+      else process.env.REALISE_STORE = old;
     }
   });
 });
@@ -116,7 +126,10 @@ describe('canonicalisePathMetaData', () => {
     const fifo = path.join(d, 'sub', 'pipe');
     execFileSync('mkdir', ['-p', path.dirname(fifo)]);
     execFileSync('mkfifo', [fifo]);
-    const e = await canonicalisePathMetaData(d).then(() => undefined, (x: unknown) => x);
+    const e = await canonicalisePathMetaData(d).then(
+      () => undefined,
+      (x: unknown) => x,
+    );
     expect(e).toBeInstanceOf(UnsupportedFileTypeError);
     expect((e as InstanceType<typeof UnsupportedFileTypeError>).file).toBe(fifo);
     expect((e as Error).message).toContain(`file '${fifo}' has an unsupported type`);

@@ -34,17 +34,29 @@ describe('path locks', () => {
     const d = tmp();
     const p = path.join(d, 'held');
     // A child holds the flock and then hangs; SIGKILL releases it in the kernel.
-    const child = spawn(process.execPath, ['-e', `
+    const child = spawn(
+      process.execPath,
+      [
+        '-e',
+        `
       const fs = require('fs'); const { flockSync } = require('fs-ext');
       const fd = fs.openSync(${JSON.stringify(p + '.lock')}, 'a+'); flockSync(fd, 'ex');
-      process.stdout.write('locked\\n'); setInterval(() => {}, 1000);`], { cwd: process.cwd(), stdio: ['ignore', 'pipe', 'inherit'] });
+      process.stdout.write('locked\\n'); setInterval(() => {}, 1000);`,
+      ],
+      { cwd: process.cwd(), stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     await new Promise<void>((resolve, reject) => {
-      child.stdout.on('data', (b: Buffer) => { if (b.toString().includes('locked')) resolve(); });
+      child.stdout.on('data', (b: Buffer) => {
+        if (b.toString().includes('locked')) resolve();
+      });
       child.on('exit', (c) => reject(new Error(`child exited ${c}`)));
     });
     expect(tryLockFiles([p])).toBeUndefined();
     let got = false;
-    const waiting = lockFiles([p]).then((l) => { got = true; return l; });
+    const waiting = lockFiles([p]).then((l) => {
+      got = true;
+      return l;
+    });
     await new Promise((r) => setTimeout(r, 150));
     expect(got).toBe(false);
     child.kill('SIGKILL');
@@ -68,8 +80,14 @@ describe('path locks', () => {
     expect(() => fsExt.flockSync(fd2, 'exnb')).toThrow(/EAGAIN|EWOULDBLOCK/);
     closeSync(fd2);
     const order: string[] = [];
-    const w1 = lockFiles([p]).then(async (l) => { order.push('w1'); await l.release(); });
-    const w2 = lockFiles([p]).then(async (l) => { order.push('w2'); await l.release(); });
+    const w1 = lockFiles([p]).then(async (l) => {
+      order.push('w1');
+      await l.release();
+    });
+    const w2 = lockFiles([p]).then(async (l) => {
+      order.push('w2');
+      await l.release();
+    });
     await new Promise((r) => setTimeout(r, 20));
     expect(order).toEqual([]);
     await a.release();
@@ -116,13 +134,18 @@ describe('path locks', () => {
 
   it('locks are taken in sorted order, so opposite orders do not deadlock', async () => {
     const d = tmp();
-    const a = path.join(d, 'a'), b = path.join(d, 'b');
-    const runs = await Promise.all(Array.from({ length: 6 }, (_, i) => lockFiles(i % 2 ? [a, b] : [b, a]).then(async (l) => {
-      expect(l.paths).toEqual([a, b]);
-      await new Promise((r) => setTimeout(r, 2));
-      await l.release();
-      return i;
-    })));
+    const a = path.join(d, 'a'),
+      b = path.join(d, 'b');
+    const runs = await Promise.all(
+      Array.from({ length: 6 }, (_, i) =>
+        lockFiles(i % 2 ? [a, b] : [b, a]).then(async (l) => {
+          expect(l.paths).toEqual([a, b]);
+          await new Promise((r) => setTimeout(r, 2));
+          await l.release();
+          return i;
+        }),
+      ),
+    );
     expect(runs.sort()).toEqual([0, 1, 2, 3, 4, 5]);
   });
 
@@ -135,7 +158,8 @@ describe('path locks', () => {
     const ex = lockPlainFile(f, 'exclusive', ac.signal);
     setTimeout(() => ac.abort(), 30);
     await expect(ex).rejects.toMatchObject({ code: 'lock-aborted' });
-    r1(); r2();
+    r1();
+    r2();
     const r3 = await lockPlainFile(f, 'exclusive');
     expect(existsSync(f)).toBe(true);
     r3();

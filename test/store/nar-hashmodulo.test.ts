@@ -17,7 +17,13 @@ import { CA_NIX_CONFIG, caExpression } from '../fixtures/store/ca.js';
 import { nixEnv, nixOk, tempDir } from '../helpers/nix.js';
 
 const FIX = path.join(import.meta.dirname, '..', 'fixtures', 'store');
-interface CaInfo { path: string; ca: string; narHash: string; narSize: number; references: string[] }
+interface CaInfo {
+  path: string;
+  ca: string;
+  narHash: string;
+  narSize: number;
+  references: string[];
+}
 const golden = JSON.parse(readFileSync(path.join(FIX, 'ca.json'), 'utf8')) as (CaInfo & { file: string })[];
 
 /** Everything we can derive from the NAR of a CA output, checked against Nix's path info. */
@@ -63,14 +69,20 @@ describe('HashModulo and CA paths (goldens from Nix 2.8 ca-derivations builds)',
 
 describe.skipIf(!nixOk())('HashModulo against live Nix CA builds', () => {
   it('random payloads', async () => {
-    const payloads = fc.sample(fc.string({ unit: fc.constantFrom('a', 'b', '0', ' ', '/', '-', 'é', 'z'), minLength: 1, maxLength: 30 }), { numRuns: 2, seed: 99 });
+    const payloads = fc.sample(fc.string({ unit: fc.constantFrom('a', 'b', '0', ' ', '/', '-', 'é', 'z'), minLength: 1, maxLength: 30 }), {
+      numRuns: 2,
+      seed: 99,
+    });
     for (const payload of payloads) {
       const dir = tempDir();
       const file = path.join(dir, 'ca.nix');
       writeFileSync(file, caExpression(payload));
       const env = nixEnv({ NIX_CONFIG: CA_NIX_CONFIG });
       const root = path.join(dir, 'root');
-      const outs = execFileSync('nix-build', ['--store', root, file, '--no-out-link'], { env, stdio: ['ignore', 'pipe', 'pipe'] }).toString().trim().split('\n');
+      const outs = execFileSync('nix-build', ['--store', root, file, '--no-out-link'], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+        .toString()
+        .trim()
+        .split('\n');
       const infos = JSON.parse(execFileSync('nix', ['path-info', '--store', root, '--json', ...outs], { env }).toString()) as CaInfo[];
       expect(infos).toHaveLength(3);
       for (const info of infos) await checkAgainstNix(info, await collect(dumpPath(path.join(root, info.path))));

@@ -10,13 +10,32 @@ import fc from 'fast-check';
 import { BadNarError, StoreError } from '../../src/store/errors.js';
 import { Hash } from '../../src/store/hash.js';
 import {
-  collect, dumpPath, dumpPathTo, hashNar, hashPath, narOfRegularFile, narString, parseNar, restorePath, streamOf, teeHash, validatingSink,
+  collect,
+  dumpPath,
+  dumpPathTo,
+  hashNar,
+  hashPath,
+  narOfRegularFile,
+  narString,
+  parseNar,
+  restorePath,
+  streamOf,
+  teeHash,
+  validatingSink,
 } from '../../src/store/nar.js';
 import { TREES, buildTree, type TreeNode } from '../fixtures/store/trees.js';
 import { nixEnv, nixOk, tempDir } from '../helpers/nix.js';
 
 const FIX = path.join(import.meta.dirname, '..', 'fixtures', 'store');
-const golden = JSON.parse(readFileSync(path.join(FIX, 'nar.json'), 'utf8')) as { tree: string; size: number; sha256: string; md5: string; sha1: string; sha512: string; file?: string }[];
+const golden = JSON.parse(readFileSync(path.join(FIX, 'nar.json'), 'utf8')) as {
+  tree: string;
+  size: number;
+  sha256: string;
+  md5: string;
+  sha1: string;
+  sha512: string;
+  file?: string;
+}[];
 
 /** Feed a buffer in chunks of the given sizes (cycled). */
 async function* chunked(b: Buffer, sizes: number[]): AsyncGenerator<Uint8Array> {
@@ -35,7 +54,10 @@ function snapshot(root: string): Record<string, string> {
     const st = lstatSync(p);
     if (st.isSymbolicLink()) out[rel] = `link ${readlinkSync(p)}`;
     else if (st.isFile()) out[rel] = `file ${st.mode & 0o100 ? 'x' : '-'} ${Hash.of('sha256', readFileSync(p)).base32}`;
-    else { out[rel] = 'dir'; for (const n of readdirSync(p)) walk(path.join(p, n), rel ? `${rel}/${n}` : n); }
+    else {
+      out[rel] = 'dir';
+      for (const n of readdirSync(p)) walk(path.join(p, n), rel ? `${rel}/${n}` : n);
+    }
   };
   walk(root, '');
   return out;
@@ -58,7 +80,9 @@ describe('NAR goldens from nix-store --dump and nix-hash', () => {
       expect((await hashPath(p, 'sha1')).hash.base16).toBe(g.sha1);
       expect((await hashPath(p, 'sha512')).hash.base16).toBe(g.sha512);
       const viaSink: Buffer[] = [];
-      await dumpPathTo(p, (c) => { viaSink.push(Buffer.from(c)); });
+      await dumpPathTo(p, (c) => {
+        viaSink.push(Buffer.from(c));
+      });
       expect(Buffer.concat(viaSink).equals(nar)).toBe(true);
     });
   }
@@ -97,7 +121,10 @@ describe('NAR goldens from nix-store --dump and nix-hash', () => {
     const p = path.join(dir, 'early-stop');
     buildTree(p, TREES['large']!.root);
     let n = 0;
-    for await (const chunk of dumpPath(p)) { n += chunk.length; if (n > 3 << 20) break; }
+    for await (const chunk of dumpPath(p)) {
+      n += chunk.length;
+      if (n > 3 << 20) break;
+    }
     expect(n).toBeGreaterThan(3 << 20);
   });
 });
@@ -133,7 +160,11 @@ describe('NAR restore', () => {
   it('canonical restore: same tree and NAR, canonical metadata, also under a restrictive umask', async () => {
     for (const g of golden.filter((x) => x.file)) {
       const nar = readFileSync(path.join(FIX, g.file!));
-      for (const [sizes, mask] of [[[nar.length], undefined], [[7, 13, 1], 0o077], [[nar.length], 0o277]] as const) {
+      for (const [sizes, mask] of [
+        [[nar.length], undefined],
+        [[7, 13, 1], 0o077],
+        [[nar.length], 0o277],
+      ] as const) {
         const target = path.join(tempDir(), 'out');
         const old = mask !== undefined ? process.umask(mask) : undefined;
         try {
@@ -204,7 +235,11 @@ const symlink = (target: string) => cat('(', 'type', 'symlink', 'target', target
 const entry = (name: string | Buffer, node: Buffer) => cat('entry', '(', 'name', S(name), 'node', node, ')');
 const directory = (...entries: Buffer[]) => cat('(', 'type', 'directory', ...entries, ')');
 const nar = (node: Buffer) => Buffer.concat([MAGIC, node]);
-function u64(n: bigint): Buffer { const b = Buffer.alloc(8); b.writeBigUInt64LE(n); return b; }
+function u64(n: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(n);
+  return b;
+}
 
 const VALID = nar(directory(entry('a', file('hello')), entry('b', symlink('a')), entry('c', directory(entry('d', file('x', true))))));
 
@@ -239,8 +274,20 @@ const hostile: Record<string, Buffer> = {
   'huge string length': Buffer.concat([MAGIC, u64(2n ** 40n)]),
   'contents longer than the stream': Buffer.concat([MAGIC, cat('(', 'type', 'regular', 'contents'), u64(1000n), Buffer.from('short')]),
   'name longer than 255 bytes': nar(directory(entry('n'.repeat(256), file('1')))),
-  'deeply nested': nar((() => { let n = file('x'); for (let i = 0; i < 3000; i++) n = directory(entry('d', n)); return n; })()),
-  'too long for the file system': nar((() => { let n = file('x'); for (let i = 0; i < 40; i++) n = directory(entry('d'.repeat(200), n)); return n; })()),
+  'deeply nested': nar(
+    (() => {
+      let n = file('x');
+      for (let i = 0; i < 3000; i++) n = directory(entry('d', n));
+      return n;
+    })(),
+  ),
+  'too long for the file system': nar(
+    (() => {
+      let n = file('x');
+      for (let i = 0; i < 40; i++) n = directory(entry('d'.repeat(200), n));
+      return n;
+    })(),
+  ),
   'symlink target too long': nar(symlink('x'.repeat(5000))),
   'garbage token where entry expected': nar(cat('(', 'type', 'directory', 'entri', ')')),
 };
@@ -250,7 +297,10 @@ async function restoreHostile(data: Buffer, sizes: number[] = [data.length || 1]
   const parent = tempDir();
   const sentinel = path.join(parent, 'sentinel');
   writeFileSync(sentinel, 'untouched');
-  const err = await restorePath(path.join(parent, 'target'), chunked(data, sizes), { canonical, batch }).then(() => undefined, (e: unknown) => e);
+  const err = await restorePath(path.join(parent, 'target'), chunked(data, sizes), { canonical, batch }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   expect(readdirSync(parent)).toEqual(['sentinel']);
   expect(readFileSync(sentinel, 'utf8')).toBe('untouched');
   return err;
@@ -289,7 +339,10 @@ describe('hostile NARs', () => {
       const bad = Buffer.from(VALID);
       bad[i] = v;
       const target = path.join(parent, `t${i}`);
-      const err = await restorePath(target, streamOf(bad)).then(() => undefined, (e: unknown) => e);
+      const err = await restorePath(target, streamOf(bad)).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       if (err) expect(err, `byte ${i} = ${v}`).toBeInstanceOf(BadNarError);
       expect(existsSync(target)).toBe(!err);
     }
@@ -313,7 +366,14 @@ const treeArb: fc.Arbitrary<TreeNode> = fc.letrec<{ node: TreeNode }>((tie) => (
     { depthSize: 'small', withCrossShrink: true },
     fc.record({ type: fc.constant('file' as const), contents: fc.string({ maxLength: 40 }), mode: fc.constantFrom(0o644, 0o755, 0o600, 0o700) }),
     fc.record({ type: fc.constant('symlink' as const), target: fc.stringMatching(/^[a-z./]{1,12}$/) }),
-    fc.record({ type: fc.constant('dir' as const), entries: fc.dictionary(fc.stringMatching(/^[A-Za-z0-9 ._ä-]{1,8}$/).filter((n) => n !== '.' && n !== '..'), tie('node'), { maxKeys: 4 }) }),
+    fc.record({
+      type: fc.constant('dir' as const),
+      entries: fc.dictionary(
+        fc.stringMatching(/^[A-Za-z0-9 ._ä-]{1,8}$/).filter((n) => n !== '.' && n !== '..'),
+        tie('node'),
+        { maxKeys: 4 },
+      ),
+    }),
   ),
 })).node;
 
@@ -336,7 +396,15 @@ describe.skipIf(!nixOk())('NAR against live nix-store', () => {
     }
   });
   it('real Nix rejects the hostile archives we reject (spot check)', () => {
-    for (const name of ['duplicate entries', 'name with a slash', 'name ..', 'name .', 'bad magic', 'non-zero padding after contents', 'non-zero padding in a token']) {
+    for (const name of [
+      'duplicate entries',
+      'name with a slash',
+      'name ..',
+      'name .',
+      'bad magic',
+      'non-zero padding after contents',
+      'non-zero padding in a token',
+    ]) {
       const d = tempDir();
       const r = spawnSync('nix-store', ['--restore', path.join(d, 'x')], { env: nixEnv(), input: hostile[name] });
       expect(r.status, name).not.toBe(0);

@@ -12,7 +12,9 @@ import { LocalStore } from '../../src/store/local-store.js';
 import { nix, nixOk, removeTreeSync, runNix, tempDir } from '../helpers/nix.js';
 
 const dirs: string[] = [];
-afterAll(() => { for (const d of dirs) removeTreeSync(d); });
+afterAll(() => {
+  for (const d of dirs) removeTreeSync(d);
+});
 const nonce = `${process.pid}-${Date.now()}`;
 
 /** A source tree with duplicates inside and across trees: same bytes, executable or not, symlinks, empty files. */
@@ -35,7 +37,10 @@ function inodeGroups(realStoreDir: string): Record<string, string> {
   const byIno = new Map<number, string[]>();
   const walk = (p: string, rel: string) => {
     const st = lstatSync(p);
-    if (st.isDirectory()) { for (const n of readdirSync(p).sort()) walk(path.join(p, n), `${rel}/${n}`); return; }
+    if (st.isDirectory()) {
+      for (const n of readdirSync(p).sort()) walk(path.join(p, n), `${rel}/${n}`);
+      return;
+    }
     let l = byIno.get(st.ino);
     if (!l) byIno.set(st.ino, (l = []));
     l.push(rel);

@@ -6,15 +6,29 @@ import { compressStream, decompressStream, DecompressionError } from '../../src/
 
 const data = Buffer.concat([randomBytes(100_000), Buffer.from('abc'.repeat(150_000)), randomBytes(1000)]);
 const tools: Record<string, [string[], string[]]> = {
-  xz: [['xz', '-c'], ['xz', '-dc']],
-  zstd: [['zstd', '-c', '-q'], ['zstd', '-dc', '-q']],
-  gzip: [['gzip', '-c'], ['gzip', '-dc']],
-  bzip2: [['bzip2', '-c'], ['bzip2', '-dc']],
+  xz: [
+    ['xz', '-c'],
+    ['xz', '-dc'],
+  ],
+  zstd: [
+    ['zstd', '-c', '-q'],
+    ['zstd', '-dc', '-q'],
+  ],
+  gzip: [
+    ['gzip', '-c'],
+    ['gzip', '-dc'],
+  ],
+  bzip2: [
+    ['bzip2', '-c'],
+    ['bzip2', '-dc'],
+  ],
 };
 const sh = (cmd: string[], input: Buffer) => execFileSync(cmd[0]!, cmd.slice(1), { input, maxBuffer: 1 << 28 });
 
 function chunks(b: Buffer, size: number): AsyncIterable<Uint8Array> {
-  return (async function* () { for (let i = 0; i < b.length; i += size) yield b.subarray(i, i + size); })();
+  return (async function* () {
+    for (let i = 0; i < b.length; i += size) yield b.subarray(i, i + size);
+  })();
 }
 
 describe('NAR compression', () => {
@@ -42,14 +56,21 @@ describe('NAR compression', () => {
 
   it('passes source errors through unchanged', async () => {
     const boom = new Error('source failed');
-    const src = (async function* () { yield sh(tools.xz![0], data).subarray(0, 100); throw boom; })();
+    const src = (async function* () {
+      yield sh(tools.xz![0], data).subarray(0, 100);
+      throw boom;
+    })();
     expect(await collect(decompressStream('xz', src)).catch((e: unknown) => e)).toBe(boom);
   });
 
   it('bzip2: an aborted signal stops the decompressor', async () => {
     const ac = new AbortController();
     const z = sh(tools.bzip2![0], data);
-    const src = (async function* () { yield z.subarray(0, 1000); await new Promise((r) => setTimeout(r, 200)); yield z.subarray(1000); })();
+    const src = (async function* () {
+      yield z.subarray(0, 1000);
+      await new Promise((r) => setTimeout(r, 200));
+      yield z.subarray(1000);
+    })();
     setTimeout(() => ac.abort(), 50);
     const err = await collect(decompressStream('bzip2', src, { signal: ac.signal })).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(Error);

@@ -18,7 +18,10 @@ export type SubstituterFactory = (opts: SubstituterFactoryOptions) => Promise<Su
 const MISSING = '/nix/store/00000000000000000000000000000000-missing';
 
 async function expectCode(p: Promise<unknown>, code: string): Promise<SubstituterError> {
-  const e = await p.then(() => undefined, (err: unknown) => err);
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
   expect(e, `expected a SubstituterError '${code}'`).toBeInstanceOf(SubstituterError);
   expect((e as SubstituterError).code).toBe(code);
   return e as SubstituterError;
@@ -29,7 +32,11 @@ export function substituterConformance(name: string, make: SubstituterFactory): 
     let sub: Substituter;
     let store: FakeStore & Store;
     const opened: Substituter[] = [];
-    const open = async (o: SubstituterFactoryOptions) => { const s = await make(o); opened.push(s); return s; };
+    const open = async (o: SubstituterFactoryOptions) => {
+      const s = await make(o);
+      opened.push(s);
+      return s;
+    };
 
     beforeEach(async () => {
       sub = await open({ trustedPublicKeys: [PUBLIC_KEY] });
@@ -70,7 +77,13 @@ export function substituterConformance(name: string, make: SubstituterFactory): 
       const m = await sub.queryPathInfos(ALL_PATHS);
       for (const info of m.values()) {
         let last: [number, number] | undefined;
-        const { hash, size } = await hashNar(sub.fetchNar(info, { onProgress: (d, e) => { last = [d, e]; } }));
+        const { hash, size } = await hashNar(
+          sub.fetchNar(info, {
+            onProgress: (d, e) => {
+              last = [d, e];
+            },
+          }),
+        );
         expect(hash.equals(info.narHash)).toBe(true);
         expect(size).toBe(info.narSize);
         expect(last).toEqual([info.downloadSize, info.downloadSize]);

@@ -32,9 +32,15 @@ export class FakeStore implements Partial<Store> {
     return this.realStoreDir + p.slice(this.storeDir.length);
   }
 
-  async isValidPath(p: StorePath): Promise<boolean> { return this.infos.has(p); }
-  async queryValidPaths(ps: Iterable<StorePath>): Promise<Set<StorePath>> { return new Set([...ps].filter((p) => this.infos.has(p))); }
-  async queryPathInfo(p: StorePath): Promise<PathInfo | undefined> { return this.infos.get(p); }
+  async isValidPath(p: StorePath): Promise<boolean> {
+    return this.infos.has(p);
+  }
+  async queryValidPaths(ps: Iterable<StorePath>): Promise<Set<StorePath>> {
+    return new Set([...ps].filter((p) => this.infos.has(p)));
+  }
+  async queryPathInfo(p: StorePath): Promise<PathInfo | undefined> {
+    return this.infos.get(p);
+  }
 
   async computeClosure(ps: Iterable<StorePath>): Promise<Set<StorePath>> {
     const out = new Set<StorePath>();
@@ -59,7 +65,10 @@ export class FakeStore implements Partial<Store> {
     const tmp = path.join(this.realStoreDir, `.tmp-${process.pid}-${++n}`);
     const sink = new HashSink('sha256');
     async function* hashed() {
-      for await (const c of nar) { sink.update(c); yield c; }
+      for await (const c of nar) {
+        sink.update(c);
+        yield c;
+      }
     }
     try {
       await restorePath(tmp, hashed());

@@ -16,7 +16,14 @@ export const OTHER_PUBLIC_KEY = readFileSync(path.join(FIXTURES, 'other-cache-1.
 
 export const ROOTS = JSON.parse(readFileSync(path.join(FIXTURES, 'roots.json'), 'utf8')) as { top: StorePath; src: StorePath };
 
-export interface NixPathInfo { path: StorePath; narHash: string; narSize: number; references: StorePath[]; deriver?: StorePath; ca?: string }
+export interface NixPathInfo {
+  path: StorePath;
+  narHash: string;
+  narSize: number;
+  references: StorePath[];
+  deriver?: StorePath;
+  ca?: string;
+}
 export const PATH_INFOS: NixPathInfo[] = JSON.parse(readFileSync(path.join(FIXTURES, 'path-info.json'), 'utf8'));
 export const PATH_INFO = new Map(PATH_INFOS.map((p) => [p.path, p]));
 export const ALL_PATHS = PATH_INFOS.map((p) => p.path).sort();
@@ -45,7 +52,10 @@ export function cacheUrl(compression: string): string {
 
 export function narInfos(compression: string): NarInfo[] {
   const dir = cacheDir(compression);
-  return readdirSync(dir).filter((f) => f.endsWith('.narinfo')).sort().map((f) => parseNarInfo(readFileSync(path.join(dir, f), 'utf8')));
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.narinfo'))
+    .sort()
+    .map((f) => parseNarInfo(readFileSync(path.join(dir, f), 'utf8')));
 }
 
 /** The uncompressed NAR of a path, from the `none` cache. */

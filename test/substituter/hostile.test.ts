@@ -22,7 +22,10 @@ const B = order.find((p) => p.endsWith('-b.txt'))!;
 const DEP = order.find((p) => p.endsWith('-dep'))!;
 
 async function code(p: Promise<unknown>): Promise<string> {
-  const e = await p.then(() => undefined, (err: unknown) => err);
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
   if (!(e instanceof SubstituterError)) throw new Error(`expected a SubstituterError, got ${String(e)}`);
   return e.code;
 }
@@ -40,7 +43,9 @@ describe('hostile binary caches', () => {
   };
   const info = async (p: string) => (await sub.queryPathInfos([p])).get(p)!;
   /** Substitute the CA dependencies a.txt and b.txt of dep (both fine). */
-  const depsOfDep = async () => { for (const p of [A, B]) await substitutePath(store, sub, await info(p)); };
+  const depsOfDep = async () => {
+    for (const p of [A, B]) await substitutePath(store, sub, await info(p));
+  };
   const expectNothingMoreThan = async (valid: string[]) => {
     expect([...store.infos.keys()].sort()).toEqual([...valid].sort());
     expect(await store.listing()).toEqual(store.validBaseNames());
@@ -104,7 +109,13 @@ describe('hostile binary caches', () => {
     expect(at).toBeGreaterThan(0);
     evilNar.write('hellx\n', at);
     const writer = await BinaryCacheWriter.open(pathToFileURL(dir).href, { storeDir: '/nix/store' });
-    const written = await writer.addPath({ path: A, narHash: Hash.of('sha256', evilNar), narSize: evilNar.length, references: [], ca: ni.ca }, (async function* () { yield evilNar; })(), { compression: 'xz' });
+    const written = await writer.addPath(
+      { path: A, narHash: Hash.of('sha256', evilNar), narSize: evilNar.length, references: [], ca: ni.ca },
+      (async function* () {
+        yield evilNar;
+      })(),
+      { compression: 'xz' },
+    );
     expect(written.sigs).toEqual([]);
     const s = new BinaryCacheSubstituter(pathToFileURL(dir).href, { trustedPublicKeys: [] });
     expect(await code(substitutePath(store, s, (await s.queryPathInfos([A])).get(A)!))).toBe('ca-mismatch');
@@ -117,12 +128,57 @@ describe('hostile binary caches', () => {
     const nars = [
       t('nix-archive-1', '(', 'type', 'directory', 'entry', '(', 'name', '..', 'node', '(', 'type', 'regular', 'contents', 'pwned', ')', ')', ')'),
       t('nix-archive-1', '(', 'type', 'directory', 'entry', '(', 'name', '../../escaped', 'node', '(', 'type', 'regular', 'contents', 'pwned', ')', ')', ')'),
-      t('nix-archive-1', '(', 'type', 'directory', 'entry', '(', 'name', 'l', 'node', '(', 'type', 'symlink', 'target', '/tmp', ')', ')',
-        'entry', '(', 'name', 'l', 'node', '(', 'type', 'directory', 'entry', '(', 'name', 'x', 'node', '(', 'type', 'regular', 'contents', 'pwned', ')', ')', ')', ')', ')'),
+      t(
+        'nix-archive-1',
+        '(',
+        'type',
+        'directory',
+        'entry',
+        '(',
+        'name',
+        'l',
+        'node',
+        '(',
+        'type',
+        'symlink',
+        'target',
+        '/tmp',
+        ')',
+        ')',
+        'entry',
+        '(',
+        'name',
+        'l',
+        'node',
+        '(',
+        'type',
+        'directory',
+        'entry',
+        '(',
+        'name',
+        'x',
+        'node',
+        '(',
+        'type',
+        'regular',
+        'contents',
+        'pwned',
+        ')',
+        ')',
+        ')',
+        ')',
+        ')',
+      ),
     ];
     const writer = await BinaryCacheWriter.open(pathToFileURL(dir).href, { storeDir: '/nix/store' });
     for (const nar of nars) {
-      await writer.addPath({ path: evilPath, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [] }, (async function* () { yield nar; })(), { compression: 'zstd', secretKey: SECRET_KEY });
+      await writer.addPath(
+        { path: evilPath, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [] },
+        (async function* () {
+          yield nar;
+        })(),
+        { compression: 'zstd', secretKey: SECRET_KEY },
+      );
       const s = new BinaryCacheSubstituter(pathToFileURL(dir).href, { trustedPublicKeys: [PUBLIC_KEY] });
       const i = (await s.queryPathInfos([evilPath])).get(evilPath)!;
       expect(i.compression).toBe('zstd');

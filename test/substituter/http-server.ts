@@ -4,11 +4,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
 
-export type Fault =
-  | { kind: 'status'; status: number }
-  | { kind: 'slow'; delayMs: number }
-  | { kind: 'truncate'; bytes: number }
-  | { kind: 'hang' };
+export type Fault = { kind: 'status'; status: number } | { kind: 'slow'; delayMs: number } | { kind: 'truncate'; bytes: number } | { kind: 'hang' };
 
 export interface CacheServer {
   readonly url: string;
@@ -41,10 +37,22 @@ export async function serveCache(dir: string): Promise<CacheServer> {
     if (fault?.kind === 'hang') return; // never answer
     if (fault?.kind === 'slow') await new Promise((r) => setTimeout(r, fault.delayMs));
     const file = path.join(dir, rel);
-    if (!file.startsWith(dir + path.sep)) { res.writeHead(403); res.end(); return; }
+    if (!file.startsWith(dir + path.sep)) {
+      res.writeHead(403);
+      res.end();
+      return;
+    }
     let st;
-    try { st = await fsp.stat(file); } catch { st = undefined; }
-    if (!st?.isFile()) { res.writeHead(404, { 'content-type': 'text/plain' }); res.end('not found\n'); return; }
+    try {
+      st = await fsp.stat(file);
+    } catch {
+      st = undefined;
+    }
+    if (!st?.isFile()) {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('not found\n');
+      return;
+    }
     res.writeHead(200, { 'content-length': String(st.size), 'content-type': 'application/octet-stream' });
     if (fault?.kind === 'truncate') {
       const data = await fsp.readFile(file);
@@ -54,17 +62,25 @@ export async function serveCache(dir: string): Promise<CacheServer> {
     createReadStream(file).pipe(res);
   }
 
-  const server = createServer((req, res) => { handle(req, res).catch(() => res.destroy()); });
+  const server = createServer((req, res) => {
+    handle(req, res).catch(() => res.destroy());
+  });
   server.keepAliveTimeout = 60_000;
-  server.on('connection', () => { connections++; });
+  server.on('connection', () => {
+    connections++;
+  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,
     requests,
     connections: () => connections,
-    fault(re, fault, times = Infinity) { rules.push({ re, fault, left: times }); },
-    clearFaults() { rules.length = 0; },
+    fault(re, fault, times = Infinity) {
+      rules.push({ re, fault, left: times });
+    },
+    clearFaults() {
+      rules.length = 0;
+    },
     async close() {
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));

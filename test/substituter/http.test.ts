@@ -17,7 +17,10 @@ const SRC = ROOTS.src;
 const missing = (i: number) => `/nix/store/${toNixBase32(Buffer.from(String(i).padStart(20, '0')))}-missing`;
 
 async function code(p: Promise<unknown>): Promise<string> {
-  const e = await p.then(() => undefined, (err: unknown) => err);
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
   if (!(e instanceof SubstituterError)) throw new Error(`expected a SubstituterError, got ${String(e)}`);
   return e.code;
 }
@@ -70,7 +73,9 @@ describe('BinaryCacheSubstituter over HTTP', () => {
     server.fault(/narinfo$/, { kind: 'status', status: 500 }, 1);
     expect((await make().queryPathInfos([SRC])).size).toBe(1);
     server.fault(/narinfo$/, { kind: 'status', status: 503 });
-    const e = await make({ retries: 2 }).queryPathInfos([SRC]).catch((x: SubstituterError) => x);
+    const e = await make({ retries: 2 })
+      .queryPathInfos([SRC])
+      .catch((x: SubstituterError) => x);
     expect((e as SubstituterError).code).toBe('network');
     expect((e as Error).message).toMatch(/HTTP error 503/);
     expect((e as Error).message).toContain(server.url);
@@ -109,7 +114,9 @@ describe('BinaryCacheSubstituter over HTTP', () => {
 
   it('a server that never answers times out as a network error', async () => {
     server.fault(/narinfo$/, { kind: 'hang' });
-    const e = await make({ retries: 0, timeoutMs: 300 }).queryPathInfos([SRC]).catch((x: unknown) => x);
+    const e = await make({ retries: 0, timeoutMs: 300 })
+      .queryPathInfos([SRC])
+      .catch((x: unknown) => x);
     expect((e as SubstituterError).code).toBe('network');
   });
 
@@ -160,8 +167,12 @@ describe('BinaryCacheSubstituter over HTTP', () => {
 
 describe('NarInfoCache', () => {
   let server: CacheServer;
-  beforeEach(async () => { server = await serveCache(copyCache('xz', path.join(tempDir('realise-nic-'), 'cache'))); });
-  afterEach(async () => { await server.close(); });
+  beforeEach(async () => {
+    server = await serveCache(copyCache('xz', path.join(tempDir('realise-nic-'), 'cache')));
+  });
+  afterEach(async () => {
+    await server.close();
+  });
   const count = (p: string) => server.requests.filter((r) => r === `${p.slice(11, 43)}.narinfo`).length;
 
   it('remembers positive and negative lookups in binary-cache-v6.sqlite, shared across substituters', async () => {
@@ -183,7 +194,11 @@ describe('NarInfoCache', () => {
     cache.close();
     // The file has Nix's tables, with one present and one absent row.
     const db = new Database(path.join(cacheDir, 'binary-cache-v6.sqlite'), { readonly: true });
-    const rows = db.prepare('select hashPart, present, namePart from NARs order by present').all() as { hashPart: string; present: number; namePart: string | null }[];
+    const rows = db.prepare('select hashPart, present, namePart from NARs order by present').all() as {
+      hashPart: string;
+      present: number;
+      namePart: string | null;
+    }[];
     expect(rows.map((r) => r.present)).toEqual([0, 1]);
     expect(rows[1]!.namePart).toBe('src');
     expect(db.prepare('select url from BinaryCaches').all()).toEqual([{ url: server.url }]);

@@ -26,7 +26,13 @@ async function fill(store: Store, url: string): Promise<void> {
 }
 
 function expectSameAsNix(root: string): void {
-  const infos = JSON.parse(nix('nix', ['path-info', '--store', root, '--json', '--recursive', ROOTS.top, ROOTS.src])) as { path: string; narHash: string; narSize: number; references: string[]; ca?: string }[];
+  const infos = JSON.parse(nix('nix', ['path-info', '--store', root, '--json', '--recursive', ROOTS.top, ROOTS.src])) as {
+    path: string;
+    narHash: string;
+    narSize: number;
+    references: string[];
+    ca?: string;
+  }[];
   expect(infos.map((i) => i.path).sort()).toEqual(ALL_PATHS);
   for (const i of infos) {
     const want = PATH_INFO.get(i.path)!;
@@ -74,7 +80,18 @@ describe.skipIf(!nixOk())('interop with real Nix 2.8', () => {
       expect(runNix('nix-store', ['--store', root, '--verify', '--check-contents']).status).toBe(0);
 
       const root2 = path.join(tempDir('realise-nixroot-'), 'root');
-      const r = runNix('nix-store', ['--store', root2, '--realise', ROOTS.top, '--option', 'substituters', ours[compression]!, '--option', 'trusted-public-keys', keys.publicKey]);
+      const r = runNix('nix-store', [
+        '--store',
+        root2,
+        '--realise',
+        ROOTS.top,
+        '--option',
+        'substituters',
+        ours[compression]!,
+        '--option',
+        'trusted-public-keys',
+        keys.publicKey,
+      ]);
       expect(r.stderr).not.toMatch(/error/);
       expect(r.status).toBe(0);
       expect(r.stdout.trim()).toBe(ROOTS.top);
@@ -83,7 +100,17 @@ describe.skipIf(!nixOk())('interop with real Nix 2.8', () => {
 
   it('real Nix refuses our cache without our public key (so the signature is what it checked)', () => {
     const root = path.join(tempDir('realise-nixroot-'), 'root');
-    const r = runNix('nix', ['copy', '--store', root, '--from', ours.xz!, '--option', 'trusted-public-keys', PUBLIC_KEY.replace('test-cache-1', 'realise-test-1'), ROOTS.top]);
+    const r = runNix('nix', [
+      'copy',
+      '--store',
+      root,
+      '--from',
+      ours.xz!,
+      '--option',
+      'trusted-public-keys',
+      PUBLIC_KEY.replace('test-cache-1', 'realise-test-1'),
+      ROOTS.top,
+    ]);
     expect(r.status).not.toBe(0);
     expect(r.stderr).toMatch(/lacks a valid signature|signature/);
   });

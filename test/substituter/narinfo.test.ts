@@ -4,14 +4,27 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Hash } from '../../src/store/hash.js';
 import {
-  BadNarInfoError, countValidSignatures, fingerprintOf, fingerprintPath, parseCacheInfo, parseNarInfo, printNarInfo, signPathInfo,
+  BadNarInfoError,
+  countValidSignatures,
+  fingerprintOf,
+  fingerprintPath,
+  parseCacheInfo,
+  parseNarInfo,
+  printNarInfo,
+  signPathInfo,
 } from '../../src/substituter/narinfo.js';
 import {
-  BadKeyError, checkSignature, generateKeyPair, parsePublicKey, parseSecretKey, publicKeyMap, publicKeyOf, signDetached, verifyDetached,
+  BadKeyError,
+  checkSignature,
+  generateKeyPair,
+  parsePublicKey,
+  parseSecretKey,
+  publicKeyMap,
+  publicKeyOf,
+  signDetached,
+  verifyDetached,
 } from '../../src/substituter/signatures.js';
-import {
-  cacheDir, COMPRESSIONS_WRITTEN_BY_NIX, narInfos, OTHER_PUBLIC_KEY, PATH_INFO, PUBLIC_KEY, ROOTS, SECRET_KEY,
-} from './fixtures.js';
+import { cacheDir, COMPRESSIONS_WRITTEN_BY_NIX, narInfos, OTHER_PUBLIC_KEY, PATH_INFO, PUBLIC_KEY, ROOTS, SECRET_KEY } from './fixtures.js';
 
 describe('narinfo goldens from real Nix 2.8', () => {
   for (const c of COMPRESSIONS_WRITTEN_BY_NIX) {
@@ -55,7 +68,12 @@ describe('narinfo goldens from real Nix 2.8', () => {
     const ni = narInfos('xz').find((n) => n.storePath.endsWith('-top'))!;
     const fp = fingerprintOf(ni);
     expect(fp).toBe(`1;${ni.storePath};${ni.narHash.toString('base32', true)};${ni.narSize};${ni.references.join(',')}`);
-    expect(fp.split(';')[4]!.split(',').every((r) => r.startsWith('/nix/store/'))).toBe(true);
+    expect(
+      fp
+        .split(';')[4]!
+        .split(',')
+        .every((r) => r.startsWith('/nix/store/')),
+    ).toBe(true);
     expect(() => fingerprintPath(ni.storePath, Hash.of('sha1', 'x'), 1, [])).toThrow(BadNarInfoError);
   });
 
@@ -85,7 +103,11 @@ describe('narinfo goldens from real Nix 2.8', () => {
 describe('narinfo parsing of bad input', () => {
   const good = readFileSync(path.join(cacheDir('xz'), `${ROOTS.top.slice(11, 43)}.narinfo`), 'utf8');
   const replace = (field: string, value: string | null) =>
-    good.split('\n').map((l) => (l.startsWith(field + ':') ? (value === null ? null : `${field}: ${value}`) : l)).filter((l) => l !== null).join('\n');
+    good
+      .split('\n')
+      .map((l) => (l.startsWith(field + ':') ? (value === null ? null : `${field}: ${value}`) : l))
+      .filter((l) => l !== null)
+      .join('\n');
 
   const cases: [string, string, RegExp][] = [
     ['no StorePath', replace('StorePath', null), /no StorePath/],
@@ -114,7 +136,11 @@ describe('narinfo parsing of bad input', () => {
   for (const [what, text, re] of cases) {
     it(`refuses a narinfo with ${what}`, () => {
       let err: unknown;
-      try { parseNarInfo(text, { whence: 'https://c/x.narinfo' }); } catch (e) { err = e; }
+      try {
+        parseNarInfo(text, { whence: 'https://c/x.narinfo' });
+      } catch (e) {
+        err = e;
+      }
       expect(err).toBeInstanceOf(BadNarInfoError);
       expect((err as BadNarInfoError).code).toBe('bad-narinfo');
       expect((err as Error).message).toMatch(re);
@@ -130,24 +156,36 @@ describe('narinfo parsing of bad input', () => {
   });
 
   it('never throws anything but BadNarInfoError on arbitrary input (fuzz)', () => {
-    const lines = fc.array(fc.oneof(
-      fc.constantFrom(...good.split('\n')),
-      fc.tuple(fc.constantFrom('StorePath', 'URL', 'NarHash', 'NarSize', 'References', 'Sig', 'CA', 'FileSize', 'Deriver', 'Compression'), fc.string()).map(([k, v]) => `${k}: ${v}`),
-      fc.string(),
-    ), { maxLength: 14 });
-    fc.assert(fc.property(lines, (ls) => {
-      try {
-        const ni = parseNarInfo(ls.join('\n'));
-        expect(parseNarInfo(printNarInfo(ni))).toEqual(ni);
-      } catch (e) {
-        if (!(e instanceof BadNarInfoError)) throw e;
-      }
-    }), { numRuns: 1500 });
+    const lines = fc.array(
+      fc.oneof(
+        fc.constantFrom(...good.split('\n')),
+        fc
+          .tuple(fc.constantFrom('StorePath', 'URL', 'NarHash', 'NarSize', 'References', 'Sig', 'CA', 'FileSize', 'Deriver', 'Compression'), fc.string())
+          .map(([k, v]) => `${k}: ${v}`),
+        fc.string(),
+      ),
+      { maxLength: 14 },
+    );
+    fc.assert(
+      fc.property(lines, (ls) => {
+        try {
+          const ni = parseNarInfo(ls.join('\n'));
+          expect(parseNarInfo(printNarInfo(ni))).toEqual(ni);
+        } catch (e) {
+          if (!(e instanceof BadNarInfoError)) throw e;
+        }
+      }),
+      { numRuns: 1500 },
+    );
   });
 
   it('parses nix-cache-info', () => {
     expect(parseCacheInfo('StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n')).toEqual({ storeDir: '/nix/store', wantMassQuery: true, priority: 40 });
-    expect(parseCacheInfo(readFileSync(path.join(cacheDir('xz'), 'nix-cache-info'), 'utf8'))).toEqual({ storeDir: '/nix/store', wantMassQuery: undefined, priority: undefined });
+    expect(parseCacheInfo(readFileSync(path.join(cacheDir('xz'), 'nix-cache-info'), 'utf8'))).toEqual({
+      storeDir: '/nix/store',
+      wantMassQuery: undefined,
+      priority: undefined,
+    });
     expect(() => parseCacheInfo('Priority: high')).toThrow(BadNarInfoError);
   });
 });

@@ -76,7 +76,9 @@ describe('copyToBinaryCache', () => {
     const dir = path.join(tempDir('realise-writer-cache-'), 'c');
     await copyToBinaryCache(store, [ROOTS.src], pathToFileURL(dir).href);
     writeFileSync(path.join(dir, 'nix-cache-info'), 'StoreDir: /gnu/store\n');
-    await expect(copyToBinaryCache(store, [ROOTS.src], pathToFileURL(dir).href, { overwrite: true })).rejects.toThrow(/is for Nix stores with prefix '\/gnu\/store'/);
+    await expect(copyToBinaryCache(store, [ROOTS.src], pathToFileURL(dir).href, { overwrite: true })).rejects.toThrow(
+      /is for Nix stores with prefix '\/gnu\/store'/,
+    );
     await expect(copyToBinaryCache(store, [ROOTS.src], 'https://cache.example.org')).rejects.toBeInstanceOf(SubstituterError);
   });
 });

@@ -21,9 +21,15 @@ import { PUBLIC_KEY, SECRET_KEY } from './fixtures.js';
 /** Compressible but distinct contents of `n` bytes. */
 function contents(seed: number, n: number): Buffer {
   const b = Buffer.allocUnsafe(n);
-  let x = seed * 2654435761 >>> 0 || 1;
+  let x = (seed * 2654435761) >>> 0 || 1;
   for (let i = 0; i < n; i++) {
-    if (i % 64 === 0) { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; }
+    if (i % 64 === 0) {
+      x ^= x << 13;
+      x >>>= 0;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      x >>>= 0;
+    }
     b[i] = 97 + ((x >>> (i % 24)) & 7) + (i % 7);
   }
   return b;
@@ -37,14 +43,22 @@ for (let i = 0; i < N; i++) {
 }
 
 const stores: LocalStore[] = [];
-afterAll(async () => { for (const s of stores) await s.close(); });
+afterAll(async () => {
+  for (const s of stores) await s.close();
+});
 
 async function makeCache(): Promise<string> {
   const dir = tempDir();
   const w = await BinaryCacheWriter.open(pathToFileURL(dir).href, { storeDir: '/nix/store' });
   for (const p of paths) {
     const nar = narOfRegularFile(p.data);
-    await w.addPath({ path: p.path, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [] }, (async function* () { yield nar; })(), { compression: 'zstd', secretKey: SECRET_KEY });
+    await w.addPath(
+      { path: p.path, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [] },
+      (async function* () {
+        yield nar;
+      })(),
+      { compression: 'zstd', secretKey: SECRET_KEY },
+    );
   }
   return dir;
 }
@@ -60,9 +74,11 @@ describe('zstd from file:// caches into a LocalStore (decoder thread, reused buf
       expect(infos.size).toBe(N);
       expect([...infos.values()].every((i) => i.compression === 'zstd')).toBe(true);
       const queue = [...infos.values()];
-      await Promise.all(Array.from({ length: 6 }, async () => {
-        for (let i = queue.pop(); i; i = queue.pop()) await substitutePath(store, sub, i);
-      }));
+      await Promise.all(
+        Array.from({ length: 6 }, async () => {
+          for (let i = queue.pop(); i; i = queue.pop()) await substitutePath(store, sub, i);
+        }),
+      );
       for (const p of paths) {
         expect(await store.isValidPath(p.path)).toBe(true);
         expect(readFileSync(store.toRealPath(p.path)).equals(p.data), `${p.path} in round ${round}`).toBe(true);
