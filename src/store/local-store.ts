@@ -331,6 +331,28 @@ const TMP_SUFFIX = '-realise-tmp';
 export function isStoreTempDirName(name: string): boolean {
   return name.startsWith(TMP_PREFIX) || (name.length === 32 + TMP_SUFFIX.length && name.endsWith(TMP_SUFFIX) && isNixBase32(name.slice(0, 32)));
 }
+
+/**
+ * An open, flock-ed descriptor of the directory `dir` just created, or undefined when another process
+ * removed it before the lock was ours (it is gone, its lock is held, or the locked inode is no longer `dir`).
+ */
+function lockedDirFd(dir: string): number | undefined {
+  let fd: number;
+  try {
+    fd = openSync(dir, FS.O_RDONLY | FS.O_DIRECTORY);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+  try {
+    if (tryFlockFd(fd, dir) && fstatSync(fd).ino === lstatSync(dir, { throwIfNoEntry: false })?.ino) return fd;
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  closeSync(fd);
+  return undefined;
+}
 /** Paths optimiseStore works on at once. */
 const OPTIMISE_CONCURRENCY = 8;
 /** Paths per `IN (...)` statement in queryValidPaths. */
@@ -946,27 +968,27 @@ export class LocalStore implements Store {
 
   /**
    * A fresh `<random hash>-realise-tmp` directory in the real store dir, a temporary root (so collectors
-   * leave it alone), flock-ed for as long as we write into it.
+   * leave it alone), flock-ed for as long as we write into it. Between mkdir and flock another process's
+   * removeStaleTempDirs may take the (still free) lock and delete the directory: then the lock fails, or
+   * it is taken on a deleted directory (no longer the one at that name), and another name is tried.
    */
   private async makeTempDir(): Promise<{ dir: string; fd: number }> {
-    let dir: string;
-    for (;;) {
+    for (let attempt = 0; attempt < 100; attempt++) {
       const name = toNixBase32(randomBytes(20)) + TMP_SUFFIX;
       await this.addTempRoot(`${this.storeDir}/${name}`);
-      dir = path.join(this.realStoreDir, name);
+      const dir = path.join(this.realStoreDir, name);
       try {
         await fsp.mkdir(dir, { mode: 0o700 });
-        break;
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+        if ((e as NodeJS.ErrnoException).code === 'EEXIST') continue;
+        throw e;
       }
+      const fd = lockedDirFd(dir);
+      if (fd !== undefined) return { dir, fd };
     }
-    const fd = openSync(dir, FS.O_RDONLY | FS.O_DIRECTORY);
-    if (!tryFlockFd(fd, dir)) {
-      closeSync(fd);
-      throw new StoreError('lock-failed', `cannot lock the new temporary directory '${dir}'`);
-    }
-    return { dir, fd };
+    throw new StoreError('lock-failed', `cannot create and lock a temporary directory in '${this.realStoreDir}'`, {
+      hint: 'another process keeps removing the new directories; check what else sweeps this store directory',
+    });
   }
 
   /**

@@ -1,8 +1,9 @@
-import { describe, expect, it } from 'vitest';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { describe, expect, it, vi } from 'vitest';
+import { closeSync, existsSync, openSync, promises as fsp, readdirSync, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { isStoreTempDirName, LocalStore, defaultStoreRoot, resolveLayout } from '../../src/store/local-store.js';
+import { tryFlockFd } from '../../src/store/locks.js';
 import { storeConformance } from './conformance.js';
 import { tempDirs } from '../helpers/nix.js';
 
@@ -52,6 +53,45 @@ describe('LocalStore layout', () => {
     await s.close();
     expect(tmps()).toEqual([]);
     await s2.close();
+  });
+
+  it('a sweeper that takes a new temporary directory between its mkdir and its flock does not break the writer', async () => {
+    const root = tmp();
+    const s = await LocalStore.open({ root });
+    const sweeper = await LocalStore.open({ root });
+    const tmps = () => readdirSync(path.join(root, 'nix/store')).filter(isStoreTempDirName);
+    const mkdir = fsp.mkdir.bind(fsp);
+    const swept: string[] = [];
+    const held: number[] = [];
+    // First new directory: another process's removeStaleTempDirs deletes it (its lock is still free).
+    // Second: a sweeper holds its lock (about to delete it) when the writer tries to take it.
+    const spy = vi.spyOn(fsp, 'mkdir').mockImplementation(async (dir, opts) => {
+      const r = await mkdir(dir, opts);
+      if (!isStoreTempDirName(path.basename(String(dir)))) return r;
+      if (swept.length === 0) swept.push(...(await sweeper.removeStaleTempDirs()));
+      else if (held.length === 0) {
+        const fd = openSync(String(dir), 'r');
+        expect(tryFlockFd(fd, String(dir))).toBe(true);
+        held.push(fd);
+      }
+      return r;
+    });
+    try {
+      const p = await s.addTextToStore('a.txt', 'a');
+      expect(readFileSync(s.toRealPath(p), 'utf8')).toBe('a');
+    } finally {
+      spy.mockRestore();
+    }
+    expect(swept).toHaveLength(1);
+    expect(held).toHaveLength(1);
+    // the writer's own directory (the third) is there and locked; the sweeper's held one is left to it
+    expect(tmps()).toHaveLength(2);
+    for (const fd of held) closeSync(fd);
+    expect(await sweeper.removeStaleTempDirs()).toHaveLength(1);
+    expect(tmps()).toHaveLength(1);
+    await s.close();
+    expect(tmps()).toEqual([]);
+    await sweeper.close();
   });
 
   it('a plain store keeps contents at the logical paths', async () => {
