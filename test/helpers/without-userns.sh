@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
 # Run COMMAND as an ordinary user on a machine where user namespaces are unavailable, without changing the
-# machine: COMMAND runs inside a user namespace of its own (every id mapped to itself, so files and users
-# look as outside) whose user.max_user_namespaces is 0, so nothing in it can create another one (ENOSPC,
-# as with the sysctl set to 0 machine-wide). Root only.
+# machine. Root only.
 #
-#   test/helpers/without-userns.sh USER COMMAND [ARGS...]
+# - Default (the sysctl at 0): COMMAND runs inside a user namespace of its own (every id mapped to itself,
+#   so files and users look as outside) whose user.max_user_namespaces is 0, so nothing in it can create
+#   another one (ENOSPC, as with the sysctl set to 0 machine-wide).
+# - `--seccomp FILTER` (a container's seccomp profile): COMMAND runs under the classic BPF program in the
+#   file FILTER (installed by bubblewrap, which as root needs no namespace of its own for it), which refuses
+#   creating user namespaces with EPERM, as Docker's default profile does for an unprivileged process.
+#
+#   test/helpers/without-userns.sh [--seccomp FILTER] USER COMMAND [ARGS...]
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "without-userns: needs root" >&2; exit 2; }
+filter=
+if [ "${1:-}" = --seccomp ]; then filter=$2; shift 2; fi
 user=$1; shift
 id "$user" >/dev/null 2>&1 || useradd -m -s /bin/bash "$user"
+if [ -n "$filter" ]; then
+  # bwrap binds / onto itself (the same view) and keeps every capability so that setpriv can drop to the
+  # user; the filter stays on every process COMMAND starts.
+  exec bwrap --dev-bind / / --cap-add ALL --seccomp 3 -- setpriv --reuid="$user" --regid="$user" --init-groups -- "$@" 3<"$filter"
+fi
 fifo=$(mktemp -u)
 mkfifo -m 600 "$fifo"
 trap 'rm -f "$fifo"' EXIT
