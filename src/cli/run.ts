@@ -407,16 +407,26 @@ async function build(args: CliArgs, store: Store): Promise<number> {
   const failed: BuildResult[] = [];
   const printed = new Set<string>();
   // Failures of goals that are not targets are printed when they happen (Nix logs a goal's error then
-  // when another goal waits for it); the targets' own errors come at the end.
+  // when another goal waits for it); the targets' own errors come at the end. A failed build's error is
+  // printed with its build-finished, before its slot goes to the next build (as Nix's buildDone).
+  const printedBuilds = new Set<string>();
+  const printFailure = (path: string, result: BuildResult): void => {
+    if (topDrvs.has(path) || !result.errorMsg) return;
+    printed.add(result.errorMsg);
+    const { message, note } = failureLines({ path, result }, !display.showsLogs);
+    if (note) display.line(note);
+    display.line(formatError(message).trimEnd());
+  };
+  engine.on('build-finished', (e) => {
+    if (e.outcome !== 'failure' || !e.result) return;
+    printedBuilds.add(e.drvPath);
+    printFailure(e.drvPath, e.result);
+  });
   engine.on('goal-finished', (e) => {
     if (isSuccess(e.result.status) || e.result.status === 'stopped') return;
     failed.push(e.result);
-    if (e.kind === 'derivation' && !topDrvs.has(e.path) && e.result.errorMsg) {
-      printed.add(e.result.errorMsg);
-      const { message, note } = failureLines(e, !display.showsLogs);
-      if (note) display.line(note);
-      display.line(formatError(message).trimEnd());
-    }
+    // (The goal of a build whose failure was printed with its build-finished is not printed again.)
+    if (e.kind === 'derivation' && !printedBuilds.delete(e.path)) printFailure(e.path, e.result);
   });
   const ac = new AbortController();
   const stopCancelling = cancelOnInterrupt(() => ac.abort());

@@ -56,9 +56,11 @@ export interface EventPayloads {
   /** The outputs' locks a `build-waiting` waited for were taken (or the wait ended with the call). */
   'build-lock-acquired': { drvPath: StorePath };
   /**
-   * The builder of a `build-started` is done and its slot is free. `outcome`: the builder succeeded
-   * (its outputs are then registered: the derivation's result, with outputs or a rejection, is its
-   * `goal-finished`), failed (exit status, timeout, log limit, setup), or was stopped.
+   * The builder of a `build-started` is done and its slot is about to be freed. `outcome`: the builder
+   * succeeded (its outputs are then registered: the derivation's result, with outputs or a rejection, is
+   * its `goal-finished`), failed (exit status, timeout, log limit, setup), or was stopped. A failed build
+   * carries its failure in `result`, made before the slot is handed on (as Nix reports a failed build
+   * before it starts another).
    */
   'build-finished': { drvPath: StorePath; round: number; rounds: number; machine?: string; outcome: 'success' | 'failure' | 'stopped'; result?: BuildResult };
   /** `narUrl`: where the NAR is fetched from (the substituter's URI and the narinfo's URL). */

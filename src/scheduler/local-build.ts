@@ -302,7 +302,7 @@ interface ScratchOutputs {
   readonly rewrites: Map<string, string>;
 }
 
-/** How the builder's run ended, once its log is closed and its slot is free. */
+/** How the builder's run ended, once its log is closed. */
 interface BuilderRun {
   readonly exit: SandboxExit;
   /** The limit (time, silence, log size) that killed the builder. */
@@ -340,8 +340,7 @@ async function runOneRound(
       releaseSlot();
       return env;
     }
-    const run = await r.runBuilder(env.env, releaseSlot);
-    const failed = await r.classify(run);
+    const failed = await r.runBuilder(env.env, releaseSlot);
     if (failed) return failed;
     return await r.registerAndFinish(previous);
   } catch (e) {
@@ -455,11 +454,11 @@ class LocalRound {
   private announced = false;
   private finished = false;
 
-  /** The end of an announced build (once): `build-finished`, before its slot is freed. */
-  finishBuild(outcome: 'success' | 'failure' | 'stopped'): void {
+  /** The end of an announced build (once): `build-finished` (with the failure, when it failed), before its slot is freed. */
+  finishBuild(outcome: 'success' | 'failure' | 'stopped', result?: BuildResult): void {
     if (!this.announced || this.finished) return;
     this.finished = true;
-    this.w.ctx.emit('build-finished', { drvPath: this.view.drvPath, round: this.round, rounds: this.plan.rounds, outcome });
+    this.w.ctx.emit('build-finished', { drvPath: this.view.drvPath, round: this.round, rounds: this.plan.rounds, outcome, ...(result ? { result } : {}) });
   }
 
   constructor(
@@ -556,8 +555,11 @@ class LocalRound {
     return { kind: 'env', env };
   }
 
-  /** Run the builder under its limits; then free the slot and store the log. */
-  async runBuilder(env: Record<string, string>, releaseSlot: () => void): Promise<BuilderRun> {
+  /**
+   * Run the builder under its limits, then (still in the slot) classify its exit; then free the slot and
+   * store the log. Resolves with the round's failure, or undefined when the builder succeeded.
+   */
+  async runBuilder(env: Record<string, string>, releaseSlot: () => void): Promise<FailedRound | undefined> {
     const { w, view, plan, dir, outs } = this;
     const { store, options } = w.ctx;
     const limits = new RunLimits(options, `building of '${view.drvPath}!${plan.wanted ? [...plan.wanted].sort().join(',') : '*'}' from .drv file`);
@@ -597,12 +599,18 @@ class LocalRound {
     return this.afterExit(exit, limits.hit, releaseSlot);
   }
 
-  /** The builder has exited: what Nix does before it handles the next goal, then the log is stored. */
-  private async afterExit(exit: SandboxExit, limit: BuilderRun['limit'], releaseSlot: () => void): Promise<BuilderRun> {
+  /**
+   * The builder has exited: what Nix does in buildDone before its worker loop handles the next goal. A
+   * failed build is classified (its failure made, its outputs removed) and ends with `build-finished`
+   * carrying that failure before the slot is handed on, so the failure is reported before the next build
+   * starts; a successful one frees its slot at once (its outputs are registered outside the slot).
+   */
+  private async afterExit(exit: SandboxExit, limit: BuilderRun['limit'], releaseSlot: () => void): Promise<FailedRound | undefined> {
     const { w, view } = this;
     const drvPath = view.drvPath;
     let setupError: string | undefined;
     let stoppedOthers = false;
+    let failed: FailedRound | undefined;
     try {
       if (exit.kind === 'spawn-failed' && exit.execError) {
         // As Nix: the build environment was set up and only the exec failed, in the child; the build
@@ -621,19 +629,22 @@ class LocalRound {
         stoppedOthers = true;
         w.noteFailure(drvPath);
       }
-    } finally {
-      // The last (unterminated) log line, then the end of the build, then its slot is free: the events
-      // of a build bracket exactly its time in the slot.
+      // The last (unterminated) log line comes before the end of the build.
       this.log.end();
-      this.finishBuild(exit.kind === 'exited' && exit.code === 0 && !limit ? 'success' : w.signal.aborted && !stoppedOthers ? 'stopped' : 'failure');
+      failed = await this.classify({ exit, limit, setupError, stoppedOthers });
+    } finally {
+      // The end of the build, then its slot is free: the events of a build bracket exactly its time in the slot.
+      this.log.end();
+      const outcome = exit.kind === 'exited' && exit.code === 0 && !limit ? 'success' : w.signal.aborted && !stoppedOthers ? 'stopped' : 'failure';
+      this.finishBuild(outcome, failed?.result);
       releaseSlot();
       await w.ctx.store.addBuildLog(drvPath, this.log.text()).catch(() => {});
     }
-    return { exit, limit, setupError, stoppedOthers };
+    return failed;
   }
 
   /** A round whose builder did not succeed: its failure (or a throw: stopped, or a sandbox that could not be set up). */
-  async classify(run: BuilderRun): Promise<FailedRound | undefined> {
+  private async classify(run: BuilderRun): Promise<FailedRound | undefined> {
     const { w, view, plan } = this;
     const { store } = w.ctx;
     const { exit } = run;

@@ -269,6 +269,35 @@ describe('keepGoing', () => {
     expect(sb.started.map((r) => nameOf(r.drvPath))).toEqual([first]);
   });
 
+  it('on, one slot: a failed build ends with its failure before the next build takes its slot', async () => {
+    const sb = fake();
+    const a = await mkDrv('kgs-a');
+    const b = await mkDrv('kgs-b');
+    const engine = engineWith(sb, { maxJobs: 1, keepGoing: true });
+    const events: string[] = [];
+    engine.on('build-started', (e) => events.push(`started ${nameOf(e.drvPath)}`));
+    engine.on('build-finished', (e) => events.push(`finished ${nameOf(e.drvPath)} ${e.outcome} ${e.result?.failure?.message ?? '-'}`));
+    engine.on('goal-finished', (e) => events.push(`goal ${nameOf(e.path)} ${e.result.status}`));
+    const call = engine.buildPathsWithResults([a, b]);
+    const [first] = await sb.waitPending(1);
+    const firstName = nameOf(first!.request.drvPath);
+    const firstDrv = firstName === 'kgs-a' ? a : b;
+    first!.log('it broke\n');
+    await first!.finish(1);
+    const [second] = await sb.waitPending(1);
+    await second!.finish();
+    await call;
+    const secondName = firstName === 'kgs-a' ? 'kgs-b' : 'kgs-a';
+    // The failure (with its log tail, as the goal's result) comes with build-finished, before the next build starts.
+    expect(events.filter((e) => !e.startsWith('goal'))).toEqual([
+      `started ${firstName}`,
+      `finished ${firstName} failure builder for '${firstDrv}' failed with exit code 1`,
+      `started ${secondName}`,
+      `finished ${secondName} success -`,
+    ]);
+    expect(events).toContain(`goal ${firstName} permanent-failure`);
+  });
+
   it('on: independent builds go on, dependents of the failure are dependency-failed', async () => {
     const sb = fake();
     const bad = await mkDrv('kgo-bad');
