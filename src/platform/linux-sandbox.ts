@@ -4,7 +4,7 @@
  * The on-disk chroot (`<realStoreDir>/<drv>.chroot`, see chroot.ts) is made as Nix makes it; then one
  * of two backends enters private user, mount, pid, ipc, uts (and, unless `request.network`, net)
  * namespaces, bind-mounts the inputs read-only, pivots into the chroot and execs the builder:
- * - `'helper'`: a small C program (sandbox-helper-source.ts) compiled once with the system C compiler.
+ * - `'helper'`: a small C program (sandbox-helper.c) compiled once with the system C compiler.
  *   It reproduces Nix exactly (argv[0], /dev, devpts, pty output, capability bounding set, personality,
  *   RLIMIT_CORE), and is the faster one. Preferred.
  * - `'bwrap'`: Debian's bubblewrap, when no C compiler is available. Same isolation, with the visible

@@ -1,13 +1,13 @@
 /**
- * Build (once) and locate the sandbox helper: HELPER_SOURCE compiled with the system C compiler into
- * a cache directory, named by the hash of its source so that upgrades rebuild it.
+ * Build (once) and locate the sandbox helper: sandbox-helper.c (beside this module) compiled with the
+ * system C compiler into a cache directory, named by the hash of its source so that upgrades rebuild it.
+ * The helper does what Nix 2.8's startBuilder/runChild do on Linux, in one exec: namespaces, uid/gid
+ * maps, loopback, hostname, bind mounts, /proc, /dev/shm, a private devpts, pivot_root, seccomp,
+ * personality, RLIMIT_CORE, and the builder's output on a raw pseudoterminal.
  */
-import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { HELPER_SOURCE } from './sandbox-helper-source.js';
+import { C_WARNINGS, cachedBuildPath, compileCOnce, cSource, defaultHelperCacheDir } from './compile-c.js';
+
+export { defaultHelperCacheDir };
 
 export interface SandboxHelperOptions {
   /**
@@ -22,20 +22,17 @@ export interface SandboxHelperOptions {
   readonly cacheDir?: string;
 }
 
-export function defaultHelperCacheDir(): string {
-  const base = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
-  return path.join(base, 'realise');
-}
+/** The helper's C file, beside this module. */
+export const HELPER_SOURCE_FILE = 'sandbox-helper.c';
 
 /**
  * Compiler flags. Symbols are bound at start-up (`-z now`): every build runs in a process forked from
  * the resident server, which then neither resolves PLT entries nor copies GOT pages on first calls.
  */
-const CFLAGS = ['-O2', '-Wl,-z,now'];
+export const HELPER_CFLAGS: readonly string[] = ['-O2', ...C_WARNINGS, '-Wl,-z,now'];
 
 export function helperPath(cacheDir: string = defaultHelperCacheDir()): string {
-  const h = createHash('sha256').update(HELPER_SOURCE).update(process.arch).update(CFLAGS.join(' ')).digest('hex').slice(0, 16);
-  return path.join(cacheDir, `sandbox-helper-${h}`);
+  return cachedBuildPath(cacheDir, 'sandbox-helper', cSource(HELPER_SOURCE_FILE), HELPER_CFLAGS);
 }
 
 const pending = new Map<string, Promise<string>>();
@@ -44,7 +41,7 @@ const pending = new Map<string, Promise<string>>();
  * Path of the compiled helper, compiling it if needed. Rejects with the compiler's message when
  * there is no working C compiler.
  */
-export function ensureSandboxHelper(opts: SandboxHelperOptions = {}): Promise<string> {
+export async function ensureSandboxHelper(opts: SandboxHelperOptions = {}): Promise<string> {
   const dest = helperPath(opts.cacheDir);
   let p = pending.get(dest);
   if (!p) {
@@ -55,43 +52,6 @@ export function ensureSandboxHelper(opts: SandboxHelperOptions = {}): Promise<st
   return p;
 }
 
-/**
- * Compile `source` with `cc` into `dest` once (a cached build is reused): in a private directory next to
- * `dest`, then renamed into place, so concurrent compilers race harmlessly. `what` names it in the error.
- */
-export async function compileCOnce(
-  dest: string,
-  cc: string,
-  source: string,
-  cflags: readonly string[],
-  what: string,
-  mode = fs.constants.X_OK,
-): Promise<string> {
-  try {
-    fs.accessSync(dest, mode);
-    return dest;
-  } catch {
-    /* build it */
-  }
-  fs.mkdirSync(path.dirname(dest), { recursive: true });
-  const tmpDir = fs.mkdtempSync(path.join(path.dirname(dest), '.build-'));
-  try {
-    const src = path.join(tmpDir, 'source.c');
-    const bin = path.join(tmpDir, 'out');
-    fs.writeFileSync(src, source);
-    await new Promise<void>((resolve, reject) => {
-      execFile(cc, [...cflags, '-o', bin, src], { timeout: 60_000 }, (err, _stdout, stderr) => {
-        if (err) reject(new Error(`compiling ${what} with '${cc}' failed: ${stderr || err.message}`));
-        else resolve();
-      });
-    });
-    fs.renameSync(bin, dest);
-    return dest;
-  } finally {
-    fs.rmSync(tmpDir, { recursive: true, force: true });
-  }
-}
-
 function compile(dest: string, cc: string): Promise<string> {
-  return compileCOnce(dest, cc, HELPER_SOURCE, CFLAGS, 'the sandbox helper');
+  return compileCOnce(dest, cc, cSource(HELPER_SOURCE_FILE), HELPER_CFLAGS, 'the sandbox helper');
 }

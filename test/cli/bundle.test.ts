@@ -2,12 +2,13 @@
  * The bundled CLI (scripts/bundle-cli.mjs, what `npm run build` and `npm ci` make for bin/realise.js):
  * it runs, and its start-up loads no npm package a command may not need. Bundled here into a fresh
  * directory inside the checkout (so its external packages resolve from node_modules), not into dist/.
+ * A sandboxed build from it compiles the sandbox helper from the C source copied beside the chunks.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tempDir } from '../helpers/nix.js';
+import { nix, nixOk, removeTreeSync, tempDir } from '../helpers/nix.js';
 
 const ROOT = path.resolve(__dirname, '../..');
 
@@ -73,6 +74,30 @@ describe('the bundled CLI', () => {
       expect(r.status).toBe(0);
     } finally {
       rmSync(store, { recursive: true, force: true });
+    }
+  });
+
+  it.skipIf(!nixOk())('runs a sandboxed build, compiling the sandbox helper and the xattr addon from the C sources beside it', () => {
+    const work = tempDir('realise-bundle-build-');
+    try {
+      const store = path.join(work, 'store');
+      const file = path.join(work, 'e.nix');
+      writeFileSync(file, 'derivation { name = "bundled"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo $$ > $out" ]; }');
+      const drv = nix('nix-instantiate', ['--store', store, file]);
+      const cache = path.join(work, 'cache');
+      const env = { ...process.env, XDG_CACHE_HOME: cache };
+      const args = ['build', '--store', store, '--option', 'sandbox', 'true', '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', drv];
+      const r = spawnSync(process.execPath, [path.join(dir, 'main.js'), ...args], { encoding: 'utf8', env });
+      expect(r.status, r.stderr).toBe(0);
+      const out = r.stdout.trim();
+      // The builder ran as PID 1 of its own PID namespace (sandboxed), and by the helper built from the
+      // bundle's copy of its source (without it, the sandbox falls back to bwrap).
+      expect(readFileSync(path.join(store, out), 'utf8')).toBe('1\n');
+      const built = readdirSync(path.join(cache, 'realise'));
+      expect(built.some((f) => /^sandbox-helper-[0-9a-f]{16}$/.test(f))).toBe(true);
+      expect(built.some((f) => /^xattr-[0-9a-f]{16}\.node$/.test(f))).toBe(true);
+    } finally {
+      removeTreeSync(work);
     }
   });
 });

@@ -1,10 +1,4 @@
-/**
- * C source of the sandbox helper (compiled on first use by sandbox-helper.ts). It does what Nix 2.8's
- * startBuilder/runChild do on Linux, in one exec: namespaces, uid/gid maps, loopback, hostname, bind
- * mounts, /proc, /dev/shm, a private devpts, pivot_root, seccomp, personality, RLIMIT_CORE, and the
- * builder's output on a raw pseudoterminal, with argv[0] chosen by the caller.
- */
-export const HELPER_SOURCE = String.raw`/* realise sandbox helper: runs one builder the way Nix 2.8's Linux sandbox does.
+/* realise sandbox helper: runs one builder the way Nix 2.8's Linux sandbox does.
    Usage: helper [options] -- BUILDER ARGV0 ARGS...   (environment passed through as is)
    Options: --root DIR  --uid N --gid N  --net (keep host network)  --build-dir DIR (inside)
             --bind SRC DST | --bind-ro SRC DST | --bind-try SRC DST | --bind-ro-try SRC DST
@@ -670,4 +664,3 @@ int main(int argc, char **argv) {
   readSeccomp();
   return runBuild(argv + i);
 }
-`;

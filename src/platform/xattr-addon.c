@@ -1,0 +1,119 @@
+/* realise xattr addon: strip(path, ignored) and list(path), with Node-API declared by hand. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+
+typedef struct napi_env__ *napi_env;
+typedef struct napi_value__ *napi_value;
+typedef struct napi_callback_info__ *napi_callback_info;
+typedef int napi_status;
+typedef napi_value (*napi_callback)(napi_env, napi_callback_info);
+extern napi_status napi_get_cb_info(napi_env, napi_callback_info, size_t *, napi_value *, napi_value *, void **);
+extern napi_status napi_get_value_string_utf8(napi_env, napi_value, char *, size_t, size_t *);
+extern napi_status napi_get_buffer_info(napi_env, napi_value, void **, size_t *);
+extern napi_status napi_is_buffer(napi_env, napi_value, _Bool *);
+extern napi_status napi_create_string_utf8(napi_env, const char *, size_t, napi_value *);
+extern napi_status napi_create_int32(napi_env, int, napi_value *);
+extern napi_status napi_create_array(napi_env, napi_value *);
+extern napi_status napi_set_element(napi_env, napi_value, unsigned, napi_value);
+extern napi_status napi_create_function(napi_env, const char *, size_t, napi_callback, void *, napi_value *);
+extern napi_status napi_set_named_property(napi_env, napi_value, const char *, napi_value);
+extern napi_status napi_throw_error(napi_env, const char *, const char *);
+
+/* A string or Buffer argument as a NUL-terminated string (malloc'd), or 0 after throwing. */
+static char *stringArg(napi_env env, napi_value v) {
+  _Bool isBuf = 0; void *data; size_t len;
+  if (napi_is_buffer(env, v, &isBuf) == 0 && isBuf && napi_get_buffer_info(env, v, &data, &len) == 0) {
+    char *s = malloc(len + 1);
+    if (s) { memcpy(s, data, len); s[len] = 0; }
+    return s;
+  }
+  if (napi_get_value_string_utf8(env, v, 0, 0, &len) != 0) { napi_throw_error(env, "EINVAL", "expected a string or Buffer"); return 0; }
+  char *s = malloc(len + 1);
+  if (s) napi_get_value_string_utf8(env, v, s, len + 1, &len);
+  return s;
+}
+
+static napi_value throwErrno(napi_env env, const char *what, int e) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(e));
+  const char *code = e == EPERM ? "EPERM" : e == EACCES ? "EACCES" : e == ENOENT ? "ENOENT" : e == EROFS ? "EROFS" : e == ENOTSUP ? "ENOTSUP" : "EIO";
+  napi_throw_error(env, code, msg);
+  return 0;
+}
+
+/* The names of path's extended attributes (llistxattr), as one NUL-separated buffer; *len < 0 on error. */
+static char *names(const char *p, ssize_t *len) {
+  char small[1024];
+  ssize_t n = llistxattr(p, small, sizeof small);
+  if (n < 0 && errno != ERANGE) { *len = -1; return 0; }
+  for (;;) {
+    if (n >= 0) { char *r = malloc(n + 1); if (r) memcpy(r, small, n); *len = n; return r; }
+    n = llistxattr(p, 0, 0);
+    if (n < 0) { *len = -1; return 0; }
+    char *r = malloc(n + 1);
+    ssize_t m = llistxattr(p, r, n);
+    if (m >= 0) { *len = m; return r; }
+    free(r);
+    if (errno != ERANGE) { *len = -1; return 0; }
+  }
+}
+
+/* strip(path, ignored): removes every attribute whose name is not in ignored (NUL-separated); returns how many. */
+static napi_value strip(napi_env env, napi_callback_info info) {
+  size_t argc = 2; napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, 0, 0);
+  char *p = stringArg(env, argv[0]); if (!p) return 0;
+  size_t ilen = 0; void *idata = 0;
+  if (argc > 1) napi_get_buffer_info(env, argv[1], &idata, &ilen);
+  ssize_t len; char *list = names(p, &len);
+  if (len < 0) {
+    int e = errno; free(p);
+    if (e == ENOTSUP) { napi_value r; napi_create_int32(env, 0, &r); return r; } /* file system without xattrs */
+    return throwErrno(env, "listing extended attributes", e);
+  }
+  int removed = 0;
+  for (ssize_t off = 0; off < len; off += strlen(list + off) + 1) {
+    const char *name = list + off;
+    int skip = 0;
+    for (size_t io = 0; io < ilen; io += strlen((char *) idata + io) + 1)
+      if (!strcmp((char *) idata + io, name)) { skip = 1; break; }
+    if (skip) continue;
+    if (lremovexattr(p, name) == -1 && errno != ENODATA) {
+      int e = errno; char what[512];
+      snprintf(what, sizeof what, "removing extended attribute '%s'", name);
+      free(list); free(p);
+      return throwErrno(env, what, e);
+    }
+    removed++;
+  }
+  free(list); free(p);
+  napi_value r; napi_create_int32(env, removed, &r); return r;
+}
+
+static napi_value list(napi_env env, napi_callback_info info) {
+  size_t argc = 1; napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, 0, 0);
+  char *p = stringArg(env, argv[0]); if (!p) return 0;
+  ssize_t len; char *l = names(p, &len);
+  int e = errno; free(p);
+  napi_value arr; napi_create_array(env, &arr);
+  if (len < 0) { if (e == ENOTSUP) return arr; return throwErrno(env, "listing extended attributes", e); }
+  unsigned i = 0;
+  for (ssize_t off = 0; off < len; off += strlen(l + off) + 1) {
+    napi_value s; napi_create_string_utf8(env, l + off, strlen(l + off), &s); napi_set_element(env, arr, i++, s);
+  }
+  free(l);
+  return arr;
+}
+
+napi_value napi_register_module_v1(napi_env env, napi_value exports) {
+  napi_value f;
+  napi_create_function(env, "strip", 5, strip, 0, &f); napi_set_named_property(env, exports, "strip", f);
+  napi_create_function(env, "list", 4, list, 0, &f); napi_set_named_property(env, exports, "list", f);
+  return exports;
+}
