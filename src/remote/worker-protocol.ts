@@ -57,8 +57,8 @@ export const STDERR_STOP_ACTIVITY = 0x53544f50;
 export const STDERR_RESULT = 0x52534c54;
 
 /** Nix's ActivityType and ResultType numbers we look at. */
-export const ActivityType = { Build: 105, Builds: 104, CopyPath: 100, Substitute: 108 } as const;
-export const ResultType = { BuildLogLine: 101, SetPhase: 104, Progress: 105, PostBuildLogLine: 107 } as const;
+export const ActivityType = { CopyPath: 100, FileTransfer: 101, Realise: 102, CopyPaths: 103, Builds: 104, Build: 105, Substitute: 108 } as const;
+export const ResultType = { BuildLogLine: 101, SetPhase: 104, Progress: 105, SetExpected: 106, PostBuildLogLine: 107 } as const;
 
 export type LogField = number | string;
 

@@ -327,7 +327,14 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const store = await this.storePromise;
     // A store over the Nix daemon builds itself: the daemon realises the targets, its log becomes our events.
     if (store instanceof DaemonStore)
-      return { results: await buildThroughDaemon(store, targets.map(parseTarget), { mode, signal: opts.signal, emit: this.emitSafely }) };
+      return {
+        results: await buildThroughDaemon(store, targets.map(parseTarget), {
+          mode,
+          signal: opts.signal,
+          emit: this.emitSafely,
+          progress: this.progressTracker,
+        }),
+      };
     const ctx = await this.context();
     const w = new Worker(ctx, mode, opts.signal);
     const parsed = targets.map(parseTarget);

@@ -23,7 +23,16 @@ const CONF =
   'experimental-features = nix-command\nbuild-users-group =\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\ntrusted-users =\n';
 /** Found on the slow builder's command line (its shell's script) while it runs. */
 const MARK = `realise-daemon-slow-${process.pid}`;
-const EXPR = `let mk = name: script: derivation { inherit name; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" script ]; }; in {
+const EXPR = `let
+  mkWith = name: deps: script: derivation { inherit name deps; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" script ]; };
+  mk = name: mkWith name [];
+in rec {
+  dep1 = mk "daemon-dep1" "echo dep1 > $out";
+  dep2 = mk "daemon-dep2" "echo dep2 > $out";
+  top = mkWith "daemon-top" [ dep1 dep2 ] "echo top > $out";
+  dep3 = mk "daemon-dep3" "echo dep3 > $out";
+  baddep = mk "daemon-baddep" "exit 4";
+  top2 = mkWith "daemon-top2" [ dep3 baddep ] "echo top2 > $out";
   ok = mk "daemon-ok" "echo hello-from-the-daemon; echo ok > $out";
   fail = mk "daemon-fail" "echo about-to-fail; exit 3";
   cli = mk "daemon-cli" "echo cli-line; echo cli > $out";
@@ -65,7 +74,7 @@ describe.skipIf(!nixOk() || !isRoot)('(root only) DaemonStore against a real nix
     chmodSync(dir, 0o755);
     root = path.join(dir, 'root');
     socket = path.join(dir, 'socket');
-    for (const attr of ['ok', 'fail', 'cli', 'env', 'unix', 'slow']) {
+    for (const attr of ['ok', 'fail', 'cli', 'env', 'unix', 'slow', 'dep1', 'dep2', 'top', 'dep3', 'baddep', 'top2']) {
       const file = path.join(dir, 'e.nix');
       if (!existsSync(file)) writeFileSync(file, EXPR.replace('MARK', MARK));
       drvs[attr] = nix('nix-instantiate', ['--store', root, file, '-A', attr]);
@@ -134,6 +143,38 @@ describe.skipIf(!nixOk() || !isRoot)('(root only) DaemonStore against a real nix
     expect(f!.result.status).toBe('permanent-failure');
     expect(f!.result.errorMsg).toContain(`builder for '${drvs.fail}' failed with exit code 3`);
     await engine.close();
+  });
+
+  it("every build the daemon runs, inputs too, is a build-started/-finished pair; its progress counters are the engine's", async () => {
+    const record = (engine: BuildEngine): string[] => {
+      const events: string[] = [];
+      const name = (drv: string) => drv.replace(/^.*-daemon-/, '');
+      engine.on('build-started', (e) => events.push(`started ${name(e.drvPath)}`));
+      engine.on('build-finished', (e) => events.push(`finished ${name(e.drvPath)} ${e.outcome}`));
+      return events;
+    };
+    const engine = new BuildEngine({ store });
+    const events = record(engine);
+    const [r] = await engine.buildPaths([drvs.top!]);
+    expect(r!.result.status).toBe('built');
+    // The inputs one after the other (the daemon's max-jobs is 1), in its order, then the target.
+    expect(events.slice(-2)).toEqual(['started top.drv', 'finished top.drv success']);
+    expect([...events.slice(0, 4)].sort()).toEqual(['finished dep1.drv success', 'finished dep2.drv success', 'started dep1.drv', 'started dep2.drv']);
+    for (const dep of ['dep1', 'dep2']) expect(events.indexOf(`finished ${dep}.drv success`)).toBe(events.indexOf(`started ${dep}.drv`) + 1);
+    expect(engine.progress().builds).toEqual({ expected: 3, done: 3, running: 0, failed: 0 });
+    await engine.close();
+
+    // With keep-going: a failing input is a failure, the other input still builds, the target is never started.
+    const kg = await DaemonStore.open({ socketPath: socket, workerOptions: { keepGoing: true } });
+    const engine2 = new BuildEngine({ store: kg });
+    const events2 = record(engine2);
+    const [f] = await engine2.buildPathsWithResults([drvs.top2!]);
+    expect(f!.result.status).toBe('dependency-failed');
+    expect([...events2].sort()).toEqual(['finished baddep.drv failure', 'finished dep3.drv success', 'started baddep.drv', 'started dep3.drv']);
+    // As Nix's worker counts them: a failed build and one whose input failed are no longer expected.
+    expect(engine2.progress().builds).toEqual({ expected: 1, done: 1, running: 0, failed: 1 });
+    await engine2.close();
+    await kg.close();
   });
 
   it('a missing daemon socket is a typed error naming it', async () => {
