@@ -26,6 +26,8 @@ import {
   readDerivationFromStore,
   toNixBase32,
   NixJsonLog,
+  ActivityType,
+  LogLevel,
   recordTrace,
   renderReport,
   type BuildEngineOptions,
@@ -450,7 +452,11 @@ async function build(args: CliArgs, store: Store): Promise<number> {
     // substituter that fails to answer is logged again then, as here.
     if (opts.fallback && opts.substituters?.length) await engine.queryMissing(targets).catch(() => undefined);
     let results: TargetResult[];
-    for (const l of display.jsonLogs) l.startRealise();
+    for (const l of display.jsonLogs) {
+      l.startRealise();
+      // Nix's worker asks which paths are missing once more as it starts (its primeCache), as an activity.
+      l.stop(l.start(ActivityType.Unknown, LogLevel.Debug, 'querying info about missing paths', undefined));
+    }
     try {
       results = await engine.buildPathsWithResults(targets, { mode, signal: ac.signal });
       for (const l of display.jsonLogs) l.stopRealise();

@@ -80,11 +80,19 @@ let nextId = (process.pid % 0x100000) * 2 ** 32;
 
 export class NixJsonLog {
   private readonly builds = new Map<string, number>();
-  /** Per path being substituted: its Substitute, CopyPath and (over HTTP) FileTransfer activities. */
+  /** Per path being substituted: its Substitute and CopyPath activities. */
   private readonly substitutions = new Map<string, number[]>();
+  /** QueryPathInfo activities, by substituter and path. */
+  private readonly queries = new Map<string, number>();
+  /** FileTransfer activities, by URL (the same URL may be downloaded twice at once), with their last progress. */
+  private readonly downloads = new Map<string, { id: number; last: string }[]>();
   private readonly waits = new Map<string, number>();
   private readonly hooks = new Map<string, number>();
   private top: { realise: number; builds: number; copyPaths: number } | undefined;
+  /** Nix's count of expected builds: derivation goals created and not yet done (or stopped), by path. */
+  private readonly openGoals = new Map<string, number>();
+  private sawGoals = false;
+  private lastProgress: Progress | undefined;
   private readonly last = new Map<string, string>();
   private readonly detach: (() => void)[] = [];
   private readonly storeUri: string;
@@ -110,6 +118,12 @@ export class NixJsonLog {
       if (id !== undefined) this.result(id, ResultType.BuildLogLine, [e.line]);
     });
     on('build-finished', (e) => this.stopKeyed(this.builds, e.drvPath));
+    on('goal-created', (e) => {
+      if (e.kind !== 'derivation') return;
+      this.sawGoals = true;
+      this.openGoals.set(e.path, (this.openGoals.get(e.path) ?? 0) + 1);
+      this.refreshProgress();
+    });
     on('post-build-hook-started', (e) => {
       this.stopKeyed(this.hooks, e.drvPath);
       this.hooks.set(e.drvPath, this.start(ActivityType.PostBuildHook, LogLevel.Info, `running post-build-hook '${e.hook}'`, [e.drvPath]));
@@ -129,11 +143,9 @@ export class NixJsonLog {
       this.ensureTop();
       const sub = this.start(ActivityType.Substitute, LogLevel.Error, '', [e.path, e.substituter]);
       const copy = this.start(ActivityType.CopyPath, LogLevel.Info, `copying path '${e.path}' from '${e.substituter}'`, [e.path, e.substituter, this.storeUri]);
-      // Nix downloads the NAR of an http(s) cache as a FileTransfer activity inside the copy.
-      const download =
-        e.narUrl && /^https?:\/\//.test(e.narUrl) ? [this.start(ActivityType.FileTransfer, LogLevel.Talkative, `downloading '${e.narUrl}'`, [e.narUrl])] : [];
-      this.substitutions.set(e.path, [sub, copy, ...download]);
+      this.substitutions.set(e.path, [sub, copy]);
     });
+    this.onTransfers(on);
     on('substitution-finished', (e) => {
       const ids = this.substitutions.get(e.path);
       if (!ids) return;
@@ -142,6 +154,12 @@ export class NixJsonLog {
     });
     on('goal-finished', (e) => {
       this.stopKeyed(this.hooks, e.path);
+      const open = this.openGoals.get(e.path);
+      if (e.kind === 'derivation' && open !== undefined) {
+        if (open > 1) this.openGoals.set(e.path, open - 1);
+        else this.openGoals.delete(e.path);
+        this.refreshProgress();
+      }
       if (opts.errors !== false && e.kind === 'derivation' && e.result.errorMsg && e.result.status !== 'stopped' && e.result.status !== 'built') {
         this.error(e.result.errorMsg);
       }
@@ -157,6 +175,35 @@ export class NixJsonLog {
     }
   }
 
+  /** Nix's activities of a substituter's work: QueryPathInfo and FileTransfer (with its Progress results). */
+  private onTransfers(on: <E extends keyof BuildEngineEvents>(event: E, fn: BuildEngineEvents[E]) => void): void {
+    on('query-started', (e) => {
+      const text = `querying info about '${e.path}' on '${e.substituter}'`;
+      this.queries.set(`${e.substituter}\0${e.path}`, this.start(ActivityType.QueryPathInfo, LogLevel.Talkative, text, [e.path, e.substituter]));
+    });
+    on('query-finished', (e) => this.stopKeyed(this.queries, `${e.substituter}\0${e.path}`));
+    on('download-started', (e) => {
+      const id = this.start(ActivityType.FileTransfer, LogLevel.Talkative, `downloading '${e.url}'`, [e.url]);
+      const list = this.downloads.get(e.url);
+      if (list) list.push({ id, last: '' });
+      else this.downloads.set(e.url, [{ id, last: '' }]);
+    });
+    on('download-progress', (e) => {
+      const d = this.downloads.get(e.url)?.at(-1);
+      const value = `${e.done},${e.expected}`;
+      if (!d || d.last === value) return;
+      d.last = value;
+      this.result(d.id, ResultType.Progress, [e.done, e.expected, 0, 0]);
+    });
+    on('download-finished', (e) => {
+      const list = this.downloads.get(e.url);
+      const d = list?.pop();
+      if (!d) return;
+      if (!list!.length) this.downloads.delete(e.url);
+      this.stop(d.id);
+    });
+  }
+
   /** Start Nix's activities of a build call (Realise, Builds, CopyPaths), as its Worker does. */
   startRealise(): void {
     if (this.top) return;
@@ -170,8 +217,11 @@ export class NixJsonLog {
   stopRealise(): void {
     for (const id of this.builds.values()) this.stop(id);
     for (const ids of this.substitutions.values()) for (const id of [...ids].reverse()) this.stop(id);
-    for (const id of [...this.waits.values(), ...this.hooks.values()]) this.stop(id);
+    for (const id of [...this.waits.values(), ...this.hooks.values(), ...this.queries.values()]) this.stop(id);
+    for (const list of this.downloads.values()) for (const d of list) this.stop(d.id);
     this.builds.clear();
+    this.queries.clear();
+    this.downloads.clear();
     this.substitutions.clear();
     this.waits.clear();
     this.hooks.clear();
@@ -181,6 +231,9 @@ export class NixJsonLog {
     this.stop(this.top.realise);
     this.top = undefined;
     this.last.clear();
+    this.openGoals.clear();
+    this.sawGoals = false;
+    this.lastProgress = undefined;
   }
 
   /** Stop everything open and stop listening to the engine. */
@@ -250,10 +303,23 @@ export class NixJsonLog {
     if (!this.top) this.startRealise();
   }
 
+  private refreshProgress(): void {
+    if (this.lastProgress) this.progress(this.lastProgress);
+  }
+
+  /**
+   * Nix's Worker.updateProgress: builds as [done, done + goals not yet done, running, failed] (a failed
+   * or stopped build is no longer expected), substitutions as the engine counts them.
+   */
   private progress(p: Progress): void {
+    this.lastProgress = p;
     if (!this.top) return;
     const { builds, substitutions: s, download, nar } = p;
-    this.changed(this.top.builds, ResultType.Progress, [builds.done, builds.expected, builds.running, builds.failed]);
+    let open = 0;
+    for (const n of this.openGoals.values()) open += n;
+    // Without goal events (a build through a daemon), the engine's own count.
+    const expected = this.sawGoals ? builds.done + open : builds.expected;
+    this.changed(this.top.builds, ResultType.Progress, [builds.done, expected, builds.running, builds.failed]);
     this.changed(this.top.copyPaths, ResultType.Progress, [s.done, s.expected, s.running, s.failed]);
     this.changed(this.top.realise, ResultType.SetExpected, [ActivityType.FileTransfer, download.expected]);
     this.changed(this.top.realise, ResultType.SetExpected, [ActivityType.CopyPath, nar.expected]);

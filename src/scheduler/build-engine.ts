@@ -13,7 +13,7 @@ import { flushRemovals } from '../platform/chroot.js';
 import { NoSandbox } from '../platform/no-sandbox.js';
 import type { Sandbox } from '../platform/sandbox.js';
 import { useSandbox } from '../platform/sandbox-config.js';
-import { substitutePath, sortByPriority, type Substituter, type SubstitutablePathInfo } from '../substituter/substituter.js';
+import { substitutePath, sortByPriority, type Substituter, type SubstitutablePathInfo, type TransferListener } from '../substituter/substituter.js';
 import type { Derivation } from '../derivation/derivation.js';
 import type { EngineContext } from './context.js';
 import { loadDrv, viewOf, type DrvView } from './drv-view.js';
@@ -135,6 +135,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
         await substitutePath(store, sub, info, {
           signal,
           repair,
+          onTransfer: this.transferListener(sub),
           onProgress: (done) => {
             p.download.done += done - last;
             last = done;
@@ -156,7 +157,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       const ok: Substituter[] = [];
       for (const s of this.options.substituters) {
         try {
-          await s.init();
+          await s.init(undefined, this.transferListener(s));
           ok.push(s);
         } catch (e) {
           // As Nix, which leaves out a substituter it cannot open and logs why, in the error's own words.
@@ -166,6 +167,17 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       return ok;
     })();
     return this.substInit;
+  }
+
+  /** A substituter's queries and downloads as engine events. */
+  private transferListener(sub: Substituter): TransferListener {
+    return (e) => {
+      if (e.kind === 'query-started') this.emitSafely('query-started', { path: e.path, substituter: sub.uri });
+      else if (e.kind === 'query-finished') this.emitSafely('query-finished', { path: e.path, substituter: sub.uri, found: e.found });
+      else if (e.kind === 'download-started') this.emitSafely('download-started', { url: e.url, substituter: sub.uri });
+      else if (e.kind === 'download-progress') this.emitSafely('download-progress', { url: e.url, done: e.done, expected: e.expected });
+      else this.emitSafely('download-finished', { url: e.url, ok: e.ok });
+    };
   }
 
   private async queryInfos(sub: Substituter, paths: StorePath[], signal: AbortSignal): Promise<Map<StorePath, SubstitutablePathInfo>> {
@@ -180,7 +192,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       } else need.push(p);
     }
     if (need.length) {
-      const got = await sub.queryPathInfos(need, { signal });
+      const got = await sub.queryPathInfos(need, { signal, onTransfer: this.transferListener(sub) });
       for (const p of need) {
         const info = got.get(p);
         this.infoCache.set(`${sub.uri}\0${p}`, { at: now, info });

@@ -63,6 +63,20 @@ export interface EventPayloads {
    * before it starts another).
    */
   'build-finished': { drvPath: StorePath; round: number; rounds: number; machine?: string; outcome: 'success' | 'failure' | 'stopped'; result?: BuildResult };
+  /**
+   * A path's info is asked of a substituter itself (not answered from a narinfo cache): Nix's "querying
+   * info about 'PATH' on 'SUBSTITUTER'". `query-finished` follows, also when the query fails.
+   */
+  'query-started': { path: StorePath; substituter: string };
+  'query-finished': { path: StorePath; substituter: string; found: boolean };
+  /**
+   * A file is downloaded from an HTTP(S) substituter (its nix-cache-info, a narinfo, a NAR file): Nix's
+   * "downloading 'URL'". `download-progress` counts the bytes (`expected` 0 while unknown);
+   * `download-finished` follows, also when the download fails.
+   */
+  'download-started': { url: string; substituter: string };
+  'download-progress': { url: string; done: number; expected: number };
+  'download-finished': { url: string; ok: boolean };
   /** `narUrl`: where the NAR is fetched from (the substituter's URI and the narinfo's URL). */
   'substitution-started': { path: StorePath; substituter: string; narUrl?: string };
   'substitution-finished': { path: StorePath; substituter?: string; ok: boolean; error?: string };

@@ -15,7 +15,7 @@ import { DEFAULT_STORE_DIR, storePathHashPart, type StorePath } from '../store/s
 import { decompressStream, DecompressionError } from './compression.js';
 import { BadNarInfoError, parseCacheInfo, parseNarInfo, type NarInfo } from './narinfo.js';
 import { NarInfoCache } from './narinfo-cache.js';
-import { SubstituterError, type FetchNarOptions, type SubstitutablePathInfo, type Substituter } from './substituter.js';
+import { SubstituterError, type FetchNarOptions, type SubstitutablePathInfo, type Substituter, type TransferListener } from './substituter.js';
 
 export interface BinaryCacheSubstituterOptions {
   /** Public keys `name:base64` whose signatures are trusted. @default [] */
@@ -49,14 +49,14 @@ export interface BinaryCacheSubstituterOptions {
 }
 
 interface Transport {
-  /** Whole small file, or undefined when absent (404/410, ENOENT). */
-  getFile(rel: string, signal?: AbortSignal): Promise<Buffer | undefined>;
+  /** Whole small file, or undefined when absent (404/410, ENOENT). Downloads are told to `onTransfer`. */
+  getFile(rel: string, signal?: AbortSignal, onTransfer?: TransferListener): Promise<Buffer | undefined>;
   /**
    * Stream a file; throws SubstituterError 'not-found' when absent. `sizeHint` is the size when known.
    * With `reuse`, a yielded chunk may be overwritten once the consumer asks for the next one (for
    * consumers that are done with a chunk by then, like the zstd decoder).
    */
-  stream(rel: string, signal?: AbortSignal, sizeHint?: number, reuse?: boolean): AsyncIterable<Uint8Array>;
+  stream(rel: string, signal?: AbortSignal, sizeHint?: number, reuse?: boolean, onTransfer?: TransferListener): AsyncIterable<Uint8Array>;
   close(): Promise<void>;
 }
 
@@ -312,7 +312,23 @@ class HttpTransport implements Transport {
     }
   }
 
-  async getFile(rel: string, signal?: AbortSignal): Promise<Buffer | undefined> {
+  async getFile(rel: string, signal?: AbortSignal, onTransfer?: TransferListener): Promise<Buffer | undefined> {
+    if (!onTransfer) return this.getFileQuietly(rel, signal);
+    const url = this.url(rel);
+    onTransfer({ kind: 'download-started', url });
+    onTransfer({ kind: 'download-progress', url, done: 0, expected: 0 });
+    let ok = false;
+    try {
+      const b = await this.getFileQuietly(rel, signal);
+      if (b) onTransfer({ kind: 'download-progress', url, done: b.length, expected: b.length });
+      ok = true;
+      return b;
+    } finally {
+      onTransfer({ kind: 'download-finished', url, ok });
+    }
+  }
+
+  private async getFileQuietly(rel: string, signal: AbortSignal | undefined): Promise<Buffer | undefined> {
     const res = await this.get(rel, signal);
     if (!res) return undefined;
     try {
@@ -324,7 +340,26 @@ class HttpTransport implements Transport {
     }
   }
 
-  async *stream(rel: string, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+  async *stream(rel: string, signal?: AbortSignal, _sizeHint?: number, _reuse?: boolean, onTransfer?: TransferListener): AsyncGenerator<Uint8Array> {
+    if (!onTransfer) return yield* this.streamQuietly(rel, signal);
+    const url = this.url(rel);
+    onTransfer({ kind: 'download-started', url });
+    onTransfer({ kind: 'download-progress', url, done: 0, expected: 0 });
+    let ok = false;
+    try {
+      for await (const chunk of this.streamQuietly(rel, signal, (done, expected) => onTransfer({ kind: 'download-progress', url, done, expected })))
+        yield chunk;
+      ok = true;
+    } finally {
+      onTransfer({ kind: 'download-finished', url, ok });
+    }
+  }
+
+  private async *streamQuietly(
+    rel: string,
+    signal: AbortSignal | undefined,
+    onProgress?: (done: number, expected: number) => void,
+  ): AsyncGenerator<Uint8Array> {
     const res = await this.get(rel, signal);
     // Nix's words (HttpBinaryCacheStore::getFile).
     if (!res)
@@ -338,6 +373,7 @@ class HttpTransport implements Transport {
     try {
       for await (const chunk of res.body as AsyncIterable<Buffer>) {
         got += chunk.length;
+        onProgress?.(got, expected ?? 0);
         yield chunk;
       }
     } catch (e) {
@@ -451,17 +487,17 @@ export class BinaryCacheSubstituter implements Substituter {
     return this._enabled;
   }
 
-  init(signal?: AbortSignal): Promise<void> {
-    this.initPromise ??= this.doInit(signal);
+  init(signal?: AbortSignal, onTransfer?: TransferListener): Promise<void> {
+    this.initPromise ??= this.doInit(signal, onTransfer);
     return this.initPromise;
   }
 
-  private async doInit(signal?: AbortSignal): Promise<void> {
+  private async doInit(signal?: AbortSignal, onTransfer?: TransferListener): Promise<void> {
     let info = this.narInfoCache.getCacheInfo(this.uri);
     if (!info) {
       let text: Buffer | undefined;
       try {
-        text = await this.transport.getFile('nix-cache-info', signal);
+        text = await this.transport.getFile('nix-cache-info', signal, onTransfer);
       } catch (e) {
         this.initPromise = undefined; // let a later call retry
         throw e;
@@ -492,45 +528,66 @@ export class BinaryCacheSubstituter implements Substituter {
     }
   }
 
-  async queryPathInfos(paths: readonly StorePath[], opts: { signal?: AbortSignal | undefined } = {}): Promise<Map<StorePath, SubstitutablePathInfo>> {
-    await this.init(opts.signal);
+  async queryPathInfos(
+    paths: readonly StorePath[],
+    opts: { signal?: AbortSignal | undefined; onTransfer?: TransferListener | undefined } = {},
+  ): Promise<Map<StorePath, SubstitutablePathInfo>> {
+    await this.init(opts.signal, opts.onTransfer);
     const out = new Map<StorePath, SubstitutablePathInfo>();
     if (!this._enabled) return out;
     const unique = [...new Set(paths)];
     await mapLimit(unique, this.maxParallel, async (p) => {
-      const info = await this.queryOne(p, opts.signal);
+      const info = await this.queryOne(p, opts.signal, opts.onTransfer);
       if (info) out.set(p, info);
     });
     return out;
   }
 
-  private async queryOne(p: StorePath, signal: AbortSignal | undefined): Promise<SubstitutablePathInfo | undefined> {
+  private async queryOne(p: StorePath, signal: AbortSignal | undefined, onTransfer: TransferListener | undefined): Promise<SubstitutablePathInfo | undefined> {
     const hashPart = storePathHashPart(p);
     const cached = this.narInfoCache.lookup(this.uri, hashPart, this.storeDir);
-    let ni: NarInfo | undefined;
-    if (cached) {
-      if (!cached.present) return undefined;
-      ni = cached.info;
-    } else {
-      const rel = `${hashPart}.narinfo`;
-      const text = await this.transport.getFile(rel, signal);
-      if (text) {
-        try {
-          ni = parseNarInfo(text.toString('utf8'), { storeDir: this.storeDir, whence: `${this.uri}/${rel}` });
-        } catch (e) {
-          // Nix's words (its NarInfo parser); what is wrong goes into the hint.
-          if (e instanceof BadNarInfoError)
-            throw new SubstituterError('bad-narinfo', `NAR info file '${rel}' is corrupt`, {
-              uri: this.uri,
-              path: p,
-              cause: e,
-              hint: `${e.shortMessage}${e.hint ? `; ${e.hint}` : ''}`,
-            });
-          throw e;
-        }
-      }
-      this.narInfoCache.insert(this.uri, hashPart, ni);
+    if (cached) return cached.present ? this.pathInfo(p, cached.info) : undefined;
+    // As Nix, a path asked of the cache itself (no answer in the narinfo cache) is an activity.
+    onTransfer?.({ kind: 'query-started', path: p });
+    let info: SubstitutablePathInfo | undefined;
+    try {
+      info = this.pathInfo(p, await this.fetchNarInfo(p, hashPart, signal, onTransfer));
+      return info;
+    } finally {
+      onTransfer?.({ kind: 'query-finished', path: p, found: info !== undefined });
     }
+  }
+
+  /** Read and parse a path's narinfo from the cache (undefined when it has none) and remember the answer. */
+  private async fetchNarInfo(
+    p: StorePath,
+    hashPart: string,
+    signal: AbortSignal | undefined,
+    onTransfer: TransferListener | undefined,
+  ): Promise<NarInfo | undefined> {
+    const rel = `${hashPart}.narinfo`;
+    const text = await this.transport.getFile(rel, signal, onTransfer);
+    let ni: NarInfo | undefined;
+    if (text) {
+      try {
+        ni = parseNarInfo(text.toString('utf8'), { storeDir: this.storeDir, whence: `${this.uri}/${rel}` });
+      } catch (e) {
+        // Nix's words (its NarInfo parser); what is wrong goes into the hint.
+        if (e instanceof BadNarInfoError)
+          throw new SubstituterError('bad-narinfo', `NAR info file '${rel}' is corrupt`, {
+            uri: this.uri,
+            path: p,
+            cause: e,
+            hint: `${e.shortMessage}${e.hint ? `; ${e.hint}` : ''}`,
+          });
+        throw e;
+      }
+    }
+    this.narInfoCache.insert(this.uri, hashPart, ni);
+    return ni;
+  }
+
+  private pathInfo(p: StorePath, ni: NarInfo | undefined): SubstitutablePathInfo | undefined {
     if (!ni || ni.storePath !== p) return undefined;
     return {
       path: ni.storePath,
@@ -554,7 +611,7 @@ export class BinaryCacheSubstituter implements Substituter {
   }
 
   private async *fetchNarImpl(info: SubstitutablePathInfo, opts: FetchNarOptions): AsyncGenerator<Uint8Array> {
-    const { signal, onProgress } = opts;
+    const { signal, onProgress, onTransfer } = opts;
     await this.init(signal);
     const transport = this.transport;
     const uri = this.uri;
@@ -563,7 +620,7 @@ export class BinaryCacheSubstituter implements Substituter {
       // judged by its hash and size (Nix's messages). Only a file far longer than announced is cut off.
       let done = 0;
       const max = info.fileSize !== undefined ? info.fileSize + info.narSize + FILE_OVERRUN_MAX : Infinity;
-      for await (const chunk of transport.stream(info.url, signal, info.fileSize, info.compression === 'zstd')) {
+      for await (const chunk of transport.stream(info.url, signal, info.fileSize, info.compression === 'zstd', onTransfer)) {
         if (head.length < 6) head = Buffer.concat([head, Buffer.from(chunk.buffer, chunk.byteOffset, Math.min(chunk.byteLength, 6 - head.length))]);
         done += chunk.length;
         if (done > max) {

@@ -9,6 +9,8 @@ export {
   type Substituter,
   type SubstitutablePathInfo,
   type FetchNarOptions,
+  type TransferEvent,
+  type TransferListener,
   type SubstituteOptions,
   type SubstituterErrorCode,
   type FoundSubstitute,

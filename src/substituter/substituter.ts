@@ -23,8 +23,26 @@ export interface SubstitutablePathInfo extends PathInfo {
   readonly downloadSize: number;
 }
 
+/**
+ * What a substituter tells of its requests while it works, for logs (Nix's "querying info about '…' on
+ * '…'" and "downloading '…'" activities): a path's info asked of the cache itself (not answered from a
+ * narinfo cache), and each file downloaded over HTTP (nix-cache-info, narinfo, NAR files), with its
+ * progress in bytes (`expected` from the response's length, 0 while unknown). Every start is followed by
+ * its finish, also when the request fails.
+ */
+export type TransferEvent =
+  | { readonly kind: 'query-started'; readonly path: StorePath }
+  | { readonly kind: 'query-finished'; readonly path: StorePath; readonly found: boolean }
+  | { readonly kind: 'download-started'; readonly url: string }
+  | { readonly kind: 'download-progress'; readonly url: string; readonly done: number; readonly expected: number }
+  | { readonly kind: 'download-finished'; readonly url: string; readonly ok: boolean };
+
+export type TransferListener = (e: TransferEvent) => void;
+
 export interface FetchNarOptions {
   readonly signal?: AbortSignal | undefined;
+  /** Told of the NAR file's download (over HTTP). */
+  readonly onTransfer?: TransferListener | undefined;
   /** Download progress in bytes of the compressed file: `done` so far of `expected` (`downloadSize`). */
   readonly onProgress?: ((done: number, expected: number) => void) | undefined;
 }
@@ -47,9 +65,15 @@ export interface Substituter {
    * Read the cache's metadata (nix-cache-info) once; later calls return the same promise. A cache for
    * another store dir is disabled with a warning (it then serves nothing). Throws SubstituterError.
    */
-  init(signal?: AbortSignal): Promise<void>;
-  /** Batched lookup; paths the substituter does not have are absent from the map. Throws SubstituterError. */
-  queryPathInfos(paths: readonly StorePath[], opts?: { readonly signal?: AbortSignal | undefined }): Promise<Map<StorePath, SubstitutablePathInfo>>;
+  init(signal?: AbortSignal, onTransfer?: TransferListener): Promise<void>;
+  /**
+   * Batched lookup; paths the substituter does not have are absent from the map. Throws SubstituterError.
+   * `onTransfer` is told of each path asked of the cache and each file downloaded.
+   */
+  queryPathInfos(
+    paths: readonly StorePath[],
+    opts?: { readonly signal?: AbortSignal | undefined; readonly onTransfer?: TransferListener | undefined },
+  ): Promise<Map<StorePath, SubstitutablePathInfo>>;
   /** The decompressed NAR of a path, as a stream. Not verified: `substitutePath` verifies. */
   fetchNar(info: SubstitutablePathInfo, opts: FetchNarOptions): AsyncIterable<Uint8Array>;
   /** Release connections and caches. */
@@ -291,7 +315,7 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
 
   async function* verified(): AsyncGenerator<Uint8Array> {
     try {
-      for await (const chunk of sub.fetchNar(info, { signal, onProgress: opts.onProgress })) {
+      for await (const chunk of sub.fetchNar(info, { signal, onProgress: opts.onProgress, onTransfer: opts.onTransfer })) {
         // A NAR somewhat longer than announced is read to its end, so that the store reports what Nix
         // does (the hash mismatch, which it checks first); only an unreasonably long one is cut off here.
         if (size + chunk.length > info.narSize + NAR_OVERRUN_MAX) {

@@ -34,10 +34,11 @@ in {
   failing = mk "obs-failtop" [ fail ] "echo > $out";
   ref = mk "obs-ref" [ a ] "echo $deps > $out";
   hooked = mk "obs-hooked" [] "echo hooked build; echo x > $out";
+  stopping = mk "obs-stoptop" [ fail (mk "obs-slow" [] "echo slow; sleep 10; echo > $out") ] "echo > $out";
 }`;
 
-/** Build activities, substitutions, copies, lock waits, the call's own activities. */
-const LOCAL_TYPES = [100, 102, 103, 104, 105, 108, 110, 111];
+/** Every activity type but remote builds' (Unknown with its texts, downloads, queries, builds, substitutions, copies, lock waits, the call's own). */
+const LOCAL_TYPES = [0, 100, 101, 102, 103, 104, 105, 108, 109, 110, 111];
 
 describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () => {
   let dir: string;
@@ -47,7 +48,7 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
 
   beforeAll(() => {
     dir = tempDir('realise-obs-json-');
-    for (const a of ['dag', 'failing', 'ref', 'hooked']) drv[a] = instantiateTwins(dir, EXPR, ['-A', a]);
+    for (const a of ['dag', 'failing', 'ref', 'hooked', 'stopping']) drv[a] = instantiateTwins(dir, EXPR, ['-A', a]);
   });
 
   const both = async (nixArgs: string[], ourArgs: string[], env: Record<string, string> = {}) => {
@@ -68,10 +69,11 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(ns.problems).toEqual([]);
     expect(os.problems).toEqual([]);
     const want = summarise(ns, LOCAL_TYPES);
-    expect(want.activities).toHaveLength(4);
+    // Four builds and the two "querying info about missing paths" (before the call and as it starts).
+    expect(want.activities).toHaveLength(6);
     expect(want.activities.join('\n')).toContain('"lines":["hello from a","second line"]');
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
-    expect(want.buildsProgress).toEqual([4, 0, 0]);
+    expect(want.buildsProgress).toEqual([4, 4, 0, 0]);
     // The trace: four builds on the two slots' tracks, the critical path a → (b or c) → top.
     const a = analyseTrace(JSON.parse(readFileSync(traceFile, 'utf8')) as TraceFile);
     expect(a.items.filter((i) => i.kind === 'build' && i.ok)).toHaveLength(4);
@@ -91,7 +93,22 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     const want = summarise(ns, LOCAL_TYPES);
     expect(want.msgs.filter((m) => m.startsWith('0 error:'))).toHaveLength(2);
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
-    expect(want.buildsProgress).toEqual([0, 0, 1]);
+    // The failed build and its dependent are no longer expected.
+    expect(want.buildsProgress).toEqual([0, 0, 0, 1]);
+  });
+
+  it('a failure that stops a running build: the last progress no longer expects it (nor counts it running)', async () => {
+    const { n, o, ns, os } = await both(['--store', N(), ...SANDBOX, '-j2', '--realise', drv.stopping!], ['--store', O(), ...SANDBOX, '-j2', drv.stopping!]);
+    expect(n.status).toBe(100);
+    expect(o.status).toBe(n.status);
+    expect(ns.problems).toEqual([]);
+    expect(os.problems).toEqual([]);
+    const want = summarise(ns, LOCAL_TYPES);
+    // [done, expected, running, failed]: obs-a is built here unless an earlier test built it.
+    const done = want.buildsProgress![0];
+    expect(want.buildsProgress).toEqual([done, done, 0, 1]);
+    expect(want.activities.join('\n')).toContain('"lines":["slow"]');
+    expect(summarise(os, LOCAL_TYPES)).toEqual(want);
   });
 
   it('a substitution from a file:// cache: Substitute and CopyPath activities with their fields, copy progress', async () => {
@@ -109,7 +126,8 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(want.activities.filter((a) => a.includes('"type":108'))).toHaveLength(2);
     expect(want.activities.filter((a) => a.includes('"type":100'))).toHaveLength(2);
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
-    expect(want.copyProgress).toEqual([2, 0, 0]);
+    expect(want.copyProgress).toEqual([2, 2, 0, 0]);
+    expect(want.expected).toEqual({ 100: 288, 101: 296 });
   });
 
   it("a post-build hook: its PostBuildHook activity (text, fields) and the hook's lines in it", async () => {
@@ -152,11 +170,11 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
       const [ns, os] = [parseStream(n.stderr), parseStream(o.stderr)];
       expect(ns.problems).toEqual([]);
       expect(os.problems).toEqual([]);
-      // Nix's downloads of nix-cache-info and narinfo files (while querying) are not produced: NARs only.
-      const nars = (a: { type: number; text: string }) => a.type !== 101 || a.text.includes('/nar/');
-      const want = summarise(ns, [...LOCAL_TYPES, 101], undefined, nars);
-      expect(want.activities.filter((a) => a.includes('"type":101'))).toHaveLength(2);
-      expect(summarise(os, [...LOCAL_TYPES, 101], undefined, nars)).toEqual(want);
+      const want = summarise(ns, LOCAL_TYPES);
+      // Downloads: nix-cache-info, two narinfos (inside their queries, type 109), two NARs.
+      expect(want.activities.filter((a) => a.includes('"type":101'))).toHaveLength(5);
+      expect(want.activities.filter((a) => a.includes('"type":109'))).toHaveLength(2);
+      expect(summarise(os, LOCAL_TYPES)).toEqual(want);
     } finally {
       await server.close();
     }

@@ -13,6 +13,8 @@ export interface StreamActivity {
   stopped: boolean;
   parentless: boolean;
   lastProgress?: unknown[];
+  /** SetExpected results: activity type → the last value. */
+  expected?: Record<number, unknown>;
 }
 
 export interface ParsedStream {
@@ -64,6 +66,7 @@ export function parseStream(stderr: string): ParsedStream {
         }
         if (o.type === 101 || o.type === 107) a.lines.push((o.fields as string[])[0]!);
         else if (o.type === 105) a.lastProgress = o.fields as unknown[];
+        else if (o.type === 106) (a.expected ??= {})[(o.fields as number[])[0]!] = (o.fields as unknown[])[1];
         break;
       }
       case 'msg':
@@ -86,22 +89,29 @@ export function summarise(
 ) {
   const norm = (v: unknown): unknown => (typeof v === 'string' ? normalise(stripAnsi(v)) : v);
   const acts = [...s.activities.values()].filter((a) => types.includes(a.type) && keep(a));
-  // Final progress as [done, running, failed]: Nix's `expected` at the end depends on when its goal objects
-  // were freed (a failed goal's expected build is uncounted when it is freed, a built one's is not).
-  const top = (type: number) => {
-    const p = acts.find((a) => a.type === type && a.text === '' && (type !== 103 || a.lastProgress))?.lastProgress;
-    return p && [p[0], p[2], p[3]];
-  };
+  // The final progress of the call's Builds and CopyPaths activities, and its last expected sizes.
+  const top = (type: number) => acts.find((a) => a.type === type && a.text === '' && (type !== 103 || a.lastProgress))?.lastProgress;
   return {
     activities: acts
       .filter((a) => !(a.text === '' && [102, 103, 104].includes(a.type)))
-      .map((a) => JSON.stringify({ type: a.type, level: a.level, text: norm(a.text), fields: a.fields.map(norm), lines: a.lines.map(norm) }))
+      .map((a) =>
+        JSON.stringify({
+          type: a.type,
+          level: a.level,
+          text: norm(a.text),
+          fields: a.fields.map(norm),
+          lines: a.lines.map(norm),
+          // A download's last progress: [bytes, bytes, 0, 0].
+          ...(a.type === 101 ? { progress: a.lastProgress } : {}),
+        }),
+      )
       .sort(),
     realise: acts
       .filter((a) => a.text === '' && [102, 103, 104].includes(a.type))
       .map((a) => a.type)
       .sort(),
     buildsProgress: top(104),
+    expected: acts.find((a) => a.type === 102 && a.text === '')?.expected,
     copyProgress: top(103),
     msgs: s.msgs
       .filter((m) => m.level <= 3)
