@@ -66,7 +66,10 @@ class InputWait {
     if (how !== 'ok') {
       if (how === 'failed') this.failed++;
       else this.stopped++;
-      if (!this.worker.ctx.options.keepGoing) this.left = 1;
+      // A failure ends the wait (without keepGoing), as Nix wakes the waiter at once. A stopped input
+      // does not: the call is stopping, so the others end too, and a failure among them (which may be
+      // what stopped the call, reported after the stop began) makes this a dependency failure, as in Nix.
+      if (how === 'failed' && !this.worker.ctx.options.keepGoing) this.left = 1;
     }
     // The waiter goes on in a microtask, not inside the finishing input's stack (chains can be long).
     if (--this.left === 0) queueMicrotask(() => this.worker.inputsDone(this));
