@@ -106,7 +106,7 @@ function alive(pid: number): boolean {
 
 const lastLine = (s: string) => s.trimEnd().split('\n').pop();
 
-describe.skipIf(!nixOk() || !sshdOk())('(root only) the realise process with remote builders over a real sshd', () => {
+describe.skipIf(!nixOk() || !sshdOk())('the realise process with remote builders over a real sshd', () => {
   let fx: Fixture;
   let sshd: Sshd;
   let store: LocalStore;
@@ -133,7 +133,7 @@ describe.skipIf(!nixOk() || !sshdOk())('(root only) the realise process with rem
     await clone.close();
     const remote = path.join(fx.dir, `remote-${name}`);
     const program = fx.wrapper(name, scheme === 'ssh' ? 'nix-store' : 'nix-daemon');
-    const uri = `${scheme}://root@127.0.0.1?remote-store=${encodeURIComponent(remote)}&remote-program=${encodeURIComponent(program)}`;
+    const uri = `${scheme}://${sshd.user}@127.0.0.1?remote-store=${encodeURIComponent(remote)}&remote-program=${encodeURIComponent(program)}`;
     return {
       local: path.join(fx.dir, `local-${name}`),
       remote,

@@ -45,6 +45,17 @@ export function removeTreeSync(dir: string): void {
 export const AS_ROOT = process.getuid?.() === 0;
 
 /**
+ * For a suite only root can run, named "(root only) …": `describe.skipIf(!rootOnly('why'))`. True as root
+ * (CI runs the whole suite as root, where nothing is skipped); as an ordinary user false, and the reason is
+ * printed, so that the skip is not silent.
+ */
+export function rootOnly(why: string): boolean {
+  if (AS_ROOT) return true;
+  console.warn(`skipped as an ordinary user (root only): ${why}`);
+  return false;
+}
+
+/**
  * What busybox `id` prints in a Nix sandbox with these ids. Root drops its supplementary groups before
  * entering the user namespace; an ordinary user cannot (Nix 2.8 neither), so the builder sees them,
  * mapped: the user's own group as the sandbox group, any other as nogroup.

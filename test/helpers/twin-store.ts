@@ -5,13 +5,13 @@
  * directories. So both build the same .drv files to the same paths, and what each registered can be
  * compared row by row.
  */
-import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
 import { lockFiles } from '../../src/store/locks.js';
-import { nixEnv, runNix, tempDir, type NixRunResult } from './nix.js';
+import { nixEnv, removeTreeSync, runNix, tempDir, type NixRunResult } from './nix.js';
 import { realiseInProcess } from './cli.js';
 
 export type Side = 'nix' | 'ours';
@@ -80,12 +80,10 @@ export class TwinStores {
     return `local?store=${this.storeDir}&state=${this.root}/${side}/state&log=${this.root}/${side}/log`;
   }
 
-  /** Nix's clearStore: both stores go. */
+  /** Nix's clearStore: both stores go (their directories made writable first, for an ordinary user). */
   clear(): void {
     this.active = undefined;
-    for (const p of [this.storeDir, this.parked('nix'), this.parked('ours'), `${this.root}/nix`, `${this.root}/ours`]) {
-      rmSync(p, { recursive: true, force: true });
-    }
+    for (const p of [this.storeDir, this.parked('nix'), this.parked('ours'), `${this.root}/nix`, `${this.root}/ours`]) removeTreeSync(p);
   }
 
   /** `nix-instantiate FILE ARGS` into both stores; the .drv paths (the same in both). */

@@ -210,7 +210,7 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
   });
 });
 
-describe.skipIf(!nixOk() || !sshdOk())('(root only) internal-json of a remote build: realise vs Nix 2.8 over a real sshd', () => {
+describe.skipIf(!nixOk() || !sshdOk())('internal-json of a remote build: realise vs Nix 2.8 over a real sshd', () => {
   let fx: Fixture;
   let sshd: Sshd;
   let ours: string;
@@ -226,7 +226,7 @@ describe.skipIf(!nixOk() || !sshdOk())('(root only) internal-json of a remote bu
 
   it('builds on the machine: Build activities with the machine in fields and text, the remote log lines, messages', async () => {
     const spec = (remote: string) => {
-      const uri = `ssh://root@127.0.0.1?remote-store=${encodeURIComponent(path.join(fx.dir, remote))}&remote-program=${encodeURIComponent(fx.wrapper(remote, 'nix-store'))}`;
+      const uri = `ssh://${sshd.user}@127.0.0.1?remote-store=${encodeURIComponent(path.join(fx.dir, remote))}&remote-program=${encodeURIComponent(fx.wrapper(remote, 'nix-store'))}`;
       return { uri, line: `${uri} x86_64-linux ${sshd.clientKey} 1 1 - - ${sshd.hostKeyBase64}` };
     };
     const env = { NIX_SSHOPTS: sshd.sshOptions.join(' '), NIX_CONFIG: NIX_CONF };

@@ -12,7 +12,7 @@ import { nixOk } from '../helpers/nix.js';
 import { cloneLocal, makeFixture, referenceBuild, type Fixture } from './fixture.js';
 import { sshdOk, startSshd, type Sshd } from './sshd.js';
 
-describe.skipIf(!nixOk() || !sshdOk())('(root only) remote builds over a real sshd', () => {
+describe.skipIf(!nixOk() || !sshdOk())('remote builds over a real sshd', () => {
   let fx: Fixture;
   let sshd: Sshd;
   let store: LocalStore;
@@ -35,7 +35,7 @@ describe.skipIf(!nixOk() || !sshdOk())('(root only) remote builds over a real ss
 
   function machinesLine(scheme: 'ssh' | 'ssh-ng', remoteRoot: string, hostKey: string): string {
     const program = fx.wrapper(scheme, scheme === 'ssh' ? 'nix-store' : 'nix-daemon');
-    const uri = `${scheme}://root@127.0.0.1?remote-store=${encodeURIComponent(remoteRoot)}&remote-program=${encodeURIComponent(program)}&compress=true`;
+    const uri = `${scheme}://${sshd.user}@127.0.0.1?remote-store=${encodeURIComponent(remoteRoot)}&remote-program=${encodeURIComponent(program)}&compress=true`;
     return `${uri} - ${sshd.clientKey} 2 1 - - ${hostKey}`;
   }
 

@@ -1,21 +1,20 @@
 /**
  * A real OpenSSH server on 127.0.0.1 for the ssh transports: its own host key, one authorized client key,
- * root login, started from a private config in a temp dir and stopped by the test.
+ * started from a private config in a temp dir and stopped by the test. It runs as the user running the
+ * tests and lets that user log in (`Sshd.user`): root, or an ordinary user (an unprivileged sshd can only
+ * authenticate the user it runs as), whose remote builds then run rootless on stores that user owns.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { userInfo } from 'node:os';
 import * as path from 'node:path';
 import { IN_CI, tempDir } from '../helpers/nix.js';
 
 export const SSHD = '/usr/sbin/sshd';
 
-/**
- * Use as `describe.skipIf(!sshdOk())` in a suite named "(root only) …": needs Debian's openssh-server
- * and root (the server logs in as root), so an ordinary user skips it; in CI a missing package is an error.
- */
+/** Use as `describe.skipIf(!sshdOk())`: needs Debian's openssh-server; in CI a missing package is an error. */
 export function sshdOk(): boolean {
-  if (process.getuid?.() !== 0) return false;
   const ok = existsSync(SSHD) && spawnSync('sh', ['-c', 'command -v ssh'], { stdio: 'ignore' }).status === 0;
   if (!ok && IN_CI) throw new Error('the ssh tests need openssh-server (apt-get install openssh-server)');
   return ok;
@@ -23,6 +22,8 @@ export function sshdOk(): boolean {
 
 export interface Sshd {
   port: number;
+  /** Who logs in: the user running the tests (and the server). */
+  user: string;
   /** Private key of the authorized client. */
   clientKey: string;
   /** base64 of the host's public key line (the machines file's last column). */
@@ -70,7 +71,8 @@ export async function startSshd(): Promise<Sshd> {
       '',
     ].join('\n'),
   );
-  mkdirSync('/run/sshd', { recursive: true, mode: 0o755 }); // sshd's privilege separation directory
+  // sshd's privilege separation directory (root only: an unprivileged sshd does not separate).
+  if (process.getuid?.() === 0) mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
   const child: ChildProcess = spawn(SSHD, ['-D', '-e', '-f', config, '-p', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   await new Promise<void>((resolve, reject) => {
@@ -92,6 +94,7 @@ export async function startSshd(): Promise<Sshd> {
   const hostPub = readFileSync(path.join(dir, 'host_key.pub'), 'utf8').trim().split(' ').slice(0, 2).join(' ');
   return {
     port,
+    user: userInfo().username,
     clientKey: path.join(dir, 'client_key'),
     hostKeyBase64: Buffer.from(hostPub).toString('base64'),
     sshOptions: [

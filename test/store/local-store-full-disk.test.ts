@@ -10,9 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { derivation } from '../../src/derivation/instantiate.js';
 import { StoreError } from '../../src/store/errors.js';
 import { LocalStore } from '../../src/store/local-store.js';
-import { nixEnv, nixOk, tempDir } from '../helpers/nix.js';
-
-const isRoot = process.getuid?.() === 0;
+import { nixEnv, nixOk, rootOnly, tempDir } from '../helpers/nix.js';
 
 /** Fill the file system holding `dir` completely: returns the filler file. */
 function fill(dir: string): string {
@@ -40,7 +38,7 @@ async function storeErrorOf(p: Promise<unknown>): Promise<StoreError> {
   return e as StoreError;
 }
 
-describe.skipIf(!isRoot || !nixOk())('(root only) a full disk', () => {
+describe.skipIf(!rootOnly('a full disk is a 1 MiB tmpfs, which only root may mount') || !nixOk())('(root only) a full disk', () => {
   let mnt: string;
   beforeAll(() => {
     mnt = tempDir('realise-full-');
