@@ -1,12 +1,15 @@
 /**
- * Values both remote protocols share: the BasicDerivation as it travels on the wire, build results,
- * realisations (`DrvOutputs`), and path infos.
+ * What both remote protocols share: the connection itself (one transport, operations serialised on it, the
+ * handshake's failure explained, NARs streamed out of it), and the values they send alike: the
+ * BasicDerivation as it travels on the wire, build results, realisations (`DrvOutputs`), and path infos.
  */
 import { Hash } from '../store/hash.js';
-import type { PathInfo } from '../store/store-api.js';
-import type { StorePath } from '../store/store-path.js';
-import { RemoteProtocolError } from './errors.js';
-import type { WireReader, WireWriter } from './wire.js';
+import type { NarSource, PathInfo } from '../store/store-api.js';
+import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from '../store/store-path.js';
+import { RemoteConnectionError, RemoteProtocolError } from './errors.js';
+import { connectionLost, type Transport } from './transport.js';
+import { WireReader, WireWriter, type WireEncoder } from './wire.js';
+import type { OnRemoteLog } from './worker-protocol.js';
 
 /** One output as written in a .drv: path (may be empty for floating CA), hash algorithm (`r:sha256`), hash (base16). */
 export interface WireDerivationOutput {
@@ -34,7 +37,7 @@ function entries<V>(m: ReadonlyMap<string, V> | Readonly<Record<string, V>>): [s
 }
 
 /** Nix's `writeDerivation(Sink, Store, BasicDerivation)`. */
-export function writeBasicDerivation(w: WireWriter, drv: WireDerivation): void {
+export function writeBasicDerivation(w: WireEncoder, drv: WireDerivation): void {
   const outs = entries(drv.outputs);
   w.u64(outs.length);
   for (const [name, o] of outs) w.string(name).string(o.path).string(o.hashAlgo).string(o.hash);
@@ -116,7 +119,6 @@ export interface WireBuildResult {
   readonly builtOutputs: ReadonlyMap<string, WireRealisation>;
 }
 
-/** Read a `DrvOutputs` map (DrvOutput id → Realisation JSON). */
 /** A message without the terminal colours Nix puts in it. */
 export function stripAnsi(s: string): string {
   return s.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
@@ -143,6 +145,7 @@ export async function readBuildResult(r: WireReader, storeDir: string, has: { ti
   return { status, errorMsg, timesBuilt, isNonDeterministic, startTime, stopTime, builtOutputs };
 }
 
+/** Read a `DrvOutputs` map (DrvOutput id → Realisation JSON). */
 export async function readDrvOutputs(r: WireReader, storeDir: string): Promise<Map<string, WireRealisation>> {
   const n = await r.u64();
   const out = new Map<string, WireRealisation>();
@@ -167,6 +170,23 @@ export async function readDrvOutputs(r: WireReader, storeDir: string): Promise<M
   return out;
 }
 
+/**
+ * A ValidPathInfo as both protocols send it with a NAR (AddToStoreNar of either, and each entry of the
+ * worker protocol's AddMultipleToStore): path, deriver, NAR hash (base16), references, registration time,
+ * NAR size, ultimate, signatures, content address.
+ */
+export function writePathInfo<W extends WireEncoder>(w: W, info: PathInfo): W {
+  w.string(info.path)
+    .string(info.deriver ?? '')
+    .string(info.narHash.base16);
+  w.strings([...info.references].sort())
+    .u64(info.registrationTime ?? 0)
+    .u64(info.narSize)
+    .u64(info.ultimate ?? false);
+  w.strings([...(info.sigs ?? [])].sort()).string(info.ca ?? '');
+  return w;
+}
+
 /** Parse a NAR hash as the daemon sends it (base16 without prefix, or prefixed in any encoding). */
 export function parseWireNarHash(s: string): Hash {
   return s.includes(':') || s.includes('-') ? Hash.parse(s) : Hash.parse(s, 'sha256');
@@ -187,4 +207,198 @@ export function topoSortPaths(infos: ReadonlyMap<StorePath, Pick<PathInfo, 'refe
   };
   for (const p of [...infos.keys()].sort()) visit(p);
   return out;
+}
+
+export interface ProtocolConnectionOptions {
+  /** Logical store directory of the remote. @default '/nix/store' */
+  readonly storeDir?: string;
+  /** Name used in messages (the machine URI). @default the transport's description */
+  readonly name?: string;
+  /** Log events of every operation not given its own handler. */
+  readonly onLog?: OnRemoteLog;
+}
+
+/**
+ * One connection of either protocol: operations run one at a time (`op`); a failure the protocol cannot
+ * resynchronise after (anything but what `survives` accepts) breaks the connection for good, and so
+ * does an abort (it closes the transport).
+ */
+export abstract class ProtocolConnection {
+  readonly transport: Transport;
+  readonly name: string;
+  readonly storeDir: string;
+  protected readonly reader: WireReader;
+  protected readonly writer: WireWriter;
+  /** Where log events of the running operation go. */
+  protected currentLog: OnRemoteLog | undefined;
+  private readonly defaultLog: OnRemoteLog | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+  private brokenBy: Error | undefined;
+
+  protected constructor(transport: Transport, opts: ProtocolConnectionOptions) {
+    this.transport = transport;
+    this.name = opts.name ?? transport.description;
+    this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
+    this.defaultLog = opts.onLog;
+    this.reader = new WireReader(transport.input, `'${this.name}'`);
+    this.writer = new WireWriter(transport.output, `'${this.name}'`);
+    connectionLost(transport).catch((e: Error) => {
+      this.brokenBy ??= e;
+      this.reader.fail(e);
+    });
+  }
+
+  /**
+   * Run `handshake` on a new connection; on failure close it and say what went wrong, with the remote's
+   * last stderr lines and `hint`. Errors `passThrough` accepts are thrown as they are.
+   */
+  protected static async open<C extends ProtocolConnection>(
+    conn: C,
+    signal: AbortSignal | undefined,
+    handshake: () => Promise<void>,
+    hint: string,
+    passThrough: (e: unknown) => boolean = () => false,
+  ): Promise<C> {
+    const onAbort = (): void => {
+      void conn.close();
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      signal?.throwIfAborted();
+      await handshake();
+      return conn;
+    } catch (e) {
+      await conn.close();
+      if (signal?.aborted) throw signal.reason;
+      if (passThrough(e)) throw e;
+      const message = (e as Error).message;
+      const tail = conn.transport.stderrTail();
+      throw new RemoteConnectionError(`cannot open a connection to '${conn.name}': ${message}${tail && !message.includes(tail) ? `\n${tail}` : ''}`, {
+        cause: e,
+        hint,
+      });
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Whether the connection can still be used. */
+  get usable(): boolean {
+    return !this.brokenBy;
+  }
+
+  /** Close the connection (ends the remote process; a running remote build is stopped). Idempotent. */
+  async close(): Promise<void> {
+    this.brokenBy ??= new RemoteConnectionError(`connection to '${this.name}' was closed`);
+    this.reader.fail(this.brokenBy);
+    await this.transport.close();
+  }
+
+  /** Whether the connection stays usable after an operation threw `e` (an error the peer reported in order). */
+  protected survives(_e: unknown): boolean {
+    return false;
+  }
+
+  /** `e`, which broke the connection, as the caller is told it. */
+  protected explainBreak(e: unknown): unknown {
+    return e;
+  }
+
+  protected markBroken(e: unknown): void {
+    this.brokenBy ??= e instanceof Error ? e : new Error(String(e));
+    void this.transport.close();
+  }
+
+  /** Validate before sending: a remote that cannot parse a request drops the connection. */
+  protected checkPath(p: string): void {
+    parseStorePath(p, this.storeDir);
+  }
+
+  /** `paths` once each, sorted (as Nix's StorePathSet), each checked. */
+  protected checkedPaths(paths: Iterable<StorePath>): StorePath[] {
+    const list = [...new Set(paths)].sort();
+    list.forEach((p) => this.checkPath(p));
+    return list;
+  }
+
+  /** Run one operation exclusively, its log events to `onLog` (else the connection's). */
+  protected op<T>(fn: () => Promise<T>, onLog?: OnRemoteLog, signal?: AbortSignal): Promise<T> {
+    const run = async (): Promise<T> => {
+      if (this.brokenBy) throw this.brokenBy;
+      signal?.throwIfAborted();
+      const onAbort = (): void => {
+        void this.close();
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.currentLog = onLog ?? this.defaultLog;
+      try {
+        return await fn();
+      } catch (e) {
+        if (signal?.aborted) throw signal.reason;
+        if (this.survives(e)) throw e;
+        this.markBroken(e);
+        throw this.explainBreak(e);
+      } finally {
+        this.currentLog = undefined;
+        signal?.removeEventListener('abort', onAbort);
+      }
+    };
+    const p = this.queue.then(run, run);
+    this.queue = p.catch(() => {});
+    return p;
+  }
+
+  /**
+   * The NAR the remote sends after `request` (which writes the request and reads up to the NAR), streamed.
+   * The connection stays busy until the stream is fully read; stopping early (break, throw) reads the
+   * rest, so the connection stays usable. A failure reading it breaks the connection.
+   */
+  protected streamNar(path: StorePath, request: () => Promise<void>, signal: AbortSignal | undefined): NarSource {
+    const self = this;
+    return (async function* (): AsyncGenerator<Uint8Array> {
+      self.checkPath(path);
+      let release!: () => void;
+      const held = new Promise<void>((r) => {
+        release = r;
+      });
+      let gotStream!: (g: AsyncGenerator<Buffer>) => void;
+      let failed!: (e: unknown) => void;
+      const ready = new Promise<AsyncGenerator<Buffer>>((resolve, reject) => {
+        gotStream = resolve;
+        failed = reject;
+      });
+      const running = self.op(
+        async () => {
+          await request();
+          gotStream(self.reader.nar());
+          await held; // hold the connection until the consumer is finished
+        },
+        undefined,
+        signal,
+      );
+      running.catch(failed);
+      const g = await ready;
+      let complete = false;
+      try {
+        for (let n = await g.next(); !n.done; n = await g.next()) yield n.value;
+        complete = true;
+      } catch (e) {
+        self.markBroken(e);
+        throw e;
+      } finally {
+        if (!complete && self.usable) await self.drain(g);
+        release();
+        await running.catch(() => {});
+      }
+    })();
+  }
+
+  /** Read what is left of a NAR the consumer stopped reading; a failure breaks the connection. */
+  private async drain(g: AsyncGenerator<Buffer>): Promise<void> {
+    try {
+      while (!(await g.next()).done);
+    } catch (e) {
+      this.markBroken(e);
+    }
+  }
 }

@@ -5,11 +5,18 @@
  * forward as build log lines of the running operation.
  */
 import type { NarSource, PathInfo } from '../store/store-api.js';
-import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from '../store/store-path.js';
+import type { StorePath } from '../store/store-path.js';
 import { RemoteConnectionError, RemoteDaemonError, RemoteProtocolError } from './errors.js';
-import { parseWireNarHash, readBuildResult, writeBasicDerivation, type WireBuildResult, type WireDerivation } from './protocol-common.js';
-import { connectionLost, type Transport } from './transport.js';
-import { WireReader, WireWriter } from './wire.js';
+import {
+  parseWireNarHash,
+  ProtocolConnection,
+  readBuildResult,
+  writeBasicDerivation,
+  writePathInfo,
+  type WireBuildResult,
+  type WireDerivation,
+} from './protocol-common.js';
+import type { Transport } from './transport.js';
 import { ResultType, type OnRemoteLog, type PathToAdd } from './worker-protocol.js';
 
 export const SERVE_MAGIC_1 = 0x390c9deb;
@@ -52,28 +59,12 @@ export interface ServeConnectOptions {
   readonly signal?: AbortSignal;
 }
 
-export class ServeConnection {
-  readonly transport: Transport;
-  readonly name: string;
-  readonly storeDir: string;
+export class ServeConnection extends ProtocolConnection {
   remoteVersion = 0;
   version = 0;
-  private readonly reader: WireReader;
-  private readonly writer: WireWriter;
-  private queue: Promise<unknown> = Promise.resolve();
-  private brokenBy: Error | undefined;
-  private currentLog: OnRemoteLog | undefined;
 
   private constructor(transport: Transport, opts: ServeConnectOptions) {
-    this.transport = transport;
-    this.name = opts.name ?? transport.description;
-    this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
-    this.reader = new WireReader(transport.input, `'${this.name}'`);
-    this.writer = new WireWriter(transport.output, `'${this.name}'`);
-    connectionLost(transport).catch((e: Error) => {
-      this.brokenBy ??= e;
-      this.reader.fail(e);
-    });
+    super(transport, { storeDir: opts.storeDir, name: opts.name });
   }
 
   /**
@@ -82,38 +73,27 @@ export class ServeConnection {
    */
   static async connect(transport: Transport, opts: ServeConnectOptions = {}): Promise<ServeConnection> {
     const conn = new ServeConnection(transport, opts);
-    const onAbort = (): void => {
-      void conn.close();
-    };
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      conn.writer.u64(SERVE_MAGIC_1).u64(SERVE_PROTOCOL_VERSION);
-      await conn.writer.flush();
-      const magic = await conn.reader.u64();
-      if (magic !== SERVE_MAGIC_2) throw new RemoteProtocolError(`'nix-store --serve' protocol mismatch from '${conn.name}' (got 0x${magic.toString(16)})`);
-      conn.remoteVersion = await conn.reader.u64();
-      if ((conn.remoteVersion & 0xff00) !== 0x200)
-        throw new RemoteProtocolError(
-          `unsupported 'nix-store --serve' protocol version ${conn.remoteVersion >> 8}.${conn.remoteVersion & 0xff} on '${conn.name}'`,
-        );
-      conn.version = Math.min(SERVE_PROTOCOL_VERSION, conn.remoteVersion);
-      if ((conn.version & 0xff) < 4)
-        throw new RemoteProtocolError(`the Nix on '${conn.name}' is too old ('nix-store --serve' protocol 2.${conn.version & 0xff}; at least 2.4 is needed)`);
-      return conn;
-    } catch (e) {
-      await conn.close();
-      if (opts.signal?.aborted) throw opts.signal.reason;
-      const tail = transport.stderrTail();
-      throw new RemoteConnectionError(
-        `cannot open a connection to '${conn.name}': ${(e as Error).message}${tail && !(e as Error).message.includes(tail) ? `\n${tail}` : ''}`,
-        {
-          cause: e,
-          hint: 'check that the remote runs Nix (nix-store in PATH, or set remote-program=) and that you can log in non-interactively',
-        },
+    return ProtocolConnection.open(
+      conn,
+      opts.signal,
+      () => conn.handshake(),
+      'check that the remote runs Nix (nix-store in PATH, or set remote-program=) and that you can log in non-interactively',
+    );
+  }
+
+  private async handshake(): Promise<void> {
+    this.writer.u64(SERVE_MAGIC_1).u64(SERVE_PROTOCOL_VERSION);
+    await this.writer.flush();
+    const magic = await this.reader.u64();
+    if (magic !== SERVE_MAGIC_2) throw new RemoteProtocolError(`'nix-store --serve' protocol mismatch from '${this.name}' (got 0x${magic.toString(16)})`);
+    this.remoteVersion = await this.reader.u64();
+    if ((this.remoteVersion & 0xff00) !== 0x200)
+      throw new RemoteProtocolError(
+        `unsupported 'nix-store --serve' protocol version ${this.remoteVersion >> 8}.${this.remoteVersion & 0xff} on '${this.name}'`,
       );
-    } finally {
-      opts.signal?.removeEventListener('abort', onAbort);
-    }
+    this.version = Math.min(SERVE_PROTOCOL_VERSION, this.remoteVersion);
+    if ((this.version & 0xff) < 4)
+      throw new RemoteProtocolError(`the Nix on '${this.name}' is too old ('nix-store --serve' protocol 2.${this.version & 0xff}; at least 2.4 is needed)`);
   }
 
   /** Feed one stderr line of the remote (build output during BuildDerivation). */
@@ -121,59 +101,21 @@ export class ServeConnection {
     this.currentLog?.({ type: 'result', id: 0n, resultType: ResultType.BuildLogLine, fields: [line] });
   }
 
-  get usable(): boolean {
-    return !this.brokenBy;
-  }
-
-  async close(): Promise<void> {
-    this.brokenBy ??= new RemoteConnectionError(`connection to '${this.name}' was closed`);
-    this.reader.fail(this.brokenBy);
-    await this.transport.close();
-  }
-
   private minor(): number {
     return this.version & 0xff;
   }
 
-  /** Any failure breaks the connection: this protocol has no error replies to resynchronise on. */
-  private op<T>(fn: () => Promise<T>, onLog?: OnRemoteLog, signal?: AbortSignal): Promise<T> {
-    const run = async (): Promise<T> => {
-      if (this.brokenBy) throw this.brokenBy;
-      signal?.throwIfAborted();
-      const onAbort = (): void => {
-        void this.close();
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.currentLog = onLog;
-      try {
-        return await fn();
-      } catch (e) {
-        if (signal?.aborted) throw signal.reason;
-        this.brokenBy ??= e instanceof Error ? e : new Error(String(e));
-        void this.transport.close();
-        // A dead remote usually said why on stderr.
-        if (e instanceof RemoteConnectionError) {
-          const tail = this.transport.stderrTail();
-          if (tail && !e.message.includes(tail)) throw new RemoteConnectionError(`${e.shortMessage}\n${tail}`, { cause: e });
-        }
-        throw e;
-      } finally {
-        this.currentLog = undefined;
-        signal?.removeEventListener('abort', onAbort);
-      }
-    };
-    const p = this.queue.then(run, run);
-    this.queue = p.catch(() => {});
-    return p;
-  }
-
-  private checkPath(p: string): void {
-    parseStorePath(p, this.storeDir);
+  /** This protocol has no error replies to resynchronise on: any failure breaks the connection. A dead remote usually said why on stderr. */
+  protected override explainBreak(e: unknown): unknown {
+    if (e instanceof RemoteConnectionError) {
+      const tail = this.transport.stderrTail();
+      if (tail && !e.message.includes(tail)) return new RemoteConnectionError(`${e.shortMessage}\n${tail}`, { cause: e });
+    }
+    return e;
   }
 
   async queryValidPaths(paths: Iterable<StorePath>, opts: { lock?: boolean; substitute?: boolean; signal?: AbortSignal } = {}): Promise<Set<StorePath>> {
-    const list = [...new Set(paths)].sort();
-    list.forEach((p) => this.checkPath(p));
+    const list = this.checkedPaths(paths);
     return this.op(
       async () => {
         this.writer
@@ -191,8 +133,7 @@ export class ServeConnection {
 
   /** Infos of the valid ones among `paths`. */
   async queryPathInfos(paths: Iterable<StorePath>, opts: { signal?: AbortSignal } = {}): Promise<Map<StorePath, PathInfo>> {
-    const list = [...new Set(paths)].sort();
-    list.forEach((p) => this.checkPath(p));
+    const list = this.checkedPaths(paths);
     return this.op(
       async () => {
         this.writer.u64(ServeCommand.QueryPathInfos).strings(list);
@@ -231,15 +172,7 @@ export class ServeConnection {
         const w = this.writer;
         if (this.minor() >= 5) {
           for (const { info, nar } of paths) {
-            w.u64(ServeCommand.AddToStoreNar)
-              .string(info.path)
-              .string(info.deriver ?? '')
-              .string(info.narHash.base16);
-            w.strings([...info.references].sort())
-              .u64(info.registrationTime ?? 0)
-              .u64(info.narSize)
-              .u64(info.ultimate ?? false);
-            w.strings([...(info.sigs ?? [])].sort()).string(info.ca ?? '');
+            writePathInfo(w.u64(ServeCommand.AddToStoreNar), info);
             await w.stream(nar);
           }
           await w.flush();
@@ -290,49 +223,15 @@ export class ServeConnection {
     );
   }
 
-  /** The NAR of a remote path (consume it fully; stopping early breaks the connection). */
+  /** The NAR of a remote path, streamed (see ProtocolConnection.streamNar). */
   narFromPath(path: StorePath, opts: { signal?: AbortSignal } = {}): NarSource {
-    const self = this;
-    return (async function* (): AsyncGenerator<Uint8Array> {
-      self.checkPath(path);
-      let release!: () => void;
-      const held = new Promise<void>((r) => {
-        release = r;
-      });
-      let gotStream!: (g: AsyncGenerator<Buffer>) => void;
-      let failed!: (e: unknown) => void;
-      const ready = new Promise<AsyncGenerator<Buffer>>((res, rej) => {
-        gotStream = res;
-        failed = rej;
-      });
-      const running = self.op(
-        async () => {
-          self.writer.u64(ServeCommand.DumpStorePath).string(path);
-          await self.writer.flush();
-          gotStream(self.reader.nar());
-          await held;
-        },
-        undefined,
-        opts.signal,
-      );
-      running.catch(failed);
-      const g = await ready;
-      let complete = false;
-      try {
-        for (;;) {
-          const n = await g.next();
-          if (n.done) break;
-          yield n.value;
-        }
-        complete = true;
-      } finally {
-        if (!complete) {
-          self.brokenBy ??= new RemoteConnectionError(`NAR transfer of '${path}' from '${self.name}' was interrupted`);
-          void self.transport.close();
-        }
-        release();
-        await running.catch(() => {});
-      }
-    })();
+    return this.streamNar(
+      path,
+      async () => {
+        this.writer.u64(ServeCommand.DumpStorePath).string(path);
+        await this.writer.flush();
+      },
+      opts.signal,
+    );
   }
 }

@@ -328,20 +328,10 @@ export class WireReader {
   }
 }
 
-/** Batches wire values and writes them to a stream. */
-export class WireWriter {
+/** Collects wire values into bytes (`take()`), for a message built before it is sent. */
+export class WireEncoder {
   private parts: Buffer[] = [];
   private size = 0;
-  private broken: Error | undefined;
-
-  constructor(
-    private readonly sink: Writable,
-    private readonly describe = 'remote',
-  ) {
-    sink.on('error', (err: Error) => {
-      this.broken ??= err;
-    });
-  }
 
   u64(n: number | bigint | boolean): this {
     return this.raw(encodeU64(typeof n === 'boolean' ? (n ? 1 : 0) : n));
@@ -372,16 +362,41 @@ export class WireWriter {
     return this;
   }
 
+  /** The bytes collected so far, which are then forgotten. */
+  take(): Buffer {
+    const data = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.size);
+    this.parts = [];
+    this.size = 0;
+    return data;
+  }
+
+  /** How many bytes are collected. */
+  get pending(): number {
+    return this.size;
+  }
+}
+
+/** Batches wire values and writes them to a stream. */
+export class WireWriter extends WireEncoder {
+  private broken: Error | undefined;
+
+  constructor(
+    private readonly sink: Writable,
+    private readonly describe = 'remote',
+  ) {
+    super();
+    sink.on('error', (err: Error) => {
+      this.broken ??= err;
+    });
+  }
+
   /** Write everything batched so far; resolves once the stream accepted it (back-pressure). */
   async flush(): Promise<void> {
     if (this.broken || this.sink.destroyed || this.sink.writableEnded) {
       throw new RemoteConnectionError(`cannot write to ${this.describe}: the connection is closed`, { cause: this.broken });
     }
-    if (this.size === 0) return;
-    const data = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.size);
-    this.parts = [];
-    this.size = 0;
-    const ok = this.sink.write(data);
+    if (this.pending === 0) return;
+    const ok = this.sink.write(this.take());
     if (!ok) await waitDrain(this.sink, this.describe);
   }
 

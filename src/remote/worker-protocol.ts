@@ -10,11 +10,20 @@
  */
 import type { Hash } from '../store/hash.js';
 import type { NarSource, PathInfo } from '../store/store-api.js';
-import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from '../store/store-path.js';
-import { RemoteConnectionError, RemoteDaemonError, RemoteProtocolError } from './errors.js';
-import { parseWireNarHash, readBuildResult, stripAnsi, writeBasicDerivation, type WireBuildResult, type WireDerivation } from './protocol-common.js';
-import { connectionLost, type Transport } from './transport.js';
-import { WireReader, WireWriter } from './wire.js';
+import type { StorePath } from '../store/store-path.js';
+import { RemoteDaemonError, RemoteProtocolError } from './errors.js';
+import {
+  parseWireNarHash,
+  ProtocolConnection,
+  readBuildResult,
+  stripAnsi,
+  writeBasicDerivation,
+  writePathInfo,
+  type WireBuildResult,
+  type WireDerivation,
+} from './protocol-common.js';
+import type { Transport } from './transport.js';
+import { encodeU64, WireEncoder, type WireReader } from './wire.js';
 
 export const WORKER_MAGIC_1 = 0x6e697863;
 export const WORKER_MAGIC_2 = 0x6478696f;
@@ -129,10 +138,7 @@ export interface PathToAdd {
   readonly nar: NarSource;
 }
 
-export class WorkerConnection {
-  readonly transport: Transport;
-  readonly name: string;
-  readonly storeDir: string;
+export class WorkerConnection extends ProtocolConnection {
   /** The daemon's protocol version (e.g. 0x122). */
   daemonVersion = 0;
   /** The version both sides use: the lower of ours and the daemon's. */
@@ -141,60 +147,30 @@ export class WorkerConnection {
   daemonNixVersion: string | undefined;
   /** Whether the daemon trusts us (protocol ≥ 1.35; undefined when it does not say). */
   remoteTrustsUs: boolean | undefined;
-  private readonly reader: WireReader;
-  private readonly writer: WireWriter;
-  private queue: Promise<unknown> = Promise.resolve();
-  private brokenBy: Error | undefined;
-  private currentLog: OnRemoteLog | undefined;
-  private readonly defaultLog: OnRemoteLog | undefined;
 
   private constructor(transport: Transport, opts: WorkerConnectOptions) {
-    this.defaultLog = opts.onLog;
-    this.transport = transport;
-    this.name = opts.name ?? transport.description;
-    this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
-    this.reader = new WireReader(transport.input, `'${this.name}'`);
-    this.writer = new WireWriter(transport.output, `'${this.name}'`);
-    connectionLost(transport).catch((e: Error) => {
-      this.brokenBy ??= e;
-      this.reader.fail(e);
-    });
+    super(transport, opts);
   }
 
   /** Handshake and SetOptions over an open transport. Closes the transport on failure. */
   static async connect(transport: Transport, opts: WorkerConnectOptions = {}): Promise<WorkerConnection> {
     const conn = new WorkerConnection(transport, opts);
-    const onAbort = (): void => {
-      void conn.close();
-    };
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      opts.signal?.throwIfAborted();
-      await conn.handshake(opts.clientVersion ?? WORKER_PROTOCOL_VERSION, opts.onLog);
-      const { keepFailed, keepGoing, verbosity, maxBuildJobs, maxSilentTime, buildCores, useSubstitutes, overrides } = opts;
-      await conn.sendOptions(
-        Object.fromEntries(
-          Object.entries({ keepFailed, keepGoing, verbosity, maxBuildJobs, maxSilentTime, buildCores, useSubstitutes, overrides }).filter(
-            ([, v]) => v !== undefined,
-          ),
-        ),
-      );
-      return conn;
-    } catch (e) {
-      await conn.close();
-      if (opts.signal?.aborted) throw opts.signal.reason;
-      if (e instanceof RemoteDaemonError) throw e;
-      const tail = transport.stderrTail();
-      throw new RemoteConnectionError(
-        `cannot open a connection to '${conn.name}': ${(e as Error).message}${tail && !(e as Error).message.includes(tail) ? `\n${tail}` : ''}`,
-        {
-          cause: e,
-          hint: 'check that the remote runs Nix (nix-daemon in PATH, or set remote-program=) and that you can log in non-interactively',
-        },
-      );
-    } finally {
-      opts.signal?.removeEventListener('abort', onAbort);
-    }
+    const { keepFailed, keepGoing, verbosity, maxBuildJobs, maxSilentTime, buildCores, useSubstitutes, overrides } = opts;
+    const options = Object.fromEntries(
+      Object.entries({ keepFailed, keepGoing, verbosity, maxBuildJobs, maxSilentTime, buildCores, useSubstitutes, overrides }).filter(
+        ([, v]) => v !== undefined,
+      ),
+    );
+    return ProtocolConnection.open(
+      conn,
+      opts.signal,
+      async () => {
+        await conn.handshake(opts.clientVersion ?? WORKER_PROTOCOL_VERSION, opts.onLog);
+        await conn.sendOptions(options);
+      },
+      'check that the remote runs Nix (nix-daemon in PATH, or set remote-program=) and that you can log in non-interactively',
+      (e) => e instanceof RemoteDaemonError,
+    );
   }
 
   private async handshake(clientVersion: number, onLog?: OnRemoteLog): Promise<void> {
@@ -260,43 +236,9 @@ export class WorkerConnection {
     this.options = o;
   }
 
-  /** Whether the connection can still be used. */
-  get usable(): boolean {
-    return !this.brokenBy;
-  }
-
-  /** Close the connection (ends the remote process; a running remote build is stopped). Idempotent. */
-  async close(): Promise<void> {
-    const err = new RemoteConnectionError(`connection to '${this.name}' was closed`);
-    this.brokenBy ??= err;
-    this.reader.fail(this.brokenBy);
-    await this.transport.close();
-  }
-
-  /** Run one operation exclusively; a failure other than a daemon-reported error breaks the connection. */
-  private op<T>(fn: () => Promise<T>, onLog?: OnRemoteLog, signal?: AbortSignal): Promise<T> {
-    const run = async (): Promise<T> => {
-      if (this.brokenBy) throw this.brokenBy;
-      signal?.throwIfAborted();
-      const onAbort = (): void => {
-        void this.close();
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.currentLog = onLog ?? this.defaultLog;
-      try {
-        return await fn();
-      } catch (e) {
-        if (signal?.aborted) throw signal.reason;
-        if (!(e instanceof RemoteDaemonError)) this.markBroken(e);
-        throw e;
-      } finally {
-        this.currentLog = undefined;
-        signal?.removeEventListener('abort', onAbort);
-      }
-    };
-    const p = this.queue.then(run, run);
-    this.queue = p.catch(() => {});
-    return p;
+  /** An error the daemon reported (STDERR_ERROR) ends the operation, not the connection. */
+  protected override survives(e: unknown): boolean {
+    return e instanceof RemoteDaemonError;
   }
 
   /**
@@ -385,11 +327,6 @@ export class WorkerConnection {
     return fields;
   }
 
-  /** Validate before sending: a daemon that cannot parse a request drops the connection. */
-  private checkPath(p: string): void {
-    parseStorePath(p, this.storeDir);
-  }
-
   async isValidPath(path: StorePath, opts: { signal?: AbortSignal } = {}): Promise<boolean> {
     this.checkPath(path);
     return this.op(
@@ -406,8 +343,7 @@ export class WorkerConnection {
 
   /** The subset of `paths` valid on the remote. */
   async queryValidPaths(paths: Iterable<StorePath>, opts: { substitute?: boolean; signal?: AbortSignal } = {}): Promise<Set<StorePath>> {
-    const list = [...new Set(paths)].sort();
-    list.forEach((p) => this.checkPath(p));
+    const list = this.checkedPaths(paths);
     return this.op(
       async () => {
         this.writer.u64(WorkerOp.QueryValidPaths).strings(list);
@@ -478,16 +414,7 @@ export class WorkerConnection {
     return this.op(
       async () => {
         const w = this.writer;
-        w.u64(WorkerOp.AddToStoreNar)
-          .string(info.path)
-          .string(info.deriver ?? '')
-          .string(info.narHash.base16);
-        w.strings([...info.references].sort())
-          .u64(info.registrationTime ?? 0)
-          .u64(info.narSize)
-          .u64(info.ultimate ?? false);
-        w.strings([...(info.sigs ?? [])].sort())
-          .string(info.ca ?? '')
+        writePathInfo(w.u64(WorkerOp.AddToStoreNar), info)
           .u64(opts.repair ?? false)
           .u64(opts.dontCheckSigs ?? true);
         if (minor(this.version) >= 23) {
@@ -527,9 +454,9 @@ export class WorkerConnection {
           .u64(opts.repair ?? false)
           .u64(opts.dontCheckSigs ?? true);
         async function* payload(): AsyncGenerator<Uint8Array> {
-          yield encodeInfoHeader(paths.length);
+          yield encodeU64(paths.length);
           for (const p of paths) {
-            yield encodePathInfo16(p.info);
+            yield writePathInfo(new WireEncoder(), p.info).take();
             yield* p.nar;
           }
         }
@@ -675,68 +602,17 @@ export class WorkerConnection {
     await this.simple(WorkerOp.AddTempRoot, [path], (r) => r.u64(), opts);
   }
 
-  /**
-   * The NAR of a valid remote path, streamed. The connection stays busy until the stream is fully read;
-   * stopping early (break, throw) drains the rest so the connection stays usable.
-   */
+  /** The NAR of a valid remote path, streamed (see ProtocolConnection.streamNar). */
   narFromPath(path: StorePath, opts: { signal?: AbortSignal } = {}): NarSource {
-    const self = this;
-    return (async function* (): AsyncGenerator<Uint8Array> {
-      self.checkPath(path);
-      let release!: () => void;
-      const held = new Promise<void>((r) => {
-        release = r;
-      });
-      let gotStream!: (g: AsyncGenerator<Buffer>) => void;
-      let failed!: (e: unknown) => void;
-      const streamReady = new Promise<AsyncGenerator<Buffer>>((res, rej) => {
-        gotStream = res;
-        failed = rej;
-      });
-      const running = self.op(
-        async () => {
-          self.writer.u64(WorkerOp.NarFromPath).string(path);
-          await self.writer.flush();
-          await self.processStderr();
-          gotStream(self.reader.nar());
-          await held; // hold the connection until the consumer is finished
-        },
-        undefined,
-        opts.signal,
-      );
-      running.catch(failed);
-      const g = await streamReady;
-      let complete = false;
-      try {
-        for (;;) {
-          const n = await g.next();
-          if (n.done) break;
-          yield n.value;
-        }
-        complete = true;
-      } catch (e) {
-        self.markBroken(e);
-        throw e;
-      } finally {
-        if (!complete && self.usable) {
-          try {
-            for (;;) {
-              const n = await g.next();
-              if (n.done) break;
-            }
-          } catch (e) {
-            self.markBroken(e);
-          }
-        }
-        release();
-        await running.catch(() => {});
-      }
-    })();
-  }
-
-  private markBroken(e: unknown): void {
-    this.brokenBy ??= e instanceof Error ? e : new Error(String(e));
-    void this.transport.close();
+    return this.streamNar(
+      path,
+      async () => {
+        this.writer.u64(WorkerOp.NarFromPath).string(path);
+        await this.writer.flush();
+        await this.processStderr();
+      },
+      opts.signal,
+    );
   }
 
   /** Which of `paths` (store paths, or `drv!out1,out2`) would be built / substituted / are unknown. */
@@ -770,41 +646,6 @@ function minor(v: number): number {
 
 function versionString(v: number): string {
   return `${v >> 8}.${v & 0xff}`;
-}
-
-function encodeInfoHeader(count: number): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64LE(BigInt(count));
-  return b;
-}
-
-/** ValidPathInfo with its path, format 16 (as AddMultipleToStore expects). */
-function encodePathInfo16(info: PathInfo): Buffer {
-  const parts: Buffer[] = [];
-  const u64 = (n: number | boolean): void => {
-    const b = Buffer.alloc(8);
-    b.writeBigUInt64LE(BigInt(typeof n === 'boolean' ? (n ? 1 : 0) : n));
-    parts.push(b);
-  };
-  const str = (s: string): void => {
-    const body = Buffer.from(s, 'utf8');
-    u64(body.length);
-    parts.push(body, Buffer.alloc((8 - (body.length % 8)) % 8));
-  };
-  const strs = (l: readonly string[]): void => {
-    u64(l.length);
-    for (const s of l) str(s);
-  };
-  str(info.path);
-  str(info.deriver ?? '');
-  str(info.narHash.base16);
-  strs([...info.references].sort());
-  u64(info.registrationTime ?? 0);
-  u64(info.narSize);
-  u64(info.ultimate ?? false);
-  strs([...(info.sigs ?? [])].sort());
-  str(info.ca ?? '');
-  return Buffer.concat(parts);
 }
 
 /** Turn a byte stream into "give me up to n bytes" reads (for STDERR_READ). */
