@@ -59,6 +59,8 @@ interface Scanned {
   name: string;
   scratch: StorePath;
   real: string;
+  /** The output's path as Nix names it in messages (inside the build's chroot when sandboxed). */
+  shown: string;
   refs: Set<StorePath>;
   isReg: boolean;
   isExec: boolean;
@@ -121,12 +123,12 @@ async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promis
       } catch (e) {
         throw new OutputRejected('output-rejected', (e as Error).message);
       }
-      scanned.set(name, { name, scratch, real, refs: scanBufferForReferences(nar, candidates), isReg: true, isExec, nar });
+      scanned.set(name, { name, scratch, real, shown, refs: scanBufferForReferences(nar, candidates), isReg: true, isExec, nar });
       continue;
     }
     await canonicaliseOutput(real, shown, store.ignoredAcls);
     const refs = await scanForReferences(dumpPath(real), candidates);
-    scanned.set(name, { name, scratch, real, refs, isReg: st.isFile(), isExec });
+    scanned.set(name, { name, scratch, real, shown, refs, isReg: st.isFile(), isExec });
   }
   return scanned;
 }
@@ -262,7 +264,7 @@ class Finalised {
     if (method === 'flat' && (!s.isReg || s.isExec)) {
       throw new OutputRejected(
         'output-rejected',
-        `output path '${s.real}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)`,
+        `output path '${s.shown}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)`,
       );
     }
     await this.rewrite(s, this.outputRewrites);

@@ -1,6 +1,7 @@
 /**
  * Messages that name an output's location, `realise build` against `nix-store --realise` on twin chroot
- * stores (where builds run sandboxed): Nix names the output inside the build's chroot,
+ * stores (where builds run sandboxed): Nix names the output inside the build's chroot (a missing output, a
+ * writable one, an executable flat fixed output),
  * `<store>/<drv>.chroot/nix/store/<output>`. Compared with the roots replaced by ROOT. And a builder that
  * closes its output early, which Nix kills.
  */
@@ -12,6 +13,8 @@ import { realiseInProcess as realise } from '../helpers/cli.js';
 const EXPR = `{
   noout = derivation { name = "om-noout"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo none"]; };
   writable = derivation { name = "om-writable"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo x > $out; chmod 666 $out"]; };
+  fodexec = derivation { name = "om-fodexec"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo -n x > $out; chmod +x $out"];
+    outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"; };
   closes = derivation { name = "om-closes"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo bye; exec >&- 2>&-; /bin/busybox sleep 20; echo > $out"]; };
 }`;
 
@@ -20,7 +23,7 @@ describe.skipIf(!nixOk())('output locations in messages, realise vs Nix 2.8 (san
   const drvs: Record<string, string> = {};
   beforeAll(() => {
     dir = tempDir();
-    for (const a of ['noout', 'writable', 'closes']) drvs[a] = instantiateTwins(dir, EXPR, ['-A', a]);
+    for (const a of ['noout', 'writable', 'fodexec', 'closes']) drvs[a] = instantiateTwins(dir, EXPR, ['-A', a]);
   });
   const errors = (stderr: string, root: string) =>
     stderr
@@ -30,7 +33,7 @@ describe.skipIf(!nixOk())('output locations in messages, realise vs Nix 2.8 (san
 
   // closes: a builder that closes its stdout and stderr and runs on is killed, as the end of its output
   // is the end of the build: "failed due to signal 9 (Killed)", exit 100 (not a 20 s wait and success).
-  for (const a of ['noout', 'writable', 'closes']) {
+  for (const a of ['noout', 'writable', 'fodexec', 'closes']) {
     it(`${a}: the same error line and status`, async () => {
       const n = runNix('nix-store', ['--store', path.join(dir, 'N'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox /bin/busybox', '--realise', drvs[a]!]);
       const o = await realise(['build', '--store', path.join(dir, 'O'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox /bin/busybox', drvs[a]!]);
