@@ -65,6 +65,20 @@ export function tokenize(s: string): string[] {
 
 const EXPORT_NAME = /^[A-Za-z_][A-Za-z0-9_.-]*$/;
 
+/**
+ * A malformed `exportReferencesGraph` that Nix reports as the build's failure (its BuildError: the
+ * build's inputs are rejected), not as an error that ends the whole call.
+ */
+export class ExportReferencesError extends BadDerivationError {}
+
+/** nlohmann::json's name for the type of `v`, as in its type errors. */
+function jsonTypeName(v: JsonValue): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'array';
+  if (typeof v === 'object') return 'object';
+  return typeof v === 'boolean' ? 'boolean' : typeof v;
+}
+
 export class ParsedDerivation {
   readonly drvPath: StorePath;
   readonly drv: Derivation;
@@ -202,54 +216,57 @@ export class ParsedDerivation {
   /**
    * `exportReferencesGraph`: file name → store paths whose closure to export. Legacy: pairs
    * `name1 path1 name2 path2 ...` (paths inside store paths are reduced to the store path);
-   * structured: an object of name → path or list of paths. Throws BadDerivationError in Nix's words
-   * (which name the attribute, not the derivation).
+   * structured: an object of name → path or list of paths (each exactly a store path, as Nix's
+   * parseStorePath). Throws BadDerivationError in Nix's words (which name the attribute, not the
+   * derivation): an ExportReferencesError where Nix fails the build (its BuildError: an odd number of
+   * tokens, a legacy path outside the store), a plain BadDerivationError where Nix's error ends the whole
+   * call (an invalid file name, a structured value that is not a string or not a store path).
    */
   exportReferencesGraph(storeDir: string = DEFAULT_STORE_DIR): Array<{ name: string; paths: StorePath[] }> {
     const out: Array<{ name: string; paths: StorePath[] }> = [];
-    const checkName = (name: string) => {
-      if (!EXPORT_NAME.test(name)) {
-        throw new BadDerivationError(`invalid file name '${name}' in 'exportReferencesGraph'`, {
-          drv: this.drvPath,
-          hint: 'names must match [A-Za-z_][A-Za-z0-9_.-]*',
-        });
-      }
-    };
-    const toPath = (p: string): StorePath => {
-      try {
-        return toStorePath(p, storeDir);
-      } catch (e) {
-        throw new BadDerivationError(`'exportReferencesGraph' contains a non-store path '${p}'`, { drv: this.drvPath, cause: e });
-      }
-    };
     if (this.structuredAttrs) {
       const e = this.structured('exportReferencesGraph');
       if (e === undefined || typeof e !== 'object' || e === null || Array.isArray(e)) return out;
       for (const [name, v] of Object.entries(e)) {
         const list = Array.isArray(v) ? v : [v];
-        // As Nix: a path inside a store path stands for that store path.
-        const paths = list.map((p) => {
-          if (typeof p !== 'string') {
-            throw new BadDerivationError(`'exportReferencesGraph.${name}' of '${this.drvPath}' contains a non-store path ${JSON.stringify(p)}`, {
-              drv: this.drvPath,
-            });
-          }
-          return toPath(p);
-        });
-        out.push({ name, paths });
+        out.push({ name, paths: list.map((p) => this.structuredExportPath(p, storeDir)) });
       }
       return out;
     }
     const s = this.drv.env.get('exportReferencesGraph') ?? '';
     const ts = tokenize(s);
     if (ts.length % 2 !== 0) {
-      throw new BadDerivationError(`odd number of tokens in 'exportReferencesGraph': '${s}'`, { drv: this.drvPath });
+      throw new ExportReferencesError(`odd number of tokens in 'exportReferencesGraph': '${s}'`, { drv: this.drvPath });
     }
     for (let i = 0; i < ts.length; i += 2) {
-      checkName(ts[i]!);
-      out.push({ name: ts[i]!, paths: [toPath(ts[i + 1]!)] });
+      const name = ts[i]!;
+      if (!EXPORT_NAME.test(name)) {
+        throw new BadDerivationError(`invalid file name '${name}' in 'exportReferencesGraph'`, {
+          drv: this.drvPath,
+          hint: 'names must match [A-Za-z_][A-Za-z0-9_.-]*',
+        });
+      }
+      const p = ts[i + 1]!;
+      try {
+        out.push({ name, paths: [toStorePath(p, storeDir)] });
+      } catch (e) {
+        throw new ExportReferencesError(`'exportReferencesGraph' contains a non-store path '${p}'`, { drv: this.drvPath, cause: e });
+      }
     }
     return out;
+  }
+
+  /** One path of a structured `exportReferencesGraph`: a string that is a store path, else Nix's error. */
+  private structuredExportPath(p: JsonValue, storeDir: string): StorePath {
+    if (typeof p !== 'string') {
+      throw new BadDerivationError(`[json.exception.type_error.302] type must be string, but is ${jsonTypeName(p)}`, { drv: this.drvPath });
+    }
+    if (p.slice(0, p.lastIndexOf('/')) !== storeDir) throw new BadDerivationError(`path '${p}' is not in the Nix store`, { drv: this.drvPath });
+    try {
+      return toStorePath(p, storeDir);
+    } catch (e) {
+      throw new BadDerivationError(`path '${p}' is not a valid store path`, { drv: this.drvPath, cause: e });
+    }
   }
 
   /**

@@ -4,7 +4,7 @@
  * form: a JSON array of path infos (path, narHash, narSize, references, closureSize, ca when content-addressed).
  */
 import type { StorePath } from '../store/store-path.js';
-import { BadDerivationError } from '../derivation/errors.js';
+import { ExportReferencesError } from '../derivation/parsed-attrs.js';
 import type { DrvView } from './drv-view.js';
 import { knownPath } from './drv-view.js';
 import type { Worker } from './worker.js';
@@ -30,15 +30,16 @@ async function exportClosure(w: Worker, view: DrvView, roots: StorePath[], input
 
 /**
  * The files exportReferencesGraph asks for (file name → contents; structured: name → JSON value), from the
- * derivation's attributes as ParsedDerivation reads them. A malformed attribute, or a path outside the
- * input closure, rejects the build's inputs (OutputRejected `input-rejected`, Nix's BuildError).
+ * derivation's attributes as ParsedDerivation reads them. A malformed attribute that Nix treats as a build
+ * error (ExportReferencesError), or a path outside the input closure, rejects the build's inputs
+ * (OutputRejected `input-rejected`, Nix's BuildError); other BadDerivationErrors end the call, as Nix's Error.
  */
 export async function exportReferencesGraph(w: Worker, view: DrvView, inputPaths: Set<StorePath>): Promise<Map<string, string | unknown> | undefined> {
   let wanted: { name: string; paths: StorePath[] }[];
   try {
     wanted = view.attrs.exportReferencesGraph(w.ctx.store.storeDir);
   } catch (e) {
-    if (e instanceof BadDerivationError) throw new OutputRejected('input-rejected', e.shortMessage);
+    if (e instanceof ExportReferencesError) throw new OutputRejected('input-rejected', e.shortMessage);
     throw e;
   }
   if (wanted.length === 0) return undefined;

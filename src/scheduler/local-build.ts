@@ -30,7 +30,7 @@ import { encodeError } from '../remote/wire.js';
 import { exportReferencesGraph } from './export-references.js';
 import { LogCollector } from './log-collector.js';
 import { describeSignal } from '../platform/signals.js';
-import { slotGate } from './slot-gate.js';
+import { roundsToTryToBuild, slotGate } from './slot-gate.js';
 import { registerOutputs, type RoundOutputs } from './register-outputs.js';
 import { knownOutputs } from './realisations.js';
 import { OutputRejected } from './rejected.js';
@@ -186,7 +186,7 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
     try {
       const r = await inBuildSlot(
         w,
-        drvPath,
+        view,
         async (releaseSlot): Promise<RoundResult | BuildResult | 'locked'> => {
           w.throwIfStopped();
           locks = await store.tryLockPaths(lockTargets);
@@ -261,9 +261,10 @@ async function waitForLocks(store: Worker['ctx']['store'], targets: readonly str
  * (Worker::childTerminated at the start of buildDone), the slot is freed as soon as the builder has exited:
  * closing the log and registering the outputs do not keep another build from starting.
  */
-function inBuildSlot<R>(w: Worker, drvPath: StorePath, fn: (releaseSlot: () => void) => Promise<R>, nextRound = false): Promise<R> {
+function inBuildSlot<R>(w: Worker, view: DrvView, fn: (releaseSlot: () => void) => Promise<R>, nextRound = false): Promise<R> {
   // Waiting for a slot, the goal no longer prepares; the gate grants free slots in Nix's goal order. When
   // its builder is done, the goal is busy again (registering, finishing) until it waits or ends.
+  const drvPath = view.drvPath;
   const goal = w.goalOf(drvPath);
   const activity = goal?.activity;
   activity?.pause();
@@ -287,7 +288,7 @@ function inBuildSlot<R>(w: Worker, drvPath: StorePath, fn: (releaseSlot: () => v
           }
           p.then(resolve, reject).finally(free);
         }),
-      goal?.depth ?? 0,
+      roundsToTryToBuild(goal?.depth ?? 0, view.inputDrvs.size > 0),
       nextRound,
     );
   });
@@ -529,7 +530,7 @@ class LocalRound {
     try {
       erg = await exportReferencesGraph(w, view, plan.inputPaths);
     } catch (e) {
-      if (!(e instanceof OutputRejected)) throw e;
+      if (!(e instanceof OutputRejected)) throw asSetupError(e);
       w.noteFailure(view.drvPath);
       return this.fail(e.status, { message: e.message });
     }

@@ -4,8 +4,9 @@
  * while every slot is taken wait, and when a slot frees they all wake up and the first by key takes it.
  * A free slot goes to the waiting build with the lowest key among those that were already waiting when a
  * slot was last given back (Nix wakes them all then; a goal that became ready since comes a round later);
- * before any slot was given back, the builds closest to the targets come first (Nix reaches them in
- * earlier rounds), then by key. With one slot (Nix's default, where the order
+ * before any slot was given back, the builds Nix reaches in fewer rounds come first (roundsToTryToBuild:
+ * those closest to the targets, and of those at the same distance the ones without input derivations),
+ * then by key. With one slot (Nix's default, where the order
  * of builds and messages is fully determined), goals here reach their slot request at unpredictable
  * moments, so the slot is granted only once the engine is quiescent: no derivation goal is still preparing
  * (reading its .drv, checking outputs, resolving, about to ask for a slot) or finishing (registering outputs,
@@ -20,10 +21,22 @@ import { goalKey } from './paths.js';
 
 const FALLBACK_MS = 250;
 
+/**
+ * In which of Nix 2.8's worker rounds a derivation goal reaches tryToBuild when its inputs need no building,
+ * counted from the call's start: a goal `depth` references away from the targets is made 3 rounds after its
+ * parent (the parent's own output substitution goals take a round to start and one to fail, then it makes
+ * its input goals), and reaches tryToBuild 3 rounds after it is made; with input derivations, whose goals
+ * find their outputs valid in their first round, 2 rounds later still (their goals are made, then done,
+ * then the parent's inputsRealised wakes it).
+ */
+export function roundsToTryToBuild(depth: number, hasInputDrvs: boolean): number {
+  return 3 * depth + 3 + (hasInputDrvs ? 2 : 0);
+}
+
 interface Waiter {
   readonly key: string;
-  /** Distance from the call's targets (0 for a target). */
-  readonly depth: number;
+  /** In which round Nix's goal asks for a slot, when no slot was given back yet (roundsToTryToBuild). */
+  readonly rounds: number;
   /** How many slots had been given back when it started waiting. */
   readonly epoch: number;
   readonly task: () => Promise<void>;
@@ -52,8 +65,8 @@ export class SlotGate {
    * `nextRound`: the next round of a build that just gave its slot back (`buildRepeat`): Nix wakes that
    * goal together with the builds the freed slot woke, so it competes with them by key at once.
    */
-  request(drvPath: string, task: () => Promise<void>, depth = 0, nextRound = false): void {
-    this.waiting.push({ key: goalKey('derivation', drvPath), depth, epoch: nextRound ? -1 : this.epoch, task });
+  request(drvPath: string, task: () => Promise<void>, rounds = 0, nextRound = false): void {
+    this.waiting.push({ key: goalKey('derivation', drvPath), rounds, epoch: nextRound ? -1 : this.epoch, task });
     if (this.queue.concurrency > 1) this.grant();
     else this.schedule();
   }
@@ -98,7 +111,7 @@ export class SlotGate {
     const wokenA = a.epoch < this.epoch;
     const wokenB = b.epoch < this.epoch;
     if (wokenA !== wokenB) return wokenA;
-    if (this.epoch === 0 && a.depth !== b.depth) return a.depth < b.depth;
+    if (this.epoch === 0 && a.rounds !== b.rounds) return a.rounds < b.rounds;
     return a.key < b.key;
   }
 

@@ -82,6 +82,14 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
       'dagGood',
       'fifo',
       'fifoTop',
+      'good',
+      'ordTop',
+      'ergOdd',
+      'ergNonStore',
+      'ergBadName',
+      'ergSaNum',
+      'ergSaSub',
+      'ergBadNameTop',
     ]) {
       drvs[a] = nix('nix-instantiate', ['--store', R1, file, '-A', a]);
       expect(nix('nix-instantiate', ['--store', R2, file, '-A', a])).toBe(drvs[a]);
@@ -190,7 +198,9 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
 
   it("one build slot: builds start in Nix's goal order (by name) and failures are reported before the next build", async () => {
     // Targets at different depths: Nix reaches the shallower builds first (dag-good before the failing ones).
-    for (const args of [[drvs.leaves!], ['-k', drvs.dagTop!], [drvs.dagTop!], ['-k', drvs.dagD1!, drvs.dagD2!, drvs.dagGood!]]) {
+    // (ordTop after good: a build whose input derivations are valid is reached later.)
+    const cases = [[drvs.leaves!], ['-k', drvs.dagTop!], [drvs.dagTop!], ['-k', drvs.dagD1!, drvs.dagD2!, drvs.dagGood!], [drvs.good!], [drvs.ordTop!]];
+    for (const args of cases) {
       const n = nixRealise(args);
       const o = await ours(args);
       expect(o.status, o.stderr.toString()).toBe(n.status);
@@ -220,5 +230,23 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     expect([o.status, n.status]).toEqual([1, 1]);
     expect(o.stderr.toString()).toBe(n.stderr);
     expect(n.stderr).toBe(`error: derivation '${drvs.dagGood}' does not have wanted outputs 'nosuch'\n`);
+  });
+
+  it('a malformed exportReferencesGraph: a failed build (100) or an error that ends the call (1, also with -k), as Nix', async () => {
+    const cases: [string[], number][] = [
+      [[drvs.ergOdd!], 100],
+      [[drvs.ergNonStore!], 100],
+      [[drvs.ergBadName!], 1],
+      [[drvs.ergSaNum!], 1],
+      [[drvs.ergSaSub!], 1],
+      [['-k', drvs.ergBadNameTop!], 1],
+    ];
+    for (const [args, status] of cases) {
+      const n = nixRealise(args);
+      const o = await ours(args);
+      expect([o.status, n.status]).toEqual([status, status]);
+      const key = (s: string) => s.split('\n').filter((l) => /^(building|error)/.test(l));
+      expect(key(o.stderr.toString())).toEqual(key(n.stderr));
+    }
   });
 });
