@@ -30,9 +30,9 @@ import { homedir } from 'node:os';
 import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree, inheritsXattrs, movePathSync } from './canonicalise.js';
 import { asStoreWriteError, InvalidStorePathError, StoreError } from './errors.js';
-import { Hash, HashSink, isNixBase32, toNixBase32 } from './hash.js';
+import { Hash, HashSink, isNixBase32, toNixBase32, type HashAlgorithm } from './hash.js';
 import { HeldLocks, type LockWaitOptions, lockPlainFile, lockStorePaths, removeStaleLockFile, tryFlockFd, tryLockStorePaths } from './locks.js';
-import { dumpPath, hashNar, narOfRegularFile, restorePath, streamOf } from './nar.js';
+import { dumpPath, hashNar, narOfRegularFile, RegularFileContentHasher, restorePath, streamOf } from './nar.js';
 import {
   BUSY_TIMEOUT_MS,
   CA_SCHEMA_STATEMENTS,
@@ -225,16 +225,22 @@ export function hashingStream(
   source: NarSource,
   algorithm: Hash['algorithm'],
   signal?: AbortSignal,
-): { stream: AsyncIterable<Uint8Array>; result(): { hash: Hash; size: number } } {
+  ca?: string,
+): { stream: AsyncIterable<Uint8Array>; result(): { hash: Hash; size: number; flat?: Hash | undefined } } {
   const sink = new HashSink(algorithm);
-  let done: { hash: Hash; size: number } | undefined;
+  // A flat or text content address is the hash of the file's contents: taken from the NAR as it
+  // streams, instead of reading the restored file again.
+  const flat = flatContentAlgorithm(ca);
+  const contents = flat ? new RegularFileContentHasher(flat) : undefined;
+  let done: { hash: Hash; size: number; flat?: Hash | undefined } | undefined;
   async function* stream() {
     for await (const chunk of source) {
       signal?.throwIfAborted();
       sink.update(chunk);
+      contents?.update(chunk);
       yield chunk;
     }
-    done = sink.finish();
+    done = { ...sink.finish(), flat: contents?.finish() };
   }
   return {
     stream: stream(),
@@ -243,6 +249,13 @@ export function hashingStream(
       return done;
     },
   };
+}
+
+/** The algorithm of a flat (`fixed:`) or `text:` content address, else undefined. */
+function flatContentAlgorithm(ca: string | undefined): HashAlgorithm | undefined {
+  if (!ca || ca.startsWith('fixed:r:') || !(ca.startsWith('fixed:') || ca.startsWith('text:'))) return undefined;
+  const algo = ca.slice(ca.indexOf(':') + 1).split(':')[0];
+  return algo === 'sha256' || algo === 'sha1' || algo === 'sha512' || algo === 'md5' ? algo : undefined;
 }
 
 export function narHashMismatch(p: StorePath, expected: Hash, got: Hash): StoreError {
@@ -266,7 +279,7 @@ export function narSizeMismatch(p: StorePath, expected: number, got: number): St
  * for `fixed:<algo>:<hash>` the hash of the (single regular file) contents, for `text:sha256:<hash>` the
  * SHA-256 of the file. `narHash` is the NAR hash already computed while restoring.
  */
-export async function verifyContentAddress(info: PathInfo, target: string, narHash: Hash): Promise<void> {
+export async function verifyContentAddress(info: PathInfo, target: string, narHash: Hash, flatHash?: Hash): Promise<void> {
   const ca = info.ca;
   if (!ca) return;
   let expected: Hash;
@@ -283,11 +296,11 @@ export async function verifyContentAddress(info: PathInfo, target: string, narHa
     got = expected.algorithm === narHash.algorithm ? narHash : (await hashNar(dumpPath(target), expected.algorithm)).hash;
   } else if (ca.startsWith('fixed:') || ca.startsWith('text:')) {
     expected = parse(ca.slice(ca.indexOf(':') + 1));
-    const st = await fsp.lstat(target);
-    if (!st.isFile()) throw new StoreError('ca-hash-mismatch', `path '${info.path}' claims the flat content address '${ca}' but is not a regular file`);
-    const h = createHash(expected.algorithm);
-    for await (const chunk of createReadStream(target, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-    got = new Hash(expected.algorithm, new Uint8Array(h.digest()));
+    if (flatHash && flatHash.algorithm === expected.algorithm) {
+      got = flatHash; // (the NAR restored at target held a single regular file with this hash)
+    } else {
+      got = await hashRegularFile(info, target, expected.algorithm);
+    }
   } else {
     throw new StoreError('bad-path-info', `path '${info.path}' has an unknown content address '${ca}'`, { hint: "expected 'fixed:…' or 'text:…'" });
   }
@@ -300,6 +313,15 @@ export async function verifyContentAddress(info: PathInfo, target: string, narHa
       },
     );
   }
+}
+
+/** The hash of a restored path's contents, which must be a regular file (a flat content address). */
+async function hashRegularFile(info: PathInfo, target: string, algorithm: HashAlgorithm): Promise<Hash> {
+  const st = await fsp.lstat(target);
+  if (!st.isFile()) throw new StoreError('ca-hash-mismatch', `path '${info.path}' claims the flat content address '${info.ca}' but is not a regular file`);
+  const h = createHash(algorithm);
+  for await (const chunk of createReadStream(target, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
+  return new Hash(algorithm, new Uint8Array(h.digest()));
 }
 
 export function invalidPathError(p: StorePath, what = 'is not valid'): StoreError {
@@ -888,7 +910,8 @@ export class LocalStore implements Store {
       if (have) return have;
     }
     checkBatchClosure([info], (ps) => this.queryValidPathsSync(ps));
-    const locks = await this.lockPaths([info.path], { signal: opts.signal });
+    // Unordered: concurrent additions create their lock files at the same time instead of one by one.
+    const locks = await lockStorePaths(this, [info.path], { signal: opts.signal, ordered: false });
     let target: string | undefined;
     try {
       if (!repair) {
@@ -897,7 +920,7 @@ export class LocalStore implements Store {
       }
       const session = await this.sessionTempDir();
       target = path.join(session.dir, `${++this.tmpCounter}-${storePathBase(info.path)}`);
-      const hashed = hashingStream(nar, info.narHash.algorithm, opts.signal);
+      const hashed = hashingStream(nar, info.narHash.algorithm, opts.signal, info.ca);
       // Restored with canonical metadata straight away; a second canonicalising walk is needed only
       // when new files do not get our group (a setgid store directory).
       // Small NARs (the size is announced) are restored in one task on the restore thread; large ones
@@ -907,7 +930,7 @@ export class LocalStore implements Store {
       const got = hashed.result();
       if (!got.hash.equals(info.narHash)) throw narHashMismatch(info.path, info.narHash, got.hash);
       if (info.narSize && got.size !== info.narSize) throw narSizeMismatch(info.path, info.narSize, got.size);
-      await verifyContentAddress(info, target, got.hash);
+      await verifyContentAddress(info, target, got.hash, got.flat);
       if (session.walkAfterRestore) await canonicalisePathMetaData(target, { ignoredAcls: this.ignoredAcls });
       opts.signal?.throwIfAborted();
       const final: PathInfo = { ...info, narSize: got.size };

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import { promises as fsp, write as writeCb, constants as FS, type Dirent } from 'node:fs';
 import * as path from 'node:path';
 import { BadNarError, StoreError, storeWriteError } from './errors.js';
-import { Hash, HashSink } from './hash.js';
+import { Hash, HashSink, type HashAlgorithm } from './hash.js';
 import { ThreadTasks } from './thread-tasks.js';
 
 const NAR_MAGIC = 'nix-archive-1';
@@ -716,6 +716,11 @@ interface RestoreReply {
 }
 const restoreThread = new ThreadTasks<RestoreReply>(new URL('./restore-thread.cjs', import.meta.url));
 
+/** Start the restore thread ahead of the first batched restore (e.g. when substitutions are coming). */
+export function warmRestoreThread(): void {
+  restoreThread.warm();
+}
+
 /** Run the steps on the restore thread; a thread that died is reported as step -1. */
 function runRestoreOps(ops: RestoreOp[], now: number, dirChmod: boolean): Promise<RestoreReply> {
   return restoreThread
@@ -922,4 +927,60 @@ export async function collect(source: AsyncIterable<Uint8Array>): Promise<Buffer
 /** A one-chunk async stream. */
 export async function* streamOf(...bufs: Uint8Array[]): AsyncGenerator<Uint8Array> {
   for (const b of bufs) yield b;
+}
+
+/**
+ * Hash of the contents of the single regular file a NAR holds (for flat and text content addresses),
+ * computed while the NAR streams. `finish()` is undefined when the NAR is not a single regular file.
+ */
+export class RegularFileContentHasher {
+  private static readonly heads = [
+    ['nix-archive-1', '(', 'type', 'regular', 'contents'],
+    ['nix-archive-1', '(', 'type', 'regular', 'executable', '', 'contents'],
+  ].map((ts) => Buffer.concat(ts.map((t) => narString(t))));
+  private head: Buffer[] = [];
+  private headLen = 0;
+  private state: 'head' | 'body' | 'done' | 'bad' = 'head';
+  private left = 0;
+  private readonly sink: HashSink;
+  constructor(algorithm: HashAlgorithm) {
+    this.sink = new HashSink(algorithm);
+  }
+
+  update(chunk: Uint8Array): void {
+    let c = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    if (this.state === 'head') {
+      this.head.push(c);
+      this.headLen += c.length;
+      const all = Buffer.concat(this.head);
+      const h = RegularFileContentHasher.heads.find((p) => all.length >= p.length + 8 && all.subarray(0, p.length).equals(p));
+      if (!h) {
+        const maybe = RegularFileContentHasher.heads.some(
+          (p) => all.length < p.length + 8 && p.subarray(0, Math.min(all.length, p.length)).equals(all.subarray(0, Math.min(all.length, p.length))),
+        );
+        if (!maybe) this.state = 'bad';
+        return;
+      }
+      const size = all.readBigUInt64LE(h.length);
+      if (size > BigInt(Number.MAX_SAFE_INTEGER)) {
+        this.state = 'bad';
+        return;
+      }
+      this.left = Number(size);
+      this.state = 'body';
+      this.head = [];
+      c = all.subarray(h.length + 8);
+    }
+    if (this.state === 'body') {
+      const n = Math.min(this.left, c.length);
+      this.sink.update(c.subarray(0, n));
+      this.left -= n;
+      if (this.left === 0) this.state = 'done';
+    }
+  }
+
+  finish(): Hash | undefined {
+    if (this.state !== 'done') return undefined;
+    return this.sink.finish().hash;
+  }
 }

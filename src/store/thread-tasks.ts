@@ -21,6 +21,11 @@ export class ThreadTasks<Reply extends { id: number }> {
     this.#onError = onError;
   }
 
+  /** Start the thread now (it takes tens of milliseconds), so that a first task soon does not wait for it. */
+  warm(): void {
+    this.#thread();
+  }
+
   run(request: Record<string, unknown>, transfer?: readonly TransferListItem[]): Promise<Reply> {
     const w = this.#thread();
     const id = ++this.#seq;

@@ -449,7 +449,8 @@ export class BinaryCacheSubstituter implements Substituter {
     this.trusted = opts.trusted ?? (params.get('trusted') === '1' || params.get('trusted') === 'true');
     this.trustedPublicKeys = [...(opts.trustedPublicKeys ?? [])];
     this.requireSigs = opts.requireSigs ?? true;
-    this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
+    // Nix's `store` setting of any store URI (`file:///cache?store=/my/store`): the store dir it serves.
+    this.storeDir = opts.storeDir ?? params.get('store') ?? DEFAULT_STORE_DIR;
     const pParam = params.get('priority');
     const prio = opts.priority ?? (pParam !== null ? Number(pParam) : undefined);
     this.priorityFixed = prio !== undefined;

@@ -3,7 +3,8 @@
  * check trust, stream the NAR into the store while verifying it, register atomically.
  */
 import { RealiseError, BadNarError } from '../store/errors.js';
-import { Hash, HashSink, type HashAlgorithm } from '../store/hash.js';
+import { Hash, HashSink } from '../store/hash.js';
+import { RegularFileContentHasher } from '../store/nar.js';
 import type { PathInfo, Store } from '../store/store-api.js';
 import { makeFixedOutputPath, makeTextPath, storePathName, type StorePath } from '../store/store-path.js';
 import { countValidSignatures } from './narinfo.js';
@@ -152,69 +153,6 @@ function parseContentAddress(ca: string | undefined): ParsedCa | undefined {
     return undefined;
   }
   return undefined;
-}
-
-/**
- * Hash of the contents of the single regular file a NAR holds (for flat and text content addresses),
- * computed while the NAR streams. `finish()` is undefined when the NAR is not a single regular file.
- */
-class RegularFileContentHasher {
-  private static readonly heads = [
-    ['nix-archive-1', '(', 'type', 'regular', 'contents'],
-    ['nix-archive-1', '(', 'type', 'regular', 'executable', '', 'contents'],
-  ].map((ts) => Buffer.concat(ts.map(narStr)));
-  private head: Buffer[] = [];
-  private headLen = 0;
-  private state: 'head' | 'body' | 'done' | 'bad' = 'head';
-  private left = 0;
-  private readonly sink: HashSink;
-  constructor(algorithm: HashAlgorithm) {
-    this.sink = new HashSink(algorithm);
-  }
-
-  update(chunk: Uint8Array): void {
-    let c = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    if (this.state === 'head') {
-      this.head.push(c);
-      this.headLen += c.length;
-      const all = Buffer.concat(this.head);
-      const h = RegularFileContentHasher.heads.find((p) => all.length >= p.length + 8 && all.subarray(0, p.length).equals(p));
-      if (!h) {
-        const maybe = RegularFileContentHasher.heads.some(
-          (p) => all.length < p.length + 8 && p.subarray(0, Math.min(all.length, p.length)).equals(all.subarray(0, Math.min(all.length, p.length))),
-        );
-        if (!maybe) this.state = 'bad';
-        return;
-      }
-      const size = all.readBigUInt64LE(h.length);
-      if (size > BigInt(Number.MAX_SAFE_INTEGER)) {
-        this.state = 'bad';
-        return;
-      }
-      this.left = Number(size);
-      this.state = 'body';
-      this.head = [];
-      c = all.subarray(h.length + 8);
-    }
-    if (this.state === 'body') {
-      const n = Math.min(this.left, c.length);
-      this.sink.update(c.subarray(0, n));
-      this.left -= n;
-      if (this.left === 0) this.state = 'done';
-    }
-  }
-
-  finish(): Hash | undefined {
-    if (this.state !== 'done') return undefined;
-    return this.sink.finish().hash;
-  }
-}
-
-function narStr(s: string): Buffer {
-  const b = Buffer.from(s, 'utf8');
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(b.length));
-  return Buffer.concat([len, b, Buffer.alloc((8 - (b.length % 8)) % 8)]);
 }
 
 function isAbort(e: unknown, signal: AbortSignal | undefined): boolean {

@@ -254,5 +254,14 @@ describe('hostile binary caches', () => {
     expect(s.enabled).toBe(false);
     expect(warnings).toHaveLength(1);
     expect(warnings[0]).toMatch(/is for Nix stores with prefix '\/gnu\/store', not '\/nix\/store'/);
+    // As Nix's `?store=` on a store URI: the store dir it is for, so such a cache serves its paths.
+    const g = new BinaryCacheSubstituter(`${pathToFileURL(dir).href}?store=/gnu/store`, {
+      trustedPublicKeys: [PUBLIC_KEY],
+      onWarning: (m) => warnings.push(m),
+    });
+    expect(g.storeDir).toBe('/gnu/store');
+    await g.init();
+    expect(g.enabled).toBe(true);
+    expect(warnings).toHaveLength(1);
   });
 });
