@@ -136,6 +136,18 @@ function readAll(stream: NodeJS.ReadableStream | null | undefined): Promise<stri
 /** A bind mount: source, whether optional and read-only, and (for inputs, known already) whether a directory. */
 type Bind = SandboxPath & { ro: boolean; dir?: boolean };
 
+/**
+ * The helper's `--bind*` arguments, in the order Nix 2.8's mount table shows its mounts: inputs in the
+ * store dir first, then the rest of its dirsInChroot (the /dev nodes included), each sorted by target.
+ */
+function helperBindArgs(request: SandboxRequest, binds: Map<string, Bind>): string[] {
+  const all: [string, Pick<Bind, 'source' | 'optional' | 'ro'>][] = [...binds];
+  if (!binds.has('/dev')) for (const n of devNodeNames(wantsKvm(request))) all.push([`/dev/${n}`, { source: `/dev/${n}`, optional: false, ro: false }]);
+  const inStore = (t: string) => (t.startsWith(`${request.storeDir}/`) ? 0 : 1);
+  all.sort(([x], [y]) => inStore(x) - inStore(y) || (x < y ? -1 : x > y ? 1 : 0));
+  return all.flatMap(([target, { source, optional, ro }]) => [`--bind${ro ? '-ro' : ''}${optional ? '-try' : ''}`, source, target]);
+}
+
 export class LinuxSandbox implements Sandbox {
   readonly name = 'linux-namespaces';
   readonly isolated = true;
@@ -371,8 +383,8 @@ export class LinuxSandbox implements Sandbox {
     if (request.network) a.push('--net');
     const platform = this.#options.platformOf?.(request);
     if (platform === 'i686-linux' && process.arch === 'x64') a.push('--linux32');
-    if (!binds.has('/dev')) for (const n of devNodeNames(wantsKvm(request))) a.push('--bind', `/dev/${n}`, `/dev/${n}`);
-    for (const [target, { source, optional, ro }] of binds) a.push(`--bind${ro ? '-ro' : ''}${optional ? '-try' : ''}`, source, target);
+    a.push('--store-dir', request.storeDir);
+    a.push(...helperBindArgs(request, binds));
     const filter = this.#filter;
     if (this.#options.server !== false) {
       a.splice(a.indexOf('--status-fd'), 2);

@@ -3,6 +3,7 @@
    Options: --root DIR  --uid N --gid N  --net (keep host network)  --build-dir DIR (inside)
             --bind SRC DST | --bind-ro SRC DST | --bind-try SRC DST | --bind-ro-try SRC DST
             --shm-size SIZE  --seccomp-fd FD  --status-fd FD  --linux32
+            --store-dir DIR (inside: bound onto itself as a shared mount, as Nix does)
    Status (on --status-fd, one line): "exit N", "signal N" or "error MESSAGE". */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -41,7 +42,7 @@
 struct bind { const char *src, *dst; int ro, optional; };
 static struct bind binds[4096];
 static int nbinds;
-static const char *root, *buildDir = "/build", *shmSize = "50%";
+static const char *root, *buildDir = "/build", *shmSize = "50%", *storeDir;
 static int uidIn = 1000, gidIn = 100, keepNet, seccompFd = -1, statusFd = -1, linux32;
 static int errPipe[2];
 static int failQuiet; /* a warm process that cannot get ready just exits */
@@ -136,6 +137,12 @@ static void nsSetup(void) {
 static void childLate(char **argv, struct sock_fprog *prog) {
   char path[4096];
   if (mount(root, root, 0, MS_BIND, 0) == -1) fail("unable to bind mount '%s'", root);
+  if (storeDir) {
+    /* As Nix: the chroot's store dir is a mount of its own (a shared subtree), before the binds. */
+    snprintf(path, sizeof path, "%s%s", root, storeDir);
+    if (mount(path, path, 0, MS_BIND, 0) == -1) fail("unable to bind mount the Nix store");
+    if (mount(0, path, 0, MS_SHARED, 0) == -1) fail("unable to make '%s' shared", path);
+  }
   for (int i = 0; i < nbinds; i++) doBind(&binds[i]);
 
   snprintf(path, sizeof path, "%s/proc", root); mkdirs(path, 0755);
@@ -224,6 +231,7 @@ static int parseArgs(int argc, char **argv, int i) {
     else if (!strcmp(a, "--linux32")) linux32 = 1;
     else if (!strcmp(a, "--no-seccomp")) haveProg = 0;
     else if (!strcmp(a, "--build-dir") && i + 1 < argc) buildDir = argv[++i];
+    else if (!strcmp(a, "--store-dir") && i + 1 < argc) storeDir = argv[++i];
     else if (!strcmp(a, "--shm-size") && i + 1 < argc) shmSize = argv[++i];
     else if (!strcmp(a, "--seccomp-fd") && i + 1 < argc) seccompFd = atoi(argv[++i]);
     else if (!strcmp(a, "--status-fd") && i + 1 < argc) statusFd = atoi(argv[++i]);

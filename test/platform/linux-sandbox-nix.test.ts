@@ -7,7 +7,8 @@
  * - timestamps in `ls -l` listings (creation times of the chroot, /tmp, ...);
  * - the link count of /proc (the kernel reports the number of processes on the whole host);
  * - the number of the pseudoterminal the builder writes to (allocated from the host's /dev/pts).
- * Not recorded: /proc/self/mountinfo (host paths of the chroot and the build dir, mount ids).
+ * Of /proc/self/mountinfo only the mount points, in order (host paths and mount ids differ), without the
+ * read-only mount we add on top of a hard-linked regular-file input (record.sh; docs/sandbox.md).
  */
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
@@ -47,6 +48,7 @@ ulimit -a > ulimit
 umask > umask
 cat /proc/self/personality > personality
 uname -a > uname
+cut -d' ' -f5 /proc/self/mountinfo | grep -v -- '-record.sh$' > mountpoints
 ls -la /proc/self/fd/ > fds.tmp; strip < fds.tmp | sed -E 's|/dev/pts/[0-9]+|/dev/pts/N|' > fds; rm fds.tmp
 if [ -t 2 ]; then echo tty; else echo not-a-tty; fi > stderr-is-tty
 if nc -w 2 127.0.0.1 $port < /dev/null > /dev/null 2>&1; then echo reachable; else echo unreachable; fi > host-port
@@ -169,7 +171,7 @@ describe.skipIf(!nixOk())('LinuxSandbox vs Nix 2.8 sandbox: the recorded view is
       expect(exit).toEqual({ kind: 'exited', code: 0 });
       // Documented in docs/sandbox.md: bwrap cannot set argv[0], brings its own /dev (core link, relative
       // ptmx link, tmpfs), gives a socket instead of a pty, and trims the capability bounding set.
-      const differs = new Set(['argv0', 'cmdline', 'ps', 'ls-dev', 'ls-dev-sub', 'ls-root', 'fds', 'stderr-is-tty', 'status', 'personality']);
+      const differs = new Set(['argv0', 'cmdline', 'mountpoints', 'ps', 'ls-dev', 'ls-dev-sub', 'ls-root', 'fds', 'stderr-is-tty', 'status', 'personality']);
       for (const f of readdirSync(nixOut).sort()) {
         if (differs.has(f)) continue;
         expect({ file: f, content: readFileSync(path.join(ourOut, f), 'utf8') }).toEqual({ file: f, content: readFileSync(path.join(nixOut, f), 'utf8') });
