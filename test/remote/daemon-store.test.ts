@@ -60,219 +60,218 @@ async function startDaemon(root: string, socket: string, conf: string): Promise<
   return d;
 }
 
-describe.skipIf(!rootOnly('a system Nix installation: the daemon runs as root and is used by other users') || !nixOk())(
-  '(root only) DaemonStore against a real nix-daemon (started as root, trusting nobody)',
-  () => {
-    let dir: string;
-    let root: string;
-    let socket: string;
-    let daemon: ChildProcess;
-    let store: DaemonStore;
-    const drvs: Record<string, string> = {};
+const asRoot = rootOnly('a system Nix installation: the daemon runs as root and is used by other users');
 
-    beforeAll(async () => {
-      dir = tempDir('realise-daemon-');
-      chmodSync(dir, 0o755);
-      root = path.join(dir, 'root');
-      socket = path.join(dir, 'socket');
-      for (const attr of ['ok', 'fail', 'cli', 'env', 'unix', 'slow', 'dep1', 'dep2', 'top', 'dep3', 'baddep', 'top2']) {
-        const file = path.join(dir, 'e.nix');
-        if (!existsSync(file)) writeFileSync(file, EXPR.replace('MARK', MARK));
-        drvs[attr] = nix('nix-instantiate', ['--store', root, file, '-A', attr]);
-      }
-      daemon = await startDaemon(root, socket, CONF);
-      store = await DaemonStore.open({ socketPath: socket });
-    }, 60_000);
-    afterAll(async () => {
-      await store?.close();
-      daemon?.kill('SIGTERM');
-    });
+describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix-daemon (started as root, trusting nobody)', () => {
+  let dir: string;
+  let root: string;
+  let socket: string;
+  let daemon: ChildProcess;
+  let store: DaemonStore;
+  const drvs: Record<string, string> = {};
 
-    it("path queries answer as the daemon's store (Nix's own view of it)", async () => {
-      const drv = drvs.ok!;
-      expect(await store.isValidPath(drv)).toBe(true);
-      expect(await store.isValidPath(drv.replace(/-daemon-ok/, '-daemon-no'))).toBe(false);
-      const info = (await store.queryPathInfo(drv))!;
-      expect(info.narHash.toString('base32')).toBe(nix('nix-store', ['--store', root, '-q', '--hash', drv]));
-      expect(await store.readTextFile(drv)).toBe(readFileSync(path.join(root, drv), 'utf8'));
-      const outs = await store.queryDerivationOutputs(drv);
-      expect([...outs.values()]).toEqual([nix('nix-store', ['--store', root, '-q', '--outputs', drv])]);
-      expect((await store.queryAllValidPaths()).has(drv)).toBe(true);
-      expect(await store.computeClosure([drv])).toEqual(new Set(nix('nix-store', ['--store', root, '-qR', drv]).split('\n')));
-    });
+  beforeAll(async () => {
+    dir = tempDir('realise-daemon-');
+    chmodSync(dir, 0o755);
+    root = path.join(dir, 'root');
+    socket = path.join(dir, 'socket');
+    for (const attr of ['ok', 'fail', 'cli', 'env', 'unix', 'slow', 'dep1', 'dep2', 'top', 'dep3', 'baddep', 'top2']) {
+      const file = path.join(dir, 'e.nix');
+      if (!existsSync(file)) writeFileSync(file, EXPR.replace('MARK', MARK));
+      drvs[attr] = nix('nix-instantiate', ['--store', root, file, '-A', attr]);
+    }
+    daemon = await startDaemon(root, socket, CONF);
+    store = await DaemonStore.open({ socketPath: socket });
+  }, 60_000);
+  afterAll(async () => {
+    await store?.close();
+    daemon?.kill('SIGTERM');
+  });
 
-    it('adds a text file (content-addressed, so an untrusted user may), valid for Nix', async () => {
-      const p = await store.addTextToStore('daemon-text', 'text through the daemon\n', []);
-      expect(p).toBe(computeTextPath('daemon-text', 'text through the daemon\n', [], store.storeDir));
-      expect(runNix('nix-store', ['--store', root, '--check-validity', p]).status).toBe(0);
-    });
+  it("path queries answer as the daemon's store (Nix's own view of it)", async () => {
+    const drv = drvs.ok!;
+    expect(await store.isValidPath(drv)).toBe(true);
+    expect(await store.isValidPath(drv.replace(/-daemon-ok/, '-daemon-no'))).toBe(false);
+    const info = (await store.queryPathInfo(drv))!;
+    expect(info.narHash.toString('base32')).toBe(nix('nix-store', ['--store', root, '-q', '--hash', drv]));
+    expect(await store.readTextFile(drv)).toBe(readFileSync(path.join(root, drv), 'utf8'));
+    const outs = await store.queryDerivationOutputs(drv);
+    expect([...outs.values()]).toEqual([nix('nix-store', ['--store', root, '-q', '--outputs', drv])]);
+    expect((await store.queryAllValidPaths()).has(drv)).toBe(true);
+    expect(await store.computeClosure([drv])).toEqual(new Set(nix('nix-store', ['--store', root, '-qR', drv]).split('\n')));
+  });
 
-    it("refuses, with the daemon's words, an unsigned input-addressed path from an untrusted user", async () => {
-      const info = (await store.queryPathInfo(drvs.ok!))!;
-      const fake = {
-        ...info,
-        path: info.path.replace(/^(\/nix\/store\/)./, '$10').replace(/\.drv$/, ''),
-        ca: undefined,
-        sigs: [],
-        narHash: Hash.parse(info.narHash.toString('sri')),
-      };
-      const err = await store.addToStore(fake, store.narFromPath(drvs.ok!)).then(
-        () => undefined,
-        (e: unknown) => e,
-      );
-      expect(err).toBeInstanceOf(RemoteDaemonError);
-      expect((err as Error).message).toMatch(/lacks a valid signature/);
-      expect(await store.isValidPath(fake.path)).toBe(false);
-    });
+  it('adds a text file (content-addressed, so an untrusted user may), valid for Nix', async () => {
+    const p = await store.addTextToStore('daemon-text', 'text through the daemon\n', []);
+    expect(p).toBe(computeTextPath('daemon-text', 'text through the daemon\n', [], store.storeDir));
+    expect(runNix('nix-store', ['--store', root, '--check-validity', p]).status).toBe(0);
+  });
 
-    it('a BuildEngine over it: the daemon builds, its log stream becomes events, queryMissing asks the daemon', async () => {
-      const engine = new BuildEngine({ store });
+  it("refuses, with the daemon's words, an unsigned input-addressed path from an untrusted user", async () => {
+    const info = (await store.queryPathInfo(drvs.ok!))!;
+    const fake = {
+      ...info,
+      path: info.path.replace(/^(\/nix\/store\/)./, '$10').replace(/\.drv$/, ''),
+      ca: undefined,
+      sigs: [],
+      narHash: Hash.parse(info.narHash.toString('sri')),
+    };
+    const err = await store.addToStore(fake, store.narFromPath(drvs.ok!)).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(RemoteDaemonError);
+    expect((err as Error).message).toMatch(/lacks a valid signature/);
+    expect(await store.isValidPath(fake.path)).toBe(false);
+  });
+
+  it('a BuildEngine over it: the daemon builds, its log stream becomes events, queryMissing asks the daemon', async () => {
+    const engine = new BuildEngine({ store });
+    const events: string[] = [];
+    engine.on('build-started', (e) => events.push(`started ${e.drvPath}`));
+    engine.on('build-log', (e) => events.push(`log ${e.line}`));
+    engine.on('build-finished', (e) => events.push(`finished ${e.drvPath} ${e.outcome} ${e.result?.status}`));
+    const missing = await engine.queryMissing([drvs.ok!]);
+    expect(missing.willBuild).toEqual([drvs.ok]);
+    const [r] = await engine.buildPaths([drvs.ok!]);
+    const out = nix('nix-store', ['--store', root, '-q', '--outputs', drvs.ok!]);
+    expect(r!.result.status).toBe('built');
+    expect(r!.result.builtOutputs).toEqual({ out });
+    expect(events).toEqual([`started ${drvs.ok}`, 'log hello-from-the-daemon', `finished ${drvs.ok} success built`]);
+    expect(runNix('nix-store', ['--store', root, '--check-validity', out]).status).toBe(0);
+    expect((await engine.buildPaths([drvs.ok!]))[0]!.result.status).toBe('already-valid');
+    const [f] = await engine.buildPathsWithResults([drvs.fail!]);
+    expect(f!.result.status).toBe('permanent-failure');
+    expect(f!.result.errorMsg).toContain(`builder for '${drvs.fail}' failed with exit code 3`);
+    await engine.close();
+  });
+
+  it("every build the daemon runs, inputs too, is a build-started/-finished pair; its progress counters are the engine's", async () => {
+    const record = (engine: BuildEngine): string[] => {
       const events: string[] = [];
-      engine.on('build-started', (e) => events.push(`started ${e.drvPath}`));
-      engine.on('build-log', (e) => events.push(`log ${e.line}`));
-      engine.on('build-finished', (e) => events.push(`finished ${e.drvPath} ${e.outcome} ${e.result?.status}`));
-      const missing = await engine.queryMissing([drvs.ok!]);
-      expect(missing.willBuild).toEqual([drvs.ok]);
-      const [r] = await engine.buildPaths([drvs.ok!]);
-      const out = nix('nix-store', ['--store', root, '-q', '--outputs', drvs.ok!]);
-      expect(r!.result.status).toBe('built');
-      expect(r!.result.builtOutputs).toEqual({ out });
-      expect(events).toEqual([`started ${drvs.ok}`, 'log hello-from-the-daemon', `finished ${drvs.ok} success built`]);
-      expect(runNix('nix-store', ['--store', root, '--check-validity', out]).status).toBe(0);
-      expect((await engine.buildPaths([drvs.ok!]))[0]!.result.status).toBe('already-valid');
-      const [f] = await engine.buildPathsWithResults([drvs.fail!]);
-      expect(f!.result.status).toBe('permanent-failure');
-      expect(f!.result.errorMsg).toContain(`builder for '${drvs.fail}' failed with exit code 3`);
-      await engine.close();
-    });
+      const name = (drv: string) => drv.replace(/^.*-daemon-/, '');
+      engine.on('build-started', (e) => events.push(`started ${name(e.drvPath)}`));
+      engine.on('build-finished', (e) => events.push(`finished ${name(e.drvPath)} ${e.outcome}`));
+      return events;
+    };
+    const engine = new BuildEngine({ store });
+    const events = record(engine);
+    const [r] = await engine.buildPaths([drvs.top!]);
+    expect(r!.result.status).toBe('built');
+    // The inputs one after the other (the daemon's max-jobs is 1), in its order, then the target.
+    expect(events.slice(-2)).toEqual(['started top.drv', 'finished top.drv success']);
+    expect([...events.slice(0, 4)].sort()).toEqual(['finished dep1.drv success', 'finished dep2.drv success', 'started dep1.drv', 'started dep2.drv']);
+    for (const dep of ['dep1', 'dep2']) expect(events.indexOf(`finished ${dep}.drv success`)).toBe(events.indexOf(`started ${dep}.drv`) + 1);
+    expect(engine.progress().builds).toEqual({ expected: 3, done: 3, running: 0, failed: 0 });
+    await engine.close();
 
-    it("every build the daemon runs, inputs too, is a build-started/-finished pair; its progress counters are the engine's", async () => {
-      const record = (engine: BuildEngine): string[] => {
-        const events: string[] = [];
-        const name = (drv: string) => drv.replace(/^.*-daemon-/, '');
-        engine.on('build-started', (e) => events.push(`started ${name(e.drvPath)}`));
-        engine.on('build-finished', (e) => events.push(`finished ${name(e.drvPath)} ${e.outcome}`));
-        return events;
-      };
-      const engine = new BuildEngine({ store });
-      const events = record(engine);
-      const [r] = await engine.buildPaths([drvs.top!]);
-      expect(r!.result.status).toBe('built');
-      // The inputs one after the other (the daemon's max-jobs is 1), in its order, then the target.
-      expect(events.slice(-2)).toEqual(['started top.drv', 'finished top.drv success']);
-      expect([...events.slice(0, 4)].sort()).toEqual(['finished dep1.drv success', 'finished dep2.drv success', 'started dep1.drv', 'started dep2.drv']);
-      for (const dep of ['dep1', 'dep2']) expect(events.indexOf(`finished ${dep}.drv success`)).toBe(events.indexOf(`started ${dep}.drv`) + 1);
-      expect(engine.progress().builds).toEqual({ expected: 3, done: 3, running: 0, failed: 0 });
-      await engine.close();
+    // With keep-going: a failing input is a failure, the other input still builds, the target is never started.
+    const kg = await DaemonStore.open({ socketPath: socket, workerOptions: { keepGoing: true } });
+    const engine2 = new BuildEngine({ store: kg });
+    const events2 = record(engine2);
+    const [f] = await engine2.buildPathsWithResults([drvs.top2!]);
+    expect(f!.result.status).toBe('dependency-failed');
+    expect([...events2].sort()).toEqual(['finished baddep.drv failure', 'finished dep3.drv success', 'started baddep.drv', 'started dep3.drv']);
+    // As Nix's worker counts them: a failed build and one whose input failed are no longer expected.
+    expect(engine2.progress().builds).toEqual({ expected: 1, done: 1, running: 0, failed: 1 });
+    await engine2.close();
+    await kg.close();
+  });
 
-      // With keep-going: a failing input is a failure, the other input still builds, the target is never started.
-      const kg = await DaemonStore.open({ socketPath: socket, workerOptions: { keepGoing: true } });
-      const engine2 = new BuildEngine({ store: kg });
-      const events2 = record(engine2);
-      const [f] = await engine2.buildPathsWithResults([drvs.top2!]);
-      expect(f!.result.status).toBe('dependency-failed');
-      expect([...events2].sort()).toEqual(['finished baddep.drv failure', 'finished dep3.drv success', 'started baddep.drv', 'started dep3.drv']);
-      // As Nix's worker counts them: a failed build and one whose input failed are no longer expected.
-      expect(engine2.progress().builds).toEqual({ expected: 1, done: 1, running: 0, failed: 1 });
-      await engine2.close();
-      await kg.close();
-    });
+  it('a missing daemon socket is a typed error naming it', async () => {
+    const err = await DaemonStore.open({ socketPath: path.join(dir, 'nothing') }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(RemoteConnectionError);
+    expect((err as RemoteConnectionError).shortMessage).toBe(`cannot connect to socket at '${path.join(dir, 'nothing')}': No such file or directory`);
+    expect(
+      await openStore(`unix://${socket}`).then(async (s) => {
+        const ok = s instanceof DaemonStore;
+        await s.close();
+        return ok;
+      }),
+    ).toBe(true);
+  });
 
-    it('a missing daemon socket is a typed error naming it', async () => {
-      const err = await DaemonStore.open({ socketPath: path.join(dir, 'nothing') }).then(
+  it('a daemon that does not allow the user: a typed error saying so', async () => {
+    const other = path.join(dir, 'other-socket');
+    const d = await startDaemon(path.join(dir, 'other-root'), other, 'build-users-group =\ntrusted-users =\nallowed-users = @nonexistent-group\n');
+    try {
+      const err = await DaemonStore.open({ socketPath: other }).then(
         () => undefined,
         (e: unknown) => e,
       );
       expect(err).toBeInstanceOf(RemoteConnectionError);
-      expect((err as RemoteConnectionError).shortMessage).toBe(`cannot connect to socket at '${path.join(dir, 'nothing')}': No such file or directory`);
-      expect(
-        await openStore(`unix://${socket}`).then(async (s) => {
-          const ok = s instanceof DaemonStore;
-          await s.close();
-          return ok;
-        }),
-      ).toBe(true);
-    });
+      expect((err as RemoteConnectionError).shortMessage).toBe(`cannot open connection to the Nix daemon at '${other}': it closed the connection`);
+    } finally {
+      d.kill('SIGTERM');
+    }
+  });
 
-    it('a daemon that does not allow the user: a typed error saying so', async () => {
-      const other = path.join(dir, 'other-socket');
-      const d = await startDaemon(path.join(dir, 'other-root'), other, 'build-users-group =\ntrusted-users =\nallowed-users = @nonexistent-group\n');
-      try {
-        const err = await DaemonStore.open({ socketPath: other }).then(
-          () => undefined,
-          (e: unknown) => e,
-        );
-        expect(err).toBeInstanceOf(RemoteConnectionError);
-        expect((err as RemoteConnectionError).shortMessage).toBe(`cannot open connection to the Nix daemon at '${other}': it closed the connection`);
-      } finally {
-        d.kill('SIGTERM');
+  const asUser = checkoutUsableByOthers();
+  it(`realise build --store daemon / unix://… / NIX_REMOTE=daemon ${asUser ? 'run by an unprivileged user (uid 65534)' : 'run as root (the checkout is not readable by other users)'}`, async () => {
+    const home = tempDir('realise-daemon-home-');
+    chmodSync(home, 0o777);
+    const run = (args: string[], env: Record<string, string>) =>
+      spawnSync(process.execPath, [BIN, ...args], {
+        env: nixEnv({ NIX_DAEMON_SOCKET_PATH: socket, HOME: home, XDG_DATA_HOME: home, XDG_CACHE_HOME: home, ...env }),
+        encoding: 'utf8',
+        cwd: home,
+        ...(asUser ? { uid: NOBODY, gid: NOBODY } : {}),
+      });
+    if (asUser) accessSync(socket, constants.W_OK);
+    const outOf = (drv: string) => nix('nix-store', ['--store', root, '-q', '--outputs', drv]);
+    const b = run(['build', '--store', 'daemon', drvs.cli!], {});
+    expect([b.status, b.stdout], b.stderr).toEqual([0, `${outOf(drvs.cli!)}\n`]);
+    expect(b.stderr).toContain('cli-line');
+    const e = run(['build', drvs.env!], { NIX_REMOTE: 'daemon' });
+    expect([e.status, e.stdout], e.stderr).toEqual([0, `${outOf(drvs.env!)}\n`]);
+    const u = run(['build', '--store', `unix://${socket}`, drvs.unix!], {});
+    expect([u.status, u.stdout], u.stderr).toEqual([0, `${outOf(drvs.unix!)}\n`]);
+    // --add-root: the link, and the daemon's indirect root for it (in its state directory).
+    const link = path.join(home, 'result');
+    const a = run(['build', '--store', 'daemon', '--add-root', link, drvs.cli!], {});
+    expect([a.status, a.stdout], a.stderr).toEqual([0, `${link}\n`]);
+    expect(readdirSync(path.join(root, 'nix/var/nix/gcroots/auto')).map((f) => readlinkSync(path.join(root, 'nix/var/nix/gcroots/auto', f)))).toContain(link);
+    const info = run(['path-info', '--store', 'daemon', '--json', outOf(drvs.cli!)], {});
+    expect(JSON.parse(info.stdout)[0].deriver, info.stderr).toBe(drvs.cli);
+    const f = run(['build', '--store', 'daemon', drvs.fail!], {});
+    expect(f.status, f.stderr).toBe(100);
+    expect(f.stderr).toContain(`builder for '${drvs.fail}' failed with exit code 3`);
+    expect(f.stderr).not.toMatch(/^\s+at /m);
+  }, 60_000);
+
+  it('SIGINT while the daemon builds: "interrupted by the user", exit 1, the daemon stops the build, nothing valid', async () => {
+    const child = spawn(process.execPath, [BIN, 'build', '--store', 'daemon', drvs.slow!], {
+      env: nixEnv({ NIX_DAEMON_SOCKET_PATH: socket }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    // One interrupt, as a user presses Ctrl-C once: a second one sent with a later chunk (the error line
+    // itself) could land while the process is already exiting, when Node has given the signal back its default.
+    let sent = false;
+    child.stderr!.setEncoding('utf8').on('data', (c: string) => {
+      stderr += c;
+      if (!sent && stderr.includes('slow-started')) {
+        sent = true;
+        child.kill('SIGINT');
       }
     });
-
-    const asUser = checkoutUsableByOthers();
-    it(`realise build --store daemon / unix://… / NIX_REMOTE=daemon ${asUser ? 'run by an unprivileged user (uid 65534)' : 'run as root (the checkout is not readable by other users)'}`, async () => {
-      const home = tempDir('realise-daemon-home-');
-      chmodSync(home, 0o777);
-      const run = (args: string[], env: Record<string, string>) =>
-        spawnSync(process.execPath, [BIN, ...args], {
-          env: nixEnv({ NIX_DAEMON_SOCKET_PATH: socket, HOME: home, XDG_DATA_HOME: home, XDG_CACHE_HOME: home, ...env }),
-          encoding: 'utf8',
-          cwd: home,
-          ...(asUser ? { uid: NOBODY, gid: NOBODY } : {}),
-        });
-      if (asUser) accessSync(socket, constants.W_OK);
-      const outOf = (drv: string) => nix('nix-store', ['--store', root, '-q', '--outputs', drv]);
-      const b = run(['build', '--store', 'daemon', drvs.cli!], {});
-      expect([b.status, b.stdout], b.stderr).toEqual([0, `${outOf(drvs.cli!)}\n`]);
-      expect(b.stderr).toContain('cli-line');
-      const e = run(['build', drvs.env!], { NIX_REMOTE: 'daemon' });
-      expect([e.status, e.stdout], e.stderr).toEqual([0, `${outOf(drvs.env!)}\n`]);
-      const u = run(['build', '--store', `unix://${socket}`, drvs.unix!], {});
-      expect([u.status, u.stdout], u.stderr).toEqual([0, `${outOf(drvs.unix!)}\n`]);
-      // --add-root: the link, and the daemon's indirect root for it (in its state directory).
-      const link = path.join(home, 'result');
-      const a = run(['build', '--store', 'daemon', '--add-root', link, drvs.cli!], {});
-      expect([a.status, a.stdout], a.stderr).toEqual([0, `${link}\n`]);
-      expect(readdirSync(path.join(root, 'nix/var/nix/gcroots/auto')).map((f) => readlinkSync(path.join(root, 'nix/var/nix/gcroots/auto', f)))).toContain(link);
-      const info = run(['path-info', '--store', 'daemon', '--json', outOf(drvs.cli!)], {});
-      expect(JSON.parse(info.stdout)[0].deriver, info.stderr).toBe(drvs.cli);
-      const f = run(['build', '--store', 'daemon', drvs.fail!], {});
-      expect(f.status, f.stderr).toBe(100);
-      expect(f.stderr).toContain(`builder for '${drvs.fail}' failed with exit code 3`);
-      expect(f.stderr).not.toMatch(/^\s+at /m);
-    }, 60_000);
-
-    it('SIGINT while the daemon builds: "interrupted by the user", exit 1, the daemon stops the build, nothing valid', async () => {
-      const child = spawn(process.execPath, [BIN, 'build', '--store', 'daemon', drvs.slow!], {
-        env: nixEnv({ NIX_DAEMON_SOCKET_PATH: socket }),
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let stderr = '';
-      // One interrupt, as a user presses Ctrl-C once: a second one sent with a later chunk (the error line
-      // itself) could land while the process is already exiting, when Node has given the signal back its default.
-      let sent = false;
-      child.stderr!.setEncoding('utf8').on('data', (c: string) => {
-        stderr += c;
-        if (!sent && stderr.includes('slow-started')) {
-          sent = true;
-          child.kill('SIGINT');
-        }
-      });
-      const status = await new Promise<number | null>((resolve) => child.on('close', resolve));
-      expect([status, stderr.trimEnd().split('\n').pop()], stderr).toEqual([1, 'error: interrupted by the user']);
-      const out = nix('nix-store', ['--store', root, '-q', '--outputs', drvs.slow!]);
-      expect(runNix('nix-store', ['--store', root, '--check-validity', out]).status).not.toBe(0);
-      // The daemon's worker for that connection ends, and its builder with it.
-      let left = '';
-      for (let i = 0; i < 50; i++) {
-        left = runNix('pgrep', ['-af', MARK])
-          .stdout.split('\n')
-          .filter((l) => l && !l.includes('pgrep'))
-          .join('\n');
-        if (!left) break;
-        await sleep(100);
-      }
-      expect(left).toBe('');
-    }, 60_000);
-  },
-);
+    const status = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect([status, stderr.trimEnd().split('\n').pop()], stderr).toEqual([1, 'error: interrupted by the user']);
+    const out = nix('nix-store', ['--store', root, '-q', '--outputs', drvs.slow!]);
+    expect(runNix('nix-store', ['--store', root, '--check-validity', out]).status).not.toBe(0);
+    // The daemon's worker for that connection ends, and its builder with it.
+    let left = '';
+    for (let i = 0; i < 50; i++) {
+      left = runNix('pgrep', ['-af', MARK])
+        .stdout.split('\n')
+        .filter((l) => l && !l.includes('pgrep'))
+        .join('\n');
+      if (!left) break;
+      await sleep(100);
+    }
+    expect(left).toBe('');
+  }, 60_000);
+});
