@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The rootless checks, run by root on a machine prepared by scripts/test.sh (Debian packages installed): as
 # an ordinary user, in a copy of this checkout that the user owns (as a developer's own clone), run the
-# README's main job (scripts/demo.sh), every example, and the Nix-comparison scenarios on chroot stores
-# (real Nix rootless on twin stores). The user is created on first use (scripts/as-user.sh).
+# README's main job (scripts/demo.sh), every example on the user's embedded default store, and the whole
+# test suite (real Nix rootless on twin stores, remote builds over an sshd the user runs, ...; the few
+# suites only root can run say why and skip). The user is created on first use (scripts/as-user.sh).
 #
 #   scripts/test-as-user.sh [VITEST ARGS...]       (user: $REALISE_TEST_USER, default realise-user)
+#                                                   (arguments: test files or filters; default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test-as-user: run as root (it creates and switches to an ordinary user)" >&2; exit 2; }
@@ -35,9 +37,6 @@ for e in examples/*.ts; do
   echo "== as $user: npx tsx $e" >&2
   as_user npx tsx "$e" >/dev/null
 done
-echo "== as $user: the Nix-comparison scenarios on chroot stores" >&2
+echo "== as $user: the test suite" >&2
 # The config is loaded without writing next to it (node_modules may be read-only for the user).
-as_user npx vitest run --configLoader runner \
-  test/platform/linux-sandbox-nix.test.ts test/scheduler/nix-compare.test.ts test/scheduler/sandbox-modes-nix.test.ts \
-  test/scheduler/substitution.test.ts test/cli/build-semantics.test.ts test/cli/substitution-parity.test.ts \
-  test/cli/machine-defaults.test.ts test/cli/nix-made-store.test.ts test/store/interop.test.ts "$@"
+as_user npx vitest run --configLoader runner "$@"
