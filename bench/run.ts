@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 const KNOWN = [
   'dag',
   'dag-sandboxed',
+  'cli-dag',
   'noop',
   'scheduler-overhead',
   'nar-hash',

@@ -24,6 +24,7 @@ import {
   promises as fsp,
   readFileSync,
   writeFileSync,
+  type Stats,
 } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { homedir } from 'node:os';
@@ -323,6 +324,18 @@ async function hashRegularFile(info: PathInfo, target: string, algorithm: HashAl
   for await (const chunk of createReadStream(target, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
   return new Hash(algorithm, new Uint8Array(h.digest()));
 }
+
+/** lstat, or undefined when the path cannot be looked at (missing, or not accessible). */
+function lstatOrUndefined(p: string): Stats | undefined {
+  try {
+    return lstatSync(p, { throwIfNoEntry: false });
+  } catch {
+    return undefined;
+  }
+}
+
+/** Text files up to this size are read with synchronous calls (readTextFile). */
+const SMALL_TEXT_FILE = 64 * 1024;
 
 export function invalidPathError(p: StorePath, what = 'is not valid'): StoreError {
   return new StoreError('invalid-path', `path '${p}' ${what}`, { hint: 'build, substitute or add it first' });
@@ -793,9 +806,8 @@ export class LocalStore implements Store {
     checkBatchClosure(infos, (ps) => this.queryValidPathsSync(ps));
     for (const i of infos) {
       const real = this.toRealPath(i.path);
-      try {
-        await fsp.lstat(real);
-      } catch {
+      // (One synchronous lstat: a thread-pool round trip would cost more than the call.)
+      if (!lstatOrUndefined(real)) {
         throw new StoreError('missing-contents', `cannot register path '${i.path}': its contents are missing at '${real}'`, {
           hint: 'write the contents first; nothing was registered',
         });
@@ -1099,9 +1111,11 @@ export class LocalStore implements Store {
   async readTextFile(p: StorePath): Promise<string> {
     if (!(await this.isValidPath(p))) throw invalidPathError(p);
     const real = this.toRealPath(p);
-    const st = await fsp.lstat(real);
+    // Synchronous calls for a small file (a `.drv`): an lstat, open, read and close of an existing file take
+    // microseconds each, less than the thread-pool round trips they would otherwise be, one per build.
+    const st = lstatSync(real);
     if (!st.isFile()) throw new StoreError('not-a-regular-file', `store path '${p}' is not a regular file`);
-    return fsp.readFile(real, 'utf8');
+    return st.size <= SMALL_TEXT_FILE ? readFileSync(real, 'utf8') : fsp.readFile(real, 'utf8');
   }
 
   async deletePath(p: StorePath): Promise<void> {

@@ -129,14 +129,6 @@ function tryFlock(fd: number, lockPath: string, mode: 'exnb' | 'shnb' = 'exnb'):
   }
 }
 
-/** Try once to take the flock on `lockPath`; returns the fd, or undefined if someone holds it. Retries stale files. */
-function tryLockFile(lockPath: string): number | undefined {
-  for (;;) {
-    const r = lockOpened(lockPath, openLockFile(lockPath));
-    if (r !== 'stale') return r;
-  }
-}
-
 /** The flock and staleness check on a just-opened lock file: the fd, undefined (held), or 'stale' (closed; open again). */
 function lockOpened(lockPath: string, fd: number): number | undefined | 'stale' {
   if (!tryFlock(fd, lockPath)) {
@@ -184,7 +176,10 @@ function openLockFileAsync(lockPath: string): Promise<number> {
   });
 }
 
-/** tryLockFile with the open (a file creation, milliseconds on a busy disk) on the thread pool. */
+/**
+ * Try once to take the flock on `lockPath`; the fd, or undefined if someone holds it. Retries stale files. The
+ * open (a file creation, milliseconds on a busy disk) is on the thread pool.
+ */
 async function tryLockFileAsync(lockPath: string): Promise<number | undefined> {
   for (;;) {
     const r = lockOpened(lockPath, await openLockFileAsync(lockPath));
@@ -223,25 +218,6 @@ function unlockFile(lockPath: string, fd: number, deleteFile: boolean): void {
   } finally {
     closeSync(fd); // releases the flock
   }
-}
-
-/**
- * unlockFile with its system calls on the thread pool (unlinking and closing an unlinked file free an
- * inode: milliseconds on a busy disk mounted with `discard`), in the same order: unlink, "d", close.
- */
-function unlockFileAsync(lockPath: string, fd: number, deleteFile: boolean): Promise<void> {
-  const settle = (start: (k: () => void) => void) => new Promise<void>((resolve) => start(resolve));
-  return (async () => {
-    try {
-      if (deleteFile) {
-        await settle((k) => unlinkCb(lockPath, () => k())); // (already gone: nothing to do)
-        await settle((k) => writeCb(fd, 'd', () => k())); // best effort: waiters also see the unlinked inode
-      }
-    } finally {
-      // Releases the flock. A close that fails still gave the descriptor back.
-      await settle((k) => closeCb(fd, () => k()));
-    }
-  })();
 }
 
 /**
@@ -299,18 +275,12 @@ export class HeldLocks {
     return this.held.length === 0;
   }
 
-  /** Unlock (and delete the lock files) on the thread pool; each lock's in-process waiters get it once it is closed. */
+  /**
+   * Unlock and delete the lock files. Synchronous calls: an unlink, a one-byte write and a close take tens
+   * of microseconds (only creating a file is slow), less than a thread-pool round trip each.
+   */
   async release(): Promise<void> {
-    const held = this.held;
-    this.held = [];
-    const deleteFiles = this.deleteOnRelease;
-    for (const h of held.reverse()) {
-      try {
-        await unlockFileAsync(h.lockPath, h.fd, deleteFiles);
-      } finally {
-        giveSlot(h.lockPath);
-      }
-    }
+    this.releaseSync();
   }
 
   releaseSync(): void {
@@ -393,49 +363,21 @@ export async function lockFiles(files: Iterable<string>, opts: InternalLockOptio
   return handle;
 }
 
-/** Take every lock without waiting, or none: undefined when any is held (in this process or another). */
-export function tryLockFiles(files: Iterable<string>, opts: { paths?: readonly string[] } = {}): HeldLocks | undefined {
+/**
+ * Take every lock without waiting, or none: undefined when any is held (in this process or another). The
+ * lock files are opened on the thread pool: the event loop does not wait for their creation.
+ */
+export async function tryLockFiles(files: Iterable<string>, opts: { paths?: readonly string[] } = {}): Promise<HeldLocks | undefined> {
   const { files: sorted, lockPaths } = lockPathsOf(files);
   const held: Array<{ lockPath: string; fd: number }> = [];
   const handle = new HeldLocks(opts.paths ?? sorted, held);
-  for (const lockPath of lockPaths) {
-    if (!tryTakeSlot(lockPath)) {
-      handle.setDeletion(false);
-      handle.releaseSync();
-      return undefined;
-    }
-    let fd: number | undefined;
-    try {
-      fd = tryLockFile(lockPath);
-    } catch (e) {
-      giveSlot(lockPath);
-      handle.setDeletion(false);
-      handle.releaseSync();
-      throw e;
-    }
-    if (fd === undefined) {
-      giveSlot(lockPath);
-      handle.setDeletion(false);
-      handle.releaseSync();
-      return undefined;
-    }
-    held.push({ lockPath, fd });
-  }
-  return handle;
-}
-
-/** tryLockFiles with the lock files opened on the thread pool: the event loop does not wait for their creation. */
-export async function tryLockFilesAsync(files: Iterable<string>, opts: { paths?: readonly string[] } = {}): Promise<HeldLocks | undefined> {
-  const { files: sorted, lockPaths } = lockPathsOf(files);
-  const held: Array<{ lockPath: string; fd: number }> = [];
-  const handle = new HeldLocks(opts.paths ?? sorted, held);
-  const giveUp = async () => {
+  const giveUp = () => {
     handle.setDeletion(false);
-    await handle.release();
+    handle.releaseSync();
   };
   for (const lockPath of lockPaths) {
     if (!tryTakeSlot(lockPath)) {
-      await giveUp();
+      giveUp();
       return undefined;
     }
     let fd: number | undefined;
@@ -443,12 +385,12 @@ export async function tryLockFilesAsync(files: Iterable<string>, opts: { paths?:
       fd = await tryLockFileAsync(lockPath);
     } catch (e) {
       giveSlot(lockPath);
-      await giveUp();
+      giveUp();
       throw e;
     }
     if (fd === undefined) {
       giveSlot(lockPath);
-      await giveUp();
+      giveUp();
       return undefined;
     }
     held.push({ lockPath, fd });
@@ -507,5 +449,5 @@ export function lockStorePaths(store: PathLockTarget, paths: Iterable<string>, o
 /** Store.tryLockPaths likewise; undefined when someone else holds one of the locks. */
 export function tryLockStorePaths(store: PathLockTarget, paths: Iterable<string>): Promise<HeldLocks | undefined> {
   const { sorted, files } = sortedLockFiles(store, paths);
-  return tryLockFilesAsync(files, { paths: sorted });
+  return tryLockFiles(files, { paths: sorted });
 }

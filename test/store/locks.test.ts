@@ -51,7 +51,7 @@ describe('path locks', () => {
       });
       child.on('exit', (c) => reject(new Error(`child exited ${c}`)));
     });
-    expect(tryLockFiles([p])).toBeUndefined();
+    expect(await tryLockFiles([p])).toBeUndefined();
     let got = false;
     const waiting = lockFiles([p]).then((l) => {
       got = true;
@@ -72,9 +72,9 @@ describe('path locks', () => {
     writeFileSync(p + '.lock', '');
     const fd = openSync(p + '.lock', 'r+');
     fsExt.flockSync(fd, 'exnb');
-    expect(tryLockFiles([p])).toBeUndefined(); // blocked by the raw flock alone, not by our map
+    expect(await tryLockFiles([p])).toBeUndefined(); // blocked by the raw flock alone, not by our map
     closeSync(fd);
-    const a = tryLockFiles([p])!;
+    const a = (await tryLockFiles([p]))!;
     expect(a).toBeDefined();
     const fd2 = openSync(p + '.lock', 'r+');
     expect(() => fsExt.flockSync(fd2, 'exnb')).toThrow(/EAGAIN|EWOULDBLOCK/);
@@ -127,7 +127,7 @@ describe('path locks', () => {
     setTimeout(() => ac.abort(), 20);
     await expect(w).rejects.toMatchObject({ code: 'lock-aborted' });
     await l.release();
-    const again = tryLockFiles([p]);
+    const again = await tryLockFiles([p]);
     expect(again).toBeDefined();
     await again!.release();
   });
