@@ -84,6 +84,11 @@ export class DaemonStore implements Store {
     return this.first.daemonNixVersion;
   }
 
+  /** Whether the daemon's builds for this store go on after one fails (the `keepGoing` this client sends it). */
+  get keepGoing(): boolean {
+    return this.workerOptions.keepGoing ?? false;
+  }
+
   /** Whether the daemon trusts this user (undefined when its protocol does not say: Nix before 2.15). */
   get trusted(): boolean | undefined {
     return this.first.remoteTrustsUs;

@@ -68,10 +68,13 @@ const namedDrvs = (text: string): string[] => [...text.matchAll(/'(\/[^'\s]+\.dr
  * derivations they need) as build-started / build-finished, its substitutions, its messages, and its
  * progress counters (Nix's Builds, CopyPaths and Realise activities) added into the engine's own.
  *
- * Nix's worker counts a build done or failed (a progress result) before the build's activity stops, and
- * logs the failure of a build another one waits for as an error naming its derivation; a build whose
- * activity stops without being counted was stopped (a failure elsewhere, the call interrupted). A target's
- * activity stops when the call ends: its build-finished comes with its result.
+ * Nix's worker logs the failure of a build another one waits for as an error naming its derivation, and
+ * counts a build done or failed (a progress result) before its activity stops, while a build it stops (a
+ * failure elsewhere without keep-going, the call interrupted) ends uncounted, possibly before the failure
+ * that stopped it is counted. So an input's activity that ends is a failure when an error named it, else a
+ * success when a count no named failure is waiting for is left and no failure has ended the call (without
+ * keep-going nothing builds on after one), else stopped. A target's activity stops when the call ends: its
+ * build-finished comes with its result.
  */
 class DaemonLog {
   private readonly activities = new Map<bigint, Activity>();
@@ -80,20 +83,24 @@ class DaemonLog {
   /** Builds the daemon counted as done or failed, and how many of those a stopped activity was matched with. */
   private finished = 0;
   private matched = 0;
+  /** Inputs an error message named, whose activity has not ended yet. */
   private readonly failed = new Set<StorePath>();
+  /** A build failed (counted, or named in an error). */
+  private failureSeen = false;
 
   constructor(
     private readonly emit: EngineContext['emit'],
     private readonly progress: ProgressTracker,
     private readonly mode: BuildMode,
     private readonly targets: ReadonlySet<string>,
+    private readonly keepGoing: boolean,
   ) {}
 
   readonly onLog = (e: RemoteLogEvent): void => {
     if (e.type === 'message') {
       this.emit('warning', { message: e.text, level: 'plain' });
       const text = stripAnsi(e.text);
-      if (/error\b/.test(text)) for (const drv of namedDrvs(text)) if (this.builds.has(drv)) this.failed.add(drv);
+      if (/error\b/.test(text)) for (const drv of namedDrvs(text)) if (this.builds.has(drv) && !this.targets.has(drv)) this.namedFailure(drv);
     } else if (e.type === 'start-activity') this.started(e);
     else if (e.type === 'stop-activity') this.stopped(e.id);
     else this.result(e);
@@ -127,7 +134,10 @@ class DaemonLog {
       if (line !== undefined) this.emit('build-log', { drvPath: act.drvPath, line });
     } else if (act?.kind === 'counters' && e.resultType === ResultType.Progress) {
       const next = [0, 1, 2, 3].map((i) => num(e.fields[i]));
-      if (act.builds) this.finished += next[0]! - act.last[0]! + (next[3]! - act.last[3]!);
+      if (act.builds) {
+        this.finished += next[0]! - act.last[0]! + (next[3]! - act.last[3]!);
+        if (next[3]! > act.last[3]!) this.failureSeen = true;
+      }
       this.addCounters(act, next);
     } else if (act?.kind === 'bytes' && e.resultType === ResultType.Progress) {
       act.total.done += num(e.fields[0]) - act.last;
@@ -163,13 +173,21 @@ class DaemonLog {
     else if (act?.kind === 'build' && !this.targets.has(act.drvPath)) this.buildStopped(act);
   }
 
+  private namedFailure(drv: StorePath): void {
+    this.failed.add(drv);
+    this.failureSeen = true;
+  }
+
   private buildStopped(act: BuildActivity): void {
     let outcome: 'success' | 'failure' | 'stopped';
     // A later round started: this one succeeded (Nix starts the next round's activity, then ends this one's).
     if (this.builds.get(act.drvPath) !== act) outcome = 'success';
-    else if (this.finished > this.matched) {
+    else if (this.failed.delete(act.drvPath)) {
       this.matched++;
-      outcome = this.failed.has(act.drvPath) ? 'failure' : 'success';
+      outcome = 'failure';
+    } else if (this.finished - this.matched > this.failed.size && !(this.failureSeen && !this.keepGoing)) {
+      this.matched++;
+      outcome = 'success';
     } else outcome = 'stopped';
     this.emit('build-finished', {
       drvPath: act.drvPath,
@@ -193,7 +211,7 @@ export async function buildThroughDaemon(
   opts: { mode: BuildMode; signal?: AbortSignal | undefined; emit: EngineContext['emit']; progress: ProgressTracker },
 ): Promise<TargetResult[]> {
   const wire = await Promise.all(targets.map((t) => wireTarget(store, t)));
-  const log = new DaemonLog(opts.emit, opts.progress, opts.mode, new Set(targets.map((t) => ('drvPath' in t ? t.drvPath : t.path))));
+  const log = new DaemonLog(opts.emit, opts.progress, opts.mode, new Set(targets.map((t) => ('drvPath' in t ? t.drvPath : t.path))), store.keepGoing);
   const builds = log.builds;
   let results: (TargetResult | undefined)[];
   try {

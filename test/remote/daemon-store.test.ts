@@ -33,6 +33,9 @@ in rec {
   dep3 = mk "daemon-dep3" "echo dep3 > $out";
   baddep = mk "daemon-baddep" "exit 4";
   top2 = mkWith "daemon-top2" [ dep3 baddep ] "echo top2 > $out";
+  slowdep = mk "daemon-slowdep" "sleep 60; echo > $out";
+  faildep = mk "daemon-faildep" "exit 5";
+  top3 = mkWith "daemon-top3" [ slowdep faildep ] "echo top3 > $out";
   ok = mk "daemon-ok" "echo hello-from-the-daemon; echo ok > $out";
   fail = mk "daemon-fail" "echo about-to-fail; exit 3";
   cli = mk "daemon-cli" "echo cli-line; echo cli > $out";
@@ -75,7 +78,7 @@ describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix
     chmodSync(dir, 0o755);
     root = path.join(dir, 'root');
     socket = path.join(dir, 'socket');
-    for (const attr of ['ok', 'fail', 'cli', 'env', 'unix', 'slow', 'dep1', 'dep2', 'top', 'dep3', 'baddep', 'top2']) {
+    for (const attr of ['ok', 'fail', 'cli', 'env', 'unix', 'slow', 'dep1', 'dep2', 'top', 'dep3', 'baddep', 'top2', 'slowdep', 'faildep', 'top3']) {
       const file = path.join(dir, 'e.nix');
       if (!existsSync(file)) writeFileSync(file, EXPR.replace('MARK', MARK));
       drvs[attr] = nix('nix-instantiate', ['--store', root, file, '-A', attr]);
@@ -176,6 +179,17 @@ describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix
     expect(engine2.progress().builds).toEqual({ expected: 1, done: 1, running: 0, failed: 1 });
     await engine2.close();
     await kg.close();
+
+    // Without keep-going, two at once: the failing input stops the other one, which is 'stopped'.
+    const two = await DaemonStore.open({ socketPath: socket, workerOptions: { maxBuildJobs: 2 } });
+    const engine3 = new BuildEngine({ store: two });
+    const events3 = record(engine3);
+    const [s3] = await engine3.buildPathsWithResults([drvs.top3!]);
+    expect(s3!.result.status).toBe('dependency-failed');
+    expect([...events3].sort()).toEqual(['finished faildep.drv failure', 'finished slowdep.drv stopped', 'started faildep.drv', 'started slowdep.drv']);
+    expect(engine3.progress().builds).toMatchObject({ done: 0, running: 0, failed: 1 });
+    await engine3.close();
+    await two.close();
   });
 
   it('a missing daemon socket is a typed error naming it', async () => {
