@@ -705,6 +705,7 @@ class LocalRound {
         e.status,
         { message: e.message },
         { hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' },
+        e.outputsStay ? new Set(this.outs.scratch.values()) : undefined,
       );
     }
     // As Nix 2.8, in check mode too.

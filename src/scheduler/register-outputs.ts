@@ -84,7 +84,12 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
   const fin = new Finalised(w, view, plan);
   for (const name of order) await fin.finalise(scanned.get(name)!);
   if (plan.mode === 'check') return compareWithRegistered(w, view, plan, fin);
-  await checkOutputs(w.ctx.store, fin.infos, fin.finalPaths, (name) => outputChecksOf(view, name));
+  try {
+    await checkOutputs(w.ctx.store, fin.infos, fin.finalPaths, (name) => outputChecksOf(view, name));
+  } catch (e) {
+    if (!(e instanceof OutputRejected)) throw e;
+    throw new OutputRejected(e.status, e.message, e.hashMismatch, e.checkMismatch, e.endsCall, true);
+  }
   if (plan.round > 1 && plan.previous) return compareRounds(w, view, plan, plan.previous, fin);
   return registerRound(w, view, plan, fin);
 }

@@ -15,6 +15,11 @@ export class OutputRejected extends Error {
      * which leaves its worker loop (the other builds stop; measured against nix-store --keep-going).
      */
     readonly endsCall = false,
+    /**
+     * The outputs are in the store already (Nix moved them there before checking them: allowedReferences,
+     * maxSize, ...): they stay there, invalid, as Nix leaves them.
+     */
+    readonly outputsStay = false,
   ) {
     super(message);
   }

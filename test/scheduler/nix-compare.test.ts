@@ -298,6 +298,8 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
       let ours: BuildFailedError;
       /** Output path → valid in either store. */
       let validAfter: Map<string, boolean>;
+      /** Output path → [on disk in Nix's store, on disk in ours]. */
+      let onDisk: Map<string, readonly [boolean, boolean]>;
 
       beforeAll(async () => {
         const drvs = CASES.map(([a]) => drv[a]!);
@@ -308,6 +310,12 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
         const outs = nixOutputs(R1, drvs);
         const [f1, f2] = [pathFacts(R1, outs), pathFacts(R2, outs)];
         validAfter = new Map(outs.map((p) => [p, !!(f1.get(p)?.valid || f2.get(p)?.valid)]));
+        const exists = (root: string, p: string) =>
+          fsp.lstat(path.join(root, p)).then(
+            () => true,
+            () => false,
+          );
+        onDisk = new Map(await Promise.all(outs.map(async (p) => [p, [await exists(R1, p), await exists(R2, p)]] as const)));
       }, 120_000);
 
       it('the same exit status (1: no build failure bits) and one failure per derivation', () => {
@@ -331,6 +339,8 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
         const out = [...validAfter.keys()].find((p) => p.endsWith(`-${attr}`));
         expect(out).toBeDefined();
         expect(validAfter.get(out!)).toBe(false);
+        // An output rejected by its checks stays in the store (invalid), as Nix moved it there before checking.
+        expect(onDisk.get(out!)).toEqual(attr === 'bad-perms' || attr === 'killed' ? [false, false] : [true, true]);
       });
     });
 
