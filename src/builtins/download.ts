@@ -124,25 +124,42 @@ async function fromFile(url: string, consume: (body: AsyncIterable<Uint8Array>) 
     if (opts.signal.aborted) throw interrupted(url);
     return { ok: false, error: unreadable(opened) };
   }
+  await consumeCounted(consume, stream, 0, url, opts, unreadable, () => stream.destroy());
+  return { ok: true };
+}
+
+/**
+ * Hand `body` to `consume`, reporting the bytes read (of `expected`, 0 when unknown) as they pass and once
+ * more at the end. A read failure is the download interrupted when aborted, else `failure(e)`; `close`
+ * releases the body however the consumer stops.
+ */
+async function consumeCounted(
+  consume: (body: AsyncIterable<Uint8Array>) => Promise<void>,
+  body: AsyncIterable<Buffer>,
+  expected: number,
+  url: string,
+  opts: DownloadOptions,
+  failure: (e: unknown) => Error,
+  close: () => void,
+): Promise<void> {
   let done = 0;
   await consume(
     (async function* () {
       try {
-        for await (const chunk of stream as AsyncIterable<Buffer>) {
+        for await (const chunk of body) {
           done += chunk.length;
-          opts.onProgress(done, 0);
+          opts.onProgress(done, expected);
           yield chunk;
         }
       } catch (e) {
         if (opts.signal.aborted || isAbortError(e)) throw interrupted(url);
-        throw unreadable(e);
+        throw failure(e);
       } finally {
-        stream.destroy();
+        close();
       }
     })(),
   );
-  opts.onProgress(done, done);
-  return { ok: true };
+  opts.onProgress(done, expected || done);
 }
 
 /** Nix's classification of an HTTP status: whether a retry may help. */
@@ -152,61 +169,77 @@ function transientStatus(code: number): boolean {
   return !(code === 501 || code === 505 || code === 511);
 }
 
-async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) => Promise<void>, opts: DownloadOptions): Promise<Attempt> {
+/** Where one hop of `url` goes, or why it cannot be fetched (curl's words). */
+function hopUrl(url: string, current: string): URL | Attempt {
+  try {
+    const u = new URL(current);
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error(`unsupported protocol ${u.protocol}`);
+    return u;
+  } catch (e) {
+    const unsupported = /^[a-z][a-z0-9+.-]*:/i.test(current) && !/^https?:/i.test(current);
+    return {
+      ok: false,
+      error: new DownloadError(
+        plainMessage(`unable to download '${url}': ${unsupported ? 'Unsupported protocol (1)' : 'URL using bad/illegal format or missing URL (3)'}`),
+        false,
+        { cause: e },
+      ),
+    };
+  }
+}
+
+/** The request headers for `u`: basic authentication from its user info or .netrc, which leaves `u`. */
+function requestHeaders(u: URL, netrc: readonly NetrcEntry[]): Record<string, string> {
+  const headers: Record<string, string> = { 'user-agent': USER_AGENT };
+  const creds =
+    u.username || u.password ? { login: decodeURIComponent(u.username), password: decodeURIComponent(u.password) } : netrcCredentials(netrc, u.hostname);
+  if (creds) headers.authorization = 'Basic ' + Buffer.from(`${creds.login}:${creds.password}`).toString('base64');
+  u.username = '';
+  u.password = '';
+  return headers;
+}
+
+/** The dispatcher for `u`: the shared agent, or a proxy of the environment (added to `proxies`, to close). */
+function dispatcherFor(u: URL, opts: DownloadOptions, proxies: Dispatcher[]): Dispatcher {
+  const proxy = proxyFor(u, opts.env);
+  if (!proxy) return opts.agent;
+  // As curl: http:// goes to the proxy as a plain request with the absolute URL, https:// through CONNECT.
+  const dispatcher = new (undici().ProxyAgent)({
+    uri: proxy,
+    proxyTunnel: u.protocol === 'https:',
+    requestTls: { rejectUnauthorized: false },
+    proxyTls: { rejectUnauthorized: false },
+  });
+  proxies.push(dispatcher);
+  return dispatcher;
+}
+
+/** GET `url`, following up to 10 redirects as curl does; the final response, or why there is none. */
+async function requestFollowingRedirects(url: string, opts: DownloadOptions, proxies: Dispatcher[]): Promise<Dispatcher.ResponseData | Attempt> {
   let current = url;
-  let res: Dispatcher.ResponseData | undefined;
+  for (let hop = 0; ; hop++) {
+    const u = hopUrl(url, current);
+    if (!(u instanceof URL)) return u;
+    const headers = requestHeaders(u, opts.netrc);
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await undici().request(u.toString(), { method: 'GET', dispatcher: dispatcherFor(u, opts, proxies), headers, signal: opts.signal });
+    } catch (e) {
+      if (opts.signal.aborted || isAbortError(e)) throw interrupted(url);
+      return { ok: false, error: new DownloadError(plainMessage(`unable to download '${url}': ${curlWords(e)}`), true, { cause: e }) };
+    }
+    const location = res.headers.location;
+    if (![301, 302, 303, 307, 308].includes(res.statusCode) || typeof location !== 'string' || hop >= 10) return res;
+    await res.body.dump().catch(() => undefined);
+    current = new URL(location, u).toString();
+  }
+}
+
+async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) => Promise<void>, opts: DownloadOptions): Promise<Attempt> {
   const proxies: Dispatcher[] = [];
   try {
-    for (let hop = 0; ; hop++) {
-      let u: URL;
-      try {
-        u = new URL(current);
-        if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error(`unsupported protocol ${u.protocol}`);
-      } catch (e) {
-        const unsupported = /^[a-z][a-z0-9+.-]*:/i.test(current) && !/^https?:/i.test(current);
-        return {
-          ok: false,
-          error: new DownloadError(
-            plainMessage(`unable to download '${url}': ${unsupported ? 'Unsupported protocol (1)' : 'URL using bad/illegal format or missing URL (3)'}`),
-            false,
-            { cause: e },
-          ),
-        };
-      }
-      const headers: Record<string, string> = { 'user-agent': USER_AGENT };
-      const creds =
-        u.username || u.password
-          ? { login: decodeURIComponent(u.username), password: decodeURIComponent(u.password) }
-          : netrcCredentials(opts.netrc, u.hostname);
-      if (creds) headers.authorization = 'Basic ' + Buffer.from(`${creds.login}:${creds.password}`).toString('base64');
-      u.username = '';
-      u.password = '';
-      const proxy = proxyFor(u, opts.env);
-      let dispatcher = opts.agent;
-      if (proxy) {
-        // As curl: http:// goes to the proxy as a plain request with the absolute URL, https:// through CONNECT.
-        dispatcher = new (undici().ProxyAgent)({
-          uri: proxy,
-          proxyTunnel: u.protocol === 'https:',
-          requestTls: { rejectUnauthorized: false },
-          proxyTls: { rejectUnauthorized: false },
-        });
-        proxies.push(dispatcher);
-      }
-      try {
-        res = await undici().request(u.toString(), { method: 'GET', dispatcher, headers, signal: opts.signal });
-      } catch (e) {
-        if (opts.signal.aborted || isAbortError(e)) throw interrupted(url);
-        return { ok: false, error: new DownloadError(plainMessage(`unable to download '${url}': ${curlWords(e)}`), true, { cause: e }) };
-      }
-      const location = res.headers.location;
-      if ([301, 302, 303, 307, 308].includes(res.statusCode) && typeof location === 'string' && hop < 10) {
-        await res.body.dump().catch(() => undefined);
-        current = new URL(location, u).toString();
-        continue;
-      }
-      break;
-    }
+    const res = await requestFollowingRedirects(url, opts, proxies);
+    if ('ok' in res) return res;
     const status = res.statusCode;
     if (!(status === 200 || status === 201 || status === 204 || status === 206 || status === 304)) {
       const body = await readSome(res.body);
@@ -219,24 +252,10 @@ async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) 
     const lengthHeader = res.headers['content-length'];
     const expected = typeof lengthHeader === 'string' && /^\d+$/.test(lengthHeader) ? Number(lengthHeader) : 0;
     const body = res.body;
-    let done = 0;
-    await consume(
-      (async function* () {
-        try {
-          for await (const chunk of body as AsyncIterable<Buffer>) {
-            done += chunk.length;
-            opts.onProgress(done, expected);
-            yield chunk;
-          }
-        } catch (e) {
-          if (opts.signal.aborted || isAbortError(e)) throw interrupted(url);
-          throw new DownloadError(plainMessage(`unable to download '${url}': ${curlWords(e)}`), false, { cause: e });
-        } finally {
-          if (!body.destroyed) body.destroy();
-        }
-      })(),
-    );
-    opts.onProgress(done, expected || done);
+    const failure = (e: unknown) => new DownloadError(plainMessage(`unable to download '${url}': ${curlWords(e)}`), false, { cause: e });
+    await consumeCounted(consume, body as AsyncIterable<Buffer>, expected, url, opts, failure, () => {
+      if (!body.destroyed) body.destroy();
+    });
     return { ok: true };
   } finally {
     for (const p of proxies) void p.close().catch(() => undefined);

@@ -88,90 +88,112 @@ function asJsonNumber(v: unknown): JsonNumber | undefined {
 const INT64_MIN = -(1n << 63n);
 const UINT64_MAX = (1n << 64n) - 1n;
 
-/**
- * Parse JSON text keeping numbers as nlohmann::json does (JsonNumber), so that they are written back as Nix
- * writes them; objects and arrays become plain ones. Throws on malformed text.
- */
-export function parseJsonExact(text: string): unknown {
-  let i = 0;
-  const ws = () => {
-    while (i < text.length && ' \t\n\r'.includes(text[i]!)) i++;
-  };
-  const fail = (): never => {
-    throw new SyntaxError(`malformed JSON at offset ${i}`);
-  };
-  const STRING = /"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/y;
-  const NUMBER = /-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
-  const value = (): unknown => {
-    ws();
-    const c = text[i];
-    if (c === '{') {
-      i++;
-      const o: Record<string, unknown> = {};
-      ws();
-      if (text[i] === '}') {
-        i++;
-        return o;
-      }
-      for (;;) {
-        ws();
-        STRING.lastIndex = i;
-        const m = STRING.exec(text) ?? fail();
-        i += m[0].length;
-        ws();
-        if (text[i++] !== ':') fail();
-        o[JSON.parse(m[0]) as string] = value();
-        ws();
-        const d = text[i++];
-        if (d === '}') return o;
-        if (d !== ',') fail();
-      }
-    }
-    if (c === '[') {
-      i++;
-      const a: unknown[] = [];
-      ws();
-      if (text[i] === ']') {
-        i++;
-        return a;
-      }
-      for (;;) {
-        a.push(value());
-        ws();
-        const d = text[i++];
-        if (d === ']') return a;
-        if (d !== ',') fail();
-      }
-    }
-    if (c === '"') {
-      STRING.lastIndex = i;
-      const m = STRING.exec(text) ?? fail();
-      i += m[0].length;
-      return JSON.parse(m[0]) as string;
-    }
-    for (const [word, v] of [
-      ['true', true],
-      ['false', false],
-      ['null', null],
-    ] as const) {
-      if (text.startsWith(word, i)) {
-        i += word.length;
+const JSON_STRING = /"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/y;
+const JSON_NUMBER = /-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
+const JSON_WORDS = [
+  ['true', true],
+  ['false', false],
+  ['null', null],
+] as const;
+
+/** A recursive-descent reader of one JSON text, numbers as JsonNumber. */
+class ExactJsonReader {
+  private i = 0;
+  constructor(private readonly text: string) {}
+
+  document(): unknown {
+    const v = this.value();
+    this.ws();
+    if (this.i !== this.text.length) this.fail();
+    return v;
+  }
+
+  private ws(): void {
+    while (this.i < this.text.length && ' \t\n\r'.includes(this.text[this.i]!)) this.i++;
+  }
+
+  private fail(): never {
+    throw new SyntaxError(`malformed JSON at offset ${this.i}`);
+  }
+
+  /** The match of `re` at the cursor, which moves past it (or a SyntaxError). */
+  private token(re: RegExp): RegExpExecArray {
+    re.lastIndex = this.i;
+    const m = re.exec(this.text) ?? this.fail();
+    this.i += m[0].length;
+    return m;
+  }
+
+  /** After an item of a list: `close` ends it (true), `,` goes on (false). */
+  private endOfItem(close: string): boolean {
+    this.ws();
+    const d = this.text[this.i++];
+    if (d === close) return true;
+    if (d !== ',') this.fail();
+    return false;
+  }
+
+  /** An empty `{}` or `[]` after its opening: the cursor moves past `close`. */
+  private emptyUntil(close: string): boolean {
+    this.i++;
+    this.ws();
+    if (this.text[this.i] !== close) return false;
+    this.i++;
+    return true;
+  }
+
+  private value(): unknown {
+    this.ws();
+    const c = this.text[this.i];
+    if (c === '{') return this.object();
+    if (c === '[') return this.array();
+    if (c === '"') return JSON.parse(this.token(JSON_STRING)[0]) as string;
+    for (const [word, v] of JSON_WORDS) {
+      if (this.text.startsWith(word, this.i)) {
+        this.i += word.length;
         return v;
       }
     }
-    NUMBER.lastIndex = i;
-    const m = NUMBER.exec(text) ?? fail();
-    i += m[0].length;
+    return this.number();
+  }
+
+  private object(): Record<string, unknown> {
+    const o: Record<string, unknown> = {};
+    if (this.emptyUntil('}')) return o;
+    do {
+      this.ws();
+      const key = JSON.parse(this.token(JSON_STRING)[0]) as string;
+      this.ws();
+      if (this.text[this.i++] !== ':') this.fail();
+      o[key] = this.value();
+    } while (!this.endOfItem('}'));
+    return o;
+  }
+
+  private array(): unknown[] {
+    const a: unknown[] = [];
+    if (this.emptyUntil(']')) return a;
+    do a.push(this.value());
+    while (!this.endOfItem(']'));
+    return a;
+  }
+
+  private number(): JsonNumber {
+    const m = this.token(JSON_NUMBER);
     if (m[1] === undefined && m[2] === undefined) {
       const n = BigInt(m[0]);
       if (n >= INT64_MIN && n <= UINT64_MAX) return new JsonNumber(n, Number(n));
     }
     return new JsonNumber(undefined, Number(m[0]));
-  };
-  const v = value();
-  ws();
-  if (i !== text.length) fail();
-  return v;
+  }
+}
+
+/**
+ * Parse JSON text keeping numbers as nlohmann::json does (JsonNumber), so that they are written back as Nix
+ * writes them; objects and arrays become plain ones. Throws on malformed text.
+ */
+export function parseJsonExact(text: string): unknown {
+  return new ExactJsonReader(text).document();
 }
 
 /** A double as nlohmann::json::dump() writes it (shortest round-trip digits; exponent form outside 1e-4..1e15). */

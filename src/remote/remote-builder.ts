@@ -24,7 +24,7 @@ import {
 } from './protocol-common.js';
 import { ServeConnection, type ServeBuildSettings } from './serve-protocol.js';
 import { StdioTransport, type Transport } from './transport.js';
-import { buildLogLine, WorkerConnection, type RemoteLogEvent, type WorkerOptions } from './worker-protocol.js';
+import { buildLogLine, WorkerConnection, type OnRemoteLog, type RemoteLogEvent, type WorkerOptions } from './worker-protocol.js';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { getMaxListeners, setMaxListeners } from 'node:events';
 import { tmpdir } from 'node:os';
@@ -388,65 +388,19 @@ export class MachineBuilder implements RemoteBuilder {
     let pc: PooledConnection | undefined;
     let stage: RemoteBuildErrorKind = 'connection';
     const { store, signal } = opts;
-    // A throwing log callback must not break the protocol stream: its errors are ignored.
-    const onEvent = (e: RemoteLogEvent): void => {
-      try {
-        opts.onEvent?.(e);
-        if (opts.onLog) {
-          const line = buildLogLine(e);
-          if (line !== undefined) opts.onLog(line);
-        }
-      } catch {
-        /* ignored */
-      }
-    };
+    const onEvent = logForwarder(opts);
     try {
       if (this.closed) throw new RemoteConnectionError(`the builder for '${this.name}' was closed`);
       signal?.throwIfAborted();
       const tStart = performance.now();
       pc = await this.acquire(signal);
       const tConnected = performance.now();
-      const client = pc.client;
-
-      // 1. Inputs the remote lacks, with their closure, in topological order.
       stage = 'copy';
       const inputs = opts.inputPaths ? new Set(opts.inputPaths) : await inputClosure(store, drv);
-      // As Nix's upload lock: one copy to a machine at a time, so builds sharing inputs send them once.
-      const order = await this.uploadLock(async () => {
-        const present = inputs.size ? await client.queryValidPaths(inputs, { signal }) : new Set<StorePath>();
-        const infos = new Map<StorePath, PathInfo>();
-        for (const p of inputs) {
-          if (present.has(p)) continue;
-          const info = await store.queryPathInfo(p);
-          if (!info)
-            throw new RemoteBuildError(this.name, 'copy', `input '${p}' of '${drvPath}' is not valid in the local store`, {
-              hint: 'build or substitute the inputs before building remotely',
-            });
-          infos.set(p, info);
-        }
-        const sorted = topoSortPaths(infos);
-        if (sorted.length) {
-          await client.addMultipleToStore(
-            sorted.map((p) => ({ info: infos.get(p)!, nar: store.narFromPath(p) })),
-            { signal, onLog: onEvent },
-          );
-        }
-        return sorted;
-      });
-
-      // 2. Build.
+      const order = await this.uploadInputs(pc.client, store, drvPath, inputs, signal, onEvent);
       stage = 'refused';
-      const wire = toWireDerivation(drv, inputs);
-      pc.stderrTo.fn = client instanceof ServeConnection ? (l) => client.stderrLine(l) : undefined;
       const tUploaded = performance.now();
-      let res: WireBuildResult;
-      if (client instanceof WorkerConnection) {
-        const wanted = workerOptionsFor(this.opts.workerOptions ?? {}, opts.buildSettings, client.options);
-        if (!sameOptions(wanted, client.options)) await client.setOptions(wanted, { signal });
-        res = await client.buildDerivation(drvPath, wire, { signal, onLog: onEvent });
-      } else {
-        res = await client.buildDerivation(drvPath, wire, { ...this.opts.serveBuildSettings, ...opts.buildSettings, signal, onLog: onEvent });
-      }
+      const res = await this.runBuild(pc, drvPath, toWireDerivation(drv, inputs), opts, onEvent);
       const tBuilt = performance.now();
       const timings = (tDone: number) => ({
         connect: tConnected - tStart,
@@ -465,53 +419,11 @@ export class MachineBuilder implements RemoteBuilder {
         copiedInputs: order,
       };
       if (!isSuccessStatus(res.status)) return { ...base, builtOutputs: new Map(), copiedOutputs: [], timings: timings(performance.now()) };
-
-      // 3. Outputs back.
       stage = 'copy';
-      const wanted = opts.wantedOutputs ?? [...drv.outputs.keys()];
-      const outPaths = new Map<string, StorePath>();
-      for (const name of wanted) {
-        const o = drv.outputs.get(name);
-        const p = o && (o.type === 'input-addressed' || o.type === 'fixed') ? o.path : res.builtOutputs.get(name)?.outPath;
-        if (!p) throw new RemoteBuildError(this.name, 'copy', `'${this.name}' built '${drvPath}' but did not report the path of output '${name}'`);
-        outPaths.set(name, p);
-      }
-      const localValid = await store.queryValidPaths(outPaths.values());
-      const toFetch = new Map<StorePath, PathInfo>();
-      for (const p of outPaths.values()) {
-        if (localValid.has(p) || toFetch.has(p)) continue;
-        const info = await client.queryPathInfo(p, { signal });
-        if (!info) throw new RemoteBuildError(this.name, 'copy', `'${this.name}' built '${drvPath}' but its output '${p}' is not valid there`);
-        toFetch.set(p, info);
-      }
-      const fetched: StorePath[] = [];
-      for (const p of topoSortPaths(toFetch)) {
-        const info = toFetch.get(p)!;
-        await store.addToStore({ ...info, registrationTime: undefined }, verifiedNar(client.narFromPath(p, { signal }), info, this.name), { signal });
-        fetched.push(p);
-      }
+      const { outPaths, fetched } = await this.copyOutputsBack(pc.client, store, drvPath, drv, res, opts);
       return { ...base, builtOutputs: outPaths, copiedOutputs: fetched, timings: timings(performance.now()) };
     } catch (e) {
-      if (signal?.aborted) {
-        throw new RemoteBuildError(this.name, 'aborted', `remote build of '${drvPath}' on '${this.name}' was cancelled`, { cause: signal.reason });
-      }
-      if (e instanceof RemoteBuildError) throw e;
-      const kind: RemoteBuildErrorKind = e instanceof RemoteConnectionError || (pc && !pc.client.usable) ? 'connection' : stage;
-      if (kind === 'connection' && pc) {
-        this.disabledUntil = Date.now() + (this.opts.disableAfterFailureMs ?? 60_000);
-        this.disabledWhy = `lost the connection during a build: ${(e as Error).message.split('\n')[0]}`;
-      }
-      const what = kind === 'connection' ? 'lost the connection' : kind === 'refused' ? 'the remote refused the build' : 'copying failed';
-      const msg = e instanceof RealiseError ? e.shortMessage : (e as Error).message;
-      throw new RemoteBuildError(this.name, kind, `cannot build '${drvPath}' on '${this.name}': ${what}: ${msg}`, {
-        cause: e,
-        hint:
-          kind === 'connection'
-            ? 'the build can be retried on another machine or locally (fallback)'
-            : e instanceof RemoteDaemonError
-              ? 'the remote Nix refused the operation; the local user may need to be in its trusted-users'
-              : undefined,
-      });
+      throw this.buildFailure(e, drvPath, stage, pc, signal);
     } finally {
       if (pc) {
         pc.stderrTo.fn = undefined;
@@ -520,6 +432,123 @@ export class MachineBuilder implements RemoteBuilder {
       this.running--;
       this.wakeWaiters();
     }
+  }
+
+  /**
+   * Step 1 of a build: the inputs the remote lacks, with their closure, copied in topological order
+   * (returned). As Nix's upload lock: one copy to a machine at a time, so builds sharing inputs send them once.
+   */
+  private uploadInputs(
+    client: ServeConnection | WorkerConnection,
+    store: Store,
+    drvPath: StorePath,
+    inputs: ReadonlySet<StorePath>,
+    signal: AbortSignal | undefined,
+    onEvent: OnRemoteLog,
+  ): Promise<StorePath[]> {
+    return this.uploadLock(async () => {
+      const present = inputs.size ? await client.queryValidPaths(inputs, { signal }) : new Set<StorePath>();
+      const infos = new Map<StorePath, PathInfo>();
+      for (const p of inputs) {
+        if (present.has(p)) continue;
+        const info = await store.queryPathInfo(p);
+        if (!info)
+          throw new RemoteBuildError(this.name, 'copy', `input '${p}' of '${drvPath}' is not valid in the local store`, {
+            hint: 'build or substitute the inputs before building remotely',
+          });
+        infos.set(p, info);
+      }
+      const sorted = topoSortPaths(infos);
+      if (sorted.length) {
+        await client.addMultipleToStore(
+          sorted.map((p) => ({ info: infos.get(p)!, nar: store.narFromPath(p) })),
+          { signal, onLog: onEvent },
+        );
+      }
+      return sorted;
+    });
+  }
+
+  /** Step 2: the build on the remote, with the settings of this build (a failed build is a result). */
+  private async runBuild(
+    pc: PooledConnection,
+    drvPath: StorePath,
+    wire: WireDerivation,
+    opts: RemoteBuildOptions,
+    onEvent: OnRemoteLog,
+  ): Promise<WireBuildResult> {
+    const { client } = pc;
+    const { signal } = opts;
+    pc.stderrTo.fn = client instanceof ServeConnection ? (l) => client.stderrLine(l) : undefined;
+    if (client instanceof ServeConnection)
+      return client.buildDerivation(drvPath, wire, { ...this.opts.serveBuildSettings, ...opts.buildSettings, signal, onLog: onEvent });
+    const wanted = workerOptionsFor(this.opts.workerOptions ?? {}, opts.buildSettings, client.options);
+    if (!sameOptions(wanted, client.options)) await client.setOptions(wanted, { signal });
+    return client.buildDerivation(drvPath, wire, { signal, onLog: onEvent });
+  }
+
+  /** Step 3: the wanted outputs' paths, and those not yet valid locally copied back (verified) in topological order. */
+  private async copyOutputsBack(
+    client: ServeConnection | WorkerConnection,
+    store: Store,
+    drvPath: StorePath,
+    drv: Derivation,
+    res: WireBuildResult,
+    opts: RemoteBuildOptions,
+  ): Promise<{ outPaths: Map<string, StorePath>; fetched: StorePath[] }> {
+    const { signal } = opts;
+    const outPaths = new Map<string, StorePath>();
+    for (const name of opts.wantedOutputs ?? [...drv.outputs.keys()]) {
+      const o = drv.outputs.get(name);
+      const p = o && (o.type === 'input-addressed' || o.type === 'fixed') ? o.path : res.builtOutputs.get(name)?.outPath;
+      if (!p) throw new RemoteBuildError(this.name, 'copy', `'${this.name}' built '${drvPath}' but did not report the path of output '${name}'`);
+      outPaths.set(name, p);
+    }
+    const localValid = await store.queryValidPaths(outPaths.values());
+    const toFetch = new Map<StorePath, PathInfo>();
+    for (const p of outPaths.values()) {
+      if (localValid.has(p) || toFetch.has(p)) continue;
+      const info = await client.queryPathInfo(p, { signal });
+      if (!info) throw new RemoteBuildError(this.name, 'copy', `'${this.name}' built '${drvPath}' but its output '${p}' is not valid there`);
+      toFetch.set(p, info);
+    }
+    const fetched: StorePath[] = [];
+    for (const p of topoSortPaths(toFetch)) {
+      const info = toFetch.get(p)!;
+      await store.addToStore({ ...info, registrationTime: undefined }, verifiedNar(client.narFromPath(p, { signal }), info, this.name), { signal });
+      fetched.push(p);
+    }
+    return { outPaths, fetched };
+  }
+
+  /** A build's failure as a RemoteBuildError of its kind; a lost connection also disables the machine for a while. */
+  private buildFailure(
+    e: unknown,
+    drvPath: StorePath,
+    stage: RemoteBuildErrorKind,
+    pc: PooledConnection | undefined,
+    signal: AbortSignal | undefined,
+  ): RemoteBuildError {
+    if (signal?.aborted) {
+      return new RemoteBuildError(this.name, 'aborted', `remote build of '${drvPath}' on '${this.name}' was cancelled`, { cause: signal.reason });
+    }
+    if (e instanceof RemoteBuildError) return e;
+    const kind: RemoteBuildErrorKind = e instanceof RemoteConnectionError || (pc && !pc.client.usable) ? 'connection' : stage;
+    if (kind === 'connection' && pc) {
+      this.disabledUntil = Date.now() + (this.opts.disableAfterFailureMs ?? 60_000);
+      this.disabledWhy = `lost the connection during a build: ${(e as Error).message.split('\n')[0]}`;
+    }
+    const what = kind === 'connection' ? 'lost the connection' : kind === 'refused' ? 'the remote refused the build' : 'copying failed';
+    const msg = e instanceof RealiseError ? e.shortMessage : (e as Error).message;
+    return new RemoteBuildError(this.name, kind, `cannot build '${drvPath}' on '${this.name}': ${what}: ${msg}`, {
+      cause: e,
+      hint:
+        kind === 'connection'
+          ? 'the build can be retried on another machine or locally (fallback)'
+          : e instanceof RemoteDaemonError
+            ? 'the remote Nix refused the operation; the local user may need to be in its trusted-users'
+            : undefined,
+    });
   }
 
   async close(): Promise<void> {
@@ -644,4 +673,19 @@ export async function buildOnRemote(
       throw e;
     }
   }
+}
+
+/** The log events of a build to its callbacks; a throwing callback must not break the protocol stream, so its errors are ignored. */
+function logForwarder(opts: Pick<RemoteBuildOptions, 'onEvent' | 'onLog'>): OnRemoteLog {
+  return (e: RemoteLogEvent): void => {
+    try {
+      opts.onEvent?.(e);
+      if (opts.onLog) {
+        const line = buildLogLine(e);
+        if (line !== undefined) opts.onLog(line);
+      }
+    } catch {
+      /* ignored */
+    }
+  };
 }

@@ -211,111 +211,34 @@ export class WireReader {
    * stream position is lost.
    */
   async *nar(chunkSize = 256 << 10): AsyncGenerator<Buffer> {
-    let batch: Buffer[] = [];
-    let batchLen = 0;
-    const emit = (b: Buffer): Buffer[] | undefined => {
-      batch.push(b);
-      batchLen += b.length;
-      if (batchLen < chunkSize) return undefined;
-      const out = batch;
-      batch = [];
-      batchLen = 0;
-      return out;
-    };
-    // A raw token: returns its text (for grammar checks) and queues its wire bytes.
-    const token = async (): Promise<string> => {
-      const lenBuf = await this.bytes(8);
-      const len = Number(lenBuf.readBigUInt64LE(0));
-      if (len > 1 << 16) throw new RemoteProtocolError(`${this.describe} sent a NAR with an oversized token (${len} bytes)`);
-      const body = await this.bytes(len + padLength(len));
-      pending.push(lenBuf, body);
-      return body.subarray(0, len).toString('latin1');
-    };
-    let pending: Buffer[] = [];
-    const flushPending = function* (): Generator<Buffer> {
-      for (const p of pending) {
-        const out = emit(p);
-        if (out) yield Buffer.concat(out);
-      }
-      pending = [];
-    };
-    const expect = async (want: string): Promise<void> => {
-      const got = await token();
-      if (got !== want) throw new RemoteProtocolError(`${this.describe} sent a malformed NAR: expected '${want}', got '${got.slice(0, 40)}'`);
-    };
-
-    await expect('nix-archive-1');
-    // Iterative walk: a stack of open directories.
+    const c = new NarCopy(this, this.describe, chunkSize);
+    await c.expect('nix-archive-1');
+    // Iterative walk: the depth of open directory entries.
     let depth = 0;
     for (;;) {
       // At the start of a node.
-      await expect('(');
-      await expect('type');
-      const type = await token();
-      if (type === 'regular') {
-        let t = await token();
-        if (t === 'executable') {
-          await expect('');
-          t = await token();
-        }
-        if (t !== 'contents') throw new RemoteProtocolError(`${this.describe} sent a malformed NAR: expected 'contents', got '${t}'`);
-        const sizeBuf = await this.bytes(8);
-        pending.push(sizeBuf);
-        yield* flushPending();
-        let remaining = Number(sizeBuf.readBigUInt64LE(0));
-        const pad = padLength(remaining);
-        while (remaining > 0) {
-          const piece = await this.some(Math.min(remaining, chunkSize));
-          remaining -= piece.length;
-          const out = emit(piece);
-          if (out) yield Buffer.concat(out);
-        }
-        if (pad) pending.push(await this.bytes(pad));
-        await expect(')');
-      } else if (type === 'symlink') {
-        await expect('target');
-        await token();
-        await expect(')');
-      } else if (type === 'directory') {
-        // Enter the directory: read entries until ')'.
-        const t = await token();
-        if (t === ')') {
-          // empty directory, node done
-        } else if (t === 'entry') {
-          await expect('(');
-          await expect('name');
-          await token();
-          await expect('node');
-          depth++;
-          yield* flushPending();
-          continue; // parse the child node
-        } else {
-          throw new RemoteProtocolError(`${this.describe} sent a malformed NAR: unexpected '${t}' in a directory`);
-        }
-      } else {
-        throw new RemoteProtocolError(`${this.describe} sent a malformed NAR: unknown node type '${type}'`);
+      await c.expect('(');
+      await c.expect('type');
+      const type = await c.token();
+      if (type === 'regular') yield* c.regular();
+      else if (type === 'symlink') await c.symlink();
+      else if (type !== 'directory') throw c.malformed(`unknown node type '${type}'`);
+      else if ((await c.directoryStart()) === 'entry') {
+        depth++;
+        yield* c.flushPending();
+        continue; // parse the child node
       }
-      yield* flushPending();
+      yield* c.flushPending();
       // A node is complete. Close enclosing entries/directories as far as they end here.
       let descended = false;
-      while (depth > 0) {
-        await expect(')'); // end of entry
-        const t = await token();
-        if (t === 'entry') {
-          await expect('(');
-          await expect('name');
-          await token();
-          await expect('node');
-          descended = true;
-          break;
-        }
-        if (t !== ')') throw new RemoteProtocolError(`${this.describe} sent a malformed NAR: unexpected '${t}' after an entry`);
-        depth--; // directory closed; it was itself a node
+      for (; depth > 0 && !descended;) {
+        descended = await c.afterEntry();
+        if (!descended) depth--; // directory closed; it was itself a node
       }
-      yield* flushPending();
+      yield* c.flushPending();
       if (!descended) break;
     }
-    if (batchLen > 0) yield Buffer.concat(batch);
+    yield* c.rest();
   }
 
   /** Read a framed stream (frames until an empty one), yielding the frame contents. */
@@ -325,6 +248,125 @@ export class WireReader {
       if (n === 0) return;
       yield await this.bytes(n);
     }
+  }
+}
+
+/**
+ * The walk of one NAR through a WireReader (WireReader.nar): reads its tokens, checks its grammar, and
+ * passes its raw bytes on in chunks of about `chunkSize` (file contents as they arrive, tokens batched).
+ */
+class NarCopy {
+  private batch: Buffer[] = [];
+  private batchLen = 0;
+  /** Bytes read but not yet passed to the batch (tokens of the node being read). */
+  private pending: Buffer[] = [];
+
+  constructor(
+    private readonly r: WireReader,
+    private readonly describe: string,
+    private readonly chunkSize: number,
+  ) {}
+
+  malformed(what: string): RemoteProtocolError {
+    return new RemoteProtocolError(`${this.describe} sent a malformed NAR: ${what}`);
+  }
+
+  /** Add `b` to the batch; the batch, joined, when it is full. */
+  private emit(b: Buffer): Buffer | undefined {
+    this.batch.push(b);
+    this.batchLen += b.length;
+    if (this.batchLen < this.chunkSize) return undefined;
+    const out = Buffer.concat(this.batch);
+    this.batch = [];
+    this.batchLen = 0;
+    return out;
+  }
+
+  *flushPending(): Generator<Buffer> {
+    for (const p of this.pending) {
+      const out = this.emit(p);
+      if (out) yield out;
+    }
+    this.pending = [];
+  }
+
+  /** What is left in the batch, at the end of the NAR. */
+  *rest(): Generator<Buffer> {
+    if (this.batchLen > 0) yield Buffer.concat(this.batch);
+  }
+
+  /** A raw token: returns its text (for grammar checks) and queues its wire bytes. */
+  async token(): Promise<string> {
+    const lenBuf = await this.r.bytes(8);
+    const len = Number(lenBuf.readBigUInt64LE(0));
+    if (len > 1 << 16) throw new RemoteProtocolError(`${this.describe} sent a NAR with an oversized token (${len} bytes)`);
+    const body = await this.r.bytes(len + padLength(len));
+    this.pending.push(lenBuf, body);
+    return body.subarray(0, len).toString('latin1');
+  }
+
+  async expect(want: string): Promise<void> {
+    const got = await this.token();
+    if (got !== want) throw this.malformed(`expected '${want}', got '${got.slice(0, 40)}'`);
+  }
+
+  /** The rest of a regular file node after its type: its contents streamed, up to its `)`. */
+  async *regular(): AsyncGenerator<Buffer> {
+    let t = await this.token();
+    if (t === 'executable') {
+      await this.expect('');
+      t = await this.token();
+    }
+    if (t !== 'contents') throw this.malformed(`expected 'contents', got '${t}'`);
+    const sizeBuf = await this.r.bytes(8);
+    this.pending.push(sizeBuf);
+    yield* this.flushPending();
+    let remaining = Number(sizeBuf.readBigUInt64LE(0));
+    const pad = padLength(remaining);
+    while (remaining > 0) {
+      const piece = await this.r.some(Math.min(remaining, this.chunkSize));
+      remaining -= piece.length;
+      const out = this.emit(piece);
+      if (out) yield out;
+    }
+    if (pad) this.pending.push(await this.r.bytes(pad));
+    await this.expect(')');
+  }
+
+  /** The rest of a symlink node after its type. */
+  async symlink(): Promise<void> {
+    await this.expect('target');
+    await this.token();
+    await this.expect(')');
+  }
+
+  /** The start of an entry after its `entry` token, up to its node. */
+  private async entryStart(): Promise<void> {
+    await this.expect('(');
+    await this.expect('name');
+    await this.token();
+    await this.expect('node');
+  }
+
+  /** After a directory's type: 'entry' when its first entry starts (read up to the entry's node), 'empty' when it ends at once. */
+  async directoryStart(): Promise<'entry' | 'empty'> {
+    const t = await this.token();
+    if (t === ')') return 'empty';
+    if (t !== 'entry') throw this.malformed(`unexpected '${t}' in a directory`);
+    await this.entryStart();
+    return 'entry';
+  }
+
+  /** After a node inside an entry: the entry's end, then true when a next entry starts (read up to its node), false when the directory ends. */
+  async afterEntry(): Promise<boolean> {
+    await this.expect(')'); // end of entry
+    const t = await this.token();
+    if (t === 'entry') {
+      await this.entryStart();
+      return true;
+    }
+    if (t !== ')') throw this.malformed(`unexpected '${t}' after an entry`);
+    return false;
   }
 }
 

@@ -99,7 +99,19 @@ export function decompressBzip2(input: Uint8Array): Uint8Array {
 function decodeBlock(r: BitReader, blockMax: number): Uint8Array {
   if (r.bit()) throw new Bzip2Error('randomised blocks are not supported');
   const origPtr = r.bits(24);
-  // Symbol map.
+  const seqToUnseq = readSymbolMap(r);
+  const alphaSize = seqToUnseq.length + 2;
+  const nGroups = r.bits(3);
+  if (nGroups < 2 || nGroups > MAX_GROUPS) throw new Bzip2Error(`bad number of Huffman groups ${nGroups}`);
+  const selectors = readSelectors(r, nGroups);
+  const tables = Array.from({ length: nGroups }, () => readDecodeTable(r, alphaSize));
+  const { tt, n, counts } = decodeSymbols(r, blockMax, seqToUnseq, selectors, tables);
+  if (origPtr >= n) throw new Bzip2Error('bad BWT origin pointer');
+  return undoInitialRle(inverseBwt(tt, n, counts, origPtr));
+}
+
+/** The bytes the block uses, in order (its symbol map): sequence number → byte. */
+function readSymbolMap(r: BitReader): number[] {
   const used16 = r.bits(16);
   const seqToUnseq: number[] = [];
   for (let i = 0; i < 16; i++) {
@@ -109,9 +121,11 @@ function decodeBlock(r: BitReader, blockMax: number): Uint8Array {
     }
   }
   if (seqToUnseq.length === 0) throw new Bzip2Error('no symbols in use');
-  const alphaSize = seqToUnseq.length + 2;
-  const nGroups = r.bits(3);
-  if (nGroups < 2 || nGroups > MAX_GROUPS) throw new Bzip2Error(`bad number of Huffman groups ${nGroups}`);
+  return seqToUnseq;
+}
+
+/** Which Huffman table each group of 50 symbols uses (move-to-front coded in unary). */
+function readSelectors(r: BitReader, nGroups: number): Uint8Array {
   const nSelectors = r.bits(15);
   if (nSelectors < 1) throw new Bzip2Error('no selectors');
   const mtfGroups = Array.from({ length: nGroups }, (_, i) => i);
@@ -127,42 +141,60 @@ function decodeBlock(r: BitReader, blockMax: number): Uint8Array {
     mtfGroups.unshift(v);
     selectors[i] = v;
   }
-  // Code lengths and decode tables per group.
-  const tables = [] as Array<{ minLen: number; limit: Int32Array; base: Int32Array; perm: Int32Array }>;
-  for (let g = 0; g < nGroups; g++) {
-    const len = new Uint8Array(alphaSize);
-    let cur = r.bits(5);
-    for (let s = 0; s < alphaSize; s++) {
-      for (;;) {
-        if (cur < 1 || cur > MAX_CODE_LEN) throw new Bzip2Error('bad code length');
-        if (!r.bit()) break;
-        cur += r.bit() ? -1 : 1;
-      }
-      len[s] = cur;
+  return selectors;
+}
+
+interface DecodeTable {
+  minLen: number;
+  limit: Int32Array;
+  base: Int32Array;
+  perm: Int32Array;
+}
+
+/** One group's code lengths (delta coded), as canonical Huffman decode tables. */
+function readDecodeTable(r: BitReader, alphaSize: number): DecodeTable {
+  const len = new Uint8Array(alphaSize);
+  let cur = r.bits(5);
+  for (let s = 0; s < alphaSize; s++) {
+    for (;;) {
+      if (cur < 1 || cur > MAX_CODE_LEN) throw new Bzip2Error('bad code length');
+      if (!r.bit()) break;
+      cur += r.bit() ? -1 : 1;
     }
-    let minLen = 32,
-      maxLen = 0;
-    for (const l of len) {
-      if (l < minLen) minLen = l;
-      if (l > maxLen) maxLen = l;
-    }
-    const perm = new Int32Array(alphaSize);
-    let pp = 0;
-    for (let i = minLen; i <= maxLen; i++) for (let s = 0; s < alphaSize; s++) if (len[s] === i) perm[pp++] = s;
-    const base = new Int32Array(MAX_CODE_LEN + 2);
-    const limit = new Int32Array(MAX_CODE_LEN + 1).fill(-1);
-    for (let s = 0; s < alphaSize; s++) base[len[s]! + 1]!++;
-    for (let i = 1; i < base.length; i++) base[i]! += base[i - 1]!;
-    let vec = 0;
-    for (let i = minLen; i <= maxLen; i++) {
-      vec += base[i + 1]! - base[i]!;
-      limit[i] = vec - 1;
-      vec <<= 1;
-    }
-    for (let i = minLen + 1; i <= maxLen; i++) base[i] = ((limit[i - 1]! + 1) << 1) - base[i]!;
-    tables.push({ minLen, limit, base, perm });
+    len[s] = cur;
   }
-  // Huffman + MTF + RUNA/RUNB decoding into the BWT block.
+  let minLen = 32,
+    maxLen = 0;
+  for (const l of len) {
+    if (l < minLen) minLen = l;
+    if (l > maxLen) maxLen = l;
+  }
+  const perm = new Int32Array(alphaSize);
+  let pp = 0;
+  for (let i = minLen; i <= maxLen; i++) for (let s = 0; s < alphaSize; s++) if (len[s] === i) perm[pp++] = s;
+  const base = new Int32Array(MAX_CODE_LEN + 2);
+  const limit = new Int32Array(MAX_CODE_LEN + 1).fill(-1);
+  for (let s = 0; s < alphaSize; s++) base[len[s]! + 1]!++;
+  for (let i = 1; i < base.length; i++) base[i]! += base[i - 1]!;
+  let vec = 0;
+  for (let i = minLen; i <= maxLen; i++) {
+    vec += base[i + 1]! - base[i]!;
+    limit[i] = vec - 1;
+    vec <<= 1;
+  }
+  for (let i = minLen + 1; i <= maxLen; i++) base[i] = ((limit[i - 1]! + 1) << 1) - base[i]!;
+  return { minLen, limit, base, perm };
+}
+
+/** Huffman + MTF + RUNA/RUNB decoding into the BWT block `tt` (`n` bytes), with each byte's count. */
+function decodeSymbols(
+  r: BitReader,
+  blockMax: number,
+  seqToUnseq: readonly number[],
+  selectors: Uint8Array,
+  tables: readonly DecodeTable[],
+): { tt: Uint8Array; n: number; counts: Int32Array } {
+  const alphaSize = seqToUnseq.length + 2;
   const eob = alphaSize - 1;
   const mtf = new Uint8Array(256).map((_, i) => i);
   const tt = new Uint8Array(blockMax);
@@ -185,7 +217,7 @@ function decodeBlock(r: BitReader, blockMax: number): Uint8Array {
   };
   for (;;) {
     if (groupPos === 0) {
-      if (selIdx >= nSelectors) throw new Bzip2Error('ran out of selectors');
+      if (selIdx >= selectors.length) throw new Bzip2Error('ran out of selectors');
       table = tables[selectors[selIdx++]!]!;
       groupPos = 50;
     }
@@ -217,8 +249,11 @@ function decodeBlock(r: BitReader, blockMax: number): Uint8Array {
     tt[n++] = b;
     counts[b]!++;
   }
-  if (origPtr >= n) throw new Bzip2Error('bad BWT origin pointer');
-  // Inverse BWT.
+  return { tt, n, counts };
+}
+
+/** The inverse Burrows–Wheeler transform of the first `n` bytes of `tt`. */
+function inverseBwt(tt: Uint8Array, n: number, counts: Int32Array, origPtr: number): Uint8Array {
   const cftab = new Int32Array(256);
   for (let i = 0, sum = 0; i < 256; i++) {
     cftab[i] = sum;
@@ -232,7 +267,12 @@ function decodeBlock(r: BitReader, blockMax: number): Uint8Array {
     bwt[k] = tt[pos]!;
     pos = next[pos]!;
   }
-  // Undo the initial run-length encoding (4 equal bytes + a count).
+  return bwt;
+}
+
+/** Undo the initial run-length encoding (4 equal bytes + a count). */
+function undoInitialRle(bwt: Uint8Array): Uint8Array {
+  const n = bwt.length;
   let outBuf = new Uint8Array(n * 2 + 16);
   let o = 0;
   const push = (b: number, times: number) => {
@@ -398,6 +438,27 @@ function sortRotations(block: Uint8Array): Int32Array {
 }
 
 function encodeBlock(w: BitWriter, block: Uint8Array, crc: number): void {
+  const { bwt, origPtr } = forwardBwt(block);
+  const inUse = new Array<boolean>(256).fill(false);
+  for (let i = 0; i < bwt.length; i++) inUse[bwt[i]!] = true;
+  const syms = mtfSymbols(bwt, inUse);
+  const alphaSize = syms[syms.length - 1]! + 1; // the last symbol is the end of block, the largest
+  const freqs = new Array<number>(alphaSize).fill(0);
+  for (const s of syms) freqs[s]!++;
+  const lens = codeLengths(freqs, MAX_ENCODE_LEN);
+  w.bits(24, 0x314159);
+  w.bits(24, 0x265359);
+  w.u32(crc);
+  w.bits(1, 0); // not randomised
+  w.bits(24, origPtr);
+  writeSymbolMap(w, inUse);
+  writeTables(w, syms.length, lens);
+  const codes = canonicalCodes(lens);
+  for (const s of syms) w.bits(lens[s]!, codes[s]!);
+}
+
+/** The Burrows–Wheeler transform of `block`: the last column, and the row of the original. */
+function forwardBwt(block: Uint8Array): { bwt: Uint8Array; origPtr: number } {
   const n = block.length;
   const sa = sortRotations(block);
   let origPtr = 0;
@@ -407,14 +468,14 @@ function encodeBlock(w: BitWriter, block: Uint8Array, crc: number): void {
     if (s === 0) origPtr = j;
     bwt[j] = block[s === 0 ? n - 1 : s - 1]!;
   }
+  return { bwt, origPtr };
+}
 
-  const inUse = new Array<boolean>(256).fill(false);
-  for (let i = 0; i < n; i++) inUse[bwt[i]!] = true;
+/** Move-to-front over the bytes in use, zero runs as RUNA/RUNB, ended by the end-of-block symbol. */
+function mtfSymbols(bwt: Uint8Array, inUse: readonly boolean[]): number[] {
   const mtf = new Uint8Array(256);
   let nInUse = 0;
   for (let b = 0; b < 256; b++) if (inUse[b]) mtf[nInUse++] = b;
-  const eob = nInUse + 1;
-  const alphaSize = nInUse + 2;
   const syms: number[] = [];
   let zeros = 0;
   const flushZeros = () => {
@@ -427,7 +488,7 @@ function encodeBlock(w: BitWriter, block: Uint8Array, crc: number): void {
     }
     zeros = 0;
   };
-  for (let i = 0; i < n; i++) {
+  for (let i = 0; i < bwt.length; i++) {
     const b = bwt[i]!;
     if (mtf[0] === b) {
       zeros++;
@@ -448,23 +509,23 @@ function encodeBlock(w: BitWriter, block: Uint8Array, crc: number): void {
     syms.push(j + 1);
   }
   flushZeros();
-  syms.push(eob);
+  syms.push(nInUse + 1);
+  return syms;
+}
 
-  const freqs = new Array<number>(alphaSize).fill(0);
-  for (const s of syms) freqs[s]!++;
-  const lens = codeLengths(freqs, MAX_ENCODE_LEN);
-  const codes = new Array<number>(alphaSize).fill(0);
+/** Canonical Huffman codes for the code lengths `lens`. */
+function canonicalCodes(lens: readonly number[]): number[] {
+  const codes = new Array<number>(lens.length).fill(0);
   let next = 0;
   for (let len = 1; len <= MAX_ENCODE_LEN; len++) {
-    for (let s = 0; s < alphaSize; s++) if (lens[s] === len) codes[s] = next++;
+    for (let s = 0; s < lens.length; s++) if (lens[s] === len) codes[s] = next++;
     next <<= 1;
   }
+  return codes;
+}
 
-  w.bits(24, 0x314159);
-  w.bits(24, 0x265359);
-  w.u32(crc);
-  w.bits(1, 0); // not randomised
-  w.bits(24, origPtr);
+/** The bytes in use: which of the 16 ranges of 16 have any, then each such range's bitmap. */
+function writeSymbolMap(w: BitWriter, inUse: readonly boolean[]): void {
   let ranges = 0;
   for (let r = 0; r < 16; r++)
     for (let b = 0; b < 16; b++)
@@ -479,15 +540,19 @@ function encodeBlock(w: BitWriter, block: Uint8Array, crc: number): void {
     for (let b = 0; b < 16; b++) if (inUse[r * 16 + b]) m |= 0x8000 >> b;
     w.bits(16, m);
   }
+}
+
+/** Two Huffman tables (the format's minimum), both `lens` delta coded, and every group of `nSyms` symbols on table 0. */
+function writeTables(w: BitWriter, nSyms: number, lens: readonly number[]): void {
   const nGroups = 2;
-  const nSelectors = Math.ceil(syms.length / GROUP_SIZE);
+  const nSelectors = Math.ceil(nSyms / GROUP_SIZE);
   w.bits(3, nGroups);
   w.bits(15, nSelectors);
   for (let i = 0; i < nSelectors; i++) w.bits(1, 0); // every group uses table 0 (MTF index 0, unary)
   for (let t = 0; t < nGroups; t++) {
     let cur = lens[0]!;
     w.bits(5, cur);
-    for (let s = 0; s < alphaSize; s++) {
+    for (let s = 0; s < lens.length; s++) {
       while (cur < lens[s]!) {
         w.bits(2, 2);
         cur++;
@@ -499,7 +564,6 @@ function encodeBlock(w: BitWriter, block: Uint8Array, crc: number): void {
       w.bits(1, 0);
     }
   }
-  for (const s of syms) w.bits(lens[s]!, codes[s]!);
 }
 
 /**

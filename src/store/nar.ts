@@ -742,22 +742,49 @@ function cb<T>(start: (k: (e: NodeJS.ErrnoException | null, v?: T) => void) => v
 }
 
 /**
- * Restore a NAR into `target`, which must not exist (its parent must). Every file is created with
- * O_EXCL|O_NOFOLLOW and every entry lies under a directory restored by us, so nothing can be written
- * through a symlink or outside `target`. On any failure the partly restored `target` is removed again.
- * Throws BadNarError for malformed or hostile input (including names or symlink targets the file system
- * refuses as too long) and StoreError (`restore-target-exists`, `nar-restore-failed`) for I/O problems.
+ * One restore of a NAR into `abs`: where each entry goes, how a failure is reported (and whether the root
+ * was made, so that it is removed again), and the sinks that write the entries in each way.
  */
-export async function restorePath(target: string, source: AsyncIterable<Uint8Array>, opts: RestoreOptions = {}): Promise<{ size: number }> {
-  const abs = path.resolve(target);
-  const absBytes = Buffer.from(abs);
-  const at = (relBytes: Buffer) => (relBytes.length === 0 ? absBytes : Buffer.concat([absBytes, SLASH, relBytes]));
-  let created = false;
-  const fail = (rel: string, e: unknown): never => {
+class NarRestore {
+  private readonly absBytes: Buffer;
+  /** Whether the root was created (by us): then a failure removes it. */
+  created = false;
+  /** Canonical: atime now (as Nix), mtime 1 (STORE_MTIME in canonicalise.ts). */
+  readonly now = Date.now() / 1000;
+  /** The process umask (creation modes lose its bits; then the mode is set explicitly); 0o777 when unknown. */
+  private readonly umask: number;
+  /**
+   * A umask that takes the owner's bits away would leave a new directory unwritable by a non-root owner
+   * until its end (root writes anyway): then it gets 0755 explicitly when made.
+   */
+  readonly dirChmod: boolean;
+
+  constructor(readonly abs: string) {
+    this.absBytes = Buffer.from(abs);
+    let umask = 0o777;
+    try {
+      umask = process.umask();
+    } catch {
+      /* unknown: always chmod */
+    }
+    this.umask = umask;
+    this.dirChmod = (umask & 0o700) !== 0;
+  }
+
+  at(relBytes: Buffer): Buffer {
+    return relBytes.length === 0 ? this.absBytes : Buffer.concat([this.absBytes, SLASH, relBytes]);
+  }
+
+  needChmod(mode: number): boolean {
+    return (this.umask & mode) !== 0;
+  }
+
+  /** The error for a failed step on entry `rel` ('' is the root). */
+  fail(rel: string, e: unknown): never {
     const code = (e as NodeJS.ErrnoException).code;
-    const where = rel === '' ? abs : `${abs}/${rel}`;
+    const where = rel === '' ? this.abs : `${this.abs}/${rel}`;
     if (rel === '' && code === 'EEXIST') {
-      throw new StoreError('restore-target-exists', `cannot restore a NAR to '${abs}': it already exists`, {
+      throw new StoreError('restore-target-exists', `cannot restore a NAR to '${this.abs}': it already exists`, {
         cause: e,
         hint: 'delete it first or restore to a fresh path',
       });
@@ -768,142 +795,157 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
     throw err.code === 'store-write-failed'
       ? new StoreError('nar-restore-failed', `cannot restore a NAR entry to '${where}': ${(e as Error).message}`, { cause: e })
       : err;
-  };
-  async function fsOp<T>(rel: string, op: () => Promise<T>): Promise<T> {
+  }
+
+  /** Run one file-system step on entry `rel`, its failure reported by `fail`. */
+  async fsOp<T>(rel: string, op: () => Promise<T>): Promise<T> {
     try {
       const r = await op();
-      if (rel === '') created = true;
+      if (rel === '') this.created = true;
       return r;
     } catch (e) {
-      return fail(rel, e);
+      return this.fail(rel, e);
     }
   }
-  const asyncSink: NarSink = {
-    async createDirectory(rel, relBytes) {
-      await fsOp(rel, () => fsp.mkdir(at(relBytes), { mode: 0o755 }));
-    },
-    async createSymlink(rel, t, relBytes) {
-      await fsOp(rel, () => fsp.symlink(t, at(relBytes)));
-    },
-    async createFile(rel, executable, _size, relBytes) {
-      const fh = await fsOp(rel, () => fsp.open(at(relBytes), FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, executable ? 0o755 : 0o644));
-      return {
-        async write(chunk) {
-          await fsOp(rel, async () => {
-            let off = 0;
-            while (off < chunk.length) {
-              const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
-              off += bytesWritten;
-            }
-          });
-        },
-        async close() {
-          await fh.close();
-        },
-      };
-    },
-  };
-  // Canonical: atime now (as Nix), mtime 1 (STORE_MTIME in canonicalise.ts). Everything goes through
-  // libuv's thread pool: a metadata call can wait for the file system's journal for a millisecond or more
-  // when the disk is busy, which must not block the event loop.
-  const now = Date.now() / 1000;
-  // Creation modes lose the umask's bits; then the mode is set explicitly.
-  let umask = 0o777;
-  try {
-    umask = process.umask();
-  } catch {
-    /* unknown: always chmod */
+
+  /** Entries as they are in the NAR, through Node's promise API (modes as the umask leaves them). */
+  plainSink(): NarSink {
+    return {
+      createDirectory: async (rel, relBytes) => {
+        await this.fsOp(rel, () => fsp.mkdir(this.at(relBytes), { mode: 0o755 }));
+      },
+      createSymlink: async (rel, t, relBytes) => {
+        await this.fsOp(rel, () => fsp.symlink(t, this.at(relBytes)));
+      },
+      createFile: async (rel, executable, _size, relBytes) => {
+        const fh = await this.fsOp(rel, () => fsp.open(this.at(relBytes), FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, executable ? 0o755 : 0o644));
+        return {
+          write: async (chunk) => {
+            await this.fsOp(rel, async () => {
+              let off = 0;
+              while (off < chunk.length) {
+                const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
+                off += bytesWritten;
+              }
+            });
+          },
+          close: () => fh.close(),
+        };
+      },
+    };
   }
-  const needChmod = (mode: number) => (umask & mode) !== 0;
-  // A umask that takes the owner's bits away would leave a new directory unwritable by a non-root owner
-  // until its end (root writes anyway): then it gets 0755 explicitly when made.
-  const dirChmod = (umask & 0o700) !== 0;
-  const canonicalPoolSink: NarSink = {
-    async createDirectory(rel, relBytes) {
-      const p = at(relBytes);
-      await fsOp(rel, () => cb<void>((k) => fs.mkdir(p, 0o755, (e) => k(e))));
-      if (dirChmod) await fsOp(rel, () => cb<void>((k) => fs.chmod(p, 0o755, (e) => k(e))));
-    },
-    async endDirectory(rel, relBytes) {
-      const p = at(relBytes);
-      await fsOp(rel, () => cb<void>((k) => fs.chmod(p, 0o555, (e) => k(e))));
-      await fsOp(rel, () => cb<void>((k) => fs.lutimes(p, now, 1, (e) => k(e))));
-    },
-    async createSymlink(rel, t, relBytes) {
-      const p = at(relBytes);
-      await fsOp(rel, () => cb<void>((k) => fs.symlink(t, p, (e) => k(e))));
-      await fsOp(rel, () => cb<void>((k) => fs.lutimes(p, now, 1, (e) => k(e))));
-    },
-    async createFile(rel, executable, _size, relBytes) {
-      const mode = executable ? 0o555 : 0o444;
-      const fd = await fsOp(rel, () => cb<number>((k) => fs.open(at(relBytes), FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, mode, k)));
-      let open = true;
-      return {
-        async write(chunk) {
-          try {
-            let off = 0;
-            while (off < chunk.length) off += await cb<number>((k) => writeCb(fd, chunk, off, chunk.length - off, null, k));
-          } catch (e) {
-            fail(rel, e);
-          }
-        },
-        async close() {
-          if (!open) return;
-          open = false;
-          try {
-            if (needChmod(mode)) await cb<void>((k) => fs.fchmod(fd, mode, (e) => k(e)));
-            await cb<void>((k) => fs.futimes(fd, now, 1, (e) => k(e)));
-          } catch (e) {
-            await cb<void>((k) => fs.close(fd, (e2) => k(e2))).catch(() => {});
-            fail(rel, e);
-          }
-          await cb<void>((k) => fs.close(fd, (e) => k(e)));
-        },
-      };
-    },
-  };
-  // Batched: record the steps while parsing (the parser validates everything), then run them on the
-  // restore thread in one go.
-  const ops: RestoreOp[] = [];
-  const recordingSink: NarSink = {
-    createDirectory(rel, relBytes) {
-      ops.push({ k: 'd', rel, p: at(relBytes) });
-    },
-    endDirectory(rel, relBytes) {
-      ops.push({ k: 'e', rel, p: at(relBytes) });
-    },
-    createSymlink(rel, t, relBytes) {
-      ops.push({ k: 'l', rel, p: at(relBytes), t: Buffer.from(t) });
-    },
-    createFile(rel, executable, _size, relBytes) {
-      const mode = executable ? 0o555 : 0o444;
-      const data: { sab: SharedArrayBuffer; off: number; len: number }[] = [];
-      ops.push({ k: 'f', rel, p: at(relBytes), mode, chmod: needChmod(mode), data });
-      return {
-        write(chunk) {
-          if (chunk.length) data.push(shareable(chunk));
-        },
-        close() {},
-      };
-    },
-  };
-  try {
-    if (opts.canonical && opts.batch) {
-      const r = await parseNar(source, recordingSink);
-      const reply = await runRestoreOps(ops, now, dirChmod);
-      if (reply.op !== undefined) {
-        // Step 0 makes the root: when it failed nothing is ours to remove. A dead thread (-1) may have
-        // left a partial tree.
-        if (reply.op !== 0) created = true;
-        fail(ops[reply.op]?.rel ?? '', Object.assign(new Error(reply.message ?? 'restore failed'), { code: reply.code }));
-      }
-      return r;
+
+  /**
+   * Entries canonical as they are made (read-only modes, mtime 1), through libuv's thread pool: a metadata
+   * call can wait for the file system's journal for a millisecond or more when the disk is busy, which must
+   * not block the event loop.
+   */
+  canonicalSink(): NarSink {
+    const step = (rel: string, call: (k: (e: NodeJS.ErrnoException | null) => void) => void) => this.fsOp(rel, () => cb<void>((k) => call((e) => k(e))));
+    return {
+      createDirectory: async (rel, relBytes) => {
+        const p = this.at(relBytes);
+        await step(rel, (k) => fs.mkdir(p, 0o755, k));
+        if (this.dirChmod) await step(rel, (k) => fs.chmod(p, 0o755, k));
+      },
+      endDirectory: async (rel, relBytes) => {
+        const p = this.at(relBytes);
+        await step(rel, (k) => fs.chmod(p, 0o555, k));
+        await step(rel, (k) => fs.lutimes(p, this.now, 1, k));
+      },
+      createSymlink: async (rel, t, relBytes) => {
+        const p = this.at(relBytes);
+        await step(rel, (k) => fs.symlink(t, p, k));
+        await step(rel, (k) => fs.lutimes(p, this.now, 1, k));
+      },
+      createFile: (rel, executable, _size, relBytes) => this.canonicalFile(rel, executable ? 0o555 : 0o444, relBytes),
+    };
+  }
+
+  private async canonicalFile(rel: string, mode: number, relBytes: Buffer): Promise<FileWriter> {
+    const fd = await this.fsOp(rel, () => cb<number>((k) => fs.open(this.at(relBytes), FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, mode, k)));
+    let open = true;
+    return {
+      write: async (chunk) => {
+        try {
+          let off = 0;
+          while (off < chunk.length) off += await cb<number>((k) => writeCb(fd, chunk, off, chunk.length - off, null, k));
+        } catch (e) {
+          this.fail(rel, e);
+        }
+      },
+      close: async () => {
+        if (!open) return;
+        open = false;
+        try {
+          if (this.needChmod(mode)) await cb<void>((k) => fs.fchmod(fd, mode, (e) => k(e)));
+          await cb<void>((k) => fs.futimes(fd, this.now, 1, (e) => k(e)));
+        } catch (e) {
+          await cb<void>((k) => fs.close(fd, (e2) => k(e2))).catch(() => {});
+          this.fail(rel, e);
+        }
+        await cb<void>((k) => fs.close(fd, (e) => k(e)));
+      },
+    };
+  }
+
+  /** Batched: records the steps into `ops` while parsing (the parser validates everything), to run later on the restore thread. */
+  recordingSink(ops: RestoreOp[]): NarSink {
+    return {
+      createDirectory: (rel, relBytes) => {
+        ops.push({ k: 'd', rel, p: this.at(relBytes) });
+      },
+      endDirectory: (rel, relBytes) => {
+        ops.push({ k: 'e', rel, p: this.at(relBytes) });
+      },
+      createSymlink: (rel, t, relBytes) => {
+        ops.push({ k: 'l', rel, p: this.at(relBytes), t: Buffer.from(t) });
+      },
+      createFile: (rel, executable, _size, relBytes) => {
+        const mode = executable ? 0o555 : 0o444;
+        const data: { sab: SharedArrayBuffer; off: number; len: number }[] = [];
+        ops.push({ k: 'f', rel, p: this.at(relBytes), mode, chmod: this.needChmod(mode), data });
+        return {
+          write(chunk) {
+            if (chunk.length) data.push(shareable(chunk));
+          },
+          close() {},
+        };
+      },
+    };
+  }
+
+  /** Parse the NAR into recorded steps, then run them on the restore thread in one go. */
+  async batched(source: AsyncIterable<Uint8Array>): Promise<{ size: number }> {
+    const ops: RestoreOp[] = [];
+    const r = await parseNar(source, this.recordingSink(ops));
+    const reply = await runRestoreOps(ops, this.now, this.dirChmod);
+    if (reply.op !== undefined) {
+      // Step 0 makes the root: when it failed nothing is ours to remove. A dead thread (-1) may have
+      // left a partial tree.
+      if (reply.op !== 0) this.created = true;
+      this.fail(ops[reply.op]?.rel ?? '', Object.assign(new Error(reply.message ?? 'restore failed'), { code: reply.code }));
     }
-    return await parseNar(source, opts.canonical ? canonicalPoolSink : asyncSink);
+    return r;
+  }
+}
+
+/**
+ * Restore a NAR into `target`, which must not exist (its parent must). Every file is created with
+ * O_EXCL|O_NOFOLLOW and every entry lies under a directory restored by us, so nothing can be written
+ * through a symlink or outside `target`. On any failure the partly restored `target` is removed again.
+ * Throws BadNarError for malformed or hostile input (including names or symlink targets the file system
+ * refuses as too long) and StoreError (`restore-target-exists`, `nar-restore-failed`) for I/O problems.
+ */
+export async function restorePath(target: string, source: AsyncIterable<Uint8Array>, opts: RestoreOptions = {}): Promise<{ size: number }> {
+  const restore = new NarRestore(path.resolve(target));
+  try {
+    if (opts.canonical && opts.batch) return await restore.batched(source);
+    return await parseNar(source, opts.canonical ? restore.canonicalSink() : restore.plainSink());
   } catch (e) {
-    if (created) {
-      if (opts.canonical) await makeTreeWritable(abs).catch(() => {});
-      await fsp.rm(abs, { recursive: true, force: true }).catch(() => {});
+    if (restore.created) {
+      if (opts.canonical) await makeTreeWritable(restore.abs).catch(() => {});
+      await fsp.rm(restore.abs, { recursive: true, force: true }).catch(() => {});
     }
     throw e;
   }

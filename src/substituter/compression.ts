@@ -99,6 +99,40 @@ async function* checkXzEnd(source: AsyncIterable<Uint8Array>): AsyncGenerator<Ui
   }
 }
 
+/** Resolves when `t` can take more input, or is closed. */
+function drainedOrClosed(t: Transform): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      t.off('drain', done);
+      t.off('close', done);
+      resolve();
+    };
+    t.on('drain', done);
+    t.on('close', done);
+  });
+}
+
+/**
+ * Write `source` into `t` as it accepts input, then end it, unless `stopped()` (the consumer went away or
+ * the transform failed). A failure of the source goes to `sourceFailed`, then destroys `t`; never rejects.
+ */
+async function feedTransform(
+  source: AsyncIterable<Uint8Array>,
+  t: Transform,
+  on: { stopped: () => boolean; sourceFailed: (e: unknown) => void },
+): Promise<void> {
+  try {
+    for await (const chunk of source) {
+      if (on.stopped()) return;
+      if (!t.write(chunk)) await drainedOrClosed(t);
+    }
+    if (!on.stopped()) t.end();
+  } catch (e) {
+    on.sourceFailed(e);
+    t.destroy();
+  }
+}
+
 /**
  * Drive a Transform from an async source and yield its output chunks as they come (no re-concatenation,
  * as a Readable's async iterator would do). At most a few output chunks are buffered: the transform is
@@ -135,30 +169,14 @@ async function* throughTransform(source: AsyncIterable<Uint8Array>, t: Transform
     if (!ended) failed = true;
     notify();
   });
-  const feeder = (async () => {
-    try {
-      for await (const chunk of source) {
-        if (failed) return;
-        if (!t.write(chunk)) {
-          await new Promise<void>((resolve) => {
-            const done = () => {
-              t.off('drain', done);
-              t.off('close', done);
-              resolve();
-            };
-            t.on('drain', done);
-            t.on('close', done);
-          });
-        }
-      }
-      if (!failed) t.end();
-    } catch (e) {
+  const feeder = feedTransform(source, t, {
+    stopped: () => failed,
+    sourceFailed: (e) => {
       sourceError = e;
       failed = true;
-      t.destroy();
       notify();
-    }
-  })();
+    },
+  });
   try {
     for (;;) {
       if (head < queue.length) {

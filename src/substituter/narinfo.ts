@@ -83,31 +83,75 @@ function parseHashField(field: string, value: string, whence: string): Hash {
 
 const CA_RE = /^(text:sha256|fixed:(r:)?(md5|sha1|sha256|sha512)):[0-9a-zA-Z+/=]+$/;
 
-/**
- * Parse narinfo text. `whence` names the file in messages (e.g. the URL). Missing Compression means bzip2
- * (as Nix). StorePath, URL, NarHash and NarSize are required.
- */
-export function parseNarInfo(text: string, opts: { storeDir?: string; whence?: string } = {}): NarInfo {
-  const storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
-  const whence = opts.whence ? `'${opts.whence}' ` : '';
-  let storePath: StorePath | undefined;
-  let url: string | undefined;
-  let compression = '';
-  let fileHash: Hash | undefined;
-  let fileSize: number | undefined;
-  let narHash: Hash | undefined;
-  let narSize: number | undefined;
-  let references: StorePath[] = [];
-  let deriver: StorePath | undefined;
-  let system: string | undefined;
-  let ca: string | undefined;
-  const sigs: string[] = [];
-  const seen = new Set<string>();
+/** A narinfo as its fields are read. */
+type NarInfoFields = { -readonly [K in keyof NarInfo]?: NarInfo[K] } & { sigs: string[]; references: StorePath[] };
 
+/** What a field parser knows: the store directory, and how the file is named in messages. */
+interface FieldContext {
+  readonly storeDir: string;
+  readonly whence: string;
+}
+
+/** The base name `value` of a store path, as a full path (or a BadNarInfoError saying it expected `what`). */
+function baseNameField(name: string, value: string, what: string, ctx: FieldContext): StorePath {
+  try {
+    parseStorePathBase(value, ctx.storeDir);
+  } catch (cause) {
+    throw bad(name, value, what, ctx.whence, cause);
+  }
+  return `${ctx.storeDir}/${value}`;
+}
+
+/** How each known field is checked and stored; unknown fields are ignored, as Nix does. */
+const FIELD_PARSERS: Readonly<Record<string, (f: NarInfoFields, value: string, ctx: FieldContext) => void>> = {
+  StorePath(f, value, { storeDir, whence }) {
+    try {
+      parseStorePath(value, storeDir);
+    } catch (cause) {
+      throw bad('StorePath', value, `not a store path in '${storeDir}'`, whence, cause);
+    }
+    f.storePath = value;
+  },
+  URL(f, value, { whence }) {
+    if (value === '' || /[\0\r]/.test(value) || value.split('/').some((s) => s === '..'))
+      throw bad('URL', value, 'expected a relative location of the NAR', whence);
+    f.url = value;
+  },
+  Compression(f, value, { whence }) {
+    if (!/^[a-z0-9-]*$/.test(value)) throw bad('Compression', value, 'expected a compression name such as xz', whence);
+    f.compression = value;
+  },
+  FileHash: (f, value, { whence }) => void (f.fileHash = parseHashField('FileHash', value, whence)),
+  FileSize: (f, value, { whence }) => void (f.fileSize = parseSize('FileSize', value, whence)),
+  NarHash: (f, value, { whence }) => void (f.narHash = parseHashField('NarHash', value, whence)),
+  NarSize: (f, value, { whence }) => void (f.narSize = parseSize('NarSize', value, whence)),
+  References(f, value, ctx) {
+    f.references = value
+      .split(' ')
+      .filter((s) => s !== '')
+      .map((base) => baseNameField('References', base, 'expected store path base names', ctx));
+  },
+  Deriver(f, value, ctx) {
+    if (value !== 'unknown-deriver') f.deriver = baseNameField('Deriver', value, 'expected a .drv base name', ctx);
+  },
+  System: (f, value) => void (f.system = value),
+  Sig(f, value, { whence }) {
+    if (!/^[^:\s]+:[A-Za-z0-9+/]+={0,2}$/.test(value)) throw bad('Sig', value, "expected 'keyname:base64'", whence);
+    if (!f.sigs.includes(value)) f.sigs.push(value);
+  },
+  CA(f, value, { whence }) {
+    if (value === '') return;
+    if (!CA_RE.test(value)) throw bad('CA', value, 'expected text:sha256:<hash> or fixed:[r:]<algo>:<hash>', whence);
+    f.ca = value;
+  },
+};
+
+/** The `Name: value` lines of a narinfo, each field once (but Sig). */
+function* narInfoLines(text: string, whence: string): Generator<[string, string]> {
+  const seen = new Set<string>();
   const lines = text.split('\n');
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i]!;
-    if (line === '' && i === lines.length - 1) break;
     if (line === '') continue;
     const colon = line.indexOf(':');
     if (colon <= 0)
@@ -119,76 +163,13 @@ export function parseNarInfo(text: string, opts: { storeDir?: string; whence?: s
     if (value.startsWith(' ')) value = value.slice(1);
     if (name !== 'Sig' && seen.has(name)) throw bad(name, value, 'field appears twice', whence);
     seen.add(name);
-    switch (name) {
-      case 'StorePath':
-        try {
-          parseStorePath(value, storeDir);
-        } catch (cause) {
-          throw bad(name, value, `not a store path in '${storeDir}'`, whence, cause);
-        }
-        storePath = value;
-        break;
-      case 'URL':
-        if (value === '' || /[\0\r]/.test(value) || value.split('/').some((s) => s === '..'))
-          throw bad(name, value, 'expected a relative location of the NAR', whence);
-        url = value;
-        break;
-      case 'Compression':
-        if (!/^[a-z0-9-]*$/.test(value)) throw bad(name, value, 'expected a compression name such as xz', whence);
-        compression = value;
-        break;
-      case 'FileHash':
-        fileHash = parseHashField(name, value, whence);
-        break;
-      case 'FileSize':
-        fileSize = parseSize(name, value, whence);
-        break;
-      case 'NarHash':
-        narHash = parseHashField(name, value, whence);
-        break;
-      case 'NarSize':
-        narSize = parseSize(name, value, whence);
-        break;
-      case 'References':
-        references = value
-          .split(' ')
-          .filter((s) => s !== '')
-          .map((base) => {
-            try {
-              parseStorePathBase(base, storeDir);
-            } catch (cause) {
-              throw bad(name, base, 'expected store path base names', whence, cause);
-            }
-            return `${storeDir}/${base}`;
-          });
-        break;
-      case 'Deriver':
-        if (value !== 'unknown-deriver') {
-          try {
-            parseStorePathBase(value, storeDir);
-          } catch (cause) {
-            throw bad(name, value, 'expected a .drv base name', whence, cause);
-          }
-          deriver = `${storeDir}/${value}`;
-        }
-        break;
-      case 'System':
-        system = value;
-        break;
-      case 'Sig':
-        if (!/^[^:\s]+:[A-Za-z0-9+/]+={0,2}$/.test(value)) throw bad(name, value, "expected 'keyname:base64'", whence);
-        if (!sigs.includes(value)) sigs.push(value);
-        break;
-      case 'CA':
-        if (value !== '') {
-          if (!CA_RE.test(value)) throw bad(name, value, 'expected text:sha256:<hash> or fixed:[r:]<algo>:<hash>', whence);
-          ca = value;
-        }
-        break;
-      default:
-        break; // unknown fields are ignored, as Nix does
-    }
+    yield [name, value];
   }
+}
+
+/** The narinfo read, once the required fields are known to be there. */
+function completeNarInfo(f: NarInfoFields, whence: string): NarInfo {
+  const { storePath, url, narHash, narSize } = f;
   if (storePath === undefined) throw new BadNarInfoError(`narinfo ${whence}has no StorePath field`);
   if (url === undefined) throw new BadNarInfoError(`narinfo ${whence}has no URL field`);
   if (narHash === undefined) throw new BadNarInfoError(`narinfo ${whence}has no NarHash field`);
@@ -197,17 +178,28 @@ export function parseNarInfo(text: string, opts: { storeDir?: string; whence?: s
   return {
     storePath,
     url,
-    compression: compression || 'bzip2',
-    fileHash,
-    fileSize,
+    compression: f.compression || 'bzip2',
+    fileHash: f.fileHash,
+    fileSize: f.fileSize,
     narHash,
     narSize,
-    references: [...new Set(references)].sort(),
-    deriver,
-    system,
-    sigs,
-    ca,
+    references: [...new Set(f.references)].sort(),
+    deriver: f.deriver,
+    system: f.system,
+    sigs: f.sigs,
+    ca: f.ca,
   };
+}
+
+/**
+ * Parse narinfo text. `whence` names the file in messages (e.g. the URL). Missing Compression means bzip2
+ * (as Nix). StorePath, URL, NarHash and NarSize are required.
+ */
+export function parseNarInfo(text: string, opts: { storeDir?: string; whence?: string } = {}): NarInfo {
+  const ctx: FieldContext = { storeDir: opts.storeDir ?? DEFAULT_STORE_DIR, whence: opts.whence ? `'${opts.whence}' ` : '' };
+  const fields: NarInfoFields = { sigs: [], references: [] };
+  for (const [name, value] of narInfoLines(text, ctx.whence)) if (Object.hasOwn(FIELD_PARSERS, name)) FIELD_PARSERS[name]!(fields, value, ctx);
+  return completeNarInfo(fields, ctx.whence);
 }
 
 /** Print a narinfo exactly as Nix 2.8 does (field order, base32 hashes, trailing newline). */

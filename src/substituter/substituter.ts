@@ -198,6 +198,134 @@ export function checkTrust(
   );
 }
 
+type Fail = (code: SubstituterErrorCode, message: string, extra?: { cause?: unknown; hint?: string }) => SubstituterError;
+
+/** Refuse a path whose references (but itself) are not all valid in `store`. */
+async function requireValidReferences(store: Store, info: SubstitutablePathInfo, fail: Fail): Promise<void> {
+  const refs = info.references.filter((r) => r !== info.path);
+  if (refs.length === 0) return;
+  const valid = await store.queryValidPaths(refs);
+  const missing = refs.filter((r) => !valid.has(r));
+  if (missing.length > 0) {
+    throw fail('missing-references', `cannot substitute '${info.path}': its references ${missing.map((m) => `'${m}'`).join(', ')} are not valid in the store`, {
+      hint: 'substitute (or build) the references first; the closure of a path must be valid before the path',
+    });
+  }
+}
+
+/**
+ * The hashers a content address needs while the NAR streams, when the CA proves the path of an untrusted
+ * substitute. The NAR hash itself is checked by the store (Store.addToStore hashes the stream and refuses a
+ * mismatch before anything is registered); hashing it here as well cost a second SHA-256 pass over every
+ * NAR. Only a content address with another algorithm, or over the file contents, is hashed here.
+ */
+function contentAddressCheck(sub: Substituter, info: SubstitutablePathInfo, fail: Fail) {
+  const ca = parseContentAddress(info.ca);
+  if (ca === undefined || !caProvesPath(info, sub.storeDir) || sub.trusted) return undefined;
+  if (ca.method === 'recursive' && ca.hash.algorithm === info.narHash.algorithm) {
+    if (!ca.hash.equals(info.narHash))
+      throw fail(
+        'ca-mismatch',
+        `cannot add path '${info.path}' from '${sub.uri}': its content address '${info.ca}' does not match its NAR hash ${info.narHash.toString()}`,
+      );
+    return undefined; // equals info.narHash, which the store checks the NAR against
+  }
+  const recursive = ca.method === 'recursive' ? new HashSink(ca.hash.algorithm) : undefined;
+  const file = ca.method !== 'recursive' ? new RegularFileContentHasher(ca.hash.algorithm) : undefined;
+  return {
+    update(chunk: Uint8Array): void {
+      recursive?.update(chunk);
+      file?.update(chunk);
+    },
+    matches: (): boolean => {
+      const got = recursive ? recursive.finish().hash : file!.finish();
+      return !!got && got.equals(ca.hash);
+    },
+  };
+}
+
+/**
+ * The NAR of `info` from `sub`, checked as it streams: not unreasonably longer than announced, and of
+ * its content address (`ca`, from contentAddressCheck). Chunks are kept in `seen` when given. The first failure is kept in `failure.error`
+ * (as a SubstituterError) before it is thrown into the store.
+ */
+async function* verifiedNar(
+  sub: Substituter,
+  info: SubstitutablePathInfo,
+  opts: SubstituteOptions,
+  fail: Fail,
+  ca: ReturnType<typeof contentAddressCheck>,
+  seen: Uint8Array[] | undefined,
+  failure: { error?: SubstituterError },
+): AsyncGenerator<Uint8Array> {
+  const { signal } = opts;
+  let size = 0;
+  try {
+    for await (const chunk of sub.fetchNar(info, { signal, onProgress: opts.onProgress, onTransfer: opts.onTransfer })) {
+      // A NAR somewhat longer than announced is read to its end, so that the store reports what Nix
+      // does (the hash mismatch, which it checks first); only an unreasonably long one is cut off here.
+      if (size + chunk.length > info.narSize + NAR_OVERRUN_MAX) {
+        throw fail('size-mismatch', `NAR of '${info.path}' from '${sub.uri}' is larger than its declared size ${info.narSize}`, {
+          hint: 'the binary cache is corrupt',
+        });
+      }
+      size += chunk.length;
+      seen?.push(chunk);
+      ca?.update(chunk);
+      yield chunk;
+    }
+    // A NAR of another size than announced: the store refuses it (Store.addToStore checks the hash, then
+    // the size, as Nix), so the message is Nix's.
+    if (ca && size === info.narSize && !ca.matches()) {
+      throw fail('ca-mismatch', `content of '${info.path}' from '${sub.uri}' does not match its content address '${info.ca}'`, {
+        hint: 'the binary cache is corrupt or hostile; nothing was registered',
+      });
+    }
+  } catch (e) {
+    failure.error ??= toSubstituterError(e, sub, info, signal);
+    throw failure.error;
+  }
+}
+
+/** What the store refusing a substitute means, in Nix's words where Nix has them. */
+function storeRefusal(e: unknown, sub: Substituter, info: SubstitutablePathInfo, fail: Fail, signal: AbortSignal | undefined): SubstituterError {
+  if (e instanceof SubstituterError) return e;
+  if (isAbort(e, signal)) return fail('aborted', `substitution of '${info.path}' was cancelled`, { cause: e });
+  const from = `from '${sub.uri}'; the binary cache is corrupt, nothing was registered`;
+  if (e instanceof BadNarError) {
+    // Nix's words: the NAR stream ended before the archive did.
+    if (/ends unexpectedly/.test(e.shortMessage))
+      return fail('truncated', `NAR for '${info.path}' fetched from '${sub.uri}' is incomplete`, {
+        cause: e,
+        hint: 'the NAR file is truncated; nothing was registered',
+      });
+    // Nix's words when the data is not a NAR at all (its parseDump).
+    if (/^input is not a NAR/.test(e.shortMessage))
+      return fail('bad-nar', "bad archive: input doesn't look like a Nix archive", { cause: e, hint: `the NAR of '${info.path}' ${from} (${e.shortMessage})` });
+    return fail('bad-nar', `NAR of '${info.path}' from '${sub.uri}' is invalid: ${e.shortMessage}`, {
+      cause: e,
+      hint: 'the binary cache is corrupt or hostile; nothing was registered',
+    });
+  }
+  // The store's own messages are Nix's ("hash mismatch importing path '…';\n  specified: …\n  got: …").
+  if (e instanceof RealiseError && e.code === 'nar-hash-mismatch') return fail('hash-mismatch', e.shortMessage, { cause: e, hint: from });
+  if (e instanceof RealiseError && e.code === 'nar-size-mismatch') return fail('size-mismatch', e.shortMessage, { cause: e, hint: from });
+  if (e instanceof RealiseError && e.code === 'size-mismatch')
+    return fail('size-mismatch', `size mismatch importing path '${info.path}' from '${sub.uri}'`, {
+      cause: e,
+      hint: 'the binary cache is corrupt; nothing was registered',
+    });
+  if (e instanceof RealiseError && e.code === 'hash-mismatch') {
+    return fail(
+      'hash-mismatch',
+      `hash mismatch importing path '${info.path}' from '${sub.uri}': the NAR does not have the hash its narinfo gives (${info.narHash.toString('sri')})`,
+      { cause: e, hint: 'the binary cache is corrupt; nothing was registered' },
+    );
+  }
+  const msg = e instanceof Error ? e.message : String(e);
+  return fail('store', `the store refused '${info.path}' from '${sub.uri}': ${msg}`, { cause: e });
+}
+
 /**
  * Substitute one path: check trust, verify that its references are valid, stream the decompressed NAR
  * into `store.addToStore` while hashing it, and return the registered PathInfo. A wrong hash or size, a
@@ -205,8 +333,7 @@ export function checkTrust(
  */
 export async function substitutePath(store: Store, sub: Substituter, info: SubstitutablePathInfo, opts: SubstituteOptions = {}): Promise<PathInfo> {
   const { signal } = opts;
-  const fail = (code: SubstituterErrorCode, message: string, extra: { cause?: unknown; hint?: string } = {}) =>
-    new SubstituterError(code, message, { ...extra, uri: sub.uri, path: info.path });
+  const fail: Fail = (code, message, extra = {}) => new SubstituterError(code, message, { ...extra, uri: sub.uri, path: info.path });
   if (signal?.aborted) throw fail('aborted', `substitution of '${info.path}' was cancelled`, { cause: signal.reason });
   if (sub.storeDir !== store.storeDir) {
     throw fail('store', `cannot substitute '${info.path}' from '${sub.uri}': the cache is for store '${sub.storeDir}', the store is '${store.storeDir}'`);
@@ -216,74 +343,8 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
     if (existing) return existing;
   }
   checkTrust(sub, info, opts);
-
-  const refs = info.references.filter((r) => r !== info.path);
-  if (refs.length > 0) {
-    const valid = await store.queryValidPaths(refs);
-    const missing = refs.filter((r) => !valid.has(r));
-    if (missing.length > 0) {
-      throw fail(
-        'missing-references',
-        `cannot substitute '${info.path}': its references ${missing.map((m) => `'${m}'`).join(', ')} are not valid in the store`,
-        {
-          hint: 'substitute (or build) the references first; the closure of a path must be valid before the path',
-        },
-      );
-    }
-  }
-
-  const ca = parseContentAddress(info.ca);
-  const caNeeded = ca !== undefined && caProvesPath(info, sub.storeDir) && !sub.trusted;
-  let ourError: SubstituterError | undefined;
-  // The NAR hash itself is checked by the store (Store.addToStore hashes the stream and refuses a
-  // mismatch before anything is registered); hashing it here as well cost a second SHA-256 pass over
-  // every NAR. Only a content address with another algorithm, or over the file contents, is hashed here.
-  let size = 0;
-  // A LocalStore is done with every chunk once addToStore settles (streamed or batched, every chunk is
-  // written before it returns, and none is kept), so decoded buffers can be handed back to the decoder's pool.
-  const seen: Uint8Array[] | undefined = store instanceof LocalStore ? [] : undefined;
-  const caRecursive = caNeeded && ca.method === 'recursive' && ca.hash.algorithm !== info.narHash.algorithm ? new HashSink(ca.hash.algorithm) : undefined;
-  const caFile = caNeeded && ca.method !== 'recursive' ? new RegularFileContentHasher(ca.hash.algorithm) : undefined;
-  if (caNeeded && ca.method === 'recursive' && ca.hash.algorithm === info.narHash.algorithm && !ca.hash.equals(info.narHash)) {
-    throw fail(
-      'ca-mismatch',
-      `cannot add path '${info.path}' from '${sub.uri}': its content address '${info.ca}' does not match its NAR hash ${info.narHash.toString()}`,
-    );
-  }
-
-  async function* verified(): AsyncGenerator<Uint8Array> {
-    try {
-      for await (const chunk of sub.fetchNar(info, { signal, onProgress: opts.onProgress, onTransfer: opts.onTransfer })) {
-        // A NAR somewhat longer than announced is read to its end, so that the store reports what Nix
-        // does (the hash mismatch, which it checks first); only an unreasonably long one is cut off here.
-        if (size + chunk.length > info.narSize + NAR_OVERRUN_MAX) {
-          throw fail('size-mismatch', `NAR of '${info.path}' from '${sub.uri}' is larger than its declared size ${info.narSize}`, {
-            hint: 'the binary cache is corrupt',
-          });
-        }
-        size += chunk.length;
-        seen?.push(chunk);
-        caRecursive?.update(chunk);
-        caFile?.update(chunk);
-        yield chunk;
-      }
-      // A NAR of another size than announced: the store refuses it (Store.addToStore checks the hash, then
-      // the size, as Nix), so the message is Nix's.
-      if ((caRecursive || caFile) && size === info.narSize) {
-        // (a recursive CA with the NAR hash's algorithm equals info.narHash, checked above; the store checks the NAR against it)
-        const got = caRecursive ? caRecursive.finish().hash : caFile!.finish();
-        if (!got || !got.equals(ca!.hash)) {
-          throw fail('ca-mismatch', `content of '${info.path}' from '${sub.uri}' does not match its content address '${info.ca}'`, {
-            hint: 'the binary cache is corrupt or hostile; nothing was registered',
-          });
-        }
-      }
-    } catch (e) {
-      ourError ??= toSubstituterError(e, sub, info, signal);
-      throw ourError;
-    }
-  }
-
+  await requireValidReferences(store, info, fail);
+  const ca = contentAddressCheck(sub, info, fail);
   const toRegister: PathInfo = {
     path: info.path,
     narHash: info.narHash,
@@ -295,50 +356,20 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
     ultimate: false,
     registrationTime: Math.floor(Date.now() / 1000),
   };
+  // A LocalStore is done with every chunk once addToStore settles (streamed or batched, every chunk is
+  // written before it returns, and none is kept), so decoded buffers can be handed back to the decoder's pool.
+  const seen: Uint8Array[] | undefined = store instanceof LocalStore ? [] : undefined;
+  const failure: { error?: SubstituterError } = {};
   try {
-    const added = await store.addToStore(toRegister, verified(), { repair: opts.repair ?? false, ...(signal ? { signal } : {}) });
-    if (seen) recycleDecoded(seen);
-    return added;
+    const nar = verifiedNar(sub, info, opts, fail, ca, seen, failure);
+    return await store.addToStore(toRegister, nar, { repair: opts.repair ?? false, ...(signal ? { signal } : {}) });
   } catch (e) {
+    throw failure.error ?? storeRefusal(e, sub, info, fail, signal);
+  } finally {
     if (seen) {
       recycleDecoded(seen);
       seen.length = 0;
     }
-    if (ourError) throw ourError;
-    if (e instanceof SubstituterError) throw e;
-    if (isAbort(e, signal)) throw fail('aborted', `substitution of '${info.path}' was cancelled`, { cause: e });
-    const from = `from '${sub.uri}'; the binary cache is corrupt, nothing was registered`;
-    // Nix's words: the NAR stream ended before the archive did.
-    if (e instanceof BadNarError && /ends unexpectedly/.test(e.shortMessage))
-      throw fail('truncated', `NAR for '${info.path}' fetched from '${sub.uri}' is incomplete`, {
-        cause: e,
-        hint: 'the NAR file is truncated; nothing was registered',
-      });
-    // Nix's words when the data is not a NAR at all (its parseDump).
-    if (e instanceof BadNarError && /^input is not a NAR/.test(e.shortMessage))
-      throw fail('bad-nar', "bad archive: input doesn't look like a Nix archive", { cause: e, hint: `the NAR of '${info.path}' ${from} (${e.shortMessage})` });
-    if (e instanceof BadNarError)
-      throw fail('bad-nar', `NAR of '${info.path}' from '${sub.uri}' is invalid: ${e.shortMessage}`, {
-        cause: e,
-        hint: 'the binary cache is corrupt or hostile; nothing was registered',
-      });
-    // The store's own messages are Nix's ("hash mismatch importing path '…';\n  specified: …\n  got: …").
-    if (e instanceof RealiseError && e.code === 'nar-hash-mismatch') throw fail('hash-mismatch', e.shortMessage, { cause: e, hint: from });
-    if (e instanceof RealiseError && e.code === 'nar-size-mismatch') throw fail('size-mismatch', e.shortMessage, { cause: e, hint: from });
-    if (e instanceof RealiseError && e.code === 'size-mismatch')
-      throw fail('size-mismatch', `size mismatch importing path '${info.path}' from '${sub.uri}'`, {
-        cause: e,
-        hint: 'the binary cache is corrupt; nothing was registered',
-      });
-    if (e instanceof RealiseError && e.code === 'hash-mismatch') {
-      throw fail(
-        'hash-mismatch',
-        `hash mismatch importing path '${info.path}' from '${sub.uri}': the NAR does not have the hash its narinfo gives (${info.narHash.toString('sri')})`,
-        { cause: e, hint: 'the binary cache is corrupt; nothing was registered' },
-      );
-    }
-    const msg = e instanceof Error ? e.message : String(e);
-    throw fail('store', `the store refused '${info.path}' from '${sub.uri}': ${msg}`, { cause: e });
   }
 }
 
