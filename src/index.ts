@@ -3,6 +3,7 @@
  */
 // Engine
 export { BuildEngine, parseTarget, type BuildPathsOptions } from './scheduler/build-engine.js';
+export { alreadyValidResults } from './scheduler/already-valid.js';
 export type { BuildEngineOptions, SandboxMode } from './scheduler/options.js';
 export type { BuildEngineEvents, BuildEngineEventName, EventPayloads, Stamped, Progress, ProgressCounters, GoalKind } from './scheduler/events.js';
 export {
@@ -170,4 +171,5 @@ export { WorkerConnection, type RemoteLogEvent } from './remote/worker-protocol.
 export { ServeConnection } from './remote/serve-protocol.js';
 
 // A store over the Nix daemon (a system Nix installation); openStore takes its URIs and local ones
-export { DaemonStore, DEFAULT_DAEMON_SOCKET, daemonSocketOfUri, openStore, type DaemonStoreOptions } from './remote/daemon-store.js';
+export { DaemonStore, type DaemonStoreOptions } from './remote/daemon-store.js';
+export { DEFAULT_DAEMON_SOCKET, daemonSocketOfUri, openStore } from './remote/open-store.js';

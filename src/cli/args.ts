@@ -1,6 +1,10 @@
 /**
  * Command-line parsing for `realise`: nix-store's flags and nix.conf's `--option NAME VALUE` names.
  */
+/** The values of `--log-format` (checked by the command, as nix-store checks them). */
+export const LOG_FORMATS = ['raw', 'raw-with-logs', 'internal-json', 'bar', 'bar-with-logs'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
+
 export interface CliArgs {
   command: string;
   positional: string[];

@@ -6,11 +6,16 @@
  */
 import { closeSync, openSync, statSync, writeSync } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
-import { attachNixJsonLog, LogLevel, type BuildEngine, type NixJsonLog } from '../index.js';
+import { attachNixJsonLog, LogLevel, NixJsonLog, type BuildEngine } from '../index.js';
+import type { LogFormat } from './args.js';
 import { ProgressDisplay } from './progress.js';
 
-export const LOG_FORMATS = ['raw', 'raw-with-logs', 'internal-json', 'bar', 'bar-with-logs'] as const;
-export type LogFormat = (typeof LOG_FORMATS)[number];
+export type { LogFormat } from './args.js';
+
+/** Nix's JSON stream of the CLI's own messages, written through `write` (`--log-format internal-json`). */
+export function messagesAsJson(write: (line: string) => void): NixJsonLog {
+  return new NixJsonLog(undefined, write);
+}
 
 /** What the CLI prints its own lines through (errors, warnings, what will be built). */
 export interface Display {

@@ -212,11 +212,31 @@ class Parser {
     return this.text[this.pos] ?? '';
   }
 
+  /** Where the next backslash at or after `pos` is (text length when none): found once, so scanning stays linear. */
+  private backslash = -1;
+
   string(): string {
     this.expect('"');
     const t = this.text;
+    const from = this.pos;
+    // Most strings have no escape: two native searches instead of a loop over their characters.
+    const quote = t.indexOf('"', from);
+    if (this.backslash < from) {
+      const b = t.indexOf('\\', from);
+      this.backslash = b < 0 ? t.length : b;
+    }
+    if (quote >= 0 && quote < this.backslash) {
+      this.pos = quote + 1;
+      return t.slice(from, quote);
+    }
+    return this.escapedString(from);
+  }
+
+  /** The rest of a string that has escapes (or no end), from `from`, character by character. */
+  private escapedString(start: number): string {
+    const t = this.text;
     let out = '';
-    let from = this.pos;
+    let from = start;
     for (let i = from; i < t.length; i++) {
       const c = t.charCodeAt(i);
       if (c === 0x22) {

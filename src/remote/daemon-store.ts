@@ -8,16 +8,15 @@
  */
 import { StoreError } from '../store/errors.js';
 import { parseNar } from '../store/nar.js';
-import { openStore as openLocalStore } from '../store/store-uri.js';
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from '../store/store-api.js';
 import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from '../store/store-path.js';
 import { RemoteConnectionError } from './errors.js';
 import type { WireBuildResult } from './protocol-common.js';
 import { SocketTransport } from './transport.js';
 import { WorkerConnection, type OnRemoteLog, type WorkerOptions } from './worker-protocol.js';
+import { DEFAULT_DAEMON_SOCKET } from './open-store.js';
 
-/** Where a system Nix installation's daemon listens (Nix's default `nix-daemon` socket). */
-export const DEFAULT_DAEMON_SOCKET = '/nix/var/nix/daemon-socket/socket';
+export { DEFAULT_DAEMON_SOCKET, daemonSocketOfUri, openStore } from './open-store.js';
 
 export interface DaemonStoreOptions {
   /** The daemon's socket. @default $NIX_DAEMON_SOCKET_PATH, else /nix/var/nix/daemon-socket/socket */
@@ -26,24 +25,6 @@ export interface DaemonStoreOptions {
   readonly storeDir?: string;
   /** Client settings sent to the daemon on each connection (Nix's SetOptions); an untrusted user's restricted ones are ignored. */
   readonly workerOptions?: WorkerOptions;
-}
-
-/** `daemon`, `unix://PATH` (with optional `?…` settings), or undefined when the URI is not the daemon's. */
-export function daemonSocketOfUri(uri: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const head = uri.replace(/\?.*$/, '');
-  if (head === 'daemon') return env.NIX_DAEMON_SOCKET_PATH || DEFAULT_DAEMON_SOCKET;
-  if (head.startsWith('unix://')) return decodeURIComponent(head.slice('unix://'.length)) || env.NIX_DAEMON_SOCKET_PATH || DEFAULT_DAEMON_SOCKET;
-  return undefined;
-}
-
-/**
- * Open the store a URI names, as Nix's `--store`: the Nix daemon (`daemon`, `unix://…`) or a local store
- * (a root directory, `local?…`). Unknown parameters of a local store URI are reported through `warn`.
- */
-export async function openStore(uri: string, opts: { signal?: AbortSignal; warn?: (message: string) => void } = {}): Promise<Store> {
-  const socketPath = daemonSocketOfUri(uri);
-  if (socketPath !== undefined) return DaemonStore.open({ socketPath });
-  return openLocalStore(uri, opts);
 }
 
 function unsupported(what: string): StoreError {

@@ -832,6 +832,13 @@ export class LocalStore implements Store {
     await this.tempRoots.add(p);
   }
 
+  /** `addTempRoot` of many paths; while no collector runs, they are recorded in one write. */
+  async addTempRoots(paths: Iterable<StorePath>): Promise<void> {
+    this.check();
+    this.tempRoots ??= TempRoots.open(this.layout.stateDir);
+    await this.tempRoots.addAll(paths);
+  }
+
   /**
    * Hard-link identical files of every valid path through `<realStoreDir>/.links`, as `nix-store --optimise`
    * (src/store/optimise.ts). The GC lock is held shared meanwhile, so no collector deletes a path under it.

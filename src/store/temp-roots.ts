@@ -42,11 +42,11 @@ interface RootsFile {
 const files = new Map<string, RootsFile>();
 
 /**
- * Append a root to the roots file. A failed write (a full disk) is a StoreError naming the file; a short
- * one is cut off again, so that the next root does not run into a partial name.
+ * Append roots to the roots file, in one write. A failed write (a full disk) is a StoreError naming the
+ * file; a short one is cut off again, so that the next root does not run into a partial name.
  */
-function appendRoot(rf: RootsFile, storePath: StorePath): void {
-  const rec = Buffer.from(storePath + '\0');
+function appendRoots(rf: RootsFile, storePaths: readonly StorePath[]): void {
+  const rec = Buffer.from(storePaths.join('\0') + '\0');
   try {
     const n = writeSync(rf.fd, rec);
     if (n !== rec.length) {
@@ -54,8 +54,10 @@ function appendRoot(rf: RootsFile, storePath: StorePath): void {
       throw Object.assign(new Error('no space left on device (short write)'), { code: 'ENOSPC' });
     }
   } catch (e) {
-    throw storeWriteError(e, `recording the temporary root '${storePath}' in`, rf.file);
+    const what = storePaths.length === 1 ? `the temporary root '${storePaths[0]}'` : `${storePaths.length} temporary roots`;
+    throw storeWriteError(e, `recording ${what} in`, rf.file);
   }
+  for (const p of storePaths) rf.roots.add(p);
 }
 
 /** A handle on the process's temp roots file of one state directory. */
@@ -102,10 +104,20 @@ export class TempRoots {
   }
 
   /** Make `storePath` (logical) a temporary root for the lifetime of this process's store objects. */
-  async add(storePath: StorePath): Promise<void> {
+  add(storePath: StorePath): Promise<void> {
+    return this.addAll([storePath]);
+  }
+
+  /**
+   * Make every path of `storePaths` a temporary root, as `add` does for each. While no collector runs they
+   * are recorded together: one write under one shared hold of the GC lock, which keeps a collector from
+   * starting until all of them are in the file.
+   */
+  async addAll(storePaths: Iterable<StorePath>): Promise<void> {
     if (this.closed) throw new StoreError('store-closed', 'temporary roots used after close');
     const rf = this.rf;
-    if (rf.roots.has(storePath)) return;
+    const fresh = [...new Set(storePaths)].filter((p) => !rf.roots.has(p));
+    if (fresh.length === 0) return;
     const gcLock = path.join(this.stateDir, 'gc.lock');
     try {
       rf.gcLockFd ??= openSync(gcLock, FS.O_RDWR | FS.O_CREAT, 0o600);
@@ -115,17 +127,20 @@ export class TempRoots {
     for (;;) {
       if (tryFlock(rf.gcLockFd, 'shnb')) {
         try {
-          appendRoot(rf, storePath);
+          appendRoots(rf, fresh);
         } finally {
           fsExt.flockSync(rf.gcLockFd, 'un');
         }
-        rf.roots.add(storePath);
         return;
       }
-      // A collector is running: tell it, then also record the root in the file.
-      if (await this.tellCollector(storePath)) {
-        appendRoot(rf, storePath);
-        rf.roots.add(storePath);
+      // A collector is running: tell it each root, then also record them in the file.
+      let told = true;
+      for (const p of fresh) {
+        told = await this.tellCollector(p);
+        if (!told) break;
+      }
+      if (told) {
+        appendRoots(rf, fresh);
         return;
       }
       await new Promise((r) => setTimeout(r, 10)); // the collector went away: retry with the lock

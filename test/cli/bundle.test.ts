@@ -13,7 +13,7 @@ import { nix, nixOk, removeTreeSync, tempDir } from '../helpers/nix.js';
 const ROOT = path.resolve(__dirname, '../..');
 
 interface Meta {
-  outputs: Record<string, { imports: { path: string; kind: string; external?: boolean }[] }>;
+  outputs: Record<string, { imports: { path: string; kind: string; external?: boolean }[]; inputs: Record<string, { bytesInOutput: number }> }>;
 }
 
 describe('the bundled CLI', () => {
@@ -45,6 +45,19 @@ describe('the bundled CLI', () => {
     visit(chunk);
     return pkgs;
   };
+  /** The source modules a chunk and the chunks it imports statically hold. */
+  const staticSources = (chunk: string): Set<string> => {
+    const seen = new Set<string>();
+    const sources = new Set<string>();
+    const visit = (out: string): void => {
+      if (seen.has(out)) return;
+      seen.add(out);
+      for (const [src, { bytesInOutput }] of Object.entries(meta.outputs[out]!.inputs)) if (bytesInOutput > 0) sources.add(src);
+      for (const i of meta.outputs[out]!.imports) if (i.kind === 'import-statement' && i.path in meta.outputs) visit(i.path);
+    };
+    visit(chunk);
+    return sources;
+  };
   const chunk = (re: RegExp): string => Object.keys(meta.outputs).find((k) => re.test(path.basename(k)) && k.endsWith('.js'))!;
 
   it('answers --version and --help from its entry alone, which loads no npm package', () => {
@@ -64,6 +77,17 @@ describe('the bundled CLI', () => {
     for (const lazy of ['undici', 'execa', 'node-liblzma', 'zstd-napi', 'fast-glob']) expect(loaded.has(lazy), lazy).toBe(false);
     // What a store command does need is there.
     expect(loaded.has('better-sqlite3')).toBe(true);
+  });
+
+  it('starts a no-op build without the engine: the build command loads no scheduler, substituter or observer code', () => {
+    const build = chunk(/^build-.*\.js$/);
+    expect(build).toBeDefined();
+    expect([...staticPackages(build)].sort()).toEqual(['better-sqlite3']);
+    const sources = staticSources(build);
+    expect(sources.has('src/scheduler/already-valid.ts')).toBe(true);
+    for (const heavy of ['src/scheduler/build-engine.ts', 'src/substituter/binary-cache.ts', 'src/observe/nix-json.ts', 'src/remote/daemon-store.ts']) {
+      expect(sources.has(heavy), heavy).toBe(false);
+    }
   });
 
   it('runs a store command', () => {

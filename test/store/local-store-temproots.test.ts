@@ -22,6 +22,10 @@ describe('temporary GC roots', () => {
     const file = path.join(root, 'nix/var/nix/temproots', String(process.pid));
     // The first addition also roots the store object's temporary directory (`<hash>-realise-tmp`).
     expect(readFileSync(file, 'utf8')).toMatch(new RegExp(`^${p}\0/nix/store/[0-9a-z]{32}-realise-tmp\0/nix/store/00000000000000000000000000000000-other\0$`));
+    // Many roots at once, in one write while no collector runs; each once.
+    const many = ['1', '2', '3'].map((c) => `/nix/store/${c.repeat(32)}-many`);
+    await a.addTempRoots([...many, p, many[0]!]);
+    expect(readFileSync(file, 'utf8')).toMatch(new RegExp(`-other\0${many.join('\0')}\0$`));
     await a.close();
     expect(existsSync(file)).toBe(true);
     await b.close();
@@ -62,6 +66,11 @@ describe('temporary GC roots', () => {
       expect(got[0]).toBe(p);
       expect(got[1]).toMatch(/^\/nix\/store\/[0-9a-z]{32}-realise-tmp$/);
       expect(readFileSync(path.join(state, 'temproots', String(process.pid)), 'utf8')).toBe(`${p}\0${got[1]}\0`);
+      // Many at once: each new one is told to the collector, then all are recorded (a root already held is not).
+      const [x, y] = ['/nix/store/00000000000000000000000000000000-x', '/nix/store/11111111111111111111111111111111-y'];
+      await store.addTempRoots([x, p, y, x]);
+      expect(got.slice(2)).toEqual([x, y]);
+      expect(readFileSync(path.join(state, 'temproots', String(process.pid)), 'utf8')).toBe(`${p}\0${got[1]}\0${x}\0${y}\0`);
     } finally {
       holder.kill('SIGKILL');
       server.close();

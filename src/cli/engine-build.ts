@@ -1,0 +1,246 @@
+/**
+ * The commands that run a BuildEngine (`build` and `ensure` when something is missing, `repair`), loaded
+ * only then: the engine, its substituters and displays are not part of a no-op's start-up.
+ */
+import { writeFileSync } from 'node:fs';
+import {
+  ActivityType,
+  BinaryCacheSubstituter,
+  BuildEngine,
+  BuildFailedError,
+  DaemonStore,
+  LogLevel,
+  RealiseError,
+  SubstituterError,
+  isSuccess,
+  recordTrace,
+  renderReport,
+  type BuildEngineOptions,
+  type BuildResult,
+  type BuildTarget,
+  type Store,
+  type TargetResult,
+  type TraceFile,
+} from '../index.js';
+import type { CliArgs } from './args.js';
+import { asActivity, makeDisplay, openJsonSink, type Display, type LogFormat } from './log-format.js';
+import { messageLogs, warnStderr, writeFailure, writeStderr } from './messages.js';
+import { CliError, followLinksToStorePath } from './paths.js';
+import { printRealised } from './realised.js';
+import { failureLines, formatError, missingLines, summariseFailures } from './report.js';
+import { engineSettings, type EngineSettings } from './settings.js';
+
+/** The engine's options with the substituters the settings name (Nix's download-attempts: 5, and its warning before each retry). */
+export function engineOptions(settings: EngineSettings, warn: (message: string) => void): BuildEngineOptions {
+  const opts: BuildEngineOptions & Record<string, unknown> = { ...settings.options };
+  if (settings.substituters.length) {
+    opts.substituters = settings.substituters.map(
+      (u) =>
+        new BinaryCacheSubstituter(u, {
+          trustedPublicKeys: [...settings.trustedPublicKeys],
+          requireSigs: settings.requireSigs,
+          onWarning: warn,
+          retries: 4,
+          retryBaseMs: 250,
+          onRetry: (m, ms) => warn(`error: ${m}; retrying in ${ms} ms`),
+        }),
+    );
+  }
+  return opts;
+}
+
+/**
+ * Failures of goals that are not targets are printed when they happen (Nix logs a goal's error then when
+ * another goal waits for it); the targets' own errors come at the end. A failed build's error is printed
+ * with its build-finished, before its slot goes to the next build (as Nix's buildDone). Returns every
+ * failed result and the messages printed.
+ */
+function printFailuresOfInputs(engine: BuildEngine, display: Display, topDrvs: ReadonlySet<string>): { failed: BuildResult[]; printed: Set<string> } {
+  const failed: BuildResult[] = [];
+  const printed = new Set<string>();
+  const printedBuilds = new Set<string>();
+  const printFailure = (path: string, result: BuildResult): void => {
+    if (topDrvs.has(path) || !result.errorMsg) return;
+    printed.add(result.errorMsg);
+    const { message, note } = failureLines({ path, result }, !display.showsLogs);
+    if (note) display.line(note);
+    display.line(formatError(message).trimEnd());
+  };
+  engine.on('build-finished', (e) => {
+    if (e.outcome !== 'failure' || !e.result) return;
+    printedBuilds.add(e.drvPath);
+    printFailure(e.drvPath, e.result);
+  });
+  engine.on('goal-finished', (e) => {
+    if (isSuccess(e.result.status) || e.result.status === 'stopped') return;
+    failed.push(e.result);
+    // (The goal of a build whose failure was printed with its build-finished is not printed again.)
+    if (e.kind === 'derivation' && !printedBuilds.delete(e.path)) printFailure(e.path, e.result);
+  });
+  return { failed, printed };
+}
+
+/**
+ * `build` / `ensure` through a BuildEngine (settings and targets as `buildCommand` read them): what is
+ * missing is printed, then built or fetched, then the results are printed as nix-store prints them.
+ */
+export async function build(args: CliArgs, store: Store, settings: EngineSettings, targetsIn: BuildTarget[]): Promise<number> {
+  const warn = warnStderr;
+  const opts = engineOptions(settings, warn);
+  const builders = args.options.get('builders');
+  // The engine makes the builders from the setting, and closes them (their ssh sessions) when it is closed.
+  if (builders) opts.builders = builders;
+  let targets = targetsIn;
+  const engine = new BuildEngine(opts);
+  const mode = args.check ? 'check' : args.repair ? 'repair' : 'normal';
+  const { display, closeSink } = openDisplay(args, engine);
+  const trace =
+    args.traceFile || args.report
+      ? recordTrace(engine, {
+          meta: { command: ['realise', ...process.argv.slice(2)].join(' '), maxJobs: opts.maxJobs ?? 1 },
+        })
+      : undefined;
+  const topDrvs = new Set(targets.map((t) => ('drvPath' in t ? t.drvPath : t.path)));
+  const { failed, printed } = printFailuresOfInputs(engine, display, topDrvs);
+  const ac = new AbortController();
+  const stopCancelling = cancelOnInterrupt(() => ac.abort());
+  try {
+    if (!args.quiet || args.dryRun || args.ignoreUnknown) {
+      // A substituter that fails to answer ends the command, as Nix's queryMissing throws (without --fallback).
+      const missing = await asActivity(display, 'querying info about missing paths', () => engine.queryMissing(targets)).catch((e: unknown) => {
+        if (e instanceof SubstituterError) throw e;
+        return undefined;
+      });
+      if (missing && args.ignoreUnknown) {
+        const unknown = new Set<string>(missing.unknown);
+        targets = targets.filter((t) => !unknown.has('drvPath' in t ? t.drvPath : t.path));
+        missing.unknown.length = 0;
+      }
+      const printMissing = !args.options.has('print-missing') || args.options.get('print-missing') !== 'false';
+      if (missing && !args.quiet && printMissing) for (const l of await missingLines(store, missing)) display.line(l);
+    }
+    if (args.dryRun) return 0;
+    // Nix's worker asks the substituters once more before its goals run (primeCache); with --fallback a
+    // substituter that fails to answer is logged again then, as here.
+    if (opts.fallback && opts.substituters?.length) await engine.queryMissing(targets).catch(() => undefined);
+    let results: TargetResult[];
+    for (const l of display.jsonLogs) {
+      l.startRealise();
+      // Nix's worker asks which paths are missing once more as it starts (its primeCache), as an activity.
+      l.stop(l.start(ActivityType.Unknown, LogLevel.Debug, 'querying info about missing paths', undefined));
+    }
+    try {
+      results = await engine.buildPathsWithResults(targets, { mode, signal: ac.signal });
+      for (const l of display.jsonLogs) l.stopRealise();
+    } catch (e) {
+      for (const l of display.jsonLogs) l.stopRealise();
+      // A setup error (platform, features, no build slots) ends the call, as Nix throws out of Worker::run;
+      // when a dependency's goal already printed it, it is not printed twice.
+      if (e instanceof RealiseError && (printed.has(e.message) || printed.has(e.shortMessage))) return 1;
+      throw e;
+    }
+    display.stop();
+    if (ac.signal.aborted) throw new RealiseError('cancelled', 'interrupted by the user');
+    const summary = summariseFailures(results, failed, !display.showsLogs);
+    if (summary) {
+      for (const n of summary.notes) writeStderr(n + '\n');
+      for (const m of summary.messages) writeStderr(formatError(m));
+      return summary.exitStatus;
+    }
+    await printRealised(args, store, results, store instanceof DaemonStore ? (l) => store.addIndirectRoot(l) : undefined, warn);
+    return 0;
+  } finally {
+    display.stop();
+    stopCancelling();
+    await engine.close();
+    await closeSink();
+    if (trace) await writeTrace(args, await trace.finish());
+  }
+}
+
+/**
+ * The display of a command's engine for its log format (and `json-log-path`), through which the command's
+ * messages go until `closeSink()`.
+ */
+function openDisplay(args: CliArgs, engine: BuildEngine): { display: Display; closeSink: () => Promise<void> } {
+  const jsonLogPath = args.options.get('json-log-path');
+  const sink = jsonLogPath ? openJsonSink(jsonLogPath) : undefined;
+  const display = makeDisplay(engine, process.stderr, {
+    format: args.logFormat as LogFormat | undefined,
+    quiet: args.quiet,
+    noBuildOutput: args.noBuildOutput,
+    printBuildLogs: args.printBuildLogs,
+    jsonSink: sink,
+  });
+  messageLogs.display = display;
+  return {
+    display,
+    closeSink: async () => {
+      messageLogs.display = undefined;
+      await sink?.close();
+    },
+  };
+}
+
+/** `--trace-file` and `--report` of a run; a file that cannot be written is a warning (the build's status stands). */
+async function writeTrace(args: CliArgs, t: TraceFile): Promise<void> {
+  try {
+    if (args.traceFile) writeFileSync(args.traceFile, JSON.stringify(t));
+    if (args.report) writeFileSync(args.report, renderReport(t));
+  } catch (e) {
+    warnStderr(`cannot write the trace or report: ${(e as Error).message}`);
+  }
+}
+
+export async function repair(args: CliArgs, store: Store): Promise<number> {
+  const engine = new BuildEngine(engineOptions(engineSettings(args, store, warnStderr), warnStderr));
+  const { display, closeSink } = openDisplay(args, engine);
+  try {
+    for (const a of args.positional) {
+      const p = followLinksToStorePath(store.storeDir, a);
+      try {
+        await engine.repairPath(p);
+      } catch (e) {
+        display.stop();
+        // Nix's Store::repairPath: an invalid path that could not be fetched is "not valid"; a valid one
+        // with no substitute and no valid deriver "cannot be repaired".
+        if (!(await store.isValidPath(p))) throw new CliError(`path '${p}' is not valid`);
+        if (e instanceof BuildFailedError && e.failures.length === 1 && e.failures[0]!.result.errorMsg?.startsWith(`cannot repair path '${p}'`)) {
+          throw new CliError(`cannot repair path '${p}'`);
+        }
+        if (e instanceof BuildFailedError) {
+          for (const f of e.failures) writeFailure(f, !display.showsLogs);
+          return e.exitStatus;
+        }
+        throw e;
+      }
+    }
+    return 0;
+  } finally {
+    display.stop();
+    await engine.close();
+    await closeSink();
+  }
+}
+
+/** The signals that interrupt a build (Nix's signal handler thread waits for the same three). */
+const INTERRUPTS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/**
+ * Until the returned function is called, an interrupt calls `cancel` instead of ending the process (a second
+ * one during the clean-up changes nothing). The `realise` process (bin/realise.js) owns the signal handlers
+ * and asks this hook; when main() runs inside another program, the handlers are installed for the window.
+ */
+function cancelOnInterrupt(cancel: () => void): () => void {
+  const owner = (globalThis as Record<symbol, { cancel?: () => void } | undefined>)[Symbol.for('realise.cli.interrupts')];
+  if (owner) {
+    owner.cancel = cancel;
+    return () => {
+      owner.cancel = undefined;
+    };
+  }
+  for (const sig of INTERRUPTS) process.on(sig, cancel);
+  return () => {
+    for (const sig of INTERRUPTS) process.off(sig, cancel);
+  };
+}

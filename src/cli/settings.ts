@@ -1,0 +1,154 @@
+/**
+ * The build settings of a command line (`--option NAME VALUE`, nix.conf, flags) as BuildEngineOptions, read
+ * as nix-store reads them: a value Nix would refuse is a warning and the default stays. Settings Nix 2.8
+ * knows but the engine does not use, and those other commands read, are accepted silently, as Nix does.
+ */
+import { cpus } from 'node:os';
+import { defaultSystemFeatures, type BuildEngineOptions, type Store } from '../index.js';
+import { parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
+
+/** The engine's options, and the binary caches to make substituters of (none with `substitute = false`). */
+export interface EngineSettings {
+  readonly options: BuildEngineOptions & Record<string, unknown>;
+  readonly substituters: readonly string[];
+  readonly trustedPublicKeys: readonly string[];
+  readonly requireSigs: boolean;
+}
+
+type Options = BuildEngineOptions & Record<string, unknown>;
+
+/** Boolean settings → engine option. */
+const BOOLS: Readonly<Record<string, keyof BuildEngineOptions>> = {
+  'keep-going': 'keepGoing',
+  fallback: 'fallback',
+  'keep-failed': 'keepFailed',
+  'sandbox-fallback': 'sandboxFallback',
+  'filter-syscalls': 'filterSyscalls',
+  'enforce-determinism': 'enforceDeterminism',
+};
+/** Integer settings → engine option. */
+const INTS: Readonly<Record<string, keyof BuildEngineOptions>> = {
+  cores: 'cores',
+  'build-repeat': 'buildRepeat',
+  'max-silent-time': 'maxSilentTime',
+  timeout: 'buildTimeout',
+  'max-build-log-size': 'maxLogSize',
+  'log-lines': 'logLines',
+  'max-substitution-jobs': 'maxSubstitutionJobs',
+  'min-free': 'minFree',
+  'max-free': 'maxFree',
+  'min-free-check-interval': 'minFreeCheckInterval',
+};
+/** Settings taken as they are → engine option. */
+const STRINGS: Readonly<Record<string, keyof BuildEngineOptions>> = {
+  'pre-build-hook': 'preBuildHook',
+  'sandbox-build-dir': 'sandboxBuildDir',
+  'sandbox-dev-shm-size': 'sandboxShmSize',
+  'post-build-hook': 'postBuildHook',
+  system: 'system',
+  'netrc-file': 'netrcFile',
+};
+/** Word lists that replace the engine option (the last one given wins). */
+const LISTS: Readonly<Record<string, keyof BuildEngineOptions>> = {
+  'system-features': 'systemFeatures',
+  'extra-platforms': 'extraPlatforms',
+  'hashed-mirrors': 'hashedMirrors',
+};
+/** Word lists that add up, with their `extra-` forms, into the engine option. */
+const APPENDED: Readonly<Record<string, keyof BuildEngineOptions>> = {
+  'sandbox-paths': 'sandboxPaths',
+  'extra-sandbox-paths': 'sandboxPaths',
+  'allowed-impure-host-deps': 'allowedImpureHostDeps',
+  'extra-allowed-impure-host-deps': 'allowedImpureHostDeps',
+  'experimental-features': 'experimentalFeatures',
+  'extra-experimental-features': 'experimentalFeatures',
+};
+
+const words = (value: string | undefined): string[] => (value ?? '').split(/\s+/).filter(Boolean);
+/** Set an engine option named by a table. */
+const put = (opts: Options, key: keyof BuildEngineOptions, v: unknown): void => {
+  (opts as Record<string, unknown>)[key] = v;
+};
+/** The engine option a table gives a setting (own keys only: a setting named `constructor` is no table's). */
+const lookup = (table: Readonly<Record<string, keyof BuildEngineOptions>>, name: string) => (Object.hasOwn(table, name) ? table[name] : undefined);
+
+/** `sandbox`: a boolean or `relaxed`, refused with Nix's message. */
+function parseSandbox(name: string, value: string): boolean | 'relaxed' {
+  if (value === 'relaxed') return 'relaxed';
+  try {
+    return parseBool(name, value);
+  } catch {
+    throw new UsageError(`option '${name}' has invalid value '${value}'`);
+  }
+}
+
+/** The parser of a setting whose value is checked, and what to do with the value; undefined for the others. */
+function checkedSetting(name: string, value: string, opts: Options): [() => unknown, (v: never) => void] | undefined {
+  const bool = lookup(BOOLS, name);
+  if (bool) return [() => parseBool(name, value), (v: boolean) => put(opts, bool, v)];
+  const int = lookup(INTS, name);
+  if (int) return [() => parseIntOption(name, value), (v: number) => put(opts, int, v)];
+  if (name === 'max-jobs') return [() => (value === 'auto' ? cpus().length : parseIntOption(name, value)), (v: number) => (opts.maxJobs = v)];
+  if (name === 'sandbox') return [() => parseSandbox(name, value), (v: boolean | 'relaxed') => (opts.sandbox = v)];
+  if (name === 'download-attempts') return [() => parseIntOption(name, value), (v: number) => (opts.downloadAttempts = Math.max(1, v))];
+  return undefined;
+}
+
+/** Apply one setting whose value is taken as it is (strings, word lists). */
+function applyPlain(name: string, value: string, opts: Options, appended: Map<keyof BuildEngineOptions, string[]>): void {
+  const [str, list, added] = [lookup(STRINGS, name), lookup(LISTS, name), lookup(APPENDED, name)];
+  if (str) put(opts, str, value);
+  else if (list) put(opts, list, words(value));
+  else if (added) appended.set(added, [...(appended.get(added) ?? []), ...words(value)]);
+  else if (name === 'extra-system-features') opts.systemFeatures = [...(opts.systemFeatures ?? defaultSystemFeatures()), ...words(value)];
+}
+
+/**
+ * Read the settings (warning about bad values through `warn`). The substituters are only named here: the
+ * engine's command makes them, so a command that fetches nothing never opens a binary cache, as Nix.
+ */
+export function engineSettings(args: CliArgs, store: Store, warn: (message: string) => void): EngineSettings {
+  const o = args.options;
+  const opts: Options = { store };
+  /** A value parsed from `--option NAME VALUE` that Nix would refuse: Nix warns and keeps the default. */
+  const parsed = <T>(name: string, parse: () => T, apply: (v: T) => void): void => {
+    let v: T;
+    try {
+      v = parse();
+    } catch (e) {
+      if (e instanceof UsageError && args.fromOption.has(name)) {
+        warn(`error: ${e.message}`);
+        return;
+      }
+      throw e;
+    }
+    apply(v);
+  };
+  let substitute = true;
+  if (o.has('substitute'))
+    parsed(
+      'substitute',
+      () => parseBool('substitute', o.get('substitute')!),
+      (v) => (substitute = v),
+    );
+  let requireSigs = true;
+  if (o.has('require-sigs'))
+    parsed(
+      'require-sigs',
+      () => parseBool('require-sigs', o.get('require-sigs')!),
+      (v) => (requireSigs = v),
+    );
+  const appended = new Map<keyof BuildEngineOptions, string[]>();
+  for (const [name, value] of o) {
+    const checked = checkedSetting(name, value, opts);
+    if (checked) parsed(name, checked[0], checked[1] as (v: unknown) => void);
+    else applyPlain(name, value, opts, appended);
+  }
+  for (const [key, list] of appended) if (list.length) put(opts, key, list);
+  return {
+    options: opts,
+    substituters: substitute ? [...args.substituters, ...words(o.get('substituters')), ...words(o.get('extra-substituters'))] : [],
+    trustedPublicKeys: [...args.trustedPublicKeys, ...words(o.get('trusted-public-keys')), ...words(o.get('extra-trusted-public-keys'))],
+    requireSigs,
+  };
+}
