@@ -50,7 +50,7 @@ import { TempRoots } from './temp-roots.js';
 import { derivationOutputPaths } from './drv-outputs.js';
 import { AutoGc, type AutoGcSettings } from './auto-gc.js';
 import { collectGarbage, findRoots, type GcOptions, type GcResult } from './gc.js';
-import { StoreOptimiser, type OptimiseOptions, type OptimiseStats } from './optimise.js';
+import { optimiseStorePaths, StoreOptimiser, type OptimiseOptions, type OptimiseStats } from './optimise.js';
 
 /** Where the store lives. Defaults follow Nix's LocalFSStore settings. */
 export interface LocalStoreOptions {
@@ -388,8 +388,6 @@ function lockedDirFd(dir: string): number | undefined {
   closeSync(fd);
   return undefined;
 }
-/** Paths optimiseStore works on at once. */
-const OPTIMISE_CONCURRENCY = 8;
 /** Paths per `IN (...)` statement in queryValidPaths. */
 const VALID_CHUNK = 2000;
 
@@ -813,7 +811,7 @@ export class LocalStore implements Store {
         });
       }
       if (opts.canonicalise ?? true) await canonicalisePathMetaData(real, { ignoredAcls: this.ignoredAcls });
-      await this.autoOptimise(real);
+      this.autoOptimise(real);
     }
     try {
       this.registerInDb(infos);
@@ -847,32 +845,12 @@ export class LocalStore implements Store {
     this.check();
     const release = await lockPlainFile(path.join(this.layout.stateDir, 'gc.lock'), 'shared', opts.signal);
     try {
-      const opt = new StoreOptimiser(this.realStoreDir, opts.onWarning);
-      const inodes = opt.loadInodes();
       const paths = this.st.allPaths.all() as string[];
-      // Several paths at once (their file-system waits overlap); each path's directories are its own.
-      let next = 0;
-      let done = 0;
-      let last = Date.now();
-      const worker = async () => {
-        while (next < paths.length) {
-          opts.signal?.throwIfAborted();
-          const p = paths[next++]!;
-          try {
-            await opt.optimisePath(this.toRealPath(p), inodes);
-          } catch (e) {
-            if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; // contents missing: nothing to optimise
-          }
-          done++;
-          if (Date.now() - last > 100) {
-            last = Date.now();
-            opts.onProgress?.(done, paths.length, opt.stats);
-          }
-        }
-      };
-      await Promise.all(Array.from({ length: OPTIMISE_CONCURRENCY }, worker));
-      opts.onProgress?.(paths.length, paths.length, opt.stats);
-      return { ...opt.stats };
+      return await optimiseStorePaths(
+        this.realStoreDir,
+        paths.map((p) => this.toRealPath(p)),
+        opts,
+      );
     } finally {
       release();
     }
@@ -886,10 +864,10 @@ export class LocalStore implements Store {
   private optimiser: StoreOptimiser | undefined;
 
   /** optimisePath after a path's contents are in place, when autoOptimiseStore is set. */
-  private async autoOptimise(realPath: string): Promise<void> {
+  private autoOptimise(realPath: string): void {
     if (!this.autoOptimiseStore) return;
     this.optimiser ??= new StoreOptimiser(this.realStoreDir);
-    await this.optimiser.optimisePath(realPath);
+    this.optimiser.optimisePath(realPath);
   }
 
   /**
@@ -966,7 +944,7 @@ export class LocalStore implements Store {
         target = undefined;
       }
       try {
-        await this.autoOptimise(real);
+        this.autoOptimise(real);
         this.registerInDb([final]);
       } catch (e) {
         await deleteTree(real).catch(() => {});

@@ -10,15 +10,14 @@
  *   - files already linked (an inode found in `.links`) are skipped, writable regular files are skipped
  *     with a warning, a `.links` entry of another size is replaced, EMLINK (too many links) and ENOSPC
  *     are shrugged off.
- * A whole-store run (LocalStore.optimiseStore) works on several paths at once: the work waits on the
- * file system far more than it computes, so overlapping the waits is what makes it fast.
+ * The file-system work is optimise-links.cjs, in synchronous calls (a thread-pool round trip per call
+ * costs more than most of these calls). One new path (auto-optimise-store) is optimised in the calling
+ * thread, as Nix does; a whole store is shared out in batches of paths to worker threads, so that the
+ * cores and the file system's waits overlap.
  */
-import { createHash } from 'node:crypto';
-import { lstatSync, mkdirSync, promises as fsp, readdirSync, type Stats } from 'node:fs';
-import * as path from 'node:path';
-import { toNixBase32 } from './hash.js';
-import { narString } from './nar.js';
-import { STORE_MTIME } from './canonicalise.js';
+import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
+import { ThreadTasks } from './thread-tasks.js';
 
 /** What an optimisation did (Nix's OptimiseStats). */
 export interface OptimiseStats {
@@ -38,211 +37,132 @@ export interface OptimiseOptions {
   readonly signal?: AbortSignal | undefined;
 }
 
-const NAR_MAGIC = narString('nix-archive-1');
-const OPEN = narString('(');
-const CLOSE = narString(')');
-const TYPE = narString('type');
-const REGULAR = narString('regular');
-const SYMLINK = narString('symlink');
-const TARGET = narString('target');
-const EXECUTABLE = Buffer.concat([narString('executable'), narString('')]);
-const CONTENTS = narString('contents');
-const ZEROS = Buffer.alloc(8);
-const CHUNK = 1 << 20;
+/** optimise-links.cjs. */
+interface Optimiser {
+  readonly stats: OptimiseStats;
+  /** Optimise one store path at its real location; throws the file system's errors (ENOENT: it is gone). */
+  optimisePath(realPath: string): void;
+}
+interface LinksModule {
+  Optimiser: new (realStoreDir: string, inodes: Set<number>, warn: (message: string) => void) => Optimiser;
+  /** The inodes of `.links` (made if missing). */
+  loadInodes(linksDir: string): Set<number>;
+}
+const links = createRequire(import.meta.url)('./optimise-links.cjs') as LinksModule;
 
-/** SHA-256 of the NAR of one regular file or symlink (Nix's hashPath of a non-directory). */
-export async function hashFileNar(file: string, st: Stats): Promise<Buffer> {
-  const h = createHash('sha256');
-  h.update(NAR_MAGIC).update(OPEN).update(TYPE);
-  if (st.isSymbolicLink()) {
-    h.update(SYMLINK)
-      .update(TARGET)
-      .update(narString(await fsp.readlink(file, { encoding: 'buffer' })));
-  } else {
-    h.update(REGULAR);
-    if (st.mode & 0o100) h.update(EXECUTABLE);
-    h.update(CONTENTS);
-    const fh = await fsp.open(file, 'r');
-    let size = 0;
-    try {
-      // The length comes first in the NAR: take it from the open file, then read to the end.
-      size = (await fh.stat()).size;
-      const len = Buffer.alloc(8);
-      len.writeBigUInt64LE(BigInt(size));
-      h.update(len);
-      const buf = Buffer.allocUnsafe(Math.min(Math.max(size, 1), CHUNK));
-      let got = 0;
-      for (let n; (n = (await fh.read(buf, 0, buf.length, null)).bytesRead) > 0;) {
-        h.update(buf.subarray(0, n));
-        got += n;
-      }
-      if (got !== size) throw Object.assign(new Error(`file '${file}' changed while it was hashed`), { code: 'ECHANGED' });
-    } finally {
-      await fh.close();
-    }
-    if (size % 8) h.update(ZEROS.subarray(0, 8 - (size % 8)));
-  }
-  h.update(CLOSE);
-  return h.digest();
+/** A batch's reply from optimise-thread.cjs. */
+interface BatchReply extends OptimiseStats {
+  id: number;
+  warnings: string[];
+  error?: { message: string; code?: string; path?: string };
 }
 
-function errno(e: unknown): string | undefined {
-  return (e as NodeJS.ErrnoException).code;
+/**
+ * Threads of a whole-store run, this one included (it is bound by the CPU: more threads than cores only
+ * add start-up costs); paths per task sent to a worker; a whole-store run with no more paths than
+ * IN_THREAD_MAX has no workers. This thread gives the event loop a turn every SLICE_MS of its share.
+ */
+const THREADS = Math.max(2, Math.min(availableParallelism(), 4));
+const BATCH = 16;
+const IN_THREAD_MAX = 64;
+const SLICE_MS = 10;
+
+function linksDirOf(realStoreDir: string): string {
+  return realStoreDir + '/.links';
 }
 
-/** The optimiser of one store: its `.links` directory and the inodes already in it. */
+function add(to: OptimiseStats, s: OptimiseStats): void {
+  to.filesLinked += s.filesLinked;
+  to.bytesFreed += s.bytesFreed;
+  to.blocksFreed += s.blocksFreed;
+}
+
+/** Nix's optimisePath for new paths of one store (auto-optimise-store): synchronous, in this thread. */
 export class StoreOptimiser {
-  readonly linksDir: string;
   readonly stats: OptimiseStats = { filesLinked: 0, bytesFreed: 0, blocksFreed: 0 };
   private linksMade = false;
 
   constructor(
     private readonly realStoreDir: string,
     private readonly onWarning: (m: string) => void = () => {},
-  ) {
-    this.linksDir = path.join(realStoreDir, '.links');
-  }
+  ) {}
 
-  /** Nix's loadInodeHash: the inodes of `.links` (files there are already deduplicated). */
-  loadInodes(): Set<number> {
-    const s = new Set<number>();
-    mkdirSync(this.linksDir, { recursive: true, mode: 0o755 });
-    this.linksMade = true;
-    for (const name of readdirSync(this.linksDir)) {
-      try {
-        s.add(lstatSync(path.join(this.linksDir, name)).ino);
-      } catch {
-        /* raced */
-      }
-    }
-    return s;
-  }
-
-  /**
-   * Optimise one path (file or tree) at its real location (Nix's optimisePath_). `inodes`: those known to
-   * be in `.links` (loadInodes() for a whole-store run; empty for one new output, as Nix's optimisePath).
-   * Synchronous (one output of a build: no thread-pool round trips).
-   */
-  async optimisePath(realPath: string, inodes: Set<number> = new Set()): Promise<void> {
+  /** Optimise one path (file or tree) at its real location. Each call starts with no known inodes, as Nix's. */
+  optimisePath(realPath: string): void {
     if (!this.linksMade) {
-      mkdirSync(this.linksDir, { recursive: true, mode: 0o755 });
+      links.loadInodes(linksDirOf(this.realStoreDir)); // makes .links (its inodes are not wanted here)
       this.linksMade = true;
     }
-    const dir = new DirToggle(this.realStoreDir);
+    const opt = new links.Optimiser(this.realStoreDir, new Set(), this.onWarning);
     try {
-      await this.visit(realPath, await fsp.lstat(realPath), inodes, dir);
+      opt.optimisePath(realPath);
     } finally {
-      await dir.restore();
+      add(this.stats, opt.stats);
     }
-  }
-
-  private async visit(p: string, st: Stats, inodes: Set<number>, dirs: DirToggle): Promise<void> {
-    if (st.isDirectory()) {
-      for (const name of await fsp.readdir(p)) {
-        const child = p + '/' + name;
-        let cst: Stats;
-        try {
-          cst = await fsp.lstat(child);
-        } catch (e) {
-          if (errno(e) === 'ENOENT') continue;
-          throw e;
-        }
-        if (inodes.has(cst.ino)) continue; // already linked
-        await this.visit(child, cst, inodes, dirs);
-      }
-      return;
-    }
-    if (!st.isFile() && !st.isSymbolicLink()) return;
-    if (st.isFile() && st.mode & 0o200) {
-      this.onWarning(`skipping suspicious writable file '${p}'`);
-      return;
-    }
-    if (st.nlink > 1 && inodes.has(st.ino)) return;
-    const linkPath = path.join(this.linksDir, toNixBase32(await hashFileNar(p, st)));
-    let lst: Stats | undefined;
-    try {
-      lst = await fsp.lstat(linkPath);
-    } catch (e) {
-      if (errno(e) !== 'ENOENT') throw e;
-    }
-    if (lst && lst.size !== st.size) {
-      this.onWarning(`removing corrupted link '${linkPath}'`);
-      this.onWarning('There may be more corrupted paths.\nYou should run `nix-store --verify --check-contents --repair` to fix them all');
-      try {
-        await fsp.unlink(linkPath);
-      } catch {
-        /* gone */
-      }
-      lst = undefined;
-    }
-    if (!lst) {
-      try {
-        await fsp.link(p, linkPath);
-        inodes.add(st.ino);
-        return;
-      } catch (e) {
-        const code = errno(e);
-        if (code === 'ENOSPC') return; // a full directory index: this file is not deduplicated
-        if (code !== 'EEXIST') throw e; // someone else made it meanwhile: link to theirs
-      }
-      lst = await fsp.lstat(linkPath);
-    }
-    if (lst.ino === st.ino) return;
-    if (await this.replaceWithLink(p, linkPath, dirs)) {
-      this.stats.filesLinked++;
-      this.stats.bytesFreed += st.size;
-      this.stats.blocksFreed += st.blocks;
-    }
-  }
-
-  /** Replace `p` by a hard link to `linkPath`, atomically (a temporary link renamed over it). False on EMLINK. */
-  private async replaceWithLink(p: string, linkPath: string, dirs: DirToggle): Promise<boolean> {
-    await dirs.writable(path.dirname(p));
-    const tmp = path.join(this.realStoreDir, `.tmp-link-${process.pid}-${Math.floor(Math.random() * 2 ** 31)}`);
-    try {
-      await fsp.link(linkPath, tmp);
-    } catch (e) {
-      if (errno(e) === 'EMLINK') return false; // too many links to one file (empty files): leave it
-      throw e;
-    }
-    try {
-      await fsp.rename(tmp, p);
-    } catch (e) {
-      try {
-        await fsp.unlink(tmp);
-      } catch {
-        /* gone */
-      }
-      if (errno(e) === 'EMLINK') return false;
-      throw e;
-    }
-    return true;
   }
 }
 
 /**
- * The directory whose entries are being replaced, made writable once for all of them (Nix toggles it
- * around each file) and made canonical again (0555, mtime 1) when the walk leaves it. Not the store dir.
+ * Nix's optimiseStore over `realPaths` (the real locations of every valid path): paths whose contents are
+ * missing are skipped. This thread and up to THREADS - 1 worker threads take paths from one queue. Stops
+ * when `signal` aborts (what was linked stays linked).
  */
-class DirToggle {
-  private dir: string | undefined;
-  private atime = new Date(0);
-  constructor(private readonly realStoreDir: string) {}
-
-  async writable(dir: string): Promise<void> {
-    if (dir === this.dir || dir === this.realStoreDir) return;
-    await this.restore();
-    const st = await fsp.lstat(dir);
-    await fsp.chmod(dir, (st.mode & 0o7777) | 0o200);
-    this.dir = dir;
-    this.atime = st.atime;
+export async function optimiseStorePaths(realStoreDir: string, realPaths: readonly string[], opts: OptimiseOptions = {}): Promise<OptimiseStats> {
+  const inodes = links.loadInodes(linksDirOf(realStoreDir));
+  const warn = opts.onWarning ?? (() => {});
+  const here = new links.Optimiser(realStoreDir, inodes, warn);
+  const stats: OptimiseStats = { filesLinked: 0, bytesFreed: 0, blocksFreed: 0 };
+  const workers = realPaths.length > IN_THREAD_MAX ? THREADS - 1 : 0;
+  const threads = Array.from({ length: workers }, () => new ThreadTasks<BatchReply>(new URL('./optimise-thread.cjs', import.meta.url)));
+  const firstTask = { realStoreDir, inodes: Float64Array.from(inodes) };
+  const queue = { next: 0, done: 0, last: Date.now(), failure: undefined as unknown };
+  const progress = (n: number) => {
+    queue.done += n;
+    if (Date.now() - queue.last < 100) return;
+    queue.last = Date.now();
+    const all = { ...stats };
+    add(all, here.stats);
+    opts.onProgress?.(queue.done, realPaths.length, all);
+  };
+  const stopped = () => {
+    if (opts.signal?.aborted) queue.failure ??= opts.signal.reason;
+    return queue.failure !== undefined || queue.next >= realPaths.length;
+  };
+  const driveHere = async (): Promise<void> => {
+    for (let slice = Date.now(); !stopped();) {
+      try {
+        here.optimisePath(realPaths[queue.next++]!);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') queue.failure ??= e; // ENOENT: contents missing
+      }
+      progress(1);
+      if (Date.now() - slice >= SLICE_MS) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        slice = Date.now();
+      }
+    }
+  };
+  const drive = async (thread: ThreadTasks<BatchReply>): Promise<void> => {
+    try {
+      for (let first: object = firstTask; !stopped(); first = {}) {
+        const paths = realPaths.slice(queue.next, (queue.next += BATCH));
+        const r = await thread.run({ ...first, paths });
+        add(stats, r);
+        for (const w of r.warnings) warn(w);
+        if (r.error) queue.failure ??= Object.assign(new Error(r.error.message), { code: r.error.code, path: r.error.path });
+        progress(paths.length);
+      }
+    } catch (e) {
+      queue.failure ??= e; // the thread died
+    }
+  };
+  try {
+    await Promise.all([...threads.map(drive), driveHere()]); // the threads first: they start while this one works
+  } finally {
+    await Promise.all(threads.map((t) => t.terminate()));
   }
-
-  async restore(): Promise<void> {
-    if (this.dir === undefined) return;
-    const dir = this.dir;
-    this.dir = undefined;
-    await fsp.chmod(dir, 0o555);
-    await fsp.lutimes(dir, this.atime, STORE_MTIME);
-  }
+  if (queue.failure !== undefined) throw queue.failure;
+  add(stats, here.stats);
+  opts.onProgress?.(realPaths.length, realPaths.length, stats);
+  return stats;
 }

@@ -36,9 +36,18 @@ export class ThreadTasks<Reply extends { id: number }> {
     });
   }
 
+  /** Stop the thread now (pending tasks reject); a later task starts a new one. */
+  async terminate(): Promise<void> {
+    const w = this.#worker;
+    if (!w) return;
+    this.#worker = undefined;
+    await w.terminate();
+  }
+
   #thread(): Worker {
     if (this.#worker) return this.#worker;
-    const w = typeof this.#source === 'string' ? new Worker(this.#source, { eval: true }) : new Worker(this.#source);
+    // No options of this process's (a loader such as tsx's costs each thread ~100 ms and the script needs none).
+    const w = typeof this.#source === 'string' ? new Worker(this.#source, { eval: true, execArgv: [] }) : new Worker(this.#source, { execArgv: [] });
     w.unref();
     w.on('message', (m: Reply) => {
       const p = this.#pending.get(m.id);

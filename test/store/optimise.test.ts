@@ -127,3 +127,114 @@ describe.skipIf(!nixOk())('store optimisation against nix-store --optimise', () 
     expect(runNix('nix-store', ['--store', root, '--verify', '--check-contents']).status).toBe(0);
   });
 });
+
+/**
+ * A store of more paths than one thread takes alone (so worker threads share them out), with identical
+ * files across paths that different threads see, files larger than one read, an executable twin, symlinks,
+ * a writable file and a corrupted `.links` entry: ours and Nix's give the same result and warnings.
+ */
+describe.skipIf(!nixOk())('whole-store optimisation on several threads against nix-store --optimise', () => {
+  let dir: string;
+  let src: string;
+  const PATHS = 150;
+  const corrupted: string[] = [];
+  const twin = (name: string) => {
+    const t = path.join(dir, name);
+    expect(spawnSync('cp', ['-a', src, t]).status).toBe(0);
+    return t;
+  };
+  beforeAll(async () => {
+    dir = tempDir('realise-opt-threads-');
+    dirs.push(dir);
+    src = path.join(dir, 'src');
+    const { hashPath } = await import('../../src/store/nar.js');
+    const { Hash } = await import('../../src/store/hash.js');
+    const { makeStorePath } = await import('../../src/store/store-path.js');
+    const store = await LocalStore.open({ root: src });
+    try {
+      const infos = [];
+      for (let i = 0; i < PATHS; i++) {
+        const p = makeStorePath('output:out', Hash.of('sha256', `opt-threads-${nonce}-${i}`), `p${i}`);
+        const real = store.toRealPath(p);
+        mkdirSync(path.join(real, 'sub'), { recursive: true });
+        const k = i % 7; // paths i and i + 7, i + 14, ... hold the same files
+        writeFileSync(path.join(real, 'a'), `a ${k} ${nonce}\n`.repeat(10 + k));
+        writeFileSync(path.join(real, 'sub', 'b'), `b ${i % 3} ${nonce}\n`);
+        writeFileSync(path.join(real, 'own'), `own ${i} ${nonce}`);
+        writeFileSync(path.join(real, 'writable'), `writable ${k} ${nonce}`); // made writable below: every thread warns
+        writeFileSync(path.join(real, 'empty'), '');
+        symlinkSync(`target ${k}`, path.join(real, 'link'));
+        if (i % 25 === 0) writeFileSync(path.join(real, 'big'), Buffer.alloc(1.5 * 2 ** 20 + i, `big ${i % 2} `)); // three reads, two contents
+        if (i % 2 === 0) chmodSync(path.join(real, 'a'), 0o755);
+        const h = await hashPath(real);
+        infos.push({ path: p, narHash: h.hash, narSize: h.size, references: [] });
+      }
+      await store.registerValidPaths(infos);
+      for (const i of infos) chmodSync(path.join(store.toRealPath(i.path), 'writable'), 0o644);
+      for (const i of infos.slice(0, 3))
+        corrupted.push(nix('nix-hash', ['--type', 'sha256', '--base32', path.join(store.toRealPath(i.path), 'sub', 'b')]).trim());
+    } finally {
+      await store.close();
+    }
+    mkdirSync(path.join(src, 'nix/store/.links'));
+    for (const c of corrupted) writeFileSync(path.join(src, 'nix/store/.links', c), 'not the same size');
+  }, 120_000);
+
+  it('links what Nix links, warns as Nix warns, and leaves nothing for Nix to do', async () => {
+    const N = twin('N');
+    const O = twin('O');
+    const nixOut = nixOptimise(N);
+    const m = /([\d.]+) MiB freed by hard-linking (\d+) files/.exec(nixOut);
+    expect(m, nixOut).not.toBeNull();
+    const warnings: string[] = [];
+    const progress: number[] = [];
+    const store = await LocalStore.open({ root: O });
+    let stats;
+    try {
+      stats = await store.optimiseStore({ onWarning: (w) => warnings.push(w), onProgress: (done) => progress.push(done) });
+    } finally {
+      await store.close();
+    }
+    expect(stats.filesLinked).toBe(Number(m![2]));
+    expect(stats.filesLinked).toBeGreaterThan(PATHS * 3);
+    expect((stats.bytesFreed / (1024 * 1024)).toFixed(2)).toBe(m![1]);
+    // The same warnings (which thread met a corrupted link first varies, not that it is warned about once).
+    const nixWarnings = [...nixOut.matchAll(/^warning: ((skipping suspicious|removing corrupted) .*)$/gm)].map((w) => w[1]!.replaceAll(N, O));
+    const ours = warnings.filter((w) => /^(skipping suspicious|removing corrupted) /.test(w));
+    expect(ours.sort()).toEqual(nixWarnings.sort());
+    expect(ours.filter((w) => w.startsWith('removing corrupted'))).toHaveLength(3);
+    expect(ours.filter((w) => w.startsWith('skipping suspicious'))).toHaveLength(PATHS);
+    expect(progress.at(-1)).toBe(PATHS);
+    expect(progress).toEqual([...progress].sort((a, b) => a - b));
+    expect(readdirSync(path.join(O, 'nix/store/.links')).sort()).toEqual(readdirSync(path.join(N, 'nix/store/.links')).sort());
+    expect(inodeGroups(path.join(O, 'nix/store'))).toEqual(inodeGroups(path.join(N, 'nix/store')));
+    expect(readdirSync(path.join(O, 'nix/store')).filter((n) => n.startsWith('.tmp-link-'))).toEqual([]);
+    expect(runNix('nix-store', ['--store', O, '--verify', '--check-contents']).status).toBe(0);
+    expect(nixOptimise(O)).toMatch(/0\.00 MiB freed by hard-linking 0 files/);
+  });
+
+  it('stops when aborted, with every path intact, and a second run finishes the job', async () => {
+    const O = twin('O2');
+    const N = twin('N2');
+    nixOptimise(N);
+    const ac = new AbortController();
+    let store = await LocalStore.open({ root: O });
+    try {
+      // Every path has a writable file: the first warning comes with the first path (or batch) done.
+      const run = store.optimiseStore({ signal: ac.signal, onWarning: () => ac.abort(new Error('enough')) });
+      await expect(run).rejects.toThrow('enough');
+    } finally {
+      await store.close();
+    }
+    expect(runNix('nix-store', ['--store', O, '--verify', '--check-contents']).status).toBe(0);
+    store = await LocalStore.open({ root: O });
+    try {
+      expect((await store.optimiseStore()).filesLinked).toBeGreaterThan(0);
+    } finally {
+      await store.close();
+    }
+    expect(readdirSync(path.join(O, 'nix/store/.links')).sort()).toEqual(readdirSync(path.join(N, 'nix/store/.links')).sort());
+    expect(inodeGroups(path.join(O, 'nix/store'))).toEqual(inodeGroups(path.join(N, 'nix/store')));
+    expect(nixOptimise(O)).toMatch(/0\.00 MiB freed by hard-linking 0 files/);
+  });
+});

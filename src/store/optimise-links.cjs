@@ -1,0 +1,220 @@
+// Store optimisation as Nix 2.8's optimise-store.cc does it, in synchronous calls (see optimise.ts for
+// what it does and why; this is the part that touches the file system). Plain JavaScript that imports
+// nothing of ours: optimise.ts requires it for one path at a time (auto-optimise-store), and
+// optimise-thread.cjs runs it on worker threads for a whole store (it runs the same from src/ and dist/).
+// Per file: one lstat, open/read/close to hash it, one lstat of its .links entry, then one link to make
+// that entry or, when it is another identical file, one link to a temporary name renamed over the file.
+'use strict';
+const fs = require('node:fs');
+const { createHash, hash } = require('node:crypto');
+
+/** A NAR string: 64-bit little-endian length, the bytes, zeros up to a multiple of 8. */
+function narString(s) {
+  const b = Buffer.from(s);
+  const out = Buffer.alloc(8 + Math.ceil(b.length / 8) * 8);
+  out.writeUInt32LE(b.length, 0);
+  b.copy(out, 8);
+  return out;
+}
+const HEAD = Buffer.concat(['nix-archive-1', '(', 'type'].map(narString));
+const REGULAR = Buffer.concat(['regular', 'contents'].map(narString));
+const EXECUTABLE = Buffer.concat(['regular', 'executable', '', 'contents'].map(narString));
+const SYMLINK = Buffer.concat(['symlink', 'target'].map(narString));
+const CLOSE = narString(')');
+const ZEROS = Buffer.alloc(8);
+const CHUNK = 1 << 20;
+const NIX32 = '0123456789abcdfghijklmnpqrsvwxyz';
+
+/** Nix's base-32 (least significant 5 bits last). */
+function nixBase32(bytes) {
+  let out = '';
+  for (let n = Math.ceil((bytes.length * 8) / 5) - 1; n >= 0; n--) {
+    const b = n * 5;
+    const i = b >> 3;
+    const j = b & 7;
+    out += NIX32[((bytes[i] >> j) | (i + 1 < bytes.length ? bytes[i + 1] << (8 - j) : 0)) & 0x1f];
+  }
+  return out;
+}
+
+// The NAR of a file of up to SMALL bytes is put together here and hashed in one call; a larger file's
+// contents are read in CHUNK pieces into `chunk`.
+const SMALL = 64 * 1024;
+const nar = Buffer.alloc(HEAD.length + EXECUTABLE.length + 8 + SMALL + 8 + CLOSE.length);
+HEAD.copy(nar, 0);
+let chunk;
+
+/** Read exactly `size` bytes of `fd` into `buf` at `off`, or of a larger file to `h` (an ECHANGED error if it is shorter). */
+function readContents(fd, file, size, buf, off, h) {
+  for (let got = 0; got < size;) {
+    const n = fs.readSync(fd, buf, off, Math.min(size - got, buf.length - off), null);
+    if (n === 0) throw Object.assign(new Error(`file '${file}' changed while it was hashed`), { code: 'ECHANGED', path: file });
+    if (h) h.update(buf.subarray(off, off + n));
+    else off += n;
+    got += n;
+  }
+}
+
+/** SHA-256 of the NAR of a regular file or symlink (Nix's hashPath), with the size and mode lstat gave. */
+function hashFileNar(file, st) {
+  if (st.isSymbolicLink()) {
+    const target = narString(fs.readlinkSync(file, { encoding: 'buffer' }));
+    return createHash('sha256').update(HEAD).update(SYMLINK).update(target).update(CLOSE).digest();
+  }
+  const size = st.size;
+  let off = HEAD.length + (st.mode & 0o100 ? EXECUTABLE : REGULAR).copy(nar, HEAD.length);
+  nar.writeUInt32LE(size % 2 ** 32, off);
+  nar.writeUInt32LE(Math.floor(size / 2 ** 32), off + 4);
+  off += 8;
+  const h = size > SMALL ? createHash('sha256').update(nar.subarray(0, off)) : undefined;
+  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  try {
+    if (h) readContents(fd, file, size, (chunk ??= Buffer.allocUnsafe(CHUNK)), 0, h);
+    else readContents(fd, file, size, nar, off, undefined);
+  } finally {
+    fs.closeSync(fd);
+  }
+  const pad = (8 - (size % 8)) % 8;
+  if (h) return h.update(ZEROS.subarray(0, pad)).update(CLOSE).digest();
+  off += size;
+  nar.fill(0, off, off + pad);
+  off += pad;
+  off += CLOSE.copy(nar, off);
+  return hash('sha256', nar.subarray(0, off), 'buffer');
+}
+
+/** Nix's loadInodeHash: the inodes of `.links` (made if missing); files with these are already deduplicated. */
+function loadInodes(linksDir) {
+  fs.mkdirSync(linksDir, { recursive: true, mode: 0o755 });
+  const s = new Set();
+  for (const name of fs.readdirSync(linksDir)) {
+    const st = fs.lstatSync(linksDir + '/' + name, { throwIfNoEntry: false });
+    if (st) s.add(st.ino);
+  }
+  return s;
+}
+
+/**
+ * The optimiser of one store for one thread: `inodes` (those known to be in `.links`; added to as files
+ * are linked there), `stats` (Nix's OptimiseStats, added to), `warn(message)`.
+ */
+class Optimiser {
+  constructor(realStoreDir, inodes, warn) {
+    this.realStoreDir = realStoreDir;
+    this.linksDir = realStoreDir + '/.links';
+    this.inodes = inodes;
+    this.warn = warn;
+    this.stats = { filesLinked: 0, bytesFreed: 0, blocksFreed: 0 };
+    // The directory made writable for its entries to be replaced, with its atime (seconds).
+    this.openDir = undefined;
+    this.openDirAtime = 0;
+  }
+
+  /** Optimise one store path (file or tree) at its real location (Nix's optimisePath_). */
+  optimisePath(realPath) {
+    try {
+      this.visit(realPath, fs.lstatSync(realPath));
+    } finally {
+      this.restoreDir();
+    }
+  }
+
+  visit(p, st) {
+    if (st.isDirectory()) {
+      for (const name of fs.readdirSync(p)) {
+        const child = p + '/' + name;
+        const cst = fs.lstatSync(child, { throwIfNoEntry: false });
+        if (cst && !this.inodes.has(cst.ino)) this.visit(child, cst);
+      }
+      return;
+    }
+    if (!st.isFile() && !st.isSymbolicLink()) return;
+    if (st.isFile() && st.mode & 0o200) {
+      this.warn(`skipping suspicious writable file '${p}'`);
+      return;
+    }
+    if (st.nlink > 1 && this.inodes.has(st.ino)) return; // already linked
+    const linkPath = this.linksDir + '/' + nixBase32(hashFileNar(p, st));
+    if (this.linkInto(p, st, linkPath) && this.replaceWithLink(p, linkPath)) {
+      this.stats.filesLinked++;
+      this.stats.bytesFreed += st.size;
+      this.stats.blocksFreed += st.blocks;
+    }
+  }
+
+  /** Make `linkPath` a link to `p` if there is none; true when it is another file that `p` should become. */
+  linkInto(p, st, linkPath) {
+    for (;;) {
+      const lst = fs.lstatSync(linkPath, { throwIfNoEntry: false });
+      if (!lst) {
+        try {
+          fs.linkSync(p, linkPath);
+          this.inodes.add(st.ino);
+          return false;
+        } catch (e) {
+          if (e.code === 'ENOSPC') return false; // a full directory index: this file is not deduplicated
+          if (e.code !== 'EEXIST') throw e;
+          continue; // made meanwhile by another process: look at it
+        }
+      }
+      if (lst.ino === st.ino) return false;
+      if (lst.size === st.size) return true;
+      this.warn(`removing corrupted link '${linkPath}'`);
+      this.warn('There may be more corrupted paths.\nYou should run `nix-store --verify --check-contents --repair` to fix them all');
+      try {
+        fs.unlinkSync(linkPath);
+      } catch {
+        /* gone */
+      }
+    }
+  }
+
+  /** Replace `p` by a hard link to `linkPath`, atomically (a temporary link renamed over it). False on EMLINK. */
+  replaceWithLink(p, linkPath) {
+    this.writableDir(p.slice(0, p.lastIndexOf('/')));
+    let tmp;
+    for (;;) {
+      tmp = `${this.realStoreDir}/.tmp-link-${process.pid}-${Math.floor(Math.random() * 2 ** 31)}`;
+      try {
+        fs.linkSync(linkPath, tmp);
+        break;
+      } catch (e) {
+        if (e.code === 'EMLINK') return false; // too many links to one file (empty files): leave it
+        if (e.code !== 'EEXIST') throw e;
+      }
+    }
+    try {
+      fs.renameSync(tmp, p);
+    } catch (e) {
+      try {
+        fs.unlinkSync(tmp);
+      } catch {
+        /* gone */
+      }
+      if (e.code === 'EMLINK') return false;
+      throw e;
+    }
+    return true;
+  }
+
+  /** Make `dir` writable for its entries to be replaced (not the store dir): once for all of them. */
+  writableDir(dir) {
+    if (dir === this.openDir || dir === this.realStoreDir) return;
+    this.restoreDir();
+    const st = fs.lstatSync(dir);
+    fs.chmodSync(dir, (st.mode & 0o7777) | 0o200);
+    this.openDir = dir;
+    this.openDirAtime = st.atimeMs / 1000;
+  }
+
+  /** Make the writable directory canonical again (0555, mtime 1), as Nix's MakeReadOnly does. */
+  restoreDir() {
+    const dir = this.openDir;
+    if (dir === undefined) return;
+    this.openDir = undefined;
+    fs.chmodSync(dir, 0o555);
+    fs.lutimesSync(dir, this.openDirAtime, 1);
+  }
+}
+
+module.exports = { Optimiser, loadInodes, hashFileNar, nixBase32 };
