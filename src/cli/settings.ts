@@ -4,7 +4,7 @@
  * knows but the engine does not use, and those other commands read, are accepted silently, as Nix does.
  */
 import { cpus } from 'node:os';
-import { defaultSystemFeatures, type BuildEngineOptions, type Store } from '../index.js';
+import { DaemonStore, defaultSystemFeatures, type BuildEngineOptions, type Store } from '../index.js';
 import { parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
 
 /** The engine's options, and the binary caches to make substituters of (none with `substitute = false`). */
@@ -138,6 +138,8 @@ export function engineSettings(args: CliArgs, store: Store, warn: (message: stri
       () => parseBool('require-sigs', o.get('require-sigs')!),
       (v) => (requireSigs = v),
     );
+  // A daemon store substitutes from the daemon's own caches, unless told not to (Nix's client sends `substitute`).
+  if (store instanceof DaemonStore) store.setWorkerOptions({ useSubstitutes: substitute });
   const appended = new Map<keyof BuildEngineOptions, string[]>();
   for (const [name, value] of o) {
     const checked = checkedSetting(name, value, opts);

@@ -23,7 +23,10 @@ export interface DaemonStoreOptions {
   readonly socketPath?: string;
   /** The daemon's logical store directory. @default $NIX_STORE_DIR, else /nix/store */
   readonly storeDir?: string;
-  /** Client settings sent to the daemon on each connection (Nix's SetOptions); an untrusted user's restricted ones are ignored. */
+  /**
+   * Client settings sent to the daemon on each connection (Nix's SetOptions); an untrusted user's restricted
+   * ones are ignored. `useSubstitutes` defaults to true here, as Nix's client sends its `substitute`.
+   */
   readonly workerOptions?: WorkerOptions;
 }
 
@@ -38,7 +41,10 @@ export class DaemonStore implements Store {
   /** The daemon's paths are not ours to read from disk: the real directory is the logical one. */
   readonly realStoreDir: string;
   readonly socketPath: string;
-  private readonly workerOptions: WorkerOptions;
+  private workerOptions: WorkerOptions;
+  /** Bumped by setWorkerOptions; each connection's SetOptions is of the version it holds. */
+  private optionsVersion = 0;
+  private readonly connOptionsVersion = new WeakMap<WorkerConnection, number>();
   private readonly idle: WorkerConnection[] = [];
   private readonly all = new Set<WorkerConnection>();
   private closed = false;
@@ -49,7 +55,18 @@ export class DaemonStore implements Store {
     this.socketPath = opts.socketPath ?? (process.env.NIX_DAEMON_SOCKET_PATH || DEFAULT_DAEMON_SOCKET);
     this.storeDir = opts.storeDir ?? (process.env.NIX_STORE_DIR || DEFAULT_STORE_DIR);
     this.realStoreDir = this.storeDir;
-    this.workerOptions = opts.workerOptions ?? {};
+    this.workerOptions = { useSubstitutes: true, ...opts.workerOptions };
+  }
+
+  /**
+   * Change client settings (those given replace the current ones): each connection sends the daemon the new
+   * settings before its next operation (a BuildEngine over this store sends the options it was given).
+   */
+  setWorkerOptions(o: WorkerOptions): void {
+    const next = { ...this.workerOptions, ...o };
+    if (Object.entries(next).every(([k, v]) => this.workerOptions[k as keyof WorkerOptions] === v)) return;
+    this.workerOptions = next;
+    this.optionsVersion++;
   }
 
   /** Connect to the daemon (one handshake, so a missing or refusing daemon is an error here). */
@@ -105,6 +122,7 @@ export class DaemonStore implements Store {
         hint: "the daemon refuses users that 'allowed-users' in its nix.conf does not name; its log says why",
       });
     }
+    this.connOptionsVersion.set(c, this.optionsVersion);
     this.all.add(c);
     void transport.closed.then(() => {
       this.all.delete(c);
@@ -119,6 +137,11 @@ export class DaemonStore implements Store {
     while ((c = this.idle.pop()) && !c.usable);
     c ??= await this.connect();
     try {
+      const version = this.optionsVersion;
+      if (this.connOptionsVersion.get(c) !== version) {
+        await c.setOptions(this.workerOptions);
+        this.connOptionsVersion.set(c, version);
+      }
       return await fn(c);
     } finally {
       if (c.usable && !this.closed) this.idle.push(c);

@@ -103,6 +103,8 @@ export interface WorkerOptions {
   readonly keepFailed?: boolean;
   /** @default false */
   readonly keepGoing?: boolean;
+  /** Build when substituting fails (Nix's `fallback`). @default false */
+  readonly tryFallback?: boolean;
   /** Nix verbosity 0 (error) … 7 (vomit) for messages. @default 3 (info) */
   readonly verbosity?: number;
   /** @default 1 */
@@ -220,7 +222,7 @@ export class WorkerConnection extends ProtocolConnection {
     w.u64(WorkerOp.SetOptions)
       .u64(o.keepFailed ?? false)
       .u64(o.keepGoing ?? false)
-      .u64(false) // tryFallback
+      .u64(o.tryFallback ?? false)
       .u64(o.verbosity ?? 3)
       .u64(o.maxBuildJobs ?? 1)
       .u64(o.maxSilentTime ?? 0)

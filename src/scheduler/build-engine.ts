@@ -26,7 +26,8 @@ import { Worker, type BuildMode } from './worker.js';
 import { queryMissing, type MissingInfo } from './query-missing.js';
 import { probeLinuxSandbox, type LinuxSandboxChoice } from './sandbox-factory.js';
 import { DaemonStore } from '../remote/daemon-store.js';
-import { buildThroughDaemon, queryMissingThroughDaemon } from './daemon-build.js';
+import { buildThroughDaemon, daemonSettingsOf, queryMissingThroughDaemon } from './daemon-build.js';
+import type { WorkerOptions } from '../remote/worker-protocol.js';
 import { BuiltinBuilders, isBuiltinBuilder } from '../builtins/builtin-builders.js';
 import { SandboxError } from '../platform/sandbox-errors.js';
 
@@ -61,10 +62,13 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   private readonly ownsStore: boolean;
   /** Builders made from a `builders` string option: the engine's to close. */
   private readonly ownsBuilders: boolean;
+  /** The options given that a daemon store gets as client settings. */
+  private readonly daemonSettings: WorkerOptions;
 
   constructor(options: BuildEngineOptions = {}) {
     super();
     this.options = resolveOptions(options, true);
+    this.daemonSettings = daemonSettingsOf(options);
     this.noSandbox = new NoSandbox({ filterSyscalls: this.options.filterSyscalls });
     this.ownsStore = !options.store;
     this.ownsBuilders = typeof options.builders === 'string';
@@ -341,7 +345,8 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const mode = opts.mode ?? 'normal';
     const store = await this.storePromise;
     // A store over the Nix daemon builds itself: the daemon realises the targets, its log becomes our events.
-    if (store instanceof DaemonStore)
+    if (store instanceof DaemonStore) {
+      store.setWorkerOptions(this.daemonSettings);
       return {
         results: await buildThroughDaemon(store, targets.map(parseTarget), {
           mode,
@@ -350,6 +355,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
           progress: this.progressTracker,
         }),
       };
+    }
     const ctx = await this.context();
     const w = new Worker(ctx, mode, opts.signal);
     const parsed = targets.map(parseTarget);
@@ -450,7 +456,10 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   /** What would be built, substituted or is unknown, with download and NAR sizes, before anything runs. */
   async queryMissing(targets: readonly (BuildTarget | string)[]): Promise<MissingInfo> {
     const store = await this.storePromise;
-    if (store instanceof DaemonStore) return queryMissingThroughDaemon(store, targets.map(parseTarget));
+    if (store instanceof DaemonStore) {
+      store.setWorkerOptions(this.daemonSettings);
+      return queryMissingThroughDaemon(store, targets.map(parseTarget));
+    }
     const ctx = await this.context();
     return queryMissing(ctx, targets.map(parseTarget));
   }

@@ -6,14 +6,31 @@
  * client prints them) and its progress counters into the engine's.
  */
 import type { DaemonStore } from '../remote/daemon-store.js';
-import { ActivityType, buildLogLine, ResultType, type RemoteLogEvent } from '../remote/worker-protocol.js';
+import { ActivityType, buildLogLine, ResultType, type RemoteLogEvent, type WorkerOptions } from '../remote/worker-protocol.js';
 import { stripAnsi, type WireBuildResult } from '../remote/protocol-common.js';
 import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
 import type { ProgressTracker } from './events.js';
+import type { BuildEngineOptions } from './options.js';
 import type { MissingInfo } from './query-missing.js';
 import { failure, isSuccess, type BuildResult, type BuildStatus, type BuildTarget, type TargetResult } from './results.js';
 import type { BuildMode } from './worker.js';
+
+/**
+ * The options a BuildEngine was given that Nix's client sends the daemon as its settings (SetOptions):
+ * keep-going, keep-failed, fallback, max-jobs, max-silent-time, cores. Those not given stay the store's.
+ */
+export function daemonSettingsOf(o: BuildEngineOptions): WorkerOptions {
+  const settings: Record<string, number | boolean | undefined> = {
+    keepGoing: o.keepGoing,
+    keepFailed: o.keepFailed,
+    tryFallback: o.fallback,
+    maxBuildJobs: o.maxJobs,
+    maxSilentTime: o.maxSilentTime,
+    buildCores: o.cores,
+  };
+  return Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
+}
 
 /** `DRV!out1,out2` (all outputs: every name the daemon knows for the derivation), or the path itself. */
 async function wireTarget(store: DaemonStore, t: BuildTarget): Promise<string> {

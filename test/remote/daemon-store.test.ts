@@ -36,6 +36,7 @@ in rec {
   slowdep = mk "daemon-slowdep" "sleep 60; echo > $out";
   faildep = mk "daemon-faildep" "exit 5";
   top3 = mkWith "daemon-top3" [ slowdep faildep ] "echo top3 > $out";
+  subst = mk "daemon-subst" "echo subst > $out";
   ok = mk "daemon-ok" "echo hello-from-the-daemon; echo ok > $out";
   fail = mk "daemon-fail" "echo about-to-fail; exit 3";
   cli = mk "daemon-cli" "echo cli-line; echo cli > $out";
@@ -78,7 +79,7 @@ describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix
     chmodSync(dir, 0o755);
     root = path.join(dir, 'root');
     socket = path.join(dir, 'socket');
-    for (const attr of ['ok', 'fail', 'cli', 'env', 'unix', 'slow', 'dep1', 'dep2', 'top', 'dep3', 'baddep', 'top2', 'slowdep', 'faildep', 'top3']) {
+    for (const attr of ['ok', 'fail', 'cli', 'env', 'unix', 'slow', 'dep1', 'dep2', 'top', 'dep3', 'baddep', 'top2', 'slowdep', 'faildep', 'top3', 'subst']) {
       const file = path.join(dir, 'e.nix');
       if (!existsSync(file)) writeFileSync(file, EXPR.replace('MARK', MARK));
       drvs[attr] = nix('nix-instantiate', ['--store', root, file, '-A', attr]);
@@ -180,9 +181,10 @@ describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix
     await engine2.close();
     await kg.close();
 
-    // Without keep-going, two at once: the failing input stops the other one, which is 'stopped'.
-    const two = await DaemonStore.open({ socketPath: socket, workerOptions: { maxBuildJobs: 2 } });
-    const engine3 = new BuildEngine({ store: two });
+    // Without keep-going, two at once (the engine's max-jobs, sent to the daemon): the failing input stops
+    // the other one, which is 'stopped'.
+    const two = await DaemonStore.open({ socketPath: socket });
+    const engine3 = new BuildEngine({ store: two, maxJobs: 2 });
     const events3 = record(engine3);
     const [s3] = await engine3.buildPathsWithResults([drvs.top3!]);
     expect(s3!.result.status).toBe('dependency-failed');
@@ -190,6 +192,36 @@ describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix
     expect(engine3.progress().builds).toMatchObject({ done: 0, running: 0, failed: 1 });
     await engine3.close();
     await two.close();
+  });
+
+  it("substitutes from the daemon's caches (as Nix's client, it asks for substitution); the copy is in the progress", async () => {
+    // The output, built by Nix in another store, in a file:// cache the daemon (a second one) substitutes from.
+    const other = path.join(dir, 'other');
+    const file = path.join(dir, 'e.nix');
+    const out = nix('nix-store', ['--store', other, '--realise', nix('nix-instantiate', ['--store', other, file, '-A', 'subst'])], {
+      env: { NIX_CONFIG: CONF },
+    });
+    nix('nix', ['copy', '--store', other, '--to', `file://${dir}/cache`, out], { env: { NIX_CONFIG: CONF } });
+    const root2 = path.join(dir, 'root2');
+    const socket2 = path.join(dir, 'socket2');
+    expect(nix('nix-instantiate', ['--store', root2, file, '-A', 'subst'])).toBe(drvs.subst);
+    const d = await startDaemon(root2, socket2, `${CONF}substituters = file://${dir}/cache\nrequire-sigs = false\n`);
+    const s2 = await DaemonStore.open({ socketPath: socket2 });
+    try {
+      const engine = new BuildEngine({ store: s2 });
+      const events: string[] = [];
+      engine.on('substitution-finished', (e) => events.push(`substituted ${e.path} ${e.ok}`));
+      engine.on('build-started', (e) => events.push(`started ${e.drvPath}`));
+      expect((await engine.queryMissing([drvs.subst!])).willSubstitute).toEqual([out]);
+      const [r] = await engine.buildPaths([drvs.subst!]);
+      expect(r!.result.status, r!.result.errorMsg).toBe('substituted');
+      expect(events).toEqual([`substituted ${out} true`]);
+      expect(engine.progress().substitutions).toEqual({ expected: 1, done: 1, running: 0, failed: 0 });
+      await engine.close();
+    } finally {
+      await s2.close();
+      d.kill('SIGTERM');
+    }
   });
 
   it('a missing daemon socket is a typed error naming it', async () => {
