@@ -37,6 +37,9 @@ in rec {
   faildep = mk "daemon-faildep" "exit 5";
   top3 = mkWith "daemon-top3" [ slowdep faildep ] "echo top3 > $out";
   subst = mk "daemon-subst" "echo subst > $out";
+  clia = mk "daemon-clia" "echo clia > $out";
+  clib = mk "daemon-clib" "echo clib > $out";
+  clitop = mkWith "daemon-clitop" [ clia clib ] "echo clitop > $out";
   ok = mk "daemon-ok" "echo hello-from-the-daemon; echo ok > $out";
   fail = mk "daemon-fail" "echo about-to-fail; exit 3";
   cli = mk "daemon-cli" "echo cli-line; echo cli > $out";
@@ -79,7 +82,27 @@ describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix
     chmodSync(dir, 0o755);
     root = path.join(dir, 'root');
     socket = path.join(dir, 'socket');
-    for (const attr of ['ok', 'fail', 'cli', 'env', 'unix', 'slow', 'dep1', 'dep2', 'top', 'dep3', 'baddep', 'top2', 'slowdep', 'faildep', 'top3', 'subst']) {
+    for (const attr of [
+      'ok',
+      'fail',
+      'cli',
+      'env',
+      'unix',
+      'slow',
+      'dep1',
+      'dep2',
+      'top',
+      'dep3',
+      'baddep',
+      'top2',
+      'slowdep',
+      'faildep',
+      'top3',
+      'subst',
+      'clia',
+      'clib',
+      'clitop',
+    ]) {
       const file = path.join(dir, 'e.nix');
       if (!existsSync(file)) writeFileSync(file, EXPR.replace('MARK', MARK));
       drvs[attr] = nix('nix-instantiate', ['--store', root, file, '-A', attr]);
@@ -192,6 +215,16 @@ describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix
     expect(engine3.progress().builds).toMatchObject({ done: 0, running: 0, failed: 1 });
     await engine3.close();
     await two.close();
+
+    // The CLI shows the daemon's builds as Nix's client does: "building '…'" for the inputs too.
+    const cli = spawnSync(process.execPath, [BIN, 'build', '--store', 'daemon', drvs.clitop!], {
+      env: nixEnv({ NIX_DAEMON_SOCKET_PATH: socket }),
+      encoding: 'utf8',
+    });
+    expect(cli.status, cli.stderr).toBe(0);
+    const building = cli.stderr.split('\n').filter((l) => l.startsWith('building '));
+    expect([...building.slice(0, 2)].sort()).toEqual([`building '${drvs.clia}'...`, `building '${drvs.clib}'...`].sort());
+    expect(building.slice(2)).toEqual([`building '${drvs.clitop}'...`]);
   });
 
   it("substitutes from the daemon's caches (as Nix's client, it asks for substitution); the copy is in the progress", async () => {
