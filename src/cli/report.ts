@@ -202,7 +202,8 @@ export interface FailureSummary {
 /**
  * The end of Nix's Store::buildPaths for failed top-level targets. Each derivation target with its own
  * error contributes it (the first one last); targets that were only stopped or are opaque paths have
- * none. One failed target with an error: that error. Otherwise: "build of '…', '…' failed".
+ * none. One failed target with an error: that error. Otherwise: "build of '…', '…' failed". A failure that
+ * ended the call (FailureDetails.endedCall) is all there is.
  * `allFailed` are every failed goal's results (dependencies too): the exit status comes from them.
  */
 export function summariseFailures(results: readonly TargetResult[], allFailed: readonly BuildResult[], showTail: boolean): FailureSummary | undefined {
@@ -210,6 +211,13 @@ export function summariseFailures(results: readonly TargetResult[], allFailed: r
   for (const r of results) if (!tops.has(r.path) || !isSuccess(r.result.status)) tops.set(r.path, r);
   const failedTops = [...tops.values()].filter((r) => !isSuccess(r.result.status)).sort((a, b) => byString(targetKey(a), targetKey(b)));
   if (failedTops.length === 0) return undefined;
+  // A failure that ended the call (Nix's Error thrown out of its worker) is all Nix prints, exit status 1:
+  // once at the end when a target failed so; a dependency's was printed when it happened.
+  if (allFailed.some((r) => r.failure?.endedCall)) {
+    const own = failedTops.find((r) => r.result.failure?.endedCall);
+    const lines = own ? failureLines(own, showTail) : undefined;
+    return { notes: lines?.note ? [lines.note] : [], messages: lines ? [lines.message] : [], exitStatus: 1 };
+  }
   const messages: string[] = [];
   const notes: string[] = [];
   let first: string | undefined;

@@ -700,10 +700,10 @@ class LocalRound {
         await cleanupScratch(w, this.outs.scratch);
         throw e;
       }
-      if (e.endsCall) w.stop('failure', drvPath);
+      if (e.endsCall) w.stop('failure', drvPath, true);
       return this.fail(
         e.status,
-        { message: e.message },
+        { message: e.message, ...(e.endsCall ? { endedCall: true } : {}) },
         { hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' },
         e.outputsStay ? new Set(this.outs.scratch.values()) : undefined,
       );

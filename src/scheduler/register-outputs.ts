@@ -9,6 +9,7 @@
 import { lstatSync, promises as fsp, readFileSync } from 'node:fs';
 import { canonicaliseFileSync, canonicalisePathMetaData, canonicalXattrOps, deleteTree, movePathSync } from '../store/canonicalise.js';
 import '../platform/native-xattrs.js'; // the native operations that remove extended attributes
+import { strerror } from '../platform/spawn-merged.js';
 import { Hash, HashModulo } from '../store/hash.js';
 import { collect, dumpPath, hashPath, narOfRegularFile, restorePath, streamOf } from '../store/nar.js';
 import { scanBufferForReferences, scanForReferences } from '../store/references.js';
@@ -164,8 +165,23 @@ async function canonicaliseOutput(real: string, shown: string, ignoredAcls: read
     if (e instanceof UnsupportedFileTypeError && e.file.startsWith(real)) {
       throw new OutputRejected('output-rejected', `file '${shown}${e.file.slice(real.length)}' has an unsupported type`);
     }
+    const sys = canonicaliseSysError(e as NodeJS.ErrnoException, real, shown);
+    // Nix's SysError is no BuildError: it ends the call, even with keepGoing (exit 1).
+    if (sys !== undefined) throw new OutputRejected('misc-failure', sys, false, false, true);
     throw new OutputRejected('output-rejected', (e as Error).message);
   }
+}
+
+/**
+ * A system call of canonicalisePathMetaData that failed inside the output (a directory the builder left
+ * without permissions, as an ordinary user: Nix's canonicalisation makes it 0444 before reading it), in
+ * Nix's SysError words naming the file where Nix finds it; undefined for other errors.
+ */
+function canonicaliseSysError(e: NodeJS.ErrnoException, real: string, shown: string): string | undefined {
+  const what = e.syscall === 'lstat' ? 'getting status of' : e.syscall === 'scandir' ? 'opening directory' : undefined;
+  const text = strerror(e);
+  if (what === undefined || text === undefined || e.path === undefined || !(e.path === real || e.path.startsWith(`${real}/`))) return undefined;
+  return `${what} '${shown}${e.path.slice(real.length)}': ${text}`;
 }
 
 /** Order: outputs sorted topologically by their references to each other; a cycle ends the call. */

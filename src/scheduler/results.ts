@@ -31,6 +31,11 @@ export interface FailureDetails {
   readonly keptBuildDir?: string | undefined;
   /** What the user can do next (the API's hint; Nix has none, so the CLI leaves it out). */
   readonly hint?: string | undefined;
+  /**
+   * This failure ended the whole call, even with keepGoing, as Nix's plain Error thrown out of its worker
+   * (a cycle between outputs, a system call failing on an output): the call's other goals were stopped.
+   */
+  readonly endedCall?: boolean | undefined;
 }
 
 export interface BuildResult {

@@ -131,9 +131,20 @@ export class Worker {
     return this.controller.signal;
   }
 
-  /** Stop the call; `cause`: the derivation whose failure stops it (reported first). */
-  stop(why: 'failure' | 'signal', cause?: StorePath): void {
+  /**
+   * Set when a failure ended the call as Nix's plain Error thrown out of its worker (an output cycle, a
+   * system call failing on an output): no other goal finishes after it, its dependents are stopped, not
+   * failed ("N dependencies … failed to build" is never said).
+   */
+  private endedByError = false;
+
+  /**
+   * Stop the call; `cause`: the derivation whose failure stops it (reported first); `endsCall`: that
+   * failure is one Nix throws out of its worker (see endedByError).
+   */
+  stop(why: 'failure' | 'signal', cause?: StorePath, endsCall = false): void {
     if (this.controller.signal.aborted) return;
+    this.endedByError = endsCall;
     this.stoppedBy = why;
     this.stopCause = cause;
     this.controller.abort(new GoalStopped());
@@ -344,8 +355,9 @@ export class Worker {
   inputsDone(iw: InputWait): void {
     const e = iw.goal;
     e.activity?.resume();
-    if (iw.failed > 0) this.finish(e, failure('dependency-failed', `${iw.failed} dependencies of derivation '${e.drvPath}' failed to build`));
-    else if (iw.stopped > 0) this.finish(e, stoppedResult(`build of '${e.drvPath}'`));
+    if (iw.failed > 0 && !this.endedByError)
+      this.finish(e, failure('dependency-failed', `${iw.failed} dependencies of derivation '${e.drvPath}' failed to build`));
+    else if (iw.stopped > 0 || iw.failed > 0) this.finish(e, stoppedResult(`build of '${e.drvPath}'`));
     else this.step(e, iw.wanted, afterInputs(this, e.drvPath, iw.wanted, e.mode, iw.waiting));
   }
 

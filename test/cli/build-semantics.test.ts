@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { filterLogMessage } from '../../src/cli/report.js';
 import { LogCollector } from '../../src/scheduler/log-collector.js';
-import { nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { AS_ROOT, nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
 import { realiseInProcess } from '../helpers/cli.js';
 
 const SANDBOX = '/bin/sh=/bin/busybox /bin/busybox';
@@ -90,6 +90,8 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
       'ergSaNum',
       'ergSaSub',
       'ergBadNameTop',
+      'cycleTop',
+      'noPermsTop',
     ]) {
       drvs[a] = nix('nix-instantiate', ['--store', R1, file, '-A', a]);
       expect(nix('nix-instantiate', ['--store', R2, file, '-A', a])).toBe(drvs[a]);
@@ -248,5 +250,24 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
       const key = (s: string) => s.split('\n').filter((l) => /^(building|error)/.test(l));
       expect(key(o.stderr.toString())).toEqual(key(n.stderr));
     }
+  });
+
+  const endsCall = async (args: string[]) => {
+    const n = nixRealise(args);
+    const o = await ours(args);
+    expect([o.status, n.status]).toEqual([1, 1]);
+    const key = (s: string) => s.split('\n').filter((l) => /^(building|error)/.test(l));
+    expect(key(o.stderr.toString().split(R2).join('ROOT'))).toEqual(key(n.stderr.split(R1).join('ROOT')));
+    return n.stderr;
+  };
+
+  it('a cycle between outputs ends the call, also with -k: its dependent is neither built nor reported, as Nix', async () => {
+    for (const k of [[], ['-k']]) expect(await endsCall([...k, drvs.cycleTop!])).toContain('error: cycle detected in build of');
+  });
+
+  it.skipIf(AS_ROOT)("(ordinary user) an output directory without permissions: Nix's SysError, naming it in the chroot, ends the call", async () => {
+    expect(await endsCall(['-k', drvs.noPermsTop!])).toMatch(
+      /error: getting status of 'ROOT\/nix\/store\/[^']*\.drv\.chroot\/nix\/store\/[^']*-sem-no-perms\/a\/f': Permission denied/,
+    );
   });
 });
