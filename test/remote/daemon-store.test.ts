@@ -249,7 +249,11 @@ describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix
       const [r] = await engine.buildPaths([drvs.subst!]);
       expect(r!.result.status, r!.result.errorMsg).toBe('substituted');
       expect(events).toEqual([`substituted ${out} true`]);
-      expect(engine.progress().substitutions).toEqual({ expected: 1, done: 1, running: 0, failed: 0 });
+      const p = engine.progress();
+      expect(p.substitutions).toEqual({ expected: 1, done: 1, running: 0, failed: 0 });
+      // The bytes the daemon's Realise activity expects: the NAR it unpacks (and the file it downloads).
+      expect(p.nar.expected).toBe((await s2.queryPathInfo(out))!.narSize);
+      expect(p.download.expected).toBeGreaterThan(0);
       await engine.close();
     } finally {
       await s2.close();
