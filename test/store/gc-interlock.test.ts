@@ -176,26 +176,30 @@ describe.skipIf(!nixOk())('the GC lock and gc-socket between our collector and N
 });
 
 describe.skipIf(!nixOk() || !busyboxOk())('a collection racing builds', () => {
-  it("our collector and Nix's, running over and over while our engine builds a DAG, lose nothing", async () => {
+  it("our collector and Nix's, running over and over while our engine and Nix build DAGs, lose nothing", async () => {
     const { dir, root } = fresh('realise-gc-race-');
-    const file = path.join(dir, 'e.nix');
-    // 4 layers of 4 derivations, each layer reading every output of the one below.
-    const layers: string[][] = [];
-    let expr = 'let\n';
-    for (let l = 0; l < 4; l++) {
-      layers.push([]);
-      for (let i = 0; i < 4; i++) {
-        const name = `l${l}n${i}`;
-        const deps = l === 0 ? '' : layers[l - 1]!.map((d) => `/bin/busybox cat \${${d}} >> $out;`).join(' ');
-        expr += `  ${name} = ${busyboxExpr(`echo ${name} > $out; ${deps}`, name)};\n`;
-        layers[l]!.push(name);
+    // `n` layers of `n` derivations, each layer reading every output of the one below; returns the top
+    // layer's .drv files, rooted (as nix-instantiate --add-root does): the outputs are held only by the
+    // temporary roots of whoever builds them.
+    const dag = (prefix: string, n: number): string[] => {
+      const file = path.join(dir, `${prefix}.nix`);
+      const layers: string[][] = [];
+      let expr = 'let\n';
+      for (let l = 0; l < n; l++) {
+        layers.push([]);
+        for (let i = 0; i < n; i++) {
+          const name = `${prefix}l${l}n${i}`;
+          const deps = l === 0 ? '' : layers[l - 1]!.map((d) => `/bin/busybox cat \${${d}} >> $out;`).join(' ');
+          expr += `  ${name} = ${busyboxExpr(`echo ${name} > $out; ${deps}`, name)};\n`;
+          layers[l]!.push(name);
+        }
       }
-    }
-    expr += `in { inherit ${layers.flat().join(' ')}; }`;
-    writeFileSync(file, expr);
-    // The .drv files are rooted (as nix-instantiate --add-root does); the outputs only by the build's temporary roots.
-    const tops = layers[3]!.map((a) => nix('nix-instantiate', ['--store', root, file, '-A', a, '--add-root', path.join(dir, `drv-${a}`)]));
-    for (const t of tops) expect(t.startsWith(dir)).toBe(true);
+      writeFileSync(file, expr + `in { inherit ${layers.flat().join(' ')}; }`);
+      return layers[n - 1]!.map((a) => nix('nix-instantiate', ['--store', root, file, '-A', a, '--add-root', path.join(dir, `drv-${a}`)]));
+    };
+    const tops = dag('', 4);
+    const nixTops = dag('x', 3);
+    for (const t of [...tops, ...nixTops]) expect(t.startsWith(dir)).toBe(true);
     const store = await LocalStore.open({ root });
     const collector = await LocalStore.open({ root });
     const engine = new BuildEngine({ store, sandbox: true, sandboxPaths: SANDBOX_PATHS, maxJobs: 2 });
@@ -219,10 +223,43 @@ describe.skipIf(!nixOk() || !busyboxOk())('a collection racing builds', () => {
       }
     })();
     try {
+      const nixBuild = runNixAsync('nix-store', [
+        '--store',
+        root,
+        '--realise',
+        ...nixTops.map((t) => readlinkSync(t)),
+        '--add-root',
+        path.join(dir, 'nix-out'),
+        '-j',
+        '2',
+        ...nixSandboxArgs(),
+        '--option',
+        'sandbox-paths',
+        SANDBOX_PATHS.join(' '),
+      ]);
       const res = await engine.buildPaths(tops.map((t) => readlinkSync(t)));
+      const nixRes = await nixBuild;
       building = false;
       await Promise.all([ourLoop, nixLoop]);
       expect(res.map((r) => r.result.status)).toEqual(['built', 'built', 'built', 'built']);
+      expect(nixRes.status, nixRes.stderr).toBe(0);
+      const nixBuilt = [...nixRes.stderr.matchAll(/^building '(.*)'\.\.\.$/gm)].map((m) => m[1]);
+      expect(new Set(nixBuilt).size, nixRes.stderr).toBe(9); // each of its derivations built once: no input went missing
+      expect(nixBuilt).toHaveLength(9);
+      // Nix prints the roots it made (nix-out, nix-out-1, …), which keep its outputs once it has exited.
+      const nixOuts = nixRes.stdout
+        .trim()
+        .split('\n')
+        .map((r) => readlinkSync(r));
+      expect(nixOuts).toHaveLength(3);
+      for (const out of nixOuts) {
+        expect(await store.isValidPath(out)).toBe(true);
+        expect(
+          readFileSync(store.toRealPath(out), 'utf8')
+            .split('\n')
+            .filter((l) => l === 'xl0n0'),
+        ).toHaveLength(3);
+      }
       expect(ours).toBeGreaterThan(0);
       expect(theirs).toBeGreaterThan(0);
       for (const r of res) {
