@@ -7,6 +7,12 @@
 import type { BuildEngine } from '../scheduler/build-engine.js';
 import type { BuildEngineEvents, Progress } from '../scheduler/events.js';
 
+/** Listen to an engine's event (and stop listening on close). */
+type On = <E extends keyof BuildEngineEvents>(event: E, fn: BuildEngineEvents[E]) => void;
+
+/** An event of an engine, as its listeners get it. */
+type EventOf<E extends keyof BuildEngineEvents> = Parameters<BuildEngineEvents[E]>[0];
+
 /** Nix's ActivityType values. */
 export const ActivityType = {
   Unknown: 0,
@@ -82,6 +88,11 @@ export class NixJsonLog {
   private readonly builds = new Map<string, number>();
   /** Per path being substituted: its Substitute and CopyPath activities. */
   private readonly substitutions = new Map<string, number[]>();
+  /** The machine's own activities (ssh-ng://) as ours, by derivation and the machine's id; their log lines go there. */
+  private readonly forwarded = new Map<string, Map<bigint, number>>();
+  private lineForwarded = false;
+  /** The open activities of remote builds' steps, by derivation and step. */
+  private readonly remoteSteps = new Map<string, Map<string, number>>();
   /** QueryPathInfo activities, by substituter and path. */
   private readonly queries = new Map<string, number>();
   /** FileTransfer activities, by URL (the same URL may be downloaded twice at once), with their last progress. */
@@ -105,7 +116,7 @@ export class NixJsonLog {
   ) {
     this.storeUri = opts.storeUri ?? 'local';
     if (!engine) return;
-    const on = <E extends keyof BuildEngineEvents>(event: E, fn: BuildEngineEvents[E]) => {
+    const on: On = <E extends keyof BuildEngineEvents>(event: E, fn: BuildEngineEvents[E]) => {
       (engine.on as (e: E, f: BuildEngineEvents[E]) => void)(event, fn);
       this.detach.push(() => (engine.off as (e: E, f: BuildEngineEvents[E]) => void)(event, fn));
     };
@@ -114,10 +125,21 @@ export class NixJsonLog {
       this.builds.set(e.drvPath, this.start(ActivityType.Build, LogLevel.Info, buildActivityText(e), [e.drvPath, e.machine ?? '', e.round, e.rounds]));
     });
     on('build-log', (e) => {
+      // A machine that sends its activities (ssh-ng://) has its log lines on its own build activity: this
+      // line was just passed on there (the `remote-log` event of a line comes right before its `build-log`).
+      if (this.lineForwarded) {
+        this.lineForwarded = false;
+        return;
+      }
       const id = this.builds.get(e.drvPath);
       if (id !== undefined) this.result(id, ResultType.BuildLogLine, [e.line]);
     });
-    on('build-finished', (e) => this.stopKeyed(this.builds, e.drvPath));
+    on('build-finished', (e) => {
+      this.stopRemoteSteps(e.drvPath);
+      this.stopKeyed(this.builds, e.drvPath);
+    });
+    on('remote-step', (e) => this.remoteStep(e));
+    on('remote-log', (e) => this.remoteLog(e.drvPath, e.event));
     on('goal-created', (e) => {
       if (e.kind !== 'derivation') return;
       this.sawGoals = true;
@@ -139,19 +161,7 @@ export class NixJsonLog {
       this.waits.set(e.drvPath, this.start(ActivityType.BuildWaiting, LogLevel.Warn, `waiting for lock on \x1b[35;1m${paths}\x1b[0m`, undefined));
     });
     on('build-lock-acquired', (e) => this.stopKeyed(this.waits, e.drvPath));
-    on('substitution-started', (e) => {
-      this.ensureTop();
-      const sub = this.start(ActivityType.Substitute, LogLevel.Error, '', [e.path, e.substituter]);
-      const copy = this.start(ActivityType.CopyPath, LogLevel.Info, `copying path '${e.path}' from '${e.substituter}'`, [e.path, e.substituter, this.storeUri]);
-      this.substitutions.set(e.path, [sub, copy]);
-    });
-    this.onTransfers(on);
-    on('substitution-finished', (e) => {
-      const ids = this.substitutions.get(e.path);
-      if (!ids) return;
-      this.substitutions.delete(e.path);
-      for (const id of [...ids].reverse()) this.stop(id);
-    });
+    this.onSubstitutions(on);
     on('goal-finished', (e) => {
       this.stopKeyed(this.hooks, e.path);
       const open = this.openGoals.get(e.path);
@@ -175,8 +185,23 @@ export class NixJsonLog {
     }
   }
 
-  /** Nix's activities of a substituter's work: QueryPathInfo and FileTransfer (with its Progress results). */
-  private onTransfers(on: <E extends keyof BuildEngineEvents>(event: E, fn: BuildEngineEvents[E]) => void): void {
+  /**
+   * Nix's activities of substitutions (Substitute and CopyPath) and of a substituter's work: QueryPathInfo
+   * and FileTransfer (with its Progress results).
+   */
+  private onSubstitutions(on: On): void {
+    on('substitution-started', (e) => {
+      this.ensureTop();
+      const sub = this.start(ActivityType.Substitute, LogLevel.Error, '', [e.path, e.substituter]);
+      const copy = this.start(ActivityType.CopyPath, LogLevel.Info, `copying path '${e.path}' from '${e.substituter}'`, [e.path, e.substituter, this.storeUri]);
+      this.substitutions.set(e.path, [sub, copy]);
+    });
+    on('substitution-finished', (e) => {
+      const ids = this.substitutions.get(e.path);
+      if (!ids) return;
+      this.substitutions.delete(e.path);
+      for (const id of [...ids].reverse()) this.stop(id);
+    });
     on('query-started', (e) => {
       const text = `querying info about '${e.path}' on '${e.substituter}'`;
       this.queries.set(`${e.substituter}\0${e.path}`, this.start(ActivityType.QueryPathInfo, LogLevel.Talkative, text, [e.path, e.substituter]));
@@ -204,6 +229,65 @@ export class NixJsonLog {
     });
   }
 
+  /** Nix's build hook activities for a step of a remote build (started and stopped by key). */
+  private remoteStep(e: EventOf<'remote-step'>): void {
+    const { step } = e;
+    const key = step.kind === 'copy-path' ? `copy-path\0${step.path}` : step.kind;
+    let open = this.remoteSteps.get(e.drvPath);
+    if (e.phase === 'end') {
+      if (open) this.stopKeyed(open, key);
+      return;
+    }
+    if (!open) this.remoteSteps.set(e.drvPath, (open = new Map()));
+    this.stopKeyed(open, key);
+    // The machine's store as Nix names it in copies: its URI without the parameters (`ssh://host`).
+    const remote = e.machine.replace(/\?.*$/, '');
+    const texts = {
+      connect: `connecting to '${e.machine}'`,
+      'upload-lock': `waiting for the upload lock to '${e.machine}'`,
+      'copy-inputs': `copying dependencies to '${e.machine}'`,
+      'copy-outputs': `copying outputs from '${e.machine}'`,
+    } as const;
+    let id: number;
+    if (step.kind === 'copy-paths') id = this.start(ActivityType.CopyPaths, LogLevel.Info, `copying ${step.paths.length} paths`, undefined);
+    else if (step.kind === 'copy-path' && step.direction === 'to')
+      id = this.start(ActivityType.CopyPath, LogLevel.Info, `copying path '${step.path}' to '${remote}'`, [step.path, this.storeUri, remote]);
+    else if (step.kind === 'copy-path')
+      id = this.start(ActivityType.CopyPath, LogLevel.Info, `copying path '${step.path}' from '${remote}'`, [step.path, remote, this.storeUri]);
+    else id = this.start(ActivityType.Unknown, LogLevel.Talkative, texts[step.kind], undefined);
+    open.set(key, id);
+  }
+
+  /** Stop what is open of a remote build's steps and the machine's own activities, innermost first. */
+  private stopRemoteSteps(drvPath: string): void {
+    for (const map of [this.forwarded, this.remoteSteps]) {
+      const open = map.get(drvPath);
+      if (!open) continue;
+      map.delete(drvPath);
+      for (const id of [...open.values()].reverse()) this.stop(id);
+    }
+  }
+
+  /** The machine's activities and their results, as Nix's hook passes its daemon's on (with ids of ours). */
+  private remoteLog(drvPath: string, e: EventOf<'remote-log'>['event']): void {
+    if (e.type === 'message') return;
+    let acts = this.forwarded.get(drvPath);
+    if (e.type === 'start-activity') {
+      if (!acts) this.forwarded.set(drvPath, (acts = new Map()));
+      acts.set(e.id, this.start(e.activityType, e.level, e.text, e.fields.length ? e.fields : undefined));
+      return;
+    }
+    const id = acts?.get(e.id);
+    if (id === undefined) return;
+    if (e.type === 'stop-activity') {
+      acts!.delete(e.id);
+      this.stop(id);
+    } else {
+      this.result(id, e.resultType, e.fields);
+      if (e.resultType === ResultType.BuildLogLine || e.resultType === ResultType.PostBuildLogLine) this.lineForwarded = true;
+    }
+  }
+
   /** Start Nix's activities of a build call (Realise, Builds, CopyPaths), as its Worker does. */
   startRealise(): void {
     if (this.top) return;
@@ -215,6 +299,7 @@ export class NixJsonLog {
 
   /** Stop what a build call left open, then the call's activities (in Nix's order). */
   stopRealise(): void {
+    for (const drvPath of [...this.remoteSteps.keys()]) this.stopRemoteSteps(drvPath);
     for (const id of this.builds.values()) this.stop(id);
     for (const ids of this.substitutions.values()) for (const id of [...ids].reverse()) this.stop(id);
     for (const id of [...this.waits.values(), ...this.hooks.values(), ...this.queries.values()]) this.stop(id);

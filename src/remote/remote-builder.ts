@@ -42,6 +42,8 @@ export interface RemoteBuildOptions {
   readonly onStart?: (machine: string) => void;
   /** Every log event of the remote (activities, phases, messages). */
   readonly onEvent?: (e: RemoteLogEvent) => void;
+  /** Each step of the build here, as Nix's build hook shows it: told at its start and its end (also when it fails). */
+  readonly onStep?: (step: RemoteStep, phase: 'start' | 'end') => void;
   /**
    * The input closure (input sources and input derivations' outputs, closed under references). When omitted
    * it is computed from `drv.inputSrcs` and the registered outputs of `drv.inputDrvs`.
@@ -55,6 +57,38 @@ export interface RemoteBuildOptions {
    * @default the builder's `workerOptions` / `serveBuildSettings`
    */
   readonly buildSettings?: RemoteBuildSettings;
+}
+
+/**
+ * A step of a remote build on this side, as Nix's build hook shows it: getting a connection ("connecting
+ * to"), waiting for the machine's upload lock, copying the inputs the machine lacks ("copying dependencies
+ * to") and the outputs back ("copying outputs from", when some are missing here), each copy as its set of
+ * paths ("copying N paths") and every path.
+ */
+export type RemoteStep =
+  | { readonly kind: 'connect' | 'upload-lock' | 'copy-inputs' | 'copy-outputs' }
+  | { readonly kind: 'copy-paths'; readonly direction: 'to' | 'from'; readonly paths: readonly StorePath[] }
+  | { readonly kind: 'copy-path'; readonly direction: 'to' | 'from'; readonly path: StorePath };
+
+/** Run `fn` as a step told to `onStep` (its end told however it ends). */
+async function asStep<T>(onStep: RemoteBuildOptions['onStep'], step: RemoteStep, fn: () => Promise<T>): Promise<T> {
+  if (!onStep) return fn();
+  onStep(step, 'start');
+  try {
+    return await fn();
+  } finally {
+    onStep(step, 'end');
+  }
+}
+
+/** A NAR stream as a copy step: it starts when first read and ends when the stream does (or is abandoned). */
+async function* narAsStep(nar: NarSource, onStep: NonNullable<RemoteBuildOptions['onStep']>, step: RemoteStep): AsyncGenerator<Uint8Array> {
+  onStep(step, 'start');
+  try {
+    yield* nar;
+  } finally {
+    onStep(step, 'end');
+  }
 }
 
 export interface RemoteBuildSettings {
@@ -393,11 +427,11 @@ export class MachineBuilder implements RemoteBuilder {
       if (this.closed) throw new RemoteConnectionError(`the builder for '${this.name}' was closed`);
       signal?.throwIfAborted();
       const tStart = performance.now();
-      pc = await this.acquire(signal);
+      pc = await asStep(opts.onStep, { kind: 'connect' }, () => this.acquire(signal));
       const tConnected = performance.now();
       stage = 'copy';
       const inputs = opts.inputPaths ? new Set(opts.inputPaths) : await inputClosure(store, drv);
-      const order = await this.uploadInputs(pc.client, store, drvPath, inputs, signal, onEvent);
+      const order = await this.uploadInputs(pc.client, store, drvPath, inputs, signal, onEvent, opts.onStep);
       stage = 'refused';
       const tUploaded = performance.now();
       const res = await this.runBuild(pc, drvPath, toWireDerivation(drv, inputs), opts, onEvent);
@@ -445,27 +479,35 @@ export class MachineBuilder implements RemoteBuilder {
     inputs: ReadonlySet<StorePath>,
     signal: AbortSignal | undefined,
     onEvent: OnRemoteLog,
+    onStep: RemoteBuildOptions['onStep'],
   ): Promise<StorePath[]> {
+    onStep?.({ kind: 'upload-lock' }, 'start');
     return this.uploadLock(async () => {
-      const present = inputs.size ? await client.queryValidPaths(inputs, { signal }) : new Set<StorePath>();
-      const infos = new Map<StorePath, PathInfo>();
-      for (const p of inputs) {
-        if (present.has(p)) continue;
-        const info = await store.queryPathInfo(p);
-        if (!info)
-          throw new RemoteBuildError(this.name, 'copy', `input '${p}' of '${drvPath}' is not valid in the local store`, {
-            hint: 'build or substitute the inputs before building remotely',
-          });
-        infos.set(p, info);
-      }
-      const sorted = topoSortPaths(infos);
-      if (sorted.length) {
-        await client.addMultipleToStore(
-          sorted.map((p) => ({ info: infos.get(p)!, nar: store.narFromPath(p) })),
-          { signal, onLog: onEvent },
-        );
-      }
-      return sorted;
+      onStep?.({ kind: 'upload-lock' }, 'end');
+      return asStep(onStep, { kind: 'copy-inputs' }, async () => {
+        const present = inputs.size ? await client.queryValidPaths(inputs, { signal }) : new Set<StorePath>();
+        const infos = new Map<StorePath, PathInfo>();
+        for (const p of inputs) {
+          if (present.has(p)) continue;
+          const info = await store.queryPathInfo(p);
+          if (!info)
+            throw new RemoteBuildError(this.name, 'copy', `input '${p}' of '${drvPath}' is not valid in the local store`, {
+              hint: 'build or substitute the inputs before building remotely',
+            });
+          infos.set(p, info);
+        }
+        const sorted = topoSortPaths(infos);
+        const nar = (p: StorePath) =>
+          onStep ? narAsStep(store.narFromPath(p), onStep, { kind: 'copy-path', direction: 'to', path: p }) : store.narFromPath(p);
+        await asStep(onStep, { kind: 'copy-paths', direction: 'to', paths: sorted }, async () => {
+          if (sorted.length)
+            await client.addMultipleToStore(
+              sorted.map((p) => ({ info: infos.get(p)!, nar: nar(p) })),
+              { signal, onLog: onEvent },
+            );
+        });
+        return sorted;
+      });
     });
   }
 
@@ -513,10 +555,20 @@ export class MachineBuilder implements RemoteBuilder {
       toFetch.set(p, info);
     }
     const fetched: StorePath[] = [];
-    for (const p of topoSortPaths(toFetch)) {
+    const sorted = topoSortPaths(toFetch);
+    const fetchOne = async (p: StorePath): Promise<void> => {
       const info = toFetch.get(p)!;
       await store.addToStore({ ...info, registrationTime: undefined }, verifiedNar(client.narFromPath(p, { signal }), info, this.name), { signal });
       fetched.push(p);
+    };
+    // As Nix's hook, which copies outputs back only when some are missing here.
+    if (sorted.length) {
+      const { onStep } = opts;
+      await asStep(onStep, { kind: 'copy-outputs' }, () =>
+        asStep(onStep, { kind: 'copy-paths', direction: 'from', paths: sorted }, async () => {
+          for (const p of sorted) await asStep(onStep, { kind: 'copy-path', direction: 'from', path: p }, () => fetchOne(p));
+        }),
+      );
     }
     return { outPaths, fetched };
   }

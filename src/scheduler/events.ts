@@ -4,6 +4,8 @@
  */
 import type { StorePath } from '../store/store-path.js';
 import type { BuildResult } from './results.js';
+import type { RemoteStep } from '../remote/remote-builder.js';
+import type { RemoteLogEvent } from '../remote/worker-protocol.js';
 
 export type GoalKind = 'derivation' | 'substitution';
 
@@ -77,6 +79,19 @@ export interface EventPayloads {
   'download-started': { url: string; substituter: string };
   'download-progress': { url: string; done: number; expected: number };
   'download-finished': { url: string; ok: boolean };
+  /**
+   * A step of a remote build on this side, between its `build-started` and `build-finished`: getting a
+   * connection, waiting for the machine's upload lock, copying inputs to the machine and outputs back
+   * (each copy's paths, each path). Told at its start and its end (also when it fails): Nix's build hook
+   * activities.
+   */
+  'remote-step': { drvPath: StorePath; machine: string; step: RemoteStep; phase: 'start' | 'end' };
+  /**
+   * What the machine's Nix tells while it builds, as its daemon sends it (ssh-ng:// machines): its own
+   * activities (its build, its call's Realise/Builds/CopyPaths), their results and messages. The build's
+   * log lines also come as `build-log`.
+   */
+  'remote-log': { drvPath: StorePath; machine: string; event: RemoteLogEvent };
   /** `narUrl`: where the NAR is fetched from (the substituter's URI and the narinfo's URL). */
   'substitution-started': { path: StorePath; substituter: string; narUrl?: string };
   'substitution-finished': { path: StorePath; substituter?: string; ok: boolean; error?: string };

@@ -49,6 +49,12 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
         signal: w.signal,
         inputPaths,
         onLog: (line) => w.ctx.emit('build-log', { drvPath: view.drvPath, line }),
+        onEvent: (event) => {
+          if (startedOn !== undefined) w.ctx.emit('remote-log', { drvPath: view.drvPath, machine: startedOn, event });
+        },
+        onStep: (step, phase) => {
+          if (startedOn !== undefined) w.ctx.emit('remote-step', { drvPath: view.drvPath, machine: startedOn, step, phase });
+        },
         onStart: (machine) => {
           endBuild('failure');
           startedOn = machine;

@@ -8,6 +8,7 @@
  * about …" (type 109, talkative) and its remote copy activities ("copying N paths", "copying path … to
  * 'ssh://…'", types 103/100 nested in a remote build).
  */
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import * as path from 'node:path';
@@ -34,11 +35,17 @@ in {
   failing = mk "obs-failtop" [ fail ] "echo > $out";
   ref = mk "obs-ref" [ a ] "echo $deps > $out";
   hooked = mk "obs-hooked" [] "echo hooked build; echo x > $out";
-  stopping = mk "obs-stoptop" [ fail (mk "obs-slow" [] "echo slow; sleep 10; echo > $out") ] "echo > $out";
+  # obs-late fails once obs-slow has logged its line (told through a FIFO both sandboxes see).
+  stopping = mk "obs-stoptop" [
+    (mk "obs-late" [] "echo about to fail; read x < /shared/fifo; exit 3")
+    (mk "obs-slow" [] "echo slow; echo x > /shared/fifo; sleep 10; echo > $out")
+  ] "echo > $out";
 }`;
 
 /** Every activity type but remote builds' (Unknown with its texts, downloads, queries, builds, substitutions, copies, lock waits, the call's own). */
 const LOCAL_TYPES = [0, 100, 101, 102, 103, 104, 105, 108, 109, 110, 111];
+/** A remote build's: its steps (Unknown), the copies (CopyPaths, CopyPath), the builds and the call's own. */
+const REMOTE_TYPES = [0, 100, 102, 103, 104, 105];
 
 describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () => {
   let dir: string;
@@ -98,15 +105,18 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
   });
 
   it('a failure that stops a running build: the last progress no longer expects it (nor counts it running)', async () => {
-    const { n, o, ns, os } = await both(['--store', N(), ...SANDBOX, '-j2', '--realise', drv.stopping!], ['--store', O(), ...SANDBOX, '-j2', drv.stopping!]);
+    const fifo = path.join(dir, 'fifo');
+    execFileSync('mkfifo', ['-m', '666', fifo]);
+    const opts = ['--option', 'sandbox-paths', `/bin/sh=/bin/busybox /bin/busybox /shared/fifo=${fifo}`, '-j2'];
+    const n = runNix('nix-store', ['--store', N(), ...opts, '--realise', drv.stopping!, '--log-format', 'internal-json']);
+    const o = await realise(['build', '--store', O(), ...opts, drv.stopping!, '--log-format', 'internal-json']);
     expect(n.status).toBe(100);
     expect(o.status).toBe(n.status);
+    const [ns, os] = [parseStream(n.stderr), parseStream(o.stderr)];
     expect(ns.problems).toEqual([]);
     expect(os.problems).toEqual([]);
     const want = summarise(ns, LOCAL_TYPES);
-    // [done, expected, running, failed]: obs-a is built here unless an earlier test built it.
-    const done = want.buildsProgress![0];
-    expect(want.buildsProgress).toEqual([done, done, 0, 1]);
+    expect(want.buildsProgress).toEqual([0, 0, 0, 1]);
     expect(want.activities.join('\n')).toContain('"lines":["slow"]');
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
   });
@@ -213,46 +223,64 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
 describe.skipIf(!nixOk() || !sshdOk())('internal-json of a remote build: realise vs Nix 2.8 over a real sshd', () => {
   let fx: Fixture;
   let sshd: Sshd;
-  let ours: string;
   beforeAll(async () => {
     fx = makeFixture({ prebuildDep: false });
-    ours = path.join(fx.dir, 'ours');
-    expect(nixInstantiate(ours, path.join(fx.dir, 'default.nix'), { file: true, attr: 'top' })[0]).toBe(fx.drvs.top);
     sshd = await startSshd();
   });
   afterAll(async () => {
     await sshd?.stop();
   });
 
-  it('builds on the machine: Build activities with the machine in fields and text, the remote log lines, messages', async () => {
-    const spec = (remote: string) => {
-      const uri = `ssh://${sshd.user}@127.0.0.1?remote-store=${encodeURIComponent(path.join(fx.dir, remote))}&remote-program=${encodeURIComponent(fx.wrapper(remote, 'nix-store'))}`;
-      return { uri, line: `${uri} x86_64-linux ${sshd.clientKey} 1 1 - - ${sshd.hostKeyBase64}` };
-    };
-    const env = { NIX_SSHOPTS: sshd.sshOptions.join(' '), NIX_CONFIG: NIX_CONF };
-    const rn = spec('remote-n');
-    const ro = spec('remote-o');
-    const n = runNix('nix-store', ['--store', fx.localRoot, '-j0', '--builders', rn.line, '--realise', fx.drvs.top, '--log-format', 'internal-json'], { env });
-    const traceFile = path.join(fx.dir, 'remote-trace.json');
-    const o = await realise(
-      ['build', '--store', ours, '-j0', '--builders', ro.line, fx.drvs.top, '--log-format', 'internal-json', '--trace-file', traceFile],
-      env,
-    );
-    expect(n.status, n.stderr).toBe(0);
-    expect(o.status, o.stderr).toBe(0);
-    const [ns, os] = [parseStream(n.stderr), parseStream(o.stderr)];
-    expect(ns.problems).toEqual([]);
-    expect(os.problems).toEqual([]);
-    // The two runs use a machine each (their own remote stores): compared with the URI replaced.
-    const want = summarise(ns, [102, 104, 105], (s) => s.split(rn.uri).join('MACHINE'));
-    expect(want.activities).toHaveLength(2);
-    expect(want.activities.join('\n')).toContain(`on 'MACHINE'`);
-    expect(summarise(os, [102, 104, 105], (s) => s.split(ro.uri).join('MACHINE'))).toEqual(want);
-    // In the trace, both builds are on the machine's track.
-    const a = analyseTrace(JSON.parse(readFileSync(traceFile, 'utf8')) as TraceFile);
-    expect(a.items.map((i) => [i.track, i.args.machine])).toEqual([
-      [`machine ${ro.uri} 1`, ro.uri],
-      [`machine ${ro.uri} 1`, ro.uri],
-    ]);
-  });
+  for (const scheme of ['ssh', 'ssh-ng'] as const) {
+    it(`builds on an ${scheme}:// machine: Build activities with the machine, the remote log lines, the hook's steps and copies`, async () => {
+      const spec = (remote: string) => {
+        const program = fx.wrapper(remote, scheme === 'ssh' ? 'nix-store' : 'nix-daemon');
+        const uri = `${scheme}://${sshd.user}@127.0.0.1?remote-store=${encodeURIComponent(path.join(fx.dir, remote))}&remote-program=${encodeURIComponent(program)}`;
+        return { uri, line: `${uri} x86_64-linux ${sshd.clientKey} 1 1 - - ${sshd.hostKeyBase64}` };
+      };
+      // Fresh local stores holding the derivations (twins), fresh machines.
+      const [theirs, ours] = [path.join(fx.dir, `nix-${scheme}`), path.join(fx.dir, `ours-${scheme}`)];
+      for (const root of [theirs, ours]) expect(nixInstantiate(root, path.join(fx.dir, 'default.nix'), { file: true, attr: 'top' })[0]).toBe(fx.drvs.top);
+      const env = { NIX_SSHOPTS: sshd.sshOptions.join(' '), NIX_CONFIG: NIX_CONF };
+      const rn = spec(`remote-n-${scheme}`);
+      const ro = spec(`remote-o-${scheme}`);
+      const n = runNix('nix-store', ['--store', theirs, '-j0', '--builders', rn.line, '--realise', fx.drvs.top, '--log-format', 'internal-json'], { env });
+      const traceFile = path.join(fx.dir, `remote-trace-${scheme}.json`);
+      const o = await realise(
+        ['build', '--store', ours, '-j0', '--builders', ro.line, fx.drvs.top, '--log-format', 'internal-json', '--trace-file', traceFile],
+        env,
+      );
+      expect(n.status, n.stderr).toBe(0);
+      expect(o.status, o.stderr).toBe(0);
+      const [ns, os] = [parseStream(n.stderr), parseStream(o.stderr)];
+      expect(ns.problems).toEqual([]);
+      expect(os.problems).toEqual([]);
+      // The two runs use a machine each (their own remote stores): compared with the URI replaced.
+      const want = summarise(ns, REMOTE_TYPES, (s) => s.split(rn.uri).join('MACHINE'));
+      const shown = want.activities.join('\n');
+      expect(shown).toContain(`on 'MACHINE'`);
+      // Each build: connecting, the upload lock, copying inputs (dep: none; top: the helper file) and outputs back.
+      for (const text of [
+        "connecting to 'MACHINE'",
+        "waiting for the upload lock to 'MACHINE'",
+        "copying dependencies to 'MACHINE'",
+        "copying outputs from 'MACHINE'",
+      ]) {
+        expect(want.activities.filter((a) => a.includes(`"text":"${text}"`))).toHaveLength(2);
+      }
+      for (const count of [0, 1, 1, 2]) expect(shown).toContain(`"text":"copying ${count} paths"`);
+      const remote = `${scheme}://${sshd.user}@127.0.0.1`;
+      expect(want.activities.filter((a) => a.includes(`"type":100,"level":3,"text":"copying path `) && a.includes(`-helper.sh' to '${remote}'`))).toHaveLength(
+        1,
+      );
+      expect(want.activities.filter((a) => a.includes(`"type":100`) && a.includes(`' from '${remote}'`))).toHaveLength(3);
+      expect(summarise(os, REMOTE_TYPES, (s) => s.split(ro.uri).join('MACHINE'))).toEqual(want);
+      // In the trace, both builds are on the machine's track.
+      const a = analyseTrace(JSON.parse(readFileSync(traceFile, 'utf8')) as TraceFile);
+      expect(a.items.map((i) => [i.track, i.args.machine])).toEqual([
+        [`machine ${ro.uri} 1`, ro.uri],
+        [`machine ${ro.uri} 1`, ro.uri],
+      ]);
+    });
+  }
 });
