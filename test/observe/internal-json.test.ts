@@ -1,12 +1,10 @@
 /**
  * `--log-format internal-json`: realise's stream against real Nix 2.8's for the same work on twin chroot
- * stores — a DAG, a failing build, a substitution from a file:// cache, a remote build over a real sshd —
- * compared as a reader of the stream sees it (activity types, levels, texts, fields, log lines per activity,
- * every start stopped, final progress done/running/failed, messages; not ids, timing or the order between
- * activities).
- * Activities realise does not produce are left out of the comparison and named here: Nix's "querying info
- * about …" (type 109, talkative) and its remote copy activities ("copying N paths", "copying path … to
- * 'ssh://…'", types 103/100 nested in a remote build).
+ * stores — a DAG, a failing build, a failure stopping a running build, substitutions from a file:// and an
+ * http:// cache, remote builds over ssh:// and ssh-ng:// through a real sshd — compared as a reader of the
+ * stream sees it (activity types, levels, texts, fields, log lines per activity, every start stopped, the
+ * downloads' last progress, the call's final progress and expected sizes, messages; not ids, timing or the
+ * order between activities).
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
@@ -35,10 +33,11 @@ in {
   failing = mk "obs-failtop" [ fail ] "echo > $out";
   ref = mk "obs-ref" [ a ] "echo $deps > $out";
   hooked = mk "obs-hooked" [] "echo hooked build; echo x > $out";
-  # obs-late fails once obs-slow has logged its line (told through a FIFO both sandboxes see).
+  # obs-late fails once obs-slow has logged its line and that line had a second to reach the log (told
+  # through a FIFO both sandboxes see).
   stopping = mk "obs-stoptop" [
     (mk "obs-late" [] "echo about to fail; read x < /shared/fifo; exit 3")
-    (mk "obs-slow" [] "echo slow; echo x > /shared/fifo; sleep 10; echo > $out")
+    (mk "obs-slow" [] "echo slow; sleep 1; echo x > /shared/fifo; sleep 10; echo > $out")
   ] "echo > $out";
 }`;
 
