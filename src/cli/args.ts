@@ -292,9 +292,8 @@ function expandCompoundFlags(argv: readonly string[]): string[] {
   return out;
 }
 
-export function parseArgs(rawArgv: readonly string[]): CliArgs {
-  const argv = expandCompoundFlags(rawArgv);
-  const a: CliArgs = {
+function emptyArgs(): CliArgs {
+  return {
     command: '',
     positional: [],
     substituters: [],
@@ -321,222 +320,200 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
     humanReadable: false,
     gc: { ignoreLiveness: false },
   };
+}
+
+/** Flags of `path-info` (before the common ones: its `-h` is --human-readable, not --help). */
+const PATH_INFO_SWITCHES: Readonly<Record<string, (a: CliArgs) => void>> = {
+  '-s': (a) => (a.size = true),
+  '--size': (a) => (a.size = true),
+  '-S': (a) => (a.closureSize = true),
+  '--closure-size': (a) => (a.closureSize = true),
+  '--sigs': (a) => (a.sigs = true),
+  '--all': (a) => (a.all = true),
+  '-h': (a) => (a.humanReadable = true),
+  '--human-readable': (a) => (a.humanReadable = true),
+};
+
+const GC_ACTIONS = { '--print-dead': 'print-dead', '--print-live': 'print-live', '--print-roots': 'print-roots', '--delete': 'delete-specific' } as const;
+
+/** Flags without an argument. Verbosity is Nix's: each --quiet one level down, each -v one up; the informational lines need the default. */
+const SWITCHES: Readonly<Record<string, (a: CliArgs, verbosity: { level: number }) => void>> = {
+  '--help': (a) => (a.help = true),
+  '-h': (a) => (a.help = true),
+  '--version': (a) => (a.version = true),
+  '--json': (a) => (a.json = true),
+  // nix-store --realise: of --check and --repair, the last one given is the build mode.
+  '--check': (a) => {
+    a.check = true;
+    a.repair = false;
+  },
+  '--repair': (a) => {
+    a.repair = true;
+    a.check = false;
+  },
+  '--recursive': (a) => (a.recursive = true),
+  '-r': (a) => (a.recursive = true),
+  '--dry-run': (a) => (a.dryRun = true),
+  '--quiet': (_a, v) => v.level--,
+  '-v': (_a, v) => v.level++,
+  '--verbose': (_a, v) => v.level++,
+  '-Q': (a) => (a.noBuildOutput = true),
+  '--no-build-output': (a) => (a.noBuildOutput = true),
+  '-L': (a) => (a.printBuildLogs = true),
+  '--print-build-logs': (a) => (a.printBuildLogs = true),
+  '--ignore-unknown': (a) => (a.ignoreUnknown = true),
+  '--derivation': (a) => (a.derivation = true),
+};
+
+const words = (v: string) => v.split(/\s+/).filter(Boolean);
+
+/** Flags with one argument. */
+const VALUE_FLAGS: Readonly<Record<string, (a: CliArgs, value: string) => void>> = {
+  '--add-root': (a, v) => (a.addRoot = v),
+  '--out-link': (a, v) => (a.addRoot = v),
+  '-o': (a, v) => (a.addRoot = v),
+  '--store': (a, v) => (a.store = v),
+  '--log-format': (a, v) => (a.logFormat = v),
+  '--trace-file': (a, v) => (a.traceFile = v),
+  '--report': (a, v) => (a.report = v),
+  '--to': (a, v) => (a.to = v),
+  '--substituter': (a, v) => a.substituters.push(...words(v)),
+  '--substituters': (a, v) => a.substituters.push(...words(v)),
+  '--trusted-public-key': (a, v) => a.trustedPublicKeys.push(...words(v)),
+  '--trusted-public-keys': (a, v) => a.trustedPublicKeys.push(...words(v)),
+};
+
+/** One pass over the arguments; `flag` reads the argument at the cursor, and returns how many it took. */
+class ArgParser {
+  readonly a = emptyArgs();
+  readonly verbosity = { level: 0 };
+
+  constructor(readonly argv: readonly string[]) {}
+
+  /** The argument after the one at `i`, which a flag requires. */
+  private next(i: number, flag: string): string {
+    const v = this.argv[i + 1];
+    if (v === undefined) throw new UsageError(`flag '${flag}' requires 1 argument(s)`);
+    return v;
+  }
+
   /**
    * A setting's value; `extra-NAME` adds to what is there, and a plain `NAME` replaces it all, what
    * `extra-NAME` added before included (as Nix's Config::set).
    */
-  const setSetting = (key: string, value: string): void => {
-    if (!key.startsWith('extra-')) a.options.delete(`extra-${key}`);
-    a.options.set(key, key.startsWith('extra-') && a.options.has(key) ? `${a.options.get(key)} ${value}` : value);
-  };
-  const next = (i: number, flag: string): string => {
-    const v = argv[i + 1];
-    if (v === undefined) throw new UsageError(`flag '${flag}' requires 1 argument(s)`);
-    return v;
-  };
-  let onlyPositional = false;
-  let verbosity = 0;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (onlyPositional) {
-      if (!a.command) a.command = arg;
-      else a.positional.push(arg);
-      continue;
+  private setSetting(key: string, value: string): void {
+    const o = this.a.options;
+    if (!key.startsWith('extra-')) o.delete(`extra-${key}`);
+    o.set(key, key.startsWith('extra-') && o.has(key) ? `${o.get(key)} ${value}` : value);
+  }
+
+  /** A setting given by a flag of its own (not `--option`): a bad value there is an error. */
+  private setFlagSetting(key: string, value: string): void {
+    this.a.options.set(key, value);
+    this.a.fromOption.delete(key);
+  }
+
+  /** The flags only one command has: how many arguments it took (0: not one of them). */
+  commandFlag(i: number, arg: string): number {
+    const a = this.a;
+    if (a.command === 'path-info' && Object.hasOwn(PATH_INFO_SWITCHES, arg)) {
+      PATH_INFO_SWITCHES[arg]!(a);
+      return 1;
     }
-    if (arg === '--') {
-      onlyPositional = true;
-      continue;
+    if (a.command !== 'gc') return 0;
+    if (Object.hasOwn(GC_ACTIONS, arg)) a.gc.action = GC_ACTIONS[arg as keyof typeof GC_ACTIONS];
+    else if (arg === '--ignore-liveness') a.gc.ignoreLiveness = true;
+    else if (arg === '--max-freed') {
+      a.gc.maxFreed = this.next(i, arg);
+      return 2;
+    } else return 0;
+    return 1;
+  }
+
+  /** The flags every command has: how many arguments it took (0: not one of them). */
+  commonFlag(i: number, arg: string): number {
+    const a = this.a;
+    if (Object.hasOwn(SWITCHES, arg)) {
+      SWITCHES[arg]!(a, this.verbosity);
+      return 1;
     }
-    if (a.command === 'path-info') {
-      if (arg === '-s' || arg === '--size') {
-        a.size = true;
-        continue;
-      }
-      if (arg === '-S' || arg === '--closure-size') {
-        a.closureSize = true;
-        continue;
-      }
-      if (arg === '--sigs') {
-        a.sigs = true;
-        continue;
-      }
-      if (arg === '--all') {
-        a.all = true;
-        continue;
-      }
-      if (arg === '-h' || arg === '--human-readable') {
-        a.humanReadable = true;
-        continue;
-      }
+    if (Object.hasOwn(VALUE_FLAGS, arg)) {
+      VALUE_FLAGS[arg]!(a, this.next(i, arg));
+      return 2;
     }
-    if (a.command === 'gc') {
-      const action = ({ '--print-dead': 'print-dead', '--print-live': 'print-live', '--print-roots': 'print-roots', '--delete': 'delete-specific' } as const)[
-        arg
-      ];
-      if (action) {
-        a.gc.action = action;
-        continue;
-      }
-      if (arg === '--ignore-liveness') {
-        a.gc.ignoreLiveness = true;
-        continue;
-      }
-      if (arg === '--max-freed') {
-        a.gc.maxFreed = next(i, arg);
-        i++;
-        continue;
-      }
-    }
-    if (arg === '--help' || arg === '-h') {
-      a.help = true;
-      continue;
-    }
-    if (arg === '--version') {
-      a.version = true;
-      continue;
-    }
-    if (arg === '--json') {
-      a.json = true;
-      continue;
-    }
-    // nix-store --realise: of --check and --repair, the last one given is the build mode.
-    if (arg === '--check') {
-      a.check = true;
-      a.repair = false;
-      continue;
-    }
-    if (arg === '--recursive' || arg === '-r') {
-      a.recursive = true;
-      continue;
-    }
-    if (arg === '--repair') {
-      a.repair = true;
-      a.check = false;
-      continue;
-    }
-    if (arg === '--dry-run') {
-      a.dryRun = true;
-      continue;
-    }
-    // Nix's verbosity: each --quiet one level down, each -v one up; the informational lines need the default.
-    if (arg === '--quiet') {
-      verbosity--;
-      continue;
-    }
-    if (arg === '-v' || arg === '--verbose') {
-      verbosity++;
-      continue;
-    }
-    if (arg === '-Q' || arg === '--no-build-output') {
-      a.noBuildOutput = true;
-      continue;
-    }
-    if (arg === '-L' || arg === '--print-build-logs') {
-      a.printBuildLogs = true;
-      continue;
-    }
-    if (arg === '--ignore-unknown') {
-      a.ignoreUnknown = true;
-      continue;
-    }
-    if (arg === '--derivation') {
-      a.derivation = true;
-      continue;
-    }
-    if (arg === '--add-root' || arg === '--out-link' || arg === '-o') {
-      a.addRoot = next(i, arg);
-      i++;
-      continue;
-    }
-    if (arg === '--store') {
-      a.store = next(i, arg);
-      i++;
-      continue;
-    }
-    if (arg === '--log-format') {
-      a.logFormat = next(i, arg);
-      i++;
-      continue;
-    }
-    if (arg === '--trace-file') {
-      a.traceFile = next(i, arg);
-      i++;
-      continue;
-    }
-    if (arg === '--report') {
-      a.report = next(i, arg);
-      i++;
-      continue;
-    }
-    if (arg === '--to') {
-      a.to = next(i, arg);
-      i++;
-      continue;
-    }
-    if (arg === '--substituter' || arg === '--substituters') {
-      a.substituters.push(...next(i, arg).split(/\s+/).filter(Boolean));
-      i++;
-      continue;
-    }
-    if (arg === '--trusted-public-key' || arg === '--trusted-public-keys') {
-      a.trustedPublicKeys.push(...next(i, arg).split(/\s+/).filter(Boolean));
-      i++;
-      continue;
-    }
-    if (arg === '--option') {
-      const name = argv[i + 1];
-      const value = argv[i + 2];
-      if (name === undefined || value === undefined) throw new UsageError(`flag '--option' requires 2 argument(s)`);
-      const key = OPTION_ALIASES[name] ?? name;
-      setSetting(key, value);
-      a.fromOption.add(key);
-      if (a.positional.length === 0 && !isKnownSetting(name) && !a.unknownSettings.includes(name)) a.unknownSettings.push(name);
-      i += 2;
-      continue;
-    }
+    if (arg === '--option') return this.option(i);
     if (FLAG_TO_OPTION[arg]) {
-      a.options.set(FLAG_TO_OPTION[arg]!, next(i, arg));
-      a.fromOption.delete(FLAG_TO_OPTION[arg]!);
-      i++;
-      continue;
+      this.setFlagSetting(FLAG_TO_OPTION[arg]!, this.next(i, arg));
+      return 2;
     }
     if (BOOL_TO_OPTION[arg]) {
-      const [k, v] = BOOL_TO_OPTION[arg]!;
-      a.options.set(k, v);
-      a.fromOption.delete(k);
-      continue;
+      this.setFlagSetting(...BOOL_TO_OPTION[arg]!);
+      return 1;
     }
-    if (IGNORED_FLAGS.has(arg)) continue;
-    // Every Nix setting is also a flag: `--NAME VALUE`, `--extra-NAME VALUE`, and `--NAME` / `--no-NAME` for Booleans.
-    if (arg.startsWith('--') && !arg.includes('=')) {
-      const flag = arg.slice(2);
-      const negated = flag.startsWith('no-') && BOOL_SETTINGS.has(flag.slice(3));
-      if (negated || BOOL_SETTINGS.has(flag)) {
-        const bare = negated ? flag.slice(3) : flag;
-        const name = OPTION_ALIASES[bare] ?? bare;
-        a.options.set(name, negated ? 'false' : 'true');
-        a.fromOption.delete(name);
-        continue;
-      }
-      if (isKnownSetting(flag)) {
-        const name = OPTION_ALIASES[flag] ?? flag;
-        const value = next(i, arg);
-        setSetting(name, value);
-        a.fromOption.delete(name);
-        i++;
-        continue;
-      }
+    if (IGNORED_FLAGS.has(arg)) return 1;
+    return this.settingFlag(i, arg);
+  }
+
+  /** `--option NAME VALUE`: a bad value is a warning, and an unknown name is reported (before any path). */
+  private option(i: number): number {
+    const a = this.a;
+    const name = this.argv[i + 1];
+    const value = this.argv[i + 2];
+    if (name === undefined || value === undefined) throw new UsageError(`flag '--option' requires 2 argument(s)`);
+    const key = OPTION_ALIASES[name] ?? name;
+    this.setSetting(key, value);
+    a.fromOption.add(key);
+    if (a.positional.length === 0 && !isKnownSetting(name) && !a.unknownSettings.includes(name)) a.unknownSettings.push(name);
+    return 3;
+  }
+
+  /** Every Nix setting is also a flag: `--NAME VALUE`, `--extra-NAME VALUE`, and `--NAME` / `--no-NAME` for Booleans. */
+  private settingFlag(i: number, arg: string): number {
+    if (!arg.startsWith('--') || arg.includes('=')) return 0;
+    const flag = arg.slice(2);
+    const negated = flag.startsWith('no-') && BOOL_SETTINGS.has(flag.slice(3));
+    if (negated || BOOL_SETTINGS.has(flag)) {
+      const bare = negated ? flag.slice(3) : flag;
+      this.setFlagSetting(OPTION_ALIASES[bare] ?? bare, negated ? 'false' : 'true');
+      return 1;
+    }
+    if (!isKnownSetting(flag)) return 0;
+    const name = OPTION_ALIASES[flag] ?? flag;
+    this.setSetting(name, this.next(i, arg));
+    this.a.fromOption.delete(name);
+    return 2;
+  }
+
+  /** The command's name, then its arguments. */
+  positional(arg: string): void {
+    if (!this.a.command) this.a.command = arg;
+    else this.a.positional.push(arg);
+  }
+}
+
+export function parseArgs(rawArgv: readonly string[]): CliArgs {
+  const argv = expandCompoundFlags(rawArgv);
+  const p = new ArgParser(argv);
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      for (const rest of argv.slice(i + 1)) p.positional(rest);
+      break;
+    }
+    const took = p.commandFlag(i, arg) || p.commonFlag(i, arg);
+    if (took) {
+      i += took - 1;
+      continue;
     }
     if (arg.startsWith('--') && arg.includes('=')) {
       const [k, v] = [arg.slice(2, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)];
       return parseArgs([...argv.slice(0, i), `--${k}`, v, ...argv.slice(i + 1)]);
     }
     if (arg.startsWith('-') && arg !== '-') throw new UsageError(`unknown flag '${arg}'`);
-    if (!a.command) a.command = arg;
-    else a.positional.push(arg);
+    p.positional(arg);
   }
-  a.quiet = verbosity < 0;
-  return a;
+  p.a.quiet = p.verbosity.level < 0;
+  return p.a;
 }
 
 /** A setting's value as Nix 2.8 parses a Boolean setting (and its message when it cannot). */

@@ -212,41 +212,102 @@ function noContext(drvName: string, attr: string, v: AttrValue): string {
   return s;
 }
 
-/**
- * Build the `Derivation` value (outputs and their paths computed) without writing it. Reads input
- * derivations from the store to hash them.
- */
-export async function instantiateDerivation(store: Store, attrs: DerivationAttrs, opts: DerivationOptions = {}): Promise<Derivation> {
-  if (typeof attrs !== 'object' || attrs === null) throw attrError(undefined, 'derivation attributes must be an object');
-  if (attrs.name === undefined) throw attrError(undefined, "required attribute 'name' missing");
-  const nameCtx = new Set<string>();
-  const drvName = coerceToString(attrs.name as AttrValue, nameCtx, false, 'name');
-  if (nameCtx.size > 0) throw attrError(drvName, `the string '${drvName}' is not allowed to refer to a store path`, 'name');
-  const features = new Set(opts.experimentalFeatures ?? []);
-  const requireFeature = (f: ExperimentalFeature, attr: string) => {
-    if (!features.has(f)) {
-      throw attrError(drvName, `experimental Nix feature '${f}' is disabled`, attr, undefined, `pass { experimentalFeatures: ['${f}'] }`);
+/** The attributes of a derivation as Nix's derivationStrict reads them, one by one in byte order. */
+class DerivationAttrsReader {
+  readonly drv: Omit<Derivation, 'outputs'>;
+  /** The string context of everything read: the derivation's inputs. */
+  readonly context = new Set<string>();
+  contentAddressed = false;
+  isImpure = false;
+  outputHash: string | undefined;
+  outputHashAlgo = '';
+  ingestionMethod: FileIngestionMethod | undefined;
+  outputs: string[] = ['out'];
+  private readonly features: Set<ExperimentalFeature>;
+
+  constructor(
+    readonly drvName: string,
+    opts: DerivationOptions,
+  ) {
+    this.drv = { name: drvName, inputDrvs: new Map(), inputSrcs: [], platform: '', builder: '', args: [], env: new Map() };
+    this.features = new Set(opts.experimentalFeatures ?? []);
+  }
+
+  read(attrs: DerivationAttrs): void {
+    const structured = attrs.__structuredAttrs === true;
+    const ignoreNulls = attrs.__ignoreNulls === true;
+    const json: string[] = [];
+    for (const key of keysInByteOrder(attrs)) {
+      if (key === '__ignoreNulls') continue;
+      const value = attrs[key];
+      if (value === undefined) continue;
+      if (ignoreNulls && value === null) continue;
+      if (key === '__contentAddressed') this.contentAddressed = this.featureFlag(key, value, 'ca-derivations');
+      else if (key === '__impure') this.isImpure = this.featureFlag(key, value, 'impure-derivations');
+      else if (key === 'args') {
+        if (!Array.isArray(value)) throw attrError(this.drvName, "'args' must be a list", key);
+        for (const [i, a] of (value as readonly AttrValue[]).entries()) this.drv.args.push(coerceToString(a, this.context, true, `args[${i}]`));
+      } else if (!structured) this.plain(key, value);
+      else if (key !== '__structuredAttrs') {
+        json.push(toNixJson(key, new Set(), key) + ':' + toNixJson(value, this.context, key));
+        this.structured(key, value);
+      }
     }
-  };
+    if (structured) this.drv.env.set('__json', '{' + json.join(',') + '}');
+  }
 
-  const structured = attrs.__structuredAttrs === true;
-  const ignoreNulls = attrs.__ignoreNulls === true;
-  const json: string[] = [];
-  const context = new Set<string>();
-  const drv: Omit<Derivation, 'outputs'> = { name: drvName, inputDrvs: new Map(), inputSrcs: [], platform: '', builder: '', args: [], env: new Map() };
-  let contentAddressed = false;
-  let isImpure = false;
-  let outputHash: string | undefined;
-  let outputHashAlgo = '';
-  let ingestionMethod: FileIngestionMethod | undefined;
-  let outputs: string[] = ['out'];
+  /** A Boolean attribute that, when true, needs an experimental feature. */
+  private featureFlag(key: string, value: AttrValue, feature: ExperimentalFeature): boolean {
+    if (typeof value !== 'boolean') throw attrError(this.drvName, `value is ${typeof value} while a Boolean was expected`, key);
+    if (value && !this.features.has(feature)) {
+      throw attrError(this.drvName, `experimental Nix feature '${feature}' is disabled`, key, undefined, `pass { experimentalFeatures: ['${feature}'] }`);
+    }
+    return value;
+  }
 
-  const handleHashMode = (s: string) => {
-    if (s === 'recursive') ingestionMethod = 'recursive';
-    else if (s === 'flat') ingestionMethod = 'flat';
-    else throw attrError(drvName, `invalid value '${s}' for 'outputHashMode' attribute`, 'outputHashMode', undefined, "use 'flat' or 'recursive'");
-  };
-  const handleOutputs = (ss: string[]) => {
+  /** An attribute of a structured-attributes derivation (all of them go into `__json`): the ones the derivation itself takes. */
+  private structured(key: string, value: AttrValue): void {
+    const name = this.drvName;
+    if (key === 'builder') this.drv.builder = coerceToString(value, this.context, false, key);
+    else if (key === 'system') this.drv.platform = noContext(name, key, value);
+    else if (key === 'outputHash') this.outputHash = noContext(name, key, value);
+    else if (key === 'outputHashAlgo') this.outputHashAlgo = noContext(name, key, value);
+    else if (key === 'outputHashMode') this.hashMode(noContext(name, key, value));
+    else if (key === 'outputs') {
+      if (!Array.isArray(value)) throw attrError(name, "'outputs' must be a list of strings", key);
+      this.setOutputs((value as readonly AttrValue[]).map((v, i) => noContext(name, `outputs[${i}]`, v)));
+    }
+  }
+
+  /** An attribute of an ordinary derivation: a string in the environment, some of them also taken by the derivation. */
+  private plain(key: string, value: AttrValue): void {
+    if (
+      typeof value === 'object' &&
+      value !== null &&
+      !Array.isArray(value) &&
+      !(value instanceof NixString) &&
+      typeof (value as Contextual).toNixString !== 'function'
+    ) {
+      throw attrError(this.drvName, 'cannot coerce an attribute set to a string', key, undefined, 'use __structuredAttrs = true to pass attribute sets');
+    }
+    const s = coerceToString(value, this.context, true, key);
+    this.drv.env.set(key, s);
+    if (key === 'builder') this.drv.builder = s;
+    else if (key === 'system') this.drv.platform = s;
+    else if (key === 'outputHash') this.outputHash = s;
+    else if (key === 'outputHashAlgo') this.outputHashAlgo = s;
+    else if (key === 'outputHashMode') this.hashMode(s);
+    else if (key === 'outputs') this.setOutputs(s.split(/[ \t\n\r]+/).filter(Boolean));
+  }
+
+  private hashMode(s: string): void {
+    if (s === 'recursive') this.ingestionMethod = 'recursive';
+    else if (s === 'flat') this.ingestionMethod = 'flat';
+    else throw attrError(this.drvName, `invalid value '${s}' for 'outputHashMode' attribute`, 'outputHashMode', undefined, "use 'flat' or 'recursive'");
+  }
+
+  private setOutputs(ss: string[]): void {
+    const drvName = this.drvName;
     const seen = new Set<string>();
     for (const j of ss) {
       if (seen.has(j)) throw attrError(drvName, `duplicate derivation output '${j}'`, 'outputs');
@@ -261,60 +322,51 @@ export async function instantiateDerivation(store: Store, attrs: DerivationAttrs
       seen.add(j);
     }
     if (seen.size === 0) throw attrError(drvName, 'derivation cannot have an empty set of outputs', 'outputs');
-    outputs = ss;
-  };
-
-  for (const key of keysInByteOrder(attrs)) {
-    if (key === '__ignoreNulls') continue;
-    const value = attrs[key];
-    if (value === undefined) continue;
-    if (ignoreNulls && value === null) continue;
-    if (key === '__contentAddressed') {
-      if (typeof value !== 'boolean') throw attrError(drvName, `value is ${typeof value} while a Boolean was expected`, key);
-      contentAddressed = value;
-      if (value) requireFeature('ca-derivations', key);
-    } else if (key === '__impure') {
-      if (typeof value !== 'boolean') throw attrError(drvName, `value is ${typeof value} while a Boolean was expected`, key);
-      isImpure = value;
-      if (value) requireFeature('impure-derivations', key);
-    } else if (key === 'args') {
-      if (!Array.isArray(value)) throw attrError(drvName, "'args' must be a list", key);
-      for (const [i, a] of (value as readonly AttrValue[]).entries()) drv.args.push(coerceToString(a, context, true, `args[${i}]`));
-    } else if (structured) {
-      if (key === '__structuredAttrs') continue;
-      json.push(toNixJson(key, new Set(), key) + ':' + toNixJson(value, context, key));
-      if (key === 'builder') drv.builder = coerceToString(value, context, false, key);
-      else if (key === 'system') drv.platform = noContext(drvName, key, value);
-      else if (key === 'outputHash') outputHash = noContext(drvName, key, value);
-      else if (key === 'outputHashAlgo') outputHashAlgo = noContext(drvName, key, value);
-      else if (key === 'outputHashMode') handleHashMode(noContext(drvName, key, value));
-      else if (key === 'outputs') {
-        if (!Array.isArray(value)) throw attrError(drvName, "'outputs' must be a list of strings", key);
-        handleOutputs((value as readonly AttrValue[]).map((v, i) => noContext(drvName, `outputs[${i}]`, v)));
-      }
-    } else {
-      if (
-        typeof value === 'object' &&
-        value !== null &&
-        !Array.isArray(value) &&
-        !(value instanceof NixString) &&
-        typeof (value as Contextual).toNixString !== 'function'
-      ) {
-        throw attrError(drvName, 'cannot coerce an attribute set to a string', key, undefined, 'use __structuredAttrs = true to pass attribute sets');
-      }
-      const s = coerceToString(value, context, true, key);
-      drv.env.set(key, s);
-      if (key === 'builder') drv.builder = s;
-      else if (key === 'system') drv.platform = s;
-      else if (key === 'outputHash') outputHash = s;
-      else if (key === 'outputHashAlgo') outputHashAlgo = s;
-      else if (key === 'outputHashMode') handleHashMode(s);
-      else if (key === 'outputs') handleOutputs(s.split(/[ \t\n\r]+/).filter(Boolean));
-    }
+    this.outputs = ss;
   }
-  if (structured) drv.env.set('__json', '{' + json.join(',') + '}');
 
-  // String contexts → inputs (Nix's PathSet order: '!' < '/' < '=').
+  /** What each output is: fixed (by outputHash), floating or impure content-addressed, or input-addressed. */
+  outputSpecs(): Map<string, OutputSpec> {
+    const { drvName, outputs, ingestionMethod } = this;
+    const specs = new Map<string, OutputSpec>();
+    if (this.outputHash !== undefined) {
+      if (outputs.length !== 1 || outputs[0] !== 'out') {
+        throw attrError(drvName, 'multiple outputs are not supported in fixed-output derivations', 'outputs');
+      }
+      const hash = parseOutputHash(drvName, this.outputHash, this.outputHashAlgo);
+      specs.set('out', { type: 'fixed', method: ingestionMethod ?? 'flat', hash });
+    } else if (this.contentAddressed || this.isImpure) {
+      if (this.contentAddressed && this.isImpure) throw attrError(drvName, 'derivation cannot be both content-addressed and impure', '__impure');
+      const algorithm = optionalAlgorithm(drvName, this.outputHashAlgo) ?? 'sha256';
+      for (const o of outputs) specs.set(o, { type: this.isImpure ? 'impure' : 'floating', method: ingestionMethod ?? 'recursive', algorithm });
+    } else {
+      for (const o of outputs) specs.set(o, { type: 'input-addressed' });
+    }
+    return specs;
+  }
+}
+
+/** The derivation's name: a string without context. */
+function derivationName(attrs: DerivationAttrs): string {
+  if (typeof attrs !== 'object' || attrs === null) throw attrError(undefined, 'derivation attributes must be an object');
+  if (attrs.name === undefined) throw attrError(undefined, "required attribute 'name' missing");
+  const nameCtx = new Set<string>();
+  const drvName = coerceToString(attrs.name as AttrValue, nameCtx, false, 'name');
+  if (nameCtx.size > 0) throw attrError(drvName, `the string '${drvName}' is not allowed to refer to a store path`, 'name');
+  return drvName;
+}
+
+/**
+ * The inputs named by a string context (and `opts`), as Nix's derivationStrict turns them into inputSrcs
+ * and inputDrvs: in Nix's PathSet order ('!' < '/' < '='); `=` (a .drv's whole closure) reads the
+ * derivations of that closure from the store.
+ */
+async function contextInputs(
+  store: Store,
+  drvName: string,
+  context: ReadonlySet<string>,
+  opts: DerivationOptions,
+): Promise<Pick<Derivation, 'inputSrcs' | 'inputDrvs'>> {
   const inputDrvs = new Map<StorePath, Set<string>>();
   const inputSrcs = new Set<StorePath>();
   const addDrvOutputs = (d: StorePath, outs: Iterable<string>) => {
@@ -327,8 +379,7 @@ export async function instantiateDerivation(store: Store, attrs: DerivationAttrs
   const readDrv = readDerivationFromStore(store);
   for (const c of [...context].sort(compareBytes)) {
     if (c.startsWith('=')) {
-      const p = c.slice(1);
-      for (const j of await store.computeClosure([p])) {
+      for (const j of await store.computeClosure([c.slice(1)])) {
         inputSrcs.add(j);
         if (isDerivationPath(j)) addDrvOutputs(j, (await readDrv(j)).outputs.keys());
       }
@@ -346,9 +397,12 @@ export async function instantiateDerivation(store: Store, attrs: DerivationAttrs
       throw attrError(drvName, `input '${p}' is not a store path of '${store.storeDir}'`, undefined, e);
     }
   }
-  drv.inputSrcs = [...inputSrcs].sort(compareBytes);
-  drv.inputDrvs = new Map([...inputDrvs].map(([k, v]) => [k, [...v].sort(compareBytes)]));
+  return { inputSrcs: [...inputSrcs].sort(compareBytes), inputDrvs: new Map([...inputDrvs].map(([k, v]) => [k, [...v].sort(compareBytes)])) };
+}
 
+/** The checks Nix makes once all attributes are read: a builder, a system, a name that makes a .drv path. */
+function checkComplete(drv: Omit<Derivation, 'outputs'>): void {
+  const drvName = drv.name;
   if (drv.builder === '') throw attrError(drvName, "required attribute 'builder' missing");
   if (drv.platform === '') throw attrError(drvName, "required attribute 'system' missing");
   if (drvName.endsWith('.drv')) throw attrError(drvName, "derivation names are not allowed to end in '.drv'", 'name');
@@ -357,25 +411,22 @@ export async function instantiateDerivation(store: Store, attrs: DerivationAttrs
   } catch (e) {
     throw attrError(drvName, `invalid derivation name: ${(e as RealiseError).shortMessage}`, 'name', e);
   }
+}
 
-  const specs = new Map<string, OutputSpec>();
-  if (outputHash !== undefined) {
-    if (outputs.length !== 1 || outputs[0] !== 'out') {
-      throw attrError(drvName, 'multiple outputs are not supported in fixed-output derivations', 'outputs');
-    }
-    const hash = parseOutputHash(drvName, outputHash, outputHashAlgo);
-    specs.set('out', { type: 'fixed', method: ingestionMethod ?? 'flat', hash });
-  } else if (contentAddressed || isImpure) {
-    if (contentAddressed && isImpure) throw attrError(drvName, 'derivation cannot be both content-addressed and impure', '__impure');
-    const algorithm = optionalAlgorithm(drvName, outputHashAlgo) ?? 'sha256';
-    for (const o of outputs) specs.set(o, { type: isImpure ? 'impure' : 'floating', method: ingestionMethod ?? 'recursive', algorithm });
-  } else {
-    for (const o of outputs) specs.set(o, { type: 'input-addressed' });
-  }
+/**
+ * Build the `Derivation` value (outputs and their paths computed) without writing it. Reads input
+ * derivations from the store to hash them.
+ */
+export async function instantiateDerivation(store: Store, attrs: DerivationAttrs, opts: DerivationOptions = {}): Promise<Derivation> {
+  const reader = new DerivationAttrsReader(derivationName(attrs), opts);
+  reader.read(attrs);
+  const drv = { ...reader.drv, ...(await contextInputs(store, reader.drvName, reader.context, opts)) };
+  checkComplete(drv);
+  const specs = reader.outputSpecs();
   try {
     return await computeOutputPaths(hasherFor(store), drv, specs);
   } catch (e) {
-    if (e instanceof InvalidStorePathError) throw attrError(drvName, e.shortMessage, undefined, e);
+    if (e instanceof InvalidStorePathError) throw attrError(reader.drvName, e.shortMessage, undefined, e);
     throw e;
   }
 }
