@@ -1,303 +1,198 @@
 /**
- * DerivationGoal as two stretches of straight-line async code (Nix's DerivationGoal state machine, read
- * top to bottom): get the .drv (substituting it if missing), check outputs, try substitutes, ask for the
- * inputs (`untilInputs`); then, once the worker finds them done, lock, re-check, build in a slot and
- * register the outputs (`afterInputs`).
+ * One derivation goal of a call (Nix's DerivationGoal): an object that owns its state — what it wants,
+ * where it is, who waits for it (waiters) and what it waits for (waitees, counted) — and moves itself
+ * from state to state. Its work runs in two stretches of async code (derivation-steps.ts):
+ * `haveDerivation` ends by naming the inputs to wait for; the goal then parks as this object alone (a
+ * call of 100,000 goals has nearly all of them waiting at once) until the last input is done, and goes
+ * on with `inputsRealised`. The Worker keeps the goals of a call and the turns to start.
+ *
+ *   queued ──start──▶ working ──haveDerivation──▶ waiting ──last input done──▶ working ──inputsRealised──▶ done
+ *                         └───────────────── a result (valid, substituted, failed) ──────────────────────▶ done
  */
 import type { StorePath } from '../store/store-path.js';
-import { downstreamPlaceholder, tryResolve, type InputOutputPaths } from '../derivation/resolve.js';
-import { knownOutputs, realiseValidOutputs, registerResolvedRealisations } from './realisations.js';
-import { computeDerivationPath, writeDerivation } from '../derivation/derivation.js';
-import { isDerivationPath } from './paths.js';
-import { knownPath, preferLocalBuild, substitutesAllowed, type DrvView } from './drv-view.js';
-import { buildLocally, postBuildHook } from './local-build.js';
-import { failure, success, isSuccess, type BuildResult } from './results.js';
-import { substitutionSucceeded } from './substitution-goal.js';
-import { BuildSetupError } from './errors.js';
-import type { BuildMode, DrvGoalEntry, Worker } from './worker.js';
+import { haveDerivation, inputsRealised, type Waitees } from './derivation-steps.js';
+import { failure, isSuccess, stoppedResult, type BuildResult } from './results.js';
+import type { GoalActivity } from './slot-gate.js';
+import type { BuildMode, Worker } from './worker.js';
 
-interface OutputStatus {
-  readonly name: string;
-  readonly path: StorePath | undefined;
-  readonly valid: boolean;
-  readonly wanted: boolean;
+type InputOutcome = 'ok' | 'failed' | 'stopped';
+
+function outcomeOf(r: BuildResult): InputOutcome {
+  return isSuccess(r.status) ? 'ok' : r.status === 'stopped' ? 'stopped' : 'failed';
 }
 
-async function checkPathValidity(w: Worker, view: DrvView, wanted: Set<string> | undefined, mode: BuildMode): Promise<OutputStatus[]> {
-  const { store } = w.ctx;
-  // Floating CA outputs are known by their realisations; input-addressed and fixed ones are in the .drv.
-  const known = await knownOutputs(store, view);
-  const out: OutputStatus[] = [];
-  const valid = await store.queryValidPaths(known.values());
-  for (const name of view.outputs.keys()) {
-    const p = known.get(name);
-    let ok = p !== undefined && valid.has(p);
-    if (ok && mode === 'repair') ok = await w.pathContentsGood(p!);
-    out.push({ name, path: p, valid: ok, wanted: wanted === undefined || wanted.has(name) });
+/** Whether outputs `have` (undefined = all) include every one of `want` (undefined = all). */
+export function covers(have: ReadonlySet<string> | undefined, want: ReadonlySet<string> | undefined): boolean {
+  if (have === undefined) return true;
+  if (want === undefined) return false;
+  for (const o of want) if (!have.has(o)) return false;
+  return true;
+}
+
+export class DerivationGoal {
+  /** Wanted outputs (undefined = all); widened while the goal runs (Nix's addWantedOutputs). */
+  wanted: Set<string> | undefined;
+  /** Set when the goal is done. */
+  result: BuildResult | undefined;
+  /** Whether the goal is preparing or waiting, for the order of build slots (one build slot only). */
+  activity: GoalActivity | undefined;
+  /** Whether it holds one of the call's turns to start (Worker.MAX_STARTING_GOALS). */
+  holdsStartTurn = false;
+  private state: 'queued' | 'working' | 'waiting' | 'done' = 'queued';
+  /** Goals waiting for this one (Nix's waiters), told when it is done. */
+  private waiters: DerivationGoal[] | undefined;
+  /** While waiting: what for, the wanted outputs of this pass, inputs not done yet, failed and stopped ones. */
+  private waitees: Waitees | undefined;
+  private waitingWanted: Set<string> | undefined;
+  private inputsLeft = 0;
+  private inputsFailed = 0;
+  /** Inputs that were stopped (not failed): the goal is then stopped too, not a dependency failure. */
+  private inputsStopped = 0;
+  /** The result as a promise, made when someone awaits it (`outcome()`): goals only other goals wait for need none. */
+  private promise: Promise<BuildResult> | undefined;
+  private resolve: ((result: BuildResult) => void) | undefined;
+
+  constructor(
+    readonly worker: Worker,
+    readonly drvPath: StorePath,
+    readonly mode: BuildMode,
+    wanted: Set<string> | undefined,
+    /** Distance from the call's targets when the path was first asked for (the order of build slots). */
+    readonly depth: number,
+    activity: GoalActivity | undefined,
+  ) {
+    this.wanted = wanted;
+    this.activity = activity;
   }
-  if (w.ctx.options.experimentalFeatures.includes('ca-derivations')) {
-    const staticValid = new Map<string, StorePath>();
-    for (const [name, spec] of view.outputs) {
-      const p = knownPath(spec);
-      if (p && valid.has(p)) staticValid.set(name, p);
+
+  get done(): boolean {
+    return this.state === 'done';
+  }
+
+  /** The goal's result once it is done. */
+  outcome(): Promise<BuildResult> {
+    this.promise ??= this.result
+      ? Promise.resolve(this.result)
+      : new Promise<BuildResult>((resolve) => {
+          this.resolve = resolve;
+        });
+    return this.promise;
+  }
+
+  /** Ask for more outputs: a running goal re-checks its wanted outputs before it finishes. */
+  widen(want: Set<string> | undefined): void {
+    this.wanted = want === undefined || this.wanted === undefined ? undefined : new Set([...this.wanted, ...want]);
+  }
+
+  /** The goal's turn to start came (the Worker hands out turns). */
+  start(): void {
+    this.worker.ctx.emit('goal-started', { kind: 'derivation', path: this.drvPath });
+    this.attempt();
+  }
+
+  /**
+   * The goal waits for `p` (other goals' work, a lock, a remote machine): it gives back its turn to start
+   * and, for the order of build slots, is not preparing meanwhile.
+   */
+  blocked<T>(p: Promise<T>): Promise<T> {
+    this.worker.releaseStartTurn(this);
+    return this.activity ? this.activity.blocked(p) : p;
+  }
+
+  /** One pass over the wanted outputs (again when they were widened meanwhile). */
+  private attempt(): void {
+    const wanted = this.wanted === undefined ? undefined : new Set(this.wanted);
+    this.run(wanted, haveDerivation(this, wanted));
+  }
+
+  /** Follow a stretch of work to its end: the goal waits for inputs, finishes, or goes round again. */
+  private run(wanted: Set<string> | undefined, work: Promise<BuildResult | Waitees>): void {
+    this.state = 'working';
+    work
+      .then(
+        (r) => {
+          this.worker.releaseStartTurn(this);
+          if ('deps' in r) this.waitFor(wanted, r);
+          // Widened while running and not everything was built: go round again for the new outputs.
+          else if (!isSuccess(r.status) || covers(wanted, this.wanted) || r.status === 'built') this.finish(r);
+          else this.attempt();
+        },
+        (x: unknown) => {
+          this.worker.releaseStartTurn(this);
+          this.finish(this.worker.failureOf(x, this.drvPath));
+        },
+      )
+      .catch((x: unknown) => {
+        // A bug in the goal's own bookkeeping: fail it rather than leave it (and its waiters) hanging.
+        this.worker.escaped ??= x;
+        if (!this.done) this.finish(this.worker.failureOf(x, this.drvPath));
+      });
+  }
+
+  /** Park until the input goals and input-source substitutions are done (Nix's waitees). */
+  private waitFor(wanted: Set<string> | undefined, waitees: Waitees): void {
+    this.state = 'waiting';
+    this.waitees = waitees;
+    this.waitingWanted = wanted;
+    this.inputsLeft = waitees.deps.length + waitees.others.length;
+    this.inputsFailed = this.inputsStopped = 0;
+    if (waitees.deps.length) this.worker.ctx.emit('goal-waiting', { path: this.drvPath, inputs: waitees.deps.map((d) => d.drvPath) });
+    if (this.inputsLeft === 0) {
+      this.inputsDone();
+      return;
     }
-    await realiseValidOutputs(store, view, staticValid);
-  }
-  return out;
-}
-
-function outputsOf(statuses: OutputStatus[], onlyWanted: boolean): Record<string, StorePath> {
-  const r: Record<string, StorePath> = {};
-  for (const s of statuses) if (s.path && (!onlyWanted || s.wanted)) r[s.name] = s.path;
-  return r;
-}
-
-/** What a goal keeps while it waits for its inputs: little (a call of 100,000 goals has nearly all of them waiting at once). */
-export interface WaitingForInputs {
-  /** The goals of the input derivations, in the order of the derivation's inputDrvs. */
-  readonly deps: readonly DrvGoalEntry[];
-  /** Substitutions of missing input sources: whether each succeeded. */
-  readonly others: readonly Promise<boolean>[];
-  /** Set when substitution is tried again once the inputs are there: the outputs' statuses then. */
-  readonly retrySubstitution: OutputStatus[] | undefined;
-}
-
-const allWantedValid = (st: readonly OutputStatus[]): boolean => st.every((s) => !s.wanted || s.valid);
-
-/**
- * Steps 1–4 of a derivation goal (Nix's DerivationGoal, read top to bottom): the .drv, the outputs'
- * validity, substitutes, then the input goals to wait for (the worker parks the goal until they are done
- * and goes on with `afterInputs`).
- */
-export async function untilInputs(w: Worker, drvPath: StorePath, wanted: Set<string> | undefined, mode: BuildMode): Promise<BuildResult | WaitingForInputs> {
-  if (!isDerivationPath(drvPath)) return failure('misc-failure', `'${drvPath}' is not a derivation path`);
-  const { store } = w.ctx;
-  // 1. Make sure the derivation exists; it may come from a substitute.
-  if (!w.ctx.isProvidedDrv(drvPath) && !(await store.isValidPath(drvPath))) {
-    const o = await w.blocked(drvPath, w.substitutionGoal(drvPath));
-    w.throwIfStopped();
-    if (!substitutionSucceeded(o)) return failure('misc-failure', `cannot build missing derivation '${drvPath}'`);
-  }
-  const view = await w.ctx.loadDrv(drvPath);
-  // Temporary GC roots, as Nix: a concurrent garbage collector keeps the derivation and its outputs.
-  if (store.addTempRoot) {
-    await store.addTempRoot(drvPath);
-    for (const spec of view.outputs.values()) {
-      const p = knownPath(spec);
-      if (p) await store.addTempRoot(p);
+    // Waiting for other goals, it is not preparing (the order of build slots depends on it).
+    this.activity?.pause();
+    for (const d of waitees.deps) {
+      if (d.result) this.inputDone(outcomeOf(d.result));
+      else (d.waiters ??= []).push(this);
     }
-  }
-  if (wanted) {
-    for (const o of wanted) {
-      if (!view.outputs.has(o)) return failure('misc-failure', `derivation '${drvPath}' does not have wanted outputs '${o}'`);
-    }
+    // A substitution that fails once the call is stopped was stopped with it.
+    const { signal } = this.worker;
+    for (const p of waitees.others) void p.then((ok) => this.inputDone(ok ? 'ok' : signal.aborted ? 'stopped' : 'failed'));
   }
 
-  // 2. Which wanted outputs are missing?
-  let statuses = await checkPathValidity(w, view, wanted, mode);
-  if (allWantedValid(statuses) && mode === 'normal') {
-    return success('already-valid', outputsOf(statuses, true));
+  /**
+   * One input is done. Without keepGoing the first failure is enough (Nix wakes the waiter at once and
+   * drops its other waitees); with it, every input is waited for. A stopped input wakes nobody early:
+   * the failure that stopped the call may be another input's, still on its way (a failed build stops
+   * the call before its goal is done), and makes this goal dependency-failed, as in Nix, where goals
+   * are stopped only after the failure reached the top-level goals.
+   */
+  private inputDone(how: InputOutcome): void {
+    if (this.state !== 'waiting' || this.inputsLeft === 0) return;
+    if (how === 'failed') {
+      this.inputsFailed++;
+      if (!this.worker.ctx.options.keepGoing) this.inputsLeft = 1;
+    } else if (how === 'stopped') this.inputsStopped++;
+    // The goal goes on in a microtask, not inside the finishing input's stack (chains can be long).
+    if (--this.inputsLeft === 0) queueMicrotask(() => this.inputsDone());
   }
 
-  // 3. Try substitutes for the missing outputs.
-  const tried = await trySubstitutes(w, view, wanted, mode, statuses);
-  if (tried.result) return tried.result;
-  statuses = tried.statuses;
-  if (mode === 'repair' && allWantedValid(statuses)) return repairClosure(w, view, statuses);
-  if (mode === 'check' && statuses.some((s) => s.wanted && !s.valid)) {
-    // Nix throws this out of the worker: the whole call ends with it (exit 1), --keep-going or not.
-    throw new BuildSetupError(`some outputs of '${drvPath}' are not valid, so checking is not possible`, {
-      hint: 'build the derivation normally first, then check it',
-    });
+  /** Every input is done (or one failed, without keepGoing): fail, stop, or go on with `inputsRealised`. */
+  private inputsDone(): void {
+    const waitees = this.waitees!;
+    const wanted = this.waitingWanted;
+    this.waitees = this.waitingWanted = undefined;
+    this.activity?.resume();
+    // A failure that ended the call (as Nix's Error thrown out of its worker) leaves its dependents stopped.
+    if (this.inputsFailed > 0 && !this.worker.endedByError)
+      this.finish(failure('dependency-failed', `${this.inputsFailed} dependencies of derivation '${this.drvPath}' failed to build`));
+    else if (this.inputsStopped > 0 || this.inputsFailed > 0) this.finish(stoppedResult(`build of '${this.drvPath}'`));
+    else this.run(wanted, inputsRealised(this, wanted, waitees));
   }
 
-  // 4. Give up on substitution: realise the inputs (all outputs are built from here on).
-  const inputMode: BuildMode = mode === 'repair' ? 'repair' : 'normal';
-  const deps: DrvGoalEntry[] = [];
-  for (const [dep, outs] of view.inputDrvs) deps.push(w.goalEntry(dep, outs, inputMode, drvPath));
-  const srcs = view.inputSrcs;
-  const validSrcs = await store.queryValidPaths(srcs);
-  const others: Promise<boolean>[] = [];
-  for (const src of srcs) {
-    if (validSrcs.has(src)) continue;
-    if (w.ctx.substituters.length === 0) {
-      return failure('misc-failure', `dependency '${src}' of '${drvPath}' does not exist, and substitution is disabled`);
-    }
-    others.push(w.substitutionGoal(src).then(substitutionSucceeded));
+  /** The goal is done: the Worker records it, its awaiters and waiters are told. */
+  private finish(result: BuildResult): void {
+    this.state = 'done';
+    this.activity?.done();
+    this.activity = undefined;
+    this.result = result;
+    const waiters = this.waiters;
+    this.waiters = undefined;
+    this.worker.goalFinished(this, result);
+    this.resolve?.(result);
+    this.resolve = undefined;
+    if (waiters) for (const g of waiters) g.inputDone(outcomeOf(result));
   }
-  // The parsed derivation is not kept while waiting; it is fetched again after, usually from the engine's cache.
-  return { deps, others, retrySubstitution: tried.retry ? statuses : undefined };
-}
-
-/**
- * Step 3 (Nix's tryToSubstitute / outputsSubstitutionTried): substitute the missing wanted outputs. A
- * result ends the goal; `retry` asks to try again once the inputs are built (a substitute's references
- * that nobody had).
- */
-async function trySubstitutes(
-  w: Worker,
-  view: DrvView,
-  wanted: Set<string> | undefined,
-  mode: BuildMode,
-  statuses: OutputStatus[],
-): Promise<{ result?: BuildResult; statuses: OutputStatus[]; retry: boolean }> {
-  // (In check mode too, as Nix: outputs that are not valid are substituted first, then checked.)
-  if (w.ctx.substituters.length === 0 || !substitutesAllowed(view)) return { statuses, retry: false };
-  const missing = statuses.filter((s) => s.wanted && !s.valid);
-  if (missing.some((s) => !s.path)) {
-    w.warn('do not know how to query for unknown floating content-addressed derivation output yet');
-    return { statuses, retry: false };
-  }
-  const outcomes = await w.blocked(view.drvPath, Promise.all(missing.map((s) => w.substitutionGoal(s.path!, mode === 'repair'))));
-  w.throwIfStopped();
-  const failed = outcomes.filter((o) => !substitutionSucceeded(o));
-  const noSubs = failed.filter((o) => o.kind === 'no-substituters').length;
-  const incomplete = failed.filter((o) => o.kind === 'incomplete-closure').length;
-  if (failed.length > noSubs + incomplete && !w.ctx.options.fallback) {
-    return {
-      statuses,
-      retry: false,
-      result: failure(
-        'transient-failure',
-        `some substitutes for the outputs of derivation '${view.drvPath}' failed (usually happens due to networking issues); try '--fallback' to build derivation from source `,
-      ),
-    };
-  }
-  const retry = incomplete > 0;
-  statuses = await checkPathValidity(w, view, wanted, mode);
-  if (mode === 'normal' && allWantedValid(statuses)) return { statuses, retry, result: success('substituted', outputsOf(statuses, true)) };
-  // Repair: the outputs are good now; their closure is checked (and repaired) next, as Nix.
-  if (mode === 'repair' && allWantedValid(statuses)) return { statuses, retry, result: await repairClosure(w, view, statuses) };
-  return { statuses, retry };
-}
-
-/** Steps 5–6, once every input is there: the input closure, then the build. */
-export async function afterInputs(
-  w: Worker,
-  drvPath: StorePath,
-  wanted: Set<string> | undefined,
-  mode: BuildMode,
-  waiting: WaitingForInputs,
-): Promise<BuildResult> {
-  const { store } = w.ctx;
-  const view = await w.ctx.loadDrv(drvPath);
-  if (waiting.retrySubstitution) {
-    const again = await trySubstitutes(w, view, wanted, mode, waiting.retrySubstitution);
-    if (again.result) return again.result;
-  }
-
-  // 5. The input closure: wanted outputs of input derivations (as their goals reported them), and input sources.
-  const roots: StorePath[] = [...view.inputSrcs];
-  const inputOutputs = new Map<StorePath, Map<string, StorePath>>();
-  let i = 0;
-  for (const [dep, outs] of view.inputDrvs) {
-    const built = waiting.deps[i++]!.result!.builtOutputs;
-    let depView: DrvView | undefined;
-    let known: Map<string, StorePath> | undefined;
-    for (const o of outs) {
-      let p: StorePath | undefined = built[o];
-      if (!p) {
-        depView ??= await w.ctx.loadDrv(dep);
-        if (!depView.outputs.has(o))
-          return failure('misc-failure', `derivation '${drvPath}' requires non-existent output '${o}' from input derivation '${dep}'`);
-        known ??= await knownOutputs(store, depView);
-        p = known.get(o);
-      }
-      if (!p)
-        return failure(
-          'misc-failure',
-          `derivation '${drvPath}' requires output '${o}' from input derivation '${dep}', which is supposedly realized already, yet we still don't know what path corresponds to that output`,
-        );
-      roots.push(p);
-      let m = inputOutputs.get(dep);
-      if (!m) inputOutputs.set(dep, (m = new Map()));
-      m.set(o, p);
-    }
-  }
-  // Deferred, or floating CA with input derivations: build the resolved derivation instead (Nix's tryResolve).
-  if (view.needsResolution || (view.isFixedOutput && resolvesFixedOutput(w, view))) return buildResolved(w, view, inputOutputs, wanted, mode);
-  const inputPaths = await store.computeClosure(roots);
-
-  // 6. Build (rounds for buildRepeat; fixed outputs are built once).
-  const rounds = view.isFixedOutput ? 1 : w.ctx.options.buildRepeat + 1;
-  return buildLocally(w, view, { mode, rounds, inputPaths, preferLocal: preferLocalBuild(view), wanted });
-}
-
-/**
- * Whether a fixed-output derivation with input derivations is resolved before it is built: Nix 2.8 resolves
- * every content-addressed one with `ca-derivations`; without the feature, one that names an input's output
- * by its placeholder (an input that is floating content-addressed) must be resolved all the same.
- */
-function resolvesFixedOutput(w: Worker, view: DrvView): boolean {
-  if (view.inputDrvs.size === 0) return false;
-  if (w.ctx.options.experimentalFeatures.includes('ca-derivations')) return true;
-  const placeholders: string[] = [];
-  for (const [dep, outs] of view.inputDrvs) for (const o of outs) placeholders.push(downstreamPlaceholder(dep, o));
-  const uses = (s: string) => placeholders.some((p) => s.includes(p));
-  return uses(view.builder) || view.args.some(uses) || [...view.env.values()].some(uses);
-}
-
-/**
- * Nix 2.8's resolution (DerivationGoal::inputsRealised → resolvedFinished): write the resolved derivation
- * (input-derivation outputs replaced by their realised paths), realise it as a goal of its own, and record
- * its outputs as the outputs of the original derivation, so that the original is valid from then on.
- */
-async function buildResolved(w: Worker, view: DrvView, inputOutputs: InputOutputPaths, wanted: Set<string> | undefined, mode: BuildMode): Promise<BuildResult> {
-  const { store } = w.ctx;
-  const { resolved, missing } = await tryResolve(view.drv, inputOutputs, { storeDir: store.storeDir });
-  if (!resolved) {
-    const m = missing[0]!;
-    return failure(
-      'misc-failure',
-      `cannot resolve derivation '${view.drvPath}': output '${m.output}' of input '${m.drvPath}' has no known path; rebuild that input`,
-    );
-  }
-  // Announced before the .drv is written (that can take a while): Nix prints it in the same step as it
-  // resolves, before any other build can take a free slot.
-  const pathResolved = computeDerivationPath(resolved, store.storeDir);
-  w.ctx.emit('derivation-resolved', { drvPath: view.drvPath, resolvedPath: pathResolved });
-  await writeDerivation(store, resolved);
-  if (store.addTempRoot) await store.addTempRoot(pathResolved);
-  const r = await w.blocked(view.drvPath, w.derivationGoal(pathResolved, wanted, mode));
-  if (!isSuccess(r.status)) return r;
-  const outputs = new Map<string, StorePath>();
-  for (const name of wanted ?? view.outputs.keys()) {
-    const p = r.builtOutputs[name];
-    if (!p) return failure('misc-failure', `resolved derivation '${pathResolved}' of '${view.drvPath}' did not report output '${name}'`);
-    outputs.set(name, p);
-  }
-  // As Nix: the original derivation's outputs are realised as the resolved one's (a fixed output's path
-  // is in the .drv already). A derivation handed to us without being in the store has nothing to record.
-  if (await store.isValidPath(view.drvPath)) await registerResolvedRealisations(store, view, await w.ctx.loadDrv(pathResolved), outputs);
-  // Nix 2.8 runs the post-build hook again for the original derivation, built or not.
-  const hookError = await postBuildHook(w, view.drvPath, [...outputs.values()]);
-  if (hookError !== undefined) return failure('misc-failure', hookError);
-  return { ...r, builtOutputs: Object.fromEntries(outputs) };
-}
-
-/**
- * Repair mode with valid, intact outputs (Nix's repairClosure): check every other path in the outputs'
- * closure and repair the corrupt ones, rebuilding their deriver when it is in the input closure, else
- * substituting them again.
- */
-async function repairClosure(w: Worker, view: DrvView, statuses: OutputStatus[]): Promise<BuildResult> {
-  const { store } = w.ctx;
-  const own = statuses.filter((s) => s.wanted && s.path).map((s) => s.path!);
-  const closure = await store.computeClosure(own);
-  for (const p of statuses.map((s) => s.path)) if (p) closure.delete(p);
-  const outputsToDrv = new Map<StorePath, StorePath>();
-  for (const p of await store.computeClosure([view.drvPath])) {
-    if (!p.endsWith('.drv')) continue;
-    for (const [, out] of await store.queryDerivationOutputs(p)) outputsToDrv.set(out, p);
-  }
-  const repairs: Promise<boolean>[] = [];
-  for (const p of closure) {
-    if (await w.pathContentsGood(p)) continue;
-    w.warn(`found corrupted or missing path '${p}' in the output closure of '${view.drvPath}'`, 'plain');
-    const drv = outputsToDrv.get(p);
-    repairs.push(drv ? w.derivationGoal(drv, undefined, 'repair').then((r) => isSuccess(r.status)) : w.substitutionGoal(p, true).then(substitutionSucceeded));
-  }
-  const failed = (await w.blocked(view.drvPath, Promise.all(repairs))).filter((ok) => !ok).length;
-  if (failed > 0) return failure('misc-failure', `some paths in the output closure of derivation '${view.drvPath}' could not be repaired`);
-  return success('already-valid', outputsOf(statuses, true));
 }

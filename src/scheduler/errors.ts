@@ -50,8 +50,9 @@ export class BuildSetupError extends RealiseError {
 }
 
 /**
- * Thrown inside a goal's steps when the call is stopped (internal: never escapes the worker, which turns
- * it into a `stopped` result).
+ * The reason of a call's abort signal once the call is stopped: what an aborted wait, or
+ * `signal.throwIfAborted()`, throws inside a goal's work, unwinding it (internal: never escapes the
+ * worker, which turns any throw in a stopped call into a `stopped` result). Failures are never thrown.
  */
 export class GoalStopped extends Error {
   constructor() {

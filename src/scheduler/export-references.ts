@@ -8,13 +8,13 @@ import { ExportReferencesError } from '../derivation/parsed-attrs.js';
 import type { DrvView } from './drv-view.js';
 import { knownPath } from './drv-view.js';
 import type { Worker } from './worker.js';
-import { OutputRejected } from './rejected.js';
+import { isRejected, rejected, type Rejected } from './rejected.js';
 
-async function exportClosure(w: Worker, view: DrvView, roots: StorePath[], inputPaths: Set<StorePath>): Promise<StorePath[]> {
+async function exportClosure(w: Worker, view: DrvView, roots: StorePath[], inputPaths: Set<StorePath>): Promise<StorePath[] | Rejected> {
   const { store } = w.ctx;
   for (const r of roots) {
     if (!inputPaths.has(r)) {
-      throw new OutputRejected('input-rejected', `cannot export references of path '${r}' because it is not in the input closure of the derivation`);
+      return rejected('input-rejected', `cannot export references of path '${r}' because it is not in the input closure of the derivation`);
     }
   }
   const paths = await store.computeClosure(roots);
@@ -31,21 +31,27 @@ async function exportClosure(w: Worker, view: DrvView, roots: StorePath[], input
 /**
  * The files exportReferencesGraph asks for (file name → contents; structured: name → JSON value), from the
  * derivation's attributes as ParsedDerivation reads them. A malformed attribute that Nix treats as a build
- * error (ExportReferencesError), or a path outside the input closure, rejects the build's inputs
- * (OutputRejected `input-rejected`, Nix's BuildError); other BadDerivationErrors end the call, as Nix's Error.
+ * error (ExportReferencesError), or a path outside the input closure, rejects the build's inputs (a
+ * `Rejected` value, `input-rejected`: Nix's BuildError); other BadDerivationErrors are thrown (the round
+ * ends the call with them, as Nix's Error).
  */
-export async function exportReferencesGraph(w: Worker, view: DrvView, inputPaths: Set<StorePath>): Promise<Map<string, string | unknown> | undefined> {
+export async function exportReferencesGraph(
+  w: Worker,
+  view: DrvView,
+  inputPaths: Set<StorePath>,
+): Promise<Map<string, string | unknown> | undefined | Rejected> {
   let wanted: { name: string; paths: StorePath[] }[];
   try {
     wanted = view.attrs.exportReferencesGraph(w.ctx.store.storeDir);
   } catch (e) {
-    if (e instanceof ExportReferencesError) throw new OutputRejected('input-rejected', e.shortMessage);
+    if (e instanceof ExportReferencesError) return rejected('input-rejected', e.shortMessage);
     throw e;
   }
   if (wanted.length === 0) return undefined;
   const out = new Map<string, unknown>();
   for (const { name, paths: roots } of wanted) {
     const paths = await exportClosure(w, view, roots, inputPaths);
+    if (isRejected(paths)) return paths;
     out.set(name, view.structuredAttrs ? await closureAsJson(w, paths) : await closureAsRegistration(w, paths));
   }
   return out;

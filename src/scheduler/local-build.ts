@@ -25,7 +25,7 @@ import { buildDirRegistry } from '../platform/build-dirs.js';
 import { runPostBuildHook } from '../platform/post-build-hook.js';
 import { checkImpureHostDeps, parseSandboxPaths, type SandboxPath } from '../platform/sandbox-config.js';
 import { canBuildHere, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
-import { BuildSetupError, GoalStopped } from './errors.js';
+import { BuildSetupError } from './errors.js';
 import { encodeError } from '../remote/wire.js';
 import { exportReferencesGraph } from './export-references.js';
 import { LogCollector } from './log-collector.js';
@@ -33,9 +33,10 @@ import { describeSignal } from '../platform/signals.js';
 import { roundsToTryToBuild, slotGate } from './slot-gate.js';
 import { registerOutputs, type RoundOutputs } from './register-outputs.js';
 import { knownOutputs } from './realisations.js';
-import { OutputRejected } from './rejected.js';
+import { isRejected } from './rejected.js';
 import { failure, success, type BuildResult, type BuildStatus, type FailureDetails } from './results.js';
 import type { BuildMode, Worker } from './worker.js';
+import type { DerivationGoal } from './derivation-goal.js';
 import type { RunningCount } from './events.js';
 import type { ResolvedOptions } from './options.js';
 
@@ -46,6 +47,8 @@ export interface LocalBuildPlan {
   readonly preferLocal: boolean;
   /** The goal's wanted outputs (undefined = all), for Nix's goal name `DRV!out,dev` / `DRV!*` in messages. */
   readonly wanted?: ReadonlySet<string> | undefined;
+  /** The goal that builds (its depth and activity steer the order of build slots; it waits through it). */
+  readonly goal: DerivationGoal;
 }
 
 const ZERO_SHA256 = new Hash('sha256', new Uint8Array(32));
@@ -135,18 +138,19 @@ export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPla
   if (w.ctx.options.builders.length > 0 && plan.mode === 'normal' && !plan.preferLocal && view.platform !== 'builtin') {
     // Imported on first use: a call without builders never loads the remote protocols.
     const { tryRemoteBuild } = await import('./remote-build.js');
-    const r = await w.blocked(view.drvPath, tryRemoteBuild(w, view, plan.inputPaths));
+    const r = await plan.goal.blocked(tryRemoteBuild(w, view, plan.inputPaths));
     if (r) return r;
   }
-  refuseUnbuildable(w, view, plan);
+  const refused = refuseUnbuildable(w, view, plan);
+  if (refused) return w.endCall(refused, view.drvPath);
   return buildInRounds(w, view, plan);
 }
 
 /** Nix throws these out of the build (the whole call ends): no slot will ever build it here. */
-function refuseUnbuildable(w: Worker, view: DrvView, plan: LocalBuildPlan): void {
+function refuseUnbuildable(w: Worker, view: DrvView, plan: LocalBuildPlan): BuildSetupError | undefined {
   const { options } = w.ctx;
   if (options.maxJobs === 0 && !plan.preferLocal) {
-    throw new BuildSetupError(
+    return new BuildSetupError(
       options.builders.length === 0
         ? "unable to start any build; either increase '--max-jobs' or enable remote builds.\nhttps://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html"
         : 'unable to start any build; remote machines may not have all required system features.',
@@ -154,11 +158,12 @@ function refuseUnbuildable(w: Worker, view: DrvView, plan: LocalBuildPlan): void
     );
   }
   if (!canBuildLocally(w, view)) {
-    throw new BuildSetupError(
+    return new BuildSetupError(
       `a '${view.platform}' with features {${requiredSystemFeatures(view).join(', ')}} is required to build '${view.drvPath}', but I am a '${options.system}' with features {${[...options.systemFeatures].sort().join(', ')}}`,
       { hint: 'configure a remote builder for that platform, or add the features to systemFeatures' },
     );
   }
+  return undefined;
 }
 
 /**
@@ -187,8 +192,9 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
       const r = await inBuildSlot(
         w,
         view,
+        plan.goal,
         async (releaseSlot): Promise<RoundResult | BuildResult | 'locked'> => {
-          w.throwIfStopped();
+          w.signal.throwIfAborted();
           locks = await store.tryLockPaths(lockTargets);
           if (!locks) return 'locked';
           if (waited) w.ctx.emit('build-lock-acquired', { drvPath });
@@ -215,10 +221,11 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
       if (r === 'locked') {
         if (!waited) w.ctx.emit('build-waiting', { drvPath, lockedPaths: lockTargets.map((p) => store.toRealPath(p)) });
         waited = true;
-        await w.blocked(drvPath, waitForLocks(store, lockTargets, w.signal));
+        await plan.goal.blocked(waitForLocks(store, lockTargets, w.signal));
         continue;
       }
       if ('status' in r) return r;
+      if (r.kind === 'ended') return r.result;
       timesBuilt++;
       if (r.kind === 'failed') {
         return {
@@ -258,19 +265,18 @@ async function waitForLocks(store: Worker['ctx']['store'], targets: readonly str
 
 /**
  * Run `fn` holding one of the maxJobs build slots until it calls `releaseSlot` or finishes. As Nix
- * (Worker::childTerminated at the start of buildDone), the slot is freed as soon as the builder has exited:
- * closing the log and registering the outputs do not keep another build from starting.
+ * (Worker::childTerminated at the start of buildDone), the slot is freed as soon as the builder has exited
+ * and, when it failed, its failure is made: closing the log and registering the outputs do not keep
+ * another build from starting.
  */
-function inBuildSlot<R>(w: Worker, view: DrvView, fn: (releaseSlot: () => void) => Promise<R>, nextRound = false): Promise<R> {
+function inBuildSlot<R>(w: Worker, view: DrvView, goal: DerivationGoal, fn: (releaseSlot: () => void) => Promise<R>, nextRound = false): Promise<R> {
   // Waiting for a slot, the goal no longer prepares; the gate grants free slots in Nix's goal order. When
   // its builder is done, the goal is busy again (registering, finishing) until it waits or ends.
-  const drvPath = view.drvPath;
-  const goal = w.goalOf(drvPath);
-  const activity = goal?.activity;
+  const activity = goal.activity;
   activity?.pause();
   return new Promise<R>((resolve, reject) => {
     slotGate(w.ctx.buildQueue).request(
-      drvPath,
+      goal.drvPath,
       () =>
         new Promise<void>((slotFreed) => {
           let freed = false;
@@ -288,14 +294,22 @@ function inBuildSlot<R>(w: Worker, view: DrvView, fn: (releaseSlot: () => void) 
           }
           p.then(resolve, reject).finally(free);
         }),
-      roundsToTryToBuild(goal?.depth ?? 0, view.inputDrvs.size > 0),
+      roundsToTryToBuild(goal.depth, view.inputDrvs.size > 0),
       nextRound,
     );
   });
 }
 
-type RoundResult = { kind: 'failed'; result: BuildResult } | { kind: 'ok'; outputs: RoundOutputs; nonDeterministic: boolean; stopRounds: boolean };
+/**
+ * How a round ended: its outputs registered (`ok`), failed (the goal's failure, once the rounds' counts
+ * and times are added), or `ended`: the goal's result as it is (stopped, or a setup error that ends the call).
+ */
+type RoundResult =
+  | { kind: 'failed'; result: BuildResult }
+  | { kind: 'ended'; result: BuildResult }
+  | { kind: 'ok'; outputs: RoundOutputs; nonDeterministic: boolean; stopRounds: boolean };
 type FailedRound = Extract<RoundResult, { kind: 'failed' }>;
+type EndedRound = Extract<RoundResult, { kind: 'ended' }>;
 
 /** Where a round builds each output (its scratch path) and the string rewrites that put it there. */
 interface ScratchOutputs {
@@ -332,12 +346,14 @@ async function runOneRound(
   releaseSlot: () => void,
 ): Promise<RoundResult> {
   const sandbox = await pickSandbox(w, view);
+  if (sandbox instanceof BuildSetupError) return { kind: 'ended', result: w.endCall(sandbox, view.drvPath) };
   const outs = await planScratchOutputs(w, view, plan.mode !== 'normal' || round > 1, validNow, sandbox.isolated);
   const dir = await prepareBuildDir(w, view, sandbox.isolated);
+  if (dir instanceof BuildSetupError) return { kind: 'ended', result: w.endCall(dir, view.drvPath) };
   const r = new LocalRound(w, view, plan, round, sandbox, outs, dir);
   try {
     const env = await r.writeEnvironment();
-    if (env.kind === 'failed') {
+    if (env.kind !== 'env') {
       releaseSlot();
       return env;
     }
@@ -347,7 +363,7 @@ async function runOneRound(
   } catch (e) {
     // A sandbox that threw after the build was announced.
     r.finishBuild(w.signal.aborted ? 'stopped' : 'failure');
-    if (e instanceof GoalStopped || w.signal.aborted) {
+    if (w.signal.aborted) {
       // A stopped build is neither done nor failed.
       r.running.end('dropped');
       await cleanupScratch(w, outs.scratch).catch(() => {});
@@ -359,12 +375,12 @@ async function runOneRound(
   }
 }
 
-/** The sandbox for this build; Nix's startBuilder throws its refusal (`__noChroot` with sandbox = true) out of the build. */
-async function pickSandbox(w: Worker, view: DrvView): Promise<Sandbox> {
+/** The sandbox for this build, or Nix's refusal (`__noChroot` with sandbox = true), which ends the call. */
+async function pickSandbox(w: Worker, view: DrvView): Promise<Sandbox | BuildSetupError> {
   try {
     return await w.ctx.pickSandbox(view);
   } catch (e) {
-    throw asSetupError(e);
+    return asSetupError(e);
   }
 }
 
@@ -413,8 +429,8 @@ interface BuildDir {
   readonly extraPaths: Map<string, SandboxPath> | undefined;
 }
 
-/** The build directory, and what the sandbox needs besides; an error here is thrown out of the build. */
-async function prepareBuildDir(w: Worker, view: DrvView, isolated: boolean): Promise<BuildDir> {
+/** The build directory, and what the sandbox needs besides; an error here ends the call (as Nix throws it). */
+async function prepareBuildDir(w: Worker, view: DrvView, isolated: boolean): Promise<BuildDir | BuildSetupError> {
   const { options } = w.ctx;
   // Build directories a killed process left behind go first; this one is recorded until it is gone.
   await buildDirRegistry().sweep(w.ctx.store);
@@ -441,7 +457,7 @@ async function prepareBuildDir(w: Worker, view: DrvView, isolated: boolean): Pro
   } catch (e) {
     // The build dir exists by now: with keepFailed Nix keeps it and says so.
     await keepOrRemoveBuildDir(dir, options.keepFailed);
-    throw asSetupError(e, options.keepFailed ? top : undefined);
+    return asSetupError(e, options.keepFailed ? top : undefined);
   }
 }
 
@@ -523,16 +539,19 @@ class LocalRound {
    * the build's inputs (Nix's InputRejected), as a failed round that stops the call before its slot is
    * handed on.
    */
-  async writeEnvironment(): Promise<{ kind: 'env'; env: Record<string, string> } | FailedRound> {
+  async writeEnvironment(): Promise<{ kind: 'env'; env: Record<string, string> } | FailedRound | EndedRound> {
     const { w, view, plan, dir } = this;
     const { store, options } = w.ctx;
     let erg: Awaited<ReturnType<typeof exportReferencesGraph>>;
     try {
       erg = await exportReferencesGraph(w, view, plan.inputPaths);
     } catch (e) {
-      if (!(e instanceof OutputRejected)) throw asSetupError(e);
+      // A malformed attribute Nix throws out of the build as a plain Error: it ends the call.
+      return { kind: 'ended', result: w.endCall(asSetupError(e), view.drvPath) };
+    }
+    if (isRejected(erg)) {
       w.noteFailure(view.drvPath);
-      return this.fail(e.status, { message: e.message });
+      return this.fail(erg.status, { message: erg.message });
     }
     const { env, files } = makeBuildEnv({
       drvEnv: view.env,
@@ -560,7 +579,7 @@ class LocalRound {
    * Run the builder under its limits, then (still in the slot) classify its exit; then free the slot and
    * store the log. Resolves with the round's failure, or undefined when the builder succeeded.
    */
-  async runBuilder(env: Record<string, string>, releaseSlot: () => void): Promise<FailedRound | undefined> {
+  async runBuilder(env: Record<string, string>, releaseSlot: () => void): Promise<FailedRound | EndedRound | undefined> {
     const { w, view, plan, dir, outs } = this;
     const { store, options } = w.ctx;
     const limits = new RunLimits(options, `building of '${view.drvPath}!${plan.wanted ? [...plan.wanted].sort().join(',') : '*'}' from .drv file`);
@@ -606,12 +625,12 @@ class LocalRound {
    * carrying that failure before the slot is handed on, so the failure is reported before the next build
    * starts; a successful one frees its slot at once (its outputs are registered outside the slot).
    */
-  private async afterExit(exit: SandboxExit, limit: BuilderRun['limit'], releaseSlot: () => void): Promise<FailedRound | undefined> {
+  private async afterExit(exit: SandboxExit, limit: BuilderRun['limit'], releaseSlot: () => void): Promise<FailedRound | EndedRound | undefined> {
     const { w, view } = this;
     const drvPath = view.drvPath;
     let setupError: string | undefined;
     let stoppedOthers = false;
-    let failed: FailedRound | undefined;
+    let failed: FailedRound | EndedRound | undefined;
     try {
       if (exit.kind === 'spawn-failed' && exit.execError) {
         // As Nix: the build environment was set up and only the exec failed, in the child; the build
@@ -637,7 +656,7 @@ class LocalRound {
       // The end of the build, then its slot is free: the events of a build bracket exactly its time in the slot.
       this.log.end();
       const outcome = exit.kind === 'exited' && exit.code === 0 && !limit ? 'success' : w.signal.aborted && !stoppedOthers ? 'stopped' : 'failure';
-      this.finishBuild(outcome, failed?.result);
+      this.finishBuild(outcome, failed?.kind === 'failed' ? failed.result : undefined);
       releaseSlot();
       await w.ctx.store.addBuildLog(drvPath, this.log.text()).catch(() => {});
     }
@@ -645,19 +664,21 @@ class LocalRound {
   }
 
   /** A round whose builder did not succeed: its failure (or a throw: stopped, or a sandbox that could not be set up). */
-  private async classify(run: BuilderRun): Promise<FailedRound | undefined> {
+  private async classify(run: BuilderRun): Promise<FailedRound | EndedRound | undefined> {
     const { w, view, plan } = this;
     const { store } = w.ctx;
     const { exit } = run;
-    if (w.signal.aborted && !run.stoppedOthers) throw new GoalStopped();
+    // Stopped by another goal's failure or the caller: the stop unwinds the round (runOneRound cleans up).
+    if (!run.stoppedOthers) w.signal.throwIfAborted();
     if (run.setupError !== undefined) {
       this.running.end(false);
       await cleanupScratch(w, this.outs.scratch, new Set());
-      throw new BuildSetupError(run.setupError, {
+      const error = new BuildSetupError(run.setupError, {
         hint: 'check the sandbox paths and the pre-build hook',
         trace: 'while setting up the build environment',
         keptBuildDir: this.keptBuildDir(),
       });
+      return { kind: 'ended', result: w.endCall(error, view.drvPath) };
     }
     if (run.limit) return this.fail(run.limit.status, { message: run.limit.message });
     if (exit.kind === 'exited' && exit.code === 0) return undefined;
@@ -695,17 +716,17 @@ class LocalRound {
         isolated: this.sandbox.isolated,
       });
     } catch (e) {
-      if (!(e instanceof OutputRejected)) {
-        this.running.end(false);
-        await cleanupScratch(w, this.outs.scratch);
-        throw e;
-      }
-      if (e.endsCall) w.stop('failure', drvPath, true);
+      this.running.end(false);
+      await cleanupScratch(w, this.outs.scratch);
+      throw e;
+    }
+    if (isRejected(reg)) {
+      if (reg.endsCall) w.stop('failure', drvPath, true);
       return this.fail(
-        e.status,
-        { message: e.message, ...(e.endsCall ? { endedCall: true } : {}) },
-        { hashMismatch: e.hashMismatch, checkMismatch: e.checkMismatch, isNonDeterministic: e.status === 'not-deterministic' },
-        e.outputsStay ? new Set(this.outs.scratch.values()) : undefined,
+        reg.status,
+        { message: reg.message, ...(reg.endsCall ? { endedCall: true } : {}) },
+        { hashMismatch: reg.hashMismatch ?? false, checkMismatch: reg.checkMismatch ?? false, isNonDeterministic: reg.status === 'not-deterministic' },
+        reg.outputsStay ? new Set(this.outs.scratch.values()) : undefined,
       );
     }
     // As Nix 2.8, in check mode too.
@@ -812,9 +833,13 @@ function execErrorLog(execError: string): Buffer {
   return Buffer.concat([Buffer.from('\x01\n'), encodeError(message)]);
 }
 
-/** An error Nix throws out of a build's setup, as the fatal BuildSetupError (with the kept build dir). */
-function asSetupError(e: unknown, keptBuildDir?: string): unknown {
-  if (!(e instanceof RealiseError) || e.code === 'build-setup') return e;
+/**
+ * An error Nix throws out of a build's setup, as the BuildSetupError that ends the call (with the kept
+ * build dir); anything else (not one of our errors: a bug) is thrown on.
+ */
+function asSetupError(e: unknown, keptBuildDir?: string): BuildSetupError {
+  if (e instanceof BuildSetupError) return e;
+  if (!(e instanceof RealiseError)) throw e;
   return new BuildSetupError(e.shortMessage, { hint: e.hint, cause: e, keptBuildDir });
 }
 

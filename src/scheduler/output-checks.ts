@@ -6,7 +6,7 @@
 import type { OutputChecks } from '../derivation/parsed-attrs.js';
 import type { PathInfo, Store } from '../store/store-api.js';
 import { isStorePath, type StorePath } from '../store/store-path.js';
-import { OutputRejected } from './rejected.js';
+import { isRejected, rejected, type Rejected } from './rejected.js';
 
 /** What the checks of one round look at: the outputs' new path infos (not registered yet) and the store. */
 class OutputsUnderCheck {
@@ -38,48 +38,53 @@ class OutputsUnderCheck {
   }
 
   /** A list of reference specifiers as store paths (an output name means that output's final path). */
-  specified(value: readonly string[]): Set<StorePath> {
+  specified(value: readonly string[]): Set<StorePath> | Rejected {
     const spec = new Set<StorePath>();
     for (const i of value) {
       if (isStorePath(i, this.store.storeDir)) spec.add(i);
       else if (this.finalPaths[i]) spec.add(this.finalPaths[i]!);
-      else throw new OutputRejected('output-rejected', `derivation contains an illegal reference specifier '${i}'`);
+      else return rejected('output-rejected', `derivation contains an illegal reference specifier '${i}'`);
     }
     return spec;
   }
 }
 
 /**
- * Check every output (name → new path info) against its checks (`checksOf(name)`, undefined: none); the
- * first violation is thrown as OutputRejected.
+ * Check every output (name → new path info) against its checks (`checksOf(name)`, undefined: none, or
+ * the rejection of malformed checks); resolves with the first violation, as a value.
  */
 export async function checkOutputs(
   store: Store,
   infos: ReadonlyMap<string, PathInfo>,
   finalPaths: Readonly<Record<string, StorePath>>,
-  checksOf: (output: string) => OutputChecks | undefined,
-): Promise<void> {
+  checksOf: (output: string) => OutputChecks | Rejected | undefined,
+): Promise<Rejected | undefined> {
   const outs = new OutputsUnderCheck(store, infos.values(), finalPaths);
   for (const [name, info] of infos) {
     const checks = checksOf(name);
-    if (checks) await checkOutput(outs, info, checks);
+    if (isRejected(checks)) return checks;
+    const bad = checks && (await checkOutput(outs, info, checks));
+    if (bad) return bad;
   }
+  return undefined;
 }
 
-async function checkOutput(outs: OutputsUnderCheck, info: PathInfo, checks: OutputChecks): Promise<void> {
+async function checkOutput(outs: OutputsUnderCheck, info: PathInfo, checks: OutputChecks): Promise<Rejected | undefined> {
   if (checks.maxSize !== undefined && info.narSize > checks.maxSize) {
-    throw new OutputRejected('output-rejected', `path '${info.path}' is too large at ${info.narSize} bytes; limit is ${checks.maxSize} bytes`);
+    return rejected('output-rejected', `path '${info.path}' is too large at ${info.narSize} bytes; limit is ${checks.maxSize} bytes`);
   }
   if (checks.maxClosureSize !== undefined) {
     const { size } = await outs.closureOf(info.path);
     if (size > checks.maxClosureSize) {
-      throw new OutputRejected('output-rejected', `closure of path '${info.path}' is too large at ${size} bytes; limit is ${checks.maxClosureSize} bytes`);
+      return rejected('output-rejected', `closure of path '${info.path}' is too large at ${size} bytes; limit is ${checks.maxClosureSize} bytes`);
     }
   }
-  await checkReferences(outs, info, checks, checks.allowedReferences, true, false);
-  await checkReferences(outs, info, checks, checks.allowedRequisites, true, true);
-  await checkReferences(outs, info, checks, checks.disallowedReferences, false, false);
-  await checkReferences(outs, info, checks, checks.disallowedRequisites, false, true);
+  return (
+    (await checkReferences(outs, info, checks, checks.allowedReferences, true, false)) ??
+    (await checkReferences(outs, info, checks, checks.allowedRequisites, true, true)) ??
+    (await checkReferences(outs, info, checks, checks.disallowedReferences, false, false)) ??
+    (await checkReferences(outs, info, checks, checks.disallowedRequisites, false, true))
+  );
 }
 
 /** One of the four reference lists: `allowed` or disallowed, of the references or (`recursive`) the requisites. */
@@ -90,13 +95,15 @@ async function checkReferences(
   value: readonly string[] | undefined,
   allowed: boolean,
   recursive: boolean,
-): Promise<void> {
-  if (!value) return;
+): Promise<Rejected | undefined> {
+  if (!value) return undefined;
   const spec = outs.specified(value);
+  if (isRejected(spec)) return spec;
   const used = recursive ? (await outs.closureOf(info.path)).paths : new Set(info.references);
   if (recursive && checks.ignoreSelfRefs) used.delete(info.path);
   const bad = [...used].filter((u) => (allowed ? !spec.has(u) : spec.has(u))).sort();
   if (bad.length) {
-    throw new OutputRejected('output-rejected', `output '${info.path}' is not allowed to refer to the following paths:${bad.map((b) => `\n  ${b}`).join('')}`);
+    return rejected('output-rejected', `output '${info.path}' is not allowed to refer to the following paths:${bad.map((b) => `\n  ${b}`).join('')}`);
   }
+  return undefined;
 }

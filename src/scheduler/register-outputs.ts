@@ -20,7 +20,7 @@ import { type BuildableOutput, type DrvView } from './drv-view.js';
 import { checkOutputs } from './output-checks.js';
 import { BadDerivationError } from '../derivation/errors.js';
 import type { OutputChecks } from '../derivation/parsed-attrs.js';
-import { OutputRejected } from './rejected.js';
+import { isRejected, rejected, type Rejected } from './rejected.js';
 import { registerBuiltRealisations, registersRealisations } from './realisations.js';
 import type { BuildMode, Worker } from './worker.js';
 
@@ -79,24 +79,26 @@ interface Scanned {
  */
 const SMALL_FILE = 64 * 1024;
 
-export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promise<Registered> {
+export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promise<Registered | Rejected> {
   const scanned = await scanOutputs(w, view, plan);
+  if (isRejected(scanned)) return scanned;
   const order = orderOutputs(view.drvPath, scanned);
+  if (isRejected(order)) return order;
   const fin = new Finalised(w, view, plan);
-  for (const name of order) await fin.finalise(scanned.get(name)!);
-  if (plan.mode === 'check') return compareWithRegistered(w, view, plan, fin);
-  try {
-    await checkOutputs(w.ctx.store, fin.infos, fin.finalPaths, (name) => outputChecksOf(view, name));
-  } catch (e) {
-    if (!(e instanceof OutputRejected)) throw e;
-    throw new OutputRejected(e.status, e.message, e.hashMismatch, e.checkMismatch, e.endsCall, true);
+  for (const name of order) {
+    const bad = await fin.finalise(scanned.get(name)!);
+    if (bad) return bad;
   }
+  if (plan.mode === 'check') return compareWithRegistered(w, view, plan, fin);
+  // Outputs rejected by their checks stay in the store, invalid (Nix moved them there before checking).
+  const bad = await checkOutputs(w.ctx.store, fin.infos, fin.finalPaths, (name) => outputChecksOf(view, name));
+  if (bad) return { ...bad, outputsStay: true };
   if (plan.round > 1 && plan.previous) return compareRounds(w, view, plan, plan.previous, fin);
   return registerRound(w, view, plan, fin);
 }
 
 /** Scan: each output exists, is not group/world writable, is canonicalised and scanned for references. */
-async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promise<Map<string, Scanned>> {
+async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promise<Map<string, Scanned> | Rejected> {
   const { store } = w.ctx;
   // Referenceable: the input closure and the scratch outputs.
   const candidates = [...plan.inputPaths, ...plan.scratch.values()];
@@ -110,13 +112,14 @@ async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promis
     const shown = plan.isolated ? `${store.toRealPath(view.drvPath)}.chroot${scratch}` : real;
     let st = lstatSync(real, { throwIfNoEntry: false });
     if (!st) {
-      throw new OutputRejected('misc-failure', `builder for '${view.drvPath}' failed to produce output path for output '${name}' at '${shown}'`);
+      return rejected('misc-failure', `builder for '${view.drvPath}' failed to produce output path for output '${name}' at '${shown}'`);
     }
     if (!st.isSymbolicLink() && (st.mode & 0o022) !== 0) {
-      throw new OutputRejected('output-rejected', `suspicious ownership or permission on '${shown}' for output '${name}'; rejecting this build output`);
+      return rejected('output-rejected', `suspicious ownership or permission on '${shown}' for output '${name}'; rejecting this build output`);
     }
     if (view.isFixedOutput) {
-      await replaceByCopy(real, shown);
+      const bad = await replaceByCopy(real, shown);
+      if (bad) return bad;
       st = lstatSync(real);
     }
     const isExec = (st.mode & 0o100) !== 0;
@@ -127,12 +130,13 @@ async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promis
         canonicaliseFileSync(real, st, xattrs, store.ignoredAcls);
         nar = narOfRegularFile(readFileSync(real), isExec);
       } catch (e) {
-        throw new OutputRejected('output-rejected', (e as Error).message);
+        return rejected('output-rejected', (e as Error).message);
       }
       scanned.set(name, { name, scratch, real, shown, refs: scanBufferForReferences(nar, candidates), isReg: true, isExec, nar });
       continue;
     }
-    await canonicaliseOutput(real, shown, store.ignoredAcls);
+    const bad = await canonicaliseOutput(real, shown, store.ignoredAcls);
+    if (bad) return bad;
     const refs = await scanForReferences(dumpPath(real), candidates);
     scanned.set(name, { name, scratch, real, shown, refs, isReg: st.isFile(), isExec });
   }
@@ -144,31 +148,33 @@ async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promis
  * network namespace and so reaches abstract Unix sockets of host processes: a descriptor of the output it
  * handed out (CVE-2024-27297) must not reach what gets registered. The old files are deleted.
  */
-async function replaceByCopy(real: string, shown: string): Promise<void> {
+async function replaceByCopy(real: string, shown: string): Promise<Rejected | undefined> {
   const copy = `${real}.copy-${process.pid}`;
   try {
     await deleteTree(copy);
     await restorePath(copy, dumpPath(real));
     await deleteTree(real);
     await fsp.rename(copy, real);
+    return undefined;
   } catch (e) {
     await deleteTree(copy).catch(() => {});
-    throw new OutputRejected('output-rejected', `cannot copy the output '${shown}' of a fixed-output derivation: ${(e as Error).message}`);
+    return rejected('output-rejected', `cannot copy the output '${shown}' of a fixed-output derivation: ${(e as Error).message}`);
   }
 }
 
-async function canonicaliseOutput(real: string, shown: string, ignoredAcls: readonly string[] | undefined): Promise<void> {
+async function canonicaliseOutput(real: string, shown: string, ignoredAcls: readonly string[] | undefined): Promise<Rejected | undefined> {
   try {
     await canonicalisePathMetaData(real, { ignoredAcls });
+    return undefined;
   } catch (e) {
     // A FIFO, socket or device: Nix's words, naming the file where Nix finds it.
     if (e instanceof UnsupportedFileTypeError && e.file.startsWith(real)) {
-      throw new OutputRejected('output-rejected', `file '${shown}${e.file.slice(real.length)}' has an unsupported type`);
+      return rejected('output-rejected', `file '${shown}${e.file.slice(real.length)}' has an unsupported type`);
     }
     const sys = canonicaliseSysError(e as NodeJS.ErrnoException, real, shown);
     // Nix's SysError is no BuildError: it ends the call, even with keepGoing (exit 1).
-    if (sys !== undefined) throw new OutputRejected('misc-failure', sys, false, false, true);
-    throw new OutputRejected('output-rejected', (e as Error).message);
+    if (sys !== undefined) return rejected('misc-failure', sys, { endsCall: true });
+    return rejected('output-rejected', (e as Error).message);
   }
 }
 
@@ -185,32 +191,32 @@ function canonicaliseSysError(e: NodeJS.ErrnoException, real: string, shown: str
 }
 
 /** Order: outputs sorted topologically by their references to each other; a cycle ends the call. */
-function orderOutputs(drvPath: StorePath, scanned: ReadonlyMap<string, Scanned>): string[] {
+function orderOutputs(drvPath: StorePath, scanned: ReadonlyMap<string, Scanned>): string[] | Rejected {
   const byScratch = new Map<StorePath, string>();
   for (const s of scanned.values()) byScratch.set(s.scratch, s.name);
   const order: string[] = [];
   const state = new Map<string, 'visiting' | 'done'>();
-  const visit = (name: string, parent: string | undefined) => {
+  const visit = (name: string, parent: string | undefined): Rejected | undefined => {
     const st = state.get(name);
-    if (st === 'done') return;
+    if (st === 'done') return undefined;
     if (st === 'visiting') {
-      throw new OutputRejected(
-        'output-rejected',
-        `cycle detected in build of '${drvPath}' in the references of output '${name}' from output '${parent}'`,
-        false,
-        false,
-        true,
-      );
+      const message = `cycle detected in build of '${drvPath}' in the references of output '${name}' from output '${parent}'`;
+      return rejected('output-rejected', message, { endsCall: true });
     }
     state.set(name, 'visiting');
     for (const r of scanned.get(name)!.refs) {
       const o = byScratch.get(r);
-      if (o && o !== name) visit(o, name);
+      const bad = o && o !== name ? visit(o, name) : undefined;
+      if (bad) return bad;
     }
     state.set(name, 'done');
     order.push(name);
+    return undefined;
   };
-  for (const name of [...scanned.keys()].sort()) visit(name, undefined);
+  for (const name of [...scanned.keys()].sort()) {
+    const bad = visit(name, undefined);
+    if (bad) return bad;
+  }
   return order;
 }
 
@@ -221,7 +227,7 @@ class Finalised {
   readonly finalPaths: Record<string, StorePath> = {};
   readonly infos = new Map<string, PathInfo>();
   /** A fixed output's hash mismatch: reported after its content is registered under its true path. */
-  delayed: OutputRejected | undefined;
+  delayed: Rejected | undefined;
 
   constructor(
     private readonly w: Worker,
@@ -229,8 +235,8 @@ class Finalised {
     private readonly plan: RegisterPlan,
   ) {}
 
-  /** Finalise one output by its kind and move it into place. */
-  async finalise(s: Scanned): Promise<void> {
+  /** Finalise one output by its kind and move it into place; resolves with its rejection, if any. */
+  async finalise(s: Scanned): Promise<Rejected | undefined> {
     const { view, plan } = this;
     const spec = view.outputs.get(s.name)!;
     // A deferred derivation is resolved (and the resolved one built) before any build: never here.
@@ -241,10 +247,12 @@ class Finalised {
       this.outputRewrites.set(storePathHashPart(s.scratch), storePathHashPart(spec.path));
       this.finalPaths[s.name] = spec.path;
       await deleteTree(s.real).catch(() => {});
-      return;
+      return undefined;
     }
     const info = spec.type === 'input-addressed' ? await this.inputAddressed(s, spec.path) : await this.contentAddressed(s, spec);
+    if (isRejected(info)) return info;
     await this.moveIntoPlace(s, info);
+    return undefined;
   }
 
   /** The output's references with the outputs finalised so far at their final paths; `self` apart. */
@@ -277,13 +285,13 @@ class Finalised {
   }
 
   /** A fixed or floating content-addressed output: its path from its content, hashed modulo its own scratch hash. */
-  private async contentAddressed(s: Scanned, spec: Extract<BuildableOutput, { type: 'fixed' | 'floating' }>): Promise<PathInfo> {
+  private async contentAddressed(s: Scanned, spec: Extract<BuildableOutput, { type: 'fixed' | 'floating' }>): Promise<PathInfo | Rejected> {
     const { view } = this;
     const { store } = this.w.ctx;
     const method = spec.method;
     const algorithm = spec.type === 'fixed' ? spec.hash.algorithm : spec.algorithm;
     if (method === 'flat' && (!s.isReg || s.isExec)) {
-      throw new OutputRejected(
+      return rejected(
         'output-rejected',
         `output path '${s.shown}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)`,
       );
@@ -315,10 +323,10 @@ class Finalised {
       ca: `fixed:${method === 'recursive' ? 'r:' : ''}${got.toString('base32')}`,
     };
     if (spec.type === 'fixed' && !spec.hash.equals(got)) {
-      this.delayed = new OutputRejected(
+      this.delayed = rejected(
         'output-rejected',
         `hash mismatch in fixed-output derivation '${view.drvPath}':\n  specified: ${spec.hash.sri}\n     got:    ${got.sri}`,
-        true,
+        { hashMismatch: true },
       );
     }
     if (self && s.scratch !== path) {
@@ -374,7 +382,7 @@ class Finalised {
 }
 
 /** Check mode: compare with the registered outputs; a difference is kept as `<path>.check` with keepFailed. */
-async function compareWithRegistered(w: Worker, view: DrvView, plan: RegisterPlan, fin: Finalised): Promise<Registered> {
+async function compareWithRegistered(w: Worker, view: DrvView, plan: RegisterPlan, fin: Finalised): Promise<Registered | Rejected> {
   const { store, options } = w.ctx;
   for (const [name, info] of fin.infos) {
     const old = await store.queryPathInfo(info.path);
@@ -389,10 +397,10 @@ async function compareWithRegistered(w: Worker, view: DrvView, plan: RegisterPla
         const dst = store.toRealPath(info.path) + '.check';
         await deleteTree(dst).catch(() => {});
         await fsp.rename(real, dst);
-        throw new OutputRejected('not-deterministic', `${differs} from '${dst}'`, false, true);
+        return rejected('not-deterministic', `${differs} from '${dst}'`, { checkMismatch: true });
       }
       await deleteTree(real).catch(() => {});
-      throw new OutputRejected('not-deterministic', differs, false, true);
+      return rejected('not-deterministic', differs, { checkMismatch: true });
     }
     await deleteTree(real).catch(() => {});
     // As Nix: a path the check reproduced (e.g. one substituted) is now ultimately trusted.
@@ -400,12 +408,12 @@ async function compareWithRegistered(w: Worker, view: DrvView, plan: RegisterPla
   }
   // As Nix: a fixed output whose content does not have its hash fails the check too (exit 102), even
   // when nothing valid was there to compare it with (its true path is another one).
-  if (fin.delayed) throw fin.delayed;
+  if (fin.delayed) return fin.delayed;
   return { outputs: fin.outputs(), nonDeterministic: false, stopRounds: false };
 }
 
 /** A later round: compare with the previous one; after the last round (or a difference) register the first's outputs. */
-async function compareRounds(w: Worker, view: DrvView, plan: RegisterPlan, previous: RoundOutputs, fin: Finalised): Promise<Registered> {
+async function compareRounds(w: Worker, view: DrvView, plan: RegisterPlan, previous: RoundOutputs, fin: Finalised): Promise<Registered | Rejected> {
   const { store, options } = w.ctx;
   let nonDeterministic = false;
   let stopRounds = false;
@@ -417,7 +425,7 @@ async function compareRounds(w: Worker, view: DrvView, plan: RegisterPlan, previ
       if (options.enforceDeterminism) {
         await deleteTree(real).catch(() => {});
         // Not a check mismatch: Nix 2.8 exits with 1 here (104 only for --check).
-        throw new OutputRejected('not-deterministic', msg, false, false);
+        return rejected('not-deterministic', msg);
       }
       // Nix logs it as an error without the `error:` prefix.
       w.warn(msg, 'plain');
@@ -438,7 +446,7 @@ async function compareRounds(w: Worker, view: DrvView, plan: RegisterPlan, previ
  * Register the round's outputs in one transaction (content-addressed ones only, when more rounds follow),
  * then report a fixed output's hash mismatch; then the realisations of the outputs.
  */
-async function registerRound(w: Worker, view: DrvView, plan: RegisterPlan, fin: Finalised): Promise<Registered> {
+async function registerRound(w: Worker, view: DrvView, plan: RegisterPlan, fin: Finalised): Promise<Registered | Rejected> {
   const { store } = w.ctx;
   if (plan.round === 1 && plan.rounds > 1) {
     // More rounds follow: leave the outputs in place, unregistered, until the rounds agree.
@@ -447,7 +455,7 @@ async function registerRound(w: Worker, view: DrvView, plan: RegisterPlan, fin: 
     return { outputs: fin.outputs([...fin.infos.values()].filter((i) => !i.ca)), nonDeterministic: false, stopRounds: false };
   }
   await store.registerValidPaths([...fin.infos.values()]);
-  if (fin.delayed) throw fin.delayed;
+  if (fin.delayed) return fin.delayed;
   await registerRealisations(w, view, fin.finalPaths);
   return { outputs: fin.outputs(), nonDeterministic: false, stopRounds: false };
 }
@@ -462,11 +470,11 @@ async function registerRealisations(w: Worker, view: DrvView, paths: Record<stri
 }
 
 /** The checks of one output; a derivation whose checks are malformed has its outputs rejected. */
-function outputChecksOf(view: DrvView, name: string): OutputChecks | undefined {
+function outputChecksOf(view: DrvView, name: string): OutputChecks | Rejected | undefined {
   try {
     return view.attrs.outputChecks(name);
   } catch (e) {
-    if (e instanceof BadDerivationError) throw new OutputRejected('output-rejected', e.shortMessage);
+    if (e instanceof BadDerivationError) return rejected('output-rejected', e.shortMessage);
     throw e;
   }
 }

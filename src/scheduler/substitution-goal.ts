@@ -1,10 +1,12 @@
 /**
- * SubstitutionGoal as straight-line async code: make one store path valid by fetching it from a
- * substituter, references first (closure invariant), trying substituters in priority order.
+ * One substitution goal of a call (Nix's PathSubstitutionGoal): make one store path valid by fetching it
+ * from a substituter, references first (closure invariant), trying substituters in priority order. The
+ * goal is an object holding its path and its outcome; its work is straight-line async code (`substitute`).
  */
 import { RealiseError, shortMessageOf } from '../store/errors.js';
 import type { StorePath } from '../store/store-path.js';
 import { checkTrust, SubstituterError } from '../substituter/substituter.js';
+import { failure, stoppedResult, success, type BuildResult } from './results.js';
 import type { Worker } from './worker.js';
 
 export type SubstitutionOutcome =
@@ -21,7 +23,48 @@ export function substitutionSucceeded(o: SubstitutionOutcome): boolean {
   return o.kind === 'valid' || o.kind === 'substituted';
 }
 
-export async function substitutionGoal(w: Worker, path: StorePath, repair: boolean, depth = 0): Promise<SubstitutionOutcome> {
+export class SubstitutionGoal {
+  /** How the goal ended (it never rejects). */
+  readonly outcome: Promise<SubstitutionOutcome>;
+
+  constructor(
+    private readonly worker: Worker,
+    readonly path: StorePath,
+    /** Fetch the path again even if it is valid (repair mode). */
+    readonly repair: boolean,
+    /** How many references away from what the caller asked for (Nix's rounds; see Worker.readyInNixOrder). */
+    depth: number,
+  ) {
+    worker.ctx.emit('goal-created', { kind: 'substitution', path });
+    this.outcome = this.run(depth);
+  }
+
+  private async run(depth: number): Promise<SubstitutionOutcome> {
+    const { worker: w, path } = this;
+    w.ctx.emit('goal-started', { kind: 'substitution', path });
+    let outcome: SubstitutionOutcome;
+    let stopped = false;
+    try {
+      outcome = await substitute(w, path, this.repair, depth);
+    } catch (e) {
+      stopped = w.signal.aborted;
+      outcome = { kind: 'failed', message: stopped ? `substitution of '${path}' was stopped` : e instanceof Error ? e.message : String(e) };
+    }
+    const ok = substitutionSucceeded(outcome);
+    w.substitutionFinished(this, ok);
+    w.ctx.emit('goal-finished', { kind: 'substitution', path, result: resultOf(outcome, stopped, path) });
+    return outcome;
+  }
+}
+
+/** A substitution's outcome as a goal's BuildResult (for `goal-finished`). */
+function resultOf(o: SubstitutionOutcome, stopped: boolean, path: StorePath): BuildResult {
+  if (o.kind === 'valid') return success('already-valid');
+  if (o.kind === 'substituted') return success('substituted');
+  return stopped ? stoppedResult(`substitution of '${path}'`) : failure('misc-failure', o.message);
+}
+
+async function substitute(w: Worker, path: StorePath, repair: boolean, depth: number): Promise<SubstitutionOutcome> {
   const { store } = w.ctx;
   await store.addTempRoot?.(path);
   if (!repair && (await store.isValidPath(path))) return { kind: 'valid' };
@@ -33,7 +76,7 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
 
   let realError: string | undefined;
   for (const sub of subs) {
-    w.throwIfStopped();
+    w.signal.throwIfAborted();
     let info;
     try {
       info = (await w.ctx.queryPathInfosCached(sub, [path], w.signal)).get(path);
@@ -72,7 +115,7 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
     await w.readyInNixOrder(path, refs.length === 0 ? depth : undefined);
     const outcome = await w.ctx
       .substitutionSlot(async () => {
-        w.throwIfStopped();
+        w.signal.throwIfAborted();
         // addToStore takes the path's lock and re-checks validity under it.
         if (!repair && (await store.isValidPath(path))) return 'valid' as const;
         const { progress } = w.ctx;
@@ -102,7 +145,7 @@ export async function substitutionGoal(w: Worker, path: StorePath, repair: boole
       w.ctx.emit('substitution-finished', { path, substituter: sub.uri, ok: true });
       return { kind: 'substituted', substituter: sub.uri };
     }
-    w.throwIfStopped();
+    w.signal.throwIfAborted();
     const msg = (outcome.e as Error).message ?? String(outcome.e);
     w.ctx.emit('substitution-finished', { path, substituter: sub.uri, ok: false, error: msg });
     // As Nix (printError of the failure, then the next substituter): the error is shown as it is.

@@ -1,95 +1,27 @@
 /**
- * One Worker per API call: a map path → goal, so every path gets exactly one goal per call (Nix's
- * derivationGoals/substitutionGoals). A derivation goal is a record moved along by its steps (async code
- * in derivation-goal.ts); while it waits for its inputs it is only that record, as Nix's goals wait as
- * objects. A throw is turned into a failure once, here. Without keepGoing, the first failure stops the
- * call (builders are killed).
+ * One Worker per API call (Nix's Worker): the goals of the call, one per path (derivation goals in
+ * derivation-goal.ts, objects that own their state; substitution goals in substitution-goal.ts), the
+ * turns to start, the failures and the stop. A throw out of a goal's work is turned into a failure once,
+ * here. Without keepGoing, the first failure stops the call (builders are killed).
  */
 import { setMaxListeners } from 'node:events';
 import PQueue from 'p-queue';
 import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
-import { afterInputs, untilInputs, type WaitingForInputs } from './derivation-goal.js';
-import { failure, isSuccess, stoppedResult, type BuildResult } from './results.js';
-import { substitutionGoal, type SubstitutionOutcome } from './substitution-goal.js';
+import { covers, DerivationGoal } from './derivation-goal.js';
+import { type BuildResult, isSuccess, failure, stoppedResult } from './results.js';
+import { SubstitutionGoal, type SubstitutionOutcome } from './substitution-goal.js';
 import { RealiseError } from '../store/errors.js';
 import { BuildSetupError, GoalStopped } from './errors.js';
 import { pathContentsGood } from './verify.js';
-import { slotGate, type GoalActivity } from './slot-gate.js';
+import { slotGate } from './slot-gate.js';
 import { goalKey } from './paths.js';
 
 export type BuildMode = 'normal' | 'repair' | 'check';
 
 /**
- * The one derivation goal of a path in a call: a record the goal's steps move along, as Nix's goal objects,
- * not a suspended async function (a call of 100,000 goals has nearly all of them waiting for inputs at once).
- */
-export interface DrvGoalEntry {
-  readonly drvPath: StorePath;
-  readonly mode: BuildMode;
-  /** Wanted outputs; undefined = all. */
-  wanted: Set<string> | undefined;
-  /** Set when the goal is done. */
-  result?: BuildResult;
-  /** Holds one of the call's turns to start (see MAX_STARTING_GOALS). */
-  starting?: boolean;
-  /** Distance from the call's targets when the path was first asked for (the order of build slots). */
-  readonly depth: number;
-  /** Whether the goal is preparing or waiting, for the order of build slots (one build slot only). */
-  activity?: GoalActivity | undefined;
-  /** Goals waiting for this one (Nix's waiters), told when it is done. */
-  waiters?: InputWait[];
-  /** The result as a promise, made when someone awaits it (`Worker.promiseOf`). */
-  promise?: Promise<BuildResult>;
-  resolve?: (result: BuildResult) => void;
-}
-
-/**
- * A goal waiting for its inputs (Nix's waitees): counts those that are done. Without keepGoing the first
- * failure is enough (Nix wakes the waiter at once and drops its other waitees); with it, every input is
- * waited for.
- */
-class InputWait {
-  failed = 0;
-  /** Inputs that were stopped (not failed): the waiter is then stopped too, not a dependency failure. */
-  stopped = 0;
-  constructor(
-    private readonly worker: Worker,
-    readonly goal: DrvGoalEntry,
-    readonly wanted: Set<string> | undefined,
-    readonly waiting: WaitingForInputs,
-    private left: number,
-  ) {}
-
-  inputDone(how: 'ok' | 'failed' | 'stopped'): void {
-    if (this.left === 0) return;
-    if (how !== 'ok') {
-      if (how === 'failed') this.failed++;
-      else this.stopped++;
-      // A failure ends the wait (without keepGoing), as Nix wakes the waiter at once. A stopped input
-      // does not: the call is stopping, so the others end too, and a failure among them (which may be
-      // what stopped the call, reported after the stop began) makes this a dependency failure, as in Nix.
-      if (how === 'failed' && !this.worker.ctx.options.keepGoing) this.left = 1;
-    }
-    // The waiter goes on in a microtask, not inside the finishing input's stack (chains can be long).
-    if (--this.left === 0) queueMicrotask(() => this.worker.inputsDone(this));
-  }
-}
-
-function inputOutcome(r: BuildResult): 'ok' | 'failed' | 'stopped' {
-  return isSuccess(r.status) ? 'ok' : r.status === 'stopped' ? 'stopped' : 'failed';
-}
-
-function covers(have: Set<string> | undefined, want: Set<string> | undefined): boolean {
-  if (have === undefined) return true;
-  if (want === undefined) return false;
-  for (const o of want) if (!have.has(o)) return false;
-  return true;
-}
-
-/**
  * At most this many derivation goals of a call are in their first stretch (reading the .drv, checking
- * outputs, asking for inputs) at once; the others wait to start as bare records, in the order they were
+ * outputs, asking for inputs) at once; the others wait to start as bare objects, in the order they were
  * created. A goal gives its turn back when that stretch ends or when it first waits for other goals. A call
  * of 100,000 goals would otherwise start them all at once, each suspended on its .drv read (measured in
  * bench/scheduler-overhead.ts: peak memory, and EMFILE before .drv loads were bounded).
@@ -108,8 +40,8 @@ export class Worker {
     setMaxListeners(0, c.signal);
     return c;
   })();
-  private readonly drvGoals = new Map<StorePath, DrvGoalEntry>();
-  private readonly substGoals = new Map<string, Promise<SubstitutionOutcome>>();
+  private readonly drvGoals = new Map<StorePath, DerivationGoal>();
+  private readonly substGoals = new Map<string, SubstitutionGoal>();
   /** Set when the call was stopped by a failure (no keepGoing) or by the caller's signal. */
   stoppedBy: 'failure' | 'signal' | undefined;
   /** Every failed goal of this call (not counting goals that were merely stopped), in order of failure. */
@@ -136,7 +68,7 @@ export class Worker {
    * system call failing on an output): no other goal finishes after it, its dependents are stopped, not
    * failed ("N dependencies … failed to build" is never said).
    */
-  private endedByError = false;
+  endedByError = false;
 
   /**
    * Stop the call; `cause`: the derivation whose failure stops it (reported first); `endsCall`: that
@@ -148,10 +80,6 @@ export class Worker {
     this.stoppedBy = why;
     this.stopCause = cause;
     this.controller.abort(new GoalStopped());
-  }
-
-  throwIfStopped(): void {
-    if (this.controller.signal.aborted) throw new GoalStopped();
   }
 
   private readyBatch: { key: string; round: number; release: () => void }[] = [];
@@ -223,56 +151,59 @@ export class Worker {
    */
   async settle(): Promise<void> {
     for (;;) {
-      const pending: Promise<unknown>[] = [...this.drvGoals.values()].filter((e) => !e.result).map((e) => this.promiseOf(e));
-      pending.push(...this.substGoals.values());
+      const pending: Promise<unknown>[] = [...this.drvGoals.values()].filter((g) => !g.done).map((g) => g.outcome());
+      for (const g of this.substGoals.values()) pending.push(g.outcome);
       const before = this.drvGoals.size + this.substGoals.size;
       await Promise.allSettled(pending);
-      if (this.drvGoals.size + this.substGoals.size === before && [...this.drvGoals.values()].every((e) => e.result)) return;
+      if (this.drvGoals.size + this.substGoals.size === before && [...this.drvGoals.values()].every((g) => g.done)) return;
     }
   }
 
-  /** The one derivation goal of `drvPath` in this call, widened when more outputs are wanted. */
-  derivationGoal(drvPath: StorePath, outputs: Iterable<string> | undefined, mode: BuildMode = this.mode, parent?: StorePath): Promise<BuildResult> {
-    return this.promiseOf(this.goalEntry(drvPath, outputs, mode, parent));
+  /** The result of the one derivation goal of `drvPath` in this call (see `goalFor`). */
+  derivationGoal(drvPath: StorePath, outputs: Iterable<string> | undefined, mode: BuildMode = this.mode, parent?: DerivationGoal): Promise<BuildResult> {
+    return this.goalFor(drvPath, outputs, mode, parent).outcome();
   }
 
-  /** derivationGoal's record, for a goal that waits for it as an input (see `waitForInputs`). */
-  goalEntry(drvPath: StorePath, outputs: Iterable<string> | undefined, mode: BuildMode = this.mode, parent?: StorePath): DrvGoalEntry {
+  /**
+   * The one derivation goal of `drvPath` in this call, made (and started, or queued for a turn to start)
+   * when the path is first asked for, widened when more outputs are wanted. `parent`: the goal that
+   * waits for it (its depth orders build slots).
+   */
+  goalFor(drvPath: StorePath, outputs: Iterable<string> | undefined, mode: BuildMode = this.mode, parent?: DerivationGoal): DerivationGoal {
     const want = outputs === undefined ? undefined : new Set(outputs);
-    if (want && (want.has('*') || want.size === 0)) return this.goalEntry(drvPath, undefined, mode, parent);
+    if (want && (want.has('*') || want.size === 0)) return this.goalFor(drvPath, undefined, mode, parent);
     const existing = this.drvGoals.get(drvPath);
     if (existing && covers(existing.wanted, want)) return existing;
-    if (existing && !existing.result) {
-      // Widen the running goal: it re-checks its wanted outputs before finishing (Nix's addWantedOutputs).
-      existing.wanted = want === undefined || existing.wanted === undefined ? undefined : new Set([...existing.wanted, ...want]);
+    if (existing && !existing.done) {
+      existing.widen(want);
       return existing;
     }
     // A finished goal asked for more outputs: a new goal for all of them.
     const wanted = existing ? (want === undefined || existing.wanted === undefined ? undefined : new Set([...existing.wanted, ...want])) : want;
-    const depth = existing?.depth ?? (parent === undefined ? 0 : (this.drvGoals.get(parent)?.depth ?? 0) + 1);
-    const entry: DrvGoalEntry = { drvPath, mode, wanted, depth, activity: slotGate(this.ctx.buildQueue).goal() };
+    const depth = existing?.depth ?? (parent === undefined ? 0 : parent.depth + 1);
+    const goal = new DerivationGoal(this, drvPath, mode, wanted, depth, slotGate(this.ctx.buildQueue).goal());
     this.ctx.emit('goal-created', { kind: 'derivation', path: drvPath, ...(wanted ? { outputs: [...wanted] } : {}) });
-    this.drvGoals.set(drvPath, entry);
-    if (this.starting < MAX_STARTING_GOALS) this.start(entry);
-    else this.toStart.push(entry);
-    return entry;
+    this.drvGoals.set(drvPath, goal);
+    if (this.starting < MAX_STARTING_GOALS) this.start(goal);
+    else this.toStart.push(goal);
+    return goal;
   }
 
   /** Goals holding a turn to start, and those waiting for one (FIFO from `toStartHead`). */
   private starting = 0;
-  private toStart: DrvGoalEntry[] = [];
+  private toStart: DerivationGoal[] = [];
   private toStartHead = 0;
 
-  private start(e: DrvGoalEntry): void {
+  private start(goal: DerivationGoal): void {
     this.starting++;
-    e.starting = true;
-    this.ctx.emit('goal-started', { kind: 'derivation', path: e.drvPath });
-    this.attempt(e);
+    goal.holdsStartTurn = true;
+    goal.start();
   }
 
-  private startedFully(e: DrvGoalEntry): void {
-    if (!e.starting) return;
-    e.starting = false;
+  /** A goal's first stretch ended, or it waits for other goals: its turn to start goes to the next one. */
+  releaseStartTurn(goal: DerivationGoal): void {
+    if (!goal.holdsStartTurn) return;
+    goal.holdsStartTurn = false;
     this.starting--;
     while (this.starting < MAX_STARTING_GOALS && this.toStartHead < this.toStart.length) {
       const next = this.toStart[this.toStartHead++]!;
@@ -284,98 +215,12 @@ export class Worker {
     }
   }
 
-  /**
-   * Goal `drvPath` waits for `p` (other goals' work): it gives back its turn to start and, for the order
-   * of build slots, is not preparing meanwhile.
-   */
-  blocked<T>(drvPath: StorePath, p: Promise<T>): Promise<T> {
-    const e = this.drvGoals.get(drvPath);
-    if (e) this.startedFully(e);
-    return e?.activity ? e.activity.blocked(p) : p;
-  }
-
-  /** A goal's result as a promise (made on demand: goals that only other goals wait for need none). */
-  promiseOf(e: DrvGoalEntry): Promise<BuildResult> {
-    e.promise ??= e.result
-      ? Promise.resolve(e.result)
-      : new Promise<BuildResult>((resolve) => {
-          e.resolve = resolve;
-        });
-    return e.promise;
-  }
-
-  /** One pass of a goal over its wanted outputs (again when they were widened meanwhile). */
-  private attempt(e: DrvGoalEntry): void {
-    const wanted = e.wanted === undefined ? undefined : new Set(e.wanted);
-    this.step(e, wanted, untilInputs(this, e.drvPath, wanted, e.mode));
-  }
-
-  private step(e: DrvGoalEntry, wanted: Set<string> | undefined, next: Promise<BuildResult | WaitingForInputs>): void {
-    next
-      .then(
-        (r) => {
-          this.startedFully(e);
-          if ('deps' in r) this.waitForInputs(e, wanted, r);
-          // Widened while running and not everything was built: go round again for the new outputs.
-          else if (!isSuccess(r.status) || covers(wanted, e.wanted) || r.status === 'built') this.finish(e, r);
-          else this.attempt(e);
-        },
-        (x: unknown) => {
-          this.startedFully(e);
-          this.finish(e, this.failureOf(x, e.drvPath));
-        },
-      )
-      .catch((x: unknown) => {
-        // A bug in the worker's own bookkeeping: fail the goal rather than leave it (and its waiters) hanging.
-        this.escaped ??= x;
-        if (!e.result) this.finish(e, this.failureOf(x, e.drvPath));
-      });
-  }
-
-  /** Park goal `e` until its input goals and input-source substitutions are done. */
-  private waitForInputs(e: DrvGoalEntry, wanted: Set<string> | undefined, waiting: WaitingForInputs): void {
-    const inputs = waiting.deps.length + waiting.others.length;
-    if (waiting.deps.length) this.ctx.emit('goal-waiting', { path: e.drvPath, inputs: waiting.deps.map((d) => d.drvPath) });
-    const iw = new InputWait(this, e, wanted, waiting, inputs);
-    if (inputs === 0) {
-      this.inputsDone(iw);
-      return;
-    }
-    // Waiting for other goals, it is not preparing (the order of build slots depends on it).
-    e.activity?.pause();
-    for (const d of waiting.deps) {
-      if (d.result) iw.inputDone(inputOutcome(d.result));
-      else (d.waiters ??= []).push(iw);
-    }
-    // A substitution that fails once the call is stopped was stopped with it.
-    for (const p of waiting.others) void p.then((ok) => iw.inputDone(ok ? 'ok' : this.signal.aborted ? 'stopped' : 'failed'));
-  }
-
-  /** @internal Every input of a waiting goal is done (or one failed, without keepGoing). */
-  inputsDone(iw: InputWait): void {
-    const e = iw.goal;
-    e.activity?.resume();
-    if (iw.failed > 0 && !this.endedByError)
-      this.finish(e, failure('dependency-failed', `${iw.failed} dependencies of derivation '${e.drvPath}' failed to build`));
-    else if (iw.stopped > 0 || iw.failed > 0) this.finish(e, stoppedResult(`build of '${e.drvPath}'`));
-    else this.step(e, iw.wanted, afterInputs(this, e.drvPath, iw.wanted, e.mode, iw.waiting));
-  }
-
-  /** The derivation goal of `drvPath` in this call (its depth and activity steer the order of build slots). */
-  goalOf(drvPath: StorePath): DrvGoalEntry | undefined {
-    return this.drvGoals.get(drvPath);
-  }
-
   /** A bug in the worker's own bookkeeping, rethrown by the call once its goals are done. */
   escaped: unknown;
 
-  private finish(e: DrvGoalEntry, result: BuildResult): void {
-    const { drvPath } = e;
-    e.activity?.done();
-    e.activity = undefined;
-    e.result = result;
-    const waiters = e.waiters;
-    e.waiters = undefined;
+  /** @internal A derivation goal is done: a failure is recorded (and stops the call without keepGoing). */
+  goalFinished(goal: DerivationGoal, result: BuildResult): void {
+    const { drvPath } = goal;
     if (!isSuccess(result.status) && result.status !== 'stopped') {
       // The failure that stopped the call comes first, before the dependents it made fail meanwhile.
       if (drvPath === this.stopCause) this.failures.unshift({ path: drvPath, result });
@@ -383,67 +228,54 @@ export class Worker {
       this.noteFailure();
     }
     this.ctx.emit('goal-finished', { kind: 'derivation', path: drvPath, result });
-    e.resolve?.(result);
-    e.resolve = undefined;
-    if (waiters) for (const iw of waiters) iw.inputDone(inputOutcome(result));
   }
 
-  /** Turn an unexpected throw into a failure value (once, here). */
+  /**
+   * A setup error ends the whole call, as Nix throws it out of Worker::run: it becomes the call's `fatal`
+   * (the call rejects with it once its goals are done), the call is stopped, and the goal's result is
+   * its failure (in a call already stopped, the goal was merely stopped).
+   */
+  endCall(error: BuildSetupError, drvPath: StorePath): BuildResult {
+    if (this.signal.aborted) return stoppedResult(`build of '${drvPath}'`);
+    this.fatal ??= error;
+    this.stop('failure');
+    return failure('misc-failure', { message: error.reason, keptBuildDir: error.keptBuildDir, hint: error.hint });
+  }
+
+  /**
+   * A throw out of a goal's work as a failure value (once, here): the stop of the call unwinding it (the
+   * signal's abort), or an unexpected error of the store or the platform. Failures the goal's steps know
+   * of are values already and never thrown.
+   */
   failureOf(e: unknown, path: StorePath): BuildResult {
-    if (e instanceof GoalStopped || this.signal.aborted) {
-      return stoppedResult(`build of '${path}'`);
-    }
-    if (e instanceof RealiseError && e.code === 'build-setup') {
-      this.fatal ??= e;
-      this.stop('failure');
-    }
-    if (e instanceof BuildSetupError) return failure('misc-failure', { message: e.reason, keptBuildDir: e.keptBuildDir, hint: e.hint });
+    if (this.signal.aborted) return stoppedResult(`build of '${path}'`);
     if (e instanceof RealiseError) return failure('misc-failure', { message: e.shortMessage, hint: e.hint });
     return failure('misc-failure', e instanceof Error ? e.message : String(e));
   }
 
-  /** `depth`: how many references away from what the caller asked for (Nix's rounds; see readyInNixOrder). */
+  /**
+   * The outcome of the one substitution goal of `path` in this call. `depth`: how many references away
+   * from what the caller asked for (Nix's rounds; see readyInNixOrder).
+   */
   substitutionGoal(path: StorePath, repair = false, depth = 0): Promise<SubstitutionOutcome> {
-    const key = repair ? `repair:${path}` : path;
-    let p = this.substGoals.get(key);
-    if (!p) {
-      this.ctx.emit('goal-created', { kind: 'substitution', path });
-      p = (async (): Promise<SubstitutionOutcome> => {
-        this.ctx.emit('goal-started', { kind: 'substitution', path });
-        let outcome: SubstitutionOutcome;
-        let stopped = false;
-        try {
-          outcome = await substitutionGoal(this, path, repair, depth);
-        } catch (e) {
-          stopped = e instanceof GoalStopped || this.signal.aborted;
-          outcome = stopped
-            ? { kind: 'failed', message: `substitution of '${path}' was stopped` }
-            : { kind: 'failed', message: e instanceof Error ? e.message : String(e) };
-        }
-        const ok = outcome.kind === 'valid' || outcome.kind === 'substituted';
-        // As Nix (a finished goal is freed): whoever asks after a failure gets a new goal, so a derivation
-        // that built the missing references of its outputs' substitutes can try them again.
-        if (!ok && this.substGoals.get(key) === p) this.substGoals.delete(key);
-        this.ctx.emit('goal-finished', {
-          kind: 'substitution',
-          path,
-          result: ok
-            ? {
-                status: outcome.kind === 'valid' ? 'already-valid' : 'substituted',
-                timesBuilt: 0,
-                isNonDeterministic: false,
-                startTime: 0,
-                stopTime: 0,
-                builtOutputs: {},
-              }
-            : stopped
-              ? stoppedResult(`substitution of '${path}'`)
-              : failure('misc-failure', 'message' in outcome ? outcome.message : 'failed'),
-        });
-        return outcome;
-      })();
-      this.substGoals.set(key, p);
+    const key = substitutionKey(path, repair);
+    let goal = this.substGoals.get(key);
+    if (!goal) {
+      goal = new SubstitutionGoal(this, path, repair, depth);
+      this.substGoals.set(key, goal);
     }
-    return p;
+    return goal.outcome;
+  }
+
+  /**
+   * @internal A substitution goal is done. As Nix (a finished goal is freed), a failed one is forgotten:
+   * whoever asks after it gets a new goal, so a derivation that built the missing references of its
+   * outputs' substitutes can try them again.
+   */
+  substitutionFinished(goal: SubstitutionGoal, ok: boolean): void {
+    const key = substitutionKey(goal.path, goal.repair);
+    if (!ok && this.substGoals.get(key) === goal) this.substGoals.delete(key);
   }
 }
+
+const substitutionKey = (path: StorePath, repair: boolean): string => (repair ? `repair:${path}` : path);
