@@ -99,10 +99,14 @@ export class NixJsonLog {
   private readonly downloads = new Map<string, { id: number; last: string }[]>();
   private readonly waits = new Map<string, number>();
   private readonly hooks = new Map<string, number>();
+  /** "resolved derivation" activities (BuildWaiting), by the derivation resolved, open until its goal ends. */
+  private readonly resolved = new Map<string, number>();
   private top: { realise: number; builds: number; copyPaths: number } | undefined;
   /** Nix's count of expected builds: derivation goals created and not yet done (or stopped), by path. */
   private readonly openGoals = new Map<string, number>();
   private sawGoals = false;
+  /** Resolved derivations built: Nix counts their goals as done builds besides their resolved forms' builds. */
+  private resolvedBuilt = 0;
   private lastProgress: Progress | undefined;
   private readonly last = new Map<string, string>();
   private readonly detach: (() => void)[] = [];
@@ -140,12 +144,6 @@ export class NixJsonLog {
     });
     on('remote-step', (e) => this.remoteStep(e));
     on('remote-log', (e) => this.remoteLog(e.drvPath, e.event));
-    on('goal-created', (e) => {
-      if (e.kind !== 'derivation') return;
-      this.sawGoals = true;
-      this.openGoals.set(e.path, (this.openGoals.get(e.path) ?? 0) + 1);
-      this.refreshProgress();
-    });
     on('post-build-hook-started', (e) => {
       this.stopKeyed(this.hooks, e.drvPath);
       this.hooks.set(e.drvPath, this.start(ActivityType.PostBuildHook, LogLevel.Info, `running post-build-hook '${e.hook}'`, [e.drvPath]));
@@ -162,8 +160,37 @@ export class NixJsonLog {
     });
     on('build-lock-acquired', (e) => this.stopKeyed(this.waits, e.drvPath));
     this.onSubstitutions(on);
+    on('derivation-resolved', (e) => {
+      this.ensureTop();
+      this.stopKeyed(this.resolved, e.drvPath);
+      const text = `resolved derivation: '${e.drvPath}' -> '${e.resolvedPath}'`;
+      this.resolved.set(e.drvPath, this.start(ActivityType.BuildWaiting, LogLevel.Info, text, [e.drvPath, e.resolvedPath]));
+    });
+    this.onGoals(on, opts);
+    on('progress', (p) => this.progress(p));
+    if (opts.warnings !== false) {
+      on('warning', (e) => {
+        if (e.level === 'error') this.error(e.message);
+        else if (e.level === 'info') this.message(LogLevel.Info, e.message);
+        else if (e.level === 'plain') this.message(LogLevel.Error, e.message);
+        else this.warn(e.message);
+      });
+    }
+  }
+
+  /** Goals: Nix's expected build count, the end of a goal's activities, a failed goal's error. */
+  private onGoals(on: On, opts: NixJsonLogOptions): void {
+    on('goal-created', (e) => {
+      if (e.kind !== 'derivation') return;
+      this.sawGoals = true;
+      this.openGoals.set(e.path, (this.openGoals.get(e.path) ?? 0) + 1);
+      this.refreshProgress();
+    });
     on('goal-finished', (e) => {
       this.stopKeyed(this.hooks, e.path);
+      // Nix counts a resolved derivation built twice: its resolved form's build and its own goal's.
+      if (this.resolved.has(e.path) && e.result.status === 'built') this.resolvedBuilt++;
+      this.stopKeyed(this.resolved, e.path);
       const open = this.openGoals.get(e.path);
       if (e.kind === 'derivation' && open !== undefined) {
         if (open > 1) this.openGoals.set(e.path, open - 1);
@@ -174,15 +201,6 @@ export class NixJsonLog {
         this.error(e.result.errorMsg);
       }
     });
-    on('progress', (p) => this.progress(p));
-    if (opts.warnings !== false) {
-      on('warning', (e) => {
-        if (e.level === 'error') this.error(e.message);
-        else if (e.level === 'info') this.message(LogLevel.Info, e.message);
-        else if (e.level === 'plain') this.message(LogLevel.Error, e.message);
-        else this.warn(e.message);
-      });
-    }
   }
 
   /**
@@ -302,10 +320,11 @@ export class NixJsonLog {
     for (const drvPath of [...this.remoteSteps.keys()]) this.stopRemoteSteps(drvPath);
     for (const id of this.builds.values()) this.stop(id);
     for (const ids of this.substitutions.values()) for (const id of [...ids].reverse()) this.stop(id);
-    for (const id of [...this.waits.values(), ...this.hooks.values(), ...this.queries.values()]) this.stop(id);
+    for (const id of [...this.waits.values(), ...this.hooks.values(), ...this.resolved.values(), ...this.queries.values()]) this.stop(id);
     for (const list of this.downloads.values()) for (const d of list) this.stop(d.id);
     this.builds.clear();
     this.queries.clear();
+    this.resolved.clear();
     this.downloads.clear();
     this.substitutions.clear();
     this.waits.clear();
@@ -318,6 +337,7 @@ export class NixJsonLog {
     this.last.clear();
     this.openGoals.clear();
     this.sawGoals = false;
+    this.resolvedBuilt = 0;
     this.lastProgress = undefined;
   }
 
@@ -403,8 +423,9 @@ export class NixJsonLog {
     let open = 0;
     for (const n of this.openGoals.values()) open += n;
     // Without goal events (a build through a daemon), the engine's own count.
-    const expected = this.sawGoals ? builds.done + open : builds.expected;
-    this.changed(this.top.builds, ResultType.Progress, [builds.done, expected, builds.running, builds.failed]);
+    const done = builds.done + this.resolvedBuilt;
+    const expected = this.sawGoals ? done + open : builds.expected;
+    this.changed(this.top.builds, ResultType.Progress, [done, expected, builds.running, builds.failed]);
     this.changed(this.top.copyPaths, ResultType.Progress, [s.done, s.expected, s.running, s.failed]);
     this.changed(this.top.realise, ResultType.SetExpected, [ActivityType.FileTransfer, download.expected]);
     this.changed(this.top.realise, ResultType.SetExpected, [ActivityType.CopyPath, nar.expected]);

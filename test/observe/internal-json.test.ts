@@ -120,6 +120,25 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
   });
 
+  it("a floating content-addressed derivation built as its resolved form: Nix's 'resolved derivation' activity", async () => {
+    const ca = ['--extra-experimental-features', 'ca-derivations'];
+    const expr = `let mk = name: deps: script: derivation { inherit name deps; system = "x86_64-linux"; builder = "/bin/sh";
+      args = [ "-c" script ]; __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
+    in mk "obs-ca-b" [ (mk "obs-ca-a" [] "echo a; echo a > $out") ] "echo b; echo $deps > $out"`;
+    const caDrv = instantiateTwins(dir, expr, ca);
+    const { n, o, ns, os } = await both(['--store', N(), ...SANDBOX, ...ca, '--realise', caDrv], ['--store', O(), ...SANDBOX, ...ca, caDrv]);
+    expect(n.status, n.stderr).toBe(0);
+    expect(o.status, o.stderr).toBe(0);
+    expect(o.stdout).toBe(n.stdout);
+    expect(ns.problems).toEqual([]);
+    expect(os.problems).toEqual([]);
+    const want = summarise(ns, LOCAL_TYPES);
+    const resolved = [...ns.activities.values()].filter((a) => a.type === 111);
+    expect(resolved.map((a) => [a.level, a.text.startsWith(`resolved derivation: '${caDrv}' -> '`), a.fields[0]])).toEqual([[3, true, caDrv]]);
+    expect(want.activities.join('\n')).toContain(`"text":"building '${String(resolved[0]!.fields[1])}'"`);
+    expect(summarise(os, LOCAL_TYPES)).toEqual(want);
+  });
+
   it('a substitution from a file:// cache: Substitute and CopyPath activities with their fields, copy progress', async () => {
     const out = nix('nix-store', ['--store', N(), ...SANDBOX, '--realise', drv.ref!]).split('\n')[0]!;
     const cache = path.join(dir, 'cache');
