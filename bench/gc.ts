@@ -9,10 +9,12 @@
  *    of another path; `nix-store --optimise` vs `store.optimiseStore()` on twin copies; the same number
  *    of files must be linked.
  * Each measurement is the median of GC_BENCH_RUNS runs (default 3) on fresh copies. Prints the times
- * and the ratios ours/Nix (target ≤ 0.5). REALISE_BENCH_SMALL=1: 2,000 paths and 1,000 files.
+ * and the ratios ours/Nix (target ≤ 0.5), and the CPU times (user + system: Nix's process, read from
+ * /proc/self/stat's children times; ours in-process, every thread), which a loaded machine moves less
+ * than wall times. REALISE_BENCH_SMALL=1: 2,000 paths and 1,000 files.
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -35,12 +37,26 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-function nixStore(root: string, args: string[]): { ms: number; stdout: string; stderr: string } {
+/** CPU time (user + system, ms) of this process's children that have been waited for (/proc/self/stat cutime + cstime). */
+function childrenCpuMs(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(f[13]) + Number(f[14])) * 1000) / 100; // fields 16 and 17, in clock ticks of 1/100 s
+}
+
+/** This process's CPU time (user + system, ms; all its threads). */
+function ownCpuMs(): number {
+  const c = process.cpuUsage();
+  return (c.user + c.system) / 1000;
+}
+
+function nixStore(root: string, args: string[]): { ms: number; cpuMs: number; stdout: string; stderr: string } {
+  const c0 = childrenCpuMs();
   const t0 = performance.now();
   const r = spawnSync('nix-store', ['--store', root, ...args], { env: nixEnv, encoding: 'utf8', maxBuffer: 1 << 28 });
   const ms = performance.now() - t0;
   if (r.status !== 0) throw new Error(`nix-store ${args.join(' ')} failed: ${r.stderr}`);
-  return { ms, stdout: r.stdout, stderr: r.stderr };
+  return { ms, cpuMs: childrenCpuMs() - c0, stdout: r.stdout, stderr: r.stderr };
 }
 
 /** A twin copy, written back to disk before anything is timed (pending write-back would weigh on whichever runs next). */
@@ -138,9 +154,11 @@ async function twinRuns<T>(
   src: string,
   nixArgs: string[],
   ours: (store: LocalStore) => Promise<T>,
-): Promise<{ nixMs: number; ourMs: number; nix: { stdout: string; stderr: string }; our: T }> {
+): Promise<{ nixMs: number; ourMs: number; nixCpuMs: number; ourCpuMs: number; nix: { stdout: string; stderr: string }; our: T }> {
   const nixMs: number[] = [];
   const ourMs: number[] = [];
+  const nixCpuMs: number[] = [];
+  const ourCpuMs: number[] = [];
   let nix = { stdout: '', stderr: '' };
   let our: T | undefined;
   for (let r = 0; r < RUNS; r++) {
@@ -151,14 +169,17 @@ async function twinRuns<T>(
     const runNix = () => {
       const res = nixStore(n, nixArgs);
       nixMs.push(res.ms);
+      nixCpuMs.push(res.cpuMs);
       nix = res;
     };
     const runOurs = async () => {
+      const c0 = ownCpuMs();
       const t0 = performance.now();
       const store = await LocalStore.open({ root: o });
       our = await ours(store);
       await store.close();
       ourMs.push(performance.now() - t0);
+      ourCpuMs.push(ownCpuMs() - c0);
     };
     if (r % 2 === 0) {
       runNix();
@@ -172,7 +193,12 @@ async function twinRuns<T>(
     rm(n);
     rm(o);
   }
-  return { nixMs: median(nixMs), ourMs: median(ourMs), nix, our: our! };
+  return { nixMs: median(nixMs), ourMs: median(ourMs), nixCpuMs: median(nixCpuMs), ourCpuMs: median(ourCpuMs), nix, our: our! };
+}
+
+/** The CPU times (user + system, all threads; Nix's whole process, ours in-process as the wall time): steadier than wall times under load. */
+function cpu(r: { nixCpuMs: number; ourCpuMs: number }): string {
+  return `CPU time: Nix ${r.nixCpuMs.toFixed(0)} ms, ours ${r.ourCpuMs.toFixed(0)} ms, ratio ${(r.ourCpuMs / r.nixCpuMs).toFixed(2)}`;
 }
 
 async function main(): Promise<void> {
@@ -185,7 +211,7 @@ async function main(): Promise<void> {
     const nixDeleted = gc.nix.stdout.trim();
     if (!nixDeleted.startsWith(`${gc.our.paths.length} store paths deleted`)) throw new Error(`Nix: '${nixDeleted}', we deleted ${gc.our.paths.length}`);
     console.log(
-      `collect ${PATHS} paths (${gc.our.paths.length} dead): nix-store --gc ${gc.nixMs.toFixed(0)} ms, collectGarbage ${gc.ourMs.toFixed(0)} ms, ratio ${(gc.ourMs / gc.nixMs).toFixed(2)}`,
+      `collect ${PATHS} paths (${gc.our.paths.length} dead): nix-store --gc ${gc.nixMs.toFixed(0)} ms, collectGarbage ${gc.ourMs.toFixed(0)} ms, ratio ${(gc.ourMs / gc.nixMs).toFixed(2)}; ${cpu(gc)}`,
     );
 
     const optStore = path.join(base, 'opt');
@@ -194,7 +220,7 @@ async function main(): Promise<void> {
     const nixLinked = /hard-linking (\d+) files/.exec(opt.nix.stderr)?.[1] ?? '?';
     if (String(opt.our.filesLinked) !== nixLinked) throw new Error(`Nix linked ${nixLinked} files, we linked ${opt.our.filesLinked}`);
     console.log(
-      `optimise ${FILES} files (${opt.our.filesLinked} linked): nix-store --optimise ${opt.nixMs.toFixed(0)} ms, optimiseStore ${opt.ourMs.toFixed(0)} ms, ratio ${(opt.ourMs / opt.nixMs).toFixed(2)}`,
+      `optimise ${FILES} files (${opt.our.filesLinked} linked): nix-store --optimise ${opt.nixMs.toFixed(0)} ms, optimiseStore ${opt.ourMs.toFixed(0)} ms, ratio ${(opt.ourMs / opt.nixMs).toFixed(2)}; ${cpu(opt)}`,
     );
   } finally {
     rm(base);

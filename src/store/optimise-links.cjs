@@ -67,12 +67,14 @@ function hashFileNar(file, st) {
   nar.writeUInt32LE(Math.floor(size / 2 ** 32), off + 4);
   off += 8;
   const h = size > SMALL ? createHash('sha256').update(nar.subarray(0, off)) : undefined;
-  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-  try {
-    if (h) readContents(fd, file, size, (chunk ??= Buffer.allocUnsafe(CHUNK)), 0, h);
-    else readContents(fd, file, size, nar, off, undefined);
-  } finally {
-    fs.closeSync(fd);
+  if (size > 0) {
+    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    try {
+      if (h) readContents(fd, file, size, (chunk ??= Buffer.allocUnsafe(CHUNK)), 0, h);
+      else readContents(fd, file, size, nar, off, undefined);
+    } finally {
+      fs.closeSync(fd);
+    }
   }
   const pad = (8 - (size % 8)) % 8;
   if (h) return h.update(ZEROS.subarray(0, pad)).update(CLOSE).digest();

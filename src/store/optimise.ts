@@ -15,6 +15,7 @@
  * thread, as Nix does; a whole store is shared out in batches of paths to worker threads, so that the
  * cores and the file system's waits overlap.
  */
+import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { ThreadTasks } from './thread-tasks.js';
@@ -90,7 +91,7 @@ export class StoreOptimiser {
   /** Optimise one path (file or tree) at its real location. Each call starts with no known inodes, as Nix's. */
   optimisePath(realPath: string): void {
     if (!this.linksMade) {
-      links.loadInodes(linksDirOf(this.realStoreDir)); // makes .links (its inodes are not wanted here)
+      mkdirSync(linksDirOf(this.realStoreDir), { recursive: true, mode: 0o755 });
       this.linksMade = true;
     }
     const opt = new links.Optimiser(this.realStoreDir, new Set(), this.onWarning);
