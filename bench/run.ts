@@ -21,6 +21,7 @@ const KNOWN = [
   'dag-sandboxed',
   'cli-dag',
   'noop',
+  'cli-startup',
   'scheduler-overhead',
   'nar-hash',
   'refscan',

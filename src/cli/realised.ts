@@ -124,5 +124,6 @@ export async function printRealised(
       warn(GC_WARNING);
     }
   });
-  for (const l of lines) process.stdout.write(l + '\n');
+  // One write for all of them (a pipe gets one system call, not one per path).
+  if (lines.length) process.stdout.write(lines.join('\n') + '\n');
 }

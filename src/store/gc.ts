@@ -22,7 +22,7 @@
 import type Database from 'better-sqlite3';
 import { chmodSync, closeSync, constants as FS, lstatSync, mkdirSync, openSync, readdirSync, statSync, unlinkSync } from 'node:fs';
 import { promises as fsp } from 'node:fs';
-import * as net from 'node:net';
+import type * as net from 'node:net';
 import * as path from 'node:path';
 import { StoreError } from './errors.js';
 import { findPermanentRoots, findTempRoots, type Roots, type RootsContext } from './gc-roots.js';
@@ -174,7 +174,9 @@ class RootsServer {
     } catch {
       /* absent */
     }
-    const server = net.createServer();
+    // (node:net is loaded only when a collection runs.)
+    const { createServer } = await import('node:net');
+    const server = createServer();
     const rs = new RootsServer(server, socketPath, emit);
     server.on('connection', (s) => rs.serve(s, store.storeDir));
     await new Promise<void>((resolve, reject) => {

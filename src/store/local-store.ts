@@ -12,7 +12,7 @@
  * under the path's lock (`<real path>.lock`, as Nix), and only then registered. Leftover temporary
  * directories of dead writers are removed when a store is opened.
  */
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import {
   closeSync,
   constants as FS,
@@ -22,7 +22,9 @@ import {
   lstatSync,
   openSync,
   promises as fsp,
+  readdirSync,
   readFileSync,
+  statSync,
   writeFileSync,
   type Stats,
 } from 'node:fs';
@@ -47,6 +49,7 @@ import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Realisation, St
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
 import { compressBzip2Async, decompressBzip2 } from './bzip2.js';
 import { TempRoots } from './temp-roots.js';
+import { openDatabase } from './sqlite.js';
 import { derivationOutputPaths } from './drv-outputs.js';
 import { AutoGc, type AutoGcSettings } from './auto-gc.js';
 import { collectGarbage, findRoots, type GcOptions, type GcResult } from './gc.js';
@@ -414,10 +417,14 @@ export class LocalStore implements Store {
   static async open(opts: LocalStoreOptions = {}): Promise<LocalStore> {
     const layout = resolveLayout(opts);
     try {
-      await mkdirs(layout.realStoreDir, 0o755);
-      await mkdirs(layout.dbDir, 0o755);
-      for (const d of ['temproots', 'gcroots', 'profiles']) await mkdirs(path.join(layout.stateDir, d), 0o755);
-      await mkdirs(path.join(layout.logDir, 'drvs'), 0o755);
+      const dirs = [
+        layout.realStoreDir,
+        layout.dbDir,
+        ...['temproots', 'gcroots', 'profiles'].map((d) => path.join(layout.stateDir, d)),
+        path.join(layout.logDir, 'drvs'),
+      ];
+      // (Checked synchronously first: a store opened before has them all.)
+      for (const d of dirs) if (!isDirectorySync(d)) await mkdirs(d, 0o755);
     } catch (e) {
       throw new StoreError('store-open-failed', `cannot create the store directories under '${layout.root ?? layout.stateDir}': ${(e as Error).message}`, {
         cause: e,
@@ -432,7 +439,7 @@ export class LocalStore implements Store {
       const schemaFile = path.join(layout.dbDir, 'schema');
       let cur = 0;
       if (existsSync(schemaFile)) {
-        const text = (await fsp.readFile(schemaFile, 'utf8')).trim();
+        const text = readFileSync(schemaFile, 'utf8').trim();
         cur = /^\d+$/.test(text) ? Number(text) : NaN;
         if (!Number.isInteger(cur)) throw new StoreError('bad-schema', `'${schemaFile}' is corrupt: '${text.slice(0, 40)}'`);
       }
@@ -446,18 +453,21 @@ export class LocalStore implements Store {
           hint: `upgrade it once with Nix 2.8, e.g. 'nix-store --store ${layout.root ?? layout.storeDir} --verify'`,
         });
       }
-      db = new Database(path.join(layout.dbDir, 'db.sqlite'), { timeout: BUSY_TIMEOUT_MS });
+      db = openDatabase(path.join(layout.dbDir, 'db.sqlite'), { timeout: BUSY_TIMEOUT_MS });
       db.pragma('foreign_keys = 1');
       db.pragma('synchronous = normal');
       if (String(db.pragma('main.journal_mode', { simple: true })).toLowerCase() !== 'wal') db.pragma('main.journal_mode = wal');
       db.pragma(`wal_autocheckpoint = ${WAL_AUTOCHECKPOINT}`);
       const conn = db;
-      conn
-        .transaction(() => {
-          const has = conn.prepare("select 1 from sqlite_master where type = 'table' and name = 'ValidPaths'").get();
-          if (!has) for (const s of SCHEMA_STATEMENTS) conn.exec(s);
-        })
-        .immediate();
+      const hasSchema = () => conn.prepare("select 1 from sqlite_master where type = 'table' and name = 'ValidPaths'").get() !== undefined;
+      // A store that has its tables is only read here; the write lock is taken to create them (checked again under it).
+      if (!hasSchema()) {
+        conn
+          .transaction(() => {
+            if (!hasSchema()) for (const s of SCHEMA_STATEMENTS) conn.exec(s);
+          })
+          .immediate();
+      }
       if (cur === 0) {
         const tmp = `${schemaFile}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
         await fsp.writeFile(tmp, String(NIX_SCHEMA_VERSION), { mode: 0o644 });
@@ -499,7 +509,6 @@ export class LocalStore implements Store {
       ),
       validDerivers: db.prepare<[string], { path: string }>('select v.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where d.path = ?'),
       allPaths: db.prepare('select path from ValidPaths').pluck(),
-      validChunk: db.prepare(`select path from ValidPaths where path in (${Array(VALID_CHUNK).fill('?').join(',')})`).pluck(),
       closure: db.prepare<[string], { path: string }>(
         `with recursive c(id) as (
            select id from ValidPaths where path in (select value from json_each(?))
@@ -535,13 +544,15 @@ export class LocalStore implements Store {
     // Chunked `IN (?, …)` statements: measured faster than json_each or one query per path (bench/query-valid-paths.ts).
     for (let i = 0; i < list.length; i += VALID_CHUNK) {
       const part = list.length - i >= VALID_CHUNK ? list.slice(i, i + VALID_CHUNK) : list.slice(i);
-      const stmt = part.length === VALID_CHUNK ? this.st.validChunk : this.validStmt(part.length);
+      const stmt = part.length === VALID_CHUNK ? (this.validChunk ??= this.validStmt(VALID_CHUNK)) : this.validStmt(part.length);
       for (const p of stmt.all(...part) as string[]) out.add(p);
     }
     return out;
   }
 
   private readonly validStmts = new Map<number, Database.Statement>();
+  /** The full-size `in (?, …)` statement, prepared when a first query is that large. */
+  private validChunk: Database.Statement | undefined;
   /** `select … in (?,…)` with `n` parameters; small sizes are cached. */
   private validStmt(n: number): Database.Statement {
     let st = this.validStmts.get(n);
@@ -1021,7 +1032,8 @@ export class LocalStore implements Store {
   async removeCrashDebris(): Promise<string[]> {
     let names: string[];
     try {
-      names = await fsp.readdir(this.realStoreDir);
+      // One system call (getdents) at open: read synchronously rather than through the thread pool.
+      names = readdirSync(this.realStoreDir);
     } catch {
       return [];
     }
@@ -1205,6 +1217,14 @@ export function checkNoDotDot(p: string, storeDir: string): void {
   }
 }
 
+function isDirectorySync(p: string): boolean {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
 function existsNow(p: string): boolean {
   try {
     lstatSync(p);
@@ -1220,8 +1240,7 @@ const MY_GID = typeof process.getegid === 'function' ? process.getegid() : -1;
 /** Nix keeps `db/reserved` at gc-reserved-space bytes so GC can free it when the disk is full (sparse here). */
 async function ensureReserved(file: string): Promise<void> {
   try {
-    const st = await fsp.stat(file);
-    if (st.size === RESERVED_SIZE) return;
+    if (statSync(file).size === RESERVED_SIZE) return;
   } catch {
     /* create */
   }

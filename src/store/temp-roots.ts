@@ -9,7 +9,7 @@
  */
 import { closeSync, fstatSync, ftruncateSync, openSync, unlinkSync, writeSync, existsSync, constants as FS } from 'node:fs';
 import { createRequire } from 'node:module';
-import * as net from 'node:net';
+import type * as net from 'node:net';
 import * as path from 'node:path';
 import { StoreError, storeWriteError } from './errors.js';
 import type { StorePath } from './store-path.js';
@@ -152,8 +152,10 @@ export class TempRoots {
     const rf = this.rf;
     const socketPath = path.join(this.stateDir, 'gc-socket', 'socket');
     if (!rf.socket || rf.socket.destroyed) {
+      // (node:net is loaded only here: while no collector runs, nothing is sent to one.)
+      const { createConnection } = await import('node:net');
       rf.socket = await new Promise<net.Socket | undefined>((resolve) => {
-        const s = net.createConnection(socketPath);
+        const s = createConnection(socketPath);
         s.once('connect', () => resolve(s));
         s.once('error', () => resolve(undefined));
       });

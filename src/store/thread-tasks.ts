@@ -6,7 +6,11 @@
  * use and does not keep the process alive while no task is pending. If it dies, pending tasks reject and
  * the next task starts a new thread.
  */
-import { Worker, type TransferListItem } from 'node:worker_threads';
+import { createRequire } from 'node:module';
+import type { Worker, TransferListItem } from 'node:worker_threads';
+
+/** node:worker_threads, loaded when a first thread starts (a command that starts none does not load it). */
+const workerThreads = (): typeof import('node:worker_threads') => createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads');
 
 export class ThreadTasks<Reply extends { id: number }> {
   readonly #source: string | URL;
@@ -47,6 +51,7 @@ export class ThreadTasks<Reply extends { id: number }> {
   #thread(): Worker {
     if (this.#worker) return this.#worker;
     // No options of this process's (a loader such as tsx's costs each thread ~100 ms and the script needs none).
+    const { Worker } = workerThreads();
     const w = typeof this.#source === 'string' ? new Worker(this.#source, { eval: true, execArgv: [] }) : new Worker(this.#source, { execArgv: [] });
     w.unref();
     w.on('message', (m: Reply) => {

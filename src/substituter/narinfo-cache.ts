@@ -8,6 +8,7 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { Hash } from '../store/hash.js';
+import { openDatabase } from '../store/sqlite.js';
 import { storePathBase, storePathHashPart } from '../store/store-path.js';
 import type { CacheInfo, NarInfo } from './narinfo.js';
 
@@ -120,7 +121,7 @@ export class NarInfoCache {
       const file = path.join(opts.cacheDir, 'binary-cache-v6.sqlite');
       try {
         mkdirSync(opts.cacheDir, { recursive: true });
-        const db = new Database(file, { timeout: 60_000 });
+        const db = openDatabase(file, { timeout: 60_000 });
         db.pragma('journal_mode = WAL');
         db.pragma('synchronous = OFF');
         return new NarInfoCache(db, file, opts);
