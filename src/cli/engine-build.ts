@@ -33,6 +33,8 @@ import { engineSettings, type EngineSettings } from './settings.js';
 /** The engine's options with the substituters the settings name (Nix's download-attempts: 5, and its warning before each retry). */
 export function engineOptions(settings: EngineSettings, warn: (message: string) => void): BuildEngineOptions {
   const opts: BuildEngineOptions & Record<string, unknown> = { ...settings.options };
+  // A daemon store substitutes from the daemon's own caches, unless told not to (Nix's client sends `substitute`).
+  if (opts.store instanceof DaemonStore) opts.store.setWorkerOptions({ useSubstitutes: settings.substitute });
   if (settings.substituters.length) {
     opts.substituters = settings.substituters.map(
       (u) =>

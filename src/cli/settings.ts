@@ -4,7 +4,7 @@
  * knows but the engine does not use, and those other commands read, are accepted silently, as Nix does.
  */
 import { cpus } from 'node:os';
-import { DaemonStore, defaultSystemFeatures, type BuildEngineOptions, type Store } from '../index.js';
+import { defaultSystemFeatures, type BuildEngineOptions, type Store } from '../index.js';
 import { parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
 
 /** The engine's options, and the binary caches to make substituters of (none with `substitute = false`). */
@@ -13,6 +13,8 @@ export interface EngineSettings {
   readonly substituters: readonly string[];
   readonly trustedPublicKeys: readonly string[];
   readonly requireSigs: boolean;
+  /** Nix's `substitute` setting (a daemon store is told it: the daemon substitutes from its own caches). */
+  readonly substitute: boolean;
 }
 
 type Options = BuildEngineOptions & Record<string, unknown>;
@@ -138,8 +140,6 @@ export function engineSettings(args: CliArgs, store: Store, warn: (message: stri
       () => parseBool('require-sigs', o.get('require-sigs')!),
       (v) => (requireSigs = v),
     );
-  // A daemon store substitutes from the daemon's own caches, unless told not to (Nix's client sends `substitute`).
-  if (store instanceof DaemonStore) store.setWorkerOptions({ useSubstitutes: substitute });
   const appended = new Map<keyof BuildEngineOptions, string[]>();
   for (const [name, value] of o) {
     const checked = checkedSetting(name, value, opts);
@@ -149,6 +149,7 @@ export function engineSettings(args: CliArgs, store: Store, warn: (message: stri
   for (const [key, list] of appended) if (list.length) put(opts, key, list);
   return {
     options: opts,
+    substitute,
     substituters: substitute ? [...args.substituters, ...words(o.get('substituters')), ...words(o.get('extra-substituters'))] : [],
     trustedPublicKeys: [...args.trustedPublicKeys, ...words(o.get('trusted-public-keys')), ...words(o.get('extra-trusted-public-keys'))],
     requireSigs,
