@@ -16,7 +16,7 @@ import { serveCache } from '../substituter/http-server.js';
 import { realiseInProcess as realise } from '../helpers/cli.js';
 import { makeFixture, NIX_CONF, type Fixture } from '../remote/fixture.js';
 import { sshdOk, startSshd, type Sshd } from '../remote/sshd.js';
-import { parseStream, summarise } from './nix-stream.js';
+import { nomSummary, parseStream, summarise } from './nix-stream.js';
 import { analyseTrace } from '../../src/observe/report.js';
 import type { TraceFile } from '../../src/observe/trace.js';
 
@@ -79,6 +79,10 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(want.activities).toHaveLength(6);
     expect(want.activities.join('\n')).toContain('"lines":["hello from a","second line"]');
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
+    // A nix-output-monitor style reader reaches the same summary from both streams.
+    const nom = nomSummary(n.stderr);
+    expect(nom.builds.filter((b) => b.endsWith("on '': done, 1 log lines") || b.endsWith("on '': done, 2 log lines"))).toHaveLength(4);
+    expect(nomSummary(o.stderr)).toEqual(nom);
     expect(want.buildsProgress).toEqual([4, 4, 0, 0]);
     // The trace: four builds on the two slots' tracks, the critical path a → (b or c) → top.
     const a = analyseTrace(JSON.parse(readFileSync(traceFile, 'utf8')) as TraceFile);
@@ -99,6 +103,9 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     const want = summarise(ns, LOCAL_TYPES);
     expect(want.msgs.filter((m) => m.startsWith('0 error:'))).toHaveLength(2);
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
+    const nom = nomSummary(n.stderr);
+    expect(nom.builds.filter((b) => b.endsWith('failed, 1 log lines'))).toHaveLength(1);
+    expect(nomSummary(o.stderr)).toEqual(nom);
     // The failed build and its dependent are no longer expected.
     expect(want.buildsProgress).toEqual([0, 0, 0, 1]);
   });
@@ -118,6 +125,7 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(want.buildsProgress).toEqual([0, 0, 0, 1]);
     expect(want.activities.join('\n')).toContain('"lines":["slow"]');
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
+    expect(nomSummary(o.stderr)).toEqual(nomSummary(n.stderr));
   });
 
   it("a floating content-addressed derivation built as its resolved form: Nix's 'resolved derivation' activity", async () => {
@@ -137,6 +145,7 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(resolved.map((a) => [a.level, a.text.startsWith(`resolved derivation: '${caDrv}' -> '`), a.fields[0]])).toEqual([[3, true, caDrv]]);
     expect(want.activities.join('\n')).toContain(`"text":"building '${String(resolved[0]!.fields[1])}'"`);
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
+    expect(nomSummary(o.stderr)).toEqual(nomSummary(n.stderr));
   });
 
   it('a substitution from a file:// cache: Substitute and CopyPath activities with their fields, copy progress', async () => {
@@ -154,6 +163,9 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(want.activities.filter((a) => a.includes('"type":108'))).toHaveLength(2);
     expect(want.activities.filter((a) => a.includes('"type":100'))).toHaveLength(2);
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
+    const nom = nomSummary(n.stderr);
+    expect(nom.substituted).toHaveLength(2);
+    expect(nomSummary(o.stderr)).toEqual(nom);
     expect(want.copyProgress).toEqual([2, 2, 0, 0]);
     expect(want.expected).toEqual({ 100: 288, 101: 296 });
   });
@@ -173,6 +185,7 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     const want = summarise(ns, LOCAL_TYPES);
     expect(want.activities.join('\n')).toContain('"lines":["the hook ran"]');
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
+    expect(nomSummary(o.stderr)).toEqual(nomSummary(n.stderr));
   });
 
   it("a --log-format nix-store does not know: Nix's error and exit status", async () => {
@@ -203,6 +216,11 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
       expect(want.activities.filter((a) => a.includes('"type":101'))).toHaveLength(5);
       expect(want.activities.filter((a) => a.includes('"type":109'))).toHaveLength(2);
       expect(summarise(os, LOCAL_TYPES)).toEqual(want);
+      // The port differs between runs of the test, not between the two streams.
+      const nom = nomSummary(n.stderr);
+      expect(nom.downloads).toHaveLength(5);
+      expect(nom.downloads.every((d) => !d.endsWith(': 0 bytes'))).toBe(true);
+      expect(nomSummary(o.stderr)).toEqual(nom);
     } finally {
       await server.close();
     }
@@ -293,6 +311,9 @@ describe.skipIf(!nixOk() || !sshdOk())('internal-json of a remote build: realise
       );
       expect(want.activities.filter((a) => a.includes(`"type":100`) && a.includes(`' from '${remote}'`))).toHaveLength(3);
       expect(summarise(os, REMOTE_TYPES, (s) => s.split(ro.uri).join('MACHINE'))).toEqual(want);
+      const nom = nomSummary(n.stderr, (s) => s.split(rn.uri).join('MACHINE'));
+      expect([nom.copiedToMachines.length, nom.copiedFromMachines.length]).toEqual([1, 3]);
+      expect(nomSummary(o.stderr, (s) => s.split(ro.uri).join('MACHINE'))).toEqual(nom);
       // In the trace, both builds are on the machine's track.
       const a = analyseTrace(JSON.parse(readFileSync(traceFile, 'utf8')) as TraceFile);
       expect(a.items.map((i) => [i.track, i.args.machine])).toEqual([

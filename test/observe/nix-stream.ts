@@ -119,3 +119,64 @@ export function summarise(
       .sort(),
   };
 }
+
+/**
+ * A reader of the stream as nix-output-monitor works: it follows the lines in order, keeps activities in a
+ * map keyed by id (a start adds one, results update it, a stop ends it), and keeps what its display shows
+ * at the end: each build with its host, state and log, the paths substituted and copied to and from
+ * machines, the bytes downloaded per file, the counts of the Builds activity and the errors. Two streams
+ * of the same work must reach the same summary, whatever their ids and order.
+ */
+export function nomSummary(stderr: string, normalise: (s: string) => string = (s) => s) {
+  interface Act {
+    type: number;
+    text: string;
+    fields: unknown[];
+    running: boolean;
+    log: string[];
+    progress?: number[];
+  }
+  const acts = new Map<number, Act>();
+  const errors: string[] = [];
+  for (const line of stderr.split('\n')) {
+    if (!line.startsWith('@nix ')) continue;
+    const o = JSON.parse(line.slice(5)) as { action: string; id?: number; type?: number; text?: string; fields?: unknown[]; level?: number; msg?: string };
+    if (o.action === 'start') acts.set(o.id!, { type: o.type!, text: o.text ?? '', fields: o.fields ?? [], running: true, log: [] });
+    else if (o.action === 'stop') acts.get(o.id!)!.running = false;
+    else if (o.action === 'result') {
+      const a = acts.get(o.id!)!;
+      if (o.type === 101) a.log.push(String(o.fields![0]));
+      else if (o.type === 105) a.progress = o.fields as number[];
+    } else if (o.action === 'msg' && o.level === 0) errors.push(stripAnsi(o.msg!));
+  }
+  const all = [...acts.values()];
+  const norm = (s: unknown) => normalise(String(s));
+  const failed = (drv: string) => errors.some((e) => e.includes(`builder for '${drv}' failed`));
+  const builds = all
+    .filter((a) => a.type === 105)
+    .map((a) => {
+      const drv = String(a.fields[0]);
+      const state = a.running ? 'running' : failed(drv) ? 'failed' : 'done';
+      return `${norm(drv)} on '${norm(a.fields[1])}': ${state}, ${a.log.length} log lines`;
+    })
+    .sort();
+  const copies = (pred: (a: Act) => boolean) =>
+    all
+      .filter((a) => a.type === 100 && pred(a))
+      .map((a) => norm(a.fields[0]))
+      .sort();
+  const top = all.find((a) => a.type === 104 && a.text === '');
+  return {
+    builds,
+    substituted: copies((a) => all.some((s) => s.type === 108 && s.fields[0] === a.fields[0])),
+    copiedToMachines: copies((a) => a.fields[1] === 'local'),
+    copiedFromMachines: copies((a) => /^ssh(-ng)?:\/\//.test(String(a.fields[1]))),
+    downloads: all
+      .filter((a) => a.type === 101)
+      .map((a) => `${norm(a.fields[0])}: ${a.progress?.[0] ?? 0} bytes`)
+      .sort(),
+    stillRunning: all.filter((a) => a.running).length,
+    builds_done_expected_running_failed: top?.progress,
+    errors: errors.map(norm).sort(),
+  };
+}
