@@ -188,6 +188,7 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
 
   for (let round = 1; ;) {
     let locks: PathLocks | undefined;
+    let deleteLocks = false; // only a success deletes the lock files, as Nix (see releaseLocks)
     try {
       const r = await inBuildSlot(
         w,
@@ -224,7 +225,10 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
         await plan.goal.blocked(waitForLocks(store, lockTargets, w.signal));
         continue;
       }
-      if ('status' in r) return r;
+      if ('status' in r) {
+        deleteLocks = true; // (already valid)
+        return r;
+      }
       if (r.kind === 'ended') return r.result;
       timesBuilt++;
       if (r.kind === 'failed') {
@@ -239,6 +243,7 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
       if (r.nonDeterministic) isNonDeterministic = true;
       previous = r.outputs;
       if (round >= plan.rounds || r.stopRounds) {
+        deleteLocks = true;
         return success('built', r.outputs.paths, { timesBuilt, startTime, stopTime: Math.floor(Date.now() / 1000), isNonDeterministic });
       }
       round++;
@@ -248,9 +253,18 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
       waited = false;
       throw e;
     } finally {
-      await (locks as PathLocks | undefined)?.release(); // (assigned inside the slot's callback)
+      await releaseLocks(locks as PathLocks | undefined, deleteLocks); // (assigned inside the slot's callback)
     }
   }
+}
+
+/**
+ * Release a round's output locks. As Nix (PathLocks' setDeletion after registering), only a success
+ * deletes the lock files; a failed or stopped build leaves them in the store dir, empty and unlocked.
+ */
+async function releaseLocks(locks: PathLocks | undefined, deleteFiles: boolean): Promise<void> {
+  if (!deleteFiles) locks?.setDeletion?.(false);
+  await locks?.release();
 }
 
 /**

@@ -270,4 +270,17 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
       /error: getting status of 'ROOT\/nix\/store\/[^']*\.drv\.chroot\/nix\/store\/[^']*-sem-no-perms\/a\/f': Permission denied/,
     );
   });
+
+  it("a failed build leaves its outputs' lock files in the store dir, a successful one removes them, as Nix", async () => {
+    const out = nix('nix-store', ['--store', R1, '-q', '--outputs', drvs.logsFail!]);
+    const lockIn = (root: string) => existsSync(path.join(root, `${out}.lock`));
+    rmSync(path.join(R1, `${out}.lock`), { force: true });
+    expect(nixRealise([drvs.logsFail!]).status).toBe(100);
+    expect((await ours([drvs.logsFail!])).status).toBe(100);
+    expect([lockIn(R1), lockIn(R2)]).toEqual([true, true]);
+    const good = nix('nix-store', ['--store', R1, '-q', '--outputs', drvs.dagGood!]);
+    expect(nixRealise([drvs.dagGood!]).status).toBe(0);
+    expect((await ours([drvs.dagGood!])).status).toBe(0);
+    expect([existsSync(path.join(R1, `${good}.lock`)), existsSync(path.join(R2, `${good}.lock`))]).toEqual([false, false]);
+  });
 });
