@@ -22,10 +22,4 @@ export default tseslint.config(
       'max-lines-per-function': ['error', { max: 80, skipBlankLines: true, skipComments: true, IIFEs: true }],
     },
   },
-  {
-    // Each of these files still holds one function longer than 80 lines (a parser, a protocol loop, a
-    // command): split them before taking a file off this list.
-    files: ['src/observe/report.ts', 'src/observe/trace.ts', 'src/scheduler/remote-build.ts'],
-    rules: { 'max-lines-per-function': 'off' },
-  },
 );

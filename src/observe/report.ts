@@ -52,7 +52,35 @@ export interface RunAnalysis {
  * any number of slots.
  */
 export function analyseTrace(trace: TraceFile): RunAnalysis {
-  const evs = trace.traceEvents;
+  const { items, goals } = readTraceEvents(trace.traceEvents);
+  const workOf = new Map<string, number>();
+  for (const i of items) workOf.set(i.path, (workOf.get(i.path) ?? 0) + i.dur);
+  const withWork = goals.map((g) => ({ ...g, working: workOf.get(g.path) ?? 0 }));
+  const { criticalPath, criticalTotal } = longestPath(new Map(withWork.filter((g) => g.kind === 'derivation').map((g) => [g.path, g])));
+  const all = [...items.map((i) => i.start), ...goals.map((g) => g.start)];
+  const ends = [...items.map((i) => i.start + i.dur), ...goals.map((g) => g.end)];
+  const working = withWork.reduce((s, g) => s + g.working, 0);
+  const waiting = withWork.filter((g) => g.working > 0).reduce((s, g) => s + Math.max(0, g.end - g.start - g.working), 0);
+  const tails = new Map<string, readonly string[]>();
+  for (const i of items) if (i.kind === 'build' && Array.isArray(i.args.logTail)) tails.set(i.path, i.args.logTail as string[]);
+  const failed = withWork.filter((g) => !['built', 'substituted', 'already-valid', 'stopped', 'unfinished'].includes(g.status));
+  return {
+    items,
+    goals: withWork,
+    tracks: [...new Set(items.map((i) => i.track))].sort(trackOrder),
+    start: all.length ? Math.min(...all) : 0,
+    end: ends.length ? Math.max(...ends) : 0,
+    criticalPath,
+    criticalTotal,
+    working,
+    waiting,
+    failures: failed.map((goal) => ({ goal, logTail: tails.get(goal.path) ?? [] })),
+    stopped: withWork.filter((g) => g.status === 'stopped'),
+  };
+}
+
+/** The builds and substitutions of a trace (its complete events) on their tracks, and its goals (begin/end pairs), working time 0. */
+function readTraceEvents(evs: readonly TraceEvent[]): { items: TimelineItem[]; goals: GoalSummary[] } {
   const trackNames = new Map<number, string>();
   for (const e of evs) if (e.ph === 'M' && e.name === 'thread_name') trackNames.set(e.tid, String((e.args as { name: string }).name));
   const items: TimelineItem[] = [];
@@ -90,12 +118,11 @@ export function analyseTrace(trace: TraceFile): RunAnalysis {
       });
     }
   }
-  const workOf = new Map<string, number>();
-  for (const i of items) workOf.set(i.path, (workOf.get(i.path) ?? 0) + i.dur);
-  const withWork = goals.map((g) => ({ ...g, working: workOf.get(g.path) ?? 0 }));
-  const drvGoals = new Map(withWork.filter((g) => g.kind === 'derivation').map((g) => [g.path, g]));
+  return { items, goals };
+}
 
-  // Longest path by working time over the derivation graph (memoised, iterative for deep chains).
+/** The longest path by working time over the derivation graph (memoised, iterative for deep chains), dependencies first. */
+function longestPath(drvGoals: ReadonlyMap<string, GoalSummary>): { criticalPath: string[]; criticalTotal: number } {
   const best = new Map<string, { total: number; prev?: string }>();
   const visit = (root: string) => {
     const stack: [string, boolean][] = [[root, false]];
@@ -125,28 +152,7 @@ export function analyseTrace(trace: TraceFile): RunAnalysis {
   for (const [p, b] of best) if (!last || b.total > best.get(last)!.total) last = p;
   const criticalPath: string[] = [];
   for (let p = last; p; p = best.get(p)!.prev) criticalPath.unshift(p);
-  const criticalTotal = last ? best.get(last)!.total : 0;
-
-  const all = [...items.map((i) => i.start), ...goals.map((g) => g.start)];
-  const ends = [...items.map((i) => i.start + i.dur), ...goals.map((g) => g.end)];
-  const working = withWork.reduce((s, g) => s + g.working, 0);
-  const waiting = withWork.filter((g) => g.working > 0).reduce((s, g) => s + Math.max(0, g.end - g.start - g.working), 0);
-  const tails = new Map<string, readonly string[]>();
-  for (const i of items) if (i.kind === 'build' && Array.isArray(i.args.logTail)) tails.set(i.path, i.args.logTail as string[]);
-  const failed = withWork.filter((g) => !['built', 'substituted', 'already-valid', 'stopped', 'unfinished'].includes(g.status));
-  return {
-    items,
-    goals: withWork,
-    tracks: [...new Set(items.map((i) => i.track))].sort(trackOrder),
-    start: all.length ? Math.min(...all) : 0,
-    end: ends.length ? Math.max(...ends) : 0,
-    criticalPath,
-    criticalTotal,
-    working,
-    waiting,
-    failures: failed.map((goal) => ({ goal, logTail: tails.get(goal.path) ?? [] })),
-    stopped: withWork.filter((g) => g.status === 'stopped'),
-  };
+  return { criticalPath, criticalTotal: last ? best.get(last)!.total : 0 };
 }
 
 /** Build slots first, then machines, then substitution slots; by number within each. */
@@ -184,9 +190,8 @@ pre.tail{background:#f6f6f6;padding:8px;max-height:320px;overflow:auto;font:12px
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:-2px}
 `;
 
-/** The report page for a trace (see the module comment). */
-export function renderReport(trace: TraceFile, opts: { title?: string } = {}): string {
-  const a = analyseTrace(trace);
+/** The Gantt chart: one row per track, a bar per build or substitution (the critical path marked), a time axis. */
+function ganttSvg(a: RunAnalysis): string {
   const span = Math.max(1, a.end - a.start);
   const critical = new Set(a.criticalPath);
   const W = 1100,
@@ -221,27 +226,15 @@ export function renderReport(trace: TraceFile, opts: { title?: string } = {}): s
     if (w > 60) svg.push(`<text x="${(x(i.start) + 3).toFixed(1)}" y="${y + 11}" pointer-events="none">${esc(i.name.slice(0, Math.floor(w / 6.5)))}</text>`);
   }
   svg.push('</svg>');
+  return svg.join('');
+}
 
-  const builds = a.items.filter((i) => i.kind === 'build');
-  const substs = a.items.filter((i) => i.kind === 'substitution');
-  const slowest = [...builds].sort((p, q) => q.dur - p.dur).slice(0, 15);
+const row = (cells: string[]) => `<tr>${cells.join('')}</tr>`;
+
+/** The critical path, each derivation with its working time. */
+function criticalPathSection(a: RunAnalysis, span: number): string[] {
   const goalByPath = new Map(a.goals.filter((g) => g.kind === 'derivation').map((g) => [g.path, g]));
-  const row = (cells: string[]) => `<tr>${cells.join('')}</tr>`;
-  const html: string[] = [];
-  html.push(
-    `<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>${esc(opts.title ?? 'realise build report')}</title><style>${CSS}</style></head><body>`,
-  );
-  html.push(`<h1>${esc(opts.title ?? 'realise build report')}</h1>`);
-  html.push(
-    `<p class="meta">Started ${esc(trace.otherData.startedAt)} · wall time <b id="wall-time">${esc(formatDuration(span))}</b> · ${builds.length} builds · ${substs.length} substitutions · ${a.failures.length} failed · ${a.stopped.length} stopped</p>`,
-  );
-  html.push('<h2>Timeline</h2>');
-  html.push(
-    '<p class="legend"><span style="background:#7aa6da"></span>build<span style="background:#ffb74d;outline:2px solid #c62828"></span>on the critical path<span style="background:#9ccc9c"></span>substitution<span style="background:#e57373"></span>failed<span style="background:#bdbdbd"></span>stopped</p>',
-  );
-  html.push(a.items.length ? svg.join('') : '<p>Nothing was built or substituted.</p>');
-
-  html.push('<h2>Critical path</h2>');
+  const html = ['<h2>Critical path</h2>'];
   html.push(
     `<p>Total building time along the path: <span class="total" id="critical-total">${esc(formatDuration(a.criticalTotal))}</span> of ${esc(formatDuration(span))} wall time (the run cannot be shorter than this with more slots).</p>`,
   );
@@ -251,9 +244,13 @@ export function renderReport(trace: TraceFile, opts: { title?: string } = {}): s
     html.push(`<li data-drv="${esc(p)}"><code>${esc(p)}</code> — ${esc(formatDuration(g?.working ?? 0))}</li>`);
   }
   html.push('</ol>');
+  return html;
+}
 
-  html.push('<h2>Slowest builds</h2><table id="slowest"><tr><th>derivation</th><th>where</th><th class="num">time</th><th>outcome</th></tr>');
-  for (const i of slowest) {
+/** The 15 slowest builds. */
+function slowestSection(builds: readonly TimelineItem[]): string[] {
+  const html = ['<h2>Slowest builds</h2><table id="slowest"><tr><th>derivation</th><th>where</th><th class="num">time</th><th>outcome</th></tr>'];
+  for (const i of [...builds].sort((p, q) => q.dur - p.dur).slice(0, 15)) {
     html.push(
       row([
         `<td><code>${esc(i.path)}</code></td>`,
@@ -264,8 +261,12 @@ export function renderReport(trace: TraceFile, opts: { title?: string } = {}): s
     );
   }
   html.push('</table>');
+  return html;
+}
 
-  html.push('<h2>Waiting versus working</h2>');
+/** Working and waiting time overall, and of the 15 goals that took longest. */
+function waitingSection(a: RunAnalysis): string[] {
+  const html = ['<h2>Waiting versus working</h2>'];
   html.push(
     `<p>Goals that built or fetched something spent <b id="working-time">${esc(formatDuration(a.working))}</b> working and <b id="waiting-time">${esc(formatDuration(a.waiting))}</b> waiting (for their inputs, a slot or a lock).</p>`,
   );
@@ -285,8 +286,12 @@ export function renderReport(trace: TraceFile, opts: { title?: string } = {}): s
     );
   }
   html.push('</table>');
+  return html;
+}
 
-  html.push(`<h2>Failures</h2>`);
+/** Each failure with its error and log tail, then the goals stopped because of them. */
+function failuresSection(a: RunAnalysis): string[] {
+  const html = [`<h2>Failures</h2>`];
   if (!a.failures.length) html.push('<p id="failures">None.</p>');
   else {
     html.push('<div id="failures">');
@@ -302,9 +307,14 @@ export function renderReport(trace: TraceFile, opts: { title?: string } = {}): s
   if (a.stopped.length) {
     html.push(`<p>Stopped (not failed) because another goal failed: ${a.stopped.map((g) => `<code>${esc(g.name)}</code>`).join(', ')}</p>`);
   }
-  html.push(
+  return html;
+}
+
+/** Every build, in the order they started. */
+function allBuildsSection(a: RunAnalysis, builds: readonly TimelineItem[]): string[] {
+  const html = [
     '<h2>All builds</h2><table id="builds"><tr><th>derivation</th><th>where</th><th class="num">start</th><th class="num">time</th><th>outcome</th></tr>',
-  );
+  ];
   for (const i of [...builds].sort((p, q) => p.start - q.start)) {
     html.push(
       row([
@@ -316,6 +326,29 @@ export function renderReport(trace: TraceFile, opts: { title?: string } = {}): s
       ]),
     );
   }
-  html.push('</table></body></html>\n');
+  html.push('</table>');
+  return html;
+}
+
+/** The report page for a trace (see the module comment). */
+export function renderReport(trace: TraceFile, opts: { title?: string } = {}): string {
+  const a = analyseTrace(trace);
+  const span = Math.max(1, a.end - a.start);
+  const builds = a.items.filter((i) => i.kind === 'build');
+  const substs = a.items.filter((i) => i.kind === 'substitution');
+  const title = esc(opts.title ?? 'realise build report');
+  const html: string[] = [];
+  html.push(`<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>${title}</title><style>${CSS}</style></head><body>`);
+  html.push(`<h1>${title}</h1>`);
+  html.push(
+    `<p class="meta">Started ${esc(trace.otherData.startedAt)} · wall time <b id="wall-time">${esc(formatDuration(span))}</b> · ${builds.length} builds · ${substs.length} substitutions · ${a.failures.length} failed · ${a.stopped.length} stopped</p>`,
+  );
+  html.push('<h2>Timeline</h2>');
+  html.push(
+    '<p class="legend"><span style="background:#7aa6da"></span>build<span style="background:#ffb74d;outline:2px solid #c62828"></span>on the critical path<span style="background:#9ccc9c"></span>substitution<span style="background:#e57373"></span>failed<span style="background:#bdbdbd"></span>stopped</p>',
+  );
+  html.push(a.items.length ? ganttSvg(a) : '<p>Nothing was built or substituted.</p>');
+  html.push(...criticalPathSection(a, span), ...slowestSection(builds), ...waitingSection(a), ...failuresSection(a), ...allBuildsSection(a, builds));
+  html[html.length - 1] += '</body></html>\n';
   return html.join('\n');
 }

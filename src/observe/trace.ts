@@ -47,6 +47,9 @@ function nameOf(path: string): string {
   return (/^[0-9a-z]{32}-/.test(base) ? base.slice(33) : base).replace(/\.drv$/, '');
 }
 
+/** Listen to one engine event (until the recorder is closed). */
+type Subscribe = <E extends keyof BuildEngineEvents>(event: E, fn: BuildEngineEvents[E]) => void;
+
 interface OpenSpan {
   start: number;
   tid: number;
@@ -81,10 +84,18 @@ export class TraceRecorder {
     this.t0 = performance.now();
     this.tailLines = opts.logTailLines ?? 25;
     this.events.push({ name: 'process_name', ph: 'M', ts: 0, pid: PID, tid: 0, args: { name: 'realise' } });
-    const on = <E extends keyof BuildEngineEvents>(event: E, fn: BuildEngineEvents[E]) => {
-      (engine.on as (e: E, f: BuildEngineEvents[E]) => void)(event, fn);
-      this.detach.push(() => (engine.off as (e: E, f: BuildEngineEvents[E]) => void)(event, fn));
+    const on: Subscribe = (event, fn) => {
+      (engine.on as (e: typeof event, f: typeof fn) => void)(event, fn);
+      this.detach.push(() => (engine.off as (e: typeof event, f: typeof fn) => void)(event, fn));
     };
+    this.recordGoals(on);
+    this.recordBuilds(on);
+    this.recordSubstitutions(on);
+    this.recordLockWaitsAndCounters(on);
+  }
+
+  /** Goals as async spans (begin at goal-started, end at goal-finished with the status), with their inputs. */
+  private recordGoals(on: Subscribe): void {
     on('goal-started', (e) => {
       const key = `${e.kind}:${e.path}`;
       if (this.goals.has(key)) return;
@@ -115,6 +126,10 @@ export class TraceRecorder {
       if (e.result.errorMsg && e.result.status !== 'stopped') args.error = e.result.errorMsg.slice(0, MAX_ERROR_CHARS);
       this.events.push({ name: g.begin.name, cat: g.begin.cat, ph: 'e', id: g.id, ts: this.ts(e.time), pid: PID, tid: g.begin.tid, args });
     });
+  }
+
+  /** Builds as complete spans on their slot's track (a machine's for remote builds), a failure with its log tail. */
+  private recordBuilds(on: Subscribe): void {
     on('build-started', (e) => {
       const family = e.machine ? `machine ${e.machine}` : 'build slot';
       const span = this.open(family, e.time, {
@@ -140,6 +155,10 @@ export class TraceRecorder {
       if (e.outcome === 'failure') span.args.logTail = span.tail;
       this.closeSpan(span, nameOf(e.drvPath), 'build', e.time);
     });
+  }
+
+  /** Substitutions as complete spans on the substitution slots' tracks. */
+  private recordSubstitutions(on: Subscribe): void {
     on('substitution-started', (e) => {
       this.substs.set(e.path, this.open('substitution slot', e.time, { path: e.path, substituter: e.substituter, ...(e.narUrl ? { narUrl: e.narUrl } : {}) }));
     });
@@ -151,6 +170,10 @@ export class TraceRecorder {
       if (e.error) span.args.error = e.error.slice(0, MAX_ERROR_CHARS);
       this.closeSpan(span, nameOf(e.path), 'substitution', e.time);
     });
+  }
+
+  /** Waits for output locks as async spans, and the download and running counters when they change. */
+  private recordLockWaitsAndCounters(on: Subscribe): void {
     on('build-waiting', (e) => {
       const id = `lock:${e.drvPath}`;
       this.events.push({

@@ -4,68 +4,95 @@
  * Returns undefined to build locally (no machine fits), or the remote's result.
  */
 import type { StorePath } from '../store/store-path.js';
-import { buildOnRemote } from '../remote/remote-builder.js';
+import { buildOnRemote, type RemoteBuildOptions, type RemoteBuildResult } from '../remote/remote-builder.js';
 import { canBuildHere, preferLocalBuild, requiredSystemFeatures, type DrvView } from './drv-view.js';
 import { failure, success, type BuildResult, type BuildStatus, type FailureDetails } from './results.js';
 import { shortMessageOf } from '../store/errors.js';
 import type { Worker } from './worker.js';
 import { slotGate } from './slot-gate.js';
 
+/**
+ * Whether to build here rather than hand the build to the hook: Nix's hook declines when this machine can
+ * build and has a free slot; we prefer remote slots only when the local queue is busy, so remote machines
+ * add capacity.
+ */
+function buildsHere(w: Worker, view: DrvView, local: boolean): boolean {
+  const { options, buildQueue } = w.ctx;
+  return (
+    local && buildQueue.pending < Math.max(1, options.maxJobs) && buildQueue.size === 0 && slotGate(buildQueue).waitingCount === 0 && !remoteOnly(view, options)
+  );
+}
+
+/**
+ * The engine's events of one remote build: build-started per machine it starts on (a lost connection
+ * starts it again elsewhere, which finishes the first as failed), its log, its steps and the remote's own
+ * activities while it runs there, and build-finished once (`end`).
+ */
+function remoteBuildEvents(
+  w: Worker,
+  view: DrvView,
+): { callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStart'>; end: (outcome: 'success' | 'failure' | 'stopped') => void } {
+  const { drvPath } = view;
+  /** The machine of the build-started not yet finished. */
+  let startedOn: string | undefined;
+  const end = (outcome: 'success' | 'failure' | 'stopped') => {
+    if (startedOn === undefined) return;
+    w.ctx.emit('build-finished', { drvPath, round: 1, rounds: 1, machine: startedOn, outcome });
+    startedOn = undefined;
+  };
+  const callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStart'> = {
+    onLog: (line) => w.ctx.emit('build-log', { drvPath, line }),
+    onEvent: (event) => {
+      if (startedOn !== undefined) w.ctx.emit('remote-log', { drvPath, machine: startedOn, event });
+    },
+    onStep: (step, phase) => {
+      if (startedOn !== undefined) w.ctx.emit('remote-step', { drvPath, machine: startedOn, step, phase });
+    },
+    onStart: (machine) => {
+      end('failure');
+      startedOn = machine;
+      w.ctx.emit('build-started', { drvPath, round: 1, rounds: 1, machine, mode: w.mode === 'repair' ? 'repair' : w.mode === 'check' ? 'check' : 'normal' });
+    },
+  };
+  return { callbacks, end };
+}
+
+/** The BuildResult of a build the remote ran (`started`: when we handed it over, for a remote that gives no times). */
+function remoteBuildResult(r: RemoteBuildResult, drvPath: StorePath, started: number): BuildResult {
+  const outs: Record<string, StorePath> = {};
+  for (const [n, p] of r.builtOutputs) outs[n] = p;
+  const times = {
+    startTime: r.startTime || started,
+    stopTime: r.stopTime || Math.floor(Date.now() / 1000),
+    timesBuilt: r.timesBuilt,
+    isNonDeterministic: r.isNonDeterministic,
+  };
+  if (isRemoteSuccess(r)) return success('built', outs, times);
+  const status = (['resolves-to-already-valid', 'no-substituters'].includes(r.status) ? 'misc-failure' : r.status) as BuildStatus;
+  return failure(status, remoteFailure(r.errorMsg || `build of '${drvPath}' on '${r.machine}' failed (${r.status})`), times);
+}
+
+const isRemoteSuccess = (r: RemoteBuildResult) => r.status === 'built' || r.status === 'substituted' || r.status === 'already-valid';
+
 export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<StorePath>): Promise<BuildResult | undefined> {
   const { options, store } = w.ctx;
   const local = canBuildHere(view, options) && options.maxJobs > 0;
-  // Nix's hook declines when this machine can build and has a free slot; we prefer remote slots only when
-  // the local queue is busy, so remote machines add capacity.
-  if (
-    local &&
-    w.ctx.buildQueue.pending < Math.max(1, options.maxJobs) &&
-    w.ctx.buildQueue.size === 0 &&
-    slotGate(w.ctx.buildQueue).waitingCount === 0 &&
-    !remoteOnly(view, options)
-  ) {
-    return undefined;
-  }
+  if (buildsHere(w, view, local)) return undefined;
   const started = Math.floor(Date.now() / 1000);
   const expected = w.ctx.progress.expect('builds');
   const running = w.ctx.progress.running('builds');
-  /** The machine of the build-started not yet finished (a lost connection starts it again elsewhere). */
-  let startedOn: string | undefined;
-  const endBuild = (outcome: 'success' | 'failure' | 'stopped') => {
-    if (startedOn === undefined) return;
-    w.ctx.emit('build-finished', { drvPath: view.drvPath, round: 1, rounds: 1, machine: startedOn, outcome });
-    startedOn = undefined;
-  };
+  const events = remoteBuildEvents(w, view);
   try {
     const dispatch = await buildOnRemote(
       options.builders,
       view.drvPath,
       view.drv,
-      {
-        requiredFeatures: requiredSystemFeatures(view),
-        preferLocalBuild: preferLocalBuild(view),
-      },
+      { requiredFeatures: requiredSystemFeatures(view), preferLocalBuild: preferLocalBuild(view) },
       {
         store,
         signal: w.signal,
         inputPaths,
-        onLog: (line) => w.ctx.emit('build-log', { drvPath: view.drvPath, line }),
-        onEvent: (event) => {
-          if (startedOn !== undefined) w.ctx.emit('remote-log', { drvPath: view.drvPath, machine: startedOn, event });
-        },
-        onStep: (step, phase) => {
-          if (startedOn !== undefined) w.ctx.emit('remote-step', { drvPath: view.drvPath, machine: startedOn, step, phase });
-        },
-        onStart: (machine) => {
-          endBuild('failure');
-          startedOn = machine;
-          w.ctx.emit('build-started', {
-            drvPath: view.drvPath,
-            round: 1,
-            rounds: 1,
-            machine,
-            mode: w.mode === 'repair' ? 'repair' : w.mode === 'check' ? 'check' : 'normal',
-          });
-        },
+        ...events.callbacks,
         buildSettings: {
           buildTimeout: options.buildTimeout,
           maxSilentTime: options.maxSilentTime,
@@ -81,24 +108,13 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
       if (local) return undefined;
       return failure('misc-failure', dispatch.error.message);
     }
-    const r = dispatch.result;
-    const ok = r.status === 'built' || r.status === 'substituted' || r.status === 'already-valid';
-    endBuild(ok ? 'success' : 'failure');
+    const ok = isRemoteSuccess(dispatch.result);
+    events.end(ok ? 'success' : 'failure');
     running.end(ok);
-    const outs: Record<string, StorePath> = {};
-    for (const [n, p] of r.builtOutputs) outs[n] = p;
-    const times = {
-      startTime: r.startTime || started,
-      stopTime: r.stopTime || Math.floor(Date.now() / 1000),
-      timesBuilt: r.timesBuilt,
-      isNonDeterministic: r.isNonDeterministic,
-    };
-    if (ok) return success('built', outs, times);
-    const status = (['resolves-to-already-valid', 'no-substituters'].includes(r.status) ? 'misc-failure' : r.status) as BuildStatus;
-    return failure(status, remoteFailure(r.errorMsg || `build of '${view.drvPath}' on '${r.machine}' failed (${r.status})`), times);
+    return remoteBuildResult(dispatch.result, view.drvPath, started);
   } catch (e) {
     // A build the call stopped is neither done nor failed.
-    endBuild(w.signal.aborted ? 'stopped' : 'failure');
+    events.end(w.signal.aborted ? 'stopped' : 'failure');
     running.end(w.signal.aborted ? 'dropped' : false);
     if (w.signal.aborted) throw e;
     if (options.fallback && local) {
