@@ -104,6 +104,8 @@ export class NixJsonLog {
   private top: { realise: number; builds: number; copyPaths: number } | undefined;
   /** Nix's count of expected builds: derivation goals created and not yet done (or stopped), by path. */
   private readonly openGoals = new Map<string, number>();
+  /** The sum of `openGoals`' counts. */
+  private openCount = 0;
   private sawGoals = false;
   /** Resolved derivations built: Nix counts their goals as done builds besides their resolved forms' builds. */
   private resolvedBuilt = 0;
@@ -184,6 +186,7 @@ export class NixJsonLog {
       if (e.kind !== 'derivation') return;
       this.sawGoals = true;
       this.openGoals.set(e.path, (this.openGoals.get(e.path) ?? 0) + 1);
+      this.openCount++;
       this.refreshProgress();
     });
     on('goal-finished', (e) => {
@@ -195,6 +198,7 @@ export class NixJsonLog {
       if (e.kind === 'derivation' && open !== undefined) {
         if (open > 1) this.openGoals.set(e.path, open - 1);
         else this.openGoals.delete(e.path);
+        this.openCount--;
         this.refreshProgress();
       }
       if (opts.errors !== false && e.kind === 'derivation' && e.result.errorMsg && e.result.status !== 'stopped' && e.result.status !== 'built') {
@@ -336,6 +340,7 @@ export class NixJsonLog {
     this.top = undefined;
     this.last.clear();
     this.openGoals.clear();
+    this.openCount = 0;
     this.sawGoals = false;
     this.resolvedBuilt = 0;
     this.lastProgress = undefined;
@@ -420,11 +425,9 @@ export class NixJsonLog {
     this.lastProgress = p;
     if (!this.top) return;
     const { builds, substitutions: s, download, nar } = p;
-    let open = 0;
-    for (const n of this.openGoals.values()) open += n;
     // Without goal events (a build through a daemon), the engine's own count.
     const done = builds.done + this.resolvedBuilt;
-    const expected = this.sawGoals ? done + open : builds.expected;
+    const expected = this.sawGoals ? done + this.openCount : builds.expected;
     this.changed(this.top.builds, ResultType.Progress, [done, expected, builds.running, builds.failed]);
     this.changed(this.top.copyPaths, ResultType.Progress, [s.done, s.expected, s.running, s.failed]);
     this.changed(this.top.realise, ResultType.SetExpected, [ActivityType.FileTransfer, download.expected]);
