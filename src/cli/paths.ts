@@ -27,6 +27,8 @@ export function checkStorePathBaseName(base: string): void {
   const name = base.slice(HASH_LEN + 1);
   if (name.length === 0) throw new CliError(`store path '${base}' has an empty name`);
   if (name.length > 211) throw new CliError(`store path '${base}' has a name longer than 211 characters`);
+  // (One test for a good name; the offending character is looked for only in a bad one.)
+  if (/^[0-9a-zA-Z+\-._?=]+$/.test(name)) return;
   for (const c of name) {
     if (!/[0-9a-zA-Z+\-._?=]/.test(c)) throw new CliError(`store path '${base}' contains illegal character '${c}'`);
   }

@@ -15,13 +15,13 @@ export const byString = (a: string, b: string): number => (a < b ? -1 : a > b ? 
 const GC_WARNING = "you did not specify '--add-root'; the result might be removed by the garbage collector";
 
 /** Output paths of a derivation target (all when none were named), in Nix's order: by path. */
-export async function targetOutputs(store: Store, r: TargetResult): Promise<[string, string][]> {
+export async function targetOutputs(store: Store, r: TargetResult, known?: ReadonlyMap<string, ReadonlyMap<string, string>>): Promise<[string, string][]> {
   if ('path' in r.target) return [];
   const wanted = r.target.outputs === undefined || r.target.outputs === '*' ? undefined : new Set(r.target.outputs);
   // nix-store prints the store's output map of the derivation (its DerivationOutputs rows): for a
   // fixed-output derivation whose output has references, Nix 2.8 registers the output under another path
   // than the .drv names, yet prints the .drv's. What the build reports fills outputs the store has no row for.
-  const all = new Map<string, string>(await store.queryDerivationOutputs(r.path));
+  const all = new Map<string, string>(known?.get(r.path) ?? (await store.queryDerivationOutputs(r.path)));
   for (const [n, p] of Object.entries(r.result.builtOutputs)) if (!all.has(n)) all.set(n, p);
   return [...all].filter(([name]) => !wanted || wanted.has(name)).sort(([, a], [, b]) => byString(a, b));
 }
@@ -67,9 +67,11 @@ async function addPermRoot(store: Store, storePath: string, root: string, indire
 async function realisedPaths(args: CliArgs, store: Store, results: readonly TargetResult[], indirect: IndirectRoots, warnGc: () => void): Promise<string[]> {
   const lines: string[] = [];
   let rootNr = 0;
+  // A local store's output maps of every target, read at once.
+  const known = store instanceof LocalStore ? store.queryDerivationOutputsMany(results.filter((r) => !('path' in r.target)).map((r) => r.path)) : undefined;
   for (const r of results) {
     rootNr++;
-    const pairs: [string, string][] = 'path' in r.target ? [['', r.path]] : await targetOutputs(store, r);
+    const pairs: [string, string][] = 'path' in r.target ? [['', r.path]] : await targetOutputs(store, r, known);
     const printed = new Set<string>();
     for (const [name, p] of pairs) {
       let ret = p;

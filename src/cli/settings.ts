@@ -126,20 +126,19 @@ export function engineSettings(args: CliArgs, store: Store, warn: (message: stri
     }
     apply(v);
   };
-  let substitute = true;
-  if (o.has('substitute'))
-    parsed(
-      'substitute',
-      () => parseBool('substitute', o.get('substitute')!),
-      (v) => (substitute = v),
-    );
-  let requireSigs = true;
-  if (o.has('require-sigs'))
-    parsed(
-      'require-sigs',
-      () => parseBool('require-sigs', o.get('require-sigs')!),
-      (v) => (requireSigs = v),
-    );
+  /** A boolean setting read first (before the others, as Nix's order of warnings has it), true unless set. */
+  const flag = (name: string): boolean => {
+    let v = true;
+    if (o.has(name))
+      parsed(
+        name,
+        () => parseBool(name, o.get(name)!),
+        (x) => (v = x),
+      );
+    return v;
+  };
+  const substitute = flag('substitute');
+  const requireSigs = flag('require-sigs');
   const appended = new Map<keyof BuildEngineOptions, string[]>();
   for (const [name, value] of o) {
     const checked = checkedSetting(name, value, opts);

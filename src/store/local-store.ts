@@ -637,6 +637,23 @@ export class LocalStore implements Store {
     return out;
   }
 
+  /** queryDerivationOutputs of many derivations, in one read transaction (one lock of the database, not one per query). */
+  queryDerivationOutputsMany(drvPaths: Iterable<StorePath>): Map<StorePath, Map<string, StorePath>> {
+    this.check();
+    return this.db
+      .transaction(() => {
+        const all = new Map<StorePath, Map<string, StorePath>>();
+        for (const d of drvPaths) {
+          if (all.has(d)) continue;
+          const out = new Map<string, StorePath>();
+          for (const r of this.st.drvOutputs.all(d)) out.set(r.id, r.path);
+          all.set(d, out);
+        }
+        return all;
+      })
+      .deferred();
+  }
+
   /**
    * Record the outputs of a valid derivation in DerivationOutputs. Nix fills this table when it
    * registers a `.drv`; the store layer cannot parse derivations, so the derivation layer calls this

@@ -29,35 +29,26 @@ describe('the bundled CLI', () => {
   }, 120_000);
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  /** The npm packages a chunk and the chunks it imports statically load as the chunk is imported. */
-  const staticPackages = (chunk: string): Set<string> => {
+  /** What loading a chunk loads: it and the chunks it imports statically, their npm packages and source modules. */
+  const staticClosure = (chunk: string): { packages: Set<string>; sources: Set<string> } => {
     const seen = new Set<string>();
-    const pkgs = new Set<string>();
-    const visit = (out: string): void => {
-      if (seen.has(out)) return;
-      seen.add(out);
-      for (const i of meta.outputs[out]!.imports) {
-        if (i.kind !== 'import-statement') continue;
-        if (i.path in meta.outputs) visit(i.path);
-        else if (!i.path.startsWith('node:')) pkgs.add(i.path);
-      }
-    };
-    visit(chunk);
-    return pkgs;
-  };
-  /** The source modules a chunk and the chunks it imports statically hold. */
-  const staticSources = (chunk: string): Set<string> => {
-    const seen = new Set<string>();
+    const packages = new Set<string>();
     const sources = new Set<string>();
     const visit = (out: string): void => {
       if (seen.has(out)) return;
       seen.add(out);
       for (const [src, { bytesInOutput }] of Object.entries(meta.outputs[out]!.inputs)) if (bytesInOutput > 0) sources.add(src);
-      for (const i of meta.outputs[out]!.imports) if (i.kind === 'import-statement' && i.path in meta.outputs) visit(i.path);
+      for (const i of meta.outputs[out]!.imports) {
+        if (i.kind !== 'import-statement') continue;
+        if (i.path in meta.outputs) visit(i.path);
+        else if (!i.path.startsWith('node:')) packages.add(i.path);
+      }
     };
     visit(chunk);
-    return sources;
+    return { packages, sources };
   };
+  const staticPackages = (chunk: string): Set<string> => staticClosure(chunk).packages;
+  const staticSources = (chunk: string): Set<string> => staticClosure(chunk).sources;
   const chunk = (re: RegExp): string => Object.keys(meta.outputs).find((k) => re.test(path.basename(k)) && k.endsWith('.js'))!;
 
   it('answers --version and --help from its entry alone, which loads no npm package', () => {
