@@ -266,7 +266,11 @@ class HttpTransport implements Transport {
   }
 
   /** GET with retries of transient failures; undefined on 404/410. */
-  private async get(rel: string, signal: AbortSignal | undefined): Promise<Dispatcher.ResponseData | undefined> {
+  private async get(
+    rel: string,
+    signal: AbortSignal | undefined,
+    onMissing?: (bodyBytes: number, expected: number) => void,
+  ): Promise<Dispatcher.ResponseData | undefined> {
     let attempt = 0;
     for (;;) {
       let failure: SubstituterError;
@@ -280,7 +284,8 @@ class HttpTransport implements Transport {
         if (res.statusCode === 200) return res;
         // As Nix: 403 too means "not in this cache" (S3 answers it for a missing key).
         if (res.statusCode === 404 || res.statusCode === 410 || res.statusCode === 403) {
-          await res.body.dump().catch(() => undefined);
+          if (onMissing) onMissing(await errorPageSize(res.body), contentLength(res));
+          else await res.body.dump().catch(() => undefined);
           return undefined;
         }
         const body = await res.body.text().catch(() => '');
@@ -319,8 +324,8 @@ class HttpTransport implements Transport {
     onTransfer({ kind: 'download-progress', url, done: 0, expected: 0 });
     let ok = false;
     try {
-      const b = await this.getFileQuietly(rel, signal);
-      if (b) onTransfer({ kind: 'download-progress', url, done: b.length, expected: b.length });
+      const progress = (done: number, expected: number) => onTransfer({ kind: 'download-progress', url, done, expected });
+      const b = await this.getFileQuietly(rel, signal, progress, progress);
       ok = true;
       return b;
     } finally {
@@ -328,11 +333,19 @@ class HttpTransport implements Transport {
     }
   }
 
-  private async getFileQuietly(rel: string, signal: AbortSignal | undefined): Promise<Buffer | undefined> {
-    const res = await this.get(rel, signal);
+  /** A whole file; `onDone` and `onMissing` are told its bytes and the length the server announced (0 if none). */
+  private async getFileQuietly(
+    rel: string,
+    signal: AbortSignal | undefined,
+    onDone?: (bytes: number, expected: number) => void,
+    onMissing?: (bytes: number, expected: number) => void,
+  ): Promise<Buffer | undefined> {
+    const res = await this.get(rel, signal, onMissing);
     if (!res) return undefined;
     try {
-      return Buffer.from(await res.body.arrayBuffer());
+      const b = Buffer.from(await res.body.arrayBuffer());
+      onDone?.(b.length, contentLength(res));
+      return b;
     } catch (e) {
       if (isAbortError(e) || signal?.aborted)
         throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
@@ -396,6 +409,27 @@ class HttpTransport implements Transport {
   async close(): Promise<void> {
     await this.ownAgent?.close();
   }
+}
+
+/** The length a response announced, 0 when it did not (as curl's total for a chunked body). */
+function contentLength(res: Dispatcher.ResponseData): number {
+  const n = Number(res.headers['content-length']);
+  return Number.isFinite(n) && n >= 0 ? n : 0;
+}
+
+/** The bytes of an error page (Nix's download activity counts what it received), read up to 64 KiB. */
+async function errorPageSize(body: AsyncIterable<Buffer> & { destroy(): unknown }): Promise<number> {
+  let n = 0;
+  try {
+    for await (const chunk of body) {
+      n += chunk.length;
+      if (n > 65536) break;
+    }
+  } catch {
+    /* what came is what counts */
+  }
+  body.destroy();
+  return n;
 }
 
 /** Bounded parallelism without p-queue (which belongs to the scheduler). */

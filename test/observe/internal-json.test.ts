@@ -224,6 +224,26 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     } finally {
       await server.close();
     }
+    // A path the cache lacks, from a server at a new address (Nix remembers a cache's nix-cache-info across
+    // runs in its disk cache; realise does not: see docs/observability.md).
+    const server2 = await serveCache(cache);
+    try {
+      const subst = ['--option', 'substituters', server2.url, '--option', 'require-sigs', 'false'];
+      // A path the cache lacks: its query, the narinfo download counting the 404 page's bytes (its length
+      // unknown: sent chunked), then the build.
+      const [h3, h4] = [path.join(dir, 'H3'), path.join(dir, 'H4')];
+      for (const root of [h3, h4]) expect(nixInstantiate(root, EXPR, { attr: 'hooked' })[0]).toBe(drv.hooked);
+      const n2 = await runNixAsync('nix-store', ['--store', h3, ...SANDBOX, ...subst, '--realise', drv.hooked!, '--log-format', 'internal-json']);
+      const o2 = await realise(['build', '--store', h4, ...SANDBOX, ...subst, drv.hooked!, '--log-format', 'internal-json']);
+      expect(n2.status, n2.stderr).toBe(0);
+      expect(o2.status, o2.stderr).toBe(0);
+      const want2 = summarise(parseStream(n2.stderr), LOCAL_TYPES);
+      expect(want2.activities.filter((a) => a.includes('.narinfo') && a.includes('"progress":[10,0,0,0]'))).toHaveLength(1);
+      expect(summarise(parseStream(o2.stderr), LOCAL_TYPES)).toEqual(want2);
+      expect(nomSummary(o2.stderr)).toEqual(nomSummary(n2.stderr));
+    } finally {
+      await server2.close();
+    }
   });
 
   it('--json-log-path: the same stream goes to a file (or a listening Unix socket) while stderr shows the normal display', async () => {
