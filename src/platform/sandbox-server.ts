@@ -237,6 +237,8 @@ export class SandboxServer {
   async run(req: ServerRunRequest): Promise<SandboxExit> {
     if (req.signal?.aborted) return { kind: 'aborted' };
     await this.#start();
+    // Starting the server (the first build compiles and launches it) can take long enough for a stop to come in.
+    if (req.signal?.aborted) return { kind: 'aborted' };
     const child = this.#child;
     if (!child?.stdin) return { kind: 'spawn-failed', message: 'the sandbox helper server is not running' };
     // Unguessable: the output socket is reachable by anything in the host network namespace (including

@@ -598,7 +598,9 @@ class LocalRound {
     const { store, options } = w.ctx;
     const limits = new RunLimits(options, `building of '${view.drvPath}!${plan.wanted ? [...plan.wanted].sort().join(',') : '*'}' from .drv file`);
     const onStop = () => limits.controller.abort();
-    w.signal.addEventListener('abort', onStop, { once: true });
+    // A stop that came in while the build was being set up stops it before its builder starts.
+    if (w.signal.aborted) onStop();
+    else w.signal.addEventListener('abort', onStop, { once: true });
     let exit: SandboxExit | undefined;
     try {
       exit = await this.sandbox.run(

@@ -131,6 +131,18 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
     expect(existsSync(marker)).toBe(false);
   });
 
+  it('a stop while the launcher is still starting (the first build of a fresh engine) means the builder never runs', async () => {
+    const dir = tempDir();
+    const marker = path.join(dir, 'm');
+    const ac = new AbortController();
+    const run = collectWith(new NoSandbox({ launcher }), request(dir, '/bin/sh', ['-c', `touch ${marker}; sleep 5`]), ac.signal);
+    setImmediate(() => ac.abort());
+    const t0 = Date.now();
+    expect((await run).exit).toEqual({ kind: 'aborted' });
+    expect(Date.now() - t0).toBeLessThan(4000);
+    expect(existsSync(marker)).toBe(false);
+  });
+
   it('spawn errors are spawn-failed, not throws', async () => {
     const dir = tempDir();
     const missing = await collect(request(dir, path.join(dir, 'no-such-builder'), []));
