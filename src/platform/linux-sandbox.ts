@@ -246,7 +246,7 @@ export class LinuxSandbox implements Sandbox {
           : await this.#runBwrap(backend.exe, request, opts, root, binds, uid, gid);
       return exit;
     } catch (e) {
-      if (e instanceof SandboxError) return { kind: 'spawn-failed', message: e.message };
+      if (e instanceof SandboxError) return { kind: 'spawn-failed', message: e.message, reason: e.shortMessage };
       throw e;
     } finally {
       try {
@@ -534,5 +534,5 @@ export async function runPreBuildHook(hook: string, drvPath: string, chrootDir: 
 
 /** A build whose sandbox could not be set up; an `execve` failure of the builder is marked as such (see SandboxExit). */
 function setupFailed(request: SandboxRequest, why: string, execError = execErrorOf(why)): SandboxExit {
-  return spawnFailed(`setting up the sandbox for '${request.drvPath}' failed: ${why}`, execError);
+  return spawnFailed(`setting up the sandbox for '${request.drvPath}' failed: ${why}`, execError, why);
 }

@@ -61,14 +61,16 @@ export type SandboxExit =
    * The process could not be started (e.g. builder missing); `message` says why. `execError` is set when
    * only the builder's own `execve` failed, after its environment was set up (a missing or non-executable
    * builder), worded as Nix words it (`executing '<builder>': <reason>`): Nix reports such a build as exit
-   * code 1 with `error: <execError>` in its log.
+   * code 1 with `error: <execError>` in its log. `reason` is set by a sandbox that could not be set up: the
+   * cause alone, without the "setting up the sandbox … failed" prefix or a hint (the scheduler words the
+   * build's failure from it).
    */
-  | { readonly kind: 'spawn-failed'; readonly message: string; readonly execError?: string }
+  | { readonly kind: 'spawn-failed'; readonly message: string; readonly execError?: string; readonly reason?: string }
   | { readonly kind: 'aborted' };
 
 /** A `spawn-failed` exit; `execError` when only the builder's `execve` failed (see SandboxExit). */
-export function spawnFailed(message: string, execError?: string): SandboxExit {
-  return execError ? { kind: 'spawn-failed', message, execError } : { kind: 'spawn-failed', message };
+export function spawnFailed(message: string, execError?: string, reason?: string): SandboxExit {
+  return { kind: 'spawn-failed', message, ...(execError ? { execError } : {}), ...(reason !== undefined ? { reason } : {}) };
 }
 
 /** A helper's report of a failed `execve` of the builder ("executing '<path>': <reason>"), else undefined. */

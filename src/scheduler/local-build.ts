@@ -657,7 +657,9 @@ class LocalRound {
       }
       // A sandbox that could not be set up for this build: Nix throws its reason out of the build (exit
       // 1, no "builder failed" message). It ends the call as a fatal error and is not a failed builder.
-      if (exit.kind === 'spawn-failed' && this.sandbox.isolated) setupError = sandboxSetupError(drvPath, exit.message);
+      // Nix's words for a sandbox that could not be set up: the cause alone (`getting attributes of path
+      // '/x': No such file or directory`), without our prefix and hint.
+      if (exit.kind === 'spawn-failed' && this.sandbox.isolated) setupError = exit.reason ?? exit.message;
       else if (exit.kind !== 'aborted') this.announce();
       // A failed builder stops the call (without keepGoing) before its slot is handed on, so no queued
       // build starts in between (Nix handles the failure before its worker loop starts anything else).
@@ -857,15 +859,6 @@ function asSetupError(e: unknown, keptBuildDir?: string): BuildSetupError {
   if (e instanceof BuildSetupError) return e;
   if (!(e instanceof RealiseError)) throw e;
   return new BuildSetupError(e.shortMessage, { hint: e.hint, cause: e, keptBuildDir });
-}
-
-/**
- * Nix's words for a sandbox that could not be set up: the cause alone (`getting attributes of path '/x':
- * No such file or directory`, `unknown pre-build hook command '...'`), without our prefix and hint.
- */
-function sandboxSetupError(drvPath: string, message: string): string {
-  const prefix = `setting up the sandbox for '${drvPath}' failed: `;
-  return (message.startsWith(prefix) ? message.slice(prefix.length) : message).replace(/\n {2}hint: [\s\S]*$/, '');
 }
 
 /**

@@ -113,6 +113,10 @@ describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders'
     expect(exit.kind).toBe('spawn-failed');
     expect((exit as { message: string }).message).toContain('-absent');
     expect((exit as { execError?: string }).execError).toBeUndefined();
+    // The cause alone, as the scheduler words the build's failure (Nix's words): no prefix, no hint.
+    const reason = (exit as { reason?: string }).reason;
+    expect(reason).toMatch(/^getting attributes of input path '[^']*-absent'/);
+    expect(reason).not.toContain('hint:');
   });
 
   it('sandbox paths: target=source, optional missing sources skipped, mandatory missing fails', async () => {
