@@ -227,31 +227,22 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   private async pickSandbox(store: Store, view: DrvView): Promise<Sandbox> {
     // Built-ins run in the engine whatever the sandbox setting (Nix's need no builder process either).
     const mode = this.options.sandbox;
+    // Whether this build runs sandboxed under a sandbox setting (not a Sandbox object).
+    const sandboxedBy = (m: Exclude<typeof mode, Sandbox>) =>
+      useSandbox({
+        mode: m,
+        noChroot: view.attrs.noChroot,
+        impure: view.isFixedOutput,
+        storeDir: store.storeDir,
+        realStoreDir: store.realStoreDir,
+        drvPath: view.drvPath,
+      });
     if (isBuiltinBuilder(view.builder)) {
       // What the built-in may see is what a builder in this build's sandbox would.
-      const sandboxed =
-        typeof mode === 'object'
-          ? mode.isolated || store.storeDir !== store.realStoreDir
-          : useSandbox({
-              mode,
-              noChroot: view.attrs.noChroot,
-              impure: view.isFixedOutput,
-              storeDir: store.storeDir,
-              realStoreDir: store.realStoreDir,
-              drvPath: view.drvPath,
-            });
-      return this.builtins.withSandbox(sandboxed);
+      return this.builtins.withSandbox(typeof mode === 'object' ? mode.isolated || store.storeDir !== store.realStoreDir : sandboxedBy(mode));
     }
     if (typeof mode === 'object') return mode;
-    const use = useSandbox({
-      mode,
-      noChroot: view.attrs.noChroot,
-      impure: view.isFixedOutput,
-      storeDir: store.storeDir,
-      realStoreDir: store.realStoreDir,
-      drvPath: view.drvPath,
-    });
-    if (!use) return this.noSandbox;
+    if (!sandboxedBy(mode)) return this.noSandbox;
     // The Linux sandbox is probed when the first build needs it: a call that builds nothing (every output
     // valid) or nothing sandboxed starts no probe.
     this.linuxSandbox ??= probeLinuxSandbox(this.options);
