@@ -172,4 +172,5 @@ export { ServeConnection } from './remote/serve-protocol.js';
 
 // A store over the Nix daemon (a system Nix installation); openStore takes its URIs and local ones
 export { DaemonStore, type DaemonStoreOptions } from './remote/daemon-store.js';
+export type { WorkerOptions } from './remote/worker-protocol.js';
 export { DEFAULT_DAEMON_SOCKET, daemonSocketOfUri, openStore } from './remote/open-store.js';

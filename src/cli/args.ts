@@ -15,6 +15,13 @@ export interface CliArgs {
   /** Names in `options` that came from `--option` (a bad value there is a warning, as in Nix, not an error). */
   fromOption: Set<string>;
   /**
+   * Names in `options` set on the command line, in the user's nix.conf files or `$NIX_CONFIG` (not the system
+   * nix.conf): Nix's "overridden" settings, those its client sends the daemon.
+   */
+  overridden: Set<string>;
+  /** Nix's verbosity: 0 (error) … 7 (vomit), 3 (info) unless `--quiet`, `-v` or `--debug` moved it. */
+  verbosity: number;
+  /**
    * `--option` names Nix 2.8 does not know, given before the first target: nix-store warns about those
    * ("unknown setting 'NAME'"), sorted; it accepts them (and later ones) silently otherwise.
    */
@@ -82,8 +89,8 @@ const BOOL_TO_OPTION: Record<string, [string, string]> = {
   '--sandbox': ['sandbox', 'true'],
   '--show-trace': ['show-trace', 'true'],
 };
-/** Flags Nix takes that change nothing here (verbosity, GC-root style). */
-const IGNORED_FLAGS = new Set(['-v', '--verbose', '--debug', '--indirect', '--no-out-link', '--no-link', '--readonly-mode', '--impure']);
+/** Flags Nix takes that change nothing here (GC-root style, evaluation). */
+const IGNORED_FLAGS = new Set(['--indirect', '--no-out-link', '--no-link', '--readonly-mode', '--impure']);
 
 /**
  * Old nix.conf names that Nix 2.8 still accepts as aliases of the current ones.
@@ -219,7 +226,7 @@ const KNOWN_SETTINGS = new Set([
 ]);
 
 /** Nix 2.8's Boolean settings (their flags take no value; `--no-NAME` sets false). */
-const BOOL_SETTINGS = new Set([
+export const BOOL_SETTINGS: ReadonlySet<string> = new Set([
   'accept-flake-config',
   'allow-dirty',
   'allow-import-from-derivation',
@@ -300,6 +307,8 @@ function emptyArgs(): CliArgs {
     trustedPublicKeys: [],
     options: new Map(),
     fromOption: new Set(),
+    overridden: new Set(),
+    verbosity: 3,
     unknownSettings: [],
     json: false,
     check: false,
@@ -336,7 +345,10 @@ const PATH_INFO_SWITCHES: Readonly<Record<string, (a: CliArgs) => void>> = {
 
 const GC_ACTIONS = { '--print-dead': 'print-dead', '--print-live': 'print-live', '--print-roots': 'print-roots', '--delete': 'delete-specific' } as const;
 
-/** Flags without an argument. Verbosity is Nix's: each --quiet one level down, each -v one up; the informational lines need the default. */
+/**
+ * Flags without an argument. Verbosity is Nix's: each --quiet one level down (to 0), each -v one up (to 7),
+ * --debug sets 6; the informational lines need the default (3).
+ */
 const SWITCHES: Readonly<Record<string, (a: CliArgs, verbosity: { level: number }) => void>> = {
   '--help': (a) => (a.help = true),
   '-h': (a) => (a.help = true),
@@ -354,9 +366,10 @@ const SWITCHES: Readonly<Record<string, (a: CliArgs, verbosity: { level: number 
   '--recursive': (a) => (a.recursive = true),
   '-r': (a) => (a.recursive = true),
   '--dry-run': (a) => (a.dryRun = true),
-  '--quiet': (_a, v) => v.level--,
-  '-v': (_a, v) => v.level++,
-  '--verbose': (_a, v) => v.level++,
+  '--quiet': (_a, v) => (v.level = Math.max(0, v.level - 1)),
+  '-v': (_a, v) => (v.level = Math.min(7, v.level + 1)),
+  '--verbose': (_a, v) => (v.level = Math.min(7, v.level + 1)),
+  '--debug': (_a, v) => (v.level = 6),
   '-Q': (a) => (a.noBuildOutput = true),
   '--no-build-output': (a) => (a.noBuildOutput = true),
   '-L': (a) => (a.printBuildLogs = true),
@@ -386,7 +399,7 @@ const VALUE_FLAGS: Readonly<Record<string, (a: CliArgs, value: string) => void>>
 /** One pass over the arguments; `flag` reads the argument at the cursor, and returns how many it took. */
 class ArgParser {
   readonly a = emptyArgs();
-  readonly verbosity = { level: 0 };
+  readonly verbosity = { level: 3 };
 
   constructor(readonly argv: readonly string[]) {}
 
@@ -405,12 +418,14 @@ class ArgParser {
     const o = this.a.options;
     if (!key.startsWith('extra-')) o.delete(`extra-${key}`);
     o.set(key, key.startsWith('extra-') && o.has(key) ? `${o.get(key)} ${value}` : value);
+    this.a.overridden.add(key);
   }
 
   /** A setting given by a flag of its own (not `--option`): a bad value there is an error. */
   private setFlagSetting(key: string, value: string): void {
     this.a.options.set(key, value);
     this.a.fromOption.delete(key);
+    this.a.overridden.add(key);
   }
 
   /** The flags only one command has: how many arguments it took (0: not one of them). */
@@ -512,7 +527,8 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
     if (arg.startsWith('-') && arg !== '-') throw new UsageError(`unknown flag '${arg}'`);
     p.positional(arg);
   }
-  p.a.quiet = p.verbosity.level < 0;
+  p.a.verbosity = p.verbosity.level;
+  p.a.quiet = p.verbosity.level < 3;
   return p.a;
 }
 

@@ -14,9 +14,11 @@ import { CliError } from './paths.js';
 export interface ConfSetting {
   readonly name: string;
   readonly value: string;
+  /** From the system's nix.conf (or a file it includes): not "overridden", so not sent to the daemon. */
+  readonly system?: boolean;
 }
 
-function applyConfig(contents: string, origin: string, out: ConfSetting[]): void {
+function applyConfig(contents: string, origin: string, out: ConfSetting[], system = false): void {
   for (const raw of contents.split('\n')) {
     const hash = raw.indexOf('#');
     const line = hash >= 0 ? raw.slice(0, hash) : raw;
@@ -27,23 +29,23 @@ function applyConfig(contents: string, origin: string, out: ConfSetting[]): void
     if (first === 'include' || first === '!include') {
       if (tokens.length !== 2) throw new UsageError(`illegal configuration line '${line}' in '${origin}'`);
       const file = path.resolve(path.dirname(origin), second);
-      if (existsSync(file)) applyConfigFile(file, out);
+      if (existsSync(file)) applyConfigFile(file, out, system);
       else if (first === 'include') throw new CliError(`file '${file}' included from '${origin}' not found`);
       continue;
     }
     if (second !== '=') throw new UsageError(`illegal configuration line '${line}' in '${origin}'`);
-    out.push({ name: first, value: tokens.slice(2).join(' ') });
+    out.push({ name: first, value: tokens.slice(2).join(' '), ...(system ? { system } : {}) });
   }
 }
 
-function applyConfigFile(file: string, out: ConfSetting[]): void {
+function applyConfigFile(file: string, out: ConfSetting[], system = false): void {
   let contents: string;
   try {
     contents = readFileSync(file, 'utf8');
   } catch {
     return; // Nix skips a configuration file it cannot read
   }
-  applyConfig(contents, file, out);
+  applyConfig(contents, file, out, system);
 }
 
 /** Nix's nixUserConfFiles. */
@@ -57,7 +59,7 @@ function userConfFiles(env: NodeJS.ProcessEnv): string[] {
 /** The settings of the configuration files and `$NIX_CONFIG`, in the order Nix applies them (later ones win). */
 export function readNixConf(env: NodeJS.ProcessEnv = process.env): ConfSetting[] {
   const out: ConfSetting[] = [];
-  applyConfigFile(path.join(env.NIX_CONF_DIR || '/etc/nix', 'nix.conf'), out);
+  applyConfigFile(path.join(env.NIX_CONF_DIR || '/etc/nix', 'nix.conf'), out, true);
   for (const file of userConfFiles(env).reverse()) applyConfigFile(file, out);
   if (env.NIX_CONFIG !== undefined) applyConfig(env.NIX_CONFIG, 'NIX_CONFIG', out);
   return out;
@@ -65,15 +67,17 @@ export function readNixConf(env: NodeJS.ProcessEnv = process.env): ConfSetting[]
 
 /**
  * Fold the configuration into a parsed command line: the command line wins, `extra-NAME` values add up
- * (the configuration's first). The store is `--store`, else the `store` setting, else `$NIX_REMOTE`
+ * (the configuration's first); what the user's files and `$NIX_CONFIG` set is `overridden`, as in Nix. The store is `--store`, else the `store` setting, else `$NIX_REMOTE`
  * (`daemon` and `unix://…` are the Nix daemon; `auto` is left out: the embedded default store).
  */
 export function applyNixConf(args: CliArgs, settings: readonly ConfSetting[], env: NodeJS.ProcessEnv = process.env): void {
   const conf = new Map<string, string>();
-  for (const { name, value } of settings) {
+  for (const setting of settings) {
+    const { name, value } = setting;
     const key = OPTION_ALIASES[name] ?? name;
     if (!key.startsWith('extra-')) conf.delete(`extra-${key}`); // a plain NAME replaces what extra-NAME added
     conf.set(key, key.startsWith('extra-') && conf.has(key) ? `${conf.get(key)} ${value}` : value);
+    if (!setting.system) args.overridden.add(key);
     if (!isKnownSetting(name) && !args.unknownSettings.includes(name)) args.unknownSettings.push(name);
   }
   const onCommandLine = new Set(args.options.keys());

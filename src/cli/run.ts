@@ -5,18 +5,33 @@
  * A command's code is loaded when it runs (build.ts, engine-build.ts, commands.ts, gc.ts), so that a
  * command starts with only what it uses.
  */
-import { BuildFailedError, BuildSetupError, LocalStore, RealiseError, SandboxError, keptBuildDirNote, openStore, type Store } from '../index.js';
-import { LOG_FORMATS, parseArgs, parseBool, UsageError } from './args.js';
+import {
+  BuildFailedError,
+  BuildSetupError,
+  LocalStore,
+  RealiseError,
+  SandboxError,
+  daemonSocketOfUri,
+  keptBuildDirNote,
+  openStore,
+  type Store,
+} from '../index.js';
+import { LOG_FORMATS, parseArgs, parseBool, UsageError, type CliArgs } from './args.js';
+import { daemonClientSettings } from './daemon-settings.js';
 import { messageLogs, warnStderr, writeFailure, writeStderr } from './messages.js';
 import { applyNixConf, readNixConf } from './nix-conf.js';
 import { CliError } from './paths.js';
 import { formatError, systemErrorMessage } from './report.js';
 import { answerHelpOrVersion, USAGE } from './usage.js';
 
-/** The store `--store` names (the Nix daemon's, or a local one), else the default one. */
-async function openStoreArg(spec: string | undefined): Promise<Store> {
+/**
+ * The store `--store` names (the Nix daemon's, sent the settings Nix's client sends for this command line,
+ * or a local one), else the default one.
+ */
+async function openStoreArg(args: CliArgs): Promise<Store> {
+  const spec = args.store;
   if (!spec) return LocalStore.openDefault();
-  return openStore(spec, { warn: warnStderr });
+  return openStore(spec, { warn: warnStderr, ...(daemonSocketOfUri(spec) !== undefined ? { workerOptions: daemonClientSettings(args) } : {}) });
 }
 
 /** Nix's show-trace setting of the command being run (how `main` prints an error's trace). */
@@ -43,7 +58,7 @@ async function run(argv: string[]): Promise<number> {
     messageLogs.stderrJson = messagesAsJson((l) => process.stderr.write(l));
   }
   if (args.command === 'report') return (await import('./commands.js')).report(args);
-  const store = await openStoreArg(args.store);
+  const store = await openStoreArg(args);
   // Nix's compress-build-log (default true): .bz2 build logs, or plain ones.
   const compressLog = args.options.get('compress-build-log');
   if (compressLog !== undefined && store instanceof LocalStore) store.compressBuildLog = parseBool('compress-build-log', compressLog);

@@ -4,6 +4,7 @@
  */
 import { openStore as openLocalStore } from '../store/store-uri.js';
 import type { Store } from '../store/store-api.js';
+import type { WorkerOptions } from './worker-protocol.js';
 
 /** Where a system Nix installation's daemon listens (Nix's default `nix-daemon` socket). */
 export const DEFAULT_DAEMON_SOCKET = '/nix/var/nix/daemon-socket/socket';
@@ -17,11 +18,17 @@ export function daemonSocketOfUri(uri: string, env: NodeJS.ProcessEnv = process.
 }
 
 /**
- * Open the store a URI names: the Nix daemon's (DaemonStore) or a local store. Unknown parameters of a
- * local store URI are reported through `warn`.
+ * Open the store a URI names: the Nix daemon's (DaemonStore, sent `workerOptions` as its client settings) or
+ * a local store. Unknown parameters of a local store URI are reported through `warn`.
  */
-export async function openStore(uri: string, opts: { signal?: AbortSignal; warn?: (message: string) => void } = {}): Promise<Store> {
+export async function openStore(
+  uri: string,
+  opts: { signal?: AbortSignal; warn?: (message: string) => void; workerOptions?: WorkerOptions } = {},
+): Promise<Store> {
   const socketPath = daemonSocketOfUri(uri);
-  if (socketPath !== undefined) return (await import('./daemon-store.js')).DaemonStore.open({ socketPath });
+  if (socketPath !== undefined) {
+    const { DaemonStore } = await import('./daemon-store.js');
+    return DaemonStore.open({ socketPath, ...(opts.workerOptions ? { workerOptions: opts.workerOptions } : {}) });
+  }
   return openLocalStore(uri, opts);
 }

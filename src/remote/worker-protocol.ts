@@ -157,9 +157,9 @@ export class WorkerConnection extends ProtocolConnection {
   /** Handshake and SetOptions over an open transport. Closes the transport on failure. */
   static async connect(transport: Transport, opts: WorkerConnectOptions = {}): Promise<WorkerConnection> {
     const conn = new WorkerConnection(transport, opts);
-    const { keepFailed, keepGoing, verbosity, maxBuildJobs, maxSilentTime, buildCores, useSubstitutes, overrides } = opts;
+    const { keepFailed, keepGoing, tryFallback, verbosity, maxBuildJobs, maxSilentTime, buildCores, useSubstitutes, overrides } = opts;
     const options = Object.fromEntries(
-      Object.entries({ keepFailed, keepGoing, verbosity, maxBuildJobs, maxSilentTime, buildCores, useSubstitutes, overrides }).filter(
+      Object.entries({ keepFailed, keepGoing, tryFallback, verbosity, maxBuildJobs, maxSilentTime, buildCores, useSubstitutes, overrides }).filter(
         ([, v]) => v !== undefined,
       ),
     );

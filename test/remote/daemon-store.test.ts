@@ -7,7 +7,7 @@
  * unprivileged user when the checkout is readable by one.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, chmodSync, constants, existsSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,7 +16,8 @@ import { RemoteConnectionError, RemoteDaemonError } from '../../src/remote/error
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
 import { computeTextPath } from '../../src/store/store-path.js';
 import { Hash } from '../../src/store/hash.js';
-import { nix, nixEnv, nixOk, rootOnly, runNix, tempDir } from '../helpers/nix.js';
+import { nix, nixEnv, nixOk, rootOnly, runNix, runNixAsync, tempDir } from '../helpers/nix.js';
+import { setOptionsProxy } from './set-options-proxy.js';
 
 const BIN = path.resolve(__dirname, '../../bin/realise.js');
 const CONF =
@@ -46,6 +47,7 @@ in rec {
   env = mk "daemon-env" "echo env > $out";
   unix = mk "daemon-unix" "echo unix > $out";
   slow = mk "daemon-slow" "echo slow-started; sleep 60; echo > $out; : MARK";
+  opts = mk "daemon-opts" "echo opts > $out";
 }`;
 
 /** Every directory above the checkout lets others in and its files are readable: an unprivileged user can run it. */
@@ -102,6 +104,7 @@ describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix
       'clia',
       'clib',
       'clitop',
+      'opts',
     ]) {
       const file = path.join(dir, 'e.nix');
       if (!existsSync(file)) writeFileSync(file, EXPR.replace('MARK', MARK));
@@ -260,6 +263,57 @@ describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix
       d.kill('SIGTERM');
     }
   });
+
+  it("the CLI sends the daemon the settings Nix 2.8's client sends for the same command line and configuration", async () => {
+    const proxySocket = path.join(dir, 'proxy-socket');
+    const proxy = await setOptionsProxy(proxySocket, socket);
+    const confDir = path.join(dir, 'conf');
+    mkdirSync(confDir, { recursive: true });
+    // The system's nix.conf is not sent (Nix resets "overridden" after it), but its values are what
+    // extra-NAME adds to; the user's file and $NIX_CONFIG are sent, and the command line over them.
+    writeFileSync(path.join(confDir, 'nix.conf'), 'sandbox = false\nsubstituters = http://sys\nmax-build-log-size = 7\n');
+    writeFileSync(path.join(confDir, 'user.conf'), 'extra-substituters = http://user\ntimeout = 9\nkeep-going = true\n');
+    const env = (withConf: boolean) => ({
+      NIX_DAEMON_SOCKET_PATH: proxySocket,
+      NIX_CONF_DIR: confDir,
+      NIX_USER_CONF_FILES: withConf ? path.join(confDir, 'user.conf') : '/dev/null',
+      NIX_CONFIG: withConf ? 'build-cores = 5\ngc-keep-outputs = true\nextra-system-features = zz yy' : '',
+    });
+    const flags = [
+      ...['--option', 'build-repeat', '0', '--option', 'build-use-sandbox', 'relaxed', '--option', 'sandbox-paths', '/b=/b /a=/a'],
+      ...['--option', 'extra-sandbox-paths', '/c', '--option', 'require-sigs', 'no', '--option', 'substitute', 'false'],
+      ...['--option', 'max-build-log-size', '010', '--option', 'show-trace', 'true', '--option', 'no-such-setting', 'x'],
+      ...['-j', '2', '-K', '--fallback', '--max-silent-time', '30', '--quiet', '-v', '--quiet', '--option', 'extra-trusted-public-keys', 'k:1'],
+    ];
+    const realise = (args: string[], e: Record<string, string>) =>
+      new Promise<[number | null, string]>((resolve) => {
+        const child = spawn(process.execPath, [BIN, ...args], { env: nixEnv(e), stdio: ['ignore', 'ignore', 'pipe'] });
+        let stderr = '';
+        child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+        child.on('close', (status) => resolve([status, stderr]));
+      });
+    try {
+      for (const [withConf, args] of [
+        [false, []],
+        [true, flags],
+      ] as const) {
+        const n = await runNixAsync('nix-store', ['--store', 'daemon', '-q', '--hash', drvs.ok!, ...args], { env: env(withConf) });
+        expect(n.status, n.stderr).toBe(0);
+        const [nixSent] = await proxy.take();
+        expect(nixSent).toHaveLength(1);
+        // A build, through the engine: the daemon builds with these settings, and nothing else is sent.
+        const command = withConf ? ['build', '--store', 'daemon', drvs.opts!] : ['path-info', '--store', 'daemon', '--derivation', drvs.ok!];
+        const [status, stderr] = await realise([...command, ...args], env(withConf));
+        expect(status, stderr).toBe(0);
+        const ours = (await proxy.take()).flat();
+        expect(ours.length).toBeGreaterThan(0);
+        for (const sent of ours) expect(sent).toEqual(nixSent![0]);
+      }
+    } finally {
+      await proxy.close();
+    }
+    expect(runNix('nix-store', ['--store', root, '--check-validity', nix('nix-store', ['--store', root, '-q', '--outputs', drvs.opts!])]).status).toBe(0);
+  }, 60_000);
 
   it('a missing daemon socket is a typed error naming it', async () => {
     const err = await DaemonStore.open({ socketPath: path.join(dir, 'nothing') }).then(
