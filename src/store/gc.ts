@@ -20,7 +20,7 @@
  *     files and symlinks with one or two links); unused `.links` entries are deleted after a deleting run.
  */
 import type Database from 'better-sqlite3';
-import { chmodSync, closeSync, constants as FS, lstatSync, mkdirSync, openSync, readdirSync, statSync, unlinkSync } from 'node:fs';
+import { chmodSync, closeSync, constants as FS, lstatSync, mkdirSync, openSync, readdirSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import type * as net from 'node:net';
 import * as path from 'node:path';
@@ -161,7 +161,6 @@ class RootsServer {
 
   private constructor(
     private readonly server: net.Server,
-    private readonly socketPath: string,
     private readonly emit: (e: GcEvent) => void,
   ) {}
 
@@ -169,24 +168,31 @@ class RootsServer {
     const dir = path.join(store.stateDir, 'gc-socket');
     mkdirSync(dir, { recursive: true });
     const socketPath = path.join(dir, 'socket');
-    try {
-      unlinkSync(socketPath);
-    } catch {
-      /* absent */
-    }
     // (node:net is loaded only when a collection runs.)
     const { createServer } = await import('node:net');
     const server = createServer();
-    const rs = new RootsServer(server, socketPath, emit);
+    const rs = new RootsServer(server, emit);
     server.on('connection', (s) => rs.serve(s, store.storeDir));
+    // The socket is bound under a name of its own, then renamed over `socket`: a client never finds the name
+    // missing. Nix 2.8's client treats a refused connection (a socket nobody listens on: the last
+    // collector's) as "the collector is gone, retry with the lock", but a missing one as sent, and from then
+    // on never reaches a collector again. For the same reason the name is left behind at the end, as Nix's
+    // collector leaves it (closing the server removes only the name it was bound under, gone by then).
+    const boundAt = `${socketPath}.${process.pid}`;
+    try {
+      unlinkSync(boundAt);
+    } catch {
+      /* absent */
+    }
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(socketPath, () => {
+      server.listen(boundAt, () => {
         server.off('error', reject);
         resolve();
       });
     });
-    chmodSync(socketPath, 0o666);
+    chmodSync(boundAt, 0o666);
+    renameSync(boundAt, socketPath);
     return rs;
   }
 
@@ -235,11 +241,6 @@ class RootsServer {
   async stop(): Promise<void> {
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((r) => this.server.close(() => r()));
-    try {
-      unlinkSync(this.socketPath);
-    } catch {
-      /* gone */
-    }
   }
 }
 
@@ -384,10 +385,12 @@ class Collection {
     const db = store.db;
     const ctx = rootsContext(store, (m) => this.info(m));
     this.info('finding garbage collector roots...');
+    // Temporary roots written before we took the lock (later ones come through the socket), read before
+    // the permanent roots: a process that makes a permanent root and exits while we look has its path in
+    // its temporary roots file until then. (Nix reads them the other way round and relies on the socket
+    // alone for this; Nix 2.8's client sometimes fails to reach it, see readTempRoots.)
+    const temp = this.readTempRoots(ctx);
     const roots: Roots = this.options.ignoreLiveness ? new Map() : findPermanentRoots(ctx, { runtime: this.options.runtimeRoots ?? true });
-    // Temporary roots written before we took the lock; later ones come through the socket.
-    const temp = findTempRoots(ctx);
-    for (const p of temp.keys()) this.server.tempRootHashes.add(p.slice(store.storeDir.length + 1, store.storeDir.length + 1 + HASH_PART_LENGTH));
     this.emit({ type: 'roots-found', roots: roots.size, tempRoots: temp.size });
     // Nix's synchronisation point for tests (tests/gc-concurrent.sh): read this file (a FIFO) before the walk.
     const sync = process.env._NIX_TEST_GC_SYNC;
@@ -424,6 +427,7 @@ class Collection {
     if (s.action === 'print-dead') return this.result([...junk, ...deadValid.map((id) => g.paths[id]!)]);
 
     this.info('deleting garbage...');
+    this.readTempRoots(ctx);
     try {
       await this.deleteInvalid(junk);
       await this.deleteValid(g, deadValid);
@@ -433,6 +437,18 @@ class Collection {
     }
     const linksDeleted = this.deleteUnusedLinks();
     return this.result([...this.results], linksDeleted);
+  }
+
+  /**
+   * Add the temporary roots files' paths to the roots that keep a path from deletion. Read once more right
+   * before deleting: a Nix 2.8 client whose connection to a collector's socket failed in a way it does not
+   * retry (the name missing, a reset) records its roots in its file only, even while we run.
+   */
+  private readTempRoots(ctx: RootsContext): Roots {
+    const sd = this.store.storeDir.length + 1;
+    const temp = findTempRoots(ctx);
+    for (const p of temp.keys()) this.server.tempRootHashes.add(p.slice(sd, sd + HASH_PART_LENGTH));
+    return temp;
   }
 
   private result(paths: string[], linksDeleted = 0): GcResult {
