@@ -68,7 +68,7 @@ export {
 } from './store/store-path.js';
 export { dumpPath, restorePath, parseNar, hashNar, hashPath, narOfRegularFile, type NarSink, type RestoreOptions } from './store/nar.js';
 export { RefScanner, scanForReferences } from './store/references.js';
-export type { Store, PathInfo, NarSource, PathLocks, AddToStoreOptions, Realisation } from './store/store-api.js';
+export type { Store, PathInfo, NarSource, PathLocks, OpenedLocks, AddToStoreOptions, Realisation } from './store/store-api.js';
 export { LocalStore, defaultStoreRoot, resolveLayout, type LocalStoreOptions, type LocalStoreLayout } from './store/local-store.js';
 export { MemoryStore, type MemoryStoreOptions } from './store/memory-store.js';
 export { PathAliveError, type GcAction, type GcOptions, type GcEvent, type GcResult } from './store/gc.js';

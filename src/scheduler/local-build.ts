@@ -9,7 +9,7 @@ import { makeBuildEnv, rewriteStrings } from '../derivation/build-env.js';
 import { deleteTree } from '../store/canonicalise.js';
 import { RealiseError } from '../store/errors.js';
 import { Hash } from '../store/hash.js';
-import type { PathLocks } from '../store/store-api.js';
+import type { OpenedLocks, PathLocks } from '../store/store-api.js';
 import {
   makeStorePath,
   outputPathName,
@@ -86,6 +86,7 @@ async function removeBuildDir(dir: BuildDir): Promise<void> {
 async function keepOrRemoveBuildDir(dir: BuildDir, keep: boolean): Promise<void> {
   await (keep ? fsp.chmod(dir.top, 0o755) : removeBuildDir(dir)).catch(() => {});
   buildDirRegistry().delete(dir.top);
+  countBuildDir(dir.top.replace(/-\d+$/, ''), -1);
 }
 
 /** Read once: process.umask() with no argument is a read-and-restore, not something to do per build. */
@@ -189,6 +190,7 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
   for (let round = 1; ;) {
     let locks: PathLocks | undefined;
     let deleteLocks = false; // only a success deletes the lock files, as Nix (see releaseLocks)
+    const prep = new BuildPrep(w, view, lockTargets);
     try {
       const r = await inBuildSlot(
         w,
@@ -196,7 +198,7 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
         plan.goal,
         async (releaseSlot): Promise<RoundResult | BuildResult | 'locked'> => {
           w.signal.throwIfAborted();
-          locks = await store.tryLockPaths(lockTargets);
+          locks = await store.tryLockPaths(lockTargets, prep.locks);
           if (!locks) return 'locked';
           if (waited) w.ctx.emit('build-lock-acquired', { drvPath });
           waited = false;
@@ -210,14 +212,13 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
             }
           }
           const valid = await store.queryValidPaths(known);
-          // Delete stale, invalid outputs (after round 1, what is there is that round's output, still unregistered).
-          for (const p of round === 1 ? known : []) {
-            if (!valid.has(p) && (await exists(store.toRealPath(p)))) await deleteTree(store.toRealPath(p));
-          }
+          // After round 1, what is there is that round's output, still unregistered.
+          if (round === 1) await deleteStaleOutputs(store, known, valid);
           if (startTime === 0) startTime = Math.floor(Date.now() / 1000);
-          return runOneRound(w, view, plan, round, valid, previous, releaseSlot);
+          return runOneRound(w, view, plan, round, valid, previous, releaseSlot, prep);
         },
         round > 1,
+        () => prep.start(),
       );
       if (r === 'locked') {
         if (!waited) w.ctx.emit('build-waiting', { drvPath, lockedPaths: lockTargets.map((p) => store.toRealPath(p)) });
@@ -253,8 +254,16 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
       waited = false;
       throw e;
     } finally {
+      prep.discard();
       await releaseLocks(locks as PathLocks | undefined, deleteLocks); // (assigned inside the slot's callback)
     }
+  }
+}
+
+/** Delete the outputs of `known` that are there but not valid (a build that was interrupted left them). */
+async function deleteStaleOutputs(store: Worker['ctx']['store'], known: readonly StorePath[], valid: ReadonlySet<StorePath>): Promise<void> {
+  for (const p of known) {
+    if (!valid.has(p) && (await exists(store.toRealPath(p)))) await deleteTree(store.toRealPath(p));
   }
 }
 
@@ -283,7 +292,14 @@ async function waitForLocks(store: Worker['ctx']['store'], targets: readonly str
  * and, when it failed, its failure is made: closing the log and registering the outputs do not keep
  * another build from starting.
  */
-function inBuildSlot<R>(w: Worker, view: DrvView, goal: DerivationGoal, fn: (releaseSlot: () => void) => Promise<R>, nextRound = false): Promise<R> {
+function inBuildSlot<R>(
+  w: Worker,
+  view: DrvView,
+  goal: DerivationGoal,
+  fn: (releaseSlot: () => void) => Promise<R>,
+  nextRound = false,
+  prepare?: () => void,
+): Promise<R> {
   // Waiting for a slot, the goal no longer prepares; the gate grants free slots in Nix's goal order. When
   // its builder is done, the goal is busy again (registering, finishing) until it waits or ends.
   const activity = goal.activity;
@@ -310,6 +326,7 @@ function inBuildSlot<R>(w: Worker, view: DrvView, goal: DerivationGoal, fn: (rel
         }),
       roundsToTryToBuild(goal.depth, view.inputDrvs.size > 0),
       nextRound,
+      prepare,
     );
   });
 }
@@ -358,11 +375,12 @@ async function runOneRound(
   validNow: Set<StorePath>,
   previous: RoundOutputs | undefined,
   releaseSlot: () => void,
+  prep: BuildPrep,
 ): Promise<RoundResult> {
   const sandbox = await pickSandbox(w, view);
   if (sandbox instanceof BuildSetupError) return { kind: 'ended', result: w.endCall(sandbox, view.drvPath) };
   const outs = await planScratchOutputs(w, view, plan.mode !== 'normal' || round > 1, validNow, sandbox.isolated);
-  const dir = await prepareBuildDir(w, view, sandbox.isolated);
+  const dir = await prepareBuildDir(w, view, sandbox.isolated, prep.takeBuildDir());
   if (dir instanceof BuildSetupError) return { kind: 'ended', result: w.endCall(dir, view.drvPath) };
   const r = new LocalRound(w, view, plan, round, sandbox, outs, dir);
   try {
@@ -444,12 +462,14 @@ interface BuildDir {
 }
 
 /** The build directory, and what the sandbox needs besides; an error here ends the call (as Nix throws it). */
-async function prepareBuildDir(w: Worker, view: DrvView, isolated: boolean): Promise<BuildDir | BuildSetupError> {
+async function prepareBuildDir(
+  w: Worker,
+  view: DrvView,
+  isolated: boolean,
+  madeAhead: Promise<string | undefined> | undefined,
+): Promise<BuildDir | BuildSetupError> {
   const { options } = w.ctx;
-  // Build directories a killed process left behind go first; this one is recorded until it is gone.
-  await buildDirRegistry().sweep(w.ctx.store);
-  const top = await createBuildDir(options.buildDir, `nix-build-${view.name}.drv`);
-  buildDirRegistry().add(top);
+  const top = (await madeAhead) ?? (await makeTopBuildDir(w, view));
   let dir: BuildDir = { top, dir: top, inSandbox: top, extraPaths: undefined };
   try {
     if (isolated) {
@@ -474,6 +494,91 @@ async function prepareBuildDir(w: Worker, view: DrvView, isolated: boolean): Pro
     return asSetupError(e, options.keepFailed ? top : undefined);
   }
 }
+
+/** A build's top directory (Nix's name, mode 0700), recorded until it is gone. */
+async function makeTopBuildDir(w: Worker, view: DrvView): Promise<string> {
+  const name = path.join(w.ctx.options.buildDir, buildDirPrefix(view));
+  countBuildDir(name, 1); // at once, before the directory exists (see BuildPrep)
+  try {
+    // Build directories a killed process left behind go first.
+    await buildDirRegistry().sweep(w.ctx.store);
+    const top = await createBuildDir(w.ctx.options.buildDir, buildDirPrefix(view));
+    buildDirRegistry().add(top);
+    return top;
+  } catch (e) {
+    countBuildDir(name, -1);
+    throw e;
+  }
+}
+
+/** Build directories of this process being made or in use, by name without their number (`<base>/<prefix>`). */
+const buildDirsInUse = new Map<string, number>();
+
+function countBuildDir(name: string, delta: 1 | -1): void {
+  const n = (buildDirsInUse.get(name) ?? 0) + delta;
+  if (n > 0) buildDirsInUse.set(name, n);
+  else buildDirsInUse.delete(name);
+}
+
+function buildDirPrefix(view: DrvView): string {
+  return `nix-build-${view.name}.drv`;
+}
+
+/**
+ * What a build waiting for its slot makes ahead when it is one of the next in line (the slot gate calls
+ * `start`): its output lock files, opened (not locked: the locks are still taken in the slot, as Nix's
+ * tryToBuild), and a build directory of its name. Creating a file or a directory is the slow part of both
+ * (the thread pool's queue, then the disk), and it then overlaps the running builds instead of holding a
+ * slot. What the round does not use is undone by `discard`.
+ *
+ * A build directory is made ahead only when none of the same name is being made or in use in this
+ * process, and the first build of that name to reach its slot takes it, whichever made it: so it has the
+ * number Nix gives it in the slot (the first free one), even when another build of the same name gets a
+ * slot first.
+ */
+class BuildPrep {
+  locks: OpenedLocks | undefined;
+  readonly #name: string;
+
+  constructor(
+    private readonly w: Worker,
+    private readonly view: DrvView,
+    private readonly lockTargets: readonly string[],
+  ) {
+    this.#name = path.join(w.ctx.options.buildDir, buildDirPrefix(view));
+  }
+
+  start(): void {
+    const { store } = this.w.ctx;
+    if (this.w.signal.aborted) return;
+    this.locks = store.openLockFiles?.(this.lockTargets as StorePath[]);
+    if (!buildDirsInUse.has(this.#name)) {
+      const dir = makeTopBuildDir(this.w, this.view).catch(() => undefined);
+      buildDirsAhead.set(this.#name, { dir, owner: this });
+    }
+  }
+
+  /** A build directory of this build's name made ahead, for the round (undefined: none). */
+  takeBuildDir(): Promise<string | undefined> | undefined {
+    const ahead = buildDirsAhead.get(this.#name);
+    buildDirsAhead.delete(this.#name);
+    return ahead?.dir;
+  }
+
+  discard(): void {
+    this.locks?.discard();
+    this.locks = undefined;
+    const ahead = buildDirsAhead.get(this.#name);
+    if (ahead?.owner !== this) return;
+    buildDirsAhead.delete(this.#name);
+    void ahead.dir.then(async (top) => {
+      if (top) await keepOrRemoveBuildDir({ top, dir: top, inSandbox: top, extraPaths: undefined }, false);
+    });
+  }
+}
+
+/** Build directories made ahead and not taken yet, by name without their number (at most one each). */
+const buildDirsAhead = new Map<string, { readonly dir: Promise<string | undefined>; readonly owner: BuildPrep }>();
 
 /** The state one round's steps share: its log, its running count, its start time, the build dir's fate. */
 class LocalRound {

@@ -21,6 +21,9 @@ import { goalKey } from './paths.js';
 
 const FALLBACK_MS = 250;
 
+/** At most this many waiting builds prepare ahead of their slot. */
+const MAX_PREPARED = 8;
+
 /**
  * In which of Nix 2.8's worker rounds a derivation goal reaches tryToBuild when its inputs need no building,
  * counted from the call's start: a goal `depth` references away from the targets is made 3 rounds after its
@@ -40,6 +43,10 @@ interface Waiter {
   /** How many slots had been given back when it started waiting. */
   readonly epoch: number;
   readonly task: () => Promise<void>;
+  /** Called when it becomes one of the next builds in line (see prepareAhead). */
+  readonly prepare: (() => void) | undefined;
+  /** Whether `prepare` was called. */
+  prepared: boolean;
 }
 
 export class SlotGate {
@@ -52,6 +59,8 @@ export class SlotGate {
   private epoch = 0;
   private scheduled = false;
   private fallback: NodeJS.Timeout | undefined;
+  /** Waiters whose `prepare` was called. */
+  private prepared = 0;
 
   constructor(private readonly queue: PQueue) {}
 
@@ -64,11 +73,30 @@ export class SlotGate {
    * Ask for a slot for the build of `drvPath`: `task` runs when it is granted and holds it until it settles.
    * `nextRound`: the next round of a build that just gave its slot back (`buildRepeat`): Nix wakes that
    * goal together with the builds the freed slot woke, so it competes with them by key at once.
+   * `prepare`: what the build can make before its slot, called when it is one of the next builds in line.
    */
-  request(drvPath: string, task: () => Promise<void>, rounds = 0, nextRound = false): void {
-    this.waiting.push({ key: goalKey('derivation', drvPath), rounds, epoch: nextRound ? -1 : this.epoch, task });
+  request(drvPath: string, task: () => Promise<void>, rounds = 0, nextRound = false, prepare?: () => void): void {
+    this.waiting.push({ key: goalKey('derivation', drvPath), rounds, epoch: nextRound ? -1 : this.epoch, task, prepare, prepared: false });
     if (this.queue.concurrency > 1) this.grant();
     else this.schedule();
+    this.prepareAhead();
+  }
+
+  /**
+   * Let the next builds in line (as many as there are slots, by the order slots are granted in now)
+   * prepare while they wait, so that a freed slot goes to a build that is ready to start. A later waiter
+   * can still come first; it then prepares in its slot.
+   */
+  private prepareAhead(): void {
+    const ahead = Math.min(this.queue.concurrency, MAX_PREPARED);
+    while (this.prepared < ahead) {
+      let best: Waiter | undefined;
+      for (const w of this.waiting) if (w.prepare && !w.prepared && (!best || this.before(w, best))) best = w;
+      if (!best) return;
+      best.prepared = true;
+      this.prepared++;
+      best.prepare!();
+    }
   }
 
   /**
@@ -124,6 +152,7 @@ export class SlotGate {
       let best = 0;
       for (let i = 1; i < this.waiting.length; i++) if (this.before(this.waiting[i]!, this.waiting[best]!)) best = i;
       const [w] = this.waiting.splice(best, 1);
+      if (w!.prepared) this.prepared--;
       this.running++;
       void this.queue.add(async () => {
         try {
@@ -136,6 +165,7 @@ export class SlotGate {
         }
       });
     }
+    this.prepareAhead();
   }
 }
 

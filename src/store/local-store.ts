@@ -34,7 +34,17 @@ import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree, inheritsXattrs, movePathSync } from './canonicalise.js';
 import { asStoreWriteError, InvalidStorePathError, StoreError } from './errors.js';
 import { Hash, HashSink, isNixBase32, toNixBase32, type HashAlgorithm } from './hash.js';
-import { HeldLocks, type LockWaitOptions, lockPlainFile, lockStorePaths, removeStaleLockFile, tryFlockFd, tryLockStorePaths } from './locks.js';
+import {
+  HeldLocks,
+  type LockWaitOptions,
+  lockPlainFile,
+  lockStorePaths,
+  openStorePathLockFiles,
+  OpenedLockFiles,
+  removeStaleLockFile,
+  tryFlockFd,
+  tryLockStorePaths,
+} from './locks.js';
 import { dumpPath, hashNar, narOfRegularFile, RegularFileContentHasher, restorePath, streamOf } from './nar.js';
 import {
   BUSY_TIMEOUT_MS,
@@ -45,7 +55,7 @@ import {
   SCHEMA_STATEMENTS,
   WAL_AUTOCHECKPOINT,
 } from './schema.js';
-import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Realisation, Store } from './store-api.js';
+import type { AddToStoreOptions, NarSource, OpenedLocks, PathInfo, PathLocks, Realisation, Store } from './store-api.js';
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
 import { compressBzip2Async, decompressBzip2 } from './bzip2.js';
 import { TempRoots } from './temp-roots.js';
@@ -1147,8 +1157,12 @@ export class LocalStore implements Store {
     return lockStorePaths(this, paths, opts);
   }
 
-  async tryLockPaths(paths: Iterable<StorePath>): Promise<PathLocks | undefined> {
-    return tryLockStorePaths(this, paths);
+  async tryLockPaths(paths: Iterable<StorePath>, opened?: OpenedLocks): Promise<PathLocks | undefined> {
+    return tryLockStorePaths(this, paths, opened instanceof OpenedLockFiles ? opened : undefined);
+  }
+
+  openLockFiles(paths: Iterable<StorePath>): OpenedLocks {
+    return openStorePathLockFiles(this, paths);
   }
 
   logPath(drvPath: StorePath): string {

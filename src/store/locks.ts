@@ -129,28 +129,25 @@ function tryFlock(fd: number, lockPath: string, mode: 'exnb' | 'shnb' = 'exnb'):
   }
 }
 
-/** The flock and staleness check on a just-opened lock file: the fd, undefined (held), or 'stale' (closed; open again). */
-function lockOpened(lockPath: string, fd: number): number | undefined | 'stale' {
+/**
+ * The flock and staleness check on an opened lock file: the fd, undefined (held), or 'stale' (closed; open
+ * again). `openedEarlier`: opened a while before (OpenedLockFiles), so its file may have been deleted since
+ * by someone who did not mark it: the path must still name it.
+ */
+function lockOpened(lockPath: string, fd: number, openedEarlier = false): number | undefined | 'stale' {
   if (!tryFlock(fd, lockPath)) {
     closeSync(fd);
     return undefined;
   }
   const st = fstatSync(fd);
-  if (st.size !== 0) {
+  if (st.size !== 0 || openedEarlier) {
     // Its previous holder deleted it (unlinked, then wrote "d"): start over with a fresh file. If the
     // path still names this very inode it was never unlinked (a leftover copy): reuse it, emptied.
-    let samePath = false;
-    try {
-      const now = statSync(lockPath);
-      samePath = now.ino === st.ino && now.dev === st.dev;
-    } catch {
-      /* gone */
-    }
-    if (!samePath) {
+    if (!namesInode(lockPath, st)) {
       closeSync(fd);
       return 'stale';
     }
-    ftruncateSync(fd, 0);
+    if (st.size !== 0) ftruncateSync(fd, 0);
   }
   return fd;
 }
@@ -233,14 +230,21 @@ export function removeStaleLockFile(lockPath: string): boolean {
   } catch {
     return false;
   }
+  return deleteIfStale(lockPath, fd);
+}
+
+/**
+ * Delete the lock file open as `fd` if nobody holds it, it is empty and `lockPath` still names it, as a
+ * release does; else just close `fd`. True when it was deleted.
+ */
+function deleteIfStale(lockPath: string, fd: number): boolean {
   let ours = false;
   try {
     ours = tryFlock(fd, lockPath);
     if (ours) {
       // Only the inode the name still points at (and not one already deleted by its holder).
       const st = fstatSync(fd);
-      const now = statSync(lockPath, { throwIfNoEntry: false });
-      ours = st.size === 0 && st.isFile() && now !== undefined && now.ino === st.ino && now.dev === st.dev;
+      ours = st.size === 0 && st.isFile() && namesInode(lockPath, st);
     }
   } catch {
     ours = false;
@@ -251,6 +255,63 @@ export function removeStaleLockFile(lockPath: string): boolean {
   }
   unlockFile(lockPath, fd, true);
   return true;
+}
+
+/** Whether `lockPath` names the file `st` describes (not deleted or replaced since it was opened). */
+function namesInode(lockPath: string, st: { ino: number; dev: number }): boolean {
+  try {
+    const now = statSync(lockPath, { throwIfNoEntry: false });
+    return now !== undefined && now.ino === st.ino && now.dev === st.dev;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Lock files created and opened ahead of a `tryLockFiles` of them, not locked (Store.openLockFiles): a build
+ * waiting for its slot has them made then, so that taking them in the slot is a flock, not a file creation
+ * on the thread pool. Opening a lock file without locking it is what every locker does before its flock;
+ * the lock itself is still taken only in the slot. Files a `tryLockFiles` did not use are closed by
+ * `discard`, and deleted when nobody holds them and they are still empty, so none is left where no build
+ * ran.
+ */
+export class OpenedLockFiles {
+  #fds: Promise<Map<string, number>> | undefined;
+
+  constructor(files: Iterable<string>) {
+    const { lockPaths } = lockPathsOf(files);
+    this.#fds = Promise.all(
+      lockPaths.map((l) =>
+        openLockFileAsync(l).then(
+          (fd) => [l, fd] as const,
+          () => undefined,
+        ),
+      ),
+    ).then((opened) => new Map(opened.filter((e) => e !== undefined)));
+  }
+
+  /** The opened files, for one tryLockFiles (undefined once taken or discarded). */
+  take(): Promise<Map<string, number>> | undefined {
+    const fds = this.#fds;
+    this.#fds = undefined;
+    return fds;
+  }
+
+  /** Close (and delete, when stale) the files no tryLockFiles took; resolves when that is done. */
+  async discard(): Promise<void> {
+    const fds = this.take();
+    if (fds) discardOpened(await fds);
+  }
+}
+
+/** Opened lock files nobody locked: closed, and deleted when stale (see OpenedLockFiles). */
+function discardOpened(fds: Map<string, number>): void {
+  for (const [lockPath, fd] of fds) {
+    // Held in this process (through another descriptor): not ours to delete.
+    if (inProcess.has(lockPath)) closeSync(fd);
+    else deleteIfStale(lockPath, fd);
+  }
+  fds.clear();
 }
 
 /** A set of held path locks. `release()` is idempotent. */
@@ -367,35 +428,58 @@ export async function lockFiles(files: Iterable<string>, opts: InternalLockOptio
  * Take every lock without waiting, or none: undefined when any is held (in this process or another). The
  * lock files are opened on the thread pool: the event loop does not wait for their creation.
  */
-export async function tryLockFiles(files: Iterable<string>, opts: { paths?: readonly string[] } = {}): Promise<HeldLocks | undefined> {
+export async function tryLockFiles(
+  files: Iterable<string>,
+  opts: { paths?: readonly string[]; opened?: OpenedLockFiles | undefined } = {},
+): Promise<HeldLocks | undefined> {
   const { files: sorted, lockPaths } = lockPathsOf(files);
   const held: Array<{ lockPath: string; fd: number }> = [];
   const handle = new HeldLocks(opts.paths ?? sorted, held);
+  const opened = (await opts.opened?.take()) ?? new Map<string, number>();
   const giveUp = () => {
     handle.setDeletion(false);
     handle.releaseSync();
   };
-  for (const lockPath of lockPaths) {
-    if (!tryTakeSlot(lockPath)) {
-      giveUp();
-      return undefined;
+  try {
+    for (const lockPath of lockPaths) {
+      if (!tryTakeSlot(lockPath)) {
+        giveUp();
+        return undefined;
+      }
+      let fd: number | undefined;
+      try {
+        fd = await tryLockOpened(lockPath, opened);
+      } catch (e) {
+        giveSlot(lockPath);
+        giveUp();
+        throw e;
+      }
+      if (fd === undefined) {
+        giveSlot(lockPath);
+        giveUp();
+        return undefined;
+      }
+      held.push({ lockPath, fd });
     }
-    let fd: number | undefined;
-    try {
-      fd = await tryLockFileAsync(lockPath);
-    } catch (e) {
-      giveSlot(lockPath);
-      giveUp();
-      throw e;
-    }
-    if (fd === undefined) {
-      giveSlot(lockPath);
-      giveUp();
-      return undefined;
-    }
-    held.push({ lockPath, fd });
+    return handle;
+  } finally {
+    discardOpened(opened);
   }
-  return handle;
+}
+
+/** tryLockFileAsync, with the file opened ahead when it was. */
+async function tryLockOpened(lockPath: string, opened: Map<string, number>): Promise<number | undefined> {
+  const fd = opened.get(lockPath);
+  if (fd === undefined) return tryLockFileAsync(lockPath);
+  opened.delete(lockPath);
+  let r: number | undefined | 'stale';
+  try {
+    r = lockOpened(lockPath, fd, true);
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  return r === 'stale' ? tryLockFileAsync(lockPath) : r;
 }
 
 /**
@@ -447,7 +531,12 @@ export function lockStorePaths(store: PathLockTarget, paths: Iterable<string>, o
 }
 
 /** Store.tryLockPaths likewise; undefined when someone else holds one of the locks. */
-export function tryLockStorePaths(store: PathLockTarget, paths: Iterable<string>): Promise<HeldLocks | undefined> {
+export function tryLockStorePaths(store: PathLockTarget, paths: Iterable<string>, opened?: OpenedLockFiles): Promise<HeldLocks | undefined> {
   const { sorted, files } = sortedLockFiles(store, paths);
-  return tryLockFiles(files, { paths: sorted });
+  return tryLockFiles(files, { paths: sorted, opened });
+}
+
+/** Store.openLockFiles for stores whose paths have real locations. */
+export function openStorePathLockFiles(store: PathLockTarget, paths: Iterable<string>): OpenedLockFiles {
+  return new OpenedLockFiles(sortedLockFiles(store, paths).files);
 }

@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree, movePathSync } from './canonicalise.js';
 import { InvalidStorePathError, StoreError } from './errors.js';
 import { Hash } from './hash.js';
-import { HeldLocks, type LockWaitOptions, lockStorePaths, tryLockStorePaths } from './locks.js';
+import { HeldLocks, type LockWaitOptions, lockStorePaths, openStorePathLockFiles, OpenedLockFiles, tryLockStorePaths } from './locks.js';
 import {
   checkBatchClosure,
   checkNoDotDot,
@@ -25,7 +25,7 @@ import {
   verifyContentAddress,
 } from './local-store.js';
 import { collect, dumpPath, narOfRegularFile, restorePath, streamOf } from './nar.js';
-import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Realisation, Store } from './store-api.js';
+import type { AddToStoreOptions, NarSource, OpenedLocks, PathInfo, PathLocks, Realisation, Store } from './store-api.js';
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, type StorePath } from './store-path.js';
 
 export interface MemoryStoreOptions {
@@ -301,8 +301,12 @@ export class MemoryStore implements Store {
     return lockStorePaths(this, ps, opts);
   }
 
-  async tryLockPaths(ps: Iterable<StorePath>): Promise<PathLocks | undefined> {
-    return tryLockStorePaths(this, ps);
+  async tryLockPaths(ps: Iterable<StorePath>, opened?: OpenedLocks): Promise<PathLocks | undefined> {
+    return tryLockStorePaths(this, ps, opened instanceof OpenedLockFiles ? opened : undefined);
+  }
+
+  openLockFiles(ps: Iterable<StorePath>): OpenedLocks {
+    return openStorePathLockFiles(this, ps);
   }
 
   logPath(drvPath: StorePath): string {

@@ -54,6 +54,14 @@ export interface PathLocks {
   readonly paths: readonly StorePath[];
 }
 
+/**
+ * Lock files opened ahead of a `tryLockPaths` of the same paths (`Store.openLockFiles`): made, not locked.
+ * Given to `tryLockPaths`, which then only locks them; `discard()` when it will not be.
+ */
+export interface OpenedLocks {
+  discard(): void;
+}
+
 export interface Store {
   /** Logical store directory, e.g. `/nix/store`. */
   readonly storeDir: string;
@@ -123,8 +131,16 @@ export interface Store {
    * called once if some lock is held by someone else, before waiting for it.
    */
   lockPaths(paths: Iterable<StorePath>, opts?: LockWaitOptions): Promise<PathLocks>;
-  /** Try to take the locks without waiting; undefined when someone else holds one. */
-  tryLockPaths(paths: Iterable<StorePath>): Promise<PathLocks | undefined>;
+  /**
+   * Try to take the locks without waiting; undefined when someone else holds one. `opened`: the lock files
+   * of these paths, opened ahead by `openLockFiles`.
+   */
+  tryLockPaths(paths: Iterable<StorePath>, opened?: OpenedLocks): Promise<PathLocks | undefined>;
+  /**
+   * Create and open the lock files of `paths` ahead of a `tryLockPaths` of them, without locking them (a
+   * build waiting for its slot). Optional: stores without lock files omit it.
+   */
+  openLockFiles?(paths: Iterable<StorePath>): OpenedLocks;
 
   /** Physical path of the build log of `drvPath` (may not exist). */
   logPath(drvPath: StorePath): string;

@@ -540,6 +540,22 @@ describe('goals and locks', () => {
     expect(sb.started).toHaveLength(0);
   });
 
+  it('a build directory made ahead gets the number Nix gives it in the slot (the first free one)', async () => {
+    const sb = fake();
+    // Two derivations of the same name: with one slot, Nix builds both in `nix-build-same.drv-0`.
+    const x = await mkDrv('same', [], { script: 'echo x > $out' });
+    const y = await mkDrv('same', [], { script: 'echo y > $out' });
+    const buildDir = tempDir('realise-sched-ahead-');
+    const call = engineWith(sb, { maxJobs: 1, buildDir }).buildPaths([x, y]);
+    for (let i = 0; i < 2; i++) {
+      const [run] = await sb.waitPending(1);
+      expect(path.relative(buildDir, run!.request.buildDir).split('/')[0]).toBe('nix-build-same.drv-0');
+      await run!.finish();
+    }
+    expect((await call).map((r) => r.result.status)).toEqual(['built', 'built']);
+    await removeTree(buildDir);
+  });
+
   it('two engines on one store: the second waits for the output lock and finds the output valid', async () => {
     const sbA = fake();
     const sbB = fake();
@@ -715,6 +731,30 @@ describe('cancellation while waiting', () => {
     await settle(50);
     expect(sb.started).toHaveLength(1);
     expect(engine.progress().builds.running).toBe(0);
+  });
+
+  it('for a build slot: what the next build made ahead (its lock file, its build directory) is undone', async () => {
+    const sb = fake();
+    const a = await mkDrv('ahead-a');
+    const b = await mkDrv('ahead-b');
+    const buildDir = tempDir('realise-sched-ahead-');
+    const engine = engineWith(sb, { maxJobs: 1, buildDir });
+    const ctl = new AbortController();
+    const call = engine.buildPaths([a, b], { signal: ctl.signal }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    const [run] = await sb.waitPending(1);
+    const waiting = run!.request.drvPath === a ? b : a;
+    const lockFile = store.toRealPath(await outPath(waiting)) + '.lock';
+    const dirOf = (drv: StorePath) => path.join(buildDir, `nix-build-${nameOf(drv)}.drv-0`);
+    // The build in line has its lock file and build directory made while it waits.
+    await expect.poll(() => existsSync(lockFile) && existsSync(dirOf(waiting))).toBe(true);
+    ctl.abort();
+    expect(await call).toBeInstanceOf(BuildCancelledError);
+    await expect.poll(() => existsSync(lockFile) || existsSync(dirOf(waiting))).toBe(false);
+    expect(sb.started).toHaveLength(1);
+    await removeTree(buildDir);
   });
 
   it('for an output lock held by another engine: the wait ends at once, nothing is built', async () => {

@@ -4,10 +4,10 @@
  */
 import { describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, fstatSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
-import { lockFiles, tryLockFiles, lockPlainFile } from '../../src/store/locks.js';
+import { lockFiles, tryLockFiles, lockPlainFile, OpenedLockFiles } from '../../src/store/locks.js';
 import { tempDirs } from '../helpers/nix.js';
 
 const fsExt = createRequire(import.meta.url)('fs-ext') as { flockSync(fd: number, how: string): void };
@@ -163,5 +163,55 @@ describe('path locks', () => {
     const r3 = await lockPlainFile(f, 'exclusive');
     expect(existsSync(f)).toBe(true);
     r3();
+  });
+
+  describe('lock files opened ahead (OpenedLockFiles, a build waiting for its slot)', () => {
+    it('are created but not locked; tryLockFiles then locks those very files, and the release deletes them', async () => {
+      const d = tmp();
+      const [a, b] = [path.join(d, 'a'), path.join(d, 'b')];
+      const opened = new OpenedLockFiles([b, a]);
+      await expect.poll(() => existsSync(a + '.lock') && existsSync(b + '.lock')).toBe(true);
+      expect(freeForFlock1(a + '.lock')).toBe(true);
+      const l = await tryLockFiles([a, b], { opened });
+      expect(l?.paths).toEqual([a, b]);
+      expect(freeForFlock1(a + '.lock')).toBe(false);
+      expect(freeForFlock1(b + '.lock')).toBe(false);
+      await l!.release();
+      expect(existsSync(a + '.lock') || existsSync(b + '.lock')).toBe(false);
+    });
+
+    it('discarded unused, they leave no file behind, but one held through another descriptor stays', async () => {
+      const d = tmp();
+      const [a, b] = [path.join(d, 'a'), path.join(d, 'b')];
+      const opened = new OpenedLockFiles([a, b]);
+      const held = await lockFiles([b]);
+      await opened.discard();
+      expect(existsSync(a + '.lock')).toBe(false);
+      expect(existsSync(b + '.lock')).toBe(true);
+      expect(freeForFlock1(b + '.lock')).toBe(false);
+      await held.release();
+      // tryLockFiles finds the ones it does not take (held elsewhere: it gives up) and discards them too.
+      const held2 = await lockFiles([a]);
+      const opened2 = new OpenedLockFiles([a, b]);
+      expect(await tryLockFiles([a, b], { opened: opened2 })).toBeUndefined();
+      expect(existsSync(b + '.lock')).toBe(false);
+      expect(freeForFlock1(a + '.lock')).toBe(false);
+      await held2.release();
+    });
+
+    it('a file deleted and made again since it was opened (without the "d" mark) is not the one locked', async () => {
+      const d = tmp();
+      const p = path.join(d, 'replaced');
+      const opened = new OpenedLockFiles([p]);
+      await expect.poll(() => existsSync(p + '.lock')).toBe(true);
+      unlinkSync(p + '.lock');
+      writeFileSync(p + '.lock', '');
+      const l = await tryLockFiles([p], { opened });
+      expect(l).toBeDefined();
+      // The flock is on the file the path names now, so another locker of the path is excluded.
+      expect(freeForFlock1(p + '.lock')).toBe(false);
+      await l!.release();
+      expect(existsSync(p + '.lock')).toBe(false);
+    });
   });
 });
