@@ -11,7 +11,8 @@
  * Each measurement is the median of GC_BENCH_RUNS runs (default 3) on fresh copies. Prints the times
  * and the ratios ours/Nix (target ≤ 0.5), and the CPU times (user + system: Nix's process, read from
  * /proc/self/stat's children times; ours in-process, every thread), which a loaded machine moves less
- * than wall times. REALISE_BENCH_SMALL=1: 2,000 paths and 1,000 files.
+ * than wall times. REALISE_BENCH_SMALL=1: 2,000 paths and 1,000 files. GC_BENCH_ONLY=collect or
+ * GC_BENCH_ONLY=optimise: that measurement alone.
  */
 import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -28,6 +29,7 @@ const SMALL = process.env.REALISE_BENCH_SMALL === '1';
 const PATHS = Number(process.env.GC_BENCH_PATHS ?? (SMALL ? 2_000 : 20_000));
 const FILES = Number(process.env.OPT_BENCH_FILES ?? (SMALL ? 1_000 : 10_000));
 const RUNS = Number(process.env.GC_BENCH_RUNS ?? 3);
+const ONLY = process.env.GC_BENCH_ONLY;
 const CHAIN = 100;
 
 const nixEnv = { ...process.env, NIX_REMOTE: '', NIX_CONFIG: 'build-users-group =\nsubstituters =\n', NIX_USER_CONF_FILES: '/dev/null' };
@@ -204,27 +206,34 @@ function cpu(r: { nixCpuMs: number; ourCpuMs: number }): string {
 async function main(): Promise<void> {
   const base = mkdtempSync(path.join(tmpdir(), 'realise-bench-gc-'));
   try {
-    const gcStore = path.join(base, 'gc');
-    const tops = await makeGcStore(gcStore, PATHS);
-    for (const [i, t] of tops.entries()) if (i % 2 === 0) symlinkSync(t, path.join(gcStore, 'nix/var/nix/gcroots', `root-${i}`));
-    const gc = await twinRuns(base, gcStore, ['--gc'], (s) => s.collectGarbage());
-    const nixDeleted = gc.nix.stdout.trim();
-    if (!nixDeleted.startsWith(`${gc.our.paths.length} store paths deleted`)) throw new Error(`Nix: '${nixDeleted}', we deleted ${gc.our.paths.length}`);
-    console.log(
-      `collect ${PATHS} paths (${gc.our.paths.length} dead): nix-store --gc ${gc.nixMs.toFixed(0)} ms, collectGarbage ${gc.ourMs.toFixed(0)} ms, ratio ${(gc.ourMs / gc.nixMs).toFixed(2)}; ${cpu(gc)}`,
-    );
-
-    const optStore = path.join(base, 'opt');
-    await makeOptStore(optStore, FILES);
-    const opt = await twinRuns(base, optStore, ['--optimise'], (s) => s.optimiseStore());
-    const nixLinked = /hard-linking (\d+) files/.exec(opt.nix.stderr)?.[1] ?? '?';
-    if (String(opt.our.filesLinked) !== nixLinked) throw new Error(`Nix linked ${nixLinked} files, we linked ${opt.our.filesLinked}`);
-    console.log(
-      `optimise ${FILES} files (${opt.our.filesLinked} linked): nix-store --optimise ${opt.nixMs.toFixed(0)} ms, optimiseStore ${opt.ourMs.toFixed(0)} ms, ratio ${(opt.ourMs / opt.nixMs).toFixed(2)}; ${cpu(opt)}`,
-    );
+    if (ONLY !== 'optimise') await benchCollect(base);
+    if (ONLY !== 'collect') await benchOptimise(base);
   } finally {
     rm(base);
   }
+}
+
+async function benchCollect(base: string): Promise<void> {
+  const gcStore = path.join(base, 'gc');
+  const tops = await makeGcStore(gcStore, PATHS);
+  for (const [i, t] of tops.entries()) if (i % 2 === 0) symlinkSync(t, path.join(gcStore, 'nix/var/nix/gcroots', `root-${i}`));
+  const gc = await twinRuns(base, gcStore, ['--gc'], (s) => s.collectGarbage());
+  const nixDeleted = gc.nix.stdout.trim();
+  if (!nixDeleted.startsWith(`${gc.our.paths.length} store paths deleted`)) throw new Error(`Nix: '${nixDeleted}', we deleted ${gc.our.paths.length}`);
+  console.log(
+    `collect ${PATHS} paths (${gc.our.paths.length} dead): nix-store --gc ${gc.nixMs.toFixed(0)} ms, collectGarbage ${gc.ourMs.toFixed(0)} ms, ratio ${(gc.ourMs / gc.nixMs).toFixed(2)}; ${cpu(gc)}`,
+  );
+}
+
+async function benchOptimise(base: string): Promise<void> {
+  const optStore = path.join(base, 'opt');
+  await makeOptStore(optStore, FILES);
+  const opt = await twinRuns(base, optStore, ['--optimise'], (s) => s.optimiseStore());
+  const nixLinked = /hard-linking (\d+) files/.exec(opt.nix.stderr)?.[1] ?? '?';
+  if (String(opt.our.filesLinked) !== nixLinked) throw new Error(`Nix linked ${nixLinked} files, we linked ${opt.our.filesLinked}`);
+  console.log(
+    `optimise ${FILES} files (${opt.our.filesLinked} linked): nix-store --optimise ${opt.nixMs.toFixed(0)} ms, optimiseStore ${opt.ourMs.toFixed(0)} ms, ratio ${(opt.ourMs / opt.nixMs).toFixed(2)}; ${cpu(opt)}`,
+  );
 }
 
 await main();

@@ -23,6 +23,8 @@ const SYMLINK = Buffer.concat(['symlink', 'target'].map(narString));
 const CLOSE = narString(')');
 const ZEROS = Buffer.alloc(8);
 const CHUNK = 1 << 20;
+// Replaced files whose closing (the freeing of their inodes) may be pending at once, per optimiser.
+const MAX_FREEING = 256;
 const NIX32 = '0123456789abcdfghijklmnpqrsvwxyz';
 
 /** Nix's base-32 (least significant 5 bits last). */
@@ -55,27 +57,22 @@ function readContents(fd, file, size, buf, off, h) {
   }
 }
 
-/** SHA-256 of the NAR of a regular file or symlink (Nix's hashPath), with the size and mode lstat gave. */
-function hashFileNar(file, st) {
-  if (st.isSymbolicLink()) {
-    const target = narString(fs.readlinkSync(file, { encoding: 'buffer' }));
-    return createHash('sha256').update(HEAD).update(SYMLINK).update(target).update(CLOSE).digest();
-  }
+/** SHA-256 of the NAR of a symlink (Nix's hashPath). */
+function hashSymlinkNar(file) {
+  const target = narString(fs.readlinkSync(file, { encoding: 'buffer' }));
+  return createHash('sha256').update(HEAD).update(SYMLINK).update(target).update(CLOSE).digest();
+}
+
+/** SHA-256 of the NAR of a regular file (Nix's hashPath) read from `fd` (-1 when it is empty), with the size and mode lstat gave. */
+function hashFileNar(file, fd, st) {
   const size = st.size;
   let off = HEAD.length + (st.mode & 0o100 ? EXECUTABLE : REGULAR).copy(nar, HEAD.length);
   nar.writeUInt32LE(size % 2 ** 32, off);
   nar.writeUInt32LE(Math.floor(size / 2 ** 32), off + 4);
   off += 8;
   const h = size > SMALL ? createHash('sha256').update(nar.subarray(0, off)) : undefined;
-  if (size > 0) {
-    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-    try {
-      if (h) readContents(fd, file, size, (chunk ??= Buffer.allocUnsafe(CHUNK)), 0, h);
-      else readContents(fd, file, size, nar, off, undefined);
-    } finally {
-      fs.closeSync(fd);
-    }
-  }
+  if (h) readContents(fd, file, size, (chunk ??= Buffer.allocUnsafe(CHUNK)), 0, h);
+  else if (size > 0) readContents(fd, file, size, nar, off, undefined);
   const pad = (8 - (size % 8)) % 8;
   if (h) return h.update(ZEROS.subarray(0, pad)).update(CLOSE).digest();
   off += size;
@@ -101,12 +98,15 @@ function loadInodes(linksDir) {
  * are linked there), `stats` (Nix's OptimiseStats, added to), `warn(message)`.
  */
 class Optimiser {
-  constructor(realStoreDir, inodes, warn) {
+  constructor(realStoreDir, inodes, warn, deferFrees = false) {
     this.realStoreDir = realStoreDir;
     this.linksDir = realStoreDir + '/.links';
     this.inodes = inodes;
     this.warn = warn;
     this.stats = { filesLinked: 0, bytesFreed: 0, blocksFreed: 0 };
+    this.deferFrees = deferFrees;
+    this.freeing = 0;
+    this.freed = undefined;
     // The directory made writable for its entries to be replaced, with its atime (seconds).
     this.openDir = undefined;
     this.openDirAtime = 0;
@@ -136,12 +136,52 @@ class Optimiser {
       return;
     }
     if (st.nlink > 1 && this.inodes.has(st.ino)) return; // already linked
-    const linkPath = this.linksDir + '/' + nixBase32(hashFileNar(p, st));
-    if (this.linkInto(p, st, linkPath) && this.replaceWithLink(p, linkPath)) {
-      this.stats.filesLinked++;
-      this.stats.bytesFreed += st.size;
-      this.stats.blocksFreed += st.blocks;
+    if (st.isSymbolicLink()) {
+      this.dedupe(p, st, hashSymlinkNar(p));
+      return;
     }
+    // The file stays open until it is replaced, so that freeing its inode (a synchronous discard on some
+    // file systems) happens at the close, which need not wait.
+    const fd = st.size > 0 ? fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW) : -1;
+    let replaced = false;
+    try {
+      replaced = this.dedupe(p, st, hashFileNar(p, fd, st));
+    } finally {
+      if (fd >= 0) {
+        if (replaced) this.free(fd);
+        else fs.closeSync(fd);
+      }
+    }
+  }
+
+  /** Link `p` (with NAR hash `digest`) into `.links`, or replace it by the identical file there; true when replaced. */
+  dedupe(p, st, digest) {
+    const linkPath = this.linksDir + '/' + nixBase32(digest);
+    if (!this.linkInto(p, st, linkPath) || !this.replaceWithLink(p, linkPath)) return false;
+    this.stats.filesLinked++;
+    this.stats.bytesFreed += st.size;
+    this.stats.blocksFreed += st.blocks;
+    return true;
+  }
+
+  /** Close the last descriptor of a replaced file: in the thread pool (not waited for) unless too many are pending. */
+  free(fd) {
+    if (!this.deferFrees || this.freeing >= MAX_FREEING) return fs.closeSync(fd);
+    this.freeing++;
+    fs.close(fd, () => {
+      if (--this.freeing === 0 && this.freed) this.freed();
+    });
+  }
+
+  /** Resolves when the replaced files' descriptors are closed (their inodes freed). */
+  drain() {
+    if (this.freeing === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.freed = () => {
+        this.freed = undefined;
+        resolve();
+      };
+    });
   }
 
   /** Make `linkPath` a link to `p` if there is none; true when it is another file that `p` should become. */
@@ -219,4 +259,4 @@ class Optimiser {
   }
 }
 
-module.exports = { Optimiser, loadInodes, hashFileNar, nixBase32 };
+module.exports = { Optimiser, loadInodes, nixBase32 };

@@ -10,7 +10,8 @@ const { Optimiser } = require('./optimise-links.cjs');
 let opt;
 let warnings = [];
 parentPort.on('message', (m) => {
-  if (m.realStoreDir) opt = new Optimiser(m.realStoreDir, new Set(m.inodes), (w) => warnings.push(w));
+  if (m.drain) return void opt.drain().then(() => parentPort.postMessage({ id: m.id }));
+  if (m.realStoreDir) opt = new Optimiser(m.realStoreDir, new Set(m.inodes), (w) => warnings.push(w), true);
   const before = { ...opt.stats };
   const reply = { id: m.id };
   try {

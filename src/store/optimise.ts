@@ -43,9 +43,11 @@ interface Optimiser {
   readonly stats: OptimiseStats;
   /** Optimise one store path at its real location; throws the file system's errors (ENOENT: it is gone). */
   optimisePath(realPath: string): void;
+  /** Resolves when the replaced files are freed (deferFrees). */
+  drain(): Promise<void>;
 }
 interface LinksModule {
-  Optimiser: new (realStoreDir: string, inodes: Set<number>, warn: (message: string) => void) => Optimiser;
+  Optimiser: new (realStoreDir: string, inodes: Set<number>, warn: (message: string) => void, deferFrees?: boolean) => Optimiser;
   /** The inodes of `.links` (made if missing). */
   loadInodes(linksDir: string): Set<number>;
 }
@@ -111,7 +113,7 @@ export class StoreOptimiser {
 export async function optimiseStorePaths(realStoreDir: string, realPaths: readonly string[], opts: OptimiseOptions = {}): Promise<OptimiseStats> {
   const inodes = links.loadInodes(linksDirOf(realStoreDir));
   const warn = opts.onWarning ?? (() => {});
-  const here = new links.Optimiser(realStoreDir, inodes, warn);
+  const here = new links.Optimiser(realStoreDir, inodes, warn, true);
   const stats: OptimiseStats = { filesLinked: 0, bytesFreed: 0, blocksFreed: 0 };
   const workers = realPaths.length > IN_THREAD_MAX ? THREADS - 1 : 0;
   const threads = Array.from({ length: workers }, () => new ThreadTasks<BatchReply>(new URL('./optimise-thread.cjs', import.meta.url)));
@@ -142,6 +144,7 @@ export async function optimiseStorePaths(realStoreDir: string, realPaths: readon
         slice = Date.now();
       }
     }
+    await here.drain();
   };
   const drive = async (thread: ThreadTasks<BatchReply>): Promise<void> => {
     try {
@@ -153,6 +156,7 @@ export async function optimiseStorePaths(realStoreDir: string, realPaths: readon
         if (r.error) queue.failure ??= Object.assign(new Error(r.error.message), { code: r.error.code, path: r.error.path });
         progress(paths.length);
       }
+      await thread.run({ drain: true });
     } catch (e) {
       queue.failure ??= e; // the thread died
     }

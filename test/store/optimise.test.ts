@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, lstatSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync, readdirSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { LocalStore } from '../../src/store/local-store.js';
 import { nix, nixOk, removeTreeSync, runNix, tempDir } from '../helpers/nix.js';
@@ -51,6 +51,21 @@ function inodeGroups(realStoreDir: string): Record<string, string> {
   return out;
 }
 
+/** This process's descriptors of deleted files below `dir`: a replaced file still open here is not freed yet. */
+function heldDeleted(dir: string): string[] {
+  const held: string[] = [];
+  for (const fd of readdirSync('/proc/self/fd')) {
+    let target = '';
+    try {
+      target = readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue; // the descriptor readdir used
+    }
+    if (target.startsWith(dir + '/') && target.endsWith(' (deleted)')) held.push(target);
+  }
+  return held;
+}
+
 function nixOptimise(root: string): string {
   const r = runNix('nix-store', ['--store', root, '--optimise']);
   expect(r.status, r.stderr).toBe(0);
@@ -80,6 +95,7 @@ describe.skipIf(!nixOk())('store optimisation against nix-store --optimise', () 
     let stats;
     try {
       stats = await store.optimiseStore();
+      expect(heldDeleted(O)).toEqual([]); // every replaced file freed before optimiseStore resolved
     } finally {
       await store.close();
     }
@@ -192,6 +208,7 @@ describe.skipIf(!nixOk())('whole-store optimisation on several threads against n
     let stats;
     try {
       stats = await store.optimiseStore({ onWarning: (w) => warnings.push(w), onProgress: (done) => progress.push(done) });
+      expect(heldDeleted(O)).toEqual([]);
     } finally {
       await store.close();
     }
@@ -223,6 +240,7 @@ describe.skipIf(!nixOk())('whole-store optimisation on several threads against n
       // Every path has a writable file: the first warning comes with the first path (or batch) done.
       const run = store.optimiseStore({ signal: ac.signal, onWarning: () => ac.abort(new Error('enough')) });
       await expect(run).rejects.toThrow('enough');
+      expect(heldDeleted(O)).toEqual([]);
     } finally {
       await store.close();
     }
