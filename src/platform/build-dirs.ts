@@ -8,7 +8,7 @@
  * deleted, but only those still the very directories it made (same device and inode; a later build of
  * the same name, e.g. by Nix, is left alone) and still ours.
  */
-import { closeSync, ftruncateSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, unlinkSync, writeSync, constants as FS } from 'node:fs';
+import { closeSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, unlinkSync, writeSync, constants as FS } from 'node:fs';
 import * as path from 'node:path';
 import { deleteTree } from '../store/canonicalise.js';
 import { tryFlockFd } from '../store/locks.js';
@@ -21,6 +21,8 @@ class BuildDirRegistry {
   readonly #dir: string | undefined;
   #fd: number | undefined;
   #file: string | undefined;
+  /** The file's size: what #write last wrote, or what a left-over file had. */
+  #size = 0;
   readonly #active = new Map<string, string>();
   readonly #sweptFor = new WeakMap<object, Promise<string[]>>();
 
@@ -96,6 +98,7 @@ class BuildDirRegistry {
       }
       this.#fd = fd;
       this.#file = file;
+      this.#size = fstatSync(fd).size;
       process.once('exit', () => {
         try {
           unlinkSync(file);
@@ -109,13 +112,19 @@ class BuildDirRegistry {
     }
   }
 
-  /** The file lists exactly the directories in use (a left-over file of a dead process with our pid is overwritten). */
+  /**
+   * The file lists exactly the directories in use (a left-over file of a dead process with our pid is
+   * overwritten). It is never made shorter: what the list no longer covers is overwritten with empty
+   * lines, which a sweep skips. A truncation per build would free the file's block and allocate it again
+   * (a discard each time on a disk mounted with `discard`).
+   */
   #write(): void {
     if (this.#fd === undefined) return;
     try {
-      const data = Buffer.from([...this.#active.values()].join(''));
-      ftruncateSync(this.#fd, 0);
+      const list = Buffer.from([...this.#active.values()].join(''));
+      const data = list.length >= this.#size ? list : Buffer.concat([list, Buffer.alloc(this.#size - list.length, '\n')]);
       if (data.length) writeSync(this.#fd, data, 0, data.length, 0);
+      this.#size = data.length;
     } catch {
       /* a full disk: the record is best effort */
     }

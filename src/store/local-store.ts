@@ -20,12 +20,14 @@ import {
   existsSync,
   fstatSync,
   lstatSync,
+  open as openCb,
   openSync,
   promises as fsp,
   readdirSync,
   readFileSync,
   statSync,
   writeFileSync,
+  writeSync,
   type Stats,
 } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
@@ -403,6 +405,23 @@ function lockedDirFd(dir: string): number | undefined {
 }
 /** Paths per `IN (...)` statement in queryValidPaths. */
 const VALID_CHUNK = 2000;
+
+/**
+ * Write `data` to `file` (created 0644, or truncated). Only the creation goes through the thread pool (it
+ * can take milliseconds on a busy disk); the write of a build log and the close are quick synchronous
+ * calls, cheaper than two more thread-pool round trips.
+ */
+async function writeNewFile(file: string, data: string | Uint8Array): Promise<void> {
+  const fd = await new Promise<number>((resolve, reject) =>
+    openCb(file, FS.O_WRONLY | FS.O_CREAT | FS.O_TRUNC, 0o644, (e, fd) => (e ? reject(e) : resolve(fd))),
+  );
+  try {
+    const bytes = typeof data === 'string' ? Buffer.from(data) : data;
+    for (let off = 0; off < bytes.length;) off += writeSync(fd, bytes, off, bytes.length - off);
+  } finally {
+    closeSync(fd);
+  }
+}
 
 export class LocalStore implements Store {
   readonly storeDir: string;
@@ -1192,11 +1211,11 @@ export class LocalStore implements Store {
     // Written in place, as Nix writes its log file (no temporary name and rename: one file-system call fewer per build).
     try {
       try {
-        await fsp.writeFile(file, log, { mode: 0o644 });
+        await writeNewFile(file, log);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
         await fsp.mkdir(dir, { recursive: true, mode: 0o755 }); // removed behind our back: make it again
-        await fsp.writeFile(file, log, { mode: 0o644 });
+        await writeNewFile(file, log);
       }
     } catch (e) {
       await fsp.rm(file, { force: true }).catch(() => {}); // no truncated log
