@@ -3,6 +3,8 @@
  * only then: the engine, its substituters and displays are not part of a no-op's start-up.
  */
 import { writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import * as path from 'node:path';
 import {
   ActivityType,
   BinaryCacheSubstituter,
@@ -30,15 +32,28 @@ import { printRealised } from './realised.js';
 import { failureLines, formatError, missingLines, summariseFailures } from './report.js';
 import { engineSettings, type EngineSettings } from './settings.js';
 
+/** Where the CLI keeps what lasts between runs (Nix's `~/.cache/nix`): `$XDG_CACHE_HOME/realise`, else `~/.cache/realise`. */
+function cliCacheDir(): string {
+  return path.join(process.env.XDG_CACHE_HOME || path.join(homedir(), '.cache'), 'realise');
+}
+
 /** The engine's options with the substituters the settings name (Nix's download-attempts: 5, and its warning before each retry). */
 export function engineOptions(settings: EngineSettings, warn: (message: string) => void): BuildEngineOptions {
   const opts: BuildEngineOptions & Record<string, unknown> = { ...settings.options };
   // A daemon store substitutes from the daemon's own caches, unless told not to (Nix's client sends `substitute`).
   if (opts.store instanceof DaemonStore) opts.store.setWorkerOptions({ useSubstitutes: settings.substitute });
   if (settings.substituters.length) {
+    const { positive, negative } = settings.narInfoTtl;
+    // As Nix's disk cache (for HTTP caches only: a file:// one is read afresh each run), one file for the runs.
+    const onDisk = {
+      cacheDir: cliCacheDir(),
+      ...(positive !== undefined ? { positiveTtl: positive } : {}),
+      ...(negative !== undefined ? { negativeTtl: negative } : {}),
+    };
     opts.substituters = settings.substituters.map(
       (u) =>
         new BinaryCacheSubstituter(u, {
+          ...(/^https?:\/\//.test(u) ? { narInfoCache: onDisk } : {}),
           trustedPublicKeys: [...settings.trustedPublicKeys],
           requireSigs: settings.requireSigs,
           onWarning: warn,

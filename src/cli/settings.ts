@@ -15,6 +15,8 @@ export interface EngineSettings {
   readonly requireSigs: boolean;
   /** Nix's `substitute` setting (a daemon store is told it: the daemon substitutes from its own caches). */
   readonly substitute: boolean;
+  /** Seconds an HTTP cache's narinfo lookups are remembered across runs (Nix's `narinfo-cache-positive-ttl` / `-negative-ttl`). */
+  readonly narInfoTtl: { positive?: number; negative?: number };
 }
 
 type Options = BuildEngineOptions & Record<string, unknown>;
@@ -146,7 +148,18 @@ export function engineSettings(args: CliArgs, store: Store, warn: (message: stri
     else applyPlain(name, value, opts, appended);
   }
   for (const [key, list] of appended) if (list.length) put(opts, key, list);
+  const narInfoTtl: EngineSettings['narInfoTtl'] = {};
+  for (const which of ['positive', 'negative'] as const) {
+    const name = `narinfo-cache-${which}-ttl`;
+    if (o.has(name))
+      parsed(
+        name,
+        () => parseIntOption(name, o.get(name)!),
+        (v) => (narInfoTtl[which] = v),
+      );
+  }
   return {
+    narInfoTtl,
     options: opts,
     substitute,
     substituters: substitute ? [...args.substituters, ...words(o.get('substituters')), ...words(o.get('extra-substituters'))] : [],

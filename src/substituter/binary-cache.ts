@@ -14,7 +14,7 @@ import { curlWords, isAbortError } from './curl-words.js';
 import { DEFAULT_STORE_DIR, storePathHashPart, type StorePath } from '../store/store-path.js';
 import { decompressStream, DecompressionError } from './compression.js';
 import { BadNarInfoError, parseCacheInfo, parseNarInfo, type NarInfo } from './narinfo.js';
-import { NarInfoCache } from './narinfo-cache.js';
+import { NarInfoCache, type NarInfoCacheOptions } from './narinfo-cache.js';
 import { SubstituterError, type FetchNarOptions, type SubstitutablePathInfo, type Substituter, type TransferListener } from './substituter.js';
 
 export interface BinaryCacheSubstituterOptions {
@@ -28,8 +28,12 @@ export interface BinaryCacheSubstituterOptions {
   readonly priority?: number;
   /** The store dir paths must be for; a cache for another store dir is skipped with a warning. @default '/nix/store' */
   readonly storeDir?: string;
-  /** Shared narinfo cache (one per engine). @default a private in-memory one */
-  readonly narInfoCache?: NarInfoCache;
+  /**
+   * Shared narinfo cache (one per engine), or the options of one of its own (e.g. a `cacheDir`: lookups and
+   * nix-cache-info remembered across runs, as Nix's disk cache for HTTP caches), opened when first used and
+   * closed with the substituter. @default a private in-memory one
+   */
+  readonly narInfoCache?: NarInfoCache | NarInfoCacheOptions;
   /** Maximum parallel narinfo requests of one `queryPathInfos`. @default 16 */
   readonly maxParallelQueries?: number;
   /** HTTP connections per origin (keep-alive). @default 8 */
@@ -471,8 +475,9 @@ export class BinaryCacheSubstituter implements Substituter {
   private _enabled = true;
   private readonly priorityFixed: boolean;
   private readonly transport: Transport;
-  private readonly narInfoCache: NarInfoCache;
-  private readonly ownCache: boolean;
+  /** The shared narinfo cache, else (once opened) our own. */
+  private cache: NarInfoCache | undefined;
+  private readonly ownCacheOptions: NarInfoCacheOptions | undefined;
   private readonly maxParallel: number;
   private readonly warn: (m: string) => void;
   private initPromise: Promise<void> | undefined;
@@ -492,8 +497,8 @@ export class BinaryCacheSubstituter implements Substituter {
     if (params.get('want-mass-query') === '1' || params.get('want-mass-query') === 'true') this._wantMassQuery = true;
     this.maxParallel = validate('maxParallelQueries', opts.maxParallelQueries ?? 16, 1);
     this.warn = opts.onWarning ?? ((m) => process.emitWarning(m));
-    this.narInfoCache = opts.narInfoCache ?? NarInfoCache.open();
-    this.ownCache = !opts.narInfoCache;
+    if (opts.narInfoCache instanceof NarInfoCache) this.cache = opts.narInfoCache;
+    else this.ownCacheOptions = opts.narInfoCache ?? {};
     if (this.uri.startsWith('file://')) {
       this.transport = new FileTransport(path.resolve(fileURLToPath(this.uri)), this.uri);
     } else if (this.uri.startsWith('http://') || this.uri.startsWith('https://')) {
@@ -512,6 +517,11 @@ export class BinaryCacheSubstituter implements Substituter {
 
   get priority(): number {
     return this._priority;
+  }
+
+  private get narInfoCache(): NarInfoCache {
+    this.cache ??= NarInfoCache.open({ onWarning: this.warn, ...this.ownCacheOptions });
+    return this.cache;
   }
   /** Nix's WantMassQuery from nix-cache-info (or `?want-mass-query=1`). */
   get wantMassQuery(): boolean {
@@ -728,6 +738,6 @@ export class BinaryCacheSubstituter implements Substituter {
 
   async close(): Promise<void> {
     await this.transport.close();
-    if (this.ownCache) this.narInfoCache.close();
+    if (this.ownCacheOptions) this.cache?.close();
   }
 }

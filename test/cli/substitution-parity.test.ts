@@ -6,9 +6,9 @@
  */
 import { chmodSync, copyFileSync, cpSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serveCache } from '../substituter/http-server.js';
-import { nix, nixOk, runNix, runNixAsync, tempDir, type NixRunResult } from '../helpers/nix.js';
+import { nix, nixOk, removeTreeSync, runNix, runNixAsync, tempDir, type NixRunResult } from '../helpers/nix.js';
 import { realiseInProcess as realise } from '../helpers/cli.js';
 
 const SANDBOX = '/bin/sh=/bin/busybox /bin/busybox';
@@ -61,6 +61,11 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     }
   }, 60_000);
 
+  // Every fixture's stores and cache copies (some 400 MB in all): removed after the file's tests.
+  afterAll(() => {
+    if (dir) removeTreeSync(dir);
+  });
+
   /** Twin fresh stores with the .drv files, and a copy of the cache to damage. */
   function fresh(
     compression: 'xz' | 'none',
@@ -74,14 +79,15 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     cpSync(cache[compression], cacheDir, { recursive: true });
     const niOf = (p: string) => path.join(cacheDir, `${path.basename(p).slice(0, 32)}.narinfo`);
     const narOf = (p: string) => path.join(cacheDir, /^URL: (.*)$/m.exec(readFileSync(niOf(p), 'utf8'))![1]!);
-    // Nix's narinfo disk cache is per run, so no run sees another's lookups.
+    // Nix's narinfo disk cache ($XDG_CACHE_HOME/nix) and ours ($XDG_CACHE_HOME/realise) are per fixture, so
+    // no fixture sees another's lookups.
     return { N, O, cacheDir, narOf, niOf, env: { XDG_CACHE_HOME: path.join(d, 'xdg') } };
   }
 
   async function both(N: string, O: string, url: string, env: Record<string, string>, args: string[]): Promise<{ nix: Run; ours: Run }> {
     const opts = ['--option', 'substituters', url, '--option', 'trusted-public-keys', pub, '--option', 'sandbox-paths', SANDBOX];
     const nixRun = await runNixAsync('nix-store', ['--store', N, '--realise', ...args, ...opts], { env });
-    const ours = await realise(['build', '--store', O, ...args, ...opts]);
+    const ours = await realise(['build', '--store', O, ...args, ...opts], env);
     return { nix: nixRun, ours };
   }
 
@@ -165,6 +171,49 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expect(r.nix.stderr).toContain("is for Nix stores with prefix '/other/store', not '/nix/store'");
     expectSame(r);
   }, 60_000);
+
+  it("an HTTP cache's nix-cache-info and lookups are remembered across runs, as in Nix's disk cache (its TTLs)", async () => {
+    const f = fresh('xz');
+    // A derivation the cache does not have (negative lookups), in fresh twin stores per run.
+    let k = 0;
+    const twins = (attr: string, prefix?: string) => {
+      const d = path.join(f.cacheDir, '..', `twins${++k}`);
+      const args = [file, '-A', attr, ...(prefix ? ['--argstr', 'prefix', prefix] : [])];
+      const [N, O] = [path.join(d, 'N'), path.join(d, 'O')];
+      const p = nix('nix-instantiate', ['--store', N, ...args]);
+      nix('nix-instantiate', ['--store', O, ...args]);
+      return { N, O, drv: p };
+    };
+    const server = await serveCache(f.cacheDir);
+    try {
+      /**
+       * What each of Nix's run and ours asks the server for (sorted, each file once: within a run Nix asks
+       * again for a narinfo the cache lacks, where we remember the first answer).
+       */
+      const requests = async (attr: string, prefix?: string, extra: string[] = []) => {
+        const t = twins(attr, prefix);
+        const at = server.requests.length;
+        const opts = ['--option', 'substituters', server.url, '--option', 'trusted-public-keys', pub, '--option', 'sandbox-paths', SANDBOX, ...extra];
+        const n = await runNixAsync('nix-store', ['--store', t.N, '--realise', t.drv, ...opts], { env: f.env });
+        const mid = server.requests.length;
+        const o = await realise(['build', '--store', t.O, t.drv, ...opts], f.env);
+        expectSame({ nix: n, ours: o });
+        expect(n.status, n.stderr).toBe(0);
+        const [ofNix, ofOurs] = [[...new Set(server.requests.slice(at, mid))].sort(), [...new Set(server.requests.slice(mid))].sort()];
+        expect(ofOurs).toEqual(ofNix);
+        return ofNix.map((r) => (r.endsWith('.narinfo') ? 'narinfo' : r.startsWith('nar/') ? 'nar' : r)).sort();
+      };
+      expect(await requests('b')).toEqual(['nar', 'nar', 'narinfo', 'narinfo', 'nix-cache-info']);
+      // Fresh stores, the same cache: its nix-cache-info and narinfos are remembered, only the NARs are fetched.
+      expect(await requests('b')).toEqual(['nar', 'nar']);
+      // Not in the cache: asked once, then remembered as absent for narinfo-cache-negative-ttl (an hour).
+      expect(await requests('a', 'neg')).toEqual(['narinfo']);
+      expect(await requests('a', 'neg')).toEqual([]);
+      expect(await requests('a', 'neg', ['--option', 'narinfo-cache-negative-ttl', '0'])).toEqual(['narinfo']);
+    } finally {
+      await server.close();
+    }
+  }, 90_000);
 
   it("an HTTP cache that refuses connections: Nix's last warning (curl's words), and the derivation is built", async () => {
     const f = fresh('xz');

@@ -201,11 +201,14 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     const cache = path.join(dir, 'http-cache');
     nix('nix', ['copy', '--store', N(), '--to', `file://${cache}`, out]);
     const server = await serveCache(cache);
+    // Both remember an HTTP cache's nix-cache-info and narinfos across runs (Nix in $XDG_CACHE_HOME/nix, we
+    // in $XDG_CACHE_HOME/realise): a directory of this test's own, so that nothing is remembered from before.
+    const env = { XDG_CACHE_HOME: path.join(dir, 'xdg') };
     try {
       const subst = ['--option', 'substituters', server.url, '--option', 'require-sigs', 'false'];
       // Nix runs while this process serves the cache: not spawnSync.
-      const n = await runNixAsync('nix-store', ['--store', path.join(dir, 'H1'), ...subst, '--realise', out, '--log-format', 'internal-json']);
-      const o = await realise(['build', '--store', path.join(dir, 'H2'), ...subst, out, '--log-format', 'internal-json']);
+      const n = await runNixAsync('nix-store', ['--store', path.join(dir, 'H1'), ...subst, '--realise', out, '--log-format', 'internal-json'], { env });
+      const o = await realise(['build', '--store', path.join(dir, 'H2'), ...subst, out, '--log-format', 'internal-json'], env);
       expect(n.status, n.stderr).toBe(0);
       expect(o.status, o.stderr).toBe(0);
       const [ns, os] = [parseStream(n.stderr), parseStream(o.stderr)];
@@ -224,8 +227,7 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     } finally {
       await server.close();
     }
-    // A path the cache lacks, from a server at a new address (Nix remembers a cache's nix-cache-info across
-    // runs in its disk cache; realise does not: see docs/observability.md).
+    // A path the cache lacks, from a server at a new address (whose nix-cache-info neither has seen).
     const server2 = await serveCache(cache);
     try {
       const subst = ['--option', 'substituters', server2.url, '--option', 'require-sigs', 'false'];
@@ -233,8 +235,8 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
       // unknown: sent chunked), then the build.
       const [h3, h4] = [path.join(dir, 'H3'), path.join(dir, 'H4')];
       for (const root of [h3, h4]) expect(nixInstantiate(root, EXPR, { attr: 'hooked' })[0]).toBe(drv.hooked);
-      const n2 = await runNixAsync('nix-store', ['--store', h3, ...SANDBOX, ...subst, '--realise', drv.hooked!, '--log-format', 'internal-json']);
-      const o2 = await realise(['build', '--store', h4, ...SANDBOX, ...subst, drv.hooked!, '--log-format', 'internal-json']);
+      const n2 = await runNixAsync('nix-store', ['--store', h3, ...SANDBOX, ...subst, '--realise', drv.hooked!, '--log-format', 'internal-json'], { env });
+      const o2 = await realise(['build', '--store', h4, ...SANDBOX, ...subst, drv.hooked!, '--log-format', 'internal-json'], env);
       expect(n2.status, n2.stderr).toBe(0);
       expect(o2.status, o2.stderr).toBe(0);
       const want2 = summarise(parseStream(n2.stderr), LOCAL_TYPES);

@@ -167,8 +167,10 @@ describe('BinaryCacheSubstituter over HTTP', () => {
 
 describe('NarInfoCache', () => {
   let server: CacheServer;
+  let served: string;
   beforeEach(async () => {
-    server = await serveCache(copyCache('xz', path.join(tempDir('realise-nic-'), 'cache')));
+    served = copyCache('xz', path.join(tempDir('realise-nic-'), 'cache'));
+    server = await serveCache(served);
   });
   afterEach(async () => {
     await server.close();
@@ -227,6 +229,31 @@ describe('NarInfoCache', () => {
     expect(count(SRC)).toBe(2);
     await s.close();
     cache.close();
+  });
+
+  it("nix-cache-info is remembered on disk for Nix's 7 days, then read again: a changed Priority or StoreDir is seen", async () => {
+    const cacheDir = tempDir('realise-nic-info-');
+    let now = 1_000_000;
+    const warnings: string[] = [];
+    // Each substituter opens the file itself (as each run of the CLI does) and closes it with itself.
+    const run = async () => {
+      const s = new BinaryCacheSubstituter(server.url, { narInfoCache: { cacheDir, now: () => now }, onWarning: (m) => warnings.push(m) });
+      await s.queryPathInfos([SRC]);
+      await s.close();
+      return { priority: s.priority, enabled: s.enabled, reads: server.requests.filter((r) => r === 'nix-cache-info').length };
+    };
+    const info = (storeDir: string, priority: number) => writeFileSync(path.join(served, 'nix-cache-info'), `StoreDir: ${storeDir}\nPriority: ${priority}\n`);
+    info('/nix/store', 30);
+    expect(await run()).toEqual({ priority: 30, enabled: true, reads: 1 });
+    info('/nix/store', 20);
+    now += 6 * 24 * 3600;
+    expect(await run()).toEqual({ priority: 30, enabled: true, reads: 1 });
+    now += 2 * 24 * 3600;
+    expect(await run()).toEqual({ priority: 20, enabled: true, reads: 2 });
+    info('/other/store', 20);
+    now += 7 * 24 * 3600 + 1;
+    expect(await run()).toEqual({ priority: 20, enabled: false, reads: 3 });
+    expect(warnings).toEqual([`binary cache '${server.url}' is for Nix stores with prefix '/other/store', not '/nix/store'`]);
   });
 
   it('falls back to memory when the directory cannot be used', () => {
