@@ -25,6 +25,10 @@ const ZEROS = Buffer.alloc(8);
 const CHUNK = 1 << 20;
 // Replaced files whose closing (the freeing of their inodes) may be pending at once, per optimiser.
 const MAX_FREEING = 256;
+// `.links` entries an optimiser remembers (inode and size), so that a later duplicate needs no lstat of its entry.
+const MAX_KNOWN = 1 << 16;
+// Root may replace entries of a read-only directory: its mode is left alone unless that fails.
+const ROOT = process.geteuid?.() === 0;
 const NIX32 = '0123456789abcdfghijklmnpqrsvwxyz';
 
 /** Nix's base-32 (least significant 5 bits last). */
@@ -107,13 +111,19 @@ class Optimiser {
     this.deferFrees = deferFrees;
     this.freeing = 0;
     this.freed = undefined;
-    // The directory made writable for its entries to be replaced, with its atime (seconds).
+    this.known = new Map();
+    // The directory whose entries are being replaced (its lstat; whether it was made writable), and the
+    // directory of the files being visited (with its lstat).
     this.openDir = undefined;
-    this.openDirAtime = 0;
+    this.openDirSt = undefined;
+    this.openDirChmod = false;
+    this.dir = realStoreDir;
+    this.dirSt = undefined;
   }
 
   /** Optimise one store path (file or tree) at its real location (Nix's optimisePath_). */
   optimisePath(realPath) {
+    this.dir = this.realStoreDir;
     try {
       this.visit(realPath, fs.lstatSync(realPath));
     } finally {
@@ -126,7 +136,10 @@ class Optimiser {
       for (const name of fs.readdirSync(p)) {
         const child = p + '/' + name;
         const cst = fs.lstatSync(child, { throwIfNoEntry: false });
-        if (cst && !this.inodes.has(cst.ino)) this.visit(child, cst);
+        if (!cst || this.inodes.has(cst.ino)) continue;
+        this.dir = p; // (again after a subdirectory)
+        this.dirSt = st;
+        this.visit(child, cst);
       }
       return;
     }
@@ -157,11 +170,25 @@ class Optimiser {
   /** Link `p` (with NAR hash `digest`) into `.links`, or replace it by the identical file there; true when replaced. */
   dedupe(p, st, digest) {
     const linkPath = this.linksDir + '/' + nixBase32(digest);
-    if (!this.linkInto(p, st, linkPath) || !this.replaceWithLink(p, linkPath)) return false;
-    this.stats.filesLinked++;
-    this.stats.bytesFreed += st.size;
-    this.stats.blocksFreed += st.blocks;
-    return true;
+    for (;;) {
+      if (!this.linkInto(p, st, linkPath)) return false;
+      const replaced = this.replaceWithLink(p, linkPath);
+      if (replaced === undefined) {
+        this.known.delete(linkPath); // the entry went away meanwhile: look again
+        continue;
+      }
+      if (!replaced) return false;
+      this.stats.filesLinked++;
+      this.stats.bytesFreed += st.size;
+      this.stats.blocksFreed += st.blocks;
+      return true;
+    }
+  }
+
+  /** Remember the inode and size of a `.links` entry. */
+  know(linkPath, ino, size) {
+    if (this.known.size >= MAX_KNOWN) this.known.clear();
+    this.known.set(linkPath, { ino, size });
   }
 
   /** Close the last descriptor of a replaced file: in the thread pool (not waited for) unless too many are pending. */
@@ -186,12 +213,16 @@ class Optimiser {
 
   /** Make `linkPath` a link to `p` if there is none; true when it is another file that `p` should become. */
   linkInto(p, st, linkPath) {
+    const k = this.known.get(linkPath);
+    if (k !== undefined && k.ino === st.ino) return false;
+    if (k !== undefined && k.size === st.size) return true;
     for (;;) {
       const lst = fs.lstatSync(linkPath, { throwIfNoEntry: false });
       if (!lst) {
         try {
           fs.linkSync(p, linkPath);
           this.inodes.add(st.ino);
+          this.know(linkPath, st.ino, st.size);
           return false;
         } catch (e) {
           if (e.code === 'ENOSPC') return false; // a full directory index: this file is not deduplicated
@@ -199,6 +230,7 @@ class Optimiser {
           continue; // made meanwhile by another process: look at it
         }
       }
+      this.know(linkPath, lst.ino, lst.size);
       if (lst.ino === st.ino) return false;
       if (lst.size === st.size) return true;
       this.warn(`removing corrupted link '${linkPath}'`);
@@ -211,9 +243,12 @@ class Optimiser {
     }
   }
 
-  /** Replace `p` by a hard link to `linkPath`, atomically (a temporary link renamed over it). False on EMLINK. */
+  /**
+   * Replace `p` (in this.dir) by a hard link to `linkPath`, atomically (a temporary link renamed over it).
+   * False on EMLINK; undefined when `linkPath` is gone.
+   */
   replaceWithLink(p, linkPath) {
-    this.writableDir(p.slice(0, p.lastIndexOf('/')));
+    this.openDirOf(this.dir, this.dirSt);
     let tmp;
     for (;;) {
       tmp = `${this.realStoreDir}/.tmp-link-${process.pid}-${Math.floor(Math.random() * 2 ** 31)}`;
@@ -222,11 +257,17 @@ class Optimiser {
         break;
       } catch (e) {
         if (e.code === 'EMLINK') return false; // too many links to one file (empty files): leave it
+        if (e.code === 'ENOENT') return undefined;
         if (e.code !== 'EEXIST') throw e;
       }
     }
     try {
-      fs.renameSync(tmp, p);
+      try {
+        fs.renameSync(tmp, p);
+      } catch (e) {
+        if (e.code !== 'EACCES' || !this.makeWritable()) throw e;
+        fs.renameSync(tmp, p);
+      }
     } catch (e) {
       try {
         fs.unlinkSync(tmp);
@@ -239,23 +280,36 @@ class Optimiser {
     return true;
   }
 
-  /** Make `dir` writable for its entries to be replaced (not the store dir): once for all of them. */
-  writableDir(dir) {
-    if (dir === this.openDir || dir === this.realStoreDir) return;
+  /**
+   * Get `dir` (with lstat `st`; not the store dir) ready for its entries to be replaced, once for all of
+   * them: made writable unless this is root.
+   */
+  openDirOf(dir, st) {
+    if (dir === this.openDir) return;
     this.restoreDir();
-    const st = fs.lstatSync(dir);
-    fs.chmodSync(dir, (st.mode & 0o7777) | 0o200);
+    if (dir === this.realStoreDir) return;
     this.openDir = dir;
-    this.openDirAtime = st.atimeMs / 1000;
+    this.openDirSt = st;
+    this.openDirChmod = false;
+    if (!ROOT) this.makeWritable();
   }
 
-  /** Make the writable directory canonical again (0555, mtime 1), as Nix's MakeReadOnly does. */
+  /** Make the open directory writable; false if it is the store dir or already made so. */
+  makeWritable() {
+    if (this.openDir === undefined || this.openDirChmod) return false;
+    fs.chmodSync(this.openDir, (this.openDirSt.mode & 0o7777) | 0o200);
+    this.openDirChmod = true;
+    return true;
+  }
+
+  /** Make the open directory canonical again (read-only, mtime 1), as Nix's MakeReadOnly does. */
   restoreDir() {
     const dir = this.openDir;
     if (dir === undefined) return;
     this.openDir = undefined;
-    fs.chmodSync(dir, 0o555);
-    fs.lutimesSync(dir, this.openDirAtime, 1);
+    const mode = this.openDirSt.mode & 0o7777;
+    if (this.openDirChmod || (mode !== 0o444 && mode !== 0o555)) fs.chmodSync(dir, 0o444 | (mode & 0o100 ? 0o111 : 0));
+    fs.lutimesSync(dir, this.openDirSt.atimeMs / 1000, 1);
   }
 }
 

@@ -66,6 +66,19 @@ function heldDeleted(dir: string): string[] {
   return held;
 }
 
+/** Mode and mtime of each directory of the store's paths: replacing files in one leaves it read-only, mtime 1. */
+function dirModes(realStoreDir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const walk = (p: string, rel: string) => {
+    const st = lstatSync(p);
+    if (!st.isDirectory()) return;
+    out[rel] = `${(st.mode & 0o7777).toString(8)} ${st.mtimeMs}`;
+    for (const n of readdirSync(p)) walk(path.join(p, n), `${rel}/${n}`);
+  };
+  for (const n of readdirSync(realStoreDir)) if (n !== '.links') walk(path.join(realStoreDir, n), n);
+  return out;
+}
+
 function nixOptimise(root: string): string {
   const r = runNix('nix-store', ['--store', root, '--optimise']);
   expect(r.status, r.stderr).toBe(0);
@@ -104,6 +117,7 @@ describe.skipIf(!nixOk())('store optimisation against nix-store --optimise', () 
     expect(stats.filesLinked).toBeGreaterThanOrEqual(10);
     expect(readdirSync(path.join(O, 'nix/store/.links')).sort()).toEqual(readdirSync(path.join(N, 'nix/store/.links')).sort());
     expect(inodeGroups(path.join(O, 'nix/store'))).toEqual(inodeGroups(path.join(N, 'nix/store')));
+    expect(dirModes(path.join(O, 'nix/store'))).toEqual(dirModes(path.join(N, 'nix/store')));
     expect(runNix('nix-store', ['--store', O, '--verify', '--check-contents']).status).toBe(0);
   });
 
@@ -176,6 +190,7 @@ describe.skipIf(!nixOk())('whole-store optimisation on several threads against n
         const k = i % 7; // paths i and i + 7, i + 14, ... hold the same files
         writeFileSync(path.join(real, 'a'), `a ${k} ${nonce}\n`.repeat(10 + k));
         writeFileSync(path.join(real, 'sub', 'b'), `b ${i % 3} ${nonce}\n`);
+        if (i < 10) writeFileSync(path.join(real, 'sub', 'twin'), `b ${i % 3} ${nonce}\n`); // a file of sub is replaced, whichever is seen first
         writeFileSync(path.join(real, 'own'), `own ${i} ${nonce}`);
         writeFileSync(path.join(real, 'writable'), `writable ${k} ${nonce}`); // made writable below: every thread warns
         writeFileSync(path.join(real, 'empty'), '');
@@ -187,6 +202,7 @@ describe.skipIf(!nixOk())('whole-store optimisation on several threads against n
       }
       await store.registerValidPaths(infos);
       for (const i of infos) chmodSync(path.join(store.toRealPath(i.path), 'writable'), 0o644);
+      for (const i of infos.slice(0, 10)) chmodSync(path.join(store.toRealPath(i.path), 'sub'), 0o755); // not canonical, and a file replaced in it
       for (const i of infos.slice(0, 3))
         corrupted.push(nix('nix-hash', ['--type', 'sha256', '--base32', path.join(store.toRealPath(i.path), 'sub', 'b')]).trim());
     } finally {
@@ -225,6 +241,7 @@ describe.skipIf(!nixOk())('whole-store optimisation on several threads against n
     expect(progress).toEqual([...progress].sort((a, b) => a - b));
     expect(readdirSync(path.join(O, 'nix/store/.links')).sort()).toEqual(readdirSync(path.join(N, 'nix/store/.links')).sort());
     expect(inodeGroups(path.join(O, 'nix/store'))).toEqual(inodeGroups(path.join(N, 'nix/store')));
+    expect(dirModes(path.join(O, 'nix/store'))).toEqual(dirModes(path.join(N, 'nix/store')));
     expect(readdirSync(path.join(O, 'nix/store')).filter((n) => n.startsWith('.tmp-link-'))).toEqual([]);
     expect(runNix('nix-store', ['--store', O, '--verify', '--check-contents']).status).toBe(0);
     expect(nixOptimise(O)).toMatch(/0\.00 MiB freed by hard-linking 0 files/);
