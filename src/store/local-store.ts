@@ -1253,6 +1253,7 @@ export class LocalStore implements Store {
       await deleteTree(session.dir).catch(() => {});
       closeSync(session.fd);
     }
+    await this.optimiser?.drain();
     this.tempRoots?.close();
     this.db.close();
     this.releaseBigLock();

@@ -110,7 +110,7 @@ class Optimiser {
     this.stats = { filesLinked: 0, bytesFreed: 0, blocksFreed: 0 };
     this.deferFrees = deferFrees;
     this.freeing = 0;
-    this.freed = undefined;
+    this.drained = [];
     this.known = new Map();
     // The directory whose entries are being replaced (its lstat; whether it was made writable), and the
     // directory of the files being visited (with its lstat).
@@ -196,19 +196,20 @@ class Optimiser {
     if (!this.deferFrees || this.freeing >= MAX_FREEING) return fs.closeSync(fd);
     this.freeing++;
     fs.close(fd, () => {
-      if (--this.freeing === 0 && this.freed) this.freed();
+      if (--this.freeing > 0) return;
+      for (const resolve of this.drained.splice(0)) resolve();
     });
   }
 
   /** Resolves when the replaced files' descriptors are closed (their inodes freed). */
   drain() {
-    if (this.freeing === 0) return Promise.resolve();
-    return new Promise((resolve) => {
-      this.freed = () => {
-        this.freed = undefined;
-        resolve();
-      };
-    });
+    return this.freeing === 0 ? Promise.resolve() : new Promise((resolve) => this.drained.push(resolve));
+  }
+
+  /** Forget the inodes and `.links` entries seen so far (a new optimisePath of Nix's starts with none). */
+  forget() {
+    this.inodes.clear();
+    this.known.clear();
   }
 
   /** Make `linkPath` a link to `p` if there is none; true when it is another file that `p` should become. */

@@ -45,6 +45,8 @@ interface Optimiser {
   optimisePath(realPath: string): void;
   /** Resolves when the replaced files are freed (deferFrees). */
   drain(): Promise<void>;
+  /** Forget the inodes and `.links` entries seen so far. */
+  forget(): void;
 }
 interface LinksModule {
   Optimiser: new (realStoreDir: string, inodes: Set<number>, warn: (message: string) => void, deferFrees?: boolean) => Optimiser;
@@ -80,15 +82,25 @@ function add(to: OptimiseStats, s: OptimiseStats): void {
   to.blocksFreed += s.blocksFreed;
 }
 
-/** Nix's optimisePath for new paths of one store (auto-optimise-store): synchronous, in this thread. */
+/**
+ * Nix's optimisePath for new paths of one store (auto-optimise-store): synchronous, in this thread, except
+ * that replaced files are freed in the thread pool (`drain()` waits for that).
+ */
 export class StoreOptimiser {
-  readonly stats: OptimiseStats = { filesLinked: 0, bytesFreed: 0, blocksFreed: 0 };
   private linksMade = false;
+  private readonly opt: Optimiser;
 
   constructor(
     private readonly realStoreDir: string,
-    private readonly onWarning: (m: string) => void = () => {},
-  ) {}
+    onWarning: (m: string) => void = () => {},
+  ) {
+    this.opt = new links.Optimiser(realStoreDir, new Set(), onWarning, true);
+  }
+
+  /** What the calls so far did. */
+  get stats(): OptimiseStats {
+    return { ...this.opt.stats };
+  }
 
   /** Optimise one path (file or tree) at its real location. Each call starts with no known inodes, as Nix's. */
   optimisePath(realPath: string): void {
@@ -96,12 +108,13 @@ export class StoreOptimiser {
       mkdirSync(linksDirOf(this.realStoreDir), { recursive: true, mode: 0o755 });
       this.linksMade = true;
     }
-    const opt = new links.Optimiser(this.realStoreDir, new Set(), this.onWarning);
-    try {
-      opt.optimisePath(realPath);
-    } finally {
-      add(this.stats, opt.stats);
-    }
+    this.opt.forget();
+    this.opt.optimisePath(realPath);
+  }
+
+  /** Resolves when every file replaced so far is freed. */
+  drain(): Promise<void> {
+    return this.opt.drain();
   }
 }
 
