@@ -8,55 +8,7 @@
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { nixOk, runNix } from '../helpers/nix.js';
-import { TwinStores, type Side } from '../helpers/twin-store.js';
-import type { NixRunResult } from '../helpers/nix.js';
-
-/**
- * The lines of stderr both must print alike: Nix's activity and error lines (not builder output, whose
- * interleaving with them is not ours to fix, nor `these N derivations will be built`, whose order is
- * compared elsewhere).
- */
-function keyLines(stderr: string): string[] {
-  return stderr
-    .split('\n')
-    .filter((l) =>
-      /^(error: |building '|checking outputs of '|resolved derivation: |running post-build-hook |post-build-hook: |waiting for lock on |\s+(specified|got): )/.test(
-        l,
-      ),
-    );
-}
-
-interface Pair {
-  nix: NixRunResult;
-  ours: NixRunResult;
-}
-
-/**
- * One step on both stores, Nix first; exit status, stdout, key stderr lines and database rows compared.
- * `racing`: derivations race for the same outputs in parallel slots, so which of them builds is up to
- * timing (in Nix too): the key lines and the outputs' derivers are compared with the derivations' paths
- * left out.
- */
-async function step(t: TwinStores, args: string[], expectStatus: number, racing = false): Promise<Pair> {
-  const nix = await t.build('nix', args);
-  const ours = await t.build('ours', args);
-  expect(nix.status, `nix-store --realise ${args.join(' ')}:\n${nix.stderr}`).toBe(expectStatus);
-  expect(ours.status, `realise build ${args.join(' ')}:\n${ours.stderr}`).toBe(expectStatus);
-  expect(ours.stdout).toBe(nix.stdout);
-  const lines = (stderr: string) =>
-    racing
-      ? keyLines(stderr)
-          .map((l) => l.replace(/[^/' ]+\.drv/g, 'DRV'))
-          .sort()
-      : keyLines(stderr);
-  expect(lines(ours.stderr)).toEqual(lines(nix.stderr));
-  const rows = (side: Side) => {
-    const r = t.rows(side);
-    return racing ? { ...r, validPaths: r.validPaths.map((v) => ({ ...(v as object), deriver: 'DRV' })) } : r;
-  };
-  expect(rows('ours')).toEqual(rows('nix'));
-  return { nix, ours };
-}
+import { keyLines, step, TwinStores, type Side } from '../helpers/twin-store.js';
 
 const sides: Side[] = ['nix', 'ours'];
 
@@ -79,11 +31,11 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests: realise vs nix-store on twi
 
     t.clear();
     // Two derivations of one output path, two slots: one builds, the other waits for its lock and finds it valid.
-    const same = await step(t, [...t.instantiate('fixed.nix', ['-A', 'parallelSame']), '-j2'], 0, true);
+    const same = await step(t, [...t.instantiate('fixed.nix', ['-A', 'parallelSame']), '-j2'], 0, { racing: true });
     expect(keyLines(same.ours.stderr).filter((l) => l.startsWith('building '))).toHaveLength(1);
     expect(keyLines(same.ours.stderr).filter((l) => l.startsWith('waiting for lock on '))).toHaveLength(1);
     // (Still racing as far as the rows go: parallelSame's output and its deriver are in them.)
-    const { nix } = await step(t, t.instantiate('fixed.nix', ['-A', 'sameAsAdd']), 0, true);
+    const { nix } = await step(t, t.instantiate('fixed.nix', ['-A', 'sameAsAdd']), 0, { racing: true });
     t.use('nix');
     const printed = runNix(
       'nix-store',

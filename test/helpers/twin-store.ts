@@ -6,10 +6,12 @@
  * compared row by row.
  */
 import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
+import { expect } from 'vitest';
 import { lockFiles } from '../../src/store/locks.js';
 import { nixEnv, removeTreeSync, runNix, tempDir, type NixRunResult } from './nix.js';
 import { realiseInProcess } from './cli.js';
@@ -109,6 +111,25 @@ export class TwinStores {
   }
 
   /**
+   * A command other than a build on `side`'s store: `nix` is a Nix command line (`--store` is put after
+   * its first word: `['nix-store', '--gc']`), `ours` a `realise` one (`--store` is put at its end:
+   * `['gc']`).
+   */
+  async command(side: Side, nix: string[], ours: string[]): Promise<NixRunResult> {
+    this.use(side);
+    if (side === 'nix') return runNix(nix[0]!, ['--store', this.uri('nix'), ...nix.slice(1)], { env: this.env, cwd: this.tests });
+    const r = await realiseInProcess([...ours, '--store', this.uri('ours')], this.env);
+    return { stdout: r.stdout, stderr: r.stderr, status: r.status };
+  }
+
+  /** `nix-instantiate -E EXPR` (evaluated in the tests' directory) into both stores. */
+  instantiateExpr(expr: string, env: Record<string, string> = {}): string[] {
+    const file = `expr-${createHash('sha256').update(expr).digest('hex').slice(0, 16)}.nix`;
+    writeFileSync(path.join(this.tests, file), expr);
+    return this.instantiate(file, [], env);
+  }
+
+  /**
    * `count` builds of ARGS at once, each its own process (Nix's concurrent tests). `gate`: a path whose
    * lock (`<gate>.lock`, as the builds take it) is held until every process says it is waiting for it, so
    * that all of them are running before the first build starts however slowly each one starts up.
@@ -188,4 +209,65 @@ function spawnRun(cmd: string, args: string[], env: Record<string, string>, cwd:
     });
     child.on('close', (code) => resolve({ stdout, stderr, status: code ?? -1 }));
   });
+}
+
+/**
+ * The lines of stderr both must print alike: Nix's activity and error lines with an error's continuation
+ * lines (not builder output, whose interleaving with them is not ours to fix, nor `these N derivations will
+ * be built`, whose order is compared elsewhere).
+ */
+export function keyLines(stderr: string): string[] {
+  const out: string[] = [];
+  let inError = false;
+  for (const l of stderr.split('\n')) {
+    if (l.startsWith('error: ')) inError = true;
+    else if (!l.startsWith(' ')) inError = false;
+    if (inError || /^(building '|checking outputs of '|resolved derivation: |running post-build-hook |post-build-hook: |waiting for lock on )/.test(l))
+      out.push(l);
+  }
+  return out;
+}
+
+export interface Pair {
+  nix: NixRunResult;
+  ours: NixRunResult;
+}
+
+export interface StepOptions {
+  /**
+   * Derivations race for the same outputs in parallel slots, so which of them builds is up to timing (in
+   * Nix too): the key lines and the outputs' derivers are compared with the derivations' paths left out.
+   */
+  racing?: boolean;
+  /** Paths whose contents differ between the twins (a builder that is not deterministic): their hash and size are left out. */
+  differ?: RegExp;
+  /** The step for each side (default: a build of the arguments). */
+  run?: (side: Side) => Promise<NixRunResult>;
+}
+
+/** One step on both stores, Nix first; exit status, stdout, key stderr lines and database rows compared. */
+export async function step(t: TwinStores, args: string[], expectStatus: number, opts: StepOptions = {}): Promise<Pair> {
+  const { racing = false, differ, run = (side: Side) => t.build(side, args) } = opts;
+  const nix = await run('nix');
+  const ours = await run('ours');
+  expect(nix.status, `nix ${args.join(' ')}:\n${nix.stderr}`).toBe(expectStatus);
+  expect(ours.status, `realise ${args.join(' ')}:\n${ours.stderr}`).toBe(expectStatus);
+  expect(ours.stdout).toBe(nix.stdout);
+  const lines = (stderr: string) =>
+    racing
+      ? keyLines(stderr)
+          .map((l) => l.replace(/[^/' ]+\.drv/g, 'DRV'))
+          .sort()
+      : keyLines(stderr);
+  expect(lines(ours.stderr)).toEqual(lines(nix.stderr));
+  const rows = (side: Side) => {
+    const r = t.rows(side);
+    const validPaths = r.validPaths.map((v) => {
+      const row = v as { path: string; hash: string; narSize: number; deriver: string };
+      return { ...row, ...(racing ? { deriver: 'DRV' } : {}), ...(differ?.test(row.path) ? { hash: 'DIFFERS', narSize: 0 } : {}) };
+    });
+    return { ...r, validPaths };
+  };
+  expect(rows('ours')).toEqual(rows('nix'));
+  return { nix, ours };
 }

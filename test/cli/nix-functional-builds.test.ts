@@ -1,0 +1,95 @@
+/**
+ * Nix 2.8's functional tests about how a build ends (test/fixtures/nix-tests: timeout.sh, check.sh),
+ * run with real Nix and with `realise build` on twin stores (test/helpers/twin-store.ts): exit status,
+ * stdout, key stderr lines and database rows compared at each step, and what the script asserts asserted
+ * for both.
+ */
+import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { nixOk } from '../helpers/nix.js';
+import { step, TwinStores, type Side } from '../helpers/twin-store.js';
+
+const sides: Side[] = ['nix', 'ours'];
+
+describe.skipIf(!nixOk())('Nix 2.8 functional tests (how builds end): realise vs nix-store on twin stores', () => {
+  it('timeout.sh: --timeout (101), --max-build-log-size, --max-silent-time, a builder that closes its log', async () => {
+    const t = new TwinStores();
+    const drv = (attr: string) => t.instantiate('timeout.nix', ['-A', attr]);
+    const infinite = drv('infiniteLoop');
+    const timedOut = await step(t, [...infinite, '-Q', '--timeout', '2'], 101);
+    for (const r of [timedOut.nix, timedOut.ours]) expect(r.stderr).toContain('timed out');
+    await step(t, [...infinite, '-Q', '--max-build-log-size', '100'], 1);
+    await step(t, [...drv('silent'), '--max-silent-time', '2'], 101);
+    // The builder closes its stdout and stderr and sleeps: the build ends there, the builder killed.
+    const closed = await step(t, drv('closeLog'), 100);
+    expect(closed.ours.stderr).toContain('failed due to signal 9 (Killed)');
+  }, 120_000);
+
+  it('check.sh: build directories kept only with --keep-failed, --check of a non-deterministic build (104), --repeat (1), fixed outputs checked and repaired, hash mismatch (102), both with --keep-going (110)', async () => {
+    // Without ca-derivations, as Nix's suite runs it (with it, Nix 2.8 takes the fixed output's realisation
+    // for proof that it is valid, and --repair leaves it corrupted).
+    const t = new TwinStores('experimental-features = nix-command\n');
+    const id = String(process.hrtime.bigint());
+    const env = { TMPDIR: t.root };
+    const drv = (attr: string) => t.instantiate('check.nix', ['-A', attr, '--argstr', 'checkBuildId', id], env);
+    const nondet = /-nondeterministic$/;
+    const kept: string[] = [];
+    /** The build directory each side's builder reported, and whether it is still there. */
+    const buildDirs = (r: { nix: { stderr: string }; ours: { stderr: string } }, keptThere: boolean) => {
+      for (const side of sides) {
+        const dir = /CHECK_TMPDIR=(.*)/.exec(r[side].stderr)![1]!;
+        const there = existsSync(`${dir}/checkBuildId`) && readFileSync(`${dir}/checkBuildId`, 'utf8').trim() === id;
+        expect(there, `${side}: ${dir}`).toBe(keptThere);
+        if (there) kept.push(dir);
+      }
+    };
+    try {
+      const failed = drv('failed');
+      buildDirs(await step(t, failed, 100), false);
+      buildDirs(await step(t, [...failed, '--keep-failed'], 100), true);
+      const det = drv('deterministic');
+      buildDirs(await step(t, det, 0), false);
+      const detCheck = await step(t, [...det, '--check', '--keep-failed'], 0);
+      expect(detCheck.ours.stderr).not.toContain('may not be deterministic');
+      buildDirs(detCheck, false);
+      const nd = drv('nondeterministic');
+      buildDirs(await step(t, nd, 0, { differ: nondet }), false);
+      const ndCheck = await step(t, [...nd, '--check'], 104, { differ: nondet });
+      expect(ndCheck.ours.stderr).toContain('may not be deterministic');
+      buildDirs(ndCheck, false);
+      buildDirs(await step(t, [...nd, '--check', '--keep-failed'], 104, { differ: nondet }), true);
+
+      t.clear();
+      const repeat = await step(t, [...drv('nondeterministic'), '--repeat', '1'], 1, { differ: nondet });
+      expect(repeat.ours.stderr).toContain('differs from previous round');
+
+      // A fixed output changed behind the store's back: --check compares with the registered hash and leaves it; --repair fetches it again.
+      const fetchurl = drv('fetchurl');
+      const { nix: f } = await step(t, fetchurl, 0);
+      const path = f.stdout.trim();
+      for (const side of sides) {
+        t.use(side);
+        chmodSync(path, 0o644);
+        writeFileSync(path, 'foo\n');
+        chmodSync(path, 0o444);
+      }
+      await step(t, [...fetchurl, '--check'], 0);
+      for (const side of sides) expect(t.read(side, path)).toBe('foo\n');
+      await step(t, [...fetchurl, '--repair'], 0);
+      for (const side of sides) expect(t.read(side, path)).not.toBe('foo\n');
+
+      writeFileSync(`${t.root}/dummy`, 'Hello World\n');
+      const mismatch = drv('hashmismatch');
+      await step(t, mismatch, 102);
+      writeFileSync(`${t.root}/dummy`, '');
+      await step(t, mismatch, 0);
+      writeFileSync(`${t.root}/dummy`, 'Hello World\n');
+      await step(t, [...mismatch, '--check'], 102);
+
+      await step(t, drv('nondeterministic'), 0, { differ: nondet });
+      await step(t, [...drv('nondeterministic'), ...mismatch, '--check', '--keep-going'], 110, { differ: nondet });
+    } finally {
+      for (const dir of kept) rmSync(dir, { recursive: true, force: true });
+    }
+  }, 180_000);
+});
