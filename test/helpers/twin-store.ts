@@ -56,9 +56,10 @@ export class TwinStores {
     this.env = {
       NIX_REMOTE: '',
       NIX_USER_CONF_FILES: '/dev/null',
+      // As Nix's tests/init.sh writes nix.conf (keep-derivations = false), plus ca-derivations.
       // Nix polls a lock it waits for every build-poll-interval seconds (5 by default; realise is woken by its
       // release): 1 keeps the concurrent tests short.
-      NIX_CONFIG: `experimental-features = nix-command ca-derivations\nbuild-users-group =\nsubstituters =\nsandbox = false\nbuild-poll-interval = 1\n${extraConfig}`,
+      NIX_CONFIG: `experimental-features = nix-command ca-derivations\nbuild-users-group =\nkeep-derivations = false\nsubstituters =\nsandbox = false\nbuild-poll-interval = 1\n${extraConfig}`,
       IMPURE_VAR1: 'foo',
       IMPURE_VAR2: 'bar',
       _NIX_TEST_SHARED: this.shared,

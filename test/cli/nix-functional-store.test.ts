@@ -1,0 +1,152 @@
+/**
+ * Nix 2.8's functional tests of the store's own operations and the built-in fetcher
+ * (test/fixtures/nix-tests: gc.sh, optimise-store.sh, fetchurl.sh), run with real Nix (`nix-store --gc`,
+ * `--delete`, `--optimise`, `--realise`) and with realise (`realise gc`, `realise store optimise`,
+ * `realise build`) on twin stores (test/helpers/twin-store.ts).
+ */
+import { execFileSync } from 'node:child_process';
+import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { nixOk, runNix } from '../helpers/nix.js';
+import { keyLines, step, TwinStores, type Side } from '../helpers/twin-store.js';
+
+const sides: Side[] = ['nix', 'ours'];
+
+/** `nix-store ARGS` and `realise ARGS` on both stores, Nix first. */
+async function both(t: TwinStores, nix: string[], ours: string[]) {
+  const n = await t.command('nix', ['nix-store', ...nix], ours);
+  const o = await t.command('ours', ['nix-store', ...nix], ours);
+  return { nix: n, ours: o };
+}
+
+describe.skipIf(!nixOk())('Nix 2.8 functional tests (store operations): realise vs nix-store on twin stores', () => {
+  it('gc.sh: roots, --print-roots/--print-live/--print-dead, --delete of live paths refused, collections with and without the root', async () => {
+    const t = new TwinStores();
+    const [drv] = t.instantiate('dependencies.nix');
+    const { nix: built } = await step(t, [drv!], 0);
+    const out = built.stdout.trim();
+    const gcroot = (side: Side) => `${t.root}/${side}/state/gcroots/foo`;
+    for (const side of sides) symlinkSync(out, gcroot(side));
+
+    const roots = await both(t, ['--gc', '--print-roots'], ['gc', '--print-roots']);
+    for (const side of sides) expect(roots[side].stdout).toBe(`${gcroot(side)} -> ${out}\n`);
+    const live = await both(t, ['--gc', '--print-live'], ['gc', '--print-live']);
+    expect(live.ours.stdout).toBe(live.nix.stdout);
+    expect(live.nix.stdout).toContain(out);
+    const dead = await both(t, ['--gc', '--print-dead'], ['gc', '--print-dead']);
+    expect(dead.ours.stdout).toBe(dead.nix.stdout);
+    expect(dead.nix.stdout).toContain(drv);
+    expect(dead.nix.stdout).not.toMatch(new RegExp(`${out}$`, 'm'));
+
+    const inUse = runNix('readlink', [`${(t.use('nix'), out)}/reference-to-input-2`]).stdout.trim();
+    for (const p of [inUse, out]) {
+      const del = await both(t, ['--delete', p], ['gc', '--delete', p]);
+      for (const side of sides) expect(del[side].status, del[side].stderr).toBe(1);
+      expect(keyLines(del.ours.stderr)).toEqual(keyLines(del.nix.stderr));
+      for (const side of sides) expect((t.use(side), existsSync(p))).toBe(true);
+    }
+
+    let locks = 0;
+    for (const side of sides) {
+      t.use(side);
+      for (const name of readdirSync(t.storeDir)) {
+        if (name === '.links') continue;
+        if (side === 'nix') locks++;
+        writeFileSync(`${t.storeDir}/${name}.lock`, '');
+        writeFileSync(`${t.storeDir}/${name}.chroot`, '');
+      }
+    }
+    const listing = (side: Side) => (t.use(side), readdirSync(t.storeDir).sort());
+    const deleted = (stdout: string) => Number(/^(\d+) store paths deleted, /.exec(stdout)?.[1]);
+    // Opening our store removes the lock files nobody holds (docs/store.md): Nix's collection deletes them.
+    const collect = async (lockFiles: number) => {
+      const r = await both(t, ['--gc'], ['gc']);
+      for (const side of sides) expect(r[side].status, r[side].stderr).toBe(0);
+      expect(deleted(r.ours.stdout)).toBe(deleted(r.nix.stdout) - lockFiles);
+      expect(listing('ours')).toEqual(listing('nix'));
+      expect(t.rows('ours')).toEqual(t.rows('nix'));
+    };
+    await collect(locks);
+    for (const side of sides) {
+      expect(t.read(side, `${out}/foobar`)).toBe('FOOBAR\n');
+      expect(t.read(side, `${out}/reference-to-input-2/bar`)).toBe('BAR\n');
+      expect(existsSync(drv!)).toBe(false);
+    }
+    for (const side of sides) execFileSync('rm', [gcroot(side)]);
+    await collect(0);
+    for (const side of sides) expect(listing(side)).toEqual(['.links']);
+  }, 120_000);
+
+  it('optimise-store.sh: auto-optimise-store links equal files at build time, optimise links the rest, a collection empties .links', async () => {
+    const t = new TwinStores();
+    const expr = (n: number) =>
+      `with import ./config.nix; mkDerivation { name = "foo${n}"; builder = builtins.toFile "builder" "mkdir $out; echo hello > $out/foo"; }`;
+    const auto = ['--option', 'auto-optimise-store', 'true'];
+    const { nix: b1 } = await step(t, [...t.instantiateExpr(expr(1)), ...auto], 0);
+    const { nix: b2 } = await step(t, [...t.instantiateExpr(expr(2)), ...auto], 0);
+    const { nix: b3 } = await step(t, t.instantiateExpr(expr(3)), 0);
+    const [o1, o2, o3] = [b1, b2, b3].map((b) => `${b.stdout.trim()}/foo`);
+    const st = (side: Side, p: string) => (t.use(side), statSync(p));
+    for (const side of sides) {
+      expect(st(side, o1!).ino).toBe(st(side, o2!).ino);
+      expect(st(side, o1!).nlink).toBe(3);
+      expect(st(side, o3!).ino).not.toBe(st(side, o1!).ino);
+    }
+    const opt = await both(t, ['--optimise'], ['store', 'optimise']);
+    for (const side of sides) expect(opt[side].status, opt[side].stderr).toBe(0);
+    expect(opt.ours.stderr).toBe(opt.nix.stderr);
+    for (const side of sides) expect(st(side, o3!).ino).toBe(st(side, o1!).ino);
+    const gc = await both(t, ['--gc'], ['gc']);
+    expect(gc.ours.stdout).toBe(gc.nix.stdout);
+    for (const side of sides) expect((t.use(side), readdirSync(`${t.storeDir}/.links`))).toEqual([]);
+  }, 120_000);
+
+  it('fetchurl.sh: builtin:fetchurl of a file:// URL (sha256 base-32, sha512 base-64, SRI), not fetched again once valid, a NAR and an xz NAR unpacked', async () => {
+    const t = new TwinStores();
+    writeFileSync(`${t.tests}/fetchurl-expr.nix`, 'import <nix/fetchurl.nix>\n');
+    const script = `${t.tests}/fetchurl.sh`;
+    const fetch = async (args: string[], extra: string[] = []) => {
+      const { nix } = await step(t, [...t.instantiate('fetchurl-expr.nix', args), ...extra], 0);
+      return nix.stdout.trim();
+    };
+    const nixHash = (args: string[]) => runNix('nix', args, { env: t.env }).stdout.trim();
+    const sha256 = runNix('nix-hash', ['--flat', '--type', 'sha256', script]).stdout.trim();
+    const out = await fetch(['--argstr', 'url', `file://${script}`, '--argstr', 'sha256', sha256]);
+    for (const side of sides) expect(t.read(side, out)).toBe(readFileSync(script, 'utf8'));
+    expect(await fetch(['--argstr', 'url', 'file:///does-not-exist/must-remain-unused/fetchurl.sh', '--argstr', 'sha256', sha256])).toBe(out);
+
+    for (const args of [
+      ['--argstr', 'sha512', nixHash(['hash', 'file', '--type', 'sha512', '--base64', script])],
+      ['--argstr', 'hash', nixHash(['hash', 'file', script])],
+    ]) {
+      t.clear();
+      const p = await fetch(['--argstr', 'url', `file://${script}`, ...args]);
+      for (const side of sides) expect(t.read(side, p)).toBe(readFileSync(script, 'utf8'));
+    }
+
+    // A NAR, and the same compressed with xz, unpacked.
+    const archive = `${t.root}/archive`;
+    mkdirSync(archive);
+    cpSync(script, `${archive}/fetchurl.sh`);
+    chmodSync(`${archive}/fetchurl.sh`, 0o755);
+    symlinkSync('foo', `${archive}/symlink`);
+    const nar = `${t.root}/archive.nar`;
+    writeFileSync(nar, execFileSync('nix-store', ['--dump', archive]));
+    const narHash = runNix('nix-hash', ['--flat', '--type', 'sha256', nar]).stdout.trim();
+    const unpack = ['--argstr', 'sha256', narHash, '--arg', 'unpack', 'true', '--argstr', 'name', 'xyzzy'];
+    const unpacked = await fetch(['--argstr', 'url', `file://${nar}`, ...unpack]);
+    expect(unpacked).toMatch(/-xyzzy$/);
+    const check = () => {
+      for (const side of sides) {
+        t.use(side);
+        expect(statSync(`${unpacked}/fetchurl.sh`).mode & 0o111).toBe(0o111);
+        expect(runNix('readlink', [`${unpacked}/symlink`]).stdout.trim()).toBe('foo');
+      }
+    };
+    check();
+    await step(t, ['--delete'], 0, { run: (side) => t.command(side, ['nix-store', '--delete', unpacked], ['gc', '--delete', unpacked]) });
+    execFileSync('xz', ['--keep', nar]);
+    expect(await fetch(['--argstr', 'url', `file://${nar}.xz`, ...unpack])).toBe(unpacked);
+    check();
+  }, 120_000);
+});
