@@ -59,7 +59,7 @@ export class ProgressDisplay {
       if (e.level === 'info') info(e.message);
       else this.line(e.level === 'plain' ? e.message : (e.level === 'error' ? formatError(e.message) : formatWarning(e.message)).trimEnd());
     };
-    const onSubst = (e: { path: string; substituter: string }) => info(`copying path '${e.path}' from '${e.substituter}'...`);
+    const onSubst = (e: { path: string; substituter: string; from?: string }) => info(`copying path '${e.from ?? e.path}' from '${e.substituter}'...`);
     // Shown even with --quiet, as Nix logs it at warning level.
     const onWaiting = (e: { lockedPaths: readonly string[] }) => this.line(`waiting for lock on ${e.lockedPaths.map((p) => `'${p}'`).join(', ')}...`);
     const onResolved = (e: { drvPath: string; resolvedPath: string }) => info(`resolved derivation: '${e.drvPath}' -> '${e.resolvedPath}'...`);

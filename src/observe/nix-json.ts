@@ -215,7 +215,11 @@ export class NixJsonLog {
     on('substitution-started', (e) => {
       this.ensureTop();
       const sub = this.start(ActivityType.Substitute, LogLevel.Error, '', [e.path, e.substituter]);
-      const copy = this.start(ActivityType.CopyPath, LogLevel.Info, `copying path '${e.path}' from '${e.substituter}'`, [e.path, e.substituter, this.storeUri]);
+      const copy = this.start(ActivityType.CopyPath, LogLevel.Info, `copying path '${e.from ?? e.path}' from '${e.substituter}'`, [
+        e.from ?? e.path,
+        e.substituter,
+        this.storeUri,
+      ]);
       this.substitutions.set(e.path, [sub, copy]);
     });
     on('substitution-finished', (e) => {

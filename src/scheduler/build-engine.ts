@@ -136,12 +136,13 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       emit: this.emitSafely,
       substitutionSlot: (fn) => this.substQueue.add(fn) as Promise<Awaited<ReturnType<typeof fn>>>,
       queryPathInfosCached: (sub, paths, signal) => this.queryInfos(sub, paths, signal),
-      fetchPath: async (sub, info, signal, repair) => {
+      fetchPath: async (sub, info, signal, repair, as) => {
         const p = this.progressTracker;
         let last = 0;
         await substitutePath(store, sub, info, {
           signal,
           repair,
+          as,
           onTransfer: this.transferListener(sub),
           onProgress: (done) => {
             p.download.done += done - last;

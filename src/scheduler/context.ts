@@ -24,7 +24,7 @@ export interface EngineContext {
   substitutionSlot<T>(fn: () => Promise<T>): Promise<T>;
   queryPathInfosCached(sub: Substituter, paths: StorePath[], signal: AbortSignal): Promise<Map<StorePath, SubstitutablePathInfo>>;
   /** Fetch a path from a substituter into the store (verifies signature, hash, size; registers atomically). */
-  fetchPath(sub: Substituter, info: SubstitutablePathInfo, signal: AbortSignal, repair: boolean): Promise<void>;
+  fetchPath(sub: Substituter, info: SubstitutablePathInfo, signal: AbortSignal, repair: boolean, as?: StorePath): Promise<void>;
   /** Whether the caller handed us this derivation (buildDerivation), so it need not be in the store. */
   isProvidedDrv(drvPath: StorePath): boolean;
   /** Load (and cache) a derivation. */

@@ -155,7 +155,10 @@ async function trySubstitutes(
     w.warn('do not know how to query for unknown floating content-addressed derivation output yet');
     return { statuses, retry: false };
   }
-  const outcomes = await goal.blocked(Promise.all(missing.map((s) => w.substitutionGoal(s.path!, mode === 'repair'))));
+  // As Nix's getDerivationCA: a fixed output `out` is asked for by its content.
+  const out = view.outputs.get('out');
+  const ca = out?.type === 'fixed' ? { method: out.method, hash: out.hash } : undefined;
+  const outcomes = await goal.blocked(Promise.all(missing.map((s) => w.substitutionGoal(s.path!, mode === 'repair', 0, ca))));
   w.signal.throwIfAborted();
   const failed = outcomes.filter((o) => !substitutionSucceeded(o));
   const noSubs = failed.filter((o) => o.kind === 'no-substituters').length;

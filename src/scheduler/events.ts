@@ -93,7 +93,11 @@ export interface EventPayloads {
    */
   'remote-log': { drvPath: StorePath; machine: string; event: RemoteLogEvent };
   /** `narUrl`: where the NAR is fetched from (the substituter's URI and the narinfo's URL). */
-  'substitution-started': { path: StorePath; substituter: string; narUrl?: string };
+  /**
+   * `from`: the path as the substituter has it, when that is another one (a fixed output served by its
+   * content address from a cache of another store directory); Nix's "copying path" names that one.
+   */
+  'substitution-started': { path: StorePath; substituter: string; narUrl?: string; from?: StorePath };
   'substitution-finished': { path: StorePath; substituter?: string; ok: boolean; error?: string };
   /**
    * A derivation whose inputs include floating content-addressed outputs (or, with `ca-derivations`, any

@@ -4,8 +4,9 @@
  * goal is an object holding its path and its outcome; its work is straight-line async code (`substitute`).
  */
 import { RealiseError, shortMessageOf } from '../store/errors.js';
-import type { StorePath } from '../store/store-path.js';
-import { checkTrust, SubstituterError } from '../substituter/substituter.js';
+import { makeFixedOutputPath, storePathName, type FileIngestionMethod, type StorePath } from '../store/store-path.js';
+import type { Hash } from '../store/hash.js';
+import { checkTrust, contentAddressedAs, SubstituterError, type SubstitutablePathInfo, type Substituter } from '../substituter/substituter.js';
 import { failure, stoppedResult, success, type BuildResult } from './results.js';
 import type { Worker } from './worker.js';
 
@@ -18,6 +19,12 @@ export type SubstitutionOutcome =
   | { readonly kind: 'incomplete-closure'; readonly message: string }
   /** A substituter had the path but fetching it failed (a real error). */
   | { readonly kind: 'failed'; readonly message: string };
+
+/** What a fixed output's content is (its derivation's `outputHash` and mode). */
+export interface FixedContent {
+  readonly method: FileIngestionMethod;
+  readonly hash: Hash;
+}
 
 export function substitutionSucceeded(o: SubstitutionOutcome): boolean {
   return o.kind === 'valid' || o.kind === 'substituted';
@@ -34,6 +41,8 @@ export class SubstitutionGoal {
     readonly repair: boolean,
     /** How many references away from what the caller asked for (Nix's rounds; see Worker.readyInNixOrder). */
     depth: number,
+    /** The content of a fixed output: what a cache of another store directory is asked for. */
+    private readonly ca?: FixedContent,
   ) {
     worker.ctx.emit('goal-created', { kind: 'substitution', path });
     this.outcome = this.run(depth);
@@ -45,7 +54,7 @@ export class SubstitutionGoal {
     let outcome: SubstitutionOutcome;
     let stopped = false;
     try {
-      outcome = await substitute(w, path, this.repair, depth);
+      outcome = await substitute(w, path, this.repair, depth, this.ca);
     } catch (e) {
       stopped = w.signal.aborted;
       outcome = { kind: 'failed', message: stopped ? `substitution of '${path}' was stopped` : e instanceof Error ? e.message : String(e) };
@@ -64,7 +73,37 @@ function resultOf(o: SubstitutionOutcome, stopped: boolean, path: StorePath): Bu
   return stopped ? stoppedResult(`substitution of '${path}'`) : failure('misc-failure', o.message);
 }
 
-async function substitute(w: Worker, path: StorePath, repair: boolean, depth: number): Promise<SubstitutionOutcome> {
+/**
+ * The path to ask `sub` for (Nix's PathSubstitutionGoal::tryNext): for a fixed output, the path of its
+ * content in the substituter's store directory; otherwise the path itself, or nothing when the
+ * substituter is for another store directory.
+ */
+function pathToAsk(sub: Substituter, storeDir: string, path: StorePath, ca: FixedContent | undefined): StorePath | undefined {
+  if (ca) return makeFixedOutputPath(ca.method, ca.hash, storePathName(path), { storeDir: sub.storeDir });
+  return sub.storeDir === storeDir ? path : undefined;
+}
+
+/** What `sub` has for `path`; `error`: a lookup that failed (a real failure without `fallback`). */
+async function lookUp(w: Worker, sub: Substituter, path: StorePath, ca: FixedContent | undefined): Promise<{ info?: SubstitutablePathInfo; error?: string }> {
+  const { storeDir } = w.ctx.store;
+  const asked = pathToAsk(sub, storeDir, path, ca);
+  if (!asked) return {};
+  let info;
+  try {
+    info = (await w.ctx.queryPathInfosCached(sub, [asked], w.signal)).get(asked);
+  } catch (e) {
+    // Nix logs the error (and, without --fallback, gives up: a real failure here).
+    w.ctx.emit('warning', { message: shortMessageOf(e), level: 'error' });
+    return w.ctx.options.fallback ? {} : { error: `substituter '${sub.uri}': ${(e as Error).message}` };
+  }
+  if (info && info.path !== path && !contentAddressedAs(info, sub.storeDir, path, storeDir)) {
+    w.ctx.emit('warning', { message: `asked '${sub.uri}' for '${path}' but got '${info.path}'`, level: 'error' });
+    return {};
+  }
+  return { info };
+}
+
+async function substitute(w: Worker, path: StorePath, repair: boolean, depth: number, ca?: FixedContent): Promise<SubstitutionOutcome> {
   const { store } = w.ctx;
   await store.addTempRoot?.(path);
   if (!repair && (await store.isValidPath(path))) return { kind: 'valid' };
@@ -77,15 +116,8 @@ async function substitute(w: Worker, path: StorePath, repair: boolean, depth: nu
   let realError: string | undefined;
   for (const sub of subs) {
     w.signal.throwIfAborted();
-    let info;
-    try {
-      info = (await w.ctx.queryPathInfosCached(sub, [path], w.signal)).get(path);
-    } catch (e) {
-      // Nix logs the error (and, without --fallback, gives up: a real failure here).
-      w.ctx.emit('warning', { message: shortMessageOf(e), level: 'error' });
-      if (!w.ctx.options.fallback) realError = `substituter '${sub.uri}': ${(e as Error).message}`;
-      continue;
-    }
+    const { info, error } = await lookUp(w, sub, path, ca);
+    if (error) realError = error;
     if (!info) continue;
     // Goals whose lookups end together go on (warn, ask for their references) in Nix's goal order.
     await w.readyInNixOrder(path, depth);
@@ -123,10 +155,15 @@ async function substitute(w: Worker, path: StorePath, repair: boolean, depth: nu
         progress.download.expected += info.downloadSize;
         progress.nar.expected += info.narSize;
         const running = progress.running('substitutions');
-        w.ctx.emit('substitution-started', { path, substituter: sub.uri, narUrl: `${sub.uri.replace(/\/+$/, '')}/${info.url}` });
+        w.ctx.emit('substitution-started', {
+          path,
+          substituter: sub.uri,
+          narUrl: `${sub.uri.replace(/\/+$/, '')}/${info.url}`,
+          ...(info.path !== path ? { from: info.path } : {}),
+        });
         let fetched = false;
         try {
-          await w.ctx.fetchPath(sub, info, w.signal, repair);
+          await w.ctx.fetchPath(sub, info, w.signal, repair, path);
           fetched = true;
         } finally {
           // A fetch cut short by a stop is not a failed substitution.

@@ -10,7 +10,7 @@ import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
 import { covers, DerivationGoal } from './derivation-goal.js';
 import { type BuildResult, isSuccess, failure, stoppedResult } from './results.js';
-import { SubstitutionGoal, type SubstitutionOutcome } from './substitution-goal.js';
+import { SubstitutionGoal, type FixedContent, type SubstitutionOutcome } from './substitution-goal.js';
 import { RealiseError } from '../store/errors.js';
 import { BuildSetupError, GoalStopped } from './errors.js';
 import { pathContentsGood } from './verify.js';
@@ -255,13 +255,14 @@ export class Worker {
 
   /**
    * The outcome of the one substitution goal of `path` in this call. `depth`: how many references away
-   * from what the caller asked for (Nix's rounds; see readyInNixOrder).
+   * from what the caller asked for (Nix's rounds; see readyInNixOrder). `ca`: the content of a fixed
+   * output (Nix's getDerivationCA), by which a cache of another store directory can serve it.
    */
-  substitutionGoal(path: StorePath, repair = false, depth = 0): Promise<SubstitutionOutcome> {
+  substitutionGoal(path: StorePath, repair = false, depth = 0, ca?: FixedContent): Promise<SubstitutionOutcome> {
     const key = substitutionKey(path, repair);
     let goal = this.substGoals.get(key);
     if (!goal) {
-      goal = new SubstitutionGoal(this, path, repair, depth);
+      goal = new SubstitutionGoal(this, path, repair, depth, ca);
       this.substGoals.set(key, goal);
     }
     return goal.outcome;

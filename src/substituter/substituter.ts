@@ -117,6 +117,20 @@ export interface SubstituteOptions extends FetchNarOptions {
   readonly requireSigs?: boolean | undefined;
   /** Replace the contents of a path that is already valid. */
   readonly repair?: boolean | undefined;
+  /**
+   * The path to register it as, when it is not `info.path`: a content-addressed path without references
+   * served by a cache of another store directory (see `contentAddressedAs`). @default info.path
+   */
+  readonly as?: StorePath | undefined;
+}
+
+/**
+ * Whether `info` (a path of `subStoreDir`) may be registered as `target` (a path of `storeDir`), as Nix's
+ * PathSubstitutionGoal takes a content-addressed path from a cache of another store directory: it has no
+ * references, and its content address proves both paths.
+ */
+export function contentAddressedAs(info: PathInfo, subStoreDir: string, target: StorePath, storeDir: string): boolean {
+  return info.references.length === 0 && caProvesPath(info, subStoreDir) && caProvesPath({ ...info, path: target }, storeDir);
 }
 
 /** Why a path info is acceptable without a signature: its content address proves its path. */
@@ -335,22 +349,29 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
   const { signal } = opts;
   const fail: Fail = (code, message, extra = {}) => new SubstituterError(code, message, { ...extra, uri: sub.uri, path: info.path });
   if (signal?.aborted) throw fail('aborted', `substitution of '${info.path}' was cancelled`, { cause: signal.reason });
-  if (sub.storeDir !== store.storeDir) {
-    throw fail('store', `cannot substitute '${info.path}' from '${sub.uri}': the cache is for store '${sub.storeDir}', the store is '${store.storeDir}'`);
+  const target = opts.as ?? info.path;
+  if ((sub.storeDir !== store.storeDir || target !== info.path) && !contentAddressedAs(info, sub.storeDir, target, store.storeDir)) {
+    throw fail(
+      'store',
+      sub.storeDir !== store.storeDir
+        ? `cannot substitute '${info.path}' from '${sub.uri}': the cache is for store '${sub.storeDir}', the store is '${store.storeDir}'`
+        : `asked '${sub.uri}' for '${target}' but got '${info.path}'`,
+    );
   }
-  if (!opts.repair && (await store.isValidPath(info.path))) {
-    const existing = await store.queryPathInfo(info.path);
+  if (!opts.repair && (await store.isValidPath(target))) {
+    const existing = await store.queryPathInfo(target);
     if (existing) return existing;
   }
   checkTrust(sub, info, opts);
   await requireValidReferences(store, info, fail);
   const ca = contentAddressCheck(sub, info, fail);
   const toRegister: PathInfo = {
-    path: info.path,
+    path: target,
     narHash: info.narHash,
     narSize: info.narSize,
     references: info.references,
-    deriver: info.deriver,
+    // (Re-rooted in this store's directory, as Nix keeps the deriver's name.)
+    deriver: info.deriver && target !== info.path ? `${store.storeDir}/${info.deriver.slice(sub.storeDir.length + 1)}` : info.deriver,
     sigs: info.sigs,
     ca: info.ca,
     ultimate: false,

@@ -101,7 +101,7 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (store operations): realise 
     for (const side of sides) expect((t.use(side), readdirSync(`${t.storeDir}/.links`))).toEqual([]);
   }, 120_000);
 
-  it('fetchurl.sh: builtin:fetchurl of a file:// URL (sha256 base-32, sha512 base-64, SRI), not fetched again once valid, a NAR and an xz NAR unpacked', async () => {
+  it('fetchurl.sh: builtin:fetchurl of a file:// URL (sha256 base-32, sha512 base-64, SRI), not fetched again once valid, from a cache of another store directory, a NAR and an xz NAR unpacked', async () => {
     const t = new TwinStores();
     writeFileSync(`${t.tests}/fetchurl-expr.nix`, 'import <nix/fetchurl.nix>\n');
     const script = `${t.tests}/fetchurl.sh`;
@@ -123,6 +123,15 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (store operations): realise 
       const p = await fetch(['--argstr', 'url', `file://${script}`, ...args]);
       for (const side of sides) expect(t.read(side, p)).toBe(readFileSync(script, 'utf8'));
     }
+
+    // A binary cache whose store directory is another one: the fixed output is substituted by its content address.
+    t.clear();
+    const cache = `file://${t.root}/other_store?store=/fnord/store`;
+    runNix('nix', ['--store', cache, 'store', 'add-file', script], { env: t.env });
+    const base16 = nixHash(['hash', 'file', '--type', 'sha256', '--base16', script]);
+    const url = ['--argstr', 'url', 'file:///no-such-dir/fetchurl.sh'];
+    await fetch([...url, '--argstr', 'sha256', base16], ['--option', 'substituters', cache]);
+    await fetch([...url, '--argstr', 'hash', nixHash(['hash', 'to-sri', '--type', 'sha256', base16])], ['--option', 'substituters', cache]);
 
     // A NAR, and the same compressed with xz, unpacked.
     const archive = `${t.root}/archive`;

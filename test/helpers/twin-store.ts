@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
-import { expect } from 'vitest';
+import { expect, onTestFinished } from 'vitest';
 import { lockFiles } from '../../src/store/locks.js';
 import { nixEnv, removeTreeSync, runNix, tempDir, type NixRunResult } from './nix.js';
 import { realiseInProcess } from './cli.js';
@@ -49,7 +49,9 @@ export class TwinStores {
   /** Environment for every command of both sides (as Nix's common.sh sets it). */
   readonly env: Record<string, string>;
 
+  /** Made in a test: everything is removed when the test ends. */
   constructor(extraConfig = '') {
+    onTestFinished(() => removeTreeSync(this.root));
     cpSync(NIX_TESTS, this.tests, { recursive: true });
     writeFileSync(path.join(this.tests, 'config.nix'), configNix());
     writeFileSync(path.join(this.tests, 'ca', 'config.nix'), configNix());
@@ -223,7 +225,12 @@ export function keyLines(stderr: string): string[] {
   for (const l of stderr.split('\n')) {
     if (l.startsWith('error: ')) inError = true;
     else if (!l.startsWith(' ')) inError = false;
-    if (inError || /^(building '|checking outputs of '|resolved derivation: |running post-build-hook |post-build-hook: |waiting for lock on )/.test(l))
+    if (
+      inError ||
+      /^(building '|checking outputs of '|repairing outputs of '|copying path '|resolved derivation: |running post-build-hook |post-build-hook: |waiting for lock on )/.test(
+        l,
+      )
+    )
       out.push(l);
   }
   return out;
