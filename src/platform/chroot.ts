@@ -120,7 +120,7 @@ function ensureExitHook(): void {
 
 /**
  * Remove a directory tree off the critical path: it is renamed aside at once (so its name is free for
- * the next build) and deleted in the background, one tree at a time. Directory removal is the slowest
+ * the next build) and deleted in the background, one tree at a time; never throws (best effort). Directory removal is the slowest
  * part of a sandboxed build on ext4 mounted with `discard` (several ms per directory).
  */
 export function discardTree(p: string): void {
@@ -129,7 +129,12 @@ export function discardTree(p: string): void {
     fs.renameSync(p, aside);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-    removeTree(p);
+    try {
+      removeTree(p);
+    } catch {
+      // Left where it is (the store became unwritable, ...): a temporary tree, not worth failing for, as
+      // Nix ignores a chroot it cannot delete. Whoever needs its place says why it cannot have it.
+    }
     return;
   }
   ensureExitHook();

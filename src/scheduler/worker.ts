@@ -11,6 +11,7 @@ import type { EngineContext } from './context.js';
 import { covers, DerivationGoal } from './derivation-goal.js';
 import { type BuildResult, isSuccess, failure, stoppedResult } from './results.js';
 import { SubstitutionGoal, type FixedContent, type SubstitutionOutcome } from './substitution-goal.js';
+import { systemErrorMessage } from '../store/system-error.js';
 import { RealiseError } from '../store/errors.js';
 import { BuildSetupError, GoalStopped } from './errors.js';
 import { pathContentsGood } from './verify.js';
@@ -250,7 +251,8 @@ export class Worker {
   failureOf(e: unknown, path: StorePath): BuildResult {
     if (this.signal.aborted) return stoppedResult(`build of '${path}'`);
     if (e instanceof RealiseError) return failure('misc-failure', { message: e.shortMessage, hint: e.hint });
-    return failure('misc-failure', e instanceof Error ? e.message : String(e));
+    // A failed system call (the store became unwritable, the disk is full) in Nix's words, as its SysError.
+    return failure('misc-failure', systemErrorMessage(e) ?? (e instanceof Error ? e.message : String(e)));
   }
 
   /**

@@ -3,12 +3,13 @@
  * file, an unknown compression method, a cache directory that is a file. Side by side with `nix copy` /
  * `nix-store` where Nix has the same mistake. Also the errno → Nix wording used for them.
  */
-import { writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { chmodSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { systemErrorMessage } from '../../src/cli/report.js';
 import { realiseInProcess as realise } from '../helpers/cli.js';
-import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { AS_ROOT, nix, nixEnv, nixOk, removeTreeSync, runNix, tempDir } from '../helpers/nix.js';
 
 const lastLine = (s: string) => s.trimEnd().split('\n').pop();
 const noTrace = (s: string) => expect(s).not.toMatch(/^\s+at /m);
@@ -76,4 +77,53 @@ describe.skipIf(!nixOk())('user mistakes, realise vs Nix 2.8', () => {
     const o = await realise(['build', '--store', store, '--add-root', path.join(dir, 'o/sub/result'), p]);
     expect([o.status, o.stdout.replace('/o/', '/n/')]).toEqual([n.status, n.stdout]);
   });
+});
+
+/** Every directory above the checkout lets others in and its files are readable: another user can run it. */
+function checkoutUsableByOthers(bin: string): boolean {
+  for (let d = path.dirname(bin); d !== '/'; d = path.dirname(d)) if (!(statSync(d).mode & 0o001)) return false;
+  return !!(statSync(bin).mode & 0o004);
+}
+
+describe.skipIf(!nixOk())('an internal failure mid-build, realise vs Nix 2.8', () => {
+  const BIN = path.resolve(__dirname, '../../bin/realise.js');
+  // Root writes where it likes: as root, both run as nobody (when the checkout is readable by others).
+  const asNobody = AS_ROOT && checkoutUsableByOthers(BIN);
+  it.skipIf(AS_ROOT && !asNobody)(
+    "the store becoming unwritable while a build runs: Nix's one error line (the output's move into the store), exit 1, no trace",
+    () => {
+      const dir = tempDir('realise-unwritable-');
+      chmodSync(dir, 0o755);
+      writeFileSync(
+        path.join(dir, 'e.nix'),
+        'derivation { name = "unwritable"; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; }',
+      );
+      // Nix's pre-build-hook runs before the builder: here it takes the store's write permission away.
+      writeFileSync(path.join(dir, 'hook.sh'), '#!/bin/sh\nchmod 555 "$UNWRITABLE_STORE"\n', { mode: 0o755 });
+      if (asNobody) execFileSync('chown', ['-R', '65534:65534', dir]);
+      const as = asNobody ? { uid: 65534, gid: 65534 } : {};
+      const run = (cmd: string, args: string[], root: string) => {
+        const env = nixEnv({ HOME: dir, XDG_CACHE_HOME: path.join(dir, 'xdg'), UNWRITABLE_STORE: path.join(root, 'nix/store') });
+        const r = spawnSync(cmd, args, { env, encoding: 'utf8', cwd: dir, ...as });
+        return { status: r.status, stdout: r.stdout.trim(), stderr: r.stderr, errors: r.stderr.split('\n').filter((l) => l.startsWith('error: ')) };
+      };
+      const opts = ['--option', 'sandbox-paths', '/bin/sh=/bin/busybox /bin/busybox', '--option', 'pre-build-hook', path.join(dir, 'hook.sh')];
+      const [N, O] = [path.join(dir, 'N'), path.join(dir, 'O')];
+      try {
+        const d = run('nix-instantiate', ['--store', N, path.join(dir, 'e.nix')], N).stdout;
+        expect(run('nix-instantiate', ['--store', O, path.join(dir, 'e.nix')], O).stdout).toBe(d);
+        const n = run('nix-store', ['--store', N, '--realise', d, ...opts], N);
+        const o = run(process.execPath, [BIN, 'build', '--store', O, d, ...opts], O);
+        expect(n.status, n.stderr).toBe(1);
+        // Nix's own line for the chroot it could not delete is "error (ignored)": not an error of the run.
+        expect(n.errors).toHaveLength(1);
+        expect(n.errors[0]).toMatch(/^error: renaming '.*' to '.*': Permission denied$/);
+        expect([o.status, o.errors], o.stderr).toEqual([1, n.errors.map((l) => l.replaceAll(N, O))]);
+        noTrace(o.stderr);
+      } finally {
+        removeTreeSync(dir);
+      }
+    },
+    120_000,
+  );
 });

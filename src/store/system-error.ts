@@ -1,0 +1,50 @@
+/**
+ * A failed system call (Node's errno error: `code`, `syscall`, `path`) in Nix's words, as its SysError
+ * prints one.
+ */
+/** glibc's strerror() where libuv's description differs from it by more than the first letter's case. */
+const STRERROR: Record<string, string> = {
+  EEXIST: 'File exists',
+  EISDIR: 'Is a directory',
+  ELOOP: 'Too many levels of symbolic links',
+  EXDEV: 'Invalid cross-device link',
+  EMFILE: 'Too many open files',
+  ENAMETOOLONG: 'File name too long',
+  ETXTBSY: 'Text file busy',
+  EBUSY: 'Device or resource busy',
+};
+
+/** What Nix says about the system call it was making (SysError's context) for Node's syscall names. */
+const SYSCALL: Record<string, (p: string, dest: string | undefined) => string> = {
+  open: (p) => `opening file '${p}'`,
+  read: (p) => `reading file '${p}'`,
+  write: (p) => `writing to file '${p}'`,
+  mkdir: (p) => `creating directory '${p}'`,
+  stat: (p) => `getting status of '${p}'`,
+  lstat: (p) => `getting status of '${p}'`,
+  scandir: (p) => `opening directory '${p}'`,
+  opendir: (p) => `opening directory '${p}'`,
+  unlink: (p) => `removing '${p}'`,
+  rmdir: (p) => `removing directory '${p}'`,
+  rename: (p, d) => `renaming '${p}' to '${d}'`,
+  readlink: (p) => `reading symbolic link '${p}'`,
+  symlink: (p, d) => `creating symlink from '${d}' to '${p}'`,
+  chmod: (p) => `changing mode of '${p}'`,
+  access: (p) => `checking access to '${p}'`,
+  connect: (p) => `cannot connect to socket at '${p}'`,
+};
+
+/**
+ * A failed system call (Node's errno error: `code`, `syscall`, `path`) in Nix's words, as its SysError
+ * prints one: `opening file '/x': No such file or directory`. Undefined for any other error.
+ */
+export function systemErrorMessage(e: unknown): string | undefined {
+  const err = e as NodeJS.ErrnoException & { dest?: string };
+  if (!(e instanceof Error) || typeof err.code !== 'string' || typeof err.syscall !== 'string' || typeof err.errno !== 'number') return undefined;
+  // libuv's description: the part of "CODE: description, syscall 'path'" between the code and the comma.
+  const described = /^[A-Z0-9_]+: (.*?), /.exec(err.message)?.[1] ?? err.code;
+  const reason = STRERROR[err.code] ?? described.charAt(0).toUpperCase() + described.slice(1);
+  const what = err.path !== undefined ? (SYSCALL[err.syscall]?.(err.path, err.dest) ?? `${err.syscall} '${err.path}'`) : err.syscall;
+  return `${what}: ${reason}`;
+}
+
