@@ -1,28 +1,88 @@
 #!/usr/bin/env node
-// The `realise` command. Runs the bundled CLI (dist/bundle/main.js, made by `npm run build`: one file for
-// Node to load) or else the compiled one (dist/cli/main.js) when it is newer than the sources, else the
-// TypeScript sources through tsx.
-import { existsSync, readdirSync, statSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+// The `realise` command. Runs the bundled CLI (dist/bundle/main.cjs, made by `npm run build`: one file for
+// Node to load, with V8's compiled code cached between runs, see runBundle) or else the compiled one
+// (dist/cli/main.js) when it is newer than the sources, else the TypeScript sources through tsx.
+// A CommonJS script (bin/package.json says so): Node starts it without its ES-module loader, which a
+// command run from the bundle never needs.
+'use strict';
+const { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } = require('node:fs');
+const { createRequire } = require('node:module');
+const { homedir } = require('node:os');
+const { dirname, join } = require('node:path');
+const { pathToFileURL } = require('node:url');
+const { Script } = require('node:vm');
 
-// Interrupts: while a build runs, the CLI turns SIGINT/SIGTERM/SIGHUP into cancellation (builders killed,
-// locks released, nothing half-registered): it sets `cancel` below for that window. Outside it (loading,
-// opening the store, before or after the build) nothing is in flight, so an interrupt ends the command at
-// once, as Nix ends: "error: interrupted by the user", exit status 1 (not a death by signal). Only this
-// handler decides: other listeners (execa's child clean-up registers some) never keep the process alive.
-const interrupts = { cancel: undefined };
-globalThis[Symbol.for('realise.cli.interrupts')] = interrupts;
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.on(sig, () => {
-    if (interrupts.cancel) return interrupts.cancel(sig);
-    process.stderr.write('error: interrupted by the user\n');
-    process.exit(1);
-  });
+/** The commands whose runs compile different parts of the bundle: each has its own code cache. */
+const COMMANDS = ['build', 'ensure', 'repair', 'path-info', 'copy', 'gc', 'store', 'report'];
+/** How many code caches the cache directory keeps (of every bundle and command); the oldest go first. */
+const KEEP_CACHES = 24;
+
+/**
+ * The file of V8's code cache for the bundle whose stat is `st` (identified by device, inode, size,
+ * modification and change times: a rebuilt or replaced bundle has another) and for this command line's
+ * command, in `$XDG_CACHE_HOME/realise` or `~/.cache/realise`.
+ */
+function codeCacheFile(st) {
+  const argv = process.argv.slice(2);
+  const quick = argv.some((a) => a === '--help' || a === '-h' || a === '--version');
+  const command = quick ? 'quick' : (COMMANDS.find((c) => argv.includes(c)) ?? 'other');
+  const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
+  return join(base, 'realise', `cli-v8-${st.dev}-${st.ino}-${st.size}-${st.mtimeNs}-${st.ctimeNs}-${command}.bin`);
 }
 
-const bundle = new URL('../dist/bundle/main.js', import.meta.url);
-const compiled = new URL('../dist/cli/main.js', import.meta.url);
-const src = fileURLToPath(new URL('../src', import.meta.url));
+/** Write `data` to `file` atomically (a private file renamed into place), then keep the newest caches only. */
+function saveCodeCache(file, data) {
+  const dir = dirname(file);
+  // Each missing directory from the root down, one mkdir each: a file system that answers mkdir strangely
+  // (procfs) fails here, where a recursive mkdirSync can loop for ever.
+  const missing = [];
+  for (let d = dir; !existsSync(d) && dirname(d) !== d; d = dirname(d)) missing.unshift(d);
+  for (const d of missing) mkdirSync(d, { mode: 0o755 });
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fd = openSync(tmp, 'w', 0o644);
+  try {
+    for (let off = 0; off < data.length;) off += writeSync(fd, data, off);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, file);
+  const caches = readdirSync(dir)
+    .filter((f) => f.startsWith('cli-v8-') && f.endsWith('.bin'))
+    .map((f) => ({ f, t: statSync(join(dir, f), { throwIfNoEntry: false })?.mtimeMs ?? 0 }))
+    .sort((a, b) => b.t - a.t);
+  for (const { f } of caches.slice(KEEP_CACHES)) unlinkSync(join(dir, f));
+}
+
+/**
+ * Run the CommonJS bundle `file` as Node runs a module, compiled by V8 from the code cache of an earlier run
+ * of the same bundle and command when there is one: V8 then neither parses nor compiles the functions that
+ * ran then. V8 itself rejects a cache made by another V8 version or with other flags. A command that found
+ * no usable cache writes one when the process exits, with every function compiled by then. A cache that
+ * cannot be read or written (a read-only or missing home) only costs the compile.
+ */
+function runBundle(file, st = statSync(file, { bigint: true })) {
+  const cacheFile = codeCacheFile(st);
+  let cachedData;
+  try {
+    cachedData = readFileSync(cacheFile);
+  } catch {
+    cachedData = undefined;
+  }
+  // The function Node wraps a CommonJS module's text in.
+  const text = `(function (exports, require, module, __filename, __dirname) { ${readFileSync(file, 'utf8')}\n})`;
+  const script = new Script(text, { filename: file, cachedData });
+  if (cachedData === undefined || script.cachedDataRejected) {
+    process.once('exit', () => {
+      try {
+        saveCodeCache(cacheFile, script.createCachedData());
+      } catch {
+        // No cache this time.
+      }
+    });
+  }
+  const module = { exports: {}, filename: file, id: file, loaded: false };
+  script.runInThisContext().call(module.exports, module.exports, createRequire(file), module, file, dirname(file));
+}
 
 function newestSource(dir) {
   let newest = 0;
@@ -33,18 +93,44 @@ function newestSource(dir) {
   return newest;
 }
 
-let sourcesTime;
-const fresh = (built) => {
-  if (!existsSync(built)) return false;
-  sourcesTime ??= existsSync(src) ? newestSource(src) : 0;
-  return statSync(built).mtimeMs >= sourcesTime;
-};
-if (fresh(bundle)) {
-  await import(bundle.href);
-} else if (fresh(compiled)) {
-  await import(compiled.href);
-} else {
-  const { register } = await import('tsx/esm/api');
-  register();
-  await import(new URL('../src/cli/main.ts', import.meta.url).href);
+function main() {
+  // Interrupts: while a build runs, the CLI turns SIGINT/SIGTERM/SIGHUP into cancellation (builders killed,
+  // locks released, nothing half-registered): it sets `cancel` below for that window. Outside it (loading,
+  // opening the store, before or after the build) nothing is in flight, so an interrupt ends the command at
+  // once, as Nix ends: "error: interrupted by the user", exit status 1 (not a death by signal). Only this
+  // handler decides: other listeners (execa's child clean-up registers some) never keep the process alive.
+  const interrupts = { cancel: undefined };
+  globalThis[Symbol.for('realise.cli.interrupts')] = interrupts;
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+    process.on(sig, () => {
+      if (interrupts.cancel) return interrupts.cancel(sig);
+      process.stderr.write('error: interrupted by the user\n');
+      process.exit(1);
+    });
+  }
+
+  const root = dirname(__dirname);
+  const src = join(root, 'src');
+  let sourcesTime;
+  /** The stat of `built` when it exists and no source is newer (an installed package has no src/), else undefined. */
+  const fresh = (built) => {
+    const st = statSync(built, { throwIfNoEntry: false, bigint: true });
+    if (!st) return undefined;
+    sourcesTime ??= existsSync(src) ? newestSource(src) : 0;
+    return Number(st.mtimeMs) >= sourcesTime ? st : undefined;
+  };
+  const bundle = join(root, 'dist', 'bundle', 'main.cjs');
+  const compiled = join(root, 'dist', 'cli', 'main.js');
+  const bundled = fresh(bundle);
+  if (bundled) runBundle(bundle, bundled);
+  else if (fresh(compiled)) void import(pathToFileURL(compiled).href);
+  else {
+    void import('tsx/esm/api').then(({ register }) => {
+      register();
+      return import(pathToFileURL(join(src, 'cli', 'main.ts')).href);
+    });
+  }
 }
+
+if (require.main === module) main();
+else module.exports = { runBundle };

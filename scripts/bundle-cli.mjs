@@ -1,17 +1,24 @@
-// Bundles the `realise` command (src/cli/main.ts and everything it imports from src/) into dist/bundle/
-// with esbuild, so that starting the command costs Node one file to resolve and compile instead of a
-// hundred modules. npm packages stay external (native addons must; the rest are loaded from
-// node_modules, most of them only when a command needs them). Code reached only through a dynamic
-// import() lands in its own chunk. The files of src/ that modules read beside themselves (worker-thread
-// scripts, C sources; found through `new URL('./x', import.meta.url)`) are copied next to the bundle. bin/realise.js runs
-// dist/bundle/main.js when it is newer than src/.
+// Bundles the `realise` command (src/cli/main.ts and everything it imports from src/) into one CommonJS
+// file, dist/bundle/main.cjs, with esbuild, so that starting the command costs Node one file to read and
+// compile instead of a hundred modules, and so that V8 can cache that file's compiled code between runs
+// (bin/realise.js runs it through `vm.Script` with a code cache; Node 20 has no compile cache for ES
+// modules). npm packages stay external (native addons must), and are required by the code that uses them,
+// when it first runs; except better-sqlite3's JavaScript, which every store command loads (eleven small
+// modules): it is bundled, and src/store/sqlite.ts gives it its native addon by path. Each of our modules is
+// wrapped in its own initialiser (esbuild's lazy ES-module wrappers), which runs when a module that imports
+// it statically runs, or when a dynamic import() of it is reached: a command initialises only what it uses.
+// `import()` of a package becomes a `require` (Node 20.19 requires ES-module packages), as a CommonJS
+// script run by `vm.Script` cannot import(). `import.meta.url` is the bundle's own URL: the files of src/
+// that modules read beside themselves (worker-thread scripts, C sources; found through
+// `new URL('./x', import.meta.url)`) are copied next to it. bin/realise.js runs dist/bundle/main.cjs when
+// it is newer than src/.
 //
 // Our modules are bundled as free of side effects (esbuild's `sideEffects: false`), so that a module is
-// part of a chunk only when something there uses one of its exports. A module whose import itself does the
+// part of the bundle only when something uses one of its exports. A module whose import itself does the
 // work (a registration, imported for that alone) is named in IMPORTED_FOR_EFFECT and keeps its side
 // effects. And the CLI's imports from the public surface (src/index.ts, a barrel of re-exports) are
-// bundled as imports from the modules that define each name: with code splitting, esbuild puts everything
-// a barrel re-exports in the chunk of the barrel, which every command chunk would then load.
+// bundled as imports from the modules that define each name, so that running a CLI module initialises the
+// modules it uses, not everything the barrel re-exports.
 //   node scripts/bundle-cli.mjs          (part of `npm run build` and `prepare`)
 //   node scripts/bundle-cli.mjs OUTDIR   (elsewhere; OUTDIR/meta.json is esbuild's metafile)
 import { build } from 'esbuild';
@@ -74,26 +81,39 @@ const sideEffectFree = {
     });
   },
 };
+/** The npm packages whose JavaScript is bundled; every other package stays external. */
+const BUNDLED_PACKAGES = new Set(['better-sqlite3']);
+const externalPackages = {
+  name: 'external-packages',
+  setup(b) {
+    b.onResolve({ filter: /^[^./]/ }, (a) => {
+      if (a.path.startsWith('node:') || BUNDLED_PACKAGES.has(a.path)) return undefined;
+      return { path: a.path, external: true };
+    });
+  },
+};
 const outdir = process.argv[2] ? path.resolve(process.argv[2]) : `${root}dist/bundle`;
 rmSync(outdir, { recursive: true, force: true });
 const result = await build({
   absWorkingDir: root,
   entryPoints: ['src/cli/main.ts'],
-  outdir,
+  outfile: path.join(outdir, 'main.cjs'),
   bundle: true,
-  splitting: true,
-  format: 'esm',
+  format: 'cjs',
   platform: 'node',
   target: 'node20',
-  packages: 'external',
+  supported: { 'dynamic-import': false },
+  define: { 'import.meta.url': '__bundleUrl' },
+  // Our modules are strict (ES modules), and so is better-sqlite3.
+  banner: { js: '"use strict"; var __bundleUrl = require("node:url").pathToFileURL(__filename).href;' },
   sourcemap: 'linked',
   minify: true,
   keepNames: true,
   logLevel: 'warning',
   metafile: Boolean(process.argv[2]),
-  plugins: [flattenPublicImports, sideEffectFree],
+  plugins: [flattenPublicImports, sideEffectFree, externalPackages],
 });
 if (process.argv[2]) writeFileSync(path.join(outdir, 'meta.json'), JSON.stringify(result.metafile));
 
-// The worker scripts and C sources, next to the chunks that name them relative to import.meta.url.
+// The worker scripts and C sources, next to the bundle, which names them relative to its own URL.
 copyAssets(outdir, ['.cjs', '.c'], { flat: true });

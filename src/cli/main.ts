@@ -9,4 +9,6 @@ import { quickAnswer } from './usage.js';
 for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
 
 const argv = process.argv.slice(2);
-process.exitCode = quickAnswer(argv) ?? (await (await import('./run.js')).main(argv));
+const quick = quickAnswer(argv);
+if (quick !== undefined) process.exitCode = quick;
+else void import('./run.js').then(async (m) => (process.exitCode = await m.main(argv)));

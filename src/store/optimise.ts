@@ -53,7 +53,9 @@ interface LinksModule {
   /** The inodes of `.links` (made if missing). */
   loadInodes(linksDir: string): Set<number>;
 }
-const links = createRequire(import.meta.url)('./optimise-links.cjs') as LinksModule;
+let linksModule: LinksModule | undefined;
+/** optimise-links.cjs, loaded by the first optimisation (a command that optimises nothing never loads it). */
+const links = (): LinksModule => (linksModule ??= createRequire(import.meta.url)('./optimise-links.cjs') as LinksModule);
 
 /** A batch's reply from optimise-thread.cjs. */
 interface BatchReply extends OptimiseStats {
@@ -94,7 +96,7 @@ export class StoreOptimiser {
     private readonly realStoreDir: string,
     onWarning: (m: string) => void = () => {},
   ) {
-    this.opt = new links.Optimiser(realStoreDir, new Set(), onWarning, true);
+    this.opt = new (links().Optimiser)(realStoreDir, new Set(), onWarning, true);
   }
 
   /** What the calls so far did. */
@@ -124,9 +126,9 @@ export class StoreOptimiser {
  * when `signal` aborts (what was linked stays linked).
  */
 export async function optimiseStorePaths(realStoreDir: string, realPaths: readonly string[], opts: OptimiseOptions = {}): Promise<OptimiseStats> {
-  const inodes = links.loadInodes(linksDirOf(realStoreDir));
+  const inodes = links().loadInodes(linksDirOf(realStoreDir));
   const warn = opts.onWarning ?? (() => {});
-  const here = new links.Optimiser(realStoreDir, inodes, warn, true);
+  const here = new (links().Optimiser)(realStoreDir, inodes, warn, true);
   const stats: OptimiseStats = { filesLinked: 0, bytesFreed: 0, blocksFreed: 0 };
   const workers = realPaths.length > IN_THREAD_MAX ? THREADS - 1 : 0;
   const threads = Array.from({ length: workers }, () => new ThreadTasks<BatchReply>(new URL('./optimise-thread.cjs', import.meta.url)));

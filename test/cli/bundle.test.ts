@@ -1,11 +1,13 @@
 /**
- * The bundled CLI (scripts/bundle-cli.mjs, what `npm run build` and `npm ci` make for bin/realise.js):
- * it runs, and its start-up loads no npm package a command may not need. Bundled here into a fresh
- * directory inside the checkout (so its external packages resolve from node_modules), not into dist/.
- * A sandboxed build from it compiles the sandbox helper from the C source copied beside the chunks.
+ * The bundled CLI (scripts/bundle-cli.mjs, what `npm run build` and `npm ci` make for bin/realise.js): one
+ * CommonJS file that runs, and whose start-up initialises no module and loads no npm package a command may
+ * not need. Bundled here into a fresh directory inside the checkout (so its external packages resolve from
+ * node_modules), not into dist/. A sandboxed build from it compiles the sandbox helper from the C source
+ * copied beside it.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { isBuiltin } from 'node:module';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nix, nixOk, removeTreeSync, tempDir } from '../helpers/nix.js';
@@ -13,6 +15,7 @@ import { nix, nixOk, removeTreeSync, tempDir } from '../helpers/nix.js';
 const ROOT = path.resolve(__dirname, '../..');
 
 interface Meta {
+  inputs: Record<string, { imports: { path: string; kind: string; external?: boolean }[] }>;
   outputs: Record<string, { imports: { path: string; kind: string; external?: boolean }[]; inputs: Record<string, { bytesInOutput: number }> }>;
 }
 
@@ -29,64 +32,128 @@ describe('the bundled CLI', () => {
   }, 120_000);
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  /** What loading a chunk loads: it and the chunks it imports statically, their npm packages and source modules. */
-  const staticClosure = (chunk: string): { packages: Set<string>; sources: Set<string> } => {
-    const seen = new Set<string>();
-    const packages = new Set<string>();
+  /**
+   * What running a module of the bundle initialises: it and the modules it imports statically, recursively
+   * (each of our modules is a lazy initialiser that runs those of its static imports; a dynamic import()
+   * runs when it is reached), among the modules the bundle holds; and the npm packages they import.
+   */
+  const staticClosure = (entry: string): { packages: Set<string>; sources: Set<string> } => {
+    const output = Object.values(meta.outputs).find((o) => 'src/cli/main.ts' in o.inputs)!;
+    const held = new Set(Object.keys(output.inputs).filter((k) => output.inputs[k]!.bytesInOutput > 0));
     const sources = new Set<string>();
-    const visit = (out: string): void => {
-      if (seen.has(out)) return;
-      seen.add(out);
-      for (const [src, { bytesInOutput }] of Object.entries(meta.outputs[out]!.inputs)) if (bytesInOutput > 0) sources.add(src);
-      for (const i of meta.outputs[out]!.imports) {
-        if (i.kind !== 'import-statement') continue;
-        if (i.path in meta.outputs) visit(i.path);
-        else if (!i.path.startsWith('node:')) packages.add(i.path);
+    const packages = new Set<string>();
+    const visit = (input: string): void => {
+      if (sources.has(input)) return;
+      sources.add(input);
+      for (const i of meta.inputs[input]!.imports) {
+        if (i.kind !== 'import-statement' && i.kind !== 'require-call') continue;
+        if (i.external) {
+          if (i.path !== '<runtime>' && !isBuiltin(i.path)) packages.add(i.path);
+        } else if (held.has(i.path)) visit(i.path);
       }
     };
-    visit(chunk);
+    visit(entry);
     return { packages, sources };
   };
-  const staticPackages = (chunk: string): Set<string> => staticClosure(chunk).packages;
-  const staticSources = (chunk: string): Set<string> => staticClosure(chunk).sources;
-  const chunk = (re: RegExp): string => Object.keys(meta.outputs).find((k) => re.test(path.basename(k)) && k.endsWith('.js'))!;
+  /** The npm package a bundled file is of (its path goes through node_modules), else undefined. */
+  const npmOf = (p: string) => /(?:^|\/)node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(p)?.[1];
+
+  /** The npm packages the bundle requires while a command runs (a preload records them), and its stdout and status. */
+  const required = (args: string[]): { packages: string[]; stdout: string; status: number | null } => {
+    const log = path.join(dir, `required-${process.hrtime.bigint()}.txt`);
+    const hook = path.join(dir, 'record-requires.cjs');
+    writeFileSync(
+      hook,
+      `const M = require('node:module'); const load = M._load; const seen = new Set();
+M._load = function (request, parent) {
+  if (parent && parent.filename === ${JSON.stringify(path.join(dir, 'main.cjs'))} && !/^[.\\/]/.test(request) && !M.isBuiltin(request)) seen.add(request);
+  return load.apply(this, arguments);
+};
+process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}, [...seen].sort().join('\\n')));`,
+    );
+    const r = spawnSync(process.execPath, ['--require', hook, path.join(dir, 'main.cjs'), ...args], { encoding: 'utf8' });
+    return { packages: readFileSync(log, 'utf8').split('\n').filter(Boolean), stdout: r.stdout, status: r.status };
+  };
+
+  it("is one CommonJS file, which holds better-sqlite3's JavaScript and leaves every other npm package outside", () => {
+    const outputs = Object.keys(meta.outputs).filter((k) => k.endsWith('.cjs'));
+    expect(outputs.map((k) => path.basename(k))).toEqual(['main.cjs']);
+    const bundledPackages = new Set(Object.keys(meta.outputs[outputs[0]!]!.inputs).flatMap((k) => npmOf(k) ?? []));
+    expect([...bundledPackages]).toEqual(['better-sqlite3']);
+  });
 
   it('answers --version and --help from its entry alone, which loads no npm package', () => {
-    expect([...staticPackages(chunk(/^main\.js$/))]).toEqual([]);
+    const { packages, sources } = staticClosure('src/cli/main.ts');
+    expect([...packages]).toEqual([]);
+    expect(sources.has('src/cli/run.ts')).toBe(false);
     const version = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version as string;
-    const r = spawnSync(process.execPath, [path.join(dir, 'main.js'), '--version'], { encoding: 'utf8' });
+    const r = required(['--version']);
     expect(r.stdout).toBe(`realise (realise) ${version}, mirroring nix-store (Nix) 2.8.0\n`);
     expect(r.status).toBe(0);
-    const h = spawnSync(process.execPath, [path.join(dir, 'main.js'), '--help'], { encoding: 'utf8' });
+    expect(r.packages).toEqual([]);
+    const h = spawnSync(process.execPath, [path.join(dir, 'main.cjs'), '--help'], { encoding: 'utf8' });
     expect(h.stdout).toMatch(/^usage: realise COMMAND/);
   });
 
   it('loads the HTTP client, execa, the xz/zstd codecs and fast-glob only when a command uses them', () => {
-    const run = chunk(/^run-.*\.js$/);
-    expect(run).toBeDefined();
-    const loaded = staticPackages(run);
-    for (const lazy of ['undici', 'execa', 'node-liblzma', 'zstd-napi', 'fast-glob']) expect(loaded.has(lazy), lazy).toBe(false);
+    const { packages, sources } = staticClosure('src/cli/run.ts');
+    for (const lazy of ['undici', 'execa', 'node-liblzma', 'zstd-napi', 'fast-glob']) expect(packages.has(lazy), lazy).toBe(false);
     // What a store command does need is there.
-    expect(loaded.has('better-sqlite3')).toBe(true);
+    expect(sources.has('src/store/local-store.ts')).toBe(true);
   });
 
-  it('starts a no-op build without the engine: the build command loads no scheduler, substituter or observer code', () => {
-    const build = chunk(/^build-.*\.js$/);
-    expect(build).toBeDefined();
-    expect([...staticPackages(build)].sort()).toEqual(['better-sqlite3']);
-    const sources = staticSources(build);
+  it('starts a no-op build without the engine: the build command initialises no scheduler, substituter or observer code', () => {
+    const { packages, sources } = staticClosure('src/cli/build.ts');
+    // better-sqlite3 names `bindings` in the function that finds its addon when it is given none
+    // (src/store/sqlite.ts gives it one); nothing else.
+    expect([...packages]).toEqual(['bindings']);
     expect(sources.has('src/scheduler/already-valid.ts')).toBe(true);
     for (const heavy of ['src/scheduler/build-engine.ts', 'src/substituter/binary-cache.ts', 'src/observe/nix-json.ts', 'src/remote/daemon-store.ts']) {
       expect(sources.has(heavy), heavy).toBe(false);
     }
+    expect([...new Set([...sources].flatMap((s) => npmOf(s) ?? []))]).toEqual(['better-sqlite3']);
+  });
+
+  it("runs through bin/realise.js's loader from V8's code cache of the same bundle and command, made by the first run", () => {
+    const cache = path.join(dir, 'xdg');
+    const runner = path.join(dir, 'run-cached.cjs');
+    writeFileSync(runner, `require(${JSON.stringify(path.join(ROOT, 'bin/realise.js'))}).runBundle(${JSON.stringify(path.join(dir, 'main.cjs'))});`);
+    const run = (args: string[], env: NodeJS.ProcessEnv = { XDG_CACHE_HOME: cache }) =>
+      spawnSync(process.execPath, [runner, ...args], { encoding: 'utf8', env: { ...process.env, ...env } });
+    const caches = () => (existsSync(path.join(cache, 'realise')) ? readdirSync(path.join(cache, 'realise')).sort() : []);
+    const version = run(['--version']);
+    expect(version.stdout).toMatch(/^realise \(realise\) /);
+    expect(version.stderr).toBe('');
+    // One cache per bundle and command, named by the bundle's identity.
+    expect(caches()).toEqual([expect.stringMatching(/^cli-v8-\d+-\d+-\d+-\d+-\d+-quick\.bin$/)]);
+    const file = path.join(cache, 'realise', caches()[0]!);
+    const made = statSync(file);
+    // The next run takes it (V8 accepts it: it is not written again) and answers the same.
+    expect(run(['--help']).stdout).toBe(spawnSync(process.execPath, [path.join(dir, 'main.cjs'), '--help'], { encoding: 'utf8' }).stdout);
+    expect(run(['--version']).stdout).toBe(version.stdout);
+    expect(statSync(file).mtimeMs).toBe(made.mtimeMs);
+    expect(statSync(file).ino).toBe(made.ino);
+    // A cache V8 rejects (here: not one at all) costs a compile and is replaced by a good one.
+    writeFileSync(file, 'not a code cache');
+    expect(run(['--version'])).toMatchObject({ stdout: version.stdout, stderr: '', status: 0 });
+    const remade = statSync(file);
+    expect(remade.size).toBeGreaterThan(made.size / 2);
+    expect(run(['--version']).stdout).toBe(version.stdout);
+    expect(statSync(file).mtimeMs).toBe(remade.mtimeMs);
+    // Another command has its own; a home where nothing can be written only means no cache.
+    expect(run(['gc', '--print-dead', '--store', path.join(dir, 'store')]).status).toBe(0);
+    expect(caches()).toHaveLength(2);
+    expect(run(['--version'], { XDG_CACHE_HOME: '/proc/no-such-dir' })).toMatchObject({ stdout: version.stdout, stderr: '', status: 0 });
   });
 
   it('runs a store command', () => {
     const store = tempDir('realise-bundle-store-');
     try {
-      const r = spawnSync(process.execPath, [path.join(dir, 'main.js'), 'gc', '--print-dead', '--store', store], { encoding: 'utf8' });
-      expect(r.stderr).toBe('finding garbage collector roots...\ndetermining live/dead paths...\n');
+      const r = required(['gc', '--print-dead', '--store', store]);
       expect(r.status).toBe(0);
+      // The store's database through the bundled better-sqlite3 (its addon by path); no package it does not use.
+      expect(r.packages).toContain('fs-ext');
+      for (const p of ['better-sqlite3', 'undici', 'execa', 'node-liblzma', 'zstd-napi']) expect(r.packages).not.toContain(p);
     } finally {
       rmSync(store, { recursive: true, force: true });
     }
@@ -102,7 +169,7 @@ describe('the bundled CLI', () => {
       const cache = path.join(work, 'cache');
       const env = { ...process.env, XDG_CACHE_HOME: cache };
       const args = ['build', '--store', store, '--option', 'sandbox', 'true', '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', drv];
-      const r = spawnSync(process.execPath, [path.join(dir, 'main.js'), ...args], { encoding: 'utf8', env });
+      const r = spawnSync(process.execPath, [path.join(dir, 'main.cjs'), ...args], { encoding: 'utf8', env });
       expect(r.status, r.stderr).toBe(0);
       const out = r.stdout.trim();
       // The builder ran as PID 1 of its own PID namespace (sandboxed), and by the helper built from the
