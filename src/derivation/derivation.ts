@@ -705,6 +705,34 @@ export async function computeOutputPaths(
   return result;
 }
 
+/**
+ * Nix's LocalStore::checkDerivationOutputs, run before a `.drv` is registered: each output path it names
+ * is the one its contents give (input-addressed: from its hash modulo, outputs masked; the name is the
+ * `.drv` path's), and each output's environment variable names that path. A `.drv` that claims another
+ * derivation's output path (tests/secure-drv-outputs.sh) is refused with Nix's message.
+ */
+export async function checkDerivationOutputs(hasher: DerivationHasher, drvPath: StorePath, drv: Derivation): Promise<void> {
+  const drvName = derivationNameFromPath(drvPath);
+  const envHasRightPath = (actual: StorePath, varName: string) => {
+    if (drv.env.get(varName) !== actual) {
+      throw new BadDerivationError(`derivation '${drvPath}' has incorrect environment variable '${varName}', should be '${actual}'`, { drv: drvPath });
+    }
+  };
+  let masked: DrvHash | undefined;
+  for (const [name, o] of drv.outputs) {
+    if (o.type === 'input-addressed') {
+      masked ??= await hasher.hashModulo(drv, true);
+      const recomputed = makeOutputPath(name, masked.hashes.get(name)!, drvName, hasher.storeDir);
+      if (o.path !== recomputed) {
+        throw new BadDerivationError(`derivation '${drvPath}' has incorrect output '${o.path}', should be '${recomputed}'`, { drv: drvPath });
+      }
+      envHasRightPath(o.path, name);
+    } else if (o.type === 'fixed') {
+      envHasRightPath(fixedOutputPath(drvName, name, o.method, o.hash, hasher.storeDir), name);
+    }
+  }
+}
+
 /** References of a `.drv` file: its input sources and input derivations. */
 export function derivationReferences(drv: Derivation): StorePath[] {
   return sortedUnique([...drv.inputSrcs, ...drv.inputDrvs.keys()]);

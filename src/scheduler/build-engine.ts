@@ -15,7 +15,14 @@ import { NoSandbox } from '../platform/no-sandbox.js';
 import type { Sandbox } from '../platform/sandbox.js';
 import { useSandbox } from '../platform/sandbox-config.js';
 import { substitutePath, sortByPriority, type Substituter, type SubstitutablePathInfo, type TransferListener } from '../substituter/substituter.js';
-import type { Derivation } from '../derivation/derivation.js';
+import {
+  checkDerivationOutputs,
+  DerivationHasher,
+  derivationNameFromPath,
+  parseDerivation,
+  readDerivationFromStore,
+  type Derivation,
+} from '../derivation/derivation.js';
 import type { EngineContext } from './context.js';
 import { loadDrv, viewOf, type DrvView } from './drv-view.js';
 import { BuildCancelledError, BuildFailedError, BuildSetupError } from './errors.js';
@@ -143,6 +150,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
           signal,
           repair,
           as,
+          checkDerivation: (drvPath, text) => checkSubstitutedDerivation(store, drvPath, text),
           onTransfer: this.transferListener(sub),
           onProgress: (done) => {
             p.download.done += done - last;
@@ -482,4 +490,10 @@ export function parseTarget(t: BuildTarget | string): BuildTarget {
     return { drvPath: m[1]!, outputs: outs.split(',') };
   }
   return { path: t };
+}
+
+/** A substituted `.drv` must name the output paths its contents give (Nix's checkDerivationOutputs), or it is refused. */
+async function checkSubstitutedDerivation(store: Store, drvPath: StorePath, text: string): Promise<void> {
+  const drv = parseDerivation(text, derivationNameFromPath(drvPath), { storeDir: store.storeDir });
+  await checkDerivationOutputs(new DerivationHasher(readDerivationFromStore(store), { storeDir: store.storeDir }), drvPath, drv);
 }

@@ -985,6 +985,7 @@ export class LocalStore implements Store {
       if (!got.hash.equals(info.narHash)) throw narHashMismatch(info.path, info.narHash, got.hash);
       if (info.narSize && got.size !== info.narSize) throw narSizeMismatch(info.path, info.narSize, got.size);
       await verifyContentAddress(info, target, got.hash, got.flat);
+      await opts.verify?.(target);
       if (session.walkAfterRestore) await canonicalisePathMetaData(target, { ignoredAcls: this.ignoredAcls });
       opts.signal?.throwIfAborted();
       const final: PathInfo = { ...info, narSize: got.size };

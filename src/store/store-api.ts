@@ -43,6 +43,12 @@ export interface AddToStoreOptions {
   /** Replace the contents even if the path is already valid. */
   readonly repair?: boolean;
   readonly signal?: AbortSignal;
+  /**
+   * Called with the real path of the new contents once they are written and their hashes checked, before
+   * they are moved into place and registered: a throw registers nothing (e.g. a `.drv`'s output paths
+   * checked, as Nix's registration does).
+   */
+  readonly verify?: (realPath: string) => Promise<void>;
 }
 
 /** Held locks on store paths; `release()` is idempotent. */

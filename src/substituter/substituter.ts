@@ -2,6 +2,7 @@
  * The Substituter interface the scheduler calls, the error type of this layer, and `substitutePath`:
  * check trust, stream the NAR into the store while verifying it, register atomically.
  */
+import { readFile } from 'node:fs/promises';
 import { RealiseError, BadNarError } from '../store/errors.js';
 import { Hash, HashSink } from '../store/hash.js';
 import { RegularFileContentHasher } from '../store/nar.js';
@@ -122,6 +123,8 @@ export interface SubstituteOptions extends FetchNarOptions {
    * served by a cache of another store directory (see `contentAddressedAs`). @default info.path
    */
   readonly as?: StorePath | undefined;
+  /** Checks a `.drv`'s text before it is registered (its output paths, as Nix's registration); a throw refuses it. */
+  readonly checkDerivation?: ((drvPath: StorePath, text: string) => Promise<void>) | undefined;
 }
 
 /**
@@ -383,7 +386,20 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
   const failure: { error?: SubstituterError } = {};
   try {
     const nar = verifiedNar(sub, info, opts, fail, ca, seen, failure);
-    return await store.addToStore(toRegister, nar, { repair: opts.repair ?? false, ...(signal ? { signal } : {}) });
+    const check = opts.checkDerivation;
+    // (The check's own words are the error, as in Nix.)
+    const verify =
+      check && target.endsWith('.drv')
+        ? async (real: string) => {
+            try {
+              await check(target, await readFile(real, 'utf8'));
+            } catch (e) {
+              failure.error = fail('store', e instanceof RealiseError ? e.shortMessage : (e as Error).message, { cause: e });
+              throw e;
+            }
+          }
+        : undefined;
+    return await store.addToStore(toRegister, nar, { repair: opts.repair ?? false, ...(signal ? { signal } : {}), ...(verify ? { verify } : {}) });
   } catch (e) {
     throw failure.error ?? storeRefusal(e, sub, info, fail, signal);
   } finally {
