@@ -29,6 +29,16 @@ export type BuildMode = 'normal' | 'repair' | 'check';
  */
 const MAX_STARTING_GOALS = 128;
 
+/**
+ * At most this many goals start in one turn of the event loop. A goal's first stretch seldom waits for
+ * I/O, so the stretches of goals started together run as one long chain of promise callbacks; a build
+ * that got its slot meanwhile waits for the end of that chain at each of its own I/O steps (its lock
+ * files, its build directory, the builder's start). In smaller batches, the first builds start while
+ * the other goals are still being started (measured: the first build of a fresh 200-node DAG started
+ * 60-110 ms into the call, after every goal's first stretch).
+ */
+const STARTS_PER_TURN = 8;
+
 /** At most this many `.drv` loads of one call are in flight at once (cached loads pass the same gate). */
 const MAX_CONCURRENT_DRV_LOADS = 128;
 
@@ -185,7 +195,7 @@ export class Worker {
     const goal = new DerivationGoal(this, drvPath, mode, wanted, depth, slotGate(this.ctx.buildQueue).goal());
     this.ctx.emit('goal-created', { kind: 'derivation', path: drvPath, ...(wanted ? { outputs: [...wanted] } : {}) });
     this.drvGoals.set(drvPath, goal);
-    if (this.starting < MAX_STARTING_GOALS) this.start(goal);
+    if (this.mayStart() && this.toStartHead === this.toStart.length) this.start(goal);
     else this.toStart.push(goal);
     return goal;
   }
@@ -194,9 +204,22 @@ export class Worker {
   private starting = 0;
   private toStart: DerivationGoal[] = [];
   private toStartHead = 0;
+  /** Goals started in this turn of the event loop (see STARTS_PER_TURN). */
+  private startedThisTurn = 0;
+
+  private mayStart(): boolean {
+    return this.starting < MAX_STARTING_GOALS && this.startedThisTurn < STARTS_PER_TURN;
+  }
 
   private start(goal: DerivationGoal): void {
     this.starting++;
+    if (this.startedThisTurn++ === 0) {
+      // The turn's budget comes back in the next turn, after the I/O callbacks that came in meanwhile.
+      setImmediate(() => {
+        this.startedThisTurn = 0;
+        this.startWaiting();
+      });
+    }
     goal.holdsStartTurn = true;
     goal.start();
   }
@@ -206,7 +229,11 @@ export class Worker {
     if (!goal.holdsStartTurn) return;
     goal.holdsStartTurn = false;
     this.starting--;
-    while (this.starting < MAX_STARTING_GOALS && this.toStartHead < this.toStart.length) {
+    this.startWaiting();
+  }
+
+  private startWaiting(): void {
+    while (this.mayStart() && this.toStartHead < this.toStart.length) {
       const next = this.toStart[this.toStartHead++]!;
       if (this.toStartHead === this.toStart.length) {
         this.toStart = [];

@@ -127,6 +127,34 @@ describe('slots', () => {
   });
 });
 
+describe('goal starts', () => {
+  it('come a few per turn of the event loop, in creation order, so that builds with a slot are not held up by the others', async () => {
+    const sb = fake();
+    sb.auto = () => 0;
+    const targets = await Promise.all(Array.from({ length: 60 }, (_, i) => mkDrv(`batch${i}`)));
+    const engine = engineWith(sb, { maxJobs: 2 });
+    let turn = 0;
+    let ticking = true;
+    const tick = () => {
+      turn++;
+      if (ticking) setImmediate(tick);
+    };
+    setImmediate(tick);
+    const started: { path: string; turn: number }[] = [];
+    engine.on('goal-started', (e) => {
+      if (e.kind === 'derivation') started.push({ path: e.path, turn });
+    });
+    const results = await engine.buildPaths(targets);
+    ticking = false;
+    expect(results.map((r) => r.result.status)).toEqual(targets.map(() => 'built'));
+    expect(started.map((s) => s.path)).toEqual(targets);
+    const perTurn = new Map<number, number>();
+    for (const s of started) perTurn.set(s.turn, (perTurn.get(s.turn) ?? 0) + 1);
+    // 8 a turn (the worker's turn and the test's may straddle one check phase: at most two batches).
+    expect(Math.max(...perTurn.values())).toBeLessThanOrEqual(16);
+  });
+});
+
 describe('a builder that cannot be executed', () => {
   it('fails as in Nix: exit code 1, and the exec error in the log', async () => {
     const d = await mkDrv('noexec', [], { builder: '/nonexistent/realise-builder' });
