@@ -28,8 +28,13 @@ export function bwrapOk(): boolean {
   return HAVE_BWRAP;
 }
 
+/** Every directory tempDir made in this test file's process; test/helpers/cleanup.ts removes them after the file. */
+export const madeTempDirs: string[] = [];
+
 export function tempDir(prefix = 'realise-test-'): string {
-  return mkdtempSync(path.join(tmpdir(), prefix));
+  const d = mkdtempSync(path.join(tmpdir(), prefix));
+  madeTempDirs.push(d);
+  return d;
 }
 
 /**
@@ -37,6 +42,12 @@ export function tempDir(prefix = 'realise-test-'): string {
  * user (not root) from deleting what is inside, so everything is made writable first.
  */
 export function removeTreeSync(dir: string): void {
+  try {
+    rmSync(dir, { recursive: true, force: true });
+    return;
+  } catch {
+    // read-only directories below (not for root): make everything writable, then again
+  }
   spawnSync('chmod', ['-R', 'u+w', dir], { stdio: 'ignore' });
   rmSync(dir, { recursive: true, force: true });
 }
