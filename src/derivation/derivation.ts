@@ -494,7 +494,8 @@ export interface DrvHash {
   readonly kind: 'regular' | 'deferred';
 }
 
-const IMPURE_OUTPUT_HASH = Hash.of('sha256', 'impure');
+/** sha256("impure"), made on first use (a command that hashes nothing loads no hashing code). */
+let impureOutputHash: Hash | undefined;
 
 /**
  * Computes `hashDerivationModulo` with a memo of input derivations by path (as Nix's drvHashes).
@@ -544,7 +545,7 @@ export class DerivationHasher {
     }
     if (kind === 'impure') {
       const hashes = new Map<string, Hash>();
-      for (const outName of drv.outputs.keys()) hashes.set(outName, IMPURE_OUTPUT_HASH);
+      for (const outName of drv.outputs.keys()) hashes.set(outName, (impureOutputHash ??= Hash.of('sha256', 'impure')));
       return { hashes, kind: 'deferred' };
     }
     let resultKind: DrvHash['kind'] = kind === 'floating' ? 'deferred' : 'regular';

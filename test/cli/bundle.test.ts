@@ -58,21 +58,25 @@ describe('the bundled CLI', () => {
   /** The npm package a bundled file is of (its path goes through node_modules), else undefined. */
   const npmOf = (p: string) => /(?:^|\/)node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(p)?.[1];
 
-  /** The npm packages the bundle requires while a command runs (a preload records them), and its stdout and status. */
-  const required = (args: string[]): { packages: string[]; stdout: string; status: number | null } => {
+  /**
+   * The npm packages and the built-in modules the bundle requires while a command runs (a preload records
+   * them), and the command's stdout and status.
+   */
+  const required = (args: string[]): { packages: string[]; builtins: string[]; stdout: string; status: number | null } => {
     const log = path.join(dir, `required-${process.hrtime.bigint()}.txt`);
     const hook = path.join(dir, 'record-requires.cjs');
     writeFileSync(
       hook,
       `const M = require('node:module'); const load = M._load; const seen = new Set();
 M._load = function (request, parent) {
-  if (parent && parent.filename === ${JSON.stringify(path.join(dir, 'main.cjs'))} && !/^[.\\/]/.test(request) && !M.isBuiltin(request)) seen.add(request);
+  if (parent && parent.filename === ${JSON.stringify(path.join(dir, 'main.cjs'))} && !/^[.\\/]/.test(request)) seen.add(request);
   return load.apply(this, arguments);
 };
 process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}, [...seen].sort().join('\\n')));`,
     );
     const r = spawnSync(process.execPath, ['--require', hook, path.join(dir, 'main.cjs'), ...args], { encoding: 'utf8' });
-    return { packages: readFileSync(log, 'utf8').split('\n').filter(Boolean), stdout: r.stdout, status: r.status };
+    const all = readFileSync(log, 'utf8').split('\n').filter(Boolean);
+    return { packages: all.filter((m) => !isBuiltin(m)), builtins: all.filter((m) => isBuiltin(m)), stdout: r.stdout, status: r.status };
   };
 
   it("is one CommonJS file, which holds better-sqlite3's JavaScript and leaves every other npm package outside", () => {
@@ -154,6 +158,12 @@ process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}
       // The store's database through the bundled better-sqlite3 (its addon by path); no package it does not use.
       expect(r.packages).toContain('fs-ext');
       for (const p of ['better-sqlite3', 'undici', 'execa', 'node-liblzma', 'zstd-napi']) expect(r.packages).not.toContain(p);
+      // node:crypto is loaded by the first hash or signature, not by every store command (its modules import
+      // it from a stand-in of functions that require it when called).
+      expect(r.builtins).toContain('node:fs');
+      expect(r.builtins).not.toContain('node:crypto');
+      const importers = Object.keys(meta.inputs).filter((k) => meta.inputs[k]!.imports.some((i) => i.path === 'node:crypto'));
+      expect(importers).toEqual(['lazy-crypto:lazy-crypto']);
     } finally {
       rmSync(store, { recursive: true, force: true });
     }
