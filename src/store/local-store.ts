@@ -77,7 +77,7 @@ export interface LocalStoreOptions {
   readonly stateDir?: string | undefined;
   /** Log directory holding `drvs/`. @default `<root>/nix/var/log/nix`, or `/nix/var/log/nix` without a root */
   readonly logDir?: string | undefined;
-  /** Physical store directory. @default `<root><storeDir>`, or `storeDir` without a root */
+  /** Physical store directory. @default `<root>/nix/store` (as Nix 2.8, whatever `storeDir` is), or `storeDir` without a root */
   readonly realStoreDir?: string | undefined;
   /** Cancels waiting for the database's big lock. */
   readonly signal?: AbortSignal | undefined;
@@ -157,7 +157,8 @@ export function resolveLayout(opts: LocalStoreOptions): LocalStoreLayout {
   const root = opts.root !== undefined ? checkAbsolute('root', path.resolve(opts.root)) : undefined;
   const storeDir = checkAbsolute('storeDir', opts.storeDir ?? DEFAULT_STORE_DIR);
   const under = (p: string) => (root === undefined ? p : root === '/' ? p : root + p);
-  const realStoreDir = opts.realStoreDir !== undefined ? checkAbsolute('realStoreDir', opts.realStoreDir) : under(storeDir);
+  // As Nix 2.8's LocalFSStore: under a root the contents live in `<root>/nix/store` whatever the logical store dir.
+  const realStoreDir = opts.realStoreDir !== undefined ? checkAbsolute('realStoreDir', opts.realStoreDir) : root === undefined ? storeDir : under('/nix/store');
   const stateDir = opts.stateDir !== undefined ? checkAbsolute('stateDir', opts.stateDir) : under('/nix/var/nix');
   const logDir = opts.logDir !== undefined ? checkAbsolute('logDir', opts.logDir) : under('/nix/var/log/nix');
   return { root, storeDir, realStoreDir, stateDir, dbDir: path.join(stateDir, 'db'), logDir };

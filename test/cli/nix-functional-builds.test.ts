@@ -6,8 +6,9 @@
  */
 import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { nixOk } from '../helpers/nix.js';
-import { step, TwinStores, type Side } from '../helpers/twin-store.js';
+import { bwrapOk, nixOk, removeTreeSync, runNix } from '../helpers/nix.js';
+import { realiseInProcess } from '../helpers/cli.js';
+import { keyLines, step, TwinStores, type Side } from '../helpers/twin-store.js';
 
 const sides: Side[] = ['nix', 'ours'];
 
@@ -92,4 +93,50 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (how builds end): realise vs
       for (const dir of kept) rmSync(dir, { recursive: true, force: true });
     }
   }, 180_000);
+
+  it.skipIf(!bwrapOk())(
+    'linux-sandbox.sh: sandboxed builds in a chroot store whose store dir is /my/store, --check, --check -K of a build that is not deterministic',
+    async () => {
+      const t = new TwinStores();
+      // Each side its own chroot store of the logical store dir /my/store (its contents in ROOT/nix/store, as Nix).
+      const uri = (side: Side) => `local?root=${t.root}/${side}-root&store=/my/store`;
+      // (bash and its libraries come from the host: Nix's script binds /nix/store, where its $SHELL lives.)
+      const sandbox = ['--option', 'sandbox', 'true', '--option', 'sandbox-paths', '/bin /usr /lib /lib64'];
+      const instantiate = (file: string, args: string[] = []) => {
+        let drvs = '';
+        for (const side of sides) {
+          const r = runNix('nix-instantiate', ['--store', uri(side), `${t.tests}/${file}`, ...args], { env: t.env, cwd: t.tests });
+          expect(r.status, r.stderr).toBe(0);
+          drvs = r.stdout.trim();
+        }
+        return drvs.split('\n');
+      };
+      const build = async (args: string[], status: number) => {
+        const nix = runNix('nix-store', ['--store', uri('nix'), '--realise', ...args, ...sandbox], { env: t.env, cwd: t.tests });
+        const ours = await realiseInProcess(['build', '--store', uri('ours'), ...args, ...sandbox], t.env);
+        expect(nix.status, nix.stderr).toBe(status);
+        expect(ours.status, ours.stderr).toBe(status);
+        expect(ours.stdout).toBe(nix.stdout);
+        const lines = (side: Side, stderr: string) => keyLines(stderr.replaceAll(`${t.root}/${side}-root`, 'ROOT'));
+        expect(lines('ours', ours.stderr)).toEqual(lines('nix', nix.stderr));
+        return { nix, ours };
+      };
+      const deps = instantiate('dependencies.nix');
+      const { nix: built } = await build(deps, 0);
+      const out = built.stdout.trim();
+      expect(out).toMatch(/^\/my\/store\/.*-dependencies/);
+      for (const side of sides) expect(readFileSync(`${t.root}/${side}-root/nix/store/${out.slice('/my/store/'.length)}/foobar`, 'utf8')).toBe('FOOBAR\n');
+      await build([...deps, '--check'], 0);
+      const nd = instantiate('check.nix', ['-A', 'nondeterministic']);
+      await build(nd, 0);
+      const { nix, ours } = await build([...nd, '--check', '-K'], 104);
+      for (const r of [nix, ours]) {
+        expect(r.stderr).not.toContain('error: renaming');
+        expect(r.stderr).toContain('may not be deterministic');
+        const kept = /note: keeping build directory '([^']*)'/.exec(r.stderr)?.[1];
+        if (kept) removeTreeSync(kept);
+      }
+    },
+    120_000,
+  );
 });

@@ -135,7 +135,8 @@ describe('LocalStore layout', () => {
       dbDir: '/r/nix/var/nix/db',
       logDir: '/r/nix/var/log/nix',
     });
-    expect(resolveLayout({ root: '/r', storeDir: '/foo' })).toMatchObject({ storeDir: '/foo', realStoreDir: '/r/foo' });
+    // As Nix 2.8 (`local?root=/r&store=/foo` keeps its contents in /r/nix/store).
+    expect(resolveLayout({ root: '/r', storeDir: '/foo' })).toMatchObject({ storeDir: '/foo', realStoreDir: '/r/nix/store' });
     expect(resolveLayout({ storeDir: '/x/store', stateDir: '/x/state', logDir: '/x/log' })).toMatchObject({ realStoreDir: '/x/store', dbDir: '/x/state/db' });
   });
 
