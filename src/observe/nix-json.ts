@@ -107,20 +107,31 @@ export class NixJsonLog {
   /** The sum of `openGoals`' counts. */
   private openCount = 0;
   private sawGoals = false;
-  /** Resolved derivations built: Nix counts their goals as done builds besides their resolved forms' builds. */
-  private resolvedBuilt = 0;
+  /**
+   * Nix's doneBuilds, failedBuilds and runningBuilds, counted at its points (the goal done; its build
+   * started, until the goal is done), so that each update says what Nix's says at the same point.
+   */
+  private buildsDone = 0;
+  private buildsFailed = 0;
+  private readonly buildsRunning = new Set<string>();
   private lastProgress: Progress | undefined;
+  /** The engine's counters now (its `progress()`), else the last `progress` event's. */
+  private readonly current: () => Progress | undefined;
+  /** The substitutions' part of the last update sent (Nix's updateProgress), to send one when it changes. */
+  private lastSubst = '';
   private readonly last = new Map<string, string>();
   private readonly detach: (() => void)[] = [];
   private readonly storeUri: string;
 
   /** Without an engine, a log for messages and activities of the caller's own. */
   constructor(
-    engine: Pick<BuildEngine, 'on' | 'off'> | undefined,
+    engine: (Pick<BuildEngine, 'on' | 'off'> & Partial<Pick<BuildEngine, 'progress'>>) | undefined,
     private readonly write: (line: string) => void,
     opts: NixJsonLogOptions = {},
   ) {
     this.storeUri = opts.storeUri ?? 'local';
+    const progressOf = engine?.progress?.bind(engine);
+    this.current = () => progressOf?.() ?? this.lastProgress;
     if (!engine) return;
     const on: On = <E extends keyof BuildEngineEvents>(event: E, fn: BuildEngineEvents[E]) => {
       (engine.on as (e: E, f: BuildEngineEvents[E]) => void)(event, fn);
@@ -129,6 +140,9 @@ export class NixJsonLog {
     on('build-started', (e) => {
       this.ensureTop();
       this.builds.set(e.drvPath, this.start(ActivityType.Build, LogLevel.Info, buildActivityText(e), [e.drvPath, e.machine ?? '', e.round, e.rounds]));
+      // Nix's DerivationGoal::started: the activity, then the progress with the build running.
+      this.buildsRunning.add(e.drvPath);
+      if (this.sawGoals) this.updateProgress();
     });
     on('build-log', (e) => {
       // A machine that sends its activities (ssh-ng://) has its log lines on its own build activity: this
@@ -183,23 +197,27 @@ export class NixJsonLog {
   /** Goals: Nix's expected build count, the end of a goal's activities, a failed goal's error. */
   private onGoals(on: On, opts: NixJsonLogOptions): void {
     on('goal-created', (e) => {
-      if (e.kind !== 'derivation') return;
       this.sawGoals = true;
+      if (e.kind !== 'derivation') return;
       this.openGoals.set(e.path, (this.openGoals.get(e.path) ?? 0) + 1);
       this.openCount++;
-      this.refreshProgress();
+      this.updateProgress();
     });
     on('goal-finished', (e) => {
       this.stopKeyed(this.hooks, e.path);
-      // Nix counts a resolved derivation built twice: its resolved form's build and its own goal's.
-      if (this.resolved.has(e.path) && e.result.status === 'built') this.resolvedBuilt++;
       this.stopKeyed(this.resolved, e.path);
       const open = this.openGoals.get(e.path);
       if (e.kind === 'derivation' && open !== undefined) {
         if (open > 1) this.openGoals.set(e.path, open - 1);
         else this.openGoals.delete(e.path);
         this.openCount--;
-        this.refreshProgress();
+        // Nix's DerivationGoal::done: a build counts as done when it was built (a resolved derivation's goal
+        // and its resolved form's each), as failed unless only an input failed or it was stopped.
+        const status = e.result.status;
+        this.buildsRunning.delete(e.path);
+        if (status === 'built') this.buildsDone++;
+        else if (!NOT_FAILED.has(status)) this.buildsFailed++;
+        this.updateProgress();
       }
       if (opts.errors !== false && e.kind === 'derivation' && e.result.errorMsg && e.result.status !== 'stopped' && e.result.status !== 'built') {
         this.error(e.result.errorMsg);
@@ -346,8 +364,11 @@ export class NixJsonLog {
     this.openGoals.clear();
     this.openCount = 0;
     this.sawGoals = false;
-    this.resolvedBuilt = 0;
     this.lastProgress = undefined;
+    this.lastSubst = '';
+    this.buildsDone = 0;
+    this.buildsFailed = 0;
+    this.buildsRunning.clear();
   }
 
   /** Stop everything open and stop listening to the engine. */
@@ -417,22 +438,36 @@ export class NixJsonLog {
     if (!this.top) this.startRealise();
   }
 
-  private refreshProgress(): void {
-    if (this.lastProgress) this.progress(this.lastProgress);
+  /**
+   * Nix's Worker.updateProgress, sent where Nix calls it: a derivation goal created, its build started, the
+   * goal done (with goal events), and a change of the substitutions' counts or the expected download and NAR
+   * sizes. Each time all four results, as Nix sends them: builds as [done, done + goals not yet done,
+   * running, failed] (a failed or stopped build is no longer expected), substitutions as the engine counts
+   * them, and the expected download and NAR sizes.
+   */
+  private updateProgress(): void {
+    const p = this.current();
+    if (!this.top || !p) return;
+    const { substitutions: s, download, nar } = p;
+    const done = this.buildsDone;
+    this.lastSubst = substKey(p);
+    this.result(this.top.builds, ResultType.Progress, [done, done + this.openCount, this.buildsRunning.size, this.buildsFailed]);
+    this.result(this.top.copyPaths, ResultType.Progress, [s.done, s.expected, s.running, s.failed]);
+    this.result(this.top.realise, ResultType.SetExpected, [ActivityType.FileTransfer, download.expected]);
+    this.result(this.top.realise, ResultType.SetExpected, [ActivityType.CopyPath, nar.expected]);
   }
 
-  /**
-   * Nix's Worker.updateProgress: builds as [done, done + goals not yet done, running, failed] (a failed
-   * or stopped build is no longer expected), substitutions as the engine counts them.
-   */
+  /** The engine's counters changed: with goal events, an update when the substitutions' part did. */
   private progress(p: Progress): void {
     this.lastProgress = p;
     if (!this.top) return;
+    if (this.sawGoals) {
+      if (substKey(p) !== this.lastSubst) this.updateProgress();
+      return;
+    }
+    // Without goal events (a build through a daemon): the engine's own counts, each result when it changes.
     const { builds, substitutions: s, download, nar } = p;
-    // Without goal events (a build through a daemon), the engine's own count.
-    const done = builds.done + this.resolvedBuilt;
-    const expected = this.sawGoals ? done + this.openCount : builds.expected;
-    this.changed(this.top.builds, ResultType.Progress, [done, expected, builds.running, builds.failed]);
+    this.changed(this.top.builds, ResultType.Progress, [builds.done, builds.expected, builds.running, builds.failed]);
     this.changed(this.top.copyPaths, ResultType.Progress, [s.done, s.expected, s.running, s.failed]);
     this.changed(this.top.realise, ResultType.SetExpected, [ActivityType.FileTransfer, download.expected]);
     this.changed(this.top.realise, ResultType.SetExpected, [ActivityType.CopyPath, nar.expected]);
@@ -452,10 +487,21 @@ export class NixJsonLog {
   }
 }
 
+/** A derivation goal's statuses that Nix does not count as a failed build: successes, an input's failure, a stop. */
+const NOT_FAILED: ReadonlySet<string> = new Set(['built', 'substituted', 'already-valid', 'dependency-failed', 'stopped']);
+
+/** What of the engine's counters Nix's substitution goals report: their counts, the expected sizes. */
+const substKey = ({ substitutions: s, download, nar }: Progress): string =>
+  `${s.done},${s.expected},${s.running},${s.failed},${download.expected},${nar.expected}`;
+
 /**
  * Turn an engine's events into Nix's internal-json stream: each `@nix {…}` line (newline included) goes to
  * `write`. Returns the log, to start/stop a call's activities, add messages, and `close()` it.
  */
-export function attachNixJsonLog(engine: Pick<BuildEngine, 'on' | 'off'>, write: (line: string) => void, opts: NixJsonLogOptions = {}): NixJsonLog {
+export function attachNixJsonLog(
+  engine: Pick<BuildEngine, 'on' | 'off'> & Partial<Pick<BuildEngine, 'progress'>>,
+  write: (line: string) => void,
+  opts: NixJsonLogOptions = {},
+): NixJsonLog {
   return new NixJsonLog(engine, write, opts);
 }

@@ -132,50 +132,21 @@ async function substitute(w: Worker, path: StorePath, repair: boolean, depth: nu
       continue;
     }
 
-    // References first, so the closure stays complete.
-    const refs = info.references.filter((r) => r !== path);
-    const refOutcomes = await Promise.all(refs.map((r) => w.substitutionGoal(r, false, depth + 1)));
-    const badRefs = refOutcomes.filter((o) => !substitutionSucceeded(o));
-    if (badRefs.length > 0) {
-      // As Nix: a hole in the closure (a reference nobody has) lets the derivation build it and try this
-      // substitute again; a reference whose substitution really failed fails this one too.
-      const hole = badRefs.some((o) => o.kind === 'no-substituters' || o.kind === 'incomplete-closure');
-      return { kind: hole ? 'incomplete-closure' : 'failed', message: `some references of path '${path}' could not be realised` };
-    }
-
-    // Substitutions that become ready together start in Nix's goal order (by name, then path).
-    await w.readyInNixOrder(path, refs.length === 0 ? depth : undefined);
-    const outcome = await w.ctx
-      .substitutionSlot(async () => {
-        w.signal.throwIfAborted();
-        // addToStore takes the path's lock and re-checks validity under it.
-        if (!repair && (await store.isValidPath(path))) return 'valid' as const;
-        const { progress } = w.ctx;
-        progress.expect('substitutions');
-        progress.download.expected += info.downloadSize;
-        progress.nar.expected += info.narSize;
-        const running = progress.running('substitutions');
-        w.ctx.emit('substitution-started', {
-          path,
-          substituter: sub.uri,
-          narUrl: `${sub.uri.replace(/\/+$/, '')}/${info.url}`,
-          ...(info.path !== path ? { from: info.path } : {}),
-        });
-        let fetched = false;
-        try {
-          await w.ctx.fetchPath(sub, info, w.signal, repair, path);
-          fetched = true;
-        } finally {
-          // A fetch cut short by a stop is not a failed substitution.
-          running.end(fetched || (w.signal.aborted ? 'dropped' : false));
-        }
-        return 'substituted' as const;
-      })
-      .then(
-        (k) => ({ ok: true as const, k }),
-        (e: unknown) => ({ ok: false as const, e }),
-      );
-
+    // As Nix's substitution goal, a substitute found counts as expected, with its sizes, before its
+    // references are fetched; withdrawn if it never runs.
+    const { progress } = w.ctx;
+    const expected = progress.expect('substitutions');
+    progress.download.expected += info.downloadSize;
+    progress.nar.expected += info.narSize;
+    let started = false;
+    const outcome = await runSubstitute(w, path, sub, info, repair, depth, () => (started = true)).finally(() => {
+      if (started) return;
+      expected.withdraw();
+      progress.download.expected -= info.downloadSize;
+      progress.nar.expected -= info.narSize;
+      progress.changed();
+    });
+    if ('kind' in outcome) return outcome;
     if (outcome.ok) {
       if (outcome.k === 'valid') return { kind: 'valid' };
       w.markContentsGood(path);
@@ -194,4 +165,60 @@ async function substitute(w: Worker, path: StorePath, repair: boolean, depth: nu
   }
   if (realError) return { kind: 'failed', message: realError };
   return { kind: 'no-substituters', message: `path '${path}' is required, but there is no substituter that can build it` };
+}
+
+/**
+ * A substitute's references, then the substitute itself in a substitution slot (`onStart` as it starts
+ * running): the goal's outcome when it ends here, else how the fetch went.
+ */
+async function runSubstitute(
+  w: Worker,
+  path: StorePath,
+  sub: Substituter,
+  info: SubstitutablePathInfo,
+  repair: boolean,
+  depth: number,
+  onStart: () => void,
+): Promise<SubstitutionOutcome | { ok: true; k: 'valid' | 'substituted' } | { ok: false; e: unknown }> {
+  const { store } = w.ctx;
+  // References first, so the closure stays complete.
+  const refs = info.references.filter((r) => r !== path);
+  const refOutcomes = await Promise.all(refs.map((r) => w.substitutionGoal(r, false, depth + 1)));
+  const badRefs = refOutcomes.filter((o) => !substitutionSucceeded(o));
+  if (badRefs.length > 0) {
+    // As Nix: a hole in the closure (a reference nobody has) lets the derivation build it and try this
+    // substitute again; a reference whose substitution really failed fails this one too.
+    const hole = badRefs.some((o) => o.kind === 'no-substituters' || o.kind === 'incomplete-closure');
+    return { kind: hole ? 'incomplete-closure' : 'failed', message: `some references of path '${path}' could not be realised` } as const;
+  }
+
+  // Substitutions that become ready together start in Nix's goal order (by name, then path).
+  await w.readyInNixOrder(path, refs.length === 0 ? depth : undefined);
+  return w.ctx
+    .substitutionSlot(async () => {
+      w.signal.throwIfAborted();
+      // addToStore takes the path's lock and re-checks validity under it.
+      if (!repair && (await store.isValidPath(path))) return 'valid' as const;
+      onStart();
+      const running = w.ctx.progress.running('substitutions');
+      w.ctx.emit('substitution-started', {
+        path,
+        substituter: sub.uri,
+        narUrl: `${sub.uri.replace(/\/+$/, '')}/${info.url}`,
+        ...(info.path !== path ? { from: info.path } : {}),
+      });
+      let fetched = false;
+      try {
+        await w.ctx.fetchPath(sub, info, w.signal, repair, path);
+        fetched = true;
+      } finally {
+        // A fetch cut short by a stop is not a failed substitution.
+        running.end(fetched || (w.signal.aborted ? 'dropped' : false));
+      }
+      return 'substituted' as const;
+    })
+    .then(
+      (k) => ({ ok: true as const, k }),
+      (e: unknown) => ({ ok: false as const, e }),
+    );
 }

@@ -16,7 +16,7 @@ import { serveCache } from '../substituter/http-server.js';
 import { realiseInProcess as realise } from '../helpers/cli.js';
 import { makeFixture, NIX_CONF, type Fixture } from '../remote/fixture.js';
 import { sshdOk, startSshd, type Sshd } from '../remote/sshd.js';
-import { nomSummary, parseStream, summarise } from './nix-stream.js';
+import { nomSummary, parseStream, progressUpdates, summarise } from './nix-stream.js';
 import { analyseTrace } from '../../src/observe/report.js';
 import type { TraceFile } from '../../src/observe/trace.js';
 
@@ -84,6 +84,24 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(nom.builds.filter((b) => b.endsWith("on '': done, 1 log lines") || b.endsWith("on '': done, 2 log lines"))).toHaveLength(4);
     expect(nomSummary(o.stderr)).toEqual(nom);
     expect(want.buildsProgress).toEqual([4, 4, 0, 0]);
+    // Nix's updates of the call's progress, each time all four results: a goal created (4), a build
+    // started (4), a goal done (4). Whether c starts before b ends is the builders' race: in order up to
+    // a's end, then as many, ending the same.
+    const [nu, ou] = [progressUpdates(n.stderr), progressUpdates(o.stderr)];
+    expect(nu).toHaveLength(12 * 4);
+    expect(nu.slice(0, 6 * 4)).toEqual(
+      [
+        [0, 1, 0, 0],
+        [0, 2, 0, 0],
+        [0, 3, 0, 0],
+        [0, 4, 0, 0],
+        [0, 4, 1, 0],
+        [1, 4, 0, 0],
+      ].flatMap((b) => [`builds ${JSON.stringify(b)}`, 'copies [0,0,0,0]', 'expected [101,0]', 'expected [100,0]']),
+    );
+    expect(ou.slice(0, 6 * 4)).toEqual(nu.slice(0, 6 * 4));
+    expect(ou.filter((u) => !u.startsWith('builds'))).toEqual(nu.filter((u) => !u.startsWith('builds')));
+    expect(ou.slice(-4)).toEqual(nu.slice(-4));
     // The trace: four builds on the two slots' tracks, the critical path a → (b or c) → top.
     const a = analyseTrace(JSON.parse(readFileSync(traceFile, 'utf8')) as TraceFile);
     expect(a.items.filter((i) => i.kind === 'build' && i.ok)).toHaveLength(4);
@@ -108,6 +126,8 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(nomSummary(o.stderr)).toEqual(nom);
     // The failed build and its dependent are no longer expected.
     expect(want.buildsProgress).toEqual([0, 0, 0, 1]);
+    // Every update of the call's progress, in order (one build at a time).
+    expect(progressUpdates(o.stderr)).toEqual(progressUpdates(n.stderr));
   });
 
   it('a failure that stops a running build: the last progress no longer expects it (nor counts it running)', async () => {
@@ -168,6 +188,13 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     expect(nomSummary(o.stderr)).toEqual(nom);
     expect(want.copyProgress).toEqual([2, 2, 0, 0]);
     expect(want.expected).toEqual({ 100: 288, 101: 296 });
+    // Every update of the call's progress, in order: the output counts as expected with its sizes once its
+    // narinfo is read, before the path it refers to; then that path runs and ends, then the output.
+    const updates = progressUpdates(n.stderr);
+    expect(updates.filter((u) => u.startsWith('copies'))).toEqual(
+      ['[0,1,0,0]', '[0,2,0,0]', '[0,2,1,0]', '[1,2,0,0]', '[1,2,1,0]', '[2,2,0,0]'].map((c) => `copies ${c}`),
+    );
+    expect(progressUpdates(o.stderr)).toEqual(updates);
   });
 
   it("a post-build hook: its PostBuildHook activity (text, fields) and the hook's lines in it", async () => {

@@ -180,3 +180,20 @@ export function nomSummary(stderr: string, normalise: (s: string) => string = (s
     errors: errors.map(norm).sort(),
   };
 }
+
+/**
+ * The call's progress updates in order, as Nix's Worker.updateProgress sends them: the Progress results of
+ * its Builds and CopyPaths activities and the SetExpected results of its Realise activity.
+ */
+export function progressUpdates(stderr: string): string[] {
+  const names = new Map<number, string>();
+  const out: string[] = [];
+  for (const line of stderr.split('\n')) {
+    if (!line.startsWith('@nix ')) continue;
+    const o = JSON.parse(line.slice(5)) as { action: string; id: number; type: number; text?: string; fields?: unknown[] };
+    if (o.action === 'start' && o.text === '' && [102, 103, 104].includes(o.type))
+      names.set(o.id, ({ 102: 'expected', 103: 'copies', 104: 'builds' } as Record<number, string>)[o.type]!);
+    if (o.action === 'result' && (o.type === 105 || o.type === 106) && names.has(o.id)) out.push(`${names.get(o.id)} ${JSON.stringify(o.fields)}`);
+  }
+  return out;
+}
