@@ -158,4 +158,29 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (store operations): realise 
     expect(await fetch(['--argstr', 'url', `file://${nar}.xz`, ...unpack])).toBe(unpacked);
     check();
   }, 120_000);
+
+  it('referrers.sh: 500 paths registered by nix-store --register-validity, each referring to the next, collected with only the last one rooted: no Refs row left', async () => {
+    const t = new TwinStores();
+    const max = 500;
+    const reference = `${t.storeDir}/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bla`;
+    let regInfo = '';
+    for (let n = 0; n < max; n++) {
+      const ref2 = n + 1 === max ? reference : `${t.storeDir}/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-${n + 1}`;
+      regInfo += `${t.storeDir}/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-${n}\n\n2\n${reference}\n${ref2}\n`;
+    }
+    for (const side of sides) {
+      t.use(side);
+      writeFileSync(reference, '');
+      for (let n = 0; n < max; n++) writeFileSync(`${t.storeDir}/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-${n}`, '');
+      for (const input of [`${reference}\n\n0\n`, regInfo]) {
+        const r = runNix('nix-store', ['--store', t.uri(side), '--register-validity'], { env: t.env, input });
+        expect(r.status, r.stderr).toBe(0);
+      }
+      symlinkSync(reference, `${t.root}/${side}/state/gcroots/ref`);
+    }
+    expect(t.rows('ours').refs).toHaveLength(2 * max - 1); // (the last one's two references are the same path)
+    await step(t, ['--gc'], 0, { run: (side) => t.command(side, ['nix-store', '--gc'], ['gc']) });
+    expect(t.rows('ours').refs).toEqual([]);
+    expect(t.rows('ours').validPaths).toHaveLength(1);
+  }, 120_000);
 });
