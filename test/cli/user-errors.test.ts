@@ -4,12 +4,12 @@
  * `nix-store` where Nix has the same mistake. Also the errno → Nix wording used for them.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { systemErrorMessage } from '../../src/cli/report.js';
 import { realiseInProcess as realise } from '../helpers/cli.js';
-import { AS_ROOT, nix, nixEnv, nixOk, removeTreeSync, runNix, tempDir } from '../helpers/nix.js';
+import { AS_ROOT, nix, nixEnv, nixOk, removeTreeSync, runNix, tempDir, usableByOthers } from '../helpers/nix.js';
 
 const lastLine = (s: string) => s.trimEnd().split('\n').pop();
 const noTrace = (s: string) => expect(s).not.toMatch(/^\s+at /m);
@@ -79,16 +79,10 @@ describe.skipIf(!nixOk())('user mistakes, realise vs Nix 2.8', () => {
   });
 });
 
-/** Every directory above the checkout lets others in and its files are readable: another user can run it. */
-function checkoutUsableByOthers(bin: string): boolean {
-  for (let d = path.dirname(bin); d !== '/'; d = path.dirname(d)) if (!(statSync(d).mode & 0o001)) return false;
-  return !!(statSync(bin).mode & 0o004);
-}
-
 describe.skipIf(!nixOk())('an internal failure mid-build, realise vs Nix 2.8', () => {
   const BIN = path.resolve(__dirname, '../../bin/realise.js');
   // Root writes where it likes: as root, both run as nobody (when the checkout is readable by others).
-  const asNobody = AS_ROOT && checkoutUsableByOthers(BIN);
+  const asNobody = AS_ROOT && usableByOthers(BIN);
   it.skipIf(AS_ROOT && !asNobody)(
     "the store becoming unwritable while a build runs: Nix's one error line (the output's move into the store), exit 1, no trace",
     () => {

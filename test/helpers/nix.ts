@@ -3,7 +3,7 @@
  * In CI Nix is installed by .ci/run, so `requireNix()` fails loudly there instead of skipping.
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll } from 'vitest';
@@ -50,6 +50,15 @@ export function removeTreeSync(dir: string): void {
   }
   spawnSync('chmod', ['-R', 'u+w', dir], { stdio: 'ignore' });
   rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * Every directory above `file` lets others in and the file is readable: another user (e.g. nobody, for a
+ * test run as root) can run it.
+ */
+export function usableByOthers(file: string): boolean {
+  for (let d = path.dirname(file); d !== '/'; d = path.dirname(d)) if (!(statSync(d).mode & 0o001)) return false;
+  return !!(statSync(file).mode & 0o004);
 }
 
 /** Whether the tests run as root (some behaviour differs: Nix drops supplementary groups only as root). */

@@ -7,7 +7,7 @@
  * unprivileged user when the checkout is readable by one.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, chmodSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,7 +16,7 @@ import { RemoteConnectionError, RemoteDaemonError } from '../../src/remote/error
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
 import { computeTextPath } from '../../src/store/store-path.js';
 import { Hash } from '../../src/store/hash.js';
-import { nix, nixEnv, nixOk, rootOnly, runNix, runNixAsync, tempDir } from '../helpers/nix.js';
+import { nix, nixEnv, nixOk, rootOnly, runNix, runNixAsync, tempDir, usableByOthers } from '../helpers/nix.js';
 import { setOptionsProxy } from './set-options-proxy.js';
 
 const BIN = path.resolve(__dirname, '../../bin/realise.js');
@@ -50,11 +50,6 @@ in rec {
   opts = mk "daemon-opts" "echo opts > $out";
 }`;
 
-/** Every directory above the checkout lets others in and its files are readable: an unprivileged user can run it. */
-function checkoutUsableByOthers(): boolean {
-  for (let d = path.dirname(BIN); d !== '/'; d = path.dirname(d)) if (!(statSync(d).mode & 0o001)) return false;
-  return !!(statSync(BIN).mode & 0o004);
-}
 const NOBODY = 65534;
 
 /** `nix-daemon --store ROOT` listening on `socket`, with `conf` as its settings. */
@@ -346,7 +341,7 @@ describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix
     }
   });
 
-  const asUser = checkoutUsableByOthers();
+  const asUser = usableByOthers(BIN);
   it(`realise build --store daemon / unix://… / NIX_REMOTE=daemon ${asUser ? 'run by an unprivileged user (uid 65534)' : 'run as root (the checkout is not readable by other users)'}`, async () => {
     const home = tempDir('realise-daemon-home-');
     chmodSync(home, 0o777);
