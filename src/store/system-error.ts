@@ -47,4 +47,3 @@ export function systemErrorMessage(e: unknown): string | undefined {
   const what = err.path !== undefined ? (SYSCALL[err.syscall]?.(err.path, err.dest) ?? `${err.syscall} '${err.path}'`) : err.syscall;
   return `${what}: ${reason}`;
 }
-
