@@ -5,7 +5,21 @@
 // A CommonJS script (bin/package.json says so): Node starts it without its ES-module loader, which a
 // command run from the bundle never needs.
 'use strict';
-const { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } = require('node:fs');
+const {
+  closeSync,
+  existsSync,
+  fchmodSync,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+  writeSync,
+} = require('node:fs');
 const { createRequire } = require('node:module');
 const { homedir } = require('node:os');
 const { dirname, join } = require('node:path');
@@ -39,18 +53,60 @@ function saveCodeCache(file, data) {
   for (let d = dir; !existsSync(d) && dirname(d) !== d; d = dirname(d)) missing.unshift(d);
   for (const d of missing) mkdirSync(d, { mode: 0o755 });
   const tmp = `${file}.${process.pid}.tmp`;
-  const fd = openSync(tmp, 'w', 0o644);
   try {
-    for (let off = 0; off < data.length;) off += writeSync(fd, data, off);
-  } finally {
-    closeSync(fd);
+    unlinkSync(tmp); // a crashed process's of the same pid
+  } catch {
+    // none
   }
-  renameSync(tmp, file);
+  // Created, never followed or reused (O_EXCL), and only the user may write it (whatever the umask).
+  const fd = openSync(tmp, 'wx', 0o644);
+  try {
+    try {
+      fchmodSync(fd, 0o644);
+      for (let off = 0; off < data.length;) off += writeSync(fd, data, off);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, file);
+  } catch (e) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // gone already
+    }
+    throw e;
+  }
   const caches = readdirSync(dir)
     .filter((f) => f.startsWith('cli-v8-') && f.endsWith('.bin'))
     .map((f) => ({ f, t: statSync(join(dir, f), { throwIfNoEntry: false })?.mtimeMs ?? 0 }))
     .sort((a, b) => b.t - a.t);
   for (const { f } of caches.slice(KEEP_CACHES)) unlinkSync(join(dir, f));
+}
+
+/**
+ * The code cache in `file`, when there is one that this user wrote and nobody else can change: V8 runs what
+ * it holds without checking it against the source, so a cache another user could write (in a shared
+ * $XDG_CACHE_HOME) would run their code in this process. Undefined for anything else.
+ */
+function readCodeCache(file) {
+  let fd;
+  try {
+    fd = openSync(file, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.uid !== process.getuid() || (st.mode & 0o022) !== 0) return undefined;
+    const data = Buffer.allocUnsafe(st.size);
+    let off = 0;
+    for (let n = 1; off < st.size && n > 0; off += n) n = readSync(fd, data, off, st.size - off, off);
+    return off === st.size ? data : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /**
@@ -62,12 +118,7 @@ function saveCodeCache(file, data) {
  */
 function runBundle(file, st = statSync(file, { bigint: true })) {
   const cacheFile = codeCacheFile(st);
-  let cachedData;
-  try {
-    cachedData = readFileSync(cacheFile);
-  } catch {
-    cachedData = undefined;
-  }
+  const cachedData = readCodeCache(cacheFile);
   // The function Node wraps a CommonJS module's text in.
   const text = `(function (exports, require, module, __filename, __dirname) { ${readFileSync(file, 'utf8')}\n})`;
   const script = new Script(text, { filename: file, cachedData });

@@ -6,7 +6,7 @@
  * copied beside it.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { isBuiltin } from 'node:module';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -144,6 +144,12 @@ process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}
     expect(remade.size).toBeGreaterThan(made.size / 2);
     expect(run(['--version']).stdout).toBe(version.stdout);
     expect(statSync(file).mtimeMs).toBe(remade.mtimeMs);
+    // One that others could have written is not taken (V8 would run what it holds): it is made again, the
+    // user's alone.
+    chmodSync(file, 0o666);
+    expect(run(['--version']).stdout).toBe(version.stdout);
+    expect(statSync(file).mode & 0o777).toBe(0o644);
+    expect(statSync(file).ino).not.toBe(remade.ino);
     // Another command has its own; a home where nothing can be written only means no cache.
     expect(run(['gc', '--print-dead', '--store', path.join(dir, 'store')]).status).toBe(0);
     expect(caches()).toHaveLength(2);
