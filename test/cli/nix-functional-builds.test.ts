@@ -4,7 +4,7 @@
  * stdout, key stderr lines and database rows compared at each step, and what the script asserts asserted
  * for both.
  */
-import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { bwrapOk, nixOk, removeTreeSync, runNix } from '../helpers/nix.js';
 import { realiseInProcess } from '../helpers/cli.js';
@@ -139,4 +139,27 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (how builds end): realise vs
     },
     120_000,
   );
+
+  it('ca/build-with-garbage-path.sh: garbage where a content-addressed output goes is replaced; a rebuild that gives the same path leaves it in place', async () => {
+    const t = new TwinStores();
+    const root = (seed: number) => t.instantiate('ca/content-addressed.nix', ['-A', 'rootCA', '--arg', 'seed', String(seed)]);
+    const { nix } = await step(t, root(1), 0);
+    const out = nix.stdout
+      .trim()
+      .split('\n')
+      .find((p) => p.endsWith('-rootCA'))!;
+    for (const side of sides) {
+      const rows = t.rows(side).refs as { referrer: string; reference: string }[];
+      const referrers = rows.filter((r) => r.reference === out).map((r) => r.referrer);
+      const del = await t.command(side, ['nix-store', '--delete', ...referrers, out], ['gc', '--delete', ...referrers, out]);
+      expect(del.status, del.stderr).toBe(0);
+      t.use(side);
+      writeFileSync(out, '');
+    }
+    await step(t, root(1), 0);
+    const inode = (side: Side) => (t.use(side), statSync(out).ino);
+    const before = sides.map(inode);
+    await step(t, root(2), 0);
+    expect(sides.map(inode)).toEqual(before);
+  }, 120_000);
 });

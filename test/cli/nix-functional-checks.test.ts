@@ -79,7 +79,7 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (output checks): realise vs 
     }
   }, 120_000);
 
-  it('structured-attrs.sh and pass-as-file.sh: what the builder is given', async () => {
+  it('structured-attrs.sh, pass-as-file.sh and placeholders.sh: what the builder is given', async () => {
     const t = new TwinStores();
     const { nix } = await step(t, t.instantiate('structured-attrs.nix', ['-A', 'all']), 0);
     const outs = nix.stdout.trim().split('\n');
@@ -91,6 +91,9 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (output checks): realise vs 
     const passAsFile = readFileSync(`${t.tests}/pass-as-file.sh`, 'utf8');
     const expr = /nix-build --no-out-link -E "\n([^]*)\n"\)/.exec(passAsFile)![1]!.replace(/\\(["$])/g, '$1');
     await step(t, t.instantiateExpr(expr), 0);
+    // placeholders.sh: each output's placeholder stands for its path.
+    const placeholders = readFileSync(`${t.tests}/placeholders.sh`, 'utf8');
+    await step(t, t.instantiateExpr(/nix-build --no-out-link -E '\n([^]*)\n'\n/.exec(placeholders)![1]!), 0);
   }, 120_000);
   it('multiple-outputs.sh: dependents of several outputs, an output deleted and rebuilt (hash rewriting), cyclic outputs, a collection keeping nothing', async () => {
     const t = new TwinStores();

@@ -20,62 +20,69 @@ async function both(t: TwinStores, nix: string[], ours: string[]) {
 }
 
 describe.skipIf(!nixOk())('Nix 2.8 functional tests (store operations): realise vs nix-store on twin stores', () => {
-  it('gc.sh: roots, --print-roots/--print-live/--print-dead, --delete of live paths refused, collections with and without the root', async () => {
-    const t = new TwinStores();
-    const [drv] = t.instantiate('dependencies.nix');
-    const { nix: built } = await step(t, [drv!], 0);
-    const out = built.stdout.trim();
-    const gcroot = (side: Side) => `${t.root}/${side}/state/gcroots/foo`;
-    for (const side of sides) symlinkSync(out, gcroot(side));
+  it.each([
+    ['gc.sh', '0'],
+    ['ca/gc.sh', '1'],
+  ])(
+    '%s: roots, --print-roots/--print-live/--print-dead, --delete of live paths refused, collections with and without the root',
+    async (_script, ca) => {
+      const t = new TwinStores();
+      const [drv] = t.instantiate('dependencies.nix', [], { NIX_TESTS_CA_BY_DEFAULT: ca });
+      const { nix: built } = await step(t, [drv!], 0);
+      const out = built.stdout.trim();
+      const gcroot = (side: Side) => `${t.root}/${side}/state/gcroots/foo`;
+      for (const side of sides) symlinkSync(out, gcroot(side));
 
-    const roots = await both(t, ['--gc', '--print-roots'], ['gc', '--print-roots']);
-    for (const side of sides) expect(roots[side].stdout).toBe(`${gcroot(side)} -> ${out}\n`);
-    const live = await both(t, ['--gc', '--print-live'], ['gc', '--print-live']);
-    expect(live.ours.stdout).toBe(live.nix.stdout);
-    expect(live.nix.stdout).toContain(out);
-    const dead = await both(t, ['--gc', '--print-dead'], ['gc', '--print-dead']);
-    expect(dead.ours.stdout).toBe(dead.nix.stdout);
-    expect(dead.nix.stdout).toContain(drv);
-    expect(dead.nix.stdout).not.toMatch(new RegExp(`${out}$`, 'm'));
+      const roots = await both(t, ['--gc', '--print-roots'], ['gc', '--print-roots']);
+      for (const side of sides) expect(roots[side].stdout).toBe(`${gcroot(side)} -> ${out}\n`);
+      const live = await both(t, ['--gc', '--print-live'], ['gc', '--print-live']);
+      expect(live.ours.stdout).toBe(live.nix.stdout);
+      expect(live.nix.stdout).toContain(out);
+      const dead = await both(t, ['--gc', '--print-dead'], ['gc', '--print-dead']);
+      expect(dead.ours.stdout).toBe(dead.nix.stdout);
+      expect(dead.nix.stdout).toContain(drv);
+      expect(dead.nix.stdout).not.toMatch(new RegExp(`${out}$`, 'm'));
 
-    const inUse = runNix('readlink', [`${(t.use('nix'), out)}/reference-to-input-2`]).stdout.trim();
-    for (const p of [inUse, out]) {
-      const del = await both(t, ['--delete', p], ['gc', '--delete', p]);
-      for (const side of sides) expect(del[side].status, del[side].stderr).toBe(1);
-      expect(keyLines(del.ours.stderr)).toEqual(keyLines(del.nix.stderr));
-      for (const side of sides) expect((t.use(side), existsSync(p))).toBe(true);
-    }
-
-    let locks = 0;
-    for (const side of sides) {
-      t.use(side);
-      for (const name of readdirSync(t.storeDir)) {
-        if (name === '.links') continue;
-        if (side === 'nix') locks++;
-        writeFileSync(`${t.storeDir}/${name}.lock`, '');
-        writeFileSync(`${t.storeDir}/${name}.chroot`, '');
+      const inUse = runNix('readlink', [`${(t.use('nix'), out)}/reference-to-input-2`]).stdout.trim();
+      for (const p of [inUse, out]) {
+        const del = await both(t, ['--delete', p], ['gc', '--delete', p]);
+        for (const side of sides) expect(del[side].status, del[side].stderr).toBe(1);
+        expect(keyLines(del.ours.stderr)).toEqual(keyLines(del.nix.stderr));
+        for (const side of sides) expect((t.use(side), existsSync(p))).toBe(true);
       }
-    }
-    const listing = (side: Side) => (t.use(side), readdirSync(t.storeDir).sort());
-    const deleted = (stdout: string) => Number(/^(\d+) store paths deleted, /.exec(stdout)?.[1]);
-    // Opening our store removes the lock files nobody holds (docs/store.md): Nix's collection deletes them.
-    const collect = async (lockFiles: number) => {
-      const r = await both(t, ['--gc'], ['gc']);
-      for (const side of sides) expect(r[side].status, r[side].stderr).toBe(0);
-      expect(deleted(r.ours.stdout)).toBe(deleted(r.nix.stdout) - lockFiles);
-      expect(listing('ours')).toEqual(listing('nix'));
-      expect(t.rows('ours')).toEqual(t.rows('nix'));
-    };
-    await collect(locks);
-    for (const side of sides) {
-      expect(t.read(side, `${out}/foobar`)).toBe('FOOBAR\n');
-      expect(t.read(side, `${out}/reference-to-input-2/bar`)).toBe('BAR\n');
-      expect(existsSync(drv!)).toBe(false);
-    }
-    for (const side of sides) execFileSync('rm', [gcroot(side)]);
-    await collect(0);
-    for (const side of sides) expect(listing(side)).toEqual(['.links']);
-  }, 120_000);
+
+      let locks = 0;
+      for (const side of sides) {
+        t.use(side);
+        for (const name of readdirSync(t.storeDir)) {
+          if (name === '.links') continue;
+          if (side === 'nix') locks++;
+          writeFileSync(`${t.storeDir}/${name}.lock`, '');
+          writeFileSync(`${t.storeDir}/${name}.chroot`, '');
+        }
+      }
+      const listing = (side: Side) => (t.use(side), readdirSync(t.storeDir).sort());
+      const deleted = (stdout: string) => Number(/^(\d+) store paths deleted, /.exec(stdout)?.[1]);
+      // Opening our store removes the lock files nobody holds (docs/store.md): Nix's collection deletes them.
+      const collect = async (lockFiles: number) => {
+        const r = await both(t, ['--gc'], ['gc']);
+        for (const side of sides) expect(r[side].status, r[side].stderr).toBe(0);
+        expect(deleted(r.ours.stdout)).toBe(deleted(r.nix.stdout) - lockFiles);
+        expect(listing('ours')).toEqual(listing('nix'));
+        expect(t.rows('ours')).toEqual(t.rows('nix'));
+      };
+      await collect(locks);
+      for (const side of sides) {
+        expect(t.read(side, `${out}/foobar`)).toBe('FOOBAR\n');
+        expect(t.read(side, `${out}/reference-to-input-2/bar`)).toBe('BAR\n');
+        expect(existsSync(drv!)).toBe(false);
+      }
+      for (const side of sides) execFileSync('rm', [gcroot(side)]);
+      await collect(0);
+      for (const side of sides) expect(listing(side)).toEqual(['.links']);
+    },
+    120_000,
+  );
 
   it('optimise-store.sh: auto-optimise-store links equal files at build time, optimise links the rest, a collection empties .links', async () => {
     const t = new TwinStores();
