@@ -40,8 +40,13 @@ function cliCacheDir(): string {
 /** The engine's options with the substituters the settings name (Nix's download-attempts: 5, and its warning before each retry). */
 export function engineOptions(settings: EngineSettings, warn: (message: string) => void): BuildEngineOptions {
   const opts: BuildEngineOptions & Record<string, unknown> = { ...settings.options };
-  // A daemon store substitutes from the daemon's own caches, unless told not to (Nix's client sends `substitute`).
-  if (opts.store instanceof DaemonStore) opts.store.setWorkerOptions({ useSubstitutes: settings.substitute });
+  // A daemon store was opened with what Nix's client sends for this command line (daemonClientSettings); the
+  // engine's options, read from every nix.conf (the system's too, which Nix does not send), would add to it.
+  // It substitutes from the daemon's own caches, unless told not to (Nix's client sends `substitute`).
+  if (opts.store instanceof DaemonStore) {
+    opts.store.setWorkerOptions({ useSubstitutes: settings.substitute });
+    return { store: opts.store };
+  }
   if (settings.substituters.length) {
     const { positive, negative } = settings.narInfoTtl;
     // As Nix's disk cache (for HTTP caches only: a file:// one is read afresh each run), one file for the runs.

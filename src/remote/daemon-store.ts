@@ -6,6 +6,7 @@
  * RemoteDaemonError. Builds and substitutions run in the daemon (`buildPathsWithResults`); a BuildEngine
  * over this store hands its calls to the daemon and turns the daemon's log stream into its events.
  */
+import { cpus } from 'node:os';
 import { StoreError } from '../store/errors.js';
 import { parseNar } from '../store/nar.js';
 import type { AddToStoreOptions, NarSource, PathInfo, PathLocks, Store } from '../store/store-api.js';
@@ -55,7 +56,8 @@ export class DaemonStore implements Store {
     this.socketPath = opts.socketPath ?? (process.env.NIX_DAEMON_SOCKET_PATH || DEFAULT_DAEMON_SOCKET);
     this.storeDir = opts.storeDir ?? (process.env.NIX_STORE_DIR || DEFAULT_STORE_DIR);
     this.realStoreDir = this.storeDir;
-    this.workerOptions = { useSubstitutes: true, ...opts.workerOptions };
+    // Nix's client: substitution on, NIX_BUILD_CORES the machine's CPUs (its `cores` default).
+    this.workerOptions = { useSubstitutes: true, buildCores: cpus().length, ...opts.workerOptions };
   }
 
   /**
@@ -63,8 +65,15 @@ export class DaemonStore implements Store {
    * settings before its next operation (a BuildEngine over this store sends the options it was given).
    */
   setWorkerOptions(o: WorkerOptions): void {
-    const next = { ...this.workerOptions, ...o };
-    if (Object.entries(next).every(([k, v]) => this.workerOptions[k as keyof WorkerOptions] === v)) return;
+    // Overrides are merged by name, in Nix's order (a std::map: sorted).
+    const merged = o.overrides && Object.entries({ ...this.workerOptions.overrides, ...o.overrides }).sort(([a], [b]) => (a < b ? -1 : 1));
+    const overrides = merged ? Object.fromEntries(merged) : this.workerOptions.overrides;
+    const next: WorkerOptions = { ...this.workerOptions, ...o, ...(overrides ? { overrides } : {}) };
+    const same = (k: string, v: unknown): boolean =>
+      k === 'overrides'
+        ? Object.entries(v as Record<string, string>).every(([name, value]) => this.workerOptions.overrides?.[name] === value)
+        : this.workerOptions[k as keyof WorkerOptions] === v;
+    if (Object.entries(next).every(([k, v]) => same(k, v))) return;
     this.workerOptions = next;
     this.optionsVersion++;
   }

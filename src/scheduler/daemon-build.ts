@@ -16,9 +16,50 @@ import type { MissingInfo } from './query-missing.js';
 import { failure, isSuccess, type BuildResult, type BuildStatus, type BuildTarget, type TargetResult } from './results.js';
 import type { BuildMode } from './worker.js';
 
+/** Engine options Nix's client sends as overrides, by Nix 2.8's setting name. */
+const OVERRIDES: Readonly<Record<string, keyof BuildEngineOptions>> = {
+  'allowed-impure-host-deps': 'allowedImpureHostDeps',
+  builders: 'builders',
+  'download-attempts': 'downloadAttempts',
+  'enforce-determinism': 'enforceDeterminism',
+  'extra-platforms': 'extraPlatforms',
+  'filter-syscalls': 'filterSyscalls',
+  'hashed-mirrors': 'hashedMirrors',
+  'log-lines': 'logLines',
+  'max-build-log-size': 'maxLogSize',
+  'max-free': 'maxFree',
+  'min-free': 'minFree',
+  'min-free-check-interval': 'minFreeCheckInterval',
+  'netrc-file': 'netrcFile',
+  'post-build-hook': 'postBuildHook',
+  'pre-build-hook': 'preBuildHook',
+  repeat: 'buildRepeat',
+  sandbox: 'sandbox',
+  'sandbox-build-dir': 'sandboxBuildDir',
+  'sandbox-dev-shm-size': 'sandboxShmSize',
+  'sandbox-fallback': 'sandboxFallback',
+  'sandbox-paths': 'sandboxPaths',
+  system: 'system',
+  'system-features': 'systemFeatures',
+  timeout: 'buildTimeout',
+};
+/** Nix's StringSet settings: sent sorted, without repeats. */
+const SETS = new Set(['allowed-impure-host-deps', 'extra-platforms', 'sandbox-paths', 'system-features']);
+
+/** An option's value as Nix's client writes it (Booleans true/false, integers in decimal, lists joined), or undefined when it is not a setting's value. */
+function wireValue(name: string, v: unknown): string | undefined {
+  if (typeof v === 'boolean' || typeof v === 'string') return String(v);
+  if (typeof v === 'number') return Number.isSafeInteger(v) && v >= 0 ? String(v) : undefined;
+  if (!Array.isArray(v) || !v.every((w) => typeof w === 'string')) return undefined;
+  return (SETS.has(name) ? [...new Set(v)].sort() : v).join(' ');
+}
+
 /**
- * The options a BuildEngine was given that Nix's client sends the daemon as its settings (SetOptions):
- * keep-going, keep-failed, fallback, max-jobs, max-silent-time, cores. Those not given stay the store's.
+ * What Nix 2.8's client sends the daemon (SetOptions) for the options a BuildEngine was given, as the CLI
+ * sends it for the same settings on its command line: keep-going, keep-failed, fallback, max-jobs,
+ * max-silent-time and cores in the fixed fields, and every other option that is a Nix setting as an override
+ * under its Nix name. Options not given stay the store's; the engine's own (maxSubstitutionJobs,
+ * experimentalFeatures, environment, buildDir) and objects (a Sandbox, RemoteBuilders, substituters) are not sent.
  */
 export function daemonSettingsOf(o: BuildEngineOptions): WorkerOptions {
   const settings: Record<string, number | boolean | undefined> = {
@@ -29,7 +70,13 @@ export function daemonSettingsOf(o: BuildEngineOptions): WorkerOptions {
     maxSilentTime: o.maxSilentTime,
     buildCores: o.cores,
   };
-  return Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
+  const overrides: Record<string, string> = {};
+  for (const [name, key] of Object.entries(OVERRIDES)) {
+    const value = o[key] === undefined ? undefined : wireValue(name, o[key]);
+    if (value !== undefined) overrides[name] = value;
+  }
+  const fixed = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
+  return Object.keys(overrides).length ? { ...fixed, overrides } : fixed;
 }
 
 /** `DRV!out1,out2` (all outputs: every name the daemon knows for the derivation), or the path itself. */

@@ -310,6 +310,63 @@ describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix
     expect(runNix('nix-store', ['--store', root, '--check-validity', nix('nix-store', ['--store', root, '-q', '--outputs', drvs.opts!])]).status).toBe(0);
   }, 60_000);
 
+  it("a BuildEngine on a DaemonStore sends the settings Nix 2.8's client sends for the same options", async () => {
+    const proxySocket = path.join(dir, 'proxy-socket-engine');
+    const proxy = await setOptionsProxy(proxySocket, socket);
+    const confDir = path.join(dir, 'conf-engine');
+    mkdirSync(confDir, { recursive: true });
+    writeFileSync(path.join(confDir, 'nix.conf'), '');
+    const env = { NIX_DAEMON_SOCKET_PATH: proxySocket, NIX_CONF_DIR: confDir, NIX_USER_CONF_FILES: '/dev/null', NIX_CONFIG: '' };
+    const options = {
+      keepGoing: true,
+      keepFailed: true,
+      fallback: true,
+      maxJobs: 3,
+      maxSilentTime: 30,
+      cores: 2,
+      buildRepeat: 1,
+      enforceDeterminism: false,
+      buildTimeout: 40,
+      maxLogSize: 5000,
+      sandbox: 'relaxed' as const,
+      sandboxPaths: ['/b=/b', '/a=/a', '/b=/b'],
+      systemFeatures: ['zz', 'kvm'],
+      preBuildHook: '/no/hook',
+      hashedMirrors: ['http://m2', 'http://m1'],
+      // The engine's own: not Nix settings, never sent.
+      maxSubstitutionJobs: 7,
+      experimentalFeatures: ['ca-derivations'],
+    };
+    const flags = [
+      ...['-k', '-K', '--fallback', '-j', '3', '--max-silent-time', '30', '--cores', '2', '--option', 'repeat', '1'],
+      ...['--option', 'enforce-determinism', 'false', '--timeout', '40', '--option', 'max-build-log-size', '5000', '--option', 'sandbox', 'relaxed'],
+      ...['--option', 'sandbox-paths', '/b=/b /a=/a /b=/b', '--option', 'system-features', 'zz kvm', '--option', 'pre-build-hook', '/no/hook'],
+      ...['--option', 'hashed-mirrors', 'http://m2 http://m1', '--option', 'experimental-features', 'ca-derivations'],
+    ];
+    try {
+      for (const [engineOptions, args] of [
+        [{}, []],
+        [options, flags],
+      ] as const) {
+        const n = await runNixAsync('nix-store', ['--store', 'daemon', '-q', '--hash', drvs.ok!, ...args], { env });
+        expect(n.status, n.stderr).toBe(0);
+        const [nixSent] = await proxy.take();
+        expect(nixSent).toHaveLength(1);
+        const s = await DaemonStore.open({ socketPath: proxySocket });
+        const engine = new BuildEngine({ store: s, ...engineOptions });
+        expect(['built', 'already-valid']).toContain((await engine.buildPaths([drvs.ok!]))[0]!.result.status);
+        await engine.close();
+        await s.close();
+        // The handshake's settings are the store's; the engine's call sends its own before it asks anything.
+        const ours = (await proxy.take()).flat();
+        expect(ours.at(-1)).toEqual(nixSent![0]);
+        if (!args.length) for (const sent of ours) expect(sent).toEqual(nixSent![0]);
+      }
+    } finally {
+      await proxy.close();
+    }
+  }, 60_000);
+
   it('a missing daemon socket is a typed error naming it', async () => {
     const err = await DaemonStore.open({ socketPath: path.join(dir, 'nothing') }).then(
       () => undefined,
