@@ -202,16 +202,12 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
           if (!locks) return 'locked';
           if (waited) w.ctx.emit('build-lock-acquired', { drvPath });
           waited = false;
-          if (plan.mode === 'normal' && round === 1) {
-            const outs = await knownOutputs(store, view);
-            const valid = await store.queryValidPaths(outs.values());
-            if (outs.size === view.outputs.size && [...outs.values()].every((p) => valid.has(p))) {
-              // Someone beat us to it: this build is no longer expected (Nix drops it from expectedBuilds).
-              expected.withdraw();
-              return success('already-valid', Object.fromEntries(outs));
-            }
+          const { valid, beaten } = await outputsUnderLock(store, view, known, plan.mode === 'normal' && round === 1);
+          if (beaten) {
+            // Someone beat us to it: this build is no longer expected (Nix drops it from expectedBuilds).
+            expected.withdraw();
+            return success('already-valid', Object.fromEntries(beaten));
           }
-          const valid = await store.queryValidPaths(known);
           // After round 1, what is there is that round's output, still unregistered.
           if (round === 1) await deleteStaleOutputs(store, known, valid);
           if (startTime === 0) startTime = Math.floor(Date.now() / 1000);
@@ -258,6 +254,28 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
       await releaseLocks(locks as PathLocks | undefined, deleteLocks); // (assigned inside the slot's callback)
     }
   }
+}
+
+/**
+ * Which of the `known` output paths are valid, checked once the locks are held; with `recheck` (round 1
+ * of a normal build), every output's path (floating ones from their realisations) first: `beaten` when
+ * someone made them all valid meanwhile.
+ */
+async function outputsUnderLock(
+  store: Worker['ctx']['store'],
+  view: DrvView,
+  known: readonly StorePath[],
+  recheck: boolean,
+): Promise<{ valid: Set<StorePath>; beaten?: Map<string, StorePath> }> {
+  if (recheck) {
+    const outs = await knownOutputs(store, view);
+    const valid = await store.queryValidPaths(outs.values());
+    if (outs.size === view.outputs.size && [...outs.values()].every((p) => valid.has(p))) return { valid, beaten: outs };
+    // The known output paths are among those just checked (the usual case): no second query.
+    const checked = new Set(outs.values());
+    if (known.every((p) => checked.has(p))) return { valid };
+  }
+  return { valid: await store.queryValidPaths(known) };
 }
 
 /** Delete the outputs of `known` that are there but not valid (a build that was interrupted left them). */
