@@ -135,17 +135,20 @@ function parseMachineLine(line: string, origin: string, opts: ParseMachinesOptio
   const isSet = (i: number): boolean => t.length > i && t[i] !== '' && t[i] !== '-';
   const num = (i: number, what: string): number => {
     if (!/^\d+$/.test(t[i]!)) {
-      throw new MachineSpecError(`bad machine specification in ${origin}: column ${i + 1} (${what}) of '${line}' should be a number, got '${t[i]}'`);
+      // Nix's words (its columns count from 0); where and what in the hint.
+      throw new MachineSpecError(`bad machine specification: failed to convert column #${i} in a row: '${line}' to 'unsigned int'`, {
+        hint: `column ${i + 1} (${what}) of a machine in ${origin} should be a whole number, got '${t[i]}'`,
+      });
     }
     return Number(t[i]);
   };
   const list = (i: number): string[] => t[i]!.split(',').filter(Boolean);
-  if (!isSet(0)) throw new MachineSpecError(`bad machine specification in ${origin}: no store URI in '${line}'`);
+  if (!isSet(0)) throw new MachineSpecError(`bad machine specification: no store URI in a row: '${line}'`, { hint: `in ${origin}` });
   if (isSet(7)) {
     const k = t[7]!;
     if (!/^[A-Za-z0-9+/]*={0,2}$/.test(k) || k.length % 4 !== 0) {
-      throw new MachineSpecError(`bad machine specification in ${origin}: column 8 (public host key) of '${line}' is not valid base64`, {
-        hint: 'use the output of `base64 -w0 /etc/ssh/ssh_host_ed25519_key.pub` on the builder',
+      throw new MachineSpecError(`bad machine specification: a column #7 in a row: '${line}' is not valid base64 string`, {
+        hint: `column 8 (public host key) of a machine in ${origin}: use the output of \`base64 -w0 /etc/ssh/ssh_host_ed25519_key.pub\` on the builder`,
       });
     }
   }
@@ -297,4 +300,23 @@ function noMachine(machines: readonly Machine[], req: MachineRequest, rejections
   return new NoMachineError(msg, rejections, {
     hint: why ? undefined : 'add a machine for that system with those features (builders option / machines file), or allow local builds (maxJobs > 0)',
   });
+}
+
+/**
+ * What Nix's build hook prints when no machine takes a derivation this machine cannot build either
+ * ("Failed to find a machine for remote build!", the request, a table of the machines), followed by why
+ * each machine was passed over.
+ */
+export function noMachineReport(machines: readonly Machine[], req: MachineRequest, error: NoMachineError): string {
+  const sorted = (xs: readonly string[]): string => [...xs].sort().join(', ');
+  const lines = [
+    'Failed to find a machine for remote build!',
+    `derivation: ${(req.drvPath ?? '').replace(/^.*\//, '')}`,
+    `required (system, features): (${req.system}, ${sorted(req.requiredFeatures ?? [])})`,
+    `${machines.length} available machines:`,
+    '(systems, maxjobs, supportedFeatures, mandatoryFeatures)',
+    ...machines.map((m) => `(${m.systemTypes.join(', ')}, ${m.maxJobs}, ${sorted(m.supportedFeatures)}, ${sorted(m.mandatoryFeatures)})`),
+    ...error.rejections.map((r) => `  - ${r.machine}: ${r.reasons.join('; ')}`),
+  ];
+  return lines.join('\n');
 }

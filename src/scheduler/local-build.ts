@@ -134,27 +134,31 @@ function canBuildLocally(w: Worker, view: DrvView): boolean {
 }
 
 export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPlan): Promise<BuildResult> {
-  // Remote builders first (the build hook), unless the derivation prefers local builds or we repair/check.
+  // Remote builders first (the build hook), unless the derivation prefers local builds and can have them
+  // (as Nix, not with maxJobs 0: then everything goes to the hook), or we repair/check.
   // Built-ins (system `builtin`) run in this engine and are never sent away.
-  if (w.ctx.options.builders.length > 0 && plan.mode === 'normal' && !plan.preferLocal && view.platform !== 'builtin') {
+  const { options } = w.ctx;
+  const prefersHere = plan.preferLocal && options.maxJobs > 0 && canBuildLocally(w, view);
+  if (options.builders.length > 0 && plan.mode === 'normal' && !prefersHere && view.platform !== 'builtin') {
     // Imported on first use: a call without builders never loads the remote protocols.
     const { tryRemoteBuild } = await import('./remote-build.js');
     const r = await plan.goal.blocked(tryRemoteBuild(w, view, plan.inputPaths));
     if (r) return r;
   }
-  const refused = refuseUnbuildable(w, view, plan);
+  const refused = refuseUnbuildable(w, view);
   if (refused) return w.endCall(refused, view.drvPath);
   return buildInRounds(w, view, plan);
 }
 
+const DISTRIBUTED_BUILDS_URL = 'https://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html';
+
 /** Nix throws these out of the build (the whole call ends): no slot will ever build it here. */
-function refuseUnbuildable(w: Worker, view: DrvView, plan: LocalBuildPlan): BuildSetupError | undefined {
+function refuseUnbuildable(w: Worker, view: DrvView): BuildSetupError | undefined {
   const { options } = w.ctx;
-  if (options.maxJobs === 0 && !plan.preferLocal) {
+  // Nix 2.8 builds nothing here with max-jobs 0, not even preferLocalBuild or built-in derivations.
+  if (options.maxJobs === 0) {
     return new BuildSetupError(
-      options.builders.length === 0
-        ? "unable to start any build; either increase '--max-jobs' or enable remote builds.\nhttps://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html"
-        : 'unable to start any build; remote machines may not have all required system features.',
+      `unable to start any build; ${options.builders.length === 0 ? "either increase '--max-jobs' or enable remote builds" : 'remote machines may not have all required system features'}.\n${DISTRIBUTED_BUILDS_URL}`,
       { hint: 'set maxJobs to 1 or more, or configure builders that support this system and its features' },
     );
   }

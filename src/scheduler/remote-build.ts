@@ -5,6 +5,8 @@
  */
 import type { StorePath } from '../store/store-path.js';
 import { buildOnRemote, type RemoteBuildOptions, type RemoteBuildResult } from '../remote/remote-builder.js';
+import type { RemoteBuildError } from '../remote/errors.js';
+import { noMachineReport, type MachineRequest } from '../remote/machines.js';
 import { canBuildHere, preferLocalBuild, requiredSystemFeatures, type DrvView } from './drv-view.js';
 import { failure, success, type BuildResult, type BuildStatus, type FailureDetails } from './results.js';
 import { shortMessageOf } from '../store/errors.js';
@@ -18,9 +20,7 @@ import { slotGate } from './slot-gate.js';
  */
 function buildsHere(w: Worker, view: DrvView, local: boolean): boolean {
   const { options, buildQueue } = w.ctx;
-  return (
-    local && buildQueue.pending < Math.max(1, options.maxJobs) && buildQueue.size === 0 && slotGate(buildQueue).waitingCount === 0 && !remoteOnly(view, options)
-  );
+  return local && buildQueue.pending < Math.max(1, options.maxJobs) && buildQueue.size === 0 && slotGate(buildQueue).waitingCount === 0 && !remoteOnly(options);
 }
 
 /**
@@ -87,7 +87,8 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
       options.builders,
       view.drvPath,
       view.drv,
-      { requiredFeatures: requiredSystemFeatures(view), preferLocalBuild: preferLocalBuild(view) },
+      // preferLocalBuild counts only where it can be honoured (Nix's willBuildLocally).
+      { requiredFeatures: requiredSystemFeatures(view), preferLocalBuild: local && preferLocalBuild(view) },
       {
         store,
         signal: w.signal,
@@ -101,12 +102,22 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
         },
       },
     );
+    reportFailedMachines(w, dispatch.failedMachines);
     if (dispatch.kind === 'declined') {
-      // Not built there after all: counted neither as a build nor as expected.
+      // Not built there after all: counted neither as a build nor as expected. Built here if it can be;
+      // if not, Nix's hook says why no machine took it, and the local build refuses it in Nix's words.
       running.end('dropped');
       expected.withdraw();
-      if (local) return undefined;
-      return failure('misc-failure', dispatch.error.message);
+      if (!local)
+        w.warn(
+          noMachineReport(
+            options.builders.map((b) => b.machine),
+            hookRequest(view),
+            dispatch.error,
+          ),
+          'plain',
+        );
+      return undefined;
     }
     const ok = isRemoteSuccess(dispatch.result);
     events.end(ok ? 'success' : 'failure');
@@ -139,6 +150,16 @@ export function remoteFailure(errorMsg: string): FailureDetails {
   return { message: m[1]!, logTail: { drvPath: m[3]! as StorePath, lines } };
 }
 
-function remoteOnly(view: DrvView, options: { maxJobs: number }): boolean {
-  return options.maxJobs === 0 && !preferLocalBuild(view);
+/** With maxJobs 0 everything goes to the hook, as in Nix (preferLocalBuild cannot be honoured). */
+function remoteOnly(options: { maxJobs: number }): boolean {
+  return options.maxJobs === 0;
+}
+
+function hookRequest(view: DrvView): MachineRequest {
+  return { system: view.drv.platform, requiredFeatures: requiredSystemFeatures(view), drvPath: view.drvPath };
+}
+
+/** Nix's hook prints a line for every machine it could not use ("cannot build on ..."). */
+function reportFailedMachines(w: Worker, failed: readonly RemoteBuildError[]): void {
+  for (const e of failed) w.warn(`cannot build on '${e.machine}': ${shortMessageOf(e.cause ?? e)}`, 'plain');
 }

@@ -49,8 +49,22 @@ describe('machines file', () => {
 
   it('explains bad lines', () => {
     expect(() => parseMachines('host x86_64-linux - four')).toThrow(MachineSpecError);
-    expect(() => parseMachines('host x86_64-linux - four')).toThrow(/column 4 \(max jobs\).*'four'/);
-    expect(() => parseMachines('host - - 1 1 - - not*base64')).toThrow(/not valid base64/);
+    // Nix's message (its columns count from 0), where and what in the hint.
+    const bad = (spec: string): MachineSpecError => {
+      try {
+        parseMachines(spec);
+      } catch (e) {
+        return e as MachineSpecError;
+      }
+      throw new Error(`'${spec}' was accepted`);
+    };
+    expect(bad('host x86_64-linux - four').shortMessage).toBe(
+      "bad machine specification: failed to convert column #3 in a row: 'host x86_64-linux - four' to 'unsigned int'",
+    );
+    expect(bad('host x86_64-linux - four').hint).toBe("column 4 (max jobs) of a machine in builders should be a whole number, got 'four'");
+    expect(bad('host - - 1 1 - - not*base64').shortMessage).toBe(
+      "bad machine specification: a column #7 in a row: 'host - - 1 1 - - not*base64' is not valid base64 string",
+    );
     expect(() => machine({ storeUri: 'ssh://x', maxJobs: -1 })).toThrow('Expected `maxJobs` to be an integer from 0 and up, got `-1` (number)');
   });
 

@@ -1,0 +1,134 @@
+/**
+ * The build hook's decisions side by side with Nix 2.8's (`nix-store --realise --builders ...`, its
+ * build-remote hook) on twin chroot stores: bad machine specifications, no fitting machine (wrong system,
+ * missing or mandatory features, maxJobs 0), an unreachable machine, preferLocalBuild with max-jobs 0,
+ * machines files with comments, `;` and `-` placeholders. Nix's lines (its error, the hook's "Failed to find
+ * a machine" report with its table of machines, "cannot build on") must appear in ours, in order, with the
+ * same exit status.
+ */
+import { writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { realiseInProcess } from '../helpers/cli.js';
+import { nix, nixOk, runNix, tempDir, type NixRunResult } from '../helpers/nix.js';
+import { NIX_CONF } from './fixture.js';
+
+const EXPR = `
+let mk = name: system: extra: derivation ({ inherit name system; builder = "/bin/sh"; args = [ "-c" "echo building \${name}; echo \${name} > $out" ]; } // extra);
+in {
+  plain = mk "plain" builtins.currentSystem {};
+  arm = mk "arm" "aarch64-linux" {};
+  cuda = mk "cuda" builtins.currentSystem { requiredSystemFeatures = [ "cuda" "big-parallel" ]; };
+  pref = mk "pref" builtins.currentSystem { preferLocalBuild = true; };
+}
+`;
+
+/** Nix's stderr lines that are not about the hook: the plan, and the hook process's own end after Nix's error. */
+const notCompared = (l: string): boolean =>
+  /^(this derivation will be built:|these \d+ derivations will be built:|  \/nix\/store\/|error: unexpected EOF reading a line|\(use '--show-trace')/.test(l) ||
+  l === '';
+
+describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --builders', () => {
+  let dir: string;
+  const drvs: Record<string, string> = {};
+  const env = { NIX_CONFIG: NIX_CONF, NIX_USER_CONF_FILES: '/dev/null' };
+
+  beforeAll(() => {
+    dir = tempDir('realise-hook-parity-');
+    const file = path.join(dir, 'e.nix');
+    writeFileSync(file, EXPR);
+    for (const attr of ['plain', 'arm', 'cuda', 'pref']) {
+      const drv = nix('nix-instantiate', ['--store', path.join(dir, 'N'), file, '-A', attr], { env });
+      expect(nix('nix-instantiate', ['--store', path.join(dir, 'O'), file, '-A', attr], { env })).toBe(drv);
+      drvs[attr] = drv;
+    }
+  });
+
+  /** `nix-store --realise ARGS DRV` on N and `realise build ARGS DRV` on O. */
+  async function both(
+    args: string[],
+    drv: string,
+    extraEnv: Record<string, string> = {},
+  ): Promise<{ theirs: NixRunResult; ours: { status: number; stderr: string } }> {
+    const theirs = runNix('nix-store', ['--store', path.join(dir, 'N'), '--realise', ...args, drv], { env: { ...env, ...extraEnv } });
+    const ours = await realiseInProcess(['build', '--store', path.join(dir, 'O'), ...args, drv], { ...env, ...extraEnv });
+    return { theirs, ours };
+  }
+
+  /** Every line Nix printed about the hook is in ours, in the same order, and the exit status is the same. */
+  function expectNixLines(r: { theirs: NixRunResult; ours: { status: number; stderr: string } }, status: number): string[] {
+    expect(r.theirs.status).toBe(status);
+    expect(r.ours.status).toBe(status);
+    const want = r.theirs.stderr.split('\n').filter((l) => !notCompared(l));
+    const got = r.ours.stderr.split('\n');
+    let at = 0;
+    for (const line of want) {
+      const i = got.indexOf(line, at);
+      expect(i, `Nix's line ${JSON.stringify(line)} in ours (after line ${at}):\n${r.ours.stderr}`).toBeGreaterThanOrEqual(0);
+      at = i + 1;
+    }
+    return want;
+  }
+
+  it('bad machine specifications: Nix 2.8 words, exit status 1', async () => {
+    for (const spec of ['ssh://h x86_64-linux - four', 'ssh://h x86_64-linux - 1 fast', 'ssh://h - - 1 1 - - not*base64']) {
+      const r = await both(['-j0', '--builders', spec], drvs.plain!);
+      // Nix 2.8 names the bad base64 character as '' (a formatting slip): the rest of its line is compared.
+      const want = expectNixLines({ ...r, theirs: { ...r.theirs, stderr: r.theirs.stderr.replace(/(is not valid base64 string): .*/, '$1') } }, 1);
+      expect(want.join('\n')).toMatch(/^error: bad machine specification: /);
+    }
+  });
+
+  it('max-jobs 0, no machine for the system: the hook report with the machines file table, then Nix error', async () => {
+    const machines = path.join(dir, 'machines');
+    writeFileSync(
+      machines,
+      '# a comment line\n' +
+        'ssh://arm aarch64-linux,armv7l-linux /no/key 2 3 kvm,big-parallel - # trailing comment\n' +
+        'ssh://bench - - - - - benchmark;  ssh://off i686-linux - 0\n' +
+        `@${path.join(dir, 'absent-machines')}\n`,
+    );
+    const r = await both(['-j0', '--builders', `@${machines}`], drvs.plain!);
+    const want = expectNixLines(r, 1);
+    expect(want).toContain('3 available machines:');
+    expect(want).toContain('(aarch64-linux, armv7l-linux, 2, big-parallel, kvm, )');
+    expect(want.at(-2)).toBe('error: unable to start any build; remote machines may not have all required system features.');
+    // Beyond Nix's table, why each machine was passed over.
+    expect(r.ours.stderr).toContain("  - ssh://bench: only takes derivations that require 'benchmark' (mandatory feature)");
+    expect(r.ours.stderr).toContain("  - ssh://off: maxJobs is 0 (disabled); does not build for 'x86_64-linux' (it builds for 'i686-linux')");
+  });
+
+  it('required features no machine has, and a system this machine cannot build: Nix errors', async () => {
+    const features = await both(['-j0', '--builders', 'ssh://gpu x86_64-linux - 1 1 cuda,kvm'], drvs.cuda!);
+    expect(expectNixLines(features, 1)).toContain('required (system, features): (x86_64-linux, big-parallel, cuda)');
+    const system = await both(['--builders', 'ssh://x86 x86_64-linux - 1 1 - -'], drvs.arm!);
+    expect(expectNixLines(system, 1).at(-1)).toMatch(/^error: a 'aarch64-linux' with features \{\} is required to build '.*-arm\.drv', but I am a /);
+  });
+
+  it('preferLocalBuild does not build locally with max-jobs 0, without or with machines', async () => {
+    expectNixLines(await both(['-j0'], drvs.pref!), 1);
+    expectNixLines(await both(['-j0', '--builders', 'ssh://arm aarch64-linux'], drvs.pref!), 1);
+  });
+
+  it('an unreachable machine: "cannot build on" with ssh error, then as if it were not there', async () => {
+    const r = await both(['-j0', '--builders', 'ssh://127.0.0.1 - - 1 1'], drvs.plain!, { NIX_SSHOPTS: '-oPort=1 -oBatchMode=yes' });
+    expectNixLines({ theirs: { ...r.theirs, stderr: r.theirs.stderr.replace(/^cannot build on .*\n/m, '') }, ours: r.ours }, 1);
+    for (const out of [r.theirs.stderr, r.ours.stderr]) {
+      expect(out).toMatch(/^cannot build on 'ssh:\/\/127\.0\.0\.1': .*\n?.*ssh: connect to host 127\.0\.0\.1 port 1: Connection refused/m);
+    }
+  });
+
+  it('preferLocalBuild with max-jobs 0 goes to the machine, and both builds agree', async () => {
+    const spec = (s: string) => `ssh-ng://localhost?remote-store=${encodeURIComponent(path.join(dir, `remote-${s}`))} - - 1 1`;
+    const theirs = runNix('nix-store', ['--store', path.join(dir, 'N'), '--realise', '-j0', '--builders', spec('N'), drvs.pref!], { env });
+    const ours = await realiseInProcess(['build', '--store', path.join(dir, 'O'), '-j0', '--builders', spec('O'), drvs.pref!], env);
+    expect(theirs.stderr).toContain(`building '${drvs.pref}' on 'ssh-ng://localhost?remote-store=`);
+    expect(ours.stderr).toContain(`building '${drvs.pref}' on 'ssh-ng://localhost?remote-store=`);
+    expect([theirs.status, ours.status]).toEqual([0, 0]);
+    const out = theirs.stdout.trim();
+    expect(ours.stdout.trim()).toBe(out);
+    const info = (store: string) => ['--hash', '--deriver', '--references'].map((q) => nix('nix-store', ['--store', path.join(dir, store), '-q', q, out]));
+    expect(info('O')).toEqual(info('N'));
+    expect(info('remote-O')).toEqual(info('remote-N'));
+  });
+});
