@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { deleteTreeSync, movePathSync } from '../store/canonicalise.js';
 import { SandboxError } from './sandbox-errors.js';
+import { strerror } from './spawn-merged.js';
 
 export const SANDBOX_UID = 1000;
 export const SANDBOX_GID = 100;
@@ -120,22 +121,26 @@ function ensureExitHook(): void {
 
 /**
  * Remove a directory tree off the critical path: it is renamed aside at once (so its name is free for
- * the next build) and deleted in the background, one tree at a time; never throws (best effort). Directory removal is the slowest
- * part of a sandboxed build on ext4 mounted with `discard` (several ms per directory).
+ * the next build) and deleted in the background, one tree at a time. Never throws (best effort): a tree
+ * that can be neither moved nor deleted (the store became unwritable, ...) is left where it is, as Nix
+ * ignores a chroot it cannot delete, and the failure is returned in Nix's words (`cannot unlink '…':
+ * Permission denied`, which Nix prints as `error (ignored): …`). Directory removal is the slowest part of a
+ * sandboxed build on ext4 mounted with `discard` (several ms per directory).
  */
-export function discardTree(p: string): void {
+export function discardTree(p: string): string | undefined {
   const aside = `${p}.trash-${process.pid}-${Math.random().toString(36).slice(2)}`;
   try {
     fs.renameSync(p, aside);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     try {
       removeTree(p);
-    } catch {
-      // Left where it is (the store became unwritable, ...): a temporary tree, not worth failing for, as
-      // Nix ignores a chroot it cannot delete. Whoever needs its place says why it cannot have it.
+    } catch (err) {
+      // Whoever needs its place says why it cannot have it.
+      const x = err as NodeJS.ErrnoException;
+      return `cannot unlink '${x.path ?? p}': ${strerror(x) ?? x.message}`;
     }
-    return;
+    return undefined;
   }
   ensureExitHook();
   pendingTrash.add(aside);
@@ -150,6 +155,7 @@ export function discardTree(p: string): void {
         () => {},
       ),
   );
+  return undefined;
 }
 
 /** Resolves when every tree handed to discardTree() is gone. */

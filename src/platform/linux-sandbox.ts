@@ -255,7 +255,10 @@ export class LinuxSandbox implements Sandbox {
         // Reuse the skeleton only when the builder ran to its end (so nothing of it can still write
         // into the chroot; after an abort it may take a moment to die).
         if (this.#pool && leftovers && (exit?.kind === 'exited' || exit?.kind === 'signalled')) this.#pool.recycle(layout, leftovers);
-        else discardTree(root);
+        else {
+          const left = discardTree(root);
+          if (left !== undefined) opts.onIgnoredError?.(`error: ${left}`);
+        }
       }
     }
   }

@@ -52,6 +52,11 @@ export interface SandboxRunOptions {
    * once its sandbox is set up. Sandboxes that cannot tell may call it at the start of `run()`.
    */
   readonly onSetUp?: () => void;
+  /**
+   * A failure of the sandbox's own clean-up that does not fail the build (a chroot it could not delete,
+   * as Nix's `error (ignored): …`), in Nix's words.
+   */
+  readonly onIgnoredError?: (message: string) => void;
 }
 
 export type SandboxExit =

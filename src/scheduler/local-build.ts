@@ -749,6 +749,8 @@ class LocalRound {
         {
           signal: limits.controller.signal,
           onSetUp: () => this.announce(),
+          // Nix prints an error its clean-up ignored at once, as "error (ignored): error: …".
+          onIgnoredError: (message) => w.warn(`error (ignored): ${message}`, 'plain'),
           onOutput: (chunk) => {
             this.announce();
             limits.onOutput(this.log, chunk);

@@ -278,8 +278,12 @@ export class Worker {
   failureOf(e: unknown, path: StorePath): BuildResult {
     if (this.signal.aborted) return stoppedResult(`build of '${path}'`);
     if (e instanceof RealiseError) return failure('misc-failure', { message: e.shortMessage, hint: e.hint });
-    // A failed system call (the store became unwritable, the disk is full) in Nix's words, as its SysError.
-    return failure('misc-failure', systemErrorMessage(e) ?? (e instanceof Error ? e.message : String(e)));
+    // A failed system call (the store became unwritable, the disk is full) in Nix's words, as its SysError,
+    // which is no BuildError: it ends the call (keepGoing or not), the other goals stopped, not failed.
+    const sys = systemErrorMessage(e);
+    if (sys === undefined) return failure('misc-failure', e instanceof Error ? e.message : String(e));
+    this.stop('failure', path, true);
+    return failure('misc-failure', { message: sys, endedCall: true });
   }
 
   /**

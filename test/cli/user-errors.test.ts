@@ -84,36 +84,42 @@ describe.skipIf(!nixOk())('an internal failure mid-build, realise vs Nix 2.8', (
   // Root writes where it likes: as root, both run as nobody (when the checkout is readable by others).
   const asNobody = AS_ROOT && usableByOthers(BIN);
   it.skipIf(AS_ROOT && !asNobody)(
-    "the store becoming unwritable while a build runs: Nix's one error line (the output's move into the store), exit 1, no trace",
+    "the store becoming unwritable while an input builds, with --keep-going: Nix's lines (the chroot it could not delete, ignored; the output's move into the store), exit 1, the call ended (its dependent is not built, no 'dependencies failed'), nothing valid",
     () => {
       const dir = tempDir('realise-unwritable-');
       chmodSync(dir, 0o755);
       writeFileSync(
         path.join(dir, 'e.nix'),
-        'derivation { name = "unwritable"; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; }',
+        `let mk = name: deps: derivation { inherit name deps; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; };
+        in rec { dep = mk "unwritable-dep" []; top = mk "unwritable-top" [ dep ]; }`,
       );
-      // Nix's pre-build-hook runs before the builder: here it takes the store's write permission away.
-      writeFileSync(path.join(dir, 'hook.sh'), '#!/bin/sh\nchmod 555 "$UNWRITABLE_STORE"\n', { mode: 0o755 });
+      // Nix's pre-build-hook runs before the builder: for the input, it takes the store's write permission away.
+      writeFileSync(path.join(dir, 'hook.sh'), '#!/bin/sh\ncase "$1" in *-unwritable-dep.drv) chmod 555 "$UNWRITABLE_STORE";; esac\n', { mode: 0o755 });
       if (asNobody) execFileSync('chown', ['-R', '65534:65534', dir]);
       const as = asNobody ? { uid: 65534, gid: 65534 } : {};
       const run = (cmd: string, args: string[], root: string) => {
         const env = nixEnv({ HOME: dir, XDG_CACHE_HOME: path.join(dir, 'xdg'), UNWRITABLE_STORE: path.join(root, 'nix/store') });
         const r = spawnSync(cmd, args, { env, encoding: 'utf8', cwd: dir, ...as });
-        return { status: r.status, stdout: r.stdout.trim(), stderr: r.stderr, errors: r.stderr.split('\n').filter((l) => l.startsWith('error: ')) };
+        return { status: r.status, stdout: r.stdout.trim(), stderr: r.stderr, errors: r.stderr.split('\n').filter((l) => /^error[: ]/.test(l)) };
       };
-      const opts = ['--option', 'sandbox-paths', '/bin/sh=/bin/busybox /bin/busybox', '--option', 'pre-build-hook', path.join(dir, 'hook.sh')];
+      const opts = ['--keep-going', '--option', 'sandbox-paths', '/bin/sh=/bin/busybox /bin/busybox', '--option', 'pre-build-hook', path.join(dir, 'hook.sh')];
       const [N, O] = [path.join(dir, 'N'), path.join(dir, 'O')];
       try {
-        const d = run('nix-instantiate', ['--store', N, path.join(dir, 'e.nix')], N).stdout;
-        expect(run('nix-instantiate', ['--store', O, path.join(dir, 'e.nix')], O).stdout).toBe(d);
-        const n = run('nix-store', ['--store', N, '--realise', d, ...opts], N);
-        const o = run(process.execPath, [BIN, 'build', '--store', O, d, ...opts], O);
+        const [dep, top] = ['dep', 'top'].map((a) => run('nix-instantiate', ['--store', N, path.join(dir, 'e.nix'), '-A', a], N).stdout);
+        expect(run('nix-instantiate', ['--store', O, path.join(dir, 'e.nix'), '-A', 'top'], O).stdout).toBe(top);
+        const n = run('nix-store', ['--store', N, '--realise', top!, ...opts], N);
+        const o = run(process.execPath, [BIN, 'build', '--store', O, top!, ...opts], O);
         expect(n.status, n.stderr).toBe(1);
-        // Nix's own line for the chroot it could not delete is "error (ignored)": not an error of the run.
-        expect(n.errors).toHaveLength(1);
-        expect(n.errors[0]).toMatch(/^error: renaming '.*' to '.*': Permission denied$/);
+        // Nix's line for the chroot it could not delete (its clean-up ignores the error), then the error that ended the call.
+        expect(n.errors).toEqual([
+          expect.stringMatching(/^error \(ignored\): error: cannot unlink '.*\.drv\.chroot': Permission denied$/),
+          expect.stringMatching(/^error: renaming '.*' to '.*': Permission denied$/),
+        ]);
         expect([o.status, o.errors], o.stderr).toEqual([1, n.errors.map((l) => l.replaceAll(N, O))]);
         noTrace(o.stderr);
+        // Nothing valid: neither the input's output nor its dependent's.
+        const outs = [dep!, top!].map((d) => nix('nix-store', ['--store', N, '-q', '--outputs', d]));
+        for (const root of [N, O]) expect(runNix('nix-store', ['--store', root, '--check-validity', ...outs]).status).not.toBe(0);
       } finally {
         removeTreeSync(dir);
       }
