@@ -10,7 +10,7 @@ const { Optimiser } = require('./optimise-links.cjs');
 let opt;
 let warnings = [];
 parentPort.on('message', (m) => {
-  if (m.drain) return void opt.drain().then(() => parentPort.postMessage({ id: m.id }));
+  if (m.drain) return void (opt ? opt.drain() : Promise.resolve()).then(() => parentPort.postMessage({ id: m.id })); // (no batch if aborted at once)
   if (m.realStoreDir) opt = new Optimiser(m.realStoreDir, new Set(m.inodes), (w) => warnings.push(w), true);
   const before = { ...opt.stats };
   const reply = { id: m.id };
