@@ -494,7 +494,8 @@ export class MachineBuilder implements RemoteBuilder {
             throw new RemoteBuildError(this.name, 'copy', `input '${p}' of '${drvPath}' is not valid in the local store`, {
               hint: 'build or substitute the inputs before building remotely',
             });
-          infos.set(p, info);
+          // Not ultimate there (trusted only by signatures), as Nix's copyStorePath sends it.
+          infos.set(p, { ...info, ultimate: false });
         }
         const sorted = topoSortPaths(infos);
         const nar = (p: StorePath) =>
@@ -558,7 +559,10 @@ export class MachineBuilder implements RemoteBuilder {
     const sorted = topoSortPaths(toFetch);
     const fetchOne = async (p: StorePath): Promise<void> => {
       const info = toFetch.get(p)!;
-      await store.addToStore({ ...info, registrationTime: undefined }, verifiedNar(client.narFromPath(p, { signal }), info, this.name), { signal });
+      // Not ultimate here: built elsewhere, as Nix's copyStorePath registers it.
+      await store.addToStore({ ...info, ultimate: false, registrationTime: undefined }, verifiedNar(client.narFromPath(p, { signal }), info, this.name), {
+        signal,
+      });
       fetched.push(p);
     };
     // As Nix's hook, which copies outputs back only when some are missing here.

@@ -8,7 +8,7 @@ import { buildOnRemote, type RemoteBuildOptions, type RemoteBuildResult } from '
 import type { RemoteBuildError } from '../remote/errors.js';
 import { noMachineReport, type MachineRequest } from '../remote/machines.js';
 import { canBuildHere, preferLocalBuild, requiredSystemFeatures, type DrvView } from './drv-view.js';
-import { failure, success, type BuildResult, type BuildStatus, type FailureDetails } from './results.js';
+import { failure, success, type BuildResult } from './results.js';
 import { shortMessageOf } from '../store/errors.js';
 import type { Worker } from './worker.js';
 import { slotGate } from './slot-gate.js';
@@ -31,17 +31,29 @@ function buildsHere(w: Worker, view: DrvView, local: boolean): boolean {
 function remoteBuildEvents(
   w: Worker,
   view: DrvView,
-): { callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStart'>; end: (outcome: 'success' | 'failure' | 'stopped') => void } {
+): {
+  callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStart'>;
+  end: (outcome: 'success' | 'failure' | 'stopped') => void;
+  saveLog: () => Promise<void>;
+} {
   const { drvPath } = view;
   /** The machine of the build-started not yet finished. */
   let startedOn: string | undefined;
+  /** The log lines of the build on its last machine: the local build log, as Nix keeps it for `nix-store -l`. */
+  let log: string[] = [];
   const end = (outcome: 'success' | 'failure' | 'stopped') => {
     if (startedOn === undefined) return;
     w.ctx.emit('build-finished', { drvPath, round: 1, rounds: 1, machine: startedOn, outcome });
     startedOn = undefined;
   };
+  const saveLog = async (): Promise<void> => {
+    if (log.length) await w.ctx.store.addBuildLog(drvPath, log.join('\n') + '\n').catch(() => {});
+  };
   const callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStart'> = {
-    onLog: (line) => w.ctx.emit('build-log', { drvPath, line }),
+    onLog: (line) => {
+      log.push(line);
+      w.ctx.emit('build-log', { drvPath, line });
+    },
     onEvent: (event) => {
       if (startedOn !== undefined) w.ctx.emit('remote-log', { drvPath, machine: startedOn, event });
     },
@@ -50,11 +62,12 @@ function remoteBuildEvents(
     },
     onStart: (machine) => {
       end('failure');
+      log = [];
       startedOn = machine;
       w.ctx.emit('build-started', { drvPath, round: 1, rounds: 1, machine, mode: w.mode === 'repair' ? 'repair' : w.mode === 'check' ? 'check' : 'normal' });
     },
   };
-  return { callbacks, end };
+  return { callbacks, end, saveLog };
 }
 
 /** The BuildResult of a build the remote ran (`started`: when we handed it over, for a remote that gives no times). */
@@ -68,8 +81,10 @@ function remoteBuildResult(r: RemoteBuildResult, drvPath: StorePath, started: nu
     isNonDeterministic: r.isNonDeterministic,
   };
   if (isRemoteSuccess(r)) return success('built', outs, times);
-  const status = (['resolves-to-already-valid', 'no-substituters'].includes(r.status) ? 'misc-failure' : r.status) as BuildStatus;
-  return failure(status, remoteFailure(r.errorMsg || `build of '${drvPath}' on '${r.machine}' failed (${r.status})`), times);
+  // As Nix 2.8's hook: any failure there (a builder's exit status, a timeout) is the hook's own exit status 1
+  // here, a misc-failure (exit status 1), and its message is the hook's, with the remote's errorMsg (and so
+  // its log tail) in full.
+  return failure('misc-failure', { message: `build of '${drvPath}' on '${r.machine}' failed: ${r.errorMsg || r.status}` }, times);
 }
 
 const isRemoteSuccess = (r: RemoteBuildResult) => r.status === 'built' || r.status === 'substituted' || r.status === 'already-valid';
@@ -120,6 +135,7 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
       return undefined;
     }
     const ok = isRemoteSuccess(dispatch.result);
+    await events.saveLog();
     events.end(ok ? 'success' : 'failure');
     running.end(ok);
     return remoteBuildResult(dispatch.result, view.drvPath, started);
@@ -134,20 +150,6 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
     }
     return failure('misc-failure', (e as Error).message);
   }
-}
-
-/**
- * A remote machine's failure arrives as Nix's errorMsg text: read its log tail (`;\nlast N log lines:\n> …
- * For full logs, run 'nix log DRV'.`) into FailureDetails once, here, where that text comes in.
- */
-export function remoteFailure(errorMsg: string): FailureDetails {
-  const m = /^([\s\S]*?);\nlast \d+ log lines:\n((?:> [^\n]*\n)*)For full logs, run 'nix log ([^'\n]*)'\.$/.exec(errorMsg);
-  if (!m) return { message: errorMsg };
-  const lines = m[2]!
-    .split('\n')
-    .filter((l, i, all) => i < all.length - 1)
-    .map((l) => l.slice(2));
-  return { message: m[1]!, logTail: { drvPath: m[3]! as StorePath, lines } };
 }
 
 /** With maxJobs 0 everything goes to the hook, as in Nix (preferLocalBuild cannot be honoured). */

@@ -9,7 +9,6 @@ import { parseArgs } from '../../src/cli/args.js';
 import { followLinksToStorePath, parseTargetArg } from '../../src/cli/paths.js';
 import { failureLines, formatError, missingLines, summariseFailures } from '../../src/cli/report.js';
 import { failure } from '../../src/scheduler/results.js';
-import { remoteFailure } from '../../src/scheduler/remote-build.js';
 import { MemoryStore, type BuildResult, type TargetResult } from '../../src/index.js';
 import { tempDir } from '../helpers/nix.js';
 
@@ -148,9 +147,6 @@ describe('messages', () => {
     expect(r.result.errorMsg).toBe(`${tail}\nnote: keeping build directory '/tmp/d'\n  hint: h`);
     expect(failureLines(r, false)).toEqual({ message: "builder for 'x' failed with exit code 1", note: "note: keeping build directory '/tmp/d'" });
     expect(failureLines(r, true).message).toBe(tail);
-    // A remote machine's failure comes as text: its log tail is read once, where it comes in.
-    expect(remoteFailure(tail)).toEqual({ message: "builder for 'x' failed with exit code 1", logTail: { drvPath: 'x', lines: ['y'] } });
-    expect(remoteFailure('it broke')).toEqual({ message: 'it broke' });
   });
 
   it("summarises failed targets as Nix's buildPaths: one error, or the first error and 'build of … failed'", () => {

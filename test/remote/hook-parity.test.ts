@@ -15,11 +15,14 @@ import { NIX_CONF } from './fixture.js';
 
 const EXPR = `
 let mk = name: system: extra: derivation ({ inherit name system; builder = "/bin/sh"; args = [ "-c" "echo building \${name}; echo \${name} > $out" ]; } // extra);
-in {
+in rec {
   plain = mk "plain" builtins.currentSystem {};
   arm = mk "arm" "aarch64-linux" {};
   cuda = mk "cuda" builtins.currentSystem { requiredSystemFeatures = [ "cuda" "big-parallel" ]; };
   pref = mk "pref" builtins.currentSystem { preferLocalBuild = true; };
+  dep = mk "dep" builtins.currentSystem {};
+  top = mk "top" builtins.currentSystem { inherit dep; };
+  fail = mk "fail" builtins.currentSystem { args = [ "-c" "echo line one; echo line two >&2; exit 3" ]; };
 }
 `;
 
@@ -37,7 +40,7 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
     dir = tempDir('realise-hook-parity-');
     const file = path.join(dir, 'e.nix');
     writeFileSync(file, EXPR);
-    for (const attr of ['plain', 'arm', 'cuda', 'pref']) {
+    for (const attr of ['plain', 'arm', 'cuda', 'pref', 'dep', 'top', 'fail']) {
       const drv = nix('nix-instantiate', ['--store', path.join(dir, 'N'), file, '-A', attr], { env });
       expect(nix('nix-instantiate', ['--store', path.join(dir, 'O'), file, '-A', attr], { env })).toBe(drv);
       drvs[attr] = drv;
@@ -131,4 +134,40 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
     expect(info('O')).toEqual(info('N'));
     expect(info('remote-O')).toEqual(info('remote-N'));
   });
+
+  for (const scheme of ['ssh-ng', 'ssh'] as const) {
+    it(`${scheme}://: a failure there is exit status 1 with the hook's error and log tail; rows, logs of both sides agree`, async () => {
+      // Fresh twin stores for this scheme, the dependency built here (so it is uploaded to the machine).
+      const local = (s: string) => path.join(dir, `local-${scheme}-${s}`);
+      for (const s of ['N', 'O']) {
+        for (const attr of ['top', 'fail']) nix('nix-instantiate', ['--store', local(s), path.join(dir, 'e.nix'), '-A', attr], { env });
+        nix('nix-store', ['--store', local(s), '--realise', drvs.dep!], { env });
+      }
+      // Two slots: Nix's hook postpones a build for a few seconds when the machine's slots are taken.
+      const spec = (s: string) => `${scheme}://localhost?remote-store=${encodeURIComponent(path.join(dir, `${scheme}-${s}`))} - - 2 1`;
+      const args = (s: string) => ['-j0', '-k', '--builders', spec(s), drvs.top!, drvs.fail!];
+      const theirs = runNix('nix-store', ['--store', local('N'), '--realise', ...args('N')], { env });
+      const ours = await realiseInProcess(['build', '--store', local('O'), ...args('O')], env);
+      expect([theirs.status, ours.status]).toEqual([1, 1]);
+      // The hook's error: the build, the machine and the remote's errorMsg (with its log tail over ssh-ng://).
+      const hookError = (stderr: string) => /^error: build of .*-fail\.drv' on [^\n]* failed: [^\n]*(\n {7}[^\n]*)*/m.exec(stderr)?.[0];
+      expect(hookError(theirs.stderr)).toContain('failed with exit code 3');
+      expect(hookError(ours.stderr)).toBe(hookError(theirs.stderr)!.replaceAll(`${scheme}-N`, `${scheme}-O`));
+      for (const line of ['line one', 'line two']) expect(ours.stderr.split('\n')).toContain(line);
+      // The outputs copied back and the input copied there: the same rows (not ultimate where copied).
+      const top = nix('nix-store', ['--store', local('N'), '-q', '--outputs', drvs.top!]);
+      const rows = (store: string) =>
+        (JSON.parse(nix('nix', ['path-info', '--store', store, '--json', '-r', top], { env })) as Record<string, unknown>[]).map(
+          ({ registrationTime, ...row }) => row,
+        );
+      expect(rows(local('O'))).toEqual(rows(local('N')));
+      expect(rows(path.join(dir, `${scheme}-O`))).toEqual(rows(path.join(dir, `${scheme}-N`)));
+      expect(rows(local('N')).find((r) => r.path === top)?.ultimate).toBeUndefined();
+      // `nix-store -l` has the remote builds' logs here, as Nix keeps them.
+      for (const drv of [drvs.top!, drvs.fail!]) {
+        const log = (s: string) => nix('nix-store', ['--store', local(s), '-l', drv]);
+        expect(log('O')).toBe(log('N'));
+      }
+    });
+  }
 });
