@@ -53,7 +53,6 @@ export class ThreadTasks<Reply extends { id: number }> {
     // No options of this process's (a loader such as tsx's costs each thread ~100 ms and the script needs none).
     const { Worker } = workerThreads();
     const w = typeof this.#source === 'string' ? new Worker(this.#source, { eval: true, execArgv: [] }) : new Worker(this.#source, { execArgv: [] });
-    w.unref();
     w.on('message', (m: Reply) => {
       const p = this.#pending.get(m.id);
       if (!p) return;
@@ -76,6 +75,9 @@ export class ThreadTasks<Reply extends { id: number }> {
       fail(e);
     });
     w.on('exit', (code) => fail(new Error(`the worker thread exited with code ${code}`)));
+    // Only after the listeners: in Node 20 a 'message' listener added to an unref'ed Worker refs its port
+    // again, and a thread that was only warmed kept the process alive forever.
+    w.unref();
     this.#worker = w;
     return w;
   }

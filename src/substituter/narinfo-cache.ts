@@ -4,7 +4,7 @@
  * `NarInfoCache.open({ cacheDir })` uses `<cacheDir>/binary-cache-v6.sqlite`; without a cacheDir (or if
  * the file cannot be opened) it lives in memory.
  */
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { Hash } from '../store/hash.js';
@@ -131,7 +131,7 @@ export class NarInfoCache {
         );
       }
     }
-    return new NarInfoCache(new Database(':memory:'), undefined, opts);
+    return new NarInfoCache(openDatabase(':memory:'), undefined, opts);
   }
 
   private cacheId(uri: string): number {

@@ -11,6 +11,7 @@ import { isBuiltin } from 'node:module';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nix, nixOk, removeTreeSync, tempDir } from '../helpers/nix.js';
+import { cacheUrl, narInfos } from '../substituter/fixtures.js';
 
 const ROOT = path.resolve(__dirname, '../..');
 
@@ -172,6 +173,21 @@ process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}
       expect(importers).toEqual(['lazy-crypto:lazy-crypto']);
     } finally {
       rmSync(store, { recursive: true, force: true });
+    }
+  });
+
+  it('substitutes from a file:// cache and exits: no thread or database lookup of the bundle keeps it running', () => {
+    const store = tempDir('realise-bundle-subst-');
+    try {
+      const target = narInfos('none')[0]!.storePath;
+      const args = ['build', '--store', store, '--option', 'substituters', cacheUrl('none'), '--option', 'require-sigs', 'false', target];
+      const r = spawnSync(process.execPath, [path.join(dir, 'main.cjs'), ...args], { encoding: 'utf8', timeout: 60_000 });
+      expect(r.signal, 'still running after 60 s').toBeNull();
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout.trim()).toBe(target);
+      expect(existsSync(path.join(store, target))).toBe(true);
+    } finally {
+      removeTreeSync(store);
     }
   });
 

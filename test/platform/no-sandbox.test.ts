@@ -131,7 +131,8 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
     expect(existsSync(marker)).toBe(false);
   });
 
-  it('a stop while the launcher is still starting (the first build of a fresh engine) means the builder never runs', async () => {
+  // (The helper only: Node's spawn has no start-up for a stop to land in; with it the builder may already run.)
+  it.skipIf(launcher === 'node')('a stop while the launcher is still starting (the first build of a fresh engine) means the builder never runs', async () => {
     const dir = tempDir();
     const marker = path.join(dir, 'm');
     const ac = new AbortController();

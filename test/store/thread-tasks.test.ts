@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { ThreadTasks } from '../../src/store/thread-tasks.js';
 
 const SOURCE = `
@@ -29,5 +31,17 @@ describe('ThreadTasks', () => {
     await expect(t.run({ throw: true })).rejects.toThrow(/boom/);
     expect(seen).toHaveLength(1);
     expect((await t.run({ n: 5 })).twice).toBe(10);
+  });
+
+  it('a thread that was started and answered keeps no process alive, nor one that was only warmed', () => {
+    const module = fileURLToPath(new URL('../../src/store/thread-tasks.ts', import.meta.url));
+    for (const use of ['t.warm();', 'await t.run({ n: 1 }); t.warm();']) {
+      const script = `import { ThreadTasks } from ${JSON.stringify(module)};
+        const t = new ThreadTasks(${JSON.stringify(SOURCE)}); ${use} console.log('end of script');`;
+      const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+      expect(r.signal, `${use}: the process did not exit by itself`).toBeNull();
+      expect(r.stdout).toContain('end of script');
+      expect(r.status, r.stderr).toBe(0);
+    }
   });
 });
