@@ -148,6 +148,8 @@ export function engineSettings(args: CliArgs, store: Store, warn: (message: stri
     else applyPlain(name, value, opts, appended);
   }
   for (const [key, list] of appended) if (list.length) put(opts, key, list);
+  // Given even when empty: the engine then checks derivations against it as Nix does (ca-derivations).
+  opts.experimentalFeatures ??= [];
   const narInfoTtl: EngineSettings['narInfoTtl'] = {};
   for (const which of ['positive', 'negative'] as const) {
     const name = `narinfo-cache-${which}-ttl`;

@@ -10,7 +10,7 @@ import { downstreamPlaceholder, tryResolve, type InputOutputPaths } from '../der
 import { knownOutputs, realiseValidOutputs, registerResolvedRealisations } from './realisations.js';
 import { computeDerivationPath, writeDerivation } from '../derivation/derivation.js';
 import { isDerivationPath } from './paths.js';
-import { knownPath, preferLocalBuild, substitutesAllowed, type DrvView } from './drv-view.js';
+import { caFeatureMissing, knownPath, preferLocalBuild, substitutesAllowed, type DrvView } from './drv-view.js';
 import { buildLocally, postBuildHook } from './local-build.js';
 import { failure, success, isSuccess, type BuildResult } from './results.js';
 import { substitutionSucceeded } from './substitution-goal.js';
@@ -85,6 +85,9 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
     if (!substitutionSucceeded(o)) return failure('misc-failure', `cannot build missing derivation '${drvPath}'`);
   }
   const view = await w.ctx.loadDrv(drvPath);
+  // Nix 2.8 refuses to read such a .drv without the feature: the error ends the call.
+  const noCa = w.ctx.isProvidedDrv(drvPath) ? undefined : caFeatureMissing(view, w.ctx.options);
+  if (noCa) return w.endCall(noCa, drvPath);
   // Temporary GC roots, as Nix: a concurrent garbage collector keeps the derivation and its outputs.
   if (store.addTempRoot) {
     await store.addTempRoot(drvPath);

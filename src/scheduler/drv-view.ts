@@ -8,6 +8,7 @@ import { storePathName, type StorePath } from '../store/store-path.js';
 import { BadDerivationError } from '../derivation/errors.js';
 import { parseDerivation, type Derivation, type DerivationOutput } from '../derivation/derivation.js';
 import { ParsedDerivation } from '../derivation/parsed-attrs.js';
+import { BuildSetupError } from './errors.js';
 
 /** An output this engine builds: every kind but Nix 2.8's experimental impure outputs. */
 export type BuildableOutput = Exclude<DerivationOutput, { readonly type: 'impure' }>;
@@ -93,4 +94,15 @@ export function canBuildHere(v: DrvView, o: { system: string; extraPlatforms: re
   if (v.platform !== 'builtin' && v.platform !== o.system && !o.extraPlatforms.includes(v.platform)) return false;
   for (const f of requiredSystemFeatures(v)) if (!o.systemFeatures.includes(f)) return false;
   return true;
+}
+
+/**
+ * Nix 2.8 reads a `.drv` with floating content-addressed or deferred outputs only with the `ca-derivations`
+ * experimental feature: the error that ends the call when the engine checks the features it was given and
+ * that one is not among them; undefined otherwise.
+ */
+export function caFeatureMissing(v: DrvView, o: { experimentalFeatures: readonly string[]; experimentalFeaturesGiven: boolean }): BuildSetupError | undefined {
+  if (!o.experimentalFeaturesGiven || o.experimentalFeatures.includes('ca-derivations')) return undefined;
+  if (![...v.outputs.values()].some((out) => out.type === 'floating' || out.type === 'deferred')) return undefined;
+  return new BuildSetupError("experimental Nix feature 'ca-derivations' is disabled; use '--extra-experimental-features ca-derivations' to override");
 }

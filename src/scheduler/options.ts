@@ -44,7 +44,11 @@ export interface BuildEngineOptions {
   filterSyscalls?: boolean;
   /**
    * Nix's `experimental-features` the engine checks: a derivation requiring the `recursive-nix` system
-   * feature fails unless `'recursive-nix'` is listed (recursive Nix itself is not implemented). @default []
+   * feature fails unless `'recursive-nix'` is listed (recursive Nix itself is not implemented). When the
+   * list is given (the CLI always gives it), a `.drv` with floating content-addressed or deferred outputs
+   * is refused unless `'ca-derivations'` is listed, as Nix 2.8 refuses to read one: the call ends with
+   * `experimental Nix feature 'ca-derivations' is disabled; …` (a BuildSetupError). @default [] (and that
+   * check not made)
    */
   experimentalFeatures?: readonly string[];
   /** Maximum concurrent local builds. 0 allows only remote builds. @default 1 */
@@ -118,6 +122,8 @@ export interface ResolvedOptions {
   allowedImpureHostDeps: readonly string[];
   preBuildHook: string | undefined;
   experimentalFeatures: readonly string[];
+  /** Whether `experimentalFeatures` was given (then ca-derivations is required of floating and deferred outputs). */
+  experimentalFeaturesGiven: boolean;
   sandboxBuildDir: string;
   sandboxShmSize: string;
   filterSyscalls: boolean;
@@ -257,6 +263,7 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     allowedImpureHostDeps: strings('allowedImpureHostDeps', o.allowedImpureHostDeps, []),
     preBuildHook: o.preBuildHook || undefined,
     experimentalFeatures: strings('experimentalFeatures', o.experimentalFeatures, []),
+    experimentalFeaturesGiven: o.experimentalFeatures !== undefined,
     sandboxBuildDir: o.sandboxBuildDir ?? '/build',
     sandboxShmSize: o.sandboxShmSize ?? '50%',
     filterSyscalls: bool('filterSyscalls', o.filterSyscalls, true),

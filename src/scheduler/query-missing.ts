@@ -5,7 +5,7 @@
 import { shortMessageOf } from '../store/errors.js';
 import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
-import { substitutesAllowed } from './drv-view.js';
+import { caFeatureMissing, substitutesAllowed } from './drv-view.js';
 import { knownOutputs } from './realisations.js';
 import type { BuildTarget } from './results.js';
 
@@ -72,6 +72,9 @@ export async function queryMissing(ctx: EngineContext, targets: readonly BuildTa
       return;
     }
     const view = await ctx.loadDrv(drvPath);
+    // As Nix, which cannot read it: the query fails.
+    const noCa = caFeatureMissing(view, ctx.options);
+    if (noCa) throw noCa;
     const wanted = outputs ? outputs : [...view.outputs.keys()];
     const registered = await knownOutputs(store, view);
     const invalid: StorePath[] = [];

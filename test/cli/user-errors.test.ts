@@ -54,6 +54,25 @@ describe.skipIf(!nixOk())('user mistakes, realise vs Nix 2.8', () => {
     noTrace(u.stderr);
   });
 
+  it("building a content-addressed .drv without the ca-derivations feature: Nix's error alone (before any plan), exit 1, nothing built", async () => {
+    writeFileSync(
+      path.join(dir, 'ca.nix'),
+      'derivation { name = "floating"; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; }',
+    );
+    const ca = ['--extra-experimental-features', 'ca-derivations'];
+    const drv = nix('nix-instantiate', ['--store', store, ...ca, path.join(dir, 'ca.nix')]);
+    const n = runNix('nix-store', ['--store', store, '--realise', drv, '--keep-going']);
+    expect(n.status).toBe(1);
+    expect(n.stderr.trim()).toBe(
+      "error: experimental Nix feature 'ca-derivations' is disabled; use '--extra-experimental-features ca-derivations' to override",
+    );
+    const before = nix('nix-store', ['--store', store, '--dump-db']);
+    const o = await realise(['build', '--store', store, drv, '--keep-going']);
+    expect([o.status, o.stderr.trim()]).toEqual([1, n.stderr.trim()]);
+    // The store unchanged: no path registered.
+    expect(nix('nix-store', ['--store', store, '--dump-db'])).toBe(before);
+  });
+
   it('copy with an unknown compression method', async () => {
     const n = runNix('nix', ['copy', '--store', store, '--to', `file://${dir}/N3?compression=foo`, p]);
     const o = await realise(['copy', '--store', store, '--to', `file://${dir}/O3`, '--option', 'compression', 'foo', p]);
