@@ -239,14 +239,9 @@ async function requireValidReferences(store: Store, info: SubstitutablePathInfo,
 function contentAddressCheck(sub: Substituter, info: SubstitutablePathInfo, fail: Fail) {
   const ca = parseContentAddress(info.ca);
   if (ca === undefined || !caProvesPath(info, sub.storeDir) || sub.trusted) return undefined;
-  if (ca.method === 'recursive' && ca.hash.algorithm === info.narHash.algorithm) {
-    if (!ca.hash.equals(info.narHash))
-      throw fail(
-        'ca-mismatch',
-        `cannot add path '${info.path}' from '${sub.uri}': its content address '${info.ca}' does not match its NAR hash ${info.narHash.toString()}`,
-      );
-    return undefined; // equals info.narHash, which the store checks the NAR against
-  }
+  // The NAR hash with the content address's algorithm: the store checks the NAR against info.narHash.
+  const sameAsNarHash = ca.method === 'recursive' && ca.hash.algorithm === info.narHash.algorithm;
+  if (sameAsNarHash && ca.hash.equals(info.narHash)) return undefined;
   const recursive = ca.method === 'recursive' ? new HashSink(ca.hash.algorithm) : undefined;
   const file = ca.method !== 'recursive' ? new RegularFileContentHasher(ca.hash.algorithm) : undefined;
   return {
@@ -256,6 +251,9 @@ function contentAddressCheck(sub: Substituter, info: SubstitutablePathInfo, fail
     },
     matches: (): boolean => {
       const got = recursive ? recursive.finish().hash : file!.finish();
+      // A narinfo whose CA and NarHash differ: a NAR of neither hash is the store's to refuse, as Nix does
+      // ("hash mismatch importing path"); one of its NarHash does not match its content address.
+      if (got && sameAsNarHash && !got.equals(info.narHash)) return true;
       return !!got && got.equals(ca.hash);
     },
   };

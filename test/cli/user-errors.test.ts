@@ -4,7 +4,7 @@
  * `nix-store` where Nix has the same mistake. Also the errno → Nix wording used for them.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { systemErrorMessage } from '../../src/cli/report.js';
@@ -71,6 +71,22 @@ describe.skipIf(!nixOk())('user mistakes, realise vs Nix 2.8', () => {
     expect([o.status, o.stderr.trim()]).toEqual([1, n.stderr.trim()]);
     // The store unchanged: no path registered.
     expect(nix('nix-store', ['--store', store, '--dump-db'])).toBe(before);
+  });
+
+  it("a narinfo whose NarHash is not its content address's (the NAR is good): Nix's hash mismatch with both hashes, nothing registered or left", async () => {
+    const cache = path.join(dir, 'bad-narhash');
+    nix('nix', ['copy', '--store', store, '--to', `file://${cache}`, p]);
+    const ni = path.join(cache, `${path.basename(p).slice(0, 32)}.narinfo`);
+    writeFileSync(ni, readFileSync(ni, 'utf8').replace(/^NarHash: .*$/m, `NarHash: sha256:${'0'.repeat(52)}`));
+    const opts = ['--option', 'substituters', `file://${cache}`, '--option', 'require-sigs', 'false'];
+    const errors = (stderr: string) => stderr.split('\n').filter((l) => /^error: |^ {9}/.test(l));
+    const n = runNix('nix-store', ['--store', path.join(dir, 'N4'), '--realise', p, ...opts]);
+    expect(n.status).toBe(1);
+    expect(errors(n.stderr)[0]).toBe(`error: hash mismatch importing path '${p}';`);
+    const o = await realise(['ensure', '--store', path.join(dir, 'O4'), p, ...opts]);
+    expect([o.status, errors(o.stderr)]).toEqual([1, errors(n.stderr)]);
+    expect(runNix('nix-store', ['--store', path.join(dir, 'O4'), '--check-validity', p]).status).not.toBe(0);
+    expect(readdirSync(path.join(dir, 'O4/nix/store')).filter((e) => e !== '.links')).toEqual([]);
   });
 
   it('copy with an unknown compression method', async () => {
