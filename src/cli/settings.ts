@@ -25,6 +25,7 @@ type Options = BuildEngineOptions & Record<string, unknown>;
 const BOOLS: Readonly<Record<string, keyof BuildEngineOptions>> = {
   'keep-going': 'keepGoing',
   fallback: 'fallback',
+  'builders-use-substitutes': 'buildersUseSubstitutes',
   'keep-failed': 'keepFailed',
   'sandbox-fallback': 'sandboxFallback',
   'filter-syscalls': 'filterSyscalls',

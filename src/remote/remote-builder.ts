@@ -49,6 +49,8 @@ export interface RemoteBuildOptions {
    * it is computed from `drv.inputSrcs` and the registered outputs of `drv.inputDrvs`.
    */
   readonly inputPaths?: Iterable<StorePath>;
+  /** Have the remote substitute the inputs it lacks from its own binary caches first (Nix's `builders-use-substitutes`); the rest are copied. @default false */
+  readonly useSubstitutes?: boolean;
   /** Outputs to copy back. @default all */
   readonly wantedOutputs?: readonly string[];
   /**
@@ -431,7 +433,7 @@ export class MachineBuilder implements RemoteBuilder {
       const tConnected = performance.now();
       stage = 'copy';
       const inputs = opts.inputPaths ? new Set(opts.inputPaths) : await inputClosure(store, drv);
-      const order = await this.uploadInputs(pc.client, store, drvPath, inputs, signal, onEvent, opts.onStep);
+      const order = await this.uploadInputs(pc.client, store, drvPath, inputs, signal, onEvent, opts);
       stage = 'refused';
       const tUploaded = performance.now();
       const res = await this.runBuild(pc, drvPath, toWireDerivation(drv, inputs), opts, onEvent);
@@ -479,13 +481,19 @@ export class MachineBuilder implements RemoteBuilder {
     inputs: ReadonlySet<StorePath>,
     signal: AbortSignal | undefined,
     onEvent: OnRemoteLog,
-    onStep: RemoteBuildOptions['onStep'],
+    opts: Pick<RemoteBuildOptions, 'onStep' | 'useSubstitutes'>,
   ): Promise<StorePath[]> {
+    const { onStep } = opts;
     onStep?.({ kind: 'upload-lock' }, 'start');
     return this.uploadLock(async () => {
       onStep?.({ kind: 'upload-lock' }, 'end');
       return asStep(onStep, { kind: 'copy-inputs' }, async () => {
-        const present = inputs.size ? await client.queryValidPaths(inputs, { signal }) : new Set<StorePath>();
+        // With useSubstitutes the remote first substitutes what it lacks (Nix's builders-use-substitutes); a
+        // daemon does only with its `substitute` setting on, which Nix's hook sends (on by default).
+        const substitute = opts.useSubstitutes === true && inputs.size > 0;
+        if (substitute && client instanceof WorkerConnection && !client.options.useSubstitutes)
+          await client.setOptions({ ...client.options, useSubstitutes: true }, { signal });
+        const present = inputs.size ? await client.queryValidPaths(inputs, { signal, substitute }) : new Set<StorePath>();
         const infos = new Map<StorePath, PathInfo>();
         for (const p of inputs) {
           if (present.has(p)) continue;
@@ -525,7 +533,11 @@ export class MachineBuilder implements RemoteBuilder {
     pc.stderrTo.fn = client instanceof ServeConnection ? (l) => client.stderrLine(l) : undefined;
     if (client instanceof ServeConnection)
       return client.buildDerivation(drvPath, wire, { ...this.opts.serveBuildSettings, ...opts.buildSettings, signal, onLog: onEvent });
-    const wanted = workerOptionsFor(this.opts.workerOptions ?? {}, opts.buildSettings, client.options);
+    // (A `substitute` turned on for the inputs stays on: it does not change how the build runs.)
+    const wanted = {
+      ...workerOptionsFor(this.opts.workerOptions ?? {}, opts.buildSettings, client.options),
+      ...(client.options.useSubstitutes ? { useSubstitutes: true } : {}),
+    };
     if (!sameOptions(wanted, client.options)) await client.setOptions(wanted, { signal });
     return client.buildDerivation(drvPath, wire, { signal, onLog: onEvent });
   }

@@ -71,6 +71,8 @@ export interface BuildEngineOptions {
   keepGoing?: boolean;
   /** Build from source when substitution fails. @default false */
   fallback?: boolean;
+  /** Nix's `builders-use-substitutes`: a remote machine substitutes the inputs it lacks from its own binary caches where it can (the rest are copied there). @default false */
+  buildersUseSubstitutes?: boolean;
   /** Extra rounds of each build to check determinism. @default 0 */
   buildRepeat?: number;
   /** Fail when rounds differ (else warn). @default true */
@@ -135,6 +137,7 @@ export interface ResolvedOptions {
   cores: number;
   keepGoing: boolean;
   fallback: boolean;
+  buildersUseSubstitutes: boolean;
   buildRepeat: number;
   enforceDeterminism: boolean;
   maxSilentTime: number;
@@ -213,6 +216,7 @@ const KNOWN = new Set([
   'cores',
   'keepGoing',
   'fallback',
+  'buildersUseSubstitutes',
   'buildRepeat',
   'enforceDeterminism',
   'maxSilentTime',
@@ -275,6 +279,7 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     cores: int('cores', o.cores, cpus().length || 1, 0),
     keepGoing: bool('keepGoing', o.keepGoing, false),
     fallback: bool('fallback', o.fallback, false),
+    buildersUseSubstitutes: bool('buildersUseSubstitutes', o.buildersUseSubstitutes, false),
     buildRepeat: int('buildRepeat', o.buildRepeat, 0, 0),
     enforceDeterminism: bool('enforceDeterminism', o.enforceDeterminism, true),
     maxSilentTime: int('maxSilentTime', o.maxSilentTime, 0, 0),

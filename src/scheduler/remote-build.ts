@@ -108,6 +108,7 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
         store,
         signal: w.signal,
         inputPaths,
+        useSubstitutes: options.buildersUseSubstitutes,
         ...events.callbacks,
         buildSettings: {
           buildTimeout: options.buildTimeout,

@@ -170,4 +170,37 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
       }
     });
   }
+
+  it('builders-use-substitutes: the machine takes the input from its binary cache instead of our copy', async () => {
+    // A signed file:// cache holding the dependency; the machines (and only they) substitute from it.
+    const cache = path.join(dir, 'cache');
+    nix('nix-store', ['--generate-binary-cache-key', 'test-1', path.join(dir, 'sk'), path.join(dir, 'pk')]);
+    const local = (scheme: string, s: string) => path.join(dir, `subst-${scheme}-${s}`);
+    const machineEnv = { ...env, NIX_CONFIG: `${NIX_CONF}substituters = file://${cache}\nrequire-sigs = false\n` };
+    for (const scheme of ['ssh-ng', 'ssh']) {
+      for (const s of ['N', 'O']) {
+        nix('nix-instantiate', ['--store', local(scheme, s), path.join(dir, 'e.nix'), '-A', 'top'], { env });
+        nix('nix-store', ['--store', local(scheme, s), '--realise', drvs.dep!], { env });
+      }
+    }
+    const dep = nix('nix-store', ['--store', local('ssh', 'N'), '-q', '--outputs', drvs.dep!]);
+    nix('nix', ['copy', '--store', local('ssh', 'N'), '--to', `file://${cache}?secret-key=${path.join(dir, 'sk')}`, dep], { env });
+    for (const scheme of ['ssh-ng', 'ssh']) {
+      const remote = (s: string) => path.join(dir, `subst-${scheme}-remote-${s}`);
+      const args = (s: string) => [
+        '-j0',
+        '--builders-use-substitutes',
+        '--builders',
+        `${scheme}://localhost?remote-store=${encodeURIComponent(remote(s))} - - 1 1`,
+        drvs.top!,
+      ];
+      expect(runNix('nix-store', ['--store', local(scheme, 'N'), '--realise', ...args('N')], { env: machineEnv }).status).toBe(0);
+      expect((await realiseInProcess(['build', '--store', local(scheme, 'O'), ...args('O')], machineEnv)).status).toBe(0);
+      // Substituted there: the cache's signature is on the machine's copy (ours carries none).
+      const sigs = (s: string) =>
+        (JSON.parse(nix('nix', ['path-info', '--store', remote(s), '--json', dep], { env })) as { signatures?: string[] }[])[0]!.signatures;
+      expect(sigs('N')).toHaveLength(1);
+      expect(sigs('O')).toEqual(sigs('N'));
+    }
+  });
 });
