@@ -174,7 +174,6 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
   it('builders-use-substitutes: the machine takes the input from its binary cache instead of our copy', async () => {
     // A signed file:// cache holding the dependency; the machines (and only they) substitute from it.
     const cache = path.join(dir, 'cache');
-    nix('nix-store', ['--generate-binary-cache-key', 'test-1', path.join(dir, 'sk'), path.join(dir, 'pk')]);
     const local = (scheme: string, s: string) => path.join(dir, `subst-${scheme}-${s}`);
     const machineEnv = { ...env, NIX_CONFIG: `${NIX_CONF}substituters = file://${cache}\nrequire-sigs = false\n` };
     for (const scheme of ['ssh-ng', 'ssh']) {
@@ -183,6 +182,8 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
         nix('nix-store', ['--store', local(scheme, s), '--realise', drvs.dep!], { env });
       }
     }
+    // (A private store: the command opens one, which for an ordinary user must not be the system daemon.)
+    nix('nix-store', ['--store', local('ssh', 'N'), '--generate-binary-cache-key', 'test-1', path.join(dir, 'sk'), path.join(dir, 'pk')]);
     const dep = nix('nix-store', ['--store', local('ssh', 'N'), '-q', '--outputs', drvs.dep!]);
     nix('nix', ['copy', '--store', local('ssh', 'N'), '--to', `file://${cache}?secret-key=${path.join(dir, 'sk')}`, dep], { env });
     for (const scheme of ['ssh-ng', 'ssh']) {
