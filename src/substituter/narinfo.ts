@@ -152,7 +152,16 @@ function* narInfoLines(text: string, whence: string): Generator<[string, string]
   const lines = text.split('\n');
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i]!;
-    if (line === '') continue;
+    if (line === '') {
+      if (i === lines.length - 1) continue; // the end of the last line
+      // Nix 2.8 reads from a line's start to the next ':' as the field's name: after a blank line, the next
+      // field is one of an unknown name (ignored), and a blank line with no field after it is corrupt.
+      let j = i + 1;
+      while (j < lines.length && !lines[j]!.includes(':')) j++;
+      if (j === lines.length) throw new BadNarInfoError(`narinfo ${whence}has a blank line at line ${i + 1}`, { hint: 'the binary cache is corrupt' });
+      i = j;
+      continue;
+    }
     const colon = line.indexOf(':');
     if (colon <= 0)
       throw new BadNarInfoError(`narinfo ${whence}line ${i + 1} is not 'Name: value': '${line.slice(0, 80)}'`, {

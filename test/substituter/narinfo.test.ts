@@ -189,3 +189,22 @@ describe('narinfo parsing of bad input', () => {
     expect(() => parseCacheInfo('Priority: high')).toThrow(BadNarInfoError);
   });
 });
+
+describe('blank lines, as Nix 2.8 reads them', () => {
+  const text = readFileSync(
+    path.join(
+      cacheDir(COMPRESSIONS_WRITTEN_BY_NIX[0]!),
+      readdirSync(cacheDir(COMPRESSIONS_WRITTEN_BY_NIX[0]!)).find((f) => f.endsWith('.narinfo'))!,
+    ),
+    'utf8',
+  );
+  it('a blank line at the end is corrupt', () => {
+    expect(() => parseNarInfo(`${text}\n`)).toThrow(BadNarInfoError);
+  });
+  it('after a blank line, the next field is lost (Nix reads its name with the line break): a lost Sig, or a lost NarHash (corrupt)', () => {
+    expect(text).toMatch(/^Sig: /m);
+    expect(parseNarInfo(text.replace(/^Sig: /m, '\nSig: ')).sigs).toEqual([]);
+    expect(parseNarInfo(text).sigs.length).toBeGreaterThan(0);
+    expect(() => parseNarInfo(text.replace(/^NarHash: /m, '\nNarHash: '))).toThrow(BadNarInfoError);
+  });
+});
