@@ -15,14 +15,8 @@ import { NoSandbox } from '../platform/no-sandbox.js';
 import type { Sandbox } from '../platform/sandbox.js';
 import { useSandbox } from '../platform/sandbox-config.js';
 import { substitutePath, sortByPriority, type Substituter, type SubstitutablePathInfo, type TransferListener } from '../substituter/substituter.js';
-import {
-  checkDerivationOutputs,
-  DerivationHasher,
-  derivationNameFromPath,
-  parseDerivation,
-  readDerivationFromStore,
-  type Derivation,
-} from '../derivation/derivation.js';
+import { checkDerivationOutputs, derivationNameFromPath, parseDerivation, type Derivation } from '../derivation/derivation.js';
+import { hasherFor } from './realisations.js';
 import type { EngineContext } from './context.js';
 import { loadDrv, viewOf, type DrvView } from './drv-view.js';
 import { BuildCancelledError, BuildFailedError, BuildSetupError } from './errors.js';
@@ -495,5 +489,7 @@ export function parseTarget(t: BuildTarget | string): BuildTarget {
 /** A substituted `.drv` must name the output paths its contents give (Nix's checkDerivationOutputs), or it is refused. */
 async function checkSubstitutedDerivation(store: Store, drvPath: StorePath, text: string): Promise<void> {
   const drv = parseDerivation(text, derivationNameFromPath(drvPath), { storeDir: store.storeDir });
-  await checkDerivationOutputs(new DerivationHasher(readDerivationFromStore(store), { storeDir: store.storeDir }), drvPath, drv);
+  // The store's one hasher: its memo of input derivations' hashes serves every .drv of a closure (with a hasher
+  // per .drv, each check hashed the whole closure below it again).
+  await checkDerivationOutputs(hasherFor(store), drvPath, drv);
 }

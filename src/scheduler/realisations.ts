@@ -14,7 +14,7 @@ import { knownPath, type DrvView } from './drv-view.js';
 /** One hasher (with its memo of input derivations' hashes) per store, as Nix's drvHashes. */
 const hashers = new WeakMap<Store, DerivationHasher>();
 
-function hasherFor(store: Store): DerivationHasher {
+export function hasherFor(store: Store): DerivationHasher {
   let h = hashers.get(store);
   if (!h) hashers.set(store, (h = new DerivationHasher(readDerivationFromStore(store), { storeDir: store.storeDir })));
   return h;
