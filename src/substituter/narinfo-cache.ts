@@ -151,7 +151,8 @@ export class NarInfoCache {
   /** Remembered nix-cache-info of a cache, if fresh. */
   getCacheInfo(uri: string): Required<CacheInfo> | undefined {
     const row = this.stmts.getCache.get(uri);
-    if (!row || row.timestamp === 0 || this.now() - row.timestamp > this.cacheInfoTtl) return undefined;
+    // Fresh while younger than the TTL, as Nix's `timestamp > now - ttl` (so a TTL of 0 never keeps one).
+    if (!row || row.timestamp === 0 || this.now() - row.timestamp >= this.cacheInfoTtl) return undefined;
     return { storeDir: row.storeDir, wantMassQuery: row.wantMassQuery !== 0, priority: row.priority };
   }
 
@@ -165,8 +166,9 @@ export class NarInfoCache {
     const row = this.stmts.getNar.get(this.cacheId(uri), hashPart);
     if (!row) return undefined;
     const age = this.now() - row.timestamp;
-    if (row.present === 0) return age <= this.negativeTtl ? { present: false } : undefined;
-    if (age > this.positiveTtl) return undefined;
+    // Fresh while younger than the TTL (Nix: `timestamp > now - ttl`): with a TTL of 0, never.
+    if (row.present === 0) return age < this.negativeTtl ? { present: false } : undefined;
+    if (age >= this.positiveTtl) return undefined;
     try {
       const info: NarInfo = {
         storePath: `${storeDir}/${hashPart}-${row.namePart}`,

@@ -229,6 +229,17 @@ describe('NarInfoCache', () => {
     expect(count(SRC)).toBe(2);
     await s.close();
     cache.close();
+    // A TTL of 0 keeps nothing, even within the same second (Nix: fresh while `timestamp > now - ttl`).
+    const none = NarInfoCache.open({ now: () => now, negativeTtl: 0, positiveTtl: 0 });
+    const s0 = new BinaryCacheSubstituter(server.url, { narInfoCache: none });
+    await s0.queryPathInfos([SRC, missing(1)]);
+    const sAgain = new BinaryCacheSubstituter(server.url, { narInfoCache: none });
+    await sAgain.queryPathInfos([SRC, missing(1)]);
+    expect(count(missing(1))).toBe(4);
+    expect(count(SRC)).toBe(4);
+    await s0.close();
+    await sAgain.close();
+    none.close();
   });
 
   it("nix-cache-info is remembered on disk for Nix's 7 days, then read again: a changed Priority or StoreDir is seen", async () => {
