@@ -145,6 +145,9 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
       }
       // Two slots: Nix's hook postpones a build for a few seconds when the machine's slots are taken.
       const spec = (s: string) => `${scheme}://localhost?remote-store=${encodeURIComponent(path.join(dir, `${scheme}-${s}`))} - - 2 1`;
+      // The machines' stores exist before the builds, as a real machine's does: our two builds connect at
+      // once, and two Nix processes creating one new store's database together fail ("database is busy").
+      for (const s of ['N', 'O']) nix('nix-store', ['--store', path.join(dir, `${scheme}-${s}`), '--init'], { env });
       const args = (s: string) => ['-j0', '-k', '--builders', spec(s), drvs.top!, drvs.fail!];
       const theirs = runNix('nix-store', ['--store', local('N'), '--realise', ...args('N')], { env });
       const ours = await realiseInProcess(['build', '--store', local('O'), ...args('O')], env);
@@ -152,7 +155,7 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
       // The hook's error: the build, the machine and the remote's errorMsg (with its log tail over ssh-ng://).
       const hookError = (stderr: string) => /^error: build of .*-fail\.drv' on [^\n]* failed: [^\n]*(\n {7}[^\n]*)*/m.exec(stderr)?.[0];
       expect(hookError(theirs.stderr)).toContain('failed with exit code 3');
-      expect(hookError(ours.stderr)).toBe(hookError(theirs.stderr)!.replaceAll(`${scheme}-N`, `${scheme}-O`));
+      expect(hookError(ours.stderr), ours.stderr).toBe(hookError(theirs.stderr)!.replaceAll(`${scheme}-N`, `${scheme}-O`));
       for (const line of ['line one', 'line two']) expect(ours.stderr.split('\n')).toContain(line);
       // The outputs copied back and the input copied there: the same rows (not ultimate where copied).
       const top = nix('nix-store', ['--store', local('N'), '-q', '--outputs', drvs.top!]);
