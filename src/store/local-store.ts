@@ -321,15 +321,18 @@ export async function verifyContentAddress(info: PathInfo, target: string, narHa
   } else {
     throw new StoreError('bad-path-info', `path '${info.path}' has an unknown content address '${ca}'`, { hint: "expected 'fixed:…' or 'text:…'" });
   }
-  if (!got.equals(expected)) {
-    throw new StoreError(
-      'ca-hash-mismatch',
-      `ca hash mismatch importing path '${info.path}';\n  specified: ${expected.toString('base32')}\n  got:       ${got.toString('base32')}`,
-      {
-        hint: 'the content address does not match the contents; nothing was registered',
-      },
-    );
-  }
+  if (!got.equals(expected)) throw caHashMismatch(info.path, expected, got);
+}
+
+/** Nix's error for contents that are not of their content address (`expected`). */
+export function caHashMismatch(p: StorePath, expected: Hash, got: Hash): StoreError {
+  return new StoreError(
+    'ca-hash-mismatch',
+    `ca hash mismatch importing path '${p}';\n  specified: ${expected.toString('base32')}\n  got:       ${got.toString('base32')}`,
+    {
+      hint: 'the content address does not match the contents; nothing was registered',
+    },
+  );
 }
 
 /** The hash of a restored path's contents, which must be a regular file (a flat content address). */

@@ -123,6 +123,60 @@ async function decodedBeforeError(compression: string, source: AsyncIterable<Uin
   return n;
 }
 
+/** What was read of a NAR file that did not decompress. */
+interface ReadSoFar {
+  /** The bytes the file had, when it ended before its FileSize. */
+  short: number | undefined;
+  fileBytes: number;
+  /** Its first bytes (its compression's magic). */
+  head: Buffer;
+  /** Decompressed bytes that came out before the error. */
+  produced: number;
+}
+
+/** A NAR file that did not decompress, in the words Nix prints (libarchive's, which decodes them); ours go into the hint. */
+async function decompressionFailure(
+  e: DecompressionError,
+  info: SubstitutablePathInfo,
+  uri: string,
+  read: ReadSoFar,
+  again: () => AsyncIterable<Uint8Array>,
+  signal: AbortSignal | undefined,
+): Promise<SubstituterError> {
+  const { short, fileBytes, head } = read;
+  let produced = read.produced;
+  // An empty file: Nix's NAR reader finds nothing to decode, whatever the compression.
+  if (fileBytes === 0 && short !== undefined)
+    return new SubstituterError('truncated', `NAR for '${info.path}' fetched from '${uri}' is incomplete`, {
+      uri,
+      path: info.path,
+      cause: e,
+      hint: `NAR file '${info.url}' on '${uri}' is empty; the binary cache is corrupt`,
+    });
+  if (short !== undefined && info.fileSize) {
+    // A file cut short: what it held decodes to about its share of the NAR.
+    produced = Math.max(produced, Math.floor(info.narSize * (short / info.fileSize)));
+  } else if ((info.compression === 'xz' || info.compression === 'gzip') && produced < LIBARCHIVE_READ_AHEAD && !signal?.aborted) {
+    // Our decoder hands out large blocks, so little may have come out before the error although much
+    // was decoded: decode the file again in small blocks to tell (only on this error path).
+    produced = await decodedBeforeError(info.compression, again(), signal);
+  }
+  const ours =
+    short !== undefined
+      ? `NAR file '${info.url}' of '${info.path}' on '${uri}' ended after ${short} of ${info.fileSize} bytes`
+      : `NAR file '${info.url}' of '${info.path}' on '${uri}' is corrupt: ${e.message}`;
+  return new SubstituterError(
+    short !== undefined ? 'truncated' : 'decompression',
+    nixDecompressionMessage(info.compression, e.message, head, short !== undefined, produced),
+    {
+      uri,
+      path: info.path,
+      cause: e,
+      hint: `${ours}; the binary cache is corrupt or the download was cut short`,
+    },
+  );
+}
+
 /** Decompressed bytes libarchive decodes when Nix opens a NAR file (errors in them are "Failed to open archive"). */
 const LIBARCHIVE_READ_AHEAD = 64 * 1024;
 
@@ -668,6 +722,7 @@ export class BinaryCacheSubstituter implements Substituter {
       for await (const chunk of transport.stream(info.url, signal, info.fileSize, info.compression === 'zstd', onTransfer)) {
         if (head.length < 6) head = Buffer.concat([head, Buffer.from(chunk.buffer, chunk.byteOffset, Math.min(chunk.byteLength, 6 - head.length))]);
         done += chunk.length;
+        fileBytes = done;
         if (done > max) {
           throw new SubstituterError('network', `NAR file '${info.url}' of '${info.path}' on '${uri}' is larger than its FileSize ${info.fileSize}`, {
             uri,
@@ -680,6 +735,7 @@ export class BinaryCacheSubstituter implements Substituter {
       if (info.fileSize !== undefined && done < info.fileSize) short = done;
     }
     let short: number | undefined;
+    let fileBytes = 0;
     /** The file's first bytes (its compression's magic), and how much of the NAR came out before an error. */
     let head = Buffer.alloc(0);
     let produced = 0;
@@ -702,36 +758,8 @@ export class BinaryCacheSubstituter implements Substituter {
       if (e instanceof SubstituterError) throw e;
       if (signal?.aborted || isAbortError(e))
         throw new SubstituterError('aborted', `download of '${info.path}' was cancelled`, { uri, path: info.path, cause: e });
-      if (e instanceof DecompressionError && short !== undefined && info.fileSize) {
-        // A file cut short: what it held decodes to about its share of the NAR.
-        produced = Math.max(produced, Math.floor(info.narSize * (short / info.fileSize)));
-      } else if (
-        e instanceof DecompressionError &&
-        (info.compression === 'xz' || info.compression === 'gzip') &&
-        produced < LIBARCHIVE_READ_AHEAD &&
-        !signal?.aborted
-      ) {
-        // Our decoder hands out large blocks, so little may have come out before the error although much
-        // was decoded: decode the file again in small blocks to tell (only on this error path).
-        produced = await decodedBeforeError(info.compression, transport.stream(info.url, signal, info.fileSize), signal);
-      }
-      if (e instanceof DecompressionError) {
-        // In the words Nix prints (libarchive's, which decodes its NAR files); ours go into the hint.
-        const ours =
-          short !== undefined
-            ? `NAR file '${info.url}' of '${info.path}' on '${uri}' ended after ${short} of ${info.fileSize} bytes`
-            : `NAR file '${info.url}' of '${info.path}' on '${uri}' is corrupt: ${e.message}`;
-        throw new SubstituterError(
-          short !== undefined ? 'truncated' : 'decompression',
-          nixDecompressionMessage(info.compression, e.message, head, short !== undefined, produced),
-          {
-            uri,
-            path: info.path,
-            cause: e,
-            hint: `${ours}; the binary cache is corrupt or the download was cut short`,
-          },
-        );
-      }
+      if (e instanceof DecompressionError)
+        throw await decompressionFailure(e, info, uri, { short, fileBytes, head, produced }, () => transport.stream(info.url, signal, info.fileSize), signal);
       throw new SubstituterError('network', `download of '${info.path}' from '${uri}' failed: ${(e as Error).message}`, { uri, path: info.path, cause: e });
     }
   }

@@ -10,7 +10,7 @@ import type { PathInfo, Store } from '../store/store-api.js';
 import { makeFixedOutputPath, makeTextPath, storePathName, type StorePath } from '../store/store-path.js';
 import { countValidSignatures } from './narinfo.js';
 import { recycleDecoded } from './compression.js';
-import { LocalStore } from '../store/local-store.js';
+import { caHashMismatch, LocalStore } from '../store/local-store.js';
 import { publicKeyMap, type PublicKey } from './signatures.js';
 
 /** What a substituter knows about a path: Nix's narinfo as a PathInfo plus where the NAR file is. */
@@ -245,16 +245,19 @@ function contentAddressCheck(sub: Substituter, info: SubstitutablePathInfo, fail
   const recursive = ca.method === 'recursive' ? new HashSink(ca.hash.algorithm) : undefined;
   const file = ca.method !== 'recursive' ? new RegularFileContentHasher(ca.hash.algorithm) : undefined;
   return {
+    /** The hash the content address gives. */
+    hash: ca.hash,
     update(chunk: Uint8Array): void {
       recursive?.update(chunk);
       file?.update(chunk);
     },
-    matches: (): boolean => {
+    /** The hash the contents have, when it is not their content address's (undefined: they match, or are for the store to refuse). */
+    mismatch: (): Hash | undefined => {
       const got = recursive ? recursive.finish().hash : file!.finish();
       // A narinfo whose CA and NarHash differ: a NAR of neither hash is the store's to refuse, as Nix does
       // ("hash mismatch importing path"); one of its NarHash does not match its content address.
-      if (got && sameAsNarHash && !got.equals(info.narHash)) return true;
-      return !!got && got.equals(ca.hash);
+      if (!got || (sameAsNarHash && !got.equals(info.narHash))) return undefined;
+      return got.equals(ca.hash) ? undefined : got;
     },
   };
 }
@@ -291,11 +294,12 @@ async function* verifiedNar(
     }
     // A NAR of another size than announced: the store refuses it (Store.addToStore checks the hash, then
     // the size, as Nix), so the message is Nix's.
-    if (ca && size === info.narSize && !ca.matches()) {
-      throw fail('ca-mismatch', `content of '${info.path}' from '${sub.uri}' does not match its content address '${info.ca}'`, {
-        hint: 'the binary cache is corrupt or hostile; nothing was registered',
+    const got = ca && size === info.narSize ? ca.mismatch() : undefined;
+    // (Nix's words, as its store says them.)
+    if (got)
+      throw fail('ca-mismatch', caHashMismatch(info.path, ca!.hash, got).shortMessage, {
+        hint: `from '${sub.uri}'; the binary cache is corrupt or hostile, nothing was registered`,
       });
-    }
   } catch (e) {
     failure.error ??= toSubstituterError(e, sub, info, signal);
     throw failure.error;
@@ -324,6 +328,7 @@ function storeRefusal(e: unknown, sub: Substituter, info: SubstitutablePathInfo,
   }
   // The store's own messages are Nix's ("hash mismatch importing path '…';\n  specified: …\n  got: …").
   if (e instanceof RealiseError && e.code === 'nar-hash-mismatch') return fail('hash-mismatch', e.shortMessage, { cause: e, hint: from });
+  if (e instanceof RealiseError && e.code === 'ca-hash-mismatch') return fail('ca-mismatch', e.shortMessage, { cause: e, hint: from });
   if (e instanceof RealiseError && e.code === 'nar-size-mismatch') return fail('size-mismatch', e.shortMessage, { cause: e, hint: from });
   if (e instanceof RealiseError && e.code === 'size-mismatch')
     return fail('size-mismatch', `size mismatch importing path '${info.path}' from '${sub.uri}'`, {
