@@ -20,7 +20,7 @@
  * `--option sandbox true` and we `sandbox: true`.
  */
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -265,6 +265,16 @@ export async function runFloor(d: InstantiatedDag, n: number, maxJobs = 2): Prom
   return ms;
 }
 
+/**
+ * CPU time of this process's main thread so far, in ms (utime + stime from /proc, clock ticks of 10 ms):
+ * steadier than wall time on a loaded machine, where other jobs take the CPUs from both engines.
+ */
+export function mainThreadCpuMs(): number {
+  const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -296,6 +306,9 @@ export async function main(sandboxed = SANDBOXED): Promise<void> {
     const nix: number[] = [];
     const floor: number[] = [];
     const ratios: number[] = [];
+    /** Main-thread CPU of each of our runs and of each floor run, in ms. */
+    const oursCpu: number[] = [];
+    const floorCpu: number[] = [];
     for (let i = 0; i < runs; i++) {
       // Alternate which goes first, so neither always follows the other's page-cache and disk work.
       const order = i % 2 === 0 ? ['ours', 'nix'] : ['nix', 'ours'];
@@ -304,10 +317,17 @@ export async function main(sandboxed = SANDBOXED): Promise<void> {
       for (const who of order) {
         if (only && only !== who) continue;
         resetDag(d);
-        if (who === 'ours') o = await runOurs(d);
-        else x = runNix(d);
+        if (who === 'ours') {
+          const c0 = mainThreadCpuMs();
+          o = await runOurs(d);
+          oursCpu.push(mainThreadCpuMs() - c0);
+        } else x = runNix(d);
       }
-      if (!only) floor.push(await runFloor(d, n));
+      if (!only) {
+        const c0 = mainThreadCpuMs();
+        floor.push(await runFloor(d, n));
+        floorCpu.push(mainThreadCpuMs() - c0);
+      }
       if (!Number.isNaN(o)) ours.push(o);
       if (!Number.isNaN(x)) nix.push(x);
       if (!Number.isNaN(o) && !Number.isNaN(x)) ratios.push(o / x);
@@ -324,6 +344,10 @@ export async function main(sandboxed = SANDBOXED): Promise<void> {
     if (floor.length)
       console.log(
         `${line('floor', floor)} (builders alone through the ${sandboxed ? 'sandbox' : 'launcher'}, 2 at a time; ratio to nix ${fmt(median(floor) / median(nix), 3)})`,
+      );
+    if (oursCpu.length && floorCpu.length)
+      console.log(
+        `above the floor per build (medians): wall ${fmt((median(ours) - median(floor)) / n, 2)} ms; main-thread CPU ours ${fmt(median(oursCpu) / n, 2)} ms, floor ${fmt(median(floorCpu) / n, 2)} ms: ${fmt((median(oursCpu) - median(floorCpu)) / n, 2)} ms`,
       );
     if (ratios.length)
       console.log(

@@ -31,8 +31,13 @@ export const HELPER_SOURCE_FILE = 'sandbox-helper.c';
  */
 export const HELPER_CFLAGS: readonly string[] = ['-O2', ...C_WARNINGS, '-Wl,-z,now'];
 
+/** By cache directory: the path hashes the helper's source, which is not done again for every build. */
+const helperPaths = new Map<string, string>();
+
 export function helperPath(cacheDir: string = defaultHelperCacheDir()): string {
-  return cachedBuildPath(cacheDir, 'sandbox-helper', cSource(HELPER_SOURCE_FILE), HELPER_CFLAGS);
+  let p = helperPaths.get(cacheDir);
+  if (p === undefined) helperPaths.set(cacheDir, (p = cachedBuildPath(cacheDir, 'sandbox-helper', cSource(HELPER_SOURCE_FILE), HELPER_CFLAGS)));
+  return p;
 }
 
 const pending = new Map<string, Promise<string>>();

@@ -90,11 +90,14 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
   if (noCa) return w.endCall(noCa, drvPath);
   // Temporary GC roots, as Nix: a concurrent garbage collector keeps the derivation and its outputs.
   if (store.addTempRoot) {
-    await store.addTempRoot(drvPath);
+    const roots = [drvPath];
     for (const spec of view.outputs.values()) {
       const p = knownPath(spec);
-      if (p) await store.addTempRoot(p);
+      if (p) roots.push(p);
     }
+    // Recorded together where the store can (one write under one hold of the GC lock), else one by one.
+    if (store.addTempRoots) await store.addTempRoots(roots);
+    else for (const p of roots) await store.addTempRoot(p);
   }
   if (wanted) {
     for (const o of wanted) {

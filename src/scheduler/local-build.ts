@@ -7,6 +7,7 @@ import { lstatSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { makeBuildEnv, rewriteStrings } from '../derivation/build-env.js';
 import { deleteTree } from '../store/canonicalise.js';
+import { mkdirOnPool, rmdirOnPool } from '../store/pool-fs.js';
 import { RealiseError } from '../store/errors.js';
 import { Hash } from '../store/hash.js';
 import type { OpenedLocks, PathLocks } from '../store/store-api.js';
@@ -75,8 +76,8 @@ async function exists(p: string): Promise<boolean> {
  */
 async function removeBuildDir(dir: BuildDir): Promise<void> {
   try {
-    if (dir.dir !== dir.top) await fsp.rmdir(dir.dir);
-    await fsp.rmdir(dir.top);
+    if (dir.dir !== dir.top) await rmdirOnPool(dir.dir);
+    await rmdirOnPool(dir.top);
   } catch {
     await deleteTree(dir.top);
   }
@@ -111,7 +112,7 @@ async function createBuildDir(base: string, prefix: string): Promise<string> {
 
 /** A directory of mode 0700. Through the thread pool: a directory creation can take milliseconds on a busy disk. */
 async function mkdirPrivate(dir: string): Promise<void> {
-  await fsp.mkdir(dir, 0o700);
+  await mkdirOnPool(dir, 0o700);
   // mkdir applies the umask; only a umask that takes owner bits away needs a chmod to get 0700.
   if (UMASK_CLEARS_OWNER_BITS) await fsp.chmod(dir, 0o700);
 }
@@ -740,7 +741,8 @@ class LocalRound {
           sandboxBuildDir: dir.inSandbox,
           storeDir: store.storeDir,
           realStoreDir: store.realStoreDir,
-          inputPaths: [...plan.inputPaths].sort(),
+          // Sorted for a sandbox that binds them (its mounts in a stable order); the order is no matter to others.
+          inputPaths: this.sandbox.isolated ? [...plan.inputPaths].sort() : [...plan.inputPaths],
           outputPaths: [...outs.scratch.values()],
           network: view.isFixedOutput,
           kvm: options.systemFeatures.includes('kvm'),

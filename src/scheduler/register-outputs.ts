@@ -454,7 +454,8 @@ async function registerRound(w: Worker, view: DrvView, plan: RegisterPlan, fin: 
     if (now.length) await store.registerValidPaths(now);
     return { outputs: fin.outputs([...fin.infos.values()].filter((i) => !i.ca)), nonDeterministic: false, stopRounds: false };
   }
-  await store.registerValidPaths([...fin.infos.values()]);
+  // Every output was canonicalised where it is now (the scan, or moveIntoPlace): not again.
+  await store.registerValidPaths([...fin.infos.values()], { canonicalise: false });
   if (fin.delayed) return fin.delayed;
   await registerRealisations(w, view, fin.finalPaths);
   return { outputs: fin.outputs(), nonDeterministic: false, stopRounds: false };

@@ -34,6 +34,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree, inheritsXattrs, movePathSync } from './canonicalise.js';
+import { mkdirOnPool } from './pool-fs.js';
 import { asStoreWriteError, InvalidStorePathError, StoreError } from './errors.js';
 import { Hash, HashSink, isNixBase32, toNixBase32, type HashAlgorithm } from './hash.js';
 import {
@@ -643,9 +644,10 @@ export class LocalStore implements Store {
     this.check();
     const start = [...new Set(paths)];
     if (start.length === 0) return new Set();
-    const valid = this.queryValidPathsSync(start);
-    for (const p of start) if (!valid.has(p)) throw invalidPathError(p);
-    return new Set(this.st.closure.all(JSON.stringify(start)).map((r) => r.path));
+    // One statement: the closure starts from the valid start paths, so a start path missing from it is invalid.
+    const closure = new Set(this.st.closure.all(JSON.stringify(start)).map((r) => r.path));
+    for (const p of start) if (!closure.has(p)) throw invalidPathError(p);
+    return closure;
   }
 
   /** Valid derivations that list `outPath` as an output in DerivationOutputs (Nix's queryValidDerivers). */
@@ -1210,7 +1212,7 @@ export class LocalStore implements Store {
     // Each file-system call is a thread-pool round trip (and a directory creation a journal write): the
     // 256 two-character log directories are created once per store object, not once per build.
     if (!this.logDirsMade.has(dir)) {
-      await fsp.mkdir(dir, { recursive: true, mode: 0o755 });
+      await mkdirOnPool(dir, { recursive: true, mode: 0o755 });
       this.logDirsMade.add(dir);
     }
     // Written in place, as Nix writes its log file (no temporary name and rename: one file-system call fewer per build).

@@ -127,8 +127,42 @@ export async function scanForReferences(source: AsyncIterable<Uint8Array>, candi
   return pathsOf(scanner, byHash);
 }
 
-/** scanForReferences over bytes already in memory (e.g. the NAR of a small file), synchronously. */
+/** Beyond this many distinct hash-like strings in a buffer, scanBufferForReferences scans for the candidates instead. */
+const MAX_WINDOWS = 4096;
+
+/**
+ * The distinct hash-like strings of `data` (every 32 consecutive nix-base32 characters), or undefined when
+ * there are more than MAX_WINDOWS of them.
+ */
+function hashLikeWindows(data: Uint8Array): Set<string> | undefined {
+  const out = new Set<string>();
+  const s = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  let run = 0; // base-32 characters ending at i
+  for (let i = 0; i < s.length; i++) {
+    if (DIGIT[s[i]!]! < 0) {
+      run = 0;
+      continue;
+    }
+    if (++run < L) continue;
+    out.add(s.toString('latin1', i + 1 - L, i + 1));
+    if (out.size > MAX_WINDOWS) return undefined;
+  }
+  return out;
+}
+
+/**
+ * scanForReferences over bytes already in memory (e.g. the NAR of a small file), synchronously. The bytes
+ * are read first for what could be a hash part at all, so that an output naming no store path (or few)
+ * costs nothing per candidate: builds deep in a graph have thousands of inputs in their closure.
+ */
 export function scanBufferForReferences(data: Uint8Array, candidates: Iterable<StorePath>): Set<StorePath> {
+  const windows = hashLikeWindows(data);
+  if (windows) {
+    const out = new Set<StorePath>();
+    if (windows.size === 0) return out;
+    for (const p of candidates) if (windows.has(storePathHashPart(p))) out.add(p);
+    return out;
+  }
   const byHash = byHashPart(candidates);
   const scanner = new RefScanner(byHash.keys());
   scanner.update(data);

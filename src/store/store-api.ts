@@ -113,9 +113,10 @@ export interface Store {
   addTextToStore(name: string, text: string, references?: Iterable<StorePath>): Promise<StorePath>;
   /**
    * Register paths whose contents are already at their real location (e.g. build outputs), canonicalised.
-   * All in one transaction; each path's references must be valid or among `infos`.
+   * All in one transaction; each path's references must be valid or among `infos`. `canonicalise: false`
+   * says the caller has canonicalised the contents already (a store that would do it skips it).
    */
-  registerValidPaths(infos: readonly PathInfo[]): Promise<void>;
+  registerValidPaths(infos: readonly PathInfo[], opts?: { readonly canonicalise?: boolean }): Promise<void>;
   /** Serialise a valid path as a NAR. */
   narFromPath(path: StorePath): NarSource;
   /** Read a valid path that is a single regular file (e.g. a `.drv`) as UTF-8. */
@@ -127,6 +128,8 @@ export interface Store {
    * (Nix's temporary roots). Optional: stores without a collector may omit it.
    */
   addTempRoot?(path: StorePath): Promise<void>;
+  /** `addTempRoot` of several paths at once (one record of them all, where the store can). Optional. */
+  addTempRoots?(paths: Iterable<StorePath>): Promise<void>;
   /**
    * Nix's autoGC: start a background garbage collection when free space is below `minFree`. Optional:
    * stores without a collector omit it. Returns the running collection, if any (it never rejects).

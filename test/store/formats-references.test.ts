@@ -1,10 +1,10 @@
 /**
- * Reference scanning (RefScanner / scanForReferences) against a naive model: every occurrence of a
+ * Reference scanning (RefScanner / scanForReferences / scanBufferForReferences) against a naive model: every occurrence of a
  * candidate's 32-character hash part anywhere in the stream, whatever the chunking.
  */
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { RefScanner, scanForReferences } from '../../src/store/references.js';
+import { RefScanner, scanBufferForReferences, scanForReferences } from '../../src/store/references.js';
 import { toNixBase32 } from '../../src/store/hash.js';
 import { streamOf } from '../../src/store/nar.js';
 
@@ -152,5 +152,35 @@ describe('RefScanner', () => {
     expect(await scanForReferences(src(), [p1, p2])).toEqual(new Set([p1]));
     expect(drained).toBe(true);
     expect(await scanForReferences(streamOf(), [p1])).toEqual(new Set());
+  });
+
+  it('scanBufferForReferences agrees with the naive model, also past its limit of hash-like strings', () => {
+    const store = (c: string, i: number) => `/nix/store/${c}-p${i}`;
+    fc.assert(
+      fc.property(
+        fc
+          .uniqueArray(hashPartArb, { minLength: 1, maxLength: 6 })
+          .chain((cands) =>
+            fc.tuple(
+              fc.constant(cands),
+              fc.array(fc.oneof(fc.constantFrom(...cands), fc.string({ unit: fc.constantFrom(...B32.split(''), '-', '\0'), maxLength: 40 })), {
+                maxLength: 12,
+              }),
+            ),
+          ),
+        ([cands, pieces]) => {
+          const data = Buffer.from(pieces.join(''), 'latin1');
+          const paths = cands.map(store);
+          const want = new Set([...model(data, cands)].map((c) => paths[cands.indexOf(c)]!));
+          expect(scanBufferForReferences(data, paths)).toEqual(want);
+        },
+      ),
+      { numRuns: 300 },
+    );
+    // Past 4,096 distinct hash-like strings (one long base-32 run), the candidates are scanned for instead.
+    const cands = Array.from({ length: 50 }, (_, i) => randomHash(i + 1));
+    const run = Array.from({ length: 200 }, (_, i) => randomHash(5000 + i)).join('') + cands[7] + cands[31];
+    expect(scanBufferForReferences(Buffer.from(`x${run}\0`), cands.map(store))).toEqual(new Set([store(cands[7]!, 7), store(cands[31]!, 31)]));
+    expect(scanBufferForReferences(Buffer.from('nix-archive-1\0dag-3-4\n'), cands.map(store))).toEqual(new Set());
   });
 });
