@@ -19,6 +19,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, w
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { compileOptimiseAddon } from '../src/platform/native-optimise.js';
 import { LocalStore } from '../src/store/local-store.js';
 import { Hash } from '../src/store/hash.js';
 import { hashPath, narOfRegularFile } from '../src/store/nar.js';
@@ -228,6 +229,7 @@ async function benchCollect(base: string): Promise<void> {
 async function benchOptimise(base: string): Promise<void> {
   const optStore = path.join(base, 'opt');
   await makeOptStore(optStore, FILES);
+  if (process.env.REALISE_NATIVE_OPTIMISE !== '0') await compileOptimiseAddon(); // (once per machine, as an installation's first use; not timed)
   const opt = await twinRuns(base, optStore, ['--optimise'], (s) => s.optimiseStore());
   const nixLinked = /hard-linking (\d+) files/.exec(opt.nix.stderr)?.[1] ?? '?';
   if (String(opt.our.filesLinked) !== nixLinked) throw new Error(`Nix linked ${nixLinked} files, we linked ${opt.our.filesLinked}`);

@@ -29,7 +29,7 @@ import { copyAssets } from './copy-assets.mjs';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const src = path.join(root, 'src') + path.sep;
-const IMPORTED_FOR_EFFECT = new Set([path.join(src, 'platform', 'native-xattrs.ts')]);
+const IMPORTED_FOR_EFFECT = new Set([path.join(src, 'platform', 'native-xattrs.ts'), path.join(src, 'platform', 'native-optimise.ts')]);
 
 const tsOf = (from, spec) => path.resolve(path.dirname(from), spec.replace(/\.js$/, '.ts'));
 

@@ -115,6 +115,7 @@ export { LinuxSandbox, type LinuxSandboxOptions } from './platform/linux-sandbox
 export { SandboxError, type SandboxErrorCode } from './platform/sandbox-errors.js';
 export { sandboxAvailable, chooseSandbox, type SandboxProbe, type ChooseSandboxOptions } from './platform/probe.js';
 export { parseSandboxPaths, checkImpureHostDeps, type SandboxPath } from './platform/sandbox-config.js';
+export { compileOptimiseAddon } from './platform/native-optimise.js';
 
 // Derivations from TypeScript (Nix's `derivation` builtin, builtins.path, builtins.toFile)
 export {

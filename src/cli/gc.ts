@@ -4,7 +4,7 @@
  * paths, the roots, "N store paths deleted, X MiB freed"); stderr Nix's informational lines, and on a
  * terminal a status line with the paths and bytes freed so far.
  */
-import { LocalStore, type GcAction, type GcEvent, type Store } from '../index.js';
+import { compileOptimiseAddon, LocalStore, type GcAction, type GcEvent, type Store } from '../index.js';
 import { parseBool, UsageError, type CliArgs } from './args.js';
 import { CliError, followLinksToStorePath } from './paths.js';
 
@@ -125,6 +125,8 @@ export async function storeCommand(args: CliArgs, store: Store): Promise<number>
   if (rest.length) throw new UsageError('no arguments expected');
   const local = localStoreOf(store, 'store optimise');
   const display = new GcDisplay(args.quiet);
+  // The native loop (and its registration with the store): compiled once; without a C compiler, JavaScript does the work.
+  await compileOptimiseAddon().catch(() => undefined);
   const stats = await local.optimiseStore({
     onWarning: (m) => process.stderr.write(`warning: ${m}\n`),
     onProgress: (done, expected, s) => display.progress(`[${done}/${expected} paths optimised, ${mib(s.bytesFreed)} freed]`),

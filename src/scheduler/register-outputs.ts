@@ -9,6 +9,7 @@
 import { lstatSync, promises as fsp, readFileSync } from 'node:fs';
 import { canonicaliseFileSync, canonicalisePathMetaData, canonicalXattrOps, deleteTree, movePathSync } from '../store/canonicalise.js';
 import '../platform/native-xattrs.js'; // the native operations that remove extended attributes
+import '../platform/native-optimise.js'; // the native loop of auto-optimise-store
 import { strerror } from '../platform/spawn-merged.js';
 import { Hash, HashModulo } from '../store/hash.js';
 import { collect, dumpPath, hashPath, narOfRegularFile, restorePath, streamOf } from '../store/nar.js';

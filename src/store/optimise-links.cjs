@@ -25,6 +25,8 @@ const ZEROS = Buffer.alloc(8);
 const CHUNK = 1 << 20;
 // Replaced files whose closing (the freeing of their inodes) may be pending at once, per optimiser.
 const MAX_FREEING = 256;
+// How often a native optimiser's drain() looks whether its replaced files are closed.
+const DRAIN_POLL_MS = 2;
 // `.links` entries an optimiser remembers (inode and size), so that a later duplicate needs no lstat of its entry.
 const MAX_KNOWN = 1 << 16;
 // Root may replace entries of a read-only directory: its mode is left alone unless that fails.
@@ -97,20 +99,42 @@ function loadInodes(linksDir) {
   return s;
 }
 
+/** The freeing of replaced files: with `deferFrees`, their last descriptors are closed in the thread pool. */
+class Frees {
+  constructor(deferFrees) {
+    this.deferFrees = deferFrees;
+    this.freeing = 0;
+    this.drained = [];
+  }
+
+  /** Close the last descriptor of a replaced file: in the thread pool (not waited for) unless too many are pending. */
+  free(fd) {
+    if (!this.deferFrees || this.freeing >= MAX_FREEING) return fs.closeSync(fd);
+    this.freeing++;
+    fs.close(fd, () => {
+      if (--this.freeing > 0) return;
+      for (const resolve of this.drained.splice(0)) resolve();
+    });
+  }
+
+  /** Resolves when the replaced files' descriptors are closed (their inodes freed). */
+  drain() {
+    return this.freeing === 0 ? Promise.resolve() : new Promise((resolve) => this.drained.push(resolve));
+  }
+}
+
 /**
  * The optimiser of one store for one thread: `inodes` (those known to be in `.links`; added to as files
  * are linked there), `stats` (Nix's OptimiseStats, added to), `warn(message)`.
  */
-class Optimiser {
+class Optimiser extends Frees {
   constructor(realStoreDir, inodes, warn, deferFrees = false) {
+    super(deferFrees);
     this.realStoreDir = realStoreDir;
     this.linksDir = realStoreDir + '/.links';
     this.inodes = inodes;
     this.warn = warn;
     this.stats = { filesLinked: 0, bytesFreed: 0, blocksFreed: 0 };
-    this.deferFrees = deferFrees;
-    this.freeing = 0;
-    this.drained = [];
     this.known = new Map();
     // The directory whose entries are being replaced (its lstat; whether it was made writable), and the
     // directory of the files being visited (with its lstat).
@@ -189,21 +213,6 @@ class Optimiser {
   know(linkPath, ino, size) {
     if (this.known.size >= MAX_KNOWN) this.known.clear();
     this.known.set(linkPath, { ino, size });
-  }
-
-  /** Close the last descriptor of a replaced file: in the thread pool (not waited for) unless too many are pending. */
-  free(fd) {
-    if (!this.deferFrees || this.freeing >= MAX_FREEING) return fs.closeSync(fd);
-    this.freeing++;
-    fs.close(fd, () => {
-      if (--this.freeing > 0) return;
-      for (const resolve of this.drained.splice(0)) resolve();
-    });
-  }
-
-  /** Resolves when the replaced files' descriptors are closed (their inodes freed). */
-  drain() {
-    return this.freeing === 0 ? Promise.resolve() : new Promise((resolve) => this.drained.push(resolve));
   }
 
   /** Forget the inodes and `.links` entries seen so far (a new optimisePath of Nix's starts with none). */
@@ -314,4 +323,41 @@ class Optimiser {
   }
 }
 
-module.exports = { Optimiser, loadInodes, nixBase32 };
+/**
+ * The same optimiser on the native addon (src/platform/optimise-addon.c, compiled by the platform layer):
+ * the walk, hashing and linking of a store path in one call; with `deferFrees`, replaced files are closed
+ * by the addon's own threads. `addonPath`: the compiled addon; `inodes`: an iterable of those known to be
+ * in `.links` (copied).
+ */
+class NativeOptimiser {
+  constructor(addonPath, realStoreDir, inodes, warn, deferFrees = false) {
+    this.addon = require(addonPath);
+    this.handle = this.addon.create(realStoreDir, Float64Array.from(inodes), deferFrees);
+    this.warn = warn;
+  }
+
+  get stats() {
+    const [filesLinked, bytesFreed, blocksFreed] = this.addon.stats(this.handle);
+    return { filesLinked, bytesFreed, blocksFreed };
+  }
+
+  optimisePath(realPath) {
+    const [code, message, warnings] = this.addon.optimisePath(this.handle, realPath);
+    if (warnings) for (const w of warnings.slice(0, -1).split('\0')) this.warn(w);
+    if (code) throw Object.assign(new Error(message), { code });
+  }
+
+  /** Resolves when the replaced files are closed (their inodes freed): looked at every DRAIN_POLL_MS. */
+  drain() {
+    return new Promise((resolve) => {
+      const poll = () => (this.addon.pending(this.handle) === 0 ? resolve() : setTimeout(poll, DRAIN_POLL_MS));
+      poll();
+    });
+  }
+
+  forget() {
+    this.addon.forget(this.handle);
+  }
+}
+
+module.exports = { NativeOptimiser, Optimiser, loadInodes, nixBase32 };

@@ -11,9 +11,11 @@
  *     with a warning, a `.links` entry of another size is replaced, EMLINK (too many links) and ENOSPC
  *     are shrugged off.
  * The file-system work is optimise-links.cjs, in synchronous calls (a thread-pool round trip per call
- * costs more than most of these calls). One new path (auto-optimise-store) is optimised in the calling
- * thread, as Nix does; a whole store is shared out in batches of paths to worker threads, so that the
- * cores and the file system's waits overlap.
+ * costs more than most of these calls), or the same steps in C when the platform layer provides the
+ * native addon (provideNativeOptimiser; src/platform/optimise-addon.c): a whole store path per call, at a
+ * third of the CPU time. One new path (auto-optimise-store) is optimised in the calling thread, as Nix
+ * does; a whole store is shared out in batches of paths to worker threads, so that the cores and the file
+ * system's waits overlap.
  */
 import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -50,12 +52,38 @@ interface Optimiser {
 }
 interface LinksModule {
   Optimiser: new (realStoreDir: string, inodes: Set<number>, warn: (message: string) => void, deferFrees?: boolean) => Optimiser;
+  /** The same on the compiled addon at `addonPath` (`inodes` copied). */
+  NativeOptimiser: new (addonPath: string, realStoreDir: string, inodes: Iterable<number>, warn: (message: string) => void, deferFrees?: boolean) => Optimiser;
   /** The inodes of `.links` (made if missing). */
   loadInodes(linksDir: string): Set<number>;
 }
 let linksModule: LinksModule | undefined;
 /** optimise-links.cjs, loaded by the first optimisation (a command that optimises nothing never loads it). */
 const links = (): LinksModule => (linksModule ??= createRequire(import.meta.url)('./optimise-links.cjs') as LinksModule);
+
+let nativeLoader: (() => Promise<string>) | undefined;
+let nativeAddon: Promise<string | undefined> | undefined;
+let nativeReady: string | undefined;
+
+/**
+ * Install the loader of the native addon (called once by the platform layer, src/platform/native-optimise.ts):
+ * it resolves to the compiled addon's file. Without it, or when it fails (no C compiler), or with
+ * REALISE_NATIVE_OPTIMISE=0 in the environment, the optimiser is optimise-links.cjs alone.
+ */
+export function provideNativeOptimiser(load: () => Promise<string>): void {
+  nativeLoader = load;
+  nativeAddon = undefined;
+  nativeReady = undefined;
+}
+
+/** The native addon's file, loaded on first use; undefined when there is none. */
+function nativeOptimiser(): Promise<string | undefined> {
+  if (process.env.REALISE_NATIVE_OPTIMISE === '0') return Promise.resolve(undefined);
+  return (nativeAddon ??= (nativeLoader ? nativeLoader() : Promise.reject(new Error('none'))).then(
+    (p) => (nativeReady = p),
+    () => undefined,
+  ));
+}
 
 /** A batch's reply from optimise-thread.cjs. */
 interface BatchReply extends OptimiseStats {
@@ -86,22 +114,26 @@ function add(to: OptimiseStats, s: OptimiseStats): void {
 
 /**
  * Nix's optimisePath for new paths of one store (auto-optimise-store): synchronous, in this thread, except
- * that replaced files are freed in the thread pool (`drain()` waits for that).
+ * that replaced files are freed in the thread pool (`drain()` waits for that). The native addon is loaded
+ * in the background from the first call on, and used once it is there.
  */
 export class StoreOptimiser {
   private linksMade = false;
-  private readonly opt: Optimiser;
+  private readonly js: Optimiser;
+  private native: Optimiser | undefined;
 
   constructor(
     private readonly realStoreDir: string,
-    onWarning: (m: string) => void = () => {},
+    private readonly onWarning: (m: string) => void = () => {},
   ) {
-    this.opt = new (links().Optimiser)(realStoreDir, new Set(), onWarning, true);
+    this.js = new (links().Optimiser)(realStoreDir, new Set(), onWarning, true);
   }
 
   /** What the calls so far did. */
   get stats(): OptimiseStats {
-    return { ...this.opt.stats };
+    const all = { ...this.js.stats };
+    if (this.native) add(all, this.native.stats);
+    return all;
   }
 
   /** Optimise one path (file or tree) at its real location. Each call starts with no known inodes, as Nix's. */
@@ -109,14 +141,18 @@ export class StoreOptimiser {
     if (!this.linksMade) {
       mkdirSync(linksDirOf(this.realStoreDir), { recursive: true, mode: 0o755 });
       this.linksMade = true;
+      void nativeOptimiser();
     }
-    this.opt.forget();
-    this.opt.optimisePath(realPath);
+    if (!this.native && nativeReady && process.env.REALISE_NATIVE_OPTIMISE !== '0')
+      this.native = new (links().NativeOptimiser)(nativeReady, this.realStoreDir, [], this.onWarning, true);
+    const opt = this.native ?? this.js;
+    opt.forget();
+    opt.optimisePath(realPath);
   }
 
   /** Resolves when every file replaced so far is freed. */
-  drain(): Promise<void> {
-    return this.opt.drain();
+  async drain(): Promise<void> {
+    await Promise.all([this.js.drain(), this.native?.drain()]);
   }
 }
 
@@ -128,9 +164,10 @@ export class StoreOptimiser {
 export async function optimiseStorePaths(realStoreDir: string, realPaths: readonly string[], opts: OptimiseOptions = {}): Promise<OptimiseStats> {
   const inodes = links().loadInodes(linksDirOf(realStoreDir));
   const warn = opts.onWarning ?? (() => {});
-  const here = new (links().Optimiser)(realStoreDir, inodes, warn, true);
+  const addon = await nativeOptimiser();
+  const here = addon ? new (links().NativeOptimiser)(addon, realStoreDir, inodes, warn, true) : new (links().Optimiser)(realStoreDir, inodes, warn, true);
   const stats: OptimiseStats = { filesLinked: 0, bytesFreed: 0, blocksFreed: 0 };
-  const workers = realPaths.length > IN_THREAD_MAX ? THREADS - 1 : 0;
+  const workers = !addon && realPaths.length > IN_THREAD_MAX ? THREADS - 1 : 0;
   const threads = Array.from({ length: workers }, () => new ThreadTasks<BatchReply>(new URL('./optimise-thread.cjs', import.meta.url)));
   const firstTask = { realStoreDir, inodes: Float64Array.from(inodes) };
   const queue = { next: 0, done: 0, last: Date.now(), failure: undefined as unknown };
