@@ -7,7 +7,7 @@
  */
 import type { StorePath } from '../store/store-path.js';
 import { downstreamPlaceholder, tryResolve, type InputOutputPaths } from '../derivation/resolve.js';
-import { knownOutputs, realiseValidOutputs, registerResolvedRealisations } from './realisations.js';
+import { drvOutputIds, knownOutputs, realiseValidOutputs, registerResolvedRealisations } from './realisations.js';
 import { computeDerivationPath, writeDerivation } from '../derivation/derivation.js';
 import { isDerivationPath } from './paths.js';
 import { caFeatureMissing, knownPath, preferLocalBuild, substitutesAllowed, type DrvView } from './drv-view.js';
@@ -157,14 +157,21 @@ async function trySubstitutes(
   // (In check mode too, as Nix: outputs that are not valid are substituted first, then checked.)
   if (w.ctx.substituters.length === 0 || !substitutesAllowed(view)) return { statuses, retry: false };
   const missing = statuses.filter((s) => s.wanted && !s.valid);
-  if (missing.some((s) => !s.path)) {
-    w.warn('do not know how to query for unknown floating content-addressed derivation output yet');
-    return { statuses, retry: false };
-  }
+  // As Nix 2.8: an output whose path is not known yet (floating content-addressed) by its realisation.
+  const ids = missing.some((s) => !s.path) ? await drvOutputIds(w.ctx.store, view) : new Map<string, string>();
   // As Nix's getDerivationCA: a fixed output `out` is asked for by its content.
   const out = view.outputs.get('out');
   const ca = out?.type === 'fixed' ? { method: out.method, hash: out.hash } : undefined;
-  const outcomes = await goal.blocked(Promise.all(missing.map((s) => w.substitutionGoal(s.path!, mode === 'repair', 0, ca))));
+  const noId = { kind: 'no-substituters', message: '' } as const;
+  const outcomes = await goal.blocked(
+    Promise.all(
+      missing.map((s) => {
+        if (s.path) return w.substitutionGoal(s.path, mode === 'repair', 0, ca);
+        const id = ids.get(s.name);
+        return id ? w.drvOutputSubstitutionGoal(id) : noId;
+      }),
+    ),
+  );
   w.signal.throwIfAborted();
   const failed = outcomes.filter((o) => !substitutionSucceeded(o));
   const noSubs = failed.filter((o) => o.kind === 'no-substituters').length;

@@ -30,6 +30,14 @@ export function drvOutputId(hash: Hash, output: string): string {
   return `${hash.toString('base16', true)}!${output}`;
 }
 
+/** The DrvOutput ids of a derivation's outputs (none when its input derivations are not there to hash). */
+export async function drvOutputIds(store: Store, view: DrvView): Promise<Map<string, string>> {
+  const ids = new Map<string, string>();
+  const hashes = await outputHashes(store, view.drv).catch(() => new Map<string, Hash>());
+  for (const [name, h] of hashes) ids.set(name, drvOutputId(h, name));
+  return ids;
+}
+
 const hasFloating = (view: DrvView) => [...view.outputs.values()].some((o) => o.type === 'floating');
 
 /** Whether outputs built from `view` get realisations: always with `ca-derivations`, else floating CA ones. */

@@ -222,3 +222,52 @@ async function runSubstitute(
       (e: unknown) => ({ ok: false as const, e }),
     );
 }
+
+/**
+ * Nix 2.8's DrvOutputSubstitutionGoal: the realisation `id` (an output of a floating content-addressed
+ * derivation, by its hash modulo) from the first substituter that has it; its dependent realisations and its
+ * output path are substituted first, then it is registered. A substituter whose realisation of a dependency
+ * differs from the store's is skipped with Nix's warning.
+ */
+export async function substituteRealisation(w: Worker, id: string): Promise<SubstitutionOutcome> {
+  const { store } = w.ctx;
+  const none = { kind: 'no-substituters', message: `derivation output '${id}' is required, but there is no substituter that can provide it` } as const;
+  if (!store.queryRealisation || !store.registerRealisation) return none;
+  if (await store.queryRealisation(id)) return { kind: 'valid' };
+  let realError: string | undefined;
+  for (const sub of w.ctx.substituters) {
+    w.signal.throwIfAborted();
+    if (!sub.queryRealisation) continue;
+    let r;
+    try {
+      await sub.init(w.signal);
+      r = await sub.queryRealisation(id, { signal: w.signal });
+    } catch (e) {
+      w.signal.throwIfAborted();
+      realError = shortMessageOf(e);
+      w.ctx.emit('warning', { message: realError, level: 'error' });
+      continue;
+    }
+    if (!r) continue;
+    const deps = [...(r.dependentRealisations ?? [])].filter(([depId]) => depId !== id);
+    let incompatible = false;
+    for (const [depId, depPath] of deps) {
+      const local = await store.queryRealisation(depId);
+      if (local && local.outPath !== depPath) {
+        w.warn(`substituter '${sub.uri}' has an incompatible realisation for '${depId}', ignoring.\nLocal:  ${local.outPath}\nRemote: ${depPath}`);
+        incompatible = true;
+        break;
+      }
+    }
+    if (incompatible) continue;
+    const outcomes = await Promise.all([...deps.map(([depId]) => w.drvOutputSubstitutionGoal(depId)), w.substitutionGoal(r.outPath)]);
+    const bad = outcomes.filter((o) => !substitutionSucceeded(o));
+    if (bad.length > 0) {
+      const hole = bad.some((o) => o.kind === 'no-substituters' || o.kind === 'incomplete-closure');
+      return { kind: hole ? 'incomplete-closure' : 'failed', message: `the output path of the derivation output '${id}' could not be substituted` };
+    }
+    await store.registerRealisation(r);
+    return { kind: 'substituted', substituter: sub.uri };
+  }
+  return realError ? { kind: 'failed', message: realError } : none;
+}

@@ -10,9 +10,9 @@ import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
 import { covers, DerivationGoal } from './derivation-goal.js';
 import { type BuildResult, isSuccess, failure, stoppedResult } from './results.js';
-import { SubstitutionGoal, type FixedContent, type SubstitutionOutcome } from './substitution-goal.js';
+import { SubstitutionGoal, substituteRealisation, substitutionSucceeded, type FixedContent, type SubstitutionOutcome } from './substitution-goal.js';
 import { systemErrorMessage } from '../store/system-error.js';
-import { RealiseError } from '../store/errors.js';
+import { RealiseError, shortMessageOf } from '../store/errors.js';
 import { BuildSetupError, GoalStopped } from './errors.js';
 import { pathContentsGood } from './verify.js';
 import { slotGate } from './slot-gate.js';
@@ -299,6 +299,26 @@ export class Worker {
       this.substGoals.set(key, goal);
     }
     return goal.outcome;
+  }
+
+  private readonly realisationGoals = new Map<string, Promise<SubstitutionOutcome>>();
+
+  /**
+   * The outcome of the one substitution of the realisation `id` in this call (Nix's
+   * DrvOutputSubstitutionGoal); a failed one is forgotten, as a failed path substitution.
+   */
+  drvOutputSubstitutionGoal(id: string): Promise<SubstitutionOutcome> {
+    let goal = this.realisationGoals.get(id);
+    if (!goal) {
+      goal = substituteRealisation(this, id)
+        .catch((e: unknown): SubstitutionOutcome => ({ kind: 'failed', message: shortMessageOf(e) }))
+        .then((o) => {
+          if (!substitutionSucceeded(o)) this.realisationGoals.delete(id);
+          return o;
+        });
+      this.realisationGoals.set(id, goal);
+    }
+    return goal;
   }
 
   /**

@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 import type { Agent, Dispatcher } from 'undici';
 import { undici } from './undici.js';
 import { curlWords, isAbortError } from './curl-words.js';
-import { DEFAULT_STORE_DIR, storePathHashPart, type StorePath } from '../store/store-path.js';
+import { DEFAULT_STORE_DIR, storePathHashPart, toStorePath, type StorePath } from '../store/store-path.js';
+import type { Realisation } from '../store/store-api.js';
 import { decompressStream, DecompressionError } from './compression.js';
 import { BadNarInfoError, parseCacheInfo, parseNarInfo, type NarInfo } from './narinfo.js';
 import { NarInfoCache, type NarInfoCacheOptions } from './narinfo-cache.js';
@@ -121,6 +122,21 @@ async function decodedBeforeError(compression: string, source: AsyncIterable<Uin
     // the error itself: n is what came before it
   }
   return n;
+}
+
+/** A realisation as Nix writes it into a binary cache (`{"dependentRealisations":{id:name},"id":…,"outPath":name,"signatures":[…]}`). */
+function parseRealisation(text: string, id: string, storeDir: string): Realisation {
+  const j = JSON.parse(text) as { id?: unknown; outPath?: unknown; signatures?: unknown; dependentRealisations?: unknown };
+  const name = (v: unknown, what: string): StorePath => {
+    if (typeof v !== 'string' || v.includes('/')) throw new Error(`${what} is not a store path name`);
+    return toStorePath(`${storeDir}/${v}`, storeDir);
+  };
+  if (j.id !== id) throw new Error(`it is the realisation of '${String(j.id)}'`);
+  const sigs = Array.isArray(j.signatures) ? j.signatures.filter((x): x is string => typeof x === 'string') : [];
+  const deps = new Map<string, StorePath>();
+  if (j.dependentRealisations && typeof j.dependentRealisations === 'object')
+    for (const [k, v] of Object.entries(j.dependentRealisations)) deps.set(k, name(v, `the dependent realisation '${k}'`));
+  return { id, outPath: name(j.outPath, 'outPath'), signatures: sigs, dependentRealisations: deps };
 }
 
 /** What was read of a NAR file that did not decompress. */
@@ -654,6 +670,20 @@ export class BinaryCacheSubstituter implements Substituter {
       return info;
     } finally {
       onTransfer?.({ kind: 'query-finished', path: p, found: info !== undefined });
+    }
+  }
+
+  /** Nix's BinaryCacheStore::queryRealisation: `realisations/<id>.doi`, the realisation as JSON. */
+  async queryRealisation(id: string, opts: { signal?: AbortSignal | undefined } = {}): Promise<Realisation | undefined> {
+    await this.init(opts.signal);
+    if (!this._enabled) return undefined;
+    const rel = `realisations/${id}.doi`;
+    const text = await this.transport.getFile(rel, opts.signal);
+    if (!text) return undefined;
+    try {
+      return parseRealisation(text.toString('utf8'), id, this.storeDir);
+    } catch (e) {
+      throw new SubstituterError('bad-narinfo', `realisation '${rel}' of '${this.uri}' is corrupt: ${(e as Error).message}`, { uri: this.uri, cause: e });
     }
   }
 

@@ -4,10 +4,10 @@
  */
 import { readFile } from 'node:fs/promises';
 import { RealiseError, BadNarError } from '../store/errors.js';
-import { Hash, HashSink } from '../store/hash.js';
+import { Hash, HashModulo, HashSink } from '../store/hash.js';
 import { RegularFileContentHasher } from '../store/nar.js';
-import type { PathInfo, Store } from '../store/store-api.js';
-import { makeFixedOutputPath, makeTextPath, storePathName, type StorePath } from '../store/store-path.js';
+import type { PathInfo, Realisation, Store } from '../store/store-api.js';
+import { makeFixedOutputPath, makeTextPath, storePathHashPart, storePathName, type StorePath } from '../store/store-path.js';
 import { countValidSignatures } from './narinfo.js';
 import { recycleDecoded } from './compression.js';
 import { caHashMismatch, LocalStore } from '../store/local-store.js';
@@ -76,6 +76,11 @@ export interface Substituter {
     paths: readonly StorePath[],
     opts?: { readonly signal?: AbortSignal | undefined; readonly onTransfer?: TransferListener | undefined },
   ): Promise<Map<StorePath, SubstitutablePathInfo>>;
+  /**
+   * Nix's queryRealisation: the realisation `id` (`sha256:<hash modulo>!<output>`) the substituter has,
+   * if any. Optional: a substituter without it serves no realisations. Throws SubstituterError.
+   */
+  queryRealisation?(id: string, opts?: { readonly signal?: AbortSignal | undefined }): Promise<Realisation | undefined>;
   /** The decompressed NAR of a path, as a stream. Not verified: `substitutePath` verifies. */
   fetchNar(info: SubstitutablePathInfo, opts: FetchNarOptions): AsyncIterable<Uint8Array>;
   /** Release connections and caches. */
@@ -239,10 +244,13 @@ async function requireValidReferences(store: Store, info: SubstitutablePathInfo,
 function contentAddressCheck(sub: Substituter, info: SubstitutablePathInfo, fail: Fail) {
   const ca = parseContentAddress(info.ca);
   if (ca === undefined || !caProvesPath(info, sub.storeDir) || sub.trusted) return undefined;
+  // Self-references are left out of a recursive content address's hash (Nix's HashModuloSink).
+  const selfRef = info.references.includes(info.path);
   // The NAR hash with the content address's algorithm: the store checks the NAR against info.narHash.
-  const sameAsNarHash = ca.method === 'recursive' && ca.hash.algorithm === info.narHash.algorithm;
+  const sameAsNarHash = ca.method === 'recursive' && ca.hash.algorithm === info.narHash.algorithm && !selfRef;
   if (sameAsNarHash && ca.hash.equals(info.narHash)) return undefined;
-  const recursive = ca.method === 'recursive' ? new HashSink(ca.hash.algorithm) : undefined;
+  const recursive =
+    ca.method !== 'recursive' ? undefined : selfRef ? new HashModulo(ca.hash.algorithm, storePathHashPart(info.path)) : new HashSink(ca.hash.algorithm);
   const file = ca.method !== 'recursive' ? new RegularFileContentHasher(ca.hash.algorithm) : undefined;
   return {
     /** The hash the content address gives. */

@@ -21,7 +21,7 @@ function cacheUri(t: TwinStores, name: string, params = ''): string {
 /** `nix copy --to URI PATHS` (or other `nix` arguments) from Nix's twin store. */
 function nixCopy(t: TwinStores, args: string[]): void {
   t.use('nix');
-  const r = runNix('nix', ['--store', t.uri('nix'), 'copy', ...args], { env: t.env });
+  const r = runNix('nix', ['--store', t.uri('nix'), 'copy', ...args], { env: t.env, cwd: t.tests });
   if (r.status !== 0) throw new Error(`nix copy ${args.join(' ')} failed:\n${r.stderr}`);
 }
 
@@ -132,4 +132,52 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (binary caches): realise vs 
     const r = await step(t, [good, ...subst(cache), ...noSigs], 1);
     expect(r.nix.stderr).toContain(good);
   }, 120_000);
+  it('ca/substitute.sh: a content-addressed closure substituted with -j0, realisations with it; input-addressed outputs substituted without realisations in the cache get theirs', async () => {
+    const t = new TwinStores();
+    const cache = cacheUri(t, 'binary_cache');
+    const attr = (name: string) => t.instantiate('ca/content-addressed.nix', ['-A', name]);
+    const [top] = attr('transitivelyDependentCA');
+    await step(t, [top!], 0);
+    nixCopy(t, ['--to', cache, '--file', 'ca/content-addressed.nix', 'transitivelyDependentCA']);
+    expect(readdirSync(`${t.root}/binary_cache/realisations`).length).toBeGreaterThan(0);
+    t.clear();
+    await step(t, [...attr('transitivelyDependentCA'), ...subst(cache), ...noSigs, '-j0'], 0);
+    for (const side of sides) expect(t.rows(side).realisations).toHaveLength(4);
+
+    // simple.nix, its realisations erased from the cache.
+    t.clear();
+    const [simple] = t.instantiate('simple.nix');
+    await step(t, [simple!], 0);
+    nixCopy(t, ['--to', cache, '--file', 'simple.nix', '']);
+    rmSync(`${t.root}/binary_cache/realisations`, { recursive: true });
+    t.clear();
+    await step(t, [...t.instantiate('simple.nix'), ...subst(cache), ...noSigs, '-j0'], 0);
+    for (const side of sides) expect(t.rows(side).realisations).toHaveLength(1);
+  }, 120_000);
+
+  it('ca/signatures.sh: content-addressed outputs copied to a signed cache, substituted back with its key', async () => {
+    const t = new TwinStores();
+    const k1 = nixKey(t, 'cache1.example.org', 'sk1');
+    const cache = cacheUri(t, 'remote_store');
+    for (const name of ['rootCA', 'dependentCA', 'transitivelyDependentCA', 'dependentNonCA', 'dependentFixedOutput']) {
+      t.clear();
+      rmSync(`${t.root}/remote_store`, { recursive: true, force: true });
+      const drvs = t.instantiate('ca/content-addressed.nix', ['-A', name]);
+      const { nix: built } = await step(t, drvs, 0);
+      // (The input-addressed outputs signed as Nix's store signs what it builds with secret-key-files.)
+      const signed = runNix('nix', ['--store', t.uri('nix'), 'store', 'sign', '-k', k1.secret, '-r', ...built.stdout.trim().split('\n')], { env: t.env });
+      expect(signed.status, signed.stderr).toBe(0);
+      nixCopy(t, [
+        '--to',
+        cache,
+        '--secret-key-files',
+        k1.secret,
+        '--file',
+        'ca/content-addressed.nix',
+        ...(name === 'rootCA' ? ['rootCA.out', 'rootCA.dev', 'rootCA.foo'] : [name]),
+      ]);
+      t.clear();
+      await step(t, [...t.instantiate('ca/content-addressed.nix', ['-A', name]), ...subst(cache), '--option', 'trusted-public-keys', k1.pub, '-j0'], 0);
+    }
+  }, 180_000);
 });
