@@ -140,11 +140,14 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       fetchPath: async (sub, info, signal, repair, as) => {
         const p = this.progressTracker;
         let last = 0;
+        let checked: Derivation | undefined;
         await substitutePath(store, sub, info, {
           signal,
           repair,
           as,
-          checkDerivation: (drvPath, text) => checkSubstitutedDerivation(store, drvPath, text),
+          checkDerivation: async (drvPath, text) => {
+            checked = await checkSubstitutedDerivation(store, drvPath, text);
+          },
           onTransfer: this.transferListener(sub),
           onProgress: (done) => {
             p.download.done += done - last;
@@ -152,6 +155,8 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
             p.changed();
           },
         });
+        // The goal that wanted this .drv reads it next: the derivation just checked is that reading.
+        if (checked) this.primeDrvCache(as ?? info.path, checked);
         p.nar.done += info.narSize;
         p.changed();
       },
@@ -225,6 +230,19 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     }
     this.drvCache.set(drvPath, p);
     return p;
+  }
+
+  /** Remember `drv`, just parsed from the valid `.drv` at `drvPath`, as loadDrvCached would read it. */
+  private primeDrvCache(drvPath: StorePath, drv: Derivation): void {
+    if (this.drvCache.has(drvPath) || this.providedDrvs.has(drvPath)) return;
+    let view: DrvView;
+    try {
+      view = viewOf(drvPath, drv, derivationNameFromPath(drvPath));
+    } catch {
+      return; // loadDrv reports what is wrong with it, when a goal reads it
+    }
+    if (this.drvCache.size >= DRV_CACHE_SIZE) this.drvCache.delete(this.drvCache.keys().next().value!);
+    this.drvCache.set(drvPath, Promise.resolve(view));
   }
 
   private async pickSandbox(store: Store, view: DrvView): Promise<Sandbox> {
@@ -487,9 +505,10 @@ export function parseTarget(t: BuildTarget | string): BuildTarget {
 }
 
 /** A substituted `.drv` must name the output paths its contents give (Nix's checkDerivationOutputs), or it is refused. */
-async function checkSubstitutedDerivation(store: Store, drvPath: StorePath, text: string): Promise<void> {
+async function checkSubstitutedDerivation(store: Store, drvPath: StorePath, text: string): Promise<Derivation> {
   const drv = parseDerivation(text, derivationNameFromPath(drvPath), { storeDir: store.storeDir });
   // The store's one hasher: its memo of input derivations' hashes serves every .drv of a closure (with a hasher
   // per .drv, each check hashed the whole closure below it again).
   await checkDerivationOutputs(hasherFor(store), drvPath, drv);
+  return drv;
 }

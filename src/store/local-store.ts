@@ -1289,12 +1289,7 @@ function isDirectorySync(p: string): boolean {
 }
 
 function existsNow(p: string): boolean {
-  try {
-    lstatSync(p);
-    return true;
-  } catch {
-    return false;
-  }
+  return lstatOrUndefined(p) !== undefined;
 }
 
 const MY_UID = typeof process.geteuid === 'function' ? process.geteuid() : -1;

@@ -3,7 +3,7 @@
  * Reads `nix-cache-info` once, `<hashpart>.narinfo` per path (bounded parallelism, remembered in a
  * NarInfoCache), and streams `nar/...` files through the right decompressor.
  */
-import { createReadStream, promises as fsp } from 'node:fs';
+import { closeSync, createReadStream, promises as fsp, openSync, readFileSync, readSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { STATUS_CODES } from 'node:http';
 import * as path from 'node:path';
@@ -199,7 +199,15 @@ const LIBARCHIVE_READ_AHEAD = 64 * 1024;
 /** How much longer than its FileSize a NAR file may run before the download is cut off. */
 const FILE_OVERRUN_MAX = 64 * 1024 * 1024;
 
-/** Files of a file:// cache up to this size whose size is known are read with one read into one buffer. */
+/**
+ * Files of a file:// cache up to this size whose size is known (a NAR of its narinfo's FileSize), and every
+ * narinfo, are read with synchronous calls into one buffer: an open, a read and a close take tens of
+ * microseconds, a round trip through the thread pool each about a hundred of main-thread time. Larger files
+ * stream through the thread pool.
+ */
+const SYNC_READ_MAX = 1024 * 1024;
+
+/** Files of a file:// cache up to this size whose size is known are read into one buffer (larger ones stream). */
 const WHOLE_READ_MAX = 16 * 1024 * 1024;
 
 class FileTransport implements Transport {
@@ -216,13 +224,14 @@ class FileTransport implements Transport {
     return p;
   }
 
-  async getFile(rel: string): Promise<Buffer | undefined> {
+  getFile(rel: string): Promise<Buffer | undefined> {
     try {
-      return await fsp.readFile(this.resolve(rel));
+      // (A narinfo or nix-cache-info: a few hundred bytes.)
+      return Promise.resolve(readFileSync(this.resolve(rel)));
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
-      if (e instanceof SubstituterError) throw e;
-      throw new SubstituterError('network', `cannot read '${rel}' of '${this.uri}': ${(e as Error).message}`, { uri: this.uri, cause: e });
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return Promise.resolve(undefined);
+      if (e instanceof SubstituterError) return Promise.reject(e);
+      return Promise.reject(new SubstituterError('network', `cannot read '${rel}' of '${this.uri}': ${(e as Error).message}`, { uri: this.uri, cause: e }));
     }
   }
 
@@ -241,6 +250,30 @@ class FileTransport implements Transport {
     if (this.pool.length < 32) this.pool.push(b);
   }
 
+  /**
+   * The file at `file`, of announced size `size`, read whole: a buffer of exactly `size` bytes, shorter when
+   * the file is, and then what follows it (normally nothing), so that the caller sees a file too short or too long.
+   */
+  private readWhole(file: string, size: number, into: Buffer | undefined): Buffer[] {
+    const fd = openSync(file, 'r');
+    try {
+      const buf = into ? into.subarray(0, size) : Buffer.allocUnsafe(size);
+      let got = 0;
+      for (let n = 1; got < size && n > 0; got += n) n = readSync(fd, buf, got, size - got, got);
+      const parts = got > 0 ? [got === size ? buf : buf.subarray(0, got)] : [];
+      if (got < size) return parts; // shorter than announced: the caller reports the truncation
+      for (let pos = got; ;) {
+        const extra = Buffer.allocUnsafe(4000); // from the shared pool: normally this read only sees EOF
+        const n = readSync(fd, extra, 0, extra.length, pos);
+        if (n === 0) return parts;
+        pos += n;
+        parts.push(Buffer.from(extra.subarray(0, n)));
+      }
+    } finally {
+      closeSync(fd);
+    }
+  }
+
   async *stream(rel: string, signal?: AbortSignal, sizeHint?: number, reuse = false): AsyncGenerator<Uint8Array> {
     const file = this.resolve(rel);
     const wrap = (e: unknown): unknown => {
@@ -254,41 +287,26 @@ class FileTransport implements Transport {
       if (signal?.aborted || isAbortError(e) || e instanceof SubstituterError) return e;
       return new SubstituterError('network', `cannot read '${rel}' of '${this.uri}': ${(e as Error).message}`, { uri: this.uri, cause: e });
     };
-    if (sizeHint !== undefined && sizeHint >= 0 && sizeHint <= WHOLE_READ_MAX) {
-      // Size known and moderate: read it into one buffer of exactly that size (a ReadStream would copy a
-      // short last read into a fresh buffer), then yield whatever follows in small reads.
-      let fh: FileHandle;
-      try {
-        fh = await fsp.open(file, 'r');
-      } catch (e) {
-        throw wrap(e);
-      }
+    if (sizeHint !== undefined && sizeHint >= 0 && sizeHint <= SYNC_READ_MAX) {
+      // Size known and small: read it into one buffer of exactly that size (a ReadStream would copy a
+      // short last read into a fresh buffer).
+      signal?.throwIfAborted();
       const pooled = reuse ? this.takeBuffer(sizeHint) : undefined;
       try {
-        const buf = pooled ? pooled.subarray(0, sizeHint) : Buffer.allocUnsafe(sizeHint);
-        let got = 0;
-        while (got < sizeHint) {
-          signal?.throwIfAborted();
-          const { bytesRead } = await fh.read(buf, got, sizeHint - got, got);
-          if (bytesRead === 0) break;
-          got += bytesRead;
+        let parts: Buffer[];
+        try {
+          parts = this.readWhole(file, sizeHint, pooled);
+        } catch (e) {
+          throw wrap(e);
         }
-        if (got > 0) yield got === sizeHint ? buf : buf.subarray(0, got);
-        if (got < sizeHint) return; // shorter than announced: the caller reports the truncation
-        // anything beyond the announced size is passed on, so the caller sees that it is too large
-        for (let pos = got; ;) {
-          const extra = Buffer.allocUnsafe(4000); // from the shared pool: normally this read only sees EOF
-          const { bytesRead } = await fh.read(extra, 0, extra.length, pos);
-          if (bytesRead === 0) break;
-          pos += bytesRead;
-          yield Buffer.from(extra.subarray(0, bytesRead));
-        }
-      } catch (e) {
-        throw wrap(e);
+        yield* parts;
       } finally {
         if (pooled) this.giveBuffer(pooled);
-        await fh.close().catch(() => {});
       }
+      return;
+    }
+    if (sizeHint !== undefined && sizeHint >= 0 && sizeHint <= WHOLE_READ_MAX) {
+      yield* this.readWholeAsync(file, sizeHint, reuse, signal, wrap);
       return;
     }
     // Read buffers are allocated at highWaterMark: size them to the file (+1 to see EOF in one read).
@@ -300,6 +318,48 @@ class FileTransport implements Transport {
       throw wrap(e);
     } finally {
       s.destroy();
+    }
+  }
+
+  /** readWhole through the thread pool, for files too large to read while the main thread waits. */
+  private async *readWholeAsync(
+    file: string,
+    size: number,
+    reuse: boolean,
+    signal: AbortSignal | undefined,
+    wrap: (e: unknown) => unknown,
+  ): AsyncGenerator<Uint8Array> {
+    let fh: FileHandle;
+    try {
+      fh = await fsp.open(file, 'r');
+    } catch (e) {
+      throw wrap(e);
+    }
+    const pooled = reuse ? this.takeBuffer(size) : undefined;
+    try {
+      const buf = pooled ? pooled.subarray(0, size) : Buffer.allocUnsafe(size);
+      let got = 0;
+      while (got < size) {
+        signal?.throwIfAborted();
+        const { bytesRead } = await fh.read(buf, got, size - got, got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      if (got > 0) yield got === size ? buf : buf.subarray(0, got);
+      if (got < size) return; // shorter than announced: the caller reports the truncation
+      // anything beyond the announced size is passed on, so the caller sees that it is too large
+      for (let pos = got; ;) {
+        const extra = Buffer.allocUnsafe(4000); // from the shared pool: normally this read only sees EOF
+        const { bytesRead } = await fh.read(extra, 0, extra.length, pos);
+        if (bytesRead === 0) break;
+        pos += bytesRead;
+        yield Buffer.from(extra.subarray(0, bytesRead));
+      }
+    } catch (e) {
+      throw wrap(e);
+    } finally {
+      if (pooled) this.giveBuffer(pooled);
+      await fh.close().catch(() => {});
     }
   }
 

@@ -2,6 +2,7 @@
  * The Substituter interface the scheduler calls, the error type of this layer, and `substitutePath`:
  * check trust, stream the NAR into the store while verifying it, register atomically.
  */
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { RealiseError, BadNarError } from '../store/errors.js';
 import { Hash, HashModulo, HashSink } from '../store/hash.js';
@@ -403,7 +404,8 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
       check && target.endsWith('.drv')
         ? async (real: string) => {
             try {
-              await check(target, await readFile(real, 'utf8'));
+              // (A small file just written: read without a thread-pool round trip.)
+              await check(target, info.narSize <= SMALL_DRV ? readFileSync(real, 'utf8') : await readFile(real, 'utf8'));
             } catch (e) {
               failure.error = fail('store', e instanceof RealiseError ? e.shortMessage : (e as Error).message, { cause: e });
               throw e;
@@ -420,6 +422,9 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
     }
   }
 }
+
+/** A `.drv` of a NAR up to this size is read back for its check with synchronous calls. */
+const SMALL_DRV = 64 * 1024;
 
 /** How much longer than its narinfo's NarSize a NAR may run before the download is cut off. */
 const NAR_OVERRUN_MAX = 64 * 1024 * 1024;
