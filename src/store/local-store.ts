@@ -571,6 +571,10 @@ export class LocalStore implements Store {
   }
 
   async isValidPath(p: StorePath): Promise<boolean> {
+    return this.isValidPathSync(p);
+  }
+
+  private isValidPathSync(p: StorePath): boolean {
     this.check();
     return this.st.pathId.get(p) !== undefined;
   }
@@ -823,6 +827,49 @@ export class LocalStore implements Store {
       .immediate();
   }
 
+  /** addToStore's registrations waiting for the end of this turn of the event loop (registerSoon). */
+  private pendingRegistrations: Array<{ info: PathInfo; resolve: () => void; reject: (e: unknown) => void }> | undefined;
+
+  /**
+   * Register `info` (its contents complete at its path, its references valid, its lock held) together with
+   * the other additions that get this far in the same turn of the event loop: one transaction for all of
+   * them (a group commit). A commit costs about as much as the rows of a few paths; concurrent
+   * substitutions of small paths finish in bursts. Each path is still valid only once its contents are
+   * complete and its references valid, as when it is registered alone. Resolves once it is committed.
+   */
+  private registerSoon(info: PathInfo): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (!this.pendingRegistrations) {
+        this.pendingRegistrations = [];
+        setImmediate(() => this.flushRegistrations());
+      }
+      this.pendingRegistrations.push({ info, resolve, reject });
+    });
+  }
+
+  private flushRegistrations(): void {
+    const batch = this.pendingRegistrations ?? [];
+    this.pendingRegistrations = undefined;
+    if (batch.length > 1) {
+      try {
+        this.registerInDb(batch.map((b) => b.info));
+        for (const b of batch) b.resolve();
+        return;
+      } catch {
+        // One of them cannot be registered: each on its own, so that only that one fails.
+      }
+    }
+    for (const b of batch) {
+      try {
+        this.check();
+        this.registerInDb([b.info]);
+        b.resolve();
+      } catch (e) {
+        b.reject(e);
+      }
+    }
+  }
+
   /** Write rows for `infos` in one transaction, enforcing the closure invariant. Reads only new `.drv` files. */
   private registerInDb(infos: readonly PathInfo[]): void {
     const now = Math.floor(Date.now() / 1000);
@@ -970,19 +1017,13 @@ export class LocalStore implements Store {
     checkPathInfo(info, this.storeDir);
     await this.addTempRoot(info.path);
     const repair = opts.repair ?? false;
-    if (!repair) {
-      const have = await this.queryPathInfo(info.path);
-      if (have) return have;
-    }
+    if (!repair && this.isValidPathSync(info.path)) return (await this.queryPathInfo(info.path))!;
     checkBatchClosure([info], (ps) => this.queryValidPathsSync(ps));
     // Unordered: concurrent additions create their lock files at the same time instead of one by one.
     const locks = await lockStorePaths(this, [info.path], { signal: opts.signal, ordered: false });
     let target: string | undefined;
     try {
-      if (!repair) {
-        const have = await this.queryPathInfo(info.path);
-        if (have) return have;
-      }
+      if (!repair && this.isValidPathSync(info.path)) return (await this.queryPathInfo(info.path))!;
       const session = await this.sessionTempDir();
       target = path.join(session.dir, `${++this.tmpCounter}-${storePathBase(info.path)}`);
       const hashed = hashingStream(nar, info.narHash.algorithm, opts.signal, info.ca);
@@ -999,8 +1040,8 @@ export class LocalStore implements Store {
       await opts.verify?.(target);
       if (session.walkAfterRestore) await canonicalisePathMetaData(target, { ignoredAcls: this.ignoredAcls });
       opts.signal?.throwIfAborted();
-      const final: PathInfo = { ...info, narSize: got.size };
-      checkBatchClosure([final], (ps) => this.queryValidPathsSync(ps));
+      const final: PathInfo = { ...info, narSize: got.size, registrationTime: info.registrationTime ?? Math.floor(Date.now() / 1000) };
+      // (The registration checks the references again, in its transaction.)
       const real = this.toRealPath(info.path);
       if (existsNow(real)) {
         // A stale invalid copy, or the valid copy we are repairing: move it aside, then delete it.
@@ -1014,7 +1055,7 @@ export class LocalStore implements Store {
       }
       try {
         this.autoOptimise(real);
-        this.registerInDb([final]);
+        await this.registerSoon(final);
       } catch (e) {
         await deleteTree(real).catch(() => {});
         // Repairing: the registered path's old copy goes back in place.
@@ -1025,7 +1066,17 @@ export class LocalStore implements Store {
         throw e;
       }
       locks.setDeletion(true);
-      return (await this.queryPathInfo(info.path))!;
+      // (A repaired path keeps the row it had, which is updated only in part.)
+      if (repair) return (await this.queryPathInfo(info.path))!;
+      // What queryPathInfo now reads back.
+      return {
+        ...final,
+        references: [...new Set(final.references)].sort(),
+        deriver: final.deriver || undefined,
+        ultimate: final.ultimate === true,
+        sigs: (final.sigs ?? []).join(' ').split(' ').filter(Boolean),
+        ca: final.ca || undefined,
+      };
     } catch (e) {
       throw asStoreWriteError(e, `adding '${info.path}' to the store: writing`, target ?? this.toRealPath(info.path));
     } finally {
@@ -1259,6 +1310,8 @@ export class LocalStore implements Store {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    // Registrations of additions still under way are committed first.
+    if (this.pendingRegistrations) this.flushRegistrations();
     this.closed = true;
     const session = await this.session?.catch(() => undefined);
     if (session) {

@@ -142,8 +142,22 @@ export function contentAddressedAs(info: PathInfo, subStoreDir: string, target: 
   return info.references.length === 0 && caProvesPath(info, subStoreDir) && caProvesPath({ ...info, path: target }, storeDir);
 }
 
+/** caProvesPath's answers, per path info and store dir: a substitute is checked several times on its way. */
+const caProofs = new WeakMap<PathInfo, Map<string, boolean>>();
+
 /** Why a path info is acceptable without a signature: its content address proves its path. */
 export function caProvesPath(info: PathInfo, storeDir: string): boolean {
+  let proofs = caProofs.get(info);
+  let proved = proofs?.get(storeDir);
+  if (proved === undefined) {
+    proved = computeCaProof(info, storeDir);
+    if (!proofs) caProofs.set(info, (proofs = new Map()));
+    proofs.set(storeDir, proved);
+  }
+  return proved;
+}
+
+function computeCaProof(info: PathInfo, storeDir: string): boolean {
   const ca = parseContentAddress(info.ca);
   if (!ca) return false;
   const name = storePathName(info.path);

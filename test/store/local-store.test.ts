@@ -4,7 +4,9 @@ import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { isStoreTempDirName, LocalStore, defaultStoreRoot, resolveLayout } from '../../src/store/local-store.js';
 import { tryFlockFd } from '../../src/store/locks.js';
-import { storeConformance } from './conformance.js';
+import { freshPath, makeTreeNar, storeConformance } from './conformance.js';
+import { streamOf } from '../../src/store/nar.js';
+import type { PathInfo } from '../../src/store/store-api.js';
 import { tempDirs } from '../helpers/nix.js';
 
 const tmp = tempDirs('realise-ls-');
@@ -155,6 +157,83 @@ describe('LocalStore layout', () => {
       if (old === undefined) delete process.env.REALISE_STORE;
       else process.env.REALISE_STORE = old;
     }
+  });
+});
+
+describe('LocalStore additions that finish together', () => {
+  it('are registered together; each returns what queryPathInfo reads back; one whose reference vanished fails alone', async () => {
+    const root = tmp();
+    const s = await LocalStore.open({ root });
+    const ref = await s.addTextToStore('ref.txt', 'ref');
+    const gone = await s.addTextToStore('gone.txt', 'gone');
+    // Every NAR is held back until the paths are set up, so that the additions reach their registration together.
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    let reading = 0;
+    async function* held(nar: Buffer): AsyncGenerator<Uint8Array> {
+      reading++;
+      await gate;
+      yield* streamOf(nar);
+    }
+    const adds: Array<{ info: PathInfo; added: Promise<PathInfo> }> = [];
+    for (const [i, refs] of [[ref], [gone], [ref, gone], [], [ref]].entries()) {
+      const { nar, hash } = await makeTreeNar(`t${i}`);
+      const info: PathInfo = {
+        path: freshPath(`t${i}`),
+        narHash: hash,
+        narSize: nar.length,
+        // Unsorted and repeated, as a narinfo may list them.
+        references: [...refs].reverse().concat(refs),
+        deriver: i % 2 ? freshPath(`t${i}.drv`) : undefined,
+        sigs: i === 4 ? ['k-1:c2ln', 'k-2:c2ln'] : [],
+        ultimate: i === 3,
+      };
+      adds.push({ info, added: s.addToStore(info, held(nar)) });
+    }
+    // Every addition has checked its references and locked its path, and waits for its NAR.
+    while (reading < adds.length) await new Promise((r) => setTimeout(r, 5));
+    // `gone` stops being valid while the additions run (another process's collector took it: nothing referenced it yet).
+    const other = new Database(path.join(root, 'nix/var/nix/db/db.sqlite'));
+    other.prepare('delete from ValidPaths where path = ?').run(gone);
+    other.close();
+    expect(await s.isValidPath(gone)).toBe(false);
+    type Internals = { registerInDb(infos: PathInfo[]): void; registerSoon(info: PathInfo): Promise<void> };
+    const internals = s as unknown as Internals;
+    const batches: number[] = [];
+    const registerInDb = internals.registerInDb;
+    vi.spyOn(internals, 'registerInDb').mockImplementation(function (this: LocalStore, infos) {
+      batches.push(infos.length);
+      registerInDb.call(this, infos);
+    });
+    // The additions reach their registration at different times (their restores end one by one); held
+    // until all five are there, they are handed on in one turn of the event loop, as a burst of them is.
+    const registerSoon = internals.registerSoon;
+    const waiting: Array<() => void> = [];
+    vi.spyOn(internals, 'registerSoon').mockImplementation(function (this: LocalStore, info) {
+      return new Promise<void>((resolve, reject) => {
+        waiting.push(() => void registerSoon.call(this, info).then(resolve, reject));
+        if (waiting.length === adds.length) for (const go of waiting) go();
+      });
+    });
+    open();
+    const outcomes = await Promise.allSettled(adds.map((a) => a.added));
+    // One transaction for the five (refused), then one for each.
+    expect(batches).toEqual([5, 1, 1, 1, 1, 1]);
+    for (const [i, { info }] of adds.entries()) {
+      const o = outcomes[i]!;
+      if (info.references.includes(gone)) {
+        expect(o.status, info.path).toBe('rejected');
+        expect((o as PromiseRejectedResult).reason.code).toBe('missing-references');
+        expect(await s.isValidPath(info.path)).toBe(false);
+        expect(existsSync(s.toRealPath(info.path))).toBe(false);
+      } else {
+        expect(o.status, info.path).toBe('fulfilled');
+        const got = (o as PromiseFulfilledResult<PathInfo>).value;
+        expect(got).toEqual(await s.queryPathInfo(info.path));
+        expect(got.references).toEqual([...new Set(info.references)].sort());
+      }
+    }
+    await s.close();
   });
 });
 
