@@ -1,7 +1,8 @@
 #!/usr/bin/env node
-// The `realise` command. Runs the bundled CLI (dist/bundle/main.cjs, made by `npm run build`: one file for
-// Node to load, with V8's compiled code cached between runs, see runBundle) or else the compiled one
-// (dist/cli/main.js) when it is newer than the sources, else the TypeScript sources through tsx.
+// The `realise` command (bin/realise, the package's bin, runs this after moving NODE_EXTRA_CA_CERTS aside;
+// `node bin/realise.js` runs it directly). Runs the bundled CLI (dist/bundle/main.cjs, made by `npm run
+// build`: one file for Node to load, with V8's compiled code cached between runs, see runBundle) or else the
+// compiled one (dist/cli/main.js) when it is newer than the sources, else the TypeScript sources through tsx.
 // A CommonJS script (bin/package.json says so): Node starts it without its ES-module loader, which a
 // command run from the bundle never needs.
 'use strict';
@@ -183,5 +184,5 @@ function main() {
   }
 }
 
+module.exports = { main, runBundle };
 if (require.main === module) main();
-else module.exports = { runBundle };

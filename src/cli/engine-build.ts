@@ -37,7 +37,7 @@ function cliCacheDir(): string {
   return path.join(process.env.XDG_CACHE_HOME || path.join(homedir(), '.cache'), 'realise');
 }
 
-/** The engine's options with the substituters the settings name (Nix's download-attempts: 5, and its warning before each retry). */
+/** The engine's options with the substituters the settings name (Nix's download-attempts, 5 unless set, and its warning before each retry). */
 export function engineOptions(settings: EngineSettings, warn: (message: string) => void): BuildEngineOptions {
   const opts: BuildEngineOptions & Record<string, unknown> = { ...settings.options };
   // A daemon store was opened with what Nix's client sends for this command line (daemonClientSettings); the
@@ -62,7 +62,8 @@ export function engineOptions(settings: EngineSettings, warn: (message: string) 
           trustedPublicKeys: [...settings.trustedPublicKeys],
           requireSigs: settings.requireSigs,
           onWarning: warn,
-          retries: 4,
+          // Nix's download-attempts counts every transfer's tries, a binary cache's too.
+          retries: (settings.options.downloadAttempts ?? 5) - 1,
           retryBaseMs: 250,
           onRetry: (m, ms) => warn(`error: ${m}; retrying in ${ms} ms`),
         }),

@@ -1,8 +1,24 @@
 /**
- * The `realise` command's entry point (bin/realise.js loads this): answers --help and --version at once,
- * else loads src/cli/run.ts and runs its main; sets the exit status.
+ * The `realise` command's entry point (bin/realise.js loads this): puts back what the launcher moved aside,
+ * answers --help and --version at once, else loads src/cli/run.ts and runs its main; sets the exit status.
  */
+import { trustExtraCaCerts } from '../index.js';
 import { quickAnswer } from './usage.js';
+
+// The launcher (bin/realise) starts Node with NODE_EXTRA_CA_CERTS moved to REALISE_NODE_EXTRA_CA_CERTS:
+// Node's start would otherwise read that file and build its whole root store, some 40 ms before any of our
+// code, in every run. It goes back into the environment here, as it was, for the processes we start (the
+// Nix daemon, ssh, hooks, builders' environment rules), and our HTTPS client adds its certificates to Node's
+// roots when a binary cache is reached over https.
+const moved = process.env.REALISE_NODE_EXTRA_CA_CERTS;
+if (moved !== undefined) {
+  delete process.env.REALISE_NODE_EXTRA_CA_CERTS;
+  if (process.env.NODE_EXTRA_CA_CERTS === undefined) {
+    process.env.NODE_EXTRA_CA_CERTS = moved;
+    // As Node: an empty value names no file.
+    if (moved !== '') trustExtraCaCerts(moved, (m) => process.stderr.write(`Warning: ${m}\n`));
+  }
+}
 
 // A reader that goes away (`realise path-info --all | head -1`) ends nothing: as Nix, which ignores the
 // failed writes, the command goes on and exits with its own status, without a stack trace.

@@ -9,8 +9,8 @@ import { STATUS_CODES } from 'node:http';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Agent, Dispatcher } from 'undici';
-import { undici } from './undici.js';
-import { curlWords, isAbortError } from './curl-words.js';
+import { undici, verifyingConnector } from './undici.js';
+import { curlWords, isAbortError, isCertificateError } from './curl-words.js';
 import { DEFAULT_STORE_DIR, storePathHashPart, toStorePath, type StorePath } from '../store/store-path.js';
 import type { Realisation } from '../store/store-api.js';
 import { decompressStream, DecompressionError } from './compression.js';
@@ -384,11 +384,13 @@ class HttpTransport implements Transport {
     if (opts.dispatcher) {
       this.dispatcher = opts.dispatcher;
     } else {
+      const connect = verifyingConnector();
       this.ownAgent = new (undici().Agent)({
         connections: opts.maxConnections,
         keepAliveTimeout: 30_000,
         headersTimeout: opts.timeoutMs,
         bodyTimeout: opts.timeoutMs,
+        ...(connect ? { connect } : {}),
       });
       this.dispatcher = this.ownAgent;
     }
@@ -437,10 +439,13 @@ class HttpTransport implements Transport {
         if (e instanceof SubstituterError) throw e;
         if (isAbortError(e) || signal?.aborted)
           throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
-        failure = new SubstituterError('network', `unable to download '${this.url(rel)}': ${curlWords(e)}`, {
+        const certificate = isCertificateError(e);
+        failure = new SubstituterError(certificate ? 'tls' : 'network', `unable to download '${this.url(rel)}': ${curlWords(e)}`, {
           uri: this.uri,
           cause: e,
-          hint: `check the network and the substituter URL (${(e as Error).message})`,
+          hint: certificate
+            ? `the server's TLS certificate is not trusted (${(e as Error).message}): add the CA that signed it to NODE_EXTRA_CA_CERTS`
+            : `check the network and the substituter URL (${(e as Error).message})`,
         });
       }
       if (attempt >= this.opts.retries) throw failure;

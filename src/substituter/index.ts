@@ -16,6 +16,7 @@ export {
   type FoundSubstitute,
 } from './substituter.js';
 export { BinaryCacheSubstituter, type BinaryCacheSubstituterOptions } from './binary-cache.js';
+export { trustExtraCaCerts } from './undici.js';
 export { InMemorySubstituter, type InMemorySubstituterOptions } from './memory.js';
 export { NarInfoCache, type NarInfoCacheOptions, type CachedLookup } from './narinfo-cache.js';
 export { copyToBinaryCache, BinaryCacheWriter, type CopyToBinaryCacheOptions } from './binary-cache-writer.js';

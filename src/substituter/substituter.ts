@@ -100,6 +100,7 @@ export type SubstituterErrorCode =
   | 'missing-references' // a reference is not valid in the store yet
   | 'not-found' // the substituter does not have the path (or the NAR file is gone)
   | 'network' // an HTTP error other than 404, a connection failure, an I/O error
+  | 'tls' // the server's TLS certificate is not trusted, or not valid for its name
   | 'truncated' // the NAR file ended early
   | 'decompression' // corrupt compressed data, or an unsupported compression
   | 'store' // the store refused the path

@@ -1,11 +1,69 @@
 /**
  * undici, the HTTP client of binary caches and builtin:fetchurl, loaded on first use: importing it costs
- * tens of ms of start-up that commands without an HTTP cache or download never need.
+ * tens of ms of start-up that commands without an HTTP cache or download never need. And the trust of the
+ * clients that verify certificates (binary caches): Node's, plus the certificates of NODE_EXTRA_CA_CERTS when
+ * Node did not read that file itself (the `realise` launcher hides the variable from Node's start, which would
+ * otherwise parse the file and Node's whole root store in every process; see trustExtraCaCerts).
  */
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import type { SecureContext } from 'node:tls';
+import type { buildConnector } from 'undici';
 
 let undiciModule: typeof import('undici') | undefined;
 
 export function undici(): typeof import('undici') {
   return (undiciModule ??= createRequire(import.meta.url)('undici') as typeof import('undici'));
+}
+
+/** The file trustExtraCaCerts named, and what to do when it cannot be read. */
+let extraCa: { file: string; warn: (message: string) => void } | undefined;
+/** Node's roots plus the extra certificates, made on the first https connection that needs it. */
+let extraCaContext: SecureContext | undefined;
+
+/**
+ * Trust the CA certificates of the PEM file `file` in this process's verifying HTTPS connections (binary
+ * caches), on top of Node's own roots: what NODE_EXTRA_CA_CERTS=FILE does for a process whose start saw it.
+ * For a process started without it (the `realise` launcher moves it aside; the CLI puts it back into
+ * process.env for children and calls this). The file is read at the first https connection; when it cannot
+ * be read, `warn` is told Node's words and only Node's roots are trusted, as Node does.
+ */
+export function trustExtraCaCerts(file: string, warn: (message: string) => void = (m) => process.emitWarning(m)): void {
+  extraCa = { file, warn };
+  extraCaContext = undefined;
+}
+
+/** The certificates (`-----BEGIN CERTIFICATE-----` blocks) of a PEM text, as OpenSSL reads a CA file. */
+export function pemCertificates(text: string): string[] {
+  return text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+}
+
+function extraCaSecureContext(file: string, warn: (message: string) => void): SecureContext {
+  if (extraCaContext) return extraCaContext;
+  // Loaded here, not at the top: node:tls (and OpenSSL's root store) is for the commands that use https.
+  const tls = createRequire(import.meta.url)('node:tls') as typeof import('node:tls');
+  let extra: string[] = [];
+  try {
+    extra = pemCertificates(readFileSync(file, 'latin1'));
+  } catch (e) {
+    warn(`Ignoring extra certs from \`${file}\`, load failed: ${(e as Error).message}`);
+  }
+  return (extraCaContext = tls.createSecureContext({ ca: [...tls.rootCertificates, ...extra] }));
+}
+
+/**
+ * The `connect` option of an undici Agent that verifies certificates: undefined (undici's own, Node's trust)
+ * unless trustExtraCaCerts named a file; else a connector whose https connections trust it as well.
+ * `timeoutMs` is the connect timeout (undici's default is 10 s).
+ */
+export function verifyingConnector(timeoutMs = 10_000): buildConnector.connector | undefined {
+  const trust = extraCa;
+  if (trust === undefined) return undefined;
+  let plain: buildConnector.connector | undefined;
+  let secure: buildConnector.connector | undefined;
+  return (opts, callback) => {
+    if (opts.protocol !== 'https:') return (plain ??= undici().buildConnector({ timeout: timeoutMs }))(opts, callback);
+    secure ??= undici().buildConnector({ timeout: timeoutMs, secureContext: extraCaSecureContext(trust.file, trust.warn) });
+    return secure(opts, callback);
+  };
 }

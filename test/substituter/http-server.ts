@@ -1,6 +1,10 @@
-/** A real HTTP server (node:http on 127.0.0.1) serving a binary cache directory, with fault injection. */
+/**
+ * A real HTTP server (node:http on 127.0.0.1; node:https with `tls`) serving a binary cache directory, with
+ * fault injection.
+ */
 import { createReadStream, promises as fsp } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
 
@@ -18,7 +22,8 @@ export interface CacheServer {
   close(): Promise<void>;
 }
 
-export async function serveCache(dir: string): Promise<CacheServer> {
+/** `tls`: the server's key and certificate (PEM): the cache is served over https://127.0.0.1. */
+export async function serveCache(dir: string, tls?: { key: string | Buffer; cert: string | Buffer }): Promise<CacheServer> {
   const requests: string[] = [];
   let connections = 0;
   const rules: { re: RegExp; fault: Fault; left: number }[] = [];
@@ -62,9 +67,10 @@ export async function serveCache(dir: string): Promise<CacheServer> {
     createReadStream(file).pipe(res);
   }
 
-  const server = createServer((req, res) => {
+  const listener = (req: IncomingMessage, res: ServerResponse) => {
     handle(req, res).catch(() => res.destroy());
-  });
+  };
+  const server = tls ? createHttpsServer(tls, listener) : createServer(listener);
   server.keepAliveTimeout = 60_000;
   server.on('connection', () => {
     connections++;
@@ -72,7 +78,7 @@ export async function serveCache(dir: string): Promise<CacheServer> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `${tls ? 'https' : 'http'}://127.0.0.1:${port}`,
     requests,
     connections: () => connections,
     fault(re, fault, times = Infinity) {
