@@ -18,7 +18,7 @@ done
 X=/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nothere
 pair() { # pair "NIX-STORE ARGS" "REALISE ARGS"
   echo "=== nix-store --realise $1"; eval "nix-store --store '$W/N' --option sandbox-paths '$SP' --realise $1" >"$W/o" 2>"$W/e"; echo "rc=$?"; cat "$W/o"; sed 's/^/  ! /' "$W/e"
-  echo "=== realise build $2"; eval "node '$ROOT/bin/realise.js' build --store '$W/O' --option sandbox-paths '$SP' $2" >"$W/o" 2>"$W/e"; echo "rc=$?"; cat "$W/o"; sed 's/^/  ! /' "$W/e"
+  echo "=== realise build $2"; eval "'$ROOT/bin/realise' build --store '$W/O' --option sandbox-paths '$SP' $2" >"$W/o" 2>"$W/e"; echo "rc=$?"; cat "$W/o"; sed 's/^/  ! /' "$W/e"
 }
 same() { pair "$1" "$1"; }
 same "${D[ok]}"
@@ -44,4 +44,4 @@ same "--dry-run ${D[dep]} $X"
 same "--option frobnicate 1 --option keep-going maybe ${D[good]}"
 same "-j 0 ${D[ok]}"
 echo "=== nix path-info --json $X <good>"; nix path-info --store "$W/O" --json "$X" "${D[good]}"; echo " rc=$?"
-echo "=== realise path-info --json $X <good>"; node "$ROOT/bin/realise.js" path-info --store "$W/O" --json "$X" "${D[good]}"; echo " rc=$?"
+echo "=== realise path-info --json $X <good>"; "$ROOT/bin/realise" path-info --store "$W/O" --json "$X" "${D[good]}"; echo " rc=$?"
