@@ -978,11 +978,14 @@ export class LocalStore implements Store {
   autoOptimiseStore = false;
   private optimiser: StoreOptimiser | undefined;
 
-  /** optimisePath after a path's contents are in place, when autoOptimiseStore is set. */
-  private autoOptimise(realPath: string): void {
+  /**
+   * optimisePath after a path's contents are in place, when autoOptimiseStore is set; `repair` (a path
+   * added in repair mode) checks the `.links` entries' contents first, as Nix.
+   */
+  private autoOptimise(realPath: string, repair = false): void {
     if (!this.autoOptimiseStore) return;
     this.optimiser ??= new StoreOptimiser(this.realStoreDir);
-    this.optimiser.optimisePath(realPath);
+    this.optimiser.optimisePath(realPath, repair);
   }
 
   /**
@@ -1054,7 +1057,7 @@ export class LocalStore implements Store {
         target = undefined;
       }
       try {
-        this.autoOptimise(real);
+        this.autoOptimise(real, repair);
         await this.registerSoon(final);
       } catch (e) {
         await deleteTree(real).catch(() => {});

@@ -360,4 +360,41 @@ class NativeOptimiser {
   }
 }
 
-module.exports = { NativeOptimiser, Optimiser, loadInodes, nixBase32 };
+/**
+ * Nix's optimisePath in repair mode checks a `.links` entry's contents before linking to it: an entry of
+ * the same size as the file but another NAR hash than its name is corrupted, and is removed with Nix's
+ * warnings (the optimiser then links the file in its place). Entries of another size are the optimiser's
+ * own check, in any mode.
+ */
+function removeCorruptLinks(realStoreDir, realPath, warn) {
+  const visit = (p, st) => {
+    if (st.isDirectory()) {
+      for (const name of fs.readdirSync(p)) {
+        const cst = fs.lstatSync(p + '/' + name, { throwIfNoEntry: false });
+        if (cst) visit(p + '/' + name, cst);
+      }
+      return;
+    }
+    if (!(st.isFile() && !(st.mode & 0o200)) && !st.isSymbolicLink()) return;
+    const digest = st.isSymbolicLink() ? hashSymlinkNar(p) : hashOf(p, st);
+    const linkPath = realStoreDir + '/.links/' + nixBase32(digest);
+    const lst = fs.lstatSync(linkPath, { throwIfNoEntry: false });
+    if (!lst || lst.ino === st.ino || lst.size !== st.size) return;
+    const got = lst.isSymbolicLink() ? hashSymlinkNar(linkPath) : hashOf(linkPath, lst);
+    if (got.equals(digest)) return;
+    warn(`removing corrupted link '${linkPath}'`);
+    warn('There may be more corrupted paths.\nYou should run `nix-store --verify --check-contents --repair` to fix them all');
+    fs.rmSync(linkPath, { force: true });
+  };
+  const hashOf = (file, st) => {
+    const fd = st.size > 0 ? fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW) : -1;
+    try {
+      return hashFileNar(file, fd, st);
+    } finally {
+      if (fd >= 0) fs.closeSync(fd);
+    }
+  };
+  visit(realPath, fs.lstatSync(realPath));
+}
+
+module.exports = { NativeOptimiser, Optimiser, loadInodes, nixBase32, removeCorruptLinks };

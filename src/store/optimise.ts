@@ -56,6 +56,7 @@ interface LinksModule {
   NativeOptimiser: new (addonPath: string, realStoreDir: string, inodes: Iterable<number>, warn: (message: string) => void, deferFrees?: boolean) => Optimiser;
   /** The inodes of `.links` (made if missing). */
   loadInodes(linksDir: string): Set<number>;
+  removeCorruptLinks(realStoreDir: string, realPath: string, warn: (m: string) => void): void;
 }
 let linksModule: LinksModule | undefined;
 /** optimise-links.cjs, loaded by the first optimisation (a command that optimises nothing never loads it). */
@@ -136,8 +137,12 @@ export class StoreOptimiser {
     return all;
   }
 
-  /** Optimise one path (file or tree) at its real location. Each call starts with no known inodes, as Nix's. */
-  optimisePath(realPath: string): void {
+  /**
+   * Optimise one path (file or tree) at its real location. Each call starts with no known inodes, as Nix's.
+   * `repair` (a path being repaired): `.links` entries of its files are checked by content first.
+   */
+  optimisePath(realPath: string, repair = false): void {
+    if (repair) links().removeCorruptLinks(this.realStoreDir, realPath, this.onWarning);
     if (!this.linksMade) {
       mkdirSync(linksDirOf(this.realStoreDir), { recursive: true, mode: 0o755 });
       this.linksMade = true;
