@@ -4,7 +4,8 @@
  * stdout, key stderr lines and database rows compared at each step, and what the script asserts asserted
  * for both.
  */
-import { chmodSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { bwrapOk, nixOk, removeTreeSync, runNix } from '../helpers/nix.js';
 import { realiseInProcess } from '../helpers/cli.js';
@@ -161,5 +162,42 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (how builds end): realise vs
     const before = sides.map(inode);
     await step(t, root(2), 0);
     expect(sides.map(inode)).toEqual(before);
+  }, 120_000);
+  it('logging.sh and build-dry.sh: build logs where Nix keeps them (bzip2 or plain, an empty one), --dry-run with --add-root makes no link', async () => {
+    const t = new TwinStores();
+    /** Each side's log directory: file name → the log's text. */
+    const logs = (side: Side) => {
+      const dir = `${t.root}/${side}/log/drvs`;
+      const out: Record<string, string> = {};
+      for (const sub of existsSync(dir) ? readdirSync(dir) : [])
+        for (const f of readdirSync(`${dir}/${sub}`)) {
+          const file = `${dir}/${sub}/${f}`;
+          out[`${sub}/${f}`] = f.endsWith('.bz2') ? execFileSync('bzip2', ['-dc', file], { encoding: 'utf8' }) : readFileSync(file, 'utf8');
+        }
+      return out;
+    };
+    const drvs = t.instantiate('dependencies.nix');
+    // build-dry.sh: nix-build -o RESULT --dry-run creates no link and builds nothing.
+    const result = `${t.root}/result-link`;
+    await step(t, [...drvs, '--add-root', result, '--dry-run'], 0);
+    expect(existsSync(result)).toBe(false);
+    expect(logs('ours')).toEqual({});
+
+    await step(t, drvs, 0);
+    const top = `${drvs[0]!.slice(t.storeDir.length + 1, t.storeDir.length + 3)}/${drvs[0]!.slice(t.storeDir.length + 3)}.bz2`;
+    expect(logs('nix')[top]).toBe('FOO\n');
+    expect(logs('ours')).toEqual(logs('nix'));
+
+    t.clear();
+    await step(t, [...t.instantiate('dependencies.nix'), '--option', 'compress-build-log', 'false'], 0);
+    expect(logs('nix')[top.replace(/\.bz2$/, '')]).toBe('FOO\n');
+    expect(logs('ours')).toEqual(logs('nix'));
+
+    // A builder that prints nothing: an empty log.
+    const builder = `${t.root}/empty-builder.sh`;
+    writeFileSync(builder, '#!/bin/sh\nmkdir $out\n', { mode: 0o755 });
+    await step(t, t.instantiateExpr(`with import ./config.nix; mkDerivation { name = "fnord"; builder = ${builder}; }`), 0);
+    expect(Object.values(logs('nix'))).toContain('');
+    expect(logs('ours')).toEqual(logs('nix'));
   }, 120_000);
 });

@@ -4,13 +4,21 @@
  * `--delete`, `--optimise`, `--realise`) and with realise (`realise gc`, `realise store optimise`,
  * `realise build`) on twin stores (test/helpers/twin-store.ts).
  */
-import { execFileSync } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { nixOk, runNix } from '../helpers/nix.js';
 import { keyLines, step, TwinStores, type Side } from '../helpers/twin-store.js';
 
 const sides: Side[] = ['nix', 'ours'];
+
+const readlinkOr = (p: string): string => {
+  try {
+    return readlinkSync(p);
+  } catch {
+    return '';
+  }
+};
 
 /** `nix-store ARGS` and `realise ARGS` on both stores, Nix first. */
 async function both(t: TwinStores, nix: string[], ours: string[]) {
@@ -189,5 +197,24 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (store operations): realise 
     await step(t, ['--gc'], 0, { run: (side) => t.command(side, ['nix-store', '--gc'], ['gc']) });
     expect(t.rows('ours').refs).toEqual([]);
     expect(t.rows('ours').validPaths).toHaveLength(1);
+  }, 120_000);
+  it('gc-runtime.sh: a program running from an unrooted store path keeps it through a collection', async () => {
+    const t = new TwinStores();
+    const { nix: built } = await step(t, t.instantiate('gc-runtime.nix'), 0);
+    const out = built.stdout.trim();
+    const collect = async (side: Side) => {
+      t.use(side);
+      const program = spawn(`${out}/program`, [], { stdio: 'ignore', detached: true });
+      try {
+        // Running once bash has the script open (its /proc/PID/fd names the store path).
+        for (let i = 0; i < 500 && !readdirSync(`/proc/${program.pid}/fd`).some((fd) => readlinkOr(`/proc/${program.pid}/fd/${fd}`).startsWith(out)); i++)
+          await new Promise((r) => setTimeout(r, 20));
+        return await t.command(side, ['nix-store', '--gc'], ['gc']);
+      } finally {
+        process.kill(-program.pid!, 'SIGKILL');
+      }
+    };
+    await step(t, ['--gc'], 0, { run: collect });
+    for (const side of sides) expect((t.use(side), existsSync(`${out}/program`))).toBe(true);
   }, 120_000);
 });
