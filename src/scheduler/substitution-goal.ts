@@ -254,7 +254,11 @@ export async function substituteRealisation(w: Worker, id: string): Promise<Subs
     for (const [depId, depPath] of deps) {
       const local = await store.queryRealisation(depId);
       if (local && local.outPath !== depPath) {
-        w.warn(`substituter '${sub.uri}' has an incompatible realisation for '${depId}', ignoring.\nLocal:  ${local.outPath}\nRemote: ${depPath}`);
+        // (Nix's plain warn(): its continuation lines are not indented.)
+        w.warn(
+          `warning: substituter '${sub.uri}' has an incompatible realisation for '${depId}', ignoring.\nLocal:  ${local.outPath}\nRemote: ${depPath}`,
+          'plain',
+        );
         incompatible = true;
         break;
       }

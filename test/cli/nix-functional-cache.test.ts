@@ -8,7 +8,7 @@
 import { cpSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { nixOk, runNix } from '../helpers/nix.js';
+import { nixOk, removeTreeSync, runNix } from '../helpers/nix.js';
 import { step, TwinStores, type Side } from '../helpers/twin-store.js';
 
 const sides: Side[] = ['nix', 'ours'];
@@ -180,4 +180,30 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (binary caches): realise vs 
       await step(t, [...t.instantiate('ca/content-addressed.nix', ['-A', name]), ...subst(cache), '--option', 'trusted-public-keys', k1.pub, '-j0'], 0);
     }
   }, 180_000);
+  it("ca/duplicate-realisation-in-closure.sh: a cached realisation whose dependency differs from the store's is skipped (Nix's warning), so the closure holds one current-time", async () => {
+    const t = new TwinStores();
+    const cache = cacheUri(t, 'remote_store');
+    const attr = (a: string) => t.instantiate('ca/nondeterministic.nix', ['-A', a]);
+    const built = async (args: string[]) => {
+      const r = await t.build('nix', args);
+      expect(r.status, r.stderr).toBe(0);
+    };
+    await built(attr('dep1'));
+    nixCopy(t, ['--to', cache, '--file', 'ca/nondeterministic.nix', 'dep1']);
+    t.clear();
+    const dep2 = attr('dep2');
+    // Another second, so that current-time is built with other contents than the cache's.
+    await new Promise((r) => setTimeout(r, 1100));
+    await built(dep2);
+    // Ours starts as a copy of Nix's store (current-time is not deterministic).
+    t.use('ours');
+    t.use('nix');
+    for (const d of ['ours-store', 'ours']) removeTreeSync(`${t.root}/${d}`);
+    execFileSync('cp', ['-a', t.storeDir, `${t.root}/ours-store`]);
+    execFileSync('cp', ['-a', `${t.root}/nix`, `${t.root}/ours`]);
+    const r = await step(t, [...attr('toplevel'), ...subst(cache), ...noSigs], 0);
+    const warnings = (stderr: string) => stderr.match(/^warning: substituter .*\nLocal: .*\nRemote: .*$/gm);
+    expect(warnings(r.nix.stderr)?.[0]).toContain(`substituter '${cache.split('?')[0]!}' has an incompatible realisation for '`);
+    expect(warnings(r.ours.stderr)).toEqual(warnings(r.nix.stderr));
+  }, 120_000);
 });
