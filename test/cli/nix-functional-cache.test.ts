@@ -206,4 +206,50 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (binary caches): realise vs 
     expect(warnings(r.nix.stderr)?.[0]).toContain(`substituter '${cache.split('?')[0]!}' has an incompatible realisation for '`);
     expect(warnings(r.ours.stderr)).toEqual(warnings(r.nix.stderr));
   }, 120_000);
+  it.each([
+    ['zstd.sh', 'zstd', '.nar.zst'],
+    ['brotli.sh', 'br', '.nar.br'],
+  ])(
+    '%s: a cache compressed with %s, written by Nix and by realise copy, substituted by both',
+    async (_script, compression, ext) => {
+      const t = new TwinStores();
+      const { nix: built } = await step(t, t.instantiate('dependencies.nix'), 0);
+      const outPath = built.stdout.trim();
+      const hash = (side: Side) => (t.use(side), runNix('nix', ['hash', 'path', outPath], { env: t.env }).stdout.trim());
+      const want = hash('nix');
+      const cacheN = cacheUri(t, 'cache-nix', `&compression=${compression}`);
+      nixCopy(t, ['--to', cacheN, outPath]);
+      // realise copy writes the other one, from our store.
+      const cacheO = cacheUri(t, 'cache-ours', `&compression=${compression}`);
+      const copied = await t.command('ours', ['nix', 'copy'], ['copy', '--to', cacheO, outPath]);
+      expect(copied.status, copied.stderr).toBe(0);
+      for (const dir of ['cache-nix', 'cache-ours']) {
+        expect(readdirSync(`${t.root}/${dir}/nar`).every((n) => n.endsWith(ext))).toBe(true);
+        const narinfos = (d: string) => readdirSync(`${t.root}/${d}`).filter((n) => n.endsWith('.narinfo'));
+        expect(narinfos(dir)).toEqual(narinfos('cache-nix'));
+      }
+      for (const cache of [cacheN, cacheO]) {
+        t.clear();
+        await step(t, [outPath, ...subst(cache), ...noSigs], 0);
+        for (const side of sides) expect(hash(side)).toBe(want);
+      }
+    },
+    120_000,
+  );
+
+  it('compression-levels.sh: realise copy with xz compression-level 0 writes larger NAR files than with level 5', async () => {
+    const t = new TwinStores();
+    const { ours: built } = await step(t, t.instantiate('dependencies.nix'), 0);
+    const outPath = built.stdout.trim();
+    const fileSizes = async (level: number) => {
+      const name = `cache-${level}`;
+      const r = await t.command('ours', ['nix', 'copy'], ['copy', '--to', cacheUri(t, name, `&compression=xz&compression-level=${level}`), outPath]);
+      expect(r.status, r.stderr).toBe(0);
+      let sum = 0;
+      for (const n of readdirSync(`${t.root}/${name}`).filter((f) => f.endsWith('.narinfo')))
+        sum += Number(/^FileSize: (\d+)$/m.exec(readFileSync(`${t.root}/${name}/${n}`, 'utf8'))![1]);
+      return sum;
+    };
+    expect(await fileSizes(0)).toBeGreaterThan(await fileSizes(5));
+  }, 120_000);
 });
