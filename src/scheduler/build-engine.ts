@@ -13,7 +13,7 @@ import { parseStorePath, type StorePath } from '../store/store-path.js';
 import { flushRemovals } from '../platform/chroot.js';
 import { NoSandbox } from '../platform/no-sandbox.js';
 import type { Sandbox } from '../platform/sandbox.js';
-import { useSandbox } from '../platform/sandbox-config.js';
+import { useSandbox, type SandboxMode } from '../platform/sandbox-config.js';
 import { substitutePath, sortByPriority, type Substituter, type SubstitutablePathInfo, type TransferListener } from '../substituter/substituter.js';
 import { checkDerivationOutputs, derivationNameFromPath, parseDerivation, type Derivation } from '../derivation/derivation.js';
 import { hasherFor } from './realisations.js';
@@ -38,6 +38,18 @@ const DRV_CACHE_SIZE = 4_096;
 export interface BuildPathsOptions {
   readonly mode?: BuildMode;
   readonly signal?: AbortSignal;
+}
+
+/** Whether a build runs sandboxed under a sandbox setting (not a Sandbox object); throws Nix's refusal. */
+function sandboxedBy(store: Store, view: DrvView, mode: SandboxMode): boolean {
+  return useSandbox({
+    mode,
+    noChroot: view.attrs.noChroot,
+    impure: view.isFixedOutput,
+    storeDir: store.storeDir,
+    realStoreDir: store.realStoreDir,
+    drvPath: view.drvPath,
+  });
 }
 
 export class BuildEngine extends EventEmitter<BuildEngineEvents> {
@@ -163,6 +175,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       loadDrv: (drvPath) => this.loadDrvCached(store, drvPath),
       isProvidedDrv: (drvPath) => this.providedDrvs.has(drvPath),
       pickSandbox: (view) => this.pickSandbox(store, view),
+      knownSandbox: (view) => this.knownSandbox(store, view),
     };
   }
 
@@ -245,25 +258,27 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     this.drvCache.set(drvPath, Promise.resolve(view));
   }
 
+  /** What pickSandbox gives when the Linux sandbox was probed already and nothing is refused or warned about. */
+  private knownSandbox(store: Store, view: DrvView): Sandbox | undefined {
+    const mode = this.options.sandbox;
+    if (isBuiltinBuilder(view.builder)) return undefined;
+    if (typeof mode === 'object') return mode;
+    try {
+      return sandboxedBy(store, view, mode) ? this.linuxChoice?.sandbox : this.noSandbox;
+    } catch {
+      return undefined; // refused: pickSandbox says so in the slot
+    }
+  }
+
   private async pickSandbox(store: Store, view: DrvView): Promise<Sandbox> {
     // Built-ins run in the engine whatever the sandbox setting (Nix's need no builder process either).
     const mode = this.options.sandbox;
-    // Whether this build runs sandboxed under a sandbox setting (not a Sandbox object).
-    const sandboxedBy = (m: Exclude<typeof mode, Sandbox>) =>
-      useSandbox({
-        mode: m,
-        noChroot: view.attrs.noChroot,
-        impure: view.isFixedOutput,
-        storeDir: store.storeDir,
-        realStoreDir: store.realStoreDir,
-        drvPath: view.drvPath,
-      });
     if (isBuiltinBuilder(view.builder)) {
       // What the built-in may see is what a builder in this build's sandbox would.
-      return this.builtins.withSandbox(typeof mode === 'object' ? mode.isolated || store.storeDir !== store.realStoreDir : sandboxedBy(mode));
+      return this.builtins.withSandbox(typeof mode === 'object' ? mode.isolated || store.storeDir !== store.realStoreDir : sandboxedBy(store, view, mode));
     }
     if (typeof mode === 'object') return mode;
-    if (!sandboxedBy(mode)) return this.noSandbox;
+    if (!sandboxedBy(store, view, mode)) return this.noSandbox;
     // The Linux sandbox is probed when the first build needs it: a call that builds nothing (every output
     // valid) or nothing sandboxed starts no probe.
     this.linuxSandbox ??= probeLinuxSandbox(this.options);

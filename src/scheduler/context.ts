@@ -31,4 +31,9 @@ export interface EngineContext {
   loadDrv(drvPath: StorePath): Promise<DrvView>;
   /** The sandbox to use for a derivation, or an error message saying why none can be used. */
   pickSandbox(view: DrvView): Promise<Sandbox>;
+  /**
+   * The sandbox pickSandbox gives `view`, when that is known at once and asking has no effect (no probe
+   * started, no warning, no error); else undefined. What a build prepares ahead of its slot depends on it.
+   */
+  knownSandbox?(view: DrvView): Sandbox | undefined;
 }

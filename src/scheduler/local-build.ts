@@ -489,16 +489,17 @@ async function prepareBuildDir(
   w: Worker,
   view: DrvView,
   isolated: boolean,
-  madeAhead: Promise<string | undefined> | undefined,
+  madeAhead: Promise<AheadBuildDir | undefined> | undefined,
 ): Promise<BuildDir | BuildSetupError> {
   const { options } = w.ctx;
-  const top = (await madeAhead) ?? (await makeTopBuildDir(w, view));
+  const ahead = await madeAhead;
+  const top = ahead?.top ?? (await makeTopBuildDir(w, view));
   let dir: BuildDir = { top, dir: top, inSandbox: top, extraPaths: undefined };
   try {
     if (isolated) {
       dir = { top, dir: path.join(top, 'build'), inSandbox: options.sandboxBuildDir, extraPaths: undefined };
-      await mkdirPrivate(dir.dir);
-    }
+      if (!ahead?.inner) await mkdirPrivate(dir.dir);
+    } else if (ahead?.inner) await rmdirOnPool(path.join(top, 'build')); // (made for a sandbox after all not used)
     const extraPaths = isolated ? await sandboxExtraPaths(w, view) : undefined;
     // Nix 2.8 starts a daemon for recursive Nix here, which needs the experimental feature.
     if (requiredSystemFeatures(view).includes('recursive-nix') && !options.experimentalFeatures.includes('recursive-nix')) {
@@ -576,13 +577,24 @@ class BuildPrep {
     if (this.w.signal.aborted) return;
     this.locks = store.openLockFiles?.(this.lockTargets as StorePath[]);
     if (!buildDirsInUse.has(this.#name)) {
-      const dir = makeTopBuildDir(this.w, this.view).catch(() => undefined);
+      // A sandboxed builder works in `build` inside it: made ahead too when the sandbox is known already.
+      const inner = this.w.ctx.knownSandbox?.(this.view)?.isolated === true;
+      const dir = makeTopBuildDir(this.w, this.view).then(
+        (top) =>
+          inner
+            ? mkdirPrivate(path.join(top, 'build')).then(
+                () => ({ top, inner }),
+                () => ({ top, inner: false }),
+              )
+            : { top, inner },
+        () => undefined,
+      );
       buildDirsAhead.set(this.#name, { dir, owner: this });
     }
   }
 
   /** A build directory of this build's name made ahead, for the round (undefined: none). */
-  takeBuildDir(): Promise<string | undefined> | undefined {
+  takeBuildDir(): Promise<AheadBuildDir | undefined> | undefined {
     const ahead = buildDirsAhead.get(this.#name);
     buildDirsAhead.delete(this.#name);
     return ahead?.dir;
@@ -594,14 +606,22 @@ class BuildPrep {
     const ahead = buildDirsAhead.get(this.#name);
     if (ahead?.owner !== this) return;
     buildDirsAhead.delete(this.#name);
-    void ahead.dir.then(async (top) => {
-      if (top) await keepOrRemoveBuildDir({ top, dir: top, inSandbox: top, extraPaths: undefined }, false);
+    void ahead.dir.then(async (made) => {
+      if (!made) return;
+      const { top, inner } = made;
+      await keepOrRemoveBuildDir({ top, dir: inner ? path.join(top, 'build') : top, inSandbox: top, extraPaths: undefined }, false);
     });
   }
 }
 
 /** Build directories made ahead and not taken yet, by name without their number (at most one each). */
-const buildDirsAhead = new Map<string, { readonly dir: Promise<string | undefined>; readonly owner: BuildPrep }>();
+const buildDirsAhead = new Map<string, { readonly dir: Promise<AheadBuildDir | undefined>; readonly owner: BuildPrep }>();
+
+/** A build directory made ahead of its slot: its top, and whether `build` was made inside it (for a sandbox). */
+interface AheadBuildDir {
+  readonly top: string;
+  readonly inner: boolean;
+}
 
 /** The state one round's steps share: its log, its running count, its start time, the build dir's fate. */
 class LocalRound {

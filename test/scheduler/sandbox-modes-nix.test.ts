@@ -36,6 +36,10 @@ in {
   rnix = mk "rnix" { requiredSystemFeatures = [ "recursive-nix" ]; args = sh "echo x > $out"; };
   urange = mk "urange" { requiredSystemFeatures = [ "uid-range" ]; args = sh "echo x > $out"; };
   fail = mk "fail" { args = sh "mkdir $out; echo partial > $out/f; echo failing; exit 3"; };
+  # A chain whose builders write in their working directory (/build), made ahead of the slot after the first.
+  cwd3 = let
+    cwd = name: d: mk name { inherit d; args = sh "/bin/busybox touch here && /bin/busybox stat -c %a . > $out"; };
+  in cwd "cwd3" (cwd "cwd2" (cwd "cwd1" ""));
 }
 `;
 
@@ -277,6 +281,14 @@ describe.skipIf(!nixOk() || !busyboxOk())('sandbox settings vs Nix 2.8', () => {
       await engine({ systemFeatures: ['uid-range'] }).buildPaths([drv.urange!]);
       const [out] = nixOutputs(R1, [drv.urange!]);
       expect(pathFacts(R2, [out!]).get(out!)).toEqual(pathFacts(R1, [out!]).get(out!));
+    });
+
+    it('builders after the first work in a build directory made ahead of their slot, and none is left', async () => {
+      const tmp = path.join(root, 'tmp');
+      await engine().buildPaths([drv.cwd3!]);
+      const [out] = nixOutputs(R1, [drv.cwd3!]);
+      expect(await fsp.readFile(path.join(R2, out!), 'utf8')).toBe('700\n');
+      expect((await fsp.readdir(tmp)).filter((n) => n.startsWith('nix-build-cwd'))).toEqual([]);
     });
 
     it('a failed build (also with keepFailed): its output is not left in the chroot store, nor is the chroot; a kept build dir is 0755 in both', async () => {
