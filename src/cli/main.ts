@@ -3,6 +3,7 @@
  * answers --help and --version at once, else loads src/cli/run.ts and runs its main; sets the exit status.
  */
 import { trustExtraCaCerts } from '../index.js';
+import { stderr, writeDirectly } from './stdio.js';
 import { quickAnswer } from './usage.js';
 
 // The launcher (bin/realise) starts Node with NODE_EXTRA_CA_CERTS moved to REALISE_NODE_EXTRA_CA_CERTS:
@@ -16,13 +17,14 @@ if (moved !== undefined) {
   if (process.env.NODE_EXTRA_CA_CERTS === undefined) {
     process.env.NODE_EXTRA_CA_CERTS = moved;
     // As Node: an empty value names no file.
-    if (moved !== '') trustExtraCaCerts(moved, (m) => process.stderr.write(`Warning: ${m}\n`));
+    if (moved !== '') trustExtraCaCerts(moved, (m) => stderr.write(`Warning: ${m}\n`));
   }
 }
 
-// A reader that goes away (`realise path-info --all | head -1`) ends nothing: as Nix, which ignores the
-// failed writes, the command goes on and exits with its own status, without a stack trace.
-for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
+// Output written directly to descriptors 1 and 2 until something makes Node's streams for them (see
+// stdio.ts). A reader that goes away (`realise path-info --all | head -1`) ends nothing: as Nix, which
+// ignores the failed writes, the command goes on and exits with its own status, without a stack trace.
+writeDirectly();
 
 const argv = process.argv.slice(2);
 const quick = quickAnswer(argv);

@@ -5,6 +5,7 @@
 import type { NixJsonLog, TargetResult } from '../index.js';
 import type { Display } from './log-format.js';
 import { failureLines, filterLogMessage, formatError, formatWarning } from './report.js';
+import { stderr } from './stdio.js';
 
 /**
  * With `--log-format internal-json` messages go to `stderrJson` instead of stderr; while a build's display
@@ -16,7 +17,8 @@ export const messageLogs: { stderrJson?: NixJsonLog | undefined; display?: Displ
 export function writeStderr(message: string): void {
   const logs = messageLogs.display?.jsonLogs ?? (messageLogs.stderrJson ? [messageLogs.stderrJson] : []);
   for (const l of logs) l.text(message);
-  if (!messageLogs.stderrJson) process.stderr.write(filterLogMessage(message, !!process.stderr.isTTY));
+  // Whether stderr is a terminal matters only to a message with escape sequences (kept on one), `\r`, tabs or bells.
+  if (!messageLogs.stderrJson) stderr.write(filterLogMessage(message, /[\x07\t\r\x1b]/.test(message) && stderr.isTTY));
 }
 
 /** A failed build on stderr as Nix prints it: the kept build directory's note, then the error. */

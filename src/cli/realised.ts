@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { LocalStore, toNixBase32, type Store, type TargetResult } from '../index.js';
 import type { CliArgs } from './args.js';
 import { CliError } from './paths.js';
+import { stdout } from './stdio.js';
 
 export const byString = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
 
@@ -90,7 +91,7 @@ async function realisedPaths(args: CliArgs, store: Store, results: readonly Targ
 }
 
 export function printJson(value: unknown, newline = true): void {
-  process.stdout.write(JSON.stringify(value) + (newline ? '\n' : ''));
+  stdout.write(JSON.stringify(value) + (newline ? '\n' : ''));
 }
 
 /**
@@ -127,5 +128,5 @@ export async function printRealised(
     }
   });
   // One write for all of them (a pipe gets one system call, not one per path).
-  if (lines.length) process.stdout.write(lines.join('\n') + '\n');
+  if (lines.length) stdout.write(lines.join('\n') + '\n');
 }

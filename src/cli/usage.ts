@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs, type CliArgs } from './args.js';
 import { applyNixConf, readNixConf } from './nix-conf.js';
+import { stdout } from './stdio.js';
 
 export const USAGE = `usage: realise COMMAND [FLAGS] ARGS
 
@@ -51,11 +52,11 @@ function version(): string {
 /** Prints the usage (--help) or the version (--version) and returns 0, or returns undefined for any other command line. */
 export function answerHelpOrVersion(args: CliArgs): number | undefined {
   if (args.help) {
-    process.stdout.write(USAGE);
+    stdout.write(USAGE);
     return 0;
   }
   if (args.version) {
-    process.stdout.write(`realise (realise) ${version()}, mirroring nix-store (Nix) 2.8.0\n`);
+    stdout.write(`realise (realise) ${version()}, mirroring nix-store (Nix) 2.8.0\n`);
     return 0;
   }
   return undefined;
