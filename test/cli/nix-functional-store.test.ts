@@ -4,13 +4,16 @@
  * `--delete`, `--optimise`, `--realise`) and with realise (`realise gc`, `realise store optimise`,
  * `realise build`) on twin stores (test/helpers/twin-store.ts).
  */
-import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { nixOk, runNix } from '../helpers/nix.js';
+import { nixOk, runNix, runNixAsync } from '../helpers/nix.js';
+import { fileURLToPath } from 'node:url';
 import { keyLines, step, TwinStores, type Side } from '../helpers/twin-store.js';
 
 const sides: Side[] = ['nix', 'ours'];
+
+const BIN = fileURLToPath(new URL('../../bin/realise.js', import.meta.url));
 
 const readlinkOr = (p: string): string => {
   try {
@@ -216,5 +219,41 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (store operations): realise 
     };
     await step(t, ['--gc'], 0, { run: collect });
     for (const side of sides) expect((t.use(side), existsSync(`${out}/program`))).toBe(true);
+  }, 120_000);
+  it('gc-non-blocking.sh: a build runs while a collection waits at its synchronisation point, and the collection then keeps its output', async () => {
+    const t = new TwinStores();
+    const fifo = `${t.root}/test.fifo`;
+    const running = `${t.root}/running`;
+    execFileSync('mkfifo', [fifo]);
+    const [drv] = t.instantiateExpr(
+      `with import ./config.nix; mkDerivation { name = "non-blocking"; buildCommand = "set -x; test -e ${running}; mkdir $out; echo > ${fifo}"; }`,
+    );
+    const outs: Partial<Record<Side, string>> = {};
+    const run = async (side: Side) => {
+      t.use(side);
+      const dummy = runNix('nix', ['--store', t.uri(side), 'store', 'add-path', `${t.tests}/simple.nix`], { env: t.env }).stdout.trim();
+      writeFileSync(running, '');
+      const env = { ...t.env, _NIX_TEST_GC_SYNC: fifo };
+      const gc =
+        side === 'nix'
+          ? runNixAsync('nix-store', ['--store', t.uri(side), '--gc'], { env, cwd: t.tests })
+          : runNixAsync(process.execPath, [BIN, 'gc', '--store', t.uri(side)], { env, cwd: t.tests });
+      const done = gc.then((r) => (rmSync(running), r));
+      // The collection has begun once it holds the GC lock (it then waits at the FIFO, the lock held).
+      const held = () => spawnSync('flock', ['-n', `${t.root}/${side}/state/gc.lock`, 'true']).status !== 0;
+      for (let i = 0; i < 600 && !held(); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(held()).toBe(true);
+      const built = await t.build(side, [drv!, '--max-silent-time', '60']);
+      expect(built.status, built.stderr).toBe(0);
+      outs[side] = built.stdout.trim();
+      const collected = await done;
+      expect(collected.status, collected.stderr).toBe(0);
+      expect(existsSync(running)).toBe(false);
+      expect(existsSync(dummy)).toBe(false);
+      expect(existsSync(outs[side]!)).toBe(true);
+      return collected;
+    };
+    await step(t, ['--gc'], 0, { run });
+    expect(outs.ours).toBe(outs.nix);
   }, 120_000);
 });
