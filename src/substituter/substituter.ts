@@ -12,7 +12,7 @@ import { makeFixedOutputPath, makeTextPath, storePathHashPart, storePathName, ty
 import { countValidSignatures } from './narinfo.js';
 import { recycleDecoded } from './compression.js';
 import { caHashMismatch, LocalStore } from '../store/local-store.js';
-import { publicKeyMap, type PublicKey } from './signatures.js';
+import { parsePublicKey, publicKeyMap, type PublicKey } from './signatures.js';
 
 /** What a substituter knows about a path: Nix's narinfo as a PathInfo plus where the NAR file is. */
 export interface SubstitutablePathInfo extends PathInfo {
@@ -197,6 +197,31 @@ function isAbort(e: unknown, signal: AbortSignal | undefined): boolean {
   return !!signal?.aborted || (e instanceof Error && (e.name === 'AbortError' || (e as { code?: string }).code === 'ABORT_ERR'));
 }
 
+/** Parsed trusted keys, by their text (a key object is made once, not once per substitute). */
+const parsedKeys = new Map<string, PublicKey>();
+
+/** The valid and invalid signatures of `info` by `keys`, counted once per path info and key set (an ed25519 verification each). */
+const signatureCounts = new WeakMap<PathInfo, Map<string, { valid: number; invalid: number }>>();
+
+function signatureCount(info: PathInfo, keys: readonly (string | PublicKey)[]): { valid: number; invalid: number } {
+  const id = keys.map((k) => (typeof k === 'string' ? k : `${k.name}:${Buffer.from(k.bytes).toString('base64')}`)).join('\n');
+  let counts = signatureCounts.get(info);
+  const known = counts?.get(id);
+  if (known) return known;
+  const map = publicKeyMap(
+    keys.map((k) => {
+      if (typeof k !== 'string') return k;
+      let pk = parsedKeys.get(k);
+      if (!pk) parsedKeys.set(k, (pk = parsePublicKey(k)));
+      return pk;
+    }),
+  );
+  const { valid, invalid } = countValidSignatures(info, map);
+  if (!counts) signatureCounts.set(info, (counts = new Map()));
+  counts.set(id, { valid, invalid });
+  return { valid, invalid };
+}
+
 /**
  * Check that `info` may be trusted; throws SubstituterError 'untrusted' or 'bad-signature'.
  * Trusted substituters and `requireSigs: false` skip the check; so do content-addressed paths whose CA
@@ -210,8 +235,7 @@ export function checkTrust(
   if (sub.trusted) return 'trusted-substituter';
   if (!(opts.requireSigs ?? sub.requireSigs)) return 'not-required';
   if (caProvesPath(info, sub.storeDir)) return 'content-addressed';
-  const keys = publicKeyMap([...sub.trustedPublicKeys, ...(opts.trustedPublicKeys ?? [])]);
-  const { valid, invalid } = countValidSignatures(info, keys);
+  const { valid, invalid } = signatureCount(info, [...sub.trustedPublicKeys, ...(opts.trustedPublicKeys ?? [])]);
   if (valid > 0) return 'signed';
   if (invalid > 0) {
     throw new SubstituterError(
