@@ -256,4 +256,44 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (store operations): realise 
     await step(t, ['--gc'], 0, { run });
     expect(outs.ours).toBe(outs.nix);
   }, 120_000);
+  it('gc-auto.sh: a build that makes free space drop below min-free gets garbage collected while it runs, down to max-free', async () => {
+    const t = new TwinStores();
+    const fakeFree = `${t.root}/fake-free`;
+    const [drv] = t.instantiateExpr(`with import ./config.nix; mkDerivation {
+  name = "gc-A";
+  buildCommand = ''
+    set -x
+    [[ $(ls $NIX_STORE/*-garbage? | wc -l) = 3 ]]
+    mkdir $out
+    echo foo > $out/bar
+    echo 100 > ${fakeFree}.tmp1
+    mv ${fakeFree}.tmp1 ${fakeFree}
+    for i in {1..20}; do
+      if [[ $(ls $NIX_STORE/*-garbage? | wc -l) = 1 ]]; then exit 0; fi
+      sleep 1
+    done
+    exit 1
+  '';
+}`);
+    const garbage = (side: Side) => (t.use(side), readdirSync(t.storeDir).filter((n) => /-garbage\d$/.test(n)));
+    const run = async (side: Side) => {
+      t.use(side);
+      for (const n of [1, 2, 3]) {
+        const r = runNix('nix', ['--store', t.uri(side), 'store', 'add-path', '--name', `garbage${n}`, `${t.tests}/nar-access.sh`], { env: t.env });
+        expect(r.status, r.stderr).toBe(0);
+      }
+      writeFileSync(fakeFree, '1100');
+      t.env._NIX_TEST_FREE_SPACE_FILE = fakeFree;
+      try {
+        return await t.build(side, [drv!, '--option', 'min-free', '1000', '--option', 'max-free', '3100', '--option', 'min-free-check-interval', '1']);
+      } finally {
+        delete t.env._NIX_TEST_FREE_SPACE_FILE;
+      }
+    };
+    const n = await run('nix');
+    const o = await run('ours');
+    for (const r of [n, o]) expect(r.status, r.stderr).toBe(0);
+    expect(o.stdout).toBe(n.stdout);
+    for (const side of sides) expect(garbage(side)).toHaveLength(1);
+  }, 120_000);
 });
