@@ -25,6 +25,7 @@ import { resolveOptions, type BuildEngineOptions, type ResolvedOptions } from '.
 import { failure, isSuccess, type BuildResult, type BuildTarget, type TargetResult } from './results.js';
 import { Worker, type BuildMode } from './worker.js';
 import { queryMissing, type MissingInfo } from './query-missing.js';
+import { SubstitutionSlots } from './substitution-slots.js';
 import { probeLinuxSandbox, type LinuxSandboxChoice } from './sandbox-factory.js';
 import { DaemonStore } from '../remote/daemon-store.js';
 import { buildThroughDaemon, daemonSettingsOf, queryMissingThroughDaemon } from './daemon-build.js';
@@ -56,7 +57,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   readonly options: ResolvedOptions;
   private readonly storePromise: Promise<Store>;
   private readonly buildQueue: PQueue;
-  private readonly substQueue: PQueue;
+  private readonly substSlots: SubstitutionSlots;
   private readonly progressTracker: ProgressTracker;
   /**
    * Parsed derivations, most recently used last, bounded (DRV_CACHE_SIZE) so a huge graph does not keep
@@ -87,7 +88,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     this.ownsBuilders = typeof options.builders === 'string';
     this.storePromise = options.store ? Promise.resolve(options.store) : LocalStore.openDefault();
     this.buildQueue = new PQueue({ concurrency: Math.max(1, this.options.maxJobs) });
-    this.substQueue = new PQueue({ concurrency: this.options.maxSubstitutionJobs });
+    this.substSlots = new SubstitutionSlots(this.options.maxSubstitutionJobs);
     this.progressTracker = new ProgressTracker((p) => this.emitSafely('progress', p));
     const o = this.options;
     this.builtins = new BuiltinBuilders({
@@ -147,7 +148,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       progress: this.progressTracker,
       buildQueue: this.buildQueue,
       emit: this.emitSafely,
-      substitutionSlot: (fn) => this.substQueue.add(fn) as Promise<Awaited<ReturnType<typeof fn>>>,
+      substitutionSlot: (path, fn) => this.substSlots.run(path, fn),
       queryPathInfosCached: (sub, paths, signal) => this.queryInfos(sub, paths, signal),
       fetchPath: async (sub, info, signal, repair, as) => {
         const p = this.progressTracker;

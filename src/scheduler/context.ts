@@ -20,8 +20,8 @@ export interface EngineContext {
   readonly buildQueue: PQueue;
   /** Emit an event; the engine stamps it with its monotonic `time`. */
   emit<E extends keyof EventPayloads>(event: E, payload: EventPayloads[E]): void;
-  /** Run `fn` in a substitution slot. */
-  substitutionSlot<T>(fn: () => Promise<T>): Promise<T>;
+  /** Run `fn`, the substitution of `path`, in a substitution slot (a free one goes to the lowest goal key, as in Nix). */
+  substitutionSlot<T>(path: StorePath, fn: () => Promise<T>): Promise<T>;
   queryPathInfosCached(sub: Substituter, paths: StorePath[], signal: AbortSignal): Promise<Map<StorePath, SubstitutablePathInfo>>;
   /** Fetch a path from a substituter into the store (verifies signature, hash, size; registers atomically). */
   fetchPath(sub: Substituter, info: SubstitutablePathInfo, signal: AbortSignal, repair: boolean, as?: StorePath): Promise<void>;

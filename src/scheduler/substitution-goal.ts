@@ -195,7 +195,7 @@ async function runSubstitute(
   // Substitutions that become ready together start in Nix's goal order (by name, then path).
   await w.readyInNixOrder(path, refs.length === 0 ? depth : undefined);
   return w.ctx
-    .substitutionSlot(async () => {
+    .substitutionSlot(path, async () => {
       w.signal.throwIfAborted();
       // addToStore takes the path's lock and re-checks validity under it.
       if (!repair && (await store.isValidPath(path))) return 'valid' as const;
