@@ -11,6 +11,8 @@ import type { BuildTarget } from '../index.js';
 export class CliError extends Error {}
 
 const HASH_LEN = 32;
+/** An empty, `.` or `..` component, or a trailing `/`: what path.resolve would change in an absolute path. */
+const NOT_NORMAL = /\/(\.\.?)?(\/|$)/;
 
 function isInStore(storeDir: string, p: string): boolean {
   return p.startsWith(storeDir + '/') && p.length > storeDir.length + 1;
@@ -39,7 +41,8 @@ export function checkStorePathBaseName(base: string): void {
  * cut it to the store path it is in, and check that path's name.
  */
 export function followLinksToStorePath(storeDir: string, arg: string): string {
-  let p = path.resolve(arg);
+  // An absolute path with no `//`, `.` or `..` component and no trailing `/` is its own resolution.
+  let p = arg.startsWith('/') && !NOT_NORMAL.test(arg) ? arg : path.resolve(arg);
   while (!isInStore(storeDir, p)) {
     let isLink: boolean;
     try {

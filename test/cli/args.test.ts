@@ -25,6 +25,13 @@ describe('store path arguments', () => {
     expect(followLinksToStorePath('/nix/store', `${P}/share/doc/`)).toBe(P);
   });
 
+  it('absolute paths are taken as path.resolve leaves them (`//`, `.`, `..`, a trailing `/`), a normal one as it is', () => {
+    const base = path.basename(P);
+    for (const arg of [`/nix//store/${base}`, `/nix/./store/${base}/`, `/nix/x/../store/${base}/.`, `/nix/store/${base}/bin/..`, P, `${P}/..x`])
+      expect(followLinksToStorePath('/nix/store', arg)).toBe(P);
+    expect(() => followLinksToStorePath('/nix/store', '/nix/store/./abc')).toThrow("'abc' is too short to be a valid store path");
+  });
+
   it("refuses bad arguments with Nix 2.8's messages", () => {
     const dir = tempDir();
     mkdirSync(path.join(dir, 'plain'));
