@@ -141,6 +141,7 @@ static void narHead(Sha256 *s) {
 /* Replaced files queued for closing per handle at most (beyond, they are closed at once); closing threads. */
 #define MAX_HELD 256
 #define CLOSERS 16
+#define HELD_BATCH 16
 
 typedef struct {
   char *storeDir, *linksDir;
@@ -150,6 +151,8 @@ typedef struct {
   size_t cap, count;
   double filesLinked, bytesFreed, blocksFreed;
   int pending; /* replaced files queued for the closing threads (atomic) */
+  int held[HELD_BATCH]; /* replaced files not queued yet: queued HELD_BATCH at a time, and at the end of each path */
+  size_t nheld;
   int deferFrees;
   int pid;
   /* Warnings not yet taken: NUL-terminated, one after another. */
@@ -385,22 +388,33 @@ static int startClosers(void) {
   return closers > 0;
 }
 
-/* Free a replaced file: queue its descriptor for the closing threads, or close it now. */
-static void hold(Opt *o, int fd) {
-  if (o->deferFrees && __atomic_load_n(&o->pending, __ATOMIC_ACQUIRE) < MAX_HELD) {
-    pthread_mutex_lock(&qLock);
-    if (startClosers() && qLen < QUEUE) {
-      queue[(qHead + qLen) % QUEUE].fd = fd;
+/* Queue the replaced files held so far for the closing threads (one wake-up for them all), or close them now. */
+static void queueHeld(Opt *o) {
+  size_t i = 0;
+  if (!o->nheld) return;
+  pthread_mutex_lock(&qLock);
+  if (startClosers())
+    for (; i < o->nheld && qLen < QUEUE; i++) {
+      queue[(qHead + qLen) % QUEUE].fd = o->held[i];
       queue[(qHead + qLen) % QUEUE].pending = &o->pending;
       qLen++;
       __atomic_add_fetch(&o->pending, 1, __ATOMIC_RELEASE);
-      pthread_cond_signal(&qCond);
-      pthread_mutex_unlock(&qLock);
-      return;
     }
-    pthread_mutex_unlock(&qLock);
+  if (i > 1) pthread_cond_broadcast(&qCond);
+  else if (i) pthread_cond_signal(&qCond);
+  pthread_mutex_unlock(&qLock);
+  for (; i < o->nheld; i++) close(o->held[i]);
+  o->nheld = 0;
+}
+
+/* Free a replaced file: hold it for the closing threads, or close it now. */
+static void hold(Opt *o, int fd) {
+  if (!o->deferFrees || __atomic_load_n(&o->pending, __ATOMIC_ACQUIRE) + (int) o->nheld >= MAX_HELD) {
+    close(fd);
+    return;
   }
-  close(fd);
+  o->held[o->nheld++] = fd;
+  if (o->nheld == HELD_BATCH) queueHeld(o);
 }
 
 /* Link `p` (NAR hash `digest`) into .links, or replace it by the identical file there: 1 when replaced, 0 not, -1 on error. */
@@ -575,6 +589,7 @@ static void finalise(napi_env env, void *data, void *hint) {
   (void) env;
   (void) hint;
   Opt *o = data;
+  for (size_t i = 0; i < o->nheld; i++) close(o->held[i]);
   while (__atomic_load_n(&o->pending, __ATOMIC_ACQUIRE) > 0) usleep(1000); /* the closing threads still count on it */
   free(o->openDir);
   free(o->storeDir);
@@ -652,6 +667,7 @@ static napi_value optimisePath(napi_env env, napi_callback_info info) {
   if (lstat(p, &st) == -1) fail(o, errno, "lstat", p);
   else visit(o, o->storeDir, 0, p, len, &st);
   restoreDir(o);
+  queueHeld(o);
   napi_value out, v;
   napi_create_array(env, &out);
   char msg[MSG_BUF + 32] = "";
