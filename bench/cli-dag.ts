@@ -21,8 +21,8 @@
  *   REALISE_BENCH_CLI_MODES=sandboxed REALISE_BENCH_RUNS=5 npx tsx bench/cli-dag.ts
  *   REALISE_BENCH_SIZES=50 npx tsx bench/cli-dag.ts
  *
- * The CLI run is `node bin/realise.js`, after `node scripts/bundle-cli.mjs` (so it runs the bundle of the
- * current sources, as an installed `realise` does).
+ * The CLI run is `bin/realise` (the launcher an installed `realise` is), after `node scripts/bundle-cli.mjs`
+ * (so it runs the bundle of the current sources, as an installed `realise` does).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
@@ -32,7 +32,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { fmt, instantiateDag, median, nixEnv, resetDag, runNix, SMALL, type InstantiatedDag } from './dag.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const cli = path.join(root, 'bin/realise.js');
+const cli = path.join(root, 'bin/realise');
 
 /** Nix 2.8 writes the `.drv` closure (not the outputs) to an uncompressed `file://` cache. */
 function makeCache(d: InstantiatedDag): string {
@@ -57,9 +57,9 @@ function makeCache(d: InstantiatedDag): string {
 }
 
 function runCli(uri: string, drvs: readonly string[], sandboxed: boolean, substituters: string): number {
-  const args = [cli, 'build', '--store', uri, '--max-jobs', '2', '--option', 'sandbox', String(sandboxed), '--option', 'substituters', substituters, ...drvs];
+  const args = ['build', '--store', uri, '--max-jobs', '2', '--option', 'sandbox', String(sandboxed), '--option', 'substituters', substituters, ...drvs];
   const t0 = performance.now();
-  const r = spawnSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 28 });
+  const r = spawnSync(cli, args, { encoding: 'utf8', maxBuffer: 1 << 28 });
   const ms = performance.now() - t0;
   if (r.status !== 0) throw new Error(`realise build failed (${r.status}):\n${r.stderr.slice(0, 3000)}`);
   const outs = r.stdout.split('\n').filter(Boolean).length;

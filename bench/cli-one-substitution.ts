@@ -20,7 +20,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { fmt, median, nixEnv } from './dag.js';
 
-const cli = path.join(fileURLToPath(new URL('..', import.meta.url)), 'bin/realise.js');
+const cli = path.join(fileURLToPath(new URL('..', import.meta.url)), 'bin/realise');
 const RUNS = Number(process.env.REALISE_BENCH_RUNS ?? 10);
 const LATENCY = Number(process.env.REALISE_BENCH_LATENCY_MS ?? 0);
 
@@ -76,9 +76,7 @@ async function main(): Promise<void> {
       for (const f of readdirSafe(path.join(xdg, ours ? 'realise' : 'nix')))
         if (f.startsWith('binary-cache-v6.sqlite')) rmSync(path.join(xdg, ours ? 'realise' : 'nix', f));
     const env = { ...nixEnv(), XDG_CACHE_HOME: xdg };
-    const [cmd, args] = ours
-      ? [process.execPath, [cli, 'build', '--store', store, out, ...opts]]
-      : ['nix-store', ['--store', store, '--realise', out, ...opts]];
+    const [cmd, args] = ours ? [cli, ['build', '--store', store, out, ...opts]] : ['nix-store', ['--store', store, '--realise', out, ...opts]];
     const before = requests;
     const t0 = performance.now();
     const r = await run(cmd, args, env);
