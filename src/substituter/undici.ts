@@ -10,10 +10,39 @@ import { createRequire } from 'node:module';
 import type { SecureContext } from 'node:tls';
 import type { buildConnector } from 'undici';
 
-let undiciModule: typeof import('undici') | undefined;
+/** The parts of undici that binary caches and builtin:fetchurl use. */
+export type Undici = Pick<typeof import('undici'), 'Agent' | 'ProxyAgent' | 'buildConnector' | 'request'>;
 
-export function undici(): typeof import('undici') {
-  return (undiciModule ??= createRequire(import.meta.url)('undici') as typeof import('undici'));
+let undiciModule: Undici | undefined;
+
+export function undici(): Undici {
+  return (undiciModule ??= loadUndici());
+}
+
+/**
+ * undici's dispatchers, connector and `request`, loaded from their own modules: undici's index requires
+ * every part of it (fetch, WebSocket, caches, cookies, mocks, ...), about 130 modules and 80 ms, where these
+ * take 30. As the index does, the API methods (`request`, `connect`, ...) are put on Dispatcher's prototype,
+ * which a ProxyAgent's CONNECT uses; and `request(url, options)` is the index's: the API's request called on
+ * the options' dispatcher (else the global one) with the URL's origin and path.
+ */
+function loadUndici(): Undici {
+  const require = createRequire(import.meta.url);
+  const lib = <T>(m: string): T => require(`undici/lib/${m}`) as T;
+  const api = lib<{ request: (this: unknown, opts: object) => ReturnType<Undici['request']> }>('api');
+  Object.assign(lib<{ prototype: object }>('dispatcher/dispatcher').prototype, api);
+  const request = ((url: string | URL, opts: { dispatcher?: unknown; method?: string } = {}) => {
+    const u = new URL(url);
+    const path = u.search ? `${u.pathname}${u.search}` : u.pathname;
+    const dispatcher = opts.dispatcher ?? lib<{ getGlobalDispatcher: () => unknown }>('global').getGlobalDispatcher();
+    return api.request.call(dispatcher, { ...opts, origin: u.origin, path, method: opts.method ?? 'GET' });
+  }) as Undici['request'];
+  return {
+    Agent: lib<Undici['Agent']>('dispatcher/agent'),
+    ProxyAgent: lib<Undici['ProxyAgent']>('dispatcher/proxy-agent'),
+    buildConnector: lib<Undici['buildConnector']>('core/connect'),
+    request,
+  };
 }
 
 /** The file trustExtraCaCerts named, and what to do when it cannot be read. */
