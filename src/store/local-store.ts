@@ -48,7 +48,7 @@ import {
   tryFlockFd,
   tryLockStorePaths,
 } from './locks.js';
-import { dumpPath, hashNar, narOfRegularFile, RegularFileContentHasher, restorePath, streamOf } from './nar.js';
+import { dumpPath, narOfRegularFile, RegularFileContentHasher, restorePath, streamOf } from './nar.js';
 import {
   BUSY_TIMEOUT_MS,
   CA_SCHEMA_STATEMENTS,
@@ -311,12 +311,12 @@ export async function verifyContentAddress(info: PathInfo, target: string, narHa
   };
   if (ca.startsWith('fixed:r:')) {
     expected = parse(ca.slice('fixed:r:'.length));
-    if (info.references.includes(info.path)) {
-      // Self-references are left out of the content's hash (Nix's hashCAPath, with its HashModuloSink).
-      const sink = new HashModulo(expected.algorithm, storePathHashPart(info.path));
+    if (expected.algorithm === narHash.algorithm && !info.references.includes(info.path)) got = narHash;
+    else {
+      const sink = recursiveCaSink(info, expected.algorithm);
       for await (const chunk of dumpPath(target)) sink.update(chunk);
       got = sink.finish().hash;
-    } else got = expected.algorithm === narHash.algorithm ? narHash : (await hashNar(dumpPath(target), expected.algorithm)).hash;
+    }
   } else if (ca.startsWith('fixed:') || ca.startsWith('text:')) {
     expected = parse(ca.slice(ca.indexOf(':') + 1));
     if (flatHash && flatHash.algorithm === expected.algorithm) {
@@ -328,6 +328,14 @@ export async function verifyContentAddress(info: PathInfo, target: string, narHa
     throw new StoreError('bad-path-info', `path '${info.path}' has an unknown content address '${ca}'`, { hint: "expected 'fixed:…' or 'text:…'" });
   }
   if (!got.equals(expected)) throw caHashMismatch(info.path, expected, got);
+}
+
+/**
+ * The sink of a recursive (`fixed:r:`) content address's hash of `info`'s NAR: self-references are left out
+ * of it (Nix's hashCAPath, with its HashModuloSink).
+ */
+export function recursiveCaSink(info: PathInfo, algorithm: HashAlgorithm): HashSink | HashModulo {
+  return info.references.includes(info.path) ? new HashModulo(algorithm, storePathHashPart(info.path)) : new HashSink(algorithm);
 }
 
 /** Nix's error for contents that are not of their content address (`expected`). */

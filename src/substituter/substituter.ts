@@ -5,13 +5,13 @@
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { RealiseError, BadNarError } from '../store/errors.js';
-import { Hash, HashModulo, HashSink } from '../store/hash.js';
+import { Hash } from '../store/hash.js';
 import { RegularFileContentHasher } from '../store/nar.js';
 import type { PathInfo, Realisation, Store } from '../store/store-api.js';
-import { makeFixedOutputPath, makeTextPath, storePathHashPart, storePathName, type StorePath } from '../store/store-path.js';
+import { makeFixedOutputPath, makeTextPath, storePathName, type StorePath } from '../store/store-path.js';
 import { countValidSignatures } from './narinfo.js';
 import { recycleDecoded } from './compression.js';
-import { caHashMismatch, LocalStore } from '../store/local-store.js';
+import { caHashMismatch, LocalStore, recursiveCaSink } from '../store/local-store.js';
 import { parsePublicKey, publicKeyMap, type PublicKey } from './signatures.js';
 
 /** What a substituter knows about a path: Nix's narinfo as a PathInfo plus where the NAR file is. */
@@ -284,13 +284,12 @@ async function requireValidReferences(store: Store, info: SubstitutablePathInfo,
 function contentAddressCheck(sub: Substituter, info: SubstitutablePathInfo, fail: Fail) {
   const ca = parseContentAddress(info.ca);
   if (ca === undefined || !caProvesPath(info, sub.storeDir) || sub.trusted) return undefined;
-  // Self-references are left out of a recursive content address's hash (Nix's HashModuloSink).
+  // Self-references are left out of a recursive content address's hash (recursiveCaSink).
   const selfRef = info.references.includes(info.path);
   // The NAR hash with the content address's algorithm: the store checks the NAR against info.narHash.
   const sameAsNarHash = ca.method === 'recursive' && ca.hash.algorithm === info.narHash.algorithm && !selfRef;
   if (sameAsNarHash && ca.hash.equals(info.narHash)) return undefined;
-  const recursive =
-    ca.method !== 'recursive' ? undefined : selfRef ? new HashModulo(ca.hash.algorithm, storePathHashPart(info.path)) : new HashSink(ca.hash.algorithm);
+  const recursive = ca.method !== 'recursive' ? undefined : recursiveCaSink(info, ca.hash.algorithm);
   const file = ca.method !== 'recursive' ? new RegularFileContentHasher(ca.hash.algorithm) : undefined;
   return {
     /** The hash the content address gives. */
