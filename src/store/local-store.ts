@@ -385,6 +385,34 @@ interface Row {
   ca: string | null;
 }
 
+/** The ValidPaths columns registering `info` writes (`now` when it has no registration time). */
+function rowOf(info: PathInfo, now: number): Omit<Row, 'id'> {
+  return {
+    hash: formatDbHash(info.narHash),
+    registrationTime: info.registrationTime ?? now,
+    deriver: info.deriver ?? null,
+    narSize: info.narSize || null,
+    ultimate: info.ultimate ? 1 : null,
+    sigs: info.sigs && info.sigs.length ? info.sigs.join(' ') : null,
+    ca: info.ca ?? null,
+  };
+}
+
+/** The PathInfo a ValidPaths row reads back as (`references` sorted, as the reference rows give them). */
+function infoOfRow(path: StorePath, row: Omit<Row, 'id'>, narHash: Hash, references: StorePath[]): PathInfo {
+  return {
+    path,
+    narHash,
+    narSize: row.narSize ?? 0,
+    references,
+    deriver: row.deriver || undefined,
+    registrationTime: row.registrationTime,
+    ultimate: row.ultimate === 1,
+    sigs: row.sigs ? row.sigs.split(' ').filter(Boolean) : [],
+    ca: row.ca || undefined,
+  };
+}
+
 /** Prefix of the temporary directories older versions restored into (still removed when stale). */
 const TMP_PREFIX = '.tmp-';
 /** Suffix of the temporary directories writers restore into: `<random hash part>-realise-tmp`. */
@@ -635,17 +663,7 @@ export class LocalStore implements Store {
       .all(row.id)
       .map((r) => r.path)
       .sort();
-    return {
-      path: p,
-      narHash,
-      narSize: row.narSize ?? 0,
-      references,
-      deriver: row.deriver || undefined,
-      registrationTime: row.registrationTime,
-      ultimate: row.ultimate === 1,
-      sigs: row.sigs ? row.sigs.split(' ').filter(Boolean) : [],
-      ca: row.ca || undefined,
-    };
+    return infoOfRow(p, row, narHash, references);
   }
 
   async queryReferrers(p: StorePath): Promise<StorePath[]> {
@@ -887,22 +905,12 @@ export class LocalStore implements Store {
         const ids = new Map<StorePath, number>();
         for (const i of order) {
           const existing = this.st.pathId.get(i.path);
-          const ultimate = i.ultimate ? 1 : null;
-          const sigs = i.sigs && i.sigs.length ? i.sigs.join(' ') : null;
+          const row = rowOf(i, now);
           if (existing) {
-            this.st.update.run(i.narSize || null, formatDbHash(i.narHash), ultimate, sigs, i.ca ?? null, i.path);
+            this.st.update.run(row.narSize, row.hash, row.ultimate, row.sigs, row.ca, i.path);
             ids.set(i.path, existing.id);
           } else {
-            const r = this.st.insert.run(
-              i.path,
-              formatDbHash(i.narHash),
-              i.registrationTime ?? now,
-              i.deriver ?? null,
-              i.narSize || null,
-              ultimate,
-              sigs,
-              i.ca ?? null,
-            );
+            const r = this.st.insert.run(i.path, row.hash, row.registrationTime, row.deriver, row.narSize, row.ultimate, row.sigs, row.ca);
             ids.set(i.path, Number(r.lastInsertRowid));
             if (i.path.endsWith('.drv')) this.registerDrvOutputRows(Number(r.lastInsertRowid), i.path);
           }
@@ -1080,14 +1088,7 @@ export class LocalStore implements Store {
       // (A repaired path keeps the row it had, which is updated only in part.)
       if (repair) return (await this.queryPathInfo(info.path))!;
       // What queryPathInfo now reads back.
-      return {
-        ...final,
-        references: [...new Set(final.references)].sort(),
-        deriver: final.deriver || undefined,
-        ultimate: final.ultimate === true,
-        sigs: (final.sigs ?? []).join(' ').split(' ').filter(Boolean),
-        ca: final.ca || undefined,
-      };
+      return infoOfRow(info.path, rowOf(final, final.registrationTime!), final.narHash, [...new Set(final.references)].sort());
     } catch (e) {
       throw asStoreWriteError(e, `adding '${info.path}' to the store: writing`, target ?? this.toRealPath(info.path));
     } finally {
