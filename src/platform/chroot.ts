@@ -254,6 +254,22 @@ export function prepareChroot(opts: PrepareChrootOptions): ChrootLayout {
   }
 }
 
+/**
+ * Rename a ready skeleton to the chroot's name. A stale chroot of that name (a killed process left it) is
+ * discarded first; that is seldom, so it is found by the rename failing, not looked for before each one.
+ */
+function renameIntoPlace(dir: string, root: string): void {
+  try {
+    fs.renameSync(dir, root);
+    return;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOTDIR' && code !== 'EISDIR') throw e;
+  }
+  discardTree(root);
+  fs.renameSync(dir, root);
+}
+
 function refOf(st: fs.Stats): InodeRef {
   return { ino: st.ino, mode: st.mode, uid: st.uid, gid: st.gid, nlink: st.nlink, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
 }
@@ -320,8 +336,20 @@ function skeletonUnchanged(root: string, sk: SkeletonState, mountpoints: Readonl
     }
     if (!sameNames(fs.readdirSync(abs).sort(), names)) return false;
   }
-  for (const [rel, data] of sk.files) if (fs.readFileSync(path.join(root, rel), 'utf8') !== data) return false;
+  for (const [rel, data] of sk.files) if (!sameContents(path.join(root, rel), data)) return false;
   return true;
+}
+
+/** Whether a file holds exactly `data` (one read of one byte more than that: three system calls). */
+function sameContents(file: string, data: string): boolean {
+  const want = Buffer.from(data);
+  const got = Buffer.allocUnsafe(want.length + 1);
+  const fd = fs.openSync(file, 'r');
+  try {
+    return fs.readSync(fd, got, 0, got.length, 0) === want.length && want.equals(got.subarray(0, want.length));
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /**
@@ -398,8 +426,7 @@ export class ChrootPool {
       this.#states.delete(dir);
       ChrootPool.#all.delete(dir);
       try {
-        if (fs.existsSync(opts.root)) discardTree(opts.root);
-        fs.renameSync(dir, opts.root);
+        renameIntoPlace(dir, opts.root);
         layout = { root: opts.root, storeDir: path.join(opts.root, opts.storeDir), skeleton: sk };
       } catch {
         discardTree(dir);
@@ -545,14 +572,16 @@ export function moveOutputsOut(layout: ChrootLayout, outputs: readonly string[],
   for (const out of outputs) {
     const base = path.basename(out);
     const inside = path.join(layout.storeDir, base);
-    let exists = true;
-    try {
-      fs.lstatSync(inside);
-    } catch {
-      exists = false;
-    }
-    if (!exists) continue;
     const dest = path.join(realStoreDir, base);
+    // The usual case first, in one system call: nothing at the physical path (or a file, or an empty
+    // directory, which the rename replaces as the removal below would).
+    try {
+      fs.renameSync(inside, dest);
+      moved.push(out);
+      continue;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT' && !fs.existsSync(inside)) continue;
+    }
     removeTree(dest);
     // Nix's movePath: an output directory the builder left read-only moves too when we are not root.
     movePathSync(inside, dest);

@@ -35,6 +35,7 @@ import {
   prepareChroot,
   type ChrootLayout,
   type ChrootLeftovers,
+  type PrepareChrootOptions,
 } from './chroot.js';
 import { nixSeccompFilter } from './seccomp.js';
 import { spawnMerged, strerror } from './spawn-merged.js';
@@ -140,9 +141,9 @@ type Bind = SandboxPath & { ro: boolean; dir?: boolean };
  * The helper's `--bind*` arguments, in the order Nix 2.8's mount table shows its mounts: inputs in the
  * store dir first, then the rest of its dirsInChroot (the /dev nodes included), each sorted by target.
  */
-function helperBindArgs(request: SandboxRequest, binds: Map<string, Bind>): string[] {
+function helperBindArgs(request: SandboxRequest, binds: Map<string, Bind>, kvm: boolean): string[] {
   const all: [string, Pick<Bind, 'source' | 'optional' | 'ro'>][] = [...binds];
-  if (!binds.has('/dev')) for (const n of devNodeNames(wantsKvm(request))) all.push([`/dev/${n}`, { source: `/dev/${n}`, optional: false, ro: false }]);
+  if (!binds.has('/dev')) for (const n of devNodeNames(kvm)) all.push([`/dev/${n}`, { source: `/dev/${n}`, optional: false, ro: false }]);
   const inStore = (t: string) => (t.startsWith(`${request.storeDir}/`) ? 0 : 1);
   all.sort(([x], [y]) => inStore(x) - inStore(y) || (x < y ? -1 : x > y ? 1 : 0));
   return all.flatMap(([target, { source, optional, ro }]) => [`--bind${ro ? '-ro' : ''}${optional ? '-try' : ''}`, source, target]);
@@ -232,6 +233,7 @@ export class LinuxSandbox implements Sandbox {
       gid,
       network: request.network,
       devSkeleton: backend.kind === 'helper',
+      // Looked at once per build (Nix: pathExists("/dev/kvm")), for the skeleton and the mounts alike.
       kvm: wantsKvm(request),
     };
     const layout = this.#pool ? this.#pool.take(chrootOpts) : prepareChroot(chrootOpts);
@@ -242,8 +244,8 @@ export class LinuxSandbox implements Sandbox {
       leftovers = backend.kind === 'helper' && this.#recyclable(request) ? this.#leftovers(request, layout, binds) : undefined;
       exit =
         backend.kind === 'helper'
-          ? await this.#runHelper(backend.exe, request, opts, root, binds, uid, gid)
-          : await this.#runBwrap(backend.exe, request, opts, root, binds, uid, gid);
+          ? await this.#runHelper(backend.exe, request, opts, root, binds, chrootOpts)
+          : await this.#runBwrap(backend.exe, request, opts, root, binds, chrootOpts);
       return exit;
     } catch (e) {
       if (e instanceof SandboxError) return { kind: 'spawn-failed', message: e.message, reason: e.shortMessage };
@@ -366,9 +368,9 @@ export class LinuxSandbox implements Sandbox {
     opts: SandboxRunOptions,
     root: string,
     binds: Map<string, Bind>,
-    uid: number,
-    gid: number,
+    ids: Pick<PrepareChrootOptions, 'uid' | 'gid' | 'kvm'>,
   ): Promise<SandboxExit> {
+    const { uid, gid } = ids;
     const a: string[] = [
       '--root',
       root,
@@ -387,7 +389,7 @@ export class LinuxSandbox implements Sandbox {
     const platform = this.#options.platformOf?.(request);
     if (platform === 'i686-linux' && process.arch === 'x64') a.push('--linux32');
     a.push('--store-dir', request.storeDir);
-    a.push(...helperBindArgs(request, binds));
+    a.push(...helperBindArgs(request, binds, ids.kvm === true));
     const filter = this.#filter;
     if (this.#options.server !== false) {
       a.splice(a.indexOf('--status-fd'), 2);
@@ -444,9 +446,9 @@ export class LinuxSandbox implements Sandbox {
     opts: SandboxRunOptions,
     root: string,
     binds: Map<string, Bind>,
-    uid: number,
-    gid: number,
+    ids: Pick<PrepareChrootOptions, 'uid' | 'gid' | 'kvm'>,
   ): Promise<SandboxExit> {
+    const { uid, gid } = ids;
     const a: string[] = [
       '--unshare-user',
       '--uid',
@@ -468,7 +470,7 @@ export class LinuxSandbox implements Sandbox {
     ];
     if (!binds.has('/dev')) {
       a.push('--dev', '/dev');
-      if (wantsKvm(request)) a.push('--dev-bind', '/dev/kvm', '/dev/kvm');
+      if (ids.kvm) a.push('--dev-bind', '/dev/kvm', '/dev/kvm');
       const size = shmBytes(this.#options.shmSize ?? '50%');
       a.push('--perms', '1777', ...(size !== undefined ? ['--size', String(size)] : []), '--tmpfs', '/dev/shm');
     }

@@ -3,9 +3,10 @@
  * anything an earlier builder left or changed, nor a mount point of an input it does not have.
  * The chroot root's inode number (`stat -c %i /` inside) tells whether a skeleton was reused.
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chrootDirFor, flushRemovals } from '../../src/platform/chroot.js';
 import { LinuxSandbox } from '../../src/platform/linux-sandbox.js';
 import type { SandboxRequest } from '../../src/platform/sandbox.js';
 import { bwrapOk, sandboxIdLine } from '../helpers/nix.js';
@@ -39,6 +40,19 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
     const d = await run('d', `${rootIno}; ls -a /tmp | tr '\\n' ' '`);
     expect(d.split('\n')[0]).not.toBe(a.trim()); // a fresh skeleton
     expect(d.split('\n')[1]).toBe('. .. ');
+  });
+
+  it("a stale chroot of the derivation's name (a killed process left it) is replaced by a pooled skeleton", async () => {
+    const a = await run('a', rootIno);
+    await new Promise((r) => setImmediate(r)); // (a's skeleton back in the pool)
+    const req = fx.request('stale', `{ ${rootIno}; ls -a /tmp | tr '\\n' ' '; } > $out`);
+    const stale = chrootDirFor(fx.realStoreDir, req.drvPath);
+    mkdirSync(path.join(stale, 'tmp'), { recursive: true });
+    writeFileSync(path.join(stale, 'tmp/left'), 'x');
+    expect(await sb.run(req)).toEqual({ kind: 'exited', code: 0 });
+    expect(readFileSync(fx.realPath(req.outputPaths[0]!), 'utf8')).toBe(`${a.trim()}\n. .. `); // the pooled skeleton, not the stale tree
+    await flushRemovals();
+    expect(existsSync(stale)).toBe(false);
   });
 
   it('changes to /etc, modes, the root or /dev are never carried over', async () => {
