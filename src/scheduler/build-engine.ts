@@ -174,6 +174,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
         p.changed();
       },
       loadDrv: (drvPath) => this.loadDrvCached(store, drvPath),
+      cachedDrv: (drvPath) => this.cachedDrv(drvPath),
       isProvidedDrv: (drvPath) => this.providedDrvs.has(drvPath),
       pickSandbox: (view) => this.pickSandbox(store, view),
       knownSandbox: (view) => this.knownSandbox(store, view),
@@ -232,17 +233,25 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   }
 
   private loadDrvCached(store: Store, drvPath: StorePath): Promise<DrvView> {
-    const provided = this.providedDrvs.get(drvPath);
-    if (provided) return provided;
-    let p = this.drvCache.get(drvPath);
-    if (p) {
-      this.drvCache.delete(drvPath); // move to the most recently used end
-    } else {
+    let p = this.cachedDrv(drvPath);
+    if (!p) {
       p = loadDrv(store, drvPath);
       p.catch(() => this.drvCache.delete(drvPath));
       if (this.drvCache.size >= DRV_CACHE_SIZE) this.drvCache.delete(this.drvCache.keys().next().value!);
+      this.drvCache.set(drvPath, p);
     }
-    this.drvCache.set(drvPath, p);
+    return p;
+  }
+
+  /** A derivation handed to us or in the cache (moved to its most recently used end); undefined: it must be read. */
+  private cachedDrv(drvPath: StorePath): Promise<DrvView> | undefined {
+    const provided = this.providedDrvs.get(drvPath);
+    if (provided) return provided;
+    const p = this.drvCache.get(drvPath);
+    if (p) {
+      this.drvCache.delete(drvPath);
+      this.drvCache.set(drvPath, p);
+    }
     return p;
   }
 

@@ -29,6 +29,8 @@ export interface EngineContext {
   isProvidedDrv(drvPath: StorePath): boolean;
   /** Load (and cache) a derivation. */
   loadDrv(drvPath: StorePath): Promise<DrvView>;
+  /** The derivation loadDrv gives at once, when it is cached or handed to us (no load to start); else undefined. */
+  cachedDrv?(drvPath: StorePath): Promise<DrvView> | undefined;
   /** The sandbox to use for a derivation, or an error message saying why none can be used. */
   pickSandbox(view: DrvView): Promise<Sandbox>;
   /**

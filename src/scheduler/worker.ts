@@ -39,7 +39,7 @@ const MAX_STARTING_GOALS = 128;
  */
 const STARTS_PER_TURN = 8;
 
-/** At most this many `.drv` loads of one call are in flight at once (cached loads pass the same gate). */
+/** At most this many `.drv` loads of one call are in flight at once (cached ones do not wait). */
 const MAX_CONCURRENT_DRV_LOADS = 128;
 
 export class Worker {
@@ -62,7 +62,8 @@ export class Worker {
 
   constructor(ctx: EngineContext, mode: BuildMode, signal?: AbortSignal) {
     const loads = new PQueue({ concurrency: MAX_CONCURRENT_DRV_LOADS });
-    this.ctx = { ...ctx, loadDrv: (drvPath) => loads.add(() => ctx.loadDrv(drvPath)) };
+    // A derivation read already (each goal asks for its own and its inputs' several times) skips the gate.
+    this.ctx = { ...ctx, loadDrv: (drvPath) => ctx.cachedDrv?.(drvPath) ?? loads.add(() => ctx.loadDrv(drvPath)) };
     this.mode = mode;
     if (signal) {
       if (signal.aborted) this.stop('signal');

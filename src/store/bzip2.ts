@@ -650,8 +650,19 @@ export class Bzip2Encoder {
   }
 }
 
+/**
+ * The stream of no data (the log of a builder that printed nothing, most of them): the header and the
+ * end-of-stream marker with a zero CRC, as `bzip2 -LEVEL` writes it; no encoder to set up.
+ */
+function emptyStream(level: number): Buffer | undefined {
+  if (!Number.isInteger(level) || level < 1 || level > 9) return undefined; // (the encoder says what is wrong)
+  return Buffer.from([0x42, 0x5a, 0x68, 0x30 + level, 0x17, 0x72, 0x45, 0x38, 0x50, 0x90, 0, 0, 0, 0]);
+}
+
 /** Compress `data` as one bzip2 stream (see Bzip2Encoder). Synchronous: about 4 MB/s of text here. */
 export function compressBzip2(data: Uint8Array, level = 9): Buffer {
+  const empty = data.length === 0 ? emptyStream(level) : undefined;
+  if (empty) return empty;
   const e = new Bzip2Encoder(level, Math.min(level * 100000, data.length + 24)); // no bigger a block buffer than needed
   return Buffer.concat([e.write(data), e.end()]);
 }
@@ -662,6 +673,8 @@ export function compressBzip2(data: Uint8Array, level = 9): Buffer {
  */
 export async function compressBzip2Async(data: Uint8Array, opts: { level?: number; blockBytes?: number } = {}): Promise<Buffer> {
   const blockBytes = opts.blockBytes ?? 100000;
+  const empty = data.length === 0 ? emptyStream(opts.level ?? 9) : undefined;
+  if (empty) return empty;
   const e = new Bzip2Encoder(opts.level ?? 9, Math.min(blockBytes, data.length + 24));
   const out: Buffer[] = [];
   for (let i = 0; i < data.length; i += blockBytes) {

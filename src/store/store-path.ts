@@ -161,9 +161,17 @@ export function computeTextPath(
   return makeTextPath(name, Hash.of('sha256', contents), references, storeDir);
 }
 
+/** Placeholders already computed, by output name (a handful of names: out, dev, lib, ...; each build asks). */
+const placeholders = new Map<string, string>();
+
 /** `hashPlaceholder(outputName)`: the `/<hash>` string a derivation uses for its own output paths. */
 export function hashPlaceholder(outputName: string): string {
-  return '/' + toNixBase32(Hash.of('sha256', `nix-output:${outputName}`).bytes);
+  let p = placeholders.get(outputName);
+  if (p === undefined) {
+    p = '/' + toNixBase32(Hash.of('sha256', `nix-output:${outputName}`).bytes);
+    if (placeholders.size < 1024) placeholders.set(outputName, p);
+  }
+  return p;
 }
 
 /** Placeholder for an output of a content-addressed input derivation whose path is not known yet. */

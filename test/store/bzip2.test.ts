@@ -34,6 +34,15 @@ describe('compressBzip2', () => {
     });
   }
 
+  it('no data: byte for byte what bzip2 -LEVEL writes for empty input, at every level, sync and async', async () => {
+    for (const level of [1, 5, 9]) {
+      const expected = execFileSync('bzip2', [`-${level}`], { input: Buffer.alloc(0) });
+      expect(compressBzip2(Buffer.alloc(0), level).equals(expected)).toBe(true);
+      expect((await compressBzip2Async(Buffer.alloc(0), { level })).equals(expected)).toBe(true);
+    }
+    expect(() => compressBzip2(Buffer.alloc(0), 10)).toThrow(RangeError);
+  });
+
   it('several blocks (level 1: 100,000-byte blocks), and compresses text', () => {
     const data = Buffer.concat([randomBytes(150000), Buffer.alloc(120000, 7), Buffer.from('hello world\n'.repeat(20000))]);
     const z = compressBzip2(data, 1);
