@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { emitRow } from './_report.js';
 import { fmt, median, nixEnv } from './dag.js';
 
 const cli = path.join(fileURLToPath(new URL('..', import.meta.url)), 'bin/realise');
@@ -107,6 +108,22 @@ async function main(): Promise<void> {
   server.close();
   console.log(`one-path substitution over HTTP, ${RUNS} runs each, server latency ${LATENCY} ms per request (median wall ms, requests per run):`);
   for (const [k] of kinds) console.log(`  ${k.padEnd(10)} ${fmt(median(times.get(k)!)).padStart(8)} ms  ${reqs.get(k)} requests`);
+  for (const state of ['cold', 'warm'] as const) {
+    const [ours, nix] = [times.get(`ours ${state}`)!, times.get(`nix ${state}`)!];
+    const rs = ours.map((x, i) => x / nix[i]!);
+    emitRow({
+      area: 'One path from an HTTP cache, through the CLI',
+      measure: `latency ${LATENCY} ms per request, ${state}`,
+      unit: 'ms',
+      realise: median(ours),
+      realiseNote: `${reqs.get(`ours ${state}`)} requests`,
+      nix: median(nix),
+      nixNote: `${reqs.get(`nix ${state}`)} requests`,
+      ratio: median(rs),
+      ratioMin: Math.min(...rs),
+      ratioMax: Math.max(...rs),
+    });
+  }
   rmSync(dir, { recursive: true, force: true });
 }
 

@@ -25,6 +25,7 @@ import { loadavg, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { atMost, emitRow, num } from './_report.js';
 import { fmt, instantiateDag, median, nixEnv, SMALL } from './dag.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -138,6 +139,54 @@ function main(): void {
   console.log(
     `targets: --version ≤ 70 ms (median ${fmt(med(times, 'realise --version'))}), no-op ≤ 80 ms (median ${fmt(med(times, 'realise build (no-op, 200)'))})`,
   );
+  const area = 'CLI start-up and the no-op build';
+  const [version, noop, nixNoop] = ['realise --version', 'realise build (no-op, 200)', 'nix-store --realise (no-op, 200)'];
+  const nodeFloor = certs ? 'node -e 0, no extra CA certs' : 'node -e 0';
+  const vsFloor = ratios(times, version, nodeFloor);
+  const ms = (l: string) => `${num(med(times, l))} ms`;
+  const vsNix = (a: string, b: string) => {
+    const w = ratios(times, a, b);
+    return { ratio: median(w), ratioMin: Math.min(...w), ratioMax: Math.max(...w), ratioNote: `CPU ${num(median(ratios(cpu, a, b)))}` };
+  };
+  emitRow({
+    area,
+    measure: '`realise --version` (launcher)',
+    unit: 'ms',
+    realise: med(times, version),
+    realiseNote: `${num(med(cpu, version))} ms CPU`,
+    nix: med(times, 'nix-store --version'),
+    nixNote: '`nix-store --version`',
+    ...vsNix(version, 'nix-store --version'),
+    floor: `\`node -e 0\` ${ms(nodeFloor)}${certs ? ` (${ms('node -e 0')} with \`NODE_EXTRA_CA_CERTS\`)` : ''}; realise / floor ${num(median(vsFloor))} (${num(Math.min(...vsFloor))}–${num(Math.max(...vsFloor))})`,
+    target: '≤ 70 ms',
+    met: atMost(med(times, version), 70),
+  });
+  if (certs)
+    emitRow({
+      area,
+      measure: '`node bin/realise.js --version` (no launcher), with / without `NODE_EXTRA_CA_CERTS`',
+      unit: 'ms',
+      realise: `${ms('node bin/realise.js --version')} / ${ms('node bin/realise.js --version, no certs')}`,
+    });
+  emitRow({
+    area,
+    measure: 'no-op `realise build`, 200 targets, every output valid (launcher)',
+    unit: 'ms',
+    realise: med(times, noop),
+    realiseNote: `${num(med(cpu, noop))} ms CPU`,
+    nix: med(times, nixNoop),
+    nixNote: `\`nix-store --realise\`, ${num(med(cpu, nixNoop))} ms CPU`,
+    ...vsNix(noop, nixNoop),
+    target: '≤ 80 ms',
+    met: atMost(med(times, noop), 80),
+  });
+  if (certs)
+    emitRow({
+      area,
+      measure: 'the same, `node bin/realise.js`, with / without `NODE_EXTRA_CA_CERTS`',
+      unit: 'ms',
+      realise: `${ms('node bin/realise.js no-op')} / ${ms('node bin/realise.js no-op, no certs')}`,
+    });
   rmSync(OUT, { force: true });
   spawnSync('rm', ['-rf', d.dir]);
 }

@@ -15,6 +15,7 @@ import { LocalStore } from '../src/store/local-store.js';
 import { MemoryStore } from '../src/store/memory-store.js';
 import { computeTextPath } from '../src/store/store-path.js';
 import type { Store } from '../src/store/store-api.js';
+import { emitRow } from './_report.js';
 
 const N = Number(process.argv[2] ?? 500);
 const RUNS = 3;
@@ -129,6 +130,22 @@ console.log(`  nix-instantiate (reference):   median ${median(theirs).toFixed(0)
 console.log(
   `  ratios to nix-instantiate: computing only ${(median(pure) / median(theirs)).toFixed(2)}, MemoryStore ${(median(ours) / median(theirs)).toFixed(2)}, LocalStore ${(median(oursLocal) / median(theirs)).toFixed(2)}`,
 );
+
+for (const [what, xs] of [
+  ['computing only (in-memory text store)', pure],
+  ['into `MemoryStore`', ours],
+  ['into `LocalStore`', oursLocal],
+] as const)
+  emitRow({
+    area: 'Store queries and derivations',
+    reference: 'reference (same run)',
+    measure: `\`derivation()\` ${what}, ${N + 1} derivations`,
+    unit: 'ms',
+    realise: median(xs),
+    nix: median(theirs),
+    nixNote: '`nix-instantiate`',
+    ratio: median(xs) / median(theirs),
+  });
 
 // Parse / print / hash-modulo throughput over the .drv files of the graph.
 const mem = new MemoryStore();

@@ -23,6 +23,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { BuildEngine } from '../src/scheduler/build-engine.js';
 import { LocalStore } from '../src/store/local-store.js';
+import { atMost, emitRow } from './_report.js';
 
 const SMALL = process.env.REALISE_BENCH_SMALL === '1';
 const FILES = Number(process.env.REALISE_BENCH_FETCH_FILES ?? (SMALL ? 20 : 200));
@@ -127,6 +128,18 @@ async function main(): Promise<void> {
     console.log(`  Nix 2.8 (nix-store --realise): ${nixSeconds.toFixed(2)} s  (${mbps(nixSeconds)} MB/s)`);
     console.log(`  realise (BuildEngine):         ${ourSeconds.toFixed(2)} s  (${mbps(ourSeconds)} MB/s)`);
     console.log(`  ratio realise / Nix: ${(ourSeconds / nixSeconds).toFixed(2)} (≤ 1 is the goal)`);
+    emitRow({
+      area: 'Built-in fetchurl',
+      measure: `${FILES} × ${MB} MB, max-jobs ${JOBS}`,
+      unit: 's',
+      realise: ourSeconds,
+      realiseNote: `${mbps(ourSeconds)} MB/s`,
+      nix: nixSeconds,
+      nixNote: `${mbps(nixSeconds)} MB/s`,
+      ratio: ourSeconds / nixSeconds,
+      target: '≤ 1',
+      met: atMost(ourSeconds / nixSeconds, 1),
+    });
   } finally {
     child.kill();
     execFileSync('chmod', ['-R', 'u+w', work]);

@@ -25,6 +25,7 @@ import { Hash } from '../src/store/hash.js';
 import { hashPath, narOfRegularFile } from '../src/store/nar.js';
 import { makeStorePath, type StorePath } from '../src/store/store-path.js';
 import type { PathInfo } from '../src/store/store-api.js';
+import { atMost, emitRow, num } from './_report.js';
 
 const SMALL = process.env.REALISE_BENCH_SMALL === '1';
 const PATHS = Number(process.env.GC_BENCH_PATHS ?? (SMALL ? 2_000 : 20_000));
@@ -199,6 +200,23 @@ async function twinRuns<T>(
   return { nixMs: median(nixMs), ourMs: median(ourMs), nixCpuMs: median(nixCpuMs), ourCpuMs: median(ourCpuMs), nix, our: our! };
 }
 
+/** The result row of one twin run (wall times in seconds; the ratio of medians, with the CPU times' ratio). */
+function row(measure: string, r: { nixMs: number; ourMs: number; nixCpuMs: number; ourCpuMs: number }): void {
+  emitRow({
+    area: 'Garbage collection and optimisation',
+    measure,
+    unit: 's',
+    realise: r.ourMs / 1000,
+    realiseNote: `CPU ${num(r.ourCpuMs / 1000)} s`,
+    nix: r.nixMs / 1000,
+    nixNote: `CPU ${num(r.nixCpuMs / 1000)} s`,
+    ratio: r.ourMs / r.nixMs,
+    ratioNote: `CPU ${num(r.ourCpuMs / r.nixCpuMs)}`,
+    target: '≤ 0.5',
+    met: atMost(r.ourMs / r.nixMs, 0.5),
+  });
+}
+
 /** The CPU times (user + system, all threads; Nix's whole process, ours in-process as the wall time): steadier than wall times under load. */
 function cpu(r: { nixCpuMs: number; ourCpuMs: number }): string {
   return `CPU time: Nix ${r.nixCpuMs.toFixed(0)} ms, ours ${r.ourCpuMs.toFixed(0)} ms, ratio ${(r.ourCpuMs / r.nixCpuMs).toFixed(2)}`;
@@ -224,6 +242,7 @@ async function benchCollect(base: string): Promise<void> {
   console.log(
     `collect ${PATHS} paths (${gc.our.paths.length} dead): nix-store --gc ${gc.nixMs.toFixed(0)} ms, collectGarbage ${gc.ourMs.toFixed(0)} ms, ratio ${(gc.ourMs / gc.nixMs).toFixed(2)}; ${cpu(gc)}`,
   );
+  row(`collect ${PATHS.toLocaleString('en-US')} paths, ${gc.our.paths.length.toLocaleString('en-US')} dead`, gc);
 }
 
 async function benchOptimise(base: string): Promise<void> {
@@ -236,6 +255,8 @@ async function benchOptimise(base: string): Promise<void> {
   console.log(
     `optimise ${FILES} files (${opt.our.filesLinked} linked): nix-store --optimise ${opt.nixMs.toFixed(0)} ms, optimiseStore ${opt.ourMs.toFixed(0)} ms, ratio ${(opt.ourMs / opt.nixMs).toFixed(2)}; ${cpu(opt)}`,
   );
+  const loop = process.env.REALISE_NATIVE_OPTIMISE === '0' ? ', the JavaScript loop (`REALISE_NATIVE_OPTIMISE=0`)' : '';
+  row(`optimise ${FILES.toLocaleString('en-US')} files, ${opt.our.filesLinked.toLocaleString('en-US')} linked${loop}`, opt);
 }
 
 await main();

@@ -15,6 +15,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync,
 import { loadavg, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { hashPath } from '../src/store/nar.js';
+import { emitRow, num } from './_report.js';
 
 const MB = Number(process.env.NARHASH_MB ?? 1024);
 const RUNS = Number(process.env.NARHASH_RUNS ?? 3);
@@ -139,6 +140,20 @@ try {
     console.log(
       `  ratio ${((100 * mo) / mr).toFixed(0)}% of the reference by wall clock, ${((100 * median(oursCpu)) / median(refCpu)).toFixed(0)}% per CPU second`,
     );
+    emitRow({
+      area: 'Store formats',
+      reference: 'reference (same run)',
+      measure: `\`hashPath\`, ${label} (${(fileBytes / 2 ** 20).toFixed(0)} MiB in ${files.length.toLocaleString('en-US')} files)`,
+      unit: 'MiB/s',
+      realise: mo,
+      realiseNote: `${num(median(oursCpu))} per CPU second`,
+      nix: mr,
+      nixNote: `sha256 of the files, ${num(median(refCpu))} per CPU second`,
+      ratio: mo / mr,
+      ratioNote: 'throughput, higher is better',
+      target: '≥ 0.85',
+      met: mo / mr >= 0.85,
+    });
     if (dir === root) overall = mo / mr;
   }
   console.log(

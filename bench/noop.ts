@@ -23,6 +23,7 @@ import { Hash } from '../src/store/hash.js';
 import { narOfRegularFile } from '../src/store/nar.js';
 import type { PathInfo } from '../src/store/store-api.js';
 import { generateGraph, median } from './scheduler-overhead.js';
+import { emitRow, num } from './_report.js';
 
 const SMALL = process.env.REALISE_BENCH_SMALL === '1';
 
@@ -97,6 +98,38 @@ async function main(): Promise<void> {
       console.log(`nix-store --realise, ${n} targets (whole process): ${stats(nix)}`);
       console.log(`ratio ours cold / nix: ${(median(cold) / median(nix)).toFixed(3)}`);
     }
+    const area = 'Scheduler: no-op build and overhead';
+    const spread = (xs: number[]) => `${num(Math.min(...xs))}–${num(Math.max(...xs))}`;
+    emitRow({
+      area,
+      measure: `no-op, ${n}-path closure through its top (cold engine, ${top.length} targets)`,
+      unit: 'ms',
+      realise: median(topOnly),
+      realiseNote: spread(topOnly),
+      target: '< 30 ms',
+      met: median(topOnly) < 30,
+    });
+    emitRow({
+      area,
+      measure: `no-op, all ${n} \`.drv\` as targets, warm engine`,
+      unit: 'ms',
+      realise: median(warm),
+      realiseNote: `${num((median(warm) / n) * 1000)} µs per target`,
+      target: '< 30 ms',
+      met: median(warm) < 30,
+    });
+    const rs = nix.length === cold.length ? cold.map((x, i) => x / nix[i]!) : [];
+    emitRow({
+      area,
+      measure: `no-op, all ${n} \`.drv\` as targets, cold engine`,
+      unit: 'ms',
+      realise: median(cold),
+      nix: nix.length ? median(nix) : undefined,
+      nixNote: nix.length ? 'whole process' : undefined,
+      ratio: rs.length ? median(rs) : undefined,
+      ratioMin: rs.length ? Math.min(...rs) : undefined,
+      ratioMax: rs.length ? Math.max(...rs) : undefined,
+    });
   } finally {
     await g.store.close();
     rmSync(g.dir, { recursive: true, force: true });

@@ -12,6 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { emitRow, num } from './_report.js';
 
 const SOURCE = String.raw`
 #define _GNU_SOURCE
@@ -52,14 +53,18 @@ try {
     `process start cost on this machine, ms per process (${n} processes per line; load ${execFileSync('cat', ['/proc/loadavg'], { encoding: 'utf8' }).split(' ').slice(0, 3).join(' ')})`,
   );
   console.log(`${'what'.padEnd(44)} 1 at a time   2 at a time`);
-  const line = (what: string, mode: string, ...prog: string[]) =>
-    console.log(
-      `${what.padEnd(44)} ${run(1, mode, ...prog)
-        .toFixed(3)
-        .padStart(10)}   ${run(2, mode, ...prog)
-        .toFixed(3)
-        .padStart(10)}`,
-    );
+  const line = (what: string, mode: string, ...prog: string[]) => {
+    const [one, two] = [run(1, mode, ...prog), run(2, mode, ...prog)];
+    console.log(`${what.padEnd(44)} ${one.toFixed(3).padStart(10)}   ${two.toFixed(3).padStart(10)}`);
+    emitRow({
+      area: "The machine's floor",
+      subject: 'this machine',
+      measure: `${what}, per process`,
+      unit: 'ms',
+      realise: one,
+      realiseNote: `1 at a time; 2 at a time: ${num(two)} ms`,
+    });
+  };
   line('fork + exit', 'fork-exit');
   line('vfork + exit', 'vfork-exit');
   for (const [label, prog] of [

@@ -15,6 +15,7 @@ import * as path from 'node:path';
 import { LocalStore } from '../src/store/local-store.js';
 import { Hash } from '../src/store/hash.js';
 import { makeStorePath } from '../src/store/store-path.js';
+import { emitRow } from './_report.js';
 
 const N = Number(process.argv[2] ?? 100_000);
 const RUNS = 5;
@@ -123,6 +124,30 @@ try {
   console.log(`computeClosure of a ${closureSize}-path DAG, median of ${RUNS}:`);
   console.log(`  recursive CTE (ours)      ${f(closureOurs)}   ${(closureRef / closureOurs).toFixed(1)}x faster than the reference`);
   console.log(`  queryPathInfo walk (ref)  ${f(closureRef)}`);
+  const area = 'Store queries and derivations';
+  const header = 'reference (same run)';
+  emitRow({
+    area,
+    reference: header,
+    measure: `\`queryValidPaths\` of ${N.toLocaleString('en-US')} paths (${expected.toLocaleString('en-US')} valid) in a store of ${valid.toLocaleString('en-US')}`,
+    unit: 'ms',
+    realise: ours,
+    realiseNote: 'chunked `IN (?,…)` of 2,000',
+    nix: reference,
+    nixNote: '`await isValidPath` per path',
+    ratio: ours / reference,
+  });
+  emitRow({
+    area,
+    reference: header,
+    measure: `\`computeClosure\` of a ${closureSize.toLocaleString('en-US')}-path DAG`,
+    unit: 'ms',
+    realise: closureOurs,
+    realiseNote: 'one recursive CTE',
+    nix: closureRef,
+    nixNote: '`queryPathInfo` walk',
+    ratio: closureOurs / closureRef,
+  });
 } finally {
   rmSync(root, { recursive: true, force: true });
 }

@@ -6,15 +6,19 @@
  *   npm run bench -- --small           # small sizes: REALISE_BENCH_SMALL=1 for every benchmark, and the
  *                                      # size variables other benchmarks document (NARHASH_MB, ...) set small
  *   npm run bench -- --only dag,noop   # a subset, by file name without .ts
+ *   npm run bench -- --markdown FILE   # also write the tables to FILE
  *
  * Known benchmarks run first in this order; any other bench/*.ts (not starting with '.' or '_', and not
- * this file) runs after them. Exit status: 0 when every benchmark exited 0, else 1.
+ * this file) runs after them. Each benchmark prints its results as `BENCH-ROW {json}` lines
+ * (bench/_report.ts); they are collected (not echoed) and, at the end, printed as the Markdown tables of
+ * docs/performance.md under a line describing the machine. Exit status: 0 when every benchmark exited 0,
+ * else 1.
  */
-import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { currentLoad, machineLine, markdownReport, runBenchmark, type CollectedRow } from './_report.js';
 
 const KNOWN = [
   'dag',
@@ -54,19 +58,22 @@ const SMALL_KNOBS: Record<string, string> = {
 };
 
 function usage(): never {
-  console.error('usage: tsx bench/run.ts [--small] [--only NAME[,NAME...]]');
+  console.error('usage: tsx bench/run.ts [--small] [--only NAME[,NAME...]] [--markdown FILE]');
   process.exit(2);
 }
 
-function main(): number {
+async function main(): Promise<number> {
   const args = process.argv.slice(2);
   let small = process.env.REALISE_BENCH_SMALL === '1';
   let only: Set<string> | undefined;
+  let markdown: string | undefined;
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     if (a === '--small') small = true;
     else if (a === '--only') only = new Set((args[++i] ?? usage()).split(',').filter(Boolean));
     else if (a.startsWith('--only=')) only = new Set(a.slice(7).split(',').filter(Boolean));
+    else if (a === '--markdown') markdown = args[++i] ?? usage();
+    else if (a.startsWith('--markdown=')) markdown = a.slice(11);
     else if (a === '--help' || a === '-h') usage();
     else usage();
   }
@@ -87,20 +94,31 @@ function main(): number {
     for (const [k, v] of Object.entries(SMALL_KNOBS)) env[k] ??= v;
   }
   const summary: { name: string; status: string; seconds: number }[] = [];
+  const rows: CollectedRow[] = [];
+  const loadStart = currentLoad();
   console.log(`# realise benchmarks (${small ? 'small sizes' : 'full sizes'}): ${names.join(', ')}`);
   console.log(`# node ${process.version}, ${new Date().toISOString()}\n`);
   for (const name of names) {
     console.log(`\n======== ${name} ========`);
     const t0 = performance.now();
-    const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(dir, `${name}.ts`)], { env, stdio: 'inherit' });
+    const r = await runBenchmark(path.join(dir, `${name}.ts`), env);
     const seconds = (performance.now() - t0) / 1000;
-    const status = r.error ? `could not start: ${r.error.message}` : r.signal ? `killed by ${r.signal}` : r.status === 0 ? 'ok' : `failed (exit ${r.status})`;
-    if (status !== 'ok') console.log(`bench ${name}: ${status}; continuing with the next one`);
-    summary.push({ name, status, seconds });
+    if (r.status !== 'ok') console.log(`bench ${name}: ${r.status}; continuing with the next one`);
+    summary.push({ name, status: r.status, seconds });
+    rows.push(...r.rows);
   }
   console.log('\n======== summary ========');
   for (const s of summary) console.log(`${s.name.padEnd(20)} ${s.status.padEnd(22)} ${s.seconds.toFixed(1)} s`);
+  const report = markdownReport(rows, machineLine({ start: loadStart, end: currentLoad() }));
+  console.log(`\n======== tables (docs/performance.md) ========\n\n${report}`);
+  if (markdown) writeFileSync(markdown, report);
   return summary.every((s) => s.status === 'ok') ? 0 : 1;
 }
 
-process.exitCode = main();
+main().then(
+  (code) => (process.exitCode = code),
+  (e: unknown) => {
+    console.error(e);
+    process.exitCode = 1;
+  },
+);

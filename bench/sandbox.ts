@@ -14,6 +14,7 @@ import * as path from 'node:path';
 import { LinuxSandbox, type LinuxSandboxBackend } from '../src/platform/linux-sandbox.js';
 import { NoSandbox } from '../src/platform/no-sandbox.js';
 import type { Sandbox, SandboxRequest } from '../src/platform/sandbox.js';
+import { emitRow, num } from './_report.js';
 
 const loadBefore = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 const N = Number(process.env.BENCH_SANDBOX_BUILDS ?? 200);
@@ -169,5 +170,16 @@ for (const [name, r] of Object.entries(results)) {
   console.log(
     `  ${name.padEnd(40)} wall median ${r.median.toFixed(2)} ms, mean ${r.mean.toFixed(2)} ms/build (ratio ${(r.mean / nixPerBuild).toFixed(3)}); CPU ${r.cpu.toFixed(2)} ms/build (ratio ${(r.cpu / nixCpuPerBuild).toFixed(3)})`,
   );
+  emitRow({
+    area: 'Sandbox',
+    measure: `one build at a time, ${N} builds, ${name}, per build (mean)`,
+    unit: 'ms',
+    realise: r.mean,
+    realiseNote: `median ${num(r.median)} ms; CPU ${num(r.cpu)} ms`,
+    nix: nixPerBuild,
+    nixNote: `sandboxed; CPU ${num(nixCpuPerBuild)} ms`,
+    ratio: r.mean / nixPerBuild,
+    ratioNote: `CPU ${num(r.cpu / nixCpuPerBuild)}`,
+  });
 }
 rmSync(dir, { recursive: true, force: true });

@@ -26,6 +26,7 @@ import type { StorePath } from '../src/store/store-path.js';
 import { BinaryCacheSubstituter } from '../src/substituter/binary-cache.js';
 import { recycleDecoded } from '../src/substituter/compression.js';
 import { substitutePath, type SubstitutablePathInfo } from '../src/substituter/substituter.js';
+import { atMost, emitRow, num } from './_report.js';
 
 const N = Number(process.env.REALISE_BENCH_SUBST_PATHS ?? 500);
 const MB = Number(process.env.REALISE_BENCH_SUBST_MB ?? 500);
@@ -287,8 +288,32 @@ async function main(): Promise<void> {
     say(
       `${c}: cache ${(compressed / 1e6).toFixed(0)} MB compressed | wall: realise ${fmt(mo)} (${(MB / mo).toFixed(0)} MB/s of NAR) vs nix copy --from ${fmt(mn)} (${(MB / mn).toFixed(0)} MB/s), ratio ${(mo / mn).toFixed(2)} (target <= 0.8); per pair ${pairs.map((r) => r.toFixed(2)).join(', ')} | CPU: realise ${fmt(co)} vs nix ${fmt(cn)}, ratio ${(co / cn).toFixed(2)}`,
     );
+    const area = 'Substitution';
+    emitRow({
+      area,
+      measure: `${N} paths, ${MB} MB, ${c} cache, ${RUNS} pairs`,
+      unit: 's',
+      realise: mo,
+      realiseNote: `wall; CPU ${num(co)} s`,
+      nix: mn,
+      nixNote: `\`nix copy --from\`; CPU ${num(cn)} s`,
+      ratio: mo / mn,
+      ratioMin: Math.min(...pairs),
+      ratioMax: Math.max(...pairs),
+      target: '≤ 0.8',
+      met: atMost(mo / mn, 0.8),
+    });
     const d1 = await decompressOurs(fx, cache);
     const d2 = decompressTool(files, c);
+    emitRow({
+      area,
+      measure: `decompression alone, ${c}, CPU time`,
+      unit: 's',
+      realise: d1.cpu,
+      nix: d2.cpu,
+      nixNote: `\`${c === 'xz' ? 'xz' : 'zstd'} -dc\``,
+      ratio: d1.cpu / d2.cpu,
+    });
     say(
       `${c}: decompression alone, sequential, same NAR files: realise (fetchNar: read + decode) ${fmt(d1.wall)} wall / ${fmt(d1.cpu)} CPU (${(MB / d1.cpu).toFixed(0)} MB/s per CPU second) | ${c === 'xz' ? 'xz' : 'zstd'} -dc ${fmt(d2.wall)} wall / ${fmt(d2.cpu)} CPU (${(MB / d2.cpu).toFixed(0)} MB/s per CPU second) | CPU ratio ${(d1.cpu / d2.cpu).toFixed(2)}`,
     );
