@@ -4,7 +4,8 @@
 // (bin/realise.js runs it through `vm.Script` with a code cache; Node 20 has no compile cache for ES
 // modules). npm packages stay external (native addons must), and are required by the code that uses them,
 // when it first runs; except better-sqlite3's JavaScript, which every store command loads (eleven small
-// modules): it is bundled, and src/store/sqlite.ts gives it its native addon by path. Each of our modules is
+// modules): it is bundled, and src/store/sqlite.ts gives it its native addon by path; and the engine's queue
+// (BUNDLED_PACKAGES, below). Each of our modules is
 // wrapped in its own initialiser (esbuild's lazy ES-module wrappers), which runs when a module that imports
 // it statically runs, or when a dynamic import() of it is reached: a command initialises only what it uses.
 // `import()` of a package becomes a `require` (Node 20.19 requires ES-module packages), as a CommonJS
@@ -81,8 +82,12 @@ const sideEffectFree = {
     });
   },
 };
-/** The npm packages whose JavaScript is bundled; every other package stays external. */
-const BUNDLED_PACKAGES = new Set(['better-sqlite3']);
+/**
+ * The npm packages whose JavaScript is bundled; every other package stays external. p-queue (with
+ * p-timeout and eventemitter3) is the engine's: an ES-module package, which Node could only load through
+ * its ES-module loader (started for it alone, about 10 ms of every command that builds).
+ */
+const BUNDLED_PACKAGES = new Set(['better-sqlite3', 'p-queue', 'p-timeout', 'eventemitter3']);
 const externalPackages = {
   name: 'external-packages',
   setup(b) {

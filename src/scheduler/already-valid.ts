@@ -72,6 +72,13 @@ export async function alreadyValidResults(store: LocalStore, targets: readonly B
   for (const [drvPath, names] of wantedOutputs(targets)) {
     const o = fixedOutputsOf(store, drvPath, names);
     if (!o) return undefined;
+    // A first goal with an output missing (a fresh build) ends the search at once, rather than after every
+    // `.drv` is read and parsed, which the engine then does again. (Only a hint: the answer is the check
+    // below, after the temporary roots.)
+    if (goals.size === 0) {
+      const first = Object.values(o.wanted);
+      if (store.queryValidPathsSync(first).size < first.length) return undefined;
+    }
     goals.set(drvPath, o);
   }
   // Then every output path a `.drv` names, before their validity is checked.

@@ -1160,11 +1160,12 @@ export class LocalStore implements Store {
     }
     const removed = await this.removeStaleTempDirs(names);
     for (const name of names) {
-      const p = path.join(this.realStoreDir, name);
       const isLock = STORE_LOCK_FILE.test(name);
       const m = isLock ? null : DEBRIS_OF_PID.exec(name);
       const pid = m?.[1] ?? m?.[2];
       if (!isLock && (pid === undefined || processAlive(Number(pid)))) continue;
+      // (Joined only here: a store directory holds thousands of names, of which these few are debris.)
+      const p = path.join(this.realStoreDir, name);
       // A store path may have such a name too (`<hash>-yarn.lock`, `<hash>-x.drv.chroot.trash-1-a`): never one that is valid.
       if (this.queryValidPathsSync([path.posix.join(this.storeDir, name)]).size > 0) continue;
       if (isLock) {
