@@ -256,6 +256,56 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (store operations): realise 
     await step(t, ['--gc'], 0, { run });
     expect(outs.ours).toBe(outs.nix);
   }, 120_000);
+  it('gc-concurrent.sh: a collection while a build runs keeps its inputs, its output and its lock; a rooted .drv still builds after it', async () => {
+    const t = new TwinStores();
+    const fifo = `${t.root}/test1.fifo`;
+    execFileSync('mkfifo', [fifo]);
+    const [drv1] = t.instantiate('gc-concurrent.nix', ['-A', 'test1', '--argstr', 'lockFifo', fifo]);
+    const [drv2] = t.instantiate('gc-concurrent.nix', ['-A', 'test2']);
+    const { nix: simple } = await step(t, t.instantiate('simple.nix'), 0);
+    const out3 = simple.stdout.trim();
+    const outs: Partial<Record<Side, string[]>> = {};
+    const run = async (side: Side) => {
+      t.use(side);
+      expect(existsSync(`${out3}.lock`)).toBe(false);
+      writeFileSync(`${out3}.lock`, '');
+      symlinkSync(drv2!, `${t.root}/${side}/state/gcroots/foo`);
+      symlinkSync(out3, `${t.root}/${side}/state/gcroots/foo2`);
+      // Build 1 in the background; the collection runs once its builder says it started, and the builder
+      // goes on (links input-2 into its output) once the collection is over.
+      const started = runNixAsync('cat', [fifo]);
+      const [build1] = [t.buildConcurrently(side, 1, [drv1!]).then((r) => r[0]!)];
+      expect((await started).stdout).toBe('Build started\n');
+      const gc = await t.command(side, ['nix-store', '--gc'], ['gc']);
+      expect(gc.status, gc.stderr).toBe(0);
+      const unlocked = await runNixAsync('sh', ['-c', `echo > ${fifo}`]);
+      expect(unlocked.status).toBe(0);
+      const built1 = await build1;
+      expect(built1.status, built1.stderr).toBe(0);
+      const out1 = built1.stdout.trim();
+      expect(readFileSync(`${out1}/foobar`, 'utf8')).toBe('FOOBAR\n');
+      expect(readFileSync(`${out1}/input-2/bar`, 'utf8')).toBe('BAR\n');
+      // The .drv is a root: it builds after the collection.
+      const built2 = await t.build(side, [drv2!]);
+      expect(built2.status, built2.stderr).toBe(0);
+      const out2 = built2.stdout.trim();
+      expect(readFileSync(`${out2}/foobar`, 'utf8')).toBe('FOOBARxyzzy\n');
+      rmSync(`${t.root}/${side}/state/gcroots/foo`);
+      rmSync(`${t.root}/${side}/state/gcroots/foo2`);
+      expect(existsSync(`${out3}.lock`)).toBe(false);
+      const last = await t.command(side, ['nix-store', '--gc'], ['gc']);
+      expect(last.status, last.stderr).toBe(0);
+      for (const p of [out1, out2]) expect(existsSync(p)).toBe(false);
+      // The lock file made above: Nix's collection deletes it (one more path deleted), opening our store
+      // removes it (README: gc.sh).
+      const deleted = Number(/^(\d+) store paths deleted, /.exec(gc.stdout)?.[1]) - (side === 'nix' ? 1 : 0);
+      outs[side] = [String(deleted), built1.stdout, built2.stdout, last.stdout];
+      return built2;
+    };
+    await step(t, ['gc-concurrent'], 0, { run });
+    expect(outs.ours).toEqual(outs.nix);
+    expect((t.use('ours'), readdirSync(t.storeDir).sort())).toEqual((t.use('nix'), readdirSync(t.storeDir).sort()));
+  }, 120_000);
   it('gc-auto.sh: a build that makes free space drop below min-free gets garbage collected while it runs, down to max-free', async () => {
     const t = new TwinStores();
     const fakeFree = `${t.root}/fake-free`;

@@ -5,7 +5,7 @@
  * step compares exit status, stdout, the key lines of stderr and every database row; what the script
  * itself asserts (an output's contents, three builds at once, …) is asserted for both.
  */
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { nixOk, runNix } from '../helpers/nix.js';
 import { keyLines, step, TwinStores, type Side } from '../helpers/twin-store.js';
@@ -45,13 +45,38 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests: realise vs nix-store on twi
     expect(nix.stdout.trim()).toBe(printed.stdout.trim());
   }, 120_000);
 
-  it('simple.sh, dependencies.sh and check.sh: build, --check, --repeat 3', async () => {
+  it('simple.sh, dependencies.sh and check.sh: build, read-only output, directed delete, closure, referrers and derivers, --check, --repeat 3', async () => {
     const t = new TwinStores();
     const { nix } = await step(t, t.instantiate('simple.nix'), 0);
-    for (const side of sides) expect(t.read(side, `${nix.stdout.trim()}/hello`)).toBe('Hello World!\n');
+    const simple = nix.stdout.trim();
+    for (const side of sides) {
+      expect(t.read(side, `${simple}/hello`)).toBe('Hello World!\n');
+      expect(statSync(simple).mode & 0o222).toBe(0); // (! [ -w $outPath ]), also for root
+    }
+    // Directed delete: nothing roots the output.
+    await step(t, ['--delete', simple], 0, { run: (side) => t.command(side, ['nix-store', '--delete', simple], ['gc', '--delete', simple]) });
+    for (const side of sides) expect((t.use(side), existsSync(simple))).toBe(false);
+
     const deps = t.instantiate('dependencies.nix');
     const built = await step(t, deps, 0);
-    for (const side of sides) expect(t.read(side, `${built.nix.stdout.trim()}/foobar`)).toBe('FOOBAR\n');
+    const out = built.nix.stdout.trim();
+    for (const side of sides) expect(t.read(side, `${out}/foobar`)).toBe('FOOBAR\n');
+    // nix-store -quR DRV (the outputs' closure): `realise path-info -r DRV`; then what the script greps in it.
+    t.use('nix');
+    const closure = runNix('nix-store', ['--store', t.uri('nix'), '-quR', deps[0]!], { env: t.env })
+      .stdout.trim()
+      .split('\n');
+    const ours = await t.command('ours', [], ['path-info', '-r', deps[0]!]);
+    expect(ours.stdout.trim().split('\n').sort()).toEqual([...closure].sort());
+    expect(closure).toContain(out);
+    expect(closure.some((p) => p.includes('dependencies-input-1'))).toBe(false);
+    const input2 = closure.find((p) => p.includes('dependencies-input-2'))!;
+    // The referrers of input-2 include the output, and the derivers are set (on the database rows).
+    const rows = t.rows('ours');
+    expect(rows.refs).toContainEqual({ referrer: out, reference: input2 });
+    const deriver = (p: string) => (rows.validPaths as { path: string; deriver: string }[]).find((r) => r.path === p)?.deriver;
+    expect(deriver(out)).toBe(deps[0]);
+    expect(deriver(input2)).toMatch(/-input-2\.drv$/);
     await step(t, [...deps, '--check'], 0);
     t.clear();
     await step(t, [...t.instantiate('dependencies.nix'), '--repeat', '3'], 0);
