@@ -24,7 +24,16 @@ export type { MissingInfo } from './scheduler/query-missing.js';
 export type { BuildMode } from './scheduler/worker.js';
 
 // Seeing a build: Nix's internal-json log stream, Chrome trace files, the HTML report
-export { NixJsonLog, attachNixJsonLog, buildActivityText, ActivityType, ResultType, LogLevel, type NixJsonLogOptions } from './observe/nix-json.js';
+export {
+  NixJsonLog,
+  attachNixJsonLog,
+  buildActivityText,
+  copyPathMessage,
+  ActivityType,
+  ResultType,
+  LogLevel,
+  type NixJsonLogOptions,
+} from './observe/nix-json.js';
 export { TraceRecorder, recordTrace, type TraceEvent, type TraceFile, type TraceRecorderOptions } from './observe/trace.js';
 export { renderReport, analyseTrace, formatDuration, type RunAnalysis, type TimelineItem, type GoalSummary } from './observe/report.js';
 
@@ -156,6 +165,7 @@ export {
   type RemoteBuildSettings,
   type MachineBuilderOptions,
   type RemoteDispatch,
+  type RemoteStep,
 } from './remote/remote-builder.js';
 export {
   parseMachines,

@@ -5,7 +5,7 @@
  * of '…'...", "building '…' (round 1/2)...", "… on 'MACHINE'...", "copying path '…' from '…'...",
  * "resolved derivation: '…' -> '…'...", "running post-build-hook '…'...".
  */
-import { buildActivityText, type BuildEngine, type NixJsonLog } from '../index.js';
+import { buildActivityText, copyPathMessage, LogLevel, type BuildEngine, type NixJsonLog, type RemoteLogEvent, type RemoteStep } from '../index.js';
 import { filterLogMessage, formatError, formatWarning } from './report.js';
 
 const NEWLINE = Buffer.from('\n');
@@ -68,6 +68,16 @@ export class ProgressDisplay {
     const onHookLog = (e: { line: string }) => {
       if (this.showsLogs) this.line(`post-build-hook: ${e.line}`);
     };
+    // A remote build's copies, as Nix's hook prints them (its CopyPaths and CopyPath activities).
+    const onRemoteStep = (e: { store: string; step: RemoteStep; phase: 'start' | 'end' }) => {
+      if (e.phase !== 'start') return;
+      if (e.step.kind === 'copy-paths') info(`copying ${e.step.paths.length} paths...`);
+      else if (e.step.kind === 'copy-path') info(`${copyPathMessage(e.step.path, e.step.direction, e.store)}...`);
+    };
+    // The machine's own activities that Nix's hook prints (at the default verbosity): its `building '…'`.
+    const onRemoteLog = (e: { event: RemoteLogEvent }) => {
+      if (e.event.type === 'start-activity' && e.event.level <= LogLevel.Info && e.event.text) info(`${e.event.text}...`);
+    };
     const onProgress = () => this.render();
     engine.on('build-started', onStart);
     engine.on('build-log', onLog);
@@ -75,6 +85,8 @@ export class ProgressDisplay {
     engine.on('substitution-started', onSubst);
     engine.on('build-waiting', onWaiting);
     engine.on('progress', onProgress);
+    engine.on('remote-step', onRemoteStep);
+    engine.on('remote-log', onRemoteLog);
     engine.on('derivation-resolved', onResolved);
     engine.on('post-build-hook-started', onHook);
     engine.on('post-build-hook-log', onHookLog);
@@ -88,6 +100,8 @@ export class ProgressDisplay {
       () => engine.off('substitution-started', onSubst),
       () => engine.off('build-waiting', onWaiting),
       () => engine.off('progress', onProgress),
+      () => engine.off('remote-step', onRemoteStep),
+      () => engine.off('remote-log', onRemoteLog),
     );
     this.engine = engine;
   }

@@ -45,6 +45,16 @@ export const ResultType = {
 /** Nix's verbosity levels, as the stream carries them. */
 export const LogLevel = { Error: 0, Warn: 1, Notice: 2, Info: 3, Talkative: 4, Chatty: 5, Debug: 6, Vomit: 7 } as const;
 
+/**
+ * Nix's words for one path copied between this store (`local`) and a remote build's machine, whose store is
+ * named `store` (`ssh://host`, or `local`/`daemon` for a store of this machine): a copy from a `local` or
+ * `daemon` store names only where it goes, as Nix's makeCopyPathMessage does.
+ */
+export function copyPathMessage(path: string, direction: 'to' | 'from', store: string): string {
+  if (direction === 'to') return `copying path '${path}' to '${store}'`;
+  return store === 'local' || store === 'daemon' ? `copying path '${path}' to 'local'` : `copying path '${path}' from '${store}'`;
+}
+
 /** Nix's words for a build activity ("building '…'", "checking outputs of '…'", "… on 'MACHINE'"). */
 export function buildActivityText(e: { drvPath: string; round: number; rounds: number; machine?: string; mode: string }): string {
   let msg =
@@ -284,8 +294,7 @@ export class NixJsonLog {
     }
     if (!open) this.remoteSteps.set(e.drvPath, (open = new Map()));
     this.stopKeyed(open, key);
-    // The machine's store as Nix names it in copies: its URI without the parameters (`ssh://host`).
-    const remote = e.machine.replace(/\?.*$/, '');
+    const remote = e.store;
     const texts = {
       connect: `connecting to '${e.machine}'`,
       'upload-lock': `waiting for the upload lock to '${e.machine}'`,
@@ -294,10 +303,11 @@ export class NixJsonLog {
     } as const;
     let id: number;
     if (step.kind === 'copy-paths') id = this.start(ActivityType.CopyPaths, LogLevel.Info, `copying ${step.paths.length} paths`, undefined);
-    else if (step.kind === 'copy-path' && step.direction === 'to')
-      id = this.start(ActivityType.CopyPath, LogLevel.Info, `copying path '${step.path}' to '${remote}'`, [step.path, this.storeUri, remote]);
     else if (step.kind === 'copy-path')
-      id = this.start(ActivityType.CopyPath, LogLevel.Info, `copying path '${step.path}' from '${remote}'`, [step.path, remote, this.storeUri]);
+      id = this.start(ActivityType.CopyPath, LogLevel.Info, copyPathMessage(step.path, step.direction, remote), [
+        step.path,
+        ...(step.direction === 'to' ? [this.storeUri, remote] : [remote, this.storeUri]),
+      ]);
     else id = this.start(ActivityType.Unknown, LogLevel.Talkative, texts[step.kind], undefined);
     open.set(key, id);
   }

@@ -209,6 +209,35 @@ function shellQuote(s: string): string {
 }
 
 /**
+ * A machine whose URI names a store of this machine rather than a host (a path, `local`, `auto`, `daemon`,
+ * `unix://…`, or those with `?params`): Nix's hook opens that store itself and builds there.
+ */
+export function isLocalStoreUri(uri: string): boolean {
+  return !uri.includes('://') || uri.startsWith('unix://');
+}
+
+/**
+ * The machine's store as Nix names it in its copies (`copying path '…' to 'ssh://host'`): its URI without the
+ * parameters; a store of this machine by its kind (`local` for a path or `local`, `daemon` for `daemon` and
+ * `unix://…`, as Nix's LocalStore and UDSRemoteStore name themselves).
+ */
+export function machineStoreName(uri: string): string {
+  if (!isLocalStoreUri(uri)) return uri.replace(/\?.*$/, '');
+  return /^(daemon|unix:\/\/)/.test(uri) ? 'daemon' : 'local';
+}
+
+/**
+ * A local store machine's URI as Nix's hook opens it: with `system-features` set to the machine's supported
+ * and mandatory features (which win over the URI's own, as Nix's Machine::openStore's parameters do).
+ */
+function withSystemFeatures(m: Machine): string {
+  const q = m.storeUri.indexOf('?');
+  const params = new URLSearchParams(q < 0 ? '' : m.storeUri.slice(q + 1));
+  params.set('system-features', [...m.supportedFeatures, ...m.mandatoryFeatures].join(' '));
+  return `${q < 0 ? m.storeUri : m.storeUri.slice(0, q)}?${params.toString().replace(/\+/g, '%20')}`;
+}
+
+/**
  * The command Nix would run for a machine: `ssh [opts] host 'nix-daemon --stdio [--store X]'` for ssh-ng://,
  * `... 'nix-store --serve --write ...'` for ssh://. As in Nix, the host `localhost` runs the command locally
  * through `bash -c` instead of ssh.
@@ -217,6 +246,7 @@ export function remoteCommand(
   m: Machine,
   opts: { sshOptions?: readonly string[]; sshProgram?: string; env?: Readonly<Record<string, string | undefined>> } = {},
 ): { command: string; args: string[]; protocol: 'worker' | 'serve'; cleanup?: () => void } {
+  if (isLocalStoreUri(m.storeUri)) return { command: 'nix-daemon', args: ['--stdio', '--store', withSystemFeatures(m)], protocol: 'worker' };
   const uri = parseStoreUri(m.storeUri);
   let protocol: 'worker' | 'serve';
   if (uri.scheme === 'ssh-ng') protocol = 'worker';
@@ -372,7 +402,7 @@ export class MachineBuilder implements RemoteBuilder {
     let cleanup: (() => void) | undefined;
     if (this.opts.openTransport) {
       transport = this.opts.openTransport(this.machine, onStderr);
-      protocol = parseStoreUri(this.machine.storeUri).scheme === 'ssh' ? 'serve' : 'worker';
+      protocol = !isLocalStoreUri(this.machine.storeUri) && parseStoreUri(this.machine.storeUri).scheme === 'ssh' ? 'serve' : 'worker';
     } else {
       const c = remoteCommand(this.machine, this.opts);
       protocol = c.protocol;

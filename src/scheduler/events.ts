@@ -83,9 +83,9 @@ export interface EventPayloads {
    * A step of a remote build on this side, between its `build-started` and `build-finished`: getting a
    * connection, waiting for the machine's upload lock, copying inputs to the machine and outputs back
    * (each copy's paths, each path). Told at its start and its end (also when it fails): Nix's build hook
-   * activities.
+   * activities. `store`: the machine's store as Nix names it in its copies (`ssh://host`, `local`).
    */
-  'remote-step': { drvPath: StorePath; machine: string; step: RemoteStep; phase: 'start' | 'end' };
+  'remote-step': { drvPath: StorePath; machine: string; store: string; step: RemoteStep; phase: 'start' | 'end' };
   /**
    * What the machine's Nix tells while it builds, as its daemon sends it (ssh-ng:// machines): its own
    * activities (its build, its call's Realise/Builds/CopyPaths), their results and messages. The build's

@@ -4,11 +4,12 @@
  * Returns undefined to build locally (no machine fits), or the remote's result.
  */
 import type { StorePath } from '../store/store-path.js';
-import { buildOnRemote, type RemoteBuildOptions, type RemoteBuildResult } from '../remote/remote-builder.js';
+import { buildOnRemote, machineStoreName, type RemoteBuildOptions, type RemoteBuildResult } from '../remote/remote-builder.js';
 import type { RemoteBuildError } from '../remote/errors.js';
 import { noMachineReport, type MachineRequest } from '../remote/machines.js';
 import { canBuildHere, preferLocalBuild, requiredSystemFeatures, type DrvView } from './drv-view.js';
-import { failure, success, type BuildResult } from './results.js';
+import { failure, isSuccess, success, type BuildResult } from './results.js';
+import { postBuildHook } from './local-build.js';
 import { shortMessageOf } from '../store/errors.js';
 import type { Worker } from './worker.js';
 import { slotGate } from './slot-gate.js';
@@ -47,7 +48,8 @@ function remoteBuildEvents(
     startedOn = undefined;
   };
   const saveLog = async (): Promise<void> => {
-    if (log.length) await w.ctx.store.addBuildLog(drvPath, log.join('\n') + '\n').catch(() => {});
+    // Empty for a builder that printed nothing: Nix opens the log file once the hook takes the build.
+    await w.ctx.store.addBuildLog(drvPath, log.length ? log.join('\n') + '\n' : '').catch(() => {});
   };
   const callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStart'> = {
     onLog: (line) => {
@@ -58,7 +60,7 @@ function remoteBuildEvents(
       if (startedOn !== undefined) w.ctx.emit('remote-log', { drvPath, machine: startedOn, event });
     },
     onStep: (step, phase) => {
-      if (startedOn !== undefined) w.ctx.emit('remote-step', { drvPath, machine: startedOn, step, phase });
+      if (startedOn !== undefined) w.ctx.emit('remote-step', { drvPath, machine: startedOn, store: machineStoreName(startedOn), step, phase });
     },
     onStart: (machine) => {
       end('failure');
@@ -135,11 +137,15 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
         );
       return undefined;
     }
-    const ok = isRemoteSuccess(dispatch.result);
     await events.saveLog();
+    // As Nix 2.8's buildDone, the post-build hook runs here too once the outputs are back (its failure is the build's).
+    const built = remoteBuildResult(dispatch.result, view.drvPath, started);
+    const hookError = isRemoteSuccess(dispatch.result) ? await postBuildHook(w, view.drvPath, Object.values(built.builtOutputs)) : undefined;
+    const result = hookError === undefined ? built : failure('misc-failure', hookError, { startTime: built.startTime, stopTime: built.stopTime });
+    const ok = isSuccess(result.status);
     events.end(ok ? 'success' : 'failure');
     running.end(ok);
-    return remoteBuildResult(dispatch.result, view.drvPath, started);
+    return result;
   } catch (e) {
     // A build the call stopped is neither done nor failed.
     events.end(w.signal.aborted ? 'stopped' : 'failure');
