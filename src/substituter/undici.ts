@@ -6,7 +6,7 @@
  * otherwise parse the file and Node's whole root store in every process; see trustExtraCaCerts).
  */
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { Module, createRequire } from 'node:module';
 import type { SecureContext } from 'node:tls';
 import type { buildConnector } from 'undici';
 
@@ -29,6 +29,7 @@ export function undici(): Undici {
 function loadUndici(): Undici {
   const require = createRequire(import.meta.url);
   const lib = <T>(m: string): T => require(`undici/lib/${m}`) as T;
+  deferHttp2Client(require);
   const api = lib<{ request: (this: unknown, opts: object) => ReturnType<Undici['request']> }>('api');
   Object.assign(lib<{ prototype: object }>('dispatcher/dispatcher').prototype, api);
   const request = ((url: string | URL, opts: { dispatcher?: unknown; method?: string } = {}) => {
@@ -43,6 +44,28 @@ function loadUndici(): Undici {
     buildConnector: lib<Undici['buildConnector']>('core/connect'),
     request,
   };
+}
+
+/**
+ * undici's client requires its HTTP/2 half (client-h2.js) as it loads, and that requires `node:http2` (about
+ * 18 ms, with `node:tls`), which our clients never use: they do not offer h2 (undici's `allowH2` is off), so
+ * a connection is always HTTP/1.1 and undici never calls it. In its place in the module cache goes a function
+ * that loads the real one when it is called.
+ */
+function deferHttp2Client(require: NodeJS.Require): void {
+  const file = require.resolve('undici/lib/dispatcher/client-h2.js');
+  if (require.cache[file]) return;
+  const real = (): ((...args: unknown[]) => unknown) => {
+    delete require.cache[file];
+    return require(file) as (...args: unknown[]) => unknown;
+  };
+  const stub = new Module(file);
+  stub.filename = file;
+  stub.loaded = true;
+  stub.exports = function connectH2(...args: unknown[]): unknown {
+    return real()(...args);
+  };
+  require.cache[file] = stub;
 }
 
 /** The file trustExtraCaCerts named, and what to do when it cannot be read. */

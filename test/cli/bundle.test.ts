@@ -5,13 +5,14 @@
  * node_modules), not into dist/. A sandboxed build from it compiles the sandbox helper from the C source
  * copied beside it.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { isBuiltin } from 'node:module';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nix, nixOk, removeTreeSync, tempDir } from '../helpers/nix.js';
-import { cacheUrl, narInfos } from '../substituter/fixtures.js';
+import { cacheDir, cacheUrl, narInfos } from '../substituter/fixtures.js';
+import { serveCache } from '../substituter/http-server.js';
 
 const ROOT = path.resolve(__dirname, '../..');
 
@@ -189,6 +190,34 @@ process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}
       expect(existsSync(path.join(store, target))).toBe(true);
     } finally {
       removeTreeSync(store);
+    }
+  });
+
+  it('substitutes from an http:// cache without loading node:http2 or node:tls (undici is told not to offer HTTP/2)', async () => {
+    const server = await serveCache(cacheDir('none'));
+    const work = tempDir('realise-bundle-http-');
+    try {
+      const target = narInfos('none')[0]!.storePath;
+      const hook = path.join(work, 'loaded.cjs');
+      const log = path.join(work, 'loaded.txt');
+      writeFileSync(hook, `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}, process.moduleLoadList.join('\\n')));`);
+      const args = ['build', '--store', path.join(work, 'store'), '--option', 'substituters', server.url, '--option', 'require-sigs', 'false', target];
+      const child = spawn(process.execPath, ['--require', hook, path.join(dir, 'main.cjs'), ...args], {
+        env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'xdg') },
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+      const status = await new Promise<number | null>((resolve) => child.on('close', resolve));
+      expect(status, stderr).toBe(0);
+      expect(stdout.trim()).toBe(target);
+      expect(server.requests.some((r) => r.endsWith('.narinfo'))).toBe(true);
+      const loaded = readFileSync(log, 'utf8').split('\n');
+      expect(loaded.filter((m) => /\b(http2|tls)$/.test(m))).toEqual([]);
+    } finally {
+      await server.close();
+      removeTreeSync(work);
     }
   });
 
