@@ -21,7 +21,8 @@ import { slotGate } from './slot-gate.js';
  */
 function buildsHere(w: Worker, view: DrvView, local: boolean): boolean {
   const { options, buildQueue } = w.ctx;
-  return local && buildQueue.pending < Math.max(1, options.maxJobs) && buildQueue.size === 0 && slotGate(buildQueue).waitingCount === 0 && !remoteOnly(options);
+  const gate = slotGate(buildQueue);
+  return local && gate.runningCount < Math.max(1, options.maxJobs) && gate.waitingCount === 0 && !remoteOnly(options);
 }
 
 /**

@@ -40,8 +40,6 @@ interface Waiter {
   readonly key: string;
   /** In which round Nix's goal asks for a slot, when no slot was given back yet (roundsToTryToBuild). */
   readonly rounds: number;
-  /** How many slots had been given back when it started waiting. */
-  readonly epoch: number;
   readonly task: () => Promise<void>;
   /** Called when it becomes one of the next builds in line (see prepareAhead). */
   readonly prepare: (() => void) | undefined;
@@ -49,10 +47,65 @@ interface Waiter {
   prepared: boolean;
 }
 
+/** A binary min-heap by `less`: the waiting builds of a call can be many, and each grant takes the first. */
+class Heap<T> {
+  private items: T[] = [];
+
+  constructor(private readonly less: (a: T, b: T) => boolean) {}
+
+  get size(): number {
+    return this.items.length;
+  }
+
+  push(x: T): void {
+    const a = this.items;
+    let i = a.push(x) - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!this.less(x, a[parent]!)) break;
+      a[i] = a[parent]!;
+      i = parent;
+    }
+    a[i] = x;
+  }
+
+  pop(): T | undefined {
+    const a = this.items;
+    const top = a[0];
+    const last = a.pop();
+    if (a.length === 0 || last === undefined) return top;
+    let i = 0;
+    for (;;) {
+      let c = 2 * i + 1;
+      if (c >= a.length) break;
+      if (c + 1 < a.length && this.less(a[c + 1]!, a[c]!)) c++;
+      if (!this.less(a[c]!, last)) break;
+      a[i] = a[c]!;
+      i = c;
+    }
+    a[i] = last;
+    return top;
+  }
+
+  /** Every element, in no particular order; the heap is left empty. */
+  drain(): T[] {
+    const all = this.items;
+    this.items = [];
+    return all;
+  }
+}
+
 export class SlotGate {
   /** Derivation goals currently preparing (not waiting for other goals or for a slot). */
   private preparing = 0;
-  private readonly waiting: Waiter[] = [];
+  /**
+   * The waiting builds in two heaps, in the order slots are granted: `woken`, those that were waiting when
+   * a slot was last given back (and next rounds, woken with it), come before `fresh`, those that started
+   * waiting since. Within each: before any slot was given back, by roundsToTryToBuild, then by key; after,
+   * by key alone (`less` reads the epoch: both heaps are rebuilt when it leaves 0).
+   */
+  private readonly woken: Heap<Waiter>;
+  private fresh: Heap<Waiter>;
   /** Slots granted and not given back yet. */
   private running = 0;
   /** Slots given back so far. */
@@ -62,11 +115,20 @@ export class SlotGate {
   /** Waiters whose `prepare` was called. */
   private prepared = 0;
 
-  constructor(private readonly queue: PQueue) {}
+  constructor(private readonly queue: PQueue) {
+    const less = (a: Waiter, b: Waiter): boolean => (this.epoch === 0 && a.rounds !== b.rounds ? a.rounds < b.rounds : a.key < b.key);
+    this.woken = new Heap(less);
+    this.fresh = new Heap(less);
+  }
 
   /** Builds waiting here for a slot. */
   get waitingCount(): number {
-    return this.waiting.length;
+    return this.woken.size + this.fresh.size;
+  }
+
+  /** Builds holding a slot. */
+  get runningCount(): number {
+    return this.running;
   }
 
   /**
@@ -76,10 +138,17 @@ export class SlotGate {
    * `prepare`: what the build can make before its slot, called when it is one of the next builds in line.
    */
   request(drvPath: string, task: () => Promise<void>, rounds = 0, nextRound = false, prepare?: () => void): void {
-    this.waiting.push({ key: goalKey('derivation', drvPath), rounds, epoch: nextRound ? -1 : this.epoch, task, prepare, prepared: false });
+    (nextRound ? this.woken : this.fresh).push({ key: goalKey('derivation', drvPath), rounds, task, prepare, prepared: false });
     if (this.queue.concurrency > 1) this.grant();
     else this.schedule();
     this.prepareAhead();
+  }
+
+  /** The next waiting build in the order slots are granted, taken out of its heap. */
+  private takeNext(): { heap: Heap<Waiter>; w: Waiter } | undefined {
+    const heap = this.woken.size > 0 ? this.woken : this.fresh;
+    const w = heap.pop();
+    return w && { heap, w };
   }
 
   /**
@@ -89,13 +158,21 @@ export class SlotGate {
    */
   private prepareAhead(): void {
     const ahead = Math.min(this.queue.concurrency, MAX_PREPARED);
-    while (this.prepared < ahead) {
-      let best: Waiter | undefined;
-      for (const w of this.waiting) if (w.prepare && !w.prepared && (!best || this.before(w, best))) best = w;
-      if (!best) return;
-      best.prepared = true;
+    if (this.prepared >= ahead) return;
+    // Walk the line from its head (prepared ones are at most `ahead`), then put back what was looked at.
+    const seen: { heap: Heap<Waiter>; w: Waiter }[] = [];
+    const toPrepare: Waiter[] = [];
+    while (this.prepared + toPrepare.length < ahead) {
+      const next = this.takeNext();
+      if (!next) break;
+      seen.push(next);
+      if (next.w.prepare && !next.w.prepared) toPrepare.push(next.w);
+    }
+    for (const { heap, w } of seen) heap.push(w);
+    for (const w of toPrepare) {
+      w.prepared = true;
       this.prepared++;
-      best.prepare!();
+      w.prepare!();
     }
   }
 
@@ -110,7 +187,7 @@ export class SlotGate {
   /** @internal */
   change(delta: 1 | -1): void {
     this.preparing += delta;
-    if (this.preparing === 0 && this.waiting.length > 0) this.schedule();
+    if (this.preparing === 0 && this.waitingCount > 0) this.schedule();
   }
 
   private schedule(): void {
@@ -123,7 +200,7 @@ export class SlotGate {
   }
 
   private dispatch(): void {
-    if (this.waiting.length === 0 || this.running >= this.queue.concurrency) return;
+    if (this.waitingCount === 0 || this.running >= this.queue.concurrency) return;
     if (this.preparing > 0 && this.queue.concurrency === 1) {
       this.fallback ??= setTimeout(() => {
         this.fallback = undefined;
@@ -134,13 +211,13 @@ export class SlotGate {
     this.grant();
   }
 
-  /** Whether `a` gets a slot before `b`. */
-  private before(a: Waiter, b: Waiter): boolean {
-    const wokenA = a.epoch < this.epoch;
-    const wokenB = b.epoch < this.epoch;
-    if (wokenA !== wokenB) return wokenA;
-    if (this.epoch === 0 && a.rounds !== b.rounds) return a.rounds < b.rounds;
-    return a.key < b.key;
+  /** A slot was given back: every build waiting now is woken (it comes before those that start waiting later). */
+  private slotGivenBack(): void {
+    this.running--;
+    const fresh = this.fresh.drain();
+    // Leaving epoch 0 changes the order (by key alone from now on): the woken heap is rebuilt with it.
+    const all = this.epoch++ === 0 ? [...this.woken.drain(), ...fresh] : fresh;
+    for (const w of all) this.woken.push(w);
   }
 
   private grant(): void {
@@ -148,22 +225,19 @@ export class SlotGate {
       clearTimeout(this.fallback);
       this.fallback = undefined;
     }
-    while (this.waiting.length > 0 && this.running < this.queue.concurrency) {
-      let best = 0;
-      for (let i = 1; i < this.waiting.length; i++) if (this.before(this.waiting[i]!, this.waiting[best]!)) best = i;
-      const [w] = this.waiting.splice(best, 1);
-      if (w!.prepared) this.prepared--;
+    // The slots are counted here (the queue only says how many there are): each grant runs its task at once.
+    while (this.running < this.queue.concurrency) {
+      const next = this.takeNext();
+      if (!next) break;
+      const { w } = next;
+      if (w.prepared) this.prepared--;
       this.running++;
-      void this.queue.add(async () => {
-        try {
-          await w!.task();
-        } finally {
-          this.running--;
-          this.epoch++;
-          if (this.queue.concurrency > 1) this.grant();
-          else this.schedule();
-        }
-      });
+      const done = (): void => {
+        this.slotGivenBack();
+        if (this.queue.concurrency > 1) this.grant();
+        else this.schedule();
+      };
+      w.task().then(done, done);
     }
     this.prepareAhead();
   }
