@@ -85,7 +85,8 @@ export function benchCommand(script = process.argv[1] ?? '', env: NodeJS.Process
     // no script to read: every knob set is named
   }
   // Only the knobs this benchmark reads (named in its file), as `npm run bench -- --small` sets them all.
-  const reads = (k: string) => !text || k === 'REALISE_BENCH_SMALL' || text.includes(k);
+  // REALISE_BENCH_SMALL also through bench/dag.ts's SMALL, which several benchmarks import.
+  const reads = (k: string) => !text || text.includes(k) || (k === 'REALISE_BENCH_SMALL' && /\bSMALL\b/.test(text));
   const set = Object.keys(env)
     .filter((k) => knob.test(k) && env[k] !== undefined && reads(k))
     .sort()
@@ -116,8 +117,9 @@ export function rowCells(r: BenchRow): string[] {
   const nix = r.nix === undefined ? '—' : withNote(value(r.nix, r.unit)!, r.nixNote);
   let ratio = '—';
   if (r.ratio !== undefined) {
-    const range = r.ratioMin !== undefined && r.ratioMax !== undefined ? ` (${num(r.ratioMin)}–${num(r.ratioMax)})` : '';
-    ratio = withNote(`**${num(r.ratio)}**${range}`, r.ratioNote);
+    const range = r.ratioMin !== undefined && r.ratioMax !== undefined ? `${num(r.ratioMin)}–${num(r.ratioMax)}` : undefined;
+    const note = [range, r.ratioNote].filter(Boolean).join('; ');
+    ratio = withNote(`**${num(r.ratio)}**`, note || undefined);
   } else if (r.ratioNote) ratio = r.ratioNote;
   let floor = value(r.floor, r.unit) ?? '—';
   if (typeof r.floor === 'number' && typeof r.nix === 'number' && r.nix > 0) floor += ` (${num(r.floor / r.nix)})`;

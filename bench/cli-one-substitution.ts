@@ -108,6 +108,7 @@ async function main(): Promise<void> {
   server.close();
   console.log(`one-path substitution over HTTP, ${RUNS} runs each, server latency ${LATENCY} ms per request (median wall ms, requests per run):`);
   for (const [k] of kinds) console.log(`  ${k.padEnd(10)} ${fmt(median(times.get(k)!)).padStart(8)} ms  ${reqs.get(k)} requests`);
+  const reqText = (k: number) => `${k} request${k === 1 ? '' : 's'}`;
   for (const state of ['cold', 'warm'] as const) {
     const [ours, nix] = [times.get(`ours ${state}`)!, times.get(`nix ${state}`)!];
     const rs = ours.map((x, i) => x / nix[i]!);
@@ -116,9 +117,9 @@ async function main(): Promise<void> {
       measure: `latency ${LATENCY} ms per request, ${state}`,
       unit: 'ms',
       realise: median(ours),
-      realiseNote: `${reqs.get(`ours ${state}`)} requests`,
+      realiseNote: reqText(reqs.get(`ours ${state}`)!),
       nix: median(nix),
-      nixNote: `${reqs.get(`nix ${state}`)} requests`,
+      nixNote: reqText(reqs.get(`nix ${state}`)!),
       ratio: median(rs),
       ratioMin: Math.min(...rs),
       ratioMax: Math.max(...rs),

@@ -360,7 +360,7 @@ export async function main(sandboxed = SANDBOXED): Promise<void> {
       const cpuAbove = oursCpu.length && floorCpu.length ? perBuild(oursCpu)! - perBuild(floorCpu)! : undefined;
       emitRow({
         area: sandboxed ? 'Sandbox' : 'Scheduler: layered DAG, unsandboxed',
-        measure: `${sandboxed ? `DAG of ${n}, sandboxed` : `${n} derivations (${layers} layers × ${width})`}, maxJobs 2, per build`,
+        measure: `${sandboxed ? `DAG of ${n.toLocaleString('en-US')}, sandboxed` : `${n.toLocaleString('en-US')} derivations (${layers} layers × ${width})`}, maxJobs 2, per build`,
         unit: 'ms',
         realise: perBuild(ours)!,
         realiseNote:

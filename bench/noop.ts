@@ -102,7 +102,7 @@ async function main(): Promise<void> {
     const spread = (xs: number[]) => `${num(Math.min(...xs))}–${num(Math.max(...xs))}`;
     emitRow({
       area,
-      measure: `no-op, ${n}-path closure through its top (cold engine, ${top.length} targets)`,
+      measure: `no-op, ${n.toLocaleString('en-US')}-path closure through its top (cold engine, ${top.length} targets)`,
       unit: 'ms',
       realise: median(topOnly),
       realiseNote: spread(topOnly),
@@ -111,7 +111,7 @@ async function main(): Promise<void> {
     });
     emitRow({
       area,
-      measure: `no-op, all ${n} \`.drv\` as targets, warm engine`,
+      measure: `no-op, all ${n.toLocaleString('en-US')} \`.drv\` as targets, warm engine`,
       unit: 'ms',
       realise: median(warm),
       realiseNote: `${num((median(warm) / n) * 1000)} µs per target`,
@@ -121,7 +121,7 @@ async function main(): Promise<void> {
     const rs = nix.length === cold.length ? cold.map((x, i) => x / nix[i]!) : [];
     emitRow({
       area,
-      measure: `no-op, all ${n} \`.drv\` as targets, cold engine`,
+      measure: `no-op, all ${n.toLocaleString('en-US')} \`.drv\` as targets, cold engine`,
       unit: 'ms',
       realise: median(cold),
       nix: nix.length ? median(nix) : undefined,

@@ -67,6 +67,7 @@ describe('result rows', () => {
       '—',
       'yes',
     ]);
+    expect(rowCells({ ...dagRow, ratioNote: 'CPU 1.21' })[3]).toBe('**0.486** (0.456–0.585; CPU 1.21)');
     expect(rowCells({ area: 'a', measure: 'm', unit: 's', realise: 1.99, ratioNote: 'Nix / realise 3.0', met: 'yes, under load' }).slice(3)).toEqual([
       'Nix / realise 3.0',
       '—',
@@ -120,10 +121,16 @@ describe('result rows', () => {
 
   it('the command of a row names only the knobs its benchmark reads', () => {
     const dir = tempDir('realise-bench-report-');
-    const script = path.join(dir, 'dag.ts');
-    writeFileSync(script, 'const n = process.env.REALISE_BENCH_SIZES; const r = process.env.REALISE_BENCH_RUNS;\n');
     const env = { REALISE_BENCH_SMALL: '1', REALISE_BENCH_SIZES: '200', NARHASH_MB: '64', PATH: '/bin' };
-    expect(benchCommand(script, env)).toBe('REALISE_BENCH_SIZES=200 REALISE_BENCH_SMALL=1 npx tsx bench/dag.ts');
+    const dag = path.join(dir, 'dag.ts');
+    writeFileSync(dag, 'const n = process.env.REALISE_BENCH_SIZES; const small = process.env.REALISE_BENCH_SMALL;\n');
+    expect(benchCommand(dag, env)).toBe('REALISE_BENCH_SIZES=200 REALISE_BENCH_SMALL=1 npx tsx bench/dag.ts');
+    const startup = path.join(dir, 'cli-startup.ts');
+    writeFileSync(startup, "import { SMALL } from './dag.js';\n");
+    expect(benchCommand(startup, env)).toBe('REALISE_BENCH_SMALL=1 npx tsx bench/cli-startup.ts');
+    const queries = path.join(dir, 'query-valid-paths.ts');
+    writeFileSync(queries, 'const N = Number(process.argv[2] ?? 100_000);\n');
+    expect(benchCommand(queries, env)).toBe('npx tsx bench/query-valid-paths.ts');
   });
 
   it('the machine line names cores, Node, kernel, /dev/kvm and the load at start and end', () => {
