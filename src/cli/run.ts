@@ -26,10 +26,11 @@ import { answerHelpOrVersion, USAGE } from './usage.js';
 
 /**
  * The store `--store` names (the Nix daemon's, sent the settings Nix's client sends for this command line,
- * or a local one), else the default one.
+ * or a local one), else the default one: the embedded store, or, when `$NIX_STORE_DIR` or `$NIX_STATE_DIR`
+ * names Nix's directories, the local store there (as Nix's `auto` opens it).
  */
 async function openStoreArg(args: CliArgs): Promise<Store> {
-  const spec = args.store;
+  const spec = args.store || (process.env.NIX_STORE_DIR || process.env.NIX_STATE_DIR ? 'local' : undefined);
   if (!spec) return LocalStore.openDefault();
   return openStore(spec, { warn: warnStderr, ...(daemonSocketOfUri(spec) !== undefined ? { workerOptions: daemonClientSettings(args) } : {}) });
 }

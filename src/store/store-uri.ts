@@ -31,8 +31,12 @@ function badUri(uri: string, why: string, hint?: string): StoreError {
   });
 }
 
-/** Parse a local store URI into LocalStore options (relative paths resolve against `cwd`). */
-export function parseStoreUri(uri: string, cwd: string = process.cwd()): ParsedStoreUri {
+/**
+ * Parse a local store URI into LocalStore options (relative paths resolve against `cwd`). As Nix's settings,
+ * the environment gives what the URI leaves out: `NIX_STORE_DIR` (else `NIX_STORE`) the logical store
+ * directory, and for a store without a root `NIX_STATE_DIR` and `NIX_LOG_DIR` its state and log directories.
+ */
+export function parseStoreUri(uri: string, cwd: string = process.cwd(), env: NodeJS.ProcessEnv = process.env): ParsedStoreUri {
   if (uri === '') throw badUri(uri, 'the store URI is empty');
   const q = uri.indexOf('?');
   const head = q < 0 ? uri : uri.slice(0, q);
@@ -92,6 +96,18 @@ export function parseStoreUri(uri: string, cwd: string = process.cwd()): ParsedS
       }
     }
   }
+  const fromEnv = (name: string) => {
+    const v = env[name];
+    if (v === undefined || v === '') return undefined;
+    if (!path.isAbsolute(v)) throw badUri(uri, `$${name} '${v}' is not an absolute path`, `set ${name} to an absolute path, or unset it`);
+    return path.normalize(v);
+  };
+  opts.storeDir ??= fromEnv('NIX_STORE_DIR') ?? fromEnv('NIX_STORE');
+  if (opts.root === undefined) {
+    opts.stateDir ??= fromEnv('NIX_STATE_DIR');
+    opts.logDir ??= fromEnv('NIX_LOG_DIR');
+  }
+  for (const k of ['storeDir', 'stateDir', 'logDir'] as const) if (opts[k] === undefined) delete opts[k];
   return { options: opts, ignored, unknown };
 }
 

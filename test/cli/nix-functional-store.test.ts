@@ -7,7 +7,8 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { nixOk, runNix, runNixAsync } from '../helpers/nix.js';
+import { nixEnv, nixOk, runNix, runNixAsync } from '../helpers/nix.js';
+import { realiseInProcess } from '../helpers/cli.js';
 import { fileURLToPath } from 'node:url';
 import { keyLines, step, TwinStores, type Side } from '../helpers/twin-store.js';
 
@@ -306,6 +307,38 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (store operations): realise 
     expect(outs.ours).toEqual(outs.nix);
     expect((t.use('ours'), readdirSync(t.storeDir).sort())).toEqual((t.use('nix'), readdirSync(t.storeDir).sort()));
   }, 120_000);
+  it('local-store.sh: a chroot store of another store directory ($NIX_STORE_DIR) named as ./x, $PWD/x and local?root=$PWD/x', async () => {
+    const t = new TwinStores();
+    writeFileSync(`${t.root}/example.txt`, 'example\n');
+    mkdirSync(`${t.root}/x`);
+    const env = { ...t.env, NIX_STORE_DIR: `${t.root}/x` };
+    const added = runNix('nix-store', ['--store', './x', '--add', 'example.txt'], { env, cwd: t.root });
+    expect(added.status, added.stderr).toBe(0);
+    const correct = added.stdout.trim();
+    expect(correct.startsWith(`${t.root}/x/`)).toBe(true);
+    for (const store of ['./x', `${t.root}/x`, `local?root=${t.root}/x`]) {
+      const theirs = runNix('nix', ['path-info', '--store', store, correct], { env, cwd: t.root });
+      const ours = spawnSync(process.execPath, [BIN, 'path-info', '--store', store, correct], { env: nixEnv(env), cwd: t.root, encoding: 'utf8' });
+      expect([ours.status, ours.stdout, ours.stderr]).toEqual([theirs.status, theirs.stdout, theirs.stderr]);
+      expect(ours.stdout).toBe(`${correct}\n`);
+    }
+  }, 60_000);
+  it("Nix's test environment: NIX_STORE_DIR, NIX_STATE_DIR and NIX_LOG_DIR without --store name the local store", async () => {
+    const t = new TwinStores();
+    const [drv] = t.instantiate('dependencies.nix');
+    const env = (side: Side) => ({ ...t.env, NIX_STORE_DIR: t.storeDir, NIX_STATE_DIR: `${t.root}/${side}/state`, NIX_LOG_DIR: `${t.root}/${side}/log` });
+    const run = async (side: Side) => {
+      t.use(side);
+      if (side === 'nix') return runNix('nix-store', ['--realise', drv!], { env: env(side), cwd: t.tests });
+      return realiseInProcess(['build', drv!], env(side));
+    };
+    const { nix } = await step(t, [drv!], 0, { run });
+    for (const side of sides) expect(t.read(side, `${nix.stdout.trim()}/foobar`)).toBe('FOOBAR\n');
+    // The build logs went to NIX_LOG_DIR.
+    const logs = (side: Side) => readdirSync(`${t.root}/${side}/log/drvs`, { recursive: true }).map(String).sort();
+    expect(logs('ours')).toEqual(logs('nix'));
+    expect(logs('ours').length).toBeGreaterThan(0);
+  }, 60_000);
   it('gc-auto.sh: a build that makes free space drop below min-free gets garbage collected while it runs, down to max-free', async () => {
     const t = new TwinStores();
     const fakeFree = `${t.root}/fake-free`;
