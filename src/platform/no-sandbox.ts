@@ -46,6 +46,8 @@ export class NoSandbox implements Sandbox {
   readonly #filter: Buffer | undefined;
   /** Set once the helper is known to be unusable (so 'auto' stops trying it). */
   #helperFailed: string | undefined;
+  /** The helper's path once it is compiled (finding it again costs a look-up of the cache dir per build). */
+  #exe: string | undefined;
 
   constructor(options: NoSandboxOptions = {}) {
     const env = process.env.REALISE_NOSANDBOX_LAUNCHER;
@@ -62,9 +64,9 @@ export class NoSandbox implements Sandbox {
   async #server(): Promise<SandboxServer | undefined> {
     const want = this.#options.launcher ?? 'auto';
     if (want === 'node' || (want === 'auto' && this.#helperFailed !== undefined)) return undefined;
-    let exe: string;
+    let exe = this.#exe;
     try {
-      exe = await ensureSandboxHelper(this.#options.helper);
+      exe ??= this.#exe = await ensureSandboxHelper(this.#options.helper);
     } catch (e) {
       this.#helperFailed = (e as Error).message.split('\n')[0]!;
       return undefined;

@@ -656,8 +656,12 @@ export class Bzip2Encoder {
  */
 function emptyStream(level: number): Buffer | undefined {
   if (!Number.isInteger(level) || level < 1 || level > 9) return undefined; // (the encoder says what is wrong)
-  return Buffer.from([0x42, 0x5a, 0x68, 0x30 + level, 0x17, 0x72, 0x45, 0x38, 0x50, 0x90, 0, 0, 0, 0]);
+  const z = Buffer.from(EMPTY_STREAM); // (a copy: the caller owns what it gets)
+  z[3] = 0x30 + level;
+  return z;
 }
+
+const EMPTY_STREAM = Buffer.from([0x42, 0x5a, 0x68, 0x39, 0x17, 0x72, 0x45, 0x38, 0x50, 0x90, 0, 0, 0, 0]);
 
 /** Compress `data` as one bzip2 stream (see Bzip2Encoder). Synchronous: about 4 MB/s of text here. */
 export function compressBzip2(data: Uint8Array, level = 9): Buffer {

@@ -1341,7 +1341,8 @@ export class LocalStore implements Store {
 /** Refuse `..` segments below the store dir, so a real path never escapes the real store dir. */
 export function checkNoDotDot(p: string, storeDir: string): void {
   const rest = p.slice(storeDir.length);
-  if (rest.split('/').some((seg) => seg === '..' || seg === '.')) {
+  // A '.' or '..' component follows a '/': without "/." there is none (the usual case, no split).
+  if (rest.includes('/.') && rest.split('/').some((seg) => seg === '..' || seg === '.')) {
     throw new InvalidStorePathError(`path '${p}' has '.' or '..' components`, { hint: 'pass a canonical path inside the store' });
   }
 }
