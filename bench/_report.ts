@@ -169,10 +169,32 @@ function measuredLine(rows: readonly CollectedRow[]): string {
   return `Measured ${span} UTC${load}.`;
 }
 
-/** The Markdown of all areas, in the order their first rows came, under the machine line. */
+/** The areas in the order of their sections in docs/performance.md; an area not named here comes after them. */
+export const AREAS = [
+  'Scheduler: layered DAG, unsandboxed',
+  'Sandbox',
+  'Scheduler: no-op build and overhead',
+  "The machine's floor",
+  'Substitution',
+  'One path from an HTTP cache, through the CLI',
+  'Remote builds',
+  'Store formats',
+  'Store queries and derivations',
+  'CLI start-up and the no-op build',
+  'The CLI: `realise build` of a fresh DAG',
+  'Built-in fetchurl',
+  'Observability overhead',
+  'Garbage collection and optimisation',
+];
+
+/**
+ * The Markdown of all areas under the machine line: the areas in the order of docs/performance.md (others
+ * after them, in the order their first rows came), each area's rows in the order they came.
+ */
 export function markdownReport(rows: readonly CollectedRow[], machine: string): string {
+  const rank = (a: string) => (AREAS.includes(a) ? AREAS.indexOf(a) : AREAS.length);
   const areas = new Map<string, CollectedRow[]>();
-  for (const r of rows) areas.set(r.area, [...(areas.get(r.area) ?? []), r]);
+  for (const r of [...rows].sort((a, b) => rank(a.area) - rank(b.area))) areas.set(r.area, [...(areas.get(r.area) ?? []), r]);
   const out = [machine, ''];
   for (const [area, rs] of areas) {
     out.push(`## ${area}`, '');

@@ -3,10 +3,11 @@
  * benchmark's process by `npm run bench`, and the Markdown tables of docs/performance.md made from them.
  * Rows are fabricated; the collection runs a real child process that prints rows among its human output.
  */
-import { writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
+  AREAS,
   benchCommand,
   machineLine,
   markdownReport,
@@ -76,9 +77,10 @@ describe('result rows', () => {
     ]);
   });
 
-  it('the report has one table per area in the order the areas came, with when, the load and the commands', () => {
+  it('the report has one table per area in the order of docs/performance.md, with when, the load and the commands', () => {
     const at = { started: '2026-12-07T05:10:03.000Z', ended: '2026-12-07T05:12:59.000Z', loadStart: 1.2, loadEnd: 2.34 };
     const rows: CollectedRow[] = [
+      { area: 'An area of no section', measure: 'x', unit: 'ms', realise: 1 },
       { ...dagRow, ...at, command: 'REALISE_BENCH_SMALL=1 npx tsx bench/dag.ts' },
       {
         area: 'Store formats',
@@ -104,7 +106,7 @@ describe('result rows', () => {
     const formats = lines.indexOf('## Store formats');
     expect(dag).toBeGreaterThan(0);
     expect(formats).toBeGreaterThan(dag);
-    expect(lines.filter((l) => l.startsWith('## '))).toHaveLength(2);
+    expect(lines.filter((l) => l.startsWith('## '))).toEqual(['## Scheduler: layered DAG, unsandboxed', '## Store formats', '## An area of no section']);
     expect(lines[dag + 2]).toBe('Reproduce: `REALISE_BENCH_SMALL=1 npx tsx bench/dag.ts`.');
     expect(lines[dag + 3]).toBe('Measured 2026-12-07 05:10–05:12 UTC, load avg 1.2–7.9.');
     expect(lines[dag + 5]).toBe('| measure | realise | Nix 2.8 | ratio | floor | target | met? |');
@@ -117,6 +119,22 @@ describe('result rows', () => {
     expect(lines[formats + 5]).toBe('| measure | ours | reference (same run) | ratio | floor | target | met? |');
     expect(lines[formats + 7]).toBe('| hashPath, whole tree | 113 MiB/s | 35.0 MiB/s | **3.21** | — | — | — |');
     expect(markdownReport([], 'Machine: test')).toContain('no benchmark printed a result row');
+  });
+
+  it('every area the benchmarks name is a section of docs/performance.md, in the same order', () => {
+    const doc = readFileSync(new URL('../../docs/performance.md', import.meta.url), 'utf8');
+    const headings = doc.split('\n').flatMap((l) => (/^###? /.test(l) ? [l.replace(/^###? /, '')] : []));
+    expect(headings.filter((h) => AREAS.includes(h))).toEqual(AREAS);
+  });
+
+  it('every area a benchmark names is one of those', () => {
+    const dir = new URL('../../bench/', import.meta.url);
+    const named = readdirSync(dir)
+      .filter((f) => f.endsWith('.ts') && !f.startsWith('_'))
+      .flatMap((f) => [...readFileSync(new URL(f, dir), 'utf8').matchAll(/\barea(?::|\s*=)\s*([^,;\n]+)/g)].map((m) => m[1]!))
+      .flatMap((expr) => [...expr.matchAll(/'([^']*)'|"([^"]*)"/g)].map((m) => m[1] ?? m[2]!));
+    expect(named.length).toBeGreaterThan(10);
+    expect(named.filter((a) => !AREAS.includes(a))).toEqual([]);
   });
 
   it('the command of a row names only the knobs its benchmark reads', () => {
