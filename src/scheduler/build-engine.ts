@@ -119,6 +119,8 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   }
 
   private emitSafely: EngineContext['emit'] = (event, payload) => {
+    // Nobody listens (an engine used for its results alone): no stamped copy of the payload to make.
+    if (this.listenerCount(event) === 0) return;
     try {
       (this.emit as (e: string, a: unknown) => boolean)(event, { ...payload, time: performance.now() });
     } catch (error) {
