@@ -8,7 +8,6 @@ import { shortMessageOf } from '../store/errors.js';
 import type { Store } from '../store/store-api.js';
 import type { GcEvent } from '../store/gc.js';
 import { LocalStore } from '../store/local-store.js';
-import { warmRestoreThread } from '../store/nar.js';
 import { parseStorePath, type StorePath } from '../store/store-path.js';
 import { flushRemovals } from '../platform/chroot.js';
 import { NoSandbox } from '../platform/no-sandbox.js';
@@ -140,8 +139,6 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
 
   private async context(): Promise<EngineContext> {
     const store = await this.storePromise;
-    // A local store restores substituted NARs on its restore thread: started now, it is up by the first one.
-    if (this.options.substituters.length > 0 && store instanceof LocalStore) warmRestoreThread();
     const subs = sortByPriority(await this.initSubstituters());
     return {
       store,

@@ -5,7 +5,9 @@
  */
 import * as fs from 'node:fs';
 import { promises as fsp, write as writeCb, constants as FS, type Dirent } from 'node:fs';
+import { createRequire } from 'node:module';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { BadNarError, StoreError, storeWriteError } from './errors.js';
 import { Hash, HashSink, type HashAlgorithm } from './hash.js';
 import { ThreadTasks } from './thread-tasks.js';
@@ -714,15 +716,33 @@ interface RestoreReply {
   code?: string;
   message?: string;
 }
-const restoreThread = new ThreadTasks<RestoreReply>(new URL('./restore-thread.cjs', import.meta.url));
+const RESTORE_THREAD_SCRIPT = new URL('./restore-thread.cjs', import.meta.url);
+const restoreThread = new ThreadTasks<RestoreReply>(RESTORE_THREAD_SCRIPT);
 
-/** Start the restore thread ahead of the first batched restore (e.g. when substitutions are coming). */
-export function warmRestoreThread(): void {
-  restoreThread.warm();
+/**
+ * A batched restore of at most this many bytes of file contents (and MAIN_THREAD_RESTORE_OPS steps) is made
+ * on the main thread while the restore thread is not running: starting a thread costs tens of milliseconds,
+ * more than a few such restores (a `.drv`, a small output: one file), and a command that substitutes one
+ * small path needs no thread at all. The second one starts the thread for those that may follow.
+ */
+const MAIN_THREAD_RESTORE_BYTES = 64 * 1024;
+const MAIN_THREAD_RESTORE_OPS = 16;
+let mainThreadRestores = 0;
+let restoreOnMainThread: ((m: { id: number; ops: RestoreOp[]; now: number; dirChmod: boolean }) => RestoreReply) | undefined;
+
+/** Whether the restore thread is running (batched restores go to it, whatever their size). */
+export function restoreThreadOnline(): boolean {
+  return restoreThread.online;
 }
 
-/** Run the steps on the restore thread; a thread that died is reported as step -1. */
-function runRestoreOps(ops: RestoreOp[], now: number, dirChmod: boolean): Promise<RestoreReply> {
+/** Run the steps on the restore thread, or here when they are few and small; a thread that died is reported as step -1. */
+function runRestoreOps(ops: RestoreOp[], now: number, dirChmod: boolean, bytes: number): Promise<RestoreReply> | RestoreReply {
+  if (!restoreThread.online && bytes <= MAIN_THREAD_RESTORE_BYTES && ops.length <= MAIN_THREAD_RESTORE_OPS) {
+    if (++mainThreadRestores > 1) restoreThread.warm();
+    // The thread's own code (restore-thread.cjs), required from its file as the thread runs it.
+    restoreOnMainThread ??= (createRequire(import.meta.url)(fileURLToPath(RESTORE_THREAD_SCRIPT)) as { runOps: typeof restoreOnMainThread }).runOps!;
+    return restoreOnMainThread({ id: 0, ops, now, dirChmod });
+  }
   return restoreThread
     .run({ ops, now, dirChmod })
     .catch((e: unknown) => ({ id: 0, op: -1, message: `the restore thread failed: ${e instanceof Error ? e.message : String(e)}` }));
@@ -919,7 +939,9 @@ class NarRestore {
   async batched(source: AsyncIterable<Uint8Array>): Promise<{ size: number }> {
     const ops: RestoreOp[] = [];
     const r = await parseNar(source, this.recordingSink(ops));
-    const reply = await runRestoreOps(ops, this.now, this.dirChmod);
+    let bytes = 0;
+    for (const o of ops) if (o.k === 'f') for (const d of o.data) bytes += d.len;
+    const reply = await runRestoreOps(ops, this.now, this.dirChmod, bytes);
     if (reply.op !== undefined) {
       // Step 0 makes the root: when it failed nothing is ours to remove. A dead thread (-1) may have
       // left a partial tree.

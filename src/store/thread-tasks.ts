@@ -16,6 +16,8 @@ export class ThreadTasks<Reply extends { id: number }> {
   readonly #source: string | URL;
   readonly #onError: ((e: unknown) => void) | undefined;
   #worker: Worker | undefined;
+  /** Whether the current thread has started running its script (Worker's 'online'). */
+  #online = false;
   #seq = 0;
   readonly #pending = new Map<number, { resolve: (r: Reply) => void; reject: (e: unknown) => void }>();
 
@@ -28,6 +30,11 @@ export class ThreadTasks<Reply extends { id: number }> {
   /** Start the thread now (it takes tens of milliseconds), so that a first task soon does not wait for it. */
   warm(): void {
     this.#thread();
+  }
+
+  /** Whether a thread is running its script (a task given now does not wait for a thread to start). */
+  get online(): boolean {
+    return this.#worker !== undefined && this.#online;
   }
 
   run(request: Record<string, unknown>, transfer?: readonly TransferListItem[]): Promise<Reply> {
@@ -53,6 +60,10 @@ export class ThreadTasks<Reply extends { id: number }> {
     // No options of this process's (a loader such as tsx's costs each thread ~100 ms and the script needs none).
     const { Worker } = workerThreads();
     const w = typeof this.#source === 'string' ? new Worker(this.#source, { eval: true, execArgv: [] }) : new Worker(this.#source, { execArgv: [] });
+    this.#online = false;
+    w.once('online', () => {
+      if (this.#worker === w) this.#online = true;
+    });
     w.on('message', (m: Reply) => {
       const p = this.#pending.get(m.id);
       if (!p) return;
