@@ -23,7 +23,7 @@ import {
   type WireDerivationOutput,
 } from './protocol-common.js';
 import { ServeConnection, type ServeBuildSettings } from './serve-protocol.js';
-import { StdioTransport, type Transport } from './transport.js';
+import { loadExeca, StdioTransport, type Transport } from './transport.js';
 import { buildLogLine, WorkerConnection, type OnRemoteLog, type RemoteLogEvent, type WorkerOptions } from './worker-protocol.js';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { getMaxListeners, setMaxListeners } from 'node:events';
@@ -407,6 +407,7 @@ export class MachineBuilder implements RemoteBuilder {
       const c = remoteCommand(this.machine, this.opts);
       protocol = c.protocol;
       cleanup = c.cleanup;
+      await loadExeca();
       transport = StdioTransport.spawn(c.command, c.args, { env: this.opts.env, onStderr });
     }
     if (cleanup) void transport.closed.finally(cleanup);

@@ -42,9 +42,19 @@ export interface StdioTransportOptions {
 const TAIL_LINES = 20;
 
 let execaModule: typeof import('execa') | undefined;
-/** execa, loaded when the first transport is spawned (its import is tens of ms of start-up). */
+/**
+ * execa, loaded when the first transport is spawned (its import is tens of ms of start-up): through
+ * `loadExeca` when an async caller ran it first, else through require, which loads the ES module natively
+ * but fails under a loader that compiles required ES modules into CommonJS (tsx: execa's dependencies
+ * export no CommonJS entry).
+ */
 function execa(): typeof import('execa').execa {
   return (execaModule ??= createRequire(import.meta.url)('execa') as typeof import('execa')).execa;
+}
+
+/** Load execa with import(), which works under any loader, so that `StdioTransport.spawn` needs no require. */
+export async function loadExeca(): Promise<void> {
+  execaModule ??= await import('execa');
 }
 
 /** Spawn `command args...` and speak over its stdin/stdout. */
