@@ -88,7 +88,10 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     this.storePromise = options.store ? Promise.resolve(options.store) : LocalStore.openDefault();
     this.buildQueue = new PQueue({ concurrency: Math.max(1, this.options.maxJobs) });
     this.substSlots = new SubstitutionSlots(this.options.maxSubstitutionJobs);
-    this.progressTracker = new ProgressTracker((p) => this.emitSafely('progress', p));
+    this.progressTracker = new ProgressTracker(
+      (p) => this.emitSafely('progress', p),
+      () => this.listenerCount('progress') > 0,
+    );
     const o = this.options;
     this.builtins = new BuiltinBuilders({
       hashedMirrors: o.hashedMirrors,

@@ -197,7 +197,11 @@ export class ProgressTracker {
   readonly nar = { expected: 0, done: 0 };
   private scheduled = false;
 
-  constructor(private readonly emit: (p: Progress) => void) {}
+  constructor(
+    private readonly emit: (p: Progress) => void,
+    /** Whether anyone wants the snapshots now (none made while nobody does; the counters are kept all the same). */
+    private readonly wanted: () => boolean = () => true,
+  ) {}
 
   /** Count one unit of work as expected; the handle withdraws it. */
   expect(kind: CountedKind): ExpectedCount {
@@ -220,7 +224,7 @@ export class ProgressTracker {
 
   /** Coalesce bursts of updates into one event per tick. */
   changed(): void {
-    if (this.scheduled) return;
+    if (this.scheduled || !this.wanted()) return;
     this.scheduled = true;
     queueMicrotask(() => {
       this.scheduled = false;
