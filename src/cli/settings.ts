@@ -3,6 +3,7 @@
  * as nix-store reads them: a value Nix would refuse is a warning and the default stays. Settings Nix 2.8
  * knows but the engine does not use, and those other commands read, are accepted silently, as Nix does.
  */
+import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { defaultSystemFeatures, type BuildEngineOptions, type Store } from '../index.js';
 import { parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
@@ -105,6 +106,8 @@ function applyPlain(name: string, value: string, opts: Options, appended: Map<ke
   if (str) put(opts, str, value);
   else if (list) put(opts, list, words(value));
   else if (added) appended.set(added, [...(appended.get(added) ?? []), ...words(value)]);
+  // Nix's secret-key-files: the keys that sign what is built here (read as Nix reads them, the file's text).
+  else if (name === 'secret-key-files') opts.secretKeys = words(value).map((f) => readFileSync(f, 'utf8').trim());
   else if (name === 'extra-system-features') opts.systemFeatures = [...(opts.systemFeatures ?? defaultSystemFeatures()), ...words(value)];
 }
 

@@ -90,6 +90,11 @@ export interface BuildEngineOptions {
   /** Program run after each successful build with DRV_PATH and OUT_PATHS. @default undefined */
   postBuildHook?: string;
   /**
+   * Secret keys (`name:base64`, as `nix-store --generate-binary-cache-key` writes them) that sign each output
+   * built here, as Nix's `secret-key-files` does: the signatures go into the output's path info. @default []
+   */
+  secretKeys?: readonly string[];
+  /**
    * Features this machine supports (Nix's system-features); with `kvm`, the sandbox binds /dev/kvm when it exists.
    * @default ['benchmark', 'big-parallel', 'nixos-test'], plus 'kvm' when /dev/kvm is readable and writable (defaultSystemFeatures())
    */
@@ -146,6 +151,7 @@ export interface ResolvedOptions {
   logLines: number;
   keepFailed: boolean;
   postBuildHook: string | undefined;
+  secretKeys: readonly string[];
   systemFeatures: readonly string[];
   system: string;
   extraPlatforms: readonly string[];
@@ -225,6 +231,7 @@ const KNOWN = new Set([
   'logLines',
   'keepFailed',
   'postBuildHook',
+  'secretKeys',
   'systemFeatures',
   'system',
   'extraPlatforms',
@@ -288,6 +295,7 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     logLines: int('logLines', o.logLines, 10, 0),
     keepFailed: bool('keepFailed', o.keepFailed, false),
     postBuildHook: o.postBuildHook || undefined,
+    secretKeys: strings('secretKeys', o.secretKeys, []),
     systemFeatures: strings('systemFeatures', o.systemFeatures, defaultSystemFeatures()),
     system,
     extraPlatforms: strings('extraPlatforms', o.extraPlatforms, system === 'x86_64-linux' ? ['i686-linux'] : []),

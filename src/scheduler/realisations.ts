@@ -10,6 +10,7 @@ import type { Hash } from '../store/hash.js';
 import type { Realisation, Store } from '../store/store-api.js';
 import type { StorePath } from '../store/store-path.js';
 import { knownPath, type DrvView } from './drv-view.js';
+import { signDetached } from '../substituter/signatures.js';
 
 /** One hasher (with its memo of input derivations' hashes) per store, as Nix's drvHashes. */
 const hashers = new WeakMap<Store, DerivationHasher>();
@@ -89,12 +90,22 @@ export async function realiseValidOutputs(store: Store, view: DrvView, valid: Re
 }
 
 /** After a build (Nix's registerOutputs): a realisation for each built output. */
-export async function registerBuiltRealisations(store: Store, view: DrvView, paths: Readonly<Record<string, StorePath>>): Promise<void> {
+export async function registerBuiltRealisations(
+  store: Store,
+  view: DrvView,
+  paths: Readonly<Record<string, StorePath>>,
+  secretKeys: readonly string[] = [],
+): Promise<void> {
   if (!store.registerRealisation) return;
   const hashes = await outputHashes(store, view.drv);
   for (const [name, outPath] of Object.entries(paths)) {
     const h = hashes.get(name);
-    if (h) await store.registerRealisation({ id: drvOutputId(h, name), outPath, signatures: [] });
+    if (!h) continue;
+    const id = drvOutputId(h, name);
+    // As Nix's signRealisation: each key signs the realisation's JSON without its signatures (keys sorted;
+    // a built one has no dependent realisations yet).
+    const fingerprint = JSON.stringify({ dependentRealisations: {}, id, outPath: outPath.slice(outPath.lastIndexOf('/') + 1) });
+    await store.registerRealisation({ id, outPath, signatures: [...new Set(secretKeys.map((k) => signDetached(fingerprint, k)))].sort() });
   }
 }
 

@@ -24,6 +24,7 @@ import type { OutputChecks } from '../derivation/parsed-attrs.js';
 import { isRejected, rejected, type Rejected } from './rejected.js';
 import { registerBuiltRealisations, registersRealisations } from './realisations.js';
 import type { BuildMode, Worker } from './worker.js';
+import { signPathInfo } from '../substituter/narinfo.js';
 
 export interface RoundOutputs {
   /** Output name → final path. */
@@ -222,6 +223,13 @@ function orderOutputs(drvPath: StorePath, scanned: ReadonlyMap<string, Scanned>)
 }
 
 /** The outputs finalised so far, in order: their final paths and path infos, and the rewrites to them. */
+/** As Nix's LocalStore::signPathInfo: the info signed by each of the `secretKeys` (its signatures a sorted set). */
+function signed(w: Worker, info: PathInfo): PathInfo {
+  const keys = w.ctx.options.secretKeys;
+  if (!keys.length) return info;
+  return { ...info, sigs: [...new Set([...(info.sigs ?? []), ...keys.map((k) => signPathInfo(info, k))])].sort() };
+}
+
 class Finalised {
   /** Scratch hash part → final hash part, for the outputs finalised so far. */
   readonly outputRewrites = new Map<string, string>();
@@ -372,7 +380,7 @@ class Finalised {
     if (!untouched && (actual === finalReal || compared)) await canonicalisePathMetaData(actual, { ignoredAcls: store.ignoredAcls }).catch(() => {});
     if (s.scratch !== info.path) this.outputRewrites.set(storePathHashPart(s.scratch), storePathHashPart(info.path));
     this.finalPaths[s.name] = info.path;
-    this.infos.set(s.name, { ...info, deriver: this.view.drvPath, ultimate: true, registrationTime: Math.floor(Date.now() / 1000) });
+    this.infos.set(s.name, signed(this.w, { ...info, deriver: this.view.drvPath, ultimate: true, registrationTime: Math.floor(Date.now() / 1000) }));
   }
 
   outputs(pending?: readonly PathInfo[]): RoundOutputs {
@@ -405,7 +413,7 @@ async function compareWithRegistered(w: Worker, view: DrvView, plan: RegisterPla
     }
     await deleteTree(real).catch(() => {});
     // As Nix: a path the check reproduced (e.g. one substituted) is now ultimately trusted.
-    if (!old.ultimate) await store.registerValidPaths([{ ...old, ultimate: true }]);
+    if (!old.ultimate) await store.registerValidPaths([signed(w, { ...old, ultimate: true })]);
   }
   // As Nix: a fixed output whose content does not have its hash fails the check too (exit 102), even
   // when nothing valid was there to compare it with (its true path is another one).
@@ -468,7 +476,7 @@ async function registerRound(w: Worker, view: DrvView, plan: RegisterPlan, fin: 
  * with `ca-derivations` every output gets one.
  */
 async function registerRealisations(w: Worker, view: DrvView, paths: Record<string, StorePath>): Promise<void> {
-  if (registersRealisations(view, w.ctx.options.experimentalFeatures)) await registerBuiltRealisations(w.ctx.store, view, paths);
+  if (registersRealisations(view, w.ctx.options.experimentalFeatures)) await registerBuiltRealisations(w.ctx.store, view, paths, w.ctx.options.secretKeys);
 }
 
 /** The checks of one output; a derivation whose checks are malformed has its outputs rejected. */

@@ -82,6 +82,41 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests: realise vs nix-store on twi
     await step(t, [...t.instantiate('dependencies.nix'), '--repeat', '3'], 0);
   }, 120_000);
 
+  it('signing.sh: secret-key-files signs what is built here (both keys), not what is not; nix store verify of both stores', async () => {
+    const t = new TwinStores();
+    for (const n of [1, 2]) runNix('nix-store', ['--generate-binary-cache-key', `cache${n}.example.org`, `${t.root}/sk${n}`, `${t.root}/pk${n}`]);
+    const pk = (n: number) => readFileSync(`${t.root}/pk${n}`, 'utf8').trim();
+    const keys = ['--option', 'secret-key-files', `${t.root}/sk1 ${t.root}/sk2`];
+    const info = (side: Side, p: string) => {
+      t.use(side);
+      const r = runNix('nix', ['path-info', '--store', t.uri(side), '--json', p], { env: t.env });
+      expect(r.status, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout) as Record<string, unknown>[]).map(({ registrationTime: _, ...rest }) => rest);
+    };
+    const verify = (side: Side, p: string, args: string[]) => {
+      t.use(side);
+      return runNix('nix', ['store', 'verify', '--store', t.uri(side), '-r', p, ...args], { env: t.env }).status;
+    };
+    const { nix: built } = await step(t, [...t.instantiate('dependencies.nix'), ...keys], 0);
+    const out = built.stdout.trim();
+    const { nix: unsigned } = await step(t, t.instantiate('simple.nix'), 0);
+    const out2 = unsigned.stdout.trim();
+    for (const side of sides) {
+      expect(info(side, out)).toEqual(info('nix', out));
+      expect(info(side, out2)).toEqual(info('nix', out2));
+      const [signedInfo] = info(side, out) as { ultimate: boolean; signatures: string[] }[];
+      expect(signedInfo!.ultimate).toBe(true);
+      expect(signedInfo!.signatures.map((sig) => sig.split(':')[0])).toEqual(['cache1.example.org', 'cache2.example.org']);
+      expect(info(side, out2)[0]!.signatures).toBeUndefined();
+      expect(verify(side, out, ['--sigs-needed', '2', '--trusted-public-keys', `${pk(1)} ${pk(2)}`])).toBe(0);
+      expect(verify(side, out, ['--sigs-needed', '2', '--trusted-public-keys', pk(1)])).toBe(2);
+      expect(verify(side, out2, ['--sigs-needed', '1', '--trusted-public-keys', pk(1)])).toBe(2);
+    }
+    // A fixed output built with the keys is signed too.
+    const { nix: ca } = await step(t, [...t.instantiate('fixed.nix', ['-A', 'good.0']), ...keys], 0);
+    for (const side of sides) expect(info(side, ca.stdout.trim())).toEqual(info('nix', ca.stdout.trim()));
+  }, 120_000);
+
   it('post-hook.sh and ca/post-hook.sh: the hook runs after each build, and for a resolved derivation again with the original', async () => {
     const t = new TwinStores();
     const hook = `${t.root}/hook.sh`;
