@@ -84,7 +84,13 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests: realise vs nix-store on twi
 
   it('signing.sh: secret-key-files signs what is built here (both keys), not what is not; nix store verify of both stores', async () => {
     const t = new TwinStores();
-    for (const n of [1, 2]) runNix('nix-store', ['--generate-binary-cache-key', `cache${n}.example.org`, `${t.root}/sk${n}`, `${t.root}/pk${n}`]);
+    t.use('nix');
+    for (const n of [1, 2]) {
+      const r = runNix('nix-store', ['--store', t.uri('nix'), '--generate-binary-cache-key', `cache${n}.example.org`, `${t.root}/sk${n}`, `${t.root}/pk${n}`], {
+        env: t.env,
+      });
+      expect(r.status, r.stderr).toBe(0);
+    }
     const pk = (n: number) => readFileSync(`${t.root}/pk${n}`, 'utf8').trim();
     const keys = ['--option', 'secret-key-files', `${t.root}/sk1 ${t.root}/sk2`];
     const info = (side: Side, p: string) => {
