@@ -19,7 +19,7 @@ import { performance } from 'node:perf_hooks';
 import { LocalStore } from '../src/store/local-store.js';
 import { machine, formatMachines, type Machine } from '../src/remote/machines.js';
 import { buildOnRemote, MachineBuilder } from '../src/remote/remote-builder.js';
-import { nixInstantiate, runNix, tempDir } from '../test/helpers/nix.js';
+import { nixInstantiate, removeTreeSync, runNix, tempDir } from '../test/helpers/nix.js';
 import { NIX_CONF, remoteEnv } from '../test/remote/fixture.js';
 import { parseDerivation, derivationNameFromPath } from '../src/derivation/derivation.js';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -140,7 +140,7 @@ function dagNix(tag: string, machines: Machine[]): number {
 
 async function main(): Promise<void> {
   const salt = randomBytes(4).toString('hex');
-  console.log(`remote builds, N=${N} trivial derivations per scenario (work dir ${dir})`);
+  console.log(`remote builds, N=${N} trivial derivations per scenario (work dir ${dir}, removed at the end)`);
 
   const seqM = (t: string) => machinesFor(t, 1, 1);
   const o1 = await ours(`seq-${salt}`, seqM(`seq-ours-${salt}`), false);
@@ -210,4 +210,9 @@ async function main(): Promise<void> {
   console.log(`\nRESULT ${JSON.stringify({ N, seq: { ours: ourPer, nix: nixPer }, par: { ours: o2.wall / N, nix: n2.wall / N }, dag })}`);
 }
 
-await main();
+try {
+  await main();
+} finally {
+  // The remotes' stores hold read-only store paths: removed as the tests remove theirs.
+  removeTreeSync(dir);
+}
