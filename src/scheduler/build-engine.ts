@@ -175,7 +175,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
         p.nar.done += info.narSize;
         p.changed();
       },
-      loadDrv: (drvPath) => this.loadDrvCached(store, drvPath),
+      loadDrv: (drvPath, checked) => this.loadDrvCached(store, drvPath, checked),
       cachedDrv: (drvPath) => this.cachedDrv(drvPath),
       isProvidedDrv: (drvPath) => this.providedDrvs.has(drvPath),
       pickSandbox: (view) => this.pickSandbox(store, view),
@@ -234,10 +234,10 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     return out;
   }
 
-  private loadDrvCached(store: Store, drvPath: StorePath): Promise<DrvView> {
+  private loadDrvCached(store: Store, drvPath: StorePath, validityChecked = false): Promise<DrvView> {
     let p = this.cachedDrv(drvPath);
     if (!p) {
-      p = loadDrv(store, drvPath);
+      p = loadDrv(store, drvPath, validityChecked);
       p.catch(() => this.drvCache.delete(drvPath));
       if (this.drvCache.size >= DRV_CACHE_SIZE) this.drvCache.delete(this.drvCache.keys().next().value!);
       this.drvCache.set(drvPath, p);

@@ -27,8 +27,8 @@ export interface EngineContext {
   fetchPath(sub: Substituter, info: SubstitutablePathInfo, signal: AbortSignal, repair: boolean, as?: StorePath): Promise<void>;
   /** Whether the caller handed us this derivation (buildDerivation), so it need not be in the store. */
   isProvidedDrv(drvPath: StorePath): boolean;
-  /** Load (and cache) a derivation. */
-  loadDrv(drvPath: StorePath): Promise<DrvView>;
+  /** Load (and cache) a derivation; `validityChecked`: the caller has just found the `.drv` valid. */
+  loadDrv(drvPath: StorePath, validityChecked?: boolean): Promise<DrvView>;
   /** The derivation loadDrv gives at once, when it is cached or handed to us (no load to start); else undefined. */
   cachedDrv?(drvPath: StorePath): Promise<DrvView> | undefined;
   /** The sandbox to use for a derivation, or an error message saying why none can be used. */

@@ -79,12 +79,14 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
   if (!isDerivationPath(drvPath)) return failure('misc-failure', `'${drvPath}' is not a derivation path`);
   const { store } = w.ctx;
   // 1. Make sure the derivation exists; it may come from a substitute.
-  if (!w.ctx.isProvidedDrv(drvPath) && !(await store.isValidPath(drvPath))) {
+  const valid = w.ctx.isProvidedDrv(drvPath) || (await store.isValidPath(drvPath));
+  if (!valid) {
     const o = await goal.blocked(w.substitutionGoal(drvPath));
     w.signal.throwIfAborted();
     if (!substitutionSucceeded(o)) return failure('misc-failure', `cannot build missing derivation '${drvPath}'`);
   }
-  const view = await w.ctx.loadDrv(drvPath);
+  // (Just found valid: reading it need not ask the store again.)
+  const view = await w.ctx.loadDrv(drvPath, valid);
   // Nix 2.8 refuses to read such a .drv without the feature: the error ends the call.
   const noCa = w.ctx.isProvidedDrv(drvPath) ? undefined : caFeatureMissing(view, w.ctx.options);
   if (noCa) return w.endCall(noCa, drvPath);

@@ -41,8 +41,8 @@ export function knownPath(o: BuildableOutput): StorePath | undefined {
   return o.type === 'floating' || o.type === 'deferred' ? undefined : o.path;
 }
 
-export async function loadDrv(store: Store, drvPath: StorePath): Promise<DrvView> {
-  const text = await store.readTextFile(drvPath);
+export async function loadDrv(store: Store, drvPath: StorePath, validityChecked = false): Promise<DrvView> {
+  const text = await store.readTextFile(drvPath, { validityChecked });
   const name = storePathName(drvPath).replace(/\.drv$/, '');
   const drv = parseDerivation(text, name, { storeDir: store.storeDir });
   return viewOf(drvPath, drv, name);

@@ -63,7 +63,7 @@ export class Worker {
   constructor(ctx: EngineContext, mode: BuildMode, signal?: AbortSignal) {
     const loads = new PQueue({ concurrency: MAX_CONCURRENT_DRV_LOADS });
     // A derivation read already (each goal asks for its own and its inputs' several times) skips the gate.
-    this.ctx = { ...ctx, loadDrv: (drvPath) => ctx.cachedDrv?.(drvPath) ?? loads.add(() => ctx.loadDrv(drvPath)) };
+    this.ctx = { ...ctx, loadDrv: (drvPath, checked) => ctx.cachedDrv?.(drvPath) ?? loads.add(() => ctx.loadDrv(drvPath, checked)) };
     this.mode = mode;
     if (signal) {
       if (signal.aborted) this.stop('signal');

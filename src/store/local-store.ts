@@ -1227,8 +1227,8 @@ export class LocalStore implements Store {
     yield* dumpPath(this.toRealPath(p));
   }
 
-  async readTextFile(p: StorePath): Promise<string> {
-    if (!(await this.isValidPath(p))) throw invalidPathError(p);
+  async readTextFile(p: StorePath, opts: { validityChecked?: boolean } = {}): Promise<string> {
+    if (!opts.validityChecked && !this.isValidPathSync(p)) throw invalidPathError(p);
     const real = this.toRealPath(p);
     // Synchronous calls for a small file (a `.drv`): an lstat, open, read and close of an existing file take
     // microseconds each, less than the thread-pool round trips they would otherwise be, one per build.

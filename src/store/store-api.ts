@@ -119,8 +119,11 @@ export interface Store {
   registerValidPaths(infos: readonly PathInfo[], opts?: { readonly canonicalise?: boolean }): Promise<void>;
   /** Serialise a valid path as a NAR. */
   narFromPath(path: StorePath): NarSource;
-  /** Read a valid path that is a single regular file (e.g. a `.drv`) as UTF-8. */
-  readTextFile(path: StorePath): Promise<string>;
+  /**
+   * Read a valid path that is a single regular file (e.g. a `.drv`) as UTF-8. `validityChecked`: the caller
+   * has just found the path valid, so a store may skip asking again.
+   */
+  readTextFile(path: StorePath, opts?: { validityChecked?: boolean }): Promise<string>;
   /** Delete the contents of an invalid path (refuses valid ones). */
   deletePath(path: StorePath): Promise<void>;
   /**
