@@ -118,7 +118,7 @@ export { ParsedDerivation, DEFAULT_SYSTEM_FEATURES, defaultSystemFeatures } from
 export * from './substituter/index.js';
 
 // Sandboxes
-export type { Sandbox, SandboxRequest, SandboxRunOptions, SandboxExit } from './platform/sandbox.js';
+export type { Sandbox, SandboxRequest, SandboxRunOptions, SandboxExit, SandboxWarmUp } from './platform/sandbox.js';
 export { NoSandbox, type NoSandboxOptions } from './platform/no-sandbox.js';
 export { LinuxSandbox, type LinuxSandboxOptions } from './platform/linux-sandbox.js';
 export { SandboxError, type SandboxErrorCode } from './platform/sandbox-errors.js';

@@ -221,17 +221,38 @@ function runOpsSync(ops: Op[]): void {
   }
 }
 
-async function runOps(ops: Op[]): Promise<void> {
+/** Read once (process.umask() with no argument reads and restores it): whether mkdir's mode needs a chmod after it. */
+const UMASK = process.umask();
+
+async function runOp(o: Op): Promise<void> {
+  if (o.op === 'mkdir') {
+    try {
+      await fs.promises.mkdir(o.path, { mode: o.mode });
+    } catch (e) {
+      if (!isExisting(e)) throw e;
+    }
+    // Only a mode the umask takes bits from (or with the sticky bit) needs setting again.
+    if (o.mode > 0o777 || (o.mode & UMASK) !== 0) await fs.promises.chmod(o.path, o.mode);
+  } else if (o.op === 'write') await fs.promises.writeFile(o.path, o.data, { mode: o.mode });
+  else await fs.promises.symlink(o.target, o.path);
+}
+
+/**
+ * The ops of a skeleton made under `root` on the thread pool, a level at a time: every entry of the
+ * directories made so far at once (each op is one or more thread-pool requests; one after the other, a
+ * skeleton took about fifty round trips).
+ */
+async function runOps(ops: Op[], root: string): Promise<void> {
+  const levels: Op[][] = [];
   for (const o of ops) {
-    if (o.op === 'mkdir') {
-      try {
-        await fs.promises.mkdir(o.path, { mode: o.mode });
-      } catch (e) {
-        if (!isExisting(e)) throw e;
-      }
-      await fs.promises.chmod(o.path, o.mode);
-    } else if (o.op === 'write') await fs.promises.writeFile(o.path, o.data, { mode: o.mode });
-    else await fs.promises.symlink(o.target, o.path);
+    const depth = o.path === root ? 0 : path.relative(root, o.path).split(path.sep).length;
+    (levels[depth] ??= []).push(o);
+  }
+  for (const level of levels) {
+    if (!level) continue;
+    // Settled, all of them, before a failure is thrown: the caller then discards the tree, with nothing still writing into it.
+    const failed = (await Promise.allSettled(level.map(runOp))).find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 }
 
@@ -411,13 +432,29 @@ export class ChrootPool {
     return JSON.stringify([path.dirname(opts.root), opts.storeDir, opts.sandboxBuildDir, opts.uid, opts.gid, opts.network, opts.devSkeleton, !!opts.kvm]);
   }
 
-  take(opts: PrepareChrootOptions): ChrootLayout {
-    const key = ChrootPool.keyOf(opts);
+  #listOf(key: string): SkeletonState[] {
     let list = this.#ready.get(key);
     if (!list) {
       list = [];
       this.#ready.set(key, list);
     }
+    return list;
+  }
+
+  /** Start making skeletons for builds like `opts` in the background, before the first one needs one. */
+  prefill(opts: PrepareChrootOptions): void {
+    const key = ChrootPool.keyOf(opts);
+    this.#refill(key, opts, this.#listOf(key));
+  }
+
+  /** Resolves when the refills and recycle checks under way are done (what they make is then in the pool). */
+  async settled(): Promise<void> {
+    while (this.#inflight.size > 0) await Promise.all([...this.#inflight]);
+  }
+
+  take(opts: PrepareChrootOptions): ChrootLayout {
+    const key = ChrootPool.keyOf(opts);
+    const list = this.#listOf(key);
     let layout: ChrootLayout | undefined;
     // Most recently recycled first: its mount points most likely match this build's inputs.
     const sk = list.pop();
@@ -517,7 +554,7 @@ export class ChrootPool {
           ChrootPool.#all.add(dir);
           let sk: SkeletonState;
           try {
-            await runOps(chrootOps({ ...opts, root: dir }));
+            await runOps(chrootOps({ ...opts, root: dir }), dir);
             if (generation !== this.#generation) throw new Error('drained');
             sk = snapshotSkeleton(dir, key, opts);
           } catch {

@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { execErrorOf, spawnFailed, type Sandbox, type SandboxExit, type SandboxRequest, type SandboxRunOptions } from './sandbox.js';
+import { execErrorOf, spawnFailed, type Sandbox, type SandboxExit, type SandboxRequest, type SandboxRunOptions, type SandboxWarmUp } from './sandbox.js';
 import { SandboxError } from './sandbox-errors.js';
 import { parsePreBuildHookOutput, type SandboxPath } from './sandbox-config.js';
 import {
@@ -104,7 +104,7 @@ export function findOnPath(cmd: string): string | undefined {
 }
 
 /** Whether a build gets /dev/kvm: asked for (`kvm` among the system features) and present on the host, as Nix. */
-function wantsKvm(request: SandboxRequest): boolean {
+function wantsKvm(request: Pick<SandboxRequest, 'kvm'>): boolean {
   return !!request.kvm && fs.existsSync('/dev/kvm');
 }
 
@@ -156,6 +156,8 @@ export class LinuxSandbox implements Sandbox {
   readonly #filter: Buffer | undefined;
   #backend: Promise<ResolvedBackend> | undefined;
   #server: SandboxServer | undefined;
+  /** Counts close() calls: a warm-up that resolves after one does nothing. */
+  #closes = 0;
   readonly #pool: ChrootPool | undefined;
 
   constructor(options: LinuxSandboxOptions = {}) {
@@ -211,9 +213,51 @@ export class LinuxSandbox implements Sandbox {
    * Resolves when no chroot of this sandbox is left but those queued for deletion (see flushRemovals).
    */
   async close(): Promise<void> {
+    this.#closes++;
     this.#server?.close();
     this.#server = undefined;
     await this.#pool?.drain();
+  }
+
+  /**
+   * Start the helper server (and its prepared build process) and make chroot skeletons for builds like
+   * `like`, in the background, so that the first builds find them ready. Failures are left to the builds,
+   * which report them: the promise (which callers need not wait for) resolves when the warm-up is done,
+   * and never rejects.
+   */
+  async warmUp(like: SandboxWarmUp): Promise<void> {
+    const closes = this.#closes;
+    try {
+      const backend = await this.#resolve();
+      if (closes !== this.#closes) return; // closed meanwhile
+      this.#pool?.prefill(this.#chrootOptions({ ...like, network: false }, backend));
+      const server = backend.kind === 'helper' && this.#options.server !== false ? this.#serverFor(backend.exe).start() : undefined;
+      await Promise.all([server, this.#pool?.settled()]);
+    } catch {
+      /* the builds say what is wrong */
+    }
+  }
+
+  /** Where and how a build's chroot is laid out. */
+  #chrootOptions(
+    request: Pick<SandboxRequest, 'drvPath' | 'storeDir' | 'realStoreDir' | 'sandboxBuildDir' | 'kvm' | 'network' | 'uid' | 'gid'>,
+    backend: ResolvedBackend,
+  ): PrepareChrootOptions {
+    return {
+      root: chrootDirFor(request.realStoreDir, request.drvPath),
+      storeDir: request.storeDir,
+      sandboxBuildDir: request.sandboxBuildDir,
+      uid: request.uid ?? SANDBOX_UID,
+      gid: request.gid ?? SANDBOX_GID,
+      network: request.network,
+      devSkeleton: backend.kind === 'helper',
+      // Looked at once per build (Nix: pathExists("/dev/kvm")), for the skeleton and the mounts alike.
+      kvm: wantsKvm(request),
+    };
+  }
+
+  #serverFor(exe: string): SandboxServer {
+    return (this.#server ??= new SandboxServer(exe, this.#filter, { warm: true }));
   }
 
   async run(request: SandboxRequest, opts: SandboxRunOptions = {}): Promise<SandboxExit> {
@@ -222,20 +266,8 @@ export class LinuxSandbox implements Sandbox {
     }
     const backend = await this.#resolve();
     if (opts.signal?.aborted) return { kind: 'aborted' };
-    const uid = request.uid ?? SANDBOX_UID;
-    const gid = request.gid ?? SANDBOX_GID;
-    const root = chrootDirFor(request.realStoreDir, request.drvPath);
-    const chrootOpts = {
-      root,
-      storeDir: request.storeDir,
-      sandboxBuildDir: request.sandboxBuildDir,
-      uid,
-      gid,
-      network: request.network,
-      devSkeleton: backend.kind === 'helper',
-      // Looked at once per build (Nix: pathExists("/dev/kvm")), for the skeleton and the mounts alike.
-      kvm: wantsKvm(request),
-    };
+    const chrootOpts = this.#chrootOptions(request, backend);
+    const { root } = chrootOpts;
     const layout = this.#pool ? this.#pool.take(chrootOpts) : prepareChroot(chrootOpts);
     let exit: SandboxExit | undefined;
     let leftovers: ChrootLeftovers | undefined;
@@ -394,10 +426,10 @@ export class LinuxSandbox implements Sandbox {
     if (this.#options.server !== false) {
       a.splice(a.indexOf('--status-fd'), 2);
       a.push('--', request.builder, path.basename(request.builder), ...request.args);
-      this.#server ??= new SandboxServer(exe, filter, { warm: true });
+      const server = this.#serverFor(exe);
       let exit: SandboxExit;
       try {
-        exit = await this.#server.run({
+        exit = await server.run({
           args: a,
           env: request.env,
           signal: opts.signal,

@@ -61,6 +61,11 @@ export class SandboxServer {
     this.#warm = options.warm ?? false;
   }
 
+  /** Start the server process now rather than with the first build (rejects as run() would). */
+  start(): Promise<void> {
+    return this.#start();
+  }
+
   #start(): Promise<void> {
     this.#ready ??= (async () => {
       this.#closing = false;

@@ -95,4 +95,13 @@ export interface Sandbox {
   run(request: SandboxRequest, opts?: SandboxRunOptions): Promise<SandboxExit>;
   /** Release what the sandbox keeps between builds (helper processes, prepared chroots). Optional. */
   close?(): void | Promise<void>;
+  /**
+   * Get ready, in the background, for builds like `like` (its store dirs, build dir and kvm), before the
+   * first one runs: helper processes started, chroots prepared. Optional; never fails (builds report errors);
+   * a promise it returns resolves when it is done (callers need not wait for it).
+   */
+  warmUp?(like: SandboxWarmUp): void | Promise<void>;
 }
+
+/** What Sandbox.warmUp needs to know of the builds to come. */
+export type SandboxWarmUp = Pick<SandboxRequest, 'drvPath' | 'storeDir' | 'realStoreDir' | 'sandboxBuildDir' | 'kvm'>;

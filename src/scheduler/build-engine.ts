@@ -292,8 +292,18 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     if (typeof mode === 'object') return mode;
     if (!sandboxedBy(store, view, mode)) return this.noSandbox;
     // The Linux sandbox is probed when the first build needs it: a call that builds nothing (every output
-    // valid) or nothing sandboxed starts no probe.
-    this.linuxSandbox ??= probeLinuxSandbox(this.options);
+    // valid) or nothing sandboxed starts no probe. Once found, it gets ready for the builds to come (its
+    // helper server, chroots) while this first one sets up.
+    this.linuxSandbox ??= probeLinuxSandbox(this.options).then((choice) => {
+      void choice.sandbox?.warmUp?.({
+        drvPath: view.drvPath,
+        storeDir: store.storeDir,
+        realStoreDir: store.realStoreDir,
+        sandboxBuildDir: this.options.sandboxBuildDir,
+        kvm: this.options.systemFeatures.includes('kvm'),
+      });
+      return choice;
+    });
     const choice = (this.linuxChoice = await this.linuxSandbox);
     if (choice?.sandbox) return choice.sandbox;
     const why = choice && !choice.sandbox ? choice.reason : 'the sandbox was not probed';

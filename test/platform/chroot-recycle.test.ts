@@ -3,7 +3,7 @@
  * anything an earlier builder left or changed, nor a mount point of an input it does not have.
  * The chroot root's inode number (`stat -c %i /` inside) tells whether a skeleton was reused.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootDirFor, flushRemovals } from '../../src/platform/chroot.js';
@@ -53,6 +53,24 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
     expect(readFileSync(fx.realPath(req.outputPaths[0]!), 'utf8')).toBe(`${a.trim()}\n. .. `); // the pooled skeleton, not the stale tree
     await flushRemovals();
     expect(existsSync(stale)).toBe(false);
+  });
+
+  it('warmUp() makes skeletons for the builds to come before any runs; the first build takes one', async () => {
+    const warm = new LinuxSandbox({ backend: 'helper', chrootPool: 1 });
+    try {
+      const req = fx.request('warm', `${rootIno} > $out`);
+      const hash = path.basename(req.drvPath).slice(0, 32);
+      const pooled = () => readdirSync(fx.realStoreDir).filter((n) => n.startsWith(`${hash}-realise-chroot-`));
+      const warming = warm.warmUp({ drvPath: req.drvPath, storeDir: req.storeDir, realStoreDir: fx.realStoreDir, sandboxBuildDir: req.sandboxBuildDir });
+      expect(pooled()).toEqual([]); // (in the background)
+      await warming;
+      expect(pooled()).toHaveLength(1);
+      const ino = String(statSync(path.join(fx.realStoreDir, pooled()[0]!)).ino);
+      expect(await warm.run(req)).toEqual({ kind: 'exited', code: 0 });
+      expect(readFileSync(fx.realPath(req.outputPaths[0]!), 'utf8').trim()).toBe(ino);
+    } finally {
+      await warm.close();
+    }
   });
 
   it('changes to /etc, modes, the root or /dev are never carried over', async () => {
