@@ -8,6 +8,7 @@ import {
   goalKey,
   isSuccess,
   keptBuildDirNote,
+  LocalStore,
   withLogTail,
   systemErrorMessage,
   type BuildResult,
@@ -106,7 +107,10 @@ export async function dependenciesFirst(store: Store, drvs: readonly string[]): 
   const items = new Set(drvs);
   const out: string[] = [];
   const visited = new Set<string>();
+  // A local store's references of them all in one query (a path missing there has none).
+  const known = store instanceof LocalStore ? store.queryReferencesSync([...items]) : undefined;
   const refs = async (p: string): Promise<string[]> => {
+    if (known) return (known.get(p) ?? []).sort(byString);
     const info = await store.queryPathInfo(p).catch(() => undefined);
     return [...(info?.references ?? [])].sort(byString);
   };

@@ -666,6 +666,26 @@ export class LocalStore implements Store {
     return infoOfRow(p, row, narHash, references);
   }
 
+  /**
+   * The references of each of `paths` that is valid and refers to something, in one query (the others are
+   * not in the map); a path's own list is in no particular order.
+   */
+  queryReferencesSync(paths: readonly StorePath[]): Map<StorePath, StorePath[]> {
+    this.check();
+    this.referencesOfMany ??= this.db.prepare<[string], { p: string; r: string }>(
+      `select v.path as p, r.path as r from ValidPaths v join Refs on Refs.referrer = v.id join ValidPaths r on r.id = Refs.reference
+         where v.path in (select value from json_each(?))`,
+    );
+    const out = new Map<StorePath, StorePath[]>();
+    for (const { p, r } of this.referencesOfMany.all(JSON.stringify(paths))) {
+      const list = out.get(p);
+      if (list) list.push(r);
+      else out.set(p, [r]);
+    }
+    return out;
+  }
+  private referencesOfMany: Database.Statement<[string], { p: string; r: string }> | undefined;
+
   async queryReferrers(p: StorePath): Promise<StorePath[]> {
     this.check();
     return this.st.referrers

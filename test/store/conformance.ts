@@ -12,6 +12,7 @@ import { StoreError, RealiseError } from '../../src/store/errors.js';
 import { Hash } from '../../src/store/hash.js';
 import { collect, dumpPath, narOfRegularFile, narString, streamOf } from '../../src/store/nar.js';
 import fc from 'fast-check';
+import { LocalStore } from '../../src/store/local-store.js';
 import type { PathInfo, Store } from '../../src/store/store-api.js';
 import { computeTextPath, makeFixedOutputPath, makeStorePath, type StorePath } from '../../src/store/store-path.js';
 
@@ -248,6 +249,16 @@ export function storeConformance(name: string, makeStore: StoreFactory): void {
       expect(await store.queryReferrers(a.path)).toEqual([b.path, c.path].sort());
       expect(await store.queryReferrers(dPath)).toEqual([dPath]);
       expect(await store.queryReferrers(freshPath('nobody', sd()))).toEqual([]);
+      if (store instanceof LocalStore) {
+        // Many paths' references in one query: those of the valid paths that have some (a has none).
+        const many = store.queryReferencesSync([a.path, dPath, b.path, freshPath('nobody', sd())]);
+        expect(new Map([...many].map(([p, rs]) => [p, [...rs].sort()]))).toEqual(
+          new Map([
+            [dPath, [b.path, c.path, dPath].sort()],
+            [b.path, [a.path]],
+          ]),
+        );
+      }
       expect(await store.computeClosure([dPath])).toEqual(new Set([a.path, b.path, c.path, dPath]));
       expect(await store.computeClosure([b.path, c.path])).toEqual(new Set([a.path, b.path, c.path]));
       expect(await store.computeClosure([])).toEqual(new Set());
