@@ -339,6 +339,34 @@ describe.skipIf(!nixOk())('Nix 2.8 functional tests (store operations): realise 
     expect(logs('ours')).toEqual(logs('nix'));
     expect(logs('ours').length).toBeGreaterThan(0);
   }, 60_000);
+  it('nix-build.sh: --add-root keeps the output through a collection until the link goes; DRV!out; outputs in the order of the arguments', async () => {
+    const t = new TwinStores();
+    const [drv] = t.instantiate('dependencies.nix');
+    const result = `${t.root}/result`;
+    const gc = (side: Side) => t.command(side, ['nix-store', '--gc'], ['gc']);
+    // (One link for both sides, made by each in turn: the same output path in both stores.)
+    const { nix } = await step(t, [drv!, '--add-root', result], 0);
+    expect(nix.stdout).toBe(`${result}\n`);
+    const target = readlinkSync(result);
+    await step(t, ['--gc'], 0, { run: gc });
+    for (const side of sides) expect(t.read(side, `${target}/foobar`)).toBe('FOOBAR\n');
+    rmSync(result);
+    await step(t, ['--gc'], 0, { run: gc });
+    for (const side of sides) expect((t.use(side), existsSync(target))).toBe(false);
+    const again = await step(t, t.instantiate('dependencies.nix'), 0);
+    expect(again.nix.stdout).toBe(`${target}\n`);
+    expect((await step(t, [`${drv}!out`], 0)).nix.stdout).toBe(`${target}\n`);
+    // The order of the paths on stdout is the order of the arguments.
+    const examples = (attrs: string[]) =>
+      t.instantiate(
+        'nix-build-examples.nix',
+        attrs.flatMap((a) => ['-A', a]),
+      );
+    const one = async (a: string) => (await step(t, examples([a]), 0)).nix.stdout.trim();
+    const [input0, input1, input2, body] = [await one('input0'), await one('input1'), await one('input2'), await one('body')];
+    expect((await step(t, examples(['input0', 'input1', 'input2', 'body']), 0)).nix.stdout).toBe(`${input0}\n${input1}\n${input2}\n${body}\n`);
+    expect((await step(t, examples(['body', 'input1', 'input2', 'input0']), 0)).nix.stdout).toBe(`${body}\n${input1}\n${input2}\n${input0}\n`);
+  }, 120_000);
   it('gc-auto.sh: a build that makes free space drop below min-free gets garbage collected while it runs, down to max-free', async () => {
     const t = new TwinStores();
     const fakeFree = `${t.root}/fake-free`;
