@@ -133,7 +133,7 @@ function processAlive(pid: number): boolean {
 }
 
 /** NARs up to this size are restored in one batch on the restore thread (nar.ts, RestoreOptions.batch). */
-const BATCH_RESTORE_MAX = 16 * 1024 * 1024;
+export const BATCH_RESTORE_MAX = 16 * 1024 * 1024;
 
 /** Resolved locations of a local store. */
 export interface LocalStoreLayout {
@@ -1375,7 +1375,7 @@ function isDirectorySync(p: string): boolean {
   }
 }
 
-function existsNow(p: string): boolean {
+export function existsNow(p: string): boolean {
   return lstatOrUndefined(p) !== undefined;
 }
 

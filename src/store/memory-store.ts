@@ -18,6 +18,8 @@ import {
   checkBatchClosure,
   checkNoDotDot,
   checkPathInfo,
+  BATCH_RESTORE_MAX,
+  existsNow,
   hashingStream,
   invalidPathError,
   narHashMismatch,
@@ -62,6 +64,13 @@ export class MemoryStore implements Store {
       this.logDir = path.join(this.ownedDir, 'log');
     }
     mkdirSync(this.realStoreDir, { recursive: true });
+  }
+
+  private tmpCounter = 0;
+  private tmp: string | undefined;
+  /** One directory under `realStoreDir` that additions are restored into before their move into place. */
+  private tempDir(): string {
+    return (this.tmp ??= mkdtempSync(path.join(this.realStoreDir, '.tmp-')));
   }
 
   private check(): void {
@@ -228,7 +237,8 @@ export class MemoryStore implements Store {
     if (!opts.repair && this.paths.has(info.path)) return (await this.queryPathInfo(info.path))!;
     checkBatchClosure([info], (ps) => this.validSet(ps));
     const locks = await this.lockPaths([info.path], { signal: opts.signal });
-    const tmp = await fsp.mkdtemp(path.join(this.realStoreDir, '.tmp-'));
+    const tmp = this.tempDir();
+    const target = path.join(tmp, `${++this.tmpCounter}-${storePathBase(info.path)}`);
     try {
       if (!opts.repair && this.paths.has(info.path)) return (await this.queryPathInfo(info.path))!;
       const hashed = hashingStream(nar, info.narHash.algorithm, opts.signal);
@@ -239,8 +249,7 @@ export class MemoryStore implements Store {
           yield c;
         }
       }
-      const target = path.join(tmp, storePathBase(info.path));
-      await restorePath(target, keep());
+      await restorePath(target, keep(), { canonical: true, batch: !!info.narSize && info.narSize <= BATCH_RESTORE_MAX });
       const got = hashed.result();
       if (!got.hash.equals(info.narHash)) throw narHashMismatch(info.path, info.narHash, got.hash);
       if (info.narSize && got.size !== info.narSize) throw narSizeMismatch(info.path, info.narSize, got.size);
@@ -249,12 +258,12 @@ export class MemoryStore implements Store {
       const final: PathInfo = { ...info, narSize: got.size };
       checkBatchClosure([final], (ps) => this.validSet(ps));
       const real = this.toRealPath(info.path);
-      await deleteTree(real);
+      if (existsNow(real)) await deleteTree(real);
       movePathSync(target, real);
       this.register([final], new Map([[info.path, Buffer.concat(chunks)]]));
       return (await this.queryPathInfo(info.path))!;
     } finally {
-      await deleteTree(tmp).catch(() => {});
+      if (existsNow(target)) await deleteTree(target).catch(() => {});
       await locks.release();
     }
   }
@@ -332,5 +341,6 @@ export class MemoryStore implements Store {
     if (this.closed) return;
     this.closed = true;
     if (this.ownedDir) await deleteTree(this.ownedDir);
+    else if (this.tmp) await deleteTree(this.tmp).catch(() => {});
   }
 }
