@@ -137,16 +137,25 @@ function readAll(stream: NodeJS.ReadableStream | null | undefined): Promise<stri
 /** A bind mount: source, whether optional and read-only, and (for inputs, known already) whether a directory. */
 type Bind = SandboxPath & { ro: boolean; dir?: boolean };
 
+type BindEntry = readonly [target: string, bind: Pick<Bind, 'source' | 'optional' | 'ro'>];
+
+/** The /dev nodes' binds (without and with kvm), made once. */
+const DEV_BINDS = [false, true].map((kvm) => devNodeNames(kvm).map((n): BindEntry => [`/dev/${n}`, { source: `/dev/${n}`, optional: false, ro: false }]));
+
 /**
  * The helper's `--bind*` arguments, in the order Nix 2.8's mount table shows its mounts: inputs in the
  * store dir first, then the rest of its dirsInChroot (the /dev nodes included), each sorted by target.
  */
 function helperBindArgs(request: SandboxRequest, binds: Map<string, Bind>, kvm: boolean): string[] {
-  const all: [string, Pick<Bind, 'source' | 'optional' | 'ro'>][] = [...binds];
-  if (!binds.has('/dev')) for (const n of devNodeNames(kvm)) all.push([`/dev/${n}`, { source: `/dev/${n}`, optional: false, ro: false }]);
-  const inStore = (t: string) => (t.startsWith(`${request.storeDir}/`) ? 0 : 1);
-  all.sort(([x], [y]) => inStore(x) - inStore(y) || (x < y ? -1 : x > y ? 1 : 0));
-  return all.flatMap(([target, { source, optional, ro }]) => [`--bind${ro ? '-ro' : ''}${optional ? '-try' : ''}`, source, target]);
+  const all: BindEntry[] = [...binds];
+  if (!binds.has('/dev')) all.push(...DEV_BINDS[kvm ? 1 : 0]!);
+  const prefix = `${request.storeDir}/`;
+  const rank = (t: string) => (t.startsWith(prefix) ? 0 : 1);
+  all.sort(([x], [y]) => rank(x) - rank(y) || (x < y ? -1 : x > y ? 1 : 0));
+  const args: string[] = [];
+  for (const [target, { source, optional, ro }] of all)
+    args.push(ro ? (optional ? '--bind-ro-try' : '--bind-ro') : optional ? '--bind-try' : '--bind', source, target);
+  return args;
 }
 
 export class LinuxSandbox implements Sandbox {
