@@ -138,6 +138,22 @@ describe.skipIf(!nixOk())('the realise launcher (bin/realise through a symlink o
     expect(direct.stdout).toBe(viaLauncher.stdout);
   });
 
+  it("gives Node V8's --liftoff-only on its command line, so that bin/realise.js does not load node:v8 to set it", async () => {
+    const hook = path.join(dir, 'loaded-v8.cjs');
+    const log = path.join(dir, 'loaded-v8.txt');
+    writeFileSync(
+      hook,
+      `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}, JSON.stringify({ v8: process.moduleLoadList.includes('NativeModule v8'), argv: process.execArgv })));`,
+    );
+    const viaLauncher = await realise(['--version'], { NODE_OPTIONS: `--require ${hook}` });
+    expect(viaLauncher.status).toBe(0);
+    expect(JSON.parse(readFileSync(log, 'utf8'))).toEqual({ v8: false, argv: ['--liftoff-only'] });
+    // Run directly, it sets the flag itself.
+    const direct = spawnSync(process.execPath, ['--require', hook, path.join(REPO, 'bin/realise.js'), '--version'], { encoding: 'utf8' });
+    expect(direct.status).toBe(0);
+    expect(JSON.parse(readFileSync(log, 'utf8'))).toMatchObject({ v8: true });
+  });
+
   it('an https:// cache signed by a CA only NODE_EXTRA_CA_CERTS names: substituted, as Nix 2.8 does with that CA in its ssl-cert-file', async () => {
     const [N, O] = [store(), store()];
     // Asynchronously: the cache is served by this process.
