@@ -65,7 +65,7 @@ export function fallbackPathFor(view: DrvView, p: StorePath, storeDir: string): 
 }
 
 /** One lstat: synchronous, since a single stat never holds the event loop for long (and a thread-pool round trip per check adds up). */
-async function exists(p: string): Promise<boolean> {
+function exists(p: string): boolean {
   return lstatSync(p, { throwIfNoEntry: false }) !== undefined;
 }
 
@@ -286,7 +286,7 @@ async function outputsUnderLock(
 /** Delete the outputs of `known` that are there but not valid (a build that was interrupted left them). */
 async function deleteStaleOutputs(store: Worker['ctx']['store'], known: readonly StorePath[], valid: ReadonlySet<StorePath>): Promise<void> {
   for (const p of known) {
-    if (!valid.has(p) && (await exists(store.toRealPath(p)))) await deleteTree(store.toRealPath(p));
+    if (!valid.has(p) && exists(store.toRealPath(p))) await deleteTree(store.toRealPath(p));
   }
 }
 
@@ -452,7 +452,7 @@ async function planScratchOutputs(w: Worker, view: DrvView, forceScratch: boolea
     let s: StorePath;
     if (!p) s = fallbackPathForOutput(view, name, store.storeDir);
     else if (!forceScratch && !validNow.has(p)) s = p;
-    else if (!forceScratch && !isolated && !(await exists(store.toRealPath(p)))) s = p;
+    else if (!forceScratch && !isolated && !exists(store.toRealPath(p))) s = p;
     else s = fallbackPathFor(view, p, store.storeDir);
     scratch.set(name, s);
     rewrites.set(hashPlaceholder(name), s);
@@ -462,7 +462,7 @@ async function planScratchOutputs(w: Worker, view: DrvView, forceScratch: boolea
     const s = scratch.get(name)!;
     if (p && p !== s) {
       rewrites.set(storePathHashPart(p), storePathHashPart(s));
-      if (await exists(store.toRealPath(s))) await deleteTree(store.toRealPath(s));
+      if (exists(store.toRealPath(s))) await deleteTree(store.toRealPath(s));
     }
   }
   return { scratch, rewrites };
@@ -1050,6 +1050,6 @@ async function cleanupScratch(w: Worker, scratch: Map<string, StorePath>, keep?:
     if (valid.has(p)) continue;
     const real = store.toRealPath(p);
     if (keep ? keep.has(p) : w.ctx.options.keepFailed) continue;
-    if (await exists(real)) await deleteTree(real).catch(() => {});
+    if (exists(real)) await deleteTree(real).catch(() => {});
   }
 }
