@@ -6,11 +6,10 @@
  * nothing has been consumed; errors are worded as Nix's, with a short response body appended.
  */
 import { createReadStream } from 'node:fs';
-import { STATUS_CODES } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import type { Agent, Dispatcher } from 'undici';
 import { undici } from '../substituter/undici.js';
-import { curlWords, isAbortError } from '../substituter/curl-words.js';
+import { curlWords, isAbortError, statusReason } from '../substituter/curl-words.js';
 import { BuiltinFailure, hintfmt, plainMessage, type NixMessage } from './log.js';
 import { netrcCredentials, type NetrcEntry } from './netrc.js';
 
@@ -243,7 +242,7 @@ async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) 
     const status = res.statusCode;
     if (!(status === 200 || status === 201 || status === 204 || status === 206 || status === 304)) {
       const body = await readSome(res.body);
-      const reason = res.statusText || STATUS_CODES[status] || '';
+      const reason = res.statusText || statusReason(status) || '';
       return {
         ok: false,
         error: new DownloadError(withBody(`unable to download '${url}': HTTP error ${status} ('${reason}')`, body), transientStatus(status)),

@@ -5,12 +5,11 @@
  */
 import { closeSync, createReadStream, promises as fsp, openSync, readFileSync, readSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { STATUS_CODES } from 'node:http';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Agent, Dispatcher } from 'undici';
 import { undici, verifyingConnector } from './undici.js';
-import { curlWords, isAbortError, isCertificateError } from './curl-words.js';
+import { curlWords, isAbortError, isCertificateError, statusReason } from './curl-words.js';
 import { DEFAULT_STORE_DIR, storePathHashPart, toStorePath, type StorePath } from '../store/store-path.js';
 import type { Realisation } from '../store/store-api.js';
 import { decompressStream, DecompressionError } from './compression.js';
@@ -429,7 +428,7 @@ class HttpTransport implements Transport {
         const shown = body.length < 1024 || body.includes('<html>') ? `\n\nresponse body:\n\n${body.replace(/\s+$/, '')}` : '';
         failure = new SubstituterError(
           'network',
-          `unable to download '${this.url(rel)}': HTTP error ${res.statusCode} ('${STATUS_CODES[res.statusCode] ?? ''}')${shown}`,
+          `unable to download '${this.url(rel)}': HTTP error ${res.statusCode} ('${statusReason(res.statusCode) ?? ''}')${shown}`,
           { uri: this.uri, hint: 'the cache server failed; retry later, or use --fallback to build instead' },
         );
         // As Nix: server errors are retried, except 501, 505 and 511; of the client errors only 408 and 429.

@@ -3,7 +3,6 @@
  * bzip2 (Debian's `bzip2`, through src/platform, the layer allowed to start processes), none.
  */
 import type { Transform } from 'node:stream';
-import * as zlib from 'node:zlib';
 import { createRequire } from 'node:module';
 import { ThreadTasks } from '../store/thread-tasks.js';
 import { Bzip2Encoder } from '../store/bzip2.js';
@@ -17,6 +16,9 @@ import type { Compression } from './narinfo.js';
 // The native codecs are loaded on first use: their imports cost tens of ms of start-up that commands
 // which never (de)compress a NAR do not pay.
 const requireHere = createRequire(import.meta.url);
+// node:zlib too (br and gzip; about 2 ms to load).
+let zlibModule: typeof import('node:zlib') | undefined;
+const zlib = (): typeof import('node:zlib') => (zlibModule ??= requireHere('node:zlib') as typeof import('node:zlib'));
 let lzmaModule: typeof import('node-liblzma') | undefined;
 const lzma = (): typeof import('node-liblzma') => (lzmaModule ??= requireHere('node-liblzma') as typeof import('node-liblzma'));
 let zstdModule: typeof import('zstd-napi') | undefined;
@@ -45,9 +47,9 @@ function decoder(c: Exclude<Compression, 'none' | 'bzip2' | 'zstd'>, sizeHint: n
     case 'xz':
       return lzma().createUnxz({ chunkSize }) as unknown as Transform;
     case 'br':
-      return zlib.createBrotliDecompress({ chunkSize });
+      return zlib().createBrotliDecompress({ chunkSize });
     case 'gzip':
-      return zlib.createGunzip({ chunkSize });
+      return zlib().createGunzip({ chunkSize });
   }
 }
 
@@ -58,9 +60,9 @@ function encoder(c: Exclude<Compression, 'none' | 'bzip2'>, level?: number): Tra
     case 'zstd':
       return new (zstd().CompressStream)({ compressionLevel: level ?? 3 });
     case 'br':
-      return zlib.createBrotliCompress({ chunkSize: CHUNK, params: { [zlib.constants.BROTLI_PARAM_QUALITY]: level ?? 6 } });
+      return zlib().createBrotliCompress({ chunkSize: CHUNK, params: { [zlib().constants.BROTLI_PARAM_QUALITY]: level ?? 6 } });
     case 'gzip':
-      return zlib.createGzip({ chunkSize: CHUNK, level: level ?? 6 });
+      return zlib().createGzip({ chunkSize: CHUNK, level: level ?? 6 });
   }
 }
 

@@ -2,6 +2,7 @@
  * How curl (and so Nix) words the failures of a transfer that Node reports as error codes, and whether an
  * error is a cancellation. Shared by the binary caches and builtin:fetchurl.
  */
+import { createRequire } from 'node:module';
 
 /** curl's `curl_easy_strerror(code) (code)` for a Node/undici network error, else the error's message. */
 export function curlWords(e: unknown): string {
@@ -65,4 +66,12 @@ export function isAbortError(e: unknown): boolean {
   return (
     e instanceof Error && (e.name === 'AbortError' || (e as { code?: string }).code === 'ABORT_ERR' || (e as { code?: string }).code === 'UND_ERR_ABORTED')
   );
+}
+
+/**
+ * The reason phrase Node knows for an HTTP status (node:http's STATUS_CODES), for an error message: node:http
+ * is loaded then, not by every command whose modules can download (about 1 ms).
+ */
+export function statusReason(code: number): string | undefined {
+  return (createRequire(import.meta.url)('node:http') as typeof import('node:http')).STATUS_CODES[code];
 }

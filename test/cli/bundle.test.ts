@@ -183,17 +183,26 @@ process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}
     try {
       const target = narInfos('none')[0]!.storePath;
       const args = ['build', '--store', store, '--option', 'substituters', cacheUrl('none'), '--option', 'require-sigs', 'false', target];
-      const r = spawnSync(process.execPath, [path.join(dir, 'main.cjs'), ...args], { encoding: 'utf8', timeout: 60_000 });
+      const hook = path.join(dir, 'loaded-file.cjs');
+      const log = path.join(dir, 'loaded-file.txt');
+      writeFileSync(hook, `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}, process.moduleLoadList.join('\\n')));`);
+      const r = spawnSync(process.execPath, ['--require', hook, path.join(dir, 'main.cjs'), ...args], { encoding: 'utf8', timeout: 60_000 });
       expect(r.signal, 'still running after 60 s').toBeNull();
       expect(r.status, r.stderr).toBe(0);
       expect(r.stdout.trim()).toBe(target);
       expect(existsSync(path.join(store, target))).toBe(true);
+      // No HTTP client here, and no codec: node:http (its status texts name HTTP errors) and node:zlib (br, gzip) are not loaded.
+      expect(
+        readFileSync(log, 'utf8')
+          .split('\n')
+          .filter((m) => /^NativeModule (http|http2|tls|zlib)$/.test(m)),
+      ).toEqual([]);
     } finally {
       removeTreeSync(store);
     }
   });
 
-  it('substitutes from an http:// cache without loading node:http2 or node:tls (undici is told not to offer HTTP/2)', async () => {
+  it('substitutes from an http:// cache without loading node:http2 or node:tls (undici is told not to offer HTTP/2) or node:zlib', async () => {
     const server = await serveCache(cacheDir('none'));
     const work = tempDir('realise-bundle-http-');
     try {
@@ -214,7 +223,8 @@ process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}
       expect(stdout.trim()).toBe(target);
       expect(server.requests.some((r) => r.endsWith('.narinfo'))).toBe(true);
       const loaded = readFileSync(log, 'utf8').split('\n');
-      expect(loaded.filter((m) => /\b(http2|tls)$/.test(m))).toEqual([]);
+      // Nor node:zlib (br and gzip caches). (undici loads node:http.)
+      expect(loaded.filter((m) => /^NativeModule (http2|tls|zlib)$/.test(m))).toEqual([]);
     } finally {
       await server.close();
       removeTreeSync(work);
