@@ -80,7 +80,7 @@ export function makeFixture(opts: { count?: number; salt?: string; prebuildDep?:
       const conf = NIX_CONF.replace(/\n/g, '\\n');
       writeFileSync(
         file,
-        `#!/bin/sh\nmkdir -p ${dir}/pids\necho $$ > ${dir}/pids/${name}\nexport NIX_REMOTE= NIX_USER_CONF_FILES=/dev/null\nexport NIX_CONFIG="$(printf '${conf}')"\nexec ${program} "$@"\n`,
+        `#!/bin/sh\nmkdir -p ${dir}/pids ${dir}/tmp\necho $$ > ${dir}/pids/${name}\nexport NIX_REMOTE= NIX_USER_CONF_FILES=/dev/null TMPDIR=${dir}/tmp\nexport NIX_CONFIG="$(printf '${conf}')"\nexec ${program} "$@"\n`,
       );
       chmodSync(file, 0o755);
       return file;

@@ -484,7 +484,7 @@ describe.skipIf(!nixOk() || !bwrapOk() || !busyboxOk())('BuildEngine vs Nix 2.8,
       // With keepFailed, both keep the differing output next to the registered one as `<out>.check`.
       const rk = nixBuild(['--check', '--keep-failed', nd]);
       expect(rk.status).toBe(104);
-      const ek = await ourFailure([nd], { keepFailed: true }, 'check');
+      const ek = await ourFailure([nd], { keepFailed: true, buildDir: tempDir('realise-cmp-kept-') }, 'check');
       expect(ek.exitStatus).toBe(104);
       for (const R of [R1, R2]) {
         const kept = await fsp.readFile(path.join(R, out! + '.check'), 'utf8');

@@ -684,7 +684,7 @@ describe('check mode and repeated rounds (fake sandbox)', () => {
     expect(await store.queryPathInfo(out)).toEqual(before);
     expect(await fsp.readFile(store.toRealPath(out), 'utf8')).toBe(`built by ${d}\n`);
 
-    const [r] = await engineWith(sb, { keepFailed: true }).buildPathsWithResults([d], { mode: 'check' });
+    const [r] = await engineWith(sb, { keepFailed: true, buildDir: tempDir('realise-sched-kept-') }).buildPathsWithResults([d], { mode: 'check' });
     expect(r!.result.status).toBe('not-deterministic');
     expect(await fsp.readFile(store.toRealPath(out) + '.check', 'utf8')).toMatch(/^round \d+\n$/);
     await removeTree(store.toRealPath(out) + '.check');
