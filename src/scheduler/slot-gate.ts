@@ -17,6 +17,7 @@
  * more slots the order of builds depends on timing in Nix too, and slots are granted at once.
  */
 import type PQueue from 'p-queue';
+import { Heap } from './heap.js';
 import { goalKey } from './paths.js';
 
 const FALLBACK_MS = 250;
@@ -45,54 +46,6 @@ interface Waiter {
   readonly prepare: (() => void) | undefined;
   /** Whether `prepare` was called. */
   prepared: boolean;
-}
-
-/** A binary min-heap by `less`: the waiting builds of a call can be many, and each grant takes the first. */
-class Heap<T> {
-  private items: T[] = [];
-
-  constructor(private readonly less: (a: T, b: T) => boolean) {}
-
-  get size(): number {
-    return this.items.length;
-  }
-
-  push(x: T): void {
-    const a = this.items;
-    let i = a.push(x) - 1;
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      if (!this.less(x, a[parent]!)) break;
-      a[i] = a[parent]!;
-      i = parent;
-    }
-    a[i] = x;
-  }
-
-  pop(): T | undefined {
-    const a = this.items;
-    const top = a[0];
-    const last = a.pop();
-    if (a.length === 0 || last === undefined) return top;
-    let i = 0;
-    for (;;) {
-      let c = 2 * i + 1;
-      if (c >= a.length) break;
-      if (c + 1 < a.length && this.less(a[c + 1]!, a[c]!)) c++;
-      if (!this.less(a[c]!, last)) break;
-      a[i] = a[c]!;
-      i = c;
-    }
-    a[i] = last;
-    return top;
-  }
-
-  /** Every element, in no particular order; the heap is left empty. */
-  drain(): T[] {
-    const all = this.items;
-    this.items = [];
-    return all;
-  }
 }
 
 export class SlotGate {

@@ -6,17 +6,20 @@
  * needs) wait behind every substitution asked for before it.
  */
 import type { StorePath } from '../store/store-path.js';
+import { Heap } from './heap.js';
 import { goalKey } from './paths.js';
 
 interface Waiting {
   readonly key: string;
+  /** The order of asking, between waiters of the same path (concurrent calls of one engine). */
+  readonly seq: number;
   readonly start: () => void;
 }
 
 export class SubstitutionSlots {
   private running = 0;
-  /** Sorted by key. */
-  private readonly waiting: Waiting[] = [];
+  private seq = 0;
+  private readonly waiting = new Heap<Waiting>((a, b) => (a.key !== b.key ? a.key < b.key : a.seq < b.seq));
 
   constructor(private readonly slots: number) {}
 
@@ -41,20 +44,12 @@ export class SubstitutionSlots {
           },
         );
       };
-      if (this.running < this.slots && this.waiting.length === 0) return start();
-      const key = goalKey('substitution', path);
-      let lo = 0;
-      let hi = this.waiting.length;
-      while (lo < hi) {
-        const mid = (lo + hi) >>> 1;
-        if (this.waiting[mid]!.key <= key) lo = mid + 1;
-        else hi = mid;
-      }
-      this.waiting.splice(lo, 0, { key, start });
+      if (this.running < this.slots && this.waiting.size === 0) return start();
+      this.waiting.push({ key: goalKey('substitution', path), seq: this.seq++, start });
     });
   }
 
   private next(): void {
-    while (this.running < this.slots && this.waiting.length > 0) this.waiting.shift()!.start();
+    while (this.running < this.slots && this.waiting.size > 0) this.waiting.pop()!.start();
   }
 }
