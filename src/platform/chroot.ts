@@ -207,32 +207,42 @@ function isExisting(e: unknown): boolean {
   return (e as NodeJS.ErrnoException).code === 'EEXIST';
 }
 
+/**
+ * Whether a directory just made with `mode` (or found there: `existed`) needs a chmod to have it: only when
+ * it was there already, or the umask takes bits from the mode, or the mode has bits above 0o777 (sticky).
+ * (process.umask() with no argument reads and restores it: read once per skeleton, not per directory.)
+ */
+function chmodAfterMkdir(mode: number, existed: boolean, umask: number): boolean {
+  return existed || mode > 0o777 || (mode & umask) !== 0;
+}
+
 function runOpsSync(ops: Op[]): void {
+  const umask = process.umask();
   for (const o of ops) {
     if (o.op === 'mkdir') {
+      let existed = false;
       try {
         fs.mkdirSync(o.path, { mode: o.mode });
       } catch (e) {
         if (!isExisting(e)) throw e;
+        existed = true;
       }
-      fs.chmodSync(o.path, o.mode);
+      if (chmodAfterMkdir(o.mode, existed, umask)) fs.chmodSync(o.path, o.mode);
     } else if (o.op === 'write') fs.writeFileSync(o.path, o.data, { mode: o.mode });
     else fs.symlinkSync(o.target, o.path);
   }
 }
 
-/** Read once (process.umask() with no argument reads and restores it): whether mkdir's mode needs a chmod after it. */
-const UMASK = process.umask();
-
-async function runOp(o: Op): Promise<void> {
+async function runOp(o: Op, umask: number): Promise<void> {
   if (o.op === 'mkdir') {
+    let existed = false;
     try {
       await fs.promises.mkdir(o.path, { mode: o.mode });
     } catch (e) {
       if (!isExisting(e)) throw e;
+      existed = true;
     }
-    // Only a mode the umask takes bits from (or with the sticky bit) needs setting again.
-    if (o.mode > 0o777 || (o.mode & UMASK) !== 0) await fs.promises.chmod(o.path, o.mode);
+    if (chmodAfterMkdir(o.mode, existed, umask)) await fs.promises.chmod(o.path, o.mode);
   } else if (o.op === 'write') await fs.promises.writeFile(o.path, o.data, { mode: o.mode });
   else await fs.promises.symlink(o.target, o.path);
 }
@@ -248,10 +258,11 @@ async function runOps(ops: Op[], root: string): Promise<void> {
     const depth = o.path === root ? 0 : path.relative(root, o.path).split(path.sep).length;
     (levels[depth] ??= []).push(o);
   }
+  const umask = process.umask();
   for (const level of levels) {
     if (!level) continue;
     // Settled, all of them, before a failure is thrown: the caller then discards the tree, with nothing still writing into it.
-    const failed = (await Promise.allSettled(level.map(runOp))).find((r) => r.status === 'rejected');
+    const failed = (await Promise.allSettled(level.map((o) => runOp(o, umask)))).find((r) => r.status === 'rejected');
     if (failed) throw failed.reason;
   }
 }
