@@ -8,7 +8,7 @@
 import { DerivationHasher, readDerivationFromStore, type Derivation } from '../derivation/derivation.js';
 import type { Hash } from '../store/hash.js';
 import type { Realisation, Store } from '../store/store-api.js';
-import type { StorePath } from '../store/store-path.js';
+import { storePathBase, type StorePath } from '../store/store-path.js';
 import { knownPath, type DrvView } from './drv-view.js';
 import { signDetached } from '../substituter/signatures.js';
 
@@ -104,7 +104,7 @@ export async function registerBuiltRealisations(
     const id = drvOutputId(h, name);
     // As Nix's signRealisation: each key signs the realisation's JSON without its signatures (keys sorted;
     // a built one has no dependent realisations yet).
-    const fingerprint = JSON.stringify({ dependentRealisations: {}, id, outPath: outPath.slice(outPath.lastIndexOf('/') + 1) });
+    const fingerprint = JSON.stringify({ dependentRealisations: {}, id, outPath: storePathBase(outPath) });
     await store.registerRealisation({ id, outPath, signatures: [...new Set(secretKeys.map((k) => signDetached(fingerprint, k)))].sort() });
   }
 }

@@ -222,7 +222,6 @@ function orderOutputs(drvPath: StorePath, scanned: ReadonlyMap<string, Scanned>)
   return order;
 }
 
-/** The outputs finalised so far, in order: their final paths and path infos, and the rewrites to them. */
 /** As Nix's LocalStore::signPathInfo: the info signed by each of the `secretKeys` (its signatures a sorted set). */
 function signed(w: Worker, info: PathInfo): PathInfo {
   const keys = w.ctx.options.secretKeys;
@@ -230,6 +229,7 @@ function signed(w: Worker, info: PathInfo): PathInfo {
   return { ...info, sigs: [...new Set([...(info.sigs ?? []), ...keys.map((k) => signPathInfo(info, k))])].sort() };
 }
 
+/** The outputs finalised so far, in order: their final paths and path infos, and the rewrites to them. */
 class Finalised {
   /** Scratch hash part → final hash part, for the outputs finalised so far. */
   readonly outputRewrites = new Map<string, string>();
