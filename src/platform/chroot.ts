@@ -142,9 +142,18 @@ export function discardTree(p: string): string | undefined {
     }
     return undefined;
   }
+  queueRemoval([aside]);
+  return undefined;
+}
+
+/**
+ * Delete trees already renamed aside, after those queued before; the trees of one call are deleted at
+ * once (several thread-pool requests in flight, rather than one tree's round trips after another's).
+ */
+function queueRemoval(trees: readonly string[]): void {
   ensureExitHook();
-  pendingTrash.add(aside);
-  pendingRemovals = pendingRemovals.then(() =>
+  for (const t of trees) pendingTrash.add(t);
+  const removeOne = (aside: string) =>
     fs.promises
       .rm(aside, { recursive: true, force: true, maxRetries: 3 })
       .catch(() => removeTree(aside)) // read-only directories left by the builder
@@ -153,9 +162,8 @@ export function discardTree(p: string): string | undefined {
           pendingTrash.delete(aside);
         },
         () => {},
-      ),
-  );
-  return undefined;
+      );
+  pendingRemovals = pendingRemovals.then(() => Promise.all(trees.map(removeOne))).then(() => {});
 }
 
 /** Resolves when every tree handed to discardTree() is gone. */
@@ -402,6 +410,16 @@ export interface ChrootLeftovers {
   readonly storeMountpoints: ReadonlySet<string>;
 }
 
+/** A skeleton back from a build, waiting for its check (ChrootPool.recycle). */
+interface Recycling {
+  readonly dir: string;
+  readonly sk: SkeletonState;
+  readonly leftovers: ChrootLeftovers;
+  /** The pool's generation when it came back: a drain since means it is discarded. */
+  readonly generation: number;
+  done: boolean;
+}
+
 /**
  * Chroot skeletons made ahead of time, off the critical path: `take()` renames a ready one into place
  * (one rename instead of a dozen directory creations) and refills the pool in the background. After a
@@ -420,6 +438,8 @@ export class ChrootPool {
   readonly #inflight = new Set<Promise<void>>();
   /** Skeleton state of each directory waiting in the pool. */
   readonly #states = new Map<string, SkeletonState>();
+  /** Skeletons back from a build whose check (see recycle) has not run yet, by key, oldest first. */
+  readonly #checking = new Map<string, Recycling[]>();
   static readonly #all = new Set<string>();
   static #exitHook = false;
 
@@ -467,6 +487,11 @@ export class ChrootPool {
     const key = ChrootPool.keyOf(opts);
     const list = this.#listOf(key);
     let layout: ChrootLayout | undefined;
+    // None ready but one back from a build and not yet checked: check it now (cheaper than making one).
+    if (list.length === 0) {
+      const r = this.#checking.get(key)?.at(-1);
+      if (r) this.#check(r);
+    }
     // Most recently recycled first: its mount points most likely match this build's inputs.
     const sk = list.pop();
     if (sk) {
@@ -518,35 +543,51 @@ export class ChrootPool {
       return;
     }
     ChrootPool.#all.add(dir);
-    const storeDir = path.join(dir, sk.store);
-    const generation = this.#generation;
-    this.#track(
-      new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
-        if (generation !== this.#generation) {
-          ChrootPool.#all.delete(dir);
-          discardTree(dir);
-          return;
-        }
+    const r: Recycling = { dir, sk, leftovers, generation: this.#generation, done: false };
+    this.#checkingOf(sk.key).push(r);
+    this.#track(new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.#check(r)));
+  }
+
+  #checkingOf(key: string): Recycling[] {
+    let q = this.#checking.get(key);
+    if (!q) {
+      q = [];
+      this.#checking.set(key, q);
+    }
+    return q;
+  }
+
+  /** A recycled skeleton's check (see recycle): into the pool if unchanged, else discarded. Once per skeleton. */
+  #check(r: Recycling): void {
+    if (r.done) return;
+    r.done = true;
+    const q = this.#checking.get(r.sk.key);
+    q?.splice(q.indexOf(r), 1);
+    const { dir, sk, leftovers } = r;
+    if (r.generation !== this.#generation) {
+      ChrootPool.#all.delete(dir);
+      discardTree(dir);
+      return;
+    }
+    try {
+      const storeDir = path.join(dir, sk.store);
+      for (const f of leftovers.storeFiles) {
         try {
-          for (const f of leftovers.storeFiles) {
-            try {
-              fs.unlinkSync(path.join(storeDir, f));
-            } catch (e) {
-              if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-            }
-          }
-          if (!skeletonUnchanged(dir, sk, leftovers.storeMountpoints)) throw new Error('changed');
-        } catch {
-          ChrootPool.#all.delete(dir);
-          discardTree(dir);
-          return;
+          fs.unlinkSync(path.join(storeDir, f));
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
         }
-        sk.mountpoints.clear();
-        for (const m of leftovers.storeMountpoints) sk.mountpoints.add(m);
-        this.#states.set(dir, sk);
-        list.push(sk);
-      }),
-    );
+      }
+      if (!skeletonUnchanged(dir, sk, leftovers.storeMountpoints)) throw new Error('changed');
+    } catch {
+      ChrootPool.#all.delete(dir);
+      discardTree(dir);
+      return;
+    }
+    sk.mountpoints.clear();
+    for (const m of leftovers.storeMountpoints) sk.mountpoints.add(m);
+    this.#states.set(dir, sk);
+    this.#listOf(sk.key).push(sk);
   }
 
   #track(p: Promise<void>): void {
@@ -560,7 +601,8 @@ export class ChrootPool {
     const generation = this.#generation;
     this.#track(
       (async () => {
-        while (list.length < this.#size && generation === this.#generation) {
+        // Skeletons being checked after their build mostly come back: counted as ready.
+        while (list.length + (this.#checking.get(key)?.length ?? 0) < this.#size && generation === this.#generation) {
           const dir = pooledDir(opts.root);
           ChrootPool.#all.add(dir);
           let sk: SkeletonState;
@@ -587,11 +629,17 @@ export class ChrootPool {
   async drain(): Promise<void> {
     this.#generation++;
     for (const list of this.#ready.values()) list.splice(0);
-    for (const d of this.#states.keys()) {
-      ChrootPool.#all.delete(d);
-      discardTree(d);
+    const dirs = [...this.#states.keys()];
+    for (const q of this.#checking.values()) {
+      for (const r of q.splice(0)) {
+        r.done = true;
+        dirs.push(r.dir);
+      }
     }
+    for (const d of dirs) ChrootPool.#all.delete(d);
     this.#states.clear();
+    // Nothing else knows these names: no rename aside, and all of them deleted at once.
+    if (dirs.length) queueRemoval(dirs);
     await Promise.all([...this.#inflight]);
   }
 }

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ChrootPool, prepareChroot, SANDBOX_GID, SANDBOX_UID, type PrepareChrootOptions } from '../../src/platform/chroot.js';
+import { ChrootPool, flushRemovals, prepareChroot, SANDBOX_GID, SANDBOX_UID, type PrepareChrootOptions } from '../../src/platform/chroot.js';
 import { tempDir } from '../helpers/nix.js';
 
 const cjsFs = createRequire(import.meta.url)('node:fs') as typeof fs;
@@ -78,5 +78,83 @@ describe('ChrootPool warm-up', () => {
     };
     expect(sync.count).toBeGreaterThan(0);
     expect(listing(layout.root)).toEqual(listing(cold.root));
+  });
+});
+
+describe('ChrootPool recycling', () => {
+  const none = { storeFiles: [], storeMountpoints: new Set<string>() };
+  let pool: ChrootPool | undefined;
+  afterEach(async () => {
+    cjsFs.mkdirSync = realMkdirSync;
+    syncBuiltinESMExports();
+    await pool?.drain();
+  });
+
+  const pooledIn = (store: string) => fs.readdirSync(store).filter((n) => n.includes('-realise-chroot-'));
+
+  it('a skeleton back from a build counts as ready: taking one while it is checked makes no new one', async () => {
+    const store = path.join(tempDir('realise-chroot-pool-'), 'store');
+    fs.mkdirSync(store);
+    pool = new ChrootPool(2);
+    const opts = (name: string) => options(store, `${'1'.repeat(32)}-${name}`);
+    pool.prefill(opts('a'));
+    await pool.settled();
+    const a = pool.take(opts('a'));
+    await pool.settled();
+    expect(pooledIn(store)).toHaveLength(2);
+    pool.recycle(a, none);
+    const b = pool.take(opts('b'));
+    await pool.settled();
+    // One ready left and `a` back: two waiting, as before the two takes; none made for `b`.
+    expect(pooledIn(store)).toHaveLength(2);
+    pool.recycle(b, none);
+    await pool.settled();
+    expect(pooledIn(store)).toHaveLength(3);
+    await pool.drain();
+    await flushRemovals();
+    expect(pooledIn(store)).toEqual([]);
+    expect(fs.readdirSync(store)).toEqual([]);
+  });
+
+  it('with none ready, take() checks a skeleton back from a build at once and reuses it, making no directory', async () => {
+    const store = path.join(tempDir('realise-chroot-pool-'), 'store');
+    fs.mkdirSync(store);
+    pool = new ChrootPool(1);
+    const opts = (name: string) => options(store, `${'3'.repeat(32)}-${name}`);
+    pool.prefill(opts('a'));
+    await pool.settled();
+    const a = pool.take(opts('a'));
+    await pool.settled();
+    const b = pool.take(opts('b'));
+    const ino = fs.statSync(a.root).ino;
+    pool.recycle(a, none);
+    const sync = countSyncMkdirs(store);
+    // The refill `b` started is still under way, and `a`'s check has not run: `c` gets `a`, checked now.
+    const c = pool.take(opts('c'));
+    expect(sync.count).toBe(0);
+    expect(fs.statSync(c.root).ino).toBe(ino);
+    expect(c.skeleton).toBe(a.skeleton);
+    await pool.settled();
+    for (const l of [b, c]) fs.rmSync(l.root, { recursive: true });
+  });
+
+  it('a skeleton changed by its build is not reused: take() then makes a fresh one', async () => {
+    const store = path.join(tempDir('realise-chroot-pool-'), 'store');
+    fs.mkdirSync(store);
+    pool = new ChrootPool(1);
+    const opts = (name: string) => options(store, `${'4'.repeat(32)}-${name}`);
+    pool.prefill(opts('a'));
+    await pool.settled();
+    const a = pool.take(opts('a'));
+    await pool.settled();
+    const b = pool.take(opts('b'));
+    fs.writeFileSync(path.join(a.root, 'tmp/left-behind'), 'x');
+    pool.recycle(a, none);
+    const sync = countSyncMkdirs(store);
+    const c = pool.take(opts('c'));
+    expect(sync.count).toBeGreaterThan(0);
+    expect(fs.readdirSync(path.join(c.root, 'tmp'))).toEqual([]);
+    await pool.settled();
+    for (const l of [b, c]) fs.rmSync(l.root, { recursive: true });
   });
 });
