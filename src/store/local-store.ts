@@ -918,41 +918,50 @@ export class LocalStore implements Store {
 
   /** Write rows for `infos` in one transaction, enforcing the closure invariant. Reads only new `.drv` files. */
   private registerInDb(infos: readonly PathInfo[]): void {
+    // better-sqlite3 builds a transaction function's four wrappers (and their properties) in `transaction()`:
+    // made once per store, not once per registration.
+    this.registerTx ??= this.db.transaction((batch: readonly PathInfo[]) => this.writeRows(batch));
+    this.registerTx.immediate(infos);
+  }
+
+  private registerTx: Database.Transaction<(batch: readonly PathInfo[]) => void> | undefined;
+
+  /** registerInDb's transaction: the batch's closure checked, then its rows written (references first). */
+  private writeRows(infos: readonly PathInfo[]): void {
     const now = Math.floor(Date.now() / 1000);
-    this.db
-      .transaction(() => {
-        const order = checkBatchClosure(infos, (ps) => this.queryValidPathsSync(ps));
-        const ids = new Map<StorePath, number>();
-        for (const i of order) {
-          const existing = this.st.pathId.get(i.path);
-          const row = rowOf(i, now);
-          if (existing) {
-            this.st.update.run(row.narSize, row.hash, row.ultimate, row.sigs, row.ca, i.path);
-            ids.set(i.path, existing.id);
-          } else {
-            const r = this.st.insert.run(i.path, row.hash, row.registrationTime, row.deriver, row.narSize, row.ultimate, row.sigs, row.ca);
-            ids.set(i.path, Number(r.lastInsertRowid));
-            if (i.path.endsWith('.drv')) this.registerDrvOutputRows(Number(r.lastInsertRowid), i.path);
-          }
-        }
-        for (const i of order) {
-          const referrer = ids.get(i.path)!;
-          for (const ref of i.references) {
-            const reference = ids.get(ref) ?? this.st.pathId.get(ref)?.id;
-            if (reference === undefined) throw invalidPathError(ref); // unreachable after checkBatchClosure
-            this.st.addRef.run(referrer, reference);
-          }
-        }
-      })
-      .immediate();
+    const order = checkBatchClosure(infos, (ps) => this.queryValidPathsSync(ps));
+    const ids = new Map<StorePath, number>();
+    for (const i of order) {
+      const existing = this.st.pathId.get(i.path);
+      const row = rowOf(i, now);
+      if (existing) {
+        this.st.update.run(row.narSize, row.hash, row.ultimate, row.sigs, row.ca, i.path);
+        ids.set(i.path, existing.id);
+      } else {
+        const r = this.st.insert.run(i.path, row.hash, row.registrationTime, row.deriver, row.narSize, row.ultimate, row.sigs, row.ca);
+        ids.set(i.path, Number(r.lastInsertRowid));
+        if (i.path.endsWith('.drv')) this.registerDrvOutputRows(Number(r.lastInsertRowid), i.path);
+      }
+    }
+    for (const i of order) {
+      const referrer = ids.get(i.path)!;
+      for (const ref of i.references) {
+        const reference = ids.get(ref) ?? this.st.pathId.get(ref)?.id;
+        if (reference === undefined) throw invalidPathError(ref); // unreachable after checkBatchClosure
+        this.st.addRef.run(referrer, reference);
+      }
+    }
   }
 
   async registerValidPaths(infos: readonly PathInfo[], opts: { canonicalise?: boolean } = {}): Promise<void> {
     this.check();
     if (infos.length === 0) return;
     for (const i of infos) checkPathInfo(i, this.storeDir);
-    // Fail before touching anything if the invariant cannot hold.
-    checkBatchClosure(infos, (ps) => this.queryValidPathsSync(ps));
+    const canonicalise = opts.canonicalise ?? true;
+    // Fail before touching anything if the invariant cannot hold. When nothing is touched before the
+    // transaction (no canonicalisation, no optimising), its own check (the same one) is enough: one read
+    // statement fewer per registration.
+    if (canonicalise || this.autoOptimiseStore) checkBatchClosure(infos, (ps) => this.queryValidPathsSync(ps));
     for (const i of infos) {
       const real = this.toRealPath(i.path);
       // (One synchronous lstat: a thread-pool round trip would cost more than the call.)
@@ -961,7 +970,7 @@ export class LocalStore implements Store {
           hint: 'write the contents first; nothing was registered',
         });
       }
-      if (opts.canonicalise ?? true) await canonicalisePathMetaData(real, { ignoredAcls: this.ignoredAcls });
+      if (canonicalise) await canonicalisePathMetaData(real, { ignoredAcls: this.ignoredAcls });
       this.autoOptimise(real);
     }
     try {
@@ -1299,10 +1308,12 @@ export class LocalStore implements Store {
     if (this.compressBuildLog) log = await compressBzip2Async(typeof log === 'string' ? Buffer.from(log) : log);
     const dir = path.dirname(file);
     // Each file-system call is a thread-pool round trip (and a directory creation a journal write): the
-    // 256 two-character log directories are created once per store object, not once per build.
-    if (!this.logDirsMade.has(dir)) {
+    // two-character log directories (up to 1,024) are created once per store object, not once per build, and
+    // those a store used before has already are listed once (one readdir) instead of made again.
+    const made = (this.logDirsMade ??= this.existingLogDirs());
+    if (!made.has(dir)) {
       await mkdirOnPool(dir, { recursive: true, mode: 0o755 });
-      this.logDirsMade.add(dir);
+      made.add(dir);
     }
     // Written in place, as Nix writes its log file (no temporary name and rename: one file-system call fewer per build).
     try {
@@ -1319,7 +1330,17 @@ export class LocalStore implements Store {
     }
   }
 
-  private readonly logDirsMade = new Set<string>();
+  /** The log directories (`drvs/XX`) known to exist; listed at the first log written. */
+  private logDirsMade: Set<string> | undefined;
+
+  private existingLogDirs(): Set<string> {
+    const drvs = path.join(this.layout.logDir, 'drvs');
+    try {
+      return new Set(readdirSync(drvs).map((name) => path.join(drvs, name)));
+    } catch {
+      return new Set(); // no `drvs` yet (or unreadable: mkdir says why)
+    }
+  }
 
   async readBuildLog(drvPath: StorePath): Promise<string | undefined> {
     const base = storePathBase(drvPath);
