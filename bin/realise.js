@@ -35,15 +35,34 @@ const KEEP_CACHES = 24;
 /**
  * The file of V8's code cache for the bundle whose stat is `st` (identified by device, inode, size,
  * modification and change times: a rebuilt or replaced bundle has another) and for this command line's
- * command, in `$XDG_CACHE_HOME/realise` or `~/.cache/realise`.
+ * command, in `$XDG_CACHE_HOME/realise` or `~/.cache/realise`; `-wasm` for the runs with V8's flag of
+ * firstTierWasm (V8 takes a code cache only under the flags that made it).
  */
-function codeCacheFile(st) {
+function codeCacheFile(st, wasm) {
   const argv = process.argv.slice(2);
   const quick = argv.some((a) => a === '--help' || a === '-h' || a === '--version');
   const command = quick ? 'quick' : (COMMANDS.find((c) => argv.includes(c)) ?? 'other');
   const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
-  return join(base, 'realise', `cli-v8-${st.dev}-${st.ino}-${st.size}-${st.mtimeNs}-${st.ctimeNs}-${command}.bin`);
+  const name = `cli-v8-${st.dev}-${st.ino}-${st.size}-${st.mtimeNs}-${st.ctimeNs}-${command}${wasm ? '-wasm' : ''}.bin`;
+  return join(base, 'realise', name);
 }
+
+/**
+ * WebAssembly in this process is undici's HTTP parser (llhttp), compiled when the first HTTP connection is
+ * made. V8 compiles it quickly for a first tier and then again, optimised, on its background threads, and
+ * a process does not exit before those compilations end: about 25 ms of a one-path substitution from an
+ * HTTP cache, for code a command of this length never profits from. V8's `--liftoff-only` keeps the first
+ * tier. It is set only when undici is about to be loaded (src/substituter/undici.ts calls this through
+ * `globalThis`), not on Node's command line: with any V8 flag changed, Node rejects its own code cache of
+ * its built-in modules (their flags differ) and compiles each one it loads, 15–20 ms of a build's CPU.
+ */
+let wasmFirstTier = false;
+function firstTierWasm() {
+  if (wasmFirstTier) return;
+  wasmFirstTier = true;
+  require('node:v8').setFlagsFromString('--liftoff-only');
+}
+globalThis[Symbol.for('realise.cli.firstTierWasm')] = firstTierWasm;
 
 /** Write `data` to `file` atomically (a private file renamed into place), then keep the newest caches only. */
 function saveCodeCache(file, data) {
@@ -115,23 +134,29 @@ function readCodeCache(file) {
  * of the same bundle and command when there is one: V8 then neither parses nor compiles the functions that
  * ran then. V8 itself rejects a cache made by another V8 version or with other flags. A command that found
  * no usable cache writes one when the process exits, with every function compiled by then. A cache that
- * cannot be read or written (a read-only or missing home) only costs the compile.
+ * cannot be read or written (a read-only or missing home) only costs the compile. A command whose last run
+ * made an HTTP connection has a `-wasm` cache, made with the flag of firstTierWasm: it starts with the flag
+ * (and Node's cache of its modules rejected, as it would be from that connection on), so that the cache
+ * holds its whole run; a run that sets the flag makes that cache.
  */
 function runBundle(file, st = statSync(file, { bigint: true })) {
-  const cacheFile = codeCacheFile(st);
-  const cachedData = readCodeCache(cacheFile);
+  let cacheFile = codeCacheFile(st, true);
+  let cachedData = readCodeCache(cacheFile);
+  if (cachedData) firstTierWasm();
+  else cachedData = readCodeCache((cacheFile = codeCacheFile(st, false)));
   // The function Node wraps a CommonJS module's text in.
   const text = `(function (exports, require, module, __filename, __dirname) { ${readFileSync(file, 'utf8')}\n})`;
   const script = new Script(text, { filename: file, cachedData });
-  if (cachedData === undefined || script.cachedDataRejected) {
-    process.once('exit', () => {
-      try {
-        saveCodeCache(cacheFile, script.createCachedData());
-      } catch {
-        // No cache this time.
-      }
-    });
-  }
+  const usable = cachedData !== undefined && !script.cachedDataRejected;
+  const wasmAtStart = wasmFirstTier;
+  process.once('exit', () => {
+    if (usable && wasmFirstTier === wasmAtStart) return;
+    try {
+      saveCodeCache(wasmFirstTier ? codeCacheFile(st, true) : cacheFile, script.createCachedData());
+    } catch {
+      // No cache this time.
+    }
+  });
   const module = { exports: {}, filename: file, id: file, loaded: false };
   script.runInThisContext().call(module.exports, module.exports, createRequire(file), module, file, dirname(file));
 }
@@ -146,12 +171,6 @@ function newestSource(dir) {
 }
 
 function main() {
-  // WebAssembly in this process is undici's HTTP parser (llhttp), compiled when the first HTTP connection is
-  // made. V8 compiles it quickly for a first tier and then again, optimised, on its background threads, and
-  // a process does not exit before those compilations end: about 25 ms of a one-path substitution from an
-  // HTTP cache, for code a command of this length never profits from. The first tier is kept. The launcher
-  // (bin/realise) gives the flag on Node's command line; else it is set here (loading node:v8, ~2.5 ms).
-  if (!process.execArgv.includes('--liftoff-only')) require('node:v8').setFlagsFromString('--liftoff-only');
   // Interrupts: while a build runs, the CLI turns SIGINT/SIGTERM/SIGHUP into cancellation (builders killed,
   // locks released, nothing half-registered): it sets `cancel` below for that window. Outside it (loading,
   // opening the store, before or after the build) nothing is in flight, so an interrupt ends the command at

@@ -20,6 +20,16 @@ export function undici(): Undici {
 }
 
 /**
+ * The `realise` process (bin/realise.js) keeps WebAssembly in V8's first tier: undici's HTTP parser is the
+ * only WebAssembly it runs, and V8 would otherwise optimise it on background threads that the process
+ * waits for at exit. It sets that V8 flag here, before undici's parser is compiled, not at its start (a V8
+ * flag makes Node reject its code cache of its own modules). Elsewhere (a program using the SDK) nothing.
+ */
+function beforeHttpParser(): void {
+  (globalThis as Record<symbol, (() => void) | undefined>)[Symbol.for('realise.cli.firstTierWasm')]?.();
+}
+
+/**
  * undici's dispatchers, connector and `request`, loaded from their own modules: undici's index requires
  * every part of it (fetch, WebSocket, caches, cookies, mocks, ...), about 130 modules and 80 ms, where these
  * take 30. As the index does, the API methods (`request`, `connect`, ...) are put on Dispatcher's prototype,
@@ -29,6 +39,7 @@ export function undici(): Undici {
 function loadUndici(): Undici {
   const require = createRequire(import.meta.url);
   const lib = <T>(m: string): T => require(`undici/lib/${m}`) as T;
+  beforeHttpParser();
   deferHttp2Client(require);
   const api = lib<{ request: (this: unknown, opts: object) => ReturnType<Undici['request']> }>('api');
   Object.assign(lib<{ prototype: object }>('dispatcher/dispatcher').prototype, api);

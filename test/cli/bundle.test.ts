@@ -231,6 +231,48 @@ process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}
     }
   });
 
+  it("a command that reaches an HTTP cache sets V8's --liftoff-only as it loads undici, and writes its code cache as the flag's; its next run starts with the flag and takes that cache", async () => {
+    const server = await serveCache(cacheDir('none'));
+    const work = tempDir('realise-bundle-wasm-');
+    try {
+      const xdg = path.join(work, 'xdg');
+      const runner = path.join(work, 'run-cached.cjs');
+      const log = path.join(work, 'v8.txt');
+      // bin/realise.js's loader, as the launcher runs it; at exit, whether node:v8 (which sets the flag) was loaded.
+      writeFileSync(
+        runner,
+        `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}, String(process.moduleLoadList.includes('NativeModule v8'))));
+require(${JSON.stringify(path.join(ROOT, 'bin/realise.js'))}).runBundle(${JSON.stringify(path.join(dir, 'main.cjs'))});`,
+      );
+      const target = narInfos('none')[0]!.storePath;
+      const caches = () => readdirSync(path.join(xdg, 'realise')).filter((f) => f.startsWith('cli-v8-'));
+      const run = async (args: string[]) => {
+        const child = spawn(process.execPath, [runner, ...args], { env: { ...process.env, XDG_CACHE_HOME: xdg } });
+        let stderr = '';
+        child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+        const status = await new Promise<number | null>((resolve) => child.on('close', resolve));
+        expect(status, stderr).toBe(0);
+        return readFileSync(log, 'utf8');
+      };
+      const build = (n: number) =>
+        run(['build', '--store', path.join(work, `store${n}`), '--option', 'substituters', server.url, '--option', 'require-sigs', 'false', target]);
+      // No HTTP (gc): no flag, the plain cache.
+      expect(await run(['gc', '--print-dead', '--store', path.join(work, 'store0')])).toBe('false');
+      expect(caches()).toEqual([expect.stringMatching(/-gc\.bin$/)]);
+      expect(await build(1)).toBe('true');
+      const wasm = caches().find((f) => f.endsWith('-build-wasm.bin'))!;
+      expect(wasm).toBeDefined();
+      const made = statSync(path.join(xdg, 'realise', wasm));
+      expect(await build(2)).toBe('true');
+      // Taken: V8 accepted it under the flag set at start (a rejected one is written again).
+      expect(statSync(path.join(xdg, 'realise', wasm))).toMatchObject({ ino: made.ino, mtimeMs: made.mtimeMs });
+      expect(caches()).toHaveLength(2);
+    } finally {
+      await server.close();
+      removeTreeSync(work);
+    }
+  });
+
   it.skipIf(!nixOk())('runs a sandboxed build, compiling the sandbox helper and the xattr addon from the C sources beside it', () => {
     const work = tempDir('realise-bundle-build-');
     try {
