@@ -503,6 +503,9 @@ let impureOutputHash: Hash | undefined;
  * Computes `hashDerivationModulo` with a memo of input derivations by path (as Nix's drvHashes).
  * Keep one per store (or per batch of work) to avoid re-reading inputs.
  */
+/** How many parsed derivations a DerivationHasher keeps for hashing (DerivationHasher.parsedFrom). */
+const PARSED_MAX = 4096;
+
 export class DerivationHasher {
   readonly storeDir: string;
   private readonly readDrv: ReadDerivation;
@@ -513,15 +516,34 @@ export class DerivationHasher {
     this.storeDir = opts.storeDir ?? DEFAULT_STORE_DIR;
   }
 
+  /**
+   * Derivations just parsed from their valid `.drv` files (`parsed`), hashed from here rather than read
+   * again when an input needs them: the oldest are forgotten past PARSED_MAX, and each once hashed.
+   */
+  private readonly parsed = new Map<StorePath, Derivation>();
+
   /** The hash modulo of the derivation at `drvPath` (unmasked), memoised. */
   pathHashModulo(drvPath: StorePath): Promise<DrvHash> {
     let p = this.memo.get(drvPath);
     if (!p) {
-      p = this.readDrv(drvPath).then((drv) => this.hashModulo(drv, false));
+      const drv = this.parsed.get(drvPath);
+      if (drv) this.parsed.delete(drvPath);
+      p = drv ? this.hashModulo(drv, false) : this.readDrv(drvPath).then((d) => this.hashModulo(d, false));
       p.catch(() => this.memo.delete(drvPath));
       this.memo.set(drvPath, p);
     }
     return p;
+  }
+
+  /**
+   * `drv` is the derivation of the `.drv` at `drvPath` (just read and parsed, e.g. to check a substitute):
+   * if a derivation that has it as an input is hashed next, its hash comes from `drv`, not from reading
+   * the file again (a substituted closure is checked bottom-up, each `.drv` hashing its inputs).
+   */
+  parsedFrom(drvPath: StorePath, drv: Derivation): void {
+    if (this.memo.has(drvPath) || this.parsed.has(drvPath)) return;
+    if (this.parsed.size >= PARSED_MAX) this.parsed.delete(this.parsed.keys().next().value!);
+    this.parsed.set(drvPath, drv);
   }
 
   /** Seed the memo (e.g. right after writing a derivation whose hash was just computed). */

@@ -170,8 +170,12 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
             p.changed();
           },
         });
-        // The goal that wanted this .drv reads it next: the derivation just checked is that reading.
-        if (checked) this.primeDrvCache(as ?? info.path, checked);
+        if (checked) {
+          // The goal that wanted this .drv reads it next: the derivation just checked is that reading. And
+          // the .drv files that have it as an input are checked next: they hash it from here, not from its file.
+          this.primeDrvCache(as ?? info.path, checked);
+          hasherFor(store).parsedFrom(as ?? info.path, checked);
+        }
         p.nar.done += info.narSize;
         p.changed();
       },

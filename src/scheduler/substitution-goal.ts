@@ -104,9 +104,8 @@ async function lookUp(w: Worker, sub: Substituter, path: StorePath, ca: FixedCon
 }
 
 async function substitute(w: Worker, path: StorePath, repair: boolean, depth: number, ca?: FixedContent): Promise<SubstitutionOutcome> {
-  const { store } = w.ctx;
-  await store.addTempRoot?.(path);
-  if (!repair && (await store.isValidPath(path))) return { kind: 'valid' };
+  // (Rooted first, so that a collector cannot delete it once it is found valid.)
+  if ((await w.substitutionStart(path)) && !repair) return { kind: 'valid' };
 
   const subs = w.ctx.substituters;
   if (subs.length === 0) {
@@ -198,7 +197,7 @@ async function runSubstitute(
     .substitutionSlot(path, async () => {
       w.signal.throwIfAborted();
       // addToStore takes the path's lock and re-checks validity under it.
-      if (!repair && (await store.isValidPath(path))) return 'valid' as const;
+      if (!repair && (await w.validNow(path))) return 'valid' as const;
       onStart();
       const running = w.ctx.progress.running('substitutions');
       w.ctx.emit('substitution-started', {

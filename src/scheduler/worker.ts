@@ -94,6 +94,25 @@ export class Worker {
     this.controller.abort(new GoalStopped());
   }
 
+  /** Substitution goals that start in this turn of the event loop (see substitutionStart). */
+  private readonly startWave = new TurnWave<StorePath, ReadonlySet<StorePath>>((paths) => rootAndQuery(this.ctx.store, paths));
+  /** Substitutions that get their slot in this turn (see validNow). */
+  private readonly slotWave = new TurnWave<StorePath, ReadonlySet<StorePath>>((paths) => this.ctx.store.queryValidPaths(paths));
+
+  /**
+   * Make `path` a temporary root, then tell whether it is valid (Nix's PathSubstitutionGoal::init): the
+   * substitution goals that start in the same turn of the event loop do it as one wave, their roots
+   * recorded in one write and their validity asked in one query, rather than each on its own.
+   */
+  async substitutionStart(path: StorePath): Promise<boolean> {
+    return (await this.startWave.add(path)).has(path);
+  }
+
+  /** Whether `path` is valid now, asked in one query with the other substitutions that get a slot in this turn. */
+  async validNow(path: StorePath): Promise<boolean> {
+    return (await this.slotWave.add(path)).has(path);
+  }
+
   private readyBatch: { key: string; round: number; release: () => void }[] = [];
 
   /**
@@ -334,3 +353,39 @@ export class Worker {
 }
 
 const substitutionKey = (path: StorePath, repair: boolean): string => (repair ? `repair:${path}` : path);
+
+/** The paths made temporary roots (in one write where the store can), then those of them that are valid. */
+async function rootAndQuery(store: EngineContext['store'], paths: readonly StorePath[]): Promise<ReadonlySet<StorePath>> {
+  if (store.addTempRoots) await store.addTempRoots(paths);
+  else if (store.addTempRoot) for (const p of paths) await store.addTempRoot(p);
+  return store.queryValidPaths(paths);
+}
+
+/**
+ * Items added in one turn of the event loop, handled together at its end (`run` of them all): each
+ * `add` resolves with that one result (or rejects with its error).
+ */
+class TurnWave<T, R> {
+  private items: T[] | undefined;
+  private result: Promise<R> | undefined;
+
+  constructor(private readonly run: (items: readonly T[]) => Promise<R>) {}
+
+  add(item: T): Promise<R> {
+    if (!this.items) {
+      const items: T[] = (this.items = []);
+      this.result = new Promise<R>((resolve, reject) => {
+        setImmediate(() => {
+          this.items = undefined;
+          try {
+            this.run(items).then(resolve, reject);
+          } catch (e) {
+            reject(e);
+          }
+        });
+      });
+    }
+    this.items.push(item);
+    return this.result!;
+  }
+}

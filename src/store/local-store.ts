@@ -399,6 +399,13 @@ function rowOf(info: PathInfo, now: number): Omit<Row, 'id'> {
 }
 
 /** The PathInfo a ValidPaths row reads back as (`references` sorted, as the reference rows give them). */
+/** The `.drv` texts already read of registrations waiting together (LocalStore.registerSoon). */
+function textsOf(batch: readonly { info: PathInfo; text: string | undefined }[]): Map<StorePath, string> | undefined {
+  let texts: Map<StorePath, string> | undefined;
+  for (const b of batch) if (b.text !== undefined) (texts ??= new Map()).set(b.info.path, b.text);
+  return texts;
+}
+
 function infoOfRow(path: StorePath, row: Omit<Row, 'id'>, narHash: Hash, references: StorePath[]): PathInfo {
   return {
     path,
@@ -767,10 +774,10 @@ export class LocalStore implements Store {
    * writes them (so a `.drv` added by substitution or addToStore has them too). An unreadable or
    * unparsable file gets none.
    */
-  private registerDrvOutputRows(id: number, drvPath: StorePath): void {
+  private registerDrvOutputRows(id: number, drvPath: StorePath, known: string | undefined): void {
     let text: string;
     try {
-      text = readFileSync(this.toRealPath(drvPath), 'utf8');
+      text = known ?? readFileSync(this.toRealPath(drvPath), 'utf8');
     } catch {
       return;
     }
@@ -874,7 +881,7 @@ export class LocalStore implements Store {
   }
 
   /** addToStore's registrations waiting for the end of this turn of the event loop (registerSoon). */
-  private pendingRegistrations: Array<{ info: PathInfo; resolve: () => void; reject: (e: unknown) => void }> | undefined;
+  private pendingRegistrations: Array<{ info: PathInfo; text: string | undefined; resolve: () => void; reject: (e: unknown) => void }> | undefined;
 
   /**
    * Register `info` (its contents complete at its path, its references valid, its lock held) together with
@@ -882,14 +889,15 @@ export class LocalStore implements Store {
    * them (a group commit). A commit costs about as much as the rows of a few paths; concurrent
    * substitutions of small paths finish in bursts. Each path is still valid only once its contents are
    * complete and its references valid, as when it is registered alone. Resolves once it is committed.
+   * `text`: a new `.drv`'s text, already read (its DerivationOutputs rows come from it, not from the file).
    */
-  private registerSoon(info: PathInfo): Promise<void> {
+  private registerSoon(info: PathInfo, text: string | undefined): Promise<void> {
     return new Promise((resolve, reject) => {
       if (!this.pendingRegistrations) {
         this.pendingRegistrations = [];
         setImmediate(() => this.flushRegistrations());
       }
-      this.pendingRegistrations.push({ info, resolve, reject });
+      this.pendingRegistrations.push({ info, text, resolve, reject });
     });
   }
 
@@ -898,7 +906,10 @@ export class LocalStore implements Store {
     this.pendingRegistrations = undefined;
     if (batch.length > 1) {
       try {
-        this.registerInDb(batch.map((b) => b.info));
+        this.registerInDb(
+          batch.map((b) => b.info),
+          textsOf(batch),
+        );
         for (const b of batch) b.resolve();
         return;
       } catch {
@@ -908,7 +919,7 @@ export class LocalStore implements Store {
     for (const b of batch) {
       try {
         this.check();
-        this.registerInDb([b.info]);
+        this.registerInDb([b.info], textsOf([b]));
         b.resolve();
       } catch (e) {
         b.reject(e);
@@ -916,18 +927,21 @@ export class LocalStore implements Store {
     }
   }
 
-  /** Write rows for `infos` in one transaction, enforcing the closure invariant. Reads only new `.drv` files. */
-  private registerInDb(infos: readonly PathInfo[]): void {
+  /**
+   * Write rows for `infos` in one transaction, enforcing the closure invariant. Reads only new `.drv` files
+   * whose text is not in `texts`.
+   */
+  private registerInDb(infos: readonly PathInfo[], texts?: ReadonlyMap<StorePath, string>): void {
     // better-sqlite3 builds a transaction function's four wrappers (and their properties) in `transaction()`:
     // made once per store, not once per registration.
-    this.registerTx ??= this.db.transaction((batch: readonly PathInfo[]) => this.writeRows(batch));
-    this.registerTx.immediate(infos);
+    this.registerTx ??= this.db.transaction((batch: readonly PathInfo[], known?: ReadonlyMap<StorePath, string>) => this.writeRows(batch, known));
+    this.registerTx.immediate(infos, texts);
   }
 
-  private registerTx: Database.Transaction<(batch: readonly PathInfo[]) => void> | undefined;
+  private registerTx: Database.Transaction<(batch: readonly PathInfo[], texts?: ReadonlyMap<StorePath, string>) => void> | undefined;
 
   /** registerInDb's transaction: the batch's closure checked, then its rows written (references first). */
-  private writeRows(infos: readonly PathInfo[]): void {
+  private writeRows(infos: readonly PathInfo[], texts: ReadonlyMap<StorePath, string> | undefined): void {
     const now = Math.floor(Date.now() / 1000);
     const order = checkBatchClosure(infos, (ps) => this.queryValidPathsSync(ps));
     const ids = new Map<StorePath, number>();
@@ -940,7 +954,7 @@ export class LocalStore implements Store {
       } else {
         const r = this.st.insert.run(i.path, row.hash, row.registrationTime, row.deriver, row.narSize, row.ultimate, row.sigs, row.ca);
         ids.set(i.path, Number(r.lastInsertRowid));
-        if (i.path.endsWith('.drv')) this.registerDrvOutputRows(Number(r.lastInsertRowid), i.path);
+        if (i.path.endsWith('.drv')) this.registerDrvOutputRows(Number(r.lastInsertRowid), i.path, texts?.get(i.path));
       }
     }
     for (const i of order) {
@@ -1085,7 +1099,7 @@ export class LocalStore implements Store {
       if (!got.hash.equals(info.narHash)) throw narHashMismatch(info.path, info.narHash, got.hash);
       if (info.narSize && got.size !== info.narSize) throw narSizeMismatch(info.path, info.narSize, got.size);
       await verifyContentAddress(info, target, got.hash, got.flat);
-      await opts.verify?.(target);
+      const text = (await opts.verify?.(target)) ?? undefined;
       if (session.walkAfterRestore) await canonicalisePathMetaData(target, { ignoredAcls: this.ignoredAcls });
       opts.signal?.throwIfAborted();
       const final: PathInfo = { ...info, narSize: got.size, registrationTime: info.registrationTime ?? Math.floor(Date.now() / 1000) };
@@ -1103,7 +1117,7 @@ export class LocalStore implements Store {
       }
       try {
         this.autoOptimise(real, repair);
-        await this.registerSoon(final);
+        await this.registerSoon(final, text);
       } catch (e) {
         await deleteTree(real).catch(() => {});
         // Repairing: the registered path's old copy goes back in place.

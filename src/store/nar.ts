@@ -371,6 +371,30 @@ export function narOfRegularFile(contents: string | Uint8Array, executable = fal
   return Buffer.concat([head, narString(body), narString(')')]);
 }
 
+const REGULAR_HEAD = tokens(NAR_MAGIC, '(', 'type', 'regular', 'contents');
+const EXECUTABLE_HEAD = tokens(NAR_MAGIC, '(', 'type', 'regular', 'executable', '', 'contents');
+const NAR_CLOSE = narString(')');
+
+/**
+ * The contents of the regular file a whole NAR (`nar`, as narOfRegularFile makes it) holds; undefined when
+ * it holds anything else or is not exactly such a NAR. It does not validate more than that shape.
+ */
+export function regularFileContentsOfNar(nar: Uint8Array): Uint8Array | undefined {
+  const b = Buffer.from(nar.buffer, nar.byteOffset, nar.byteLength);
+  const head = b.subarray(0, REGULAR_HEAD.length).equals(REGULAR_HEAD)
+    ? REGULAR_HEAD.length
+    : b.subarray(0, EXECUTABLE_HEAD.length).equals(EXECUTABLE_HEAD)
+      ? EXECUTABLE_HEAD.length
+      : -1;
+  if (head < 0 || b.length < head + 8) return undefined;
+  const len = b.readUInt32LE(head);
+  if (b.readUInt32LE(head + 4) !== 0) return undefined;
+  const start = head + 8;
+  const end = start + len + padLen(len);
+  if (end + NAR_CLOSE.length !== b.length || !b.subarray(end).equals(NAR_CLOSE)) return undefined;
+  return b.subarray(start, start + len);
+}
+
 /** Hash and size of a NAR stream in one pass. */
 export async function hashNar(
   nar: AsyncIterable<Uint8Array>,

@@ -46,9 +46,10 @@ export interface AddToStoreOptions {
   /**
    * Called with the real path of the new contents once they are written and their hashes checked, before
    * they are moved into place and registered: a throw registers nothing (e.g. a `.drv`'s output paths
-   * checked, as Nix's registration does).
+   * checked, as Nix's registration does). It may return the contents' text, when it read them (a `.drv`'s):
+   * the registration then takes what it needs from that text rather than reading the file again.
    */
-  readonly verify?: (realPath: string) => Promise<void>;
+  readonly verify?: (realPath: string) => Promise<void | string>;
 }
 
 /** Held locks on store paths; `release()` is idempotent. */

@@ -2,11 +2,10 @@
  * The Substituter interface the scheduler calls, the error type of this layer, and `substitutePath`:
  * check trust, stream the NAR into the store while verifying it, register atomically.
  */
-import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { RealiseError, BadNarError } from '../store/errors.js';
 import { Hash } from '../store/hash.js';
-import { RegularFileContentHasher } from '../store/nar.js';
+import { RegularFileContentHasher, regularFileContentsOfNar } from '../store/nar.js';
 import type { PathInfo, Realisation, Store } from '../store/store-api.js';
 import { makeFixedOutputPath, makeTextPath, storePathName, type StorePath } from '../store/store-path.js';
 import { countValidSignatures } from './narinfo.js';
@@ -438,12 +437,14 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
     const nar = verifiedNar(sub, info, opts, fail, ca, seen, failure);
     const check = opts.checkDerivation;
     // (The check's own words are the error, as in Nix.)
+    // (The text checked is returned: the store's registration takes the `.drv`'s outputs from it.)
     const verify =
       check && target.endsWith('.drv')
-        ? async (real: string) => {
+        ? async (real: string): Promise<string> => {
             try {
-              // (A small file just written: read without a thread-pool round trip.)
-              await check(target, info.narSize <= SMALL_DRV ? readFileSync(real, 'utf8') : await readFile(real, 'utf8'));
+              const text = drvTextOf(seen, info.narSize) ?? (await readFile(real, 'utf8'));
+              await check(target, text);
+              return text;
             } catch (e) {
               failure.error = fail('store', e instanceof RealiseError ? e.shortMessage : (e as Error).message, { cause: e });
               throw e;
@@ -461,8 +462,18 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
   }
 }
 
-/** A `.drv` of a NAR up to this size is read back for its check with synchronous calls. */
+/** A `.drv` of a NAR up to this size is checked from the NAR's bytes (`seen`), not read back from its file. */
 const SMALL_DRV = 64 * 1024;
+
+/** The text of the `.drv` file the NAR in `seen` (all of it, `narSize` bytes) holds, when small; else undefined. */
+function drvTextOf(seen: readonly Uint8Array[] | undefined, narSize: number): string | undefined {
+  if (!seen || narSize > SMALL_DRV) return undefined;
+  let size = 0;
+  for (const c of seen) size += c.length;
+  if (size !== narSize) return undefined;
+  const contents = regularFileContentsOfNar(seen.length === 1 ? seen[0]! : Buffer.concat(seen));
+  return contents && Buffer.from(contents.buffer, contents.byteOffset, contents.byteLength).toString('utf8');
+}
 
 /** How much longer than its narinfo's NarSize a NAR may run before the download is cut off. */
 const NAR_OVERRUN_MAX = 64 * 1024 * 1024;

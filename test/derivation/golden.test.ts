@@ -131,6 +131,29 @@ describe('hashDerivationModulo', () => {
     expect(reads).toBe(2); // a and b
   });
 
+  it('hashes an input handed to parsedFrom without reading it, to the hash reading it gives', async () => {
+    const deps = expected.fixtures.deps!;
+    const c = drvOf(deps.find((p) => p.endsWith('-c.drv'))!);
+    const inputs = [...c.inputDrvs.keys()];
+    expect(inputs.length).toBe(2);
+    const read: string[] = [];
+    const hasher = new DerivationHasher(async (p) => {
+      read.push(p);
+      return readGolden(p);
+    });
+    hasher.parsedFrom(inputs[0]!, drvOf(inputs[0]!));
+    const got = await hasher.hashModulo(c, true);
+    expect(read).toEqual([inputs[1]]);
+    const byReading = await new DerivationHasher(readGolden).hashModulo(c, true);
+    expect(got.hashes.get('out')!.base16).toBe(byReading.hashes.get('out')!.base16);
+    // Hashed once, it is forgotten: the memo answers from then on.
+    hasher.parsedFrom(inputs[0]!, drvOf(inputs[1]!));
+    expect((await hasher.pathHashModulo(inputs[0]!)).hashes.get('out')!.base16).toBe(
+      (await new DerivationHasher(readGolden).pathHashModulo(inputs[0]!)).hashes.get('out')!.base16,
+    );
+    expect(read).toEqual([inputs[1]]);
+  });
+
   it('staticOutputHashes: every output of a regular derivation has the hash with its outputs masked (as Nix 2.8)', async () => {
     const d = drvOf(expected.fixtures['multiple-outputs']!.find((p) => p.endsWith('-multi.drv'))!);
     const hs = await staticOutputHashes(readGolden, d);

@@ -18,6 +18,7 @@ import {
   narOfRegularFile,
   narString,
   parseNar,
+  regularFileContentsOfNar,
   restorePath,
   streamOf,
   teeHash,
@@ -98,6 +99,20 @@ describe('NAR goldens from nix-store --dump and nix-hash', () => {
     expect(narOfRegularFile('Hello, NAR!\n').equals(regular)).toBe(true);
     expect(narOfRegularFile('#!/bin/sh\necho hi\n', true).equals(readFileSync(path.join(FIX, 'nar', 'executable-file.nar')))).toBe(true);
     expect(narOfRegularFile('').equals(readFileSync(path.join(FIX, 'nar', 'empty-file.nar')))).toBe(true);
+  });
+
+  it("regularFileContentsOfNar gives a one-file NAR's contents (Nix's NARs), and nothing for any other NAR", () => {
+    const nar = (name: string) => readFileSync(path.join(FIX, 'nar', name));
+    expect(Buffer.from(regularFileContentsOfNar(nar('regular-file.nar'))!).toString()).toBe('Hello, NAR!\n');
+    expect(Buffer.from(regularFileContentsOfNar(nar('executable-file.nar'))!).toString()).toBe('#!/bin/sh\necho hi\n');
+    expect(regularFileContentsOfNar(nar('empty-file.nar'))!.length).toBe(0);
+    const nine = narOfRegularFile('123456789');
+    expect(Buffer.from(regularFileContentsOfNar(nine)!).toString()).toBe('123456789');
+    // Not exactly one regular file: cut short, something after it, a symlink, a directory.
+    expect(regularFileContentsOfNar(nine.subarray(0, nine.length - 8))).toBeUndefined();
+    expect(regularFileContentsOfNar(Buffer.concat([nine, narString('x')]))).toBeUndefined();
+    expect(regularFileContentsOfNar(nar('symlink-root.nar'))).toBeUndefined();
+    expect(regularFileContentsOfNar(nar('empty-dir.nar'))).toBeUndefined();
   });
 
   it('dumps and restores names that are not valid UTF-8 (names are bytes, as in Nix)', async () => {
