@@ -17,6 +17,31 @@ storeConformance('LocalStore (plain)', async () => {
   return LocalStore.open({ storeDir: path.join(d, 'store'), stateDir: path.join(d, 'state'), logDir: path.join(d, 'log') });
 });
 
+describe('LocalStore closures', () => {
+  it('a closure follows references registered since it was last computed, by this store object or another (its references cache is not stale)', async () => {
+    const d = tmp();
+    const dirs = { storeDir: path.join(d, 'store'), stateDir: path.join(d, 'state'), logDir: path.join(d, 'log') };
+    const s = await LocalStore.open(dirs);
+    const other = await LocalStore.open(dirs);
+    const a = await s.addTextToStore('a', 'a');
+    const b = await s.addTextToStore('b', `b ${a}`, [a]);
+    const c = await s.addTextToStore('c', 'c');
+    const top = await s.addTextToStore('top', `top ${b}`, [b]);
+    expect(await s.computeClosure([top])).toEqual(new Set([top, b, a]));
+    // Another process (here another connection) registers b again with one reference more.
+    const info = (await s.queryPathInfo(b))!;
+    await other.registerValidPaths([{ ...info, references: [a, c] }]);
+    expect(await s.computeClosure([top])).toEqual(new Set([top, b, a, c]));
+    // This store object does the same.
+    const e = await s.addTextToStore('e', 'e');
+    await s.registerValidPaths([{ ...info, references: [a, c, e] }]);
+    expect(await s.computeClosure([top])).toEqual(new Set([top, b, a, c, e]));
+    expect(await other.computeClosure([b, c])).toEqual(new Set([b, a, c, e]));
+    await other.close();
+    await s.close();
+  });
+});
+
 describe('LocalStore layout', () => {
   it('creates Nix 2.8 files: schema "10", big-lock, reserved, WAL database with Nix pragmas', async () => {
     const root = tmp();
