@@ -40,6 +40,22 @@ describe('LocalStore closures', () => {
     await other.close();
     await s.close();
   });
+
+  it('a closure deeper than the walk it does from paths it has not seen is whole (a new store object, then again)', async () => {
+    const d = tmp();
+    const dirs = { storeDir: path.join(d, 'store'), stateDir: path.join(d, 'state'), logDir: path.join(d, 'log') };
+    const s = await LocalStore.open(dirs);
+    const chain: string[] = [];
+    for (let i = 0; i < 8; i++) chain.push(await s.addTextToStore(`p${i}`, `p${i} ${chain.join(' ')}`, i > 0 ? [chain[i - 1]!] : []));
+    const side = await s.addTextToStore('side', 'side');
+    await s.close();
+    const fresh = await LocalStore.open(dirs);
+    const all = new Set([...chain, side]);
+    const top = await fresh.addTextToStore('top', `top ${chain[7]} ${side}`, [chain[7]!, side]);
+    for (let i = 0; i < 2; i++) expect(await fresh.computeClosure([top])).toEqual(new Set([...all, top]));
+    expect(await fresh.computeClosure([chain[2]!, side])).toEqual(new Set([chain[0], chain[1], chain[2], side]));
+    await fresh.close();
+  });
 });
 
 describe('LocalStore layout', () => {
