@@ -82,10 +82,12 @@ export class SandboxServer {
         env: {},
       });
       this.#child = child;
+      // Node's pipes to a child are socket pairs: a server killed (close()) before it read its seccomp filter
+      // or its requests leaves them with ECONNRESET, which is no error of ours (its exit says what matters).
+      for (const pipe of child.stdio) pipe?.on('error', () => {});
       if (this.#filter) (child.stdio[3] as NodeJS.WritableStream).end(this.#filter);
       child.stdout!.setEncoding('utf8');
       child.stdout!.on('data', (d: string) => this.#onStatus(d));
-      child.stdin!.on('error', () => {});
       child.once('exit', () => this.#onServerExit(child));
       this.#setRef(false);
       // The exec of the server itself can fail (e.g. a cache dir mounted noexec): that is a start failure.

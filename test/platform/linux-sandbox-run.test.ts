@@ -211,3 +211,28 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: concurrent b
     await sb.close();
   }, 30_000);
 });
+
+describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: closed at once', () => {
+  it('a server closed right after it started (the engine closing after a build that failed at once) raises no error in the program', async () => {
+    const { SandboxServer } = await import('../../src/platform/sandbox-server.js');
+    const { ensureSandboxHelper } = await import('../../src/platform/sandbox-helper.js');
+    const { nixSeccompFilter } = await import('../../src/platform/seccomp.js');
+    const exe = await ensureSandboxHelper();
+    const errors: unknown[] = [];
+    const onError = (e: unknown) => errors.push(e);
+    process.on('uncaughtException', onError);
+    try {
+      // The server is killed with its seccomp filter and warm process still on their way: the pipes to it
+      // then end with ECONNRESET, which must not be an unhandled 'error' event.
+      for (let round = 0; round < 4; round++) {
+        const servers = Array.from({ length: 8 }, () => new SandboxServer(exe, nixSeccompFilter(), { warm: true }));
+        await Promise.all(servers.map((s) => s.start()));
+        for (const s of servers) s.close();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      process.off('uncaughtException', onError);
+    }
+    expect(errors).toEqual([]);
+  }, 30_000);
+});
