@@ -219,6 +219,23 @@ static void status(const char *fmt, ...) {
   if (statusFd >= 0 && write(statusFd, buf, n) < 0) {}
 }
 
+/* Server mode: a sandboxed build's output goes on the status channel (the server's stdout, shared by
+   every build process) as records "ID out LEN\n" and LEN bytes. A record is one write of at most
+   OUTPUT_RECORD_MAX bytes, which the kernel queues whole (a Unix stream socket queues a write of up to
+   tens of kB as one buffer), so the records of concurrent builds never interleave, as their status lines
+   do not. After the builder's output, its status: in order, on the same channel. */
+enum { OUTPUT_RECORD_MAX = 4096 };
+static void outputRecord(const char *data, size_t len) {
+  char rec[OUTPUT_RECORD_MAX];
+  int h = snprintf(rec, sizeof rec, "%s out %zu\n", buildId, len);
+  if (h < 0 || (size_t) h + len > sizeof rec) _exit(125);
+  memcpy(rec + h, data, len);
+  for (;;) {
+    ssize_t w = write(statusFd, rec, h + len);
+    if (w >= 0 || errno != EINTR) break;
+  }
+}
+
 /* Parse build options; returns the index of the builder path. */
 static int parseArgs(int argc, char **argv, int i) {
   for (; i < argc; i++) {
@@ -334,10 +351,14 @@ static int finish(void) {
      only once its child has set up the sandbox). */
   if (buildId) status("started\n");
 
+  /* Server mode: each read goes out as one record on the status channel (see outputRecord), so a
+     read takes no more than a record holds. */
   char buf[65536];
+  size_t most = buildId ? OUTPUT_RECORD_MAX - 128 : sizeof buf;
   for (;;) {
-    n = read(ptyMaster, buf, sizeof buf);
+    n = read(ptyMaster, buf, most);
     if (n > 0) {
+      if (buildId) { outputRecord(buf, n); continue; }
       for (ssize_t off = 0; off < n;) {
         ssize_t w = write(1, buf + off, n - off);
         if (w < 0) { if (errno == EINTR) continue; break; }
@@ -416,14 +437,15 @@ static char **requestCommand(char **strs) {
 
 /* Server mode: "helper --server SOCKET [--seccomp-fd 3]". Requests arrive on stdin as a 4-byte
    little-endian length and NUL-terminated strings: id, argument count, arguments, environment.
-   Status lines "id exit N", "id signal N", "id error MSG" go to our stdout. Each build's output comes on its own connection to the
-   abstract socket SOCKET, which starts with the line "id PID": the process whose group to kill on abort.
-   - A sandboxed build runs in a forked process that connects to SOCKET, sets up the namespaces and
-     reports its own status.
+   Status lines "id exit N", "id signal N", "id error MSG" go to our stdout.
+   - A sandboxed build runs in a forked process that sets up the namespaces and reports on our stdout
+     (shared by all): "id pid PID" (the process whose group to kill on abort), "id started", the
+     builder's output as records "id out LEN" + LEN bytes (see outputRecord), then its status.
    - A plain build ("--plain CWD FILE ARGV0 ARGS...", no sandbox) is started by us straight into the
-     builder: new session, cwd, stdin /dev/null, stdout and stderr on its own connection to SOCKET,
-     exactly the environment given. We report "error" if the exec failed, and "exit"/"signal" when we
-     reap it; what it left in its process group is killed by Node once its output ends.
+     builder: new session, cwd, stdin /dev/null, stdout and stderr on its own connection to the abstract
+     socket SOCKET (which starts with the line "id PID"), exactly the environment given. We report
+     "error" if the exec failed, and "exit"/"signal" when we reap it; what it left in its process group
+     is killed by Node once its output ends.
    We exit when stdin closes or our parent dies. */
 struct plain { pid_t pid; char *id; };
 static struct plain *plains;
@@ -536,16 +558,12 @@ static int writeFrame(int fd, const char *msg, uint32_t len) {
   return writeAll(fd, lenb, 4) || writeAll(fd, msg, len) ? -1 : 0;
 }
 
-/* In a per-build process: send our stdout to the build's output connection (made already, s >= 0, or
-   now), whose header names the build and our pid (Node kills our process group on abort). */
-static void attachOutput(const char *sock, int s) {
-  statusFd = dup(1);
-  if (s < 0) s = connectOutput(sock);
-  if (s < 0) { status("error connecting to the output socket: %s\n", strerror(errno)); _exit(125); }
-  char hdr[128]; int hl = snprintf(hdr, sizeof hdr, "%s %d\n", buildId, (int) getpid());
-  if (write(s, hdr, hl) != hl) _exit(125);
-  dup2(s, 1); close(s);
-  fcntl(statusFd, F_SETFD, FD_CLOEXEC);
+/* In a per-build process: our status channel (a copy of the server's stdout, closed on exec), and the
+   record that names our pid (Node kills our process group on abort). */
+static void attachOutput(void) {
+  statusFd = fcntl(1, F_DUPFD_CLOEXEC, 3);
+  if (statusFd < 0) _exit(125);
+  status("pid %d\n", (int) getpid());
 }
 
 static void perBuildInit(void) {
@@ -557,7 +575,7 @@ static void perBuildInit(void) {
   close(0);
 }
 
-static void spawnWarm(const char *sock) {
+static void spawnWarm(void) {
   int p[2];
   if (pipe2(p, O_CLOEXEC) == -1) return;
   pid_t pid = fork();
@@ -567,10 +585,6 @@ static void spawnWarm(const char *sock) {
   perBuildInit();
   prctl(PR_SET_PDEATHSIG, SIGKILL); /* an idle warm process goes with the server */
   failQuiet = 1; statusFd = -1;
-  /* Abstract sockets belong to a network namespace: connect before leaving the host's. The server
-     side waits for the "id" line that we send once we have a request. */
-  int out = connectOutput(sock);
-  if (out < 0) _exit(125);
   prepare();
   failQuiet = 0; statusFd = 1;
   uint32_t len; char *msg = readFrame(p[0], &len);
@@ -579,7 +593,7 @@ static void spawnWarm(const char *sock) {
   char **strs;
   if (splitRequest(msg, len, &strs) < 0) _exit(125);
   buildId = strs[0];
-  attachOutput(sock, out);
+  attachOutput();
   char **cmd = requestCommand(strs);
   checkCommand(cmd);
   launch(cmd);
@@ -611,7 +625,7 @@ static int server(const char *sock, int warm) {
   readSeccomp();
   /* If that fails, each build loads it and reports why it cannot. */
   if (haveProg && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0) seccompInherited = 1;
-  if (warm) spawnWarm(sock);
+  if (warm) spawnWarm();
   for (;;) {
     struct pollfd pfd[2] = { { 0, POLLIN, 0 }, { signalFd, POLLIN, 0 } };
     if (poll(pfd, 2, -1) == -1) { if (errno == EINTR) continue; return 1; }
@@ -619,7 +633,7 @@ static int server(const char *sock, int warm) {
       struct signalfd_siginfo si;
       while (read(signalFd, &si, sizeof si) > 0) {}
       reapAll();
-      if (warm && warmFd < 0) spawnWarm(sock);
+      if (warm && warmFd < 0) spawnWarm();
     }
     if (!pfd[0].revents) continue;
     uint32_t len;
@@ -652,7 +666,7 @@ static int server(const char *sock, int warm) {
     /* per-build process */
     perBuildInit();
     buildId = strs[0];
-    attachOutput(sock, -1);
+    attachOutput();
     _exit(runBuild(requestCommand(strs)));
   }
 }

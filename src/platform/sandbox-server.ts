@@ -1,9 +1,10 @@
 /**
  * A long-running sandbox helper ("zygote"): one `helper --server` process per LinuxSandbox forks a
  * small process per build, so a build costs a fork of a tiny C process instead of a fork of Node.
- * Builds' output comes back on one Unix socket connection each (abstract namespace), their status
- * on the server's stdout; abort kills the build's process group, whose sandbox dies with it
- * (parent-death signal).
+ * A sandboxed build's output and status come back on the server's stdout (records of all builds, see
+ * #onStatus); an unsandboxed builder's output on a Unix socket connection of its own (abstract
+ * namespace), its status on the server's stdout. Abort kills the build's process group, whose sandbox
+ * dies with it (parent-death signal).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -12,6 +13,20 @@ import type { SandboxExit } from './sandbox.js';
 import { signalName } from './signals.js';
 
 const DRAIN_GRACE_MS = 2000;
+
+/** Random bytes for build ids, drawn a block at a time (one call per build cost more than the rest of an id). */
+let idEntropy = Buffer.alloc(0);
+let idAt = 0;
+
+/** 16 random bytes, in hex. */
+function idSecret(): string {
+  if (idAt + 16 > idEntropy.length) {
+    idEntropy = randomBytes(4096);
+    idAt = 0;
+  }
+  idAt += 16;
+  return idEntropy.toString('hex', idAt - 16, idAt);
+}
 
 interface Pending {
   /** An unsandboxed builder (`--plain`): its process group outlives it until its output ends. */
@@ -45,7 +60,8 @@ export class SandboxServer {
   #ready: Promise<void> | undefined;
   #pending = new Map<string, Pending>();
   #nextId = 1;
-  #statusBuf = '';
+  /** The start of a record not complete yet (see #onStatus). */
+  #statusBuf: Buffer | undefined;
   #closing = false;
   #died = false;
 
@@ -86,8 +102,7 @@ export class SandboxServer {
       // or its requests leaves them with ECONNRESET, which is no error of ours (its exit says what matters).
       for (const pipe of child.stdio) pipe?.on('error', () => {});
       if (this.#filter) (child.stdio[3] as NodeJS.WritableStream).end(this.#filter);
-      child.stdout!.setEncoding('utf8');
-      child.stdout!.on('data', (d: string) => this.#onStatus(d));
+      child.stdout!.on('data', (d: Buffer) => this.#onStatus(d));
       child.once('exit', () => this.#onServerExit(child));
       this.#setRef(false);
       // The exec of the server itself can fail (e.g. a cache dir mounted noexec): that is a start failure.
@@ -153,7 +168,9 @@ export class SandboxServer {
         const sp = line.indexOf(' ');
         const id = sp === -1 ? line : line.slice(0, sp);
         p = this.#pending.get(id);
-        if (!p) {
+        // Only an unsandboxed builder's output comes this way, once.
+        if (!p || !p.plain || p.connected) {
+          p = undefined;
           sock.destroy();
           return;
         }
@@ -188,32 +205,58 @@ export class SandboxServer {
     sock.on('error', done);
   }
 
-  #onStatus(d: string): void {
-    this.#statusBuf += d;
-    let nl: number;
-    while ((nl = this.#statusBuf.indexOf('\n')) !== -1) {
-      const line = this.#statusBuf.slice(0, nl);
-      this.#statusBuf = this.#statusBuf.slice(nl + 1);
+  /**
+   * The server's stdout: lines "ID STATUS", and a sandboxed build's output as records "ID out LEN" followed by
+   * LEN bytes. One process writes all of a build's records, its output before its status.
+   */
+  #onStatus(chunk: Buffer): void {
+    const buf = this.#statusBuf ? Buffer.concat([this.#statusBuf, chunk]) : chunk;
+    this.#statusBuf = undefined;
+    let at = 0;
+    for (let nl: number; (nl = buf.indexOf(10, at)) !== -1;) {
+      const line = buf.toString('utf8', at, nl);
       const sp = line.indexOf(' ');
-      const p = this.#pending.get(line.slice(0, sp));
-      if (!p) continue;
+      const id = line.slice(0, sp);
       const rest = line.slice(sp + 1);
-      if (rest === 'started') {
-        p.onSetUp?.();
+      if (rest.startsWith('out ')) {
+        const end = nl + 1 + Number(rest.slice(4));
+        if (end > buf.length) break;
+        const p = this.#pending.get(id);
+        if (p && !p.aborted) p.onOutput?.(buf.subarray(nl + 1, end));
+        at = end;
         continue;
       }
-      p.status = rest;
-      // A setup failure has no builder output worth waiting for.
-      if (rest.startsWith('error ')) p.eof = true;
-      else if (!p.connected) {
-        // Output may still be on its way (or never come): wait a little for it.
-        p.timer = setTimeout(() => {
-          p.eof = true;
-          this.#maybeDone(p);
-        }, DRAIN_GRACE_MS);
-      }
-      this.#maybeDone(p);
+      at = nl + 1;
+      const p = this.#pending.get(id);
+      if (p) this.#onStatusLine(p, rest);
     }
+    if (at < buf.length) this.#statusBuf = buf.subarray(at);
+  }
+
+  #onStatusLine(p: Pending, rest: string): void {
+    if (rest === 'started') {
+      p.onSetUp?.();
+      return;
+    }
+    if (rest.startsWith('pid ')) {
+      p.pid = Number(rest.slice(4));
+      if (p.aborted) {
+        this.#kill(p);
+        this.#maybeDone(p);
+      }
+      return;
+    }
+    p.status = rest;
+    // A sandboxed build's output came before its status; a setup failure has no output worth waiting for.
+    if (rest.startsWith('error ') || !p.plain) p.eof = true;
+    else if (!p.connected) {
+      // Output may still be on its way (or never come): wait a little for it.
+      p.timer = setTimeout(() => {
+        p.eof = true;
+        this.#maybeDone(p);
+      }, DRAIN_GRACE_MS);
+    }
+    this.#maybeDone(p);
   }
 
   #kill(p: Pending): void {
@@ -250,7 +293,7 @@ export class SandboxServer {
     if (!child?.stdin) return { kind: 'spawn-failed', message: 'the sandbox helper server is not running' };
     // Unguessable: the output socket is reachable by anything in the host network namespace (including
     // fixed-output builders), so an id must not be forgeable to inject into another build's log.
-    const id = `${this.#nextId++}-${randomBytes(16).toString('hex')}`;
+    const id = `${this.#nextId++}-${idSecret()}`;
     const strings = [id, String(req.args.length), ...req.args, ...Object.entries(req.env).map(([k, v]) => `${k}=${v}`)];
     for (const s of strings) {
       if (s.includes('\0')) return { kind: 'spawn-failed', message: `an argument or environment variable of '${req.drvPath}' contains a NUL byte` };

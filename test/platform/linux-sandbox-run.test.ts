@@ -210,6 +210,20 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: concurrent b
     });
     await sb.close();
   }, 30_000);
+
+  it('keeps the large outputs of concurrent builds whole and apart (they share one channel, in records)', async () => {
+    const fx = makeFixture();
+    const sb = new LinuxSandbox({ backend: 'helper', server: true });
+    const size = 300_000;
+    const reqs = Array.from({ length: 4 }, (_, i) => fx.request(`big${i}`, `yes 'b${i} out 12' | head -c ${size}; mkdir $out`));
+    const results = await Promise.all(reqs.map((r) => build(sb, r)));
+    results.forEach(({ exit, log }, i) => {
+      expect(exit).toEqual({ kind: 'exited', code: 0 });
+      expect(log.length).toBe(size);
+      expect(log).toBe(`b${i} out 12\n`.repeat(size).slice(0, size));
+    });
+    await sb.close();
+  }, 30_000);
 });
 
 describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: closed at once', () => {
