@@ -136,7 +136,10 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
     const dir = tempDir();
     const marker = path.join(dir, 'm');
     const ac = new AbortController();
-    const run = collectWith(new NoSandbox({ launcher }), request(dir, '/bin/sh', ['-c', `touch ${marker}; sleep 5`]), ac.signal);
+    // Its own helper binary, compiled now, and its own server: the stop lands while the launcher starts. (The
+    // server alone starts within one turn of the event loop: its spawn and listen report back on next ticks.)
+    const fresh = new NoSandbox({ launcher, helper: { cacheDir: tempDir() } });
+    const run = collectWith(fresh, request(dir, '/bin/sh', ['-c', `touch ${marker}; sleep 5`]), ac.signal);
     setImmediate(() => ac.abort());
     const t0 = Date.now();
     expect((await run).exit).toEqual({ kind: 'aborted' });
