@@ -6,12 +6,21 @@ import { Hash } from '../store/hash.js';
 import { hashPlaceholder } from '../store/store-path.js';
 
 /** Apply Nix's `rewriteStrings`: each key replaced by its value, in map order. */
-export function rewriteStrings(s: string, rewrites: ReadonlyMap<string, string>): string {
-  for (const [from, to] of rewrites) {
-    if (from === to || from.length === 0) continue;
-    if (s.includes(from)) s = s.split(from).join(to);
+export function rewriteStrings(s: string, rewrites: ReadonlyMap<string, string> | Rewrites): string {
+  const list = rewrites instanceof Rewrites ? rewrites.list : new Rewrites(rewrites).list;
+  for (let i = 0; i < list.length; i += 2) {
+    const from = list[i]!;
+    if (s.includes(from)) s = s.split(from).join(list[i + 1]!);
   }
   return s;
+}
+
+/** Rewrites prepared for many strings: the ones that change anything, as one flat list (from, to, from, to…). */
+export class Rewrites {
+  readonly list: string[] = [];
+  constructor(rewrites: ReadonlyMap<string, string>) {
+    for (const [from, to] of rewrites) if (from !== to && from.length > 0) this.list.push(from, to);
+  }
 }
 
 export interface BuildEnvInput {
@@ -276,42 +285,46 @@ export function passAsFileName(attr: string): string {
 
 /** Build the environment and build-directory files of a builder. */
 export function makeBuildEnv(input: BuildEnvInput): BuildEnv {
-  const env = new Map<string, string>();
+  // One pass: each value is rewritten as it is set (a later set of the same name keeps its place, as in a Map).
+  const env: Record<string, string> = {};
   const files = new Map<string, string>();
+  const rewrites = new Rewrites(input.rewrites);
+  const set = (k: string, v: string): void => void (env[k] = rewriteStrings(v, rewrites));
   const top = input.buildDirInSandbox;
 
   // initEnv
-  env.set('PATH', '/path-not-set');
-  env.set('HOME', '/homeless-shelter');
-  env.set('NIX_STORE', input.storeDir);
-  env.set('NIX_BUILD_CORES', String(input.cores));
+  set('PATH', '/path-not-set');
+  set('HOME', '/homeless-shelter');
+  set('NIX_STORE', input.storeDir);
+  set('NIX_BUILD_CORES', String(input.cores));
 
   // initTmpDir
   if (!input.structuredAttrs) {
-    const passAsFile = new Set((input.drvEnv.get('passAsFile') ?? '').split(/[ \t\n\r]+/).filter(Boolean));
+    const listed = input.drvEnv.get('passAsFile');
+    const passAsFile = listed === undefined ? undefined : new Set(listed.split(/[ \t\n\r]+/).filter(Boolean));
     for (const [k, v] of input.drvEnv) {
-      if (!passAsFile.has(k)) {
-        env.set(k, v);
+      if (!passAsFile?.has(k)) {
+        set(k, v);
       } else {
         const fn = passAsFileName(k);
-        files.set(fn, rewriteStrings(v, input.rewrites));
-        env.set(k + 'Path', `${top}/${fn}`);
+        files.set(fn, rewriteStrings(v, rewrites));
+        set(k + 'Path', `${top}/${fn}`);
       }
     }
   }
-  env.set('NIX_BUILD_TOP', top);
-  env.set('TMPDIR', top);
-  env.set('TEMPDIR', top);
-  env.set('TMP', top);
-  env.set('TEMP', top);
-  env.set('PWD', top);
+  set('NIX_BUILD_TOP', top);
+  set('TMPDIR', top);
+  set('TEMPDIR', top);
+  set('TMP', top);
+  set('TEMP', top);
+  set('PWD', top);
 
   if (input.fixedOutput) {
-    env.set('NIX_OUTPUT_CHECKED', '1');
-    for (const name of input.impureEnvVars ?? []) env.set(name, input.hostEnv?.[name] ?? '');
+    set('NIX_OUTPUT_CHECKED', '1');
+    for (const name of input.impureEnvVars ?? []) set(name, input.hostEnv?.[name] ?? '');
   }
-  env.set('NIX_LOG_FD', '2');
-  env.set('TERM', 'xterm-256color');
+  set('NIX_LOG_FD', '2');
+  set('TERM', 'xterm-256color');
 
   // exportReferencesGraph (legacy form: files in the build dir)
   if (!input.structuredAttrs && input.exportReferencesGraph) {
@@ -319,30 +332,30 @@ export function makeBuildEnv(input: BuildEnvInput): BuildEnv {
   }
 
   // writeStructuredAttrs
-  if (input.structuredAttrs) {
-    // Nix re-reads `__json` with nlohmann::json, whose numbers are 64-bit integers or doubles.
-    let exact: unknown;
-    try {
-      exact = parseJsonExact(input.drvEnv.get('__json') ?? '');
-    } catch {
-      exact = undefined;
-    }
-    const json: Record<string, unknown> =
-      exact !== null && typeof exact === 'object' && !Array.isArray(exact) ? (exact as Record<string, unknown>) : { ...input.structuredAttrs };
-    const outputs: Record<string, string> = {};
-    for (const o of input.outputNames) outputs[o] = rewriteStrings(hashPlaceholder(o), input.rewrites);
-    json.outputs = outputs;
-    const erg = json.exportReferencesGraph;
-    if (erg && typeof erg === 'object' && !Array.isArray(erg) && input.exportReferencesGraph) {
-      for (const key of Object.keys(erg)) {
-        if (input.exportReferencesGraph.has(key)) json[key] = input.exportReferencesGraph.get(key);
-      }
-    }
-    files.set('.attrs.json', rewriteStrings(nixJsonDump(json), input.rewrites));
-    files.set('.attrs.sh', rewriteStrings(structuredAttrsToShell(json), input.rewrites));
-  }
+  if (input.structuredAttrs) writeStructuredAttrs(input, rewrites, files);
+  return { env, files };
+}
 
-  const out: Record<string, string> = {};
-  for (const [k, v] of env) out[k] = rewriteStrings(v, input.rewrites);
-  return { env: out, files };
+/** Nix's writeStructuredAttrs: `.attrs.json` and `.attrs.sh`, rewrites applied. */
+function writeStructuredAttrs(input: BuildEnvInput, rewrites: Rewrites, files: Map<string, string>): void {
+  // Nix re-reads `__json` with nlohmann::json, whose numbers are 64-bit integers or doubles.
+  let exact: unknown;
+  try {
+    exact = parseJsonExact(input.drvEnv.get('__json') ?? '');
+  } catch {
+    exact = undefined;
+  }
+  const json: Record<string, unknown> =
+    exact !== null && typeof exact === 'object' && !Array.isArray(exact) ? (exact as Record<string, unknown>) : { ...input.structuredAttrs };
+  const outputs: Record<string, string> = {};
+  for (const o of input.outputNames) outputs[o] = rewriteStrings(hashPlaceholder(o), rewrites);
+  json.outputs = outputs;
+  const erg = json.exportReferencesGraph;
+  if (erg && typeof erg === 'object' && !Array.isArray(erg) && input.exportReferencesGraph) {
+    for (const key of Object.keys(erg)) {
+      if (input.exportReferencesGraph.has(key)) json[key] = input.exportReferencesGraph.get(key);
+    }
+  }
+  files.set('.attrs.json', rewriteStrings(nixJsonDump(json), rewrites));
+  files.set('.attrs.sh', rewriteStrings(structuredAttrsToShell(json), rewrites));
 }

@@ -108,25 +108,27 @@ export class DerivationGoal {
   /** Follow a stretch of work to its end: the goal waits for inputs, finishes, or goes round again. */
   private run(wanted: Set<string> | undefined, work: Promise<BuildResult | Waitees>): void {
     this.state = 'working';
-    work
-      .then(
-        (r) => {
-          this.worker.releaseStartTurn(this);
-          if ('deps' in r) this.waitFor(wanted, r);
-          // Widened while running and not everything was built: go round again for the new outputs.
-          else if (!isSuccess(r.status) || covers(wanted, this.wanted) || r.status === 'built') this.finish(r);
-          else this.attempt();
-        },
-        (x: unknown) => {
-          this.worker.releaseStartTurn(this);
-          this.finish(this.worker.failureOf(x, this.drvPath));
-        },
-      )
-      .catch((x: unknown) => {
-        // A bug in the goal's own bookkeeping: fail it rather than leave it (and its waiters) hanging.
-        this.worker.escaped ??= x;
-        if (!this.done) this.finish(this.worker.failureOf(x, this.drvPath));
-      });
+    // (One reaction for both outcomes, with the bookkeeping's own failure caught inside it: no promise chained.)
+    void work.then(
+      (r) => this.stretchEnded(wanted, r, undefined),
+      (x: unknown) => this.stretchEnded(wanted, undefined, x),
+    );
+  }
+
+  /** A stretch of work ended with `r`, or threw `x`. */
+  private stretchEnded(wanted: Set<string> | undefined, r: BuildResult | Waitees | undefined, x: unknown): void {
+    try {
+      this.worker.releaseStartTurn(this);
+      if (r === undefined) this.finish(this.worker.failureOf(x, this.drvPath));
+      else if ('deps' in r) this.waitFor(wanted, r);
+      // Widened while running and not everything was built: go round again for the new outputs.
+      else if (!isSuccess(r.status) || covers(wanted, this.wanted) || r.status === 'built') this.finish(r);
+      else this.attempt();
+    } catch (bug) {
+      // A bug in the goal's own bookkeeping: fail it rather than leave it (and its waiters) hanging.
+      this.worker.escaped ??= bug;
+      if (!this.done) this.finish(this.worker.failureOf(bug, this.drvPath));
+    }
   }
 
   /** Park until the input goals and input-source substitutions are done (Nix's waitees). */

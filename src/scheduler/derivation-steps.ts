@@ -28,7 +28,7 @@ interface OutputStatus {
 async function checkPathValidity(w: Worker, view: DrvView, wanted: Set<string> | undefined, mode: BuildMode): Promise<OutputStatus[]> {
   const { store } = w.ctx;
   // Floating CA outputs are known by their realisations; input-addressed and fixed ones are in the .drv.
-  const known = await knownOutputs(store, view);
+  const known = view.staticOutputs ?? (await knownOutputs(store, view));
   const out: OutputStatus[] = [];
   const valid = await store.queryValidPaths(known.values());
   for (const name of view.outputs.keys()) {
@@ -114,9 +114,13 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
   }
 
   // 3. Try substitutes for the missing outputs.
-  const tried = await trySubstitutes(goal, view, wanted, statuses);
-  if (tried.result) return tried.result;
-  statuses = tried.statuses;
+  let retry = false;
+  if (maySubstitute(w, view)) {
+    const tried = await trySubstitutes(goal, view, wanted, statuses);
+    if (tried.result) return tried.result;
+    statuses = tried.statuses;
+    retry = tried.retry;
+  }
   if (mode === 'repair' && allWantedValid(statuses)) return repairClosure(goal, view, statuses);
   if (mode === 'check' && statuses.some((s) => s.wanted && !s.valid)) {
     // Nix throws this out of the worker: the whole call ends with it (exit 1), --keep-going or not.
@@ -131,8 +135,9 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
   const deps: DerivationGoal[] = [];
   for (const [dep, outs] of view.inputDrvs) deps.push(w.goalFor(dep, outs, inputMode, goal));
   const srcs = view.inputSrcs;
-  const validSrcs = await store.queryValidPaths(srcs);
   const others: Promise<boolean>[] = [];
+  // (No input sources, the usual case: no query.)
+  const validSrcs = srcs.length === 0 ? new Set<StorePath>() : await store.queryValidPaths(srcs);
   for (const src of srcs) {
     if (validSrcs.has(src)) continue;
     if (w.ctx.substituters.length === 0) {
@@ -141,7 +146,12 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
     others.push(w.substitutionGoal(src).then(substitutionSucceeded));
   }
   // The parsed derivation is not kept while waiting; it is fetched again after, usually from the engine's cache.
-  return { deps, others, retrySubstitution: tried.retry ? statuses : undefined };
+  return { deps, others, retrySubstitution: retry ? statuses : undefined };
+}
+
+/** Whether the derivation's outputs may come from substituters: there are some, and it allows them. */
+function maySubstitute(w: Worker, view: DrvView): boolean {
+  return w.ctx.substituters.length > 0 && substitutesAllowed(view);
 }
 
 /**
@@ -157,7 +167,7 @@ async function trySubstitutes(
 ): Promise<{ result?: BuildResult; statuses: OutputStatus[]; retry: boolean }> {
   const { worker: w, mode } = goal;
   // (In check mode too, as Nix: outputs that are not valid are substituted first, then checked.)
-  if (w.ctx.substituters.length === 0 || !substitutesAllowed(view)) return { statuses, retry: false };
+  if (!maySubstitute(w, view)) return { statuses, retry: false };
   const missing = statuses.filter((s) => s.wanted && !s.valid);
   // As Nix 2.8: an output whose path is not known yet (floating content-addressed) by its realisation.
   const ids = missing.some((s) => !s.path) ? await drvOutputIds(w.ctx.store, view) : new Map<string, string>();
@@ -213,7 +223,7 @@ export async function inputsRealised(goal: DerivationGoal, wanted: Set<string> |
   for (const [dep, outs] of view.inputDrvs) {
     const built = waitees.deps[i++]!.result!.builtOutputs;
     let depView: DrvView | undefined;
-    let known: Map<string, StorePath> | undefined;
+    let known: ReadonlyMap<string, StorePath> | undefined;
     for (const o of outs) {
       let p: StorePath | undefined = built[o];
       if (!p) {

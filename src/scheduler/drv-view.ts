@@ -34,6 +34,11 @@ export interface DrvView {
    * deferred outputs, or floating CA outputs with input derivations (Nix 2.8's `ca-derivations`).
    */
   readonly needsResolution: boolean;
+  /**
+   * Every output's path, when the derivation fixes them all (input-addressed and fixed outputs: the usual
+   * case), else undefined (floating and deferred ones are known by the store). Shared: never changed.
+   */
+  readonly staticOutputs: ReadonlyMap<string, StorePath> | undefined;
 }
 
 /** The output's path when the derivation fixes it (input-addressed, fixed); floating and deferred ones have none yet. */
@@ -58,6 +63,15 @@ export function viewOf(drvPath: StorePath, drv: Derivation, name: string): DrvVi
   const attrs = new ParsedDerivation(drvPath, drv);
   const inputDrvs = new Map<StorePath, readonly string[]>();
   for (const [p, outs] of drv.inputDrvs) inputDrvs.set(p, [...outs]);
+  let staticOutputs: Map<string, StorePath> | undefined = new Map();
+  for (const [outName, o] of outputs) {
+    const p = knownPath(o);
+    if (p === undefined) {
+      staticOutputs = undefined;
+      break;
+    }
+    staticOutputs.set(outName, p);
+  }
   return {
     drvPath,
     drv,
@@ -73,6 +87,7 @@ export function viewOf(drvPath: StorePath, drv: Derivation, name: string): DrvVi
     structuredAttrs: attrs.structuredAttrs as Record<string, unknown> | undefined,
     isFixedOutput: [...outputs.values()].some((o) => o.type === 'fixed'),
     needsResolution: inputDrvs.size > 0 && [...outputs.values()].some((o) => o.type === 'deferred' || o.type === 'floating'),
+    staticOutputs,
   };
 }
 

@@ -271,9 +271,9 @@ async function outputsUnderLock(
   view: DrvView,
   known: readonly StorePath[],
   recheck: boolean,
-): Promise<{ valid: Set<StorePath>; beaten?: Map<string, StorePath> }> {
+): Promise<{ valid: Set<StorePath>; beaten?: ReadonlyMap<string, StorePath> }> {
   if (recheck) {
-    const outs = await knownOutputs(store, view);
+    const outs = view.staticOutputs ?? (await knownOutputs(store, view));
     const valid = await store.queryValidPaths(outs.values());
     if (outs.size === view.outputs.size && [...outs.values()].every((p) => valid.has(p))) return { valid, beaten: outs };
     // The known output paths are among those just checked (the usual case): no second query.
@@ -330,23 +330,33 @@ function inBuildSlot<R>(
   return new Promise<R>((resolve, reject) => {
     slotGate(w.ctx.buildQueue).request(
       goal.drvPath,
-      () =>
-        new Promise<void>((slotFreed) => {
-          let freed = false;
-          const free = () => {
-            if (freed) return;
-            freed = true;
-            activity?.resume();
-            slotFreed();
-          };
-          let p: Promise<R>;
-          try {
-            p = fn(free);
-          } catch (e) {
-            p = Promise.reject(e);
-          }
-          p.then(resolve, reject).finally(free);
-        }),
+      (giveBack) => {
+        let freed = false;
+        const free = (): void => {
+          if (freed) return;
+          freed = true;
+          activity?.resume();
+          // The gate hands the slot on in a microtask, once the code that freed it has gone on.
+          queueMicrotask(giveBack);
+        };
+        let p: Promise<R>;
+        try {
+          p = fn(free);
+        } catch (e) {
+          p = Promise.reject(e as Error);
+        }
+        // The slot is freed (if `fn` did not) after the caller has gone on with the result.
+        p.then(
+          (r) => {
+            resolve(r);
+            queueMicrotask(free);
+          },
+          (e: unknown) => {
+            reject(e as Error);
+            queueMicrotask(free);
+          },
+        );
+      },
       roundsToTryToBuild(goal.depth, view.inputDrvs.size > 0),
       nextRound,
       prepare,
@@ -400,9 +410,11 @@ async function runOneRound(
   releaseSlot: () => void,
   prep: BuildPrep,
 ): Promise<RoundResult> {
-  const sandbox = await pickSandbox(w, view);
+  // (Usually known at once: no round trip through the engine's choice.)
+  const sandbox = w.ctx.knownSandbox?.(view) ?? (await pickSandbox(w, view));
   if (sandbox instanceof BuildSetupError) return { kind: 'ended', result: w.endCall(sandbox, view.drvPath) };
-  const outs = await planScratchOutputs(w, view, plan.mode !== 'normal' || round > 1, validNow, sandbox.isolated);
+  const { outs, stale } = planScratchOutputs(w, view, plan.mode !== 'normal' || round > 1, validNow, sandbox.isolated);
+  for (const p of stale) await deleteTree(p);
   const dir = await prepareBuildDir(w, view, sandbox.isolated, prep.takeBuildDir());
   if (dir instanceof BuildSetupError) return { kind: 'ended', result: w.endCall(dir, view.drvPath) };
   const r = new LocalRound(w, view, plan, round, sandbox, outs, dir);
@@ -441,12 +453,19 @@ async function pickSandbox(w: Worker, view: DrvView): Promise<Sandbox | BuildSet
 
 /**
  * Outputs that can't be written at their real path (valid, present without a sandbox, repair, check, later
- * rounds) are built at scratch paths, with hash rewriting; an old scratch path is removed first.
+ * rounds) are built at scratch paths, with hash rewriting; `stale`: old scratch paths there, to remove first.
  */
-async function planScratchOutputs(w: Worker, view: DrvView, forceScratch: boolean, validNow: Set<StorePath>, isolated: boolean): Promise<ScratchOutputs> {
+function planScratchOutputs(
+  w: Worker,
+  view: DrvView,
+  forceScratch: boolean,
+  validNow: Set<StorePath>,
+  isolated: boolean,
+): { outs: ScratchOutputs; stale: string[] } {
   const { store } = w.ctx;
   const scratch = new Map<string, StorePath>();
   const rewrites = new Map<string, string>();
+  const stale: string[] = [];
   for (const [name, spec] of view.outputs) {
     const p = knownPath(spec);
     let s: StorePath;
@@ -462,10 +481,10 @@ async function planScratchOutputs(w: Worker, view: DrvView, forceScratch: boolea
     const s = scratch.get(name)!;
     if (p && p !== s) {
       rewrites.set(storePathHashPart(p), storePathHashPart(s));
-      if (exists(store.toRealPath(s))) await deleteTree(store.toRealPath(s));
+      if (exists(store.toRealPath(s))) stale.push(store.toRealPath(s));
     }
   }
-  return { scratch, rewrites };
+  return { outs: { scratch, rewrites }, stale };
 }
 
 /**
@@ -744,11 +763,14 @@ class LocalRound {
   async runBuilder(env: Record<string, string>, releaseSlot: () => void): Promise<FailedRound | EndedRound | undefined> {
     const { w, view, plan, dir, outs } = this;
     const { store, options } = w.ctx;
-    const limits = new RunLimits(options, `building of '${view.drvPath}!${plan.wanted ? [...plan.wanted].sort().join(',') : '*'}' from .drv file`);
-    const onStop = () => limits.controller.abort();
+    // Without limits (the default) the call's stop is the builder's only stop: its signal serves as is.
+    const limits = RunLimits.needed(options)
+      ? new RunLimits(options, `building of '${view.drvPath}!${plan.wanted ? [...plan.wanted].sort().join(',') : '*'}' from .drv file`)
+      : undefined;
+    const onStop = () => limits?.controller.abort();
     // A stop that came in while the build was being set up stops it before its builder starts.
-    if (w.signal.aborted) onStop();
-    else w.signal.addEventListener('abort', onStop, { once: true });
+    if (limits && w.signal.aborted) onStop();
+    else if (limits) w.signal.addEventListener('abort', onStop, { once: true });
     let exit: SandboxExit | undefined;
     try {
       exit = await this.sandbox.run(
@@ -769,21 +791,24 @@ class LocalRound {
           extraPaths: dir.extraPaths,
         },
         {
-          signal: limits.controller.signal,
+          signal: limits ? limits.controller.signal : w.signal,
           onSetUp: () => this.announce(),
           // Nix prints an error its clean-up ignored at once, as "error (ignored): error: …".
           onIgnoredError: (message) => w.warn(`error (ignored): ${message}`, 'plain'),
           onOutput: (chunk) => {
             this.announce();
-            limits.onOutput(this.log, chunk);
+            if (limits) limits.onOutput(this.log, chunk);
+            else this.log.push(chunk);
           },
         },
       );
     } finally {
-      limits.clear();
-      w.signal.removeEventListener('abort', onStop);
+      if (limits) {
+        limits.clear();
+        w.signal.removeEventListener('abort', onStop);
+      }
     }
-    return this.afterExit(exit, limits.hit, releaseSlot);
+    return this.afterExit(exit, limits?.hit, releaseSlot);
   }
 
   /**
@@ -899,7 +924,7 @@ class LocalRound {
       );
     }
     // As Nix 2.8, in check mode too.
-    const hookError = await postBuildHook(w, drvPath, Object.values(reg.outputs.paths));
+    const hookError = options.postBuildHook ? await postBuildHook(w, drvPath, Object.values(reg.outputs.paths)) : undefined;
     if (hookError !== undefined) {
       this.running.end(false);
       return { kind: 'failed', result: failure('misc-failure', hookError, this.times()) };
@@ -918,6 +943,11 @@ class RunLimits {
   hit: { status: BuildStatus; message: string } | undefined;
   private silenceTimer: NodeJS.Timeout | undefined;
   private readonly totalTimer: NodeJS.Timeout | undefined;
+
+  /** Whether any limit is set (else a run needs none of this). */
+  static needed(options: ResolvedOptions): boolean {
+    return options.buildTimeout > 0 || options.maxSilentTime > 0 || options.maxLogSize > 0;
+  }
 
   constructor(
     private readonly options: ResolvedOptions,

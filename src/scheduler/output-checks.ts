@@ -79,11 +79,14 @@ async function checkOutput(outs: OutputsUnderCheck, info: PathInfo, checks: Outp
       return rejected('output-rejected', `closure of path '${info.path}' is too large at ${size} bytes; limit is ${checks.maxClosureSize} bytes`);
     }
   }
+  // (Only the lists that are set are checked: most derivations set none.)
+  const { allowedReferences, allowedRequisites, disallowedReferences, disallowedRequisites } = checks;
   return (
-    (await checkReferences(outs, info, checks, checks.allowedReferences, true, false)) ??
-    (await checkReferences(outs, info, checks, checks.allowedRequisites, true, true)) ??
-    (await checkReferences(outs, info, checks, checks.disallowedReferences, false, false)) ??
-    (await checkReferences(outs, info, checks, checks.disallowedRequisites, false, true))
+    (allowedReferences && (await checkReferences(outs, info, checks, allowedReferences, true, false))) ||
+    (allowedRequisites && (await checkReferences(outs, info, checks, allowedRequisites, true, true))) ||
+    (disallowedReferences && (await checkReferences(outs, info, checks, disallowedReferences, false, false))) ||
+    (disallowedRequisites && (await checkReferences(outs, info, checks, disallowedRequisites, false, true))) ||
+    undefined
   );
 }
 
@@ -92,11 +95,10 @@ async function checkReferences(
   outs: OutputsUnderCheck,
   info: PathInfo,
   checks: OutputChecks,
-  value: readonly string[] | undefined,
+  value: readonly string[],
   allowed: boolean,
   recursive: boolean,
 ): Promise<Rejected | undefined> {
-  if (!value) return undefined;
   const spec = outs.specified(value);
   if (isRejected(spec)) return spec;
   const used = recursive ? (await outs.closureOf(info.path)).paths : new Set(info.references);

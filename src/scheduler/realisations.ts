@@ -50,7 +50,8 @@ export function registersRealisations(view: DrvView, experimentalFeatures: reado
  * Nix's queryPartialDerivationOutputMap: the outputs of a derivation whose paths are known, from the .drv
  * (input-addressed and fixed), its DerivationOutputs rows, and its realisations (floating CA outputs).
  */
-export async function knownOutputs(store: Store, view: DrvView): Promise<Map<string, StorePath>> {
+export async function knownOutputs(store: Store, view: DrvView): Promise<ReadonlyMap<string, StorePath>> {
+  if (view.staticOutputs) return view.staticOutputs;
   const out = new Map<string, StorePath>();
   const unknown: string[] = [];
   for (const [name, spec] of view.outputs) {

@@ -41,7 +41,8 @@ interface Waiter {
   readonly key: string;
   /** In which round Nix's goal asks for a slot, when no slot was given back yet (roundsToTryToBuild). */
   readonly rounds: number;
-  readonly task: () => Promise<void>;
+  /** Runs when the slot is granted; calls `giveBack` (once) to free it. */
+  readonly task: (giveBack: () => void) => void;
   /** Called when it becomes one of the next builds in line (see prepareAhead). */
   readonly prepare: (() => void) | undefined;
   /** Whether `prepare` was called. */
@@ -85,12 +86,13 @@ export class SlotGate {
   }
 
   /**
-   * Ask for a slot for the build of `drvPath`: `task` runs when it is granted and holds it until it settles.
+   * Ask for a slot for the build of `drvPath`: `task` runs when it is granted and holds it until it calls
+   * `giveBack` (once).
    * `nextRound`: the next round of a build that just gave its slot back (`buildRepeat`): Nix wakes that
    * goal together with the builds the freed slot woke, so it competes with them by key at once.
    * `prepare`: what the build can make before its slot, called when it is one of the next builds in line.
    */
-  request(drvPath: string, task: () => Promise<void>, rounds = 0, nextRound = false, prepare?: () => void): void {
+  request(drvPath: string, task: (giveBack: () => void) => void, rounds = 0, nextRound = false, prepare?: () => void): void {
     (nextRound ? this.woken : this.fresh).push({ key: goalKey('derivation', drvPath), rounds, task, prepare, prepared: false });
     if (this.queue.concurrency > 1) this.grant();
     else this.schedule();
@@ -185,15 +187,17 @@ export class SlotGate {
       const { w } = next;
       if (w.prepared) this.prepared--;
       this.running++;
-      const done = (): void => {
-        this.slotGivenBack();
-        if (this.queue.concurrency > 1) this.grant();
-        else this.schedule();
-      };
-      w.task().then(done, done);
+      w.task(this.giveBack);
     }
     this.prepareAhead();
   }
+
+  /** A granted slot is free again (one function for every grant: its task calls it once). */
+  private readonly giveBack = (): void => {
+    this.slotGivenBack();
+    if (this.queue.concurrency > 1) this.grant();
+    else this.schedule();
+  };
 }
 
 /** One goal's share of the gate's count of preparing goals. */

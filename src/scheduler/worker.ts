@@ -5,7 +5,6 @@
  * here. Without keepGoing, the first failure stops the call (builders are killed).
  */
 import { setMaxListeners } from 'node:events';
-import PQueue from 'p-queue';
 import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
 import { covers, DerivationGoal } from './derivation-goal.js';
@@ -61,9 +60,9 @@ export class Worker {
   fatal: RealiseError | undefined;
 
   constructor(ctx: EngineContext, mode: BuildMode, signal?: AbortSignal) {
-    const loads = new PQueue({ concurrency: MAX_CONCURRENT_DRV_LOADS });
+    const loads = new LoadGate(MAX_CONCURRENT_DRV_LOADS);
     // A derivation read already (each goal asks for its own and its inputs' several times) skips the gate.
-    this.ctx = { ...ctx, loadDrv: (drvPath, checked) => ctx.cachedDrv?.(drvPath) ?? loads.add(() => ctx.loadDrv(drvPath, checked)) };
+    this.ctx = { ...ctx, loadDrv: (drvPath, checked) => ctx.cachedDrv?.(drvPath) ?? loads.run(() => ctx.loadDrv(drvPath, checked)) };
     this.mode = mode;
     if (signal) {
       if (signal.aborted) this.stop('signal');
@@ -388,4 +387,50 @@ class TurnWave<T, R> {
     this.items.push(item);
     return this.result!;
   }
+}
+
+/**
+ * At most `limit` loads at once; the others start in the order they were asked for, each in the place of
+ * one that ended (a late caller does not overtake them). Leaner than a general queue: a call makes one
+ * load per derivation.
+ */
+class LoadGate {
+  private running = 0;
+  private waiting: (() => void)[] = [];
+  private head = 0;
+
+  constructor(private readonly limit: number) {}
+
+  run<T>(load: () => Promise<T>): Promise<T> {
+    if (this.running < this.limit) {
+      this.running++;
+      return this.start(load);
+    }
+    return new Promise<void>((resolve) => this.waiting.push(resolve)).then(() => this.start(load));
+  }
+
+  private start<T>(load: () => Promise<T>): Promise<T> {
+    let p: Promise<T>;
+    try {
+      p = load();
+    } catch (e) {
+      p = Promise.reject(e as Error);
+    }
+    p.then(this.ended, this.ended);
+    return p;
+  }
+
+  /** A load ended: its place goes to the first waiting one, if any. */
+  private readonly ended = (): void => {
+    if (this.head === this.waiting.length) {
+      this.running--;
+      return;
+    }
+    const next = this.waiting[this.head++]!;
+    if (this.head === this.waiting.length) {
+      this.waiting = [];
+      this.head = 0;
+    }
+    next();
+  };
 }

@@ -314,5 +314,5 @@ export async function writeTestDrv(store: Store, name: string, deps: StorePath[]
  * .drv, its DerivationOutputs rows, and its realisations (floating CA outputs are known only by those).
  */
 export async function outputsOf(store: Store, drvPath: string): Promise<Map<string, string>> {
-  return knownOutputs(store, await loadDrv(store, drvPath));
+  return new Map(await knownOutputs(store, await loadDrv(store, drvPath)));
 }
