@@ -205,7 +205,7 @@ describe.skipIf(!nixOk())('the GC lock and gc-socket between our collector and N
 });
 
 describe.skipIf(!nixOk() || !busyboxOk())('a collection racing builds', () => {
-  it("our collector and Nix's, running over and over while our engine and Nix build DAGs, lose nothing", async () => {
+  it("our collector and Nix's, running over and over while our engine builds a DAG, and ours while Nix builds one, lose nothing", async () => {
     const { dir, root } = fresh('realise-gc-race-');
     // `n` layers of `n` derivations, each layer reading every output of the one below; returns the top
     // layer's .drv files, rooted (as nix-instantiate --add-root does): the outputs are held only by the
@@ -258,8 +258,12 @@ describe.skipIf(!nixOk() || !busyboxOk())('a collection racing builds', () => {
         await new Promise((r) => setTimeout(r, 20));
       }
     })();
+    // Nix's collector runs only while our engine builds: Nix 2.8's client against Nix 2.8's collector loses roots
+    // on its own (the collector unlinks its socket and binds it again; a client connecting in between gets
+    // ENOENT, takes the root as sent, and from then on never reaches a collector), so that pair is not tested.
+    let nixCollects = true;
     const nixLoop = (async () => {
-      while (building) {
+      while (building && nixCollects) {
         const t = Date.now();
         const r = await runNixAsync('nix-store', ['--store', root, '--gc']);
         for (const m of r.stderr.matchAll(/deleting '(.*)'/g)) gcLog.push(`nix#${theirs} (started ${t - t0}, ended ${Date.now() - t0}): ${m[1]}`);
@@ -268,7 +272,13 @@ describe.skipIf(!nixOk() || !busyboxOk())('a collection racing builds', () => {
       }
     })();
     try {
-      const nixBuild = runNixAsync('nix-store', [
+      // First our engine builds, with both collectors running over and over.
+      const res = await engine.buildPaths(tops.map((t) => readlinkSync(t)));
+      nixCollects = false;
+      await nixLoop;
+      // Then Nix builds, with our collector running over and over.
+      const oursBefore = ours;
+      const nixRes = await runNixAsync('nix-store', [
         '--store',
         root,
         '--realise',
@@ -282,8 +292,6 @@ describe.skipIf(!nixOk() || !busyboxOk())('a collection racing builds', () => {
         'sandbox-paths',
         SANDBOX_PATHS.join(' '),
       ]);
-      const res = await engine.buildPaths(tops.map((t) => readlinkSync(t)));
-      const nixRes = await nixBuild;
       gcLog.push(`nix build ended ${Date.now() - t0}`);
       building = false;
       await Promise.all([ourLoop, nixLoop]);
@@ -308,7 +316,7 @@ describe.skipIf(!nixOk() || !busyboxOk())('a collection racing builds', () => {
             .filter((l) => l === 'xl0n0'),
         ).toHaveLength(3);
       }
-      expect(ours).toBeGreaterThan(0);
+      expect(ours).toBeGreaterThan(oursBefore);
       expect(theirs).toBeGreaterThan(0);
       for (const r of res) {
         const out = r.result.builtOutputs.out!;
