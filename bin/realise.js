@@ -35,17 +35,29 @@ const KEEP_CACHES = 24;
 /**
  * The file of V8's code cache for the bundle whose stat is `st` (identified by device, inode, size,
  * modification and change times: a rebuilt or replaced bundle has another) and for this command line's
- * command, in `$XDG_CACHE_HOME/realise` or `~/.cache/realise`; `-wasm` for the runs with V8's flag of
- * firstTierWasm (V8 takes a code cache only under the flags that made it).
+ * command, in `$XDG_CACHE_HOME/realise` or `~/.cache/realise`. `-engine` when made by a run that ran a
+ * BuildEngine (see engineRan), `-wasm` when made with V8's flag of firstTierWasm (V8 takes a code cache
+ * only under the flags that made it).
  */
-function codeCacheFile(st, wasm) {
+function codeCacheFile(st, { engine, wasm }) {
   const argv = process.argv.slice(2);
   const quick = argv.some((a) => a === '--help' || a === '-h' || a === '--version');
   const command = quick ? 'quick' : (COMMANDS.find((c) => argv.includes(c)) ?? 'other');
   const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
-  const name = `cli-v8-${st.dev}-${st.ino}-${st.size}-${st.mtimeNs}-${st.ctimeNs}-${command}${wasm ? '-wasm' : ''}.bin`;
-  return join(base, 'realise', name);
+  const kind = `${command}${engine ? '-engine' : ''}${wasm ? '-wasm' : ''}`;
+  return join(base, 'realise', `cli-v8-${st.dev}-${st.ino}-${st.size}-${st.mtimeNs}-${st.ctimeNs}-${kind}.bin`);
 }
+
+/**
+ * Set when the command runs a BuildEngine (src/cli/engine-build.ts calls this through `globalThis`): a code
+ * cache made by a run that did not (a no-op `build`, every output valid) holds none of the engine's
+ * functions, which every build would then compile again (some 30 ms of a 200-derivation build's CPU); such
+ * a run makes an `-engine` cache, which the command's later runs take.
+ */
+let engineRan = false;
+globalThis[Symbol.for('realise.cli.engineRuns')] = () => {
+  engineRan = true;
+};
 
 /**
  * WebAssembly in this process is undici's HTTP parser (llhttp), compiled when the first HTTP connection is
@@ -137,22 +149,34 @@ function readCodeCache(file) {
  * cannot be read or written (a read-only or missing home) only costs the compile. A command whose last run
  * made an HTTP connection has a `-wasm` cache, made with the flag of firstTierWasm: it starts with the flag
  * (and Node's cache of its modules rejected, as it would be from that connection on), so that the cache
- * holds its whole run; a run that sets the flag makes that cache.
+ * holds its whole run; a run that sets the flag makes that cache. Likewise a run of the engine makes an
+ * `-engine` cache when it took one made without it (engineRan).
  */
 function runBundle(file, st = statSync(file, { bigint: true })) {
-  let cacheFile = codeCacheFile(st, true);
-  let cachedData = readCodeCache(cacheFile);
-  if (cachedData) firstTierWasm();
-  else cachedData = readCodeCache((cacheFile = codeCacheFile(st, false)));
+  // The fullest cache there is: made with the flag (then set now), by a run of the engine.
+  let cachedData;
+  let made;
+  for (const kind of [
+    { engine: true, wasm: true },
+    { engine: false, wasm: true },
+    { engine: true, wasm: false },
+    { engine: false, wasm: false },
+  ]) {
+    cachedData = readCodeCache(codeCacheFile(st, kind));
+    if (cachedData) {
+      made = kind;
+      if (kind.wasm) firstTierWasm();
+      break;
+    }
+  }
   // The function Node wraps a CommonJS module's text in.
   const text = `(function (exports, require, module, __filename, __dirname) { ${readFileSync(file, 'utf8')}\n})`;
   const script = new Script(text, { filename: file, cachedData });
   const usable = cachedData !== undefined && !script.cachedDataRejected;
-  const wasmAtStart = wasmFirstTier;
   process.once('exit', () => {
-    if (usable && wasmFirstTier === wasmAtStart) return;
+    if (usable && wasmFirstTier === made.wasm && (made.engine || !engineRan)) return;
     try {
-      saveCodeCache(wasmFirstTier ? codeCacheFile(st, true) : cacheFile, script.createCachedData());
+      saveCodeCache(codeCacheFile(st, { engine: engineRan, wasm: wasmFirstTier }), script.createCachedData());
     } catch {
       // No cache this time.
     }

@@ -37,6 +37,14 @@ function cliCacheDir(): string {
   return path.join(process.env.XDG_CACHE_HOME || path.join(homedir(), '.cache'), 'realise');
 }
 
+/**
+ * Tell the `realise` process (bin/realise.js) that this command runs the engine: its code cache is then
+ * one made by such a run, which holds the engine's functions (one made by a no-op would not).
+ */
+function engineRuns(): void {
+  (globalThis as Record<symbol, (() => void) | undefined>)[Symbol.for('realise.cli.engineRuns')]?.();
+}
+
 /** The engine's options with the substituters the settings name (Nix's download-attempts, 5 unless set, and its warning before each retry). */
 export function engineOptions(settings: EngineSettings, warn: (message: string) => void): BuildEngineOptions {
   const opts: BuildEngineOptions & Record<string, unknown> = { ...settings.options };
@@ -108,6 +116,7 @@ function printFailuresOfInputs(engine: BuildEngine, display: Display, topDrvs: R
  * missing is printed, then built or fetched, then the results are printed as nix-store prints them.
  */
 export async function build(args: CliArgs, store: Store, settings: EngineSettings, targetsIn: BuildTarget[]): Promise<number> {
+  engineRuns();
   const warn = warnStderr;
   const opts = engineOptions(settings, warn);
   const builders = args.options.get('builders');
@@ -216,6 +225,7 @@ async function writeTrace(args: CliArgs, t: TraceFile): Promise<void> {
 }
 
 export async function repair(args: CliArgs, store: Store): Promise<number> {
+  engineRuns();
   const engine = new BuildEngine(engineOptions(engineSettings(args, store, warnStderr), warnStderr));
   const { display, closeSink } = openDisplay(args, engine);
   try {

@@ -231,9 +231,9 @@ process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}
     }
   });
 
-  it("a command that reaches an HTTP cache sets V8's --liftoff-only as it loads undici, and writes its code cache as the flag's; its next run starts with the flag and takes that cache", async () => {
+  it("keeps a code cache by what the command's runs did: a run of the engine replaces a no-op's; one that reaches an HTTP cache sets V8's --liftoff-only as it loads undici and makes the flag's, with which the next runs start", async () => {
     const server = await serveCache(cacheDir('none'));
-    const work = tempDir('realise-bundle-wasm-');
+    const work = tempDir('realise-bundle-caches-');
     try {
       const xdg = path.join(work, 'xdg');
       const runner = path.join(work, 'run-cached.cjs');
@@ -245,28 +245,42 @@ process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}
 require(${JSON.stringify(path.join(ROOT, 'bin/realise.js'))}).runBundle(${JSON.stringify(path.join(dir, 'main.cjs'))});`,
       );
       const target = narInfos('none')[0]!.storePath;
-      const caches = () => readdirSync(path.join(xdg, 'realise')).filter((f) => f.startsWith('cli-v8-'));
-      const run = async (args: string[]) => {
+      /** Each code cache's kind (what follows the bundle's identity) and its inode and modification time. */
+      const caches = () =>
+        Object.fromEntries(
+          readdirSync(path.join(xdg, 'realise'))
+            .filter((f) => f.startsWith('cli-v8-'))
+            .map((f) => {
+              const st = statSync(path.join(xdg, 'realise', f));
+              return [f.replace(/^cli-v8-(\d+-){5}/, ''), `${st.ino}@${st.mtimeMs}`];
+            }),
+        );
+      const run = async (args: string[], want = 0) => {
         const child = spawn(process.execPath, [runner, ...args], { env: { ...process.env, XDG_CACHE_HOME: xdg } });
         let stderr = '';
         child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
         const status = await new Promise<number | null>((resolve) => child.on('close', resolve));
-        expect(status, stderr).toBe(0);
+        expect(status, stderr).toBe(want);
         return readFileSync(log, 'utf8');
       };
-      const build = (n: number) =>
-        run(['build', '--store', path.join(work, `store${n}`), '--option', 'substituters', server.url, '--option', 'require-sigs', 'false', target]);
-      // No HTTP (gc): no flag, the plain cache.
-      expect(await run(['gc', '--print-dead', '--store', path.join(work, 'store0')])).toBe('false');
-      expect(caches()).toEqual([expect.stringMatching(/-gc\.bin$/)]);
+      const store = (n: number) => ['--store', path.join(work, `store${n}`)];
+      expect(await run(['gc', '--print-dead', ...store(0)])).toBe('false');
+      // A build with nothing to do runs no engine; one of a path nothing can provide does (and fails).
+      expect(await run(['build', ...store(0)])).toBe('false');
+      expect(Object.keys(caches()).sort()).toEqual(['build.bin', 'gc.bin']);
+      expect(await run(['build', ...store(0), `${path.dirname(target)}/${'0'.repeat(32)}-nowhere`], 1)).toBe('false');
+      const engine = caches();
+      expect(Object.keys(engine).sort()).toEqual(['build-engine.bin', 'build.bin', 'gc.bin']);
+      // Taken by the next runs, whatever they do (not written again: V8 accepted it).
+      expect(await run(['build', ...store(0)])).toBe('false');
+      expect(caches()).toEqual(engine);
+      // HTTP: the flag, and the flag's cache; the next run starts with the flag and takes it.
+      const build = (n: number) => run(['build', ...store(n), '--option', 'substituters', server.url, '--option', 'require-sigs', 'false', target]);
       expect(await build(1)).toBe('true');
-      const wasm = caches().find((f) => f.endsWith('-build-wasm.bin'))!;
-      expect(wasm).toBeDefined();
-      const made = statSync(path.join(xdg, 'realise', wasm));
+      const wasm = caches();
+      expect(Object.keys(wasm).sort()).toEqual(['build-engine-wasm.bin', 'build-engine.bin', 'build.bin', 'gc.bin']);
       expect(await build(2)).toBe('true');
-      // Taken: V8 accepted it under the flag set at start (a rejected one is written again).
-      expect(statSync(path.join(xdg, 'realise', wasm))).toMatchObject({ ino: made.ino, mtimeMs: made.mtimeMs });
-      expect(caches()).toHaveLength(2);
+      expect(caches()).toEqual(wasm);
     } finally {
       await server.close();
       removeTreeSync(work);
