@@ -51,6 +51,11 @@ export interface ChrootLayout {
    * its reference state, and the mount point directories a previous build left in its store dir.
    */
   readonly skeleton?: SkeletonState;
+  /**
+   * The root's ctime once the skeleton was renamed into place for this build (ms, as fs.Stats has it): a
+   * time of the file system's own clock before the builder started (see skeletonUnchanged).
+   */
+  readonly placedCtimeMs?: number;
 }
 
 interface InodeRef {
@@ -356,8 +361,14 @@ function sameNames(a: readonly string[], b: readonly string[]): boolean {
  * times (it is renamed). Everything a builder could write — the root, /tmp, /etc and its files, /dev and
  * its links, the store dir's parents — must have the same inode, mode, owner, link count, size,
  * times and (for /etc files) contents.
+ *
+ * `placed` (ChrootLayout.placedCtimeMs) is a ctime the file system gave before the builder started: any
+ * change the builder made to an inode set its ctime to a time at or after it. So an inode whose ctime is
+ * still its reference one, older than `placed`, was not changed by the build: its entries or contents
+ * need no second look. (A reference ctime as recent as `placed`, the skeleton made in the same tick of the
+ * kernel's clock, could be that of a change the builder made: those are listed and read.)
  */
-function skeletonUnchanged(root: string, sk: SkeletonState, mountpoints: ReadonlySet<string>): boolean {
+function skeletonUnchanged(root: string, sk: SkeletonState, mountpoints: ReadonlySet<string>, placed?: number): boolean {
   for (const [rel, ref] of sk.inodes) {
     const abs = rel ? path.join(root, rel) : root;
     const st = fs.lstatSync(abs, { throwIfNoEntry: false });
@@ -374,10 +385,17 @@ function skeletonUnchanged(root: string, sk: SkeletonState, mountpoints: Readonl
       if (got.length !== mountpoints.size || !got.every((d) => d.isDirectory() && mountpoints.has(d.name))) return false;
       continue;
     }
+    if (rel !== '' && olderThan(sk, rel, placed)) continue;
     if (!sameNames(fs.readdirSync(abs).sort(), names)) return false;
   }
-  for (const [rel, data] of sk.files) if (!sameContents(path.join(root, rel), data)) return false;
+  for (const [rel, data] of sk.files) if (!olderThan(sk, rel, placed) && !sameContents(path.join(root, rel), data)) return false;
   return true;
+}
+
+/** Whether the reference ctime of a skeleton's inode (one whose times are compared) is older than `placed`. */
+function olderThan(sk: SkeletonState, rel: string, placed: number | undefined): boolean {
+  const ref = sk.inodes.get(rel);
+  return placed !== undefined && ref !== undefined && ref.ctimeMs < placed;
 }
 
 /** Whether a file holds exactly `data` (one read of one byte more than that: three system calls). */
@@ -415,6 +433,8 @@ interface Recycling {
   readonly dir: string;
   readonly sk: SkeletonState;
   readonly leftovers: ChrootLeftovers;
+  /** ChrootLayout.placedCtimeMs of its build. */
+  readonly placed: number | undefined;
   /** The pool's generation when it came back: a drain since means it is discarded. */
   readonly generation: number;
   done: boolean;
@@ -500,7 +520,10 @@ export class ChrootPool {
       ChrootPool.#all.delete(dir);
       try {
         renameIntoPlace(dir, opts.root);
-        layout = { root: opts.root, storeDir: path.join(opts.root, opts.storeDir), skeleton: sk };
+        // The rename set the root's ctime (as ext4, xfs, btrfs and tmpfs do); where it does not, the
+        // root's older ctime only makes the check after the build look at more.
+        const placedCtimeMs = fs.lstatSync(opts.root).ctimeMs;
+        layout = { root: opts.root, storeDir: path.join(opts.root, opts.storeDir), skeleton: sk, placedCtimeMs };
       } catch {
         discardTree(dir);
       }
@@ -543,7 +566,7 @@ export class ChrootPool {
       return;
     }
     ChrootPool.#all.add(dir);
-    const r: Recycling = { dir, sk, leftovers, generation: this.#generation, done: false };
+    const r: Recycling = { dir, sk, leftovers, placed: layout.placedCtimeMs, generation: this.#generation, done: false };
     this.#checkingOf(sk.key).push(r);
     this.#track(new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.#check(r)));
   }
@@ -578,7 +601,7 @@ export class ChrootPool {
           if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
         }
       }
-      if (!skeletonUnchanged(dir, sk, leftovers.storeMountpoints)) throw new Error('changed');
+      if (!skeletonUnchanged(dir, sk, leftovers.storeMountpoints, r.placed)) throw new Error('changed');
     } catch {
       ChrootPool.#all.delete(dir);
       discardTree(dir);

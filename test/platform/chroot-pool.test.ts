@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ChrootPool, flushRemovals, prepareChroot, SANDBOX_GID, SANDBOX_UID, type PrepareChrootOptions } from '../../src/platform/chroot.js';
+import { ChrootPool, flushRemovals, prepareChroot, SANDBOX_GID, SANDBOX_UID, type ChrootLayout, type PrepareChrootOptions } from '../../src/platform/chroot.js';
 import { tempDir } from '../helpers/nix.js';
 
 const cjsFs = createRequire(import.meta.url)('node:fs') as typeof fs;
@@ -90,7 +90,7 @@ describe('ChrootPool recycling', () => {
     await pool?.drain();
   });
 
-  const pooledIn = (store: string) => fs.readdirSync(store).filter((n) => n.includes('-realise-chroot-'));
+  const pooledIn = (store: string) => fs.readdirSync(store).filter((n) => n.includes('-realise-chroot-') && !n.includes('.trash-'));
 
   it('a skeleton back from a build counts as ready: taking one while it is checked makes no new one', async () => {
     const store = path.join(tempDir('realise-chroot-pool-'), 'store');
@@ -156,5 +156,86 @@ describe('ChrootPool recycling', () => {
     expect(fs.readdirSync(path.join(c.root, 'tmp'))).toEqual([]);
     await pool.settled();
     for (const l of [b, c]) fs.rmSync(l.root, { recursive: true });
+  });
+});
+
+describe('ChrootPool recycling check, once the skeleton is older than its placing', () => {
+  const none = { storeFiles: [], storeMountpoints: new Set<string>() };
+  const realReaddirSync = cjsFs.readdirSync;
+  let pool: ChrootPool | undefined;
+  afterEach(async () => {
+    cjsFs.readdirSync = realReaddirSync;
+    syncBuiltinESMExports();
+    await pool?.drain();
+  });
+
+  /** A skeleton taken from the pool well after it was made (a tick of the kernel's clock is at most 10 ms). */
+  async function takeOld(name: string) {
+    const store = path.join(tempDir('realise-chroot-pool-'), 'store');
+    fs.mkdirSync(store);
+    pool = new ChrootPool(1);
+    const opts = options(store, `${'5'.repeat(32)}-${name}`);
+    pool.prefill(opts);
+    await pool.settled();
+    await new Promise((r) => setTimeout(r, 40));
+    const layout = pool.take(opts);
+    await pool.settled(); // the refill
+    return { store, layout, ino: fs.statSync(layout.root).ino };
+  }
+
+  /** Put `layout` back and run its check; whether it went back into the pool. */
+  async function recycled(store: string, layout: ChrootLayout, ino: number): Promise<boolean> {
+    pool!.recycle(layout, none);
+    await pool!.settled();
+    return fs
+      .readdirSync(store)
+      .filter((n) => n.includes('-realise-chroot-') && !n.includes('.trash-'))
+      .some((n) => fs.statSync(path.join(store, n)).ino === ino);
+  }
+
+  it('an unchanged skeleton goes back after listing only its root and store dir, reading no file', async () => {
+    const { store, layout, ino } = await takeOld('same');
+    expect(layout.placedCtimeMs).toBeGreaterThan(layout.skeleton!.inodes.get('tmp')!.ctimeMs);
+    const listed: string[] = [];
+    cjsFs.readdirSync = ((p: fs.PathLike, o?: unknown) => {
+      listed.push(path.relative(store, String(p)));
+      return (realReaddirSync as (p: fs.PathLike, o?: unknown) => unknown)(p, o);
+    }) as typeof fs.readdirSync;
+    syncBuiltinESMExports();
+    pool!.recycle(layout, none);
+    await pool!.settled();
+    cjsFs.readdirSync = realReaddirSync;
+    syncBuiltinESMExports();
+    expect(listed.map((l) => l.replace(/^[^/]*/, 'R'))).toEqual(['R', 'R/nix/store']);
+    expect(
+      fs
+        .readdirSync(store)
+        .filter((n) => n.includes('-realise-chroot-') && !n.includes('.trash-'))
+        .some((n) => fs.statSync(path.join(store, n)).ino === ino),
+    ).toBe(true);
+  });
+
+  it('a file of /etc rewritten with contents of the same size is seen: its ctime is newer', async () => {
+    const { store, layout, ino } = await takeOld('etc');
+    const passwd = path.join(layout.root, 'etc/passwd');
+    const was = fs.readFileSync(passwd, 'utf8');
+    fs.writeFileSync(passwd, was.replace('nixbld', 'nixbLD'));
+    expect(fs.statSync(passwd).size).toBe(Buffer.byteLength(was));
+    expect(await recycled(store, layout, ino)).toBe(false);
+  });
+
+  it('a file made and removed in /tmp is seen: its ctime is newer', async () => {
+    const { store, layout, ino } = await takeOld('tmp');
+    fs.writeFileSync(path.join(layout.root, 'tmp/x'), '');
+    fs.unlinkSync(path.join(layout.root, 'tmp/x'));
+    expect(await recycled(store, layout, ino)).toBe(false);
+  });
+
+  it('a mode changed and changed back is seen: its ctime is newer', async () => {
+    const { store, layout, ino } = await takeOld('mode');
+    const etc = path.join(layout.root, 'etc');
+    fs.chmodSync(etc, 0o777);
+    fs.chmodSync(etc, 0o755);
+    expect(await recycled(store, layout, ino)).toBe(false);
   });
 });
