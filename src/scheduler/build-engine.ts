@@ -420,6 +420,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
         if ('drvPath' in t) {
           // (No async frame per target: a call of 100,000 targets keeps them all waiting at once.)
           const outs = t.outputs === undefined || t.outputs === '*' ? undefined : t.outputs;
+          w.targets.add(t.drvPath);
           return w.derivationGoal(t.drvPath, outs, mode).then((result) => ({ target: t, path: t.drvPath, result }));
         }
         return this.pathTarget(w, t, mode);

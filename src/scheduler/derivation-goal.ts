@@ -177,8 +177,9 @@ export class DerivationGoal {
     const wanted = this.waitingWanted;
     this.waitees = this.waitingWanted = undefined;
     this.activity?.resume();
-    // A failure that ended the call (as Nix's Error thrown out of its worker) leaves its dependents stopped.
-    if (this.inputsFailed > 0 && !this.worker.endedByError)
+    // A failure that ended the call (as Nix's Error thrown out of its worker), or a target's failure
+    // (Nix's worker stops before the dependents it woke run), leaves its dependents stopped.
+    if (this.inputsFailed > 0 && !this.worker.endedByError && !this.worker.stoppedByTarget)
       this.finish(failure('dependency-failed', `${this.inputsFailed} dependencies of derivation '${this.drvPath}' failed to build`));
     else if (this.inputsStopped > 0 || this.inputsFailed > 0) this.finish(stoppedResult(`build of '${this.drvPath}'`));
     else this.run(wanted, inputsRealised(this, wanted, waitees));

@@ -82,12 +82,23 @@ export class Worker {
   endedByError = false;
 
   /**
+   * The derivations the caller asked for (Nix's top-level goals). Without keepGoing, Nix's worker stops
+   * as soon as one of them fails: a dependent it woke (itself a target, or a goal on the way to one) never
+   * runs, so it is stopped, not dependency-failed. A failed dependency that is no target wakes its
+   * dependents, which fail ("N dependencies … failed to build") before the call stops.
+   */
+  readonly targets = new Set<StorePath>();
+  /** Set when the failure that stopped the call was a target's (see `targets`). */
+  stoppedByTarget = false;
+
+  /**
    * Stop the call; `cause`: the derivation whose failure stops it (reported first); `endsCall`: that
    * failure is one Nix throws out of its worker (see endedByError).
    */
   stop(why: 'failure' | 'signal', cause?: StorePath, endsCall = false): void {
     if (this.controller.signal.aborted) return;
     this.endedByError = endsCall;
+    this.stoppedByTarget = cause !== undefined && this.targets.has(cause);
     this.stoppedBy = why;
     this.stopCause = cause;
     this.controller.abort(new GoalStopped());
@@ -272,7 +283,7 @@ export class Worker {
       // The failure that stopped the call comes first, before the dependents it made fail meanwhile.
       if (drvPath === this.stopCause) this.failures.unshift({ path: drvPath, result });
       else this.failures.push({ path: drvPath, result });
-      this.noteFailure();
+      this.noteFailure(drvPath);
     }
     this.ctx.emit('goal-finished', { kind: 'derivation', path: drvPath, result });
   }

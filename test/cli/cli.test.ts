@@ -66,6 +66,11 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
     expect(o.stderr).not.toContain('last 1 log lines');
     await same([drvs.fail!, drvs.fail2!, '-k']);
     await same([drvs.dep!]);
+    // A failed target stops the call before the dependents it woke run: `dep` (another target) is
+    // stopped, not "1 dependencies … failed to build"; with -k it is that.
+    const t = await same([drvs.fail!, drvs.dep!, drvs.good!]);
+    expect(t.stderr).not.toContain('dependencies of derivation');
+    await same([drvs.fail!, drvs.dep!, drvs.good!, '-k']);
     // A platform nobody can build for ends the call (once, even when a dependency hit it), exit 1.
     expect((await same([drvs.wrongsys!])).status).toBe(1);
     expect((await same([drvs.onWrongsys!, '-k'])).status).toBe(1);
