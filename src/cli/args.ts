@@ -506,6 +506,9 @@ class ArgParser {
   }
 }
 
+/** Subcommands that mirror a command of the `nix` CLI (not nix-store): `nix path-info`, `nix copy`. */
+const NIX_COMMAND_CLI = new Set(['path-info', 'copy']);
+
 export function parseArgs(rawArgv: readonly string[]): CliArgs {
   const argv = expandCompoundFlags(rawArgv);
   const p = new ArgParser(argv);
@@ -524,7 +527,8 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
       const [k, v] = [arg.slice(2, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)];
       return parseArgs([...argv.slice(0, i), `--${k}`, v, ...argv.slice(i + 1)]);
     }
-    if (arg.startsWith('-') && arg !== '-') throw new UsageError(`unknown flag '${arg}'`);
+    // Worded as the Nix command the subcommand mirrors: nix-store's "unknown", the nix command's "unrecognised".
+    if (arg.startsWith('-') && arg !== '-') throw new UsageError(`${NIX_COMMAND_CLI.has(p.a.command ?? '') ? 'unrecognised' : 'unknown'} flag '${arg}'`);
     p.positional(arg);
   }
   p.a.verbosity = p.verbosity.level;

@@ -135,6 +135,9 @@ describe('flags', () => {
     expect(() => parseArgs(['build', '--max-jobs'])).toThrow("flag '--max-jobs' requires 1 argument(s)");
     expect(() => parseArgs(['build', '--option', 'x'])).toThrow("flag '--option' requires 2 argument(s)");
     expect(() => parseArgs(['build', '--frob'])).toThrow("unknown flag '--frob'");
+    // path-info and copy mirror the nix command, which says "unrecognised" (nix-store: "unknown").
+    expect(() => parseArgs(['path-info', '-q', D])).toThrow("unrecognised flag '-q'");
+    expect(() => parseArgs(['copy', '--frob'])).toThrow("unrecognised flag '--frob'");
   });
 });
 

@@ -84,6 +84,12 @@ describe.skipIf(!nixOk())('realise path-info vs nix path-info', () => {
     expect(o.stdout.split('\n').filter(Boolean)).toHaveLength(2);
   });
 
+  it('a flag nix path-info does not know: its first line ("unrecognised flag"), exit 1', () => {
+    const [o, n] = [ours(['-q', out]), theirs(['-q', out])];
+    expect([o.stdout, o.stderr.split('\n')[0], o.status]).toEqual([n.stdout, n.stderr.split('\n')[0], n.status]);
+    expect(o.status).toBe(1);
+  });
+
   it('a store URI parameter nobody knows: a warning, and the store is used', () => {
     const [o, n] = [ours([out], `${O}?frob=1`), runNix('nix', ['path-info', '--store', `${N}?frob=1`, out])];
     expect([o.stdout, o.status]).toEqual([n.stdout, n.status]);
