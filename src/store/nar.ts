@@ -767,9 +767,10 @@ function runRestoreOps(ops: RestoreOp[], now: number, dirChmod: boolean, bytes: 
     restoreOnMainThread ??= (createRequire(import.meta.url)(fileURLToPath(RESTORE_THREAD_SCRIPT)) as { runOps: typeof restoreOnMainThread }).runOps!;
     return restoreOnMainThread({ id: 0, ops, now, dirChmod });
   }
-  return restoreThread
-    .run({ ops, now, dirChmod })
-    .catch((e: unknown) => ({ id: 0, op: -1, message: `the restore thread failed: ${e instanceof Error ? e.message : String(e)}` }));
+  // Small restores that get here in the same turn go to the thread as one message.
+  return (bytes <= MAIN_THREAD_RESTORE_BYTES ? restoreThread.runTogether({ ops, now, dirChmod }) : restoreThread.run({ ops, now, dirChmod })).catch(
+    (e: unknown) => ({ id: 0, op: -1, message: `the restore thread failed: ${e instanceof Error ? e.message : String(e)}` }),
+  );
 }
 
 /** File contents for the restore thread: shared memory as is (its producer keeps it until the restore is over), else copied. */

@@ -46,4 +46,5 @@ function runOps(m) {
 
 module.exports = { runOps };
 // The thread's own script (not a module required by nar.ts, on the main thread or in another thread).
-if (parentPort && require.main === module) parentPort.on('message', (m) => parentPort.postMessage(runOps(m)));
+// A message is one request, or an array of them (ThreadTasks.runTogether), answered in kind.
+if (parentPort && require.main === module) parentPort.on('message', (m) => parentPort.postMessage(Array.isArray(m) ? m.map(runOps) : runOps(m)));

@@ -19,6 +19,27 @@ describe('ThreadTasks', () => {
     expect(r.map((x) => x.twice)).toEqual([2, 4, 6, 8]);
   });
 
+  it('runTogether: the tasks given in one turn go as one message, and their replies come back to each', async () => {
+    // The thread replies to an array with an array, and says how many messages it got so far.
+    const source = `
+const { parentPort } = require('node:worker_threads');
+let messages = 0;
+parentPort.on('message', (m) => {
+  messages++;
+  const one = (r) => ({ id: r.id, twice: r.n * 2, messages });
+  parentPort.postMessage(Array.isArray(m) ? m.map(one) : one(m));
+});
+`;
+    const t = new ThreadTasks<{ id: number; twice: number; messages: number }>(source);
+    const first = await Promise.all([1, 2, 3].map((n) => t.runTogether({ n })));
+    expect(first.map((x) => x.twice)).toEqual([2, 4, 6]);
+    expect(first.map((x) => x.messages)).toEqual([1, 1, 1]);
+    // A later turn is another message; a task alone goes as itself.
+    const [alone] = await Promise.all([t.runTogether({ n: 5 })]);
+    expect(alone).toMatchObject({ twice: 10, messages: 2 });
+    await t.terminate();
+  });
+
   it('a thread that dies rejects its pending tasks; the next task gets a new thread', async () => {
     const t = new ThreadTasks<{ id: number; twice: number }>(SOURCE);
     await expect(t.run({ die: true })).rejects.toThrow(/exited with code 3/);
