@@ -624,7 +624,7 @@ class Collection {
       const id = g.ids.get(p);
       if (id !== undefined && !canDelete(id)) throw new PathAliveError(p);
     }
-    this.info('deleting garbage...');
+    // (No "deleting garbage..." here: Nix says it for a collection, not for a deletion of given paths.)
     try {
       await this.deleteInvalid(requested.filter((p) => !g.ids.has(p)));
       await this.deleteValid(g, this.referrersFirst(g, alive, deletable));
