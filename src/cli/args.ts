@@ -458,7 +458,8 @@ class ArgParser {
     }
     if (arg === '--option') return this.option(i);
     if (FLAG_TO_OPTION[arg]) {
-      this.setFlagSetting(FLAG_TO_OPTION[arg]!, this.next(i, arg));
+      const value = this.next(i, arg);
+      this.setFlagSetting(FLAG_TO_OPTION[arg]!, UNIT_PREFIXED_FLAGS.has(arg) ? String(parseUnitPrefixed(value)) : value);
       return 2;
     }
     if (BOOL_TO_OPTION[arg]) {
@@ -541,6 +542,29 @@ export function parseBool(name: string, v: string): boolean {
   if (v === 'true' || v === '1' || v === 'yes') return true;
   if (v === 'false' || v === '0' || v === 'no') return false;
   throw new UsageError(`Boolean setting '${name}' has invalid value '${v}'`);
+}
+
+/** nix-store's integer flags, whose value may end in a unit (K, M, G, T: powers of 1024). */
+const UNIT_PREFIXED_FLAGS = new Set(['--cores', '--timeout', '--max-silent-time']);
+
+/**
+ * An integer flag's value as nix-store 2.8 parses `--cores`, `--timeout` and `--max-silent-time`: a last
+ * letter is a unit (`2K` is 2048; another letter is "invalid unit specifier"), and the rest an unsigned
+ * integer (else "'…' is not an integer", naming the rest).
+ */
+export function parseUnitPrefixed(value: string): number {
+  let digits = value;
+  let multiplier = 1;
+  const unit = value.slice(-1).toUpperCase();
+  if (/^[A-Z]$/.test(unit)) {
+    const power = 'KMGT'.indexOf(unit) + 1;
+    if (power === 0) throw new UsageError(`invalid unit specifier '${unit}'`);
+    multiplier = 1024 ** power;
+    digits = value.slice(0, -1);
+  }
+  const n = /^[0-9]+$/.test(digits) ? Number(digits) * multiplier : NaN;
+  if (!Number.isSafeInteger(n)) throw new UsageError(`'${digits}' is not an integer`);
+  return n;
 }
 
 /** A setting's value as Nix 2.8 parses an unsigned integer setting (`max-jobs` also takes `auto`). */

@@ -5,7 +5,7 @@
 import { mkdirSync, symlinkSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseArgs } from '../../src/cli/args.js';
+import { parseArgs, parseUnitPrefixed } from '../../src/cli/args.js';
 import { followLinksToStorePath, parseTargetArg } from '../../src/cli/paths.js';
 import { failureLines, formatError, missingLines, summariseFailures } from '../../src/cli/report.js';
 import { failure } from '../../src/scheduler/results.js';
@@ -135,6 +135,12 @@ describe('flags', () => {
     expect(() => parseArgs(['build', '--max-jobs'])).toThrow("flag '--max-jobs' requires 1 argument(s)");
     expect(() => parseArgs(['build', '--option', 'x'])).toThrow("flag '--option' requires 2 argument(s)");
     expect(() => parseArgs(['build', '--frob'])).toThrow("unknown flag '--frob'");
+    // --cores, --timeout, --max-silent-time as nix-store reads them (a unit letter, then an unsigned integer).
+    expect([parseUnitPrefixed('3'), parseUnitPrefixed('2K'), parseUnitPrefixed('1m')]).toEqual([3, 2048, 1 << 20]);
+    expect(() => parseUnitPrefixed('abc')).toThrow("invalid unit specifier 'C'");
+    expect(() => parseUnitPrefixed('-1')).toThrow("'-1' is not an integer");
+    expect(() => parseUnitPrefixed('xK')).toThrow("'x' is not an integer");
+    expect(parseArgs(['build', '--cores', '1K', D]).options.get('cores')).toBe('1024');
     // path-info and copy mirror the nix command, which says "unrecognised" (nix-store: "unknown").
     expect(() => parseArgs(['path-info', '-q', D])).toThrow("unrecognised flag '-q'");
     expect(() => parseArgs(['copy', '--frob'])).toThrow("unrecognised flag '--frob'");

@@ -116,6 +116,9 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
     expect(o.stderr).toContain("warning: unknown setting 'frobnicate'\n");
     const after = await same([drvs.good!, '--option', 'frobnicate', '1']);
     expect(after.stderr).not.toContain('unknown setting');
+    // nix-store's integer flags take a unit (1K cores) and word a bad value its own way; exit 1.
+    for (const bad of ['abc', '-1', '2x']) expect((await same([drvs.good!, '--cores', bad])).status).toBe(1);
+    expect((await same([drvs.good!, '--timeout', '1k'])).status).toBe(0);
   });
 
   it('--add-root makes the same GC roots as nix-store (links, names, indirect roots) and prints them', async () => {
