@@ -435,32 +435,33 @@ static char **requestCommand(char **strs) {
   return argvB + parseArgs(argcB + 1, argvB, 1);
 }
 
-/* Server mode: "helper --server SOCKET [--seccomp-fd 3]". Requests arrive on stdin as a 4-byte
+/* Server mode: "helper --server [--warm] [--seccomp-fd 3]". Requests arrive on stdin as a 4-byte
    little-endian length and NUL-terminated strings: id, argument count, arguments, environment.
    Status lines "id exit N", "id signal N", "id error MSG" go to our stdout.
    - A sandboxed build runs in a forked process that sets up the namespaces and reports on our stdout
      (shared by all): "id pid PID" (the process whose group to kill on abort), "id started", the
      builder's output as records "id out LEN" + LEN bytes (see outputRecord), then its status.
    - A plain build ("--plain CWD FILE ARGV0 ARGS...", no sandbox) is started by us straight into the
-     builder: new session, cwd, stdin /dev/null, stdout and stderr on its own connection to the abstract
-     socket SOCKET (which starts with the line "id PID"), exactly the environment given. We report
-     "error" if the exec failed, and "exit"/"signal" when we reap it; what it left in its process group
-     is killed by Node once its output ends.
+     builder: new session, cwd, stdin /dev/null, stdout and stderr on one end of a Unix socket pair whose
+     other end we read, exactly the environment given. We report "id pid PID" (Node kills its process
+     group on abort) or "error MSG" if the exec failed; its output as records (see outputRecord); at the
+     end of its output, we kill its process group (as Nix: what it left running ends with the build);
+     once it is reaped too, "exit"/"signal", after all of its output.
    We exit when stdin closes or our parent dies. */
-struct plain { pid_t pid; char *id; };
+struct plain { pid_t pid; int out, reaped, status; char *id; };
 static struct plain *plains;
 static size_t nplains, capPlains;
 
-static int connectOutput(const char *sock) {
-  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (s < 0) return -1;
-  struct sockaddr_un addr; memset(&addr, 0, sizeof addr);
-  addr.sun_family = AF_UNIX;
-  size_t sl = strlen(sock);
-  if (sl > sizeof addr.sun_path - 1) sl = sizeof addr.sun_path - 1;
-  memcpy(addr.sun_path + 1, sock, sl); /* abstract namespace; Node pads the name with NULs to the full size */
-  if (connect(s, (struct sockaddr *) &addr, sizeof addr) == -1) { int e = errno; close(s); errno = e; return -1; }
-  return s;
+/* A plain build whose output ended and which was reaped: its status, after all its output records. */
+static void plainMaybeDone(size_t k) {
+  struct plain *b = &plains[k];
+  if (b->out >= 0 || !b->reaped) return;
+  buildId = b->id;
+  if (WIFEXITED(b->status)) status("exit %d\n", WEXITSTATUS(b->status));
+  else status("signal %d\n", WTERMSIG(b->status));
+  buildId = 0;
+  free(b->id);
+  plains[k] = plains[--nplains];
 }
 
 static void reapAll(void) {
@@ -468,21 +469,36 @@ static void reapAll(void) {
   while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
     for (size_t k = 0; k < nplains; k++) {
       if (plains[k].pid != pid) continue;
-      /* Its process group is killed by Node at the end of the build's output (as Nix does): a background
-         process still writing to it is logged until it closes it. */
-      buildId = plains[k].id;
-      if (WIFEXITED(st)) status("exit %d\n", WEXITSTATUS(st));
-      else status("signal %d\n", WTERMSIG(st));
-      buildId = 0;
-      free(plains[k].id);
-      plains[k] = plains[--nplains];
+      plains[k].reaped = 1; plains[k].status = st;
+      plainMaybeDone(k);
       break;
     }
   }
 }
 
+/* Read what a plain builder wrote (one record per read); at the end of its output, kill its process group. */
+static void plainOutput(size_t k) {
+  struct plain *b = &plains[k];
+  char buf[OUTPUT_RECORD_MAX - 128];
+  ssize_t n;
+  buildId = b->id;
+  /* A few reads at most, so that a builder writing without pause does not hold up the other builds. */
+  for (int reads = 0; reads < 16 && (n = read(b->out, buf, sizeof buf)) > 0; reads++) {
+    outputRecord(buf, n);
+    if ((size_t) n < sizeof buf) break; /* likely drained: back to poll rather than a read that would block */
+  }
+  buildId = 0;
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (n > 0) return;
+  /* As Nix: the end of a builder's output is the end of its build. A builder still running (it closed its
+     output) is killed with its group; one that has exited is a zombie, which the signal leaves be. */
+  close(b->out); b->out = -1;
+  kill(-b->pid, SIGKILL);
+  plainMaybeDone(k);
+}
+
 /* The child of a plain build, started by vforkOnStack(); it reports a failure on the error pipe. */
-struct plainStart { const char *sock, *id, *cwd, *file; char **argv, **env; int errFd; };
+struct plainStart { const char *cwd, *file; char **argv, **env; int errFd, outFd; };
 
 static int plainChild(void *arg) {
   const struct plainStart *a = arg;
@@ -495,12 +511,7 @@ static int plainChild(void *arg) {
   int null = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (null < 0) { n = snprintf(msg, sizeof msg, "opening /dev/null: %s", strerror(errno)); goto err; }
   if (chdir(a->cwd) == -1) { n = snprintf(msg, sizeof msg, "changing into '%s': %s", a->cwd, strerror(errno)); goto err; }
-  int s = connectOutput(a->sock);
-  if (s < 0) { n = snprintf(msg, sizeof msg, "connecting to the output socket: %s", strerror(errno)); goto err; }
-  /* The header names the build and the builder's pid (Node kills its process group on abort). */
-  char hdr[256]; int hl = snprintf(hdr, sizeof hdr, "%s %d\n", a->id, (int) getpid());
-  if (write(s, hdr, hl) != hl) { n = snprintf(msg, sizeof msg, "writing to the output socket: %s", strerror(errno)); goto err; }
-  if (dup2(null, 0) == -1 || dup2(s, 1) == -1 || dup2(s, 2) == -1) { n = snprintf(msg, sizeof msg, "redirecting stdio: %s", strerror(errno)); goto err; }
+  if (dup2(null, 0) == -1 || dup2(a->outFd, 1) == -1 || dup2(a->outFd, 2) == -1) { n = snprintf(msg, sizeof msg, "redirecting stdio: %s", strerror(errno)); goto err; }
   /* Everything else is closed on exec (the error pipe too). */
   if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) == -1)
     for (int fd = 3; fd < 1024; fd++) if (fd != a->errFd) fcntl(fd, F_SETFD, FD_CLOEXEC);
@@ -512,19 +523,23 @@ err:
 }
 
 /* argv: CWD FILE ARGV0 ARGS...; env: NULL-terminated. */
-static void plainBuild(const char *sock, const char *id, char **argv, char **env) {
+static void plainBuild(const char *id, char **argv, char **env) {
   buildId = id;
-  int ep[2];
+  int ep[2], sp[2];
   if (pipe2(ep, O_CLOEXEC) == -1) { status("error creating a pipe: %s\n", strerror(errno)); buildId = 0; return; }
-  struct plainStart start = { sock, id, argv[0], argv[1], argv + 2, env, ep[1] };
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) == -1) {
+    status("error creating a socket pair: %s\n", strerror(errno)); close(ep[0]); close(ep[1]); buildId = 0; return;
+  }
+  struct plainStart start = { argv[0], argv[1], argv + 2, env, ep[1], sp[1] };
   pid_t pid = vforkOnStack(plainChild, &start);
-  if (pid == -1) { status("error forking: %s\n", strerror(errno)); close(ep[0]); close(ep[1]); buildId = 0; return; }
-  close(ep[1]);
+  close(ep[1]); close(sp[1]);
+  if (pid == -1) { status("error forking: %s\n", strerror(errno)); close(ep[0]); close(sp[0]); buildId = 0; return; }
   char errbuf[4400]; size_t errlen = 0; ssize_t n;
   while ((n = read(ep[0], errbuf + errlen, sizeof errbuf - 1 - errlen)) > 0 || (n < 0 && errno == EINTR)) if (n > 0) errlen += n;
   close(ep[0]);
   if (errlen) {
     errbuf[errlen] = 0;
+    close(sp[0]);
     status("error %s\n", errbuf); /* the child exits 127; reapAll finds no entry for it */
   } else {
     if (nplains == capPlains) {
@@ -532,7 +547,10 @@ static void plainBuild(const char *sock, const char *id, char **argv, char **env
       plains = realloc(plains, capPlains * sizeof *plains);
       if (!plains) _exit(1);
     }
-    plains[nplains].pid = pid; plains[nplains].id = strdup(id); nplains++;
+    fcntl(sp[0], F_SETFL, O_NONBLOCK);
+    plains[nplains] = (struct plain) { pid, sp[0], 0, 0, strdup(id) };
+    nplains++;
+    status("pid %d\n", (int) pid);
   }
   buildId = 0;
 }
@@ -611,7 +629,7 @@ static int warmCompatible(char **args, int argc) {
   return 1;
 }
 
-static int server(const char *sock, int warm) {
+static int server(int warm) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   /* Children are reaped from the main loop (signalfd); waiting, rather than SIG_IGN, keeps their CPU
      time in our accounting and gives us plain builds' statuses. */
@@ -626,9 +644,25 @@ static int server(const char *sock, int warm) {
   /* If that fails, each build loads it and reports why it cannot. */
   if (haveProg && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0) seccompInherited = 1;
   if (warm) spawnWarm();
+  struct pollfd *pfd = 0;
+  size_t capPfd = 0;
   for (;;) {
-    struct pollfd pfd[2] = { { 0, POLLIN, 0 }, { signalFd, POLLIN, 0 } };
-    if (poll(pfd, 2, -1) == -1) { if (errno == EINTR) continue; return 1; }
+    if (capPfd < 2 + nplains) {
+      capPfd = 2 + nplains + 16;
+      pfd = realloc(pfd, capPfd * sizeof *pfd);
+      if (!pfd) return 1;
+    }
+    pfd[0] = (struct pollfd) { 0, POLLIN, 0 };
+    pfd[1] = (struct pollfd) { signalFd, POLLIN, 0 };
+    size_t npfd = 2;
+    for (size_t k = 0; k < nplains; k++) if (plains[k].out >= 0) pfd[npfd++] = (struct pollfd) { plains[k].out, POLLIN, 0 };
+    if (poll(pfd, npfd, -1) == -1) { if (errno == EINTR) continue; return 1; }
+    /* Output before reaping: a build's status follows all of its output. Entries move as builds end, so
+       each ready descriptor is looked up again. */
+    for (size_t j = 2; j < npfd; j++) {
+      if (!pfd[j].revents) continue;
+      for (size_t k = 0; k < nplains; k++) if (plains[k].out == pfd[j].fd) { plainOutput(k); break; }
+    }
     if (pfd[1].revents) {
       struct signalfd_siginfo si;
       while (read(signalFd, &si, sizeof si) > 0) {}
@@ -649,7 +683,7 @@ static int server(const char *sock, int warm) {
       char **pargv = calloc(argcB + 1, sizeof(char *));
       if (!pargv) return 1;
       for (int k = 1; k < argcB; k++) pargv[k - 1] = args[k];
-      plainBuild(sock, strs[0], pargv, env);
+      plainBuild(strs[0], pargv, env);
       free(pargv); free(strs); free(msg);
       continue;
     }
@@ -673,13 +707,13 @@ static int server(const char *sock, int warm) {
 
 int main(int argc, char **argv) {
   for (int s = 1; s < 32; s++) if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
-  if (argc >= 3 && !strcmp(argv[1], "--server")) {
+  if (argc >= 2 && !strcmp(argv[1], "--server")) {
     int warm = 0;
-    for (int i = 3; i < argc; i++) {
+    for (int i = 2; i < argc; i++) {
       if (!strcmp(argv[i], "--warm")) warm = 1;
       else if (!strcmp(argv[i], "--seccomp-fd") && i + 1 < argc) seccompFd = atoi(argv[++i]);
     }
-    return server(argv[2], warm);
+    return server(warm);
   }
   int i = parseArgs(argc, argv, 1);
   if (statusFd >= 0) fcntl(statusFd, F_SETFD, FD_CLOEXEC);

@@ -1,44 +1,21 @@
 /**
  * A long-running sandbox helper ("zygote"): one `helper --server` process per LinuxSandbox forks a
  * small process per build, so a build costs a fork of a tiny C process instead of a fork of Node.
- * A sandboxed build's output and status come back on the server's stdout (records of all builds, see
- * #onStatus); an unsandboxed builder's output on a Unix socket connection of its own (abstract
- * namespace), its status on the server's stdout. Abort kills the build's process group, whose sandbox
- * dies with it (parent-death signal).
+ * Every build's output and status come back on the server's stdout (records of all builds, see
+ * #onStatus): a sandboxed build's from its own process, an unsandboxed (`--plain`) builder's from the
+ * server, which reads its output. Abort kills the build's process group, whose sandbox dies with it
+ * (parent-death signal).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import * as net from 'node:net';
 import type { SandboxExit } from './sandbox.js';
 import { signalName } from './signals.js';
 
-const DRAIN_GRACE_MS = 2000;
-
-/** Random bytes for build ids, drawn a block at a time (one call per build cost more than the rest of an id). */
-let idEntropy = Buffer.alloc(0);
-let idAt = 0;
-
-/** 16 random bytes, in hex. */
-function idSecret(): string {
-  if (idAt + 16 > idEntropy.length) {
-    idEntropy = randomBytes(4096);
-    idAt = 0;
-  }
-  idAt += 16;
-  return idEntropy.toString('hex', idAt - 16, idAt);
-}
-
 interface Pending {
-  /** An unsandboxed builder (`--plain`): its process group outlives it until its output ends. */
-  readonly plain: boolean;
   readonly onOutput: ((chunk: Buffer) => void) | undefined;
   readonly onSetUp: (() => void) | undefined;
   pid?: number;
   aborted: boolean;
   status?: string;
-  eof: boolean;
-  connected: boolean;
-  timer?: NodeJS.Timeout;
   resolve(exit: SandboxExit): void;
 }
 
@@ -56,7 +33,6 @@ export class SandboxServer {
   readonly #exe: string;
   readonly #filter: Buffer | undefined;
   #child: ChildProcess | undefined;
-  #listener: net.Server | undefined;
   #ready: Promise<void> | undefined;
   #pending = new Map<string, Pending>();
   #nextId = 1;
@@ -85,15 +61,7 @@ export class SandboxServer {
   #start(): Promise<void> {
     this.#ready ??= (async () => {
       this.#closing = false;
-      const name = `realise-sbx-${process.pid}-${randomBytes(6).toString('hex')}`;
-      const listener = net.createServer((sock) => this.#onConnection(sock));
-      await new Promise<void>((resolve, reject) => {
-        listener.once('error', reject);
-        listener.listen('\0' + name, () => resolve());
-      });
-      listener.unref();
-      this.#listener = listener;
-      const child = spawn(this.#exe, ['--server', name, ...(this.#warm ? ['--warm'] : []), ...(this.#filter ? ['--seccomp-fd', '3'] : [])], {
+      const child = spawn(this.#exe, ['--server', ...(this.#warm ? ['--warm'] : []), ...(this.#filter ? ['--seccomp-fd', '3'] : [])], {
         stdio: ['pipe', 'pipe', 'inherit', ...(this.#filter ? ['pipe' as const] : [])],
         env: {},
       });
@@ -121,7 +89,7 @@ export class SandboxServer {
   #setRef(on: boolean): void {
     const child = this.#child;
     if (!child) return;
-    const h = [child, child.stdout, this.#listener] as unknown as ({ ref?: () => void; unref?: () => void } | null)[];
+    const h = [child, child.stdout] as unknown as ({ ref?: () => void; unref?: () => void } | null)[];
     for (const x of h) {
       if (on) x?.ref?.();
       else x?.unref?.();
@@ -136,8 +104,6 @@ export class SandboxServer {
     if (!this.#closing) this.#died = true;
     this.#child = undefined;
     this.#ready = undefined;
-    this.#listener?.close();
-    this.#listener = undefined;
     for (const p of [...this.#pending.values()]) {
       // p.resolve() removes it from #pending. Plain builders run in their own session: they do not die with the server.
       this.#kill(p);
@@ -150,64 +116,10 @@ export class SandboxServer {
     return this.#died;
   }
 
-  #onConnection(sock: net.Socket): void {
-    let head = '';
-    let p: Pending | undefined;
-    // A warm build process connects before it has a build: it must not keep the event loop alive.
-    sock.unref();
-    sock.on('data', (chunk: Buffer) => {
-      if (!p) {
-        const s = chunk.toString('latin1');
-        const nl = s.indexOf('\n');
-        if (nl === -1) {
-          head += s;
-          return;
-        }
-        // "id PID": the build and the process whose group an abort kills.
-        const line = head + s.slice(0, nl);
-        const sp = line.indexOf(' ');
-        const id = sp === -1 ? line : line.slice(0, sp);
-        p = this.#pending.get(id);
-        // Only an unsandboxed builder's output comes this way, once.
-        if (!p || !p.plain || p.connected) {
-          p = undefined;
-          sock.destroy();
-          return;
-        }
-        sock.ref();
-        p.connected = true;
-        if (sp !== -1) {
-          p.pid = Number(line.slice(sp + 1));
-          if (p.aborted) {
-            this.#kill(p);
-            this.#maybeDone(p);
-          }
-        }
-        const rest = chunk.subarray(Buffer.byteLength(s.slice(0, nl + 1), 'latin1'));
-        if (rest.length && !p.aborted) p.onOutput?.(rest);
-        return;
-      }
-      if (!p.aborted) p.onOutput?.(chunk);
-    });
-    const done = () => {
-      if (!p || p.eof) return;
-      p.eof = true;
-      // As Nix: the end of a builder's output is the end of its build. A builder still running (it closed
-      // its stdout and stderr) is killed with its process group; one that has exited waits, a zombie, for
-      // the server to report its status, and the signal leaves it be. An unsandboxed builder's group is
-      // killed now whatever its state: what it left running has closed the output too (Nix waits for the
-      // output to end, then kills the group; a sandboxed build's processes end with its PID namespace).
-      if (p.status === undefined || p.plain) this.#kill(p);
-      this.#maybeDone(p);
-    };
-    sock.on('end', done);
-    sock.on('close', done);
-    sock.on('error', done);
-  }
-
   /**
-   * The server's stdout: lines "ID STATUS", and a sandboxed build's output as records "ID out LEN" followed by
-   * LEN bytes. One process writes all of a build's records, its output before its status.
+   * The server's stdout: lines "ID STATUS", and builds' output as records "ID out LEN" followed by LEN bytes.
+   * One process writes all of a build's records (the server for an unsandboxed build), its output before its
+   * status, so a build ends at its status.
    */
   #onStatus(chunk: Buffer): void {
     const buf = this.#statusBuf ? Buffer.concat([this.#statusBuf, chunk]) : chunk;
@@ -247,15 +159,6 @@ export class SandboxServer {
       return;
     }
     p.status = rest;
-    // A sandboxed build's output came before its status; a setup failure has no output worth waiting for.
-    if (rest.startsWith('error ') || !p.plain) p.eof = true;
-    else if (!p.connected) {
-      // Output may still be on its way (or never come): wait a little for it.
-      p.timer = setTimeout(() => {
-        p.eof = true;
-        this.#maybeDone(p);
-      }, DRAIN_GRACE_MS);
-    }
     this.#maybeDone(p);
   }
 
@@ -271,7 +174,7 @@ export class SandboxServer {
 
   #maybeDone(p: Pending): void {
     if (p.aborted && (p.pid !== undefined || p.status !== undefined)) return p.resolve({ kind: 'aborted' });
-    if (p.status === undefined || !p.eof) return;
+    if (p.status === undefined) return;
     let m: RegExpExecArray | null;
     const s = p.status;
     if ((m = /^exit (\d+)$/.exec(s))) p.resolve({ kind: 'exited', code: Number(m[1]) });
@@ -291,9 +194,8 @@ export class SandboxServer {
     if (req.signal?.aborted) return { kind: 'aborted' };
     const child = this.#child;
     if (!child?.stdin) return { kind: 'spawn-failed', message: 'the sandbox helper server is not running' };
-    // Unguessable: the output socket is reachable by anything in the host network namespace (including
-    // fixed-output builders), so an id must not be forgeable to inject into another build's log.
-    const id = `${this.#nextId++}-${idSecret()}`;
+    // Only the server and its per-build processes write to its stdout: an id need not be secret.
+    const id = String(this.#nextId++);
     const strings = [id, String(req.args.length), ...req.args, ...Object.entries(req.env).map(([k, v]) => `${k}=${v}`)];
     for (const s of strings) {
       if (s.includes('\0')) return { kind: 'spawn-failed', message: `an argument or environment variable of '${req.drvPath}' contains a NUL byte` };
@@ -309,16 +211,12 @@ export class SandboxServer {
         this.#maybeDone(p);
       };
       const p: Pending = {
-        plain: req.args[0] === '--plain',
         onOutput: req.onOutput,
         onSetUp: req.onSetUp,
         aborted: false,
-        eof: false,
-        connected: false,
         resolve: (exit) => {
           if (!this.#pending.delete(id)) return;
           if (this.#pending.size === 0) this.#setRef(false);
-          if (p.timer) clearTimeout(p.timer);
           req.signal?.removeEventListener('abort', onAbort);
           resolve(exit);
         },

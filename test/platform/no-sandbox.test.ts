@@ -207,6 +207,31 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
     });
   });
 
+  it('concurrent builds with large binary output get their bytes exactly, whatever they look like', async () => {
+    const dir = tempDir();
+    // Every byte value, and text that looks like the server's own records and status lines.
+    const block = Buffer.concat([Buffer.from(Array.from({ length: 256 }, (_, i) => i)), Buffer.from('\n1 out 5\nhello2 exit 0\n3 pid 1\n')]);
+    const payloads = Array.from({ length: 4 }, (_, i) => {
+      const file = path.join(dir, `payload${i}`);
+      const data = Buffer.concat([Buffer.from(`build ${i}\n`), ...Array.from<Buffer>({ length: 300_000 / block.length }).fill(block)]);
+      writeFileSync(file, data);
+      return { file, data };
+    });
+    const res = await Promise.all(
+      payloads.map(async ({ file }, i) => {
+        const chunks: Buffer[] = [];
+        const exit = await sb.run(request(path.join(dir, String(i)), '/bin/sh', ['-c', `cat ${file}; cat ${file} >&2; exit ${i}`]), {
+          onOutput: (c) => chunks.push(Buffer.from(c)),
+        });
+        return { exit, out: Buffer.concat(chunks) };
+      }),
+    );
+    res.forEach((r, i) => {
+      expect(r.exit).toEqual({ kind: 'exited', code: i });
+      expect(r.out.equals(Buffer.concat([payloads[i]!.data, payloads[i]!.data]))).toBe(true);
+    });
+  });
+
   it('output arrives while the builder runs', async () => {
     const dir = tempDir();
     let firstAt = 0;
