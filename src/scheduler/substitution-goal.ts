@@ -6,6 +6,7 @@
 import { RealiseError, shortMessageOf } from '../store/errors.js';
 import { makeFixedOutputPath, storePathName, type FileIngestionMethod, type StorePath } from '../store/store-path.js';
 import type { Hash } from '../store/hash.js';
+import { BadKeyError } from '../substituter/signatures.js';
 import { checkTrust, contentAddressedAs, SubstituterError, type SubstitutablePathInfo, type Substituter } from '../substituter/substituter.js';
 import { failure, stoppedResult, success, type BuildResult } from './results.js';
 import type { Worker } from './worker.js';
@@ -56,6 +57,8 @@ export class SubstitutionGoal {
     try {
       outcome = await substitute(w, path, this.repair, depth, this.ca);
     } catch (e) {
+      // A malformed trusted key ends the whole call, as Nix's exception out of its worker.
+      if (e instanceof BadKeyError && !w.signal.aborted) w.endCallWith(e);
       stopped = w.signal.aborted;
       outcome = { kind: 'failed', message: stopped ? `substitution of '${path}' was stopped` : e instanceof Error ? e.message : String(e) };
     }

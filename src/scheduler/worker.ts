@@ -295,9 +295,14 @@ export class Worker {
    */
   endCall(error: BuildSetupError, drvPath: StorePath): BuildResult {
     if (this.signal.aborted) return stoppedResult(`build of '${drvPath}'`);
+    this.endCallWith(error);
+    return failure('misc-failure', { message: error.reason, keptBuildDir: error.keptBuildDir, hint: error.hint });
+  }
+
+  /** End the call with `error` (its `fatal`, unless one came first), stopping its goals. */
+  endCallWith(error: RealiseError): void {
     this.fatal ??= error;
     this.stop('failure');
-    return failure('misc-failure', { message: error.reason, keptBuildDir: error.keptBuildDir, hint: error.hint });
   }
 
   /**

@@ -33,16 +33,22 @@ export interface PublicKey {
 /** DER prefix of a PKCS#8 ed25519 private key; the 32-byte seed follows. */
 const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
 
+/**
+ * `name:base64` split and decoded, refused in Nix's words (its Key constructor and base64Decode): no name
+ * or no key is "secret key is corrupt" (for public keys too), a character outside base-64 is named.
+ * Padding is optional, as in Nix's decoder. The key's name and the rule go in the hint.
+ */
 function splitKey(s: string, what: string): { name: string; bytes: Buffer } {
   const text = s.trim();
   const colon = text.indexOf(':');
-  if (colon <= 0)
-    throw new BadKeyError(`${what} '${abbrev(text)}' is not of the form 'name:base64'`, {
-      hint: 'use a key made by `nix-store --generate-binary-cache-key` or generateKeyPair()',
+  if (colon <= 0 || colon === text.length - 1)
+    throw new BadKeyError('secret key is corrupt', {
+      hint: `the ${what} '${abbrev(text)}' is not of the form 'name:base64'; use a key made by \`nix-store --generate-binary-cache-key\` or generateKeyPair()`,
     });
   const name = text.slice(0, colon);
   const b64 = text.slice(colon + 1);
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64) || b64.length % 4 !== 0) throw new BadKeyError(`${what} '${name}' is not valid base-64`);
+  const bad = /[^A-Za-z0-9+/=]/.exec(b64) ?? /=[^=]/.exec(b64);
+  if (bad) throw new BadKeyError(`invalid character in Base64 string: '${bad[0].at(-1)}'`, { hint: `the ${what} '${name}' is not valid base-64` });
   return { name, bytes: Buffer.from(b64, 'base64') };
 }
 
@@ -53,7 +59,7 @@ function abbrev(s: string): string {
 /** Parse a secret key `name:base64(64 bytes)` as written by `nix-store --generate-binary-cache-key`. */
 export function parseSecretKey(s: string): SecretKey {
   const { name, bytes } = splitKey(s, 'secret key');
-  if (bytes.length !== 64) throw new BadKeyError(`secret key '${name}' has ${bytes.length} bytes, expected 64`);
+  if (bytes.length !== 64) throw new BadKeyError('secret key is not valid', { hint: `the secret key '${name}' has ${bytes.length} bytes, expected 64` });
   const keyObject = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519_PREFIX, bytes.subarray(0, 32)]), format: 'der', type: 'pkcs8' });
   return { name, bytes: new Uint8Array(bytes), keyObject };
 }
@@ -61,7 +67,7 @@ export function parseSecretKey(s: string): SecretKey {
 /** Parse a public key `name:base64(32 bytes)`. */
 export function parsePublicKey(s: string): PublicKey {
   const { name, bytes } = splitKey(s, 'public key');
-  if (bytes.length !== 32) throw new BadKeyError(`public key '${name}' has ${bytes.length} bytes, expected 32`);
+  if (bytes.length !== 32) throw new BadKeyError('public key is not valid', { hint: `the public key '${name}' has ${bytes.length} bytes, expected 32` });
   let keyObject: KeyObject;
   try {
     keyObject = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: bytes.toString('base64url') }, format: 'jwk' });

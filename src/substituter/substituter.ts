@@ -199,6 +199,14 @@ function isAbort(e: unknown, signal: AbortSignal | undefined): boolean {
 /** Parsed trusted keys, by their text (a key object is made once, not once per substitute). */
 const parsedKeys = new Map<string, PublicKey>();
 
+/** A trusted key parsed (once per text); throws BadKeyError in Nix's words for a malformed one. */
+function parsedKey(k: string | PublicKey): PublicKey {
+  if (typeof k !== 'string') return k;
+  let pk = parsedKeys.get(k);
+  if (!pk) parsedKeys.set(k, (pk = parsePublicKey(k)));
+  return pk;
+}
+
 /** The valid and invalid signatures of `info` by `keys`, counted once per path info and key set (an ed25519 verification each). */
 const signatureCounts = new WeakMap<PathInfo, Map<string, { valid: number; invalid: number }>>();
 
@@ -207,14 +215,7 @@ function signatureCount(info: PathInfo, keys: readonly (string | PublicKey)[]): 
   let counts = signatureCounts.get(info);
   const known = counts?.get(id);
   if (known) return known;
-  const map = publicKeyMap(
-    keys.map((k) => {
-      if (typeof k !== 'string') return k;
-      let pk = parsedKeys.get(k);
-      if (!pk) parsedKeys.set(k, (pk = parsePublicKey(k)));
-      return pk;
-    }),
-  );
+  const map = publicKeyMap(keys.map(parsedKey));
   const { valid, invalid } = countValidSignatures(info, map);
   if (!counts) signatureCounts.set(info, (counts = new Map()));
   counts.set(id, { valid, invalid });
@@ -222,7 +223,8 @@ function signatureCount(info: PathInfo, keys: readonly (string | PublicKey)[]): 
 }
 
 /**
- * Check that `info` may be trusted; throws SubstituterError 'untrusted' or 'bad-signature'.
+ * Check that `info` may be trusted; throws SubstituterError 'untrusted' or 'bad-signature', or BadKeyError
+ * for a malformed trusted key when signatures are required (as Nix, whatever the path).
  * Trusted substituters and `requireSigs: false` skip the check; so do content-addressed paths whose CA
  * proves the path (the content is then checked against the CA while it streams).
  */
@@ -233,8 +235,10 @@ export function checkTrust(
 ): 'trusted-substituter' | 'not-required' | 'content-addressed' | 'signed' {
   if (sub.trusted) return 'trusted-substituter';
   if (!(opts.requireSigs ?? sub.requireSigs)) return 'not-required';
+  // The keys are parsed before anything else is looked at (a bad key is an error even for a path its CA proves).
+  const keys = [...sub.trustedPublicKeys, ...(opts.trustedPublicKeys ?? [])].map(parsedKey);
   if (caProvesPath(info, sub.storeDir)) return 'content-addressed';
-  const { valid, invalid } = signatureCount(info, [...sub.trustedPublicKeys, ...(opts.trustedPublicKeys ?? [])]);
+  const { valid, invalid } = signatureCount(info, keys);
   if (valid > 0) return 'signed';
   if (invalid > 0) {
     throw new SubstituterError(
