@@ -32,7 +32,8 @@ function badUri(uri: string, why: string, hint?: string): StoreError {
 }
 
 /**
- * Parse a local store URI into LocalStore options (relative paths resolve against `cwd`). As Nix's settings,
+ * Parse a local store URI into LocalStore options (a bare relative root resolves against `cwd`; a path
+ * parameter that is not absolute is refused in Nix's words, "not an absolute path: 'P'"). As Nix's settings,
  * the environment gives what the URI leaves out: `NIX_STORE_DIR` (else `NIX_STORE`) the logical store
  * directory, and for a store without a root `NIX_STATE_DIR` and `NIX_LOG_DIR` its state and log directories.
  */
@@ -41,13 +42,19 @@ export function parseStoreUri(uri: string, cwd: string = process.cwd(), env: Nod
   const q = uri.indexOf('?');
   const head = q < 0 ? uri : uri.slice(0, q);
   const query = q < 0 ? '' : uri.slice(q + 1);
+  // A path parameter must be absolute, as Nix's path settings (normalised: '..', '.', '//', a trailing '/').
   const absolute = (what: string, v: string) => {
     if (v === '') throw badUri(uri, `'${what}' is empty`);
-    return path.resolve(cwd, v);
+    if (!path.isAbsolute(v)) {
+      throw new StoreError('bad-store-uri', `not an absolute path: '${v}'`, {
+        hint: `the '${what}' parameter of store '${uri}' must be an absolute path (only a bare store root may be relative)`,
+      });
+    }
+    return path.resolve(v);
   };
   let root: string | undefined;
   if (!head.includes('://') && (head.startsWith('/') || head.startsWith('./') || head.startsWith('../') || head === '.' || head === '..')) {
-    root = absolute('root', head);
+    root = path.resolve(cwd, head);
   } else if (head !== 'local' && head !== 'local://') {
     if (head === 'auto' || head === 'daemon' || head.startsWith('unix://'))
       throw badUri(uri, 'the Nix daemon is not a local store', "open it with openStore() or DaemonStore.open() from 'realise'");
@@ -78,8 +85,7 @@ export function parseStoreUri(uri: string, cwd: string = process.cwd(), env: Nod
           opts.root = absolute(key, value);
           break;
         case 'store':
-          if (!path.isAbsolute(value)) throw badUri(uri, `'store' must be an absolute path, got '${value}'`);
-          opts.storeDir = path.normalize(value);
+          opts.storeDir = absolute(key, value);
           break;
         case 'state':
           opts.stateDir = absolute(key, value);

@@ -107,6 +107,19 @@ describe.skipIf(!nixOk())('user mistakes, realise vs Nix 2.8', () => {
     expect(lastLine(proc.stderr)).toMatch(/^error: cannot create binary cache 'file:\/\/\/proc\/realise-cache': .*ENOENT/);
   });
 
+  it("a store URI with a relative root, state, log or store parameter: Nix's 'not an absolute path', exit 1, nothing made", async () => {
+    for (const key of ['root', 'state', 'log', 'store']) {
+      const uri = `local?${key}=rel-${key}`;
+      const n = runNix('nix-store', ['--store', uri, '--realise', p], { cwd: dir });
+      expect([n.status, lastLine(n.stderr)]).toEqual([1, `error: not an absolute path: 'rel-${key}'`]);
+      const o = await realise(['build', '--store', uri, p]);
+      expect([o.status, lastLine(o.stderr)]).toEqual([1, lastLine(n.stderr)]);
+      noTrace(o.stderr);
+    }
+    expect(readdirSync(dir).filter((e) => e.startsWith('rel-'))).toEqual([]);
+    expect(readdirSync(process.cwd()).filter((e) => e.startsWith('rel-'))).toEqual([]);
+  });
+
   it('--add-root in a directory that does not exist yet: made, as Nix makes it', async () => {
     const n = runNix('nix-store', ['--store', store, '--realise', p, '--add-root', path.join(dir, 'n/sub/result')]);
     const o = await realise(['build', '--store', store, '--add-root', path.join(dir, 'o/sub/result'), p]);

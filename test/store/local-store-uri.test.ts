@@ -30,6 +30,13 @@ describe('store URIs (what Nix --store takes for local stores)', () => {
     }
     // Nix's words for a scheme it has no store type for.
     expect(() => parseStoreUri('bogus://x')).toThrow("don't know how to open Nix store 'bogus://x'");
+    // A path parameter must be absolute (Nix's path settings), normalised as Nix's canonPath.
+    for (const key of ['root', 'state', 'log', 'real', 'store']) {
+      expect(() => parseStoreUri(`local?${key}=x/y`, '/home/u'), key).toThrow(
+        expect.objectContaining({ code: 'bad-store-uri', shortMessage: "not an absolute path: 'x/y'" }),
+      );
+    }
+    expect(parseStoreUri('local?root=/a/../b/&store=/s//t/').options).toEqual({ root: '/b', storeDir: '/s/t' });
   });
 
   it('unknown parameters are ignored with a warning each, as Nix 2.8 does', async () => {
