@@ -31,7 +31,7 @@ import {
   type Stats,
 } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
-import { homedir } from 'node:os';
+import { homedir, userInfo } from 'node:os';
 import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree, inheritsXattrs, movePathSync } from './canonicalise.js';
 import { mkdirOnPool } from './pool-fs.js';
@@ -505,14 +505,7 @@ export class LocalStore implements Store {
   static async open(opts: LocalStoreOptions = {}): Promise<LocalStore> {
     const layout = resolveLayout(opts);
     try {
-      const dirs = [
-        layout.realStoreDir,
-        layout.dbDir,
-        ...['temproots', 'gcroots', 'profiles'].map((d) => path.join(layout.stateDir, d)),
-        path.join(layout.logDir, 'drvs'),
-      ];
-      // (Checked synchronously first: a store opened before has them all.)
-      for (const d of dirs) if (!isDirectorySync(d)) await mkdirs(d, 0o755);
+      await makeStoreDirs(layout);
     } catch (e) {
       throw new StoreError('store-open-failed', `cannot create the store directories under '${layout.root ?? layout.stateDir}': ${(e as Error).message}`, {
         cause: e,
@@ -1458,6 +1451,50 @@ export function checkNoDotDot(p: string, storeDir: string): void {
   // A '.' or '..' component follows a '/': without "/." there is none (the usual case, no split).
   if (rest.includes('/.') && rest.split('/').some((seg) => seg === '..' || seg === '.')) {
     throw new InvalidStorePathError(`path '${p}' has '.' or '..' components`, { hint: 'pass a canonical path inside the store' });
+  }
+}
+
+/**
+ * The directories Nix 2.8's LocalStore makes when it opens a store: the store (with `.links`), the database's,
+ * `temproots`, `profiles`, `gcroots` (a new one with its `profiles` link to the profiles directory), and
+ * `per-user/USER` under both (mode 0755). The log directories come with the first log. Checked synchronously
+ * first (a store opened before has them all); those Nix 2.8 added after other versions made the store are
+ * made where they can be (a store someone else owns opens as before).
+ */
+async function makeStoreDirs(layout: LocalStoreLayout): Promise<void> {
+  const state = (...p: string[]) => path.join(layout.stateDir, ...p);
+  for (const d of [layout.realStoreDir, layout.dbDir, state('temproots'), state('profiles')]) if (!isDirectorySync(d)) await mkdirs(d, 0o755);
+  const gcroots = state('gcroots');
+  if (!isDirectorySync(gcroots)) {
+    await mkdirs(gcroots, 0o755);
+    await fsp.symlink(state('profiles'), path.join(gcroots, 'profiles')).catch(ignoreCode('EEXIST'));
+  }
+  const user = currentUserName();
+  const extra = [path.join(layout.realStoreDir, '.links'), state('profiles/per-user'), state('gcroots/per-user')];
+  if (user) extra.push(state('profiles/per-user', user), state('gcroots/per-user', user));
+  for (const d of extra) {
+    if (isDirectorySync(d)) continue;
+    try {
+      await mkdirs(d, 0o755);
+      if (d.includes('/per-user')) await fsp.chmod(d, 0o755);
+    } catch (e) {
+      ignoreCode('EACCES', 'EPERM', 'EROFS')(e);
+    }
+  }
+}
+
+const ignoreCode =
+  (...codes: string[]) =>
+  (e: unknown): void => {
+    if (!codes.includes((e as NodeJS.ErrnoException).code ?? '')) throw e;
+  };
+
+/** The user's name as Nix's getUserName: the password database's, else $USER. */
+function currentUserName(): string | undefined {
+  try {
+    return userInfo().username;
+  } catch {
+    return process.env.USER || undefined;
   }
 }
 

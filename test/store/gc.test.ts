@@ -244,7 +244,7 @@ describe.skipIf(!nixOk())('nix-store --delete, --max-freed, .links', () => {
     await store.close();
     symlinkSync(keep, path.join(root, 'nix/var/nix/gcroots/keep'));
     const links = path.join(root, 'nix/store/.links');
-    mkdirSync(links);
+    mkdirSync(links, { recursive: true });
     linkSync(path.join(root, keep), path.join(links, 'used'));
     writeFileSync(path.join(links, 'unused'), 'x');
     const s = await LocalStore.open({ root });

@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from 'vitest';
-import { closeSync, existsSync, openSync, promises as fsp, readdirSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, openSync, promises as fsp, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { isStoreTempDirName, LocalStore, defaultStoreRoot, resolveLayout } from '../../src/store/local-store.js';
@@ -7,7 +7,7 @@ import { tryFlockFd } from '../../src/store/locks.js';
 import { freshPath, makeTreeNar, storeConformance } from './conformance.js';
 import { streamOf } from '../../src/store/nar.js';
 import type { PathInfo } from '../../src/store/store-api.js';
-import { tempDirs } from '../helpers/nix.js';
+import { nix, nixOk, tempDirs } from '../helpers/nix.js';
 
 const tmp = tempDirs('realise-ls-');
 
@@ -59,6 +59,31 @@ describe('LocalStore closures', () => {
 });
 
 describe('LocalStore layout', () => {
+  it.skipIf(!nixOk())('a new store has the directories, links and modes Nix 2.8 makes (chroot root, and store/state/log apart)', async () => {
+    const dir = tmp();
+    /** Every entry under `top`: its mode, its path and a link's target, with `top` itself as TOP. */
+    const listing = (top: string): string[] =>
+      (readdirSync(top, { recursive: true }) as string[])
+        .map((rel) => {
+          const p = path.join(top, rel);
+          const st = lstatSync(p);
+          const target = st.isSymbolicLink() ? ` -> ${readlinkSync(p).split(top).join('TOP')}` : '';
+          return `${(st.mode & 0o170777).toString(8)} ${rel}${target}`;
+        })
+        .sort();
+    const missing = `/nix/store/${'0'.repeat(32)}-x`;
+    nix('nix-store', ['--store', path.join(dir, 'N'), '--check-validity', '--print-invalid', missing]);
+    await (await LocalStore.open({ root: path.join(dir, 'O') })).close();
+    const want = listing(path.join(dir, 'N'));
+    expect(want).toContain('120777 nix/var/nix/gcroots/profiles -> TOP/nix/var/nix/profiles');
+    expect(listing(path.join(dir, 'O'))).toEqual(want);
+    const apart = (side: string) => ({ storeDir: '/nix/store', stateDir: path.join(dir, side, 'state'), logDir: path.join(dir, side, 'log') });
+    const n = apart('N2');
+    nix('nix-store', ['--store', `local?store=/nix/store&state=${n.stateDir}&log=${n.logDir}`, '--check-validity', '--print-invalid', missing]);
+    await (await LocalStore.open(apart('O2'))).close();
+    expect(listing(path.join(dir, 'O2'))).toEqual(listing(path.join(dir, 'N2')));
+  });
+
   it('creates Nix 2.8 files: schema "10", big-lock, reserved, WAL database with Nix pragmas', async () => {
     const root = tmp();
     const s = await LocalStore.open({ root });
@@ -69,7 +94,8 @@ describe('LocalStore layout', () => {
     expect(readFileSync(path.join(db, 'schema'), 'utf8')).toBe('10');
     expect(existsSync(path.join(db, 'big-lock'))).toBe(true);
     expect(statSync(path.join(db, 'reserved')).size).toBe(8 * 1024 * 1024);
-    expect(existsSync(path.join(root, 'nix/var/log/nix/drvs'))).toBe(true);
+    // As Nix, the log directory comes with the first log.
+    expect(existsSync(path.join(root, 'nix/var/log'))).toBe(false);
     const conn = new Database(path.join(db, 'db.sqlite'));
     expect(conn.pragma('journal_mode', { simple: true })).toBe('wal');
     const tables = conn

@@ -252,7 +252,7 @@ for (const kind of ['native', 'JavaScript'] as const) {
         } finally {
           await store.close();
         }
-        mkdirSync(path.join(src, 'nix/store/.links'));
+        mkdirSync(path.join(src, 'nix/store/.links'), { recursive: true });
         for (const c of corrupted) writeFileSync(path.join(src, 'nix/store/.links', c), 'not the same size');
       }, 120_000);
 
