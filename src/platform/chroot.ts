@@ -440,6 +440,16 @@ interface Recycling {
   done: boolean;
 }
 
+/** The list kept under `key` in `map`, made (empty) on first use. */
+function listIn<T>(map: Map<string, T[]>, key: string): T[] {
+  let list = map.get(key);
+  if (!list) {
+    list = [];
+    map.set(key, list);
+  }
+  return list;
+}
+
 /**
  * Chroot skeletons made ahead of time, off the critical path: `take()` renames a ready one into place
  * (one rename instead of a dozen directory creations) and refills the pool in the background. After a
@@ -484,12 +494,7 @@ export class ChrootPool {
   }
 
   #listOf(key: string): SkeletonState[] {
-    let list = this.#ready.get(key);
-    if (!list) {
-      list = [];
-      this.#ready.set(key, list);
-    }
-    return list;
+    return listIn(this.#ready, key);
   }
 
   /** Start making skeletons for builds like `opts` in the background, before the first one needs one. */
@@ -572,12 +577,7 @@ export class ChrootPool {
   }
 
   #checkingOf(key: string): Recycling[] {
-    let q = this.#checking.get(key);
-    if (!q) {
-      q = [];
-      this.#checking.set(key, q);
-    }
-    return q;
+    return listIn(this.#checking, key);
   }
 
   /** A recycled skeleton's check (see recycle): into the pool if unchanged, else discarded. Once per skeleton. */
