@@ -14,6 +14,7 @@ import { storePathHashPart, type StorePath } from '../store/store-path.js';
 import { compressStream } from './compression.js';
 import { compressionExtension, isCompression, parseCacheInfo, printCacheInfo, printNarInfo, signPathInfo, type Compression, type NarInfo } from './narinfo.js';
 import { parseSecretKey, type SecretKey } from './signatures.js';
+import { BINARY_CACHE_DIRS } from './binary-cache.js';
 import { SubstituterError } from './substituter.js';
 
 export interface CopyToBinaryCacheOptions {
@@ -55,7 +56,7 @@ export class BinaryCacheWriter {
       });
     // One level at a time: Node's recursive mkdir never returns under e.g. /proc (see mkdirs).
     try {
-      await mkdirs(path.join(dir, 'nar'), 0o755);
+      for (const d of BINARY_CACHE_DIRS) await mkdirs(path.join(dir, d), 0o755);
     } catch (e) {
       throw new SubstituterError('store', `cannot create binary cache '${url}': ${(e as Error).message}`, { uri: url, cause: e });
     }

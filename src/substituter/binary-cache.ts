@@ -15,6 +15,8 @@ import type { Realisation } from '../store/store-api.js';
 import { decompressStream, DecompressionError } from './compression.js';
 import { BadNarInfoError, parseCacheInfo, parseNarInfo, type NarInfo } from './narinfo.js';
 import { NarInfoCache, type NarInfoCacheOptions } from './narinfo-cache.js';
+import { mkdirs } from '../store/local-store.js';
+import { systemErrorMessage } from '../store/system-error.js';
 import { SubstituterError, type FetchNarOptions, type SubstitutablePathInfo, type Substituter, type TransferListener } from './substituter.js';
 
 export interface BinaryCacheSubstituterOptions {
@@ -209,6 +211,9 @@ const SYNC_READ_MAX = 1024 * 1024;
 /** Files of a file:// cache up to this size whose size is known are read into one buffer (larger ones stream). */
 const WHOLE_READ_MAX = 16 * 1024 * 1024;
 
+/** The directories Nix 2.8 makes in a file:// binary cache it opens. */
+export const BINARY_CACHE_DIRS = ['nar', 'realisations', 'log'];
+
 class FileTransport implements Transport {
   constructor(
     private readonly dir: string,
@@ -221,6 +226,22 @@ class FileTransport implements Transport {
       throw new SubstituterError('bad-narinfo', `'${rel}' points outside the binary cache '${this.uri}'`, { uri: this.uri });
     }
     return p;
+  }
+
+  /**
+   * What Nix's LocalBinaryCacheStore does when it opens a cache, reading or writing: its `nar`,
+   * `realisations` and `log` directories made, and a missing `nix-cache-info` written with the store dir.
+   * Failing that (a cache that cannot be made) is an error in Nix's words; for a cache that has its
+   * `nix-cache-info` (one made elsewhere, perhaps read-only) the directories are not needed.
+   */
+  async prepare(storeDir: string, hasInfo: boolean): Promise<void> {
+    try {
+      for (const d of BINARY_CACHE_DIRS) await mkdirs(path.join(this.dir, d), 0o755);
+      if (!hasInfo) await fsp.writeFile(path.join(this.dir, 'nix-cache-info'), `StoreDir: ${storeDir}\n`, { flag: 'wx' });
+    } catch (e) {
+      if (hasInfo || (e as NodeJS.ErrnoException).code === 'EEXIST') return;
+      throw new SubstituterError('network', systemErrorMessage(e) ?? (e as Error).message, { uri: this.uri, cause: e });
+    }
   }
 
   getFile(rel: string): Promise<Buffer | undefined> {
@@ -681,6 +702,7 @@ export class BinaryCacheSubstituter implements Substituter {
         this.initPromise = undefined; // let a later call retry
         throw e;
       }
+      if (this.transport instanceof FileTransport) await this.transport.prepare(this.storeDir, text !== undefined);
       // As Nix: an HTTP cache without nix-cache-info is not a binary cache (Nix would try to create the
       // file, which HTTP cannot); the substituter is left out. (A file:// one gets defaults.)
       if (!text && this.transport instanceof HttpTransport) {

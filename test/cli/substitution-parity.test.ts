@@ -4,7 +4,7 @@
  * `nix store sign`), some of them damaged: the stderr lines a user reads, the exit status, and the path
  * infos that result.
  */
-import { chmodSync, copyFileSync, cpSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serveCache } from '../substituter/http-server.js';
@@ -198,6 +198,32 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     const off = await run('k', '', ['--option', 'require-sigs', 'false']);
     expectSame(off);
     expect(off.ours.stdout.trim()).toBe(out.a);
+  }, 60_000);
+
+  it("a file:// cache directory that does not exist: made as Nix makes it (nar, realisations, log, nix-cache-info), or Nix's warning when it cannot be; the derivation built", async () => {
+    const f = fresh('none');
+    const missing = (side: string) => path.join(f.cacheDir, '..', `missing-${side}`);
+    const r = await both(f.N, f.O, `file://${missing('N')}`, f.env, [drv.a]);
+    expectSame(r);
+    const listing = (d: string) =>
+      (readdirSync(d, { recursive: true }) as string[]).sort().map((e) => [e, e === 'nix-cache-info' ? readFileSync(path.join(d, e), 'utf8') : '']);
+    for (const root of [`${f.O}-2`, `${f.N}-3`, `${f.O}-3`]) nix('nix-instantiate', ['--store', root, file, '-A', 'a']);
+    // (Ours on its own twin: the same URL would find Nix's directory made already.)
+    const o = await realise(
+      ['build', '--store', `${f.O}-2`, drv.a, '--option', 'substituters', `file://${missing('O')}`, '--option', 'sandbox-paths', SANDBOX],
+      f.env,
+    );
+    expect(o.status, o.stderr).toBe(0);
+    expect(listing(missing('O'))).toEqual(listing(missing('N')));
+    expect(listing(missing('N'))).toEqual([
+      ['log', ''],
+      ['nar', ''],
+      ['nix-cache-info', 'StoreDir: /nix/store\n'],
+      ['realisations', ''],
+    ]);
+    const p = await both(`${f.N}-3`, `${f.O}-3`, 'file:///proc/realise-no-cache', f.env, [drv.a]);
+    expect(keyLines(p.nix.stderr)[0]).toBe("warning: creating directory '/proc/realise-no-cache': No such file or directory");
+    expectSame(p);
   }, 60_000);
 
   it("an HTTP cache's nix-cache-info and lookups are remembered across runs, as in Nix's disk cache (its TTLs)", async () => {
