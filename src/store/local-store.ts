@@ -35,6 +35,7 @@ import { homedir, userInfo } from 'node:os';
 import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree, inheritsXattrs, movePathSync } from './canonicalise.js';
 import { mkdirOnPool } from './pool-fs.js';
+import { systemErrorMessage } from './system-error.js';
 import { asStoreWriteError, InvalidStorePathError, StoreError } from './errors.js';
 import { Hash, HashModulo, HashSink, isNixBase32, toNixBase32, type HashAlgorithm } from './hash.js';
 import {
@@ -108,7 +109,9 @@ export async function mkdirs(dir: string, mode: number): Promise<void> {
       if ((await fsp.stat(cur)).isDirectory()) break;
       throw Object.assign(new Error(`'${cur}' is not a directory`), { code: 'ENOTDIR' });
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      // As Nix's createDirs: a path that cannot be looked at (missing, or under a file) is made from its parent.
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && !(code === 'ENOTDIR' && (e as NodeJS.ErrnoException).syscall === 'stat')) throw e;
       missing.push(cur);
       if (path.dirname(cur) === cur) break;
     }
@@ -507,9 +510,10 @@ export class LocalStore implements Store {
     try {
       await makeStoreDirs(layout);
     } catch (e) {
-      throw new StoreError('store-open-failed', `cannot create the store directories under '${layout.root ?? layout.stateDir}': ${(e as Error).message}`, {
+      // Nix's words for the call that failed ("creating directory '…': Permission denied", "'…' is not a directory").
+      throw new StoreError('store-open-failed', systemErrorMessage(e) ?? (e as Error).message, {
         cause: e,
-        hint: 'check the permissions of the store root, or choose another one',
+        hint: `realise could not make the store directories under '${layout.root ?? layout.stateDir}': check the permissions of the store root, or choose another one`,
       });
     }
     // As Nix: hold big-lock shared while the store is open (a schema upgrade takes it exclusively).

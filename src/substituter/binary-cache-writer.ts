@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HashSink } from '../store/hash.js';
 import { mkdirs } from '../store/local-store.js';
+import { systemErrorMessage } from '../store/system-error.js';
 import type { PathInfo, Store } from '../store/store-api.js';
 import { storePathHashPart, type StorePath } from '../store/store-path.js';
 import { compressStream } from './compression.js';
@@ -58,7 +59,8 @@ export class BinaryCacheWriter {
     try {
       for (const d of BINARY_CACHE_DIRS) await mkdirs(path.join(dir, d), 0o755);
     } catch (e) {
-      throw new SubstituterError('store', `cannot create binary cache '${url}': ${(e as Error).message}`, { uri: url, cause: e });
+      // Nix's words for the call that failed ("creating directory '…': …", "'…' is not a directory").
+      throw new SubstituterError('store', systemErrorMessage(e) ?? (e as Error).message, { uri: url, cause: e, hint: `cannot create binary cache '${url}'` });
     }
     const infoFile = path.join(dir, 'nix-cache-info');
     const existing = await fsp.readFile(infoFile, 'utf8').catch(() => undefined);

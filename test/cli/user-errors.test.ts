@@ -96,15 +96,15 @@ describe.skipIf(!nixOk())('user mistakes, realise vs Nix 2.8', () => {
     noTrace(o.stderr);
   });
 
-  it('copy to a cache directory that is a file, or one that cannot be made (under /proc): an error naming it, no trace', async () => {
-    const o = await realise(['copy', '--store', store, '--to', `file://${dir}/f.txt`, p]);
-    expect(o.status).toBe(1);
-    expect(lastLine(o.stderr)).toBe(`error: cannot create binary cache 'file://${dir}/f.txt': ENOTDIR: not a directory, stat '${dir}/f.txt/nar'`);
-    noTrace(o.stderr);
-    // Node's recursive mkdir never returns there; the command must end with an error.
-    const proc = await realise(['copy', '--store', store, '--to', 'file:///proc/realise-cache', p]);
-    expect(proc.status).toBe(1);
-    expect(lastLine(proc.stderr)).toMatch(/^error: cannot create binary cache 'file:\/\/\/proc\/realise-cache': .*ENOENT/);
+  it("copy to a cache directory that is a file, or one that cannot be made (under /proc): nix copy's error, no trace", async () => {
+    for (const to of [`file://${dir}/f.txt`, `file://${dir}/f.txt/sub`, 'file:///proc/realise-cache']) {
+      const n = runNix('nix', ['copy', '--store', store, '--to', to, p]);
+      expect(n.status).toBe(1);
+      // Node's recursive mkdir never returns under /proc; the command must end with an error.
+      const o = await realise(['copy', '--store', store, '--to', to, p]);
+      expect([o.status, lastLine(o.stderr)]).toEqual([1, lastLine(n.stderr)]);
+      noTrace(o.stderr);
+    }
   });
 
   it("a store URI with a relative root, state, log or store parameter: Nix's 'not an absolute path', exit 1, nothing made", async () => {

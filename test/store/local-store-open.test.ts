@@ -10,7 +10,7 @@ describe('LocalStore.open on a root it cannot create', () => {
     );
     expect(e).toBeInstanceOf(StoreError);
     expect((e as StoreError).code).toBe('store-open-failed');
-    expect((e as Error).message).toContain("mkdir '/proc/nonexistent'");
+    expect((e as StoreError).shortMessage).toBe("creating directory '/proc/nonexistent': No such file or directory");
   }, 10_000);
 
   it('a regular file in the way is a store-open-failed StoreError', async () => {
