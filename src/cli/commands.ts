@@ -182,14 +182,16 @@ export async function copy(args: CliArgs, store: Store): Promise<number> {
   // Nix names the cache without its settings (`file:///c?compression=zstd` is 'file:///c').
   const shownUrl = args.to.replace(/\?.*$/, '');
   const dir = shownUrl.startsWith('file://') ? shownUrl.slice('file://'.length) : shownUrl.startsWith('/') ? shownUrl : undefined;
-  if (dir !== undefined && !args.quiet) {
-    const closure = await store.computeClosure(paths);
-    const missing = [...closure].filter((p) => !existsSync(path.join(dir, `${path.basename(p).slice(0, 32)}.narinfo`)));
-    process.stderr.write(`copying ${missing.length} paths...\n`);
-  }
+  const closure = dir !== undefined && !args.quiet ? await store.computeClosure(paths) : undefined;
   const written = await copyToBinaryCache(store, paths, args.to, {
     ...(secretKey ? { secretKey } : {}),
     ...(compression ? { compression } : {}),
+    // As nix copy, once the cache is open (an error opening it comes first).
+    onOpen: () => {
+      if (!closure || dir === undefined) return;
+      const missing = [...closure].filter((p) => !existsSync(path.join(dir, `${path.basename(p).slice(0, 32)}.narinfo`)));
+      process.stderr.write(`copying ${missing.length} paths...\n`);
+    },
     onPath: (p: string, wrote: boolean) => {
       if (wrote && !args.quiet) process.stderr.write(`copying path '${p}' to '${shownUrl}'...\n`);
     },

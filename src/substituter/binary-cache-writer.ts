@@ -34,6 +34,8 @@ export interface CopyToBinaryCacheOptions {
   readonly signal?: AbortSignal;
   /** Called after each path is written (or skipped). */
   readonly onPath?: (path: StorePath, written: boolean) => void;
+  /** Called once the cache is open (made if needed), before any path is looked at or written. */
+  readonly onOpen?: () => void;
 }
 
 let tmpCounter = 0;
@@ -229,6 +231,7 @@ export async function copyToBinaryCache(store: Store, paths: Iterable<StorePath>
     ...(opts.priority !== undefined ? { priority: opts.priority } : {}),
     ...(opts.wantMassQuery !== undefined ? { wantMassQuery: opts.wantMassQuery } : {}),
   });
+  opts.onOpen?.();
   const written: StorePath[] = [];
   for (const p of topoSort(infos)) {
     if (opts.signal?.aborted) throw new SubstituterError('aborted', `copying to '${url}' was cancelled`, { uri: url });
