@@ -499,13 +499,13 @@ export interface DrvHash {
 /** sha256("impure"), made on first use (a command that hashes nothing loads no hashing code). */
 let impureOutputHash: Hash | undefined;
 
+/** How many parsed derivations a DerivationHasher keeps for hashing (DerivationHasher.parsedFrom). */
+const PARSED_MAX = 4096;
+
 /**
  * Computes `hashDerivationModulo` with a memo of input derivations by path (as Nix's drvHashes).
  * Keep one per store (or per batch of work) to avoid re-reading inputs.
  */
-/** How many parsed derivations a DerivationHasher keeps for hashing (DerivationHasher.parsedFrom). */
-const PARSED_MAX = 4096;
-
 export class DerivationHasher {
   readonly storeDir: string;
   private readonly readDrv: ReadDerivation;

@@ -92,16 +92,16 @@ export interface LocalStoreOptions {
   readonly ignoredAcls?: readonly string[] | undefined;
 }
 
-/**
- * `mkdir -p`, one level at a time. Node's recursive mkdir never returns for a path under a directory
- * where mkdir fails with ENOENT although the parent exists (e.g. `/proc/x/y`); this reports the error.
- */
 /** computeClosure's references cache is dropped past this many paths (Nix's path info cache holds 65,536). */
 const REFS_CACHE_MAX = 65_536;
 const NO_REFERENCES: readonly StorePath[] = Object.freeze([]);
 /** computeClosure walks this many steps into paths it has not seen before, then queries the rest recursively. */
 const WALK_STEPS = 3;
 
+/**
+ * `mkdir -p`, one level at a time. Node's recursive mkdir never returns for a path under a directory
+ * where mkdir fails with ENOENT although the parent exists (e.g. `/proc/x/y`); this reports the error.
+ */
 export async function mkdirs(dir: string, mode: number): Promise<void> {
   const missing: string[] = [];
   for (let cur = path.resolve(dir); ; cur = path.dirname(cur)) {
@@ -407,7 +407,6 @@ function rowOf(info: PathInfo, now: number): Omit<Row, 'id'> {
   };
 }
 
-/** The PathInfo a ValidPaths row reads back as (`references` sorted, as the reference rows give them). */
 /** The `.drv` texts already read of registrations waiting together (LocalStore.registerSoon). */
 function textsOf(batch: readonly { info: PathInfo; text: string | undefined }[]): Map<StorePath, string> | undefined {
   let texts: Map<StorePath, string> | undefined;
@@ -415,6 +414,7 @@ function textsOf(batch: readonly { info: PathInfo; text: string | undefined }[])
   return texts;
 }
 
+/** The PathInfo a ValidPaths row reads back as (`references` sorted, as the reference rows give them). */
 function infoOfRow(path: StorePath, row: Omit<Row, 'id'>, narHash: Hash, references: StorePath[]): PathInfo {
   return {
     path,

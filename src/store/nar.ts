@@ -364,16 +364,15 @@ export async function* dumpPath(fsPath: string): AsyncGenerator<Uint8Array> {
 
 class DumpCancelled extends Error {}
 
-/** NAR of a single regular file with the given contents (e.g. a `.drv` or `builtins.toFile`). */
-export function narOfRegularFile(contents: string | Uint8Array, executable = false): Buffer {
-  const body = typeof contents === 'string' ? Buffer.from(contents, 'utf8') : Buffer.from(contents);
-  const head = executable ? tokens(NAR_MAGIC, '(', 'type', 'regular', 'executable', '', 'contents') : tokens(NAR_MAGIC, '(', 'type', 'regular', 'contents');
-  return Buffer.concat([head, narString(body), narString(')')]);
-}
-
 const REGULAR_HEAD = tokens(NAR_MAGIC, '(', 'type', 'regular', 'contents');
 const EXECUTABLE_HEAD = tokens(NAR_MAGIC, '(', 'type', 'regular', 'executable', '', 'contents');
 const NAR_CLOSE = narString(')');
+
+/** NAR of a single regular file with the given contents (e.g. a `.drv` or `builtins.toFile`). */
+export function narOfRegularFile(contents: string | Uint8Array, executable = false): Buffer {
+  const body = typeof contents === 'string' ? Buffer.from(contents, 'utf8') : Buffer.from(contents);
+  return Buffer.concat([executable ? EXECUTABLE_HEAD : REGULAR_HEAD, narString(body), NAR_CLOSE]);
+}
 
 /**
  * The contents of the regular file a whole NAR (`nar`, as narOfRegularFile makes it) holds; undefined when
