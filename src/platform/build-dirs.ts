@@ -2,6 +2,8 @@
  * A record of the build directories (`<base>/nix-build-*`) this process has, so that one that was killed
  * (kill -9) leaves none behind for good: the next process that builds in the same base removes them.
  *
+ * The same goes for the process's pools of build directories kept for reuse (build-dir-pool.ts).
+ *
  * Each process keeps a file `~/.cache/realise/build-dirs/<pid>` (the helper's cache directory; the
  * directory 0700 and ours, else nothing is recorded), flock-ed for as long as the process lives, listing
  * `<dev>:<ino> <dir>` of its build directories in use. A file whose flock is free belongs to a dead process: its directories are
@@ -13,6 +15,9 @@ import * as path from 'node:path';
 import { deleteTree } from '../store/canonicalise.js';
 import { tryFlockFd } from '../store/locks.js';
 import { defaultHelperCacheDir } from './sandbox-helper.js';
+
+/** The name of a pool of reused build directories (build-dir-pool.ts) starts so: `<base>/.realise-build-pool-XXXXXX`. */
+export const BUILD_DIR_POOL_PREFIX = '.realise-build-pool-';
 
 const myUid = typeof process.getuid === 'function' ? process.getuid() : -1;
 
@@ -66,7 +71,8 @@ class BuildDirRegistry {
   }
 
   async #removeIfSame(dir: string, dev: string, ino: string): Promise<boolean> {
-    if (!path.isAbsolute(dir) || !path.basename(dir).startsWith('nix-build-')) return false;
+    const name = path.basename(dir);
+    if (!path.isAbsolute(dir) || !(name.startsWith('nix-build-') || name.startsWith(BUILD_DIR_POOL_PREFIX))) return false;
     const st = lstatSync(dir, { throwIfNoEntry: false, bigint: true });
     if (!st?.isDirectory() || String(st.dev) !== dev || String(st.ino) !== ino || Number(st.uid) !== myUid) return false;
     await deleteTree(dir);

@@ -14,6 +14,19 @@ import { C_WARNINGS, cachedBuildPath, compileCOnce, cSource, defaultHelperCacheD
 interface Addon {
   strip(p: string | Buffer, ignored: Buffer): number;
   list(p: string | Buffer): string[];
+  pristineDir(p: string, uid: number, inner: string): boolean;
+  renameNoReplace(from: string, to: string): number;
+}
+
+/** The addon's directory operations, for build directories reused (src/platform/build-dir-pool.ts). */
+export interface DirOps {
+  /**
+   * Whether `p` is a directory as realise makes build directories: mode 0700, owned by `uid`, without
+   * extended attributes (nor so ACLs), empty; or, given `inner`, holding only `inner`, itself such a directory.
+   */
+  pristineDir(p: string, uid: number, inner?: string): boolean;
+  /** renameat2(RENAME_NOREPLACE): never replaces what is at `to`. 0, or the errno (EEXIST: `to` exists). */
+  renameNoReplace(from: string, to: string): number;
 }
 
 /** The addon's C file, beside this module. */
@@ -28,14 +41,29 @@ const require = createRequire(import.meta.url);
  * there is no working C compiler.
  */
 export async function loadNativeXattrs(opts: { cc?: string; cacheDir?: string } = {}): Promise<XattrOps> {
-  const source = cSource(ADDON_SOURCE_FILE);
-  const dest = cachedBuildPath(opts.cacheDir ?? defaultHelperCacheDir(), 'xattr', source, ADDON_CFLAGS, '.node');
-  await compileCOnce(dest, opts.cc ?? process.env.CC ?? 'cc', source, ADDON_CFLAGS, 'the xattr addon', fs.constants.R_OK);
-  const addon = require(dest) as Addon;
+  const addon = await loadAddon(opts);
   return {
     strip: (p, ignored) => addon.strip(p, Buffer.from(ignored.map((n) => `${n}\0`).join(''))),
     list: (p) => addon.list(p),
   };
+}
+
+async function loadAddon(opts: { cc?: string; cacheDir?: string }): Promise<Addon> {
+  const source = cSource(ADDON_SOURCE_FILE);
+  const dest = cachedBuildPath(opts.cacheDir ?? defaultHelperCacheDir(), 'xattr', source, ADDON_CFLAGS, '.node');
+  await compileCOnce(dest, opts.cc ?? process.env.CC ?? 'cc', source, ADDON_CFLAGS, 'the xattr addon', fs.constants.R_OK);
+  return require(dest) as Addon;
+}
+
+let dirOps: Promise<DirOps> | undefined;
+
+/** The directory operations (the addon compiled and loaded once per process); rejects without a C compiler. */
+export function nativeDirOps(): Promise<DirOps> {
+  dirOps ??= loadAddon({}).then((addon) => ({
+    pristineDir: (p, uid, inner) => addon.pristineDir(p, uid, inner ?? ''),
+    renameNoReplace: (from, to) => addon.renameNoReplace(from, to),
+  }));
+  return dirOps;
 }
 
 provideXattrOps(() => loadNativeXattrs());

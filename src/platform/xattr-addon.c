@@ -1,6 +1,12 @@
-/* realise xattr addon: strip(path, ignored) and list(path), with Node-API declared by hand. */
+/* realise xattr addon: strip(path, ignored) and list(path), with Node-API declared by hand; and for reused
+   build directories, pristineDir(path, uid, inner) and renameNoReplace(from, to). */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +24,8 @@ extern napi_status napi_get_buffer_info(napi_env, napi_value, void **, size_t *)
 extern napi_status napi_is_buffer(napi_env, napi_value, _Bool *);
 extern napi_status napi_create_string_utf8(napi_env, const char *, size_t, napi_value *);
 extern napi_status napi_create_int32(napi_env, int, napi_value *);
+extern napi_status napi_get_value_uint32(napi_env, napi_value, unsigned *);
+extern napi_status napi_get_boolean(napi_env, _Bool, napi_value *);
 extern napi_status napi_create_array(napi_env, napi_value *);
 extern napi_status napi_set_element(napi_env, napi_value, unsigned, napi_value);
 extern napi_status napi_create_function(napi_env, const char *, size_t, napi_callback, void *, napi_value *);
@@ -111,8 +119,58 @@ static napi_value list(napi_env env, napi_callback_info info) {
   return arr;
 }
 
+/* Whether name (under atfd) is a directory as realise makes build directories: mode 0700, owned by uid,
+   without extended attributes (ACLs are some), empty; or, given inner, holding only inner, itself so. */
+static int pristine(int atfd, const char *name, uid_t uid, const char *inner) {
+  int fd = openat(atfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return 0;
+  struct stat st;
+  int ok = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) && (st.st_mode & 07777) == 0700 && st.st_uid == uid;
+  if (ok) { ssize_t n = flistxattr(fd, 0, 0); ok = n == 0 || (n < 0 && errno == ENOTSUP); }
+  if (!ok) { close(fd); return 0; }
+  DIR *d = fdopendir(fd);
+  if (!d) { close(fd); return 0; }
+  int seenInner = 0; struct dirent *e;
+  while (ok && (e = readdir(d))) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    if (inner && !seenInner && !strcmp(e->d_name, inner)) { seenInner = 1; ok = pristine(dirfd(d), inner, uid, 0); }
+    else ok = 0;
+  }
+  closedir(d);
+  return ok && (!inner || seenInner);
+}
+
+/* pristineDir(path, uid, inner): see pristine (inner "" for none). */
+static napi_value pristineDir(napi_env env, napi_callback_info info) {
+  size_t argc = 3; napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, 0, 0);
+  unsigned uid = 0; napi_get_value_uint32(env, argv[1], &uid);
+  char *p = stringArg(env, argv[0]); if (!p) return 0;
+  char *inner = stringArg(env, argv[2]); if (!inner) { free(p); return 0; }
+  int ok = pristine(AT_FDCWD, p, (uid_t) uid, *inner ? inner : 0);
+  free(inner); free(p);
+  napi_value r; napi_get_boolean(env, ok, &r); return r;
+}
+
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+
+/* renameNoReplace(from, to): renameat2 with RENAME_NOREPLACE (never replaces what is at to); 0, or the errno. */
+static napi_value renameNoReplace(napi_env env, napi_callback_info info) {
+  size_t argc = 2; napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, 0, 0);
+  char *from = stringArg(env, argv[0]); if (!from) return 0;
+  char *to = stringArg(env, argv[1]); if (!to) { free(from); return 0; }
+  int e = syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0 ? 0 : errno;
+  free(to); free(from);
+  napi_value r; napi_create_int32(env, e, &r); return r;
+}
+
 napi_value napi_register_module_v1(napi_env env, napi_value exports) {
   napi_value f;
+  napi_create_function(env, "pristineDir", 11, pristineDir, 0, &f); napi_set_named_property(env, exports, "pristineDir", f);
+  napi_create_function(env, "renameNoReplace", 15, renameNoReplace, 0, &f); napi_set_named_property(env, exports, "renameNoReplace", f);
   napi_create_function(env, "strip", 5, strip, 0, &f); napi_set_named_property(env, exports, "strip", f);
   napi_create_function(env, "list", 4, list, 0, &f); napi_set_named_property(env, exports, "list", f);
   return exports;

@@ -23,6 +23,7 @@ import {
 } from '../store/store-path.js';
 import type { Sandbox, SandboxExit } from '../platform/sandbox.js';
 import { buildDirRegistry } from '../platform/build-dirs.js';
+import { buildDirPool } from '../platform/build-dir-pool.js';
 import { runPostBuildHook } from '../platform/post-build-hook.js';
 import { checkImpureHostDeps, parseSandboxPaths, type SandboxPath } from '../platform/sandbox-config.js';
 import { canBuildHere, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
@@ -83,11 +84,18 @@ async function removeBuildDir(dir: BuildDir): Promise<void> {
   }
 }
 
-/** After a build: remove its build dir, or keep it (a failed build with keepFailed) opened up to 0755, as Nix does. */
+/**
+ * After a build: keep its build dir (a failed build with keepFailed) opened up to 0755, as Nix does; else
+ * into the pool for the next build when it is as made (see build-dir-pool.ts), or removed.
+ */
 async function keepOrRemoveBuildDir(dir: BuildDir, keep: boolean): Promise<void> {
-  await (keep ? fsp.chmod(dir.top, 0o755) : removeBuildDir(dir)).catch(() => {});
+  await (keep ? fsp.chmod(dir.top, 0o755) : poolOrRemoveBuildDir(dir)).catch(() => {});
   buildDirRegistry().delete(dir.top);
   countBuildDir(dir.top.replace(/-\d+$/, ''), -1);
+}
+
+async function poolOrRemoveBuildDir(dir: BuildDir): Promise<void> {
+  if (!(await buildDirPool(path.dirname(dir.top)).put(dir.top, dir.dir !== dir.top))) await removeBuildDir(dir);
 }
 
 /** Read once: process.umask() with no argument is a read-and-restore, not something to do per build. */
@@ -511,14 +519,14 @@ async function prepareBuildDir(
   madeAhead: Promise<AheadBuildDir | undefined> | undefined,
 ): Promise<BuildDir | BuildSetupError> {
   const { options } = w.ctx;
-  const ahead = await madeAhead;
-  const top = ahead?.top ?? (await makeTopBuildDir(w, view));
+  const made = (await madeAhead) ?? (await makeTopBuildDir(w, view, isolated));
+  const { top } = made;
   let dir: BuildDir = { top, dir: top, inSandbox: top, extraPaths: undefined };
   try {
     if (isolated) {
       dir = { top, dir: path.join(top, 'build'), inSandbox: options.sandboxBuildDir, extraPaths: undefined };
-      if (!ahead?.inner) await mkdirPrivate(dir.dir);
-    } else if (ahead?.inner) await rmdirOnPool(path.join(top, 'build')); // (made for a sandbox after all not used)
+      if (!made.inner) await mkdirPrivate(dir.dir);
+    } else if (made.inner) await rmdirOnPool(path.join(top, 'build')); // (made for a sandbox after all not used)
     const extraPaths = isolated ? await sandboxExtraPaths(w, view) : undefined;
     // Nix 2.8 starts a daemon for recursive Nix here, which needs the experimental feature.
     if (requiredSystemFeatures(view).includes('recursive-nix') && !options.experimentalFeatures.includes('recursive-nix')) {
@@ -538,16 +546,23 @@ async function prepareBuildDir(
   }
 }
 
-/** A build's top directory (Nix's name, mode 0700), recorded until it is gone. */
-async function makeTopBuildDir(w: Worker, view: DrvView): Promise<string> {
-  const name = path.join(w.ctx.options.buildDir, buildDirPrefix(view));
+/**
+ * A build's top directory (Nix's name, mode 0700), recorded until it is gone: one from the pool when there
+ * is one (for a sandboxed build, `inner`, preferably with its `build` inside), else made.
+ */
+async function makeTopBuildDir(w: Worker, view: DrvView, inner: boolean): Promise<AheadBuildDir> {
+  const { buildDir } = w.ctx.options;
+  const name = path.join(buildDir, buildDirPrefix(view));
   countBuildDir(name, 1); // at once, before the directory exists (see BuildPrep)
   try {
     // Build directories a killed process left behind go first.
     await buildDirRegistry().sweep(w.ctx.store);
-    const top = await createBuildDir(w.ctx.options.buildDir, buildDirPrefix(view));
-    buildDirRegistry().add(top);
-    return top;
+    const made = (await buildDirPool(buildDir).take(buildDirPrefix(view), inner)) ?? {
+      top: await createBuildDir(buildDir, buildDirPrefix(view)),
+      inner: false,
+    };
+    buildDirRegistry().add(made.top);
+    return made;
   } catch (e) {
     countBuildDir(name, -1);
     throw e;
@@ -598,14 +613,14 @@ class BuildPrep {
     if (!buildDirsInUse.has(this.#name)) {
       // A sandboxed builder works in `build` inside it: made ahead too when the sandbox is known already.
       const inner = this.w.ctx.knownSandbox?.(this.view)?.isolated === true;
-      const dir = makeTopBuildDir(this.w, this.view).then(
-        (top) =>
-          inner
-            ? mkdirPrivate(path.join(top, 'build')).then(
-                () => ({ top, inner }),
-                () => ({ top, inner: false }),
+      const dir = makeTopBuildDir(this.w, this.view, inner).then(
+        (made) =>
+          inner && !made.inner
+            ? mkdirPrivate(path.join(made.top, 'build')).then(
+                () => ({ top: made.top, inner }),
+                () => made,
               )
-            : { top, inner },
+            : made,
         () => undefined,
       );
       buildDirsAhead.set(this.#name, { dir, owner: this });

@@ -1,0 +1,160 @@
+/**
+ * Build directories reused rather than made and removed. Creating an inode costs more than it seems: on
+ * ext4 without a journal each new inode scans every inode of its group freed in the last ~30 s, and each
+ * deletion adds one to that list. So a build directory that is, once its build is over, exactly as the
+ * engine made it (see DirOps.pristineDir: empty, mode 0700, ours, no extended attributes or ACLs) is moved
+ * into a private pool, and the next build of any name gets it by a rename to its own name, which creates
+ * no inode and frees none.
+ *
+ * The pool is one directory per process and build-directory base, `<base>/.realise-build-pool-XXXXXX`
+ * (mode 0700: no one else can put anything in it), recorded in the process's build-directory record
+ * (build-dirs.ts), so that a process killed with -9 leaves nothing behind after the next sweep; it is
+ * removed when the process exits. A sandboxed build's directory goes in with its `build` inside: one
+ * rename moves both.
+ *
+ * A pooled directory is renamed to `<base>/<prefix>-<n>` with renameat2(RENAME_NOREPLACE), the first n
+ * that is free: the rename never replaces a directory of that name (another process's, Nix's), it fails
+ * with EEXIST and the next n is tried, exactly as Nix's createTempDir does with mkdir.
+ */
+import { lstatSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
+import * as path from 'node:path';
+import { deleteTree } from '../store/canonicalise.js';
+import { BUILD_DIR_POOL_PREFIX, buildDirRegistry } from './build-dirs.js';
+import { nativeDirOps, type DirOps } from './native-xattrs.js';
+
+/** The name of a sandboxed build's inner directory, inside its top one. */
+const INNER = 'build';
+
+/** Directories kept at most per pool (about the most builds that run at once); more are removed. */
+const MAX_POOLED = 64;
+
+const EEXIST = 17;
+
+const myUid = typeof process.getuid === 'function' ? process.getuid() : -1;
+
+let ops: Promise<DirOps | undefined> | undefined;
+
+/** The native operations, or undefined without them (no C compiler): then nothing is pooled. */
+function dirOps(): Promise<DirOps | undefined> {
+  ops ??= nativeDirOps().catch(() => undefined);
+  return ops;
+}
+
+/** A build directory: its top, and whether the sandbox's `build` is inside it. */
+export interface PooledBuildDir {
+  readonly top: string;
+  readonly inner: boolean;
+}
+
+/** The pool of one build-directory base. */
+export class BuildDirPool {
+  #dir: string | undefined;
+  /** Pooled directories, empty ones and ones holding an empty `build`. */
+  readonly #plain: string[] = [];
+  readonly #withInner: string[] = [];
+  #next = 0;
+  /** Set when the base's file system cannot rename without replacing (no RENAME_NOREPLACE). */
+  #unusable = false;
+
+  constructor(readonly base: string) {}
+
+  /**
+   * A pooled directory renamed to `<base>/<prefix>-<n>`, the first free n; undefined when none is pooled
+   * (then the caller makes one). For a sandboxed build (`inner`) one with its `build` is taken first.
+   */
+  async take(prefix: string, inner: boolean): Promise<PooledBuildDir | undefined> {
+    if (!this.#plain.length && !(inner && this.#withInner.length)) return undefined;
+    const o = await dirOps();
+    if (!o) return undefined;
+    for (;;) {
+      const withInner = inner && this.#withInner.length > 0;
+      const entry = (withInner ? this.#withInner : this.#plain).pop();
+      if (entry === undefined) return undefined;
+      // Checked again: something may have written there since (a process of an unsandboxed builder that lingered).
+      const top = o.pristineDir(entry, myUid, withInner ? INNER : undefined) ? this.#renameToFreeName(o, entry, prefix) : undefined;
+      if (top) return { top, inner: withInner };
+      await deleteTree(entry).catch(() => {});
+    }
+  }
+
+  #renameToFreeName(o: DirOps, entry: string, prefix: string): string | undefined {
+    for (let n = 0; ; n++) {
+      const top = path.join(this.base, `${prefix}-${n}`);
+      const e = o.renameNoReplace(entry, top);
+      if (e === 0) return top;
+      if (e === EEXIST) continue;
+      this.#unusable = true; // EINVAL: the file system has no RENAME_NOREPLACE
+      return undefined;
+    }
+  }
+
+  /**
+   * Take a build directory done with (`inner`: it holds the sandbox's `build`) into the pool, when it is
+   * exactly as made; false when it is not (the caller removes it) or the pool is full or unusable.
+   */
+  async put(top: string, inner: boolean): Promise<boolean> {
+    if (this.#unusable || this.#plain.length + this.#withInner.length >= MAX_POOLED) return false;
+    const o = await dirOps();
+    if (!o?.pristineDir(top, myUid, inner ? INNER : undefined)) return false;
+    const dir = this.#poolDir();
+    if (!dir) return false;
+    const entry = path.join(dir, String(this.#next++));
+    try {
+      renameSync(top, entry);
+    } catch {
+      // The pool itself may be gone (a test's temporary directory removed): made again next time.
+      if (!lstatSync(dir, { throwIfNoEntry: false })) this.#forget();
+      return false;
+    }
+    (inner ? this.#withInner : this.#plain).push(entry);
+    return true;
+  }
+
+  /** The pool's directory, made (0700, recorded, removed at exit) on first use; undefined if it cannot be. */
+  #poolDir(): string | undefined {
+    if (this.#dir) return this.#dir;
+    let dir: string;
+    try {
+      dir = mkdtempSync(path.join(this.base, BUILD_DIR_POOL_PREFIX));
+    } catch {
+      this.#unusable = true;
+      return undefined;
+    }
+    buildDirRegistry().add(dir);
+    removedAtExit(dir);
+    this.#dir = dir;
+    return dir;
+  }
+
+  #forget(): void {
+    if (this.#dir) {
+      buildDirRegistry().delete(this.#dir);
+      poolDirs.delete(this.#dir);
+    }
+    this.#dir = undefined;
+    this.#plain.length = 0;
+    this.#withInner.length = 0;
+  }
+}
+
+const poolDirs = new Set<string>();
+let exitHooked = false;
+
+function removedAtExit(dir: string): void {
+  if (!exitHooked) {
+    exitHooked = true;
+    process.once('exit', () => {
+      for (const d of poolDirs) rmSync(d, { recursive: true, force: true });
+    });
+  }
+  poolDirs.add(dir);
+}
+
+const pools = new Map<string, BuildDirPool>();
+
+/** This process's pool of build directories under `base`. */
+export function buildDirPool(base: string): BuildDirPool {
+  let pool = pools.get(base);
+  if (!pool) pools.set(base, (pool = new BuildDirPool(base)));
+  return pool;
+}
