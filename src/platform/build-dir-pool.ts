@@ -153,7 +153,8 @@ function removedAtExit(dir: string): void {
 const pools = new Map<string, BuildDirPool>();
 
 /** This process's pool of build directories under `base`. */
-export function buildDirPool(base: string): BuildDirPool {
+export function buildDirPool(dir: string): BuildDirPool {
+  const base = path.resolve(dir);
   let pool = pools.get(base);
   if (!pool) pools.set(base, (pool = new BuildDirPool(base)));
   return pool;
