@@ -65,11 +65,17 @@ static void fail(const char *fmt, ...) {
   _exit(125);
 }
 
-static void writeFile(const char *path, const char *data) {
+/* 0, or -1 with errno. */
+static int putFile(const char *path, const char *data) {
   int fd = open(path, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) fail("opening %s", path);
-  if (write(fd, data, strlen(data)) != (ssize_t) strlen(data)) fail("writing %s", path);
+  if (fd < 0) return -1;
+  int ok = write(fd, data, strlen(data)) == (ssize_t) strlen(data);
   close(fd);
+  return ok ? 0 : -1;
+}
+
+static void writeFile(const char *path, const char *data) {
+  if (putFile(path, data) == -1) fail("writing %s", path);
 }
 
 /* mkdir -p: one mkdir when the parent exists (in a reused chroot skeleton, every target already does). */
@@ -116,18 +122,29 @@ static void doBind(const struct bind *b) {
   }
 }
 
+/* Bring up the loopback interface of our network namespace: 0, or -1 with errno and *what set. */
+static int loopbackUp(const char **what) {
+  int fd = socket(PF_INET, SOCK_DGRAM | SOCK_CLOEXEC, IPPROTO_IP);
+  if (fd < 0) { *what = "cannot open IP socket"; return -1; }
+  struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
+  strcpy(ifr.ifr_name, "lo");
+  ifr.ifr_flags = IFF_UP | IFF_LOOPBACK | IFF_RUNNING;
+  int r = ioctl(fd, SIOCSIFFLAGS, &ifr);
+  int e = errno;
+  close(fd);
+  errno = e;
+  if (r == -1) *what = "cannot set loopback interface flags";
+  return r;
+}
+
+static int netJoined; /* per-build process: it joined a pooled network namespace (see the pool below) */
+
 /* Inside the new namespaces, what belongs to them rather than to a process: loopback up (private
-   network), host and domain name, "/" made private. Done ahead of the request by the per-build process. */
+   network; a pooled namespace has it up already), host and domain name, "/" made private. Done ahead of
+   the request by the per-build process. */
 static void nsSetup(void) {
-  if (!keepNet) {
-    int fd = socket(PF_INET, SOCK_DGRAM | SOCK_CLOEXEC, IPPROTO_IP);
-    if (fd < 0) fail("cannot open IP socket");
-    struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
-    strcpy(ifr.ifr_name, "lo");
-    ifr.ifr_flags = IFF_UP | IFF_LOOPBACK | IFF_RUNNING;
-    if (ioctl(fd, SIOCSIFFLAGS, &ifr) == -1) fail("cannot set loopback interface flags");
-    close(fd);
-  }
+  const char *what;
+  if (!keepNet && !netJoined && loopbackUp(&what) == -1) fail("%s", what);
   if (sethostname("localhost", 9) == -1) fail("cannot set host name");
   if (setdomainname("(none)", 6) == -1) fail("cannot set domain name");
   if (mount(0, "/", 0, MS_PRIVATE | MS_REC, 0) == -1) fail("unable to make '/' private");
@@ -276,7 +293,7 @@ static pid_t builderPid;
 /* Start fn(arg) as a child on its own stack in our memory (CLONE_VM | CLONE_VFORK, as posix_spawn does):
    no page-table copy, and we are suspended until it has exec'd or exited. fn must write only its own
    stack. -1 with errno on failure. */
-static pid_t vforkOnStack(int (*fn)(void *), void *arg) {
+static pid_t vforkOnStack(int (*fn)(void *), void *arg, int extraFlags) {
   enum { STACK = 512 * 1024 };
   static char *stack;
   if (!stack) {
@@ -284,7 +301,143 @@ static pid_t vforkOnStack(int (*fn)(void *), void *arg) {
     if (s == MAP_FAILED) return -1;
     stack = s;
   }
-  return clone(fn, stack + STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, arg);
+  return clone(fn, stack + STACK, CLONE_VM | CLONE_VFORK | SIGCHLD | extraFlags, arg);
+}
+
+/* Server mode: private network namespaces kept and reused by later builds, when a reused one is
+   indistinguishable from a fresh one (making one and the kernel's asynchronous teardown of it are the
+   largest kernel cost of a sandboxed build). The server makes them in a user namespace of its own
+   (netUserNs: our uid and gid mapped to themselves), each with loopback up; a build process joins its
+   own (setns: user namespace, then network namespace) and then unshares the rest, so the build's user
+   namespace is a child of netUserNs and the builder has no capability over the network namespace. After
+   the build (its PID 1 reaped, so every process of it is dead), the build process exits 0 only if the
+   namespace shows no trace of it (netClean); the server then returns it to the pool, and otherwise
+   closes it. A namespace is used by one build at a time. Not when we run as root: a builder then runs
+   as the host's uid 0, which may write the namespace's sysctls (they check that uid, not capabilities). */
+struct netSlot { int fd; pid_t user; }; /* user: the build process using it, 0 if free, -1 if reserved */
+static struct netSlot *netSlots;
+static size_t nNetSlots, capNetSlots;
+static int netUserNs = -1, netPoolOff;
+static int netFd = -1; /* per-build process: the pooled namespace to join */
+
+struct netMake { int userNs, net; };
+
+/* Started by vforkOnStack() with CLONE_FILES: the descriptors it opens are the server's. */
+static int netMakeChild(void *arg) {
+  struct netMake *m = arg;
+  const char *what;
+  if (m->userNs >= 0) {
+    if (setns(m->userNs, CLONE_NEWUSER) == -1) return 1;
+  } else {
+    char map[64];
+    unsigned uid = getuid(), gid = getgid();
+    if (unshare(CLONE_NEWUSER) == -1) return 1;
+    snprintf(map, sizeof map, "%u %u 1", uid, uid);
+    if (putFile("/proc/self/uid_map", map) == -1 || putFile("/proc/self/setgroups", "deny") == -1) return 1;
+    snprintf(map, sizeof map, "%u %u 1", gid, gid);
+    if (putFile("/proc/self/gid_map", map) == -1) return 1;
+    m->userNs = open("/proc/self/ns/user", O_RDONLY | O_CLOEXEC);
+    if (m->userNs < 0) return 1;
+  }
+  if (unshare(CLONE_NEWNET) == -1 || loopbackUp(&what) == -1) return 1;
+  m->net = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+  return 0;
+}
+
+/* A free pooled namespace, reserved, or a new one; -1 (a fresh namespace per build) if the pool is off
+   or a namespace cannot be made, which turns the pool off. */
+static int netAcquire(void) {
+  if (netPoolOff) return -1;
+  for (size_t k = 0; k < nNetSlots; k++) if (!netSlots[k].user) { netSlots[k].user = -1; return (int) k; }
+  if (nNetSlots == capNetSlots) {
+    struct netSlot *n = realloc(netSlots, (capNetSlots + 8) * sizeof *n);
+    if (!n) return -1;
+    netSlots = n; capNetSlots += 8;
+  }
+  struct netMake m = { netUserNs, -1 };
+  pid_t pid = vforkOnStack(netMakeChild, &m, CLONE_FILES);
+  int st = -1;
+  if (pid > 0) while (waitpid(pid, &st, 0) == -1 && errno == EINTR) {}
+  if (netUserNs < 0) netUserNs = m.userNs;
+  if (pid <= 0 || st != 0 || m.net < 0 || netUserNs < 0) {
+    if (m.net >= 0) close(m.net);
+    netPoolOff = 1;
+    return -1;
+  }
+  netSlots[nNetSlots] = (struct netSlot) { m.net, -1 };
+  return (int) nNetSlots++;
+}
+
+/* After fork(): the slot is the child's (pid > 0), or free again (the fork failed). */
+static void netAssign(int slot, pid_t pid) {
+  if (slot >= 0) netSlots[slot].user = pid > 0 ? pid : 0;
+}
+
+/* In a new build process: only its own namespace (slot, or none) stays open. */
+static void netKeepOnly(int slot) {
+  for (size_t k = 0; k < nNetSlots; k++) if ((int) k != slot) close(netSlots[k].fd);
+  netFd = slot >= 0 ? netSlots[slot].fd : -1;
+  if (netFd < 0 && netUserNs >= 0) { close(netUserNs); netUserNs = -1; }
+}
+
+/* A build process ended: its namespace goes back to the pool if it exited 0 (clean), else is closed. */
+static void netReaped(pid_t pid, int st) {
+  for (size_t k = 0; k < nNetSlots; k++) {
+    if (netSlots[k].user != pid) continue;
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0) netSlots[k].user = 0;
+    else { close(netSlots[k].fd); netSlots[k] = netSlots[--nNetSlots]; }
+    return;
+  }
+}
+
+/* In the build process, before the other namespaces: join the pooled network namespace, if any. */
+static void netJoin(void) {
+  if (netFd < 0) return;
+  netJoined = setns(netUserNs, CLONE_NEWUSER) == 0 && setns(netFd, CLONE_NEWNET) == 0;
+  close(netUserNs); close(netFd);
+  netUserNs = netFd = -1;
+  errno = 0;
+}
+
+static int netDir = -1; /* the build process's /proc/PID/net (its root is the build's once PID 1 pivots) */
+
+static int readAt(int dir, const char *name, char *buf, size_t size) {
+  int fd = openat(dir, name, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  size_t got = 0; ssize_t n;
+  while (got < size - 1 && (n = read(fd, buf + got, size - 1 - got)) > 0) got += n;
+  close(fd);
+  buf[got] = 0;
+  return n < 0 ? -1 : (int) got;
+}
+
+/* Whether every "inuse N" and "tw N" of a sockstat file is 0 (sockets open, in TIME_WAIT). */
+static int noSockets(const char *text) {
+  for (const char *p = text; (p = strpbrk(p, "it")); p++) {
+    const char *v = !strncmp(p, "inuse ", 6) ? p + 6 : !strncmp(p, "tw ", 3) && p > text && p[-1] == ' ' ? p + 3 : 0;
+    if (v && *v != '0') return 0;
+  }
+  return 1;
+}
+
+/* The pooled namespace after the build: no socket left of any kind, and not a packet through loopback. */
+static int netClean(void) {
+  char buf[8192];
+  if (netDir < 0) return 0;
+  if (readAt(netDir, "sockstat", buf, sizeof buf) <= 0 || !noSockets(buf)) return 0;
+  if (readAt(netDir, "sockstat6", buf, sizeof buf) <= 0 || !noSockets(buf)) return 0;
+  if (readAt(netDir, "unix", buf, sizeof buf) <= 0 || strchr(buf, '\n') != buf + strlen(buf) - 1) return 0;
+  if (readAt(netDir, "dev", buf, sizeof buf) <= 0) return 0;
+  char *lo = strstr(buf, " lo:");
+  if (!lo) return 0;
+  /* Only lo exists (the builder cannot make interfaces): its line is the last, all counters 0. */
+  for (char *p = lo + 4; *p && *p != '\n'; p++) if (*p != ' ' && *p != '0') return 0;
+  return 1;
+}
+
+/* A build process's exit code in server mode: 0 exactly when its pooled namespace may be reused. */
+static int netExitCode(void) {
+  return netJoined && netClean() ? 0 : 1;
 }
 
 /* Pseudoterminal, namespaces, uid/gid maps and nsSetup(), in this (per-build) process. The builder's
@@ -303,8 +456,10 @@ static void prepare(void) {
 
   uid_t hostUid = getuid(); gid_t hostGid = getgid();
   if (hostUid == 0) setgroups(0, 0);
-  int flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | (keepNet ? 0 : CLONE_NEWNET);
+  if (!keepNet) netJoin();
+  int flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | (keepNet || netJoined ? 0 : CLONE_NEWNET);
   if (unshare(flags) == -1) fail("creating namespaces (unshare)");
+  if (netJoined) netDir = open("/proc/self/net", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   char map[64];
   snprintf(map, sizeof map, "%d %d 1", uidIn, hostUid); writeFile("/proc/self/uid_map", map);
   writeFile("/proc/self/setgroups", "deny");
@@ -327,7 +482,7 @@ static int builderMain(void *cmd) {
 
 static void launch(char **cmd) {
   if (pipe2(errPipe, O_CLOEXEC) == -1) fail("creating a pipe");
-  pid_t pid = vforkOnStack(builderMain, cmd);
+  pid_t pid = vforkOnStack(builderMain, cmd, 0);
   int e = errno;
   close(ptySlave); close(errPipe[1]); errPipe[1] = 0;
   errno = e;
@@ -467,6 +622,7 @@ static void plainMaybeDone(size_t k) {
 static void reapAll(void) {
   int st; pid_t pid;
   while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+    netReaped(pid, st);
     for (size_t k = 0; k < nplains; k++) {
       if (plains[k].pid != pid) continue;
       plains[k].reaped = 1; plains[k].status = st;
@@ -531,7 +687,7 @@ static void plainBuild(const char *id, char **argv, char **env) {
     status("error creating a socket pair: %s\n", strerror(errno)); close(ep[0]); close(ep[1]); buildId = 0; return;
   }
   struct plainStart start = { argv[0], argv[1], argv + 2, env, ep[1], sp[1] };
-  pid_t pid = vforkOnStack(plainChild, &start);
+  pid_t pid = vforkOnStack(plainChild, &start, 0);
   close(ep[1]); close(sp[1]);
   if (pid == -1) { status("error forking: %s\n", strerror(errno)); close(ep[0]); close(sp[0]); buildId = 0; return; }
   char errbuf[4400]; size_t errlen = 0; ssize_t n;
@@ -584,7 +740,8 @@ static void attachOutput(void) {
   status("pid %d\n", (int) getpid());
 }
 
-static void perBuildInit(void) {
+static void perBuildInit(int netSlot) {
+  netKeepOnly(netSlot);
   sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, 0);
   if (signalFd >= 0) close(signalFd);
   if (warmFd >= 0) close(warmFd);
@@ -596,11 +753,13 @@ static void perBuildInit(void) {
 static void spawnWarm(void) {
   int p[2];
   if (pipe2(p, O_CLOEXEC) == -1) return;
+  int slot = netAcquire();
   pid_t pid = fork();
+  netAssign(slot, pid);
   if (pid == -1) { close(p[0]); close(p[1]); return; }
   if (pid > 0) { close(p[0]); warmFd = p[1]; return; }
   close(p[1]);
-  perBuildInit();
+  perBuildInit(slot);
   prctl(PR_SET_PDEATHSIG, SIGKILL); /* an idle warm process goes with the server */
   failQuiet = 1; statusFd = -1;
   prepare();
@@ -615,14 +774,16 @@ static void spawnWarm(void) {
   char **cmd = requestCommand(strs);
   checkCommand(cmd);
   launch(cmd);
-  _exit(finish());
+  finish();
+  _exit(netExitCode());
 }
 
-/* Whether a sandboxed request can go to the warm process (same network and ids it was made with). */
+/* Whether a sandboxed request can go to the warm process (same network and ids it was made with): 1 if
+   so, 0 if not, -1 if it keeps the host's network (--net). */
 static int warmCompatible(char **args, int argc) {
   for (int k = 0; k < argc; k++) {
     if (!strcmp(args[k], "--")) break;
-    if (!strcmp(args[k], "--net")) return 0;
+    if (!strcmp(args[k], "--net")) return -1;
     if (!strcmp(args[k], "--uid") && k + 1 < argc && strcmp(args[k + 1], warmUid)) return 0;
     if (!strcmp(args[k], "--gid") && k + 1 < argc && strcmp(args[k + 1], warmGid)) return 0;
   }
@@ -643,6 +804,7 @@ static int server(int warm) {
   readSeccomp();
   /* If that fails, each build loads it and reports why it cannot. */
   if (haveProg && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0) seccompInherited = 1;
+  netPoolOff = getuid() == 0 || geteuid() == 0;
   if (warm) spawnWarm();
   struct pollfd *pfd = 0;
   size_t capPfd = 0;
@@ -687,21 +849,24 @@ static int server(int warm) {
       free(pargv); free(strs); free(msg);
       continue;
     }
-    if (warmFd >= 0 && warmCompatible(args, argcB)) {
+    if (warmFd >= 0 && warmCompatible(args, argcB) > 0) {
       int ok = writeFrame(warmFd, msg, len) == 0;
       close(warmFd); warmFd = -1;
       /* the next one is made once a build process ends (see above), not while this build starts */
       if (ok) { free(strs); free(msg); continue; }
       /* that warm process had died (setup failed): run this build cold, which reports why */
     }
+    int slot = warmCompatible(args, argcB) < 0 ? -1 : netAcquire();
     pid_t pid = fork();
+    netAssign(slot, pid);
     if (pid == -1) { buildId = strs[0]; status("error forking: %s\n", strerror(errno)); buildId = 0; free(strs); free(msg); continue; }
     if (pid > 0) { free(strs); free(msg); continue; }
     /* per-build process */
-    perBuildInit();
+    perBuildInit(slot);
     buildId = strs[0];
     attachOutput();
-    _exit(runBuild(requestCommand(strs)));
+    runBuild(requestCommand(strs));
+    _exit(netExitCode());
   }
 }
 

@@ -1,0 +1,161 @@
+/**
+ * The helper server's network namespaces, reused by later builds only when a build left no trace in
+ * them: every build sees a private loopback, up, with zero counters and no sockets, also after a build
+ * that used the network; concurrent builds never share one; the builder cannot change it. Run as an
+ * ordinary user the pool is in use (checked from outside: the server holds the namespaces builds ran
+ * in); as root it is off (docs/sandbox.md), and builds see the same.
+ */
+import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LinuxSandbox } from '../../src/platform/linux-sandbox.js';
+import type { SandboxExit, SandboxRequest } from '../../src/platform/sandbox.js';
+import { AS_ROOT, bwrapOk } from '../helpers/nix.js';
+import { ccOk, makeFixture, type Fixture } from './sandbox-fixture.js';
+
+const PORT = 7741;
+
+/** The namespace id, the loopback line of /proc/net/dev, the socket tables (written to $out/net). */
+const RECORD = (bb: string) =>
+  `${bb} mkdir $out; { ${bb} readlink /proc/self/ns/net; ${bb} ip -o link show lo | ${bb} grep -o '<[A-Z,_]*>'; ` +
+  `${bb} grep 'lo:' /proc/net/dev; ${bb} grep -h -o '[A-Z0-9]*: inuse [0-9]*\\|tw [0-9]*' /proc/net/sockstat /proc/net/sockstat6; ` +
+  `${bb} wc -l < /proc/net/unix; } > $out/net`;
+
+/** Listens on 127.0.0.1:PORT, says so once the socket listens, waits for /build/go, connects to itself and records what came through. */
+const LISTEN_AND_CONNECT = (bb: string) =>
+  `${bb} mkdir $out; ${bb} nc -l -p ${PORT} > $out/got & ` +
+  `while ! ${bb} grep -q ':${PORT.toString(16).toUpperCase()} 0*:0000 0A' /proc/net/tcp /proc/net/tcp6; do ${bb} sleep 0.02; done; echo listening; ` +
+  `while ! ${bb} test -e /build/go; do ${bb} sleep 0.05; done; ` +
+  `echo "hello $out" | ${bb} nc 127.0.0.1 ${PORT}; wait; ${bb} cat $out/got`;
+
+async function build(sb: LinuxSandbox, req: SandboxRequest, onText?: (all: string) => void): Promise<{ exit: SandboxExit; log: string }> {
+  const chunks: Buffer[] = [];
+  const exit = await sb.run(req, {
+    onOutput: (c) => {
+      chunks.push(c);
+      onText?.(Buffer.concat(chunks).toString());
+    },
+  });
+  return { exit, log: Buffer.concat(chunks).toString() };
+}
+
+/** The network namespaces (net:[N]) the helper servers started by this process hold open. */
+function heldByServers(): Set<string> {
+  const held = new Set<string>();
+  const kids = readdirSync('/proc/self/task').flatMap((t) => readFileSync(`/proc/self/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
+  for (const pid of kids) {
+    let cmd = '';
+    try {
+      cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (!cmd.includes('--server\0--warm')) continue;
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        const l = readlinkSync(`/proc/${pid}/fd/${fd}`);
+        if (l.startsWith('net:[')) held.add(l);
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  return held;
+}
+
+async function eventually(what: string, ok: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !ok(); i++) await new Promise((r) => setTimeout(r, 25));
+  if (!ok()) throw new Error(`not so after 5 s: ${what}`);
+}
+
+describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox (helper server): network namespaces', () => {
+  let fx: Fixture;
+  let sb: LinuxSandbox;
+  let bb: string;
+  beforeAll(async () => {
+    fx = makeFixture();
+    bb = `${fx.busyboxPath}/bin/busybox`;
+    sb = new LinuxSandbox({ backend: 'helper', server: true });
+    expect(await sb.backend()).toBe('helper');
+  });
+  afterAll(() => sb?.close());
+
+  /** A build recording its network view: its namespace id, and the rest, which must be a fresh one's. */
+  async function recordNet(): Promise<string> {
+    const req = fx.request('record', RECORD(bb));
+    expect((await build(sb, req)).exit).toEqual({ kind: 'exited', code: 0 });
+    const [id, ...view] = readFileSync(path.join(fx.realPath(req.outputPaths[0]!), 'net'), 'utf8')
+      .trim()
+      .split('\n');
+    expect(id).toMatch(/^net:\[\d+\]$/);
+    expect(view[0]).toMatch(/^<LOOPBACK,UP,LOWER_UP>$/);
+    expect(view[1]!.trim().split(/\s+/)).toEqual(['lo:', ...Array<string>(16).fill('0')]);
+    const counts = view.slice(2, -1);
+    expect(counts.length).toBeGreaterThanOrEqual(8);
+    for (const c of counts) expect(c).toMatch(/ 0$/);
+    expect(view.at(-1)).toBe('1'); // the header of /proc/net/unix only
+    return id!;
+  }
+
+  it('each build sees a fresh-looking loopback; a build that used the network leaves its namespace to nobody', async () => {
+    const before = [await recordNet(), await recordNet(), await recordNet()];
+    const used = fx.request('used', LISTEN_AND_CONNECT(bb));
+    writeFileSync(path.join(used.buildDir, 'go'), '');
+    const r = await build(sb, used);
+    expect(r.exit).toEqual({ kind: 'exited', code: 0 });
+    expect(r.log).toContain(`hello ${used.outputPaths[0]}`);
+    // Its namespace id, from outside: the build's own record is gone with it; ask the kernel through a second look.
+    const after = [await recordNet(), await recordNet(), await recordNet()];
+    if (!AS_ROOT) {
+      // Pooled: sequential clean builds ran in namespaces the server kept (held all along, so their ids were
+      // not recycled by the kernel), hence repeat.
+      const ids = [...before, ...after];
+      expect(new Set(ids).size).toBeLessThan(ids.length);
+      const held = heldByServers();
+      expect(ids.filter((id) => held.has(id)).length).toBeGreaterThan(0);
+    }
+  });
+
+  it('the namespace a network-using build ran in is closed, not reused', async () => {
+    const req = fx.request('used-id', `${bb} readlink /proc/self/ns/net; ${LISTEN_AND_CONNECT(bb)}`);
+    writeFileSync(path.join(req.buildDir, 'go'), '');
+    const r = await build(sb, req);
+    expect(r.exit).toEqual({ kind: 'exited', code: 0 });
+    const id = /net:\[\d+\]/.exec(r.log)![0];
+    await eventually(`the server let go of ${id}`, () => !heldByServers().has(id));
+    expect(await recordNet()).not.toBe(id);
+  });
+
+  it('two concurrent builds each listen on the same 127.0.0.1 port and talk to themselves', async () => {
+    const reqs = [fx.request('port-a', LISTEN_AND_CONNECT(bb)), fx.request('port-b', LISTEN_AND_CONNECT(bb))];
+    const said: (() => void)[] = [];
+    const listening = reqs.map((_r, i) => new Promise<void>((resolve) => (said[i] = resolve)));
+    const runs = reqs.map((req, i) => build(sb, req, (t) => t.includes('listening') && said[i]!()));
+    // Both listen at the same time before either connects.
+    await Promise.all(listening);
+    for (const req of reqs) writeFileSync(path.join(req.buildDir, 'go'), '');
+    const results = await Promise.all(runs);
+    results.forEach(({ exit, log }, i) => {
+      expect(exit).toEqual({ kind: 'exited', code: 0 });
+      expect(log).toBe(`listening\nhello ${reqs[i]!.outputPaths[0]}\n`);
+    });
+    await recordNet();
+  });
+
+  it('the builder cannot change its network namespace', async () => {
+    const req = fx.request(
+      'change',
+      `${bb} mkdir $out; ${bb} ifconfig lo down 2>> $out/err && echo down >> $out/did; ${bb} ip link set lo down 2>> $out/err && echo down2 >> $out/did; ` +
+        `${bb} ip addr add 10.1.2.3/8 dev lo 2>> $out/err && echo addr >> $out/did; ${bb} ip route add 10.0.0.0/8 dev lo 2>> $out/err && echo route >> $out/did; ` +
+        `echo 99 2>> $out/err > /proc/sys/net/ipv4/ip_default_ttl && echo sysctl >> $out/did; ${bb} ip -o link show lo > $out/lo; echo ok`,
+    );
+    expect(await build(sb, req)).toEqual({ exit: { kind: 'exited', code: 0 }, log: 'ok\n' });
+    const out = fx.realPath(req.outputPaths[0]!);
+    expect(readFileSync(path.join(out, 'lo'), 'utf8')).toContain(',UP,');
+    const did = existsSync(path.join(out, 'did')) ? readFileSync(path.join(out, 'did'), 'utf8') : '';
+    // As root the builder runs as the host's uid 0, which the kernel lets write sysctls; the pool is off then.
+    expect(did).toBe(AS_ROOT ? 'sysctl\n' : '');
+    expect(readFileSync(path.join(out, 'err'), 'utf8')).toMatch(/Operation not permitted/);
+    await recordNet();
+  });
+});
