@@ -69,6 +69,21 @@ interface InodeRef {
   readonly ctimeMs: number;
 }
 
+/** One inode of a skeleton as skeletonUnchanged compares it. */
+interface InodeCheck {
+  /** Its path from the skeleton's root: '' for the root, else '/' and its relative path. */
+  readonly suffix: string;
+  readonly ref: InodeRef;
+  /** The store dir: its link count grows by the mount points left in it; its entries are those. */
+  readonly store: boolean;
+  /** The root or the store dir, whose times a build changes. */
+  readonly timesMayChange: boolean;
+  /** A directory's entries (sorted). */
+  readonly names: readonly string[] | undefined;
+  /** A file's contents (/etc files). */
+  readonly data: Buffer | undefined;
+}
+
 /** What a pooled skeleton looked like when it was made, to check it is unchanged before reuse. */
 export interface SkeletonState {
   readonly key: string;
@@ -81,6 +96,8 @@ export interface SkeletonState {
   readonly files: ReadonlyMap<string, string>;
   /** Relative path of the store dir. */
   readonly store: string;
+  /** What skeletonUnchanged compares, inode by inode, made once from the three maps above. */
+  readonly checks: readonly InodeCheck[];
   /** Empty directories in the store dir left as mount points by earlier builds (names). */
   readonly mountpoints: Set<string>;
 }
@@ -348,7 +365,20 @@ function snapshotSkeleton(root: string, key: string, opts: PrepareChrootOptions)
     } else if (st.isFile() && rel.startsWith('etc/')) files.set(rel, fs.readFileSync(abs, 'utf8'));
   };
   walk('');
-  return { key, opts, inodes, entries, files, store: opts.storeDir.replace(/^\/+/, ''), mountpoints: new Set() };
+  const store = opts.storeDir.replace(/^\/+/, '');
+  const checks: InodeCheck[] = [];
+  for (const [rel, ref] of inodes) {
+    const data = files.get(rel);
+    checks.push({
+      suffix: rel ? `/${rel}` : '',
+      ref,
+      store: rel === store,
+      timesMayChange: rel === '' || rel === store,
+      names: entries.get(rel),
+      data: data === undefined ? undefined : Buffer.from(data),
+    });
+  }
+  return { key, opts, inodes, entries, files, store, checks, mountpoints: new Set() };
 }
 
 function sameNames(a: readonly string[], b: readonly string[]): boolean {
@@ -369,38 +399,31 @@ function sameNames(a: readonly string[], b: readonly string[]): boolean {
  * kernel's clock, could be that of a change the builder made: those are listed and read.)
  */
 function skeletonUnchanged(root: string, sk: SkeletonState, mountpoints: ReadonlySet<string>, placed?: number): boolean {
-  for (const [rel, ref] of sk.inodes) {
-    const abs = rel ? path.join(root, rel) : root;
+  // One pass over precomputed checks (paths joined by concatenation): this runs after every build.
+  for (const c of sk.checks) {
+    const abs = root + c.suffix;
     const st = fs.lstatSync(abs, { throwIfNoEntry: false });
     if (!st) return false;
-    const timesMayChange = rel === '' || rel === sk.store;
-    const nlink = rel === sk.store ? ref.nlink + mountpoints.size : ref.nlink;
+    const ref = c.ref;
+    const nlink = c.store ? ref.nlink + mountpoints.size : ref.nlink;
     if (st.ino !== ref.ino || st.mode !== ref.mode || st.uid !== ref.uid || st.gid !== ref.gid || st.nlink !== nlink || st.size !== ref.size) return false;
-    if (!timesMayChange && (st.mtimeMs !== ref.mtimeMs || st.ctimeMs !== ref.ctimeMs)) return false;
-  }
-  for (const [rel, names] of sk.entries) {
-    const abs = rel ? path.join(root, rel) : root;
-    if (rel === sk.store) {
+    if (!c.timesMayChange && (st.mtimeMs !== ref.mtimeMs || st.ctimeMs !== ref.ctimeMs)) return false;
+    if (c.store) {
       const got = fs.readdirSync(abs, { withFileTypes: true });
       if (got.length !== mountpoints.size || !got.every((d) => d.isDirectory() && mountpoints.has(d.name))) return false;
       continue;
     }
-    if (rel !== '' && olderThan(sk, rel, placed)) continue;
-    if (!sameNames(fs.readdirSync(abs).sort(), names)) return false;
+    // The root's times change with the rename: its entries are always listed.
+    const unchangedSince = c.suffix !== '' && placed !== undefined && ref.ctimeMs < placed;
+    if (unchangedSince) continue;
+    if (c.names && !sameNames(fs.readdirSync(abs).sort(), c.names)) return false;
+    if (c.data && !sameContents(abs, c.data)) return false;
   }
-  for (const [rel, data] of sk.files) if (!olderThan(sk, rel, placed) && !sameContents(path.join(root, rel), data)) return false;
   return true;
 }
 
-/** Whether the reference ctime of a skeleton's inode (one whose times are compared) is older than `placed`. */
-function olderThan(sk: SkeletonState, rel: string, placed: number | undefined): boolean {
-  const ref = sk.inodes.get(rel);
-  return placed !== undefined && ref !== undefined && ref.ctimeMs < placed;
-}
-
 /** Whether a file holds exactly `data` (one read of one byte more than that: three system calls). */
-function sameContents(file: string, data: string): boolean {
-  const want = Buffer.from(data);
+function sameContents(file: string, want: Buffer): boolean {
   const got = Buffer.allocUnsafe(want.length + 1);
   const fd = fs.openSync(file, 'r');
   try {
@@ -470,6 +493,8 @@ export class ChrootPool {
   readonly #states = new Map<string, SkeletonState>();
   /** Skeletons back from a build whose check (see recycle) has not run yet, by key, oldest first. */
   readonly #checking = new Map<string, Recycling[]>();
+  /** Takes waiting for the refill under way of a key (see take). */
+  readonly #fillWaiters = new Map<string, (() => void)[]>();
   static readonly #all = new Set<string>();
   static #exitHook = false;
 
@@ -508,15 +533,29 @@ export class ChrootPool {
     while (this.#inflight.size > 0) await Promise.all([...this.#inflight]);
   }
 
-  take(opts: PrepareChrootOptions): ChrootLayout {
+  /**
+   * A skeleton for a build like `opts`, renamed into place at `opts.root`. With none ready, one back from a
+   * build is checked at once; else a refill under way is waited for (the first builds come while the
+   * warm-up's refill makes theirs: making more on the main thread, a dozen synchronous creations each,
+   * would cost the main thread more than the wait); else one is made here.
+   */
+  async take(opts: PrepareChrootOptions): Promise<ChrootLayout> {
     const key = ChrootPool.keyOf(opts);
     const list = this.#listOf(key);
-    let layout: ChrootLayout | undefined;
-    // None ready but one back from a build and not yet checked: check it now (cheaper than making one).
-    if (list.length === 0) {
-      const r = this.#checking.get(key)?.at(-1);
-      if (r) this.#check(r);
+    for (;;) {
+      // None ready but one back from a build and not yet checked: check it now (cheaper than making one).
+      if (list.length === 0) {
+        const r = this.#checking.get(key)?.at(-1);
+        if (r) this.#check(r);
+      }
+      if (list.length > 0 || !this.#filling.has(key)) break;
+      await new Promise<void>((resolve) => listIn(this.#fillWaiters, key).push(resolve));
     }
+    return this.#takeNow(key, opts, list);
+  }
+
+  #takeNow(key: string, opts: PrepareChrootOptions, list: SkeletonState[]): ChrootLayout {
+    let layout: ChrootLayout | undefined;
     // Most recently recycled first: its mount points most likely match this build's inputs.
     const sk = list.pop();
     if (sk) {
@@ -640,9 +679,19 @@ export class ChrootPool {
           }
           this.#states.set(dir, sk);
           list.push(sk);
+          this.#wakeTakers(key);
         }
-      })().finally(() => this.#filling.delete(key)),
+      })().finally(() => {
+        this.#filling.delete(key);
+        this.#wakeTakers(key);
+      }),
     );
+  }
+
+  /** The takes waiting for a refill of `key` look again (see take). */
+  #wakeTakers(key: string): void {
+    const waiters = this.#fillWaiters.get(key);
+    if (waiters?.length) for (const wake of waiters.splice(0)) wake();
   }
 
   /**
