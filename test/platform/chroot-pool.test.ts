@@ -106,6 +106,23 @@ describe('ChrootPool takes during the warm-up', () => {
     for (const l of [a, b]) fs.rmSync(l.root, { recursive: true });
   });
 
+  it('a take waiting for the refill gets a skeleton back from a build if that comes first', async () => {
+    const store = path.join(tempDir('realise-chroot-pool-'), 'store');
+    fs.mkdirSync(store);
+    pool = new ChrootPool(1);
+    const opts = (name: string) => options(store, `${'8'.repeat(32)}-${name}`);
+    pool.prefill(opts('a'));
+    const a = await pool.take(opts('a')); // the refill for the next one starts
+    const ino = fs.statSync(a.root).ino;
+    const taking = pool.take(opts('b'));
+    pool.recycle(a, { storeFiles: [], storeMountpoints: new Set<string>() });
+    const b = await taking;
+    expect(b.skeleton).toBe(a.skeleton);
+    expect(fs.statSync(b.root).ino).toBe(ino);
+    await pool.settled();
+    fs.rmSync(b.root, { recursive: true });
+  });
+
   it('with no refill under way (the pool drained), take() makes the skeleton itself', async () => {
     const store = path.join(tempDir('realise-chroot-pool-'), 'store');
     fs.mkdirSync(store);
