@@ -17,6 +17,7 @@
  * with EEXIST and the next n is tried, exactly as Nix's createTempDir does with mkdir.
  */
 import { lstatSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
+import { constants } from 'node:os';
 import * as path from 'node:path';
 import { deleteTree } from '../store/canonicalise.js';
 import { BUILD_DIR_POOL_PREFIX, buildDirRegistry } from './build-dirs.js';
@@ -28,7 +29,7 @@ const INNER = 'build';
 /** Directories kept at most per pool (about the most builds that run at once); more are removed. */
 const MAX_POOLED = 64;
 
-const EEXIST = 17;
+const { EEXIST, EINVAL, ENOSYS } = constants.errno;
 
 const myUid = typeof process.getuid === 'function' ? process.getuid() : -1;
 
@@ -83,7 +84,7 @@ export class BuildDirPool {
       const e = o.renameNoReplace(entry, top);
       if (e === 0) return top;
       if (e === EEXIST) continue;
-      this.#unusable = true; // EINVAL: the file system has no RENAME_NOREPLACE
+      if (e === EINVAL || e === ENOSYS) this.#unusable = true; // no RENAME_NOREPLACE on this file system or kernel
       return undefined;
     }
   }
