@@ -380,20 +380,24 @@ static void netKeepOnly(int slot) {
   if (netFd < 0 && netUserNs >= 0) { close(netUserNs); netUserNs = -1; }
 }
 
-/* A build process ended: its namespace goes back to the pool if it exited 0 (clean), else is closed. */
+/* A build process ended: its namespace goes back to the pool if it exited 0 (clean), else is closed;
+   if it could not join it (exit 2), later builds make their own. */
 static void netReaped(pid_t pid, int st) {
   for (size_t k = 0; k < nNetSlots; k++) {
     if (netSlots[k].user != pid) continue;
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0) netSlots[k].user = 0;
     else { close(netSlots[k].fd); netSlots[k] = netSlots[--nNetSlots]; }
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 2) netPoolOff = 1;
     return;
   }
 }
 
 /* In the build process, before the other namespaces: join the pooled network namespace, if any. */
+static int netJoinFailed;
 static void netJoin(void) {
   if (netFd < 0) return;
   netJoined = setns(netUserNs, CLONE_NEWUSER) == 0 && setns(netFd, CLONE_NEWNET) == 0;
+  netJoinFailed = !netJoined;
   close(netUserNs); close(netFd);
   netUserNs = netFd = -1;
   errno = 0;
@@ -435,9 +439,10 @@ static int netClean(void) {
   return 1;
 }
 
-/* A build process's exit code in server mode: 0 exactly when its pooled namespace may be reused. */
+/* A build process's exit code in server mode: 0 exactly when its pooled namespace may be reused, 2 if
+   it could not join it (see netReaped). */
 static int netExitCode(void) {
-  return netJoined && netClean() ? 0 : 1;
+  return netJoinFailed ? 2 : netJoined && netClean() ? 0 : 1;
 }
 
 /* Pseudoterminal, namespaces, uid/gid maps and nsSetup(), in this (per-build) process. The builder's
