@@ -103,11 +103,6 @@ export function findOnPath(cmd: string): string | undefined {
   return undefined;
 }
 
-/** Whether a build gets /dev/kvm: asked for (`kvm` among the system features) and present on the host, as Nix. */
-function wantsKvm(request: Pick<SandboxRequest, 'kvm'>): boolean {
-  return !!request.kvm && fs.existsSync('/dev/kvm');
-}
-
 /** Parse a tmpfs size like '50%' or '1g' into bytes (bwrap's `--size` takes bytes). */
 function shmBytes(size: string): number | undefined {
   const m = /^(\d+)(%|[kmg])?$/i.exec(size.trim());
@@ -147,15 +142,22 @@ const DEV_BINDS = [false, true].map((kvm) => devNodeNames(kvm).map((n): BindEntr
  * store dir first, then the rest of its dirsInChroot (the /dev nodes included), each sorted by target.
  */
 function helperBindArgs(request: SandboxRequest, binds: Map<string, Bind>, kvm: boolean): string[] {
-  const all: BindEntry[] = [...binds];
-  if (!binds.has('/dev')) all.push(...DEV_BINDS[kvm ? 1 : 0]!);
   const prefix = `${request.storeDir}/`;
-  const rank = (t: string) => (t.startsWith(prefix) ? 0 : 1);
-  all.sort(([x], [y]) => rank(x) - rank(y) || (x < y ? -1 : x > y ? 1 : 0));
+  const inStore: BindEntry[] = [];
+  const rest: BindEntry[] = [];
+  for (const e of binds) (e[0].startsWith(prefix) ? inStore : rest).push(e);
+  if (!binds.has('/dev')) rest.push(...DEV_BINDS[kvm ? 1 : 0]!);
   const args: string[] = [];
-  for (const [target, { source, optional, ro }] of all)
-    args.push(ro ? (optional ? '--bind-ro-try' : '--bind-ro') : optional ? '--bind-try' : '--bind', source, target);
+  for (const list of [inStore, rest]) {
+    list.sort(byTarget);
+    for (const [target, { source, optional, ro }] of list)
+      args.push(ro ? (optional ? '--bind-ro-try' : '--bind-ro') : optional ? '--bind-try' : '--bind', source, target);
+  }
   return args;
+}
+
+function byTarget([x]: BindEntry, [y]: BindEntry): number {
+  return x < y ? -1 : x > y ? 1 : 0;
 }
 
 export class LinuxSandbox implements Sandbox {
@@ -168,6 +170,8 @@ export class LinuxSandbox implements Sandbox {
   /** Counts close() calls: a warm-up that resolves after one does nothing. */
   #closes = 0;
   readonly #pool: ChrootPool | undefined;
+  /** Whether the host has /dev/kvm (see #wantsKvm). */
+  #hostKvm: boolean | undefined;
 
   constructor(options: LinuxSandboxOptions = {}) {
     this.#options = options;
@@ -260,9 +264,18 @@ export class LinuxSandbox implements Sandbox {
       gid: request.gid ?? SANDBOX_GID,
       network: request.network,
       devSkeleton: backend.kind === 'helper',
-      // Looked at once per build (Nix: pathExists("/dev/kvm")), for the skeleton and the mounts alike.
-      kvm: wantsKvm(request),
+      kvm: this.#wantsKvm(request),
     };
+  }
+
+  /**
+   * Whether a build gets /dev/kvm: asked for (`kvm` among the system features) and present on the host, as
+   * Nix (pathExists("/dev/kvm") per build). Whether the host has it is looked at once per sandbox; a build's
+   * skeleton and mounts take the same answer.
+   */
+  #wantsKvm(request: Pick<SandboxRequest, 'kvm'>): boolean {
+    if (!request.kvm) return false;
+    return (this.#hostKvm ??= fs.existsSync('/dev/kvm'));
   }
 
   #serverFor(exe: string): SandboxServer {

@@ -228,6 +228,24 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: concurrent b
     });
     await sb.close();
   }, 30_000);
+
+  it('refuses a request with a NUL byte in its environment or arguments, then serves the next ones (the environment reaches the builder whole)', async () => {
+    const fx = makeFixture();
+    const sb = new LinuxSandbox({ backend: 'helper', server: true });
+    const ok = fx.request('nul-ok', 'echo "$A|$B"; mkdir $out');
+    for (const bad of [
+      { ...ok, env: { ...ok.env, X: 'a\0b' } },
+      { ...ok, args: [...ok.args, 'a\0b'] },
+    ]) {
+      const { exit } = await build(sb, bad);
+      expect(exit.kind).toBe('spawn-failed');
+      expect(exit.kind === 'spawn-failed' && exit.message).toContain('contains a NUL byte');
+    }
+    const { exit, log } = await build(sb, { ...ok, env: { ...ok.env, A: 'x=y z', B: 'é\n2' } });
+    expect(exit).toEqual({ kind: 'exited', code: 0 });
+    expect(log).toBe('x=y z|é\n2\n');
+    await sb.close();
+  }, 30_000);
 });
 
 describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: closed at once', () => {
