@@ -6,17 +6,18 @@
  * into a private pool, and the next build of any name gets it by a rename to its own name, which creates
  * no inode and frees none.
  *
- * The pool is one directory per process and build-directory base, `<base>/.realise-build-pool-XXXXXX`
- * (mode 0700: no one else can put anything in it), recorded in the process's build-directory record
- * (build-dirs.ts), so that a process killed with -9 leaves nothing behind after the next sweep; it is
- * removed when the process exits. A sandboxed build's directory goes in with its `build` inside: one
- * rename moves both.
+ * A pooled directory waits in the base under a name of this process, `<base>/.realise-build-pool-<pid>-<k>`
+ * (no directory of its own for the pool: a process that builds once would pay a creation for it), still
+ * 0700, so no one else can put anything in it. Its record in the process's build-directory file
+ * (build-dirs.ts) follows it through each rename, so that a process killed with -9 leaves nothing behind
+ * after the next sweep; the pooled directories are removed when the process exits. A sandboxed build's
+ * directory goes in with its `build` inside: one rename moves both.
  *
  * A pooled directory is renamed to `<base>/<prefix>-<n>` with renameat2(RENAME_NOREPLACE), the first n
  * that is free: the rename never replaces a directory of that name (another process's, Nix's), it fails
  * with EEXIST and the next n is tried, exactly as Nix's createTempDir does with mkdir.
  */
-import { lstatSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { constants } from 'node:os';
 import * as path from 'node:path';
 import { deleteTree } from '../store/canonicalise.js';
@@ -49,7 +50,6 @@ export interface PooledBuildDir {
 
 /** The pool of one build-directory base. */
 export class BuildDirPool {
-  #dir: string | undefined;
   /** Pooled directories, empty ones and ones holding an empty `build`. */
   readonly #plain: string[] = [];
   readonly #withInner: string[] = [];
@@ -60,8 +60,9 @@ export class BuildDirPool {
   constructor(readonly base: string) {}
 
   /**
-   * A pooled directory renamed to `<base>/<prefix>-<n>`, the first free n; undefined when none is pooled
-   * (then the caller makes one). For a sandboxed build (`inner`) one with its `build` is taken first.
+   * A pooled directory renamed to `<base>/<prefix>-<n>`, the first free n, and recorded under that name;
+   * undefined when none is pooled (then the caller makes one). For a sandboxed build (`inner`) one with
+   * its `build` is taken first.
    */
   async take(prefix: string, inner: boolean): Promise<PooledBuildDir | undefined> {
     if (!this.#plain.length && !(inner && this.#withInner.length)) return undefined;
@@ -71,18 +72,24 @@ export class BuildDirPool {
       const withInner = inner && this.#withInner.length > 0;
       const entry = (withInner ? this.#withInner : this.#plain).pop();
       if (entry === undefined) return undefined;
+      pooled.delete(entry);
       // Checked again: something may have written there since (a process of an unsandboxed builder that lingered).
-      const top = o.pristineDir(entry, myUid, withInner ? INNER : undefined) ? this.#renameToFreeName(o, entry, prefix) : undefined;
-      if (top) return { top, inner: withInner };
+      const top = o.pristineDir(entry, myUid, withInner ? INNER : undefined) ? this.#renameToFree(o, entry, (n) => `${prefix}-${n}`) : undefined;
+      if (top) {
+        buildDirRegistry().rename(entry, top);
+        return { top, inner: withInner };
+      }
       await deleteTree(entry).catch(() => {});
+      buildDirRegistry().delete(entry);
     }
   }
 
-  #renameToFreeName(o: DirOps, entry: string, prefix: string): string | undefined {
+  /** `from` renamed, never replacing anything, to `<base>/<name(n)>` with the first n free; undefined on another error. */
+  #renameToFree(o: DirOps, from: string, name: (n: number) => string): string | undefined {
     for (let n = 0; ; n++) {
-      const top = path.join(this.base, `${prefix}-${n}`);
-      const e = o.renameNoReplace(entry, top);
-      if (e === 0) return top;
+      const to = path.join(this.base, name(n));
+      const e = o.renameNoReplace(from, to);
+      if (e === 0) return to;
       if (e === EEXIST) continue;
       if (e === EINVAL || e === ENOSYS) this.#unusable = true; // no RENAME_NOREPLACE on this file system or kernel
       return undefined;
@@ -90,65 +97,35 @@ export class BuildDirPool {
   }
 
   /**
-   * Take a build directory done with (`inner`: it holds the sandbox's `build`) into the pool, when it is
-   * exactly as made; false when it is not (the caller removes it) or the pool is full or unusable.
+   * Take a build directory done with (`inner`: it holds the sandbox's `build`) into the pool, its record
+   * following it, when it is exactly as made; false when it is not (the caller removes it) or the pool is
+   * full or unusable.
    */
   async put(top: string, inner: boolean): Promise<boolean> {
     if (this.#unusable || this.#plain.length + this.#withInner.length >= MAX_POOLED) return false;
     const o = await dirOps();
     if (!o?.pristineDir(top, myUid, inner ? INNER : undefined)) return false;
-    const dir = this.#poolDir();
-    if (!dir) return false;
-    const entry = path.join(dir, String(this.#next++));
-    try {
-      renameSync(top, entry);
-    } catch {
-      // The pool itself may be gone (a test's temporary directory removed): made again next time.
-      if (!lstatSync(dir, { throwIfNoEntry: false })) this.#forget();
-      return false;
-    }
+    const entry = this.#renameToFree(o, top, () => `${BUILD_DIR_POOL_PREFIX}${process.pid}-${this.#next++}`);
+    if (!entry) return false;
+    buildDirRegistry().rename(top, entry);
     (inner ? this.#withInner : this.#plain).push(entry);
+    removedAtExit(entry);
     return true;
-  }
-
-  /** The pool's directory, made (0700, recorded, removed at exit) on first use; undefined if it cannot be. */
-  #poolDir(): string | undefined {
-    if (this.#dir) return this.#dir;
-    let dir: string;
-    try {
-      dir = mkdtempSync(path.join(this.base, BUILD_DIR_POOL_PREFIX));
-    } catch {
-      this.#unusable = true;
-      return undefined;
-    }
-    buildDirRegistry().add(dir);
-    removedAtExit(dir);
-    this.#dir = dir;
-    return dir;
-  }
-
-  #forget(): void {
-    if (this.#dir) {
-      buildDirRegistry().delete(this.#dir);
-      poolDirs.delete(this.#dir);
-    }
-    this.#dir = undefined;
-    this.#plain.length = 0;
-    this.#withInner.length = 0;
   }
 }
 
-const poolDirs = new Set<string>();
+/** The directories in the pools of this process, removed when it exits. */
+const pooled = new Set<string>();
 let exitHooked = false;
 
 function removedAtExit(dir: string): void {
   if (!exitHooked) {
     exitHooked = true;
     process.once('exit', () => {
-      for (const d of poolDirs) rmSync(d, { recursive: true, force: true });
+      for (const d of pooled) rmSync(d, { recursive: true, force: true });
     });
   }
-  poolDirs.add(dir);
+  pooled.add(dir);
 }
 
 const pools = new Map<string, BuildDirPool>();

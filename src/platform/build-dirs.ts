@@ -2,7 +2,7 @@
  * A record of the build directories (`<base>/nix-build-*`) this process has, so that one that was killed
  * (kill -9) leaves none behind for good: the next process that builds in the same base removes them.
  *
- * The same goes for the process's pools of build directories kept for reuse (build-dir-pool.ts).
+ * The same goes for the build directories the process keeps for reuse (build-dir-pool.ts).
  *
  * Each process keeps a file `~/.cache/realise/build-dirs/<pid>` (the helper's cache directory; the
  * directory 0700 and ours, else nothing is recorded), flock-ed for as long as the process lives, listing
@@ -16,7 +16,7 @@ import { deleteTree } from '../store/canonicalise.js';
 import { tryFlockFd } from '../store/locks.js';
 import { defaultHelperCacheDir } from './sandbox-helper.js';
 
-/** The name of a pool of reused build directories (build-dir-pool.ts) starts so: `<base>/.realise-build-pool-XXXXXX`. */
+/** The name of a build directory waiting for reuse (build-dir-pool.ts) starts so: `<base>/.realise-build-pool-<pid>-<k>`. */
 export const BUILD_DIR_POOL_PREFIX = '.realise-build-pool-';
 
 const myUid = typeof process.getuid === 'function' ? process.getuid() : -1;
@@ -84,6 +84,15 @@ class BuildDirRegistry {
     if (!this.#open()) return;
     const st = lstatSync(dir, { bigint: true });
     this.#active.set(dir, `${st.dev}:${st.ino} ${dir}\n`);
+    this.#write();
+  }
+
+  /** A recorded directory renamed (the same inode): its record follows it, in one write. */
+  rename(from: string, to: string): void {
+    const line = this.#active.get(from);
+    if (line === undefined) return;
+    this.#active.delete(from);
+    this.#active.set(to, `${line.slice(0, line.indexOf(' '))} ${to}\n`);
     this.#write();
   }
 

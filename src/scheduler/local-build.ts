@@ -557,12 +557,12 @@ async function makeTopBuildDir(w: Worker, view: DrvView, inner: boolean): Promis
   try {
     // Build directories a killed process left behind go first.
     await buildDirRegistry().sweep(w.ctx.store);
-    const made = (await buildDirPool(buildDir).take(buildDirPrefix(view), inner)) ?? {
-      top: await createBuildDir(buildDir, buildDirPrefix(view)),
-      inner: false,
-    };
-    buildDirRegistry().add(made.top);
-    return made;
+    // (A pooled one comes recorded under its new name.)
+    const pooled = await buildDirPool(buildDir).take(buildDirPrefix(view), inner);
+    if (pooled) return pooled;
+    const top = await createBuildDir(buildDir, buildDirPrefix(view));
+    buildDirRegistry().add(top);
+    return { top, inner: false };
   } catch (e) {
     countBuildDir(name, -1);
     throw e;

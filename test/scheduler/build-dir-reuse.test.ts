@@ -30,6 +30,11 @@ const system = 'x86_64-linux';
 const RECORD = 'd=$NIX_BUILD_TOP; echo "$(stat -c "%i %a %u" $d) [$(ls -A $d)] $d $PWD $TMPDIR" > $out';
 
 const isPool = (n: string) => n.startsWith(BUILD_DIR_POOL_PREFIX);
+/** The inodes of the directories waiting for reuse in `base` (`pid`: of that process only). */
+const pooledInodes = (base: string, pid?: number) =>
+  readdirSync(base)
+    .filter((n) => (pid === undefined ? isPool(n) : n.startsWith(`${BUILD_DIR_POOL_PREFIX}${pid}-`)))
+    .map((n) => String(lstatSync(path.join(base, n)).ino));
 
 describe.skipIf(!ccOk() || !busyboxOk())('build directories reused', () => {
   let dir: string;
@@ -76,12 +81,12 @@ describe.skipIf(!ccOk() || !busyboxOk())('build directories reused', () => {
     expect(first).toBe(
       `${inode(first)} 700 ${process.getuid!()} [] ${path.join(b, 'nix-build-first.drv-0')} ${path.join(b, 'nix-build-first.drv-0')} ${path.join(b, 'nix-build-first.drv-0')}\n`,
     );
-    // Between builds the directory waits in the pool, the only thing left in the base.
+    // Between builds the directory waits under a name of this process, the only thing left in the base.
     const left = readdirSync(b);
-    expect(left).toHaveLength(1);
-    expect(isPool(left[0]!)).toBe(true);
+    expect(left).toEqual([expect.stringMatching(new RegExp(`^\\${BUILD_DIR_POOL_PREFIX}${process.pid}-\\d+$`))]);
     expect(lstatSync(path.join(b, left[0]!)).mode & 0o7777).toBe(0o700);
-    expect(readdirSync(path.join(b, left[0]!)).map((n) => String(lstatSync(path.join(b, left[0]!, n)).ino))).toEqual([inode(first)]);
+    expect(readdirSync(path.join(b, left[0]!))).toEqual([]);
+    expect(pooledInodes(b)).toEqual([inode(first)]);
   });
 
   it.each([
@@ -96,13 +101,11 @@ describe.skipIf(!ccOk() || !busyboxOk())('build directories reused', () => {
     const e = engine({ buildDir: b, filterSyscalls: false });
     const script = `${RECORD}; r=$(${change.replace(/^P /, `${probe} `)}) || exit 1; [ -z "$r" ] || [ "$r" = ok ] || { echo "$r" >&2; exit 1; }`;
     await build(e, `changer-${tag}`, script);
-    // Removed, and nothing pooled (the pool is made at the first directory it takes in). (Not compared by
-    // inode: ext4 may give a freed inode number to the next directory made.)
+    // Removed, not pooled. (Not compared by inode: ext4 may give a freed inode number to the next directory made.)
     expect(readdirSync(b)).toEqual([]);
     const second = await build(e, `after-${tag}`, RECORD);
     expect(second).toMatch(/^\d+ 700 \d+ \[\] /);
-    const pool = readdirSync(b).filter(isPool);
-    expect(readdirSync(path.join(b, pool[0]!)).map((n) => String(lstatSync(path.join(b, pool[0]!, n)).ino))).toEqual([inode(second)]);
+    expect(pooledInodes(b)).toEqual([inode(second)]);
   });
 
   it('builds running at once never share a directory; those of one name get -0, -1, ... as Nix numbers them', async () => {
@@ -167,8 +170,9 @@ describe.skipIf(!ccOk() || !busyboxOk())('build directories reused', () => {
     const mine = readFileSync(String(d.out), 'utf8').trim();
     expect(inode(mine)).not.toBe(inode(theirs));
     expect([mine, theirs].map((r) => r.split(' ')[4]).sort()).toEqual([path.join(b, 'nix-build-shared.drv-0'), path.join(b, 'nix-build-shared.drv-1')]);
-    // The child's pool went with it.
+    // The child's pooled directories went with it; ours waits.
     expect(readdirSync(b).filter(isPool)).toHaveLength(1);
+    expect(pooledInodes(b, process.pid)).toEqual([inode(mine)]);
   });
 
   it('keepFailed keeps a failed build directory where it is, not in the pool', async () => {
@@ -192,9 +196,11 @@ describe.skipIf(!ccOk() || !busyboxOk())('build directories reused', () => {
       import { LocalStore } from ${JSON.stringify(STORE_MODULE)};
       import { derivation } from ${JSON.stringify(INSTANTIATE_MODULE)};
       const store = await LocalStore.open(${JSON.stringify({ storeDir: path.join(dir, 'store'), stateDir: path.join(dir, 'state'), logDir: path.join(dir, 'log') })});
-      const e = new BuildEngine({ store, sandbox: false, buildDir: ${JSON.stringify(b)} });
+      const e = new BuildEngine({ store, sandbox: false, buildDir: ${JSON.stringify(b)}, maxJobs: 2 });
       const mk = (name, script) => derivation(store, { name, system: ${JSON.stringify(system)}, builder: '/bin/busybox', args: ['sh', '-c', script] });
-      await e.buildPaths([(await mk('pooled-a', ${JSON.stringify(RECORD)})).drvPath, (await mk('pooled-b', ${JSON.stringify(RECORD)})).drvPath]);
+      // Two at once (each waits for the other), so two directories are pooled; the sleeper takes one.
+      const both = (me) => 'touch ' + ${JSON.stringify(path.join(dir, 'killed-gate'))} + '.' + me + '; while [ ! -e ' + ${JSON.stringify(path.join(dir, 'killed-gate'))} + '.a ] || [ ! -e ' + ${JSON.stringify(path.join(dir, 'killed-gate'))} + '.b ]; do sleep 0.02; done; ' + ${JSON.stringify(RECORD)};
+      await e.buildPaths([(await mk('pooled-a', both('a'))).drvPath, (await mk('pooled-b', both('b'))).drvPath]);
       e.on('build-started', () => process.stdout.write('BUILDING\\n'));
       await e.buildPaths([(await mk('sleeper', 'sleep 60')).drvPath]);`;
     const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', childCode], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -208,7 +214,7 @@ describe.skipIf(!ccOk() || !busyboxOk())('build directories reused', () => {
     await new Promise((r) => child.once('exit', r));
     const left = readdirSync(b).sort();
     expect(left.filter((n) => !isPool(n))).toEqual(['nix-build-sleeper.drv-0']);
-    expect(left.filter(isPool)).toHaveLength(1);
+    expect(left.filter(isPool)).toEqual([expect.stringMatching(new RegExp(`^\\${BUILD_DIR_POOL_PREFIX}${child.pid}-\\d+$`))]);
     const removed = await buildDirRegistry().sweep({});
     expect(removed.filter((p) => p.startsWith(b)).sort()).toEqual(left.map((n) => path.join(b, n)).sort());
     expect(readdirSync(b)).toEqual([]);
