@@ -514,6 +514,30 @@ export class ChrootPool {
     }
   }
 
+  /** The last key made by #keyOf and what it was made from. */
+  #lastKey: { readonly opts: PrepareChrootOptions; readonly dir: string; readonly key: string } | undefined;
+
+  /** keyOf(opts), made again only when `opts` differs from the last ones in what the key holds (builds mostly share it). */
+  #keyOf(opts: PrepareChrootOptions): string {
+    const dir = opts.root.slice(0, opts.root.lastIndexOf('/'));
+    const l = this.#lastKey;
+    if (
+      l &&
+      l.dir === dir &&
+      l.opts.storeDir === opts.storeDir &&
+      l.opts.sandboxBuildDir === opts.sandboxBuildDir &&
+      l.opts.uid === opts.uid &&
+      l.opts.gid === opts.gid &&
+      l.opts.network === opts.network &&
+      l.opts.devSkeleton === opts.devSkeleton &&
+      !!l.opts.kvm === !!opts.kvm
+    )
+      return l.key;
+    const key = ChrootPool.keyOf(opts);
+    this.#lastKey = { opts, dir, key };
+    return key;
+  }
+
   static keyOf(opts: PrepareChrootOptions): string {
     return JSON.stringify([path.dirname(opts.root), opts.storeDir, opts.sandboxBuildDir, opts.uid, opts.gid, opts.network, opts.devSkeleton, !!opts.kvm]);
   }
@@ -524,7 +548,7 @@ export class ChrootPool {
 
   /** Start making skeletons for builds like `opts` in the background, before the first one needs one. */
   prefill(opts: PrepareChrootOptions): void {
-    const key = ChrootPool.keyOf(opts);
+    const key = this.#keyOf(opts);
     this.#refill(key, opts, this.#listOf(key));
   }
 
@@ -541,7 +565,7 @@ export class ChrootPool {
    * than the wait); else one is made here.
    */
   async take(opts: PrepareChrootOptions): Promise<ChrootLayout> {
-    const key = ChrootPool.keyOf(opts);
+    const key = this.#keyOf(opts);
     const list = this.#listOf(key);
     for (;;) {
       // None ready but one back from a build and not yet checked: check it now (cheaper than making one).
