@@ -783,14 +783,25 @@ static void spawnWarm(void) {
   _exit(netExitCode());
 }
 
-/* Whether a sandboxed request can go to the warm process (same network and ids it was made with): 1 if
-   so, 0 if not, -1 if it keeps the host's network (--net). */
+/* Whether a sandboxed request can go to the warm process (same network and ids it was made with). */
 static int warmCompatible(char **args, int argc) {
   for (int k = 0; k < argc; k++) {
     if (!strcmp(args[k], "--")) break;
-    if (!strcmp(args[k], "--net")) return -1;
+    if (!strcmp(args[k], "--net")) return 0;
     if (!strcmp(args[k], "--uid") && k + 1 < argc && strcmp(args[k + 1], warmUid)) return 0;
     if (!strcmp(args[k], "--gid") && k + 1 < argc && strcmp(args[k + 1], warmGid)) return 0;
+  }
+  return 1;
+}
+
+/* Whether a sandboxed request may run in a pooled network namespace: not with the host's network, nor as
+   uid 0, which has every capability in the build's user namespace and so over a namespace of its own (it
+   could configure it), not over a pooled one. */
+static int netPoolable(char **args, int argc) {
+  for (int k = 0; k < argc; k++) {
+    if (!strcmp(args[k], "--")) break;
+    if (!strcmp(args[k], "--net")) return 0;
+    if (!strcmp(args[k], "--uid") && k + 1 < argc && !strcmp(args[k + 1], "0")) return 0;
   }
   return 1;
 }
@@ -854,14 +865,14 @@ static int server(int warm) {
       free(pargv); free(strs); free(msg);
       continue;
     }
-    if (warmFd >= 0 && warmCompatible(args, argcB) > 0) {
+    if (warmFd >= 0 && warmCompatible(args, argcB)) {
       int ok = writeFrame(warmFd, msg, len) == 0;
       close(warmFd); warmFd = -1;
       /* the next one is made once a build process ends (see above), not while this build starts */
       if (ok) { free(strs); free(msg); continue; }
       /* that warm process had died (setup failed): run this build cold, which reports why */
     }
-    int slot = warmCompatible(args, argcB) < 0 ? -1 : netAcquire();
+    int slot = netPoolable(args, argcB) ? netAcquire() : -1;
     pid_t pid = fork();
     netAssign(slot, pid);
     if (pid == -1) { buildId = strs[0]; status("error forking: %s\n", strerror(errno)); buildId = 0; free(strs); free(msg); continue; }

@@ -146,6 +146,13 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox (helper server): network na
     await recordNet();
   });
 
+  it('a builder running as uid 0 has a namespace of its own, which it may configure, as with a fresh one', async () => {
+    const req = fx.request('root', `${bb} mkdir $out; ${bb} ifconfig lo down && ${bb} ip -o link show lo > $out/lo; echo ok`, { uid: 0, gid: 0 });
+    expect(await build(sb, req)).toEqual({ exit: { kind: 'exited', code: 0 }, log: 'ok\n' });
+    expect(readFileSync(path.join(fx.realPath(req.outputPaths[0]!), 'lo'), 'utf8')).not.toContain(',UP');
+    await recordNet();
+  });
+
   it('the builder cannot change its network namespace', async () => {
     const req = fx.request(
       'change',
