@@ -314,13 +314,45 @@ static pid_t vforkOnStack(int (*fn)(void *), void *arg, int extraFlags) {
    namespace shows no trace of it (netClean); the server then returns it to the pool, and otherwise
    closes it. A namespace is used by one build at a time. Not when we run as root: a builder then runs
    as the host's uid 0, which may write the namespace's sysctls (they check that uid, not capabilities). */
-struct netSlot { int fd; pid_t user; }; /* user: the build process using it, 0 if free, -1 if reserved */
+struct netSlot {
+  int fd;
+  pid_t user; /* the build process using it, 0 if free, -1 if reserved */
+  char *counters; /* its protocol counters when it was made (netCounters) */
+  int countersLen;
+};
 static struct netSlot *netSlots;
 static size_t nNetSlots, capNetSlots;
 static int netUserNs = -1, netPoolOff;
 static int netFd = -1; /* per-build process: the pooled namespace to join */
+static const char *netCountersMade; /* per-build process: its counters when it was made */
+static int netCountersMadeLen;
 
-struct netMake { int userNs, net; };
+static int readAt(int dir, const char *name, char *buf, size_t size) {
+  int fd = openat(dir, name, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  size_t got = 0; ssize_t n;
+  while (got < size - 1 && (n = read(fd, buf + got, size - 1 - got)) > 0) got += n;
+  close(fd);
+  buf[got] = 0;
+  return n < 0 ? -1 : (int) got;
+}
+
+/* A network namespace's protocol counters, as text (dir: its /proc/PID/net): the length, or -1 if they
+   cannot be read or do not fit. Some change with no packet and no socket left (an unroutable connect()
+   counts in Ip's OutNoRoutes). */
+enum { NET_COUNTERS_MAX = 65536 };
+static int netCounters(int dir, char *buf) {
+  static const char *const files[] = { "snmp", "snmp6", "netstat" };
+  int len = 0;
+  for (size_t k = 0; k < sizeof files / sizeof *files; k++) {
+    int n = readAt(dir, files[k], buf + len, NET_COUNTERS_MAX - len);
+    if (n < 0 || len + n >= NET_COUNTERS_MAX - 1) return -1;
+    len += n;
+  }
+  return len;
+}
+
+struct netMake { int userNs, net; char *counters; int countersLen; };
 
 /* Started by vforkOnStack() with CLONE_FILES: the descriptors it opens are the server's. */
 static int netMakeChild(void *arg) {
@@ -340,6 +372,10 @@ static int netMakeChild(void *arg) {
     if (m->userNs < 0) return 1;
   }
   if (unshare(CLONE_NEWNET) == -1 || loopbackUp(&what) == -1) return 1;
+  int dir = open("/proc/self/net", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return 1;
+  m->countersLen = netCounters(dir, m->counters);
+  close(dir);
   m->net = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
   return 0;
 }
@@ -354,17 +390,20 @@ static int netAcquire(void) {
     if (!n) return -1;
     netSlots = n; capNetSlots += 8;
   }
-  struct netMake m = { netUserNs, -1 };
+  struct netMake m = { netUserNs, -1, malloc(NET_COUNTERS_MAX), -1 };
+  if (!m.counters) return -1;
   pid_t pid = vforkOnStack(netMakeChild, &m, CLONE_FILES);
   int st = -1;
   if (pid > 0) while (waitpid(pid, &st, 0) == -1 && errno == EINTR) {}
   if (netUserNs < 0) netUserNs = m.userNs;
-  if (pid <= 0 || st != 0 || m.net < 0 || netUserNs < 0) {
+  if (pid <= 0 || st != 0 || m.net < 0 || netUserNs < 0 || m.countersLen < 0) {
     if (m.net >= 0) close(m.net);
+    free(m.counters);
     netPoolOff = 1;
     return -1;
   }
-  netSlots[nNetSlots] = (struct netSlot) { m.net, -1 };
+  char *counters = realloc(m.counters, m.countersLen + 1);
+  netSlots[nNetSlots] = (struct netSlot) { m.net, -1, counters ? counters : m.counters, m.countersLen };
   return (int) nNetSlots++;
 }
 
@@ -377,6 +416,7 @@ static void netAssign(int slot, pid_t pid) {
 static void netKeepOnly(int slot) {
   for (size_t k = 0; k < nNetSlots; k++) if ((int) k != slot) close(netSlots[k].fd);
   netFd = slot >= 0 ? netSlots[slot].fd : -1;
+  if (slot >= 0) { netCountersMade = netSlots[slot].counters; netCountersMadeLen = netSlots[slot].countersLen; }
   if (netFd < 0 && netUserNs >= 0) { close(netUserNs); netUserNs = -1; }
 }
 
@@ -386,7 +426,7 @@ static void netReaped(pid_t pid, int st) {
   for (size_t k = 0; k < nNetSlots; k++) {
     if (netSlots[k].user != pid) continue;
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0) netSlots[k].user = 0;
-    else { close(netSlots[k].fd); netSlots[k] = netSlots[--nNetSlots]; }
+    else { close(netSlots[k].fd); free(netSlots[k].counters); netSlots[k] = netSlots[--nNetSlots]; }
     if (WIFEXITED(st) && WEXITSTATUS(st) == 2) netPoolOff = 1;
     return;
   }
@@ -405,16 +445,6 @@ static void netJoin(void) {
 
 static int netDir = -1; /* the build process's /proc/PID/net (its root is the build's once PID 1 pivots) */
 
-static int readAt(int dir, const char *name, char *buf, size_t size) {
-  int fd = openat(dir, name, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  size_t got = 0; ssize_t n;
-  while (got < size - 1 && (n = read(fd, buf + got, size - 1 - got)) > 0) got += n;
-  close(fd);
-  buf[got] = 0;
-  return n < 0 ? -1 : (int) got;
-}
-
 /* Whether every "inuse N" and "tw N" of a sockstat file is 0 (sockets open, in TIME_WAIT). */
 static int noSockets(const char *text) {
   for (const char *p = text; (p = strpbrk(p, "it")); p++) {
@@ -424,9 +454,10 @@ static int noSockets(const char *text) {
   return 1;
 }
 
-/* The pooled namespace after the build: no socket left of any kind, and not a packet through loopback. */
+/* The pooled namespace after the build: no socket left of any kind, not a packet through loopback, and
+   its protocol counters as when it was made. */
 static int netClean(void) {
-  char buf[8192];
+  static char buf[NET_COUNTERS_MAX];
   if (netDir < 0) return 0;
   if (readAt(netDir, "sockstat", buf, sizeof buf) <= 0 || !noSockets(buf)) return 0;
   if (readAt(netDir, "sockstat6", buf, sizeof buf) <= 0 || !noSockets(buf)) return 0;
@@ -436,7 +467,8 @@ static int netClean(void) {
   if (!lo) return 0;
   /* Only lo exists (the builder cannot make interfaces): its line is the last, all counters 0. */
   for (char *p = lo + 4; *p && *p != '\n'; p++) if (*p != ' ' && *p != '0') return 0;
-  return 1;
+  int n = netCounters(netDir, buf);
+  return n >= 0 && n == netCountersMadeLen && !memcmp(buf, netCountersMade, n);
 }
 
 /* A build process's exit code in server mode: 0 exactly when its pooled namespace may be reused, 2 if

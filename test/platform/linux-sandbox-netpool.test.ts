@@ -19,7 +19,7 @@ const PORT = 7741;
 const RECORD = (bb: string) =>
   `${bb} mkdir $out; { ${bb} readlink /proc/self/ns/net; ${bb} ip -o link show lo | ${bb} grep -o '<[A-Z,_]*>'; ` +
   `${bb} grep 'lo:' /proc/net/dev; ${bb} grep -h -o '[A-Z0-9]*: inuse [0-9]*\\|tw [0-9]*' /proc/net/sockstat /proc/net/sockstat6; ` +
-  `${bb} wc -l < /proc/net/unix; } > $out/net`;
+  `${bb} grep '^Ip: [0-9]' /proc/net/snmp; ${bb} wc -l < /proc/net/unix; } > $out/net`;
 
 /**
  * Listens on 127.0.0.1:PORT, says so once the socket listens, waits for /build/go, connects to itself and
@@ -94,9 +94,11 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox (helper server): network na
     expect(id).toMatch(/^net:\[\d+\]$/);
     expect(view[0]).toMatch(/^<LOOPBACK,UP,LOWER_UP>$/);
     expect(view[1]!.trim().split(/\s+/)).toEqual(['lo:', ...Array<string>(16).fill('0')]);
-    const counts = view.slice(2, -1);
+    const counts = view.slice(2, -2);
     expect(counts.length).toBeGreaterThanOrEqual(8);
     for (const c of counts) expect(c).toMatch(/ 0$/);
+    // Ip: Forwarding, DefaultTTL, then counters (e.g. OutNoRoutes, which an unroutable connect() counts)
+    expect(view.at(-2)).toMatch(/^Ip: [12] 64( 0)+$/);
     expect(view.at(-1)).toBe('1'); // the header of /proc/net/unix only
     return id!;
   }
@@ -127,6 +129,19 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox (helper server): network na
     const id = /net:\[\d+\]/.exec(r.log)![0];
     await eventually(`the server let go of ${id}`, () => !heldByServers().has(id));
     // (Its number may come back: the kernel recycles a freed namespace's inode number.) The next build sees a fresh one.
+    await recordNet();
+  });
+
+  it('a build whose connect() found no route (no packet, no socket left) leaves its namespace to nobody', async () => {
+    const req = fx.request(
+      'no-route',
+      `${bb} readlink /proc/self/ns/net; ${bb} nc -w 1 10.1.2.3 80 2>&1; ${bb} nc -w 1 fd00::1 80 2>&1; ${bb} grep '^Ip: [0-9]' /proc/net/snmp`,
+    );
+    const { exit, log } = await build(sb, req);
+    expect(exit).toEqual({ kind: 'exited', code: 0 });
+    expect(log).toMatch(/Network is unreachable[^]*Network is unreachable[^]*\nIp: [12] 64( 0)* 1 /);
+    const id = /net:\[\d+\]/.exec(log)![0];
+    if (!AS_ROOT) await eventually(`the server let go of ${id}`, () => !heldByServers().has(id));
     await recordNet();
   });
 
