@@ -5,13 +5,14 @@
  * ordinary user the pool is in use (checked from outside: the server holds the namespaces builds ran
  * in); as root it is off (docs/sandbox.md), and builds see the same.
  */
-import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LinuxSandbox } from '../../src/platform/linux-sandbox.js';
 import type { SandboxExit, SandboxRequest } from '../../src/platform/sandbox.js';
 import { AS_ROOT, bwrapOk } from '../helpers/nix.js';
-import { ccOk, makeFixture, type Fixture } from './sandbox-fixture.js';
+import { ccOk, makeFixture, storePath, type Fixture } from './sandbox-fixture.js';
 
 const PORT = 7741;
 
@@ -19,7 +20,7 @@ const PORT = 7741;
 const RECORD = (bb: string) =>
   `${bb} mkdir $out; { ${bb} readlink /proc/self/ns/net; ${bb} ip -o link show lo | ${bb} grep -o '<[A-Z,_]*>'; ` +
   `${bb} grep 'lo:' /proc/net/dev; ${bb} grep -h -o '[A-Z0-9]*: inuse [0-9]*\\|tw [0-9]*' /proc/net/sockstat /proc/net/sockstat6; ` +
-  `${bb} grep '^Ip: [0-9]' /proc/net/snmp; ${bb} wc -l < /proc/net/unix; } > $out/net`;
+  `${bb} grep '^Ip: [0-9]' /proc/net/snmp; echo $(${bb} wc -l < /proc/net/unix) $(${bb} wc -l < /proc/net/ip6_flowlabel); } > $out/net`;
 
 /**
  * Listens on 127.0.0.1:PORT, says so once the socket listens, waits for /build/go, connects to itself and
@@ -99,7 +100,7 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox (helper server): network na
     for (const c of counts) expect(c).toMatch(/ 0$/);
     // Ip: Forwarding, DefaultTTL, then counters (e.g. OutNoRoutes, which an unroutable connect() counts)
     expect(view.at(-2)).toMatch(/^Ip: [12] 64( 0)+$/);
-    expect(view.at(-1)).toBe('1'); // the header of /proc/net/unix only
+    expect(view.at(-1)).toBe('1 1'); // the headers of /proc/net/unix and /proc/net/ip6_flowlabel only
     return id!;
   }
 
@@ -140,6 +141,22 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox (helper server): network na
     const { exit, log } = await build(sb, req);
     expect(exit).toEqual({ kind: 'exited', code: 0 });
     expect(log).toMatch(/Network is unreachable[^]*Network is unreachable[^]*\nIp: [12] 64( 0)* 1 /);
+    const id = /net:\[\d+\]/.exec(log)![0];
+    if (!AS_ROOT) await eventually(`the server let go of ${id}`, () => !heldByServers().has(id));
+    await recordNet();
+  });
+
+  it('a build that left an IPv6 flow label (it outlives its socket) leaves its namespace to nobody', async () => {
+    const tool = storePath('flowlabel');
+    mkdirSync(path.join(fx.realPath(tool), 'bin'), { recursive: true });
+    const source = path.join(import.meta.dirname, '../fixtures/platform/flowlabel.c');
+    execFileSync(process.env.CC ?? 'cc', ['-static', '-O2', '-o', path.join(fx.realPath(tool), 'bin/flowlabel'), source]);
+    const req = fx.request('flowlabel', `${bb} readlink /proc/self/ns/net; ${tool}/bin/flowlabel; ${bb} wc -l < /proc/net/ip6_flowlabel`, {
+      inputPaths: [fx.busyboxPath, tool],
+    });
+    const { exit, log } = await build(sb, req);
+    expect(exit).toEqual({ kind: 'exited', code: 0 });
+    expect(log).toMatch(/^net:\[\d+\]\nflow label made\n2\n$/);
     const id = /net:\[\d+\]/.exec(log)![0];
     if (!AS_ROOT) await eventually(`the server let go of ${id}`, () => !heldByServers().has(id));
     await recordNet();
