@@ -15,12 +15,14 @@ import { AS_ROOT, bwrapOk } from '../helpers/nix.js';
 import { ccOk, makeFixture, storePath, type Fixture } from './sandbox-fixture.js';
 
 const PORT = 7741;
+/** Whether the kernel has IPv6 (without it, /proc/net/ip6_flowlabel and sockstat6 do not exist). */
+const IPV6 = existsSync('/proc/net/ip6_flowlabel');
 
 /** The namespace id, the loopback line of /proc/net/dev, the socket tables (written to $out/net). */
 const RECORD = (bb: string) =>
   `${bb} mkdir $out; { ${bb} readlink /proc/self/ns/net; ${bb} ip -o link show lo | ${bb} grep -o '<[A-Z,_]*>'; ` +
-  `${bb} grep 'lo:' /proc/net/dev; ${bb} grep -h -o '[A-Z0-9]*: inuse [0-9]*\\|tw [0-9]*' /proc/net/sockstat /proc/net/sockstat6; ` +
-  `${bb} grep '^Ip: [0-9]' /proc/net/snmp; echo $(${bb} wc -l < /proc/net/unix) $(${bb} wc -l < /proc/net/ip6_flowlabel); } > $out/net`;
+  `${bb} grep 'lo:' /proc/net/dev; ${bb} grep -h -o '[A-Z0-9]*: inuse [0-9]*\\|tw [0-9]*' /proc/net/sockstat /proc/net/sockstat6 2>/dev/null; ` +
+  `${bb} grep '^Ip: [0-9]' /proc/net/snmp; echo $(${bb} wc -l < /proc/net/unix) $(${bb} cat /proc/net/ip6_flowlabel 2>/dev/null | ${bb} wc -l); } > $out/net`;
 
 /**
  * Listens on 127.0.0.1:PORT, says so once the socket listens, waits for /build/go, connects to itself and
@@ -96,11 +98,11 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox (helper server): network na
     expect(view[0]).toMatch(/^<LOOPBACK,UP,LOWER_UP>$/);
     expect(view[1]!.trim().split(/\s+/)).toEqual(['lo:', ...Array<string>(16).fill('0')]);
     const counts = view.slice(2, -2);
-    expect(counts.length).toBeGreaterThanOrEqual(8);
+    expect(counts.length).toBeGreaterThanOrEqual(IPV6 ? 8 : 5);
     for (const c of counts) expect(c).toMatch(/ 0$/);
     // Ip: Forwarding, DefaultTTL, then counters (e.g. OutNoRoutes, which an unroutable connect() counts)
     expect(view.at(-2)).toMatch(/^Ip: [12] 64( 0)+$/);
-    expect(view.at(-1)).toBe('1 1'); // the headers of /proc/net/unix and /proc/net/ip6_flowlabel only
+    expect(view.at(-1)).toBe(IPV6 ? '1 1' : '1 0'); // the headers of /proc/net/unix and /proc/net/ip6_flowlabel only
     return id!;
   }
 
@@ -134,19 +136,16 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox (helper server): network na
   });
 
   it('a build whose connect() found no route (no packet, no socket left) leaves its namespace to nobody', async () => {
-    const req = fx.request(
-      'no-route',
-      `${bb} readlink /proc/self/ns/net; ${bb} nc -w 1 10.1.2.3 80 2>&1; ${bb} nc -w 1 fd00::1 80 2>&1; ${bb} grep '^Ip: [0-9]' /proc/net/snmp`,
-    );
+    const req = fx.request('no-route', `${bb} readlink /proc/self/ns/net; ${bb} nc -w 1 10.1.2.3 80 2>&1; ${bb} grep '^Ip: [0-9]' /proc/net/snmp`);
     const { exit, log } = await build(sb, req);
     expect(exit).toEqual({ kind: 'exited', code: 0 });
-    expect(log).toMatch(/Network is unreachable[^]*Network is unreachable[^]*\nIp: [12] 64( 0)* 1 /);
+    expect(log).toMatch(/Network is unreachable\nIp: [12] 64( 0)* 1 /);
     const id = /net:\[\d+\]/.exec(log)![0];
     if (!AS_ROOT) await eventually(`the server let go of ${id}`, () => !heldByServers().has(id));
     await recordNet();
   });
 
-  it('a build that left an IPv6 flow label (it outlives its socket) leaves its namespace to nobody', async () => {
+  it.skipIf(!IPV6)('a build that left an IPv6 flow label (it outlives its socket) leaves its namespace to nobody', async () => {
     const tool = storePath('flowlabel');
     mkdirSync(path.join(fx.realPath(tool), 'bin'), { recursive: true });
     const source = path.join(import.meta.dirname, '../fixtures/platform/flowlabel.c');
