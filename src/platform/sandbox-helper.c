@@ -292,7 +292,8 @@ static pid_t builderPid;
 
 /* Start fn(arg) as a child on its own stack in our memory (CLONE_VM | CLONE_VFORK, as posix_spawn does):
    no page-table copy, and we are suspended until it has exec'd or exited. fn must write only its own
-   stack. -1 with errno on failure. */
+   stack and what arg points to. extraFlags: more clone flags (CLONE_FILES: it opens descriptors for us).
+   -1 with errno on failure. */
 static pid_t vforkOnStack(int (*fn)(void *), void *arg, int extraFlags) {
   enum { STACK = 512 * 1024 };
   static char *stack;
