@@ -493,8 +493,6 @@ export class ChrootPool {
   readonly #states = new Map<string, SkeletonState>();
   /** Skeletons back from a build whose check (see recycle) has not run yet, by key, oldest first. */
   readonly #checking = new Map<string, Recycling[]>();
-  /** Takes waiting for a skeleton of a key, from the refill under way or back from a build (see take). */
-  readonly #fillWaiters = new Map<string, (() => void)[]>();
   static readonly #all = new Set<string>();
   static #exitHook = false;
 
@@ -557,30 +555,15 @@ export class ChrootPool {
     while (this.#inflight.size > 0) await Promise.all([...this.#inflight]);
   }
 
-  /**
-   * A skeleton for a build like `opts`, renamed into place at `opts.root`. With none ready, one back from a
-   * build is checked at once; else, while a refill is under way, the first of its skeletons or of those
-   * back from builds is waited for (the first builds come while the warm-up's refill makes theirs: making
-   * more on the main thread, two dozen synchronous inode creations each, would cost the main thread more
-   * than the wait); else one is made here.
-   */
-  async take(opts: PrepareChrootOptions): Promise<ChrootLayout> {
+  take(opts: PrepareChrootOptions): ChrootLayout {
     const key = this.#keyOf(opts);
     const list = this.#listOf(key);
-    for (;;) {
-      // None ready but one back from a build and not yet checked: check it now (cheaper than making one).
-      if (list.length === 0) {
-        const r = this.#checking.get(key)?.at(-1);
-        if (r) this.#check(r);
-      }
-      if (list.length > 0 || !this.#filling.has(key)) break;
-      await new Promise<void>((resolve) => listIn(this.#fillWaiters, key).push(resolve));
-    }
-    return this.#takeNow(key, opts, list);
-  }
-
-  #takeNow(key: string, opts: PrepareChrootOptions, list: SkeletonState[]): ChrootLayout {
     let layout: ChrootLayout | undefined;
+    // None ready but one back from a build and not yet checked: check it now (cheaper than making one).
+    if (list.length === 0) {
+      const r = this.#checking.get(key)?.at(-1);
+      if (r) this.#check(r);
+    }
     // Most recently recycled first: its mount points most likely match this build's inputs.
     const sk = list.pop();
     if (sk) {
@@ -637,7 +620,6 @@ export class ChrootPool {
     ChrootPool.#all.add(dir);
     const r: Recycling = { dir, sk, leftovers, placed: layout.placedCtimeMs, generation: this.#generation, done: false };
     this.#checkingOf(sk.key).push(r);
-    this.#wakeTakers(sk.key); // a take waiting for a refill may check this one at once
     this.#track(new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.#check(r)));
   }
 
@@ -676,7 +658,6 @@ export class ChrootPool {
     for (const m of leftovers.storeMountpoints) sk.mountpoints.add(m);
     this.#states.set(dir, sk);
     this.#listOf(sk.key).push(sk);
-    this.#wakeTakers(sk.key);
   }
 
   #track(p: Promise<void>): void {
@@ -690,45 +671,25 @@ export class ChrootPool {
     const generation = this.#generation;
     this.#track(
       (async () => {
-        // Skeletons being checked after their build mostly come back: counted as ready. Those missing are
-        // made at once (the first builds of an engine wait for them: see take).
-        for (;;) {
-          const missing = this.#size - list.length - (this.#checking.get(key)?.length ?? 0);
-          if (missing <= 0 || generation !== this.#generation) return;
-          const made = await Promise.all(Array.from({ length: missing }, () => this.#makeSkeleton(key, opts, list, generation)));
-          if (made.includes(false)) return;
+        // Skeletons being checked after their build mostly come back: counted as ready.
+        while (list.length + (this.#checking.get(key)?.length ?? 0) < this.#size && generation === this.#generation) {
+          const dir = pooledDir(opts.root);
+          ChrootPool.#all.add(dir);
+          let sk: SkeletonState;
+          try {
+            await runOps(chrootOps({ ...opts, root: dir }), dir);
+            if (generation !== this.#generation) throw new Error('drained');
+            sk = snapshotSkeleton(dir, key, opts);
+          } catch {
+            ChrootPool.#all.delete(dir);
+            discardTree(dir);
+            return;
+          }
+          this.#states.set(dir, sk);
+          list.push(sk);
         }
-      })().finally(() => {
-        this.#filling.delete(key);
-        this.#wakeTakers(key);
-      }),
+      })().finally(() => this.#filling.delete(key)),
     );
-  }
-
-  /** Make one skeleton for the pool (see #refill); false when that failed or the pool was drained meanwhile. */
-  async #makeSkeleton(key: string, opts: PrepareChrootOptions, list: SkeletonState[], generation: number): Promise<boolean> {
-    const dir = pooledDir(opts.root);
-    ChrootPool.#all.add(dir);
-    let sk: SkeletonState;
-    try {
-      await runOps(chrootOps({ ...opts, root: dir }), dir);
-      if (generation !== this.#generation) throw new Error('drained');
-      sk = snapshotSkeleton(dir, key, opts);
-    } catch {
-      ChrootPool.#all.delete(dir);
-      discardTree(dir);
-      return false;
-    }
-    this.#states.set(dir, sk);
-    list.push(sk);
-    this.#wakeTakers(key);
-    return true;
-  }
-
-  /** The takes waiting for a skeleton of `key` look again (see take). */
-  #wakeTakers(key: string): void {
-    const waiters = this.#fillWaiters.get(key);
-    if (waiters?.length) for (const wake of waiters.splice(0)) wake();
   }
 
   /**

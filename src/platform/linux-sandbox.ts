@@ -290,7 +290,7 @@ export class LinuxSandbox implements Sandbox {
     if (opts.signal?.aborted) return { kind: 'aborted' };
     const chrootOpts = this.#chrootOptions(request, backend);
     const { root } = chrootOpts;
-    const layout = this.#pool ? await this.#pool.take(chrootOpts) : prepareChroot(chrootOpts);
+    const layout = this.#pool ? this.#pool.take(chrootOpts) : prepareChroot(chrootOpts);
     let exit: SandboxExit | undefined;
     let leftovers: ChrootLeftovers | undefined;
     try {

@@ -56,7 +56,7 @@ describe('ChrootPool warm-up', () => {
     const pooled = fs.readdirSync(store).filter((n) => n.startsWith(`${hash}-realise-chroot-`));
     expect(pooled).toHaveLength(2);
     const inodes = pooled.map((n) => fs.statSync(path.join(store, n)).ino);
-    const layout = await pool.take(options(store, `${hash}-first`));
+    const layout = pool.take(options(store, `${hash}-first`));
     expect(sync.count).toBe(0);
     expect(inodes).toContain(fs.statSync(layout.root).ino);
     expect(layout.skeleton).toBeDefined();
@@ -81,63 +81,6 @@ describe('ChrootPool warm-up', () => {
   });
 });
 
-describe('ChrootPool takes during the warm-up', () => {
-  let pool: ChrootPool | undefined;
-  afterEach(async () => {
-    cjsFs.mkdirSync = realMkdirSync;
-    syncBuiltinESMExports();
-    await pool?.drain();
-  });
-
-  it('builds that come while the refill makes their skeletons wait for them: none is made on the main thread', async () => {
-    const store = path.join(tempDir('realise-chroot-pool-'), 'store');
-    fs.mkdirSync(store);
-    pool = new ChrootPool(2);
-    const opts = (name: string) => options(store, `${'6'.repeat(32)}-${name}`);
-    const sync = countSyncMkdirs(store);
-    pool.prefill(opts('a'));
-    const [a, b] = await Promise.all([pool.take(opts('a')), pool.take(opts('b'))]);
-    expect(sync.count).toBe(0);
-    expect(a.skeleton).toBeDefined();
-    expect(b.skeleton).toBeDefined();
-    expect(a.skeleton).not.toBe(b.skeleton);
-    for (const l of [a, b]) expect(fs.readdirSync(path.join(l.root, 'etc')).sort()).toEqual(['group', 'hosts', 'passwd']);
-    await pool.settled();
-    for (const l of [a, b]) fs.rmSync(l.root, { recursive: true });
-  });
-
-  it('a take waiting for the refill gets a skeleton back from a build if that comes first', async () => {
-    const store = path.join(tempDir('realise-chroot-pool-'), 'store');
-    fs.mkdirSync(store);
-    pool = new ChrootPool(1);
-    const opts = (name: string) => options(store, `${'8'.repeat(32)}-${name}`);
-    pool.prefill(opts('a'));
-    const a = await pool.take(opts('a')); // the refill for the next one starts
-    const ino = fs.statSync(a.root).ino;
-    const taking = pool.take(opts('b'));
-    pool.recycle(a, { storeFiles: [], storeMountpoints: new Set<string>() });
-    const b = await taking;
-    expect(b.skeleton).toBe(a.skeleton);
-    expect(fs.statSync(b.root).ino).toBe(ino);
-    await pool.settled();
-    fs.rmSync(b.root, { recursive: true });
-  });
-
-  it('with no refill under way (the pool drained), take() makes the skeleton itself', async () => {
-    const store = path.join(tempDir('realise-chroot-pool-'), 'store');
-    fs.mkdirSync(store);
-    pool = new ChrootPool(1);
-    const opts = (name: string) => options(store, `${'7'.repeat(32)}-${name}`);
-    pool.prefill(opts('a'));
-    const taking = pool.take(opts('a'));
-    await pool.drain();
-    const a = await taking;
-    expect(fs.statSync(path.join(a.root, 'etc/passwd')).isFile()).toBe(true);
-    await pool.settled();
-    fs.rmSync(a.root, { recursive: true });
-  });
-});
-
 describe('ChrootPool recycling', () => {
   const none = { storeFiles: [], storeMountpoints: new Set<string>() };
   let pool: ChrootPool | undefined;
@@ -156,11 +99,11 @@ describe('ChrootPool recycling', () => {
     const opts = (name: string) => options(store, `${'1'.repeat(32)}-${name}`);
     pool.prefill(opts('a'));
     await pool.settled();
-    const a = await pool.take(opts('a'));
+    const a = pool.take(opts('a'));
     await pool.settled();
     expect(pooledIn(store)).toHaveLength(2);
     pool.recycle(a, none);
-    const b = await pool.take(opts('b'));
+    const b = pool.take(opts('b'));
     await pool.settled();
     // One ready left and `a` back: two waiting, as before the two takes; none made for `b`.
     expect(pooledIn(store)).toHaveLength(2);
@@ -180,14 +123,14 @@ describe('ChrootPool recycling', () => {
     const opts = (name: string) => options(store, `${'3'.repeat(32)}-${name}`);
     pool.prefill(opts('a'));
     await pool.settled();
-    const a = await pool.take(opts('a'));
+    const a = pool.take(opts('a'));
     await pool.settled();
-    const b = await pool.take(opts('b'));
+    const b = pool.take(opts('b'));
     const ino = fs.statSync(a.root).ino;
     pool.recycle(a, none);
     const sync = countSyncMkdirs(store);
     // The refill `b` started is still under way, and `a`'s check has not run: `c` gets `a`, checked now.
-    const c = await pool.take(opts('c'));
+    const c = pool.take(opts('c'));
     expect(sync.count).toBe(0);
     expect(fs.statSync(c.root).ino).toBe(ino);
     expect(c.skeleton).toBe(a.skeleton);
@@ -195,24 +138,21 @@ describe('ChrootPool recycling', () => {
     for (const l of [b, c]) fs.rmSync(l.root, { recursive: true });
   });
 
-  it('a skeleton changed by its build is not reused: take() then waits for the fresh one the refill under way makes', async () => {
+  it('a skeleton changed by its build is not reused: take() then makes a fresh one', async () => {
     const store = path.join(tempDir('realise-chroot-pool-'), 'store');
     fs.mkdirSync(store);
     pool = new ChrootPool(1);
     const opts = (name: string) => options(store, `${'4'.repeat(32)}-${name}`);
     pool.prefill(opts('a'));
     await pool.settled();
-    const a = await pool.take(opts('a'));
+    const a = pool.take(opts('a'));
     await pool.settled();
-    const b = await pool.take(opts('b'));
+    const b = pool.take(opts('b'));
     fs.writeFileSync(path.join(a.root, 'tmp/left-behind'), 'x');
-    const ino = fs.statSync(a.root).ino;
     pool.recycle(a, none);
     const sync = countSyncMkdirs(store);
-    const c = await pool.take(opts('c'));
-    expect(sync.count).toBe(0);
-    expect(fs.statSync(c.root).ino).not.toBe(ino);
-    expect(c.skeleton).not.toBe(a.skeleton);
+    const c = pool.take(opts('c'));
+    expect(sync.count).toBeGreaterThan(0);
     expect(fs.readdirSync(path.join(c.root, 'tmp'))).toEqual([]);
     await pool.settled();
     for (const l of [b, c]) fs.rmSync(l.root, { recursive: true });
@@ -238,7 +178,7 @@ describe('ChrootPool recycling check, once the skeleton is older than its placin
     pool.prefill(opts);
     await pool.settled();
     await new Promise((r) => setTimeout(r, 40));
-    const layout = await pool.take(opts);
+    const layout = pool.take(opts);
     await pool.settled(); // the refill
     return { store, layout, ino: fs.statSync(layout.root).ino };
   }
