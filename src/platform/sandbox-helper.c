@@ -150,6 +150,28 @@ static void nsSetup(void) {
   if (mount(0, "/", 0, MS_PRIVATE | MS_REC, 0) == -1) fail("unable to make '/' private");
 }
 
+static int hostRoot; /* the builder is the host's uid 0 (we run as root: no build users) */
+
+/* Run as root, the builder is the host's uid 0, and the kernel gives uid 0 the owner's permissions on
+   /proc's root-owned files whatever its capabilities: it could write kernel.core_pattern (a program run
+   as host root on the next crash), vm.*, its network namespace's sysctls, /proc/sysrq-trigger, IRQ
+   affinities, PCI config space. Those parts are bound read-only over themselves (Docker's list; bwrap's
+   plus /proc/sys and /proc/fs). The read-only flag is locked in a nested user namespace, and the
+   covered procfs no longer counts as fully visible, so a nested user namespace cannot mount a fresh one. */
+static void procReadOnly(const char *proc) {
+  static const char *const parts[] = { "sys", "sysrq-trigger", "irq", "bus", "fs" };
+  char path[4096 + 16];
+  for (size_t k = 0; k < sizeof parts / sizeof *parts; k++) {
+    snprintf(path, sizeof path, "%s/%s", proc, parts[k]);
+    if (mount(path, path, 0, MS_BIND, 0) == -1) {
+      if (errno == ENOENT) continue; /* e.g. no /proc/sysrq-trigger without CONFIG_MAGIC_SYSRQ */
+      fail("unable to bind mount '%s'", path);
+    }
+    if (mount(0, path, 0, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, 0) == -1) fail("making '%s' read-only", path);
+  }
+  errno = 0;
+}
+
 /* The rest: mounts, pivot, credentials, exec. */
 static void childLate(char **argv, struct sock_fprog *prog) {
   char path[4096];
@@ -164,6 +186,7 @@ static void childLate(char **argv, struct sock_fprog *prog) {
 
   snprintf(path, sizeof path, "%s/proc", root); mkdirs(path, 0755);
   if (mount("none", path, "proc", 0, 0) == -1) fail("mounting /proc");
+  if (hostRoot) procReadOnly(path);
   struct stat st;
   if (stat("/dev/shm", &st) == 0) {
     char opt[256]; snprintf(opt, sizeof opt, "size=%s", shmSize);
@@ -504,6 +527,7 @@ static void prepare(void) {
   if (tcsetattr(slave, TCSANOW, &term)) fail("putting pseudoterminal into raw mode");
 
   uid_t hostUid = getuid(); gid_t hostGid = getgid();
+  hostRoot = hostUid == 0;
   if (hostUid == 0) setgroups(0, 0);
   if (!keepNet) netJoin();
   int flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | (keepNet || netJoined ? 0 : CLONE_NEWNET);

@@ -146,6 +146,46 @@ describe.skipIf(!bwrapOk()).each(backends)('LinuxSandbox (%s): escape attempts',
     expect(readdirSync(fx.realStoreDir).filter((n) => n.endsWith('-evil') || n.endsWith('.chroot'))).toEqual([]);
   });
 
+  it("cannot write the host's kernel settings, not even run by root (the builder is then the host's uid 0)", async () => {
+    // Each write puts back the value just read (this machine is shared); /proc/sysrq-trigger is only opened.
+    const bb = `${fx.busyboxPath}/bin/busybox`;
+    const put = (file: string, name: string) =>
+      `v=$(cat ${file}); if (printf '%s\\n' "$v" > ${file}) 2> $out/${name}.err; then echo written; else echo refused; fi > $out/${name};`;
+    const nested = (flags: string, name: string, first: string) =>
+      `if V=$(cat /proc/sys/kernel/core_pattern) ${bb} unshare ${flags} ${bb} sh -c '${first} && printf "%s\\n" "$V" > /proc/sys/kernel/core_pattern' 2>/dev/null; then echo written; else echo refused; fi > $out/${name};`;
+    const req = fx.request(
+      'proc-sys',
+      [
+        'mkdir $out;',
+        put('/proc/sys/kernel/core_pattern', 'core'),
+        put('/proc/sys/vm/swappiness', 'swappiness'),
+        put('/proc/sys/net/ipv4/ip_default_ttl', 'ttl'),
+        'if [ ! -e /proc/sysrq-trigger ]; then echo absent; elif (exec 3>>/proc/sysrq-trigger) 2>/dev/null; then echo opened; else echo refused; fi > $out/sysrq;',
+        // a nested user namespace may neither uncover /proc/sys nor mount a procfs of its own
+        nested('-Urm', 'uncovered', `${bb} umount -l /proc/sys`),
+        nested('-Urmpf', 'fresh-proc', `${bb} mount -t proc none /proc`),
+        'cat /proc/self/mountinfo > $out/mountinfo',
+      ].join('\n'),
+    );
+    expect((await build(sb, req)).exit).toEqual({ kind: 'exited', code: 0 });
+    const out = fx.realPath(req.outputPaths[0]!);
+    const read = (name: string) => readFileSync(path.join(out, name), 'utf8');
+    for (const name of ['core', 'swappiness', 'ttl']) {
+      expect(read(name), name).toBe('refused\n');
+      expect(read(`${name}.err`), name).toMatch(process.getuid?.() === 0 ? /Read-only file system/ : /Permission denied/);
+    }
+    expect(['absent\n', 'refused\n']).toContain(read('sysrq'));
+    expect(read('uncovered')).toBe('refused\n');
+    expect(read('fresh-proc')).toBe('refused\n');
+    const readOnly = read('mountinfo')
+      .split('\n')
+      .filter((l) => / \/proc\/\S+ ro,/.test(l))
+      .map((l) => l.split(' ')[4]);
+    // as an ordinary user the view is Nix's (the kernel refuses the writes); bwrap covers irq and bus itself
+    if (process.getuid?.() === 0) expect(readOnly).toEqual(expect.arrayContaining(['/proc/sys', '/proc/irq', '/proc/bus', '/proc/fs']));
+    else if (backend === 'helper') expect(readOnly).toEqual([]);
+  });
+
   it('cannot create setuid or setgid files', async () => {
     const req = fx.request(
       'suid',
