@@ -2,14 +2,16 @@
  * NarInfoCache: positive and negative narinfo lookups remembered with a TTL, in SQLite with the tables
  * of Nix's `binary-cache-v6.sqlite` (BinaryCaches, NARs). One per engine; substituters share it.
  * `NarInfoCache.open({ cacheDir })` uses `<cacheDir>/binary-cache-v6.sqlite`; without a cacheDir (or if
- * the file cannot be opened) it lives in memory.
+ * the file cannot be opened) it lives in memory: in maps holding the parsed narinfos, as Nix's in-memory
+ * cache of path infos (a substituter of a `file://` cache, which Nix 2.8 keeps in no file, has one of these:
+ * no database to open, no row to encode per narinfo and decode per lookup).
  */
 import type Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { Hash } from '../store/hash.js';
 import { openDatabase } from '../store/sqlite.js';
-import { storePathBase, storePathHashPart } from '../store/store-path.js';
+import { storePathBase, storePathHashPart, type StorePath } from '../store/store-path.js';
 import type { CacheInfo, NarInfo } from './narinfo.js';
 
 export interface NarInfoCacheOptions {
@@ -63,6 +65,18 @@ create table if not exists LastPurge (
 
 export type CachedLookup = { readonly present: true; readonly info: NarInfo } | { readonly present: false };
 
+/** A lookup remembered in memory: the narinfo (undefined: not in the cache) and when (seconds). */
+interface MemoryNar {
+  readonly info: NarInfo | undefined;
+  readonly timestamp: number;
+}
+
+/** The maps of a cache in memory: narinfos by `<uri>\0<hashPart>`, nix-cache-info by uri. */
+interface Memory {
+  readonly nars: Map<string, MemoryNar>;
+  readonly caches: Map<string, { readonly info: Required<CacheInfo>; readonly timestamp: number }>;
+}
+
 interface NarRow {
   namePart: string | null;
   url: string | null;
@@ -81,26 +95,34 @@ interface NarRow {
 
 export class NarInfoCache {
   readonly file: string | undefined;
-  private readonly db: Database.Database;
+  /** The file's database; undefined for a cache in memory (`memory`). */
+  private readonly db: Database.Database | undefined;
+  private readonly memory: Memory | undefined;
   private readonly positiveTtl: number;
   private readonly negativeTtl: number;
   private readonly cacheInfoTtl: number;
   private readonly now: () => number;
   private readonly ids = new Map<string, number>();
-  private readonly stmts: {
-    getCache: Database.Statement<[string], { id: number; timestamp: number; storeDir: string; wantMassQuery: number; priority: number }>;
-    upsertCache: Database.Statement<[string, number, string, number, number]>;
-    getNar: Database.Statement<[number, string], NarRow>;
-    putNar: Database.Statement<unknown[]>;
-  };
+  private readonly stmts:
+    | {
+        getCache: Database.Statement<[string], { id: number; timestamp: number; storeDir: string; wantMassQuery: number; priority: number }>;
+        upsertCache: Database.Statement<[string, number, string, number, number]>;
+        getNar: Database.Statement<[number, string], NarRow>;
+        putNar: Database.Statement<unknown[]>;
+      }
+    | undefined;
 
-  private constructor(db: Database.Database, file: string | undefined, opts: NarInfoCacheOptions) {
+  private constructor(db: Database.Database | undefined, file: string | undefined, opts: NarInfoCacheOptions) {
     this.db = db;
     this.file = file;
     this.positiveTtl = opts.positiveTtl ?? 30 * 24 * 3600;
     this.negativeTtl = opts.negativeTtl ?? 3600;
     this.cacheInfoTtl = opts.cacheInfoTtl ?? 7 * 24 * 3600;
     this.now = opts.now ?? (() => Math.floor(Date.now() / 1000));
+    if (!db) {
+      this.memory = { nars: new Map(), caches: new Map() };
+      return;
+    }
     db.exec(SCHEMA);
     this.stmts = {
       getCache: db.prepare('select id, timestamp, storeDir, wantMassQuery, priority from BinaryCaches where url = ?'),
@@ -131,17 +153,18 @@ export class NarInfoCache {
         );
       }
     }
-    return new NarInfoCache(openDatabase(':memory:'), undefined, opts);
+    return new NarInfoCache(undefined, undefined, opts);
   }
 
   private cacheId(uri: string): number {
+    const stmts = this.stmts!;
     let id = this.ids.get(uri);
     if (id === undefined) {
-      const row = this.stmts.getCache.get(uri);
+      const row = stmts.getCache.get(uri);
       if (row) id = row.id;
       else {
-        this.stmts.upsertCache.run(uri, 0, '', 0, 0);
-        id = this.stmts.getCache.get(uri)!.id;
+        stmts.upsertCache.run(uri, 0, '', 0, 0);
+        id = stmts.getCache.get(uri)!.id;
       }
       this.ids.set(uri, id);
     }
@@ -150,20 +173,26 @@ export class NarInfoCache {
 
   /** Remembered nix-cache-info of a cache, if fresh. */
   getCacheInfo(uri: string): Required<CacheInfo> | undefined {
-    const row = this.stmts.getCache.get(uri);
+    const row = this.memory ? this.memory.caches.get(uri) : this.stmts!.getCache.get(uri);
     // Fresh while younger than the TTL, as Nix's `timestamp > now - ttl` (so a TTL of 0 never keeps one).
     if (!row || row.timestamp === 0 || this.now() - row.timestamp >= this.cacheInfoTtl) return undefined;
+    if ('info' in row) return { ...row.info };
     return { storeDir: row.storeDir, wantMassQuery: row.wantMassQuery !== 0, priority: row.priority };
   }
 
   setCacheInfo(uri: string, info: Required<CacheInfo>): void {
-    this.stmts.upsertCache.run(uri, this.now(), info.storeDir, info.wantMassQuery ? 1 : 0, info.priority);
+    if (this.memory) {
+      this.memory.caches.set(uri, { info: { storeDir: info.storeDir, wantMassQuery: info.wantMassQuery, priority: info.priority }, timestamp: this.now() });
+      return;
+    }
+    this.stmts!.upsertCache.run(uri, this.now(), info.storeDir, info.wantMassQuery ? 1 : 0, info.priority);
     this.ids.delete(uri);
   }
 
   /** A fresh remembered lookup of `hashPart` on `uri`, or undefined when unknown or expired. */
   lookup(uri: string, hashPart: string, storeDir: string): CachedLookup | undefined {
-    const row = this.stmts.getNar.get(this.cacheId(uri), hashPart);
+    if (this.memory) return this.lookupInMemory(this.memory, uri, hashPart, storeDir);
+    const row = this.stmts!.getNar.get(this.cacheId(uri), hashPart);
     if (!row) return undefined;
     const age = this.now() - row.timestamp;
     // Fresh while younger than the TTL (Nix: `timestamp > now - ttl`): with a TTL of 0, never.
@@ -193,16 +222,42 @@ export class NarInfoCache {
     }
   }
 
+  /** lookup() of a cache in memory: the narinfo remembered, in `storeDir` (as a row of the file would give it). */
+  private lookupInMemory(memory: Memory, uri: string, hashPart: string, storeDir: string): CachedLookup | undefined {
+    const e = memory.nars.get(`${uri}\0${hashPart}`);
+    if (!e) return undefined;
+    const age = this.now() - e.timestamp;
+    if (!e.info) return age < this.negativeTtl ? { present: false } : undefined;
+    if (age >= this.positiveTtl) return undefined;
+    const { info } = e;
+    if (info.storePath.startsWith(`${storeDir}/`) && info.storePath.length === storeDir.length + 1 + storePathBase(info.storePath).length) {
+      return { present: true, info };
+    }
+    // Asked for in another store dir: its paths there, as the file's rows (base names) give them.
+    const at = (p: StorePath) => `${storeDir}/${storePathBase(p)}`;
+    return {
+      present: true,
+      info: { ...info, storePath: at(info.storePath), references: info.references.map(at).sort(), deriver: info.deriver && at(info.deriver) },
+    };
+  }
+
   /** Remember a lookup: the narinfo, or `undefined` for "not in this cache". */
   insert(uri: string, hashPart: string, info: NarInfo | undefined): void {
+    if (this.memory) {
+      if (info && storePathHashPart(info.storePath) !== hashPart) return;
+      // (A parsed narinfo's references are sorted and unique, as a row's decoded ones.)
+      this.memory.nars.set(`${uri}\0${hashPart}`, { info, timestamp: this.now() });
+      return;
+    }
+    const stmts = this.stmts!;
     const id = this.cacheId(uri);
     if (!info) {
-      this.stmts.putNar.run(id, hashPart, null, null, null, null, null, null, null, null, null, null, null, this.now(), 0);
+      stmts.putNar.run(id, hashPart, null, null, null, null, null, null, null, null, null, null, null, this.now(), 0);
       return;
     }
     if (storePathHashPart(info.storePath) !== hashPart) return;
     const base = storePathBase(info.storePath);
-    this.stmts.putNar.run(
+    stmts.putNar.run(
       id,
       hashPart,
       base.slice(33),
@@ -222,6 +277,6 @@ export class NarInfoCache {
   }
 
   close(): void {
-    this.db.close();
+    this.db?.close();
   }
 }

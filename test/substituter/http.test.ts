@@ -7,6 +7,7 @@ import { toNixBase32 } from '../../src/store/hash.js';
 import type { Store } from '../../src/store/store-api.js';
 import { BinaryCacheSubstituter } from '../../src/substituter/binary-cache.js';
 import { NarInfoCache } from '../../src/substituter/narinfo-cache.js';
+import { parseNarInfo } from '../../src/substituter/narinfo.js';
 import { substitutePath, SubstituterError } from '../../src/substituter/substituter.js';
 import { tempDir } from '../helpers/nix.js';
 import { FakeStore } from './fake-store.js';
@@ -265,6 +266,48 @@ describe('NarInfoCache', () => {
     now += 7 * 24 * 3600 + 1;
     expect(await run()).toEqual({ priority: 20, enabled: false, reads: 3 });
     expect(warnings).toEqual([`binary cache '${server.url}' is for Nix stores with prefix '/other/store', not '/nix/store'`]);
+  });
+
+  it('in memory, answers as the file does: the narinfo (in the store dir asked for), absent paths, nix-cache-info', () => {
+    const h = (c: string) => c.repeat(32);
+    const hash = `sha256:1${'a'.repeat(51)}`;
+    const info = parseNarInfo(
+      `StorePath: /nix/store/${h('b')}-x.drv\nURL: nar/x.nar\nCompression: none\nFileHash: ${hash}\nFileSize: 8\nNarHash: ${hash}\nNarSize: 8\n` +
+        `References: ${h('d')}-z ${h('c')}-y\nDeriver: ${h('f')}-w.drv\nSig: k:c2ln\nCA: text:${hash}\n`,
+      { storeDir: '/nix/store' },
+    );
+    const file = NarInfoCache.open({ cacheDir: tempDir('realise-nic-same-') });
+    const memory = NarInfoCache.open();
+    expect(file.file).toBeDefined();
+    expect(memory.file).toBeUndefined();
+    const answers = (c: NarInfoCache) => {
+      c.insert('file:///c', h('b'), info);
+      c.insert('file:///c', h('9'), undefined);
+      // A narinfo whose path is not the hash part asked for is not remembered.
+      c.insert('file:///c', h('8'), info);
+      c.setCacheInfo('file:///c', { storeDir: '/nix/store', wantMassQuery: true, priority: 40 });
+      const flat = (l: ReturnType<NarInfoCache['lookup']>) =>
+        l?.present ? { ...l.info, narHash: l.info.narHash.base32, fileHash: l.info.fileHash?.base32 } : l;
+      return {
+        here: flat(c.lookup('file:///c', h('b'), '/nix/store')),
+        elsewhere: flat(c.lookup('file:///c', h('b'), '/other/store')),
+        otherCache: c.lookup('file:///d', h('b'), '/nix/store'),
+        absent: c.lookup('file:///c', h('9'), '/nix/store'),
+        notKept: c.lookup('file:///c', h('8'), '/nix/store'),
+        cacheInfo: c.getCacheInfo('file:///c'),
+      };
+    };
+    const got = answers(memory);
+    expect(got).toEqual(answers(file));
+    expect(got.elsewhere).toMatchObject({
+      storePath: `/other/store/${h('b')}-x.drv`,
+      references: [`/other/store/${h('c')}-y`, `/other/store/${h('d')}-z`],
+      deriver: `/other/store/${h('f')}-w.drv`,
+    });
+    expect(got.absent).toEqual({ present: false });
+    expect(got.notKept).toBeUndefined();
+    file.close();
+    memory.close();
   });
 
   it('falls back to memory when the directory cannot be used', () => {
