@@ -265,6 +265,9 @@ export function checkTrust(
 
 type Fail = (code: SubstituterErrorCode, message: string, extra?: { cause?: unknown; hint?: string }) => SubstituterError;
 
+/** What to do about a substitute whose references are not valid. */
+const MISSING_REFERENCES_HINT = 'substitute (or build) the references first; the closure of a path must be valid before the path';
+
 /** Refuse a path whose references (but itself) are not all valid in `store`. */
 async function requireValidReferences(store: Store, info: SubstitutablePathInfo, fail: Fail): Promise<void> {
   const refs = info.references.filter((r) => r !== info.path);
@@ -273,7 +276,7 @@ async function requireValidReferences(store: Store, info: SubstitutablePathInfo,
   const missing = refs.filter((r) => !valid.has(r));
   if (missing.length > 0) {
     throw fail('missing-references', `cannot substitute '${info.path}': its references ${missing.map((m) => `'${m}'`).join(', ')} are not valid in the store`, {
-      hint: 'substitute (or build) the references first; the closure of a path must be valid before the path',
+      hint: MISSING_REFERENCES_HINT,
     });
   }
 }
@@ -376,6 +379,8 @@ function storeRefusal(e: unknown, sub: Substituter, info: SubstitutablePathInfo,
       hint: 'the binary cache is corrupt or hostile; nothing was registered',
     });
   }
+  if (e instanceof RealiseError && e.code === 'missing-references')
+    return fail('missing-references', `cannot substitute '${info.path}' from '${sub.uri}': ${e.shortMessage}`, { cause: e, hint: MISSING_REFERENCES_HINT });
   // The store's own messages are Nix's ("hash mismatch importing path '…';\n  specified: …\n  got: …").
   if (e instanceof RealiseError && e.code === 'nar-hash-mismatch') return fail('hash-mismatch', e.shortMessage, { cause: e, hint: from });
   if (e instanceof RealiseError && e.code === 'ca-hash-mismatch') return fail('ca-mismatch', e.shortMessage, { cause: e, hint: from });
@@ -419,7 +424,9 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
     if (existing) return existing;
   }
   checkTrust(sub, info, opts);
-  await requireValidReferences(store, info, fail);
+  // A LocalStore's addToStore checks the references itself (synchronously, before it reads a byte of the
+  // NAR; storeRefusal gives its error this function's code): asking here as well was a second query per path.
+  if (!(store instanceof LocalStore)) await requireValidReferences(store, info, fail);
   const ca = contentAddressCheck(sub, info, fail);
   const toRegister: PathInfo = {
     path: target,
