@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { deleteTreeSync, movePathSync } from '../store/canonicalise.js';
+import { processUmask } from '../store/umask.js';
 import { SandboxError } from './sandbox-errors.js';
 import { strerror } from './spawn-merged.js';
 
@@ -240,14 +241,13 @@ function isExisting(e: unknown): boolean {
 /**
  * Whether a directory just made with `mode` (or found there: `existed`) needs a chmod to have it: only when
  * it was there already, or the umask takes bits from the mode, or the mode has bits above 0o777 (sticky).
- * (process.umask() with no argument reads and restores it: read once per skeleton, not per directory.)
  */
 function chmodAfterMkdir(mode: number, existed: boolean, umask: number): boolean {
   return existed || mode > 0o777 || (mode & umask) !== 0;
 }
 
 function runOpsSync(ops: Op[]): void {
-  const umask = process.umask();
+  const umask = processUmask();
   for (const o of ops) {
     if (o.op === 'mkdir') {
       let existed = false;
@@ -288,7 +288,7 @@ async function runOps(ops: Op[], root: string): Promise<void> {
     const depth = o.path === root ? 0 : path.relative(root, o.path).split(path.sep).length;
     (levels[depth] ??= []).push(o);
   }
-  const umask = process.umask();
+  const umask = processUmask();
   for (const level of levels) {
     if (!level) continue;
     // Settled, all of them, before a failure is thrown: the caller then discards the tree, with nothing still writing into it.

@@ -41,6 +41,7 @@ import type { BuildMode, Worker } from './worker.js';
 import type { DerivationGoal } from './derivation-goal.js';
 import type { RunningCount } from './events.js';
 import type { ResolvedOptions } from './options.js';
+import { processUmask } from '../store/umask.js';
 
 export interface LocalBuildPlan {
   readonly mode: BuildMode;
@@ -98,8 +99,7 @@ async function poolOrRemoveBuildDir(dir: BuildDir): Promise<void> {
   if (!(await buildDirPool(path.dirname(dir.top)).put(dir.top, dir.dir !== dir.top))) await removeBuildDir(dir);
 }
 
-/** Read once: process.umask() with no argument is a read-and-restore, not something to do per build. */
-const UMASK_CLEARS_OWNER_BITS = (process.umask() & 0o700) !== 0;
+const UMASK_CLEARS_OWNER_BITS = (processUmask() & 0o700) !== 0;
 
 /**
  * Nix's createTempDir for build directories: `<base>/<prefix>-<n>` with the first free n from 0, mode 0700.

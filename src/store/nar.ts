@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { BadNarError, StoreError, storeWriteError } from './errors.js';
 import { Hash, HashSink, type HashAlgorithm } from './hash.js';
 import { ThreadTasks } from './thread-tasks.js';
+import { processUmask } from './umask.js';
 
 const NAR_MAGIC = 'nix-archive-1';
 const CHUNK = 1 << 20;
@@ -807,7 +808,7 @@ class NarRestore {
     this.absBytes = Buffer.from(abs);
     let umask = 0o777;
     try {
-      umask = process.umask();
+      umask = processUmask();
     } catch {
       /* unknown: always chmod */
     }
