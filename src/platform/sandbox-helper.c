@@ -336,8 +336,9 @@ static pid_t vforkOnStack(int (*fn)(void *), void *arg, int extraFlags) {
    namespace is a child of netUserNs and the builder has no capability over the network namespace. After
    the build (its PID 1 reaped, so every process of it is dead), the build process exits 0 only if the
    namespace shows no trace of it (netClean); the server then returns it to the pool, and otherwise
-   closes it. A namespace is used by one build at a time. Not when we run as root: a builder then runs
-   as the host's uid 0, which may write the namespace's sysctls (they check that uid, not capabilities). */
+   closes it. A namespace is used by one build at a time. Run as root, the builder is the host's uid 0,
+   which the kernel lets write the namespace's sysctls (they check that uid, not capabilities): /proc/sys
+   is read-only to it then (procReadOnly). */
 struct netSlot {
   int fd;
   pid_t user; /* the build process using it, 0 if free, -1 if reserved */
@@ -888,7 +889,6 @@ static int server(int warm) {
   readSeccomp();
   /* If that fails, each build loads it and reports why it cannot. */
   if (haveProg && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0) seccompInherited = 1;
-  netPoolOff = getuid() == 0 || geteuid() == 0;
   if (warm) spawnWarm();
   struct pollfd *pfd = 0;
   size_t capPfd = 0;

@@ -1,9 +1,9 @@
 /**
  * The helper server's network namespaces, reused by later builds only when a build left no trace in
  * them: every build sees a private loopback, up, with zero counters and no sockets, also after a build
- * that used the network; concurrent builds never share one; the builder cannot change it. Run as an
- * ordinary user the pool is in use (checked from outside: the server holds the namespaces builds ran
- * in); as root it is off (docs/sandbox.md), and builds see the same.
+ * that used the network; concurrent builds never share one; the builder cannot change it, also run by
+ * root (the builder is then the host's uid 0, and /proc/sys is read-only to it). The pool is in use as
+ * root and as an ordinary user (checked from outside: the server holds the namespaces builds ran in).
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
@@ -114,14 +114,12 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox (helper server): network na
     expect(r.exit).toEqual({ kind: 'exited', code: 0 });
     expect(r.log).toContain(`hello ${used.outputPaths[0]}`);
     const after = [await recordNet(), await recordNet(), await recordNet()];
-    if (!AS_ROOT) {
-      // Pooled: sequential clean builds ran again in a namespace the server holds (held all along, so its
-      // number was not freed and recycled by the kernel in between).
-      const ids = [...before, ...after];
-      const repeated = ids.filter((id, i) => ids.indexOf(id) !== i);
-      const held = heldByServers();
-      expect(repeated.filter((id) => held.has(id))).not.toEqual([]);
-    }
+    // Pooled: sequential clean builds ran again in a namespace the server holds (held all along, so its
+    // number was not freed and recycled by the kernel in between).
+    const ids = [...before, ...after];
+    const repeated = ids.filter((id, i) => ids.indexOf(id) !== i);
+    const held = heldByServers();
+    expect(repeated.filter((id) => held.has(id))).not.toEqual([]);
   });
 
   it('the namespace a network-using build ran in is closed, not reused', async () => {
@@ -141,7 +139,7 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox (helper server): network na
     expect(exit).toEqual({ kind: 'exited', code: 0 });
     expect(log).toMatch(/Network is unreachable\nIp: [12] 64( 0)* 1 /);
     const id = /net:\[\d+\]/.exec(log)![0];
-    if (!AS_ROOT) await eventually(`the server let go of ${id}`, () => !heldByServers().has(id));
+    await eventually(`the server let go of ${id}`, () => !heldByServers().has(id));
     await recordNet();
   });
 
@@ -157,7 +155,7 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox (helper server): network na
     expect(exit).toEqual({ kind: 'exited', code: 0 });
     expect(log).toMatch(/^net:\[\d+\]\nflow label made\n2\n$/);
     const id = /net:\[\d+\]/.exec(log)![0];
-    if (!AS_ROOT) await eventually(`the server let go of ${id}`, () => !heldByServers().has(id));
+    await eventually(`the server let go of ${id}`, () => !heldByServers().has(id));
     await recordNet();
   });
 
@@ -187,7 +185,7 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox (helper server): network na
   it('the builder cannot change its network namespace', async () => {
     const req = fx.request(
       'change',
-      `${bb} mkdir $out; ${bb} ifconfig lo down 2>> $out/err && echo down >> $out/did; ${bb} ip link set lo down 2>> $out/err && echo down2 >> $out/did; ` +
+      `${bb} mkdir $out; ${bb} readlink /proc/self/ns/net > $out/id; ${bb} ifconfig lo down 2>> $out/err && echo down >> $out/did; ${bb} ip link set lo down 2>> $out/err && echo down2 >> $out/did; ` +
         `${bb} ip addr add 10.1.2.3/8 dev lo 2>> $out/err && echo addr >> $out/did; ${bb} ip route add 10.0.0.0/8 dev lo 2>> $out/err && echo route >> $out/did; ` +
         `echo 99 2>> $out/err > /proc/sys/net/ipv4/ip_default_ttl && echo sysctl >> $out/did; ${bb} ip -o link show lo > $out/lo; echo ok`,
     );
@@ -195,9 +193,13 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox (helper server): network na
     const out = fx.realPath(req.outputPaths[0]!);
     expect(readFileSync(path.join(out, 'lo'), 'utf8')).toContain(',UP,');
     const did = existsSync(path.join(out, 'did')) ? readFileSync(path.join(out, 'did'), 'utf8') : '';
-    // (As root the builder runs as the host's uid 0, which the kernel would let write sysctls: /proc/sys is read-only then.)
     expect(did).toBe('');
-    expect(readFileSync(path.join(out, 'err'), 'utf8')).toMatch(/Operation not permitted/);
+    // As root the builder is the host's uid 0, which the kernel would let write sysctls: /proc/sys is read-only then.
+    const err = readFileSync(path.join(out, 'err'), 'utf8');
+    expect(err).toMatch(/Operation not permitted/);
+    expect(err).toMatch(AS_ROOT ? /ip_default_ttl: Read-only file system/ : /ip_default_ttl: Permission denied/);
+    // It ran in a pooled namespace (one the server holds), not a fresh one of its own.
+    expect(heldByServers()).toContain(readFileSync(path.join(out, 'id'), 'utf8').trim());
     await recordNet();
   });
 });
