@@ -160,6 +160,20 @@ function byTarget([x]: BindEntry, [y]: BindEntry): number {
   return x < y ? -1 : x > y ? 1 : 0;
 }
 
+const RUN_AS_ROOT = process.getuid?.() === 0;
+
+/**
+ * Refused: a builder run as uid 0 by root would be the host's uid 0 with every capability in its own user
+ * and mount namespaces, so it could lift the read-only covers over /proc and write the host's kernel
+ * settings. The engine never asks for it (Nix 2.8's builders are uid 1000).
+ */
+const UID0_AS_ROOT: SandboxExit = {
+  kind: 'spawn-failed',
+  message:
+    'a sandboxed builder cannot run as uid 0 when realise runs as root: it could change the host kernel settings through /proc; use another uid (Nix 2.8 uses 1000)',
+  reason: 'builder uid 0 refused when running as root',
+};
+
 export class LinuxSandbox implements Sandbox {
   readonly name = 'linux-namespaces';
   readonly isolated = true;
@@ -286,6 +300,7 @@ export class LinuxSandbox implements Sandbox {
     if (request.builder.startsWith('builtin:')) {
       return { kind: 'spawn-failed', message: `builder '${request.builder}' of '${request.drvPath}' is a built-in; the scheduler runs built-ins itself` };
     }
+    if (request.uid === 0 && RUN_AS_ROOT) return UID0_AS_ROOT;
     const backend = await this.#resolve();
     if (opts.signal?.aborted) return { kind: 'aborted' };
     const chrootOpts = this.#chrootOptions(request, backend);
