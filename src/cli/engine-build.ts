@@ -29,6 +29,7 @@ import { asActivity, makeDisplay, openJsonSink, type Display, type LogFormat } f
 import { messageLogs, warnStderr, writeFailure, writeStderr } from './messages.js';
 import { CliError, followLinksToStorePath } from './paths.js';
 import { printRealised } from './realised.js';
+import { stderr } from './stdio.js';
 import { failureLines, formatError, missingLines, summariseFailures } from './report.js';
 import { engineSettings, type EngineSettings } from './settings.js';
 
@@ -197,7 +198,7 @@ export async function build(args: CliArgs, store: Store, settings: EngineSetting
 function openDisplay(args: CliArgs, engine: BuildEngine): { display: Display; closeSink: () => Promise<void> } {
   const jsonLogPath = args.options.get('json-log-path');
   const sink = jsonLogPath ? openJsonSink(jsonLogPath) : undefined;
-  const display = makeDisplay(engine, process.stderr, {
+  const display = makeDisplay(engine, stderr, {
     format: args.logFormat as LogFormat | undefined,
     quiet: args.quiet,
     noBuildOutput: args.noBuildOutput,

@@ -8,7 +8,7 @@ import { closeSync, openSync, statSync, writeSync } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import { attachNixJsonLog, LogLevel, NixJsonLog, type BuildEngine } from '../index.js';
 import type { LogFormat } from './args.js';
-import { ProgressDisplay } from './progress.js';
+import { ProgressDisplay, type DisplayOut } from './progress.js';
 
 export type { LogFormat } from './args.js';
 
@@ -138,7 +138,7 @@ export interface DisplayOptions {
 }
 
 /** The display for a command's log format, teeing into `jsonSink` when one is given. */
-export function makeDisplay(engine: BuildEngine, out: NodeJS.WriteStream, o: DisplayOptions): Display {
+export function makeDisplay(engine: BuildEngine, out: DisplayOut, o: DisplayOptions): Display {
   const inner: Display =
     o.format === 'internal-json'
       ? new JsonDisplay(engine, (s) => out.write(s))

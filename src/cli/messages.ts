@@ -4,7 +4,7 @@
  */
 import type { NixJsonLog, TargetResult } from '../index.js';
 import type { Display } from './log-format.js';
-import { failureLines, filterLogMessage, formatError, formatWarning } from './report.js';
+import { failureLines, filterLogMessage, formatError, formatWarning, NEEDS_FILTER } from './report.js';
 import { stderr } from './stdio.js';
 
 /**
@@ -18,7 +18,7 @@ export function writeStderr(message: string): void {
   const logs = messageLogs.display?.jsonLogs ?? (messageLogs.stderrJson ? [messageLogs.stderrJson] : []);
   for (const l of logs) l.text(message);
   // Whether stderr is a terminal matters only to a message with escape sequences (kept on one), `\r`, tabs or bells.
-  if (!messageLogs.stderrJson) stderr.write(filterLogMessage(message, /[\x07\t\r\x1b]/.test(message) && stderr.isTTY));
+  if (!messageLogs.stderrJson) stderr.write(NEEDS_FILTER.test(message) ? filterLogMessage(message, stderr.isTTY) : message);
 }
 
 /** A failed build on stderr as Nix prints it: the kept build directory's note, then the error. */

@@ -5,8 +5,18 @@
  * of '…'...", "building '…' (round 1/2)...", "… on 'MACHINE'...", "copying path '…' from '…'...",
  * "resolved derivation: '…' -> '…'...", "running post-build-hook '…'...".
  */
-import { buildActivityText, copyPathMessage, LogLevel, type BuildEngine, type NixJsonLog, type RemoteLogEvent, type RemoteStep } from '../index.js';
-import { filterLogMessage, formatError, formatWarning } from './report.js';
+import {
+  buildActivityText,
+  copyPathMessage,
+  LogLevel,
+  type BuildEngine,
+  type BuildEngineEventName,
+  type BuildEngineEvents,
+  type NixJsonLog,
+  type RemoteLogEvent,
+  type RemoteStep,
+} from '../index.js';
+import { filterLogMessage, formatError, formatWarning, NEEDS_FILTER } from './report.js';
 
 const NEWLINE = Buffer.from('\n');
 
@@ -26,6 +36,13 @@ export function buildStartedMessage(e: { drvPath: string; round: number; rounds:
   return buildActivityText(e) + '...';
 }
 
+/** Where a display writes: stderr (src/cli/stdio.ts's, or a stream). */
+export interface DisplayOut {
+  write(data: string | Uint8Array): unknown;
+  readonly isTTY?: boolean;
+  readonly columns?: number | undefined;
+}
+
 export class ProgressDisplay {
   private status = '';
   private lastLine = '';
@@ -39,7 +56,7 @@ export class ProgressDisplay {
 
   constructor(
     engine: BuildEngine,
-    private readonly out: NodeJS.WriteStream,
+    private readonly out: DisplayOut,
     opts: ProgressDisplayOptions = {},
   ) {
     this.tty = !!out.isTTY && !opts.plain;
@@ -78,31 +95,26 @@ export class ProgressDisplay {
     const onRemoteLog = (e: { event: RemoteLogEvent }) => {
       if (e.event.type === 'start-activity' && e.event.level <= LogLevel.Info && e.event.text) info(`${e.event.text}...`);
     };
-    const onProgress = () => this.render();
-    engine.on('build-started', onStart);
-    engine.on('build-log', onLog);
-    engine.on('warning', onWarn);
-    engine.on('substitution-started', onSubst);
-    engine.on('build-waiting', onWaiting);
-    engine.on('progress', onProgress);
-    engine.on('remote-step', onRemoteStep);
-    engine.on('remote-log', onRemoteLog);
-    engine.on('derivation-resolved', onResolved);
-    engine.on('post-build-hook-started', onHook);
-    engine.on('post-build-hook-log', onHookLog);
-    this.unsubscribe.push(
-      () => engine.off('derivation-resolved', onResolved),
-      () => engine.off('post-build-hook-started', onHook),
-      () => engine.off('post-build-hook-log', onHookLog),
-      () => engine.off('build-started', onStart),
-      () => engine.off('build-log', onLog),
-      () => engine.off('warning', onWarn),
-      () => engine.off('substitution-started', onSubst),
-      () => engine.off('build-waiting', onWaiting),
-      () => engine.off('progress', onProgress),
-      () => engine.off('remote-step', onRemoteStep),
-      () => engine.off('remote-log', onRemoteLog),
-    );
+    // Only the events this display shows are listened to: the engine makes no event nobody listens to (a
+    // build's log lines, progress snapshots).
+    const on = <E extends BuildEngineEventName>(event: E, fn: BuildEngineEvents[E]) => {
+      // (eventemitter3's types cannot relate a generic event's name to its listener: checked by `on`'s signature.)
+      engine.on(event, fn as never);
+      this.unsubscribe.push(() => engine.off(event, fn as never));
+    };
+    if (!opts.quiet) {
+      on('build-started', onStart);
+      on('substitution-started', onSubst);
+      on('remote-step', onRemoteStep);
+      on('remote-log', onRemoteLog);
+      on('derivation-resolved', onResolved);
+      on('post-build-hook-started', onHook);
+    }
+    if (this.showsLogs || (this.tty && !opts.noBuildOutput)) on('build-log', onLog);
+    on('warning', onWarn);
+    on('build-waiting', onWaiting);
+    if (this.tty) on('progress', () => this.render());
+    if (this.showsLogs) on('post-build-hook-log', onHookLog);
     this.engine = engine;
   }
   private readonly engine: BuildEngine;
@@ -111,7 +123,9 @@ export class ProgressDisplay {
   line(s: string | Buffer): void {
     if (this.stopped) return;
     this.clear();
-    this.out.write(Buffer.concat([filterLogMessage(s, this.tty), NEWLINE]));
+    // A message with nothing to filter (as every `building '…'...` line) is written as it is.
+    if (typeof s === 'string' && !NEEDS_FILTER.test(s)) this.out.write(s + '\n');
+    else this.out.write(Buffer.concat([filterLogMessage(s, this.tty), NEWLINE]));
     this.render();
   }
 

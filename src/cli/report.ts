@@ -21,6 +21,9 @@ export { systemErrorMessage };
 
 const INDENT = ' '.repeat('error: '.length);
 
+/** The characters filterLogMessage changes or drops: a message without any is written as it is. */
+export const NEEDS_FILTER = /[\x07\t\r\x1b]/;
+
 /**
  * What Nix's logger does to every message before writing it to stderr (filterANSIEscapes), on the
  * message's bytes: escape sequences are dropped (on a terminal, SGR ones such as colours are kept), `\r`

@@ -98,6 +98,42 @@ describe('src/cli/stdio.ts: direct writes', () => {
     expect(made).toBe(false);
   });
 
+  it('a stream something made: direct writes go on while it has nothing waiting, and queue behind a write it holds back', () => {
+    const file = path.join(tempDir('realise-stdio-'), 'out');
+    const fd = openSync(file, 'w');
+    const held: (() => void)[] = [];
+    const chunks: Buffer[] = [];
+    // A stream whose writes complete only when released (as a full pipe holds them back).
+    const stream = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        held.push(() => {
+          writeSync(fd, chunk);
+          chunks.push(Buffer.from(chunk));
+          cb();
+        });
+      },
+    });
+    try {
+      const out = new Output(fd, () => stream);
+      out.direct = true;
+      out.write('a');
+      out.streamMade(stream);
+      out.write('b');
+      expect([readFileSync(file, 'utf8'), chunks.length]).toEqual(['ab', 0]);
+      // Something writes through the stream, which holds it back: later writes go behind it.
+      stream.write('c');
+      out.write('d');
+      expect(readFileSync(file, 'utf8')).toBe('ab');
+      while (held.length) held.shift()!();
+      expect(stream.writableLength).toBe(0);
+      out.write('e');
+      expect(readFileSync(file, 'utf8')).toBe('abcde');
+      expect(Buffer.concat(chunks).toString()).toBe('cd');
+    } finally {
+      closeSync(fd);
+    }
+  });
+
   it('not direct (run.ts in process, as the tests run it): through the stream, as before', () => {
     const { stream, chunks } = recorder();
     const out = new Output(1, () => stream);
