@@ -19,6 +19,7 @@ import { busyboxOk, SANDBOX_PATHS } from '../scheduler/helpers.js';
 import { LinuxSandbox, type LinuxSandboxBackend } from '../../src/platform/linux-sandbox.js';
 import { BUILD_DIR_POOL_PREFIX } from '../../src/platform/build-dirs.js';
 import { ccOk, makeFixture } from './sandbox-fixture.js';
+import { killOnceBuilding } from '../helpers/child.js';
 
 const CRASH_CHILD = path.resolve(path.dirname(fileURLToPath(import.meta.url)), 'crash-debris-child.ts');
 const PROBE_SOURCE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/platform/hostile-probe.c');
@@ -216,14 +217,7 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
     mkdirSync(base, { recursive: true });
     const d = await derivation(store, { name: 'killed', system, builder: '/bin/sh', args: ['-c', 'echo started; sleep 60; echo late > $out'] });
     const child = spawn(process.execPath, ['--import', 'tsx', CRASH_CHILD, path.join(dir, 'root'), base, d.drvPath], { stdio: ['ignore', 'pipe', 'inherit'] });
-    await new Promise<void>((resolve, reject) => {
-      child.stdout!.on('data', (c: Buffer) => {
-        if (c.toString().includes('BUILDING')) resolve();
-      });
-      child.once('exit', (code) => reject(new Error(`the child exited (${code}) before building`)));
-    });
-    child.kill('SIGKILL');
-    await new Promise((r) => child.once('exit', r));
+    await killOnceBuilding(child);
     // (Skeletons of this process's own engines are alive, and stay.)
     const storeDebris = () =>
       readdirSync(store.realStoreDir).filter((n) => n.includes(`-realise-chroot-${child.pid}-`) || n.includes('.chroot') || n.endsWith('.lock'));

@@ -18,6 +18,7 @@ import { LocalStore } from '../../src/store/local-store.js';
 import { bwrapOk, tempDir } from '../helpers/nix.js';
 import { ccOk } from '../platform/sandbox-fixture.js';
 import { busyboxOk, SANDBOX_PATHS } from './helpers.js';
+import { killOnceBuilding } from '../helpers/child.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const PROBE_SOURCE = path.resolve(HERE, '../fixtures/platform/hostile-probe.c');
@@ -204,14 +205,7 @@ describe.skipIf(!ccOk() || !busyboxOk())('build directories reused', () => {
       e.on('build-started', () => process.stdout.write('BUILDING\\n'));
       await e.buildPaths([(await mk('sleeper', 'sleep 60')).drvPath]);`;
     const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', childCode], { stdio: ['ignore', 'pipe', 'inherit'] });
-    await new Promise<void>((resolve, reject) => {
-      child.stdout!.on('data', (c: Buffer) => {
-        if (c.toString().includes('BUILDING')) resolve();
-      });
-      child.once('exit', (code) => reject(new Error(`the child exited (${code}) before building`)));
-    });
-    child.kill('SIGKILL');
-    await new Promise((r) => child.once('exit', r));
+    await killOnceBuilding(child);
     const left = readdirSync(b).sort();
     expect(left.filter((n) => !isPool(n))).toEqual(['nix-build-sleeper.drv-0']);
     expect(left.filter(isPool)).toEqual([expect.stringMatching(new RegExp(`^\\${BUILD_DIR_POOL_PREFIX}${child.pid}-\\d+$`))]);
