@@ -10,7 +10,8 @@
  * (no directory of its own for the pool: a process that builds once would pay a creation for it), still
  * 0700, so no one else can put anything in it. Its record in the process's build-directory file
  * (build-dirs.ts) follows it through each rename, so that a process killed with -9 leaves nothing behind
- * after the next sweep; the pooled directories are removed when the process exits. A sandboxed build's
+ * after the next sweep; the pooled directories are removed when an engine using the base closes, and when
+ * the process exits. A sandboxed build's
  * directory goes in with its `build` inside: one rename moves both.
  *
  * A pooled directory is renamed to `<base>/<prefix>-<n>` with renameat2(RENAME_NOREPLACE), the first n
@@ -93,6 +94,15 @@ export class BuildDirPool {
       if (e === EEXIST) continue;
       if (e === EINVAL || e === ENOSYS) this.#unusable = true; // no RENAME_NOREPLACE on this file system or kernel
       return undefined;
+    }
+  }
+
+  /** Remove the directories waiting in this pool (an engine closing: its base is left as Nix leaves it). */
+  drain(): void {
+    for (const entry of this.#plain.splice(0).concat(this.#withInner.splice(0))) {
+      pooled.delete(entry);
+      rmSync(entry, { recursive: true, force: true });
+      buildDirRegistry().delete(entry);
     }
   }
 

@@ -31,6 +31,7 @@ import { buildThroughDaemon, daemonSettingsOf, queryMissingThroughDaemon } from 
 import type { WorkerOptions } from '../remote/worker-protocol.js';
 import { BuiltinBuilders, isBuiltinBuilder } from '../builtins/builtin-builders.js';
 import { SandboxError } from '../platform/sandbox-errors.js';
+import { buildDirPool } from '../platform/build-dir-pool.js';
 
 /** How many parsed derivations an engine keeps. */
 const DRV_CACHE_SIZE = 4_096;
@@ -519,8 +520,9 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   }
 
   /**
-   * Stop the sandbox's helper processes and drop its prepared chroots; close the substituters, the remote
-   * builders the engine made (from a `builders` string) and the store if the engine opened it.
+   * Stop the sandbox's helper processes and drop its prepared chroots; remove the build directories kept
+   * for reuse in its build dir; close the substituters, the remote builders the engine made (from a
+   * `builders` string) and the store if the engine opened it.
    */
   async close(): Promise<void> {
     if (this.ownsBuilders) await Promise.all(this.options.builders.map((b) => b.close()));
@@ -529,6 +531,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       await flushRemovals();
     }
     await this.builtins.close();
+    buildDirPool(this.options.buildDir).drain();
     for (const s of this.options.substituters) await s.close?.();
     if (this.ownsStore) await (await this.storePromise).close();
   }

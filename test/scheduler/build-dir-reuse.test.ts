@@ -90,6 +90,15 @@ describe.skipIf(!ccOk() || !busyboxOk())('build directories reused', () => {
     expect(pooledInodes(b)).toEqual([inode(first)]);
   });
 
+  it("an engine's close removes the directories waiting for reuse in its base (left as Nix leaves it)", async () => {
+    const b = base('closed');
+    const e = new BuildEngine({ store, sandbox: false, buildDir: b });
+    await build(e, 'before-close', RECORD);
+    expect(pooledInodes(b)).toHaveLength(1);
+    await e.close();
+    expect(readdirSync(b)).toEqual([]);
+  });
+
   it.each([
     ['left a file', 'touch $NIX_BUILD_TOP/debris'],
     ['changed its mode', 'chmod 755 $NIX_BUILD_TOP'],
