@@ -89,15 +89,12 @@ interface InodeCheck {
 export interface SkeletonState {
   readonly key: string;
   readonly opts: PrepareChrootOptions;
-  /** Relative path (from the root) → reference attributes, for every inode of the skeleton. */
-  readonly inodes: ReadonlyMap<string, InodeRef>;
-  /** Relative directory path → its entries. */
-  readonly entries: ReadonlyMap<string, readonly string[]>;
-  /** Relative path → contents, for the files the builder may read (/etc/*). */
-  readonly files: ReadonlyMap<string, string>;
   /** Relative path of the store dir. */
   readonly store: string;
-  /** What skeletonUnchanged compares, inode by inode, made once from the three maps above. */
+  /**
+   * What skeletonUnchanged compares: every inode of the skeleton not covered during a build, with its
+   * reference attributes, a directory's entries, an /etc file's contents (those the builder may read).
+   */
   readonly checks: readonly InodeCheck[];
   /** Empty directories in the store dir left as mount points by earlier builds (names). */
   readonly mountpoints: Set<string>;
@@ -349,36 +346,20 @@ function coveredDuringBuild(opts: PrepareChrootOptions): Set<string> {
 
 /** Record the state of a freshly made skeleton (every inode, directory listing and /etc file). */
 function snapshotSkeleton(root: string, key: string, opts: PrepareChrootOptions): SkeletonState {
-  const inodes = new Map<string, InodeRef>();
-  const entries = new Map<string, readonly string[]>();
-  const files = new Map<string, string>();
+  const store = opts.storeDir.replace(/^\/+/, '');
+  const checks: InodeCheck[] = [];
   const covered = coveredDuringBuild(opts);
   const walk = (rel: string): void => {
     const abs = rel ? path.join(root, rel) : root;
     const st = fs.lstatSync(abs);
-    if (!covered.has(rel)) inodes.set(rel, refOf(st));
-    if (st.isDirectory()) {
-      const names = fs.readdirSync(abs).sort();
-      if (covered.has(rel)) return;
-      entries.set(rel, names);
-      for (const n of names) walk(rel ? `${rel}/${n}` : n);
-    } else if (st.isFile() && rel.startsWith('etc/')) files.set(rel, fs.readFileSync(abs, 'utf8'));
+    if (covered.has(rel)) return; // (looked at all the same: it must be there)
+    const names = st.isDirectory() ? fs.readdirSync(abs).sort() : undefined;
+    const data = st.isFile() && rel.startsWith('etc/') ? fs.readFileSync(abs) : undefined;
+    checks.push({ suffix: rel ? `/${rel}` : '', ref: refOf(st), store: rel === store, timesMayChange: rel === '' || rel === store, names, data });
+    for (const n of names ?? []) walk(rel ? `${rel}/${n}` : n);
   };
   walk('');
-  const store = opts.storeDir.replace(/^\/+/, '');
-  const checks: InodeCheck[] = [];
-  for (const [rel, ref] of inodes) {
-    const data = files.get(rel);
-    checks.push({
-      suffix: rel ? `/${rel}` : '',
-      ref,
-      store: rel === store,
-      timesMayChange: rel === '' || rel === store,
-      names: entries.get(rel),
-      data: data === undefined ? undefined : Buffer.from(data),
-    });
-  }
-  return { key, opts, inodes, entries, files, store, checks, mountpoints: new Set() };
+  return { key, opts, store, checks, mountpoints: new Set() };
 }
 
 function sameNames(a: readonly string[], b: readonly string[]): boolean {
