@@ -444,6 +444,11 @@ interface Recycling {
   done: boolean;
 }
 
+/** What a pool key holds of a build's chroot options: skeletons are shared by builds that agree on all of it. */
+function keyParts(opts: PrepareChrootOptions): readonly unknown[] {
+  return [path.dirname(opts.root), opts.storeDir, opts.sandboxBuildDir, opts.uid, opts.gid, opts.network, opts.devSkeleton, !!opts.kvm];
+}
+
 /** The list kept under `key` in `map`, made (empty) on first use. */
 function listIn<T>(map: Map<string, T[]>, key: string): T[] {
   let list = map.get(key);
@@ -493,32 +498,21 @@ export class ChrootPool {
     }
   }
 
-  /** The last key made by #keyOf and what it was made from. */
-  #lastKey: { readonly opts: PrepareChrootOptions; readonly dir: string; readonly key: string } | undefined;
+  /** The last key made by #keyOf and the parts it was made from. */
+  #lastKey: { readonly parts: readonly unknown[]; readonly key: string } | undefined;
 
   /** keyOf(opts), made again only when `opts` differs from the last ones in what the key holds (builds mostly share it). */
   #keyOf(opts: PrepareChrootOptions): string {
-    const dir = opts.root.slice(0, opts.root.lastIndexOf('/'));
+    const parts = keyParts(opts);
     const l = this.#lastKey;
-    if (
-      l &&
-      l.dir === dir &&
-      l.opts.storeDir === opts.storeDir &&
-      l.opts.sandboxBuildDir === opts.sandboxBuildDir &&
-      l.opts.uid === opts.uid &&
-      l.opts.gid === opts.gid &&
-      l.opts.network === opts.network &&
-      l.opts.devSkeleton === opts.devSkeleton &&
-      !!l.opts.kvm === !!opts.kvm
-    )
-      return l.key;
-    const key = ChrootPool.keyOf(opts);
-    this.#lastKey = { opts, dir, key };
+    if (l && parts.every((p, i) => p === l.parts[i])) return l.key;
+    const key = JSON.stringify(parts);
+    this.#lastKey = { parts, key };
     return key;
   }
 
   static keyOf(opts: PrepareChrootOptions): string {
-    return JSON.stringify([path.dirname(opts.root), opts.storeDir, opts.sandboxBuildDir, opts.uid, opts.gid, opts.network, opts.devSkeleton, !!opts.kvm]);
+    return JSON.stringify(keyParts(opts));
   }
 
   #listOf(key: string): SkeletonState[] {
