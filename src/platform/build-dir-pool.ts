@@ -22,7 +22,7 @@ import { rmSync } from 'node:fs';
 import { constants } from 'node:os';
 import * as path from 'node:path';
 import { deleteTree } from '../store/canonicalise.js';
-import { BUILD_DIR_POOL_PREFIX, buildDirRegistry } from './build-dirs.js';
+import { BUILD_DIR_POOL_PREFIX, buildDirRegistry, myUid } from './build-dirs.js';
 import { nativeDirOps, type DirOps } from './native-xattrs.js';
 
 /** The name of a sandboxed build's inner directory, inside its top one. */
@@ -32,8 +32,6 @@ const INNER = 'build';
 const MAX_POOLED = 64;
 
 const { EEXIST, EINVAL, ENOSYS } = constants.errno;
-
-const myUid = typeof process.getuid === 'function' ? process.getuid() : -1;
 
 let ops: Promise<DirOps | undefined> | undefined;
 

@@ -19,7 +19,8 @@ import { defaultHelperCacheDir } from './sandbox-helper.js';
 /** The name of a build directory waiting for reuse (build-dir-pool.ts) starts so: `<base>/.realise-build-pool-<pid>-<k>`. */
 export const BUILD_DIR_POOL_PREFIX = '.realise-build-pool-';
 
-const myUid = typeof process.getuid === 'function' ? process.getuid() : -1;
+/** This process's uid (-1 where there is none): build directories are ours only when owned by it. */
+export const myUid = typeof process.getuid === 'function' ? process.getuid() : -1;
 
 /** This process's record of its build directories. */
 class BuildDirRegistry {

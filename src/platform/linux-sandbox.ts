@@ -548,7 +548,7 @@ export class LinuxSandbox implements Sandbox {
     // whatever its capabilities; bwrap covers /proc/irq and /proc/bus (and /proc/sysrq-trigger) but not
     // /proc/sys (its write check on it always fails) nor /proc/fs. Those are bound read-only from the
     // host's procfs (sysctls show the reader's namespaces either way).
-    if (process.getuid?.() === 0)
+    if (RUN_AS_ROOT)
       a.push('--ro-bind', '/proc/sys', '/proc/sys', '--ro-bind-try', '/proc/sysrq-trigger', '/proc/sysrq-trigger', '--ro-bind-try', '/proc/fs', '/proc/fs');
     for (const [target, { source, optional, ro }] of binds) {
       a.push(ro ? (optional ? '--ro-bind-try' : '--ro-bind') : optional ? '--bind-try' : '--bind', source, target);
