@@ -189,15 +189,20 @@ export class NarInfoCache {
     this.ids.delete(uri);
   }
 
+  /**
+   * Whether a lookup remembered at `timestamp` (seconds) is too old: fresh while younger than the TTL of
+   * its kind, present or not (Nix: `timestamp > now - ttl`), so with a TTL of 0 never fresh.
+   */
+  private expired(present: boolean, timestamp: number): boolean {
+    return this.now() - timestamp >= (present ? this.positiveTtl : this.negativeTtl);
+  }
+
   /** A fresh remembered lookup of `hashPart` on `uri`, or undefined when unknown or expired. */
   lookup(uri: string, hashPart: string, storeDir: string): CachedLookup | undefined {
     if (this.memory) return this.lookupInMemory(this.memory, uri, hashPart, storeDir);
     const row = this.stmts!.getNar.get(this.cacheId(uri), hashPart);
-    if (!row) return undefined;
-    const age = this.now() - row.timestamp;
-    // Fresh while younger than the TTL (Nix: `timestamp > now - ttl`): with a TTL of 0, never.
-    if (row.present === 0) return age < this.negativeTtl ? { present: false } : undefined;
-    if (age >= this.positiveTtl) return undefined;
+    if (!row || this.expired(row.present !== 0, row.timestamp)) return undefined;
+    if (row.present === 0) return { present: false };
     try {
       const info: NarInfo = {
         storePath: `${storeDir}/${hashPart}-${row.namePart}`,
@@ -225,10 +230,8 @@ export class NarInfoCache {
   /** lookup() of a cache in memory: the narinfo remembered, in `storeDir` (as a row of the file would give it). */
   private lookupInMemory(memory: Memory, uri: string, hashPart: string, storeDir: string): CachedLookup | undefined {
     const e = memory.nars.get(`${uri}\0${hashPart}`);
-    if (!e) return undefined;
-    const age = this.now() - e.timestamp;
-    if (!e.info) return age < this.negativeTtl ? { present: false } : undefined;
-    if (age >= this.positiveTtl) return undefined;
+    if (!e || this.expired(e.info !== undefined, e.timestamp)) return undefined;
+    if (!e.info) return { present: false };
     const { info } = e;
     if (info.storePath.startsWith(`${storeDir}/`) && info.storePath.length === storeDir.length + 1 + storePathBase(info.storePath).length) {
       return { present: true, info };
