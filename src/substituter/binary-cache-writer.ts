@@ -8,14 +8,13 @@ import { createWriteStream, promises as fsp, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HashSink } from '../store/hash.js';
-import { mkdirs } from '../store/local-store.js';
 import { systemErrorMessage } from '../store/system-error.js';
 import type { PathInfo, Store } from '../store/store-api.js';
 import { storePathHashPart, type StorePath } from '../store/store-path.js';
 import { compressStream } from './compression.js';
 import { compressionExtension, isCompression, parseCacheInfo, printCacheInfo, printNarInfo, signPathInfo, type Compression, type NarInfo } from './narinfo.js';
 import { parseSecretKey, type SecretKey } from './signatures.js';
-import { BINARY_CACHE_DIRS } from './binary-cache.js';
+import { makeBinaryCacheDirs } from './binary-cache.js';
 import { SubstituterError } from './substituter.js';
 
 export interface CopyToBinaryCacheOptions {
@@ -57,9 +56,8 @@ export class BinaryCacheWriter {
         uri: url,
         hint: 'copy to a directory and serve it over HTTP',
       });
-    // One level at a time: Node's recursive mkdir never returns under e.g. /proc (see mkdirs).
     try {
-      for (const d of BINARY_CACHE_DIRS) await mkdirs(path.join(dir, d), 0o755);
+      await makeBinaryCacheDirs(dir);
     } catch (e) {
       // Nix's words for the call that failed ("creating directory '…': …", "'…' is not a directory").
       throw new SubstituterError('store', systemErrorMessage(e) ?? (e as Error).message, { uri: url, cause: e, hint: `cannot create binary cache '${url}'` });

@@ -211,8 +211,13 @@ const SYNC_READ_MAX = 1024 * 1024;
 /** Files of a file:// cache up to this size whose size is known are read into one buffer (larger ones stream). */
 const WHOLE_READ_MAX = 16 * 1024 * 1024;
 
-/** The directories Nix 2.8 makes in a file:// binary cache it opens. */
-export const BINARY_CACHE_DIRS = ['nar', 'realisations', 'log'];
+/**
+ * Make the directories Nix 2.8 makes in a file:// binary cache it opens (`nar`, `realisations`, `log`), one
+ * level at a time: Node's recursive mkdir never returns under e.g. /proc (see mkdirs).
+ */
+export async function makeBinaryCacheDirs(dir: string): Promise<void> {
+  for (const d of ['nar', 'realisations', 'log']) await mkdirs(path.join(dir, d), 0o755);
+}
 
 class FileTransport implements Transport {
   constructor(
@@ -236,7 +241,7 @@ class FileTransport implements Transport {
    */
   async prepare(storeDir: string, hasInfo: boolean): Promise<void> {
     try {
-      for (const d of BINARY_CACHE_DIRS) await mkdirs(path.join(this.dir, d), 0o755);
+      await makeBinaryCacheDirs(this.dir);
       if (!hasInfo) await fsp.writeFile(path.join(this.dir, 'nix-cache-info'), `StoreDir: ${storeDir}\n`, { flag: 'wx' });
     } catch (e) {
       if (hasInfo || (e as NodeJS.ErrnoException).code === 'EEXIST') return;
