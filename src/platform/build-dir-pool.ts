@@ -33,14 +33,6 @@ const MAX_POOLED = 64;
 
 const { EEXIST, EINVAL, ENOSYS } = constants.errno;
 
-let ops: Promise<DirOps | undefined> | undefined;
-
-/** The native operations, or undefined without them (no C compiler): then nothing is pooled. */
-function dirOps(): Promise<DirOps | undefined> {
-  ops ??= nativeDirOps().catch(() => undefined);
-  return ops;
-}
-
 /** A build directory: its top, and whether the sandbox's `build` is inside it. */
 export interface PooledBuildDir {
   readonly top: string;
@@ -65,7 +57,7 @@ export class BuildDirPool {
    */
   async take(prefix: string, inner: boolean): Promise<PooledBuildDir | undefined> {
     if (!this.#plain.length && !(inner && this.#withInner.length)) return undefined;
-    const o = await dirOps();
+    const o = await nativeDirOps(); // (undefined without a C compiler: then nothing is pooled)
     if (!o) return undefined;
     for (;;) {
       const withInner = inner && this.#withInner.length > 0;
@@ -111,7 +103,7 @@ export class BuildDirPool {
    */
   async put(top: string, inner: boolean): Promise<boolean> {
     if (this.#unusable || this.#plain.length + this.#withInner.length >= MAX_POOLED) return false;
-    const o = await dirOps();
+    const o = await nativeDirOps();
     if (!o?.pristineDir(top, myUid, inner ? INNER : undefined)) return false;
     const entry = this.#renameToFree(o, top, () => `${BUILD_DIR_POOL_PREFIX}${process.pid}-${this.#next++}`);
     if (!entry) return false;

@@ -55,14 +55,17 @@ async function loadAddon(opts: { cc?: string; cacheDir?: string }): Promise<Addo
   return require(dest) as Addon;
 }
 
-let dirOps: Promise<DirOps> | undefined;
+let dirOps: Promise<DirOps | undefined> | undefined;
 
-/** The directory operations (the addon compiled and loaded once per process); rejects without a C compiler. */
-export function nativeDirOps(): Promise<DirOps> {
-  dirOps ??= loadAddon({}).then((addon) => ({
-    pristineDir: (p, uid, inner) => addon.pristineDir(p, uid, inner ?? ''),
-    renameNoReplace: (from, to) => addon.renameNoReplace(from, to),
-  }));
+/** The directory operations (the addon compiled and loaded once per process); undefined without a C compiler. */
+export function nativeDirOps(): Promise<DirOps | undefined> {
+  dirOps ??= loadAddon({}).then(
+    (addon): DirOps => ({
+      pristineDir: (p, uid, inner) => addon.pristineDir(p, uid, inner ?? ''),
+      renameNoReplace: (from, to) => addon.renameNoReplace(from, to),
+    }),
+    () => undefined,
+  );
   return dirOps;
 }
 
