@@ -55,10 +55,11 @@ export interface CliArgs {
   sigs: boolean;
   humanReadable: boolean;
   /**
-   * `gc`: what nix-store --gc / --delete does: `--print-dead`, `--print-live`, `--print-roots`, `--delete`
-   * (the positional paths), `--ignore-liveness`, `--max-freed N[KMGT]`.
+   * `gc`: nix-store --gc, or with `--delete` nix-store --delete (the positional paths). `flags` are the
+   * operation's flags in order, as nix-store hands them to it (`--max-freed` followed by its value, flags
+   * no command knows included): src/cli/gc.ts reads them as that operation does.
    */
-  gc: { action?: 'print-dead' | 'print-live' | 'print-roots' | 'delete-specific'; ignoreLiveness: boolean; maxFreed?: string };
+  gc: { delete: boolean; flags: string[] };
   /** `--log-format FORMAT`: raw, raw-with-logs, internal-json, bar, bar-with-logs (checked by the command). */
   logFormat?: string;
   /** `--trace-file FILE`: write the run's timeline in the Chrome Trace Event format. */
@@ -327,7 +328,7 @@ function emptyArgs(): CliArgs {
     closureSize: false,
     sigs: false,
     humanReadable: false,
-    gc: { ignoreLiveness: false },
+    gc: { delete: false, flags: [] },
   };
 }
 
@@ -343,7 +344,8 @@ const PATH_INFO_SWITCHES: Readonly<Record<string, (a: CliArgs) => void>> = {
   '--human-readable': (a) => (a.humanReadable = true),
 };
 
-const GC_ACTIONS = { '--print-dead': 'print-dead', '--print-live': 'print-live', '--print-roots': 'print-roots', '--delete': 'delete-specific' } as const;
+/** The flags of nix-store's --gc and --delete (the operation reads them: src/cli/gc.ts). */
+const GC_FLAGS = new Set(['--print-dead', '--print-live', '--print-roots', '--ignore-liveness']);
 
 /**
  * Flags without an argument. Verbosity is Nix's: each --quiet one level down (to 0), each -v one up (to 7),
@@ -436,10 +438,13 @@ class ArgParser {
       return 1;
     }
     if (a.command !== 'gc') return 0;
-    if (Object.hasOwn(GC_ACTIONS, arg)) a.gc.action = GC_ACTIONS[arg as keyof typeof GC_ACTIONS];
-    else if (arg === '--ignore-liveness') a.gc.ignoreLiveness = true;
+    if (arg === '--delete') a.gc.delete = true;
+    else if (GC_FLAGS.has(arg)) a.gc.flags.push(arg);
     else if (arg === '--max-freed') {
-      a.gc.maxFreed = this.next(i, arg);
+      // nix-store takes the value with the flag, whatever the operation (getArg's words when it is missing).
+      const value = this.argv[i + 1];
+      if (value === undefined) throw new UsageError(`'${arg}' requires an argument`);
+      a.gc.flags.push(arg, value);
       return 2;
     } else return 0;
     return 1;
@@ -528,6 +533,11 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
       const [k, v] = [arg.slice(2, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)];
       return parseArgs([...argv.slice(0, i), `--${k}`, v, ...argv.slice(i + 1)]);
     }
+    // nix-store hands a flag it does not know to the operation, which words the error (src/cli/gc.ts).
+    if (p.a.command === 'gc' && arg.startsWith('-') && arg !== '-') {
+      p.a.gc.flags.push(arg);
+      continue;
+    }
     // Worded as the Nix command the subcommand mirrors: nix-store's "unknown", the nix command's "unrecognised".
     if (arg.startsWith('-') && arg !== '-') throw new UsageError(`${NIX_COMMAND_CLI.has(p.a.command ?? '') ? 'unrecognised' : 'unknown'} flag '${arg}'`);
     p.positional(arg);
@@ -548,11 +558,12 @@ export function parseBool(name: string, v: string): boolean {
 const UNIT_PREFIXED_FLAGS = new Set(['--cores', '--timeout', '--max-silent-time']);
 
 /**
- * An integer flag's value as nix-store 2.8 parses `--cores`, `--timeout` and `--max-silent-time`: a last
- * letter is a unit (`2K` is 2048; another letter is "invalid unit specifier"), and the rest an unsigned
- * integer (else "'…' is not an integer", naming the rest).
+ * An integer flag's value as nix-store 2.8 parses `--cores`, `--timeout` and `--max-silent-time`
+ * (`signed`: `--max-freed`): a last letter is a unit (`2K` is 2048; another letter is "invalid unit
+ * specifier"), and the rest an unsigned integer, or with `signed` one with an optional sign (else "'…' is
+ * not an integer", naming the rest).
  */
-export function parseUnitPrefixed(value: string): number {
+export function parseUnitPrefixed(value: string, signed = false): number {
   let digits = value;
   let multiplier = 1;
   const unit = value.slice(-1).toUpperCase();
@@ -562,7 +573,7 @@ export function parseUnitPrefixed(value: string): number {
     multiplier = 1024 ** power;
     digits = value.slice(0, -1);
   }
-  const n = /^[0-9]+$/.test(digits) ? Number(digits) * multiplier : NaN;
+  const n = (signed ? /^[+-]?[0-9]+$/ : /^[0-9]+$/).test(digits) ? Number(digits) * multiplier : NaN;
   if (!Number.isSafeInteger(n)) throw new UsageError(`'${digits}' is not an integer`);
   return n;
 }

@@ -5,7 +5,7 @@
  * terminal a status line with the paths and bytes freed so far.
  */
 import { compileOptimiseAddon, LocalStore, type GcAction, type GcEvent, type Store } from '../index.js';
-import { parseBool, UsageError, type CliArgs } from './args.js';
+import { parseBool, parseUnitPrefixed, UsageError, type CliArgs } from './args.js';
 import { CliError, followLinksToStorePath } from './paths.js';
 
 /** Nix's showBytes. */
@@ -13,12 +13,40 @@ function mib(bytes: number): string {
   return `${(bytes / (1024 * 1024)).toFixed(2)} MiB`;
 }
 
-/** `--max-freed N` with an optional K/M/G/T suffix (Nix's getIntArg with units); negative means 0. */
+/** `--max-freed N` with an optional K/M/G/T suffix (Nix's getIntArg with units, of a signed value); negative means 0. */
 export function parseMaxFreed(v: string): number {
-  const m = /^(-?\d+)([KMGT]?)$/.exec(v);
-  if (!m) throw new UsageError(`flag '--max-freed' requires an integer argument`);
-  const n = Number(m[1]) * 1024 ** ' KMGT'.indexOf(m[2] || ' ');
-  return Math.max(n, 0);
+  return Math.max(parseUnitPrefixed(v, true), 0);
+}
+
+interface GcOperation {
+  action: GcAction;
+  printRoots: boolean;
+  ignoreLiveness: boolean;
+  maxFreed?: number;
+}
+
+/**
+ * What nix-store's opGC or opDelete makes of its flags, with their errors: --delete takes only
+ * `--ignore-liveness` (else "unknown flag"); --gc `--print-roots` (which wins over the others),
+ * `--print-live`, `--print-dead` (the last of these two counts) and `--max-freed N` (else "bad
+ * sub-operation"); arguments only with --delete.
+ */
+export function gcOperation(args: CliArgs): GcOperation {
+  const { flags } = args.gc;
+  const op: GcOperation = { action: args.gc.delete ? 'delete-specific' : 'delete-dead', printRoots: false, ignoreLiveness: false };
+  for (let i = 0; i < flags.length; i++) {
+    const f = flags[i]!;
+    if (args.gc.delete) {
+      if (f !== '--ignore-liveness') throw new UsageError(`unknown flag '${f}'`);
+      op.ignoreLiveness = true;
+    } else if (f === '--print-roots') op.printRoots = true;
+    else if (f === '--print-live') op.action = 'print-live';
+    else if (f === '--print-dead') op.action = 'print-dead';
+    else if (f === '--max-freed') op.maxFreed = parseMaxFreed(flags[++i]!);
+    else throw new UsageError(`bad sub-operation '${f}' in GC`);
+  }
+  if (!args.gc.delete && args.positional.length) throw new UsageError('no arguments expected');
+  return op;
 }
 
 function localStoreOf(store: Store, what: string): LocalStore {
@@ -75,46 +103,52 @@ class GcDisplay {
 
 export async function gcCommand(args: CliArgs, store: Store): Promise<number> {
   const local = localStoreOf(store, 'gc');
-  const { action: flag, ignoreLiveness, maxFreed } = args.gc;
-  if (flag !== 'delete-specific' && args.positional.length) throw new UsageError('no arguments expected');
-  if (flag === 'print-roots') {
+  const { action, printRoots, ignoreLiveness, maxFreed } = gcOperation(args);
+  if (printRoots) {
     const lines: Array<[string, string]> = [];
     for (const [target, links] of local.findRoots()) for (const link of links) lines.push([link, target]);
     lines.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
     for (const [link, target] of lines) process.stdout.write(`${link} -> ${target}\n`);
     return 0;
   }
-  const action: GcAction = flag ?? 'delete-dead';
   const display = new GcDisplay(args.quiet);
   let deleted = 0;
+  let bytesFreed = 0;
   const onEvent = (e: GcEvent) => {
     if (e.type === 'info') display.line(e.message);
-    else if (e.type === 'deleted') display.progress(`[${++deleted} paths deleted, ${mib(e.bytesFreed)} freed]`);
+    else if (e.type === 'deleted') {
+      bytesFreed = e.bytesFreed;
+      display.progress(`[${++deleted} paths deleted, ${mib(e.bytesFreed)} freed]`);
+    }
   };
   const ac = new AbortController();
   const onSig = () => ac.abort();
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onSig);
+  // As Nix's PrintFreed, the summary of a deleting collection is printed however it ends: a path that is
+  // still alive, an interrupt or a failure leaves "N store paths deleted" of what went before.
+  const deleting = action === 'delete-dead' || action === 'delete-specific';
+  const paths = action === 'delete-specific' ? args.positional.map((p) => followLinksToStorePath(store.storeDir, p)) : undefined;
+  const keepOutputs = boolSetting(args, ['keep-outputs', 'gc-keep-outputs'], false);
+  const keepDerivations = boolSetting(args, ['keep-derivations', 'gc-keep-derivations'], true);
   try {
     const r = await local.collectGarbage({
       action,
-      paths: action === 'delete-specific' ? args.positional.map((p) => followLinksToStorePath(store.storeDir, p)) : undefined,
+      paths,
       ignoreLiveness,
-      maxFreed: maxFreed === undefined ? undefined : parseMaxFreed(maxFreed),
-      keepOutputs: boolSetting(args, ['keep-outputs', 'gc-keep-outputs'], false),
-      keepDerivations: boolSetting(args, ['keep-derivations', 'gc-keep-derivations'], true),
+      maxFreed,
+      keepOutputs,
+      keepDerivations,
       signal: ac.signal,
       onEvent,
     });
     display.done();
-    if (action === 'print-dead' || action === 'print-live') {
-      for (const p of r.paths) process.stdout.write(p + '\n');
-    } else {
-      process.stdout.write(`${r.paths.length} store paths deleted, ${mib(r.bytesFreed)} freed\n`);
-    }
+    if (deleting) [deleted, bytesFreed] = [r.paths.length, r.bytesFreed];
+    else for (const p of r.paths) process.stdout.write(p + '\n');
     return 0;
   } finally {
     display.done();
     for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, onSig);
+    if (deleting) process.stdout.write(`${deleted} store paths deleted, ${mib(bytesFreed)} freed\n`);
   }
 }
 

@@ -597,15 +597,16 @@ class Collection {
   /**
    * nix-store --delete: a requested path goes only with everything that keeps it (its referrers, and
    * through keep-derivations/keep-outputs its outputs/derivers), all of which must be requested and dead
-   * too; otherwise it is still alive, an error.
+   * too; otherwise it is still alive, an error. As Nix's collectGarbage, the requested paths are taken one
+   * by one in store path order, each deleted with what keeps it before the next is looked at: the error
+   * for a live path comes after the paths before it were deleted.
    */
   private async deleteSpecific(g: Graph, alive: Set<number>): Promise<GcResult> {
     const sd = this.store.storeDir.length + 1;
-    const requested = [...new Set(this.options.paths ?? [])];
+    const requested = [...new Set(this.options.paths ?? [])].sort();
     const wanted = new Set<number>();
     for (const p of requested) {
       const id = g.ids.get(p);
-      if (id === undefined ? this.server.tempRootHashes.has(p.slice(sd, sd + HASH_PART_LENGTH)) : alive.has(id)) throw new PathAliveError(p);
       if (id !== undefined) wanted.add(id);
     }
     const keepers = this.keepers(g);
@@ -615,19 +616,26 @@ class Collection {
       if (deletable.has(id)) return true;
       if (blocked.has(id)) return false;
       blocked.add(id); // until proven deletable (also ends cycles through keep edges)
-      if (!wanted.has(id) || !(keepers.get(id) ?? []).every(canDelete)) return false;
+      if (!wanted.has(id) || alive.has(id) || !(keepers.get(id) ?? []).every(canDelete)) return false;
       blocked.delete(id);
       deletable.add(id);
       return true;
     };
-    for (const p of requested) {
-      const id = g.ids.get(p);
-      if (id !== undefined && !canDelete(id)) throw new PathAliveError(p);
-    }
+    const deleted = new Set<number>();
     // (No "deleting garbage..." here: Nix says it for a collection, not for a deletion of given paths.)
     try {
-      await this.deleteInvalid(requested.filter((p) => !g.ids.has(p)));
-      await this.deleteValid(g, this.referrersFirst(g, alive, deletable));
+      for (const p of requested) {
+        const id = g.ids.get(p);
+        if (id === undefined) {
+          if (this.server.tempRootHashes.has(p.slice(sd, sd + HASH_PART_LENGTH))) throw new PathAliveError(p);
+          await this.deleteInvalid([p]);
+          continue;
+        }
+        if (!canDelete(id)) throw new PathAliveError(p);
+        const now = new Set([...deletable].filter((d) => !deleted.has(d)));
+        for (const d of now) deleted.add(d);
+        await this.deleteValid(g, this.referrersFirst(g, alive, now));
+      }
     } catch (e) {
       if (!(e instanceof GcLimitReached)) throw e;
     }

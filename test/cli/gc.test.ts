@@ -3,7 +3,7 @@
  * twin chroot stores (one made, then copied): the same stdout, the same deleted paths, the same errors.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
@@ -72,6 +72,56 @@ describe.skipIf(!nixOk())('realise gc / store optimise vs nix-store', () => {
     expect(lines(o.stderr)).toEqual(lines(n.stderr.replaceAll(N, O)));
   });
 
+  it('--delete takes the paths one by one in store path order: those before a live one are deleted, and the summary is printed with the error', async () => {
+    // A dead path that sorts before the live root p[0] (added to both stores alike).
+    const added: string[] = [];
+    let dead = '';
+    for (let i = 0; !dead || dead > p[0]!; i++) {
+      const f = path.join(dir, `dead${i}`);
+      writeFileSync(f, `dead ${i} ${nonce}`);
+      dead = nix('nix-store', ['--store', N, '--add', f]);
+      expect(nix('nix-store', ['--store', O, '--add', f])).toBe(dead);
+      added.push(dead);
+    }
+    const n = runNix('nix-store', ['--store', N, '--delete', p[0]!, dead]);
+    const o = await realise(['gc', '--store', O, '--delete', p[0]!, dead]);
+    expect([o.status, o.stdout]).toEqual([n.status, n.stdout]);
+    expect(o.status).toBe(1);
+    expect(o.stdout).toBe('1 store paths deleted, 0.00 MiB freed\n');
+    expect(o.stderr).toContain(`deleting '${dead}'\n`);
+    expect(o.stderr).toContain(`error: Cannot delete path '${p[0]}' since it is still alive.`);
+    expect(existsSync(path.join(O, dead))).toBe(false);
+    expect(existsSync(path.join(O, p[0]!))).toBe(true);
+    // The other paths added go (the collection below counts the ones the file started with).
+    const others = added.filter((a) => a !== dead);
+    if (others.length) for (const root of [N, O]) nix('nix-store', ['--store', root, '--delete', ...others]);
+  });
+
+  it("reads --gc's and --delete's flags as nix-store does (their errors, --max-freed's units, --print-roots first)", async () => {
+    for (const flags of [
+      ['--max-freed', 'abc'],
+      ['--max-freed', '1x'],
+      ['--max-freed', '1.5'],
+      ['--max-freed', '-'],
+      ['--max-freed'],
+      ['--bogus'],
+      ['--ignore-liveness'],
+      ['--print-dead', 'extra-argument'],
+      ['--delete', '--print-dead', p[2]!],
+      ['--delete', '--max-freed', '1', p[2]!],
+      ['--print-roots', '--print-dead'],
+      ['--print-dead', '--print-live', '--max-freed', '+1k'],
+    ]) {
+      const n = runNix('nix-store', ['--store', N, ...(flags[0] === '--delete' ? flags : ['--gc', ...flags])]);
+      const o = await realise(['gc', '--store', O, ...flags]);
+      expect([o.status, o.stdout.split(O).join(N), o.stderr], flags.join(' ')).toEqual([
+        n.status,
+        n.stdout,
+        n.stderr.replace("'nix-store --help'", "'realise --help'"),
+      ]);
+    }
+  });
+
   it('store optimise reports what nix-store --optimise reports', async () => {
     const n = runNix('nix-store', ['--store', N, '--optimise']);
     const o = await realise(['store', 'optimise', '--store', O]);
@@ -91,11 +141,13 @@ describe.skipIf(!nixOk())('realise gc / store optimise vs nix-store', () => {
     expect(runNix('nix-store', ['--store', O, '--verify', '--check-contents']).status).toBe(0);
   });
 
-  it('parses --max-freed as Nix does (K, M, G, T; negative is 0)', () => {
+  it('parses --max-freed as Nix does (K, M, G, T in either case, a sign; negative is 0)', () => {
     expect(parseMaxFreed('100')).toBe(100);
     expect(parseMaxFreed('2K')).toBe(2048);
     expect(parseMaxFreed('1G')).toBe(1024 ** 3);
     expect(parseMaxFreed('-5')).toBe(0);
-    expect(() => parseMaxFreed('lots')).toThrow(/integer/);
+    expect(parseMaxFreed('+3k')).toBe(3072);
+    expect(() => parseMaxFreed('lots')).toThrow("invalid unit specifier 'S'");
+    expect(() => parseMaxFreed('1.5')).toThrow("'1.5' is not an integer");
   });
 });
