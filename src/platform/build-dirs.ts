@@ -6,9 +6,13 @@
  *
  * Each process keeps a file `~/.cache/realise/build-dirs/<pid>` (the helper's cache directory; the
  * directory 0700 and ours, else nothing is recorded), flock-ed for as long as the process lives, listing
- * `<dev>:<ino> <dir>` of its build directories in use. A file whose flock is free belongs to a dead process: its directories are
- * deleted, but only those still the very directories it made (same device and inode; a later build of
- * the same name, e.g. by Nix, is left alone) and still ours.
+ * `<dev>:<ino>:<birth time ns> <dir>` of its build directories in use. A file whose flock is free belongs
+ * to a dead process: its directories are deleted, but only those still the very directories it made (same
+ * device, inode and birth time; a later build of the same name, e.g. by Nix, is left alone) and still ours.
+ *
+ * A directory renamed within its base (into the pool and out of it, twice per build) is not written
+ * again: the sweep looks for it by its identity among the build and pool directories of the base it was
+ * recorded in. The record is written when a directory is added or given up.
  */
 import { closeSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, unlinkSync, writeSync, constants as FS } from 'node:fs';
 import * as path from 'node:path';
@@ -57,9 +61,12 @@ class BuildDirRegistry {
       }
       try {
         if (!tryFlockFd(fd, file)) continue; // its process lives
+        const listings = new Map<string, string[]>();
         for (const line of readFileSync(fd, 'utf8').split('\n')) {
-          const m = /^(\d+):(\d+) (.+)$/.exec(line);
-          if (m && (await this.#removeIfSame(m[3]!, m[1]!, m[2]!))) removed.push(m[3]!);
+          const m = /^(\d+):(\d+)(?::(\d+))? (.+)$/.exec(line);
+          if (!m) continue;
+          const dir = await this.#removeIfSame(m[4]!, { dev: m[1]!, ino: m[2]!, birth: m[3] }, listings);
+          if (dir) removed.push(dir);
         }
         unlinkSync(file);
       } catch {
@@ -71,30 +78,59 @@ class BuildDirRegistry {
     return removed;
   }
 
-  async #removeIfSame(dir: string, dev: string, ino: string): Promise<boolean> {
+  /**
+   * Remove the directory recorded as `dir` with identity `id`, at that name or renamed within its base (a
+   * build or pool directory's name; `listings` keeps the bases read in this sweep); the name it was removed
+   * at, or undefined when it is not there.
+   */
+  async #removeIfSame(dir: string, id: DirIdentity, listings: Map<string, string[]>): Promise<string | undefined> {
     const name = path.basename(dir);
-    if (!path.isAbsolute(dir) || !(name.startsWith('nix-build-') || name.startsWith(BUILD_DIR_POOL_PREFIX))) return false;
-    const st = lstatSync(dir, { throwIfNoEntry: false, bigint: true });
-    if (!st?.isDirectory() || String(st.dev) !== dev || String(st.ino) !== ino || Number(st.uid) !== myUid) return false;
-    await deleteTree(dir);
-    return true;
+    if (!path.isAbsolute(dir) || !isBuildDirName(name)) return undefined;
+    const base = path.dirname(dir);
+    const same = (n: string): boolean => {
+      const st = lstatSync(path.join(base, n), { throwIfNoEntry: false, bigint: true });
+      if (!st?.isDirectory() || String(st.dev) !== id.dev || String(st.ino) !== id.ino || Number(st.uid) !== myUid) return false;
+      // Without a birth time (a file system that has none, or a line of a version that wrote every rename), only the recorded name.
+      return id.birth === undefined || id.birth === '0' ? n === name : String(st.birthtimeNs) === id.birth;
+    };
+    let found = same(name) ? name : undefined;
+    if (found === undefined && id.birth !== undefined && id.birth !== '0') {
+      let names = listings.get(base);
+      if (!names) {
+        try {
+          names = readdirSync(base).filter(isBuildDirName);
+        } catch {
+          names = [];
+        }
+        listings.set(base, names);
+      }
+      found = names.find((n) => n !== name && same(n));
+    }
+    if (found === undefined) return undefined;
+    await deleteTree(path.join(base, found));
+    return path.join(base, found);
   }
 
   /** Record a build directory just made. */
   add(dir: string): void {
     if (!this.#open()) return;
     const st = lstatSync(dir, { bigint: true });
-    this.#active.set(dir, `${st.dev}:${st.ino} ${dir}\n`);
+    this.#active.set(dir, `${st.dev}:${st.ino}:${st.birthtimeNs} ${dir}\n`);
     this.#write();
   }
 
-  /** A recorded directory renamed (the same inode): its record follows it, in one write. */
+  /**
+   * A recorded directory renamed within its base (the same inode): followed here, and in the file at its
+   * next write; until then a sweep finds it by its identity (see the module comment). On a file system
+   * without birth times the identity is not enough: the file is written at once.
+   */
   rename(from: string, to: string): void {
     const line = this.#active.get(from);
     if (line === undefined) return;
     this.#active.delete(from);
-    this.#active.set(to, `${line.slice(0, line.indexOf(' '))} ${to}\n`);
-    this.#write();
+    const id = line.slice(0, line.indexOf(' '));
+    this.#active.set(to, `${id} ${to}\n`);
+    if (id.endsWith(':0')) this.#write();
   }
 
   /** A build directory removed, or kept on purpose (keepFailed): no longer ours to clean up. */
@@ -145,6 +181,18 @@ class BuildDirRegistry {
       /* a full disk: the record is best effort */
     }
   }
+}
+
+/** What identifies a recorded directory across renames; `birth` is missing in lines of earlier versions. */
+interface DirIdentity {
+  readonly dev: string;
+  readonly ino: string;
+  readonly birth: string | undefined;
+}
+
+/** A build directory's name (`nix-build-…`) or a pooled one's. */
+function isBuildDirName(name: string): boolean {
+  return name.startsWith('nix-build-') || name.startsWith(BUILD_DIR_POOL_PREFIX);
 }
 
 /** `dir`, created 0700 if missing, when it is a directory of ours that no one else can write; else undefined. */
