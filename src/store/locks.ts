@@ -198,13 +198,19 @@ async function lockFile(lockPath: string, signal?: AbortSignal, onWait?: () => v
   }
 }
 
-function unlockFile(lockPath: string, fd: number, deleteFile: boolean): void {
+/**
+ * Release the lock on `fd`. Deleting the file (`'unlink'`, or `'unlinked'` when the caller already unlinked
+ * it) marks it with "d" before the close, for processes blocked on the old inode (see the module comment).
+ */
+function unlockFile(lockPath: string, fd: number, deletion: 'keep' | 'unlink' | 'unlinked'): void {
   try {
-    if (deleteFile) {
-      try {
-        unlinkSync(lockPath);
-      } catch {
-        /* already gone */
+    if (deletion !== 'keep') {
+      if (deletion === 'unlink') {
+        try {
+          unlinkSync(lockPath);
+        } catch {
+          /* already gone */
+        }
       }
       try {
         writeSync(fd, 'd');
@@ -215,6 +221,11 @@ function unlockFile(lockPath: string, fd: number, deleteFile: boolean): void {
   } finally {
     closeSync(fd); // releases the flock
   }
+}
+
+/** Unlink a lock file on the thread pool (one already gone is fine: a stale-file cleaner got there first). */
+function unlinkOnPool(lockPath: string): Promise<void> {
+  return new Promise<void>((resolve) => unlinkCb(lockPath, () => resolve()));
 }
 
 /**
@@ -253,7 +264,7 @@ function deleteIfStale(lockPath: string, fd: number): boolean {
     closeSync(fd);
     return false;
   }
-  unlockFile(lockPath, fd, true);
+  unlockFile(lockPath, fd, 'unlink');
   return true;
 }
 
@@ -337,11 +348,23 @@ export class HeldLocks {
   }
 
   /**
-   * Unlock and delete the lock files. Synchronous calls: an unlink, a one-byte write and a close take tens
-   * of microseconds (only creating a file is slow), less than a thread-pool round trip each.
+   * Unlock and delete the lock files. The unlinks go through the thread pool: an unlink takes the store
+   * directory's lock, which the pool's file creations in that directory (other builds' lock files) hold
+   * for up to milliseconds on a busy disk, and the kernel spins for it, so on the event loop a synchronous
+   * unlink burns CPU. The one-byte write and the close (which releases the flock) follow, synchronous.
    */
   async release(): Promise<void> {
-    this.releaseSync();
+    if (!this.deleteOnRelease || this.held.length === 0) return this.releaseSync();
+    const held = this.held.reverse();
+    this.held = [];
+    await Promise.all(held.map((h) => unlinkOnPool(h.lockPath)));
+    for (const h of held) {
+      try {
+        unlockFile(h.lockPath, h.fd, 'unlinked');
+      } finally {
+        giveSlot(h.lockPath);
+      }
+    }
   }
 
   releaseSync(): void {
@@ -349,7 +372,7 @@ export class HeldLocks {
     this.held = [];
     for (const h of held.reverse()) {
       try {
-        unlockFile(h.lockPath, h.fd, this.deleteOnRelease);
+        unlockFile(h.lockPath, h.fd, this.deleteOnRelease ? 'unlink' : 'keep');
       } finally {
         giveSlot(h.lockPath);
       }
