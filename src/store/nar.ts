@@ -730,7 +730,7 @@ export interface RestoreOptions {
 type RestoreOp =
   | { k: 'd' | 'e'; rel: string; p: Uint8Array }
   | { k: 'l'; rel: string; p: Uint8Array; t: Uint8Array }
-  | { k: 'f'; rel: string; p: Uint8Array; mode: number; chmod: boolean; data: { sab: SharedArrayBuffer; off: number; len: number }[] };
+  | { k: 'f'; rel: string; p: Uint8Array; mode: number; data: { sab: SharedArrayBuffer; off: number; len: number }[] };
 
 /** The thread of a batched restore: restore-thread.cjs (plain JavaScript, shipped beside this module). */
 
@@ -752,7 +752,7 @@ const restoreThread = new ThreadTasks<RestoreReply>(RESTORE_THREAD_SCRIPT);
 const MAIN_THREAD_RESTORE_BYTES = 64 * 1024;
 const MAIN_THREAD_RESTORE_OPS = 16;
 let mainThreadRestores = 0;
-let restoreOnMainThread: ((m: { id: number; ops: RestoreOp[]; now: number; dirChmod: boolean }) => RestoreReply) | undefined;
+let restoreOnMainThread: ((m: { id: number; ops: RestoreOp[]; now: number }) => RestoreReply) | undefined;
 
 /** Whether the restore thread is running (batched restores go to it, whatever their size). */
 export function restoreThreadOnline(): boolean {
@@ -760,17 +760,19 @@ export function restoreThreadOnline(): boolean {
 }
 
 /** Run the steps on the restore thread, or here when they are few and small; a thread that died is reported as step -1. */
-function runRestoreOps(ops: RestoreOp[], now: number, dirChmod: boolean, bytes: number): Promise<RestoreReply> | RestoreReply {
+function runRestoreOps(ops: RestoreOp[], now: number, bytes: number): Promise<RestoreReply> | RestoreReply {
   if (!restoreThread.online && bytes <= MAIN_THREAD_RESTORE_BYTES && ops.length <= MAIN_THREAD_RESTORE_OPS) {
     if (++mainThreadRestores > 1) restoreThread.warm();
     // The thread's own code (restore-thread.cjs), required from its file as the thread runs it.
     restoreOnMainThread ??= (createRequire(import.meta.url)(fileURLToPath(RESTORE_THREAD_SCRIPT)) as { runOps: typeof restoreOnMainThread }).runOps!;
-    return restoreOnMainThread({ id: 0, ops, now, dirChmod });
+    return restoreOnMainThread({ id: 0, ops, now });
   }
   // Small restores that get here in the same turn go to the thread as one message.
-  return (bytes <= MAIN_THREAD_RESTORE_BYTES ? restoreThread.runTogether({ ops, now, dirChmod }) : restoreThread.run({ ops, now, dirChmod })).catch(
-    (e: unknown) => ({ id: 0, op: -1, message: `the restore thread failed: ${e instanceof Error ? e.message : String(e)}` }),
-  );
+  return (bytes <= MAIN_THREAD_RESTORE_BYTES ? restoreThread.runTogether({ ops, now }) : restoreThread.run({ ops, now })).catch((e: unknown) => ({
+    id: 0,
+    op: -1,
+    message: `the restore thread failed: ${e instanceof Error ? e.message : String(e)}`,
+  }));
 }
 
 /** File contents for the restore thread: shared memory as is (its producer keeps it until the restore is over), else copied. */
@@ -796,24 +798,34 @@ class NarRestore {
   created = false;
   /** Canonical: atime now (as Nix), mtime 1 (STORE_MTIME in canonicalise.ts). */
   readonly now = Date.now() / 1000;
-  /** The process umask (creation modes lose its bits; then the mode is set explicitly); 0o777 when unknown. */
-  private readonly umask: number;
+  /**
+   * The process umask (creation modes lose its bits; then the mode is set explicitly); 0o777 when unknown.
+   * Read when a sink first needs it (the canonical one): a batched restore sets every mode explicitly on
+   * the restore thread instead, so its main-thread part reads no /proc/self/status.
+   */
+  private umaskValue: number | undefined;
+
+  constructor(readonly abs: string) {
+    this.absBytes = Buffer.from(abs);
+  }
+
+  private get umask(): number {
+    if (this.umaskValue === undefined) {
+      try {
+        this.umaskValue = processUmask();
+      } catch {
+        this.umaskValue = 0o777; // unknown: always chmod
+      }
+    }
+    return this.umaskValue;
+  }
+
   /**
    * A umask that takes the owner's bits away would leave a new directory unwritable by a non-root owner
    * until its end (root writes anyway): then it gets 0755 explicitly when made.
    */
-  readonly dirChmod: boolean;
-
-  constructor(readonly abs: string) {
-    this.absBytes = Buffer.from(abs);
-    let umask = 0o777;
-    try {
-      umask = processUmask();
-    } catch {
-      /* unknown: always chmod */
-    }
-    this.umask = umask;
-    this.dirChmod = (umask & 0o700) !== 0;
+  get dirChmod(): boolean {
+    return (this.umask & 0o700) !== 0;
   }
 
   at(relBytes: Buffer): Buffer {
@@ -949,7 +961,7 @@ class NarRestore {
       createFile: (rel, executable, _size, relBytes) => {
         const mode = executable ? 0o555 : 0o444;
         const data: { sab: SharedArrayBuffer; off: number; len: number }[] = [];
-        ops.push({ k: 'f', rel, p: this.at(relBytes), mode, chmod: this.needChmod(mode), data });
+        ops.push({ k: 'f', rel, p: this.at(relBytes), mode, data });
         return {
           write(chunk) {
             if (chunk.length) data.push(shareable(chunk));
@@ -966,7 +978,7 @@ class NarRestore {
     const r = await parseNar(source, this.recordingSink(ops));
     let bytes = 0;
     for (const o of ops) if (o.k === 'f') for (const d of o.data) bytes += d.len;
-    const reply = await runRestoreOps(ops, this.now, this.dirChmod, bytes);
+    const reply = await runRestoreOps(ops, this.now, bytes);
     if (reply.op !== undefined) {
       // Step 0 makes the root: when it failed nothing is ours to remove. A dead thread (-1) may have
       // left a partial tree.

@@ -16,7 +16,9 @@ function runOps(m) {
       const o = m.ops[i];
       if (o.k === 'd') {
         fs.mkdirSync(o.p, 0o755);
-        if (m.dirChmod) fs.chmodSync(o.p, 0o755);
+        // Writable by its owner whatever the umask (one chmod here rather than a read of the umask by
+        // the caller), until its end makes it 0555.
+        fs.chmodSync(o.p, 0o755);
       } else if (o.k === 'e') {
         fs.chmodSync(o.p, 0o555);
         fs.lutimesSync(o.p, m.now, 1);
@@ -31,7 +33,7 @@ function runOps(m) {
             let off = 0;
             while (off < b.length) off += fs.writeSync(fd, b, off, b.length - off);
           }
-          if (o.chmod) fs.fchmodSync(fd, o.mode);
+          fs.fchmodSync(fd, o.mode); // (the creation mode lost the umask's bits, if any)
           fs.futimesSync(fd, m.now, 1);
         } finally {
           fs.closeSync(fd);
