@@ -36,28 +36,38 @@ const KEEP_CACHES = 24;
  * The file of V8's code cache for the bundle whose stat is `st` (identified by device, inode, size,
  * modification and change times: a rebuilt or replaced bundle has another) and for this command line's
  * command, in `$XDG_CACHE_HOME/realise` or `~/.cache/realise`. `-engine` when made by a run that ran a
- * BuildEngine (see engineRan), `-wasm` when made with V8's flag of firstTierWasm (V8 takes a code cache
- * only under the flags that made it).
+ * BuildEngine, `-engine-subst` by one that also made substituters (see ranLevel), `-wasm` when made with
+ * V8's flag of firstTierWasm (V8 takes a code cache only under the flags that made it).
  */
-function codeCacheFile(st, { engine, wasm }) {
+function codeCacheFile(st, { level, wasm }) {
   const argv = process.argv.slice(2);
   const quick = argv.some((a) => a === '--help' || a === '-h' || a === '--version');
   const command = quick ? 'quick' : (COMMANDS.find((c) => argv.includes(c)) ?? 'other');
   const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
-  const kind = `${command}${engine ? '-engine' : ''}${wasm ? '-wasm' : ''}`;
+  const kind = `${command}${level >= 1 ? '-engine' : ''}${level >= 2 ? '-subst' : ''}${wasm ? '-wasm' : ''}`;
   return join(base, 'realise', `cli-v8-${st.dev}-${st.ino}-${st.size}-${st.mtimeNs}-${st.ctimeNs}-${kind}.bin`);
 }
 
 /**
- * Set when the command runs a BuildEngine (src/cli/engine-build.ts calls this through `globalThis`): a code
- * cache made by a run that did not (a no-op `build`, every output valid) holds none of the engine's
- * functions, which every build would then compile again (some 30 ms of a 200-derivation build's CPU); such
- * a run makes an `-engine` cache, which the command's later runs take.
+ * What of the bundle a run ran beyond the command's own code, each level holding the one below: 1 when the
+ * command runs a BuildEngine (src/cli/engine-build.ts calls the `engineRuns` hook), 2 when it also made
+ * substituters (the binary caches' code: narinfo, signatures, NAR restores; engineOptions calls the
+ * `substitutersRun` hook). A code cache made by a run of a lower level holds none of those functions,
+ * which each later run would compile again (some 30 ms of a 200-derivation build's CPU for the engine's,
+ * about 40 ms of its main thread's for the substituters' when its 200 `.drv` files come from a binary
+ * cache); such a run writes a cache of its own level, which the command's later runs take.
  */
 let engineRan = false;
+let substitutersRan = false;
 globalThis[Symbol.for('realise.cli.engineRuns')] = () => {
   engineRan = true;
 };
+globalThis[Symbol.for('realise.cli.substitutersRun')] = () => {
+  substitutersRan = true;
+};
+function ranLevel() {
+  return substitutersRan ? 2 : engineRan ? 1 : 0;
+}
 
 /**
  * WebAssembly in this process is undici's HTTP parser (llhttp), compiled when the first HTTP connection is
@@ -149,34 +159,35 @@ function readCodeCache(file) {
  * cannot be read or written (a read-only or missing home) only costs the compile. A command whose last run
  * made an HTTP connection has a `-wasm` cache, made with the flag of firstTierWasm: it starts with the flag
  * (and Node's cache of its modules rejected, as it would be from that connection on), so that the cache
- * holds its whole run; a run that sets the flag makes that cache. Likewise a run of the engine makes an
- * `-engine` cache when it took one made without it (engineRan).
+ * holds its whole run; a run that sets the flag makes that cache. Likewise a run that ran more of the
+ * bundle than the cache it took was made by (ranLevel) writes a cache of that level, which holds the
+ * functions of both (those the taken cache gave, and those compiled since).
  */
 function runBundle(file, st = statSync(file, { bigint: true })) {
-  // The fullest cache there is: made with the flag (then set now), by a run of the engine.
+  // The fullest cache there is: made with the flag (then set now), by the run of the highest level.
   let cachedData;
   let made;
-  for (const kind of [
-    { engine: true, wasm: true },
-    { engine: false, wasm: true },
-    { engine: true, wasm: false },
-    { engine: false, wasm: false },
-  ]) {
-    cachedData = readCodeCache(codeCacheFile(st, kind));
-    if (cachedData) {
-      made = kind;
-      if (kind.wasm) firstTierWasm();
-      break;
+  for (const wasm of [true, false]) {
+    for (const level of [2, 1, 0]) {
+      cachedData = readCodeCache(codeCacheFile(st, { level, wasm }));
+      if (cachedData) {
+        made = { level, wasm };
+        break;
+      }
     }
+    if (cachedData) break;
   }
+  if (made?.wasm) firstTierWasm();
   // The function Node wraps a CommonJS module's text in.
   const text = `(function (exports, require, module, __filename, __dirname) { ${readFileSync(file, 'utf8')}\n})`;
   const script = new Script(text, { filename: file, cachedData });
   const usable = cachedData !== undefined && !script.cachedDataRejected;
   process.once('exit', () => {
-    if (usable && wasmFirstTier === made.wasm && (made.engine || !engineRan)) return;
+    const ran = ranLevel();
+    if (usable && wasmFirstTier === made.wasm && made.level >= ran) return;
     try {
-      saveCodeCache(codeCacheFile(st, { engine: engineRan, wasm: wasmFirstTier }), script.createCachedData());
+      const level = usable ? Math.max(ran, made.level) : ran;
+      saveCodeCache(codeCacheFile(st, { level, wasm: wasmFirstTier }), script.createCachedData());
     } catch {
       // No cache this time.
     }

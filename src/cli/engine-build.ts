@@ -39,11 +39,12 @@ function cliCacheDir(): string {
 }
 
 /**
- * Tell the `realise` process (bin/realise.js) that this command runs the engine: its code cache is then
- * one made by such a run, which holds the engine's functions (one made by a no-op would not).
+ * Tell the `realise` process (bin/realise.js) what of the CLI this command runs: `engineRuns`, a
+ * BuildEngine; `substitutersRun`, binary-cache substituters too. Its code cache is then one made by such a
+ * run, which holds those functions (one made by a no-op, or by a build with no substituter, would not).
  */
-function engineRuns(): void {
-  (globalThis as Record<symbol, (() => void) | undefined>)[Symbol.for('realise.cli.engineRuns')]?.();
+function tellLauncher(hook: 'engineRuns' | 'substitutersRun'): void {
+  (globalThis as Record<symbol, (() => void) | undefined>)[Symbol.for(`realise.cli.${hook}`)]?.();
 }
 
 /** The engine's options with the substituters the settings name (Nix's download-attempts, 5 unless set, and its warning before each retry). */
@@ -57,6 +58,7 @@ export function engineOptions(settings: EngineSettings, warn: (message: string) 
     return { store: opts.store };
   }
   if (settings.substituters.length) {
+    tellLauncher('substitutersRun');
     const { positive, negative } = settings.narInfoTtl;
     // As Nix's disk cache (for HTTP caches only: a file:// one is read afresh each run), one file for the runs.
     const onDisk = {
@@ -117,7 +119,7 @@ function printFailuresOfInputs(engine: BuildEngine, display: Display, topDrvs: R
  * missing is printed, then built or fetched, then the results are printed as nix-store prints them.
  */
 export async function build(args: CliArgs, store: Store, settings: EngineSettings, targetsIn: BuildTarget[]): Promise<number> {
-  engineRuns();
+  tellLauncher('engineRuns');
   const warn = warnStderr;
   const opts = engineOptions(settings, warn);
   const builders = args.options.get('builders');
@@ -226,7 +228,7 @@ async function writeTrace(args: CliArgs, t: TraceFile): Promise<void> {
 }
 
 export async function repair(args: CliArgs, store: Store): Promise<number> {
-  engineRuns();
+  tellLauncher('engineRuns');
   const engine = new BuildEngine(engineOptions(engineSettings(args, store, warnStderr), warnStderr));
   const { display, closeSink } = openDisplay(args, engine);
   try {

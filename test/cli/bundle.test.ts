@@ -231,7 +231,7 @@ process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}
     }
   });
 
-  it("keeps a code cache by what the command's runs did: a run of the engine replaces a no-op's; one that reaches an HTTP cache sets V8's --liftoff-only as it loads undici and makes the flag's, with which the next runs start", async () => {
+  it("keeps a code cache by what the command's runs did: a run of the engine replaces a no-op's, one with a substituter an engine run's; one that reaches an HTTP cache sets V8's --liftoff-only as it loads undici and makes the flag's, with which the next runs start", async () => {
     const server = await serveCache(cacheDir('none'));
     const work = tempDir('realise-bundle-caches-');
     try {
@@ -274,11 +274,20 @@ require(${JSON.stringify(path.join(ROOT, 'bin/realise.js'))}).runBundle(${JSON.s
       // Taken by the next runs, whatever they do (not written again: V8 accepted it).
       expect(await run(['build', ...store(0)])).toBe('false');
       expect(caches()).toEqual(engine);
+      // A build with a substituter (a file:// cache: no HTTP) runs the binary caches' code, which the engine
+      // run's cache lacks: its own cache, which every later run takes (an engine run's too, not written again).
+      const fromFile = (n: number) => run(['build', ...store(n), '--option', 'substituters', cacheUrl('none'), '--option', 'require-sigs', 'false', target]);
+      expect(await fromFile(3)).toBe('false');
+      const subst = caches();
+      expect(Object.keys(subst).sort()).toEqual(['build-engine-subst.bin', 'build-engine.bin', 'build.bin', 'gc.bin']);
+      expect(await fromFile(4)).toBe('false');
+      expect(await run(['build', ...store(0), `${path.dirname(target)}/${'0'.repeat(32)}-nowhere`], 1)).toBe('false');
+      expect(caches()).toEqual(subst);
       // HTTP: the flag, and the flag's cache; the next run starts with the flag and takes it.
       const build = (n: number) => run(['build', ...store(n), '--option', 'substituters', server.url, '--option', 'require-sigs', 'false', target]);
       expect(await build(1)).toBe('true');
       const wasm = caches();
-      expect(Object.keys(wasm).sort()).toEqual(['build-engine-wasm.bin', 'build-engine.bin', 'build.bin', 'gc.bin']);
+      expect(Object.keys(wasm).sort()).toEqual(['build-engine-subst-wasm.bin', 'build-engine-subst.bin', 'build-engine.bin', 'build.bin', 'gc.bin']);
       expect(await build(2)).toBe('true');
       expect(caches()).toEqual(wasm);
     } finally {
