@@ -19,7 +19,7 @@ import {
 import { UsageError, type CliArgs } from './args.js';
 import { engineOptions } from './engine-build.js';
 import { warnStderr } from './messages.js';
-import { CliError, followLinksToStorePath, parseTargetArg } from './paths.js';
+import { CliError, installableStorePaths, parseTargetArg } from './paths.js';
 import { byString, printJson } from './realised.js';
 import { dependenciesFirst, missingLines } from './report.js';
 import { engineSettings } from './settings.js';
@@ -77,6 +77,19 @@ function formatSize(value: number, human: boolean): string {
   return `\t${res.toFixed(1).padStart(6)}${units[power]}`;
 }
 
+/**
+ * The store paths the arguments name, as the nix command reads its installables (`none` when there are
+ * none), each a path or the error to throw when the command comes to it.
+ */
+function installables(args: CliArgs, store: Store, none: string[]): Array<string | Error> {
+  const features = `${args.options.get('experimental-features') ?? ''} ${args.options.get('extra-experimental-features') ?? ''}`;
+  return installableStorePaths(store.storeDir, args.positional.length ? args.positional : none, {
+    flakes: features.split(/\s+/).includes('flakes'),
+    // Nix's notice level: shown unless --quiet was given twice.
+    notice: (m) => void (args.verbosity >= 2 && process.stderr.write(m + '\n')),
+  });
+}
+
 export async function pathInfo(args: CliArgs, store: Store): Promise<number> {
   // --all: every valid path as it is (a .drv among them stands for itself).
   let all: Set<string> | undefined;
@@ -85,12 +98,12 @@ export async function pathInfo(args: CliArgs, store: Store): Promise<number> {
     if (!store.queryAllValidPaths) throw new CliError('this store cannot list its valid paths');
     all = await store.queryAllValidPaths();
   }
-  if (args.positional.length === 0 && !all) throw new CliError("'path-info' needs at least one store path");
-  // As Nix 2.8's `nix path-info`: a .drv stands for its outputs (unless --derivation), the result is a
-  // sorted set, and nothing is built.
+  // As Nix 2.8's `nix path-info`: every argument is read first (`.` when there is none), a .drv stands for
+  // its outputs (unless --derivation), the result is a sorted set, and nothing is built.
+  const argPaths = installables(args, store, all ? [] : ['.']);
   const roots = new Set<string>(all);
-  for (const a of args.positional) {
-    const p = followLinksToStorePath(store.storeDir, a);
+  for (const p of argPaths) {
+    if (p instanceof Error) throw p;
     if (p.endsWith('.drv')) {
       // Nix reads every .drv argument first (its outputs are what the argument means).
       if (!(await store.isValidPath(p))) throw new CliError(`path '${p}' is not a valid store path`);
@@ -173,9 +186,11 @@ export async function copy(args: CliArgs, store: Store): Promise<number> {
   const secretKey = secretKeyFile ? readFileSync(secretKeyFile, 'utf8').trim() : undefined;
   const compression = args.options.get('compression');
   if (compression !== undefined && !isCompression(compression)) throw new CliError(`unknown compression method '${compression}'`);
-  const paths = args.positional.map((a) => followLinksToStorePath(store.storeDir, a));
+  const paths: string[] = [];
   // As nix copy: the paths are realised first (here: they must be valid, nothing is substituted).
-  for (const p of paths) {
+  for (const p of installables(args, store, ['.'])) {
+    if (p instanceof Error) throw p;
+    paths.push(p);
     if (!(await store.isValidPath(p))) throw new CliError(`path '${p}' is required, but there is no substituter that can build it`);
   }
   // nix copy's progress lines: how many paths of the closure the cache lacks, then each one copied.

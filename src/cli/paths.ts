@@ -3,7 +3,7 @@
  * are followed into the store, a path inside a store path means that store path, and a bad name is
  * refused with Nix's own message.
  */
-import { lstatSync, readlinkSync } from 'node:fs';
+import { lstatSync, readlinkSync, type Stats } from 'node:fs';
 import * as path from 'node:path';
 import type { BuildTarget } from '../index.js';
 
@@ -11,6 +11,9 @@ import type { BuildTarget } from '../index.js';
 export class CliError extends Error {}
 
 const HASH_LEN = 32;
+/** A file name in a flake reference's path; a Git revision. */
+const FILE_NAME_RE = `[0-9a-zA-Z\\-._~!$&'"()*+,;=]+`;
+const REV_RE = '[0-9a-fA-F]{40}';
 /** An empty, `.` or `..` component, or a trailing `/`: what path.resolve would change in an absolute path. */
 const NOT_NORMAL = /\/(\.\.?)?(\/|$)/;
 
@@ -44,22 +47,132 @@ export function followLinksToStorePath(storeDir: string, arg: string): string {
   // An absolute path with no `//`, `.` or `..` component and no trailing `/` is its own resolution.
   let p = arg.startsWith('/') && !NOT_NORMAL.test(arg) ? arg : path.resolve(arg);
   while (!isInStore(storeDir, p)) {
-    let isLink: boolean;
-    try {
-      isLink = lstatSync(p).isSymbolicLink();
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      throw new CliError(
-        `getting status of '${p}': ${code === 'ENOENT' ? 'No such file or directory' : code === 'ENOTDIR' ? 'Not a directory' : code === 'EACCES' ? 'Permission denied' : String((e as Error).message)}`,
-      );
-    }
-    if (!isLink) break;
+    if (!lstatOrFail(p).isSymbolicLink()) break;
     p = path.resolve(path.dirname(p), readlinkSync(p));
   }
   if (!isInStore(storeDir, p)) throw new CliError(`path '${p}' is not in the Nix store`);
   const base = p.slice(storeDir.length + 1).split('/')[0]!;
   checkStorePathBaseName(base);
   return `${storeDir}/${base}`;
+}
+
+/** lstat, failing as Nix's does (a SysError: "getting status of '…': …"). */
+function lstatOrFail(p: string): Stats {
+  try {
+    return lstatSync(p);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new CliError(
+      `getting status of '${p}': ${code === 'ENOENT' ? 'No such file or directory' : code === 'ENOTDIR' ? 'Not a directory' : code === 'EACCES' ? 'Permission denied' : String((e as Error).message)}`,
+    );
+  }
+}
+
+/** Nix's pathExists: false for a name that is not there (or under a file), a failure for anything else. */
+function pathExists(p: string): boolean {
+  try {
+    lstatSync(p);
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
+    return !!lstatOrFail(p);
+  }
+}
+
+// The grammar of flake references and URLs as Nix 2.8 matches them (RFC 3986's words), to tell which of
+// its errors an argument that is no store path gets.
+const UNRESERVED = '[a-zA-Z0-9\\-._~]';
+const PCT_ENCODED = '%[0-9a-fA-F]{2}';
+const SUB_DELIMS = `[!$&'"()*+,;=]`;
+const PCHAR = `(?:${UNRESERVED}|${PCT_ENCODED}|${SUB_DELIMS}|[:@])`;
+const QUERY = `(?:${PCHAR}|[/? "])*`;
+const SEGMENT = `${PCHAR}*`;
+const TAIL = `(?:\\?${QUERY})?(?:#${QUERY})?$`;
+/** A path (absolute or relative), with a query and a fragment. */
+const PATH_REF = new RegExp(`^(/?${FILE_NAME_RE}(?:/${FILE_NAME_RE})*/?)${TAIL}`);
+/** A flake id of the registry (`nixpkgs`, `nixpkgs/branch`, with a revision). */
+const FLAKE_ID_REF = new RegExp(`^[a-zA-Z][a-zA-Z0-9_-]*(?:/(?:${REV_RE}|[a-zA-Z0-9][a-zA-Z0-9_./-]*(?:/${REV_RE})?))?(?:#${QUERY})?$`);
+const IPV6 = '[0-9a-fA-F:]+(?:%\\w+)?';
+const AUTHORITY = `(?:(?:${UNRESERVED}|${PCT_ENCODED}|${SUB_DELIMS}|:)*@)?(?:\\[${IPV6}\\]|${IPV6}|(?:${UNRESERVED}|${PCT_ENCODED}|${SUB_DELIMS})*)(?::[0-9]+)?`;
+/** A URL: a scheme, then an authority and an absolute path, or a path. */
+const URL_REF = new RegExp(`^[a-z][a-z0-9+.-]*:(?://${AUTHORITY}(?:/${SEGMENT})*/?|/?${SEGMENT}(?:/${SEGMENT})*/?)${TAIL}`);
+
+/** The schemes of Nix 2.8's fetchers (`file`, `http`, `https` only for an archive: its tarball fetcher). */
+const INPUT_SCHEMES = new Set([
+  'flake',
+  'path',
+  'github',
+  'gitlab',
+  'sourcehut',
+  'git',
+  'git+http',
+  'git+https',
+  'git+ssh',
+  'git+file',
+  'hg+http',
+  'hg+https',
+  'hg+ssh',
+  'hg+file',
+]);
+const ARCHIVE = /\.(zip|tar|tgz|tar\.gz|tar\.xz|tar\.bz2|tar\.zst)$/;
+
+/**
+ * What Nix 2.8's flake reference parser says of an argument that is no store path when it is a path or
+ * a URL no fetcher takes: the notice of its search for a flake.nix (through `notice`), then its error
+ * (thrown, as the failed lstat). Undefined where Nix goes on with a flake (a flake.nix found, a flake id
+ * of the registry, a fetcher's URL).
+ */
+function flakeRefError(arg: string, notice: (message: string) => void): CliError | undefined {
+  if (FLAKE_ID_REF.test(arg)) return undefined;
+  const m = PATH_REF.exec(arg);
+  if (!m) {
+    const url = URL_REF.exec(arg);
+    if (!url) return new CliError(`'${arg}' is not a valid URL`);
+    const scheme = arg.slice(0, arg.indexOf(':'));
+    const plain = arg.replace(/[?#].*$/, '');
+    if (INPUT_SCHEMES.has(scheme) || (['file', 'http', 'https'].includes(scheme) && ARCHIVE.test(plain))) return undefined;
+    return new CliError(`input '${arg}' is unsupported`);
+  }
+  let dir = path.resolve(m[1]!);
+  if (pathExists(`${dir}/flake.nix`)) return undefined;
+  notice(`path '${dir}' does not contain a 'flake.nix', searching up`);
+  const device = lstatOrFail(dir).dev;
+  for (; dir !== '/'; dir = path.dirname(dir)) {
+    if (pathExists(`${dir}/flake.nix`)) return undefined;
+    if (pathExists(`${dir}/.git`))
+      return new CliError(`path '${dir}' is not part of a flake (neither it nor its parent directories contain a 'flake.nix' file)`);
+    if (lstatOrFail(dir).dev !== device) return new CliError(`unable to find a flake before encountering filesystem boundary at '${dir}'`);
+  }
+  return new CliError('could not find a flake.nix file');
+}
+
+/**
+ * The arguments of the commands that mirror the nix command (`path-info`, `copy`; `none` when there are
+ * none) as Nix 2.8's parseInstallables reads them, in order: a store path, or a path into the store, is
+ * that path; anything else is taken for a flake reference, and fails with what its parser says (`notice`
+ * gets the line it prints first). A flake, which realise does not evaluate, is an error in its place, for
+ * the command to throw when it comes to it (as Nix fails when it evaluates it): without the `flakes`
+ * feature Nix's, else the store path's own error.
+ */
+export function installableStorePaths(
+  storeDir: string,
+  args: readonly string[],
+  opts: { flakes: boolean; notice: (message: string) => void },
+): Array<string | Error> {
+  return args.map((arg) => {
+    let error: unknown;
+    try {
+      // (Nix tries this only for an argument with a '/', and `.` is a flake: `result`, a link into the store, is taken here.)
+      if (arg !== '.') return followLinksToStorePath(storeDir, arg);
+    } catch (e) {
+      error = e;
+    }
+    const refused = flakeRefError(arg, opts.notice);
+    if (refused) throw refused;
+    if (!opts.flakes) return new CliError("experimental Nix feature 'flakes' is disabled; use '--extra-experimental-features flakes' to override");
+    return error instanceof Error ? error : new CliError(`'${arg}' is a flake, which realise does not evaluate: name store paths`);
+  });
 }
 
 /**

@@ -1,11 +1,12 @@
 /**
  * `realise path-info` against `nix path-info` (Nix 2.8) on twin chroot stores, for the forms not covered
- * in cli.test.ts: --all, --derivation of an output path (its deriver), compound flags, a store URI with a
+ * in cli.test.ts: --all, --derivation of an output path (its deriver), arguments that are no store paths
+ * (read as flake references, as Nix's installables), compound flags, a store URI with a
  * parameter Nix does not know, and a reader that goes away (`| head -1`). Runs bin/realise.js as a user
  * does, since the last two are about the process itself.
  */
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
@@ -30,11 +31,11 @@ describe.skipIf(!nixOk())('realise path-info vs nix path-info', () => {
   let drv: string;
   let out: string;
   let src: string;
-  const ours = (args: string[], root = O): Run => {
-    const r = spawnSync(process.execPath, [BIN, 'path-info', '--store', root, ...args], { encoding: 'utf8', env: nixEnv() });
+  const ours = (args: string[], root = O, cwd?: string): Run => {
+    const r = spawnSync(process.execPath, [BIN, 'path-info', '--store', root, ...args], { encoding: 'utf8', env: nixEnv(), cwd });
     return { stdout: r.stdout, stderr: r.stderr, status: r.status ?? -1 };
   };
-  const theirs = (args: string[]): Run => runNix('nix', ['path-info', '--store', N, ...args]);
+  const theirs = (args: string[], cwd?: string): Run => runNix('nix', ['path-info', '--store', N, ...args], { cwd });
 
   beforeAll(() => {
     dir = tempDir();
@@ -76,6 +77,36 @@ describe.skipIf(!nixOk())('realise path-info vs nix path-info', () => {
     }
     expect(ours(['--derivation', out]).stdout.trim()).toBe(drv);
     expect(ours(['--derivation', src]).stderr).toContain(`error: '${src}' does not have a known deriver`);
+  });
+
+  it("arguments that are no store paths fail as Nix's installables do: a flake reference's search notice and error", () => {
+    const repo = path.join(dir, 'repo');
+    mkdirSync(path.join(repo, '.git'), { recursive: true });
+    const cases: Array<[string[], string]> = [
+      [[`${drv}^out`], dir], // no path and no URL: "is not a valid URL"
+      [[`${drv}!out`], dir], // a path: "does not contain a 'flake.nix', searching up", then lstat's error
+      [['/nix/store/foo'], dir],
+      [['./src.txt'], dir], // an existing file outside the store: no flake.nix up to the root
+      [[], dir], // no argument is `.`
+      [[], repo], // in a Git checkout: "not part of a flake"
+      [['--quiet', '--quiet', '/nix/store/foo'], dir], // the notice is not shown
+      [[out, 'nothere/x'], dir], // a flake id of the registry: without the flakes feature, Nix's error
+      [['github:a/b'], dir], // a fetcher's URL: the same
+      [['foo:bar'], dir], // a URL no fetcher takes
+      [['http://example.org/x'], dir],
+      [['nixpkgs', '/nix/store/foo'], dir], // every argument is read before a flake is looked at
+    ];
+    for (const [args, cwd] of cases) {
+      const [o, n] = [ours(args, O, cwd), theirs(args, cwd)];
+      expect(o, `${args.join(' ')} in ${cwd}`).toEqual(n);
+      expect(o.status).toBe(1);
+    }
+    expect(ours(['/nix/store/foo'], O, dir).stderr).toBe(
+      "path '/nix/store/foo' does not contain a 'flake.nix', searching up\nerror: getting status of '/nix/store/foo': No such file or directory\n",
+    );
+    expect(ours([], O, repo).stderr).toContain(
+      `error: path '${repo}' is not part of a flake (neither it nor its parent directories contain a 'flake.nix' file)`,
+    );
   });
 
   it('compound short flags: -rsS as -r -s -S', () => {
