@@ -41,6 +41,30 @@ describe('LocalStore closures', () => {
     await s.close();
   });
 
+  it('a closure of a path no longer valid throws, even when its references were read before (deleted by this store object or another)', async () => {
+    const d = tmp();
+    const dirs = { storeDir: path.join(d, 'store'), stateDir: path.join(d, 'state'), logDir: path.join(d, 'log') };
+    // Added by a store object that is closed (its temporary roots gone), so that they can be deleted.
+    const writer = await LocalStore.open(dirs);
+    const a = await writer.addTextToStore('a', 'a');
+    const b = await writer.addTextToStore('b', 'b');
+    const c = await writer.addTextToStore('c', `c ${a}`, [a]);
+    await writer.close();
+    const s = await LocalStore.open(dirs);
+    const other = await LocalStore.open(dirs);
+    // Valid, one without references: both read (and kept) by this walk.
+    expect(await s.computeClosure([b, c])).toEqual(new Set([a, b, c]));
+    const gone = freshPath('never-added', s.storeDir);
+    await expect(s.computeClosure([b, gone])).rejects.toMatchObject({ code: 'invalid-path' });
+    await s.collectGarbage({ action: 'delete-specific', paths: [b], ignoreLiveness: true, runtimeRoots: false });
+    await expect(s.computeClosure([b])).rejects.toMatchObject({ code: 'invalid-path' });
+    expect(await other.computeClosure([c])).toEqual(new Set([a, c]));
+    await s.collectGarbage({ action: 'delete-specific', paths: [c], ignoreLiveness: true, runtimeRoots: false });
+    await expect(other.computeClosure([c])).rejects.toMatchObject({ code: 'invalid-path' });
+    await other.close();
+    await s.close();
+  });
+
   it('a closure deeper than the walk it does from paths it has not seen is whole (a new store object, then again)', async () => {
     const d = tmp();
     const dirs = { storeDir: path.join(d, 'store'), stateDir: path.join(d, 'state'), logDir: path.join(d, 'log') };
