@@ -35,6 +35,7 @@ export class SandboxServer {
   #child: ChildProcess | undefined;
   #ready: Promise<void> | undefined;
   #pending = new Map<string, Pending>();
+  readonly #bySignal = new WeakMap<AbortSignal, Set<Pending>>();
   #nextId = 1;
   /** The start of a record not complete yet (see #onStatus). */
   #statusBuf: Buffer | undefined;
@@ -196,20 +197,18 @@ export class SandboxServer {
     if (!child?.stdin) return { kind: 'spawn-failed', message: 'the sandbox helper server is not running' };
     // Only the server and its per-build processes write to its stdout: an id need not be secret.
     const id = String(this.#nextId++);
-    const strings = [id, String(req.args.length), ...req.args, ...Object.entries(req.env).map(([k, v]) => `${k}=${v}`)];
+    const strings = [id, String(req.args.length), ...req.args];
+    for (const k in req.env) strings.push(`${k}=${req.env[k]}`);
     for (const s of strings) {
       if (s.includes('\0')) return { kind: 'spawn-failed', message: `an argument or environment variable of '${req.drvPath}' contains a NUL byte` };
     }
-    const payload = Buffer.from(strings.join('\0') + '\0');
-    const frame = Buffer.alloc(4 + payload.length);
-    frame.writeUInt32LE(payload.length, 0);
-    payload.copy(frame, 4);
+    const payload = strings.join('\0') + '\0';
+    const length = Buffer.byteLength(payload);
+    const frame = Buffer.allocUnsafe(4 + length);
+    frame.writeUInt32LE(length, 0);
+    frame.write(payload, 4);
+    const { signal } = req;
     return await new Promise<SandboxExit>((resolve) => {
-      const onAbort = () => {
-        p.aborted = true;
-        this.#kill(p);
-        this.#maybeDone(p);
-      };
       const p: Pending = {
         onOutput: req.onOutput,
         onSetUp: req.onSetUp,
@@ -217,15 +216,40 @@ export class SandboxServer {
         resolve: (exit) => {
           if (!this.#pending.delete(id)) return;
           if (this.#pending.size === 0) this.#setRef(false);
-          req.signal?.removeEventListener('abort', onAbort);
+          if (signal) this.#bySignal.get(signal)?.delete(p);
           resolve(exit);
         },
       };
       this.#pending.set(id, p);
       if (this.#pending.size === 1) this.#setRef(true);
-      req.signal?.addEventListener('abort', onAbort, { once: true });
+      if (signal) this.#abortsWith(signal).add(p);
       child.stdin!.write(frame);
     });
+  }
+
+  /**
+   * The runs a signal stops. One listener per signal (a call's builds share its signal), added with its
+   * first run and kept while the signal lives: an EventTarget listener added and removed per build costs
+   * the event loop more than the set.
+   */
+  #abortsWith(signal: AbortSignal): Set<Pending> {
+    let runs = this.#bySignal.get(signal);
+    if (!runs) {
+      const set = (runs = new Set<Pending>());
+      this.#bySignal.set(signal, set);
+      signal.addEventListener(
+        'abort',
+        () => {
+          for (const p of [...set]) {
+            p.aborted = true;
+            this.#kill(p);
+            this.#maybeDone(p);
+          }
+        },
+        { once: true },
+      );
+    }
+    return runs;
   }
 
   /** Stop the server process (running builds are killed with it). */

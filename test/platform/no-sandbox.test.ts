@@ -195,6 +195,27 @@ describe.each(['helper', 'node'] as const)('NoSandbox (launcher %s)', (launcher)
     expect((exit as { execError?: string }).execError).toBeUndefined();
   });
 
+  it('one signal stops every build running with it (after one finished with it), and only those', async () => {
+    const dir = tempDir();
+    const ac = new AbortController();
+    const other = new AbortController();
+    // A build that finished with the signal, before the stop.
+    expect((await collect(request(path.join(dir, 'done'), '/bin/sh', ['-c', 'exit 3']), ac.signal)).exit).toEqual({ kind: 'exited', code: 3 });
+    const started: string[] = [];
+    const run = (name: string, signal: AbortSignal) =>
+      sb.run(request(path.join(dir, name), '/bin/sh', ['-c', `echo started; sleep ${name === 'spared' ? 1 : 30}; exit 5`]), {
+        signal,
+        onOutput: () => {
+          started.push(name);
+          if (started.length === 3) ac.abort();
+        },
+      });
+    const t0 = Date.now();
+    const exits = await Promise.all([run('a', ac.signal), run('b', ac.signal), run('spared', other.signal)]);
+    expect(exits).toEqual([{ kind: 'aborted' }, { kind: 'aborted' }, { kind: 'exited', code: 5 }]);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+  });
+
   it('runs builds concurrently and keeps their output apart', async () => {
     const dir = tempDir();
     const runs = Array.from({ length: 6 }, (_, i) =>
