@@ -512,6 +512,102 @@ class ByteReader {
     return !(await this.next());
   }
 
+  // Synchronous variants, for a token that lies whole in the current chunk (the usual case: a small NAR
+  // read in one buffer is then parsed without an await per token). Each consumes nothing and returns
+  // undefined when it would have to wait for the next chunk; the async method then reads that token, with
+  // the same checks in the same order.
+
+  /** The little-endian u64 at `at` of the current chunk (at least 8 bytes there), checked as u64() checks it. */
+  private u64At(at: number): number {
+    const hi = this.buf.readUInt32LE(at + 4);
+    // (Above 2^53 - 1: the same error as u64()'s, with the value it prints.)
+    if (hi > 0x1fffff) throw new BadNarError(`NAR length field ${this.buf.readBigUInt64LE(at)} is too large`);
+    return hi * 0x100000000 + this.buf.readUInt32LE(at);
+  }
+
+  u64Now(): number | undefined {
+    if (this.buf.length - this.off < 8) return undefined;
+    const v = this.u64At(this.off);
+    this.off += 8;
+    this.pos += 8;
+    return v;
+  }
+
+  someNow(max: number): Buffer | undefined {
+    const avail = this.buf.length - this.off;
+    if (avail === 0) return undefined;
+    const n = Math.min(max, avail);
+    const out = this.buf.subarray(this.off, this.off + n);
+    this.off += n;
+    this.pos += n;
+    return out;
+  }
+
+  /** padding(len) when the padding is here; false (nothing consumed) when not. */
+  paddingNow(len: number): boolean {
+    const pad = padLen(len);
+    if (this.buf.length - this.off < pad) return false;
+    for (let i = 0; i < pad; i++) if (this.buf[this.off + i] !== 0) throw new BadNarError('NAR has non-zero padding');
+    this.off += pad;
+    this.pos += pad;
+    return true;
+  }
+
+  /**
+   * Where the string at the read position lies in the current chunk (its length checked against `max` and its
+   * padding against zero, as bytes() checks them), consuming it; undefined (nothing consumed) when it does
+   * not lie whole in this chunk.
+   */
+  private stringNow(max: number): number | undefined {
+    const avail = this.buf.length - this.off;
+    if (avail < 8) return undefined;
+    const len = this.u64At(this.off);
+    if (len > max) throw new BadNarError(`NAR string of ${len} bytes exceeds the limit of ${max}`);
+    const pad = padLen(len);
+    if (avail < 8 + len + pad) return undefined;
+    const start = this.off + 8;
+    for (let i = 0; i < pad; i++) if (this.buf[start + len + i] !== 0) throw new BadNarError('NAR has non-zero padding');
+    this.off = start + len + pad;
+    this.pos += 8 + len + pad;
+    this.nowLen = len;
+    return start;
+  }
+
+  /** The length of the string stringNow last found. */
+  private nowLen = 0;
+
+  bytesNow(max = MAX_STRING): Buffer | undefined {
+    const start = this.stringNow(max);
+    if (start === undefined) return undefined;
+    // (A copy, as bytes() returns: the chunk may be a reused buffer.)
+    return Buffer.from(this.buf.subarray(start, start + this.nowLen));
+  }
+
+  strNow(): string | undefined {
+    const start = this.stringNow(MAX_STRING);
+    return start === undefined ? undefined : this.buf.toString('utf8', start, start + this.nowLen);
+  }
+
+  /** expect(tok) when the token is here; false (nothing consumed) when not. `tok` is ASCII. */
+  expectNow(tok: string): boolean {
+    const start = this.stringNow(MAX_STRING);
+    if (start === undefined) return false;
+    let same = this.nowLen === tok.length;
+    for (let i = 0; same && i < tok.length; i++) same = this.buf[start + i] === tok.charCodeAt(i);
+    if (!same) throw new BadNarError(`bad NAR: expected '${tok}', got '${this.buf.toString('utf8', start, start + this.nowLen).slice(0, 64)}'`);
+    return true;
+  }
+
+  /** Read the first chunk, when none is here yet (then the tokens in it are read without an await). */
+  async fill(): Promise<void> {
+    if (this.buf.length - this.off === 0) await this.next();
+  }
+
+  /** atEnd() when this chunk still has bytes (false); undefined when the next chunk must be awaited. */
+  atEndNow(): false | undefined {
+    return this.buf.length - this.off > 0 ? false : undefined;
+  }
+
   async u64(): Promise<number> {
     const b = await this.exactly(8);
     const v = b.readBigUInt64LE(0);
@@ -579,14 +675,18 @@ function checkEntryName(name: Buffer): string {
  */
 export async function parseNar(source: AsyncIterable<Uint8Array>, sink: NarSink, opts: { expectEnd?: boolean } = {}): Promise<{ size: number }> {
   const r = new ByteReader(source);
-  const magic = await r.bytes(64).catch((e) => {
+  let magic: Buffer;
+  try {
+    await r.fill();
+    magic = r.bytesNow(64) ?? (await r.bytes(64));
+  } catch (e) {
     throw e instanceof BadNarError ? new BadNarError(`input is not a NAR: ${e.shortMessage}`) : e;
-  });
+  }
   if (magic.toString('latin1') !== NAR_MAGIC)
     throw new BadNarError('input is not a NAR archive (bad magic)', { hint: 'is it compressed? decompress it first' });
   await parseTree(r, sink);
   if (opts.expectEnd ?? true) {
-    if (!(await r.atEnd())) throw new BadNarError(`NAR has trailing data after byte ${r.pos}`);
+    if (!(r.atEndNow() ?? (await r.atEnd()))) throw new BadNarError(`NAR has trailing data after byte ${r.pos}`);
   }
   return { size: r.pos };
 }
@@ -618,20 +718,23 @@ async function parseTree(r: ByteReader, sink: NarSink): Promise<void> {
   let relBytes: Buffer = EMPTY;
   for (;;) {
     // One node at rel.
-    await r.expect('(');
-    await r.expect('type');
-    const type = await r.str();
+    // (Each token read without an await when it is in the current chunk: `r.xNow() ?? await r.x()`.)
+    if (!r.expectNow('(')) await r.expect('(');
+    if (!r.expectNow('type')) await r.expect('type');
+    const type = r.strNow() ?? (await r.str());
     if (type === 'regular') {
       await parseRegular(r, sink, rel, relBytes);
     } else if (type === 'symlink') {
-      await r.expect('target');
-      const target = await r.bytes(4096);
+      if (!r.expectNow('target')) await r.expect('target');
+      const target = r.bytesNow(4096) ?? (await r.bytes(4096));
       if (target.length === 0) throw new BadNarError('NAR contains a symlink with an empty target');
       if (target.includes(0)) throw new BadNarError('NAR contains a symlink target with a NUL byte');
-      await sink.createSymlink(rel, target, relBytes);
-      await r.expect(')');
+      const linked = sink.createSymlink(rel, target, relBytes);
+      if (linked) await linked;
+      if (!r.expectNow(')')) await r.expect(')');
     } else if (type === 'directory') {
-      await sink.createDirectory(rel, relBytes);
+      const made = sink.createDirectory(rel, relBytes);
+      if (made) await made;
       open.push({ rel, relBytes, prev: undefined, inEntry: false });
     } else {
       throw new BadNarError(`bad NAR: unknown file type '${type.slice(0, 64)}'`);
@@ -641,19 +744,20 @@ async function parseTree(r: ByteReader, sink: NarSink): Promise<void> {
       const dir = open[open.length - 1];
       if (!dir) return;
       if (dir.inEntry) {
-        await r.expect(')');
+        if (!r.expectNow(')')) await r.expect(')');
         dir.inEntry = false;
       }
-      const tag = await r.str();
+      const tag = r.strNow() ?? (await r.str());
       if (tag === ')') {
         open.pop();
-        if (sink.endDirectory) await sink.endDirectory(dir.rel, dir.relBytes);
+        const ended = sink.endDirectory?.(dir.rel, dir.relBytes);
+        if (ended) await ended;
         continue;
       }
       if (tag !== 'entry') throw new BadNarError(`bad NAR: expected 'entry' or ')', got '${tag.slice(0, 64)}'`);
-      await r.expect('(');
-      await r.expect('name');
-      const nameBuf = await r.bytes(255);
+      if (!r.expectNow('(')) await r.expect('(');
+      if (!r.expectNow('name')) await r.expect('name');
+      const nameBuf = r.bytesNow(255) ?? (await r.bytes(255));
       const name = checkEntryName(nameBuf);
       if (dir.prev) {
         const c = Buffer.compare(dir.prev, nameBuf);
@@ -661,7 +765,7 @@ async function parseTree(r: ByteReader, sink: NarSink): Promise<void> {
         if (c > 0) throw new BadNarError(`NAR directory entries are not sorted ('${dir.prev.toString('utf8')}' before '${name}')`);
       }
       dir.prev = nameBuf;
-      await r.expect('node');
+      if (!r.expectNow('node')) await r.expect('node');
       dir.inEntry = true;
       if (dir.relBytes.length + 1 + nameBuf.length > MAX_REL_PATH) {
         throw new BadNarError(`NAR contains a path longer than ${MAX_REL_PATH} bytes (Linux's PATH_MAX), under '${dir.rel.slice(0, 64)}...'`);
@@ -674,29 +778,32 @@ async function parseTree(r: ByteReader, sink: NarSink): Promise<void> {
 }
 
 async function parseRegular(r: ByteReader, sink: NarSink, rel: string, relBytes: Buffer): Promise<void> {
-  let tag = await r.str();
+  let tag = r.strNow() ?? (await r.str());
   let executable = false;
   if (tag === 'executable') {
-    const empty = await r.str();
+    const empty = r.strNow() ?? (await r.str());
     if (empty !== '') throw new BadNarError("bad NAR: 'executable' must be followed by an empty string");
     executable = true;
-    tag = await r.str();
+    tag = r.strNow() ?? (await r.str());
   }
   if (tag !== 'contents') throw new BadNarError(`bad NAR: expected 'contents', got '${tag.slice(0, 64)}'`);
-  const size = await r.u64();
-  const w = await sink.createFile(rel, executable, size, relBytes);
+  const size = r.u64Now() ?? (await r.u64());
+  const made = sink.createFile(rel, executable, size, relBytes);
+  const w = made instanceof Promise ? await made : made;
   let left = size;
   try {
     while (left > 0) {
-      const chunk = await r.some(Math.min(left, CHUNK));
+      const chunk = r.someNow(Math.min(left, CHUNK)) ?? (await r.some(Math.min(left, CHUNK)));
       left -= chunk.length;
-      await w.write(chunk);
+      const written = w.write(chunk);
+      if (written) await written;
     }
   } finally {
-    await w.close();
+    const closed = w.close();
+    if (closed) await closed;
   }
-  await r.padding(size);
-  await r.expect(')');
+  if (!r.paddingNow(size)) await r.padding(size);
+  if (!r.expectNow(')')) await r.expect(')');
 }
 
 /** A sink that only validates. */
