@@ -152,7 +152,7 @@ export async function build(args: CliArgs, store: Store, settings: EngineSetting
         missing.unknown.length = 0;
       }
       const printMissing = !args.options.has('print-missing') || args.options.get('print-missing') !== 'false';
-      if (missing && !args.quiet && printMissing) for (const l of await missingLines(store, missing)) display.line(l);
+      if (missing && !args.quiet && printMissing) display.lines(await missingLines(store, missing));
     }
     if (args.dryRun) return 0;
     // Nix's worker asks the substituters once more before its goals run (primeCache); with --fallback a

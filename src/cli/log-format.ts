@@ -21,6 +21,8 @@ export function messagesAsJson(write: (line: string) => void): NixJsonLog {
 export interface Display {
   /** One whole message as it would go to stderr (`error: …`, `warning: …`, or plain). */
   line(s: string | Buffer): void;
+  /** Several, as one line() each would print them. */
+  lines(ls: readonly string[]): void;
   stop(): void;
   /** Whether builders' output is shown as it comes (then failures need not repeat the log's tail). */
   readonly showsLogs: boolean;
@@ -39,6 +41,9 @@ export class JsonDisplay implements Display {
   }
   line(s: string | Buffer): void {
     this.log.text(s.toString());
+  }
+  lines(ls: readonly string[]): void {
+    for (const s of ls) this.log.text(s);
   }
   stop(): void {
     this.log.close();
@@ -63,6 +68,10 @@ export class TeeDisplay implements Display {
   line(s: string | Buffer): void {
     this.inner.line(s);
     this.log.text(s.toString());
+  }
+  lines(ls: readonly string[]): void {
+    this.inner.lines(ls);
+    for (const s of ls) this.log.text(s);
   }
   stop(): void {
     this.inner.stop();

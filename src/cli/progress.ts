@@ -129,6 +129,16 @@ export class ProgressDisplay {
     this.render();
   }
 
+  /**
+   * Several whole messages, as many line() calls write them; off a terminal in one write when none needs
+   * filtering (a pipe gets one system call: the 200 paths of "these 200 derivations will be built:").
+   */
+  lines(ls: readonly string[]): void {
+    if (this.stopped || ls.length === 0) return;
+    if (this.tty || ls.some((s) => NEEDS_FILTER.test(s))) for (const s of ls) this.line(s);
+    else this.out.write(ls.join('\n') + '\n');
+  }
+
   private clear(): void {
     if (this.tty && this.status) this.out.write('\r\x1b[K');
   }
