@@ -129,10 +129,13 @@ function readAll(stream: NodeJS.ReadableStream | null | undefined): Promise<stri
   });
 }
 
-/** A bind mount: source, whether optional and read-only, and (for inputs, known already) whether a directory. */
-type Bind = SandboxPath & { ro: boolean; dir?: boolean };
+/**
+ * A bind mount: source, whether optional and read-only, (for inputs, known already) whether a directory,
+ * and whether the helper hard-links the source to the target first (a file input; see #binds).
+ */
+type Bind = SandboxPath & { ro: boolean; dir?: boolean; link?: boolean };
 
-type BindEntry = readonly [target: string, bind: Pick<Bind, 'source' | 'optional' | 'ro'>];
+type BindEntry = readonly [target: string, bind: Pick<Bind, 'source' | 'optional' | 'ro' | 'link'>];
 
 /** The /dev nodes' binds (without and with kvm), made once. */
 const DEV_BINDS = [false, true].map((kvm) => devNodeNames(kvm).map((n): BindEntry => [`/dev/${n}`, { source: `/dev/${n}`, optional: false, ro: false }]));
@@ -150,8 +153,8 @@ function helperBindArgs(request: SandboxRequest, binds: Map<string, Bind>, kvm: 
   const args: string[] = [];
   for (const list of [inStore, rest]) {
     list.sort(byTarget);
-    for (const [target, { source, optional, ro }] of list)
-      args.push(ro ? (optional ? '--bind-ro-try' : '--bind-ro') : optional ? '--bind-try' : '--bind', source, target);
+    for (const [target, { source, optional, ro, link }] of list)
+      args.push(link ? '--bind-ro-link' : ro ? (optional ? '--bind-ro-try' : '--bind-ro') : optional ? '--bind-try' : '--bind', source, target);
   }
   return args;
 }
@@ -309,7 +312,7 @@ export class LinuxSandbox implements Sandbox {
     let exit: SandboxExit | undefined;
     let leftovers: ChrootLeftovers | undefined;
     try {
-      const binds = await this.#binds(request, layout);
+      const binds = await this.#binds(request, layout, backend.kind === 'helper');
       leftovers = backend.kind === 'helper' && this.#recyclable(request) ? this.#leftovers(request, layout, binds) : undefined;
       exit =
         backend.kind === 'helper'
@@ -369,8 +372,13 @@ export class LinuxSandbox implements Sandbox {
     return { storeFiles, storeMountpoints };
   }
 
-  /** Everything bind-mounted into the chroot, target → source (Nix's dirsInChroot), inputs read-only. */
-  async #binds(request: SandboxRequest, layout: ChrootLayout): Promise<Map<string, Bind>> {
+  /**
+   * Everything bind-mounted into the chroot, target → source (Nix's dirsInChroot), inputs read-only.
+   * Non-directory inputs are hard-linked into the chroot's store dir, as Nix does: by the helper, in the
+   * build's process, for regular files (`helperLinks`; one system call less on the main thread per input),
+   * else here.
+   */
+  async #binds(request: SandboxRequest, layout: ChrootLayout, helperLinks: boolean): Promise<Map<string, Bind>> {
     const binds = new Map<string, Bind>();
     // Host files and directories are read-only (Nix 2.8 binds them read-write: a builder running as the
     // host's root underneath could write to them); only the build directory and outputs are writable.
@@ -394,8 +402,9 @@ export class LinuxSandbox implements Sandbox {
         const stale = layout.skeleton?.mountpoints;
         if (stale?.delete(path.basename(input))) fs.rmdirSync(path.join(layout.storeDir, path.basename(input)));
         // Nix hard-links non-directories into the chroot store; we also mount regular files read-only on top.
-        linkOrCopy(real, path.join(layout.storeDir, path.basename(input)));
-        if (!st.isSymbolicLink()) binds.set(input, { source: real, optional: false, ro: true, dir: false });
+        const link = helperLinks && !st.isSymbolicLink();
+        if (!link) linkOrCopy(real, path.join(layout.storeDir, path.basename(input)));
+        if (!st.isSymbolicLink()) binds.set(input, { source: real, optional: false, ro: true, dir: false, link });
         else binds.delete(input);
       }
     }

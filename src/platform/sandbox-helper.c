@@ -2,6 +2,7 @@
    Usage: helper [options] -- BUILDER ARGV0 ARGS...   (environment passed through as is)
    Options: --root DIR  --uid N --gid N  --net (keep host network)  --build-dir DIR (inside)
             --bind SRC DST | --bind-ro SRC DST | --bind-try SRC DST | --bind-ro-try SRC DST
+            --bind-ro-link SRC DST (a file input: hard-linked to DST, as Nix does, then bound read-only on it)
             --shm-size SIZE  --seccomp-fd FD  --status-fd FD  --linux32
             --store-dir DIR (inside: bound onto itself as a shared mount, as Nix does)
    Status (on --status-fd, one line): "exit N", "signal N" or "error MESSAGE". */
@@ -39,7 +40,7 @@
 #include <termios.h>
 #include <unistd.h>
 
-struct bind { const char *src, *dst; int ro, optional; };
+struct bind { const char *src, *dst; int ro, optional, link, linked; };
 static struct bind binds[4096];
 static int nbinds;
 static const char *root, *buildDir = "/build", *shmSize = "50%", *storeDir;
@@ -102,9 +103,12 @@ static void doBind(const struct bind *b) {
   else {
     char dir[4096]; snprintf(dir, sizeof dir, "%s", target);
     char *slash = strrchr(dir, '/'); if (slash && slash != dir) { *slash = 0; mkdirs(dir, 0755); }
-    int fd = open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) fail("creating %s", target);
-    close(fd);
+    /* A file input hard-linked into place (linkInputs) is its own mount point. */
+    if (!b->linked) {
+      int fd = open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+      if (fd < 0) fail("creating %s", target);
+      close(fd);
+    }
   }
   if (mount(b->src, target, "", MS_BIND | MS_REC, 0) == -1) fail("bind mount from '%s' to '%s' failed", b->src, target);
   if (b->ro) {
@@ -120,6 +124,20 @@ static void doBind(const struct bind *b) {
     }
     if (mount(0, target, 0, flags, 0) == -1) fail("making '%s' read-only", target);
   }
+}
+
+/* File inputs are hard-linked into the chroot's store dir, as Nix does (no new inode), before the chroot
+   is mounted (a link cannot cross mounts); where one cannot be (another file system, too many links),
+   doBind makes an empty file as its mount point, which the mount hides all the same. */
+static void linkInputs(void) {
+  char target[4096];
+  for (int i = 0; i < nbinds; i++) {
+    struct bind *b = &binds[i];
+    if (!b->link) continue;
+    snprintf(target, sizeof target, "%s%s", root, b->dst);
+    b->linked = link(b->src, target) == 0;
+  }
+  errno = 0;
 }
 
 /* Bring up the loopback interface of our network namespace: 0, or -1 with errno and *what set. */
@@ -175,6 +193,7 @@ static void procReadOnly(const char *proc) {
 /* The rest: mounts, pivot, credentials, exec. */
 static void childLate(char **argv, struct sock_fprog *prog) {
   char path[4096];
+  linkInputs();
   if (mount(root, root, 0, MS_BIND, 0) == -1) fail("unable to bind mount '%s'", root);
   if (storeDir) {
     /* As Nix: the chroot's store dir is a mount of its own (a shared subtree), before the binds. */
@@ -206,7 +225,7 @@ static void childLate(char **argv, struct sock_fprog *prog) {
       if (chmod(pts, 0666) == -1) fail("changing mode of /dev/pts/ptmx");
     } else {
       if (errno != EINVAL) fail("mounting /dev/pts");
-      struct bind b1 = { "/dev/pts", "/dev/pts", 0, 0 }, b2 = { "/dev/ptmx", "/dev/ptmx", 0, 0 };
+      struct bind b1 = { "/dev/pts", "/dev/pts", 0, 0, 0, 0 }, b2 = { "/dev/ptmx", "/dev/ptmx", 0, 0, 0, 0 };
       if (ownLink) unlink(path);
       errno = 0; doBind(&b1); doBind(&b2);
     }
@@ -294,7 +313,7 @@ static int parseArgs(int argc, char **argv, int i) {
     else if (!strcmp(a, "--status-fd") && i + 1 < argc) statusFd = atoi(argv[++i]);
     else if (!strncmp(a, "--bind", 6) && i + 2 < argc && nbinds < 4096) {
       struct bind *b = &binds[nbinds++];
-      b->ro = strstr(a, "-ro") != 0; b->optional = strstr(a, "-try") != 0;
+      b->ro = strstr(a, "-ro") != 0; b->optional = strstr(a, "-try") != 0; b->link = strstr(a, "-link") != 0;
       b->src = argv[++i]; b->dst = argv[++i];
     } else { errno = 0; fail("bad argument '%s'", a); }
   }
