@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { deleteTreeSync, movePathSync } from '../store/canonicalise.js';
 import { processUmask } from '../store/umask.js';
+import { nativeDirOps, type DirOps } from './native-xattrs.js';
 import { SandboxError } from './sandbox-errors.js';
 import { strerror } from './spawn-merged.js';
 
@@ -53,24 +54,25 @@ export interface ChrootLayout {
    */
   readonly skeleton?: SkeletonState;
   /**
-   * The root's ctime once the skeleton was renamed into place for this build (ms, as fs.Stats has it): a
-   * time of the file system's own clock before the builder started (see skeletonUnchanged).
+   * The root's ctime once the skeleton was renamed into place for this build (ns): a time of the file
+   * system's own clock before the builder started (see skeletonUnchangedArgs).
    */
-  readonly placedCtimeMs?: number;
+  readonly placedCtimeNs?: bigint;
 }
 
+/** An inode's attributes as the check compares them (times in ns, exactly as the kernel has them). */
 interface InodeRef {
-  readonly ino: number;
-  readonly mode: number;
-  readonly uid: number;
-  readonly gid: number;
-  readonly nlink: number;
-  readonly size: number;
-  readonly mtimeMs: number;
-  readonly ctimeMs: number;
+  readonly ino: bigint;
+  readonly mode: bigint;
+  readonly uid: bigint;
+  readonly gid: bigint;
+  readonly nlink: bigint;
+  readonly size: bigint;
+  readonly mtimeNs: bigint;
+  readonly ctimeNs: bigint;
 }
 
-/** One inode of a skeleton as skeletonUnchanged compares it. */
+/** One inode of a skeleton as the check after a build compares it. */
 interface InodeCheck {
   /** Its path from the skeleton's root: '' for the root, else '/' and its relative path. */
   readonly suffix: string;
@@ -92,10 +94,12 @@ export interface SkeletonState {
   /** Relative path of the store dir. */
   readonly store: string;
   /**
-   * What skeletonUnchanged compares: every inode of the skeleton not covered during a build, with its
-   * reference attributes, a directory's entries, an /etc file's contents (those the builder may read).
+   * What the check after a build compares: every inode of the skeleton not covered during a build, with
+   * its reference attributes, a directory's entries, an /etc file's contents (those the builder may read).
    */
   readonly checks: readonly InodeCheck[];
+  /** `checks` encoded for the native check (see encodeChecks). */
+  readonly spec: Buffer;
   /** Empty directories in the store dir left as mount points by earlier builds (names). */
   readonly mountpoints: Set<string>;
 }
@@ -329,8 +333,8 @@ function renameIntoPlace(dir: string, root: string): void {
   fs.renameSync(dir, root);
 }
 
-function refOf(st: fs.Stats): InodeRef {
-  return { ino: st.ino, mode: st.mode, uid: st.uid, gid: st.gid, nlink: st.nlink, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
+function refOf(st: fs.BigIntStats): InodeRef {
+  return { ino: st.ino, mode: st.mode, uid: st.uid, gid: st.gid, nlink: st.nlink, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
 }
 
 /**
@@ -351,7 +355,7 @@ function snapshotSkeleton(root: string, key: string, opts: PrepareChrootOptions)
   const covered = coveredDuringBuild(opts);
   const walk = (rel: string): void => {
     const abs = rel ? path.join(root, rel) : root;
-    const st = fs.lstatSync(abs);
+    const st = fs.lstatSync(abs, { bigint: true });
     if (covered.has(rel)) return; // (looked at all the same: it must be there)
     const names = st.isDirectory() ? fs.readdirSync(abs).sort() : undefined;
     const data = st.isFile() && rel.startsWith('etc/') ? fs.readFileSync(abs) : undefined;
@@ -359,59 +363,69 @@ function snapshotSkeleton(root: string, key: string, opts: PrepareChrootOptions)
     for (const n of names ?? []) walk(rel ? `${rel}/${n}` : n);
   };
   walk('');
-  return { key, opts, store, checks, mountpoints: new Set() };
+  return { key, opts, store, checks, spec: encodeChecks(checks), mountpoints: new Set() };
 }
 
-function sameNames(a: readonly string[], b: readonly string[]): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
+/** Flags of an inode in the encoded checks (SK_* in xattr-addon.c). */
+const SK_STORE = 1;
+const SK_TIMES_MAY_CHANGE = 2;
+const SK_NAMES = 4;
+const SK_DATA = 8;
+
+/**
+ * The checks as the addon's skeletonUnchanged reads them (little-endian): a u32 count, then per inode its
+ * path from the root (u32 length, bytes), u32 flags, eight i64 (ino, mode, uid, gid, nlink, size, mtime,
+ * ctime in ns), a directory's entries (u32 count, NUL-terminated names), a file's contents (u32 length, bytes).
+ */
+function encodeChecks(checks: readonly InodeCheck[]): Buffer {
+  const parts: Buffer[] = [];
+  const u32 = (n: number) => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(n);
+    parts.push(b);
+  };
+  u32(checks.length);
+  for (const c of checks) {
+    const suffix = Buffer.from(c.suffix);
+    u32(suffix.length);
+    parts.push(suffix);
+    u32((c.store ? SK_STORE : 0) | (c.timesMayChange ? SK_TIMES_MAY_CHANGE : 0) | (c.names ? SK_NAMES : 0) | (c.data ? SK_DATA : 0));
+    const r = c.ref;
+    const attrs = Buffer.alloc(64);
+    [r.ino, r.mode, r.uid, r.gid, r.nlink, r.size, r.mtimeNs, r.ctimeNs].forEach((v, i) => attrs.writeBigInt64LE(v, i * 8));
+    parts.push(attrs);
+    u32(c.names?.length ?? 0);
+    for (const n of c.names ?? []) parts.push(Buffer.from(`${n}\0`));
+    u32(c.data?.length ?? 0);
+    if (c.data) parts.push(c.data);
+  }
+  return Buffer.concat(parts);
 }
 
 /**
- * Whether a skeleton is exactly as it was made, apart from what a build legitimately changes: the
- * store dir's entries (only the given mount point directories may be left) and times, and the root's
- * times (it is renamed). Everything a builder could write — the root, /tmp, /etc and its files, /dev and
- * its links, the store dir's parents — must have the same inode, mode, owner, link count, size,
- * times and (for /etc files) contents.
+ * The arguments of the addon's skeletonUnchanged (DirOps), which tells, after the build's hard-linked
+ * inputs (`leftovers.storeFiles`) are unlinked, whether a skeleton is exactly as it was made, apart from
+ * what a build legitimately changes: the store dir's entries (only the given mount point directories may
+ * be left) and times, and the root's times (it is renamed). Everything a builder could write — the root,
+ * /tmp, /etc and its files, /dev and its links, the store dir's parents — must have the same inode, mode,
+ * owner, link count, size, times and (for /etc files) contents.
  *
- * `placed` (ChrootLayout.placedCtimeMs) is a ctime the file system gave before the builder started: any
+ * `placed` (ChrootLayout.placedCtimeNs) is a ctime the file system gave before the builder started: any
  * change the builder made to an inode set its ctime to a time at or after it. So an inode whose ctime is
  * still its reference one, older than `placed`, was not changed by the build: its entries or contents
  * need no second look. (A reference ctime as recent as `placed`, the skeleton made in the same tick of the
  * kernel's clock, could be that of a change the builder made: those are listed and read.)
+ *
+ * The check is one call on the main thread (about 20 system calls, each of which costs the main thread
+ * more through `fs`; on the thread pool, the round trip alone costs it as much as the whole check).
  */
-function skeletonUnchanged(root: string, sk: SkeletonState, mountpoints: ReadonlySet<string>, placed?: number): boolean {
-  // One pass over precomputed checks (paths joined by concatenation): this runs after every build.
-  for (const c of sk.checks) {
-    const abs = root + c.suffix;
-    const st = fs.lstatSync(abs, { throwIfNoEntry: false });
-    if (!st) return false;
-    const ref = c.ref;
-    const nlink = c.store ? ref.nlink + mountpoints.size : ref.nlink;
-    if (st.ino !== ref.ino || st.mode !== ref.mode || st.uid !== ref.uid || st.gid !== ref.gid || st.nlink !== nlink || st.size !== ref.size) return false;
-    if (!c.timesMayChange && (st.mtimeMs !== ref.mtimeMs || st.ctimeMs !== ref.ctimeMs)) return false;
-    if (c.store) {
-      const got = fs.readdirSync(abs, { withFileTypes: true });
-      if (got.length !== mountpoints.size || !got.every((d) => d.isDirectory() && mountpoints.has(d.name))) return false;
-      continue;
-    }
-    // The root's times change with the rename: its entries are always listed.
-    const unchangedSince = c.suffix !== '' && placed !== undefined && ref.ctimeMs < placed;
-    if (unchangedSince) continue;
-    if (c.names && !sameNames(fs.readdirSync(abs).sort(), c.names)) return false;
-    if (c.data && !sameContents(abs, c.data)) return false;
-  }
-  return true;
-}
-
-/** Whether a file holds exactly `data` (one read of one byte more than that: three system calls). */
-function sameContents(file: string, want: Buffer): boolean {
-  const got = Buffer.allocUnsafe(want.length + 1);
-  const fd = fs.openSync(file, 'r');
-  try {
-    return fs.readSync(fd, got, 0, got.length, 0) === want.length && want.equals(got.subarray(0, want.length));
-  } finally {
-    fs.closeSync(fd);
-  }
+function skeletonUnchangedArgs(dir: string, sk: SkeletonState, leftovers: ChrootLeftovers, placed: bigint | undefined) {
+  const names = (xs: Iterable<string>) => {
+    let s = '';
+    for (const x of xs) s += `${x}\0`;
+    return s;
+  };
+  return [dir, sk.spec, sk.store, names(leftovers.storeFiles), names(leftovers.storeMountpoints), placed ?? 0n] as const;
 }
 
 /**
@@ -437,8 +451,8 @@ interface Recycling {
   readonly dir: string;
   readonly sk: SkeletonState;
   readonly leftovers: ChrootLeftovers;
-  /** ChrootLayout.placedCtimeMs of its build. */
-  readonly placed: number | undefined;
+  /** ChrootLayout.placedCtimeNs of its build. */
+  readonly placed: bigint | undefined;
   /** The pool's generation when it came back: a drain since means it is discarded. */
   readonly generation: number;
   done: boolean;
@@ -481,9 +495,16 @@ export class ChrootPool {
   readonly #checking = new Map<string, Recycling[]>();
   static readonly #all = new Set<string>();
   static #exitHook = false;
+  /** The addon's operations, once loaded (see skeletonUnchangedArgs). */
+  #ops: DirOps | undefined;
 
   constructor(size = 2) {
     this.#size = size;
+    this.#track(
+      nativeDirOps().then((o) => {
+        this.#ops = o;
+      }),
+    );
     if (!ChrootPool.#exitHook) {
       ChrootPool.#exitHook = true;
       process.once('exit', () => {
@@ -549,8 +570,8 @@ export class ChrootPool {
         renameIntoPlace(dir, opts.root);
         // The rename set the root's ctime (as ext4, xfs, btrfs and tmpfs do); where it does not, the
         // root's older ctime only makes the check after the build look at more.
-        const placedCtimeMs = fs.lstatSync(opts.root).ctimeMs;
-        layout = { root: opts.root, storeDir: path.join(opts.root, opts.storeDir), skeleton: sk, placedCtimeMs };
+        const placedCtimeNs = fs.lstatSync(opts.root, { bigint: true }).ctimeNs;
+        layout = { root: opts.root, storeDir: path.join(opts.root, opts.storeDir), skeleton: sk, placedCtimeNs };
       } catch {
         discardTree(dir);
       }
@@ -573,7 +594,7 @@ export class ChrootPool {
   }
 
   /**
-   * After a build: put the skeleton back into the pool if it is unchanged (see skeletonUnchanged),
+   * After a build: put the skeleton back into the pool if it is unchanged (see skeletonUnchangedArgs),
    * else discard it. Only call this when no process of the build can still touch the chroot. The
    * chroot leaves its place (`<drv>.chroot`) at once; the check runs on the next turn of the event
    * loop, typically while the next build's process starts.
@@ -593,7 +614,7 @@ export class ChrootPool {
       return;
     }
     ChrootPool.#all.add(dir);
-    const r: Recycling = { dir, sk, leftovers, placed: layout.placedCtimeMs, generation: this.#generation, done: false };
+    const r: Recycling = { dir, sk, leftovers, placed: layout.placedCtimeNs, generation: this.#generation, done: false };
     this.#checkingOf(sk.key).push(r);
     this.#track(new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.#check(r)));
   }
@@ -602,29 +623,22 @@ export class ChrootPool {
     return listIn(this.#checking, key);
   }
 
-  /** A recycled skeleton's check (see recycle): into the pool if unchanged, else discarded. Once per skeleton. */
+  /** A recycled skeleton's check (see skeletonUnchangedArgs): into the pool if unchanged, else discarded. Once per skeleton. */
   #check(r: Recycling): void {
     if (r.done) return;
     r.done = true;
     const q = this.#checking.get(r.sk.key);
     q?.splice(q.indexOf(r), 1);
     const { dir, sk, leftovers } = r;
-    if (r.generation !== this.#generation) {
-      ChrootPool.#all.delete(dir);
-      discardTree(dir);
-      return;
-    }
+    let unchanged = false;
     try {
-      const storeDir = path.join(dir, sk.store);
-      for (const f of leftovers.storeFiles) {
-        try {
-          fs.unlinkSync(path.join(storeDir, f));
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-        }
-      }
-      if (!skeletonUnchanged(dir, sk, leftovers.storeMountpoints, r.placed)) throw new Error('changed');
+      // Without the addon (no C compiler) no skeleton is reused.
+      unchanged =
+        r.generation === this.#generation && this.#ops !== undefined && this.#ops.skeletonUnchanged(...skeletonUnchangedArgs(dir, sk, leftovers, r.placed));
     } catch {
+      /* changed */
+    }
+    if (!unchanged) {
       ChrootPool.#all.delete(dir);
       discardTree(dir);
       return;

@@ -16,9 +16,13 @@ interface Addon {
   list(p: string | Buffer): string[];
   pristineDir(p: string, uid: number, inner: string): boolean;
   renameNoReplace(from: string, to: string): number;
+  skeletonUnchanged(root: string, spec: Buffer, store: string, storeFiles: string, mountpoints: string, placed: bigint): boolean;
 }
 
-/** The addon's directory operations, for build directories reused (src/platform/build-dir-pool.ts). */
+/**
+ * The addon's directory operations, for build directories (src/platform/build-dir-pool.ts) and chroot
+ * skeletons (src/platform/chroot.ts) reused.
+ */
 export interface DirOps {
   /**
    * Whether `p` is a directory as realise makes build directories: mode 0700, owned by `uid`, without
@@ -27,6 +31,12 @@ export interface DirOps {
   pristineDir(p: string, uid: number, inner?: string): boolean;
   /** renameat2(RENAME_NOREPLACE): never replaces what is at `to`. 0, or the errno (EEXIST: `to` exists). */
   renameNoReplace(from: string, to: string): number;
+  /**
+   * A chroot skeleton's check after a build (see chroot.ts): the names of `storeFiles` unlinked from its
+   * store dir (`store`, from `root`), then every inode of `spec` compared; `storeFiles` and `mountpoints`
+   * (the directories the store dir may hold) are NUL-terminated names, `placed` a ctime in ns (0n: none).
+   */
+  skeletonUnchanged(root: string, spec: Buffer, store: string, storeFiles: string, mountpoints: string, placed: bigint): boolean;
 }
 
 /** The addon's C file, beside this module. */
@@ -63,6 +73,7 @@ export function nativeDirOps(): Promise<DirOps | undefined> {
     (addon): DirOps => ({
       pristineDir: (p, uid, inner) => addon.pristineDir(p, uid, inner ?? ''),
       renameNoReplace: (from, to) => addon.renameNoReplace(from, to),
+      skeletonUnchanged: (root, spec, store, storeFiles, mountpoints, placed) => addon.skeletonUnchanged(root, spec, store, storeFiles, mountpoints, placed),
     }),
     () => undefined,
   );

@@ -1,5 +1,6 @@
-/* realise xattr addon: strip(path, ignored) and list(path), with Node-API declared by hand; and for reused
-   build directories, pristineDir(path, uid, inner) and renameNoReplace(from, to). */
+/* realise xattr addon: strip(path, ignored) and list(path), with Node-API declared by hand; for reused
+   build directories, pristineDir(path, uid, inner) and renameNoReplace(from, to); for reused chroot
+   skeletons, skeletonUnchanged(root, spec, store, storeFiles, mountpoints, placed). */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -7,6 +8,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,20 +33,26 @@ extern napi_status napi_set_element(napi_env, napi_value, unsigned, napi_value);
 extern napi_status napi_create_function(napi_env, const char *, size_t, napi_callback, void *, napi_value *);
 extern napi_status napi_set_named_property(napi_env, napi_value, const char *, napi_value);
 extern napi_status napi_throw_error(napi_env, const char *, const char *);
+extern napi_status napi_get_value_bigint_int64(napi_env, napi_value, int64_t *, _Bool *);
 
-/* A string or Buffer argument as a NUL-terminated string (malloc'd), or 0 after throwing. */
-static char *stringArg(napi_env env, napi_value v) {
+/* A string or Buffer argument as a NUL-terminated string (malloc'd; *lenOut, if given, its length, NULs
+   within included), or 0 after throwing. */
+static char *stringArgLen(napi_env env, napi_value v, size_t *lenOut) {
   _Bool isBuf = 0; void *data; size_t len;
   if (napi_is_buffer(env, v, &isBuf) == 0 && isBuf && napi_get_buffer_info(env, v, &data, &len) == 0) {
     char *s = malloc(len + 1);
     if (s) { memcpy(s, data, len); s[len] = 0; }
+    if (lenOut) *lenOut = len;
     return s;
   }
   if (napi_get_value_string_utf8(env, v, 0, 0, &len) != 0) { napi_throw_error(env, "EINVAL", "expected a string or Buffer"); return 0; }
   char *s = malloc(len + 1);
   if (s) napi_get_value_string_utf8(env, v, s, len + 1, &len);
+  if (lenOut) *lenOut = len;
   return s;
 }
+
+static char *stringArg(napi_env env, napi_value v) { return stringArgLen(env, v, 0); }
 
 static napi_value throwErrno(napi_env env, const char *what, int e) {
   char msg[256];
@@ -167,10 +175,174 @@ static napi_value renameNoReplace(napi_env env, napi_callback_info info) {
   napi_value r; napi_create_int32(env, e, &r); return r;
 }
 
+/* A chroot skeleton's reference state, as chroot.ts encodes it (little-endian): a u32 count of inodes, then
+   per inode: u32 length and bytes of its path from the root ("" for the root, else "/..."), u32 flags
+   (SK_*), eight i64 (ino, mode, uid, gid, nlink, size, mtime and ctime in ns), u32 count and
+   NUL-terminated sorted names of a directory's entries, u32 length and bytes of a file's contents. */
+enum { SK_STORE = 1, SK_TIMES_MAY_CHANGE = 2, SK_NAMES = 4, SK_DATA = 8 };
+
+struct reader { const unsigned char *p, *end; };
+
+static int readU32(struct reader *r, uint32_t *v) {
+  if (r->end - r->p < 4) return 0;
+  *v = r->p[0] | r->p[1] << 8 | r->p[2] << 16 | (uint32_t) r->p[3] << 24;
+  r->p += 4;
+  return 1;
+}
+
+static int readI64(struct reader *r, int64_t *v) {
+  uint32_t lo, hi;
+  if (!readU32(r, &lo) || !readU32(r, &hi)) return 0;
+  *v = (int64_t) ((uint64_t) hi << 32 | lo);
+  return 1;
+}
+
+static int64_t ns(struct timespec t) { return (int64_t) t.tv_sec * 1000000000 + t.tv_nsec; }
+
+/* Whether a NUL-separated list (len bytes) holds name. */
+static int listed(const char *list, size_t len, const char *name) {
+  for (size_t off = 0; off < len; off += strlen(list + off) + 1) if (!strcmp(list + off, name)) return 1;
+  return 0;
+}
+
+/* Whether the directory fd (taken) holds exactly the names of the NUL-separated list of count names, and
+   (dirsOnly) only directories. */
+static int sameEntries(int fd, const char *list, size_t len, uint32_t count, int dirsOnly) {
+  DIR *d = fdopendir(fd);
+  if (!d) { close(fd); return 0; }
+  uint32_t seen = 0; int ok = 1; struct dirent *e;
+  while (ok && (e = readdir(d))) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    seen++;
+    ok = listed(list, len, e->d_name);
+    if (ok && dirsOnly) {
+      struct stat st;
+      ok = e->d_type == DT_DIR || (e->d_type == DT_UNKNOWN && fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode));
+    }
+  }
+  closedir(d);
+  return ok && seen == count;
+}
+
+/* Whether the file at path holds exactly len bytes of data (one read of one byte more). */
+static int sameData(const char *path, const unsigned char *data, uint32_t len) {
+  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return 0;
+  unsigned char *got = malloc((size_t) len + 1);
+  ssize_t n = got ? pread(fd, got, (size_t) len + 1, 0) : -1;
+  int ok = n == (ssize_t) len && !memcmp(got, data, len);
+  free(got); close(fd);
+  return ok;
+}
+
+/* See skeletonUnchanged in chroot.ts, whose check this is: storeFiles (NUL-separated names) are unlinked
+   from the store dir (store: its path from the root), then every inode of spec is compared. */
+static int skeletonCheck(const char *root, struct reader *r, const char *store, const char *files, size_t filesLen,
+                         const char *mounts, size_t mountsLen, int64_t placed) {
+  char path[8192];
+  for (size_t off = 0; off < filesLen; off += strlen(files + off) + 1) {
+    if (!files[off]) continue;
+    snprintf(path, sizeof path, "%s/%s/%s", root, store, files + off);
+    if (unlink(path) == -1 && errno != ENOENT) return 0;
+  }
+  uint32_t nMounts = 0;
+  for (size_t off = 0; off < mountsLen; off += strlen(mounts + off) + 1) if (mounts[off]) nMounts++;
+  uint32_t count;
+  if (!readU32(r, &count)) return 0;
+  for (uint32_t k = 0; k < count; k++) {
+    uint32_t slen, flags, nNames, dataLen;
+    if (!readU32(r, &slen) || (size_t) (r->end - r->p) < slen || slen > sizeof path - strlen(root) - 1) return 0;
+    snprintf(path, sizeof path, "%s%.*s", root, (int) slen, (const char *) r->p);
+    r->p += slen;
+    int64_t ref[8];
+    if (!readU32(r, &flags)) return 0;
+    for (int i = 0; i < 8; i++) if (!readI64(r, &ref[i])) return 0;
+    if (!readU32(r, &nNames)) return 0;
+    const char *names = (const char *) r->p;
+    for (uint32_t i = 0; i < nNames; i++) {
+      const unsigned char *nul = memchr(r->p, 0, r->end - r->p);
+      if (!nul) return 0;
+      r->p = nul + 1;
+    }
+    size_t namesLen = (const char *) r->p - names;
+    if (!readU32(r, &dataLen) || (size_t) (r->end - r->p) < dataLen) return 0;
+    const unsigned char *data = r->p;
+    r->p += dataLen;
+
+    struct stat st;
+    if (lstat(path, &st) == -1) return 0;
+    int64_t nlink = flags & SK_STORE ? ref[4] + nMounts : ref[4];
+    if ((int64_t) st.st_ino != ref[0] || (int64_t) st.st_mode != ref[1] || (int64_t) st.st_uid != ref[2] || (int64_t) st.st_gid != ref[3] ||
+        (int64_t) st.st_nlink != nlink || (int64_t) st.st_size != ref[5]) return 0;
+    if (!(flags & SK_TIMES_MAY_CHANGE) && (ns(st.st_mtim) != ref[6] || ns(st.st_ctim) != ref[7])) return 0;
+    if (flags & SK_STORE) {
+      int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0 || !sameEntries(fd, mounts, mountsLen, nMounts, 1)) return 0;
+      continue;
+    }
+    /* The root's times change with the rename: its entries are always listed. */
+    if (slen > 0 && placed != 0 && ref[7] < placed) continue;
+    if (flags & SK_NAMES) {
+      int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0 || !sameEntries(fd, names, namesLen, nNames, 0)) return 0;
+    }
+    if ((flags & SK_DATA) && !sameData(path, data, dataLen)) return 0;
+  }
+  return r->p == r->end;
+}
+
+/* A skeleton check's arguments, copied. */
+struct check {
+  char *root, *store, *files, *mounts;
+  size_t filesLen, mountsLen, specLen;
+  unsigned char *spec;
+  int64_t placed;
+  int ok;
+};
+
+static void freeCheck(struct check *c) {
+  free(c->root); free(c->store); free(c->files); free(c->mounts); free(c->spec); free(c);
+}
+
+/* The arguments (root, spec, store, storeFiles, mountpoints, placed): storeFiles and mountpoints are
+   NUL-separated names, placed a BigInt of ns (0n: unknown). 0 after throwing. */
+static struct check *checkArgs(napi_env env, napi_value *argv, size_t argc) {
+  void *spec = 0; size_t specLen = 0; int64_t placed = 0; _Bool lossless;
+  if (argc < 6 || napi_get_buffer_info(env, argv[1], &spec, &specLen) != 0) { napi_throw_error(env, "EINVAL", "expected a spec Buffer"); return 0; }
+  if (napi_get_value_bigint_int64(env, argv[5], &placed, &lossless) != 0) { napi_throw_error(env, "EINVAL", "expected a BigInt"); return 0; }
+  struct check *c = calloc(1, sizeof *c);
+  if (!c) { napi_throw_error(env, "ENOMEM", "out of memory"); return 0; }
+  c->placed = placed;
+  c->specLen = specLen;
+  if (!(c->spec = malloc(specLen ? specLen : 1))) { free(c); napi_throw_error(env, "ENOMEM", "out of memory"); return 0; }
+  memcpy(c->spec, spec, specLen);
+  if (!(c->root = stringArg(env, argv[0])) || !(c->store = stringArg(env, argv[2])) || !(c->files = stringArgLen(env, argv[3], &c->filesLen)) ||
+      !(c->mounts = stringArgLen(env, argv[4], &c->mountsLen))) { freeCheck(c); return 0; }
+  return c;
+}
+
+static void runCheck(struct check *c) {
+  struct reader r = { c->spec, c->spec + c->specLen };
+  c->ok = skeletonCheck(c->root, &r, c->store, c->files, c->filesLen, c->mounts, c->mountsLen, c->placed);
+}
+
+/* skeletonUnchanged(root, spec, store, storeFiles, mountpoints, placed): see skeletonCheck and checkArgs. */
+static napi_value skeletonUnchanged(napi_env env, napi_callback_info info) {
+  size_t argc = 6; napi_value argv[6];
+  napi_get_cb_info(env, info, &argc, argv, 0, 0);
+  struct check *c = checkArgs(env, argv, argc);
+  if (!c) return 0;
+  runCheck(c);
+  napi_value v; napi_get_boolean(env, c->ok, &v);
+  freeCheck(c);
+  return v;
+}
+
 napi_value napi_register_module_v1(napi_env env, napi_value exports) {
   napi_value f;
   napi_create_function(env, "pristineDir", 11, pristineDir, 0, &f); napi_set_named_property(env, exports, "pristineDir", f);
   napi_create_function(env, "renameNoReplace", 15, renameNoReplace, 0, &f); napi_set_named_property(env, exports, "renameNoReplace", f);
+  napi_create_function(env, "skeletonUnchanged", 17, skeletonUnchanged, 0, &f); napi_set_named_property(env, exports, "skeletonUnchanged", f);
   napi_create_function(env, "strip", 5, strip, 0, &f); napi_set_named_property(env, exports, "strip", f);
   napi_create_function(env, "list", 4, list, 0, &f); napi_set_named_property(env, exports, "list", f);
   return exports;
