@@ -21,12 +21,19 @@ function isInStore(storeDir: string, p: string): boolean {
   return p.startsWith(storeDir + '/') && p.length > storeDir.length + 1;
 }
 
+/** A hash part of nixbase32 characters (digits and lower-case letters but e, o, t and u). */
+const HASH_PART = /^[0-9a-df-np-sv-z]{32}/;
+
 /** Nix's StorePath constructor checks, with its messages. */
 export function checkStorePathBaseName(base: string): void {
   if (base.length < HASH_LEN + 1) throw new CliError(`'${base}' is too short to be a valid store path`);
-  for (const c of base.slice(0, HASH_LEN)) {
-    if (c === 'e' || c === 'o' || c === 'u' || c === 't' || !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z'))) {
-      throw new CliError(`store path '${base}' contains illegal base-32 character '${c}'`);
+  // (One test for a good hash part, as for the name below: a loop over its characters costs a fresh process,
+  // in V8's interpreter, 10-20 µs per argument; the loop only finds the offending character of a bad one.)
+  if (!HASH_PART.test(base)) {
+    for (const c of base.slice(0, HASH_LEN)) {
+      if (c === 'e' || c === 'o' || c === 'u' || c === 't' || !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z'))) {
+        throw new CliError(`store path '${base}' contains illegal base-32 character '${c}'`);
+      }
     }
   }
   const name = base.slice(HASH_LEN + 1);

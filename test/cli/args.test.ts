@@ -42,6 +42,19 @@ describe('store path arguments', () => {
     expect(() => followLinksToStorePath('/nix/store', '/nix/store/0ppwmlv9pjlqpn8k0fncmyaxzxilv2qm-a b')).toThrow("contains illegal character ' '");
   });
 
+  it('takes every nixbase32 character in a hash part, and names the first other one, wherever it is', () => {
+    const alphabet = '0123456789abcdfghijklmnpqrsvwxyz';
+    for (let i = 0; i < alphabet.length; i++) {
+      const hash = alphabet.slice(i) + alphabet.slice(0, i);
+      expect(followLinksToStorePath('/nix/store', `/nix/store/${hash}-x`)).toBe(`/nix/store/${hash}-x`);
+    }
+    for (const bad of ['e', 'o', 't', 'u', 'A', 'Z', '-', '.', '_'])
+      for (const at of [0, 17, 31]) {
+        const hash = alphabet.slice(0, at) + bad + alphabet.slice(at + 1);
+        expect(() => followLinksToStorePath('/nix/store', `/nix/store/${hash}-x`)).toThrow(`contains illegal base-32 character '${bad}'`);
+      }
+  });
+
   it('targets: DRV, DRV!out,dev, DRV^out, DRV^*, plain paths', () => {
     expect(parseTargetArg('/nix/store', D)).toEqual({ drvPath: D, outputs: '*' });
     expect(parseTargetArg('/nix/store', `${D}!out,dev`)).toEqual({ drvPath: D, outputs: ['out', 'dev'] });
