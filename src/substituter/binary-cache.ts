@@ -299,19 +299,37 @@ class FileTransport implements Transport {
     }
   }
 
+  /**
+   * The file at `rel` read whole with synchronous calls, when its announced size is small (SYNC_READ_MAX):
+   * its bytes (see readWhole), or undefined when it is not small or its size is not known.
+   */
+  readSmall(rel: string, size: number | undefined, signal?: AbortSignal): Buffer[] | undefined {
+    if (size === undefined || size < 0 || size > SYNC_READ_MAX) return undefined;
+    const file = this.resolve(rel);
+    signal?.throwIfAborted();
+    try {
+      return this.readWhole(file, size, undefined);
+    } catch (e) {
+      throw this.readError(rel, e, signal);
+    }
+  }
+
+  /** A failed read of `rel` in Nix's words where Nix has them. */
+  private readError(rel: string, e: unknown, signal: AbortSignal | undefined): unknown {
+    // Nix's words (LocalBinaryCacheStore::getFile).
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT')
+      return new SubstituterError('not-found', `file '${rel}' does not exist in binary cache`, {
+        uri: this.uri,
+        cause: e,
+        hint: `the binary cache '${this.uri}' lost the NAR file; try another substituter or build`,
+      });
+    if (signal?.aborted || isAbortError(e) || e instanceof SubstituterError) return e;
+    return new SubstituterError('network', `cannot read '${rel}' of '${this.uri}': ${(e as Error).message}`, { uri: this.uri, cause: e });
+  }
+
   async *stream(rel: string, signal?: AbortSignal, sizeHint?: number, reuse = false): AsyncGenerator<Uint8Array> {
     const file = this.resolve(rel);
-    const wrap = (e: unknown): unknown => {
-      // Nix's words (LocalBinaryCacheStore::getFile).
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT')
-        return new SubstituterError('not-found', `file '${rel}' does not exist in binary cache`, {
-          uri: this.uri,
-          cause: e,
-          hint: `the binary cache '${this.uri}' lost the NAR file; try another substituter or build`,
-        });
-      if (signal?.aborted || isAbortError(e) || e instanceof SubstituterError) return e;
-      return new SubstituterError('network', `cannot read '${rel}' of '${this.uri}': ${(e as Error).message}`, { uri: this.uri, cause: e });
-    };
+    const wrap = (e: unknown): unknown => this.readError(rel, e, signal);
     if (sizeHint !== undefined && sizeHint >= 0 && sizeHint <= SYNC_READ_MAX) {
       // Size known and small: read it into one buffer of exactly that size (a ReadStream would copy a
       // short last read into a fresh buffer).
@@ -835,22 +853,26 @@ export class BinaryCacheSubstituter implements Substituter {
     await this.init(signal);
     const transport = this.transport;
     const uri = this.uri;
+    // As Nix, FileSize is not enforced: a file of another size is decoded, and the NAR it holds is
+    // judged by its hash and size (Nix's messages). Only a file far longer than announced is cut off.
+    const max = info.fileSize !== undefined ? info.fileSize + info.narSize + FILE_OVERRUN_MAX : Infinity;
+    /** Count the file's bytes read so far (`done`), refusing a file far longer than announced. */
+    const counted = (done: number): void => {
+      fileBytes = done;
+      if (done > max) {
+        throw new SubstituterError('network', `NAR file '${info.url}' of '${info.path}' on '${uri}' is larger than its FileSize ${info.fileSize}`, {
+          uri,
+          path: info.path,
+        });
+      }
+      onProgress?.(done, info.downloadSize);
+    };
     async function* raw(): AsyncGenerator<Uint8Array> {
-      // As Nix, FileSize is not enforced: a file of another size is decoded, and the NAR it holds is
-      // judged by its hash and size (Nix's messages). Only a file far longer than announced is cut off.
       let done = 0;
-      const max = info.fileSize !== undefined ? info.fileSize + info.narSize + FILE_OVERRUN_MAX : Infinity;
       for await (const chunk of transport.stream(info.url, signal, info.fileSize, info.compression === 'zstd', onTransfer)) {
         if (head.length < 6) head = Buffer.concat([head, Buffer.from(chunk.buffer, chunk.byteOffset, Math.min(chunk.byteLength, 6 - head.length))]);
         done += chunk.length;
-        fileBytes = done;
-        if (done > max) {
-          throw new SubstituterError('network', `NAR file '${info.url}' of '${info.path}' on '${uri}' is larger than its FileSize ${info.fileSize}`, {
-            uri,
-            path: info.path,
-          });
-        }
-        onProgress?.(done, info.downloadSize);
+        counted(done);
         yield chunk;
       }
       if (info.fileSize !== undefined && done < info.fileSize) short = done;
@@ -860,6 +882,26 @@ export class BinaryCacheSubstituter implements Substituter {
     /** The file's first bytes (its compression's magic), and how much of the NAR came out before an error. */
     let head = Buffer.alloc(0);
     let produced = 0;
+    // An uncompressed NAR file of small announced size in a file:// cache (a `.drv`'s) is read here at once and
+    // its bytes handed on from here, without the streaming layers (an async generator layer costs several
+    // microseconds of main-thread CPU per NAR). Its errors are the stream's, caught below.
+    if (info.compression === 'none' && transport instanceof FileTransport) {
+      let whole: Buffer[] | undefined;
+      try {
+        whole = transport.readSmall(info.url, info.fileSize, signal);
+      } catch (e) {
+        throw this.narReadFailure(e, info, signal);
+      }
+      if (whole) {
+        let done = 0;
+        for (const chunk of whole) {
+          done += chunk.length;
+          counted(done);
+          yield chunk;
+        }
+        return;
+      }
+    }
     let decompressed: AsyncIterable<Uint8Array>;
     try {
       decompressed = decompressStream(info.compression, raw(), { ...(signal ? { signal } : {}), sizeHint: info.narSize });
@@ -876,13 +918,22 @@ export class BinaryCacheSubstituter implements Substituter {
         yield chunk;
       }
     } catch (e) {
-      if (e instanceof SubstituterError) throw e;
-      if (signal?.aborted || isAbortError(e))
-        throw new SubstituterError('aborted', `download of '${info.path}' was cancelled`, { uri, path: info.path, cause: e });
-      if (e instanceof DecompressionError)
+      if (e instanceof DecompressionError && !(signal?.aborted || isAbortError(e)))
         throw await decompressionFailure(e, info, uri, { short, fileBytes, head, produced }, () => transport.stream(info.url, signal, info.fileSize), signal);
-      throw new SubstituterError('network', `download of '${info.path}' from '${uri}' failed: ${(e as Error).message}`, { uri, path: info.path, cause: e });
+      throw this.narReadFailure(e, info, signal);
     }
+  }
+
+  /** A failed read of the NAR file of `info` (not a decompression error) as the SubstituterError thrown. */
+  private narReadFailure(e: unknown, info: SubstitutablePathInfo, signal: AbortSignal | undefined): unknown {
+    if (e instanceof SubstituterError) return e;
+    if (signal?.aborted || isAbortError(e))
+      return new SubstituterError('aborted', `download of '${info.path}' was cancelled`, { uri: this.uri, path: info.path, cause: e });
+    return new SubstituterError('network', `download of '${info.path}' from '${this.uri}' failed: ${(e as Error).message}`, {
+      uri: this.uri,
+      path: info.path,
+      cause: e,
+    });
   }
 
   async close(): Promise<void> {
