@@ -156,6 +156,8 @@ export function makeDisplay(engine: BuildEngine, out: DisplayOut, o: DisplayOpti
           noBuildOutput: o.noBuildOutput,
           printBuildLogs: o.printBuildLogs || o.format === 'bar-with-logs' || o.format === 'raw-with-logs',
           plain: o.format === 'raw' || o.format === 'raw-with-logs',
+          withoutLogs: o.format === 'raw' || o.format === 'bar',
+          namePrefix: o.format === 'bar-with-logs',
         });
   return o.jsonSink ? new TeeDisplay(inner, engine, o.jsonSink) : inner;
 }

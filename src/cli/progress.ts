@@ -29,6 +29,31 @@ export interface ProgressDisplayOptions {
   readonly printBuildLogs?: boolean;
   /** `--log-format raw`: no status line, even on a terminal. */
   readonly plain?: boolean;
+  /**
+   * `--log-format raw` or `bar`: builders' output is not shown off a terminal either (Nix's loggers of
+   * those formats print no build logs), unless `printBuildLogs`.
+   */
+  readonly withoutLogs?: boolean;
+  /**
+   * `--log-format bar-with-logs`: each line of builders' output (and the post-build hook's) as Nix's
+   * progress bar prints it, after the derivation's name (`hello> …`, `hello (post)> …`), without its
+   * trailing blanks, and not at all when it is blank.
+   */
+  readonly namePrefix?: boolean;
+}
+
+/** Nix's DrvName(…).name of a .drv path: its name up to the first `-` that a letter does not follow. */
+function drvBaseName(drvPath: string): string {
+  const name = drvPath.slice(drvPath.lastIndexOf('/') + 1 + 33).replace(/\.drv$/, '');
+  const version = /-[^a-zA-Z]/.exec(name);
+  return version ? name.slice(0, version.index) : name;
+}
+
+/** A log line's bytes without the blanks Nix's chomp takes from its end (space, tab, CR, LF). */
+function chomp(b: Buffer): Buffer {
+  let end = b.length;
+  while (end > 0 && (b[end - 1] === 0x20 || b[end - 1] === 0x09 || b[end - 1] === 0x0d || b[end - 1] === 0x0a)) end--;
+  return b.subarray(0, end);
 }
 
 /** Nix's DerivationGoal::started message. */
@@ -60,13 +85,23 @@ export class ProgressDisplay {
     opts: ProgressDisplayOptions = {},
   ) {
     this.tty = !!out.isTTY && !opts.plain;
-    this.showsLogs = !opts.noBuildOutput && (!this.tty || !!opts.printBuildLogs);
+    this.showsLogs = !opts.noBuildOutput && (!!opts.printBuildLogs || (!this.tty && !opts.withoutLogs));
     const info = (s: string) => {
       if (!opts.quiet) this.line(s);
     };
     const onStart = (e: Parameters<typeof buildStartedMessage>[0]) => info(buildStartedMessage(e));
-    const onLog = (e: { line: string; bytes?: Buffer }) => {
-      if (this.showsLogs) this.line(e.bytes ?? e.line);
+    // Nix's progress bar names the derivation before each line (faint on a terminal).
+    const prefixed = (drvPath: string, suffix: string, line: Buffer): Buffer | undefined => {
+      const text = chomp(line);
+      if (text.length === 0) return undefined;
+      const prefix = `${drvBaseName(drvPath)}${suffix}`;
+      return Buffer.concat([Buffer.from(this.tty ? `\x1b[2m${prefix}\x1b[0m` : prefix), text]);
+    };
+    const onLog = (e: { drvPath: string; line: string; bytes?: Buffer }) => {
+      if (this.showsLogs && opts.namePrefix) {
+        const l = prefixed(e.drvPath, '> ', e.bytes ?? Buffer.from(e.line));
+        if (l) this.line(l);
+      } else if (this.showsLogs) this.line(e.bytes ?? e.line);
       else if (this.tty && !opts.noBuildOutput) {
         this.lastLine = e.line;
         this.render();
@@ -82,8 +117,11 @@ export class ProgressDisplay {
     const onResolved = (e: { drvPath: string; resolvedPath: string }) => info(`resolved derivation: '${e.drvPath}' -> '${e.resolvedPath}'...`);
     const onHook = (e: { hook: string }) => info(`running post-build-hook '${e.hook}'...`);
     // As Nix's logger: the hook's output goes where builders' output goes, each line prefixed.
-    const onHookLog = (e: { line: string }) => {
-      if (this.showsLogs) this.line(`post-build-hook: ${e.line}`);
+    const onHookLog = (e: { drvPath: string; line: string }) => {
+      if (this.showsLogs && opts.namePrefix) {
+        const l = prefixed(e.drvPath, ' (post)> ', Buffer.from(e.line));
+        if (l) this.line(l);
+      } else if (this.showsLogs) this.line(`post-build-hook: ${e.line}`);
     };
     // A remote build's copies, as Nix's hook prints them (its CopyPaths and CopyPath activities).
     const onRemoteStep = (e: { store: string; step: RemoteStep; phase: 'start' | 'end' }) => {

@@ -80,7 +80,9 @@ export function filterLogMessage(message: string | Buffer, terminal: boolean): B
  * space dropped (Nix's chomp). MESSAGE is in Nix's words: an error's `shortMessage`, without our hint.
  */
 export function formatError(message: string): string {
-  return `error: ${message.replace(/\s+$/, '').replace(/\n(?!\n|$)/g, '\n' + INDENT)}\n`;
+  // As Nix's showErrorInfo: each line (the indentation included) without trailing blanks.
+  const indented = `error: ${message.replace(/\s+$/, '').replace(/\n(?!\n|$)/g, '\n' + INDENT)}`;
+  return `${indented.replace(/[ \t\r]+(?=\n|$)/g, '')}\n`;
 }
 
 /** `warning: MESSAGE`, as Nix prints it. */
