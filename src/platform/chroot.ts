@@ -728,14 +728,16 @@ export function moveOutputsOut(layout: ChrootLayout, outputs: readonly string[],
     const base = path.basename(out);
     const inside = path.join(layout.storeDir, base);
     const dest = path.join(realStoreDir, base);
+    // The helper backend's builds have their outputs moved out already: nothing left inside.
+    if (!fs.lstatSync(inside, { throwIfNoEntry: false })) continue;
     // The usual case first, in one system call: nothing at the physical path (or a file, or an empty
     // directory, which the rename replaces as the removal below would).
     try {
       fs.renameSync(inside, dest);
       moved.push(out);
       continue;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT' && !fs.existsSync(inside)) continue;
+    } catch {
+      /* moved below */
     }
     removeTree(dest);
     // Nix's movePath: an output directory the builder left read-only moves too when we are not root.

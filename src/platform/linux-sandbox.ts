@@ -467,6 +467,9 @@ export class LinuxSandbox implements Sandbox {
     const platform = this.#options.platformOf?.(request);
     if (platform === 'i686-linux' && process.arch === 'x64') a.push('--linux32');
     a.push('--store-dir', request.storeDir);
+    // The helper moves the outputs out once the build's processes are gone (moveOutputsOut sees to the rest).
+    a.push('--real-store-dir', request.realStoreDir);
+    for (const o of request.outputPaths) a.push('--output', path.basename(o));
     a.push(...helperBindArgs(request, binds, ids.kvm === true));
     const filter = this.#filter;
     if (this.#options.server !== false) {

@@ -5,6 +5,8 @@
             --bind-ro-link SRC DST (a file input: hard-linked to DST, as Nix does, then bound read-only on it)
             --shm-size SIZE  --seccomp-fd FD  --status-fd FD  --linux32
             --store-dir DIR (inside: bound onto itself as a shared mount, as Nix does)
+            --real-store-dir DIR --output NAME... (once the builder is gone, its outputs NAME, if there,
+              are renamed from the chroot's store dir to DIR; what cannot be is left for the caller)
    Status (on --status-fd, one line): "exit N", "signal N" or "error MESSAGE". */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -43,7 +45,10 @@
 struct bind { const char *src, *dst; int ro, optional, link, linked; };
 static struct bind binds[4096];
 static int nbinds;
-static const char *root, *buildDir = "/build", *shmSize = "50%", *storeDir;
+static const char *root, *buildDir = "/build", *shmSize = "50%", *storeDir, *realStoreDir;
+static const char *outputs[64];
+static int noutputs;
+static int chrootStoreFd = -1, realStoreFd = -1; /* see moveOutputsOut */
 static int uidIn = 1000, gidIn = 100, keepNet, seccompFd = -1, statusFd = -1, linux32;
 static int errPipe[2];
 static int failQuiet; /* a warm process that cannot get ready just exits */
@@ -308,6 +313,8 @@ static int parseArgs(int argc, char **argv, int i) {
     else if (!strcmp(a, "--no-seccomp")) haveProg = 0;
     else if (!strcmp(a, "--build-dir") && i + 1 < argc) buildDir = argv[++i];
     else if (!strcmp(a, "--store-dir") && i + 1 < argc) storeDir = argv[++i];
+    else if (!strcmp(a, "--real-store-dir") && i + 1 < argc) realStoreDir = argv[++i];
+    else if (!strcmp(a, "--output") && i + 1 < argc && noutputs < 64) outputs[noutputs++] = argv[++i];
     else if (!strcmp(a, "--shm-size") && i + 1 < argc) shmSize = argv[++i];
     else if (!strcmp(a, "--seccomp-fd") && i + 1 < argc) seccompFd = atoi(argv[++i]);
     else if (!strcmp(a, "--status-fd") && i + 1 < argc) statusFd = atoi(argv[++i]);
@@ -573,7 +580,27 @@ static int builderMain(void *cmd) {
   return 125;
 }
 
+/* The chroot's store dir and the real one, opened before the builder mounts and pivots (our root becomes
+   the chroot's then): the outputs are moved through these. */
+static void openStoreDirs(void) {
+  if (!noutputs || !realStoreDir || !storeDir) return;
+  char path[8192];
+  snprintf(path, sizeof path, "%s%s", root, storeDir);
+  chrootStoreFd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  realStoreFd = open(realStoreDir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  errno = 0;
+}
+
+/* Once every process of the build is gone: each output the builder made is renamed to the real store dir
+   (replacing a file or an empty directory there, as rename does); the caller moves what is left. */
+static void moveOutputsOut(void) {
+  if (chrootStoreFd < 0 || realStoreFd < 0) return;
+  for (int i = 0; i < noutputs; i++) if (renameat(chrootStoreFd, outputs[i], realStoreFd, outputs[i]) == -1) {}
+  errno = 0;
+}
+
 static void launch(char **cmd) {
+  openStoreDirs();
   if (pipe2(errPipe, O_CLOEXEC) == -1) fail("creating a pipe");
   pid_t pid = vforkOnStack(builderMain, cmd, 0);
   int e = errno;
@@ -622,6 +649,8 @@ static int finish(void) {
   kill(builderPid, SIGKILL);
   int st;
   while (waitpid(builderPid, &st, 0) == -1 && errno == EINTR) {}
+  /* PID 1 is reaped once every other process of its namespace is: nothing of the build runs any more. */
+  moveOutputsOut();
   if (WIFEXITED(st)) status("exit %d\n", WEXITSTATUS(st));
   else status("signal %d\n", WTERMSIG(st));
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
