@@ -9,8 +9,11 @@ import * as path from 'node:path';
 import { StoreError } from './errors.js';
 import { LocalStore, type LocalStoreOptions } from './local-store.js';
 
-/** Nix store settings that are accepted in a local store URI and ignored here. */
-const IGNORED_PARAMS = new Set(['require-sigs', 'trusted', 'priority', 'want-mass-query', 'path-info-cache-size', 'system-features', 'read-only']);
+/**
+ * Nix 2.8's local store settings that are accepted in a local store URI and ignored here (newer Nix's
+ * `read-only` is none of them: Nix 2.8 warns about it as about any name it does not know).
+ */
+const IGNORED_PARAMS = new Set(['require-sigs', 'trusted', 'priority', 'want-mass-query', 'path-info-cache-size', 'system-features']);
 
 export interface ParsedStoreUri {
   readonly options: LocalStoreOptions;

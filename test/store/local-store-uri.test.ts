@@ -41,6 +41,8 @@ describe('store URIs (what Nix --store takes for local stores)', () => {
 
   it('unknown parameters are ignored with a warning each, as Nix 2.8 does', async () => {
     expect(parseStoreUri('local?root=/r&frob=1&trusted=1&zap=2')).toEqual({ options: { root: '/r' }, ignored: ['trusted'], unknown: ['frob', 'zap'] });
+    // Newer Nix's read-only is unknown to Nix 2.8 (its warning: "unknown setting 'read-only'").
+    expect(parseStoreUri('local?root=/r&read-only=true').unknown).toEqual(['read-only']);
     const d = tmp();
     const warnings: string[] = [];
     const s = await openStore(`${d}/chroot?frob=1`, { warn: (m) => warnings.push(m) });
