@@ -20,7 +20,7 @@ export class BadNarInfoError extends RealiseError {
 export type Compression = 'xz' | 'zstd' | 'bzip2' | 'br' | 'gzip' | 'none';
 export const COMPRESSIONS: readonly Compression[] = ['xz', 'zstd', 'bzip2', 'br', 'gzip', 'none'];
 
-/** File name extension Nix uses for a compression (`nar/<filehash>.nar<ext>`). */
+/** File name extension Nix uses for a compression (`nar/<filehash>.nar<ext>`; Nix 2.8 gives gzip none). */
 export function compressionExtension(c: Compression): string {
   switch (c) {
     case 'xz':
@@ -32,7 +32,6 @@ export function compressionExtension(c: Compression): string {
     case 'br':
       return '.br';
     case 'gzip':
-      return '.gz';
     case 'none':
       return '';
   }

@@ -123,6 +123,33 @@ describe.skipIf(!nixOk())('realise copy vs nix copy, settings in the URL', () =>
     expect(r.stderr).toContain('copying path');
   });
 
+  it('compression=gzip: NAR files named as Nix 2.8 names them (no extension), gzip data, and Nix substitutes from it', async () => {
+    const [N, O] = [path.join(dir, 'N-gzip'), path.join(dir, 'O-gzip')];
+    expect(runNix('nix', ['copy', '--store', path.join(dir, 'S'), '--to', `file://${N}?compression=gzip`, out]).status).toBe(0);
+    const o = await realise(['copy', '--store', path.join(dir, 'S'), '--to', `file://${O}?compression=gzip`, out]);
+    expect(o.status, o.stderr).toBe(0);
+    const urls = (cache: string) =>
+      Object.keys(narinfos(cache)).map((f) => /^URL: nar\/[0-9a-z]{52}(\.nar.*)$/m.exec(readFileSync(path.join(cache, f), 'utf8'))?.[1]);
+    expect(urls(O)).toEqual(urls(N));
+    expect(urls(O)).toEqual(['.nar', '.nar']);
+    for (const f of readdirSync(path.join(O, 'nar'))) expect(readFileSync(path.join(O, 'nar', f)).subarray(0, 2)).toEqual(Buffer.from([0x1f, 0x8b]));
+    expect(narinfos(O)).toEqual(narinfos(N));
+    const r = runNix('nix-store', [
+      '--store',
+      path.join(dir, 'R-gzip'),
+      '--realise',
+      out,
+      '--option',
+      'substituters',
+      `file://${O}`,
+      '--option',
+      'require-sigs',
+      'false',
+    ]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain('copying path');
+  });
+
   it('a bad setting value is refused before anything is written', async () => {
     const o = await realise(['copy', '--store', path.join(dir, 'S'), '--to', `file://${path.join(dir, 'bad')}?compression=lz4`, out]);
     expect(o.status).toBe(1);
