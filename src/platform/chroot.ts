@@ -392,7 +392,8 @@ function encodeChecks(checks: readonly InodeCheck[]): Buffer {
     u32((c.store ? SK_STORE : 0) | (c.timesMayChange ? SK_TIMES_MAY_CHANGE : 0) | (c.names ? SK_NAMES : 0) | (c.data ? SK_DATA : 0));
     const r = c.ref;
     const attrs = Buffer.alloc(64);
-    [r.ino, r.mode, r.uid, r.gid, r.nlink, r.size, r.mtimeNs, r.ctimeNs].forEach((v, i) => attrs.writeBigInt64LE(v, i * 8));
+    // As the addon reads them: 64-bit two's complement (an inode number may not fit a signed i64).
+    [r.ino, r.mode, r.uid, r.gid, r.nlink, r.size, r.mtimeNs, r.ctimeNs].forEach((v, i) => attrs.writeBigInt64LE(BigInt.asIntN(64, v), i * 8));
     parts.push(attrs);
     u32(c.names?.length ?? 0);
     for (const n of c.names ?? []) parts.push(Buffer.from(`${n}\0`));
