@@ -62,12 +62,13 @@ export function fromNixBase32(s: string, size?: number): Uint8Array {
   return out;
 }
 
+/** Nothing but characters of NIX32. */
+const NIX32_TEXT = /^[0-9a-df-np-sv-z]*$/;
+
 export function isNixBase32(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c >= 128 || NIX32_REV[c]! < 0) return false;
-  }
-  return true;
+  // One regular expression, not a loop over the characters: a fresh process runs such a loop in V8's
+  // interpreter, some microseconds for each store path it parses.
+  return NIX32_TEXT.test(s);
 }
 
 export function toBase16(bytes: Uint8Array): string {
