@@ -2,7 +2,7 @@
  * Hashes as Nix writes them: base16, nix-base32, base64 and SRI, for md5, sha1, sha256, sha512.
  * Pure: no I/O. `HashModulo` is a hash sink that zeroes a self-reference part (Nix's HashModuloSink).
  */
-import { createHash, type Hash as NodeHash } from 'node:crypto';
+import { createHash, hash as oneShotHash, type Hash as NodeHash } from 'node:crypto';
 import { BadHashError } from './errors.js';
 
 export type HashAlgorithm = 'md5' | 'sha1' | 'sha256' | 'sha512';
@@ -127,9 +127,9 @@ export class Hash {
     this.bytes = bytes;
   }
 
-  /** Hash a byte string or UTF-8 text. */
+  /** Hash a byte string or UTF-8 text (one call of Node's one-shot hash: no hash object, no stream). */
   static of(algorithm: HashAlgorithm, data: string | Uint8Array): Hash {
-    return new Hash(algorithm, new Uint8Array(createHash(algorithm).update(data).digest()));
+    return new Hash(algorithm, new Uint8Array(oneShotHash(algorithm, data, 'buffer')));
   }
 
   /**
