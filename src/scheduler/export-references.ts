@@ -35,19 +35,30 @@ async function exportClosure(w: Worker, view: DrvView, roots: StorePath[], input
  * `Rejected` value, `input-rejected`: Nix's BuildError); other BadDerivationErrors are thrown (the round
  * ends the call with them, as Nix's Error).
  */
-export async function exportReferencesGraph(
+export function exportReferencesGraph(
   w: Worker,
   view: DrvView,
   inputPaths: Set<StorePath>,
-): Promise<Map<string, string | unknown> | undefined | Rejected> {
-  let wanted: { name: string; paths: StorePath[] }[];
+): Promise<Map<string, string | unknown> | Rejected> | undefined | Rejected {
+  let wanted: ExportWanted[];
   try {
     wanted = view.attrs.exportReferencesGraph(w.ctx.store.storeDir);
   } catch (e) {
     if (e instanceof ExportReferencesError) return rejected('input-rejected', e.shortMessage);
     throw e;
   }
-  if (wanted.length === 0) return undefined;
+  // (None asked for, the usual case: answered at once, without a promise.)
+  return wanted.length === 0 ? undefined : exportClosures(w, view, wanted, inputPaths);
+}
+
+type ExportWanted = { readonly name: string; readonly paths: StorePath[] };
+
+async function exportClosures(
+  w: Worker,
+  view: DrvView,
+  wanted: readonly ExportWanted[],
+  inputPaths: Set<StorePath>,
+): Promise<Map<string, string | unknown> | Rejected> {
   const out = new Map<string, unknown>();
   for (const { name, paths: roots } of wanted) {
     const paths = await exportClosure(w, view, roots, inputPaths);

@@ -90,7 +90,11 @@ async function removeBuildDir(dir: BuildDir): Promise<void> {
  * into the pool for the next build when it is as made (see build-dir-pool.ts), or removed.
  */
 async function keepOrRemoveBuildDir(dir: BuildDir, keep: boolean): Promise<void> {
-  await (keep ? fsp.chmod(dir.top, 0o755) : poolOrRemoveBuildDir(dir)).catch(() => {});
+  try {
+    await (keep ? fsp.chmod(dir.top, 0o755) : poolOrRemoveBuildDir(dir));
+  } catch {
+    /* best effort, as Nix's: a directory that cannot be opened up or removed stays */
+  }
   buildDirRegistry().delete(dir.top);
   countBuildDir(dir.top.replace(/-\d+$/, ''), -1);
 }
@@ -222,7 +226,7 @@ async function buildInRounds(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
             return success('already-valid', Object.fromEntries(beaten));
           }
           // After round 1, what is there is that round's output, still unregistered.
-          if (round === 1) await deleteStaleOutputs(store, known, valid);
+          if (round === 1) for (const p of staleOutputs(store, known, valid)) await deleteTree(p);
           if (startTime === 0) startTime = Math.floor(Date.now() / 1000);
           return runOneRound(w, view, plan, round, valid, previous, releaseSlot, prep);
         },
@@ -291,11 +295,11 @@ async function outputsUnderLock(
   return { valid: await store.queryValidPaths(known) };
 }
 
-/** Delete the outputs of `known` that are there but not valid (a build that was interrupted left them). */
-async function deleteStaleOutputs(store: Worker['ctx']['store'], known: readonly StorePath[], valid: ReadonlySet<StorePath>): Promise<void> {
-  for (const p of known) {
-    if (!valid.has(p) && exists(store.toRealPath(p))) await deleteTree(store.toRealPath(p));
-  }
+/** The real paths of the outputs of `known` that are there but not valid (a build that was interrupted left them), to delete. */
+function staleOutputs(store: Worker['ctx']['store'], known: readonly StorePath[], valid: ReadonlySet<StorePath>): string[] {
+  const stale: string[] = [];
+  for (const p of known) if (!valid.has(p) && exists(store.toRealPath(p))) stale.push(store.toRealPath(p));
+  return stale;
 }
 
 /**
@@ -740,7 +744,8 @@ class LocalRound {
     const { store, options } = w.ctx;
     let erg: Awaited<ReturnType<typeof exportReferencesGraph>>;
     try {
-      erg = await exportReferencesGraph(w, view, plan.inputPaths);
+      const asked = exportReferencesGraph(w, view, plan.inputPaths);
+      erg = asked instanceof Promise ? await asked : asked;
     } catch (e) {
       // A malformed attribute Nix throws out of the build as a plain Error: it ends the call.
       return { kind: 'ended', result: w.endCall(asSetupError(e), view.drvPath) };
@@ -860,14 +865,21 @@ class LocalRound {
       }
       // The last (unterminated) log line comes before the end of the build.
       this.log.end();
-      failed = await this.classify({ exit, limit, setupError, stoppedOthers });
+      // A builder that exited 0 within its limits (the usual case) is classified without an asynchronous step.
+      if (setupError === undefined && !limit && exit.kind === 'exited' && exit.code === 0) {
+        if (!stoppedOthers) w.signal.throwIfAborted();
+      } else failed = await this.classify({ exit, limit, setupError, stoppedOthers });
     } finally {
       // The end of the build, then its slot is free: the events of a build bracket exactly its time in the slot.
       this.log.end();
       const outcome = exit.kind === 'exited' && exit.code === 0 && !limit ? 'success' : w.signal.aborted && !stoppedOthers ? 'stopped' : 'failure';
       this.finishBuild(outcome, failed?.kind === 'failed' ? failed.result : undefined);
       releaseSlot();
-      await w.ctx.store.addBuildLog(drvPath, this.log.text()).catch(() => {});
+      try {
+        await w.ctx.store.addBuildLog(drvPath, this.log.text());
+      } catch {
+        /* a log that cannot be written does not fail the build */
+      }
     }
     return failed;
   }

@@ -93,7 +93,13 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
   }
   if (plan.mode === 'check') return compareWithRegistered(w, view, plan, fin);
   // Outputs rejected by their checks stay in the store, invalid (Nix moved them there before checking).
-  const bad = await checkOutputs(w.ctx.store, fin.infos, fin.finalPaths, (name) => outputChecksOf(view, name));
+  // (Outputs without checks, the usual case: no asynchronous step.)
+  const checks = new Map<string, OutputChecks | Rejected>();
+  for (const name of fin.infos.keys()) {
+    const c = outputChecksOf(view, name);
+    if (c !== undefined) checks.set(name, c);
+  }
+  const bad = checks.size > 0 ? await checkOutputs(w.ctx.store, fin.infos, fin.finalPaths, (name) => checks.get(name)) : undefined;
   if (bad) return { ...bad, outputsStay: true };
   if (plan.round > 1 && plan.previous) return compareRounds(w, view, plan, plan.previous, fin);
   return registerRound(w, view, plan, fin);
@@ -286,7 +292,8 @@ class Finalised {
 
   private async inputAddressed(s: Scanned, path: StorePath): Promise<PathInfo> {
     if (s.scratch !== path) this.outputRewrites.set(storePathHashPart(s.scratch), storePathHashPart(path));
-    await this.rewrite(s, this.outputRewrites);
+    // (Built at its final path with no other output rewritten, the usual case: nothing to rewrite.)
+    if (this.outputRewrites.size > 0) await this.rewrite(s, this.outputRewrites);
     const { hash, size } = s.nar ? { hash: Hash.of('sha256', s.nar), size: s.nar.length } : await hashPath(s.real);
     const { self, refs } = this.rewrittenRefs(s);
     if (self) refs.push(path);
@@ -466,7 +473,8 @@ async function registerRound(w: Worker, view: DrvView, plan: RegisterPlan, fin: 
   // Every output was canonicalised where it is now (the scan, or moveIntoPlace): not again.
   await store.registerValidPaths([...fin.infos.values()], { canonicalise: false });
   if (fin.delayed) return fin.delayed;
-  await registerRealisations(w, view, fin.finalPaths);
+  // (None to register, the usual case: no asynchronous step.)
+  if (registersRealisations(view, w.ctx.options.experimentalFeatures)) await registerRealisations(w, view, fin.finalPaths);
   return { outputs: fin.outputs(), nonDeterministic: false, stopRounds: false };
 }
 

@@ -357,7 +357,7 @@ export class HeldLocks {
     if (!this.deleteOnRelease || this.held.length === 0) return this.releaseSync();
     const held = this.held.reverse();
     this.held = [];
-    await Promise.all(held.map((h) => unlinkOnPool(h.lockPath)));
+    await (held.length === 1 ? unlinkOnPool(held[0]!.lockPath) : Promise.all(held.map((h) => unlinkOnPool(h.lockPath))));
     for (const h of held) {
       try {
         unlockFile(h.lockPath, h.fd, 'unlinked');
