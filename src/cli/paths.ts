@@ -183,12 +183,25 @@ export function installableStorePaths(
 }
 
 /**
- * A build target argument: `PATH`, `DRV!out,dev` (nix-store's form), or `DRV^out,dev` / `DRV^*` (newer Nix).
- * Outputs are only taken on .drv paths, as in Nix.
+ * A build target argument: `PATH`, `PATH!out,dev` (nix-store's form), or `DRV^out,dev` / `DRV^*` (newer Nix).
+ * As Nix 2.8's parsePathWithOutputs, the first `!` ends the path whatever it names: the outputs (comma
+ * separated, empty ones dropped; `*` is an output name there) make a build of that path even when it is
+ * no .drv (an invalid one is then a missing derivation), and no outputs (`PATH!`) mean the path itself or,
+ * for a .drv, all its outputs. `^` is taken after a .drv only.
  */
 export function parseTargetArg(storeDir: string, arg: string): BuildTarget {
-  const m = /^(.*?)([!^])([^/]*)$/.exec(arg);
-  const [p, outs] = m && m[1]!.endsWith('.drv') ? [m[1]!, m[3]!] : [arg, undefined];
+  const bang = arg.indexOf('!');
+  if (bang >= 0) {
+    const storePath = followLinksToStorePath(storeDir, arg.slice(0, bang));
+    const outputs = arg
+      .slice(bang + 1)
+      .split(',')
+      .filter(Boolean);
+    if (outputs.length > 0) return { drvPath: storePath, outputs };
+    return storePath.endsWith('.drv') ? { drvPath: storePath, outputs: '*' } : { path: storePath };
+  }
+  const m = /^(.*?)\^([^/]*)$/.exec(arg);
+  const [p, outs] = m && m[1]!.endsWith('.drv') ? [m[1]!, m[2]!] : [arg, undefined];
   const storePath = followLinksToStorePath(storeDir, p);
   if (!storePath.endsWith('.drv')) return { path: storePath };
   if (outs === undefined || outs === '' || outs === '*') return { drvPath: storePath, outputs: '*' };

@@ -76,15 +76,16 @@ const allWantedValid = (st: readonly OutputStatus[]): boolean => st.every((s) =>
  */
 export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> | undefined): Promise<BuildResult | Waitees> {
   const { worker: w, drvPath, mode } = goal;
-  if (!isDerivationPath(drvPath)) return failure('misc-failure', `'${drvPath}' is not a derivation path`);
   const { store } = w.ctx;
-  // 1. Make sure the derivation exists; it may come from a substitute.
+  // 1. Make sure the derivation exists; it may come from a substitute. (As Nix, a path that is no .drv is
+  // looked for first: `nix-store --realise PATH!out` of a missing one is a missing derivation.)
   const valid = w.ctx.isProvidedDrv(drvPath) || (await store.isValidPath(drvPath));
   if (!valid) {
     const o = await goal.blocked(w.substitutionGoal(drvPath));
     w.signal.throwIfAborted();
     if (!substitutionSucceeded(o)) return failure('misc-failure', `cannot build missing derivation '${drvPath}'`);
   }
+  if (!isDerivationPath(drvPath)) return failure('misc-failure', `'${drvPath}' is not a derivation path`);
   // (Just found valid: reading it need not ask the store again.)
   const view = await w.ctx.loadDrv(drvPath, valid);
   // Nix 2.8 refuses to read such a .drv without the feature: the error ends the call.

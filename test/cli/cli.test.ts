@@ -105,6 +105,12 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
       expect(o.status, arg).toBe(1);
       expect(o.stderr, arg).toMatch(/^error: /m);
     }
+    // As Nix's parsePathWithOutputs, the first `!` ends the path, whatever it names: outputs of a path that
+    // is no .drv ask for a build of it (a missing derivation), none (`PATH!`) the path itself.
+    for (const arg of [`${MISSING}!out`, `${path.join(dir, 'nonexistent')}!out`, `${MISSING}!`]) expect((await same([arg])).status, arg).toBe(1);
+    const good = (await same([drvs.good!])).stdout.trim();
+    expect((await same([`${good}!`])).stdout).toBe(`${good}\n`);
+    expect((await same([`${drvs.good}!,out,,out`])).stdout).toBe(`${good}\n`);
     // Nothing to do is success; --dry-run lists what would happen and builds nothing.
     await same([]);
     await same(['--dry-run', drvs.dep!, MISSING]);
