@@ -212,12 +212,12 @@ export function checkPathInfo(info: PathInfo, storeDir: string): void {
  * (`isValid` answers for the rest in one call). Also refuses reference cycles between different paths,
  * as Nix's topological sort does. Returns the batch in an order where references come first.
  */
-export function checkBatchClosure(infos: readonly PathInfo[], validOf: (paths: StorePath[]) => Set<StorePath>): PathInfo[] {
+export function checkBatchClosure(infos: readonly PathInfo[], validOf: (paths: StorePath[]) => Pick<ReadonlySet<StorePath>, 'has'>): PathInfo[] {
   const batch = new Map<StorePath, PathInfo>();
   for (const i of infos) batch.set(i.path, i);
   const outside = new Set<StorePath>();
   for (const i of infos) for (const r of i.references) if (r !== i.path && !batch.has(r)) outside.add(r);
-  const valid = outside.size ? validOf([...outside]) : new Set<StorePath>();
+  const valid: Pick<ReadonlySet<StorePath>, 'has'> = outside.size ? validOf([...outside]) : new Set<StorePath>();
   for (const i of infos) {
     const missing = i.references.filter((r) => r !== i.path && !batch.has(r) && !valid.has(r));
     if (missing.length) {
@@ -673,6 +673,27 @@ export class LocalStore implements Store {
     return out;
   }
 
+  /** Of `paths`, the valid ones with their ValidPaths ids (queryValidPathsSync's statements, with the id). */
+  private validPathIdsSync(paths: readonly StorePath[]): Map<StorePath, number> {
+    const out = new Map<StorePath, number>();
+    for (let i = 0; i < paths.length; i += VALID_CHUNK) {
+      const part = paths.length - i >= VALID_CHUNK ? paths.slice(i, i + VALID_CHUNK) : paths.slice(i);
+      for (const r of this.validIdStmt(part.length).all(...part) as { path: StorePath; id: number }[]) out.set(r.path, r.id);
+    }
+    return out;
+  }
+
+  private readonly validIdStmts = new Map<number, Database.Statement>();
+  /** `select path, id … in (?,…)` with `n` parameters; small sizes are cached. */
+  private validIdStmt(n: number): Database.Statement {
+    let st = this.validIdStmts.get(n);
+    if (!st) {
+      st = this.db.prepare(`select path, id from ValidPaths where path in (${Array(n).fill('?').join(',')})`);
+      if (n <= 64) this.validIdStmts.set(n, st);
+    }
+    return st;
+  }
+
   private readonly validStmts = new Map<number, Database.Statement>();
   /** The full-size `in (?, …)` statement, prepared when a first query is that large. */
   private validChunk: Database.Statement | undefined;
@@ -1045,7 +1066,9 @@ export class LocalStore implements Store {
   /** registerInDb's transaction: the batch's closure checked, then its rows written (references first). */
   private writeRows(infos: readonly PathInfo[], texts: ReadonlyMap<StorePath, string> | undefined): void {
     const now = Math.floor(Date.now() / 1000);
-    const order = checkBatchClosure(infos, (ps) => this.queryValidPathsSync(ps));
+    // The references outside the batch are found valid with their row ids, which their rows below take.
+    let outside: ReadonlyMap<StorePath, number> | undefined;
+    const order = checkBatchClosure(infos, (ps) => (outside = this.validPathIdsSync(ps)));
     const ids = new Map<StorePath, number>();
     for (const i of order) {
       this.refs.delete(i.path);
@@ -1063,7 +1086,7 @@ export class LocalStore implements Store {
     for (const i of order) {
       const referrer = ids.get(i.path)!;
       for (const ref of i.references) {
-        const reference = ids.get(ref) ?? this.st.pathId.get(ref)?.id;
+        const reference = ids.get(ref) ?? outside?.get(ref) ?? this.st.pathId.get(ref)?.id;
         if (reference === undefined) throw invalidPathError(ref); // unreachable after checkBatchClosure
         this.st.addRef.run(referrer, reference);
       }
