@@ -8,6 +8,7 @@
  */
 import { lstatSync, promises as fsp, readFileSync } from 'node:fs';
 import { canonicaliseFileSync, canonicalisePathMetaData, canonicalXattrOps, deleteTree, movePathSync } from '../store/canonicalise.js';
+import { loadedXattrOps } from '../store/xattrs.js';
 import '../platform/native-xattrs.js'; // the native operations that remove extended attributes
 import '../platform/native-optimise.js'; // the native loop of auto-optimise-store
 import { strerror } from '../platform/spawn-merged.js';
@@ -111,7 +112,8 @@ async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promis
   // Referenceable: the input closure and the scratch outputs.
   const candidates = [...plan.inputPaths, ...plan.scratch.values()];
   const scanned = new Map<string, Scanned>();
-  const xattrs = await canonicalXattrOps();
+  // (Loaded by an earlier build, the usual case: no promise to wait for.)
+  const xattrs = loadedXattrOps() ?? (await canonicalXattrOps());
   for (const name of view.outputs.keys()) {
     const scratch = plan.scratch.get(name)!;
     const real = store.toRealPath(scratch);

@@ -18,11 +18,18 @@ export interface XattrOps {
 
 let loader: (() => Promise<XattrOps>) | undefined;
 let loaded: Promise<XattrOps> | undefined;
+/** What `loaded` resolved to, once it did. */
+let ready: XattrOps | undefined;
 
 /** Install the loader of the native operations (called once by the platform layer). */
 export function provideXattrOps(load: () => Promise<XattrOps>): void {
   loader = load;
-  loaded = undefined;
+  loaded = ready = undefined;
+}
+
+/** The native operations if they are loaded already (no promise to wait for), else undefined. */
+export function loadedXattrOps(): XattrOps | undefined {
+  return ready;
 }
 
 /**
@@ -32,13 +39,19 @@ export function provideXattrOps(load: () => Promise<XattrOps>): void {
 export function xattrOps(): Promise<XattrOps> {
   if (!loaded) {
     const load = loader;
-    loaded = (load ? load() : Promise.reject(new Error('no native extended-attribute support was registered'))).catch((e: unknown) => {
-      loaded = undefined;
-      throw new StoreError('xattrs-unavailable', `cannot remove extended attributes from store files: ${(e as Error).message}`, {
-        cause: e,
-        hint: "install a C compiler (cc), which realise uses to build its small native helpers, or import 'realise' rather than its store module alone",
-      });
-    });
+    const p = (loaded = (load ? load() : Promise.reject(new Error('no native extended-attribute support was registered'))).then(
+      (ops) => {
+        if (loaded === p) ready = ops;
+        return ops;
+      },
+      (e: unknown) => {
+        loaded = undefined;
+        throw new StoreError('xattrs-unavailable', `cannot remove extended attributes from store files: ${(e as Error).message}`, {
+          cause: e,
+          hint: "install a C compiler (cc), which realise uses to build its small native helpers, or import 'realise' rather than its store module alone",
+        });
+      },
+    ));
   }
   return loaded;
 }
