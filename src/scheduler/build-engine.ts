@@ -25,6 +25,7 @@ import { failure, isSuccess, type BuildResult, type BuildTarget, type TargetResu
 import { Worker, type BuildMode } from './worker.js';
 import { queryMissing, type MissingInfo } from './query-missing.js';
 import { SubstitutionSlots } from './substitution-slots.js';
+import { goalKey } from './paths.js';
 import { probeLinuxSandbox, type LinuxSandboxChoice } from './sandbox-factory.js';
 import { DaemonStore } from '../remote/daemon-store.js';
 import { buildThroughDaemon, daemonSettingsOf, queryMissingThroughDaemon } from './daemon-build.js';
@@ -416,17 +417,20 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     // Bad input is a typed error before anything runs (InvalidStorePathError), as Nix refuses it.
     for (const t of parsed) parseStorePath('drvPath' in t ? t.drvPath : t.path, ctx.store.storeDir);
     const stopAutoGc = this.startAutoGc(ctx.store);
-    const results = await Promise.all(
-      parsed.map((t): Promise<TargetResult> => {
-        if ('drvPath' in t) {
-          // (No async frame per target: a call of 100,000 targets keeps them all waiting at once.)
-          const outs = t.outputs === undefined || t.outputs === '*' ? undefined : t.outputs;
-          w.targets.add(t.drvPath);
-          return w.derivationGoal(t.drvPath, outs, mode).then((result) => ({ target: t, path: t.drvPath, result }));
-        }
-        return this.pathTarget(w, t, mode);
-      }),
-    ).finally(stopAutoGc);
+    // The goals start in Nix's goal order (its worker runs the awake goals ordered by key: substitutions, then
+    // derivations, each by name, then path), so that what the first goal to get somewhere decides (the
+    // error a --check of outputs that are not valid ends the call with) is what Nix decides.
+    const started = new Array<Promise<TargetResult>>(parsed.length);
+    for (const i of nixGoalOrder(parsed)) {
+      const t = parsed[i]!;
+      if ('drvPath' in t) {
+        // (No async frame per target: a call of 100,000 targets keeps them all waiting at once.)
+        const outs = t.outputs === undefined || t.outputs === '*' ? undefined : t.outputs;
+        w.targets.add(t.drvPath);
+        started[i] = w.derivationGoal(t.drvPath, outs, mode).then((result) => ({ target: t, path: t.drvPath, result }));
+      } else started[i] = this.pathTarget(w, t, mode);
+    }
+    const results = await Promise.all(started).finally(stopAutoGc);
     if (w.stoppedBy) await w.settle();
     // Sandboxed builds' chroots are deleted in the background; when the call returns they are gone, as
     // Nix leaves no `<drv>.chroot` behind.
@@ -556,4 +560,10 @@ async function checkSubstitutedDerivation(store: Store, drvPath: StorePath, text
   // per .drv, each check hashed the whole closure below it again).
   await checkDerivationOutputs(hasherFor(store), drvPath, drv);
   return drv;
+}
+
+/** The indexes of `targets` in Nix's goal order (`goalKey`: opaque paths, substitutions, first). */
+function nixGoalOrder(targets: readonly BuildTarget[]): number[] {
+  const keys = targets.map((t) => ('drvPath' in t ? goalKey('derivation', t.drvPath) : goalKey('substitution', t.path)));
+  return keys.map((_, i) => i).sort((a, b) => (keys[a]! < keys[b]! ? -1 : keys[a]! > keys[b]! ? 1 : a - b));
 }

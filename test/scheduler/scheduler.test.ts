@@ -128,7 +128,7 @@ describe('slots', () => {
 });
 
 describe('goal starts', () => {
-  it('come a few per turn of the event loop, in creation order, so that builds with a slot are not held up by the others', async () => {
+  it('come a few per turn of the event loop, in creation order (Nix goal order: by name), so that builds with a slot are not held up by the others', async () => {
     const sb = fake();
     sb.auto = () => 0;
     const targets = await Promise.all(Array.from({ length: 60 }, (_, i) => mkDrv(`batch${i}`)));
@@ -147,7 +147,13 @@ describe('goal starts', () => {
     const results = await engine.buildPaths(targets);
     ticking = false;
     expect(results.map((r) => r.result.status)).toEqual(targets.map(() => 'built'));
-    expect(started.map((s) => s.path)).toEqual(targets);
+    // Created in Nix's goal order: by derivation name, then path.
+    const byName = [...targets].sort((a, b) => {
+      const [ka, kb] = [`${a.slice(a.lastIndexOf('/') + 34)}$${a}`, `${b.slice(b.lastIndexOf('/') + 34)}$${b}`];
+      return ka < kb ? -1 : ka > kb ? 1 : 0;
+    });
+    expect(byName).not.toEqual(targets);
+    expect(started.map((s) => s.path)).toEqual(byName);
     const perTurn = new Map<number, number>();
     for (const s of started) perTurn.set(s.turn, (perTurn.get(s.turn) ?? 0) + 1);
     // 8 a turn (the worker's turn and the test's may straddle one check phase: at most two batches).
