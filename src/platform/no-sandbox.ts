@@ -61,6 +61,13 @@ export class NoSandbox implements Sandbox {
     return (await this.#server()) ? 'helper' : 'node';
   }
 
+  /** The server #server() gives when that needs no waiting (the helper built, its server made and alive); else undefined. */
+  #serverNow(): SandboxServer | undefined {
+    if ((this.#options.launcher ?? 'auto') === 'node' || this.#exe === undefined || this.#helperFailed !== undefined) return undefined;
+    const server = servers.get(`${this.#exe}\0${this.#filter ? 'filtered' : 'plain'}`);
+    return server && !server.died ? server : undefined;
+  }
+
   async #server(): Promise<SandboxServer | undefined> {
     const want = this.#options.launcher ?? 'auto';
     if (want === 'node' || (want === 'auto' && this.#helperFailed !== undefined)) return undefined;
@@ -99,7 +106,8 @@ export class NoSandbox implements Sandbox {
     // Nix execs the builder path as is (no PATH lookup); a relative name resolves against the build dir.
     const file = path.isAbsolute(request.builder) ? request.builder : path.join(request.buildDir, request.builder);
     const argv0 = path.basename(request.builder); // Nix passes baseNameOf(builder) as argv[0]
-    const server = await this.#server();
+    // (The helper built and its server made, the usual case: no promise to wait for.)
+    const server = this.#serverNow() ?? (await this.#server());
     if (server) {
       let exit: SandboxExit | undefined;
       try {

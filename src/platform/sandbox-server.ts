@@ -33,6 +33,8 @@ export class SandboxServer {
   readonly #exe: string;
   readonly #filter: Buffer | undefined;
   #child: ChildProcess | undefined;
+  /** The server process once it has started (its 'spawn'), until it exits: #start() has nothing to wait for. */
+  #started: ChildProcess | undefined;
   #ready: Promise<void> | undefined;
   #pending = new Map<string, Pending>();
   readonly #bySignal = new WeakMap<AbortSignal, Set<Pending>>();
@@ -82,6 +84,7 @@ export class SandboxServer {
           reject(e);
         });
       });
+      if (this.#child === child) this.#started = child;
     })();
     return this.#ready;
   }
@@ -103,7 +106,7 @@ export class SandboxServer {
   #onServerExit(child: ChildProcess): void {
     if (this.#child !== child) return;
     if (!this.#closing) this.#died = true;
-    this.#child = undefined;
+    this.#child = this.#started = undefined;
     this.#ready = undefined;
     for (const p of [...this.#pending.values()]) {
       // p.resolve() removes it from #pending. Plain builders run in their own session: they do not die with the server.
@@ -190,7 +193,8 @@ export class SandboxServer {
    */
   async run(req: ServerRunRequest): Promise<SandboxExit> {
     if (req.signal?.aborted) return { kind: 'aborted' };
-    await this.#start();
+    // (Started already, the usual case: no promise to wait for.)
+    if (!this.#started) await this.#start();
     // Starting the server (the first build compiles and launches it) can take long enough for a stop to come in.
     if (req.signal?.aborted) return { kind: 'aborted' };
     const child = this.#child;
