@@ -5,7 +5,7 @@
 import { shortMessageOf } from '../store/errors.js';
 import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
-import { caFeatureMissing, substitutesAllowed } from './drv-view.js';
+import { caFeatureMissing, substitutesAllowed, type DrvView } from './drv-view.js';
 import { knownOutputs } from './realisations.js';
 import type { BuildTarget } from './results.js';
 
@@ -19,21 +19,77 @@ export interface MissingInfo {
   readonly narSize: number;
 }
 
-export async function queryMissing(ctx: EngineContext, targets: readonly BuildTarget[]): Promise<MissingInfo> {
-  const { store } = ctx;
-  const willBuild = new Set<StorePath>();
-  const willSubstitute = new Set<StorePath>();
-  const unknown = new Set<StorePath>();
-  let downloadSize = 0;
-  let narSize = 0;
-  const done = new Set<string>();
-  const signal = new AbortController().signal;
+interface Visit {
+  readonly drvPath: StorePath;
+  readonly outputs: readonly string[] | undefined;
+}
 
-  const lookup = async (p: StorePath) => {
+interface Loaded extends Visit {
+  readonly view: DrvView;
+  /** The wanted outputs' known paths; undefined when one of them is not known. */
+  readonly paths: StorePath[] | undefined;
+}
+
+/**
+ * Walks the targets wave by wave (a wave: the input derivations of the previous wave's derivations that
+ * will be built), so that the validity of a wave's `.drv` files, of their outputs and of their sources is
+ * asked in one batched query each rather than path by path. Nix's queryMissing also visits the paths in no
+ * fixed order (a thread pool); what it returns are sets and sums.
+ */
+export async function queryMissing(ctx: EngineContext, targets: readonly BuildTarget[]): Promise<MissingInfo> {
+  const q = new MissingQuery(ctx);
+  const drvTargets: Visit[] = [];
+  const opaque: StorePath[] = [];
+  for (const t of targets) {
+    if ('drvPath' in t) drvTargets.push({ drvPath: t.drvPath, outputs: t.outputs === undefined || t.outputs === '*' ? undefined : t.outputs });
+    else opaque.push(t.path);
+  }
+  await q.visitDrvs(drvTargets);
+  await q.askValidity(opaque);
+  for (const p of opaque) if (!(await q.substitutable(p))) q.unknown.add(p);
+  return {
+    willBuild: [...q.willBuild].sort(),
+    willSubstitute: [...q.willSubstitute].sort(),
+    unknown: [...q.unknown].sort(),
+    downloadSize: q.downloadSize,
+    narSize: q.narSize,
+  };
+}
+
+class MissingQuery {
+  readonly willBuild = new Set<StorePath>();
+  readonly willSubstitute = new Set<StorePath>();
+  readonly unknown = new Set<StorePath>();
+  downloadSize = 0;
+  narSize = 0;
+  private readonly done = new Set<string>();
+  private readonly signal = new AbortController().signal;
+  /** Validity as found during this query (nothing is built or fetched while it runs). */
+  private readonly validity = new Map<StorePath, boolean>();
+
+  constructor(private readonly ctx: EngineContext) {}
+
+  /** Ask the store, in one batched query, about those of `paths` not asked yet. */
+  async askValidity(paths: Iterable<StorePath>): Promise<void> {
+    const ask = new Set<StorePath>();
+    for (const p of paths) if (!this.validity.has(p)) ask.add(p);
+    if (ask.size === 0) return;
+    const valid = await this.ctx.store.queryValidPaths(ask);
+    for (const p of ask) this.validity.set(p, valid.has(p));
+  }
+
+  private async isValid(p: StorePath): Promise<boolean> {
+    let v = this.validity.get(p);
+    if (v === undefined) this.validity.set(p, (v = await this.ctx.store.isValidPath(p)));
+    return v;
+  }
+
+  private async lookup(p: StorePath) {
+    const { ctx } = this;
     for (const sub of ctx.substituters) {
       let info;
       try {
-        info = (await ctx.queryPathInfosCached(sub, [p], signal)).get(p);
+        info = (await ctx.queryPathInfosCached(sub, [p], this.signal)).get(p);
       } catch (e) {
         // As Nix: a substituter that fails to answer (a corrupt narinfo, a server error) ends the query,
         // unless falling back to building, when the error is logged and the substituter passed over.
@@ -44,71 +100,95 @@ export async function queryMissing(ctx: EngineContext, targets: readonly BuildTa
       if (info) return info;
     }
     return undefined;
-  };
+  }
 
   /** Try to substitute a path and its references; false when some part has no substitute. */
-  const substitutable = async (p: StorePath): Promise<boolean> => {
-    if (done.has('s:' + p)) return true;
-    if (await store.isValidPath(p)) return true;
-    const info = await lookup(p);
+  async substitutable(p: StorePath): Promise<boolean> {
+    if (this.done.has('s:' + p)) return true;
+    if (await this.isValid(p)) return true;
+    const info = await this.lookup(p);
     if (!info) return false;
-    done.add('s:' + p);
-    willSubstitute.add(p);
-    downloadSize += info.downloadSize;
-    narSize += info.narSize;
+    this.done.add('s:' + p);
+    this.willSubstitute.add(p);
+    this.downloadSize += info.downloadSize;
+    this.narSize += info.narSize;
     // As Nix: a reference nobody has is unknown (the substitute will not do without it).
-    for (const r of info.references) if (r !== p && !(await substitutable(r))) unknown.add(r);
+    await this.askValidity(info.references);
+    for (const r of info.references) if (r !== p && !(await this.substitutable(r))) this.unknown.add(r);
     return true;
-  };
+  }
 
-  const visitDrv = async (drvPath: StorePath, outputs: readonly string[] | undefined): Promise<void> => {
-    const key = 'd:' + drvPath + ':' + (outputs ?? ['*']).join(',');
-    if (done.has(key)) return;
-    done.add(key);
-    if (!(await store.isValidPath(drvPath))) {
-      // As Nix 2.8: a missing .drv is unknown here, even when a substituter has it (the build still
-      // substitutes it).
-      unknown.add(drvPath);
-      return;
+  async visitDrvs(first: readonly Visit[]): Promise<void> {
+    let wave = first;
+    while (wave.length) {
+      const fresh = wave.filter((v) => {
+        const key = 'd:' + v.drvPath + ':' + (v.outputs ?? ['*']).join(',');
+        if (this.done.has(key)) return false;
+        this.done.add(key);
+        return true;
+      });
+      const loaded = await this.load(fresh);
+      await this.askValidity(loaded.flatMap((l) => l.paths ?? []));
+      const next: Visit[] = [];
+      const sources: StorePath[] = [];
+      for (const l of loaded) {
+        if (!(await this.mustBuild(l))) continue;
+        this.willBuild.add(l.drvPath);
+        for (const [dep, outs] of l.view.inputDrvs) next.push({ drvPath: dep, outputs: outs });
+        for (const src of l.view.inputSrcs) sources.push(src);
+      }
+      await this.askValidity(sources);
+      for (const src of sources) if (!(await this.substitutable(src))) this.unknown.add(src);
+      wave = next;
     }
-    const view = await ctx.loadDrv(drvPath);
-    // As Nix, which cannot read it: the query fails.
-    const noCa = caFeatureMissing(view, ctx.options);
-    if (noCa) throw noCa;
-    const wanted = outputs ? outputs : [...view.outputs.keys()];
-    const registered = await knownOutputs(store, view);
-    const invalid: StorePath[] = [];
-    let unknownOutput = false;
-    for (const o of wanted) {
-      const spec = view.outputs.get(o);
-      // As Nix's queryMissing: a wanted output the derivation does not have is not looked at (the build
-      // then fails on it).
-      if (!spec) continue;
-      const p = registered.get(o);
-      if (!p) {
-        unknownOutput = true;
+  }
+
+  /** The derivations of a wave that are there, loaded, with the paths of their wanted outputs. */
+  private async load(wave: readonly Visit[]): Promise<Loaded[]> {
+    const { ctx } = this;
+    await this.askValidity(wave.map((v) => v.drvPath));
+    const loaded: Loaded[] = [];
+    for (const v of wave) {
+      if (!this.validity.get(v.drvPath)) {
+        // As Nix 2.8: a missing .drv is unknown here, even when a substituter has it (the build still
+        // substitutes it).
+        this.unknown.add(v.drvPath);
         continue;
       }
-      if (!(await store.isValidPath(p))) invalid.push(p);
+      const view = await ctx.loadDrv(v.drvPath, true);
+      // As Nix, which cannot read it: the query fails.
+      const noCa = caFeatureMissing(view, ctx.options);
+      if (noCa) throw noCa;
+      const registered = await knownOutputs(ctx.store, view);
+      let paths: StorePath[] | undefined = [];
+      for (const o of v.outputs ?? view.outputs.keys()) {
+        // As Nix's queryMissing: a wanted output the derivation does not have is not looked at (the build
+        // then fails on it).
+        if (!view.outputs.has(o)) continue;
+        const p = registered.get(o);
+        if (!p) {
+          paths = undefined;
+          break;
+        }
+        paths.push(p);
+      }
+      loaded.push({ ...v, view, paths });
     }
-    if (invalid.length === 0 && !unknownOutput) return;
-    if (!unknownOutput && ctx.substituters.length && substitutesAllowed(view)) {
-      const infos = await Promise.all(invalid.map(lookup));
+    return loaded;
+  }
+
+  /** Whether a loaded derivation must be built (else its outputs are valid or will be substituted). */
+  private async mustBuild({ view, paths }: Loaded): Promise<boolean> {
+    if (!paths) return true;
+    const invalid = paths.filter((p) => !this.validity.get(p));
+    if (invalid.length === 0) return false;
+    if (this.ctx.substituters.length && substitutesAllowed(view)) {
+      const infos = await Promise.all(invalid.map((p) => this.lookup(p)));
       if (infos.every(Boolean)) {
-        for (const p of invalid) await substitutable(p);
-        return;
+        for (const p of invalid) await this.substitutable(p);
+        return false;
       }
     }
-    willBuild.add(drvPath);
-    for (const [dep, outs] of view.inputDrvs) await visitDrv(dep, outs);
-    for (const src of view.inputSrcs) {
-      if (!(await substitutable(src))) unknown.add(src);
-    }
-  };
-
-  for (const t of targets) {
-    if ('drvPath' in t) await visitDrv(t.drvPath, t.outputs === undefined || t.outputs === '*' ? undefined : t.outputs);
-    else if (!(await substitutable(t.path))) unknown.add(t.path);
+    return true;
   }
-  return { willBuild: [...willBuild].sort(), willSubstitute: [...willSubstitute].sort(), unknown: [...unknown].sort(), downloadSize, narSize };
 }
