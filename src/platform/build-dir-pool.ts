@@ -23,7 +23,7 @@ import { constants } from 'node:os';
 import * as path from 'node:path';
 import { deleteTree } from '../store/canonicalise.js';
 import { BUILD_DIR_POOL_PREFIX, buildDirRegistry, myUid } from './build-dirs.js';
-import { nativeDirOps, type DirOps } from './native-xattrs.js';
+import { loadedDirOps, nativeDirOps, type DirOps } from './native-xattrs.js';
 
 /** The name of a sandboxed build's inner directory, inside its top one. */
 const INNER = 'build';
@@ -57,7 +57,7 @@ export class BuildDirPool {
    */
   async take(prefix: string, inner: boolean): Promise<PooledBuildDir | undefined> {
     if (!this.#plain.length && !(inner && this.#withInner.length)) return undefined;
-    const o = await nativeDirOps(); // (undefined without a C compiler: then nothing is pooled)
+    const o = loadedDirOps() ?? (await nativeDirOps()); // (undefined without a C compiler: then nothing is pooled)
     if (!o) return undefined;
     for (;;) {
       const withInner = inner && this.#withInner.length > 0;
@@ -103,7 +103,7 @@ export class BuildDirPool {
    */
   async put(top: string, inner: boolean): Promise<boolean> {
     if (this.#unusable || this.#plain.length + this.#withInner.length >= MAX_POOLED) return false;
-    const o = await nativeDirOps();
+    const o = loadedDirOps() ?? (await nativeDirOps());
     if (!o?.pristineDir(top, myUid, inner ? INNER : undefined)) return false;
     const entry = this.#renameToFree(o, top, () => `${BUILD_DIR_POOL_PREFIX}${process.pid}-${this.#next++}`);
     if (!entry) return false;

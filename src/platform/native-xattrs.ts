@@ -66,18 +66,26 @@ async function loadAddon(opts: { cc?: string; cacheDir?: string }): Promise<Addo
 }
 
 let dirOps: Promise<DirOps | undefined> | undefined;
+/** What dirOps resolved to, once it resolved with the operations. */
+let loadedOps: DirOps | undefined;
 
 /** The directory operations (the addon compiled and loaded once per process); undefined without a C compiler. */
 export function nativeDirOps(): Promise<DirOps | undefined> {
   dirOps ??= loadAddon({}).then(
-    (addon): DirOps => ({
-      pristineDir: (p, uid, inner) => addon.pristineDir(p, uid, inner ?? ''),
-      renameNoReplace: (from, to) => addon.renameNoReplace(from, to),
-      skeletonUnchanged: (root, spec, store, storeFiles, mountpoints, placed) => addon.skeletonUnchanged(root, spec, store, storeFiles, mountpoints, placed),
-    }),
+    (addon): DirOps =>
+      (loadedOps = {
+        pristineDir: (p, uid, inner) => addon.pristineDir(p, uid, inner ?? ''),
+        renameNoReplace: (from, to) => addon.renameNoReplace(from, to),
+        skeletonUnchanged: (root, spec, store, storeFiles, mountpoints, placed) => addon.skeletonUnchanged(root, spec, store, storeFiles, mountpoints, placed),
+      }),
     () => undefined,
   );
   return dirOps;
+}
+
+/** What nativeDirOps() resolved to, once it resolved with the operations (no promise to wait for); else undefined. */
+export function loadedDirOps(): DirOps | undefined {
+  return loadedOps;
 }
 
 provideXattrOps(() => loadNativeXattrs());

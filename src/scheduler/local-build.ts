@@ -306,9 +306,9 @@ function staleOutputs(store: Worker['ctx']['store'], known: readonly StorePath[]
  * Release a round's output locks. As Nix (PathLocks' setDeletion after registering), only a success
  * deletes the lock files; a failed or stopped build leaves them in the store dir, empty and unlocked.
  */
-async function releaseLocks(locks: PathLocks | undefined, deleteFiles: boolean): Promise<void> {
+function releaseLocks(locks: PathLocks | undefined, deleteFiles: boolean): Promise<void> | undefined {
   if (!deleteFiles) locks?.setDeletion?.(false);
-  await locks?.release();
+  return locks?.release();
 }
 
 /**
