@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, readlinkSync, renameSync, symlinkSync } from 'node:fs';
 import * as path from 'node:path';
-import { LocalStore, toNixBase32, type Store, type TargetResult } from '../index.js';
+import { goalKey, LocalStore, toNixBase32, type Store, type TargetResult } from '../index.js';
 import type { CliArgs } from './args.js';
 import { CliError } from './paths.js';
 import { stdout } from './stdio.js';
@@ -106,9 +106,11 @@ export async function printRealised(
   warn: (message: string) => void,
 ): Promise<void> {
   if (args.json) {
-    // The shape of `nix build --json`: one object per target.
+    // The shape of `nix build --json`: one object per target, in Nix's goal order (store paths, then
+    // derivations, each by name, then path), as nix build lists them.
     const out = [];
-    for (const r of results) {
+    const keyOf = (r: TargetResult) => goalKey('path' in r.target ? 'substitution' : 'derivation', r.path);
+    for (const r of [...results].sort((a, b) => byString(keyOf(a), keyOf(b)))) {
       out.push(
         'path' in r.target
           ? { path: r.path }

@@ -179,6 +179,16 @@ describe.skipIf(!nixOk())('realise CLI vs Nix 2.8', () => {
     expect(od.stdout).toBe(nixPI(['--derivation', drvs.good!]).stdout);
   });
 
+  it('--json lists the targets as nix build --json does: store paths first, then derivations, each by name', async () => {
+    const good = (await same([drvs.good!])).stdout.trim();
+    const okOut = (await same([`${drvs.ok}!out`])).stdout.trim();
+    const args = [drvs.ok!, okOut, drvs.good!, good];
+    const n = runNix('nix', ['build', '--store', R1, '--option', 'sandbox-paths', SANDBOX, '--json', '--no-link', ...args]);
+    const o = await ours(['build', '--json', ...args]);
+    expect([o.status, o.stdout]).toEqual([n.status, n.stdout]);
+    expect((JSON.parse(o.stdout) as { drvPath?: string; path?: string }[]).map((e) => e.drvPath ?? e.path)).toEqual([good, okOut, drvs.good!, drvs.ok!]);
+  });
+
   it('bin/realise.js: --version, and usage errors exit 1 with a hint', async () => {
     const r = spawnSync(process.execPath, [BIN, '--version'], { encoding: 'utf8' });
     expect(r.status).toBe(0);
