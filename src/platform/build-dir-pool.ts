@@ -18,7 +18,7 @@
  * that is free: the rename never replaces a directory of that name (another process's, Nix's), it fails
  * with EEXIST and the next n is tried, exactly as Nix's createTempDir does with mkdir.
  */
-import { rmSync } from 'node:fs';
+import { promises as fsp, rmSync } from 'node:fs';
 import { constants } from 'node:os';
 import * as path from 'node:path';
 import { deleteTree } from '../store/canonicalise.js';
@@ -87,13 +87,16 @@ export class BuildDirPool {
     }
   }
 
-  /** Remove the directories waiting in this pool (an engine closing: its base is left as Nix leaves it). */
-  drain(): void {
-    for (const entry of this.#plain.splice(0).concat(this.#withInner.splice(0))) {
-      pooled.delete(entry);
-      rmSync(entry, { recursive: true, force: true });
-      buildDirRegistry().delete(entry);
-    }
+  /**
+   * Remove the directories waiting in this pool (an engine closing: its base is left as Nix leaves it).
+   * They leave the pool at once; their removals run on the thread pool, all together, and the promise
+   * settles when every one is gone. A directory is as the pool keeps it (empty, or holding an empty
+   * `build`), so an rmdir or two removes it; one that is not (written since) is removed as a tree.
+   */
+  drain(): Promise<void> {
+    const entries = [...this.#plain.splice(0).map((e) => [e, false] as const), ...this.#withInner.splice(0).map((e) => [e, true] as const)];
+    if (entries.length === 0) return Promise.resolve();
+    return Promise.all(entries.map(([entry, inner]) => removePooled(entry, inner))).then(() => {});
   }
 
   /**
@@ -126,6 +129,18 @@ function removedAtExit(dir: string): void {
     });
   }
   pooled.add(dir);
+}
+
+/** A pooled directory removed, and then forgotten (until then the exit hook would remove it). */
+async function removePooled(entry: string, inner: boolean): Promise<void> {
+  try {
+    if (inner) await fsp.rmdir(path.join(entry, INNER));
+    await fsp.rmdir(entry);
+  } catch {
+    await deleteTree(entry).catch(() => {});
+  }
+  pooled.delete(entry);
+  buildDirRegistry().delete(entry);
 }
 
 const pools = new Map<string, BuildDirPool>();

@@ -529,15 +529,17 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
    * `builders` string) and the store if the engine opened it.
    */
   async close(): Promise<void> {
+    // The pooled build directories are removed on the thread pool while the rest closes.
+    const drained = buildDirPool(this.options.buildDir).drain();
     if (this.ownsBuilders) await Promise.all(this.options.builders.map((b) => b.close()));
     if (this.linuxChoice?.sandbox) {
       await this.linuxChoice.sandbox.close?.();
       await flushRemovals();
     }
     await this.builtins.close();
-    buildDirPool(this.options.buildDir).drain();
     for (const s of this.options.substituters) await s.close?.();
     if (this.ownsStore) await (await this.storePromise).close();
+    await drained;
   }
 }
 

@@ -99,6 +99,17 @@ describe.skipIf(!ccOk() || !busyboxOk())('build directories reused', () => {
     expect(readdirSync(b)).toEqual([]);
   });
 
+  it("an engine's close also removes a pooled directory written into after it was pooled (a builder's lingering process)", async () => {
+    const b = base('closed-written');
+    const e = new BuildEngine({ store, sandbox: false, buildDir: b });
+    await build(e, 'before-close-written', RECORD);
+    const [entry] = readdirSync(b);
+    mkdirSync(path.join(b, entry!, 'late/deeper'), { recursive: true });
+    writeFileSync(path.join(b, entry!, 'late/deeper/file'), 'x');
+    await e.close();
+    expect(readdirSync(b)).toEqual([]);
+  });
+
   it.each([
     ['left a file', 'touch $NIX_BUILD_TOP/debris'],
     ['changed its mode', 'chmod 755 $NIX_BUILD_TOP'],
@@ -245,5 +256,9 @@ describe.skipIf(!ccOk() || !busyboxOk())('build directories reused', () => {
     expect([one![0], two![0]]).toEqual(['nix-build-sb-one.drv-0', 'nix-build-sb-two.drv-0']);
     expect(two!.slice(1)).toEqual(one!.slice(1));
     expect(one![3]).toBe('build');
+    // The close removes the pooled directory with its build inside.
+    expect(readdirSync(b).filter(isPool)).toHaveLength(1);
+    await e.close();
+    expect(readdirSync(b)).toEqual([]);
   });
 });
