@@ -91,6 +91,9 @@ function installables(args: CliArgs, store: Store, none: string[]): Array<string
 }
 
 export async function pathInfo(args: CliArgs, store: Store): Promise<number> {
+  // As Nix 2.8's `nix path-info`: every argument is read first (`.` when there is none and no --all), a
+  // .drv stands for its outputs (unless --derivation), the result is a sorted set, and nothing is built.
+  const argPaths = installables(args, store, args.all ? [] : ['.']);
   // --all: every valid path as it is (a .drv among them stands for itself).
   let all: Set<string> | undefined;
   if (args.all) {
@@ -98,9 +101,6 @@ export async function pathInfo(args: CliArgs, store: Store): Promise<number> {
     if (!store.queryAllValidPaths) throw new CliError('this store cannot list its valid paths');
     all = await store.queryAllValidPaths();
   }
-  // As Nix 2.8's `nix path-info`: every argument is read first (`.` when there is none), a .drv stands for
-  // its outputs (unless --derivation), the result is a sorted set, and nothing is built.
-  const argPaths = installables(args, store, all ? [] : ['.']);
   const roots = new Set<string>(all);
   for (const p of argPaths) {
     if (p instanceof Error) throw p;

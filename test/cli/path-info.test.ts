@@ -95,6 +95,7 @@ describe.skipIf(!nixOk())('realise path-info vs nix path-info', () => {
       [['foo:bar'], dir], // a URL no fetcher takes
       [['http://example.org/x'], dir],
       [['nixpkgs', '/nix/store/foo'], dir], // every argument is read before a flake is looked at
+      [['--all', '/nix/store/foo'], dir], // and before --all refuses arguments
     ];
     for (const [args, cwd] of cases) {
       const [o, n] = [ours(args, O, cwd), theirs(args, cwd)];
