@@ -61,7 +61,7 @@ import {
 } from './schema.js';
 import type { AddToStoreOptions, NarSource, OpenedLocks, PathInfo, PathLocks, Realisation, Store } from './store-api.js';
 import { computeTextPath, DEFAULT_STORE_DIR, parseStorePath, storePathBase, storePathHashPart, type StorePath } from './store-path.js';
-import { compressBzip2Async, decompressBzip2 } from './bzip2.js';
+import { compressBzip2, compressBzip2Async, decompressBzip2 } from './bzip2.js';
 import { TempRoots } from './temp-roots.js';
 import { openDatabase } from './sqlite.js';
 import { derivationOutputPaths } from './drv-outputs.js';
@@ -97,6 +97,8 @@ const REFS_CACHE_MAX = 65_536;
 const NO_REFERENCES: readonly StorePath[] = Object.freeze([]);
 /** computeClosure walks this many steps into paths it has not seen before, then queries the rest recursively. */
 const WALK_STEPS = 3;
+/** Build logs up to this size are compressed synchronously (well within one block of compressBzip2Async). */
+const SYNC_LOG_COMPRESSION = 64 * 1024;
 
 /**
  * `mkdir -p`, one level at a time. Node's recursive mkdir never returns for a path under a directory
@@ -1449,7 +1451,11 @@ export class LocalStore implements Store {
   async addBuildLog(drvPath: StorePath, log: string | Uint8Array): Promise<void> {
     const plain = this.logPath(drvPath);
     const file = this.compressBuildLog ? plain + '.bz2' : plain;
-    if (this.compressBuildLog) log = await compressBzip2Async(typeof log === 'string' ? Buffer.from(log) : log);
+    if (this.compressBuildLog) {
+      const bytes = typeof log === 'string' ? Buffer.from(log) : log;
+      // A log within one of compressBzip2Async's blocks (the usual one) compresses to the same bytes in one call, without a promise.
+      log = bytes.length <= SYNC_LOG_COMPRESSION ? compressBzip2(bytes) : await compressBzip2Async(bytes);
+    }
     const dir = path.dirname(file);
     // Each file-system call is a thread-pool round trip (and a directory creation a journal write): the
     // two-character log directories (up to 1,024) are created once per store object, not once per build, and
