@@ -268,7 +268,8 @@ class Finalised {
     }
     const info = spec.type === 'input-addressed' ? await this.inputAddressed(s, spec.path) : await this.contentAddressed(s, spec);
     if (isRejected(info)) return info;
-    await this.moveIntoPlace(s, info);
+    const moving = this.moveIntoPlace(s, info);
+    if (moving) await moving;
     return undefined;
   }
 
@@ -359,7 +360,20 @@ class Finalised {
   }
 
   /** Move the output to its final path (unless checking or in a later round: then it stays for comparison). */
-  private async moveIntoPlace(s: Scanned, info: PathInfo): Promise<void> {
+  /**
+   * Move the output to its final path and canonicalise it there, then record it; a promise only when
+   * there is something to wait for (a fast-path output built at its final path and not rewritten is
+   * recorded at once).
+   */
+  private moveIntoPlace(s: Scanned, info: PathInfo): Promise<void> | undefined {
+    if (s.nar !== undefined && this.w.ctx.store.toRealPath(info.path) === s.real) {
+      this.record(s, info);
+      return undefined;
+    }
+    return this.moveAndCanonicalise(s, info);
+  }
+
+  private async moveAndCanonicalise(s: Scanned, info: PathInfo): Promise<void> {
     const { plan } = this;
     const { store } = this.w.ctx;
     const finalReal = store.toRealPath(info.path);
@@ -387,6 +401,11 @@ class Finalised {
     // A fast-path file that stayed where it was and was not rewritten is canonical already.
     const untouched = s.nar !== undefined && finalReal === s.real;
     if (!untouched && (actual === finalReal || compared)) await canonicalisePathMetaData(actual, { ignoredAcls: store.ignoredAcls }).catch(() => {});
+    this.record(s, info);
+  }
+
+  /** The output is in place: its final path and path info are recorded, and later outputs rewritten to it. */
+  private record(s: Scanned, info: PathInfo): void {
     if (s.scratch !== info.path) this.outputRewrites.set(storePathHashPart(s.scratch), storePathHashPart(info.path));
     this.finalPaths[s.name] = info.path;
     this.infos.set(s.name, signed(this.w, { ...info, deriver: this.view.drvPath, ultimate: true, registrationTime: Math.floor(Date.now() / 1000) }));
