@@ -34,6 +34,9 @@ const SYSCALL: Record<string, (p: string, dest: string | undefined) => string> =
   connect: (p) => `cannot connect to socket at '${p}'`,
 };
 
+/** The same for a call on a file descriptor, which Node's error names no path for (Nix's readFull, writeFull). */
+const FD_SYSCALL: Record<string, string> = { read: 'reading from file', write: 'writing to file' };
+
 /**
  * A failed system call (Node's errno error: `code`, `syscall`, `path`) in Nix's words, as its SysError
  * prints one: `opening file '/x': No such file or directory`. Undefined for any other error.
@@ -44,6 +47,7 @@ export function systemErrorMessage(e: unknown): string | undefined {
   // libuv's description: the part of "CODE: description, syscall 'path'" between the code and the comma.
   const described = /^[A-Z0-9_]+: (.*?), /.exec(err.message)?.[1] ?? err.code;
   const reason = STRERROR[err.code] ?? described.charAt(0).toUpperCase() + described.slice(1);
-  const what = err.path !== undefined ? (SYSCALL[err.syscall]?.(err.path, err.dest) ?? `${err.syscall} '${err.path}'`) : err.syscall;
+  const what =
+    err.path !== undefined ? (SYSCALL[err.syscall]?.(err.path, err.dest) ?? `${err.syscall} '${err.path}'`) : (FD_SYSCALL[err.syscall] ?? err.syscall);
   return `${what}: ${reason}`;
 }

@@ -27,6 +27,14 @@ describe('system call failures in Nix words', () => {
     expect(systemErrorMessage(errnoError('EACCES', -13, "EACCES: permission denied, symlink '/t' -> '/l'", 'symlink', '/t', '/l'))).toBe(
       "creating symlink from '/l' to '/t': Permission denied",
     );
+    // A read on a descriptor (Node names no path): Nix's readFull words.
+    let eisdir: unknown;
+    try {
+      readFileSync(tempDir());
+    } catch (e) {
+      eisdir = e;
+    }
+    expect(systemErrorMessage(eisdir)).toBe('reading from file: Is a directory');
     expect(systemErrorMessage(new TypeError('x'))).toBeUndefined();
   });
 });
@@ -47,6 +55,11 @@ describe.skipIf(!nixOk())('user mistakes, realise vs Nix 2.8', () => {
     expect(n.status).toBe(1);
     const o = await realise(['copy', '--store', store, '--to', `file://${dir}/O2`, '--option', 'secret-key', '/nonexistent', p]);
     expect([o.status, o.stderr]).toEqual([1, n.stderr]);
+    // A key file that is a directory: Nix's read error.
+    const n2 = runNix('nix', ['copy', '--store', store, '--to', `file://${dir}/N?secret-key=${dir}`, p]);
+    expect(n2.status).toBe(1);
+    const o2 = await realise(['copy', '--store', store, '--to', `file://${dir}/O3`, '--option', 'secret-key', dir, p]);
+    expect([o2.status, o2.stderr]).toEqual([1, n2.stderr]);
     // In the URL, the cache's own typed error names the setting and the file.
     const u = await realise(['copy', '--store', store, '--to', `file://${dir}/O?secret-key=/nonexistent`, p]);
     expect(u.status).toBe(1);
