@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
@@ -595,7 +596,17 @@ static void openStoreDirs(void) {
    (replacing a file or an empty directory there, as rename does); the caller moves what is left. */
 static void moveOutputsOut(void) {
   if (chrootStoreFd < 0 || realStoreFd < 0) return;
+  /* The renames are made with the caller's rights alone: this process's capabilities in its user namespace
+     would override the permissions of the caller's own files (a store dir made read-only, say), where the
+     caller's rename fails. The effective set is emptied around them and then put back. */
+  struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+  struct __user_cap_data_struct caps[2], none[2];
+  if (syscall(SYS_capget, &hdr, caps) == -1) return;
+  memcpy(none, caps, sizeof none);
+  none[0].effective = none[1].effective = 0;
+  if (syscall(SYS_capset, &hdr, none) == -1) return;
   for (int i = 0; i < noutputs; i++) if (renameat(chrootStoreFd, outputs[i], realStoreFd, outputs[i]) == -1) {}
+  syscall(SYS_capset, &hdr, caps);
   errno = 0;
 }
 
