@@ -12,6 +12,7 @@
  * under the path's lock (`<real path>.lock`, as Nix), and only then registered. Leftover temporary
  * directories of dead writers are removed when a store is opened.
  */
+import { checkedStream, type Step } from './checked-stream.js';
 import type Database from 'better-sqlite3';
 import {
   closeSync,
@@ -262,46 +263,20 @@ export function hashingStream(
   const flat = flatContentAlgorithm(ca);
   const contents = flat ? new RegularFileContentHasher(flat) : undefined;
   let done: { hash: Hash; size: number; flat?: Hash | undefined } | undefined;
-  // A plain iterator over the source's rather than an async generator (a generator layer costs several
-  // microseconds of CPU per NAR, most of a small one's hashing), with a generator's behaviour: the source's
-  // iterator taken on the first next(), nothing taken from it once the stream has ended, failed or been
-  // closed, and the source closed when the stream stops itself (a stop between chunks).
-  let it: AsyncIterator<Uint8Array> | undefined;
-  let over = false;
-  const ended: IteratorReturnResult<undefined> = { done: true, value: undefined };
-  const take = (r: IteratorResult<Uint8Array>): IteratorResult<Uint8Array> => {
+  const step: Step<Uint8Array> = (r, stop) => {
     if (r.done) {
-      over = true;
       done = { ...sink.finish(), flat: contents?.finish() };
-      return ended;
+      return r;
     }
     if (signal?.aborted) {
-      over = true;
-      void Promise.resolve(it!.return?.()).catch(() => {});
+      stop();
       signal.throwIfAborted();
     }
     sink.update(r.value);
     contents?.update(r.value);
     return r;
   };
-  const fail = (e: unknown): never => {
-    over = true;
-    throw e;
-  };
-  const iterator: AsyncIterableIterator<Uint8Array> = {
-    next: () => (over ? Promise.resolve(ended) : (it ??= source[Symbol.asyncIterator]()).next().then(take, fail)),
-    return: async () => {
-      if (!over && it) {
-        over = true;
-        await it.return?.();
-      }
-      over = true;
-      return ended;
-    },
-    [Symbol.asyncIterator]() {
-      return iterator;
-    },
-  };
+  const iterator = checkedStream(() => source, step);
   return {
     stream: iterator,
     result() {

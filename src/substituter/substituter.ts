@@ -2,6 +2,7 @@
  * The Substituter interface the scheduler calls, the error type of this layer, and `substitutePath`:
  * check trust, stream the NAR into the store while verifying it, register atomically.
  */
+import { checkedStream, type Step } from '../store/checked-stream.js';
 import { readFile } from 'node:fs/promises';
 import { RealiseError, BadNarError } from '../store/errors.js';
 import { Hash } from '../store/hash.js';
@@ -329,31 +330,10 @@ function verifiedNar(
   seen: Uint8Array[] | undefined,
   failure: { error?: SubstituterError },
 ): AsyncIterableIterator<Uint8Array> {
-  // A plain iterator over fetchNar's rather than an async generator (a generator layer costs several
-  // microseconds of CPU per NAR), with a generator's behaviour: fetchNar called on the first next(), nothing
-  // taken once the stream has ended, failed or been closed, and fetchNar's stream closed when a check here
-  // stops it.
   const { signal } = opts;
   let size = 0;
-  let it: AsyncIterator<Uint8Array> | undefined;
-  let over = false;
-  const ended: IteratorReturnResult<undefined> = { done: true, value: undefined };
-  /** The stream's end by `e`: kept in `failure.error` (the first one) as a SubstituterError, which is thrown. */
-  const failed = (e: unknown): SubstituterError => {
-    over = true;
-    failure.error ??= toSubstituterError(e, sub, info, signal);
-    return failure.error;
-  };
-  const take = (r: IteratorResult<Uint8Array>): IteratorResult<Uint8Array> => {
-    try {
-      return check(r);
-    } catch (e) {
-      throw failed(e);
-    }
-  };
-  const check = (r: IteratorResult<Uint8Array>): IteratorResult<Uint8Array> => {
+  const check: Step<Uint8Array> = (r, stop) => {
     if (r.done) {
-      over = true;
       // A NAR of another size than announced: the store refuses it (Store.addToStore checks the hash, then
       // the size, as Nix), so the message is Nix's.
       const got = ca && size === info.narSize ? ca.mismatch() : undefined;
@@ -362,13 +342,13 @@ function verifiedNar(
         throw fail('ca-mismatch', caHashMismatch(info.path, ca!.hash, got).shortMessage, {
           hint: `from '${sub.uri}'; the binary cache is corrupt or hostile, nothing was registered`,
         });
-      return ended;
+      return r;
     }
     const chunk = r.value;
     // A NAR somewhat longer than announced is read to its end, so that the store reports what Nix
     // does (the hash mismatch, which it checks first); only an unreasonably long one is cut off here.
     if (size + chunk.length > info.narSize + NAR_OVERRUN_MAX) {
-      void Promise.resolve(it!.return?.()).catch(() => {});
+      stop();
       throw fail('size-mismatch', `NAR of '${info.path}' from '${sub.uri}' is larger than its declared size ${info.narSize}`, {
         hint: 'the binary cache is corrupt',
       });
@@ -378,31 +358,12 @@ function verifiedNar(
     ca?.update(chunk);
     return r;
   };
-  const iterator: AsyncIterableIterator<Uint8Array> = {
-    next: () => {
-      if (over) return Promise.resolve(ended);
-      try {
-        it ??= sub.fetchNar(info, { signal, onProgress: opts.onProgress, onTransfer: opts.onTransfer })[Symbol.asyncIterator]();
-        return it.next().then(take, (e: unknown) => {
-          throw failed(e);
-        });
-      } catch (e) {
-        return Promise.reject(failed(e));
-      }
-    },
-    return: async () => {
-      if (!over && it) {
-        over = true;
-        await it.return?.();
-      }
-      over = true;
-      return ended;
-    },
-    [Symbol.asyncIterator]() {
-      return iterator;
-    },
-  };
-  return iterator;
+  // The stream's end by a failure: kept in `failure.error` (the first one) as a SubstituterError, which is thrown.
+  return checkedStream(
+    () => sub.fetchNar(info, { signal, onProgress: opts.onProgress, onTransfer: opts.onTransfer }),
+    check,
+    (e) => (failure.error ??= toSubstituterError(e, sub, info, signal)),
+  );
 }
 
 /** What the store refusing a substitute means, in Nix's words where Nix has them. */
