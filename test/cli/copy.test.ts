@@ -43,6 +43,9 @@ describe.skipIf(!nixOk())('realise copy vs nix copy, settings in the URL', () =>
     writeFileSync(keyFile, nix('nix', ['key', 'generate-secret', '--key-name', 'copy-test-1']));
     publicKey = nix('nix', ['key', 'convert-secret-to-public'], { input: readFileSync(keyFile, 'utf8') });
   });
+  /** Nix 2.8 realising `out` into a new store `name` from the cache `cache`, with one more setting. */
+  const nixSubstitutes = (name: string, cache: string, setting: string, value: string) =>
+    runNix('nix-store', ['--store', path.join(dir, name), '--realise', out, '--option', 'substituters', `file://${cache}`, '--option', setting, value]);
 
   for (const compression of ['zstd', 'none', 'xz']) {
     it(`compression=${compression}&secret-key=FILE&priority=30`, async () => {
@@ -63,18 +66,7 @@ describe.skipIf(!nixOk())('realise copy vs nix copy, settings in the URL', () =>
       expect(narinfos(O)).toEqual(narinfos(N));
       expect(readFileSync(path.join(O, 'nix-cache-info'), 'utf8')).toBe(readFileSync(path.join(N, 'nix-cache-info'), 'utf8'));
       // Nix substitutes from it, checking our signature.
-      const r = runNix('nix-store', [
-        '--store',
-        path.join(dir, `R-${compression}`),
-        '--realise',
-        out,
-        '--option',
-        'substituters',
-        `file://${O}`,
-        '--option',
-        'trusted-public-keys',
-        publicKey,
-      ]);
+      const r = nixSubstitutes(`R-${compression}`, O, 'trusted-public-keys', publicKey);
       expect(r.status, r.stderr).toBe(0);
     });
   }
@@ -107,18 +99,7 @@ describe.skipIf(!nixOk())('realise copy vs nix copy, settings in the URL', () =>
       ).toBe('BZh');
     expect(nars.every((f) => f.endsWith('.nar.bz2'))).toBe(true);
     expect(withoutFile(narinfos(O))).toEqual(withoutFile(narinfos(N)));
-    const r = runNix('nix-store', [
-      '--store',
-      path.join(dir, 'R-bzip2'),
-      '--realise',
-      out,
-      '--option',
-      'substituters',
-      `file://${O}`,
-      '--option',
-      'trusted-public-keys',
-      publicKey,
-    ]);
+    const r = nixSubstitutes('R-bzip2', O, 'trusted-public-keys', publicKey);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toContain('copying path');
   });
@@ -134,18 +115,7 @@ describe.skipIf(!nixOk())('realise copy vs nix copy, settings in the URL', () =>
     expect(urls(O)).toEqual(['.nar', '.nar']);
     for (const f of readdirSync(path.join(O, 'nar'))) expect(readFileSync(path.join(O, 'nar', f)).subarray(0, 2)).toEqual(Buffer.from([0x1f, 0x8b]));
     expect(narinfos(O)).toEqual(narinfos(N));
-    const r = runNix('nix-store', [
-      '--store',
-      path.join(dir, 'R-gzip'),
-      '--realise',
-      out,
-      '--option',
-      'substituters',
-      `file://${O}`,
-      '--option',
-      'require-sigs',
-      'false',
-    ]);
+    const r = nixSubstitutes('R-gzip', O, 'require-sigs', 'false');
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toContain('copying path');
   });
