@@ -94,7 +94,17 @@ export function compareBytes(a: string, b: string): number {
   return a.length - b.length;
 }
 
+/**
+ * The strings sorted (as Nix's `std::set`) without duplicates. An array that already is (every list Nix
+ * writes in a `.drv`) is returned itself, not a copy: parsing a derivation then allocates no Set and no
+ * array per list.
+ */
 function sortedUnique(xs: Iterable<string>): string[] {
+  if (Array.isArray(xs)) {
+    let i = 1;
+    while (i < xs.length && compareBytes(xs[i - 1] as string, xs[i] as string) < 0) i++;
+    if (i >= xs.length) return xs as string[];
+  }
   const out = [...new Set(xs)];
   out.sort(compareBytes);
   return out;
@@ -176,11 +186,16 @@ export function printDerivation(drv: Derivation, opts: { maskOutputs?: boolean; 
 // ---------------------------------------------------------------------------------------------------
 // Parsing
 
-/** Fast acceptance of a well-formed store path base name (`parseStorePath` explains the rejects). */
-const STORE_PATH_BASE = /^[0-9a-df-np-sv-z]{32}-[0-9a-zA-Z+\-._?=]{1,211}$/;
+/**
+ * Fast acceptance of a well-formed store path base name (`parseStorePath` explains the rejects). Sticky:
+ * matched in the path from `lastIndex` (the base name's start), so no substring is made for it.
+ */
+const STORE_PATH_BASE = /[0-9a-df-np-sv-z]{32}-[0-9a-zA-Z+\-._?=]{1,211}$/y;
 
 function validStorePath(p: string, storeDir: string): boolean {
-  return p.length > storeDir.length + 1 && p.startsWith(storeDir) && p[storeDir.length] === '/' && STORE_PATH_BASE.test(p.slice(storeDir.length + 1));
+  if (!(p.length > storeDir.length + 1 && p.startsWith(storeDir) && p[storeDir.length] === '/')) return false;
+  STORE_PATH_BASE.lastIndex = storeDir.length + 1;
+  return STORE_PATH_BASE.test(p);
 }
 
 /** Largest .drv text we accept (256 Mi characters is not a derivation). */
@@ -400,7 +415,8 @@ export function parseDerivation(text: string, name: string, opts: { storeDir?: s
   });
   p.expect(',[');
   const srcs = p.stringsUntilClose();
-  drv.inputSrcs = sortedUnique(srcs.map((s) => checkPath(s, 'input source')));
+  for (let i = 0; i < srcs.length; i++) srcs[i] = checkPath(srcs[i]!, 'input source');
+  drv.inputSrcs = sortedUnique(srcs);
   p.expect(',');
   drv.platform = p.string();
   p.expect(',');

@@ -53,40 +53,42 @@ export async function loadDrv(store: Store, drvPath: StorePath, validityChecked 
   return viewOf(drvPath, drv, name);
 }
 
+/**
+ * The view of `drv`, which it shares rather than copies (its outputs, input lists, arguments and environment):
+ * the derivation must not change afterwards. One pass over the outputs finds the facts the view names.
+ */
 export function viewOf(drvPath: StorePath, drv: Derivation, name: string): DrvView {
-  const outputs = new Map<string, BuildableOutput>();
+  let isFixedOutput = false;
+  let unfixed = false;
   for (const [outName, o] of drv.outputs) {
     if (o.type === 'impure')
       throw new BadDerivationError(`output '${outName}' of derivation '${drvPath}' has a kind this engine cannot build (impure)`, { drv: drvPath });
-    outputs.set(outName, o);
+    if (o.type === 'fixed') isFixedOutput = true;
+    else if (o.type === 'floating' || o.type === 'deferred') unfixed = true;
+  }
+  // No output is impure (checked above).
+  const outputs = drv.outputs as ReadonlyMap<string, BuildableOutput>;
+  let staticOutputs: Map<string, StorePath> | undefined;
+  if (!unfixed) {
+    staticOutputs = new Map();
+    for (const [outName, o] of outputs) staticOutputs.set(outName, knownPath(o)!);
   }
   const attrs = new ParsedDerivation(drvPath, drv);
-  const inputDrvs = new Map<StorePath, readonly string[]>();
-  for (const [p, outs] of drv.inputDrvs) inputDrvs.set(p, [...outs]);
-  let staticOutputs: Map<string, StorePath> | undefined = new Map();
-  for (const [outName, o] of outputs) {
-    const p = knownPath(o);
-    if (p === undefined) {
-      staticOutputs = undefined;
-      break;
-    }
-    staticOutputs.set(outName, p);
-  }
   return {
     drvPath,
     drv,
     attrs,
     name,
     outputs,
-    inputDrvs,
-    inputSrcs: [...drv.inputSrcs],
+    inputDrvs: drv.inputDrvs,
+    inputSrcs: drv.inputSrcs,
     platform: drv.platform,
     builder: drv.builder,
-    args: [...drv.args],
+    args: drv.args,
     env: drv.env,
     structuredAttrs: attrs.structuredAttrs as Record<string, unknown> | undefined,
-    isFixedOutput: [...outputs.values()].some((o) => o.type === 'fixed'),
-    needsResolution: inputDrvs.size > 0 && [...outputs.values()].some((o) => o.type === 'deferred' || o.type === 'floating'),
+    isFixedOutput,
+    needsResolution: drv.inputDrvs.size > 0 && unfixed,
     staticOutputs,
   };
 }

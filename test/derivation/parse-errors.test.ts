@@ -24,6 +24,21 @@ describe('parseDerivation rejects malformed input with BadDerivationError', () =
     expect(printDerivation(parseDerivation(ok, 'test'))).toBe(ok);
   });
 
+  it('reads unsorted and repeated input lists as the sets Nix reads them into; sorted ones as they are', () => {
+    const Q = '/nix/store/22222222222222222222222222222222-y';
+    const D = '/nix/store/11111111111111111111111111111111-d.drv';
+    const text = ok.replace(`["${P}"],"x86`, `["${Q}","${P}","${Q}"],"x86`).replace(`("${D}",["out"])`, `("${D}",["out","dev","out","bin"])`);
+    const drv = parseDerivation(text, 'test');
+    expect(drv.inputSrcs).toEqual([P, Q]);
+    expect(drv.inputDrvs.get(D)).toEqual(['bin', 'dev', 'out']);
+    const sorted = parseDerivation(ok.replace(`["${P}"],"x86`, `["${P}","${Q}"],"x86`), 'test');
+    expect(sorted.inputSrcs).toEqual([P, Q]);
+    expect(parseDerivation(ok.replace(`["${P}"],"x86`, `["${P}","${P}"],"x86`), 'test').inputSrcs).toEqual([P]);
+    // Code point order (Nix's std::string), not UTF-16 order: U+FB01 sorts before U+1F600.
+    const wide = parseDerivation(ok.replace(`("${D}",["out"])`, `("${D}",["\u{1F600}","\uFB01"])`), 'test');
+    expect(wide.inputDrvs.get(D)).toEqual(['\uFB01', '\u{1F600}']);
+  });
+
   const cases: Array<[string, string, RegExp]> = [
     ['empty', '', /expected 'Derive\(\['/],
     ['not a derivation', 'hello', /expected 'Derive/],
