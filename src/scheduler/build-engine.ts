@@ -183,6 +183,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       },
       loadDrv: (drvPath, checked) => this.loadDrvCached(store, drvPath, checked),
       cachedDrv: (drvPath) => this.cachedDrv(drvPath),
+      forgetDrv: (drvPath) => this.drvCache.delete(drvPath),
       isProvidedDrv: (drvPath) => this.providedDrvs.has(drvPath),
       pickSandbox: (view) => this.pickSandbox(store, view),
       knownSandbox: (view) => this.knownSandbox(store, view),

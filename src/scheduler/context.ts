@@ -31,6 +31,8 @@ export interface EngineContext {
   loadDrv(drvPath: StorePath, validityChecked?: boolean): Promise<DrvView>;
   /** The derivation loadDrv gives at once, when it is cached or handed to us (no load to start); else undefined. */
   cachedDrv?(drvPath: StorePath): Promise<DrvView> | undefined;
+  /** Drop a derivation loadDrv cached: it was read before its validity was known, and it is not valid. */
+  forgetDrv?(drvPath: StorePath): void;
   /** The sandbox to use for a derivation, or an error message saying why none can be used. */
   pickSandbox(view: DrvView): Promise<Sandbox>;
   /**

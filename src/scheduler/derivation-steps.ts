@@ -25,12 +25,19 @@ interface OutputStatus {
   readonly wanted: boolean;
 }
 
-async function checkPathValidity(w: Worker, view: DrvView, wanted: Set<string> | undefined, mode: BuildMode): Promise<OutputStatus[]> {
+/** The outputs' statuses; `checked`: the valid ones among the static outputs, just asked for (no query then). */
+async function checkPathValidity(
+  w: Worker,
+  view: DrvView,
+  wanted: Set<string> | undefined,
+  mode: BuildMode,
+  checked?: ReadonlySet<StorePath>,
+): Promise<OutputStatus[]> {
   const { store } = w.ctx;
   // Floating CA outputs are known by their realisations; input-addressed and fixed ones are in the .drv.
   const known = view.staticOutputs ?? (await knownOutputs(store, view));
   const out: OutputStatus[] = [];
-  const valid = await store.queryValidPaths(known.values());
+  const valid = checked && view.staticOutputs ? checked : await store.queryValidPaths(known.values());
   for (const name of view.outputs.keys()) {
     const p = known.get(name);
     let ok = p !== undefined && valid.has(p);
@@ -77,31 +84,27 @@ const allWantedValid = (st: readonly OutputStatus[]): boolean => st.every((s) =>
 export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> | undefined): Promise<BuildResult | Waitees> {
   const { worker: w, drvPath, mode } = goal;
   const { store } = w.ctx;
-  // 1. Make sure the derivation exists; it may come from a substitute. (As Nix, a path that is no .drv is
-  // looked for first: `nix-store --realise PATH!out` of a missing one is a missing derivation.)
-  const valid = w.ctx.isProvidedDrv(drvPath) || (await store.isValidPath(drvPath));
-  if (!valid) {
-    const o = await goal.blocked(w.substitutionGoal(drvPath));
-    w.signal.throwIfAborted();
-    if (!substitutionSucceeded(o)) return failure('misc-failure', `cannot build missing derivation '${drvPath}'`);
+  // 1. Make sure the derivation exists; it may come from a substitute. The usual case, a valid .drv, is
+  // found valid together with its outputs (drvAndOutputsValid); else it is looked for alone. (As Nix, a
+  // path that is no .drv is looked for first: `nix-store --realise PATH!out` of a missing one is a missing derivation.)
+  const early = await drvAndOutputsValid(w, drvPath);
+  let view: DrvView;
+  if (early) view = early.view;
+  else {
+    const valid = w.ctx.isProvidedDrv(drvPath) || (await store.isValidPath(drvPath));
+    if (!valid) {
+      const o = await goal.blocked(w.substitutionGoal(drvPath));
+      w.signal.throwIfAborted();
+      if (!substitutionSucceeded(o)) return failure('misc-failure', `cannot build missing derivation '${drvPath}'`);
+    }
+    if (!isDerivationPath(drvPath)) return failure('misc-failure', `'${drvPath}' is not a derivation path`);
+    // (Just found valid: reading it need not ask the store again.)
+    view = await w.ctx.loadDrv(drvPath, valid);
   }
-  if (!isDerivationPath(drvPath)) return failure('misc-failure', `'${drvPath}' is not a derivation path`);
-  // (Just found valid: reading it need not ask the store again.)
-  const view = await w.ctx.loadDrv(drvPath, valid);
   // Nix 2.8 refuses to read such a .drv without the feature: the error ends the call.
   const noCa = w.ctx.isProvidedDrv(drvPath) ? undefined : caFeatureMissing(view, w.ctx.options);
   if (noCa) return w.endCall(noCa, drvPath);
-  // Temporary GC roots, as Nix: a concurrent garbage collector keeps the derivation and its outputs.
-  if (store.addTempRoot) {
-    const roots = [drvPath];
-    for (const spec of view.outputs.values()) {
-      const p = knownPath(spec);
-      if (p) roots.push(p);
-    }
-    // Recorded together where the store can (one write under one hold of the GC lock), else one by one.
-    if (store.addTempRoots) await store.addTempRoots(roots);
-    else for (const p of roots) await store.addTempRoot(p);
-  }
+  if (!early) await addTempRoots(w, drvPath, view);
   if (wanted) {
     for (const o of wanted) {
       if (!view.outputs.has(o)) return failure('misc-failure', `derivation '${drvPath}' does not have wanted outputs '${o}'`);
@@ -109,7 +112,7 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
   }
 
   // 2. Which wanted outputs are missing?
-  let statuses = await checkPathValidity(w, view, wanted, mode);
+  let statuses = await checkPathValidity(w, view, wanted, mode, early?.valid);
   if (allWantedValid(statuses) && mode === 'normal') {
     return success('already-valid', outputsOf(statuses, true));
   }
@@ -148,6 +151,44 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
   }
   // The parsed derivation is not kept while waiting; it is fetched again after, usually from the engine's cache.
   return { deps, others, retrySubstitution: retry ? statuses : undefined };
+}
+
+/**
+ * Temporary GC roots, as Nix: a concurrent garbage collector keeps the derivation and its outputs.
+ * Recorded together where the store can (one write under one hold of the GC lock), else one by one.
+ */
+async function addTempRoots(w: Worker, drvPath: StorePath, view: DrvView): Promise<void> {
+  const { store } = w.ctx;
+  if (!store.addTempRoot) return;
+  const roots = [drvPath];
+  for (const spec of view.outputs.values()) {
+    const p = knownPath(spec);
+    if (p) roots.push(p);
+  }
+  if (store.addTempRoots) await store.addTempRoots(roots);
+  else for (const p of roots) await store.addTempRoot(p);
+}
+
+/**
+ * A `.drv` in the store read before its validity is known, its temporary roots taken, then its validity
+ * and its outputs' asked in one statement (one read of the database, not two). Undefined when that does
+ * not find it valid (missing, unreadable, not registered, handed to us, or no .drv at all): the caller
+ * then looks for it as Nix does, and the copy read here is not kept.
+ */
+async function drvAndOutputsValid(w: Worker, drvPath: StorePath): Promise<{ view: DrvView; valid: Set<StorePath> } | undefined> {
+  const { ctx } = w;
+  if (!ctx.forgetDrv || ctx.isProvidedDrv(drvPath) || !isDerivationPath(drvPath)) return undefined;
+  let view: DrvView;
+  try {
+    view = await ctx.loadDrv(drvPath, true);
+  } catch {
+    return undefined; // (a failed load is not cached: the caller's load reports it, if the .drv is valid)
+  }
+  await addTempRoots(w, drvPath, view);
+  const valid = await ctx.store.queryValidPaths([drvPath, ...(view.staticOutputs?.values() ?? [])]);
+  if (valid.has(drvPath)) return { view, valid };
+  ctx.forgetDrv(drvPath);
+  return undefined;
 }
 
 /** Whether the derivation's outputs may come from substituters: there are some, and it allows them. */

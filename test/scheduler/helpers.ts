@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IN_CI, runNix, nix, type NixRunResult } from '../helpers/nix.js';
 import type { Sandbox, SandboxExit, SandboxRequest, SandboxRunOptions } from '../../src/platform/sandbox.js';
-import { computeOutputPaths, readDerivationFromStore, writeDerivation } from '../../src/derivation/derivation.js';
+import { computeOutputPaths, readDerivationFromStore, writeDerivation, type Derivation } from '../../src/derivation/derivation.js';
 import type { Store } from '../../src/store/store-api.js';
 import type { StorePath } from '../../src/store/store-path.js';
 import { loadDrv } from '../../src/scheduler/drv-view.js';
@@ -282,6 +282,11 @@ let drvCounter = 0;
  * `deps`; its builder is /bin/sh -c `script` unless given. Returns the .drv path.
  */
 export async function writeTestDrv(store: Store, name: string, deps: StorePath[] = [], o: DrvSpec = {}): Promise<StorePath> {
+  return writeDerivation(store, await testDrv(store, name, deps, o));
+}
+
+/** The derivation writeTestDrv writes (its output paths computed), not written. */
+export async function testDrv(store: Store, name: string, deps: StorePath[] = [], o: DrvSpec = {}): Promise<Derivation> {
   const outputs = o.outputs ?? ['out'];
   const script = o.script ?? 'echo building';
   const env = new Map<string, string>([
@@ -292,7 +297,7 @@ export async function writeTestDrv(store: Store, name: string, deps: StorePath[]
     ...(outputs.length > 1 ? [['outputs', outputs.join(' ')] as [string, string]] : []),
     ...Object.entries(o.env ?? {}),
   ]);
-  const drv = await computeOutputPaths(
+  return computeOutputPaths(
     readDerivationFromStore(store),
     {
       name,
@@ -306,7 +311,6 @@ export async function writeTestDrv(store: Store, name: string, deps: StorePath[]
     new Map(outputs.map((n) => [n, { type: 'input-addressed' as const }])),
     { storeDir: store.storeDir },
   );
-  return writeDerivation(store, drv);
 }
 
 /**

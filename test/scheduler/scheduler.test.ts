@@ -5,7 +5,7 @@
  */
 import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
 import { BuildCancelledError, BuildFailedError, BuildSetupError } from '../../src/scheduler/errors.js';
 import type { BuildEngineOptions } from '../../src/scheduler/options.js';
@@ -14,7 +14,8 @@ import type { Progress } from '../../src/scheduler/events.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import type { StorePath } from '../../src/store/store-path.js';
 import { tempDir } from '../helpers/nix.js';
-import { FakeSandbox, removeTree, settle, writeTestDrv, type DrvSpec } from './helpers.js';
+import { FakeSandbox, removeTree, settle, testDrv, writeTestDrv, type DrvSpec } from './helpers.js';
+import { computeDerivationPath, printDerivation, writeDerivation } from '../../src/derivation/derivation.js';
 
 let root: string;
 let store: LocalStore;
@@ -572,6 +573,57 @@ describe('goals and locks', () => {
     expect(r!.result.status).toBe('misc-failure');
     expect(r!.result.errorMsg).toContain("does not have wanted outputs 'nope'");
     expect(sb.started).toHaveLength(0);
+  });
+
+  it('a valid .drv and its outputs are found valid in one query, after the temporary roots (no query of the .drv alone)', async () => {
+    const sb = fake();
+    sb.auto = () => 0;
+    const d = await mkDrv('one-query', [], { outputs: ['out', 'dev'] });
+    const engine = engineWith(sb);
+    await engine.buildPaths([d]);
+    const calls: string[] = [];
+    const spies = [
+      vi.spyOn(store, 'isValidPath').mockImplementation(async function (this: LocalStore, p) {
+        calls.push(`isValidPath ${p}`);
+        return LocalStore.prototype.isValidPath.call(this, p);
+      }),
+      vi.spyOn(store, 'queryValidPaths').mockImplementation(async function (this: LocalStore, ps) {
+        const list = [...ps];
+        calls.push(`queryValidPaths ${list.join(' ')}`);
+        return LocalStore.prototype.queryValidPaths.call(this, list);
+      }),
+      vi.spyOn(store, 'addTempRoots').mockImplementation(async function (this: LocalStore, ps) {
+        calls.push('addTempRoots');
+        return LocalStore.prototype.addTempRoots.call(this, ps);
+      }),
+    ];
+    try {
+      const [r] = await engineWith(sb).buildPaths([d]);
+      expect(r!.result.status).toBe('already-valid');
+    } finally {
+      for (const s of spies) s.mockRestore();
+    }
+    expect(calls).toEqual([`addTempRoots`, `queryValidPaths ${d} ${await outPath(d, 'dev')} ${await outPath(d, 'out')}`]);
+  });
+
+  it('a .drv file in the store that is not registered is a missing derivation, and what was read of it is not kept', async () => {
+    const sb = fake();
+    sb.auto = () => 0;
+    const drv = await testDrv(store, 'unregistered', [], { script: 'echo real > $out' });
+    const drvPath = computeDerivationPath(drv, store.storeDir);
+    // Another derivation's text at its path, not registered (as an interrupted copy can leave one).
+    const other = await testDrv(store, 'unregistered', [], { script: 'echo other > $out' });
+    await fsp.writeFile(store.toRealPath(drvPath), printDerivation(other));
+    const engine = engineWith(sb);
+    const [missing] = await engine.buildPathsWithResults([drvPath]);
+    expect(missing!.result.status).toBe('misc-failure');
+    expect(missing!.result.errorMsg).toBe(`cannot build missing derivation '${drvPath}'`);
+    expect(sb.started).toHaveLength(0);
+    // Registered now (its real text replaces the file): the same engine builds what it says.
+    expect(await writeDerivation(store, drv)).toBe(drvPath);
+    const [built] = await engine.buildPathsWithResults([drvPath]);
+    expect(built!.result.status).toBe('built');
+    expect(sb.started.map((r) => r.args)).toEqual([['-c', 'echo real > $out']]);
   });
 
   it('a build directory made ahead gets the number Nix gives it in the slot (the first free one)', async () => {
