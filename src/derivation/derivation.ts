@@ -272,22 +272,37 @@ class Parser {
     this.fail('unterminated string');
   }
 
-  /** `[` already consumed; parses `"a","b"]`. */
+  /**
+   * `[` already consumed; parses `"a","b"]`. Lists of one or two strings (the wanted outputs of an input
+   * derivation, most argument lists) are made at their size: an array grown by push from empty takes room
+   * for 17, which a parsed derivation would keep.
+   */
   stringsUntilClose(): string[] {
-    const out: string[] = [];
     if (this.peek() === ']') {
       this.pos++;
-      return out;
+      return [];
     }
+    const a = this.string();
+    if (this.closesList()) return [a];
+    const b = this.string();
+    if (this.closesList()) return [a, b];
+    const out = [a, b];
     for (;;) {
       out.push(this.string());
-      const c = this.peek();
-      if (c === ',') this.pos++;
-      else if (c === ']') {
-        this.pos++;
-        return out;
-      } else this.fail("expected ',' or ']'");
+      if (this.closesList()) return out;
     }
+  }
+
+  /** After a list element: consumes `]` (true) or `,` (false, another element follows). */
+  private closesList(): boolean {
+    const c = this.peek();
+    if (c === ',') {
+      this.pos++;
+      return false;
+    }
+    if (c !== ']') this.fail("expected ',' or ']'");
+    this.pos++;
+    return true;
   }
 
   /** Runs `item` for each element of a list whose `[` is consumed, up to and including `]`. */
@@ -296,15 +311,8 @@ class Parser {
       this.pos++;
       return;
     }
-    for (;;) {
-      item();
-      const c = this.peek();
-      if (c === ',') this.pos++;
-      else if (c === ']') {
-        this.pos++;
-        return;
-      } else this.fail("expected ',' or ']'");
-    }
+    do item();
+    while (!this.closesList());
   }
 }
 
