@@ -14,7 +14,7 @@ import { NoSandbox } from '../platform/no-sandbox.js';
 import type { Sandbox } from '../platform/sandbox.js';
 import { useSandbox, type SandboxMode } from '../platform/sandbox-config.js';
 import { substitutePath, sortByPriority, type Substituter, type SubstitutablePathInfo, type TransferListener } from '../substituter/substituter.js';
-import { checkDerivationOutputs, derivationNameFromPath, parseDerivation, type Derivation } from '../derivation/derivation.js';
+import { checkDerivationOutputs, cloneDerivation, derivationNameFromPath, parseDerivation, type Derivation } from '../derivation/derivation.js';
 import { hasherFor } from './realisations.js';
 import type { EngineContext } from './context.js';
 import { loadDrv, viewOf, type DrvView } from './drv-view.js';
@@ -470,10 +470,13 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   /** Build one derivation given its parsed form. Never throws on a build failure: returns the result. */
   async buildDerivation(drvPath: StorePath, drv?: Derivation, opts: BuildPathsOptions = {}): Promise<BuildResult> {
     if (drv) {
+      // A copy, made before anything is awaited: the view shares the derivation's maps and lists, which the
+      // caller keeps and may change.
+      const given = cloneDerivation(drv);
       const store = await this.storePromise;
       const name = drvPath.slice(drvPath.lastIndexOf('/') + 34).replace(/\.drv$/, '');
       if (!(await store.isValidPath(drvPath))) {
-        this.providedDrvs.set(drvPath, Promise.resolve(viewOf(drvPath, drv, name)));
+        this.providedDrvs.set(drvPath, Promise.resolve(viewOf(drvPath, given, name)));
       }
     }
     const [r] = await this.runTargets([{ drvPath, outputs: '*' }], opts);

@@ -886,6 +886,18 @@ describe('other entry points', () => {
     expect(after.willBuild).toEqual([top]);
   });
 
+  it('buildDerivation of a derivation not in the store builds it as it was given, whatever the caller changes in it afterwards', async () => {
+    const sb = fake();
+    sb.auto = () => 0;
+    const drv = await testDrv(store, 'given', [], { script: 'echo given > $out' });
+    const drvPath = computeDerivationPath(drv, store.storeDir);
+    const call = engineWith(sb).buildDerivation(drvPath, drv);
+    drv.args[1] = 'echo changed > $out';
+    drv.env.set('salt', 'changed');
+    expect((await call).status).toBe('built');
+    expect(sb.started.map((r) => [r.args, r.env.salt === 'changed'])).toEqual([[['-c', 'echo given > $out'], false]]);
+  });
+
   it('maxJobs 0 without remote builders: a setup error, as Nix', async () => {
     const sb = fake();
     const d = await mkDrv('no-jobs');
