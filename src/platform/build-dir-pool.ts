@@ -50,6 +50,11 @@ export class BuildDirPool {
 
   constructor(readonly base: string) {}
 
+  /** How many directories wait in the pool. */
+  get size(): number {
+    return this.#plain.length + this.#withInner.length;
+  }
+
   /**
    * A pooled directory renamed to `<base>/<prefix>-<n>`, the first free n, and recorded under that name;
    * undefined when none is pooled (then the caller makes one). For a sandboxed build (`inner`) one with
