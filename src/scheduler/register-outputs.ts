@@ -359,11 +359,10 @@ class Finalised {
     return info;
   }
 
-  /** Move the output to its final path (unless checking or in a later round: then it stays for comparison). */
   /**
-   * Move the output to its final path and canonicalise it there, then record it; a promise only when
-   * there is something to wait for (a fast-path output built at its final path and not rewritten is
-   * recorded at once).
+   * Move the output to its final path (unless checking or in a later round: then it stays for comparison)
+   * and canonicalise it there, then record it; a promise only when there is something to wait for (a
+   * fast-path output built at its final path and not rewritten is canonical already: recorded at once).
    */
   private moveIntoPlace(s: Scanned, info: PathInfo): Promise<void> | undefined {
     if (s.nar !== undefined && this.w.ctx.store.toRealPath(info.path) === s.real) {
@@ -397,10 +396,7 @@ class Finalised {
         movePathSync(s.real, finalReal);
       }
     }
-    const actual = compared ? s.real : finalReal;
-    // A fast-path file that stayed where it was and was not rewritten is canonical already.
-    const untouched = s.nar !== undefined && finalReal === s.real;
-    if (!untouched && (actual === finalReal || compared)) await canonicalisePathMetaData(actual, { ignoredAcls: store.ignoredAcls }).catch(() => {});
+    await canonicalisePathMetaData(compared ? s.real : finalReal, { ignoredAcls: store.ignoredAcls }).catch(() => {});
     this.record(s, info);
   }
 
