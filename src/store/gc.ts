@@ -611,6 +611,8 @@ class Collection {
     }
     const keepers = this.keepers(g);
     const deletable = new Set<number>();
+    /** Found deletable since the last deletion: what the next one takes. */
+    let fresh: number[] = [];
     const blocked = new Set<number>();
     const canDelete = (id: number): boolean => {
       if (deletable.has(id)) return true;
@@ -619,9 +621,9 @@ class Collection {
       if (!wanted.has(id) || alive.has(id) || !(keepers.get(id) ?? []).every(canDelete)) return false;
       blocked.delete(id);
       deletable.add(id);
+      fresh.push(id);
       return true;
     };
-    const deleted = new Set<number>();
     // (No "deleting garbage..." here: Nix says it for a collection, not for a deletion of given paths.)
     try {
       for (const p of requested) {
@@ -632,8 +634,8 @@ class Collection {
           continue;
         }
         if (!canDelete(id)) throw new PathAliveError(p);
-        const now = new Set([...deletable].filter((d) => !deleted.has(d)));
-        for (const d of now) deleted.add(d);
+        const now = new Set(fresh);
+        fresh = [];
         await this.deleteValid(g, this.referrersFirst(g, alive, now));
       }
     } catch (e) {
