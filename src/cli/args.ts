@@ -344,9 +344,6 @@ const PATH_INFO_SWITCHES: Readonly<Record<string, (a: CliArgs) => void>> = {
   '--human-readable': (a) => (a.humanReadable = true),
 };
 
-/** The flags of nix-store's --gc and --delete (the operation reads them: src/cli/gc.ts). */
-const GC_FLAGS = new Set(['--print-dead', '--print-live', '--print-roots', '--ignore-liveness']);
-
 /**
  * Flags without an argument. Verbosity is Nix's: each --quiet one level down (to 0), each -v one up (to 7),
  * --debug sets 6; the informational lines need the default (3).
@@ -438,8 +435,8 @@ class ArgParser {
       return 1;
     }
     if (a.command !== 'gc') return 0;
+    // (Its other flags, --print-dead and the like, reach the operation as every flag nix-store does not know: parseArgs.)
     if (arg === '--delete') a.gc.delete = true;
-    else if (GC_FLAGS.has(arg)) a.gc.flags.push(arg);
     else if (arg === '--max-freed') {
       // nix-store takes the value with the flag, whatever the operation (getArg's words when it is missing).
       const value = this.argv[i + 1];

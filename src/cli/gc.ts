@@ -123,13 +123,14 @@ export async function gcCommand(args: CliArgs, store: Store): Promise<number> {
   };
   const ac = new AbortController();
   const onSig = () => ac.abort();
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onSig);
   // As Nix's PrintFreed, the summary of a deleting collection is printed however it ends: a path that is
   // still alive, an interrupt or a failure leaves "N store paths deleted" of what went before.
   const deleting = action === 'delete-dead' || action === 'delete-specific';
   const paths = action === 'delete-specific' ? args.positional.map((p) => followLinksToStorePath(store.storeDir, p)) : undefined;
   const keepOutputs = boolSetting(args, ['keep-outputs', 'gc-keep-outputs'], false);
   const keepDerivations = boolSetting(args, ['keep-derivations', 'gc-keep-derivations'], true);
+  // (Only now: the finally below removes them; what throws above leaves none behind.)
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onSig);
   try {
     const r = await local.collectGarbage({
       action,
