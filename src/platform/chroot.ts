@@ -523,7 +523,7 @@ export class ChrootPool {
   /** The last key made by #keyOf and the parts it was made from. */
   #lastKey: { readonly parts: readonly unknown[]; readonly key: string } | undefined;
 
-  /** keyOf(opts), made again only when `opts` differs from the last ones in what the key holds (builds mostly share it). */
+  /** The pool key of `opts` (its keyParts as JSON), made again only when `opts` differs from the last ones in what the key holds (builds mostly share it). */
   #keyOf(opts: PrepareChrootOptions): string {
     const parts = keyParts(opts);
     const l = this.#lastKey;
@@ -531,10 +531,6 @@ export class ChrootPool {
     const key = JSON.stringify(parts);
     this.#lastKey = { parts, key };
     return key;
-  }
-
-  static keyOf(opts: PrepareChrootOptions): string {
-    return JSON.stringify(keyParts(opts));
   }
 
   #listOf(key: string): SkeletonState[] {

@@ -315,7 +315,11 @@ static int parseArgs(int argc, char **argv, int i) {
     else if (!strcmp(a, "--build-dir") && i + 1 < argc) buildDir = argv[++i];
     else if (!strcmp(a, "--store-dir") && i + 1 < argc) storeDir = argv[++i];
     else if (!strcmp(a, "--real-store-dir") && i + 1 < argc) realStoreDir = argv[++i];
-    else if (!strcmp(a, "--output") && i + 1 < argc && noutputs < 64) outputs[noutputs++] = argv[++i];
+    else if (!strcmp(a, "--output") && i + 1 < argc) {
+      /* Past the first 64, outputs are left for the caller to move (moveOutputsOut). */
+      ++i;
+      if (noutputs < (int)(sizeof outputs / sizeof *outputs)) outputs[noutputs++] = argv[i];
+    }
     else if (!strcmp(a, "--shm-size") && i + 1 < argc) shmSize = argv[++i];
     else if (!strcmp(a, "--seccomp-fd") && i + 1 < argc) seccompFd = atoi(argv[++i]);
     else if (!strcmp(a, "--status-fd") && i + 1 < argc) statusFd = atoi(argv[++i]);

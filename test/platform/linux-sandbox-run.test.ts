@@ -63,6 +63,14 @@ describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders'
     expect(lstatSync(fx.realPath(link)).isSymbolicLink()).toBe(true);
   });
 
+  it('a derivation with more outputs than the helper moves itself (65): every one lands at its physical path', async () => {
+    const many = Array.from({ length: 65 }, (_, i) => storePath(`many-${i}`));
+    const req = fx.request('many', many.map((p, i) => `echo ${i} > ${p}`).join('; '), {});
+    const r = { ...req, outputPaths: many };
+    expect((await build(sb, r)).exit).toEqual({ kind: 'exited', code: 0 });
+    expect(many.map((p) => readFileSync(fx.realPath(p), 'utf8'))).toEqual(many.map((_, i) => `${i}\n`));
+  });
+
   it("a failed build's outputs are moved out of the chroot too (for debugging, as Nix does)", async () => {
     const req = fx.request('fail', 'mkdir $out; echo partial > $out/p; exit 1');
     expect((await build(sb, req)).exit).toEqual({ kind: 'exited', code: 1 });
