@@ -63,19 +63,38 @@ export function followLinksToStorePath(storeDir: string, arg: string): string {
   return `${storeDir}/${base}`;
 }
 
-/** lstat, failing as Nix's does (a SysError: "getting status of '…': …"). */
+/** How glibc's strerror words the errors lstat gives (Node's messages are libuv's); else Node's message. */
+const LSTAT_ERRORS: Record<string, string> = {
+  ENOENT: 'No such file or directory',
+  ENOTDIR: 'Not a directory',
+  EACCES: 'Permission denied',
+  ELOOP: 'Too many levels of symbolic links',
+  ENAMETOOLONG: 'File name too long',
+  EIO: 'Input/output error',
+  EOVERFLOW: 'Value too large for defined data type',
+};
+/**
+ * Nix's SysError of a failed lstat of `p`: "getting status of '…': …" (its lstat), or with the path
+ * unquoted (its pathExists).
+ */
+function statusError(p: string, e: unknown, quoted = true): CliError {
+  const code = (e as NodeJS.ErrnoException).code;
+  return new CliError(`getting status of ${quoted ? `'${p}'` : p}: ${(code && LSTAT_ERRORS[code]) ?? String((e as Error).message)}`);
+}
+
+/** lstat, failing as Nix's does (statusError). */
 function lstatOrFail(p: string): Stats {
   try {
     return lstatSync(p);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new CliError(
-      `getting status of '${p}': ${code === 'ENOENT' ? 'No such file or directory' : code === 'ENOTDIR' ? 'Not a directory' : code === 'EACCES' ? 'Permission denied' : String((e as Error).message)}`,
-    );
+    throw statusError(p, e);
   }
 }
 
-/** Nix's pathExists: false for a name that is not there (or under a file), a failure for anything else. */
+/**
+ * Nix's pathExists: false for a name that is not there (or under a file), a failure for anything else (the
+ * path unquoted in its message, as Nix's).
+ */
 function pathExists(p: string): boolean {
   try {
     lstatSync(p);
@@ -83,7 +102,7 @@ function pathExists(p: string): boolean {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') return false;
-    return !!lstatOrFail(p);
+    throw statusError(p, e, false);
   }
 }
 

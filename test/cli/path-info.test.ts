@@ -6,7 +6,7 @@
  * does, since the last two are about the process itself.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { nix, nixEnv, nixOk, runNix, tempDir } from '../helpers/nix.js';
@@ -82,11 +82,13 @@ describe.skipIf(!nixOk())('realise path-info vs nix path-info', () => {
   it("arguments that are no store paths fail as Nix's installables do: a flake reference's search notice and error", () => {
     const repo = path.join(dir, 'repo');
     mkdirSync(path.join(repo, '.git'), { recursive: true });
+    symlinkSync('loop', path.join(dir, 'loop'));
     const cases: Array<[string[], string]> = [
       [[`${drv}^out`], dir], // no path and no URL: "is not a valid URL"
       [[`${drv}!out`], dir], // a path: "does not contain a 'flake.nix', searching up", then lstat's error
       [['/nix/store/foo'], dir],
       [['./src.txt'], dir], // an existing file outside the store: no flake.nix up to the root
+      [['./loop/x'], dir], // the search's lstat fails otherwise than "not there": Nix's pathExists error
       [[], dir], // no argument is `.`
       [[], repo], // in a Git checkout: "not part of a flake"
       [['--quiet', '--quiet', '/nix/store/foo'], dir], // the notice is not shown
@@ -105,6 +107,7 @@ describe.skipIf(!nixOk())('realise path-info vs nix path-info', () => {
     expect(ours(['/nix/store/foo'], O, dir).stderr).toBe(
       "path '/nix/store/foo' does not contain a 'flake.nix', searching up\nerror: getting status of '/nix/store/foo': No such file or directory\n",
     );
+    expect(ours(['./loop/x'], O, dir).stderr).toBe(`error: getting status of ${dir}/loop/x/flake.nix: Too many levels of symbolic links\n`);
     expect(ours([], O, repo).stderr).toContain(
       `error: path '${repo}' is not part of a flake (neither it nor its parent directories contain a 'flake.nix' file)`,
     );
