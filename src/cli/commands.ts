@@ -19,7 +19,7 @@ import {
 import { UsageError, type CliArgs } from './args.js';
 import { engineOptions } from './engine-build.js';
 import { warnStderr } from './messages.js';
-import { CliError, installableStorePaths, parseTargetArg } from './paths.js';
+import { CliError, installableStorePaths } from './paths.js';
 import { byString, printJson } from './realised.js';
 import { dependenciesFirst, missingLines } from './report.js';
 import { engineSettings } from './settings.js';
@@ -102,8 +102,11 @@ export async function pathInfo(args: CliArgs, store: Store): Promise<number> {
     all = await store.queryAllValidPaths();
   }
   const roots = new Set<string>(all);
+  // What printMissing is asked about, from the arguments as read above (a .drv: all its outputs).
+  const targets: BuildTarget[] = [];
   for (const p of argPaths) {
     if (p instanceof Error) throw p;
+    targets.push(!args.derivation && p.endsWith('.drv') ? { drvPath: p, outputs: '*' } : { path: p });
     if (p.endsWith('.drv')) {
       // Nix reads every .drv argument first (its outputs are what the argument means).
       if (!(await store.isValidPath(p))) throw new CliError(`path '${p}' is not a valid store path`);
@@ -132,10 +135,6 @@ export async function pathInfo(args: CliArgs, store: Store): Promise<number> {
     }
   }
   // What Nix's printMissing says before the info (nothing is built: Realise::Nothing).
-  const targets: BuildTarget[] = args.positional.map((a) => {
-    const t = parseTargetArg(store.storeDir, a);
-    return args.derivation ? { path: 'drvPath' in t ? t.drvPath : t.path } : t;
-  });
   // With the command line's substituters, as Nix's printMissing asks them what would be fetched.
   const engine = new BuildEngine(engineOptions(engineSettings(args, store, warnStderr), warnStderr));
   try {
