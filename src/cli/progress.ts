@@ -90,12 +90,20 @@ export class ProgressDisplay {
       if (!opts.quiet) this.line(s);
     };
     const onStart = (e: Parameters<typeof buildStartedMessage>[0]) => info(buildStartedMessage(e));
-    // Nix's progress bar names the derivation before each line (faint on a terminal).
-    const prefixed = (drvPath: string, suffix: string, line: Buffer): Buffer | undefined => {
+    // Nix's progress bar names the derivation before each line (faint on a terminal). Each derivation's
+    // prefix is made once, on its first line (per suffix: its builder's lines and its hook's).
+    const prefixes = { '> ': new Map<string, Buffer>(), ' (post)> ': new Map<string, Buffer>() };
+    const prefixed = (drvPath: string, suffix: keyof typeof prefixes, line: Buffer): Buffer | undefined => {
       const text = chomp(line);
       if (text.length === 0) return undefined;
-      const prefix = `${drvBaseName(drvPath)}${suffix}`;
-      return Buffer.concat([Buffer.from(this.tty ? `\x1b[2m${prefix}\x1b[0m` : prefix), text]);
+      const made = prefixes[suffix];
+      let prefix = made.get(drvPath);
+      if (!prefix) {
+        const name = `${drvBaseName(drvPath)}${suffix}`;
+        prefix = Buffer.from(this.tty ? `\x1b[2m${name}\x1b[0m` : name);
+        made.set(drvPath, prefix);
+      }
+      return Buffer.concat([prefix, text]);
     };
     const onLog = (e: { drvPath: string; line: string; bytes?: Buffer }) => {
       if (this.showsLogs && opts.namePrefix) {
