@@ -109,8 +109,10 @@ export async function printRealised(
     // The shape of `nix build --json`: one object per target, in Nix's goal order (store paths, then
     // derivations, each by name, then path), as nix build lists them.
     const out = [];
-    const keyOf = (r: TargetResult) => goalKey('path' in r.target ? 'substitution' : 'derivation', r.path);
-    for (const r of [...results].sort((a, b) => byString(keyOf(a), keyOf(b)))) {
+    // (Each goal key made once, not twice per comparison.)
+    const keyed = results.map((r) => ({ r, key: goalKey('path' in r.target ? 'substitution' : 'derivation', r.path) }));
+    keyed.sort((a, b) => byString(a.key, b.key));
+    for (const { r } of keyed) {
       out.push(
         'path' in r.target
           ? { path: r.path }
