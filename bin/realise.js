@@ -126,9 +126,10 @@ function saveCodeCache(file, data) {
 }
 
 /**
- * The code cache in `file`, when there is one that this user wrote and nobody else can change: V8 runs what
- * it holds without checking it against the source, so a cache another user could write (in a shared
- * $XDG_CACHE_HOME) would run their code in this process. Undefined for anything else.
+ * The code cache in `file` (its bytes, `data`, and its inode), when there is one that this user wrote and
+ * nobody else can change: V8 runs what it holds without checking it against the source, so a cache another
+ * user could write (in a shared $XDG_CACHE_HOME) would run their code in this process. Undefined for
+ * anything else.
  */
 function readCodeCache(file) {
   let fd;
@@ -143,7 +144,7 @@ function readCodeCache(file) {
     const data = Buffer.allocUnsafe(st.size);
     let off = 0;
     for (let n = 1; off < st.size && n > 0; off += n) n = readSync(fd, data, off, st.size - off, off);
-    return off === st.size ? data : undefined;
+    return off === st.size ? { data, ino: st.ino } : undefined;
   } catch {
     return undefined;
   } finally {
@@ -151,11 +152,21 @@ function readCodeCache(file) {
   }
 }
 
+/** Remove the code cache `file` when it is still the one of inode `ino` (not another run's since). */
+function removeCodeCache(file, ino) {
+  try {
+    if (statSync(file).ino === ino) unlinkSync(file);
+  } catch {
+    // Gone already, or not ours to remove.
+  }
+}
+
 /**
  * Run the CommonJS bundle `file` as Node runs a module, compiled by V8 from the code cache of an earlier run
  * of the same bundle and command when there is one: V8 then neither parses nor compiles the functions that
  * ran then. V8 itself rejects a cache made by another V8 version or with other flags. A command that found
- * no usable cache writes one when the process exits, with every function compiled by then. A cache that
+ * no usable cache writes one when the process exits, with every function compiled by then, and removes the
+ * one V8 rejected (the next runs take the cache of their own level, not that one again). A cache that
  * cannot be read or written (a read-only or missing home) only costs the compile. A command whose last run
  * made an HTTP connection has a `-wasm` cache, made with the flag of firstTierWasm: it starts with the flag
  * (and Node's cache of its modules rejected, as it would be from that connection on), so that the cache
@@ -169,9 +180,11 @@ function runBundle(file, st = statSync(file, { bigint: true })) {
   let made;
   for (const wasm of [true, false]) {
     for (const level of [2, 1, 0]) {
-      cachedData = readCodeCache(codeCacheFile(st, { level, wasm }));
+      const cacheFile = codeCacheFile(st, { level, wasm });
+      cachedData = readCodeCache(cacheFile);
       if (cachedData) {
-        made = { level, wasm };
+        made = { level, wasm, file: cacheFile, ino: cachedData.ino };
+        cachedData = cachedData.data;
         break;
       }
     }
@@ -185,9 +198,13 @@ function runBundle(file, st = statSync(file, { bigint: true })) {
   process.once('exit', () => {
     const ran = ranLevel();
     if (usable && wasmFirstTier === made.wasm && made.level >= ran) return;
+    const level = usable ? Math.max(ran, made.level) : ran;
+    const file = codeCacheFile(st, { level, wasm: wasmFirstTier });
+    // A rejected cache (another Node's, after an upgrade) goes, unless this run replaces it: else, of a
+    // level above this run's, it would be taken and rejected again by each run until one reaches it.
+    if (made && !usable && made.file !== file) removeCodeCache(made.file, made.ino);
     try {
-      const level = usable ? Math.max(ran, made.level) : ran;
-      saveCodeCache(codeCacheFile(st, { level, wasm: wasmFirstTier }), script.createCachedData());
+      saveCodeCache(file, script.createCachedData());
     } catch {
       // No cache this time.
     }
