@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { deleteTreeSync, movePathSync } from '../store/canonicalise.js';
 import { processUmask } from '../store/umask.js';
-import { nativeDirOps, type DirOps } from './native-xattrs.js';
+import { loadedDirOps, nativeDirOps } from './native-xattrs.js';
 import { SandboxError } from './sandbox-errors.js';
 import { strerror } from './spawn-merged.js';
 
@@ -496,16 +496,11 @@ export class ChrootPool {
   readonly #checking = new Map<string, Recycling[]>();
   static readonly #all = new Set<string>();
   static #exitHook = false;
-  /** The addon's operations, once loaded (see skeletonUnchangedArgs). */
-  #ops: DirOps | undefined;
 
   constructor(size = 2) {
     this.#size = size;
-    this.#track(
-      nativeDirOps().then((o) => {
-        this.#ops = o;
-      }),
-    );
+    // The addon, loaded in the background: a check finds it with loadedDirOps() (see skeletonUnchangedArgs).
+    this.#track(nativeDirOps().then(() => {}));
     if (!ChrootPool.#exitHook) {
       ChrootPool.#exitHook = true;
       process.once('exit', () => {
@@ -630,8 +625,8 @@ export class ChrootPool {
     let unchanged = false;
     try {
       // Without the addon (no C compiler) no skeleton is reused.
-      unchanged =
-        r.generation === this.#generation && this.#ops !== undefined && this.#ops.skeletonUnchanged(...skeletonUnchangedArgs(dir, sk, leftovers, r.placed));
+      const ops = loadedDirOps();
+      unchanged = r.generation === this.#generation && ops !== undefined && ops.skeletonUnchanged(...skeletonUnchangedArgs(dir, sk, leftovers, r.placed));
     } catch {
       /* changed */
     }
