@@ -712,7 +712,8 @@ export function linkOrCopy(from: string, to: string): void {
 /**
  * Move outputs the builder wrote inside the chroot store to their physical store location (what Nix
  * does when registering, and for debugging after a failure). An existing physical path is replaced:
- * outputs being built are invalid by contract. Returns the outputs that existed.
+ * outputs being built are invalid by contract. Returns the outputs this call moved: not those the builder
+ * did not make, nor those the helper backend moved out already (its first 64; see sandbox-helper.c).
  */
 export function moveOutputsOut(layout: ChrootLayout, outputs: readonly string[], realStoreDir: string): string[] {
   const moved: string[] = [];
