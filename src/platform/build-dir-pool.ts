@@ -95,13 +95,16 @@ export class BuildDirPool {
   /**
    * Remove the directories waiting in this pool (an engine closing: its base is left as Nix leaves it).
    * They leave the pool at once; their removals run on the thread pool, all together, and the promise
-   * settles when every one is gone. A directory is as the pool keeps it (empty, or holding an empty
-   * `build`), so an rmdir or two removes it; one that is not (written since) is removed as a tree.
+   * settles when every one is gone, and the record has been written once for them all. A directory is as
+   * the pool keeps it (empty, or holding an empty `build`), so an rmdir or two removes it; one that is not
+   * (written since) is removed as a tree.
    */
   drain(): Promise<void> {
     const entries = [...this.#plain.splice(0).map((e) => [e, false] as const), ...this.#withInner.splice(0).map((e) => [e, true] as const)];
     if (entries.length === 0) return Promise.resolve();
-    return Promise.all(entries.map(([entry, inner]) => removePooled(entry, inner))).then(() => {});
+    return Promise.all(entries.map(([entry, inner]) => removePooled(entry, inner))).then(() => {
+      buildDirRegistry().deleteAll(entries.map(([entry]) => entry));
+    });
   }
 
   /**
@@ -136,7 +139,10 @@ function removedAtExit(dir: string): void {
   pooled.add(dir);
 }
 
-/** A pooled directory removed, and then forgotten (until then the exit hook would remove it). */
+/**
+ * A pooled directory removed, and then forgotten by the exit hook (until then it would remove it); its
+ * record is the caller's to give up.
+ */
 async function removePooled(entry: string, inner: boolean): Promise<void> {
   try {
     if (inner) await fsp.rmdir(path.join(entry, INNER));
@@ -145,7 +151,6 @@ async function removePooled(entry: string, inner: boolean): Promise<void> {
     await deleteTree(entry).catch(() => {});
   }
   pooled.delete(entry);
-  buildDirRegistry().delete(entry);
 }
 
 const pools = new Map<string, BuildDirPool>();

@@ -138,6 +138,13 @@ class BuildDirRegistry {
     if (this.#active.delete(dir)) this.#write();
   }
 
+  /** Build directories removed, all at once (a pool drained): the file is written once for them all. */
+  deleteAll(dirs: Iterable<string>): void {
+    let changed = false;
+    for (const d of dirs) changed = this.#active.delete(d) || changed;
+    if (changed) this.#write();
+  }
+
   #open(): boolean {
     if (this.#fd !== undefined) return true;
     if (!this.#dir) return false;

@@ -1,0 +1,61 @@
+/**
+ * The build-directory pool's drain (src/platform/build-dir-pool.ts): the pooled directories are removed
+ * and given up in the process's record (build-dirs.ts) with one write of the record for all of them.
+ */
+import { describe, expect, it, vi } from 'vitest';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { buildDirPool } from '../../src/platform/build-dir-pool.js';
+import { buildDirRegistry, BUILD_DIR_POOL_PREFIX } from '../../src/platform/build-dirs.js';
+import { defaultHelperCacheDir } from '../../src/platform/sandbox-helper.js';
+import { nativeDirOps } from '../../src/platform/native-xattrs.js';
+import { tempDirs } from '../helpers/nix.js';
+
+// Every write of the record file is counted (build-dirs.ts writes it with writeSync at offset 0).
+const writes = vi.hoisted(() => ({ fds: [] as number[] }));
+vi.mock('node:fs', async (importOriginal) => {
+  const real = await importOriginal<typeof import('node:fs')>();
+  const writeSync = ((fd: number, ...rest: unknown[]) => {
+    writes.fds.push(fd);
+    return (real.writeSync as (...a: unknown[]) => number)(fd, ...rest);
+  }) as typeof real.writeSync;
+  return { ...real, default: { ...real, writeSync }, writeSync };
+});
+
+const tmp = tempDirs('realise-build-dir-pool-');
+const RECORD = path.join(defaultHelperCacheDir(), 'build-dirs', String(process.pid));
+
+/** The record file's writes among those counted since `from`. */
+function recordWrites(from: number): number {
+  return writes.fds.slice(from).filter((fd) => fs.readlinkSync(`/proc/self/fd/${fd}`) === RECORD).length;
+}
+
+describe('build directory pool', () => {
+  it('drain removes every pooled directory and writes the record once for them all', async () => {
+    if (!(await nativeDirOps())) return; // (no C compiler: nothing is pooled)
+    const base = tmp();
+    const pool = buildDirPool(base);
+    const registry = buildDirRegistry();
+    const dirs = [0, 1, 2, 3].map((i) => path.join(base, `nix-build-x${i}.drv-0`));
+    for (const [i, d] of dirs.entries()) {
+      fs.mkdirSync(d, { mode: 0o700 });
+      if (i % 2) fs.mkdirSync(path.join(d, 'build'), { mode: 0o700 });
+      registry.add(d);
+      expect(await pool.put(d, i % 2 === 1)).toBe(true);
+    }
+    const pooled = fs.readdirSync(base).filter((n) => n.startsWith(BUILD_DIR_POOL_PREFIX));
+    expect(pooled).toHaveLength(4);
+    expect(
+      fs
+        .readFileSync(RECORD, 'utf8')
+        .split('\n')
+        .filter((l) => l.includes(base)),
+    ).toHaveLength(4);
+    const from = writes.fds.length;
+    await pool.drain();
+    expect(recordWrites(from)).toBe(1);
+    expect(fs.readdirSync(base)).toEqual([]);
+    expect(fs.readFileSync(RECORD, 'utf8')).not.toContain(base);
+    expect(pool.size).toBe(0);
+  });
+});
