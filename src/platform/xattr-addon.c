@@ -35,24 +35,19 @@ extern napi_status napi_set_named_property(napi_env, napi_value, const char *, n
 extern napi_status napi_throw_error(napi_env, const char *, const char *);
 extern napi_status napi_get_value_bigint_int64(napi_env, napi_value, int64_t *, _Bool *);
 
-/* A string or Buffer argument as a NUL-terminated string (malloc'd; *lenOut, if given, its length, NULs
-   within included), or 0 after throwing. */
-static char *stringArgLen(napi_env env, napi_value v, size_t *lenOut) {
+/* A string or Buffer argument as a NUL-terminated string (malloc'd), or 0 after throwing. */
+static char *stringArg(napi_env env, napi_value v) {
   _Bool isBuf = 0; void *data; size_t len;
   if (napi_is_buffer(env, v, &isBuf) == 0 && isBuf && napi_get_buffer_info(env, v, &data, &len) == 0) {
     char *s = malloc(len + 1);
     if (s) { memcpy(s, data, len); s[len] = 0; }
-    if (lenOut) *lenOut = len;
     return s;
   }
   if (napi_get_value_string_utf8(env, v, 0, 0, &len) != 0) { napi_throw_error(env, "EINVAL", "expected a string or Buffer"); return 0; }
   char *s = malloc(len + 1);
   if (s) napi_get_value_string_utf8(env, v, s, len + 1, &len);
-  if (lenOut) *lenOut = len;
   return s;
 }
-
-static char *stringArg(napi_env env, napi_value v) { return stringArgLen(env, v, 0); }
 
 static napi_value throwErrno(napi_env env, const char *what, int e) {
   char msg[256];
@@ -291,50 +286,42 @@ static int skeletonCheck(const char *root, struct reader *r, const char *store, 
   return r->p == r->end;
 }
 
-/* A skeleton check's arguments, copied. */
-struct check {
-  char *root, *store, *files, *mounts;
-  size_t filesLen, mountsLen, specLen;
-  unsigned char *spec;
-  int64_t placed;
-  int ok;
-};
-
-static void freeCheck(struct check *c) {
-  free(c->root); free(c->store); free(c->files); free(c->mounts); free(c->spec); free(c);
+/* A string argument (a JavaScript string) as a NUL-terminated string in buf (cap bytes) when it fits,
+   else in memory malloc'd into *heap (the caller frees it); *len its length. 0 after throwing. */
+static char *stringInto(napi_env env, napi_value v, char *buf, size_t cap, size_t *len, char **heap) {
+  if (napi_get_value_string_utf8(env, v, buf, cap, len) != 0) { napi_throw_error(env, "EINVAL", "expected a string"); return 0; }
+  /* Node stops short of a character that does not fit whole (up to 4 bytes): more than 4 bytes to spare,
+     and nothing was left out. */
+  if (*len + 4 < cap) return buf;
+  /* Perhaps cut short: its whole length, then all of it. */
+  napi_get_value_string_utf8(env, v, 0, 0, len);
+  if (!(*heap = malloc(*len + 1))) { napi_throw_error(env, "ENOMEM", "out of memory"); return 0; }
+  napi_get_value_string_utf8(env, v, *heap, *len + 1, len);
+  return *heap;
 }
 
-/* The arguments (root, spec, store, storeFiles, mountpoints, placed): storeFiles and mountpoints are
-   NUL-separated names, placed a BigInt of ns (0n: unknown). 0 after throwing. */
-static struct check *checkArgs(napi_env env, napi_value *argv, size_t argc) {
-  void *spec = 0; size_t specLen = 0; int64_t placed = 0; _Bool lossless;
-  if (argc < 6 || napi_get_buffer_info(env, argv[1], &spec, &specLen) != 0) { napi_throw_error(env, "EINVAL", "expected a spec Buffer"); return 0; }
-  if (napi_get_value_bigint_int64(env, argv[5], &placed, &lossless) != 0) { napi_throw_error(env, "EINVAL", "expected a BigInt"); return 0; }
-  struct check *c = calloc(1, sizeof *c);
-  if (!c) { napi_throw_error(env, "ENOMEM", "out of memory"); return 0; }
-  c->placed = placed;
-  c->specLen = specLen;
-  if (!(c->spec = malloc(specLen ? specLen : 1))) { free(c); napi_throw_error(env, "ENOMEM", "out of memory"); return 0; }
-  memcpy(c->spec, spec, specLen);
-  if (!(c->root = stringArg(env, argv[0])) || !(c->store = stringArg(env, argv[2])) || !(c->files = stringArgLen(env, argv[3], &c->filesLen)) ||
-      !(c->mounts = stringArgLen(env, argv[4], &c->mountsLen))) { freeCheck(c); return 0; }
-  return c;
-}
-
-static void runCheck(struct check *c) {
-  struct reader r = { c->spec, c->spec + c->specLen };
-  c->ok = skeletonCheck(c->root, &r, c->store, c->files, c->filesLen, c->mounts, c->mountsLen, c->placed);
-}
-
-/* skeletonUnchanged(root, spec, store, storeFiles, mountpoints, placed): see skeletonCheck and checkArgs. */
+/* skeletonUnchanged(root, spec, store, storeFiles, mountpoints, placed): see skeletonCheck. storeFiles and
+   mountpoints are NUL-separated names, placed a BigInt of ns (0n: unknown). The call is synchronous: the
+   spec is read where the Buffer has it, and the strings go to the stack unless one is longer than its room. */
 static napi_value skeletonUnchanged(napi_env env, napi_callback_info info) {
   size_t argc = 6; napi_value argv[6];
   napi_get_cb_info(env, info, &argc, argv, 0, 0);
-  struct check *c = checkArgs(env, argv, argc);
-  if (!c) return 0;
-  runCheck(c);
-  napi_value v; napi_get_boolean(env, c->ok, &v);
-  freeCheck(c);
+  void *spec = 0; size_t specLen = 0; int64_t placed = 0; _Bool lossless;
+  if (argc < 6 || napi_get_buffer_info(env, argv[1], &spec, &specLen) != 0) { napi_throw_error(env, "EINVAL", "expected a spec Buffer"); return 0; }
+  if (napi_get_value_bigint_int64(env, argv[5], &placed, &lossless) != 0) { napi_throw_error(env, "EINVAL", "expected a BigInt"); return 0; }
+  char rootBuf[4096], storeBuf[1024], filesBuf[2048], mountsBuf[2048];
+  char *heap[4] = { 0, 0, 0, 0 };
+  size_t rootLen, storeLen, filesLen, mountsLen;
+  const char *root = stringInto(env, argv[0], rootBuf, sizeof rootBuf, &rootLen, &heap[0]);
+  const char *store = root ? stringInto(env, argv[2], storeBuf, sizeof storeBuf, &storeLen, &heap[1]) : 0;
+  const char *files = store ? stringInto(env, argv[3], filesBuf, sizeof filesBuf, &filesLen, &heap[2]) : 0;
+  const char *mounts = files ? stringInto(env, argv[4], mountsBuf, sizeof mountsBuf, &mountsLen, &heap[3]) : 0;
+  napi_value v = 0;
+  if (mounts) {
+    struct reader r = { spec, (const unsigned char *) spec + specLen };
+    napi_get_boolean(env, skeletonCheck(root, &r, store, files, filesLen, mounts, mountsLen, placed), &v);
+  }
+  for (int i = 0; i < 4; i++) free(heap[i]);
   return v;
 }
 

@@ -215,6 +215,35 @@ describe('ChrootPool recycling check, once the skeleton is older than its placin
     expect(await recycled(store, layout, ino)).toBe(false);
   });
 
+  it('a build of many inputs: its hard-linked inputs are unlinked and its mount points kept, however long their lists', async () => {
+    // Names of 39 bytes: 60 of them make a list longer than the addon's room for it on its stack (2 kB), and
+    // 80 still fit the store dir's first block (its size, which a build must leave as it was, stays the same).
+    const name = (i: number, kind: string) => `${String(i).padStart(20, '0')}-in-${kind}-${'x'.repeat(10)}`;
+    const run = async (files: number, dirs: number, extra?: string) => {
+      const { store, layout, ino } = await takeOld(`many-${files}-${dirs}${extra ? '-extra' : ''}`);
+      const storeFiles = Array.from({ length: files }, (_, i) => name(i, 'file'));
+      const mountpoints = Array.from({ length: dirs }, (_, i) => name(i, 'dirs'));
+      for (const f of storeFiles) fs.writeFileSync(path.join(layout.storeDir, f), '');
+      for (const d of mountpoints) fs.mkdirSync(path.join(layout.storeDir, d));
+      if (extra) fs.writeFileSync(path.join(layout.storeDir, extra), '');
+      pool!.recycle(layout, { storeFiles, storeMountpoints: new Set(mountpoints) });
+      await pool!.settled();
+      const back = fs.readdirSync(store).find((n) => n.includes('-realise-chroot-') && !n.includes('.trash-') && fs.statSync(path.join(store, n)).ino === ino);
+      return { back, left: back ? fs.readdirSync(path.join(store, back, 'nix/store')).sort() : [], mountpoints };
+    };
+    for (const [files, dirs] of [
+      [60, 20],
+      [20, 60],
+    ] as const) {
+      const r = await run(files, dirs);
+      expect(r.back).toBeDefined();
+      expect(r.left).toEqual([...r.mountpoints].sort());
+      await pool!.drain();
+    }
+    // One file more than the list names (the last one's name, but for its last byte): not reused.
+    expect((await run(60, 20, name(59, 'file').slice(0, -1))).back).toBeUndefined();
+  });
+
   it('a mode changed and changed back is seen: its ctime is newer', async () => {
     const { store, layout, ino } = await takeOld('mode');
     const etc = path.join(layout.root, 'etc');
