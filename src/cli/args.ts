@@ -268,9 +268,82 @@ export const BOOL_SETTINGS: ReadonlySet<string> = new Set([
   'warn-dirty',
 ]);
 
+/**
+ * Nix 2.8's settings that take `extra-NAME` (its appendable ones: lists, sets, maps), with the aliases of
+ * those. `extra-NAME` of any other setting is a setting Nix does not know.
+ */
+const APPENDABLE_SETTINGS: ReadonlySet<string> = new Set([
+  'access-tokens',
+  'allowed-impure-host-deps',
+  'allowed-uris',
+  'allowed-users',
+  'experimental-features',
+  'extra-platforms',
+  'hashed-mirrors',
+  'ignored-acls',
+  'nix-path',
+  'plugin-files',
+  'sandbox-paths',
+  'secret-key-files',
+  'substituters',
+  'system-features',
+  'trusted-public-keys',
+  'trusted-substituters',
+  'trusted-users',
+  'binary-caches',
+  'binary-cache-public-keys',
+  'build-sandbox-paths',
+  'build-chroot-dirs',
+  'trusted-binary-caches',
+]);
+
 export function isKnownSetting(name: string): boolean {
-  const base = name.startsWith('extra-') ? name.slice('extra-'.length) : name;
-  return KNOWN_SETTINGS.has(name) || name in OPTION_ALIASES || KNOWN_SETTINGS.has(base) || base in OPTION_ALIASES;
+  if (KNOWN_SETTINGS.has(name) || Object.hasOwn(OPTION_ALIASES, name)) return true;
+  return name.startsWith('extra-') && APPENDABLE_SETTINGS.has(name.slice('extra-'.length));
+}
+
+/** Nix 2.8's integer settings; those of a signed type take a sign (`+` goes with all). */
+const INT_SETTINGS: ReadonlySet<string> = new Set([
+  'build-poll-interval',
+  'connect-timeout',
+  'cores',
+  'download-attempts',
+  'gc-reserved-space',
+  'http-connections',
+  'log-lines',
+  'max-build-log-size',
+  'max-free',
+  'max-silent-time',
+  'min-free',
+  'min-free-check-interval',
+  'nar-buffer-size',
+  'narinfo-cache-negative-ttl',
+  'narinfo-cache-positive-ttl',
+  'repeat',
+  'stalled-download-timeout',
+  'tarball-ttl',
+  'timeout',
+]);
+const SIGNED_INT_SETTINGS: ReadonlySet<string> = new Set(['gc-reserved-space', 'max-silent-time', 'timeout']);
+
+/**
+ * Check a configuration file's setting as Nix 2.8 sets it while reading the file: a Boolean, integer,
+ * `sandbox` or `max-jobs` value it cannot parse is an error (a usage error, with Nix's words, naming the
+ * setting by its own name, not an alias's).
+ */
+export function checkSettingValue(name: string, value: string): void {
+  const key = OPTION_ALIASES[name] ?? name;
+  const nixName = key === 'build-repeat' ? 'repeat' : key;
+  if (nixName === 'sandbox') {
+    if (value !== 'relaxed' && !['true', '1', 'yes', 'false', '0', 'no'].includes(value)) throw new UsageError(`option 'sandbox' has invalid value '${value}'`);
+  } else if (BOOL_SETTINGS.has(nixName)) parseBool(nixName, value);
+  else if (nixName === 'max-jobs') parseIntOption(nixName, value.replace(/^\+(?=[0-9])/, ''));
+  else if (INT_SETTINGS.has(nixName)) {
+    const signed = SIGNED_INT_SETTINGS.has(nixName);
+    const ok =
+      (signed ? /^[+-]?[0-9]+$/ : /^\+?[0-9]+$/).test(value) && BigInt(value) >= (signed ? -(2n ** 63n) : 0n) && BigInt(value) < 2n ** (signed ? 63n : 64n);
+    if (!ok) throw new UsageError(`setting '${nixName}' has invalid value '${value}'`);
+  }
 }
 
 const isAlpha = (c: string | undefined): boolean => !!c && /^[A-Za-z]$/.test(c);

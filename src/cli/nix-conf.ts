@@ -8,7 +8,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
-import { isKnownSetting, OPTION_ALIASES, UsageError, type CliArgs } from './args.js';
+import { checkSettingValue, isKnownSetting, OPTION_ALIASES, UsageError, type CliArgs } from './args.js';
 import { CliError } from './paths.js';
 
 export interface ConfSetting {
@@ -34,7 +34,10 @@ function applyConfig(contents: string, origin: string, out: ConfSetting[], syste
       continue;
     }
     if (second !== '=') throw new UsageError(`illegal configuration line '${line}' in '${origin}'`);
-    out.push({ name: first, value: tokens.slice(2).join(' '), ...(system ? { system } : {}) });
+    const value = tokens.slice(2).join(' ');
+    // As Nix sets each line as it reads it: a bad value is an error before the lines and files after it.
+    checkSettingValue(first, value);
+    out.push({ name: first, value, ...(system ? { system } : {}) });
   }
 }
 

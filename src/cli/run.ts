@@ -39,9 +39,11 @@ async function openStoreArg(args: CliArgs): Promise<Store> {
 let showTrace = false;
 
 async function run(argv: string[]): Promise<number> {
+  // nix-store reads nix.conf and $NIX_CONFIG before its command line; a malformed one (a bad line, a
+  // missing include, a value it cannot parse) ends it as a usage error, whatever the command line says.
+  const conf = readNixConf(process.env);
   const args = parseArgs(argv);
-  // nix-store reads nix.conf and $NIX_CONFIG first; a malformed one ends it as a usage error.
-  applyNixConf(args, readNixConf(process.env));
+  applyNixConf(args, conf);
   showTrace = args.options.get('show-trace') === 'true';
   const answered = answerHelpOrVersion(args);
   if (answered !== undefined) return answered;

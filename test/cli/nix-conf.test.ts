@@ -104,6 +104,42 @@ describe('readNixConf / applyNixConf', () => {
 });
 
 describe.skipIf(!nixOk())('configuration vs Nix 2.8', () => {
+  it("nix.conf is read line by line before the command line: a bad value, a missing include, `extra-` of a setting that is no list, in Nix's order and words", async () => {
+    const dir = tempDir();
+    const conf = path.join(dir, 'conf');
+    mkdirSync(conf);
+    const drv = nix('nix-instantiate', [
+      '--store',
+      path.join(dir, 'R1'),
+      '-E',
+      'derivation { name = "conf-order"; system = "x86_64-linux"; builder = "/bin/sh"; }',
+    ]);
+    const cases: [string, string[]][] = [
+      // The first bad line wins, whichever kind it is.
+      ['keep-going = maybe\ninclude /nonexistent\n', ['build', drv]],
+      ['include /nonexistent\nkeep-going = maybe\n', ['build', drv]],
+      // Before the command line's own errors, and before --version.
+      ['keep-going = maybe\n', ['build', '--no-such-flag', drv]],
+      ['http2 = 2\n', ['--version']],
+      // Aliases are named by their setting; integers take a '+', the signed ones a '-', nothing past 64 bits.
+      ['build-repeat = x\n', ['build', drv]],
+      ['build-use-sandbox = maybe\n', ['build', drv]],
+      ['timeout = -1\ncores = +2\nmin-free = -5\n', ['build', drv]],
+      ['max-jobs = 99999999999999999999\n', ['build', drv]],
+      // extra- takes only the settings that are lists: the others are unknown (a warning, or no flag at all).
+      ['extra-keep-going = true\nextra-cores = 3\nextra-substituters =\nsandbox = maybe\n', ['build', drv]],
+      ['', ['build', '--extra-keep-going', 'true', drv]],
+    ];
+    for (const [text, args] of cases) {
+      writeFileSync(path.join(conf, 'nix.conf'), text);
+      const env = { NIX_CONF_DIR: conf, NIX_USER_CONF_FILES: '/dev/null', NIX_REMOTE: path.join(dir, 'R1') };
+      const nixArgs = args[0] === 'build' ? ['--realise', ...args.slice(1)] : args;
+      const n = runNix('nix-store', nixArgs, { env });
+      const o = await realiseWithEnv(args, { ...env, NIX_REMOTE: path.join(dir, 'R2') });
+      expect(o.status, text).toBe(n.status);
+      expect(o.stderr.replace("'realise --help'", "'nix-store --help'"), text).toBe(n.stderr);
+    }
+  });
   it('$NIX_CONFIG (sandbox-paths, sandbox) and $NIX_REMOTE act as on nix-store; a bad value is an error', async () => {
     const dir = tempDir();
     const file = path.join(dir, 'a.nix');
