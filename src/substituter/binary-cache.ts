@@ -208,6 +208,11 @@ const FILE_OVERRUN_MAX = 64 * 1024 * 1024;
  */
 const SYNC_READ_MAX = 1024 * 1024;
 
+/** Whether a file of announced size `size` is read with synchronous calls (SYNC_READ_MAX). */
+function readsAtOnce(size: number | undefined): size is number {
+  return size !== undefined && size >= 0 && size <= SYNC_READ_MAX;
+}
+
 /** Files of a file:// cache up to this size whose size is known are read into one buffer (larger ones stream). */
 const WHOLE_READ_MAX = 16 * 1024 * 1024;
 
@@ -301,14 +306,14 @@ class FileTransport implements Transport {
 
   /**
    * The file at `rel` read whole with synchronous calls, when its announced size is small (SYNC_READ_MAX):
-   * its bytes (see readWhole), or undefined when it is not small or its size is not known.
+   * its bytes (see readWhole; in `into` when given), or undefined when it is not small or its size is not known.
    */
-  readSmall(rel: string, size: number | undefined, signal?: AbortSignal): Buffer[] | undefined {
-    if (size === undefined || size < 0 || size > SYNC_READ_MAX) return undefined;
+  readSmall(rel: string, size: number | undefined, signal?: AbortSignal, into?: Buffer): Buffer[] | undefined {
+    if (!readsAtOnce(size)) return undefined;
     const file = this.resolve(rel);
     signal?.throwIfAborted();
     try {
-      return this.readWhole(file, size, undefined);
+      return this.readWhole(file, size, into);
     } catch (e) {
       throw this.readError(rel, e, signal);
     }
@@ -328,26 +333,20 @@ class FileTransport implements Transport {
   }
 
   async *stream(rel: string, signal?: AbortSignal, sizeHint?: number, reuse = false): AsyncGenerator<Uint8Array> {
+    // Size known and small: read it into one buffer of exactly that size (a ReadStream would copy a short
+    // last read into a fresh buffer).
+    const pooled = reuse && readsAtOnce(sizeHint) ? this.takeBuffer(sizeHint) : undefined;
+    try {
+      const parts = this.readSmall(rel, sizeHint, signal, pooled);
+      if (parts) {
+        yield* parts;
+        return;
+      }
+    } finally {
+      if (pooled) this.giveBuffer(pooled);
+    }
     const file = this.resolve(rel);
     const wrap = (e: unknown): unknown => this.readError(rel, e, signal);
-    if (sizeHint !== undefined && sizeHint >= 0 && sizeHint <= SYNC_READ_MAX) {
-      // Size known and small: read it into one buffer of exactly that size (a ReadStream would copy a
-      // short last read into a fresh buffer).
-      signal?.throwIfAborted();
-      const pooled = reuse ? this.takeBuffer(sizeHint) : undefined;
-      try {
-        let parts: Buffer[];
-        try {
-          parts = this.readWhole(file, sizeHint, pooled);
-        } catch (e) {
-          throw wrap(e);
-        }
-        yield* parts;
-      } finally {
-        if (pooled) this.giveBuffer(pooled);
-      }
-      return;
-    }
     if (sizeHint !== undefined && sizeHint >= 0 && sizeHint <= WHOLE_READ_MAX) {
       yield* this.readWholeAsync(file, sizeHint, reuse, signal, wrap);
       return;
