@@ -90,6 +90,8 @@ export interface GcStoreAccess {
   readonly stateDir: string;
   readonly dbDir: string;
   readonly db: Database.Database;
+  /** Told the paths that a committed transaction of the collection just invalidated (before their contents go). */
+  readonly invalidated?: ((paths: readonly StorePath[]) => void) | undefined;
 }
 
 const LINKS = '.links';
@@ -567,6 +569,7 @@ class Collection {
           gone.push(p);
         }
       }).immediate();
+      this.store.invalidated?.(gone);
       await this.server.deleting(
         gone.map((p) => p.slice(sd, sd + HASH_PART_LENGTH)),
         async () => {

@@ -746,7 +746,8 @@ export class LocalStore implements Store {
    * for 1,500). A walk that is still among unseen paths after WALK_STEPS steps (a deep closure never
    * walked) is answered by one recursive query instead, which a step-by-step walk would be slower than.
    * The cache is dropped whenever another connection has committed since it was filled (the database's
-   * data_version), when this store collects garbage, and when it grows past REFS_CACHE_MAX.
+   * data_version) and when it grows past REFS_CACHE_MAX; a path this store's own collector invalidates
+   * leaves it as soon as the invalidation commits (collectGarbage).
    */
   async computeClosure(paths: Iterable<StorePath>): Promise<Set<StorePath>> {
     this.check();
@@ -1174,11 +1175,12 @@ export class LocalStore implements Store {
   /** Collect garbage with Nix 2.8's semantics, interlocking with real Nix on the same store (src/store/gc.ts). */
   async collectGarbage(options: GcOptions = {}): Promise<GcResult> {
     this.check();
-    try {
-      return await collectGarbage({ ...this.layout, db: this.db }, options);
-    } finally {
-      this.refs.clear(); // (paths it invalidated; another connection's deletions change data_version)
-    }
+    // computeClosure takes a cached path as valid: each path leaves the cache as its invalidation commits
+    // (this connection's own commits leave data_version as it is; another connection's change it).
+    const invalidated = (paths: readonly StorePath[]): void => {
+      for (const p of paths) this.refs.delete(p);
+    };
+    return collectGarbage({ ...this.layout, db: this.db, invalidated }, options);
   }
 
   async addToStore(info: PathInfo, nar: NarSource, opts: AddToStoreOptions = {}): Promise<PathInfo> {

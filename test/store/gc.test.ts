@@ -236,6 +236,38 @@ describe.skipIf(!nixOk())('nix-store --delete, --max-freed, .links', () => {
     expect(nixRun.stdout).toMatch(/^4 store paths deleted, 0\.04 MiB freed$/m);
   });
 
+  it('a path the collection deleted is no valid start of computeClosure from then on, during the collection too', async () => {
+    const root = path.join(tempDir('realise-gc-closure-'), 'root');
+    dirs.push(path.dirname(root));
+    // (Added by another store object: this one's temporary roots would keep them.)
+    const adder = await LocalStore.open({ root });
+    const a = await adder.addTextToStore('closure-a', `a${nonce}`, []);
+    const b = await adder.addTextToStore('closure-b', `b${nonce}`, [a]);
+    await adder.close();
+    const s = await LocalStore.open({ root });
+    try {
+      // Cached by the walk: both are valid starts now.
+      expect(await s.computeClosure([b])).toEqual(new Set([a, b]));
+      const during: Promise<string>[] = [];
+      const outcome = (p: Promise<Set<string>>) =>
+        p.then(
+          () => 'valid',
+          (e: { code?: string }) => String(e.code),
+        );
+      await s.collectGarbage({
+        // (Asked synchronously as each batch's deletions are reported, before the collection ends.)
+        onEvent: (e) => {
+          if (e.type === 'progress') during.push(outcome(s.computeClosure([a])), outcome(s.computeClosure([b])));
+        },
+      });
+      expect(during.length).toBeGreaterThan(0);
+      expect(new Set(await Promise.all(during))).toEqual(new Set(['invalid-path']));
+      await expect(s.computeClosure([b])).rejects.toMatchObject({ code: 'invalid-path' });
+    } finally {
+      await s.close();
+    }
+  });
+
   it('deletes unused .links entries (link count 1) and keeps used ones', async () => {
     const root = path.join(tempDir('realise-gc-links-'), 'root');
     dirs.push(path.dirname(root));
