@@ -476,6 +476,26 @@ function lockedDirFd(dir: string): number | undefined {
 /** Paths per `IN (...)` statement in queryValidPaths. */
 const VALID_CHUNK = 2000;
 
+/** `n` comma-separated SQL parameters. */
+function params(n: number): string {
+  return Array(n).fill('?').join(',');
+}
+
+/** One kind of `… where path in (?, …)` statement, by its number of parameters: small ones and the full chunk are kept. */
+class ValidStatements {
+  readonly #kept = new Map<number, Database.Statement>();
+  constructor(private readonly prepare: (n: number) => Database.Statement) {}
+
+  of(n: number): Database.Statement {
+    let st = this.#kept.get(n);
+    if (!st) {
+      st = this.prepare(n);
+      if (n <= 64 || n === VALID_CHUNK) this.#kept.set(n, st);
+    }
+    return st;
+  }
+}
+
 /**
  * Write `data` to `file` (created 0644, or truncated). Only the creation goes through the thread pool (it
  * can take milliseconds on a busy disk); the write of a build log and the close are quick synchronous
@@ -636,53 +656,35 @@ export class LocalStore implements Store {
     return this.st.pathId.get(p) !== undefined;
   }
 
-  /** Synchronous validity of many paths (one query through json_each). */
+  /** Synchronous validity of many paths (chunked `in (?, …)` statements). */
   queryValidPathsSync(paths: Iterable<StorePath>): Set<StorePath> {
     this.check();
-    const list = Array.isArray(paths) ? (paths as StorePath[]) : [...paths];
     const out = new Set<StorePath>();
-    // Chunked `IN (?, …)` statements: measured faster than json_each or one query per path (bench/query-valid-paths.ts).
-    for (let i = 0; i < list.length; i += VALID_CHUNK) {
-      const part = list.length - i >= VALID_CHUNK ? list.slice(i, i + VALID_CHUNK) : list.slice(i);
-      const stmt = part.length === VALID_CHUNK ? (this.validChunk ??= this.validStmt(VALID_CHUNK)) : this.validStmt(part.length);
-      for (const p of stmt.all(...part) as string[]) out.add(p);
-    }
+    this.eachValidRow(Array.isArray(paths) ? (paths as StorePath[]) : [...paths], this.validStmts, (r: StorePath) => out.add(r));
     return out;
   }
 
   /** Of `paths`, the valid ones with their ValidPaths ids (queryValidPathsSync's statements, with the id). */
   private validPathIdsSync(paths: readonly StorePath[]): Map<StorePath, number> {
     const out = new Map<StorePath, number>();
-    for (let i = 0; i < paths.length; i += VALID_CHUNK) {
-      const part = paths.length - i >= VALID_CHUNK ? paths.slice(i, i + VALID_CHUNK) : paths.slice(i);
-      for (const r of this.validIdStmt(part.length).all(...part) as { path: StorePath; id: number }[]) out.set(r.path, r.id);
-    }
+    this.eachValidRow(paths, this.validIdStmts, (r: { path: StorePath; id: number }) => out.set(r.path, r.id));
     return out;
   }
 
-  private readonly validIdStmts = new Map<number, Database.Statement>();
-  /** `select path, id … in (?,…)` with `n` parameters; small sizes are cached. */
-  private validIdStmt(n: number): Database.Statement {
-    let st = this.validIdStmts.get(n);
-    if (!st) {
-      st = this.db.prepare(`select path, id from ValidPaths where path in (${Array(n).fill('?').join(',')})`);
-      if (n <= 64) this.validIdStmts.set(n, st);
+  /**
+   * The rows of `kind`'s statement for those of `list` that are valid: chunked `IN (?, …)` statements,
+   * measured faster than json_each or one query per path (bench/query-valid-paths.ts).
+   */
+  private eachValidRow<R>(list: readonly StorePath[], kind: ValidStatements, row: (r: R) => void): void {
+    for (let i = 0; i < list.length; i += VALID_CHUNK) {
+      const part = list.length - i >= VALID_CHUNK ? list.slice(i, i + VALID_CHUNK) : list.slice(i);
+      for (const r of kind.of(part.length).all(...part) as R[]) row(r);
     }
-    return st;
   }
 
-  private readonly validStmts = new Map<number, Database.Statement>();
-  /** The full-size `in (?, …)` statement, prepared when a first query is that large. */
-  private validChunk: Database.Statement | undefined;
-  /** `select … in (?,…)` with `n` parameters; small sizes are cached. */
-  private validStmt(n: number): Database.Statement {
-    let st = this.validStmts.get(n);
-    if (!st) {
-      st = this.db.prepare(`select path from ValidPaths where path in (${Array(n).fill('?').join(',')})`).pluck();
-      if (n <= 64) this.validStmts.set(n, st);
-    }
-    return st;
-  }
+  /** `select path …` (plucked) and `select path, id …` from ValidPaths where path is one of n parameters. */
+  private readonly validStmts = new ValidStatements((n) => this.db.prepare(`select path from ValidPaths where path in (${params(n)})`).pluck());
+  private readonly validIdStmts = new ValidStatements((n) => this.db.prepare(`select path, id from ValidPaths where path in (${params(n)})`));
 
   async queryValidPaths(paths: Iterable<StorePath>): Promise<Set<StorePath>> {
     return this.queryValidPathsSync(paths);
@@ -714,19 +716,28 @@ export class LocalStore implements Store {
    */
   queryReferencesSync(paths: readonly StorePath[]): Map<StorePath, StorePath[]> {
     this.check();
-    this.referencesOfMany ??= this.db.prepare<[string], { p: string; r: string }>(
-      `select v.path as p, r.path as r from ValidPaths v join Refs on Refs.referrer = v.id join ValidPaths r on r.id = Refs.reference
+    return this.referencesOf(paths, false);
+  }
+
+  /** The references of those of `paths` that are valid, in one statement; `refless`: with an empty list for a valid path without any. */
+  private referencesOf(paths: readonly StorePath[], refless: boolean): Map<StorePath, StorePath[]> {
+    // (A valid path without references is one row whose reference is null.)
+    this.referencesOfMany ??= this.db.prepare<[string], { p: string; r: string | null }>(
+      `select v.path as p, r.path as r from ValidPaths v left join Refs on Refs.referrer = v.id left join ValidPaths r on r.id = Refs.reference
          where v.path in (select value from json_each(?))`,
     );
     const out = new Map<StorePath, StorePath[]>();
     for (const { p, r } of this.referencesOfMany.all(JSON.stringify(paths))) {
-      const list = out.get(p);
-      if (list) list.push(r);
-      else out.set(p, [r]);
+      let list = out.get(p);
+      if (!list) {
+        if (r === null && !refless) continue;
+        out.set(p, (list = []));
+      }
+      if (r !== null) list.push(r);
     }
     return out;
   }
-  private referencesOfMany: Database.Statement<[string], { p: string; r: string }> | undefined;
+  private referencesOfMany: Database.Statement<[string], { p: string; r: string | null }> | undefined;
 
   async queryReferrers(p: StorePath): Promise<StorePath[]> {
     this.check();
@@ -792,26 +803,14 @@ export class LocalStore implements Store {
 
   /** Read the references of `paths` (valid paths) into the cache, in one statement. */
   private loadReferences(paths: readonly StorePath[]): void {
-    const found = this.queryReferencesSync(paths);
+    const found = this.referencesOf(paths, false);
     for (const p of paths) this.refs.set(p, found.get(p) ?? NO_REFERENCES);
   }
 
   /** Read the references of those of `paths` that are valid into the cache, in one statement; the others are left out. */
   private loadValidReferences(paths: readonly StorePath[]): void {
-    // (A valid path without references is one row whose reference is null.)
-    this.validReferencesOfMany ??= this.db.prepare<[string], { p: string; r: string | null }>(
-      `select v.path as p, r.path as r from ValidPaths v left join Refs on Refs.referrer = v.id left join ValidPaths r on r.id = Refs.reference
-         where v.path in (select value from json_each(?))`,
-    );
-    const found = new Map<StorePath, StorePath[]>();
-    for (const { p, r } of this.validReferencesOfMany.all(JSON.stringify(paths))) {
-      let list = found.get(p);
-      if (!list) found.set(p, (list = []));
-      if (r !== null) list.push(r);
-    }
-    for (const [p, list] of found) this.refs.set(p, list.length > 0 ? list : NO_REFERENCES);
+    for (const [p, list] of this.referencesOf(paths, true)) this.refs.set(p, list.length > 0 ? list : NO_REFERENCES);
   }
-  private validReferencesOfMany: Database.Statement<[string], { p: string; r: string | null }> | undefined;
 
   /** Valid derivations that list `outPath` as an output in DerivationOutputs (Nix's queryValidDerivers). */
   async queryValidDerivers(outPath: StorePath): Promise<StorePath[]> {
