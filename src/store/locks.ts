@@ -355,27 +355,30 @@ export class HeldLocks {
    */
   async release(): Promise<void> {
     if (!this.deleteOnRelease || this.held.length === 0) return this.releaseSync();
-    const held = this.held.reverse();
-    this.held = [];
+    const held = this.takeHeld();
     await (held.length === 1 ? unlinkOnPool(held[0]!.lockPath) : Promise.all(held.map((h) => unlinkOnPool(h.lockPath))));
-    for (const h of held) {
-      try {
-        unlockFile(h.lockPath, h.fd, 'unlinked');
-      } finally {
-        giveSlot(h.lockPath);
-      }
-    }
+    unlockAll(held, 'unlinked');
   }
 
   releaseSync(): void {
-    const held = this.held;
+    unlockAll(this.takeHeld(), this.deleteOnRelease ? 'unlink' : 'keep');
+  }
+
+  /** The held locks, last taken first; none are held from then on. */
+  private takeHeld(): Array<{ lockPath: string; fd: number }> {
+    const held = this.held.reverse();
     this.held = [];
-    for (const h of held.reverse()) {
-      try {
-        unlockFile(h.lockPath, h.fd, this.deleteOnRelease ? 'unlink' : 'keep');
-      } finally {
-        giveSlot(h.lockPath);
-      }
+    return held;
+  }
+}
+
+/** Unlock each of `held` (its file `how`), giving back its place in the process whatever happens. */
+function unlockAll(held: readonly { lockPath: string; fd: number }[], how: Parameters<typeof unlockFile>[2]): void {
+  for (const h of held) {
+    try {
+      unlockFile(h.lockPath, h.fd, how);
+    } finally {
+      giveSlot(h.lockPath);
     }
   }
 }
