@@ -16,6 +16,8 @@ import type { StorePath } from '../../src/store/store-path.js';
 import { tempDir } from '../helpers/nix.js';
 import { FakeSandbox, removeTree, settle, testDrv, writeTestDrv, type DrvSpec } from './helpers.js';
 import { computeDerivationPath, printDerivation, writeDerivation } from '../../src/derivation/derivation.js';
+import { InMemorySubstituter } from '../../src/substituter/memory.js';
+import { narOfRegularFile } from '../../src/store/nar.js';
 
 let root: string;
 let store: LocalStore;
@@ -624,6 +626,33 @@ describe('goals and locks', () => {
     const [built] = await engine.buildPathsWithResults([drvPath]);
     expect(built!.result.status).toBe('built');
     expect(sb.started.map((r) => r.args)).toEqual([['-c', 'echo real > $out']]);
+  });
+
+  it('a .drv file present but not registered, then substituted: its temporary roots are taken once', async () => {
+    const sb = fake();
+    sb.auto = () => 0;
+    const drv = await testDrv(store, 'unregistered-subst', [], { script: 'echo subst > $out' });
+    const drvPath = computeDerivationPath(drv, store.storeDir);
+    const text = printDerivation(drv);
+    await fsp.writeFile(store.toRealPath(drvPath), text);
+    const sub = new InMemorySubstituter({ storeDir: store.storeDir, requireSigs: false });
+    await sub.add({ path: drvPath, references: [] }, narOfRegularFile(Buffer.from(text), false));
+    const roots: string[][] = [];
+    const spy = vi.spyOn(store, 'addTempRoots').mockImplementation(async function (this: LocalStore, ps) {
+      const list = [...ps];
+      if (list.includes(drvPath)) roots.push(list);
+      return LocalStore.prototype.addTempRoots.call(this, list);
+    });
+    try {
+      const [r] = await engineWith(sb, { substituters: [sub] }).buildPathsWithResults([drvPath]);
+      expect(r!.result.status).toBe('built');
+    } finally {
+      spy.mockRestore();
+    }
+    expect(sub.fetches).toBe(1);
+    const out = drv.outputs.get('out')!;
+    // The derivation goal's (the file read), then the substitution's of the .drv; none again once it is loaded.
+    expect(roots).toEqual([[drvPath, out.type === 'input-addressed' ? out.path : ''], [drvPath]]);
   });
 
   it('a build directory made ahead gets the number Nix gives it in the slot (the first free one)', async () => {
