@@ -26,6 +26,12 @@ export interface CliArgs {
    * ("unknown setting 'NAME'"), sorted; it accepts them (and later ones) silently otherwise.
    */
   unknownSettings: string[];
+  /**
+   * The warnings Nix prints as it sets the configuration and the command line's settings, in order: an
+   * unknown experimental feature, a value `--option` gives that Nix cannot parse (that setting then keeps
+   * what it had).
+   */
+  settingWarnings: string[];
   json: boolean;
   check: boolean;
   repair: boolean;
@@ -326,14 +332,32 @@ const INT_SETTINGS: ReadonlySet<string> = new Set([
 ]);
 const SIGNED_INT_SETTINGS: ReadonlySet<string> = new Set(['gc-reserved-space', 'max-silent-time', 'timeout']);
 
+/** Nix 2.8's experimental features (another name in `experimental-features` is warned about). */
+const EXPERIMENTAL_FEATURES: ReadonlySet<string> = new Set([
+  'ca-derivations',
+  'impure-derivations',
+  'flakes',
+  'nix-command',
+  'recursive-nix',
+  'no-url-literals',
+  'fetch-closure',
+]);
+
 /**
- * Check a configuration file's setting as Nix 2.8 sets it while reading the file: a Boolean, integer,
+ * Check a setting as Nix 2.8 sets it (from a configuration file, or `--option`): a Boolean, integer,
  * `sandbox` or `max-jobs` value it cannot parse is an error (a usage error, with Nix's words, naming the
- * setting by its own name, not an alias's).
+ * setting by its own name, not an alias's); the warnings it prints (unknown experimental features) are
+ * returned.
  */
-export function checkSettingValue(name: string, value: string): void {
+export function checkSettingValue(name: string, value: string): string[] {
   const key = OPTION_ALIASES[name] ?? name;
   const nixName = key === 'build-repeat' ? 'repeat' : key;
+  if (nixName === 'experimental-features' || nixName === 'extra-experimental-features') {
+    return value
+      .split(/[ \t\n\r]+/)
+      .filter((f) => f && !EXPERIMENTAL_FEATURES.has(f))
+      .map((f) => `unknown experimental feature '${f}'`);
+  }
   if (nixName === 'sandbox') {
     if (value !== 'relaxed' && !['true', '1', 'yes', 'false', '0', 'no'].includes(value)) throw new UsageError(`option 'sandbox' has invalid value '${value}'`);
   } else if (BOOL_SETTINGS.has(nixName)) parseBool(nixName, value);
@@ -344,6 +368,7 @@ export function checkSettingValue(name: string, value: string): void {
       (signed ? /^[+-]?[0-9]+$/ : /^\+?[0-9]+$/).test(value) && BigInt(value) >= (signed ? -(2n ** 63n) : 0n) && BigInt(value) < 2n ** (signed ? 63n : 64n);
     if (!ok) throw new UsageError(`setting '${nixName}' has invalid value '${value}'`);
   }
+  return [];
 }
 
 const isAlpha = (c: string | undefined): boolean => !!c && /^[A-Za-z]$/.test(c);
@@ -384,6 +409,7 @@ function emptyArgs(): CliArgs {
     overridden: new Set(),
     verbosity: 3,
     unknownSettings: [],
+    settingWarnings: [],
     json: false,
     check: false,
     repair: false,
@@ -552,6 +578,14 @@ class ArgParser {
     const value = this.argv[i + 2];
     if (name === undefined || value === undefined) throw new UsageError(`flag '--option' requires 2 argument(s)`);
     const key = OPTION_ALIASES[name] ?? name;
+    // As Nix's --option: a value it cannot parse is a warning and changes nothing.
+    try {
+      a.settingWarnings.push(...checkSettingValue(name, value));
+    } catch (e) {
+      if (!(e instanceof UsageError)) throw e;
+      a.settingWarnings.push(`error: ${e.message}`);
+      return 3;
+    }
     this.setSetting(key, value);
     a.fromOption.add(key);
     if (a.positional.length === 0 && !isKnownSetting(name) && !a.unknownSettings.includes(name)) a.unknownSettings.push(name);
@@ -651,7 +685,7 @@ export function parseUnitPrefixed(value: string, signed = false): number {
 /** A setting's value as Nix 2.8 parses an unsigned integer setting (`max-jobs` also takes `auto`). */
 export function parseIntOption(name: string, v: string): number {
   if (name === 'max-jobs' && v === 'auto') return 0;
-  const n = /^[0-9]+$/.test(v) ? Number(v) : NaN;
+  const n = /^\+?[0-9]+$/.test(v) ? Number(v) : NaN;
   if (!Number.isSafeInteger(n)) {
     throw new UsageError(
       name === 'max-jobs' ? `configuration setting 'max-jobs' should be 'auto' or an integer` : `setting '${name}' has invalid value '${v}'`,

@@ -16,6 +16,8 @@ export interface ConfSetting {
   readonly value: string;
   /** From the system's nix.conf (or a file it includes): not "overridden", so not sent to the daemon. */
   readonly system?: boolean;
+  /** What Nix warns as it sets it (unknown experimental features). */
+  readonly warnings?: readonly string[];
 }
 
 function applyConfig(contents: string, origin: string, out: ConfSetting[], system = false): void {
@@ -36,8 +38,8 @@ function applyConfig(contents: string, origin: string, out: ConfSetting[], syste
     if (second !== '=') throw new UsageError(`illegal configuration line '${line}' in '${origin}'`);
     const value = tokens.slice(2).join(' ');
     // As Nix sets each line as it reads it: a bad value is an error before the lines and files after it.
-    checkSettingValue(first, value);
-    out.push({ name: first, value, ...(system ? { system } : {}) });
+    const warnings = checkSettingValue(first, value);
+    out.push({ name: first, value, ...(system ? { system } : {}), ...(warnings.length ? { warnings } : {}) });
   }
 }
 
@@ -75,6 +77,8 @@ export function readNixConf(env: NodeJS.ProcessEnv = process.env): ConfSetting[]
  */
 export function applyNixConf(args: CliArgs, settings: readonly ConfSetting[], env: NodeJS.ProcessEnv = process.env): void {
   const conf = new Map<string, string>();
+  // The configuration's warnings come before the command line's.
+  args.settingWarnings.unshift(...settings.flatMap((setting) => setting.warnings ?? []));
   for (const setting of settings) {
     const { name, value } = setting;
     const key = OPTION_ALIASES[name] ?? name;

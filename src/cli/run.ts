@@ -45,6 +45,12 @@ async function run(argv: string[]): Promise<number> {
   const args = parseArgs(argv);
   applyNixConf(args, conf);
   showTrace = args.options.get('show-trace') === 'true';
+  if (args.logFormat === 'internal-json') {
+    const { messagesAsJson } = await import('./log-format.js');
+    messageLogs.stderrJson = messagesAsJson((l) => process.stderr.write(l));
+  }
+  // What Nix warned as it set the settings, before anything else (--version included).
+  for (const w of args.settingWarnings) warnStderr(w);
   const answered = answerHelpOrVersion(args);
   if (answered !== undefined) return answered;
   if (!args.command) {
@@ -55,10 +61,6 @@ async function run(argv: string[]): Promise<number> {
     throw new UsageError(`unknown command '${args.command}'`);
   if (args.logFormat !== undefined && !(LOG_FORMATS as readonly string[]).includes(args.logFormat)) {
     throw new CliError(`option 'log-format' has an invalid value '${args.logFormat}'`);
-  }
-  if (args.logFormat === 'internal-json') {
-    const { messagesAsJson } = await import('./log-format.js');
-    messageLogs.stderrJson = messagesAsJson((l) => process.stderr.write(l));
   }
   if (args.command === 'report') return (await import('./commands.js')).report(args);
   const store = await openStoreArg(args);

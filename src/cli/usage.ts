@@ -71,7 +71,8 @@ export function quickAnswer(argv: readonly string[]): number | undefined {
   try {
     const args = parseArgs([...argv]);
     applyNixConf(args, readNixConf(process.env));
-    return answerHelpOrVersion(args);
+    // (Warnings to print first: run.ts's main prints them.)
+    return args.settingWarnings.length ? undefined : answerHelpOrVersion(args);
   } catch {
     return undefined;
   }

@@ -104,6 +104,46 @@ describe('readNixConf / applyNixConf', () => {
 });
 
 describe.skipIf(!nixOk())('configuration vs Nix 2.8', () => {
+  it("--option values Nix cannot parse and unknown experimental features: Nix's warnings as it sets them, in order, the setting unchanged", async () => {
+    const dir = tempDir();
+    const conf = path.join(dir, 'conf');
+    mkdirSync(conf);
+    writeFileSync(path.join(conf, 'nix.conf'), 'experimental-features = nix-command conf-feature\n');
+    const expr = 'derivation { name = "opt-warn"; system = "x86_64-linux"; builder = "/bin/sh"; }';
+    const drv = nix('nix-instantiate', ['--store', path.join(dir, 'R1'), '-E', expr]);
+    nix('nix-instantiate', ['--store', path.join(dir, 'R2'), '-E', expr]);
+    const features = 'nix-command ca-derivations impure-derivations flakes recursive-nix no-url-literals fetch-closure zzz';
+    const bad = ['--option', 'keep-going', 'maybe', '--option', 'http2', '2', '--option', 'cores', '+2', '--option', 'keep-outputs', '3'];
+    const cases: [string[], string[]][] = [
+      [
+        ['--realise', '--option', 'foo', '1', ...bad, '--option', 'experimental-features', features, '--option', 'sandbox', 'maybe', drv],
+        ['build', '--option', 'foo', '1', ...bad, '--option', 'experimental-features', features, '--option', 'sandbox', 'maybe', drv],
+      ],
+      [
+        ['--version', ...bad],
+        ['--version', ...bad],
+      ],
+      // A Boolean the collector reads: a warning, not an error.
+      [
+        ['--gc', '--print-dead', ...bad],
+        ['gc', '--print-dead', ...bad],
+      ],
+    ];
+    for (const [nixArgs, args] of cases) {
+      const env = { NIX_CONF_DIR: conf, NIX_USER_CONF_FILES: '/dev/null', NIX_REMOTE: path.join(dir, 'R1') };
+      const n = runNix('nix-store', nixArgs, { env });
+      const o = await realiseWithEnv(args, { ...env, NIX_REMOTE: path.join(dir, 'R2') });
+      expect(o.status, args.join(' ')).toBe(n.status);
+      // (Before the build: Nix's build hook repeats the configuration's warnings as it starts, docs/cli.md.)
+      const warnings = (s: string) =>
+        s
+          .split(/^this derivation will be built:$/m)[0]!
+          .split('\n')
+          .filter((l) => l.startsWith('warning: '));
+      expect(warnings(o.stderr), args.join(' ')).toEqual(warnings(n.stderr));
+      expect(warnings(n.stderr).length).toBeGreaterThan(3);
+    }
+  });
   it("nix.conf is read line by line before the command line: a bad value, a missing include, `extra-` of a setting that is no list, in Nix's order and words", async () => {
     const dir = tempDir();
     const conf = path.join(dir, 'conf');
