@@ -89,7 +89,7 @@ async function removeBuildDir(dir: BuildDir): Promise<void> {
  * After a build: keep its build dir (a failed build with keepFailed) opened up to 0755, as Nix does; else
  * into the pool for the next build when it is as made (see build-dir-pool.ts), or removed.
  */
-async function keepOrRemoveBuildDir(dir: BuildDir, keep: boolean, flow?: DirFlow, slotFreed = false): Promise<void> {
+async function keepOrRemoveBuildDir(dir: BuildDir, keep: boolean): Promise<void> {
   try {
     await (keep ? fsp.chmod(dir.top, 0o755) : poolOrRemoveBuildDir(dir));
   } catch {
@@ -97,10 +97,6 @@ async function keepOrRemoveBuildDir(dir: BuildDir, keep: boolean, flow?: DirFlow
   }
   buildDirRegistry().delete(dir.top);
   countBuildDir(dir.top.replace(/-\d+$/, ''), -1);
-  if (flow) {
-    if (slotFreed) flow.comingBack--;
-    dirReturned(flow);
-  }
 }
 
 async function poolOrRemoveBuildDir(dir: BuildDir): Promise<void> {
@@ -434,21 +430,13 @@ async function runOneRound(
   const dir = await prepareBuildDir(w, view, sandbox.isolated, prep.takeBuildDir());
   if (dir instanceof BuildSetupError) return { kind: 'ended', result: w.endCall(dir, view.drvPath) };
   const r = new LocalRound(w, view, plan, round, sandbox, outs, dir);
-  // Once the slot is freed, the directory is counted as coming back (see awaitDirComingBack).
-  const flow = dirFlow(w);
-  let slotFreed = false;
-  const freeSlot = (): void => {
-    if (!slotFreed) flow.comingBack++;
-    slotFreed = true;
-    releaseSlot();
-  };
   try {
     const env = await r.writeEnvironment();
     if (env.kind !== 'env') {
-      freeSlot();
+      releaseSlot();
       return env;
     }
-    const failed = await r.runBuilder(env.env, freeSlot);
+    const failed = await r.runBuilder(env.env, releaseSlot);
     if (failed) return failed;
     return await r.registerAndFinish(previous);
   } catch (e) {
@@ -462,7 +450,7 @@ async function runOneRound(
     throw e;
   } finally {
     r.running.end(false);
-    await keepOrRemoveBuildDir(dir, r.keepBuildDir, flow, slotFreed);
+    await keepOrRemoveBuildDir(dir, r.keepBuildDir);
   }
 }
 
@@ -535,7 +523,7 @@ async function prepareBuildDir(
   madeAhead: Promise<AheadBuildDir | undefined> | undefined,
 ): Promise<BuildDir | BuildSetupError> {
   const { options } = w.ctx;
-  const made = (await madeAhead) ?? (await awaitDirComingBack(w), await makeTopBuildDir(w, view, isolated));
+  const made = (await madeAhead) ?? (await makeTopBuildDir(w, view, isolated));
   const { top } = made;
   let dir: BuildDir = { top, dir: top, inSandbox: top, extraPaths: undefined };
   try {
@@ -557,7 +545,7 @@ async function prepareBuildDir(
     return { ...dir, extraPaths };
   } catch (e) {
     // The build dir exists by now: with keepFailed Nix keeps it and says so.
-    await keepOrRemoveBuildDir(dir, options.keepFailed, dirFlow(w));
+    await keepOrRemoveBuildDir(dir, options.keepFailed);
     return asSetupError(e, options.keepFailed ? top : undefined);
   }
 }
@@ -627,59 +615,27 @@ class BuildPrep {
     if (this.w.signal.aborted) return;
     this.locks = store.openLockFiles?.(this.lockTargets as StorePath[]);
     if (!buildDirsInUse.has(this.#name)) {
-      const ahead: Ahead = { dir: undefined!, owner: this, flow: dirFlow(this.w), state: 'waiting', wake: undefined };
-      ahead.dir = this.#makeAhead(ahead);
-      buildDirsAhead.set(this.#name, ahead);
-    }
-  }
-
-  /**
-   * The directory made ahead: one from the pool when there is one; else one created only while this
-   * process holds fewer build directories than there are slots, plus one. Otherwise it waits for a build
-   * to give its directory back (to the pool, or removed), and decides again; the round stops the wait
-   * when its slot comes first (`takeBuildDir`).
-   */
-  async #makeAhead(ahead: Ahead): Promise<AheadBuildDir | undefined> {
-    const { buildDir, maxJobs } = this.w.ctx.options;
-    const gate = slotGate(this.w.ctx.buildQueue);
-    const flow = ahead.flow;
-    let waited = false;
-    while (buildDirPool(buildDir).size === 0 && gate.runningCount + flow.comingBack + flow.madeAhead > Math.max(1, maxJobs)) {
-      waited = true;
-      await new Promise<void>((resolve) => {
-        ahead.wake = resolve;
-        flow.ahead.push(resolve);
-      });
-      ahead.wake = undefined;
-      if (ahead.state === 'stopped') return undefined;
-    }
-    // (Another build of this name may have taken a directory meanwhile: then the round makes its own, numbered as Nix does.)
-    if (waited && buildDirsInUse.has(this.#name)) {
-      ahead.state = 'stopped';
-      return undefined;
-    }
-    ahead.state = 'making';
-    flow.madeAhead++;
-    // A sandboxed builder works in `build` inside it: made ahead too when the sandbox is known already.
-    const inner = this.w.ctx.knownSandbox?.(this.view)?.isolated === true;
-    try {
-      const made = await makeTopBuildDir(this.w, this.view, inner);
-      if (!inner || made.inner) return made;
-      return await mkdirPrivate(path.join(made.top, 'build')).then(
-        () => ({ top: made.top, inner }),
-        () => made,
+      // A sandboxed builder works in `build` inside it: made ahead too when the sandbox is known already.
+      const inner = this.w.ctx.knownSandbox?.(this.view)?.isolated === true;
+      const dir = makeTopBuildDir(this.w, this.view, inner).then(
+        (made) =>
+          inner && !made.inner
+            ? mkdirPrivate(path.join(made.top, 'build')).then(
+                () => ({ top: made.top, inner }),
+                () => made,
+              )
+            : made,
+        () => undefined,
       );
-    } catch {
-      return undefined;
+      buildDirsAhead.set(this.#name, { dir, owner: this });
     }
   }
 
-  /** A build directory of this build's name made ahead, for the round (undefined: none, or still waiting for one: then the wait stops). */
+  /** A build directory of this build's name made ahead, for the round (undefined: none). */
   takeBuildDir(): Promise<AheadBuildDir | undefined> | undefined {
     const ahead = buildDirsAhead.get(this.#name);
-    if (!ahead) return undefined;
-    leaveAhead(ahead, this.#name);
-    return ahead.state === 'stopped' ? undefined : ahead.dir;
+    buildDirsAhead.delete(this.#name);
+    return ahead?.dir;
   }
 
   discard(): void {
@@ -687,99 +643,17 @@ class BuildPrep {
     this.locks = undefined;
     const ahead = buildDirsAhead.get(this.#name);
     if (ahead?.owner !== this) return;
-    leaveAhead(ahead, this.#name);
-    if (ahead.state === 'stopped') return;
+    buildDirsAhead.delete(this.#name);
     void ahead.dir.then(async (made) => {
       if (!made) return;
       const { top, inner } = made;
-      await keepOrRemoveBuildDir({ top, dir: inner ? path.join(top, 'build') : top, inSandbox: top, extraPaths: undefined }, false, ahead.flow);
+      await keepOrRemoveBuildDir({ top, dir: inner ? path.join(top, 'build') : top, inSandbox: top, extraPaths: undefined }, false);
     });
   }
 }
 
-/** A build directory made ahead, or waiting to be (`waiting`: for a directory given back, woken by `wake`). */
-interface Ahead {
-  dir: Promise<AheadBuildDir | undefined>;
-  readonly owner: BuildPrep;
-  readonly flow: DirFlow;
-  state: 'waiting' | 'making' | 'stopped';
-  wake: (() => void) | undefined;
-}
-
 /** Build directories made ahead and not taken yet, by name without their number (at most one each). */
-const buildDirsAhead = new Map<string, Ahead>();
-
-/** An engine's build directories on their way (one per build queue): what decides whether one is made ahead. */
-interface DirFlow {
-  /** Directories of builds that have freed their slot, given back once the build is over (pooled or removed). */
-  comingBack: number;
-  /** Directories made ahead (or being made) and not taken yet. */
-  madeAhead: number;
-  /**
-   * Builds waiting for a directory to be given back, woken one per directory given back: first the rounds
-   * in their slot (`inSlot`), then those making one ahead (`ahead`, first come first woken).
-   */
-  readonly inSlot: (() => void)[];
-  readonly ahead: (() => void)[];
-}
-
-const dirFlows = new WeakMap<object, DirFlow>();
-
-function dirFlow(w: Worker): DirFlow {
-  let f = dirFlows.get(w.ctx.buildQueue);
-  if (!f) dirFlows.set(w.ctx.buildQueue, (f = { comingBack: 0, madeAhead: 0, inSlot: [], ahead: [] }));
-  return f;
-}
-
-/** A build directory was given back (pooled or removed): the first build waiting for one decides again. */
-function dirReturned(flow: DirFlow): void {
-  (flow.inSlot.shift() ?? flow.ahead.shift())?.();
-}
-
-/** A directory made ahead (or waiting to be), taken by its round or discarded: a wait for one ends, nothing is made ahead. */
-function leaveAhead(ahead: Ahead, name: string): void {
-  buildDirsAhead.delete(name);
-  if (ahead.state === 'making') {
-    // (Its round counted among the running ones already, or never to run: the first one waiting decides again.)
-    ahead.flow.madeAhead--;
-    ahead.flow.ahead.shift()?.();
-    return;
-  }
-  ahead.state = 'stopped';
-  const wake = ahead.wake;
-  if (!wake) return;
-  const i = ahead.flow.ahead.indexOf(wake);
-  if (i >= 0) ahead.flow.ahead.splice(i, 1);
-  else dirReturned(ahead.flow); // (woken for a directory given back: it goes to the next one waiting)
-  wake();
-}
-
-/**
- * In its slot, a round with no directory made ahead and none in the pool waits a little while a build that
- * freed its slot still holds one: that build gives it back when it is over (once its outputs are
- * registered), which usually comes sooner than a creation ends on a busy disk and frees no inode (see
- * build-dir-pool.ts). The wait is bounded, a few creations' time: a registration can take long (a large
- * output to hash, a post-build hook).
- */
-async function awaitDirComingBack(w: Worker): Promise<void> {
-  const flow = dirFlow(w);
-  if (buildDirPool(w.ctx.options.buildDir).size > 0 || flow.comingBack === 0) return;
-  await new Promise<void>((resolve) => {
-    const wake = (): void => {
-      clearTimeout(timer);
-      resolve();
-    };
-    const timer = setTimeout(() => {
-      const i = flow.inSlot.indexOf(wake);
-      if (i >= 0) flow.inSlot.splice(i, 1);
-      resolve();
-    }, COMING_BACK_WAIT_MS);
-    flow.inSlot.push(wake);
-  });
-}
-
-/** How long a round in its slot waits at most for a directory coming back (awaitDirComingBack). */
-const COMING_BACK_WAIT_MS = 5;
+const buildDirsAhead = new Map<string, { readonly dir: Promise<AheadBuildDir | undefined>; readonly owner: BuildPrep }>();
 
 /** A build directory made ahead of its slot: its top, and whether `build` was made inside it (for a sandbox). */
 interface AheadBuildDir {

@@ -156,36 +156,6 @@ describe.skipIf(!ccOk() || !busyboxOk())('build directories reused', () => {
     expect(new Set(secondRound.map(inode))).toEqual(new Set(firstRound.map(inode)));
   });
 
-  it('builds waiting for a slot make one directory ahead between them, not one each: with 2 slots busy, 3 directories exist', async () => {
-    const b = base('ahead');
-    const e = engine({ buildDir: b, maxJobs: 2 });
-    const gate = path.join(dir, 'gate-ahead');
-    const drvs = await Promise.all(
-      ['a', 'b', 'c', 'd', 'e', 'f'].map((n) =>
-        derivation(store, {
-          name: `ahead-${n}`,
-          system,
-          builder: '/bin/busybox',
-          args: ['sh', '-c', `touch ${gate}.${n}; while [ ! -e ${gate} ]; do sleep 0.05; done; ${RECORD}`],
-        }),
-      ),
-    );
-    const done = e.buildPaths(drvs.map((d) => d.drvPath));
-    const started = () => ['a', 'b', 'c', 'd', 'e', 'f'].filter((n) => existsSync(`${gate}.${n}`)).length;
-    for (let i = 0; i < 600 && started() < 2; i++) await new Promise((r) => setTimeout(r, 50));
-    // Two builders hold the slots; the next builds in line have had time to prepare.
-    await new Promise((r) => setTimeout(r, 500));
-    const dirs = readdirSync(b).filter((n) => n.startsWith('nix-build-'));
-    expect(started()).toBe(2);
-    expect(dirs).toHaveLength(3);
-    writeFileSync(gate, '');
-    const results = await done;
-    expect(results.every((r) => r.result.status === 'built')).toBe(true);
-    // Every build had a directory of its own name, empty and 0700.
-    for (const d of drvs)
-      expect(readFileSync(String(d.out), 'utf8')).toMatch(new RegExp(`^\\d+ 700 \\d+ \\[\\] ${b}/nix-build-${d.drvPath.slice(-'ahead-x.drv'.length)}-0 `));
-  });
-
   it('another process building in the same base at the same time gets other directories', async () => {
     const b = base('two-processes');
     const e = engine({ buildDir: b });
