@@ -426,15 +426,27 @@ export async function substitutePath(store: Store, sub: Substituter, info: Subst
         : `asked '${sub.uri}' for '${target}' but got '${info.path}'`,
     );
   }
-  if (!opts.repair && (await store.isValidPath(target))) {
-    const existing = await store.queryPathInfo(target);
-    if (existing) return existing;
+  // A LocalStore's addToStore does what the rest of this paragraph does for other stores: it returns the
+  // path's info when the path is valid (before it reads a byte of the NAR, and again under the path's lock),
+  // checks the references (storeRefusal gives its error this function's code), and checks the contents
+  // against their content address before it registers them. Doing it here as well cost a validity query and
+  // a second hash of the contents (a `.drv`'s `text:` address) per path.
+  const local = store instanceof LocalStore;
+  const existing = async (): Promise<PathInfo | undefined> => (!opts.repair && (await store.isValidPath(target)) ? store.queryPathInfo(target) : undefined);
+  if (!local) {
+    const valid = await existing();
+    if (valid) return valid;
   }
-  checkTrust(sub, info, opts);
-  // A LocalStore's addToStore checks the references itself (synchronously, before it reads a byte of the
-  // NAR; storeRefusal gives its error this function's code): asking here as well was a second query per path.
-  if (!(store instanceof LocalStore)) await requireValidReferences(store, info, fail);
-  const ca = contentAddressCheck(sub, info, fail);
+  try {
+    checkTrust(sub, info, opts);
+  } catch (e) {
+    // (A valid path is returned as it is, whoever offers it.)
+    const valid = local ? await existing() : undefined;
+    if (valid) return valid;
+    throw e;
+  }
+  if (!local) await requireValidReferences(store, info, fail);
+  const ca = local ? undefined : contentAddressCheck(sub, info, fail);
   const toRegister: PathInfo = {
     path: target,
     narHash: info.narHash,

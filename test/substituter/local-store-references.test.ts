@@ -1,7 +1,8 @@
 /**
  * substitutePath into a LocalStore whose references are missing: the store's own closure check refuses it
  * before the NAR is read (substitutePath asks no second validity query), as the substituter's
- * `missing-references`, with nothing left in the store.
+ * `missing-references`, with nothing left in the store. A path already valid is returned as the store has it,
+ * its NAR not read, whoever offers it (the store's addToStore finds it valid: substitutePath asks nothing first).
  */
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
@@ -69,5 +70,39 @@ describe('substitutePath into a LocalStore', () => {
     expect(await store.isValidPath(top)).toBe(true);
     expect((await store.queryPathInfo(top))!.references).toEqual([dep]);
     await sub.close();
+  });
+
+  it('returns a valid path as the store has it, without reading its NAR, even when the substitute is not trusted', async () => {
+    const dir = tempDir();
+    const w = await BinaryCacheWriter.open(pathToFileURL(dir).href, { storeDir: '/nix/store' });
+    const nar = narOfRegularFile(Buffer.from(`contents of ${dep}`));
+    await w.addPath(
+      { path: dep, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [] },
+      (async function* () {
+        yield nar;
+      })(),
+      { compression: 'none', secretKey: SECRET_KEY },
+    );
+    const store = await LocalStore.open({ root: tempDir() });
+    stores.push(store);
+    const trusting = new BinaryCacheSubstituter(pathToFileURL(dir).href, { trustedPublicKeys: [PUBLIC_KEY] });
+    const info = (await trusting.queryPathInfos([dep])).get(dep)!;
+    const first = await substitutePath(store, trusting, info);
+    // Without the NAR file: had it been read, this would be 'not-found'.
+    rmSync(path.join(dir, info.url));
+    expect(await substitutePath(store, trusting, info)).toEqual(first);
+    // Not signed by a key this one trusts: refused for a path that is not valid, returned for one that is.
+    const untrusting = new BinaryCacheSubstituter(pathToFileURL(dir).href, { trustedPublicKeys: [] });
+    const untrusted = (await untrusting.queryPathInfos([dep])).get(dep)!;
+    expect(await substitutePath(store, untrusting, untrusted)).toEqual(first);
+    const other = await LocalStore.open({ root: tempDir() });
+    stores.push(other);
+    const e = await substitutePath(other, untrusting, untrusted).then(
+      () => undefined,
+      (x: unknown) => x,
+    );
+    expect((e as SubstituterError).code).toBe('untrusted');
+    await trusting.close();
+    await untrusting.close();
   });
 });
