@@ -201,27 +201,37 @@ static int listed(const char *list, size_t len, const char *name) {
 }
 
 /* Whether the directory fd (taken) holds exactly the names of the NUL-separated list of count names, and
-   (dirsOnly) only directories. */
+   (dirsOnly) only directories. Read with getdents64 itself: fdopendir would add an fstat and two fcntl. */
 static int sameEntries(int fd, const char *list, size_t len, uint32_t count, int dirsOnly) {
-  DIR *d = fdopendir(fd);
-  if (!d) { close(fd); return 0; }
-  uint32_t seen = 0; int ok = 1; struct dirent *e;
-  while (ok && (e = readdir(d))) {
-    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-    seen++;
-    ok = listed(list, len, e->d_name);
-    if (ok && dirsOnly) {
-      struct stat st;
-      ok = e->d_type == DT_DIR || (e->d_type == DT_UNKNOWN && fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode));
+  _Alignas(8) char buf[8192];
+  uint32_t seen = 0; int ok = 1;
+  for (;;) {
+    long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+    if (n <= 0) { ok = ok && n == 0; break; }
+    for (long off = 0; ok && off < n;) {
+      /* struct linux_dirent64: u64 ino, s64 off, u16 reclen, u8 type, name */
+      const char *e = buf + off;
+      unsigned short reclen; memcpy(&reclen, e + 16, sizeof reclen);
+      unsigned char type = (unsigned char) e[18];
+      const char *name = e + 19;
+      off += reclen;
+      if (!strcmp(name, ".") || !strcmp(name, "..")) continue;
+      seen++;
+      ok = listed(list, len, name);
+      if (ok && dirsOnly) {
+        struct stat st;
+        ok = type == DT_DIR || (type == DT_UNKNOWN && fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode));
+      }
     }
+    if (!ok) break;
   }
-  closedir(d);
+  close(fd);
   return ok && seen == count;
 }
 
-/* Whether the file at path holds exactly len bytes of data (one read of one byte more). */
-static int sameData(const char *path, const unsigned char *data, uint32_t len) {
-  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+/* Whether the file rel (under the directory atfd) holds exactly len bytes of data (one read of one byte more). */
+static int sameData(int atfd, const char *rel, const unsigned char *data, uint32_t len) {
+  int fd = openat(atfd, rel, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) return 0;
   unsigned char *got = malloc((size_t) len + 1);
   ssize_t n = got ? pread(fd, got, (size_t) len + 1, 0) : -1;
@@ -231,14 +241,15 @@ static int sameData(const char *path, const unsigned char *data, uint32_t len) {
 }
 
 /* See skeletonUnchanged in chroot.ts, whose check this is: storeFiles (NUL-separated names) are unlinked
-   from the store dir (store: its path from the root), then every inode of spec is compared. */
-static int skeletonCheck(const char *root, struct reader *r, const char *store, const char *files, size_t filesLen,
-                         const char *mounts, size_t mountsLen, int64_t placed) {
-  char path[8192];
+   from the store dir (store: its path from the root), then every inode of spec is compared. Paths are
+   walked from the root, opened once (a walk of the root's own path per call cost the kernel more). */
+static int skeletonCheckAt(int rootFd, struct reader *r, const char *store, const char *files, size_t filesLen,
+                           const char *mounts, size_t mountsLen, int64_t placed) {
+  char rel[8192];
   for (size_t off = 0; off < filesLen; off += strlen(files + off) + 1) {
     if (!files[off]) continue;
-    snprintf(path, sizeof path, "%s/%s/%s", root, store, files + off);
-    if (unlink(path) == -1 && errno != ENOENT) return 0;
+    snprintf(rel, sizeof rel, "%s/%s", store, files + off);
+    if (unlinkat(rootFd, rel, 0) == -1 && errno != ENOENT) return 0;
   }
   uint32_t nMounts = 0;
   for (size_t off = 0; off < mountsLen; off += strlen(mounts + off) + 1) if (mounts[off]) nMounts++;
@@ -246,8 +257,11 @@ static int skeletonCheck(const char *root, struct reader *r, const char *store, 
   if (!readU32(r, &count)) return 0;
   for (uint32_t k = 0; k < count; k++) {
     uint32_t slen, flags, nNames, dataLen;
-    if (!readU32(r, &slen) || (size_t) (r->end - r->p) < slen || slen > sizeof path - strlen(root) - 1) return 0;
-    snprintf(path, sizeof path, "%s%.*s", root, (int) slen, (const char *) r->p);
+    if (!readU32(r, &slen) || (size_t) (r->end - r->p) < slen || slen >= sizeof rel) return 0;
+    /* The suffix is '' (the root: ".") or '/' and a path from the root. */
+    if (slen == 0) strcpy(rel, ".");
+    else if (r->p[0] != '/' || slen < 2) return 0;
+    else { memcpy(rel, r->p + 1, slen - 1); rel[slen - 1] = 0; }
     r->p += slen;
     int64_t ref[8];
     if (!readU32(r, &flags)) return 0;
@@ -265,25 +279,35 @@ static int skeletonCheck(const char *root, struct reader *r, const char *store, 
     r->p += dataLen;
 
     struct stat st;
-    if (lstat(path, &st) == -1) return 0;
+    if (fstatat(rootFd, rel, &st, AT_SYMLINK_NOFOLLOW) == -1) return 0;
     int64_t nlink = flags & SK_STORE ? ref[4] + nMounts : ref[4];
     if ((int64_t) st.st_ino != ref[0] || (int64_t) st.st_mode != ref[1] || (int64_t) st.st_uid != ref[2] || (int64_t) st.st_gid != ref[3] ||
         (int64_t) st.st_nlink != nlink || (int64_t) st.st_size != ref[5]) return 0;
     if (!(flags & SK_TIMES_MAY_CHANGE) && (ns(st.st_mtim) != ref[6] || ns(st.st_ctim) != ref[7])) return 0;
     if (flags & SK_STORE) {
-      int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      int fd = openat(rootFd, rel, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
       if (fd < 0 || !sameEntries(fd, mounts, mountsLen, nMounts, 1)) return 0;
       continue;
     }
     /* The root's times change with the rename: its entries are always listed. */
     if (slen > 0 && placed != 0 && ref[7] < placed) continue;
     if (flags & SK_NAMES) {
-      int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      int fd = openat(rootFd, rel, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
       if (fd < 0 || !sameEntries(fd, names, namesLen, nNames, 0)) return 0;
     }
-    if ((flags & SK_DATA) && !sameData(path, data, dataLen)) return 0;
+    if ((flags & SK_DATA) && !sameData(rootFd, rel, data, dataLen)) return 0;
   }
   return r->p == r->end;
+}
+
+/* skeletonCheckAt on the directory root (not followed if a symlink). */
+static int skeletonCheck(const char *root, struct reader *r, const char *store, const char *files, size_t filesLen,
+                         const char *mounts, size_t mountsLen, int64_t placed) {
+  int rootFd = open(root, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (rootFd < 0) return 0;
+  int ok = skeletonCheckAt(rootFd, r, store, files, filesLen, mounts, mountsLen, placed);
+  close(rootFd);
+  return ok;
 }
 
 /* A string argument (a JavaScript string) as a NUL-terminated string in buf (cap bytes) when it fits,
