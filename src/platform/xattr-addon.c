@@ -122,6 +122,40 @@ static napi_value list(napi_env env, napi_callback_info info) {
   return arr;
 }
 
+/* Calls fn(fd, name, type, arg) for each entry of the directory fd but "." and "..", until fn returns 0,
+   reading it with getdents64 itself (fdopendir and readdir add an fstat and two fcntl). 1 when the whole
+   directory was read and fn returned 1 for each entry, else 0. fd stays open. */
+static int eachEntry(int fd, int (*fn)(int, const char *, unsigned char, void *), void *arg) {
+  _Alignas(8) char buf[8192];
+  for (;;) {
+    long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+    if (n <= 0) return n == 0;
+    for (long off = 0; off < n;) {
+      /* struct linux_dirent64: u64 ino, s64 off, u16 reclen, u8 type, NUL-terminated name */
+      const char *e = buf + off;
+      unsigned short reclen;
+      memcpy(&reclen, e + 16, sizeof reclen);
+      off += reclen;
+      const char *name = e + 19;
+      if (!strcmp(name, ".") || !strcmp(name, "..")) continue;
+      if (!fn(fd, name, (unsigned char) e[18], arg)) return 0;
+    }
+  }
+}
+
+static int pristine(int atfd, const char *name, uid_t uid, const char *inner);
+
+/* A pristine directory's entry: only inner, once, itself pristine. */
+struct pristineScan { uid_t uid; const char *inner; int seenInner; };
+
+static int pristineEntry(int fd, const char *name, unsigned char type, void *arg) {
+  (void) type;
+  struct pristineScan *p = arg;
+  if (!p->inner || p->seenInner || strcmp(name, p->inner)) return 0;
+  p->seenInner = 1;
+  return pristine(fd, p->inner, p->uid, 0);
+}
+
 /* Whether name (under atfd) is a directory as realise makes build directories: mode 0700, owned by uid,
    without extended attributes (ACLs are some), empty; or, given inner, holding only inner, itself so. */
 static int pristine(int atfd, const char *name, uid_t uid, const char *inner) {
@@ -130,17 +164,10 @@ static int pristine(int atfd, const char *name, uid_t uid, const char *inner) {
   struct stat st;
   int ok = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) && (st.st_mode & 07777) == 0700 && st.st_uid == uid;
   if (ok) { ssize_t n = flistxattr(fd, 0, 0); ok = n == 0 || (n < 0 && errno == ENOTSUP); }
-  if (!ok) { close(fd); return 0; }
-  DIR *d = fdopendir(fd);
-  if (!d) { close(fd); return 0; }
-  int seenInner = 0; struct dirent *e;
-  while (ok && (e = readdir(d))) {
-    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-    if (inner && !seenInner && !strcmp(e->d_name, inner)) { seenInner = 1; ok = pristine(dirfd(d), inner, uid, 0); }
-    else ok = 0;
-  }
-  closedir(d);
-  return ok && (!inner || seenInner);
+  struct pristineScan scan = { uid, inner, 0 };
+  ok = ok && eachEntry(fd, pristineEntry, &scan);
+  close(fd);
+  return ok && (!inner || scan.seenInner);
 }
 
 /* pristineDir(path, uid, inner): see pristine (inner "" for none). */
@@ -200,33 +227,25 @@ static int listed(const char *list, size_t len, const char *name) {
   return 0;
 }
 
+/* A listing compared with a NUL-separated list of names (see sameEntries). */
+struct entriesScan { const char *list; size_t len; uint32_t seen; int dirsOnly; };
+
+static int entryListed(int fd, const char *name, unsigned char type, void *arg) {
+  struct entriesScan *s = arg;
+  s->seen++;
+  if (!listed(s->list, s->len, name)) return 0;
+  if (!s->dirsOnly || type == DT_DIR) return 1;
+  struct stat st;
+  return type == DT_UNKNOWN && fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+}
+
 /* Whether the directory fd (taken) holds exactly the names of the NUL-separated list of count names, and
-   (dirsOnly) only directories. Read with getdents64 itself: fdopendir would add an fstat and two fcntl. */
+   (dirsOnly) only directories. */
 static int sameEntries(int fd, const char *list, size_t len, uint32_t count, int dirsOnly) {
-  _Alignas(8) char buf[8192];
-  uint32_t seen = 0; int ok = 1;
-  for (;;) {
-    long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
-    if (n <= 0) { ok = ok && n == 0; break; }
-    for (long off = 0; ok && off < n;) {
-      /* struct linux_dirent64: u64 ino, s64 off, u16 reclen, u8 type, name */
-      const char *e = buf + off;
-      unsigned short reclen; memcpy(&reclen, e + 16, sizeof reclen);
-      unsigned char type = (unsigned char) e[18];
-      const char *name = e + 19;
-      off += reclen;
-      if (!strcmp(name, ".") || !strcmp(name, "..")) continue;
-      seen++;
-      ok = listed(list, len, name);
-      if (ok && dirsOnly) {
-        struct stat st;
-        ok = type == DT_DIR || (type == DT_UNKNOWN && fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode));
-      }
-    }
-    if (!ok) break;
-  }
+  struct entriesScan s = { list, len, 0, dirsOnly };
+  int ok = eachEntry(fd, entryListed, &s);
   close(fd);
-  return ok && seen == count;
+  return ok && s.seen == count;
 }
 
 /* Whether the file rel (under the directory atfd) holds exactly len bytes of data (one read of one byte more). */

@@ -1,9 +1,11 @@
 /**
- * The build-directory pool's drain (src/platform/build-dir-pool.ts): the pooled directories are removed
- * and given up in the process's record (build-dirs.ts) with one write of the record for all of them.
+ * The build-directory pool (src/platform/build-dir-pool.ts): which directories it takes (the addon's
+ * pristineDir), and its drain: the pooled directories are removed and given up in the process's record
+ * (build-dirs.ts) with one write of the record for all of them.
  */
 import { describe, expect, it, vi } from 'vitest';
 import * as fs from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { buildDirPool } from '../../src/platform/build-dir-pool.js';
 import { buildDirRegistry, BUILD_DIR_POOL_PREFIX } from '../../src/platform/build-dirs.js';
@@ -31,6 +33,50 @@ function recordWrites(from: number): number {
 }
 
 describe('build directory pool', () => {
+  it('takes only a directory exactly as made: empty (or holding only an empty `build`), 0700, ours, no extended attributes', async () => {
+    const ops = await nativeDirOps();
+    if (!ops) return; // (no C compiler: nothing is pooled)
+    const base = tmp();
+    let k = 0;
+    const make = (mode = 0o700, inner?: number) => {
+      const d = path.join(base, `d${k++}`);
+      fs.mkdirSync(d, { mode });
+      fs.chmodSync(d, mode);
+      if (inner !== undefined) {
+        fs.mkdirSync(path.join(d, 'build'));
+        fs.chmodSync(path.join(d, 'build'), inner);
+      }
+      return d;
+    };
+    const uid = process.getuid!();
+    expect(ops.pristineDir(make(), uid)).toBe(true);
+    expect(ops.pristineDir(make(0o755), uid)).toBe(false);
+    expect(ops.pristineDir(make(), uid + 1)).toBe(false);
+    const withFile = make();
+    fs.writeFileSync(path.join(withFile, 'f'), '');
+    expect(ops.pristineDir(withFile, uid)).toBe(false);
+    expect(ops.pristineDir(make(0o700, 0o700), uid, 'build')).toBe(true);
+    expect(ops.pristineDir(make(0o700, 0o700), uid)).toBe(false); // a `build` where none is expected
+    expect(ops.pristineDir(make(), uid, 'build')).toBe(false); // no `build`
+    expect(ops.pristineDir(make(0o700, 0o755), uid, 'build')).toBe(false);
+    const innerFile = make(0o700, 0o700);
+    fs.writeFileSync(path.join(innerFile, 'build', 'f'), '');
+    expect(ops.pristineDir(innerFile, uid, 'build')).toBe(false);
+    const beside = make(0o700, 0o700);
+    fs.mkdirSync(path.join(beside, 'other'), { mode: 0o700 });
+    expect(ops.pristineDir(beside, uid, 'build')).toBe(false);
+    // Many entries (more than one read of the directory): still not pristine, and nothing leaks.
+    const many = make(0o700, 0o700);
+    for (let i = 0; i < 500; i++) fs.writeFileSync(path.join(many, `${'x'.repeat(100)}${i}`), '');
+    expect(ops.pristineDir(many, uid, 'build')).toBe(false);
+    const link = path.join(base, 'link');
+    fs.symlinkSync(make(), link);
+    expect(ops.pristineDir(link, uid)).toBe(false);
+    const xattr = make();
+    const set = spawnSync('setfattr', ['-n', 'user.x', '-v', '1', xattr]);
+    if (set.status === 0) expect(ops.pristineDir(xattr, uid)).toBe(false);
+  });
+
   it('drain removes every pooled directory and writes the record once for them all', async () => {
     if (!(await nativeDirOps())) return; // (no C compiler: nothing is pooled)
     const base = tmp();
