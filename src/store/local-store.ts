@@ -545,7 +545,9 @@ export class LocalStore implements Store {
       });
     }
     // As Nix: hold big-lock shared while the store is open (a schema upgrade takes it exclusively).
-    const releaseBigLock = await lockPlainFile(path.join(layout.dbDir, 'big-lock'), 'shared', opts.signal);
+    const releaseBigLock = await lockPlainFile(path.join(layout.dbDir, 'big-lock'), 'shared', opts.signal).catch(async (e: unknown) => {
+      throw (await perUserModeError(layout)) ?? e;
+    });
     let db: Database.Database | undefined;
     try {
       await ensureReserved(path.join(layout.dbDir, 'reserved'));
@@ -1541,6 +1543,35 @@ async function makeStoreDirs(layout: LocalStoreLayout): Promise<void> {
       ignoreCode('EACCES', 'EPERM', 'EROFS')(e);
     }
   }
+}
+
+/**
+ * Why Nix 2.8 could not open a store whose big-lock this user cannot open (a store someone else owns): its
+ * LocalStore sets the mode of the `per-user` directories before it takes the lock, and fails there first
+ * ("could not set permissions on '…/profiles/per-user' to 755: Operation not permitted", or "creating
+ * directory '…'" for a missing one). Undefined when both can be set (the lock's own error is then the one
+ * to tell). Only called on that failure.
+ */
+async function perUserModeError(layout: LocalStoreLayout): Promise<StoreError | undefined> {
+  for (const d of [path.join(layout.stateDir, 'profiles/per-user'), path.join(layout.stateDir, 'gcroots/per-user')]) {
+    try {
+      await fsp.mkdir(d);
+    } catch (e) {
+      // (Nix's createDirs fails first when the directory is missing: "creating directory '…': Permission denied".)
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST')
+        return new StoreError('store-open-failed', systemErrorMessage(e) ?? (e as Error).message, { cause: e });
+    }
+    try {
+      await fsp.chmod(d, 0o755);
+    } catch (e) {
+      const said = systemErrorMessage(e) ?? (e as Error).message;
+      return new StoreError('store-open-failed', `could not set permissions on '${d}' to 755: ${said.slice(said.indexOf("': ") + 3)}`, {
+        cause: e,
+        hint: `this user cannot write the store under '${layout.root ?? layout.stateDir}': run as its owner, or choose another store`,
+      });
+    }
+  }
+  return undefined;
 }
 
 const ignoreCode =

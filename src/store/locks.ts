@@ -25,6 +25,7 @@ import {
 } from 'node:fs';
 import { createRequire } from 'node:module';
 import { StoreError } from './errors.js';
+import { systemErrorMessage } from './system-error.js';
 import { parseStorePath } from './store-path.js';
 
 interface FsExt {
@@ -104,7 +105,9 @@ function sleep(ms: number, signal: AbortSignal | undefined, key: string): Promis
 }
 
 function lockOpenError(lockPath: string, e: unknown): StoreError {
-  return new StoreError('lock-failed', `cannot open lock file '${lockPath}': ${(e as Error).message}`, {
+  // Nix's words: "opening lock file '…': Permission denied".
+  const said = systemErrorMessage(e);
+  return new StoreError('lock-failed', `opening lock file '${lockPath}': ${said ? said.slice(said.indexOf("': ") + 3) : (e as Error).message}`, {
     cause: e,
     hint: 'check that the store directory exists and is writable by this user',
   });

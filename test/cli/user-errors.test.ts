@@ -188,3 +188,59 @@ describe.skipIf(!nixOk())('an internal failure mid-build, realise vs Nix 2.8', (
     120_000,
   );
 });
+
+describe.skipIf(!nixOk())('a store another user owns, realise vs Nix 2.8', () => {
+  const BIN = path.resolve(__dirname, '../../bin/realise.js');
+  // Root's store, opened by nobody (when the checkout is readable by others).
+  it.skipIf(!AS_ROOT || !usableByOthers(BIN))(
+    "Nix's error for the first directory it cannot set up (a per-user directory's mode, or making one), not the big-lock's; exit 1, nothing made",
+    () => {
+      const dir = tempDir('realise-not-owner-');
+      chmodSync(dir, 0o755);
+      writeFileSync(path.join(dir, 'f.txt'), 'hello\n');
+      const store = path.join(dir, 'S');
+      const p = nix('nix-store', ['--store', store, '--add', path.join(dir, 'f.txt')]);
+      // A second store, from before Nix made per-user directories: those are missing, and cannot be made.
+      const old = path.join(dir, 'old');
+      for (const d of ['nix/store/.links', 'nix/var/nix/db', 'nix/var/nix/profiles', 'nix/var/nix/gcroots', 'nix/var/nix/temproots'])
+        execFileSync('mkdir', ['-p', '-m', '755', path.join(old, d)]);
+      const run = (cmd: string, args: string[]) => {
+        const r = spawnSync(cmd, args, {
+          env: nixEnv({ HOME: dir, XDG_CACHE_HOME: path.join(dir, 'xdg') }),
+          encoding: 'utf8',
+          cwd: dir,
+          uid: 65534,
+          gid: 65534,
+        });
+        return { status: r.status, stderr: r.stderr };
+      };
+      try {
+        for (const root of [store, old]) {
+          for (const [nixArgs, ours] of [
+            [
+              ['--realise', p],
+              ['build', p],
+            ],
+            [
+              ['--gc', '--print-dead'],
+              ['gc', '--print-dead'],
+            ],
+          ] as const) {
+            const n = run('nix-store', ['--store', root, ...nixArgs]);
+            const o = run(process.execPath, [BIN, ...ours, '--store', root]);
+            expect(n.stderr).toMatch(
+              root === store
+                ? /^error: could not set permissions on '.*\/per-user' to 755: Operation not permitted\n$/
+                : /^error: creating directory '.*\/per-user': Permission denied\n$/,
+            );
+            expect([o.status, o.stderr], ours.join(' ')).toEqual([n.status, n.stderr]);
+          }
+        }
+        expect(readdirSync(path.join(old, 'nix/var/nix/profiles'))).toEqual([]);
+      } finally {
+        removeTreeSync(dir);
+      }
+    },
+    60_000,
+  );
+});
