@@ -638,8 +638,9 @@ static int finish(void) {
     fail("%s", errbuf);
   }
   /* The sandbox is set up and the builder runs: Node announces the build now (Nix prints "building"
-     only once its child has set up the sandbox). */
-  if (buildId) status("started\n");
+     only once its child has set up the sandbox). Our pid (Node kills our process group on abort) comes
+     with it, in the same write: a record of its own read a moment before cost Node a wake-up per build. */
+  if (buildId) status("pid %d\n%s started\n", (int) getpid(), buildId);
 
   /* Server mode: each read goes out as one record on the status channel (see outputRecord), so a
      read takes no more than a record holds. */
@@ -731,8 +732,9 @@ static char **requestCommand(char **strs) {
    little-endian length and NUL-terminated strings: id, argument count, arguments, environment.
    Status lines "id exit N", "id signal N", "id error MSG" go to our stdout.
    - A sandboxed build runs in a forked process that sets up the namespaces and reports on our stdout
-     (shared by all): "id pid PID" (the process whose group to kill on abort), "id started", the
-     builder's output as records "id out LEN" + LEN bytes (see outputRecord), then its status.
+     (shared by all): once its builder runs, "id pid PID" (the process whose group to kill on abort) and
+     "id started" in one write, the builder's output as records "id out LEN" + LEN bytes (see
+     outputRecord), then its status; it dies with us (parent-death signal).
    - A plain build ("--plain CWD FILE ARGV0 ARGS...", no sandbox) is started by us straight into the
      builder: new session, cwd, stdin /dev/null, stdout and stderr on one end of a Unix socket pair whose
      other end we read, exactly the environment given. We report "id pid PID" (Node kills its process
@@ -853,6 +855,7 @@ static void plainBuild(const char *id, char **argv, char **env) {
    on a pipe from the server and runs it like a cold one. Only for requests with the defaults it was
    made with (private network, uid 1000, gid 100). */
 static int warmFd = -1, signalFd = -1;
+static pid_t serverPid;
 static const char *warmUid = "1000", *warmGid = "100";
 
 static int writeAll(int fd, const void *data, size_t len) {
@@ -869,15 +872,18 @@ static int writeFrame(int fd, const char *msg, uint32_t len) {
   return writeAll(fd, lenb, 4) || writeAll(fd, msg, len) ? -1 : 0;
 }
 
-/* In a per-build process: our status channel (a copy of the server's stdout, closed on exec), and the
-   record that names our pid (Node kills our process group on abort). */
+/* In a per-build process: our status channel (a copy of the server's stdout, closed on exec). Our pid
+   goes to Node with "started" (see finish). */
 static void attachOutput(void) {
   statusFd = fcntl(1, F_DUPFD_CLOEXEC, 3);
   if (statusFd < 0) _exit(125);
-  status("pid %d\n", (int) getpid());
 }
 
 static void perBuildInit(int netSlot) {
+  /* A build process goes with the server (its sandbox with it), as Node, which knows its pid only once
+     the builder runs, would kill it then. */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != serverPid) _exit(125); /* it died before that */
   netKeepOnly(netSlot);
   sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, 0);
   if (signalFd >= 0) close(signalFd);
@@ -897,7 +903,6 @@ static void spawnWarm(void) {
   if (pid > 0) { close(p[0]); warmFd = p[1]; return; }
   close(p[1]);
   perBuildInit(slot);
-  prctl(PR_SET_PDEATHSIG, SIGKILL); /* an idle warm process goes with the server */
   failQuiet = 1; statusFd = -1;
   prepare();
   failQuiet = 0; statusFd = 1;
@@ -939,6 +944,7 @@ static int netPoolable(char **args, int argc) {
 }
 
 static int server(int warm) {
+  serverPid = getpid();
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   /* Children are reaped from the main loop (signalfd); waiting, rather than SIG_IGN, keeps their CPU
      time in our accounting and gives us plain builds' statuses. */
