@@ -37,6 +37,8 @@ interface RootsFile {
   roots: Set<StorePath>;
   socket: net.Socket | undefined;
   gcLockFd: number | undefined;
+  /** Roots asked for in this run of microtasks, recorded together at its end (see TempRoots.addAll). */
+  batch: { readonly paths: Set<StorePath>; readonly recorded: Promise<void> } | undefined;
 }
 
 const files = new Map<string, RootsFile>();
@@ -96,7 +98,7 @@ export class TempRoots {
         if (fstatSync(fd).size === 0 && existsSync(file)) break;
         closeSync(fd);
       }
-      rf = { fd, file, users: 0, roots: new Set(), socket: undefined, gcLockFd: undefined };
+      rf = { fd, file, users: 0, roots: new Set(), socket: undefined, gcLockFd: undefined, batch: undefined };
       files.set(stateDir, rf);
     }
     rf.users++;
@@ -109,15 +111,41 @@ export class TempRoots {
   }
 
   /**
-   * Make every path of `storePaths` a temporary root, as `add` does for each. While no collector runs they
-   * are recorded together: one write under one shared hold of the GC lock, which keeps a collector from
-   * starting until all of them are in the file.
+   * Make every path of `storePaths` a temporary root, as `add` does for each; resolves once they are
+   * recorded. The roots asked for until the first asker's batch comes to its turn in the microtask queue
+   * (goals that start together ask one after the other in it) are recorded together: while no collector
+   * runs, one write under one shared hold of the GC lock, which keeps a collector from starting until all
+   * of them are in the file.
    */
-  async addAll(storePaths: Iterable<StorePath>): Promise<void> {
-    if (this.closed) throw new StoreError('store-closed', 'temporary roots used after close');
+  addAll(storePaths: Iterable<StorePath>): Promise<void> {
+    if (this.closed) return Promise.reject(new StoreError('store-closed', 'temporary roots used after close'));
     const rf = this.rf;
-    const fresh = [...new Set(storePaths)].filter((p) => !rf.roots.has(p));
+    let batch: RootsFile['batch'];
+    for (const p of storePaths) {
+      if (rf.roots.has(p)) continue;
+      batch ??= rf.batch ??= this.newBatch();
+      batch.paths.add(p);
+    }
+    return batch ? batch.recorded : Promise.resolve();
+  }
+
+  private newBatch(): NonNullable<RootsFile['batch']> {
+    const rf = this.rf;
+    const paths = new Set<StorePath>();
+    const recorded = new Promise<void>((resolve, reject) => {
+      queueMicrotask(() => {
+        rf.batch = undefined;
+        // (A path recorded since it was asked for, by a batch still telling a collector, is not written again.)
+        this.record([...paths].filter((p) => !rf.roots.has(p))).then(resolve, reject);
+      });
+    });
+    return { paths, recorded };
+  }
+
+  private async record(fresh: readonly StorePath[]): Promise<void> {
+    const rf = this.rf;
     if (fresh.length === 0) return;
+    if (files.get(this.stateDir) !== rf) throw new StoreError('store-closed', 'temporary roots used after close');
     const gcLock = path.join(this.stateDir, 'gc.lock');
     try {
       rf.gcLockFd ??= openSync(gcLock, FS.O_RDWR | FS.O_CREAT, 0o600);

@@ -32,6 +32,24 @@ describe('temporary GC roots', () => {
     expect(existsSync(file)).toBe(false);
   });
 
+  it("roots asked for together (by two store objects) are each in the file when its asker's promise resolves, and written once", async () => {
+    const root = tmp();
+    const a = await LocalStore.open({ root });
+    const b = await LocalStore.open({ root });
+    await a.addTempRoot('/nix/store/00000000000000000000000000000000-first');
+    const file = path.join(root, 'nix/var/nix/temproots', String(process.pid));
+    const before = readFileSync(file, 'utf8');
+    const x = ['x', 'y'].map((c) => `/nix/store/${c.repeat(32)}-a`);
+    const y = ['y', 'z'].map((c) => `/nix/store/${c.repeat(32)}-a`);
+    const seen: string[] = [];
+    const inFile = (paths: string[]) => () => seen.push(paths.every((p) => readFileSync(file, 'utf8').includes(`${p}\0`)) ? 'in' : 'missing');
+    await Promise.all([a.addTempRoots(x).then(inFile(x)), b.addTempRoots(y).then(inFile(y)), a.addTempRoot(x[0]!).then(inFile([x[0]!]))]);
+    expect(seen).toEqual(['in', 'in', 'in']);
+    expect(readFileSync(file, 'utf8')).toBe(`${before}${x[0]}\0${x[1]}\0${y[1]}\0`);
+    await a.close();
+    await b.close();
+  });
+
   it('while a collector holds gc.lock, a root is sent to <state>/gc-socket/socket as "path\\n" and acknowledged with "1"', async () => {
     const root = tmp();
     const store = await LocalStore.open({ root });
