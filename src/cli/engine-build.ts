@@ -15,6 +15,7 @@ import {
   RealiseError,
   SubstituterError,
   isSuccess,
+  keptBuildDirNote,
   recordTrace,
   renderReport,
   type BuildEngineOptions,
@@ -89,8 +90,15 @@ export function engineOptions(settings: EngineSettings, warn: (message: string) 
  * with its build-finished, before its slot goes to the next build (as Nix's buildDone). Returns every
  * failed result and the messages printed.
  */
-function printFailuresOfInputs(engine: BuildEngine, display: Display, topDrvs: ReadonlySet<string>): { failed: BuildResult[]; printed: Set<string> } {
+function printFailuresOfInputs(
+  engine: BuildEngine,
+  display: Display,
+  topDrvs: ReadonlySet<string>,
+): { failed: BuildResult[]; printed: Set<string>; keptOfStopped: string[] } {
   const failed: BuildResult[] = [];
+  // The build directories of stopped builds kept with --keep-failed: Nix notes them as its worker goes,
+  // after the errors it logged and before the one that ends the command.
+  const keptOfStopped: string[] = [];
   const printed = new Set<string>();
   const printedBuilds = new Set<string>();
   const printFailure = (path: string, result: BuildResult): void => {
@@ -101,6 +109,7 @@ function printFailuresOfInputs(engine: BuildEngine, display: Display, topDrvs: R
     display.line(formatError(message).trimEnd());
   };
   engine.on('build-finished', (e) => {
+    if (e.keptBuildDir !== undefined) keptOfStopped.push(e.keptBuildDir);
     if (e.outcome !== 'failure' || !e.result) return;
     printedBuilds.add(e.drvPath);
     printFailure(e.drvPath, e.result);
@@ -111,7 +120,7 @@ function printFailuresOfInputs(engine: BuildEngine, display: Display, topDrvs: R
     // (The goal of a build whose failure was printed with its build-finished is not printed again.)
     if (e.kind === 'derivation' && !printedBuilds.delete(e.path)) printFailure(e.path, e.result);
   });
-  return { failed, printed };
+  return { failed, printed, keptOfStopped };
 }
 
 /**
@@ -136,7 +145,7 @@ export async function build(args: CliArgs, store: Store, settings: EngineSetting
         })
       : undefined;
   const topDrvs = new Set(targets.map((t) => ('drvPath' in t ? t.drvPath : t.path)));
-  const { failed, printed } = printFailuresOfInputs(engine, display, topDrvs);
+  const { failed, printed, keptOfStopped } = printFailuresOfInputs(engine, display, topDrvs);
   const ac = new AbortController();
   const stopCancelling = cancelOnInterrupt(() => ac.abort());
   try {
@@ -175,11 +184,20 @@ export async function build(args: CliArgs, store: Store, settings: EngineSetting
       throw e;
     }
     display.stop();
-    if (ac.signal.aborted) throw new RealiseError('cancelled', 'interrupted by the user');
+    const stoppedNotes = () => {
+      for (const d of keptOfStopped) writeStderr(keptBuildDirNote(d) + '\n');
+    };
+    if (ac.signal.aborted) {
+      stoppedNotes();
+      throw new RealiseError('cancelled', 'interrupted by the user');
+    }
     const summary = summariseFailures(results, failed, !display.showsLogs);
     if (summary) {
       for (const n of summary.notes) writeStderr(n + '\n');
-      for (const m of summary.messages) writeStderr(formatError(m));
+      summary.messages.forEach((m, i) => {
+        if (i === summary.messages.length - 1) stoppedNotes();
+        writeStderr(formatError(m));
+      });
       return summary.exitStatus;
     }
     await printRealised(args, store, results, store instanceof DaemonStore ? (l) => store.addIndirectRoot(l) : undefined, warn);

@@ -62,9 +62,18 @@ export interface EventPayloads {
    * succeeded (its outputs are then registered: the derivation's result, with outputs or a rejection, is
    * its `goal-finished`), failed (exit status, timeout, log limit, setup), or was stopped. A failed build
    * carries its failure in `result`, made before the slot is handed on (as Nix reports a failed build
-   * before it starts another).
+   * before it starts another). A stopped build's directory kept with `keepFailed` is `keptBuildDir` (Nix
+   * keeps it too, and notes it as the call ends).
    */
-  'build-finished': { drvPath: StorePath; round: number; rounds: number; machine?: string; outcome: 'success' | 'failure' | 'stopped'; result?: BuildResult };
+  'build-finished': {
+    drvPath: StorePath;
+    round: number;
+    rounds: number;
+    machine?: string;
+    outcome: 'success' | 'failure' | 'stopped';
+    result?: BuildResult;
+    keptBuildDir?: string;
+  };
   /**
    * A path's info is asked of a substituter itself (not answered from a narinfo cache): Nix's "querying
    * info about 'PATH' on 'SUBSTITUTER'". `query-finished` follows, also when the query fails.

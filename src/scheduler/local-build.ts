@@ -675,7 +675,16 @@ class LocalRound {
   finishBuild(outcome: 'success' | 'failure' | 'stopped', result?: BuildResult): void {
     if (!this.announced || this.finished) return;
     this.finished = true;
-    this.w.ctx.emit('build-finished', { drvPath: this.view.drvPath, round: this.round, rounds: this.plan.rounds, outcome, ...(result ? { result } : {}) });
+    // Nix keeps a stopped build's directory too with keepFailed (its goal's destructor says so).
+    const kept = outcome === 'stopped' ? this.keptBuildDir() : undefined;
+    this.w.ctx.emit('build-finished', {
+      drvPath: this.view.drvPath,
+      round: this.round,
+      rounds: this.plan.rounds,
+      outcome,
+      ...(result ? { result } : {}),
+      ...(kept !== undefined ? { keptBuildDir: kept } : {}),
+    });
   }
 
   constructor(

@@ -3,7 +3,8 @@
  * on twin chroot stores: both end with "error: interrupted by the user" and exit status 1, the builder is
  * gone, and the output is not registered. Also an interrupt before any build started (while loading).
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -33,9 +34,17 @@ interface Ended {
  * which once in many CI runs went on running its builder after a SIGTERM (what is compared is how each
  * process ends, not whether Nix's signal handling ever misses).
  */
-function interrupt(cmd: string, args: string[], sig: NodeJS.Signals, when?: string, delayMs = 0, resendMs?: number): Promise<Ended> {
+function interrupt(
+  cmd: string,
+  args: string[],
+  sig: NodeJS.Signals,
+  when?: string,
+  delayMs = 0,
+  resendMs?: number,
+  env: Record<string, string> = {},
+): Promise<Ended> {
   return new Promise((resolve) => {
-    const child = spawn(cmd, args, { env: nixEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(cmd, args, { env: nixEnv(env), stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     let sent = false;
     let resend: NodeJS.Timeout | undefined;
@@ -98,10 +107,63 @@ describe.skipIf(!nixOk())('interrupting a build, realise vs Nix 2.8', () => {
     }, 60_000);
   }
 
+  it('SIGHUP with --keep-failed: the build directory kept, with its note before the error, as Nix', async () => {
+    const tmp = { N: path.join(dir, 'tmpN'), O: path.join(dir, 'tmpO') };
+    for (const t of Object.values(tmp)) mkdirSync(t);
+    const n = await interrupt('nix-store', [...nixArgs(), '-K'], 'SIGHUP', 'started', 0, 10_000, { TMPDIR: tmp.N });
+    const o = await interrupt(process.execPath, [...ourArgs(), '-K'], 'SIGHUP', 'started', 0, undefined, { TMPDIR: tmp.O });
+    const tail = (s: string, t: string) => s.replaceAll(t, 'TMP').trimEnd().split('\n').slice(-2);
+    expect(tail(n.stderr, tmp.N)).toEqual(["note: keeping build directory 'TMP/nix-build-interrupt.drv-0'", 'error: interrupted by the user']);
+    expect([o.status, o.signal, tail(o.stderr, tmp.O)], o.stderr).toEqual([n.status, n.signal, tail(n.stderr, tmp.N)]);
+    // (Build directories only: a run through tsx, from a checkout not built, leaves its cache in TMPDIR.)
+    const builds = (t: string) => readdirSync(t).filter((e) => e.startsWith('nix-build-'));
+    expect(builds(tmp.O)).toEqual(builds(tmp.N));
+    await sleep(200);
+    expect(builderLeft()).toBe(false);
+  }, 60_000);
+
   it('SIGINT before any build started (while loading): the same end, not a death by signal', async () => {
     const o = await interrupt(process.execPath, ourArgs(), 'SIGINT', undefined, 500);
     expect([o.status, o.signal, lastLine(o.stderr)], o.stderr).toEqual([1, null, 'error: interrupted by the user']);
     await sleep(200);
+    expect(builderLeft()).toBe(false);
+  }, 60_000);
+});
+
+describe.skipIf(!nixOk())('--keep-failed when a failure stops another build, realise vs Nix 2.8', () => {
+  it("both build directories kept; the stopped build's note after the failure's error, before the summary", () => {
+    const dir = tempDir();
+    const drvs = ['fail', 'slow'].map((a) =>
+      instantiateTwins(
+        dir,
+        `{ mark }: {
+          fail = derivation { name = "kf-fail"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "/bin/busybox sleep 1; echo failing; exit 1"]; };
+          slow = derivation { name = "kf-slow"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo started; : \${mark}; /bin/busybox sleep 600; echo > $out"]; };
+        }`,
+        ['--argstr', 'mark', MARK, '-A', a],
+      ),
+    );
+    const run = (cmd: string, args: string[], tmp: string) => {
+      mkdirSync(tmp);
+      const r = spawnSync(cmd, [...args, '-K', '-j2', '--option', 'sandbox-paths', SANDBOX, ...drvs], { env: nixEnv({ TMPDIR: tmp }), encoding: 'utf8' });
+      return {
+        status: r.status,
+        stderr: r.stderr.replaceAll(tmp, 'TMP'),
+        kept: readdirSync(tmp)
+          .filter((e) => e.startsWith('nix-build-'))
+          .sort(),
+      };
+    };
+    const n = run('nix-store', ['--store', path.join(dir, 'N'), '--realise'], path.join(dir, 'tmpN'));
+    const o = run(process.execPath, [BIN, 'build', '--store', path.join(dir, 'O')], path.join(dir, 'tmpO'));
+    const notesAndErrors = (s: string) => s.split('\n').filter((l) => /^(note|error): /.test(l));
+    expect(notesAndErrors(n.stderr)).toEqual([
+      "note: keeping build directory 'TMP/nix-build-kf-fail.drv-0'",
+      expect.stringMatching(/^error: builder for '.*-kf-fail.drv' failed with exit code 1$/),
+      "note: keeping build directory 'TMP/nix-build-kf-slow.drv-0'",
+      expect.stringMatching(/^error: build of '.*', '.*' failed$/),
+    ]);
+    expect([o.status, notesAndErrors(o.stderr), o.kept], o.stderr).toEqual([n.status, notesAndErrors(n.stderr), n.kept]);
     expect(builderLeft()).toBe(false);
   }, 60_000);
 });
