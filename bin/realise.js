@@ -61,12 +61,42 @@ let engineRan = false;
 let substitutersRan = false;
 globalThis[Symbol.for('realise.cli.engineRuns')] = () => {
   engineRan = true;
+  holdOptimisingCompiler();
 };
 globalThis[Symbol.for('realise.cli.substitutersRun')] = () => {
   substitutersRan = true;
+  releaseOptimisingCompiler();
 };
 function ranLevel() {
   return substitutersRan ? 2 : engineRan ? 1 : 0;
+}
+
+/**
+ * V8's optimising compiler (TurboFan) is off for the first second of an engine's run, then on again. It
+ * compiles the functions that ran most on V8's background threads: in a build of 200 derivations, some
+ * twenty of them, the engine's largest async functions among them, 60-80 ms of CPU (up to ~100 ms for one
+ * function under load), which the process's main thread, in a run that ends soon after, gains back 10-15
+ * ms of, on a machine whose other CPU runs the builders and the sandbox helper. A longer run has them
+ * optimised from its second second on. `--no-turbofan` is a V8 flag, and V8 takes a code cache only under the flags that
+ * made it: Node's cache of its built-in modules is rejected for a module first loaded while the flag is
+ * set (compiled from source instead; Node's `crypto`, which every build loads to hash its outputs, is
+ * loaded before), and this file's code cache is made once it is unset again (at exit, before the cache is
+ * written). A run with substituters unsets it as soon as they are made: it starts worker threads (NAR
+ * restores), whose start would compile each of Node's modules they load from source.
+ */
+const TURBOFAN_OFF_MS = 1000;
+let turbofanHeld = false;
+function holdOptimisingCompiler() {
+  if (turbofanHeld || substitutersRan) return;
+  turbofanHeld = true;
+  require('node:crypto');
+  require('node:v8').setFlagsFromString('--no-turbofan');
+  setTimeout(releaseOptimisingCompiler, TURBOFAN_OFF_MS).unref();
+}
+function releaseOptimisingCompiler() {
+  if (!turbofanHeld) return;
+  turbofanHeld = false;
+  require('node:v8').setFlagsFromString('--turbofan');
 }
 
 /**
@@ -196,6 +226,7 @@ function runBundle(file, st = statSync(file, { bigint: true })) {
   const script = new Script(text, { filename: file, cachedData });
   const usable = cachedData !== undefined && !script.cachedDataRejected;
   process.once('exit', () => {
+    releaseOptimisingCompiler();
     const ran = ranLevel();
     if (usable && wasmFirstTier === made.wasm && made.level >= ran) return;
     const level = usable ? Math.max(ran, made.level) : ran;
