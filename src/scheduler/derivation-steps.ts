@@ -183,7 +183,7 @@ async function addTempRoots(w: Worker, drvPath: StorePath, view: DrvView, taken?
 async function drvAndOutputsValid(
   w: Worker,
   drvPath: StorePath,
-): Promise<{ view: DrvView; valid: Set<StorePath> } | { rooted: readonly StorePath[] } | undefined> {
+): Promise<{ view: DrvView; valid: ReadonlySet<StorePath> } | { rooted: readonly StorePath[] } | undefined> {
   const { ctx } = w;
   if (!ctx.forgetDrv || ctx.isProvidedDrv(drvPath) || !isDerivationPath(drvPath)) return undefined;
   let view: DrvView;
@@ -193,7 +193,7 @@ async function drvAndOutputsValid(
     return undefined; // (a failed load is not cached: the caller's load reports it, if the .drv is valid)
   }
   const rooted = await addTempRoots(w, drvPath, view);
-  const valid = await ctx.store.queryValidPaths([drvPath, ...(view.staticOutputs?.values() ?? [])]);
+  const valid = await w.validTogether.ask([drvPath, ...(view.staticOutputs?.values() ?? [])]);
   if (valid.has(drvPath)) return { view, valid };
   ctx.forgetDrv(drvPath);
   return { rooted };

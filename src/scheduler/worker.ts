@@ -58,6 +58,11 @@ export class Worker {
   readonly failures: { path: StorePath; result: BuildResult }[] = [];
   /** A setup error that aborts the whole call (as Nix throws out of Worker::run). */
   fatal: RealiseError | undefined;
+  /**
+   * The validity of paths that goals starting together ask for at once (a `.drv` and its outputs), in one
+   * query: a set shared by the askers, which only look their own paths up in it.
+   */
+  readonly validTogether = new ValidityBatch((paths) => this.ctx.store.queryValidPaths(paths));
 
   constructor(ctx: EngineContext, mode: BuildMode, signal?: AbortSignal) {
     const loads = new LoadGate(MAX_CONCURRENT_DRV_LOADS);
@@ -374,6 +379,31 @@ async function rootAndQuery(store: EngineContext['store'], paths: readonly Store
   if (store.addTempRoots) await store.addTempRoots(paths);
   else if (store.addTempRoot) for (const p of paths) await store.addTempRoot(p);
   return store.queryValidPaths(paths);
+}
+
+/**
+ * Paths asked for until the first asker's batch comes to its turn in the microtask queue (goals that start
+ * together ask one after the other in it), found valid in one query that every asker of the batch shares.
+ */
+class ValidityBatch {
+  private paths: StorePath[] | undefined;
+  private result: Promise<ReadonlySet<StorePath>> | undefined;
+
+  constructor(private readonly query: (paths: readonly StorePath[]) => Promise<ReadonlySet<StorePath>>) {}
+
+  ask(paths: readonly StorePath[]): Promise<ReadonlySet<StorePath>> {
+    if (!this.paths) {
+      const batch: StorePath[] = (this.paths = []);
+      this.result = new Promise<ReadonlySet<StorePath>>((resolve, reject) => {
+        queueMicrotask(() => {
+          this.paths = undefined;
+          this.query(batch).then(resolve, reject);
+        });
+      });
+    }
+    for (const p of paths) this.paths.push(p);
+    return this.result!;
+  }
 }
 
 /**
