@@ -47,6 +47,8 @@ export async function queryMissing(ctx: EngineContext, targets: readonly BuildTa
   await q.visitDrvs(drvTargets);
   await q.askValidity(opaque);
   for (const p of opaque) if (!(await q.substitutable(p))) q.unknown.add(p);
+  // What the substitutions found will need is started now, while the caller prints its list and starts building.
+  if (q.narSizes.length) ctx.store.expectAdditions?.(q.narSizes);
   return {
     willBuild: [...q.willBuild].sort(),
     willSubstitute: [...q.willSubstitute].sort(),
@@ -62,6 +64,8 @@ class MissingQuery {
   readonly unknown = new Set<StorePath>();
   downloadSize = 0;
   narSize = 0;
+  /** The NAR size of each path in willSubstitute. */
+  readonly narSizes: number[] = [];
   private readonly done = new Set<string>();
   private readonly signal = new AbortController().signal;
   /** Validity as found during this query (nothing is built or fetched while it runs). */
@@ -112,6 +116,7 @@ class MissingQuery {
     this.willSubstitute.add(p);
     this.downloadSize += info.downloadSize;
     this.narSize += info.narSize;
+    this.narSizes.push(info.narSize);
     // As Nix: a reference nobody has is unknown (the substitute will not do without it).
     await this.askValidity(info.references);
     for (const r of info.references) if (r !== p && !(await this.substitutable(r))) this.unknown.add(r);

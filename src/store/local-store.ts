@@ -50,7 +50,7 @@ import {
   tryFlockFd,
   tryLockStorePaths,
 } from './locks.js';
-import { dumpPath, narOfRegularFile, RegularFileContentHasher, restorePath, streamOf } from './nar.js';
+import { dumpPath, expectBatchedRestores, narOfRegularFile, RegularFileContentHasher, restorePath, streamOf } from './nar.js';
 import {
   BUSY_TIMEOUT_MS,
   CA_SCHEMA_STATEMENTS,
@@ -1248,6 +1248,11 @@ export class LocalStore implements Store {
       if (target !== undefined) await deleteTree(target).catch(() => {});
       await locks.release();
     }
+  }
+
+  /** Store.expectAdditions: the NARs addToStore will restore in one batch (see there) warm the restore thread. */
+  expectAdditions(narSizes: readonly number[]): void {
+    expectBatchedRestores(narSizes.filter((s) => s > 0 && s <= BATCH_RESTORE_MAX));
   }
 
   private tmpCounter = 0;

@@ -861,6 +861,17 @@ const MAIN_THREAD_RESTORE_OPS = 16;
 let mainThreadRestores = 0;
 let restoreOnMainThread: ((m: { id: number; ops: RestoreOp[]; now: number }) => RestoreReply) | undefined;
 
+/**
+ * Start the restore thread now when batched restores of NARs of these sizes are coming that it will serve:
+ * one whose NAR is larger than the main thread restores, or more than one (the second starts it anyway).
+ * Its start takes tens of milliseconds (far more on a busy machine), which the first restore for it would
+ * otherwise wait for, and with it every substitution that refers to that path (a builder every `.drv` names).
+ */
+export function expectBatchedRestores(narSizes: readonly number[]): void {
+  if (restoreThread.online) return;
+  if (narSizes.length > 1 || narSizes.some((s) => s > MAIN_THREAD_RESTORE_BYTES)) restoreThread.warm();
+}
+
 /** Whether the restore thread is running (batched restores go to it, whatever their size). */
 export function restoreThreadOnline(): boolean {
   return restoreThread.online;

@@ -110,6 +110,11 @@ export interface Store {
    * transaction; the references must already be valid (closure invariant). Nothing stays on failure.
    */
   addToStore(info: PathInfo, nar: NarSource, opts?: AddToStoreOptions): Promise<PathInfo>;
+  /**
+   * A hint: paths of these NAR sizes are about to be added (substitutes found). The store may prepare
+   * what their additions need in the background (LocalStore: its restore thread). Optional.
+   */
+  expectAdditions?(narSizes: readonly number[]): void;
   /** Add a text file (like `builtins.toFile` or a `.drv`), returning its store path. */
   addTextToStore(name: string, text: string, references?: Iterable<StorePath>): Promise<StorePath>;
   /**
