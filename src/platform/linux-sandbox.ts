@@ -311,12 +311,13 @@ export class LinuxSandbox implements Sandbox {
     const layout = this.#pool ? this.#pool.take(chrootOpts) : prepareChroot(chrootOpts);
     let exit: SandboxExit | undefined;
     let leftovers: ChrootLeftovers | undefined;
+    const outputs: OutputsMoved = { all: false };
     try {
       const binds = await this.#binds(request, layout, backend.kind === 'helper');
       leftovers = backend.kind === 'helper' && this.#recyclable(request) ? this.#leftovers(request, layout, binds) : undefined;
       exit =
         backend.kind === 'helper'
-          ? await this.#runHelper(backend.exe, request, opts, root, binds, chrootOpts)
+          ? await this.#runHelper(backend.exe, request, opts, root, binds, chrootOpts, outputs)
           : await this.#runBwrap(backend.exe, request, opts, root, binds, chrootOpts);
       return exit;
     } catch (e) {
@@ -324,7 +325,7 @@ export class LinuxSandbox implements Sandbox {
       throw e;
     } finally {
       try {
-        moveOutputsOut(layout, request.outputPaths, request.realStoreDir);
+        if (!outputs.all) moveOutputsOut(layout, request.outputPaths, request.realStoreDir);
       } finally {
         // Reuse the skeleton only when the builder ran to its end (so nothing of it can still write
         // into the chroot; after an abort it may take a moment to die).
@@ -447,6 +448,7 @@ export class LinuxSandbox implements Sandbox {
     root: string,
     binds: Map<string, Bind>,
     ids: Pick<PrepareChrootOptions, 'uid' | 'gid' | 'kvm'>,
+    outputs: OutputsMoved,
   ): Promise<SandboxExit> {
     const { uid, gid } = ids;
     const a: string[] = [
@@ -467,7 +469,8 @@ export class LinuxSandbox implements Sandbox {
     const platform = this.#options.platformOf?.(request);
     if (platform === 'i686-linux' && process.arch === 'x64') a.push('--linux32');
     a.push('--store-dir', request.storeDir);
-    // The helper moves the outputs out once the build's processes are gone (moveOutputsOut sees to the rest).
+    // The helper moves the outputs out once the build's processes are gone (moveOutputsOut sees to the rest:
+    // server mode tells whether there is any, see ServerRunRequest.onOutputsLeft).
     a.push('--real-store-dir', request.realStoreDir);
     for (const o of request.outputPaths) a.push('--output', path.basename(o));
     a.push(...helperBindArgs(request, binds, ids.kvm === true));
@@ -475,21 +478,7 @@ export class LinuxSandbox implements Sandbox {
     if (this.#options.server !== false) {
       a.splice(a.indexOf('--status-fd'), 2);
       a.push('--', request.builder, path.basename(request.builder), ...request.args);
-      const server = this.#serverFor(exe);
-      let exit: SandboxExit;
-      try {
-        exit = await server.run({
-          args: a,
-          env: request.env,
-          signal: opts.signal,
-          onOutput: opts.onOutput,
-          onSetUp: opts.onSetUp,
-          drvPath: request.drvPath,
-        });
-      } catch (e) {
-        exit = { kind: 'spawn-failed', message: `cannot start the sandbox helper '${exe}': ${(e as Error).message}` };
-      }
-      return exit.kind === 'spawn-failed' ? setupFailed(request, exit.message) : exit;
+      return this.#runOnServer(exe, a, request, opts, outputs);
     }
     if (filter) a.push('--seccomp-fd', '3');
     a.push('--', request.builder, path.basename(request.builder), ...request.args);
@@ -519,6 +508,31 @@ export class LinuxSandbox implements Sandbox {
     return exit.kind === 'exited'
       ? { kind: 'spawn-failed', message: `the sandbox helper for '${request.drvPath}' exited with code ${exit.code} without a status` }
       : { kind: 'spawn-failed', message: `the sandbox helper for '${request.drvPath}' was killed by ${exit.signal}` };
+  }
+
+  /** A build through the helper server (`args`: the helper's build options and `-- BUILDER ARGV0 ARGS...`). */
+  async #runOnServer(exe: string, args: string[], request: SandboxRequest, opts: SandboxRunOptions, outputs: OutputsMoved): Promise<SandboxExit> {
+    let exit: SandboxExit;
+    let left = false;
+    try {
+      exit = await this.#serverFor(exe).run({
+        args,
+        env: request.env,
+        signal: opts.signal,
+        onOutput: opts.onOutput,
+        onSetUp: opts.onSetUp,
+        onOutputsLeft: () => {
+          left = true;
+        },
+        drvPath: request.drvPath,
+      });
+    } catch (e) {
+      exit = { kind: 'spawn-failed', message: `cannot start the sandbox helper '${exe}': ${(e as Error).message}` };
+    }
+    // The build process's status comes once it has moved the outputs: nothing is left for moveOutputsOut
+    // to look for unless it says so.
+    outputs.all = !left && (exit.kind === 'exited' || exit.kind === 'signalled');
+    return exit.kind === 'spawn-failed' ? setupFailed(request, exit.message) : exit;
   }
 
   async #runBwrap(
@@ -598,6 +612,11 @@ export class LinuxSandbox implements Sandbox {
     // signals sent from inside anyway).
     return exit;
   }
+}
+
+/** Whether the helper moved every output the builder made out of the chroot (then moveOutputsOut is not needed). */
+interface OutputsMoved {
+  all: boolean;
 }
 
 /** Run Nix's `pre-build-hook` (`HOOK DRV CHROOTDIR`) and parse its `extra-sandbox-paths` output. */

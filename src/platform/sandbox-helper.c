@@ -50,6 +50,8 @@ static const char *root, *buildDir = "/build", *shmSize = "50%", *storeDir, *rea
 static const char *outputs[64];
 static int noutputs;
 static int chrootStoreFd = -1, realStoreFd = -1; /* see moveOutputsOut */
+static int tooManyOutputs; /* outputs past the first 64, left for the caller */
+static int outputsLeft; /* moveOutputsOut may have left an output in the chroot */
 static int uidIn = 1000, gidIn = 100, keepNet, seccompFd = -1, statusFd = -1, linux32;
 static int errPipe[2];
 static int failQuiet; /* a warm process that cannot get ready just exits */
@@ -319,6 +321,7 @@ static int parseArgs(int argc, char **argv, int i) {
       /* Past the first 64, outputs are left for the caller to move (moveOutputsOut). */
       ++i;
       if (noutputs < (int)(sizeof outputs / sizeof *outputs)) outputs[noutputs++] = argv[i];
+      else tooManyOutputs = 1;
     }
     else if (!strcmp(a, "--shm-size") && i + 1 < argc) shmSize = argv[++i];
     else if (!strcmp(a, "--seccomp-fd") && i + 1 < argc) seccompFd = atoi(argv[++i]);
@@ -597,8 +600,10 @@ static void openStoreDirs(void) {
 }
 
 /* Once every process of the build is gone: each output the builder made is renamed to the real store dir
-   (replacing a file or an empty directory there, as rename does); the caller moves what is left. */
+   (replacing a file or an empty directory there, as rename does); the caller moves what is left, which
+   outputsLeft says there may be. */
 static void moveOutputsOut(void) {
+  outputsLeft = noutputs > 0;
   if (chrootStoreFd < 0 || realStoreFd < 0) return;
   /* The renames are made with the caller's rights alone: this process's capabilities in its user namespace
      would override the permissions of the caller's own files (a store dir made read-only, say), where the
@@ -609,8 +614,15 @@ static void moveOutputsOut(void) {
   memcpy(none, caps, sizeof none);
   none[0].effective = none[1].effective = 0;
   if (syscall(SYS_capset, &hdr, none) == -1) return;
-  for (int i = 0; i < noutputs; i++) if (renameat(chrootStoreFd, outputs[i], realStoreFd, outputs[i]) == -1) {}
+  int left = 0;
+  for (int i = 0; i < noutputs; i++) {
+    if (renameat(chrootStoreFd, outputs[i], realStoreFd, outputs[i]) == 0) continue;
+    /* Not made (ENOENT, and not there: a real store dir gone is ENOENT too), or left. */
+    struct stat st;
+    if (errno != ENOENT || fstatat(chrootStoreFd, outputs[i], &st, AT_SYMLINK_NOFOLLOW) == 0) left = 1;
+  }
   syscall(SYS_capset, &hdr, caps);
+  outputsLeft = left || tooManyOutputs;
   errno = 0;
 }
 
@@ -667,6 +679,8 @@ static int finish(void) {
   while (waitpid(builderPid, &st, 0) == -1 && errno == EINTR) {}
   /* PID 1 is reaped once every other process of its namespace is: nothing of the build runs any more. */
   moveOutputsOut();
+  /* Server mode: Node looks for outputs left in the chroot only after this record. */
+  if (buildId && outputsLeft) status("left\n");
   if (WIFEXITED(st)) status("exit %d\n", WEXITSTATUS(st));
   else status("signal %d\n", WTERMSIG(st));
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);

@@ -15,6 +15,7 @@ import { signalName } from './signals.js';
 interface Pending {
   readonly onOutput: ((chunk: Buffer) => void) | undefined;
   readonly onSetUp: (() => void) | undefined;
+  readonly onOutputsLeft: (() => void) | undefined;
   pid?: number;
   aborted: boolean;
   status?: string;
@@ -28,6 +29,12 @@ export interface ServerRunRequest {
   readonly onOutput?: ((chunk: Buffer) => void) | undefined;
   /** A sandboxed build's "started" status: its sandbox is set up and the builder runs. */
   readonly onSetUp?: (() => void) | undefined;
+  /**
+   * A sandboxed build's "left" status, before its exit status: the helper moved not every output the
+   * builder made out of the chroot (see the helper's moveOutputsOut). Without it, an exit or signal
+   * status means nothing is left there.
+   */
+  readonly onOutputsLeft?: (() => void) | undefined;
   readonly drvPath: string;
 }
 
@@ -156,6 +163,10 @@ export class SandboxServer {
       p.onSetUp?.();
       return;
     }
+    if (rest === 'left') {
+      p.onOutputsLeft?.();
+      return;
+    }
     if (rest.startsWith('pid ')) {
       p.pid = Number(rest.slice(4));
       if (p.aborted) {
@@ -218,6 +229,7 @@ export class SandboxServer {
       const p: Pending = {
         onOutput: req.onOutput,
         onSetUp: req.onSetUp,
+        onOutputsLeft: req.onOutputsLeft,
         aborted: false,
         resolve: (exit) => {
           if (!this.#pending.delete(id)) return;

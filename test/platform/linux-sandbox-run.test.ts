@@ -71,6 +71,16 @@ describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders'
     expect(many.map((p) => readFileSync(fx.realPath(p), 'utf8'))).toEqual(many.map((_, i) => `${i}\n`));
   });
 
+  it('an output whose physical path holds a stale non-empty directory (which a rename cannot replace) still lands there', async () => {
+    const req = fx.request('stale-out', 'mkdir $out; echo new > $out/f');
+    const real = fx.realPath(req.outputPaths[0]!);
+    mkdirSync(path.join(real, 'sub'), { recursive: true });
+    writeFileSync(path.join(real, 'sub/old'), 'old\n');
+    expect((await build(sb, req)).exit).toEqual({ kind: 'exited', code: 0 });
+    expect(readdirSync(real)).toEqual(['f']);
+    expect(readFileSync(path.join(real, 'f'), 'utf8')).toBe('new\n');
+  });
+
   it("a failed build's outputs are moved out of the chroot too (for debugging, as Nix does)", async () => {
     const req = fx.request('fail', 'mkdir $out; echo partial > $out/p; exit 1');
     expect((await build(sb, req)).exit).toEqual({ kind: 'exited', code: 1 });
