@@ -26,6 +26,8 @@ export interface CliArgs {
    * ("unknown setting 'NAME'"), sorted; it accepts them (and later ones) silently otherwise.
    */
   unknownSettings: string[];
+  /** Those of `unknownSettings` that the configuration files or `$NIX_CONFIG` set. */
+  unknownConfSettings: string[];
   /**
    * The warnings Nix prints as it sets the configuration and the command line's settings, in order: an
    * unknown experimental feature, a value `--option` gives that Nix cannot parse (that setting then keeps
@@ -409,6 +411,7 @@ function emptyArgs(): CliArgs {
     overridden: new Set(),
     verbosity: 3,
     unknownSettings: [],
+    unknownConfSettings: [],
     settingWarnings: [],
     json: false,
     check: false,
@@ -588,7 +591,9 @@ class ArgParser {
     }
     this.setSetting(key, value);
     a.fromOption.add(key);
-    if (a.positional.length === 0 && !isKnownSetting(name) && !a.unknownSettings.includes(name)) a.unknownSettings.push(name);
+    // (Before the first target: `store`'s operation word is none.)
+    const targets = a.positional.length - (a.command === 'store' ? 1 : 0);
+    if (targets <= 0 && !isKnownSetting(name) && !a.unknownSettings.includes(name)) a.unknownSettings.push(name);
     return 3;
   }
 
@@ -617,7 +622,7 @@ class ArgParser {
 }
 
 /** Subcommands that mirror a command of the `nix` CLI (not nix-store): `nix path-info`, `nix copy`. */
-const NIX_COMMAND_CLI = new Set(['path-info', 'copy']);
+export const NIX_COMMAND_CLI: ReadonlySet<string> = new Set(['path-info', 'copy']);
 
 export function parseArgs(rawArgv: readonly string[]): CliArgs {
   const argv = expandCompoundFlags(rawArgv);

@@ -34,7 +34,6 @@ function noOpAnswerable(args: CliArgs, settings: EngineSettings): boolean {
 
 export async function buildCommand(args: CliArgs, store: Store): Promise<number> {
   const settings = engineSettings(args, store, warnStderr);
-  for (const name of [...args.unknownSettings].sort(byString)) warnStderr(`unknown setting '${name}'`);
   const targets: BuildTarget[] = args.positional.map((a) =>
     args.command === 'ensure' ? { path: followLinksToStorePath(store.storeDir, a) } : parseTargetArg(store.storeDir, a),
   );

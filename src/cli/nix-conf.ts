@@ -85,7 +85,10 @@ export function applyNixConf(args: CliArgs, settings: readonly ConfSetting[], en
     if (!key.startsWith('extra-')) conf.delete(`extra-${key}`); // a plain NAME replaces what extra-NAME added
     conf.set(key, key.startsWith('extra-') && conf.has(key) ? `${conf.get(key)} ${value}` : value);
     if (!setting.system) args.overridden.add(key);
-    if (!isKnownSetting(name) && !args.unknownSettings.includes(name)) args.unknownSettings.push(name);
+    if (!isKnownSetting(name) && !args.unknownConfSettings.includes(name)) {
+      args.unknownConfSettings.push(name);
+      if (!args.unknownSettings.includes(name)) args.unknownSettings.push(name);
+    }
   }
   const onCommandLine = new Set(args.options.keys());
   for (const [key, value] of conf) {

@@ -16,7 +16,7 @@ import {
   openStore,
   type Store,
 } from '../index.js';
-import { LOG_FORMATS, parseArgs, parseBool, UsageError, type CliArgs } from './args.js';
+import { LOG_FORMATS, NIX_COMMAND_CLI, parseArgs, parseBool, UsageError, type CliArgs } from './args.js';
 import { daemonClientSettings } from './daemon-settings.js';
 import { messageLogs, warnStderr, writeFailure, writeStderr } from './messages.js';
 import { applyNixConf, readNixConf } from './nix-conf.js';
@@ -49,8 +49,12 @@ async function run(argv: string[]): Promise<number> {
     const { messagesAsJson } = await import('./log-format.js');
     messageLogs.stderrJson = messagesAsJson((l) => process.stderr.write(l));
   }
-  // What Nix warned as it set the settings, before anything else (--version included).
+  // What Nix warned as it set the settings, before anything else (--version included); then the settings
+  // it does not know, sorted: nix-store names those of the configuration and the command line, the nix
+  // command (path-info, copy) the configuration's only.
   for (const w of args.settingWarnings) warnStderr(w);
+  const unknown = NIX_COMMAND_CLI.has(args.command ?? '') ? args.unknownConfSettings : args.unknownSettings;
+  for (const name of [...unknown].sort()) warnStderr(`unknown setting '${name}'`);
   const answered = answerHelpOrVersion(args);
   if (answered !== undefined) return answered;
   if (!args.command) {

@@ -72,7 +72,7 @@ export function quickAnswer(argv: readonly string[]): number | undefined {
     const args = parseArgs([...argv]);
     applyNixConf(args, readNixConf(process.env));
     // (Warnings to print first: run.ts's main prints them.)
-    return args.settingWarnings.length ? undefined : answerHelpOrVersion(args);
+    return args.settingWarnings.length || args.unknownSettings.length ? undefined : answerHelpOrVersion(args);
   } catch {
     return undefined;
   }

@@ -104,6 +104,30 @@ describe('readNixConf / applyNixConf', () => {
 });
 
 describe.skipIf(!nixOk())('configuration vs Nix 2.8', () => {
+  it("unknown settings: every nix-store operation names them (the configuration's and --option's, sorted, before anything else); path-info the configuration's only", async () => {
+    const dir = tempDir();
+    const conf = path.join(dir, 'conf');
+    mkdirSync(conf);
+    writeFileSync(path.join(conf, 'nix.conf'), 'zz-conf-unknown = 1\n');
+    writeFileSync(path.join(dir, 'f.txt'), 'f\n');
+    const p = nix('nix-store', ['--store', path.join(dir, 'R1'), '--add', path.join(dir, 'f.txt')]);
+    nix('nix-store', ['--store', path.join(dir, 'R2'), '--add', path.join(dir, 'f.txt')]);
+    const opts = ['--option', 'b-unknown', '1', '--option', 'a-unknown', '2'];
+    const cases: [string, string[], string[]][] = [
+      ['nix-store', ['--gc', '--print-roots', ...opts], ['gc', '--print-roots', ...opts]],
+      ['nix-store', ['--optimise', ...opts], ['store', 'optimise', ...opts]],
+      ['nix-store', ['--realise', ...opts, p], ['build', ...opts, p]],
+      ['nix', ['path-info', '--extra-experimental-features', 'nix-command', ...opts, p], ['path-info', ...opts, p]],
+    ];
+    for (const [cmd, nixArgs, args] of cases) {
+      const env = { NIX_CONF_DIR: conf, NIX_USER_CONF_FILES: '/dev/null' };
+      const n = runNix(cmd, ['--store', path.join(dir, 'R1'), ...nixArgs], { env });
+      const o = await realiseWithEnv([...args, '--store', path.join(dir, 'R2')], env);
+      const warnings = (s: string) => s.split('\n').filter((l) => l.startsWith('warning: unknown'));
+      expect([o.status, warnings(o.stderr)], args.join(' ')).toEqual([n.status, warnings(n.stderr)]);
+      expect(o.stderr.startsWith(warnings(n.stderr).join('\n')), o.stderr).toBe(true);
+    }
+  });
   it("--option values Nix cannot parse and unknown experimental features: Nix's warnings as it sets them, in order, the setting unchanged", async () => {
     const dir = tempDir();
     const conf = path.join(dir, 'conf');
