@@ -534,6 +534,8 @@ export class DerivationHasher {
   readonly storeDir: string;
   private readonly readDrv: ReadDerivation;
   private readonly memo = new Map<StorePath, Promise<DrvHash>>();
+  /** The memo's hashes once computed: a derivation whose inputs are all here is hashed without awaiting them. */
+  private readonly known = new Map<StorePath, DrvHash>();
 
   constructor(readDrv: ReadDerivation, opts: { storeDir?: string } = {}) {
     this.readDrv = readDrv;
@@ -553,7 +555,10 @@ export class DerivationHasher {
       const drv = this.parsed.get(drvPath);
       if (drv) this.parsed.delete(drvPath);
       p = drv ? this.hashModulo(drv, false) : this.readDrv(drvPath).then((d) => this.hashModulo(d, false));
-      p.catch(() => this.memo.delete(drvPath));
+      p.then(
+        (h) => this.known.set(drvPath, h),
+        () => this.memo.delete(drvPath),
+      );
       this.memo.set(drvPath, p);
     }
     return p;
@@ -573,6 +578,7 @@ export class DerivationHasher {
   /** Seed the memo (e.g. right after writing a derivation whose hash was just computed). */
   remember(drvPath: StorePath, h: DrvHash): void {
     this.memo.set(drvPath, Promise.resolve(h));
+    this.known.set(drvPath, h);
   }
 
   /**
@@ -599,7 +605,17 @@ export class DerivationHasher {
     let resultKind: DrvHash['kind'] = kind === 'floating' ? 'deferred' : 'regular';
     const inputs2 = new Map<string, Set<string>>();
     const entries = [...drv.inputDrvs];
-    const results = await Promise.all(entries.map(([p]) => this.pathHashModulo(p)));
+    // (Inputs hashed already, as when a closure is checked bottom-up, are not awaited one by one.)
+    let results: DrvHash[] | undefined = [];
+    for (const [p] of entries) {
+      const h = this.known.get(p);
+      if (!h) {
+        results = undefined;
+        break;
+      }
+      results.push(h);
+    }
+    results ??= await Promise.all(entries.map(([p]) => this.pathHashModulo(p)));
     entries.forEach(([drvPath, wanted], i) => {
       const res = results[i]!;
       if (res.kind === 'deferred') resultKind = 'deferred';
