@@ -37,6 +37,9 @@ import { buildDirPool } from '../platform/build-dir-pool.js';
 /** How many parsed derivations an engine keeps. */
 const DRV_CACHE_SIZE = 4_096;
 
+/** How long an engine trusts what a substituter said of a path (its info, or that it has none). */
+const INFO_CACHE_TTL_MS = 3600_000;
+
 export interface BuildPathsOptions {
   readonly mode?: BuildMode;
   readonly signal?: AbortSignal;
@@ -154,6 +157,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       emit: this.emitSafely,
       substitutionSlot: (path, fn) => this.substSlots.run(path, fn),
       queryPathInfosCached: (sub, paths, signal) => this.queryInfos(sub, paths, signal),
+      knownPathInfo: (sub, path) => this.knownInfo(sub, path, Date.now()),
       fetchPath: async (sub, info, signal, repair, as) => {
         const p = this.progressTracker;
         let last = 0;
@@ -219,16 +223,20 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     };
   }
 
+  /** A path's info on `sub` as the engine's cache has it at `now`: the info, null (none), or undefined (not known, or expired). */
+  private knownInfo(sub: Substituter, p: StorePath, now: number): SubstitutablePathInfo | null | undefined {
+    const c = this.infoCache.get(`${sub.uri}\0${p}`);
+    return c && now - c.at < INFO_CACHE_TTL_MS ? (c.info ?? null) : undefined;
+  }
+
   private async queryInfos(sub: Substituter, paths: StorePath[], signal: AbortSignal): Promise<Map<StorePath, SubstitutablePathInfo>> {
     const out = new Map<StorePath, SubstitutablePathInfo>();
-    const ttl = 3600_000;
     const now = Date.now();
     const need: StorePath[] = [];
     for (const p of paths) {
-      const c = this.infoCache.get(`${sub.uri}\0${p}`);
-      if (c && now - c.at < ttl) {
-        if (c.info) out.set(p, c.info);
-      } else need.push(p);
+      const known = this.knownInfo(sub, p, now);
+      if (known === undefined) need.push(p);
+      else if (known) out.set(p, known);
     }
     if (need.length) {
       const got = await sub.queryPathInfos(need, { signal, onTransfer: this.transferListener(sub) });

@@ -23,6 +23,8 @@ export interface EngineContext {
   /** Run `fn`, the substitution of `path`, in a substitution slot (a free one goes to the lowest goal key, as in Nix). */
   substitutionSlot<T>(path: StorePath, fn: () => Promise<T>): Promise<T>;
   queryPathInfosCached(sub: Substituter, paths: StorePath[], signal: AbortSignal): Promise<Map<StorePath, SubstitutablePathInfo>>;
+  /** What queryPathInfosCached knows of `path` on `sub` without asking: its info, null (the substituter has none), or undefined (not known). */
+  knownPathInfo(sub: Substituter, path: StorePath): SubstitutablePathInfo | null | undefined;
   /** Fetch a path from a substituter into the store (verifies signature, hash, size; registers atomically). */
   fetchPath(sub: Substituter, info: SubstitutablePathInfo, signal: AbortSignal, repair: boolean, as?: StorePath): Promise<void>;
   /** Whether the caller handed us this derivation (buildDerivation), so it need not be in the store. */

@@ -86,10 +86,22 @@ function pathToAsk(sub: Substituter, storeDir: string, path: StorePath, ca: Fixe
   return sub.storeDir === storeDir ? path : undefined;
 }
 
+type LookUp = { info?: SubstitutablePathInfo; error?: string };
+
+/**
+ * What `sub` has for `path`, when the engine knows it already (queryMissing asked): no await then. Undefined
+ * when it must be asked (lookUp).
+ */
+function lookUpKnown(w: Worker, sub: Substituter, path: StorePath, ca: FixedContent | undefined): LookUp | undefined {
+  const asked = pathToAsk(sub, w.ctx.store.storeDir, path, ca);
+  if (!asked) return {};
+  const known = w.ctx.knownPathInfo(sub, asked);
+  return known === undefined ? undefined : found(w, sub, path, known ?? undefined);
+}
+
 /** What `sub` has for `path`; `error`: a lookup that failed (a real failure without `fallback`). */
-async function lookUp(w: Worker, sub: Substituter, path: StorePath, ca: FixedContent | undefined): Promise<{ info?: SubstitutablePathInfo; error?: string }> {
-  const { storeDir } = w.ctx.store;
-  const asked = pathToAsk(sub, storeDir, path, ca);
+async function lookUp(w: Worker, sub: Substituter, path: StorePath, ca: FixedContent | undefined): Promise<LookUp> {
+  const asked = pathToAsk(sub, w.ctx.store.storeDir, path, ca);
   if (!asked) return {};
   let info;
   try {
@@ -99,7 +111,12 @@ async function lookUp(w: Worker, sub: Substituter, path: StorePath, ca: FixedCon
     w.ctx.emit('warning', { message: shortMessageOf(e), level: 'error' });
     return w.ctx.options.fallback ? {} : { error: `substituter '${sub.uri}': ${(e as Error).message}` };
   }
-  if (info && info.path !== path && !contentAddressedAs(info, sub.storeDir, path, storeDir)) {
+  return found(w, sub, path, info);
+}
+
+/** The info `sub` gave for `path`, unless it is another path's. */
+function found(w: Worker, sub: Substituter, path: StorePath, info: SubstitutablePathInfo | undefined): LookUp {
+  if (info && info.path !== path && !contentAddressedAs(info, sub.storeDir, path, w.ctx.store.storeDir)) {
     w.ctx.emit('warning', { message: `asked '${sub.uri}' for '${path}' but got '${info.path}'`, level: 'error' });
     return {};
   }
@@ -118,7 +135,7 @@ async function substitute(w: Worker, path: StorePath, repair: boolean, depth: nu
   let realError: string | undefined;
   for (const sub of subs) {
     w.signal.throwIfAborted();
-    const { info, error } = await lookUp(w, sub, path, ca);
+    const { info, error } = lookUpKnown(w, sub, path, ca) ?? (await lookUp(w, sub, path, ca));
     if (error) realError = error;
     if (!info) continue;
     // Goals whose lookups end together go on (warn, ask for their references) in Nix's goal order.
