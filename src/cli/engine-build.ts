@@ -221,6 +221,7 @@ function openDisplay(args: CliArgs, engine: BuildEngine): { display: Display; cl
   const display = makeDisplay(engine, stderr, {
     format: args.logFormat as LogFormat | undefined,
     quiet: args.quiet,
+    verbosity: args.verbosity,
     noBuildOutput: args.noBuildOutput,
     printBuildLogs: args.printBuildLogs,
     jsonSink: sink,

@@ -141,6 +141,8 @@ export function openJsonSink(path: string): JsonSink {
 export interface DisplayOptions {
   readonly format: LogFormat | undefined;
   readonly quiet?: boolean;
+  /** Nix's verbosity (3, info, by default). */
+  readonly verbosity?: number;
   readonly noBuildOutput?: boolean;
   readonly printBuildLogs?: boolean;
   readonly jsonSink?: JsonSink;
@@ -153,6 +155,7 @@ export function makeDisplay(engine: BuildEngine, out: DisplayOut, o: DisplayOpti
       ? new JsonDisplay(engine, (s) => out.write(s))
       : new ProgressDisplay(engine, out, {
           quiet: o.quiet,
+          ...(o.verbosity !== undefined ? { verbosity: o.verbosity } : {}),
           noBuildOutput: o.noBuildOutput,
           printBuildLogs: o.printBuildLogs || o.format === 'bar-with-logs' || o.format === 'raw-with-logs',
           plain: o.format === 'raw' || o.format === 'raw-with-logs',

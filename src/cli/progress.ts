@@ -23,6 +23,12 @@ const NEWLINE = Buffer.from('\n');
 export interface ProgressDisplayOptions {
   /** `--quiet`: no activity lines. */
   readonly quiet?: boolean;
+  /**
+   * Nix's verbosity (3, info, by default): from 4 (`-v`, talkative) the substituters' queries and downloads
+   * ("querying info about '…' on '…'...", "downloading '…'..."), from 5 (`-vv`, chatty) "substitution of
+   * path '…' succeeded", as nix-store prints them.
+   */
+  readonly verbosity?: number;
   /** `-Q`: no build output at all. */
   readonly noBuildOutput?: boolean;
   /** `-L`: build output as lines even on a terminal. */
@@ -143,11 +149,7 @@ export class ProgressDisplay {
     };
     // Only the events this display shows are listened to: the engine makes no event nobody listens to (a
     // build's log lines, progress snapshots).
-    const on = <E extends BuildEngineEventName>(event: E, fn: BuildEngineEvents[E]) => {
-      // (eventemitter3's types cannot relate a generic event's name to its listener: checked by `on`'s signature.)
-      engine.on(event, fn as never);
-      this.unsubscribe.push(() => engine.off(event, fn as never));
-    };
+    const on = <E extends BuildEngineEventName>(event: E, fn: BuildEngineEvents[E]) => this.listen(engine, event, fn);
     if (!opts.quiet) {
       on('build-started', onStart);
       on('substitution-started', onSubst);
@@ -160,10 +162,26 @@ export class ProgressDisplay {
     on('warning', onWarn);
     on('build-waiting', onWaiting);
     if (this.tty) on('progress', () => this.render());
+    this.showVerbose(engine, opts.verbosity ?? 3);
     if (this.showsLogs) on('post-build-hook-log', onHookLog);
     this.engine = engine;
   }
   private readonly engine: BuildEngine;
+
+  private listen<E extends BuildEngineEventName>(engine: BuildEngine, event: E, fn: BuildEngineEvents[E]): void {
+    // (eventemitter3's types cannot relate a generic event's name to its listener: checked by this signature.)
+    engine.on(event, fn as never);
+    this.unsubscribe.push(() => engine.off(event, fn as never));
+  }
+
+  /** What nix-store adds at -v (talkative) and -vv (chatty) about substitutions. */
+  private showVerbose(engine: BuildEngine, verbosity: number): void {
+    if (verbosity >= 4) {
+      this.listen(engine, 'query-started', (e) => this.line(`querying info about '${e.path}' on '${e.substituter}'...`));
+      this.listen(engine, 'download-started', (e) => this.line(`downloading '${e.url}'...`));
+    }
+    if (verbosity >= 5) this.listen(engine, 'substitution-finished', (e) => void (e.ok && this.line(`substitution of path '${e.path}' succeeded`)));
+  }
 
   /** Print a whole line to stderr (above the status line on a terminal), filtered as Nix's logger does. */
   line(s: string | Buffer): void {

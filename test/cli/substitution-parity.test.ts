@@ -226,6 +226,24 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expectSame(p);
   }, 60_000);
 
+  it("-v and -vv: nix-store's queries, downloads and 'substitution of path … succeeded' lines, file:// and HTTP, in its order", async () => {
+    for (const http of [false, true]) {
+      for (const v of ['-v', '-vv']) {
+        const f = fresh('xz');
+        const server = http ? await serveCache(f.cacheDir) : undefined;
+        try {
+          const r = await both(f.N, f.O, server ? server.url : `file://${f.cacheDir}`, f.env, [v, drv.b]);
+          expect(r.nix.status, r.nix.stderr).toBe(0);
+          expect(r.nix.stderr).toContain('querying info about');
+          if (v === '-vv') expect(r.nix.stderr).toContain(`substitution of path '${out.b}' succeeded`);
+          expect(r.ours.stderr, `${v} ${http ? 'http' : 'file'}`).toBe(r.nix.stderr);
+        } finally {
+          await server?.close();
+        }
+      }
+    }
+  });
+
   it("an HTTP cache's nix-cache-info and lookups are remembered across runs, as in Nix's disk cache (its TTLs)", async () => {
     const f = fresh('xz');
     // A derivation the cache does not have (negative lookups), in fresh twin stores per run.
