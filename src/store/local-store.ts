@@ -1187,7 +1187,8 @@ export class LocalStore implements Store {
   async addToStore(info: PathInfo, nar: NarSource, opts: AddToStoreOptions = {}): Promise<PathInfo> {
     this.check();
     checkPathInfo(info, this.storeDir);
-    await this.addTempRoot(info.path);
+    // (A substitute is a root already: its goal made it one before looking it up.)
+    if (!this.tempRoots?.has(info.path)) await this.addTempRoot(info.path);
     const repair = opts.repair ?? false;
     if (!repair && this.isValidPathSync(info.path)) return (await this.queryPathInfo(info.path))!;
     checkBatchClosure([info], (ps) => this.queryValidPathsSync(ps));
