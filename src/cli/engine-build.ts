@@ -78,6 +78,9 @@ export function engineOptions(settings: EngineSettings, warn: (message: string) 
           retries: (settings.options.downloadAttempts ?? 5) - 1,
           retryBaseMs: 250,
           onRetry: (m, ms) => warn(`error: ${m}; retrying in ${ms} ms`),
+          // As Nix with --fallback: a failing HTTP cache is disabled for 60 s, said without prefix.
+          fallback: settings.options.fallback ?? false,
+          onDisabled: (m) => writeStderr(`${m}\n`),
         }),
     );
   }

@@ -107,6 +107,8 @@ async function lookUp(w: Worker, sub: Substituter, path: StorePath, ca: FixedCon
   try {
     info = (await w.ctx.queryPathInfosCached(sub, [asked], w.signal)).get(asked);
   } catch (e) {
+    // A cache disabled after a failure (with fallback) is passed over silently, as Nix.
+    if (e instanceof SubstituterError && e.code === 'disabled') return {};
     // Nix logs the error (and, without --fallback, gives up: a real failure here).
     w.ctx.emit('warning', { message: shortMessageOf(e), level: 'error' });
     return w.ctx.options.fallback ? {} : { error: `substituter '${sub.uri}': ${(e as Error).message}` };

@@ -50,6 +50,14 @@ export interface BinaryCacheSubstituterOptions {
   readonly timeoutMs?: number;
   /** Warnings (e.g. a cache for another store dir). @default process.emitWarning */
   readonly onWarning?: (message: string) => void;
+  /**
+   * Nix's `fallback` setting (give the engine's): an HTTP cache whose request fails other than for a missing
+   * file (after its retries) is disabled for 60 s, as Nix disables it; its requests meanwhile throw
+   * SubstituterError `disabled` (`substituter '…' is disabled`) without asking the server. @default false
+   */
+  readonly fallback?: boolean;
+  /** Told when the cache is disabled (Nix prints `disabling binary cache '…' for 60 seconds` without prefix). @default onWarning */
+  readonly onDisabled?: (message: string) => void;
   /** An undici dispatcher to use instead of a private Agent. */
   readonly dispatcher?: Dispatcher;
 }
@@ -421,6 +429,8 @@ class HttpTransport implements Transport {
       onRetry?: ((message: string, delayMs: number) => void) | undefined;
       timeoutMs: number;
       dispatcher?: Dispatcher | undefined;
+      fallback: boolean;
+      onDisabled: (message: string) => void;
     },
   ) {
     if (opts.dispatcher) {
@@ -443,8 +453,43 @@ class HttpTransport implements Transport {
     return /^https?:\/\//.test(rel) ? rel : this.base + rel;
   }
 
-  /** GET with retries of transient failures; undefined on 404/410. */
+  /** When the cache was disabled (Nix's `fallback`), until when (ms since the epoch); 0 when enabled. */
+  private disabledUntil = 0;
+
+  /** Nix's checkEnabled: a disabled cache is not asked, until its 60 s are over. */
+  private checkEnabled(): void {
+    if (this.disabledUntil === 0) return;
+    if (Date.now() > this.disabledUntil) this.disabledUntil = 0;
+    else
+      throw new SubstituterError('disabled', `substituter '${this.uri}' is disabled`, {
+        uri: this.uri,
+        hint: 'a request to it failed; it is asked again after 60 s',
+      });
+  }
+
+  /** Nix's maybeDisable: with `fallback`, a failed transfer disables the cache for 60 s. */
+  private maybeDisable(): void {
+    if (!this.opts.fallback || this.disabledUntil !== 0) return;
+    this.disabledUntil = Date.now() + 60_000;
+    this.opts.onDisabled(`disabling binary cache '${this.uri}' for 60 seconds`);
+  }
+
+  /** GET with retries of transient failures; undefined on 404/410; with `fallback`, a final failure disables the cache. */
   private async get(
+    rel: string,
+    signal: AbortSignal | undefined,
+    onMissing?: (bodyBytes: number, expected: number) => void,
+  ): Promise<Dispatcher.ResponseData | undefined> {
+    this.checkEnabled();
+    try {
+      return await this.getWithRetries(rel, signal, onMissing);
+    } catch (e) {
+      if (e instanceof SubstituterError && e.code !== 'aborted') this.maybeDisable();
+      throw e;
+    }
+  }
+
+  private async getWithRetries(
     rel: string,
     signal: AbortSignal | undefined,
     onMissing?: (bodyBytes: number, expected: number) => void,
@@ -574,6 +619,7 @@ class HttpTransport implements Transport {
       if (isAbortError(e) || signal?.aborted)
         throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
       const code = expected !== undefined && got < expected ? 'truncated' : 'network';
+      this.maybeDisable();
       throw new SubstituterError(
         code,
         `download of '${this.url(rel)}' failed after ${got}${expected !== undefined ? ` of ${expected}` : ''} bytes: ${(e as Error).message}`,
@@ -583,6 +629,7 @@ class HttpTransport implements Transport {
       if (!res.body.destroyed) res.body.destroy();
     }
     if (expected !== undefined && got !== expected) {
+      this.maybeDisable();
       throw new SubstituterError('truncated', `download of '${this.url(rel)}' ended after ${got} of ${expected} bytes`, { uri: this.uri });
     }
   }
@@ -686,6 +733,8 @@ export class BinaryCacheSubstituter implements Substituter {
         onRetry: opts.onRetry,
         timeoutMs: validate('timeoutMs', opts.timeoutMs ?? 30_000, 1),
         dispatcher: opts.dispatcher,
+        fallback: opts.fallback ?? false,
+        onDisabled: opts.onDisabled ?? this.warn,
       });
     } else {
       throw new SubstituterError('network', `unsupported binary cache URL '${uri}'`, { uri, hint: 'use file:///dir, http://host/path or https://host/path' });

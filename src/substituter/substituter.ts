@@ -104,6 +104,7 @@ export type SubstituterErrorCode =
   | 'truncated' // the NAR file ended early
   | 'decompression' // corrupt compressed data, or an unsupported compression
   | 'store' // the store refused the path
+  | 'disabled' // an HTTP cache disabled for a while after a failure (Nix's `fallback`): not asked
   | 'aborted'; // the signal was aborted
 
 /** Every failure of this layer. `uri` names the substituter, `path` the store path when known. */
@@ -551,6 +552,8 @@ export async function querySubstitutablePaths(
       remaining = remaining.filter((p) => !m.has(p));
     } catch (e) {
       if (opts.signal?.aborted) throw new SubstituterError('aborted', 'query of substituters was cancelled', { cause: e });
+      // A cache disabled after a failure (Nix's fallback) is passed over silently, as Nix.
+      if (e instanceof SubstituterError && e.code === 'disabled') continue;
       errors.push(
         e instanceof SubstituterError
           ? e

@@ -300,6 +300,49 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expectSame(r);
   }, 60_000);
 
+  it("with --fallback, an HTTP cache whose request fails is disabled for 60 s (Nix's line), and not asked again meanwhile", async () => {
+    // A NAR that fails on the first of two caches: the next path's NAR is not asked of it ("is disabled").
+    const f = fresh('xz');
+    const [first, second] = [await serveCache(f.cacheDir), await serveCache(f.cacheDir)];
+    try {
+      const run = async (cmd: () => Promise<Run>): Promise<{ run: Run; asked: string[][] }> => {
+        first.clearFaults();
+        first.fault(/^nar\//, { kind: 'status', status: 500 });
+        const [n1, n2] = [first.requests.length, second.requests.length];
+        const r = await cmd();
+        return { run: r, asked: [first.requests.slice(n1), second.requests.slice(n2)] };
+      };
+      const opts = ['--fallback', '--option', 'download-attempts', '1', '--option', 'substituters', `${first.url} ${second.url}`];
+      const common = ['--option', 'trusted-public-keys', pub, '--option', 'sandbox-paths', SANDBOX, ...opts];
+      const theirs = await run(() => runNixAsync('nix-store', ['--store', f.N, '--realise', drv.b, ...common], { env: f.env }));
+      const ours = await run(() => realise(['build', '--store', f.O, drv.b, ...common], f.env));
+      expect(theirs.run.stderr.split('\n')).toContain(`disabling binary cache '${first.url}' for 60 seconds`);
+      expect(theirs.run.stderr.split('\n')).toContain(`error: substituter '${first.url}' is disabled`);
+      expect(ours.run.stderr).toBe(theirs.run.stderr);
+      expect(ours.run.stdout).toBe(theirs.run.stdout);
+      expect(ours.run.status).toBe(theirs.run.status);
+      // One NAR asked of the first cache (its failure), the other fetched from the second.
+      expect(ours.asked).toEqual(theirs.asked);
+      expect(ours.asked[0]!.filter((r) => r.startsWith('nar/'))).toHaveLength(1);
+      expect(pathInfos(f.O)).toEqual(pathInfos(f.N));
+    } finally {
+      await first.close();
+      await second.close();
+    }
+    // A cache that refuses connections: disabled too (the line before the warning), and the derivation built.
+    const g = fresh('xz');
+    const server = await serveCache(g.cacheDir);
+    const url = server.url;
+    await server.close();
+    const r = await both(g.N, g.O, url, g.env, [drv.a, '--fallback', '--option', 'download-attempts', '1']);
+    expect(r.nix.stderr.split('\n').slice(0, 2)).toEqual([
+      `disabling binary cache '${url}' for 60 seconds`,
+      `warning: unable to download '${url}/nix-cache-info': Couldn't connect to server (7)`,
+    ]);
+    expect(r.ours.stderr).toBe(r.nix.stderr);
+    expect(r.ours.status).toBe(r.nix.status);
+  }, 60_000);
+
   it('a corrupt narinfo: Nix\'s "NAR info file … is corrupt"; the command stops, or with --fallback builds', async () => {
     const f = fresh('xz');
     writeFileSync(f.niOf(out.b), readFileSync(f.niOf(out.b), 'utf8').replace(/^NarSize: .*$/m, 'NarSize: bogus'));

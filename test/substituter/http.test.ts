@@ -2,7 +2,7 @@
 import Database from 'better-sqlite3';
 import { existsSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { toNixBase32 } from '../../src/store/hash.js';
 import type { Store } from '../../src/store/store-api.js';
 import { BinaryCacheSubstituter } from '../../src/substituter/binary-cache.js';
@@ -94,6 +94,40 @@ describe('BinaryCacheSubstituter over HTTP', () => {
     expect(await store.listing()).toEqual([]);
     await substitutePath(store, s, info);
     expect(await store.isValidPath(SRC)).toBe(true);
+  });
+
+  it("with fallback, a failed request disables the cache for 60 s (Nix's maybeDisable); a 404 does not, nor a failure without fallback", async () => {
+    const told: string[] = [];
+    const s = make({ retries: 0, fallback: true, onDisabled: (m) => told.push(m) });
+    const info = (await s.queryPathInfos([SRC])).get(SRC)!;
+    server.fault(/^nar\//, { kind: 'status', status: 404 }, 1);
+    expect(await code(substitutePath(store, s, info))).toBe('not-found');
+    expect(told).toEqual([]);
+    server.fault(/^nar\//, { kind: 'status', status: 500 }, 1);
+    expect(await code(substitutePath(store, s, info))).toBe('network');
+    expect(told).toEqual([`disabling binary cache '${server.url}' for 60 seconds`]);
+    const asked = server.requests.length;
+    expect(await code(substitutePath(store, s, info))).toBe('disabled');
+    const e = await s.queryPathInfos([missing(1)]).catch((x: unknown) => x);
+    expect((e as SubstituterError).code).toBe('disabled');
+    expect((e as Error).message).toContain(`substituter '${server.url}' is disabled`);
+    expect(server.requests.length).toBe(asked);
+    // 60 s later it is asked again (and said once only).
+    const now = Date.now();
+    const clock = vi.spyOn(Date, 'now').mockReturnValue(now + 60_001);
+    try {
+      await substitutePath(store, s, info);
+    } finally {
+      clock.mockRestore();
+    }
+    expect(await store.isValidPath(SRC)).toBe(true);
+    expect(told).toHaveLength(1);
+    // Without fallback the next request goes to the server.
+    const t = make({ retries: 0, onDisabled: (m) => told.push(m) });
+    server.fault(/narinfo$/, { kind: 'status', status: 500 }, 1);
+    expect(await code(t.queryPathInfos([missing(2)]))).toBe('network');
+    expect((await t.queryPathInfos([missing(3)])).size).toBe(0);
+    expect(told).toHaveLength(1);
   });
 
   it('survives slow responses', async () => {
