@@ -589,7 +589,7 @@ function buildDirPrefix(view: DrvView): string {
 /**
  * What a build waiting for its slot makes ahead when it is one of the next in line (the slot gate calls
  * `start`): its output lock files, opened (not locked: the locks are still taken in the slot, as Nix's
- * tryToBuild), and a build directory of its name. Creating a file or a directory is the slow part of both
+ * tryToBuild), the directory of its log (Store.prepareBuildLog), and a build directory of its name. Creating a file or a directory is the slow part of both
  * (the thread pool's queue, then the disk), and it then overlaps the running builds instead of holding a
  * slot. What the round does not use is undone by `discard`.
  *
@@ -614,6 +614,7 @@ class BuildPrep {
     const { store } = this.w.ctx;
     if (this.w.signal.aborted) return;
     this.locks = store.openLockFiles?.(this.lockTargets as StorePath[]);
+    void store.prepareBuildLog?.(this.view.drvPath);
     if (!buildDirsInUse.has(this.#name)) {
       // A sandboxed builder works in `build` inside it: made ahead too when the sandbox is known already.
       const inner = this.w.ctx.knownSandbox?.(this.view)?.isolated === true;

@@ -1446,8 +1446,11 @@ export class LocalStore implements Store {
     // those a store used before has already are listed once (one readdir) instead of made again.
     const made = (this.logDirsMade ??= this.existingLogDirs());
     if (!made.has(dir)) {
-      await mkdirOnPool(dir, { recursive: true, mode: 0o755 });
-      made.add(dir);
+      await this.logDirsMaking.get(dir); // made ahead (prepareBuildLog): its end, whatever it was
+      if (!made.has(dir)) {
+        await mkdirOnPool(dir, { recursive: true, mode: 0o755 });
+        made.add(dir);
+      }
     }
     // Written in place, as Nix writes its log file (no temporary name and rename: one file-system call fewer per build).
     try {
@@ -1464,8 +1467,38 @@ export class LocalStore implements Store {
     }
   }
 
-  /** The log directories (`drvs/XX`) known to exist; listed at the first log written. */
+  /** The log directories (`drvs/XX`) known to exist; listed at the first log written or prepared. */
   private logDirsMade: Set<string> | undefined;
+  /** Log directories being made by prepareBuildLog (each promise resolves, made or not). */
+  private readonly logDirsMaking = new Map<string, Promise<void>>();
+
+  /**
+   * Make the directory of `drvPath`'s log ahead, as a build waits for its slot: its creation (a thread-pool
+   * round trip and a new inode) then overlaps the running builds, and its completion comes with those of
+   * the build's lock files made at the same time, instead of adding a round trip between the builder's exit
+   * and the registration of its outputs. A failure is left to addBuildLog (it makes the directory again and
+   * says why it cannot). A build that does not run after all leaves the directory, empty, as a store's
+   * later logs would make it anyway.
+   */
+  prepareBuildLog(drvPath: StorePath): Promise<void> {
+    const dir = path.dirname(this.logPath(drvPath));
+    const made = (this.logDirsMade ??= this.existingLogDirs());
+    if (made.has(dir)) return Promise.resolve();
+    let making = this.logDirsMaking.get(dir);
+    if (!making) {
+      making = mkdirOnPool(dir, { recursive: true, mode: 0o755 }).then(
+        () => {
+          made.add(dir);
+          this.logDirsMaking.delete(dir);
+        },
+        () => {
+          this.logDirsMaking.delete(dir);
+        },
+      );
+      this.logDirsMaking.set(dir, making);
+    }
+    return making;
+  }
 
   private existingLogDirs(): Set<string> {
     const drvs = path.join(this.layout.logDir, 'drvs');

@@ -164,6 +164,12 @@ export interface Store {
   logPath(drvPath: StorePath): string;
   /** Store a build log for `drvPath` (Nix's `<logdir>/drvs/xx/rest`). */
   addBuildLog(drvPath: StorePath, log: string | Uint8Array): Promise<void>;
+  /**
+   * Make ahead what an `addBuildLog` of `drvPath` needs besides its file (its directory), for a build
+   * waiting for its slot. Resolves when done; never rejects (`addBuildLog` makes what is still missing and
+   * reports what fails). Optional: stores whose logs need nothing made omit it.
+   */
+  prepareBuildLog?(drvPath: StorePath): Promise<void>;
   readBuildLog(drvPath: StorePath): Promise<string | undefined>;
 
   close(): Promise<void>;

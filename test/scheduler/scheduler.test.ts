@@ -848,12 +848,14 @@ describe('cancellation while waiting', () => {
     expect(engine.progress().builds.running).toBe(0);
   });
 
-  it('for a build slot: what the next build made ahead (its lock file, its build directory) is undone', async () => {
+  it('for a build slot: what the next build made ahead (its lock file, its build directory) is undone, its log directory kept', async () => {
     const sb = fake();
     const a = await mkDrv('ahead-a');
     const b = await mkDrv('ahead-b');
     const buildDir = tempDir('realise-sched-ahead-');
     const engine = engineWith(sb, { maxJobs: 1, buildDir });
+    // (No log of this test's store is in the directories of theirs.)
+    expect([a, b].some((d) => existsSync(path.dirname(store.logPath(d))))).toBe(false);
     const ctl = new AbortController();
     const call = engine.buildPaths([a, b], { signal: ctl.signal }).then(
       () => undefined,
@@ -863,8 +865,9 @@ describe('cancellation while waiting', () => {
     const waiting = run!.request.drvPath === a ? b : a;
     const lockFile = store.toRealPath(await outPath(waiting)) + '.lock';
     const dirOf = (drv: StorePath) => path.join(buildDir, `nix-build-${nameOf(drv)}.drv-0`);
-    // The build in line has its lock file and build directory made while it waits.
-    await expect.poll(() => existsSync(lockFile) && existsSync(dirOf(waiting))).toBe(true);
+    const logDir = path.dirname(store.logPath(waiting));
+    // The build in line has its lock file, log directory and build directory made while it waits.
+    await expect.poll(() => existsSync(lockFile) && existsSync(dirOf(waiting)) && existsSync(logDir)).toBe(true);
     ctl.abort();
     expect(await call).toBeInstanceOf(BuildCancelledError);
     await expect.poll(() => existsSync(lockFile) || existsSync(dirOf(waiting))).toBe(false);

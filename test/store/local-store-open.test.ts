@@ -42,4 +42,38 @@ describe('LocalStore.addBuildLog', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it("prepareBuildLog makes the log directory ahead; the write then needs only its file, and a failure ahead is the write's to report", async () => {
+    const { existsSync, mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const path = await import('node:path');
+    const dir = mkdtempSync(path.join(tmpdir(), 'realise-log-'));
+    const store = await LocalStore.open({ storeDir: path.join(dir, 'store'), stateDir: path.join(dir, 'state'), logDir: path.join(dir, 'log') });
+    try {
+      const drv = `${store.storeDir}/${'b'.repeat(32)}-x.drv`;
+      const logDir = path.dirname(store.logPath(drv));
+      expect(existsSync(logDir)).toBe(false);
+      await store.prepareBuildLog(drv);
+      expect(existsSync(logDir)).toBe(true);
+      expect(existsSync(store.logPath(drv) + '.bz2')).toBe(false); // only the directory
+      await store.addBuildLog(drv, 'ahead\n');
+      expect(await store.readBuildLog(drv)).toBe('ahead\n');
+
+      // A write given while the directory is still being made waits for it (no second creation racing it).
+      const other = `${store.storeDir}/${'c'.repeat(32)}-y.drv`;
+      const prepared = store.prepareBuildLog(other);
+      await store.addBuildLog(other, 'together\n');
+      await prepared;
+      expect(await store.readBuildLog(other)).toBe('together\n');
+
+      // Made ahead where it cannot be (a file in the way): prepare resolves, the write fails as it would have.
+      const blocked = `${store.storeDir}/${'d'.repeat(32)}-z.drv`;
+      writeFileSync(path.dirname(store.logPath(blocked)), 'not a directory');
+      await expect(store.prepareBuildLog(blocked)).resolves.toBeUndefined();
+      await expect(store.addBuildLog(blocked, 'x\n')).rejects.toMatchObject({ code: 'EEXIST' });
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
