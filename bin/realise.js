@@ -61,31 +61,33 @@ let engineRan = false;
 let substitutersRan = false;
 globalThis[Symbol.for('realise.cli.engineRuns')] = () => {
   engineRan = true;
-  holdOptimisingCompiler();
 };
 globalThis[Symbol.for('realise.cli.substitutersRun')] = () => {
   substitutersRan = true;
-  releaseOptimisingCompiler();
 };
 function ranLevel() {
   return substitutersRan ? 2 : engineRan ? 1 : 0;
 }
 
 /**
- * V8's optimising compiler (TurboFan) is off for the first second of an engine's run, then on again. It
- * compiles the functions that ran most on V8's background threads: in a build of 200 derivations, some
- * twenty of them, the engine's largest async functions among them, 60-80 ms of CPU (up to ~100 ms for one
- * function under load), which the process's main thread, in a run that ends soon after, gains back 10-15
- * ms of, on a machine whose other CPU runs the builders and the sandbox helper. A longer run has them
- * optimised from its second second on. `--no-turbofan` is a V8 flag, and V8 takes a code cache only under the flags that
- * made it: Node's cache of its built-in modules is rejected for a module first loaded while the flag is
- * set (compiled from source instead; Node's `crypto`, which every build loads to hash its outputs, is
- * loaded before), and this file's code cache is made once it is unset again (at exit, before the cache is
- * written). A run with substituters unsets it as soon as they are made: it starts worker threads (NAR
- * restores), whose start would compile each of Node's modules they load from source.
+ * V8's optimising compiler (TurboFan) is off for the first second of an engine's builds (from its first
+ * `build-started`; src/cli/engine-build.ts calls the `buildsRun` hook), then on again. It compiles the
+ * functions that ran most on V8's background threads: in a build of 200 derivations, some twenty of them,
+ * the engine's largest async functions among them, 60-80 ms of CPU (up to ~100 ms for one function under
+ * load), for a run that ends soon after, on a machine whose other CPU runs the builders and the sandbox
+ * helper. It stays on before the builds: the parsing of every `.drv` file (queryMissing) is the hottest
+ * loop of a big build, and a 2,000-derivation build's main thread took ~10% longer with the compiler off
+ * from the engine's start. A longer run has its functions optimised from its builds' second second on.
+ * `--no-turbofan` is a V8 flag, and V8 takes a code cache only under the flags that made it: Node's cache
+ * of its built-in modules is rejected for a module first loaded while the flag is set (compiled from source
+ * instead; Node's `crypto`, which every build loads to hash its outputs, is loaded before), and this file's
+ * code cache is made once it is unset again (at exit, before the cache is written). A run with
+ * substituters keeps the compiler: it starts worker threads (NAR restores), whose start would compile each
+ * of Node's modules they load from source.
  */
 const TURBOFAN_OFF_MS = 1000;
 let turbofanHeld = false;
+globalThis[Symbol.for('realise.cli.buildsRun')] = holdOptimisingCompiler;
 function holdOptimisingCompiler() {
   if (turbofanHeld || substitutersRan) return;
   turbofanHeld = true;

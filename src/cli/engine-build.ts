@@ -43,8 +43,9 @@ function cliCacheDir(): string {
  * Tell the `realise` process (bin/realise.js) what of the CLI this command runs: `engineRuns`, a
  * BuildEngine; `substitutersRun`, binary-cache substituters too. Its code cache is then one made by such a
  * run, which holds those functions (one made by a no-op, or by a build with no substituter, would not).
+ * `buildsRun`: the engine's first build starts (V8's optimising compiler waits, see bin/realise.js).
  */
-function tellLauncher(hook: 'engineRuns' | 'substitutersRun'): void {
+function tellLauncher(hook: 'engineRuns' | 'substitutersRun' | 'buildsRun'): void {
   (globalThis as Record<symbol, (() => void) | undefined>)[Symbol.for(`realise.cli.${hook}`)]?.();
 }
 
@@ -139,6 +140,7 @@ export async function build(args: CliArgs, store: Store, settings: EngineSetting
   if (builders) opts.builders = builders;
   let targets = targetsIn;
   const engine = new BuildEngine(opts);
+  engine.once('build-started', () => tellLauncher('buildsRun'));
   const mode = args.check ? 'check' : args.repair ? 'repair' : 'normal';
   const { display, closeSink } = openDisplay(args, engine);
   const trace =
