@@ -116,10 +116,30 @@ async function createBuildDir(base: string, prefix: string): Promise<string> {
       await mkdirPrivate(dir);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'EEXIST') continue;
-      throw e;
+      throw (await buildDirRootError(base)) ?? e;
     }
     return dir;
   }
+}
+
+/**
+ * Why Nix 2.8's createTempDir fails before its mkdir, when ours failed: it makes the root canonical first
+ * (canonPath with symlinks resolved), which refuses a relative root ("not an absolute path: '…'", ending
+ * the call) and fails on the first component that is not there (its lstat's error: "getting status of
+ * '/nonexistent': No such file or directory"). Undefined when the root is there (the mkdir's error is Nix's).
+ */
+async function buildDirRootError(base: string): Promise<unknown> {
+  if (!path.isAbsolute(base)) return new BuildSetupError(`not an absolute path: '${base}'`);
+  let p = '';
+  for (const c of base.split('/').filter(Boolean)) {
+    p += `/${c}`;
+    try {
+      await fsp.lstat(p);
+    } catch (e) {
+      return e;
+    }
+  }
+  return undefined;
 }
 
 /** A directory of mode 0700. Through the thread pool: a directory creation can take milliseconds on a busy disk. */
@@ -523,7 +543,16 @@ async function prepareBuildDir(
   madeAhead: Promise<AheadBuildDir | undefined> | undefined,
 ): Promise<BuildDir | BuildSetupError> {
   const { options } = w.ctx;
-  const made = (await madeAhead) ?? (await makeTopBuildDir(w, view, isolated));
+  let made: AheadBuildDir | undefined = await madeAhead;
+  if (!made) {
+    try {
+      made = await makeTopBuildDir(w, view, isolated);
+    } catch (e) {
+      // (A relative root for build directories: Nix's error that ends the call.)
+      if (e instanceof BuildSetupError) return e;
+      throw e;
+    }
+  }
   const { top } = made;
   let dir: BuildDir = { top, dir: top, inSandbox: top, extraPaths: undefined };
   try {

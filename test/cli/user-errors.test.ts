@@ -133,6 +133,28 @@ describe.skipIf(!nixOk())('user mistakes, realise vs Nix 2.8', () => {
     expect(readdirSync(process.cwd()).filter((e) => e.startsWith('rel-'))).toEqual([]);
   });
 
+  it("a TMPDIR that cannot hold build directories: Nix's error for a missing one ('getting status of' its first missing component) or a relative one ('not an absolute path'), ending the call even with -k, exit 1", async () => {
+    const expr = 'derivation { name = "tmpdir-check"; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; }';
+    const [N, O] = [path.join(dir, 'tmpdir-N'), path.join(dir, 'tmpdir-O')];
+    const drv = nix('nix-instantiate', ['--store', N, '-E', expr]);
+    nix('nix-instantiate', ['--store', O, '-E', expr]);
+    for (const tmp of [path.join(dir, 'no-such-dir/tmp'), `relative-tmp-${process.pid}`]) {
+      for (const k of [[], ['-k']]) {
+        const n = runNix('nix-store', ['--store', N, '--realise', drv, ...k], { env: { TMPDIR: tmp } });
+        const o = await realise(['build', '--store', O, drv, ...k], { TMPDIR: tmp });
+        expect(lastLine(n.stderr)).toBe(
+          tmp.startsWith('/')
+            ? `error: getting status of '${path.join(dir, 'no-such-dir')}': No such file or directory`
+            : `error: not an absolute path: '${tmp}'`,
+        );
+        expect([o.status, lastLine(o.stderr)], o.stderr).toEqual([n.status, lastLine(n.stderr)]);
+        noTrace(o.stderr);
+      }
+    }
+    expect(readdirSync(dir).filter((e) => e === 'no-such-dir')).toEqual([]);
+    expect(readdirSync(process.cwd()).filter((e) => e.startsWith('relative-tmp-'))).toEqual([]);
+  });
+
   it('--add-root in a directory that does not exist yet: made, as Nix makes it', async () => {
     const n = runNix('nix-store', ['--store', store, '--realise', p, '--add-root', path.join(dir, 'n/sub/result')]);
     const o = await realise(['build', '--store', store, '--add-root', path.join(dir, 'o/sub/result'), p]);
