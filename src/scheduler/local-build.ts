@@ -110,6 +110,7 @@ const UMASK_CLEARS_OWNER_BITS = (processUmask() & 0o700) !== 0;
  * Builders see this name (NIX_BUILD_TOP without a sandbox, NIX_ATTRS_*_FILE always), so it must be Nix's.
  */
 async function createBuildDir(base: string, prefix: string): Promise<string> {
+  if (!path.isAbsolute(base)) throw new BuildSetupError(`not an absolute path: '${base}'`);
   for (let n = 0; ; n++) {
     const dir = path.join(base, `${prefix}-${n}`);
     try {
@@ -124,12 +125,11 @@ async function createBuildDir(base: string, prefix: string): Promise<string> {
 
 /**
  * Why Nix 2.8's createTempDir fails before its mkdir, when ours failed: it makes the root canonical first
- * (canonPath with symlinks resolved), which refuses a relative root ("not an absolute path: '…'", ending
- * the call) and fails on the first component that is not there (its lstat's error: "getting status of
- * '/nonexistent': No such file or directory"). Undefined when the root is there (the mkdir's error is Nix's).
+ * (canonPath with symlinks resolved), which fails on the first component that is not there (its lstat's
+ * error: "getting status of '/nonexistent': No such file or directory"; a relative root, refused first, is
+ * "not an absolute path: '…'", ending the call). Undefined when the root is there (the mkdir's error is Nix's).
  */
 async function buildDirRootError(base: string): Promise<unknown> {
-  if (!path.isAbsolute(base)) return new BuildSetupError(`not an absolute path: '${base}'`);
   let p = '';
   for (const c of base.split('/').filter(Boolean)) {
     p += `/${c}`;

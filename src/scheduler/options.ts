@@ -190,6 +190,8 @@ function strings(name: string, v: unknown, def: readonly string[]): readonly str
 /** Nix 2.8's root for build directories: `$TMPDIR`, else /tmp, canonical (symlinks resolved). */
 export function defaultBuildDir(): string {
   const dir = process.env.TMPDIR || '/tmp';
+  // (A relative one stays as it is, for the build to refuse as Nix does: see createBuildDir.)
+  if (!dir.startsWith('/')) return dir;
   try {
     return realpathSync(dir);
   } catch {

@@ -4,7 +4,7 @@
  * `nix-store` where Nix has the same mistake. Also the errno → Nix wording used for them.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { systemErrorMessage } from '../../src/cli/report.js';
@@ -153,6 +153,18 @@ describe.skipIf(!nixOk())('user mistakes, realise vs Nix 2.8', () => {
     }
     expect(readdirSync(dir).filter((e) => e === 'no-such-dir')).toEqual([]);
     expect(readdirSync(process.cwd()).filter((e) => e.startsWith('relative-tmp-'))).toEqual([]);
+    // A relative one that is there (under the current directory) is refused all the same.
+    const rel = `relative-tmp-${process.pid}`;
+    mkdirSync(path.join(process.cwd(), rel));
+    try {
+      const n = runNix('nix-store', ['--store', N, '--realise', drv], { env: { TMPDIR: rel } });
+      const o = await realise(['build', '--store', O, drv], { TMPDIR: rel });
+      expect([n.status, lastLine(n.stderr)]).toEqual([1, `error: not an absolute path: '${rel}'`]);
+      expect([o.status, lastLine(o.stderr)], o.stderr).toEqual([n.status, lastLine(n.stderr)]);
+      expect(readdirSync(path.join(process.cwd(), rel))).toEqual([]);
+    } finally {
+      rmSync(path.join(process.cwd(), rel), { recursive: true, force: true });
+    }
   });
 
   it('--add-root in a directory that does not exist yet: made, as Nix makes it', async () => {
