@@ -421,6 +421,8 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       };
     }
     const ctx = await this.context();
+    if (this.expectedAdditions) ctx.store.expectAdditions?.(this.expectedAdditions);
+    this.expectedAdditions = undefined;
     const w = new Worker(ctx, mode, opts.signal);
     const parsed = targets.map(parseTarget);
     // Bad input is a typed error before anything runs (InvalidStorePathError), as Nix refuses it.
@@ -532,8 +534,16 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       return queryMissingThroughDaemon(store, targets.map(parseTarget));
     }
     const ctx = await this.context();
-    return queryMissing(ctx, targets.map(parseTarget));
+    return queryMissing(ctx, targets.map(parseTarget), (narSizes) => (this.expectedAdditions = narSizes));
   }
+
+  /**
+   * The NAR sizes of the substitutes the last queryMissing found, which a build that follows it will
+   * restore: its first call hands them to the store (Store.expectAdditions), which may get ready for them
+   * (a LocalStore starts its restore thread) while the goals start. Not at queryMissing itself: a caller
+   * that only asks (a dry run, path-info) restores nothing.
+   */
+  private expectedAdditions: readonly number[] | undefined;
 
   /**
    * Stop the sandbox's helper processes and drop its prepared chroots; remove the build directories kept

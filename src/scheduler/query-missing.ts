@@ -35,9 +35,14 @@ interface Loaded extends Visit {
  * Walks the targets wave by wave (a wave: the input derivations of the previous wave's derivations that
  * will be built), so that the validity of a wave's `.drv` files, of their outputs and of their sources is
  * asked in one batched query each rather than path by path. Nix's queryMissing also visits the paths in no
- * fixed order (a thread pool); what it returns are sets and sums.
+ * fixed order (a thread pool); what it returns are sets and sums. `substitutes` is told the NAR sizes of the
+ * substitutes found, if any.
  */
-export async function queryMissing(ctx: EngineContext, targets: readonly BuildTarget[]): Promise<MissingInfo> {
+export async function queryMissing(
+  ctx: EngineContext,
+  targets: readonly BuildTarget[],
+  substitutes?: (narSizes: readonly number[]) => void,
+): Promise<MissingInfo> {
   const q = new MissingQuery(ctx);
   const drvTargets: Visit[] = [];
   const opaque: StorePath[] = [];
@@ -48,8 +53,7 @@ export async function queryMissing(ctx: EngineContext, targets: readonly BuildTa
   await q.visitDrvs(drvTargets);
   await q.askValidity(opaque);
   for (const p of opaque) if (!(await q.substitutable(p))) q.unknown.add(p);
-  // What the substitutions found will need is started now, while the caller prints its list and starts building.
-  if (q.narSizes.length) ctx.store.expectAdditions?.(q.narSizes);
+  if (q.narSizes.length) substitutes?.(q.narSizes);
   return {
     willBuild: [...q.willBuild].sort(),
     willSubstitute: [...q.willSubstitute].sort(),

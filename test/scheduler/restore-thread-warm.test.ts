@@ -1,6 +1,6 @@
 /**
- * The restore thread started ahead of the restores it will serve: queryMissing over substitutes it will
- * restore in one batch (one whose NAR is larger than the main thread restores, or several) starts it, so
+ * The restore thread started ahead of the restores it will serve: a build after queryMissing found substitutes
+ * it will restore in one batch (one whose NAR is larger than the main thread restores, or several) starts it, so
  * that the first of them (and every substitution waiting for that path) does not wait for the thread's
  * start; one small substitute does not (a command that substitutes one small path starts no thread).
  * Its own file: the restore thread is the process's (vitest runs each file in a process).
@@ -67,7 +67,7 @@ async function online(ms: number): Promise<boolean> {
   return restoreThreadOnline();
 }
 
-describe('the restore thread, started by queryMissing', () => {
+describe('the restore thread, started ahead of the restores queryMissing found', () => {
   it('is not started for one small substitute, nor for one too large to be restored in one batch', async () => {
     const engine = await engineFor(await cache());
     expect((await engine.queryMissing([small])).willSubstitute).toEqual([small]);
@@ -75,9 +75,15 @@ describe('the restore thread, started by queryMissing', () => {
     expect(await online(500)).toBe(false);
   });
 
-  it('is started for a substitute it will restore, before anything is restored', async () => {
+  it('is started by the build that follows queryMissing, before anything is restored; not by queryMissing alone', async () => {
     const engine = await engineFor(await cache());
     expect((await engine.queryMissing([large])).willSubstitute).toEqual([large]);
+    // A caller that only asks (a dry run, path-info) restores nothing: no thread for it.
+    expect(await online(500)).toBe(false);
+    // A build stopped before its first goal runs restores nothing either, but the hint has gone out.
+    const results = await engine.buildPaths([large], { signal: AbortSignal.abort() }).catch(() => []);
+    expect(results.every((r) => r.result.status !== 'substituted')).toBe(true);
     expect(await online(30_000)).toBe(true);
+    expect(await engine.store().then((s) => s.isValidPath(large))).toBe(false);
   });
 });
