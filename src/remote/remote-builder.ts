@@ -34,6 +34,12 @@ import * as path from 'node:path';
 export interface RemoteBuildOptions {
   /** The local store: inputs are read from it, outputs are added to it. */
   readonly store: Store;
+  /**
+   * Asked by buildOnRemote when every fitting machine is busy: true declines the build (it is built locally)
+   * instead of waiting for a machine, as Nix's hook declines when this machine is willing (a local build
+   * slot is free). @default never
+   */
+  readonly localSlotFree?: () => boolean;
   /** Aborting stops the remote build (the connection is closed). */
   readonly signal?: AbortSignal;
   /** Each line of the build log as it arrives. */
@@ -747,6 +753,12 @@ export async function buildOnRemote(
     );
     if (choice.kind === 'declined') return { kind: 'declined', error: choice.error, failedMachines: failed };
     if (choice.kind === 'busy') {
+      if (opts.localSlotFree?.())
+        return {
+          kind: 'declined',
+          error: new NoMachineError(`every machine that can build '${drvPath}' is busy`, []),
+          failedMachines: failed,
+        };
       const ac = new AbortController();
       const onAbort = (): void => ac.abort(opts.signal!.reason);
       opts.signal?.addEventListener('abort', onAbort, { once: true });

@@ -95,7 +95,7 @@ const isRemoteSuccess = (r: RemoteBuildResult) => r.status === 'built' || r.stat
 export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<StorePath>): Promise<BuildResult | undefined> {
   const { options, store } = w.ctx;
   const local = canBuildHere(view, options) && options.maxJobs > 0;
-  if (buildsHere(w, view, local)) return undefined;
+
   const started = Math.floor(Date.now() / 1000);
   const expected = w.ctx.progress.expect('builds');
   const running = w.ctx.progress.running('builds');
@@ -110,6 +110,9 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
       {
         store,
         signal: w.signal,
+        // As Nix's hook: a machine with a free slot takes the build even when a local slot is free too; when
+        // every machine is busy, a free local slot builds it here.
+        localSlotFree: () => buildsHere(w, view, local),
         inputPaths,
         useSubstitutes: options.buildersUseSubstitutes,
         ...events.callbacks,

@@ -135,6 +135,33 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
     expect(info('remote-O')).toEqual(info('remote-N'));
   });
 
+  it('with a free local slot (max-jobs 1) a machine with a free slot still takes the build, as Nix asks its hook first; an unreachable one is tried, then the build is done here', async () => {
+    const local = (s: string, name: string) => path.join(dir, `j1-${name}-${s}`);
+    for (const s of ['N', 'O'])
+      for (const name of ['up', 'down']) nix('nix-instantiate', ['--store', local(s, name), path.join(dir, 'e.nix'), '-A', 'plain'], { env });
+    const spec = (s: string) => `ssh-ng://localhost?remote-store=${encodeURIComponent(path.join(dir, `j1-machine-${s}`))} - - 1 1`;
+    const theirs = runNix('nix-store', ['--store', local('N', 'up'), '--realise', '--builders', spec('N'), drvs.plain!], { env });
+    const ours = await realiseInProcess(['build', '--store', local('O', 'up'), '--builders', spec('O'), drvs.plain!], env);
+    const on = (s: string) => `building '${drvs.plain}' on 'ssh-ng://localhost?remote-store=${encodeURIComponent(path.join(dir, `j1-machine-${s}`))}'...`;
+    expect(theirs.stderr.split('\n')).toContain(on('N'));
+    expect(ours.stderr.split('\n')).toContain(on('O'));
+    expect([theirs.status, ours.status]).toEqual([0, 0]);
+    expect(ours.stdout).toBe(theirs.stdout);
+    const out = theirs.stdout.trim();
+    for (const s of ['N', 'O']) expect(runNix('nix-store', ['--store', path.join(dir, `j1-machine-${s}`), '--check-validity', out]).status).toBe(0);
+    // An unreachable machine: Nix's hook reports it, and the build is done here.
+    const down = { NIX_SSHOPTS: '-oPort=1 -oBatchMode=yes' };
+    const args = ['--builders', 'ssh://127.0.0.1 - - 1 1', drvs.plain!];
+    const t = runNix('nix-store', ['--store', local('N', 'down'), '--realise', ...args], { env: { ...env, ...down } });
+    const o = await realiseInProcess(['build', '--store', local('O', 'down'), ...args], { ...env, ...down });
+    for (const r of [t, o]) {
+      expect(r.stderr).toMatch(/^cannot build on 'ssh:\/\/127\.0\.0\.1': .*\n?.*ssh: connect to host 127\.0\.0\.1 port 1: Connection refused/m);
+      expect(r.stderr.split('\n')).toContain(`building '${drvs.plain}'...`);
+      expect(r.status).toBe(0);
+    }
+    expect(o.stdout).toBe(t.stdout);
+  });
+
   for (const scheme of ['ssh-ng', 'ssh'] as const) {
     it(`${scheme}://: a failure there is exit status 1 with the hook's error and log tail; rows, logs of both sides agree`, async () => {
       // Fresh twin stores for this scheme, the dependency built here (so it is uploaded to the machine).

@@ -194,6 +194,31 @@ describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
     }
   });
 
+  it("a build while every fitting machine is busy is declined at once when a local slot is free (Nix's hook declines then)", async () => {
+    const c = builder(`ssh-ng://localhost?remote-store=${encodeURIComponent(path.join(fx.dir, 'remote-busy'))}`);
+    const running = buildOnRemote([c], fx.drvs.slow2, fx.readDrv(fx.drvs.slow2), {}, { store });
+    for (let i = 0; i < 500 && c.load === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(c.load).toBe(1);
+    let asked = 0;
+    const started: string[] = [];
+    const other = await buildOnRemote(
+      [c],
+      fx.drvs.fail,
+      fx.readDrv(fx.drvs.fail),
+      {},
+      {
+        store,
+        localSlotFree: () => (asked++, true),
+        onStart: (m) => started.push(m),
+      },
+    );
+    expect(other.kind).toBe('declined');
+    if (other.kind === 'declined') expect(other.error.message).toBe(`every machine that can build '${fx.drvs.fail}' is busy`);
+    expect([asked, started]).toEqual([1, []]);
+    expect(c.load).toBe(1);
+    expect((await running).kind).toBe('built');
+  });
+
   it('spreads builds over two remotes by slots, and redoes a build elsewhere when its machine dies mid-build', async () => {
     const rootA = path.join(fx.dir, 'remote-a');
     const rootB = path.join(fx.dir, 'remote-b');
