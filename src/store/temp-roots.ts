@@ -37,6 +37,11 @@ interface RootsFile {
   roots: Set<StorePath>;
   socket: net.Socket | undefined;
   gcLockFd: number | undefined;
+  /**
+   * The last exchange with a running collector (see TempRoots.tellCollector): one at a time over the socket,
+   * since the collector's `1` names no path.
+   */
+  telling: Promise<unknown>;
   /** Roots asked for in this run of microtasks, recorded together at its end (see TempRoots.addAll). */
   batch: { readonly paths: Set<StorePath>; readonly recorded: Promise<void> } | undefined;
 }
@@ -98,7 +103,7 @@ export class TempRoots {
         if (fstatSync(fd).size === 0 && existsSync(file)) break;
         closeSync(fd);
       }
-      rf = { fd, file, users: 0, roots: new Set(), socket: undefined, gcLockFd: undefined, batch: undefined };
+      rf = { fd, file, users: 0, roots: new Set(), socket: undefined, gcLockFd: undefined, telling: Promise.resolve(), batch: undefined };
       files.set(stateDir, rf);
     }
     rf.users++;
@@ -180,8 +185,19 @@ export class TempRoots {
     }
   }
 
-  /** Send `path\n` to the running collector and wait for its `1`. False if it is gone. */
-  private async tellCollector(storePath: StorePath): Promise<boolean> {
+  /**
+   * Send `path\n` to the running collector and wait for its `1`. False if it is gone. Exchanges wait for the
+   * one before (a batch still telling the collector while a later one starts): a `1` acknowledges one root,
+   * and only the root whose exchange it ends may count as held.
+   */
+  private tellCollector(storePath: StorePath): Promise<boolean> {
+    const rf = this.rf;
+    const told = rf.telling.then(() => this.exchange(storePath));
+    rf.telling = told.catch(() => {});
+    return told;
+  }
+
+  private async exchange(storePath: StorePath): Promise<boolean> {
     const rf = this.rf;
     const socketPath = path.join(this.stateDir, 'gc-socket', 'socket');
     if (!rf.socket || rf.socket.destroyed) {

@@ -96,6 +96,62 @@ describe('temporary GC roots', () => {
     }
   });
 
+  it("two batches telling a slow collector at once: each resolves only after its own root's '1'", async () => {
+    const root = tmp();
+    const store = await LocalStore.open({ root });
+    const state = path.join(root, 'nix/var/nix');
+    mkdirSync(path.join(state, 'gc-socket'), { recursive: true });
+    const got: string[] = [];
+    let sock: import('node:net').Socket | undefined;
+    let received = () => {};
+    const server = createServer((c) => {
+      sock = c;
+      let buf = '';
+      c.on('data', (d) => {
+        buf += d.toString();
+        let i;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          got.push(buf.slice(0, i));
+          buf = buf.slice(i + 1);
+          received();
+        }
+      });
+    });
+    const nextLine = () => new Promise<void>((r) => (received = r));
+    await new Promise<void>((r) => server.listen(path.join(state, 'gc-socket/socket'), r));
+    const holder = spawn('flock', ['-x', path.join(state, 'gc.lock'), 'sleep', '30'], { stdio: 'ignore' });
+    try {
+      for (let i = 0; i < 100; i++) {
+        const r = spawn('flock', ['-n', '-s', path.join(state, 'gc.lock'), 'true']);
+        const code = await new Promise((res) => r.on('exit', res));
+        if (code !== 0) break;
+        await new Promise((res) => setTimeout(res, 20));
+      }
+      const [x, y] = ['/nix/store/00000000000000000000000000000000-x', '/nix/store/11111111111111111111111111111111-y'];
+      const done: string[] = [];
+      let line = nextLine();
+      const first = store.addTempRoot(x).then(() => done.push(x));
+      await line; // the collector has x and answers nothing yet
+      line = nextLine();
+      const second = store.addTempRoot(y).then(() => done.push(y));
+      await new Promise((r) => setTimeout(r, 50));
+      sock!.write('1'); // acknowledges x only
+      await first;
+      await new Promise((r) => setTimeout(r, 100));
+      expect(done).toEqual([x]);
+      await line;
+      expect(got).toEqual([x, y]);
+      sock!.write('1');
+      await second;
+      expect(done).toEqual([x, y]);
+      expect(readFileSync(path.join(state, 'temproots', String(process.pid)), 'utf8')).toBe(`${x}\0${y}\0`);
+    } finally {
+      holder.kill('SIGKILL');
+      server.close();
+      await store.close();
+    }
+  });
+
   it.skipIf(!nixOk())('a real nix-store --gc keeps our unrooted paths while the store is open and collects them after', async () => {
     const root = tmp();
     const store = await LocalStore.open({ root });
