@@ -26,7 +26,7 @@ export interface BinaryCacheSubstituterOptions {
   readonly requireSigs?: boolean;
   /** Skip signature checks for this cache (Nix's `?trusted=1`). @default false */
   readonly trusted?: boolean;
-  /** Overrides the cache's own `Priority` (Nix's `?priority=N`). @default nix-cache-info's, else 50 */
+  /** Overrides the cache's own `Priority` (Nix's `?priority=N`). @default nix-cache-info's, else 0 (as Nix 2.8: first) */
   readonly priority?: number;
   /** The store dir paths must be for; a cache for another store dir is skipped with a warning. @default '/nix/store' */
   readonly storeDir?: string;
@@ -717,7 +717,7 @@ export class BinaryCacheSubstituter implements Substituter {
     const pParam = params.get('priority');
     const prio = opts.priority ?? (pParam !== null ? Number(pParam) : undefined);
     this.priorityFixed = prio !== undefined;
-    this._priority = validate('priority', prio ?? 50, 0);
+    this._priority = validate('priority', prio ?? 0, 0);
     if (params.get('want-mass-query') === '1' || params.get('want-mass-query') === 'true') this._wantMassQuery = true;
     this.maxParallel = validate('maxParallelQueries', opts.maxParallelQueries ?? 16, 1);
     this.warn = opts.onWarning ?? ((m) => process.emitWarning(m));
@@ -788,7 +788,7 @@ export class BinaryCacheSubstituter implements Substituter {
       } catch (e) {
         throw new SubstituterError('bad-narinfo', (e as Error).message, { uri: this.uri, cause: e });
       }
-      info = { storeDir: parsed.storeDir ?? this.storeDir, wantMassQuery: parsed.wantMassQuery ?? false, priority: parsed.priority ?? 50 };
+      info = { storeDir: parsed.storeDir ?? this.storeDir, wantMassQuery: parsed.wantMassQuery ?? false, priority: parsed.priority ?? 0 };
       this.narInfoCache.setCacheInfo(this.uri, info);
     }
     if (!this.priorityFixed) this._priority = info.priority;

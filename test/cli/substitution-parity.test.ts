@@ -300,6 +300,23 @@ describe.skipIf(!nixOk())('substitution: realise CLI vs Nix 2.8', () => {
     expectSame(r);
   }, 60_000);
 
+  it("several caches: a cache whose nix-cache-info states no Priority comes first (Nix 2.8's default priority 0), before one given ?priority=1; nix-cache-info's Priority loses to ?priority=", async () => {
+    for (const [info1, param2, want] of [
+      ['', '?priority=1', 1],
+      ['Priority: 30\n', '?priority=10', 2],
+      ['', '', 1],
+    ] as const) {
+      const f = fresh('none');
+      cpSync(f.cacheDir, `${f.cacheDir}2`, { recursive: true });
+      writeFileSync(path.join(f.cacheDir, 'nix-cache-info'), `StoreDir: /nix/store\n${info1}`);
+      const urls = [`file://${f.cacheDir}`, `file://${f.cacheDir}2`];
+      const r = await both(f.N, f.O, `${urls[0]} ${urls[1]}${param2}`, f.env, [drv.b]);
+      const from = (stderr: string) => /^copying path '.*-sp-b' from '(.*)'\.\.\.$/m.exec(stderr)?.[1];
+      expect(from(r.nix.stderr)).toBe(urls[want - 1]);
+      expectSame(r);
+    }
+  }, 60_000);
+
   it("with --fallback, an HTTP cache whose request fails is disabled for 60 s (Nix's line), and not asked again meanwhile", async () => {
     // A NAR that fails on the first of two caches: the next path's NAR is not asked of it ("is disabled").
     const f = fresh('xz');
