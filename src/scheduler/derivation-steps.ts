@@ -193,7 +193,7 @@ async function drvAndOutputsValid(
     return undefined; // (a failed load is not cached: the caller's load reports it, if the .drv is valid)
   }
   const rooted = await addTempRoots(w, drvPath, view);
-  const valid = await w.validTogether.ask([drvPath, ...(view.staticOutputs?.values() ?? [])]);
+  const valid = await w.validTogether.addAll([drvPath, ...(view.staticOutputs?.values() ?? [])]);
   if (valid.has(drvPath)) return { view, valid };
   ctx.forgetDrv(drvPath);
   return { rooted };

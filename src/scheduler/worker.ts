@@ -16,6 +16,7 @@ import { BuildSetupError, GoalStopped } from './errors.js';
 import { pathContentsGood } from './verify.js';
 import { slotGate } from './slot-gate.js';
 import { goalKey } from './paths.js';
+import { TurnWave } from '../store/turn-wave.js';
 
 export type BuildMode = 'normal' | 'repair' | 'check';
 
@@ -62,7 +63,7 @@ export class Worker {
    * The validity of paths that goals starting together ask for at once (a `.drv` and its outputs), in one
    * query: a set shared by the askers, which only look their own paths up in it.
    */
-  readonly validTogether = new ValidityBatch((paths) => this.ctx.store.queryValidPaths(paths));
+  readonly validTogether = new TurnWave<StorePath, ReadonlySet<StorePath>>((paths) => this.ctx.store.queryValidPaths(paths), queueMicrotask);
 
   constructor(ctx: EngineContext, mode: BuildMode, signal?: AbortSignal) {
     const loads = new LoadGate(MAX_CONCURRENT_DRV_LOADS);
@@ -110,9 +111,9 @@ export class Worker {
   }
 
   /** Substitution goals that start in this turn of the event loop (see substitutionStart). */
-  private readonly startWave = new TurnWave<StorePath, ReadonlySet<StorePath>>((paths) => rootAndQuery(this.ctx.store, paths));
+  private readonly startWave = new TurnWave<StorePath, ReadonlySet<StorePath>>((paths) => rootAndQuery(this.ctx.store, paths), setImmediate);
   /** Substitutions that get their slot in this turn (see validNow). */
-  private readonly slotWave = new TurnWave<StorePath, ReadonlySet<StorePath>>((paths) => this.ctx.store.queryValidPaths(paths));
+  private readonly slotWave = new TurnWave<StorePath, ReadonlySet<StorePath>>((paths) => this.ctx.store.queryValidPaths(paths), setImmediate);
 
   /**
    * Make `path` a temporary root, then tell whether it is valid (Nix's PathSubstitutionGoal::init): the
@@ -379,60 +380,6 @@ async function rootAndQuery(store: EngineContext['store'], paths: readonly Store
   if (store.addTempRoots) await store.addTempRoots(paths);
   else if (store.addTempRoot) for (const p of paths) await store.addTempRoot(p);
   return store.queryValidPaths(paths);
-}
-
-/**
- * Paths asked for until the first asker's batch comes to its turn in the microtask queue (goals that start
- * together ask one after the other in it), found valid in one query that every asker of the batch shares.
- */
-class ValidityBatch {
-  private paths: StorePath[] | undefined;
-  private result: Promise<ReadonlySet<StorePath>> | undefined;
-
-  constructor(private readonly query: (paths: readonly StorePath[]) => Promise<ReadonlySet<StorePath>>) {}
-
-  ask(paths: readonly StorePath[]): Promise<ReadonlySet<StorePath>> {
-    if (!this.paths) {
-      const batch: StorePath[] = (this.paths = []);
-      this.result = new Promise<ReadonlySet<StorePath>>((resolve, reject) => {
-        queueMicrotask(() => {
-          this.paths = undefined;
-          this.query(batch).then(resolve, reject);
-        });
-      });
-    }
-    for (const p of paths) this.paths.push(p);
-    return this.result!;
-  }
-}
-
-/**
- * Items added in one turn of the event loop, handled together at its end (`run` of them all): each
- * `add` resolves with that one result (or rejects with its error).
- */
-class TurnWave<T, R> {
-  private items: T[] | undefined;
-  private result: Promise<R> | undefined;
-
-  constructor(private readonly run: (items: readonly T[]) => Promise<R>) {}
-
-  add(item: T): Promise<R> {
-    if (!this.items) {
-      const items: T[] = (this.items = []);
-      this.result = new Promise<R>((resolve, reject) => {
-        setImmediate(() => {
-          this.items = undefined;
-          try {
-            this.run(items).then(resolve, reject);
-          } catch (e) {
-            reject(e);
-          }
-        });
-      });
-    }
-    this.items.push(item);
-    return this.result!;
-  }
 }
 
 /**

@@ -13,6 +13,7 @@ import type * as net from 'node:net';
 import * as path from 'node:path';
 import { StoreError, storeWriteError } from './errors.js';
 import type { StorePath } from './store-path.js';
+import { TurnWave } from './turn-wave.js';
 
 interface FsExt {
   flockSync(fd: number, flags: 'sh' | 'ex' | 'shnb' | 'exnb' | 'un'): void;
@@ -31,6 +32,7 @@ function tryFlock(fd: number, how: 'shnb' | 'exnb'): boolean {
 }
 
 interface RootsFile {
+  stateDir: string;
   fd: number;
   file: string;
   users: number;
@@ -43,7 +45,7 @@ interface RootsFile {
    */
   telling: Promise<unknown>;
   /** Roots asked for in this run of microtasks, recorded together at its end (see TempRoots.addAll). */
-  batch: { readonly paths: Set<StorePath>; readonly recorded: Promise<void> } | undefined;
+  wave: TurnWave<StorePath, void>;
 }
 
 const files = new Map<string, RootsFile>();
@@ -70,10 +72,7 @@ function appendRoots(rf: RootsFile, storePaths: readonly StorePath[]): void {
 /** A handle on the process's temp roots file of one state directory. */
 export class TempRoots {
   private closed = false;
-  private constructor(
-    private readonly stateDir: string,
-    private readonly rf: RootsFile,
-  ) {}
+  private constructor(private readonly rf: RootsFile) {}
 
   /** Open (create) the roots file of this process under `stateDir`. */
   static open(stateDir: string): TempRoots {
@@ -103,11 +102,29 @@ export class TempRoots {
         if (fstatSync(fd).size === 0 && existsSync(file)) break;
         closeSync(fd);
       }
-      rf = { fd, file, users: 0, roots: new Set(), socket: undefined, gcLockFd: undefined, telling: Promise.resolve(), batch: undefined };
-      files.set(stateDir, rf);
+      const opened: RootsFile = {
+        stateDir,
+        fd,
+        file,
+        users: 0,
+        roots: new Set(),
+        socket: undefined,
+        gcLockFd: undefined,
+        telling: Promise.resolve(),
+        // (A path recorded since it was asked for, by a wave still telling a collector, is not written again.)
+        wave: new TurnWave(
+          (paths) =>
+            record(
+              opened,
+              [...new Set(paths)].filter((p) => !opened.roots.has(p)),
+            ),
+          queueMicrotask,
+        ),
+      };
+      files.set(stateDir, (rf = opened));
     }
     rf.users++;
-    return new TempRoots(stateDir, rf);
+    return new TempRoots(rf);
   }
 
   /** Whether `storePath` is a temporary root already (recorded: `add` would have nothing to wait for). */
@@ -130,106 +147,9 @@ export class TempRoots {
   addAll(storePaths: Iterable<StorePath>): Promise<void> {
     if (this.closed) return Promise.reject(new StoreError('store-closed', 'temporary roots used after close'));
     const rf = this.rf;
-    let batch: RootsFile['batch'];
-    for (const p of storePaths) {
-      if (rf.roots.has(p)) continue;
-      batch ??= rf.batch ??= this.newBatch();
-      batch.paths.add(p);
-    }
-    return batch ? batch.recorded : Promise.resolve();
-  }
-
-  private newBatch(): NonNullable<RootsFile['batch']> {
-    const rf = this.rf;
-    const paths = new Set<StorePath>();
-    const recorded = new Promise<void>((resolve, reject) => {
-      queueMicrotask(() => {
-        rf.batch = undefined;
-        // (A path recorded since it was asked for, by a batch still telling a collector, is not written again.)
-        this.record([...paths].filter((p) => !rf.roots.has(p))).then(resolve, reject);
-      });
-    });
-    return { paths, recorded };
-  }
-
-  private async record(fresh: readonly StorePath[]): Promise<void> {
-    const rf = this.rf;
-    if (fresh.length === 0) return;
-    if (files.get(this.stateDir) !== rf) throw new StoreError('store-closed', 'temporary roots used after close');
-    const gcLock = path.join(this.stateDir, 'gc.lock');
-    try {
-      rf.gcLockFd ??= openSync(gcLock, FS.O_RDWR | FS.O_CREAT, 0o600);
-    } catch (e) {
-      throw storeWriteError(e, 'opening the garbage collector lock', gcLock);
-    }
-    for (;;) {
-      if (tryFlock(rf.gcLockFd, 'shnb')) {
-        try {
-          appendRoots(rf, fresh);
-        } finally {
-          fsExt.flockSync(rf.gcLockFd, 'un');
-        }
-        return;
-      }
-      // A collector is running: tell it each root, then also record them in the file.
-      let told = true;
-      for (const p of fresh) {
-        told = await this.tellCollector(p);
-        if (!told) break;
-      }
-      if (told) {
-        appendRoots(rf, fresh);
-        return;
-      }
-      await new Promise((r) => setTimeout(r, 10)); // the collector went away: retry with the lock
-    }
-  }
-
-  /**
-   * Send `path\n` to the running collector and wait for its `1`. False if it is gone. Exchanges wait for the
-   * one before (a batch still telling the collector while a later one starts): a `1` acknowledges one root,
-   * and only the root whose exchange it ends may count as held.
-   */
-  private tellCollector(storePath: StorePath): Promise<boolean> {
-    const rf = this.rf;
-    const told = rf.telling.then(() => this.exchange(storePath));
-    rf.telling = told.catch(() => {});
-    return told;
-  }
-
-  private async exchange(storePath: StorePath): Promise<boolean> {
-    const rf = this.rf;
-    const socketPath = path.join(this.stateDir, 'gc-socket', 'socket');
-    if (!rf.socket || rf.socket.destroyed) {
-      // (node:net is loaded only here: while no collector runs, nothing is sent to one.)
-      const { createConnection } = await import('node:net');
-      rf.socket = await new Promise<net.Socket | undefined>((resolve) => {
-        const s = createConnection(socketPath);
-        s.once('connect', () => resolve(s));
-        s.once('error', () => resolve(undefined));
-      });
-      if (!rf.socket) return false;
-      rf.socket.unref();
-    }
-    const s = rf.socket;
-    return new Promise<boolean>((resolve) => {
-      const done = (ok: boolean) => {
-        s.off('data', onData);
-        s.off('close', onClose);
-        s.off('error', onClose);
-        if (!ok) {
-          s.destroy();
-          rf.socket = undefined;
-        }
-        resolve(ok);
-      };
-      const onData = (b: Buffer) => done(b.length > 0 && b[0] === 0x31);
-      const onClose = () => done(false);
-      s.on('data', onData);
-      s.once('close', onClose);
-      s.once('error', onClose);
-      s.write(storePath + '\n');
-    });
+    let fresh: StorePath[] | undefined;
+    for (const p of storePaths) if (!rf.roots.has(p)) (fresh ??= []).push(p);
+    return fresh ? rf.wave.addAll(fresh) : Promise.resolve();
   }
 
   /** Release this handle; the last one of the process deletes the roots file, as Nix does on exit. */
@@ -238,7 +158,7 @@ export class TempRoots {
     this.closed = true;
     const rf = this.rf;
     if (--rf.users > 0) return;
-    files.delete(this.stateDir);
+    files.delete(rf.stateDir);
     rf.socket?.destroy();
     try {
       unlinkSync(rf.file);
@@ -248,4 +168,81 @@ export class TempRoots {
     closeSync(rf.fd);
     if (rf.gcLockFd !== undefined) closeSync(rf.gcLockFd);
   }
+}
+
+async function record(rf: RootsFile, fresh: readonly StorePath[]): Promise<void> {
+  if (fresh.length === 0) return;
+  if (files.get(rf.stateDir) !== rf) throw new StoreError('store-closed', 'temporary roots used after close');
+  const gcLock = path.join(rf.stateDir, 'gc.lock');
+  try {
+    rf.gcLockFd ??= openSync(gcLock, FS.O_RDWR | FS.O_CREAT, 0o600);
+  } catch (e) {
+    throw storeWriteError(e, 'opening the garbage collector lock', gcLock);
+  }
+  for (;;) {
+    if (tryFlock(rf.gcLockFd, 'shnb')) {
+      try {
+        appendRoots(rf, fresh);
+      } finally {
+        fsExt.flockSync(rf.gcLockFd, 'un');
+      }
+      return;
+    }
+    // A collector is running: tell it each root, then also record them in the file.
+    let told = true;
+    for (const p of fresh) {
+      told = await tellCollector(rf, p);
+      if (!told) break;
+    }
+    if (told) {
+      appendRoots(rf, fresh);
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 10)); // the collector went away: retry with the lock
+  }
+}
+
+/**
+ * Send `path\n` to the running collector and wait for its `1`. False if it is gone. Exchanges wait for the
+ * one before (a batch still telling the collector while a later one starts): a `1` acknowledges one root,
+ * and only the root whose exchange it ends may count as held.
+ */
+function tellCollector(rf: RootsFile, storePath: StorePath): Promise<boolean> {
+  const told = rf.telling.then(() => exchange(rf, storePath));
+  rf.telling = told.catch(() => {});
+  return told;
+}
+
+async function exchange(rf: RootsFile, storePath: StorePath): Promise<boolean> {
+  const socketPath = path.join(rf.stateDir, 'gc-socket', 'socket');
+  if (!rf.socket || rf.socket.destroyed) {
+    // (node:net is loaded only here: while no collector runs, nothing is sent to one.)
+    const { createConnection } = await import('node:net');
+    rf.socket = await new Promise<net.Socket | undefined>((resolve) => {
+      const s = createConnection(socketPath);
+      s.once('connect', () => resolve(s));
+      s.once('error', () => resolve(undefined));
+    });
+    if (!rf.socket) return false;
+    rf.socket.unref();
+  }
+  const s = rf.socket;
+  return new Promise<boolean>((resolve) => {
+    const done = (ok: boolean) => {
+      s.off('data', onData);
+      s.off('close', onClose);
+      s.off('error', onClose);
+      if (!ok) {
+        s.destroy();
+        rf.socket = undefined;
+      }
+      resolve(ok);
+    };
+    const onData = (b: Buffer) => done(b.length > 0 && b[0] === 0x31);
+    const onClose = () => done(false);
+    s.on('data', onData);
+    s.once('close', onClose);
+    s.once('error', onClose);
+    s.write(storePath + '\n');
+  });
 }
