@@ -259,17 +259,41 @@ static int sameData(int atfd, const char *rel, const unsigned char *data, uint32
   return ok;
 }
 
+/* The directory rel (a path of components from the directory dirfd) opened (O_PATH), with no symlink and no
+   ".." followed on the way: -1 when a component is not a directory. The builder owns the chroot's root, so
+   any component of a path in it may have become a symlink to a host directory. */
+static int openDirBeneath(int dirfd, const char *rel) {
+  char buf[4096];
+  size_t n = strlen(rel);
+  if (n >= sizeof buf) return -1;
+  memcpy(buf, rel, n + 1);
+  int fd = openat(dirfd, ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  char *save = 0;
+  for (char *c = strtok_r(buf, "/", &save); c && fd >= 0; c = strtok_r(0, "/", &save)) {
+    int next = strcmp(c, "..") && strcmp(c, ".") ? openat(fd, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+    close(fd);
+    fd = next;
+  }
+  return fd;
+}
+
 /* See skeletonUnchanged in chroot.ts, whose check this is: storeFiles (NUL-separated names) are unlinked
    from the store dir (store: its path from the root), then every inode of spec is compared. Paths are
-   walked from the root, opened once (a walk of the root's own path per call cost the kernel more). */
+   walked from the root, opened once (a walk of the root's own path per call cost the kernel more). The
+   unlinks come before any comparison, so the store dir they go through is reached without following a
+   symlink (openDirBeneath): the builder could have made a component of its path one, to a host directory. */
 static int skeletonCheckAt(int rootFd, struct reader *r, const char *store, const char *files, size_t filesLen,
                            const char *mounts, size_t mountsLen, int64_t placed) {
   char rel[8192];
+  int storeFd = -1;
   for (size_t off = 0; off < filesLen; off += strlen(files + off) + 1) {
-    if (!files[off]) continue;
-    snprintf(rel, sizeof rel, "%s/%s", store, files + off);
-    if (unlinkat(rootFd, rel, 0) == -1 && errno != ENOENT) return 0;
+    const char *name = files + off;
+    if (!*name) continue;
+    if (strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, "..")) goto refused;
+    if (storeFd < 0 && (storeFd = openDirBeneath(rootFd, store)) < 0) return 0;
+    if (unlinkat(storeFd, name, 0) == -1 && errno != ENOENT) goto refused;
   }
+  if (storeFd >= 0) close(storeFd);
   uint32_t nMounts = 0;
   for (size_t off = 0; off < mountsLen; off += strlen(mounts + off) + 1) if (mounts[off]) nMounts++;
   uint32_t count;
@@ -317,6 +341,9 @@ static int skeletonCheckAt(int rootFd, struct reader *r, const char *store, cons
     if ((flags & SK_DATA) && !sameData(rootFd, rel, data, dataLen)) return 0;
   }
   return r->p == r->end;
+refused:
+  if (storeFd >= 0) close(storeFd);
+  return 0;
 }
 
 /* skeletonCheckAt on the directory root (not followed if a symlink). */

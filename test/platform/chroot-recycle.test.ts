@@ -115,6 +115,27 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
     expect(await run('last', list)).toBe(`${base(fx.busyboxPath)} `);
   });
 
+  it("a builder that swaps the chroot's /nix for a symlink to a host directory cannot make the recycling unlink a host file", async () => {
+    // The recycling unlinks the build's file inputs from the skeleton's store dir; a builder owns the chroot's
+    // root, so it can put a symlink where /nix was. Through it, the store dir would be a host directory.
+    const fileInput = storePath('file-input');
+    writeFileSync(fx.realPath(fileInput), 'data\n');
+    const victim = path.join(fx.dir, 'victim');
+    mkdirSync(path.join(victim, 'store'), { recursive: true });
+    const bait = path.join(victim, 'store', path.basename(fileInput));
+    writeFileSync(bait, 'host file\n');
+    const out = await run('swap', `mv /nix /nix.old && ln -s ${victim} /nix && echo swapped`, {
+      inputPaths: [fx.busyboxPath, fileInput],
+    });
+    expect(out).toBe('swapped\n'); // the builder could do it
+    await new Promise((r) => setImmediate(r)); // (the skeleton is checked as it goes back to the pool)
+    await flushRemovals();
+    expect(readFileSync(bait, 'utf8')).toBe('host file\n');
+    expect(readFileSync(fx.realPath(fileInput), 'utf8')).toBe('data\n');
+    // And the next build gets a sound chroot.
+    expect(await run('after', 'ls -d /nix/store; ls -d /nix.old 2>/dev/null || echo no /nix.old')).toBe('/nix/store\nno /nix.old\n');
+  });
+
   it.skipIf(!bwrapOk())('outputs and the Nix view are unaffected by reuse (ls -la / twice)', async () => {
     const view =
       'ls -la / /dev /etc /tmp $NIX_STORE | sed -E "s/ [A-Z][a-z][a-z] [ 0-9][0-9] +[0-9:]+ / DATE /" | grep -v "$(basename $out)" | grep -v " proc$"';
