@@ -1,3 +1,5 @@
+import { cpus } from 'node:os';
+
 /**
  * Command-line parsing for `realise`: nix-store's flags and nix.conf's `--option NAME VALUE` names.
  */
@@ -310,29 +312,50 @@ export function isKnownSetting(name: string): boolean {
   return name.startsWith('extra-') && APPENDABLE_SETTINGS.has(name.slice('extra-'.length));
 }
 
-/** Nix 2.8's integer settings; those of a signed type take a sign (`+` goes with all). */
-const INT_SETTINGS: ReadonlySet<string> = new Set([
-  'build-poll-interval',
-  'connect-timeout',
-  'cores',
-  'download-attempts',
-  'gc-reserved-space',
-  'http-connections',
-  'log-lines',
-  'max-build-log-size',
-  'max-free',
-  'max-silent-time',
-  'min-free',
-  'min-free-check-interval',
-  'nar-buffer-size',
-  'narinfo-cache-negative-ttl',
-  'narinfo-cache-positive-ttl',
-  'repeat',
-  'stalled-download-timeout',
-  'tarball-ttl',
-  'timeout',
+/** A C++ integer type of Nix 2.8's settings: signed or not, and its width in bits. */
+interface IntType {
+  readonly signed: boolean;
+  readonly bits: 32 | 64;
+}
+const U32: IntType = { signed: false, bits: 32 };
+const U64: IntType = { signed: false, bits: 64 };
+const S64: IntType = { signed: true, bits: 64 };
+
+/**
+ * Nix 2.8's integer settings and the type of each one's Setting<T> (unsigned int: 32 bits; size_t,
+ * unsigned long, uint64_t: unsigned 64; time_t, off_t: signed 64). `max-substitution-jobs` is this CLI's
+ * (newer Nix's unsigned int).
+ */
+const INT_SETTINGS: ReadonlyMap<string, IntType> = new Map([
+  ['build-poll-interval', U32],
+  ['connect-timeout', U64],
+  ['cores', U32],
+  ['download-attempts', U32],
+  ['gc-reserved-space', S64],
+  ['http-connections', U64],
+  ['log-lines', U64],
+  ['max-build-log-size', U64],
+  ['max-free', U64],
+  ['max-silent-time', S64],
+  ['max-substitution-jobs', U32],
+  ['min-free', U64],
+  ['min-free-check-interval', U64],
+  ['nar-buffer-size', U64],
+  ['narinfo-cache-negative-ttl', U32],
+  ['narinfo-cache-positive-ttl', U32],
+  ['repeat', U64],
+  ['stalled-download-timeout', U64],
+  ['tarball-ttl', U32],
+  ['timeout', S64],
 ]);
-const SIGNED_INT_SETTINGS: ReadonlySet<string> = new Set(['gc-reserved-space', 'max-silent-time', 'timeout']);
+
+/** An integer as Nix's string2Int<T> reads it: digits with an optional `+` (and `-` for a signed type), in T's range; else undefined. */
+function intOfType(value: string, type: IntType): number | undefined {
+  if (!(type.signed ? /^[+-]?[0-9]+$/ : /^\+?[0-9]+$/).test(value)) return undefined;
+  const n = BigInt(value);
+  const bits = BigInt(type.bits - (type.signed ? 1 : 0));
+  return n >= (type.signed ? -(2n ** bits) : 0n) && n < 2n ** bits ? Number(n) : undefined;
+}
 
 /** Nix 2.8's experimental features (another name in `experimental-features` is warned about). */
 const EXPERIMENTAL_FEATURES: ReadonlySet<string> = new Set([
@@ -345,31 +368,53 @@ const EXPERIMENTAL_FEATURES: ReadonlySet<string> = new Set([
   'fetch-closure',
 ]);
 
+/** A setting's value as Nix 2.8 parses it: a Boolean, an integer, `sandbox`'s Boolean or `relaxed`, or the text as it is. */
+export type SettingValue = string | number | boolean;
+
 /**
- * Check a setting as Nix 2.8 sets it (from a configuration file, or `--option`): a Boolean, integer,
- * `sandbox` or `max-jobs` value it cannot parse is an error (a usage error, with Nix's words, naming the
- * setting by its own name, not an alias's); the warnings it prints (unknown experimental features) are
- * returned.
+ * Parse a setting as Nix 2.8 sets it (from a configuration file, `--option` or a flag), by the type of its
+ * Setting<T>: a Boolean, integer, `sandbox` or `max-jobs` value it cannot parse is a UsageError with Nix's
+ * words, naming the setting by its own name, not an alias's. The one parser of setting values: what is
+ * refused at the command line is what the engine's settings would refuse.
+ */
+export function parseSetting(name: string, value: string): SettingValue {
+  const key = OPTION_ALIASES[name] ?? name;
+  const nixName = key === 'build-repeat' ? 'repeat' : key;
+  if (nixName === 'sandbox') {
+    if (value === 'relaxed') return 'relaxed';
+    try {
+      return parseBool(nixName, value);
+    } catch {
+      throw new UsageError(`option 'sandbox' has invalid value '${value}'`);
+    }
+  }
+  if (BOOL_SETTINGS.has(nixName)) return parseBool(nixName, value);
+  if (nixName === 'max-jobs') {
+    if (value === 'auto') return Math.max(1, cpus().length);
+    const n = intOfType(value, U32);
+    if (n === undefined) throw new UsageError(`configuration setting 'max-jobs' should be 'auto' or an integer`);
+    return n;
+  }
+  const type = INT_SETTINGS.get(nixName);
+  if (!type) return value;
+  const n = intOfType(value, type);
+  if (n === undefined) throw new UsageError(`setting '${nixName}' has invalid value '${value}'`);
+  return n;
+}
+
+/**
+ * Check a setting as Nix 2.8 sets it (parseSetting's errors); the warnings it prints (unknown
+ * experimental features) are returned.
  */
 export function checkSettingValue(name: string, value: string): string[] {
   const key = OPTION_ALIASES[name] ?? name;
-  const nixName = key === 'build-repeat' ? 'repeat' : key;
-  if (nixName === 'experimental-features' || nixName === 'extra-experimental-features') {
+  if (key === 'experimental-features' || key === 'extra-experimental-features') {
     return value
       .split(/[ \t\n\r]+/)
       .filter((f) => f && !EXPERIMENTAL_FEATURES.has(f))
       .map((f) => `unknown experimental feature '${f}'`);
   }
-  if (nixName === 'sandbox') {
-    if (value !== 'relaxed' && !['true', '1', 'yes', 'false', '0', 'no'].includes(value)) throw new UsageError(`option 'sandbox' has invalid value '${value}'`);
-  } else if (BOOL_SETTINGS.has(nixName)) parseBool(nixName, value);
-  else if (nixName === 'max-jobs') parseIntOption(nixName, value.replace(/^\+(?=[0-9])/, ''));
-  else if (INT_SETTINGS.has(nixName)) {
-    const signed = SIGNED_INT_SETTINGS.has(nixName);
-    const ok =
-      (signed ? /^[+-]?[0-9]+$/ : /^\+?[0-9]+$/).test(value) && BigInt(value) >= (signed ? -(2n ** 63n) : 0n) && BigInt(value) < 2n ** (signed ? 63n : 64n);
-    if (!ok) throw new UsageError(`setting '${nixName}' has invalid value '${value}'`);
-  }
+  parseSetting(name, value);
   return [];
 }
 

@@ -33,7 +33,7 @@ function noOpAnswerable(args: CliArgs, settings: EngineSettings): boolean {
 }
 
 export async function buildCommand(args: CliArgs, store: Store): Promise<number> {
-  const settings = engineSettings(args, store, warnStderr);
+  const settings = engineSettings(args, store);
   const targets: BuildTarget[] = args.positional.map((a) =>
     args.command === 'ensure' ? { path: followLinksToStorePath(store.storeDir, a) } : parseTargetArg(store.storeDir, a),
   );

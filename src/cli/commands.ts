@@ -136,7 +136,7 @@ export async function pathInfo(args: CliArgs, store: Store): Promise<number> {
   }
   // What Nix's printMissing says before the info (nothing is built: Realise::Nothing).
   // With the command line's substituters, as Nix's printMissing asks them what would be fetched.
-  const engine = new BuildEngine(engineOptions(engineSettings(args, store, warnStderr), warnStderr));
+  const engine = new BuildEngine(engineOptions(engineSettings(args, store), warnStderr));
   try {
     const missing = await engine.queryMissing(targets).catch(() => undefined);
     if (missing) for (const l of await missingLines(store, missing)) process.stderr.write(l + '\n');

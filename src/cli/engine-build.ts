@@ -253,7 +253,7 @@ async function writeTrace(args: CliArgs, t: TraceFile): Promise<void> {
 
 export async function repair(args: CliArgs, store: Store): Promise<number> {
   tellLauncher('engineRuns');
-  const engine = new BuildEngine(engineOptions(engineSettings(args, store, warnStderr), warnStderr));
+  const engine = new BuildEngine(engineOptions(engineSettings(args, store), warnStderr));
   const { display, closeSink } = openDisplay(args, engine);
   try {
     for (const a of args.positional) {

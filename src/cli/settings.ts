@@ -1,12 +1,11 @@
 /**
  * The build settings of a command line (`--option NAME VALUE`, nix.conf, flags) as BuildEngineOptions, read
- * as nix-store reads them: a value Nix would refuse is a warning and the default stays. Settings Nix 2.8
+ * as nix-store reads them, each value by args.ts's parseSetting. Settings Nix 2.8
  * knows but the engine does not use, and those other commands read, are accepted silently, as Nix does.
  */
 import { readFileSync } from 'node:fs';
-import { cpus } from 'node:os';
 import { defaultSystemFeatures, type BuildEngineOptions, type Store } from '../index.js';
-import { parseBool, parseIntOption, UsageError, type CliArgs } from './args.js';
+import { parseSetting, type CliArgs } from './args.js';
 
 /** The engine's options, and the binary caches to make substituters of (none with `substitute = false`). */
 export interface EngineSettings {
@@ -78,26 +77,20 @@ const put = (opts: Options, key: keyof BuildEngineOptions, v: unknown): void => 
 /** The engine option a table gives a setting (own keys only: a setting named `constructor` is no table's). */
 const lookup = (table: Readonly<Record<string, keyof BuildEngineOptions>>, name: string) => (Object.hasOwn(table, name) ? table[name] : undefined);
 
-/** `sandbox`: a boolean or `relaxed`, refused with Nix's message. */
-function parseSandbox(name: string, value: string): boolean | 'relaxed' {
-  if (value === 'relaxed') return 'relaxed';
-  try {
-    return parseBool(name, value);
-  } catch {
-    throw new UsageError(`option '${name}' has invalid value '${value}'`);
-  }
-}
-
-/** The parser of a setting whose value is checked, and what to do with the value; undefined for the others. */
-function checkedSetting(name: string, value: string, opts: Options): [() => unknown, (v: never) => void] | undefined {
-  const bool = lookup(BOOLS, name);
-  if (bool) return [() => parseBool(name, value), (v: boolean) => put(opts, bool, v)];
-  const int = lookup(INTS, name);
-  if (int) return [() => parseIntOption(name, value), (v: number) => put(opts, int, v)];
-  if (name === 'max-jobs') return [() => (value === 'auto' ? cpus().length : parseIntOption(name, value)), (v: number) => (opts.maxJobs = v)];
-  if (name === 'sandbox') return [() => parseSandbox(name, value), (v: boolean | 'relaxed') => (opts.sandbox = v)];
-  if (name === 'download-attempts') return [() => parseIntOption(name, value), (v: number) => (opts.downloadAttempts = Math.max(1, v))];
-  return undefined;
+/**
+ * Apply a setting whose value is parsed (Booleans, integers, `max-jobs`, `sandbox`); false for the others.
+ * The configuration's and `--option`'s values passed the same parser as they were set (a bad `--option`
+ * value is dropped there with Nix's warning); a flag's (`-j`, `--log-lines`) that Nix refuses is the
+ * usage error here that Nix's flag gives.
+ */
+function applyParsed(name: string, value: string, opts: Options): boolean {
+  const key = lookup(BOOLS, name) ?? lookup(INTS, name);
+  if (key) put(opts, key, parseSetting(name, value));
+  else if (name === 'max-jobs') opts.maxJobs = parseSetting(name, value) as number;
+  else if (name === 'sandbox') opts.sandbox = parseSetting(name, value) as boolean | 'relaxed';
+  else if (name === 'download-attempts') opts.downloadAttempts = Math.max(1, parseSetting(name, value) as number);
+  else return false;
+  return true;
 }
 
 /** Apply one setting whose value is taken as it is (strings, word lists). */
@@ -112,57 +105,25 @@ function applyPlain(name: string, value: string, opts: Options, appended: Map<ke
 }
 
 /**
- * Read the settings (warning about bad values through `warn`). The substituters are only named here: the
+ * Read the settings. The substituters are only named here: the
  * engine's command makes them, so a command that fetches nothing never opens a binary cache, as Nix.
  */
-export function engineSettings(args: CliArgs, store: Store, warn: (message: string) => void): EngineSettings {
+export function engineSettings(args: CliArgs, store: Store): EngineSettings {
   const o = args.options;
   const opts: Options = { store };
-  /** A value parsed from `--option NAME VALUE` that Nix would refuse: Nix warns and keeps the default. */
-  const parsed = <T>(name: string, parse: () => T, apply: (v: T) => void): void => {
-    let v: T;
-    try {
-      v = parse();
-    } catch (e) {
-      if (e instanceof UsageError && args.fromOption.has(name)) {
-        warn(`error: ${e.message}`);
-        return;
-      }
-      throw e;
-    }
-    apply(v);
-  };
-  /** A boolean setting read first (before the others, as Nix's order of warnings has it), true unless set. */
-  const flag = (name: string): boolean => {
-    let v = true;
-    if (o.has(name))
-      parsed(
-        name,
-        () => parseBool(name, o.get(name)!),
-        (x) => (v = x),
-      );
-    return v;
-  };
+  /** A Boolean setting, true unless set. */
+  const flag = (name: string): boolean => (o.has(name) ? (parseSetting(name, o.get(name)!) as boolean) : true);
   const substitute = flag('substitute');
   const requireSigs = flag('require-sigs');
   const appended = new Map<keyof BuildEngineOptions, string[]>();
-  for (const [name, value] of o) {
-    const checked = checkedSetting(name, value, opts);
-    if (checked) parsed(name, checked[0], checked[1] as (v: unknown) => void);
-    else applyPlain(name, value, opts, appended);
-  }
+  for (const [name, value] of o) if (!applyParsed(name, value, opts)) applyPlain(name, value, opts, appended);
   for (const [key, list] of appended) if (list.length) put(opts, key, list);
   // Given even when empty: the engine then checks derivations against it as Nix does (ca-derivations).
   opts.experimentalFeatures ??= [];
   const narInfoTtl: EngineSettings['narInfoTtl'] = {};
   for (const which of ['positive', 'negative'] as const) {
     const name = `narinfo-cache-${which}-ttl`;
-    if (o.has(name))
-      parsed(
-        name,
-        () => parseIntOption(name, o.get(name)!),
-        (v) => (narInfoTtl[which] = v),
-      );
+    if (o.has(name)) narInfoTtl[which] = parseSetting(name, o.get(name)!) as number;
   }
   return {
     narInfoTtl,

@@ -8,6 +8,8 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseArgs } from '../../src/cli/args.js';
 import { applyNixConf, readNixConf } from '../../src/cli/nix-conf.js';
+import { engineSettings } from '../../src/cli/settings.js';
+import type { Store } from '../../src/index.js';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
 import { realiseInProcess as realiseWithEnv } from '../helpers/cli.js';
 
@@ -201,6 +203,54 @@ describe.skipIf(!nixOk())('configuration vs Nix 2.8', () => {
       const n = runNix('nix-store', nixArgs, { env });
       const o = await realiseWithEnv(args, { ...env, NIX_REMOTE: path.join(dir, 'R2') });
       expect(o.status, text).toBe(n.status);
+      expect(o.stderr.replace("'realise --help'", "'nix-store --help'"), text).toBe(n.stderr);
+    }
+  });
+  it("integer settings are read by their Nix type's sign and width, once: what the configuration and --option take is what the engine gets", async () => {
+    // Signed 64 bits (time_t): Nix takes a negative timeout from nix.conf and from --option, silently.
+    const fromConf = parseArgs(['build', '/nix/store/x']);
+    applyNixConf(
+      fromConf,
+      readNixConf({ NIX_CONF_DIR: '/nonexistent', NIX_USER_CONF_FILES: '', NIX_CONFIG: 'timeout = -1\nmax-silent-time = -5\nmax-jobs = +3' }),
+      {},
+    );
+    const fromOption = parseArgs(['build', '--option', 'timeout', '-1', '--option', 'max-silent-time', '-5', '--option', 'max-jobs', '+3', '/nix/store/x']);
+    expect(fromOption.settingWarnings).toEqual([]);
+    for (const args of [fromConf, fromOption]) {
+      expect(engineSettings(args, {} as Store).options).toMatchObject({ buildTimeout: -1, maxSilentTime: -5, maxJobs: 3 });
+    }
+    // Unsigned 32 bits (unsigned int): cores and max-jobs stop below 2^32; log-lines (size_t) takes 64 bits.
+    const big = parseArgs(['build', '--option', 'cores', '4294967296', '--option', 'max-jobs', '4294967296', '--option', 'cores', '4294967295']);
+    expect(big.settingWarnings).toEqual([
+      "error: setting 'cores' has invalid value '4294967296'",
+      "error: configuration setting 'max-jobs' should be 'auto' or an integer",
+    ]);
+    expect(engineSettings(big, {} as Store).options).toMatchObject({ cores: 4294967295 });
+    expect(big.options.has('max-jobs')).toBe(false);
+    expect(parseArgs(['build', '--option', 'log-lines', '4294967296']).settingWarnings).toEqual([]);
+    // Beside nix-store: a configuration's out-of-range cores is an error before anything; --option's a warning.
+    const dir = tempDir();
+    const conf = path.join(dir, 'conf');
+    mkdirSync(conf);
+    const drv = nix('nix-instantiate', [
+      '--store',
+      path.join(dir, 'R1'),
+      '-E',
+      'derivation { name = "int-width"; system = "x86_64-linux"; builder = "/bin/sh"; }',
+    ]);
+    const cases: [string, string[]][] = [
+      ['cores = 4294967296\n', ['build', drv]],
+      ['build-cores = 4294967296\n', ['build', drv]],
+      ['', ['--version', '--option', 'cores', '4294967296', '--option', 'timeout', '-1', '--option', 'max-silent-time', '-5']],
+    ];
+    for (const [text, args] of cases) {
+      writeFileSync(path.join(conf, 'nix.conf'), text);
+      const env = { NIX_CONF_DIR: conf, NIX_USER_CONF_FILES: '/dev/null', NIX_REMOTE: path.join(dir, 'R1') };
+      const nixArgs = args[0] === 'build' ? ['--realise', ...args.slice(1)] : args;
+      const n = runNix('nix-store', nixArgs, { env });
+      const o = await realiseWithEnv(args, { ...env, NIX_REMOTE: path.join(dir, 'R2') });
+      expect(o.status, text).toBe(n.status);
+      expect(n.stderr, text).toContain("invalid value '4294967296'");
       expect(o.stderr.replace("'realise --help'", "'nix-store --help'"), text).toBe(n.stderr);
     }
   });
