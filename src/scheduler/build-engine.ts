@@ -13,7 +13,7 @@ import { flushRemovals } from '../platform/chroot.js';
 import { NoSandbox } from '../platform/no-sandbox.js';
 import type { Sandbox } from '../platform/sandbox.js';
 import { useSandbox, type SandboxMode } from '../platform/sandbox-config.js';
-import { substitutePath, sortByPriority, type Substituter, type SubstitutablePathInfo, type TransferListener } from '../substituter/substituter.js';
+import { substitutePath, sortByPriority, SubstituterError, type Substituter, type SubstitutablePathInfo, type TransferListener } from '../substituter/substituter.js';
 import { checkDerivationOutputs, cloneDerivation, derivationNameFromPath, parseDerivation, type Derivation } from '../derivation/derivation.js';
 import { hasherFor } from './realisations.js';
 import type { EngineContext } from './context.js';
@@ -239,7 +239,15 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       else if (known) out.set(p, known);
     }
     if (need.length) {
-      const got = await sub.queryPathInfos(need, { signal, onTransfer: this.transferListener(sub) });
+      let got;
+      try {
+        got = await sub.queryPathInfos(need, { signal, onTransfer: this.transferListener(sub) });
+      } catch (e) {
+        // A cache disabled after a failure (with fallback) is passed over silently, as Nix: it has none of
+        // them for now, which is not cached (it is asked again once its time out is over).
+        if (e instanceof SubstituterError && e.code === 'disabled') return out;
+        throw e;
+      }
       for (const p of need) {
         const info = got.get(p);
         this.infoCache.set(`${sub.uri}\0${p}`, { at: now, info });

@@ -22,6 +22,7 @@ export interface EngineContext {
   emit<E extends keyof EventPayloads>(event: E, payload: EventPayloads[E]): void;
   /** Run `fn`, the substitution of `path`, in a substitution slot (a free one goes to the lowest goal key, as in Nix). */
   substitutionSlot<T>(path: StorePath, fn: () => Promise<T>): Promise<T>;
+  /** `sub`'s infos of `paths` (those it has), cached a while; a substituter disabled after a failure has none. */
   queryPathInfosCached(sub: Substituter, paths: StorePath[], signal: AbortSignal): Promise<Map<StorePath, SubstitutablePathInfo>>;
   /** What queryPathInfosCached knows of `path` on `sub` without asking: its info, null (the substituter has none), or undefined (not known). */
   knownPathInfo(sub: Substituter, path: StorePath): SubstitutablePathInfo | null | undefined;

@@ -3,7 +3,6 @@
  * which are unknown, and how much will be downloaded and unpacked.
  */
 import { shortMessageOf } from '../store/errors.js';
-import { SubstituterError } from '../substituter/substituter.js';
 import type { StorePath } from '../store/store-path.js';
 import type { EngineContext } from './context.js';
 import { caFeatureMissing, substitutesAllowed, type DrvView } from './drv-view.js';
@@ -100,8 +99,6 @@ class MissingQuery {
       try {
         info = (await ctx.queryPathInfosCached(sub, [p], this.signal)).get(p);
       } catch (e) {
-        // A cache disabled after a failure (with fallback) is passed over silently, as Nix.
-        if (e instanceof SubstituterError && e.code === 'disabled') continue;
         // As Nix: a substituter that fails to answer (a corrupt narinfo, a server error) ends the query,
         // unless falling back to building, when the error is logged and the substituter passed over.
         if (!ctx.options.fallback) throw e;

@@ -92,23 +92,17 @@ type LookUp = { info?: SubstitutablePathInfo; error?: string };
  * What `sub` has for `path`, when the engine knows it already (queryMissing asked): no await then. Undefined
  * when it must be asked (lookUp).
  */
-function lookUpKnown(w: Worker, sub: Substituter, path: StorePath, ca: FixedContent | undefined): LookUp | undefined {
-  const asked = pathToAsk(sub, w.ctx.store.storeDir, path, ca);
-  if (!asked) return {};
+function lookUpKnown(w: Worker, sub: Substituter, path: StorePath, asked: StorePath): LookUp | undefined {
   const known = w.ctx.knownPathInfo(sub, asked);
   return known === undefined ? undefined : found(w, sub, path, known ?? undefined);
 }
 
 /** What `sub` has for `path`; `error`: a lookup that failed (a real failure without `fallback`). */
-async function lookUp(w: Worker, sub: Substituter, path: StorePath, ca: FixedContent | undefined): Promise<LookUp> {
-  const asked = pathToAsk(sub, w.ctx.store.storeDir, path, ca);
-  if (!asked) return {};
+async function lookUp(w: Worker, sub: Substituter, path: StorePath, asked: StorePath): Promise<LookUp> {
   let info;
   try {
     info = (await w.ctx.queryPathInfosCached(sub, [asked], w.signal)).get(asked);
   } catch (e) {
-    // A cache disabled after a failure (with fallback) is passed over silently, as Nix.
-    if (e instanceof SubstituterError && e.code === 'disabled') return {};
     // Nix logs the error (and, without --fallback, gives up: a real failure here).
     w.ctx.emit('warning', { message: shortMessageOf(e), level: 'error' });
     return w.ctx.options.fallback ? {} : { error: `substituter '${sub.uri}': ${(e as Error).message}` };
@@ -137,7 +131,9 @@ async function substitute(w: Worker, path: StorePath, repair: boolean, depth: nu
   let realError: string | undefined;
   for (const sub of subs) {
     w.signal.throwIfAborted();
-    const { info, error } = lookUpKnown(w, sub, path, ca) ?? (await lookUp(w, sub, path, ca));
+    const asked = pathToAsk(sub, w.ctx.store.storeDir, path, ca);
+    if (!asked) continue;
+    const { info, error } = lookUpKnown(w, sub, path, asked) ?? (await lookUp(w, sub, path, asked));
     if (error) realError = error;
     if (!info) continue;
     // Goals whose lookups end together go on (warn, ask for their references) in Nix's goal order.
