@@ -453,13 +453,13 @@ class HttpTransport implements Transport {
     return /^https?:\/\//.test(rel) ? rel : this.base + rel;
   }
 
-  /** When the cache was disabled (Nix's `fallback`), until when (ms since the epoch); 0 when enabled. */
+  /** When the cache was disabled (Nix's `fallback`), until when (performance.now(), monotonic ms); 0 when enabled. */
   private disabledUntil = 0;
 
   /** Nix's checkEnabled: a disabled cache is not asked, until its 60 s are over. */
   private checkEnabled(): void {
     if (this.disabledUntil === 0) return;
-    if (Date.now() > this.disabledUntil) this.disabledUntil = 0;
+    if (performance.now() > this.disabledUntil) this.disabledUntil = 0;
     else
       throw new SubstituterError('disabled', `substituter '${this.uri}' is disabled`, {
         uri: this.uri,
@@ -467,29 +467,19 @@ class HttpTransport implements Transport {
       });
   }
 
-  /** Nix's maybeDisable: with `fallback`, a failed transfer disables the cache for 60 s. */
-  private maybeDisable(): void {
+  /**
+   * Nix's maybeDisable: with `fallback`, a failed transfer (headers or body; not a missing file, not one
+   * the caller cancelled) disables the cache for 60 s.
+   */
+  private maybeDisable(e: unknown): void {
+    if (!(e instanceof SubstituterError) || e.code === 'aborted' || e.code === 'not-found') return;
     if (!this.opts.fallback || this.disabledUntil !== 0) return;
-    this.disabledUntil = Date.now() + 60_000;
+    this.disabledUntil = performance.now() + 60_000;
     this.opts.onDisabled(`disabling binary cache '${this.uri}' for 60 seconds`);
   }
 
-  /** GET with retries of transient failures; undefined on 404/410; with `fallback`, a final failure disables the cache. */
+  /** GET with retries of transient failures; undefined on 404/410/403. */
   private async get(
-    rel: string,
-    signal: AbortSignal | undefined,
-    onMissing?: (bodyBytes: number, expected: number) => void,
-  ): Promise<Dispatcher.ResponseData | undefined> {
-    this.checkEnabled();
-    try {
-      return await this.getWithRetries(rel, signal, onMissing);
-    } catch (e) {
-      if (e instanceof SubstituterError && e.code !== 'aborted') this.maybeDisable();
-      throw e;
-    }
-  }
-
-  private async getWithRetries(
     rel: string,
     signal: AbortSignal | undefined,
     onMissing?: (bodyBytes: number, expected: number) => void,
@@ -543,7 +533,18 @@ class HttpTransport implements Transport {
     }
   }
 
+  /** Nix's getFile: a disabled cache is not asked; a transfer that fails disables it (maybeDisable). */
   async getFile(rel: string, signal?: AbortSignal, onTransfer?: TransferListener): Promise<Buffer | undefined> {
+    this.checkEnabled();
+    try {
+      return await this.getFileReporting(rel, signal, onTransfer);
+    } catch (e) {
+      this.maybeDisable(e);
+      throw e;
+    }
+  }
+
+  private async getFileReporting(rel: string, signal?: AbortSignal, onTransfer?: TransferListener): Promise<Buffer | undefined> {
     if (!onTransfer) return this.getFileQuietly(rel, signal);
     const url = this.url(rel);
     onTransfer({ kind: 'download-started', url });
@@ -579,7 +580,18 @@ class HttpTransport implements Transport {
     }
   }
 
+  /** As getFile, for a NAR: checked before its request, and a failure of its headers or body disables the cache. */
   async *stream(rel: string, signal?: AbortSignal, _sizeHint?: number, _reuse?: boolean, onTransfer?: TransferListener): AsyncGenerator<Uint8Array> {
+    this.checkEnabled();
+    try {
+      yield* this.streamReporting(rel, signal, onTransfer);
+    } catch (e) {
+      this.maybeDisable(e);
+      throw e;
+    }
+  }
+
+  private async *streamReporting(rel: string, signal?: AbortSignal, onTransfer?: TransferListener): AsyncGenerator<Uint8Array> {
     if (!onTransfer) return yield* this.streamQuietly(rel, signal);
     const url = this.url(rel);
     onTransfer({ kind: 'download-started', url });
@@ -619,7 +631,6 @@ class HttpTransport implements Transport {
       if (isAbortError(e) || signal?.aborted)
         throw new SubstituterError('aborted', `download of '${this.url(rel)}' was cancelled`, { uri: this.uri, cause: e });
       const code = expected !== undefined && got < expected ? 'truncated' : 'network';
-      this.maybeDisable();
       throw new SubstituterError(
         code,
         `download of '${this.url(rel)}' failed after ${got}${expected !== undefined ? ` of ${expected}` : ''} bytes: ${(e as Error).message}`,
@@ -629,7 +640,6 @@ class HttpTransport implements Transport {
       if (!res.body.destroyed) res.body.destroy();
     }
     if (expected !== undefined && got !== expected) {
-      this.maybeDisable();
       throw new SubstituterError('truncated', `download of '${this.url(rel)}' ended after ${got} of ${expected} bytes`, { uri: this.uri });
     }
   }

@@ -113,8 +113,8 @@ describe('BinaryCacheSubstituter over HTTP', () => {
     expect((e as Error).message).toContain(`substituter '${server.url}' is disabled`);
     expect(server.requests.length).toBe(asked);
     // 60 s later it is asked again (and said once only).
-    const now = Date.now();
-    const clock = vi.spyOn(Date, 'now').mockReturnValue(now + 60_001);
+    const now = performance.now();
+    const clock = vi.spyOn(performance, 'now').mockReturnValue(now + 60_001);
     try {
       await substitutePath(store, s, info);
     } finally {
@@ -128,6 +128,29 @@ describe('BinaryCacheSubstituter over HTTP', () => {
     expect(await code(t.queryPathInfos([missing(2)]))).toBe('network');
     expect((await t.queryPathInfos([missing(3)])).size).toBe(0);
     expect(told).toHaveLength(1);
+  });
+
+  it('with fallback, a narinfo whose body fails after its headers disables the cache as a failed request does (Nix disables on every transfer error)', async () => {
+    const told: string[] = [];
+    const s = make({ retries: 0, fallback: true, onDisabled: (m) => told.push(m) });
+    await s.init();
+    server.fault(/narinfo$/, { kind: 'truncate', bytes: 20 }, 1);
+    expect(await code(s.queryPathInfos([SRC]))).toBe('network');
+    expect(told).toEqual([`disabling binary cache '${server.url}' for 60 seconds`]);
+    const asked = server.requests.length;
+    expect(await code(s.queryPathInfos([missing(1)]))).toBe('disabled');
+    expect(server.requests.length).toBe(asked);
+    // A NAR body cut short is the same, once the cache is asked again after its 60 s.
+    const clock = vi.spyOn(performance, 'now').mockReturnValue(performance.now() + 60_001);
+    try {
+      const info = (await s.queryPathInfos([SRC])).get(SRC)!;
+      server.fault(/^nar\//, { kind: 'truncate', bytes: Math.floor(info.downloadSize / 2) }, 1);
+      expect(await code(substitutePath(store, s, info))).toBe('truncated');
+      expect(told).toHaveLength(2);
+      expect(await code(substitutePath(store, s, info))).toBe('disabled');
+    } finally {
+      clock.mockRestore();
+    }
   });
 
   it('survives slow responses', async () => {
