@@ -270,9 +270,9 @@ export class ParsedDerivation {
   }
 
   /**
-   * The checks for output `outputName`: structured `outputChecks.<out>` (undefined when absent), or the
-   * legacy `allowedReferences`, `allowedRequisites`, `disallowedReferences`, `disallowedRequisites`
-   * (applied to every output).
+   * The checks for output `outputName`: structured `outputChecks.<out>`, or the legacy `allowedReferences`,
+   * `allowedRequisites`, `disallowedReferences`, `disallowedRequisites` (applied to every output).
+   * Undefined when none is set (no `outputChecks.<out>`, or one that sets none; no legacy attribute).
    */
   outputChecks(outputName: string): OutputChecks | undefined {
     if (this.structuredAttrs) {
@@ -289,7 +289,7 @@ export class ParsedDerivation {
       };
       // Named as Nix names them: `attribute 'allowedReferences' of derivation … must be a list of strings`.
       const list = (k: string): string[] | undefined => (Object.prototype.hasOwnProperty.call(o, k) ? this.stringList(k, o[k]!) : undefined);
-      return {
+      return setsAny({
         ignoreSelfRefs: false,
         maxSize: num('maxSize'),
         maxClosureSize: num('maxClosureSize'),
@@ -297,14 +297,26 @@ export class ParsedDerivation {
         allowedRequisites: list('allowedRequisites'),
         disallowedReferences: list('disallowedReferences'),
         disallowedRequisites: list('disallowedRequisites'),
-      };
+      });
     }
-    return {
+    return setsAny({
       ignoreSelfRefs: true,
       allowedReferences: this.getStringsAttr('allowedReferences'),
       allowedRequisites: this.getStringsAttr('allowedRequisites'),
       disallowedReferences: this.getStringsAttr('disallowedReferences'),
       disallowedRequisites: this.getStringsAttr('disallowedRequisites'),
-    };
+    });
   }
+}
+
+/** `c`, or undefined when it sets no check (most derivations: nothing to check after a build). */
+function setsAny(c: OutputChecks): OutputChecks | undefined {
+  const set =
+    c.maxSize !== undefined ||
+    c.maxClosureSize !== undefined ||
+    c.allowedReferences !== undefined ||
+    c.allowedRequisites !== undefined ||
+    c.disallowedReferences !== undefined ||
+    c.disallowedRequisites !== undefined;
+  return set ? c : undefined;
 }

@@ -98,7 +98,7 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
   const checks = new Map<string, OutputChecks | Rejected>();
   for (const name of fin.infos.keys()) {
     const c = outputChecksOf(view, name);
-    if (c !== undefined && (isRejected(c) || checksSomething(c))) checks.set(name, c);
+    if (c !== undefined) checks.set(name, c);
   }
   const bad = checks.size > 0 ? await checkOutputs(w.ctx.store, fin.infos, fin.finalPaths, (name) => checks.get(name)) : undefined;
   if (bad) return { ...bad, outputsStay: true };
@@ -502,18 +502,6 @@ async function registerRound(w: Worker, view: DrvView, plan: RegisterPlan, fin: 
  */
 async function registerRealisations(w: Worker, view: DrvView, paths: Record<string, StorePath>): Promise<void> {
   if (registersRealisations(view, w.ctx.options.experimentalFeatures)) await registerBuiltRealisations(w.ctx.store, view, paths, w.ctx.options.secretKeys);
-}
-
-/** Whether `c` sets any check (legacy attributes give an object whose lists are all unset when none is). */
-function checksSomething(c: OutputChecks): boolean {
-  return (
-    c.maxSize !== undefined ||
-    c.maxClosureSize !== undefined ||
-    c.allowedReferences !== undefined ||
-    c.allowedRequisites !== undefined ||
-    c.disallowedReferences !== undefined ||
-    c.disallowedRequisites !== undefined
-  );
 }
 
 /** The checks of one output; a derivation whose checks are malformed has its outputs rejected. */

@@ -91,6 +91,14 @@ describe('ParsedDerivation: edge cases', () => {
     const pd = new ParsedDerivation('/x.drv', base({}, '("out","","r:sha256","")'));
     expect(pd.getRequiredSystemFeatures()).toEqual(new Set(['ca-derivations']));
   });
+  it('outputChecks is undefined when nothing is checked (no legacy attribute; outputChecks.<out> setting none)', () => {
+    expect(new ParsedDerivation('/x.drv', base({})).outputChecks('out')).toBeUndefined();
+    expect(new ParsedDerivation('/x.drv', base({ allowedRequisites: '' })).outputChecks('out')).toMatchObject({ allowedRequisites: [] });
+    const structured = (checks: unknown) => new ParsedDerivation('/x.drv', base({ __json: JSON.stringify({ outputChecks: { out: checks } }) })).outputChecks('out');
+    expect(structured({})).toBeUndefined();
+    expect(structured({ unknownCheck: 1 })).toBeUndefined();
+    expect(structured({ maxSize: 0 })).toMatchObject({ maxSize: 0 });
+  });
   it('builtin builders build on any platform', () => {
     const d = base({});
     d.builder = 'builtin:fetchurl';
