@@ -67,6 +67,41 @@ export function buildStartedMessage(e: { drvPath: string; round: number; rounds:
   return buildActivityText(e) + '...';
 }
 
+/**
+ * The names Nix's progress bar puts before a derivation's lines (`hello> …`, its post-build hook's
+ * `hello (post)> …`; faint on a terminal), each made on the derivation's first line and dropped when it
+ * has no more lines to come (`drop`), so a long run holds the prefixes of the derivations logging now only.
+ */
+export class LinePrefixes {
+  private readonly made = { '> ': new Map<string, Buffer>(), ' (post)> ': new Map<string, Buffer>() };
+
+  constructor(private readonly faint: boolean) {}
+
+  /** The line after its derivation's prefix, without its trailing blanks; undefined for a blank line. */
+  prefixed(drvPath: string, suffix: LinePrefixSuffix, line: Buffer): Buffer | undefined {
+    const text = chomp(line);
+    if (text.length === 0) return undefined;
+    const made = this.made[suffix];
+    let prefix = made.get(drvPath);
+    if (!prefix) {
+      const name = `${drvBaseName(drvPath)}${suffix}`;
+      prefix = Buffer.from(this.faint ? `\x1b[2m${name}\x1b[0m` : name);
+      made.set(drvPath, prefix);
+    }
+    return Buffer.concat([prefix, text]);
+  }
+
+  drop(drvPath: string, suffix: LinePrefixSuffix): void {
+    this.made[suffix].delete(drvPath);
+  }
+
+  /** How many prefixes are held. */
+  get size(): number {
+    return this.made['> '].size + this.made[' (post)> '].size;
+  }
+}
+export type LinePrefixSuffix = '> ' | ' (post)> ';
+
 /** Where a display writes: stderr (src/cli/stdio.ts's, or a stream). */
 export interface DisplayOut {
   write(data: string | Uint8Array): unknown;
@@ -76,6 +111,8 @@ export interface DisplayOut {
 
 export class ProgressDisplay {
   private status = '';
+  /** The derivations' names before their lines, with `namePrefix`. */
+  private readonly prefixes: LinePrefixes;
   private lastLine = '';
   private readonly tty: boolean;
   private stopped = false;
@@ -91,26 +128,15 @@ export class ProgressDisplay {
     opts: ProgressDisplayOptions = {},
   ) {
     this.tty = !!out.isTTY && !opts.plain;
+    this.prefixes = new LinePrefixes(this.tty);
     this.showsLogs = !opts.noBuildOutput && (!!opts.printBuildLogs || (!this.tty && !opts.withoutLogs));
     const info = (s: string) => {
       if (!opts.quiet) this.line(s);
     };
     const onStart = (e: Parameters<typeof buildStartedMessage>[0]) => info(buildStartedMessage(e));
-    // Nix's progress bar names the derivation before each line (faint on a terminal). Each derivation's
-    // prefix is made once, on its first line (per suffix: its builder's lines and its hook's).
-    const prefixes = { '> ': new Map<string, Buffer>(), ' (post)> ': new Map<string, Buffer>() };
-    const prefixed = (drvPath: string, suffix: keyof typeof prefixes, line: Buffer): Buffer | undefined => {
-      const text = chomp(line);
-      if (text.length === 0) return undefined;
-      const made = prefixes[suffix];
-      let prefix = made.get(drvPath);
-      if (!prefix) {
-        const name = `${drvBaseName(drvPath)}${suffix}`;
-        prefix = Buffer.from(this.tty ? `\x1b[2m${name}\x1b[0m` : name);
-        made.set(drvPath, prefix);
-      }
-      return Buffer.concat([prefix, text]);
-    };
+    // Nix's progress bar names the derivation before each line (faint on a terminal).
+    const prefixes = this.prefixes;
+    const prefixed = prefixes.prefixed.bind(prefixes);
     const onLog = (e: { drvPath: string; line: string; bytes?: Buffer }) => {
       if (this.showsLogs && opts.namePrefix) {
         const l = prefixed(e.drvPath, '> ', e.bytes ?? Buffer.from(e.line));
@@ -164,6 +190,12 @@ export class ProgressDisplay {
     if (this.tty) on('progress', () => this.render());
     this.showVerbose(engine, opts.verbosity ?? 3);
     if (this.showsLogs) on('post-build-hook-log', onHookLog);
+    if (this.showsLogs && opts.namePrefix) {
+      // A builder's lines end with its build (a round's: the next round makes its prefix again); the
+      // post-build hook runs after that, within the derivation's goal.
+      on('build-finished', (e) => prefixes.drop(e.drvPath, '> '));
+      on('goal-finished', (e) => void (e.kind === 'derivation' && prefixes.drop(e.path, ' (post)> ')));
+    }
     this.engine = engine;
   }
   private readonly engine: BuildEngine;
