@@ -89,7 +89,7 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
   // path that is no .drv is looked for first: `nix-store --realise PATH!out` of a missing one is a missing derivation.)
   const early = await drvAndOutputsValid(w, drvPath);
   let view: DrvView;
-  if (early && 'view' in early) view = early.view;
+  if (early) view = early.view;
   else {
     const valid = w.ctx.isProvidedDrv(drvPath) || (await store.isValidPath(drvPath));
     if (!valid) {
@@ -104,8 +104,8 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
   // Nix 2.8 refuses to read such a .drv without the feature: the error ends the call.
   const noCa = w.ctx.isProvidedDrv(drvPath) ? undefined : caFeatureMissing(view, w.ctx.options);
   if (noCa) return w.endCall(noCa, drvPath);
-  // (A .drv file read but not registered had roots taken already: of the one loaded now, the rest only.)
-  if (!early || !('view' in early)) await addTempRoots(w, drvPath, view, early?.rooted);
+  // (Roots taken already, by drvAndOutputsValid for a file read but not registered, are not recorded again.)
+  if (!early) await addTempRoots(w, drvPath, view);
   if (wanted) {
     for (const o of wanted) {
       if (!view.outputs.has(o)) return failure('misc-failure', `derivation '${drvPath}' does not have wanted outputs '${o}'`);
@@ -113,7 +113,7 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
   }
 
   // 2. Which wanted outputs are missing?
-  let statuses = await checkPathValidity(w, view, wanted, mode, early && 'view' in early ? early.valid : undefined);
+  let statuses = await checkPathValidity(w, view, wanted, mode, early?.valid);
   if (allWantedValid(statuses) && mode === 'normal') {
     return success('already-valid', outputsOf(statuses, true));
   }
@@ -157,33 +157,29 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
 /**
  * Temporary GC roots, as Nix: a concurrent garbage collector keeps the derivation and its outputs.
  * Recorded together where the store can (one write under one hold of the GC lock), else one by one.
- * `taken`: roots taken already (left out). Returns the roots.
  */
-async function addTempRoots(w: Worker, drvPath: StorePath, view: DrvView, taken?: readonly StorePath[]): Promise<readonly StorePath[]> {
+async function addTempRoots(w: Worker, drvPath: StorePath, view: DrvView): Promise<void> {
   const { store } = w.ctx;
-  if (!store.addTempRoot) return [];
+  if (!store.addTempRoot) return;
   const roots = [drvPath];
   for (const spec of view.outputs.values()) {
     const p = knownPath(spec);
     if (p) roots.push(p);
   }
-  const fresh = taken ? roots.filter((p) => !taken.includes(p)) : roots;
-  if (fresh.length === 0) return roots;
-  if (store.addTempRoots) await store.addTempRoots(fresh);
-  else for (const p of fresh) await store.addTempRoot(p);
-  return roots;
+  if (store.addTempRoots) await store.addTempRoots(roots);
+  else for (const p of roots) await store.addTempRoot(p);
 }
 
 /**
  * A `.drv` in the store read before its validity is known, its temporary roots taken, then its validity
  * and its outputs' asked in one statement (one read of the database, not two). Otherwise undefined
- * (missing, unreadable, handed to us, or no .drv at all), or, for a file read but not registered, the
- * roots taken (`rooted`): the caller then looks for it as Nix does, and the copy read here is not kept.
+ * (missing, unreadable, handed to us, no .drv at all, or a file read but not registered: the caller then
+ * looks for it as Nix does, and the copy read here is not kept).
  */
 async function drvAndOutputsValid(
   w: Worker,
   drvPath: StorePath,
-): Promise<{ view: DrvView; valid: ReadonlySet<StorePath> } | { rooted: readonly StorePath[] } | undefined> {
+): Promise<{ view: DrvView; valid: ReadonlySet<StorePath> } | undefined> {
   const { ctx } = w;
   if (!ctx.forgetDrv || ctx.isProvidedDrv(drvPath) || !isDerivationPath(drvPath)) return undefined;
   let view: DrvView;
@@ -192,11 +188,11 @@ async function drvAndOutputsValid(
   } catch {
     return undefined; // (a failed load is not cached: the caller's load reports it, if the .drv is valid)
   }
-  const rooted = await addTempRoots(w, drvPath, view);
+  await addTempRoots(w, drvPath, view);
   const valid = await w.validTogether.addAll([drvPath, ...(view.staticOutputs?.values() ?? [])]);
   if (valid.has(drvPath)) return { view, valid };
   ctx.forgetDrv(drvPath);
-  return { rooted };
+  return undefined;
 }
 
 /** Whether the derivation's outputs may come from substituters: there are some, and it allows them. */
