@@ -9,7 +9,7 @@ import { deleteTreeSync, movePathSync } from '../store/canonicalise.js';
 import { processUmask } from '../store/umask.js';
 import { loadedDirOps, nativeDirOps } from './native-xattrs.js';
 import { SandboxError } from './sandbox-errors.js';
-import { strerror } from './spawn-merged.js';
+import { strerror } from '../store/system-error.js';
 
 export const SANDBOX_UID = 1000;
 export const SANDBOX_GID = 100;

@@ -38,7 +38,8 @@ import {
   type PrepareChrootOptions,
 } from './chroot.js';
 import { nixSeccompFilter } from './seccomp.js';
-import { spawnMerged, strerror } from './spawn-merged.js';
+import { spawnMerged } from './spawn-merged.js';
+import { strerror } from '../store/system-error.js';
 import { ensureSandboxHelper, type SandboxHelperOptions } from './sandbox-helper.js';
 import { SandboxServer } from './sandbox-server.js';
 import { describeSignal, signalName } from './signals.js';

@@ -10,8 +10,8 @@ import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
-import { getSystemErrorMap } from 'node:util';
 import { spawnFailed, type SandboxExit } from './sandbox.js';
+import { strerror } from '../store/system-error.js';
 
 export interface SpawnMergedOptions {
   readonly file: string;
@@ -178,10 +178,4 @@ function execErrorFrom(e: NodeJS.ErrnoException, file: string, cwd: string | und
   if (cwd !== undefined && !existsSync(cwd)) return undefined;
   const text = strerror(e);
   return text && `executing '${file}': ${text}`;
-}
-
-/** An errno as Nix words it (glibc's strerror: `No such file or directory`), or undefined when unknown. */
-export function strerror(e: NodeJS.ErrnoException): string | undefined {
-  const text = e.errno === undefined ? undefined : getSystemErrorMap().get(e.errno)?.[1];
-  return text ? `${text[0]!.toUpperCase()}${text.slice(1)}` : undefined;
 }

@@ -11,7 +11,7 @@ import { canonicaliseFileSync, canonicalisePathMetaData, canonicalXattrOps, dele
 import { loadedXattrOps } from '../store/xattrs.js';
 import '../platform/native-xattrs.js'; // the native operations that remove extended attributes
 import '../platform/native-optimise.js'; // the native loop of auto-optimise-store
-import { strerror } from '../platform/spawn-merged.js';
+import { strerror } from '../store/system-error.js';
 import { Hash, HashModulo } from '../store/hash.js';
 import { collect, dumpPath, hashPath, narOfRegularFile, restorePath, streamOf } from '../store/nar.js';
 import { scanBufferForReferences, scanForReferences } from '../store/references.js';

@@ -36,7 +36,7 @@ import { homedir, userInfo } from 'node:os';
 import * as path from 'node:path';
 import { canonicalisePathMetaData, deleteTree, inheritsXattrs, movePathSync } from './canonicalise.js';
 import { mkdirOnPool } from './pool-fs.js';
-import { systemErrorMessage } from './system-error.js';
+import { strerror, systemErrorMessage } from './system-error.js';
 import { asStoreWriteError, InvalidStorePathError, StoreError } from './errors.js';
 import { Hash, HashModulo, HashSink, isNixBase32, toNixBase32, type HashAlgorithm } from './hash.js';
 import {
@@ -1603,8 +1603,7 @@ async function perUserModeError(layout: LocalStoreLayout): Promise<StoreError | 
     try {
       await fsp.chmod(d, 0o755);
     } catch (e) {
-      const said = systemErrorMessage(e) ?? (e as Error).message;
-      return new StoreError('store-open-failed', `could not set permissions on '${d}' to 755: ${said.slice(said.indexOf("': ") + 3)}`, {
+      return new StoreError('store-open-failed', `could not set permissions on '${d}' to 755: ${strerror(e) ?? (e as Error).message}`, {
         cause: e,
         hint: `this user cannot write the store under '${layout.root ?? layout.stateDir}': run as its owner, or choose another store`,
       });

@@ -25,7 +25,7 @@ import {
 } from 'node:fs';
 import { createRequire } from 'node:module';
 import { StoreError } from './errors.js';
-import { systemErrorMessage } from './system-error.js';
+import { strerror } from './system-error.js';
 import { parseStorePath } from './store-path.js';
 
 interface FsExt {
@@ -106,8 +106,7 @@ function sleep(ms: number, signal: AbortSignal | undefined, key: string): Promis
 
 function lockOpenError(lockPath: string, e: unknown): StoreError {
   // Nix's words: "opening lock file '…': Permission denied".
-  const said = systemErrorMessage(e);
-  return new StoreError('lock-failed', `opening lock file '${lockPath}': ${said ? said.slice(said.indexOf("': ") + 3) : (e as Error).message}`, {
+  return new StoreError('lock-failed', `opening lock file '${lockPath}': ${strerror(e) ?? (e as Error).message}`, {
     cause: e,
     hint: 'check that the store directory exists and is writable by this user',
   });

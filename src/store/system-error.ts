@@ -2,6 +2,8 @@
  * A failed system call (Node's errno error: `code`, `syscall`, `path`) in Nix's words, as its SysError
  * prints one.
  */
+import { getSystemErrorMap } from 'node:util';
+
 /** glibc's strerror() where libuv's description differs from it by more than the first letter's case. */
 const STRERROR: Record<string, string> = {
   EEXIST: 'File exists',
@@ -13,6 +15,19 @@ const STRERROR: Record<string, string> = {
   ETXTBSY: 'Text file busy',
   EBUSY: 'Device or resource busy',
 };
+
+/**
+ * An errno as Nix words it (glibc's strerror: `No such file or directory`), or undefined for an error that
+ * has none. Node's errors carry libuv's description, which is glibc's with a small first letter but for
+ * the codes of STRERROR.
+ */
+export function strerror(e: unknown): string | undefined {
+  if (!(e instanceof Error)) return undefined;
+  const { code, errno } = e as NodeJS.ErrnoException;
+  if (code !== undefined && Object.prototype.hasOwnProperty.call(STRERROR, code)) return STRERROR[code];
+  const text = errno === undefined ? undefined : getSystemErrorMap().get(errno)?.[1];
+  return text ? `${text[0]!.toUpperCase()}${text.slice(1)}` : undefined;
+}
 
 /** What Nix says about the system call it was making (SysError's context) for Node's syscall names. */
 const SYSCALL: Record<string, (p: string, dest: string | undefined) => string> = {
@@ -44,9 +59,7 @@ const FD_SYSCALL: Record<string, string> = { read: 'reading from file', write: '
 export function systemErrorMessage(e: unknown): string | undefined {
   const err = e as NodeJS.ErrnoException & { dest?: string };
   if (!(e instanceof Error) || typeof err.code !== 'string' || typeof err.syscall !== 'string' || typeof err.errno !== 'number') return undefined;
-  // libuv's description: the part of "CODE: description, syscall 'path'" between the code and the comma.
-  const described = /^[A-Z0-9_]+: (.*?), /.exec(err.message)?.[1] ?? err.code;
-  const reason = STRERROR[err.code] ?? described.charAt(0).toUpperCase() + described.slice(1);
+  const reason = strerror(e) ?? err.code;
   const what =
     err.path !== undefined ? (SYSCALL[err.syscall]?.(err.path, err.dest) ?? `${err.syscall} '${err.path}'`) : (FD_SYSCALL[err.syscall] ?? err.syscall);
   return `${what}: ${reason}`;
