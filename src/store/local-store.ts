@@ -1103,17 +1103,23 @@ export class LocalStore implements Store {
    * Protect `path` from a concurrent `nix-store --gc` on this store for as long as this process keeps the
    * store open (Nix's temporary roots: `<state>/temproots/<pid>`, or the collector's socket while it runs).
    */
-  async addTempRoot(p: StorePath): Promise<void> {
-    this.check();
-    this.tempRoots ??= TempRoots.open(this.layout.stateDir);
-    await this.tempRoots.add(p);
+  addTempRoot(p: StorePath): Promise<void> {
+    return this.addTempRoots([p]);
   }
 
-  /** `addTempRoot` of many paths; while no collector runs, they are recorded in one write. */
-  async addTempRoots(paths: Iterable<StorePath>): Promise<void> {
-    this.check();
-    this.tempRoots ??= TempRoots.open(this.layout.stateDir);
-    await this.tempRoots.addAll(paths);
+  /**
+   * `addTempRoot` of many paths; while no collector runs, they are recorded in one write. (A path that is
+   * a root already resolves at once: TempRoots' promise is handed on as it is, without an async layer.)
+   */
+  addTempRoots(paths: Iterable<StorePath>): Promise<void> {
+    let roots: TempRoots;
+    try {
+      this.check();
+      roots = this.tempRoots ??= TempRoots.open(this.layout.stateDir);
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+    return roots.addAll(paths);
   }
 
   /**
@@ -1187,8 +1193,7 @@ export class LocalStore implements Store {
   async addToStore(info: PathInfo, nar: NarSource, opts: AddToStoreOptions = {}): Promise<PathInfo> {
     this.check();
     checkPathInfo(info, this.storeDir);
-    // (A substitute is a root already: its goal made it one before looking it up.)
-    if (!this.tempRoots?.has(info.path)) await this.addTempRoot(info.path);
+    await this.addTempRoot(info.path);
     const repair = opts.repair ?? false;
     if (!repair && this.isValidPathSync(info.path)) return (await this.queryPathInfo(info.path))!;
     checkBatchClosure([info], (ps) => this.queryValidPathsSync(ps));

@@ -127,11 +127,6 @@ export class TempRoots {
     return new TempRoots(rf);
   }
 
-  /** Whether `storePath` is a temporary root already (recorded: `add` would have nothing to wait for). */
-  has(storePath: StorePath): boolean {
-    return this.rf.roots.has(storePath);
-  }
-
   /** Make `storePath` (logical) a temporary root for the lifetime of this process's store objects. */
   add(storePath: StorePath): Promise<void> {
     return this.addAll([storePath]);
