@@ -91,26 +91,31 @@ export function engineOptions(settings: EngineSettings, warn: (message: string) 
 /**
  * Failures of goals that are not targets are printed when they happen (Nix logs a goal's error then when
  * another goal waits for it); the targets' own errors come at the end. A failed build's error is printed
- * with its build-finished, before its slot goes to the next build (as Nix's buildDone). Returns every
- * failed result and the messages printed.
+ * with its build-finished, before its slot goes to the next build (as Nix's buildDone). A failure that
+ * ends the call (Nix's Error thrown out of its worker) is kept for the end instead (`ended`), after the
+ * stopped builds' notes. Returns every failed result and the messages printed.
  */
 function printFailuresOfInputs(
   engine: BuildEngine,
   display: Display,
   topDrvs: ReadonlySet<string>,
-): { failed: BuildResult[]; printed: Set<string>; keptOfStopped: string[] } {
+): { failed: BuildResult[]; printed: Set<string>; keptOfStopped: string[]; ended: { message?: string } } {
   const failed: BuildResult[] = [];
   // The build directories of stopped builds kept with --keep-failed: Nix notes them as its worker goes,
   // after the errors it logged and before the one that ends the command.
   const keptOfStopped: string[] = [];
   const printed = new Set<string>();
   const printedBuilds = new Set<string>();
+  const ended: { message?: string } = {};
   const printFailure = (path: string, result: BuildResult): void => {
     if (topDrvs.has(path) || !result.errorMsg) return;
-    printed.add(result.errorMsg);
     const { message, note } = failureLines({ path, result }, !display.showsLogs);
     if (note) display.line(note);
-    display.line(formatError(message).trimEnd());
+    if (result.failure?.endedCall) ended.message ??= message;
+    else {
+      printed.add(result.errorMsg);
+      display.line(formatError(message).trimEnd());
+    }
   };
   engine.on('build-finished', (e) => {
     if (e.keptBuildDir !== undefined) keptOfStopped.push(e.keptBuildDir);
@@ -124,7 +129,7 @@ function printFailuresOfInputs(
     // (The goal of a build whose failure was printed with its build-finished is not printed again.)
     if (e.kind === 'derivation' && !printedBuilds.delete(e.path)) printFailure(e.path, e.result);
   });
-  return { failed, printed, keptOfStopped };
+  return { failed, printed, keptOfStopped, ended };
 }
 
 /**
@@ -150,7 +155,7 @@ export async function build(args: CliArgs, store: Store, settings: EngineSetting
         })
       : undefined;
   const topDrvs = new Set(targets.map((t) => ('drvPath' in t ? t.drvPath : t.path)));
-  const { failed, printed, keptOfStopped } = printFailuresOfInputs(engine, display, topDrvs);
+  const { failed, printed, keptOfStopped, ended } = printFailuresOfInputs(engine, display, topDrvs);
   const ac = new AbortController();
   const stopCancelling = cancelOnInterrupt(() => ac.abort());
   try {
@@ -199,10 +204,12 @@ export async function build(args: CliArgs, store: Store, settings: EngineSetting
     const summary = summariseFailures(results, failed, !display.showsLogs);
     if (summary) {
       for (const n of summary.notes) writeStderr(n + '\n');
-      summary.messages.forEach((m, i) => {
-        if (i === summary.messages.length - 1) stoppedNotes();
-        writeStderr(formatError(m));
-      });
+      // As Nix: the stopped builds' notes come as their goals go, before the last error (the one thrown out
+      // of buildPaths: a target's, or the dependency's failure that ended the call).
+      const last = summary.messages.length ? summary.messages.at(-1) : ended.message;
+      for (const m of summary.messages.slice(0, -1)) writeStderr(formatError(m));
+      stoppedNotes();
+      if (last !== undefined) writeStderr(formatError(last));
       return summary.exitStatus;
     }
     await printRealised(args, store, results, store instanceof DaemonStore ? (l) => store.addIndirectRoot(l) : undefined, warn);

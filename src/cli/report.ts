@@ -177,8 +177,8 @@ export function summariseFailures(results: readonly TargetResult[], allFailed: r
   for (const r of results) if (!tops.has(r.path) || !isSuccess(r.result.status)) tops.set(r.path, r);
   const failedTops = [...tops.values()].filter((r) => !isSuccess(r.result.status)).sort((a, b) => byString(targetKey(a), targetKey(b)));
   if (failedTops.length === 0) return undefined;
-  // A failure that ended the call (Nix's Error thrown out of its worker) is all Nix prints, exit status 1:
-  // once at the end when a target failed so; a dependency's was printed when it happened.
+  // A failure that ended the call (Nix's Error thrown out of its worker) is all Nix prints, exit status 1,
+  // at the end: a target's here; a dependency's is kept by the caller (engine-build.ts), which saw it.
   if (allFailed.some((r) => r.failure?.endedCall)) {
     const own = failedTops.find((r) => r.result.failure?.endedCall);
     const lines = own ? failureLines(own, showTail) : undefined;

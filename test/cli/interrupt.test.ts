@@ -166,4 +166,30 @@ describe.skipIf(!nixOk())('--keep-failed when a failure stops another build, rea
     expect([o.status, notesAndErrors(o.stderr), o.kept], o.stderr).toEqual([n.status, notesAndErrors(n.stderr), n.kept]);
     expect(builderLeft()).toBe(false);
   }, 60_000);
+
+  it("a dependency's failure that ends the call (an output cycle): the stopped build's note still printed, with no error left for the end", () => {
+    const dir = tempDir();
+    const drvs = ['top', 'slow'].map((a) =>
+      instantiateTwins(
+        dir,
+        `{ mark }: rec {
+          cyc = derivation { name = "kf-cyc"; system = "x86_64-linux"; builder = "/bin/sh"; outputs = [ "out" "dev" ]; args = ["-c" "/bin/busybox sleep 1; echo $dev > $out; echo $out > $dev"]; };
+          top = derivation { name = "kf-top"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo \${cyc} > $out"]; };
+          slow = derivation { name = "kf-slow2"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo started; : \${mark}; /bin/busybox sleep 600; echo > $out"]; };
+        }`,
+        ['--argstr', 'mark', MARK, '-A', a],
+      ),
+    );
+    const run = (cmd: string, args: string[], tmp: string) => {
+      mkdirSync(tmp);
+      const r = spawnSync(cmd, [...args, '-K', '-j2', '--option', 'sandbox-paths', SANDBOX, ...drvs], { env: nixEnv({ TMPDIR: tmp }), encoding: 'utf8' });
+      return { status: r.status, stderr: r.stderr.replaceAll(tmp, 'TMP') };
+    };
+    const n = run('nix-store', ['--store', path.join(dir, 'N'), '--realise'], path.join(dir, 'tmpN'));
+    const o = run(process.execPath, [BIN, 'build', '--store', path.join(dir, 'O')], path.join(dir, 'tmpO'));
+    const notesAndErrors = (s: string) => s.split('\n').filter((l) => /^(note|error): /.test(l));
+    expect(notesAndErrors(n.stderr)).toContain("note: keeping build directory 'TMP/nix-build-kf-slow2.drv-0'");
+    expect([o.status, notesAndErrors(o.stderr)], o.stderr).toEqual([n.status, notesAndErrors(n.stderr)]);
+    expect(builderLeft()).toBe(false);
+  }, 60_000);
 });
