@@ -533,9 +533,11 @@ const PARSED_MAX = 4096;
 export class DerivationHasher {
   readonly storeDir: string;
   private readonly readDrv: ReadDerivation;
-  private readonly memo = new Map<StorePath, Promise<DrvHash>>();
-  /** The memo's hashes once computed: a derivation whose inputs are all here is hashed without awaiting them. */
-  private readonly known = new Map<StorePath, DrvHash>();
+  /**
+   * Each derivation's hash: its promise while it is computed, the hash once it is (a derivation whose
+   * inputs are all hashed is hashed without awaiting them).
+   */
+  private readonly memo = new Map<StorePath, DrvHash | Promise<DrvHash>>();
 
   constructor(readDrv: ReadDerivation, opts: { storeDir?: string } = {}) {
     this.readDrv = readDrv;
@@ -550,17 +552,17 @@ export class DerivationHasher {
 
   /** The hash modulo of the derivation at `drvPath` (unmasked), memoised. */
   pathHashModulo(drvPath: StorePath): Promise<DrvHash> {
-    let p = this.memo.get(drvPath);
-    if (!p) {
-      const drv = this.parsed.get(drvPath);
-      if (drv) this.parsed.delete(drvPath);
-      p = drv ? this.hashModulo(drv, false) : this.readDrv(drvPath).then((d) => this.hashModulo(d, false));
-      p.then(
-        (h) => this.known.set(drvPath, h),
-        () => this.memo.delete(drvPath),
-      );
-      this.memo.set(drvPath, p);
-    }
+    const m = this.memo.get(drvPath);
+    if (m !== undefined) return m instanceof Promise ? m : Promise.resolve(m);
+    const drv = this.parsed.get(drvPath);
+    if (drv) this.parsed.delete(drvPath);
+    const p = drv ? this.hashModulo(drv, false) : this.readDrv(drvPath).then((d) => this.hashModulo(d, false));
+    // (Unless remember() put the hash in meanwhile.)
+    p.then(
+      (h) => this.memo.get(drvPath) === p && this.memo.set(drvPath, h),
+      () => this.memo.get(drvPath) === p && this.memo.delete(drvPath),
+    );
+    this.memo.set(drvPath, p);
     return p;
   }
 
@@ -577,8 +579,7 @@ export class DerivationHasher {
 
   /** Seed the memo (e.g. right after writing a derivation whose hash was just computed). */
   remember(drvPath: StorePath, h: DrvHash): void {
-    this.memo.set(drvPath, Promise.resolve(h));
-    this.known.set(drvPath, h);
+    this.memo.set(drvPath, h);
   }
 
   /**
@@ -608,8 +609,8 @@ export class DerivationHasher {
     // (Inputs hashed already, as when a closure is checked bottom-up, are not awaited one by one.)
     let results: DrvHash[] | undefined = [];
     for (const [p] of entries) {
-      const h = this.known.get(p);
-      if (!h) {
+      const h = this.memo.get(p);
+      if (h === undefined || h instanceof Promise) {
         results = undefined;
         break;
       }

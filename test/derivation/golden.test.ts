@@ -131,6 +131,26 @@ describe('hashDerivationModulo', () => {
     expect(reads).toBe(2); // a and b
   });
 
+  it('memoises a hash while it is computed and once it is; a failed read is asked again', async () => {
+    const c = drvOf(expected.fixtures.deps!.find((p) => p.endsWith('-c.drv'))!);
+    const a = [...c.inputDrvs.keys()][0]!;
+    let reads = 0;
+    let fail = true;
+    const hasher = new DerivationHasher(async (p) => {
+      if (p === a) reads++;
+      if (fail) throw new Error('unreadable');
+      return readGolden(p);
+    });
+    await expect(hasher.pathHashModulo(a)).rejects.toThrow('unreadable');
+    fail = false;
+    const [x, y] = [hasher.pathHashModulo(a), hasher.pathHashModulo(a)];
+    expect(x).toBe(y);
+    const h = await x;
+    expect(await hasher.pathHashModulo(a)).toBe(h);
+    expect(reads).toBe(2);
+    expect(h.hashes.get('out')!.base16).toBe((await new DerivationHasher(readGolden).pathHashModulo(a)).hashes.get('out')!.base16);
+  });
+
   it('hashes an input handed to parsedFrom without reading it, to the hash reading it gives', async () => {
     const deps = expected.fixtures.deps!;
     const c = drvOf(deps.find((p) => p.endsWith('-c.drv'))!);
