@@ -1451,8 +1451,9 @@ export class LocalStore implements Store {
     // those a store used before has already are listed once (one readdir) instead of made again.
     const made = (this.logDirsMade ??= this.existingLogDirs());
     if (!made.has(dir)) {
-      await this.logDirsMaking.get(dir); // made ahead (prepareBuildLog): its end, whatever it was
+      await this.prepareBuildLog(drvPath); // made ahead, or now
       if (!made.has(dir)) {
+        // (It failed: made again here, so that the error surfaces.)
         await mkdirOnPool(dir, { recursive: true, mode: 0o755 });
         made.add(dir);
       }
