@@ -1002,7 +1002,8 @@ class LocalRound {
 
 /**
  * A run's limits: buildTimeout, maxSilentTime (re-armed by each output) and maxLogSize. The first limit
- * hit kills the builder (through `controller`) and is the round's failure.
+ * hit kills the builder (through `controller`) and is the round's failure. A negative time (Nix 2.8 takes
+ * one: its check `elapsed >= limit` holds at once) is hit at once; the silence first, as Nix checks it first.
  */
 class RunLimits {
   readonly controller = new AbortController();
@@ -1012,7 +1013,7 @@ class RunLimits {
 
   /** Whether any limit is set (else a run needs none of this). */
   static needed(options: ResolvedOptions): boolean {
-    return options.buildTimeout > 0 || options.maxSilentTime > 0 || options.maxLogSize > 0;
+    return options.buildTimeout !== 0 || options.maxSilentTime !== 0 || options.maxLogSize > 0;
   }
 
   constructor(
@@ -1021,7 +1022,7 @@ class RunLimits {
   ) {
     this.armSilence();
     this.totalTimer = options.buildTimeout
-      ? setTimeout(() => this.kill('timed-out', `${name} timed out after ${options.buildTimeout} seconds`), options.buildTimeout * 1000)
+      ? setTimeout(() => this.kill('timed-out', `${name} timed out after ${options.buildTimeout} seconds`), Math.max(0, options.buildTimeout * 1000))
       : undefined;
   }
 
@@ -1034,7 +1035,10 @@ class RunLimits {
     const { maxSilentTime } = this.options;
     if (!maxSilentTime) return;
     if (this.silenceTimer) clearTimeout(this.silenceTimer);
-    this.silenceTimer = setTimeout(() => this.kill('timed-out', `${this.name} timed out after ${maxSilentTime} seconds of silence`), maxSilentTime * 1000);
+    this.silenceTimer = setTimeout(
+      () => this.kill('timed-out', `${this.name} timed out after ${maxSilentTime} seconds of silence`),
+      Math.max(0, maxSilentTime * 1000),
+    );
   }
 
   /** A chunk of the builder's output: logged within maxLogSize, else the builder is killed. */

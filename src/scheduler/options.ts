@@ -77,9 +77,12 @@ export interface BuildEngineOptions {
   buildRepeat?: number;
   /** Fail when rounds differ (else warn). @default true */
   enforceDeterminism?: boolean;
-  /** Kill a builder after this many seconds without output (0 = no limit). @default 0 */
+  /**
+   * Kill a builder after this many seconds without output (0 = no limit; negative, as Nix 2.8 takes it: at
+   * once). @default 0
+   */
   maxSilentTime?: number;
-  /** Kill a builder after this many seconds (0 = no limit). @default 0 */
+  /** Kill a builder after this many seconds (0 = no limit; negative, as Nix 2.8 takes it: at once). @default 0 */
   buildTimeout?: number;
   /** Kill a builder after this many bytes of log (0 = no limit). @default 0 */
   maxLogSize?: number;
@@ -170,7 +173,7 @@ function describe(v: unknown): string {
 function int(name: string, v: unknown, def: number, min: number): number {
   if (v === undefined) return def;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min) {
-    throw new OptionsError(`Expected \`${name}\` to be an integer from ${min} and up, got ${describe(v)}`);
+    throw new OptionsError(`Expected \`${name}\` to be an integer${min === -Infinity ? '' : ` from ${min} and up`}, got ${describe(v)}`);
   }
   return v;
 }
@@ -291,8 +294,8 @@ export function resolveOptions(o: BuildEngineOptions, defaultSandbox: SandboxMod
     buildersUseSubstitutes: bool('buildersUseSubstitutes', o.buildersUseSubstitutes, false),
     buildRepeat: int('buildRepeat', o.buildRepeat, 0, 0),
     enforceDeterminism: bool('enforceDeterminism', o.enforceDeterminism, true),
-    maxSilentTime: int('maxSilentTime', o.maxSilentTime, 0, 0),
-    buildTimeout: int('buildTimeout', o.buildTimeout, 0, 0),
+    maxSilentTime: int('maxSilentTime', o.maxSilentTime, 0, -Infinity),
+    buildTimeout: int('buildTimeout', o.buildTimeout, 0, -Infinity),
     maxLogSize: int('maxLogSize', o.maxLogSize, 0, 0),
     logLines: int('logLines', o.logLines, 10, 0),
     keepFailed: bool('keepFailed', o.keepFailed, false),

@@ -474,6 +474,18 @@ describe('limits', () => {
       expect(await store.isValidPath(await outPath(a))).toBe(false);
     });
 
+    it('negative limits, as Nix 2.8 takes them: timed out at once, the silence first', async () => {
+      const a = await mkDrv('negative', [], { script: 'exec /bin/sleep 30' });
+      const t0 = Date.now();
+      const [r] = await engineWith(false, { buildTimeout: -1 }).buildPathsWithResults([a]);
+      expect(r!.result.errorMsg).toBe(`building of '${a}!*' from .drv file timed out after -1 seconds`);
+      const [s] = await engineWith(false, { buildTimeout: -1, maxSilentTime: -5 }).buildPathsWithResults([a]);
+      expect(s!.result.status).toBe('timed-out');
+      expect(s!.result.errorMsg).toBe(`building of '${a}!*' from .drv file timed out after -5 seconds of silence`);
+      expect(Date.now() - t0).toBeLessThan(10_000);
+      expect(() => engineWith(false, { buildTimeout: 1.5 })).toThrow(/^Expected `buildTimeout` to be an integer, got /);
+    });
+
     it('a quick builder under the same limits succeeds', async () => {
       const a = await mkDrv('quick', [], { script: 'echo hi > $out' });
       const [r] = await engineWith(false, { buildTimeout: 5, maxSilentTime: 5, maxLogSize: 100 }).buildPaths([a]);
