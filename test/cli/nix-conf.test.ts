@@ -13,6 +13,31 @@ import type { Store } from '../../src/index.js';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
 import { realiseInProcess as realiseWithEnv } from '../helpers/cli.js';
 
+/**
+ * A store dir with one instantiated derivation of `name` (in the chroot store R1 under a fresh dir), a
+ * configuration dir, and a check that runs nix-store and realise (on R2) with each nix.conf text and
+ * arguments ('build' for --realise) and compares their statuses and stderr (and `also`, on Nix's stderr).
+ */
+function confCases(name: string) {
+  const dir = tempDir();
+  const conf = path.join(dir, 'conf');
+  mkdirSync(conf);
+  const drv = nix('nix-instantiate', ['--store', path.join(dir, 'R1'), '-E', `derivation { name = "${name}"; system = "x86_64-linux"; builder = "/bin/sh"; }`]);
+  const check = async (cases: [string, string[]][], also?: (nixStderr: string, text: string) => void) => {
+    for (const [text, args] of cases) {
+      writeFileSync(path.join(conf, 'nix.conf'), text);
+      const env = { NIX_CONF_DIR: conf, NIX_USER_CONF_FILES: '/dev/null', NIX_REMOTE: path.join(dir, 'R1') };
+      const nixArgs = args[0] === 'build' ? ['--realise', ...args.slice(1)] : args;
+      const n = runNix('nix-store', nixArgs, { env });
+      const o = await realiseWithEnv(args, { ...env, NIX_REMOTE: path.join(dir, 'R2') });
+      expect(o.status, text).toBe(n.status);
+      also?.(n.stderr, text);
+      expect(o.stderr.replace("'realise --help'", "'nix-store --help'"), text).toBe(n.stderr);
+    }
+  };
+  return { drv, check };
+}
+
 describe('readNixConf / applyNixConf', () => {
   it("reads nix.conf, the user files (first wins) and $NIX_CONFIG in Nix's order, with includes and comments", () => {
     const d = tempDir();
@@ -171,15 +196,7 @@ describe.skipIf(!nixOk())('configuration vs Nix 2.8', () => {
     }
   });
   it("nix.conf is read line by line before the command line: a bad value, a missing include, `extra-` of a setting that is no list, in Nix's order and words", async () => {
-    const dir = tempDir();
-    const conf = path.join(dir, 'conf');
-    mkdirSync(conf);
-    const drv = nix('nix-instantiate', [
-      '--store',
-      path.join(dir, 'R1'),
-      '-E',
-      'derivation { name = "conf-order"; system = "x86_64-linux"; builder = "/bin/sh"; }',
-    ]);
+    const { drv, check } = confCases('conf-order');
     const cases: [string, string[]][] = [
       // The first bad line wins, whichever kind it is.
       ['keep-going = maybe\ninclude /nonexistent\n', ['build', drv]],
@@ -196,15 +213,7 @@ describe.skipIf(!nixOk())('configuration vs Nix 2.8', () => {
       ['extra-keep-going = true\nextra-cores = 3\nextra-substituters =\nsandbox = maybe\n', ['build', drv]],
       ['', ['build', '--extra-keep-going', 'true', drv]],
     ];
-    for (const [text, args] of cases) {
-      writeFileSync(path.join(conf, 'nix.conf'), text);
-      const env = { NIX_CONF_DIR: conf, NIX_USER_CONF_FILES: '/dev/null', NIX_REMOTE: path.join(dir, 'R1') };
-      const nixArgs = args[0] === 'build' ? ['--realise', ...args.slice(1)] : args;
-      const n = runNix('nix-store', nixArgs, { env });
-      const o = await realiseWithEnv(args, { ...env, NIX_REMOTE: path.join(dir, 'R2') });
-      expect(o.status, text).toBe(n.status);
-      expect(o.stderr.replace("'realise --help'", "'nix-store --help'"), text).toBe(n.stderr);
-    }
+    await check(cases);
   });
   it("integer settings are read by their Nix type's sign and width, once: what the configuration and --option take is what the engine gets", async () => {
     // Signed 64 bits (time_t): Nix takes a negative timeout from nix.conf and from --option, silently.
@@ -229,30 +238,13 @@ describe.skipIf(!nixOk())('configuration vs Nix 2.8', () => {
     expect(big.options.has('max-jobs')).toBe(false);
     expect(parseArgs(['build', '--option', 'log-lines', '4294967296']).settingWarnings).toEqual([]);
     // Beside nix-store: a configuration's out-of-range cores is an error before anything; --option's a warning.
-    const dir = tempDir();
-    const conf = path.join(dir, 'conf');
-    mkdirSync(conf);
-    const drv = nix('nix-instantiate', [
-      '--store',
-      path.join(dir, 'R1'),
-      '-E',
-      'derivation { name = "int-width"; system = "x86_64-linux"; builder = "/bin/sh"; }',
-    ]);
+    const { drv, check } = confCases('int-width');
     const cases: [string, string[]][] = [
       ['cores = 4294967296\n', ['build', drv]],
       ['build-cores = 4294967296\n', ['build', drv]],
       ['', ['--version', '--option', 'cores', '4294967296', '--option', 'timeout', '-1', '--option', 'max-silent-time', '-5']],
     ];
-    for (const [text, args] of cases) {
-      writeFileSync(path.join(conf, 'nix.conf'), text);
-      const env = { NIX_CONF_DIR: conf, NIX_USER_CONF_FILES: '/dev/null', NIX_REMOTE: path.join(dir, 'R1') };
-      const nixArgs = args[0] === 'build' ? ['--realise', ...args.slice(1)] : args;
-      const n = runNix('nix-store', nixArgs, { env });
-      const o = await realiseWithEnv(args, { ...env, NIX_REMOTE: path.join(dir, 'R2') });
-      expect(o.status, text).toBe(n.status);
-      expect(n.stderr, text).toContain("invalid value '4294967296'");
-      expect(o.stderr.replace("'realise --help'", "'nix-store --help'"), text).toBe(n.stderr);
-    }
+    await check(cases, (nixStderr, text) => expect(nixStderr, text).toContain("invalid value '4294967296'"));
   });
   it('$NIX_CONFIG (sandbox-paths, sandbox) and $NIX_REMOTE act as on nix-store; a bad value is an error', async () => {
     const dir = tempDir();
