@@ -855,12 +855,19 @@ describe('cancellation while waiting', () => {
 
   it('for a build slot: what the next build made ahead (its lock file, its build directory) is undone, its log directory kept', async () => {
     const sb = fake();
-    const a = await mkDrv('ahead-a');
-    const b = await mkDrv('ahead-b');
+    // Two derivations whose log directories (drvs/XX, by the first two characters of the hash) are not made
+    // yet by the builds of earlier tests in this store, and not the same one.
+    const logDirOf = (d: StorePath) => path.dirname(store.logPath(d));
+    const freshLogDir = async (name: string, not?: StorePath): Promise<StorePath> => {
+      for (let i = 0; ; i++) {
+        const d = await mkDrv(`${name}-${i}`);
+        if (!existsSync(logDirOf(d)) && (!not || logDirOf(d) !== logDirOf(not))) return d;
+      }
+    };
+    const a = await freshLogDir('ahead-a');
+    const b = await freshLogDir('ahead-b', a);
     const buildDir = tempDir('realise-sched-ahead-');
     const engine = engineWith(sb, { maxJobs: 1, buildDir });
-    // (No log of this test's store is in the directories of theirs.)
-    expect([a, b].some((d) => existsSync(path.dirname(store.logPath(d))))).toBe(false);
     const ctl = new AbortController();
     const call = engine.buildPaths([a, b], { signal: ctl.signal }).then(
       () => undefined,
@@ -870,7 +877,7 @@ describe('cancellation while waiting', () => {
     const waiting = run!.request.drvPath === a ? b : a;
     const lockFile = store.toRealPath(await outPath(waiting)) + '.lock';
     const dirOf = (drv: StorePath) => path.join(buildDir, `nix-build-${nameOf(drv)}.drv-0`);
-    const logDir = path.dirname(store.logPath(waiting));
+    const logDir = logDirOf(waiting);
     // The build in line has its lock file, log directory and build directory made while it waits.
     await expect.poll(() => existsSync(lockFile) && existsSync(dirOf(waiting)) && existsSync(logDir)).toBe(true);
     ctl.abort();
