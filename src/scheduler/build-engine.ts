@@ -13,7 +13,14 @@ import { flushRemovals } from '../platform/chroot.js';
 import { NoSandbox } from '../platform/no-sandbox.js';
 import type { Sandbox } from '../platform/sandbox.js';
 import { useSandbox, type SandboxMode } from '../platform/sandbox-config.js';
-import { substitutePath, sortByPriority, SubstituterError, type Substituter, type SubstitutablePathInfo, type TransferListener } from '../substituter/substituter.js';
+import {
+  substitutePath,
+  sortByPriority,
+  SubstituterError,
+  type Substituter,
+  type SubstitutablePathInfo,
+  type TransferListener,
+} from '../substituter/substituter.js';
 import { checkDerivationOutputs, cloneDerivation, derivationNameFromPath, parseDerivation, type Derivation } from '../derivation/derivation.js';
 import { hasherFor } from './realisations.js';
 import type { EngineContext } from './context.js';

@@ -176,10 +176,7 @@ async function addTempRoots(w: Worker, drvPath: StorePath, view: DrvView): Promi
  * (missing, unreadable, handed to us, no .drv at all, or a file read but not registered: the caller then
  * looks for it as Nix does, and the copy read here is not kept).
  */
-async function drvAndOutputsValid(
-  w: Worker,
-  drvPath: StorePath,
-): Promise<{ view: DrvView; valid: ReadonlySet<StorePath> } | undefined> {
+async function drvAndOutputsValid(w: Worker, drvPath: StorePath): Promise<{ view: DrvView; valid: ReadonlySet<StorePath> } | undefined> {
   const { ctx } = w;
   if (!ctx.forgetDrv || ctx.isProvidedDrv(drvPath) || !isDerivationPath(drvPath)) return undefined;
   let view: DrvView;

@@ -94,7 +94,8 @@ describe('ParsedDerivation: edge cases', () => {
   it('outputChecks is undefined when nothing is checked (no legacy attribute; outputChecks.<out> setting none)', () => {
     expect(new ParsedDerivation('/x.drv', base({})).outputChecks('out')).toBeUndefined();
     expect(new ParsedDerivation('/x.drv', base({ allowedRequisites: '' })).outputChecks('out')).toMatchObject({ allowedRequisites: [] });
-    const structured = (checks: unknown) => new ParsedDerivation('/x.drv', base({ __json: JSON.stringify({ outputChecks: { out: checks } }) })).outputChecks('out');
+    const structured = (checks: unknown) =>
+      new ParsedDerivation('/x.drv', base({ __json: JSON.stringify({ outputChecks: { out: checks } }) })).outputChecks('out');
     expect(structured({})).toBeUndefined();
     expect(structured({ unknownCheck: 1 })).toBeUndefined();
     expect(structured({ maxSize: 0 })).toMatchObject({ maxSize: 0 });
