@@ -5,12 +5,51 @@
 import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import * as path from 'node:path';
 import { LocalStore } from '../../src/store/local-store.js';
 import { nix, nixOk, tempDirs } from '../helpers/nix.js';
 
 const tmp = tempDirs('realise-troots-');
+
+/**
+ * A stand-in collector on the store `root`: a server on `<state>/gc-socket/socket` that records each root it is
+ * told (a line) and calls `onLine(socket)` for it, and another process holding `gc.lock` exclusively (as a running
+ * collector does). Resolves once the lock is held; `stop()` ends both.
+ */
+async function fakeCollector(root: string, onLine: (c: Socket) => void) {
+  const state = path.join(root, 'nix/var/nix');
+  mkdirSync(path.join(state, 'gc-socket'), { recursive: true });
+  const got: string[] = [];
+  const server = createServer((c) => {
+    let buf = '';
+    c.on('data', (d) => {
+      buf += d.toString();
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        got.push(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+        onLine(c);
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(path.join(state, 'gc-socket/socket'), r));
+  const holder = spawn('flock', ['-x', path.join(state, 'gc.lock'), 'sleep', '30'], { stdio: 'ignore' });
+  for (let i = 0; i < 100; i++) {
+    const r = spawn('flock', ['-n', '-s', path.join(state, 'gc.lock'), 'true']);
+    const code = await new Promise((res) => r.on('exit', res));
+    if (code !== 0) break;
+    await new Promise((res) => setTimeout(res, 20));
+  }
+  return {
+    state,
+    got,
+    stop: () => {
+      holder.kill('SIGKILL');
+      server.close();
+    },
+  };
+}
 
 describe('temporary GC roots', () => {
   it('writes <state>/temproots/<pid> with NUL-terminated paths, shared by store objects, removed on the last close', async () => {
@@ -53,31 +92,8 @@ describe('temporary GC roots', () => {
   it('while a collector holds gc.lock, a root is sent to <state>/gc-socket/socket as "path\\n" and acknowledged with "1"', async () => {
     const root = tmp();
     const store = await LocalStore.open({ root });
-    const state = path.join(root, 'nix/var/nix');
-    mkdirSync(path.join(state, 'gc-socket'), { recursive: true });
-    const got: string[] = [];
-    const server = createServer((c) => {
-      let buf = '';
-      c.on('data', (d) => {
-        buf += d.toString();
-        let i;
-        while ((i = buf.indexOf('\n')) >= 0) {
-          got.push(buf.slice(0, i));
-          buf = buf.slice(i + 1);
-          c.write('1');
-        }
-      });
-    });
-    await new Promise<void>((r) => server.listen(path.join(state, 'gc-socket/socket'), r));
-    // A "collector": another process holding gc.lock exclusively.
-    const holder = spawn('flock', ['-x', path.join(state, 'gc.lock'), 'sleep', '30'], { stdio: 'ignore' });
+    const { state, got, stop } = await fakeCollector(root, (c) => c.write('1'));
     try {
-      for (let i = 0; i < 100; i++) {
-        const r = spawn('flock', ['-n', '-s', path.join(state, 'gc.lock'), 'true']);
-        const code = await new Promise((res) => r.on('exit', res));
-        if (code !== 0) break;
-        await new Promise((res) => setTimeout(res, 20));
-      }
       const p = await store.addTextToStore('during-gc.txt', 'during gc');
       // The path, and the store object's temporary directory made for adding it.
       expect(got).toHaveLength(2);
@@ -90,8 +106,7 @@ describe('temporary GC roots', () => {
       expect(got.slice(2)).toEqual([x, y]);
       expect(readFileSync(path.join(state, 'temproots', String(process.pid)), 'utf8')).toBe(`${p}\0${got[1]}\0${x}\0${y}\0`);
     } finally {
-      holder.kill('SIGKILL');
-      server.close();
+      stop();
       await store.close();
     }
   });
@@ -99,34 +114,14 @@ describe('temporary GC roots', () => {
   it("two batches telling a slow collector at once: each resolves only after its own root's '1'", async () => {
     const root = tmp();
     const store = await LocalStore.open({ root });
-    const state = path.join(root, 'nix/var/nix');
-    mkdirSync(path.join(state, 'gc-socket'), { recursive: true });
-    const got: string[] = [];
-    let sock: import('node:net').Socket | undefined;
+    let sock: Socket | undefined;
     let received = () => {};
-    const server = createServer((c) => {
+    const { state, got, stop } = await fakeCollector(root, (c) => {
       sock = c;
-      let buf = '';
-      c.on('data', (d) => {
-        buf += d.toString();
-        let i;
-        while ((i = buf.indexOf('\n')) >= 0) {
-          got.push(buf.slice(0, i));
-          buf = buf.slice(i + 1);
-          received();
-        }
-      });
+      received();
     });
     const nextLine = () => new Promise<void>((r) => (received = r));
-    await new Promise<void>((r) => server.listen(path.join(state, 'gc-socket/socket'), r));
-    const holder = spawn('flock', ['-x', path.join(state, 'gc.lock'), 'sleep', '30'], { stdio: 'ignore' });
     try {
-      for (let i = 0; i < 100; i++) {
-        const r = spawn('flock', ['-n', '-s', path.join(state, 'gc.lock'), 'true']);
-        const code = await new Promise((res) => r.on('exit', res));
-        if (code !== 0) break;
-        await new Promise((res) => setTimeout(res, 20));
-      }
       const [x, y] = ['/nix/store/00000000000000000000000000000000-x', '/nix/store/11111111111111111111111111111111-y'];
       const done: string[] = [];
       let line = nextLine();
@@ -146,8 +141,7 @@ describe('temporary GC roots', () => {
       expect(done).toEqual([x, y]);
       expect(readFileSync(path.join(state, 'temproots', String(process.pid)), 'utf8')).toBe(`${x}\0${y}\0`);
     } finally {
-      holder.kill('SIGKILL');
-      server.close();
+      stop();
       await store.close();
     }
   });
