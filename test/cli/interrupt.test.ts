@@ -131,6 +131,26 @@ describe.skipIf(!nixOk())('interrupting a build, realise vs Nix 2.8', () => {
 });
 
 describe.skipIf(!nixOk())('--keep-failed when a failure stops another build, realise vs Nix 2.8', () => {
+  /** nix-store --realise (on `dir`/N) and realise build (on `dir`/O) of `drvs` with -K -j2, each with a TMPDIR of its own. */
+  const both = (dir: string, drvs: string[]) => {
+    const run = (cmd: string, args: string[], tmp: string) => {
+      mkdirSync(tmp);
+      const r = spawnSync(cmd, [...args, '-K', '-j2', '--option', 'sandbox-paths', SANDBOX, ...drvs], { env: nixEnv({ TMPDIR: tmp }), encoding: 'utf8' });
+      return {
+        status: r.status,
+        stderr: r.stderr.replaceAll(tmp, 'TMP'),
+        kept: readdirSync(tmp)
+          .filter((e) => e.startsWith('nix-build-'))
+          .sort(),
+      };
+    };
+    return {
+      n: run('nix-store', ['--store', path.join(dir, 'N'), '--realise'], path.join(dir, 'tmpN')),
+      o: run(process.execPath, [BIN, 'build', '--store', path.join(dir, 'O')], path.join(dir, 'tmpO')),
+    };
+  };
+  const notesAndErrors = (s: string) => s.split('\n').filter((l) => /^(note|error): /.test(l));
+
   it("both build directories kept; the stopped build's note after the failure's error, before the summary", () => {
     const dir = tempDir();
     const drvs = ['fail', 'slow'].map((a) =>
@@ -143,20 +163,7 @@ describe.skipIf(!nixOk())('--keep-failed when a failure stops another build, rea
         ['--argstr', 'mark', MARK, '-A', a],
       ),
     );
-    const run = (cmd: string, args: string[], tmp: string) => {
-      mkdirSync(tmp);
-      const r = spawnSync(cmd, [...args, '-K', '-j2', '--option', 'sandbox-paths', SANDBOX, ...drvs], { env: nixEnv({ TMPDIR: tmp }), encoding: 'utf8' });
-      return {
-        status: r.status,
-        stderr: r.stderr.replaceAll(tmp, 'TMP'),
-        kept: readdirSync(tmp)
-          .filter((e) => e.startsWith('nix-build-'))
-          .sort(),
-      };
-    };
-    const n = run('nix-store', ['--store', path.join(dir, 'N'), '--realise'], path.join(dir, 'tmpN'));
-    const o = run(process.execPath, [BIN, 'build', '--store', path.join(dir, 'O')], path.join(dir, 'tmpO'));
-    const notesAndErrors = (s: string) => s.split('\n').filter((l) => /^(note|error): /.test(l));
+    const { n, o } = both(dir, drvs);
     expect(notesAndErrors(n.stderr)).toEqual([
       "note: keeping build directory 'TMP/nix-build-kf-fail.drv-0'",
       expect.stringMatching(/^error: builder for '.*-kf-fail.drv' failed with exit code 1$/),
@@ -180,14 +187,7 @@ describe.skipIf(!nixOk())('--keep-failed when a failure stops another build, rea
         ['--argstr', 'mark', MARK, '-A', a],
       ),
     );
-    const run = (cmd: string, args: string[], tmp: string) => {
-      mkdirSync(tmp);
-      const r = spawnSync(cmd, [...args, '-K', '-j2', '--option', 'sandbox-paths', SANDBOX, ...drvs], { env: nixEnv({ TMPDIR: tmp }), encoding: 'utf8' });
-      return { status: r.status, stderr: r.stderr.replaceAll(tmp, 'TMP') };
-    };
-    const n = run('nix-store', ['--store', path.join(dir, 'N'), '--realise'], path.join(dir, 'tmpN'));
-    const o = run(process.execPath, [BIN, 'build', '--store', path.join(dir, 'O')], path.join(dir, 'tmpO'));
-    const notesAndErrors = (s: string) => s.split('\n').filter((l) => /^(note|error): /.test(l));
+    const { n, o } = both(dir, drvs);
     expect(notesAndErrors(n.stderr)).toContain("note: keeping build directory 'TMP/nix-build-kf-slow2.drv-0'");
     expect([o.status, notesAndErrors(o.stderr)], o.stderr).toEqual([n.status, notesAndErrors(n.stderr)]);
     expect(builderLeft()).toBe(false);
