@@ -1,3 +1,6 @@
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { LocalStore } from '../../src/store/local-store.js';
 import { StoreError } from '../../src/store/errors.js';
@@ -24,32 +27,31 @@ describe('LocalStore.open on a root it cannot create', () => {
 });
 
 describe('LocalStore.addBuildLog', () => {
-  it('writes logs again after the log directory was removed behind its back', async () => {
-    const { mkdtempSync, rmSync } = await import('node:fs');
-    const { tmpdir } = await import('node:os');
-    const path = await import('node:path');
+  /** `fn` on a plain store in a fresh temporary directory (its log dir `<dir>/log`), closed and removed after. */
+  async function withStore(fn: (store: LocalStore, dir: string) => Promise<void>): Promise<void> {
     const dir = mkdtempSync(path.join(tmpdir(), 'realise-log-'));
     const store = await LocalStore.open({ storeDir: path.join(dir, 'store'), stateDir: path.join(dir, 'state'), logDir: path.join(dir, 'log') });
     try {
+      await fn(store, dir);
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  it('writes logs again after the log directory was removed behind its back', async () => {
+    await withStore(async (store, dir) => {
       const drv = `${store.storeDir}/${'a'.repeat(32)}-x.drv`;
       await store.addBuildLog(drv, 'first\n');
       expect(await store.readBuildLog(drv)).toBe('first\n');
       rmSync(path.join(dir, 'log', 'drvs'), { recursive: true, force: true });
       await store.addBuildLog(drv, 'second\n');
       expect(await store.readBuildLog(drv)).toBe('second\n');
-    } finally {
-      await store.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it("prepareBuildLog makes the log directory ahead; the write then needs only its file, and a failure ahead is the write's to report", async () => {
-    const { existsSync, mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
-    const { tmpdir } = await import('node:os');
-    const path = await import('node:path');
-    const dir = mkdtempSync(path.join(tmpdir(), 'realise-log-'));
-    const store = await LocalStore.open({ storeDir: path.join(dir, 'store'), stateDir: path.join(dir, 'state'), logDir: path.join(dir, 'log') });
-    try {
+    await withStore(async (store) => {
       const drv = `${store.storeDir}/${'b'.repeat(32)}-x.drv`;
       const logDir = path.dirname(store.logPath(drv));
       expect(existsSync(logDir)).toBe(false);
@@ -71,9 +73,6 @@ describe('LocalStore.addBuildLog', () => {
       writeFileSync(path.dirname(store.logPath(blocked)), 'not a directory');
       await expect(store.prepareBuildLog(blocked)).resolves.toBeUndefined();
       await expect(store.addBuildLog(blocked, 'x\n')).rejects.toMatchObject({ code: 'EEXIST' });
-    } finally {
-      await store.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 });
