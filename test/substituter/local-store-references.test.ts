@@ -27,23 +27,29 @@ afterAll(async () => {
   for (const s of stores) await s.close();
 });
 
+/** A file:// cache (uncompressed, signed) holding, for each [path, references], a one-file NAR naming the path. */
+async function cacheOf(paths: readonly (readonly [StorePath, readonly StorePath[]])[]): Promise<string> {
+  const dir = tempDir();
+  const w = await BinaryCacheWriter.open(pathToFileURL(dir).href, { storeDir: '/nix/store' });
+  for (const [p, refs] of paths) {
+    const nar = narOfRegularFile(Buffer.from(`contents of ${p}`));
+    await w.addPath(
+      { path: p, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [...refs] },
+      (async function* () {
+        yield nar;
+      })(),
+      { compression: 'none', secretKey: SECRET_KEY },
+    );
+  }
+  return dir;
+}
+
 describe('substitutePath into a LocalStore', () => {
   it('refuses a path whose reference is not valid, before reading its NAR, as missing-references; then takes it once the reference is in', async () => {
-    const dir = tempDir();
-    const w = await BinaryCacheWriter.open(pathToFileURL(dir).href, { storeDir: '/nix/store' });
-    for (const [p, refs] of [
+    const dir = await cacheOf([
       [dep, []],
       [top, [dep]],
-    ] as const) {
-      const nar = narOfRegularFile(Buffer.from(`contents of ${p}`));
-      await w.addPath(
-        { path: p, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [...refs] },
-        (async function* () {
-          yield nar;
-        })(),
-        { compression: 'none', secretKey: SECRET_KEY },
-      );
-    }
+    ]);
     const store = await LocalStore.open({ root: tempDir() });
     stores.push(store);
     const sub = new BinaryCacheSubstituter(pathToFileURL(dir).href, { trustedPublicKeys: [PUBLIC_KEY] });
@@ -73,16 +79,7 @@ describe('substitutePath into a LocalStore', () => {
   });
 
   it('returns a valid path as the store has it, without reading its NAR, even when the substitute is not trusted', async () => {
-    const dir = tempDir();
-    const w = await BinaryCacheWriter.open(pathToFileURL(dir).href, { storeDir: '/nix/store' });
-    const nar = narOfRegularFile(Buffer.from(`contents of ${dep}`));
-    await w.addPath(
-      { path: dep, narHash: Hash.of('sha256', nar), narSize: nar.length, references: [] },
-      (async function* () {
-        yield nar;
-      })(),
-      { compression: 'none', secretKey: SECRET_KEY },
-    );
+    const dir = await cacheOf([[dep, []]]);
     const store = await LocalStore.open({ root: tempDir() });
     stores.push(store);
     const trusting = new BinaryCacheSubstituter(pathToFileURL(dir).href, { trustedPublicKeys: [PUBLIC_KEY] });
