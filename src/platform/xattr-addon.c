@@ -49,6 +49,20 @@ static char *stringArg(napi_env env, napi_value v) {
   return s;
 }
 
+/* A string argument (a JavaScript string) as a NUL-terminated string in buf (cap bytes) when it fits,
+   else in memory malloc'd into *heap (the caller frees it); *len its length. 0 after throwing. */
+static char *stringInto(napi_env env, napi_value v, char *buf, size_t cap, size_t *len, char **heap) {
+  if (napi_get_value_string_utf8(env, v, buf, cap, len) != 0) { napi_throw_error(env, "EINVAL", "expected a string"); return 0; }
+  /* Node stops short of a character that does not fit whole (up to 4 bytes): more than 4 bytes to spare,
+     and nothing was left out. */
+  if (*len + 4 < cap) return buf;
+  /* Perhaps cut short: its whole length, then all of it. */
+  napi_get_value_string_utf8(env, v, 0, 0, len);
+  if (!(*heap = malloc(*len + 1))) { napi_throw_error(env, "ENOMEM", "out of memory"); return 0; }
+  napi_get_value_string_utf8(env, v, *heap, *len + 1, len);
+  return *heap;
+}
+
 static napi_value throwErrno(napi_env env, const char *what, int e) {
   char msg[256];
   snprintf(msg, sizeof msg, "%s: %s", what, strerror(e));
@@ -175,11 +189,15 @@ static napi_value pristineDir(napi_env env, napi_callback_info info) {
   size_t argc = 3; napi_value argv[3];
   napi_get_cb_info(env, info, &argc, argv, 0, 0);
   unsigned uid = 0; napi_get_value_uint32(env, argv[1], &uid);
-  char *p = stringArg(env, argv[0]); if (!p) return 0;
-  char *inner = stringArg(env, argv[2]); if (!inner) { free(p); return 0; }
-  int ok = pristine(AT_FDCWD, p, (uid_t) uid, *inner ? inner : 0);
-  free(inner); free(p);
-  napi_value r; napi_get_boolean(env, ok, &r); return r;
+  char pBuf[4096], innerBuf[256];
+  char *heap[2] = { 0, 0 };
+  size_t pLen, innerLen;
+  const char *p = stringInto(env, argv[0], pBuf, sizeof pBuf, &pLen, &heap[0]);
+  const char *inner = p ? stringInto(env, argv[2], innerBuf, sizeof innerBuf, &innerLen, &heap[1]) : 0;
+  napi_value r = 0;
+  if (inner) napi_get_boolean(env, pristine(AT_FDCWD, p, (uid_t) uid, *inner ? inner : 0), &r);
+  free(heap[0]); free(heap[1]);
+  return r;
 }
 
 #ifndef RENAME_NOREPLACE
@@ -190,11 +208,15 @@ static napi_value pristineDir(napi_env env, napi_callback_info info) {
 static napi_value renameNoReplace(napi_env env, napi_callback_info info) {
   size_t argc = 2; napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, 0, 0);
-  char *from = stringArg(env, argv[0]); if (!from) return 0;
-  char *to = stringArg(env, argv[1]); if (!to) { free(from); return 0; }
-  int e = syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0 ? 0 : errno;
-  free(to); free(from);
-  napi_value r; napi_create_int32(env, e, &r); return r;
+  char fromBuf[4096], toBuf[4096];
+  char *heap[2] = { 0, 0 };
+  size_t fromLen, toLen;
+  const char *from = stringInto(env, argv[0], fromBuf, sizeof fromBuf, &fromLen, &heap[0]);
+  const char *to = from ? stringInto(env, argv[1], toBuf, sizeof toBuf, &toLen, &heap[1]) : 0;
+  napi_value r = 0;
+  if (to) napi_create_int32(env, syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0 ? 0 : errno, &r);
+  free(heap[0]); free(heap[1]);
+  return r;
 }
 
 /* A chroot skeleton's reference state, as chroot.ts encodes it (little-endian): a u32 count of inodes, then
@@ -354,20 +376,6 @@ static int skeletonCheck(const char *root, struct reader *r, const char *store, 
   int ok = skeletonCheckAt(rootFd, r, store, files, filesLen, mounts, mountsLen, placed);
   close(rootFd);
   return ok;
-}
-
-/* A string argument (a JavaScript string) as a NUL-terminated string in buf (cap bytes) when it fits,
-   else in memory malloc'd into *heap (the caller frees it); *len its length. 0 after throwing. */
-static char *stringInto(napi_env env, napi_value v, char *buf, size_t cap, size_t *len, char **heap) {
-  if (napi_get_value_string_utf8(env, v, buf, cap, len) != 0) { napi_throw_error(env, "EINVAL", "expected a string"); return 0; }
-  /* Node stops short of a character that does not fit whole (up to 4 bytes): more than 4 bytes to spare,
-     and nothing was left out. */
-  if (*len + 4 < cap) return buf;
-  /* Perhaps cut short: its whole length, then all of it. */
-  napi_get_value_string_utf8(env, v, 0, 0, len);
-  if (!(*heap = malloc(*len + 1))) { napi_throw_error(env, "ENOMEM", "out of memory"); return 0; }
-  napi_get_value_string_utf8(env, v, *heap, *len + 1, len);
-  return *heap;
 }
 
 /* skeletonUnchanged(root, spec, store, storeFiles, mountpoints, placed): see skeletonCheck. storeFiles and
