@@ -39,7 +39,7 @@ export { renderReport, analyseTrace, formatDuration, type RunAnalysis, type Time
 
 // Store
 export { RealiseError, BadHashError, InvalidStorePathError, BadNarError, StoreError, UnsupportedFileTypeError } from './store/errors.js';
-export { systemErrorMessage } from './store/system-error.js';
+export { strerror, systemErrorMessage } from './store/system-error.js';
 export {
   Hash,
   HashSink,

@@ -5,7 +5,7 @@
  */
 import { lstatSync, readlinkSync, type Stats } from 'node:fs';
 import * as path from 'node:path';
-import type { BuildTarget } from '../index.js';
+import { strerror, type BuildTarget } from '../index.js';
 
 /** An argument the CLI refuses before anything runs (printed as `error: MESSAGE`, exit status 1). */
 export class CliError extends Error {}
@@ -63,23 +63,12 @@ export function followLinksToStorePath(storeDir: string, arg: string): string {
   return `${storeDir}/${base}`;
 }
 
-/** How glibc's strerror words the errors lstat gives (Node's messages are libuv's); else Node's message. */
-const LSTAT_ERRORS: Record<string, string> = {
-  ENOENT: 'No such file or directory',
-  ENOTDIR: 'Not a directory',
-  EACCES: 'Permission denied',
-  ELOOP: 'Too many levels of symbolic links',
-  ENAMETOOLONG: 'File name too long',
-  EIO: 'Input/output error',
-  EOVERFLOW: 'Value too large for defined data type',
-};
 /**
  * Nix's SysError of a failed lstat of `p`: "getting status of '…': …" (its lstat), or with the path
  * unquoted (its pathExists).
  */
 function statusError(p: string, e: unknown, quoted = true): CliError {
-  const code = (e as NodeJS.ErrnoException).code;
-  return new CliError(`getting status of ${quoted ? `'${p}'` : p}: ${(code && LSTAT_ERRORS[code]) ?? String((e as Error).message)}`);
+  return new CliError(`getting status of ${quoted ? `'${p}'` : p}: ${strerror(e) ?? String((e as Error).message)}`);
 }
 
 /** lstat, failing as Nix's does (statusError). */

@@ -2,19 +2,62 @@
  * A failed system call (Node's errno error: `code`, `syscall`, `path`) in Nix's words, as its SysError
  * prints one.
  */
+import { constants } from 'node:os';
 import { getSystemErrorMap } from 'node:util';
 
-/** glibc's strerror() where libuv's description differs from it by more than the first letter's case. */
+/**
+ * glibc's strerror() for the codes where libuv's description differs from it by more than the first
+ * letter's case, or where libuv has none (its code is then "Unknown system error -N").
+ */
 const STRERROR: Record<string, string> = {
+  EADDRNOTAVAIL: 'Cannot assign requested address',
+  EAFNOSUPPORT: 'Address family not supported by protocol',
+  EALREADY: 'Operation already in progress',
+  EBADMSG: 'Bad message',
+  EBUSY: 'Device or resource busy',
+  ECHILD: 'No child processes',
+  EDEADLK: 'Resource deadlock avoided',
+  EDOM: 'Numerical argument out of domain',
+  EDQUOT: 'Disk quota exceeded',
   EEXIST: 'File exists',
+  EFAULT: 'Bad address',
+  EHOSTUNREACH: 'No route to host',
+  EIDRM: 'Identifier removed',
+  EILSEQ: 'Invalid or incomplete multibyte or wide character',
+  EINPROGRESS: 'Operation now in progress',
+  EIO: 'Input/output error',
+  EISCONN: 'Transport endpoint is already connected',
   EISDIR: 'Is a directory',
   ELOOP: 'Too many levels of symbolic links',
-  EXDEV: 'Invalid cross-device link',
-  EMFILE: 'Too many open files',
+  EMULTIHOP: 'Multihop attempted',
   ENAMETOOLONG: 'File name too long',
+  ENETRESET: 'Network dropped connection on reset',
+  ENFILE: 'Too many open files in system',
+  ENOEXEC: 'Exec format error',
+  ENOLCK: 'No locks available',
+  ENOLINK: 'Link has been severed',
+  ENOMEM: 'Cannot allocate memory',
+  ENOMSG: 'No message of desired type',
+  ENOSR: 'Out of streams resources',
+  ENOSTR: 'Device not a stream',
+  ENOTCONN: 'Transport endpoint is not connected',
+  ENOTSUP: 'Operation not supported',
+  EOPNOTSUPP: 'Operation not supported',
+  ERANGE: 'Numerical result out of range',
+  ESPIPE: 'Illegal seek',
+  ESTALE: 'Stale file handle',
+  ETIME: 'Timer expired',
   ETXTBSY: 'Text file busy',
-  EBUSY: 'Device or resource busy',
+  EXDEV: 'Invalid cross-device link',
 };
+
+/** STRERROR by the errno's (positive) number, for the errors whose code libuv does not name. */
+const BY_NUMBER = new Map<number, string>(
+  Object.entries(STRERROR).flatMap(([name, text]) => {
+    const n = (constants.errno as Record<string, number | undefined>)[name];
+    return n === undefined ? [] : [[n, text] as const];
+  }),
+);
 
 /**
  * An errno as Nix words it (glibc's strerror: `No such file or directory`), or undefined for an error that
@@ -25,6 +68,8 @@ export function strerror(e: unknown): string | undefined {
   if (!(e instanceof Error)) return undefined;
   const { code, errno } = e as NodeJS.ErrnoException;
   if (code !== undefined && Object.prototype.hasOwnProperty.call(STRERROR, code)) return STRERROR[code];
+  const known = errno === undefined ? undefined : BY_NUMBER.get(Math.abs(errno));
+  if (known !== undefined) return known;
   const text = errno === undefined ? undefined : getSystemErrorMap().get(errno)?.[1];
   return text ? `${text[0]!.toUpperCase()}${text.slice(1)}` : undefined;
 }
