@@ -731,15 +731,3 @@ export function parseUnitPrefixed(value: string, signed = false): number {
   if (!Number.isSafeInteger(n)) throw new UsageError(`'${digits}' is not an integer`);
   return n;
 }
-
-/** A setting's value as Nix 2.8 parses an unsigned integer setting (`max-jobs` also takes `auto`). */
-export function parseIntOption(name: string, v: string): number {
-  if (name === 'max-jobs' && v === 'auto') return 0;
-  const n = /^\+?[0-9]+$/.test(v) ? Number(v) : NaN;
-  if (!Number.isSafeInteger(n)) {
-    throw new UsageError(
-      name === 'max-jobs' ? `configuration setting 'max-jobs' should be 'auto' or an integer` : `setting '${name}' has invalid value '${v}'`,
-    );
-  }
-  return n;
-}

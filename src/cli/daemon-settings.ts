@@ -8,7 +8,7 @@
  */
 import { cpus } from 'node:os';
 import { defaultSystemFeatures, type WorkerOptions } from '../index.js';
-import { BOOL_SETTINGS, isKnownSetting, parseBool, parseIntOption, type CliArgs } from './args.js';
+import { isKnownSetting, parseSetting, type CliArgs, type SettingValue } from './args.js';
 
 /** The settings SetOptions carries in fixed fields, and those Nix's client never sends. */
 const NOT_OVERRIDES = new Set([
@@ -33,25 +33,6 @@ const NIX_NAMES: Readonly<Record<string, string>> = {
 };
 /** Our own settings (not Nix 2.8's): never sent. */
 const OURS = new Set(['max-substitution-jobs', 'secret-key', 'compression', 'json-log-path']);
-const INTS = new Set([
-  'build-poll-interval',
-  'connect-timeout',
-  'download-attempts',
-  'gc-reserved-space',
-  'http-connections',
-  'log-lines',
-  'max-build-log-size',
-  'max-free',
-  'min-free',
-  'min-free-check-interval',
-  'nar-buffer-size',
-  'narinfo-cache-negative-ttl',
-  'narinfo-cache-positive-ttl',
-  'repeat',
-  'stalled-download-timeout',
-  'tarball-ttl',
-  'timeout',
-]);
 /** Word lists kept sorted and without repeats (Nix's StringSet settings). */
 const SETS = new Set(['allowed-impure-host-deps', 'extra-platforms', 'ignored-acls', 'sandbox-paths', 'system-features', 'trusted-substituters']);
 /** Word lists, and the defaults `extra-NAME` adds to (those not here default to none). */
@@ -98,9 +79,9 @@ function wireValue(args: CliArgs, name: string, key: string): string | undefined
   const v = args.options.get(key);
   if (v === undefined) return undefined;
   if (name === 'sandbox') return ['true', 'false', 'relaxed'].includes(v) ? v : undefined;
-  if (BOOL_SETTINGS.has(name)) return attempt(() => String(parseBool(name, v)));
-  if (INTS.has(name)) return /^[0-9]+$/.test(v) ? BigInt(v).toString() : undefined;
-  return v;
+  // By the setting's Nix type (args.ts's parser): a Boolean, an integer of its signedness and width, or text.
+  const value = attempt(() => parseSetting(name, v));
+  return value === undefined ? undefined : String(value);
 }
 
 /** The settings the user set that Nix's client sends as overrides, by Nix name. */
@@ -122,15 +103,15 @@ function overridesOf(args: CliArgs): Record<string, string> {
 /** What Nix 2.8's client sends the daemon for this command line (the DaemonStore's `workerOptions`). */
 export function daemonClientSettings(args: CliArgs): WorkerOptions {
   const o = args.options;
-  const bool = (name: string): boolean | undefined => (o.has(name) ? attempt(() => parseBool(name, o.get(name)!)) : undefined);
-  const int = (name: string): number | undefined => (o.has(name) ? attempt(() => parseIntOption(name, o.get(name)!)) : undefined);
-  const maxJobs = o.get('max-jobs') === 'auto' ? cpus().length : int('max-jobs');
+  const setting = (name: string): SettingValue | undefined => (o.has(name) ? attempt(() => parseSetting(name, o.get(name)!)) : undefined);
+  const bool = (name: string) => setting(name) as boolean | undefined;
+  const int = (name: string) => setting(name) as number | undefined;
   return {
     keepFailed: bool('keep-failed') ?? false,
     keepGoing: bool('keep-going') ?? false,
     tryFallback: bool('fallback') ?? false,
     verbosity: args.verbosity,
-    maxBuildJobs: maxJobs ?? 1,
+    maxBuildJobs: int('max-jobs') ?? 1,
     maxSilentTime: int('max-silent-time') ?? 0,
     buildCores: int('cores') ?? cpus().length,
     useSubstitutes: bool('substitute') ?? true,

@@ -225,7 +225,7 @@ export class WorkerConnection extends ProtocolConnection {
       .u64(o.tryFallback ?? false)
       .u64(o.verbosity ?? 3)
       .u64(o.maxBuildJobs ?? 1)
-      .u64(o.maxSilentTime ?? 0)
+      .u64(BigInt.asUintN(64, BigInt(o.maxSilentTime ?? 0))) // a time_t, sent as Nix's client casts it
       .u64(true) // obsolete useBuildHook
       .u64(0) // verboseBuild: lvlError means "show build output"
       .u64(0) // obsolete logType

@@ -279,6 +279,8 @@ describe.skipIf(!asRoot || !nixOk())('(root only) DaemonStore against a real nix
       ...['--option', 'extra-sandbox-paths', '/c', '--option', 'require-sigs', 'no', '--option', 'substitute', 'false'],
       ...['--option', 'max-build-log-size', '010', '--option', 'show-trace', 'true', '--option', 'no-such-setting', 'x'],
       ...['-j', '2', '-K', '--fallback', '--max-silent-time', '30', '--quiet', '-v', '--quiet', '--option', 'extra-trusted-public-keys', 'k:1'],
+      // Integers by their Nix type: a signed one takes a sign, an unsigned one a `+`; both sent in decimal.
+      ...['--option', 'gc-reserved-space', '-5', '--option', 'narinfo-cache-negative-ttl', '+3', '--option', 'cores', '+3'],
     ];
     const realise = (args: string[], e: Record<string, string>) =>
       new Promise<[number | null, string]>((resolve) => {
