@@ -10,7 +10,7 @@
  * Paths are logical (what the links say); the files are read and made at their physical places.
  */
 import { promises as fsp } from 'node:fs';
-import { BuiltinFailure, hintfmt, type NixMessage } from './log.js';
+import { BuiltinFailure, hintfmt, sysErrorMessage, type NixMessage } from './log.js';
 
 export interface TreeAccess {
   /** Physical path of a logical path (the store dir mapped to the physical store dir). */
@@ -28,6 +28,20 @@ const IGNORED_SUFFIXES = ['/propagated-build-inputs', '/nix-support', '/perlloca
 
 function errnoOf(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException).code;
+}
+
+/** A failed system call as Nix's SysError words it (paths are the logical ones). */
+function sysFailure(e: unknown, format: string, ...args: string[]): BuiltinFailure {
+  return new BuiltinFailure(sysErrorMessage(e, format, ...args), { cause: e });
+}
+
+/** `op`, with its failure worded as Nix's SysError (see sysFailure). */
+async function sys<T>(op: Promise<T>, format: string, ...args: string[]): Promise<T> {
+  try {
+    return await op;
+  } catch (e) {
+    throw sysFailure(e, format, ...args);
+  }
 }
 
 /**
@@ -83,7 +97,7 @@ class Profile {
         fs.warn(hintfmt("not including '%s' in the user environment because it's not a directory", srcDir));
         return;
       }
-      throw e;
+      throw sysFailure(e, "opening directory '%1%'", srcDir);
     }
     for (const name of names) {
       if (name.startsWith('.')) continue; // not matched by glob
@@ -97,13 +111,13 @@ class Profile {
           fs.warn(hintfmt("skipping dangling symlink '%s'", dstFile));
           continue;
         }
-        throw e;
+        throw sysFailure(e, "getting status of '%1%'", srcFile);
       }
       // Files that are useless in a profile or would collide pointlessly.
       if (IGNORED_SUFFIXES.some((s) => srcFile.endsWith(s))) continue;
       const dstSt = await fsp.lstat(fs.real(dstFile)).catch((e: unknown) => {
         if (errnoOf(e) === 'ENOENT') return undefined;
-        throw e;
+        throw sysFailure(e, "getting status of '%1%'", dstFile);
       });
       if (srcSt.isDirectory()) {
         if (dstSt?.isDirectory()) {
@@ -112,10 +126,10 @@ class Profile {
         }
         if (dstSt?.isSymbolicLink()) {
           const target = await canonLogical(dstFile, fs);
-          const targetSt = await fsp.lstat(fs.real(target));
+          const targetSt = await sys(fsp.lstat(fs.real(target)), "getting status of '%1%'", target);
           if (!targetSt.isDirectory()) throw new BuiltinFailure(hintfmt("collision between '%1%' and non-directory '%2%'", srcFile, target));
-          await fsp.unlink(fs.real(dstFile));
-          await fsp.mkdir(fs.real(dstFile), 0o755);
+          await sys(fsp.unlink(fs.real(dstFile)), "unlinking '%1%'", dstFile);
+          await sys(fsp.mkdir(fs.real(dstFile), 0o755), "creating directory '%1%'", dstFile);
           await this.createLinks(target, dstFile, this.priorities.get(dstFile) ?? 0);
           await this.createLinks(srcFile, dstFile, priority);
           continue;
@@ -133,11 +147,11 @@ class Profile {
           );
         }
         if (prev < priority) continue;
-        await fsp.unlink(fs.real(dstFile));
+        await sys(fsp.unlink(fs.real(dstFile)), "unlinking '%1%'", dstFile);
       } else if (dstSt?.isDirectory()) {
         throw new BuiltinFailure(hintfmt("collision between non-directory '%1%' and directory '%2%'", srcFile, dstFile));
       }
-      await fsp.symlink(srcFile, fs.real(dstFile));
+      await sys(fsp.symlink(srcFile, fs.real(dstFile)), "creating symlink from '%1%' to '%2%'", dstFile, srcFile);
       this.priorities.set(dstFile, priority);
       this.symlinks++;
     }
@@ -147,7 +161,7 @@ class Profile {
 /** Nix's stoi: leading whitespace, optional sign, digits; the rest ignored; no digits is an error. */
 function stoi(s: string | undefined): number {
   const m = /^\s*([+-]?\d+)/.exec(s ?? '');
-  if (!m) throw new BuiltinFailure(hintfmt('stoi'));
+  if (!m) throw new BuiltinFailure(hintfmt('stoi'), { bare: true });
   return Number(m[1]);
 }
 
@@ -183,7 +197,7 @@ async function buildProfile(out: string, pkgs: Package[], fs: TreeAccess): Promi
 /** builtin:buildenv with the derivation's (rewritten) environment. */
 export async function builtinBuildenv(getAttr: (name: string) => string, fs: TreeAccess): Promise<void> {
   const out = getAttr('out');
-  await fsp.mkdir(fs.real(out), { recursive: true });
+  await sys(fsp.mkdir(fs.real(out), { recursive: true }), "creating directory '%1%'", out);
   const words = getAttr('derivations')
     .split(/[ \t\n\r]+/)
     .filter(Boolean);
@@ -199,5 +213,6 @@ export async function builtinBuildenv(getAttr: (name: string) => string, fs: Tre
     }
   }
   await buildProfile(out, pkgs, fs);
-  await fsp.symlink(getAttr('manifest'), fs.real(`${out}/manifest.nix`));
+  const manifest = getAttr('manifest');
+  await sys(fsp.symlink(manifest, fs.real(`${out}/manifest.nix`)), "creating symlink from '%1%' to '%2%'", `${out}/manifest.nix`, manifest);
 }

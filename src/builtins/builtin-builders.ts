@@ -125,7 +125,8 @@ export class BuiltinBuilders implements Sandbox {
       return signal.aborted ? { kind: 'aborted' } : { kind: 'exited', code: 0 };
     } catch (e) {
       if (signal.aborted) return { kind: 'aborted' };
-      write(errorLogText(e instanceof BuiltinFailure ? e.nixMessage : plainMessage(nixWords(e))));
+      if (e instanceof BuiltinFailure && e.bare) write(`${e.nixMessage.plain}\n`);
+      else write(errorLogText(e instanceof BuiltinFailure ? e.nixMessage : plainMessage(nixWords(e))));
       return { kind: 'exited', code: 1 };
     }
   }

@@ -5,6 +5,8 @@
  * in Nix's colours).
  */
 
+import { strerror } from '../store/system-error.js';
+
 const ANSI_NORMAL = '\x1b[0m';
 const ANSI_RED = '\x1b[31;1m';
 /** Nix's ANSI_WARNING, the colour of values formatted into messages (`yellowtxt`). */
@@ -36,14 +38,29 @@ export function plainMessage(s: string): NixMessage {
   return { plain: s, coloured: s };
 }
 
-/** An error raised inside a built-in builder: it fails the build, its message ends the build log. */
+/**
+ * Nix's `SysError(format, args…)` for a failed system call `e`: the message, then glibc's wording of the
+ * errno as a value (`creating directory '/nix/store/…': No such file or directory`).
+ */
+export function sysErrorMessage(e: unknown, format: string, ...args: readonly (string | number)[]): NixMessage {
+  const what = hintfmt(format, ...args);
+  const reason = strerror(e) ?? (e instanceof Error ? e.message : String(e));
+  return { plain: `${what.plain}: ${reason}`, coloured: `${what.coloured}: ${ANSI_WARNING}${reason}${ANSI_NORMAL}` };
+}
+
+/**
+ * An error raised inside a built-in builder: it fails the build, its message ends the build log. `bare`:
+ * a C++ exception that is not one of Nix's errors (`stoi`), whose text Nix writes without `error:`.
+ */
 export class BuiltinFailure extends Error {
+  readonly bare: boolean;
   constructor(
     readonly nixMessage: NixMessage,
-    options: { cause?: unknown } = {},
+    options: { cause?: unknown; bare?: boolean } = {},
   ) {
     super(nixMessage.plain, options);
     this.name = 'BuiltinFailure';
+    this.bare = options.bare ?? false;
   }
 }
 

@@ -8,7 +8,7 @@
 import { promises as fsp, createReadStream } from 'node:fs';
 import * as path from 'node:path';
 import { decompressStream } from '../substituter/compression.js';
-import { BuiltinFailure, hintfmt, plainMessage } from './log.js';
+import { BuiltinFailure, hintfmt } from './log.js';
 
 const MAGICS: Array<[string, number[]]> = [
   ['xz', [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]],
@@ -60,8 +60,18 @@ class ChunkReader {
   }
 }
 
+/** libarchive's error while extracting a member (Nix's `failed to extract archive (…)`). */
+function extractFailure(reason: string): BuiltinFailure {
+  return new BuiltinFailure(hintfmt('failed to extract archive (%s)', reason));
+}
+
 function truncated(): BuiltinFailure {
-  return new BuiltinFailure(plainMessage('failed to extract archive (Truncated tar archive)'));
+  return extractFailure('Truncated tar archive');
+}
+
+/** libarchive's error while reading a member's header: Nix finds no member name then. */
+function headerFailure(reason: string): BuiltinFailure {
+  return new BuiltinFailure(hintfmt('cannot get archive member name: %s', reason));
 }
 
 function cString(b: Buffer): string {
@@ -115,13 +125,16 @@ async function sniff(file: string): Promise<string> {
   }
 }
 
-/** Unpack the tarball `file` into the directory `dest` (created if missing). */
-export async function unpackTarfile(file: string, dest: string, signal?: AbortSignal): Promise<void> {
+/**
+ * Unpack the tarball `file` into the directory `dest` (created if missing). `shown` is the name messages
+ * give the file (its logical path).
+ */
+export async function unpackTarfile(file: string, dest: string, signal?: AbortSignal, shown = file): Promise<void> {
   let compression: string;
   try {
     compression = await sniff(file);
   } catch (e) {
-    throw new BuiltinFailure(hintfmt('failed to open archive: %s', (e as Error).message), { cause: e });
+    throw new BuiltinFailure(hintfmt('failed to open archive: %s', `Failed to open '${shown}'`), { cause: e });
   }
   await fsp.mkdir(dest, { recursive: true });
   const source = decompressStream(compression, createReadStream(file, { highWaterMark: 1 << 20, ...(signal ? { signal } : {}) }));
@@ -132,7 +145,7 @@ export async function unpackTarfile(file: string, dest: string, signal?: AbortSi
     await extract(reader, dest, symlinks, dirModes);
   } catch (e) {
     if (e instanceof BuiltinFailure) throw e;
-    throw new BuiltinFailure(plainMessage(`failed to extract archive (${(e as Error).message})`), { cause: e });
+    throw new BuiltinFailure(hintfmt('failed to extract archive (%s)', (e as Error).message), { cause: e });
   } finally {
     await reader.close();
   }
@@ -147,10 +160,16 @@ async function extract(reader: ChunkReader, dest: string, symlinks: Set<string>,
   let sawEntry = false;
   for (;;) {
     const h = await reader.read(512);
-    if (h.length === 0 && sawEntry) return; // end without the two zero blocks: libarchive accepts it
-    if (h.length < 512) throw truncated();
-    if (h.every((b) => b === 0)) return;
-    if (!checksumOk(h)) throw new BuiltinFailure(plainMessage('failed to extract archive (Damaged tar archive)'));
+    // An empty file is an empty archive; the end without the two zero blocks is accepted (libarchive).
+    if (h.length === 0) return;
+    const zeros = h.every((b) => b === 0);
+    // No format of libarchive recognises data that does not start with a tar header.
+    if (!sawEntry && (h.length < 512 || (!zeros && !checksumOk(h)))) {
+      throw new BuiltinFailure(hintfmt('failed to open archive: %s', 'Unrecognized archive format'));
+    }
+    if (h.length < 512) throw headerFailure('Truncated tar archive');
+    if (zeros) return;
+    if (!checksumOk(h)) throw headerFailure('Damaged tar archive');
     sawEntry = true;
     const type = String.fromCharCode(h[156]!);
     let size = octal(h.subarray(124, 136));
@@ -158,7 +177,7 @@ async function extract(reader: ChunkReader, dest: string, symlinks: Set<string>,
     const padded = Math.ceil(size / 512) * 512;
     if (type === 'L' || type === 'K' || type === 'x' || type === 'g') {
       const data = await reader.read(padded);
-      if (data.length < padded) throw truncated();
+      if (data.length < padded) throw headerFailure('Truncated tar archive');
       const body = data.subarray(0, size);
       if (type === 'L') longName = cString(body);
       else if (type === 'K') longLink = cString(body);
@@ -222,7 +241,7 @@ async function extract(reader: ChunkReader, dest: string, symlinks: Set<string>,
 /** A member name relative to the destination; `..` components are refused as libarchive's SECURE_NODOTDOT does. */
 function safeName(name: string): string {
   const parts = name.split('/').filter((p) => p !== '' && p !== '.');
-  if (parts.includes('..')) throw new BuiltinFailure(hintfmt("failed to extract archive (Path contains '..')"));
+  if (parts.includes('..')) throw extractFailure("Path contains '..'");
   return parts.join('/');
 }
 
@@ -231,7 +250,7 @@ async function ensureParents(dest: string, rel: string, symlinks: Set<string>): 
   const parts = rel.split('/');
   for (let i = 1; i < parts.length; i++) {
     const sub = parts.slice(0, i).join('/');
-    if (symlinks.has(sub)) throw new BuiltinFailure(plainMessage(`failed to extract archive (Cannot extract through symlink ${sub})`));
+    if (symlinks.has(sub)) throw extractFailure(`Cannot extract through symlink ${sub}`);
   }
   if (parts.length > 1) await fsp.mkdir(path.join(dest, ...parts.slice(0, -1)), { recursive: true, mode: 0o755 });
 }
