@@ -264,12 +264,20 @@ class FileTransport implements Transport {
 
   getFile(rel: string): Promise<Buffer | undefined> {
     try {
-      // (A narinfo or nix-cache-info: a few hundred bytes.)
-      return Promise.resolve(readFileSync(this.resolve(rel)));
+      return Promise.resolve(this.getFileSync(rel));
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return Promise.resolve(undefined);
-      if (e instanceof SubstituterError) return Promise.reject(e);
-      return Promise.reject(new SubstituterError('network', `cannot read '${rel}' of '${this.uri}': ${(e as Error).message}`, { uri: this.uri, cause: e }));
+      return Promise.reject(e);
+    }
+  }
+
+  /** getFile with a synchronous read (a narinfo or nix-cache-info: a few hundred bytes); throws what getFile rejects with. */
+  getFileSync(rel: string): Buffer | undefined {
+    try {
+      return readFileSync(this.resolve(rel));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
+      if (e instanceof SubstituterError) throw e;
+      throw new SubstituterError('network', `cannot read '${rel}' of '${this.uri}': ${(e as Error).message}`, { uri: this.uri, cause: e });
     }
   }
 
@@ -715,6 +723,8 @@ export class BinaryCacheSubstituter implements Substituter {
   private readonly maxParallel: number;
   private readonly warn: (m: string) => void;
   private initPromise: Promise<void> | undefined;
+  /** Set when init() has succeeded (queryPathInfos of a file:// cache then reads synchronously). */
+  private initDone = false;
 
   constructor(uri: string, opts: BinaryCacheSubstituterOptions = {}) {
     const { base, params } = splitUri(uri);
@@ -808,11 +818,55 @@ export class BinaryCacheSubstituter implements Substituter {
       // Nix's words (its BinaryCacheStore::init refuses the cache; the substituter is then left out).
       this.warn(`binary cache '${this.uri}' is for Nix stores with prefix '${info.storeDir}', not '${this.storeDir}'`);
     }
+    this.initDone = true;
   }
 
-  async queryPathInfos(
+  queryPathInfos(
     paths: readonly StorePath[],
     opts: { signal?: AbortSignal | undefined; onTransfer?: TransferListener | undefined } = {},
+  ): Promise<Map<StorePath, SubstitutablePathInfo>> {
+    // An open file:// cache is read with synchronous calls, one path after the other, in this call: the
+    // same reads, lookups and events as queryPathInfosAsync's without its promises (mapLimit's worker,
+    // each path's queryOne and fetchNarInfo, about twenty per path, each looked-up `.drv` and output of a build).
+    if (this.initDone && this.transport instanceof FileTransport) {
+      try {
+        return Promise.resolve(this.queryPathInfosSync(this.transport, paths, opts.onTransfer));
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
+    return this.queryPathInfosAsync(paths, opts);
+  }
+
+  private queryPathInfosSync(
+    transport: FileTransport,
+    paths: readonly StorePath[],
+    onTransfer: TransferListener | undefined,
+  ): Map<StorePath, SubstitutablePathInfo> {
+    const out = new Map<StorePath, SubstitutablePathInfo>();
+    if (!this._enabled) return out;
+    for (const p of new Set(paths)) {
+      const hashPart = storePathHashPart(p);
+      const cached = this.narInfoCache.lookup(this.uri, hashPart, this.storeDir);
+      let info: SubstitutablePathInfo | undefined;
+      if (cached) info = cached.present ? this.pathInfo(p, cached.info) : undefined;
+      else {
+        onTransfer?.({ kind: 'query-started', path: p });
+        try {
+          const rel = `${hashPart}.narinfo`;
+          info = this.pathInfo(p, this.narInfoOf(p, hashPart, rel, transport.getFileSync(rel)));
+        } finally {
+          onTransfer?.({ kind: 'query-finished', path: p, found: info !== undefined });
+        }
+      }
+      if (info) out.set(p, info);
+    }
+    return out;
+  }
+
+  private async queryPathInfosAsync(
+    paths: readonly StorePath[],
+    opts: { signal?: AbortSignal | undefined; onTransfer?: TransferListener | undefined },
   ): Promise<Map<StorePath, SubstitutablePathInfo>> {
     await this.init(opts.signal, opts.onTransfer);
     const out = new Map<StorePath, SubstitutablePathInfo>();
@@ -862,7 +916,11 @@ export class BinaryCacheSubstituter implements Substituter {
     onTransfer: TransferListener | undefined,
   ): Promise<NarInfo | undefined> {
     const rel = `${hashPart}.narinfo`;
-    const text = await this.transport.getFile(rel, signal, onTransfer);
+    return this.narInfoOf(p, hashPart, rel, await this.transport.getFile(rel, signal, onTransfer));
+  }
+
+  /** The narinfo `rel` of `p` from its bytes (`text`; undefined: the cache has none), parsed and remembered. */
+  private narInfoOf(p: StorePath, hashPart: string, rel: string, text: Buffer | undefined): NarInfo | undefined {
     let ni: NarInfo | undefined;
     if (text) {
       try {

@@ -195,6 +195,10 @@ describe('hostile binary caches', () => {
     const e = await sub.queryPathInfos([A, DEP]).catch((x: SubstituterError) => x);
     expect((e as SubstituterError).code).toBe('bad-narinfo');
     expect((e as Error).message).toContain(`${DEP.slice(11, 43)}.narinfo`);
+    // Asked again of the open cache (a synchronous read then): the same error.
+    const again = await sub.queryPathInfos([DEP]).catch((x: SubstituterError) => x);
+    expect((again as SubstituterError).code).toBe('bad-narinfo');
+    expect((again as Error).message).toBe((e as Error).message);
     writeFileSync(niFile(A), Buffer.from([0xff, 0xfe, 0x00, 0x01]));
     expect(await code(new BinaryCacheSubstituter(pathToFileURL(dir).href).queryPathInfos([A]))).toBe('bad-narinfo');
   });

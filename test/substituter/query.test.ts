@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { BinaryCacheSubstituter } from '../../src/substituter/binary-cache.js';
 import { InMemorySubstituter } from '../../src/substituter/memory.js';
 import { caProvesPath, querySubstitutablePaths, sortByPriority } from '../../src/substituter/substituter.js';
-import { narInfos, narOf, PATH_INFO, ROOTS } from './fixtures.js';
+import type { TransferEvent } from '../../src/substituter/substituter.js';
+import { ALL_PATHS, cacheUrl, narInfos, narOf, PATH_INFO, ROOTS } from './fixtures.js';
 
 async function memoryWith(paths: string[], priority: number): Promise<InMemorySubstituter> {
   const sub = new InMemorySubstituter({ priority });
@@ -39,5 +40,36 @@ describe('querySubstitutablePaths', () => {
         expect(caProvesPath({ ...pi, references: [...info.references, ROOTS.top] }, '/nix/store')).toBe(false);
       }
     }
+  });
+});
+
+describe('BinaryCacheSubstituter over file://', () => {
+  it('answers the same once open (its queries then read synchronously): the infos, a query activity per narinfo read, none for a path it remembers', async () => {
+    const missing = '/nix/store/00000000000000000000000000000000-missing';
+    const asked = [...ALL_PATHS, missing, ALL_PATHS[0]!];
+    const run = async (open: boolean) => {
+      const events: TransferEvent[] = [];
+      const sub = new BinaryCacheSubstituter(cacheUrl('none'));
+      if (open) await sub.init();
+      const first = await sub.queryPathInfos(asked, { onTransfer: (e) => events.push(e) });
+      const again = await sub.queryPathInfos([ALL_PATHS[1]!, missing], { onTransfer: (e) => events.push(e) });
+      return { first, again, events };
+    };
+    const cold = await run(false);
+    const open = await run(true);
+    expect([...open.first.keys()].sort()).toEqual(ALL_PATHS);
+    expect(open.first).toEqual(cold.first);
+    expect(open.again).toEqual(cold.again);
+    expect(open.again.get(ALL_PATHS[1]!)).toEqual(open.first.get(ALL_PATHS[1]!));
+    // Each path read once (a started and a finished activity), in the order asked; none for the second query.
+    const byPath = (es: TransferEvent[]) =>
+      [...es].sort((a, b) => ('path' in a ? a.path : '').localeCompare('path' in b ? b.path : '') || a.kind.localeCompare(b.kind));
+    expect(byPath(open.events)).toEqual(byPath(cold.events));
+    expect(open.events).toEqual(
+      [...ALL_PATHS, missing].flatMap((path) => [
+        { kind: 'query-started', path },
+        { kind: 'query-finished', path, found: path !== missing },
+      ]),
+    );
   });
 });
