@@ -5,7 +5,7 @@
  * Transient failures (connection errors, most 5xx, 408, 429) are retried with Nix's backoff while
  * nothing has been consumed; errors are worded as Nix's, with a short response body appended.
  */
-import { createReadStream } from 'node:fs';
+import { createReadStream, promises as fsp } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Agent, Dispatcher } from 'undici';
 import { undici } from '../substituter/undici.js';
@@ -112,6 +112,12 @@ async function fromFile(url: string, consume: (body: AsyncIterable<Uint8Array>) 
   } catch (e) {
     return { ok: false, error: unreadable(e) };
   }
+  // curl reads a directory as an empty file, and knows a file's size (the progress's expected bytes).
+  const st = await fsp.stat(file).catch(() => undefined);
+  if (st?.isDirectory()) {
+    await consumeCounted(consume, (async function* () {})(), 0, url, opts, unreadable, () => {});
+    return { ok: true };
+  }
   const stream = createReadStream(file, { highWaterMark: 1 << 20, signal: opts.signal });
   // Opening fails before anything is consumed: curl's "Couldn't read a file:// file".
   const opened = await new Promise<Error | undefined>((resolve) => {
@@ -123,7 +129,7 @@ async function fromFile(url: string, consume: (body: AsyncIterable<Uint8Array>) 
     if (opts.signal.aborted) throw interrupted(url);
     return { ok: false, error: unreadable(opened) };
   }
-  await consumeCounted(consume, stream, 0, url, opts, unreadable, () => stream.destroy());
+  await consumeCounted(consume, stream, st?.size ?? 0, url, opts, unreadable, () => stream.destroy());
   return { ok: true };
 }
 

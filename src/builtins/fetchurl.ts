@@ -7,6 +7,7 @@
 import { createWriteStream, promises as fsp } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { Hash } from '../store/hash.js';
+import { BadNarError } from '../store/errors.js';
 import { restorePath } from '../store/nar.js';
 import { decompressStream } from '../substituter/compression.js';
 import { download, type DownloadOptions } from './download.js';
@@ -35,7 +36,7 @@ export async function builtinFetchurl(getAttr: (name: string) => string, env: Re
         url,
         async (body) => {
           if (unpack) {
-            await restorePath(storePath, mainUrl.endsWith('.xz') ? decompressStream('xz', body) : body);
+            await unpackNar(storePath, mainUrl.endsWith('.xz') ? decompressStream('xz', body) : body);
           } else {
             await pipeline(body, createWriteStream(storePath, { flags: 'w', mode: 0o666 }), { signal: ctx.signal });
           }
@@ -86,5 +87,45 @@ export async function builtinFetchurl(getAttr: (name: string) => string, env: Re
   } catch (e) {
     if (e instanceof BuiltinFailure || !(e instanceof Error)) throw e;
     throw new BuiltinFailure(plainMessage((e as Error).message), { cause: e });
+  }
+}
+
+/** The NAR format's version string, which a NAR starts with (as a length-prefixed, zero-padded string). */
+const NAR_VERSION = 'nix-archive-1';
+
+/**
+ * `unpack`: restore the downloaded NAR at `target` with Nix's words for bad data. Nix reads the version
+ * string first and says `bad archive: input doesn't look like a Nix archive` when its length or contents
+ * are wrong; when the data ends early (there or later) its reader says `coroutine has finished`. Bytes
+ * after the archive's end are not read.
+ */
+async function unpackNar(target: string, body: AsyncIterable<Uint8Array>): Promise<void> {
+  const it = body[Symbol.asyncIterator]();
+  let head = Buffer.alloc(0);
+  const want = 8 + Math.ceil(NAR_VERSION.length / 8) * 8;
+  while (head.length < want) {
+    const r = await it.next();
+    if (r.done) break;
+    head = Buffer.concat([head, r.value]);
+  }
+  const ended = () => new BuiltinFailure(plainMessage('coroutine has finished'));
+  const notNar = () => new BuiltinFailure(plainMessage("bad archive: input doesn't look like a Nix archive"));
+  if (head.length < 8) throw ended();
+  const len = head.readBigUInt64LE(0);
+  if (len > BigInt(NAR_VERSION.length)) throw notNar();
+  const end = 8 + Math.ceil(Number(len) / 8) * 8;
+  if (head.length < end) throw ended();
+  if (head.toString('latin1', 8, 8 + Number(len)) !== NAR_VERSION || head.subarray(8 + Number(len), end).some((b) => b !== 0)) throw notNar();
+  const rest = (async function* () {
+    yield head;
+    for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
+  })();
+  try {
+    await restorePath(target, rest, { expectEnd: false });
+  } catch (e) {
+    if (e instanceof BadNarError && /ends unexpectedly/.test(e.shortMessage)) throw ended();
+    throw e;
+  } finally {
+    await it.return?.();
   }
 }

@@ -818,6 +818,12 @@ export const validatingSink: NarSink = {
 /** Options of restorePath. */
 export interface RestoreOptions {
   /**
+   * Bytes after the end of the archive are an error (Nix's restorePath of a whole NAR file stops reading
+   * at the archive's end instead: builtin:fetchurl's `unpack` accepts them). Not with `batch`.
+   * @default true
+   */
+  readonly expectEnd?: boolean;
+  /**
    * Create everything with the store's canonical metadata as it is restored (regular files 0444 or
    * 0555, directories 0555 once their entries are written, mtime 1 everywhere, as
    * canonicalisePathMetaData leaves them), so no second walk is needed.
@@ -1118,7 +1124,7 @@ export async function restorePath(target: string, source: AsyncIterable<Uint8Arr
   const restore = new NarRestore(path.resolve(target));
   try {
     if (opts.canonical && opts.batch) return await restore.batched(source);
-    return await parseNar(source, opts.canonical ? restore.canonicalSink() : restore.plainSink());
+    return await parseNar(source, opts.canonical ? restore.canonicalSink() : restore.plainSink(), { expectEnd: opts.expectEnd ?? true });
   } catch (e) {
     if (restore.created) {
       if (opts.canonical) await makeTreeWritable(restore.abs).catch(() => {});

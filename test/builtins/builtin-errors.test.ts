@@ -25,6 +25,7 @@ function buildLog(root: string): string {
 
 describe.skipIf(!nixOk())('built-ins fail as in Nix 2.8: the same log bytes and exit status', () => {
   let root: string;
+  let treeHash: string;
   beforeAll(() => {
     root = tempDir('realise-builtin-errors-');
     chmodSync(root, 0o755);
@@ -41,6 +42,15 @@ describe.skipIf(!nixOk())('built-ins fail as in Nix 2.8: the same log bytes and 
     writeFileSync(path.join(root, 'cuthdr.tar'), tar.subarray(0, 612));
     writeFileSync(path.join(root, 'cutdata.tar'), tar.subarray(0, 1024));
     writeFileSync(path.join(root, 'cutend.tar'), tar.subarray(0, 1700));
+    // A NAR of a small tree: bzip2'd (not decoded by fetchurl), cut short, with bytes after its end.
+    mkdirSync(path.join(root, 'tree', 'sub'), { recursive: true });
+    writeFileSync(path.join(root, 'tree', 'sub', 'f'), 't\n');
+    const nar = execFileSync('nix-store', ['--dump', path.join(root, 'tree')]);
+    writeFileSync(path.join(root, 'tree.nar.bz2'), execFileSync('bzip2', ['-c'], { input: nar }));
+    writeFileSync(path.join(root, 'cut.nar'), nar.subarray(0, 100));
+    writeFileSync(path.join(root, 'trail.nar'), Buffer.concat([nar, Buffer.from('garbage!')]));
+    writeFileSync(path.join(root, 'plain.txt'), 'hello\n');
+    treeHash = nix('nix-hash', ['--type', 'sha256', '--base32', path.join(root, 'tree')]);
     mkdirSync(path.join(root, 'pkg', 'bin'), { recursive: true });
     writeFileSync(path.join(root, 'pkg', 'bin', 'p'), 'p\n');
   });
@@ -66,39 +76,95 @@ describe.skipIf(!nixOk())('built-ins fail as in Nix 2.8: the same log bytes and 
     ['buildenv: a priority that is no number', (r) => buildenv('benv-stoi', `true x 1 \${${r}/pkg}`), /^stoi\n$/],
   ];
 
+  /**
+   * Instantiate `expr` into twin chroot stores under `root/<what>`, build it with Nix (N) and with our
+   * engine (O); Nix's status, what our engine returned or threw, and the store roots.
+   */
+  async function buildBoth(what: string, expr: string) {
+    const dir = path.join(root, what.replace(/\W+/g, '-'));
+    mkdirSync(dir);
+    const N = path.join(dir, 'N');
+    const O = path.join(dir, 'O');
+    writeFileSync(path.join(dir, 'e.nix'), expr);
+    const drv = nix('nix-instantiate', ['--store', N, path.join(dir, 'e.nix')]);
+    expect(nix('nix-instantiate', ['--store', O, path.join(dir, 'e.nix')])).toBe(drv);
+    const theirs = runNix('nix-store', ['--store', N, '--realise', drv]);
+    const store = await LocalStore.open({ root: O });
+    const engine = new BuildEngine({ store });
+    try {
+      const ours = await engine.buildPaths([drv]).then(
+        (r) => r,
+        (x: unknown) => x,
+      );
+      return { drv, N, O, theirs, ours };
+    } finally {
+      await engine.close();
+      await store.close();
+    }
+  }
+
+  /** A failure with Nix's exit status; nothing of it registered, the store verifies. */
+  function expectFailed(b: Awaited<ReturnType<typeof buildBoth>>, status: number): void {
+    expect(b.theirs.status, b.theirs.stderr).toBe(status);
+    expect(b.ours).toBeInstanceOf(BuildFailedError);
+    expect((b.ours as BuildFailedError).exitStatus).toBe(status);
+    expect(nixVerify(b.O).status).toBe(0);
+    const outs = nix('nix-store', ['--store', b.O, '-q', '--outputs', b.drv]);
+    expect(runNix('nix-store', ['--store', b.O, '--check-validity', outs]).status).toBe(1);
+  }
+
+  const uncoloured = (s: string) => s.replace(/\x1b\[[0-9;]*m/g, '');
+
   it.each(cases)(
     '%s',
-    async (_what, expr, logPattern) => {
-      const dir = path.join(root, _what.replace(/\W+/g, '-'));
-      mkdirSync(dir);
-      const N = path.join(dir, 'N');
-      const O = path.join(dir, 'O');
-      writeFileSync(path.join(dir, 'e.nix'), expr(root));
-      const drv = nix('nix-instantiate', ['--store', N, path.join(dir, 'e.nix')]);
-      expect(nix('nix-instantiate', ['--store', O, path.join(dir, 'e.nix')])).toBe(drv);
-
-      const theirs = runNix('nix-store', ['--store', N, '--realise', drv]);
-      expect(theirs.status, theirs.stderr).toBe(100);
-      const store = await LocalStore.open({ root: O });
-      const engine = new BuildEngine({ store });
-      try {
-        const err = await engine.buildPaths([drv]).then(
-          () => undefined,
-          (x: unknown) => x,
-        );
-        expect(err).toBeInstanceOf(BuildFailedError);
-        expect((err as BuildFailedError).exitStatus).toBe(100);
-      } finally {
-        await engine.close();
-        await store.close();
-      }
-      const log = buildLog(N);
-      expect(log.replace(/\x1b\[[0-9;]*m/g, '')).toMatch(logPattern);
-      expect(buildLog(O)).toBe(log);
-      expect(nixVerify(O).status).toBe(0);
-      expect(nix('nix-store', ['--store', O, '-q', '--outputs', drv])).not.toBe('');
-      expect(runNix('nix-store', ['--store', O, '--check-validity', nix('nix-store', ['--store', O, '-q', '--outputs', drv])]).status).toBe(1);
+    async (what, expr, logPattern) => {
+      const b = await buildBoth(what, expr(root));
+      expectFailed(b, 100);
+      const log = buildLog(b.N);
+      expect(uncoloured(log)).toMatch(logPattern);
+      expect(buildLog(b.O)).toBe(log);
     },
     60_000,
   );
+
+  /** builtin:fetchurl of `file://<src>` (a path copied into the store: the input closure has it). */
+  const fetch = (src: string, attrs: string) =>
+    `derivation ({ name = "f"; system = "x86_64-linux"; builder = "builtin:fetchurl"; url = "file://\${${src}}"; outputHashAlgo = "sha256"; } // { ${attrs} })`;
+  const unpack = (src: string) => fetch(src, `unpack = "1"; outputHashMode = "recursive"; outputHash = "${treeHash}";`);
+  const fetchCases: Array<[string, (r: string) => string, number, RegExp]> = [
+    ['unpack: a file shorter than the version string', (r) => unpack(`${r}/plain.txt`), 1, /^error: coroutine has finished$/m],
+    ['unpack: a compressed NAR (not .xz)', (r) => unpack(`${r}/tree.nar.bz2`), 1, /^error: bad archive: input doesn't look like a Nix archive$/m],
+    ['unpack: a NAR cut short', (r) => unpack(`${r}/cut.nar`), 1, /^error: coroutine has finished$/m],
+    ['unpack: a directory (read as an empty file)', (r) => unpack(`${r}/tree`), 1, /^error: coroutine has finished$/m],
+    ['flat: a directory is an empty file', (r) => fetch(`${r}/tree`, `outputHashMode = "flat"; outputHash = "${treeHash}";`), 102, /^$/],
+  ];
+
+  it.each(fetchCases)(
+    'fetchurl %s',
+    async (what, expr, status, logPattern) => {
+      const b = await buildBoth(what, expr(root));
+      expectFailed(b, status);
+      // The same lines but the download's activity lines (their ids and progress counts differ).
+      const lines = (log: string) =>
+        uncoloured(
+          log
+            .split('\n')
+            .filter((l) => !l.startsWith('@nix '))
+            .join('\n'),
+        );
+      expect(lines(buildLog(b.N))).toMatch(logPattern);
+      expect(lines(buildLog(b.O))).toBe(lines(buildLog(b.N)));
+    },
+    60_000,
+  );
+
+  it('fetchurl unpack: bytes after the NAR are not read (the same output as Nix)', async () => {
+    const b = await buildBoth('trail', unpack(`${root}/trail.nar`));
+    expect(b.theirs.status, b.theirs.stderr).toBe(0);
+    expect(b.ours).not.toBeInstanceOf(Error);
+    const out = b.theirs.stdout.trim();
+    const narHash = (store: string) => nix('nix-store', ['--store', store, '-q', '--hash', out]);
+    expect(narHash(b.O)).toBe(narHash(b.N));
+    expect(nixVerify(b.O).status).toBe(0);
+  }, 60_000);
 });
