@@ -44,12 +44,20 @@ export interface RemoteBuildOptions {
   readonly signal?: AbortSignal;
   /** Each line of the build log as it arrives. */
   readonly onLog?: (line: string) => void;
-  /** buildOnRemote: a machine was chosen and the build is handed to it (again on another one after a lost connection). */
+  /**
+   * The machine took the build: the connection is made and the build is handed to it (again on another one
+   * after a lost connection), where Nix's hook answers "accept" and Nix says "building '…' on '…'".
+   */
   readonly onStart?: (machine: string) => void;
+  /** buildOnRemote: a machine could not be used (unreachable, connection lost); the next one is tried. */
+  readonly onMachineFailed?: (error: RemoteBuildError) => void;
   /** Every log event of the remote (activities, phases, messages). */
   readonly onEvent?: (e: RemoteLogEvent) => void;
-  /** Each step of the build here, as Nix's build hook shows it: told at its start and its end (also when it fails). */
-  readonly onStep?: (step: RemoteStep, phase: 'start' | 'end') => void;
+  /**
+   * Each step of the build here, as Nix's build hook shows it: told at its start and its end (also when it
+   * fails), with the machine's name (the connection step comes before `onStart`).
+   */
+  readonly onStep?: (step: RemoteStep, phase: 'start' | 'end', machine: string) => void;
   /**
    * The input closure (input sources and input derivations' outputs, closed under references). When omitted
    * it is computed from `drv.inputSrcs` and the registered outputs of `drv.inputDrvs`.
@@ -78,8 +86,11 @@ export type RemoteStep =
   | { readonly kind: 'copy-paths'; readonly direction: 'to' | 'from'; readonly paths: readonly StorePath[] }
   | { readonly kind: 'copy-path'; readonly direction: 'to' | 'from'; readonly path: StorePath };
 
+/** A build's options inside MachineBuilder, its steps told as this machine's. */
+type BuildCalls = Omit<RemoteBuildOptions, 'onStep'> & { readonly onStep?: (step: RemoteStep, phase: 'start' | 'end') => void };
+
 /** Run `fn` as a step told to `onStep` (its end told however it ends). */
-async function asStep<T>(onStep: RemoteBuildOptions['onStep'], step: RemoteStep, fn: () => Promise<T>): Promise<T> {
+async function asStep<T>(onStep: BuildCalls['onStep'], step: RemoteStep, fn: () => Promise<T>): Promise<T> {
   if (!onStep) return fn();
   onStep(step, 'start');
   try {
@@ -90,7 +101,7 @@ async function asStep<T>(onStep: RemoteBuildOptions['onStep'], step: RemoteStep,
 }
 
 /** A NAR stream as a copy step: it starts when first read and ends when the stream does (or is abandoned). */
-async function* narAsStep(nar: NarSource, onStep: NonNullable<RemoteBuildOptions['onStep']>, step: RemoteStep): AsyncGenerator<Uint8Array> {
+async function* narAsStep(nar: NarSource, onStep: NonNullable<BuildCalls['onStep']>, step: RemoteStep): AsyncGenerator<Uint8Array> {
   onStep(step, 'start');
   try {
     yield* nar;
@@ -456,10 +467,12 @@ export class MachineBuilder implements RemoteBuilder {
     else void pc.client.close();
   }
 
-  async build(drvPath: StorePath, drv: Derivation, opts: RemoteBuildOptions): Promise<RemoteBuildResult> {
+  async build(drvPath: StorePath, drv: Derivation, given: RemoteBuildOptions): Promise<RemoteBuildResult> {
     this.running++;
     let pc: PooledConnection | undefined;
     let stage: RemoteBuildErrorKind = 'connection';
+    const told = given.onStep;
+    const opts: BuildCalls = { ...given, onStep: told && ((step, phase) => told(step, phase, this.name)) };
     const { store, signal } = opts;
     const onEvent = logForwarder(opts);
     try {
@@ -468,6 +481,8 @@ export class MachineBuilder implements RemoteBuilder {
       const tStart = performance.now();
       pc = await asStep(opts.onStep, { kind: 'connect' }, () => this.acquire(signal));
       const tConnected = performance.now();
+      // Connected: the machine takes the build (Nix's hook accepts it only once it has connected).
+      opts.onStart?.(this.name);
       stage = 'copy';
       const inputs = opts.inputPaths ? new Set(opts.inputPaths) : await inputClosure(store, drv);
       const order = await this.uploadInputs(pc.client, store, drvPath, inputs, signal, onEvent, opts);
@@ -518,7 +533,7 @@ export class MachineBuilder implements RemoteBuilder {
     inputs: ReadonlySet<StorePath>,
     signal: AbortSignal | undefined,
     onEvent: OnRemoteLog,
-    opts: Pick<RemoteBuildOptions, 'onStep' | 'useSubstitutes'>,
+    opts: Pick<BuildCalls, 'onStep' | 'useSubstitutes'>,
   ): Promise<StorePath[]> {
     const { onStep } = opts;
     onStep?.({ kind: 'upload-lock' }, 'start');
@@ -558,13 +573,7 @@ export class MachineBuilder implements RemoteBuilder {
   }
 
   /** Step 2: the build on the remote, with the settings of this build (a failed build is a result). */
-  private async runBuild(
-    pc: PooledConnection,
-    drvPath: StorePath,
-    wire: WireDerivation,
-    opts: RemoteBuildOptions,
-    onEvent: OnRemoteLog,
-  ): Promise<WireBuildResult> {
+  private async runBuild(pc: PooledConnection, drvPath: StorePath, wire: WireDerivation, opts: BuildCalls, onEvent: OnRemoteLog): Promise<WireBuildResult> {
     const { client } = pc;
     const { signal } = opts;
     pc.stderrTo.fn = client instanceof ServeConnection ? (l) => client.stderrLine(l) : undefined;
@@ -586,7 +595,7 @@ export class MachineBuilder implements RemoteBuilder {
     drvPath: StorePath,
     drv: Derivation,
     res: WireBuildResult,
-    opts: RemoteBuildOptions,
+    opts: BuildCalls,
   ): Promise<{ outPaths: Map<string, StorePath>; fetched: StorePath[] }> {
     const { signal } = opts;
     const outPaths = new Map<string, StorePath>();
@@ -771,7 +780,6 @@ export async function buildOnRemote(
       continue;
     }
     const b = choice.machine.builder;
-    opts.onStart?.(b.name);
     try {
       const result = await b.build(drvPath, drv, opts);
       return { kind: 'built', result, failedMachines: failed };
@@ -779,6 +787,7 @@ export async function buildOnRemote(
       if (e instanceof RemoteBuildError && e.kind === 'connection') {
         failed.push(e);
         failedNames.add(b.name);
+        opts.onMachineFailed?.(e);
         continue;
       }
       throw e;

@@ -34,7 +34,7 @@ function remoteBuildEvents(
   w: Worker,
   view: DrvView,
 ): {
-  callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStart'>;
+  callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStart' | 'onMachineFailed'>;
   end: (outcome: 'success' | 'failure' | 'stopped') => void;
   saveLog: () => Promise<void>;
 } {
@@ -52,7 +52,7 @@ function remoteBuildEvents(
     // Empty for a builder that printed nothing: Nix opens the log file once the hook takes the build.
     await w.ctx.store.addBuildLog(drvPath, log.length ? log.join('\n') + '\n' : '').catch(() => {});
   };
-  const callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStart'> = {
+  const callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStart' | 'onMachineFailed'> = {
     onLog: (line) => {
       log.push(line);
       w.ctx.emit('build-log', { drvPath, line });
@@ -60,9 +60,12 @@ function remoteBuildEvents(
     onEvent: (event) => {
       if (startedOn !== undefined) w.ctx.emit('remote-log', { drvPath, machine: startedOn, event });
     },
-    onStep: (step, phase) => {
-      if (startedOn !== undefined) w.ctx.emit('remote-step', { drvPath, machine: startedOn, store: machineStoreName(startedOn), step, phase });
+    // The connection step comes before the machine takes the build (onStart).
+    onStep: (step, phase, machine) => {
+      w.ctx.emit('remote-step', { drvPath, machine, store: machineStoreName(machine), step, phase });
     },
+    // Said as it happens, as Nix's hook does before it tries the next machine.
+    onMachineFailed: (e) => reportFailedMachines(w, [e]),
     onStart: (machine) => {
       end('failure');
       log = [];
@@ -124,7 +127,6 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
         },
       },
     );
-    reportFailedMachines(w, dispatch.failedMachines);
     if (dispatch.kind === 'declined') {
       // Not built there after all: counted neither as a build nor as expected. Built here if it can be;
       // if not, Nix's hook says why no machine took it, and the local build refuses it in Nix's words.

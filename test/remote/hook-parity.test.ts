@@ -118,6 +118,7 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
     expectNixLines({ theirs: { ...r.theirs, stderr: r.theirs.stderr.replace(/^cannot build on .*\n/m, '') }, ours: r.ours }, 1);
     for (const out of [r.theirs.stderr, r.ours.stderr]) {
       expect(out).toMatch(/^cannot build on 'ssh:\/\/127\.0\.0\.1': .*\n?.*ssh: connect to host 127\.0\.0\.1 port 1: Connection refused/m);
+      expect(out).not.toMatch(/^building /m);
     }
   });
 
@@ -156,10 +157,30 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
     const o = await realiseInProcess(['build', '--store', local('O', 'down'), ...args], { ...env, ...down });
     for (const r of [t, o]) {
       expect(r.stderr).toMatch(/^cannot build on 'ssh:\/\/127\.0\.0\.1': .*\n?.*ssh: connect to host 127\.0\.0\.1 port 1: Connection refused/m);
-      expect(r.stderr.split('\n')).toContain(`building '${drvs.plain}'...`);
+      // Built here only: the machine never took it, so no "building '…' on '…'" line (Nix says that once the machine accepted).
+      expect(r.stderr.split('\n').filter((l) => l.startsWith("building '"))).toEqual([`building '${drvs.plain}'...`]);
       expect(r.status).toBe(0);
     }
     expect(o.stdout).toBe(t.stdout);
+    // A faster machine that is down, then one that is up: the first is reported before the second takes the build.
+    const two = (s: string) => ['--builders', `ssh://127.0.0.1 - - 1 2; ${spec(s)}`, drvs.plain!];
+    for (const s of ['N', 'O']) nix('nix-instantiate', ['--store', local(s, 'two'), path.join(dir, 'e.nix'), '-A', 'plain'], { env });
+    const t2 = runNix('nix-store', ['--store', local('N', 'two'), '--realise', ...two('N')], { env: { ...env, ...down } });
+    const o2 = await realiseInProcess(['build', '--store', local('O', 'two'), ...two('O')], { ...env, ...down });
+    for (const [r, s] of [
+      [t2, 'N'],
+      [o2, 'O'],
+    ] as const) {
+      const lines = r.stderr.split('\n');
+      const failed = lines.findIndex((l) => l.startsWith("cannot build on 'ssh://127.0.0.1': "));
+      expect(failed, r.stderr).toBeGreaterThanOrEqual(0);
+      expect(
+        lines.filter((l) => l.startsWith("building '")),
+        r.stderr,
+      ).toEqual([on(s)]);
+      expect(lines.indexOf(on(s)), r.stderr).toBeGreaterThan(failed);
+      expect(r.status).toBe(0);
+    }
   });
 
   for (const scheme of ['ssh-ng', 'ssh'] as const) {
@@ -184,6 +205,10 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
       expect(hookError(theirs.stderr)).toContain('failed with exit code 3');
       expect(hookError(ours.stderr), ours.stderr).toBe(hookError(theirs.stderr)!.replaceAll(`${scheme}-N`, `${scheme}-O`));
       for (const line of ['line one', 'line two']) expect(ours.stderr.split('\n')).toContain(line);
+      // The machine takes the build ("building '…' on '…'"), then the input is copied there, as Nix's hook does.
+      const handOver = (stderr: string) => stderr.split('\n').filter((l) => /^building '.*-top\.drv' on |^copying path '.*-dep' to /.test(l));
+      expect(handOver(ours.stderr)).toEqual(handOver(theirs.stderr).map((l) => l.replaceAll(`${scheme}-N`, `${scheme}-O`)));
+      expect(handOver(ours.stderr)).toHaveLength(2);
       // The outputs copied back and the input copied there: the same rows (not ultimate where copied).
       const top = nix('nix-store', ['--store', local('N'), '-q', '--outputs', drvs.top!]);
       const rows = (store: string) =>
