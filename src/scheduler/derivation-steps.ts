@@ -25,8 +25,34 @@ interface OutputStatus {
   readonly wanted: boolean;
 }
 
-/** The outputs' statuses; `checked`: the valid ones among the static outputs, just asked for (no query then). */
-async function checkPathValidity(
+/**
+ * The outputs' statuses; `checked`: the valid ones among the static outputs, just asked for (no query then).
+ * Then, in the usual case (a normal build without `ca-derivations`), there is nothing to wait for: the
+ * statuses are returned as they are, not as a promise.
+ */
+function checkPathValidity(
+  w: Worker,
+  view: DrvView,
+  wanted: Set<string> | undefined,
+  mode: BuildMode,
+  checked?: ReadonlySet<StorePath>,
+): OutputStatus[] | Promise<OutputStatus[]> {
+  if (checked && view.staticOutputs && mode !== 'repair' && !w.ctx.options.experimentalFeatures.includes('ca-derivations')) {
+    return statusesOf(view, view.staticOutputs, checked, wanted);
+  }
+  return checkPathValidityAsync(w, view, wanted, mode, checked);
+}
+
+function statusesOf(view: DrvView, known: ReadonlyMap<string, StorePath>, valid: ReadonlySet<StorePath>, wanted: Set<string> | undefined): OutputStatus[] {
+  const out: OutputStatus[] = [];
+  for (const name of view.outputs.keys()) {
+    const p = known.get(name);
+    out.push({ name, path: p, valid: p !== undefined && valid.has(p), wanted: wanted === undefined || wanted.has(name) });
+  }
+  return out;
+}
+
+async function checkPathValidityAsync(
   w: Worker,
   view: DrvView,
   wanted: Set<string> | undefined,
@@ -36,13 +62,10 @@ async function checkPathValidity(
   const { store } = w.ctx;
   // Floating CA outputs are known by their realisations; input-addressed and fixed ones are in the .drv.
   const known = view.staticOutputs ?? (await knownOutputs(store, view));
-  const out: OutputStatus[] = [];
   const valid = checked && view.staticOutputs ? checked : await store.queryValidPaths(known.values());
-  for (const name of view.outputs.keys()) {
-    const p = known.get(name);
-    let ok = p !== undefined && valid.has(p);
-    if (ok && mode === 'repair') ok = await w.pathContentsGood(p!);
-    out.push({ name, path: p, valid: ok, wanted: wanted === undefined || wanted.has(name) });
+  const out = statusesOf(view, known, valid, wanted);
+  if (mode === 'repair') {
+    for (const [i, s] of out.entries()) if (s.valid) out[i] = { ...s, valid: await w.pathContentsGood(s.path!) };
   }
   if (w.ctx.options.experimentalFeatures.includes('ca-derivations')) {
     const staticValid = new Map<string, StorePath>();
@@ -113,7 +136,8 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
   }
 
   // 2. Which wanted outputs are missing?
-  let statuses = await checkPathValidity(w, view, wanted, mode, early?.valid);
+  const checking = checkPathValidity(w, view, wanted, mode, early?.valid);
+  let statuses = checking instanceof Promise ? await checking : checking;
   if (allWantedValid(statuses) && mode === 'normal') {
     return success('already-valid', outputsOf(statuses, true));
   }
@@ -158,16 +182,20 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
  * Temporary GC roots, as Nix: a concurrent garbage collector keeps the derivation and its outputs.
  * Recorded together where the store can (one write under one hold of the GC lock), else one by one.
  */
-async function addTempRoots(w: Worker, drvPath: StorePath, view: DrvView): Promise<void> {
+function addTempRoots(w: Worker, drvPath: StorePath, view: DrvView): Promise<void> | undefined {
   const { store } = w.ctx;
-  if (!store.addTempRoot) return;
+  if (!store.addTempRoot) return undefined;
   const roots = [drvPath];
   for (const spec of view.outputs.values()) {
     const p = knownPath(spec);
     if (p) roots.push(p);
   }
-  if (store.addTempRoots) await store.addTempRoots(roots);
-  else for (const p of roots) await store.addTempRoot(p);
+  if (store.addTempRoots) return store.addTempRoots(roots);
+  return oneByOne(roots, (p) => store.addTempRoot!(p));
+}
+
+async function oneByOne<T>(items: readonly T[], f: (item: T) => Promise<void>): Promise<void> {
+  for (const item of items) await f(item);
 }
 
 /**

@@ -166,20 +166,27 @@ function canBuildLocally(w: Worker, view: DrvView): boolean {
   return canBuildHere(view, w.ctx.options);
 }
 
-export async function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPlan): Promise<BuildResult> {
+export function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPlan): Promise<BuildResult> {
   // Remote builders first (the build hook), unless the derivation prefers local builds and can have them
   // (as Nix, not with maxJobs 0: then everything goes to the hook), or we repair/check.
   // Built-ins (system `builtin`) run in this engine and are never sent away.
   const { options } = w.ctx;
   const prefersHere = plan.preferLocal && options.maxJobs > 0 && canBuildLocally(w, view);
-  if (options.builders.length > 0 && plan.mode === 'normal' && !prefersHere && view.platform !== 'builtin') {
-    // Imported on first use: a call without builders never loads the remote protocols.
-    const { tryRemoteBuild } = await import('./remote-build.js');
-    const r = await plan.goal.blocked(tryRemoteBuild(w, view, plan.inputPaths));
-    if (r) return r;
-  }
+  if (options.builders.length > 0 && plan.mode === 'normal' && !prefersHere && view.platform !== 'builtin') return remoteOrHere(w, view, plan);
+  return buildHere(w, view, plan);
+}
+
+/** The build hook first; the build is local when no remote machine takes it. */
+async function remoteOrHere(w: Worker, view: DrvView, plan: LocalBuildPlan): Promise<BuildResult> {
+  // Imported on first use: a call without builders never loads the remote protocols.
+  const { tryRemoteBuild } = await import('./remote-build.js');
+  const r = await plan.goal.blocked(tryRemoteBuild(w, view, plan.inputPaths));
+  return r ?? buildHere(w, view, plan);
+}
+
+function buildHere(w: Worker, view: DrvView, plan: LocalBuildPlan): Promise<BuildResult> {
   const refused = refuseUnbuildable(w, view);
-  if (refused) return w.endCall(refused, view.drvPath);
+  if (refused) return Promise.resolve(w.endCall(refused, view.drvPath));
   return buildInRounds(w, view, plan);
 }
 
@@ -426,6 +433,14 @@ interface BuilderRun {
 
 type Times = { readonly startTime: number; readonly stopTime: number };
 
+/** The builder's environment, or how the round ended before its builder ran. */
+type EnvStep = { kind: 'env'; env: Record<string, string> } | FailedRound | EndedRound;
+
+/** The files of a build directory, one after the other. */
+async function writeFiles(dir: string, files: ReadonlyMap<string, string>): Promise<void> {
+  for (const [name, contents] of files) await fsp.writeFile(path.join(dir, name), contents);
+}
+
 /**
  * One round of a local build, in its steps (Nix's startBuilder → buildDone → registerOutputs): plan the
  * scratch outputs, prepare the build directory, write the environment, run the builder, classify its exit,
@@ -451,7 +466,8 @@ async function runOneRound(
   if (dir instanceof BuildSetupError) return { kind: 'ended', result: w.endCall(dir, view.drvPath) };
   const r = new LocalRound(w, view, plan, round, sandbox, outs, dir);
   try {
-    const env = await r.writeEnvironment();
+    const writing = r.writeEnvironment();
+    const env = writing instanceof Promise ? await writing : writing;
     if (env.kind !== 'env') {
       releaseSlot();
       return env;
@@ -776,19 +792,25 @@ class LocalRound {
   /**
    * The builder's environment and the files in its build directory. A bad exportReferencesGraph rejects
    * the build's inputs (Nix's InputRejected), as a failed round that stops the call before its slot is
-   * handed on.
+   * handed on. Without anything to wait for (no graph to query, no file to write: the usual case) the
+   * step is returned as it is, not as a promise.
    */
-  async writeEnvironment(): Promise<{ kind: 'env'; env: Record<string, string> } | FailedRound | EndedRound> {
-    const { w, view, plan, dir } = this;
-    const { store, options } = w.ctx;
-    let erg: Awaited<ReturnType<typeof exportReferencesGraph>>;
+  writeEnvironment(): EnvStep | Promise<EnvStep> {
+    const { w, view, plan } = this;
+    // A malformed attribute Nix throws out of the build as a plain Error: it ends the call.
+    const ended = (e: unknown): EndedRound => ({ kind: 'ended', result: w.endCall(asSetupError(e), view.drvPath) });
+    let asked: ReturnType<typeof exportReferencesGraph>;
     try {
-      const asked = exportReferencesGraph(w, view, plan.inputPaths);
-      erg = asked instanceof Promise ? await asked : asked;
+      asked = exportReferencesGraph(w, view, plan.inputPaths);
     } catch (e) {
-      // A malformed attribute Nix throws out of the build as a plain Error: it ends the call.
-      return { kind: 'ended', result: w.endCall(asSetupError(e), view.drvPath) };
+      return ended(e);
     }
+    return asked instanceof Promise ? asked.then((erg) => this.environmentWith(erg), ended) : this.environmentWith(asked);
+  }
+
+  private environmentWith(erg: Awaited<ReturnType<typeof exportReferencesGraph>>): EnvStep | Promise<EnvStep> {
+    const { w, view, dir } = this;
+    const { store, options } = w.ctx;
     if (isRejected(erg)) {
       w.noteFailure(view.drvPath);
       return this.fail(erg.status, { message: erg.message });
@@ -811,8 +833,8 @@ class LocalRound {
       env.NIX_ATTRS_SH_FILE = `${dir.top}/.attrs.sh`;
       env.NIX_ATTRS_JSON_FILE = `${dir.top}/.attrs.json`;
     }
-    for (const [name, contents] of files) await fsp.writeFile(path.join(dir.dir, name), contents);
-    return { kind: 'env', env };
+    if (files.size === 0) return { kind: 'env', env };
+    return writeFiles(dir.dir, files).then(() => ({ kind: 'env', env }));
   }
 
   /**

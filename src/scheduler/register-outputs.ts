@@ -6,9 +6,9 @@
  * registering the content under its true path) and move it into place, then check (outputChecks), compare
  * (check mode; between rounds) and register in one transaction.
  */
-import { lstatSync, promises as fsp, readFileSync } from 'node:fs';
+import { lstatSync, promises as fsp, readFileSync, type Stats } from 'node:fs';
 import { canonicaliseFileSync, canonicalisePathMetaData, canonicalXattrOps, deleteTree, movePathSync } from '../store/canonicalise.js';
-import { loadedXattrOps } from '../store/xattrs.js';
+import { loadedXattrOps, type XattrOps } from '../store/xattrs.js';
 import '../platform/native-xattrs.js'; // the native operations that remove extended attributes
 import '../platform/native-optimise.js'; // the native loop of auto-optimise-store
 import { strerror } from '../store/system-error.js';
@@ -83,13 +83,16 @@ interface Scanned {
 const SMALL_FILE = 64 * 1024;
 
 export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promise<Registered | Rejected> {
-  const scanned = await scanOutputs(w, view, plan);
+  // (Each step returns its value as it is when it had nothing to wait for, the usual case: only promises are awaited.)
+  const scanning = scanOutputs(w, view, plan);
+  const scanned = scanning instanceof Promise ? await scanning : scanning;
   if (isRejected(scanned)) return scanned;
   const order = orderOutputs(view.drvPath, scanned);
   if (isRejected(order)) return order;
   const fin = new Finalised(w, view, plan);
   for (const name of order) {
-    const bad = await fin.finalise(scanned.get(name)!);
+    const finalising = fin.finalise(scanned.get(name)!);
+    const bad = finalising instanceof Promise ? await finalising : finalising;
     if (bad) return bad;
   }
   if (plan.mode === 'check') return compareWithRegistered(w, view, plan, fin);
@@ -106,20 +109,74 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
   return registerRound(w, view, plan, fin);
 }
 
-/** Scan: each output exists, is not group/world writable, is canonicalised and scanned for references. */
-async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promise<Map<string, Scanned> | Rejected> {
+/**
+ * Scan: each output exists, is not group/world writable, is canonicalised and scanned for references.
+ * Outputs that are all small regular files of a derivation that is not fixed-output (the usual case) are
+ * scanned without an asynchronous step: the result is returned as it is, not as a promise.
+ */
+function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Map<string, Scanned> | Rejected | Promise<Map<string, Scanned> | Rejected> {
+  const xattrs = loadedXattrOps();
+  if (!xattrs || view.isFixedOutput) return scanOutputsAsync(w, view, plan, xattrs);
+  const { store } = w.ctx;
+  const candidates = [...plan.inputPaths, ...plan.scratch.values()];
+  const scanned = new Map<string, Scanned>();
+  const stats: Stats[] = [];
+  for (const name of view.outputs.keys()) {
+    const st = lstatSync(store.toRealPath(plan.scratch.get(name)!), { throwIfNoEntry: false });
+    // Anything but a small file that passes the permission check: the whole scan takes the general way.
+    if (!st || !st.isFile() || st.size > SMALL_FILE || (st.mode & 0o022) !== 0) return scanOutputsAsync(w, view, plan, xattrs);
+    stats.push(st);
+  }
+  let i = 0;
+  for (const name of view.outputs.keys()) {
+    const scratch = plan.scratch.get(name)!;
+    const r = scanSmallFile(store, name, scratch, store.toRealPath(scratch), shownPath(store, view, plan, scratch), stats[i++]!, xattrs, candidates);
+    if (isRejected(r)) return r;
+    scanned.set(name, r);
+  }
+  return scanned;
+}
+
+/**
+ * Where Nix names the output in messages: inside the build's chroot (`<drv>.chroot/<store path>`) when it
+ * ran in the sandbox, as Nix looks for it there (ours are moved out already).
+ */
+function shownPath(store: Worker['ctx']['store'], view: DrvView, plan: RegisterPlan, scratch: StorePath): string {
+  return plan.isolated ? `${store.toRealPath(view.drvPath)}.chroot${scratch}` : store.toRealPath(scratch);
+}
+
+/** The fast path for a small regular file: canonicalise, read once, keep the NAR for the scan and the hash. */
+function scanSmallFile(
+  store: Worker['ctx']['store'],
+  name: string,
+  scratch: StorePath,
+  real: string,
+  shown: string,
+  st: Stats,
+  xattrs: XattrOps | undefined,
+  candidates: readonly StorePath[],
+): Scanned | Rejected {
+  const isExec = (st.mode & 0o100) !== 0;
+  let nar: Buffer;
+  try {
+    canonicaliseFileSync(real, st, xattrs, store.ignoredAcls);
+    nar = narOfRegularFile(readFileSync(real), isExec);
+  } catch (e) {
+    return rejected('output-rejected', (e as Error).message);
+  }
+  return { name, scratch, real, shown, refs: scanBufferForReferences(nar, candidates), isReg: true, isExec, nar };
+}
+
+async function scanOutputsAsync(w: Worker, view: DrvView, plan: RegisterPlan, loaded: XattrOps | undefined): Promise<Map<string, Scanned> | Rejected> {
   const { store } = w.ctx;
   // Referenceable: the input closure and the scratch outputs.
   const candidates = [...plan.inputPaths, ...plan.scratch.values()];
   const scanned = new Map<string, Scanned>();
-  // (Loaded by an earlier build, the usual case: no promise to wait for.)
-  const xattrs = loadedXattrOps() ?? (await canonicalXattrOps());
+  const xattrs = loaded ?? (await canonicalXattrOps());
   for (const name of view.outputs.keys()) {
     const scratch = plan.scratch.get(name)!;
     const real = store.toRealPath(scratch);
-    // Where Nix names the output in these messages: inside the build's chroot (`<drv>.chroot/<store path>`)
-    // when it ran in the sandbox, as Nix looks for it there (ours are moved out already).
-    const shown = plan.isolated ? `${store.toRealPath(view.drvPath)}.chroot${scratch}` : real;
+    const shown = shownPath(store, view, plan, scratch);
     let st = lstatSync(real, { throwIfNoEntry: false });
     if (!st) {
       return rejected('misc-failure', `builder for '${view.drvPath}' failed to produce output path for output '${name}' at '${shown}'`);
@@ -134,15 +191,9 @@ async function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Promis
     }
     const isExec = (st.mode & 0o100) !== 0;
     if (st.isFile() && st.size <= SMALL_FILE) {
-      // Fast path: canonicalise, read once, keep the NAR for the scan and the hash.
-      let nar: Buffer;
-      try {
-        canonicaliseFileSync(real, st, xattrs, store.ignoredAcls);
-        nar = narOfRegularFile(readFileSync(real), isExec);
-      } catch (e) {
-        return rejected('output-rejected', (e as Error).message);
-      }
-      scanned.set(name, { name, scratch, real, shown, refs: scanBufferForReferences(nar, candidates), isReg: true, isExec, nar });
+      const r = scanSmallFile(store, name, scratch, real, shown, st, xattrs, candidates);
+      if (isRejected(r)) return r;
+      scanned.set(name, r);
       continue;
     }
     const bad = await canonicaliseOutput(real, shown, store.ignoredAcls);
@@ -252,13 +303,24 @@ class Finalised {
     private readonly plan: RegisterPlan,
   ) {}
 
-  /** Finalise one output by its kind and move it into place; resolves with its rejection, if any. */
-  async finalise(s: Scanned): Promise<Rejected | undefined> {
-    const { view, plan } = this;
+  /**
+   * Finalise one output by its kind and move it into place; its rejection, if any. An input-addressed output
+   * built at its own path from the fast path's NAR, with nothing to rewrite (the usual case), is finalised
+   * without an asynchronous step: the result is returned as it is, not as a promise.
+   */
+  finalise(s: Scanned): Rejected | undefined | Promise<Rejected | undefined> {
+    const { view } = this;
     const spec = view.outputs.get(s.name)!;
     // A deferred derivation is resolved (and the resolved one built) before any build: never here.
     if (spec.type === 'deferred')
       throw new RealiseError('bad-derivation', `output '${s.name}' of '${view.drvPath}' is deferred; the derivation must be resolved before it is built`);
+    if (spec.type !== 'input-addressed' || s.scratch !== spec.path || this.outputRewrites.size > 0 || !s.nar) return this.finaliseAsync(s, spec);
+    const info = this.infoOf(s, spec.path, Hash.of('sha256', s.nar), s.nar.length);
+    return this.moveIntoPlace(s, info)?.then(() => undefined);
+  }
+
+  private async finaliseAsync(s: Scanned, spec: Exclude<BuildableOutput, { type: 'deferred' }>): Promise<Rejected | undefined> {
+    const { plan } = this;
     // Already valid and not checking: keep the registered output, drop the rebuilt one (Nix's AlreadyRegistered).
     if (plan.mode === 'normal' && plan.round === 1 && spec.type !== 'floating' && s.scratch !== spec.path && (await this.w.ctx.store.isValidPath(spec.path))) {
       this.outputRewrites.set(storePathHashPart(s.scratch), storePathHashPart(spec.path));
@@ -298,9 +360,14 @@ class Finalised {
     // (Built at its final path with no other output rewritten, the usual case: nothing to rewrite.)
     if (this.outputRewrites.size > 0) await this.rewrite(s, this.outputRewrites);
     const { hash, size } = s.nar ? { hash: Hash.of('sha256', s.nar), size: s.nar.length } : await hashPath(s.real);
+    return this.infoOf(s, path, hash, size);
+  }
+
+  /** An input-addressed output's path info: its references with the outputs finalised so far at their final paths. */
+  private infoOf(s: Scanned, path: StorePath, narHash: Hash, narSize: number): PathInfo {
     const { self, refs } = this.rewrittenRefs(s);
     if (self) refs.push(path);
-    return { path, narHash: hash, narSize: size, references: refs.sort() };
+    return { path, narHash, narSize, references: refs.sort() };
   }
 
   /** A fixed or floating content-addressed output: its path from its content, hashed modulo its own scratch hash. */
