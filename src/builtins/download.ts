@@ -10,7 +10,8 @@ import { fileURLToPath } from 'node:url';
 import type { Agent, Dispatcher } from 'undici';
 import { undici } from '../substituter/undici.js';
 import { curlWords, isAbortError, statusReason } from '../substituter/curl-words.js';
-import { BuiltinFailure, hintfmt, plainMessage, type NixMessage } from './log.js';
+import { decompressStream } from '../substituter/compression.js';
+import { BuiltinFailure, errorShown, hintfmt, plainMessage, type NixMessage } from './log.js';
 import { netrcCredentials, type NetrcEntry } from './netrc.js';
 
 export interface DownloadOptions {
@@ -49,7 +50,8 @@ const ERROR_BODY_LIMIT = 1 << 16;
 
 /** Nix's FileTransferError text: the response body shown when it is short or looks like HTML. */
 function withBody(message: string, body: string | undefined): NixMessage {
-  if (body === undefined || !(body.length < 1024 || body.includes('<html>'))) return plainMessage(message);
+  // An empty body is no body (curl never handed Nix any of it).
+  if (!body || !(body.length < 1024 || body.includes('<html>'))) return plainMessage(message);
   const shown = body.replace(/[ \n\r\t]+$/, '');
   return { plain: `${message}\n\nresponse body:\n\n${shown}`, coloured: `${message}\n\nresponse body:\n\n\x1b[35;1m${shown}\x1b[0m` };
 }
@@ -78,7 +80,13 @@ export async function download(url: string, consume: (body: AsyncIterable<Uint8A
     if (r.ok) return;
     if (!r.error.transient || attempt >= opts.attempts || opts.signal.aborted) throw r.error;
     const ms = Math.floor(base * 2 ** (attempt - 1 + Math.random() * 0.5));
-    opts.onWarning(plainMessage(`${r.error.message}; retrying in ${ms} ms`));
+    // Nix warns with the error as it shows it (`warning: error: …`, in the log with its later lines
+    // indented; the plain text is the message's, which whoever prints the warning indents).
+    const shown = errorShown(r.error.nixMessage);
+    opts.onWarning({
+      plain: `error: ${r.error.nixMessage.plain.replace(/\s+$/, '')}; retrying in ${ms} ms`,
+      coloured: `${shown.coloured}; retrying in ${ms} ms`,
+    });
     await new Promise<void>((resolve) => {
       const t = setTimeout(done, ms);
       function done() {
@@ -174,23 +182,26 @@ function transientStatus(code: number): boolean {
   return !(code === 501 || code === 505 || code === 511);
 }
 
-/** Where one hop of `url` goes, or why it cannot be fetched (curl's words). */
-function hopUrl(url: string, current: string): URL | Attempt {
+/**
+ * Where one hop of `url` goes, or why it cannot be fetched (curl's words; after a redirect, `redirected`,
+ * Nix names the redirect's HTTP status first).
+ */
+function hopUrl(url: string, current: string, redirected?: Dispatcher.ResponseData): URL | Attempt {
   try {
     const u = new URL(current);
     if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error(`unsupported protocol ${u.protocol}`);
     return u;
   } catch (e) {
     const unsupported = /^[a-z][a-z0-9+.-]*:/i.test(current) && !/^https?:/i.test(current);
-    return {
-      ok: false,
-      error: new DownloadError(
-        plainMessage(`unable to download '${url}': ${unsupported ? 'Unsupported protocol (1)' : 'URL using bad/illegal format or missing URL (3)'}`),
-        false,
-        { cause: e },
-      ),
-    };
+    const words = unsupported ? 'Unsupported protocol' : 'URL using bad/illegal format or missing URL';
+    const message = redirected ? `${httpError(url, redirected)} (curl error: ${words})` : `unable to download '${url}': ${words} (${unsupported ? 1 : 3})`;
+    return { ok: false, error: new DownloadError(plainMessage(message), false, { cause: e }) };
   }
+}
+
+/** Nix's words for a response with HTTP status `res.statusCode` (curl's error, if any, follows them). */
+function httpError(url: string, res: Dispatcher.ResponseData): string {
+  return `unable to download '${url}': HTTP error ${res.statusCode} ('${res.statusText || statusReason(res.statusCode) || ''}')`;
 }
 
 /** The request headers for `u`: basic authentication from its user info or .netrc, which leaves `u`. */
@@ -222,8 +233,9 @@ function dispatcherFor(u: URL, opts: DownloadOptions, proxies: Dispatcher[]): Di
 /** GET `url`, following up to 10 redirects as curl does; the final response, or why there is none. */
 async function requestFollowingRedirects(url: string, opts: DownloadOptions, proxies: Dispatcher[]): Promise<Dispatcher.ResponseData | Attempt> {
   let current = url;
+  let redirected: Dispatcher.ResponseData | undefined;
   for (let hop = 0; ; hop++) {
-    const u = hopUrl(url, current);
+    const u = hopUrl(url, current, redirected);
     if (!(u instanceof URL)) return u;
     const headers = requestHeaders(u, opts.netrc);
     let res: Dispatcher.ResponseData;
@@ -234,8 +246,12 @@ async function requestFollowingRedirects(url: string, opts: DownloadOptions, pro
       return { ok: false, error: new DownloadError(plainMessage(`unable to download '${url}': ${curlWords(e)}`), true, { cause: e }) };
     }
     const location = res.headers.location;
-    if (![301, 302, 303, 307, 308].includes(res.statusCode) || typeof location !== 'string' || hop >= 10) return res;
+    if (![301, 302, 303, 307, 308].includes(res.statusCode) || typeof location !== 'string') return res;
     await res.body.dump().catch(() => undefined);
+    // curl follows 10 (Nix's CURLOPT_MAXREDIRS); the next one is an error that is not retried.
+    if (hop >= 10)
+      return { ok: false, error: new DownloadError(plainMessage(`${httpError(url, res)} (curl error: Number of redirects hit maximum amount)`), false) };
+    redirected = res;
     current = new URL(location, u).toString();
   }
 }
@@ -248,23 +264,69 @@ async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) 
     const status = res.statusCode;
     if (!(status === 200 || status === 201 || status === 204 || status === 206 || status === 304)) {
       const body = await readSome(res.body);
-      const reason = res.statusText || statusReason(status) || '';
-      return {
-        ok: false,
-        error: new DownloadError(withBody(`unable to download '${url}': HTTP error ${status} ('${reason}')`, body), transientStatus(status)),
-      };
+      return { ok: false, error: new DownloadError(withBody(httpError(url, res), body), transientStatus(status)) };
     }
     const lengthHeader = res.headers['content-length'];
     const expected = typeof lengthHeader === 'string' && /^\d+$/.test(lengthHeader) ? Number(lengthHeader) : 0;
     const body = res.body;
-    const failure = (e: unknown) => new DownloadError(plainMessage(`unable to download '${url}': ${curlWords(e)}`), false, { cause: e });
-    await consumeCounted(consume, body as AsyncIterable<Buffer>, expected, url, opts, failure, () => {
-      if (!body.destroyed) body.destroy();
-    });
+    let received = 0;
+    const failure = (e: unknown) =>
+      // The connection ended before the announced length: curl's "partial file", after the status.
+      expected > 0 && received < expected && (e as { code?: string }).code !== 'UND_ERR_BODY_TIMEOUT'
+        ? new DownloadError(plainMessage(`${httpError(url, res)} (curl error: Transferred a partial file)`), false, { cause: e })
+        : new DownloadError(plainMessage(`unable to download '${url}': ${curlWords(e)}`), false, { cause: e });
+    const encoding = res.headers['content-encoding'];
+    await consumeCounted(
+      (raw) => consume(contentDecoded(typeof encoding === 'string' ? encoding.trim() : '', raw)),
+      (async function* () {
+        for await (const chunk of body as AsyncIterable<Buffer>) {
+          received += chunk.length;
+          yield chunk;
+        }
+      })(),
+      expected,
+      url,
+      opts,
+      failure,
+      () => {
+        if (!body.destroyed) body.destroy();
+      },
+    );
     return { ok: true };
   } finally {
     for (const p of proxies) void p.close().catch(() => undefined);
   }
+}
+
+/** Magic numbers of the compressions libarchive finds in data by itself. */
+const MAGICS: Array<[string, number[]]> = [
+  ['xz', [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]],
+  ['gzip', [0x1f, 0x8b]],
+  ['bzip2', [0x42, 0x5a, 0x68]],
+  ['zstd', [0x28, 0xb5, 0x2f, 0xfd]],
+];
+
+/**
+ * The body decoded by its `Content-Encoding`, as Nix's transfers do (builtin:fetchurl too): none for
+ * `none` or no header, xz, bzip2 and br by name; any other name is left to libarchive, which decodes what
+ * it recognises from the first bytes (gzip, xz, bzip2, zstd) and passes anything else through.
+ */
+async function* contentDecoded(encoding: string, body: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  if (encoding === '' || encoding === 'none') return yield* body;
+  if (encoding === 'xz' || encoding === 'bzip2' || encoding === 'br') return yield* decompressStream(encoding, body);
+  const it = body[Symbol.asyncIterator]();
+  let head = Buffer.alloc(0);
+  while (head.length < 6) {
+    const r = await it.next();
+    if (r.done) break;
+    head = Buffer.concat([head, r.value]);
+  }
+  const rest = (async function* () {
+    if (head.length > 0) yield head;
+    for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
+  })();
+  const found = MAGICS.find(([, magic]) => head.length >= magic.length && magic.every((b, i) => head[i] === b));
+  yield* found ? decompressStream(found[0], rest) : rest;
 }
 
 /** The start of an error response's body (as text), or undefined when it cannot be read. */

@@ -71,14 +71,21 @@ function chomp(s: string): string {
 
 /** Nix's showErrorInfo for an error without position: the `error:` prefix, further lines indented under it. */
 export function errorLogText(message: NixMessage): string {
-  const prefix = `${ANSI_RED}error:${ANSI_NORMAL} `;
+  return errorShown(message).coloured + '\n';
+}
+
+/**
+ * An error as Nix shows it (its `what()`: `error:` in red, further lines indented, no final newline), in
+ * both forms: Nix's warnings about an error (`warning: error: …; retrying in 250 ms`) quote it so.
+ */
+export function errorShown(message: NixMessage): NixMessage {
   const rest = ' '.repeat('error: '.length);
-  return (
-    chomp(message.coloured)
+  const show = (text: string, prefix: string) =>
+    chomp(text)
       .split('\n')
       .map((line, i) => chomp((i === 0 ? prefix : rest) + line))
-      .join('\n') + '\n'
-  );
+      .join('\n');
+  return { plain: show(message.plain, 'error: '), coloured: show(message.coloured, `${ANSI_RED}error:${ANSI_NORMAL} `) };
 }
 
 /** Nix's warn() through the JSON logger. */
