@@ -140,4 +140,4 @@ const result = await build({
 if (process.argv[2]) writeFileSync(path.join(outdir, 'meta.json'), JSON.stringify(result.metafile));
 
 // The worker scripts and C sources, next to the bundle, which names them relative to its own URL.
-copyAssets(outdir, ['.cjs', '.c'], { flat: true });
+copyAssets(outdir, ['.cjs', '.c', '.h'], { flat: true });

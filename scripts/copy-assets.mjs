@@ -1,7 +1,8 @@
 // Copies the files of src/ that are not TypeScript and that modules read at run time next to themselves
-// (through `new URL('./x', import.meta.url)`): the C sources compiled on the user's machine (.c) and the
-// plain worker-thread scripts (.cjs). Into dist/ at the same relative paths after `tsc` (which emits the
-// .cjs itself but not the .c), and flat into the bundle's one directory (scripts/bundle-cli.mjs).
+// (through `new URL('./x', import.meta.url)`): the C sources compiled on the user's machine (.c, and the
+// .h they include) and the plain worker-thread scripts (.cjs). Into dist/ at the same relative paths after
+// `tsc` (which emits the .cjs itself but not the C files), and flat into the bundle's one directory
+// (scripts/bundle-cli.mjs).
 //   node scripts/copy-assets.mjs         (part of `npm run build` and `prepare`: src/ → dist/)
 import { copyFileSync, mkdirSync, readdirSync } from 'node:fs';
 import * as path from 'node:path';
@@ -36,4 +37,4 @@ export function copyAssets(outdir, exts, { flat = false } = {}) {
   }
 }
 
-if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) copyAssets(path.join(root, 'dist'), ['.c']);
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) copyAssets(path.join(root, 'dist'), ['.c', '.h']);

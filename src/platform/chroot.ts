@@ -100,6 +100,8 @@ export interface SkeletonState {
   readonly checks: readonly InodeCheck[];
   /** `checks` encoded for the native check (see encodeChecks). */
   readonly spec: Buffer;
+  /** `spec` in hexadecimal, for the sandbox helper's arguments (see ChrootPool.handOver). */
+  readonly specHex: string;
   /** Empty directories in the store dir left as mount points by earlier builds (names). */
   readonly mountpoints: Set<string>;
 }
@@ -363,7 +365,8 @@ function snapshotSkeleton(root: string, key: string, opts: PrepareChrootOptions)
     for (const n of names ?? []) walk(rel ? `${rel}/${n}` : n);
   };
   walk('');
-  return { key, opts, store, checks, spec: encodeChecks(checks), mountpoints: new Set() };
+  const spec = encodeChecks(checks);
+  return { key, opts, store, checks, spec, specHex: spec.toString('hex'), mountpoints: new Set() };
 }
 
 /** Flags of an inode in the encoded checks (SK_* in xattr-addon.c). */
@@ -445,6 +448,15 @@ export interface ChrootLeftovers {
   readonly storeFiles: readonly string[];
   /** Directories left in the store dir as mount points (names). */
   readonly storeMountpoints: ReadonlySet<string>;
+}
+
+/** A skeleton whose check after its build the sandbox helper makes (see ChrootPool.handOver). */
+export interface SkeletonHandOver {
+  /** Where the helper renames it when unchanged: a name beside the chroot, in the pool. */
+  readonly dir: string;
+  readonly sk: SkeletonState;
+  /** The pool's generation when it was handed over: a drain since means it is discarded. */
+  readonly generation: number;
 }
 
 /** A skeleton back from a build, waiting for its check (ChrootPool.recycle). */
@@ -543,7 +555,12 @@ export class ChrootPool {
     while (this.#inflight.size > 0) await Promise.all([...this.#inflight]);
   }
 
-  take(opts: PrepareChrootOptions): ChrootLayout {
+  /**
+   * A skeleton for a build like `opts`, renamed into place. `placed`: also look up the root's ctime then
+   * (ChrootLayout.placedCtimeNs), for the check after the build; not needed when the sandbox helper makes
+   * that check (see handOver), which looks it up itself before the builder starts.
+   */
+  take(opts: PrepareChrootOptions, { placed = true }: { readonly placed?: boolean } = {}): ChrootLayout {
     const key = this.#keyOf(opts);
     const list = this.#listOf(key);
     let layout: ChrootLayout | undefined;
@@ -562,7 +579,7 @@ export class ChrootPool {
         renameIntoPlace(dir, opts.root);
         // The rename set the root's ctime (as ext4, xfs, btrfs and tmpfs do); where it does not, the
         // root's older ctime only makes the check after the build look at more.
-        const placedCtimeNs = fs.lstatSync(opts.root, { bigint: true }).ctimeNs;
+        const placedCtimeNs = placed ? fs.lstatSync(opts.root, { bigint: true }).ctimeNs : undefined;
         layout = { root: opts.root, storeDir: path.join(opts.root, opts.storeDir), skeleton: sk, placedCtimeNs };
       } catch {
         discardTree(dir);
@@ -609,6 +626,44 @@ export class ChrootPool {
     const r: Recycling = { dir, sk, leftovers, placed: layout.placedCtimeNs, generation: this.#generation, done: false };
     this.#checkingOf(sk.key).push(r);
     this.#track(new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.#check(r)));
+  }
+
+  /**
+   * Before a build whose sandbox helper checks the skeleton itself once the builder is gone, instead of
+   * recycle() after the build (sandbox-helper.c, recycleSkeleton: the check of skeletonUnchangedArgs, the
+   * same C code, in the build's own process, through descriptors of the chroot's root and its parent opened
+   * before the builder started, with the caller's rights alone): the name beside the chroot that the helper
+   * renames an unchanged skeleton to, or undefined when it is not to go back to the pool (none of ours, or
+   * the pool is full). Then handBack() after the build.
+   */
+  handOver(layout: ChrootLayout): SkeletonHandOver | undefined {
+    const sk = layout.skeleton;
+    const list = sk && this.#ready.get(sk.key);
+    if (!sk || !list || list.length >= this.#size * 2 + 2) return undefined;
+    const dir = pooledDir(layout.root);
+    ChrootPool.#all.add(dir);
+    return { dir, sk, generation: this.#generation };
+  }
+
+  /**
+   * After a build given handOver(): the skeleton is in the pool at once when the helper reported it kept
+   * (unchanged, at `h.dir`) and no drain came since; else it is discarded, from the chroot's name where
+   * the helper leaves one it did not keep, and from `h.dir` (a build stopped between the helper's rename and
+   * its report). Returns what discardTree() says about the chroot's name (see there).
+   */
+  handBack(layout: ChrootLayout, h: SkeletonHandOver, leftovers: ChrootLeftovers, kept: boolean): string | undefined {
+    if (kept && h.generation === this.#generation) {
+      h.sk.mountpoints.clear();
+      for (const m of leftovers.storeMountpoints) h.sk.mountpoints.add(m);
+      this.#states.set(h.dir, h.sk);
+      this.#listOf(h.sk.key).push(h.sk);
+      return undefined;
+    }
+    ChrootPool.#all.delete(h.dir);
+    // The chroot's name first: once it is gone, the helper (stopped or not) can no longer rename it to h.dir.
+    const left = kept ? undefined : discardTree(layout.root);
+    discardTree(h.dir);
+    return left;
   }
 
   #checkingOf(key: string): Recycling[] {

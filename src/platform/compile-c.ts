@@ -1,9 +1,9 @@
 /**
  * The native pieces realise builds on the user's machine from the C files shipped beside this module
- * (sandbox-helper.c, xattr-addon.c): compiled once with the system C compiler into a cache directory,
- * named by a hash of source, architecture and flags so that an upgrade rebuilds them. The .c files sit
- * next to the module that reads them in every layout: src/platform (tsx), dist/platform (copied by
- * scripts/copy-assets.mjs) and dist/bundle (copied by scripts/bundle-cli.mjs).
+ * (sandbox-helper.c, xattr-addon.c, and skeleton-check.h, which both include): compiled once with the
+ * system C compiler into a cache directory, named by a hash of source, architecture and flags so that an
+ * upgrade rebuilds them. The C files sit next to the module that reads them in every layout: src/platform
+ * (tsx), dist/platform (copied by scripts/copy-assets.mjs) and dist/bundle (copied by scripts/bundle-cli.mjs).
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -26,7 +26,11 @@ export function defaultHelperCacheDir(): string {
 
 const sources = new Map<string, string>();
 
-/** The text of one of the C files shipped beside this module (read once per process). */
+/**
+ * The text of one of the C files shipped beside this module (read once per process), with the text of each
+ * header of ours it includes (`#include "x.h"`, shipped beside it too) in place of that line: it is
+ * compiled from elsewhere, and the cached build's name then covers the header as well.
+ */
 export function cSource(file: string): string {
   let text = sources.get(file);
   if (text === undefined) {
@@ -38,6 +42,7 @@ export function cSource(file: string): string {
         cause: e,
       });
     }
+    text = text.replace(/^#include "([\w.-]+\.h)"$/gm, (_line, header: string) => cSource(header));
     sources.set(file, text);
   }
   return text;

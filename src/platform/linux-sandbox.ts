@@ -36,6 +36,7 @@ import {
   type ChrootLayout,
   type ChrootLeftovers,
   type PrepareChrootOptions,
+  type SkeletonHandOver,
 } from './chroot.js';
 import { nixSeccompFilter } from './seccomp.js';
 import { spawnMerged } from './spawn-merged.js';
@@ -309,16 +310,20 @@ export class LinuxSandbox implements Sandbox {
     if (opts.signal?.aborted) return { kind: 'aborted' };
     const chrootOpts = this.#chrootOptions(request, backend);
     const { root } = chrootOpts;
-    const layout = this.#pool ? this.#pool.take(chrootOpts) : prepareChroot(chrootOpts);
+    // On the helper server, the build's process checks the skeleton after the build (see ChrootPool.handOver).
+    const onServer = backend.kind === 'helper' && this.#options.server !== false;
+    const layout = this.#pool ? this.#pool.take(chrootOpts, { placed: !onServer }) : prepareChroot(chrootOpts);
     let exit: SandboxExit | undefined;
     let leftovers: ChrootLeftovers | undefined;
-    const outputs: OutputsMoved = { all: false };
+    let handOver: SkeletonHandOver | undefined;
+    const outputs: OutputsMoved = { all: false, kept: false };
     try {
       const binds = await this.#binds(request, layout, backend.kind === 'helper');
       leftovers = backend.kind === 'helper' && this.#recyclable(request) ? this.#leftovers(request, layout, binds) : undefined;
+      if (onServer && leftovers) handOver = this.#pool?.handOver(layout);
       exit =
         backend.kind === 'helper'
-          ? await this.#runHelper(backend.exe, request, opts, root, binds, chrootOpts, outputs)
+          ? await this.#runHelper(backend.exe, request, opts, root, binds, chrootOpts, outputs, handOver && leftovers && { handOver, leftovers })
           : await this.#runBwrap(backend.exe, request, opts, root, binds, chrootOpts);
       return exit;
     } catch (e) {
@@ -330,11 +335,12 @@ export class LinuxSandbox implements Sandbox {
       } finally {
         // Reuse the skeleton only when the builder ran to its end (so nothing of it can still write
         // into the chroot; after an abort it may take a moment to die).
-        if (this.#pool && leftovers && (exit?.kind === 'exited' || exit?.kind === 'signalled')) this.#pool.recycle(layout, leftovers);
-        else {
-          const left = discardTree(root);
-          if (left !== undefined) opts.onIgnoredError?.(`error: ${left}`);
-        }
+        const ended = exit?.kind === 'exited' || exit?.kind === 'signalled';
+        let left: string | undefined;
+        if (handOver && leftovers) left = this.#pool?.handBack(layout, handOver, leftovers, ended && outputs.kept);
+        else if (this.#pool && leftovers && ended) this.#pool.recycle(layout, leftovers);
+        else left = discardTree(root);
+        if (left !== undefined) opts.onIgnoredError?.(`error: ${left}`);
       }
     }
   }
@@ -450,6 +456,7 @@ export class LinuxSandbox implements Sandbox {
     binds: Map<string, Bind>,
     ids: Pick<PrepareChrootOptions, 'uid' | 'gid' | 'kvm'>,
     outputs: OutputsMoved,
+    recycle: { readonly handOver: SkeletonHandOver; readonly leftovers: ChrootLeftovers } | undefined,
   ): Promise<SandboxExit> {
     const { uid, gid } = ids;
     const a: string[] = [
@@ -474,6 +481,12 @@ export class LinuxSandbox implements Sandbox {
     // server mode tells whether there is any, see ServerRunRequest.onOutputsLeft).
     a.push('--real-store-dir', request.realStoreDir);
     for (const o of request.outputPaths) a.push('--output', path.basename(o));
+    if (recycle) {
+      // Names in the store dir hold no '/': the helper's lists are '/'-separated.
+      const { handOver, leftovers } = recycle;
+      a.push('--recycle-to', path.basename(handOver.dir), '--skeleton-spec', handOver.sk.specHex, '--skeleton-files', leftovers.storeFiles.join('/'));
+      a.push('--skeleton-mounts', [...leftovers.storeMountpoints].join('/'));
+    }
     a.push(...helperBindArgs(request, binds, ids.kvm === true));
     const filter = this.#filter;
     if (this.#options.server !== false) {
@@ -524,6 +537,9 @@ export class LinuxSandbox implements Sandbox {
         onSetUp: opts.onSetUp,
         onOutputsLeft: () => {
           left = true;
+        },
+        onSkeletonKept: () => {
+          outputs.kept = true;
         },
         drvPath: request.drvPath,
       });
@@ -615,9 +631,13 @@ export class LinuxSandbox implements Sandbox {
   }
 }
 
-/** Whether the helper moved every output the builder made out of the chroot (then moveOutputsOut is not needed). */
+/**
+ * Whether the helper moved every output the builder made out of the chroot (then moveOutputsOut is not
+ * needed), and whether it kept the chroot's skeleton for the pool (see ChrootPool.handOver).
+ */
 interface OutputsMoved {
   all: boolean;
+  kept: boolean;
 }
 
 /** Run Nix's `pre-build-hook` (`HOOK DRV CHROOTDIR`) and parse its `extra-sandbox-paths` output. */

@@ -7,7 +7,11 @@
             --store-dir DIR (inside: bound onto itself as a shared mount, as Nix does)
             --real-store-dir DIR --output NAME... (once the builder is gone, its outputs NAME, if there,
               are renamed from the chroot's store dir to DIR; what cannot be is left for the caller)
-   Status (on --status-fd, one line): "exit N", "signal N" or "error MESSAGE". */
+            --recycle-to NAME --skeleton-spec HEX --skeleton-files A/B/... --skeleton-mounts C/D/...
+              (then, if every output was moved: the chroot, a pooled skeleton, is checked as ChrootPool
+              in chroot.ts describes (skeleton-check.h: the files unlinked from its store dir first, the
+              mounts the directories it may keep) and, unchanged, renamed to NAME beside it: "kept")
+   Status (on --status-fd, one line): "exit N", "signal N" or "error MESSAGE"; "kept" before the first two. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -42,6 +46,7 @@
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
+#include "skeleton-check.h"
 
 struct bind { const char *src, *dst; int ro, optional, link, linked; };
 static struct bind binds[4096];
@@ -52,6 +57,13 @@ static int noutputs;
 static int chrootStoreFd = -1, realStoreFd = -1; /* see moveOutputsOut */
 static int tooManyOutputs; /* outputs past the first 64, left for the caller */
 static int outputsLeft; /* moveOutputsOut may have left an output in the chroot */
+/* A pooled skeleton to check and keep after the build (see recycleSkeleton): the name it goes to in the
+   real store dir, its reference state (hex), the names of the build's files in its store dir and of the
+   directories it may keep there ('/'-separated). */
+static const char *recycleTo, *skeletonSpec, *skeletonFiles = "", *skeletonMounts = "";
+static int chrootRootFd = -1, chrootParentFd = -1; /* the chroot's root and the directory it is in (see openStoreDirs) */
+static int64_t placedNs; /* its ctime then: the rename into place (see skeletonCheckAt) */
+static struct skeletonIds skIds; /* our ids outside and inside the user namespace (prepare) */
 static int uidIn = 1000, gidIn = 100, keepNet, seccompFd = -1, statusFd = -1, linux32;
 static int errPipe[2];
 static int failQuiet; /* a warm process that cannot get ready just exits */
@@ -323,6 +335,10 @@ static int parseArgs(int argc, char **argv, int i) {
       if (noutputs < (int)(sizeof outputs / sizeof *outputs)) outputs[noutputs++] = argv[i];
       else tooManyOutputs = 1;
     }
+    else if (!strcmp(a, "--recycle-to") && i + 1 < argc) recycleTo = argv[++i];
+    else if (!strcmp(a, "--skeleton-spec") && i + 1 < argc) skeletonSpec = argv[++i];
+    else if (!strcmp(a, "--skeleton-files") && i + 1 < argc) skeletonFiles = argv[++i];
+    else if (!strcmp(a, "--skeleton-mounts") && i + 1 < argc) skeletonMounts = argv[++i];
     else if (!strcmp(a, "--shm-size") && i + 1 < argc) shmSize = argv[++i];
     else if (!strcmp(a, "--seccomp-fd") && i + 1 < argc) seccompFd = atoi(argv[++i]);
     else if (!strcmp(a, "--status-fd") && i + 1 < argc) statusFd = atoi(argv[++i]);
@@ -562,6 +578,7 @@ static void prepare(void) {
   if (tcsetattr(slave, TCSANOW, &term)) fail("putting pseudoterminal into raw mode");
 
   uid_t hostUid = getuid(); gid_t hostGid = getgid();
+  skIds = (struct skeletonIds) { uidIn, hostUid, gidIn, hostGid };
   hostRoot = hostUid == 0;
   if (hostUid == 0) setgroups(0, 0);
   if (!keepNet) netJoin();
@@ -588,15 +605,50 @@ static int builderMain(void *cmd) {
   return 125;
 }
 
-/* The chroot's store dir and the real one, opened before the builder mounts and pivots (our root becomes
-   the chroot's then): the outputs are moved through these. */
+/* See openStoreDirs; and the root's ctime before the builder starts: any change it makes sets a ctime at or
+   after this one. */
+static void openSkeleton(void) {
+  char parent[4096];
+  const char *slash = strrchr(root, '/');
+  if (!slash || slash == root || (size_t) (slash - root) >= sizeof parent) return;
+  memcpy(parent, root, slash - root);
+  parent[slash - root] = 0;
+  struct stat st;
+  chrootRootFd = open(root, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  chrootParentFd = open(parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (chrootRootFd >= 0 && chrootParentFd >= 0 && fstat(chrootRootFd, &st) == 0) placedNs = ns(st.st_ctim);
+  else placedNs = 0;
+  errno = 0;
+}
+
+/* The chroot's store dir and the real one, and for a skeleton to recycle the chroot's root and the
+   directory it is in, opened before the builder mounts and pivots (our root becomes the chroot's then, and
+   what is mounted in the chroot is mounted on top of what these were opened on): the outputs are moved
+   and the skeleton is checked and renamed through these, never by a path from our root. */
 static void openStoreDirs(void) {
-  if (!noutputs || !realStoreDir || !storeDir) return;
   char path[8192];
+  if (recycleTo && storeDir) openSkeleton();
+  if (!noutputs || !realStoreDir || !storeDir) return;
   snprintf(path, sizeof path, "%s%s", root, storeDir);
   chrootStoreFd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
   realStoreFd = open(realStoreDir, O_PATH | O_DIRECTORY | O_CLOEXEC);
   errno = 0;
+}
+
+/* Our effective capabilities (those of the build's user namespace, which would override the permissions of
+   the caller's own files there) set aside, *saved what they were; 0, or -1 if they could not be. */
+static int capsAside(struct __user_cap_data_struct saved[2]) {
+  struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+  struct __user_cap_data_struct none[2];
+  if (syscall(SYS_capget, &hdr, saved) == -1) return -1;
+  memcpy(none, saved, sizeof none);
+  none[0].effective = none[1].effective = 0;
+  return syscall(SYS_capset, &hdr, none) == -1 ? -1 : 0;
+}
+
+static void capsBack(struct __user_cap_data_struct saved[2]) {
+  struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+  syscall(SYS_capset, &hdr, saved);
 }
 
 /* Once every process of the build is gone: each output the builder made is renamed to the real store dir
@@ -608,12 +660,8 @@ static void moveOutputsOut(void) {
   /* The renames are made with the caller's rights alone: this process's capabilities in its user namespace
      would override the permissions of the caller's own files (a store dir made read-only, say), where the
      caller's rename fails. The effective set is emptied around them and then put back. */
-  struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
-  struct __user_cap_data_struct caps[2], none[2];
-  if (syscall(SYS_capget, &hdr, caps) == -1) return;
-  memcpy(none, caps, sizeof none);
-  none[0].effective = none[1].effective = 0;
-  if (syscall(SYS_capset, &hdr, none) == -1) return;
+  struct __user_cap_data_struct caps[2];
+  if (capsAside(caps) == -1) return;
   int left = 0;
   for (int i = 0; i < noutputs; i++) {
     if (renameat(chrootStoreFd, outputs[i], realStoreFd, outputs[i]) == 0) continue;
@@ -621,9 +669,59 @@ static void moveOutputsOut(void) {
     struct stat st;
     if (errno != ENOENT || fstatat(chrootStoreFd, outputs[i], &st, AT_SYMLINK_NOFOLLOW) == 0) left = 1;
   }
-  syscall(SYS_capset, &hdr, caps);
+  capsBack(caps);
   outputsLeft = left || tooManyOutputs;
   errno = 0;
+}
+
+/* A '/'-separated list of names made NUL-separated in place (names hold no '/'); its length. */
+static size_t nulSeparated(char *list) {
+  size_t n = strlen(list);
+  for (size_t k = 0; k < n; k++) if (list[k] == '/') list[k] = 0;
+  return n;
+}
+
+static int hexDigit(char c) {
+  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Once every process of the build is gone and every output is out of the chroot: the pooled skeleton
+   (--recycle-to) is checked, with the caller's rights alone, through the root opened before the builder
+   started (skeletonCheckAt: the build's files unlinked from its store dir, reached without following a
+   symlink, then every inode compared), and renamed, unchanged, to its name in the pool: 1. Else it stays
+   where it is (the caller discards it): 0. */
+static int recycleSkeleton(void) {
+  if (!recycleTo || !skeletonSpec || chrootRootFd < 0 || chrootParentFd < 0 || !placedNs || outputsLeft || strchr(recycleTo, '/')) return 0;
+  /* An owner not mapped into the namespace shows as the overflow id (65534): ours must not be that one. */
+  if (skIds.uidSeen == 65534 || skIds.gidSeen == 65534) return 0;
+  size_t hexLen = strlen(skeletonSpec);
+  unsigned char *spec = hexLen % 2 ? 0 : malloc(hexLen / 2 + 1);
+  if (!spec) return 0;
+  for (size_t k = 0; k < hexLen / 2; k++) {
+    int hi = hexDigit(skeletonSpec[2 * k]), lo = hexDigit(skeletonSpec[2 * k + 1]);
+    if (hi < 0 || lo < 0) { free(spec); return 0; }
+    spec[k] = (unsigned char) (hi << 4 | lo);
+  }
+  struct reader r = { spec, spec + hexLen / 2 };
+  char *files = (char *) skeletonFiles, *mounts = (char *) skeletonMounts;
+  size_t filesLen = nulSeparated(files), mountsLen = nulSeparated(mounts);
+  const char *name = strrchr(root, '/') + 1; /* (openSkeleton) */
+  /* The inputs mounted on the build's files in the store dir make them mount points in our namespace,
+     which cannot be unlinked (EBUSY): the store dir's mounts go first, by its path from our root, which is
+     the chroot's since the pivot (nothing of the host is reachable by a path any more: whatever the builder
+     made of that path, this can only unmount something of this namespace, which ends with us; and a file
+     still covered is not unlinked, so the skeleton is not kept). */
+  if (umount2(storeDir, MNT_DETACH | UMOUNT_NOFOLLOW) == -1) errno = 0;
+  struct __user_cap_data_struct caps[2];
+  int kept = 0;
+  if (capsAside(caps) == 0) {
+    kept = skeletonCheckAt(chrootRootFd, &r, storeDir + strspn(storeDir, "/"), files, filesLen, mounts, mountsLen, placedNs, &skIds) &&
+           renameat(chrootParentFd, name, chrootParentFd, recycleTo) == 0;
+    capsBack(caps);
+  }
+  free(spec);
+  errno = 0;
+  return kept;
 }
 
 static void launch(char **cmd) {
@@ -681,8 +779,11 @@ static int finish(void) {
   moveOutputsOut();
   /* Server mode: Node looks for outputs left in the chroot only after this record. */
   if (buildId && outputsLeft) status("left\n");
-  if (WIFEXITED(st)) status("exit %d\n", WEXITSTATUS(st));
-  else status("signal %d\n", WTERMSIG(st));
+  /* "kept" comes in the same write as the status that ends the build (a record of its own could cost Node a
+     wake-up of its event loop). */
+  const char *kept = recycleSkeleton() ? "kept\n" : "", *id = buildId ? buildId : "", *sp = buildId ? " " : "";
+  if (WIFEXITED(st)) status("%s%s%sexit %d\n", kept, *kept ? id : "", *kept ? sp : "", WEXITSTATUS(st));
+  else status("%s%s%ssignal %d\n", kept, *kept ? id : "", *kept ? sp : "", WTERMSIG(st));
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 

@@ -16,6 +16,7 @@ interface Pending {
   readonly onOutput: ((chunk: Buffer) => void) | undefined;
   readonly onSetUp: (() => void) | undefined;
   readonly onOutputsLeft: (() => void) | undefined;
+  readonly onSkeletonKept: (() => void) | undefined;
   pid?: number;
   aborted: boolean;
   status?: string;
@@ -35,6 +36,11 @@ export interface ServerRunRequest {
    * status means nothing is left there.
    */
   readonly onOutputsLeft?: (() => void) | undefined;
+  /**
+   * A sandboxed build's "kept" status, before its exit status: the helper found the chroot, a pooled
+   * skeleton (`--recycle-to`), unchanged after the build and renamed it to its name in the pool.
+   */
+  readonly onSkeletonKept?: (() => void) | undefined;
   readonly drvPath: string;
 }
 
@@ -167,6 +173,10 @@ export class SandboxServer {
       p.onOutputsLeft?.();
       return;
     }
+    if (rest === 'kept') {
+      p.onSkeletonKept?.();
+      return;
+    }
     if (rest.startsWith('pid ')) {
       p.pid = Number(rest.slice(4));
       if (p.aborted) {
@@ -230,6 +240,7 @@ export class SandboxServer {
         onOutput: req.onOutput,
         onSetUp: req.onSetUp,
         onOutputsLeft: req.onOutputsLeft,
+        onSkeletonKept: req.onSkeletonKept,
         aborted: false,
         resolve: (exit) => {
           if (!this.#pending.delete(id)) return;

@@ -38,6 +38,11 @@ describe.skipIf(!ccOk())('C sources', () => {
     expect(cSource(HELPER_SOURCE_FILE)).toMatch(/^\/\* realise sandbox helper/);
     expect(cSource(ADDON_SOURCE_FILE)).toMatch(/^\/\* realise xattr addon/);
     expect(cSource(OPTIMISE_ADDON_SOURCE_FILE)).toMatch(/^\/\* realise optimise addon/);
+    // The header both include is in their text (they are compiled from elsewhere), once each.
+    for (const file of [HELPER_SOURCE_FILE, ADDON_SOURCE_FILE]) {
+      expect(cSource(file)).not.toMatch(/^#include "/m);
+      expect(cSource(file).match(/^static int skeletonCheckAt\(/gm)).toHaveLength(1);
+    }
     expect(() => cSource('no-such.c')).toThrow(
       /the C source no-such\.c is missing beside realise's modules \(.*\/src\/platform\/no-such\.c\): the installation is incomplete/,
     );

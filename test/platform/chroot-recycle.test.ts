@@ -42,6 +42,26 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
     expect(d.split('\n')[1]).toBe('. .. ');
   });
 
+  it('on the helper server, the build process checks the skeleton: with file and directory inputs it is back in the pool, their links gone, when run() resolves', async () => {
+    const fileInput = storePath('file-input');
+    writeFileSync(fx.realPath(fileInput), 'data\n');
+    const dirInput = storePath('dir-input');
+    mkdirSync(fx.realPath(dirInput));
+    const inputPaths = [fx.busyboxPath, fileInput, dirInput];
+    const a = await run('a', `${rootIno}; cat ${fileInput}`, { inputPaths });
+    const req = fx.request('b', `{ ${rootIno}; cat ${fileInput}; } > $out`, { inputPaths });
+    expect(await sb.run(req)).toEqual({ kind: 'exited', code: 0 });
+    // At once, with no turn of the event loop for a check on the main thread: the skeleton is in the pool,
+    // the file input's hard link already unlinked from its store dir, the directory input's mount point kept.
+    const hash = path.basename(req.drvPath).slice(0, 32);
+    const pooled = readdirSync(fx.realStoreDir).filter((n) => n.startsWith(`${hash}-realise-chroot-`));
+    expect(pooled).toHaveLength(1);
+    expect(readdirSync(path.join(fx.realStoreDir, pooled[0]!, 'nix/store')).sort()).toEqual([path.basename(fx.busyboxPath), path.basename(dirInput)].sort());
+    expect(existsSync(chrootDirFor(fx.realStoreDir, req.drvPath))).toBe(false);
+    expect(readFileSync(fx.realPath(req.outputPaths[0]!), 'utf8')).toBe(a); // the same skeleton, reused
+    expect(readFileSync(fx.realPath(fileInput), 'utf8')).toBe('data\n');
+  });
+
   it("a stale chroot of the derivation's name (a killed process left it) is replaced by a pooled skeleton", async () => {
     const a = await run('a', rootIno);
     await new Promise((r) => setImmediate(r)); // (a's skeleton back in the pool)
