@@ -442,6 +442,9 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const parsed = targets.map(parseTarget);
     // Bad input is a typed error before anything runs (InvalidStorePathError), as Nix refuses it.
     for (const t of parsed) parseStorePath('drvPath' in t ? t.drvPath : t.path, ctx.store.storeDir);
+    // With auto-GC, the targets are temporary roots before a collection can start, so their closures (a
+    // `.drv` with its input derivations and sources) are kept; a goal roots its `.drv` only once it runs.
+    if (this.options.minFree > 0) await ctx.store.addTempRoots?.(parsed.map((t) => ('drvPath' in t ? t.drvPath : t.path)));
     const stopAutoGc = this.startAutoGc(ctx.store);
     // The goals start in Nix's goal order (its worker runs the awake goals ordered by key: substitutions, then
     // derivations, each by name, then path), so that what the first goal to get somewhere decides (the

@@ -61,4 +61,39 @@ describe.skipIf(!nixOk() || !busyboxOk())('auto-GC while builds run', () => {
     }
     expect(runNix('nix-store', ['--store', root, '--verify', '--check-contents']).status).toBe(0);
   });
+  it('a target that is not rooted (its .drv and inputs are garbage) is kept by the collection the call starts, as in Nix', async () => {
+    const dir = tempDir('realise-autogc-');
+    dirs.push(dir);
+    const file = path.join(dir, 'e.nix');
+    const mk = (name: string, body: string) =>
+      `derivation { name = "${name}"; system = "x86_64-linux"; builder = "/bin/sh"; nonce = "${nonce}"; args = ["-c" ''${body}'']; }`;
+    writeFileSync(file, `let a = ${mk('in', 'echo a > $out')}; in ${mk('top', '/bin/busybox cat ${a} > $out')}`);
+    const free = path.join(dir, 'free');
+    writeFileSync(free, '1000');
+    const gc = ['--option', 'min-free', '5000', '--option', 'max-free', '100000000'];
+    // Nix: everything but the target's closure is deleted, the target built.
+    const N = path.join(dir, 'N');
+    const drv = nix('nix-instantiate', ['--store', N, file]);
+    const theirs = runNix('nix-store', ['--store', N, '--realise', drv, ...gc, '--option', 'sandbox-paths', SANDBOX_PATHS.join(' ')], {
+      env: { _NIX_TEST_FREE_SPACE_FILE: free },
+    });
+    expect(theirs.status, theirs.stderr).toBe(0);
+    expect(theirs.stderr).toContain('running auto-GC to free');
+    const O = path.join(dir, 'O');
+    expect(nix('nix-instantiate', ['--store', O, file])).toBe(drv);
+    process.env._NIX_TEST_FREE_SPACE_FILE = free;
+    const s = await LocalStore.open({ root: O });
+    try {
+      const engine = new BuildEngine({ store: s, sandbox: true, sandboxPaths: SANDBOX_PATHS, minFree: 5000, maxFree: 100_000_000 });
+      const [r] = await engine.buildPaths([drv]);
+      expect(r!.result.status, r!.result.errorMsg).toBe('built');
+      await s.autoGC({ minFree: 0, maxFree: 0, checkInterval: 0 }); // wait for a collection still running
+      await engine.close();
+      expect(r!.result.builtOutputs.out).toBe(theirs.stdout.trim());
+    } finally {
+      delete process.env._NIX_TEST_FREE_SPACE_FILE;
+      await s.close();
+    }
+    expect(runNix('nix-store', ['--store', O, '--verify', '--check-contents']).status).toBe(0);
+  });
 });
