@@ -147,8 +147,9 @@ export class ProgressDisplay {
         this.render();
       }
     };
-    const onWarn = (e: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' }) => {
+    const onWarn = (e: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' | 'raw' }) => {
       if (e.level === 'info') info(e.message);
+      else if (e.level === 'raw') this.rawLine(e.message);
       else this.line(e.level === 'plain' ? e.message : (e.level === 'error' ? formatError(e.message) : formatWarning(e.message)).trimEnd());
     };
     const onSubst = (e: { path: string; substituter: string; from?: string }) => info(`copying path '${e.from ?? e.path}' from '${e.substituter}'...`);
@@ -222,6 +223,14 @@ export class ProgressDisplay {
     // A message with nothing to filter (as every `building '…'...` line) is written as it is.
     if (typeof s === 'string' && !NEEDS_FILTER.test(s)) this.out.write(s + '\n');
     else this.out.write(Buffer.concat([filterLogMessage(s, this.tty), NEWLINE]));
+    this.render();
+  }
+
+  /** A line another program wrote, as it wrote it (no filtering). */
+  private rawLine(s: string): void {
+    if (this.stopped) return;
+    this.clear();
+    this.out.write(s + '\n');
     this.render();
   }
 

@@ -198,7 +198,7 @@ export class NixJsonLog {
       on('warning', (e) => {
         if (e.level === 'error') this.error(e.message);
         else if (e.level === 'info') this.message(LogLevel.Info, e.message);
-        else if (e.level === 'plain') this.message(LogLevel.Error, e.message);
+        else if (e.level === 'plain' || e.level === 'raw') this.message(LogLevel.Error, e.message);
         else this.warn(e.message);
       });
     }

@@ -15,8 +15,14 @@ export class RemoteProtocolError extends RealiseError {
 
 /** The byte stream to the remote closed or failed (the process died, ssh dropped, the connection was closed). */
 export class RemoteConnectionError extends RealiseError {
-  constructor(message: string, options: Opts = {}) {
+  /**
+   * What the remote's process (ssh) wrote to stderr before an `ssh-ng://` connection failed, where the
+   * message does not say it: Nix lets that ssh write to its own stderr, before its error. Empty otherwise.
+   */
+  readonly remoteStderr: string;
+  constructor(message: string, options: Opts & { remoteStderr?: string } = {}) {
     super('remote-connection-lost', message, options);
+    this.remoteStderr = options.remoteStderr ?? '';
   }
 }
 

@@ -219,6 +219,20 @@ export interface ProtocolConnectionOptions {
 }
 
 /**
+ * The scheme and `[user@]host` of an `ssh://` or `ssh-ng://` store URI (Nix's SSH stores name the host so in
+ * their messages, without the URI's parameters), or undefined for another name.
+ */
+export function sshStoreHost(name: string): { scheme: 'ssh' | 'ssh-ng'; host: string } | undefined {
+  const m = /^(ssh|ssh-ng):\/\/([^?/]+)/.exec(name);
+  return m ? { scheme: m[1] as 'ssh' | 'ssh-ng', host: m[2]! } : undefined;
+}
+
+/** Whether a handshake failed because the stream ended (the remote process exited: ssh could not connect or log in, no such program). */
+export function streamEnded(e: unknown): boolean {
+  return e instanceof RemoteConnectionError;
+}
+
+/**
  * One connection of either protocol: operations run one at a time (`op`); a failure the protocol cannot
  * resynchronise after (anything but what `survives` accepts) breaks the connection for good, and so
  * does an abort (it closes the transport).
@@ -271,15 +285,23 @@ export abstract class ProtocolConnection {
       await conn.close();
       if (signal?.aborted) throw signal.reason;
       if (passThrough(e)) throw e;
-      const message = (e as Error).message;
-      const tail = conn.transport.stderrTail();
-      throw new RemoteConnectionError(`cannot open a connection to '${conn.name}': ${message}${tail && !message.includes(tail) ? `\n${tail}` : ''}`, {
-        cause: e,
-        hint,
-      });
+      throw conn.connectFailure(e, conn.transport.stderrTail(), hint);
     } finally {
       signal?.removeEventListener('abort', onAbort);
     }
+  }
+
+  /**
+   * The error of a handshake that failed with `e`, the remote having written `tail` to stderr: this
+   * protocol's words for an `ssh://` or `ssh-ng://` store whose stream ended (sshConnectFailure), else
+   * what went wrong with the stderr lines below it.
+   */
+  protected connectFailure(e: unknown, tail: string, hint: string): RemoteConnectionError {
+    const message = (e as Error).message;
+    return new RemoteConnectionError(`cannot open a connection to '${this.name}': ${message}${tail && !message.includes(tail) ? `\n${tail}` : ''}`, {
+      cause: e,
+      hint,
+    });
   }
 
   /** Whether the connection can still be used. */

@@ -654,7 +654,9 @@ export class MachineBuilder implements RemoteBuilder {
     }
     const what = kind === 'connection' ? 'lost the connection' : kind === 'refused' ? 'the remote refused the build' : 'copying failed';
     const msg = e instanceof RealiseError ? e.shortMessage : (e as Error).message;
-    return new RemoteBuildError(this.name, kind, `cannot build '${drvPath}' on '${this.name}': ${what}: ${msg}`, {
+    // What ssh said, which an ssh-ng:// connection's error keeps beside its message (Nix's words).
+    const said = e instanceof RemoteConnectionError && e.remoteStderr ? `\n${e.remoteStderr}` : '';
+    return new RemoteBuildError(this.name, kind, `cannot build '${drvPath}' on '${this.name}': ${what}: ${msg}${said}`, {
       cause: e,
       hint:
         kind === 'connection'

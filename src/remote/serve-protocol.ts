@@ -15,6 +15,8 @@ import {
   writePathInfo,
   type WireBuildResult,
   type WireDerivation,
+  sshStoreHost,
+  streamEnded,
 } from './protocol-common.js';
 import type { Transport } from './transport.js';
 import { ResultType, type OnRemoteLog, type PathToAdd } from './worker-protocol.js';
@@ -94,6 +96,16 @@ export class ServeConnection extends ProtocolConnection {
     this.version = Math.min(SERVE_PROTOCOL_VERSION, this.remoteVersion);
     if ((this.version & 0xff) < 4)
       throw new RemoteProtocolError(`the Nix on '${this.name}' is too old ('nix-store --serve' protocol 2.${this.version & 0xff}; at least 2.4 is needed)`);
+  }
+
+  /**
+   * As Nix's `ssh://` store words a remote that went away during the handshake (ssh could not connect or log
+   * in, no `nix-store` there): "cannot connect to 'HOST'" and what ssh and the remote wrote to stderr.
+   */
+  protected override connectFailure(e: unknown, tail: string, hint: string): RemoteConnectionError {
+    const ssh = sshStoreHost(this.name);
+    if (!ssh || !streamEnded(e)) return super.connectFailure(e, tail, hint);
+    return new RemoteConnectionError(`cannot connect to '${ssh.host}'${tail ? `: ${tail}` : ''}`, { cause: e, hint });
   }
 
   /** Feed one stderr line of the remote (build output during BuildDerivation). */

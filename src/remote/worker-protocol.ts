@@ -11,7 +11,7 @@
 import type { Hash } from '../store/hash.js';
 import type { NarSource, PathInfo } from '../store/store-api.js';
 import type { StorePath } from '../store/store-path.js';
-import { RemoteDaemonError, RemoteProtocolError } from './errors.js';
+import { RemoteConnectionError, RemoteDaemonError, RemoteProtocolError } from './errors.js';
 import {
   parseWireNarHash,
   ProtocolConnection,
@@ -21,6 +21,8 @@ import {
   writePathInfo,
   type WireBuildResult,
   type WireDerivation,
+  sshStoreHost,
+  streamEnded,
 } from './protocol-common.js';
 import type { Transport } from './transport.js';
 import { encodeU64, WireEncoder, type WireReader } from './wire.js';
@@ -173,6 +175,21 @@ export class WorkerConnection extends ProtocolConnection {
       'check that the remote runs Nix (nix-daemon in PATH, or set remote-program=) and that you can log in non-interactively',
       (e) => e instanceof RemoteDaemonError,
     );
+  }
+
+  /**
+   * As Nix's `ssh-ng://` store words a remote that went away during the handshake: "cannot open connection
+   * to remote store 'ssh-ng://HOST': error: unexpected end-of-file", after what ssh wrote to its stderr
+   * (Nix's ssh writes there itself; here it is the error's `remoteStderr`).
+   */
+  protected override connectFailure(e: unknown, tail: string, hint: string): RemoteConnectionError {
+    const ssh = sshStoreHost(this.name);
+    if (!ssh || !streamEnded(e)) return super.connectFailure(e, tail, hint);
+    return new RemoteConnectionError(`cannot open connection to remote store '${ssh.scheme}://${ssh.host}': error: unexpected end-of-file`, {
+      cause: e,
+      hint,
+      remoteStderr: tail,
+    });
   }
 
   private async handshake(clientVersion: number, onLog?: OnRemoteLog): Promise<void> {

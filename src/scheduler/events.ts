@@ -125,8 +125,10 @@ export interface EventPayloads {
    * determinism is not enforced).
    * `level: 'info'` for what Nix prints without a prefix at its info level (hidden by `--quiet`, e.g. repair's
    * "checking path '…'...").
+   * `level: 'raw'` for what another program wrote to stderr and Nix lets through untouched (the ssh of an
+   * `ssh-ng://` machine that cannot be used, before "cannot build on '…'"): written as it is, unfiltered.
    */
-  warning: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' };
+  warning: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' | 'raw' };
 }
 
 type Counters = { expected: number; done: number; running: number; failed: number };

@@ -5,7 +5,7 @@
  */
 import type { StorePath } from '../store/store-path.js';
 import { buildOnRemote, machineStoreName, type RemoteBuildOptions, type RemoteBuildResult } from '../remote/remote-builder.js';
-import type { RemoteBuildError } from '../remote/errors.js';
+import { RemoteConnectionError, type RemoteBuildError } from '../remote/errors.js';
 import { noMachineReport, type MachineRequest } from '../remote/machines.js';
 import { canBuildHere, preferLocalBuild, requiredSystemFeatures, type DrvView } from './drv-view.js';
 import { failure, isSuccess, success, type BuildResult } from './results.js';
@@ -174,7 +174,14 @@ function hookRequest(view: DrvView): MachineRequest {
   return { system: view.drv.platform, requiredFeatures: requiredSystemFeatures(view), drvPath: view.drvPath };
 }
 
-/** Nix's hook prints a line for every machine it could not use ("cannot build on ..."). */
+/**
+ * Nix's hook prints a line for every machine it could not use: "cannot build on '…': " and its error as
+ * Nix prints one (`error: …`), after what an `ssh-ng://` machine's ssh wrote to stderr.
+ */
 function reportFailedMachines(w: Worker, failed: readonly RemoteBuildError[]): void {
-  for (const e of failed) w.warn(`cannot build on '${e.machine}': ${shortMessageOf(e.cause ?? e)}`, 'plain');
+  for (const e of failed) {
+    const cause = e.cause ?? e;
+    if (cause instanceof RemoteConnectionError && cause.remoteStderr) w.warn(cause.remoteStderr, 'raw');
+    w.warn(`cannot build on '${e.machine}': error: ${shortMessageOf(cause)}`, 'plain');
+  }
 }

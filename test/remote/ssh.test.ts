@@ -2,14 +2,17 @@
  * ssh-ng:// and ssh:// end to end through a real OpenSSH server on 127.0.0.1 (system `ssh` client,
  * key authentication, host key pinned by the machines file's base64 column) to real Nix 2.8.
  */
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalStore } from '../../src/store/local-store.js';
 import { RemoteBuildError } from '../../src/remote/errors.js';
 import { parseMachines } from '../../src/remote/machines.js';
 import { MachineBuilder, createRemoteBuilders } from '../../src/remote/remote-builder.js';
-import { nixOk } from '../helpers/nix.js';
-import { cloneLocal, makeFixture, referenceBuild, type Fixture } from './fixture.js';
+import { realiseInProcess } from '../helpers/cli.js';
+import { nix, nixOk, runNix } from '../helpers/nix.js';
+import { cloneLocal, makeFixture, NIX_CONF, referenceBuild, type Fixture } from './fixture.js';
 import { sshdOk, startSshd, type Sshd } from './sshd.js';
 
 describe.skipIf(!nixOk() || !sshdOk())('remote builds over a real sshd', () => {
@@ -76,4 +79,48 @@ describe.skipIf(!nixOk() || !sshdOk())('remote builds over a real sshd', () => {
     expect((err as RemoteBuildError).kind).toBe('connection');
     expect((err as Error).message).toMatch(/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED/);
   });
+
+  it("a machine that cannot be used (unreachable, login refused, no Nix program there): Nix 2.8's lines and exit status, as `--builders` of realise and nix-store", async () => {
+    const file = path.join(fx.dir, 'down.nix');
+    writeFileSync(file, 'derivation { name = "down"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo down > $out" ]; }');
+    const badKey = path.join(fx.dir, 'bad_key');
+    expect(spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', badKey]).status).toBe(0);
+    const env = { NIX_CONFIG: NIX_CONF, NIX_USER_CONF_FILES: '/dev/null' };
+    const viaSshd = sshd.sshOptions.join(' ');
+    const cases = [
+      { name: 'unreachable', spec: (h: string) => `${h} - - 1 1`, sshOpts: '-oPort=1 -oBatchMode=yes' },
+      { name: 'login refused', spec: (h: string) => `${h} - ${badKey} 1 1 - - ${sshd.hostKeyBase64}`, sshOpts: viaSshd },
+      {
+        name: 'no such program',
+        spec: (h: string) => `${h}?remote-program=no-such-nix-program - ${sshd.clientKey} 1 1 - - ${sshd.hostKeyBase64}`,
+        sshOpts: viaSshd,
+      },
+    ];
+    let n = 0;
+    for (const c of cases)
+      for (const scheme of ['ssh', 'ssh-ng'])
+        for (const jobs of ['1', '0']) {
+          const at = n++;
+          const root = (side: string) => path.join(fx.dir, `down-${at}-${side}`);
+          const drv = nix('nix-instantiate', ['--store', root('N'), file], { env });
+          expect(nix('nix-instantiate', ['--store', root('O'), file], { env })).toBe(drv);
+          const args = ['-j', jobs, '--builders', c.spec(`${scheme}://${sshd.user}@127.0.0.1`), drv];
+          const theirs = runNix('nix-store', ['--store', root('N'), '--realise', ...args], { env: { ...env, NIX_SSHOPTS: c.sshOpts } });
+          const ours = await realiseInProcess(['build', '--store', root('O'), ...args], { ...env, NIX_SSHOPTS: c.sshOpts });
+          const what = `${c.name}, ${scheme}://, -j ${jobs}:\n--- nix-store:\n${theirs.stderr}--- realise:\n${ours.stderr}`;
+          expect(theirs.stderr, what).toMatch(/^cannot build on /m);
+          expect([ours.status, theirs.status], what).toEqual(jobs === '1' ? [0, 0] : [1, 1]);
+          // Built here (-j 1): the same lines. With -j 0 Nix's lines are in ours, in order (ours add a reason per machine).
+          if (jobs === '1') expect(ours.stderr, what).toBe(theirs.stderr);
+          else {
+            const got = ours.stderr.split('\n');
+            let at = 0;
+            for (const line of theirs.stderr.split('\n')) {
+              const i = got.indexOf(line, at);
+              expect(i, `${JSON.stringify(line)} in ${what}`).toBeGreaterThanOrEqual(0);
+              at = i + 1;
+            }
+          }
+        }
+  }, 120_000);
 });
