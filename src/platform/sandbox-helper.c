@@ -707,11 +707,12 @@ static int recycleSkeleton(void) {
   size_t filesLen = nulSeparated(files), mountsLen = nulSeparated(mounts);
   const char *name = strrchr(root, '/') + 1; /* (openSkeleton) */
   /* The inputs mounted on the build's files in the store dir make them mount points in our namespace,
-     which cannot be unlinked (EBUSY): the store dir's mounts go first, by its path from our root, which is
-     the chroot's since the pivot (nothing of the host is reachable by a path any more: whatever the builder
-     made of that path, this can only unmount something of this namespace, which ends with us; and a file
-     still covered is not unlinked, so the skeleton is not kept). */
-  if (umount2(storeDir, MNT_DETACH | UMOUNT_NOFOLLOW) == -1) errno = 0;
+     which cannot be unlinked (EBUSY): when there are such files, the store dir's mounts go first (about 50
+     us: the kernel waits for an RCU grace period), by its path from our root, which is the chroot's since
+     the pivot (nothing of the host is reachable by a path any more: whatever the builder made of that path,
+     this can only unmount something of this namespace, which ends with us; and a file still covered is not
+     unlinked, so the skeleton is not kept). Directory inputs' mount points stay: nothing to unmount then. */
+  if (filesLen && umount2(storeDir, MNT_DETACH | UMOUNT_NOFOLLOW) == -1) errno = 0;
   struct __user_cap_data_struct caps[2];
   int kept = 0;
   if (capsAside(caps) == 0) {
