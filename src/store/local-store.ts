@@ -1045,17 +1045,23 @@ export class LocalStore implements Store {
   /** registerInDb's transaction: the batch's closure checked, then its rows written (references first). */
   private writeRows(infos: readonly PathInfo[], texts: ReadonlyMap<StorePath, string> | undefined): void {
     const now = Math.floor(Date.now() / 1000);
-    // The references outside the batch are found valid with their row ids, which their rows below take.
-    let outside: ReadonlyMap<StorePath, number> | undefined;
-    const order = checkBatchClosure(infos, (ps) => (outside = this.validPathIdsSync(ps)));
+    // The batch's paths and the references outside it, with the row ids of those that are valid, in one
+    // query: a valid path of the batch has its row updated, a reference outside takes its row id below.
+    const asked = new Set<StorePath>();
+    for (const i of infos) {
+      asked.add(i.path);
+      for (const r of i.references) asked.add(r);
+    }
+    const known = this.validPathIdsSync([...asked]);
+    const order = checkBatchClosure(infos, () => known);
     const ids = new Map<StorePath, number>();
     for (const i of order) {
       this.refs.delete(i.path);
-      const existing = this.st.pathId.get(i.path);
+      const existing = known.get(i.path);
       const row = rowOf(i, now);
-      if (existing) {
+      if (existing !== undefined) {
         this.st.update.run(row.narSize, row.hash, row.ultimate, row.sigs, row.ca, i.path);
-        ids.set(i.path, existing.id);
+        ids.set(i.path, existing);
       } else {
         const r = this.st.insert.run(i.path, row.hash, row.registrationTime, row.deriver, row.narSize, row.ultimate, row.sigs, row.ca);
         ids.set(i.path, Number(r.lastInsertRowid));
@@ -1065,7 +1071,7 @@ export class LocalStore implements Store {
     for (const i of order) {
       const referrer = ids.get(i.path)!;
       for (const ref of i.references) {
-        const reference = ids.get(ref) ?? outside?.get(ref) ?? this.st.pathId.get(ref)?.id;
+        const reference = ids.get(ref) ?? known.get(ref) ?? this.st.pathId.get(ref)?.id;
         if (reference === undefined) throw invalidPathError(ref); // unreachable after checkBatchClosure
         this.st.addRef.run(referrer, reference);
       }
@@ -1195,8 +1201,10 @@ export class LocalStore implements Store {
     checkPathInfo(info, this.storeDir);
     await this.addTempRoot(info.path);
     const repair = opts.repair ?? false;
-    if (!repair && this.isValidPathSync(info.path)) return (await this.queryPathInfo(info.path))!;
-    checkBatchClosure([info], (ps) => this.queryValidPathsSync(ps));
+    // The path's own validity and its references' in one query (one read transaction, not two).
+    const valid = this.queryValidPathsSync(repair ? info.references : [info.path, ...info.references]);
+    if (!repair && valid.has(info.path)) return (await this.queryPathInfo(info.path))!;
+    checkBatchClosure([info], () => valid);
     // Unordered: concurrent additions create their lock files at the same time instead of one by one.
     const locks = await lockStorePaths(this, [info.path], { signal: opts.signal, ordered: false });
     let target: string | undefined;

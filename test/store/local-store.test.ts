@@ -41,6 +41,34 @@ describe('LocalStore closures', () => {
     await s.close();
   });
 
+  it('a batch that registers a valid path again beside new ones updates its row (same id, new references) and points the new ones at it and at paths outside', async () => {
+    const s = await LocalStore.open({ root: tmp() });
+    const a = await s.addTextToStore('a', 'a');
+    const b = await s.addTextToStore('b', 'b');
+    const db = new Database(path.join(s.layout.dbDir, 'db.sqlite'), { readonly: true });
+    const idOf = (p: string) => (db.prepare('select id from ValidPaths where path = ?').get(p) as { id: number } | undefined)?.id;
+    const refsOf = (p: string) =>
+      (
+        db.prepare('select v.path from Refs join ValidPaths v on v.id = Refs.reference where Refs.referrer = ? order by v.path').all(idOf(p)) as {
+          path: string;
+        }[]
+      ).map((r) => r.path);
+    const aId = idOf(a)!;
+    const [c, d] = [freshPath('c', s.storeDir), freshPath('d', s.storeDir)];
+    for (const p of [c, d]) await fsp.writeFile(s.toRealPath(p), p);
+    const infoOf = (p: string, references: string[]): PathInfo => ({ ...(infoA as PathInfo), path: p, references, ca: undefined });
+    const infoA = (await s.queryPathInfo(a))!;
+    // d refers to c (in the batch) and to a (valid, registered again in the batch with a reference to b, outside).
+    await s.registerValidPaths([infoOf(d, [a, c]), { ...infoA, references: [b] }, infoOf(c, [b])]);
+    expect(idOf(a)).toBe(aId);
+    expect(refsOf(a)).toEqual([b]);
+    expect(refsOf(c)).toEqual([b]);
+    expect(refsOf(d)).toEqual([a, c].sort());
+    expect((await s.queryPathInfo(d))!.references).toEqual([a, c].sort());
+    db.close();
+    await s.close();
+  });
+
   it('a closure of a path no longer valid throws, even when its references were read before (deleted by this store object or another)', async () => {
     const d = tmp();
     const dirs = { storeDir: path.join(d, 'store'), stateDir: path.join(d, 'state'), logDir: path.join(d, 'log') };
