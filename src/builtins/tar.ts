@@ -125,11 +125,17 @@ async function sniff(file: string): Promise<string> {
   }
 }
 
-/**
- * Unpack the tarball `file` into the directory `dest` (created if missing). `shown` is the name messages
- * give the file (its logical path).
- */
-export async function unpackTarfile(file: string, dest: string, signal?: AbortSignal, shown = file): Promise<void> {
+export interface UnpackOptions {
+  readonly signal?: AbortSignal;
+  /** The name messages give the tarball (its logical path). @default the file */
+  readonly shownFile?: string;
+  /** The name messages give the destination (its logical path). @default the destination */
+  readonly shownDest?: string;
+}
+
+/** Unpack the tarball `file` into the directory `dest` (created if missing). */
+export async function unpackTarfile(file: string, dest: string, opts: UnpackOptions = {}): Promise<void> {
+  const { signal, shownFile: shown = file, shownDest = dest } = opts;
   let compression: string;
   try {
     compression = await sniff(file);
@@ -142,7 +148,7 @@ export async function unpackTarfile(file: string, dest: string, signal?: AbortSi
   const symlinks = new Set<string>();
   const dirModes = new Map<string, number>();
   try {
-    await extract(reader, dest, symlinks, dirModes);
+    await extract(reader, { dest, shownDest }, symlinks, dirModes);
   } catch (e) {
     if (e instanceof BuiltinFailure) throw e;
     throw new BuiltinFailure(hintfmt('failed to extract archive (%s)', (e as Error).message), { cause: e });
@@ -153,23 +159,20 @@ export async function unpackTarfile(file: string, dest: string, signal?: AbortSi
   for (const [d, mode] of [...dirModes].reverse()) await fsp.chmod(d, mode | 0o700);
 }
 
-async function extract(reader: ChunkReader, dest: string, symlinks: Set<string>, dirModes: Map<string, number>): Promise<void> {
+/** The destination directory, and the name messages give it. */
+interface Dest {
+  readonly dest: string;
+  readonly shownDest: string;
+}
+
+async function extract(reader: ChunkReader, { dest, shownDest }: Dest, symlinks: Set<string>, dirModes: Map<string, number>): Promise<void> {
   let longName: string | undefined;
   let longLink: string | undefined;
   let pax = new Map<string, string>();
   let sawEntry = false;
   for (;;) {
     const h = await reader.read(512);
-    // An empty file is an empty archive; the end without the two zero blocks is accepted (libarchive).
-    if (h.length === 0) return;
-    const zeros = h.every((b) => b === 0);
-    // No format of libarchive recognises data that does not start with a tar header.
-    if (!sawEntry && (h.length < 512 || (!zeros && !checksumOk(h)))) {
-      throw new BuiltinFailure(hintfmt('failed to open archive: %s', 'Unrecognized archive format'));
-    }
-    if (h.length < 512) throw headerFailure('Truncated tar archive');
-    if (zeros) return;
-    if (!checksumOk(h)) throw headerFailure('Damaged tar archive');
+    if (isEnd(h, sawEntry)) return;
     sawEntry = true;
     const type = String.fromCharCode(h[156]!);
     let size = octal(h.subarray(124, 136));
@@ -194,7 +197,7 @@ async function extract(reader: ChunkReader, dest: string, symlinks: Set<string>,
 
     const rel = safeName(rawName);
     const target = rel === '' ? dest : path.join(dest, rel);
-    if (rel !== '') await ensureParents(dest, rel, symlinks);
+    if (rel !== '') await ensureParents({ dest, shownDest }, rel, symlinks);
     switch (type) {
       case '0':
       case '\0':
@@ -225,16 +228,42 @@ async function extract(reader: ChunkReader, dest: string, symlinks: Set<string>,
         symlinks.add(rel);
         await reader.skip(padded);
         break;
-      case '1': {
-        await replace(target);
-        await fsp.link(path.join(dest, safeName(link)), target);
+      case '1':
+        await hardLink({ dest, shownDest }, safeName(link), target);
         await reader.skip(padded);
         break;
-      }
       default:
         // Devices, FIFOs and the like cannot be in a store path: left out.
         await reader.skip(padded);
     }
+  }
+}
+
+/**
+ * Whether the header block `h` ends the archive (an empty file is an empty archive; the end without the two
+ * zero blocks is accepted, as by libarchive); throws libarchive's words for a bad one.
+ */
+function isEnd(h: Buffer, sawEntry: boolean): boolean {
+  if (h.length === 0) return true;
+  const zeros = h.every((b) => b === 0);
+  // No format of libarchive recognises data that does not start with a tar header.
+  if (!sawEntry && (h.length < 512 || (!zeros && !checksumOk(h)))) {
+    throw new BuiltinFailure(hintfmt('failed to open archive: %s', 'Unrecognized archive format'));
+  }
+  if (h.length < 512) throw headerFailure('Truncated tar archive');
+  if (zeros) return true;
+  if (!checksumOk(h)) throw headerFailure('Damaged tar archive');
+  return false;
+}
+
+/** A hard link at `target` to the member `original` (relative to the destination). */
+async function hardLink({ dest, shownDest }: Dest, original: string, target: string): Promise<void> {
+  await replace(target);
+  try {
+    await fsp.link(path.join(dest, original), target);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw extractFailure(`Hard-link target '${shownDest}/${original}' does not exist.`);
+    throw e;
   }
 }
 
@@ -246,13 +275,22 @@ function safeName(name: string): string {
 }
 
 /** Create the missing parent directories of `rel`; none of them may be a symlink (SECURE_SYMLINKS). */
-async function ensureParents(dest: string, rel: string, symlinks: Set<string>): Promise<void> {
+async function ensureParents({ dest, shownDest }: Dest, rel: string, symlinks: Set<string>): Promise<void> {
   const parts = rel.split('/');
   for (let i = 1; i < parts.length; i++) {
     const sub = parts.slice(0, i).join('/');
-    if (symlinks.has(sub)) throw extractFailure(`Cannot extract through symlink ${sub}`);
+    if (symlinks.has(sub)) throw extractFailure(`Cannot extract through symlink ${shownDest}/${rel}`);
   }
-  if (parts.length > 1) await fsp.mkdir(path.join(dest, ...parts.slice(0, -1)), { recursive: true, mode: 0o755 });
+  if (parts.length > 1) {
+    try {
+      await fsp.mkdir(path.join(dest, ...parts.slice(0, -1)), { recursive: true, mode: 0o755 });
+    } catch (e) {
+      // A parent that is not a directory (libarchive's words).
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST' || code === 'ENOTDIR') throw extractFailure(`Could not stat ${shownDest}/${rel}`);
+      throw e;
+    }
+  }
 }
 
 /** Remove what is at `p` (a later member of the same name replaces an earlier one). */

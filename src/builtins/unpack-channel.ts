@@ -16,7 +16,7 @@ export async function builtinUnpackChannel(getAttr: (name: string) => string, re
   } catch (e) {
     throw new BuiltinFailure(sysErrorMessage(e, "creating directory '%1%'", logicalOut), { cause: e });
   }
-  await unpackTarfile(real(src), out, signal, src);
+  await unpackTarfile(real(src), out, { ...(signal ? { signal } : {}), shownFile: src, shownDest: logicalOut });
   let entries: string[];
   try {
     entries = await fsp.readdir(out);

@@ -14,6 +14,7 @@ import { BuildFailedError } from '../../src/scheduler/errors.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
 import { nixVerify } from '../scheduler/helpers.js';
+import { tarEntry } from '../helpers/tar.js';
 
 /** The one build log under a chroot store `root`, decompressed (Nix and we write it bzip2'd). */
 function buildLog(root: string): string {
@@ -51,6 +52,12 @@ describe.skipIf(!nixOk())('built-ins fail as in Nix 2.8: the same log bytes and 
     writeFileSync(path.join(root, 'trail.nar'), Buffer.concat([nar, Buffer.from('garbage!')]));
     writeFileSync(path.join(root, 'plain.txt'), 'hello\n');
     treeHash = nix('nix-hash', ['--type', 'sha256', '--base32', path.join(root, 'tree')]);
+    // Members libarchive refuses: below a symlink, a hard link to nothing, below a file.
+    const dirC = tarEntry('c', '5', '');
+    const end = Buffer.alloc(1024);
+    writeFileSync(path.join(root, 'through.tar'), Buffer.concat([dirC, tarEntry('c/l', '2', '', '/tmp'), tarEntry('c/l/x', '0', 'x'), end]));
+    writeFileSync(path.join(root, 'hardmiss.tar'), Buffer.concat([dirC, tarEntry('c/h', '1', '', 'c/missing'), end]));
+    writeFileSync(path.join(root, 'fileparent.tar'), Buffer.concat([dirC, tarEntry('c/f', '0', 'x'), tarEntry('c/f/g', '0', 'y'), end]));
     mkdirSync(path.join(root, 'pkg', 'bin'), { recursive: true });
     writeFileSync(path.join(root, 'pkg', 'bin', 'p'), 'p\n');
   });
@@ -68,6 +75,9 @@ describe.skipIf(!nixOk())('built-ins fail as in Nix 2.8: the same log bytes and 
     ['a truncated header', (r) => channel('cuthdr', `${r}/cuthdr.tar`), /cannot get archive member name: .*Truncated tar archive/],
     ['truncated member data', (r) => channel('cutdata', `${r}/cutdata.tar`), /failed to extract archive \(.*Truncated tar archive/],
     ['a truncated end block', (r) => channel('cutend', `${r}/cutend.tar`), /cannot get archive member name: .*Truncated tar archive/],
+    ['a member below a symlink', (r) => channel('through', `${r}/through.tar`), /Cannot extract through symlink \/nix\/store\/.*-through\/c\/l\/x/],
+    ['a hard link to nothing', (r) => channel('hardmiss', `${r}/hardmiss.tar`), /Hard-link target '\/nix\/store\/.*-hardmiss\/c\/missing' does not exist\./],
+    ['a member below a file', (r) => channel('fileparent', `${r}/fileparent.tar`), /Could not stat \/nix\/store\/.*-fileparent\/c\/f\/g/],
     ['a missing tarball', () => channel('missing', '"/nix/store/00000000000000000000000000000000-none.tar"'), /Failed to open '/],
     ['a channel name with a slash', (r) => channel('slash', `${r}/chan.tar`, 'a/b'), /renaming channel directory: .*No such file or directory/],
     ['an empty channel name', (r) => channel('noname', `${r}/chan.tar`, ''), /renaming channel directory: .*Directory not empty/],

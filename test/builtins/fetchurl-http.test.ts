@@ -21,6 +21,7 @@ import { BuildFailedError } from '../../src/scheduler/errors.js';
 import type { BuildEngineOptions } from '../../src/scheduler/options.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import { nixOk, runNix, runNixAsync, tempDir } from '../helpers/nix.js';
+import { tarEntry } from '../helpers/tar.js';
 import { instantiateAttrs, logTail, nixSandboxArgs, pathFacts, removeTree } from '../scheduler/helpers.js';
 
 const BODY = 'secret contents\n';
@@ -258,27 +259,6 @@ describe.skipIf(!nixOk())('builtin:fetchurl over HTTP vs Nix 2.8: netrc, proxy, 
   );
 });
 
-/** One ustar member: header (checksum filled in) and its data padded to 512 bytes. */
-function tarEntry(name: string, type: string, data: string, link = ''): Buffer {
-  const h = Buffer.alloc(512);
-  h.write(name, 0);
-  h.write('0000644\0', 100);
-  h.write('0000000\0', 108);
-  h.write('0000000\0', 116);
-  h.write(data.length.toString(8).padStart(11, '0') + '\0', 124);
-  h.write('00000000000\0', 136);
-  h.write('        ', 148);
-  h.write(type, 156);
-  h.write(link, 157);
-  h.write('ustar\x0000', 257);
-  let sum = 0;
-  for (const b of h) sum += b;
-  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148);
-  const body = Buffer.alloc(Math.ceil(data.length / 512) * 512);
-  body.write(data);
-  return Buffer.concat([h, body]);
-}
-
 describe("builtins: netrc, Nix's error layout, the tar reader", () => {
   it('netrc: machine entries, default, quoted tokens, macdef skipped', () => {
     const e = parseNetrc(
@@ -336,7 +316,7 @@ describe("builtins: netrc, Nix's error layout, the tar reader", () => {
       writeFileSync(path.join(dir, 'dotdot.tar'), Buffer.concat([tarEntry('a/../../escape', '0', 'x'), Buffer.alloc(1024)]));
       writeFileSync(path.join(dir, 'through.tar'), Buffer.concat([tarEntry('l', '2', '', '/tmp'), tarEntry('l/x', '0', 'x'), Buffer.alloc(1024)]));
       await expect(unpackTarfile(path.join(dir, 'dotdot.tar'), path.join(dir, 'o1'))).rejects.toThrow(/Path contains '\.\.'/);
-      await expect(unpackTarfile(path.join(dir, 'through.tar'), path.join(dir, 'o2'))).rejects.toThrow(/Cannot extract through symlink l/);
+      await expect(unpackTarfile(path.join(dir, 'through.tar'), path.join(dir, 'o2'))).rejects.toThrow(/Cannot extract through symlink .*\/o2\/l\/x\)$/);
       writeFileSync(path.join(dir, 'junk.tar'), Buffer.alloc(1024, 7));
       await expect(unpackTarfile(path.join(dir, 'junk.tar'), path.join(dir, 'o3'))).rejects.toThrow(/^failed to open archive: Unrecognized archive format$/);
     });
