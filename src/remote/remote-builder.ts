@@ -40,6 +40,12 @@ export interface RemoteBuildOptions {
    * slot is free). @default never
    */
   readonly localSlotFree?: () => boolean;
+  /**
+   * buildOnRemote: every fitting machine is busy and the build waits for one of them. A promise returned
+   * ends that wait early, and the machines (then `localSlotFree`) are asked again: Nix asks its hook again
+   * when a build ends, so a local build slot freed meanwhile can take the build. @default none
+   */
+  readonly onBusy?: (signal: AbortSignal) => Promise<void> | undefined;
   /** Aborting stops the remote build (the connection is closed). */
   readonly signal?: AbortSignal;
   /** Each line of the build log as it arrives. */
@@ -774,7 +780,8 @@ export async function buildOnRemote(
       const onAbort = (): void => ac.abort(opts.signal!.reason);
       opts.signal?.addEventListener('abort', onAbort, { once: true });
       try {
-        await Promise.race(choice.candidates.map((m) => m.builder.waitForSlot(ac.signal)));
+        const askAgain = opts.onBusy?.(ac.signal);
+        await Promise.race([...choice.candidates.map((m) => m.builder.waitForSlot(ac.signal)), ...(askAgain ? [askAgain] : [])]);
       } finally {
         ac.abort();
         opts.signal?.removeEventListener('abort', onAbort);

@@ -116,6 +116,8 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
         // As Nix's hook: a machine with a free slot takes the build even when a local slot is free too; when
         // every machine is busy, a free local slot builds it here.
         localSlotFree: () => buildsHere(w, view, local),
+        // While the machines are busy, a local slot given back has it asked again (built here if it is free).
+        onBusy: (signal) => (local && !remoteOnly(options) ? slotGate(w.ctx.buildQueue).nextGiveBack(signal) : undefined),
         inputPaths,
         useSubstitutes: options.buildersUseSubstitutes,
         ...events.callbacks,

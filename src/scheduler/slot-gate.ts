@@ -68,6 +68,8 @@ export class SlotGate {
   private fallback: NodeJS.Timeout | undefined;
   /** Waiters whose `prepare` was called. */
   private prepared = 0;
+  /** Told when a slot is next given back (builds waiting for a remote machine: nextGiveBack). */
+  private givenBackWaiters: (() => void)[] = [];
 
   constructor(private readonly queue: PQueue) {
     const less = (a: Waiter, b: Waiter): boolean => (this.epoch === 0 && a.rounds !== b.rounds ? a.rounds < b.rounds : a.key < b.key);
@@ -197,7 +199,31 @@ export class SlotGate {
     this.slotGivenBack();
     if (this.queue.concurrency > 1) this.grant();
     else this.schedule();
+    const told = this.givenBackWaiters;
+    if (told.length) {
+      this.givenBackWaiters = [];
+      for (const f of told) f();
+    }
   };
+
+  /**
+   * Resolves when a slot is next given back, after the builds waiting here had their chance at it (with
+   * more than one slot they are granted first; with one, later in this turn of the event loop): a build
+   * waiting for a busy remote machine then asks again, as Nix's postponed hook goal does when a build ends.
+   */
+  nextGiveBack(signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const wake = (): void => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      const onAbort = (): void => {
+        this.givenBackWaiters = this.givenBackWaiters.filter((f) => f !== wake);
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.givenBackWaiters.push(wake);
+    });
+  }
 }
 
 /** One goal's share of the gate's count of preparing goals. */

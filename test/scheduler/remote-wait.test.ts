@@ -1,0 +1,87 @@
+/**
+ * A build waiting for a busy remote machine takes a local build slot that is given back meanwhile, as Nix
+ * 2.8's worker asks its hook again when a build ends (the hook declines once this machine is willing). Hand-
+ * released fake sandbox builds; a machine that stays busy for the whole call.
+ */
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BuildEngine } from '../../src/scheduler/build-engine.js';
+import { LocalStore } from '../../src/store/local-store.js';
+import { machine } from '../../src/remote/machines.js';
+import type { RemoteBuilder } from '../../src/remote/remote-builder.js';
+import { tempDir } from '../helpers/nix.js';
+import { FakeSandbox, removeTree, settle, writeTestDrv } from './helpers.js';
+
+let root: string;
+let store: LocalStore;
+
+beforeAll(async () => {
+  root = tempDir('realise-remote-wait-');
+  store = await LocalStore.open({ storeDir: path.join(root, 'store'), stateDir: path.join(root, 'state'), logDir: path.join(root, 'log') });
+});
+
+afterAll(async () => {
+  await store?.close();
+  if (root) await removeTree(root);
+});
+
+/** A machine for x86_64-linux whose one slot is taken for good: every build finds it busy. */
+function busyMachine(): RemoteBuilder & { builds: number; waits: number } {
+  const m = machine({ storeUri: 'ssh://busy', systemTypes: ['x86_64-linux'], maxJobs: 1 });
+  return {
+    name: m.storeUri,
+    machine: m,
+    load: 1,
+    builds: 0,
+    waits: 0,
+    disabledReason: () => undefined,
+    waitForSlot(signal?: AbortSignal) {
+      this.waits++;
+      return new Promise<void>((_, reject) => signal?.addEventListener('abort', () => reject(signal.reason as Error), { once: true }));
+    },
+    build() {
+      this.builds++;
+      throw new Error('the busy machine was given a build');
+    },
+    close: () => Promise.resolve(),
+  };
+}
+
+describe.skipIf(process.arch !== 'x64')('a build waiting for a busy machine', () => {
+  for (const maxJobs of [1, 2]) {
+    it(`takes a local slot given back meanwhile (maxJobs ${maxJobs})`, async () => {
+      const busy = busyMachine();
+      const sandbox = new FakeSandbox((p) => store.toRealPath(p));
+      const engine = new BuildEngine({ store, sandbox, maxJobs, builders: [busy] });
+      // One more build than local slots: the last one finds the machine busy and every local slot taken.
+      const drvs = await Promise.all(Array.from({ length: maxJobs + 1 }, (_, i) => writeTestDrv(store, `wait-${i}`)));
+      const ac = new AbortController();
+      const timer = setTimeout(() => ac.abort(new Error('a build still waits for the busy machine')), 15_000);
+      try {
+        const call = (ds: string[]) =>
+          engine.buildPaths(
+            ds.map((drvPath) => ({ drvPath, outputs: ['out'] })),
+            { signal: ac.signal },
+          );
+        // The local slots are taken (the machine is busy, so those builds are here), then one more build comes.
+        const running = call(drvs.slice(0, maxJobs));
+        const first = await sandbox.waitPending(maxJobs);
+        const waiting = call(drvs.slice(maxJobs));
+        for (let i = 0; i < 100 && busy.waits === 0; i++) await settle(50);
+        expect(busy.waits).toBeGreaterThan(0);
+        expect(sandbox.pending).toHaveLength(maxJobs);
+        // A slot is given back: the waiting build is built here.
+        await first[0]!.finish(0);
+        const next = await sandbox.waitPending(maxJobs);
+        for (const r of next) await r.finish(0);
+        const rs = [...(await running), ...(await waiting)];
+        expect(rs.map((r) => r.result.status)).toEqual(drvs.map(() => 'built'));
+        expect(sandbox.started).toHaveLength(maxJobs + 1);
+        expect(busy.builds).toBe(0);
+      } finally {
+        clearTimeout(timer);
+        await engine.close();
+      }
+    }, 30_000);
+  }
+});
