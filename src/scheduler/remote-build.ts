@@ -43,6 +43,8 @@ function remoteBuildEvents(
   let startedOn: string | undefined;
   /** The log lines of the build on its last machine: the local build log, as Nix keeps it for `nix-store -l`. */
   let log: string[] = [];
+  /** Ends the hold on local build slots while a machine is connected to. */
+  let connecting: (() => void) | undefined;
   const end = (outcome: 'success' | 'failure' | 'stopped') => {
     if (startedOn === undefined) return;
     w.ctx.emit('build-finished', { drvPath, round: 1, rounds: 1, machine: startedOn, outcome });
@@ -60,8 +62,13 @@ function remoteBuildEvents(
     onEvent: (event) => {
       if (startedOn !== undefined) w.ctx.emit('remote-log', { drvPath, machine: startedOn, event });
     },
-    // The connection step comes before the machine takes the build (onStart).
+    // The connection step comes before the machine takes the build (onStart); no local build starts
+    // meanwhile with one slot (SlotGate.hold).
     onStep: (step, phase, machine) => {
+      if (step.kind === 'connect') {
+        if (phase === 'start') connecting = slotGate(w.ctx.buildQueue).hold();
+        else connecting?.();
+      }
       w.ctx.emit('remote-step', { drvPath, machine, store: machineStoreName(machine), step, phase });
     },
     // Said as it happens, as Nix's hook does before it tries the next machine.

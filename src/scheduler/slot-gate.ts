@@ -68,6 +68,8 @@ export class SlotGate {
   private fallback: NodeJS.Timeout | undefined;
   /** Waiters whose `prepare` was called. */
   private prepared = 0;
+  /** Remote machines being connected to (hold): with one slot, none is granted meanwhile. */
+  private held = 0;
   /** Told when a slot is next given back (builds waiting for a remote machine: nextGiveBack). */
   private givenBackWaiters: (() => void)[] = [];
 
@@ -156,8 +158,26 @@ export class SlotGate {
     });
   }
 
+  /**
+   * A remote machine is being connected to for a build: with one slot, no slot is granted until the returned
+   * function is called (once the machine took the build or failed), as Nix's worker waits for its hook's
+   * answer, which comes after the connection, before it starts anything else: the machine's "building '…' on
+   * '…'" comes before a local build that was waiting.
+   */
+  hold(): () => void {
+    if (this.queue.concurrency !== 1) return () => {};
+    this.held++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.held--;
+      if (this.held === 0 && this.waitingCount > 0) this.schedule();
+    };
+  }
+
   private dispatch(): void {
-    if (this.waitingCount === 0 || this.running >= this.queue.concurrency) return;
+    if (this.waitingCount === 0 || this.running >= this.queue.concurrency || this.held > 0) return;
     if (this.preparing > 0 && this.queue.concurrency === 1) {
       this.fallback ??= setTimeout(() => {
         this.fallback = undefined;
@@ -182,6 +202,7 @@ export class SlotGate {
       clearTimeout(this.fallback);
       this.fallback = undefined;
     }
+    if (this.held > 0) return;
     // The slots are counted here (the queue only says how many there are): each grant runs its task at once.
     while (this.running < this.queue.concurrency) {
       const next = this.takeNext();

@@ -183,6 +183,39 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
     }
   });
 
+  it('max-jobs 1 and a machine with one slot: the machine takes the first build before a local one starts, a build that finds both busy is built here once the local slot frees', async () => {
+    const file = path.join(dir, 'w.nix');
+    writeFileSync(
+      file,
+      `let mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; };
+in { a = mk "a-slow" "sleep 3; echo a > $out"; b = mk "b-mid" "sleep 1; echo b > $out"; c = mk "c-quick" "echo c > $out"; }`,
+    );
+    const root = (s: string, what: string) => path.join(dir, `order-${what}-${s}`);
+    const targets = ['a', 'b', 'c'].map((a) => {
+      const drv = nix('nix-instantiate', ['--store', root('N', 'local'), file, '-A', a], { env });
+      expect(nix('nix-instantiate', ['--store', root('O', 'local'), file, '-A', a], { env })).toBe(drv);
+      return drv;
+    });
+    for (const s of ['N', 'O']) nix('nix-store', ['--store', root(s, 'machine'), '--init'], { env });
+    const spec = (s: string) => `ssh-ng://localhost?remote-store=${encodeURIComponent(root(s, 'machine'))} - - 1 1`;
+    const theirs = runNix('nix-store', ['--store', root('N', 'local'), '--realise', '-j1', '--builders', spec('N'), ...targets], { env });
+    const ours = await realiseInProcess(['build', '--store', root('O', 'local'), '-j1', '--builders', spec('O'), ...targets], env);
+    expect([theirs.status, ours.status]).toEqual([0, 0]);
+    // Our own lines about where each build runs (not the machine's own "building '…'" it forwards).
+    const starts = (stderr: string, s: string) =>
+      stderr
+        .split('\n')
+        .filter((l) => l.startsWith("building '"))
+        .filter((l, i, all) => !(l === `building '${targets[0]}'...` && all.slice(0, i).some((k) => k.startsWith(`building '${targets[0]}' on`))))
+        .map((l) => l.replace(encodeURIComponent(root(s, 'machine')), 'MACHINE'));
+    expect(starts(ours.stderr, 'O')).toEqual(starts(theirs.stderr, 'N'));
+    expect(starts(theirs.stderr, 'N')).toEqual([
+      `building '${targets[0]}' on 'ssh-ng://localhost?remote-store=MACHINE'...`,
+      `building '${targets[1]}'...`,
+      `building '${targets[2]}'...`,
+    ]);
+  });
+
   for (const scheme of ['ssh-ng', 'ssh'] as const) {
     it(`${scheme}://: a failure there is exit status 1 with the hook's error and log tail; rows, logs of both sides agree`, async () => {
       // Fresh twin stores for this scheme, the dependency built here (so it is uploaded to the machine).
