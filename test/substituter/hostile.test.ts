@@ -1,7 +1,7 @@
 /**
  * Hostile and corrupt caches: nothing is registered, no file is left in the store, and the error says why.
  */
-import { existsSync, readdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { beforeEach, describe, expect, it } from 'vitest';
@@ -239,6 +239,44 @@ describe('hostile binary caches', () => {
     const s = new BinaryCacheSubstituter(pathToFileURL(dir).href, { trustedPublicKeys: [PUBLIC_KEY] });
     expect(await code(substitutePath(store, s, (await s.queryPathInfos([DEP])).get(DEP)!))).toBe('not-found');
     await expectNothingMoreThan([A, B]);
+  });
+
+  it('an uncompressed cache, open (its small NAR files read whole, synchronously): truncated, corrupt, longer and missing NAR files fail in their words', async () => {
+    const noneDir = copyCache('none', path.join(path.dirname(dir), 'cache-none'));
+    const s = new BinaryCacheSubstituter(pathToFileURL(noneDir).href, { trustedPublicKeys: [PUBLIC_KEY] });
+    await s.init();
+    const infoOf = async (p: string) => (await s.queryPathInfos([p])).get(p)!;
+    for (const p of [A, B]) await substitutePath(store, s, await infoOf(p));
+    const ni = parseNarInfo(readFileSync(path.join(noneDir, `${DEP.slice(11, 43)}.narinfo`), 'utf8'));
+    const file = path.join(noneDir, ni.url);
+    const data = readFileSync(file);
+    const failure = async () => {
+      const e = await substitutePath(store, s, await infoOf(DEP)).catch((x: unknown) => x);
+      if (!(e instanceof SubstituterError)) throw new Error(`expected a SubstituterError, got ${String(e)}`);
+      await expectNothingMoreThan([A, B]);
+      return `${e.code}: ${e.message.replace(noneDir, '<cache>')}`;
+    };
+    const got: string[] = [];
+    truncateSync(file, Math.floor(data.length / 2));
+    got.push(await failure());
+    const corrupt = Buffer.from(data);
+    corrupt[data.length - 24] ^= 0x5a;
+    writeFileSync(file, corrupt);
+    got.push(await failure());
+    writeFileSync(file, Buffer.concat([data, Buffer.alloc(16)]));
+    got.push(await failure());
+    rmSync(file);
+    got.push(await failure());
+    const from = `from 'file://<cache>'`;
+    expect(got).toEqual([
+      `truncated: NAR for '${DEP}' fetched ${from} is incomplete\n  hint: the NAR file is truncated; nothing was registered`,
+      `hash-mismatch: hash mismatch importing path '${DEP}' ${from}: the NAR does not have the hash its narinfo gives (${ni.narHash.toString('sri')})\n  hint: the binary cache is corrupt; nothing was registered`,
+      `bad-nar: NAR of '${DEP}' ${from} is invalid: NAR has trailing data after byte ${ni.narSize}\n  hint: the binary cache is corrupt or hostile; nothing was registered`,
+      `not-found: file '${ni.url}' does not exist in binary cache\n  hint: the binary cache 'file://<cache>' lost the NAR file; try another substituter or build`,
+    ]);
+    writeFileSync(file, data);
+    await substitutePath(store, s, await infoOf(DEP));
+    await expectNothingMoreThan([A, B, DEP]);
   });
 
   it('an unsupported compression: decompression error naming it', async () => {
