@@ -70,6 +70,36 @@ export function buildActivityText(e: { drvPath: string; round: number; rounds: n
 }
 
 const ERROR_PREFIX = '\x1b[31;1merror:\x1b[0m ';
+/** Nix's colour of the values formatted into a message (hintfmt's yellowtxt). */
+const VALUE = (v: string): string => `\x1b[35;1m${v}\x1b[0m`;
+
+/**
+ * The first lines of Nix's frequent build errors, with the parts Nix's hintfmt colours as values (a
+ * message text carries no colour of its own, so the values are found again by the message's form).
+ */
+const COLOURED_FORMS: Array<[RegExp, (...values: string[]) => string]> = [
+  [/^builder for '([^'\n]+)' failed with exit code (\d+)/, (d, c) => `builder for '${VALUE(d)}' failed with exit code ${c}`],
+  [/^(\d+) dependencies of derivation '([^'\n]+)' failed to build/, (n, d) => `${VALUE(n)} dependencies of derivation '${VALUE(d)}' failed to build`],
+  [
+    /^builder for '([^'\n]+)' failed to produce output path for output '([^'\n]+)' at '([^'\n]+)'/,
+    (d, o, p) => `builder for '${VALUE(d)}' failed to produce output path for output '${VALUE(o)}' at '${VALUE(p)}'`,
+  ],
+  [/^(building of '[^'\n]+' from \.drv file) timed out after (\d+) seconds/, (g, n) => `${VALUE(g)} timed out after ${VALUE(n)} seconds`],
+  [
+    /^hash mismatch in fixed-output derivation '([^'\n]+)':\n  specified: (\S+)\n     got:    (\S+)/,
+    (d, w, g) => `hash mismatch in fixed-output derivation '${VALUE(d)}':\n  specified: ${VALUE(w)}\n     got:    ${VALUE(g)}`,
+  ],
+];
+
+/** `message` with the values of Nix's frequent build errors coloured as Nix's logError writes them. */
+function colouredAsNix(message: string): string {
+  if (message.includes('\x1b[')) return message;
+  for (const [form, colour] of COLOURED_FORMS) {
+    const m = form.exec(message);
+    if (m) return colour(...m.slice(1)) + message.slice(m[0].length);
+  }
+  return message;
+}
 const WARNING_PREFIX = '\x1b[35;1mwarning:\x1b[0m ';
 const INDENT = ' '.repeat('error: '.length);
 
@@ -409,7 +439,7 @@ export class NixJsonLog {
 
   /** An error as Nix's logError writes it: `msg` with the coloured prefix, `raw_msg` the message alone. */
   error(message: string): void {
-    const raw = message.replace(/\s+$/, '');
+    const raw = colouredAsNix(message.replace(/\s+$/, ''));
     this.emit({
       action: 'msg',
       column: null,

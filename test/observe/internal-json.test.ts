@@ -121,6 +121,15 @@ describe.skipIf(!nixOk() || !bwrapOk())('internal-json: realise vs Nix 2.8', () 
     const want = summarise(ns, LOCAL_TYPES);
     expect(want.msgs.filter((m) => m.startsWith('0 error:'))).toHaveLength(2);
     expect(summarise(os, LOCAL_TYPES)).toEqual(want);
+    // The errors' values in Nix's colour (the summaries compare them without colours).
+    const rawErrors = (stderr: string) =>
+      stderr
+        .split('\n')
+        .filter((l) => l.includes('"action":"msg"') && l.includes('"level":0'))
+        .map((l) => (JSON.parse(l.slice('@nix '.length)) as { raw_msg: string }).raw_msg)
+        .sort();
+    expect(rawErrors(n.stderr).join('\n')).toContain("\x1b[35;1m1\x1b[0m dependencies of derivation '\x1b[35;1m");
+    expect(rawErrors(o.stderr)).toEqual(rawErrors(n.stderr));
     const nom = nomSummary(n.stderr);
     expect(nom.builds.filter((b) => b.endsWith('failed, 1 log lines'))).toHaveLength(1);
     expect(nomSummary(o.stderr)).toEqual(nom);
