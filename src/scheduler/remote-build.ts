@@ -95,9 +95,14 @@ function remoteBuildResult(r: RemoteBuildResult, drvPath: StorePath, started: nu
   };
   if (isRemoteSuccess(r)) return success('built', outs, times);
   // As Nix 2.8's hook: any failure there (a builder's exit status, a timeout) is the hook's own exit status 1
-  // here, a misc-failure (exit status 1), and its message is the hook's, with the remote's errorMsg (and so
-  // its log tail) in full.
-  return failure('misc-failure', { message: `build of '${drvPath}' on '${r.machine}' failed: ${r.errorMsg || r.status}` }, times);
+  // here, a misc-failure (exit status 1) worded as a builder's that exited with 1; the hook's own message
+  // (with the remote's errorMsg, and so its log tail, in full) comes before it (remoteFailureMessage).
+  return failure('misc-failure', { message: `builder for '${drvPath}' failed with exit code 1` }, times);
+}
+
+/** What Nix 2.8's hook prints when the build failed there: the machine and the remote's errorMsg. */
+function remoteFailureMessage(r: RemoteBuildResult, drvPath: StorePath): string {
+  return `build of '${drvPath}' on '${r.machine}' failed: ${r.errorMsg || r.status}`;
 }
 
 const isRemoteSuccess = (r: RemoteBuildResult) => r.status === 'built' || r.status === 'substituted' || r.status === 'already-valid';
@@ -155,6 +160,7 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
     await events.saveLog();
     // As Nix 2.8's buildDone, the post-build hook runs here too once the outputs are back (its failure is the build's).
     const built = remoteBuildResult(dispatch.result, view.drvPath, started);
+    if (!isRemoteSuccess(dispatch.result)) w.ctx.emit('warning', { message: remoteFailureMessage(dispatch.result, view.drvPath), level: 'error' });
     const hookError = isRemoteSuccess(dispatch.result) ? await postBuildHook(w, view.drvPath, Object.values(built.builtOutputs)) : undefined;
     const result = hookError === undefined ? built : failure('misc-failure', hookError, { startTime: built.startTime, stopTime: built.stopTime });
     const ok = isSuccess(result.status);

@@ -238,6 +238,11 @@ in { a = mk "a-slow" "sleep 3; echo a > $out"; b = mk "b-mid" "sleep 1; echo b >
       expect(hookError(theirs.stderr)).toContain('failed with exit code 3');
       expect(hookError(ours.stderr), ours.stderr).toBe(hookError(theirs.stderr)!.replaceAll(`${scheme}-N`, `${scheme}-O`));
       for (const line of ['line one', 'line two']) expect(ours.stderr.split('\n')).toContain(line);
+      // Every error line in Nix's order: the hook's, then the build's as a builder that exited with 1 ("builder
+      // for '…' failed with exit code 1"), then the summary of the failed targets.
+      const errors = (stderr: string) => stderr.split('\n').filter((l) => l.startsWith('error: '));
+      expect(errors(ours.stderr)).toEqual(errors(theirs.stderr).map((l) => l.replaceAll(`${scheme}-N`, `${scheme}-O`)));
+      expect(errors(ours.stderr)).toContain(`error: builder for '${drvs.fail}' failed with exit code 1`);
       // The machine takes the build ("building '…' on '…'"), then the input is copied there, as Nix's hook does.
       const handOver = (stderr: string) => stderr.split('\n').filter((l) => /^building '.*-top\.drv' on |^copying path '.*-dep' to /.test(l));
       expect(handOver(ours.stderr)).toEqual(handOver(theirs.stderr).map((l) => l.replaceAll(`${scheme}-N`, `${scheme}-O`)));
