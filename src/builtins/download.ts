@@ -188,6 +188,8 @@ function transientStatus(code: number): boolean {
  */
 function hopUrl(url: string, current: string, redirected?: Dispatcher.ResponseData): URL | Attempt {
   try {
+    // curl refuses a URL with a space or a control character in it (a redirect's target it encodes).
+    if (!redirected && /[\x00-\x20\x7f]/.test(current)) throw new Error('malformed URL');
     const u = new URL(current);
     if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error(`unsupported protocol ${u.protocol}`);
     return u;

@@ -137,6 +137,7 @@ describe.skipIf(!nixOk())('builtin:fetchurl over HTTP vs Nix 2.8: netrc, proxy, 
         toFile = fetchurl { url = "${u}/to-file"; sha256 = "${hash}"; };
         short = fetchurl { url = "${u}/short.txt"; sha256 = "${hash}"; };
         teapot = fetchurl { url = "${u}/teapot"; sha256 = "${hash}"; };
+        spaced = fetchurl { url = "${u}/a b"; sha256 = "${hash}"; name = "spaced"; };
       }`,
     );
     N = path.join(root, 'N');
@@ -234,6 +235,7 @@ describe.skipIf(!nixOk())('builtin:fetchurl over HTTP vs Nix 2.8: netrc, proxy, 
     ['toFile', "a redirect to file://: the status and curl's words", 1],
     ['short', 'a body shorter than its Content-Length: a partial file, not retried once data came', 1],
     ['teapot', 'an error status with an empty body: no "response body" section', 1],
+    ['spaced', 'a URL with a space: curl refuses it, not retried', 1],
   ])(
     '%s: %s, as in Nix',
     async (attr, _what, status) => {
