@@ -72,6 +72,8 @@ export class SlotGate {
   private held = 0;
   /** Told when a slot is next given back (builds waiting for a remote machine: nextGiveBack). */
   private givenBackWaiters: (() => void)[] = [];
+  /** A prepareAhead is scheduled (prepareLater). */
+  private prepareScheduled = false;
 
   constructor(private readonly queue: PQueue) {
     const less = (a: Waiter, b: Waiter): boolean => (this.epoch === 0 && a.rounds !== b.rounds ? a.rounds < b.rounds : a.key < b.key);
@@ -100,7 +102,8 @@ export class SlotGate {
     (nextRound ? this.woken : this.fresh).push({ key: goalKey('derivation', drvPath), rounds, task, prepare, prepared: false });
     if (this.queue.concurrency > 1) this.grant();
     else this.schedule();
-    this.prepareAhead();
+    // (After a grant prepareLater does it.)
+    if (!this.prepareScheduled) this.prepareAhead();
   }
 
   /** The next waiting build in the order slots are granted, taken out of its heap. */
@@ -204,15 +207,32 @@ export class SlotGate {
     }
     if (this.held > 0) return;
     // The slots are counted here (the queue only says how many there are): each grant runs its task at once.
+    let granted = false;
     while (this.running < this.queue.concurrency) {
       const next = this.takeNext();
       if (!next) break;
       const { w } = next;
       if (w.prepared) this.prepared--;
       this.running++;
+      granted = true;
       w.task(this.giveBack);
     }
-    this.prepareAhead();
+    if (granted) this.prepareLater();
+    else this.prepareAhead();
+  }
+
+  /**
+   * prepareAhead once the builds just granted have gone as far as they can without waiting (in the usual
+   * case, to their builder's start): a grant comes between a builder's exit and the next one's start, where
+   * the next builds' lock files, log directory and build directory would only hold it up.
+   */
+  private prepareLater(): void {
+    if (this.prepareScheduled) return;
+    this.prepareScheduled = true;
+    setImmediate(() => {
+      this.prepareScheduled = false;
+      this.prepareAhead();
+    });
   }
 
   /** A granted slot is free again (one function for every grant: its task calls it once). */
