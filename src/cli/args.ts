@@ -381,12 +381,10 @@ export function parseSetting(name: string, value: string): SettingValue {
   const key = OPTION_ALIASES[name] ?? name;
   const nixName = key === 'build-repeat' ? 'repeat' : key;
   if (nixName === 'sandbox') {
+    // Nix's SandboxMode takes these three words only (not a Boolean's `1`, `yes`, `0`, `no`).
+    if (value === 'true' || value === 'false') return value === 'true';
     if (value === 'relaxed') return 'relaxed';
-    try {
-      return parseBool(nixName, value);
-    } catch {
-      throw new UsageError(`option 'sandbox' has invalid value '${value}'`);
-    }
+    throw new UsageError(`option 'sandbox' has invalid value '${value}'`);
   }
   if (BOOL_SETTINGS.has(nixName)) return parseBool(nixName, value);
   if (nixName === 'max-jobs') {

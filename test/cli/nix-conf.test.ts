@@ -211,6 +211,9 @@ describe.skipIf(!nixOk())('configuration vs Nix 2.8', () => {
       ['max-jobs = 99999999999999999999\n', ['build', drv]],
       // extra- takes only the settings that are lists: the others are unknown (a warning, or no flag at all).
       ['extra-keep-going = true\nextra-cores = 3\nextra-substituters =\nsandbox = maybe\n', ['build', drv]],
+      // sandbox is no Boolean: true, false or relaxed only.
+      ['sandbox = 1\n', ['build', drv]],
+      ['', ['--version', '--option', 'sandbox', 'yes', '--option', 'build-use-sandbox', 'no', '--option', 'sandbox', '1']],
       ['', ['build', '--extra-keep-going', 'true', drv]],
     ];
     await check(cases);
