@@ -349,8 +349,10 @@ export class LinuxSandbox implements Sandbox {
   #recyclable(request: SandboxRequest): boolean {
     // A build with the host network could hand a descriptor of a chroot file to a host process; without
     // the seccomp filter a builder could set extended attributes we do not check; a pre-build hook may
-    // change the chroot in ways we do not know.
-    return !request.network && this.#filter !== undefined && !this.#options.preBuildHook;
+    // change the chroot in ways we do not know. A builder run as uid 0 (realise not root, the caller asked
+    // for it) has every capability in the build's user namespace: it could unmount what covers the
+    // skeleton (the build dir, /proc, an input) and change what is underneath.
+    return !request.network && this.#filter !== undefined && !this.#options.preBuildHook && request.uid !== 0;
   }
 
   /**

@@ -156,6 +156,15 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
     expect(await run('after', 'ls -d /nix/store; ls -d /nix.old 2>/dev/null || echo no /nix.old')).toBe('/nix/store\nno /nix.old\n');
   });
 
+  it.skipIf(process.getuid?.() === 0)(
+    "a uid-0 builder's skeleton is never reused (it has every capability in its user namespace: it could unmount what covers the skeleton)",
+    async () => {
+      const a = await run('root-a', rootIno, { uid: 0, gid: 0 });
+      const b = await run('root-b', rootIno, { uid: 0, gid: 0 });
+      expect(b).not.toBe(a);
+    },
+  );
+
   it.skipIf(!bwrapOk())('outputs and the Nix view are unaffected by reuse (ls -la / twice)', async () => {
     const view =
       'ls -la / /dev /etc /tmp $NIX_STORE | sed -E "s/ [A-Z][a-z][a-z] [ 0-9][0-9] +[0-9:]+ / DATE /" | grep -v "$(basename $out)" | grep -v " proc$"';
