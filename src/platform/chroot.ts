@@ -94,8 +94,7 @@ export interface SkeletonState {
   /** Relative path of the store dir. */
   readonly store: string;
   /**
-   * What the check after a build compares: every inode of the skeleton not covered during a build, with
-   * its reference attributes, a directory's entries, an /etc file's contents (those the builder may read).
+   * What the check after a build compares: every inode of the skeleton, with its reference attributes, a directory's entries, an /etc file's contents (those the builder may read).
    */
   readonly checks: readonly InodeCheck[];
   /** `checks` encoded for the native check (see encodeChecks). */
@@ -339,48 +338,47 @@ function refOf(st: fs.BigIntStats): InodeRef {
   return { ino: st.ino, mode: st.mode, uid: st.uid, gid: st.gid, nlink: st.nlink, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
 }
 
-/**
- * Inodes of the skeleton that are always covered by a mount while the builder runs (the build dir, /proc,
- * the device nodes), so that no builder can change them: not compared after a build (their names are,
- * in their parents' listings).
- */
-function coveredDuringBuild(opts: PrepareChrootOptions): Set<string> {
-  const covered = new Set<string>(['proc', opts.sandboxBuildDir.replace(/^\/+/, '')]);
-  if (opts.devSkeleton) for (const n of devNodeNames(!!opts.kvm)) covered.add(`dev/${n}`);
-  return covered;
-}
-
 /** Record the state of a freshly made skeleton (every inode, directory listing and /etc file). */
 function snapshotSkeleton(root: string, key: string, opts: PrepareChrootOptions): SkeletonState {
   const store = opts.storeDir.replace(/^\/+/, '');
   const checks: InodeCheck[] = [];
-  const covered = coveredDuringBuild(opts);
+  // Every inode, those covered by a mount during the build too (the build dir, /proc, the device nodes):
+  // a builder with the capabilities of its user namespace could unmount them (see LinuxSandbox#recyclable),
+  // and the check sees the skeleton's own inodes, not what is mounted on them.
   const walk = (rel: string): void => {
     const abs = rel ? path.join(root, rel) : root;
     const st = fs.lstatSync(abs, { bigint: true });
-    if (covered.has(rel)) return; // (looked at all the same: it must be there)
     const names = st.isDirectory() ? fs.readdirSync(abs).sort() : undefined;
     const data = st.isFile() && rel.startsWith('etc/') ? fs.readFileSync(abs) : undefined;
     checks.push({ suffix: rel ? `/${rel}` : '', ref: refOf(st), store: rel === store, timesMayChange: rel === '' || rel === store, names, data });
     for (const n of names ?? []) walk(rel ? `${rel}/${n}` : n);
   };
   walk('');
-  const spec = encodeChecks(checks);
+  const spec = encodeChecks(checks, mountpointMode());
   return { key, opts, store, checks, spec, specHex: spec.toString('hex'), mountpoints: new Set() };
 }
 
-/** Flags of an inode in the encoded checks (SK_* in xattr-addon.c). */
+/**
+ * The mode of the mount point directories the sandbox helper makes in the store dir for directory inputs
+ * (mkdir 0755 under the umask it inherits from us), with the directory type bit.
+ */
+function mountpointMode(): number {
+  return fs.constants.S_IFDIR | (0o755 & ~processUmask());
+}
+
+/** Flags of an inode in the encoded checks (SK_* in skeleton-check.h). */
 const SK_STORE = 1;
 const SK_TIMES_MAY_CHANGE = 2;
 const SK_NAMES = 4;
 const SK_DATA = 8;
 
 /**
- * The checks as the addon's skeletonUnchanged reads them (little-endian): a u32 count, then per inode its
- * path from the root (u32 length, bytes), u32 flags, eight i64 (ino, mode, uid, gid, nlink, size, mtime,
- * ctime in ns), a directory's entries (u32 count, NUL-terminated names), a file's contents (u32 length, bytes).
+ * The checks as skeleton-check.h reads them (little-endian): a u32 count, the u32 mode of the store dir's
+ * mount point directories (mountpointMode), then per inode its path from the root (u32 length, bytes), u32
+ * flags, eight i64 (ino, mode, uid, gid, nlink, size, mtime, ctime in ns), a directory's entries (u32
+ * count, NUL-terminated names), a file's contents (u32 length, bytes).
  */
-function encodeChecks(checks: readonly InodeCheck[]): Buffer {
+function encodeChecks(checks: readonly InodeCheck[], mountMode: number): Buffer {
   const parts: Buffer[] = [];
   const u32 = (n: number) => {
     const b = Buffer.alloc(4);
@@ -388,6 +386,7 @@ function encodeChecks(checks: readonly InodeCheck[]): Buffer {
     parts.push(b);
   };
   u32(checks.length);
+  u32(mountMode);
   for (const c of checks) {
     const suffix = Buffer.from(c.suffix);
     u32(suffix.length);
@@ -410,9 +409,10 @@ function encodeChecks(checks: readonly InodeCheck[]): Buffer {
  * The arguments of the addon's skeletonUnchanged (DirOps), which tells, after the build's hard-linked
  * inputs (`leftovers.storeFiles`) are unlinked, whether a skeleton is exactly as it was made, apart from
  * what a build legitimately changes: the store dir's entries (only the given mount point directories may
- * be left) and times, and the root's times (it is renamed). Everything a builder could write — the root,
- * /tmp, /etc and its files, /dev and its links, the store dir's parents — must have the same inode, mode,
- * owner, link count, size, times and (for /etc files) contents.
+ * be left: empty, with the mode and owner the helper gives them) and times, and the root's times (it is
+ * renamed). Everything a builder could write — the root, /tmp, /etc and its files, /dev and its links and
+ * nodes, /proc, the build dir, the store dir's parents — must have the same inode, mode, owner, link count,
+ * size, times and (for /etc files) contents.
  *
  * `placed` (ChrootLayout.placedCtimeNs) is a ctime the file system gave before the builder started: any
  * change the builder made to an inode set its ctime to a time at or after it. So an inode whose ctime is

@@ -36,8 +36,9 @@ static int eachEntry(int fd, int (*fn)(int, const char *, unsigned char, void *)
   }
 }
 
-/* A chroot skeleton's reference state, as chroot.ts encodes it (little-endian): a u32 count of inodes, then
-   per inode: u32 length and bytes of its path from the root ("" for the root, else "/..."), u32 flags
+/* A chroot skeleton's reference state, as chroot.ts encodes it (little-endian): a u32 count of inodes, the
+   u32 mode of the mount point directories a build leaves in the store dir (type bits included), then per
+   inode: u32 length and bytes of its path from the root ("" for the root, else "/..."), u32 flags
    (SK_*), eight i64 (ino, mode, uid, gid, nlink, size, mtime and ctime in ns), u32 count and
    NUL-terminated sorted names of a directory's entries, u32 length and bytes of a file's contents. */
 enum { SK_STORE = 1, SK_TIMES_MAY_CHANGE = 2, SK_NAMES = 4, SK_DATA = 8 };
@@ -66,22 +67,57 @@ static int listed(const char *list, size_t len, const char *name) {
   return 0;
 }
 
+/* How the checking process sees the owners of the skeleton's inodes: from inside a user namespace (the
+   sandbox helper's build process), the caller's uid and gid show as the ids they are mapped to there
+   (`seen`), every other as the kernel's overflow id. NULL: from the caller's own namespace. */
+struct skeletonIds { int64_t uidSeen, uid, gidSeen, gid; };
+
+/* An owner as seen (uid or gid) given back as the caller's (`ours`) when it is the one mapped to it, else
+   as -1, which no reference owner is. */
+static int64_t ownerOf(int64_t seen, int64_t mappedTo, int64_t ours) {
+  return seen == mappedTo ? ours : -1;
+}
+
+static int noEntry(int fd, const char *name, unsigned char type, void *arg) {
+  (void) fd; (void) name; (void) type; (void) arg;
+  return 0;
+}
+
+/* What a mount point directory left in the store dir must be: a directory with the mode the helper made it
+   with, the store dir's owner, no subdirectory and no entry at all (what a builder able to unmount the
+   input on it wrote underneath). Its entries are listed unless its ctime is older than `placed` (see
+   skeletonCheckAt: then it is as it was when an earlier check found it empty). */
+struct mountpointRef { int64_t mode, uid, gid, placed; const struct skeletonIds *ids; };
+
+static int mountpointEmpty(int storeFd, const char *name, const struct mountpointRef *m) {
+  struct stat st;
+  if (fstatat(storeFd, name, &st, AT_SYMLINK_NOFOLLOW) == -1) return 0;
+  int64_t uid = m->ids ? ownerOf(st.st_uid, m->ids->uidSeen, m->ids->uid) : (int64_t) st.st_uid;
+  int64_t gid = m->ids ? ownerOf(st.st_gid, m->ids->gidSeen, m->ids->gid) : (int64_t) st.st_gid;
+  if ((int64_t) st.st_mode != m->mode || uid != m->uid || gid != m->gid || st.st_nlink != 2) return 0;
+  if (m->placed != 0 && ns(st.st_ctim) < m->placed) return 1;
+  int fd = openat(storeFd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return 0;
+  int empty = eachEntry(fd, noEntry, 0);
+  close(fd);
+  return empty;
+}
+
 /* A listing compared with a NUL-separated list of names (see sameEntries). */
-struct entriesScan { const char *list; size_t len; uint32_t seen; int dirsOnly; };
+struct entriesScan { const char *list; size_t len; uint32_t seen; const struct mountpointRef *mountpoints; };
 
 static int entryListed(int fd, const char *name, unsigned char type, void *arg) {
   struct entriesScan *s = arg;
   s->seen++;
   if (!listed(s->list, s->len, name)) return 0;
-  if (!s->dirsOnly || type == DT_DIR) return 1;
-  struct stat st;
-  return type == DT_UNKNOWN && fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+  if (!s->mountpoints) return 1;
+  return (type == DT_DIR || type == DT_UNKNOWN) && mountpointEmpty(fd, name, s->mountpoints);
 }
 
 /* Whether the directory fd (taken) holds exactly the names of the NUL-separated list of count names, and
-   (dirsOnly) only directories. */
-static int sameEntries(int fd, const char *list, size_t len, uint32_t count, int dirsOnly) {
-  struct entriesScan s = { list, len, 0, dirsOnly };
+   (mountpoints) only empty mount point directories as described there. */
+static int sameEntries(int fd, const char *list, size_t len, uint32_t count, const struct mountpointRef *mountpoints) {
+  struct entriesScan s = { list, len, 0, mountpoints };
   int ok = eachEntry(fd, entryListed, &s);
   close(fd);
   return ok && s.seen == count;
@@ -116,17 +152,6 @@ static int openDirBeneath(int dirfd, const char *rel) {
   return fd;
 }
 
-/* How the checking process sees the owners of the skeleton's inodes: from inside a user namespace (the
-   sandbox helper's build process), the caller's uid and gid show as the ids they are mapped to there
-   (`seen`), every other as the kernel's overflow id. NULL: from the caller's own namespace. */
-struct skeletonIds { int64_t uidSeen, uid, gidSeen, gid; };
-
-/* An owner as seen (uid or gid) given back as the caller's (`ours`) when it is the one mapped to it, else
-   as -1, which no reference owner is. */
-static int64_t ownerOf(int64_t seen, int64_t mappedTo, int64_t ours) {
-  return seen == mappedTo ? ours : -1;
-}
-
 /* See skeletonUnchanged in chroot.ts, whose check this is: storeFiles (NUL-separated names) are unlinked
    from the store dir (store: its path from the root), then every inode of spec is compared. Paths are
    walked from the root, opened once (a walk of the root's own path per call cost the kernel more). The
@@ -147,8 +172,8 @@ static int skeletonCheckAt(int rootFd, struct reader *r, const char *store, cons
   if (storeFd >= 0) close(storeFd);
   uint32_t nMounts = 0;
   for (size_t off = 0; off < mountsLen; off += strlen(mounts + off) + 1) if (mounts[off]) nMounts++;
-  uint32_t count;
-  if (!readU32(r, &count)) return 0;
+  uint32_t count, mountMode;
+  if (!readU32(r, &count) || !readU32(r, &mountMode)) return 0;
   for (uint32_t k = 0; k < count; k++) {
     uint32_t slen, flags, nNames, dataLen;
     if (!readU32(r, &slen) || (size_t) (r->end - r->p) < slen || slen >= sizeof rel) return 0;
@@ -181,8 +206,10 @@ static int skeletonCheckAt(int rootFd, struct reader *r, const char *store, cons
         (int64_t) st.st_nlink != nlink || (int64_t) st.st_size != ref[5]) return 0;
     if (!(flags & SK_TIMES_MAY_CHANGE) && (ns(st.st_mtim) != ref[6] || ns(st.st_ctim) != ref[7])) return 0;
     if (flags & SK_STORE) {
+      /* The mount points are owned as the store dir is: both made by the caller. */
+      struct mountpointRef m = { mountMode, ref[2], ref[3], placed, ids };
       int fd = openat(rootFd, rel, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      if (fd < 0 || !sameEntries(fd, mounts, mountsLen, nMounts, 1)) return 0;
+      if (fd < 0 || !sameEntries(fd, mounts, mountsLen, nMounts, &m)) return 0;
       continue;
     }
     /* The root's times change with the rename: its entries are always listed. */

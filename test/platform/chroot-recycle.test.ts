@@ -3,7 +3,7 @@
  * anything an earlier builder left or changed, nor a mount point of an input it does not have.
  * The chroot root's inode number (`stat -c %i /` inside) tells whether a skeleton was reused.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootDirFor, flushRemovals } from '../../src/platform/chroot.js';
@@ -154,6 +154,54 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
     expect(readFileSync(fx.realPath(fileInput), 'utf8')).toBe('data\n');
     // And the next build gets a sound chroot.
     expect(await run('after', 'ls -d /nix/store; ls -d /nix.old 2>/dev/null || echo no /nix.old')).toBe('/nix/store\nno /nix.old\n');
+  });
+
+  /**
+   * A build that writes $out (the root's inode) and then waits for `go` in a directory input, while
+   * `meanwhile` acts on its chroot from the host (which sees the skeleton's directories, not what is
+   * mounted on them in the build's namespace). Returns its root's inode.
+   */
+  async function runPaused(name: string, meanwhile: (chroot: string) => void): Promise<string> {
+    await new Promise((r) => setImmediate(r));
+    const gate = fx.realPath(gatePath);
+    rmSync(path.join(gate, 'go'), { force: true });
+    const req = fx.request(name, `${rootIno} > $out; until [ -e ${gatePath}/go ]; do sleep 0.02; done`, { inputPaths: [fx.busyboxPath, gatePath] });
+    const chroot = chrootDirFor(fx.realStoreDir, req.drvPath);
+    const written = path.join(chroot, 'nix/store', path.basename(req.outputPaths[0]!));
+    const running = sb.run(req);
+    const deadline = Date.now() + 20_000;
+    while (!(existsSync(written) && statSync(written).size > 0)) {
+      if (Date.now() > deadline) throw new Error('the build never started');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    meanwhile(chroot);
+    writeFileSync(path.join(gate, 'go'), '');
+    expect(await running).toEqual({ kind: 'exited', code: 0 });
+    return readFileSync(fx.realPath(req.outputPaths[0]!), 'utf8');
+  }
+  let gatePath: string;
+  beforeAll(() => {
+    gatePath = storePath('gate');
+    mkdirSync(fx.realPath(gatePath));
+  });
+  const withGate = (script: string) => run('after', script, { inputPaths: [fx.busyboxPath, gatePath] });
+
+  it('what is written under a mount point during a build (the build dir, /proc, a device node, a directory input) is never carried over', async () => {
+    const untouched = await runPaused('untouched', () => {});
+    expect(await withGate(rootIno)).toBe(untouched); // reused: what the cases below would see without a change
+    const busybox = path.basename(fx.busyboxPath);
+    const changes: [string, (chroot: string) => void][] = [
+      ['/build', (c) => writeFileSync(path.join(c, 'build/left'), 'x')],
+      ['/proc', (c) => writeFileSync(path.join(c, 'proc/left'), 'x')],
+      ['/dev/null', (c) => writeFileSync(path.join(c, 'dev/null'), 'x')],
+      ['/proc mode', (c) => chmodSync(path.join(c, 'proc'), 0o777)],
+      ['input mount point', (c) => writeFileSync(path.join(c, 'nix/store', busybox, 'left'), 'x')],
+      ['input mount point mode', (c) => chmodSync(path.join(c, 'nix/store', path.basename(gatePath)), 0o777)],
+    ];
+    for (const [what, change] of changes) {
+      const before = await runPaused(what.replace(/[^a-z]/g, '-'), change);
+      expect({ what, reused: (await withGate(rootIno)) === before }).toEqual({ what, reused: false });
+    }
   });
 
   it.skipIf(process.getuid?.() === 0)(
