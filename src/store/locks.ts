@@ -134,7 +134,7 @@ function tryFlock(fd: number, lockPath: string, mode: 'exnb' | 'shnb' = 'exnb'):
 /**
  * The flock and staleness check on an opened lock file: the fd, undefined (held), or 'stale' (closed; open
  * again). `openedEarlier`: opened a while before (OpenedLockFiles), so its file may have been deleted since
- * by someone who did not mark it: the path must still name it.
+ * by someone who did not mark it: it must still have a link.
  */
 function lockOpened(lockPath: string, fd: number, openedEarlier = false): number | undefined | 'stale' {
   if (!tryFlock(fd, lockPath)) {
@@ -142,7 +142,9 @@ function lockOpened(lockPath: string, fd: number, openedEarlier = false): number
     return undefined;
   }
   const st = fstatSync(fd);
-  if (st.size !== 0 || openedEarlier) {
+  // A file opened earlier and deleted since has no link left (nobody makes a second link to a lock file):
+  // its link count says so without a lookup of the path.
+  if (st.size !== 0 || (openedEarlier && st.nlink === 0)) {
     // Its previous holder deleted it (unlinked, then wrote "d"): start over with a fresh file. If the
     // path still names this very inode it was never unlinked (a leftover copy): reuse it, emptied.
     if (!namesInode(lockPath, st)) {
