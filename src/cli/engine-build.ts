@@ -149,7 +149,8 @@ export async function build(args: CliArgs, store: Store, settings: EngineSetting
   const engine = new BuildEngine(opts);
   engine.once('build-started', () => tellLauncher('buildsRun'));
   const mode = args.check ? 'check' : args.repair ? 'repair' : 'normal';
-  repeatHookWarnings(args, engine, store, opts.maxJobs ?? 1);
+  // (Through a daemon, its own worker starts the hook, with its own configuration.)
+  if (!(store instanceof DaemonStore)) repeatHookWarnings(args, engine, store, opts.maxJobs ?? 1);
   const { display, closeSink } = openDisplay(args, engine);
   const trace =
     args.traceFile || args.report
