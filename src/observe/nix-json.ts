@@ -226,7 +226,8 @@ export class NixJsonLog {
     on('progress', (p) => this.progress(p));
     if (opts.warnings !== false) {
       on('warning', (e) => {
-        if (e.level === 'error') this.error(e.message);
+        if (e.verbosity !== undefined) this.message(e.verbosity, e.message);
+        else if (e.level === 'error') this.error(e.message);
         else if (e.level === 'info') this.message(LogLevel.Info, e.message);
         else if (e.level === 'plain' || e.level === 'raw') this.message(LogLevel.Error, e.message);
         else this.warn(e.message);

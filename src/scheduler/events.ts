@@ -127,8 +127,10 @@ export interface EventPayloads {
    * "checking path '…'...").
    * `level: 'raw'` for what another program wrote to stderr and Nix lets through untouched (the ssh of an
    * `ssh-ng://` machine that cannot be used, before "cannot build on '…'"): written as it is, unfiltered.
+   * `verbosity`: Nix's level (0 error … 7 vomit) of a message a builder sent in a `@nix` line, which
+   * Nix's display shows up to 3 (info) and its internal-json stream passes on with that level.
    */
-  warning: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' | 'raw' };
+  warning: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' | 'raw'; verbosity?: number };
 }
 
 type Counters = { expected: number; done: number; running: number; failed: number };

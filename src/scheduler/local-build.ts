@@ -30,7 +30,7 @@ import { canBuildHere, knownPath, requiredSystemFeatures, type DrvView } from '.
 import { BuildSetupError } from './errors.js';
 import { encodeError } from '../remote/wire.js';
 import { exportReferencesGraph } from './export-references.js';
-import { LogCollector } from './log-collector.js';
+import { builderMessage, LogCollector } from './log-collector.js';
 import { describeSignal } from '../platform/signals.js';
 import { roundsToTryToBuild, slotGate } from './slot-gate.js';
 import { registerOutputs, type RoundOutputs } from './register-outputs.js';
@@ -745,6 +745,8 @@ class LocalRound {
     this.log = new LogCollector({
       logLines: w.ctx.options.logLines,
       onLine: (line, bytes) => w.ctx.emit('build-log', { drvPath: view.drvPath, line, bytes }),
+      // A builder's messages are printed, as Nix does (a built-in's warnings come as warning events).
+      ...(view.builder.startsWith('builtin:') ? {} : { onStructured: (json: string) => forwardBuilderMessage(w, json) }),
     });
     this.running = w.ctx.progress.running('builds');
   }
@@ -1174,4 +1176,10 @@ async function cleanupScratch(w: Worker, scratch: Map<string, StorePath>, keep?:
     if (keep ? keep.has(p) : w.ctx.options.keepFailed) continue;
     if (exists(real)) await deleteTree(real).catch(() => {});
   }
+}
+
+/** A builder's `@nix` message line, printed as Nix's handleJSONLogMessage prints it. */
+function forwardBuilderMessage(w: Worker, json: string): void {
+  const m = builderMessage(json);
+  if (m) w.ctx.emit('warning', m);
 }

@@ -13,7 +13,14 @@ export class LogCollector {
   private pos = 0;
   private readonly tailLines: string[] = [];
 
-  constructor(private readonly opts: { logLines: number; onLine: (line: string, bytes: Buffer) => void }) {}
+  constructor(
+    private readonly opts: {
+      logLines: number;
+      onLine: (line: string, bytes: Buffer) => void;
+      /** A `@nix {…}` line (its JSON text). */
+      onStructured?: (json: string) => void;
+    },
+  ) {}
 
   push(chunk: Buffer): void {
     this.chunks.push(chunk);
@@ -49,7 +56,10 @@ export class LogCollector {
     this.pos = 0;
     // As Nix's handleJSONLogMessage: `@nix {…}` lines (activities, progress, messages of built-ins) stay in
     // the log file but are not log lines (no event, not in the tail).
-    if (structured) return;
+    if (structured) {
+      this.opts.onStructured?.(l.slice('@nix '.length));
+      return;
+    }
     this.opts.onLine(l, bytes);
     if (this.opts.logLines > 0) {
       this.tailLines.push(l);
@@ -68,4 +78,21 @@ export class LogCollector {
   text(): Buffer {
     return Buffer.concat(this.chunks);
   }
+}
+
+/**
+ * What Nix's handleJSONLogMessage logs of a builder's `@nix {"action":"msg",…}` line: the message at its
+ * level (`verbosity`; 0 error … 3 info are shown at Nix's default verbosity, without a prefix), or
+ * undefined for anything else (activities, phases, bad JSON).
+ */
+export function builderMessage(json: string): { message: string; level: 'plain' | 'info'; verbosity: number } | undefined {
+  let o: unknown;
+  try {
+    o = JSON.parse(json);
+  } catch {
+    return undefined;
+  }
+  const { action, level, msg } = (o ?? {}) as { action?: unknown; level?: unknown; msg?: unknown };
+  if (action !== 'msg' || typeof msg !== 'string' || typeof level !== 'number') return undefined;
+  return { message: msg, level: level >= 3 ? 'info' : 'plain', verbosity: level };
 }
