@@ -148,8 +148,8 @@ export class ProgressDisplay {
       }
     };
     const onWarn = (e: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' | 'raw'; verbosity?: number }) => {
-      // A builder's messages more verbose than info are not shown (Nix's default verbosity).
-      if (e.verbosity !== undefined && e.verbosity > 3) return;
+      // As Nix's logger: a builder's message is shown when its level is at most the display's verbosity.
+      if (e.verbosity !== undefined && e.verbosity > (opts.verbosity ?? 3)) return;
       if (e.level === 'info') info(e.message);
       else if (e.level === 'raw') this.rawLine(e.message);
       else this.line(e.level === 'plain' ? e.message : (e.level === 'error' ? formatError(e.message) : formatWarning(e.message)).trimEnd());

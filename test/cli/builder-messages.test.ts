@@ -1,6 +1,6 @@
 /**
  * A builder's `@nix {"action":"msg",…}` lines: Nix prints their messages (at Nix's default verbosity,
- * levels 0 to 3) and keeps them out of the log lines; `realise build` against `nix-store --realise` on
+ * levels 0 to 3; one more with each `-v`, one fewer with each `--quiet`) and keeps them out of the log lines; `realise build` against `nix-store --realise` on
  * twin chroot stores, in the plain display and in `--log-format internal-json`.
  */
 import * as path from 'node:path';
@@ -44,5 +44,20 @@ describe.skipIf(!nixOk())("a builder's @nix messages, realise vs Nix 2.8", () =>
     expect(nj.status, nj.stderr).toBe(0);
     expect(jsonLines(nj.stderr).join('\n')).toContain('message at level 0');
     expect(jsonLines(oj.stderr)).toEqual(jsonLines(nj.stderr));
+  });
+
+  it('the verbosity flags move the cut: -v shows level 4, --quiet hides level 3', async () => {
+    for (const [flag, shown, hidden] of [
+      ['-v', 'message at level 4', 'message at level 5'],
+      ['--quiet', 'message at level 2', 'message at level 3'],
+    ] as const) {
+      const n = runNix('nix-store', ['--store', path.join(dir, 'N'), ...SANDBOX, '--realise', drv, '--check', flag]);
+      const o = await realise(['build', '--store', path.join(dir, 'O'), ...SANDBOX, drv, '--check', flag]);
+      expect(n.status, n.stderr).toBe(0);
+      expect(o.status, o.stderr).toBe(0);
+      expect(lines(n.stderr), flag).toContain(shown);
+      expect(lines(n.stderr), flag).not.toContain(hidden);
+      expect(lines(o.stderr), flag).toEqual(lines(n.stderr));
+    }
   });
 });
