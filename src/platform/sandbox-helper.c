@@ -63,6 +63,7 @@ static int outputsLeft; /* moveOutputsOut may have left an output in the chroot 
 static const char *recycleTo, *skeletonSpec, *skeletonFiles = "", *skeletonMounts = "";
 static int chrootRootFd = -1, chrootParentFd = -1; /* the chroot's root and the directory it is in (see openStoreDirs) */
 static int64_t placedNs; /* its ctime then: the rename into place (see skeletonCheckAt) */
+static dev_t chrootDev; static ino_t chrootIno; /* the inode of chrootRootFd, which the check sees (see recycleSkeleton) */
 static struct skeletonIds skIds; /* our ids outside and inside the user namespace (prepare) */
 static int uidIn = 1000, gidIn = 100, keepNet, seccompFd = -1, statusFd = -1, linux32;
 static int errPipe[2];
@@ -616,8 +617,10 @@ static void openSkeleton(void) {
   struct stat st;
   chrootRootFd = open(root, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   chrootParentFd = open(parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
-  if (chrootRootFd >= 0 && chrootParentFd >= 0 && fstat(chrootRootFd, &st) == 0) placedNs = ns(st.st_ctim);
-  else placedNs = 0;
+  if (chrootRootFd >= 0 && chrootParentFd >= 0 && fstat(chrootRootFd, &st) == 0) {
+    placedNs = ns(st.st_ctim);
+    chrootDev = st.st_dev; chrootIno = st.st_ino;
+  } else placedNs = 0;
   errno = 0;
 }
 
@@ -685,11 +688,24 @@ static int hexDigit(char c) {
   return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+
+/* The chroot `name` renamed to `to` (both in chrootParentFd): 1 only when `name` is still the inode the
+   check saw (chrootRootFd: something with the caller's rights could have put another directory in its
+   place) and nothing is at `to` (a plain rename would replace an empty directory there). */
+static int renameChecked(const char *name, const char *to) {
+  struct stat st;
+  if (fstatat(chrootParentFd, name, &st, AT_SYMLINK_NOFOLLOW) == -1 || st.st_dev != chrootDev || st.st_ino != chrootIno) return 0;
+  return syscall(SYS_renameat2, chrootParentFd, name, chrootParentFd, to, RENAME_NOREPLACE) == 0;
+}
+
 /* Once every process of the build is gone and every output is out of the chroot: the pooled skeleton
    (--recycle-to) is checked, with the caller's rights alone, through the root opened before the builder
    started (skeletonCheckAt: the build's files unlinked from its store dir, reached without following a
-   symlink, then every inode compared), and renamed, unchanged, to its name in the pool: 1. Else it stays
-   where it is (the caller discards it): 0. */
+   symlink, then every inode compared), and renamed, unchanged, to its name in the pool (renameChecked): 1.
+   Else it stays where it is (the caller discards it): 0. */
 static int recycleSkeleton(void) {
   if (!recycleTo || !skeletonSpec || chrootRootFd < 0 || chrootParentFd < 0 || !placedNs || outputsLeft || strchr(recycleTo, '/')) return 0;
   /* An owner not mapped into the namespace shows as the overflow id (65534): ours must not be that one. */
@@ -717,7 +733,7 @@ static int recycleSkeleton(void) {
   int kept = 0;
   if (capsAside(caps) == 0) {
     kept = skeletonCheckAt(chrootRootFd, &r, storeDir + strspn(storeDir, "/"), files, filesLen, mounts, mountsLen, placedNs, &skIds) &&
-           renameat(chrootParentFd, name, chrootParentFd, recycleTo) == 0;
+           renameChecked(name, recycleTo);
     capsBack(caps);
   }
   free(spec);

@@ -3,7 +3,7 @@
  * anything an earlier builder left or changed, nor a mount point of an input it does not have.
  * The chroot root's inode number (`stat -c %i /` inside) tells whether a skeleton was reused.
  */
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootDirFor, flushRemovals } from '../../src/platform/chroot.js';
@@ -202,6 +202,23 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
       const before = await runPaused(what.replace(/[^a-z]/g, '-'), change);
       expect({ what, reused: (await withGate(rootIno)) === before }).toEqual({ what, reused: false });
     }
+  });
+
+  it('a directory put in place of the chroot during the build is not taken into the pool (the helper renames only the inode it checked)', async () => {
+    let impostor = '';
+    await runPaused('swapped', (chroot) => {
+      renameSync(chroot, `${chroot}.orig`);
+      mkdirSync(chroot);
+      writeFileSync(path.join(chroot, 'marker'), '');
+      impostor = chroot;
+    });
+    await new Promise((r) => setImmediate(r));
+    await flushRemovals();
+    const pooled = readdirSync(fx.realStoreDir).filter((n) => n.includes('-realise-chroot-'));
+    expect(pooled.filter((n) => existsSync(path.join(fx.realStoreDir, n, 'marker')))).toEqual([]);
+    expect(existsSync(impostor)).toBe(false);
+    rmSync(`${impostor}.orig`, { recursive: true, force: true });
+    expect(await withGate('ls -a / | tr "\\n" " "')).not.toContain('marker');
   });
 
   it.skipIf(process.getuid?.() === 0)(
