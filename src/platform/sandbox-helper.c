@@ -65,6 +65,7 @@ static int chrootRootFd = -1, chrootParentFd = -1; /* the chroot's root and the 
 static int64_t placedNs; /* its ctime then: the rename into place (see skeletonCheckAt) */
 static dev_t chrootDev; static ino_t chrootIno; /* the inode of chrootRootFd, which the check sees (see recycleSkeleton) */
 static struct skeletonIds skIds; /* our ids outside and inside the user namespace (prepare) */
+static long overflowUid = -2, overflowGid = -2; /* the kernel's overflow ids (overflowIds): -1 if unknown */
 static int uidIn = 1000, gidIn = 100, keepNet, seccompFd = -1, statusFd = -1, linux32;
 static int errPipe[2];
 static int failQuiet; /* a warm process that cannot get ready just exits */
@@ -564,6 +565,29 @@ static int netExitCode(void) {
   return netJoinFailed ? 2 : netJoined && netClean() ? 0 : 1;
 }
 
+/* A number in a /proc/sys file, or -1. */
+static long procSysNumber(const char *path) {
+  char buf[32];
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  char *end;
+  long v = strtol(buf, &end, 10);
+  return end == buf || v < 0 ? -1 : v;
+}
+
+/* The ids an owner not mapped into a user namespace shows as there (kernel.overflowuid/gid, 65534 unless
+   changed), read once: by the server before it forks build processes, else by prepare(). */
+static void overflowIds(void) {
+  if (overflowUid != -2) return;
+  overflowUid = procSysNumber("/proc/sys/kernel/overflowuid");
+  overflowGid = procSysNumber("/proc/sys/kernel/overflowgid");
+  errno = 0;
+}
+
 /* Pseudoterminal, namespaces, uid/gid maps and nsSetup(), in this (per-build) process. The builder's
    process is made by launch(): the first child after unshare(CLONE_NEWPID) is PID 1 of the new namespace. */
 static void prepare(void) {
@@ -580,6 +604,7 @@ static void prepare(void) {
 
   uid_t hostUid = getuid(); gid_t hostGid = getgid();
   skIds = (struct skeletonIds) { uidIn, hostUid, gidIn, hostGid };
+  if (recycleTo) overflowIds();
   hostRoot = hostUid == 0;
   if (hostUid == 0) setgroups(0, 0);
   if (!keepNet) netJoin();
@@ -708,8 +733,9 @@ static int renameChecked(const char *name, const char *to) {
    Else it stays where it is (the caller discards it): 0. */
 static int recycleSkeleton(void) {
   if (!recycleTo || !skeletonSpec || chrootRootFd < 0 || chrootParentFd < 0 || !placedNs || outputsLeft || strchr(recycleTo, '/')) return 0;
-  /* An owner not mapped into the namespace shows as the overflow id (65534): ours must not be that one. */
-  if (skIds.uidSeen == 65534 || skIds.gidSeen == 65534) return 0;
+  /* An owner not mapped into the namespace shows as the overflow id: ours as seen there must not be that
+     one (nor is any skeleton kept when it cannot be read). */
+  if (overflowUid < 0 || overflowGid < 0 || skIds.uidSeen == overflowUid || skIds.gidSeen == overflowGid) return 0;
   size_t hexLen = strlen(skeletonSpec);
   unsigned char *spec = hexLen % 2 ? 0 : malloc(hexLen / 2 + 1);
   if (!spec) return 0;
@@ -1087,6 +1113,7 @@ static int server(int warm) {
   /* main() set every disposition to its default; children reset SIGPIPE, the one we change. */
   signal(SIGPIPE, SIG_IGN);
   statusFd = 1;
+  overflowIds();
   readSeccomp();
   /* If that fails, each build loads it and reports why it cannot. */
   if (haveProg && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0) seccompInherited = 1;

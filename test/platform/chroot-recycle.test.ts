@@ -221,6 +221,17 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
     expect(await withGate('ls -a / | tr "\\n" " "')).not.toContain('marker');
   });
 
+  it("the skeleton of a builder whose uid or gid is the kernel's overflow id (kernel.overflowuid, as unmapped owners show in the build's namespace) is not reused", async () => {
+    const overflow = (k: string) => Number(readFileSync(`/proc/sys/kernel/overflow${k}`, 'utf8'));
+    for (const ids of [{ uid: overflow('uid') }, { gid: overflow('gid') }]) {
+      const a = await run('overflow-a', rootIno, ids);
+      const b = await run('overflow-b', rootIno, ids);
+      expect({ ids, reused: b === a }).toEqual({ ids, reused: false });
+    }
+    const a = await run('other-a', rootIno, { uid: 1234 });
+    expect(await run('other-b', rootIno, { uid: 1234 })).toBe(a); // (read: other ids' are)
+  });
+
   it.skipIf(process.getuid?.() === 0)(
     "a uid-0 builder's skeleton is never reused (it has every capability in its user namespace: it could unmount what covers the skeleton)",
     async () => {
