@@ -647,12 +647,14 @@ export class ChrootPool {
 
   /**
    * After a build given handOver(): the skeleton is in the pool at once when the helper reported it kept
-   * (unchanged, at `h.dir`) and no drain came since; else it is discarded, from the chroot's name where
-   * the helper leaves one it did not keep, and from `h.dir` (a build stopped between the helper's rename and
-   * its report). Returns what discardTree() says about the chroot's name (see there).
+   * (unchanged, at `h.dir`), nothing is at the chroot's name any more (the helper renamed it from there:
+   * a directory still there means a report that is not of that rename) and no drain came since; else it
+   * is discarded, from the chroot's name where the helper leaves one it did not keep, and from `h.dir` (a
+   * build stopped between the helper's rename and its report). Returns what discardTree() says about the
+   * chroot's name (see there).
    */
   handBack(layout: ChrootLayout, h: SkeletonHandOver, leftovers: ChrootLeftovers, kept: boolean): string | undefined {
-    if (kept && h.generation === this.#generation) {
+    if (kept && h.generation === this.#generation && !fs.existsSync(layout.root)) {
       h.sk.mountpoints.clear();
       for (const m of leftovers.storeMountpoints) h.sk.mountpoints.add(m);
       this.#states.set(h.dir, h.sk);
@@ -661,7 +663,7 @@ export class ChrootPool {
     }
     ChrootPool.#all.delete(h.dir);
     // The chroot's name first: once it is gone, the helper (stopped or not) can no longer rename it to h.dir.
-    const left = kept ? undefined : discardTree(layout.root);
+    const left = discardTree(layout.root);
     discardTree(h.dir);
     return left;
   }

@@ -157,6 +157,34 @@ describe('ChrootPool recycling', () => {
     await pool.settled();
     for (const l of [b, c]) fs.rmSync(l.root, { recursive: true });
   });
+
+  it("handBack(): a 'kept' report with a directory still at the chroot's name (not the helper's rename) keeps nothing and leaves nothing", async () => {
+    const store = path.join(tempDir('realise-chroot-pool-'), 'store');
+    fs.mkdirSync(store);
+    pool = new ChrootPool(1);
+    const opts = options(store, `${'6'.repeat(32)}-a`);
+    pool.prefill(opts);
+    await pool.settled();
+    // As the helper does for an unchanged skeleton: renamed to the pool name handOver() chose.
+    const kept = pool.take(opts, { placed: false });
+    const h = pool.handOver(kept)!;
+    fs.renameSync(kept.root, h.dir);
+    expect(pool.handBack(kept, h, none, true)).toBeUndefined();
+    await pool.settled();
+    expect(pooledIn(store)).toContain(path.basename(h.dir)); // in the pool
+    // A forged or stale report: whatever is at the chroot's name is not left behind, nor is `h.dir` trusted.
+    const forged = pool.take(opts, { placed: false });
+    const h2 = pool.handOver(forged)!;
+    fs.renameSync(forged.root, h2.dir);
+    fs.mkdirSync(forged.root);
+    fs.writeFileSync(path.join(forged.root, 'marker'), '');
+    expect(pool.handBack(forged, h2, none, true)).toBeUndefined();
+    await pool.settled();
+    await flushRemovals();
+    expect(fs.existsSync(forged.root)).toBe(false);
+    expect(pooledIn(store)).not.toContain(path.basename(h2.dir));
+    expect(fs.existsSync(h2.dir)).toBe(false);
+  });
 });
 
 describe('ChrootPool recycling check, once the skeleton is older than its placing', () => {
