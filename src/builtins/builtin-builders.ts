@@ -14,7 +14,7 @@ import type { Sandbox, SandboxExit, SandboxRequest, SandboxRunOptions } from '..
 import { builtinBuildenv } from './buildenv.js';
 import { fetchurlAgent } from './download.js';
 import { builtinFetchurl } from './fetchurl.js';
-import { BuiltinFailure, errorLogText, hintfmt, plainMessage, warningLogLine, type NixMessage } from './log.js';
+import { BuiltinFailure, errorLogText, hintfmt, nixErrorWords, plainMessage, warningLogLine, type NixMessage } from './log.js';
 import { parseNetrc, type NetrcEntry } from './netrc.js';
 import { builtinUnpackChannel } from './unpack-channel.js';
 
@@ -126,7 +126,7 @@ export class BuiltinBuilders implements Sandbox {
     } catch (e) {
       if (signal.aborted) return { kind: 'aborted' };
       if (e instanceof BuiltinFailure && e.bare) write(`${e.nixMessage.plain}\n`);
-      else write(errorLogText(e instanceof BuiltinFailure ? e.nixMessage : plainMessage(nixWords(e))));
+      else write(errorLogText(e instanceof BuiltinFailure ? e.nixMessage : nixErrorWords(e)));
       return { kind: 'exited', code: 1 };
     }
   }
@@ -150,16 +150,6 @@ function visibleInSandbox(request: SandboxRequest, p: string): string {
     if (under(target)) return source + p.slice(target.length);
   }
   throw Object.assign(new Error(`'${p}' is not in the sandbox`), { code: 'ENOENT' });
-}
-
-/** An unexpected error (a file system call that failed, …) in Nix's wording of system errors where we can. */
-function nixWords(e: unknown): string {
-  const err = e as NodeJS.ErrnoException;
-  if (err && typeof err.syscall === 'string' && typeof err.path === 'string') {
-    const what = err.message.replace(/^[A-Z]+: /, '').replace(/, \w+ '.*$/, '');
-    return `${err.syscall} '${err.path}': ${what.charAt(0).toUpperCase()}${what.slice(1)}`;
-  }
-  return err instanceof Error ? err.message : String(e);
 }
 
 /** Nix reads the netrc file as the build starts; a file it cannot read means no credentials. */

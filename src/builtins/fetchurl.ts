@@ -11,7 +11,7 @@ import { BadNarError } from '../store/errors.js';
 import { restorePath } from '../store/nar.js';
 import { decompressStream } from '../substituter/compression.js';
 import { download, type DownloadOptions } from './download.js';
-import { BuiltinFailure, DownloadActivity, hintfmt, plainMessage } from './log.js';
+import { BuiltinFailure, DownloadActivity, hintfmt, nixErrorWords, plainMessage } from './log.js';
 
 export interface FetchurlContext extends Omit<DownloadOptions, 'onProgress'> {
   readonly hashedMirrors: readonly string[];
@@ -86,7 +86,7 @@ export async function builtinFetchurl(getAttr: (name: string) => string, env: Re
     await fetch(mainUrl);
   } catch (e) {
     if (e instanceof BuiltinFailure || !(e instanceof Error)) throw e;
-    throw new BuiltinFailure(plainMessage((e as Error).message), { cause: e });
+    throw new BuiltinFailure(nixErrorWords(e), { cause: e });
   }
 }
 

@@ -5,7 +5,7 @@
  * in Nix's colours).
  */
 
-import { strerror } from '../store/system-error.js';
+import { strerror, systemErrorMessage } from '../store/system-error.js';
 
 const ANSI_NORMAL = '\x1b[0m';
 const ANSI_RED = '\x1b[31;1m';
@@ -43,9 +43,26 @@ export function plainMessage(s: string): NixMessage {
  * errno as a value (`creating directory '/nix/store/…': No such file or directory`).
  */
 export function sysErrorMessage(e: unknown, format: string, ...args: readonly (string | number)[]): NixMessage {
-  const what = hintfmt(format, ...args);
+  return sysErrorAfter(e, hintfmt(format, ...args));
+}
+
+/** The same after a message `what` that is already formatted. */
+export function sysErrorAfter(e: unknown, what: NixMessage): NixMessage {
   const reason = strerror(e) ?? (e instanceof Error ? e.message : String(e));
   return { plain: `${what.plain}: ${reason}`, coloured: `${what.coloured}: ${ANSI_WARNING}${reason}${ANSI_NORMAL}` };
+}
+
+/**
+ * An unexpected error (a file system call that failed, …) in Nix's wording of system errors where we can
+ * (`writing to file: No space left on device`, the reason coloured as Nix's SysError colours it).
+ */
+export function nixErrorWords(e: unknown): NixMessage {
+  const words = systemErrorMessage(e);
+  const reason = strerror(e);
+  if (words !== undefined && reason !== undefined && words.endsWith(`: ${reason}`)) {
+    return sysErrorAfter(e, plainMessage(words.slice(0, -(reason.length + 2))));
+  }
+  return plainMessage(words ?? (e instanceof Error ? e.message : String(e)));
 }
 
 /**

@@ -6,13 +6,15 @@
  * the same bytes (colours included), the exit status the same, and nothing registered.
  */
 import { execFileSync } from 'node:child_process';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
 import { BuildFailedError } from '../../src/scheduler/errors.js';
 import { LocalStore } from '../../src/store/local-store.js';
-import { nix, nixOk, runNix, tempDir } from '../helpers/nix.js';
+import { nix, nixOk, rootOnly, runNix, runNixAsync, tempDir } from '../helpers/nix.js';
 import { nixVerify } from '../scheduler/helpers.js';
 import { tarEntry } from '../helpers/tar.js';
 
@@ -176,5 +178,54 @@ describe.skipIf(!nixOk())('built-ins fail as in Nix 2.8: the same log bytes and 
     const narHash = (store: string) => nix('nix-store', ['--store', store, '-q', '--hash', out]);
     expect(narHash(b.O)).toBe(narHash(b.N));
     expect(nixVerify(b.O).status).toBe(0);
+  }, 60_000);
+});
+
+describe.skipIf(!rootOnly('a full disk is a small tmpfs, which only root may mount') || !nixOk())('(root only) builtin:fetchurl on a full disk', () => {
+  it("the download's failed write is Nix's 'writing to file: No space left on device'; nothing registered", async () => {
+    const root = tempDir('realise-builtin-full-');
+    const body = Buffer.alloc(3_000_000, 'z');
+    const server = createServer((_req, res) => res.writeHead(200, { 'content-length': body.length }).end(body));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const mounts: string[] = [];
+    try {
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/big`;
+      const expr = `derivation { name = "big"; system = "x86_64-linux"; builder = "builtin:fetchurl"; url = "${url}";
+        outputHashAlgo = "sha256"; outputHashMode = "flat"; outputHash = "${'0'.repeat(52)}"; }`;
+      writeFileSync(path.join(root, 'e.nix'), expr);
+      const [N, O] = ['N', 'O'].map((s) => {
+        const d = path.join(root, s);
+        mkdirSync(d);
+        execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'realise-full', d]);
+        mounts.push(d);
+        return d;
+      }) as [string, string];
+      const drv = nix('nix-instantiate', ['--store', N, path.join(root, 'e.nix')]);
+      expect(nix('nix-instantiate', ['--store', O, path.join(root, 'e.nix')])).toBe(drv);
+      const theirs = await runNixAsync('nix-store', ['--store', N, '--realise', drv]);
+      expect(theirs.status).toBe(1);
+      expect(theirs.stderr).toContain('error: writing to file: No space left on device\n');
+      const store = await LocalStore.open({ root: O });
+      const engine = new BuildEngine({ store });
+      try {
+        const err = await engine.buildPaths([drv]).then(
+          () => undefined,
+          (x: unknown) => x,
+        );
+        expect(err).toBeInstanceOf(BuildFailedError);
+        expect((err as BuildFailedError).exitStatus).toBe(1);
+      } finally {
+        await engine.close();
+        await store.close();
+      }
+      const log = buildLog(O)
+        .split('\n')
+        .filter((l) => !l.startsWith('@nix '));
+      expect(log.map((l) => l.replace(/\x1b\[[0-9;]*m/g, ''))).toContain('error: writing to file: No space left on device');
+      expect(nixVerify(O).status).toBe(0);
+    } finally {
+      for (const d of mounts) execFileSync('umount', ['-l', d]);
+      await new Promise<void>((r) => server.close(() => r()));
+    }
   }, 60_000);
 });
