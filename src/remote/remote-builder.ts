@@ -193,7 +193,9 @@ export interface RemoteBuilder {
   /**
    * Build `drv` (the parsed `drvPath`) on the machine. Resolves with the remote's result — a failed build is a
    * result, not an exception; throws RemoteBuildError (with `machine`) when the machine could not be used:
-   * connection lost, build refused, copying failed, or aborted.
+   * connection lost, build refused, copying failed, or aborted. Call `opts.onStart` once, as soon as the
+   * machine is connected and takes the build (the engine's `build-started`); buildOnRemote tells it itself
+   * before the first log line or event, or when build() resolves, if the builder did not.
    */
   build(drvPath: StorePath, drv: Derivation, opts: RemoteBuildOptions): Promise<RemoteBuildResult>;
   /** Close all connections. */
@@ -789,8 +791,10 @@ export async function buildOnRemote(
       continue;
     }
     const b = choice.machine.builder;
+    const taken = takenBy(b.name, opts);
     try {
-      const result = await b.build(drvPath, drv, opts);
+      const result = await b.build(drvPath, drv, taken.opts);
+      taken.start();
       return { kind: 'built', result, failedMachines: failed };
     } catch (e) {
       if (e instanceof RemoteBuildError && e.kind === 'connection') {
@@ -802,6 +806,43 @@ export async function buildOnRemote(
       throw e;
     }
   }
+}
+
+/**
+ * The build's callbacks for one machine, with `onStart` told once: by the builder (MachineBuilder tells it once
+ * connected), else before the first log line or event it passes on, else when its build() resolves — a
+ * RemoteBuilder written by a user may never tell it, and the engine's build-started and remote-log need it.
+ */
+function takenBy(name: string, opts: RemoteBuildOptions): { opts: RemoteBuildOptions; start: () => void } {
+  let started = false;
+  const start = (): void => {
+    if (started) return;
+    started = true;
+    opts.onStart?.(name);
+  };
+  const { onStart, onEvent, onLog } = opts;
+  return {
+    opts: {
+      ...opts,
+      onStart: (machine) => {
+        started = true;
+        onStart?.(machine);
+      },
+      onEvent:
+        onEvent &&
+        ((e) => {
+          start();
+          onEvent(e);
+        }),
+      onLog:
+        onLog &&
+        ((line) => {
+          start();
+          onLog(line);
+        }),
+    },
+    start,
+  };
 }
 
 /** The log events of a build to its callbacks; a throwing callback must not break the protocol stream, so its errors are ignored. */
