@@ -17,12 +17,11 @@ import { slotGate } from './slot-gate.js';
 /**
  * Whether to build here rather than hand the build to the hook: Nix's hook declines when this machine can
  * build and has a free slot; we prefer remote slots only when the local queue is busy, so remote machines
- * add capacity.
+ * add capacity. True claims the free slot (SlotGate.reserve) until the local build asks for it.
  */
 function buildsHere(w: Worker, view: DrvView, local: boolean): boolean {
   const { options, buildQueue } = w.ctx;
-  const gate = slotGate(buildQueue);
-  return local && gate.runningCount < Math.max(1, options.maxJobs) && gate.waitingCount === 0 && !remoteOnly(options);
+  return local && !remoteOnly(options) && slotGate(buildQueue).reserve(view.drvPath, Math.max(1, options.maxJobs));
 }
 
 /**

@@ -62,6 +62,13 @@ export class SlotGate {
   private fresh: Heap<Waiter>;
   /** Slots granted and not given back yet. */
   private running = 0;
+  /**
+   * Slots promised to builds that a remote machine declined because a slot was free here (reserve), by goal
+   * key, until their request: a slot given back goes to one of the builds waiting for a busy machine, as
+   * Nix's freed slot goes to one goal, not to every one woken by it.
+   */
+  private readonly reservations = new Map<string, number>();
+  private reserved = 0;
   /** Slots given back so far. */
   private epoch = 0;
   private scheduled = false;
@@ -71,7 +78,7 @@ export class SlotGate {
   /** Remote machines being connected to (hold): with one slot, none is granted meanwhile. */
   private held = 0;
   /** Told when a slot is next given back (builds waiting for a remote machine: nextGiveBack). */
-  private givenBackWaiters: (() => void)[] = [];
+  private givenBackWaiters = new Set<() => void>();
   /** A prepareAhead is scheduled (prepareLater). */
   private prepareScheduled = false;
 
@@ -92,6 +99,24 @@ export class SlotGate {
   }
 
   /**
+   * Claim a free slot for the build of `drvPath` before it asks for one (request), when nothing waits for a
+   * slot: false when every slot is taken or promised. A build that turns local because a slot is free
+   * claims it at once, so the other builds woken by the same slot see it taken.
+   */
+  reserve(drvPath: string, maxJobs: number): boolean {
+    if (this.running + this.reserved >= maxJobs || this.waitingCount > 0) return false;
+    const key = goalKey('derivation', drvPath);
+    this.reservations.set(key, (this.reservations.get(key) ?? 0) + 1);
+    this.reserved++;
+    return true;
+  }
+
+  /** Slots taken or promised (reserve). */
+  private get taken(): number {
+    return this.running + this.reserved;
+  }
+
+  /**
    * Ask for a slot for the build of `drvPath`: `task` runs when it is granted and holds it until it calls
    * `giveBack` (once).
    * `nextRound`: the next round of a build that just gave its slot back (`buildRepeat`): Nix wakes that
@@ -99,7 +124,15 @@ export class SlotGate {
    * `prepare`: what the build can make before its slot, called when it is one of the next builds in line.
    */
   request(drvPath: string, task: (giveBack: () => void) => void, rounds = 0, nextRound = false, prepare?: () => void): void {
-    (nextRound ? this.woken : this.fresh).push({ key: goalKey('derivation', drvPath), rounds, task, prepare, prepared: false });
+    const key = goalKey('derivation', drvPath);
+    const held = this.reservations.get(key);
+    if (held !== undefined) {
+      // The slot it reserved is its own to compete for now.
+      if (held > 1) this.reservations.set(key, held - 1);
+      else this.reservations.delete(key);
+      this.reserved--;
+    }
+    (nextRound ? this.woken : this.fresh).push({ key, rounds, task, prepare, prepared: false });
     if (this.queue.concurrency > 1) this.grant();
     else this.schedule();
     // (After a grant prepareLater does it.)
@@ -180,7 +213,7 @@ export class SlotGate {
   }
 
   private dispatch(): void {
-    if (this.waitingCount === 0 || this.running >= this.queue.concurrency || this.held > 0) return;
+    if (this.waitingCount === 0 || this.taken >= this.queue.concurrency || this.held > 0) return;
     if (this.preparing > 0 && this.queue.concurrency === 1) {
       this.fallback ??= setTimeout(() => {
         this.fallback = undefined;
@@ -208,7 +241,7 @@ export class SlotGate {
     if (this.held > 0) return;
     // The slots are counted here (the queue only says how many there are): each grant runs its task at once.
     let granted = false;
-    while (this.running < this.queue.concurrency) {
+    while (this.taken < this.queue.concurrency) {
       const next = this.takeNext();
       if (!next) break;
       const { w } = next;
@@ -241,8 +274,8 @@ export class SlotGate {
     if (this.queue.concurrency > 1) this.grant();
     else this.schedule();
     const told = this.givenBackWaiters;
-    if (told.length) {
-      this.givenBackWaiters = [];
+    if (told.size) {
+      this.givenBackWaiters = new Set();
       for (const f of told) f();
     }
   };
@@ -259,10 +292,10 @@ export class SlotGate {
         resolve();
       };
       const onAbort = (): void => {
-        this.givenBackWaiters = this.givenBackWaiters.filter((f) => f !== wake);
+        this.givenBackWaiters.delete(wake);
       };
       signal.addEventListener('abort', onAbort, { once: true });
-      this.givenBackWaiters.push(wake);
+      this.givenBackWaiters.add(wake);
     });
   }
 }

@@ -84,4 +84,52 @@ describe.skipIf(process.arch !== 'x64')('a build waiting for a busy machine', ()
       }
     }, 30_000);
   }
+
+  it('a slot given back turns one of the builds waiting for the machine local, not all of them', async () => {
+    const busy = busyMachine();
+    const sandbox = new FakeSandbox((p) => store.toRealPath(p));
+    const engine = new BuildEngine({ store, sandbox, maxJobs: 1, builders: [busy] });
+    const drvs = await Promise.all(Array.from({ length: 4 }, (_, i) => writeTestDrv(store, `one-of-${i}`)));
+    const turnedLocal: string[] = [];
+    let machineWaits = 0;
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(new Error('a build still waits for the busy machine')), 15_000);
+    try {
+      const call = (ds: string[]) =>
+        engine.buildPaths(
+          ds.map((drvPath) => ({ drvPath, outputs: ['out'] })),
+          { signal: ac.signal },
+        );
+      const running = call(drvs.slice(0, 1));
+      const [first] = await sandbox.waitPending(1);
+      // Three builds wait for the busy machine while the one local slot is taken.
+      const waiting = call(drvs.slice(1));
+      for (let i = 0; i < 100 && busy.waits < 3; i++) await settle(50);
+      expect(busy.waits).toBe(3);
+      machineWaits = busy.waits;
+      // The freed slot goes to one of them; the other two find it taken and wait for the machine again.
+      engine.on('build-started', (e) => turnedLocal.push(e.drvPath));
+      await first!.finish(0);
+      const [second] = await sandbox.waitPending(1);
+      await settle(100);
+      expect(turnedLocal).toHaveLength(1);
+      expect(busy.waits - machineWaits).toBe(2);
+      expect(sandbox.pending).toHaveLength(1);
+      // And so on, one at a time, until every build is done here.
+      await second!.finish(0);
+      const [third] = await sandbox.waitPending(1);
+      await settle(100);
+      expect(busy.waits - machineWaits).toBe(3);
+      await third!.finish(0);
+      const [fourth] = await sandbox.waitPending(1);
+      await fourth!.finish(0);
+      const rs = [...(await running), ...(await waiting)];
+      expect(rs.map((r) => r.result.status)).toEqual(drvs.map(() => 'built'));
+      expect(turnedLocal).toHaveLength(3);
+      expect(busy.builds).toBe(0);
+    } finally {
+      clearTimeout(timer);
+      await engine.close();
+    }
+  }, 30_000);
 });
