@@ -143,7 +143,7 @@ async function fromFile(url: string, consume: (body: AsyncIterable<Uint8Array>) 
 
 /**
  * Hand `body` to `consume`, reporting the bytes read (of `expected`, 0 when unknown) as they pass and once
- * more at the end. A read failure is the download interrupted when aborted, else `failure(e)`; `close`
+ * more at the end. A read failure is the download interrupted when aborted, else `failure(e, bytes read)`; `close`
  * releases the body however the consumer stops.
  */
 async function consumeCounted(
@@ -152,7 +152,7 @@ async function consumeCounted(
   expected: number,
   url: string,
   opts: DownloadOptions,
-  failure: (e: unknown) => Error,
+  failure: (e: unknown, received: number) => Error,
   close: () => void,
 ): Promise<void> {
   let done = 0;
@@ -166,7 +166,7 @@ async function consumeCounted(
         }
       } catch (e) {
         if (opts.signal.aborted || isAbortError(e)) throw interrupted(url);
-        throw failure(e);
+        throw failure(e, done);
       } finally {
         close();
       }
@@ -271,8 +271,7 @@ async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) 
     const lengthHeader = res.headers['content-length'];
     const expected = typeof lengthHeader === 'string' && /^\d+$/.test(lengthHeader) ? Number(lengthHeader) : 0;
     const body = res.body;
-    let received = 0;
-    const failure = (e: unknown) =>
+    const failure = (e: unknown, received: number) =>
       // The connection ended before the announced length: curl's "partial file", after the status.
       expected > 0 && received < expected && (e as { code?: string }).code !== 'UND_ERR_BODY_TIMEOUT'
         ? new DownloadError(plainMessage(`${httpError(url, res)} (curl error: Transferred a partial file)`), false, { cause: e })
@@ -280,12 +279,7 @@ async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) 
     const encoding = res.headers['content-encoding'];
     await consumeCounted(
       (raw) => consume(contentDecoded(typeof encoding === 'string' ? encoding.trim() : '', raw)),
-      (async function* () {
-        for await (const chunk of body as AsyncIterable<Buffer>) {
-          received += chunk.length;
-          yield chunk;
-        }
-      })(),
+      body as AsyncIterable<Buffer>,
       expected,
       url,
       opts,
