@@ -2,7 +2,7 @@
  * The commands that run a BuildEngine (`build` and `ensure` when something is missing, `repair`), loaded
  * only then: the engine, its substituters and displays are not part of a no-op's start-up.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import * as path from 'node:path';
 import {
@@ -11,9 +11,7 @@ import {
   BuildEngine,
   BuildFailedError,
   DaemonStore,
-  derivationNameFromPath,
   LogLevel,
-  parseDerivation,
   RealiseError,
   SubstituterError,
   isSuccess,
@@ -150,7 +148,7 @@ export async function build(args: CliArgs, store: Store, settings: EngineSetting
   engine.once('build-started', () => tellLauncher('buildsRun'));
   const mode = args.check ? 'check' : args.repair ? 'repair' : 'normal';
   // (Through a daemon, its own worker starts the hook, with its own configuration.)
-  if (!(store instanceof DaemonStore)) repeatHookWarnings(args, engine, store, opts.maxJobs ?? 1);
+  if (!(store instanceof DaemonStore)) repeatHookWarnings(args, engine);
   const { display, closeSink } = openDisplay(args, engine);
   const trace =
     args.traceFile || args.report
@@ -253,31 +251,15 @@ function openDisplay(args: CliArgs, engine: BuildEngine): { display: Display; cl
 }
 
 /**
- * Nix's build hook, which its worker starts before the first build it asks about (a build in normal mode,
- * unless it prefers a local build and local builds are allowed), reads the configuration again and warns
- * once more about the settings it does not know (those of the configuration files and `$NIX_CONFIG`,
- * sorted), before that build's "building '…'" line.
+ * Nix's build hook, which its worker starts before the first build it offers it (the engine's `hook-asked`),
+ * reads the configuration again and warns once more about the settings it does not know (those of the
+ * configuration files and `$NIX_CONFIG`, sorted).
  */
-function repeatHookWarnings(args: CliArgs, engine: BuildEngine, store: Store, maxJobs: number): void {
+function repeatHookWarnings(args: CliArgs, engine: BuildEngine): void {
   if (args.unknownConfSettings.length === 0) return;
-  const onFirst = (e: { drvPath: string; mode: 'normal' | 'repair' | 'check' }): void => {
-    if (e.mode !== 'normal' || (maxJobs !== 0 && prefersLocalBuild(store, e.drvPath))) return;
-    engine.off('build-started', onFirst);
+  engine.once('hook-asked', () => {
     for (const name of [...args.unknownConfSettings].sort()) warnStderr(`unknown setting '${name}'`);
-  };
-  // Before the display's own listener: the warnings come before the build's line.
-  engine.on('build-started', onFirst);
-}
-
-/** Whether a derivation sets preferLocalBuild (its environment's `1`, or structured attributes' true); false when it cannot be read. */
-function prefersLocalBuild(store: Store, drvPath: string): boolean {
-  try {
-    const env = parseDerivation(readFileSync(store.toRealPath(drvPath), 'utf8'), derivationNameFromPath(drvPath)).env;
-    const json = env.get('__json');
-    return json !== undefined ? (JSON.parse(json) as { preferLocalBuild?: unknown }).preferLocalBuild === true : env.get('preferLocalBuild') === '1';
-  } catch {
-    return false;
-  }
+  });
 }
 
 /** `--trace-file` and `--report` of a run; a file that cannot be written is a warning (the build's status stands). */

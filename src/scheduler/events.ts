@@ -44,6 +44,13 @@ export interface EventPayloads {
    */
   'build-started': { drvPath: StorePath; round: number; rounds: number; machine?: string; mode: 'normal' | 'repair' | 'check' };
   /**
+   * A build is about to start (here or on a remote machine) that Nix 2.8 offers to its build hook first: a
+   * build in normal mode, unless it prefers a local build and can have one here (maxJobs 1 or more, this
+   * system). Told whether or not builders are configured, before its `build-started`: Nix starts its hook
+   * for the first such build, and the hook reads the configuration again.
+   */
+  'hook-asked': { drvPath: StorePath };
+  /**
    * One line of a builder's output (`\r` handled as Nix does). `line` is decoded as UTF-8 (invalid
    * sequences become U+FFFD); `bytes`, when given, are the line's bytes as the builder wrote them.
    */

@@ -172,7 +172,9 @@ export function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
   // Built-ins (system `builtin`) run in this engine and are never sent away.
   const { options } = w.ctx;
   const prefersHere = plan.preferLocal && options.maxJobs > 0 && canBuildLocally(w, view);
-  if (options.builders.length > 0 && plan.mode === 'normal' && !prefersHere && view.platform !== 'builtin') return remoteOrHere(w, view, plan);
+  const hookAsked = plan.mode === 'normal' && !prefersHere;
+  if (hookAsked) w.ctx.emit('hook-asked', { drvPath: view.drvPath });
+  if (hookAsked && options.builders.length > 0 && view.platform !== 'builtin') return remoteOrHere(w, view, plan);
   return buildHere(w, view, plan);
 }
 
