@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import type { Agent, Dispatcher } from 'undici';
 import { undici } from '../substituter/undici.js';
 import { curlWords, isAbortError, statusReason } from '../substituter/curl-words.js';
-import { decompressStream } from '../substituter/compression.js';
+import { compressionOf, decompressStream, peek } from '../substituter/compression.js';
 import { BuiltinFailure, errorShown, hintfmt, plainMessage, type NixMessage } from './log.js';
 import { netrcCredentials, type NetrcEntry } from './netrc.js';
 
@@ -294,14 +294,6 @@ async function fromHttp(url: string, consume: (body: AsyncIterable<Uint8Array>) 
   }
 }
 
-/** Magic numbers of the compressions libarchive finds in data by itself. */
-const MAGICS: Array<[string, number[]]> = [
-  ['xz', [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]],
-  ['gzip', [0x1f, 0x8b]],
-  ['bzip2', [0x42, 0x5a, 0x68]],
-  ['zstd', [0x28, 0xb5, 0x2f, 0xfd]],
-];
-
 /**
  * The body decoded by its `Content-Encoding`, as Nix's transfers do (builtin:fetchurl too): none for
  * `none` or no header, xz, bzip2 and br by name; any other name is left to libarchive, which decodes what
@@ -310,19 +302,9 @@ const MAGICS: Array<[string, number[]]> = [
 async function* contentDecoded(encoding: string, body: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
   if (encoding === '' || encoding === 'none') return yield* body;
   if (encoding === 'xz' || encoding === 'bzip2' || encoding === 'br') return yield* decompressStream(encoding, body);
-  const it = body[Symbol.asyncIterator]();
-  let head = Buffer.alloc(0);
-  while (head.length < 6) {
-    const r = await it.next();
-    if (r.done) break;
-    head = Buffer.concat([head, r.value]);
-  }
-  const rest = (async function* () {
-    if (head.length > 0) yield head;
-    for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
-  })();
-  const found = MAGICS.find(([, magic]) => head.length >= magic.length && magic.every((b, i) => head[i] === b));
-  yield* found ? decompressStream(found[0], rest) : rest;
+  const { head, rest } = await peek(body, 6);
+  const found = compressionOf(head);
+  yield* found ? decompressStream(found, rest) : rest;
 }
 
 /** The start of an error response's body (as text), or undefined when it cannot be read. */

@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import { Hash } from '../store/hash.js';
 import { BadNarError } from '../store/errors.js';
 import { restorePath } from '../store/nar.js';
-import { decompressStream } from '../substituter/compression.js';
+import { decompressStream, peek } from '../substituter/compression.js';
 import { download, type DownloadOptions } from './download.js';
 import { BuiltinFailure, DownloadActivity, hintfmt, nixErrorWords, plainMessage } from './log.js';
 
@@ -100,14 +100,7 @@ const NAR_VERSION = 'nix-archive-1';
  * after the archive's end are not read.
  */
 async function unpackNar(target: string, body: AsyncIterable<Uint8Array>): Promise<void> {
-  const it = body[Symbol.asyncIterator]();
-  let head = Buffer.alloc(0);
-  const want = 8 + Math.ceil(NAR_VERSION.length / 8) * 8;
-  while (head.length < want) {
-    const r = await it.next();
-    if (r.done) break;
-    head = Buffer.concat([head, r.value]);
-  }
+  const { head, rest } = await peek(body, 8 + Math.ceil(NAR_VERSION.length / 8) * 8);
   const ended = () => new BuiltinFailure(plainMessage('coroutine has finished'));
   const notNar = () => new BuiltinFailure(plainMessage("bad archive: input doesn't look like a Nix archive"));
   if (head.length < 8) throw ended();
@@ -116,16 +109,12 @@ async function unpackNar(target: string, body: AsyncIterable<Uint8Array>): Promi
   const end = 8 + Math.ceil(Number(len) / 8) * 8;
   if (head.length < end) throw ended();
   if (head.toString('latin1', 8, 8 + Number(len)) !== NAR_VERSION || head.subarray(8 + Number(len), end).some((b) => b !== 0)) throw notNar();
-  const rest = (async function* () {
-    yield head;
-    for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
-  })();
   try {
     await restorePath(target, rest, { expectEnd: false });
   } catch (e) {
     if (e instanceof BadNarError && /ends unexpectedly/.test(e.shortMessage)) throw ended();
     throw e;
   } finally {
-    await it.return?.();
+    await rest.return?.();
   }
 }

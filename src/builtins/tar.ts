@@ -7,15 +7,8 @@
  */
 import { promises as fsp, createReadStream } from 'node:fs';
 import * as path from 'node:path';
-import { decompressStream } from '../substituter/compression.js';
+import { compressionOf, decompressStream } from '../substituter/compression.js';
 import { BuiltinFailure, hintfmt } from './log.js';
-
-const MAGICS: Array<[string, number[]]> = [
-  ['xz', [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]],
-  ['gzip', [0x1f, 0x8b]],
-  ['bzip2', [0x42, 0x5a, 0x68]],
-  ['zstd', [0x28, 0xb5, 0x2f, 0xfd]],
-];
 
 /** Reads exact byte counts from a stream of chunks. */
 class ChunkReader {
@@ -118,8 +111,7 @@ async function sniff(file: string): Promise<string> {
   try {
     const head = Buffer.alloc(6);
     const { bytesRead } = await fh.read(head, 0, 6, 0);
-    for (const [name, magic] of MAGICS) if (bytesRead >= magic.length && magic.every((b, i) => head[i] === b)) return name;
-    return 'none';
+    return compressionOf(head.subarray(0, bytesRead)) ?? 'none';
   } finally {
     await fh.close();
   }

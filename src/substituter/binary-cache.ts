@@ -12,7 +12,7 @@ import { undici, verifyingConnector } from './undici.js';
 import { curlWords, isAbortError, isCertificateError, statusReason } from './curl-words.js';
 import { DEFAULT_STORE_DIR, storePathHashPart, toStorePath, type StorePath } from '../store/store-path.js';
 import type { Realisation } from '../store/store-api.js';
-import { decompressStream, DecompressionError } from './compression.js';
+import { compressionOf, decompressStream, DecompressionError } from './compression.js';
 import { BadNarInfoError, parseCacheInfo, parseNarInfo, type NarInfo } from './narinfo.js';
 import { NarInfoCache, type NarInfoCacheOptions } from './narinfo-cache.js';
 import { mkdirs } from '../store/local-store.js';
@@ -80,15 +80,6 @@ function validate(name: string, value: number, min: number): number {
   return value;
 }
 
-/** A connection failure in the words of curl, which Nix prints (`Couldn't connect to server (7)`). */
-/** Magic numbers of the compressions libarchive recognises in Nix (whatever the narinfo says). */
-const MAGICS = [
-  [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00],
-  [0x28, 0xb5, 0x2f, 0xfd],
-  [0x42, 0x5a, 0x68],
-  [0x1f, 0x8b],
-];
-
 /**
  * What Nix 2.8 says when a NAR file does not decompress. Nix decodes xz, zstd, bzip2 and gzip with
  * libarchive: a file of none of its formats is "input compression not recognized"; an error while the
@@ -97,7 +88,8 @@ const MAGICS = [
  */
 function nixDecompressionMessage(compression: string, ours: string, head: Buffer, short: boolean, produced: number): string {
   if (compression === 'br') return 'error while decompressing brotli file';
-  if (head.length > 0 && !MAGICS.some((m) => head.length >= m.length && m.every((b, i) => head[i] === b))) return 'input compression not recognized';
+  // libarchive finds the compression from the data, whatever the narinfo says.
+  if (head.length > 0 && compressionOf(head) === undefined) return 'input compression not recognized';
   const truncated = short || /truncated|unexpected end|ended early|closed early|end of (input|file)/i.test(ours);
   let detail: string;
   switch (compression) {

@@ -450,3 +450,48 @@ async function* bzip2Stream(source: AsyncIterable<Uint8Array>, level = 9): Async
   }
   yield e.end();
 }
+
+/** The magic numbers of the compressions libarchive recognises by itself (Nix decodes NARs and tarballs with it). */
+const MAGICS: ReadonlyArray<readonly [Compression, readonly number[]]> = [
+  ['xz', [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]],
+  ['gzip', [0x1f, 0x8b]],
+  ['bzip2', [0x42, 0x5a, 0x68]],
+  ['zstd', [0x28, 0xb5, 0x2f, 0xfd]],
+];
+
+/** The compression data starting with `head` are in, as libarchive finds it (6 bytes are enough), or undefined. */
+export function compressionOf(head: Uint8Array): Compression | undefined {
+  for (const [name, magic] of MAGICS) if (head.length >= magic.length && magic.every((b, i) => head[i] === b)) return name;
+  return undefined;
+}
+
+/**
+ * The first bytes of `body` (at least `n` unless it ends first; whole chunks, so possibly more) and `rest`,
+ * the whole body again from its start: the head, then what `body` still yields. Returning `rest` (a consumer
+ * that stops early) returns `body`'s iterator, so its source is released.
+ */
+export async function peek(body: AsyncIterable<Uint8Array>, n: number): Promise<{ head: Buffer; rest: AsyncIterableIterator<Uint8Array> }> {
+  const it = body[Symbol.asyncIterator]();
+  let head = Buffer.alloc(0);
+  while (head.length < n) {
+    const r = await it.next();
+    if (r.done) break;
+    head = Buffer.concat([head, r.value]);
+  }
+  let first: Buffer | undefined = head.length > 0 ? head : undefined;
+  const rest: AsyncIterableIterator<Uint8Array> = {
+    [Symbol.asyncIterator]: () => rest,
+    next: () => {
+      if (first === undefined) return it.next();
+      const value = first;
+      first = undefined;
+      return Promise.resolve({ done: false, value });
+    },
+    return: async () => {
+      first = undefined;
+      await it.return?.();
+      return { done: true, value: undefined };
+    },
+  };
+  return { head, rest };
+}

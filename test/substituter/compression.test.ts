@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { collect, streamOf } from '../../src/store/nar.js';
-import { compressStream, decompressStream, DecompressionError } from '../../src/substituter/compression.js';
+import { compressionOf, compressStream, decompressStream, DecompressionError, peek } from '../../src/substituter/compression.js';
 
 const data = Buffer.concat([randomBytes(100_000), Buffer.from('abc'.repeat(150_000)), randomBytes(1000)]);
 const tools: Record<string, [string[], string[]]> = {
@@ -84,5 +84,41 @@ describe('NAR compression', () => {
     const runs = Buffer.concat([Buffer.alloc(1_000_003, 0x61), Buffer.from('b'), Buffer.alloc(300, 0x61)]);
     const z = await collect(compressStream('bzip2', chunks(runs, 254)));
     expect(sh(tools.bzip2![1], z).equals(runs)).toBe(true);
+  });
+});
+
+describe('compressionOf and peek', () => {
+  it('compressionOf finds what the real tools wrote from its first bytes, and nothing in plain data or brotli', async () => {
+    for (const c of ['xz', 'zstd', 'gzip', 'bzip2'] as const) {
+      const packed = c === 'bzip2' ? execFileSync('bzip2', ['-c'], { input: data }) : execFileSync(tools[c]![0][0]!, tools[c]![0].slice(1), { input: data });
+      expect(compressionOf(packed.subarray(0, 6)), c).toBe(c);
+    }
+    expect(compressionOf(Buffer.from('nix-archive-1'))).toBeUndefined();
+    expect(compressionOf(Buffer.from([0xfd, 0x37, 0x7a]))).toBeUndefined();
+    expect(compressionOf(await collect(compressStream('br', streamOf(data))))).toBeUndefined();
+  });
+
+  it('peek gives at least n bytes, then the whole body again; returning the rest returns the body', async () => {
+    let returned = false;
+    const body = (async function* () {
+      try {
+        for (const s of ['ab', 'cd', 'ef', 'gh']) yield Buffer.from(s);
+      } finally {
+        returned = true;
+      }
+    })();
+    const { head, rest } = await peek(body, 3);
+    expect(head.toString()).toBe('abcd');
+    expect((await rest.next()).value).toEqual(Buffer.from('abcd'));
+    expect((await rest.next()).value).toEqual(Buffer.from('ef'));
+    await rest.return?.();
+    expect(returned).toBe(true);
+
+    const short = await peek(streamOf(Buffer.from('x')), 6);
+    expect(short.head.toString()).toBe('x');
+    expect((await collect(short.rest)).toString()).toBe('x');
+    const empty = await peek(streamOf(Buffer.alloc(0)), 6);
+    expect(empty.head.length).toBe(0);
+    expect((await collect(empty.rest)).length).toBe(0);
   });
 });
