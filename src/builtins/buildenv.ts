@@ -10,7 +10,7 @@
  * Paths are logical (what the links say); the files are read and made at their physical places.
  */
 import { promises as fsp } from 'node:fs';
-import { BuiltinFailure, hintfmt, sysErrorMessage, type NixMessage } from './log.js';
+import { BuiltinFailure, hintfmt, sys, sysFailure, type NixMessage } from './log.js';
 
 export interface TreeAccess {
   /** Physical path of a logical path (the store dir mapped to the physical store dir). */
@@ -28,20 +28,6 @@ const IGNORED_SUFFIXES = ['/propagated-build-inputs', '/nix-support', '/perlloca
 
 function errnoOf(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException).code;
-}
-
-/** A failed system call as Nix's SysError words it (paths are the logical ones). */
-function sysFailure(e: unknown, format: string, ...args: string[]): BuiltinFailure {
-  return new BuiltinFailure(sysErrorMessage(e, format, ...args), { cause: e });
-}
-
-/** `op`, with its failure worded as Nix's SysError (see sysFailure). */
-async function sys<T>(op: Promise<T>, format: string, ...args: string[]): Promise<T> {
-  try {
-    return await op;
-  } catch (e) {
-    throw sysFailure(e, format, ...args);
-  }
 }
 
 /**

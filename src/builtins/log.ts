@@ -46,6 +46,20 @@ export function sysErrorMessage(e: unknown, format: string, ...args: readonly (s
   return sysErrorAfter(e, hintfmt(format, ...args));
 }
 
+/** A failed system call `e` as the built-in's failure, worded as Nix's SysError (paths are the logical ones). */
+export function sysFailure(e: unknown, format: string, ...args: readonly (string | number)[]): BuiltinFailure {
+  return new BuiltinFailure(sysErrorMessage(e, format, ...args), { cause: e });
+}
+
+/** `op`, with its failure worded as Nix's SysError (see sysFailure). */
+export async function sys<T>(op: Promise<T>, format: string, ...args: readonly (string | number)[]): Promise<T> {
+  try {
+    return await op;
+  } catch (e) {
+    throw sysFailure(e, format, ...args);
+  }
+}
+
 /** The same after a message `what` that is already formatted. */
 export function sysErrorAfter(e: unknown, what: NixMessage): NixMessage {
   const reason = strerror(e) ?? (e instanceof Error ? e.message : String(e));
