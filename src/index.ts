@@ -5,7 +5,16 @@
 export { BuildEngine, parseTarget, type BuildPathsOptions } from './scheduler/build-engine.js';
 export { alreadyValidResults } from './scheduler/already-valid.js';
 export type { BuildEngineOptions, SandboxMode } from './scheduler/options.js';
-export type { BuildEngineEvents, BuildEngineEventName, EventPayloads, Stamped, Progress, ProgressCounters, GoalKind } from './scheduler/events.js';
+export type {
+  BuildEngineEvents,
+  BuildEngineEventName,
+  BuilderActivityEvent,
+  EventPayloads,
+  Stamped,
+  Progress,
+  ProgressCounters,
+  GoalKind,
+} from './scheduler/events.js';
 export {
   exitStatusOf,
   isSuccess,

@@ -187,6 +187,10 @@ export class ProgressDisplay {
       on('derivation-resolved', onResolved);
       on('post-build-hook-started', onHook);
     }
+    // A builder's own activity (its FileTransfer), as Nix's logger prints an activity's start.
+    on('builder-activity', (e) => {
+      if (e.event.action === 'start' && e.event.level <= (opts.verbosity ?? 3) && e.event.text) this.line(`${e.event.text}...`);
+    });
     if (this.showsLogs || (this.tty && !opts.noBuildOutput)) on('build-log', onLog);
     on('warning', onWarn);
     on('build-waiting', onWaiting);

@@ -130,6 +130,8 @@ export class NixJsonLog {
   private readonly substitutions = new Map<string, number[]>();
   /** The machine's own activities (ssh-ng://) as ours, by derivation and the machine's id; their log lines go there. */
   private readonly forwarded = new Map<string, Map<bigint, number>>();
+  /** A local builder's own activities (from its `@nix` lines), by derivation: the builder's id → ours. */
+  private readonly builderActs = new Map<string, Map<number, number>>();
   private lineForwarded = false;
   /** The open activities of remote builds' steps, by derivation and step. */
   private readonly remoteSteps = new Map<string, Map<string, number>>();
@@ -194,8 +196,10 @@ export class NixJsonLog {
       const id = this.builds.get(e.drvPath);
       if (id !== undefined) this.result(id, ResultType.BuildLogLine, [e.line]);
     });
+    on('builder-activity', (e) => this.builderActivity(e.drvPath, e.event));
     on('build-finished', (e) => {
       this.stopRemoteSteps(e.drvPath);
+      this.stopBuilderActivities(e.drvPath);
       this.stopKeyed(this.builds, e.drvPath);
     });
     on('remote-step', (e) => this.remoteStep(e));
@@ -371,6 +375,36 @@ export class NixJsonLog {
       this.result(id, e.resultType, e.fields);
       if (e.resultType === ResultType.BuildLogLine || e.resultType === ResultType.PostBuildLogLine) this.lineForwarded = true;
     }
+  }
+
+  /**
+   * A local builder's `@nix` line about activities, as Nix's handleJSONLogMessage passes it on: a phase is
+   * a SetPhase result on the build's activity; the builder's activities are started under the build's
+   * with ids of ours, and its results and stops naming an id it started go to that activity.
+   */
+  private builderActivity(drvPath: string, e: EventOf<'builder-activity'>['event']): void {
+    const build = this.builds.get(drvPath);
+    if (build === undefined) return;
+    if (e.action === 'setPhase') return this.result(build, ResultType.SetPhase, [e.phase]);
+    let acts = this.builderActs.get(drvPath);
+    if (e.action === 'start') {
+      if (!acts) this.builderActs.set(drvPath, (acts = new Map()));
+      if (!acts.has(e.id)) acts.set(e.id, this.start(e.activityType, e.level, e.text, e.fields.length ? e.fields : undefined));
+      return;
+    }
+    const id = acts?.get(e.id);
+    if (id === undefined) return;
+    if (e.action === 'result') return this.result(id, e.resultType, e.fields);
+    acts!.delete(e.id);
+    this.stop(id);
+  }
+
+  /** Stop the activities a builder left open when its build ends. */
+  private stopBuilderActivities(drvPath: string): void {
+    const open = this.builderActs.get(drvPath);
+    if (!open) return;
+    this.builderActs.delete(drvPath);
+    for (const id of [...open.values()].reverse()) this.stop(id);
   }
 
   /** Start Nix's activities of a build call (Realise, Builds, CopyPaths), as its Worker does. */

@@ -6,6 +6,9 @@ import type { StorePath } from '../store/store-path.js';
 import type { BuildResult } from './results.js';
 import type { RemoteStep } from '../remote/remote-builder.js';
 import type { RemoteLogEvent } from '../remote/worker-protocol.js';
+import type { BuilderActivityEvent } from './log-collector.js';
+
+export type { BuilderActivityEvent };
 
 export type GoalKind = 'derivation' | 'substitution';
 
@@ -108,6 +111,13 @@ export interface EventPayloads {
    * log lines also come as `build-log`.
    */
   'remote-log': { drvPath: StorePath; machine: string; event: RemoteLogEvent };
+  /**
+   * A local builder's `@nix` line about activities, between its `build-started` and `build-finished`
+   * (not a built-in's): the phase it enters (Nix's SetPhase result on the build's activity), or a
+   * FileTransfer activity of its own (`start`, then `result`s and `stop` with the builder's id for it),
+   * which Nix shows under the build's activity. A `msg` line is a `warning` event with `verbosity`.
+   */
+  'builder-activity': { drvPath: StorePath; event: BuilderActivityEvent };
   /** `narUrl`: where the NAR is fetched from (the substituter's URI and the narinfo's URL). */
   /**
    * `from`: the path as the substituter has it, when that is another one (a fixed output served by its

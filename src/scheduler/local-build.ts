@@ -30,7 +30,7 @@ import { canBuildHere, knownPath, requiredSystemFeatures, type DrvView } from '.
 import { BuildSetupError } from './errors.js';
 import { encodeError } from '../remote/wire.js';
 import { exportReferencesGraph } from './export-references.js';
-import { builderMessage, LogCollector } from './log-collector.js';
+import { builderLogMessage, LogCollector } from './log-collector.js';
 import { describeSignal } from '../platform/signals.js';
 import { roundsToTryToBuild, slotGate } from './slot-gate.js';
 import { registerOutputs, type RoundOutputs } from './register-outputs.js';
@@ -747,8 +747,8 @@ class LocalRound {
     this.log = new LogCollector({
       logLines: w.ctx.options.logLines,
       onLine: (line, bytes) => w.ctx.emit('build-log', { drvPath: view.drvPath, line, bytes }),
-      // A builder's messages are printed, as Nix does (a built-in's warnings come as warning events).
-      ...(view.builder.startsWith('builtin:') ? {} : { onStructured: (json: string) => forwardBuilderMessage(w, json) }),
+      // A builder's messages and activities are passed on, as Nix does (a built-in's come as events of their own).
+      ...(view.builder.startsWith('builtin:') ? {} : { onStructured: (json: string) => forwardBuilderMessage(w, view.drvPath, json) }),
     });
     this.running = w.ctx.progress.running('builds');
   }
@@ -1180,8 +1180,10 @@ async function cleanupScratch(w: Worker, scratch: Map<string, StorePath>, keep?:
   }
 }
 
-/** A builder's `@nix` message line, printed as Nix's handleJSONLogMessage prints it. */
-function forwardBuilderMessage(w: Worker, json: string): void {
-  const m = builderMessage(json);
-  if (m) w.ctx.emit('warning', m);
+/** A builder's `@nix` line, passed on as Nix's handleJSONLogMessage passes it to its logger. */
+function forwardBuilderMessage(w: Worker, drvPath: StorePath, json: string): void {
+  const m = builderLogMessage(json);
+  if (!m) return;
+  if (m.action === 'msg') w.ctx.emit('warning', { message: m.message, level: m.level, verbosity: m.verbosity });
+  else w.ctx.emit('builder-activity', { drvPath, event: m });
 }

@@ -81,18 +81,78 @@ export class LogCollector {
 }
 
 /**
- * What Nix's handleJSONLogMessage logs of a builder's `@nix {"action":"msg",…}` line: the message at its
- * level (`verbosity`; 0 error … 3 info are shown at Nix's default verbosity, without a prefix), or
- * undefined for anything else (activities, phases, bad JSON).
+ * What a builder's `@nix {…}` line asks of Nix's logger, as Nix's handleJSONLogMessage for a local
+ * (untrusted) builder reads it: a message at its level (`msg`: shown at Nix's default verbosity from 0
+ * to 3, without a prefix), a phase of the build (`setPhase`: Nix's SetPhase result on the build's
+ * activity), or an activity of the builder's own: `start` of a FileTransfer (Nix ignores other activity
+ * types from a builder), `result` and `stop` naming the builder's id for it. Undefined for what Nix does
+ * nothing with (another action, another activity type, bad JSON) and for a line missing a field.
  */
-export function builderMessage(json: string): { message: string; level: 'plain' | 'info'; verbosity: number } | undefined {
+export type BuilderLogMessage =
+  { readonly action: 'msg'; readonly message: string; readonly level: 'plain' | 'info'; readonly verbosity: number } | BuilderActivityEvent;
+
+/** A builder's `@nix` line that touches activities (the `builder-activity` event). */
+export type BuilderActivityEvent =
+  | { readonly action: 'setPhase'; readonly phase: string }
+  | {
+      readonly action: 'start';
+      /** The builder's id for the activity (its own numbering; a log gives it an id of its own). */
+      readonly id: number;
+      readonly activityType: number;
+      readonly level: number;
+      readonly text: string;
+      readonly fields: readonly (string | number)[];
+    }
+  | { readonly action: 'stop'; readonly id: number }
+  | { readonly action: 'result'; readonly id: number; readonly resultType: number; readonly fields: readonly (string | number)[] };
+
+/** Nix's ActivityType FileTransfer: the one activity a local builder may start. */
+const FILE_TRANSFER = 101;
+
+/** A builder's `@nix` line (the JSON text after the prefix) as Nix's logger takes it (see BuilderLogMessage). */
+export function builderLogMessage(json: string): BuilderLogMessage | undefined {
   let o: unknown;
   try {
     o = JSON.parse(json);
   } catch {
     return undefined;
   }
-  const { action, level, msg } = (o ?? {}) as { action?: unknown; level?: unknown; msg?: unknown };
-  if (action !== 'msg' || typeof msg !== 'string' || typeof level !== 'number') return undefined;
-  return { message: msg, level: level >= 3 ? 'info' : 'plain', verbosity: level };
+  if (o === null || typeof o !== 'object' || Array.isArray(o)) return undefined;
+  const m = o as Record<string, unknown>;
+  const num = (k: string) => (typeof m[k] === 'number' ? (m[k] as number) : undefined);
+  const str = (k: string) => (typeof m[k] === 'string' ? (m[k] as string) : undefined);
+  const level = num('level');
+  switch (m.action) {
+    case 'msg': {
+      const msg = str('msg');
+      if (msg === undefined || level === undefined) return undefined;
+      return { action: 'msg', message: msg, level: level >= 3 ? 'info' : 'plain', verbosity: level };
+    }
+    case 'setPhase': {
+      const phase = str('phase');
+      return phase === undefined ? undefined : { action: 'setPhase', phase };
+    }
+    case 'start': {
+      const [id, activityType, text, fields] = [num('id'), num('type'), str('text'), logFields(m.fields)];
+      if (id === undefined || activityType !== FILE_TRANSFER || level === undefined || text === undefined || !fields) return undefined;
+      return { action: 'start', id, activityType, level, text, fields };
+    }
+    case 'stop': {
+      const id = num('id');
+      return id === undefined ? undefined : { action: 'stop', id };
+    }
+    case 'result': {
+      const [id, resultType, fields] = [num('id'), num('type'), logFields(m.fields)];
+      if (id === undefined || resultType === undefined || !fields) return undefined;
+      return { action: 'result', id, resultType, fields };
+    }
+    default:
+      return undefined;
+  }
+}
+
+/** Nix's getFields: a list of strings and integers. */
+function logFields(v: unknown): (string | number)[] | undefined {
+  if (!Array.isArray(v)) return undefined;
+  return v.every((f) => typeof f === 'string' || Number.isInteger(f)) ? (v as (string | number)[]) : undefined;
 }

@@ -61,3 +61,79 @@ describe.skipIf(!nixOk())("a builder's @nix messages, realise vs Nix 2.8", () =>
     }
   });
 });
+
+/**
+ * A builder's `@nix` lines about activities: `setPhase` (a SetPhase result on the build's activity), a
+ * FileTransfer activity of its own with a result and a stop (under the build, ids of the log's own), and an
+ * activity of another type with its result and stop (which Nix ignores from a builder).
+ */
+const ACT = (json: string) => `echo '@nix ${json}'`;
+const ACTIVITIES = `derivation { name = "builder-activities"; system = "x86_64-linux"; builder = "/bin/sh";
+  args = ["-c" ''${[
+    ACT('{"action":"setPhase","phase":"unpackPhase"}'),
+    ACT('{"action":"start","id":5,"type":101,"level":3,"text":"fetching the source","fields":["http://example.org/src"],"parent":0}'),
+    ACT('{"action":"start","id":6,"type":0,"level":3,"text":"an unknown activity","fields":[]}'),
+    ACT('{"action":"result","id":5,"type":105,"fields":[10,20,0,0]}'),
+    ACT('{"action":"result","id":6,"type":105,"fields":[1,2,0,0]}'),
+    ACT('{"action":"result","id":7,"type":105,"fields":[1,2,0,0]}'),
+    ACT('{"action":"stop","id":6}'),
+    ACT('{"action":"start","id":8,"type":101,"level":4,"text":"a quieter transfer","fields":[]}'),
+    ACT('{"action":"stop","id":5}'),
+    ACT('{"action":"setPhase","phase":"buildPhase"}'),
+  ].join('; ')}; echo a plain line; echo x > $out''];
+}`;
+
+describe.skipIf(!nixOk())("a builder's @nix activities and phases, realise vs Nix 2.8", () => {
+  let dir: string;
+  let drv: string;
+  beforeAll(() => {
+    dir = tempDir();
+    drv = instantiateTwins(dir, ACTIVITIES);
+  });
+
+  /**
+   * The build's activity and what happens under it, from its start to its stop (not the call's progress
+   * results), with ids numbered in the order they first appear.
+   */
+  const buildEvents = (stderr: string) => {
+    const events = stderr
+      .split('\n')
+      .filter((l) => l.startsWith('@nix '))
+      .map((l) => JSON.parse(l.slice(5)) as { action: string; id?: number; type?: number });
+    const first = events.findIndex((e) => e.action === 'start' && e.type === 105);
+    const build = events[first]!.id;
+    const last = events.findIndex((e) => e.action === 'stop' && e.id === build);
+    const ids = new Map<number, number>([[build!, 0]]);
+    const out: unknown[] = [];
+    for (const e of events.slice(first, last + 1)) {
+      if (e.action === 'start' && !ids.has(e.id!)) ids.set(e.id!, ids.size);
+      if (e.id === undefined || !ids.has(e.id)) continue;
+      out.push({ ...e, id: ids.get(e.id) });
+    }
+    return out;
+  };
+  const lines = (stderr: string) => stderr.split('\n').filter((l) => /^(fetching|a quieter|an unknown|a plain line|building)/.test(l));
+
+  it('internal-json: the phases on the build, the FileTransfer under it with its result and stop; the rest ignored', async () => {
+    const n = runNix('nix-store', ['--store', path.join(dir, 'N'), ...SANDBOX, '--realise', drv, '--log-format', 'internal-json']);
+    const o = await realise(['build', '--store', path.join(dir, 'O'), ...SANDBOX, drv, '--log-format', 'internal-json']);
+    expect(n.status, n.stderr).toBe(0);
+    expect(o.status, o.stderr).toBe(0);
+    const ne = buildEvents(n.stderr);
+    expect(ne).toContainEqual({ action: 'result', id: 0, type: 104, fields: ['unpackPhase'] });
+    expect(ne).toContainEqual({ action: 'start', id: 1, type: 101, level: 3, text: 'fetching the source', fields: ['http://example.org/src'] });
+    expect(ne).toContainEqual({ action: 'result', id: 1, type: 105, fields: [10, 20, 0, 0] });
+    expect(buildEvents(o.stderr)).toEqual(ne);
+  });
+
+  it('the plain display: the FileTransfer as an activity is printed at its level, the phases not', async () => {
+    for (const flags of [[], ['-v']]) {
+      const n = runNix('nix-store', ['--store', path.join(dir, 'N'), ...SANDBOX, '--realise', drv, '--check', ...flags]);
+      const o = await realise(['build', '--store', path.join(dir, 'O'), ...SANDBOX, drv, '--check', ...flags]);
+      expect(n.status, n.stderr).toBe(0);
+      expect(o.status, o.stderr).toBe(0);
+      expect(lines(n.stderr)).toContain('fetching the source...');
+      expect(lines(o.stderr), flags.join(' ')).toEqual(lines(n.stderr));
+    }
+  });
+});
