@@ -111,26 +111,26 @@ export async function registerOutputs(w: Worker, view: DrvView, plan: RegisterPl
 
 /**
  * Scan: each output exists, is not group/world writable, is canonicalised and scanned for references.
- * Outputs that are all small regular files of a derivation that is not fixed-output (the usual case) are
- * scanned without an asynchronous step: the result is returned as it is, not as a promise.
+ * Outputs that are small regular files of a derivation that is not fixed-output (the usual case) are
+ * scanned without an asynchronous step: when all are, the result is returned as it is, not as a promise;
+ * from the first output that needs more, an asynchronous continuation goes on with the lstat made of it.
  */
 function scanOutputs(w: Worker, view: DrvView, plan: RegisterPlan): Map<string, Scanned> | Rejected | Promise<Map<string, Scanned> | Rejected> {
   const xattrs = loadedXattrOps();
   if (!xattrs || view.isFixedOutput) return scanOutputsAsync(w, view, plan, xattrs);
   const { store } = w.ctx;
+  // Referenceable: the input closure and the scratch outputs.
   const candidates = [...plan.inputPaths, ...plan.scratch.values()];
   const scanned = new Map<string, Scanned>();
-  const stats: Stats[] = [];
-  for (const name of view.outputs.keys()) {
-    const st = lstatSync(store.toRealPath(plan.scratch.get(name)!), { throwIfNoEntry: false });
-    // Anything but a small file that passes the permission check: the whole scan takes the general way.
-    if (!st || !st.isFile() || st.size > SMALL_FILE || (st.mode & 0o022) !== 0) return scanOutputsAsync(w, view, plan, xattrs);
-    stats.push(st);
-  }
-  let i = 0;
-  for (const name of view.outputs.keys()) {
+  const names = [...view.outputs.keys()];
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i]!;
     const scratch = plan.scratch.get(name)!;
-    const r = scanSmallFile(store, name, scratch, store.toRealPath(scratch), shownPath(store, view, plan, scratch), stats[i++]!, xattrs, candidates);
+    const real = store.toRealPath(scratch);
+    const st = lstatSync(real, { throwIfNoEntry: false });
+    // Anything but a small file that passes the permission check: the rest of the scan takes the general way.
+    if (!st || !st.isFile() || st.size > SMALL_FILE || (st.mode & 0o022) !== 0) return scanOutputsAsync(w, view, plan, xattrs, { index: i, scanned, st });
+    const r = scanSmallFile(store, name, scratch, real, shownPath(store, view, plan, scratch), st, xattrs, candidates);
     if (isRejected(r)) return r;
     scanned.set(name, r);
   }
@@ -167,17 +167,28 @@ function scanSmallFile(
   return { name, scratch, real, shown, refs: scanBufferForReferences(nar, candidates), isReg: true, isExec, nar };
 }
 
-async function scanOutputsAsync(w: Worker, view: DrvView, plan: RegisterPlan, loaded: XattrOps | undefined): Promise<Map<string, Scanned> | Rejected> {
+/**
+ * The scan of the outputs, all of them, or from where scanOutputs stopped (`from`: the outputs before
+ * `index` are in `scanned`; `st` is the lstat it made of the one at `index`).
+ */
+async function scanOutputsAsync(
+  w: Worker,
+  view: DrvView,
+  plan: RegisterPlan,
+  loaded: XattrOps | undefined,
+  from?: { index: number; scanned: Map<string, Scanned>; st: Stats | undefined },
+): Promise<Map<string, Scanned> | Rejected> {
   const { store } = w.ctx;
-  // Referenceable: the input closure and the scratch outputs.
   const candidates = [...plan.inputPaths, ...plan.scratch.values()];
-  const scanned = new Map<string, Scanned>();
+  const scanned = from?.scanned ?? new Map<string, Scanned>();
   const xattrs = loaded ?? (await canonicalXattrOps());
-  for (const name of view.outputs.keys()) {
+  const names = [...view.outputs.keys()];
+  for (let i = from?.index ?? 0; i < names.length; i++) {
+    const name = names[i]!;
     const scratch = plan.scratch.get(name)!;
     const real = store.toRealPath(scratch);
     const shown = shownPath(store, view, plan, scratch);
-    let st = lstatSync(real, { throwIfNoEntry: false });
+    let st = from && i === from.index ? from.st : lstatSync(real, { throwIfNoEntry: false });
     if (!st) {
       return rejected('misc-failure', `builder for '${view.drvPath}' failed to produce output path for output '${name}' at '${shown}'`);
     }
