@@ -60,8 +60,7 @@ async function ours(tag: string, machines: Machine[], concurrent: boolean): Prom
   let redone = 0;
   const one = async (p: string): Promise<void> => {
     const t = performance.now();
-    const r = await buildOnRemote(builders, p, read(p), {}, { store });
-    redone += r.failedMachines.length;
+    const r = await buildOnRemote(builders, p, read(p), {}, { store, onMachineFailed: () => redone++ });
     if (r.kind === 'built' && process.env.REMOTE_BENCH_VERBOSE) {
       const tm = r.result.timings;
       console.log(

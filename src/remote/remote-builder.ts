@@ -741,9 +741,9 @@ export function createRemoteBuilders(
 }
 
 export type RemoteDispatch =
-  | { readonly kind: 'built'; readonly result: RemoteBuildResult; readonly failedMachines: readonly RemoteBuildError[] }
+  | { readonly kind: 'built'; readonly result: RemoteBuildResult }
   /** No machine can take it (or preferLocalBuild): build locally if possible; `error` explains each machine. */
-  | { readonly kind: 'declined'; readonly error: NoMachineError; readonly failedMachines: readonly RemoteBuildError[] };
+  | { readonly kind: 'declined'; readonly error: NoMachineError };
 
 /**
  * The build hook, improved: choose the least loaded fitting machine (waiting for a slot when all are busy),
@@ -757,7 +757,6 @@ export async function buildOnRemote(
   req: Omit<MachineRequest, 'drvPath' | 'system'> & { system?: string },
   opts: RemoteBuildOptions,
 ): Promise<RemoteDispatch> {
-  const failed: RemoteBuildError[] = [];
   const failedNames = new Set<string>();
   // Every waiting or running remote build listens on the caller's signal: a DAG puts hundreds on one.
   if (opts.signal && !unlimitedListeners(opts.signal)) setMaxListeners(10_000, opts.signal);
@@ -770,13 +769,12 @@ export async function buildOnRemote(
       (m) => m.builder.load,
       (m) => (failedNames.has(m.builder.name) ? 'failed during this build' : m.builder.disabledReason()),
     );
-    if (choice.kind === 'declined') return { kind: 'declined', error: choice.error, failedMachines: failed };
+    if (choice.kind === 'declined') return { kind: 'declined', error: choice.error };
     if (choice.kind === 'busy') {
       if (opts.localSlotFree?.())
         return {
           kind: 'declined',
           error: new NoMachineError(`every machine that can build '${drvPath}' is busy`, []),
-          failedMachines: failed,
         };
       const ac = new AbortController();
       const onAbort = (): void => ac.abort(opts.signal!.reason);
@@ -795,10 +793,9 @@ export async function buildOnRemote(
     try {
       const result = await b.build(drvPath, drv, taken.opts);
       taken.start();
-      return { kind: 'built', result, failedMachines: failed };
+      return { kind: 'built', result };
     } catch (e) {
       if (e instanceof RemoteBuildError && e.kind === 'connection') {
-        failed.push(e);
         failedNames.add(b.name);
         opts.onMachineFailed?.(e);
         continue;

@@ -71,7 +71,7 @@ function remoteBuildEvents(
       w.ctx.emit('remote-step', { drvPath, machine, store: machineStoreName(machine), step, phase });
     },
     // Said as it happens, as Nix's hook does before it tries the next machine.
-    onMachineFailed: (e) => reportFailedMachines(w, [e]),
+    onMachineFailed: (e) => reportFailedMachine(w, e),
     onStart: (machine) => {
       end('failure');
       log = [];
@@ -159,7 +159,7 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
     await events.saveLog();
     // As Nix 2.8's buildDone, the post-build hook runs here too once the outputs are back (its failure is the build's).
     const built = remoteBuildResult(dispatch.result, view.drvPath, started);
-    if (!isRemoteSuccess(dispatch.result)) w.ctx.emit('warning', { message: remoteFailureMessage(dispatch.result, view.drvPath), level: 'error' });
+    if (!isRemoteSuccess(dispatch.result)) w.warn(remoteFailureMessage(dispatch.result, view.drvPath), 'error');
     const hookError = isRemoteSuccess(dispatch.result) ? await postBuildHook(w, view.drvPath, Object.values(built.builtOutputs)) : undefined;
     const result = hookError === undefined ? built : failure('misc-failure', hookError, { startTime: built.startTime, stopTime: built.stopTime });
     const ok = isSuccess(result.status);
@@ -192,10 +192,8 @@ function hookRequest(view: DrvView): MachineRequest {
  * Nix's hook prints a line for every machine it could not use: "cannot build on '…': " and its error as
  * Nix prints one (`error: …`), after what an `ssh-ng://` machine's ssh wrote to stderr.
  */
-function reportFailedMachines(w: Worker, failed: readonly RemoteBuildError[]): void {
-  for (const e of failed) {
-    const cause = e.cause ?? e;
-    if (cause instanceof RemoteConnectionError && cause.remoteStderr) w.warn(cause.remoteStderr, 'raw');
-    w.warn(`cannot build on '${e.machine}': error: ${shortMessageOf(cause)}`, 'plain');
-  }
+function reportFailedMachine(w: Worker, e: RemoteBuildError): void {
+  const cause = e.cause ?? e;
+  if (cause instanceof RemoteConnectionError && cause.remoteStderr) w.warn(cause.remoteStderr, 'raw');
+  w.warn(`cannot build on '${e.machine}': error: ${shortMessageOf(cause)}`, 'plain');
 }

@@ -175,7 +175,7 @@ export class Worker {
     this.contentsGood.set(path, true);
   }
 
-  warn(message: string, level?: 'warning' | 'plain' | 'info' | 'raw'): void {
+  warn(message: string, level?: 'warning' | 'error' | 'plain' | 'info' | 'raw'): void {
     this.ctx.emit('warning', level ? { message, level } : { message });
   }
 
