@@ -7,6 +7,7 @@ import { Hash } from '../store/hash.js';
 import type { NarSource, PathInfo } from '../store/store-api.js';
 import { DEFAULT_STORE_DIR, parseStorePath, type StorePath } from '../store/store-path.js';
 import { RemoteConnectionError, RemoteProtocolError } from './errors.js';
+import { parseStoreUri, type StoreUri } from './machines.js';
 import { connectionLost, type Transport } from './transport.js';
 import { WireReader, WireWriter, type WireEncoder } from './wire.js';
 import type { OnRemoteLog } from './worker-protocol.js';
@@ -218,18 +219,22 @@ export interface ProtocolConnectionOptions {
   readonly onLog?: OnRemoteLog;
 }
 
-/**
- * The scheme and `[user@]host` of an `ssh://` or `ssh-ng://` store URI (Nix's SSH stores name the host so in
- * their messages, without the URI's parameters), or undefined for another name.
- */
-export function sshStoreHost(name: string): { scheme: 'ssh' | 'ssh-ng'; host: string } | undefined {
-  const m = /^(ssh|ssh-ng):\/\/([^?/]+)/.exec(name);
-  return m ? { scheme: m[1] as 'ssh' | 'ssh-ng', host: m[2]! } : undefined;
+/** The scheme and `[user@]host` of an `ssh://` or `ssh-ng://` store (Nix's SSH stores name the host so in their messages). */
+export interface SshStoreHost {
+  readonly scheme: 'ssh' | 'ssh-ng';
+  readonly host: string;
 }
 
-/** Whether a handshake failed because the stream ended (the remote process exited: ssh could not connect or log in, no such program). */
-export function streamEnded(e: unknown): boolean {
-  return e instanceof RemoteConnectionError;
+/** The SshStoreHost of a store URI (without its path and parameters), or undefined for another name. */
+function sshStoreHost(name: string): SshStoreHost | undefined {
+  let uri: StoreUri;
+  try {
+    uri = parseStoreUri(name);
+  } catch {
+    return undefined;
+  }
+  const host = uri.authority.split('/')[0]!;
+  return (uri.scheme === 'ssh' || uri.scheme === 'ssh-ng') && host ? { scheme: uri.scheme, host } : undefined;
 }
 
 /**
@@ -285,24 +290,33 @@ export abstract class ProtocolConnection {
       await conn.close();
       if (signal?.aborted) throw signal.reason;
       if (passThrough(e)) throw e;
-      throw conn.connectFailure(e, conn.transport.stderrTail(), hint);
+      const tail = conn.transport.stderrTail();
+      // The stream ended (the remote process exited: ssh could not connect or log in, no such program).
+      if (e instanceof RemoteConnectionError) {
+        const ssh = sshStoreHost(conn.name);
+        if (ssh) throw conn.sshConnectFailure(e, ssh, tail, hint);
+      }
+      throw conn.connectFailure(e, tail, hint);
     } finally {
       signal?.removeEventListener('abort', onAbort);
     }
   }
 
   /**
-   * The error of a handshake that failed with `e`, the remote having written `tail` to stderr: this
-   * protocol's words for an `ssh://` or `ssh-ng://` store whose stream ended (sshConnectFailure), else
-   * what went wrong with the stderr lines below it.
+   * The error of a handshake that failed with `e`, the remote having written `tail` to stderr (unless it is
+   * an `ssh://` or `ssh-ng://` store whose stream ended: sshConnectFailure): what went wrong with the stderr
+   * lines below it.
    */
-  protected connectFailure(e: unknown, tail: string, hint: string): RemoteConnectionError {
+  private connectFailure(e: unknown, tail: string, hint: string): RemoteConnectionError {
     const message = (e as Error).message;
     return new RemoteConnectionError(`cannot open a connection to '${this.name}': ${message}${tail && !message.includes(tail) ? `\n${tail}` : ''}`, {
       cause: e,
       hint,
     });
   }
+
+  /** This protocol's words for a handshake on the `ssh://` or `ssh-ng://` store `ssh` whose stream ended (`e`). */
+  protected abstract sshConnectFailure(e: RemoteConnectionError, ssh: SshStoreHost, tail: string, hint: string): RemoteConnectionError;
 
   /** Whether the connection can still be used. */
   get usable(): boolean {

@@ -15,8 +15,7 @@ import {
   writePathInfo,
   type WireBuildResult,
   type WireDerivation,
-  sshStoreHost,
-  streamEnded,
+  type SshStoreHost,
 } from './protocol-common.js';
 import type { Transport } from './transport.js';
 import { ResultType, type OnRemoteLog, type PathToAdd } from './worker-protocol.js';
@@ -102,9 +101,7 @@ export class ServeConnection extends ProtocolConnection {
    * As Nix's `ssh://` store words a remote that went away during the handshake (ssh could not connect or log
    * in, no `nix-store` there): "cannot connect to 'HOST'" and what ssh and the remote wrote to stderr.
    */
-  protected override connectFailure(e: unknown, tail: string, hint: string): RemoteConnectionError {
-    const ssh = sshStoreHost(this.name);
-    if (!ssh || !streamEnded(e)) return super.connectFailure(e, tail, hint);
+  protected override sshConnectFailure(e: RemoteConnectionError, ssh: SshStoreHost, tail: string, hint: string): RemoteConnectionError {
     return new RemoteConnectionError(`cannot connect to '${ssh.host}'${tail ? `: ${tail}` : ''}`, { cause: e, hint });
   }
 

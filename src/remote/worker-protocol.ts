@@ -21,8 +21,7 @@ import {
   writePathInfo,
   type WireBuildResult,
   type WireDerivation,
-  sshStoreHost,
-  streamEnded,
+  type SshStoreHost,
 } from './protocol-common.js';
 import type { Transport } from './transport.js';
 import { encodeU64, WireEncoder, type WireReader } from './wire.js';
@@ -182,9 +181,7 @@ export class WorkerConnection extends ProtocolConnection {
    * to remote store 'ssh-ng://HOST': error: unexpected end-of-file", after what ssh wrote to its stderr
    * (Nix's ssh writes there itself; here it is the error's `remoteStderr`).
    */
-  protected override connectFailure(e: unknown, tail: string, hint: string): RemoteConnectionError {
-    const ssh = sshStoreHost(this.name);
-    if (!ssh || !streamEnded(e)) return super.connectFailure(e, tail, hint);
+  protected override sshConnectFailure(e: RemoteConnectionError, ssh: SshStoreHost, tail: string, hint: string): RemoteConnectionError {
     return new RemoteConnectionError(`cannot open connection to remote store '${ssh.scheme}://${ssh.host}': error: unexpected end-of-file`, {
       cause: e,
       hint,
