@@ -78,8 +78,7 @@ function wireValue(args: CliArgs, name: string, key: string): string | undefined
   if (Object.hasOwn(LISTS, name)) return listValue(args, name, key).join(' ');
   const v = args.options.get(key);
   if (v === undefined) return undefined;
-  if (name === 'sandbox') return ['true', 'false', 'relaxed'].includes(v) ? v : undefined;
-  // By the setting's Nix type (args.ts's parser): a Boolean, an integer of its signedness and width, or text.
+  // By the setting's Nix type (args.ts's parser): a Boolean, `sandbox`'s three words, an integer of its signedness and width, or text.
   const value = attempt(() => parseSetting(name, v));
   return value === undefined ? undefined : String(value);
 }

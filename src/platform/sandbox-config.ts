@@ -15,16 +15,6 @@ export interface SandboxPath {
   readonly optional: boolean;
 }
 
-/** Parse Nix's `sandbox` option value (`true`/`false`/`relaxed`, also as strings). */
-export function parseSandboxMode(value: string | boolean): SandboxMode {
-  if (typeof value === 'boolean') return value;
-  const v = value.trim().toLowerCase();
-  if (v === 'true' || v === '1' || v === 'yes') return true;
-  if (v === 'false' || v === '0' || v === 'no') return false;
-  if (v === 'relaxed') return 'relaxed';
-  throw new SandboxError('sandbox-bad-config', `Expected \`sandbox\` to be true, false or "relaxed", got \`${value}\` (string)`);
-}
-
 export interface UseSandboxInput {
   readonly mode: SandboxMode;
   /** The derivation's `__noChroot` attribute. */

@@ -5,7 +5,7 @@ import { RealiseError } from '../store/errors.js';
  * - `sandbox-unavailable`: namespaces (or bwrap / the helper) are missing and fallback is off.
  * - `sandbox-setup-failed`: the sandbox could not be set up for one build (mount, chroot dir, ...).
  * - `sandbox-path-not-allowed`: `__impureHostDeps` names a path outside `allowedImpureHostPrefixes`.
- * - `sandbox-bad-config`: malformed `sandbox-paths`, pre-build hook output, or options.
+ * - `sandbox-bad-config`: malformed `sandbox-paths` or pre-build hook output.
  * - `sandbox-no-chroot-forbidden`: `__noChroot` with `sandbox = true`.
  */
 export type SandboxErrorCode =

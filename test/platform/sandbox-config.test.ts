@@ -1,14 +1,7 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import {
-  checkImpureHostDeps,
-  parsePreBuildHookOutput,
-  parseSandboxMode,
-  parseSandboxPaths,
-  splitSandboxPathsOption,
-  useSandbox,
-} from '../../src/platform/sandbox-config.js';
+import { checkImpureHostDeps, parsePreBuildHookOutput, parseSandboxPaths, splitSandboxPathsOption, useSandbox } from '../../src/platform/sandbox-config.js';
 import { SandboxError } from '../../src/platform/sandbox-errors.js';
 import { nixSeccompFilter, REFUSED_SYSCALLS } from '../../src/platform/seccomp.js';
 import { chooseSandbox, diagnoseUserNamespaces, sandboxAvailable } from '../../src/platform/probe.js';
@@ -20,14 +13,6 @@ import { ccOk } from './sandbox-fixture.js';
 const base = { noChroot: false, impure: false, storeDir: '/nix/store', realStoreDir: '/nix/store', drvPath: '/nix/store/x-a.drv' };
 
 describe('sandbox modes', () => {
-  it('parses the option values Nix accepts', () => {
-    expect(parseSandboxMode('true')).toBe(true);
-    expect(parseSandboxMode('false')).toBe(false);
-    expect(parseSandboxMode('relaxed')).toBe('relaxed');
-    expect(parseSandboxMode(true)).toBe(true);
-    expect(() => parseSandboxMode('maybe')).toThrow(/Expected `sandbox` to be true, false or "relaxed", got `maybe`/);
-  });
-
   it('decides per derivation as Nix startBuilder does', () => {
     expect(useSandbox({ ...base, mode: true })).toBe(true);
     expect(useSandbox({ ...base, mode: true, impure: true })).toBe(true);
