@@ -528,7 +528,7 @@ export class NixJsonLog {
     this.lastSubst = substKey(p);
     this.result(this.top.builds, ResultType.Progress, [done, done + this.openCount, this.buildsRunning.size, this.buildsFailed]);
     this.result(this.top.copyPaths, ResultType.Progress, [s.done, s.expected, s.running, s.failed]);
-    this.result(this.top.realise, ResultType.SetExpected, [ActivityType.FileTransfer, download.expected]);
+    this.result(this.top.realise, ResultType.SetExpected, [ActivityType.FileTransfer, expectedDownload(download)]);
     this.result(this.top.realise, ResultType.SetExpected, [ActivityType.CopyPath, nar.expected]);
   }
 
@@ -544,7 +544,7 @@ export class NixJsonLog {
     const { builds, substitutions: s, download, nar } = p;
     this.changed(this.top.builds, ResultType.Progress, [builds.done, builds.expected, builds.running, builds.failed]);
     this.changed(this.top.copyPaths, ResultType.Progress, [s.done, s.expected, s.running, s.failed]);
-    this.changed(this.top.realise, ResultType.SetExpected, [ActivityType.FileTransfer, download.expected]);
+    this.changed(this.top.realise, ResultType.SetExpected, [ActivityType.FileTransfer, expectedDownload(download)]);
     this.changed(this.top.realise, ResultType.SetExpected, [ActivityType.CopyPath, nar.expected]);
   }
 
@@ -567,7 +567,13 @@ const NOT_FAILED: ReadonlySet<string> = new Set(['built', 'substituted', 'alread
 
 /** What of the engine's counters Nix's substitution goals report: their counts, the expected sizes. */
 const substKey = ({ substitutions: s, download, nar }: Progress): string =>
-  `${s.done},${s.expected},${s.running},${s.failed},${download.expected},${nar.expected}`;
+  `${s.done},${s.expected},${s.running},${s.failed},${expectedDownload(download)},${nar.expected}`;
+
+/**
+ * Nix's expected download size: its substitutions' (a built-in builder's download is an activity of that
+ * builder, passed on from its log, not counted there).
+ */
+const expectedDownload = (download: Progress['download']): number => download.expected - (download.builtin?.expected ?? 0);
 
 /**
  * Turn an engine's events into Nix's internal-json stream: each `@nix {…}` line (newline included) goes to

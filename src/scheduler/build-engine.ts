@@ -110,9 +110,10 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       netrcFile: o.netrcFile,
       downloadAttempts: o.downloadAttempts,
       onDownloadProgress: (done, expected) => {
-        const d = this.progressTracker.download;
-        d.done += done;
-        d.expected += expected;
+        for (const d of [this.progressTracker.download, this.progressTracker.builtinDownload]) {
+          d.done += done;
+          d.expected += expected;
+        }
         this.progressTracker.changed();
       },
       onWarning: (message) => this.emitSafely('warning', { message }),

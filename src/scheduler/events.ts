@@ -22,8 +22,12 @@ export interface ProgressCounters {
 export interface Progress {
   readonly builds: ProgressCounters;
   readonly substitutions: ProgressCounters;
-  /** Compressed bytes to download / downloaded. */
-  readonly download: { readonly expected: number; readonly done: number };
+  /**
+   * Compressed bytes to download / downloaded: substitutions' and built-in builders' (builtin:fetchurl).
+   * `builtin` is the built-ins' part, which Nix's own expected download size leaves out (its built-in
+   * runs as a builder that reports its download as an activity of its own).
+   */
+  readonly download: { readonly expected: number; readonly done: number; readonly builtin?: { readonly expected: number; readonly done: number } };
   /** Uncompressed NAR bytes expected / done. */
   readonly nar: { readonly expected: number; readonly done: number };
 }
@@ -113,9 +117,10 @@ export interface EventPayloads {
   'remote-log': { drvPath: StorePath; machine: string; event: RemoteLogEvent };
   /**
    * A local builder's `@nix` line about activities, between its `build-started` and `build-finished`
-   * (not a built-in's): the phase it enters (Nix's SetPhase result on the build's activity), or a
-   * FileTransfer activity of its own (`start`, then `result`s and `stop` with the builder's id for it),
-   * which Nix shows under the build's activity. A `msg` line is a `warning` event with `verbosity`.
+   * (a built-in's too: builtin:fetchurl's download): the phase it enters (Nix's SetPhase result on the
+   * build's activity), or a FileTransfer activity of its own (`start`, then `result`s and `stop` with the
+   * builder's id for it), which Nix shows under the build's activity. A `msg` line is a `warning` event
+   * with `verbosity` (a built-in's messages are `warning` events of their own).
    */
   'builder-activity': { drvPath: StorePath; event: BuilderActivityEvent };
   /** `narUrl`: where the NAR is fetched from (the substituter's URI and the narinfo's URL). */
@@ -224,6 +229,8 @@ export class ProgressTracker {
   readonly builds: Counters = { expected: 0, done: 0, running: 0, failed: 0 };
   readonly substitutions: Counters = { expected: 0, done: 0, running: 0, failed: 0 };
   readonly download = { expected: 0, done: 0 };
+  /** Of `download`, the built-in builders' bytes. */
+  readonly builtinDownload = { expected: 0, done: 0 };
   readonly nar = { expected: 0, done: 0 };
   private scheduled = false;
 
@@ -247,7 +254,7 @@ export class ProgressTracker {
     return {
       builds: { ...this.builds },
       substitutions: { ...this.substitutions },
-      download: { ...this.download },
+      download: { ...this.download, builtin: { ...this.builtinDownload } },
       nar: { ...this.nar },
     };
   }

@@ -747,8 +747,9 @@ class LocalRound {
     this.log = new LogCollector({
       logLines: w.ctx.options.logLines,
       onLine: (line, bytes) => w.ctx.emit('build-log', { drvPath: view.drvPath, line, bytes }),
-      // A builder's messages and activities are passed on, as Nix does (a built-in's come as events of their own).
-      ...(view.builder.startsWith('builtin:') ? {} : { onStructured: (json: string) => forwardBuilderMessage(w, view.drvPath, json) }),
+      // A builder's messages and activities are passed on, as Nix does (a built-in's messages come as
+      // warning events of their own; its download's activity as a builder's, as Nix's forked built-in sends it).
+      onStructured: (json: string) => forwardBuilderMessage(w, view.drvPath, json, view.builder.startsWith('builtin:')),
     });
     this.running = w.ctx.progress.running('builds');
   }
@@ -1181,9 +1182,10 @@ async function cleanupScratch(w: Worker, scratch: Map<string, StorePath>, keep?:
 }
 
 /** A builder's `@nix` line, passed on as Nix's handleJSONLogMessage passes it to its logger. */
-function forwardBuilderMessage(w: Worker, drvPath: StorePath, json: string): void {
+function forwardBuilderMessage(w: Worker, drvPath: StorePath, json: string, builtin: boolean): void {
   const m = builderLogMessage(json);
   if (!m) return;
-  if (m.action === 'msg') w.ctx.emit('warning', { message: m.message, level: m.level, verbosity: m.verbosity });
-  else w.ctx.emit('builder-activity', { drvPath, event: m });
+  if (m.action === 'msg') {
+    if (!builtin) w.ctx.emit('warning', { message: m.message, level: m.level, verbosity: m.verbosity });
+  } else w.ctx.emit('builder-activity', { drvPath, event: m });
 }

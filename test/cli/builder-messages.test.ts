@@ -3,6 +3,8 @@
  * levels 0 to 3; one more with each `-v`, one fewer with each `--quiet`) and keeps them out of the log lines; `realise build` against `nix-store --realise` on
  * twin chroot stores, in the plain display and in `--log-format internal-json`.
  */
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { realiseInProcess as realise } from '../helpers/cli.js';
@@ -133,6 +135,73 @@ describe.skipIf(!nixOk())("a builder's @nix activities and phases, realise vs Ni
       expect(n.status, n.stderr).toBe(0);
       expect(o.status, o.stderr).toBe(0);
       expect(lines(n.stderr)).toContain('fetching the source...');
+      expect(lines(o.stderr), flags.join(' ')).toEqual(lines(n.stderr));
+    }
+  });
+});
+
+/**
+ * builtin:fetchurl: Nix runs it as a builder whose download is a FileTransfer activity it passes on from the
+ * builder's `@nix` lines, under the build's activity; the call's expected download size stays 0.
+ */
+describe.skipIf(!nixOk())('builtin:fetchurl, its download as an activity, realise vs Nix 2.8', () => {
+  let dir: string;
+  let drv: string;
+  let url: string;
+  beforeAll(() => {
+    dir = tempDir();
+    const blob = path.join(dir, 'blob');
+    writeFileSync(blob, randomBytes(200_000));
+    url = `file://${blob}`;
+    const hash = createHash('sha256').update(readFileSync(blob)).digest('hex');
+    drv = instantiateTwins(
+      dir,
+      `derivation { name = "blob"; system = "builtin"; builder = "builtin:fetchurl"; url = "${url}"; urls = ["${url}"];
+        outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = "${hash}"; unpack = false; executable = false; }`,
+    );
+  });
+  const events = (stderr: string) =>
+    stderr
+      .split('\n')
+      .filter((l) => l.startsWith('@nix '))
+      .map((l) => JSON.parse(l.slice(5)) as { action: string; id?: number; type?: number; fields?: unknown[]; text?: string });
+
+  it('internal-json: the FileTransfer (level 4, its text and fields), its last progress and its stop; SetExpected of downloads stays 0', async () => {
+    const args = ['--option', 'sandbox-paths', dir, '--log-format', 'internal-json'];
+    const n = runNix('nix-store', ['--store', path.join(dir, 'N'), '--realise', drv, ...args]);
+    const o = await realise(['build', '--store', path.join(dir, 'O'), drv, ...args]);
+    expect(n.status, n.stderr).toBe(0);
+    expect(o.status, o.stderr).toBe(0);
+    const transfer = (stderr: string) => {
+      const all = events(stderr);
+      const start = all.find((e) => e.action === 'start' && e.type === 101)!;
+      const mine = all.filter((e) => e.id === start.id);
+      return {
+        start: { ...start, id: 0 },
+        lastProgress: mine.filter((e) => e.action === 'result').at(-1)?.fields,
+        stopped: mine.filter((e) => e.action === 'stop').length,
+      };
+    };
+    const nt = transfer(n.stderr);
+    expect(nt.start.text).toBe(`downloading '${url}'`);
+    expect(nt.lastProgress).toEqual([200_000, 200_000, 0, 0]);
+    expect(transfer(o.stderr)).toEqual(nt);
+    const expected = (stderr: string) =>
+      events(stderr)
+        .filter((e) => e.action === 'result' && e.type === 106)
+        .map((e) => e.fields);
+    expect(expected(n.stderr)).toContainEqual([101, 0]);
+    expect(expected(o.stderr)).toEqual(expected(n.stderr));
+  });
+
+  it("the plain display: `downloading '…'...` with -v only", async () => {
+    for (const flags of [[], ['-v']]) {
+      const args = ['--option', 'sandbox-paths', dir, '--check', ...flags];
+      const n = runNix('nix-store', ['--store', path.join(dir, 'N'), '--realise', drv, ...args]);
+      const o = await realise(['build', '--store', path.join(dir, 'O'), drv, ...args]);
+      expect(n.status, n.stderr).toBe(0);
+      expect(o.status, o.stderr).toBe(0);
+      const lines = (stderr: string) => stderr.split('\n').filter((l) => l.startsWith('downloading') || l.startsWith('checking'));
       expect(lines(o.stderr), flags.join(' ')).toEqual(lines(n.stderr));
     }
   });
