@@ -182,20 +182,16 @@ export async function haveDerivation(goal: DerivationGoal, wanted: Set<string> |
  * Temporary GC roots, as Nix: a concurrent garbage collector keeps the derivation and its outputs.
  * Recorded together where the store can (one write under one hold of the GC lock), else one by one.
  */
-function addTempRoots(w: Worker, drvPath: StorePath, view: DrvView): Promise<void> | undefined {
+async function addTempRoots(w: Worker, drvPath: StorePath, view: DrvView): Promise<void> {
   const { store } = w.ctx;
-  if (!store.addTempRoot) return undefined;
+  if (!store.addTempRoot) return;
   const roots = [drvPath];
   for (const spec of view.outputs.values()) {
     const p = knownPath(spec);
     if (p) roots.push(p);
   }
-  if (store.addTempRoots) return store.addTempRoots(roots);
-  return oneByOne(roots, (p) => store.addTempRoot!(p));
-}
-
-async function oneByOne<T>(items: readonly T[], f: (item: T) => Promise<void>): Promise<void> {
-  for (const item of items) await f(item);
+  if (store.addTempRoots) await store.addTempRoots(roots);
+  else for (const p of roots) await store.addTempRoot(p);
 }
 
 /**
