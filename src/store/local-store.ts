@@ -1071,7 +1071,8 @@ export class LocalStore implements Store {
     for (const i of order) {
       const referrer = ids.get(i.path)!;
       for (const ref of i.references) {
-        const reference = ids.get(ref) ?? known.get(ref) ?? this.st.pathId.get(ref)?.id;
+        // (`known` holds every reference that is valid: the batch's own are in `ids`.)
+        const reference = ids.get(ref) ?? known.get(ref);
         if (reference === undefined) throw invalidPathError(ref); // unreachable after checkBatchClosure
         this.st.addRef.run(referrer, reference);
       }
