@@ -304,10 +304,10 @@ function noMachine(machines: readonly Machine[], req: MachineRequest, rejections
 
 /**
  * What Nix's build hook prints when no machine takes a derivation this machine cannot build either
- * ("Failed to find a machine for remote build!", the request, a table of the machines), followed by why
- * each machine was passed over.
+ * ("Failed to find a machine for remote build!", the request, a table of the machines), line for line
+ * (why each machine was passed over is the NoMachineError's message, not printed, as Nix does not).
  */
-export function noMachineReport(machines: readonly Machine[], req: MachineRequest, error: NoMachineError): string {
+export function noMachineReport(machines: readonly Machine[], req: MachineRequest): string {
   const sorted = (xs: readonly string[]): string => [...xs].sort().join(', ');
   const lines = [
     'Failed to find a machine for remote build!',
@@ -316,7 +316,6 @@ export function noMachineReport(machines: readonly Machine[], req: MachineReques
     `${machines.length} available machines:`,
     '(systems, maxjobs, supportedFeatures, mandatoryFeatures)',
     ...machines.map((m) => `(${m.systemTypes.join(', ')}, ${m.maxJobs}, ${sorted(m.supportedFeatures)}, ${sorted(m.mandatoryFeatures)})`),
-    ...error.rejections.map((r) => `  - ${r.machine}: ${r.reasons.join('; ')}`),
   ];
   return lines.join('\n');
 }

@@ -150,7 +150,6 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
           noMachineReport(
             options.builders.map((b) => b.machine),
             hookRequest(view),
-            dispatch.error,
           ),
           'plain',
         );
