@@ -69,9 +69,14 @@ export function buildActivityText(e: { drvPath: string; round: number; rounds: n
   return msg;
 }
 
-const ERROR_PREFIX = '\x1b[31;1merror:\x1b[0m ';
+// Nix's ANSI colours, as builtins/log.ts has them (this layer reads only the scheduler's types, so they are
+// repeated here, once): ANSI_WARNING is hintfmt's colour of values (yellowtxt) and of `warning:`.
+const ANSI_NORMAL = '\x1b[0m';
+const ANSI_RED = '\x1b[31;1m';
+const ANSI_WARNING = '\x1b[35;1m';
+const ERROR_PREFIX = `${ANSI_RED}error:${ANSI_NORMAL} `;
 /** Nix's colour of the values formatted into a message (hintfmt's yellowtxt). */
-const VALUE = (v: string): string => `\x1b[35;1m${v}\x1b[0m`;
+const VALUE = (v: string): string => `${ANSI_WARNING}${v}${ANSI_NORMAL}`;
 
 /**
  * The first lines of Nix's frequent build errors, with the parts Nix's hintfmt colours as values (a
@@ -100,7 +105,7 @@ function colouredAsNix(message: string): string {
   }
   return message;
 }
-const WARNING_PREFIX = '\x1b[35;1mwarning:\x1b[0m ';
+const WARNING_PREFIX = `${ANSI_WARNING}warning:${ANSI_NORMAL} `;
 const INDENT = ' '.repeat('error: '.length);
 
 export interface NixJsonLogOptions {
@@ -216,7 +221,7 @@ export class NixJsonLog {
       this.ensureTop();
       if (this.waits.has(e.drvPath)) return;
       const paths = e.lockedPaths.map((p) => `'${p}'`).join(', ');
-      this.waits.set(e.drvPath, this.start(ActivityType.BuildWaiting, LogLevel.Warn, `waiting for lock on \x1b[35;1m${paths}\x1b[0m`, undefined));
+      this.waits.set(e.drvPath, this.start(ActivityType.BuildWaiting, LogLevel.Warn, `waiting for lock on ${VALUE(paths)}`, undefined));
     });
     on('build-lock-acquired', (e) => this.stopKeyed(this.waits, e.drvPath));
     this.onSubstitutions(on);
