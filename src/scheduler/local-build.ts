@@ -750,6 +750,7 @@ class LocalRound {
       // A builder's messages and activities are passed on, as Nix does (a built-in's messages come as
       // warning events of their own; its download's activity as a builder's, as Nix's forked built-in sends it).
       onStructured: (json: string) => forwardBuilderMessage(w, view.drvPath, json, view.builder.startsWith('builtin:')),
+      onBadStructured: (message) => w.ctx.emit('warning', { message, level: 'plain', verbosity: 0 }),
     });
     this.running = w.ctx.progress.running('builds');
   }

@@ -1,9 +1,11 @@
+import { jsonSyntaxError } from './json-syntax.js';
+
 /**
  * Collects a builder's output: the whole log (for the store's log dir), complete lines as events, and the
  * last N lines for error messages. As in Nix, lines are made of bytes: `\r` returns to the start of the
  * current line and what follows overwrites it byte by byte (so it may cut a UTF-8 character in two, as Nix
  * does); a line is decoded as UTF-8 only when it is complete. Lines starting with `@nix ` are Nix's
- * structured log messages: kept in the log, not reported as lines.
+ * structured log messages: kept in the log, not reported as lines (unless they are not JSON).
  */
 export class LogCollector {
   private readonly chunks: Buffer[] = [];
@@ -19,6 +21,11 @@ export class LogCollector {
       onLine: (line: string, bytes: Buffer) => void;
       /** A `@nix {…}` line (its JSON text). */
       onStructured?: (json: string) => void;
+      /**
+       * A `@nix` line that is not JSON (with `onStructured`): Nix's error message for it, in its JSON
+       * library's words. The line is then a log line, as Nix keeps it.
+       */
+      onBadStructured?: (message: string) => void;
     },
   ) {}
 
@@ -52,11 +59,16 @@ export class LogCollector {
     const bytes = Buffer.from(this.line, 'latin1');
     const l = bytes.toString('utf8');
     const structured = this.line.startsWith('@nix ');
+    // Checked on the bytes, as Nix's JSON library reads them (its positions count bytes).
+    const bad = structured && this.opts.onStructured ? jsonSyntaxError(this.line.slice('@nix '.length)) : undefined;
     this.line = '';
     this.pos = 0;
     // As Nix's handleJSONLogMessage: `@nix {…}` lines (activities, progress, messages of built-ins) stay in
-    // the log file but are not log lines (no event, not in the tail).
-    if (structured) {
+    // the log file but are not log lines (no event, not in the tail); one that is not JSON is reported
+    // (parseJSONMessage's error) and is a log line.
+    // The message quotes the line's bytes: decoded as the line is.
+    if (bad !== undefined) this.opts.onBadStructured?.(`bad JSON log message from builder: ${Buffer.from(bad, 'latin1').toString('utf8')}`);
+    else if (structured) {
       this.opts.onStructured?.(l.slice('@nix '.length));
       return;
     }

@@ -206,3 +206,76 @@ describe.skipIf(!nixOk())('builtin:fetchurl, its download as an activity, realis
     }
   });
 });
+
+/** `@nix` lines that are not JSON: each of the JSON library's syntax errors, and bytes that are not UTF-8. */
+const BAD_LINES = [
+  '{bad json',
+  'hello',
+  '',
+  '{"a":1',
+  '[1,2',
+  '{"a" 1}',
+  '1 2',
+  '"abc',
+  '-x',
+  'tru',
+  '{"a":1,}',
+  '[1,]',
+  '  {  "x" : nul }',
+  '01',
+  '1.',
+  '1e',
+  '1e+',
+  '"a\\qb"',
+  '"a\tb"',
+  '{"x":"\\u12"}',
+  '"\\ud800x"',
+  '"\\udc00"',
+  ']',
+  '{"a":1}}',
+  '[1.5e999]',
+  '[1,2x',
+  '{"a":1,x',
+  '"\xff"',
+  '\xef\xbb\xbf{}x',
+].map((l) => `@nix ${l}`);
+
+describe.skipIf(!nixOk())("a builder's @nix lines that are not JSON, realise vs Nix 2.8", () => {
+  let dir: string;
+  let drv: string;
+  beforeAll(() => {
+    dir = tempDir();
+    writeFileSync(path.join(dir, 'lines'), Buffer.from(BAD_LINES.join('\n') + '\n', 'latin1'));
+    drv = instantiateTwins(
+      dir,
+      `derivation { name = "bad-json"; system = "x86_64-linux"; builder = "/bin/sh"; src = ./lines;
+        args = ["-c" "while IFS= read -r l; do printf '%s\\\\n' \\"$l\\"; done < $src; echo x > $out"]; }`,
+    );
+  });
+
+  it("Nix's error for each (its JSON library's words, level 0), then the line as a log line; the same in internal-json", async () => {
+    const n = runNix('nix-store', ['--store', path.join(dir, 'N'), ...SANDBOX, '--realise', drv]);
+    const o = await realise(['build', '--store', path.join(dir, 'O'), ...SANDBOX, drv]);
+    expect(n.status, n.stderr).toBe(0);
+    expect(o.status, o.stderr).toBe(0);
+    const lines = (stderr: string) => stderr.split('\n').filter((l) => l.startsWith('bad JSON') || l.startsWith('@nix'));
+    expect(lines(n.stderr).length).toBe(2 * BAD_LINES.length);
+    expect(lines(n.stderr)[0]).toBe(
+      "bad JSON log message from builder: [json.exception.parse_error.101] parse error at line 1, column 2: syntax error while parsing object key - invalid literal; last read: '{b'; expected string literal",
+    );
+    expect(lines(o.stderr)).toEqual(lines(n.stderr));
+
+    const flags = [...SANDBOX, '--check', '--log-format', 'internal-json'];
+    const nj = runNix('nix-store', ['--store', path.join(dir, 'N'), '--realise', drv, ...flags]);
+    const oj = await realise(['build', '--store', path.join(dir, 'O'), drv, ...flags]);
+    expect(nj.status, nj.stderr).toBe(0);
+    expect(oj.status, oj.stderr).toBe(0);
+    const json = (stderr: string) =>
+      stderr
+        .split('\n')
+        .filter((l) => l.includes('bad JSON') || l.endsWith('"type":101}'))
+        .map((l) => l.replace(/"id":\d+/, '"id":0'));
+    expect(json(nj.stderr).length).toBe(2 * BAD_LINES.length);
+    expect(json(oj.stderr)).toEqual(json(nj.stderr));
+  });
+});
