@@ -45,12 +45,11 @@ describe.skipIf(!nixOk())('a held output lock, realise vs Nix 2.8', () => {
   }
 
   it('both print the waiting line with the physical path, then build', async () => {
-    const n = await withLockHeld(path.join(dir, 'N'), 500, () =>
-      runNixAsync('nix-store', ['--store', path.join(dir, 'N'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', '--realise', drv]),
-    );
-    const o = await withLockHeld(path.join(dir, 'O'), 500, () =>
-      realise(['build', '--store', path.join(dir, 'O'), '--option', 'sandbox-paths', '/bin/sh=/bin/busybox', drv]),
-    );
+    // Nix polls a lock it waits for every build-poll-interval seconds (5 by default; realise is woken by its
+    // release): 1 on both sides keeps the wait short.
+    const opts = ['--option', 'sandbox-paths', '/bin/sh=/bin/busybox', '--option', 'build-poll-interval', '1'];
+    const n = await withLockHeld(path.join(dir, 'N'), 500, () => runNixAsync('nix-store', ['--store', path.join(dir, 'N'), ...opts, '--realise', drv]));
+    const o = await withLockHeld(path.join(dir, 'O'), 500, () => realise(['build', '--store', path.join(dir, 'O'), ...opts, drv]));
     const waitLine = (stderr: string, real: string) =>
       stderr
         .split('\n')
