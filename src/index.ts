@@ -28,7 +28,7 @@ export {
   type TargetResult,
 } from './scheduler/results.js';
 export { goalKey } from './scheduler/paths.js';
-export { BuildFailedError, BuildSetupError, BuildCancelledError, OptionsError } from './scheduler/errors.js';
+export { BuildFailedError, BuildSetupError, BuildCancelledError, BuilderLogMessageError, OptionsError } from './scheduler/errors.js';
 export type { MissingInfo } from './scheduler/query-missing.js';
 export type { BuildMode } from './scheduler/worker.js';
 

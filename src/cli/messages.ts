@@ -21,6 +21,13 @@ export function writeStderr(message: string): void {
   if (!messageLogs.stderrJson) stderr.write(NEEDS_FILTER.test(message) ? filterLogMessage(message, stderr.isTTY) : message);
 }
 
+/** An exception that is not one of Nix's errors (its JSON library's), as Nix's CLI prints it: `error: …`, in JSON a plain message. */
+export function writeStderrException(message: string): void {
+  const logs = messageLogs.display?.jsonLogs ?? (messageLogs.stderrJson ? [messageLogs.stderrJson] : []);
+  for (const l of logs) l.exceptionError(message);
+  if (!messageLogs.stderrJson) stderr.write(filterLogMessage(formatError(message), stderr.isTTY));
+}
+
 /** A failed build on stderr as Nix prints it: the kept build directory's note, then the error. */
 export function writeFailure(f: TargetResult, showTail: boolean): void {
   const { message, note } = failureLines(f, showTail);

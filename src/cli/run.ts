@@ -8,6 +8,7 @@
 import {
   BuildFailedError,
   BuildSetupError,
+  BuilderLogMessageError,
   LocalStore,
   RealiseError,
   SandboxError,
@@ -18,7 +19,7 @@ import {
 } from '../index.js';
 import { LOG_FORMATS, NIX_COMMAND_CLI, parseArgs, parseBool, UsageError, type CliArgs } from './args.js';
 import { daemonClientSettings } from './daemon-settings.js';
-import { messageLogs, warnStderr, writeFailure, writeStderr } from './messages.js';
+import { messageLogs, warnStderr, writeFailure, writeStderr, writeStderrException } from './messages.js';
 import { applyNixConf, readNixConf } from './nix-conf.js';
 import { CliError } from './paths.js';
 import { formatError, systemErrorMessage } from './report.js';
@@ -133,7 +134,8 @@ async function mainInner(argv: string[]): Promise<number> {
       writeStderr(formatError(noSandbox ? `${e.reason}\nhint: ${e.hint}` : e.reason));
       // Nix's error trace: shown with --show-trace (after an empty line, as "… WHERE"), else pointed at.
       if (e.trace) writeStderr(showTrace ? `\n       \u2026 ${e.trace}\n` : "(use '--show-trace' to show detailed location information)\n");
-    } else if (e instanceof RealiseError) writeStderr(formatError(e.shortMessage));
+    } else if (e instanceof BuilderLogMessageError && e.libraryError) writeStderrException(e.message);
+    else if (e instanceof RealiseError) writeStderr(formatError(e.shortMessage));
     else if (e instanceof CliError) writeStderr(formatError(e.message));
     else {
       // A failed system call is the user's to fix (a missing file, a permission): Nix's words, no trace.

@@ -94,6 +94,8 @@ const COLOURED_FORMS: Array<[RegExp, (...values: string[]) => string]> = [
     /^hash mismatch in fixed-output derivation '([^'\n]+)':\n  specified: (\S+)\n     got:    (\S+)/,
     (d, w, g) => `hash mismatch in fixed-output derivation '${VALUE(d)}':\n  specified: ${VALUE(w)}\n     got:    ${VALUE(g)}`,
   ],
+  // A builder's `@nix` line with a log field of another type (BuilderLogMessageError).
+  [/^unsupported JSON type (\d+)$/, (t) => `unsupported JSON type ${VALUE(t)}`],
 ];
 
 /** `message` with the values of Nix's frequent build errors coloured as Nix's logError writes them. */
@@ -489,6 +491,14 @@ export class NixJsonLog {
       msg: ERROR_PREFIX + raw.replace(/\n(?!\n|$)/g, '\n' + INDENT),
       raw_msg: raw,
     });
+  }
+
+  /**
+   * An exception that is no error of Nix's own (its JSON library's) as Nix's CLI writes it: a plain
+   * message at level 0 with the coloured prefix, without `raw_msg` and the position fields.
+   */
+  exceptionError(message: string): void {
+    this.message(LogLevel.Error, ERROR_PREFIX + message);
   }
 
   warn(message: string): void {

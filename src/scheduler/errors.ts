@@ -66,3 +66,22 @@ export class BuildCancelledError extends RealiseError {
     super('cancelled', 'the build was cancelled', { cause: reason });
   }
 }
+
+/**
+ * A builder's `@nix` line that is JSON but lacks a field Nix reads, or has one of another type (e.g.
+ * `@nix {"action":"msg"}`, `@nix [1,2]`): Nix 2.8 throws its JSON library's type error out of the build
+ * (`[json.exception.type_error.302] type must be string, but is null`), which ends the whole call (with
+ * keepGoing too), the other builds stopped, exit status 1. The message is Nix's.
+ */
+export class BuilderLogMessageError extends RealiseError {
+  /**
+   * Whether it is the JSON library's exception (`[json.exception.type_error.…] …`), which Nix's CLI prints
+   * as a plain message, rather than Nix's own error (`unsupported JSON type N` for a log field).
+   */
+  readonly libraryError: boolean;
+
+  constructor(message: string) {
+    super('builder-log-message', message);
+    this.libraryError = message.startsWith('[json.exception.');
+  }
+}

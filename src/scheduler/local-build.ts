@@ -27,7 +27,7 @@ import { buildDirPool } from '../platform/build-dir-pool.js';
 import { runPostBuildHook } from '../platform/post-build-hook.js';
 import { checkImpureHostDeps, parseSandboxPaths, type SandboxPath } from '../platform/sandbox-config.js';
 import { canBuildHere, knownPath, requiredSystemFeatures, type DrvView } from './drv-view.js';
-import { BuildSetupError } from './errors.js';
+import { BuilderLogMessageError, BuildSetupError } from './errors.js';
 import { encodeError } from '../remote/wire.js';
 import { exportReferencesGraph } from './export-references.js';
 import { builderLogMessage, LogCollector } from './log-collector.js';
@@ -749,7 +749,13 @@ class LocalRound {
       onLine: (line, bytes) => w.ctx.emit('build-log', { drvPath: view.drvPath, line, bytes }),
       // A builder's messages and activities are passed on, as Nix does (a built-in's messages come as
       // warning events of their own; its download's activity as a builder's, as Nix's forked built-in sends it).
-      onStructured: (json: string) => forwardBuilderMessage(w, view.drvPath, json, view.builder.startsWith('builtin:')),
+      onStructured: (json: string) => {
+        const error = forwardBuilderMessage(w, view.drvPath, json, view.builder.startsWith('builtin:'));
+        if (!error) return;
+        // As Nix, whose logger throws it out of the build: the call ends with it, nothing more is read.
+        this.log.stop();
+        w.endCallWith(error);
+      },
       onBadStructured: (message) => w.ctx.emit('warning', { message, level: 'plain', verbosity: 0 }),
     });
     this.running = w.ctx.progress.running('builds');
@@ -1182,10 +1188,10 @@ async function cleanupScratch(w: Worker, scratch: Map<string, StorePath>, keep?:
   }
 }
 
-/** A builder's `@nix` line, passed on as Nix's handleJSONLogMessage passes it to its logger. */
-function forwardBuilderMessage(w: Worker, drvPath: StorePath, json: string, builtin: boolean): void {
+/** A builder's `@nix` line, passed on as Nix's handleJSONLogMessage passes it to its logger; the error that ends the call for a field missing. */
+function forwardBuilderMessage(w: Worker, drvPath: StorePath, json: string, builtin: boolean): BuilderLogMessageError | undefined {
   const m = builderLogMessage(json);
-  if (!m) return;
+  if (!m || m instanceof BuilderLogMessageError) return m;
   if (m.action === 'msg') {
     if (!builtin) w.ctx.emit('warning', { message: m.message, level: m.level, verbosity: m.verbosity });
   } else w.ctx.emit('builder-activity', { drvPath, event: m });

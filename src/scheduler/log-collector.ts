@@ -1,3 +1,4 @@
+import { BuilderLogMessageError } from './errors.js';
 import { jsonSyntaxError } from './json-syntax.js';
 
 /**
@@ -14,6 +15,8 @@ export class LogCollector {
   private line = '';
   private pos = 0;
   private readonly tailLines: string[] = [];
+  /** No more lines are reported (the call ended on one of them, as Nix stops reading the builder). */
+  private stopped = false;
 
   constructor(
     private readonly opts: {
@@ -40,6 +43,7 @@ export class LogCollector {
     for (let i = 0; i < s.length; i++) {
       const c = s.charCodeAt(i);
       if (c === 10 || c === 13) {
+        if (this.stopped) return;
         this.write(s.slice(start, i));
         start = i + 1;
         if (c === 10) this.flush();
@@ -80,7 +84,12 @@ export class LogCollector {
   }
 
   end(): void {
-    if (this.line) this.flush();
+    if (this.line && !this.stopped) this.flush();
+  }
+
+  /** Report no more lines: the rest of the builder's output only goes to the log. */
+  stop(): void {
+    this.stopped = true;
   }
 
   tail(): string[] {
@@ -98,7 +107,8 @@ export class LogCollector {
  * to 3, without a prefix), a phase of the build (`setPhase`: Nix's SetPhase result on the build's
  * activity), or an activity of the builder's own: `start` of a FileTransfer (Nix ignores other activity
  * types from a builder), `result` and `stop` naming the builder's id for it. Undefined for what Nix does
- * nothing with (another action, another activity type, bad JSON) and for a line missing a field.
+ * nothing with (another action, another activity type, bad JSON); a line missing a field Nix reads (or
+ * with one of another type) is a BuilderLogMessageError (builderLogMessage).
  */
 export type BuilderLogMessage =
   { readonly action: 'msg'; readonly message: string; readonly level: 'plain' | 'info'; readonly verbosity: number } | BuilderActivityEvent;
@@ -121,50 +131,92 @@ export type BuilderActivityEvent =
 /** Nix's ActivityType FileTransfer: the one activity a local builder may start. */
 const FILE_TRANSFER = 101;
 
-/** A builder's `@nix` line (the JSON text after the prefix) as Nix's logger takes it (see BuilderLogMessage). */
-export function builderLogMessage(json: string): BuilderLogMessage | undefined {
+/**
+ * A builder's `@nix` line (the JSON text after the prefix) as Nix's logger takes it (see BuilderLogMessage),
+ * or, for JSON without a field Nix reads (or with one of another type), the error Nix's handleJSONLogMessage
+ * throws out of the build, which ends Nix's call: its JSON library's type error, in its words, for the
+ * first field it reads (in the order Nix 2.8 reads them), or Nix's own for a log field of another type.
+ */
+export function builderLogMessage(json: string): BuilderLogMessage | BuilderLogMessageError | undefined {
   let o: unknown;
   try {
     o = JSON.parse(json);
   } catch {
     return undefined;
   }
-  if (o === null || typeof o !== 'object' || Array.isArray(o)) return undefined;
-  const m = o as Record<string, unknown>;
-  const num = (k: string) => (typeof m[k] === 'number' ? (m[k] as number) : undefined);
-  const str = (k: string) => (typeof m[k] === 'string' ? (m[k] as string) : undefined);
-  const level = num('level');
-  switch (m.action) {
-    case 'msg': {
-      const msg = str('msg');
-      if (msg === undefined || level === undefined) return undefined;
-      return { action: 'msg', message: msg, level: level >= 3 ? 'info' : 'plain', verbosity: level };
+  // Nix indexes the value by name: null becomes an empty object, another value that is no object is an error.
+  if (o !== null && (typeof o !== 'object' || Array.isArray(o))) return typeError(305, `cannot use operator[] with a string argument with ${jsonTypeName(o)}`);
+  const m = (o ?? {}) as Record<string, unknown>;
+  try {
+    const action = want(m.action, 'string');
+    switch (action) {
+      case 'msg': {
+        const message = want(m.msg, 'string');
+        const level = want(m.level, 'number');
+        return { action: 'msg', message, level: level >= 3 ? 'info' : 'plain', verbosity: level };
+      }
+      case 'setPhase':
+        return { action: 'setPhase', phase: want(m.phase, 'string') };
+      case 'start': {
+        const activityType = want(m.type, 'number');
+        // Nix ignores other activity types from a builder, without reading their fields.
+        if (activityType !== FILE_TRANSFER) return undefined;
+        // The order Nix 2.8 reads them in: the fields, the level and the id, then the text.
+        const fields = logFields(m.fields);
+        const level = want(m.level, 'number');
+        const id = want(m.id, 'number');
+        return { action: 'start', id, activityType, level, text: want(m.text, 'string'), fields };
+      }
+      case 'stop':
+        return { action: 'stop', id: want(m.id, 'number') };
+      case 'result': {
+        // Nix reads the type and the fields of a result only for an activity of the builder's it knows of.
+        const id = want(m.id, 'number');
+        const resultType = m.type;
+        const fields =
+          Array.isArray(m.fields) && m.fields.every((f) => typeof f === 'string' || (Number.isInteger(f) && (f as number) >= 0)) ? m.fields : undefined;
+        if (typeof resultType !== 'number' || !fields) return undefined;
+        return { action: 'result', id, resultType, fields: fields as (string | number)[] };
+      }
+      default:
+        return undefined;
     }
-    case 'setPhase': {
-      const phase = str('phase');
-      return phase === undefined ? undefined : { action: 'setPhase', phase };
-    }
-    case 'start': {
-      const [id, activityType, text, fields] = [num('id'), num('type'), str('text'), logFields(m.fields)];
-      if (id === undefined || activityType !== FILE_TRANSFER || level === undefined || text === undefined || !fields) return undefined;
-      return { action: 'start', id, activityType, level, text, fields };
-    }
-    case 'stop': {
-      const id = num('id');
-      return id === undefined ? undefined : { action: 'stop', id };
-    }
-    case 'result': {
-      const [id, resultType, fields] = [num('id'), num('type'), logFields(m.fields)];
-      if (id === undefined || resultType === undefined || !fields) return undefined;
-      return { action: 'result', id, resultType, fields };
-    }
-    default:
-      return undefined;
+  } catch (e) {
+    if (e instanceof BuilderLogMessageError) return e;
+    throw e;
   }
 }
 
-/** Nix's getFields: a list of strings and integers. */
-function logFields(v: unknown): (string | number)[] | undefined {
-  if (!Array.isArray(v)) return undefined;
-  return v.every((f) => typeof f === 'string' || Number.isInteger(f)) ? (v as (string | number)[]) : undefined;
+/** A field's value as the type Nix converts it to, else the JSON library's type error (thrown, caught above). */
+function want(v: unknown, type: 'string'): string;
+function want(v: unknown, type: 'number'): number;
+function want(v: unknown, type: 'string' | 'number'): string | number {
+  if (typeof v === type) return v as string | number;
+  throw typeError(302, `type must be ${type}, but is ${jsonTypeName(v)}`);
+}
+
+function typeError(id: number, what: string): BuilderLogMessageError {
+  return new BuilderLogMessageError(`[json.exception.type_error.${id}] ${what}`);
+}
+
+/** The JSON library's name of a value's type. */
+function jsonTypeName(v: unknown): string {
+  if (v === null || v === undefined) return 'null';
+  if (Array.isArray(v)) return 'array';
+  return typeof v === 'object' ? 'object' : typeof v;
+}
+
+/**
+ * Nix's getFields: each element of the value (an array's, an object's values, a single value itself; none
+ * for null) must be a string or a non-negative integer; else Nix's error names the JSON type's number.
+ */
+function logFields(v: unknown): (string | number)[] {
+  const items = v === null || v === undefined ? [] : Array.isArray(v) ? v : typeof v === 'object' ? Object.values(v) : [v];
+  for (const f of items) {
+    if (typeof f === 'string' || (Number.isInteger(f) && (f as number) >= 0)) continue;
+    // nlohmann/json's value_t: null 0, object 1, array 2, string 3, boolean 4, integer 5, unsigned 6, float 7.
+    const t = f === null ? 0 : Array.isArray(f) ? 2 : typeof f === 'object' ? 1 : typeof f === 'boolean' ? 4 : Number.isInteger(f) ? 5 : 7;
+    throw new BuilderLogMessageError(`unsupported JSON type ${t}`);
+  }
+  return items as (string | number)[];
 }

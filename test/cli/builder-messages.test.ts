@@ -279,3 +279,101 @@ describe.skipIf(!nixOk())("a builder's @nix lines that are not JSON, realise vs 
     expect(json(oj.stderr)).toEqual(json(nj.stderr));
   });
 });
+
+/**
+ * `@nix` lines that are JSON but lack a field Nix reads, or have one of another type: Nix's logger throws
+ * its JSON library's type error (Nix's own error for a log field) out of the build, which ends the call.
+ */
+const TYPE_ERROR_LINES = [
+  '{"action":"msg"}',
+  '{"action":"msg","msg":"a"}',
+  '{"action":"msg","level":true,"msg":"a"}',
+  '[1,2]',
+  '1',
+  '"x"',
+  'null',
+  '{}',
+  '{"action":1}',
+  '{"action":"setPhase"}',
+  '{"action":"start"}',
+  '{"action":"start","type":101,"id":1,"level":1,"fields":["a"]}',
+  '{"action":"start","type":101,"id":"a","level":"b","text":1,"fields":[-1]}',
+  '{"action":"start","type":101,"id":1,"level":1,"text":"t","fields":[1.5]}',
+  '{"action":"stop","id":true}',
+];
+
+describe.skipIf(!nixOk())("a builder's @nix lines that are JSON without a field Nix reads, realise vs Nix 2.8", () => {
+  let dir: string;
+  let drvs: string[];
+  let pair: string[];
+  beforeAll(() => {
+    dir = tempDir();
+    TYPE_ERROR_LINES.forEach((l, i) => writeFileSync(path.join(dir, `line-${i}`), `@nix ${l}\n`));
+    drvs = instantiateTwins(
+      dir,
+      `map (i: derivation { name = "json-type-\${toString i}"; system = "x86_64-linux"; builder = "/bin/sh"; src = ./. + "/line-\${toString i}";
+        args = ["-c" "echo before; cat $src; echo after; echo x > $out"]; }) [${TYPE_ERROR_LINES.map((_, i) => i).join(' ')}]`,
+    ).split('\n');
+    // One build ends the call while another runs: Nix stops the other too, with --keep-going as well.
+    pair = instantiateTwins(
+      dir,
+      `[ (derivation { name = "json-type-ends"; system = "x86_64-linux"; builder = "/bin/sh"; src = ./line-0;
+          args = ["-c" "sleep 1; cat $src; echo x > $out"]; })
+        (derivation { name = "json-type-other"; system = "x86_64-linux"; builder = "/bin/sh";
+          args = ["-c" "sleep 4; echo x > $out"]; }) ]`,
+    ).split('\n');
+  });
+  const errors = (stderr: string) => stderr.split('\n').filter((l) => /^(error|before|after|building)/.test(l));
+
+  it('the call ends with exit 1 and the type error in Nix\'s words, no "builder failed"; the line after it is not read', async () => {
+    expect(drvs.length).toBe(TYPE_ERROR_LINES.length);
+    for (const drv of drvs) {
+      const n = runNix('nix-store', ['--store', path.join(dir, 'N'), ...SANDBOX, '--realise', drv]);
+      const o = await realise(['build', '--store', path.join(dir, 'O'), ...SANDBOX, drv]);
+      expect(n.status, n.stderr).toBe(1);
+      expect(o.status, o.stderr).toBe(1);
+      expect(errors(o.stderr)).toEqual(errors(n.stderr));
+    }
+    const first = runNix('nix-store', ['--store', path.join(dir, 'N'), ...SANDBOX, '--realise', drvs[0]!]);
+    expect(errors(first.stderr)).toEqual([`building '${drvs[0]}'...`, 'before', 'error: [json.exception.type_error.302] type must be string, but is null']);
+  });
+
+  it("internal-json: the activities stopped, then the error as a plain message (Nix's own error with its fields)", async () => {
+    const json = (stderr: string) =>
+      stderr
+        .split('\n')
+        .filter((l) => l.includes('"action":"stop"') || l.includes('"level":0') || l.includes('"type":101,'))
+        .map((l) => l.replace(/"id":\d+/, '"id":0'));
+    for (const i of [0, 3, 13]) {
+      const nj = runNix('nix-store', ['--store', path.join(dir, 'N'), ...SANDBOX, '--realise', drvs[i]!, '--log-format', 'internal-json']);
+      const oj = await realise(['build', '--store', path.join(dir, 'O'), ...SANDBOX, drvs[i]!, '--log-format', 'internal-json']);
+      expect(nj.status, nj.stderr).toBe(1);
+      expect(oj.status, oj.stderr).toBe(1);
+      expect(json(oj.stderr)).toEqual(json(nj.stderr));
+      expect(json(nj.stderr).at(-1)).toContain(
+        i === 13 ? '"raw_msg":"unsupported JSON type \\u001b[35;1m7\\u001b[0m"' : '"msg":"\\u001b[31;1merror:\\u001b[0m [json.exception.type_error.',
+      );
+    }
+  });
+
+  it('a build running beside it is stopped, with --keep-going too: exit 1', async () => {
+    for (const flags of [[], ['--keep-going']]) {
+      const n = runNix('nix-store', ['--store', path.join(dir, 'N'), ...SANDBOX, '-j2', ...flags, '--realise', ...pair]);
+      const o = await realise(['build', '--store', path.join(dir, 'O'), ...SANDBOX, '-j2', ...flags, ...pair]);
+      expect(n.status, n.stderr).toBe(1);
+      expect(o.status, o.stderr).toBe(1);
+      const errs = (s: string) => s.split('\n').filter((l) => l.startsWith('error'));
+      expect(errs(n.stderr)).toEqual(['error: [json.exception.type_error.302] type must be string, but is null']);
+      expect(errs(o.stderr)).toEqual(errs(n.stderr));
+      for (const root of ['N', 'O']) {
+        const valid = runNix('nix-store', ['--store', path.join(dir, root), '--check-validity', pair[1]!]);
+        expect(valid.status, `${root}: the other build's derivation`).toBe(0);
+        const q = runNix('nix-store', ['--store', path.join(dir, root), '-q', '--outputs', pair[1]!]);
+        expect(
+          runNix('nix-store', ['--store', path.join(dir, root), '--check-validity', q.stdout.trim()]).status,
+          `${root}: the other build's output`,
+        ).not.toBe(0);
+      }
+    }
+  });
+});
