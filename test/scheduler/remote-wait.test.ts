@@ -47,22 +47,46 @@ function busyMachine(): RemoteBuilder & { builds: number; waits: number } {
   };
 }
 
+/**
+ * An engine with maxJobs local slots and the busy machine, `count` fresh derivations, and `call` to build some
+ * of them under one abort signal (a build still waiting after 15 s fails the test); the engine is closed after.
+ */
+async function withBusyEngine(
+  maxJobs: number,
+  prefix: string,
+  count: number,
+  body: (t: {
+    busy: ReturnType<typeof busyMachine>;
+    sandbox: FakeSandbox;
+    engine: BuildEngine;
+    drvs: string[];
+    call: (ds: string[]) => ReturnType<BuildEngine['buildPaths']>;
+  }) => Promise<void>,
+): Promise<void> {
+  const busy = busyMachine();
+  const sandbox = new FakeSandbox((p) => store.toRealPath(p));
+  const engine = new BuildEngine({ store, sandbox, maxJobs, builders: [busy] });
+  const drvs = await Promise.all(Array.from({ length: count }, (_, i) => writeTestDrv(store, `${prefix}-${i}`)));
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(new Error('a build still waits for the busy machine')), 15_000);
+  const call = (ds: string[]) =>
+    engine.buildPaths(
+      ds.map((drvPath) => ({ drvPath, outputs: ['out'] })),
+      { signal: ac.signal },
+    );
+  try {
+    await body({ busy, sandbox, engine, drvs, call });
+  } finally {
+    clearTimeout(timer);
+    await engine.close();
+  }
+}
+
 describe.skipIf(process.arch !== 'x64')('a build waiting for a busy machine', () => {
   for (const maxJobs of [1, 2]) {
     it(`takes a local slot given back meanwhile (maxJobs ${maxJobs})`, async () => {
-      const busy = busyMachine();
-      const sandbox = new FakeSandbox((p) => store.toRealPath(p));
-      const engine = new BuildEngine({ store, sandbox, maxJobs, builders: [busy] });
       // One more build than local slots: the last one finds the machine busy and every local slot taken.
-      const drvs = await Promise.all(Array.from({ length: maxJobs + 1 }, (_, i) => writeTestDrv(store, `wait-${i}`)));
-      const ac = new AbortController();
-      const timer = setTimeout(() => ac.abort(new Error('a build still waits for the busy machine')), 15_000);
-      try {
-        const call = (ds: string[]) =>
-          engine.buildPaths(
-            ds.map((drvPath) => ({ drvPath, outputs: ['out'] })),
-            { signal: ac.signal },
-          );
+      await withBusyEngine(maxJobs, 'wait', maxJobs + 1, async ({ busy, sandbox, drvs, call }) => {
         // The local slots are taken (the machine is busy, so those builds are here), then one more build comes.
         const running = call(drvs.slice(0, maxJobs));
         const first = await sandbox.waitPending(maxJobs);
@@ -78,28 +102,14 @@ describe.skipIf(process.arch !== 'x64')('a build waiting for a busy machine', ()
         expect(rs.map((r) => r.result.status)).toEqual(drvs.map(() => 'built'));
         expect(sandbox.started).toHaveLength(maxJobs + 1);
         expect(busy.builds).toBe(0);
-      } finally {
-        clearTimeout(timer);
-        await engine.close();
-      }
+      });
     }, 30_000);
   }
 
   it('a slot given back turns one of the builds waiting for the machine local, not all of them', async () => {
-    const busy = busyMachine();
-    const sandbox = new FakeSandbox((p) => store.toRealPath(p));
-    const engine = new BuildEngine({ store, sandbox, maxJobs: 1, builders: [busy] });
-    const drvs = await Promise.all(Array.from({ length: 4 }, (_, i) => writeTestDrv(store, `one-of-${i}`)));
     const turnedLocal: string[] = [];
     let machineWaits = 0;
-    const ac = new AbortController();
-    const timer = setTimeout(() => ac.abort(new Error('a build still waits for the busy machine')), 15_000);
-    try {
-      const call = (ds: string[]) =>
-        engine.buildPaths(
-          ds.map((drvPath) => ({ drvPath, outputs: ['out'] })),
-          { signal: ac.signal },
-        );
+    await withBusyEngine(1, 'one-of', 4, async ({ busy, sandbox, engine, drvs, call }) => {
       const running = call(drvs.slice(0, 1));
       const [first] = await sandbox.waitPending(1);
       // Three builds wait for the busy machine while the one local slot is taken.
@@ -127,9 +137,6 @@ describe.skipIf(process.arch !== 'x64')('a build waiting for a busy machine', ()
       expect(rs.map((r) => r.result.status)).toEqual(drvs.map(() => 'built'));
       expect(turnedLocal).toHaveLength(3);
       expect(busy.builds).toBe(0);
-    } finally {
-      clearTimeout(timer);
-      await engine.close();
-    }
+    });
   }, 30_000);
 });
