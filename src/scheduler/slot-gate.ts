@@ -127,10 +127,16 @@ export class SlotGate {
     const key = goalKey('derivation', drvPath);
     const held = this.reservations.get(key);
     if (held !== undefined) {
-      // The slot it reserved is its own to compete for now.
+      // The slot it reserved is its own: it runs in it at once, without a round through the heaps, where a
+      // build that started waiting since could come first by key (the reserving one would then wait for
+      // a local slot instead of its machine). Taken stays the same: a promise turned into a grant.
       if (held > 1) this.reservations.set(key, held - 1);
       else this.reservations.delete(key);
       this.reserved--;
+      this.running++;
+      this.prepareLater();
+      task(this.giveBack);
+      return;
     }
     (nextRound ? this.woken : this.fresh).push({ key, rounds, task, prepare, prepared: false });
     if (this.queue.concurrency > 1) this.grant();

@@ -4,10 +4,11 @@
  * released fake sandbox builds; a machine that stays busy for the whole call.
  */
 import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import { machine } from '../../src/remote/machines.js';
+import { SlotGate } from '../../src/scheduler/slot-gate.js';
 import type { RemoteBuilder } from '../../src/remote/remote-builder.js';
 import { tempDir } from '../helpers/nix.js';
 import { FakeSandbox, removeTree, settle, writeTestDrv } from './helpers.js';
@@ -137,6 +138,57 @@ describe.skipIf(process.arch !== 'x64')('a build waiting for a busy machine', ()
       expect(rs.map((r) => r.result.status)).toEqual(drvs.map(() => 'built'));
       expect(turnedLocal).toHaveLength(3);
       expect(busy.builds).toBe(0);
+    });
+  }, 30_000);
+
+  it('a build that reserved a local slot runs in it, before a build that started waiting since (maxJobs 2)', async () => {
+    await withBusyEngine(2, 'reserve', 2, async ({ busy, sandbox, engine, drvs, call }) => {
+      const started: string[] = [];
+      engine.on('build-started', (e) => started.push(e.drvPath));
+      // The reserving build's key comes after the other's: by key, the other would take the slot.
+      const reserving = await writeTestDrv(store, 'zz-reserving');
+      const other = await writeTestDrv(store, 'aa-prefers-local', [], { env: { preferLocalBuild: '1' } });
+      // The reserving build asks for its slot only once the other build waits for one (as when its own way
+      // from the machine's answer to its request is the longer one).
+      let reservingAsked = false;
+      let otherAsked!: () => void;
+      const otherWaits = new Promise<void>((r) => (otherAsked = r));
+      const request = SlotGate.prototype.request;
+      const spy = vi.spyOn(SlotGate.prototype, 'request').mockImplementation(function (this: SlotGate, ...args: Parameters<SlotGate['request']>) {
+        if (args[0] === reserving) {
+          reservingAsked = true;
+          void otherWaits.then(() => request.apply(this, args));
+          return;
+        }
+        request.apply(this, args);
+        if (args[0] === other) otherAsked();
+      });
+      try {
+        // Both local slots are taken; the reserving build waits for the busy machine.
+        const running = call(drvs);
+        const [first, second] = await sandbox.waitPending(2);
+        const waiting = call([reserving]);
+        for (let i = 0; i < 100 && busy.waits === 0; i++) await settle(50);
+        expect(busy.waits).toBeGreaterThan(0);
+        // A slot is given back: the waiting build reserves it (the machine is still busy) and goes local.
+        await first!.finish(0);
+        for (let i = 0; i < 100 && !reservingAsked; i++) await settle(20);
+        expect(reservingAsked).toBe(true);
+        // Meanwhile a build that prefers local builds asks for a slot: none is free, it waits.
+        const local = call([other]);
+        await otherWaits;
+        const third = (await sandbox.waitPending(2)).find((r) => r !== second);
+        expect(started.slice(2)).toEqual([reserving]);
+        // The next slot given back is the other build's.
+        await third!.finish(0);
+        for (const r of await sandbox.waitPending(2)) await r.finish(0);
+        expect(started.slice(2)).toEqual([reserving, other]);
+        const rs = [...(await running), ...(await waiting), ...(await local)];
+        expect(rs.map((r) => r.result.status)).toEqual(['built', 'built', 'built', 'built']);
+        expect(busy.builds).toBe(0);
+      } finally {
+        spy.mockRestore();
+      }
     });
   }, 30_000);
 });
