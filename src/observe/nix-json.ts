@@ -140,6 +140,11 @@ export class NixJsonLog {
   /** A local builder's own activities (from its `@nix` lines), by derivation: the builder's id → ours. */
   private readonly builderActs = new Map<string, Map<number, number>>();
   private lineForwarded = false;
+  /**
+   * The call ended with a builder's `@nix` line Nix's logger throws on: Nix's exception leaves its worker,
+   * which sends no more results (no progress, no log lines); only its activities' stops follow.
+   */
+  private thrown = false;
   /** The open activities of remote builds' steps, by derivation and step. */
   private readonly remoteSteps = new Map<string, Map<string, number>>();
   /** QueryPathInfo activities, by substituter and path. */
@@ -235,6 +240,9 @@ export class NixJsonLog {
     });
     this.onGoals(on, opts);
     on('progress', (p) => this.progress(p));
+    on('call-ending', (e) => {
+      if (e.error.code === 'builder-log-message') this.thrown = true; // a BuilderLogMessageError
+    });
     if (opts.warnings !== false) {
       on('warning', (e) => {
         if (e.verbosity !== undefined) this.message(e.verbosity, e.message);
@@ -471,6 +479,7 @@ export class NixJsonLog {
   }
 
   result(id: number, type: number, fields: readonly (string | number)[]): void {
+    if (this.thrown) return;
     this.emit({ action: 'result', fields, id, type });
   }
 

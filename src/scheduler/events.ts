@@ -7,6 +7,7 @@ import type { BuildResult } from './results.js';
 import type { RemoteStep } from '../remote/remote-builder.js';
 import type { RemoteLogEvent } from '../remote/worker-protocol.js';
 import type { BuilderActivityEvent } from './log-collector.js';
+import type { RealiseError } from '../store/errors.js';
 
 export type { BuilderActivityEvent };
 
@@ -153,6 +154,11 @@ export interface EventPayloads {
    * Nix's display shows up to 3 (info) and its internal-json stream passes on with that level.
    */
   warning: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' | 'raw'; verbosity?: number };
+  /**
+   * The call ends with `error` (the error it rejects with), as Nix throws it out of its worker: its goals
+   * are being stopped. Once per call, before the stops; a BuilderLogMessageError, a setup error, a bad key.
+   */
+  'call-ending': { error: RealiseError };
 }
 
 type Counters = { expected: number; done: number; running: number; failed: number };

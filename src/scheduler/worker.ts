@@ -307,6 +307,7 @@ export class Worker {
 
   /** End the call with `error` (its `fatal`, unless one came first), stopping its goals. */
   endCallWith(error: RealiseError): void {
+    if (this.fatal === undefined) this.ctx.emit('call-ending', { error });
     this.fatal ??= error;
     this.stop('failure');
   }

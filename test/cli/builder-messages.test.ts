@@ -338,18 +338,20 @@ describe.skipIf(!nixOk())("a builder's @nix lines that are JSON without a field 
     expect(errors(first.stderr)).toEqual([`building '${drvs[0]}'...`, 'before', 'error: [json.exception.type_error.302] type must be string, but is null']);
   });
 
-  it("internal-json: the activities stopped, then the error as a plain message (Nix's own error with its fields)", async () => {
-    const json = (stderr: string) =>
-      stderr
-        .split('\n')
-        .filter((l) => l.includes('"action":"stop"') || l.includes('"level":0') || l.includes('"type":101,'))
-        .map((l) => l.replace(/"id":\d+/, '"id":0'));
+  it("internal-json: no results after the line, the activities stopped, then the error as a plain message (Nix's own error with its fields)", async () => {
+    // From the build's start to the end: its progress, its log line, the stops (no progress results after the
+    // line, as Nix's exception leaves its worker), the error.
+    const json = (stderr: string) => {
+      const lines = stderr.split('\n').filter((l) => l.startsWith('@nix '));
+      return lines.slice(lines.findIndex((l) => l.includes('"text":"building '))).map((l) => l.replace(/"id":\d+/, '"id":0'));
+    };
     for (const i of [0, 3, 13]) {
       const nj = runNix('nix-store', ['--store', path.join(dir, 'N'), ...SANDBOX, '--realise', drvs[i]!, '--log-format', 'internal-json']);
       const oj = await realise(['build', '--store', path.join(dir, 'O'), ...SANDBOX, drvs[i]!, '--log-format', 'internal-json']);
       expect(nj.status, nj.stderr).toBe(1);
       expect(oj.status, oj.stderr).toBe(1);
       expect(json(oj.stderr)).toEqual(json(nj.stderr));
+      expect(json(nj.stderr).filter((l) => l.includes('"action":"stop"')).length).toBe(4);
       expect(json(nj.stderr).at(-1)).toContain(
         i === 13 ? '"raw_msg":"unsupported JSON type \\u001b[35;1m7\\u001b[0m"' : '"msg":"\\u001b[31;1merror:\\u001b[0m [json.exception.type_error.',
       );
