@@ -69,6 +69,8 @@ export class SlotGate {
    */
   private readonly reservations = new Map<string, number>();
   private reserved = 0;
+  /** Builds that asked for the slot they reserved while a machine was connected to (hold): run when it ends. */
+  private claimed: ((giveBack: () => void) => void)[] = [];
   /** Slots given back so far. */
   private epoch = 0;
   private scheduled = false;
@@ -130,12 +132,11 @@ export class SlotGate {
       // The slot it reserved is its own: it runs in it at once, without a round through the heaps, where a
       // build that started waiting since could come first by key (the reserving one would then wait for
       // a local slot instead of its machine). Taken stays the same: a promise turned into a grant.
+      // While a machine is connected to (hold), it waits for that, as every grant does.
       if (held > 1) this.reservations.set(key, held - 1);
       else this.reservations.delete(key);
-      this.reserved--;
-      this.running++;
-      this.prepareLater();
-      task(this.giveBack);
+      this.claimed.push(task);
+      if (this.held === 0) this.runClaimed();
       return;
     }
     (nextRound ? this.woken : this.fresh).push({ key, rounds, task, prepare, prepared: false });
@@ -214,8 +215,22 @@ export class SlotGate {
       if (released) return;
       released = true;
       this.held--;
+      if (this.held === 0) this.runClaimed();
       if (this.held === 0 && this.waitingCount > 0) this.schedule();
     };
+  }
+
+  /** Run the builds in the slots they reserved (claimed): each promise turns into a grant. */
+  private runClaimed(): void {
+    if (this.claimed.length === 0) return;
+    const claimed = this.claimed;
+    this.claimed = [];
+    for (const task of claimed) {
+      this.reserved--;
+      this.running++;
+      task(this.giveBack);
+    }
+    this.prepareLater();
   }
 
   private dispatch(): void {

@@ -34,4 +34,23 @@ describe('SlotGate', () => {
     expect(gate.runningCount).toBe(2);
     expect(gate.waitingCount).toBe(2);
   });
+
+  it('a build runs in the slot it reserved when it asks, once a machine being connected to is (one slot)', async () => {
+    const gate = new SlotGate(new PQueue({ concurrency: 1 }));
+    const log: string[] = [];
+    const ask = (name: string) => gate.request(drv(name, name), () => log.push(`start ${name}`));
+    // A machine is connected to for another build; b reserves the free slot and asks for it.
+    const release = gate.hold();
+    expect(gate.reserve(drv('b', 'b'), 1)).toBe(true);
+    ask('b');
+    await turn();
+    expect(log).toEqual([]);
+    // A build that asks since, first by key, waits: the slot is b's.
+    ask('a');
+    release();
+    expect(log).toEqual(['start b']);
+    await turn();
+    expect(log).toEqual(['start b']);
+    expect([gate.runningCount, gate.waitingCount]).toEqual([1, 1]);
+  });
 });
