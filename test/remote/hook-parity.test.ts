@@ -6,7 +6,7 @@
  * a machine" report with its table of machines, "cannot build on") must appear in ours, in order, with the
  * same exit status; with no machine to take the build, ours is Nix's stderr line for line.
  */
-import { writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { realiseInProcess } from '../helpers/cli.js';
@@ -219,6 +219,55 @@ in { a = mk "a-slow" "sleep 3; echo a > $out"; b = mk "b-mid" "sleep 1; echo b >
       `building '${targets[2]}'...`,
     ]);
   });
+
+  it("the configuration's unknown settings: Nix's hook warns again as it starts, once per build a machine takes and once while one is left (-j1 and -j0, one machine with one slot)", async () => {
+    const file = path.join(dir, 'warn.nix');
+    writeFileSync(
+      file,
+      `let mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; };
+in { a = mk "wa-slow" "sleep 2; echo a > $out"; b = mk "wb-mid" "sleep 1; echo b > $out"; c = mk "wc-quick" "echo c > $out"; }`,
+    );
+    const conf = path.join(dir, 'warn-conf');
+    mkdirSync(conf, { recursive: true });
+    writeFileSync(path.join(conf, 'nix.conf'), 'zz-conf-unknown = 1\n');
+    // The machine's daemon (run here, without ssh, for localhost) reads no nix.conf: its own warnings would
+    // come through the hook too, and are not what is compared.
+    const quiet = path.join(dir, 'warn-quiet-conf');
+    mkdirSync(quiet, { recursive: true });
+    const daemon = path.join(dir, 'warn-daemon.sh');
+    writeFileSync(daemon, `#!/bin/sh\nNIX_CONF_DIR=${quiet} exec nix-daemon "$@"\n`);
+    chmodSync(daemon, 0o755);
+    const warnEnv = { ...env, NIX_CONF_DIR: conf };
+    const lines = (stderr: string, machine: string) =>
+      stderr
+        .split('\n')
+        .filter((l) => /^warning: unknown setting|^building '[^']*' on /.test(l))
+        .map((l) => l.replace(machine, 'MACHINE'));
+    for (const [jobs, count] of [
+      [1, 2],
+      [1, 3],
+      [0, 3],
+    ] as const) {
+      const root = (s: string, what: string) => path.join(dir, `warn-${jobs}-${count}-${what}-${s}`);
+      const targets = ['a', 'b', 'c'].slice(0, count).map((a) => {
+        const drv = nix('nix-instantiate', ['--store', root('N', 'local'), file, '-A', a], { env });
+        expect(nix('nix-instantiate', ['--store', root('O', 'local'), file, '-A', a], { env })).toBe(drv);
+        return drv;
+      });
+      for (const s of ['N', 'O']) nix('nix-store', ['--store', root(s, 'machine'), '--init'], { env });
+      const uri = (s: string) => `ssh-ng://localhost?remote-store=${encodeURIComponent(root(s, 'machine'))}&remote-program=${encodeURIComponent(daemon)}`;
+      const args = (s: string) => [`-j${jobs}`, '--builders', `${uri(s)} - - 1 1`, ...targets];
+      const theirs = runNix('nix-store', ['--store', root('N', 'local'), '--realise', ...args('N')], { env: warnEnv });
+      const ours = await realiseInProcess(['build', '--store', root('O', 'local'), ...args('O')], warnEnv);
+      expect([theirs.status, ours.status]).toEqual([0, 0]);
+      const warning = "warning: unknown setting 'zz-conf-unknown'";
+      const on = (i: number) => `building '${targets[i]}' on 'MACHINE'...`;
+      // nix-store's own warning, the first hook's; then one hook per build the machine takes that others follow.
+      const want = jobs === 1 ? [warning, warning, on(0), warning] : [warning, warning, on(0), warning, on(1), ...(count === 3 ? [warning, on(2)] : [])];
+      expect(lines(theirs.stderr, uri('N')), `-j${jobs}, ${count} derivations`).toEqual(want);
+      expect(lines(ours.stderr, uri('O')), `-j${jobs}, ${count} derivations`).toEqual(want);
+    }
+  }, 120_000);
 
   for (const scheme of ['ssh-ng', 'ssh'] as const) {
     it(`${scheme}://: a failure there is exit status 1 with the hook's error and log tail; rows, logs of both sides agree`, async () => {
