@@ -35,9 +35,17 @@ export class JsonDisplay implements Display {
   readonly showsLogs = true;
   readonly jsonLogs: readonly NixJsonLog[];
   private readonly log: NixJsonLog;
+  private readonly detachRaw: () => void;
   constructor(engine: BuildEngine, write: (s: string) => void) {
     this.log = attachNixJsonLog(engine, write, { errors: false });
     this.jsonLogs = [this.log];
+    // What another program wrote to stderr (an ssh-ng:// machine's ssh) goes there as it is, not as a JSON
+    // message: Nix's ssh inherits its stderr.
+    const raw = (e: { message: string; level?: string }): void => {
+      if (e.level === 'raw') write(e.message + '\n');
+    };
+    engine.on('warning', raw);
+    this.detachRaw = () => engine.off('warning', raw);
   }
   line(s: string | Buffer): void {
     this.log.text(s.toString());
@@ -46,6 +54,7 @@ export class JsonDisplay implements Display {
     for (const s of ls) this.log.text(s);
   }
   stop(): void {
+    this.detachRaw();
     this.log.close();
   }
 }

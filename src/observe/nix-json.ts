@@ -107,6 +107,30 @@ function colouredAsNix(message: string): string {
   }
   return message;
 }
+
+/** The connection errors of a remote machine, with the values Nix's hintfmt colours. */
+const MACHINE_ERROR_FORMS: Array<[RegExp, (...values: string[]) => string]> = [
+  [
+    /^cannot open connection to remote store '([^'\n]+)': error: (.*)$/s,
+    (u, r) => `cannot open connection to remote store '${VALUE(u)}': ${VALUE(ERROR_PREFIX + r)}`,
+  ],
+  [/^cannot connect to '([^'\n]+)'/, (h) => `cannot connect to '${VALUE(h)}'`],
+];
+
+/**
+ * A plain message as Nix's colours have it: the hook's "cannot build on 'MACHINE': " line, whose error Nix
+ * prints with its red `error:` and its coloured values.
+ */
+function colouredPlain(message: string): string {
+  const m = /^(cannot build on '[^'\n]+': )error: /.exec(message);
+  if (!m || message.includes('\x1b[')) return message;
+  const inner = message.slice(m[0].length);
+  for (const [form, colour] of MACHINE_ERROR_FORMS) {
+    const f = form.exec(inner);
+    if (f) return m[1] + ERROR_PREFIX + colour(...f.slice(1)) + inner.slice(f[0].length);
+  }
+  return m[1] + ERROR_PREFIX + inner;
+}
 const WARNING_PREFIX = `${ANSI_WARNING}warning:${ANSI_NORMAL} `;
 const INDENT = ' '.repeat('error: '.length);
 
@@ -248,7 +272,10 @@ export class NixJsonLog {
         if (e.verbosity !== undefined) this.message(e.verbosity, e.message);
         else if (e.level === 'error') this.error(e.message);
         else if (e.level === 'info') this.message(LogLevel.Info, e.message);
-        else if (e.level === 'plain' || e.level === 'raw') this.message(LogLevel.Error, e.message);
+        // Another program's own stderr (an ssh-ng:// machine's ssh) is no part of Nix's stream: Nix's ssh
+        // writes it to stderr itself, raw (the CLI's JsonDisplay does so).
+        else if (e.level === 'raw') return;
+        else if (e.level === 'plain') this.message(LogLevel.Error, colouredPlain(e.message));
         else this.warn(e.message);
       });
     }

@@ -65,6 +65,11 @@ export interface RemoteBuildOptions {
    */
   readonly onStep?: (step: RemoteStep, phase: 'start' | 'end', machine: string) => void;
   /**
+   * What the ssh of an `ssh-ng://` machine that could not be connected to wrote to its stderr, told before
+   * the connection step ends: Nix's ssh writes it to Nix's stderr itself, while Nix still connects.
+   */
+  readonly onStderr?: (text: string) => void;
+  /**
    * The input closure (input sources and input derivations' outputs, closed under references). When omitted
    * it is computed from `drv.inputSrcs` and the registered outputs of `drv.inputDrvs`.
    */
@@ -487,7 +492,12 @@ export class MachineBuilder implements RemoteBuilder {
       if (this.closed) throw new RemoteConnectionError(`the builder for '${this.name}' was closed`);
       signal?.throwIfAborted();
       const tStart = performance.now();
-      pc = await asStep(opts.onStep, { kind: 'connect' }, () => this.acquire(signal));
+      pc = await asStep(opts.onStep, { kind: 'connect' }, () =>
+        this.acquire(signal).catch((e: unknown) => {
+          if (e instanceof RemoteConnectionError && e.remoteStderr) opts.onStderr?.(e.remoteStderr);
+          throw e;
+        }),
+      );
       const tConnected = performance.now();
       // Connected: the machine takes the build (Nix's hook accepts it only once it has connected).
       opts.onStart?.(this.name);

@@ -102,7 +102,9 @@ export class ServeConnection extends ProtocolConnection {
    * in, no `nix-store` there): "cannot connect to 'HOST'" and what ssh and the remote wrote to stderr.
    */
   protected override sshConnectFailure(e: RemoteConnectionError, ssh: SshStoreHost, tail: string, hint: string): RemoteConnectionError {
-    return new RemoteConnectionError(`cannot connect to '${ssh.host}'${tail ? `: ${tail}` : ''}`, { cause: e, hint });
+    // Without the line end ssh wrote (its `\r\n`), as Nix chomps what it read.
+    const said = tail.replace(/[ \t\n\r]+$/, '');
+    return new RemoteConnectionError(`cannot connect to '${ssh.host}'${said ? `: ${said}` : ''}`, { cause: e, hint });
   }
 
   /** Feed one stderr line of the remote (build output during BuildDerivation). */

@@ -33,7 +33,7 @@ function remoteBuildEvents(
   w: Worker,
   view: DrvView,
 ): {
-  callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStart' | 'onMachineFailed'>;
+  callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStderr' | 'onStart' | 'onMachineFailed'>;
   end: (outcome: 'success' | 'failure' | 'stopped') => void;
   saveLog: () => Promise<void>;
 } {
@@ -53,7 +53,7 @@ function remoteBuildEvents(
     // Empty for a builder that printed nothing: Nix opens the log file once the hook takes the build.
     await w.ctx.store.addBuildLog(drvPath, log.length ? log.join('\n') + '\n' : '').catch(() => {});
   };
-  const callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStart' | 'onMachineFailed'> = {
+  const callbacks: Pick<RemoteBuildOptions, 'onLog' | 'onEvent' | 'onStep' | 'onStderr' | 'onStart' | 'onMachineFailed'> = {
     onLog: (line) => {
       log.push(line);
       w.ctx.emit('build-log', { drvPath, line });
@@ -70,6 +70,8 @@ function remoteBuildEvents(
       }
       w.ctx.emit('remote-step', { drvPath, machine, store: machineStoreName(machine), step, phase });
     },
+    // What an ssh-ng:// machine's ssh wrote, as it comes (Nix's ssh writes to Nix's stderr), unfiltered.
+    onStderr: (text) => w.warn(text, 'raw'),
     // Said as it happens, as Nix's hook does before it tries the next machine.
     onMachineFailed: (e) => reportFailedMachine(w, e),
     onStart: (machine) => {
@@ -189,10 +191,9 @@ function hookRequest(view: DrvView): MachineRequest {
 
 /**
  * Nix's hook prints a line for every machine it could not use: "cannot build on '…': " and its error as
- * Nix prints one (`error: …`), after what an `ssh-ng://` machine's ssh wrote to stderr.
+ * Nix prints one (`error: …`), after what an `ssh-ng://` machine's ssh wrote to stderr (onStderr).
  */
 function reportFailedMachine(w: Worker, e: RemoteBuildError): void {
   const cause = e.cause ?? e;
-  if (cause instanceof RemoteConnectionError && cause.remoteStderr) w.warn(cause.remoteStderr, 'raw');
   w.warn(`cannot build on '${e.machine}': error: ${shortMessageOf(cause)}`, 'plain');
 }

@@ -96,22 +96,36 @@ describe.skipIf(!nixOk() || !sshdOk())('remote builds over a real sshd', () => {
         sshOpts: viaSshd,
       },
     ];
+    const connecting = (stderr: string): string[] => {
+      const lines = stderr.split('\n').map((l) => l.replace(/"id":\d+/, '"id":0'));
+      return lines.slice(
+        lines.findIndex((l) => l.includes('"text":"connecting to ')),
+        lines.findIndex((l) => l.includes('"msg":"cannot build on ')) + 1,
+      );
+    };
     let n = 0;
     for (const c of cases)
       for (const scheme of ['ssh', 'ssh-ng'])
-        for (const jobs of ['1', '0']) {
+        for (const [jobs, json] of [
+          ['1', false],
+          ['0', false],
+          ['1', true],
+        ] as const) {
           const at = n++;
           const root = (side: string) => path.join(fx.dir, `down-${at}-${side}`);
           const drv = nix('nix-instantiate', ['--store', root('N'), file], { env });
           expect(nix('nix-instantiate', ['--store', root('O'), file], { env })).toBe(drv);
-          const args = ['-j', jobs, '--builders', c.spec(`${scheme}://${sshd.user}@127.0.0.1`), drv];
+          const args = ['-j', jobs, '--builders', c.spec(`${scheme}://${sshd.user}@127.0.0.1`), drv, ...(json ? ['--log-format', 'internal-json'] : [])];
           const theirs = runNix('nix-store', ['--store', root('N'), '--realise', ...args], { env: { ...env, NIX_SSHOPTS: c.sshOpts } });
           const ours = await realiseInProcess(['build', '--store', root('O'), ...args], { ...env, NIX_SSHOPTS: c.sshOpts });
-          const what = `${c.name}, ${scheme}://, -j ${jobs}:\n--- nix-store:\n${theirs.stderr}--- realise:\n${ours.stderr}`;
-          expect(theirs.stderr, what).toMatch(/^cannot build on /m);
+          const what = `${c.name}, ${scheme}://, -j ${jobs}${json ? ', internal-json' : ''}:\n--- nix-store:\n${theirs.stderr}--- realise:\n${ours.stderr}`;
+          expect(theirs.stderr, what).toMatch(json ? /"msg":"cannot build on / : /^cannot build on /m);
           expect([ours.status, theirs.status], what).toEqual(jobs === '1' ? [0, 0] : [1, 1]);
+          // internal-json: from the connection's activity to the machine's error, ssh's own lines raw (not as
+          // JSON messages) before the activity's stop, the error in Nix's colours.
+          if (json) expect(connecting(ours.stderr), what).toEqual(connecting(theirs.stderr));
           // Built here (-j 1): the same lines. With -j 0 Nix's lines are in ours, in order (ours add a reason per machine).
-          if (jobs === '1') expect(ours.stderr, what).toBe(theirs.stderr);
+          else if (jobs === '1') expect(ours.stderr, what).toBe(theirs.stderr);
           else {
             const got = ours.stderr.split('\n');
             let at = 0;
@@ -122,5 +136,5 @@ describe.skipIf(!nixOk() || !sshdOk())('remote builds over a real sshd', () => {
             }
           }
         }
-  }, 120_000);
+  }, 180_000);
 });
