@@ -59,7 +59,11 @@ function remoteBuildEvents(
       w.ctx.emit('build-log', { drvPath, line });
     },
     onEvent: (event) => {
-      if (startedOn !== undefined) w.ctx.emit('remote-log', { drvPath, machine: startedOn, event });
+      if (startedOn === undefined) return;
+      // A message of the machine's daemon (a builder's `@nix` msg there): Nix's hook prints it as an error
+      // message, which Nix passes on as a plain line (a msg at level 0 in internal-json).
+      if (event.type === 'message') w.warn(event.text, 'plain');
+      w.ctx.emit('remote-log', { drvPath, machine: startedOn, event });
     },
     // The connection step comes before the machine takes the build (onStart); no local build starts
     // meanwhile with one slot (SlotGate.hold).

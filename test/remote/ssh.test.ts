@@ -137,4 +137,45 @@ describe.skipIf(!nixOk() || !sshdOk())('remote builds over a real sshd', () => {
           }
         }
   }, 180_000);
+  it("a remote builder's @nix msg and setPhase lines, over ssh:// and ssh-ng://, plain and internal-json: as Nix 2.8's hook passes them on", async () => {
+    const file = path.join(fx.dir, 'nix-lines.nix');
+    writeFileSync(
+      file,
+      `derivation { name = "nix-lines"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" ''echo '@nix {"action":"msg","level":0,"msg":"hello from the builder"}'; echo '@nix {"action":"setPhase","phase":"buildPhase"}'; echo plain; echo x > $out'' ]; }`,
+    );
+    const env = { NIX_CONFIG: NIX_CONF, NIX_USER_CONF_FILES: '/dev/null', NIX_SSHOPTS: sshd.sshOptions.join(' ') };
+    // The machine's URI names a store of each side's own: lines that name it are left out.
+    const plain = (stderr: string) => stderr.split('\n').filter((l) => !l.includes('remote-store='));
+    const json = (stderr: string) =>
+      stderr
+        .split('\n')
+        .filter((l) => l.includes('"level":0') || l.includes('"type":101}') || l.includes('"type":104}'))
+        .map((l) => l.replace(/"id":\d+/, '"id":0'));
+    let n = 0;
+    for (const scheme of ['ssh', 'ssh-ng'] as const)
+      for (const format of ['plain', 'internal-json']) {
+        const at = n++;
+        const root = (side: string) => path.join(fx.dir, `nix-lines-${at}-${side}`);
+        const drv = nix('nix-instantiate', ['--store', root('N'), file], { env });
+        expect(nix('nix-instantiate', ['--store', root('O'), file], { env })).toBe(drv);
+        const args = (side: string) => [
+          '-j0',
+          '--builders',
+          machinesLine(scheme, root(`remote-${side}`), sshd.hostKeyBase64),
+          drv,
+          ...(format === 'plain' ? [] : ['--log-format', format]),
+        ];
+        const theirs = runNix('nix-store', ['--store', root('N'), '--realise', ...args('N')], { env });
+        const ours = await realiseInProcess(['build', '--store', root('O'), ...args('O')], env);
+        const what = `${scheme}://, ${format}:\n--- nix-store:\n${theirs.stderr}--- realise:\n${ours.stderr}`;
+        expect([ours.status, theirs.status], what).toEqual([0, 0]);
+        if (format === 'plain') {
+          expect(theirs.stderr, what).toContain('\nhello from the builder\n');
+          expect(plain(ours.stderr), what).toEqual(plain(theirs.stderr));
+        } else {
+          expect(json(theirs.stderr).length, what).toBeGreaterThanOrEqual(3);
+          expect(json(ours.stderr), what).toEqual(json(theirs.stderr));
+        }
+      }
+  }, 120_000);
 });
