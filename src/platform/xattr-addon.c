@@ -50,18 +50,40 @@ static char *stringArg(napi_env env, napi_value v) {
   return s;
 }
 
-/* A string argument (a JavaScript string) as a NUL-terminated string in buf (cap bytes) when it fits,
-   else in memory malloc'd into *heap (the caller frees it); *len its length. 0 after throwing. */
-static char *stringInto(napi_env env, napi_value v, char *buf, size_t cap, size_t *len, char **heap) {
-  if (napi_get_value_string_utf8(env, v, buf, cap, len) != 0) { napi_throw_error(env, "EINVAL", "expected a string"); return 0; }
-  /* Node stops short of a character that does not fit whole (up to 4 bytes): more than 4 bytes to spare,
-     and nothing was left out. */
-  if (*len + 4 < cap) return buf;
-  /* Perhaps cut short: its whole length, then all of it. */
-  napi_get_value_string_utf8(env, v, 0, 0, len);
-  if (!(*heap = malloc(*len + 1))) { napi_throw_error(env, "ENOMEM", "out of memory"); return 0; }
-  napi_get_value_string_utf8(env, v, *heap, *len + 1, len);
-  return *heap;
+/* Stack room for the string arguments of one call: their sum is rarely over 2 kB (a path or two, the names
+   of a build's inputs). */
+#define ARGS_ROOM 2048
+
+/* The n string arguments v (JavaScript strings) as NUL-terminated strings s[i] of lengths len[i]: one after
+   another in buf (cap bytes) when they all fit, else in one block malloc'd into *heap, which the caller
+   frees (free(0) when they fit). 0 after throwing. */
+static int stringArgs(napi_env env, const napi_value *v, size_t n, char *buf, size_t cap, const char **s, size_t *len, char **heap) {
+  *heap = 0;
+  size_t used = 0, i;
+  for (i = 0; i < n; i++) {
+    size_t room = cap - used;
+    if (napi_get_value_string_utf8(env, v[i], buf + used, room, &len[i]) != 0) { napi_throw_error(env, "EINVAL", "expected a string"); return 0; }
+    /* Node stops short of a character that does not fit whole (up to 4 bytes): more than 4 bytes to spare,
+       and nothing was left out. */
+    if (len[i] + 4 >= room) break;
+    s[i] = buf + used;
+    used += len[i] + 1;
+  }
+  if (i == n) return 1;
+  /* One did not fit: the whole lengths of all, then all of them in one block. */
+  size_t total = 0;
+  for (i = 0; i < n; i++) {
+    if (napi_get_value_string_utf8(env, v[i], 0, 0, &len[i]) != 0) { napi_throw_error(env, "EINVAL", "expected a string"); return 0; }
+    total += len[i] + 1;
+  }
+  if (!(*heap = malloc(total))) { napi_throw_error(env, "ENOMEM", "out of memory"); return 0; }
+  used = 0;
+  for (i = 0; i < n; i++) {
+    napi_get_value_string_utf8(env, v[i], *heap + used, len[i] + 1, &len[i]);
+    s[i] = *heap + used;
+    used += len[i] + 1;
+  }
+  return 1;
 }
 
 static napi_value throwErrno(napi_env env, const char *what, int e) {
@@ -169,14 +191,13 @@ static napi_value pristineDir(napi_env env, napi_callback_info info) {
   size_t argc = 3; napi_value argv[3];
   napi_get_cb_info(env, info, &argc, argv, 0, 0);
   unsigned uid = 0; napi_get_value_uint32(env, argv[1], &uid);
-  char pBuf[4096], innerBuf[256];
-  char *heap[2] = { 0, 0 };
-  size_t pLen, innerLen;
-  const char *p = stringInto(env, argv[0], pBuf, sizeof pBuf, &pLen, &heap[0]);
-  const char *inner = p ? stringInto(env, argv[2], innerBuf, sizeof innerBuf, &innerLen, &heap[1]) : 0;
+  napi_value strs[2] = { argv[0], argv[2] };
+  char buf[ARGS_ROOM], *heap;
+  const char *s[2]; size_t len[2];
+  if (!stringArgs(env, strs, 2, buf, sizeof buf, s, len, &heap)) return 0;
   napi_value r = 0;
-  if (inner) napi_get_boolean(env, pristine(AT_FDCWD, p, (uid_t) uid, *inner ? inner : 0), &r);
-  free(heap[0]); free(heap[1]);
+  napi_get_boolean(env, pristine(AT_FDCWD, s[0], (uid_t) uid, *s[1] ? s[1] : 0), &r);
+  free(heap);
   return r;
 }
 
@@ -188,14 +209,12 @@ static napi_value pristineDir(napi_env env, napi_callback_info info) {
 static napi_value renameNoReplace(napi_env env, napi_callback_info info) {
   size_t argc = 2; napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, 0, 0);
-  char fromBuf[4096], toBuf[4096];
-  char *heap[2] = { 0, 0 };
-  size_t fromLen, toLen;
-  const char *from = stringInto(env, argv[0], fromBuf, sizeof fromBuf, &fromLen, &heap[0]);
-  const char *to = from ? stringInto(env, argv[1], toBuf, sizeof toBuf, &toLen, &heap[1]) : 0;
+  char buf[ARGS_ROOM], *heap;
+  const char *s[2]; size_t len[2];
+  if (!stringArgs(env, argv, 2, buf, sizeof buf, s, len, &heap)) return 0;
   napi_value r = 0;
-  if (to) napi_create_int32(env, syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0 ? 0 : errno, &r);
-  free(heap[0]); free(heap[1]);
+  napi_create_int32(env, syscall(SYS_renameat2, AT_FDCWD, s[0], AT_FDCWD, s[1], RENAME_NOREPLACE) == 0 ? 0 : errno, &r);
+  free(heap);
   return r;
 }
 
@@ -211,26 +230,23 @@ static int skeletonCheck(const char *root, struct reader *r, const char *store, 
 
 /* skeletonUnchanged(root, spec, store, storeFiles, mountpoints, placed): see skeletonCheck. storeFiles and
    mountpoints are NUL-separated names, placed a BigInt of ns (0n: unknown). The call is synchronous: the
-   spec is read where the Buffer has it, and the strings go to the stack unless one is longer than its room. */
+   spec is read where the Buffer has it, and the strings go to the stack unless together they are longer
+   than its room (stringArgs). */
 static napi_value skeletonUnchanged(napi_env env, napi_callback_info info) {
   size_t argc = 6; napi_value argv[6];
   napi_get_cb_info(env, info, &argc, argv, 0, 0);
   void *spec = 0; size_t specLen = 0; int64_t placed = 0; _Bool lossless;
   if (argc < 6 || napi_get_buffer_info(env, argv[1], &spec, &specLen) != 0) { napi_throw_error(env, "EINVAL", "expected a spec Buffer"); return 0; }
   if (napi_get_value_bigint_int64(env, argv[5], &placed, &lossless) != 0) { napi_throw_error(env, "EINVAL", "expected a BigInt"); return 0; }
-  char rootBuf[4096], storeBuf[1024], filesBuf[2048], mountsBuf[2048];
-  char *heap[4] = { 0, 0, 0, 0 };
-  size_t rootLen, storeLen, filesLen, mountsLen;
-  const char *root = stringInto(env, argv[0], rootBuf, sizeof rootBuf, &rootLen, &heap[0]);
-  const char *store = root ? stringInto(env, argv[2], storeBuf, sizeof storeBuf, &storeLen, &heap[1]) : 0;
-  const char *files = store ? stringInto(env, argv[3], filesBuf, sizeof filesBuf, &filesLen, &heap[2]) : 0;
-  const char *mounts = files ? stringInto(env, argv[4], mountsBuf, sizeof mountsBuf, &mountsLen, &heap[3]) : 0;
+  /* root, store, storeFiles, mountpoints */
+  napi_value strs[4] = { argv[0], argv[2], argv[3], argv[4] };
+  char buf[ARGS_ROOM], *heap;
+  const char *s[4]; size_t len[4];
+  if (!stringArgs(env, strs, 4, buf, sizeof buf, s, len, &heap)) return 0;
+  struct reader r = { spec, (const unsigned char *) spec + specLen };
   napi_value v = 0;
-  if (mounts) {
-    struct reader r = { spec, (const unsigned char *) spec + specLen };
-    napi_get_boolean(env, skeletonCheck(root, &r, store, files, filesLen, mounts, mountsLen, placed), &v);
-  }
-  for (int i = 0; i < 4; i++) free(heap[i]);
+  napi_get_boolean(env, skeletonCheck(s[0], &r, s[1], s[2], len[2], s[3], len[3], placed), &v);
+  free(heap);
   return v;
 }
 

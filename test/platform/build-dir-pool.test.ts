@@ -6,6 +6,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import * as fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { buildDirPool } from '../../src/platform/build-dir-pool.js';
 import { buildDirRegistry, BUILD_DIR_POOL_PREFIX } from '../../src/platform/build-dirs.js';
@@ -75,6 +76,25 @@ describe('build directory pool', () => {
     const xattr = make();
     const set = spawnSync('setfattr', ['-n', 'user.x', '-v', '1', xattr]);
     if (set.status === 0) expect(ops.pristineDir(xattr, uid)).toBe(false);
+  });
+
+  it('reads paths longer than the room on its stack for them whole (pristineDir, renameNoReplace)', async () => {
+    const ops = await nativeDirOps();
+    if (!ops) return;
+    // Two paths of ~2,500 bytes each (under PATH_MAX): together more than the addon's 2 kB of stack room.
+    let deep = tmp();
+    for (let i = 0; i < 12; i++) deep = path.join(deep, `${i}${'d'.repeat(200)}`);
+    fs.mkdirSync(deep, { recursive: true, mode: 0o700 });
+    const from = path.join(deep, 'from');
+    const to = path.join(deep, 'to');
+    fs.mkdirSync(from, { mode: 0o700 });
+    fs.chmodSync(from, 0o700);
+    expect(from.length).toBeGreaterThan(2048);
+    expect(ops.pristineDir(from, process.getuid!())).toBe(true);
+    expect(ops.renameNoReplace(from, to)).toBe(0);
+    expect(fs.existsSync(to) && !fs.existsSync(from)).toBe(true);
+    fs.mkdirSync(from);
+    expect(ops.renameNoReplace(from, to)).toBe(os.constants.errno.EEXIST);
   });
 
   it('drain removes every pooled directory and writes the record once for them all', async () => {

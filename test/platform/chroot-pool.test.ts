@@ -244,7 +244,7 @@ describe('ChrootPool recycling check, once the skeleton is older than its placin
   });
 
   it('a build of many inputs: its hard-linked inputs are unlinked and its mount points kept, however long their lists', async () => {
-    // Names of 39 bytes: 60 of them make a list longer than the addon's room for it on its stack (2 kB), and
+    // Names of 39 bytes: 60 of them make lists longer than the addon's room for a call's strings on its stack (2 kB), and
     // 80 still fit the store dir's first block (its size, which a build must leave as it was, stays the same).
     const name = (i: number, kind: string) => `${String(i).padStart(20, '0')}-in-${kind}-${'x'.repeat(10)}`;
     const run = async (files: number, dirs: number, extra?: string) => {
