@@ -264,8 +264,8 @@ export class NixJsonLog {
     });
     this.onGoals(on, opts);
     on('progress', (p) => this.progress(p));
-    on('call-ending', (e) => {
-      if (e.error.code === 'builder-log-message') this.thrown = true; // a BuilderLogMessageError
+    on('call-ending', () => {
+      this.thrown = true;
     });
     if (opts.warnings !== false) {
       on('warning', (e) => {

@@ -306,16 +306,17 @@ function noMachine(machines: readonly Machine[], req: MachineRequest, rejections
  * What Nix's build hook prints when no machine takes a derivation this machine cannot build either
  * ("Failed to find a machine for remote build!", the request, a table of the machines), line for line
  * (why each machine was passed over is the NoMachineError's message, not printed, as Nix does not).
+ * `value` marks each value formatted in, as Nix's hintfmt colours them.
  */
-export function noMachineReport(machines: readonly Machine[], req: MachineRequest): string {
-  const sorted = (xs: readonly string[]): string => [...xs].sort().join(', ');
+export function noMachineReport(machines: readonly Machine[], req: MachineRequest, value: (v: string) => string = (v) => v): string {
+  const sorted = (xs: readonly string[]): string => value([...xs].sort().join(', '));
   const lines = [
     'Failed to find a machine for remote build!',
-    `derivation: ${(req.drvPath ?? '').replace(/^.*\//, '')}`,
-    `required (system, features): (${req.system}, ${sorted(req.requiredFeatures ?? [])})`,
-    `${machines.length} available machines:`,
+    `derivation: ${value((req.drvPath ?? '').replace(/^.*\//, ''))}`,
+    `required (system, features): (${value(req.system)}, ${sorted(req.requiredFeatures ?? [])})`,
+    `${value(String(machines.length))} available machines:`,
     '(systems, maxjobs, supportedFeatures, mandatoryFeatures)',
-    ...machines.map((m) => `(${m.systemTypes.join(', ')}, ${m.maxJobs}, ${sorted(m.supportedFeatures)}, ${sorted(m.mandatoryFeatures)})`),
+    ...machines.map((m) => `(${value(m.systemTypes.join(', '))}, ${value(String(m.maxJobs))}, ${sorted(m.supportedFeatures)}, ${sorted(m.mandatoryFeatures)})`),
   ];
   return lines.join('\n');
 }

@@ -110,6 +110,9 @@ function remoteFailureMessage(r: RemoteBuildResult, drvPath: StorePath): string 
   return `build of '${drvPath}' on '${r.machine}' failed: ${r.errorMsg || r.status}`;
 }
 
+/** A value formatted into a message, in Nix's hintfmt colour (yellowtxt). */
+const hintValue = (v: string): string => `\x1b[35;1m${v}\x1b[0m`;
+
 const isRemoteSuccess = (r: RemoteBuildResult) => r.status === 'built' || r.status === 'substituted' || r.status === 'already-valid';
 
 export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<StorePath>): Promise<BuildResult | undefined> {
@@ -151,14 +154,16 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
       // if not, Nix's hook says why no machine took it, and the local build refuses it in Nix's words.
       running.end('dropped');
       expected.withdraw();
-      if (!local)
-        w.warn(
-          noMachineReport(
-            options.builders.map((b) => b.machine),
-            hookRequest(view),
-          ),
-          'plain',
+      // Nix's hook logs it at its warning level, without prefix, the values in hintfmt's colours (kept on a
+      // terminal and in internal-json; a display off a terminal filters them, as Nix's).
+      if (!local) {
+        const report = noMachineReport(
+          options.builders.map((b) => b.machine),
+          hookRequest(view),
+          hintValue,
         );
+        w.ctx.emit('warning', { message: report, level: 'plain', verbosity: 1 });
+      }
       return undefined;
     }
     await events.saveLog();

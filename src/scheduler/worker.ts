@@ -302,7 +302,7 @@ export class Worker {
   endCall(error: BuildSetupError, drvPath: StorePath): BuildResult {
     if (this.signal.aborted) return stoppedResult(`build of '${drvPath}'`);
     this.endCallWith(error);
-    return failure('misc-failure', { message: error.reason, keptBuildDir: error.keptBuildDir, hint: error.hint });
+    return failure('misc-failure', { message: error.reason, keptBuildDir: error.keptBuildDir, hint: error.hint, endedCall: true });
   }
 
   /** End the call with `error` (its `fatal`, unless one came first), stopping its goals. */

@@ -115,6 +115,29 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
     expectNixLines(await both(['-j0', '--builders', 'ssh://arm aarch64-linux'], drvs.pref!), 1);
   });
 
+  it('internal-json, max-jobs 0 and no machine that fits: the hook report as a coloured level-1 msg, no progress after the error, the error last', async () => {
+    // The stream with ids numbered in order of appearance; without the debug-level "querying info about
+    // missing paths" activities, whose place among the first progress results differs (docs/observability.md).
+    const stream = (stderr: string): string[] => {
+      const lines = stderr.split('\n').filter((l) => l.startsWith('@nix '));
+      const skipped = new Set(lines.filter((l) => l.includes('"text":"querying info about missing paths"')).map((l) => /"id":(\d+)/.exec(l)![1]));
+      const ids = new Map<string, number>();
+      return lines
+        .filter((l) => !skipped.has(/"id":(\d+)/.exec(l)?.[1] ?? ''))
+        .map((l) => l.replace(/"id":(\d+)/, (_, id: string) => `"id":${ids.get(id) ?? ids.set(id, ids.size).get(id)}`));
+    };
+    for (const builders of [[], ['--builders', 'ssh://arm aarch64-linux,armv7l-linux - 2 1 kvm,big - ; ssh://x x86_64-linux - 1 1 - cuda']]) {
+      const r = await both(['-j0', ...builders, '--log-format', 'internal-json'], drvs.top!);
+      expect(r.theirs.status).toBe(1);
+      expect(r.ours.status).toBe(1);
+      const want = stream(r.theirs.stderr);
+      expect(want.at(-1)).toMatch(/"level":0,.*unable to start any build/);
+      if (builders.length)
+        expect(want.join('\n')).toContain('"action":"msg","level":1,"msg":"Failed to find a machine for remote build!\\nderivation: \\u001b[35;1m');
+      expect(stream(r.ours.stderr)).toEqual(want);
+    }
+  });
+
   it('an unreachable machine: "cannot build on" with ssh error, then as if it were not there', async () => {
     const r = await both(['-j0', '--builders', 'ssh://127.0.0.1 - - 1 1'], drvs.plain!, { NIX_SSHOPTS: '-oPort=1 -oBatchMode=yes' });
     expectNixLines({ theirs: { ...r.theirs, stderr: r.theirs.stderr.replace(/^cannot build on .*\n/m, '') }, ours: r.ours }, 1);
