@@ -147,10 +147,9 @@ export async function build(args: CliArgs, store: Store, settings: EngineSetting
   const engine = new BuildEngine(opts);
   engine.once('build-started', () => tellLauncher('buildsRun'));
   const mode = args.check ? 'check' : args.repair ? 'repair' : 'normal';
-  // (Through a daemon, its own worker starts the hook, with its own configuration.)
   const { display, closeSink } = openDisplay(args, engine);
-  // After the display: a hook started when a machine takes a build warns after its "building '…' on '…'".
-  if (!(store instanceof DaemonStore)) repeatHookWarnings(args, engine);
+  // (Through a daemon, its own worker starts the hook, with its own configuration: no hook-started here.)
+  repeatHookWarnings(args, engine);
   const trace =
     args.traceFile || args.report
       ? recordTrace(engine, {
@@ -253,59 +252,13 @@ function openDisplay(args: CliArgs, engine: BuildEngine): { display: Display; cl
 
 /**
  * Nix's build hook reads the configuration again as it starts and warns once more about the settings it does
- * not know (those of the configuration files and `$NIX_CONFIG`, sorted). Nix's worker starts one before the
- * first build it offers it (the engine's `hook-asked`) and keeps it while it declines or postpones builds;
- * a machine that takes a build (build-started with its machine) takes the hook with it, and the next offer
- * starts another one: at once when other builds wait for the hook's answer (Nix offers them the next build
- * then), else at the next offer. So the warnings come once per build a machine takes, plus once while a
- * hook is left.
+ * not know (those of the configuration files and `$NIX_CONFIG`, sorted): the engine tells when one starts.
  */
 function repeatHookWarnings(args: CliArgs, engine: BuildEngine): void {
   if (args.unknownConfSettings.length === 0) return;
-  const warn = (): void => {
-    for (const name of [...args.unknownConfSettings].sort()) warnStderr(`unknown setting '${name}'`);
-  };
-  /** A hook is running and free for the next offer. */
-  let hook = false;
-  /** Builds offered to the hook that no machine took and that did not start here or end yet. */
-  const offered = new Set<string>();
-  /**
-   * Builds whose machine is being connected to (the hook has not answered yet). Nix's worker waits for that
-   * answer before it offers the next build, so builds that turn local meanwhile were offered after it: they
-   * stay offered until the connections end, and a machine that takes its build starts a hook for them.
-   */
-  const connecting = new Set<string>();
-  const turnedLocal = new Set<string>();
-  const settled = (drvPath: string): void => {
-    connecting.delete(drvPath);
-    offered.delete(drvPath);
-    if (connecting.size > 0) return;
-    for (const d of turnedLocal) offered.delete(d);
-    turnedLocal.clear();
-  };
-  engine.on('hook-asked', (e) => {
-    offered.add(e.drvPath);
-    if (hook) return;
-    hook = true;
-    warn();
-  });
-  engine.on('remote-step', (e) => {
-    if (e.step.kind === 'connect' && e.phase === 'start') connecting.add(e.drvPath);
-  });
-  engine.on('build-started', (e) => {
-    if (!offered.has(e.drvPath)) return;
-    if (e.machine === undefined) {
-      turnedLocal.add(e.drvPath);
-      settled(e.drvPath);
-      return;
-    }
-    offered.delete(e.drvPath);
-    hook = offered.size > 0;
-    if (hook) warn();
-    settled(e.drvPath);
-  });
-  engine.on('goal-finished', (e) => {
-    if (e.kind === 'derivation') settled(e.path);
+  const names = [...args.unknownConfSettings].sort();
+  engine.on('hook-started', () => {
+    for (const name of names) warnStderr(`unknown setting '${name}'`);
   });
 }
 

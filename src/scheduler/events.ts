@@ -59,6 +59,14 @@ export interface EventPayloads {
    */
   'hook-asked': { drvPath: StorePath };
   /**
+   * A build-hook process of Nix 2.8 would start now (the hook reads the configuration again, and warns as
+   * Nix does as it starts): at the call's first `hook-asked`, and when a remote machine takes a build
+   * (right after its `build-started`, the machine taking the hook with it) while other builds offered to the
+   * hook wait for its answer, else at the next `hook-asked`. Not told through a daemon, whose worker starts
+   * its own hooks.
+   */
+  'hook-started': Record<string, never>;
+  /**
    * One line of a builder's output (`\r` handled as Nix does). `line` is decoded as UTF-8 (invalid
    * sequences become U+FFFD); `bytes`, when given, are the line's bytes as the builder wrote them.
    */

@@ -173,7 +173,10 @@ export function buildLocally(w: Worker, view: DrvView, plan: LocalBuildPlan): Pr
   const { options } = w.ctx;
   const prefersHere = plan.preferLocal && options.maxJobs > 0 && canBuildLocally(w, view);
   const hookAsked = plan.mode === 'normal' && !prefersHere;
-  if (hookAsked) w.ctx.emit('hook-asked', { drvPath: view.drvPath });
+  if (hookAsked) {
+    w.ctx.emit('hook-asked', { drvPath: view.drvPath });
+    w.hook.offer(view.drvPath);
+  }
   if (hookAsked && options.builders.length > 0 && view.platform !== 'builtin') return remoteOrHere(w, view, plan);
   return buildHere(w, view, plan);
 }
@@ -769,6 +772,7 @@ class LocalRound {
     if (this.announced) return;
     this.announced = true;
     this.w.ctx.emit('build-started', { drvPath: this.view.drvPath, round: this.round, rounds: this.plan.rounds, mode: this.plan.mode });
+    this.w.hook.settled(this.view.drvPath);
   }
 
   times(): Times {

@@ -83,6 +83,8 @@ function remoteBuildEvents(
       log = [];
       startedOn = machine;
       w.ctx.emit('build-started', { drvPath, round: 1, rounds: 1, machine, mode: w.mode === 'repair' ? 'repair' : w.mode === 'check' ? 'check' : 'normal' });
+      // The machine takes Nix's hook with it (after its "building '…' on '…'").
+      w.hook.taken(drvPath);
     },
   };
   return { callbacks, end, saveLog };

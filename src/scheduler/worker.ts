@@ -17,6 +17,7 @@ import { pathContentsGood } from './verify.js';
 import { slotGate } from './slot-gate.js';
 import { goalKey } from './paths.js';
 import { TurnWave } from '../store/turn-wave.js';
+import { BuildHookLife } from './build-hook.js';
 
 export type BuildMode = 'normal' | 'repair' | 'check';
 
@@ -64,6 +65,8 @@ export class Worker {
    * query: a set shared by the askers, which only look their own paths up in it.
    */
   readonly validTogether = new TurnWave<StorePath, ReadonlySet<StorePath>>((paths) => this.ctx.store.queryValidPaths(paths), queueMicrotask);
+  /** The build-hook processes Nix 2.8's worker would start for this call (`hook-started`). */
+  readonly hook = new BuildHookLife(() => this.ctx.emit('hook-started', {}));
 
   constructor(ctx: EngineContext, mode: BuildMode, signal?: AbortSignal) {
     const loads = new LoadGate(MAX_CONCURRENT_DRV_LOADS);
@@ -291,6 +294,7 @@ export class Worker {
       else this.failures.push({ path: drvPath, result });
       this.noteFailure(drvPath);
     }
+    this.hook.settled(drvPath);
     this.ctx.emit('goal-finished', { kind: 'derivation', path: drvPath, result });
   }
 

@@ -43,12 +43,43 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
     dir = tempDir('realise-hook-parity-');
     const file = path.join(dir, 'e.nix');
     writeFileSync(file, EXPR);
-    for (const attr of ['plain', 'arm', 'cuda', 'pref', 'dep', 'top', 'fail']) {
-      const drv = nix('nix-instantiate', ['--store', path.join(dir, 'N'), file, '-A', attr], { env });
-      expect(nix('nix-instantiate', ['--store', path.join(dir, 'O'), file, '-A', attr], { env })).toBe(drv);
-      drvs[attr] = drv;
-    }
+    const attrs = ['plain', 'arm', 'cuda', 'pref', 'dep', 'top', 'fail'];
+    twinDrvs((s) => path.join(dir, s), attrs, file).forEach((drv, i) => (drvs[attrs[i]!] = drv));
   });
+
+  /** `attrs` of `file` instantiated into the twin stores `store('N')` (Nix's) and `store('O')` (ours): the same .drv paths. */
+  function twinDrvs(store: (s: 'N' | 'O') => string, attrs: readonly string[], file = path.join(dir, 'e.nix')): string[] {
+    return attrs.map((attr) => {
+      const drv = nix('nix-instantiate', ['--store', store('N'), file, '-A', attr], { env });
+      expect(nix('nix-instantiate', ['--store', store('O'), file, '-A', attr], { env })).toBe(drv);
+      return drv;
+    });
+  }
+
+  /** Twin stores with `attrs` of e.nix and the dependency `dep` built (so a remote build uploads it to its machine). */
+  function twinsWithDep(store: (s: 'N' | 'O') => string, attrs: readonly string[]): void {
+    twinDrvs(store, attrs);
+    for (const s of ['N', 'O'] as const) nix('nix-store', ['--store', store(s), '--realise', drvs.dep!], { env });
+  }
+
+  /** Empty stores made by Nix, as a machine's store is there before the builds it takes. */
+  function initStores(...stores: string[]): void {
+    for (const store of stores) nix('nix-store', ['--store', store, '--init'], { env });
+  }
+
+  /**
+   * A file `NAME.nix` of three derivations, `PREFIXa-slow` (`slow` seconds), `PREFIXb-mid` (1 s) and
+   * `PREFIXc-quick`, for the order in which builds go to a machine and to the local slot.
+   */
+  function threeBuilds(name: string, prefix: string, slow: number): string {
+    const file = path.join(dir, `${name}.nix`);
+    writeFileSync(
+      file,
+      `let mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; };
+in { a = mk "${prefix}a-slow" "sleep ${slow}; echo a > $out"; b = mk "${prefix}b-mid" "sleep 1; echo b > $out"; c = mk "${prefix}c-quick" "echo c > $out"; }`,
+    );
+    return file;
+  }
 
   /** `nix-store --realise ARGS DRV` on N and `realise build ARGS DRV` on O. */
   async function both(
@@ -165,8 +196,7 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
 
   it('with a free local slot (max-jobs 1) a machine with a free slot still takes the build, as Nix asks its hook first; an unreachable one is tried, then the build is done here', async () => {
     const local = (s: string, name: string) => path.join(dir, `j1-${name}-${s}`);
-    for (const s of ['N', 'O'])
-      for (const name of ['up', 'down']) nix('nix-instantiate', ['--store', local(s, name), path.join(dir, 'e.nix'), '-A', 'plain'], { env });
+    for (const name of ['up', 'down']) twinDrvs((s) => local(s, name), ['plain']);
     const spec = (s: string) => `ssh-ng://localhost?remote-store=${encodeURIComponent(path.join(dir, `j1-machine-${s}`))} - - 1 1`;
     const theirs = runNix('nix-store', ['--store', local('N', 'up'), '--realise', '--builders', spec('N'), drvs.plain!], { env });
     const ours = await realiseInProcess(['build', '--store', local('O', 'up'), '--builders', spec('O'), drvs.plain!], env);
@@ -191,7 +221,7 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
     expect(o.stdout).toBe(t.stdout);
     // A faster machine that is down, then one that is up: the first is reported before the second takes the build.
     const two = (s: string) => ['--builders', `ssh://127.0.0.1 - - 1 2; ${spec(s)}`, drvs.plain!];
-    for (const s of ['N', 'O']) nix('nix-instantiate', ['--store', local(s, 'two'), path.join(dir, 'e.nix'), '-A', 'plain'], { env });
+    twinDrvs((s) => local(s, 'two'), ['plain']);
     const t2 = runNix('nix-store', ['--store', local('N', 'two'), '--realise', ...two('N')], { env: { ...env, ...down } });
     const o2 = await realiseInProcess(['build', '--store', local('O', 'two'), ...two('O')], { ...env, ...down });
     for (const [r, s] of [
@@ -211,19 +241,10 @@ describe.skipIf(!nixOk())('the build hook, realise vs nix-store --realise --buil
   });
 
   it('max-jobs 1 and a machine with one slot: the machine takes the first build before a local one starts, a build that finds both busy is built here once the local slot frees', async () => {
-    const file = path.join(dir, 'w.nix');
-    writeFileSync(
-      file,
-      `let mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; };
-in { a = mk "a-slow" "sleep 3; echo a > $out"; b = mk "b-mid" "sleep 1; echo b > $out"; c = mk "c-quick" "echo c > $out"; }`,
-    );
+    const file = threeBuilds('w', '', 3);
     const root = (s: string, what: string) => path.join(dir, `order-${what}-${s}`);
-    const targets = ['a', 'b', 'c'].map((a) => {
-      const drv = nix('nix-instantiate', ['--store', root('N', 'local'), file, '-A', a], { env });
-      expect(nix('nix-instantiate', ['--store', root('O', 'local'), file, '-A', a], { env })).toBe(drv);
-      return drv;
-    });
-    for (const s of ['N', 'O']) nix('nix-store', ['--store', root(s, 'machine'), '--init'], { env });
+    const targets = twinDrvs((s) => root(s, 'local'), ['a', 'b', 'c'], file);
+    initStores(root('N', 'machine'), root('O', 'machine'));
     const spec = (s: string) => `ssh-ng://localhost?remote-store=${encodeURIComponent(root(s, 'machine'))} - - 1 1`;
     const theirs = runNix('nix-store', ['--store', root('N', 'local'), '--realise', '-j1', '--builders', spec('N'), ...targets], { env });
     const ours = await realiseInProcess(['build', '--store', root('O', 'local'), '-j1', '--builders', spec('O'), ...targets], env);
@@ -244,12 +265,7 @@ in { a = mk "a-slow" "sleep 3; echo a > $out"; b = mk "b-mid" "sleep 1; echo b >
   });
 
   it("the configuration's unknown settings: Nix's hook warns again as it starts, once per build a machine takes and once while one is left (-j1 and -j0, one machine with one slot)", async () => {
-    const file = path.join(dir, 'warn.nix');
-    writeFileSync(
-      file,
-      `let mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; };
-in { a = mk "wa-slow" "sleep 2; echo a > $out"; b = mk "wb-mid" "sleep 1; echo b > $out"; c = mk "wc-quick" "echo c > $out"; }`,
-    );
+    const file = threeBuilds('warn', 'w', 2);
     const conf = path.join(dir, 'warn-conf');
     mkdirSync(conf, { recursive: true });
     writeFileSync(path.join(conf, 'nix.conf'), 'zz-conf-unknown = 1\n');
@@ -272,12 +288,8 @@ in { a = mk "wa-slow" "sleep 2; echo a > $out"; b = mk "wb-mid" "sleep 1; echo b
       [0, 3],
     ] as const) {
       const root = (s: string, what: string) => path.join(dir, `warn-${jobs}-${count}-${what}-${s}`);
-      const targets = ['a', 'b', 'c'].slice(0, count).map((a) => {
-        const drv = nix('nix-instantiate', ['--store', root('N', 'local'), file, '-A', a], { env });
-        expect(nix('nix-instantiate', ['--store', root('O', 'local'), file, '-A', a], { env })).toBe(drv);
-        return drv;
-      });
-      for (const s of ['N', 'O']) nix('nix-store', ['--store', root(s, 'machine'), '--init'], { env });
+      const targets = twinDrvs((s) => root(s, 'local'), ['a', 'b', 'c'].slice(0, count), file);
+      initStores(root('N', 'machine'), root('O', 'machine'));
       const uri = (s: string) => `ssh-ng://localhost?remote-store=${encodeURIComponent(root(s, 'machine'))}&remote-program=${encodeURIComponent(daemon)}`;
       const args = (s: string) => [`-j${jobs}`, '--builders', `${uri(s)} - - 1 1`, ...targets];
       const theirs = runNix('nix-store', ['--store', root('N', 'local'), '--realise', ...args('N')], { env: warnEnv });
@@ -296,15 +308,12 @@ in { a = mk "wa-slow" "sleep 2; echo a > $out"; b = mk "wb-mid" "sleep 1; echo b
     it(`${scheme}://: a failure there is exit status 1 with the hook's error and log tail; rows, logs of both sides agree`, async () => {
       // Fresh twin stores for this scheme, the dependency built here (so it is uploaded to the machine).
       const local = (s: string) => path.join(dir, `local-${scheme}-${s}`);
-      for (const s of ['N', 'O']) {
-        for (const attr of ['top', 'fail']) nix('nix-instantiate', ['--store', local(s), path.join(dir, 'e.nix'), '-A', attr], { env });
-        nix('nix-store', ['--store', local(s), '--realise', drvs.dep!], { env });
-      }
+      twinsWithDep(local, ['top', 'fail']);
       // Two slots: Nix's hook postpones a build for a few seconds when the machine's slots are taken.
       const spec = (s: string) => `${scheme}://localhost?remote-store=${encodeURIComponent(path.join(dir, `${scheme}-${s}`))} - - 2 1`;
       // The machines' stores exist before the builds, as a real machine's does: our two builds connect at
       // once, and two Nix processes creating one new store's database together fail ("database is busy").
-      for (const s of ['N', 'O']) nix('nix-store', ['--store', path.join(dir, `${scheme}-${s}`), '--init'], { env });
+      initStores(path.join(dir, `${scheme}-N`), path.join(dir, `${scheme}-O`));
       const args = (s: string) => ['-j0', '-k', '--builders', spec(s), drvs.top!, drvs.fail!];
       const theirs = runNix('nix-store', ['--store', local('N'), '--realise', ...args('N')], { env });
       const ours = await realiseInProcess(['build', '--store', local('O'), ...args('O')], env);
@@ -345,12 +354,7 @@ in { a = mk "wa-slow" "sleep 2; echo a > $out"; b = mk "wb-mid" "sleep 1; echo b
     const cache = path.join(dir, 'cache');
     const local = (scheme: string, s: string) => path.join(dir, `subst-${scheme}-${s}`);
     const machineEnv = { ...env, NIX_CONFIG: `${NIX_CONF}substituters = file://${cache}\nrequire-sigs = false\n` };
-    for (const scheme of ['ssh-ng', 'ssh']) {
-      for (const s of ['N', 'O']) {
-        nix('nix-instantiate', ['--store', local(scheme, s), path.join(dir, 'e.nix'), '-A', 'top'], { env });
-        nix('nix-store', ['--store', local(scheme, s), '--realise', drvs.dep!], { env });
-      }
-    }
+    for (const scheme of ['ssh-ng', 'ssh']) twinsWithDep((s) => local(scheme, s), ['top']);
     // (A private store: the command opens one, which for an ordinary user must not be the system daemon.)
     nix('nix-store', ['--store', local('ssh', 'N'), '--generate-binary-cache-key', 'test-1', path.join(dir, 'sk'), path.join(dir, 'pk')]);
     const dep = nix('nix-store', ['--store', local('ssh', 'N'), '-q', '--outputs', drvs.dep!]);
