@@ -158,8 +158,9 @@ export interface EventPayloads {
    * "checking path '…'...").
    * `level: 'raw'` for what another program wrote to stderr and Nix lets through untouched (the ssh of an
    * `ssh-ng://` machine that cannot be used, before "cannot build on '…'"): written as it is, unfiltered.
-   * `verbosity`: Nix's level (0 error … 7 vomit) of a message a builder sent in a `@nix` line, which
-   * Nix's display shows up to 3 (info) and its internal-json stream passes on with that level.
+   * `verbosity`: Nix's level (0 error … 7 vomit) of a message a builder sent in a `@nix` line (level
+   * `plain`), which a display shows when it is at most the display's verbosity (Nix's default 3, info; 2
+   * with `--quiet`) and Nix's internal-json stream passes on with that level.
    */
   warning: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' | 'raw'; verbosity?: number };
   /**

@@ -1197,6 +1197,7 @@ function forwardBuilderMessage(w: Worker, drvPath: StorePath, json: string, buil
   const m = builderLogMessage(json);
   if (!m || m instanceof BuilderLogMessageError) return m;
   if (m.action === 'msg') {
-    if (!builtin) w.ctx.emit('warning', { message: m.message, level: m.level, verbosity: m.verbosity });
+    // A plain line shown by its level alone: at info (3) it is hidden where the display's verbosity is below.
+    if (!builtin) w.ctx.emit('warning', { message: m.message, level: 'plain', verbosity: m.verbosity });
   } else w.ctx.emit('builder-activity', { drvPath, event: m });
 }

@@ -110,8 +110,7 @@ export class LogCollector {
  * nothing with (another action, another activity type, bad JSON); a line missing a field Nix reads (or
  * with one of another type) is a BuilderLogMessageError (builderLogMessage).
  */
-export type BuilderLogMessage =
-  { readonly action: 'msg'; readonly message: string; readonly level: 'plain' | 'info'; readonly verbosity: number } | BuilderActivityEvent;
+export type BuilderLogMessage = { readonly action: 'msg'; readonly message: string; readonly verbosity: number } | BuilderActivityEvent;
 
 /** A builder's `@nix` line that touches activities (the `builder-activity` event). */
 export type BuilderActivityEvent =
@@ -153,7 +152,7 @@ export function builderLogMessage(json: string): BuilderLogMessage | BuilderLogM
       case 'msg': {
         const message = want(m.msg, 'string');
         const level = want(m.level, 'number');
-        return { action: 'msg', message, level: level >= 3 ? 'info' : 'plain', verbosity: level };
+        return { action: 'msg', message, verbosity: level };
       }
       case 'setPhase':
         return { action: 'setPhase', phase: want(m.phase, 'string') };
