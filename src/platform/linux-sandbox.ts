@@ -77,7 +77,8 @@ export interface LinuxSandboxOptions {
   readonly preBuildHook?: string;
   /**
    * With the helper backend, keep one helper process running and fork builds from it (much cheaper
-   * than spawning from Node for every build). Set to false to spawn the helper per build.
+   * than spawning from Node for every build); the LinuxSandboxes of a process that have the same
+   * `filterSyscalls` share it. Set to false to spawn the helper per build.
    * @default true
    */
   readonly server?: boolean;
@@ -179,13 +180,23 @@ const UID0_AS_ROOT: SandboxExit = {
   reason: 'builder uid 0 refused when running as root',
 };
 
+/** A helper server and how many LinuxSandboxes use it (see LinuxSandbox.#serverFor). */
+interface SharedServer {
+  readonly key: string;
+  readonly server: SandboxServer;
+  users: number;
+}
+
+/** The helper servers of the process, by executable and filter choice. */
+const servers = new Map<string, SharedServer>();
+
 export class LinuxSandbox implements Sandbox {
   readonly name = 'linux-namespaces';
   readonly isolated = true;
   readonly #options: LinuxSandboxOptions;
   readonly #filter: Buffer | undefined;
   #backend: Promise<ResolvedBackend> | undefined;
-  #server: SandboxServer | undefined;
+  #server: SharedServer | undefined;
   /** Counts close() calls: a warm-up that resolves after one does nothing. */
   #closes = 0;
   readonly #pool: ChrootPool | undefined;
@@ -241,13 +252,18 @@ export class LinuxSandbox implements Sandbox {
   }
 
   /**
-   * Stop the helper server, if one runs, and drop prepared chroots (both also go when the process exits).
+   * Give up the helper server (stopped when no other LinuxSandbox of the process uses it) and drop prepared
+   * chroots (both also go when the process exits).
    * Resolves when no chroot of this sandbox is left but those queued for deletion (see flushRemovals).
    */
   async close(): Promise<void> {
     this.#closes++;
-    this.#server?.close();
+    const shared = this.#server;
     this.#server = undefined;
+    if (shared && --shared.users === 0) {
+      servers.delete(shared.key);
+      shared.server.close();
+    }
     await this.#pool?.drain();
   }
 
@@ -297,8 +313,20 @@ export class LinuxSandbox implements Sandbox {
     return (this.#hostKvm ??= fs.existsSync('/dev/kvm'));
   }
 
+  /**
+   * The helper server of this sandbox: the process's one for the same executable and filter choice, which
+   * every LinuxSandbox using it shares (its start, a fork of Node and the ready build process with its
+   * namespaces, is paid once per process rather than per sandbox, so per engine); close() gives it up.
+   * Requests carry everything else that differs between sandboxes (ids, shm size, mounts).
+   */
   #serverFor(exe: string): SandboxServer {
-    return (this.#server ??= new SandboxServer(exe, this.#filter, { warm: true }));
+    if (this.#server) return this.#server.server;
+    const key = `${exe}\0${this.#filter ? 'filtered' : 'plain'}`;
+    let shared = servers.get(key);
+    if (!shared) servers.set(key, (shared = { key, server: new SandboxServer(exe, this.#filter, { warm: true }), users: 0 }));
+    shared.users++;
+    this.#server = shared;
+    return shared.server;
   }
 
   async run(request: SandboxRequest, opts: SandboxRunOptions = {}): Promise<SandboxExit> {

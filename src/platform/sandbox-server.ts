@@ -1,12 +1,13 @@
 /**
- * A long-running sandbox helper ("zygote"): one `helper --server` process per LinuxSandbox forks a
- * small process per build, so a build costs a fork of a tiny C process instead of a fork of Node.
- * Every build's output and status come back on the server's stdout (records of all builds, see
- * #onStatus): a sandboxed build's from its own process, an unsandboxed (`--plain`) builder's from the
- * server, which reads its output. Abort kills the build's process group, whose sandbox dies with it
- * (parent-death signal). A sandboxed build's pid comes with its "started" record, in one write (a
- * record of its own cost a wake-up of the event loop per build): an abort before that waits for it, the
- * setup of the sandbox, about a millisecond. A build process dies with the server.
+ * A long-running sandbox helper ("zygote"): one `helper --server` process, shared by the LinuxSandboxes of
+ * the process (another one by its NoSandboxes), forks a small process per build, so a build costs a fork
+ * of a tiny C process instead of a fork of Node. Every build's output and status come back on the
+ * server's stdout (records of all builds, see #onStatus): a sandboxed build's from its own process, an
+ * unsandboxed (`--plain`) builder's from the server, which reads its output. Abort kills the build's
+ * process group, whose sandbox dies with it (parent-death signal). A sandboxed build's pid comes with its
+ * "started" record, in one write (a record of its own cost a wake-up of the event loop per build): an
+ * abort before that waits for it, the setup of the sandbox, about a millisecond. A build process dies
+ * with the server.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { SandboxExit } from './sandbox.js';

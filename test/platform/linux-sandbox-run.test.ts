@@ -266,6 +266,51 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: concurrent b
   }, 30_000);
 });
 
+/** The pids of this process's resident sandbox servers (`--server --warm`). */
+function sandboxServers(): Set<string> {
+  const kids = readdirSync('/proc/self/task').flatMap((t) => readFileSync(`/proc/self/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
+  return new Set(
+    kids.filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('--server\0--warm');
+      } catch {
+        return false; // exited meanwhile
+      }
+    }),
+  );
+}
+
+describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: one per process', () => {
+  it('is shared by the LinuxSandboxes with the same filter choice, and stopped by the close() of the last one', async () => {
+    const fx = makeFixture();
+    const before = sandboxServers();
+    const started = () => [...sandboxServers()].filter((p) => !before.has(p));
+    const a = new LinuxSandbox({ backend: 'helper', server: true });
+    const b = new LinuxSandbox({ backend: 'helper', server: true });
+    const plain = new LinuxSandbox({ backend: 'helper', server: true, filterSyscalls: false });
+    const ok = (sb: LinuxSandbox, name: string) => build(sb, fx.request(name, 'mkdir $out'));
+    expect((await ok(a, 'shared-a')).exit).toEqual({ kind: 'exited', code: 0 });
+    expect((await ok(b, 'shared-b')).exit).toEqual({ kind: 'exited', code: 0 });
+    expect(started()).toHaveLength(1);
+    expect((await ok(plain, 'shared-plain')).exit).toEqual({ kind: 'exited', code: 0 });
+    expect(started()).toHaveLength(2);
+    await plain.close();
+    const [server] = started();
+    // a's close leaves it to b, whose build runs on it while a is closed
+    const running = build(b, fx.request('shared-during', 'sleep 0.3; mkdir $out'));
+    await a.close();
+    expect(started()).toEqual([server]);
+    expect((await running).exit).toEqual({ kind: 'exited', code: 0 });
+    // a used again takes it up again
+    expect((await ok(a, 'shared-a2')).exit).toEqual({ kind: 'exited', code: 0 });
+    expect(started()).toEqual([server]);
+    await a.close();
+    await b.close();
+    for (let i = 0; i < 200 && started().length > 0; i++) await new Promise((r) => setTimeout(r, 25));
+    expect(started()).toEqual([]);
+  }, 30_000);
+});
+
 describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: closed at once', () => {
   it('a server closed right after it started (the engine closing after a build that failed at once) raises no error in the program', async () => {
     const { SandboxServer } = await import('../../src/platform/sandbox-server.js');
