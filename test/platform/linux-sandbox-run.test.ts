@@ -141,15 +141,18 @@ describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders'
     const src = path.join(fx.dir, `shared-${backend}-${server}`);
     mkdirSync(src);
     writeFileSync(path.join(src, 'file'), 'shared\n');
-    const req = fx.request('paths', 'mkdir $out; cat /opt/shared/file > $out/f; ls /opt > $out/ls');
+    const req = fx.request('paths', 'mkdir $out; cat /opt/shared/file > $out/f; cat /opt/one/file > $out/f1; ls /opt > $out/ls');
+    // (Mount points the chroot lacks, a directory's and a file's with its parent, are made.)
     const extraPaths = new Map([
       ['/opt/shared', { source: src, optional: false }],
+      ['/opt/one/file', { source: path.join(src, 'file'), optional: false }],
       ['/opt/maybe', { source: path.join(fx.dir, 'does-not-exist'), optional: true }],
     ]);
     expect((await build(sb, { ...req, extraPaths })).exit).toEqual({ kind: 'exited', code: 0 });
     const out = fx.realPath(req.outputPaths[0]!);
     expect(readFileSync(path.join(out, 'f'), 'utf8')).toBe('shared\n');
-    expect(readFileSync(path.join(out, 'ls'), 'utf8')).toBe('shared\n');
+    expect(readFileSync(path.join(out, 'f1'), 'utf8')).toBe('shared\n');
+    expect(readFileSync(path.join(out, 'ls'), 'utf8')).toBe('one\nshared\n');
     const bad = fx.request('paths-bad', 'true');
     const r = await build(sb, { ...bad, extraPaths: new Map([['/opt/x', { source: path.join(fx.dir, 'nope'), optional: false }]]) });
     expect(r.exit.kind === 'spawn-failed' || (r.exit.kind === 'exited' && r.exit.code !== 0)).toBe(true);
