@@ -78,6 +78,12 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   private readonly drvCache = new Map<StorePath, Promise<DrvView>>();
   private readonly providedDrvs = new Map<StorePath, Promise<DrvView>>();
   private readonly infoCache = new Map<string, { at: number; info: SubstitutablePathInfo | undefined }>();
+  /**
+   * sandboxedBy's answers per store, indexed by the sandbox setting (true 0, false 4, relaxed 8) and the
+   * derivation's `__noChroot` (2) and fixed-output (1) bits: the rest of its input is the store's directories
+   * (a path.resolve of each, per build otherwise). Refusals are not kept (their message names the derivation).
+   */
+  private readonly sandboxedIn = new WeakMap<Store, Array<boolean | undefined>>();
   private linuxSandbox: Promise<LinuxSandboxChoice> | undefined;
   private linuxChoice: LinuxSandboxChoice | undefined;
   private warnedNoSandbox = false;
@@ -301,13 +307,25 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     this.drvCache.set(drvPath, Promise.resolve(view));
   }
 
+  /** sandboxedBy, remembered per store and kind of derivation (see sandboxedIn); throws Nix's refusal. */
+  private sandboxed(store: Store, view: DrvView, mode: SandboxMode): boolean {
+    const kind = (mode === true ? 0 : mode === false ? 4 : 8) | (view.attrs.noChroot ? 2 : 0) | (view.isFixedOutput ? 1 : 0);
+    let known = this.sandboxedIn.get(store);
+    const use = known?.[kind];
+    if (use !== undefined) return use;
+    const now = sandboxedBy(store, view, mode);
+    if (!known) this.sandboxedIn.set(store, (known = []));
+    known[kind] = now;
+    return now;
+  }
+
   /** What pickSandbox gives when the Linux sandbox was probed already and nothing is refused or warned about. */
   private knownSandbox(store: Store, view: DrvView): Sandbox | undefined {
     const mode = this.options.sandbox;
     if (isBuiltinBuilder(view.builder)) return undefined;
     if (typeof mode === 'object') return mode;
     try {
-      return sandboxedBy(store, view, mode) ? this.linuxChoice?.sandbox : this.noSandbox;
+      return this.sandboxed(store, view, mode) ? this.linuxChoice?.sandbox : this.noSandbox;
     } catch {
       return undefined; // refused: pickSandbox says so in the slot
     }
@@ -318,10 +336,10 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const mode = this.options.sandbox;
     if (isBuiltinBuilder(view.builder)) {
       // What the built-in may see is what a builder in this build's sandbox would.
-      return this.builtins.withSandbox(typeof mode === 'object' ? mode.isolated || store.storeDir !== store.realStoreDir : sandboxedBy(store, view, mode));
+      return this.builtins.withSandbox(typeof mode === 'object' ? mode.isolated || store.storeDir !== store.realStoreDir : this.sandboxed(store, view, mode));
     }
     if (typeof mode === 'object') return mode;
-    if (!sandboxedBy(store, view, mode)) return this.noSandbox;
+    if (!this.sandboxed(store, view, mode)) return this.noSandbox;
     // The Linux sandbox is probed when the first build needs it: a call that builds nothing (every output
     // valid) or nothing sandboxed starts no probe. Once found, it gets ready for the builds to come (its
     // helper server, chroots) while this first one sets up.

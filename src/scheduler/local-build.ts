@@ -606,7 +606,7 @@ async function prepareBuildDir(
  */
 async function makeTopBuildDir(w: Worker, view: DrvView, inner: boolean): Promise<AheadBuildDir> {
   const { buildDir } = w.ctx.options;
-  const name = path.join(buildDir, buildDirPrefix(view));
+  const name = buildDirName(buildDir, view);
   countBuildDir(name, 1); // at once, before the directory exists (see BuildPrep)
   try {
     // Build directories a killed process left behind go first.
@@ -636,6 +636,19 @@ function buildDirPrefix(view: DrvView): string {
   return `nix-build-${view.name}.drv`;
 }
 
+/** The build dirs' base as path.join makes it, with a trailing `/` (buildDirName), for the last base asked. */
+let joinedBase: { readonly base: string; readonly joined: string } | undefined;
+
+/**
+ * `path.join(buildDir, buildDirPrefix(view))`: the base is normalised once, the prefix (no `/`, not `.` or
+ * `..`) appended, where path.join would normalise the whole path again, character by character, twice per
+ * build.
+ */
+function buildDirName(buildDir: string, view: DrvView): string {
+  if (joinedBase?.base !== buildDir) joinedBase = { base: buildDir, joined: path.join(buildDir, '_').slice(0, -1) };
+  return joinedBase.joined + buildDirPrefix(view);
+}
+
 /**
  * What a build waiting for its slot makes ahead when it is one of the next in line (the slot gate calls
  * `start`): its output lock files, opened (not locked: the locks are still taken in the slot, as Nix's
@@ -657,7 +670,7 @@ class BuildPrep {
     private readonly view: DrvView,
     private readonly lockTargets: readonly string[],
   ) {
-    this.#name = path.join(w.ctx.options.buildDir, buildDirPrefix(view));
+    this.#name = buildDirName(w.ctx.options.buildDir, view);
   }
 
   start(): void {

@@ -168,11 +168,14 @@ export class TempRoots {
 async function record(rf: RootsFile, fresh: readonly StorePath[]): Promise<void> {
   if (fresh.length === 0) return;
   if (files.get(rf.stateDir) !== rf) throw new StoreError('store-closed', 'temporary roots used after close');
-  const gcLock = path.join(rf.stateDir, 'gc.lock');
-  try {
-    rf.gcLockFd ??= openSync(gcLock, FS.O_RDWR | FS.O_CREAT, 0o600);
-  } catch (e) {
-    throw storeWriteError(e, 'opening the garbage collector lock', gcLock);
+  if (rf.gcLockFd === undefined) {
+    // (Its name made once, not at each batch of roots: a path.join is slow in code not yet optimised.)
+    const gcLock = path.join(rf.stateDir, 'gc.lock');
+    try {
+      rf.gcLockFd = openSync(gcLock, FS.O_RDWR | FS.O_CREAT, 0o600);
+    } catch (e) {
+      throw storeWriteError(e, 'opening the garbage collector lock', gcLock);
+    }
   }
   for (;;) {
     if (tryFlock(rf.gcLockFd, 'shnb')) {
