@@ -131,6 +131,23 @@ function colouredPlain(message: string): string {
   }
   return m[1] + ERROR_PREFIX + inner;
 }
+/**
+ * The hook's error for a build that failed on its machine ("build of '…' on '…' failed: <the machine's
+ * errorMsg>") as Nix's hook logs it and its worker passes it on: a plain message with the red `error:`, the
+ * continuation lines indented, the values coloured (the machine's errorMsg as one value, beginning with the
+ * reset Nix's daemon puts before it, its own values and its `nix log` hint coloured as the machine has them).
+ */
+function hookBuildError(message: string): string | undefined {
+  const m = /^build of '([^'\n]+)' on '([^'\n]+)' failed: (.*)$/s.exec(message);
+  if (!m || message.includes('\x1b[')) return undefined;
+  const inner = colouredAsNix(m[3]!.replace(/\s+$/, '')).replace(
+    /For full logs, run 'nix log ([^'\n]+)'\.$/,
+    `For full logs, run '\x1b[1mnix log $1${ANSI_NORMAL}'.`,
+  );
+  const text = `build of '${VALUE(m[1]!)}' on '${VALUE(m[2]!)}' failed: ${VALUE(ANSI_NORMAL + inner)}`;
+  return ERROR_PREFIX + text.replace(/\n(?!\n|$)/g, '\n' + INDENT);
+}
+
 const WARNING_PREFIX = `${ANSI_WARNING}warning:${ANSI_NORMAL} `;
 const INDENT = ' '.repeat('error: '.length);
 
@@ -270,8 +287,11 @@ export class NixJsonLog {
     if (opts.warnings !== false) {
       on('warning', (e) => {
         if (e.verbosity !== undefined) this.message(e.verbosity, e.message);
-        else if (e.level === 'error') this.error(e.message);
-        else if (e.level === 'info') this.message(LogLevel.Info, e.message);
+        else if (e.level === 'error') {
+          const hook = hookBuildError(e.message);
+          if (hook !== undefined) this.message(LogLevel.Error, hook);
+          else this.error(e.message);
+        } else if (e.level === 'info') this.message(LogLevel.Info, e.message);
         // Another program's own stderr (an ssh-ng:// machine's ssh) is no part of Nix's stream: Nix's ssh
         // writes it to stderr itself, raw (the CLI's JsonDisplay does so).
         else if (e.level === 'raw') return;

@@ -24,7 +24,7 @@ import {
 } from './protocol-common.js';
 import { ServeConnection, type ServeBuildSettings } from './serve-protocol.js';
 import { loadExeca, StdioTransport, type Transport } from './transport.js';
-import { buildLogLine, WorkerConnection, type OnRemoteLog, type RemoteLogEvent, type WorkerOptions } from './worker-protocol.js';
+import { buildLogLine, ResultType, WorkerConnection, type OnRemoteLog, type RemoteLogEvent, type WorkerOptions } from './worker-protocol.js';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { getMaxListeners, setMaxListeners } from 'node:events';
 import { tmpdir } from 'node:os';
@@ -65,8 +65,9 @@ export interface RemoteBuildOptions {
    */
   readonly onStep?: (step: RemoteStep, phase: 'start' | 'end', machine: string) => void;
   /**
-   * What the ssh of an `ssh-ng://` machine that could not be connected to wrote to its stderr, told before
-   * the connection step ends: Nix's ssh writes it to Nix's stderr itself, while Nix still connects.
+   * What the ssh of an `ssh-ng://` machine wrote to its stderr while being connected to (whether that failed
+   * or not), told before the connection step ends: Nix's ssh writes it to Nix's stderr itself, while Nix
+   * still connects. (An `ssh://` machine's stderr is the build's log: `onLog` / `onEvent`.)
    */
   readonly onStderr?: (text: string) => void;
   /**
@@ -232,6 +233,8 @@ interface PooledConnection {
   client: Client;
   /** Where to send stderr lines of the transport (ssh messages, serve build logs). */
   stderrTo: { fn: ((line: string) => void) | undefined };
+  /** The stderr lines of a new connection until its first build takes them (see build). */
+  early: string[] | undefined;
 }
 
 function shellQuote(s: string): string {
@@ -425,7 +428,9 @@ export class MachineBuilder implements RemoteBuilder {
 
   /** Open a new connection (handshake included). */
   private async connect(signal?: AbortSignal): Promise<PooledConnection> {
-    const stderrTo: PooledConnection['stderrTo'] = { fn: undefined };
+    // Kept until the first build takes them: what the machine's ssh (or program) says while connecting.
+    const early: string[] = [];
+    const stderrTo: PooledConnection['stderrTo'] = { fn: (line) => early.push(line) };
     const onStderr = (line: string): void => stderrTo.fn?.(line);
     let transport: Transport;
     let protocol: 'worker' | 'serve';
@@ -446,11 +451,9 @@ export class MachineBuilder implements RemoteBuilder {
     if (protocol === 'worker') {
       client = await WorkerConnection.connect(transport, { ...this.opts.workerOptions, ...common });
     } else {
-      const serve = await ServeConnection.connect(transport, common);
-      stderrTo.fn = (line) => serve.stderrLine(line);
-      client = serve;
+      client = await ServeConnection.connect(transport, common);
     }
-    const pc = { client, stderrTo };
+    const pc = { client, stderrTo, early };
     this.all.add(pc);
     void transport.closed.then(() => {
       this.all.delete(pc);
@@ -492,15 +495,31 @@ export class MachineBuilder implements RemoteBuilder {
       if (this.closed) throw new RemoteConnectionError(`the builder for '${this.name}' was closed`);
       signal?.throwIfAborted();
       const tStart = performance.now();
-      pc = await asStep(opts.onStep, { kind: 'connect' }, () =>
-        this.acquire(signal).catch((e: unknown) => {
+      pc = await asStep(opts.onStep, { kind: 'connect' }, async () => {
+        const c = await this.acquire(signal).catch((e: unknown) => {
           if (e instanceof RemoteConnectionError && e.remoteStderr) opts.onStderr?.(e.remoteStderr);
           throw e;
-        }),
-      );
+        });
+        // An ssh-ng:// machine's ssh writes to Nix's stderr while Nix connects (onStderr); once its hook has
+        // accepted the build, Nix drops such lines of the hook's stderr.
+        if (c.client instanceof WorkerConnection && c.early) {
+          if (c.early.length) opts.onStderr?.(c.early.join('\n'));
+          c.early = undefined;
+          c.stderrTo.fn = undefined;
+        }
+        return c;
+      });
       const tConnected = performance.now();
       // Connected: the machine takes the build (Nix's hook accepts it only once it has connected).
       opts.onStart?.(this.name);
+      // An ssh:// machine's stderr is the build's log (Nix gives its ssh the log's fd): what it said while
+      // connecting comes first, once the build is announced.
+      if (pc.client instanceof ServeConnection) {
+        const logLine = (line: string) => onEvent({ type: 'result', id: 0n, resultType: ResultType.BuildLogLine, fields: [line] });
+        for (const line of pc.early ?? []) logLine(line);
+        pc.early = undefined;
+        pc.stderrTo.fn = logLine;
+      }
       stage = 'copy';
       const inputs = opts.inputPaths ? new Set(opts.inputPaths) : await inputClosure(store, drv);
       const order = await this.uploadInputs(pc.client, store, drvPath, inputs, signal, onEvent, opts);

@@ -3,7 +3,7 @@
  * key authentication, host key pinned by the machines file's base64 column) to real Nix 2.8.
  */
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalStore } from '../../src/store/local-store.js';
@@ -178,4 +178,62 @@ describe.skipIf(!nixOk() || !sshdOk())('remote builds over a real sshd', () => {
         }
       }
   }, 120_000);
+  it("the machine's own stderr and a build that fails there, over ssh:// and ssh-ng://, plain and internal-json: as Nix 2.8's hook shows them", async () => {
+    const file = path.join(fx.dir, 'talk.nix');
+    writeFileSync(
+      file,
+      `{ ok = derivation { name = "talk-ok"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo hi; echo err >&2; echo x > $out" ]; };
+         bad = derivation { name = "talk-bad"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo line one; echo line two >&2; exit 3" ]; }; }`,
+    );
+    const env = { NIX_CONFIG: NIX_CONF, NIX_USER_CONF_FILES: '/dev/null', NIX_SSHOPTS: sshd.sshOptions.join(' ') };
+    let n = 0;
+    for (const scheme of ['ssh', 'ssh-ng'] as const)
+      for (const attr of ['ok', 'bad'])
+        for (const format of ['plain', 'internal-json']) {
+          const at = n++;
+          const root = (side: string) => path.join(fx.dir, `talk-${at}-${side}`);
+          const drv = nix('nix-instantiate', ['--store', root('N'), file, '-A', attr], { env });
+          expect(nix('nix-instantiate', ['--store', root('O'), file, '-A', attr], { env })).toBe(drv);
+          // The machine's program says something on stderr before it serves.
+          const program = path.join(fx.dir, `talk-${at}.sh`);
+          writeFileSync(
+            program,
+            `#!/bin/sh\necho "the machine's own stderr" >&2\nexec ${fx.wrapper(`talk-${at}`, scheme === 'ssh' ? 'nix-store' : 'nix-daemon')} "$@"\n`,
+          );
+          chmodSync(program, 0o755);
+          const uri = (side: string) =>
+            `${scheme}://${sshd.user}@127.0.0.1?remote-store=${encodeURIComponent(root(`remote-${side}`))}&remote-program=${encodeURIComponent(program)}`;
+          const args = (side: string) => [
+            '-j0',
+            '--builders',
+            `${uri(side)} - ${sshd.clientKey} 1 1 - - ${sshd.hostKeyBase64}`,
+            drv,
+            ...(format === 'plain' ? [] : ['--log-format', format]),
+          ];
+          const theirs = runNix('nix-store', ['--store', root('N'), '--realise', ...args('N')], { env });
+          const ours = await realiseInProcess(['build', '--store', root('O'), ...args('O')], env);
+          const what = `${scheme}://, ${attr}, ${format}:\n--- nix-store:\n${theirs.stderr}--- realise:\n${ours.stderr}`;
+          expect(theirs.status, what).toBe(attr === 'ok' ? 0 : 1);
+          expect(ours.status, what).toBe(theirs.status);
+          // Everything but the progress results (their number may differ), ids numbered in order, the machine
+          // named alike; the log lines (BuildLogLine) apart, in their order, as Nix reads its hook's log pipe
+          // when its event loop gets to it (among the hook's steps: a race); in the plain display too.
+          const norm = (stderr: string, side: string) => {
+            const ids = new Map<string, number>();
+            const lines = stderr
+              .split(uri(side))
+              .join('MACHINE')
+              .split('\n')
+              .filter((l) => !/"action":"result",.*"type":10[56]\}$/.test(l) && !l.includes('querying info about missing paths'))
+              .map((l) => l.replace(/"id":(\d+)/, (_, id: string) => `"id":${ids.get(id) ?? ids.set(id, ids.size).get(id)}`));
+            // (An ssh-ng:// machine's own stderr is no log line: it comes before Nix's hook accepts the build.)
+            const isLog = (l: string) =>
+              l.endsWith('"type":101}') || /^(hi|err|line one|line two)$/.test(l) || (scheme === 'ssh' && l === "the machine's own stderr");
+            return { stream: lines.filter((l) => !isLog(l)), logs: lines.filter(isLog) };
+          };
+          const want = norm(theirs.stderr, 'N');
+          expect(theirs.stderr, what).toContain("the machine's own stderr");
+          expect(norm(ours.stderr, 'O'), what).toEqual(want);
+        }
+  }, 180_000);
 });
