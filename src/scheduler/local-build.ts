@@ -375,14 +375,7 @@ function inBuildSlot<R>(
     slotGate(w.ctx.buildQueue).request(
       goal.drvPath,
       (giveBack) => {
-        let freed = false;
-        const free = (): void => {
-          if (freed) return;
-          freed = true;
-          activity?.resume();
-          // The gate hands the slot on in a microtask, once the code that freed it has gone on.
-          queueMicrotask(giveBack);
-        };
+        const free = slotFreer(activity, giveBack);
         let p: Promise<R>;
         try {
           p = fn(free);
@@ -406,6 +399,23 @@ function inBuildSlot<R>(
       prepare,
     );
   });
+}
+
+/**
+ * The function that frees a build's slot, once whatever calls it. Made here rather than as a named closure
+ * in inBuildSlot: the CLI's bundle keeps function names (esbuild's keepNames), which costs a defineProperty
+ * for each closure bound to a name when it is made, and the engine's per-build code runs cold in a CLI
+ * run. (Arrow functions passed as arguments or returned, and methods, keep their names without one.)
+ */
+function slotFreer(activity: DerivationGoal['activity'], giveBack: () => void): () => void {
+  let freed = false;
+  return () => {
+    if (freed) return;
+    freed = true;
+    activity?.resume();
+    // The gate hands the slot on in a microtask, once the code that freed it has gone on.
+    queueMicrotask(giveBack);
+  };
 }
 
 /**
@@ -760,20 +770,26 @@ class LocalRound {
     readonly outs: ScratchOutputs,
     readonly dir: BuildDir,
   ) {
-    this.log = new LogCollector({
+    // (Methods, not arrow functions: see slotFreer.)
+    const log: LogCollector = new LogCollector({
       logLines: w.ctx.options.logLines,
-      onLine: (line, bytes) => w.ctx.emit('build-log', { drvPath: view.drvPath, line, bytes }),
+      onLine(line, bytes) {
+        w.ctx.emit('build-log', { drvPath: view.drvPath, line, bytes });
+      },
       // A builder's messages and activities are passed on, as Nix does (a built-in's messages come as
       // warning events of their own; its download's activity as a builder's, as Nix's forked built-in sends it).
-      onStructured: (json: string) => {
+      onStructured(json: string) {
         const error = forwardBuilderMessage(w, view.drvPath, json, view.builder.startsWith('builtin:'));
         if (!error) return;
         // As Nix, whose logger throws it out of the build: the call ends with it, nothing more is read.
-        this.log.stop();
+        log.stop();
         w.endCallWith(error);
       },
-      onBadStructured: (message) => w.ctx.emit('warning', { message, level: 'plain', verbosity: 0 }),
+      onBadStructured(message) {
+        w.ctx.emit('warning', { message, level: 'plain', verbosity: 0 });
+      },
     });
+    this.log = log;
     this.running = w.ctx.progress.running('builds');
   }
 
@@ -826,15 +842,23 @@ class LocalRound {
    */
   writeEnvironment(): EnvStep | Promise<EnvStep> {
     const { w, view, plan } = this;
-    // A malformed attribute Nix throws out of the build as a plain Error: it ends the call.
-    const ended = (e: unknown): EndedRound => ({ kind: 'ended', result: w.endCall(asSetupError(e), view.drvPath) });
     let asked: ReturnType<typeof exportReferencesGraph>;
     try {
       asked = exportReferencesGraph(w, view, plan.inputPaths);
     } catch (e) {
-      return ended(e);
+      return this.endedBy(e);
     }
-    return asked instanceof Promise ? asked.then((erg) => this.environmentWith(erg), ended) : this.environmentWith(asked);
+    return asked instanceof Promise
+      ? asked.then(
+          (erg) => this.environmentWith(erg),
+          (e: unknown) => this.endedBy(e),
+        )
+      : this.environmentWith(asked);
+  }
+
+  /** A malformed attribute Nix throws out of the build as a plain Error: it ends the call. */
+  private endedBy(e: unknown): EndedRound {
+    return { kind: 'ended', result: this.w.endCall(asSetupError(e), this.view.drvPath) };
   }
 
   private environmentWith(erg: Awaited<ReturnType<typeof exportReferencesGraph>>): EnvStep | Promise<EnvStep> {
@@ -877,10 +901,11 @@ class LocalRound {
     const limits = RunLimits.needed(options)
       ? new RunLimits(options, `building of '${view.drvPath}!${plan.wanted ? [...plan.wanted].sort().join(',') : '*'}' from .drv file`)
       : undefined;
-    const onStop = () => limits?.controller.abort();
+    const onStop = limits ? () => limits.controller.abort() : undefined;
     // A stop that came in while the build was being set up stops it before its builder starts.
-    if (limits && w.signal.aborted) onStop();
-    else if (limits) w.signal.addEventListener('abort', onStop, { once: true });
+    if (onStop && w.signal.aborted) onStop();
+    else if (onStop) w.signal.addEventListener('abort', onStop, { once: true });
+    const round = this; // (for the methods below, not arrow functions: see slotFreer)
     let exit: SandboxExit | undefined;
     try {
       exit = await this.sandbox.run(
@@ -902,21 +927,23 @@ class LocalRound {
         },
         {
           signal: limits ? limits.controller.signal : w.signal,
-          onSetUp: () => this.announce(),
+          onSetUp() {
+            round.announce();
+          },
           // Nix prints an error its clean-up ignored at once, as "error (ignored): error: …".
-          onIgnoredError: (message) => w.warn(`error (ignored): ${message}`, 'plain'),
-          onOutput: (chunk) => {
-            this.announce();
-            if (limits) limits.onOutput(this.log, chunk);
-            else this.log.push(chunk);
+          onIgnoredError(message) {
+            w.warn(`error (ignored): ${message}`, 'plain');
+          },
+          onOutput(chunk) {
+            round.announce();
+            if (limits) limits.onOutput(round.log, chunk);
+            else round.log.push(chunk);
           },
         },
       );
     } finally {
-      if (limits) {
-        limits.clear();
-        w.signal.removeEventListener('abort', onStop);
-      }
+      if (limits) limits.clear();
+      if (onStop) w.signal.removeEventListener('abort', onStop);
     }
     return this.afterExit(exit, limits?.hit, releaseSlot);
   }

@@ -264,6 +264,8 @@ function canonicaliseSysError(e: NodeJS.ErrnoException, real: string, shown: str
 
 /** Order: outputs sorted topologically by their references to each other; a cycle ends the call. */
 function orderOutputs(drvPath: StorePath, scanned: ReadonlyMap<string, Scanned>): string[] | Rejected {
+  // One output (the usual case): its references to itself do not count, so it is its own order.
+  if (scanned.size === 1) return [...scanned.keys()];
   const byScratch = new Map<StorePath, string>();
   for (const s of scanned.values()) byScratch.set(s.scratch, s.name);
   const order: string[] = [];

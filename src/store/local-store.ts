@@ -233,7 +233,9 @@ export function checkBatchClosure(infos: readonly PathInfo[], validOf: (paths: S
       );
     }
   }
-  // Topological order (references first); a cycle is an error.
+  // Topological order (references first); a cycle is an error. One path (a build's one output, the usual
+  // case) is its own order: its references to itself do not count.
+  if (batch.size === 1) return [...batch.values()];
   const order: PathInfo[] = [];
   const state = new Map<StorePath, 1 | 2>();
   const visit = (p: StorePath, parent: StorePath | undefined) => {

@@ -466,14 +466,10 @@ export async function tryLockFiles(
   const held: Array<{ lockPath: string; fd: number }> = [];
   const handle = new HeldLocks(opts.paths ?? sorted, held);
   const opened = (await opts.opened?.take()) ?? new Map<string, number>();
-  const giveUp = () => {
-    handle.setDeletion(false);
-    handle.releaseSync();
-  };
   try {
     for (const lockPath of lockPaths) {
       if (!tryTakeSlot(lockPath)) {
-        giveUp();
+        giveUp(handle);
         return undefined;
       }
       let fd: number | undefined;
@@ -481,12 +477,12 @@ export async function tryLockFiles(
         fd = await tryLockOpened(lockPath, opened);
       } catch (e) {
         giveSlot(lockPath);
-        giveUp();
+        giveUp(handle);
         throw e;
       }
       if (fd === undefined) {
         giveSlot(lockPath);
-        giveUp();
+        giveUp(handle);
         return undefined;
       }
       held.push({ lockPath, fd });
@@ -495,6 +491,16 @@ export async function tryLockFiles(
   } finally {
     discardOpened(opened);
   }
+}
+
+/**
+ * Let go of the locks a tryLockFiles took before one it could not take, keeping their files. (A function of
+ * the module, not a closure made per call: the CLI's bundle keeps function names, and names each closure
+ * bound to a name when it is made, a defineProperty per build.)
+ */
+function giveUp(handle: HeldLocks): void {
+  handle.setDeletion(false);
+  handle.releaseSync();
 }
 
 /** tryLockFileAsync, with the file opened ahead when it was. */
