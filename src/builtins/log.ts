@@ -7,36 +7,9 @@
 
 import { strerror, systemErrorMessage } from '../store/system-error.js';
 
-const ANSI_NORMAL = '\x1b[0m';
-const ANSI_RED = '\x1b[31;1m';
-/** Nix's ANSI_WARNING, the colour of values formatted into messages (`yellowtxt`). */
-const ANSI_WARNING = '\x1b[35;1m';
+import { ANSI_NORMAL, ANSI_RED, ANSI_WARNING, hintfmt, plainMessage, type NixMessage } from '../store/nix-message.js';
 
-/** A message as Nix's `hintfmt` makes it: the plain text, and the text with its values coloured. */
-export interface NixMessage {
-  readonly plain: string;
-  readonly coloured: string;
-}
-
-/**
- * Nix's `hintfmt(format, args…)`: `%1%`, `%2%`, … (or `%s` in order) replaced by the arguments, which are
- * coloured in the coloured text. A message without arguments is used as is.
- */
-export function hintfmt(format: string, ...args: readonly (string | number)[]): NixMessage {
-  const fill = (colour: boolean) => {
-    let next = 0;
-    return format.replace(/%(\d+)%|%s|%d/g, (_m, n: string | undefined) => {
-      const v = String(args[n !== undefined ? Number(n) - 1 : next++]);
-      return colour ? `${ANSI_WARNING}${v}${ANSI_NORMAL}` : v;
-    });
-  };
-  return { plain: fill(false), coloured: fill(true) };
-}
-
-/** A message that is already formatted (nothing in it is coloured, as Nix's `hintfmt(string)`). */
-export function plainMessage(s: string): NixMessage {
-  return { plain: s, coloured: s };
-}
+export { hintfmt, plainMessage, type NixMessage };
 
 /**
  * Nix's `SysError(format, args…)` for a failed system call `e`: the message, then glibc's wording of the

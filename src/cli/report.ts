@@ -97,7 +97,9 @@ export function formatWarning(message: string): string {
 export function failureLines(r: TargetResult | { path: string; result: BuildResult }, showTail: boolean): { message: string; note?: string } {
   const d = r.result.failure;
   if (!d) return { message: r.result.errorMsg ?? `build of '${r.path}' failed` };
-  const message = showTail ? withLogTail(d.message, d.logTail) : d.message;
+  // In Nix's colours where they are known (a display off a terminal filters them, as Nix's logger does).
+  const shown = d.colouredMessage ?? d.message;
+  const message = showTail ? withLogTail(shown, d.logTail) : shown;
   return d.keptBuildDir === undefined ? { message } : { message, note: keptBuildDirNote(d.keptBuildDir) };
 }
 

@@ -135,7 +135,7 @@ async function mainInner(argv: string[]): Promise<number> {
       // Nix's error trace: shown with --show-trace (after an empty line, as "… WHERE"), else pointed at.
       if (e.trace) writeStderr(showTrace ? `\n       \u2026 ${e.trace}\n` : "(use '--show-trace' to show detailed location information)\n");
     } else if (e instanceof BuilderLogMessageError && e.libraryError) writeStderrException(e.message);
-    else if (e instanceof RealiseError) writeStderr(formatError(e.shortMessage));
+    else if (e instanceof RealiseError) writeStderr(formatError(e.colouredMessage));
     else if (e instanceof CliError) writeStderr(formatError(e.message));
     else {
       // A failed system call is the user's to fix (a missing file, a permission): Nix's words, no trace.

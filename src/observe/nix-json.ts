@@ -6,6 +6,8 @@
  */
 import type { BuildEngine } from '../scheduler/build-engine.js';
 import type { BuildEngineEvents, Progress } from '../scheduler/events.js';
+import { colouredErrorMessageOf } from '../scheduler/results.js';
+import { ANSI_NORMAL, ANSI_WARNING, colouredValue, ERROR_PREFIX } from '../store/nix-message.js';
 
 /** Listen to an engine's event (and stop listening on close). */
 type On = <E extends keyof BuildEngineEvents>(event: E, fn: BuildEngineEvents[E]) => void;
@@ -69,18 +71,13 @@ export function buildActivityText(e: { drvPath: string; round: number; rounds: n
   return msg;
 }
 
-// Nix's ANSI colours, as builtins/log.ts has them (this layer reads only the scheduler's types, so they are
-// repeated here, once): ANSI_WARNING is hintfmt's colour of values (yellowtxt) and of `warning:`.
-const ANSI_NORMAL = '\x1b[0m';
-const ANSI_RED = '\x1b[31;1m';
-const ANSI_WARNING = '\x1b[35;1m';
-const ERROR_PREFIX = `${ANSI_RED}error:${ANSI_NORMAL} `;
 /** Nix's colour of the values formatted into a message (hintfmt's yellowtxt). */
-const VALUE = (v: string): string => `${ANSI_WARNING}${v}${ANSI_NORMAL}`;
+const VALUE = colouredValue;
 
 /**
- * The first lines of Nix's frequent build errors, with the parts Nix's hintfmt colours as values (a
- * message text carries no colour of its own, so the values are found again by the message's form).
+ * The first lines of Nix's frequent build errors, with the parts Nix's hintfmt colours as values, for a
+ * remote machine's errorMsg, which is another Nix's text and comes without its colours (so they are found
+ * again by the message's form). Messages made here carry their coloured form from where they are made.
  */
 const COLOURED_FORMS: Array<[RegExp, (...values: string[]) => string]> = [
   [/^builder for '([^'\n]+)' failed with exit code (\d+)/, (d, c) => `builder for '${VALUE(d)}' failed with exit code ${c}`],
@@ -108,29 +105,6 @@ function colouredAsNix(message: string): string {
   return message;
 }
 
-/** The connection errors of a remote machine, with the values Nix's hintfmt colours. */
-const MACHINE_ERROR_FORMS: Array<[RegExp, (...values: string[]) => string]> = [
-  [
-    /^cannot open connection to remote store '([^'\n]+)': error: (.*)$/s,
-    (u, r) => `cannot open connection to remote store '${VALUE(u)}': ${VALUE(ERROR_PREFIX + r)}`,
-  ],
-  [/^cannot connect to '([^'\n]+)'/, (h) => `cannot connect to '${VALUE(h)}'`],
-];
-
-/**
- * A plain message as Nix's colours have it: the hook's "cannot build on 'MACHINE': " line, whose error Nix
- * prints with its red `error:` and its coloured values.
- */
-function colouredPlain(message: string): string {
-  const m = /^(cannot build on '[^'\n]+': )error: /.exec(message);
-  if (!m || message.includes('\x1b[')) return message;
-  const inner = message.slice(m[0].length);
-  for (const [form, colour] of MACHINE_ERROR_FORMS) {
-    const f = form.exec(inner);
-    if (f) return m[1] + ERROR_PREFIX + colour(...f.slice(1)) + inner.slice(f[0].length);
-  }
-  return m[1] + ERROR_PREFIX + inner;
-}
 /**
  * The hook's error for a build that failed on its machine ("build of '…' on '…' failed: <the machine's
  * errorMsg>") as Nix's hook logs it and its worker passes it on: a plain message with the red `error:`, the
@@ -269,7 +243,7 @@ export class NixJsonLog {
       this.ensureTop();
       if (this.waits.has(e.drvPath)) return;
       const paths = e.lockedPaths.map((p) => `'${p}'`).join(', ');
-      this.waits.set(e.drvPath, this.start(ActivityType.BuildWaiting, LogLevel.Warn, `waiting for lock on ${VALUE(paths)}`, undefined));
+      this.waits.set(e.drvPath, this.start(ActivityType.BuildWaiting, LogLevel.Warn, `waiting for lock on ${colouredValue(paths)}`, undefined));
     });
     on('build-lock-acquired', (e) => this.stopKeyed(this.waits, e.drvPath));
     this.onSubstitutions(on);
@@ -295,7 +269,7 @@ export class NixJsonLog {
         // Another program's own stderr (an ssh-ng:// machine's ssh) is no part of Nix's stream: Nix's ssh
         // writes it to stderr itself, raw (the CLI's JsonDisplay does so).
         else if (e.level === 'raw') return;
-        else if (e.level === 'plain') this.message(LogLevel.Error, colouredPlain(e.message));
+        else if (e.level === 'plain') this.message(LogLevel.Error, e.message);
         else this.warn(e.message);
       });
     }
@@ -327,7 +301,7 @@ export class NixJsonLog {
         this.updateProgress();
       }
       if (opts.errors !== false && e.kind === 'derivation' && e.result.errorMsg && e.result.status !== 'stopped' && e.result.status !== 'built') {
-        this.error(e.result.errorMsg);
+        this.error(e.result.failure ? colouredErrorMessageOf(e.result.failure) : e.result.errorMsg);
       }
     });
   }
@@ -535,9 +509,12 @@ export class NixJsonLog {
     this.emit({ action: 'msg', level, msg });
   }
 
-  /** An error as Nix's logError writes it: `msg` with the coloured prefix, `raw_msg` the message alone. */
+  /**
+   * An error as Nix's logError writes it: `msg` with the coloured prefix, `raw_msg` the message alone (its
+   * values in Nix's colours where the message has them: RealiseError.colouredMessage, FailureDetails').
+   */
   error(message: string): void {
-    const raw = colouredAsNix(message.replace(/\s+$/, ''));
+    const raw = message.replace(/\s+$/, '');
     this.emit({
       action: 'msg',
       column: null,

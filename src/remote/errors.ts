@@ -3,6 +3,7 @@
  * its name (the store URI from the machines file) in `machine`.
  */
 import { RealiseError } from '../store/errors.js';
+import type { NixMessage } from '../store/nix-message.js';
 
 type Opts = { cause?: unknown; hint?: string };
 
@@ -20,7 +21,7 @@ export class RemoteConnectionError extends RealiseError {
    * message does not say it: Nix lets that ssh write to its own stderr, before its error. Empty otherwise.
    */
   readonly remoteStderr: string;
-  constructor(message: string, options: Opts & { remoteStderr?: string } = {}) {
+  constructor(message: string | NixMessage, options: Opts & { remoteStderr?: string } = {}) {
     super('remote-connection-lost', message, options);
     this.remoteStderr = options.remoteStderr ?? '';
   }

@@ -18,6 +18,7 @@ import {
   type SshStoreHost,
 } from './protocol-common.js';
 import type { Transport } from './transport.js';
+import { hintfmt, plainMessage } from '../store/nix-message.js';
 import { ResultType, type OnRemoteLog, type PathToAdd } from './worker-protocol.js';
 
 export const SERVE_MAGIC_1 = 0x390c9deb;
@@ -104,7 +105,7 @@ export class ServeConnection extends ProtocolConnection {
   protected override sshConnectFailure(e: RemoteConnectionError, ssh: SshStoreHost, tail: string, hint: string): RemoteConnectionError {
     // Without the line end ssh wrote (its `\r\n`), as Nix chomps what it read.
     const said = tail.replace(/[ \t\n\r]+$/, '');
-    return new RemoteConnectionError(`cannot connect to '${ssh.host}'${said ? `: ${said}` : ''}`, { cause: e, hint });
+    return new RemoteConnectionError(hintfmt("cannot connect to '%s'%s", ssh.host, plainMessage(said ? `: ${said}` : '')), { cause: e, hint });
   }
 
   /** Feed one stderr line of the remote (build output during BuildDerivation). */

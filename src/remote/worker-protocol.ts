@@ -25,6 +25,7 @@ import {
 } from './protocol-common.js';
 import type { Transport } from './transport.js';
 import { encodeU64, WireEncoder, type WireReader } from './wire.js';
+import { colouredValue, ERROR_PREFIX, hintfmt } from '../store/nix-message.js';
 
 export const WORKER_MAGIC_1 = 0x6e697863;
 export const WORKER_MAGIC_2 = 0x6478696f;
@@ -182,7 +183,13 @@ export class WorkerConnection extends ProtocolConnection {
    * (Nix's ssh writes there itself; here it is the error's `remoteStderr`).
    */
   protected override sshConnectFailure(e: RemoteConnectionError, ssh: SshStoreHost, tail: string, hint: string): RemoteConnectionError {
-    return new RemoteConnectionError(`cannot open connection to remote store '${ssh.scheme}://${ssh.host}': error: unexpected end-of-file`, {
+    // Nix formats its inner error (`error: …` as it shows one) into the message as a value.
+    const inner = 'unexpected end-of-file';
+    const message = hintfmt("cannot open connection to remote store '%s': %s", `${ssh.scheme}://${ssh.host}`, {
+      plain: `error: ${inner}`,
+      coloured: colouredValue(ERROR_PREFIX + inner),
+    });
+    return new RemoteConnectionError(message, {
       cause: e,
       hint,
       remoteStderr: tail,

@@ -11,7 +11,8 @@
  */
 import type { StorePath } from '../store/store-path.js';
 import { haveDerivation, inputsRealised, type Waitees } from './derivation-steps.js';
-import { failure, isSuccess, stoppedResult, type BuildResult } from './results.js';
+import { failure, isSuccess, messageParts, stoppedResult, type BuildResult } from './results.js';
+import { hintfmt } from '../store/nix-message.js';
 import type { GoalActivity } from './slot-gate.js';
 import type { BuildMode, Worker } from './worker.js';
 
@@ -180,7 +181,7 @@ export class DerivationGoal {
     // A failure that ended the call (as Nix's Error thrown out of its worker), or a target's failure
     // (Nix's worker stops before the dependents it woke run), leaves its dependents stopped.
     if (this.inputsFailed > 0 && !this.worker.endedByError && !this.worker.stoppedByTarget)
-      this.finish(failure('dependency-failed', `${this.inputsFailed} dependencies of derivation '${this.drvPath}' failed to build`));
+      this.finish(failure('dependency-failed', messageParts(hintfmt("%s dependencies of derivation '%s' failed to build", this.inputsFailed, this.drvPath))));
     else if (this.inputsStopped > 0 || this.inputsFailed > 0) this.finish(stoppedResult(`build of '${this.drvPath}'`));
     else this.run(wanted, inputsRealised(this, wanted, waitees));
   }

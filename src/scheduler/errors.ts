@@ -1,4 +1,5 @@
 import { RealiseError } from '../store/errors.js';
+import type { NixMessage } from '../store/nix-message.js';
 import type { BuildResult, TargetResult } from './results.js';
 import { exitStatusOf, keptBuildDirNote } from './results.js';
 
@@ -80,8 +81,8 @@ export class BuilderLogMessageError extends RealiseError {
    */
   readonly libraryError: boolean;
 
-  constructor(message: string) {
+  constructor(message: string | NixMessage) {
     super('builder-log-message', message);
-    this.libraryError = message.startsWith('[json.exception.');
+    this.libraryError = this.shortMessage.startsWith('[json.exception.');
   }
 }

@@ -36,12 +36,13 @@ import { roundsToTryToBuild, slotGate } from './slot-gate.js';
 import { registerOutputs, type RoundOutputs } from './register-outputs.js';
 import { knownOutputs } from './realisations.js';
 import { isRejected } from './rejected.js';
-import { failure, success, type BuildResult, type BuildStatus, type FailureDetails } from './results.js';
+import { failure, messageParts, success, type BuildResult, type BuildStatus, type FailureDetails } from './results.js';
 import type { BuildMode, Worker } from './worker.js';
 import type { DerivationGoal } from './derivation-goal.js';
 import type { RunningCount } from './events.js';
 import type { ResolvedOptions } from './options.js';
 import { processUmask } from '../store/umask.js';
+import { hintfmt, plainMessage, type NixMessage } from '../store/nix-message.js';
 
 export interface LocalBuildPlan {
   readonly mode: BuildMode;
@@ -439,7 +440,7 @@ interface ScratchOutputs {
 interface BuilderRun {
   readonly exit: SandboxExit;
   /** The limit (time, silence, log size) that killed the builder. */
-  readonly limit: { status: BuildStatus; message: string } | undefined;
+  readonly limit: { status: BuildStatus; message: NixMessage } | undefined;
   /** The sandbox could not be set up: Nix's reason, thrown out of the build. */
   readonly setupError: string | undefined;
   /** This build failed and stopped the call itself: its failure is reported, not taken for a stop. */
@@ -866,7 +867,7 @@ class LocalRound {
     const { store, options } = w.ctx;
     if (isRejected(erg)) {
       w.noteFailure(view.drvPath);
-      return this.fail(erg.status, { message: erg.message });
+      return this.fail(erg.status, { message: erg.message, colouredMessage: erg.colouredMessage });
     }
     const { env, files } = makeBuildEnv({
       drvEnv: view.env,
@@ -1018,7 +1019,7 @@ class LocalRound {
       });
       return { kind: 'ended', result: w.endCall(error, view.drvPath) };
     }
-    if (run.limit) return this.fail(run.limit.status, { message: run.limit.message });
+    if (run.limit) return this.fail(run.limit.status, messageParts(run.limit.message));
     if (exit.kind === 'exited' && exit.code === 0) return undefined;
     // Nix moves a failed sandboxed build's outputs out of the chroot to their logical path, with or
     // without keepFailed: in a plain store they stay there (invalid); a chroot store never gets them.
@@ -1027,11 +1028,11 @@ class LocalRound {
       : store.storeDir === store.realStoreDir && plan.mode === 'normal'
         ? new Set([...view.outputs.values()].map(knownPath).filter((p): p is StorePath => !!p))
         : new Set<StorePath>();
-    const message = `builder for '${view.drvPath}' ${statusText(exit)}`;
+    const message = hintfmt("builder for '%s' %s", view.drvPath, plainMessage(statusText(exit)));
     // As Nix: a failed fixed-output build (not a sandboxed kind of derivation) is a transient failure.
     return this.fail(
       view.isFixedOutput ? 'transient-failure' : 'permanent-failure',
-      { message, logTail: { drvPath: view.drvPath, lines: this.log.tail() } },
+      { ...messageParts(message), logTail: { drvPath: view.drvPath, lines: this.log.tail() } },
       {},
       keep,
     );
@@ -1062,7 +1063,7 @@ class LocalRound {
       if (reg.endsCall) w.stop('failure', drvPath, true);
       return this.fail(
         reg.status,
-        { message: reg.message, ...(reg.endsCall ? { endedCall: true } : {}) },
+        { message: reg.message, colouredMessage: reg.colouredMessage, ...(reg.endsCall ? { endedCall: true } : {}) },
         { hashMismatch: reg.hashMismatch ?? false, checkMismatch: reg.checkMismatch ?? false, isNonDeterministic: reg.status === 'not-deterministic' },
         reg.outputsStay ? new Set(this.outs.scratch.values()) : undefined,
       );
@@ -1085,7 +1086,7 @@ class LocalRound {
  */
 class RunLimits {
   readonly controller = new AbortController();
-  hit: { status: BuildStatus; message: string } | undefined;
+  hit: { status: BuildStatus; message: NixMessage } | undefined;
   private silenceTimer: NodeJS.Timeout | undefined;
   private readonly totalTimer: NodeJS.Timeout | undefined;
 
@@ -1100,11 +1101,11 @@ class RunLimits {
   ) {
     this.armSilence();
     this.totalTimer = options.buildTimeout
-      ? setTimeout(() => this.kill('timed-out', `${name} timed out after ${options.buildTimeout} seconds`), Math.max(0, options.buildTimeout * 1000))
+      ? setTimeout(() => this.kill('timed-out', hintfmt('%s timed out after %s seconds', name, options.buildTimeout)), Math.max(0, options.buildTimeout * 1000))
       : undefined;
   }
 
-  private kill(status: BuildStatus, message: string): void {
+  private kill(status: BuildStatus, message: NixMessage): void {
     this.hit ??= { status, message };
     this.controller.abort();
   }
@@ -1114,7 +1115,7 @@ class RunLimits {
     if (!maxSilentTime) return;
     if (this.silenceTimer) clearTimeout(this.silenceTimer);
     this.silenceTimer = setTimeout(
-      () => this.kill('timed-out', `${this.name} timed out after ${maxSilentTime} seconds of silence`),
+      () => this.kill('timed-out', hintfmt('%s timed out after %s seconds of silence', this.name, maxSilentTime)),
       Math.max(0, maxSilentTime * 1000),
     );
   }
@@ -1131,7 +1132,7 @@ class RunLimits {
       const room = maxLogSize - log.size;
       const fits = room > 0 ? chunk.lastIndexOf(10, room - 1) : -1;
       if (fits >= 0) log.push(chunk.subarray(0, fits + 1));
-      this.kill('log-limit-exceeded', `${this.name} killed after writing more than ${maxLogSize} bytes of log output`);
+      this.kill('log-limit-exceeded', plainMessage(`${this.name} killed after writing more than ${maxLogSize} bytes of log output`));
       return;
     }
     log.push(chunk);

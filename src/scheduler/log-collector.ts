@@ -1,5 +1,6 @@
 import { BuilderLogMessageError } from './errors.js';
 import { jsonSyntaxError } from './json-syntax.js';
+import { hintfmt } from '../store/nix-message.js';
 
 /**
  * Collects a builder's output: the whole log (for the store's log dir), complete lines as events, and the
@@ -215,7 +216,7 @@ function logFields(v: unknown): (string | number)[] {
     if (typeof f === 'string' || (Number.isInteger(f) && (f as number) >= 0)) continue;
     // nlohmann/json's value_t: null 0, object 1, array 2, string 3, boolean 4, integer 5, unsigned 6, float 7.
     const t = f === null ? 0 : Array.isArray(f) ? 2 : typeof f === 'object' ? 1 : typeof f === 'boolean' ? 4 : Number.isInteger(f) ? 5 : 7;
-    throw new BuilderLogMessageError(`unsupported JSON type ${t}`);
+    throw new BuilderLogMessageError(hintfmt('unsupported JSON type %s', t));
   }
   return items as (string | number)[];
 }

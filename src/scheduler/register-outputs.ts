@@ -26,6 +26,7 @@ import { isRejected, rejected, type Rejected } from './rejected.js';
 import { registerBuiltRealisations, registersRealisations } from './realisations.js';
 import type { BuildMode, Worker } from './worker.js';
 import { signPathInfo } from '../substituter/narinfo.js';
+import { hintfmt } from '../store/nix-message.js';
 
 export interface RoundOutputs {
   /** Output name → final path. */
@@ -190,7 +191,7 @@ async function scanOutputsAsync(
     const shown = shownPath(store, view, plan, scratch);
     let st = from && i === from.index ? from.st : lstatSync(real, { throwIfNoEntry: false });
     if (!st) {
-      return rejected('misc-failure', `builder for '${view.drvPath}' failed to produce output path for output '${name}' at '${shown}'`);
+      return rejected('misc-failure', hintfmt("builder for '%s' failed to produce output path for output '%s' at '%s'", view.drvPath, name, shown));
     }
     if (!st.isSymbolicLink() && (st.mode & 0o022) !== 0) {
       return rejected('output-rejected', `suspicious ownership or permission on '${shown}' for output '${name}'; rejecting this build output`);
@@ -424,7 +425,7 @@ class Finalised {
     if (spec.type === 'fixed' && !spec.hash.equals(got)) {
       this.delayed = rejected(
         'output-rejected',
-        `hash mismatch in fixed-output derivation '${view.drvPath}':\n  specified: ${spec.hash.sri}\n     got:    ${got.sri}`,
+        hintfmt("hash mismatch in fixed-output derivation '%s':\n  specified: %s\n     got:    %s", view.drvPath, spec.hash.sri, got.sri),
         { hashMismatch: true },
       );
     }

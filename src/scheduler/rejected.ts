@@ -4,11 +4,14 @@
  * result in one place (local-build.ts, `LocalRound.fail`).
  */
 import type { BuildStatus } from './results.js';
+import type { NixMessage } from '../store/nix-message.js';
 
 export interface Rejected {
   readonly kind: 'rejected';
   readonly status: BuildStatus;
   readonly message: string;
+  /** `message` with its values in Nix's colours (FailureDetails.colouredMessage), where Nix colours some. */
+  readonly colouredMessage?: string;
   /** A fixed output whose content does not have the declared hash (exit status bit 2). */
   readonly hashMismatch?: boolean;
   /** A check build whose outputs differ from the registered ones (exit status bit 8). */
@@ -27,10 +30,11 @@ export interface Rejected {
 
 export function rejected(
   status: BuildStatus,
-  message: string,
+  message: string | NixMessage,
   flags: Pick<Rejected, 'hashMismatch' | 'checkMismatch' | 'endsCall' | 'outputsStay'> = {},
 ): Rejected {
-  return { kind: 'rejected', status, message, ...flags };
+  if (typeof message === 'string') return { kind: 'rejected', status, message, ...flags };
+  return { kind: 'rejected', status, message: message.plain, colouredMessage: message.coloured, ...flags };
 }
 
 export function isRejected(x: unknown): x is Rejected {

@@ -8,9 +8,10 @@ import { buildOnRemote, machineStoreName, type RemoteBuildOptions, type RemoteBu
 import { RemoteConnectionError, type RemoteBuildError } from '../remote/errors.js';
 import { noMachineReport, type MachineRequest } from '../remote/machines.js';
 import { canBuildHere, preferLocalBuild, requiredSystemFeatures, type DrvView } from './drv-view.js';
-import { failure, isSuccess, success, type BuildResult } from './results.js';
+import { failure, isSuccess, messageParts, success, type BuildResult } from './results.js';
 import { postBuildHook } from './local-build.js';
-import { shortMessageOf } from '../store/errors.js';
+import { colouredMessageOf, shortMessageOf } from '../store/errors.js';
+import { colouredValue, ERROR_PREFIX, hintfmt, plainMessage } from '../store/nix-message.js';
 import type { Worker } from './worker.js';
 import { slotGate } from './slot-gate.js';
 
@@ -104,16 +105,13 @@ function remoteBuildResult(r: RemoteBuildResult, drvPath: StorePath, started: nu
   // As Nix 2.8's hook: any failure there (a builder's exit status, a timeout) is the hook's own exit status 1
   // here, a misc-failure (exit status 1) worded as a builder's that exited with 1; the hook's own message
   // (with the remote's errorMsg, and so its log tail, in full) comes before it (remoteFailureMessage).
-  return failure('misc-failure', { message: `builder for '${drvPath}' failed with exit code 1` }, times);
+  return failure('misc-failure', messageParts(hintfmt("builder for '%s' %s", drvPath, plainMessage('failed with exit code 1'))), times);
 }
 
 /** What Nix 2.8's hook prints when the build failed there: the machine and the remote's errorMsg. */
 function remoteFailureMessage(r: RemoteBuildResult, drvPath: StorePath): string {
   return `build of '${drvPath}' on '${r.machine}' failed: ${r.errorMsg || r.status}`;
 }
-
-/** A value formatted into a message, in Nix's hintfmt colour (yellowtxt). */
-const hintValue = (v: string): string => `\x1b[35;1m${v}\x1b[0m`;
 
 const isRemoteSuccess = (r: RemoteBuildResult) => r.status === 'built' || r.status === 'substituted' || r.status === 'already-valid';
 
@@ -162,7 +160,7 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
         const report = noMachineReport(
           options.builders.map((b) => b.machine),
           hookRequest(view),
-          hintValue,
+          colouredValue,
         );
         w.ctx.emit('warning', { message: report, level: 'plain', verbosity: 1 });
       }
@@ -206,5 +204,6 @@ function hookRequest(view: DrvView): MachineRequest {
  */
 function reportFailedMachine(w: Worker, e: RemoteBuildError): void {
   const cause = e.cause ?? e;
-  w.warn(`cannot build on '${e.machine}': error: ${shortMessageOf(cause)}`, 'plain');
+  // In Nix's colours (a display off a terminal filters them, as Nix's): its error's prefix and values.
+  w.warn(`cannot build on '${e.machine}': ${ERROR_PREFIX}${colouredMessageOf(cause)}`, 'plain');
 }

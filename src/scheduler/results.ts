@@ -3,6 +3,7 @@
  */
 import type { StorePath } from '../store/store-path.js';
 import type { WireBuildStatus } from '../remote/protocol-common.js';
+import type { NixMessage } from '../store/nix-message.js';
 
 /**
  * A build's status: Nix's BuildResult::Status as strings (one definition, shared with the remote protocols),
@@ -25,6 +26,11 @@ export function isSuccess(status: BuildStatus): boolean {
 export interface FailureDetails {
   /** What went wrong, in Nix's words, alone (no log tail, note or hint). */
   readonly message: string;
+  /**
+   * `message` with the values formatted into it in Nix's colours, as Nix's JSON logger and a terminal show
+   * the error (src/store/nix-message.ts); absent where nothing in it is coloured.
+   */
+  readonly colouredMessage?: string | undefined;
   /** The last `logLines` lines of the builder's log, and the derivation whose log they are. */
   readonly logTail?: { readonly drvPath: StorePath; readonly lines: readonly string[] } | undefined;
   /** The build directory kept for inspection (keepFailed). */
@@ -100,6 +106,16 @@ export function withLogTail(message: string, tail: FailureDetails['logTail']): s
 /** Nix's note on a failed build's kept build directory. */
 export function keptBuildDirNote(dir: string): string {
   return `note: keeping build directory '${dir}'`;
+}
+
+/** The parts of a failure whose message is `m` (in both its forms). */
+export function messageParts(m: NixMessage): { message: string; colouredMessage: string } {
+  return { message: m.plain, colouredMessage: m.coloured };
+}
+
+/** errorMessageOf with the message's values in Nix's colours. */
+export function colouredErrorMessageOf(d: FailureDetails): string {
+  return errorMessageOf({ ...d, message: d.colouredMessage ?? d.message });
 }
 
 /** A failure's parts as one text (Nix's errorMsg, with the API's hint after it). */

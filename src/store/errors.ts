@@ -1,3 +1,5 @@
+import type { NixMessage } from './nix-message.js';
+
 /**
  * The one error base class of realise. Every error the SDK throws on purpose is a `RealiseError`
  * with a stable `code`; layers subclass it. `shortMessage` is the message without hints.
@@ -9,12 +11,19 @@ export class RealiseError extends Error {
   readonly shortMessage: string;
   /** What the user can do next, when we know. */
   readonly hint: string | undefined;
+  /**
+   * `shortMessage` with the values formatted into it in Nix's colours, as Nix's JSON logger and a terminal
+   * show its error (src/store/nix-message.ts); the same text where nothing in it is coloured.
+   */
+  readonly colouredMessage: string;
 
-  constructor(code: string, message: string, options: { cause?: unknown; hint?: string } = {}) {
-    super(options.hint ? `${message}\n  hint: ${options.hint}` : message, { cause: options.cause });
+  constructor(code: string, message: string | NixMessage, options: { cause?: unknown; hint?: string } = {}) {
+    const plain = typeof message === 'string' ? message : message.plain;
+    super(options.hint ? `${plain}\n  hint: ${options.hint}` : plain, { cause: options.cause });
     this.name = new.target.name;
     this.code = code;
-    this.shortMessage = message;
+    this.shortMessage = plain;
+    this.colouredMessage = typeof message === 'string' ? message : message.coloured;
     this.hint = options.hint;
   }
 }
@@ -22,6 +31,11 @@ export class RealiseError extends Error {
 /** An error's text as Nix would print it: a RealiseError's message without our hint, else the message. */
 export function shortMessageOf(e: unknown): string {
   return e instanceof RealiseError ? e.shortMessage : String((e as Error)?.message ?? e);
+}
+
+/** shortMessageOf, with the values in Nix's colours where the error knows them. */
+export function colouredMessageOf(e: unknown): string {
+  return e instanceof RealiseError ? e.colouredMessage : shortMessageOf(e);
 }
 
 /** A malformed hash string, unknown algorithm, or bad nix-base32 text. */

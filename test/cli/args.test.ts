@@ -176,6 +176,10 @@ describe('messages', () => {
     expect(r.result.errorMsg).toBe(`${tail}\nnote: keeping build directory '/tmp/d'\n  hint: h`);
     expect(failureLines(r, false)).toEqual({ message: "builder for 'x' failed with exit code 1", note: "note: keeping build directory '/tmp/d'" });
     expect(failureLines(r, true).message).toBe(tail);
+    // With the message's coloured form (the values in Nix's colour), the CLI prints that one; errorMsg stays plain.
+    const coloured = failure('permanent-failure', { ...r.result.failure!, colouredMessage: "builder for '\x1b[35;1mx\x1b[0m' failed with exit code 1" });
+    expect(coloured.errorMsg).toBe(r.result.errorMsg);
+    expect(failureLines({ path: 'x', result: coloured }, true).message).toBe(tail.replace("'x' failed", "'\x1b[35;1mx\x1b[0m' failed"));
   });
 
   it("summarises failed targets as Nix's buildPaths: one error, or the first error and 'build of … failed'", () => {
