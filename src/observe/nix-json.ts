@@ -501,7 +501,8 @@ export class NixJsonLog {
 
   result(id: number, type: number, fields: readonly (string | number)[]): void {
     if (this.thrown) return;
-    this.emit({ action: 'result', fields, id, type });
+    // As Nix's JSONLogger, no `fields` when there are none.
+    this.emit(fields.length ? { action: 'result', fields, id, type } : { action: 'result', id, type });
   }
 
   /** A plain message at `level` (Nix's printMsg). */

@@ -762,6 +762,9 @@ class LocalRound {
     });
   }
 
+  /** The ids of the activities the builder started (`@nix` start lines) and has not stopped, as Nix's map of them. */
+  private readonly builderActivities = new Set<number>();
+
   constructor(
     readonly w: Worker,
     readonly view: DrvView,
@@ -772,6 +775,7 @@ class LocalRound {
     readonly dir: BuildDir,
   ) {
     // (Methods, not arrow functions: see slotFreer.)
+    const builderActivities = this.builderActivities;
     const log: LogCollector = new LogCollector({
       logLines: w.ctx.options.logLines,
       onLine(line, bytes) {
@@ -780,7 +784,7 @@ class LocalRound {
       // A builder's messages and activities are passed on, as Nix does (a built-in's messages come as
       // warning events of their own; its download's activity as a builder's, as Nix's forked built-in sends it).
       onStructured(json: string) {
-        const error = forwardBuilderMessage(w, view.drvPath, json, view.builder.startsWith('builtin:'));
+        const error = forwardBuilderMessage(w, view.drvPath, json, view.builder.startsWith('builtin:'), builderActivities);
         if (!error) return;
         // As Nix, whose logger throws it out of the build: the call ends with it, nothing more is read.
         log.stop();
@@ -1234,8 +1238,8 @@ async function cleanupScratch(w: Worker, scratch: Map<string, StorePath>, keep?:
 }
 
 /** A builder's `@nix` line, passed on as Nix's handleJSONLogMessage passes it to its logger; the error that ends the call for a field missing. */
-function forwardBuilderMessage(w: Worker, drvPath: StorePath, json: string, builtin: boolean): BuilderLogMessageError | undefined {
-  const m = builderLogMessage(json);
+function forwardBuilderMessage(w: Worker, drvPath: StorePath, json: string, builtin: boolean, activities: Set<number>): BuilderLogMessageError | undefined {
+  const m = builderLogMessage(json, activities);
   if (!m || m instanceof BuilderLogMessageError) return m;
   if (m.action === 'msg') {
     // A plain line shown by its level alone: at info (3) it is hidden where the display's verbosity is below.

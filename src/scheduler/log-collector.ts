@@ -136,16 +136,19 @@ const FILE_TRANSFER = 101;
  * or, for JSON without a field Nix reads (or with one of another type), the error Nix's handleJSONLogMessage
  * throws out of the build, which ends Nix's call: its JSON library's type error, in its words, for the
  * first field it reads (in the order Nix 2.8 reads them), or Nix's own for a log field of another type.
+ * `activities`: the ids of the builder's activities Nix knows of (started, not stopped), kept up to date
+ * here as Nix's map of them; a `result` is read only for one of them.
  */
-export function builderLogMessage(json: string): BuilderLogMessage | BuilderLogMessageError | undefined {
+export function builderLogMessage(json: string, activities: Set<number>): BuilderLogMessage | BuilderLogMessageError | undefined {
   let o: unknown;
   try {
-    o = JSON.parse(json);
+    o = JSON.parse(markFloats(json));
   } catch {
     return undefined;
   }
   // Nix indexes the value by name: null becomes an empty object, another value that is no object is an error.
-  if (o !== null && (typeof o !== 'object' || Array.isArray(o))) return typeError(305, `cannot use operator[] with a string argument with ${jsonTypeName(o)}`);
+  if (o !== null && (typeof o !== 'object' || Array.isArray(o) || isFloat(o)))
+    return typeError(305, `cannot use operator[] with a string argument with ${jsonTypeName(o)}`);
   const m = (o ?? {}) as Record<string, unknown>;
   try {
     const action = want(m.action, 'string');
@@ -165,18 +168,22 @@ export function builderLogMessage(json: string): BuilderLogMessage | BuilderLogM
         const fields = logFields(m.fields);
         const level = want(m.level, 'number');
         const id = want(m.id, 'number');
-        return { action: 'start', id, activityType, level, text: want(m.text, 'string'), fields };
+        const text = want(m.text, 'string');
+        activities.add(id);
+        return { action: 'start', id, activityType, level, text, fields };
       }
-      case 'stop':
-        return { action: 'stop', id: want(m.id, 'number') };
-      case 'result': {
-        // Nix reads the type and the fields of a result only for an activity of the builder's it knows of.
+      case 'stop': {
         const id = want(m.id, 'number');
-        const resultType = m.type;
-        const fields =
-          Array.isArray(m.fields) && m.fields.every((f) => typeof f === 'string' || (Number.isInteger(f) && (f as number) >= 0)) ? m.fields : undefined;
-        if (typeof resultType !== 'number' || !fields) return undefined;
-        return { action: 'result', id, resultType, fields: fields as (string | number)[] };
+        activities.delete(id);
+        return { action: 'stop', id };
+      }
+      case 'result': {
+        // Nix reads the type and the fields of a result only for an activity of the builder's it knows of:
+        // the fields first, then the type (the order Nix 2.8's compiler evaluates them in).
+        const id = want(m.id, 'number');
+        if (!activities.has(id)) return undefined;
+        const fields = logFields(m.fields);
+        return { action: 'result', id, resultType: want(m.type, 'number'), fields };
       }
       default:
         return undefined;
@@ -187,11 +194,48 @@ export function builderLogMessage(json: string): BuilderLogMessage | BuilderLogM
   }
 }
 
-/** A field's value as the type Nix converts it to, else the JSON library's type error (thrown, caught above). */
+/**
+ * The key of the object that stands for a float in the parsed line (markFloats). JSON.parse makes `1.0` and
+ * `1` the same number; Nix's JSON library keeps a float (`1.0`, `1e2`) a float, which no log field may be.
+ */
+const FLOAT_KEY = '\u0000float';
+
+/** `json` with every number written as a float (a `.`, an exponent) turned into `{"<FLOAT_KEY>": number}`. */
+function markFloats(json: string): string {
+  if (!/[0-9][.eE]/.test(json)) return json;
+  let out = '';
+  let from = 0;
+  for (let i = 0; i < json.length;) {
+    const c = json[i]!;
+    if (c === '"') {
+      for (i++; i < json.length && json[i] !== '"';) i += json[i] === '\\' ? 2 : 1;
+      i++;
+    } else if (c === '-' || (c >= '0' && c <= '9')) {
+      let j = i + 1;
+      while (j < json.length && /[0-9.eE+-]/.test(json[j]!)) j++;
+      if (/[.eE]/.test(json.slice(i, j))) {
+        out += `${json.slice(from, i)}{"\\u0000float":${json.slice(i, j)}}`;
+        from = j;
+      }
+      i = j;
+    } else i++;
+  }
+  return out + json.slice(from);
+}
+
+function isFloat(v: unknown): v is Record<typeof FLOAT_KEY, number> {
+  return typeof v === 'object' && v !== null && FLOAT_KEY in v;
+}
+
+/**
+ * A field's value as the type Nix converts it to (a number to an integer, a float truncated as C++ does),
+ * else the JSON library's type error (thrown, caught above).
+ */
 function want(v: unknown, type: 'string'): string;
 function want(v: unknown, type: 'number'): number;
 function want(v: unknown, type: 'string' | 'number'): string | number {
-  if (typeof v === type) return v as string | number;
+  if (type === 'number' && isFloat(v)) return Math.trunc(v[FLOAT_KEY]);
+  if (typeof v === type) return type === 'number' ? Math.trunc(v as number) : (v as string);
   throw typeError(302, `type must be ${type}, but is ${jsonTypeName(v)}`);
 }
 
@@ -203,6 +247,7 @@ function typeError(id: number, what: string): BuilderLogMessageError {
 function jsonTypeName(v: unknown): string {
   if (v === null || v === undefined) return 'null';
   if (Array.isArray(v)) return 'array';
+  if (isFloat(v)) return 'number';
   return typeof v === 'object' ? 'object' : typeof v;
 }
 
@@ -211,11 +256,11 @@ function jsonTypeName(v: unknown): string {
  * for null) must be a string or a non-negative integer; else Nix's error names the JSON type's number.
  */
 function logFields(v: unknown): (string | number)[] {
-  const items = v === null || v === undefined ? [] : Array.isArray(v) ? v : typeof v === 'object' ? Object.values(v) : [v];
+  const items = v === null || v === undefined ? [] : Array.isArray(v) ? v : typeof v === 'object' && !isFloat(v) ? Object.values(v) : [v];
   for (const f of items) {
     if (typeof f === 'string' || (Number.isInteger(f) && (f as number) >= 0)) continue;
     // nlohmann/json's value_t: null 0, object 1, array 2, string 3, boolean 4, integer 5, unsigned 6, float 7.
-    const t = f === null ? 0 : Array.isArray(f) ? 2 : typeof f === 'object' ? 1 : typeof f === 'boolean' ? 4 : Number.isInteger(f) ? 5 : 7;
+    const t = f === null ? 0 : Array.isArray(f) ? 2 : isFloat(f) ? 7 : typeof f === 'object' ? 1 : typeof f === 'boolean' ? 4 : Number.isInteger(f) ? 5 : 7;
     throw new BuilderLogMessageError(hintfmt('unsupported JSON type %s', t));
   }
   return items as (string | number)[];

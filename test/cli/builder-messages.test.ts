@@ -82,6 +82,16 @@ const ACTIVITIES = `derivation { name = "builder-activities"; system = "x86_64-l
     ACT('{"action":"start","id":8,"type":101,"level":4,"text":"a quieter transfer","fields":[]}'),
     ACT('{"action":"stop","id":5}'),
     ACT('{"action":"setPhase","phase":"buildPhase"}'),
+    // Numbers written as floats: truncated where Nix reads a number (a level, an id, a type), as C++ converts them.
+    ACT('{"action":"msg","level":2.9,"msg":"a message at level 2.9"}'),
+    ACT('{"action":"msg","level":3.5,"msg":"a message at level 3.5"}'),
+    ACT('{"action":"start","id":9.5,"type":101.2,"level":3,"text":"fetching with float numbers","fields":["u"]}'),
+    ACT('{"action":"result","id":9,"type":105.9,"fields":[1,2]}'),
+    // A result without fields (none in the stream either), with an object's values as fields, for an unknown id.
+    ACT('{"action":"result","id":9,"type":105}'),
+    ACT('{"action":"result","id":9,"type":105,"fields":{"a":1,"b":"s"}}'),
+    ACT('{"action":"result","id":10,"type":"zz"}'),
+    ACT('{"action":"stop","id":9.1}'),
   ].join('; ')}; echo a plain line; echo x > $out''];
 }`;
 
@@ -114,7 +124,8 @@ describe.skipIf(!nixOk())("a builder's @nix activities and phases, realise vs Ni
     }
     return out;
   };
-  const lines = (stderr: string) => stderr.split('\n').filter((l) => /^(fetching|a quieter|an unknown|a plain line|building)/.test(l));
+  const lines = (stderr: string) => stderr.split('\n').filter((l) => /^(fetching|a quieter|an unknown|a plain line|a message|building)/.test(l));
+  const messages = (stderr: string) => stderr.split('\n').filter((l) => l.includes('"action":"msg"') && l.includes('a message at level'));
 
   it('internal-json: the phases on the build, the FileTransfer under it with its result and stop; the rest ignored', async () => {
     const n = runNix('nix-store', ['--store', path.join(dir, 'N'), ...SANDBOX, '--realise', drv, '--log-format', 'internal-json']);
@@ -125,7 +136,13 @@ describe.skipIf(!nixOk())("a builder's @nix activities and phases, realise vs Ni
     expect(ne).toContainEqual({ action: 'result', id: 0, type: 104, fields: ['unpackPhase'] });
     expect(ne).toContainEqual({ action: 'start', id: 1, type: 101, level: 3, text: 'fetching the source', fields: ['http://example.org/src'] });
     expect(ne).toContainEqual({ action: 'result', id: 1, type: 105, fields: [10, 20, 0, 0] });
+    expect(ne).toContainEqual({ action: 'result', id: 3, type: 105 });
     expect(buildEvents(o.stderr)).toEqual(ne);
+    expect(messages(n.stderr)).toEqual([
+      '@nix {"action":"msg","level":2,"msg":"a message at level 2.9"}',
+      '@nix {"action":"msg","level":3,"msg":"a message at level 3.5"}',
+    ]);
+    expect(messages(o.stderr)).toEqual(messages(n.stderr));
   });
 
   it('the plain display: the FileTransfer as an activity is printed at its level, the phases not', async () => {
@@ -300,6 +317,15 @@ const TYPE_ERROR_LINES = [
   '{"action":"start","type":101,"id":"a","level":"b","text":1,"fields":[-1]}',
   '{"action":"start","type":101,"id":1,"level":1,"text":"t","fields":[1.5]}',
   '{"action":"stop","id":true}',
+  // A result for an activity the builder started: its fields are read first, then its type.
+  ...[
+    '{"action":"result","id":5,"type":"x","fields":[1.5]}',
+    '{"action":"result","id":5,"type":"x","fields":[1]}',
+    '{"action":"result","id":5.7,"fields":[1]}',
+    '{"action":"result","id":5,"type":105,"fields":[1.0,2]}',
+    '{"action":"result","id":5,"type":105,"fields":[-1]}',
+  ].map((l) => `{"action":"start","id":5,"type":101,"level":3,"text":"t","fields":[]}\n@nix ${l}`),
+  '{"action":"start","type":101,"id":1,"level":1,"text":"t","fields":[2e0]}',
 ];
 
 describe.skipIf(!nixOk())("a builder's @nix lines that are JSON without a field Nix reads, realise vs Nix 2.8", () => {
