@@ -71,57 +71,6 @@ export function buildActivityText(e: { drvPath: string; round: number; rounds: n
   return msg;
 }
 
-/** Nix's colour of the values formatted into a message (hintfmt's yellowtxt). */
-const VALUE = colouredValue;
-
-/**
- * The first lines of Nix's frequent build errors, with the parts Nix's hintfmt colours as values, for a
- * remote machine's errorMsg, which is another Nix's text and comes without its colours (so they are found
- * again by the message's form). Messages made here carry their coloured form from where they are made.
- */
-const COLOURED_FORMS: Array<[RegExp, (...values: string[]) => string]> = [
-  [/^builder for '([^'\n]+)' failed with exit code (\d+)/, (d, c) => `builder for '${VALUE(d)}' failed with exit code ${c}`],
-  [/^(\d+) dependencies of derivation '([^'\n]+)' failed to build/, (n, d) => `${VALUE(n)} dependencies of derivation '${VALUE(d)}' failed to build`],
-  [
-    /^builder for '([^'\n]+)' failed to produce output path for output '([^'\n]+)' at '([^'\n]+)'/,
-    (d, o, p) => `builder for '${VALUE(d)}' failed to produce output path for output '${VALUE(o)}' at '${VALUE(p)}'`,
-  ],
-  [/^(building of '[^'\n]+' from \.drv file) timed out after (\d+) seconds/, (g, n) => `${VALUE(g)} timed out after ${VALUE(n)} seconds`],
-  [
-    /^hash mismatch in fixed-output derivation '([^'\n]+)':\n  specified: (\S+)\n     got:    (\S+)/,
-    (d, w, g) => `hash mismatch in fixed-output derivation '${VALUE(d)}':\n  specified: ${VALUE(w)}\n     got:    ${VALUE(g)}`,
-  ],
-  // A builder's `@nix` line with a log field of another type (BuilderLogMessageError).
-  [/^unsupported JSON type (\d+)$/, (t) => `unsupported JSON type ${VALUE(t)}`],
-];
-
-/** `message` with the values of Nix's frequent build errors coloured as Nix's logError writes them. */
-function colouredAsNix(message: string): string {
-  if (message.includes('\x1b[')) return message;
-  for (const [form, colour] of COLOURED_FORMS) {
-    const m = form.exec(message);
-    if (m) return colour(...m.slice(1)) + message.slice(m[0].length);
-  }
-  return message;
-}
-
-/**
- * The hook's error for a build that failed on its machine ("build of '…' on '…' failed: <the machine's
- * errorMsg>") as Nix's hook logs it and its worker passes it on: a plain message with the red `error:`, the
- * continuation lines indented, the values coloured (the machine's errorMsg as one value, beginning with the
- * reset Nix's daemon puts before it, its own values and its `nix log` hint coloured as the machine has them).
- */
-function hookBuildError(message: string): string | undefined {
-  const m = /^build of '([^'\n]+)' on '([^'\n]+)' failed: (.*)$/s.exec(message);
-  if (!m || message.includes('\x1b[')) return undefined;
-  const inner = colouredAsNix(m[3]!.replace(/\s+$/, '')).replace(
-    /For full logs, run 'nix log ([^'\n]+)'\.$/,
-    `For full logs, run '\x1b[1mnix log $1${ANSI_NORMAL}'.`,
-  );
-  const text = `build of '${VALUE(m[1]!)}' on '${VALUE(m[2]!)}' failed: ${VALUE(ANSI_NORMAL + inner)}`;
-  return ERROR_PREFIX + text.replace(/\n(?!\n|$)/g, '\n' + INDENT);
-}
-
 const WARNING_PREFIX = `${ANSI_WARNING}warning:${ANSI_NORMAL} `;
 const INDENT = ' '.repeat('error: '.length);
 
@@ -261,11 +210,10 @@ export class NixJsonLog {
     if (opts.warnings !== false) {
       on('warning', (e) => {
         if (e.verbosity !== undefined) this.message(e.verbosity, e.message);
-        else if (e.level === 'error') {
-          const hook = hookBuildError(e.message);
-          if (hook !== undefined) this.message(LogLevel.Error, hook);
-          else this.error(e.message);
-        } else if (e.level === 'info') this.message(LogLevel.Info, e.message);
+        // The build hook's own error line, as Nix's worker passes it on (a plain message).
+        else if (e.hookLine !== undefined) this.message(LogLevel.Error, ERROR_PREFIX + e.hookLine.replace(/\n(?!\n|$)/g, '\n' + INDENT));
+        else if (e.level === 'error') this.error(e.message);
+        else if (e.level === 'info') this.message(LogLevel.Info, e.message);
         // Another program's own stderr (an ssh-ng:// machine's ssh) is no part of Nix's stream: Nix's ssh
         // writes it to stderr itself, raw (the CLI's JsonDisplay does so).
         else if (e.level === 'raw') return;

@@ -111,6 +111,8 @@ export interface WireRealisation {
 export interface WireBuildResult {
   readonly status: WireBuildStatus;
   readonly errorMsg: string;
+  /** The error message as the remote sent it, in its Nix's colours. */
+  readonly colouredErrorMsg: string;
   readonly timesBuilt: number;
   readonly isNonDeterministic: boolean;
   /** Seconds since the epoch (0 when unknown). */
@@ -126,12 +128,13 @@ export function stripAnsi(s: string): string {
 }
 
 /**
- * A BuildResult as both protocols send it: the status, the error message (Nix's colours stripped), then,
+ * A BuildResult as both protocols send it: the status, the error message (with and without Nix's colours), then,
  * when the peer's protocol version has them, the times and the realisations of the built outputs.
  */
 export async function readBuildResult(r: WireReader, storeDir: string, has: { times: boolean; builtOutputs: boolean }): Promise<WireBuildResult> {
   const status = buildStatusFromWire(await r.u64());
-  const errorMsg = stripAnsi(await r.string());
+  const colouredErrorMsg = await r.string();
+  const errorMsg = stripAnsi(colouredErrorMsg);
   let timesBuilt = 0,
     isNonDeterministic = false,
     startTime = 0,
@@ -143,7 +146,7 @@ export async function readBuildResult(r: WireReader, storeDir: string, has: { ti
     stopTime = await r.u64();
   }
   const builtOutputs = has.builtOutputs ? await readDrvOutputs(r, storeDir) : new Map<string, WireRealisation>();
-  return { status, errorMsg, timesBuilt, isNonDeterministic, startTime, stopTime, builtOutputs };
+  return { status, errorMsg, colouredErrorMsg, timesBuilt, isNonDeterministic, startTime, stopTime, builtOutputs };
 }
 
 /** Read a `DrvOutputs` map (DrvOutput id → Realisation JSON). */

@@ -168,6 +168,8 @@ export interface RemoteBuildResult {
   readonly status: WireBuildStatus;
   /** The remote's error message ('' on success). */
   readonly errorMsg: string;
+  /** The same in the remote Nix's colours, as it sent it (absent: `errorMsg` has none). */
+  readonly colouredErrorMsg?: string;
   /** Store URI of the machine that ran the build. */
   readonly machine: string;
   /** Output name → path, for the outputs now valid in the local store (success only). */
@@ -536,6 +538,7 @@ export class MachineBuilder implements RemoteBuilder {
       const base = {
         status: res.status,
         errorMsg: res.errorMsg,
+        colouredErrorMsg: res.colouredErrorMsg,
         machine: this.name,
         timesBuilt: res.timesBuilt,
         isNonDeterministic: res.isNonDeterministic,

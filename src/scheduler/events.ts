@@ -161,8 +161,11 @@ export interface EventPayloads {
    * `verbosity`: Nix's level (0 error … 7 vomit) of a message a builder sent in a `@nix` line (level
    * `plain`), which a display shows when it is at most the display's verbosity (Nix's default 3, info; 2
    * with `--quiet`) and Nix's internal-json stream passes on with that level.
+   * `hookLine`: an error Nix's build hook prints itself (a build that failed on its machine: `level:
+   * 'error'`), in Nix's colours without its `error:` prefix: Nix's worker passes the hook's line on as it is,
+   * so Nix's internal-json stream has it as a plain message (no `raw_msg`).
    */
-  warning: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' | 'raw'; verbosity?: number };
+  warning: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' | 'raw'; verbosity?: number; hookLine?: string };
   /**
    * The call ends with `error` (the error it rejects with), as Nix throws it out of its worker: its goals
    * are being stopped. Once per call, before the stops; a BuilderLogMessageError, a setup error, a bad key.

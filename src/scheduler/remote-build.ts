@@ -11,7 +11,7 @@ import { canBuildHere, preferLocalBuild, requiredSystemFeatures, type DrvView } 
 import { failure, isSuccess, messageParts, success, type BuildResult } from './results.js';
 import { postBuildHook } from './local-build.js';
 import { colouredMessageOf, shortMessageOf } from '../store/errors.js';
-import { colouredValue, ERROR_PREFIX, hintfmt, plainMessage } from '../store/nix-message.js';
+import { colouredValue, ERROR_PREFIX, hintfmt, plainMessage, type NixMessage } from '../store/nix-message.js';
 import type { Worker } from './worker.js';
 import { slotGate } from './slot-gate.js';
 
@@ -108,9 +108,13 @@ function remoteBuildResult(r: RemoteBuildResult, drvPath: StorePath, started: nu
   return failure('misc-failure', messageParts(hintfmt("builder for '%s' %s", drvPath, plainMessage('failed with exit code 1'))), times);
 }
 
-/** What Nix 2.8's hook prints when the build failed there: the machine and the remote's errorMsg. */
-function remoteFailureMessage(r: RemoteBuildResult, drvPath: StorePath): string {
-  return `build of '${drvPath}' on '${r.machine}' failed: ${r.errorMsg || r.status}`;
+/**
+ * What Nix 2.8's hook prints when the build failed there: the machine and the remote's errorMsg, which goes
+ * in as one value, its own colours kept (as the remote sent it).
+ */
+function remoteFailureMessage(r: RemoteBuildResult, drvPath: StorePath): NixMessage {
+  const remote = r.errorMsg ? { plain: r.errorMsg, coloured: colouredValue((r.colouredErrorMsg ?? r.errorMsg).trimEnd()) } : r.status;
+  return hintfmt("build of '%s' on '%s' failed: %s", drvPath, r.machine, remote);
 }
 
 const isRemoteSuccess = (r: RemoteBuildResult) => r.status === 'built' || r.status === 'substituted' || r.status === 'already-valid';
@@ -169,7 +173,10 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
     await events.saveLog();
     // As Nix 2.8's buildDone, the post-build hook runs here too once the outputs are back (its failure is the build's).
     const built = remoteBuildResult(dispatch.result, view.drvPath, started);
-    if (!isRemoteSuccess(dispatch.result)) w.warn(remoteFailureMessage(dispatch.result, view.drvPath), 'error');
+    if (!isRemoteSuccess(dispatch.result)) {
+      const m = remoteFailureMessage(dispatch.result, view.drvPath);
+      w.ctx.emit('warning', { message: m.plain, level: 'error', hookLine: m.coloured });
+    }
     const hookError = isRemoteSuccess(dispatch.result) ? await postBuildHook(w, view.drvPath, Object.values(built.builtOutputs)) : undefined;
     const result = hookError === undefined ? built : failure('misc-failure', hookError, { startTime: built.startTime, stopTime: built.stopTime });
     const ok = isSuccess(result.status);
