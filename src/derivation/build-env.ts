@@ -289,14 +289,15 @@ export function makeBuildEnv(input: BuildEnvInput): BuildEnv {
   const env: Record<string, string> = {};
   const files = new Map<string, string>();
   const rewrites = new Rewrites(input.rewrites);
-  const set = (k: string, v: string): void => void (env[k] = rewriteStrings(v, rewrites));
+  // setVar is a function of the module, not a closure here: the CLI's bundle keeps function names, which costs
+  // a defineProperty per closure made, per build.
   const top = input.buildDirInSandbox;
 
   // initEnv
-  set('PATH', '/path-not-set');
-  set('HOME', '/homeless-shelter');
-  set('NIX_STORE', input.storeDir);
-  set('NIX_BUILD_CORES', String(input.cores));
+  setVar(env, rewrites, 'PATH', '/path-not-set');
+  setVar(env, rewrites, 'HOME', '/homeless-shelter');
+  setVar(env, rewrites, 'NIX_STORE', input.storeDir);
+  setVar(env, rewrites, 'NIX_BUILD_CORES', String(input.cores));
 
   // initTmpDir
   if (!input.structuredAttrs) {
@@ -304,27 +305,27 @@ export function makeBuildEnv(input: BuildEnvInput): BuildEnv {
     const passAsFile = listed === undefined ? undefined : new Set(listed.split(/[ \t\n\r]+/).filter(Boolean));
     for (const [k, v] of input.drvEnv) {
       if (!passAsFile?.has(k)) {
-        set(k, v);
+        setVar(env, rewrites, k, v);
       } else {
         const fn = passAsFileName(k);
         files.set(fn, rewriteStrings(v, rewrites));
-        set(k + 'Path', `${top}/${fn}`);
+        setVar(env, rewrites, k + 'Path', `${top}/${fn}`);
       }
     }
   }
-  set('NIX_BUILD_TOP', top);
-  set('TMPDIR', top);
-  set('TEMPDIR', top);
-  set('TMP', top);
-  set('TEMP', top);
-  set('PWD', top);
+  setVar(env, rewrites, 'NIX_BUILD_TOP', top);
+  setVar(env, rewrites, 'TMPDIR', top);
+  setVar(env, rewrites, 'TEMPDIR', top);
+  setVar(env, rewrites, 'TMP', top);
+  setVar(env, rewrites, 'TEMP', top);
+  setVar(env, rewrites, 'PWD', top);
 
   if (input.fixedOutput) {
-    set('NIX_OUTPUT_CHECKED', '1');
-    for (const name of input.impureEnvVars ?? []) set(name, input.hostEnv?.[name] ?? '');
+    setVar(env, rewrites, 'NIX_OUTPUT_CHECKED', '1');
+    for (const name of input.impureEnvVars ?? []) setVar(env, rewrites, name, input.hostEnv?.[name] ?? '');
   }
-  set('NIX_LOG_FD', '2');
-  set('TERM', 'xterm-256color');
+  setVar(env, rewrites, 'NIX_LOG_FD', '2');
+  setVar(env, rewrites, 'TERM', 'xterm-256color');
 
   // exportReferencesGraph (legacy form: files in the build dir)
   if (!input.structuredAttrs && input.exportReferencesGraph) {
@@ -334,6 +335,11 @@ export function makeBuildEnv(input: BuildEnvInput): BuildEnv {
   // writeStructuredAttrs
   if (input.structuredAttrs) writeStructuredAttrs(input, rewrites, files);
   return { env, files };
+}
+
+/** Set a variable of the builder's environment, its value rewritten. */
+function setVar(env: Record<string, string>, rewrites: Rewrites, k: string, v: string): void {
+  env[k] = rewriteStrings(v, rewrites);
 }
 
 /** Nix's writeStructuredAttrs: `.attrs.json` and `.attrs.sh`, rewrites applied. */

@@ -83,7 +83,7 @@ export class BuildDirPool {
   /** `from` renamed, never replacing anything, to `<base>/<name(n)>` with the first n free; undefined on another error. */
   #renameToFree(o: DirOps, from: string, name: (n: number) => string): string | undefined {
     for (let n = 0; ; n++) {
-      const to = path.join(this.base, name(n));
+      const to = inDir(this.base, name(n));
       const e = o.renameNoReplace(from, to);
       if (e === 0) return to;
       if (e === EEXIST) continue;
@@ -155,8 +155,19 @@ async function removePooled(entry: string, inner: boolean): Promise<void> {
 
 const pools = new Map<string, BuildDirPool>();
 
+/**
+ * `<dir>/<name>` for a resolved dir and a name with no '/', '.' or '..': the string path.join makes,
+ * without its normalisation (a cost per build in code the CLI never optimises).
+ */
+function inDir(dir: string, name: string): string {
+  return dir === '/' ? '/' + name : dir + '/' + name;
+}
+
 /** This process's pool of build directories under `base`. */
 export function buildDirPool(dir: string): BuildDirPool {
+  // A key is resolved already (path.resolve gives it back unchanged): no resolve per build for it.
+  const known = pools.get(dir);
+  if (known) return known;
   const base = path.resolve(dir);
   let pool = pools.get(base);
   if (!pool) pools.set(base, (pool = new BuildDirPool(base)));

@@ -21,7 +21,10 @@ interface Pending {
   pid?: number;
   aborted: boolean;
   status?: string;
-  resolve(exit: SandboxExit): void;
+  readonly id: string;
+  readonly signal: AbortSignal | undefined;
+  /** The run's promise's resolve: through #resolve, which forgets the run first. */
+  readonly settle: (exit: SandboxExit) => void;
 }
 
 export interface ServerRunRequest {
@@ -125,9 +128,9 @@ export class SandboxServer {
     this.#child = this.#started = undefined;
     this.#ready = undefined;
     for (const p of [...this.#pending.values()]) {
-      // p.resolve() removes it from #pending. Plain builders run in their own session: they do not die with the server.
+      // #resolve() removes it from #pending. Plain builders run in their own session: they do not die with the server.
       this.#kill(p);
-      p.resolve(p.aborted ? { kind: 'aborted' } : { kind: 'spawn-failed', message: 'the sandbox helper server exited unexpectedly' });
+      this.#resolve(p, p.aborted ? { kind: 'aborted' } : { kind: 'spawn-failed', message: 'the sandbox helper server exited unexpectedly' });
     }
   }
 
@@ -201,13 +204,21 @@ export class SandboxServer {
   }
 
   #maybeDone(p: Pending): void {
-    if (p.aborted && (p.pid !== undefined || p.status !== undefined)) return p.resolve({ kind: 'aborted' });
+    if (p.aborted && (p.pid !== undefined || p.status !== undefined)) return this.#resolve(p, { kind: 'aborted' });
     if (p.status === undefined) return;
     let m: RegExpExecArray | null;
     const s = p.status;
-    if ((m = /^exit (\d+)$/.exec(s))) p.resolve({ kind: 'exited', code: Number(m[1]) });
-    else if ((m = /^signal (\d+)$/.exec(s))) p.resolve({ kind: 'signalled', signal: signalName(Number(m[1])) });
-    else p.resolve({ kind: 'spawn-failed', message: s.replace(/^error /, '') });
+    if ((m = /^exit (\d+)$/.exec(s))) this.#resolve(p, { kind: 'exited', code: Number(m[1]) });
+    else if ((m = /^signal (\d+)$/.exec(s))) this.#resolve(p, { kind: 'signalled', signal: signalName(Number(m[1])) });
+    else this.#resolve(p, { kind: 'spawn-failed', message: s.replace(/^error /, '') });
+  }
+
+  /** End a run with its exit, once. */
+  #resolve(p: Pending, exit: SandboxExit): void {
+    if (!this.#pending.delete(p.id)) return;
+    if (this.#pending.size === 0) this.#setRef(false);
+    if (p.signal) this.#bySignal.get(p.signal)?.delete(p);
+    p.settle(exit);
   }
 
   /**
@@ -237,18 +248,16 @@ export class SandboxServer {
     frame.write(payload, 4);
     const { signal } = req;
     return await new Promise<SandboxExit>((resolve) => {
+      // No closure bound to a name per build (the CLI's bundle keeps names: a defineProperty per closure made).
       const p: Pending = {
         onOutput: req.onOutput,
         onSetUp: req.onSetUp,
         onOutputsLeft: req.onOutputsLeft,
         onSkeletonKept: req.onSkeletonKept,
         aborted: false,
-        resolve: (exit) => {
-          if (!this.#pending.delete(id)) return;
-          if (this.#pending.size === 0) this.#setRef(false);
-          if (signal) this.#bySignal.get(signal)?.delete(p);
-          resolve(exit);
-        },
+        id,
+        signal,
+        settle: resolve,
       };
       this.#pending.set(id, p);
       if (this.#pending.size === 1) this.#setRef(true);

@@ -101,7 +101,9 @@ async function keepOrRemoveBuildDir(dir: BuildDir, keep: boolean): Promise<void>
 }
 
 async function poolOrRemoveBuildDir(dir: BuildDir): Promise<void> {
-  if (!(await buildDirPool(path.dirname(dir.top)).put(dir.top, dir.dir !== dir.top))) await removeBuildDir(dir);
+  // The base: dir.top is `<base>/<prefix>-<n>`, absolute (no path.dirname per build in code not optimised).
+  const base = dir.top.slice(0, dir.top.lastIndexOf('/')) || '/';
+  if (!(await buildDirPool(base).put(dir.top, dir.dir !== dir.top))) await removeBuildDir(dir);
 }
 
 const UMASK_CLEARS_OWNER_BITS = (processUmask() & 0o700) !== 0;
