@@ -496,7 +496,9 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     const ok = o.kind === 'valid' || o.kind === 'substituted';
     if (!ok) {
       w.failures.push({ path: t.path, result: failure('misc-failure', o.message) });
-      w.noteFailure();
+      // As Nix's worker, only a failure (ecFailed) stops the other targets without keepGoing: a path no
+      // substituter has (ecNoSubstituters) or whose references could not be had (ecIncompleteClosure) does not.
+      if (o.kind === 'failed') w.noteFailure();
     }
     return {
       target: t,
