@@ -506,6 +506,12 @@ export class ChrootPool {
   readonly #states = new Map<string, SkeletonState>();
   /** Skeletons back from a build whose check (see recycle) has not run yet, by key, oldest first. */
   readonly #checking = new Map<string, Recycling[]>();
+  /**
+   * Skeletons given to builds (take) and not back yet, by key: they mostly come back (handBack, recycle),
+   * so a refill counts them as ready. Each one's pool generation when taken (see #returned).
+   */
+  readonly #out = new Map<string, number>();
+  readonly #takenIn = new WeakMap<SkeletonState, number>();
   static readonly #all = new Set<string>();
   static #exitHook = false;
 
@@ -585,16 +591,50 @@ export class ChrootPool {
         discardTree(dir);
       }
     }
-    if (!layout) {
-      layout = prepareChroot(opts);
-      try {
-        layout = { ...layout, skeleton: snapshotSkeleton(opts.root, key, opts) };
-      } catch {
-        /* not recyclable */
-      }
+    if (layout) {
+      // One taken from the pool: replaced in the background (unless those out with builds make up the pool).
+      this.#lend(layout.skeleton!);
+      this.#refill(key, opts, list);
+      return layout;
     }
-    this.#refill(key, opts, list);
+    // None ready: made here, which is the refill (one more in the background too would be a skeleton more
+    // to make and delete per run: builds of a run take turns with the ones that come back).
+    layout = prepareChroot(opts);
+    try {
+      layout = { ...layout, skeleton: snapshotSkeleton(opts.root, key, opts) };
+      this.#lend(layout.skeleton!);
+    } catch {
+      /* not recyclable */
+    }
     return layout;
+  }
+
+  /** `sk` goes out with a build (see #out). */
+  #lend(sk: SkeletonState): void {
+    this.#takenIn.set(sk, this.#generation);
+    this.#out.set(sk.key, (this.#out.get(sk.key) ?? 0) + 1);
+  }
+
+  /**
+   * `sk` is back from its build (to be checked, kept or lost: `lost`, then the pool makes one in its place
+   * in the background, as it does for one taken). Once per skeleton taken; not for one taken before a drain.
+   */
+  #returned(sk: SkeletonState, lost: boolean): void {
+    const g = this.#takenIn.get(sk);
+    this.#takenIn.delete(sk);
+    if (g !== this.#generation) return;
+    this.#out.set(sk.key, (this.#out.get(sk.key) ?? 1) - 1);
+    if (lost) this.#refill(sk.key, sk.opts, this.#listOf(sk.key));
+  }
+
+  /**
+   * After a build whose chroot does not go back to the pool (not recyclable, or the build did not end):
+   * discard it, and let the pool make another in its place. Returns what discardTree() says.
+   */
+  discard(layout: ChrootLayout): string | undefined {
+    const left = discardTree(layout.root);
+    if (layout.skeleton) this.#returned(layout.skeleton, true);
+    return left;
   }
 
   #dirOf(sk: SkeletonState): string {
@@ -612,16 +652,17 @@ export class ChrootPool {
     const sk = layout.skeleton;
     const list = sk && this.#ready.get(sk.key);
     if (!sk || !list || list.length >= this.#size * 2 + 2) {
-      discardTree(layout.root);
+      this.discard(layout);
       return;
     }
     const dir = pooledDir(layout.root);
     try {
       fs.renameSync(layout.root, dir);
     } catch {
-      discardTree(layout.root);
+      this.discard(layout);
       return;
     }
+    this.#returned(sk, false);
     ChrootPool.#all.add(dir);
     const r: Recycling = { dir, sk, leftovers, placed: layout.placedCtimeNs, generation: this.#generation, done: false };
     this.#checkingOf(sk.key).push(r);
@@ -659,11 +700,12 @@ export class ChrootPool {
       for (const m of leftovers.storeMountpoints) h.sk.mountpoints.add(m);
       this.#states.set(h.dir, h.sk);
       this.#listOf(h.sk.key).push(h.sk);
+      this.#returned(h.sk, false);
       return undefined;
     }
     ChrootPool.#all.delete(h.dir);
     // The chroot's name first: once it is gone, the helper (stopped or not) can no longer rename it to h.dir.
-    const left = discardTree(layout.root);
+    const left = this.discard(layout);
     discardTree(h.dir);
     return left;
   }
@@ -690,6 +732,8 @@ export class ChrootPool {
     if (!unchanged) {
       ChrootPool.#all.delete(dir);
       discardTree(dir);
+      // Made again in the background, as for one lost after its build (see #returned), unless drained since.
+      if (r.generation === this.#generation) this.#refill(sk.key, sk.opts, this.#listOf(sk.key));
       return;
     }
     sk.mountpoints.clear();
@@ -709,8 +753,8 @@ export class ChrootPool {
     const generation = this.#generation;
     this.#track(
       (async () => {
-        // Skeletons being checked after their build mostly come back: counted as ready.
-        while (list.length + (this.#checking.get(key)?.length ?? 0) < this.#size && generation === this.#generation) {
+        // Skeletons out with builds or being checked after their build mostly come back: counted as ready.
+        while (list.length + (this.#checking.get(key)?.length ?? 0) + (this.#out.get(key) ?? 0) < this.#size && generation === this.#generation) {
           const dir = pooledDir(opts.root);
           ChrootPool.#all.add(dir);
           let sk: SkeletonState;
@@ -736,6 +780,7 @@ export class ChrootPool {
    */
   async drain(): Promise<void> {
     this.#generation++;
+    this.#out.clear();
     for (const list of this.#ready.values()) list.splice(0);
     const dirs = [...this.#states.keys()];
     for (const q of this.#checking.values()) {

@@ -268,19 +268,22 @@ export class LinuxSandbox implements Sandbox {
   }
 
   /**
-   * Start the helper server (and its prepared build process) and make chroot skeletons for builds like
-   * `like`, in the background, so that the first builds find them ready. Failures are left to the builds,
-   * which report them: the promise (which callers need not wait for) resolves when the warm-up is done,
-   * and never rejects.
+   * Start the helper server (and its prepared build process) in the background, so that the first builds
+   * find it running. Failures are left to the builds, which report them: the promise (which callers need
+   * not wait for) resolves when the warm-up is done, and never rejects.
+   *
+   * No chroot skeletons are made ahead for builds like `like`: the warm-up comes with the first sandboxed
+   * build, which takes its skeleton before one made in the background is ready (as do the builds started
+   * with it); each of them makes its own on the main thread, the pool takes them back after their builds,
+   * and the builds that follow reuse them (see ChrootPool.take). Skeletons made ahead as well were two more
+   * per engine to make and to delete.
    */
-  async warmUp(like: SandboxWarmUp): Promise<void> {
+  async warmUp(_like: SandboxWarmUp): Promise<void> {
     const closes = this.#closes;
     try {
       const backend = await this.#resolve();
       if (closes !== this.#closes) return; // closed meanwhile
-      this.#pool?.prefill(this.#chrootOptions({ ...like, network: false }, backend));
-      const server = backend.kind === 'helper' && this.#options.server !== false ? this.#serverFor(backend.exe).start() : undefined;
-      await Promise.all([server, this.#pool?.settled()]);
+      if (backend.kind === 'helper' && this.#options.server !== false) await this.#serverFor(backend.exe).start();
     } catch {
       /* the builds say what is wrong */
     }
@@ -367,7 +370,7 @@ export class LinuxSandbox implements Sandbox {
         let left: string | undefined;
         if (handOver && leftovers) left = this.#pool?.handBack(layout, handOver, leftovers, ended && outputs.kept);
         else if (this.#pool && leftovers && ended) this.#pool.recycle(layout, leftovers);
-        else left = discardTree(root);
+        else left = this.#pool ? this.#pool.discard(layout) : discardTree(root);
         if (left !== undefined) opts.onIgnoredError?.(`error: ${left}`);
       }
     }

@@ -1,7 +1,8 @@
 /**
  * ChrootPool's warm-up, on its own (no sandbox needed: the pool only makes and renames directories):
  * prefill() makes skeletons in the background (on the thread pool, a directory level at a time), so that
- * the first take() finds one ready and makes no chroot on the main thread (fs.mkdirSync).
+ * the first take() finds one ready and makes no chroot on the main thread (fs.mkdirSync); skeletons out
+ * with builds count as ready, so builds that take turns make no more.
  */
 import * as fs from 'node:fs';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
@@ -92,27 +93,64 @@ describe('ChrootPool recycling', () => {
 
   const pooledIn = (store: string) => fs.readdirSync(store).filter((n) => n.includes('-realise-chroot-') && !n.includes('.trash-'));
 
-  it('a skeleton back from a build counts as ready: taking one while it is checked makes no new one', async () => {
+  it('a skeleton out with a build, or back and being checked, counts as ready: builds that take turns make no new one', async () => {
     const store = path.join(tempDir('realise-chroot-pool-'), 'store');
     fs.mkdirSync(store);
     pool = new ChrootPool(2);
     const opts = (name: string) => options(store, `${'1'.repeat(32)}-${name}`);
     pool.prefill(opts('a'));
     await pool.settled();
+    expect(pooledIn(store)).toHaveLength(2);
     const a = pool.take(opts('a'));
     await pool.settled();
-    expect(pooledIn(store)).toHaveLength(2);
+    // One ready and `a` out with its build: the pool makes none in its place.
+    expect(pooledIn(store)).toHaveLength(1);
     pool.recycle(a, none);
     const b = pool.take(opts('b'));
     await pool.settled();
-    // One ready left and `a` back: two waiting, as before the two takes; none made for `b`.
-    expect(pooledIn(store)).toHaveLength(2);
+    // `b` took the other one and `a` is back: still the two skeletons the pool made, no third.
+    expect(pooledIn(store)).toHaveLength(1);
     pool.recycle(b, none);
     await pool.settled();
-    expect(pooledIn(store)).toHaveLength(3);
+    expect(pooledIn(store)).toHaveLength(2);
     await pool.drain();
     await flushRemovals();
     expect(pooledIn(store)).toEqual([]);
+    expect(fs.readdirSync(store)).toEqual([]);
+  });
+
+  it('a take() that finds none ready makes its own and no more in the background; one lost after its build is made again', async () => {
+    const store = path.join(tempDir('realise-chroot-pool-'), 'store');
+    fs.mkdirSync(store);
+    pool = new ChrootPool(2);
+    const opts = (name: string) => options(store, `${'7'.repeat(32)}-${name}`);
+    const sync = countSyncMkdirs(store);
+    const a = pool.take(opts('a'));
+    const b = pool.take(opts('b'));
+    expect(sync.count).toBeGreaterThan(0);
+    await pool.settled();
+    // Two builds, two skeletons: none waiting besides.
+    expect(pooledIn(store)).toEqual([]);
+    const inoA = fs.statSync(a.root).ino;
+    pool.recycle(a, none);
+    await pool.settled();
+    const made = sync.count;
+    const c = pool.take(opts('c'));
+    expect(sync.count).toBe(made);
+    expect(fs.statSync(c.root).ino).toBe(inoA);
+    await pool.settled();
+    expect(pooledIn(store)).toEqual([]);
+    // `b` does not come back (a build that did not end, or not recyclable): the pool makes one in its place.
+    expect(pool.discard(b)).toBeUndefined();
+    await pool.settled();
+    expect(fs.existsSync(b.root)).toBe(false);
+    expect(pooledIn(store)).toHaveLength(1);
+    expect(sync.count).toBe(made);
+    pool.discard(c);
+    await pool.settled();
+    expect(pooledIn(store)).toHaveLength(2);
+    await pool.drain();
+    await flushRemovals();
     expect(fs.readdirSync(store)).toEqual([]);
   });
 
@@ -129,7 +167,7 @@ describe('ChrootPool recycling', () => {
     const ino = fs.statSync(a.root).ino;
     pool.recycle(a, none);
     const sync = countSyncMkdirs(store);
-    // The refill `b` started is still under way, and `a`'s check has not run: `c` gets `a`, checked now.
+    // None ready (`b` made its own, `a` out with its build counted as ready) and `a`'s check has not run: `c` gets `a`, checked now.
     const c = pool.take(opts('c'));
     expect(sync.count).toBe(0);
     expect(fs.statSync(c.root).ino).toBe(ino);

@@ -75,19 +75,22 @@ describe.skipIf(!ccOk())('LinuxSandbox (helper): chroot skeleton reuse', () => {
     expect(existsSync(stale)).toBe(false);
   });
 
-  it('warmUp() makes skeletons for the builds to come before any runs; the first build takes one', async () => {
+  it('warmUp() makes no skeleton ahead (the first build makes its own); the next build reuses that one', async () => {
     const warm = new LinuxSandbox({ backend: 'helper', chrootPool: 1 });
     try {
       const req = fx.request('warm', `${rootIno} > $out`);
       const hash = path.basename(req.drvPath).slice(0, 32);
       const pooled = () => readdirSync(fx.realStoreDir).filter((n) => n.startsWith(`${hash}-realise-chroot-`));
-      const warming = warm.warmUp({ drvPath: req.drvPath, storeDir: req.storeDir, realStoreDir: fx.realStoreDir, sandboxBuildDir: req.sandboxBuildDir });
-      expect(pooled()).toEqual([]); // (in the background)
-      await warming;
-      expect(pooled()).toHaveLength(1);
-      const ino = String(statSync(path.join(fx.realStoreDir, pooled()[0]!)).ino);
+      await warm.warmUp({ drvPath: req.drvPath, storeDir: req.storeDir, realStoreDir: fx.realStoreDir, sandboxBuildDir: req.sandboxBuildDir });
+      expect(pooled()).toEqual([]);
       expect(await warm.run(req)).toEqual({ kind: 'exited', code: 0 });
-      expect(readFileSync(fx.realPath(req.outputPaths[0]!), 'utf8').trim()).toBe(ino);
+      const first = readFileSync(fx.realPath(req.outputPaths[0]!), 'utf8').trim();
+      // Back in the pool after its build, and the only one there.
+      expect(pooled()).toHaveLength(1);
+      expect(String(statSync(path.join(fx.realStoreDir, pooled()[0]!)).ino)).toBe(first);
+      const next = fx.request('warm-next', `${rootIno} > $out`);
+      expect(await warm.run(next)).toEqual({ kind: 'exited', code: 0 });
+      expect(readFileSync(fx.realPath(next.outputPaths[0]!), 'utf8').trim()).toBe(first);
     } finally {
       await warm.close();
     }

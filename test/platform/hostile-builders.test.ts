@@ -216,7 +216,10 @@ describe.skipIf(!bwrapOk() || !ccOk() || !busyboxOk())('hostile builders (engine
     const base = path.join(dir, 'tmp-crash');
     mkdirSync(base, { recursive: true });
     const d = await derivation(store, { name: 'killed', system, builder: '/bin/sh', args: ['-c', 'echo started; sleep 60; echo late > $out'] });
-    const child = spawn(process.execPath, ['--import', 'tsx', CRASH_CHILD, path.join(dir, 'root'), base, d.drvPath], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const q = await derivation(store, { name: 'quick-beside', system, builder: '/bin/sh', args: ['-c', 'echo ok > $out'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', CRASH_CHILD, path.join(dir, 'root'), base, d.drvPath, q.drvPath], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     await killOnceBuilding(child);
     // (Skeletons of this process's own engines are alive, and stay.)
     const storeDebris = () =>
