@@ -31,6 +31,7 @@ import { performance } from 'node:perf_hooks';
 import { BuildEngine } from '../src/scheduler/build-engine.js';
 import { LocalStore } from '../src/store/local-store.js';
 import { LinuxSandbox } from '../src/platform/linux-sandbox.js';
+import { flushRemovals } from '../src/platform/chroot.js';
 import { NoSandbox } from '../src/platform/no-sandbox.js';
 import type { Sandbox, SandboxRequest } from '../src/platform/sandbox.js';
 import { atMost, emitRow, num } from './_report.js';
@@ -186,12 +187,17 @@ export function resetDag(d: InstantiatedDag): void {
   mkdirSync(d.logDir, { recursive: true });
 }
 
-/** Our engine, in-process: open the store, build every derivation, close. Returns wall ms. */
+/**
+ * Our engine, in-process: open the store, build every derivation, close the engine and the store, as a
+ * program that runs one engine does (the CLI among them). Returns wall ms.
+ */
 export async function runOurs(d: InstantiatedDag, maxJobs = 2): Promise<number> {
   const t0 = performance.now();
   const store = d.root ? await LocalStore.open({ root: d.root }) : await LocalStore.open({ storeDir: d.storeDir, stateDir: d.stateDir, logDir: d.logDir });
   const engine = new BuildEngine({ store, sandbox: d.root !== undefined, maxJobs });
   const results = await engine.buildPaths(d.drvs);
+  // What the engine keeps between builds goes here, on the clock: its chroot skeletons and build directories.
+  await engine.close();
   await store.close();
   const ms = performance.now() - t0;
   const built = results.filter((r) => r.result.status === 'built').length;
@@ -260,7 +266,10 @@ export async function runFloor(d: InstantiatedDag, n: number, maxJobs = 2): Prom
     }),
   );
   const ms = performance.now() - t0;
-  (sandbox as { close?: () => void }).close?.();
+  // Off the clock (the floor's builders alone), but finished before the next run starts, which its
+  // deletions would otherwise slow down.
+  await sandbox.close?.();
+  await flushRemovals();
   // Moved away rather than deleted, like everything resetDag clears (see there).
   const trash = path.join(d.dir, 'trash', String(trashSeq++));
   mkdirSync(trash, { recursive: true });
