@@ -109,7 +109,9 @@ export interface WireRealisation {
 
 /** The result of BuildDerivation on the remote. */
 export interface WireBuildResult {
+  /** Nix's BuildResult status as the remote reports it. */
   readonly status: WireBuildStatus;
+  /** The remote's error message without Nix's colours ('' on success). */
   readonly errorMsg: string;
   /** The error message as the remote sent it, in its Nix's colours. */
   readonly colouredErrorMsg: string;

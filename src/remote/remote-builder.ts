@@ -14,14 +14,7 @@ import type { NarSource, PathInfo, Store } from '../store/store-api.js';
 import type { StorePath } from '../store/store-path.js';
 import { NoMachineError, RemoteBuildError, RemoteConnectionError, RemoteDaemonError, type RemoteBuildErrorKind } from './errors.js';
 import { machine as makeMachine, parseMachines, parseStoreUri, selectMachine, type Machine, type MachineOptions, type MachineRequest } from './machines.js';
-import {
-  isSuccessStatus,
-  topoSortPaths,
-  type WireBuildResult,
-  type WireBuildStatus,
-  type WireDerivation,
-  type WireDerivationOutput,
-} from './protocol-common.js';
+import { isSuccessStatus, topoSortPaths, type WireBuildResult, type WireDerivation, type WireDerivationOutput } from './protocol-common.js';
 import { ServeConnection, type ServeBuildSettings } from './serve-protocol.js';
 import { loadExeca, StdioTransport, type Transport } from './transport.js';
 import { buildLogLine, ResultType, WorkerConnection, type OnRemoteLog, type RemoteLogEvent, type WorkerOptions } from './worker-protocol.js';
@@ -162,23 +155,16 @@ function sameOptions(a: WorkerOptions, b: WorkerOptions): boolean {
   return norm(a) === norm(b);
 }
 
-/** Outcome of a build the remote ran. Failures to reach or use the remote are thrown as RemoteBuildError. */
-export interface RemoteBuildResult {
-  /** Nix's BuildResult status as reported by the remote. */
-  readonly status: WireBuildStatus;
-  /** The remote's error message ('' on success). */
-  readonly errorMsg: string;
-  /** The same in the remote Nix's colours, as it sent it (absent: `errorMsg` has none). */
-  readonly colouredErrorMsg?: string;
+/**
+ * Outcome of a build the remote ran: its BuildResult as the remote sent it (the coloured error message may be
+ * absent: `errorMsg` has no colours then), the outputs as paths here. Failures to reach or use the remote are
+ * thrown as RemoteBuildError.
+ */
+export interface RemoteBuildResult extends Omit<WireBuildResult, 'builtOutputs' | 'colouredErrorMsg'>, Partial<Pick<WireBuildResult, 'colouredErrorMsg'>> {
   /** Store URI of the machine that ran the build. */
   readonly machine: string;
   /** Output name → path, for the outputs now valid in the local store (success only). */
   readonly builtOutputs: ReadonlyMap<string, StorePath>;
-  readonly timesBuilt: number;
-  readonly isNonDeterministic: boolean;
-  /** Seconds since the epoch, as the remote measured. */
-  readonly startTime: number;
-  readonly stopTime: number;
   /** Paths copied to the remote for this build. */
   readonly copiedInputs: readonly StorePath[];
   /** Outputs copied back. */
