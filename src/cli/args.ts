@@ -70,6 +70,12 @@ export interface CliArgs {
    * no command knows included): src/cli/gc.ts reads them as that operation does.
    */
   gc: { delete: boolean; flags: string[] };
+  /**
+   * `build`, `ensure`, `repair`, `store optimise`: the flags nix-store's option parser does not know, which
+   * it hands to the operation (`--realise` names the first as an "unknown flag", `--repair-path` says "no
+   * flags expected", `--optimise` "no arguments expected"), after the store is opened.
+   */
+  opFlags: string[];
   /** `--log-format FORMAT`: raw, raw-with-logs, internal-json, bar, bar-with-logs (checked by the command). */
   logFormat?: string;
   /** `--trace-file FILE`: write the run's timeline in the Chrome Trace Event format. */
@@ -78,7 +84,10 @@ export interface CliArgs {
   report?: string;
 }
 
-export class UsageError extends Error {}
+export class UsageError extends Error {
+  /** What the command line warned about before this error (its settings' values), which Nix prints as it reads them. */
+  warnings: readonly string[] = [];
+}
 
 const FLAG_TO_OPTION: Record<string, string> = {
   '--max-jobs': 'max-jobs',
@@ -474,6 +483,7 @@ function emptyArgs(): CliArgs {
     sigs: false,
     humanReadable: false,
     gc: { delete: false, flags: [] },
+    opFlags: [],
   };
 }
 
@@ -487,6 +497,31 @@ const PATH_INFO_SWITCHES: Readonly<Record<string, (a: CliArgs) => void>> = {
   '--all': (a) => (a.all = true),
   '-h': (a) => (a.humanReadable = true),
   '--human-readable': (a) => (a.humanReadable = true),
+};
+
+/** nix-store operations whose flags are all the operation's: every flag nix-store itself does not know goes to them. */
+const NIX_STORE_OPERATIONS: ReadonlySet<string> = new Set(['build', 'ensure', 'repair', 'store']);
+
+/**
+ * Switches of ours that nix-store's option parser does not know: `repair` and `store optimise`
+ * (`--repair-path`, `--optimise`, which take no flags) hand them to the operation as nix-store does;
+ * `--derivation` (path-info's and copy's) likewise for `build` and `ensure`.
+ */
+const OPERATION_SWITCHES: Readonly<Record<string, ReadonlySet<string>>> = {
+  repair: new Set([
+    '--json',
+    '--check',
+    '--repair',
+    '--recursive',
+    '--dry-run',
+    '-L',
+    '--print-build-logs',
+    '--ignore-unknown',
+    '--derivation',
+    '--no-out-link',
+    '--no-link',
+  ]),
+  build: new Set(['--derivation']),
 };
 
 /**
@@ -550,7 +585,8 @@ class ArgParser {
   /** The argument after the one at `i`, which a flag requires. */
   private next(i: number, flag: string): string {
     const v = this.argv[i + 1];
-    if (v === undefined) throw new UsageError(`flag '${flag}' requires 1 argument(s)`);
+    // nix-store reads --add-root itself (its getArg's words); the other flags are its option parser's.
+    if (v === undefined) throw new UsageError(flag === '--add-root' ? `'${flag}' requires an argument` : `flag '${flag}' requires 1 argument(s)`);
     return v;
   }
 
@@ -567,6 +603,9 @@ class ArgParser {
 
   /** A setting given by a flag of its own (not `--option`): a bad value there is an error. */
   private setFlagSetting(key: string, value: string): void {
+    // As Nix's flags set their settings while the command line is read, a value they cannot take ends it
+    // there, whatever the command (gc and store optimise use no engine that would read it later).
+    this.a.settingWarnings.push(...checkSettingValue(key, value));
     this.a.options.set(key, value);
     this.a.fromOption.delete(key);
     this.a.overridden.add(key);
@@ -575,6 +614,11 @@ class ArgParser {
   /** The flags only one command has: how many arguments it took (0: not one of them). */
   commandFlag(i: number, arg: string): number {
     const a = this.a;
+    const operationSwitches = OPERATION_SWITCHES[a.command === 'store' ? 'repair' : a.command === 'ensure' ? 'build' : (a.command ?? '')];
+    if (operationSwitches?.has(arg)) {
+      a.opFlags.push(arg);
+      return 1;
+    }
     if (a.command === 'path-info' && Object.hasOwn(PATH_INFO_SWITCHES, arg)) {
       PATH_INFO_SWITCHES[arg]!(a);
       return 1;
@@ -606,7 +650,9 @@ class ArgParser {
     if (arg === '--option') return this.option(i);
     if (FLAG_TO_OPTION[arg]) {
       const value = this.next(i, arg);
-      this.setFlagSetting(FLAG_TO_OPTION[arg]!, UNIT_PREFIXED_FLAGS.has(arg) ? String(parseUnitPrefixed(value)) : value);
+      // nix-store reads these three with a unit; the nix command (path-info, copy) as the settings they set.
+      const unit = UNIT_PREFIXED_FLAGS.has(arg) && !NIX_COMMAND_CLI.has(a.command ?? '');
+      this.setFlagSetting(FLAG_TO_OPTION[arg]!, unit ? String(parseUnitPrefixed(value)) : value);
       return 2;
     }
     if (BOOL_TO_OPTION[arg]) {
@@ -652,7 +698,9 @@ class ArgParser {
     }
     if (!isKnownSetting(flag)) return 0;
     const name = OPTION_ALIASES[flag] ?? flag;
-    this.setSetting(name, this.next(i, arg));
+    const value = this.next(i, arg);
+    this.a.settingWarnings.push(...checkSettingValue(flag, value));
+    this.setSetting(name, value);
     this.a.fromOption.delete(name);
     return 2;
   }
@@ -670,6 +718,15 @@ export const NIX_COMMAND_CLI: ReadonlySet<string> = new Set(['path-info', 'copy'
 export function parseArgs(rawArgv: readonly string[]): CliArgs {
   const argv = expandCompoundFlags(rawArgv);
   const p = new ArgParser(argv);
+  try {
+    return parseWith(p, argv);
+  } catch (e) {
+    if (e instanceof UsageError && !e.warnings.length) e.warnings = p.a.settingWarnings;
+    throw e;
+  }
+}
+
+function parseWith(p: ArgParser, argv: readonly string[]): CliArgs {
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--') {
@@ -688,6 +745,10 @@ export function parseArgs(rawArgv: readonly string[]): CliArgs {
     // nix-store hands a flag it does not know to the operation, which words the error (src/cli/gc.ts).
     if (p.a.command === 'gc' && arg.startsWith('-') && arg !== '-') {
       p.a.gc.flags.push(arg);
+      continue;
+    }
+    if (NIX_STORE_OPERATIONS.has(p.a.command ?? '') && arg.startsWith('-') && arg !== '-') {
+      p.a.opFlags.push(arg);
       continue;
     }
     // Worded as the Nix command the subcommand mirrors: nix-store's "unknown", the nix command's "unrecognised".

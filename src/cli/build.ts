@@ -5,7 +5,7 @@
  * and anything else goes to a BuildEngine (engine-build.ts, loaded only then).
  */
 import { LocalStore, alreadyValidResults, type BuildTarget, type Store } from '../index.js';
-import type { CliArgs } from './args.js';
+import { UsageError, type CliArgs } from './args.js';
 import { warnStderr } from './messages.js';
 import { followLinksToStorePath, parseTargetArg } from './paths.js';
 import { byString, printRealised } from './realised.js';
@@ -34,6 +34,9 @@ function noOpAnswerable(args: CliArgs, settings: EngineSettings): boolean {
 
 export async function buildCommand(args: CliArgs, store: Store): Promise<number> {
   const settings = engineSettings(args, store);
+  // nix-store --realise's own flags are all ours already: any other it hands over is its first error
+  // (after the settings, which its option parser checked as it read them).
+  if (args.opFlags.length) throw new UsageError(`unknown flag '${args.opFlags[0]}'`);
   const targets: BuildTarget[] = args.positional.map((a) =>
     args.command === 'ensure' ? { path: followLinksToStorePath(store.storeDir, a) } : parseTargetArg(store.storeDir, a),
   );

@@ -25,7 +25,7 @@ import {
   type TargetResult,
   type TraceFile,
 } from '../index.js';
-import type { CliArgs } from './args.js';
+import { UsageError, type CliArgs } from './args.js';
 import { asActivity, makeDisplay, openJsonSink, type Display, type LogFormat } from './log-format.js';
 import { messageLogs, warnStderr, writeFailure, writeStderr } from './messages.js';
 import { CliError, followLinksToStorePath } from './paths.js';
@@ -273,8 +273,11 @@ async function writeTrace(args: CliArgs, t: TraceFile): Promise<void> {
 }
 
 export async function repair(args: CliArgs, store: Store): Promise<number> {
+  const settings = engineSettings(args, store);
+  // nix-store --repair-path takes no flag of its own (checked after the settings, which its option parser read).
+  if (args.opFlags.length) throw new UsageError('no flags expected');
   tellLauncher('engineRuns');
-  const engine = new BuildEngine(engineOptions(engineSettings(args, store), warnStderr));
+  const engine = new BuildEngine(engineOptions(settings, warnStderr));
   const { display, closeSink } = openDisplay(args, engine);
   try {
     for (const a of args.positional) {

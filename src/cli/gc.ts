@@ -157,7 +157,8 @@ export async function gcCommand(args: CliArgs, store: Store): Promise<number> {
 export async function storeCommand(args: CliArgs, store: Store): Promise<number> {
   const [sub, ...rest] = args.positional;
   if (sub !== 'optimise') throw new UsageError(sub ? `unknown 'store' subcommand '${sub}'` : "'store' needs a subcommand: optimise");
-  if (rest.length) throw new UsageError('no arguments expected');
+  // nix-store --optimise takes neither flags of its own nor arguments, and says so in one message.
+  if (rest.length || args.opFlags.length) throw new UsageError('no arguments expected');
   const local = localStoreOf(store, 'store optimise');
   const display = new GcDisplay(args.quiet);
   // The native loop (and its registration with the store): compiled once; without a C compiler, JavaScript does the work.

@@ -43,7 +43,14 @@ async function run(argv: string[]): Promise<number> {
   // nix-store reads nix.conf and $NIX_CONFIG before its command line; a malformed one (a bad line, a
   // missing include, a value it cannot parse) ends it as a usage error, whatever the command line says.
   const conf = readNixConf(process.env);
-  const args = parseArgs(argv);
+  let args: CliArgs;
+  try {
+    args = parseArgs(argv);
+  } catch (e) {
+    // Nix warns as it sets each setting: what came before a bad flag is printed before its error.
+    if (e instanceof UsageError) for (const w of [...conf.flatMap((s) => s.warnings ?? []), ...e.warnings]) warnStderr(w);
+    throw e;
+  }
   applyNixConf(args, conf);
   showTrace = args.options.get('show-trace') === 'true';
   if (args.logFormat === 'internal-json') {

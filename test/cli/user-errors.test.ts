@@ -174,6 +174,97 @@ describe.skipIf(!nixOk())('user mistakes, realise vs Nix 2.8', () => {
   });
 });
 
+describe.skipIf(!nixOk())('usage errors of the store operations, realise vs nix-store / nix 2.8', () => {
+  let dir: string;
+  let store: string;
+  let p: string;
+  beforeAll(() => {
+    dir = tempDir();
+    store = path.join(dir, 'S');
+    writeFileSync(path.join(dir, 'f.txt'), 'usage\n');
+    p = nix('nix-store', ['--store', store, '--add', path.join(dir, 'f.txt')]);
+  });
+  // Both "Try '… --help' for more information." lines name their own program.
+  const same = (o: { status: number; stderr: string }, n: { status: number; stderr: string }) =>
+    expect([o.status, o.stderr]).toEqual([n.status, n.stderr.replace(/Try '(nix-store|nix) --help'/, "Try 'realise --help'")]);
+
+  it("flags an operation does not take: nix-store's 'no flags expected' (--repair-path), 'no arguments expected' (--optimise), 'unknown flag' (--realise), after the flags' settings are read", async () => {
+    const cases: [string[], string[]][] = [
+      [
+        ['repair', '--dry-run', p],
+        ['--repair-path', '--dry-run', p],
+      ],
+      [
+        ['repair', '--frob', p],
+        ['--repair-path', '--frob', p],
+      ],
+      [
+        ['repair', '--json', p],
+        ['--repair-path', '--json', p],
+      ],
+      [
+        ['store', 'optimise', '--check'],
+        ['--optimise', '--check'],
+      ],
+      [
+        ['store', 'optimise', '--frob'],
+        ['--optimise', '--frob'],
+      ],
+      [
+        ['build', '--derivation', p],
+        ['--realise', '--derivation', p],
+      ],
+      [
+        ['build', '--frob', '--max-jobs', 'x', p],
+        ['--realise', '--frob', '--max-jobs', 'x', p],
+      ],
+      [
+        ['repair', '--frob', '--max-jobs', 'x', p],
+        ['--repair-path', '--frob', '--max-jobs', 'x', p],
+      ],
+      [
+        ['build', p, '--add-root'],
+        ['--realise', p, '--add-root'],
+      ],
+    ];
+    for (const [ours, theirs] of cases) {
+      const n = runNix('nix-store', ['--store', store, ...theirs]);
+      expect(n.status, theirs.join(' ')).toBe(1);
+      same(await realise([ours[0]!, '--store', store, ...ours.slice(1)]), n);
+    }
+  });
+
+  it('a bad value of a setting flag ends gc and store optimise before they touch the store, as nix-store; what --option warned is printed first', async () => {
+    for (const flags of [
+      ['--max-jobs', 'x'],
+      ['--cores', '4294967296'],
+      ['--option', 'max-jobs', 'y', '--max-jobs', 'x'],
+    ]) {
+      for (const [ours, theirs] of [
+        [['gc'], ['--gc']],
+        [['store', 'optimise'], ['--optimise']],
+      ]) {
+        const n = runNix('nix-store', ['--store', store, ...theirs!, ...flags]);
+        expect(n.status, flags.join(' ')).toBe(1);
+        same(await realise([ours![0]!, '--store', store, ...ours!.slice(1), ...flags]), n);
+      }
+    }
+    // The dead path is still there (a gc that went on would have deleted it).
+    expect(nix('nix-store', ['--store', store, '--check-validity', '--print-invalid', p])).toBe('');
+  });
+
+  it("the nix command's setting flags take the setting's values, not nix-store's units", async () => {
+    for (const flags of [
+      ['--cores', '-1'],
+      ['--cores', '2K'],
+      ['--timeout', '1K'],
+    ]) {
+      const n = runNix('nix', ['path-info', '--store', store, ...flags, p]);
+      same(await realise(['path-info', '--store', store, ...flags, p]), n);
+    }
+  });
+});
+
 describe.skipIf(!nixOk())('an internal failure mid-build, realise vs Nix 2.8', () => {
   const BIN = path.resolve(__dirname, '../../bin/realise.js');
   // Root writes where it likes: as root, both run as nobody (when the checkout is readable by others).
