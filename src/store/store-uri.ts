@@ -1,6 +1,7 @@
 /**
  * Store URIs for local stores, as Nix's `--store` takes them:
- *   - a path (`/var/lib/ci/root`, `./root`): a chroot store with that root (logical `/nix/store`);
+ *   - a path (`/var/lib/ci/root`, `./root`, `ci/root`: anything without `://` that has a `/`): a chroot
+ *     store with that root (logical `/nix/store`);
  *   - `local` or `local?root=…&store=…&state=…&log=…&real=…` (values percent-decoded).
  * Other schemes (`daemon`, `ssh://`, `file://` binary caches, …) are not local stores and are refused here
  * (the daemon's URIs are opened by src/remote/daemon-store.ts's openStore).
@@ -47,7 +48,9 @@ export function parseStoreUri(uri: string, cwd: string = process.cwd(), env: Nod
   const query = q < 0 ? '' : uri.slice(q + 1);
   // A path parameter must be absolute, as Nix's path settings (normalised: '..', '.', '//', a trailing '/').
   const absolute = (what: string, v: string) => {
-    if (v === '') throw badUri(uri, `'${what}' is empty`);
+    // Nix's path settings other than the root cannot be empty (its words).
+    if (v === '')
+      throw new StoreError('bad-store-uri', `setting '${what}' cannot be empty`, { hint: `give store '${uri}' a '${what}' or leave the parameter out` });
     if (!path.isAbsolute(v)) {
       throw new StoreError('bad-store-uri', `not an absolute path: '${v}'`, {
         hint: `the '${what}' parameter of store '${uri}' must be an absolute path (only a bare store root may be relative)`,
@@ -56,7 +59,8 @@ export function parseStoreUri(uri: string, cwd: string = process.cwd(), env: Nod
     return path.resolve(v);
   };
   let root: string | undefined;
-  if (!head.includes('://') && (head.startsWith('/') || head.startsWith('./') || head.startsWith('../') || head === '.' || head === '..')) {
+  // As Nix's isNonUriPath: no scheme and a '/' somewhere (`a/b` too; `.` or `x` name no store).
+  if (!head.includes('://') && head.includes('/')) {
     root = path.resolve(cwd, head);
   } else if (head !== 'local' && head !== 'local://') {
     if (head === 'auto' || head === 'daemon' || head.startsWith('unix://'))
@@ -85,7 +89,9 @@ export function parseStoreUri(uri: string, cwd: string = process.cwd(), env: Nod
       }
       switch (key) {
         case 'root':
-          opts.root = absolute(key, value);
+          // Nix's root setting may be empty: no root, as without the parameter.
+          if (value === '') delete opts.root;
+          else opts.root = absolute(key, value);
           break;
         case 'store':
           opts.storeDir = absolute(key, value);

@@ -4,13 +4,14 @@
  * `nix-store` where Nix has the same mistake. Also the errno → Nix wording used for them.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { systemErrorMessage } from '../../src/cli/report.js';
 import { realiseInProcess as realise } from '../helpers/cli.js';
 import { AS_ROOT, nix, nixEnv, nixOk, removeTreeSync, runNix, tempDir, usableByOthers } from '../helpers/nix.js';
 
+const BIN = path.resolve(__dirname, '../../bin/realise.js');
 const lastLine = (s: string) => s.trimEnd().split('\n').pop();
 const noTrace = (s: string) => expect(s).not.toMatch(/^\s+at /m);
 
@@ -261,6 +262,32 @@ describe.skipIf(!nixOk())('usage errors of the store operations, realise vs nix-
     ]) {
       const n = runNix('nix', ['path-info', '--store', store, ...flags, p]);
       same(await realise(['path-info', '--store', store, ...flags, p]), n);
+    }
+  });
+
+  it("store URIs as Nix 2.8 reads them: a relative path with a '/' is a chroot root, '.' names no store, an empty root is none, an empty store or state is an error", async () => {
+    const cwd = tempDir();
+    const run = (args: string[]) => {
+      const r = spawnSync(process.execPath, [BIN, ...args], { cwd, env: nixEnv(), encoding: 'utf8' });
+      return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+    };
+    const n = runNix('nix-store', ['--store', 'n/store', '--gc', '--print-dead'], { cwd });
+    const o = run(['gc', '--store', 'o/store', '--print-dead']);
+    expect([o.status, o.stdout, o.stderr]).toEqual([0, n.stdout, n.stderr]);
+    expect(existsSync(path.join(cwd, 'o/store/nix/var/nix/db/db.sqlite'))).toBe(true);
+    for (const uri of ['.', '..']) {
+      const nd = runNix('nix-store', ['--store', uri, '--gc', '--print-dead'], { cwd });
+      expect([nd.status, nd.stderr]).toEqual([1, `error: don't know how to open Nix store '${uri}'\n`]);
+      const od = run(['gc', '--store', uri, '--print-dead']);
+      expect([od.status, od.stderr.split('\n')[0]]).toEqual([1, nd.stderr.trimEnd()]);
+    }
+    expect(existsSync(path.join(cwd, 'nix'))).toBe(false);
+    for (const key of ['store', 'state']) {
+      const uri = `local?root=${dir}/E&${key}=`;
+      const ne = runNix('nix-store', ['--store', uri, '--realise', p]);
+      const oe = await realise(['ensure', '--store', uri, p]);
+      expect([oe.status, oe.stderr.split('\n')[0]]).toEqual([ne.status, ne.stderr.split('\n')[0]]);
+      expect(oe.stderr.split('\n')[0]).toBe(`error: setting '${key}' cannot be empty`);
     }
   });
 });

@@ -14,11 +14,22 @@ describe('store URIs (what Nix --store takes for local stores)', () => {
     expect(parseStoreUri('/var/lib/ci/root').options).toEqual({ root: '/var/lib/ci/root' });
     expect(parseStoreUri('./root', '/home/u').options).toEqual({ root: '/home/u/root' });
     expect(parseStoreUri('../r/', '/home/u').options).toEqual({ root: '/home/r' });
+    // As Nix's isNonUriPath: any '/' without a scheme (a/b, a/); '.' and '..' have none and name no store.
+    expect(parseStoreUri('a/b?frob=1', '/home/u')).toEqual({ options: { root: '/home/u/a/b' }, ignored: [], unknown: ['frob'] });
+    expect(parseStoreUri('a/', '/home/u').options).toEqual({ root: '/home/u/a' });
+    for (const none of ['.', '..', 'x']) expect(() => parseStoreUri(none, '/home/u')).toThrow(`don't know how to open Nix store '${none}'`);
   });
 
   it('local?root=, and local?store=&state=&log=&real= with percent-decoding', () => {
     expect(parseStoreUri('local').options).toEqual({});
     expect(parseStoreUri('local?root=/x/y').options).toEqual({ root: '/x/y' });
+    // Nix's root may be empty (no root); its other path settings may not.
+    expect(parseStoreUri('local?root=').options).toEqual({});
+    for (const key of ['store', 'state', 'log', 'real']) {
+      expect(() => parseStoreUri(`local?root=/r&${key}=`), key).toThrow(
+        expect.objectContaining({ code: 'bad-store-uri', shortMessage: `setting '${key}' cannot be empty` }),
+      );
+    }
     expect(parseStoreUri('local?store=/x/store&state=/x/state&log=/x/log').options).toEqual({ storeDir: '/x/store', stateDir: '/x/state', logDir: '/x/log' });
     expect(parseStoreUri('local?root=/a%20b&real=/phys').options).toEqual({ root: '/a b', realStoreDir: '/phys' });
     expect(parseStoreUri('local?root=/r&trusted=1').ignored).toEqual(['trusted']);
