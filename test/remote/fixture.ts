@@ -35,7 +35,7 @@ in {
     ln -s \${dep} $out/dep-link
   '' { outputs = [ "out" "dev" ]; };
   fail = mk "fail" "echo about to fail; exit 3" {};
-  slow = mk "slow" "echo sleeping; sleep 30; mkdir $out" {};
+  slow = mk "slow" "echo sleeping; sleep 30; mkdir $out; : MARK" {};
   slow2 = mk "slow2" "echo sleeping; sleep 3; echo slow2 > $out" {};
   slow3 = mk "slow3" "echo sleeping; sleep 3; echo slow3 > $out" {};
   many = builtins.genList (i: mk "triv-\${toString i}" "echo \${toString i} > $out" { salt = SALT; }) COUNT;
@@ -45,6 +45,8 @@ in {
 export interface Fixture {
   dir: string;
   localRoot: string;
+  /** In the command line of `slow`'s builder, and no other fixture's: tells its process among all on the machine. */
+  marker: string;
   drvs: Record<'dep' | 'top' | 'fail' | 'slow' | 'slow2' | 'slow3', string>;
   many: string[];
   /** A program for remote-program= that runs Nix with NIX_CONF and writes its pid to `<dir>/pids/<name>`. */
@@ -56,7 +58,13 @@ export function makeFixture(opts: { count?: number; salt?: string; prebuildDep?:
   const dir = tempDir('realise-remote-');
   const localRoot = path.join(dir, 'local');
   const exprFile = path.join(dir, 'default.nix');
-  writeFileSync(exprFile, EXPR.replace('SALT', JSON.stringify(opts.salt ?? 'x')).replace('COUNT', String(opts.count ?? 0)));
+  const marker = `realise-fixture-${path.basename(dir)}`;
+  writeFileSync(
+    exprFile,
+    EXPR.replace('SALT', JSON.stringify(opts.salt ?? 'x'))
+      .replace('COUNT', String(opts.count ?? 0))
+      .replace('MARK', marker),
+  );
   const inst = (attr: string): string[] => nixInstantiate(localRoot, exprFile, { file: true, attr });
   const drvs = {
     dep: inst('dep')[0]!,
@@ -73,6 +81,7 @@ export function makeFixture(opts: { count?: number; salt?: string; prebuildDep?:
   return {
     dir,
     localRoot,
+    marker,
     drvs,
     many,
     wrapper(name, program) {

@@ -101,13 +101,13 @@ describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
     it(`${scheme}://: cancellation stops the remote build promptly and the machine stays usable`, async () => {
       const remoteRoot = path.join(fx.dir, `remote-cancel-${scheme}`);
       const b = builder(`${scheme}://localhost?remote-store=${encodeURIComponent(remoteRoot)}`);
-      // The remote builder process (sh -c '…; sleep 30; …'), seen from here.
+      // The remote builder process (sh -c '…; sleep 30; …; : <this fixture's marker>'), seen from here.
       const running = (): boolean =>
         readdirSync('/proc')
           .filter((d) => /^\d+$/.test(d))
           .some((d) => {
             try {
-              return readFileSync(`/proc/${d}/cmdline`, 'utf8').includes('echo sleeping; sleep 30');
+              return readFileSync(`/proc/${d}/cmdline`, 'utf8').includes(`sleep 30; mkdir $out; : ${fx.marker}`);
             } catch {
               return false;
             }
