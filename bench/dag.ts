@@ -14,7 +14,9 @@
  *   REALISE_BENCH_ONLY=ours npx tsx bench/dag.ts   # skip Nix (e.g. for profiling)
  *   REALISE_BENCH_WARMUP=10 npx tsx bench/dag.ts   # 10 untimed runs of ours first: V8's optimising compiler
  *     takes a function only after it ran a while, so a fresh process's first ~1,000 builds run colder code;
- *     this measures an embedding program past its first builds (the rows say "warm")
+ *     this measures a process past its first builds (the rows say "warm"); each run is still a new store
+ *     and engine, opened and closed inside the clock, so per-engine costs (the sandbox helper server's start,
+ *     the pools' clean-up at close) stay counted
  *   REALISE_BENCH_SANDBOX=1 npx tsx bench/dag.ts   # the same DAG sandboxed (issue #4's measure; also bench/dag-sandboxed.ts)
  *
  * Sandboxed (`REALISE_BENCH_SANDBOX=1`): the builder is a static busybox added to the store by the
