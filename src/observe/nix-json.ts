@@ -105,8 +105,9 @@ export class NixJsonLog {
   private readonly builderActs = new Map<string, Map<number, number>>();
   private lineForwarded = false;
   /**
-   * The call ended with a builder's `@nix` line Nix's logger throws on: Nix's exception leaves its worker,
-   * which sends no more results (no progress, no log lines); only its activities' stops follow.
+   * The current call is ending with an error (a builder's `@nix` line Nix's logger throws on, a setup
+   * error): Nix's exception leaves its worker, which sends no more results (no progress, no log lines);
+   * only its activities' stops follow. Cleared by `stopRealise()`, so the engine's next call reports again.
    */
   private thrown = false;
   /** The open activities of remote builds' steps, by derivation and step. */
@@ -414,6 +415,7 @@ export class NixJsonLog {
     this.substitutions.clear();
     this.waits.clear();
     this.hooks.clear();
+    this.thrown = false;
     if (!this.top) return;
     this.stop(this.top.copyPaths);
     this.stop(this.top.builds);

@@ -9,13 +9,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
 import { BuildFailedError } from '../../src/scheduler/errors.js';
 import type { BuildEngineEventName } from '../../src/scheduler/events.js';
-import { NixJsonLog } from '../../src/observe/nix-json.js';
+import { attachNixJsonLog, NixJsonLog } from '../../src/observe/nix-json.js';
 import { recordTrace } from '../../src/observe/trace.js';
 import { analyseTrace } from '../../src/observe/report.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import { tempDir } from '../helpers/nix.js';
 import { FakeSandbox, removeTree, settle, writeTestDrv } from '../scheduler/helpers.js';
-import { parseStream } from './nix-stream.js';
+import { parseStream, progressUpdates } from './nix-stream.js';
 
 const EVENTS: BuildEngineEventName[] = [
   'goal-created',
@@ -108,6 +108,32 @@ describe('engine events', () => {
     expect(a.items.filter((i) => i.kind === 'build')).toHaveLength(7);
     expect(a.criticalPath).toHaveLength(2);
     expect(a.criticalPath[1]).toBe(top);
+  });
+
+  it("a call ending with an error silences the JSON log's results for that call only: the engine's next call has its progress", async () => {
+    const sb = new FakeSandbox((p) => store.toRealPath(p));
+    sb.auto = () => 0;
+    // A required feature this machine lacks: Nix's setup error, which ends the call.
+    const unbuildable = await writeTestDrv(store, 'ending-feature', [], { env: { requiredSystemFeatures: 'no-such-feature' } });
+    const fine = await writeTestDrv(store, 'ending-next');
+    const engine = new BuildEngine({ store, sandbox: sb, maxJobs: 1 });
+    const ended: unknown[] = [];
+    engine.on('call-ending', (e) => ended.push(e.error));
+    const lines: string[] = [];
+    const json = attachNixJsonLog(engine, (l) => lines.push(l));
+    json.startRealise();
+    await expect(engine.buildPaths([unbuildable])).rejects.toThrow(/no-such-feature/);
+    json.stopRealise();
+    expect(ended).toHaveLength(1);
+    lines.length = 0;
+    json.startRealise();
+    await engine.buildPaths([fine]);
+    json.stopRealise();
+    json.close();
+    // Nix's worker's progress of the second call: its Builds activity's Progress results, 1 of 1 done at the end.
+    const updates = progressUpdates(lines.join(''));
+    expect(updates.length).toBeGreaterThan(0);
+    expect(updates).toContain('builds [1,1,0,0]');
   });
 
   it('a failure without keepGoing: the others are stopped (own status, not dependency-failed), not failures, not counted as failed', async () => {
