@@ -136,6 +136,26 @@ describe('engine events', () => {
     expect(updates).toContain('builds [1,1,0,0]');
   });
 
+  it('hook-asked: each build Nix would offer to its hook, before its build-started; not one preferring a local build it can have', async () => {
+    const sb = new FakeSandbox((p) => store.toRealPath(p));
+    sb.auto = () => 0;
+    const offered = await writeTestDrv(store, 'hook-offered');
+    const local = await writeTestDrv(store, 'hook-local', [], { env: { preferLocalBuild: '1' } });
+    const top = await writeTestDrv(store, 'hook-top', [offered, local]);
+    const engine = new BuildEngine({ store, sandbox: sb, maxJobs: 1 });
+    const seen: string[] = [];
+    engine.on('hook-asked', (e) => seen.push(`asked ${e.drvPath}`));
+    engine.on('hook-started', () => seen.push('hook'));
+    engine.on('build-started', (e) => seen.push(`started ${e.drvPath}`));
+    await engine.buildPaths([top]);
+    expect(seen.filter((x) => x.startsWith('asked')).sort()).toEqual([`asked ${offered}`, `asked ${top}`].sort());
+    // Nix starts its hook at the first offer; each offered build is asked about before it starts here.
+    expect(seen[0]).toMatch(/^asked /);
+    expect(seen[1]).toBe('hook');
+    for (const d of [offered, top]) expect(seen.indexOf(`asked ${d}`)).toBeLessThan(seen.indexOf(`started ${d}`));
+    expect(seen).toContain(`started ${local}`);
+  });
+
   it('a failure without keepGoing: the others are stopped (own status, not dependency-failed), not failures, not counted as failed', async () => {
     const sb = new FakeSandbox((p) => store.toRealPath(p));
     const bad = await writeTestDrv(store, 'stop-bad');
