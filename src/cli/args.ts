@@ -524,6 +524,26 @@ const OPERATION_SWITCHES: Readonly<Record<string, ReadonlySet<string>>> = {
   build: new Set(['--derivation']),
 };
 
+/** Flags of ours that `nix path-info` and `nix copy` 2.8 do not have ("unrecognised flag"). */
+const NIX_COMMAND_REFUSES: ReadonlySet<string> = new Set([
+  '--check',
+  '--repair',
+  '--dry-run',
+  '-Q',
+  '--no-build-output',
+  '--ignore-unknown',
+  '--no-out-link',
+  '--no-link',
+  '--indirect',
+  '--add-root',
+  '--out-link',
+  '-o',
+]);
+/** Those `nix copy` 2.8 does not have either (path-info's `-r` and `--json`). */
+const COPY_REFUSES: ReadonlySet<string> = new Set(['-r', '--recursive', '--json']);
+/** `nix copy`'s flags that change nothing when the destination is a binary cache. */
+const COPY_NO_OPS: ReadonlySet<string> = new Set(['--no-check-sigs', '--substitute-on-destination', '-s']);
+
 /**
  * Flags without an argument. Verbosity is Nix's: each --quiet one level down (to 0), each -v one up (to 7),
  * --debug sets 6; the informational lines need the default (3).
@@ -614,6 +634,12 @@ class ArgParser {
   /** The flags only one command has: how many arguments it took (0: not one of them). */
   commandFlag(i: number, arg: string): number {
     const a = this.a;
+    // Flags of ours (nix-store's) that the nix command does not have: refused as it refuses them.
+    if (NIX_COMMAND_CLI.has(a.command ?? '') && (NIX_COMMAND_REFUSES.has(arg) || (a.command === 'copy' && COPY_REFUSES.has(arg)))) {
+      throw new UsageError(`unrecognised flag '${arg}'`);
+    }
+    // nix copy's checks of the destination, which a binary cache written here does not make: nothing to change.
+    if (a.command === 'copy' && COPY_NO_OPS.has(arg)) return 1;
     const operationSwitches = OPERATION_SWITCHES[a.command === 'store' ? 'repair' : a.command === 'ensure' ? 'build' : (a.command ?? '')];
     if (operationSwitches?.has(arg)) {
       a.opFlags.push(arg);

@@ -179,7 +179,8 @@ export async function pathInfo(args: CliArgs, store: Store): Promise<number> {
 }
 
 export async function copy(args: CliArgs, store: Store): Promise<number> {
-  if (!args.to) throw new UsageError("'copy' needs '--to URL'");
+  // nix copy's words (it also takes --from, which realise has not: it copies from its store to a cache).
+  if (!args.to) throw new UsageError("you must pass '--from' and/or '--to'");
   const secretKeyFile = args.options.get('secret-key');
   // Read before anything is copied, as Nix reads the key when it opens the cache.
   const secretKey = secretKeyFile ? readFileSync(secretKeyFile, 'utf8').trim() : undefined;

@@ -265,6 +265,32 @@ describe.skipIf(!nixOk())('usage errors of the store operations, realise vs nix-
     }
   });
 
+  it("path-info and copy refuse the flags the nix command has not ('unrecognised flag'), take nix copy's checks of the destination, and name a missing --to in nix copy's words", async () => {
+    const cases: string[][] = [
+      ['path-info', '--check'],
+      ['path-info', '-Q'],
+      ['path-info', '--add-root', path.join(dir, 'r')],
+      ['path-info', '--no-link'],
+      ['copy', '-r'],
+      ['copy', '--json'],
+      ['copy', '--dry-run'],
+      ['copy', '-o', path.join(dir, 'r')],
+    ];
+    for (const [cmd, ...flags] of cases) {
+      const to = cmd === 'copy' ? ['--to', `file://${dir}/never`] : [];
+      const n = runNix('nix', [cmd!, '--store', store, ...to, ...flags, p]);
+      expect(n.status, flags.join(' ')).toBe(1);
+      same(await realise([cmd!, '--store', store, ...to, ...flags, p]), n);
+    }
+    expect(existsSync(path.join(dir, 'never'))).toBe(false);
+    for (const flag of ['--no-check-sigs', '-s', '--substitute-on-destination']) {
+      const n = runNix('nix', ['copy', '--store', store, '--to', `file://${dir}/n${flag}`, flag, p]);
+      const o = await realise(['copy', '--store', store, '--to', `file://${dir}/o${flag}`, flag, p]);
+      expect([o.status, o.stderr.replace(`/o${flag}`, `/n${flag}`)]).toEqual([0, n.stderr]);
+    }
+    same(await realise(['copy', '--store', store, p]), runNix('nix', ['copy', '--store', store, p]));
+  });
+
   it("store URIs as Nix 2.8 reads them: a relative path with a '/' is a chroot root, '.' names no store, an empty root is none, an empty store or state is an error", async () => {
     const cwd = tempDir();
     const run = (args: string[]) => {
