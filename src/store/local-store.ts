@@ -1214,7 +1214,8 @@ export class LocalStore implements Store {
     try {
       if (!repair && this.isValidPathSync(info.path)) return (await this.queryPathInfo(info.path))!;
       const session = await this.sessionTempDir();
-      target = path.join(session.dir, `${++this.tmpCounter}-${storePathBase(info.path)}`);
+      // (Concatenated: the session's directory is normalised, the name has no '/' and is not '.' or '..'.)
+      target = `${session.dir}/${++this.tmpCounter}-${storePathBase(info.path)}`;
       const hashed = hashingStream(nar, info.narHash.algorithm, opts.signal, info.ca);
       // Restored with canonical metadata straight away; a second canonicalising walk is needed only
       // when new files do not get our group (a setgid store directory).
@@ -1229,12 +1230,13 @@ export class LocalStore implements Store {
       const text = (await opts.verify?.(target)) ?? undefined;
       if (session.walkAfterRestore) await canonicalisePathMetaData(target, { ignoredAcls: this.ignoredAcls });
       opts.signal?.throwIfAborted();
-      const final: PathInfo = { ...info, narSize: got.size, registrationTime: info.registrationTime ?? Math.floor(Date.now() / 1000) };
+      // (Object.assign: a spread followed by a key the source lacks builds new hidden classes at each call.)
+      const final: PathInfo = Object.assign({}, info, { narSize: got.size, registrationTime: info.registrationTime ?? Math.floor(Date.now() / 1000) });
       // (The registration checks the references again, in its transaction.)
       const real = this.toRealPath(info.path);
       if (existsNow(real)) {
         // A stale invalid copy, or the valid copy we are repairing: move it aside, then delete it.
-        const old = path.join(session.dir, `${++this.tmpCounter}-old`);
+        const old = `${session.dir}/${++this.tmpCounter}-old`;
         movePathSync(real, old);
         movePathSync(target, real);
         target = old;

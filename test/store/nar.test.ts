@@ -19,6 +19,7 @@ import {
   narString,
   parseNar,
   regularFileContentsOfNar,
+  resolvedPath,
   restorePath,
   streamOf,
   teeHash,
@@ -456,4 +457,31 @@ it('symlinks on disk are archived, not followed', async () => {
   const n = await collect(dumpPath(root));
   expect(n.includes(S('/etc'))).toBe(true);
   expect(n.includes(S('passwd'))).toBe(false);
+});
+
+describe('resolvedPath', () => {
+  it('is path.resolve for absolute, relative and unnormalised paths', () => {
+    const cases = [
+      '/',
+      '/a',
+      '/a/b-1.drv',
+      '/a/',
+      '/a//b',
+      '/a/./b',
+      '/a/../b',
+      '/a/.',
+      '/a/..',
+      '//a',
+      'a',
+      'a/b',
+      '.',
+      '..',
+      '',
+      '/a/.b',
+      '/a/..b',
+      '/a/b.',
+      '/.a',
+    ];
+    for (const p of cases) expect(resolvedPath(p), p).toBe(path.resolve(p));
+  });
 });
