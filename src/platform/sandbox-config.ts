@@ -21,9 +21,8 @@ export interface UseSandboxInput {
   readonly noChroot: boolean;
   /** Fixed-output (or otherwise impure) derivations may skip the sandbox in relaxed mode. */
   readonly impure: boolean;
-  /** Logical and physical store dir; a chroot store (they differ) always builds sandboxed on Linux. */
-  readonly storeDir: string;
-  readonly realStoreDir: string;
+  /** The store's logical directory differs from its physical one (a chroot store): it always builds sandboxed on Linux. */
+  readonly diverted: boolean;
   readonly drvPath: string;
 }
 
@@ -47,8 +46,7 @@ export function useSandbox(input: UseSandboxInput): boolean {
     use = true;
   } else if (input.mode === false) use = false;
   else use = !input.impure && !input.noChroot;
-  if (path.resolve(input.storeDir) !== path.resolve(input.realStoreDir)) use = true;
-  return use;
+  return use || input.diverted;
 }
 
 /**

@@ -2,6 +2,7 @@
  * BuildEngine: the public entry point. Each call gets its own Worker (one goal per path per call); slots
  * (p-queue) and progress counters are per engine.
  */
+import * as path from 'node:path';
 import { EventEmitter } from 'eventemitter3';
 import PQueue from 'p-queue';
 import { shortMessageOf } from '../store/errors.js';
@@ -52,16 +53,17 @@ export interface BuildPathsOptions {
   readonly signal?: AbortSignal;
 }
 
-/** Whether a build runs sandboxed under a sandbox setting (not a Sandbox object); throws Nix's refusal. */
-function sandboxedBy(store: Store, view: DrvView, mode: SandboxMode): boolean {
-  return useSandbox({
-    mode,
-    noChroot: view.attrs.noChroot,
-    impure: view.isFixedOutput,
-    storeDir: store.storeDir,
-    realStoreDir: store.realStoreDir,
-    drvPath: view.drvPath,
-  });
+/**
+ * Whether a build runs sandboxed under a sandbox setting (not a Sandbox object), in a store whose logical
+ * directory is `diverted` from its physical one or not (see storeDiverted); throws Nix's refusal.
+ */
+function sandboxed(view: DrvView, mode: SandboxMode, diverted: boolean): boolean {
+  return useSandbox({ mode, noChroot: view.attrs.noChroot, impure: view.isFixedOutput, diverted, drvPath: view.drvPath });
+}
+
+/** A chroot store: its logical directory is not where its files are (such a store always builds sandboxed). */
+function storeDiverted(store: Store): boolean {
+  return path.resolve(store.storeDir) !== path.resolve(store.realStoreDir);
 }
 
 export class BuildEngine extends EventEmitter<BuildEngineEvents> {
@@ -78,12 +80,6 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   private readonly drvCache = new Map<StorePath, Promise<DrvView>>();
   private readonly providedDrvs = new Map<StorePath, Promise<DrvView>>();
   private readonly infoCache = new Map<string, { at: number; info: SubstitutablePathInfo | undefined }>();
-  /**
-   * sandboxedBy's answers per store, indexed by the sandbox setting (true 0, false 4, relaxed 8) and the
-   * derivation's `__noChroot` (2) and fixed-output (1) bits: the rest of its input is the store's directories
-   * (a path.resolve of each, per build otherwise). Refusals are not kept (their message names the derivation).
-   */
-  private readonly sandboxedIn = new WeakMap<Store, Array<boolean | undefined>>();
   private linuxSandbox: Promise<LinuxSandboxChoice> | undefined;
   private linuxChoice: LinuxSandboxChoice | undefined;
   private warnedNoSandbox = false;
@@ -165,6 +161,7 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
   private async context(): Promise<EngineContext> {
     const store = await this.storePromise;
     const subs = sortByPriority(await this.initSubstituters());
+    const diverted = storeDiverted(store);
     return {
       store,
       options: this.options,
@@ -206,8 +203,8 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
       cachedDrv: (drvPath) => this.cachedDrv(drvPath),
       forgetDrv: (drvPath) => this.drvCache.delete(drvPath),
       isProvidedDrv: (drvPath) => this.providedDrvs.has(drvPath),
-      pickSandbox: (view) => this.pickSandbox(store, view),
-      knownSandbox: (view) => this.knownSandbox(store, view),
+      pickSandbox: (view) => this.pickSandbox(store, view, diverted),
+      knownSandbox: (view) => this.knownSandbox(view, diverted),
     };
   }
 
@@ -310,39 +307,27 @@ export class BuildEngine extends EventEmitter<BuildEngineEvents> {
     this.drvCache.set(drvPath, Promise.resolve(view));
   }
 
-  /** sandboxedBy, remembered per store and kind of derivation (see sandboxedIn); throws Nix's refusal. */
-  private sandboxed(store: Store, view: DrvView, mode: SandboxMode): boolean {
-    const kind = (mode === true ? 0 : mode === false ? 4 : 8) | (view.attrs.noChroot ? 2 : 0) | (view.isFixedOutput ? 1 : 0);
-    let known = this.sandboxedIn.get(store);
-    const use = known?.[kind];
-    if (use !== undefined) return use;
-    const now = sandboxedBy(store, view, mode);
-    if (!known) this.sandboxedIn.set(store, (known = []));
-    known[kind] = now;
-    return now;
-  }
-
   /** What pickSandbox gives when the Linux sandbox was probed already and nothing is refused or warned about. */
-  private knownSandbox(store: Store, view: DrvView): Sandbox | undefined {
+  private knownSandbox(view: DrvView, diverted: boolean): Sandbox | undefined {
     const mode = this.options.sandbox;
     if (isBuiltinBuilder(view.builder)) return undefined;
     if (typeof mode === 'object') return mode;
     try {
-      return this.sandboxed(store, view, mode) ? this.linuxChoice?.sandbox : this.noSandbox;
+      return sandboxed(view, mode, diverted) ? this.linuxChoice?.sandbox : this.noSandbox;
     } catch {
       return undefined; // refused: pickSandbox says so in the slot
     }
   }
 
-  private async pickSandbox(store: Store, view: DrvView): Promise<Sandbox> {
+  private async pickSandbox(store: Store, view: DrvView, diverted: boolean): Promise<Sandbox> {
     // Built-ins run in the engine whatever the sandbox setting (Nix's need no builder process either).
     const mode = this.options.sandbox;
     if (isBuiltinBuilder(view.builder)) {
       // What the built-in may see is what a builder in this build's sandbox would.
-      return this.builtins.withSandbox(typeof mode === 'object' ? mode.isolated || store.storeDir !== store.realStoreDir : this.sandboxed(store, view, mode));
+      return this.builtins.withSandbox(typeof mode === 'object' ? mode.isolated || store.storeDir !== store.realStoreDir : sandboxed(view, mode, diverted));
     }
     if (typeof mode === 'object') return mode;
-    if (!this.sandboxed(store, view, mode)) return this.noSandbox;
+    if (!sandboxed(view, mode, diverted)) return this.noSandbox;
     // The Linux sandbox is probed when the first build needs it: a call that builds nothing (every output
     // valid) or nothing sandboxed starts no probe. Once found, it gets ready for the builds to come (its
     // helper server, chroots) while this first one sets up.

@@ -10,7 +10,7 @@ import { LinuxSandbox } from '../../src/platform/linux-sandbox.js';
 import { bwrapOk, tempDir } from '../helpers/nix.js';
 import { ccOk } from './sandbox-fixture.js';
 
-const base = { noChroot: false, impure: false, storeDir: '/nix/store', realStoreDir: '/nix/store', drvPath: '/nix/store/x-a.drv' };
+const base = { noChroot: false, impure: false, diverted: false, drvPath: '/nix/store/x-a.drv' };
 
 describe('sandbox modes', () => {
   it('decides per derivation as Nix startBuilder does', () => {
@@ -21,8 +21,8 @@ describe('sandbox modes', () => {
     expect(useSandbox({ ...base, mode: 'relaxed', impure: true })).toBe(false);
     expect(useSandbox({ ...base, mode: 'relaxed', noChroot: true })).toBe(false);
     // a chroot store always builds in the sandbox
-    expect(useSandbox({ ...base, mode: false, realStoreDir: '/srv/root/nix/store' })).toBe(true);
-    expect(useSandbox({ ...base, mode: 'relaxed', noChroot: true, realStoreDir: '/srv/root/nix/store' })).toBe(true);
+    expect(useSandbox({ ...base, mode: false, diverted: true })).toBe(true);
+    expect(useSandbox({ ...base, mode: 'relaxed', noChroot: true, diverted: true })).toBe(true);
     const e = (() => {
       try {
         useSandbox({ ...base, mode: true, noChroot: true });
