@@ -7,6 +7,7 @@ import {
   BuildEngine,
   RealiseError,
   copyToBinaryCache,
+  unknownBinaryCacheSettings,
   derivationOutputsAndPaths,
   isCompression,
   readDerivationFromStore,
@@ -181,6 +182,8 @@ export async function pathInfo(args: CliArgs, store: Store): Promise<number> {
 export async function copy(args: CliArgs, store: Store): Promise<number> {
   // nix copy's words (it also takes --from, which realise has not: it copies from its store to a cache).
   if (!args.to) throw new UsageError("you must pass '--from' and/or '--to'");
+  // As Nix opens the destination store first: the URL's settings it does not have, each warned about.
+  for (const name of unknownBinaryCacheSettings(args.to)) warnStderr(`unknown setting '${name}'`);
   const secretKeyFile = args.options.get('secret-key');
   // Read before anything is copied, as Nix reads the key when it opens the cache.
   const secretKey = secretKeyFile ? readFileSync(secretKeyFile, 'utf8').trim() : undefined;

@@ -213,6 +213,34 @@ export function binaryCacheUrlSettings(url: string): Pick<CopyToBinaryCacheOptio
   return out;
 }
 
+/** The settings Nix 2.8's file:// binary cache store has (the binary cache's and every store's). */
+const BINARY_CACHE_SETTINGS: ReadonlySet<string> = new Set([
+  'compression',
+  'compression-level',
+  'parallel-compression',
+  'secret-key',
+  'write-nar-listing',
+  'index-debug-info',
+  'local-nar-cache',
+  'path-info-cache-size',
+  'trusted',
+  'priority',
+  'want-mass-query',
+  'system-features',
+  'store',
+]);
+
+/**
+ * The settings of a binary cache URL's query that Nix 2.8's binary cache store does not have, sorted: Nix
+ * opens the cache anyway and warns "unknown setting 'NAME'" for each (`write-debug-info`, `root` too).
+ */
+export function unknownBinaryCacheSettings(url: string): string[] {
+  const q = url.indexOf('?');
+  if (q < 0) return [];
+  const keys = [...new URLSearchParams(url.slice(q + 1)).keys()].filter((k) => !BINARY_CACHE_SETTINGS.has(k));
+  return [...new Set(keys)].sort();
+}
+
 export async function copyToBinaryCache(store: Store, paths: Iterable<StorePath>, url: string, options: CopyToBinaryCacheOptions = {}): Promise<StorePath[]> {
   // Settings in the URL are defaults; explicit options win.
   const opts: CopyToBinaryCacheOptions = { ...binaryCacheUrlSettings(url), ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) };

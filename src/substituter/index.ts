@@ -19,7 +19,7 @@ export { BinaryCacheSubstituter, type BinaryCacheSubstituterOptions } from './bi
 export { trustExtraCaCerts } from './undici.js';
 export { InMemorySubstituter, type InMemorySubstituterOptions } from './memory.js';
 export { NarInfoCache, type NarInfoCacheOptions, type CachedLookup } from './narinfo-cache.js';
-export { copyToBinaryCache, BinaryCacheWriter, type CopyToBinaryCacheOptions } from './binary-cache-writer.js';
+export { copyToBinaryCache, unknownBinaryCacheSettings, BinaryCacheWriter, type CopyToBinaryCacheOptions } from './binary-cache-writer.js';
 export {
   parseNarInfo,
   printNarInfo,

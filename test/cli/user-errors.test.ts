@@ -289,6 +289,12 @@ describe.skipIf(!nixOk())('usage errors of the store operations, realise vs nix-
       expect([o.status, o.stderr.replace(`/o${flag}`, `/n${flag}`)]).toEqual([0, n.stderr]);
     }
     same(await realise(['copy', '--store', store, p]), runNix('nix', ['copy', '--store', store, p]));
+    // Settings of the cache URL that Nix's binary cache store has not: warned about, sorted, and copied.
+    const q = '?zeta=1&root=/x&write-debug-info=1&compression=zstd&priority=3&alpha=2';
+    const n = runNix('nix', ['copy', '--store', store, '--to', `file://${dir}/nq${q}`, p]);
+    expect(n.stderr).toMatch(/^warning: unknown setting 'alpha'\nwarning: unknown setting 'root'\n/);
+    const o = await realise(['copy', '--store', store, '--to', `file://${dir}/oq${q}`, p]);
+    expect([o.status, o.stderr.replaceAll('/oq', '/nq')]).toEqual([0, n.stderr]);
   });
 
   it("store URIs as Nix 2.8 reads them: a relative path with a '/' is a chroot root, '.' names no store, an empty root is none, an empty store or state is an error", async () => {
