@@ -147,12 +147,14 @@ export class ProgressDisplay {
         this.render();
       }
     };
-    const onWarn = (e: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' | 'raw'; verbosity?: number }) => {
+    const onWarn = (e: Parameters<BuildEngineEvents['warning']>[0]) => {
       // As Nix's logger: a builder's message is shown when its level is at most the display's verbosity.
       if (e.verbosity !== undefined && e.verbosity > (opts.verbosity ?? 3)) return;
-      if (e.level === 'info') info(e.message);
-      else if (e.level === 'raw') this.rawLine(e.message);
-      else this.line(e.level === 'plain' ? e.message : (e.level === 'error' ? formatError(e.message) : formatWarning(e.message)).trimEnd());
+      // In Nix's colours where the message has them (a display off a terminal filters them, as Nix's).
+      const message = e.colouredMessage ?? e.message;
+      if (e.level === 'info') info(message);
+      else if (e.level === 'raw') this.rawLine(message);
+      else this.line(e.level === 'plain' ? message : (e.level === 'error' ? formatError(message) : formatWarning(message)).trimEnd());
     };
     const onSubst = (e: { path: string; substituter: string; from?: string }) => info(`copying path '${e.from ?? e.path}' from '${e.substituter}'...`);
     // Shown even with --quiet, as Nix logs it at warning level.

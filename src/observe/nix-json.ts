@@ -210,7 +210,7 @@ export class NixJsonLog {
     });
     if (opts.warnings !== false) {
       on('warning', (e) => {
-        if (e.verbosity !== undefined) this.message(e.verbosity, e.message);
+        if (e.verbosity !== undefined) this.message(e.verbosity, e.colouredMessage ?? e.message);
         // The build hook's own error line, as Nix's worker passes it on (a plain message).
         else if (e.hookLine !== undefined) this.message(LogLevel.Error, ERROR_PREFIX + e.hookLine.replace(/\n(?!\n|$)/g, '\n' + INDENT));
         else if (e.level === 'error') this.error(e.message);
@@ -218,7 +218,7 @@ export class NixJsonLog {
         // Another program's own stderr (an ssh-ng:// machine's ssh) is no part of Nix's stream: Nix's ssh
         // writes it to stderr itself, raw (the CLI's JsonDisplay does so).
         else if (e.level === 'raw') return;
-        else if (e.level === 'plain') this.message(LogLevel.Error, e.message);
+        else if (e.level === 'plain') this.message(LogLevel.Error, e.colouredMessage ?? e.message);
         else this.warn(e.message);
       });
     }

@@ -164,8 +164,17 @@ export interface EventPayloads {
    * `hookLine`: an error Nix's build hook prints itself (a build that failed on its machine: `level:
    * 'error'`), in Nix's colours without its `error:` prefix: Nix's worker passes the hook's line on as it is,
    * so Nix's internal-json stream has it as a plain message (no `raw_msg`).
+   * `colouredMessage`: `message` with its values in Nix's colours, where Nix colours some (the hook's
+   * "Failed to find a machine for remote build!" report, its "cannot build on '…'" line): what the CLI and
+   * the internal-json stream print. `message` itself is plain text, without escape codes.
    */
-  warning: { message: string; level?: 'warning' | 'error' | 'plain' | 'info' | 'raw'; verbosity?: number; hookLine?: string };
+  warning: {
+    message: string;
+    level?: 'warning' | 'error' | 'plain' | 'info' | 'raw';
+    verbosity?: number;
+    hookLine?: string;
+    colouredMessage?: string;
+  };
   /**
    * The call ends with `error` (the error it rejects with), as Nix throws it out of its worker: its goals
    * are being stopped. Once per call, before the stops; a BuilderLogMessageError, a setup error, a bad key.

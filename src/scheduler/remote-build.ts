@@ -161,12 +161,11 @@ export async function tryRemoteBuild(w: Worker, view: DrvView, inputPaths: Set<S
       // Nix's hook logs it at its warning level, without prefix, the values in hintfmt's colours (kept on a
       // terminal and in internal-json; a display off a terminal filters them, as Nix's).
       if (!local) {
-        const report = noMachineReport(
-          options.builders.map((b) => b.machine),
-          hookRequest(view),
-          colouredValue,
-        );
-        w.ctx.emit('warning', { message: report, level: 'plain', verbosity: 1 });
+        const machines = options.builders.map((b) => b.machine);
+        const request = hookRequest(view);
+        const report = noMachineReport(machines, request);
+        const colouredMessage = noMachineReport(machines, request, colouredValue);
+        w.ctx.emit('warning', { message: report, colouredMessage, level: 'plain', verbosity: 1 });
       }
       return undefined;
     }
@@ -212,5 +211,11 @@ function hookRequest(view: DrvView): MachineRequest {
 function reportFailedMachine(w: Worker, e: RemoteBuildError): void {
   const cause = e.cause ?? e;
   // In Nix's colours (a display off a terminal filters them, as Nix's): its error's prefix and values.
-  w.warn(`cannot build on '${e.machine}': ${ERROR_PREFIX}${colouredMessageOf(cause)}`, 'plain');
+  w.warn(
+    {
+      plain: `cannot build on '${e.machine}': error: ${shortMessageOf(cause)}`,
+      coloured: `cannot build on '${e.machine}': ${ERROR_PREFIX}${colouredMessageOf(cause)}`,
+    },
+    'plain',
+  );
 }

@@ -12,6 +12,7 @@ import { type BuildResult, isSuccess, failure, stoppedResult } from './results.j
 import { SubstitutionGoal, substituteRealisation, substitutionSucceeded, type FixedContent, type SubstitutionOutcome } from './substitution-goal.js';
 import { systemErrorMessage } from '../store/system-error.js';
 import { RealiseError, shortMessageOf } from '../store/errors.js';
+import type { NixMessage } from '../store/nix-message.js';
 import { BuildSetupError, GoalStopped } from './errors.js';
 import { pathContentsGood } from './verify.js';
 import { slotGate } from './slot-gate.js';
@@ -178,8 +179,10 @@ export class Worker {
     this.contentsGood.set(path, true);
   }
 
-  warn(message: string, level?: 'warning' | 'error' | 'plain' | 'info' | 'raw'): void {
-    this.ctx.emit('warning', level ? { message, level } : { message });
+  /** A warning event; a NixMessage's plain text is its `message`, its coloured text its `colouredMessage`. */
+  warn(message: string | NixMessage, level?: 'warning' | 'error' | 'plain' | 'info' | 'raw'): void {
+    const m = typeof message === 'string' ? { message } : { message: message.plain, colouredMessage: message.coloured };
+    this.ctx.emit('warning', level ? { ...m, level } : m);
   }
 
   /** The derivation whose failure stopped the call (its failure is reported first). */

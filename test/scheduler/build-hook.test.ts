@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BuildHookLife } from '../../src/scheduler/build-hook.js';
 import { BuildEngine } from '../../src/scheduler/build-engine.js';
+import { createRemoteBuilders } from '../../src/remote/remote-builder.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import type { StorePath } from '../../src/store/store-path.js';
 import { tempDir } from '../helpers/nix.js';
@@ -70,7 +71,7 @@ describe('BuildHookLife', () => {
   });
 });
 
-describe.skipIf(process.arch !== 'x64')('hook-started of an engine without builders', () => {
+describe.skipIf(process.arch !== 'x64')('the build hook of an engine (builds done by a FakeSandbox)', () => {
   let root: string;
   let store: LocalStore;
   beforeAll(async () => {
@@ -109,5 +110,39 @@ describe.skipIf(process.arch !== 'x64')('hook-started of an engine without build
     } finally {
       await engine.close();
     }
+  });
+
+  it("the hook's reports reach an API listener as plain text, their coloured form beside it", async () => {
+    const sandbox = new FakeSandbox((p) => store.toRealPath(p));
+    sandbox.auto = () => 0;
+    const warnings: { message: string; colouredMessage?: string }[] = [];
+    // A machine that refuses the connection (tried, then the build is done here), and one of another system.
+    const down = createRemoteBuilders('ssh://127.0.0.1 - - 1 2', { sshOptions: ['-oPort=1', '-oBatchMode=yes'] });
+    const arm = createRemoteBuilders('ssh://arm aarch64-linux - 1 1');
+    for (const [builders, maxJobs] of [
+      [down, 1],
+      [arm, 0],
+    ] as const) {
+      const engine = new BuildEngine({ store, sandbox, maxJobs, builders });
+      engine.on('warning', (e) => warnings.push(e));
+      try {
+        // With no machine that fits and maxJobs 0, the call ends with Nix's 'unable to start any build'.
+        const built = engine.buildPaths([{ drvPath: await writeTestDrv(store, `plain-${maxJobs}`), outputs: ['out'] }]);
+        if (maxJobs === 0) await expect(built).rejects.toThrow('unable to start any build');
+        else expect((await built)[0]!.result.status).toBe('built');
+      } finally {
+        await engine.close();
+        await Promise.all(builders.map((b) => b.close()));
+      }
+    }
+    const failed = warnings.find((w) => w.message.startsWith("cannot build on 'ssh://127.0.0.1': error: "));
+    const report = warnings.find((w) => w.message.startsWith('Failed to find a machine for remote build!\nderivation: '));
+    expect(failed, JSON.stringify(warnings)).toBeDefined();
+    expect(report, JSON.stringify(warnings)).toBeDefined();
+    for (const w of warnings) expect(w.message).not.toContain('\x1b');
+    expect(failed!.colouredMessage).toContain("cannot build on 'ssh://127.0.0.1': \x1b[31;1merror:\x1b[0m ");
+    expect(report!.message).toContain('\n1 available machines:\n(systems, maxjobs, supportedFeatures, mandatoryFeatures)\n(aarch64-linux, 1, , )');
+    expect(report!.colouredMessage).toContain('\n\x1b[35;1m1\x1b[0m available machines:\n');
+    expect(report!.colouredMessage).toContain('(\x1b[35;1maarch64-linux\x1b[0m, \x1b[35;1m1\x1b[0m, ');
   });
 });
