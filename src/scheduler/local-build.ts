@@ -1138,7 +1138,7 @@ class RunLimits {
       const room = maxLogSize - log.size;
       const fits = room > 0 ? chunk.lastIndexOf(10, room - 1) : -1;
       if (fits >= 0) log.push(chunk.subarray(0, fits + 1));
-      this.kill('log-limit-exceeded', plainMessage(`${this.name} killed after writing more than ${maxLogSize} bytes of log output`));
+      this.kill('log-limit-exceeded', hintfmt('%s killed after writing more than %d bytes of log output', this.name, maxLogSize));
       return;
     }
     log.push(chunk);

@@ -153,6 +153,14 @@ describe.skipIf(!nixOk())('build semantics vs Nix 2.8', () => {
     expect(want.slice(0, lines(n.stderr).length)).toEqual(lines(n.stderr));
     const err = (s: string) => s.split('\n').filter((l) => l.startsWith('error: '));
     expect(err(o.stderr.toString())).toEqual(err(n.stderr));
+    // In internal-json, where colours show: the build's name and the limit are values in Nix's colour.
+    const json = ['--log-format', 'internal-json', ...args];
+    const [nj, oj] = [nixRealise(json), await ours(json)];
+    expect([oj.status, nj.status]).toEqual([1, 1]);
+    const killed = (s: string) => s.split('\n').filter((l) => l.startsWith('@nix {') && l.includes('killed after writing more than'));
+    expect(killed(nj.stderr)).toHaveLength(1);
+    expect(killed(nj.stderr)[0]).toContain('more than \\u001b[35;1m100\\u001b[0m bytes');
+    expect(killed(oj.stderr.toString())).toEqual(killed(nj.stderr));
   });
 
   it('-K: a hash mismatch or a timeout keeps the build directory and prints the note before the error, as Nix', async () => {
