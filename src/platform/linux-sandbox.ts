@@ -260,9 +260,14 @@ export class LinuxSandbox implements Sandbox {
     this.#closes++;
     const shared = this.#server;
     this.#server = undefined;
-    if (shared && --shared.users === 0) {
-      servers.delete(shared.key);
-      shared.server.close();
+    if (shared) {
+      // This sandbox's builds die with its close() also while other sandboxes keep the server: one running
+      // on would finish after its engine closed the store and leave unregistered outputs in the store dir.
+      shared.server.stopRunsOf(this);
+      if (--shared.users === 0) {
+        servers.delete(shared.key);
+        shared.server.close();
+      }
     }
     await this.#pool?.drain();
   }
@@ -283,7 +288,7 @@ export class LinuxSandbox implements Sandbox {
     try {
       const backend = await this.#resolve();
       if (closes !== this.#closes) return; // closed meanwhile
-      if (backend.kind === 'helper' && this.#options.server !== false) await this.#serverFor(backend.exe).start();
+      if (backend.kind === 'helper' && this.#options.server !== false) await this.#serverFor(backend.exe)?.start();
     } catch {
       /* the builds say what is wrong */
     }
@@ -321,8 +326,11 @@ export class LinuxSandbox implements Sandbox {
    * every LinuxSandbox using it shares (its start, a fork of Node and the ready build process with its
    * namespaces, is paid once per process rather than per sandbox, so per engine); close() gives it up.
    * Requests carry everything else that differs between sandboxes (ids, shm size, mounts).
+   * Undefined when this sandbox closed since `closes` was read (a run's start): a closed sandbox does not
+   * take the server up again for a run that was on its way (in #binds, in the pre-build hook).
    */
-  #serverFor(exe: string): SandboxServer {
+  #serverFor(exe: string, closes = this.#closes): SandboxServer | undefined {
+    if (closes !== this.#closes) return undefined;
     if (this.#server) return this.#server.server;
     const key = `${exe}\0${this.#filter ? 'filtered' : 'plain'}`;
     let shared = servers.get(key);
@@ -337,6 +345,7 @@ export class LinuxSandbox implements Sandbox {
       return { kind: 'spawn-failed', message: `builder '${request.builder}' of '${request.drvPath}' is a built-in; the scheduler runs built-ins itself` };
     }
     if (request.uid === 0 && RUN_AS_ROOT) return UID0_AS_ROOT;
+    const closes = this.#closes;
     const backend = await this.#resolve();
     if (opts.signal?.aborted) return { kind: 'aborted' };
     const chrootOpts = this.#chrootOptions(request, backend);
@@ -354,7 +363,7 @@ export class LinuxSandbox implements Sandbox {
       if (onServer && leftovers) handOver = this.#pool?.handOver(layout);
       exit =
         backend.kind === 'helper'
-          ? await this.#runHelper(backend.exe, request, opts, root, binds, chrootOpts, outputs, handOver && leftovers && { handOver, leftovers })
+          ? await this.#runHelper(backend.exe, request, opts, root, binds, chrootOpts, outputs, handOver && leftovers && { handOver, leftovers }, closes)
           : await this.#runBwrap(backend.exe, request, opts, root, binds, chrootOpts);
       return exit;
     } catch (e) {
@@ -490,6 +499,7 @@ export class LinuxSandbox implements Sandbox {
     ids: Pick<PrepareChrootOptions, 'uid' | 'gid' | 'kvm'>,
     outputs: OutputsMoved,
     recycle: { readonly handOver: SkeletonHandOver; readonly leftovers: ChrootLeftovers } | undefined,
+    closes: number,
   ): Promise<SandboxExit> {
     const { uid, gid } = ids;
     const a: string[] = [
@@ -525,7 +535,7 @@ export class LinuxSandbox implements Sandbox {
     if (this.#options.server !== false) {
       a.splice(a.indexOf('--status-fd'), 2);
       a.push('--', request.builder, path.basename(request.builder), ...request.args);
-      return this.#runOnServer(exe, a, request, opts, outputs);
+      return this.#runOnServer(exe, a, request, opts, outputs, closes);
     }
     if (filter) a.push('--seccomp-fd', '3');
     a.push('--', request.builder, path.basename(request.builder), ...request.args);
@@ -558,11 +568,22 @@ export class LinuxSandbox implements Sandbox {
   }
 
   /** A build through the helper server (`args`: the helper's build options and `-- BUILDER ARGV0 ARGS...`). */
-  async #runOnServer(exe: string, args: string[], request: SandboxRequest, opts: SandboxRunOptions, outputs: OutputsMoved): Promise<SandboxExit> {
+  async #runOnServer(
+    exe: string,
+    args: string[],
+    request: SandboxRequest,
+    opts: SandboxRunOptions,
+    outputs: OutputsMoved,
+    closes: number,
+  ): Promise<SandboxExit> {
+    const server = this.#serverFor(exe, closes);
+    // Closed while the run was on its way: it ends as the builds close() stops (stopRunsOf) end.
+    if (!server) return { kind: 'aborted' };
     let exit: SandboxExit;
     let left = false;
     try {
-      exit = await this.#serverFor(exe).run({
+      exit = await server.run({
+        owner: this,
         args,
         env: request.env,
         signal: opts.signal,

@@ -23,11 +23,14 @@ interface Pending {
   status?: string;
   readonly id: string;
   readonly signal: AbortSignal | undefined;
+  readonly owner: object | undefined;
   /** The run's promise's resolve: through #resolve, which forgets the run first. */
   readonly settle: (exit: SandboxExit) => void;
 }
 
 export interface ServerRunRequest {
+  /** Who asked (a LinuxSandbox sharing the server): stopRunsOf(owner) stops its runs. */
+  readonly owner?: object | undefined;
   readonly args: readonly string[];
   readonly env: Readonly<Record<string, string>>;
   readonly signal?: AbortSignal | undefined;
@@ -257,6 +260,7 @@ export class SandboxServer {
         aborted: false,
         id,
         signal,
+        owner: req.owner,
         settle: resolve,
       };
       this.#pending.set(id, p);
@@ -289,6 +293,19 @@ export class SandboxServer {
       );
     }
     return runs;
+  }
+
+  /**
+   * Kill the running builds of one user of the server (one that closes while others keep the server): they
+   * end as aborted, as a stop of their signal ends them.
+   */
+  stopRunsOf(owner: object): void {
+    for (const p of [...this.#pending.values()]) {
+      if (p.owner !== owner) continue;
+      p.aborted = true;
+      this.#kill(p);
+      this.#maybeDone(p);
+    }
   }
 
   /** Stop the server process (running builds are killed with it). */

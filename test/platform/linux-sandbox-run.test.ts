@@ -318,6 +318,67 @@ describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: one per proc
   }, 30_000);
 });
 
+/** Whether a process of this machine runs with `marker` in its command line. */
+function running(marker: string): boolean {
+  return readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .some((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(marker);
+      } catch {
+        return false; // exited meanwhile
+      }
+    });
+}
+
+describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: close() of one of its sandboxes', () => {
+  it("kills that sandbox's running builds while another keeps the server, whose build finishes", async () => {
+    const fx = makeFixture();
+    const a = new LinuxSandbox({ backend: 'helper', server: true });
+    const b = new LinuxSandbox({ backend: 'helper', server: true });
+    const marker = `closekill${process.pid}x${Date.now()}`;
+    let started!: () => void;
+    const isRunning = new Promise<void>((r) => (started = r));
+    const doomed = build(a, fx.request('close-a', `echo up; sh -c "sleep 30; :" ${marker}; mkdir $out`), undefined, (log) => {
+      if (log.includes('up')) started();
+    });
+    await isRunning;
+    for (let i = 0; i < 400 && !running(marker); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(running(marker)).toBe(true);
+    const req = fx.request('close-b', 'sleep 0.5; mkdir $out; echo b > $out/b');
+    const other = build(b, req);
+    const closedAt = Date.now();
+    await a.close();
+    expect((await doomed).exit).toEqual({ kind: 'aborted' });
+    expect(Date.now() - closedAt).toBeLessThan(10_000);
+    for (let i = 0; i < 200 && running(marker); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(running(marker)).toBe(false);
+    expect((await other).exit).toEqual({ kind: 'exited', code: 0 });
+    expect(readFileSync(path.join(fx.realPath(req.outputPaths[0]!), 'b'), 'utf8')).toBe('b\n');
+    await b.close();
+  }, 60_000);
+
+  it('a run that was on its way (in the pre-build hook) when the sandbox closed ends aborted and does not take the server up again', async () => {
+    const fx = makeFixture();
+    const before = sandboxServers();
+    const hookStarted = path.join(fx.dir, 'hook-started');
+    const hook = path.join(fx.dir, 'slow-hook.sh');
+    writeFileSync(hook, `#!/bin/sh\ntouch ${hookStarted}\nsleep 1\n`);
+    chmodSync(hook, 0o755);
+    const sb = new LinuxSandbox({ backend: 'helper', server: true, preBuildHook: hook });
+    const req = fx.request('closed-in-hook', 'mkdir $out');
+    const run = build(sb, req);
+    for (let i = 0; i < 400 && !existsSync(hookStarted); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(existsSync(hookStarted)).toBe(true);
+    await sb.close();
+    expect((await run).exit).toEqual({ kind: 'aborted' });
+    expect(existsSync(fx.realPath(req.outputPaths[0]!))).toBe(false);
+    const started = () => [...sandboxServers()].filter((p) => !before.has(p));
+    for (let i = 0; i < 200 && started().length > 0; i++) await new Promise((r) => setTimeout(r, 25));
+    expect(started()).toEqual([]);
+  }, 30_000);
+});
+
 describe.skipIf(!bwrapOk() || !ccOk())('LinuxSandbox helper server: closed at once', () => {
   it('a server closed right after it started (the engine closing after a build that failed at once) raises no error in the program', async () => {
     const { SandboxServer } = await import('../../src/platform/sandbox-server.js');
