@@ -89,6 +89,15 @@ process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}
     expect([...bundledPackages].sort()).toEqual(['better-sqlite3', 'eventemitter3', 'p-queue', 'p-timeout']);
   });
 
+  it("keeps every error class's own name (RealiseError takes its name from new.target, and the bundle keeps identifiers rather than naming each function)", () => {
+    const code = readFileSync(path.join(dir, 'main.cjs'), 'utf8');
+    // esbuild renames one of two top-level classes of one name (FooError2): its errors would say so.
+    // A class assigned to its variable (RealiseError=class extends …) takes the variable's name.
+    expect(code.match(/\bclass \w*Error\d+\b|\b\w*Error\d+ ?= ?class\b/g) ?? []).toEqual([]);
+    expect(code).toMatch(/\bRealiseError ?= ?class extends Error\b/);
+    expect(code).toMatch(/\bBuildFailedError ?= ?class extends RealiseError\b/);
+  });
+
   it('answers --version and --help from its entry alone, which loads no npm package', () => {
     const { packages, sources } = staticClosure('src/cli/main.ts');
     expect([...packages]).toEqual([]);
