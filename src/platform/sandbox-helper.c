@@ -114,12 +114,16 @@ static void mkdirs(const char *path, mode_t mode) {
 }
 
 /* Make a missing mount point: a directory, or an empty file for a non-directory (a file input hard-linked
-   into place by linkInputs is its own). */
+   into place by linkInputs is its own). A (dangling) symbolic link there is refused, not followed: what it
+   points to may be outside the chroot. */
 static void makeMountPoint(const char *target, int dir) {
+  struct stat st;
+  if (lstat(target, &st) == 0 && S_ISLNK(st.st_mode)) { errno = 0; fail("mount point '%s' is a symbolic link", target); }
+  errno = 0;
   if (dir) { mkdirs(target, 0755); return; }
   char parent[4096]; snprintf(parent, sizeof parent, "%s", target);
   char *slash = strrchr(parent, '/'); if (slash && slash != parent) { *slash = 0; mkdirs(parent, 0755); }
-  int fd = open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  int fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0) fail("creating %s", target);
   close(fd);
 }

@@ -178,6 +178,34 @@ describe.skipIf(!bwrapOk()).each(variants)('LinuxSandbox (%s): running builders'
     expect(readFileSync(argsFile, 'utf8')).toBe(`${req.drvPath} ${chrootDirFor(fx.realStoreDir, req.drvPath)}\n`);
   });
 
+  it.skipIf(backend !== 'helper')('a missing mount point that is a dangling symbolic link is refused, not followed', async () => {
+    const tag = `${backend}-${server}`;
+    const src = path.join(fx.dir, `symlinked-src-${tag}`);
+    writeFileSync(src, 'input\n');
+    const srcDir = path.join(fx.dir, `symlinked-srcdir-${tag}`);
+    mkdirSync(srcDir);
+    for (const [name, source] of [
+      ['file', src],
+      ['dir', srcDir],
+    ] as const) {
+      // The hook puts a symlink to a host path that does not exist where a sandbox path is to be mounted.
+      const outside = path.join(fx.dir, `outside-${name}-${tag}`);
+      const hook = path.join(fx.dir, `symlink-hook-${name}-${tag}.sh`);
+      writeFileSync(hook, `#!/bin/sh\nln -s ${outside} "$2/linked"\necho extra-sandbox-paths\necho /linked=${source}\necho\n`);
+      chmodSync(hook, 0o755);
+      const hsb = new LinuxSandbox({ backend, server, preBuildHook: hook });
+      try {
+        const { exit } = await build(hsb, fx.request(`symlinked-${name}`, 'mkdir $out'));
+        expect(exit.kind).toBe('spawn-failed');
+        expect(exit.kind === 'spawn-failed' && exit.message).toContain("mount point '");
+        expect(exit.kind === 'spawn-failed' && exit.message).toContain('is a symbolic link');
+        expect(existsSync(outside)).toBe(false);
+      } finally {
+        await hsb.close();
+      }
+    }
+  });
+
   it('builtin builders are left to the scheduler', async () => {
     const req = { ...fx.request('builtin', ''), builder: 'builtin:fetchurl' };
     expect((await build(sb, req)).exit.kind).toBe('spawn-failed');
