@@ -360,7 +360,7 @@ async function waitForLocks(store: Worker['ctx']['store'], targets: readonly str
  * Run `fn` holding one of the maxJobs build slots until it calls `releaseSlot` or finishes. As Nix
  * (Worker::childTerminated at the start of buildDone), the slot is freed as soon as the builder has exited
  * and, when it failed, its failure is made: closing the log and registering the outputs do not keep
- * another build from starting.
+ * another build from starting. With a post-build hook the slot is held until `fn` finishes (see afterExit).
  */
 function inBuildSlot<R>(
   w: Worker,
@@ -959,7 +959,9 @@ class LocalRound {
    * The builder has exited: what Nix does in buildDone before its worker loop handles the next goal. A
    * failed build is classified (its failure made, its outputs removed) and ends with `build-finished`
    * carrying that failure before the slot is handed on, so the failure is reported before the next build
-   * starts; a successful one frees its slot at once (its outputs are registered outside the slot).
+   * starts; a successful one frees its slot at once (its outputs are registered outside the slot), unless
+   * a post-build hook is set: then the slot is held until the hook has run (inBuildSlot frees it once the
+   * round is done), as Nix runs the hook in buildDone, before its worker loop starts another build.
    */
   private async afterExit(exit: SandboxExit, limit: BuilderRun['limit'], releaseSlot: () => void): Promise<FailedRound | EndedRound | undefined> {
     const { w, view } = this;
@@ -967,6 +969,7 @@ class LocalRound {
     let setupError: string | undefined;
     let stoppedOthers = false;
     let failed: FailedRound | EndedRound | undefined;
+    let holdForHook = false;
     try {
       if (exit.kind === 'spawn-failed' && exit.execError) {
         // As Nix: the build environment was set up and only the exec failed, in the child; the build
@@ -992,13 +995,14 @@ class LocalRound {
       // A builder that exited 0 within its limits (the usual case) is classified without an asynchronous step.
       if (setupError === undefined && !limit && exit.kind === 'exited' && exit.code === 0) {
         if (!stoppedOthers) w.signal.throwIfAborted();
+        holdForHook = !!w.ctx.options.postBuildHook;
       } else failed = await this.classify({ exit, limit, setupError, stoppedOthers });
     } finally {
       // The end of the build, then its slot is free: the events of a build bracket exactly its time in the slot.
       this.log.end();
       const outcome = exit.kind === 'exited' && exit.code === 0 && !limit ? 'success' : w.signal.aborted && !stoppedOthers ? 'stopped' : 'failure';
       this.finishBuild(outcome, failed?.kind === 'failed' ? failed.result : undefined);
-      releaseSlot();
+      if (!holdForHook) releaseSlot();
       try {
         await w.ctx.store.addBuildLog(drvPath, this.log.text());
       } catch {
@@ -1205,6 +1209,9 @@ export async function postBuildHook(w: Worker, drvPath: StorePath, outPaths: rea
   const hook = w.ctx.options.postBuildHook;
   if (!hook) return undefined;
   w.ctx.emit('post-build-hook-started', { drvPath, hook });
+  // Nix runs the hook in its worker loop: no build starts while it runs (with one slot; a local build
+  // holds its own slot through it, see afterExit).
+  const release = slotGate(w.ctx.buildQueue).hold();
   try {
     await runPostBuildHook(hook, {
       env: { ...processEnv(w.ctx.options.environment), DRV_PATH: drvPath, OUT_PATHS: [...outPaths].sort().join(' ') },
@@ -1214,6 +1221,8 @@ export async function postBuildHook(w: Worker, drvPath: StorePath, outPaths: rea
     return undefined;
   } catch (e) {
     return `post-build hook '${hook}' failed: ${(e as Error).message}`;
+  } finally {
+    release();
   }
 }
 

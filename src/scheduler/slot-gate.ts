@@ -202,10 +202,11 @@ export class SlotGate {
   }
 
   /**
-   * A remote machine is being connected to for a build: with one slot, no slot is granted until the returned
-   * function is called (once the machine took the build or failed), as Nix's worker waits for its hook's
-   * answer, which comes after the connection, before it starts anything else: the machine's "building '…' on
-   * '…'" comes before a local build that was waiting.
+   * A remote machine is being connected to for a build, or a post-build hook runs: with one slot, no slot is
+   * granted until the returned function is called (once the machine took the build or failed; once the hook
+   * has exited), as Nix's worker waits for its hook's answer, which comes after the connection, and runs the
+   * post-build hook itself, before it starts anything else: the machine's "building '…' on '…'" and the
+   * hook's output come before a local build that was waiting.
    */
   hold(): () => void {
     if (this.queue.concurrency !== 1) return () => {};

@@ -549,6 +549,27 @@ describe('events', () => {
     expect(await store.readBuildLog(base)).toBe('first line\nprogress 10%\rprogress 100%\n');
   });
 
+  it("with one slot, a build's post-build hook runs before the next build starts, however long it takes (as in Nix's worker loop)", async () => {
+    const sb = fake();
+    sb.auto = () => 0;
+    const drvs = await Promise.all(['hookorder-a', 'hookorder-b', 'hookorder-c'].map((n) => mkDrv(n)));
+    // The hook outlasts the gate's wait for busy goals (FALLBACK_MS), then speaks.
+    const hook = path.join(root, 'hookorder-hook.sh');
+    await fsp.writeFile(hook, '#!/bin/sh\nsleep 0.6\necho "hook for $DRV_PATH"\n', { mode: 0o755 });
+    const engine = engineWith(sb, { maxJobs: 1, postBuildHook: hook });
+    const log: string[] = [];
+    engine.on('build-started', (e) => log.push(`build ${nameOf(e.drvPath)}`));
+    engine.on('build-finished', (e) => log.push(`built ${nameOf(e.drvPath)}`));
+    engine.on('post-build-hook-started', (e) => log.push(`hook ${nameOf(e.drvPath)}`));
+    engine.on('post-build-hook-log', (e) => log.push(`${e.line === `hook for ${e.drvPath}` ? 'said' : e.line} ${nameOf(e.drvPath)}`));
+    const rs = await engine.buildPaths(drvs);
+    expect(rs.map((r) => r.result.status)).toEqual(['built', 'built', 'built']);
+    const order = log.filter((l) => l.startsWith('build ')).map((l) => l.slice('build '.length));
+    expect([...order].sort()).toEqual(['hookorder-a', 'hookorder-b', 'hookorder-c']);
+    expect(log).toEqual(order.flatMap((n) => [`build ${n}`, `built ${n}`, `hook ${n}`, `said ${n}`]));
+    expect(sb.maxRunning).toBe(1);
+  });
+
   it('failures are counted', async () => {
     const sb = fake();
     sb.auto = () => 2;
