@@ -228,11 +228,28 @@ export class ServeConnection extends ProtocolConnection {
         if (this.minor() >= 3) w.u64(opts.buildRepeat ?? 0).u64(opts.enforceDeterminism ?? true);
         if (this.minor() >= 7) w.u64(opts.keepFailed ?? false);
         await w.flush();
-        return readBuildResult(this.reader, this.storeDir, { times: this.minor() >= 3, builtOutputs: this.minor() >= 6 });
+        const result = await readBuildResult(this.reader, this.storeDir, { times: this.minor() >= 3, builtOutputs: this.minor() >= 6 });
+        await this.logDrained();
+        return result;
       },
       opts.onLog,
       opts.signal,
     );
+  }
+
+  /**
+   * The remote writes the build's log to its stderr before its result to stdout, but ssh carries the two
+   * apart, so the last lines can reach us after the result (Nix's hook reads its log to the end before it
+   * reports). A round trip (an empty QueryValidPaths: the remote answers only once it has read it, after
+   * the result) whose answer ssh passes on after what it read before, then a turn of the event loop (for
+   * stderr ready in the same poll as the answer): the lines written before the result have then all been
+   * passed to the build's log.
+   */
+  private async logDrained(): Promise<void> {
+    this.writer.u64(ServeCommand.QueryValidPaths).u64(0).u64(0).strings([]);
+    await this.writer.flush();
+    await this.reader.strings();
+    await new Promise<void>((resolve) => setImmediate(resolve));
   }
 
   /** The NAR of a remote path, streamed (see ProtocolConnection.streamNar). */

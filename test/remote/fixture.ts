@@ -35,6 +35,7 @@ in {
     ln -s \${dep} $out/dep-link
   '' { outputs = [ "out" "dev" ]; };
   fail = mk "fail" "echo about to fail; exit 3" {};
+  chatty = mk "chatty" "i=1; while [ $i -le 200 ]; do echo line $i; i=$((i+1)); done; echo last line >&2; exit 1" {};
   slow = mk "slow" "echo sleeping; sleep 30; mkdir $out; : MARK" {};
   slow2 = mk "slow2" "echo sleeping; sleep 3; echo slow2 > $out" {};
   slow3 = mk "slow3" "echo sleeping; sleep 3; echo slow3 > $out" {};
@@ -47,7 +48,7 @@ export interface Fixture {
   localRoot: string;
   /** In the command line of `slow`'s builder, and no other fixture's: tells its process among all on the machine. */
   marker: string;
-  drvs: Record<'dep' | 'top' | 'fail' | 'slow' | 'slow2' | 'slow3', string>;
+  drvs: Record<'dep' | 'top' | 'fail' | 'chatty' | 'slow' | 'slow2' | 'slow3', string>;
   many: string[];
   /** A program for remote-program= that runs Nix with NIX_CONF and writes its pid to `<dir>/pids/<name>`. */
   wrapper(name: string, program: 'nix-daemon' | 'nix-store'): string;
@@ -70,6 +71,7 @@ export function makeFixture(opts: { count?: number; salt?: string; prebuildDep?:
     dep: inst('dep')[0]!,
     top: inst('top')[0]!,
     fail: inst('fail')[0]!,
+    chatty: inst('chatty')[0]!,
     slow: inst('slow')[0]!,
     slow2: inst('slow2')[0]!,
     slow3: inst('slow3')[0]!,

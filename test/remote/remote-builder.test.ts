@@ -5,13 +5,54 @@
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
+import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalStore } from '../../src/store/local-store.js';
 import { RemoteBuildError } from '../../src/remote/errors.js';
 import { machine } from '../../src/remote/machines.js';
 import { buildOnRemote, MachineBuilder } from '../../src/remote/remote-builder.js';
+import { loadExeca, StdioTransport, type Transport } from '../../src/remote/transport.js';
 import { nix, nixOk } from '../helpers/nix.js';
 import { cloneLocal, makeFixture, referenceBuild, remoteEnv, type Fixture } from './fixture.js';
+
+/**
+ * A transport whose stderr lines come as late as ssh may pass them on: each line is held until the next chunk
+ * of stdout has been passed on, and given just after it (before the chunk after that), as ssh, reading the
+ * remote's two pipes apart, may write what the remote wrote to stderr after what it wrote to stdout since.
+ */
+function stderrAfterStdout(onStderr: (line: string) => void, spawn: (held: (line: string) => void) => Transport): Transport {
+  let held: string[] = [];
+  let late: string[] = [];
+  const giveLate = (): void => {
+    const lines = late;
+    late = [];
+    for (const l of lines) onStderr(l);
+  };
+  const inner = spawn((line) => held.push(line));
+  const input = new PassThrough();
+  inner.input.on('data', (chunk: Buffer) => {
+    giveLate();
+    late = held;
+    held = [];
+    input.write(chunk);
+    setImmediate(giveLate);
+  });
+  inner.input.on('end', () => {
+    giveLate();
+    late = held;
+    held = [];
+    giveLate();
+    input.end();
+  });
+  return {
+    input,
+    output: inner.output,
+    description: inner.description,
+    closed: inner.closed,
+    stderrTail: () => inner.stderrTail(),
+    close: () => inner.close(),
+  };
+}
 
 describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
   let fx: Fixture;
@@ -95,6 +136,31 @@ describe.skipIf(!nixOk())('RemoteBuilder with real Nix 2.8 remotes', () => {
     } finally {
       await store2.close();
     }
+  });
+
+  it("ssh://: every line the remote logged before its result is in the build's log, though ssh passes its stderr on after its stdout", async () => {
+    const remoteRoot = path.join(fx.dir, 'remote-drain');
+    await loadExeca();
+    const b = new MachineBuilder(machine({ storeUri: `ssh://localhost?remote-store=${encodeURIComponent(remoteRoot)}`, maxJobs: 1 }), {
+      env: remoteEnv(),
+      openTransport: (_m, onStderr) =>
+        stderrAfterStdout(onStderr, (held) =>
+          StdioTransport.spawn('nix-store', ['--serve', '--write', '--store', remoteRoot], { env: remoteEnv(), onStderr: held }),
+        ),
+    });
+    builders.push(b);
+    const lines: string[] = [];
+    const r = await b.build(fx.drvs.chatty, fx.readDrv(fx.drvs.chatty), { store, onLog: (l) => lines.push(l) });
+    expect(r.status).toBe('permanent-failure');
+    const want = [...Array.from({ length: 200 }, (_, i) => `line ${i + 1}`), 'last line'];
+    expect(lines.filter((l) => /^(line \d+|last line)$/.test(l))).toEqual(want);
+    // The connection serves the next build, whose log has its own lines alone.
+    const next: string[] = [];
+    const f = await b.build(fx.drvs.fail, fx.readDrv(fx.drvs.fail), { store, onLog: (l) => next.push(l) });
+    expect(f.status).toBe('permanent-failure');
+    expect(next).toContain('about to fail');
+    expect(next.some((l) => /^(line \d+|last line)$/.test(l))).toBe(false);
+    expect(b.connectionCount).toBe(1);
   });
 
   for (const scheme of ['ssh-ng', 'ssh'] as const)
