@@ -128,19 +128,14 @@ export class ServeConnection extends ProtocolConnection {
 
   async queryValidPaths(paths: Iterable<StorePath>, opts: { lock?: boolean; substitute?: boolean; signal?: AbortSignal } = {}): Promise<Set<StorePath>> {
     const list = this.checkedPaths(paths);
-    return this.op(
-      async () => {
-        this.writer
-          .u64(ServeCommand.QueryValidPaths)
-          .u64(opts.lock ?? false)
-          .u64(opts.substitute ?? false)
-          .strings(list);
-        await this.writer.flush();
-        return new Set(await this.reader.strings());
-      },
-      undefined,
-      opts.signal,
-    );
+    return this.op(async () => new Set(await this.exchangeValidPaths(list, opts.lock ?? false, opts.substitute ?? false)), undefined, opts.signal);
+  }
+
+  /** One QueryValidPaths exchange, inside an operation: the valid ones among `list`. */
+  private async exchangeValidPaths(list: readonly string[], lock: boolean, substitute: boolean): Promise<string[]> {
+    this.writer.u64(ServeCommand.QueryValidPaths).u64(lock).u64(substitute).strings(list);
+    await this.writer.flush();
+    return this.reader.strings();
   }
 
   /** Infos of the valid ones among `paths`. */
@@ -246,9 +241,7 @@ export class ServeConnection extends ProtocolConnection {
    * passed to the build's log.
    */
   private async logDrained(): Promise<void> {
-    this.writer.u64(ServeCommand.QueryValidPaths).u64(0).u64(0).strings([]);
-    await this.writer.flush();
-    await this.reader.strings();
+    await this.exchangeValidPaths([], false, false);
     await new Promise<void>((resolve) => setImmediate(resolve));
   }
 
